@@ -1,0 +1,5 @@
+"""Entry point for `python -m bitcli`."""
+
+from bitcli.cli import main
+
+main()

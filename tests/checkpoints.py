@@ -1,0 +1,95 @@
+"""Random BiT checkpoints made with transformers (the reference implementation) for tests.
+
+`save_reference_checkpoint` builds `BitForImageClassification` with random weights, moves every
+GroupNorm weight/bias and the classifier bias away from their initial values (so a wrong eps, a
+swapped norm or a dropped bias changes the output), shrinks convolution weights so that the
+weight-standardization eps matters, and `save_pretrained()`s it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+TINY = dict(
+    embedding_size=8,
+    hidden_sizes=[16, 16, 32, 32],
+    depths=[1, 1, 2, 1],
+    num_groups=2,
+)
+
+BIT_50_PREPROCESSOR = {
+    "do_resize": True,
+    "size": {"shortest_edge": 448},
+    "resample": 2,
+    "do_center_crop": True,
+    "crop_size": {"height": 448, "width": 448},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "do_convert_rgb": True,
+    "image_processor_type": "BitImageProcessor",
+}
+
+
+def tiny_preprocessor(size: int = 32) -> dict:
+    return {
+        **BIT_50_PREPROCESSOR,
+        "size": {"shortest_edge": size},
+        "crop_size": {"height": size, "width": size},
+    }
+
+
+def reference_model(num_labels: int = 10, seed: int = 0, conv_scale: float = 1e-3, **config_kwargs):
+    """A transformers BitForImageClassification with random, perturbed weights, in eval mode."""
+    from transformers import BitConfig, BitForImageClassification
+
+    torch.manual_seed(seed)
+    id2label = {i: f"class {i}" for i in range(num_labels)}
+    config = BitConfig(num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()}, **config_kwargs)
+    model = BitForImageClassification(config).eval()
+    perturb_(model, conv_scale)
+    return model
+
+
+@torch.no_grad()
+def perturb_(model: torch.nn.Module, conv_scale: float) -> None:
+    generator = torch.Generator().manual_seed(1234)
+    for name, param in model.named_parameters():
+        if param.ndim == 1:  # GroupNorm weight/bias, classifier bias
+            param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+        elif param.ndim == 4:
+            # Standardization ignores scale except through eps: small weights make the eps visible.
+            param.mul_(conv_scale)
+
+
+def save_reference_checkpoint(
+    directory: Path,
+    *,
+    num_labels: int = 10,
+    seed: int = 0,
+    weights: str = "safetensors",
+    preprocessor: dict | None = None,
+    **config_kwargs,
+):
+    """Save a perturbed random transformers BiT to `directory`; return the reference model.
+
+    weights: "safetensors", "sharded" (several safetensors files and an index) or "pickle"
+    (`pytorch_model.bin`, as older hub repositories hold; transformers 5 no longer writes it).
+    """
+    model = reference_model(num_labels=num_labels, seed=seed, **config_kwargs)
+    directory.mkdir(parents=True, exist_ok=True)
+    if weights == "pickle":
+        model.config.save_pretrained(directory)
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    elif weights == "sharded":
+        model.save_pretrained(directory, max_shard_size="20KB")
+    else:
+        model.save_pretrained(directory)
+    if preprocessor is not None:
+        (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    return model

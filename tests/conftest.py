@@ -1,0 +1,19 @@
+"""Shared test fixtures: every test runs with a private, empty Hugging Face cache and no network."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_hf_home(tmp_path_factory, monkeypatch):
+    """Point every cache variable at a fresh temp dir so no test touches the real home cache."""
+    home = tmp_path_factory.mktemp("hf_home")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.delenv("BIT_MODEL", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # Any hub call that a test did not set up for must fail fast instead of reaching the internet.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    return home
