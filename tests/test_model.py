@@ -130,3 +130,11 @@ def test_parameter_count_matches_transformers(tmp_path):
     assert loaded.num_parameters == sum(p.numel() for p in reference.parameters())
     assert loaded.config.feature_dim == 2048
     assert loaded.config.variant_name == "BiT R50x1, pre-activation"
+
+
+def test_matches_transformers_on_faint_input(tmp_path):
+    """A faint image gives GroupNorm inputs of tiny variance, where its eps (1e-5) shows."""
+    reference = save_reference_checkpoint(tmp_path, **TINY)
+    loaded = load_model(tmp_path)
+    pixels = 1e-3 * torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert_matches_reference(loaded, reference, pixels)
