@@ -1,0 +1,228 @@
+"""One image path -> an 8-bit RGB PIL image, exactly as the reference preprocessing sees it.
+
+The reference is transformers' `BitImageProcessorPil` applied to
+`PIL.ImageOps.exif_transpose(Image.open(path))`: EXIF orientation applied, the first frame of
+animated or multi-page files, transparency composited onto white, everything else through
+`Image.convert("RGB")`. bitcli does the same, with one deliberate difference: 16-bit
+grayscale (`I;16*` modes) is scaled to 8 bits instead of clipped (PIL's conversion turns almost
+every 16-bit image into a white square).
+
+Every failure is an `InputError(path, reason)` with a short human reason; nothing is printed.
+
+PIL's own decompression-bomb check is process-wide (`Image.MAX_IMAGE_PIXELS`), warns through
+`warnings` (which prints) for images between its limit and twice its limit, and cannot be set per
+call from worker threads without racing. bitcli therefore checks every image's pixel count
+against its own per-call `max_pixels` from the header, before any pixel is decoded, and turns
+PIL's global check off, once, the first time `open_image` runs (see `_take_over_pixel_limit`);
+the same call adds a `warnings` filter that ignores warnings raised inside PIL (corrupt EXIF
+and the like), which would otherwise print to stderr. Both are process-wide and the same for
+every later call, so nothing leaks from one call to the next; a program that embeds bitcli and
+wants PIL's own bomb check back can set `Image.MAX_IMAGE_PIXELS` after its first decode.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import struct
+import threading
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bitcli.errors import InputError
+
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# `image.info` keys set by draft-mode decoding, so preprocessing can resize exactly the region
+# and to the size the full-scale image would give: the full-scale (width, height), and the box
+# (left, top, right, bottom, floats) in the reduced image that covers the whole picture (libjpeg
+# rounds the reduced size up, so the last row or column is partly outside the picture).
+FULL_SIZE_KEY = "bitcli_full_size"
+DRAFT_BOX_KEY = "bitcli_draft_box"
+
+EXIF_ORIENTATION_TAG = 0x0112
+TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # those that swap width and height
+
+# Modes PIL opens 16-bit grayscale files in (PNG, TIFF, PGM).
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+_pixel_limit_lock = threading.Lock()
+_pixel_limit_taken_over = False
+
+
+def _take_over_pixel_limit() -> None:
+    """Disable PIL's global bomb check and silence PIL's warnings, once per process.
+
+    `open_image` enforces its own per-call pixel limit instead. PIL warns (through `warnings`,
+    which prints to stderr) about things like corrupt EXIF data while still decoding the
+    image; library code must not print, and `warnings.catch_warnings` is not thread-safe, so
+    a filter for warnings raised inside PIL's modules is installed instead.
+    """
+    global _pixel_limit_taken_over
+    if _pixel_limit_taken_over:
+        return
+    with _pixel_limit_lock:
+        Image.MAX_IMAGE_PIXELS = None
+        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+        _pixel_limit_taken_over = True
+
+
+def open_image(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode `path` to an RGB, 8-bit, EXIF-transposed image (first frame).
+
+    `max_pixels` (None: no limit) rejects images whose width x height exceeds it, read from the
+    header before decoding. `draft_size` (width, height), for JPEGs only, lets libjpeg decode at
+    the smallest 1/2, 1/4 or 1/8 scale that still covers that size in the file's stored
+    orientation: much faster for big photos, but not pixel-identical to the reference.
+    """
+    name = os.fspath(path)
+    _take_over_pixel_limit()
+    _check_file(name)
+    try:
+        # Our own file object, not Image.open(name): the returned image must outlive the file,
+        # and a closed PIL image (as `with Image.open(...)` leaves it) cannot be used.
+        with open(name, "rb") as file:
+            image = Image.open(file)
+            _check_pixel_count(name, image.size, max_pixels)
+            full_size = image.size
+            draft_box = None
+            if draft_size is not None and image.format in ("JPEG", "MPO"):
+                drafted = image.draft(None, draft_size)
+                if drafted is not None and image.size != full_size:
+                    draft_box = drafted[1]
+            image.load()
+        orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+        stored_size = image.size
+        ImageOps.exif_transpose(image, in_place=True)  # the image is ours: no copy needed
+        rgb = to_rgb(image)
+        if draft_box is not None:
+            rgb.info[DRAFT_BOX_KEY] = _orient_box(draft_box, stored_size, orientation)
+            if orientation in TRANSPOSING_ORIENTATIONS:
+                full_size = (full_size[1], full_size[0])
+            rgb.info[FULL_SIZE_KEY] = full_size
+        return rgb
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError(name, "not an image") from None
+    except Image.DecompressionBombError as error:  # only if someone re-enabled PIL's global check
+        raise InputError(name, _bomb_reason(str(error), max_pixels)) from None
+    except OSError as error:
+        raise InputError(name, _os_error_reason(error)) from None
+    except (SyntaxError, ValueError, TypeError, IndexError, struct.error) as error:
+        # PIL plugins signal malformed data with a variety of exception types.
+        raise InputError(name, f"truncated or corrupt image: {_first_line(error)}") from None
+    except MemoryError:
+        raise InputError(name, "not enough memory to decode this image") from None
+
+
+def _orient_box(
+    box: tuple[float, float, float, float], size: tuple[int, int], orientation: int
+) -> tuple[float, float, float, float]:
+    """Map a (0, 0, w, h) box in a `size` image through the EXIF orientation's transposition."""
+    _, _, w, h = box
+    width, height = size
+    boxes = {
+        2: (width - w, 0, width, h),  # flip left-right
+        3: (width - w, height - h, width, height),  # rotate 180
+        4: (0, height - h, w, height),  # flip top-bottom
+        5: (0, 0, h, w),  # transpose
+        6: (height - h, 0, height, w),  # rotate 90 clockwise
+        7: (height - h, width - w, height, width),  # transverse
+        8: (0, width - w, h, width),  # rotate 90 counter-clockwise
+    }
+    return boxes.get(orientation, (0, 0, w, h))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB the way the reference does (transparency onto white).
+
+    16-bit grayscale is first scaled to 8-bit grayscale (round(v / 257)), where PIL would clip.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = _sixteen_bit_to_l(image)
+    has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image
+    return image.convert("RGB")
+
+
+def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
+    """Scale a 16-bit grayscale image to 8 bits: v8 = round(v16 / 257), so v8 * 257 maps back to v8.
+
+    A `transparency` value (PNG tRNS, a 16-bit gray level) becomes an alpha channel.
+    """
+    values = np.asarray(image).astype(np.uint32)
+    scaled = ((values * 2 + 257) // 514).astype(np.uint8)  # round half up of v / 257
+    gray = Image.fromarray(scaled)  # uint8 2-D -> mode L
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):
+        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+        return Image.merge("LA", (gray, Image.fromarray(alpha)))
+    return gray
+
+
+def _check_file(name: str) -> None:
+    """Reject what is not a readable, non-empty regular file, with the reason the user needs."""
+    try:
+        info = os.stat(name)
+    except OSError as error:
+        raise InputError(name, _os_error_reason(error)) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(name, "is a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file")
+    if info.st_size == 0:
+        raise InputError(name, "empty file")
+
+
+def _check_pixel_count(name: str, size: tuple[int, int], max_pixels: int | None) -> None:
+    pixels = size[0] * size[1]
+    if max_pixels is not None and pixels > max_pixels:
+        raise InputError(name, over_limit_reason(pixels, max_pixels))
+
+
+def over_limit_reason(pixels: int, max_pixels: int) -> str:
+    """'image is 120.0 megapixels, over the limit of 100 (use --max-pixels)'."""
+    return (
+        f"image is {pixels / 1e6:.1f} megapixels, over the limit of "
+        f"{max_pixels / 1e6:g} (use --max-pixels)"
+    )
+
+
+def _bomb_reason(message: str, max_pixels: int | None) -> str:
+    match = re.search(r"\((\d+) pixels\)", message)
+    if match and max_pixels is not None:
+        return over_limit_reason(int(match.group(1)), max_pixels)
+    return "image is over PIL's pixel limit (possible decompression bomb)"
+
+
+def _os_error_reason(error: OSError) -> str:
+    """A short reason for an OSError from stat/open/decode."""
+    if isinstance(error, FileNotFoundError):
+        return "no such file or directory"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, IsADirectoryError):
+        return "is a directory"
+    if error.errno == errno.ELOOP:
+        return "symlink loop"
+    if error.errno is not None and error.strerror:
+        return error.strerror.lower()
+    return f"truncated or corrupt image: {_first_line(error)}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

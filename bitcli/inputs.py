@@ -1,0 +1,252 @@
+"""User inputs (files, directories, quoted globs, `-` for stdin) -> an ordered stream of images.
+
+Rules:
+- Order: the order of the arguments; inside a directory, entries sorted by name (code point
+  order), depth-first, so a folder's files and subfolders interleave by name; glob matches
+  sorted. Paths keep the prefix the user typed (nothing is resolved or made absolute).
+- A path that exists is taken literally, even if it contains glob characters; otherwise an
+  argument with `*`, `?` or `[` is a glob (`**` crosses directories). A directory matched by a
+  glob is walked, unless the pattern has `**` (its files are matched already).
+- Files given explicitly (an argument or a stdin line) are always passed on: if they are not
+  images, decoding says so. Inside a directory or a glob, a file is taken if its first bytes
+  are an image signature or, when they are not (or cannot be read), if its extension is an
+  image extension (so an empty or unreadable `x.jpg` is reported, not silently dropped); other
+  files are skipped silently.
+- Hidden files and folders (name starting with ".") inside directories and globs are skipped.
+- Symlinks are followed; a symlink that points back to one of its ancestor directories is
+  reported as a symlink loop and not followed.
+- No deduplication: an image given twice is processed twice, so outputs map one-to-one to
+  inputs.
+- `-` reads newline-separated paths from stdin lazily (blank lines skipped, a trailing `\\r`
+  removed); each line is a literal path (a file or a directory), never a glob.
+- A path containing a newline is an error (outputs are line-based).
+- Streaming: each directory's listing is read and sorted before its first entry is yielded,
+  but files are sniffed and subdirectories listed only as the consumer advances.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TextIO
+
+from bitcli.errors import InputError
+
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".webp", ".tif",
+        ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".j2k", ".jpx", ".avif", ".qoi",
+        ".ico", ".tga", ".psd",
+    }
+)
+
+SNIFF_BYTES = 32
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One file to decode; `index` counts items (not errors) from 0 in input order."""
+
+    index: int
+    path: str
+
+
+def expand_inputs(
+    args: Iterable[str], *, stdin: TextIO | None = None
+) -> Iterator[InputItem | InputError]:
+    """Expand command-line inputs to files in order; unusable inputs come out as `InputError`."""
+    index = 0
+    for result in _expand_all(args, stdin):
+        if isinstance(result, InputError):
+            yield result
+        else:
+            yield InputItem(index=index, path=result)
+            index += 1
+
+
+def looks_like_image(header: bytes) -> bool:
+    """Whether `header` (a file's first bytes) starts with a known image signature."""
+    return (
+        any(_signature_matches(header, signature) for signature in _SIGNATURES)
+        or _looks_like_bmp(header)
+        or _looks_like_pnm(header)
+    )
+
+
+def _expand_all(args: Iterable[str], stdin: TextIO | None) -> Iterator[str | InputError]:
+    for arg in args:
+        if arg == "-":
+            yield from _expand_stdin(stdin)
+        else:
+            yield from _expand_argument(arg)
+
+
+def _expand_stdin(stdin: TextIO | None) -> Iterator[str | InputError]:
+    if stdin is None:
+        yield InputError("-", "no standard input to read paths from")
+        return
+    for line in stdin:
+        path = line.rstrip("\n").removesuffix("\r")
+        if path:
+            yield from _expand_path(path)
+
+
+def _expand_argument(arg: str) -> Iterator[str | InputError]:
+    if "\n" in arg:
+        yield InputError(arg, "path contains a newline (not supported)")
+    elif os.path.lexists(arg) or not glob.has_magic(arg):
+        yield from _expand_path(arg)
+    else:
+        yield from _expand_glob(arg)
+
+
+def _expand_path(path: str) -> Iterator[str | InputError]:
+    """A literal path: a file is passed on as is, a directory is walked."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        yield InputError(path, _reason(error))
+        return
+    if stat.S_ISDIR(info.st_mode):
+        yield from _expand_directory(path, info)
+    else:
+        yield path
+
+
+def _expand_directory(path: str, info: os.stat_result) -> Iterator[str | InputError]:
+    found_any = False
+    for result in _walk(path, ancestors=frozenset({_identity(info)})):
+        if isinstance(result, str):
+            found_any = True
+        yield result
+    if not found_any:
+        yield InputError(path, "no images found")
+
+
+def _expand_glob(pattern: str) -> Iterator[str | InputError]:
+    recursive = "**" in pattern
+    matches = sorted(glob.glob(pattern, recursive=recursive))
+    found_any = False
+    for match in matches:
+        for result in _expand_match(match, recursive):
+            if isinstance(result, str):
+                found_any = True
+            yield result
+    if not found_any:
+        yield InputError(pattern, "no images match this pattern")
+
+
+def _expand_match(match: str, recursive: bool) -> Iterator[str | InputError]:
+    if "\n" in match:
+        yield InputError(match, "path contains a newline (not supported)")
+        return
+    try:
+        info = os.stat(match)
+    except OSError as error:
+        yield InputError(match, _reason(error))
+        return
+    if stat.S_ISDIR(info.st_mode):
+        if not recursive:
+            yield from _walk(match, ancestors=frozenset({_identity(info)}))
+    elif _is_image_file(match):
+        yield match
+
+
+def _walk(directory: str, ancestors: frozenset[tuple[int, int]]) -> Iterator[str | InputError]:
+    """Depth-first, name-sorted walk yielding image files and errors for what cannot be read."""
+    try:
+        with os.scandir(directory) as scan:
+            entries = sorted((entry for entry in scan if not entry.name.startswith(".")), key=_name)
+    except OSError as error:
+        yield InputError(directory, _reason(error))
+        return
+    for entry in entries:
+        path = entry.path
+        if "\n" in entry.name:
+            yield InputError(path, "path contains a newline (not supported)")
+            continue
+        try:
+            info = os.stat(path)  # follows symlinks
+        except OSError as error:
+            yield InputError(path, _reason(error))
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            identity = _identity(info)
+            if identity in ancestors:
+                yield InputError(path, "symlink loop (points back to a parent directory)")
+            else:
+                yield from _walk(path, ancestors | {identity})
+        elif stat.S_ISREG(info.st_mode) and _is_image_file(path):
+            yield path
+
+
+def _is_image_file(path: str) -> bool:
+    """An image by its first bytes; by its extension when those are unreadable or unknown."""
+    try:
+        with open(path, "rb") as file:
+            if looks_like_image(file.read(SNIFF_BYTES)):
+                return True
+    except OSError:
+        pass
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return (info.st_dev, info.st_ino)
+
+
+def _reason(error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "no such file or directory"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if error.errno == errno.ELOOP:
+        return "symlink loop"
+    return (error.strerror or str(error)).lower()
+
+
+# Each signature: (offset, bytes) pairs that must all match.
+_SIGNATURES: tuple[tuple[tuple[int, bytes], ...], ...] = (
+    ((0, b"\xff\xd8\xff"),),  # JPEG
+    ((0, b"\x89PNG\r\n\x1a\n"),),  # PNG
+    ((0, b"GIF87a"),),
+    ((0, b"GIF89a"),),
+    ((0, b"RIFF"), (8, b"WEBP")),
+    ((0, b"II*\x00"),),  # TIFF little-endian
+    ((0, b"MM\x00*"),),  # TIFF big-endian
+    ((0, b"II+\x00"),),  # BigTIFF
+    ((0, b"MM\x00+"),),
+    ((0, b"\x00\x00\x00\x0cjP  \r\n\x87\n"),),  # JPEG 2000 (jp2)
+    ((0, b"\xff\x4f\xff\x51"),),  # JPEG 2000 codestream
+    ((4, b"ftypavif"),),
+    ((4, b"ftypavis"),),
+    ((0, b"qoif"),),
+    ((0, b"8BPS"),),  # Photoshop
+    ((0, b"\x00\x00\x01\x00"),),  # ICO
+)
+
+
+def _looks_like_bmp(header: bytes) -> bool:
+    """`BM` alone would match text files; also require a known DIB header size at offset 14."""
+    if len(header) < 18 or not header.startswith(b"BM"):
+        return False
+    return int.from_bytes(header[14:18], "little") in (12, 16, 40, 52, 56, 64, 108, 124)
+
+
+def _looks_like_pnm(header: bytes) -> bool:
+    """PBM/PGM/PPM: "P1" to "P6" followed by whitespace."""
+    if len(header) < 3 or header[:1] != b"P":
+        return False
+    return header[1:2] in b"123456" and header[2:3] in b" \t\r\n"
+
+
+def _signature_matches(header: bytes, signature: tuple[tuple[int, bytes], ...]) -> bool:
+    return all(header[offset : offset + len(magic)] == magic for offset, magic in signature)

@@ -1,0 +1,123 @@
+"""Decode and preprocess images in a small thread pool, ahead of the model, in input order.
+
+PIL releases the GIL while decoding and resizing, so a few threads overlap well with the model's
+forward pass. At most `lookahead` inputs are in flight (submitted but not yet handed to the
+consumer), so memory stays bounded however large the folder: inputs are pulled from the
+(lazy) input iterator only as results are consumed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from dataclasses import dataclass
+
+import torch
+
+from bitcli.decode import DEFAULT_MAX_PIXELS, open_image
+from bitcli.errors import InputError
+from bitcli.inputs import InputItem
+from bitcli.preprocess import PreprocessConfig, preprocess
+
+# How often the consumer wakes while waiting on a worker, so Ctrl-C is handled promptly
+# (a lock wait without a timeout is not interrupted by SIGINT).
+_POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One decoded and preprocessed input."""
+
+    index: int
+    path: str
+    tensor: torch.Tensor  # float32 [3, H, W]
+
+
+def image_loader(
+    cfg: PreprocessConfig,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    fast_jpeg: bool = False,
+) -> Callable[[str], torch.Tensor]:
+    """path -> tensor: `open_image` then `preprocess`; `fast_jpeg` decodes JPEGs in draft mode."""
+    draft_size = cfg.draft_size() if fast_jpeg else None
+
+    def load(path: str) -> torch.Tensor:
+        return preprocess(open_image(path, max_pixels=max_pixels, draft_size=draft_size), cfg)
+
+    return load
+
+
+def default_workers() -> int:
+    """Two threads per available core, at most 8: decoding waits on I/O as well as the CPU."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, 2 * (cores or 1)))
+
+
+def load_ordered(
+    items: Iterable[InputItem | InputError],
+    load_fn: Callable[[str], torch.Tensor],
+    *,
+    workers: int = 2,
+    lookahead: int = 32,
+) -> Iterator[Loaded | InputError]:
+    """Run `load_fn` on every item in a thread pool; yield results and errors in input order.
+
+    `InputError`s in `items` (from input expansion) and those `load_fn` raises come out in
+    their place; any other exception from `load_fn` is a bug and propagates. At most
+    `lookahead` items are submitted and not yet yielded. Closing the iterator, or an exception
+    (KeyboardInterrupt included), cancels what has not started and shuts the pool down.
+    """
+    if workers < 1 or lookahead < 1:
+        raise ValueError("workers and lookahead must be at least 1")
+    source = iter(items)
+    pending: deque[tuple[InputItem | InputError, Future[torch.Tensor] | None]] = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bitcli-load")
+    finished = False
+    try:
+        while True:
+            _fill(pending, source, pool, load_fn, lookahead)
+            if not pending:
+                break
+            item, future = pending.popleft()
+            yield _result(item, future)
+        finished = True
+    finally:
+        # On normal completion nothing is left to wait for; otherwise do not wait for
+        # running decodes (at most `workers` of them), they finish in the background.
+        pool.shutdown(wait=finished, cancel_futures=True)
+
+
+def _fill(
+    pending: deque[tuple[InputItem | InputError, Future[torch.Tensor] | None]],
+    source: Iterator[InputItem | InputError],
+    pool: ThreadPoolExecutor,
+    load_fn: Callable[[str], torch.Tensor],
+    lookahead: int,
+) -> None:
+    while len(pending) < lookahead:
+        item = next(source, None)
+        if item is None:
+            return
+        if isinstance(item, InputError):
+            pending.append((item, None))
+        else:
+            pending.append((item, pool.submit(load_fn, item.path)))
+
+
+def _result(item: InputItem | InputError, future: Future[torch.Tensor] | None) -> Loaded | InputError:
+    if isinstance(item, InputError):
+        return item
+    assert future is not None
+    while True:
+        try:
+            tensor = future.result(timeout=_POLL_SECONDS)
+            break
+        except FutureTimeoutError:
+            continue
+        except InputError as error:
+            return error
+    return Loaded(index=item.index, path=item.path, tensor=tensor)

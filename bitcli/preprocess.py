@@ -1,0 +1,280 @@
+"""Preprocessing config and image -> tensor, equal to transformers' `BitImageProcessorPil`.
+
+What the reference (transformers 5, PIL backend) does, step by step, and how bitcli matches it:
+
+1. RGB conversion: see `bitcli.decode.to_rgb` (transparency composited onto white).
+2. Resize with PIL (`Image.resize`, no `reducing_gap`). "shortest_edge" S: the short side becomes
+   S and the long side `int(S * long / short)` (truncated, not rounded); "exact": (height, width).
+3. Center crop to (h, w) at offsets `((H - h) // 2, (W - w) // 2)`; where the image is smaller
+   than the crop it is padded with zeros (black before normalization), the image placed at
+   `ceil((h - H) / 2)`. `Image.crop` with the same (possibly negative) box gives exactly that.
+4. Rescale: `float32(float64(uint8) * rescale_factor)`.
+5. Normalize: `(x - float32(mean)) / float32(std)` in float32.
+
+Steps 4-5 depend only on the 8-bit value and the channel, so bitcli computes them once per
+config into a [3, 256] lookup table (in the reference's own dtypes and order, so bit-identical)
+and maps the uint8 crop through it: one gather, no float64 pass over the image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bitcli.decode import DRAFT_BOX_KEY, FULL_SIZE_KEY, to_rgb
+from bitcli.errors import ConfigError
+
+PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+RESAMPLE_NAMES = {
+    0: "nearest",
+    1: "lanczos",
+    2: "bilinear",
+    3: "bicubic",
+    4: "box",
+    5: "hamming",
+}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The fields of a `preprocessor_config.json`; defaults are `BitImageProcessor`'s."""
+
+    do_resize: bool = True
+    resize_mode: str = "shortest_edge"  # "shortest_edge" (keeps aspect) or "exact" (squash)
+    shortest_edge: int | None = 224
+    size: tuple[int, int] | None = None  # (height, width), used by "exact"
+    resample: int = 3  # PIL enum number: bicubic
+    do_center_crop: bool = True
+    crop_size: tuple[int, int] = (224, 224)  # (height, width)
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, float, float] = OPENAI_CLIP_STD
+    do_convert_rgb: bool = True
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in ("shortest_edge", "exact"):
+            raise ConfigError(f"unknown resize mode {self.resize_mode!r}: use shortest_edge or exact")
+        if self.do_resize and self.resize_mode == "shortest_edge" and not self.shortest_edge:
+            raise ConfigError("resize mode shortest_edge needs a shortest_edge size")
+        if self.do_resize and self.resize_mode == "exact" and not self.size:
+            raise ConfigError("resize mode exact needs a (height, width) size")
+        if self.resample not in RESAMPLE_NAMES:
+            raise ConfigError(f"unknown resample filter {self.resample!r}: use a PIL number 0-5")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        """Build from a `preprocessor_config.json` dict; missing fields take the defaults.
+
+        `size` may be an int (shortest edge), {"shortest_edge": n}, {"height": h, "width": w} or
+        [h, w]; `crop_size` an int, {"height", "width"} or [h, w]. Unknown keys are ignored.
+        """
+        fields: dict[str, Any] = {}
+        for key in ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"):
+            if d.get(key) is not None:
+                fields[key] = bool(d[key])
+        if d.get("size") is not None:
+            fields.update(_parse_resize_size(d["size"]))
+        if d.get("resample") is not None:
+            fields["resample"] = _parse_resample(d["resample"])
+        if d.get("crop_size") is not None:
+            fields["crop_size"] = _parse_height_width(d["crop_size"], "crop_size")
+        if d.get("rescale_factor") is not None:
+            fields["rescale_factor"] = float(d["rescale_factor"])
+        for key in ("image_mean", "image_std"):
+            if d.get(key) is not None:
+                fields[key] = _parse_triple(d[key], key)
+        return cls(**fields)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike[str]) -> PreprocessConfig:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read preprocessing config: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: preprocessing config must be a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | os.PathLike[str]) -> PreprocessConfig:
+        """`preprocessor_config.json` in `checkpoint_dir`, or the defaults if there is none."""
+        path = Path(checkpoint_dir) / PREPROCESSOR_CONFIG_NAME
+        return cls.from_json_file(path) if path.is_file() else cls()
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input: the crop, else the resize target."""
+        if self.do_center_crop:
+            return self.crop_size
+        if self.do_resize and self.resize_mode == "exact" and self.size is not None:
+            return self.size
+        if self.do_resize and self.shortest_edge:
+            # The output varies with the aspect ratio; the short side is the only fixed number.
+            return (self.shortest_edge, self.shortest_edge)
+        raise ConfigError("this preprocessing config has no fixed input size (no resize, no crop)")
+
+    @property
+    def resample_name(self) -> str:
+        return RESAMPLE_NAMES[self.resample]
+
+    def describe(self) -> dict[str, Any]:
+        """A short summary for `bit inspect`."""
+        if not self.do_resize:
+            resize = None
+        elif self.resize_mode == "shortest_edge":
+            resize = f"shortest edge to {self.shortest_edge}"
+        else:
+            resize = f"to {self.size[0]}x{self.size[1]} (h x w)"  # type: ignore[index]
+        return {
+            "resize": resize,
+            "crop": f"center {self.crop_size[0]}x{self.crop_size[1]}" if self.do_center_crop else None,
+            "interpolation": self.resample_name,
+            "rescale": self.rescale_factor if self.do_rescale else None,
+            "mean": list(self.image_mean) if self.do_normalize else None,
+            "std": list(self.image_std) if self.do_normalize else None,
+            "input_size": list(self.input_size) if self.has_fixed_input_size else None,
+        }
+
+    @property
+    def has_fixed_input_size(self) -> bool:
+        return self.do_center_crop or self.do_resize
+
+    def draft_size(self, oversample: int = 2) -> tuple[int, int] | None:
+        """The `open_image(draft_size=...)` for fast JPEG decoding; None when there is no resize.
+
+        JPEGs then decode at the smallest 1/2, 1/4 or 1/8 scale that keeps `oversample` times
+        the resolution the resize needs, so the final resize still smooths over a few source
+        pixels (with 1, the deviation from exact preprocessing roughly doubles). Square, so it
+        holds whatever the EXIF orientation.
+        """
+        if not self.do_resize:
+            return None
+        if self.resize_mode == "shortest_edge":
+            edge = int(self.shortest_edge)  # type: ignore[arg-type]
+        else:
+            edge = max(self.size)  # type: ignore[arg-type]
+        return (oversample * edge, oversample * edge)
+
+    @cached_property
+    def _lut(self) -> np.ndarray:
+        return _value_table(self)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return preprocess(image, self)
+
+
+def preprocess(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
+    """PIL image -> float32 tensor [3, H, W], equal to `BitImageProcessorPil` (max diff 0)."""
+    if image.mode != "RGB":
+        # The model needs 3 channels, so convert even when do_convert_rgb is off.
+        image = to_rgb(image)
+    if cfg.do_resize:
+        # A draft-decoded JPEG is sized as its full-scale self would be, so the crop lands
+        # where the exact path puts it (a one-pixel shift would dominate the deviation).
+        full_width, full_height = image.info.get(FULL_SIZE_KEY, image.size)
+        height, width = resize_output_size(full_height, full_width, cfg)
+        image = image.resize((width, height), resample=cfg.resample, box=image.info.get(DRAFT_BOX_KEY))
+    if cfg.do_center_crop:
+        image = image.crop(center_crop_box(image.height, image.width, cfg.crop_size))
+    return torch.from_numpy(_apply_value_table(np.asarray(image), cfg._lut))
+
+
+def _apply_value_table(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> float32 [3, H, W] through the per-channel table, in one pass each."""
+    height, width, _ = pixels.shape
+    out = np.empty((3, height, width), dtype=np.float32)
+    for channel in range(3):
+        np.take(table[channel], pixels[..., channel], out=out[channel])
+    return out
+
+
+def resize_output_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(height, width) after resizing, as transformers computes it (long side truncated)."""
+    if cfg.resize_mode == "exact":
+        return cfg.size  # type: ignore[return-value]
+    edge = int(cfg.shortest_edge)  # type: ignore[arg-type]
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(edge * long / short)
+    return (new_long, edge) if width <= height else (edge, new_long)
+
+
+def center_crop_box(height: int, width: int, crop_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """PIL crop box (left, top, right, bottom); negative where the crop pads with black."""
+    crop_height, crop_width = crop_size
+    top = (height - crop_height) // 2
+    left = (width - crop_width) // 2
+    return (left, top, left + crop_width, top + crop_height)
+
+
+def _value_table(cfg: PreprocessConfig) -> np.ndarray:
+    """[3, 256] float32: the rescaled and normalized value of each 8-bit level per channel.
+
+    Computed with the reference's own dtypes: rescale in float64 then cast to float32,
+    normalize in float32.
+    """
+    levels = np.broadcast_to(np.arange(256, dtype=np.uint8), (3, 256))
+    values: np.ndarray = levels
+    if cfg.do_rescale:
+        values = (levels.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
+    if cfg.do_normalize:
+        values = values.astype(np.float32)
+        mean = np.array(cfg.image_mean, dtype=np.float32).reshape(3, 1)
+        std = np.array(cfg.image_std, dtype=np.float32).reshape(3, 1)
+        values = (values - mean) / std
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _parse_resize_size(size: Any) -> dict[str, Any]:
+    if isinstance(size, int):
+        return {"resize_mode": "shortest_edge", "shortest_edge": size}
+    if isinstance(size, (list, tuple)):
+        return {"resize_mode": "exact", "shortest_edge": None, "size": _parse_height_width(size, "size")}
+    if isinstance(size, dict):
+        if size.get("shortest_edge") is not None:
+            if size.get("longest_edge") is not None:
+                raise ConfigError("size with both shortest_edge and longest_edge is not supported")
+            return {"resize_mode": "shortest_edge", "shortest_edge": int(size["shortest_edge"])}
+        if size.get("height") is not None and size.get("width") is not None:
+            return {"resize_mode": "exact", "shortest_edge": None, "size": _parse_height_width(size, "size")}
+    raise ConfigError(f"unsupported size {size!r}: use shortest_edge or height and width")
+
+
+def _parse_height_width(value: Any, name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, dict) and value.get("height") is not None and value.get("width") is not None:
+        return (int(value["height"]), int(value["width"]))
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise ConfigError(f"unsupported {name} {value!r}: use height and width")
+
+
+def _parse_resample(value: Any) -> int:
+    if isinstance(value, str):
+        names = {name: number for number, name in RESAMPLE_NAMES.items()}
+        if value.lower() in names:
+            return names[value.lower()]
+        raise ConfigError(f"unknown resample filter {value!r}")
+    return int(value)
+
+
+def _parse_triple(value: Any, name: str) -> tuple[float, float, float]:
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3
+    if isinstance(value, (list, tuple)) and len(value) == 3:
+        return (float(value[0]), float(value[1]), float(value[2]))
+    raise ConfigError(f"{name} must be a number or a list of 3 numbers, got {value!r}")
