@@ -1,0 +1,114 @@
+"""`bit inspect`: everything worth knowing about a loaded model, as one plain dict.
+
+The report's keys are part of the command-line interface (documented in the README):
+`model`, `revision`, `commit`, `path`, `source`, `checkpoint_format`, `weights_format`, `files`,
+`architecture`, `num_parameters`, `feature_dim`, `num_labels`, `input_size`, `gflops`, `gmacs`,
+`preprocessing`, `labels`.
+
+GFLOPs are counted from the layer shapes, not timed: the network runs once on PyTorch's `meta`
+device (shapes only, no arithmetic, no memory) with hooks on every convolution and linear layer.
+One multiply-accumulate counts as two FLOPs; norms, activations and pooling are left out (they
+are about 1% of a ResNet's work). `gmacs` (multiply-accumulates) is what timm's tables call FLOPs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+FIRST_LABELS = 5
+
+
+def count_macs(config: Any, input_size: tuple[int, int]) -> int:
+    """Multiply-accumulates of the convolutions and the linear head for one image of `input_size` (h, w)."""
+    import torch
+    from torch import nn
+
+    from bitcli.model import BiT
+
+    with torch.device("meta"):
+        model = BiT(config).eval()
+    total = 0
+
+    def on_conv(module: nn.Conv2d, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    def on_linear(module: nn.Linear, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(on_conv)
+        elif isinstance(module, nn.Linear):
+            module.register_forward_hook(on_linear)
+    with torch.inference_mode():
+        model(torch.empty(1, config.num_channels, *input_size, device="meta"))
+    return total
+
+
+def architecture(config: Any) -> dict[str, Any]:
+    return {
+        "name": config.variant_name,
+        "layer_type": config.layer_type,
+        "depths": list(config.depths),
+        "stem_width": config.embedding_size,
+        "widths": list(config.stage_widths),
+        "width_factor": config.width_factor,
+        "num_groups": config.num_groups,
+        "padding": config.global_padding or "symmetric",
+        "stem_dynamic_padding": config.embedding_dynamic_padding,
+        "output_stride": config.output_stride,
+        "activation": config.hidden_act,
+        "ws_eps": config.ws_eps,
+    }
+
+
+def file_entries(files: list[Path]) -> list[dict[str, Any]]:
+    entries = []
+    for f in files:
+        try:
+            size = Path(f).stat().st_size  # follows the hub cache's symlinks to the blobs
+        except OSError:
+            size = None
+        entries.append({"name": Path(f).name, "size": size})
+    return entries
+
+
+def build_report(loaded: Any, resolved: Any = None, labels: Any = None) -> dict[str, Any]:
+    """The inspect report for a `checkpoint.LoadedModel`, its `hub.ResolvedModel` and `labels.Labels`."""
+    config = loaded.config
+    pre = loaded.preprocess
+    input_size = tuple(pre.input_size)
+    macs = count_macs(config, input_size)
+    pre_desc = dict(pre.describe())
+    pre_desc.pop("input_size", None)
+    return {
+        "model": (resolved.ref if resolved is not None else None) or str(loaded.path),
+        "repo_id": resolved.repo_id if resolved is not None else None,
+        "revision": resolved.revision if resolved is not None else None,
+        "commit": resolved.commit if resolved is not None else None,
+        "path": str(Path(loaded.path).resolve()),
+        "source": resolved.source if resolved is not None else "local",
+        "checkpoint_format": loaded.source_format,
+        "weights_format": loaded.weights_format,
+        "files": file_entries(loaded.files),
+        "architecture": architecture(config),
+        "num_parameters": int(loaded.num_parameters),
+        "feature_dim": int(config.feature_dim),
+        "num_labels": int(config.num_labels),
+        "input_size": list(input_size),
+        "gmacs": _significant(macs / 1e9),
+        "gflops": _significant(2 * macs / 1e9),
+        "preprocessing": pre_desc,
+        "labels": {
+            "source": labels.source if labels is not None else None,
+            "first": list(labels.names[:FIRST_LABELS]) if labels is not None else [],
+        },
+    }
+
+
+def _significant(value: float, digits: int = 6) -> float:
+    return float(f"{value:.{digits}g}")

@@ -1,0 +1,355 @@
+"""Renderers: results -> table (humans) or jsonl / json / csv (machines), data to stdout only.
+
+Commands build plain records (`bitcli.results`, dicts); this module alone decides how they look.
+Classification is rendered as a stream (one `write` per result, in input order) so that jsonl,
+csv and the json array reach stdout while a long run is still going. Messages, warnings and
+progress go to stderr, written by `cli.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from typing import IO, Any, Iterable, Protocol
+
+from bitcli.results import ClassifyResult
+
+CLASSIFY_FORMATS = ("auto", "table", "jsonl", "json", "csv")
+INSPECT_FORMATS = ("table", "json")
+CSV_HEADER = ("path", "rank", "index", "label", "score")
+# More images than this are shown as one compact table (a row per image) instead of one table each.
+COMPACT_AFTER = 4
+
+
+def resolve_format(fmt: str, stream: IO[str]) -> str:
+    """`auto` -> `table` when `stream` is a terminal, else `jsonl`; other formats pass through."""
+    if fmt != "auto":
+        return fmt
+    return "table" if _isatty(stream) else "jsonl"
+
+
+def _isatty(stream: IO[Any]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def to_json(obj: Any) -> str:
+    """Compact one-line JSON; non-UTF-8 path bytes (surrogates) fall back to \\u escapes."""
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True)
+    return text
+
+
+def stdout_console(stream: IO[str] | None = None) -> Any:
+    """A rich console on stdout for tables (colour off when NO_COLOR is set or not a terminal)."""
+    from rich.console import Console
+
+    return Console(file=stream or sys.stdout, highlight=False, soft_wrap=False)
+
+
+def format_percent(score: float) -> str:
+    return f"{score * 100:.2f}%"
+
+
+# -- classification --------------------------------------------------------------------------------
+
+
+class ClassifyRenderer(Protocol):
+    def write(self, result: ClassifyResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlRenderer:
+    """One JSON object per line, flushed per result."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def write(self, result: ClassifyResult) -> None:
+        self.stream.write(to_json(result.to_dict()) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class JsonArrayRenderer:
+    """One JSON array of the jsonl objects, streamed element by element (`[]` when empty)."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.count = 0
+
+    def write(self, result: ClassifyResult) -> None:
+        self.stream.write(("[\n" if self.count == 0 else ",\n") + to_json(result.to_dict()))
+        self.stream.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        self.stream.write("[]\n" if self.count == 0 else "\n]\n")
+        self.stream.flush()
+
+
+class CsvRenderer:
+    """`path,rank,index,label,score`, one row per prediction; failed inputs have no rows."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.writer = csv.writer(stream, lineterminator="\n")
+        self.writer.writerow(CSV_HEADER)
+
+    def write(self, result: ClassifyResult) -> None:
+        for p in result.predictions:
+            self.writer.writerow((result.path, p.rank, p.index, p.label, repr(p.score)))
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class TableRenderer:
+    """A rich table per image, or, for more than COMPACT_AFTER images, one row per image."""
+
+    def __init__(self, stream: IO[str], *, count: int, top_k: int):
+        self.console = stdout_console(stream)
+        self.compact = count > COMPACT_AFTER
+        self.top_k = top_k
+        self.rows: list[ClassifyResult] = []
+
+    def write(self, result: ClassifyResult) -> None:
+        if self.compact:
+            self.rows.append(result)  # column widths need every row; rows are a few strings each
+        else:
+            from rich.text import Text
+
+            # The path on its own line: a table title would wrap long paths.
+            self.console.print(Text(result.path, style="bold"), soft_wrap=True)
+            self.console.print(image_table(result))
+
+    def close(self) -> None:
+        if self.compact:
+            self.console.print(compact_table(self.rows, self.top_k))
+
+
+def image_table(result: ClassifyResult) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_edge=False)
+    table.add_column("rank", justify="right")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    table.add_column("class", justify="right", style="dim")
+    if result.error is not None:
+        table.add_row("", Text(f"failed: {result.error}", style="red"), "", "")
+    for p in result.predictions:
+        table.add_row(str(p.rank), Text(p.label), format_percent(p.score), str(p.index))
+    return table
+
+
+def compact_table(results: Iterable[ClassifyResult], top_k: int) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_edge=False)
+    table.add_column("image", overflow="fold")
+    table.add_column("top-1")
+    table.add_column("probability", justify="right")
+    table.add_column("class", justify="right", style="dim")
+    if top_k > 1:
+        table.add_column("runners-up", style="dim")
+    for r in results:
+        if r.error is not None:
+            row = [Text(r.path), Text(f"failed: {r.error}", style="red"), "", ""]
+        else:
+            best = r.predictions[0]
+            row = [Text(r.path), Text(best.label), format_percent(best.score), str(best.index)]
+        if top_k > 1:
+            rest = "; ".join(f"{p.label} {format_percent(p.score)}" for p in r.predictions[1:])
+            row.append(Text(rest))
+        table.add_row(*row)
+    return table
+
+
+def classify_renderer(fmt: str, stream: IO[str], *, count: int, top_k: int) -> ClassifyRenderer:
+    """The renderer for a resolved format (`auto` must be resolved first)."""
+    if fmt == "jsonl":
+        return JsonlRenderer(stream)
+    if fmt == "json":
+        return JsonArrayRenderer(stream)
+    if fmt == "csv":
+        return CsvRenderer(stream)
+    if fmt == "table":
+        return TableRenderer(stream, count=count, top_k=top_k)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def render_classify(results: Iterable[ClassifyResult], fmt: str, *, count: int, top_k: int) -> str:
+    """Render everything to a string (tests, library users); the CLI streams instead."""
+    buf = io.StringIO()
+    renderer = classify_renderer(fmt, buf, count=count, top_k=top_k)
+    for r in results:
+        renderer.write(r)
+    renderer.close()
+    return buf.getvalue()
+
+
+# -- inspect ---------------------------------------------------------------------------------------
+
+
+def render_inspect(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
+    """`bit inspect`: the report as one pretty JSON object, or as a few rich tables."""
+    if fmt == "json":
+        stream.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        stream.flush()
+        return
+    console = stdout_console(stream)
+    for table in inspect_tables(report):
+        console.print(table)
+
+
+def _key_value_table(title: str, rows: list[tuple[str, Any]]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title, style="bold"), title_justify="left", show_header=False, show_edge=False)
+    table.add_column("field", style="dim")
+    table.add_column("value", overflow="fold")
+    for key, value in rows:
+        table.add_row(key, Text(_show(value)))
+    return table
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_show(v) for v in value) if value else "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_show(v)}" for k, v in value.items())
+    return str(value)
+
+
+def format_size(num_bytes: int | None) -> str:
+    if num_bytes is None:
+        return "-"
+    size = float(num_bytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def format_count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} M ({n:,})"
+    return f"{n:,}"
+
+
+def inspect_tables(report: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+    from rich.text import Text
+
+    arch = report.get("architecture", {})
+    pre = report.get("preprocessing", {})
+    labels = report.get("labels", {})
+    tables = [
+        _key_value_table(
+            "Model",
+            [
+                ("model", report.get("model")),
+                ("revision", report.get("revision")),
+                ("commit", report.get("commit")),
+                ("path", report.get("path")),
+                ("source", report.get("source")),
+                ("checkpoint format", report.get("checkpoint_format")),
+                ("weights format", report.get("weights_format")),
+            ],
+        )
+    ]
+    files = Table(title=Text("Files", style="bold"), title_justify="left", show_edge=False)
+    files.add_column("file")
+    files.add_column("size", justify="right")
+    for f in report.get("files", []):
+        files.add_row(Text(f.get("name", "")), format_size(f.get("size")))
+    tables.append(files)
+    tables.append(
+        _key_value_table(
+            "Architecture",
+            [
+                ("variant", arch.get("name")),
+                ("layer type", arch.get("layer_type")),
+                ("depths", arch.get("depths")),
+                ("stem width", arch.get("stem_width")),
+                ("stage widths", arch.get("widths")),
+                ("width factor", arch.get("width_factor")),
+                ("groupnorm groups", arch.get("num_groups")),
+                ("padding", arch.get("padding")),
+                ("output stride", arch.get("output_stride")),
+                ("activation", arch.get("activation")),
+                ("ws eps", arch.get("ws_eps")),
+                ("parameters", format_count(report.get("num_parameters", 0))),
+                ("feature dim", report.get("feature_dim")),
+                ("input size", report.get("input_size")),
+                ("GFLOPs / image", report.get("gflops")),
+            ],
+        )
+    )
+    tables.append(
+        _key_value_table(
+            "Preprocessing",
+            [
+                ("resize", pre.get("resize")),
+                ("crop", pre.get("crop")),
+                ("interpolation", pre.get("interpolation")),
+                ("mean", pre.get("mean")),
+                ("std", pre.get("std")),
+            ],
+        )
+    )
+    tables.append(
+        _key_value_table(
+            "Labels",
+            [
+                ("count", report.get("num_labels")),
+                ("source", labels.get("source")),
+                ("first", labels.get("first")),
+            ],
+        )
+    )
+    return tables
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+def render_rows(rows: list[dict[str, Any]], columns: list[str], fmt: str, stream: IO[str], title: str = "") -> None:
+    """A list of flat dicts as a table or JSON lines (used by `bit models`)."""
+    if fmt in ("json", "jsonl"):
+        if fmt == "json":
+            stream.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        else:
+            for row in rows:
+                stream.write(to_json(row) + "\n")
+        stream.flush()
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title, style="bold") if title else None, title_justify="left", show_edge=False)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(Text(_show(row.get(col))) for col in columns))
+    stdout_console(stream).print(table)

@@ -1,0 +1,392 @@
+"""The library API: load a BiT model, then classify or embed images in batches.
+
+    import bitcli
+
+    model = bitcli.load("google/bit-50")                  # hub id, id@revision, alias or directory
+    for r in bitcli.Classifier(model, top_k=3).classify(["cat.jpg", "photos/"]):
+        print(r.path, r.error or r.predictions[0].label)
+
+    emb = bitcli.embed(["photos/"], model=model, normalize=True)   # Embeddings(vectors, paths, errors)
+
+Inputs are paths, directories or globs (expanded like the command line), or `InputItem`s /
+`InputError`s from `bitcli.inputs`. Images are decoded and preprocessed ahead of the model in a
+thread pool (`loader.py`); results come back in input order, with failed inputs in their place
+(`error` set) rather than raised, so one bad file never sinks a batch.
+
+Batching is deterministic: a batch is the next `batch_size` images in input order (a change of
+tensor shape, possible only without a center crop, closes a batch early). The `*_groups` methods
+yield one list per batch (the batch's images and the failures between them, in input order);
+`bit embed` commits each group to disk at once, which is what makes `--resume` byte-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from bitcli.errors import BitError, CheckpointError, InputError, UsageError
+from bitcli.results import ClassifyResult, EmbedResult, Prediction
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from bitcli.checkpoint import LoadedModel
+    from bitcli.hub import ResolvedModel
+    from bitcli.inputs import InputItem
+    from bitcli.labels import Labels
+
+DEFAULT_MODEL = "google/bit-50"
+DEFAULT_BATCH_SIZE = 8
+
+InputLike = Union[str, Path, "InputItem", InputError]
+
+
+def resolve_device(name: str = "auto") -> "torch.device":
+    """auto: cuda when available, else cpu; an explicit device that is not available is a UsageError."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine (or in this torch build); use --device cpu")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: Apple MPS is not available on this machine; use --device cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+@dataclass
+class Model:
+    """A loaded checkpoint (`checkpoint.LoadedModel`) and where it came from (`hub.ResolvedModel`)."""
+
+    loaded: "LoadedModel"
+    resolved: "ResolvedModel | None" = None
+
+    @property
+    def name(self) -> str:
+        if self.resolved is not None and self.resolved.repo_id:
+            return self.resolved.repo_id
+        return str(self.loaded.path)
+
+    @property
+    def notice(self) -> str | None:
+        """A one-line warning from resolution (e.g. a pickle-only revision), for stderr."""
+        return self.resolved.notice if self.resolved is not None else None
+
+    @property
+    def config(self) -> Any:
+        return self.loaded.config
+
+    @property
+    def device(self) -> "torch.device":
+        return self.loaded.device
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.loaded.config.feature_dim)
+
+    def labels(self, labels_file: str | Path | None = None) -> "Labels":
+        from bitcli.labels import resolve_labels
+
+        return resolve_labels(self.config.num_labels, self.config.id2label, labels_file)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies these weights and preprocessing (stored by `bit embed` for --resume)."""
+        resolved = self.resolved
+        return {
+            "model": self.name if resolved is not None and resolved.repo_id else str(Path(self.loaded.path).resolve()),
+            "commit": resolved.commit if resolved is not None else None,
+            "weights": [Path(f).name for f in self.loaded.files],
+            "preprocessing": self.loaded.preprocess.describe(),
+            "device": self.device.type,
+        }
+
+
+def load(
+    model: "str | Path | Model" = DEFAULT_MODEL,
+    *,
+    device: str = "auto",
+    offline: bool | None = None,
+    progress: bool = False,
+) -> Model:
+    """Resolve a model reference (downloading it at most once) and load it on `device`.
+
+    Raises ModelError subclasses (exit code 3) for anything that stops the model from loading,
+    and UsageError for an unavailable device.
+    """
+    if isinstance(model, Model):
+        return model
+    from bitcli import hub
+    from bitcli.checkpoint import first_line, load_model
+
+    torch_device = resolve_device(device)
+    resolved = hub.resolve_model(str(model), offline=offline, progress=progress)
+    try:
+        loaded = load_model(resolved.path, device=torch_device)
+    except BitError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{model}: cannot load the checkpoint ({first_line(exc)})") from exc
+    return Model(loaded=loaded, resolved=resolved)
+
+
+def as_items(inputs: Iterable[InputLike]) -> Iterator["InputItem | InputError"]:
+    """Paths (expanded like the command line: directories, globs, `-`), items and errors, in order."""
+    from bitcli.inputs import InputItem, expand_inputs
+
+    index = 0
+    for value in inputs:
+        if isinstance(value, InputError):
+            yield value
+            continue
+        expanded = [value] if isinstance(value, InputItem) else expand_inputs([str(value)])
+        for item in expanded:
+            if isinstance(item, InputItem):
+                yield InputItem(index=index, path=item.path)
+                index += 1
+            else:
+                yield item
+
+
+@dataclass
+class _Batch:
+    """One batch: its images' outputs and every input of the group, in input order."""
+
+    group: list[Any]  # loader.Loaded | InputError
+    outputs: Any  # what `_forward` returned for the Loaded entries of `group`, or None
+
+
+class _Runner:
+    """Shared batching: loader output -> batches through the model under inference mode."""
+
+    def __init__(
+        self,
+        model: "str | Path | Model" = DEFAULT_MODEL,
+        *,
+        device: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+        offline: bool | None = None,
+        fast_jpeg: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        self.model = load(model, device=device, offline=offline)
+        self.batch_size = batch_size
+        self.workers = workers
+        self.fast_jpeg = fast_jpeg
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.feature_dim
+
+    def _batches(self, inputs: Iterable[InputLike]) -> Iterator[_Batch]:
+        from bitcli.loader import default_workers, image_loader, load_ordered
+
+        load_fn = image_loader(self.model.loaded.preprocess, fast_jpeg=self.fast_jpeg)
+        workers = self.workers or default_workers()
+        stream = load_ordered(as_items(inputs), load_fn, workers=workers, lookahead=max(2 * self.batch_size, 2 * workers))
+        group: list[Any] = []
+        tensors: list[Any] = []
+        for entry in stream:
+            if not isinstance(entry, InputError) and tensors and entry.tensor.shape != tensors[0].shape:
+                yield _Batch(group, self._forward(tensors))  # a new size cannot join this batch
+                group, tensors = [], []
+            group.append(entry)
+            if not isinstance(entry, InputError):
+                tensors.append(entry.tensor)
+                if len(tensors) == self.batch_size:
+                    yield _Batch(group, self._forward(tensors))
+                    group, tensors = [], []
+        if group:
+            yield _Batch(group, self._forward(tensors) if tensors else None)
+
+    def _features(self, tensors: list[Any]) -> "torch.Tensor":
+        """Pooled features [N, C] (float32, on the model's device) for a list of [3, H, W] tensors."""
+        import torch
+
+        x = torch.stack(tensors).to(self.model.device).contiguous(memory_format=torch.channels_last)
+        _, pooled = self.model.loaded.model.forward_features(x)
+        return pooled.float()
+
+    def _forward(self, tensors: list[Any]) -> Any:
+        raise NotImplementedError
+
+
+def short_float(value: Any) -> float:
+    """A float32 as the Python float of its shortest decimal form (0.8312345, not 0.83123451471...).
+
+    It reads back as the same float32, and prints the same in JSON, CSV and the API.
+    """
+    import numpy as np
+
+    return float(str(np.float32(value)))
+
+
+class Classifier(_Runner):
+    """Top-k softmax predictions per image. `labels`: a `--labels` file, a list of names or `Labels`."""
+
+    def __init__(
+        self,
+        model: "str | Path | Model" = DEFAULT_MODEL,
+        *,
+        top_k: int = 5,
+        labels: "str | Path | Sequence[str] | Labels | None" = None,
+        device: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+        offline: bool | None = None,
+        fast_jpeg: bool = False,
+    ) -> None:
+        super().__init__(model, device=device, batch_size=batch_size, workers=workers, offline=offline, fast_jpeg=fast_jpeg)
+        num_classes = int(self.model.config.num_labels)
+        if num_classes < 1:
+            raise UsageError(f"{self.model.name} has no classifier head (features only); use `bit embed` instead")
+        if top_k < 1:
+            raise UsageError("--top-k must be at least 1")
+        self.top_k = min(top_k, num_classes)
+        self.labels = self._labels(labels, num_classes)
+
+    def _labels(self, labels: Any, num_classes: int) -> "Labels":
+        from bitcli.labels import Labels
+
+        if isinstance(labels, Labels):
+            return labels
+        if labels is None or isinstance(labels, (str, Path)):
+            return self.model.labels(labels)
+        names = [str(n) for n in labels]
+        if len(names) != num_classes:
+            raise UsageError(f"{len(names)} labels given, but the model's head has {num_classes} classes")
+        return Labels(names, "given list")
+
+    def _forward(self, tensors: list[Any]) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model.loaded.model.forward_head(self._features(tensors))
+            probs = torch.softmax(logits.float(), dim=-1)
+            scores, indices = probs.topk(self.top_k, dim=-1)
+        return scores.cpu().numpy(), indices.cpu().numpy()
+
+    def classify_groups(self, inputs: Iterable[InputLike]) -> Iterator[list[ClassifyResult]]:
+        """One list of results per batch, in input order (failures in their place)."""
+        for batch in self._batches(inputs):
+            results = []
+            row = 0
+            for entry in batch.group:
+                if isinstance(entry, InputError):
+                    results.append(ClassifyResult(path=entry.path, error=entry.reason))
+                    continue
+                scores, indices = batch.outputs
+                preds = [
+                    Prediction(rank=r + 1, index=int(i), label=self.labels.names[int(i)], score=short_float(s))
+                    for r, (s, i) in enumerate(zip(scores[row], indices[row]))
+                ]
+                results.append(ClassifyResult(path=entry.path, predictions=preds))
+                row += 1
+            yield results
+
+    def classify(self, inputs: Iterable[InputLike]) -> Iterator[ClassifyResult]:
+        """One result per input, in input order."""
+        for group in self.classify_groups(inputs):
+            yield from group
+
+
+class Embedder(_Runner):
+    """Pooled feature vectors (after the final norm, before the head), optionally L2-normalized."""
+
+    def __init__(
+        self,
+        model: "str | Path | Model" = DEFAULT_MODEL,
+        *,
+        normalize: bool = False,
+        device: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+        offline: bool | None = None,
+        fast_jpeg: bool = False,
+    ) -> None:
+        super().__init__(model, device=device, batch_size=batch_size, workers=workers, offline=offline, fast_jpeg=fast_jpeg)
+        self.normalize = normalize
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the rows' bytes (for `bit embed --resume`)."""
+        return {
+            **self.model.fingerprint(),
+            "normalize": self.normalize,
+            "batch_size": self.batch_size,
+            "fast_jpeg": self.fast_jpeg,
+        }
+
+    def _forward(self, tensors: list[Any]) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            pooled = self._features(tensors)
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+        return pooled.cpu().numpy()
+
+    def embed_groups(self, inputs: Iterable[InputLike]) -> Iterator[list[EmbedResult]]:
+        """One list of results per batch, in input order (failures in their place)."""
+        for batch in self._batches(inputs):
+            results = []
+            row = 0
+            for entry in batch.group:
+                if isinstance(entry, InputError):
+                    results.append(EmbedResult(path=entry.path, error=entry.reason))
+                else:
+                    results.append(EmbedResult(path=entry.path, vector=batch.outputs[row]))
+                    row += 1
+            yield results
+
+    def embed(self, inputs: Iterable[InputLike]) -> Iterator[EmbedResult]:
+        """One result per input, in input order; `vector` is float32 [feature_dim]."""
+        for group in self.embed_groups(inputs):
+            yield from group
+
+
+@dataclass
+class Embeddings:
+    """All rows at once (for in-memory use; `bit embed` streams to disk instead)."""
+
+    vectors: "np.ndarray"  # float32 [N, D], row i belongs to paths[i]
+    paths: list[str]
+    errors: list[tuple[str, str]]  # (path, reason) of inputs that failed
+
+
+def classify(
+    inputs: Iterable[InputLike],
+    model: "str | Path | Model" = DEFAULT_MODEL,
+    *,
+    top_k: int = 5,
+    **options: Any,
+) -> list[ClassifyResult]:
+    """Classify images; one result per input, in order. Options as for `Classifier`."""
+    return list(Classifier(model, top_k=top_k, **options).classify(inputs))
+
+
+def embed(
+    inputs: Iterable[InputLike],
+    model: "str | Path | Model" = DEFAULT_MODEL,
+    *,
+    normalize: bool = False,
+    **options: Any,
+) -> Embeddings:
+    """Embed images into one in-memory matrix. Options as for `Embedder`."""
+    import numpy as np
+
+    embedder = Embedder(model, normalize=normalize, **options)
+    rows, paths, errors = [], [], []
+    for r in embedder.embed(inputs):
+        if r.ok:
+            rows.append(r.vector)
+            paths.append(r.path)
+        else:
+            errors.append((r.path, str(r.error)))
+    vectors = np.stack(rows) if rows else np.zeros((0, embedder.feature_dim), dtype=np.float32)
+    return Embeddings(vectors=vectors, paths=paths, errors=errors)

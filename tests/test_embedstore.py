@@ -1,0 +1,186 @@
+"""EmbedWriter: numpy-identical bytes, atomic publication, crash recovery and byte-identical resume."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from bitcli.embedstore import EmbedPaths, EmbedWriter, escape_error_path, npy_header
+from bitcli.errors import UsageError
+
+DIM = 6
+FP = {"model": "tiny", "normalize": False, "batch_size": 2}
+
+
+def batches(n_batches: int = 4, per: int = 2, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(n_batches):
+        paths = [f"img{b}_{i}.jpg" for i in range(per)]
+        out.append((paths, rng.standard_normal((per, DIM)).astype(np.float32), [(f"bad{b}.jpg", "not an image")]))
+    return out
+
+
+def write_all(paths: EmbedPaths, data, dtype: str = "float32", **kw) -> EmbedWriter:
+    writer = EmbedWriter(paths, dim=DIM, dtype=dtype, fingerprint=FP, **kw)
+    for p, rows, errs in data:
+        writer.commit(p, rows, errs)
+    writer.finish()
+    return writer
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_output_is_byte_identical_to_numpy_save(tmp_path, dtype):
+    data = batches()
+    paths = EmbedPaths.for_output(tmp_path / "out.npy")
+    write_all(paths, data, dtype)
+    expected = np.concatenate([rows for _, rows, _ in data]).astype(dtype)
+    buf = io.BytesIO()
+    np.save(buf, expected)
+    assert (tmp_path / "out.npy").read_bytes() == buf.getvalue()
+    manifest = (tmp_path / "out.paths.txt").read_text().splitlines()
+    assert manifest == [p for ps, _, _ in data for p in ps]
+    assert (tmp_path / "out.errors.txt").read_text().splitlines() == [f"bad{b}.jpg\tnot an image" for b in range(4)]
+    assert not paths.partial.exists()
+
+
+def test_header_length_does_not_depend_on_row_count():
+    lengths = {len(npy_header(np.dtype("<f4"), n, 2048)) for n in (0, 7, 10**6, 10**15)}
+    assert len(lengths) == 1
+
+
+def test_interrupted_run_leaves_no_output_and_resumes_byte_identical(tmp_path):
+    data = batches(5)
+    full = EmbedPaths.for_output(tmp_path / "full.npy")
+    write_all(full, data)
+
+    part = EmbedPaths.for_output(tmp_path / "part.npy")
+    writer = EmbedWriter(part, dim=DIM, fingerprint=FP)
+    for p, rows, errs in data[:2]:
+        writer.commit(p, rows, errs)
+    writer.close()  # as if killed: nothing published
+    assert not part.out.exists() and not part.manifest.exists()
+    assert part.partial.is_dir()
+
+    resumed = EmbedWriter(part, dim=DIM, fingerprint=FP, resume=True)
+    assert resumed.rows == 4 and resumed.failed == 2
+    assert set(resumed.done) == {"img0_0.jpg", "img0_1.jpg", "img1_0.jpg", "img1_1.jpg", "bad0.jpg", "bad1.jpg"}
+    for p, rows, errs in data[2:]:
+        resumed.commit(p, rows, errs)
+    summary = resumed.finish()
+    assert summary.rows == 10 and summary.resumed_rows == 4 and summary.failed == 5
+    assert part.out.read_bytes() == full.out.read_bytes()
+    assert part.manifest.read_bytes() == full.manifest.read_bytes()
+    assert part.errors.read_bytes() == full.errors.read_bytes()
+
+
+def test_resume_discards_uncommitted_rows_and_torn_journal_line(tmp_path):
+    data = batches(3)
+    full = EmbedPaths.for_output(tmp_path / "full.npy")
+    write_all(full, data)
+
+    part = EmbedPaths.for_output(tmp_path / "part.npy")
+    writer = EmbedWriter(part, dim=DIM, fingerprint=FP)
+    writer.commit(*data[0])
+    writer.close()
+    # A kill between appending rows and journaling them, and in the middle of a journal line.
+    with open(part.partial / "data.npy", "ab") as fh:
+        fh.write(np.ones((2, DIM), np.float32).tobytes()[:-3])
+    with open(part.partial / "journal.jsonl", "ab") as fh:
+        fh.write(b'{"rows": ["img1_0.jpg"')
+
+    resumed = EmbedWriter(part, dim=DIM, fingerprint=FP, resume=True)
+    assert resumed.rows == 2
+    for args in data[1:]:
+        resumed.commit(*args)
+    resumed.finish()
+    assert part.out.read_bytes() == full.out.read_bytes()
+
+
+def test_resume_refuses_different_settings(tmp_path):
+    paths = EmbedPaths.for_output(tmp_path / "out.npy")
+    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP)
+    writer.commit(*batches(1)[0])
+    writer.close()
+    with pytest.raises(UsageError, match="normalize"):
+        EmbedWriter(paths, dim=DIM, fingerprint={**FP, "normalize": True}, resume=True)
+    with pytest.raises(UsageError, match="dtype"):
+        EmbedWriter(paths, dim=DIM, dtype="float16", fingerprint=FP, resume=True)
+    # The partial run is untouched by the refusals.
+    assert EmbedWriter(paths, dim=DIM, fingerprint=FP, resume=True).rows == 2
+
+
+def test_existing_output_and_partial_runs_need_a_decision(tmp_path):
+    paths = EmbedPaths.for_output(tmp_path / "out.npy")
+    write_all(paths, batches(1))
+    before = paths.out.read_bytes()
+    with pytest.raises(UsageError, match="--overwrite"):
+        EmbedWriter(paths, dim=DIM, fingerprint=FP)
+    complete = EmbedWriter(paths, dim=DIM, fingerprint=FP, resume=True)
+    assert complete.already_complete
+    assert paths.out.read_bytes() == before
+
+    # --overwrite replaces the old file only when the new one is complete.
+    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP, overwrite=True)
+    writer.commit(["new.jpg"], np.zeros((1, DIM), np.float32))
+    assert paths.out.read_bytes() == before
+    writer.close()
+    with pytest.raises(UsageError, match="--resume"):
+        EmbedWriter(paths, dim=DIM, fingerprint=FP)
+    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP, overwrite=True)  # discards the partial run
+    assert writer.rows == 0
+    writer.finish()
+    assert np.load(paths.out).shape == (0, DIM)
+    assert not paths.errors.exists()  # stale error list from the first run removed
+
+
+def test_stream_output_round_trips(tmp_path):
+    data = batches(2)
+    paths = EmbedPaths.for_output(None, manifest=tmp_path / "rows.txt")
+    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP)
+    for args in data:
+        writer.commit(*args)
+    buf = io.BytesIO()
+    writer.finish(buf)
+    arr = np.load(io.BytesIO(buf.getvalue()))
+    np.testing.assert_array_equal(arr, np.concatenate([r for _, r, _ in data]))
+    assert (tmp_path / "rows.txt").read_text().splitlines() == [p for ps, _, _ in data for p in ps]
+    assert (tmp_path / "rows.errors.txt").exists()
+    assert list(tmp_path.iterdir()) != [] and not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_stream_output_needs_a_manifest():
+    with pytest.raises(UsageError, match="--manifest"):
+        EmbedPaths.for_output(None)
+
+
+def test_rows_must_match_paths_and_paths_must_fit_a_line(tmp_path):
+    writer = EmbedWriter(EmbedPaths.for_output(tmp_path / "o.npy"), dim=DIM, fingerprint=FP)
+    with pytest.raises(ValueError):
+        writer.commit(["a", "b"], np.zeros((1, DIM), np.float32))
+    with pytest.raises(ValueError, match="line break"):
+        writer.commit(["a\nb"], np.zeros((1, DIM), np.float32))
+
+
+def test_error_paths_are_escaped_to_one_line():
+    assert escape_error_path("a\tb\nc\\d") == "a\\tb\\nc\\\\d"
+
+
+def test_state_records_fingerprint(tmp_path):
+    paths = EmbedPaths.for_output(tmp_path / "o.npy")
+    EmbedWriter(paths, dim=DIM, fingerprint=FP).close()
+    state = json.loads((paths.partial / "state.json").read_text())
+    assert state["fingerprint"] == FP and state["dim"] == DIM and state["dtype"] == "float32"
+
+
+def test_skip_done_counts_duplicates(tmp_path):
+    from types import SimpleNamespace as Item
+
+    paths = EmbedPaths.for_output(tmp_path / "o.npy")
+    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP)
+    writer.commit(["a", "b"], np.zeros((2, DIM), np.float32), [("x", "bad")])
+    items = [Item(path=p) for p in ["a", "b", "x", "c", "a", "x"]]
+    assert [i.path for i in writer.skip_done(items)] == ["c", "a", "x"]
