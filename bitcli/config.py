@@ -97,7 +97,8 @@ class BitConfig:
         known = {f for f in cls.__dataclass_fields__ if f not in ("id2label", "num_labels")}
         kwargs = {k: v for k, v in data.items() if k in known}
         id2label = {int(k): str(v) for k, v in (data.get("id2label") or {}).items()}
-        num_labels = int(data.get("num_labels", len(id2label) or 2))  # transformers' default is 2 labels
+        # As transformers: id2label decides (an empty one means no head); without it, 2 labels.
+        num_labels = len(id2label) if "id2label" in data else int(data.get("num_labels", 2))
         try:
             return cls(**kwargs, num_labels=num_labels, id2label=id2label)
         except (TypeError, ValueError) as exc:

@@ -129,3 +129,17 @@ def test_config_reads_real_files_and_ignores_unknown_keys(dtype_key):
 def test_placeholder_labels_are_not_names():
     config = BitConfig.from_dict({"id2label": {"0": "LABEL_0", "1": "LABEL_1"}})
     assert not config.has_named_labels
+
+
+def test_classifier_saved_with_no_labels_loads_headless(tmp_path):
+    from transformers import BitConfig as ReferenceConfig
+    from transformers import BitForImageClassification
+
+    torch.manual_seed(0)
+    BitForImageClassification(ReferenceConfig(**TINY, num_labels=0)).save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.config.num_labels == 0 and not loaded.model.has_head
+
+
+def test_config_without_labels_has_transformers_default_of_two():
+    assert BitConfig.from_dict({"model_type": "bit"}).num_labels == 2
