@@ -86,7 +86,14 @@ class BitConfig:
         """A readable name such as 'BiT R50x1, pre-activation'."""
         depth = 2 + 3 * sum(self.depths)  # stem conv + 3 convs per block (+ the head counts as 1 in ResNet naming)
         kind = "pre-activation" if self.layer_type == "preactivation" else "bottleneck (v1.5)"
-        return f"BiT R{depth}x{self.width_factor}, {kind}"
+        return f"BiT R{depth}x{self.width_multiplier}, {kind}"
+
+    @property
+    def width_multiplier(self) -> int:
+        """The "x3" of R50x3, also for timm configs whose hidden_sizes already include the width."""
+        if self.feature_dim % 2048 == 0 and self.feature_dim >= 2048:
+            return self.feature_dim // 2048
+        return self.width_factor
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BitConfig:

@@ -56,7 +56,7 @@ def architecture(config: Any) -> dict[str, Any]:
         "depths": list(config.depths),
         "stem_width": config.embedding_size,
         "widths": list(config.stage_widths),
-        "width_factor": config.width_factor,
+        "width_factor": config.width_multiplier,
         "num_groups": config.num_groups,
         "padding": config.global_padding or "symmetric",
         "stem_dynamic_padding": config.embedding_dynamic_padding,

@@ -64,6 +64,9 @@ class PreprocessConfig:
     image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     image_std: tuple[float, float, float] = OPENAI_CLIP_STD
     do_convert_rgb: bool = True
+    # Center-crop offset: "floor" ((H - h) // 2, transformers) or "half_even" (round((H - h) / 2),
+    # torchvision, hence timm); they differ by one pixel when H - h is 3 mod 4.
+    crop_rounding: str = "floor"
 
     def __post_init__(self) -> None:
         if self.resize_mode not in ("shortest_edge", "exact"):
@@ -72,6 +75,8 @@ class PreprocessConfig:
             raise ConfigError("resize mode shortest_edge needs a shortest_edge size")
         if self.do_resize and self.resize_mode == "exact" and not self.size:
             raise ConfigError("resize mode exact needs a (height, width) size")
+        if self.crop_rounding not in ("floor", "half_even"):
+            raise ConfigError(f"unknown crop rounding {self.crop_rounding!r}: use floor or half_even")
         if self.resample not in RESAMPLE_NAMES:
             raise ConfigError(f"unknown resample filter {self.resample!r}: use a PIL number 0-5")
 
@@ -189,7 +194,7 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
         height, width = resize_output_size(full_height, full_width, cfg)
         image = image.resize((width, height), resample=cfg.resample, box=image.info.get(DRAFT_BOX_KEY))
     if cfg.do_center_crop:
-        image = image.crop(center_crop_box(image.height, image.width, cfg.crop_size))
+        image = image.crop(center_crop_box(image.height, image.width, cfg.crop_size, cfg.crop_rounding))
     return torch.from_numpy(_apply_value_table(np.asarray(image), cfg._lut))
 
 
@@ -212,12 +217,21 @@ def resize_output_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[
     return (new_long, edge) if width <= height else (edge, new_long)
 
 
-def center_crop_box(height: int, width: int, crop_size: tuple[int, int]) -> tuple[int, int, int, int]:
+def center_crop_box(
+    height: int, width: int, crop_size: tuple[int, int], rounding: str = "floor"
+) -> tuple[int, int, int, int]:
     """PIL crop box (left, top, right, bottom); negative where the crop pads with black."""
     crop_height, crop_width = crop_size
-    top = (height - crop_height) // 2
-    left = (width - crop_width) // 2
+    top = _crop_offset(height - crop_height, rounding)
+    left = _crop_offset(width - crop_width, rounding)
     return (left, top, left + crop_width, top + crop_height)
+
+
+def _crop_offset(excess: int, rounding: str) -> int:
+    """Where the crop starts along an axis `excess` pixels longer than it (negative: shorter)."""
+    if rounding == "half_even" and excess > 0:
+        return int(round(excess / 2.0))  # Python's round: half to even, as torchvision's center_crop
+    return excess // 2
 
 
 def _value_table(cfg: PreprocessConfig) -> np.ndarray:
