@@ -26,6 +26,7 @@ from bitcli.errors import BitError, ModelError, UsageError
 
 DEFAULT_MODEL = "google/bit-50"
 DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_PIXELS = 100_000_000  # decode.DEFAULT_MAX_PIXELS (not imported: it loads PIL)
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -112,6 +113,44 @@ ThreadsOpt = Annotated[
         rich_help_panel="Model and runtime",
     ),
 ]
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=0,
+        metavar="N",
+        help=(
+            "Skip (as a failed input) any image of more than N pixels (width x height), read from its "
+            "header before decoding: a guard against decompression bombs. 0: no limit."
+        ),
+        rich_help_panel="Images",
+    ),
+]
+FastJpegOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fast-jpeg",
+        help=(
+            "Decode large JPEGs at a reduced scale (1/2, 1/4 or 1/8, never below the model's input size): "
+            "much faster for big photos, but not pixel-exact, so scores differ slightly."
+        ),
+        rich_help_panel="Images",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How inputs are decoded: the pixel limit (0: none) and the fast JPEG path."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    fast_jpeg: bool = False
+
+    def runner_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `pipeline.Classifier` / `Embedder`."""
+        return {"max_pixels": self.max_pixels or None, "fast_jpeg": self.fast_jpeg}
+
+
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar, warnings or summary; errors still print.", rich_help_panel="Messages")
 ]
@@ -257,10 +296,22 @@ def _setup_runtime(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _quiet_hub(ui: Ui) -> None:
+    """Under --quiet, silence huggingface_hub's own log lines (e.g. "Trying to resume download...").
+
+    Its errors still reach bitcli as exceptions and print as one `error:` line.
+    """
+    if ui.quiet:
+        from huggingface_hub.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+
+
 def _load(model: str, device: Device, ui: Ui) -> Any:
     """Resolve and load the model; every failure becomes a ModelError (exit 3)."""
     from bitcli import pipeline
 
+    _quiet_hub(ui)
     loaded = pipeline.load(model, device=device.value, progress=ui.show_progress)
     if loaded.notice:
         ui.warn(loaded.notice)
@@ -306,12 +357,15 @@ def classify(
     device: DeviceOpt = Device.auto,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threads: ThreadsOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    fast_jpeg: FastJpegOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Top-k classes and softmax probabilities for each image."""
     ui = Ui(quiet=quiet, debug=debug)
-    _guard(ui, lambda: _classify(ui, inputs, top_k, format.value, labels, model, device, batch_size, threads))
+    images = ImageOptions(max_pixels, fast_jpeg)
+    _guard(ui, lambda: _classify(ui, inputs, top_k, format.value, labels, model, device, batch_size, threads, images))
 
 
 def _classify(
@@ -324,6 +378,7 @@ def _classify(
     device: Device,
     batch_size: int,
     threads: int | None,
+    images: ImageOptions,
 ) -> int:
     from bitcli import output
     from bitcli.pipeline import Classifier
@@ -332,7 +387,9 @@ def _classify(
     items = _expand(inputs)
     _setup_runtime(threads)
     loaded = _load(model, device, ui)
-    classifier = Classifier(loaded, top_k=top_k, labels=labels, batch_size=batch_size, workers=threads)
+    classifier = Classifier(
+        loaded, top_k=top_k, labels=labels, batch_size=batch_size, workers=threads, **images.runner_kwargs()
+    )
     renderer = output.classify_renderer(fmt, sys.stdout, count=len(items), top_k=classifier.top_k)
     failed = 0
     with ui.progress(len(items), "classifying") as advance:
@@ -387,12 +444,15 @@ def embed(
     device: DeviceOpt = Device.auto,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threads: ThreadsOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    fast_jpeg: FastJpegOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Pooled feature vectors (the embedding before the classifier) as one .npy array."""
     ui = Ui(quiet=quiet, debug=debug)
-    options = EmbedOptions(output_path, dtype.value, normalize, manifest, resume, overwrite, batch_size, threads)
+    images = ImageOptions(max_pixels, fast_jpeg)
+    options = EmbedOptions(output_path, dtype.value, normalize, manifest, resume, overwrite, batch_size, threads, images)
     _guard(ui, lambda: _embed(ui, inputs, options, model, device))
 
 
@@ -406,6 +466,7 @@ class EmbedOptions:
     overwrite: bool
     batch_size: int
     threads: int | None
+    images: ImageOptions = ImageOptions()
 
     @property
     def to_stdout(self) -> bool:
@@ -436,7 +497,9 @@ def _embed(ui: Ui, inputs: list[str], opts: EmbedOptions, model: str, device: De
     items = _expand(inputs)
     _setup_runtime(opts.threads)
     loaded = _load(model, device, ui)
-    embedder = Embedder(loaded, normalize=opts.normalize, batch_size=opts.batch_size, workers=opts.threads)
+    embedder = Embedder(
+        loaded, normalize=opts.normalize, batch_size=opts.batch_size, workers=opts.threads, **opts.images.runner_kwargs()
+    )
     with _output_errors(paths, UsageError):  # cannot even start: the -o path is unusable
         writer = embedstore.EmbedWriter(
             paths,
@@ -564,6 +627,7 @@ def download(
 def _download(ui: Ui, models: list[str]) -> int:
     from bitcli import hub
 
+    _quiet_hub(ui)
     worst = EXIT_OK
     for ref in models:
         try:
@@ -584,15 +648,13 @@ def models(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Known BiT checkpoints (aliases), and whether each is in the local cache."""
+    """Known BiT checkpoints (aliases): input size, classes, top-1, size, and whether each is cached."""
     ui = Ui(quiet=quiet, debug=debug)
 
     def body() -> int:
         from bitcli import hub, output
 
-        rows = hub.list_known_models()
-        columns = ["alias", "repo_id", "input_size", "num_classes", "top1", "cached", "description"]
-        output.render_rows(rows, columns, format.value, sys.stdout)
+        output.render_models(hub.list_known_models(), format.value, sys.stdout)
         return EXIT_OK
 
     _guard(ui, body)

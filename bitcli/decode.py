@@ -194,7 +194,13 @@ def _check_pixel_count(name: str, size: tuple[int, int], max_pixels: int | None)
 
 
 def over_limit_reason(pixels: int, max_pixels: int) -> str:
-    """'image is 120.0 megapixels, over the limit of 100 (use --max-pixels)'."""
+    """'image is 120.0 megapixels, over the limit of 100 (use --max-pixels)'.
+
+    A limit under one megapixel is stated in pixels ('image is 4,800 pixels, over the limit of
+    1,000'), where megapixels would read as 0.0 and 0.001.
+    """
+    if max_pixels < 1_000_000:
+        return f"image is {pixels:,} pixels, over the limit of {max_pixels:,} (use --max-pixels)"
     return (
         f"image is {pixels / 1e6:.1f} megapixels, over the limit of "
         f"{max_pixels / 1e6:g} (use --max-pixels)"

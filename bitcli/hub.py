@@ -140,10 +140,12 @@ def download_model(ref: str, *, progress: bool = False) -> ResolvedModel:
 
 
 def list_known_models() -> list[dict]:
-    """Every zoo alias with its repository, revision, whether it is cached and its size on disk.
+    """Every zoo alias with its repository, revision, size, whether it is cached and its size on disk.
 
-    Keys: alias, repo_id, revision, description, input_size, num_classes, top1, cached (bool),
-    size_bytes (int, 0 when not cached) and size (human-readable, "-" when not cached).
+    Keys: alias, repo_id, revision, architecture, description, input_size, num_classes, top1,
+    num_parameters, download_bytes (about 4 bytes per parameter: the float32 safetensors file),
+    cached (bool), size_bytes (on disk; 0 when not cached) and size (human-readable, "-" when
+    not cached).
     """
     settings = HubSettings.from_env()
     rows = []
@@ -156,10 +158,13 @@ def list_known_models() -> list[dict]:
                 "alias": entry.alias,
                 "repo_id": entry.repo_id,
                 "revision": entry.revision,
+                "architecture": entry.architecture,
                 "description": entry.description,
                 "input_size": entry.input_size,
                 "num_classes": entry.num_classes,
                 "top1": entry.top1,
+                "num_parameters": entry.num_parameters,
+                "download_bytes": entry.download_bytes,
                 "cached": cached is not None,
                 "size_bytes": size,
                 "size": human_size(size) if cached is not None else "-",
@@ -219,23 +224,42 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def _local_model(ref: str) -> ResolvedModel | None:
-    """A ResolvedModel for an existing local path, None for a hub reference; a missing path is an error."""
+    """A ResolvedModel for an existing local path, None for a hub reference; a missing path is an error.
+
+    A directory without `config.json` that holds exactly one `.npz` (an original-release
+    download) resolves to that file; with several, which one is meant is the user's call.
+    """
     path = Path(ref).expanduser()
-    if path.exists():
-        weights = path.name if path.is_file() else _local_weights_name(path)
-        return ResolvedModel(path, ref, None, None, None, weights, "local")
-    if _looks_like_path(ref):
-        raise ModelNotFoundError(f"model path '{ref}' does not exist; pass an existing checkpoint directory or file")
-    return None
+    if not path.exists():
+        if _looks_like_path(ref):
+            raise ModelNotFoundError(f"model path '{ref}' does not exist; pass an existing checkpoint directory or file")
+        return None
+    if path.is_dir() and not (path / CONFIG_FILE).is_file():
+        npz = _only_npz(path, ref)
+        if npz is not None:
+            return ResolvedModel(npz, ref, None, None, None, npz.name, "local")
+    weights = path.name if path.is_file() else _local_weights_name(path)
+    return ResolvedModel(path, ref, None, None, None, weights, "local")
+
+
+def _only_npz(directory: Path, ref: str) -> Path | None:
+    """The one `.npz` file in a directory, None if there is none; CheckpointError if there are several."""
+    found = sorted(p for p in directory.glob("*.npz") if p.is_file())
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise CheckpointError(
+            f"model directory '{ref}' has no {CONFIG_FILE} and {len(found)} .npz checkpoints ({names}); "
+            f"pass one of them, e.g. --model {directory / found[0].name}"
+        )
+    return found[0] if found else None
 
 
 def _local_weights_name(directory: Path) -> str:
-    """The weights file bitcli would pick in a local directory ("" if none is recognised)."""
+    """The weights file bitcli would pick in a local checkpoint directory ("" if none is recognised)."""
     for name in WEIGHTS_FILES:
         if (directory / name).is_file():
             return name
-    npz = sorted(directory.glob("*.npz"))
-    return npz[0].name if npz else ""
+    return ""
 
 
 # --------------------------------------------------------------------------- cache

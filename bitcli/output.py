@@ -14,7 +14,7 @@ import json
 import sys
 from typing import IO, Any, Iterable, Protocol
 
-from bitcli.results import ClassifyResult
+from bitcli.results import ClassifyResult, Prediction
 
 CLASSIFY_FORMATS = ("auto", "table", "jsonl", "json", "csv")
 INSPECT_FORMATS = ("table", "json")
@@ -136,7 +136,7 @@ class TableRenderer:
 
     def close(self) -> None:
         if self.compact:
-            self.console.print(compact_table(self.rows, self.top_k))
+            self.console.print(compact_table(self.rows, self.top_k, width=self.console.width))
 
 
 def image_table(result: ClassifyResult) -> Any:
@@ -155,28 +155,75 @@ def image_table(result: ClassifyResult) -> Any:
     return table
 
 
-def compact_table(results: Iterable[ClassifyResult], top_k: int) -> Any:
+# The compact table: paths stay on one line when the other columns can still fit beside them
+# (a label needs about LABEL_MIN_WIDTH); runners-up appear only when, after the top-1 labels
+# (up to LABEL_WIDE), at least RUNNERS_UP_MIN_WIDTH columns are left.
+LABEL_MIN_WIDTH = 14
+LABEL_WIDE = 30
+RUNNERS_UP_MIN_WIDTH = 24
+_PROBABILITY_WIDTH = len("probability")
+_CLASS_WIDTH = len("class")
+
+
+def compact_table(results: Iterable[ClassifyResult], top_k: int, width: int | None = None) -> Any:
+    """One row per image: path, top-1 label, probability, class, and runners-up when there is room.
+
+    `width` is the terminal's (None: unknown, every column shown). Paths are kept whole on one
+    line whenever they fit beside a readable label; only longer ones fold, as a last resort.
+    Runners-up take one line: each label's first synonym, as many as fit, then an ellipsis (the
+    machine formats and the per-image tables keep every label whole).
+    """
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(show_edge=False)
-    table.add_column("image", overflow="fold")
-    table.add_column("top-1")
-    table.add_column("probability", justify="right")
-    table.add_column("class", justify="right", style="dim")
-    if top_k > 1:
-        table.add_column("runners-up", style="dim")
+    results = list(results)
+    path_width = max((len(r.path) for r in results), default=0)
+    label_width = max((len(r.predictions[0].label) for r in results if r.predictions), default=0)
+    fixed = _PROBABILITY_WIDTH + _CLASS_WIDTH + 3 * 3  # probability, class, padding and separators
+    path_room = None if width is None else width - fixed - min(label_width, LABEL_MIN_WIDTH)
+    runners_room = None if width is None else width - fixed - path_width - min(label_width, LABEL_WIDE) - 3
+    runners_up = top_k > 1 and (runners_room is None or runners_room >= RUNNERS_UP_MIN_WIDTH)
+
+    table = Table(show_edge=False, pad_edge=False)
+    if path_room is None or path_width <= path_room:
+        table.add_column("image", no_wrap=True)
+    else:  # the last resort: longer paths fold, the others still fit on one line
+        table.add_column("image", overflow="fold", width=max(path_room, 10))
+    table.add_column("top-1", min_width=min(label_width, LABEL_MIN_WIDTH), overflow="fold")
+    table.add_column("probability", justify="right", no_wrap=True)
+    table.add_column("class", justify="right", style="dim", no_wrap=True)
+    if runners_up:
+        table.add_column("runners-up", style="dim", no_wrap=True, max_width=runners_room)
     for r in results:
         if r.error is not None:
             row = [Text(r.path), Text(f"failed: {r.error}", style="red"), "", ""]
         else:
             best = r.predictions[0]
             row = [Text(r.path), Text(best.label), format_percent(best.score), str(best.index)]
-        if top_k > 1:
-            rest = "; ".join(f"{p.label} {format_percent(p.score)}" for p in r.predictions[1:])
-            row.append(Text(rest))
+        if runners_up:
+            row.append(Text(runners_up_text(r.predictions[1:], runners_room)))
         table.add_row(*row)
     return table
+
+
+def runners_up_text(predictions: list[Prediction], room: int | None) -> str:
+    """'tiger cat 10.00%; Egyptian cat 5.00%', as many as fit in `room` characters, then '…'."""
+    parts = [f"{first_name(p.label)} {format_percent(p.score)}" for p in predictions]
+    if room is None:
+        return "; ".join(parts)
+    text = ""
+    for n, part in enumerate(parts):
+        candidate = f"{text}; {part}" if text else part
+        more = n + 1 < len(parts)
+        if len(candidate) + (3 if more else 0) > room:
+            return f"{text}; …" if text else "…"
+        text = candidate
+    return text
+
+
+def first_name(label: str) -> str:
+    """The first of an ImageNet label's comma-separated synonyms ('tabby, tabby cat' -> 'tabby')."""
+    return label.split(", ", 1)[0]
 
 
 def classify_renderer(fmt: str, stream: IO[str], *, count: int, top_k: int) -> ClassifyRenderer:
@@ -353,3 +400,64 @@ def render_rows(rows: list[dict[str, Any]], columns: list[str], fmt: str, stream
     for row in rows:
         table.add_row(*(Text(_show(row.get(col))) for col in columns))
     stdout_console(stream).print(table)
+
+
+MODELS_CAPTION = (
+    "download: the float32 weights, about 4 bytes per parameter. cached: size on disk in the "
+    "Hugging Face cache, or no. --format json adds each repository, revision and description."
+)
+
+
+def render_models(rows: list[dict[str, Any]], fmt: str, stream: IO[str]) -> None:
+    """`bit models`: the rows of `hub.list_known_models()` as JSON, or a table that fits 100 columns."""
+    if fmt != "table":
+        render_rows(rows, [], fmt, stream)
+        return
+    stdout_console(stream).print(models_table(rows))
+
+
+def models_table(rows: list[dict[str, Any]]) -> Any:
+    """alias, input size, classes, top-1, parameters, download size, cached (size on disk, or no).
+
+    About 75 columns wide; the repository and description are left to --format json.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_edge=False, pad_edge=False, caption=MODELS_CAPTION, caption_justify="left")
+    table.add_column("alias", no_wrap=True)
+    for name in ("input", "classes", "top-1", "params", "download"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("cached", no_wrap=True)
+    for row in rows:
+        top1 = row.get("top1")
+        table.add_row(
+            Text(str(row["alias"])),
+            str(row["input_size"]),
+            f"{row['num_classes']:,}",
+            "-" if top1 is None else f"{top1:.2f}",
+            format_millions(row["num_parameters"]),
+            short_size(row["download_bytes"]),
+            short_size(row["size_bytes"]) if row.get("cached") else "no",
+        )
+    return table
+
+
+def short_size(num_bytes: int) -> str:
+    """Bytes to three significant digits with decimal units: '102 MB', '1.55 GB', '68.3 kB'."""
+    if num_bytes < 1000:
+        return f"{num_bytes} B"
+    size = float(num_bytes)
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        digits = 2 if size < 9.995 else 1 if size < 99.95 else 0
+        text = f"{size:.{digits}f}"
+        if float(text) < 1000:
+            break
+    return f"{text} {unit}"
+
+
+def format_millions(n: int) -> str:
+    """A parameter count in six characters or fewer: 25549352 -> '25.5M', 1107299923 -> '1.11B'."""
+    return f"{n / 1e6:.1f}M" if n < 999_950_000 else f"{n / 1e9:.2f}B"
+

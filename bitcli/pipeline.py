@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "google/bit-50"
 DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_PIXELS = 100_000_000  # the same as decode.DEFAULT_MAX_PIXELS (not imported: it loads PIL)
 
 InputLike = Union[str, Path, "InputItem", InputError]
 
@@ -161,7 +162,13 @@ class _Batch:
 
 
 class _Runner:
-    """Shared batching: loader output -> batches through the model under inference mode."""
+    """Shared batching: loader output -> batches through the model under inference mode.
+
+    `max_pixels`: an image whose width x height exceeds it fails (`error` set) before it is
+    decoded, a guard against decompression bombs; None: no limit. `fast_jpeg`: decode JPEGs at
+    a reduced scale (libjpeg draft mode) when that still covers the model's input: faster for
+    large photos, close to but not pixel-identical with the exact path.
+    """
 
     def __init__(
         self,
@@ -172,13 +179,17 @@ class _Runner:
         workers: int | None = None,
         offline: bool | None = None,
         fast_jpeg: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
+        if max_pixels is not None and max_pixels < 1:
+            raise UsageError("max_pixels must be at least 1, or None for no limit (--max-pixels 0 on the command line)")
         self.model = load(model, device=device, offline=offline)
         self.batch_size = batch_size
         self.workers = workers
         self.fast_jpeg = fast_jpeg
+        self.max_pixels = max_pixels
 
     @property
     def feature_dim(self) -> int:
@@ -187,7 +198,7 @@ class _Runner:
     def _batches(self, inputs: Iterable[InputLike]) -> Iterator[_Batch]:
         from bitcli.loader import default_workers, image_loader, load_ordered
 
-        load_fn = image_loader(self.model.loaded.preprocess, fast_jpeg=self.fast_jpeg)
+        load_fn = image_loader(self.model.loaded.preprocess, max_pixels=self.max_pixels, fast_jpeg=self.fast_jpeg)
         workers = self.workers or default_workers()
         stream = load_ordered(as_items(inputs), load_fn, workers=workers, lookahead=max(2 * self.batch_size, 2 * workers))
         group: list[Any] = []
@@ -241,8 +252,17 @@ class Classifier(_Runner):
         workers: int | None = None,
         offline: bool | None = None,
         fast_jpeg: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
-        super().__init__(model, device=device, batch_size=batch_size, workers=workers, offline=offline, fast_jpeg=fast_jpeg)
+        super().__init__(
+            model,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            offline=offline,
+            fast_jpeg=fast_jpeg,
+            max_pixels=max_pixels,
+        )
         num_classes = int(self.model.config.num_labels)
         if num_classes < 1:
             raise UsageError(f"{self.model.name} has no classifier head (features only); use `bit embed` instead")
@@ -309,8 +329,17 @@ class Embedder(_Runner):
         workers: int | None = None,
         offline: bool | None = None,
         fast_jpeg: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
-        super().__init__(model, device=device, batch_size=batch_size, workers=workers, offline=offline, fast_jpeg=fast_jpeg)
+        super().__init__(
+            model,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            offline=offline,
+            fast_jpeg=fast_jpeg,
+            max_pixels=max_pixels,
+        )
         self.normalize = normalize
 
     def fingerprint(self) -> dict[str, Any]:
@@ -320,6 +349,7 @@ class Embedder(_Runner):
             "normalize": self.normalize,
             "batch_size": self.batch_size,
             "fast_jpeg": self.fast_jpeg,
+            "max_pixels": self.max_pixels,  # an image over the limit is a failure, not a row
         }
 
     def _forward(self, tensors: list[Any]) -> Any:

@@ -3,7 +3,8 @@
 `save_reference_checkpoint` builds `BitForImageClassification` with random weights, moves every
 GroupNorm weight/bias and the classifier bias away from their initial values (so a wrong eps, a
 swapped norm or a dropped bias changes the output), shrinks convolution weights so that the
-weight-standardization eps matters, and `save_pretrained()`s it.
+weight-standardization eps matters, and `save_pretrained()`s it. `tiny_raw_weights` and
+`write_npz` make original-release `.npz` checkpoints of a narrow BiT.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from bitcli.config import BitConfig
+from bitcli.model import BiT
+from bitcli.npz_format import to_npz_arrays
 
 TINY = dict(
     embedding_size=8,
@@ -93,3 +99,23 @@ def save_reference_checkpoint(
     if preprocessor is not None:
         (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return model
+
+
+# -- original-release .npz checkpoints --------------------------------------------------------
+
+TINY_DEPTHS = [1, 2, 1, 1]
+
+
+def tiny_raw_weights(num_labels: int = 7, seed: int = 0, conv_scale: float = 1e-4) -> dict[str, torch.Tensor]:
+    """Random raw (unstandardized) weights of a narrow BiT, canonical names."""
+    # The release always uses 32 GroupNorm groups, so every width here is a multiple of 32.
+    config = BitConfig(embedding_size=32, hidden_sizes=[128, 128, 256, 256], depths=TINY_DEPTHS, num_labels=num_labels)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in BiT(config).state_dict().items()}
+    generator = torch.Generator().manual_seed(seed)
+    # Small conv weights (variance ~1e-8) make the standardization eps visible in the output.
+    return {k: torch.randn(s, generator=generator) * (conv_scale if len(s) == 4 else 1.0) for k, s in shapes.items()}
+
+
+def write_npz(path, raw: dict[str, torch.Tensor], depths=TINY_DEPTHS) -> None:
+    np.savez(path, **to_npz_arrays(raw, depths))

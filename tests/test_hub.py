@@ -23,7 +23,7 @@ from bitcli import hub as hubmod
 from bitcli.errors import CheckpointError, ModelError, ModelNotFoundError, OfflineError
 from bitcli.hub import ResolvedModel, download_model, list_known_models, resolve_model
 from bitcli.zoo import find_alias
-from checkpoints import TINY, save_reference_checkpoint, tiny_preprocessor
+from checkpoints import TINY, save_reference_checkpoint, tiny_preprocessor, tiny_raw_weights, write_npz
 from hubserver import FakeHub
 
 REPO = "acme/tiny-bit"
@@ -352,6 +352,50 @@ def test_local_directory_is_used_as_is_without_requests(fake_hub, ckpt):
     assert resolved.repo_id is None and fake_hub.requests == []
 
 
+def test_directory_with_only_one_npz_resolves_to_that_file(fake_hub, tmp_path):
+    write_npz(tmp_path / "BiT-M-R50x1.npz", tiny_raw_weights())
+    resolved = resolve_model(str(tmp_path))
+    assert (resolved.source, resolved.path, resolved.weights_file) == ("local", tmp_path / "BiT-M-R50x1.npz",
+                                                                       "BiT-M-R50x1.npz")
+    assert fake_hub.requests == []
+
+
+def test_directory_with_several_npz_names_them(fake_hub, tmp_path):
+    for name in ("BiT-S-R50x1.npz", "BiT-M-R50x1.npz"):
+        write_npz(tmp_path / name, tiny_raw_weights())
+    with pytest.raises(CheckpointError) as caught:
+        resolve_model(str(tmp_path))
+    assert_one_line(caught.value, "BiT-M-R50x1.npz, BiT-S-R50x1.npz", "no config.json", "2 .npz")
+    assert caught.value.exit_code == 3 and fake_hub.requests == []
+
+
+def test_directory_with_a_config_is_a_checkpoint_directory_even_beside_an_npz(fake_hub, ckpt):
+    directory = ckpt["safetensors"]
+    write_npz(directory / "stray.npz", tiny_raw_weights())
+    try:
+        resolved = resolve_model(str(directory))
+    finally:
+        (directory / "stray.npz").unlink()
+    assert (resolved.path, resolved.weights_file) == (directory, "model.safetensors")
+
+
+def test_cli_classifies_with_a_directory_holding_one_npz(tmp_path):
+    from clihelpers import jsonl, run
+    from images import rgb
+
+    (tmp_path / "npz").mkdir()
+    write_npz(tmp_path / "npz" / "BiT-M-R50x1.npz", tiny_raw_weights())
+    rgb().save(tmp_path / "x.png")
+    by_dir = run(["classify", tmp_path / "x.png", "-m", tmp_path / "npz", "--format", "jsonl"])
+    by_file = run(["classify", tmp_path / "x.png", "-m", tmp_path / "npz" / "BiT-M-R50x1.npz", "--format", "jsonl"])
+    assert by_dir.exit_code == 0, by_dir.stderr
+    assert jsonl(by_dir.stdout) == jsonl(by_file.stdout)
+    write_npz(tmp_path / "npz" / "BiT-S-R50x1.npz", tiny_raw_weights(seed=1))
+    several = run(["classify", tmp_path / "x.png", "-m", tmp_path / "npz", "--format", "jsonl"])
+    assert several.exit_code == 3 and several.stdout == ""
+    assert len(several.stderr.strip().splitlines()) == 1 and "BiT-M-R50x1.npz, BiT-S-R50x1.npz" in several.stderr
+
+
 @pytest.mark.parametrize("ref", ["./no/such/dir", "/no/such/dir", "models/a/b", "weights.safetensors"])
 def test_missing_local_path_is_an_error_not_a_hub_lookup(fake_hub, ref):
     with pytest.raises(ModelNotFoundError) as caught:
@@ -489,3 +533,46 @@ def test_cli_download_then_models_shows_it_cached(fake_hub, ckpt, bit):
     code, out, err = bit("models", "--format", "json")
     row = {r["alias"]: r for r in json.loads(out)}["bit-50"]
     assert code == 0 and row["cached"] is True and row["size_bytes"] > 0
+
+
+@pytest.fixture
+def hub_log_records():
+    """Records reaching huggingface_hub's loggers (its own handler wrote to the real stderr)."""
+    import logging
+
+    from huggingface_hub.utils import logging as hf_logging
+
+    class ListHandler(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    records: list[str] = []
+    root = logging.getLogger("huggingface_hub")
+    level, handler = hf_logging.get_verbosity(), ListHandler()
+    hf_logging.set_verbosity_warning()  # the default; an earlier in-process `-q` run raised it
+    root.addHandler(handler)
+    yield records
+    root.removeHandler(handler)
+    hf_logging.set_verbosity(level)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_silences_the_hubs_resume_warning(ckpt, bit, monkeypatch, hub_log_records, tmp_path, quiet):
+    import logging
+
+    from images import rgb
+
+    real_resolve = hubmod.resolve_model
+
+    def flaky_resolve(ref, **kwargs):  # what hf_hub_download logs when a connection drops
+        logging.getLogger("huggingface_hub.file_download").warning(
+            "Error while downloading from %s: %s\nTrying to resume download...", "http://hub/x", "reset"
+        )
+        return real_resolve(ref, **kwargs)
+
+    monkeypatch.setattr(hubmod, "resolve_model", flaky_resolve)
+    rgb().save(tmp_path / "x.png")
+    flags = ["-q"] if quiet else []
+    code, out, err = bit("classify", str(tmp_path / "x.png"), "-m", str(ckpt["safetensors"]), "-f", "jsonl", *flags)
+    assert code == 0, err
+    assert len(hub_log_records) == (0 if quiet else 1)

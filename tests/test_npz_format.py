@@ -10,28 +10,10 @@ import pytest
 import torch
 
 from bitcli.checkpoint import load_model
-from bitcli.config import BitConfig
 from bitcli.errors import CheckpointError
-from bitcli.model import BiT, standardize_conv_weight
+from bitcli.model import standardize_conv_weight
 from bitcli.npz_format import load_npz_checkpoint, npz_key_map, to_npz_arrays
-
-TINY_DEPTHS = [1, 2, 1, 1]
-
-
-def tiny_raw_weights(num_labels: int = 7, seed: int = 0, conv_scale: float = 1e-4) -> dict[str, torch.Tensor]:
-    """Random raw (unstandardized) weights of a narrow BiT, canonical names."""
-    # The release always uses 32 GroupNorm groups, so every width here is a multiple of 32.
-    config = BitConfig(embedding_size=32, hidden_sizes=[128, 128, 256, 256], depths=TINY_DEPTHS, num_labels=num_labels)
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in BiT(config).state_dict().items()}
-    generator = torch.Generator().manual_seed(seed)
-    # Small conv weights (variance ~1e-8) make the standardization eps visible in the output.
-    return {k: torch.randn(s, generator=generator) * (conv_scale if len(s) == 4 else 1.0) for k, s in shapes.items()}
-
-
-def write_npz(path, raw: dict[str, torch.Tensor], depths=TINY_DEPTHS) -> None:
-    np.savez(path, **to_npz_arrays(raw, depths))
-
+from checkpoints import TINY_DEPTHS, tiny_raw_weights, write_npz
 
 def test_release_key_names():
     mapping = npz_key_map([3, 4, 6, 3])

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 
+import pytest
+
 from bitcli.output import COMPACT_AFTER, classify_renderer, render_classify, render_inspect, resolve_format
 from bitcli.results import ClassifyResult, Prediction
 
@@ -84,3 +86,95 @@ def test_inspect_table_and_json():
     render_inspect(report, "table", buf)
     text = buf.getvalue()
     assert "BiT R50x1, pre-activation" in text and "1.2 MB" in text and "25.5 M" in text and "3, 4, 6, 3" in text
+
+
+# -- the compact table at real terminal widths ------------------------------------------------------
+
+LONG_LABELS = [
+    "American Staffordshire terrier, Staffordshire terrier, American pit bull terrier, pit bull terrier",
+    "Staffordshire bullterrier, Staffordshire bull terrier",
+    "tabby, tabby cat",
+    "tiger cat",
+    "Egyptian cat",
+]
+PATHS = [
+    "/work/main/sample_images/astronaut.jpg",  # 38 characters
+    "photos/2024/summer/holiday/IMG_20240712_1.jpg",  # 45
+    "a.jpg",
+    "sample_images/coffee.png",
+    "/tmp/x/y/z/chelsea.png",
+]
+
+
+def many_results(paths=PATHS) -> list[ClassifyResult]:
+    results = []
+    for n, path in enumerate(paths):
+        labels = LONG_LABELS[n:] + LONG_LABELS[:n]
+        results.append(ClassifyResult(path, [Prediction(k + 1, 100 * n + k, labels[k], 0.5 / (k + 1)) for k in range(5)]))
+    results.append(ClassifyResult("broken.jpg", error="truncated or corrupt image: image file is truncated"))
+    return results
+
+
+def render_compact(results, width: int, top_k: int = 5) -> list[str]:
+    from rich.console import Console
+
+    from bitcli.output import compact_table
+
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(compact_table(results, top_k, width=width))
+    return console.file.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("width, longest", [(80, 40), (100, 45), (120, 45)])
+def test_compact_table_keeps_paths_whole_and_cuts_nothing(width, longest):
+    paths = [path[:longest - 4] + ".jpg" if len(path) > longest else path for path in PATHS]
+    lines = render_compact(many_results(paths), width)
+    assert max(len(line) for line in lines) <= width
+    cells = [cell for line in lines for cell in line.split("│")[:2]]
+    assert not any("…" in cell for cell in cells)  # no path or top-1 label cut: long words fold
+    for path in paths:
+        assert sum(line.startswith(path + " ") or line == path for line in lines) == 1, (path, lines)
+    assert lines[0].startswith("image ")
+
+
+def test_runners_up_need_room_and_show_first_synonyms():
+    short = many_results(["a.jpg", "b.jpg", "c/d.png", "e.jpg", "f.jpg"])
+    lines = render_compact(short, 120)
+    assert "runners-up" in lines[0]
+    rows = [line for line in lines[2:] if "%" in line]
+    assert "Staffordshire bullterrier 25.00%; tabby 16.67%" in rows[0]  # first synonyms only
+    assert "Staffordshire bull terrier" not in rows[0]
+    assert all(len(line) <= 120 for line in lines) and len(rows) == 5  # one line per image
+    assert "…" in "\n".join(rows) or all(row.count("%") == 5 for row in rows)  # whole entries, or an ellipsis
+    assert "runners-up" not in render_compact(short, 80)[0]  # no room beside long labels
+    assert "runners-up" not in render_compact(many_results(), 120)[0]  # no room beside long paths
+    assert "runners-up" not in render_compact(short, 120, top_k=1)[0]
+
+
+def test_runners_up_text_keeps_whole_entries():
+    from bitcli.output import runners_up_text
+
+    preds = [Prediction(2, 1, "tiger cat", 0.1), Prediction(3, 2, "Egyptian cat, cat", 0.05)]
+    assert runners_up_text(preds, None) == "tiger cat 10.00%; Egyptian cat 5.00%"
+    assert runners_up_text(preds, 36) == "tiger cat 10.00%; Egyptian cat 5.00%"
+    assert runners_up_text(preds, 35) == "tiger cat 10.00%; …"
+    assert runners_up_text(preds, 10) == "…"
+
+
+def test_a_path_too_long_for_the_terminal_folds_and_the_others_stay_whole():
+    long_path = "photos/" + "very-long-folder-name/" * 4 + "IMG_0001.jpg"  # 107 characters
+    others = [PATHS[0], "a.jpg"]
+    lines = render_compact(many_results([long_path, *others]), 80)
+    assert max(len(line) for line in lines) <= 80
+    column = [line.split("│")[0].strip() for line in lines[2:]]
+    assert long_path in "".join(column)  # folded over several lines, every character kept
+    for path in others:
+        assert path in column
+
+
+def test_table_renderer_uses_the_terminal_width(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    text = render_classify(many_results(), "table", count=6, top_k=5)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100 and max(len(line) for line in lines) > 80
+    assert all(any(line.startswith(path + " ") for line in lines) for path in PATHS)
