@@ -17,3 +17,14 @@ def isolated_hf_home(tmp_path_factory, monkeypatch):
     # Any hub call that a test did not set up for must fail fast instead of reaching the internet.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     return home
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    """A tiny random transformers BiT checkpoint shared by the CLI and pipeline tests.
+
+    Read-only: a test that needs to change a checkpoint makes its own with `make_checkpoint`.
+    """
+    from clihelpers import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")

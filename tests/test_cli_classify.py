@@ -11,12 +11,7 @@ import sys
 
 import pytest
 
-from clihelpers import LABELS, assert_clean_failure, jsonl, make_checkpoint, make_images, run
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+from clihelpers import LABELS, assert_clean_failure, jsonl, make_images, run
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from clihelpers import assert_clean_failure, make_checkpoint, make_images, run
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+from clihelpers import assert_clean_failure, make_images, run
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clihelpers import assert_clean_failure, jsonl, make_checkpoint, run
+from clihelpers import assert_clean_failure, jsonl, run
 from images import picture, rgb
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,12 @@ import json
 import pytest
 import torch
 
-from clihelpers import NUM_LABELS, assert_clean_failure, make_checkpoint, run
+from clihelpers import NUM_LABELS, assert_clean_failure, run
 
 REQUIRED_KEYS = {
     "model", "revision", "path", "files", "architecture", "num_parameters", "feature_dim",
     "num_labels", "input_size", "gflops", "preprocessing",
 }
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture(scope="module")

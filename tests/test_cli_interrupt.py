@@ -13,15 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from clihelpers import make_checkpoint, make_images, run
+from clihelpers import make_images, run
 
 COUNT = 24
 COMMON = ["--batch-size", "1"]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,6 @@ from clihelpers import make_checkpoint, make_images
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     directory = tmp_path_factory.mktemp("photos") / "photos"
     make_images(directory, 6, bad=("bad.png",))

@@ -19,6 +19,7 @@ from bitcli.preprocess import (
     preprocess,
     resize_output_size,
 )
+from checkpoints import BIT_50_PREPROCESSOR
 
 from images import rgb, sixteen_bit_twins, write_large_photo, write_zoo
 
@@ -28,19 +29,7 @@ from transformers import BitImageProcessorPil  # noqa: E402
 SAMPLE_IMAGES = sorted((Path(__file__).parent.parent / "sample_images").glob("*.[jp][pn]g"))
 
 # google/bit-50's preprocessor_config.json (the fields that matter).
-BIT_50 = {
-    "do_resize": True,
-    "size": {"shortest_edge": 448},
-    "resample": 2,
-    "do_center_crop": True,
-    "crop_size": {"height": 448, "width": 448},
-    "do_rescale": True,
-    "rescale_factor": 0.00392156862745098,
-    "do_normalize": True,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-    "do_convert_rgb": True,
-}
+BIT_50 = {k: v for k, v in BIT_50_PREPROCESSOR.items() if k != "image_processor_type"}
 CONFIGS = {"bit-50": BIT_50, "defaults": {}}
 TOLERANCE = 1e-6
 
