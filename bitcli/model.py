@@ -92,11 +92,26 @@ class StdConv2d(nn.Conv2d):
         )
         self.pad = DynamicPad2d(kernel, stride, dilation) if dynamic else None
         self.eps = eps
+        # Set by `engine.optimize_for_inference` on CPUs: on one thread, call oneDNN directly.
+        # There PyTorch's dispatch sends 1x1 convolutions of batches under 16 to a plain GEMM,
+        # ~1.5x slower than oneDNN on AVX-512 CPUs (and a batch slice is small). With more
+        # threads PyTorch picks oneDNN itself.
+        self.onednn = False
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pad is not None:
             x = self.pad(x)
+        if self.onednn and torch.get_num_threads() == 1:
+            return onednn_conv(x, self)
         return super().forward(x)
+
+
+def onednn_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """`conv(x)` through oneDNN's convolution (a private PyTorch op; engine.py checks it first)."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+        "none", [], "",
+    )
 
 
 class GroupNormAct(nn.GroupNorm):
@@ -261,17 +276,80 @@ class BitEncoder(nn.Module):
 
 
 class BitBackbone(nn.Module):
-    """Stem, stages and (pre-activation only) the final norm-act: everything before pooling."""
+    """Stem, stages and (pre-activation only) the final norm-act: everything before pooling.
+
+    With `chunk_bytes` set (`engine.optimize_for_inference` does), a batch runs through the
+    network in slices of images sized so that each step's largest activation stays near
+    `chunk_bytes`: the early, wide-activation steps one image at a time, whose activations then
+    stay in the CPU cache between GroupNorm, ReLU and convolution, the late steps (small
+    activations, large weights) on bigger slices. Each image's numbers do not depend on the
+    slicing beyond the summation order oneDNN picks for a batch size (see tests/test_engine.py).
+    """
 
     def __init__(self, config: BitConfig):
         super().__init__()
+        self.config = config
         self.embedder = BitEmbeddings(config)
         self.encoder = BitEncoder(config)
         self.norm = GroupNormAct(config, config.feature_dim) if config.layer_type == "preactivation" else None
+        self.chunk_bytes: int | None = None  # None: every step on the whole batch
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.chunk_bytes is not None and x.shape[0] > 1:
+            return self.forward_sliced(x, self.chunk_bytes)
         x = self.encoder(self.embedder(x))
         return x if self.norm is None else self.norm(x)
+
+    def steps(self) -> list[nn.Module]:
+        """The modules `forward` runs, in order: stem, each stage, the final norm."""
+        return [self.embedder, *self.encoder.stages] + ([self.norm] if self.norm is not None else [])
+
+    def step_activation_bytes(self, height: int, width: int, element_size: int) -> list[int]:
+        """Per image, the largest activation each step writes (an estimate, for slicing only)."""
+        # The stem's largest tensor is its convolution's output (stride 2), before the max-pool.
+        h, w = -(-height // 2), -(-width // 2)
+        sizes = [self.config.embedding_size * h * w * element_size]
+        h, w = -(-h // 2), -(-w // 2)
+        for (stride, _), channels in zip(stage_strides_and_dilations(self.config), self.config.stage_widths):
+            h, w = -(-h // stride), -(-w // stride)
+            sizes.append(channels * h * w * element_size)
+        if self.norm is not None:
+            sizes.append(sizes[-1])
+        return sizes
+
+    def forward_sliced(self, x: Tensor, chunk_bytes: int) -> Tensor:
+        """`forward` in slices of the batch; consecutive steps with one slice size run together."""
+        batch = x.shape[0]
+        steps = self.steps()
+        sizes = [
+            slice_size(batch, per_image, chunk_bytes)
+            for per_image in self.step_activation_bytes(x.shape[-2], x.shape[-1], x.element_size())
+        ]
+        start = 0
+        while start < len(steps):
+            end = start + 1
+            while end < len(steps) and sizes[end] == sizes[start]:
+                end += 1
+            group = steps[start:end]
+            if sizes[start] >= batch:
+                x = run_steps(group, x)
+            else:
+                x = torch.cat([run_steps(group, part) for part in x.split(sizes[start])])
+            start = end
+        return x
+
+
+def slice_size(batch: int, per_image_bytes: int, chunk_bytes: int) -> int:
+    """Images per slice: as many as fit in `chunk_bytes` (at least one), spread evenly over the batch."""
+    fit = max(1, chunk_bytes // max(per_image_bytes, 1))
+    slices = -(-batch // fit)
+    return -(-batch // slices)
+
+
+def run_steps(steps: list[nn.Module], x: Tensor) -> Tensor:
+    for step in steps:
+        x = step(x)
+    return x
 
 
 class BiT(nn.Module):
@@ -290,16 +368,21 @@ class BiT(nn.Module):
         return self.classifier is not None
 
     def forward_features(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
-        """(final feature map [N, C, H, W], pooled features [N, C]) for images [N, 3, H, W]."""
-        feature_map = self.bit(pixel_values)
-        pooled = feature_map.mean(dim=(2, 3))
+        """(final feature map [N, C, H, W], pooled features [N, C]) for images [N, 3, H, W].
+
+        The pooled features are float32 whatever the backbone's precision; the feature map has
+        the backbone's dtype (bfloat16 after `engine.optimize_for_inference(precision="bf16")`).
+        """
+        dtype = self.bit.embedder.convolution.weight.dtype
+        feature_map = self.bit(pixel_values.to(dtype))
+        pooled = feature_map.mean(dim=(2, 3), dtype=torch.float32)
         return feature_map, pooled
 
     def forward_head(self, pooled: Tensor) -> Tensor:
         """Logits [N, num_labels] from pooled features [N, C]."""
         if self.classifier is None:
             raise RuntimeError("this model has no classifier head (num_labels is 0); use its features")
-        return self.classifier(pooled)
+        return self.classifier(pooled.to(self.classifier[1].weight.dtype))
 
     def forward(self, pixel_values: Tensor) -> BitOutput:
         feature_map, pooled = self.forward_features(pixel_values)

@@ -1,0 +1,99 @@
+"""Inference engine settings: how a loaded BiT runs fastest on this machine with the same numbers.
+
+`checkpoint.load_model` calls `optimize_for_inference` once, after the weights are loaded (and
+weight standardization folded into them). What it does, measured on a 2-core AVX-512 CPU
+(`python bench/run.py`; numbers in the README):
+
+- channels-last weights: oneDNN's convolutions run on NHWC without reordering activations;
+- batch slicing (`BitBackbone.chunk_bytes`): a 448 px image's stem and first stages write 6-13
+  MB per activation, so a batch of 8 streams every GroupNorm, ReLU and add through DRAM (and
+  every >32 MB tensor is a fresh mmap: ~460k page faults per batch-8 forward); run one image at
+  a time there, and larger slices in the late stages, whose cost is reading their (large)
+  weights. ~1.6x at batch 8 (budget 2/4/8/16/32 MB measured; 8 best), same numbers up to
+  summation order (<= 1e-4 on logits);
+- precision "bf16" (opt-in): bfloat16 weights and activations through oneDNN's AVX512-BF16
+  kernels, ~2x faster but logits move by ~1e-2, so never the default;
+- on one thread, oneDNN convolutions called directly (`StdConv2d.onednn`, a private op probed
+  first): PyTorch would send the 1x1 convolutions of a small slice to a GEMM that is ~1.5x
+  slower on this CPU (1.60 vs 2.45 CPU-seconds per batch of 8);
+- compile (opt-in): `torch.compile` of the backbone (inductor). Slow to start (about a minute
+  here) and slower than this eager engine on this CPU (6.1 vs 7.7 images/s at batch 8); kept
+  for machines where it is not.
+
+Tried and left out (measured, see the README): TorchScript freeze / optimize_for_inference
+(<= 1.06x), oneDNN fused conv + residual add (no gain once activations stay in cache),
+GroupNorm + ReLU rewritten from torch ops (10x slower than the native kernel).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bitcli.model import BiT, StdConv2d, onednn_conv
+
+PRECISIONS = ("fp32", "bf16")
+# Largest activation (bytes per slice) a step of the backbone should write before the batch is
+# sliced smaller. About a quarter of this machine's 32 MB L3: the block's input, its pre-activation
+# copy and its output must fit together.
+DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def optimize_for_inference(
+    model: BiT,
+    *,
+    precision: str = "fp32",
+    compile: bool = False,
+    chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
+) -> BiT:
+    """Prepare `model` (in place, and returned) for fast inference on its device.
+
+    precision: "fp32" (exact: within 1e-4 of the reference) or "bf16" (approximate).
+    chunk_bytes: the batch-slicing budget; None runs each step on the whole batch.
+    State-dict key names and the model's public methods are unchanged.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    device = next(model.parameters()).device
+    model = model.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        # Slicing only pays where activations would otherwise leave the cache: a CPU.
+        model.bit.chunk_bytes = chunk_bytes
+    if precision == "bf16":
+        # The backbone in bfloat16; the classifier stays float32 (it is tiny, and pooled
+        # features are averaged in float32 by forward_features).
+        model.bit.to(torch.bfloat16)
+    if device.type == "cpu" and not compile and onednn_conv_works(model):
+        for module in model.modules():
+            if isinstance(module, StdConv2d):
+                module.onednn = True
+    if compile:
+        # nn.Module.compile compiles in place: the state-dict keys keep their names.
+        model.bit.compile(dynamic=False)
+    return model
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 / AMX), where bf16 pays."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def onednn_conv_works(model: BiT) -> bool:
+    """Whether oneDNN's convolution op exists here and gives F.conv2d's numbers (1x1 and 3x3)."""
+    dtype = model.bit.embedder.convolution.weight.dtype
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for kernel, stride in ((1, 1), (3, 2)):
+            conv = torch.nn.Conv2d(16, 32, kernel, stride=stride, padding=kernel // 2, bias=False)
+            conv = conv.to(dtype=dtype, memory_format=torch.channels_last).requires_grad_(False)
+            x = torch.randn(2, 16, 9, 9, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                expected, got = conv(x), onednn_conv(x, conv)
+            tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+            if got.shape != expected.shape or (got.float() - expected.float()).abs().max().item() > tolerance:
+                return False
+        return True
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
