@@ -54,6 +54,7 @@ class LoadedModel:
     weights_format: str
     files: list[Path]
     device: torch.device
+    precision: str = "fp32"
 
     @property
     def num_parameters(self) -> int:
@@ -93,6 +94,7 @@ def load_model(
         weights_format=raw.weights_format,
         files=raw.files,
         device=device,
+        precision=precision,
     )
 
 

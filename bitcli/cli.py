@@ -78,6 +78,11 @@ class TableOrJson(str, Enum):
     json = "json"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Dtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
@@ -99,6 +104,17 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[
     Device,
     typer.Option("--device", help="Where the model runs; auto: cuda when available, else cpu.", rich_help_panel="Model and runtime"),
+]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help=(
+            "fp32: within 1e-4 of the reference. bf16: about 2x faster on CPUs with AVX512-BF16 "
+            "(and on GPUs), but scores differ in the second or third decimal."
+        ),
+        rich_help_panel="Model and runtime",
+    ),
 ]
 BatchSizeOpt = Annotated[
     int,
@@ -307,12 +323,23 @@ def _quiet_hub(ui: Ui) -> None:
         hf_logging.set_verbosity_error()
 
 
-def _load(model: str, device: Device, ui: Ui) -> Any:
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model to load, where, and in which precision."""
+
+    model: str
+    device: Device = Device.auto
+    precision: Precision = Precision.fp32
+
+
+def _load(choice: ModelChoice, ui: Ui) -> Any:
     """Resolve and load the model; every failure becomes a ModelError (exit 3)."""
     from bitcli import pipeline
 
     _quiet_hub(ui)
-    loaded = pipeline.load(model, device=device.value, progress=ui.show_progress)
+    loaded = pipeline.load(
+        choice.model, device=choice.device.value, precision=choice.precision.value, progress=ui.show_progress
+    )
     if loaded.notice:
         ui.warn(loaded.notice)
     return loaded
@@ -355,6 +382,7 @@ def classify(
     ] = None,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
@@ -365,7 +393,8 @@ def classify(
     """Top-k classes and softmax probabilities for each image."""
     ui = Ui(quiet=quiet, debug=debug)
     images = ImageOptions(max_pixels, fast_jpeg)
-    _guard(ui, lambda: _classify(ui, inputs, top_k, format.value, labels, model, device, batch_size, threads, images))
+    choice = ModelChoice(model, device, precision)
+    _guard(ui, lambda: _classify(ui, inputs, top_k, format.value, labels, choice, batch_size, threads, images))
 
 
 def _classify(
@@ -374,8 +403,7 @@ def _classify(
     top_k: int,
     fmt: str,
     labels: Path | None,
-    model: str,
-    device: Device,
+    choice: ModelChoice,
     batch_size: int,
     threads: int | None,
     images: ImageOptions,
@@ -386,7 +414,7 @@ def _classify(
     fmt = output.resolve_format(fmt, sys.stdout)
     items = _expand(inputs)
     _setup_runtime(threads)
-    loaded = _load(model, device, ui)
+    loaded = _load(choice, ui)
     classifier = Classifier(
         loaded, top_k=top_k, labels=labels, batch_size=batch_size, workers=threads, **images.runner_kwargs()
     )
@@ -442,6 +470,7 @@ def embed(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (or discard a partial run).")] = False,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
@@ -453,7 +482,7 @@ def embed(
     ui = Ui(quiet=quiet, debug=debug)
     images = ImageOptions(max_pixels, fast_jpeg)
     options = EmbedOptions(output_path, dtype.value, normalize, manifest, resume, overwrite, batch_size, threads, images)
-    _guard(ui, lambda: _embed(ui, inputs, options, model, device))
+    _guard(ui, lambda: _embed(ui, inputs, options, ModelChoice(model, device, precision)))
 
 
 @dataclass(frozen=True)
@@ -489,14 +518,14 @@ def _embed_paths(opts: EmbedOptions) -> Any:
     return paths
 
 
-def _embed(ui: Ui, inputs: list[str], opts: EmbedOptions, model: str, device: Device) -> int:
+def _embed(ui: Ui, inputs: list[str], opts: EmbedOptions, choice: ModelChoice) -> int:
     from bitcli import embedstore
     from bitcli.pipeline import Embedder
 
     paths = _embed_paths(opts)  # refuse a bad output before the model loads
     items = _expand(inputs)
     _setup_runtime(opts.threads)
-    loaded = _load(model, device, ui)
+    loaded = _load(choice, ui)
     embedder = Embedder(
         loaded, normalize=opts.normalize, batch_size=opts.batch_size, workers=opts.threads, **opts.images.runner_kwargs()
     )
@@ -604,7 +633,7 @@ def _inspect(ui: Ui, model: str, device: Device, fmt: str) -> int:
     from bitcli import output
     from bitcli.inspect import build_report
 
-    loaded = _load(model, device, ui)
+    loaded = _load(ModelChoice(model, device), ui)
     report = build_report(loaded.loaded, loaded.resolved, loaded.labels())
     output.render_inspect(report, fmt, sys.stdout)
     return EXIT_OK

@@ -104,6 +104,7 @@ class Model:
             "weights": [Path(f).name for f in self.loaded.files],
             "preprocessing": self.loaded.preprocess.describe(),
             "device": self.device.type,
+            "precision": self.loaded.precision,
         }
 
 
@@ -113,11 +114,14 @@ def load(
     device: str = "auto",
     offline: bool | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> Model:
     """Resolve a model reference (downloading it at most once) and load it on `device`.
 
+    precision: "fp32" (within 1e-4 of the reference) or "bf16" (about 2x faster on CPUs with
+    AVX512-BF16, scores differ in the second or third decimal).
     Raises ModelError subclasses (exit code 3) for anything that stops the model from loading,
-    and UsageError for an unavailable device.
+    and UsageError for an unavailable device or precision.
     """
     if isinstance(model, Model):
         return model
@@ -125,14 +129,22 @@ def load(
     from bitcli.checkpoint import first_line, load_model
 
     torch_device = resolve_device(device)
+    check_precision(precision)
     resolved = hub.resolve_model(str(model), offline=offline, progress=progress)
     try:
-        loaded = load_model(resolved.path, device=torch_device)
+        loaded = load_model(resolved.path, device=torch_device, precision=precision)
     except BitError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{model}: cannot load the checkpoint ({first_line(exc)})") from exc
     return Model(loaded=loaded, resolved=resolved)
+
+
+def check_precision(precision: str) -> None:
+    from bitcli.engine import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
 
 
 def as_items(inputs: Iterable[InputLike]) -> Iterator["InputItem | InputError"]:
