@@ -37,7 +37,7 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 all inputs succeeded, 1 some inputs failed (the rest were processed), "
-    "2 usage error, 3 the model could not be resolved or loaded, 130 interrupted."
+    "2 usage error, 3 the model could not be resolved or loaded, 130 interrupted, 141 stdout closed early."
 )
 
 app = typer.Typer(
@@ -368,6 +368,7 @@ def classify(
     inputs: Annotated[
         list[str],
         typer.Argument(
+            metavar="INPUTS",
             help="Image files, directories, quoted globs ('photos/*.jpg'), or - to read paths from stdin.",
             show_default=False,
         ),
@@ -451,6 +452,7 @@ def embed(
     inputs: Annotated[
         list[str],
         typer.Argument(
+            metavar="INPUTS",
             help="Image files, directories, quoted globs ('photos/*.jpg'), or - to read paths from stdin.",
             show_default=False,
         ),
@@ -644,7 +646,7 @@ def _inspect(ui: Ui, model: str, device: Device, fmt: str) -> int:
 
 @app.command(epilog="[dim]Examples:[/dim]\n\n  bit download google/bit-50\n\n  bit download bit-50 google/bit-50@main")
 def download(
-    models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Models to fetch into the hub cache.")],
+    models: Annotated[list[str], typer.Argument(metavar="MODEL", help="Models to fetch into the hub cache.")],
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
