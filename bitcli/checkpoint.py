@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bitcli import timm_format
 from bitcli.config import BitConfig, read_json
 from bitcli.errors import CheckpointError, ConfigError
 from bitcli.model import BiT, standardize_conv_weight
@@ -109,9 +110,7 @@ def read_checkpoint(path: Path) -> RawCheckpoint:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory or .npz file")
     config_data = read_config_json(path)
-    if is_timm_config(config_data):
-        from bitcli import timm_format
-
+    if timm_format.is_timm_config(config_data):
         return timm_format.read_timm_checkpoint(path, config_data)
     return read_transformers_checkpoint(path, config_data)
 
@@ -121,10 +120,6 @@ def read_config_json(directory: Path) -> dict[str, Any]:
     if not config_path.is_file():
         raise ConfigError(f"{directory}: no {CONFIG}; a BiT checkpoint directory needs one")
     return read_json(config_path)
-
-
-def is_timm_config(data: dict[str, Any]) -> bool:
-    return "architecture" in data and "model_type" not in data
 
 
 def read_transformers_checkpoint(directory: Path, config_data: dict[str, Any]) -> RawCheckpoint:

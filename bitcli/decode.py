@@ -104,6 +104,10 @@ def open_image(
         stored_size = image.size
         ImageOps.exif_transpose(image, in_place=True)  # the image is ours: no copy needed
         rgb = to_rgb(image)
+        # Our draft-mode keys travel in `info`, where a PNG's own text chunks land too: a file
+        # must not be able to steer the resize.
+        rgb.info.pop(DRAFT_BOX_KEY, None)
+        rgb.info.pop(FULL_SIZE_KEY, None)
         if draft_box is not None:
             rgb.info[DRAFT_BOX_KEY] = _orient_box(draft_box, stored_size, orientation)
             if orientation in TRANSPOSING_ORIENTATIONS:
@@ -123,6 +127,8 @@ def open_image(
         raise InputError(name, f"truncated or corrupt image: {_first_line(error)}") from None
     except MemoryError:
         raise InputError(name, "not enough memory to decode this image") from None
+    except Exception as error:  # a PIL plugin's unforeseen failure must not sink the batch
+        raise InputError(name, f"cannot decode ({type(error).__name__}: {_first_line(error)})") from None
 
 
 def _orient_box(

@@ -273,10 +273,30 @@ def _cached_file(hub_ref: HubRef, filename: str, settings: HubSettings) -> Path 
     return Path(found) if isinstance(found, str) else None
 
 
+def _preprocessor_state_known(hub_ref: HubRef, config: Path, settings: HubSettings) -> bool:
+    """Whether the cache holds the preprocessor config, or knows the repository has none.
+
+    Another tool (transformers' `from_pretrained`) may leave a snapshot with only config and
+    weights; using it would silently fall back to default preprocessing and give wrong scores.
+    timm checkpoints keep their preprocessing inside config.json.
+    """
+    from bitcli.timm_format import is_timm_config
+
+    try:
+        if is_timm_config(json.loads(config.read_text(encoding="utf-8"))):
+            return True
+    except (OSError, ValueError):
+        return False
+    found = try_to_load_from_cache(
+        hub_ref.repo_id, PREPROCESSOR_FILE, cache_dir=str(settings.cache_dir), revision=hub_ref.revision
+    )
+    return found is not None  # a path, or huggingface_hub's "known not to exist" marker
+
+
 def _from_cache(ref: str, hub_ref: HubRef, settings: HubSettings) -> ResolvedModel | None:
-    """The cached snapshot for the reference if it holds a config and weights, else None. No request."""
+    """The cached snapshot if it holds config, preprocessing and weights, else None. No request."""
     config = _cached_file(hub_ref, CONFIG_FILE, settings)
-    if config is None:
+    if config is None or not _preprocessor_state_known(hub_ref, config, settings):
         return None
     for weights_name in WEIGHTS_FILES:
         weights = _cached_file(hub_ref, weights_name, settings)
@@ -333,16 +353,37 @@ def _shard_names(index_path: Path | None) -> list[str]:
         return []
 
 
+def _storage_dir(settings: HubSettings, repo_id: str) -> Path:
+    return settings.cache_dir / ("models--" + repo_id.replace("/", "--"))
+
+
 def _write_ref(settings: HubSettings, repo_id: str, revision: str, commit: str) -> None:
-    """Record `revision -> commit` in the cache's refs/ folder (the documented cache layout), atomically."""
+    """Record `revision -> commit` in the cache's refs/ folder (the documented cache layout), atomically.
+
+    A read-only shared cache that already holds every file is fine: the ref is then left as it is.
+    """
     if revision == commit:
         return
-    storage = settings.cache_dir / ("models--" + repo_id.replace("/", "--"))
-    ref_path = storage / "refs" / revision
-    ref_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ref_path.with_name(f"{ref_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(commit)
-    os.replace(tmp, ref_path)
+    ref_path = _storage_dir(settings, repo_id) / "refs" / revision
+    try:
+        if ref_path.is_file() and ref_path.read_text().strip() == commit:
+            return
+        ref_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref_path.with_name(f"{ref_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(commit)
+        os.replace(tmp, ref_path)
+    except OSError:
+        pass
+
+
+def _mark_absent(settings: HubSettings, repo_id: str, commit: str, filename: str) -> None:
+    """Record in the cache (huggingface_hub's `.no_exist/` layout) that `filename` is not in the repo."""
+    marker = _storage_dir(settings, repo_id) / ".no_exist" / commit / filename
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass
 
 
 # --------------------------------------------------------------------------- network
@@ -378,6 +419,8 @@ def _resolve_online(ref: str, hub_ref: HubRef, settings: HubSettings, *, progres
         for name in shards:
             _download_file(hub_ref, info.sha, name, settings, progress=progress)
         missing += shards
+    if PREPROCESSOR_FILE not in files:
+        _mark_absent(settings, hub_ref.repo_id, info.sha, PREPROCESSOR_FILE)
     _write_ref(settings, hub_ref.repo_id, hub_ref.revision, info.sha)
     return ResolvedModel(
         path=_cached_file(commit_ref, CONFIG_FILE, settings).parent,  # type: ignore[union-attr]

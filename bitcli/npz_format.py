@@ -235,7 +235,10 @@ def load_npz_checkpoint(
 
 
 def read_npz_checkpoint(path: Path) -> RawCheckpoint:
-    """An .npz file -> RawCheckpoint (called by checkpoint.py); a sidecar preprocessor_config.json wins."""
+    """An .npz file -> RawCheckpoint (called by checkpoint.py).
+
+    A sidecar preprocessor_config.json overrides the fields it sets; the others stay the release's.
+    """
     from bitcli.checkpoint import PREPROCESSOR_CONFIG, RawCheckpoint
     from bitcli.preprocess import PreprocessConfig
 
@@ -243,7 +246,7 @@ def read_npz_checkpoint(path: Path) -> RawCheckpoint:
     files = [Path(path)]
     sidecar = Path(path).parent / PREPROCESSOR_CONFIG
     if sidecar.is_file():
-        preprocess = PreprocessConfig.from_json_file(sidecar)
+        preprocess = PreprocessConfig.from_json_file(sidecar, base=preprocess)
         files.append(sidecar)
     return RawCheckpoint(
         config=config,

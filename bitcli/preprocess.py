@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -81,8 +81,8 @@ class PreprocessConfig:
             raise ConfigError(f"unknown resample filter {self.resample!r}: use a PIL number 0-5")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        """Build from a `preprocessor_config.json` dict; missing fields take the defaults.
+    def from_dict(cls, d: dict[str, Any], *, base: PreprocessConfig | None = None) -> PreprocessConfig:
+        """Build from a `preprocessor_config.json` dict; missing fields come from `base`, else the defaults.
 
         `size` may be an int (shortest edge), {"shortest_edge": n}, {"height": h, "width": w} or
         [h, w]; `crop_size` an int, {"height", "width"} or [h, w]. Unknown keys are ignored.
@@ -102,17 +102,19 @@ class PreprocessConfig:
         for key in ("image_mean", "image_std"):
             if d.get(key) is not None:
                 fields[key] = _parse_triple(d[key], key)
-        return cls(**fields)
+        return replace(base, **fields) if base is not None else cls(**fields)
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike[str]) -> PreprocessConfig:
+    def from_json_file(
+        cls, path: str | os.PathLike[str], *, base: PreprocessConfig | None = None
+    ) -> PreprocessConfig:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ConfigError(f"{path}: cannot read preprocessing config: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: preprocessing config must be a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(data, base=base)
 
     @classmethod
     def load(cls, checkpoint_dir: str | os.PathLike[str]) -> PreprocessConfig:

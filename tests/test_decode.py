@@ -239,3 +239,17 @@ def test_pil_warnings_do_not_print(tmp_path):
     )
     assert done.stdout.strip() == "(6, 8)"  # orientation 6 still applied
     assert done.stderr == ""
+
+
+def test_png_text_chunks_cannot_steer_the_resize(tmp_path):
+    from PIL import PngImagePlugin
+
+    from bitcli.decode import DRAFT_BOX_KEY, FULL_SIZE_KEY
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text(FULL_SIZE_KEY, "12")
+    text.add_text(DRAFT_BOX_KEY, "nonsense")
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "tagged.png", pnginfo=text)
+    image = open_image(tmp_path / "tagged.png")
+    assert FULL_SIZE_KEY not in image.info and DRAFT_BOX_KEY not in image.info
+    assert image.size == (40, 30)

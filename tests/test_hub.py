@@ -576,3 +576,36 @@ def test_quiet_silences_the_hubs_resume_warning(ckpt, bit, monkeypatch, hub_log_
     code, out, err = bit("classify", str(tmp_path / "x.png"), "-m", str(ckpt["safetensors"]), "-f", "jsonl", *flags)
     assert code == 0, err
     assert len(hub_log_records) == (0 if quiet else 1)
+
+
+# --------------------------------------------------------------------------- preprocessing in the cache
+
+
+def test_repo_without_preprocessor_config_is_remembered_for_offline_use(fake_hub, ckpt, tmp_path, monkeypatch):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((ckpt["safetensors"] / name).read_bytes())
+    fake_hub.add_commit(REPO, bare)
+    assert resolve_model(REPO).source == "download"
+    fake_hub.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = len(fake_hub.requests)
+    assert resolve_model(REPO).source == "cache"  # the cache knows the repo has no preprocessor config
+    assert len(fake_hub.requests) == before
+
+
+def test_snapshot_missing_its_preprocessor_config_is_not_used_with_default_preprocessing(fake_hub, ckpt, monkeypatch):
+    """Another tool (transformers' from_pretrained) may cache only config and weights."""
+    from huggingface_hub import hf_hub_download
+
+    sha = fake_hub.add_commit(REPO, ckpt["safetensors"])
+    for name in ("config.json", "model.safetensors"):
+        hf_hub_download(REPO, name, revision=sha, cache_dir=str(cache_root()), endpoint=fake_hub.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError):
+        resolve_model(f"{REPO}@{sha}")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    resolved = resolve_model(f"{REPO}@{sha}")
+    assert (resolved.path / "preprocessor_config.json").is_file()
+    assert fake_hub.count("GET", "preprocessor_config.json") == 1

@@ -107,10 +107,23 @@ def test_preprocessor_config_beside_the_file_overrides_the_release_preprocessing
     assert load_model(tmp_path / "BiT-M-R50x1-ILSVRC2012.npz").preprocess.size == (480, 480)
     (tmp_path / "preprocessor_config.json").write_text(
         '{"size": {"shortest_edge": 160}, "crop_size": {"height": 128, "width": 128}, "resample": 3,'
-        ' "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}',
+        ' "do_center_crop": true, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}',
         encoding="utf-8",
     )
     loaded = load_model(tmp_path / "BiT-M-R50x1-ILSVRC2012.npz")
     assert (loaded.preprocess.resize_mode, loaded.preprocess.shortest_edge) == ("shortest_edge", 160)
     assert loaded.preprocess.input_size == (128, 128)
     assert tmp_path / "preprocessor_config.json" in loaded.files
+
+
+def test_sidecar_preprocessor_overrides_only_the_fields_it_sets(tmp_path):
+    import json
+
+    write_npz(tmp_path / "BiT-M-R50x1.npz", tiny_raw_weights())
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 160, "width": 160}}))
+    preprocess = load_model(tmp_path / "BiT-M-R50x1.npz").preprocess
+    assert preprocess.size == (160, 160) and preprocess.resize_mode == "exact"
+    # The rest stays the release's evaluation transform, not BitImageProcessor's defaults.
+    assert preprocess.resample == 2
+    assert preprocess.image_mean == (0.5, 0.5, 0.5) and preprocess.image_std == (0.5, 0.5, 0.5)
+    assert not preprocess.do_center_crop
