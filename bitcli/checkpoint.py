@@ -81,7 +81,7 @@ def load_model(
     raw = read_checkpoint(Path(path))
     model = build_model(raw.config, raw.state_dict, origin=str(path))
     device = torch.device(device)
-    model = model.to(device=device, memory_format=torch.channels_last)
+    model = model.to(device=device)
     if optimize:
         model = optimize_for_inference(model, precision=precision, compile=compile)
     elif precision != "fp32" or compile:
@@ -198,8 +198,8 @@ def build_model(config: BitConfig, state_dict: dict[str, Tensor], *, origin: str
         model = BiT(config)
     check_state_dict(model, state_dict, origin)
     weights = {key: value.to(torch.float32) for key, value in state_dict.items()}
-    for key in model.standardized_conv_names():
-        weights[key] = standardize_conv_weight(weights[key], config.ws_eps)
+    for key, eps in model.standardized_convs().items():
+        weights[key] = standardize_conv_weight(weights[key], eps)
     model.load_state_dict(weights, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 

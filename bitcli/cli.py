@@ -342,6 +342,11 @@ def _load(choice: ModelChoice, ui: Ui) -> Any:
     )
     if loaded.notice:
         ui.warn(loaded.notice)
+    if choice.precision is Precision.bf16 and loaded.device.type == "cpu":
+        from bitcli.engine import bf16_supported
+
+        if not bf16_supported():
+            ui.warn("this CPU has no native bfloat16 arithmetic: --precision bf16 will be slower than fp32")
     return loaded
 
 

@@ -7,7 +7,6 @@ Field names and defaults follow transformers' `BitConfig`, so the default instan
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,10 @@ from typing import Any
 from bitcli.errors import ConfigError
 
 LAYER_TYPES = ("preactivation", "bottleneck")
-PADDINGS = (None, "SAME", "VALID")
+PADDINGS = (None, "SAME")
 ACTIVATIONS = ("relu", "gelu", "silu", "swish")
 OUTPUT_STRIDES = (8, 16, 32)
 
-# transformers fills id2label with these placeholders when a checkpoint has no names.
-_PLACEHOLDER_LABEL = re.compile(r"LABEL_\d+")
 
 
 @dataclass
@@ -53,8 +50,12 @@ class BitConfig:
             raise ConfigError(
                 f"unsupported layer_type {self.layer_type!r} (bitcli supports {', '.join(LAYER_TYPES)})"
             )
+        if self.global_padding == "VALID":
+            # transformers accepts it, but its unpadded 3x3 convolutions shrink the residual
+            # branch below the shortcut, so no input can run (transformers fails the same way).
+            raise ConfigError("global_padding VALID cannot run (residual shapes differ); use null or SAME")
         if self.global_padding not in PADDINGS:
-            raise ConfigError(f"unsupported global_padding {self.global_padding!r} (use null, SAME or VALID)")
+            raise ConfigError(f"unsupported global_padding {self.global_padding!r} (use null or SAME)")
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"unsupported hidden_act {self.hidden_act!r} (bitcli supports {', '.join(ACTIVATIONS)})")
         if self.output_stride not in OUTPUT_STRIDES:
@@ -75,11 +76,6 @@ class BitConfig:
     def feature_dim(self) -> int:
         """Length of the pooled feature vector (the embedding)."""
         return self.stage_widths[-1]
-
-    @property
-    def has_named_labels(self) -> bool:
-        """True when id2label holds real class names, not transformers' LABEL_i placeholders."""
-        return bool(self.id2label) and not all(_PLACEHOLDER_LABEL.fullmatch(v) for v in self.id2label.values())
 
     @property
     def variant_name(self) -> str:

@@ -41,6 +41,11 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # and to the size the full-scale image would give: the full-scale (width, height), and the box
 # (left, top, right, bottom, floats) in the reduced image that covers the whole picture (libjpeg
 # rounds the reduced size up, so the last row or column is partly outside the picture).
+# The formats the README lists (what inputs.py recognises by signature). Others, such as EPS,
+# which PIL would hand to Ghostscript, are "not an image" here.
+DECODABLE_FORMATS = (
+    "JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "JPEG2000", "AVIF", "QOI", "PSD", "ICO", "PPM",
+)
 FULL_SIZE_KEY = "bitcli_full_size"
 DRAFT_BOX_KEY = "bitcli_draft_box"
 
@@ -91,7 +96,7 @@ def open_image(
         # Our own file object, not Image.open(name): the returned image must outlive the file,
         # and a closed PIL image (as `with Image.open(...)` leaves it) cannot be used.
         with open(name, "rb") as file:
-            image = Image.open(file)
+            image = Image.open(file, formats=DECODABLE_FORMATS)
             _check_pixel_count(name, image.size, max_pixels)
             full_size = image.size
             draft_box = None

@@ -12,13 +12,13 @@ weight standardization folded into them). What it does, measured on a 2-core AVX
   weights. ~1.6x at batch 8 (budget 2/4/8/16/32 MB measured; 8 best), same numbers up to
   summation order (<= 1e-4 on logits);
 - precision "bf16" (opt-in): bfloat16 weights and activations through oneDNN's AVX512-BF16
-  kernels, ~2x faster but logits move by ~1e-2, so never the default;
+  kernels, ~1.9x faster at batch 8 but logits move by ~2.5e-2, so never the default;
 - on one thread, oneDNN convolutions called directly (`StdConv2d.onednn`, a private op probed
   first): PyTorch would send the 1x1 convolutions of a small slice to a GEMM that is ~1.5x
   slower on this CPU (1.60 vs 2.45 CPU-seconds per batch of 8);
-- compile (opt-in): `torch.compile` of the backbone (inductor). Slow to start (about a minute
-  here) and slower than this eager engine on this CPU (6.1 vs 7.7 images/s at batch 8); kept
-  for machines where it is not.
+- compile (opt-in): `torch.compile` of the backbone (inductor). Slow to start (35 s here) and
+  slower than this eager engine on this CPU (7.2 vs 9.5 images/s at batch 8); kept for
+  machines where it is not.
 
 Tried and left out (measured, see the README): TorchScript freeze / optimize_for_inference
 (<= 1.06x), oneDNN fused conv + residual add (no gain once activations stay in cache),

@@ -59,8 +59,6 @@ class DynamicPad2d(nn.Module):
 def conv_padding(padding_mode: str | None, kernel: int, stride: int, dilation: int) -> tuple[int, bool]:
     """(static padding, needs dynamic padding) for a convolution, as transformers' get_padding_value."""
     symmetric = ((stride - 1) + dilation * (kernel - 1)) // 2
-    if padding_mode == "VALID":
-        return 0, False
     if padding_mode == "SAME":
         if stride == 1 and (dilation * (kernel - 1)) % 2 == 0:
             return symmetric, False
@@ -389,16 +387,16 @@ class BiT(nn.Module):
         logits = self.forward_head(pooled) if self.has_head else None
         return BitOutput(logits=logits, pooled=pooled, last_hidden_state=feature_map)
 
-    def standardized_conv_names(self) -> list[str]:
-        """State-dict keys of every weight that checkpoint loading must standardize."""
-        return [f"{name}.weight" for name, module in self.named_modules() if isinstance(module, StdConv2d)]
+    def standardized_convs(self) -> dict[str, float]:
+        """State-dict key -> eps of every weight that checkpoint loading must standardize."""
+        return {f"{name}.weight": module.eps for name, module in self.named_modules() if isinstance(module, StdConv2d)}
 
 
 @torch.no_grad()
 def standardize_conv_weight(weight: Tensor, eps: float) -> Tensor:
-    """(w - mean) / sqrt(biased var + eps) per output channel, computed in float32 (or float64)."""
+    """(w - mean) / sqrt(biased var + eps) per output channel, computed in float32."""
     dtype = weight.dtype
-    w = weight.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    w = weight.to(torch.float32)
     flat = w.reshape(w.shape[0], -1)
     mean = flat.mean(dim=1, keepdim=True)
     var = flat.var(dim=1, unbiased=False, keepdim=True)

@@ -85,6 +85,7 @@ def test_unexpected_keys_are_named(tmp_path):
     [
         ({"layer_type": "resnext"}, "unsupported layer_type 'resnext'"),
         ({"global_padding": "REFLECT"}, "unsupported global_padding"),
+        ({"global_padding": "valid"}, "VALID cannot run"),
         ({"model_type": "vit"}, "not BiT"),
         ({"depths": [1, 1]}, "equal length"),
     ],
@@ -123,12 +124,6 @@ def test_config_reads_real_files_and_ignores_unknown_keys(dtype_key):
     assert config.global_padding == "SAME"
     assert config.num_labels == 2
     assert config.id2label == {0: "tench", 1: "goldfish"}
-    assert config.has_named_labels
-
-
-def test_placeholder_labels_are_not_names():
-    config = BitConfig.from_dict({"id2label": {"0": "LABEL_0", "1": "LABEL_1"}})
-    assert not config.has_named_labels
 
 
 def test_classifier_saved_with_no_labels_loads_headless(tmp_path):

@@ -58,3 +58,13 @@ def test_resume_with_another_precision_is_refused(ckpt, photos, tmp_path, monkey
     result = run(["embed", photos, "-m", ckpt, "-o", out, "--resume"])
     assert_clean_failure(result, 2)
     assert "precision" in result.stderr
+
+
+def test_bf16_on_a_cpu_without_bfloat16_units_warns(ckpt, photos, monkeypatch):
+    from bitcli import engine
+
+    monkeypatch.setattr(engine, "bf16_supported", lambda: False)
+    result = run(["classify", photos, "-m", ckpt, "--format", "jsonl", "--precision", "bf16"])
+    assert result.exit_code == 0
+    assert "no native bfloat16" in result.stderr
+    assert "no native bfloat16" not in run(["classify", photos, "-m", ckpt, "--format", "jsonl"]).stderr

@@ -253,3 +253,9 @@ def test_png_text_chunks_cannot_steer_the_resize(tmp_path):
     image = open_image(tmp_path / "tagged.png")
     assert FULL_SIZE_KEY not in image.info and DRAFT_BOX_KEY not in image.info
     assert image.size == (40, 30)
+
+
+def test_formats_outside_the_supported_list_are_not_decoded(tmp_path):
+    # A valid image in a format PIL knows but bitcli does not take (TGA), named like a JPEG.
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "disguised.jpg", format="TGA")
+    assert reason_for(tmp_path / "disguised.jpg") == "not an image"

@@ -33,8 +33,8 @@ def test_architecture_matches_the_repository(entry):
 
 
 def test_bit_50_count_from_its_transformers_config():
-    # google/bit-50's config.json: the defaults plus TF-style padding, which adds no parameters.
-    config = BitConfig(num_labels=1000, global_padding="SAME", embedding_dynamic_padding=True)
+    # google/bit-50's config.json is the default BitConfig with 1000 ImageNet labels.
+    config = BitConfig(num_labels=1000)
     assert parameter_count(config) == zoo.find_alias("bit-50").num_parameters == 25_549_352
 
 
