@@ -159,3 +159,30 @@ def test_missing_private_onednn_op_falls_back_to_pytorch_dispatch(tiny, monkeypa
     model = load_model(directory).model
     assert not any(m.onednn for m in model.modules() if isinstance(m, StdConv2d))
     assert model.bit.chunk_bytes == DEFAULT_CHUNK_BYTES
+
+
+@pytest.mark.parametrize(
+    "config, size",
+    [
+        (dict(TINY, layer_type="bottleneck", global_padding="SAME", embedding_dynamic_padding=True), (67, 93)),
+        (dict(TINY, layer_type="bottleneck", output_stride=8), (64, 64)),
+    ],
+    ids=["bottleneck SAME dynamic padding", "bottleneck dilated"],
+)
+@pytest.mark.parametrize("threads", [1, None], ids=["direct oneDNN", "default threads"])
+def test_fast_paths_match_transformers_on_padded_and_dilated_models(tmp_path, config, size, threads):
+    reference = save_reference_checkpoint(tmp_path, **config)
+    model = load_model(tmp_path).model
+    model.bit.chunk_bytes = 1  # one image per slice at every step
+    pixels = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(1))
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
+    try:
+        logits, pooled, _ = outputs(model, pixels)
+    finally:
+        torch.set_num_threads(default_threads)
+    with torch.no_grad():
+        expected = reference(pixels)
+        expected_pooled = reference.bit(pixels).pooler_output.flatten(1)
+    assert max_diff(logits, expected.logits) <= TOLERANCE
+    assert max_diff(pooled, expected_pooled) <= TOLERANCE

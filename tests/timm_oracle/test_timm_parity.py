@@ -53,7 +53,9 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
         if name == "head.fc.weight":
             param.copy_(noise * 0.05)
         elif param.ndim == 4:
-            param.copy_(noise)  # standardized anyway; only the pattern matters
+            # Standardization removes the scale except through eps: weights of variance ~1e-8
+            # make a wrong weight-standardization eps (1e-10 or 1e-6 instead of 1e-8) visible.
+            param.copy_(noise * 1e-4)
         elif name.endswith("weight"):  # GroupNorm scale
             param.copy_(1.0 + 0.3 * noise)
         else:  # GroupNorm shift, head bias
