@@ -118,11 +118,6 @@ def read_labels_file(path: Path) -> list[str]:
     return lines
 
 
-def bundled_num_classes() -> tuple[int, ...]:
-    """Head sizes for which bitcli ships names."""
-    return tuple(_BUNDLED)
-
-
 @lru_cache(maxsize=None)
 def load_bundled(num_classes: int) -> BundledLabels:
     """The bundled list for a head size (1000 or 21843); read from package data on first call."""

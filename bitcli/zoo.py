@@ -17,7 +17,6 @@ class ZooEntry:
     repo_id: str  # "org/name" on the hub
     architecture: str  # timm architecture name (resnetv2_50x1_bit): depths and width
     revision: str | None  # pinned commit/branch/tag; None means the default branch
-    weights_file: str  # the file bitcli loads from that revision
     description: str
     input_size: int  # square side length the checkpoint was evaluated at
     num_classes: int
@@ -37,7 +36,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         architecture="resnetv2_50x1_bit",  # the transformers port of the same network
         # `main` holds only a pickle; this commit (the hub's refs/pr/1) adds model.safetensors.
         revision="9e9a281aa096247270860f9cda4f68daacca33d0",
-        weights_file="model.safetensors",
         description="BiT-M R50x1, ImageNet-21k pre-trained, fine-tuned on ImageNet-1k (transformers)",
         input_size=448,
         num_classes=1000,
@@ -51,7 +49,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_50x1_bit.goog_in21k_ft_in1k",
         architecture="resnetv2_50x1_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R50x1, ImageNet-21k pre-trained, fine-tuned on ImageNet-1k (timm)",
         input_size=448,
         num_classes=1000,
@@ -63,7 +60,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_50x3_bit.goog_in21k_ft_in1k",
         architecture="resnetv2_50x3_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R50x3, ImageNet-21k pre-trained, fine-tuned on ImageNet-1k (timm)",
         input_size=448,
         num_classes=1000,
@@ -75,7 +71,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_101x1_bit.goog_in21k_ft_in1k",
         architecture="resnetv2_101x1_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R101x1, ImageNet-21k pre-trained, fine-tuned on ImageNet-1k (timm)",
         input_size=448,
         num_classes=1000,
@@ -87,7 +82,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_101x3_bit.goog_in21k_ft_in1k",
         architecture="resnetv2_101x3_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R101x3, ImageNet-21k pre-trained, fine-tuned on ImageNet-1k (timm)",
         input_size=448,
         num_classes=1000,
@@ -99,7 +93,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_152x2_bit.goog_in21k_ft_in1k",
         architecture="resnetv2_152x2_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R152x2, ImageNet-21k pre-trained, fine-tuned on ImageNet-1k (timm)",
         input_size=448,
         num_classes=1000,
@@ -111,7 +104,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_152x4_bit.goog_in21k_ft_in1k",
         architecture="resnetv2_152x4_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R152x4, ImageNet-21k pre-trained, fine-tuned on ImageNet-1k (timm)",
         input_size=480,
         num_classes=1000,
@@ -123,7 +115,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_50x1_bit.goog_distilled_in1k",
         architecture="resnetv2_50x1_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT R50x1 distilled from BiT-M R152x2 on ImageNet-1k (timm)",
         input_size=224,
         num_classes=1000,
@@ -135,7 +126,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k",
         architecture="resnetv2_152x2_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R152x2 distillation teacher, fine-tuned on ImageNet-1k (timm)",
         input_size=224,
         num_classes=1000,
@@ -147,7 +137,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k_384",
         architecture="resnetv2_152x2_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R152x2 distillation teacher at 384, fine-tuned on ImageNet-1k (timm)",
         input_size=384,
         num_classes=1000,
@@ -159,7 +148,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_50x1_bit.goog_in21k",
         architecture="resnetv2_50x1_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R50x1, ImageNet-21k pre-trained, 21,843-class head (timm)",
         input_size=224,
         num_classes=21843,
@@ -171,7 +159,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_50x3_bit.goog_in21k",
         architecture="resnetv2_50x3_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R50x3, ImageNet-21k pre-trained, 21,843-class head (timm)",
         input_size=224,
         num_classes=21843,
@@ -183,7 +170,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_101x1_bit.goog_in21k",
         architecture="resnetv2_101x1_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R101x1, ImageNet-21k pre-trained, 21,843-class head (timm)",
         input_size=224,
         num_classes=21843,
@@ -195,7 +181,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_101x3_bit.goog_in21k",
         architecture="resnetv2_101x3_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R101x3, ImageNet-21k pre-trained, 21,843-class head (timm)",
         input_size=224,
         num_classes=21843,
@@ -207,7 +192,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_152x2_bit.goog_in21k",
         architecture="resnetv2_152x2_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R152x2, ImageNet-21k pre-trained, 21,843-class head (timm)",
         input_size=224,
         num_classes=21843,
@@ -219,7 +203,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         repo_id="timm/resnetv2_152x4_bit.goog_in21k",
         architecture="resnetv2_152x4_bit",
         revision=None,
-        weights_file="model.safetensors",
         description="BiT-M R152x4, ImageNet-21k pre-trained, 21,843-class head (timm)",
         input_size=224,
         num_classes=21843,
@@ -227,9 +210,6 @@ KNOWN_MODELS: tuple[ZooEntry, ...] = (
         num_parameters=1_107_299_923,
     ),
 )
-
-DEFAULT_ALIAS = "bit-50"
-
 
 def find_alias(alias: str) -> ZooEntry | None:
     """The entry whose alias is `alias` (case-insensitive), or None."""
