@@ -195,6 +195,17 @@ def root(
     ] = False,
 ) -> None:
     """Classify and embed images with Big Transfer (BiT) models."""
+    _tolerant_streams()
+
+
+def _tolerant_streams() -> None:
+    """Non-UTF-8 file names (surrogates) must not crash output: stdout writes their original
+    bytes, stderr escapes them. Streams that cannot be reconfigured are left alone."""
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        try:
+            stream.reconfigure(errors=errors)
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 # -- messages and the error mapping ------------------------------------------------------------
@@ -222,7 +233,8 @@ class Ui:
         self.console.print(Text.assemble((prefix, style), message))
 
     def error(self, message: str) -> None:
-        self._line("error: ", "bold red", message)
+        """One line, even when a file name in `message` holds a line break (shown escaped)."""
+        self._line("error: ", "bold red", message.replace("\n", "\\n").replace("\r", "\\r"))
 
     def warn(self, message: str) -> None:
         if not self.quiet:
@@ -426,7 +438,7 @@ def _classify(
     )
     renderer = output.classify_renderer(fmt, sys.stdout, count=len(items), top_k=classifier.top_k)
     failed = 0
-    with ui.progress(len(items), "classifying") as advance:
+    with ui.progress(len(items), "classifying") as advance, _stdout_errors():
         for group in classifier.classify_groups(items):
             for result in group:
                 if result.error is not None:
@@ -434,7 +446,7 @@ def _classify(
                     ui.error(f"{result.path}: {result.error}")
                 renderer.write(result)
             advance(len(group))
-    renderer.close()
+        renderer.close()
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -542,6 +554,7 @@ def _embed(ui: Ui, inputs: list[str], opts: EmbedOptions, choice: ModelChoice) -
             dim=embedder.feature_dim,
             dtype=opts.dtype,
             fingerprint={**embedder.fingerprint(), "dtype": opts.dtype},
+            inputs=[item.path for item in items],
             resume=opts.resume,
             overwrite=opts.overwrite,
         )
@@ -586,9 +599,36 @@ def _output_errors(paths: Any, error: type[BitError] = BitError) -> Iterator[Non
     except BrokenPipeError:
         raise
     except OSError as exc:
-        name = exc.filename or paths.out or paths.manifest
-        hint = "; fix that and rerun with --resume" if paths.out is not None else ""
-        raise error(f"{name}: cannot write ({exc.strerror or exc}){hint}") from exc
+        resumable = paths.partial is not None and paths.partial.exists()
+        hint = "; fix that and rerun with --resume" if resumable else ""
+        raise error(f"{_real_name(exc.filename, paths)}: cannot write ({exc.strerror or exc}){hint}") from exc
+
+
+def _real_name(filename: Any, paths: Any) -> Any:
+    """The output a failed file name stands for: temporary files (`.NAME.xxxx`) and the partial
+    directory's contents are named after the file they become."""
+    outputs = [p for p in (paths.out, paths.manifest, paths.errors) if p is not None]
+    if filename is None:
+        return outputs[0]
+    base = os.path.basename(os.fsdecode(filename))
+    for path in outputs:
+        if str(filename) == str(path) or base.startswith(f".{path.name}."):
+            return path
+    partial = paths.partial
+    if partial is not None and Path(filename).parent == partial:
+        return paths.out
+    return filename
+
+
+@contextlib.contextmanager
+def _stdout_errors() -> Iterator[None]:
+    """A failed write to stdout (disk full, /dev/full) is one line, exit 1; a closed pipe is 141."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise BitError(f"cannot write to stdout ({exc.strerror or exc})") from exc
 
 
 def _stack(vectors: list[Any]) -> Any:
@@ -716,10 +756,10 @@ def _exit(code: int) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         code = code or EXIT_BROKEN_PIPE
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: no stdout at all (`>&-`)
         pass
     try:
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
     os._exit(code)

@@ -3,7 +3,8 @@
 Layout while a run is in progress, next to the output `OUT.npy`:
 
     OUT.npy.partial/
-        state.json      what produced the rows (model, dtype, options); checked by --resume
+        state.json      what produced the rows (model, dtype, options, a sha256 of the ordered
+                        input paths); checked by --resume
         data.npy        a `.npy` header sized for any row count, then the rows appended so far
         journal.jsonl   one line per committed batch: the paths whose rows were appended
                         (in row order) and the inputs that failed
@@ -26,8 +27,10 @@ the given binary stream; it cannot be resumed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -39,8 +42,10 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from bitcli.errors import UsageError
+from bitcli.inputs import path_problem
 
 STATE_VERSION = 1
+INPUTS_CHANGED = "inputs changed since the interrupted run; pass --overwrite to start again"
 _COPY_CHUNK = 1 << 22  # bytes per read when streaming a finished array
 
 
@@ -78,18 +83,36 @@ class EmbedPaths:
 
 def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
     """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2."""
-    if paths.out is None:
-        if resume:
-            raise UsageError("--resume needs an output file, not -o -")
-        return
+    if resume and overwrite:
+        raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
+    _check_distinct(paths)
+    if paths.manifest.is_dir():
+        raise UsageError(f"--manifest {paths.manifest}: is a directory; give a file name")
+    if paths.out is None and resume:
+        raise UsageError("--resume needs an output file, not -o -")
     partial = paths.partial
-    if partial.exists() and not (resume or overwrite):
+    if partial is not None and partial.exists() and not (resume or overwrite):
         raise UsageError(
             f"{paths.out}: an interrupted run left {partial}; "
             "pass --resume to continue it or --overwrite to start over"
         )
-    if paths.out.exists() and not partial.exists() and not (resume or overwrite):
+    if paths.out is not None and paths.out.exists() and not partial.exists() and not (resume or overwrite):
         raise UsageError(f"{paths.out} already exists; pass --overwrite to replace it (or --resume)")
+    if paths.manifest.exists() and not (resume or overwrite):
+        raise UsageError(f"{paths.manifest} already exists; pass --overwrite to replace it")
+
+
+def _check_distinct(paths: EmbedPaths) -> None:
+    """The array, manifest, error list and partial run must be four different files."""
+    seen: dict[str, str] = {}
+    named = (("-o", paths.out), ("--manifest", paths.manifest), ("the error list", paths.errors), ("the partial run", paths.partial))
+    for what, path in named:
+        if path is None:
+            continue
+        key = os.path.abspath(path)
+        if key in seen:
+            raise UsageError(f"{path}: {seen[key]} and {what} would be the same file; choose another --manifest or -o")
+        seen[key] = what
 
 
 @dataclass
@@ -116,8 +139,8 @@ class _Journal:
 
 
 def manifest_problem(path: str) -> str | None:
-    """Why `path` cannot be a manifest line, or None when it can."""
-    if "\n" in path or "\r" in path:
+    """Why `path` cannot be a manifest line, or None when it can (`inputs.path_problem`'s rule)."""
+    if path_problem(path):
         return "the path contains a line break, so it cannot be listed in the manifest; rename the file"
     return None
 
@@ -125,6 +148,41 @@ def manifest_problem(path: str) -> str | None:
 def escape_error_path(path: str) -> str:
     """One-line form of a path for `OUT.errors.txt` (backslash, tab and line breaks escaped)."""
     return path.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def unescape_error_path(text: str) -> str:
+    """The path `escape_error_path` made `text` from."""
+    return re.sub(r"\\(.)", lambda m: _UNESCAPES.get(m.group(1), m.group(1)), text)
+
+
+_UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
+
+
+def inputs_digest(inputs: Sequence[str] | None) -> str | None:
+    """sha256 of the expanded, ordered input paths: a resumed run must see the same list."""
+    if inputs is None:
+        return None
+    digest = hashlib.sha256()
+    for path in inputs:
+        digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
+    return digest.hexdigest()
+
+
+def _finished_inputs(paths: EmbedPaths) -> Counter[str] | None:
+    """The inputs a finished run accounted for: its manifest and error list (None: unreadable)."""
+    try:
+        done = Counter(_read_lines(paths.manifest))
+        if paths.errors.exists():
+            done += Counter(unescape_error_path(line.split("\t", 1)[0]) for line in _read_lines(paths.errors))
+    except OSError:
+        return None
+    return done
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The lines `_write_atomic` wrote (split on "\\n" only: a path may hold other separators)."""
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    return text.removesuffix("\n").split("\n") if text else []
 
 
 def npy_header(dtype: np.dtype, rows: int, dim: int) -> bytes:
@@ -150,6 +208,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -157,12 +222,14 @@ def _umask() -> int:
 
 
 def _write_atomic(path: Path, lines: Iterable[str]) -> None:
-    """Write text lines to `path` through a temporary file in the same directory and rename."""
+    """Write text lines to `path` through a temporary file in the same directory and rename.
+
+    Non-UTF-8 file names (surrogates, as `os` decodes them) are written as their original bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
             for line in lines:
                 fh.write(line)
                 fh.write("\n")
@@ -211,6 +278,7 @@ class EmbedWriter:
         dim: int,
         dtype: str = "float32",
         fingerprint: dict[str, Any] | None = None,
+        inputs: Sequence[str] | None = None,
         resume: bool = False,
         overwrite: bool = False,
     ) -> None:
@@ -220,6 +288,7 @@ class EmbedWriter:
         self.dim = int(dim)
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.fingerprint = dict(fingerprint or {})
+        self._inputs = None if inputs is None else list(inputs)
         self._header_len = len(npy_header(self.dtype, 0, self.dim))
         self._row_bytes = self.dim * self.dtype.itemsize
         self._journal = _Journal()
@@ -240,23 +309,28 @@ class EmbedWriter:
         if partial.exists():
             self._reopen(partial)
         elif paths.out.exists() and resume and not overwrite:
-            self.already_complete = True
-            self._closed = True
+            self._mark_complete()
         else:
             self._create(partial)
 
     # -- opening -------------------------------------------------------------------------------
 
+    def _mark_complete(self) -> None:
+        """`--resume` of a finished run: nothing to do, if it was made from the same inputs."""
+        if self._inputs is not None and Counter(self._inputs) != _finished_inputs(self.paths):
+            raise UsageError(f"{self.paths.out}: {INPUTS_CHANGED}")
+        self.already_complete = True
+        self._closed = True
+
     def _create(self, partial: Path) -> None:
         partial.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{partial.name}.", dir=partial.parent))
         state = {"version": STATE_VERSION, "dim": self.dim, "dtype": self.dtype.name, "fingerprint": self.fingerprint}
-        (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        with open(tmp / "data.npy", "wb") as fh:
-            fh.write(npy_header(self.dtype, 0, self.dim))
-            fh.flush()
-            os.fsync(fh.fileno())
+        state["inputs"] = inputs_digest(self._inputs)
+        _write_synced(tmp / "state.json", (json.dumps(state, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+        _write_synced(tmp / "data.npy", npy_header(self.dtype, 0, self.dim))
         (tmp / "journal.jsonl").touch()
+        _fsync_dir(tmp)
         os.replace(tmp, partial)  # the partial directory appears complete or not at all
         _fsync_dir(partial.parent)
         self._dir = partial
@@ -265,6 +339,11 @@ class EmbedWriter:
         self._journal_fh = open(partial / "journal.jsonl", "ab")
 
     def _reopen(self, partial: Path) -> None:
+        if not (partial / "data.npy").exists() and self.paths.out.exists():
+            # Killed after `finish()` renamed the array into place: only the cleanup was left.
+            shutil.rmtree(partial, ignore_errors=True)
+            self._mark_complete()
+            return
         try:
             state = json.loads((partial / "state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -276,8 +355,11 @@ class EmbedWriter:
         if theirs != mine:
             raise UsageError(
                 f"{partial} was made with different settings ({_describe_difference(theirs, mine)}); "
-                "resume with the same model and options, or pass --overwrite to start over"
+                "resume with the same model and options (--threads 1 or not, too: it picks the convolution path), "
+                "or pass --overwrite to start over"
             )
+        if state.get("inputs") != inputs_digest(self._inputs):
+            raise UsageError(f"{partial}: {INPUTS_CHANGED}")
         journal = _read_journal(partial / "journal.jsonl")
         data_path = partial / "data.npy"
         size = data_path.stat().st_size
@@ -348,8 +430,9 @@ class EmbedWriter:
                 os.fsync(self._data.fileno())
         errors = [(str(p), str(r)) for p, r in errors]
         if self._journal_fh is not None and (paths or errors):
-            line = json.dumps({"rows": paths, "errors": errors}, ensure_ascii=False) + "\n"
-            self._journal_fh.write(line.encode("utf-8"))
+            # ASCII with \\u escapes: non-UTF-8 file names (surrogates) round-trip through json.
+            line = json.dumps({"rows": paths, "errors": errors}, ensure_ascii=True) + "\n"
+            self._journal_fh.write(line.encode("ascii"))
             self._journal_fh.flush()
             os.fsync(self._journal_fh.fileno())
         self._journal.paths.extend(paths)
@@ -414,9 +497,19 @@ class EmbedWriter:
                 fh.close()
 
     def close(self) -> None:
-        """Stop without publishing; the partial directory stays for `--resume`."""
-        if not self._closed:
-            self._close_handles()
+        """Stop without publishing; the partial directory stays for `--resume`.
+
+        Never raises OSError: after a failed write (disk full) closing flushes the same buffered
+        bytes again, and that second failure would hide the first; the journal is the truth."""
+        if self._closed:
+            return
+        self._closed = True
+        for fh in (self._data, self._journal_fh):
+            if fh is not None:
+                try:
+                    fh.close()
+                except OSError:
+                    pass
 
     def __enter__(self) -> "EmbedWriter":
         return self

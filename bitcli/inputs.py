@@ -19,7 +19,8 @@ Rules:
   inputs.
 - `-` reads newline-separated paths from stdin lazily (blank lines skipped, a trailing `\\r`
   removed); each line is a literal path (a file or a directory), never a glob.
-- A path containing a newline is an error (outputs are line-based).
+- A path containing a line break (`\\n` or `\\r`) is an error (outputs are line-based):
+  `path_problem` is the one check, shared with the embedding manifest.
 - Streaming: each directory's listing is read and sorted before its first entry is yielded,
   but files are sniffed and subdirectories listed only as the consumer advances.
 """
@@ -68,6 +69,13 @@ def expand_inputs(
             index += 1
 
 
+def path_problem(path: str) -> str | None:
+    """Why `path` cannot be an input (it contains a line break), or None when it can."""
+    if "\n" in path or "\r" in path:
+        return "path contains a line break (not supported)"
+    return None
+
+
 def looks_like_image(header: bytes) -> bool:
     """Whether `header` (a file's first bytes) starts with a known image signature."""
     return (
@@ -91,13 +99,17 @@ def _expand_stdin(stdin: TextIO | None) -> Iterator[str | InputError]:
         return
     for line in stdin:
         path = line.rstrip("\n").removesuffix("\r")
-        if path:
+        problem = path_problem(path)
+        if problem:
+            yield InputError(path, problem)
+        elif path:
             yield from _expand_path(path)
 
 
 def _expand_argument(arg: str) -> Iterator[str | InputError]:
-    if "\n" in arg:
-        yield InputError(arg, "path contains a newline (not supported)")
+    problem = path_problem(arg)
+    if problem:
+        yield InputError(arg, problem)
     elif os.path.lexists(arg) or not glob.has_magic(arg):
         yield from _expand_path(arg)
     else:
@@ -141,8 +153,9 @@ def _expand_glob(pattern: str) -> Iterator[str | InputError]:
 
 
 def _expand_match(match: str, recursive: bool) -> Iterator[str | InputError]:
-    if "\n" in match:
-        yield InputError(match, "path contains a newline (not supported)")
+    problem = path_problem(match)
+    if problem:
+        yield InputError(match, problem)
         return
     try:
         info = os.stat(match)
@@ -166,8 +179,9 @@ def _walk(directory: str, ancestors: frozenset[tuple[int, int]]) -> Iterator[str
         return
     for entry in entries:
         path = entry.path
-        if "\n" in entry.name:
-            yield InputError(path, "path contains a newline (not supported)")
+        problem = path_problem(entry.name)
+        if problem:
+            yield InputError(path, problem)
             continue
         try:
             info = os.stat(path)  # follows symlinks

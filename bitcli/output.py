@@ -48,10 +48,16 @@ def to_json(obj: Any) -> str:
 
 
 def stdout_console(stream: IO[str] | None = None) -> Any:
-    """A rich console on stdout for tables (colour off when NO_COLOR is set or not a terminal)."""
+    """A rich console on stdout for tables (colour off when NO_COLOR is set or not a terminal).
+
+    A closed pipe raises BrokenPipeError, as for the other formats (rich itself would exit 1)."""
     from rich.console import Console
 
-    return Console(file=stream or sys.stdout, highlight=False, soft_wrap=False)
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError("stdout was closed")
+
+    return StdoutConsole(file=stream or sys.stdout, highlight=False, soft_wrap=False)
 
 
 def format_percent(score: float) -> str:
@@ -99,16 +105,23 @@ class JsonArrayRenderer:
 
 
 class CsvRenderer:
-    """`path,rank,index,label,score`, one row per prediction; failed inputs have no rows."""
+    """`path,rank,index,label,score`, one row per prediction; failed inputs have no rows.
+
+    Rows end in "\\n", so the csv module would leave a lone "\\r" unquoted (it quotes only the
+    line terminator's characters): rows with a "\\r" in a field are written fully quoted.
+    """
 
     def __init__(self, stream: IO[str]):
         self.stream = stream
         self.writer = csv.writer(stream, lineterminator="\n")
+        self.quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
         self.writer.writerow(CSV_HEADER)
 
     def write(self, result: ClassifyResult) -> None:
         for p in result.predictions:
-            self.writer.writerow((result.path, p.rank, p.index, p.label, repr(p.score)))
+            row = (result.path, p.rank, p.index, p.label, repr(p.score))
+            writer = self.quoted if "\r" in result.path or "\r" in p.label else self.writer
+            writer.writerow(row)
         self.stream.flush()
 
     def close(self) -> None:

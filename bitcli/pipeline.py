@@ -362,7 +362,18 @@ class Embedder(_Runner):
             "batch_size": self.batch_size,
             "fast_jpeg": self.fast_jpeg,
             "max_pixels": self.max_pixels,  # an image over the limit is a failure, not a row
+            "convolution": self._convolution_path(),
         }
+
+    def _convolution_path(self) -> str:
+        """"onednn" when convolutions call oneDNN directly (only on one thread, see
+        `model.StdConv2d.forward`), else "torch": the two differ in the last bits."""
+        import torch
+
+        from bitcli.model import StdConv2d
+
+        direct = any(isinstance(m, StdConv2d) and m.onednn for m in self.model.loaded.model.modules())
+        return "onednn" if direct and torch.get_num_threads() == 1 else "torch"
 
     def _forward(self, tensors: list[Any]) -> Any:
         import torch

@@ -229,3 +229,19 @@ def test_threads_sets_torch_intra_op_threads(ckpt, photos):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "table", "jsonl"])
+def test_non_utf8_file_name_under_a_strict_utf8_stdout(ckpt, photos, tmp_path, fmt):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / os.fsdecode(b"\xffx.png")).write_bytes((photos / "img00.png").read_bytes())
+    result = run(["classify", odd, "-m", ckpt, "-f", fmt])  # CliRunner's stdout is strict UTF-8
+    assert result.exit_code == 0, result.stderr
+    assert b"x.png" in result.stdout_bytes
+
+
+def test_error_for_a_path_with_a_line_break_stays_one_line(ckpt, photos):
+    result = run(["classify", photos / "img00.png", "a\nb.png", "-m", ckpt, "-f", "jsonl"])
+    assert_clean_failure(result, 1)
+    assert result.stderr.splitlines() == ["error: a\\nb.png: path contains a line break (not supported)"]

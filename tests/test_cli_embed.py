@@ -97,12 +97,34 @@ def test_stdin_paths_and_newline_in_a_file_name(ckpt, photos, tmp_path, library)
     assert len(errors) == 1 and errors[0].startswith(str(odd / "a\\nb.png") + "\t")
 
 
+def test_carriage_return_in_a_file_name_is_one_failed_input(ckpt, photos, tmp_path):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "a\rb.png").write_bytes((photos / "img00.png").read_bytes())
+    (odd / "c.png").write_bytes((photos / "img01.png").read_bytes())
+    result = embed(ckpt, odd, "-o", tmp_path / "o.npy")
+    assert_clean_failure(result, 1)
+    assert "unexpected" not in result.stderr
+    assert (tmp_path / "o.paths.txt").read_text().splitlines() == [str(odd / "c.png")]
+    errors = (tmp_path / "o.errors.txt").read_text().splitlines()
+    assert errors == [f"{odd}/a\\rb.png\tpath contains a line break (not supported)"]
+
+
 def test_existing_output_is_refused_before_loading_the_model(photos, tmp_path):
     (tmp_path / "o.npy").write_bytes(b"precious")
     result = run(["embed", photos / "img00.png", "-o", tmp_path / "o.npy", "-m", "no/such-model"])
     assert_clean_failure(result, 2)  # 2, not 3: the model was never looked up
     assert "--overwrite" in result.stderr
     assert (tmp_path / "o.npy").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("output", ["o.npy", "-"])
+def test_existing_manifest_is_refused_before_loading_the_model(photos, tmp_path, output):
+    (tmp_path / "rows.txt").write_bytes(b"precious")
+    result = run(["embed", photos / "img00.png", "-o", output, "--manifest", "rows.txt", "-m", "no/such-model"])
+    assert_clean_failure(result, 2)
+    assert "--overwrite" in result.stderr
+    assert (tmp_path / "rows.txt").read_bytes() == b"precious"
 
 
 def test_overwrite_replaces(ckpt, photos, tmp_path):
@@ -176,6 +198,30 @@ def test_resume_of_a_finished_run_does_nothing(ckpt, photos, tmp_path):
     assert result.exit_code == 0
     assert "already complete" in result.stderr
     assert (tmp_path / "o.npy").read_bytes() == before
+    changed = embed(ckpt, photos / "img01.png", "-o", tmp_path / "o.npy", "--resume")
+    assert_clean_failure(changed, 2)
+    assert "inputs changed" in changed.stderr and "--overwrite" in changed.stderr
+    assert (tmp_path / "o.npy").read_bytes() == before
+
+
+def test_resume_with_reordered_inputs_is_refused(ckpt, photos, tmp_path, monkeypatch):
+    from bitcli.pipeline import Embedder
+
+    original = Embedder.embed_groups
+
+    def interrupted(self, items):
+        for n, group in enumerate(original(self, items)):
+            if n == 1:
+                raise KeyboardInterrupt
+            yield group
+
+    monkeypatch.setattr(Embedder, "embed_groups", interrupted)
+    inputs = [photos / f"img0{i}.png" for i in range(5)]
+    assert embed(ckpt, *inputs, "-o", tmp_path / "o.npy").exit_code == 130
+    monkeypatch.undo()
+    result = embed(ckpt, *inputs[::-1], "-o", tmp_path / "o.npy", "--resume")
+    assert_clean_failure(result, 2)
+    assert "inputs changed since the interrupted run" in result.stderr
 
 
 def test_quiet_keeps_only_error_lines(ckpt, photos, tmp_path):
@@ -190,3 +236,47 @@ def test_unwritable_output_is_one_line(ckpt, photos, tmp_path):
     result = embed(ckpt, photos / "img00.png", "-o", blocker / "o.npy")
     assert_clean_failure(result, 2)
     assert "cannot write" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "--resume" not in result.stderr  # nothing to resume
+
+
+def test_creation_error_names_the_output_not_a_temporary_file(ckpt, photos, tmp_path, monkeypatch):
+    import tempfile
+
+    def denied(prefix="", dir=None, **kw):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}gta3ighp")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    result = embed(ckpt, photos / "img00.png", "-o", tmp_path / "y.npy")
+    assert_clean_failure(result, 2)
+    assert result.stderr.strip() == f"error: {tmp_path / 'y.npy'}: cannot write (Permission denied)"
+
+
+def test_disk_full_mid_run_keeps_the_resume_hint(ckpt, photos, tmp_path, monkeypatch):
+    import io
+
+    from bitcli.embedstore import EmbedWriter
+
+    class FullDisk(io.BytesIO):
+        def flush(self):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            self.flush()
+
+    def commit(self, *args, **kw):
+        self._data.close()
+        self._data = FullDisk()
+        self._data.write(b"x")
+        self._data.flush()
+
+    monkeypatch.setattr(EmbedWriter, "commit", commit)
+    result = embed(ckpt, photos / "img00.png", "-o", tmp_path / "o.npy")
+    assert_clean_failure(result, 1)
+    assert "unexpected" not in result.stderr
+    assert "No space left on device" in result.stderr and "--resume" in result.stderr
+
+
+def test_resume_and_overwrite_together_is_a_usage_error(photos, tmp_path):
+    result = run(["embed", photos / "img00.png", "-o", tmp_path / "o.npy", "--resume", "--overwrite", "-m", "no/such-model"])
+    assert_clean_failure(result, 2)
+    assert "--resume" in result.stderr and "--overwrite" in result.stderr

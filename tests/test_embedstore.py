@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +186,102 @@ def test_skip_done_counts_duplicates(tmp_path):
     writer.commit(["a", "b"], np.zeros((2, DIM), np.float32), [("x", "bad")])
     items = [Item(path=p) for p in ["a", "b", "x", "c", "a", "x"]]
     assert [i.path for i in writer.skip_done(items)] == ["c", "a", "x"]
+
+
+def test_non_utf8_file_names_round_trip_as_their_bytes(tmp_path):
+    name = os.fsdecode(b"\xffx.jpg")  # a surrogate, as os.listdir returns it
+    paths = EmbedPaths.for_output(tmp_path / "o.npy")
+    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP)
+    writer.commit([name], np.zeros((1, DIM), np.float32), [(name + "2", "not an image")])
+    writer.close()
+    resumed = EmbedWriter(paths, dim=DIM, fingerprint=FP, resume=True)
+    assert resumed.manifest_paths == [name]
+    resumed.finish()
+    assert paths.manifest.read_bytes() == b"\xffx.jpg\n"
+    assert paths.errors.read_bytes() == b"\xffx.jpg2\tnot an image\n"
+
+
+@pytest.mark.parametrize("manifest", ["o.npy", "o.errors.txt", "o.npy.partial", "./sub/../o.npy"])
+def test_manifest_must_not_be_another_output_file(tmp_path, monkeypatch, manifest):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    paths = EmbedPaths.for_output(Path("o.npy"), manifest=Path(manifest))
+    with pytest.raises(UsageError, match="same file"):
+        EmbedWriter(paths, dim=DIM, fingerprint=FP, overwrite=True)
+
+
+@pytest.mark.parametrize("out", ["o.npy", None])
+def test_existing_manifest_needs_overwrite(tmp_path, out):
+    (tmp_path / "rows.txt").write_text("precious\n")
+    paths = EmbedPaths.for_output(out and tmp_path / out, manifest=tmp_path / "rows.txt")
+    with pytest.raises(UsageError, match="--overwrite"):
+        EmbedWriter(paths, dim=DIM, fingerprint=FP)
+    assert (tmp_path / "rows.txt").read_text() == "precious\n"
+    EmbedWriter(paths, dim=DIM, fingerprint=FP, overwrite=True).finish(io.BytesIO())
+    assert (tmp_path / "rows.txt").read_text() == ""
+
+
+def test_manifest_directory_is_refused_before_any_work(tmp_path):
+    with pytest.raises(UsageError, match="is a directory"):
+        EmbedWriter(EmbedPaths.for_output(tmp_path / "o.npy", manifest=tmp_path), dim=DIM, fingerprint=FP, overwrite=True)
+
+
+def test_resume_refuses_changed_inputs(tmp_path):
+    data = batches(2)
+    inputs = [p for ps, _, errs in data for p in [*ps, *(e for e, _ in errs)]]
+    paths = EmbedPaths.for_output(tmp_path / "o.npy")
+    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=inputs)
+    writer.commit(*data[0])
+    writer.close()
+    for changed in (inputs[::-1], [*inputs, "new.jpg"]):
+        with pytest.raises(UsageError, match="inputs changed"):
+            EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=changed, resume=True)
+    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=inputs, resume=True)
+    writer.commit(*data[1])
+    writer.finish()
+    with pytest.raises(UsageError, match="inputs changed"):  # the finished run had other inputs
+        EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=[*inputs, "new.jpg"], resume=True)
+    assert EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=inputs, resume=True).already_complete
+
+
+def test_finished_run_with_odd_names_is_complete_for_the_same_inputs(tmp_path):
+    inputs = ["a\x0cb.jpg", "t\tab\\x.jpg", "c\nd.jpg"]
+    paths = EmbedPaths.for_output(tmp_path / "o.npy")
+    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=inputs)
+    writer.commit(inputs[:1], np.zeros((1, DIM), np.float32), [(p, "bad") for p in inputs[1:]])
+    writer.finish()
+    assert EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=inputs, resume=True).already_complete
+
+
+def test_kill_after_publishing_before_cleanup_resumes_as_complete(tmp_path, monkeypatch):
+    import shutil
+
+    inputs = ["img0_0.jpg", "img0_1.jpg", "bad0.jpg"]
+    paths = EmbedPaths.for_output(tmp_path / "o.npy")
+    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=inputs)
+    writer.commit(*batches(1)[0])
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # killed before the cleanup
+    writer.finish()
+    monkeypatch.undo()
+    before = paths.out.read_bytes()
+    assert paths.partial.is_dir()
+    resumed = EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=inputs, resume=True)
+    assert resumed.already_complete and not paths.partial.exists()
+    assert paths.out.read_bytes() == before
+
+
+def test_close_after_a_failed_write_does_not_raise_again(tmp_path):
+    class FullDisk(io.BytesIO):
+        def flush(self):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            self.flush()
+
+    writer = EmbedWriter(EmbedPaths.for_output(tmp_path / "o.npy"), dim=DIM, fingerprint=FP)
+    writer._data.close()
+    writer._data = FullDisk()
+    with pytest.raises(OSError):
+        writer.commit(["a.jpg"], np.zeros((1, DIM), np.float32))
+    writer.close()  # the commit's error is the one reported
+    assert (tmp_path / "o.npy.partial").is_dir()

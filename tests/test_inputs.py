@@ -215,14 +215,25 @@ def test_unreadable_subdirectory_is_reported_and_the_walk_goes_on(tmp_path, monk
     ]
 
 
-def test_newline_in_path_is_an_error(tmp_path):
-    put(tmp_path / "dir" / "bad\nname.jpg", jpeg_bytes(rgb(4, 3)))
-    got = paths_and_errors(expand_inputs(["a\nb.jpg", str(tmp_path / "dir")]))
+@pytest.mark.parametrize("brk", ["\n", "\r"])
+def test_line_break_in_path_is_an_error(tmp_path, brk):
+    put(tmp_path / "dir" / f"bad{brk}name.jpg", jpeg_bytes(rgb(4, 3)))
+    reason = "path contains a line break (not supported)"
+    bad = str(tmp_path / "dir" / f"bad{brk}name.jpg")
+    got = paths_and_errors(expand_inputs([f"a{brk}b.jpg", str(tmp_path / "dir"), str(tmp_path / "dir" / "*.jpg")]))
     assert got == [
-        "ERROR a\nb.jpg: path contains a newline (not supported)",
-        f"ERROR {tmp_path / 'dir' / 'bad'}\nname.jpg: path contains a newline (not supported)",
+        f"ERROR a{brk}b.jpg: {reason}",
+        f"ERROR {bad}: {reason}",
         f"ERROR {tmp_path / 'dir'}: no images found",
+        f"ERROR {bad}: {reason}",
+        f"ERROR {tmp_path / 'dir' / '*.jpg'}: no images match this pattern",
     ]
+
+
+def test_carriage_return_inside_a_stdin_line_is_an_error(tmp_path):
+    bad = put(tmp_path / "a\rb.jpg", jpeg_bytes(rgb(4, 3)))
+    got = paths_and_errors(expand_inputs(["-"], stdin=io.StringIO(f"{bad}\r\n")))
+    assert got == [f"ERROR {bad}: path contains a line break (not supported)"]
 
 
 def test_walk_is_lazy(tmp_path, monkeypatch):

@@ -37,6 +37,14 @@ def test_csv_rows_per_prediction_and_quoting():
     assert float(rows[3][4]) == 1e-07
 
 
+def test_csv_quotes_a_carriage_return():
+    odd = [ClassifyResult("a\rb.jpg", [Prediction(1, 2, "x\ry", 0.5)]), RESULTS[0]]
+    text = render_classify(odd, "csv", count=2, top_k=2)
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[1] == ["a\rb.jpg", "1", "2", "x\ry", "0.5"]
+    assert rows[2][0] == "a.jpg" and len(rows) == 4
+
+
 def test_table_escapes_markup_and_shows_percentages():
     text = render_classify(RESULTS[:1] + RESULTS[2:], "table", count=2, top_k=2)
     assert "[bold]markup[/bold]" in text

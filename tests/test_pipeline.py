@@ -119,3 +119,19 @@ def test_model_without_head_cannot_classify(tmp_path, photos):
 def test_import_bitcli_does_not_import_torch():
     code = "import sys, bitcli; assert 'torch' not in sys.modules; bitcli.Classifier; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_embed_fingerprint_tells_single_thread_convolutions_apart(model):
+    """On one thread convolutions call oneDNN directly: other last bits, so --resume must refuse."""
+    from bitcli.pipeline import Embedder
+
+    embedder = Embedder(model)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        many = embedder.fingerprint()
+        torch.set_num_threads(1)
+        one = embedder.fingerprint()
+    finally:
+        torch.set_num_threads(threads)
+    assert many != one
