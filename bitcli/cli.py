@@ -429,6 +429,7 @@ def _classify(
     from bitcli import output
     from bitcli.pipeline import Classifier
 
+    _require_stdout("the predictions")
     fmt = output.resolve_format(fmt, sys.stdout)
     items = _expand(inputs)
     _setup_runtime(threads)
@@ -680,6 +681,7 @@ def _inspect(ui: Ui, model: str, device: Device, fmt: str) -> int:
     from bitcli import output
     from bitcli.inspect import build_report
 
+    _require_stdout("the report")
     loaded = _load(ModelChoice(model, device), ui)
     report = build_report(loaded.loaded, loaded.resolved, loaded.labels())
     output.render_inspect(report, fmt, sys.stdout)
@@ -744,6 +746,12 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_SOME_FAILED)
     _exit(code)
+
+
+def _require_stdout(what: str) -> None:
+    """A usage error, before any work, when the command was started with stdout closed (`>&-`)."""
+    if sys.stdout is None:
+        raise UsageError(f"stdout is closed: there is nowhere to write {what}; redirect it to a file")
 
 
 def _exit(code: int) -> None:

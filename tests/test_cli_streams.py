@@ -52,3 +52,12 @@ def test_full_disk_on_stdout_is_one_line(ckpt, photo):
         proc = bit(["classify", photo, "-m", ckpt, "-f", "jsonl"], stdout=full)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == ["error: cannot write to stdout (No space left on device)"]
+
+
+def test_classify_with_no_stdout_is_a_usage_error(ckpt, photo, tmp_path):
+    proc = bit(["classify", photo, "-m", ckpt], stdout=subprocess.DEVNULL, cwd=tmp_path,
+               preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: stdout is closed: there is nowhere to write the predictions; redirect it to a file"
+    ]
