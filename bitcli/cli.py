@@ -23,10 +23,8 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 import typer
 
 from bitcli.errors import BitError, ModelError, UsageError
-
-DEFAULT_MODEL = "google/bit-50"
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_MAX_PIXELS = 100_000_000  # decode.DEFAULT_MAX_PIXELS (not imported: it loads PIL)
+from bitcli.output import is_terminal
+from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # light: no torch, no PIL
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -248,7 +246,7 @@ class Ui:
 
     @property
     def show_progress(self) -> bool:
-        return not self.quiet and _isatty(sys.stderr)
+        return not self.quiet and is_terminal(sys.stderr)
 
     @contextlib.contextmanager
     def progress(self, total: int | None, what: str) -> Iterator[Callable[[int], None]]:
@@ -274,13 +272,6 @@ class Ui:
                 bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
 
             yield advance
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def _guard(ui: Ui, body: Callable[[], int]) -> None:
@@ -526,7 +517,7 @@ def _embed_paths(opts: EmbedOptions) -> Any:
     from bitcli.embedstore import EmbedPaths, check_output
 
     if opts.to_stdout:
-        if _isatty(sys.stdout):
+        if is_terminal(sys.stdout):
             raise UsageError("-o - would write binary .npy data to the terminal; redirect stdout to a file or pipe")
         paths = EmbedPaths.for_output(None, manifest=opts.manifest)
     else:

@@ -27,10 +27,11 @@ def resolve_format(fmt: str, stream: IO[str]) -> str:
     """`auto` -> `table` when `stream` is a terminal, else `jsonl`; other formats pass through."""
     if fmt != "auto":
         return fmt
-    return "table" if _isatty(stream) else "jsonl"
+    return "table" if is_terminal(stream) else "jsonl"
 
 
-def _isatty(stream: IO[Any]) -> bool:
+def is_terminal(stream: IO[Any] | None) -> bool:
+    """Whether `stream` is a terminal (False for None, closed or fake streams)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
