@@ -65,7 +65,7 @@ def group_stats(x: Tensor, groups: int, method: str | None = None) -> tuple[Tens
     """(mean, biased variance) per image and group, float64 [N, G], of a channels-last tensor.
 
     method: "rows" (batch-norm statistics over H rows, the default where it works) or
-    "sums" (two passes of torch.sum, cascade-summed; slower, no private assumptions).
+    "sums" (cascade-summed passes of torch.sum; slower, the fallback where the first is missing).
     """
     method = method or ("rows" if row_stats_work() else "sums")
     return _row_stats(x, groups) if method == "rows" else _sum_stats(x, groups)
@@ -89,11 +89,15 @@ def _row_stats(x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
 
 
 def _sum_stats(x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+    """The corrected two-pass algorithm (Chan, Golub and LeVeque): the float32 deviations from
+    a first mean still sum to the small error of that mean, which is added back."""
     n, c, h, w = x.shape
     count = h * w * (c // groups)
     mean = _group_sums(x, groups) / count
-    deviations = torch.sub(x, _per_channel(mean, c).to(x.dtype)).square_()
-    return mean, _group_sums(deviations, groups) / count
+    deviations = torch.sub(x, _per_channel(mean, c).to(x.dtype))
+    correction = _group_sums(deviations, groups) / count
+    var = _group_sums(deviations.square_(), groups) / count - correction.square()
+    return mean + correction, var
 
 
 def _group_sums(x: Tensor, groups: int) -> Tensor:
