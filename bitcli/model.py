@@ -100,6 +100,8 @@ class StdConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if self.pad is not None:
             x = self.pad(x)
+        if x.dtype != self.weight.dtype:  # bf16 mode: the float32 stem's output entering a bfloat16 block
+            x = x.to(self.weight.dtype)
         if self.onednn and torch.get_num_threads() == 1:
             return onednn_conv(x, self)
         return super().forward(x)
@@ -119,15 +121,17 @@ class GroupNormAct(nn.GroupNorm):
     Channels-last CPU input takes `groupnorm.group_norm_act` (PyTorch's own channels-last
     kernel loses precision on flat images). `fresh_input`: the input is a tensor made inside
     the same block (a convolution's output) that nothing reads again, so it may be overwritten.
+    `out_dtype` (set by the engine in bf16 mode): the output's dtype; None keeps the input's.
     """
 
     def __init__(self, config: BitConfig, channels: int, *, activation: bool = True, fresh_input: bool = False):
         super().__init__(config.num_groups, channels, eps=1e-5, affine=True)
         self.act = make_activation(config.hidden_act) if activation else nn.Identity()
         self.fresh_input = fresh_input
+        self.out_dtype: torch.dtype | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return group_norm_act(x, self, self.act, inplace=self.fresh_input)
+        return group_norm_act(x, self, self.act, inplace=self.fresh_input, out_dtype=self.out_dtype)
 
 
 class BitEmbeddings(nn.Module):
@@ -146,7 +150,8 @@ class BitEmbeddings(nn.Module):
         # Subtly not the same as max-pool padding=1: padding with zeros (after the conv, before
         # any ReLU) lets a zero win the max where every real value in the window is negative.
         self.pad = nn.Identity() if config.global_padding == "SAME" else nn.ConstantPad2d(1, 0.0)
-        self.norm = GroupNormAct(config, config.embedding_size, fresh_input=True) if config.layer_type == "bottleneck" else None
+        bottleneck = config.layer_type == "bottleneck"
+        self.norm = GroupNormAct(config, config.embedding_size, fresh_input=True) if bottleneck else None
         self.pool_pad = DynamicPad2d(3, 2) if config.embedding_dynamic_padding else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -375,8 +380,8 @@ class BiT(nn.Module):
     def forward_features(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
         """(final feature map [N, C, H, W], pooled features [N, C]) for images [N, 3, H, W].
 
-        The pooled features are float32 whatever the backbone's precision; the feature map has
-        the backbone's dtype (bfloat16 after `engine.optimize_for_inference(precision="bf16")`).
+        Both are float32 whatever the backbone's precision (in bf16 mode the convolutions after
+        the stem run in bfloat16, the final norm and pooling in float32).
         """
         dtype = self.bit.embedder.convolution.weight.dtype
         feature_map = self.bit(pixel_values.to(dtype))
