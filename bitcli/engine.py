@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import torch
 
+from bitcli.engineplan import PRECISIONS, make_plan
 from bitcli.model import BiT, PreActBottleneck, StdConv2d, onednn_conv
 
-PRECISIONS = ("fp32", "bf16")
+__all__ = ["DEFAULT_CHUNK_BYTES", "PRECISIONS", "bf16_supported", "optimize_for_inference", "to_bfloat16"]
+
 # Largest activation (bytes per slice) a step of the backbone should write before the batch is
 # sliced smaller. About a quarter of this machine's 32 MB L3: the block's input, its pre-activation
 # copy and its output must fit together.
@@ -47,20 +49,24 @@ def optimize_for_inference(
 ) -> BiT:
     """Prepare `model` (in place, and returned) for fast inference on its device.
 
-    precision: "fp32" (exact: within 1e-4 of the reference) or "bf16" (approximate).
-    chunk_bytes: the batch-slicing budget; None runs each step on the whole batch.
-    State-dict key names and the model's public methods are unchanged.
+    precision: "fp32" (exact: within 1e-4 of the reference), "bf16" (approximate; CPUs and
+    GPUs) or "fp16" (approximate; GPUs only). chunk_bytes: the CPU batch-slicing budget; None
+    runs each step on the whole batch. State-dict key names and public methods are unchanged.
+    What is done where: `engineplan.make_plan`.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     device = next(model.parameters()).device
-    model = model.to(memory_format=torch.channels_last)
-    if device.type == "cpu":
-        # Slicing only pays where activations would otherwise leave the cache: a CPU.
-        model.bit.chunk_bytes = chunk_bytes
-    if precision == "bf16":
+    plan = make_plan(device.type, precision, compile=compile, chunk_bytes=chunk_bytes)
+    if plan.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.bit.chunk_bytes = plan.chunk_bytes
+    if plan.cpu_bfloat16:
         to_bfloat16(model)
-    if device.type == "cpu" and not compile and onednn_conv_works(model):
+    if plan.autocast is not None:
+        model.autocast_dtype = getattr(torch, plan.autocast)
+    if plan.allow_tf32 is not None:
+        # Process-wide: PyTorch has no per-module switch. fp32 promises the reference's numbers.
+        torch.backends.cudnn.allow_tf32 = plan.allow_tf32
+    if plan.direct_onednn and onednn_conv_works(model):
         for module in model.modules():
             if isinstance(module, StdConv2d):
                 module.onednn = True

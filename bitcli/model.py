@@ -372,6 +372,8 @@ class BiT(nn.Module):
         head = nn.Linear(config.feature_dim, config.num_labels) if config.num_labels > 0 else None
         # Sequential(Flatten, Linear) only to keep transformers' key name `classifier.1`.
         self.classifier = nn.Sequential(nn.Flatten(), head) if head is not None else None
+        # Set by the engine on GPUs for precision fp16/bf16: autocast around the backbone.
+        self.autocast_dtype: torch.dtype | None = None
 
     @property
     def has_head(self) -> bool:
@@ -384,7 +386,12 @@ class BiT(nn.Module):
         the stem run in bfloat16, the final norm and pooling in float32).
         """
         dtype = self.bit.embedder.convolution.weight.dtype
-        feature_map = self.bit(pixel_values.to(dtype))
+        if self.autocast_dtype is None:
+            feature_map = self.bit(pixel_values.to(dtype))
+        else:
+            with torch.autocast(pixel_values.device.type, dtype=self.autocast_dtype):
+                feature_map = self.bit(pixel_values.to(dtype))
+            feature_map = feature_map.float()
         pooled = feature_map.mean(dim=(2, 3), dtype=torch.float32)
         return feature_map, pooled
 

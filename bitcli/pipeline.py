@@ -46,18 +46,10 @@ InputLike = Union[str, Path, "InputItem", InputError]
 
 
 def resolve_device(name: str = "auto") -> "torch.device":
-    """auto: cuda when available, else cpu; an explicit device that is not available is a UsageError."""
-    import torch
+    """auto, cpu, cuda, cuda:N or mps -> torch.device; a malformed or unavailable one is a UsageError."""
+    from bitcli.devices import resolve_device as resolve
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine (or in this torch build); use --device cpu")
-    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UsageError("--device mps: Apple MPS is not available on this machine; use --device cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {name}: choose auto, cpu, cuda or mps")
-    return torch.device(name)
+    return resolve(name)
 
 
 @dataclass
@@ -118,8 +110,8 @@ def load(
 ) -> Model:
     """Resolve a model reference (downloading it at most once) and load it on `device`.
 
-    precision: "fp32" (within 1e-4 of the reference) or "bf16" (about 2x faster on CPUs with
-    AVX512-BF16, scores differ in the second or third decimal).
+    precision: "fp32" (within 1e-4 of the reference), "bf16" (about 2x faster on CPUs with
+    AVX512-BF16 and on GPUs, scores differ in the second or third decimal) or "fp16" (GPUs only).
     Raises ModelError subclasses (exit code 3) for anything that stops the model from loading,
     and UsageError for an unavailable device or precision.
     """
@@ -129,7 +121,7 @@ def load(
     from bitcli.checkpoint import first_line, load_model
 
     torch_device = resolve_device(device)
-    check_precision(precision)
+    check_precision(precision, torch_device.type)
     resolved = hub.resolve_model(str(model), offline=offline, progress=progress)
     try:
         loaded = load_model(resolved.path, device=torch_device, precision=precision)
@@ -140,11 +132,13 @@ def load(
     return Model(loaded=loaded, resolved=resolved)
 
 
-def check_precision(precision: str) -> None:
-    from bitcli.engine import PRECISIONS
+def check_precision(precision: str, device_type: str = "cpu") -> None:
+    from bitcli.engineplan import check_precision as check
 
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    try:
+        check(precision, device_type)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def as_items(inputs: Iterable[InputLike]) -> Iterator["InputItem | InputError"]:
