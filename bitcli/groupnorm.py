@@ -50,7 +50,7 @@ def group_norm_act(
         x, inplace = x.to(torch.float32), True
     out = x if inplace else torch.empty_like(x, memory_format=torch.channels_last)
     if x.dtype == torch.float32:
-        scale, shift = scale_and_shift(mean, var, norm.weight, norm.bias, norm.eps, torch.float32)
+        scale, shift = scale_and_shift(mean, var, norm, torch.float32)
         y = torch.addcmul(shift, x, scale, out=out)
     else:
         y = _apply_bfloat16(x, norm, mean, var, out)
@@ -106,23 +106,33 @@ def group_stats(x: Tensor, groups: int, method: str | None = None) -> tuple[Tens
     return _row_stats(x, groups) if method == "rows" else _sum_stats(x, groups)
 
 
+MAX_ROWS = 128  # longest float32 running sum per column: worst case 128 * 2^-24 ~ 8e-6 relative
+
+
 def _row_stats(x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
     n, c, h, w = x.shape
+    # [N, C, H, W] channels-last memory is [N][H][W][C]. Split W into (W / k) x k and view each
+    # image as a channels-last [1, k*C, H*W/k, 1] tensor: its "channels" are k*C columns, each
+    # summing H*W/k <= MAX_ROWS values (few columns keep the float64 combine below cheap).
+    k = next((d for d in range(1, w + 1) if w % d == 0 and h * (w // d) <= MAX_ROWS), w)
+    rows = x.permute(0, 2, 3, 1).reshape(n, h * (w // k), 1, k * c)
     # For bfloat16 input, float32 running statistics make the kernel accumulate and return
     # float32 (its "mixed type" path); with momentum 0 they are left as they are.
-    running = _dummy_running_stats(w * c) if x.dtype != torch.float32 else (None, None)
-    means, variances = [], []
-    for image in x.split(1):
-        # [1, C, H, W] channels-last memory is [H][W][C]: view it as a channels-last
-        # [1, W*C, H, 1] tensor, whose "channels" are the W*C columns and whose rows are H.
-        columns = image.permute(0, 2, 3, 1).reshape(1, h, 1, w * c).permute(0, 3, 1, 2)
-        mean, var = torch.batch_norm_update_stats(columns, *running, 0.0)
-        means.append(mean)
-        variances.append(var)
-    column_means = torch.stack(means).to(torch.float64).view(n, w, groups, c // groups)
-    column_vars = torch.stack(variances).to(torch.float64).view(n, w, groups, c // groups)
-    spread, mean = torch.var_mean(column_means, dim=(1, 3), correction=0)
-    return mean, column_vars.mean(dim=(1, 3)) + spread
+    running = _dummy_running_stats(k * c) if x.dtype != torch.float32 else (None, None)
+    stats = [torch.batch_norm_update_stats(rows[i : i + 1].permute(0, 3, 1, 2), *running, 0.0) for i in range(n)]
+    if n == 1:
+        column_means, column_vars = stats[0]
+    else:
+        column_means, column_vars = torch.stack([m for m, _ in stats]), torch.stack([v for _, v in stats])
+    # Per group, in float64: mean = E[column mean]; variance = E[column variance + column
+    # mean^2] - mean^2 (float64 keeps ~8 digits even where mean^2 is 1e8 x the variance).
+    # Summing over the k columns of a channel first keeps the reductions contiguous (fast).
+    means = column_means.to(torch.float64).view(n, k, c)
+    squares = torch.addcmul(column_vars.to(torch.float64).view(n, k, c), means, means)
+    count = k * (c // groups)
+    mean = means.sum(dim=1).view(n, groups, -1).sum(dim=2).div_(count)
+    square = squares.sum(dim=1).view(n, groups, -1).sum(dim=2).div_(count)
+    return mean, square.sub_(mean * mean).clamp_(min=0)
 
 
 @lru_cache(maxsize=64)
@@ -157,16 +167,14 @@ def _per_channel(values: Tensor, channels: int) -> Tensor:
     return values.unsqueeze(2).expand(n, groups, channels // groups).reshape(n, channels, 1, 1)
 
 
-def scale_and_shift(
-    mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor, eps: float, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
+def scale_and_shift(mean: Tensor, var: Tensor, norm: nn.GroupNorm, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """[N, C, 1, 1] scale and shift with group_norm(x) == x * scale + shift, computed in float64."""
     n, groups = mean.shape
-    channels = weight.shape[0]
-    rstd = (var + eps).rsqrt()
-    scale = weight.to(torch.float64).view(1, groups, -1) * rstd.unsqueeze(2)
-    shift = bias.to(torch.float64).view(1, groups, -1) - mean.unsqueeze(2) * scale
-    return scale.reshape(n, channels, 1, 1).to(dtype), shift.reshape(n, channels, 1, 1).to(dtype)
+    weight = norm.weight.to(torch.float64).view(1, groups, -1)
+    bias = norm.bias.to(torch.float64).view(1, groups, -1)
+    scale = weight * var.add(norm.eps).rsqrt_().unsqueeze(2)  # [N, G, C/G]
+    shift = torch.addcmul(bias, mean.unsqueeze(2), scale, value=-1)
+    return scale.view(n, -1, 1, 1).to(dtype), shift.view(n, -1, 1, 1).to(dtype)
 
 
 @lru_cache(maxsize=4)

@@ -155,12 +155,31 @@ class BitEmbeddings(nn.Module):
         self.pool_pad = DynamicPad2d(3, 2) if config.embedding_dynamic_padding else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.pad(self.convolution(x))
+        x = self.convolution(x)
+        if isinstance(self.pad, nn.ConstantPad2d) and self.norm is None and self.pool_pad is None:
+            return zero_padded_max_pool(x)  # the same numbers without the padded copy
+        x = self.pad(x)
         if self.norm is not None:
             x = self.norm(x)
         if self.pool_pad is not None:
             x = self.pool_pad(x)
         return F.max_pool2d(x, kernel_size=3, stride=2)
+
+
+def zero_padded_max_pool(x: Tensor) -> Tensor:
+    """`F.max_pool2d(F.pad(x, [1, 1, 1, 1]), 3, 2)` without writing the padded copy (12.8 MB at 448 px).
+
+    max_pool2d's own padding is -inf, so the windows that cover the zero border (the first row
+    and column; the last too where the size is odd) take max(., 0) afterwards. Exact.
+    """
+    y = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    y[:, :, 0, :].clamp_(min=0)
+    y[:, :, :, 0].clamp_(min=0)
+    if x.shape[-2] % 2:
+        y[:, :, -1, :].clamp_(min=0)
+    if x.shape[-1] % 2:
+        y[:, :, :, -1].clamp_(min=0)
+    return y
 
 
 class BitDownsampleConv(nn.Module):
