@@ -35,9 +35,10 @@ from bitcli.model import BiT, PreActBottleneck, StdConv2d, onednn_conv
 __all__ = ["DEFAULT_CHUNK_BYTES", "PRECISIONS", "bf16_supported", "optimize_for_inference", "to_bfloat16"]
 
 # Largest activation (bytes per slice) a step of the backbone should write before the batch is
-# sliced smaller. About a quarter of this machine's 32 MB L3: the block's input, its pre-activation
-# copy and its output must fit together.
-DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
+# sliced smaller: "auto" measures it once per machine (bitcli/calibration.py). 8 MB was best on a
+# 2-core AMD EPYC with a 32 MB L3 (a quarter of it: a block's input, its normalized copy and its
+# output must fit together).
+DEFAULT_CHUNK_BYTES = "auto"
 
 
 def optimize_for_inference(
@@ -45,13 +46,15 @@ def optimize_for_inference(
     *,
     precision: str = "fp32",
     compile: bool = False,
-    chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int | str | None = DEFAULT_CHUNK_BYTES,
 ) -> BiT:
     """Prepare `model` (in place, and returned) for fast inference on its device.
 
     precision: "fp32" (exact: within 1e-4 of the reference), "bf16" (approximate; CPUs and
     GPUs) or "fp16" (approximate; GPUs only). chunk_bytes: the CPU batch-slicing budget; None
-    runs each step on the whole batch. State-dict key names and public methods are unchanged.
+    runs each step on the whole batch; "auto" picks it for this machine. On a CPU, torch's
+    thread count is capped at the CPUs this process may use (affinity, cgroup quota).
+    State-dict key names and public methods are unchanged.
     What is done where: `engineplan.make_plan`.
     """
     device = next(model.parameters()).device
@@ -59,6 +62,8 @@ def optimize_for_inference(
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.bit.chunk_bytes = plan.chunk_bytes
+    if device.type == "cpu":
+        fit_threads()
     if plan.cpu_bfloat16:
         to_bfloat16(model)
     if plan.autocast is not None:
@@ -74,6 +79,17 @@ def optimize_for_inference(
         # nn.Module.compile compiles in place: the state-dict keys keep their names.
         model.bit.compile(dynamic=False)
     return model
+
+
+def fit_threads() -> None:
+    """Cap torch's intra-op threads at the CPUs this process may use. torch counts the host's
+    cores; in a container limited by a CPU quota or an affinity mask, more threads than CPUs
+    only wait on each other. A smaller count set by the user (--threads) is kept."""
+    from bitcli.calibration import usable_cpus
+
+    cpus = usable_cpus()
+    if torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
 
 
 def to_bfloat16(model: BiT) -> None:

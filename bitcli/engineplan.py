@@ -26,7 +26,7 @@ class Plan:
     device_type: str  # "cpu", "cuda", "mps"
     precision: str
     channels_last: bool
-    chunk_bytes: int | None  # batch-slicing budget (CPU); None: every step on the whole batch
+    chunk_bytes: int | str | None  # batch-slicing budget (CPU): bytes, "auto" or None (no slicing)
     direct_onednn: bool  # CPU: let convolutions call oneDNN directly (on one thread; probed first)
     cpu_bfloat16: bool  # CPU bf16 mode: bfloat16 convolutions after the stem
     autocast: str | None  # GPU: "float16" or "bfloat16" autocast around the backbone
@@ -46,7 +46,7 @@ def make_plan(
     precision: str = "fp32",
     *,
     compile: bool = False,
-    chunk_bytes: int | None = None,
+    chunk_bytes: int | str | None = None,
 ) -> Plan:
     """The engine's choices for a model on `device_type` ("cpu", "cuda", "mps"; others get neither
     CPU nor GPU specifics). chunk_bytes: the CPU slicing budget (None: no slicing)."""

@@ -321,10 +321,17 @@ class BitBackbone(nn.Module):
         self.embedder = BitEmbeddings(config)
         self.encoder = BitEncoder(config)
         self.norm = GroupNormAct(config, config.feature_dim) if config.layer_type == "preactivation" else None
-        self.chunk_bytes: int | None = None  # None: every step on the whole batch
+        # None: every step on the whole batch; "auto": measured or estimated for this machine at
+        # the first batch of two or more images (bitcli/calibration.py).
+        self.chunk_bytes: int | str | None = None
+        self.calibration: dict | None = None  # the record behind an "auto" budget
 
     def forward(self, x: Tensor) -> Tensor:
         if self.chunk_bytes is not None and x.shape[0] > 1:
+            if self.chunk_bytes == "auto":
+                from bitcli.calibration import chunk_bytes_for
+
+                self.chunk_bytes, self.calibration = chunk_bytes_for(self, x)
             return self.forward_sliced(x, self.chunk_bytes)
         x = self.encoder(self.embedder(x))
         return x if self.norm is None else self.norm(x)

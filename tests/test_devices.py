@@ -29,7 +29,9 @@ def test_device_values_that_parse(text, expected):
     assert parse_device(text) == expected
 
 
-@pytest.mark.parametrize("text", ["tpu", "gpu", "", "cuda:", "cuda:-1", "cuda:x", "cuda:1:2", "cpu:0", "mps:1", "cuda 1"])
+@pytest.mark.parametrize(
+    "text", ["tpu", "gpu", "", "cuda:", "cuda:-1", "cuda:x", "cuda:1:2", "cpu:0", "mps:1", "cuda 1"]
+)
 def test_device_values_that_do_not(text):
     with pytest.raises(UsageError, match="use auto, cpu, cuda, cuda:N or mps"):
         parse_device(text)

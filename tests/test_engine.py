@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bitcli.checkpoint import load_model
+from bitcli.calibration import DEFAULT_BUDGET
 from bitcli.engine import DEFAULT_CHUNK_BYTES, optimize_for_inference
 from bitcli.model import slice_size
 from checkpoints import TINY, save_reference_checkpoint
@@ -66,7 +67,7 @@ def test_bit50_at_448_runs_early_steps_per_image_and_late_steps_in_bigger_slices
     per_image = backbone.step_activation_bytes(448, 448, 4)  # stem, 4 stages, final norm
     assert per_image[0] == 64 * 224 * 224 * 4
     assert per_image[1:5] == [256 * 112 * 112 * 4, 512 * 56 * 56 * 4, 1024 * 28 * 28 * 4, 2048 * 14 * 14 * 4]
-    sizes = [slice_size(8, size, DEFAULT_CHUNK_BYTES) for size in per_image]
+    sizes = [slice_size(8, size, DEFAULT_BUDGET) for size in per_image]
     assert sizes[:3] == [1, 1, 1] and sizes[-1] > 1
 
 
