@@ -13,10 +13,15 @@ Inputs are paths, directories or globs (expanded like the command line), or `Inp
 thread pool (`loader.py`); results come back in input order, with failed inputs in their place
 (`error` set) rather than raised, so one bad file never sinks a batch.
 
-Batching is deterministic: a batch is the next `batch_size` images in input order (a change of
-tensor shape, possible only without a center crop, closes a batch early). The `*_groups` methods
-yield one list per batch (the batch's images and the failures between them, in input order);
-`bit embed` commits each group to disk at once, which is what makes `--resume` byte-identical.
+Batching is deterministic and depends on the input list alone: a batch is the next `batch_size`
+inputs in input order, and an input that fails (unreadable, not an image) leaves its place in
+the batch empty, so that batch runs with fewer images. Which rows share a forward pass (and the
+batch size oneDNN sees, which can change a row's last float bits) therefore never depends on
+which files turn out to be broken: `--resume`, `--shard` and the Ray engine cut the input list at
+any multiple of `batch_size` and get the same bytes as one uninterrupted run. Images of different
+tensor shapes (possible only without a center crop) in one batch go through the model in runs of
+one shape. The `*_groups` methods yield one list per batch (its inputs, in order); `bit embed`
+commits each group to disk at once.
 """
 
 from __future__ import annotations
@@ -214,19 +219,29 @@ class _Runner:
         workers = self.workers or default_workers()
         stream = load_ordered(as_items(inputs), load_fn, workers=workers, lookahead=max(2 * self.batch_size, 2 * workers))
         group: list[Any] = []
-        tensors: list[Any] = []
         for entry in stream:
-            if not isinstance(entry, InputError) and tensors and entry.tensor.shape != tensors[0].shape:
-                yield _Batch(group, self._forward(tensors))  # a new size cannot join this batch
-                group, tensors = [], []
+            # Failures count toward the batch (see the module docstring): batch k is always
+            # inputs [k * batch_size, (k + 1) * batch_size), whatever fails inside it.
             group.append(entry)
-            if not isinstance(entry, InputError):
-                tensors.append(entry.tensor)
-                if len(tensors) == self.batch_size:
-                    yield _Batch(group, self._forward(tensors))
-                    group, tensors = [], []
+            if len(group) == self.batch_size:
+                yield self._batch(group)
+                group = []
         if group:
-            yield _Batch(group, self._forward(tensors) if tensors else None)
+            yield self._batch(group)
+
+    def _batch(self, group: list[Any]) -> _Batch:
+        """Forward the group's images: each run of one tensor shape in one pass."""
+        tensors = [entry.tensor for entry in group if not isinstance(entry, InputError)]
+        if not tensors:
+            return _Batch(group, None)
+        runs: list[list[Any]] = [[tensors[0]]]
+        for tensor in tensors[1:]:
+            if tensor.shape == runs[-1][0].shape:
+                runs[-1].append(tensor)
+            else:
+                runs.append([tensor])  # a new size cannot join this pass
+        outputs = [self._forward(run) for run in runs]
+        return _Batch(group, outputs[0] if len(outputs) == 1 else _concatenate(outputs))
 
     def _features(self, tensors: list[Any]) -> "torch.Tensor":
         """Pooled features [N, C] (float32, on the model's device) for a list of [3, H, W] tensors."""
@@ -238,6 +253,15 @@ class _Runner:
 
     def _forward(self, tensors: list[Any]) -> Any:
         raise NotImplementedError
+
+
+def _concatenate(outputs: list[Any]) -> Any:
+    """Join the outputs of consecutive passes: arrays, or tuples of arrays (classify)."""
+    import numpy as np
+
+    if isinstance(outputs[0], tuple):
+        return tuple(np.concatenate(parts) for parts in zip(*outputs))
+    return np.concatenate(outputs)
 
 
 def short_float(value: Any) -> float:
