@@ -1,0 +1,222 @@
+"""A worker loads the model once and embeds whole shards with the local pipeline.
+
+Ray actors wrap one (`ray_engine.py`); `run_shards` runs `--shard I/N` in this process. A shard's
+rows come from `Embedder.embed_groups` over its entries: batches start at the shard's first
+entry, a batch boundary of the whole list, so each batch is the one a local run forms and the
+rows are the local run's bytes (on the same machine, with the same thread count).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from bitcli.distributed.seams import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, InputError, InputItem, UsageError
+from bitcli.distributed.shardfiles import (
+    Commit,
+    ShardInfo,
+    finished_shards,
+    read_shard,
+    remove_shards,
+    remove_temporary,
+    shard_folders,
+    write_shard,
+)
+from bitcli.distributed.shards import (
+    ShardInputs,
+    ShardMismatchError,
+    Split,
+    default_shard_size,
+    selected,
+    shard_name,
+    spool_inputs,
+)
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """What a run computes: the options of a local `bit embed` that determine its rows."""
+
+    model: str
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    normalize: bool = False
+    dtype: str = "float32"
+    fast_jpeg: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # None: no limit
+    threads: int | None = None  # torch and decoding threads per worker; None: torch's default
+    offline: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EmbedJob":
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def settings(self) -> dict[str, Any]:
+        """What a resumed run must repeat (threads and offline do not name the rows; the
+        convolution path that one thread picks is in each shard's fingerprint)."""
+        return {k: v for k, v in self.to_json().items() if k not in ("threads", "offline")}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands: shards and inputs done (finished before or now) of the total."""
+
+    shards_done: int
+    shards_total: int
+    images_done: int
+    images_total: int
+    failed: int = 0
+
+
+OnProgress = Callable[[Progress], None]
+
+
+def report_progress(
+    progress: OnProgress | None, split: Split, done: Iterable[Any], indices: Sequence[int] | None = None
+) -> Progress:
+    """Call `progress` (if any) with the state after the shards `done` (anything with .index and
+    .failed) of the shards `indices` (None: all of the split); return that state."""
+    infos = list(done)
+    state = Progress(
+        shards_done=len(infos),
+        shards_total=split.shards if indices is None else len(indices),
+        images_done=sum(split.count(i.index) for i in infos),
+        images_total=split.entries if indices is None else sum(split.count(i) for i in indices),
+        failed=sum(i.failed for i in infos),
+    )
+    if progress is not None:
+        progress(state)
+    return state
+
+
+class ShardWorker:
+    """The model, loaded once (`bitcli.load`), and the embedder that runs shards through it."""
+
+    def __init__(self, job: EmbedJob, *, model: Any = None) -> None:
+        import torch
+
+        from bitcli.pipeline import Embedder, load
+
+        if job.threads:
+            torch.set_num_threads(job.threads)
+        loaded = model if model is not None else load(job.model, device=job.device, offline=job.offline, precision=job.precision)
+        self.job = job
+        self.embedder = Embedder(
+            loaded,
+            normalize=job.normalize,
+            batch_size=job.batch_size,
+            workers=job.threads,
+            fast_jpeg=job.fast_jpeg,
+            max_pixels=job.max_pixels,
+        )
+        self.fingerprint = {**self.embedder.fingerprint(), "dtype": job.dtype}
+        self.dim = self.embedder.feature_dim
+
+    def run(self, shard_dir: Path, split: Split, inputs: ShardInputs) -> ShardInfo:
+        """Embed one shard and publish it; a shard already finished (a retried task) is kept."""
+        final = shard_dir / shard_name(inputs.index)
+        if final.exists():
+            existing = read_shard(final)
+            self._check_same(existing, split)
+            return existing
+        entries = inputs.read()
+        commits = (_commit(group) for group in self.embedder.embed_groups(entries))
+        info = write_shard(
+            shard_dir, inputs.index, split, fingerprint=self.fingerprint, dim=self.dim, dtype=self.job.dtype, commits=commits
+        )
+        self._check_same(info, split)  # the first writer may have been another run
+        return info
+
+    def _check_same(self, info: ShardInfo, split: Split) -> None:
+        mine = ShardInfo(info.index, split, self.fingerprint, self.dim, self.job.dtype, 0, 0, info.folder)
+        if info.split != split or info.settings() != mine.settings():
+            raise ShardMismatchError(f"{info.folder} was made by another run or with other settings; pass --overwrite to start over")
+
+    def check_shards(self, done: Iterable[ShardInfo]) -> None:
+        """Refuse to add to shards made with another model, preprocessing or options."""
+        for info in done:
+            self._check_same(info, info.split)
+
+
+def _commit(group: list[Any]) -> Commit:
+    """One batch's results -> (row paths, rows, failures), the embed store's commit."""
+    import numpy as np
+
+    ok = [r for r in group if r.ok]
+    rows = np.stack([r.vector for r in ok]) if ok else None
+    return [r.path for r in ok], rows, [(r.path, str(r.error)) for r in group if not r.ok]
+
+
+@dataclass(frozen=True)
+class ShardRunSummary:
+    """What `run_shards` did: the shards it ran and skipped, and their rows and failures."""
+
+    shard_dir: Path
+    split: Split
+    ran: list[int]
+    skipped: list[int]
+    rows: int
+    failed: int
+
+
+def run_shards(
+    entries: Iterable[InputItem | InputError],
+    shard_dir: Path,
+    job: EmbedJob,
+    *,
+    selection: tuple[int, int] = (0, 1),
+    shard_size: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: OnProgress | None = None,
+    model: Any = None,
+) -> ShardRunSummary:
+    """`--shard I/N`: embed shards I, I + N, ... of the inputs into `shard_dir`, in this process.
+
+    Other jobs may write their shards into the same directory at the same time; this one only
+    touches its own. Shards it finished before need `--resume` (skipped) or `--overwrite`
+    (redone). The input list is listed in full (every job needs the same split) into a
+    temporary file, not memory.
+    """
+    if resume and overwrite:
+        raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
+    index, count = selection
+    size = shard_size or default_shard_size(job.batch_size)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bitcli-inputs-") as tmp:
+        spool = spool_inputs(entries, Path(tmp) / "inputs.jsonl", batch_size=job.batch_size, shard_size=size)
+        split = spool.split
+        mine = list(selected(split, index, count))
+        done = _previous_shards(shard_dir, split, mine, resume=resume, overwrite=overwrite)
+        todo = [i for i in mine if i not in done]
+        infos = list(done.values())
+        report_progress(progress, split, infos, mine)
+        if todo:
+            worker = ShardWorker(job, model=model)
+            worker.check_shards(infos)  # refuse to add to shards of another model or options
+            for i in todo:
+                infos.append(worker.run(shard_dir, split, spool.shard(i)))
+                report_progress(progress, split, infos, mine)
+    return ShardRunSummary(shard_dir, split, todo, sorted(done), sum(s.rows for s in infos), sum(s.failed for s in infos))
+
+
+def _previous_shards(shard_dir: Path, split: Split, mine: list[int], *, resume: bool, overwrite: bool) -> dict[int, ShardInfo]:
+    """This job's shards already in `shard_dir`: kept (--resume), removed (--overwrite) or refused."""
+    remove_temporary(shard_dir, mine)  # left by a killed run of this job
+    present = sorted(set(shard_folders(shard_dir)) & set(mine))
+    if overwrite:
+        remove_shards(shard_dir, present)
+        return {}
+    if present and not resume:
+        raise UsageError(
+            f"{shard_dir / shard_name(present[0])} already exists; pass --resume to keep this job's finished shards "
+            "or --overwrite to redo them"
+        )
+    return finished_shards(shard_dir, split, present)
+
