@@ -40,7 +40,7 @@ from bitcli.util import DEFAULT_MAX_PIXELS, first_line, os_error_reason
 # and to the size the full-scale image would give: the full-scale (width, height), and the box
 # (left, top, right, bottom, floats) in the reduced image that covers the whole picture (libjpeg
 # rounds the reduced size up, so the last row or column is partly outside the picture).
-# The formats the README lists (what inputs.py recognises by signature). Others, such as EPS,
+# The formats docs/usage.md lists (what inputs.py recognises by signature). Others, such as EPS,
 # which PIL would hand to Ghostscript, are "not an image" here.
 DECODABLE_FORMATS = (
     "JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "JPEG2000", "AVIF", "QOI", "PSD", "ICO", "PPM",

@@ -18,7 +18,7 @@ norm and head from `hidden_sizes[-1]` alone, so the width factor is folded into 
 (`width_factor=1`, R50x3 -> hidden_sizes [768, 1536, 3072, 6144], stem 192) and recorded in
 `folded_width_factor` (3), which `bit inspect` reports.
 
-torch is not imported here at module level (`bit models` reaches `is_timm_config` through the hub).
+No torch import here: reading a timm config (and `bit models`, which asks `files.is_timm_config`) stays light.
 """
 
 from __future__ import annotations
