@@ -39,7 +39,7 @@ ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=Fal
 marks["start the cluster"] = time.perf_counter() - t0
 from pathlib import Path
 from bitcli.distributed import EmbedJob, RayOptions, embed_on_ray
-from bitcli.embedstore import EmbedPaths
+from bitcli.store import EmbedPaths
 from bitcli.inputs import expand_inputs
 if warm:
     t0 = time.perf_counter()

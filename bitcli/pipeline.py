@@ -6,19 +6,15 @@ and one `RunOptions` (or its fields as keywords). Inputs are paths, directories 
 thread pool (`loader.py`); results come back in input order, with failed inputs in their place
 (`error` set) rather than raised, so one bad file never sinks a batch.
 
-Batching is deterministic and depends on the input list alone: a batch is the next `batch_size`
-inputs in input order, and an input that fails (unreadable, not an image) leaves its place in
-the batch empty, so that batch runs with fewer images. Which rows share a forward pass (and the
-batch size oneDNN sees, which can change a row's last float bits) therefore never depends on
-which files turn out to be broken: `--resume`, `--shard` and the Ray engine cut the input list at
-any multiple of `batch_size` and get the same bytes as one uninterrupted run. Images of different
-tensor shapes (possible only without a center crop) in one batch go through the model in runs of
-one shape. The `*_groups` methods yield one list per batch (its inputs, in order); `bit embed`
-commits each group to disk at once.
+Batching depends on the input list alone: batch k is inputs [k * B, (k + 1) * B), B the batch
+size, and a failed input leaves its place empty. Which rows share a forward pass (so a row's last
+float bits) never depends on which files are broken: `--resume`, `--shard` and the Ray engine cut
+the list at multiples of B and get one uninterrupted run's bytes. `*_groups`: a list per batch.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -201,30 +197,19 @@ class _Runner:
         load_fn = image_loader(self.model.preprocess, max_pixels=opts.max_pixels, fast_jpeg=opts.fast_jpeg)
         workers = opts.workers or default_workers()
         stream = load_ordered(as_items(inputs), load_fn, workers=workers, lookahead=max(2 * self.batch_size, 2 * workers))
-        group: list[Any] = []
-        for entry in stream:
-            # Failures count toward the batch (see the module docstring): batch k is always
-            # inputs [k * batch_size, (k + 1) * batch_size), whatever fails inside it.
-            group.append(entry)
-            if len(group) == self.batch_size:
-                yield self._batch(group)
-                group = []
-        if group:
+        # A failure counts: batch k is always inputs [k * B, (k + 1) * B) (the module docstring).
+        for group in iter(lambda: list(itertools.islice(stream, self.batch_size)), []):
             yield self._batch(group)
 
     def _batch(self, group: list[Any]) -> _Batch:
-        """Forward the group's images: each run of one tensor shape in one pass."""
+        """Forward the group's images, each run of one tensor shape (only without a crop) in one pass."""
+        import numpy as np
+
         tensors = [entry.tensor for entry in group if not isinstance(entry, InputError)]
-        if not tensors:
-            return _Batch(group, None)
-        runs: list[list[Any]] = [[tensors[0]]]
-        for tensor in tensors[1:]:
-            if tensor.shape == runs[-1][0].shape:
-                runs[-1].append(tensor)
-            else:
-                runs.append([tensor])  # a new size cannot join this pass
-        outputs = [self._forward(run) for run in runs]
-        return _Batch(group, outputs[0] if len(outputs) == 1 else _concatenate(outputs))
+        outs = [self._forward(list(run)) for _, run in itertools.groupby(tensors, key=lambda t: t.shape)]
+        if len(outs) > 1:  # join the passes: arrays, or each of classify's (scores, indices)
+            outs = [tuple(map(np.concatenate, zip(*outs))) if isinstance(outs[0], tuple) else np.concatenate(outs)]
+        return _Batch(group, outs[0] if outs else None)
 
     def _features(self, tensors: list[Any]) -> "torch.Tensor":
         """Pooled features [N, C] (float32, on the model's device) for a list of [3, H, W] tensors."""
@@ -252,15 +237,6 @@ class _Runner:
 
     def _result(self, path: str, outputs: Any, row: int) -> Any:
         raise NotImplementedError
-
-
-def _concatenate(outputs: list[Any]) -> Any:
-    """Join the outputs of consecutive passes: arrays, or tuples of arrays (classify)."""
-    import numpy as np
-
-    if isinstance(outputs[0], tuple):
-        return tuple(np.concatenate(parts) for parts in zip(*outputs))
-    return np.concatenate(outputs)
 
 
 def short_float(value: Any) -> float:

@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitc
 from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, local_run, make_photos, output_files  # noqa: E402
 
 from bitcli.distributed import EmbedJob, Progress, RayOptions, embed_on_ray  # noqa: E402
-from bitcli.embedstore import EmbedPaths  # noqa: E402
+from bitcli.store import EmbedPaths  # noqa: E402
 from bitcli.errors import ModelError, UsageError  # noqa: E402
 from bitcli.inputs import expand_inputs  # noqa: E402
 
@@ -82,7 +82,7 @@ DRIVER = """
 import json, os, signal, sys
 from pathlib import Path
 from bitcli.distributed import EmbedJob, RayOptions, embed_on_ray
-from bitcli.embedstore import EmbedPaths
+from bitcli.store import EmbedPaths
 from bitcli.inputs import expand_inputs
 
 def die_after_one_shard(state):

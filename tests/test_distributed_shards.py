@@ -26,7 +26,8 @@ from bitcli.distributed import (
     run_shards,
 )
 from bitcli.distributed.shards import selected, spool_inputs
-from bitcli.embedstore import EmbedPaths, inputs_digest
+from bitcli.store import EmbedPaths
+from bitcli.store.journal import inputs_digest
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
 

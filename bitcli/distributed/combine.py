@@ -23,7 +23,16 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from bitcli.distributed.seams import EmbedPaths, EmbedSummary, UsageError, check_output, fsync_dir, npy_header, unescape_error_path
+from bitcli.distributed.seams import (
+    EmbedPaths,
+    EmbedSummary,
+    UsageError,
+    check_output,
+    fsync_dir,
+    name_some,
+    npy_header,
+    unescape_error_path,
+)
 from bitcli.distributed.shardfiles import ShardInfo, describe_difference, read_shard, shard_folders
 from bitcli.distributed.shards import DuplicateShardError, MissingShardError, ShardMismatchError, Split
 
@@ -81,7 +90,7 @@ def plan(shards: Sequence[ShardInfo], sources: Sequence[Path], *, split: Split |
     missing = [i for i in range(reference_split.shards) if i not in by_index]
     if missing:
         raise MissingShardError(
-            f"{len(missing)} of {reference_split.shards} shards have no output yet (shard {_some(missing)}); "
+            f"{len(missing)} of {reference_split.shards} shards have no output yet (shard {name_some(missing)}); "
             "run them (bit embed ... --shard I/N) and combine again"
         )
     return [by_index[i] for i in range(reference_split.shards)]
@@ -210,9 +219,3 @@ def _failures(shards: list[ShardInfo]) -> Iterable[tuple[str, str]]:
             for line in fh:
                 path, _, reason = line.rstrip("\n").partition("\t")
                 yield unescape_error_path(path), reason
-
-
-def _some(indices: list[int], shown: int = 5) -> str:
-    text = ", ".join(str(i) for i in indices[:shown])
-    return text + (f" and {len(indices) - shown} more" if len(indices) > shown else "")
-

@@ -37,7 +37,7 @@ from typing import Iterable
 
 from bitcli.distributed.combine import OnFailure, combine
 from bitcli.distributed.ray_pool import RayOptions, connect, import_ray, run_pool, with_threads
-from bitcli.distributed.seams import EmbedPaths, EmbedSummary, InputError, InputItem, UsageError, check_output, unescape_error_path
+from bitcli.distributed.seams import EmbedPaths, EmbedSummary, InputError, InputItem, UsageError, check_output, finished_inputs
 from bitcli.distributed.shardfiles import describe_difference, finished_shards, remove_directory, remove_temporary
 from bitcli.distributed.shards import Split, default_shard_size, spool_inputs
 from bitcli.distributed.worker import EmbedJob, OnProgress, report_progress
@@ -137,12 +137,7 @@ def _write_run_record(shard_dir: Path, split: Split, job: EmbedJob, *, resume: b
 
 def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPaths) -> None:
     """`--resume` of a finished output: nothing to do, if it was made from the same inputs."""
-    def lines(path: Path) -> list[str]:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape") if path.exists() else ""
-        return text.removesuffix("\n").split("\n") if text else []
-
-    finished = Counter(lines(paths.manifest)) + Counter(unescape_error_path(l.split("\t", 1)[0]) for l in lines(paths.errors))
-    if Counter(entry.path for entry in entries) != finished:
+    if Counter(entry.path for entry in entries) != finished_inputs(paths):
         raise UsageError(f"{paths.out}: {INPUTS_CHANGED}")
     return None
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from bitcli.distributed.seams import BitError, InputError, UsageError
+from bitcli.distributed.seams import BitError, InputError, UsageError, first_line
 from bitcli.distributed.shardfiles import describe_difference
 from bitcli.distributed.shards import InputSpool, ShardInputs, ShardMismatchError, Split
 from bitcli.distributed.worker import EmbedJob, OnProgress, ShardWorker, report_progress
@@ -251,11 +251,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         stack.extend([getattr(current, "cause", None), current.__cause__, current.__context__])
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class ShardActor:

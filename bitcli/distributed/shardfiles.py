@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from numpy.lib import format as npy_format
 
-from bitcli.distributed.seams import escape_error_path, fsync_dir, manifest_problem, npy_header
+from bitcli.distributed.seams import escape_error_path, first_line, fsync_dir, manifest_problem, npy_header
 from bitcli.distributed.shards import ShardError, ShardMismatchError, Split, shard_name
 
 SHARD_FORMAT = "bitcli-embed-shard"
@@ -161,7 +161,7 @@ def read_shard(folder: Path, *, check_files: bool = True) -> ShardInfo:
     try:
         meta = json.loads((folder / "shard.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ShardError(f"{folder}: not a finished shard ({_reason(exc)}); remove it or run that shard again") from exc
+        raise ShardError(f"{folder}: not a finished shard ({first_line(exc)}); remove it or run that shard again") from exc
     if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT or meta.get("version") != SHARD_VERSION:
         raise ShardError(f"{folder}: not a bitcli shard of format version {SHARD_VERSION}")
     try:
@@ -177,7 +177,7 @@ def read_shard(folder: Path, *, check_files: bool = True) -> ShardInfo:
         )
         in_range = 0 <= info.index < info.split.shards and info.rows + info.failed == info.split.count(info.index)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ShardError(f"{folder}/shard.json: malformed ({_reason(exc)})") from exc
+        raise ShardError(f"{folder}/shard.json: malformed ({first_line(exc)})") from exc
     if not in_range:
         raise ShardError(f"{folder}/shard.json: its counts do not fit its split; run that shard again")
     if check_files:
@@ -196,7 +196,7 @@ def _check_files(info: ShardInfo) -> None:
         size = (folder / "rows.npy").stat().st_size
         lines = [_count_lines(folder / name) for name in ("paths.txt", "errors.txt")]
     except (OSError, ValueError) as exc:
-        raise ShardError(f"{folder}: damaged shard ({_reason(exc)}); remove it and run that shard again") from exc
+        raise ShardError(f"{folder}: damaged shard ({first_line(exc)}); remove it and run that shard again") from exc
     expected = (info.rows, info.dim)
     if shape != expected or fortran or dtype != np.dtype(info.dtype).newbyteorder("<") or size != header_len + info.rows * info.dim * dtype.itemsize:
         raise ShardError(f"{folder}/rows.npy does not hold {expected[0]} rows of {info.dim} {info.dtype}; run that shard again")
@@ -210,11 +210,6 @@ def _count_lines(path: Path) -> int:
         while chunk := fh.read(1 << 20):
             count += chunk.count(b"\n")
     return count
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # -- shard directories -----------------------------------------------------------------------

@@ -56,7 +56,7 @@ class Split:
     batch_size: int
     shard_size: int
     entries: int = 0
-    inputs: str = ""  # sha256 of the ordered input paths (`embedstore.inputs_digest`)
+    inputs: str = ""  # sha256 of the ordered input paths (`store.journal.inputs_digest`)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -170,7 +170,7 @@ def spool_inputs(
                     offsets.append(fh.tell())
                 record = [entry.path] if isinstance(entry, InputItem) else [entry.path, entry.reason]
                 fh.write(json.dumps(record, ensure_ascii=True).encode("ascii") + b"\n")
-                # The same digest as `embedstore.inputs_digest` (pinned by a test), computed as we go.
+                # The same digest as `store.journal.inputs_digest` (pinned by a test), computed as we go.
                 digest.update(entry.path.encode("utf-8", "surrogateescape") + b"\0")
                 count += 1
             fh.flush()

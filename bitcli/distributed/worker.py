@@ -101,20 +101,23 @@ class ShardWorker:
     def __init__(self, job: EmbedJob, *, model: Any = None) -> None:
         import torch
 
-        from bitcli.pipeline import Embedder, load
+        from bitcli.pipeline import Embedder, RunOptions, load
 
         if job.threads:
-            torch.set_num_threads(job.threads)
-        loaded = model if model is not None else load(job.model, device=job.device, offline=job.offline, precision=job.precision)
-        self.job = job
-        self.embedder = Embedder(
-            loaded,
-            normalize=job.normalize,
+            torch.set_num_threads(job.threads)  # before loading: the engine picks the convolution path from it
+        options = RunOptions(
+            device=None if job.device == "auto" else job.device,
+            precision=job.precision,
+            offline=job.offline,
             batch_size=job.batch_size,
             workers=job.threads,
             fast_jpeg=job.fast_jpeg,
             max_pixels=job.max_pixels,
         )
+        if model is None:
+            model = load(job.model, device=options.device, precision=options.precision, offline=options.offline)
+        self.job = job
+        self.embedder = Embedder(model, normalize=job.normalize, options=options)
         self.fingerprint = {**self.embedder.fingerprint(), "dtype": job.dtype}
         self.dim = self.embedder.feature_dim
 
