@@ -41,6 +41,7 @@ from pathlib import Path
 from bitcli.distributed import EmbedJob, RayOptions, embed_on_ray
 from bitcli.store import EmbedPaths
 from bitcli.inputs import expand_inputs
+from bitcli.pipeline import RunOptions
 if warm:
     t0 = time.perf_counter()
     marks = {}
@@ -52,7 +53,7 @@ def progress(state):
     if state.shards_done == state.shards_total:
         marks["workers start, load the model, run the shards"] = now
     seen.append(now)
-job = EmbedJob(model=sys.argv[2], batch_size=8, threads=1)
+job = EmbedJob(sys.argv[2], RunOptions(batch_size=8), threads=1)
 embed_on_ray(expand_inputs([sys.argv[1]]), EmbedPaths.for_output(Path(sys.argv[3])), job,
              RayOptions(workers=2, shard_size=int(sys.argv[5])), overwrite=True, progress=progress)
 marks["combine"] = time.perf_counter() - t0

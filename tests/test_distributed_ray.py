@@ -14,18 +14,19 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import asdict
 
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
 
+from clihelpers import run  # noqa: E402
 from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, local_run, make_photos, output_files  # noqa: E402
 
 from bitcli.distributed import EmbedJob, Progress, RayOptions, embed_on_ray  # noqa: E402
 from bitcli.store import EmbedPaths  # noqa: E402
 from bitcli.errors import ModelError, UsageError  # noqa: E402
 from bitcli.inputs import expand_inputs  # noqa: E402
+from bitcli.pipeline import RunOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,25 +57,20 @@ def local(ckpt, photos, tmp_path_factory):
 
 
 def job(ckpt, **changes) -> EmbedJob:
-    return EmbedJob(model=str(ckpt), device="cpu", batch_size=BATCH, threads=THREADS, **changes)
+    return EmbedJob(str(ckpt), RunOptions(device="cpu", batch_size=BATCH), threads=THREADS, **changes)
 
 
-def test_ray_run_equals_the_local_run(cluster, ckpt, photos, local, tmp_path):
-    states, failures = [], []
-    summary = embed_on_ray(
-        expand_inputs(inputs(photos)),
-        EmbedPaths.for_output(tmp_path / "ray.npy"),
-        job(ckpt),
-        RayOptions(workers=2, shard_size=SHARD),
-        progress=states.append,
-        on_failure=lambda path, reason: failures.append(f"{path}: {reason}"),
-    )
+def test_bit_embed_on_ray_equals_the_local_run(cluster, ckpt, photos, local, tmp_path):
+    """The real command, `--engine ray` on the module's cluster: files and error lines as locally."""
+    args = ["embed", *inputs(photos), "-o", tmp_path / "ray.npy", "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS]
+    result = run([*args, "--engine", "ray", "--ray-address", cluster, "--workers", 2, "--shard-size", SHARD])
+    assert result.exit_code == 1, result.stderr  # some inputs failed, as locally
     assert_same_files(tmp_path / "ray.npy", local)
     local_errors = output_files(local)[".errors.txt"].read_text().splitlines()
-    assert failures == [line.replace("\t", ": ") for line in local_errors]  # the local run's stderr lines, in order
-    assert states[0] == Progress(0, 5, 0, 17, 0) and states[-1] == Progress(5, 5, 17, 17, 4)
-    assert [s.shards_done for s in states] == list(range(6))
-    assert summary.failed == 4 and summary.resumed_rows == 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {line.replace(chr(9), ': ')}" for line in local_errors
+    ]  # the local run's stderr lines, in input order
+    assert "embedded 13 images" in result.stderr and "Traceback" not in result.stderr
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in output_files(tmp_path / "ray.npy").values())
 
 
@@ -90,27 +86,28 @@ def die_after_one_shard(state):
         os.kill(os.getpid(), signal.SIGKILL)  # the driver dies mid-run, without any cleanup
 
 args, out, job, address, size = sys.argv[1:]
-embed_on_ray(expand_inputs(json.loads(args)), EmbedPaths.for_output(Path(out)), EmbedJob(**json.loads(job)),
+embed_on_ray(expand_inputs(json.loads(args)), EmbedPaths.for_output(Path(out)), EmbedJob.from_json(json.loads(job)),
              RayOptions(address=address, workers=1, shard_size=int(size)), progress=die_after_one_shard)
 """
 
 
 def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, ckpt, photos, local, tmp_path):
     out, size = tmp_path / "out.npy", BATCH  # shards of one batch: nine of them
-    argv = [json.dumps(inputs(photos)), str(out), json.dumps(asdict(job(ckpt))), cluster, str(size)]
+    argv = [json.dumps(inputs(photos)), str(out), json.dumps(job(ckpt).to_json()), cluster, str(size)]
     driver = subprocess.run([sys.executable, "-c", DRIVER, *argv], capture_output=True, text=True, timeout=300)
     assert driver.returncode == -signal.SIGKILL, driver.stderr
     shard_dir = tmp_path / "out.npy.shards"
     finished = sorted(p for p in shard_dir.iterdir() if p.name.startswith("shard-"))
     assert finished and not out.exists()
     stamps = {p.name: (p / "rows.npy").stat().st_mtime_ns for p in finished}
-    rows = sum(json.loads((p / "shard.json").read_text())["rows"] for p in finished)
+    metas = [json.loads((p / "shard.json").read_text()) for p in finished]
+    rows, failed = sum(m["rows"] for m in metas), sum(m["failed"] for m in metas)
 
     paths = EmbedPaths.for_output(out)
     with pytest.raises(UsageError, match="--resume"):
         embed_on_ray(expand_inputs(inputs(photos)), paths, job(ckpt), RayOptions(shard_size=size))
 
-    seen = []
+    seen: list[Progress] = []
 
     def check_untouched(state):
         seen.append(state)
@@ -120,8 +117,11 @@ def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, c
     summary = embed_on_ray(
         expand_inputs(inputs(photos)), paths, job(ckpt), RayOptions(workers=2, shard_size=size), resume=True, progress=check_untouched
     )
-    assert seen[0].shards_done == len(finished) and seen[-1].shards_done == 9
-    assert summary.resumed_rows == rows
+    # The killed driver's actor may publish the shard it was on before Ray stops it: at least
+    # the shards seen above are done, and none of them was computed again (the stamps above).
+    assert seen[0].shards_done >= len(finished) and seen[0].failed >= failed
+    assert [s.shards_done for s in seen] == list(range(seen[0].shards_done, 10)) and seen[-1] == Progress(9, 9, 17, 17, 4)
+    assert summary.resumed_rows >= rows
     assert_same_files(out, local)
     assert not shard_dir.exists()
 
@@ -140,7 +140,7 @@ def test_a_model_that_cannot_load_is_a_model_error(cluster, photos, tmp_path):
         embed_on_ray(
             expand_inputs(inputs(photos)),
             EmbedPaths.for_output(tmp_path / "out.npy"),
-            EmbedJob(model=str(tmp_path / "no-such-model"), device="cpu", batch_size=BATCH, threads=1),
+            EmbedJob(str(tmp_path / "no-such-model"), RunOptions(device="cpu", batch_size=BATCH), threads=1),
             RayOptions(workers=1, shard_size=SHARD),
         )
     assert info.value.exit_code == 3

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from bitcli.store import EmbedPaths
 from bitcli.store.journal import inputs_digest
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
+from bitcli.pipeline import RunOptions
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def local(ckpt, photos, tmp_path_factory):
 
 
 def job(ckpt, **changes) -> EmbedJob:
-    return EmbedJob(model=str(ckpt), device="cpu", batch_size=BATCH, threads=THREADS, **changes)
+    return EmbedJob(str(ckpt), RunOptions(device="cpu", batch_size=BATCH), threads=THREADS, **changes)
 
 
 def run_job(ckpt, photos, shard_dir, selection, **kw):
@@ -195,14 +194,3 @@ def test_shard_folder_documents_what_made_it(three_jobs):
     assert meta["fingerprint"]["dtype"] == "float32" and "preprocessing" in meta["fingerprint"]
     rows = np.load(three_jobs / "shard-000001" / "rows.npy")  # a plain .npy
     assert rows.shape == (meta["rows"], 32)
-
-
-def test_without_ray_the_engine_says_how_to_install_it(tmp_path):
-    code = (
-        "import sys; sys.modules['ray'] = None\n"  # `import ray` now raises ImportError
-        "from bitcli.distributed.ray_pool import import_ray\n"
-        "try:\n    import_ray()\nexcept Exception as e:\n    print(type(e).__name__, e.exit_code, e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
-    assert out.startswith("UsageError 2 ")
-    assert "pip install 'bitcli[ray]'" in out

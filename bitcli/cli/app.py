@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from bitcli.cli import classify, embed, info
+from bitcli.cli import classify, combine, embed, info
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
     EXIT_CODES_HELP,
@@ -121,6 +121,7 @@ def register(command: Callable[..., int], epilog: str) -> None:
 
 register(classify.classify, classify.EPILOG)
 register(embed.embed, embed.EPILOG)
+register(combine.combine, combine.EPILOG)
 register(info.inspect, info.INSPECT_EPILOG)
 register(info.download, info.DOWNLOAD_EPILOG)
 register(info.models, info.MODELS_EPILOG)

@@ -283,3 +283,16 @@ def stdout_errors() -> Iterator[None]:
         raise
     except OSError as exc:
         raise BitError(f"cannot write to stdout ({exc.strerror or exc})") from exc
+
+
+def report_summary(ui: Ui, summary: Any, paths: Any) -> None:
+    """The last lines of `bit embed` and `bit combine`: what was written, and how many inputs failed."""
+    where = "stdout" if paths.out is None else str(paths.out)
+    text = f"embedded {summary.rows} images as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
+    if summary.resumed_rows:
+        text += f" ({summary.resumed_rows} from the earlier run)"
+    ui.info(text)
+    if summary.failed:
+        listed = f"; listed in {summary.errors_file}" if summary.errors_file else ""
+        noun = "input" if summary.failed == 1 else "inputs"
+        ui.warn(f"{summary.failed} {noun} failed{listed}")

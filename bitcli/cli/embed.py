@@ -13,6 +13,18 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from bitcli.cli.combine import (
+    Distribution,
+    Engine,
+    EngineOpt,
+    GpusOpt,
+    RayAddressOpt,
+    ShardDirOpt,
+    ShardOpt,
+    ShardSizeOpt,
+    WorkersOpt,
+    embed_distributed,
+)
 from bitcli.cli.common import (
     EXIT_CODES_HELP,
     EXIT_OK,
@@ -33,6 +45,7 @@ from bitcli.cli.common import (
     Ui,
     expand,
     load_model,
+    report_summary,
     run_options,
 )
 from bitcli.errors import UsageError
@@ -46,6 +59,7 @@ EPILOG = (
     "  bit embed 'photos/**/*.jpg' -o photos.npy --normalize --dtype float16\n\n"
     "  bit embed photos/ -o photos.npy --resume    [dim](continue an interrupted run)[/dim]\n\n"
     "  bit embed a.jpg b.jpg -o - --manifest rows.txt > vectors.npy\n\n"
+    "  bit embed photos/ -o photos.npy --engine ray    [dim](on a Ray cluster: docs/distributed.md)[/dim]\n\n"
     "Writes OUT.npy [N, D], OUT.paths.txt (line i = path of row i) and, when some inputs fail, "
     "OUT.errors.txt (PATH<TAB>reason). Files appear atomically; an interrupted run leaves "
     "OUT.npy.partial/ for --resume.\n\n" + EXIT_CODES_HELP
@@ -72,7 +86,7 @@ def embed(
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalize each row.")] = False,
     manifest: Annotated[
         Optional[Path],
-        typer.Option("--manifest", metavar="FILE", help="Where to list the row paths [default: OUT.paths.txt]."),
+        typer.Option("--manifest", metavar="FILE", help="Where to list the row paths (default: OUT.paths.txt)."),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run, skipping the images already done.")
@@ -85,6 +99,13 @@ def embed(
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     fast_jpeg: FastJpegOpt = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    num_gpus_per_worker: GpusOpt = 0.0,
+    shard: ShardOpt = None,
+    shard_size: ShardSizeOpt = None,
+    shard_dir: ShardDirOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> int:
@@ -95,6 +116,13 @@ def embed(
     ui = Ui(quiet=quiet, debug=debug)
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite)
+    dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
+    if dist.check(output_path == "-", manifest):
+        from bitcli.distributed import EmbedJob
+
+        paths = store_paths(where, check=shard is None)  # a shard job writes shards, not OUT.npy
+        job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads)
+        return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite)
     paths = store_paths(where)  # refuse a bad output before the model loads
     items = expand(inputs)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
@@ -128,7 +156,7 @@ def embed(
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
-def store_paths(where: StoreOptions) -> Any:
+def store_paths(where: StoreOptions, *, check: bool = True) -> Any:
     """The files this run writes, checked before the model loads (UsageError, exit 2)."""
     from bitcli.store import EmbedPaths, check_output
 
@@ -141,7 +169,8 @@ def store_paths(where: StoreOptions) -> Any:
         if out.is_dir():
             raise UsageError(f"-o {out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
         paths = EmbedPaths.for_output(out, manifest=where.manifest)
-    check_output(paths, resume=where.resume, overwrite=where.overwrite)
+    if check:
+        check_output(paths, resume=where.resume, overwrite=where.overwrite)
     return paths
 
 
@@ -151,15 +180,3 @@ def report(ui: Ui, group: list[Any], advance: Any) -> None:
         if not result.ok:
             ui.error(f"{result.path}: {result.error}")
     advance(len(group))
-
-
-def report_summary(ui: Ui, summary: Any, paths: Any) -> None:
-    where = "stdout" if paths.out is None else str(paths.out)
-    text = f"embedded {summary.rows} images as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
-    if summary.resumed_rows:
-        text += f" ({summary.resumed_rows} from the earlier run)"
-    ui.info(text)
-    if summary.failed:
-        listed = f"; listed in {summary.errors_file}" if summary.errors_file else ""
-        noun = "input" if summary.failed == 1 else "inputs"
-        ui.warn(f"{summary.failed} {noun} failed{listed}")

@@ -31,9 +31,8 @@ from bitcli.distributed.seams import (
     fsync_dir,
     name_some,
     npy_header,
-    unescape_error_path,
 )
-from bitcli.distributed.shardfiles import ShardInfo, describe_difference, read_shard, shard_folders
+from bitcli.distributed.shardfiles import ShardInfo, describe_difference, read_shard, shard_failures, shard_folders
 from bitcli.distributed.shards import DuplicateShardError, MissingShardError, ShardMismatchError, Split
 
 _CHUNK = 1 << 22
@@ -138,8 +137,9 @@ def _publish(shards: list[ShardInfo], paths: EmbedPaths, on_failure: OnFailure |
         array.discard()
         raise
     if on_failure is not None:
-        for path, reason in _failures(shards):
-            on_failure(path, reason)
+        for shard in shards:
+            for path, reason in shard_failures(shard):
+                on_failure(path, reason)
     return EmbedSummary(
         rows=rows, dim=first.dim, dtype=dtype.name, failed=failed, out=out, manifest=paths.manifest,
         errors_file=paths.errors if failed else None,
@@ -209,13 +209,3 @@ def _write_concatenation(path: Path, parts: list[Path]) -> None:
     except BaseException:
         target.discard()
         raise
-
-
-def _failures(shards: list[ShardInfo]) -> Iterable[tuple[str, str]]:
-    for shard in shards:
-        if not shard.failed:
-            continue
-        with open(shard.folder / "errors.txt", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
-            for line in fh:
-                path, _, reason = line.rstrip("\n").partition("\t")
-                yield unescape_error_path(path), reason

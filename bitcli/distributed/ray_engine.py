@@ -77,8 +77,8 @@ def embed_on_ray(
     if paths.out.exists() and resume and not shard_dir.exists():
         return _already_complete(entries, paths)
     _prepare(shard_dir, paths, resume=resume, overwrite=overwrite)
-    size = options.shard_size or default_shard_size(job.batch_size)
-    spool = spool_inputs(entries, shard_dir / INPUTS_FILE, batch_size=job.batch_size, shard_size=size)
+    size = options.shard_size or default_shard_size(job.options.batch_size)
+    spool = spool_inputs(entries, shard_dir / INPUTS_FILE, batch_size=job.options.batch_size, shard_size=size)
     split = spool.split
     _write_run_record(shard_dir, split, job, resume=resume)
     done = finished_shards(shard_dir, split)

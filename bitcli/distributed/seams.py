@@ -10,21 +10,20 @@ from __future__ import annotations
 
 from bitcli.errors import BitError, InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
-from bitcli.pipeline import DEFAULT_BATCH_SIZE  # light: no torch
+from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.files import fsync_dir, npy_header
 from bitcli.store.journal import finished_inputs, inputs_digest
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path
 from bitcli.store.writer import EmbedSummary
-from bitcli.util import DEFAULT_MAX_PIXELS, first_line, name_some
+from bitcli.util import first_line, name_some
 
 __all__ = [
     "BitError",
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_MAX_PIXELS",
     "EmbedPaths",
     "EmbedSummary",
     "InputError",
     "InputItem",
+    "RunOptions",
     "UsageError",
     "check_output",
     "escape_error_path",

@@ -25,12 +25,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-from bitcli.distributed.seams import escape_error_path, first_line, fsync_dir, manifest_problem, npy_header
+from bitcli.distributed.seams import (
+    escape_error_path,
+    first_line,
+    fsync_dir,
+    manifest_problem,
+    npy_header,
+    unescape_error_path,
+)
 from bitcli.distributed.shards import ShardError, ShardMismatchError, Split, shard_name
 
 SHARD_FORMAT = "bitcli-embed-shard"
@@ -210,6 +217,16 @@ def _count_lines(path: Path) -> int:
         while chunk := fh.read(1 << 20):
             count += chunk.count(b"\n")
     return count
+
+
+def shard_failures(shard: ShardInfo) -> Iterator[tuple[str, str]]:
+    """(path, reason) of each input of `shard` that failed, in input order."""
+    if not shard.failed:
+        return
+    with open(shard.folder / "errors.txt", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
+        for line in fh:
+            path, _, reason = line.rstrip("\n").partition("\t")
+            yield unescape_error_path(path), reason
 
 
 # -- shard directories -----------------------------------------------------------------------

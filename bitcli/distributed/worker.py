@@ -9,11 +9,11 @@ rows are the local run's bytes (on the same machine, with the same thread count)
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from bitcli.distributed.seams import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, InputError, InputItem, UsageError
+from bitcli.distributed.seams import InputError, InputItem, RunOptions, UsageError
 from bitcli.distributed.shardfiles import (
     Commit,
     ShardInfo,
@@ -21,6 +21,7 @@ from bitcli.distributed.shardfiles import (
     read_shard,
     remove_shards,
     remove_temporary,
+    shard_failures,
     shard_folders,
     write_shard,
 )
@@ -37,30 +38,26 @@ from bitcli.distributed.shards import (
 
 @dataclass(frozen=True)
 class EmbedJob:
-    """What a run computes: the options of a local `bit embed` that determine its rows."""
+    """What a run computes: the model, the run's options and `bit embed`'s own (JSON round trip)."""
 
     model: str
-    device: str = "auto"
-    precision: str = "fp32"
-    batch_size: int = DEFAULT_BATCH_SIZE
+    options: RunOptions = field(default_factory=RunOptions)
     normalize: bool = False
     dtype: str = "float32"
-    fast_jpeg: bool = False
-    max_pixels: int | None = DEFAULT_MAX_PIXELS  # None: no limit
     threads: int | None = None  # torch and decoding threads per worker; None: torch's default
-    offline: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EmbedJob":
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        return cls(**{**data, "options": RunOptions(**data["options"])})
 
     def settings(self) -> dict[str, Any]:
-        """What a resumed run must repeat (threads and offline do not name the rows; the
-        convolution path that one thread picks is in each shard's fingerprint)."""
-        return {k: v for k, v in self.to_json().items() if k not in ("threads", "offline")}
+        """What a resumed run must repeat. Not the thread counts or offline mode: they do not name
+        the rows (the convolution path one thread picks is in each shard's fingerprint)."""
+        options = {k: v for k, v in asdict(self.options).items() if k not in ("workers", "offline")}
+        return {"model": self.model, "options": options, "normalize": self.normalize, "dtype": self.dtype}
 
 
 @dataclass(frozen=True)
@@ -101,19 +98,12 @@ class ShardWorker:
     def __init__(self, job: EmbedJob, *, model: Any = None) -> None:
         import torch
 
-        from bitcli.pipeline import Embedder, RunOptions, load
+        from bitcli.pipeline import Embedder, load
 
+        options = job.options
         if job.threads:
             torch.set_num_threads(job.threads)  # before loading: the engine picks the convolution path from it
-        options = RunOptions(
-            device=None if job.device == "auto" else job.device,
-            precision=job.precision,
-            offline=job.offline,
-            batch_size=job.batch_size,
-            workers=job.threads,
-            fast_jpeg=job.fast_jpeg,
-            max_pixels=job.max_pixels,
-        )
+            options = replace(options, workers=job.threads)
         if model is None:
             model = load(job.model, device=options.device, precision=options.precision, offline=options.offline)
         self.job = job
@@ -178,6 +168,7 @@ def run_shards(
     resume: bool = False,
     overwrite: bool = False,
     progress: OnProgress | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
     model: Any = None,
 ) -> ShardRunSummary:
     """`--shard I/N`: embed shards I, I + N, ... of the inputs into `shard_dir`, in this process.
@@ -185,15 +176,16 @@ def run_shards(
     Other jobs may write their shards into the same directory at the same time; this one only
     touches its own. Shards it finished before need `--resume` (skipped) or `--overwrite`
     (redone). The input list is listed in full (every job needs the same split) into a
-    temporary file, not memory.
+    temporary file, not memory. `on_failure(path, reason)`: each failed input of each shard this
+    job embeds, in input order, as the shard is published.
     """
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
     index, count = selection
-    size = shard_size or default_shard_size(job.batch_size)
+    size = shard_size or default_shard_size(job.options.batch_size)
     shard_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bitcli-inputs-") as tmp:
-        spool = spool_inputs(entries, Path(tmp) / "inputs.jsonl", batch_size=job.batch_size, shard_size=size)
+        spool = spool_inputs(entries, Path(tmp) / "inputs.jsonl", batch_size=job.options.batch_size, shard_size=size)
         split = spool.split
         mine = list(selected(split, index, count))
         done = _previous_shards(shard_dir, split, mine, resume=resume, overwrite=overwrite)
@@ -205,6 +197,8 @@ def run_shards(
             worker.check_shards(infos)  # refuse to add to shards of another model or options
             for i in todo:
                 infos.append(worker.run(shard_dir, split, spool.shard(i)))
+                for path, reason in shard_failures(infos[-1]) if on_failure else ():
+                    on_failure(path, reason)
                 report_progress(progress, split, infos, mine)
     return ShardRunSummary(shard_dir, split, todo, sorted(done), sum(s.rows for s in infos), sum(s.failed for s in infos))
 
