@@ -4,14 +4,16 @@
     python bench/ray_overhead.py --images 200 --rounds 1
 
 Everything lives under `.bench/ray/` (gitignored). Three ways to embed the same folder:
-  local      `python -m bitcli embed DIR -o OUT.npy` (the whole process, 2 threads)
+  local      `python -m bitcli embed DIR -o OUT.npy` (the whole process), with 2 threads (the
+             default here) and with --threads 1 (the thread count of each Ray worker below)
   ray cold   a fresh process that imports Ray, starts a local 2-CPU cluster, runs the shards on
              2 single-thread workers, combines, and stops the cluster
   ray warm   the same run on a cluster that is already up (the process imported Ray and
              connected before the clock starts): what each run pays beyond the cluster itself
 and, inside the cold run, where the time goes (import, cluster start, listing, worker start +
-model load + shards, combine, shutdown). Wall-clock medians; the load average is printed
-because this machine is shared.
+model load + shards, combine, shutdown). Wall-clock medians, and the CPU seconds the process
+and the children it waited for used (getrusage), which a busy machine inflates less; the load
+average is printed because this machine is shared.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -76,10 +79,12 @@ def prepare(images: int) -> tuple[Path, Path]:
     return ckpt, photos
 
 
-def timed(cmd: list[str]) -> tuple[float, str]:
-    start = time.perf_counter()
+def timed(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system, the process and the children it waited for), stdout."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return time.perf_counter() - start, done.stdout
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), done.stdout
 
 
 def main() -> None:
@@ -92,22 +97,29 @@ def main() -> None:
     out = WORK / "out"
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    local, cold, warm, marks = [], [], [], []
+    runs: dict[str, list[tuple[float, float]]] = {"local, 2 threads": [], "local, 1 thread": [], "ray, cold": [], "ray, warm": []}
+    marks = []
     for _ in range(args.rounds):  # alternate, so a change in the machine's load hits all alike
         cmd = [sys.executable, "-m", "bitcli", "embed", str(photos), "-o", str(out / "local.npy"), "-m", str(ckpt), "-q", "--overwrite"]
-        local.append(timed(cmd)[0])
-        for mode, into in (("cold", cold), ("warm", warm)):
-            seconds, stdout = timed([sys.executable, "-c", DRIVER, str(photos), str(ckpt), str(out / f"{mode}.npy"), mode, str(args.shard_size)])
-            into.append(seconds if mode == "cold" else json.loads(stdout)["combine"])
+        runs["local, 2 threads"].append(timed(cmd)[:2])
+        runs["local, 1 thread"].append(timed([*cmd, "--threads", "1"])[:2])
+        for mode in ("cold", "warm"):
+            wall, cpu, stdout = timed([sys.executable, "-c", DRIVER, str(photos), str(ckpt), str(out / f"{mode}.npy"), mode, str(args.shard_size)])
             if mode == "cold":
                 marks.append(json.loads(stdout))
+            else:  # the run only, without the cluster's start and stop
+                wall = json.loads(stdout)["combine"]
+            runs[f"ray, {mode}"].append((wall, cpu))
     load_after = os.getloadavg()
     med = statistics.median
+    base = med(w for w, _ in runs["local, 1 thread"])
     print(f"{args.images} images, tiny model (32 px), batch 8, shards of {args.shard_size}; medians of {args.rounds} rounds")
     print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min), on {os.cpu_count()} CPUs")
-    print(f"local (whole process):            {med(local):6.1f} s")
-    print(f"ray, cold (whole process):        {med(cold):6.1f} s   ({med(cold) / med(local):.1f}x local)")
-    print(f"ray, warm (cluster already up):   {med(warm):6.1f} s   ({med(warm) / med(local):.1f}x local)")
+    print(f"{'':34s} {'wall':>8s} {'vs local 1 thread':>18s} {'CPU s':>8s}")
+    for name, values in runs.items():
+        wall = med(w for w, _ in values)
+        print(f"{name:34s} {wall:7.1f}s {wall / base:17.1f}x {med(c for _, c in values):7.1f}s")
+    print("(ray, warm: the run on a cluster already up, wall of the run only; its CPU column is the whole process)")
     previous = 0.0
     print("where a cold run's time goes (median of the cumulative marks):")
     for key in marks[0]:

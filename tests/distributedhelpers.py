@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from clihelpers import make_images, run
 
 BATCH = 2
@@ -24,6 +26,26 @@ SUFFIXES = (".npy", ".paths.txt", ".errors.txt")
 def make_photos(directory: Path) -> Path:
     make_images(directory, COUNT, bad=BAD)
     return directory
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """The folder (import this fixture into a test module to use it there)."""
+    return make_photos(tmp_path_factory.mktemp("photos") / "photos")
+
+
+@pytest.fixture(scope="module")
+def local(ckpt, photos, tmp_path_factory):
+    """The local run's OUT.npy (its manifest and error list beside it)."""
+    return local_run(ckpt, photos, tmp_path_factory.mktemp("local") / "local.npy")
+
+
+def job(ckpt: Path, **changes):
+    """The distributed engine's description of the local run (`bitcli.distributed.EmbedJob`)."""
+    from bitcli.distributed import EmbedJob
+    from bitcli.pipeline import RunOptions
+
+    return EmbedJob(str(ckpt), RunOptions(device="cpu", batch_size=BATCH), threads=THREADS, **changes)
 
 
 def inputs(photos: Path) -> list[str]:

@@ -9,17 +9,7 @@ import sys
 import pytest
 
 from clihelpers import assert_clean_failure, run
-from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, local_run, make_photos
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return make_photos(tmp_path_factory.mktemp("photos") / "photos")
-
-
-@pytest.fixture(scope="module")
-def local(ckpt, photos, tmp_path_factory):
-    return local_run(ckpt, photos, tmp_path_factory.mktemp("local") / "local.npy")
+from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, local, photos  # noqa: F401 (fixtures)
 
 
 def embed(ckpt, photos, *args):

@@ -20,7 +20,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
 
 from clihelpers import run  # noqa: E402
-from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, local_run, make_photos, output_files  # noqa: E402
+from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, job, local, output_files, photos  # noqa: E402, F401 (fixtures)
 
 from bitcli.distributed import EmbedJob, Progress, RayOptions, embed_on_ray  # noqa: E402
 from bitcli.store import EmbedPaths  # noqa: E402
@@ -44,20 +44,6 @@ def cluster(tmp_path_factory):
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return make_photos(tmp_path_factory.mktemp("photos") / "photos")
-
-
-@pytest.fixture(scope="module")
-def local(ckpt, photos, tmp_path_factory):
-    return local_run(ckpt, photos, tmp_path_factory.mktemp("local") / "local.npy")
-
-
-def job(ckpt, **changes) -> EmbedJob:
-    return EmbedJob(str(ckpt), RunOptions(device="cpu", batch_size=BATCH), threads=THREADS, **changes)
 
 
 def test_bit_embed_on_ray_equals_the_local_run(cluster, ckpt, photos, local, tmp_path):

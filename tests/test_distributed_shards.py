@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, local_run, make_photos, output_files
+from distributedhelpers import BATCH, SHARD, assert_same_files, inputs, job, local, output_files, photos  # noqa: F401 (fixtures)
 
 from bitcli.distributed import (
     DuplicateShardError,
-    EmbedJob,
     MissingShardError,
     ShardError,
     ShardMismatchError,
@@ -28,21 +27,6 @@ from bitcli.store import EmbedPaths
 from bitcli.store.journal import inputs_digest
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
-from bitcli.pipeline import RunOptions
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return make_photos(tmp_path_factory.mktemp("photos") / "photos")
-
-
-@pytest.fixture(scope="module")
-def local(ckpt, photos, tmp_path_factory):
-    return local_run(ckpt, photos, tmp_path_factory.mktemp("local") / "local.npy")
-
-
-def job(ckpt, **changes) -> EmbedJob:
-    return EmbedJob(str(ckpt), RunOptions(device="cpu", batch_size=BATCH), threads=THREADS, **changes)
 
 
 def run_job(ckpt, photos, shard_dir, selection, **kw):

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Iterable
 
 from bitcli.distributed.combine import OnFailure, combine
-from bitcli.distributed.ray_pool import RayOptions, connect, import_ray, run_pool, with_threads
+from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
 from bitcli.distributed.seams import EmbedPaths, EmbedSummary, InputError, InputItem, UsageError, check_output, finished_inputs
-from bitcli.distributed.shardfiles import describe_difference, finished_shards, remove_directory, remove_temporary
+from bitcli.distributed.shardfiles import describe_difference, finished_shards, remove_directory, remove_temporary, shard_folders
 from bitcli.distributed.shards import Split, default_shard_size, spool_inputs
 from bitcli.distributed.worker import EmbedJob, OnProgress, report_progress
 
@@ -77,22 +77,33 @@ def embed_on_ray(
     if paths.out.exists() and resume and not shard_dir.exists():
         return _already_complete(entries, paths)
     _prepare(shard_dir, paths, resume=resume, overwrite=overwrite)
-    size = options.shard_size or default_shard_size(job.options.batch_size)
-    spool = spool_inputs(entries, shard_dir / INPUTS_FILE, batch_size=job.options.batch_size, shard_size=size)
-    split = spool.split
-    _write_run_record(shard_dir, split, job, resume=resume)
-    done = finished_shards(shard_dir, split)
-    remove_temporary(shard_dir)
-    todo = [i for i in range(split.shards) if i not in done]
-    if todo:
-        with connect(ray, options) as ray:
-            run_pool(ray, spool, with_threads(ray, job, options), options, shard_dir, todo, done, progress)
-    else:
-        report_progress(progress, split, done.values())
+    try:
+        size = options.shard_size or default_shard_size(job.options.batch_size)
+        spool = spool_inputs(entries, shard_dir / INPUTS_FILE, batch_size=job.options.batch_size, shard_size=size)
+        split = spool.split
+        _write_run_record(shard_dir, split, job, resume=resume)
+        done = finished_shards(shard_dir, split)
+        remove_temporary(shard_dir)
+        todo = [i for i in range(split.shards) if i not in done]
+        if todo:
+            with connect(ray, options) as ray:
+                ShardPool(ray, spool, with_threads(ray, job, options), options, shard_dir, progress).run(todo, done)
+        else:
+            report_progress(progress, split, done.values())
+    except BaseException:
+        if not shard_folders(shard_dir):  # nothing finished worth a --resume: leave no directory
+            _remove(shard_dir)
+        raise
     summary = combine([shard_dir], paths, overwrite=True, split=split, on_failure=on_failure)
     summary.resumed_rows = sum(info.rows for info in done.values())
-    remove_directory(shard_dir, (INPUTS_FILE, RUN_FILE))
+    _remove(shard_dir)
     return summary
+
+
+def _remove(shard_dir: Path) -> None:
+    """The run's shard directory: shards, input list (and a half-written one), run record."""
+    leftovers = tuple(p.name for p in shard_dir.glob(f".{INPUTS_FILE}.*.tmp"))
+    remove_directory(shard_dir, (INPUTS_FILE, RUN_FILE, *leftovers))
 
 
 # -- the driver's bookkeeping ---------------------------------------------------------------
@@ -110,7 +121,7 @@ def _prepare(shard_dir: Path, paths: EmbedPaths, *, resume: bool, overwrite: boo
             f"{paths.out}: an interrupted run left {shard_dir}; pass --resume to continue it or --overwrite to start over"
         )
     if overwrite and shard_dir.exists():
-        remove_directory(shard_dir, (INPUTS_FILE, RUN_FILE))
+        _remove(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -120,90 +120,78 @@ def _quiet_ray_data(ray: Any) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def run_pool(
-    ray: Any,
-    spool: InputSpool,
-    job: EmbedJob,
-    options: RayOptions,
-    shard_dir: Path,
-    todo: list[int],
-    done: dict[int, Any],
-    progress: OnProgress | None,
-) -> None:
-    """Run shards `todo` through actor pools until all are finished; report each as it finishes.
+class ShardPool:
+    """Shards through Ray Data actor pools until all are finished, each reported as it finishes.
 
     Ray Data's own actor restarts are off (with them on, Ray's core worker prints a line per
     actor to stderr); instead, when a worker dies, a new pool runs the shards still missing
     (a shard finished just before is found on disk, not redone). Two pools in a row that die
     without finishing a shard end the run; `--resume` continues it.
     """
-    finished: list[Any] = list(done.values())
-    reference = finished[0].settings() if finished else None
-    report_progress(progress, spool.split, finished)
-    fruitless = 0
-    while True:
-        before = len(finished)
-        remaining = sorted(set(todo) - {f.index for f in finished})
-        try:
-            with _quiet_ray_data(ray):
-                reference = _run_once(ray, spool, job, options, shard_dir, remaining, finished, reference, progress)
-            return
-        except Exception as exc:
-            error = _bit_error(exc)
-            if error is not None:
-                raise error from None
-            if not _worker_lost(ray, exc):
-                raise
-            fruitless = 0 if len(finished) > before else fruitless + 1
-            if fruitless >= 2:
-                raise BitError(
-                    f"Ray workers died twice without finishing a shard ({first_line(exc)}); "
-                    f"finished shards are kept in {shard_dir}: rerun with --resume"
-                ) from exc
 
+    def __init__(
+        self, ray: Any, spool: InputSpool, job: EmbedJob, options: RayOptions, shard_dir: Path, progress: OnProgress | None
+    ) -> None:
+        self.ray, self.spool, self.job, self.options, self.shard_dir, self.progress = ray, spool, job, options, shard_dir, progress
+        self.finished: list[Any] = []  # ShardInfo of earlier runs, _Done of this one: .index, .failed
+        self.reference: dict[str, Any] | None = None  # the settings every shard must share
 
-def _run_once(
-    ray: Any,
-    spool: InputSpool,
-    job: EmbedJob,
-    options: RayOptions,
-    shard_dir: Path,
-    todo: list[int],
-    finished: list[Any],
-    reference: dict[str, Any] | None,
-    progress: OnProgress | None,
-) -> dict[str, Any] | None:
-    """One Ray Data pass over `todo`: `map_batches` with a fixed actor pool, one shard a call."""
-    split = spool.split
-    rows = [{"shard": i, "offset": spool.shard(i).offset, "count": spool.shard(i).count} for i in todo]
-    dataset = _map_shards(
-        ray.data.from_items(rows, override_num_blocks=len(rows)),
-        ShardActor,
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=_pool_size(ray, job, options, len(todo))),
-        num_cpus=job.threads,
-        num_gpus=options.num_gpus_per_worker or None,
-        fn_constructor_kwargs={
-            "job": job.to_json(),
-            "split": split.to_json(),
-            "shard_dir": str(shard_dir.resolve()),
-            "spool": str(spool.path.resolve()),
-            "cwd": os.getcwd(),
-        },
-    )
-    for row in dataset.iter_rows():
-        if row["error"]:
-            raise rebuild_error(row["error"])
-        settings = json.loads(row["settings"])
-        reference = reference or settings
-        if settings != reference:
-            raise ShardMismatchError(
-                f"shard {row['shard']} was made with other settings than the run's other shards "
-                f"({describe_difference(settings, reference)}); pass --overwrite to start over"
-            )
-        finished.append(_Done(int(row["shard"]), int(row["failed"])))
-        report_progress(progress, split, finished)
-    return reference
+    def run(self, todo: list[int], done: dict[int, Any]) -> None:
+        self.finished = list(done.values())
+        self.reference = self.finished[0].settings() if self.finished else None
+        report_progress(self.progress, self.spool.split, self.finished)
+        fruitless = 0
+        while True:
+            before = len(self.finished)
+            remaining = sorted(set(todo) - {f.index for f in self.finished})
+            try:
+                with _quiet_ray_data(self.ray):
+                    self._once(remaining)
+                return
+            except Exception as exc:
+                error = _bit_error(exc)
+                if error is not None:
+                    raise error from None
+                if not _worker_lost(self.ray, exc):
+                    raise
+                fruitless = 0 if len(self.finished) > before else fruitless + 1
+                if fruitless >= 2:
+                    raise BitError(
+                        f"Ray workers died twice without finishing a shard ({first_line(exc)}); "
+                        f"finished shards are kept in {self.shard_dir}: rerun with --resume"
+                    ) from exc
+
+    def _once(self, todo: list[int]) -> None:
+        """One Ray Data pass over `todo`: `map_batches` with a fixed actor pool, one shard a call."""
+        ray, spool, job = self.ray, self.spool, self.job
+        rows = [{"shard": i, "offset": spool.shard(i).offset, "count": spool.shard(i).count} for i in todo]
+        dataset = _map_shards(
+            ray.data.from_items(rows, override_num_blocks=len(rows)),
+            ShardActor,
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=_pool_size(ray, job, self.options, len(todo))),
+            num_cpus=job.threads,
+            num_gpus=self.options.num_gpus_per_worker or None,
+            fn_constructor_kwargs={
+                "job": job.to_json(),
+                "split": spool.split.to_json(),
+                "shard_dir": str(self.shard_dir.resolve()),
+                "spool": str(spool.path.resolve()),
+                "cwd": os.getcwd(),
+            },
+        )
+        for row in dataset.iter_rows():
+            if row["error"]:
+                raise rebuild_error(row["error"])
+            settings = json.loads(row["settings"])
+            self.reference = self.reference or settings
+            if settings != self.reference:
+                raise ShardMismatchError(
+                    f"shard {row['shard']} was made with other settings than the run's other shards "
+                    f"({describe_difference(settings, self.reference)}); pass --overwrite to start over"
+                )
+            self.finished.append(_Done(int(row["shard"]), int(row["failed"])))
+            report_progress(self.progress, spool.split, self.finished)
 
 
 def _map_shards(dataset: Any, fn: Any, **kwargs: Any) -> Any:

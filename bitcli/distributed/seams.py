@@ -11,7 +11,7 @@ from __future__ import annotations
 from bitcli.errors import BitError, InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
 from bitcli.pipeline import RunOptions  # light: no torch
-from bitcli.store.files import fsync_dir, npy_header
+from bitcli.store.files import fsync_dir, npy_header, write_atomic
 from bitcli.store.journal import finished_inputs, inputs_digest
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path
 from bitcli.store.writer import EmbedSummary
@@ -36,4 +36,5 @@ __all__ = [
     "name_some",
     "npy_header",
     "unescape_error_path",
+    "write_atomic",
 ]

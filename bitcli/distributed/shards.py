@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-from bitcli.distributed.seams import InputError, InputItem, UsageError
+from bitcli.distributed.seams import InputError, InputItem, UsageError, write_atomic
 
 DEFAULT_SHARD_IMAGES = 1024  # inputs per shard, rounded up to whole batches
 
@@ -160,23 +158,19 @@ def spool_inputs(
     Split(batch_size, shard_size)  # refuse a bad split before listing anything
     digest = hashlib.sha256()
     offsets: list[int] = []
-    count = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for entry in entries:
-                if count % shard_size == 0:
-                    offsets.append(fh.tell())
-                record = [entry.path] if isinstance(entry, InputItem) else [entry.path, entry.reason]
-                fh.write(json.dumps(record, ensure_ascii=True).encode("ascii") + b"\n")
-                # The same digest as `store.journal.inputs_digest` (pinned by a test), computed as we go.
-                digest.update(entry.path.encode("utf-8", "surrogateescape") + b"\0")
-                count += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    size = count = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal size, count
+        for entry in entries:
+            if count % shard_size == 0:
+                offsets.append(size)
+            record = [entry.path] if isinstance(entry, InputItem) else [entry.path, entry.reason]
+            line = json.dumps(record, ensure_ascii=True)  # ASCII: its length is its size in bytes
+            # The same digest as `store.journal.inputs_digest` (pinned by a test), computed as we go.
+            digest.update(entry.path.encode("utf-8", "surrogateescape") + b"\0")
+            size, count = size + len(line) + 1, count + 1
+            yield line
+
+    write_atomic(path, lines())
     return InputSpool(path, Split(batch_size, shard_size, count, digest.hexdigest()), tuple(offsets))
