@@ -18,6 +18,7 @@ import sys
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, from its context
 
 from clihelpers import run  # noqa: E402
 from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, job, local, output_files, photos  # noqa: E402, F401 (fixtures)

@@ -137,7 +137,7 @@ def test_shards_of_another_model_option_are_refused(ckpt, photos, three_jobs, tm
 def test_shards_of_another_split_are_refused(ckpt, photos, three_jobs, tmp_path):
     other = tmp_path / "wider"
     run_shards(expand_inputs(inputs(photos)), other, job(ckpt), selection=(1, 3), shard_size=2 * SHARD)
-    with pytest.raises(ShardMismatchError, match="shard_size"):
+    with pytest.raises(ShardMismatchError, match="different runs .batch size 2 and shard size 8, not 2 and 4"):
         combine([three_jobs, other], EmbedPaths.for_output(tmp_path / "out.npy"))
 
 
@@ -167,7 +167,10 @@ def test_a_job_rerun_needs_resume_and_then_skips_its_finished_shards(ckpt, photo
     again = run_job(ckpt, photos, shard_dir, (0, 2), resume=True)
     assert again.ran == [4] and again.skipped == [0, 2]
     assert (shard_dir / "shard-000002" / "rows.npy").stat().st_mtime_ns == stamp
-    with pytest.raises(ShardMismatchError):  # the inputs changed: these shards are of another list
+    shutil.rmtree(shard_dir / "shard-000004")  # something to do, with other options than shards 0 and 2
+    with pytest.raises(ShardMismatchError, match="normalize: False in it, True in this run"):
+        run_job(ckpt, photos, shard_dir, (0, 2), resume=True, job=job(ckpt, normalize=True))
+    with pytest.raises(ShardMismatchError, match="inputs changed"):  # these shards are of another list
         run_shards(expand_inputs([str(photos)]), shard_dir, job(ckpt), selection=(0, 2), shard_size=SHARD, resume=True)
 
 

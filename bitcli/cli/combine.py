@@ -43,7 +43,11 @@ RayAddressOpt = Annotated[
 WorkersOpt = Annotated[
     Optional[int],
     typer.Option(
-        "--workers", min=1, metavar="N", help="Ray workers, each loading the model once (default: what the cluster holds).", rich_help_panel=PANEL
+        "--workers",
+        min=1,
+        metavar="N",
+        help="Ray workers, each loading the model once (default: what the cluster holds).",
+        rich_help_panel=PANEL,
     ),
 ]
 GpusOpt = Annotated[
@@ -70,7 +74,10 @@ ShardSizeOpt = Annotated[
 ShardDirOpt = Annotated[
     Optional[Path],
     typer.Option(
-        "--shard-dir", metavar="DIR", help="Where shards go (default: OUT.npy.shards); on a cluster, shared storage.", rich_help_panel=PANEL
+        "--shard-dir",
+        metavar="DIR",
+        help="Where shards go (default: OUT.npy.shards); on a cluster, shared storage.",
+        rich_help_panel=PANEL,
     ),
 ]
 
@@ -139,8 +146,8 @@ def embed_distributed(
 def _kept_on_failure(ui: Ui, shard_dir: Path) -> Iterator[None]:
     try:
         yield
-    except BaseException:
-        if shard_dir.is_dir() and any(p.name.startswith("shard-") for p in shard_dir.iterdir()):
+    except BaseException as exc:  # not after a usage error: that one says what to do itself
+        if not isinstance(exc, UsageError) and shard_dir.is_dir() and any(p.name.startswith("shard-") for p in shard_dir.iterdir()):
             ui.info(f"finished shards kept in {shard_dir}; rerun with --resume to continue")
         raise
 

@@ -71,13 +71,14 @@ def plan(shards: Sequence[ShardInfo], sources: Sequence[Path], *, split: Split |
     for shard in ordered:
         if shard.split != reference_split:
             raise ShardMismatchError(
-                f"{shard.folder} was cut from another input list or split than {first.folder} "
-                f"({describe_difference(shard.split.to_json(), reference_split.to_json())}); combine the shards of one run"
+                f"{shard.folder} and {first.folder} are of different runs ({shard.split.unlike(reference_split)}); "
+                "combine the shards of one run"
             )
         if shard.settings() != first.settings():
+            names = (f"in {shard.folder.name}", f"in {first.folder.name}")
             raise ShardMismatchError(
                 f"{shard.folder} was made with other settings than {first.folder} "
-                f"({describe_difference(shard.settings(), first.settings())}); rerun it with the same model and options"
+                f"({describe_difference(shard.settings(), first.settings(), names)}); rerun it with the same model and options"
             )
     by_index: dict[int, ShardInfo] = {}
     for shard in ordered:
@@ -89,7 +90,8 @@ def plan(shards: Sequence[ShardInfo], sources: Sequence[Path], *, split: Split |
     missing = [i for i in range(reference_split.shards) if i not in by_index]
     if missing:
         raise MissingShardError(
-            f"{len(missing)} of {reference_split.shards} shards have no output yet (shard {name_some(missing)}); "
+            f"{len(missing)} of {reference_split.shards} shards have no output yet "
+            f"(shard{'s' if len(missing) > 1 else ''} {name_some(missing)}); "
             "run them (bit embed ... --shard I/N) and combine again"
         )
     return [by_index[i] for i in range(reference_split.shards)]

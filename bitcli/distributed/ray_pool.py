@@ -188,7 +188,7 @@ class ShardPool:
             if settings != self.reference:
                 raise ShardMismatchError(
                     f"shard {row['shard']} was made with other settings than the run's other shards "
-                    f"({describe_difference(settings, self.reference)}); pass --overwrite to start over"
+                    f"({describe_difference(settings, self.reference, ('in it', 'in the others'))}); pass --overwrite to start over"
                 )
             self.finished.append(_Done(int(row["shard"]), int(row["failed"])))
             report_progress(self.progress, spool.split, self.finished)
@@ -279,7 +279,8 @@ class ShardActor:
                     out[key].append(value)
         except BitError as exc:
             # Sent back as a row: an exception raised here reaches the driver only as text.
-            error = {"module": type(exc).__module__, "name": type(exc).__qualname__, "message": str(exc), "exit_code": exc.exit_code}
+            kind = type(exc)
+            error = {"module": kind.__module__, "name": kind.__qualname__, "message": str(exc), "exit_code": exc.exit_code}
             out = {"shard": [-1], "rows": [0], "failed": [0], "settings": [""], "error": [json.dumps(error)]}
         return out
 

@@ -205,7 +205,8 @@ def _check_files(info: ShardInfo) -> None:
     except (OSError, ValueError) as exc:
         raise ShardError(f"{folder}: damaged shard ({first_line(exc)}); remove it and run that shard again") from exc
     expected = (info.rows, info.dim)
-    if shape != expected or fortran or dtype != np.dtype(info.dtype).newbyteorder("<") or size != header_len + info.rows * info.dim * dtype.itemsize:
+    wrong_type = fortran or dtype != np.dtype(info.dtype).newbyteorder("<")
+    if shape != expected or wrong_type or size != header_len + info.rows * info.dim * dtype.itemsize:
         raise ShardError(f"{folder}/rows.npy does not hold {expected[0]} rows of {info.dim} {info.dtype}; run that shard again")
     if lines != [info.rows, info.failed]:
         raise ShardError(f"{folder}: paths.txt or errors.txt does not match shard.json; run that shard again")
@@ -258,10 +259,8 @@ def finished_shards(directory: Path, split: Split, indices: Iterable[int] | None
             continue
         info = read_shard(folder)
         if info.split != split:
-            raise ShardMismatchError(
-                f"{folder} was cut from another input list or split ({describe_difference(info.split.to_json(), split.to_json())}); "
-                "pass --overwrite to start over"
-            )
+            difference = info.split.unlike(split)
+            raise ShardMismatchError(f"{folder} belongs to another run ({difference}); pass --overwrite to start over")
         done[index] = info
     return done
 
@@ -280,33 +279,32 @@ def remove_shards(directory: Path, indices: Iterable[int] | None = None) -> None
     wanted = None if indices is None else set(indices)
     for index, folder in shard_folders(directory).items():
         if wanted is None or index in wanted:
-            for name in SHARD_FILES:
-                (folder / name).unlink(missing_ok=True)
-            try:
-                folder.rmdir()
-            except OSError:
-                pass  # something else lives there: leave it
+            _remove_files(folder, SHARD_FILES)
     remove_temporary(directory, indices)
 
 
 def remove_directory(directory: Path, files: Sequence[str] = ()) -> None:
     """Remove the shards, the named `files` and then `directory`, if nothing else lives there."""
     remove_shards(directory)
-    for name in files:
-        (directory / name).unlink(missing_ok=True)
+    _remove_files(directory, files)
+
+
+def _remove_files(folder: Path, names: Iterable[str]) -> None:
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
     try:
-        directory.rmdir()
+        folder.rmdir()
     except OSError:
         pass  # something else lives there: leave it
 
 
-def describe_difference(theirs: dict[str, Any], mine: dict[str, Any]) -> str:
-    """'batch_size: 8 there, 16 here' for the first keys that differ (nested dicts flattened)."""
-    flat_theirs, flat_mine = _flatten(theirs), _flatten(mine)
+def describe_difference(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now")) -> str:
+    """'normalize: True then, False now' for the first two keys that differ (nested dicts flattened)."""
+    flat_first, flat_second = _flatten(first), _flatten(second)
     diffs = [
-        f"{key}: {flat_theirs.get(key)!r} there, {flat_mine.get(key)!r} here"
-        for key in sorted(set(flat_theirs) | set(flat_mine))
-        if flat_theirs.get(key) != flat_mine.get(key)
+        f"{key}: {flat_first.get(key)!r} {names[0]}, {flat_second.get(key)!r} {names[1]}"
+        for key in sorted(set(flat_first) | set(flat_second))
+        if flat_first.get(key) != flat_second.get(key)
     ]
     return "; ".join(diffs[:2]) or "unknown"
 

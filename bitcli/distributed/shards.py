@@ -83,6 +83,12 @@ class Split:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def unlike(self, other: "Split") -> str:
+        """How this split differs from `other`, for a message."""
+        if (self.inputs, self.entries) != (other.inputs, other.entries):
+            return "the inputs changed"
+        return f"batch size {self.batch_size} and shard size {self.shard_size}, not {other.batch_size} and {other.shard_size}"
+
     @classmethod
     def from_json(cls, data: Any) -> "Split":
         return cls(**{key: data[key] for key in ("batch_size", "shard_size", "entries", "inputs")})

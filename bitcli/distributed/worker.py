@@ -17,6 +17,7 @@ from bitcli.distributed.seams import InputError, InputItem, RunOptions, UsageErr
 from bitcli.distributed.shardfiles import (
     Commit,
     ShardInfo,
+    describe_difference,
     finished_shards,
     read_shard,
     remove_shards,
@@ -128,8 +129,13 @@ class ShardWorker:
 
     def _check_same(self, info: ShardInfo, split: Split) -> None:
         mine = ShardInfo(info.index, split, self.fingerprint, self.dim, self.job.dtype, 0, 0, info.folder)
-        if info.split != split or info.settings() != mine.settings():
-            raise ShardMismatchError(f"{info.folder} was made by another run or with other settings; pass --overwrite to start over")
+        if info.split != split:
+            difference = info.split.unlike(split)
+        elif info.settings() != mine.settings():
+            difference = describe_difference(info.settings(), mine.settings(), ("in it", "in this run"))
+        else:
+            return
+        raise ShardMismatchError(f"{info.folder} belongs to another run ({difference}); pass --overwrite to redo it")
 
     def check_shards(self, done: Iterable[ShardInfo]) -> None:
         """Refuse to add to shards made with another model, preprocessing or options."""
