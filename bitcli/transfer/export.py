@@ -93,8 +93,11 @@ def write_checkpoint(
     _write_json(directory / "preprocessor_config.json", preprocessor_dict(preprocess))
 
 
-def write_report(directory: Path, report: dict[str, Any]) -> None:
-    _write_json(directory / REPORT, {REPORT_MARKER: 1, **report})
+def write_report(directory: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Write the training report (with the marker `--overwrite` looks for); returns what was written."""
+    written = {REPORT_MARKER: 1, **report}
+    _write_json(directory / REPORT, written)
+    return written
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -124,7 +124,7 @@ def train(
         else:
             details = _finetune(base_model, train_set, val_set, staging.path, outdir, options, callbacks)
         report = _report(base_model, train_set, val_set, options, details, time.monotonic() - started, data)
-        write_report(staging.path, report)
+        report = write_report(staging.path, report)
         staging.commit()
     if options.method == "finetune":
         shutil.rmtree(state_dir_for(outdir), ignore_errors=True)
