@@ -38,7 +38,7 @@ def _logits_agree(outdir, x):
     """bitcli's and transformers' logits for pixel tensor `x` from OUTDIR; returns bitcli's."""
     from transformers import BitForImageClassification
 
-    ours = bitcli.load(str(outdir), device="cpu").loaded.model
+    ours = bitcli.load(str(outdir), device="cpu").model
     with torch.no_grad():
         got = ours.forward_head(ours.forward_features(x)[1])
         reference = BitForImageClassification.from_pretrained(outdir).eval()(x).logits
@@ -62,7 +62,7 @@ def test_linear_outdir_is_a_classifier_of_the_users_classes(photos, tmp_path, tm
     predictions = bitcli.classify([str(photos)], model=str(out), device="cpu", top_k=1)
     assert {r.predictions[0].label for r in predictions} <= set(CLASSES)
     # The base's evaluation preprocessing.
-    assert bitcli.load(str(out), device="cpu").loaded.preprocess == PreprocessConfig.load(base)
+    assert bitcli.load(str(out), device="cpu").preprocess == PreprocessConfig.load(base)
 
 
 @pytest.mark.parametrize("kind", ["timm", "npz", "transformers"])

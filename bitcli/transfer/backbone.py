@@ -30,10 +30,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from bitcli.checkpoint import read_checkpoint  # raw (unstandardized) weights, canonical names
-from bitcli.config import BitConfig
 from bitcli.errors import CheckpointError
-from bitcli.model import BiT, StdConv2d
+from bitcli.model import BiT, BitConfig, StdConv2d
 from bitcli.preprocess import PreprocessConfig
+from bitcli.util import first_line
 
 TRANSFORMERS_WS_EPS = 1e-8  # what transformers' BiT standardizes with (fixed in its code)
 HEAD_KEYS = ("classifier.1.weight", "classifier.1.bias")
@@ -87,7 +87,7 @@ def load_base(ref: str | Path, *, offline: bool | None = None) -> Base:
     except CheckpointError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{ref}: cannot read the checkpoint ({str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(f"{ref}: cannot read the checkpoint ({first_line(exc)})") from exc
     backbone = {k: v.to(torch.float32) for k, v in raw.state_dict.items() if k not in HEAD_KEYS}
     return Base(
         ref=str(ref),
@@ -138,7 +138,7 @@ def trainable_model(base: Base, classes: list[str], head: dict[str, Tensor] | No
     try:
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{base.ref}: weights do not fit {config.variant_name} ({str(exc).splitlines()[0]})")
+        raise CheckpointError(f"{base.ref}: weights do not fit {config.variant_name} ({first_line(exc)})") from None
     for module in model.modules():
         if isinstance(module, StdConv2d):
             parametrize.register_parametrization(module, "weight", Standardize(module.eps))

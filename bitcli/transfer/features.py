@@ -121,7 +121,7 @@ def model_key(embedder: Any) -> dict[str, Any]:
     """The cache key of an `bitcli.Embedder` (see the module docstring)."""
     key = {k: v for k, v in embedder.fingerprint().items() if k not in ("batch_size", "convolution", "device")}
     files = []
-    for f in embedder.model.loaded.files:
+    for f in embedder.model.files:
         try:
             info = os.stat(f)
             files.append([Path(f).name, info.st_size, info.st_mtime_ns])
