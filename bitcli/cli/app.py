@@ -16,7 +16,8 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from bitcli.cli import classify, embed, info
+from bitcli.cli import classify, embed, info, train
+from bitcli.cli import eval as eval_cmd
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
     EXIT_CODES_HELP,
@@ -35,7 +36,8 @@ app = typer.Typer(
         "  bit classify cat.jpg\n\n"
         "  bit classify photos/ --top-k 3 --format csv > labels.csv\n\n"
         "  bit embed 'photos/**/*.jpg' -o photos.npy --normalize\n\n"
-        "  bit inspect google/bit-50 --format json\n\n" + EXIT_CODES_HELP
+        "  bit inspect google/bit-50 --format json\n\n"
+        "  bit train photos/ -o my-model --val-split 0.2\n\n" + EXIT_CODES_HELP
     ),
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -115,8 +117,8 @@ def guarded(command: Callable[..., int]) -> Callable[..., None]:
     return run
 
 
-def register(command: Callable[..., int], epilog: str) -> None:
-    app.command(epilog=epilog)(guarded(command))
+def register(command: Callable[..., int], epilog: str, name: str | None = None) -> None:
+    app.command(name=name, epilog=epilog)(guarded(command))
 
 
 register(classify.classify, classify.EPILOG)
@@ -124,6 +126,8 @@ register(embed.embed, embed.EPILOG)
 register(info.inspect, info.INSPECT_EPILOG)
 register(info.download, info.DOWNLOAD_EPILOG)
 register(info.models, info.MODELS_EPILOG)
+register(train.train, train.EPILOG)
+register(eval_cmd.eval_command, eval_cmd.EPILOG, name="eval")
 
 
 def _silence_stdout() -> None:

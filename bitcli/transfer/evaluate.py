@@ -106,17 +106,17 @@ def evaluate(
     **classifier_options: Any,
 ) -> Evaluation:
     """Classify every example of `data` with `model` (anything `bitcli.load` takes) and score it."""
-    import bitcli
     from bitcli.inputs import InputItem
+    from bitcli.pipeline import DEFAULT_MODEL, Classifier, load
 
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    loaded = bitcli.load(model, device=classifier_options.pop("device", "auto")) if model is not None else bitcli.load()
+    loaded = load(DEFAULT_MODEL if model is None else model, device=classifier_options.pop("device", None))
     num_labels = int(loaded.config.num_labels)
     if num_labels < 1:
         raise DataError(f"{loaded.name} has no classifier head (features only); it cannot be evaluated")
     labels = loaded.labels(classifier_options.pop("labels", None))
     target_of = match_classes(dataset.classes, labels.names, labels.synsets)
-    classifier = bitcli.Classifier(loaded, top_k=min(TOP_K, num_labels), labels=labels, **classifier_options)
+    classifier = Classifier(loaded, top_k=min(TOP_K, num_labels), labels=labels, **classifier_options)
     items = [InputItem(index=i, path=p) for i, p in enumerate(dataset.paths)]
     truth, tops, failed = [], [], []
     for i, result in enumerate(classifier.classify(items)):

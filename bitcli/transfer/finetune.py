@@ -13,7 +13,7 @@ out-of-memory error on a GPU.
 Checkpoints: every `checkpoint_seconds` (and every `checkpoint_every` steps when set) the raw
 weights, the momentum buffers, the step, the losses and the unreadable images go to `state_dir`
 (safetensors + JSON, written atomically), and once more when the run is interrupted with Ctrl-C
-outside the optimizer's update. `run(resume=True)` continues from there; because every random
+(held back during the optimizer's update, so weights, momentum and step always agree). `run(resume=True)` continues from there; because every random
 choice is a function of (seed, step), the resumed run computes the same steps an uninterrupted
 one would. Library code never prints: the plan (with the time estimate measured on the first
 steps) and per-step progress go to callbacks.
@@ -22,10 +22,7 @@ steps) and per-step progress go to callbacks.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,9 +41,8 @@ from .backbone import Base, raw_weights, trainable_model
 from .data import DataError, Dataset
 from .hyperrule import BASE_BATCH, MOMENTUM, Resolution, make_rule, resolution
 from .sampler import Sampler
+from .state import STATE_INFO, Session, deferred_interrupt, restore, save
 
-STATE_WEIGHTS = "state.safetensors"
-STATE_INFO = "state.json"
 _AREA_SAMPLE = 200
 _TRAINING_MEMORY_FACTOR = 10  # stored activations per block, relative to its output (an estimate)
 
@@ -219,11 +215,11 @@ class Finetuner:
     ) -> FinetuneResult:
         """Train to the end of the schedule; `resume` continues from `state_dir`'s checkpoint."""
         optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=MOMENTUM, weight_decay=0.0)
-        session = _Session(losses=[], bad={}, seconds=0.0, step=0)
+        session = Session()
         if resume:
             if not self.has_state():
                 raise UsageError(f"{self.state_dir}: no interrupted run to resume; run without --resume")
-            session = self._restore(optimizer)
+            session = restore(self.state_dir, self.model, optimizer, self.fingerprint(), self.device)
         plan = self.plan(start_step=session.step)
         sampler = Sampler(
             self.train, self.resolution, self.base.preprocess,
@@ -255,7 +251,6 @@ class Finetuner:
         start, started = session.step, time.monotonic()
         base_seconds, last_save = session.seconds, started
         durations: list[float] = []
-        updating = False
         try:
             step_started, loss_sum = time.monotonic(), 0.0
             for step, micro, offsets, (x, y) in self._units(sampler, session.step):
@@ -267,11 +262,10 @@ class Finetuner:
                 loss_sum += self._micro_step(x, y, step, micro, len(offsets), sampler)
                 if offsets.stop < self.rule.batch_size:
                     continue
-                updating = True
-                optimizer.step()
-                updating = False
-                session.step = step + 1
-                session.losses.append(loss_sum / self.rule.batch_size)
+                with deferred_interrupt():  # weights, momentum and step change together or not at all
+                    optimizer.step()
+                    session.step = step + 1
+                    session.losses.append(loss_sum / self.rule.batch_size)
                 durations.append(time.monotonic() - step_started)
                 now = time.monotonic()
                 session.seconds = base_seconds + (now - started)
@@ -290,10 +284,15 @@ class Finetuner:
                     on_progress(Progress(session.step, self.rule.steps, session.losses[-1],
                                          float(optimizer.param_groups[0]["lr"]), now - started, eta, len(sampler.bad)))
         except KeyboardInterrupt:
-            # Weights and momentum are consistent unless the interrupt hit the update itself.
-            if not updating and self.state_dir is not None and session.step > start:
+            # Consistent: an interrupt during the update is delivered after it (_deferred_interrupt).
+            if self.state_dir is not None and session.step > start:
                 self._save(optimizer, session, sampler)
             raise
+
+    def _save(self, optimizer, session: Session, sampler: Sampler) -> None:
+        assert self.state_dir is not None
+        session.bad = sampler.bad  # the live table (state.save copies it)
+        save(self.state_dir, self.model, optimizer, session, self.fingerprint())
 
     def _checkpoint_due(self, step: int, since_save: float) -> bool:
         if self.state_dir is None or step >= self.rule.steps:
@@ -333,67 +332,3 @@ class Finetuner:
                 pending = (unit, future)
             if pending is not None:
                 yield (*pending[0], pending[1].result())
-
-    # -- checkpoints --------------------------------------------------------------------------
-
-    def _save(self, optimizer, session: "_Session", sampler: Sampler) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        for name, param in self.model.named_parameters():
-            buf = optimizer.state.get(param, {}).get("momentum_buffer")
-            if buf is not None:
-                tensors[f"momentum/{name}"] = buf.detach().cpu().contiguous()
-        info = {
-            "fingerprint": self.fingerprint(),
-            "step": session.step,
-            "losses": session.losses,
-            "seconds": session.seconds,
-            "bad": {str(k): v for k, v in dict(sampler.bad).items()},  # a copy: loader threads add to it
-        }
-        assert self.state_dir is not None
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        _atomic(self.state_dir / STATE_WEIGHTS, lambda path: save_file(tensors, path))
-        _atomic(self.state_dir / STATE_INFO, lambda path: Path(path).write_text(json.dumps(info)))
-
-    def _restore(self, optimizer) -> "_Session":
-        from safetensors.torch import load_file
-
-        assert self.state_dir is not None
-        try:
-            info = json.loads((self.state_dir / STATE_INFO).read_text(encoding="utf-8"))
-            tensors = load_file(self.state_dir / STATE_WEIGHTS)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{self.state_dir}: the checkpoint cannot be read ({exc}); start again with --overwrite")
-        if info.get("fingerprint") != json.loads(json.dumps(self.fingerprint())):
-            raise UsageError(
-                f"{self.state_dir}: the interrupted run used other data, base model or settings; "
-                "repeat its options or start again with --overwrite"
-            )
-        model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-        self.model.load_state_dict(model_state, strict=True)
-        for name, param in self.model.named_parameters():
-            buf = tensors.get(f"momentum/{name}")
-            if buf is not None:
-                optimizer.state[param]["momentum_buffer"] = buf.to(self.device)
-        bad = {int(k): str(v) for k, v in info.get("bad", {}).items()}
-        return _Session(losses=list(info["losses"]), bad=bad, seconds=float(info["seconds"]), step=int(info["step"]))
-
-
-@dataclass
-class _Session:
-    losses: list[float]
-    bad: dict[int, str]
-    seconds: float
-    step: int
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
