@@ -284,7 +284,7 @@ class Finetuner:
                     on_progress(Progress(session.step, self.rule.steps, session.losses[-1],
                                          float(optimizer.param_groups[0]["lr"]), now - started, eta, len(sampler.bad)))
         except KeyboardInterrupt:
-            # Consistent: an interrupt during the update is delivered after it (_deferred_interrupt).
+            # Consistent: an interrupt during the update is delivered after it (state.deferred_interrupt).
             if self.state_dir is not None and session.step > start:
                 self._save(optimizer, session, sampler)
             raise

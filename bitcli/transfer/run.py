@@ -128,7 +128,7 @@ def train(
         staging.commit()
     if options.method == "finetune":
         shutil.rmtree(state_dir_for(outdir), ignore_errors=True)
-    return TrainResult(outdir, report, details["skipped"])
+    return TrainResult(outdir, report, list(train_set.unreadable) + details["skipped"])
 
 
 def _check_options(options: TrainOptions, outdir: Path) -> None:
