@@ -115,7 +115,7 @@ def fit(
         [w, b],
         lr=1.0,
         max_iter=max_iter,
-        history_size=20,
+        history_size=10,  # scipy's default; the two-loop recursion is most of an iteration's cost here
         tolerance_grad=tolerance,  # on the largest gradient entry
         tolerance_change=tolerance * 1e-3,
         line_search_fn="strong_wolfe",
@@ -174,9 +174,10 @@ def choose_l2(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0) -> 
         xtr, xte = scaler(x[train_idx]), scaler(x[test_idx])
         init = None
         for l2 in L2_GRID:
-            # A looser tolerance while choosing: predictions agree with the tight solution on
-            # >99.9% of rows, at half the iterations on nearly separable, weakly regularized data.
-            init = fit(xtr, y[train_idx], num_classes, l2, init=init, tolerance=1e-5)
+            # Looser while choosing (tolerance, at most 150 iterations from the warm start):
+            # held-out predictions agree with the tight solution on >99% of rows, and nearly
+            # separable, weakly regularized folds no longer run to 500 iterations each.
+            init = fit(xtr, y[train_idx], num_classes, l2, init=init, tolerance=1e-5, max_iter=150)
             accuracy, loss = _score(xte, y[test_idx], *init)
             totals[l2][0] += accuracy * len(test_idx)
             totals[l2][1] += loss * len(test_idx)
