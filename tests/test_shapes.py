@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from bitcli.config import BitConfig
-from bitcli.model import BiT
-from bitcli.shapes import count_macs, count_parameters, parameter_shapes
+from bitcli.model.config import BitConfig
+from bitcli.model.architecture import BiT
+from bitcli.model.shapes import count_macs, count_parameters, parameter_shapes
 
 CONFIGS = {
     "bit-50 at 448": (dict(), (448, 448)),

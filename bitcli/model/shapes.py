@@ -3,7 +3,8 @@
 `bit inspect` describes a checkpoint without loading it: the names and shapes the weights must
 have (`parameter_shapes`, exactly `BiT(config).state_dict()`'s), hence the parameter count, and
 the multiply-accumulates of one forward pass (`count_macs`), worked out layer by layer from the
-same padding rules the network uses. tests/test_shapes.py holds both to the real module.
+same padding rules the network uses (`architecture.py` takes its padding and stage plan from
+here). tests/test_shapes.py holds both to the real module.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from bitcli.config import make_divisible
+from bitcli.model.config import make_divisible
 
 if TYPE_CHECKING:
-    from bitcli.config import BitConfig
+    from bitcli.model.config import BitConfig
 
 Shape = tuple[int, ...]
 
