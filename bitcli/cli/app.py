@@ -19,23 +19,23 @@ import typer
 from bitcli.cli import classify, embed, info
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
-    EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     Ui,
 )
+from bitcli.cli.helpscreen import BitCommand, BitGroup, epilog
 from bitcli.errors import BitError
 
 app = typer.Typer(
     name="bit",
-    help=(
-        "Classify and embed images with Big Transfer (BiT) models.\n\n"
-        "[dim]Examples:[/dim]\n\n"
-        "  bit classify cat.jpg\n\n"
-        "  bit classify photos/ --top-k 3 --format csv > labels.csv\n\n"
-        "  bit embed 'photos/**/*.jpg' -o photos.npy --normalize\n\n"
-        "  bit inspect google/bit-50 --format json\n\n" + EXIT_CODES_HELP
+    cls=BitGroup,
+    help="Classify and embed images with Big Transfer (BiT) models.\n\n"
+    + epilog(
+        "bit classify cat.jpg",
+        "bit classify photos/ --top-k 3 --format csv > labels.csv",
+        "bit embed 'photos/**/*.jpg' -o photos.npy --normalize",
+        "bit inspect google/bit-50 --format json",
     ),
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -115,8 +115,8 @@ def guarded(command: Callable[..., int]) -> Callable[..., None]:
     return run
 
 
-def register(command: Callable[..., int], epilog: str) -> None:
-    app.command(epilog=epilog)(guarded(command))
+def register(command: Callable[..., int], examples: str) -> None:
+    app.command(cls=BitCommand, epilog=examples)(guarded(command))
 
 
 register(classify.classify, classify.EPILOG)

@@ -14,10 +14,7 @@ from typing import Any
 
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-EXIT_CODES_HELP = (
-    "Exit codes: 0 all inputs succeeded, 1 some inputs failed (the rest were processed), "
-    "2 usage error, 3 the model could not be resolved or loaded, 130 interrupted, 141 stdout closed early."
-)
+from bitcli.cli.common import EXIT_CODES_HELP
 
 
 def epilog(*examples: str, note: str = "") -> str:

@@ -43,6 +43,7 @@ class Bar:
         return time.monotonic() - self.started
 
     def advance(self, count: int) -> None:
+        """`count` more images are done."""
         self.done += count
         if self._progress is None:
             return
@@ -52,19 +53,21 @@ class Bar:
         self._progress.update(self._task, advance=count, rate=f"{rate_text(rate)} img/s" if rate > 0 else "", eta=eta)
 
     @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Erase the bar while the caller writes to the terminal; draw it again below."""
+    def paused(self, done: int = 0, *, screen: bool = True) -> Iterator[None]:
+        """Erase the bar while the caller writes to the terminal; then count `done` more images
+        and draw the bar again below what was written. Ctrl-C waits for the end of the block.
+
+        `screen=False`: the block writes nothing to the terminal (jsonl into a pipe), so the bar
+        stays where it is instead of flickering."""
+        live = self._progress is not None and screen
         with held_interrupt():
-            if self._progress is None:
-                yield
-                _flush()
-                return
-            self._progress.stop()
-            try:
-                yield
-            finally:
-                _flush()
-            self._progress.start()
+            if live:
+                self._progress.stop()
+            yield
+            _flush()
+            self.advance(done)
+            if live:
+                self._progress.start()
 
 
 def _progress(console: Any) -> Any:
