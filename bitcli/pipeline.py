@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     import torch
 
     from bitcli.checkpoint.loading import LoadedModel
-    from bitcli.hub import ResolvedModel
     from bitcli.inputs import InputItem
     from bitcli.labels import Labels
 
@@ -117,20 +116,14 @@ def load(
         return check_loaded(model, device, precision)
     from bitcli import hub
 
-    resolve_device(device)  # an unavailable device fails before anything is downloaded
-    return load_resolved(hub.resolve_model(str(model), offline=offline, progress=progress), device=device, precision=precision)
-
-
-def load_resolved(resolved: ResolvedModel, *, device: str | None = None, precision: str | None = None) -> LoadedModel:
-    """Load a model reference `hub.resolve_model` has already brought to disk."""
-    from bitcli.checkpoint.loading import load_model
-
+    torch_device = resolve_device(device)
+    resolved = hub.resolve_model(str(model), offline=offline, progress=progress)
     try:
-        return load_model(resolved.path, device=resolve_device(device), precision=precision or "fp32", resolved=resolved)
+        return load_model(resolved.path, device=torch_device, precision=precision or "fp32", resolved=resolved)
     except BitError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{resolved.ref}: cannot load the checkpoint ({first_line(exc)})") from exc
+        raise CheckpointError(f"{model}: cannot load the checkpoint ({first_line(exc)})") from exc
 
 
 def check_loaded(model: LoadedModel, device: str | None, precision: str | None) -> LoadedModel:

@@ -185,3 +185,24 @@ def test_output_without_npy_gets_it_as_numpy_save_would(ckpt, tmp_path):
     assert "vecs.npy" in result.stderr
     again = run(["embed", tmp_path / "p", "-o", tmp_path / "vecs", "-m", ckpt])
     assert again.exit_code == 2 and "vecs.npy already exists" in again.stderr
+
+
+def test_inspect_of_a_hub_repository_names_it_whether_read_or_loaded(tmp_path, monkeypatch):
+    """A pickle-only repository is loaded, a safetensors one read: both reports name the reference."""
+    from checkpoints import TINY, save_reference_checkpoint, tiny_preprocessor
+    from hubserver import FakeHub
+
+    hub = FakeHub().start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        for weights in ("pickle", "safetensors"):
+            save_reference_checkpoint(tmp_path / weights, weights=weights, preprocessor=tiny_preprocessor(32), **TINY)
+            hub.add_commit(f"acme/tiny-{weights}", tmp_path / weights)
+            result = run(["inspect", f"acme/tiny-{weights}", "--format", "json"])
+            assert result.exit_code == 0, result.stderr
+            report = json.loads(result.stdout)
+            assert report["repo_id"] == report["model"] == f"acme/tiny-{weights}" and report["source"] == "download"
+            assert len(report["commit"]) == 40
+            assert result.stderr.count("weights_only=True") == (1 if weights == "pickle" else 0)
+    finally:
+        hub.stop()

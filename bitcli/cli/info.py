@@ -72,9 +72,10 @@ def describe(resolved: Any, device: Device) -> Any:
 
     described = describe_checkpoint(Path(resolved.path), resolved)
     if described is None:
-        from bitcli.pipeline import load_resolved
+        from bitcli.pipeline import load
 
-        described = load_resolved(resolved, device=device.value)
+        described = load(str(resolved.path), device=device.value)
+        described.resolved = resolved  # the report names the reference given, not the directory
     return described
 
 
