@@ -168,8 +168,9 @@ def run_on_screen(
 # -- what the tests look for on a screen ------------------------------------------------------------
 
 BAR_WORD = re.compile(r"\b(classifying|embedding)\b")
-# What a progress line may hold: its description, bar glyphs, counts, percentages, rates and times.
-_BAR_TOKEN = re.compile(r"classifying|embedding|\d+(\.\d+)? ?(img/s|s)\b|eta|elapsed|[━╸╺─•\s]|[\d:./%-]")
+# What a progress line may hold: its description, bar glyphs, counts, percentages, rates and times,
+# and `^C`: the terminal itself echoes the key at the cursor, which sits at the end of the bar.
+_BAR_TOKEN = re.compile(r"classifying|embedding|\d+(\.\d+)? ?(img/s|s)\b|eta|elapsed|\^C|[━╸╺─•\s]|[\d:./%-]")
 SUMMARY = re.compile(r"(?P<done>\d+) images?, (?P<failed>\d+) failed, [\d.]+ s, [\d.]+ img/s")
 
 
