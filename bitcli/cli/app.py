@@ -20,24 +20,24 @@ from bitcli.cli import classify, embed, info, train
 from bitcli.cli import eval as eval_cmd
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
-    EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     Ui,
 )
+from bitcli.cli.helpscreen import BitCommand, BitGroup, epilog
 from bitcli.errors import BitError
 
 app = typer.Typer(
     name="bit",
-    help=(
-        "Classify and embed images with Big Transfer (BiT) models.\n\n"
-        "[dim]Examples:[/dim]\n\n"
-        "  bit classify cat.jpg\n\n"
-        "  bit classify photos/ --top-k 3 --format csv > labels.csv\n\n"
-        "  bit embed 'photos/**/*.jpg' -o photos.npy --normalize\n\n"
-        "  bit inspect google/bit-50 --format json\n\n"
-        "  bit train photos/ -o my-model --val-split 0.2\n\n" + EXIT_CODES_HELP
+    cls=BitGroup,
+    help="Classify and embed images with Big Transfer (BiT) models.\n\n"
+    + epilog(
+        "bit classify cat.jpg",
+        "bit classify photos/ --top-k 3 --format csv > labels.csv",
+        "bit embed 'photos/**/*.jpg' -o photos.npy --normalize",
+        "bit inspect google/bit-50 --format json",
+        "bit train photos/ -o my-model --val-split 0.2",
     ),
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -117,8 +117,8 @@ def guarded(command: Callable[..., int]) -> Callable[..., None]:
     return run
 
 
-def register(command: Callable[..., int], epilog: str, name: str | None = None) -> None:
-    app.command(name=name, epilog=epilog)(guarded(command))
+def register(command: Callable[..., int], examples: str, name: str | None = None) -> None:
+    app.command(name=name, cls=BitCommand, epilog=examples)(guarded(command))
 
 
 register(classify.classify, classify.EPILOG)

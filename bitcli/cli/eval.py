@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from bitcli.cli.common import (
-    EXIT_CODES_HELP,
     EXIT_OK,
     EXIT_SOME_FAILED,
     BatchSizeOpt,
@@ -26,16 +25,17 @@ from bitcli.cli.common import (
     require_stdout,
     run_options,
 )
+from bitcli.cli.helpscreen import epilog
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 
-EPILOG = (
-    "[dim]Examples:[/dim]\n\n"
-    "  bit eval photos-test/ -m my-model\n\n"
-    "  bit eval labels.csv -m my-model --format json | jq .accuracy\n\n"
-    "  bit eval imagenet-val/ -m google/bit-50    [dim](folders named n01440764 ... or after the labels)[/dim]\n\n"
-    "DATA: a folder with one sub-folder per class, or a CSV/JSONL file of path,label. Class names are "
-    "matched to the model's labels (exactly, by WordNet id, or ignoring case, _ and -, or one synonym).\n\n"
-    + EXIT_CODES_HELP
+EPILOG = epilog(
+    "bit eval photos-test/ -m my-model",
+    "bit eval labels.csv -m my-model --format json | jq .accuracy",
+    "bit eval imagenet-val/ -m google/bit-50  # folders named n01440764 ... or after the labels",
+    note=(
+        "DATA: a folder with one sub-folder per class, or a CSV/JSONL file of path,label. Class names are "
+        "matched to the model's labels (exactly, by WordNet id, or ignoring case, _ and -, or one synonym)."
+    ),
 )
 
 
@@ -60,14 +60,13 @@ def eval_command(
     dataset = load_dataset(data)  # data errors before the model loads
     options = run_options(device, precision, batch_size, threads)
     loaded = load_model(model, options, ui, threads)
-    with ui.progress(len(dataset), "evaluating") as advance:
-        done = [0]
+    with ui.progress(len(dataset), "evaluating") as bar:
 
         def step(count: int, total: int) -> None:
-            advance(count - done[0])
-            done[0] = count
+            bar.advance(count - bar.done)
 
         result = evaluate(dataset, loaded, progress=step, batch_size=batch_size, workers=threads)
+    ui.summary(bar, len(result.failed))
     for path, reason in result.failed:
         ui.error(f"{path}: {reason}")
     render_evaluation(result.as_dict(), format.value, sys.stdout)

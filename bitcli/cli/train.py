@@ -15,7 +15,6 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from bitcli.cli.common import (
-    EXIT_CODES_HELP,
     EXIT_OK,
     EXIT_SOME_FAILED,
     DebugOpt,
@@ -27,19 +26,22 @@ from bitcli.cli.common import (
     Ui,
     quiet_hub,
 )
+from bitcli.cli.helpscreen import epilog
+from bitcli.cli.screen import duration
 from bitcli.pipeline import DEFAULT_MODEL
 
-EPILOG = (
-    "[dim]Examples:[/dim]\n\n"
-    "  bit train photos/ -o my-model --val-split 0.2                 [dim](linear probe: seconds once embedded)[/dim]\n\n"
-    "  bit train photos/ -o my-model --method finetune --batch-size 64\n\n"
-    "  bit train photos/ -o my-model --method finetune --resume      [dim](after an interruption)[/dim]\n\n"
-    "  bit train labels.csv -o my-model --shots 5 --seed 1 --val val/\n\n"
-    "  bit classify new.jpg -m my-model\n\n"
-    "DATA: a folder with one sub-folder per class (class = folder name), or a CSV/JSONL file of "
-    "path,label. OUTDIR: a transformers checkpoint folder (config.json with your classes, "
-    "preprocessor_config.json, model.safetensors) plus training_report.json. Images that cannot "
-    "be read are skipped and counted (exit code 1, OUTDIR still complete).\n\n" + EXIT_CODES_HELP
+EPILOG = epilog(
+    "bit train photos/ -o my-model --val-split 0.2  # linear probe: seconds once embedded",
+    "bit train photos/ -o my-model --method finetune --batch-size 64",
+    "bit train photos/ -o my-model --method finetune --resume  # after an interruption",
+    "bit train labels.csv -o my-model --shots 5 --seed 1 --val val/",
+    "bit classify new.jpg -m my-model",
+    note=(
+        "DATA: a folder with one sub-folder per class (class = folder name), or a CSV/JSONL file of "
+        "path,label. OUTDIR: a transformers checkpoint folder (config.json with your classes, "
+        "preprocessor_config.json, model.safetensors) plus training_report.json. Images that cannot "
+        "be read are skipped and counted (exit code 1, OUTDIR still complete)."
+    ),
 )
 _SHOW_SKIPPED = 10
 
@@ -145,7 +147,7 @@ class _Bars:
 
         self.progress = Progress(
             TextColumn(kind), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(), console=self.ui.console, transient=True,
+            TimeRemainingColumn(), console=self.ui.console, transient=True, redirect_stdout=False,
         )
         self.progress.start()
         self.task = self.progress.add_task(kind, total=total, info="")
@@ -179,7 +181,7 @@ def plan_text(plan: Any) -> str:
     mixup = f"mixup alpha {plan.mixup_alpha:g}" if plan.mixup_alpha > 0 else "no mixup (under 20k images)"
     estimate = ""
     if plan.estimated_seconds is not None:
-        estimate = f"\n  time: about {_duration(plan.estimated_seconds)} ({plan.step_seconds:.2f} s per step, measured)"
+        estimate = f"\n  time: about {duration(plan.estimated_seconds)} ({plan.step_seconds:.2f} s per step, measured)"
     resumed = f" (resuming at step {plan.start_step})" if plan.start_step else ""
     return (
         f"[bold]plan[/bold]: {plan.steps} steps{resumed} on {plan.dataset_size:,} images, {plan.num_classes} classes, "
@@ -187,14 +189,6 @@ def plan_text(plan: Any) -> str:
         f"  batch {plan.batch_size}{accumulation}; SGD momentum 0.9, lr {plan.base_lr:g}, {schedule}; {mixup}\n"
         f"  images: {plan.resolution['augmentation']}" + estimate
     )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _summary(ui: Ui, result: Any) -> None:
