@@ -12,11 +12,12 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.common import EXIT_CODES_HELP, EXIT_OK, EXIT_SOME_FAILED, DebugOpt, QuietOpt, Ui, report_summary
+from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, DebugOpt, QuietOpt, Ui, report_summary
+from bitcli.cli.helpscreen import epilog
 from bitcli.errors import UsageError
 
 PANEL = "More than one machine (docs/distributed.md)"
@@ -121,70 +122,79 @@ def embed_distributed(
 
     entries = expand_inputs(inputs, stdin=sys.stdin)  # streamed: listed once, never held in memory
     shard_dir = dist.shard_dir or default_shard_dir(paths.out)
-    with _kept_on_failure(ui, shard_dir), ShardBar(ui) as bar:
-        common = {"resume": resume, "overwrite": overwrite, "progress": bar, "on_failure": lambda p, r: ui.error(f"{p}: {r}")}
-        if dist.shard is None:
-            options = RayOptions(dist.ray_address, dist.workers, dist.gpus, dist.shard_size, dist.shard_dir)
-            summary = embed_on_ray(entries, paths, job, options, **common)
-        else:
-            selection = parse_selection(dist.shard)
-            run = run_shards(entries, shard_dir, job, selection=selection, shard_size=dist.shard_size, **common)
+    bar = ShardBar(ui)
+    common = {"resume": resume, "overwrite": overwrite, "progress": bar, "on_failure": bar.error}
+    try:
+        with bar:
+            if dist.shard is None:
+                options = RayOptions(dist.ray_address, dist.workers, dist.gpus, dist.shard_size, dist.shard_dir)
+                summary = embed_on_ray(entries, paths, job, options, **common)
+            else:
+                selection = parse_selection(dist.shard)
+                run = run_shards(entries, shard_dir, job, selection=selection, shard_size=dist.shard_size, **common)
+    except BaseException as exc:  # not after a usage error: that one says what to do itself
+        if not isinstance(exc, UsageError) and shard_dir.is_dir() and any(p.name.startswith("shard-") for p in shard_dir.iterdir()):
+            ui.info(f"finished shards kept in {shard_dir}; rerun with --resume to continue")
+        if isinstance(exc, KeyboardInterrupt):
+            bar.summary()
+        raise
     if dist.shard is not None:
         ui.info(
             f"shard job {dist.shard}: {len(run.ran)} shards embedded, {len(run.skipped)} kept from an earlier run, "
             f"in {shard_dir} ({run.split.shards} shards in all); when every job is done: bit combine -o {paths.out}"
         )
+        bar.summary()
         return EXIT_SOME_FAILED if run.failed else EXIT_OK
     if summary is None:
         ui.info(f"{paths.out} is already complete; nothing to resume (pass --overwrite to redo it)")
         return EXIT_OK
     report_summary(ui, summary, paths)
+    bar.summary()
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
-@contextlib.contextmanager
-def _kept_on_failure(ui: Ui, shard_dir: Path) -> Iterator[None]:
-    try:
-        yield
-    except BaseException as exc:  # not after a usage error: that one says what to do itself
-        if not isinstance(exc, UsageError) and shard_dir.is_dir() and any(p.name.startswith("shard-") for p in shard_dir.iterdir()):
-            ui.info(f"finished shards kept in {shard_dir}; rerun with --resume to continue")
-        raise
-
-
 class ShardBar:
-    """A progress callback: a bar of images done, with shards done in its label, on stderr."""
+    """The progress callback: a `screen.Bar` over the inputs this run embeds, labelled with the
+    shards done; `error` prints a failed input's line with the bar out of the way."""
 
     def __init__(self, ui: Ui) -> None:
-        self.ui, self.stack, self.bar, self.task = ui, contextlib.ExitStack(), None, None
+        self.ui, self.bar, self.start, self.failed = ui, None, 0, 0
 
     def __enter__(self) -> "ShardBar":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stack.close()
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
     def __call__(self, state: Any) -> None:
-        if not self.ui.show_progress:
-            return
         if self.bar is None:  # the first report comes once the inputs are listed: totals known
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-            self.bar = self.stack.enter_context(Progress(*columns, console=self.ui.console, transient=True))
-            self.task = self.bar.add_task("", total=state.images_total)
+            self.bar, self.start = self.ui.progress(state.images_total - state.images_done, ""), state.images_done
+            self.bar.__enter__()
         label = f"shards {state.shards_done}/{state.shards_total}" + (f", {state.failed} failed" if state.failed else "")
-        self.bar.update(self.task, completed=state.images_done, description=label)
+        self.bar.describe(label)
+        self.bar.advance(state.images_done - self.start - self.bar.done)
+
+    def error(self, path: str, reason: str) -> None:
+        self.failed += 1
+        with self.bar.paused() if self.bar is not None else contextlib.nullcontext():
+            self.ui.error(f"{path}: {reason}")
+
+    def summary(self) -> None:
+        """The closing line for a person watching (`6 images, 1 failed, 2.3 s, 2.6 img/s`)."""
+        if self.bar is not None:
+            self.ui.summary(self.bar, self.failed)
 
 
-EPILOG = (
-    "[dim]Examples:[/dim]\n\n"
-    "  bit embed photos/ -o out.npy --shard 0/4    [dim](... up to --shard 3/4, on four machines)[/dim]\n\n"
-    "  bit combine -o out.npy                     [dim](reads out.npy.shards/)[/dim]\n\n"
-    "  bit combine -o out.npy node1/out.npy.shards node2/out.npy.shards\n\n"
-    "Checks that every shard is there once, all cut from the same inputs with the same model and "
-    "options, then writes the files a local bit embed writes: OUT.npy, OUT.paths.txt, OUT.errors.txt. "
-    "The shards are kept.\n\n" + EXIT_CODES_HELP
+EPILOG = epilog(
+    "bit embed photos/ -o out.npy --shard 0/4  # ... up to --shard 3/4, on four machines",
+    "bit combine -o out.npy  # reads out.npy.shards/",
+    "bit combine -o out.npy node1/out.npy.shards node2/out.npy.shards",
+    note=(
+        "Checks that every shard is there once, all cut from the same inputs with the same model and "
+        "options, then writes the files a local bit embed writes: OUT.npy, OUT.paths.txt, OUT.errors.txt. "
+        "The shards are kept."
+    ),
 )
 
 
@@ -209,6 +219,8 @@ def combine(
     ui = Ui(quiet=quiet, debug=debug)
     if output_path.is_dir():
         raise UsageError(f"-o {output_path}: is a directory; give a file name such as {output_path / 'embeddings.npy'}")
+    if not output_path.name.endswith(".npy"):  # as bit embed (and numpy.save): -o vecs writes vecs.npy
+        output_path = output_path.with_name(output_path.name + ".npy")
     paths = EmbedPaths.for_output(output_path, manifest=manifest)
     summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
     report_summary(ui, summary, paths)
