@@ -254,7 +254,7 @@ def test_creation_error_names_the_output_not_a_temporary_file(ckpt, photos, tmp_
 def test_disk_full_mid_run_keeps_the_resume_hint(ckpt, photos, tmp_path, monkeypatch):
     import io
 
-    from bitcli.embedstore import EmbedWriter
+    from bitcli.store import EmbedWriter
 
     class FullDisk(io.BytesIO):
         def flush(self):

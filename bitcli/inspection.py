@@ -1,6 +1,8 @@
 """`bit inspect`: everything worth knowing about a loaded model, as one plain dict.
 
-The report's keys are part of the command-line interface (documented in the README):
+(Named `inspection`, not `inspect`, so that it never shadows the standard library's `inspect`.)
+
+The report's keys are part of the command-line interface (documented in docs/usage.md):
 `model`, `revision`, `commit`, `path`, `source`, `checkpoint_format`, `weights_format`, `files`,
 `architecture`, `num_parameters`, `feature_dim`, `num_labels`, `input_size`, `gflops`, `gmacs`,
 `preprocessing`, `labels`.
@@ -24,7 +26,7 @@ def count_macs(config: Any, input_size: tuple[int, int]) -> int:
     import torch
     from torch import nn
 
-    from bitcli.model import BiT
+    from bitcli.model.architecture import BiT
 
     with torch.device("meta"):
         model = BiT(config).eval()
@@ -77,8 +79,9 @@ def file_entries(files: list[Path]) -> list[dict[str, Any]]:
     return entries
 
 
-def build_report(loaded: Any, resolved: Any = None, labels: Any = None) -> dict[str, Any]:
-    """The inspect report for a `checkpoint.LoadedModel`, its `hub.ResolvedModel` and `labels.Labels`."""
+def build_report(loaded: Any, labels: Any = None) -> dict[str, Any]:
+    """The inspect report for a `checkpoint.LoadedModel` (with its `resolved` origin) and `labels.Labels`."""
+    resolved = loaded.resolved
     config = loaded.config
     pre = loaded.preprocess
     input_size = tuple(pre.input_size)

@@ -15,7 +15,10 @@ Such a directory holds `model.safetensors` (or `pytorch_model.bin`) with timm's 
 
 The resulting BitConfig is one transformers itself builds correctly: transformers sizes the final
 norm and head from `hidden_sizes[-1]` alone, so the width factor is folded into `hidden_sizes`
-(`width_factor=1`, R50x3 -> hidden_sizes [768, 1536, 3072, 6144], stem 192).
+(`width_factor=1`, R50x3 -> hidden_sizes [768, 1536, 3072, 6144], stem 192) and recorded in
+`folded_width_factor` (3), which `bit inspect` reports.
+
+No torch import here: reading a timm config (and `bit models`, which asks `files.is_timm_config`) stays light.
 """
 
 from __future__ import annotations
@@ -25,14 +28,20 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
-from bitcli.config import BitConfig, make_divisible
+from bitcli.checkpoint.files import CONFIG, RawCheckpoint, is_timm_config, read_weights
 from bitcli.errors import CheckpointError, ConfigError
+from bitcli.model.config import BitConfig, make_divisible
+from bitcli.util import RESAMPLE_FILTERS
 
 if TYPE_CHECKING:
-    from bitcli.checkpoint import RawCheckpoint
+    from torch import Tensor
+
     from bitcli.preprocess import PreprocessConfig
+
+__all__ = [
+    "bit_config_from_timm", "canonical_key_to_timm", "convert_timm_state_dict", "is_timm_config",
+    "parse_architecture", "preprocess_from_timm", "read_timm_checkpoint", "timm_key_to_canonical",
+]
 
 DEPTHS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 WIDTH_FACTORS = (1, 2, 3, 4)
@@ -47,15 +56,8 @@ _ARCH = re.compile(r"resnetv2_(50|101|152)x([1-4])_bit(?:m|m_in21k|_distilled|_t
 DEFAULT_CROP_PCT = 0.875
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
-# timm interpolation names -> PIL resampling filters (PIL.Image.Resampling values).
-PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 # model_args timm may record that do not change the weights or the eval forward pass.
 _HARMLESS_MODEL_ARGS = {"num_classes", "in_chans", "drop_rate", "drop_path_rate", "global_pool"}
-
-
-def is_timm_config(data: dict[str, Any]) -> bool:
-    """A timm config.json names an `architecture` (transformers' names `architectures` and `model_type`)."""
-    return isinstance(data, dict) and isinstance(data.get("architecture"), str) and "model_type" not in data
 
 
 def parse_architecture(name: str) -> tuple[list[int], int]:
@@ -104,6 +106,7 @@ def bit_config_from_timm(data: dict[str, Any]) -> BitConfig:
         layer_type="preactivation",
         global_padding=None,
         width_factor=1,  # folded into hidden_sizes: see the module docstring
+        folded_width_factor=width,
         num_labels=num_classes,
         id2label=timm_id2label(data, num_classes),
         ws_eps=WS_EPS,
@@ -131,8 +134,8 @@ def preprocess_from_timm(pretrained_cfg: dict[str, Any]) -> PreprocessConfig:
     crop_pct = float(pretrained_cfg.get("crop_pct") or DEFAULT_CROP_PCT)
     crop_mode = pretrained_cfg.get("crop_mode") or "center"
     interpolation = pretrained_cfg.get("interpolation") or "bilinear"
-    if interpolation not in PIL_RESAMPLE:
-        raise ConfigError(f"timm interpolation {interpolation!r} is not supported (use {', '.join(PIL_RESAMPLE)})")
+    if interpolation not in RESAMPLE_FILTERS:
+        raise ConfigError(f"timm interpolation {interpolation!r} is not supported (use {', '.join(RESAMPLE_FILTERS)})")
     scale = (math.floor(height / crop_pct), math.floor(width / crop_pct))  # exactly timm's arithmetic
     if crop_mode == "center":
         if height != width:
@@ -147,7 +150,7 @@ def preprocess_from_timm(pretrained_cfg: dict[str, Any]) -> PreprocessConfig:
     return PreprocessConfig(
         do_resize=True,
         **resize,
-        resample=PIL_RESAMPLE[interpolation],
+        resample=RESAMPLE_FILTERS[interpolation],
         do_center_crop=True,
         crop_size=(height, width),
         do_rescale=True,
@@ -202,9 +205,7 @@ def convert_timm_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def read_timm_checkpoint(directory: Path, config_data: dict[str, Any]) -> RawCheckpoint:
-    """A timm checkpoint directory -> RawCheckpoint with canonical names (called by checkpoint.py)."""
-    from bitcli.checkpoint import CONFIG, RawCheckpoint, read_weights
-
+    """A timm checkpoint directory -> RawCheckpoint with canonical names (called by `checkpoint.read_checkpoint`)."""
     config = bit_config_from_timm(config_data)
     state_dict, weights_format, weight_files = read_weights(directory)
     if config.num_labels == 0:

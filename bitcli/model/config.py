@@ -6,18 +6,17 @@ Field names and defaults follow transformers' `BitConfig`, so the default instan
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bitcli.errors import ConfigError
+from bitcli.util import read_json_file
 
 LAYER_TYPES = ("preactivation", "bottleneck")
 PADDINGS = (None, "SAME")
 ACTIVATIONS = ("relu", "gelu", "silu", "swish")
 OUTPUT_STRIDES = (8, 16, 32)
-
 
 
 @dataclass
@@ -36,6 +35,10 @@ class BitConfig:
     num_labels: int = 1000  # 0: no classifier head
     id2label: dict[int, str] = field(default_factory=dict)
     ws_eps: float = 1e-8  # weight-standardization eps: 1e-8 (timm, transformers), 1e-10 (original .npz)
+    # The width factor already folded into hidden_sizes and embedding_size. The timm and .npz
+    # readers fold it (transformers sizes its final norm from hidden_sizes[-1] alone, so a
+    # width_factor > 1 would not build there) and record it here; transformers configs leave it 1.
+    folded_width_factor: int = 1
 
     def __post_init__(self) -> None:
         self.hidden_sizes = [int(h) for h in self.hidden_sizes]
@@ -86,10 +89,8 @@ class BitConfig:
 
     @property
     def width_multiplier(self) -> int:
-        """The "x3" of R50x3, also for timm configs whose hidden_sizes already include the width."""
-        if self.feature_dim % 2048 == 0 and self.feature_dim >= 2048:
-            return self.feature_dim // 2048
-        return self.width_factor
+        """The "x3" of R50x3: the width folded into hidden_sizes times the one applied to them."""
+        return self.folded_width_factor * self.width_factor
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BitConfig:
@@ -109,7 +110,7 @@ class BitConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> BitConfig:
-        return cls.from_dict(read_json(path))
+        return cls.from_dict(read_json_file(path))
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -119,16 +120,3 @@ def make_divisible(value: float, divisor: int = 8) -> int:
         rounded += divisor
     return rounded
 
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    """Read a JSON object, turning every failure into one ConfigError line."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data

@@ -3,10 +3,13 @@
 Submodule names reproduce transformers' `BitForImageClassification` state-dict keys exactly
 (`bit.embedder.convolution`, `bit.encoder.stages.0.layers.0.conv1`, `bit.norm`, `classifier.1`),
 so a transformers checkpoint loads without renaming. Convolutions are plain convolutions here:
-`checkpoint.py` standardizes their weights once at load time instead of on every forward pass.
+`checkpoint.build_model` standardizes their weights once at load time (`standardize_conv_weight`)
+instead of on every forward pass.
 
 The forward pass splits into `forward_features` (feature map and pooled vector: the embedding)
-and `forward_head` (logits), so classifying and embedding share one computation.
+and `forward_head` (logits), so classifying and embedding share one computation. How the model
+runs fastest on a machine (batch slicing, the convolution kernel, bf16) is `bitcli.engine`'s
+business; this file is only the architecture.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bitcli.config import BitConfig, make_divisible
-
+from bitcli.model.config import BitConfig, make_divisible
 
 
 def make_activation(name: str) -> nn.Module:
@@ -69,8 +71,8 @@ def conv_padding(padding_mode: str | None, kernel: int, stride: int, dilation: i
 class StdConv2d(nn.Conv2d):
     """A weight-standardized convolution whose weight is standardized once, at load time.
 
-    `checkpoint.standardize_weights` turns raw checkpoint weights into standardized ones, so
-    forward is an ordinary convolution. `eps` is kept for that step.
+    `checkpoint.build_model` turns raw checkpoint weights into standardized ones with
+    `standardize_conv_weight`, so forward is an ordinary convolution. `eps` is kept for that step.
     """
 
     def __init__(
@@ -90,22 +92,20 @@ class StdConv2d(nn.Conv2d):
         )
         self.pad = DynamicPad2d(kernel, stride, dilation) if dynamic else None
         self.eps = eps
-        # Set by `engine.optimize_for_inference` on CPUs: on one thread, call oneDNN directly.
-        # There PyTorch's dispatch sends 1x1 convolutions of batches under 16 to a plain GEMM,
-        # ~1.5x slower than oneDNN on AVX-512 CPUs (and a batch slice is small). With more
-        # threads PyTorch picks oneDNN itself.
+        # Which kernel runs the convolution: False, PyTorch's dispatch; True, oneDNN's called
+        # directly. The engine (`bitcli.engine.prepare`) decides, once, and records its choice.
         self.onednn = False
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pad is not None:
             x = self.pad(x)
-        if self.onednn and torch.get_num_threads() == 1:
+        if self.onednn:
             return onednn_conv(x, self)
         return super().forward(x)
 
 
 def onednn_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
-    """`conv(x)` through oneDNN's convolution (a private PyTorch op; engine.py checks it first)."""
+    """`conv(x)` through oneDNN's convolution (a private PyTorch op; the engine checks it first)."""
     return torch.ops.mkldnn._convolution_pointwise(
         x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
         "none", [], "",
@@ -274,15 +274,7 @@ class BitEncoder(nn.Module):
 
 
 class BitBackbone(nn.Module):
-    """Stem, stages and (pre-activation only) the final norm-act: everything before pooling.
-
-    With `chunk_bytes` set (`engine.optimize_for_inference` does), a batch runs through the
-    network in slices of images sized so that each step's largest activation stays near
-    `chunk_bytes`: the early, wide-activation steps one image at a time, whose activations then
-    stay in the CPU cache between GroupNorm, ReLU and convolution, the late steps (small
-    activations, large weights) on bigger slices. Each image's numbers do not depend on the
-    slicing beyond the summation order oneDNN picks for a batch size (see tests/test_engine.py).
-    """
+    """Stem, stages and (pre-activation only) the final norm-act: everything before pooling."""
 
     def __init__(self, config: BitConfig):
         super().__init__()
@@ -290,11 +282,8 @@ class BitBackbone(nn.Module):
         self.embedder = BitEmbeddings(config)
         self.encoder = BitEncoder(config)
         self.norm = GroupNormAct(config, config.feature_dim) if config.layer_type == "preactivation" else None
-        self.chunk_bytes: int | None = None  # None: every step on the whole batch
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.chunk_bytes is not None and x.shape[0] > 1:
-            return self.forward_sliced(x, self.chunk_bytes)
         x = self.encoder(self.embedder(x))
         return x if self.norm is None else self.norm(x)
 
@@ -303,7 +292,7 @@ class BitBackbone(nn.Module):
         return [self.embedder, *self.encoder.stages] + ([self.norm] if self.norm is not None else [])
 
     def step_activation_bytes(self, height: int, width: int, element_size: int) -> list[int]:
-        """Per image, the largest activation each step writes (an estimate, for slicing only)."""
+        """Per image, the largest activation each of `steps()` writes (an estimate from the shapes)."""
         # The stem's largest tensor is its convolution's output (stride 2), before the max-pool.
         h, w = -(-height // 2), -(-width // 2)
         sizes = [self.config.embedding_size * h * w * element_size]
@@ -314,40 +303,6 @@ class BitBackbone(nn.Module):
         if self.norm is not None:
             sizes.append(sizes[-1])
         return sizes
-
-    def forward_sliced(self, x: Tensor, chunk_bytes: int) -> Tensor:
-        """`forward` in slices of the batch; consecutive steps with one slice size run together."""
-        batch = x.shape[0]
-        steps = self.steps()
-        sizes = [
-            slice_size(batch, per_image, chunk_bytes)
-            for per_image in self.step_activation_bytes(x.shape[-2], x.shape[-1], x.element_size())
-        ]
-        start = 0
-        while start < len(steps):
-            end = start + 1
-            while end < len(steps) and sizes[end] == sizes[start]:
-                end += 1
-            group = steps[start:end]
-            if sizes[start] >= batch:
-                x = run_steps(group, x)
-            else:
-                x = torch.cat([run_steps(group, part) for part in x.split(sizes[start])])
-            start = end
-        return x
-
-
-def slice_size(batch: int, per_image_bytes: int, chunk_bytes: int) -> int:
-    """Images per slice: as many as fit in `chunk_bytes` (at least one), spread evenly over the batch."""
-    fit = max(1, chunk_bytes // max(per_image_bytes, 1))
-    slices = -(-batch // fit)
-    return -(-batch // slices)
-
-
-def run_steps(steps: list[nn.Module], x: Tensor) -> Tensor:
-    for step in steps:
-        x = step(x)
-    return x
 
 
 class BiT(nn.Module):

@@ -1,51 +1,17 @@
-"""Renderers: results -> table (humans) or jsonl / json / csv (machines), data to stdout only.
-
-Commands build plain records (`bitcli.results`, dicts); this module alone decides how they look.
-Classification is rendered as a stream (one `write` per result, in input order) so that jsonl,
-csv and the json array reach stdout while a long run is still going. Messages, warnings and
-progress go to stderr, written by `cli.py`.
+"""Tables for people (rich): one per image or one compact table for classify, `bit inspect`'s
+report, `bit models`' zoo. Drawn on stdout; rich is imported only when a table is drawn.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import sys
-from typing import IO, Any, Iterable, Protocol
+from typing import IO, Any, Iterable
 
 from bitcli.results import ClassifyResult, Prediction
+from bitcli.util import human_bytes
 
-CLASSIFY_FORMATS = ("auto", "table", "jsonl", "json", "csv")
-INSPECT_FORMATS = ("table", "json")
-CSV_HEADER = ("path", "rank", "index", "label", "score")
 # More images than this are shown as one compact table (a row per image) instead of one table each.
 COMPACT_AFTER = 4
-
-
-def resolve_format(fmt: str, stream: IO[str]) -> str:
-    """`auto` -> `table` when `stream` is a terminal, else `jsonl`; other formats pass through."""
-    if fmt != "auto":
-        return fmt
-    return "table" if is_terminal(stream) else "jsonl"
-
-
-def is_terminal(stream: IO[Any] | None) -> bool:
-    """Whether `stream` is a terminal (False for None, closed or fake streams)."""
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def to_json(obj: Any) -> str:
-    """Compact one-line JSON; non-UTF-8 path bytes (surrogates) fall back to \\u escapes."""
-    text = json.dumps(obj, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(obj, ensure_ascii=True)
-    return text
 
 
 def stdout_console(stream: IO[str] | None = None) -> Any:
@@ -63,70 +29,6 @@ def stdout_console(stream: IO[str] | None = None) -> Any:
 
 def format_percent(score: float) -> str:
     return f"{score * 100:.2f}%"
-
-
-# -- classification --------------------------------------------------------------------------------
-
-
-class ClassifyRenderer(Protocol):
-    def write(self, result: ClassifyResult) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class JsonlRenderer:
-    """One JSON object per line, flushed per result."""
-
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
-
-    def write(self, result: ClassifyResult) -> None:
-        self.stream.write(to_json(result.to_dict()) + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.flush()
-
-
-class JsonArrayRenderer:
-    """One JSON array of the jsonl objects, streamed element by element (`[]` when empty)."""
-
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
-        self.count = 0
-
-    def write(self, result: ClassifyResult) -> None:
-        self.stream.write(("[\n" if self.count == 0 else ",\n") + to_json(result.to_dict()))
-        self.stream.flush()
-        self.count += 1
-
-    def close(self) -> None:
-        self.stream.write("[]\n" if self.count == 0 else "\n]\n")
-        self.stream.flush()
-
-
-class CsvRenderer:
-    """`path,rank,index,label,score`, one row per prediction; failed inputs have no rows.
-
-    Rows end in "\\n", so the csv module would leave a lone "\\r" unquoted (it quotes only the
-    line terminator's characters): rows with a "\\r" in a field are written fully quoted.
-    """
-
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
-        self.writer = csv.writer(stream, lineterminator="\n")
-        self.quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
-        self.writer.writerow(CSV_HEADER)
-
-    def write(self, result: ClassifyResult) -> None:
-        for p in result.predictions:
-            row = (result.path, p.rank, p.index, p.label, repr(p.score))
-            writer = self.quoted if "\r" in result.path or "\r" in p.label else self.writer
-            writer.writerow(row)
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.flush()
 
 
 class TableRenderer:
@@ -240,43 +142,6 @@ def first_name(label: str) -> str:
     return label.split(", ", 1)[0]
 
 
-def classify_renderer(fmt: str, stream: IO[str], *, count: int, top_k: int) -> ClassifyRenderer:
-    """The renderer for a resolved format (`auto` must be resolved first)."""
-    if fmt == "jsonl":
-        return JsonlRenderer(stream)
-    if fmt == "json":
-        return JsonArrayRenderer(stream)
-    if fmt == "csv":
-        return CsvRenderer(stream)
-    if fmt == "table":
-        return TableRenderer(stream, count=count, top_k=top_k)
-    raise ValueError(f"unknown format {fmt!r}")
-
-
-def render_classify(results: Iterable[ClassifyResult], fmt: str, *, count: int, top_k: int) -> str:
-    """Render everything to a string (tests, library users); the CLI streams instead."""
-    buf = io.StringIO()
-    renderer = classify_renderer(fmt, buf, count=count, top_k=top_k)
-    for r in results:
-        renderer.write(r)
-    renderer.close()
-    return buf.getvalue()
-
-
-# -- inspect ---------------------------------------------------------------------------------------
-
-
-def render_inspect(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
-    """`bit inspect`: the report as one pretty JSON object, or as a few rich tables."""
-    if fmt == "json":
-        stream.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        stream.flush()
-        return
-    console = stdout_console(stream)
-    for table in inspect_tables(report):
-        console.print(table)
-
-
 def _key_value_table(title: str, rows: list[tuple[str, Any]]) -> Any:
     from rich.table import Table
     from rich.text import Text
@@ -302,14 +167,7 @@ def _show(value: Any) -> str:
 
 
 def format_size(num_bytes: int | None) -> str:
-    if num_bytes is None:
-        return "-"
-    size = float(num_bytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
+    return "-" if num_bytes is None else human_bytes(num_bytes)
 
 
 def format_count(n: int) -> str:
@@ -392,42 +250,10 @@ def inspect_tables(report: dict[str, Any]) -> list[Any]:
     return tables
 
 
-# -- models ----------------------------------------------------------------------------------------
-
-
-def render_rows(rows: list[dict[str, Any]], columns: list[str], fmt: str, stream: IO[str], title: str = "") -> None:
-    """A list of flat dicts as a table or JSON lines (used by `bit models`)."""
-    if fmt in ("json", "jsonl"):
-        if fmt == "json":
-            stream.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
-        else:
-            for row in rows:
-                stream.write(to_json(row) + "\n")
-        stream.flush()
-        return
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(title, style="bold") if title else None, title_justify="left", show_edge=False)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*(Text(_show(row.get(col))) for col in columns))
-    stdout_console(stream).print(table)
-
-
 MODELS_CAPTION = (
     "download: the float32 weights, about 4 bytes per parameter. cached: size on disk in the "
     "Hugging Face cache, or no. --format json adds each repository, revision and description."
 )
-
-
-def render_models(rows: list[dict[str, Any]], fmt: str, stream: IO[str]) -> None:
-    """`bit models`: the rows of `hub.list_known_models()` as JSON, or a table that fits 100 columns."""
-    if fmt != "table":
-        render_rows(rows, [], fmt, stream)
-        return
-    stdout_console(stream).print(models_table(rows))
 
 
 def models_table(rows: list[dict[str, Any]]) -> Any:
@@ -459,19 +285,9 @@ def models_table(rows: list[dict[str, Any]]) -> Any:
 
 def short_size(num_bytes: int) -> str:
     """Bytes to three significant digits with decimal units: '102 MB', '1.55 GB', '68.3 kB'."""
-    if num_bytes < 1000:
-        return f"{num_bytes} B"
-    size = float(num_bytes)
-    for unit in ("kB", "MB", "GB"):
-        size /= 1000
-        digits = 2 if size < 9.995 else 1 if size < 99.95 else 0
-        text = f"{size:.{digits}f}"
-        if float(text) < 1000:
-            break
-    return f"{text} {unit}"
+    return human_bytes(num_bytes, three_digits=True)
 
 
 def format_millions(n: int) -> str:
     """A parameter count in six characters or fewer: 25549352 -> '25.5M', 1107299923 -> '1.11B'."""
     return f"{n / 1e6:.1f}M" if n < 999_950_000 else f"{n / 1e9:.2f}B"
-

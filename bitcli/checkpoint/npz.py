@@ -32,17 +32,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bitcli.config import BitConfig
+from bitcli.checkpoint.files import PREPROCESSOR_CONFIG, RawCheckpoint
 from bitcli.errors import CheckpointError
+from bitcli.model.config import BitConfig, make_divisible
+from bitcli.util import name_some
 
 if TYPE_CHECKING:
-    from bitcli.checkpoint import RawCheckpoint
     from bitcli.preprocess import PreprocessConfig
 
 WS_EPS = 1e-10  # the original release's weight-standardization eps
 FINETUNED_SIZE = 480  # BiT-HyperRule crop for ImageNet-sized images
 UPSTREAM_SIZE = 224
 BASE_STEM = 64
+BASE_WIDTHS = (256, 512, 1024, 2048)  # stage widths of an x1 model
 _ROOT_KERNEL = "root_block/standardized_conv2d/kernel"
 _CONV = "standardized_conv2d/kernel"
 # Block part -> canonical conv and norm names (a: 1x1 reduce, b: 3x3, c: 1x1 expand).
@@ -137,8 +139,7 @@ def convert_npz_arrays(arrays: dict[str, np.ndarray], depths: list[int], prefix:
     if missing or extra:
         raise CheckpointError(
             f"BiT .npz arrays do not match a depth {depths} model: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
+            f"missing {len(missing)} ({name_some(missing)}), unexpected {len(extra)} ({name_some(extra)})"
         )
     state_dict: dict[str, Tensor] = {}
     for key, name in mapping.items():
@@ -175,6 +176,7 @@ def bit_config_from_state_dict(state_dict: dict[str, Tensor], depths: list[int])
         for i in range(len(depths))
     ]
     head = state_dict.get("classifier.1.weight")
+    width = release_width_factor(stem, widths)
     return BitConfig(
         num_channels=int(state_dict["bit.embedder.convolution.weight"].shape[1]),
         embedding_size=stem,
@@ -183,10 +185,20 @@ def bit_config_from_state_dict(state_dict: dict[str, Tensor], depths: list[int])
         layer_type="preactivation",
         global_padding=None,
         width_factor=1,  # folded into hidden_sizes, as for timm checkpoints
+        folded_width_factor=width,
         num_labels=0 if head is None else int(head.shape[0]),
         id2label={},
         ws_eps=WS_EPS,
     )
+
+
+def release_width_factor(stem: int, widths: list[int]) -> int:
+    """The release's width factor (the x3 of R50x3) when stem and stage widths are 64 and
+    (256, 512, 1024, 2048) times it; 1 for any other (custom) widths."""
+    for factor in (1, 2, 3, 4):
+        if stem == BASE_STEM * factor and widths == [make_divisible(w * factor) for w in BASE_WIDTHS]:
+            return factor
+    return 1
 
 
 def default_image_size(path: Path) -> int:
@@ -235,11 +247,10 @@ def load_npz_checkpoint(
 
 
 def read_npz_checkpoint(path: Path) -> RawCheckpoint:
-    """An .npz file -> RawCheckpoint (called by checkpoint.py).
+    """An .npz file -> RawCheckpoint (called by `checkpoint.read_checkpoint`).
 
     A sidecar preprocessor_config.json overrides the fields it sets; the others stay the release's.
     """
-    from bitcli.checkpoint import PREPROCESSOR_CONFIG, RawCheckpoint
     from bitcli.preprocess import PreprocessConfig
 
     config, state_dict, preprocess = load_npz_checkpoint(path)

@@ -1,0 +1,165 @@
+"""`bit embed`: pooled feature vectors as one .npy array, written atomically and resumably.
+
+The store (`bitcli.store`) owns the files, the batch/commit loop and the error names; this file
+builds the iterator of result groups and the progress bar, and reports.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from bitcli.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    BatchSizeOpt,
+    DebugOpt,
+    Device,
+    DeviceOpt,
+    Dtype,
+    FastJpegOpt,
+    InputsArg,
+    MaxPixelsOpt,
+    ModelOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    ThreadsOpt,
+    Ui,
+    expand,
+    load_model,
+    run_options,
+)
+from bitcli.errors import UsageError
+from bitcli.output import is_terminal
+from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
+from bitcli.util import DEFAULT_MAX_PIXELS
+
+EPILOG = (
+    "[dim]Examples:[/dim]\n\n"
+    "  bit embed photos/ -o photos.npy\n\n"
+    "  bit embed 'photos/**/*.jpg' -o photos.npy --normalize --dtype float16\n\n"
+    "  bit embed photos/ -o photos.npy --resume    [dim](continue an interrupted run)[/dim]\n\n"
+    "  bit embed a.jpg b.jpg -o - --manifest rows.txt > vectors.npy\n\n"
+    "Writes OUT.npy [N, D], OUT.paths.txt (line i = path of row i) and, when some inputs fail, "
+    "OUT.errors.txt (PATH<TAB>reason). Files appear atomically; an interrupted run leaves "
+    "OUT.npy.partial/ for --resume.\n\n" + EXIT_CODES_HELP
+)
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Where and how `bit embed` writes: -o, --dtype, --manifest, --resume, --overwrite."""
+
+    output: str
+    dtype: str = "float32"
+    manifest: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+
+
+def embed(
+    inputs: InputsArg,
+    output_path: Annotated[
+        str, typer.Option("--output", "-o", metavar="OUT.npy", help="Output .npy file; - writes the .npy bytes to stdout.")
+    ],
+    dtype: Annotated[Dtype, typer.Option("--dtype", help="Element type of the saved array.")] = Dtype.float32,
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalize each row.")] = False,
+    manifest: Annotated[
+        Optional[Path],
+        typer.Option("--manifest", metavar="FILE", help="Where to list the row paths [default: OUT.paths.txt]."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run, skipping the images already done.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (or discard a partial run).")] = False,
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
+    threads: ThreadsOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    fast_jpeg: FastJpegOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """Pooled feature vectors (the embedding before the classifier) as one .npy array."""
+    from bitcli import store
+    from bitcli.pipeline import Embedder
+
+    ui = Ui(quiet=quiet, debug=debug)
+    options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
+    where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite)
+    paths = store_paths(where)  # refuse a bad output before the model loads
+    items = expand(inputs)
+    embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
+    with store.write_errors(paths, UsageError):  # cannot even start: the -o path is unusable
+        writer = store.EmbedWriter(
+            paths,
+            dim=embedder.feature_dim,
+            dtype=where.dtype,
+            fingerprint={**embedder.fingerprint(), "dtype": where.dtype},
+            inputs=[item.path for item in items],
+            resume=where.resume,
+            overwrite=where.overwrite,
+        )
+    if writer.already_complete:
+        ui.info(f"{paths.out} is already complete; nothing to resume (pass --overwrite to redo it)")
+        return EXIT_OK
+    if writer.rows or writer.failed:
+        ui.info(f"resuming: {writer.rows} images and {writer.failed} failures already recorded")
+    todo = list(writer.skip_done(items))
+    try:
+        with store.write_errors(paths):
+            with ui.progress(len(todo), "embedding") as advance:
+                store.write_groups(writer, embedder.embed_groups(todo), lambda group: report(ui, group, advance))
+            summary = writer.finish(sys.stdout.buffer if paths.out is None else None)
+    except BaseException:
+        writer.close()
+        if paths.partial is not None and paths.partial.exists():
+            ui.info(f"partial results kept in {paths.partial}; rerun with --resume to continue")
+        raise
+    report_summary(ui, summary, paths)
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def store_paths(where: StoreOptions) -> Any:
+    """The files this run writes, checked before the model loads (UsageError, exit 2)."""
+    from bitcli.store import EmbedPaths, check_output
+
+    if where.output == "-":
+        if is_terminal(sys.stdout):
+            raise UsageError("-o - would write binary .npy data to the terminal; redirect stdout to a file or pipe")
+        paths = EmbedPaths.for_output(None, manifest=where.manifest)
+    else:
+        out = Path(where.output)
+        if out.is_dir():
+            raise UsageError(f"-o {out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
+        paths = EmbedPaths.for_output(out, manifest=where.manifest)
+    check_output(paths, resume=where.resume, overwrite=where.overwrite)
+    return paths
+
+
+def report(ui: Ui, group: list[Any], advance: Any) -> None:
+    """After each committed batch: one error line per failed input, then the progress bar."""
+    for result in group:
+        if not result.ok:
+            ui.error(f"{result.path}: {result.error}")
+    advance(len(group))
+
+
+def report_summary(ui: Ui, summary: Any, paths: Any) -> None:
+    where = "stdout" if paths.out is None else str(paths.out)
+    text = f"embedded {summary.rows} images as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
+    if summary.resumed_rows:
+        text += f" ({summary.resumed_rows} from the earlier run)"
+    ui.info(text)
+    if summary.failed:
+        listed = f"; listed in {summary.errors_file}" if summary.errors_file else ""
+        noun = "input" if summary.failed == 1 else "inputs"
+        ui.warn(f"{summary.failed} {noun} failed{listed}")
