@@ -12,6 +12,7 @@ import functools
 import os
 import sys
 import traceback
+import warnings
 from typing import Annotated, Any, Callable
 
 import typer
@@ -25,6 +26,7 @@ from bitcli.cli.common import (
     EXIT_SOME_FAILED,
     Ui,
 )
+from bitcli.cli.streams import checked_stdout
 from bitcli.errors import BitError
 
 app = typer.Typer(
@@ -68,6 +70,7 @@ def root(
 ) -> None:
     """Classify and embed images with Big Transfer (BiT) models."""
     _tolerant_streams()
+    checked_stdout()
 
 
 def _tolerant_streams() -> None:
@@ -91,7 +94,10 @@ def guarded(command: Callable[..., int]) -> Callable[..., None]:
     def run(*args: Any, **kwargs: Any) -> None:
         ui = Ui(quiet=kwargs.get("quiet", False), debug=kwargs.get("debug", False))
         try:
-            code = command(*args, **kwargs)
+            with warnings.catch_warnings():
+                if not ui.debug:  # a library's warning is not a bitcli message: --debug shows them
+                    warnings.simplefilter("ignore")
+                code = command(*args, **kwargs)
         except typer.Exit:
             raise
         except BitError as exc:

@@ -21,6 +21,7 @@ from bitcli.cli.common import (
     InputsArg,
     MaxPixelsOpt,
     ModelOpt,
+    NullOpt,
     Precision,
     PrecisionOpt,
     QuietOpt,
@@ -30,7 +31,6 @@ from bitcli.cli.common import (
     load_model,
     require_stdout,
     run_options,
-    stdout_errors,
 )
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from bitcli.util import DEFAULT_MAX_PIXELS
@@ -62,6 +62,7 @@ def classify(
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     fast_jpeg: FastJpegOpt = False,
+    null: NullOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> int:
@@ -73,11 +74,11 @@ def classify(
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     require_stdout("the predictions")
     fmt = output.resolve_format(format.value, sys.stdout)
-    items = expand(inputs)
+    items = expand(inputs, null, ui)
     classifier = Classifier(load_model(model, options, ui, threads), top_k=top_k, labels=labels, options=options)
     renderer = output.classify_renderer(fmt, sys.stdout, count=len(items), top_k=classifier.top_k)
     failed = 0
-    with ui.progress(len(items), "classifying") as advance, stdout_errors():
+    with ui.progress(len(items), "classifying") as advance:
         for group in classifier.classify_groups(items):
             for result in group:
                 if result.error is not None:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
-from bitcli.errors import BitError, UsageError
+from bitcli.errors import UsageError
 from bitcli.output import is_terminal
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, RunOptions  # light: no torch, no PIL
 from bitcli.util import DEFAULT_MAX_PIXELS
@@ -262,10 +262,25 @@ def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = No
     return loaded
 
 
-def expand(inputs: list[str]) -> list[Any]:
+NullOpt = Annotated[
+    bool,
+    typer.Option(
+        "--null",
+        "-0",
+        help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
+        rich_help_panel="Images",
+    ),
+]
+
+
+def expand(inputs: list[str], null: bool = False, ui: Ui | None = None) -> list[Any]:
+    """The inputs, expanded (directories, globs, `-`); an empty list is allowed, with a warning."""
     from bitcli.inputs import expand_inputs
 
-    return list(expand_inputs(inputs, stdin=sys.stdin))
+    items = list(expand_inputs(inputs, stdin=sys.stdin, null=null))
+    if not items and ui is not None:
+        ui.warn("no inputs (stdin held no paths): nothing to do")
+    return items
 
 
 def require_stdout(what: str) -> None:
@@ -273,13 +288,3 @@ def require_stdout(what: str) -> None:
     if sys.stdout is None:
         raise UsageError(f"stdout is closed: there is nowhere to write {what}; redirect it to a file")
 
-
-@contextlib.contextmanager
-def stdout_errors() -> Iterator[None]:
-    """A failed write to stdout (disk full, /dev/full) is one line, exit 1; a closed pipe is 141."""
-    try:
-        yield
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise BitError(f"cannot write to stdout ({exc.strerror or exc})") from exc

@@ -26,6 +26,7 @@ from bitcli.cli.common import (
     InputsArg,
     MaxPixelsOpt,
     ModelOpt,
+    NullOpt,
     Precision,
     PrecisionOpt,
     QuietOpt,
@@ -78,6 +79,7 @@ def embed(
         bool, typer.Option("--resume", help="Continue an interrupted run, skipping the images already done.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (or discard a partial run).")] = False,
+    null: NullOpt = False,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.fp32,
@@ -95,8 +97,8 @@ def embed(
     ui = Ui(quiet=quiet, debug=debug)
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite)
-    paths = store_paths(where)  # refuse a bad output before the model loads
-    items = expand(inputs)
+    paths = store_paths(where, ui)  # refuse a bad output before the model loads
+    items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
     with store.write_errors(paths, UsageError):  # cannot even start: the -o path is unusable
         writer = store.EmbedWriter(
@@ -108,9 +110,10 @@ def embed(
             resume=where.resume,
             overwrite=where.overwrite,
         )
-    if writer.already_complete:
+    if writer.already_complete:  # exits as the run that made it did
         ui.info(f"{paths.out} is already complete; nothing to resume (pass --overwrite to redo it)")
-        return EXIT_OK
+        report_summary(ui, writer.finish(), paths, done=True)
+        return EXIT_SOME_FAILED if writer.failed else EXIT_OK
     if writer.rows or writer.failed:
         ui.info(f"resuming: {writer.rows} images and {writer.failed} failures already recorded")
     todo = list(writer.skip_done(items))
@@ -128,9 +131,10 @@ def embed(
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
-def store_paths(where: StoreOptions) -> Any:
-    """The files this run writes, checked before the model loads (UsageError, exit 2)."""
-    from bitcli.store import EmbedPaths, check_output
+def store_paths(where: StoreOptions, ui: Ui) -> Any:
+    """The files this run writes, checked before the model loads (UsageError, exit 2). A
+    publication an interrupted run had committed to is completed first, whatever the options."""
+    from bitcli.store import EmbedPaths, check_output, recover
 
     if where.output == "-":
         if is_terminal(sys.stdout):
@@ -141,6 +145,8 @@ def store_paths(where: StoreOptions) -> Any:
         if out.is_dir():
             raise UsageError(f"-o {out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
         paths = EmbedPaths.for_output(out, manifest=where.manifest)
+        if recover(paths):
+            ui.info(f"completed publishing {out}, which an interrupted run had left half-renamed")
     check_output(paths, resume=where.resume, overwrite=where.overwrite)
     return paths
 
@@ -153,12 +159,13 @@ def report(ui: Ui, group: list[Any], advance: Any) -> None:
     advance(len(group))
 
 
-def report_summary(ui: Ui, summary: Any, paths: Any) -> None:
+def report_summary(ui: Ui, summary: Any, paths: Any, done: bool = False) -> None:
     where = "stdout" if paths.out is None else str(paths.out)
     text = f"embedded {summary.rows} images as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
     if summary.resumed_rows:
         text += f" ({summary.resumed_rows} from the earlier run)"
-    ui.info(text)
+    if not done:
+        ui.info(text)
     if summary.failed:
         listed = f"; listed in {summary.errors_file}" if summary.errors_file else ""
         noun = "input" if summary.failed == 1 else "inputs"
