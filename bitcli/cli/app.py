@@ -71,6 +71,9 @@ def root(
     """Classify and embed images with Big Transfer (BiT) models."""
     _tolerant_streams()
     checked_stdout()
+    # Downloads over plain HTTP, where BIT_HUB_TIMEOUT bounds every request (hf_xet's transfers
+    # run outside it); HF_HUB_DISABLE_XET=0 opts back in. huggingface_hub reads it at import.
+    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
 
 def _tolerant_streams() -> None:
