@@ -8,6 +8,7 @@ one run writing the output: a second run is told another run holds it, instead o
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -29,6 +30,7 @@ PUBLISH_TMP = "publish.json.tmp"
 OWN_PARTIAL_FILES = frozenset({STATE, DATA, JOURNAL, LOCK, PUBLISH, PUBLISH_TMP})
 REQUIRED_PARTIAL_FILES = (STATE, DATA, JOURNAL)
 RECORD_MAX_BYTES = 1 << 20  # state.json, publish.json and the run record are a few hundred bytes
+COPY_CHUNK = 1 << 22  # bytes per read when streaming a finished array
 
 
 def npy_header(dtype: np.dtype, rows: int, dim: int) -> bytes:
@@ -49,6 +51,21 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
     except (OSError, ValueError, SyntaxError):
         return None
     return tuple(shape), dtype
+
+
+def copy_to_stream(source: IO[bytes], stream: IO[bytes]) -> None:
+    """Copy `source` from its start to `stream`, every byte: a raw stream's short writes are retried."""
+    source.seek(0)
+    while chunk := source.read(COPY_CHUNK):
+        view = memoryview(chunk)
+        while view:
+            written = stream.write(view)
+            if written is None:  # a non-blocking stream that is full
+                raise BlockingIOError(errno.EAGAIN, "stdout is non-blocking and full")
+            if written <= 0:
+                raise OSError(errno.EIO, "the stream accepted nothing")
+            view = view[written:]
+    stream.flush()
 
 
 def fsync_dir(path: Path) -> None:

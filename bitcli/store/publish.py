@@ -141,6 +141,19 @@ def discard_tmp(paths: EmbedPaths) -> None:
         lock.close()
 
 
+def publish_now(paths: EmbedPaths, staged: dict[str, Path]) -> None:
+    """`-o -`: the array reached the stream; rename the staged manifest and error list into place."""
+    moves, removals = publication(paths, None, staged)
+    for src, dst in moves:
+        check_replaceable(dst)
+        with writing(dst):
+            os.replace(src, dst)
+    for stale in removals:
+        if is_regular(stale):
+            with writing(stale):
+                stale.unlink()
+
+
 def publication(paths: EmbedPaths, partial: Path | None, staged: dict[str, Any]) -> tuple[list, list]:
     """(moves, removals) for `finish()`: each staged file onto its output; an old error list
     removed when this run has none."""

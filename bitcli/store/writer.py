@@ -19,6 +19,7 @@ from bitcli.errors import UsageError
 from bitcli.store.files import (
     DATA,
     JOURNAL,
+    copy_to_stream,
     STATE,
     fsync_dir,
     is_regular,
@@ -30,15 +31,16 @@ from bitcli.store.files import (
     write_synced,
 )
 from bitcli.store.journal import Journal, describe_difference, finished_problem, read_journal, run_state
-from bitcli.store.paths import EmbedPaths, check_output, check_replaceable, escape_error_path, manifest_problem, writing
-from bitcli.store.publish import clear_staged, commit_publication, publication, recover, remove_partial, roll_forward
+from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, writing
+from bitcli.store.publish import (
+    clear_staged, commit_publication, publication, publish_now, recover, remove_partial, roll_forward,
+)
 
 if TYPE_CHECKING:
     from bitcli.results import EmbedResult
 
 INPUTS_CHANGED = "inputs changed since the interrupted run; pass --overwrite to start again"
 ANOTHER_RUN = "another bit embed run is writing it; wait for it to finish or stop it"
-_COPY_CHUNK = 1 << 22  # bytes per read when streaming a finished array
 
 
 @dataclass
@@ -287,9 +289,11 @@ class EmbedWriter:
                 self._data.flush()
             sizes = self._stage(staged)
             if paths.out is None:
-                self._stream_to(stream)
+                if stream is None:
+                    raise ValueError("a stream is required for output to stdout")
+                copy_to_stream(self._data, stream)
                 self._close_handles()
-                self._publish_now(staged)
+                publish_now(paths, staged)
                 return summary
             with writing(paths.out):
                 os.fsync(self._data.fileno())
@@ -334,34 +338,6 @@ class EmbedWriter:
         with writing(paths.out):
             staged["record"] = paths.staged(paths.record)
             write_synced(staged["record"], (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-
-    def _publish_now(self, staged: dict[str, Path]) -> None:
-        """`-o -`: the array reached the stream; rename the staged manifest and error list into place."""
-        moves, removals = publication(self.paths, None, staged)
-        for src, dst in moves:
-            check_replaceable(dst)
-            with writing(dst):
-                os.replace(src, dst)
-        for stale in removals:
-            if is_regular(stale):
-                with writing(stale):
-                    stale.unlink()
-
-    def _stream_to(self, stream: IO[bytes] | None) -> None:
-        """Copy the finished array to `stream`, every byte: a raw stream's short writes are retried."""
-        if stream is None:
-            raise ValueError("a stream is required for output to stdout")
-        self._data.seek(0)
-        while chunk := self._data.read(_COPY_CHUNK):
-            view = memoryview(chunk)
-            while view:
-                written = stream.write(view)
-                if written is None:  # a non-blocking stream that is full
-                    raise BlockingIOError(errno.EAGAIN, "stdout is non-blocking and full")
-                if written <= 0:
-                    raise OSError(errno.EIO, "stdout accepted nothing")
-                view = view[written:]
-        stream.flush()
 
     def _close_handles(self) -> None:
         self._closed = True
