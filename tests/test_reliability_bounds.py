@@ -151,3 +151,16 @@ def test_a_journal_too_large_is_refused_or_repaired_never_read_whole(ckpt, photo
     else:
         assert result.returncode == 0, error_lines(result)
         assert np.load(tmp_path / "o.npy").shape == (2, 32)
+
+
+def test_an_npz_that_claims_more_than_it_holds_is_a_model_error(photos, tmp_path):
+    """numpy allocates a `.npy` member's declared shape before reading it: 40 GB for 100 bytes."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**10,)})
+    with zipfile.ZipFile(tmp_path / "BiT-M-R50x1.npz", "w") as archive:
+        archive.writestr("resnet/root_block/standardized_conv2d/kernel.npy", header.getvalue() + b"\0" * 64)
+    result = bit("classify", photos / "img00.png", "-m", tmp_path / "BiT-M-R50x1.npz", cwd=tmp_path)
+    assert_one_error_line(result, 3, "BiT-M-R50x1.npz")
