@@ -48,7 +48,8 @@ class RunOptions:
     and "fp32" there. Given a model that is already loaded, None accepts it as it is, and a value
     that disagrees with it is a UsageError (moving a loaded model is `bitcli.load`'s job, not a
     side effect of building a Classifier). `max_pixels`: an image whose width x height exceeds it
-    fails (`error` set) before it is decoded, a guard against decompression bombs; None: no limit.
+    fails (`error` set) before it is decoded, a guard against decompression bombs, and so does one
+    whose resize would exceed it where only the crop cannot be resized instead; None: no limit.
     `fast_jpeg`: decode JPEGs at a reduced scale (libjpeg draft mode) when that still covers the
     model's input: faster for large photos, close to but not pixel-identical with the exact path.
     """

@@ -113,7 +113,8 @@ MaxPixelsOpt = Annotated[
         metavar="N",
         help=(
             "Skip (as a failed input) any image of more than N pixels (width x height), read from its "
-            "header before decoding: a guard against decompression bombs. 0: no limit."
+            "header before decoding, or whose resize for the model would hold more: a guard against "
+            "decompression bombs and extreme aspect ratios. 0: no limit."
         ),
         rich_help_panel="Images",
     ),
