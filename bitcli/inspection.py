@@ -1,4 +1,4 @@
-"""`bit inspect`: everything worth knowing about a loaded model, as one plain dict.
+"""`bit inspect`: everything worth knowing about a model, as one plain dict.
 
 (Named `inspection`, not `inspect`, so that it never shadows the standard library's `inspect`.)
 
@@ -7,10 +7,11 @@ The report's keys are part of the command-line interface (documented in docs/usa
 `architecture`, `num_parameters`, `feature_dim`, `num_labels`, `input_size`, `gflops`, `gmacs`,
 `preprocessing`, `labels`.
 
-GFLOPs are counted from the layer shapes, not timed: the network runs once on PyTorch's `meta`
-device (shapes only, no arithmetic, no memory) with hooks on every convolution and linear layer.
-One multiply-accumulate counts as two FLOPs; norms, activations and pooling are left out (they
-are about 1% of a ResNet's work). `gmacs` (multiply-accumulates) is what timm's tables call FLOPs.
+Nothing here needs the weights: `bit inspect` passes a `checkpoint.CheckpointInfo` (the config
+and the safetensors header, no torch) or, for a pickle or `.npz` file, a loaded model; both carry
+the same fields. GFLOPs are worked out from the config, layer by layer (`model.shapes.count_macs`):
+one multiply-accumulate counts as two FLOPs; norms, activations and pooling are left out (they are
+about 1% of a ResNet's work). `gmacs` (multiply-accumulates) is what timm's tables call FLOPs.
 """
 
 from __future__ import annotations
@@ -19,36 +20,6 @@ from pathlib import Path
 from typing import Any
 
 FIRST_LABELS = 5
-
-
-def count_macs(config: Any, input_size: tuple[int, int]) -> int:
-    """Multiply-accumulates of the convolutions and the linear head for one image of `input_size` (h, w)."""
-    import torch
-    from torch import nn
-
-    from bitcli.model.architecture import BiT
-
-    with torch.device("meta"):
-        model = BiT(config).eval()
-    total = 0
-
-    def on_conv(module: nn.Conv2d, _inputs: Any, output: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = module.kernel_size
-        total += output.numel() * (module.in_channels // module.groups) * kh * kw
-
-    def on_linear(module: nn.Linear, _inputs: Any, output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            module.register_forward_hook(on_conv)
-        elif isinstance(module, nn.Linear):
-            module.register_forward_hook(on_linear)
-    with torch.inference_mode():
-        model(torch.empty(1, config.num_channels, *input_size, device="meta"))
-    return total
 
 
 def architecture(config: Any) -> dict[str, Any]:
@@ -80,7 +51,9 @@ def file_entries(files: list[Path]) -> list[dict[str, Any]]:
 
 
 def build_report(loaded: Any, labels: Any = None) -> dict[str, Any]:
-    """The inspect report for a `checkpoint.LoadedModel` (with its `resolved` origin) and `labels.Labels`."""
+    """The inspect report for a `CheckpointInfo` or `LoadedModel` (with its `resolved` origin) and `Labels`."""
+    from bitcli.model.shapes import count_macs
+
     resolved = loaded.resolved
     config = loaded.config
     pre = loaded.preprocess

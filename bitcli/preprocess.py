@@ -29,10 +29,9 @@ import os
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from bitcli.checkpoint.files import PREPROCESSOR_CONFIG
@@ -40,6 +39,9 @@ from bitcli.decode import DRAFT_BOX_KEY, FULL_SIZE_KEY, to_rgb
 from bitcli import resample
 from bitcli.errors import ConfigError
 from bitcli.util import RESAMPLE_FILTERS, read_json_file
+
+if TYPE_CHECKING:
+    import torch  # imported where a tensor is made: `bit inspect` reads a config without torch
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -227,6 +229,8 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig, *, max_pixels: int | N
         image = image.resize((width, height), resample=cfg.resample, box=image.info.get(DRAFT_BOX_KEY))
     if cfg.do_center_crop:
         image = image.crop(center_crop_box(image.height, image.width, cfg.crop_size, cfg.crop_rounding))
+    import torch
+
     return torch.from_numpy(_apply_value_table(np.asarray(image), cfg._lut))
 
 

@@ -5,6 +5,8 @@
     timm.py          timm layout and preprocessing (`pretrained_cfg`)   } -> RawCheckpoint
     npz.py           the original big_transfer `.npz` release           }
     loading.py       dispatch, strict build, engine preparation: `load_model`, `LoadedModel`
+    describe.py      a checkpoint described from config and safetensors header, no weights, no
+                     torch (`bit inspect`): `describe_checkpoint`, `CheckpointInfo`
 
 Imports run one way: the readers import `files`, `loading` imports the readers. A new format is
 one reader module plus one branch in `loading.read_checkpoint`.
@@ -23,6 +25,8 @@ _LAZY = {
     "build_model": "bitcli.checkpoint.loading",
     "read_checkpoint": "bitcli.checkpoint.loading",
     "RawCheckpoint": "bitcli.checkpoint.files",
+    "describe_checkpoint": "bitcli.checkpoint.describe",
+    "CheckpointInfo": "bitcli.checkpoint.describe",
 }
 
 __all__ = sorted(_LAZY)

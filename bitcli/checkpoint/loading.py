@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from bitcli.checkpoint.describe import shape_problems
 from bitcli.checkpoint.files import CONFIG, PREPROCESSOR_CONFIG, RawCheckpoint, is_timm_config, read_config_json
 from bitcli.checkpoint.timm import read_timm_checkpoint
 from bitcli.checkpoint.transformers import read_transformers_checkpoint
@@ -28,7 +29,6 @@ from bitcli.engine import EngineRecord, check_precision, prepare
 from bitcli.errors import CheckpointError
 from bitcli.model.architecture import BiT, standardize_conv_weight
 from bitcli.model.config import BitConfig
-from bitcli.util import name_some
 
 if TYPE_CHECKING:
     from bitcli.hub import ResolvedModel
@@ -195,18 +195,7 @@ def _check_finite(weights: dict[str, Tensor], origin: str, what: str) -> None:
 def check_state_dict(model: BiT, state_dict: dict[str, Tensor], origin: str) -> None:
     """Raise CheckpointError naming missing, unexpected and mis-shaped tensors."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    found = {key: tuple(value.shape) for key, value in state_dict.items()}
-    problems = []
-    missing = [key for key in expected if key not in found]
-    unexpected = [key for key in found if key not in expected]
-    mismatched = [key for key in expected if key in found and expected[key] != found[key]]
-    if missing:
-        problems.append(f"{len(missing)} missing ({name_some(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({name_some(unexpected)})")
-    if mismatched:
-        shapes = name_some(f"{key}: expected {list(expected[key])}, found {list(found[key])}" for key in mismatched)
-        problems.append(f"{len(mismatched)} mis-shaped ({shapes})")
+    problems = shape_problems(expected, {key: tuple(value.shape) for key, value in state_dict.items()})
     if problems:
         raise CheckpointError(
             f"{origin}: weights do not fit {model.config.variant_name}: " + "; ".join(problems)

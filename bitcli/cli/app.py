@@ -17,27 +17,29 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from bitcli.cli import classify, embed, info
+from bitcli.cli import classify, embed, info, train
+from bitcli.cli import eval as eval_cmd
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
-    EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     Ui,
 )
+from bitcli.cli.helpscreen import BitCommand, BitGroup, epilog
 from bitcli.cli.streams import checked_stdout
 from bitcli.errors import BitError
 
 app = typer.Typer(
     name="bit",
-    help=(
-        "Classify and embed images with Big Transfer (BiT) models.\n\n"
-        "[dim]Examples:[/dim]\n\n"
-        "  bit classify cat.jpg\n\n"
-        "  bit classify photos/ --top-k 3 --format csv > labels.csv\n\n"
-        "  bit embed 'photos/**/*.jpg' -o photos.npy --normalize\n\n"
-        "  bit inspect google/bit-50 --format json\n\n" + EXIT_CODES_HELP
+    cls=BitGroup,
+    help="Classify and embed images with Big Transfer (BiT) models.\n\n"
+    + epilog(
+        "bit classify cat.jpg",
+        "bit classify photos/ --top-k 3 --format csv > labels.csv",
+        "bit embed 'photos/**/*.jpg' -o photos.npy --normalize",
+        "bit inspect google/bit-50 --format json",
+        "bit train photos/ -o my-model --val-split 0.2",
     ),
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -124,8 +126,8 @@ def guarded(command: Callable[..., int]) -> Callable[..., None]:
     return run
 
 
-def register(command: Callable[..., int], epilog: str) -> None:
-    app.command(epilog=epilog)(guarded(command))
+def register(command: Callable[..., int], examples: str, name: str | None = None) -> None:
+    app.command(name=name, cls=BitCommand, epilog=examples)(guarded(command))
 
 
 register(classify.classify, classify.EPILOG)
@@ -133,6 +135,8 @@ register(embed.embed, embed.EPILOG)
 register(info.inspect, info.INSPECT_EPILOG)
 register(info.download, info.DOWNLOAD_EPILOG)
 register(info.models, info.MODELS_EPILOG)
+register(train.train, train.EPILOG)
+register(eval_cmd.eval_command, eval_cmd.EPILOG, name="eval")
 
 
 def _silence_stdout() -> None:

@@ -12,10 +12,11 @@ import contextlib
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
+from bitcli.cli.screen import Bar, summary_text
 from bitcli.errors import UsageError
 from bitcli.output import is_terminal
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, RunOptions  # light: no torch, no PIL
@@ -73,7 +74,10 @@ ModelOpt = Annotated[
         "-m",
         envvar="BIT_MODEL",
         metavar="MODEL",
-        help="Hub id (google/bit-50), id@revision, alias (bit-50) or local checkpoint directory.",
+        help=(
+            "Hub id (google/bit-50), id@revision, alias from `bit models` (bit-50), a local checkpoint "
+            "directory, or an original .npz file."
+        ),
         rich_help_panel="Model and runtime",
     ),
 ]
@@ -175,32 +179,21 @@ class Ui:
 
     @property
     def show_progress(self) -> bool:
-        return not self.quiet and is_terminal(sys.stderr)
+        """Whether a person is watching: stderr is a terminal that can redraw a line, and not --quiet.
 
-    @contextlib.contextmanager
-    def progress(self, total: int | None, what: str) -> Iterator[Callable[[int], None]]:
-        """A bar with count, rate (img/s) and ETA on stderr; a no-op when quiet or not a terminal."""
-        if not self.show_progress:
-            yield lambda n: None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        Progress bars and the closing summary are for them; a log (`2> log`) gets neither."""
+        return not self.quiet and is_terminal(sys.stderr) and self.console.is_interactive
 
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=self.console, transient=True) as bar:
-            task = bar.add_task(what, total=total, rate="")
+    def progress(self, total: int, what: str) -> Bar:
+        """A bar over `total` images (count, img/s, ETA) while it runs; see `cli.screen`."""
+        return Bar(self.console, total, what, show=self.show_progress)
 
-            def advance(n: int) -> None:
-                bar.advance(task, n)
-                speed = bar.tasks[task].speed
-                bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
+    def summary(self, bar: Bar, failed: int) -> None:
+        """`6 images, 1 failed, 2.3 s, 2.6 img/s` (`8 of 50 images, ...` when cut short), for a person watching."""
+        if self.show_progress:
+            from rich.text import Text
 
-            yield advance
+            self.console.print(Text(summary_text(bar.done, failed, bar.elapsed, bar.total)))
 
 
 def quiet_hub(ui: Ui) -> None:

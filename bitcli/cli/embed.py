@@ -14,7 +14,6 @@ from typing import Annotated, Any, Optional
 import typer
 
 from bitcli.cli.common import (
-    EXIT_CODES_HELP,
     EXIT_OK,
     EXIT_SOME_FAILED,
     BatchSizeOpt,
@@ -36,20 +35,22 @@ from bitcli.cli.common import (
     load_model,
     run_options,
 )
+from bitcli.cli.helpscreen import epilog
 from bitcli.errors import UsageError
 from bitcli.output import is_terminal
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from bitcli.util import DEFAULT_MAX_PIXELS
 
-EPILOG = (
-    "[dim]Examples:[/dim]\n\n"
-    "  bit embed photos/ -o photos.npy\n\n"
-    "  bit embed 'photos/**/*.jpg' -o photos.npy --normalize --dtype float16\n\n"
-    "  bit embed photos/ -o photos.npy --resume    [dim](continue an interrupted run)[/dim]\n\n"
-    "  bit embed a.jpg b.jpg -o - --manifest rows.txt > vectors.npy\n\n"
-    "Writes OUT.npy [N, D], OUT.paths.txt (line i = path of row i) and, when some inputs fail, "
-    "OUT.errors.txt (PATH<TAB>reason). Files appear atomically; an interrupted run leaves "
-    "OUT.npy.partial/ for --resume.\n\n" + EXIT_CODES_HELP
+EPILOG = epilog(
+    "bit embed photos/ -o photos.npy",
+    "bit embed 'photos/**/*.jpg' -o photos.npy --normalize --dtype float16",
+    "bit embed photos/ -o photos.npy --resume  # continue an interrupted run",
+    "bit embed a.jpg b.jpg -o - --manifest rows.txt > vectors.npy",
+    note=(
+        "Writes OUT.npy [N, D] (.npy is added to a name without it, as numpy.save does), OUT.paths.txt "
+        "(line i = path of row i) and, when some inputs fail, OUT.errors.txt (PATH<TAB>reason). Files "
+        "appear atomically; an interrupted run leaves OUT.npy.partial/ for --resume."
+    ),
 )
 
 
@@ -67,13 +68,17 @@ class StoreOptions:
 def embed(
     inputs: InputsArg,
     output_path: Annotated[
-        str, typer.Option("--output", "-o", metavar="OUT.npy", help="Output .npy file; - writes the .npy bytes to stdout.")
+        str,
+        typer.Option(
+            "--output", "-o", metavar="OUT.npy",
+            help="Output .npy file (.npy is added when missing); - writes the .npy bytes to stdout.",
+        ),
     ],
     dtype: Annotated[Dtype, typer.Option("--dtype", help="Element type of the saved array.")] = Dtype.float32,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalize each row.")] = False,
     manifest: Annotated[
         Optional[Path],
-        typer.Option("--manifest", metavar="FILE", help="Where to list the row paths [default: OUT.paths.txt]."),
+        typer.Option("--manifest", metavar="FILE", help="Where to list the row paths (default: OUT.paths.txt)."),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run, skipping the images already done.")
@@ -117,17 +122,21 @@ def embed(
     if writer.rows or writer.failed:
         ui.info(f"resuming: {writer.rows} images and {writer.failed} failures already recorded")
     todo = list(writer.skip_done(items))
+    bar, failed = ui.progress(len(todo), "embedding"), []
     try:
         with store.write_errors(paths):
-            with ui.progress(len(todo), "embedding") as advance:
-                store.write_groups(writer, embedder.embed_groups(todo), lambda group: report(ui, group, advance))
+            with bar:
+                store.write_groups(writer, embedder.embed_groups(todo), lambda group: report(ui, group, bar, failed))
             summary = writer.finish(sys.stdout.buffer if paths.out is None else None)
-    except BaseException:
+    except BaseException as exc:
         writer.close()
         if paths.partial is not None and paths.partial.exists():
             ui.info(f"partial results kept in {paths.partial}; rerun with --resume to continue")
+        if isinstance(exc, KeyboardInterrupt):
+            ui.summary(bar, len(failed))
         raise
     report_summary(ui, summary, paths)
+    ui.summary(bar, len(failed))
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
@@ -144,6 +153,8 @@ def store_paths(where: StoreOptions, ui: Ui) -> Any:
         out = Path(where.output)
         if out.is_dir():
             raise UsageError(f"-o {out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
+        if not out.name.endswith(".npy"):  # as numpy.save does: `-o vecs` writes vecs.npy
+            out = out.with_name(out.name + ".npy")
         paths = EmbedPaths.for_output(out, manifest=where.manifest)
         if recover(paths):
             ui.info(f"completed publishing {out}, which an interrupted run had left half-renamed")
@@ -151,17 +162,19 @@ def store_paths(where: StoreOptions, ui: Ui) -> Any:
     return paths
 
 
-def report(ui: Ui, group: list[Any], advance: Any) -> None:
-    """After each committed batch: one error line per failed input, then the progress bar."""
-    for result in group:
-        if not result.ok:
-            ui.error(f"{result.path}: {result.error}")
-    advance(len(group))
+def report(ui: Ui, group: list[Any], bar: Any, failed: list[str]) -> None:
+    """After each committed batch: one error line per failed input (the bar out of the way)."""
+    errors = [f"{result.path}: {result.error}" for result in group if not result.ok]
+    failed += errors
+    with bar.paused(done=len(group), screen=bool(errors)):
+        for line in errors:
+            ui.error(line)
 
 
 def report_summary(ui: Ui, summary: Any, paths: Any, done: bool = False) -> None:
     where = "stdout" if paths.out is None else str(paths.out)
-    text = f"embedded {summary.rows} images as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
+    noun = "image" if summary.rows == 1 else "images"
+    text = f"embedded {summary.rows} {noun} as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
     if summary.resumed_rows:
         text += f" ({summary.resumed_rows} from the earlier run)"
     if not done:

@@ -1,43 +1,43 @@
 """`bit inspect`, `bit download` and `bit models`: what a model is, fetching it, and the zoo.
 
-`bit models` and `bit download` never import torch.
+None of them imports torch, except `bit inspect` on a pickle or `.npz` checkpoint: a safetensors
+checkpoint is described from its config and the safetensors header (`checkpoint.describe`), so a
+4 GB model inspects as fast as a tiny one; the other two have no header to read and are loaded.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 
 from bitcli.cli.common import (
-    EXIT_CODES_HELP,
     EXIT_MODEL,
     EXIT_OK,
     DebugOpt,
     Device,
     DeviceOpt,
     ModelOpt,
-    Precision,
     QuietOpt,
     TableOrJson,
     Ui,
     quiet_hub,
-    load_model,
     require_stdout,
-    run_options,
 )
+from bitcli.cli.helpscreen import epilog
 from bitcli.errors import ModelError
 from bitcli.pipeline import DEFAULT_MODEL
 
-INSPECT_EPILOG = (
-    "[dim]Examples:[/dim]\n\n"
-    "  bit inspect\n\n"
-    "  bit inspect google/bit-50@9e9a281aa096247270860f9cda4f68daacca33d0\n\n"
-    "  bit inspect ./my-checkpoint --format json | jq .gflops\n\n" + EXIT_CODES_HELP
+INSPECT_EPILOG = epilog(
+    "bit inspect",
+    "bit inspect google/bit-50@9e9a281aa096247270860f9cda4f68daacca33d0",
+    "bit inspect ./my-checkpoint --format json | jq .gflops",
 )
-DOWNLOAD_EPILOG = "[dim]Examples:[/dim]\n\n  bit download google/bit-50\n\n  bit download bit-50 google/bit-50@main"
-MODELS_EPILOG = "[dim]Examples:[/dim]\n\n  bit models\n\n  bit models --format json"
+DOWNLOAD_EPILOG = epilog("bit download google/bit-50", "bit download bit-50 google/bit-50@main")
+MODELS_EPILOG = epilog("bit models", "bit models --format json")
 
 
 def inspect(
@@ -52,14 +52,31 @@ def inspect(
     debug: DebugOpt = False,
 ) -> int:
     """What a model is: files, architecture, size, FLOPs, preprocessing and labels."""
-    from bitcli import output
+    from bitcli import hub, output
     from bitcli.inspection import build_report
 
     ui = Ui(quiet=quiet, debug=debug)
     require_stdout("the report")
-    loaded = load_model(model_arg or model, run_options(device, Precision.fp32), ui)
-    output.render_inspect(build_report(loaded, loaded.labels()), format.value, sys.stdout)
+    quiet_hub(ui)
+    resolved = hub.resolve_model(model_arg or model, progress=ui.show_progress)
+    if resolved.notice:
+        ui.warn(resolved.notice)
+    described = describe(resolved, device)
+    output.render_inspect(build_report(described, described.labels()), format.value, sys.stdout)
     return EXIT_OK
+
+
+def describe(resolved: Any, device: Device) -> Any:
+    """The checkpoint from its files (config, safetensors header), else loaded (pickle, .npz)."""
+    from bitcli.checkpoint.describe import describe_checkpoint
+
+    described = describe_checkpoint(Path(resolved.path), resolved)
+    if described is None:
+        from bitcli.pipeline import load
+
+        described = load(str(resolved.path), device=device.value)
+        described.resolved = resolved  # the report names the reference given, not the directory
+    return described
 
 
 def download(
@@ -94,5 +111,15 @@ def models(
     """Known BiT checkpoints (aliases): input size, classes, top-1, size, and whether each is cached."""
     from bitcli import hub, output
 
-    output.render_models(hub.list_known_models(), format.value, sys.stdout)
+    default = os.environ.get("BIT_MODEL") or DEFAULT_MODEL
+    rows = [{**row, "default": is_default(row, default)} for row in hub.list_known_models()]
+    output.render_models(rows, format.value, sys.stdout, default=default)
     return EXIT_OK
+
+
+def is_default(row: dict[str, Any], default: str) -> bool:
+    """Whether the zoo row is the model commands use without --model (`$BIT_MODEL`, else google/bit-50)."""
+    if default.lower() == str(row["alias"]).lower():
+        return True
+    repo, _, revision = default.partition("@")
+    return repo.lower() == str(row["repo_id"]).lower() and revision in ("", row.get("revision") or "main")

@@ -14,7 +14,6 @@ business; this file is only the architecture.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitcli.model.config import BitConfig, make_divisible
+from bitcli.model.shapes import conv_padding, same_padding, stage_strides_and_dilations
 
 
 def make_activation(name: str) -> nn.Module:
@@ -38,11 +38,6 @@ class BitOutput:
     last_hidden_state: Tensor  # [N, C, H, W]
 
 
-def same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
-    """Total padding TensorFlow's 'SAME' adds along one axis of length `size`."""
-    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-
-
 class DynamicPad2d(nn.Module):
     """TF-style 'SAME' padding, computed from each input's size (extra pixel on the bottom/right)."""
 
@@ -56,16 +51,6 @@ class DynamicPad2d(nn.Module):
         if pad_h == 0 and pad_w == 0:
             return x
         return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-
-
-def conv_padding(padding_mode: str | None, kernel: int, stride: int, dilation: int) -> tuple[int, bool]:
-    """(static padding, needs dynamic padding) for a convolution, as transformers' get_padding_value."""
-    symmetric = ((stride - 1) + dilation * (kernel - 1)) // 2
-    if padding_mode == "SAME":
-        if stride == 1 and (dilation * (kernel - 1)) % 2 == 0:
-            return symmetric, False
-        return 0, True
-    return symmetric, False
 
 
 class StdConv2d(nn.Conv2d):
@@ -242,19 +227,6 @@ class BitStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
-
-
-def stage_strides_and_dilations(config: BitConfig) -> list[tuple[int, int]]:
-    """(stride, dilation) per stage: strides 1,2,2,2 until output_stride is reached, then dilation."""
-    plan, current_stride, dilation = [], 4, 1  # the stem divides resolution by 4
-    for index in range(len(config.depths)):
-        stride = 1 if index == 0 else 2
-        if current_stride >= config.output_stride:
-            dilation *= stride
-            stride = 1
-        current_stride *= stride
-        plan.append((stride, dilation))
-    return plan
 
 
 class BitEncoder(nn.Module):

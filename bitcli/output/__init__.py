@@ -1,14 +1,15 @@
 """Renderers: results -> tables (people) or jsonl / json / csv (machines), data to stdout only.
 
 Commands build plain records (`bitcli.results`, dicts); this package alone decides how they look:
-`records.py` the machine formats, `tables.py` the rich tables. Messages, warnings and progress
+`records.py` the machine formats, `tables.py` classification as tables (printed while the run
+goes on), `info.py` the tables of `bit inspect` and `bit models`. Messages, warnings and progress
 go to stderr, written by the command layer (`bitcli.cli.common.Ui`).
 """
 
 from __future__ import annotations
 
 import io
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Sequence
 
 from bitcli.output.records import (
     ClassifyRenderer,
@@ -17,30 +18,35 @@ from bitcli.output.records import (
     JsonlRenderer,
     is_terminal,
     resolve_format,
+    same_terminal,
     to_json,
     write_json,
 )
-from bitcli.output.tables import (
-    COMPACT_AFTER,
-    TableRenderer,
-    compact_table,
-    inspect_tables,
-    models_table,
-    runners_up_text,
-    short_size,
-    stdout_console,
-)
+from bitcli.output.info import inspect_tables, models_table, short_size
+from bitcli.output.tables import COMPACT_AFTER, TableRenderer, compact_table, runners_up_text, stdout_console
 from bitcli.results import ClassifyResult
 
 __all__ = [
     "COMPACT_AFTER", "classify_renderer", "compact_table", "is_terminal", "models_table", "render_classify",
-    "render_inspect", "render_models", "resolve_format", "runners_up_text", "short_size", "stdout_console",
+    "render_inspect", "render_models", "resolve_format", "same_terminal", "runners_up_text", "short_size", "stdout_console",
     "to_json",
 ]
 
 
-def classify_renderer(fmt: str, stream: IO[str], *, count: int, top_k: int) -> ClassifyRenderer:
-    """The renderer for a resolved format (`auto` must be resolved first)."""
+def classify_renderer(
+    fmt: str,
+    stream: IO[str],
+    *,
+    count: int,
+    top_k: int,
+    paths: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+) -> ClassifyRenderer:
+    """The renderer for a resolved format (`auto` must be resolved first).
+
+    `paths` (every input) and `labels` (the model's class names) let a table fix its column
+    widths before the first row; the machine formats ignore them.
+    """
     if fmt == "jsonl":
         return JsonlRenderer(stream)
     if fmt == "json":
@@ -48,7 +54,7 @@ def classify_renderer(fmt: str, stream: IO[str], *, count: int, top_k: int) -> C
     if fmt == "csv":
         return CsvRenderer(stream)
     if fmt == "table":
-        return TableRenderer(stream, count=count, top_k=top_k)
+        return TableRenderer(stream, count=count, top_k=top_k, paths=paths, labels=labels)
     raise ValueError(f"unknown format {fmt!r}")
 
 
@@ -72,9 +78,9 @@ def render_inspect(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
         console.print(table)
 
 
-def render_models(rows: list[dict[str, Any]], fmt: str, stream: IO[str]) -> None:
-    """`bit models`: the rows of `hub.list_known_models()` as JSON, or a table that fits 100 columns."""
+def render_models(rows: list[dict[str, Any]], fmt: str, stream: IO[str], default: str | None = None) -> None:
+    """`bit models`: the rows of `hub.list_known_models()` as JSON, or a table that fits 80 columns."""
     if fmt == "json":
         write_json(rows, stream)
         return
-    stdout_console(stream).print(models_table(rows))
+    stdout_console(stream).print(models_table(rows, default))

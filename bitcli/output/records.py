@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from typing import IO, Any, Protocol
 
 from bitcli.results import ClassifyResult
@@ -30,6 +31,16 @@ def is_terminal(stream: IO[Any] | None) -> bool:
         return False
 
 
+def same_terminal(first: IO[Any] | None, second: IO[Any] | None) -> bool:
+    """Whether two streams are the same terminal (a table on stdout and messages on stderr)."""
+    if not (is_terminal(first) and is_terminal(second)):
+        return False
+    try:
+        return os.path.samestat(os.fstat(first.fileno()), os.fstat(second.fileno()))
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def to_json(obj: Any) -> str:
     """Compact one-line JSON; non-UTF-8 path bytes (surrogates) fall back to \\u escapes."""
     text = json.dumps(obj, ensure_ascii=False)
@@ -47,7 +58,11 @@ def write_json(obj: Any, stream: IO[str]) -> None:
 
 
 class ClassifyRenderer(Protocol):
+    """`write` each result in input order, `flush` after each batch (tables print there), `close` once."""
+
     def write(self, result: ClassifyResult) -> None: ...
+
+    def flush(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -60,6 +75,9 @@ class JsonlRenderer:
 
     def write(self, result: ClassifyResult) -> None:
         self.stream.write(to_json(result.to_dict()) + "\n")
+        self.stream.flush()
+
+    def flush(self) -> None:
         self.stream.flush()
 
     def close(self) -> None:
@@ -77,6 +95,9 @@ class JsonArrayRenderer:
         self.stream.write(("[\n" if self.count == 0 else ",\n") + to_json(result.to_dict()))
         self.stream.flush()
         self.count += 1
+
+    def flush(self) -> None:
+        self.stream.flush()
 
     def close(self) -> None:
         self.stream.write("[]\n" if self.count == 0 else "\n]\n")
@@ -101,6 +122,9 @@ class CsvRenderer:
             row = (result.path, p.rank, p.index, p.label, repr(p.score))
             writer = self.quoted if "\r" in result.path or "\r" in p.label else self.writer
             writer.writerow(row)
+        self.stream.flush()
+
+    def flush(self) -> None:
         self.stream.flush()
 
     def close(self) -> None:
