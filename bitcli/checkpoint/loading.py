@@ -29,6 +29,7 @@ from bitcli.engine import EngineRecord, check_precision, prepare
 from bitcli.errors import CheckpointError
 from bitcli.model.architecture import BiT, standardize_conv_weight
 from bitcli.model.config import BitConfig
+from bitcli.util import name_some
 
 if TYPE_CHECKING:
     from bitcli.hub import ResolvedModel
