@@ -36,6 +36,8 @@ DEFAULT_MODEL = "google/bit-50"
 DEFAULT_BATCH_SIZE = 8
 
 InputLike = Union[str, Path, "InputItem", InputError]
+# NaN or infinite scores or embeddings (weights overflowing float32 on an image) fail that input.
+NON_FINITE = "non-finite model output (NaN or infinity) for this image"
 ModelLike = Union[str, Path, "LoadedModel"]
 
 
@@ -47,7 +49,8 @@ class RunOptions:
     and "fp32" there. Given a model that is already loaded, None accepts it as it is, and a value
     that disagrees with it is a UsageError (moving a loaded model is `bitcli.load`'s job, not a
     side effect of building a Classifier). `max_pixels`: an image whose width x height exceeds it
-    fails (`error` set) before it is decoded, a guard against decompression bombs; None: no limit.
+    fails (`error` set) before it is decoded, a guard against decompression bombs, and so does one
+    whose resize would exceed it where only the crop cannot be resized instead; None: no limit.
     `fast_jpeg`: decode JPEGs at a reduced scale (libjpeg draft mode) when that still covers the
     model's input: faster for large photos, close to but not pixel-identical with the exact path.
     """
@@ -123,7 +126,7 @@ def load(
         return load_model(resolved.path, device=torch_device, precision=precision or "fp32", resolved=resolved)
     except BitError:
         raise
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{model}: cannot load the checkpoint ({first_line(exc)})") from exc
 
 
@@ -169,10 +172,11 @@ def as_items(inputs: Iterable[InputLike]) -> Iterator["InputItem | InputError"]:
 
 @dataclass
 class _Batch:
-    """One batch: its images' outputs and every input of the group, in input order."""
+    """One batch: every input of the group, in input order (loader.Loaded | InputError), and what
+    `_forward` returned for its Loaded entries (None when there are none)."""
 
-    group: list[Any]  # loader.Loaded | InputError
-    outputs: Any  # what `_forward` returned for the Loaded entries of `group`, or None
+    group: list[Any]
+    outputs: Any
 
 
 class _Runner:
@@ -227,9 +231,10 @@ class _Runner:
             for entry in batch.group:
                 if isinstance(entry, InputError):
                     results.append(failure(path=entry.path, error=entry.reason))
-                else:
-                    results.append(self._result(entry.path, batch.outputs, row))
-                    row += 1
+                    continue
+                ok = batch.outputs[-1][row]  # every _forward ends its outputs with a finiteness mask
+                results.append(self._result(entry.path, batch.outputs, row) if ok else failure(path=entry.path, error=NON_FINITE))
+                row += 1
             yield results
 
     def _forward(self, tensors: list[Any]) -> Any:
@@ -285,13 +290,13 @@ class Classifier(_Runner):
         import torch
 
         with torch.inference_mode():
-            logits = self.model.model.forward_head(self._features(tensors))
-            probs = torch.softmax(logits.float(), dim=-1)
-            scores, indices = probs.topk(self.top_k, dim=-1)
-        return scores.cpu().numpy(), indices.cpu().numpy()
+            logits = self.model.model.forward_head(self._features(tensors)).float()
+            scores, indices = torch.softmax(logits, dim=-1).topk(self.top_k, dim=-1)
+            finite = torch.isfinite(logits).all(dim=-1) & torch.isfinite(scores).all(dim=-1)
+        return scores.cpu().numpy(), indices.cpu().numpy(), finite.cpu().numpy()
 
     def _result(self, path: str, outputs: Any, row: int) -> ClassifyResult:
-        scores, indices = outputs
+        scores, indices, _ = outputs
         preds = [
             Prediction(rank=r + 1, index=int(i), label=self.labels.names[int(i)], score=short_float(s))
             for r, (s, i) in enumerate(zip(scores[row], indices[row]))
@@ -341,10 +346,11 @@ class Embedder(_Runner):
             pooled = self._features(tensors)
             if self.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-        return pooled.cpu().numpy()
+            finite = torch.isfinite(pooled).all(dim=1)
+        return pooled.cpu().numpy(), finite.cpu().numpy()
 
     def _result(self, path: str, outputs: Any, row: int) -> EmbedResult:
-        return EmbedResult(path=path, vector=outputs[row])
+        return EmbedResult(path=path, vector=outputs[0][row])
 
     def embed_groups(self, inputs: Iterable[InputLike]) -> Iterator[list[EmbedResult]]:
         """One list of results per batch, in input order (failures in their place)."""
@@ -365,24 +371,12 @@ class Embeddings:
     errors: list[tuple[str, str]]  # (path, reason) of inputs that failed
 
 
-def classify(
-    inputs: Iterable[InputLike],
-    model: ModelLike = DEFAULT_MODEL,
-    *,
-    top_k: int = 5,
-    **options: Any,
-) -> list[ClassifyResult]:
+def classify(inputs: Iterable[InputLike], model: ModelLike = DEFAULT_MODEL, *, top_k: int = 5, **options: Any) -> list[ClassifyResult]:
     """Classify images; one result per input, in order. Options as for `Classifier`."""
     return list(Classifier(model, top_k=top_k, **options).classify(inputs))
 
 
-def embed(
-    inputs: Iterable[InputLike],
-    model: ModelLike = DEFAULT_MODEL,
-    *,
-    normalize: bool = False,
-    **options: Any,
-) -> Embeddings:
+def embed(inputs: Iterable[InputLike], model: ModelLike = DEFAULT_MODEL, *, normalize: bool = False, **options: Any) -> Embeddings:
     """Embed images into one in-memory matrix. Options as for `Embedder`."""
     import numpy as np
 

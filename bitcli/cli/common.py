@@ -17,7 +17,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from bitcli.cli.screen import Bar, summary_text
-from bitcli.errors import BitError, UsageError
+from bitcli.errors import UsageError
 from bitcli.output import is_terminal
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, RunOptions  # light: no torch, no PIL
 from bitcli.util import DEFAULT_MAX_PIXELS
@@ -117,7 +117,8 @@ MaxPixelsOpt = Annotated[
         metavar="N",
         help=(
             "Skip (as a failed input) any image of more than N pixels (width x height), read from its "
-            "header before decoding: a guard against decompression bombs. 0: no limit."
+            "header before decoding, or whose resize for the model would hold more: a guard against "
+            "decompression bombs and extreme aspect ratios. 0: no limit."
         ),
         rich_help_panel="Images",
     ),
@@ -255,10 +256,25 @@ def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = No
     return loaded
 
 
-def expand(inputs: list[str]) -> list[Any]:
+NullOpt = Annotated[
+    bool,
+    typer.Option(
+        "--null",
+        "-0",
+        help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
+        rich_help_panel="Images",
+    ),
+]
+
+
+def expand(inputs: list[str], null: bool = False, ui: Ui | None = None) -> list[Any]:
+    """The inputs, expanded (directories, globs, `-`); an empty list is allowed, with a warning."""
     from bitcli.inputs import expand_inputs
 
-    return list(expand_inputs(inputs, stdin=sys.stdin))
+    items = list(expand_inputs(inputs, stdin=sys.stdin, null=null))
+    if not items and ui is not None:
+        ui.warn("no inputs (stdin held no paths): nothing to do")
+    return items
 
 
 def require_stdout(what: str) -> None:
@@ -267,25 +283,17 @@ def require_stdout(what: str) -> None:
         raise UsageError(f"stdout is closed: there is nowhere to write {what}; redirect it to a file")
 
 
-@contextlib.contextmanager
-def stdout_errors() -> Iterator[None]:
-    """A failed write to stdout (disk full, /dev/full) is one line, exit 1; a closed pipe is 141."""
-    try:
-        yield
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise BitError(f"cannot write to stdout ({exc.strerror or exc})") from exc
 
-
-def report_summary(ui: Ui, summary: Any, paths: Any) -> None:
-    """The last lines of `bit embed` and `bit combine`: what was written, and how many inputs failed."""
+def report_summary(ui: Ui, summary: Any, paths: Any, done: bool = False) -> None:
+    """The last lines of `bit embed` and `bit combine`: what was written (unless the closing
+    summary line already said it: `done`), and how many inputs failed."""
     where = "stdout" if paths.out is None else str(paths.out)
     noun = "image" if summary.rows == 1 else "images"
     text = f"embedded {summary.rows} {noun} as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
     if summary.resumed_rows:
         text += f" ({summary.resumed_rows} from the earlier run)"
-    ui.info(text)
+    if not done:
+        ui.info(text)
     if summary.failed:
         listed = f"; listed in {summary.errors_file}" if summary.errors_file else ""
         noun = "input" if summary.failed == 1 else "inputs"

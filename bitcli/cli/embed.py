@@ -37,6 +37,7 @@ from bitcli.cli.common import (
     InputsArg,
     MaxPixelsOpt,
     ModelOpt,
+    NullOpt,
     Precision,
     PrecisionOpt,
     QuietOpt,
@@ -97,6 +98,7 @@ def embed(
         bool, typer.Option("--resume", help="Continue an interrupted run, skipping the images already done.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (or discard a partial run).")] = False,
+    null: NullOpt = False,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.fp32,
@@ -125,11 +127,11 @@ def embed(
     if dist.check(output_path == "-", manifest):
         from bitcli.distributed import EmbedJob
 
-        paths = store_paths(where, check=shard is None)  # a shard job writes shards, not OUT.npy
+        paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
         job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads)
         return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite)
-    paths = store_paths(where)  # refuse a bad output before the model loads
-    items = expand(inputs)
+    paths = store_paths(where, ui)  # refuse a bad output before the model loads
+    items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
     with store.write_errors(paths, UsageError):  # cannot even start: the -o path is unusable
         writer = store.EmbedWriter(
@@ -141,9 +143,10 @@ def embed(
             resume=where.resume,
             overwrite=where.overwrite,
         )
-    if writer.already_complete:
+    if writer.already_complete:  # exits as the run that made it did
         ui.info(f"{paths.out} is already complete; nothing to resume (pass --overwrite to redo it)")
-        return EXIT_OK
+        report_summary(ui, writer.finish(), paths, done=True)
+        return EXIT_SOME_FAILED if writer.failed else EXIT_OK
     if writer.rows or writer.failed:
         ui.info(f"resuming: {writer.rows} images and {writer.failed} failures already recorded")
     todo = list(writer.skip_done(items))
@@ -165,9 +168,10 @@ def embed(
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
-def store_paths(where: StoreOptions, *, check: bool = True) -> Any:
-    """The files this run writes, checked before the model loads (UsageError, exit 2)."""
-    from bitcli.store import EmbedPaths, check_output
+def store_paths(where: StoreOptions, ui: Ui, *, check: bool = True) -> Any:
+    """The files this run writes, checked before the model loads (UsageError, exit 2). A
+    publication an interrupted run had committed to is completed first, whatever the options."""
+    from bitcli.store import EmbedPaths, check_output, recover
 
     if where.output == "-":
         if is_terminal(sys.stdout):
@@ -180,6 +184,8 @@ def store_paths(where: StoreOptions, *, check: bool = True) -> Any:
         if not out.name.endswith(".npy"):  # as numpy.save does: `-o vecs` writes vecs.npy
             out = out.with_name(out.name + ".npy")
         paths = EmbedPaths.for_output(out, manifest=where.manifest)
+        if recover(paths):
+            ui.info(f"completed publishing {out}, which an interrupted run had left half-renamed")
     if check:
         check_output(paths, resume=where.resume, overwrite=where.overwrite)
     return paths
