@@ -109,6 +109,17 @@ def write_lines(path: Path, lines: Iterable[str]) -> int:
         return fh.buffer.tell()
 
 
+def write_atomic(path: Path, lines: Iterable[str]) -> None:
+    """Text lines at `path` through a temporary name in the same folder and a rename (whole or absent)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_lines(tmp, lines)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, data: Any, tmp: Path) -> None:
     """`data` as JSON at `path`, through `tmp` and a rename (so `path` is whole or absent)."""
     write_synced(tmp, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))

@@ -17,9 +17,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Sequence
 
-from bitcli.store.files import read_json_record, read_npy_header
+from bitcli.store.files import read_json_record, read_lines, read_npy_header
+
+if TYPE_CHECKING:
+    from bitcli.store.paths import EmbedPaths
 
 JOURNAL_LINE_MAX = 64 << 20  # one batch's paths and errors; a longer line is damage
 RECORD_VERSION = 1
@@ -119,3 +123,16 @@ def finished_problem(record_path: Path, state: dict[str, Any], files: dict[str, 
     if header is None or header[0] != (record.get("rows"), state["dim"]) or header[1] != rows_dtype:
         return "its array changed since it was made"
     return None
+
+
+def finished_inputs(paths: "EmbedPaths") -> Counter[str] | None:
+    """The inputs a finished run accounted for: its manifest and error list (None: unreadable)."""
+    from bitcli.store.paths import unescape_error_path
+
+    try:
+        done = Counter(read_lines(paths.manifest))
+        if paths.errors.exists():
+            done += Counter(unescape_error_path(line.split("\t", 1)[0]) for line in read_lines(paths.errors))
+    except OSError:
+        return None
+    return done
