@@ -208,6 +208,8 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig, *, max_pixels: int | N
     `max_pixels` (None: no limit) caps the pixels of the resized image preprocessing holds: a
     larger resize is computed for the crop's region alone, or, where it cannot be, raises
     ImageTooLarge."""
+    import torch
+
     if image.mode != "RGB":
         # The model needs 3 channels, so convert even when do_convert_rgb is off.
         image = to_rgb(image)
@@ -229,8 +231,6 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig, *, max_pixels: int | N
         image = image.resize((width, height), resample=cfg.resample, box=image.info.get(DRAFT_BOX_KEY))
     if cfg.do_center_crop:
         image = image.crop(center_crop_box(image.height, image.width, cfg.crop_size, cfg.crop_rounding))
-    import torch
-
     return torch.from_numpy(_apply_value_table(np.asarray(image), cfg._lut))
 
 
