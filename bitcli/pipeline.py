@@ -6,14 +6,15 @@ and one `RunOptions` (or its fields as keywords). Inputs are paths, directories 
 thread pool (`loader.py`); results come back in input order, with failed inputs in their place
 (`error` set) rather than raised, so one bad file never sinks a batch.
 
-Batching is deterministic: a batch is the next `batch_size` images in input order (a change of
-tensor shape, possible only without a center crop, closes a batch early). The `*_groups` methods
-yield one list per batch (the batch's images and the failures between them, in input order);
-`bit embed` commits each group to disk at once, which is what makes `--resume` byte-identical.
+Batching depends on the input list alone: batch k is inputs [k * B, (k + 1) * B), B the batch
+size, and a failed input leaves its place empty. Which rows share a forward pass (so a row's last
+float bits) never depends on which files are broken: `--resume`, `--shard` and the Ray engine cut
+the list at multiples of B and get one uninterrupted run's bytes. `*_groups`: a list per batch.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -200,20 +201,19 @@ class _Runner:
         load_fn = image_loader(self.model.preprocess, max_pixels=opts.max_pixels, fast_jpeg=opts.fast_jpeg)
         workers = opts.workers or default_workers()
         stream = load_ordered(as_items(inputs), load_fn, workers=workers, lookahead=max(2 * self.batch_size, 2 * workers))
-        group: list[Any] = []
-        tensors: list[Any] = []
-        for entry in stream:
-            if not isinstance(entry, InputError) and tensors and entry.tensor.shape != tensors[0].shape:
-                yield _Batch(group, self._forward(tensors))  # a new size cannot join this batch
-                group, tensors = [], []
-            group.append(entry)
-            if not isinstance(entry, InputError):
-                tensors.append(entry.tensor)
-                if len(tensors) == self.batch_size:
-                    yield _Batch(group, self._forward(tensors))
-                    group, tensors = [], []
-        if group:
-            yield _Batch(group, self._forward(tensors) if tensors else None)
+        # A failure counts: batch k is always inputs [k * B, (k + 1) * B) (the module docstring).
+        for group in iter(lambda: list(itertools.islice(stream, self.batch_size)), []):
+            yield self._batch(group)
+
+    def _batch(self, group: list[Any]) -> _Batch:
+        """Forward the group's images, each run of one tensor shape (only without a crop) in one pass."""
+        import numpy as np
+
+        tensors = [entry.tensor for entry in group if not isinstance(entry, InputError)]
+        outs = [self._forward(list(run)) for _, run in itertools.groupby(tensors, key=lambda t: t.shape)]
+        if len(outs) > 1:  # join the passes: arrays, or each of classify's (scores, indices)
+            outs = [tuple(map(np.concatenate, zip(*outs))) if isinstance(outs[0], tuple) else np.concatenate(outs)]
+        return _Batch(group, outs[0] if outs else None)
 
     def _features(self, tensors: list[Any]) -> "torch.Tensor":
         """Pooled features [N, C] (float32, on the model's device) for a list of [3, H, W] tensors."""

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from bitcli.cli import classify, embed, info, train
+from bitcli.cli import classify, combine, embed, info, train
 from bitcli.cli import eval as eval_cmd
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
@@ -132,6 +132,7 @@ def register(command: Callable[..., int], examples: str, name: str | None = None
 
 register(classify.classify, classify.EPILOG)
 register(embed.embed, embed.EPILOG)
+register(combine.combine, combine.EPILOG)
 register(info.inspect, info.INSPECT_EPILOG)
 register(info.download, info.DOWNLOAD_EPILOG)
 register(info.models, info.MODELS_EPILOG)

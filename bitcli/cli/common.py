@@ -282,3 +282,19 @@ def require_stdout(what: str) -> None:
     if sys.stdout is None:
         raise UsageError(f"stdout is closed: there is nowhere to write {what}; redirect it to a file")
 
+
+
+def report_summary(ui: Ui, summary: Any, paths: Any, done: bool = False) -> None:
+    """The last lines of `bit embed` and `bit combine`: what was written (unless the closing
+    summary line already said it: `done`), and how many inputs failed."""
+    where = "stdout" if paths.out is None else str(paths.out)
+    noun = "image" if summary.rows == 1 else "images"
+    text = f"embedded {summary.rows} {noun} as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
+    if summary.resumed_rows:
+        text += f" ({summary.resumed_rows} from the earlier run)"
+    if not done:
+        ui.info(text)
+    if summary.failed:
+        listed = f"; listed in {summary.errors_file}" if summary.errors_file else ""
+        noun = "input" if summary.failed == 1 else "inputs"
+        ui.warn(f"{summary.failed} {noun} failed{listed}")

@@ -13,6 +13,18 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from bitcli.cli.combine import (
+    Distribution,
+    Engine,
+    EngineOpt,
+    GpusOpt,
+    RayAddressOpt,
+    ShardDirOpt,
+    ShardOpt,
+    ShardSizeOpt,
+    WorkersOpt,
+    embed_distributed,
+)
 from bitcli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -33,6 +45,7 @@ from bitcli.cli.common import (
     Ui,
     expand,
     load_model,
+    report_summary,
     run_options,
 )
 from bitcli.cli.helpscreen import epilog
@@ -46,6 +59,7 @@ EPILOG = epilog(
     "bit embed 'photos/**/*.jpg' -o photos.npy --normalize --dtype float16",
     "bit embed photos/ -o photos.npy --resume  # continue an interrupted run",
     "bit embed a.jpg b.jpg -o - --manifest rows.txt > vectors.npy",
+    "bit embed photos/ -o photos.npy --engine ray  # on a Ray cluster: docs/distributed.md",
     note=(
         "Writes OUT.npy [N, D] (.npy is added to a name without it, as numpy.save does), OUT.paths.txt "
         "(line i = path of row i) and, when some inputs fail, OUT.errors.txt (PATH<TAB>reason). Files "
@@ -92,6 +106,13 @@ def embed(
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     fast_jpeg: FastJpegOpt = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    num_gpus_per_worker: GpusOpt = 0.0,
+    shard: ShardOpt = None,
+    shard_size: ShardSizeOpt = None,
+    shard_dir: ShardDirOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> int:
@@ -102,6 +123,13 @@ def embed(
     ui = Ui(quiet=quiet, debug=debug)
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite)
+    dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
+    if dist.check(output_path == "-", manifest):
+        from bitcli.distributed import EmbedJob
+
+        paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
+        job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads)
+        return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite)
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
     items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
@@ -140,7 +168,7 @@ def embed(
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
-def store_paths(where: StoreOptions, ui: Ui) -> Any:
+def store_paths(where: StoreOptions, ui: Ui, *, check: bool = True) -> Any:
     """The files this run writes, checked before the model loads (UsageError, exit 2). A
     publication an interrupted run had committed to is completed first, whatever the options."""
     from bitcli.store import EmbedPaths, check_output, recover
@@ -158,7 +186,8 @@ def store_paths(where: StoreOptions, ui: Ui) -> Any:
         paths = EmbedPaths.for_output(out, manifest=where.manifest)
         if recover(paths):
             ui.info(f"completed publishing {out}, which an interrupted run had left half-renamed")
-    check_output(paths, resume=where.resume, overwrite=where.overwrite)
+    if check:
+        check_output(paths, resume=where.resume, overwrite=where.overwrite)
     return paths
 
 
@@ -169,17 +198,3 @@ def report(ui: Ui, group: list[Any], bar: Any, failed: list[str]) -> None:
     with bar.paused(done=len(group), screen=bool(errors)):
         for line in errors:
             ui.error(line)
-
-
-def report_summary(ui: Ui, summary: Any, paths: Any, done: bool = False) -> None:
-    where = "stdout" if paths.out is None else str(paths.out)
-    noun = "image" if summary.rows == 1 else "images"
-    text = f"embedded {summary.rows} {noun} as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
-    if summary.resumed_rows:
-        text += f" ({summary.resumed_rows} from the earlier run)"
-    if not done:
-        ui.info(text)
-    if summary.failed:
-        listed = f"; listed in {summary.errors_file}" if summary.errors_file else ""
-        noun = "input" if summary.failed == 1 else "inputs"
-        ui.warn(f"{summary.failed} {noun} failed{listed}")

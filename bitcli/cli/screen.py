@@ -52,6 +52,11 @@ class Bar:
         eta = f"eta {clock(max(self.total - self.done, 0) / rate)}" if rate > 0 else ""
         self._progress.update(self._task, advance=count, rate=f"{rate_text(rate)} img/s" if rate > 0 else "", eta=eta)
 
+    def describe(self, what: str) -> None:
+        """A new label before the bar (`bit embed --engine ray`: shards done)."""
+        if self._progress is not None:
+            self._progress.update(self._task, description=what)
+
     @contextlib.contextmanager
     def paused(self, done: int = 0, *, screen: bool = True) -> Iterator[None]:
         """Erase the bar while the caller writes to the terminal; then count `done` more images

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitcli.model.config import BitConfig, make_divisible
+from bitcli.model.groupnorm import group_norm_act
 from bitcli.model.shapes import conv_padding, same_padding, stage_strides_and_dilations
 
 
@@ -98,14 +99,20 @@ def onednn_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
 
 
 class GroupNormAct(nn.GroupNorm):
-    """GroupNorm followed by the activation (or none, for the last norm of a v1.5 bottleneck)."""
+    """GroupNorm followed by the activation (or none, for the last norm of a v1.5 bottleneck).
 
-    def __init__(self, config: BitConfig, channels: int, *, activation: bool = True):
+    Channels-last CPU input takes `groupnorm.group_norm_act` (PyTorch's own channels-last
+    kernel loses precision on flat images). `fresh_input`: the input is a tensor made inside
+    the same block (a convolution's output) that nothing reads again, so it may be overwritten.
+    """
+
+    def __init__(self, config: BitConfig, channels: int, *, activation: bool = True, fresh_input: bool = False):
         super().__init__(config.num_groups, channels, eps=1e-5, affine=True)
         self.act = make_activation(config.hidden_act) if activation else nn.Identity()
+        self.fresh_input = fresh_input
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
+        return group_norm_act(x, self, self.act, inplace=self.fresh_input)
 
 
 class BitEmbeddings(nn.Module):
@@ -124,7 +131,7 @@ class BitEmbeddings(nn.Module):
         # Subtly not the same as max-pool padding=1: padding with zeros (after the conv, before
         # any ReLU) lets a zero win the max where every real value in the window is negative.
         self.pad = nn.Identity() if config.global_padding == "SAME" else nn.ConstantPad2d(1, 0.0)
-        self.norm = GroupNormAct(config, config.embedding_size) if config.layer_type == "bottleneck" else None
+        self.norm = GroupNormAct(config, config.embedding_size, fresh_input=True) if config.layer_type == "bottleneck" else None
         self.pool_pad = DynamicPad2d(3, 2) if config.embedding_dynamic_padding else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -144,7 +151,7 @@ class BitDownsampleConv(nn.Module):
         self.conv = StdConv2d(
             in_channels, out_channels, 1, stride=stride, padding_mode=config.global_padding, eps=config.ws_eps
         )
-        self.norm = None if preact else GroupNormAct(config, out_channels, activation=False)
+        self.norm = None if preact else GroupNormAct(config, out_channels, activation=False, fresh_input=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
@@ -161,11 +168,11 @@ class PreActBottleneck(nn.Module):
         self.downsample = BitDownsampleConv(config, in_channels, out_channels, stride, preact=True) if first else None
         self.norm1 = GroupNormAct(config, in_channels)
         self.conv1 = StdConv2d(in_channels, mid, 1, padding_mode=pad, eps=eps)
-        self.norm2 = GroupNormAct(config, mid)
+        self.norm2 = GroupNormAct(config, mid, fresh_input=True)
         # transformers builds this 3x3 convolution without dilation even when output_stride asks
         # for it; we reproduce that so its checkpoints give its numbers.
         self.conv2 = StdConv2d(mid, mid, 3, stride=stride, padding_mode=pad, eps=eps)
-        self.norm3 = GroupNormAct(config, mid)
+        self.norm3 = GroupNormAct(config, mid, fresh_input=True)
         self.conv3 = StdConv2d(mid, out_channels, 1, padding_mode=pad, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -188,11 +195,11 @@ class Bottleneck(nn.Module):
         pad, eps = config.global_padding, config.ws_eps
         self.downsample = BitDownsampleConv(config, in_channels, out_channels, stride, preact=False) if first else None
         self.conv1 = StdConv2d(in_channels, mid, 1, padding_mode=pad, eps=eps)
-        self.norm1 = GroupNormAct(config, mid)
+        self.norm1 = GroupNormAct(config, mid, fresh_input=True)
         self.conv2 = StdConv2d(mid, mid, 3, stride=stride, dilation=dilation, padding_mode=pad, eps=eps)
-        self.norm2 = GroupNormAct(config, mid)
+        self.norm2 = GroupNormAct(config, mid, fresh_input=True)
         self.conv3 = StdConv2d(mid, out_channels, 1, padding_mode=pad, eps=eps)
-        self.norm3 = GroupNormAct(config, out_channels, activation=False)
+        self.norm3 = GroupNormAct(config, out_channels, activation=False, fresh_input=True)
         self.act = make_activation(config.hidden_act)
 
     def forward(self, x: Tensor) -> Tensor:
