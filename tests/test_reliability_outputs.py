@@ -266,17 +266,9 @@ def test_resume_of_a_finished_output_whose_files_changed_is_refused(ckpt, photos
 
 
 def _store():
-    """The embed store module (`bitcli.store` after issue 10's layout, `bitcli.embedstore` before)."""
-    try:
-        from bitcli import store
+    from bitcli import store
 
-        if hasattr(store, "EmbedWriter"):
-            return store
-    except ImportError:
-        pass
-    from bitcli import embedstore
-
-    return embedstore
+    return store
 
 
 def test_a_second_run_on_the_same_output_is_told_another_run_holds_it(ckpt, photos, tmp_path):

@@ -166,7 +166,11 @@ def check_own_partial(paths: EmbedPaths) -> None:
                 f"{path}: is a {kind_of(info.st_mode)}, not a partial run bitcli made; "
                 "move it away or choose another -o"
             )
-        foreign = [e.name for e in os.scandir(path) if e.name not in OWN_PARTIAL_FILES or not e.is_file(follow_symlinks=False)]
+        try:
+            entries = list(os.scandir(path))
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}); fix its permissions or move it away") from None
+        foreign = [e.name for e in entries if e.name not in OWN_PARTIAL_FILES or not e.is_file(follow_symlinks=False)]
         if foreign:
             shown = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
             raise UsageError(

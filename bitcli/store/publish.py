@@ -101,7 +101,10 @@ def recover(paths: EmbedPaths) -> bool:
         return False
     published = False
     if partial.is_dir():
-        lock = take_lock(partial)
+        try:
+            lock = take_lock(partial)
+        except OSError:
+            return False  # unwritable: the writer reports it, naming the output
         if lock is None:
             return False  # another run is on it
         try:
@@ -132,7 +135,10 @@ def discard_tmp(paths: EmbedPaths) -> None:
     tmp = paths.partial_tmp
     if tmp is None or not tmp.is_dir() or tmp.is_symlink():
         return
-    lock = take_lock(tmp)
+    try:
+        lock = take_lock(tmp)
+    except OSError:
+        return
     if lock is None:
         return  # being assembled right now
     try:
