@@ -104,7 +104,7 @@ def bench_engine_settings(checkpoint: Path, row) -> None:
     """What the engine picks on this machine (measuring it now if it was never measured)."""
     import torch
 
-    from bitcli.calibration import machine_info
+    from bitcli.engine.calibration import machine_info
     from bitcli.checkpoint import load_model
 
     model = load_model(checkpoint).model

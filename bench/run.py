@@ -22,7 +22,7 @@ Parts (`--parts`, comma-separated):
            for transformers fp32, bitcli fp32 and bf16; bf16 against fp32 on photos (bench/accuracy.py)
 
 Before timing, the engine's per-machine settings are made (measured once and remembered in the
-user's cache directory, bitcli/calibration.py) and printed: the timings never include measuring.
+user's cache directory, bitcli/engine/calibration.py) and printed: the timings never include measuring.
 
 Timings are wall-clock medians over rounds that alternate the two sides, so a change in the
 machine's load hits both alike; the table prints the load average too.
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".bench"
 CHECKPOINT = WORK / "bit-50-random"
 HF_HOME = WORK / "hf_home"
-# The commit bitcli pins for google/bit-50 (zoo.py): the cache holds the checkpoint under it.
+# The commit bitcli pins for google/bit-50 (bitcli/hub/zoo.py): the cache holds the checkpoint under it.
 BIT50_COMMIT = "9e9a281aa096247270860f9cda4f68daacca33d0"
 BIN = Path(sys.executable).parent
 PREPROCESSOR = {

@@ -142,7 +142,7 @@ def test_classifier_scores_on_hard_image_files_match_float64(tiny_cases, tmp_pat
         paths.append(tmp_path / f"{len(paths):02d} {name.replace('/', ' ')}.png")
         image.save(paths[-1])
     model = bitcli.load(case.directory)
-    head = model.loaded.model.classifier[1]
+    head = model.model.classifier[1]
     with torch.no_grad():
         head.weight.mul_(case.head_scale)
         head.bias.mul_(case.head_scale)

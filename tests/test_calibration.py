@@ -1,4 +1,4 @@
-"""Per-machine engine settings (bitcli/calibration.py): reading the machine, choosing a budget
+"""Per-machine engine settings (bitcli/engine/calibration.py): reading the machine, choosing a budget
 from timings (a fake clock here, so the choice is deterministic), remembering it."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from bitcli import calibration
-from bitcli.calibration import (
+from bitcli.engine import calibration
+from bitcli.engine.calibration import (
     MB,
     best_budget,
     cgroup_cpu_quota,

@@ -8,7 +8,7 @@ import torch
 
 from bitcli import engine
 from bitcli.devices import DeviceSpec, parse_device, resolve_device
-from bitcli.engineplan import make_plan
+from bitcli.engine.plan import make_plan
 from bitcli.errors import UsageError
 from clihelpers import run
 
@@ -114,13 +114,14 @@ def test_engine_applies_a_cuda_plan(ckpt, monkeypatch, keep_tf32, precision):
     """A CPU model prepared with the CUDA plan (the only part checkable without a GPU): no
     slicing, no oneDNN calls, no bfloat16 weights; autocast for bf16 (run here as CPU autocast)."""
     from bitcli.checkpoint import load_model
-    from bitcli.model import StdConv2d
+    from bitcli.engine.slicing import SlicedBackbone
+    from bitcli.model.architecture import StdConv2d
 
     plain = load_model(ckpt, optimize=False).model
     model = load_model(ckpt, optimize=False).model
     monkeypatch.setattr(engine, "make_plan", lambda device_type, *a, **k: make_plan("cuda", *a, **k))
     engine.optimize_for_inference(model, precision=precision)
-    assert model.bit.chunk_bytes is None
+    assert not isinstance(model.bit, SlicedBackbone)
     assert not any(m.onednn for m in model.modules() if isinstance(m, StdConv2d))
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert model.autocast_dtype == (torch.bfloat16 if precision == "bf16" else None)

@@ -1,4 +1,4 @@
-"""The channels-last GroupNorm path (bitcli/groupnorm.py) against GroupNorm computed in float64."""
+"""The channels-last GroupNorm path (bitcli/model/groupnorm.py) against GroupNorm computed in float64."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import bitcli.groupnorm as groupnorm
-from bitcli.groupnorm import group_norm_act, group_stats, row_stats_work
+import bitcli.model.groupnorm as groupnorm
+from bitcli.model.groupnorm import group_norm_act, group_stats, row_stats_work
 
 TOLERANCE = 1e-4  # relative to the largest output value
 

@@ -142,7 +142,7 @@ def test_matches_transformers_on_faint_input(tmp_path):
 
 @pytest.mark.parametrize("size", [(8, 8), (9, 7), (7, 10), (224, 224)])
 def test_stem_pool_without_the_padded_copy_is_exact(size):
-    from bitcli.model import zero_padded_max_pool
+    from bitcli.model.architecture import zero_padded_max_pool
 
     x = torch.randn(2, 4, *size, generator=torch.Generator().manual_seed(0)) - 1  # mostly negative
     x = x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,287 @@
+"""The files an embed run writes, and the checks made before any of them is touched.
+
+`EmbedPaths` names them all: the array, the manifest and the error list (the published set), the
+run record beside the array, the partial directory, and the temporary names things are staged
+under. `check_output` refuses, before the model loads, what the writer would refuse (exit 2):
+
+- bitcli only ever replaces regular files (or creates missing ones). A FIFO, a device, a
+  directory or a symbolic link where an output goes is refused, with or without --overwrite.
+  Symbolic links are refused rather than written through: the atomic rename that publishes a
+  file replaces the name it is given, so writing through would need the target's directory
+  (another file system, perhaps, where no rename from the partial folder is possible), and a
+  planted link would let --overwrite reach any file its owner can write.
+- `OUT.npy.partial` is discarded (--overwrite) only when it is a directory holding nothing but
+  the files bitcli writes there.
+- No output may be another output, or lie inside the partial directory (which is deleted when
+  the run ends), also through `..` or a symbolic link on the way.
+- Every name, the temporary ones included, must fit the file system's limit on a name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from bitcli.errors import BitError, UsageError
+from bitcli.inputs import path_problem
+from bitcli.store.files import OWN_PARTIAL_FILES, lock_holder, partial_problem
+
+STAGED_SUFFIX = ".bitcli.tmp"  # `.NAME.bitcli.tmp`: where a file is written before it is renamed
+
+
+@dataclass(frozen=True)
+class EmbedPaths:
+    """Every file an embed run writes; `out` is None when the array goes to a stream (`-o -`)."""
+
+    out: Path | None
+    manifest: Path
+    errors: Path
+
+    @property
+    def partial(self) -> Path | None:
+        return None if self.out is None else self.out.with_name(self.out.name + ".partial")
+
+    @property
+    def partial_tmp(self) -> Path | None:
+        """Where the partial directory is assembled before it appears under its name."""
+        return None if self.out is None else self.out.with_name(f".{self.out.name}.partial.tmp")
+
+    @property
+    def record(self) -> Path | None:
+        """The finished run's record (settings, input digest, file sizes) beside the array."""
+        return None if self.out is None else self.out.with_name(f".{self.out.name}.run.json")
+
+    @property
+    def outputs(self) -> list[Path]:
+        """The files a finished run publishes (the array only when it is not streamed)."""
+        return [p for p in (self.out, self.manifest, self.errors) if p is not None]
+
+    @staticmethod
+    def staged(path: Path) -> Path:
+        return path.with_name(f".{path.name}{STAGED_SUFFIX}")
+
+    def every_name(self) -> list[tuple[str, Path]]:
+        """(role, path) of everything this run may create, for the name and kind checks."""
+        named = [("-o", self.out), ("--manifest", self.manifest), ("the error list", self.errors)]
+        named += [("the run record", self.record), ("the partial run", self.partial)]
+        named += [("a temporary file", self.partial_tmp)]
+        named += [("a temporary file", self.staged(p)) for p in (self.manifest, self.errors, self.record) if p]
+        return [(what, path) for what, path in named if path is not None]
+
+    @classmethod
+    def for_output(cls, out: Path | None, manifest: Path | None = None, errors: Path | None = None) -> "EmbedPaths":
+        """Defaults: `OUT.paths.txt` and `OUT.errors.txt` (`OUT` without `.npy`).
+
+        With `out=None` (stdout) the manifest must be given; errors go next to it, in
+        `MANIFEST.errors.txt` (`MANIFEST` without its `.txt`).
+        """
+        if out is None:
+            if manifest is None:
+                raise UsageError("-o - writes the array to stdout: give --manifest FILE for the row paths")
+            base = manifest.with_suffix("") if manifest.suffix == ".txt" else manifest
+            return cls(out=None, manifest=manifest, errors=errors or base.with_name(base.name + ".errors.txt"))
+        stem = out.with_suffix("") if out.suffix == ".npy" else out
+        return cls(
+            out=out,
+            manifest=manifest if manifest is not None else stem.with_name(stem.name + ".paths.txt"),
+            errors=errors if errors is not None else stem.with_name(stem.name + ".errors.txt"),
+        )
+
+
+def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
+    """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2."""
+    if resume and overwrite:
+        raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
+    if paths.out is None and resume:
+        raise UsageError("--resume needs an output file, not -o -")
+    check_names(paths)
+    check_distinct(paths)
+    for what, path in paths.every_name():
+        if path != paths.partial:
+            check_replaceable(path, what)
+    partial = paths.partial
+    if partial is not None:
+        check_own_partial(paths)
+        holder = lock_holder(partial) if partial.is_dir() else None
+        if holder is not None:
+            raise UsageError(
+                f"{paths.out}: another bit embed run ({holder}) is writing it; wait for it to finish or stop it"
+            )
+        if resume and partial.is_dir():
+            problem = partial_problem(partial)
+            if problem:
+                raise UsageError(f"{partial} is damaged ({problem}), so it cannot be resumed; pass --overwrite to start again")
+    if resume or overwrite:
+        return
+    if partial is not None and partial.exists():
+        raise UsageError(
+            f"{paths.out}: an interrupted run left {partial}; pass --resume to continue it or --overwrite to start over"
+        )
+    if paths.out is not None and paths.out.exists():
+        raise UsageError(f"{paths.out} already exists; pass --overwrite to replace it (or --resume)")
+    for path in (paths.manifest, paths.errors):
+        if os.path.lexists(path):
+            raise UsageError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def kind_of(mode: int) -> str:
+    for kind, test in (("directory", stat.S_ISDIR), ("symbolic link", stat.S_ISLNK), ("FIFO", stat.S_ISFIFO),
+                       ("character device", stat.S_ISCHR), ("block device", stat.S_ISBLK), ("socket", stat.S_ISSOCK)):
+        if test(mode):
+            return kind
+    return "regular file" if stat.S_ISREG(mode) else "special file"
+
+
+def check_replaceable(path: Path, what: str = "output") -> None:
+    """A UsageError unless `path` is missing or a regular file (the only things bitcli replaces)."""
+    info = _lstat(path)
+    if info is None or stat.S_ISREG(info.st_mode):
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(
+            f"{path}: is a symbolic link (to {os.readlink(path)}); bitcli does not write through links: "
+            "give the file it points to, or another name"
+        )
+    if what == "--manifest" and stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"--manifest {path}: is a directory; give a file name")
+    raise UsageError(
+        f"{path}: is a {kind_of(info.st_mode)}, not a regular file; bitcli only replaces regular files "
+        "it could have written: choose another name"
+    )
+
+
+def check_own_partial(paths: EmbedPaths) -> None:
+    """The partial directory (and its temporary twin), when they exist, must be bitcli's own."""
+    for path in (paths.partial, paths.partial_tmp):
+        info = _lstat(path)
+        if info is None:
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            raise UsageError(
+                f"{path}: is a {kind_of(info.st_mode)}, not a partial run bitcli made; "
+                "move it away or choose another -o"
+            )
+        try:
+            entries = list(os.scandir(path))
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}); fix its permissions or move it away") from None
+        foreign = [e.name for e in entries if e.name not in OWN_PARTIAL_FILES or not e.is_file(follow_symlinks=False)]
+        if foreign:
+            shown = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
+            raise UsageError(
+                f"{path}: holds files bitcli did not write there ({shown}); move it away or choose another -o"
+            )
+
+
+def check_names(paths: EmbedPaths) -> None:
+    """Every name must fit the file system: `OUT.npy.partial` and the temporary names too."""
+    derived = {paths.manifest: [paths.staged(paths.manifest)], paths.errors: [paths.staged(paths.errors)]}
+    if paths.out is not None:
+        derived[paths.out] = [paths.partial, paths.partial_tmp, paths.record, paths.staged(paths.record)]
+    for output, siblings in derived.items():
+        limit = _name_max(output.parent)
+        for path in (output, *siblings):
+            size = len(os.fsencode(path.name))
+            if size <= limit:
+                continue
+            beside = "" if path == output else f": bitcli also writes {path.name} beside it ({size} bytes)"
+            raise UsageError(
+                f"{output}: the name is too long for this file system, at most {limit} bytes per name{beside}; "
+                "choose a shorter name"
+            )
+
+
+def _name_max(directory: Path) -> int:
+    for candidate in (directory, *directory.parents):
+        try:
+            return os.pathconf(candidate if str(candidate) else ".", "PC_NAME_MAX")
+        except (OSError, ValueError):
+            continue
+    return 255
+
+
+def check_distinct(paths: EmbedPaths) -> None:
+    """The outputs must be different files, and none may lie inside the partial directory."""
+    seen: dict[str, str] = {}
+    for what, path in paths.every_name():
+        key = os.path.realpath(path)
+        if key in seen:
+            raise UsageError(f"{path}: {seen[key]} and {what} would be the same file; choose another --manifest or -o")
+        seen[key] = what
+    if paths.partial is None:
+        return
+    inside = os.path.realpath(paths.partial) + os.sep
+    for what, path in (("--manifest", paths.manifest), ("the error list", paths.errors)):
+        if os.path.realpath(path).startswith(inside):
+            raise UsageError(
+                f"{path}: {what} would be inside {paths.partial}, which is deleted when the run ends; choose another place"
+            )
+
+
+def _lstat(path: Path | None) -> os.stat_result | None:
+    if path is None:
+        return None
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot use this name ({exc.strerror or exc})") from None
+
+
+def manifest_problem(path: str) -> str | None:
+    """Why `path` cannot be a manifest line, or None when it can (`inputs.path_problem`'s rule)."""
+    if path_problem(path):
+        return "the path contains a line break, so it cannot be listed in the manifest; rename the file"
+    return None
+
+
+def escape_error_path(path: str) -> str:
+    """One-line form of a path for `OUT.errors.txt` (backslash, tab and line breaks escaped)."""
+    return path.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def unescape_error_path(text: str) -> str:
+    """The path `escape_error_path` made `text` from."""
+    return re.sub(r"\\(.)", lambda m: _UNESCAPES.get(m.group(1), m.group(1)), text)
+
+
+_UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
+
+
+class OutputWriteError(OSError):
+    """A failed write, named after the output it was for (not a temporary or partial file)."""
+
+
+@contextlib.contextmanager
+def writing(output: Path | None) -> Iterator[None]:
+    """Inside, an OSError becomes an OutputWriteError naming `output` (a closed pipe stays itself)."""
+    try:
+        yield
+    except (BrokenPipeError, OutputWriteError):
+        raise
+    except OSError as exc:
+        raise OutputWriteError(exc.errno, exc.strerror or str(exc), str(output)) from exc
+
+
+@contextlib.contextmanager
+def write_errors(paths: EmbedPaths, error: type[BitError] = BitError) -> Iterator[None]:
+    """A failed write (disk full, permission denied) becomes `error`: one line naming the output.
+
+    Pass UsageError (exit 2) while the output cannot even be created, BitError (exit 1) after."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        name = exc.filename if isinstance(exc, OutputWriteError) else paths.outputs[0]
+        resumable = paths.partial is not None and paths.partial.is_dir()
+        hint = "; fix that and rerun with --resume" if resumable else ""
+        raise error(f"{name}: cannot write ({exc.strerror or exc}){hint}") from exc

@@ -1,0 +1,390 @@
+"""`EmbedWriter`: append committed batches of rows; publish the `.npy`, manifest, error list and
+run record as one set (see `publish.py`). `write_groups`: the embed loop, one commit per batch.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from bitcli.errors import UsageError
+from bitcli.store.files import (
+    DATA,
+    JOURNAL,
+    copy_to_stream,
+    STATE,
+    fsync_dir,
+    is_regular,
+    npy_header,
+    partial_problem,
+    read_json_record,
+    take_lock,
+    write_lines,
+    write_synced,
+)
+from bitcli.store.journal import Journal, describe_difference, finished_problem, read_journal, run_state
+from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, writing
+from bitcli.store.publish import (
+    clear_staged, commit_publication, publication, publish_now, recover, remove_partial, roll_forward,
+)
+
+if TYPE_CHECKING:
+    from bitcli.results import EmbedResult
+
+INPUTS_CHANGED = "inputs changed since the interrupted run; pass --overwrite to start again"
+ANOTHER_RUN = "another bit embed run is writing it; wait for it to finish or stop it"
+
+
+@dataclass
+class EmbedSummary:
+    """What a finished run wrote."""
+
+    rows: int
+    dim: int
+    dtype: str
+    failed: int
+    resumed_rows: int = 0
+    out: Path | None = None
+    manifest: Path | None = None
+    errors_file: Path | None = None
+
+
+class EmbedWriter:
+    """Append batches of rows; `finish()` publishes the `.npy`, manifest and error list as one set.
+
+    `fingerprint` describes everything that determines the rows (model, revision, dtype,
+    normalization, batch size, ...); `--resume` refuses a partial run, or a finished output, made
+    with another one. Opening first completes a publication a kill interrupted (`recover`), then
+    takes the partial directory's lock: a second writer on the same output is refused.
+    """
+
+    def __init__(
+        self,
+        paths: EmbedPaths,
+        *,
+        dim: int,
+        dtype: str = "float32",
+        fingerprint: dict[str, Any] | None = None,
+        inputs: Sequence[str] | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        if dtype not in ("float32", "float16"):
+            raise UsageError(f"--dtype {dtype}: choose float32 or float16")
+        self.paths = paths
+        self.dim = int(dim)
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.fingerprint = dict(fingerprint or {})
+        self._inputs = None if inputs is None else list(inputs)
+        self._state = run_state(self.dim, self.dtype.name, self.fingerprint, self._inputs)
+        self._header_len = len(npy_header(self.dtype, 0, self.dim))
+        self._row_bytes = self.dim * self.dtype.itemsize
+        self._journal = Journal()
+        self._dir: Path | None = None
+        self._data: IO[bytes] | None = None
+        self._journal_fh: IO[bytes] | None = None
+        self._lock: IO[bytes] | None = None
+        self.resumed_rows = 0
+        self.already_complete = False
+        self._complete_failed = 0
+        self._closed = False
+        # What a failed write of the rows names: the array, or (-o -) the temporary folder they wait in.
+        self._data_name = paths.out or Path(tempfile.gettempdir())
+        if paths.out is None:
+            check_output(paths, resume=resume, overwrite=overwrite)
+            self._data = tempfile.TemporaryFile()  # anonymous: nothing to resume, nothing left behind
+            self._data.write(npy_header(self.dtype, 0, self.dim))
+            return
+        self.recovered = recover(paths)
+        check_output(paths, resume=resume, overwrite=overwrite)
+        partial = paths.partial
+        if partial.is_dir():
+            self._lock = take_lock(partial)
+            if self._lock is None:
+                raise UsageError(f"{paths.out}: {ANOTHER_RUN}")
+            if overwrite:
+                remove_partial(partial)
+                self._release()
+                clear_staged(paths)
+                self._create(partial)
+            else:
+                self._reopen(partial)
+        elif paths.out.exists() and resume:
+            self._mark_complete()
+        else:
+            clear_staged(paths)
+            self._create(partial)
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _mark_complete(self) -> None:
+        """`--resume` of a finished run: nothing to do, if its record matches this run exactly."""
+        files = {"array": self.paths.out, "manifest": self.paths.manifest, "errors": self.paths.errors}
+        problem = finished_problem(self.paths.record, self._state, files, self.dtype)
+        if problem:
+            raise UsageError(f"{self.paths.out}: {problem}; pass --overwrite to redo it")
+        self._complete_failed = int(read_json_record(self.paths.record).get("failed") or 0)
+        self.already_complete = True
+        self._closed = True
+
+    def _create(self, partial: Path) -> None:
+        """Assemble the partial directory under a temporary name, holding its lock, then rename it:
+        it appears complete or not at all, and a second run racing for it is refused."""
+        tmp = self.paths.partial_tmp
+        with writing(self.paths.out):
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(tmp)
+            except FileExistsError:
+                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}") from None
+            self._lock = take_lock(tmp)
+            if self._lock is None:
+                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}")
+            write_synced(tmp / STATE, (json.dumps(self._state, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+            write_synced(tmp / DATA, npy_header(self.dtype, 0, self.dim))
+            write_synced(tmp / JOURNAL, b"")
+            fsync_dir(tmp)
+            try:
+                os.rename(tmp, partial)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                remove_partial(tmp)
+                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}") from None
+            fsync_dir(partial.parent)
+            self._dir = partial
+            self._data = open(partial / DATA, "r+b")
+            self._data.seek(0, os.SEEK_END)
+            self._journal_fh = open(partial / JOURNAL, "ab")
+
+    def _reopen(self, partial: Path) -> None:
+        problem = partial_problem(partial)
+        if problem:
+            raise UsageError(f"{partial} is damaged ({problem}), so it cannot be resumed; pass --overwrite to start again")
+        state = read_json_record(partial / STATE)
+        theirs = {k: state.get(k) for k in self._state}
+        if theirs != self._state:
+            difference = describe_difference(theirs, self._state)
+            if difference is None:
+                raise UsageError(f"{partial}: {INPUTS_CHANGED}")
+            raise UsageError(
+                f"{partial} was made with different settings ({difference}); "
+                "resume with the same model and options (--threads 1 or not, too: it picks the convolution path), "
+                "or pass --overwrite to start over"
+            )
+        inputs = None if self._inputs is None else len(self._inputs)
+        journal = read_journal(partial / JOURNAL, max_entries=inputs)
+        data_path = partial / DATA
+        committed = self._header_len + len(journal.paths) * self._row_bytes
+        if data_path.stat().st_size < committed:
+            raise UsageError(f"{data_path} holds fewer rows than its journal records; pass --overwrite to start over")
+        with writing(self.paths.out):
+            with open(partial / JOURNAL, "r+b") as fh:
+                fh.truncate(journal.valid_bytes)
+            self._data = open(data_path, "r+b")
+            self._data.truncate(committed)  # drop rows of a batch that was never committed
+            self._data.seek(committed)
+            self._journal_fh = open(partial / JOURNAL, "ab")
+        self._journal = journal
+        self._dir = partial
+        self.resumed_rows = len(journal.paths)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> Counter[str]:
+        """How many times each input path was already embedded or recorded as failed.
+
+        A count, not a set: an input given twice is processed twice, and only the occurrences
+        an earlier run finished are skipped (see `skip_done`).
+        """
+        return Counter(self._journal.paths) + Counter(p for p, _ in self._journal.errors)
+
+    def skip_done(self, items: Iterable[Any]) -> Iterator[Any]:
+        """Items (anything with `.path`) minus the first `done[path]` occurrences of each path."""
+        remaining = self.done
+        for item in items:
+            if remaining[item.path] > 0:
+                remaining[item.path] -= 1
+                continue
+            yield item
+
+    @property
+    def rows(self) -> int:
+        return len(self._journal.paths)
+
+    @property
+    def failed(self) -> int:
+        """Inputs recorded as failed (for a finished output being resumed: its failures)."""
+        return self._complete_failed if self.already_complete else len(self._journal.errors)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def commit(self, paths: Sequence[str], rows: np.ndarray | None, errors: Sequence[tuple[str, str]] = ()) -> None:
+        """Append one batch: `rows[i]` is the embedding of `paths[i]`; `errors` are (path, reason)."""
+        if self._closed or self.already_complete:
+            raise RuntimeError("this EmbedWriter is closed")
+        paths = [str(p) for p in paths]
+        for p in paths:
+            problem = manifest_problem(p)
+            if problem:
+                raise ValueError(f"{p!r}: {problem}")
+        if paths:
+            if rows is None:
+                raise ValueError("rows are required when paths are given")
+            arr = np.asarray(rows)
+            if arr.ndim != 2 or arr.shape != (len(paths), self.dim):
+                raise ValueError(f"expected rows of shape ({len(paths)}, {self.dim}), got {arr.shape}")
+            data = np.ascontiguousarray(arr.astype(self.dtype, copy=False)).tobytes()
+            with writing(self._data_name):
+                self._data.write(data)
+                self._data.flush()
+                if self._dir is not None:
+                    os.fsync(self._data.fileno())
+        errors = [(str(p), str(r)) for p, r in errors]
+        if self._journal_fh is not None and (paths or errors):
+            # ASCII with \\u escapes: non-UTF-8 file names (surrogates) round-trip through json.
+            line = json.dumps({"rows": paths, "errors": errors}, ensure_ascii=True) + "\n"
+            with writing(self.paths.out):
+                self._journal_fh.write(line.encode("ascii"))
+                self._journal_fh.flush()
+                os.fsync(self._journal_fh.fileno())
+        self._journal.paths.extend(paths)
+        self._journal.errors.extend(errors)
+
+    @property
+    def manifest_paths(self) -> list[str]:
+        """Row i's input path, for every row written so far."""
+        return list(self._journal.paths)
+
+    def finish(self, stream: IO[bytes] | None = None) -> EmbedSummary:
+        """Publish the result as one set (see `publish.py`), or stream the array to `stream` (`-o -`)."""
+        paths = self.paths
+        if self.already_complete:
+            errors_file = paths.errors if self._complete_failed else None
+            return EmbedSummary(rows=0, dim=self.dim, dtype=self.dtype.name, failed=self._complete_failed,
+                                out=paths.out, manifest=paths.manifest, errors_file=errors_file)
+        if self._closed:
+            raise RuntimeError("this EmbedWriter is closed")
+        summary = EmbedSummary(rows=self.rows, dim=self.dim, dtype=self.dtype.name, failed=self.failed,
+                               resumed_rows=self.resumed_rows, out=paths.out, manifest=paths.manifest,
+                               errors_file=paths.errors if self._journal.errors else None)
+        header = npy_header(self.dtype, self.rows, self.dim)
+        if len(header) != self._header_len:  # numpy pads for 21 digits of rows; never expected
+            raise RuntimeError("the .npy header length changed with the row count")
+        staged: dict[str, Path] = {}
+        committed = False
+        try:
+            with writing(self._data_name):
+                self._data.seek(0)
+                self._data.write(header)
+                self._data.flush()
+            sizes = self._stage(staged)
+            if paths.out is None:
+                if stream is None:
+                    raise ValueError("a stream is required for output to stdout")
+                copy_to_stream(self._data, stream)
+                self._close_handles()
+                publish_now(paths, staged)
+                return summary
+            with writing(paths.out):
+                os.fsync(self._data.fileno())
+            sizes["array"] = self._header_len + self.rows * self._row_bytes
+            self._stage_record(staged, sizes)
+            self._close_handles()
+            commit_publication(self._dir, *publication(paths, self._dir, staged))
+            committed = True
+        finally:
+            if not committed:
+                for path in staged.values():
+                    if is_regular(path):
+                        path.unlink()
+        roll_forward(self._dir)  # a failure here leaves the commit record: the next run completes it
+        self._release()
+        return summary
+
+    def _stage(self, staged: dict[str, Path]) -> dict[str, Any]:
+        """Write the manifest and (when inputs failed) the error list under their staged names."""
+        paths = self.paths
+        sizes: dict[str, Any] = {}
+        with writing(paths.manifest):
+            staged["manifest"] = paths.staged(paths.manifest)
+            sizes["manifest"] = write_lines(staged["manifest"], self._journal.paths)
+        if self._journal.errors:
+            with writing(paths.errors):
+                staged["errors"] = paths.staged(paths.errors)
+                lines = (f"{escape_error_path(p)}\t{r}" for p, r in self._journal.errors)
+                sizes["errors"] = write_lines(staged["errors"], lines)
+        return sizes
+
+    def _stage_record(self, staged: dict[str, Path], sizes: dict[str, Any]) -> None:
+        """The run record: this run's settings, counts and file sizes (checked by --resume)."""
+        paths = self.paths
+
+        def entry(role: str, path: Path) -> dict[str, Any] | None:
+            return None if role not in sizes else {"path": os.path.abspath(path), "size": sizes[role]}
+
+        record = {**self._state, "rows": self.rows, "failed": self.failed, "files": {
+            "array": entry("array", paths.out), "manifest": entry("manifest", paths.manifest),
+            "errors": entry("errors", paths.errors)}}
+        with writing(paths.out):
+            staged["record"] = paths.staged(paths.record)
+            write_synced(staged["record"], (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+    def _close_handles(self) -> None:
+        self._closed = True
+        for fh in (self._data, self._journal_fh):
+            if fh is not None:
+                fh.close()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def close(self) -> None:
+        """Stop without publishing; the partial directory stays for `--resume`, and its lock goes.
+
+        Never raises OSError: after a failed write (disk full) closing flushes the same buffered
+        bytes again, and that second failure would hide the first; the journal is the truth."""
+        if not self._closed:
+            self._closed = True
+            for fh in (self._data, self._journal_fh):
+                if fh is not None:
+                    try:
+                        fh.close()
+                    except OSError:
+                        pass
+        self._release()
+
+    def __enter__(self) -> "EmbedWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_groups(
+    writer: EmbedWriter,
+    groups: Iterable[list[EmbedResult]],
+    on_group: Callable[[list[EmbedResult]], None] | None = None,
+) -> None:
+    """Commit each group of results (one batch: its rows and failures, in input order) to `writer`.
+
+    A group is committed whole or not at all, which is what makes `--resume` byte-identical.
+    `on_group` sees each group after its commit (the command reports failures and progress there).
+    """
+    for group in groups:
+        ok = [r for r in group if r.ok]
+        errors = [(r.path, str(r.error)) for r in group if not r.ok]
+        writer.commit([r.path for r in ok], np.stack([r.vector for r in ok]) if ok else None, errors)
+        if on_group is not None:
+            on_group(group)
