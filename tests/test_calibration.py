@@ -176,7 +176,7 @@ def test_threads_are_capped_at_usable_cpus(monkeypatch):
     from bitcli import engine
 
     calls = []
-    monkeypatch.setattr(calibration, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(engine, "usable_cpus", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     engine.fit_threads()

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from bitcli.engine.calibration import chunk_bytes_for, usable_cpus
 from bitcli.engine.plan import PRECISIONS, make_plan
 from bitcli.engine.plan import check_precision as check_plan_precision
 from bitcli.engine.slicing import SlicedBackbone, slice_size
@@ -97,7 +98,7 @@ def prepare(
         fit_threads()
     if plan.chunk_bytes is not None:
         # Slicing only pays where activations would otherwise leave the cache: a CPU.
-        model.bit = SlicedBackbone(model.bit, plan.chunk_bytes)
+        model.bit = SlicedBackbone(model.bit, plan.chunk_bytes, budget_for=chunk_bytes_for)
     if plan.cpu_bfloat16:
         to_bfloat16(model)
     if plan.autocast is not None:
@@ -132,8 +133,6 @@ def fit_threads() -> None:
     """Cap torch's intra-op threads at the CPUs this process may use. torch counts the host's
     cores; in a container limited by a CPU quota or an affinity mask, more threads than CPUs
     only wait on each other. A smaller count set by the user (--threads) is kept."""
-    from bitcli.engine.calibration import usable_cpus
-
     cpus = usable_cpus()
     if torch.get_num_threads() > cpus:
         torch.set_num_threads(cpus)
