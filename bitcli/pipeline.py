@@ -55,8 +55,8 @@ class RunOptions:
     model's input: faster for large photos, close to but not pixel-identical with the exact path.
     """
 
-    device: str | None = None  # auto, cpu, cuda, mps
-    precision: str | None = None  # fp32, bf16
+    device: str | None = None  # auto, cpu, cuda, cuda:N, mps
+    precision: str | None = None  # fp32, bf16, fp16 (GPUs)
     offline: bool | None = None  # None: follow HF_HUB_OFFLINE
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None  # decoding threads; None: one per core
@@ -81,18 +81,10 @@ class RunOptions:
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
-    """auto (or None): cuda when available, else cpu; an explicit device that is not available is a UsageError."""
-    import torch
+    """auto (or None), cpu, cuda, cuda:N or mps -> torch.device; a malformed or unavailable one is a UsageError."""
+    from bitcli.devices import resolve_device as resolve
 
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine (or in this torch build); use --device cpu")
-    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UsageError("--device mps: Apple MPS is not available on this machine; use --device cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {name}: choose auto, cpu, cuda or mps")
-    return torch.device(name)
+    return resolve("auto" if name is None else name)
 
 
 def load(
@@ -105,10 +97,10 @@ def load(
 ) -> LoadedModel:
     """Resolve a model reference (downloading it at most once) and load it on `device`.
 
-    device: auto (None), cpu, cuda or mps. precision: "fp32" (None; within 1e-4 of the
-    reference) or "bf16" (about 2x faster on CPUs with AVX512-BF16, scores differ in the second
-    or third decimal). A `LoadedModel` comes back as it is, provided `device` and `precision`
-    (when given) agree with it; otherwise UsageError.
+    device: auto (None), cpu, cuda, cuda:N or mps. precision: "fp32" (None; within 1e-4 of the
+    reference), "bf16" (about 2x faster on CPUs with AVX512-BF16 and on GPUs, scores differ in
+    the second decimal) or "fp16" (GPUs only). A `LoadedModel` comes back as it is, provided
+    `device` and `precision` (when given) agree with it; otherwise UsageError.
     Raises ModelError subclasses (exit code 3) for anything that stops the model from loading,
     and UsageError for an unavailable device or precision.
     """
@@ -121,6 +113,7 @@ def load(
     from bitcli import hub
 
     torch_device = resolve_device(device)
+    check_precision(precision or "fp32", torch_device.type)
     resolved = hub.resolve_model(str(model), offline=offline, progress=progress)
     try:
         return load_model(resolved.path, device=torch_device, precision=precision or "fp32", resolved=resolved)
@@ -145,11 +138,14 @@ def check_loaded(model: LoadedModel, device: str | None, precision: str | None) 
     return model
 
 
-def check_precision(precision: str) -> None:
-    from bitcli.engine import PRECISIONS
+def check_precision(precision: str, device_type: str | None = None) -> None:
+    """UsageError for an unknown precision, or (given the device type) one the device cannot run."""
+    from bitcli.engine.plan import check_precision as check
 
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    try:
+        check(precision, device_type)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def as_items(inputs: Iterable[InputLike]) -> Iterator["InputItem | InputError"]:

@@ -1,4 +1,4 @@
-"""The channels-last GroupNorm path (bitcli/groupnorm.py) against GroupNorm computed in float64."""
+"""The channels-last GroupNorm path (bitcli/model/groupnorm.py) against GroupNorm computed in float64."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def hard_inputs() -> dict[str, torch.Tensor]:
     return {
         "issue example": 5 + 1e-3 * torch.randn(1, 64, 56, 56, generator=generator),
         "flat with a border": flat,
-        "per-channel offsets": torch.arange(64.0).view(1, 64, 1, 1) * 10 + 1e-2 * torch.randn(3, 64, 28, 29, generator=generator),
+        "per-channel offsets": (
+            torch.arange(64.0).view(1, 64, 1, 1) * 10 + 1e-2 * torch.randn(3, 64, 28, 29, generator=generator)
+        ),
         "ordinary": torch.randn(2, 32, 17, 13, generator=generator),
     }
 
@@ -136,3 +138,32 @@ def test_pooling_of_a_channels_last_map_is_accurate():
     pooled = x.mean(dim=(2, 3), dtype=torch.float32)
     expected = x.double().mean(dim=(2, 3))
     assert ((pooled.double() - expected).abs() / expected.abs()).max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_bfloat16_input_gets_float32_statistics(out_dtype):
+    """bf16 mode: bfloat16 activations, float32 parameters, statistics as accurate as float32's."""
+    generator = torch.Generator().manual_seed(2)
+    x = channels_last((50 + 0.3 * torch.randn(2, 64, 28, 28, generator=generator)).to(torch.bfloat16))
+    module = norm(64, 32)
+    assert groupnorm.takes_accurate_path(x, module)
+    mean, var = group_stats(x, 32)
+    groups = x.double().contiguous().view(2, 32, -1)
+    assert torch.allclose(mean, groups.mean(dim=2), rtol=1e-7, atol=0)
+    assert torch.allclose(var, groups.var(dim=2, correction=0), rtol=1e-5, atol=0)
+    with torch.inference_mode():
+        got = group_norm_act(x, module, torch.nn.ReLU(inplace=True), out_dtype=out_dtype)
+    assert got.dtype == out_dtype and got.is_contiguous(memory_format=torch.channels_last)
+    # bfloat16 output keeps 8 bits: its rounding is the only error left.
+    tolerance = 1e-2 if out_dtype == torch.bfloat16 else 1e-5
+    assert relative_error(got, float64_reference(x, module)) <= tolerance
+
+
+def test_float32_input_to_bfloat16_output():
+    """bf16 mode's first norm: the float32 stem's output in, bfloat16 for the convolutions out."""
+    x = channels_last(hard_inputs()["flat with a border"])
+    module = norm(64, 32)
+    with torch.inference_mode():
+        got = group_norm_act(x, module, torch.nn.ReLU(inplace=True), out_dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    assert relative_error(got, float64_reference(x, module)) <= 1e-2

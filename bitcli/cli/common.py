@@ -35,11 +35,12 @@ EXIT_CODES_HELP = (
 )
 
 
-class Device(str, Enum):
+class Device:
+    """--device defaults. The option is a plain string (auto, cpu, cuda, cuda:N, mps), checked when the
+    model loads (bitcli.devices): a bad value is one usage-error line, not a choice list."""
+
     auto = "auto"
     cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
 
 
 class ClassifyFormat(str, Enum):
@@ -58,6 +59,7 @@ class TableOrJson(str, Enum):
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
+    fp16 = "fp16"
 
 
 class Dtype(str, Enum):
@@ -82,8 +84,13 @@ ModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[
-    Device,
-    typer.Option("--device", help="Where the model runs; auto: cuda when available, else cpu.", rich_help_panel="Model and runtime"),
+    str,
+    typer.Option(
+        "--device",
+        metavar="DEVICE",
+        help="Where the model runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N (the N-th GPU), mps.",
+        rich_help_panel="Model and runtime",
+    ),
 ]
 PrecisionOpt = Annotated[
     Precision,
@@ -91,7 +98,7 @@ PrecisionOpt = Annotated[
         "--precision",
         help=(
             "fp32: within 1e-4 of the reference. bf16: about 2x faster on CPUs with AVX512-BF16 "
-            "(and on GPUs), but scores differ in the second or third decimal."
+            "(and on GPUs), but scores differ in the second decimal. fp16: GPUs only, like bf16."
         ),
         rich_help_panel="Model and runtime",
     ),
@@ -218,7 +225,7 @@ InputsArg = Annotated[
 
 
 def run_options(
-    device: Device,
+    device: str,
     precision: Precision,
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int | None = None,
@@ -227,7 +234,7 @@ def run_options(
 ) -> RunOptions:
     """The library's options for a run, from the shared command-line options (--max-pixels 0: no limit)."""
     return RunOptions(
-        device=device.value,
+        device=device,
         precision=precision.value,
         batch_size=batch_size,
         workers=threads,
