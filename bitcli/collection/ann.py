@@ -1,0 +1,204 @@
+"""Optional approximate index (faiss, `pip install 'bitcli[search]'`) beside the `.npy`.
+
+    OUT.ann.faiss    a faiss IVF-PQ index of the unit-length rows (inner product = cosine)
+    OUT.ann.json     what it was built from: rows, dim, the array's size and mtime, parameters
+
+IVF-PQ because it stays small: with D/8 sub-quantizers of 8 bits a 2048-dimensional row takes
+256 bytes (a million rows: 256 MB, against 4 GB for the float16 array), and the file is opened
+memory-mapped. Its candidates (`rerank` x k per query, at least 100) are re-scored exactly
+from the array, so every reported score is the exact cosine; only which rows make the top k
+can differ from exact search (recall@10 is measured by bench/collection.py, see the README).
+
+`search.search` uses the index automatically when it is present and fresh (same row count,
+dimension, and the array's size and modification time as when it was built); a stale one is
+ignored with a notice, as is one that faiss, not being installed, cannot read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from bitcli.collection.index import EmbeddingIndex
+from bitcli.collection.search import Match, to_matches, block_scores, check_k, normalize_rows, top_k
+from bitcli.errors import UsageError
+from bitcli.store.metadata import write_atomic
+
+FORMAT = "bitcli.ann"
+FORMAT_VERSION = 1
+MIN_ROWS = 10_000  # below this exact search takes milliseconds, and the quantizers lack training rows
+DEFAULT_NPROBE = 32
+DEFAULT_RERANK = 10
+_TRAIN_ROWS = 1 << 16  # rows sampled to train the quantizers (512 MB of float32 at D = 2048)
+_ADD_ROWS = 1 << 15
+INSTALL_HINT = "approximate search needs faiss: pip install 'bitcli[search]' (or pip install faiss-cpu)"
+
+
+@dataclass(frozen=True)
+class AnnPaths:
+    index: Path
+    info: Path
+
+    @classmethod
+    def for_array(cls, array_path: Path) -> "AnnPaths":
+        array_path = Path(array_path)
+        stem = array_path.with_suffix("") if array_path.suffix == ".npy" else array_path
+        return cls(index=stem.with_name(stem.name + ".ann.faiss"), info=stem.with_name(stem.name + ".ann.json"))
+
+
+def require_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:
+        raise UsageError(INSTALL_HINT) from exc
+    return faiss
+
+
+@dataclass
+class AnnIndex:
+    """A loaded approximate index; `search` re-scores its candidates exactly."""
+
+    faiss_index: Any
+    info: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"faiss {self.info['factory']}, nprobe {self.info['nprobe']}"
+
+    def search(
+        self,
+        index: EmbeddingIndex,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude: Sequence[int | None] | None = None,
+        nprobe: int | None = None,
+        rerank: int = DEFAULT_RERANK,
+    ) -> list[list[Match]]:
+        check_k(k)
+        unit = normalize_rows(queries)
+        exclude = list(exclude) if exclude is not None else [None] * len(unit)
+        self.faiss_index.nprobe = nprobe or self.info["nprobe"]
+        wanted = min(index.rows, max(100, rerank * (k + 1)))
+        _, candidates = self.faiss_index.search(unit, wanted)
+        results = []
+        for j, found in enumerate(candidates):
+            rows = np.unique(found[found >= 0])
+            scores = block_scores(index.take(rows), unit[j : j + 1])[0]
+            best_scores, best_rows = top_k(scores, rows, k + 1)
+            results.append(to_matches(index, best_scores, best_rows, k, exclude[j]))
+        return results
+
+
+def build(
+    index: EmbeddingIndex,
+    *,
+    nlist: int | None = None,
+    nprobe: int = DEFAULT_NPROBE,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> AnnIndex:
+    """Train and fill an IVF-PQ index over every row, save it beside the array atomically."""
+    faiss = require_faiss()
+    if index.rows < MIN_ROWS:
+        raise UsageError(f"{index.array_path} has {index.rows} rows; an approximate index needs at least {MIN_ROWS} (exact search is fast enough)")
+    started = time.perf_counter()
+    nlist = nlist or _default_nlist(index.rows)
+    m = _pq_subquantizers(index.dim)
+    factory = f"IVF{nlist},PQ{m}"
+    ann = faiss.index_factory(index.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    # Polysemous code reordering (on by default) is for Hamming pre-filtering, which this index
+    # does not use, and it multiplies the training time by about 10.
+    faiss.downcast_index(ann).do_polysemous_training = False
+    ann.train(_training_sample(index, nlist, m, seed))
+    for first, block in index.iter_blocks(_ADD_ROWS):
+        ann.add(normalize_rows(block))
+        if progress is not None:
+            progress(len(block))
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "factory": factory,
+        "metric": "inner_product of unit-length rows (cosine)",
+        "nprobe": nprobe,
+        "rows": index.rows,
+        "dim": index.dim,
+        **_array_identity(index.array_path),
+        "build_seconds": round(time.perf_counter() - started, 3),
+    }
+    paths = AnnPaths.for_array(index.array_path)
+    _write_index(faiss, ann, paths.index)
+    write_atomic(paths.info, [(json.dumps(info, indent=1) + "\n").encode("ascii")])
+    return AnnIndex(ann, info)
+
+
+def load_fresh(index: EmbeddingIndex) -> tuple[AnnIndex | None, str | None]:
+    """(the approximate index, None) when one is present and fresh; else (None, why not or None)."""
+    paths = AnnPaths.for_array(index.array_path)
+    if not paths.info.exists():
+        return None, None
+    try:
+        info = json.loads(paths.info.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, f"{paths.info} is unreadable; exact search used (rebuild the approximate index)"
+    expected = {"rows": index.rows, "dim": index.dim, **_array_identity(index.array_path)}
+    if info.get("format") != FORMAT or any(info.get(k) != v for k, v in expected.items()):
+        return None, f"{paths.index} was built for an earlier {index.array_path.name}; exact search used (rebuild it)"
+    try:
+        import faiss
+    except ImportError:
+        return None, f"{paths.index} is present but faiss is not installed; exact search used ({INSTALL_HINT})"
+    try:
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+        return AnnIndex(faiss.read_index(str(paths.index), flags), info), None
+    except RuntimeError as exc:
+        return None, f"{paths.index} cannot be read ({str(exc).strip().splitlines()[-1]}); exact search used"
+
+
+def recall_at_k(exact: list[list[Match]], approximate: list[list[Match]]) -> float:
+    """Mean over queries of |approximate top-k rows ∩ exact top-k rows| / |exact top-k|."""
+    shares = [len({m.row for m in a} & {m.row for m in e}) / len(e) for e, a in zip(exact, approximate) if e]
+    return float(np.mean(shares)) if shares else 1.0
+
+
+def _default_nlist(rows: int) -> int:
+    """About sqrt(rows) lists, a power of two, with at least 39 training rows per list."""
+    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows))))
+    return int(max(1, min(nlist, rows // 39, 65536)))
+
+
+def _pq_subquantizers(dim: int) -> int:
+    """8 dimensions per sub-quantizer where the dimension allows, else the nearest divisor."""
+    for m in range(max(1, dim // 8), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def _training_sample(index: EmbeddingIndex, nlist: int, m: int, seed: int) -> np.ndarray:
+    want = min(index.rows, max(64 * nlist, 256 * 39), _TRAIN_ROWS)
+    rows = np.sort(np.random.default_rng(seed).choice(index.rows, size=want, replace=False))
+    return normalize_rows(index.take(rows))
+
+
+def _array_identity(path: Path) -> dict[str, int]:
+    info = os.stat(path)
+    return {"array_size": info.st_size, "array_mtime_ns": info.st_mtime_ns}
+
+
+def _write_index(faiss: Any, ann: Any, path: Path) -> None:
+    """faiss writes to a path: write a temporary name in the same directory, then rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        faiss.write_index(ann, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,239 @@
+"""Near-duplicate groups: connected components of the pairs with cosine similarity >= threshold.
+
+Exact, in bounded memory. The index is streamed in blocks of rows (about 32 MB of float32
+each); for every pair of blocks (i, j >= i) the similarities are computed a slice of rows at a
+time, and the pairs at or above the threshold go straight into a union-find. No N x N matrix
+exists at any point, and no list of pairs either: memory is a few blocks plus the union-find's
+one integer per row, whatever the number of duplicates (a folder of 10,000 copies of one
+photo is as cheap as one with none). The cost is the all-pairs one, N^2/2 dot products.
+
+The union-find is vectorized: a batch of pairs hooks the larger of each pair's two roots onto
+the smaller, then compresses paths, until every pair shares a root; every root is the
+smallest row of its component, so the result does not depend on the order pairs arrive in.
+
+Groups are reported largest first (ties: the group whose first row comes first), each group's
+paths in index order, with the lowest and highest similarity between any two members (the
+lowest can be below the threshold: members may join through others) and each member's
+similarity to the group's first path. `paths_to_delete` turns groups into the files one would
+delete to keep one per group (`--keep first|largest|newest`); it never deletes anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from bitcli.collection.index import EmbeddingIndex
+from bitcli.errors import UsageError
+
+# Chosen as imagededup does for the same kind of feature (the global-average-pooled output of an
+# ImageNet CNN after its last ReLU, compared by cosine): its CNN method's default
+# min_similarity_threshold is 0.9. See docs/collection.md for the reasoning and how to tune it.
+DEFAULT_THRESHOLD = 0.9
+KEEP_POLICIES = ("first", "largest", "newest")
+_BLOCK_BYTES = 32 << 20  # float32 bytes per block of rows
+_SLICE_ROWS = 512  # rows per similarity slice: at most 512 x block pairs materialize at once
+_STATS_ROWS = 2048  # rows per chunk when measuring a (large) group
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """One group of near-duplicates (`group` numbers from 1, in output order)."""
+
+    group: int
+    rows: list[int]
+    paths: list[str]
+    min_score: float
+    max_score: float
+    scores_to_first: list[float]
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "paths": self.paths, "min_score": self.min_score, "max_score": self.max_score}
+
+
+def check_threshold(threshold: float) -> None:
+    """Cosine similarity lies in [-1, 1]: anything else is a usage error (NaN too)."""
+    if not (-1.0 <= threshold <= 1.0):
+        raise UsageError(f"--threshold {threshold}: must be between -1 and 1 (a cosine similarity); the default is {DEFAULT_THRESHOLD}")
+
+
+def find_groups(index: EmbeddingIndex, threshold: float = DEFAULT_THRESHOLD, *, block_rows: int | None = None) -> list[DuplicateGroup]:
+    """Every group of two or more rows, largest first."""
+    check_threshold(threshold)
+    labels = component_labels(index, threshold, block_rows=block_rows)
+    members = _members(labels)
+    members.sort(key=lambda rows: (-len(rows), rows[0]))
+    return [_describe(index, number, rows) for number, rows in enumerate(members, start=1)]
+
+
+def component_labels(index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None) -> np.ndarray:
+    """label[i] = the smallest row of row i's component."""
+    components = _UnionFind(index.rows)
+    for a, b in threshold_pairs(index, threshold, block_rows=block_rows):
+        components.union(a, b)
+    return components.labels()
+
+
+def threshold_pairs(index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of row pairs (a < b) whose cosine similarity is >= threshold, each batch bounded."""
+    block_rows = block_rows or index.block_rows(_BLOCK_BYTES)
+    for first, block in index.iter_blocks(block_rows):
+        left = _unit(block.copy())  # the reader reuses its buffer for the inner loop
+        for other_first, other in index.iter_blocks(block_rows, start=first):
+            right = left if other_first == first else _unit(other)
+            for start in range(0, len(left), _SLICE_ROWS):
+                sims = left[start : start + _SLICE_ROWS] @ right.T
+                a, b = np.nonzero(sims >= threshold)
+                a += first + start
+                b += other_first
+                if other_first == first:  # the diagonal block: each pair once, never a row with itself
+                    keep = b > a
+                    a, b = a[keep], b[keep]
+                if a.size:
+                    yield a, b
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """Scale float32 rows to unit length in place (zero rows stay zero; NaN rows match nothing)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+    norms[norms == 0] = 1.0
+    rows /= norms[:, None]
+    rows[~np.isfinite(norms)] = 0.0
+    return rows
+
+
+class _UnionFind:
+    """Disjoint sets over rows 0..n-1; every root is its set's smallest member."""
+
+    def __init__(self, n: int):
+        self.parent = np.arange(n, dtype=np.int64)
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        while a.size:
+            ra, rb = self.parent[a], self.parent[b]  # roots: parent is kept fully compressed
+            differ = ra != rb
+            if not differ.any():
+                return
+            a, b, ra, rb = a[differ], b[differ], ra[differ], rb[differ]
+            # Hook each larger root under the smaller one: pointers only ever go down, so no cycle.
+            np.minimum.at(self.parent, np.maximum(ra, rb), np.minimum(ra, rb))
+            self._compress()
+
+    def _compress(self) -> None:
+        parent = self.parent
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        self.parent = parent
+
+    def labels(self) -> np.ndarray:
+        return self.parent.copy()
+
+
+def _members(labels: np.ndarray) -> list[list[int]]:
+    """Rows of every label shared by two or more rows, each list in index order."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    cuts = np.flatnonzero(np.diff(sorted_labels)) + 1
+    return [chunk.tolist() for chunk in np.split(order, cuts) if chunk.size > 1]
+
+
+def _describe(index: EmbeddingIndex, number: int, rows: list[int]) -> DuplicateGroup:
+    from bitcli.pipeline import short_float
+
+    low, high, to_first = _group_scores(index, rows)
+    return DuplicateGroup(
+        group=number,
+        rows=rows,
+        paths=[index.paths[r] for r in rows],
+        min_score=short_float(low),
+        max_score=short_float(high),
+        scores_to_first=[1.0] + [short_float(s) for s in to_first[1:]],
+    )
+
+
+def _group_scores(index: EmbeddingIndex, rows: list[int]) -> tuple[float, float, np.ndarray]:
+    """(lowest, highest) similarity over all pairs of members, and each member's to the first.
+
+    The similarities to the first are row 0 of the first chunk's products, the very numbers
+    the lowest and highest are taken from."""
+    low, high = np.inf, -np.inf
+    to_first = []
+    for start in range(0, len(rows), _STATS_ROWS):
+        left = _unit(index.take(rows[start : start + _STATS_ROWS]))
+        for other in range(start, len(rows), _STATS_ROWS):
+            right = left if other == start else _unit(index.take(rows[other : other + _STATS_ROWS]))
+            sims = np.clip(left @ right.T, -1.0, 1.0)
+            if start == 0:
+                to_first.append(sims[0])
+            values = sims[np.triu_indices(len(left), 1)] if other == start else sims.ravel()
+            if values.size:
+                low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return low, high, np.concatenate(to_first)
+
+
+# -- --keep ------------------------------------------------------------------------------------
+
+
+def paths_to_delete(index: EmbeddingIndex, groups: list[DuplicateGroup], keep: str) -> list[str]:
+    """The files one would delete to keep one file per group; nothing is deleted here.
+
+    first: the member earliest in the index; largest: the most pixels (then the most bytes);
+    newest: the latest modification time; ties go to the earliest member. Members whose file is
+    gone are skipped, and a member that is the very file kept (the same path given twice, a
+    hard or symbolic link) is never listed."""
+    if keep not in KEEP_POLICIES:
+        raise UsageError(f"--keep {keep}: choose one of {', '.join(KEEP_POLICIES)}")
+    out: list[str] = []
+    seen: set[str] = set()
+    for group in groups:
+        present = _present(index, group)
+        if len(present) < 2:
+            continue
+        kept = max(present, key=lambda m: (_rank(m, keep), -m[0]))
+        for member in present:
+            if member is kept or os.path.samestat(member[2], kept[2]) or member[1] in seen:
+                continue
+            seen.add(member[1])
+            out.append(member[1])
+    return out
+
+
+def _present(index: EmbeddingIndex, group: DuplicateGroup) -> list[tuple[int, str, os.stat_result]]:
+    """(row, path as found from here, stat) for the members whose file still exists."""
+    present = []
+    for row, path in zip(group.rows, group.paths):
+        found = index.locate(path)
+        if found is None:
+            continue
+        try:
+            present.append((row, found, os.stat(found)))
+        except OSError:
+            continue
+    return present
+
+
+def _rank(member: tuple[int, str, os.stat_result], keep: str) -> tuple:
+    row, path, info = member
+    if keep == "newest":
+        return (info.st_mtime_ns,)
+    if keep == "largest":
+        return (_pixels(path), info.st_size)
+    return ()
+
+
+def _pixels(path: str) -> int:
+    """Width x height from the image header (0 when it cannot be read); no decoding."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            width, height = image.size
+        return width * height
+    except Exception:  # any unreadable header just ranks lowest
+        return 0

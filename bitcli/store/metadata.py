@@ -1,0 +1,419 @@
+"""The metadata sidecar of an embedding: what made `OUT.npy`, and which file each row came from.
+
+Two plain-text files beside the array (`OUT` is the output without `.npy`), readable with
+nothing but `json` (the format is specified in docs/collection.md):
+
+    OUT.meta.json     one JSON object, small (read by `bit search` / `bit dedup`): format version,
+                      bitcli version, model reference and resolved commit, preprocessing, dtype,
+                      normalize, feature dim, row count, the file names of the array, manifest and
+                      row file, and the sha256 of the row file (which ties the two together)
+    OUT.files.jsonl   line i describes row i: {"path": ..., "size": ..., "mtime_ns": ...} plus
+                      "sha256" when the run hashed contents (`--hash`); read only by `--update`
+
+The per-row part is JSON Lines so that a million rows stream instead of becoming one huge
+object, and the header stays small enough to read on every search. Both are written through a
+temporary file and a rename (the row file first, then the header that names its digest), so a
+reader never sees a torn file, and a header always describes a complete row file.
+
+`plan_update` compares the current inputs with the stored identities: which rows are kept,
+which files are new or changed (and must be embedded), which are gone, and (with content
+hashes) which were moved, so their rows can be reused under the new name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from bitcli.errors import UsageError
+
+FORMAT = "bitcli.embedding"
+FORMAT_VERSION = 1
+_HASH_CHUNK = 1 << 20
+# What must be equal for rows of two runs to be comparable (`--update` refuses otherwise).
+_COMPATIBLE = ("model", "preprocessing", "dtype", "normalize", "feature_dim", "decode")
+_MODEL_KEYS = ("reference", "commit", "weights", "precision")  # "model" compares only these
+
+
+@dataclass(frozen=True)
+class SidecarPaths:
+    """Where the header and the row file of an embedding live."""
+
+    meta: Path
+    files: Path
+
+    @classmethod
+    def for_output(cls, out: Path) -> "SidecarPaths":
+        """`photos.npy` -> `photos.meta.json`, `photos.files.jsonl` (the manifest's stem rule)."""
+        out = Path(out)
+        stem = out.with_suffix("") if out.suffix in (".npy", ".txt") else out
+        return cls(meta=stem.with_name(stem.name + ".meta.json"), files=stem.with_name(stem.name + ".files.jsonl"))
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a row's file was when it was embedded: size, modification time, optional sha256."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+
+    def to_dict(self, path: str) -> dict[str, Any]:
+        record: dict[str, Any] = {"path": path, "size": self.size, "mtime_ns": self.mtime_ns}
+        if self.sha256 is not None:
+            record["sha256"] = self.sha256
+        return record
+
+    def same_stat(self, other: "FileIdentity") -> bool:
+        return self.size == other.size and self.mtime_ns == other.mtime_ns
+
+
+def identify(path: str, *, content_hash: bool = False) -> FileIdentity:
+    """Stat `path` (following links) and, with `content_hash`, hash its bytes. Raises OSError."""
+    info = os.stat(path)
+    digest = None
+    if content_hash:
+        sha = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                sha.update(chunk)
+        digest = sha.hexdigest()
+    return FileIdentity(size=info.st_size, mtime_ns=info.st_mtime_ns, sha256=digest)
+
+
+@dataclass
+class EmbeddingMetadata:
+    """The header (`OUT.meta.json`). `extra` keeps keys a newer bitcli may add (round-tripped)."""
+
+    rows: int
+    feature_dim: int
+    dtype: str
+    normalize: bool
+    model: dict[str, Any]  # reference, commit, weights, precision
+    preprocessing: dict[str, Any]
+    decode: dict[str, Any] = field(default_factory=dict)  # fast_jpeg, max_pixels
+    runtime: dict[str, Any] = field(default_factory=dict)  # device, batch_size, convolution
+    content_hash: str | None = None  # "sha256" when every row's file was hashed
+    cwd: str | None = None  # relative row paths are relative to this directory
+    bitcli_version: str = ""
+    array: str | None = None  # file names, relative to the header's directory
+    manifest: str | None = None
+    files: str | None = None
+    files_sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_fingerprint(cls, fingerprint: dict[str, Any], *, rows: int, feature_dim: int, **fields: Any) -> "EmbeddingMetadata":
+        """From the dict `bit embed` stores for `--resume` (`Embedder.fingerprint()` plus "dtype")."""
+        fp = dict(fingerprint)
+        return cls(
+            rows=rows,
+            feature_dim=feature_dim,
+            dtype=str(fp.get("dtype", "float32")),
+            normalize=bool(fp.get("normalize", False)),
+            model={"reference": fp.get("model"), "commit": fp.get("commit"), "weights": fp.get("weights"), "precision": fp.get("precision", "fp32")},
+            preprocessing=fp.get("preprocessing") or {},
+            decode={"fast_jpeg": bool(fp.get("fast_jpeg", False)), "max_pixels": fp.get("max_pixels")},
+            runtime={k: fp[k] for k in ("device", "batch_size", "convolution") if k in fp},
+            **fields,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        known = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "bitcli_version": self.bitcli_version,
+            "array": self.array,
+            "manifest": self.manifest,
+            "files": self.files,
+            "files_sha256": self.files_sha256,
+            "rows": self.rows,
+            "feature_dim": self.feature_dim,
+            "dtype": self.dtype,
+            "normalize": self.normalize,
+            "model": self.model,
+            "preprocessing": self.preprocessing,
+            "decode": self.decode,
+            "runtime": self.runtime,
+            "content_hash": self.content_hash,
+            "cwd": self.cwd,
+        }
+        return {**self.extra, **known}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "EmbeddingMetadata":
+        """Validate a parsed header; every problem is one UsageError line naming `source`."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise UsageError(f"{source}: not a bitcli embedding header (no \"format\": \"{FORMAT}\")")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise UsageError(f"{source}: format version {version!r} is newer than this bitcli reads ({FORMAT_VERSION}); upgrade bitcli")
+        try:
+            return cls(
+                rows=_int(data["rows"], "rows"),
+                feature_dim=_int(data["feature_dim"], "feature_dim"),
+                dtype=str(data["dtype"]),
+                normalize=bool(data["normalize"]),
+                model=dict(data["model"]),
+                preprocessing=dict(data.get("preprocessing") or {}),
+                decode=dict(data.get("decode") or {}),
+                runtime=dict(data.get("runtime") or {}),
+                content_hash=data.get("content_hash"),
+                cwd=data.get("cwd"),
+                bitcli_version=str(data.get("bitcli_version", "")),
+                array=data.get("array"),
+                manifest=data.get("manifest"),
+                files=data.get("files"),
+                files_sha256=data.get("files_sha256"),
+                extra={k: v for k, v in data.items() if k not in _HEADER_KEYS},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"{source}: malformed header ({type(exc).__name__}: {exc}); embed anew with --overwrite") from exc
+
+    def model_reference(self) -> str:
+        """What `bitcli.load` takes to get the same weights: `repo@commit`, or the local path."""
+        reference = str(self.model.get("reference"))
+        commit = self.model.get("commit")
+        return f"{reference.split('@', 1)[0]}@{commit}" if commit else reference
+
+    def compatibility(self) -> dict[str, Any]:
+        """The settings rows depend on; `--update` refuses when they differ."""
+        values = {key: getattr(self, key) for key in _COMPATIBLE}
+        values["model"] = {k: self.model.get(k) for k in _MODEL_KEYS}
+        return json.loads(json.dumps(values))  # tuples == lists
+
+
+_HEADER_KEYS = frozenset(EmbeddingMetadata(0, 0, "", False, {}, {}).to_dict()) | {"format", "format_version"}
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out: str) -> None:
+    """UsageError (exit 2, one line) when `current` settings would make rows unlike `stored` ones."""
+    theirs, mine = stored.compatibility(), current.compatibility()
+    if theirs == mine:
+        return
+    diffs = []
+    for key in _COMPATIBLE:
+        a, b = theirs[key], mine[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{k} {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{key} {a!r} then, {b!r} now")
+    raise UsageError(
+        f"{out} was made with other settings ({'; '.join(diffs[:3])}); update with the same "
+        "--model, --dtype, --normalize and image options, or embed anew with --overwrite"
+    )
+
+
+# -- writing and reading ---------------------------------------------------------------------
+
+
+def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity]]) -> EmbeddingMetadata:
+    """Write the row file, then the header naming its digest; both atomically. The header as written.
+
+    `rows` must yield exactly `meta.rows` (path, identity) pairs, in row order."""
+    sha = hashlib.sha256()
+    count = 0
+
+    def lines() -> Iterator[bytes]:
+        nonlocal count
+        for path, identity in rows:
+            # ASCII with \\u escapes: non-UTF-8 file names (lone surrogates) round-trip through json.
+            line = (json.dumps(identity.to_dict(path), ensure_ascii=True) + "\n").encode("ascii")
+            sha.update(line)
+            count += 1
+            yield line
+
+    write_atomic(paths.files, lines())
+    if count != meta.rows:
+        paths.files.unlink(missing_ok=True)
+        raise ValueError(f"{count} file identities given for {meta.rows} rows")
+    meta.files = _relative_name(paths.files, paths.meta)
+    meta.files_sha256 = sha.hexdigest()
+    header = json.dumps(meta.to_dict(), indent=1, ensure_ascii=True) + "\n"
+    write_atomic(paths.meta, [header.encode("ascii")])
+    return meta
+
+
+def read_metadata(path: Path) -> EmbeddingMetadata:
+    """Read and validate `OUT.meta.json` (UsageError naming the file when it is unusable)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc}); embed anew with --overwrite") from exc
+    return EmbeddingMetadata.from_dict(data, str(path))
+
+
+def sidecar_file(meta_path: Path, name: str | None) -> Path | None:
+    """A file the header names (relative to the header's directory), or None."""
+    if not name:
+        return None
+    return Path(meta_path).parent / name
+
+
+def read_file_rows(meta_path: Path, meta: EmbeddingMetadata) -> list[tuple[str, FileIdentity]]:
+    """Every row's (path, identity), checked against the header's row count and digest."""
+    files = sidecar_file(meta_path, meta.files)
+    if files is None:
+        raise UsageError(f"{meta_path}: names no row file; embed anew with --overwrite")
+    try:
+        data = files.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{files}: cannot read ({exc.strerror or exc}); embed anew with --overwrite") from exc
+    if meta.files_sha256 is not None and hashlib.sha256(data).hexdigest() != meta.files_sha256:
+        raise UsageError(f"{files} does not match {meta_path} (changed since it was written); embed anew with --overwrite")
+    rows = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            record = json.loads(raw)
+            identity = FileIdentity(size=_int(record["size"], "size"), mtime_ns=int(record["mtime_ns"]), sha256=record.get("sha256"))
+            rows.append((str(record["path"]), identity))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{files}, line {number}: malformed ({exc}); embed anew with --overwrite") from exc
+    if len(rows) != meta.rows:
+        raise UsageError(f"{files} lists {len(rows)} files but {meta_path} says {meta.rows} rows; embed anew with --overwrite")
+    return rows
+
+
+def write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write `chunks` to a temporary file beside `path`, fsync, rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _relative_name(target: Path, meta_path: Path) -> str:
+    """`target` relative to the header's directory when it lies there, else absolute."""
+    target, base = Path(os.path.abspath(target)), Path(os.path.abspath(meta_path)).parent
+    return target.name if target.parent == base else str(target)
+
+
+# -- --update --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpdateStep:
+    """One current input: reuse row `source_row` of the old array, or embed it (None)."""
+
+    path: str
+    status: str  # "kept", "moved", "changed" or "new"
+    identity: FileIdentity | None  # its identity now (None when it cannot be read: embedding reports why)
+    source_row: int | None = None
+
+
+@dataclass
+class UpdatePlan:
+    """What `--update` does, one step per current input in input order, and the rows dropped."""
+
+    steps: list[UpdateStep]
+    removed: list[str]  # stored paths that no current input names (and no move claimed)
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.steps if s.status == status)
+
+    def summary(self) -> str:
+        """`+12 new, 3 changed, 2 removed, 1043 kept` (and `, 4 moved` when any)."""
+        text = f"+{self.count('new')} new, {self.count('changed')} changed, {len(self.removed)} removed, {self.count('kept')} kept"
+        moved = self.count("moved")
+        return text + (f", {moved} moved" if moved else "")
+
+    @property
+    def to_embed(self) -> list[UpdateStep]:
+        return [s for s in self.steps if s.source_row is None]
+
+
+def plan_update(
+    stored: Sequence[tuple[str, FileIdentity]],
+    current: Sequence[str],
+    *,
+    content_hash: bool = False,
+    identify_fn: Callable[..., FileIdentity] = identify,
+) -> UpdatePlan:
+    """Diff the current input paths (in order) against the stored rows.
+
+    Same path: kept when size and mtime are unchanged (with `content_hash`: when the sha256 is
+    unchanged, if the stored row has one), else changed. A path given twice pairs with the
+    path's stored rows in order. With `content_hash`, a new or changed file whose content
+    equals a row no kept file claims reuses that row ("moved" for a new path).
+    """
+    by_path: dict[str, deque[int]] = defaultdict(deque)
+    for row, (path, _) in enumerate(stored):
+        by_path[path].append(row)
+    claimed: set[int] = set()  # rows reused as they are
+    superseded: set[int] = set()  # rows of changed files (reusable by content, never "removed")
+    drafts: list[UpdateStep] = []
+    for path in current:
+        identity = _try_identify(identify_fn, path, content_hash)
+        rows = by_path.get(path)
+        if not rows:
+            drafts.append(UpdateStep(path, "new", identity))
+            continue
+        row = rows.popleft()
+        if identity is not None and _unchanged(stored[row][1], identity, content_hash):
+            claimed.add(row)
+            kept = identity if identity.sha256 else FileIdentity(identity.size, identity.mtime_ns, stored[row][1].sha256)
+            drafts.append(UpdateStep(path, "kept", kept, row))
+        else:
+            superseded.add(row)
+            drafts.append(UpdateStep(path, "changed", identity))
+    steps = _reuse_by_hash(drafts, stored, claimed) if content_hash else drafts
+    removed = [path for row, (path, _) in enumerate(stored) if row not in claimed and row not in superseded]
+    return UpdatePlan(steps=steps, removed=removed)
+
+
+def _try_identify(identify_fn: Callable[..., FileIdentity], path: str, content_hash: bool) -> FileIdentity | None:
+    try:
+        return identify_fn(path, content_hash=content_hash)
+    except OSError:
+        return None
+
+
+def _unchanged(old: FileIdentity, new: FileIdentity, content_hash: bool) -> bool:
+    if content_hash and old.sha256 and new.sha256:
+        return old.sha256 == new.sha256
+    return old.same_stat(new)
+
+
+def _reuse_by_hash(drafts: list[UpdateStep], stored: Sequence[tuple[str, FileIdentity]], claimed: set[int]) -> list[UpdateStep]:
+    """New or changed files whose content an unclaimed stored row has: reuse that row."""
+    pool: dict[str, deque[int]] = defaultdict(deque)
+    for row, (_, identity) in enumerate(stored):
+        if row not in claimed and identity.sha256:
+            pool[identity.sha256].append(row)
+    steps = []
+    for step in drafts:
+        digest = step.identity.sha256 if step.identity is not None else None
+        if step.source_row is None and digest and pool.get(digest):
+            row = pool[digest].popleft()
+            claimed.add(row)
+            step = UpdateStep(step.path, "moved" if step.status == "new" else "changed", step.identity, row)
+        steps.append(step)
+    return steps
