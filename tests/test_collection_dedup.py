@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bitcli.collection.dedup import _UnionFind, check_threshold, component_labels, find_groups, paths_to_delete
+from bitcli.collection.dedup import _UnionFind, bf16_native, check_threshold, component_labels, find_groups, paths_to_delete
 from bitcli.collection.index import open_index
 from bitcli.errors import UsageError
 from collectionfiles import all_pairs_groups, clustered, cosine_matrix, write_embedding
@@ -27,12 +27,16 @@ def planted(rows: int = 400, dim: int = 32, seed: int = 0) -> np.ndarray:
     return x
 
 
+NEEDS_BF16 = pytest.mark.skipif(not bf16_native(), reason="no native bfloat16 on this CPU")
+BLOCKS_AND_METHODS = [(7, "float32"), (128, "float32"), (None, "float32"), pytest.param(64, "bf16", marks=NEEDS_BF16), pytest.param(None, "bf16", marks=NEEDS_BF16)]
+
+
 @pytest.mark.parametrize("threshold", [0.999, 0.98, 0.9, 0.6])
-@pytest.mark.parametrize("block_rows", [7, 128, None])
-def test_groups_equal_all_pairs_connected_components(tmp_path, threshold, block_rows):
+@pytest.mark.parametrize("block_rows, method", BLOCKS_AND_METHODS)
+def test_groups_equal_all_pairs_connected_components(tmp_path, threshold, block_rows, method):
     vectors = planted()
     index = open_index(write_embedding(tmp_path, vectors))
-    groups = find_groups(index, threshold, block_rows=block_rows)
+    groups = find_groups(index, threshold, block_rows=block_rows, method=method)
     assert [g.rows for g in groups] == all_pairs_groups(vectors, threshold)
     assert [g.group for g in groups] == list(range(1, len(groups) + 1))
     assert all(g.paths == [index.paths[r] for r in g.rows] for g in groups)
@@ -85,8 +89,25 @@ def test_threshold_minus_one_puts_every_row_in_one_group(tmp_path):
 def test_blocks_of_one_row_give_the_same_groups(tmp_path):
     vectors = planted()[:120]
     vectors[[60, 61]] = vectors[3]
-    groups = find_groups(open_index(write_embedding(tmp_path, vectors)), 0.95, block_rows=1)
+    groups = find_groups(open_index(write_embedding(tmp_path, vectors)), 0.95, block_rows=1, method="float32")
     assert [g.rows for g in groups] == all_pairs_groups(vectors, 0.95)
+
+
+@NEEDS_BF16
+def test_the_bf16_pre_filter_keeps_pairs_just_above_the_threshold(tmp_path):
+    """Pairs at threshold + 1e-4 .. 5e-3 (where bfloat16 alone would misjudge) are all found."""
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((40, 256))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    noise = rng.standard_normal((40, 256))
+    noise -= (noise * base).sum(1, keepdims=True) * base  # orthogonal to base
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    cos = 0.9 + np.geomspace(1e-4, 5e-3, 40)
+    twins = cos[:, None] * base + np.sqrt(1 - cos[:, None] ** 2) * noise
+    vectors = np.concatenate([base, twins]).astype(np.float32)
+    groups = find_groups(open_index(write_embedding(tmp_path, vectors)), 0.9, method="bf16")
+    assert [g.rows for g in groups] == all_pairs_groups(vectors, 0.9)
+    assert len(groups) == 40
 
 
 def test_union_find_agrees_with_a_plain_one_on_random_pairs():

@@ -1,13 +1,16 @@
 """Optional approximate index (faiss, `pip install 'bitcli[search]'`) beside the `.npy`.
 
-    OUT.ann.faiss    a faiss IVF-PQ index of the unit-length rows (inner product = cosine)
+    OUT.ann.faiss    a faiss IVF index with 8-bit scalar quantization (IVF{nlist},SQ8) of the
+                     unit-length rows, inner product (= cosine)
     OUT.ann.json     what it was built from: rows, dim, the array's size and mtime, parameters
 
-IVF-PQ because it stays small: with D/8 sub-quantizers of 8 bits a 2048-dimensional row takes
-256 bytes (a million rows: 256 MB, against 4 GB for the float16 array), and the file is opened
-memory-mapped. Its candidates (`rerank` x k per query, at least 100) are re-scored exactly
-from the array, so every reported score is the exact cosine; only which rows make the top k
-can differ from exact search (recall@10 is measured by bench/collection.py, see the README).
+Why IVF-SQ8: training is one k-means of about sqrt(N) centroids (product quantization's 256
+sub-quantizer k-means made the build 10-50x slower on 2 cores, for the same recall once the
+candidates are re-scored); a row takes one byte per dimension (2 GB for a million 2048-d rows,
+half the float16 array), and the file is opened memory-mapped, so a query touches only the
+lists it probes. Its candidates (`rerank` x k per query, at least 100) are re-scored exactly
+from the array, so every reported score is the exact cosine; only which rows make the top k can
+differ from exact search (recall@10 is measured by bench/collection.py, see the README).
 
 `search.search` uses the index automatically when it is present and fresh (same row count,
 dimension, and the array's size and modification time as when it was built); a stale one is
@@ -36,7 +39,9 @@ FORMAT_VERSION = 1
 MIN_ROWS = 10_000  # below this exact search takes milliseconds, and the quantizers lack training rows
 DEFAULT_NPROBE = 32
 DEFAULT_RERANK = 10
-_TRAIN_ROWS = 1 << 16  # rows sampled to train the quantizers (512 MB of float32 at D = 2048)
+# Lists by default: about sqrt(rows), at most this many, so training reads at most 40 x 1024 rows
+# (320 MB of float32 at D = 2048); bigger indexes get longer lists rather than more of them.
+MAX_NLIST = 1024
 _ADD_ROWS = 1 << 15
 INSTALL_HINT = "approximate search needs faiss: pip install 'bitcli[search]' (or pip install faiss-cpu)"
 
@@ -111,13 +116,11 @@ def build(
         raise UsageError(f"{index.array_path} has {index.rows} rows; an approximate index needs at least {MIN_ROWS} (exact search is fast enough)")
     started = time.perf_counter()
     nlist = nlist or _default_nlist(index.rows)
-    m = _pq_subquantizers(index.dim)
-    factory = f"IVF{nlist},PQ{m}"
+    if not 1 <= nlist <= index.rows // 39:
+        raise UsageError(f"nlist {nlist}: k-means needs 39 training rows per list; use at most {index.rows // 39}")
+    factory = f"IVF{nlist},SQ8"
     ann = faiss.index_factory(index.dim, factory, faiss.METRIC_INNER_PRODUCT)
-    # Polysemous code reordering (on by default) is for Hamming pre-filtering, which this index
-    # does not use, and it multiplies the training time by about 10.
-    faiss.downcast_index(ann).do_polysemous_training = False
-    ann.train(_training_sample(index, nlist, m, seed))
+    ann.train(_training_sample(index, nlist, seed))
     for first, block in index.iter_blocks(_ADD_ROWS):
         ann.add(normalize_rows(block))
         if progress is not None:
@@ -169,21 +172,14 @@ def recall_at_k(exact: list[list[Match]], approximate: list[list[Match]]) -> flo
 
 
 def _default_nlist(rows: int) -> int:
-    """About sqrt(rows) lists, a power of two, with at least 39 training rows per list."""
+    """About sqrt(rows) lists, a power of two, at most MAX_NLIST, at least 39 rows per list."""
     nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows))))
-    return int(max(1, min(nlist, rows // 39, 65536)))
+    return int(max(1, min(nlist, rows // 39, MAX_NLIST)))
 
 
-def _pq_subquantizers(dim: int) -> int:
-    """8 dimensions per sub-quantizer where the dimension allows, else the nearest divisor."""
-    for m in range(max(1, dim // 8), 0, -1):
-        if dim % m == 0:
-            return m
-    return 1
-
-
-def _training_sample(index: EmbeddingIndex, nlist: int, m: int, seed: int) -> np.ndarray:
-    want = min(index.rows, max(64 * nlist, 256 * 39), _TRAIN_ROWS)
+def _training_sample(index: EmbeddingIndex, nlist: int, seed: int) -> np.ndarray:
+    """40 rows per list (faiss asks for at least 39), drawn at random."""
+    want = min(index.rows, 40 * nlist)
     rows = np.sort(np.random.default_rng(seed).choice(index.rows, size=want, replace=False))
     return normalize_rows(index.take(rows))
 

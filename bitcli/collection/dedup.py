@@ -5,7 +5,10 @@ each); for every pair of blocks (i, j >= i) the similarities are computed a slic
 time, and the pairs at or above the threshold go straight into a union-find. No N x N matrix
 exists at any point, and no list of pairs either: memory is a few blocks plus the union-find's
 one integer per row, whatever the number of duplicates (a folder of 10,000 copies of one
-photo is as cheap as one with none). The cost is the all-pairs one, N^2/2 dot products.
+photo is as cheap as one with none). The cost is the all-pairs one, N^2/2 dot products; on CPUs
+with native bfloat16 (AVX512-BF16, AMX) big indexes take them in bfloat16 first, about 4x faster,
+and re-check every pair within a proven error margin of the threshold in float32, so the pairs
+found are the float32 ones (`threshold_pairs`).
 
 The union-find is vectorized: a batch of pairs hooks the larger of each pair's two roots onto
 the smaller, then compresses paths, until every pair shares a root; every root is the
@@ -37,6 +40,9 @@ KEEP_POLICIES = ("first", "largest", "newest")
 _BLOCK_BYTES = 32 << 20  # float32 bytes per block of rows
 _SLICE_ROWS = 512  # rows per similarity slice: at most 512 x block pairs materialize at once
 _STATS_ROWS = 2048  # rows per chunk when measuring a (large) group
+# Below N^2 * D = 2^40 (about 12 s of float32 products on 2 cores) importing torch for the bf16
+# pre-filter (2-3 s) does not pay.
+_BF16_FROM_WORK = float(1 << 40)
 
 
 @dataclass(frozen=True)
@@ -60,33 +66,41 @@ def check_threshold(threshold: float) -> None:
         raise UsageError(f"--threshold {threshold}: must be between -1 and 1 (a cosine similarity); the default is {DEFAULT_THRESHOLD}")
 
 
-def find_groups(index: EmbeddingIndex, threshold: float = DEFAULT_THRESHOLD, *, block_rows: int | None = None) -> list[DuplicateGroup]:
-    """Every group of two or more rows, largest first."""
+def find_groups(
+    index: EmbeddingIndex, threshold: float = DEFAULT_THRESHOLD, *, block_rows: int | None = None, method: str = "auto"
+) -> list[DuplicateGroup]:
+    """Every group of two or more rows, largest first (`method`: see `threshold_pairs`)."""
     check_threshold(threshold)
-    labels = component_labels(index, threshold, block_rows=block_rows)
+    labels = component_labels(index, threshold, block_rows=block_rows, method=method)
     members = _members(labels)
     members.sort(key=lambda rows: (-len(rows), rows[0]))
     return [_describe(index, number, rows) for number, rows in enumerate(members, start=1)]
 
 
-def component_labels(index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None) -> np.ndarray:
+def component_labels(index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None, method: str = "auto") -> np.ndarray:
     """label[i] = the smallest row of row i's component."""
     components = _UnionFind(index.rows)
-    for a, b in threshold_pairs(index, threshold, block_rows=block_rows):
+    for a, b in threshold_pairs(index, threshold, block_rows=block_rows, method=method):
         components.union(a, b)
     return components.labels()
 
 
-def threshold_pairs(index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches of row pairs (a < b) whose cosine similarity is >= threshold, each batch bounded."""
+def threshold_pairs(
+    index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None, method: str = "auto"
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of row pairs (a < b) whose cosine similarity is >= threshold, each batch bounded.
+
+    method: "float32" (numpy), "bf16" (a bfloat16 pre-filter, re-checked in float32: the same
+    pairs, about 4x faster on CPUs with bf16 units), or "auto" (bf16 when the CPU has native
+    bf16 and the index is big enough for torch's import to pay)."""
+    scorer = _scorer(method, index)
     block_rows = block_rows or index.block_rows(_BLOCK_BYTES)
     for first, block in index.iter_blocks(block_rows):
-        left = _unit(block.copy())  # the reader reuses its buffer for the inner loop
+        left = scorer.prepare(_unit(block.copy()))  # the reader reuses its buffer for the inner loop
         for other_first, other in index.iter_blocks(block_rows, start=first):
-            right = left if other_first == first else _unit(other)
-            for start in range(0, len(left), _SLICE_ROWS):
-                sims = left[start : start + _SLICE_ROWS] @ right.T
-                a, b = np.nonzero(sims >= threshold)
+            right = left if other_first == first else scorer.prepare(_unit(other))
+            for start in range(0, len(left[0]), _SLICE_ROWS):
+                a, b = scorer.pairs(left, start, right, threshold)
                 a += first + start
                 b += other_first
                 if other_first == first:  # the diagonal block: each pair once, never a row with itself
@@ -94,6 +108,75 @@ def threshold_pairs(index: EmbeddingIndex, threshold: float, *, block_rows: int 
                     a, b = a[keep], b[keep]
                 if a.size:
                     yield a, b
+
+
+class _Float32:
+    """Similarities of a slice of rows with a block, as one float32 matrix product (numpy)."""
+
+    name = "float32"
+
+    def prepare(self, rows: np.ndarray) -> tuple:
+        return (rows,)
+
+    def pairs(self, left: tuple, start: int, right: tuple, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        sims = left[0][start : start + _SLICE_ROWS] @ right[0].T
+        return np.nonzero(sims >= threshold)
+
+
+class _Bf16PreFilter(_Float32):
+    """bfloat16 products (torch, oneDNN) keep the pairs within BF16_MARGIN of the threshold; those
+    are re-scored in float32, so the result is the float32 one.
+
+    Why the margin is safe: for unit rows, rounding each element to bfloat16 (relative error
+    u = 2^-9) moves a dot product by at most (2u + u^2) * sum|a_i b_i| <= 0.0039; fp32
+    accumulation adds at most D * 2^-24 (1.2e-4 at D = 2048); rounding the result to bfloat16
+    at most 2^-9 <= 0.002. Total under 0.0061 < 0.01."""
+
+    name = "bf16"
+    margin = 0.01
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+
+    def prepare(self, rows: np.ndarray) -> tuple:
+        return (rows, self.torch.from_numpy(rows).to(self.torch.bfloat16))
+
+    def pairs(self, left: tuple, start: int, right: tuple, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        rough = left[1][start : start + _SLICE_ROWS] @ right[1].T
+        # Compared in float32: a bfloat16 cut would itself be rounded by up to 2^-9.
+        a, b = (t.numpy() for t in self.torch.nonzero(rough.float() >= threshold - self.margin, as_tuple=True))
+        if a.size == 0:
+            return a, b
+        exact = np.einsum("ij,ij->i", left[0][start + a], right[0][b])
+        keep = exact >= threshold
+        return a[keep], b[keep]
+
+
+def chosen_method(index: EmbeddingIndex, method: str = "auto") -> str:
+    """Which way `threshold_pairs` computes similarities here: "float32" or "bf16"."""
+    return _scorer(method, index).name
+
+
+def _scorer(method: str, index: EmbeddingIndex) -> _Float32:
+    if method not in ("auto", "float32", "bf16"):
+        raise ValueError(f"method {method!r}: use auto, float32 or bf16")
+    if method == "float32" or (method == "auto" and float(index.rows) ** 2 * index.dim < _BF16_FROM_WORK):
+        return _Float32()
+    if method == "auto" and not bf16_native():
+        return _Float32()
+    return _Bf16PreFilter()
+
+
+def bf16_native() -> bool:
+    """Whether torch can run bfloat16 matrix products natively here (AVX512-BF16 or AMX)."""
+    try:
+        import torch
+
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (ImportError, AttributeError, RuntimeError):
+        return False
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
