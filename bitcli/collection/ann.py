@@ -152,7 +152,9 @@ def load_fresh(index: EmbeddingIndex) -> tuple[AnnIndex | None, str | None]:
     except (OSError, ValueError):
         return None, f"{paths.info} is unreadable; exact search used (rebuild the approximate index)"
     expected = {"rows": index.rows, "dim": index.dim, **_array_identity(index.array_path)}
-    if info.get("format") != FORMAT or any(info.get(k) != v for k, v in expected.items()):
+    if not isinstance(info, dict) or info.get("format") != FORMAT or not {"factory", "nprobe"} <= set(info):
+        return None, f"{paths.info} is not an approximate index description; exact search used (rebuild it)"
+    if any(info.get(k) != v for k, v in expected.items()):
         return None, f"{paths.index} was built for an earlier {index.array_path.name}; exact search used (rebuild it)"
     try:
         import faiss

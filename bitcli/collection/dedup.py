@@ -97,17 +97,21 @@ def threshold_pairs(
     block_rows = block_rows or index.block_rows(_BLOCK_BYTES)
     for first, block in index.iter_blocks(block_rows):
         left = scorer.prepare(_unit(block.copy()))  # the reader reuses its buffer for the inner loop
-        for other_first, other in index.iter_blocks(block_rows, start=first):
-            right = left if other_first == first else scorer.prepare(_unit(other))
-            for start in range(0, len(left[0]), _SLICE_ROWS):
-                a, b = scorer.pairs(left, start, right, threshold)
-                a += first + start
-                b += other_first
-                if other_first == first:  # the diagonal block: each pair once, never a row with itself
-                    keep = b > a
-                    a, b = a[keep], b[keep]
-                if a.size:
-                    yield a, b
+        yield from _block_pairs(scorer, left, first, left, first, threshold)  # the block with itself
+        for other_first, other in index.iter_blocks(block_rows, start=first + len(block)):
+            yield from _block_pairs(scorer, left, first, scorer.prepare(_unit(other)), other_first, threshold)
+
+
+def _block_pairs(scorer: "_Float32", left: tuple, first: int, right: tuple, other_first: int, threshold: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(left[0]), _SLICE_ROWS):
+        a, b = scorer.pairs(left, start, right, threshold)
+        a += first + start
+        b += other_first
+        if other_first == first:  # the diagonal block: each pair once, never a row with itself
+            keep = b > a
+            a, b = a[keep], b[keep]
+        if a.size:
+            yield a, b
 
 
 class _Float32:

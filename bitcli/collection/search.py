@@ -61,6 +61,14 @@ def check_k(k: int) -> None:
         raise UsageError("--top-k must be at least 1")
 
 
+def check_queries(index: EmbeddingIndex, queries: np.ndarray) -> np.ndarray:
+    """Query vectors must be [q, D] with the index's D (a model with another width: exit 2)."""
+    queries = np.asarray(queries)
+    if queries.ndim != 2 or queries.shape[1] != index.dim:
+        raise UsageError(f"query vectors of shape {queries.shape} cannot be compared with {index.dim}-dimensional rows; use the model the index was made with")
+    return queries
+
+
 def search(
     index: EmbeddingIndex,
     queries: np.ndarray,
@@ -71,6 +79,8 @@ def search(
     block_rows: int | None = None,
 ) -> SearchOutcome:
     """Top-k rows for each query vector; `exclude[i]`: a row query i must not return (its own)."""
+    check_k(k)
+    check_queries(index, queries)
     notice = None
     if not exact:
         from bitcli.collection import ann
@@ -91,9 +101,7 @@ def exact_search(
 ) -> list[list[Match]]:
     """Brute-force cosine top-k, one streamed pass over the index per chunk of queries."""
     check_k(k)
-    queries = np.asarray(queries)
-    if queries.ndim != 2 or queries.shape[1] != index.dim:
-        raise UsageError(f"query vectors of shape {queries.shape} cannot be compared with {index.dim}-dimensional rows")
+    queries = check_queries(index, queries)
     exclude = list(exclude) if exclude is not None else [None] * len(queries)
     results: list[list[Match]] = []
     for first in range(0, len(queries), QUERY_CHUNK):

@@ -27,7 +27,7 @@ import json
 import os
 import tempfile
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -125,26 +125,8 @@ class EmbeddingMetadata:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        known = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "bitcli_version": self.bitcli_version,
-            "array": self.array,
-            "manifest": self.manifest,
-            "files": self.files,
-            "files_sha256": self.files_sha256,
-            "rows": self.rows,
-            "feature_dim": self.feature_dim,
-            "dtype": self.dtype,
-            "normalize": self.normalize,
-            "model": self.model,
-            "preprocessing": self.preprocessing,
-            "decode": self.decode,
-            "runtime": self.runtime,
-            "content_hash": self.content_hash,
-            "cwd": self.cwd,
-        }
-        return {**self.extra, **known}
+        known = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **known, **self.extra}
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "EmbeddingMetadata":
@@ -154,25 +136,18 @@ class EmbeddingMetadata:
         version = data.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise UsageError(f"{source}: format version {version!r} is newer than this bitcli reads ({FORMAT_VERSION}); upgrade bitcli")
+        names = {f.name for f in fields(cls)} - {"extra"}
         try:
-            return cls(
-                rows=_int(data["rows"], "rows"),
-                feature_dim=_int(data["feature_dim"], "feature_dim"),
-                dtype=str(data["dtype"]),
-                normalize=bool(data["normalize"]),
-                model=dict(data["model"]),
-                preprocessing=dict(data.get("preprocessing") or {}),
-                decode=dict(data.get("decode") or {}),
-                runtime=dict(data.get("runtime") or {}),
-                content_hash=data.get("content_hash"),
-                cwd=data.get("cwd"),
-                bitcli_version=str(data.get("bitcli_version", "")),
-                array=data.get("array"),
-                manifest=data.get("manifest"),
-                files=data.get("files"),
-                files_sha256=data.get("files_sha256"),
-                extra={k: v for k, v in data.items() if k not in _HEADER_KEYS},
-            )
+            missing = [key for key in ("rows", "feature_dim", "dtype", "normalize", "model") if key not in data]
+            if missing:
+                raise KeyError(", ".join(missing))
+            for key in ("rows", "feature_dim"):
+                _int(data[key], key)
+            for key in ("model", "preprocessing", "decode", "runtime"):
+                if not isinstance(data.get(key, {}), dict):
+                    raise TypeError(f"{key} must be an object")
+            known = {k: v for k, v in data.items() if k in names}
+            return cls(**known, extra={k: v for k, v in data.items() if k not in names and k not in ("format", "format_version")})
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"{source}: malformed header ({type(exc).__name__}: {exc}); embed anew with --overwrite") from exc
 
@@ -187,9 +162,6 @@ class EmbeddingMetadata:
         values = {key: getattr(self, key) for key in _COMPATIBLE}
         values["model"] = {k: self.model.get(k) for k in _MODEL_KEYS}
         return json.loads(json.dumps(values))  # tuples == lists
-
-
-_HEADER_KEYS = frozenset(EmbeddingMetadata(0, 0, "", False, {}, {}).to_dict()) | {"format", "format_version"}
 
 
 def _int(value: Any, name: str) -> int:
