@@ -1,16 +1,19 @@
 """Optional approximate index (faiss, `pip install 'bitcli[search]'`) beside the `.npy`.
 
-    OUT.ann.faiss    a faiss IVF index with 8-bit scalar quantization (IVF{nlist},SQ8) of the
-                     unit-length rows, inner product (= cosine)
+    OUT.ann.faiss    a faiss IVF index of 4-bit product-quantized unit-length rows
+                     (IVF{nlist},PQ128x4fs: "fast scan"), inner product (= cosine)
     OUT.ann.json     what it was built from: rows, dim, the array's size and mtime, parameters
 
-Why IVF-SQ8: training is one k-means of about sqrt(N) centroids (product quantization's 256
-sub-quantizer k-means made the build 10-50x slower on 2 cores, for the same recall once the
-candidates are re-scored); a row takes one byte per dimension (2 GB for a million 2048-d rows,
-half the float16 array), and the file is opened memory-mapped, so a query touches only the
-lists it probes. Its candidates (`rerank` x k per query, at least 100) are re-scored exactly
-from the array, so every reported score is the exact cosine; only which rows make the top k can
-differ from exact search (recall@10 is measured by bench/collection.py, see the README).
+Why this index: it is small and cheap to build. A 2048-d row becomes 64 bytes (a million rows:
+64 MB, which is simply read into memory; the float16 array is 4 GB), the 4-bit codebooks train
+in seconds, and fast-scan search takes a few milliseconds per query. Its distances are rough,
+so its best `max(100, rerank x (k + 1))` candidates are re-scored exactly from the array: every
+reported score is the exact cosine, and only which rows make the top k can differ from exact
+search (recall@10 is measured by bench/collection.py, see the README). Alternatives measured on
+100,000 x 2048 (docs/collection.md): IVF-SQ8 (1 byte per dimension; 7 GB of memory to build a
+million rows, 6 GB to query them) and 8-bit IVF-PQ (3 GB to build 100,000 rows, twice the
+training time) gave the same recall after re-scoring. A dimension without an even divisor
+(no fast-scan layout) falls back to IVF-SQ8.
 
 `search.search` uses the index automatically when it is present and fresh (same row count,
 dimension, and the array's size and modification time as when it was built); a stale one is
@@ -39,10 +42,11 @@ FORMAT_VERSION = 1
 MIN_ROWS = 10_000  # below this exact search takes milliseconds, and the quantizers lack training rows
 DEFAULT_NPROBE = 32
 DEFAULT_RERANK = 10
-# Lists by default: about sqrt(rows), at most this many, so training reads at most 40 x 1024 rows
-# (320 MB of float32 at D = 2048); bigger indexes get longer lists rather than more of them.
+# Lists by default: about sqrt(rows) / 4 (fast scan makes long lists cheap, and assigning every row
+# to its list is the build's main cost), at most MAX_NLIST, so training reads at most 40 x 1024 rows.
 MAX_NLIST = 1024
-_ADD_ROWS = 1 << 15
+_KMEANS_ITERATIONS = 10  # of the coarse quantizer: enough to route queries; re-scoring does the rest
+_ADD_ROWS = 1 << 13  # rows normalized and added at a time (64 MB of float32 at D = 2048)
 INSTALL_HINT = "approximate search needs faiss: pip install 'bitcli[search]' (or pip install faiss-cpu)"
 
 
@@ -110,7 +114,7 @@ def build(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> AnnIndex:
-    """Train and fill an IVF-PQ index over every row, save it beside the array atomically."""
+    """Train and fill the index over every row, save it beside the array atomically."""
     faiss = require_faiss()
     if index.rows < MIN_ROWS:
         raise UsageError(f"{index.array_path} has {index.rows} rows; an approximate index needs at least {MIN_ROWS} (exact search is fast enough)")
@@ -118,8 +122,9 @@ def build(
     nlist = nlist or _default_nlist(index.rows)
     if not 1 <= nlist <= index.rows // 39:
         raise UsageError(f"nlist {nlist}: k-means needs 39 training rows per list; use at most {index.rows // 39}")
-    factory = f"IVF{nlist},SQ8"
+    factory = f"IVF{nlist},{_codes(index.dim)}"
     ann = faiss.index_factory(index.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    faiss.extract_index_ivf(ann).cp.niter = _KMEANS_ITERATIONS
     ann.train(_training_sample(index, nlist, seed))
     for first, block in index.iter_blocks(_ADD_ROWS):
         ann.add(normalize_rows(block))
@@ -161,8 +166,7 @@ def load_fresh(index: EmbeddingIndex) -> tuple[AnnIndex | None, str | None]:
     except ImportError:
         return None, f"{paths.index} is present but faiss is not installed; exact search used ({INSTALL_HINT})"
     try:
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
-        return AnnIndex(faiss.read_index(str(paths.index), flags), info), None
+        return AnnIndex(faiss.read_index(str(paths.index)), info), None
     except RuntimeError as exc:
         return None, f"{paths.index} cannot be read ({str(exc).strip().splitlines()[-1]}); exact search used"
 
@@ -174,9 +178,18 @@ def recall_at_k(exact: list[list[Match]], approximate: list[list[Match]]) -> flo
 
 
 def _default_nlist(rows: int) -> int:
-    """About sqrt(rows) lists, a power of two, at most MAX_NLIST, at least 39 rows per list."""
-    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows))))
+    """About sqrt(rows) / 4 lists, a power of two, at most MAX_NLIST, at least 39 rows per list."""
+    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows) / 4)))
     return int(max(1, min(nlist, rows // 39, MAX_NLIST)))
+
+
+def _codes(dim: int) -> str:
+    """128 4-bit sub-quantizers (64 bytes a row; at D = 2048, 16 dimensions each), or D/2 for
+    smaller D; an even count (fast scan packs two codes per byte) that divides D, else SQ8."""
+    for m in range(min(128, dim // 2), dim + 1):
+        if m >= 2 and m % 2 == 0 and dim % m == 0:
+            return f"PQ{m}x4fs"
+    return "SQ8"
 
 
 def _training_sample(index: EmbeddingIndex, nlist: int, seed: int) -> np.ndarray:
