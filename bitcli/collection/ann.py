@@ -7,12 +7,12 @@
 Why this index: it is small and cheap to build. A 2048-d row becomes 64 bytes (a million rows:
 64 MB, which is simply read into memory; the float16 array is 4 GB), the 4-bit codebooks train
 in seconds, and fast-scan search takes a few milliseconds per query. Its distances are rough,
-so its best `max(100, rerank x (k + 1))` candidates are re-scored exactly from the array: every
+so its best `max(1000, rerank x (k + 1))` candidates are re-scored exactly from the array: every
 reported score is the exact cosine, and only which rows make the top k can differ from exact
 search (recall@10 is measured by bench/collection.py, see the README). Alternatives measured on
-100,000 x 2048 (docs/collection.md): IVF-SQ8 (1 byte per dimension; 7 GB of memory to build a
-million rows, 6 GB to query them) and 8-bit IVF-PQ (3 GB to build 100,000 rows, twice the
-training time) gave the same recall after re-scoring. A dimension without an even divisor
+100,000 x 2048 (docs/collection.md): IVF-SQ8 (1 byte per dimension: 2 GB of codes in memory for
+a million 2048-d rows) and 8-bit IVF-PQ (twice the build time, three times the memory) gave
+the same recall after re-scoring. A dimension without an even divisor
 (no fast-scan layout) falls back to IVF-SQ8.
 
 `search.search` uses the index automatically when it is present and fresh (same row count,
@@ -41,6 +41,10 @@ FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
 MIN_ROWS = 10_000  # below this exact search takes milliseconds, and the quantizers lack training rows
 DEFAULT_NPROBE = 32
+# Candidates re-scored exactly per query: max(MIN_CANDIDATES, RERANK x (k + 1)). Where hundreds of
+# rows are almost equally similar to a query, 4-bit codes cannot order them: re-scoring them all
+# costs a few milliseconds (1,000 rows of 2048 float16 values: 4 MB).
+MIN_CANDIDATES = 1000
 DEFAULT_RERANK = 10
 # Lists by default: about sqrt(rows) / 4 (fast scan makes long lists cheap, and assigning every row
 # to its list is the build's main cost), at most MAX_NLIST, so training reads at most 40 x 1024 rows.
@@ -95,7 +99,7 @@ class AnnIndex:
         unit = normalize_rows(queries)
         exclude = list(exclude) if exclude is not None else [None] * len(unit)
         self.faiss_index.nprobe = nprobe or self.info["nprobe"]
-        wanted = min(index.rows, max(100, rerank * (k + 1)))
+        wanted = min(index.rows, max(MIN_CANDIDATES, rerank * (k + 1)))
         _, candidates = self.faiss_index.search(unit, wanted)
         results = []
         for j, found in enumerate(candidates):
@@ -126,7 +130,7 @@ def build(
     ann = faiss.index_factory(index.dim, factory, faiss.METRIC_INNER_PRODUCT)
     faiss.extract_index_ivf(ann).cp.niter = _KMEANS_ITERATIONS
     ann.train(_training_sample(index, nlist, seed))
-    for first, block in index.iter_blocks(_ADD_ROWS):
+    for first, block in index.iter_blocks(_ADD_ROWS, torch_cast=False):  # faiss has its own threads
         ann.add(normalize_rows(block))
         if progress is not None:
             progress(len(block))

@@ -62,15 +62,18 @@ class EmbeddingIndex:
         """Rows per block so that one float32 block takes about `block_bytes`."""
         return max(1, block_bytes // max(1, self.dim * 4))
 
-    def iter_blocks(self, block_rows: int | None = None, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_blocks(
+        self, block_rows: int | None = None, start: int = 0, stop: int | None = None, *, torch_cast: bool = True
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 [n, D] block) over rows [start, stop), in order.
 
-        The yielded array is reused for the next block: copy it to keep it."""
+        The yielded array is reused for the next block: copy it to keep it. `torch_cast=False`
+        keeps torch's thread pool out (for callers running their own, such as faiss)."""
         stop = self.rows if stop is None else min(stop, self.rows)
         block_rows = block_rows or self.block_rows()
         if stop <= start:
             return
-        reader = _BlockReader(self, min(block_rows, stop - start))
+        reader = _BlockReader(self, min(block_rows, stop - start), torch_cast=torch_cast)
         try:
             for first in range(start, stop, block_rows):
                 yield first, reader.read(first, min(first + block_rows, stop))
@@ -78,13 +81,23 @@ class EmbeddingIndex:
             reader.close()
 
     def take(self, rows: Iterable[int]) -> np.ndarray:
-        """float32 copies of the given rows, in the order given."""
+        """float32 copies of the given rows, in the order given.
+
+        Read with `pread`, not through the memory map: touching scattered rows of a map makes the
+        kernel map their neighbours too (fault-around), and the process's resident set would grow
+        towards the file's size although it holds only these rows."""
         rows = np.asarray(list(rows), dtype=np.int64)
-        if rows.size == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        order = np.argsort(rows, kind="stable")  # sorted reads from the memory map
         out = np.empty((rows.size, self.dim), dtype=np.float32)
-        out[order] = self.vectors[rows[order]]
+        if rows.size == 0:
+            return out
+        if rows.min() < 0 or rows.max() >= self.rows:
+            raise IndexError(f"row out of range for {self.rows} rows")
+        reader = _BlockReader(self, 1, torch_cast=False)
+        try:
+            for i, row in enumerate(rows):
+                out[i] = reader.read(int(row), int(row) + 1)[0]
+        finally:
+            reader.close()
         return out
 
     def find_rows(self, queries: Iterable[str]) -> dict[str, int]:
@@ -204,7 +217,7 @@ def _check_consistent(index: EmbeddingIndex) -> None:
 class _BlockReader:
     """Reads row ranges of a C-ordered `.npy` into one reused buffer, as float32."""
 
-    def __init__(self, index: EmbeddingIndex, max_rows: int):
+    def __init__(self, index: EmbeddingIndex, max_rows: int, *, torch_cast: bool = True):
         vectors = index.vectors
         self.vectors = vectors
         self.dim = index.dim
@@ -217,7 +230,7 @@ class _BlockReader:
         self.raw = np.empty(max_rows * self.row_bytes, dtype=np.uint8)
         native32 = self.dtype == np.dtype("<f4") and sys.byteorder == "little"
         self.out = None if native32 else np.empty((max_rows, self.dim), dtype=np.float32)
-        self.cast = _caster(self.dtype, vectors.size)
+        self.cast = _caster(self.dtype, vectors.size if torch_cast else 0)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         n = stop - start
@@ -245,7 +258,7 @@ class _BlockReader:
 
 def _caster(dtype: np.dtype, elements: int):
     """A function copying rows of `dtype` into a float32 array of the same shape."""
-    if dtype.name == "float16" and (elements > _TORCH_CAST_ELEMENTS or "torch" in sys.modules):
+    if dtype.name == "float16" and elements and (elements > _TORCH_CAST_ELEMENTS or "torch" in sys.modules):
         try:
             import torch
         except ImportError:
