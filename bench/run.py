@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".bench"
 CHECKPOINT = WORK / "bit-50-random"
 HF_HOME = WORK / "hf_home"
-# The commit bitcli pins for google/bit-50 (zoo.py): the cache holds the checkpoint under it.
+# The commit bitcli pins for google/bit-50 (bitcli/hub/zoo.py): the cache holds the checkpoint under it.
 BIT50_COMMIT = "9e9a281aa096247270860f9cda4f68daacca33d0"
 BIN = Path(sys.executable).parent
 PREPROCESSOR = {

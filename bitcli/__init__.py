@@ -6,7 +6,7 @@ The public API lives in `bitcli.pipeline` and is re-exported here lazily, so `im
 
 from __future__ import annotations
 
-from typing import Any
+from bitcli.util import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -17,12 +17,14 @@ _LAZY = {
     "Classifier": "bitcli.pipeline",
     "Embedder": "bitcli.pipeline",
     "Embeddings": "bitcli.pipeline",
-    "Model": "bitcli.pipeline",
+    "RunOptions": "bitcli.pipeline",
+    "Model": "bitcli.checkpoint.loading",  # = LoadedModel, the name `load` returned before
+    "LoadedModel": "bitcli.checkpoint.loading",
     "resolve_device": "bitcli.pipeline",
     "ClassifyResult": "bitcli.results",
     "EmbedResult": "bitcli.results",
     "Prediction": "bitcli.results",
-    "EmbedWriter": "bitcli.embedstore",
+    "EmbedWriter": "bitcli.store",
     "BitError": "bitcli.errors",
     "InputError": "bitcli.errors",
     "ModelError": "bitcli.errors",
@@ -31,16 +33,7 @@ _LAZY = {
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'bitcli' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value  # cache: later lookups skip __getattr__
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

@@ -22,7 +22,6 @@ wants PIL's own bomb check back can set `Image.MAX_IMAGE_PIXELS` after its first
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import stat
@@ -34,14 +33,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bitcli.errors import InputError
+from bitcli.util import DEFAULT_MAX_PIXELS, first_line, os_error_reason
 
-DEFAULT_MAX_PIXELS = 100_000_000
 
 # `image.info` keys set by draft-mode decoding, so preprocessing can resize exactly the region
 # and to the size the full-scale image would give: the full-scale (width, height), and the box
 # (left, top, right, bottom, floats) in the reduced image that covers the whole picture (libjpeg
 # rounds the reduced size up, so the last row or column is partly outside the picture).
-# The formats the README lists (what inputs.py recognises by signature). Others, such as EPS,
+# The formats docs/usage.md lists (what inputs.py recognises by signature). Others, such as EPS,
 # which PIL would hand to Ghostscript, are "not an image" here.
 DECODABLE_FORMATS = (
     "JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "JPEG2000", "AVIF", "QOI", "PSD", "ICO", "PPM",
@@ -129,11 +128,11 @@ def open_image(
         raise InputError(name, _os_error_reason(error)) from None
     except (SyntaxError, ValueError, TypeError, IndexError, struct.error) as error:
         # PIL plugins signal malformed data with a variety of exception types.
-        raise InputError(name, f"truncated or corrupt image: {_first_line(error)}") from None
+        raise InputError(name, f"truncated or corrupt image: {first_line(error)}") from None
     except MemoryError:
         raise InputError(name, "not enough memory to decode this image") from None
     except Exception as error:  # a PIL plugin's unforeseen failure must not sink the batch
-        raise InputError(name, f"cannot decode ({type(error).__name__}: {_first_line(error)})") from None
+        raise InputError(name, f"cannot decode ({type(error).__name__}: {first_line(error)})") from None
 
 
 def _orient_box(
@@ -227,19 +226,4 @@ def _bomb_reason(message: str, max_pixels: int | None) -> str:
 
 def _os_error_reason(error: OSError) -> str:
     """A short reason for an OSError from stat/open/decode."""
-    if isinstance(error, FileNotFoundError):
-        return "no such file or directory"
-    if isinstance(error, PermissionError):
-        return "permission denied"
-    if isinstance(error, IsADirectoryError):
-        return "is a directory"
-    if error.errno == errno.ELOOP:
-        return "symlink loop"
-    if error.errno is not None and error.strerror:
-        return error.strerror.lower()
-    return f"truncated or corrupt image: {_first_line(error)}"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    return os_error_reason(error, fallback=f"truncated or corrupt image: {first_line(error)}")

@@ -27,7 +27,6 @@ Rules:
 
 from __future__ import annotations
 
-import errno
 import glob
 import os
 import stat
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from bitcli.errors import InputError
+from bitcli.util import os_error_reason
 
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -121,7 +121,7 @@ def _expand_path(path: str) -> Iterator[str | InputError]:
     try:
         info = os.stat(path)
     except OSError as error:
-        yield InputError(path, _reason(error))
+        yield InputError(path, os_error_reason(error))
         return
     if stat.S_ISDIR(info.st_mode):
         yield from _expand_directory(path, info)
@@ -160,7 +160,7 @@ def _expand_match(match: str, recursive: bool) -> Iterator[str | InputError]:
     try:
         info = os.stat(match)
     except OSError as error:
-        yield InputError(match, _reason(error))
+        yield InputError(match, os_error_reason(error))
         return
     if stat.S_ISDIR(info.st_mode):
         if not recursive:
@@ -175,7 +175,7 @@ def _walk(directory: str, ancestors: frozenset[tuple[int, int]]) -> Iterator[str
         with os.scandir(directory) as scan:
             entries = sorted((entry for entry in scan if not entry.name.startswith(".")), key=_name)
     except OSError as error:
-        yield InputError(directory, _reason(error))
+        yield InputError(directory, os_error_reason(error))
         return
     for entry in entries:
         path = entry.path
@@ -186,7 +186,7 @@ def _walk(directory: str, ancestors: frozenset[tuple[int, int]]) -> Iterator[str
         try:
             info = os.stat(path)  # follows symlinks
         except OSError as error:
-            yield InputError(path, _reason(error))
+            yield InputError(path, os_error_reason(error))
             continue
         if stat.S_ISDIR(info.st_mode):
             identity = _identity(info)
@@ -215,16 +215,6 @@ def _name(entry: os.DirEntry[str]) -> str:
 
 def _identity(info: os.stat_result) -> tuple[int, int]:
     return (info.st_dev, info.st_ino)
-
-
-def _reason(error: OSError) -> str:
-    if isinstance(error, FileNotFoundError):
-        return "no such file or directory"
-    if isinstance(error, PermissionError):
-        return "permission denied"
-    if error.errno == errno.ELOOP:
-        return "symlink loop"
-    return (error.strerror or str(error)).lower()
 
 
 # Each signature: (offset, bytes) pairs that must all match.

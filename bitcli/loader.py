@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from bitcli.decode import DEFAULT_MAX_PIXELS, open_image
+from bitcli.decode import open_image
 from bitcli.errors import InputError
 from bitcli.inputs import InputItem
 from bitcli.preprocess import PreprocessConfig, preprocess
+from bitcli.util import DEFAULT_MAX_PIXELS
 
 # How often the consumer wakes while waiting on a worker, so Ctrl-C is handled promptly
 # (a lock wait without a timeout is not interrupted by SIGINT).

@@ -1,55 +1,87 @@
-"""The library API: load a BiT model, then classify or embed images in batches.
+"""The library API: load a BiT model, then classify or embed images in batches (docs/usage.md).
 
-    import bitcli
-
-    model = bitcli.load("google/bit-50")                  # hub id, id@revision, alias or directory
-    for r in bitcli.Classifier(model, top_k=3).classify(["cat.jpg", "photos/"]):
-        print(r.path, r.error or r.predictions[0].label)
-
-    emb = bitcli.embed(["photos/"], model=model, normalize=True)   # Embeddings(vectors, paths, errors)
-
-Inputs are paths, directories or globs (expanded like the command line), or `InputItem`s /
+`load` gives a `checkpoint.LoadedModel`; `Classifier` and `Embedder` take it (or a reference)
+and one `RunOptions` (or its fields as keywords). Inputs are paths, directories or globs (expanded like the command line), or `InputItem`s /
 `InputError`s from `bitcli.inputs`. Images are decoded and preprocessed ahead of the model in a
 thread pool (`loader.py`); results come back in input order, with failed inputs in their place
 (`error` set) rather than raised, so one bad file never sinks a batch.
 
-Batching is deterministic: a batch is the next `batch_size` images in input order (a change of
-tensor shape, possible only without a center crop, closes a batch early). The `*_groups` methods
-yield one list per batch (the batch's images and the failures between them, in input order);
-`bit embed` commits each group to disk at once, which is what makes `--resume` byte-identical.
+Batching depends on the input list alone: batch k is inputs [k * B, (k + 1) * B), B the batch
+size, and a failed input leaves its place empty. Which rows share a forward pass (so a row's last
+float bits) never depends on which files are broken: `--resume`, `--shard` and the Ray engine cut
+the list at multiples of B and get one uninterrupted run's bytes. `*_groups`: a list per batch.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from bitcli.errors import BitError, CheckpointError, InputError, UsageError
 from bitcli.results import ClassifyResult, EmbedResult, Prediction
+from bitcli.util import DEFAULT_MAX_PIXELS, first_line
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from bitcli.checkpoint import LoadedModel
-    from bitcli.hub import ResolvedModel
+    from bitcli.checkpoint.loading import LoadedModel
     from bitcli.inputs import InputItem
     from bitcli.labels import Labels
 
 DEFAULT_MODEL = "google/bit-50"
 DEFAULT_BATCH_SIZE = 8
-DEFAULT_MAX_PIXELS = 100_000_000  # the same as decode.DEFAULT_MAX_PIXELS (not imported: it loads PIL)
 
 InputLike = Union[str, Path, "InputItem", InputError]
+ModelLike = Union[str, Path, "LoadedModel"]
 
 
-def resolve_device(name: str = "auto") -> "torch.device":
-    """auto: cuda when available, else cpu; an explicit device that is not available is a UsageError."""
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a run needs besides the model and its inputs, in one place.
+
+    `device` and `precision` apply when a model is loaded from a reference; None means "auto"
+    and "fp32" there. Given a model that is already loaded, None accepts it as it is, and a value
+    that disagrees with it is a UsageError (moving a loaded model is `bitcli.load`'s job, not a
+    side effect of building a Classifier). `max_pixels`: an image whose width x height exceeds it
+    fails (`error` set) before it is decoded, a guard against decompression bombs; None: no limit.
+    `fast_jpeg`: decode JPEGs at a reduced scale (libjpeg draft mode) when that still covers the
+    model's input: faster for large photos, close to but not pixel-identical with the exact path.
+    """
+
+    device: str | None = None  # auto, cpu, cuda, mps
+    precision: str | None = None  # fp32, bf16
+    offline: bool | None = None  # None: follow HF_HUB_OFFLINE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int | None = None  # decoding threads; None: one per core
+    fast_jpeg: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise UsageError("max_pixels must be at least 1, or None for no limit (--max-pixels 0 on the command line)")
+        if self.precision is not None:
+            check_precision(self.precision)
+
+    @classmethod
+    def merge(cls, options: RunOptions | None, overrides: dict[str, Any]) -> RunOptions:
+        """`options` (or the defaults) with keyword overrides; an unknown keyword is a TypeError."""
+        unknown = sorted(set(overrides) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(unknown)}")
+        return replace(options or cls(), **overrides)
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """auto (or None): cuda when available, else cpu; an explicit device that is not available is a UsageError."""
     import torch
 
-    if name == "auto":
+    if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine (or in this torch build); use --device cpu")
@@ -60,84 +92,54 @@ def resolve_device(name: str = "auto") -> "torch.device":
     return torch.device(name)
 
 
-@dataclass
-class Model:
-    """A loaded checkpoint (`checkpoint.LoadedModel`) and where it came from (`hub.ResolvedModel`)."""
-
-    loaded: "LoadedModel"
-    resolved: "ResolvedModel | None" = None
-
-    @property
-    def name(self) -> str:
-        if self.resolved is not None and self.resolved.repo_id:
-            return self.resolved.repo_id
-        return str(self.loaded.path)
-
-    @property
-    def notice(self) -> str | None:
-        """A one-line warning from resolution (e.g. a pickle-only revision), for stderr."""
-        return self.resolved.notice if self.resolved is not None else None
-
-    @property
-    def config(self) -> Any:
-        return self.loaded.config
-
-    @property
-    def device(self) -> "torch.device":
-        return self.loaded.device
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.loaded.config.feature_dim)
-
-    def labels(self, labels_file: str | Path | None = None) -> "Labels":
-        from bitcli.labels import resolve_labels
-
-        return resolve_labels(self.config.num_labels, self.config.id2label, labels_file)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What identifies these weights and preprocessing (stored by `bit embed` for --resume)."""
-        resolved = self.resolved
-        return {
-            "model": self.name if resolved is not None and resolved.repo_id else str(Path(self.loaded.path).resolve()),
-            "commit": resolved.commit if resolved is not None else None,
-            "weights": [Path(f).name for f in self.loaded.files],
-            "preprocessing": self.loaded.preprocess.describe(),
-            "device": self.device.type,
-            "precision": self.loaded.precision,
-        }
-
-
 def load(
-    model: "str | Path | Model" = DEFAULT_MODEL,
+    model: ModelLike = DEFAULT_MODEL,
     *,
-    device: str = "auto",
+    device: str | None = None,
     offline: bool | None = None,
     progress: bool = False,
-    precision: str = "fp32",
-) -> Model:
+    precision: str | None = None,
+) -> LoadedModel:
     """Resolve a model reference (downloading it at most once) and load it on `device`.
 
-    precision: "fp32" (within 1e-4 of the reference) or "bf16" (about 2x faster on CPUs with
-    AVX512-BF16, scores differ in the second or third decimal).
+    device: auto (None), cpu, cuda or mps. precision: "fp32" (None; within 1e-4 of the
+    reference) or "bf16" (about 2x faster on CPUs with AVX512-BF16, scores differ in the second
+    or third decimal). A `LoadedModel` comes back as it is, provided `device` and `precision`
+    (when given) agree with it; otherwise UsageError.
     Raises ModelError subclasses (exit code 3) for anything that stops the model from loading,
     and UsageError for an unavailable device or precision.
     """
-    if isinstance(model, Model):
-        return model
+    from bitcli.checkpoint.loading import LoadedModel, load_model
+
+    if precision is not None:
+        check_precision(precision)
+    if isinstance(model, LoadedModel):
+        return check_loaded(model, device, precision)
     from bitcli import hub
-    from bitcli.checkpoint import first_line, load_model
 
     torch_device = resolve_device(device)
-    check_precision(precision)
     resolved = hub.resolve_model(str(model), offline=offline, progress=progress)
     try:
-        loaded = load_model(resolved.path, device=torch_device, precision=precision)
+        return load_model(resolved.path, device=torch_device, precision=precision or "fp32", resolved=resolved)
     except BitError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{model}: cannot load the checkpoint ({first_line(exc)})") from exc
-    return Model(loaded=loaded, resolved=resolved)
+
+
+def check_loaded(model: LoadedModel, device: str | None, precision: str | None) -> LoadedModel:
+    """`model`, when an explicitly asked device and precision agree with how it was loaded."""
+    if device is not None and resolve_device(device).type != model.device.type:
+        raise UsageError(
+            f"{model.name} is already loaded on {model.device.type}, not {device}; "
+            "pass device= to bitcli.load instead"
+        )
+    if precision is not None and precision != model.precision:
+        raise UsageError(
+            f"{model.name} is already loaded in {model.precision}, not {precision}; "
+            "pass precision= to bitcli.load instead"
+        )
+    return model
 
 
 def check_precision(precision: str) -> None:
@@ -174,34 +176,15 @@ class _Batch:
 
 
 class _Runner:
-    """Shared batching: loader output -> batches through the model under inference mode.
+    """Shared batching: loader output -> batches through the model under inference mode."""
 
-    `max_pixels`: an image whose width x height exceeds it fails (`error` set) before it is
-    decoded, a guard against decompression bombs; None: no limit. `fast_jpeg`: decode JPEGs at
-    a reduced scale (libjpeg draft mode) when that still covers the model's input: faster for
-    large photos, close to but not pixel-identical with the exact path.
-    """
+    def __init__(self, model: ModelLike, options: RunOptions) -> None:
+        self.options = options
+        self.model = load(model, device=options.device, precision=options.precision, offline=options.offline)
 
-    def __init__(
-        self,
-        model: "str | Path | Model" = DEFAULT_MODEL,
-        *,
-        device: str = "auto",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        workers: int | None = None,
-        offline: bool | None = None,
-        fast_jpeg: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    ) -> None:
-        if batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
-        if max_pixels is not None and max_pixels < 1:
-            raise UsageError("max_pixels must be at least 1, or None for no limit (--max-pixels 0 on the command line)")
-        self.model = load(model, device=device, offline=offline)
-        self.batch_size = batch_size
-        self.workers = workers
-        self.fast_jpeg = fast_jpeg
-        self.max_pixels = max_pixels
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size
 
     @property
     def feature_dim(self) -> int:
@@ -210,41 +193,55 @@ class _Runner:
     def _batches(self, inputs: Iterable[InputLike]) -> Iterator[_Batch]:
         from bitcli.loader import default_workers, image_loader, load_ordered
 
-        load_fn = image_loader(self.model.loaded.preprocess, max_pixels=self.max_pixels, fast_jpeg=self.fast_jpeg)
-        workers = self.workers or default_workers()
+        opts = self.options
+        load_fn = image_loader(self.model.preprocess, max_pixels=opts.max_pixels, fast_jpeg=opts.fast_jpeg)
+        workers = opts.workers or default_workers()
         stream = load_ordered(as_items(inputs), load_fn, workers=workers, lookahead=max(2 * self.batch_size, 2 * workers))
-        group: list[Any] = []
-        tensors: list[Any] = []
-        for entry in stream:
-            if not isinstance(entry, InputError) and tensors and entry.tensor.shape != tensors[0].shape:
-                yield _Batch(group, self._forward(tensors))  # a new size cannot join this batch
-                group, tensors = [], []
-            group.append(entry)
-            if not isinstance(entry, InputError):
-                tensors.append(entry.tensor)
-                if len(tensors) == self.batch_size:
-                    yield _Batch(group, self._forward(tensors))
-                    group, tensors = [], []
-        if group:
-            yield _Batch(group, self._forward(tensors) if tensors else None)
+        # A failure counts: batch k is always inputs [k * B, (k + 1) * B) (the module docstring).
+        for group in iter(lambda: list(itertools.islice(stream, self.batch_size)), []):
+            yield self._batch(group)
+
+    def _batch(self, group: list[Any]) -> _Batch:
+        """Forward the group's images, each run of one tensor shape (only without a crop) in one pass."""
+        import numpy as np
+
+        tensors = [entry.tensor for entry in group if not isinstance(entry, InputError)]
+        outs = [self._forward(list(run)) for _, run in itertools.groupby(tensors, key=lambda t: t.shape)]
+        if len(outs) > 1:  # join the passes: arrays, or each of classify's (scores, indices)
+            outs = [tuple(map(np.concatenate, zip(*outs))) if isinstance(outs[0], tuple) else np.concatenate(outs)]
+        return _Batch(group, outs[0] if outs else None)
 
     def _features(self, tensors: list[Any]) -> "torch.Tensor":
         """Pooled features [N, C] (float32, on the model's device) for a list of [3, H, W] tensors."""
         import torch
 
         x = torch.stack(tensors).to(self.model.device).contiguous(memory_format=torch.channels_last)
-        _, pooled = self.model.loaded.model.forward_features(x)
+        _, pooled = self.model.model.forward_features(x)
         return pooled.float()
+
+    def _groups(self, inputs: Iterable[InputLike], failure: Any) -> Iterator[list[Any]]:
+        """One list per batch: `_result` for each image, `failure(path=, error=)` for each failed input."""
+        for batch in self._batches(inputs):
+            results = []
+            row = 0
+            for entry in batch.group:
+                if isinstance(entry, InputError):
+                    results.append(failure(path=entry.path, error=entry.reason))
+                else:
+                    results.append(self._result(entry.path, batch.outputs, row))
+                    row += 1
+            yield results
 
     def _forward(self, tensors: list[Any]) -> Any:
         raise NotImplementedError
 
+    def _result(self, path: str, outputs: Any, row: int) -> Any:
+        raise NotImplementedError
+
 
 def short_float(value: Any) -> float:
-    """A float32 as the Python float of its shortest decimal form (0.8312345, not 0.83123451471...).
-
-    It reads back as the same float32, and prints the same in JSON, CSV and the API.
-    """
+    """A float32 as the Python float of its shortest decimal form (0.8312345, not 0.83123451471...):
+    it reads back as the same float32, and prints the same in JSON, CSV and the API."""
     import numpy as np
 
     return float(str(np.float32(value)))
@@ -255,26 +252,15 @@ class Classifier(_Runner):
 
     def __init__(
         self,
-        model: "str | Path | Model" = DEFAULT_MODEL,
+        model: ModelLike = DEFAULT_MODEL,
         *,
         top_k: int = 5,
-        labels: "str | Path | Sequence[str] | Labels | None" = None,
-        device: str = "auto",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        workers: int | None = None,
-        offline: bool | None = None,
-        fast_jpeg: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        labels: str | Path | Sequence[str] | Labels | None = None,
+        options: RunOptions | None = None,
+        **overrides: Any,
     ) -> None:
-        super().__init__(
-            model,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            offline=offline,
-            fast_jpeg=fast_jpeg,
-            max_pixels=max_pixels,
-        )
+        """`options` and/or keyword overrides of its fields (device=, batch_size=, ...: see `RunOptions`)."""
+        super().__init__(model, RunOptions.merge(options, overrides))
         num_classes = int(self.model.config.num_labels)
         if num_classes < 1:
             raise UsageError(f"{self.model.name} has no classifier head (features only); use `bit embed` instead")
@@ -299,28 +285,22 @@ class Classifier(_Runner):
         import torch
 
         with torch.inference_mode():
-            logits = self.model.loaded.model.forward_head(self._features(tensors))
+            logits = self.model.model.forward_head(self._features(tensors))
             probs = torch.softmax(logits.float(), dim=-1)
             scores, indices = probs.topk(self.top_k, dim=-1)
         return scores.cpu().numpy(), indices.cpu().numpy()
 
+    def _result(self, path: str, outputs: Any, row: int) -> ClassifyResult:
+        scores, indices = outputs
+        preds = [
+            Prediction(rank=r + 1, index=int(i), label=self.labels.names[int(i)], score=short_float(s))
+            for r, (s, i) in enumerate(zip(scores[row], indices[row]))
+        ]
+        return ClassifyResult(path=path, predictions=preds)
+
     def classify_groups(self, inputs: Iterable[InputLike]) -> Iterator[list[ClassifyResult]]:
         """One list of results per batch, in input order (failures in their place)."""
-        for batch in self._batches(inputs):
-            results = []
-            row = 0
-            for entry in batch.group:
-                if isinstance(entry, InputError):
-                    results.append(ClassifyResult(path=entry.path, error=entry.reason))
-                    continue
-                scores, indices = batch.outputs
-                preds = [
-                    Prediction(rank=r + 1, index=int(i), label=self.labels.names[int(i)], score=short_float(s))
-                    for r, (s, i) in enumerate(zip(scores[row], indices[row]))
-                ]
-                results.append(ClassifyResult(path=entry.path, predictions=preds))
-                row += 1
-            yield results
+        return self._groups(inputs, ClassifyResult)
 
     def classify(self, inputs: Iterable[InputLike]) -> Iterator[ClassifyResult]:
         """One result per input, in input order."""
@@ -333,47 +313,26 @@ class Embedder(_Runner):
 
     def __init__(
         self,
-        model: "str | Path | Model" = DEFAULT_MODEL,
+        model: ModelLike = DEFAULT_MODEL,
         *,
         normalize: bool = False,
-        device: str = "auto",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        workers: int | None = None,
-        offline: bool | None = None,
-        fast_jpeg: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        options: RunOptions | None = None,
+        **overrides: Any,
     ) -> None:
-        super().__init__(
-            model,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            offline=offline,
-            fast_jpeg=fast_jpeg,
-            max_pixels=max_pixels,
-        )
+        """`options` and/or keyword overrides of its fields (device=, batch_size=, ...: see `RunOptions`)."""
+        super().__init__(model, RunOptions.merge(options, overrides))
         self.normalize = normalize
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that determines the rows' bytes (for `bit embed --resume`)."""
+        opts = self.options
         return {
-            **self.model.fingerprint(),
+            **self.model.fingerprint(),  # weights, preprocessing, device, precision, convolution path
             "normalize": self.normalize,
-            "batch_size": self.batch_size,
-            "fast_jpeg": self.fast_jpeg,
-            "max_pixels": self.max_pixels,  # an image over the limit is a failure, not a row
-            "convolution": self._convolution_path(),
+            "batch_size": opts.batch_size,
+            "fast_jpeg": opts.fast_jpeg,
+            "max_pixels": opts.max_pixels,  # an image over the limit is a failure, not a row
         }
-
-    def _convolution_path(self) -> str:
-        """"onednn" when convolutions call oneDNN directly (only on one thread, see
-        `model.StdConv2d.forward`), else "torch": the two differ in the last bits."""
-        import torch
-
-        from bitcli.model import StdConv2d
-
-        direct = any(isinstance(m, StdConv2d) and m.onednn for m in self.model.loaded.model.modules())
-        return "onednn" if direct and torch.get_num_threads() == 1 else "torch"
 
     def _forward(self, tensors: list[Any]) -> Any:
         import torch
@@ -384,18 +343,12 @@ class Embedder(_Runner):
                 pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
         return pooled.cpu().numpy()
 
+    def _result(self, path: str, outputs: Any, row: int) -> EmbedResult:
+        return EmbedResult(path=path, vector=outputs[row])
+
     def embed_groups(self, inputs: Iterable[InputLike]) -> Iterator[list[EmbedResult]]:
         """One list of results per batch, in input order (failures in their place)."""
-        for batch in self._batches(inputs):
-            results = []
-            row = 0
-            for entry in batch.group:
-                if isinstance(entry, InputError):
-                    results.append(EmbedResult(path=entry.path, error=entry.reason))
-                else:
-                    results.append(EmbedResult(path=entry.path, vector=batch.outputs[row]))
-                    row += 1
-            yield results
+        return self._groups(inputs, EmbedResult)
 
     def embed(self, inputs: Iterable[InputLike]) -> Iterator[EmbedResult]:
         """One result per input, in input order; `vector` is float32 [feature_dim]."""
@@ -414,7 +367,7 @@ class Embeddings:
 
 def classify(
     inputs: Iterable[InputLike],
-    model: "str | Path | Model" = DEFAULT_MODEL,
+    model: ModelLike = DEFAULT_MODEL,
     *,
     top_k: int = 5,
     **options: Any,
@@ -425,7 +378,7 @@ def classify(
 
 def embed(
     inputs: Iterable[InputLike],
-    model: "str | Path | Model" = DEFAULT_MODEL,
+    model: ModelLike = DEFAULT_MODEL,
     *,
     normalize: bool = False,
     **options: Any,

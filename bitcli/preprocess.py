@@ -18,33 +18,27 @@ and maps the uint8 crop through it: one gather, no float64 pass over the image.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
+from bitcli.checkpoint.files import PREPROCESSOR_CONFIG
 from bitcli.decode import DRAFT_BOX_KEY, FULL_SIZE_KEY, to_rgb
 from bitcli.errors import ConfigError
+from bitcli.util import RESAMPLE_FILTERS, read_json_file
 
-PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+if TYPE_CHECKING:
+    import torch  # imported where a tensor is made: `bit inspect` reads a config without torch
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-RESAMPLE_NAMES = {
-    0: "nearest",
-    1: "lanczos",
-    2: "bilinear",
-    3: "bicubic",
-    4: "box",
-    5: "hamming",
-}
+RESAMPLE_NAMES = {number: name for name, number in RESAMPLE_FILTERS.items()}  # PIL number -> name
 
 
 @dataclass(frozen=True)
@@ -108,18 +102,12 @@ class PreprocessConfig:
     def from_json_file(
         cls, path: str | os.PathLike[str], *, base: PreprocessConfig | None = None
     ) -> PreprocessConfig:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ConfigError(f"{path}: cannot read preprocessing config: {error}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: preprocessing config must be a JSON object")
-        return cls.from_dict(data, base=base)
+        return cls.from_dict(read_json_file(path), base=base)
 
     @classmethod
     def load(cls, checkpoint_dir: str | os.PathLike[str]) -> PreprocessConfig:
         """`preprocessor_config.json` in `checkpoint_dir`, or the defaults if there is none."""
-        path = Path(checkpoint_dir) / PREPROCESSOR_CONFIG_NAME
+        path = Path(checkpoint_dir) / PREPROCESSOR_CONFIG
         return cls.from_json_file(path) if path.is_file() else cls()
 
     @property
@@ -197,6 +185,8 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
         image = image.resize((width, height), resample=cfg.resample, box=image.info.get(DRAFT_BOX_KEY))
     if cfg.do_center_crop:
         image = image.crop(center_crop_box(image.height, image.width, cfg.crop_size, cfg.crop_rounding))
+    import torch
+
     return torch.from_numpy(_apply_value_table(np.asarray(image), cfg._lut))
 
 
@@ -281,9 +271,8 @@ def _parse_height_width(value: Any, name: str) -> tuple[int, int]:
 
 def _parse_resample(value: Any) -> int:
     if isinstance(value, str):
-        names = {name: number for number, name in RESAMPLE_NAMES.items()}
-        if value.lower() in names:
-            return names[value.lower()]
+        if value.lower() in RESAMPLE_FILTERS:
+            return RESAMPLE_FILTERS[value.lower()]
         raise ConfigError(f"unknown resample filter {value!r}")
     return int(value)
 

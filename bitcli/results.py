@@ -1,4 +1,4 @@
-"""Plain result records shared by the library API (`pipeline.py`) and the renderers (`output.py`).
+"""Plain result records shared by the library API (`pipeline.py`) and the renderers (`output/`).
 
 Kept free of torch and numpy imports so that rendering and `bit --help` stay fast.
 """

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitcli.config import BitConfig
+from bitcli.model.config import BitConfig
 from bitcli.model import BiT
-from bitcli.npz_format import to_npz_arrays
+from bitcli.checkpoint.npz import to_npz_arrays
 
 TINY = dict(
     embedding_size=8,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bitcli.checkpoint import load_model
-from bitcli.config import BitConfig
+from bitcli.model.config import BitConfig
 from bitcli.errors import CheckpointError, ConfigError, ModelError
 from checkpoints import TINY, save_reference_checkpoint
 

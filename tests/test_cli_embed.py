@@ -66,11 +66,12 @@ def test_normalize_and_float16(ckpt, photos, library, tmp_path):
 
 def test_stdout_round_trips_through_numpy_load(ckpt, photos, library, tmp_path):
     vectors, _ = library
-    result = embed(ckpt, photos / "img02.png", photos / "img00.png", "-o", "-", "--manifest", tmp_path / "rows.txt")
+    # img01 and img02 also share a batch of two in the library run (bad1.png, img00.png come first).
+    result = embed(ckpt, photos / "img02.png", photos / "img01.png", "-o", "-", "--manifest", tmp_path / "rows.txt")
     assert result.exit_code == 0, result.stderr
     arr = np.load(io.BytesIO(result.stdout_bytes))
     paths = (tmp_path / "rows.txt").read_text().splitlines()
-    assert paths == [str(photos / "img02.png"), str(photos / "img00.png")]
+    assert paths == [str(photos / "img02.png"), str(photos / "img01.png")]
     np.testing.assert_array_equal(arr, np.stack([vectors[p] for p in paths]))
 
 
@@ -86,11 +87,12 @@ def test_stdin_paths_and_newline_in_a_file_name(ckpt, photos, tmp_path, library)
     odd.mkdir()
     (odd / "a\nb.png").write_bytes((photos / "img00.png").read_bytes())
     (odd / "c.png").write_bytes((photos / "img01.png").read_bytes())
-    stdin = f"{photos / 'img04.png'}\n{odd}\n"
+    # img05 makes c.png share a batch of two, as img01 does in the library run (exact bytes).
+    stdin = f"{photos / 'img04.png'}\n{odd}\n{photos / 'img05.png'}\n"
     result = embed(ckpt, "-", "-o", tmp_path / "o.npy", input=stdin)
     assert_clean_failure(result, 1)
     manifest = (tmp_path / "o.paths.txt").read_text().splitlines()
-    assert manifest == [str(photos / "img04.png"), str(odd / "c.png")]
+    assert manifest == [str(photos / "img04.png"), str(odd / "c.png"), str(photos / "img05.png")]
     arr = np.load(tmp_path / "o.npy")
     np.testing.assert_array_equal(arr[1], vectors[str(photos / "img01.png")])
     errors = (tmp_path / "o.errors.txt").read_text().splitlines()
@@ -254,7 +256,7 @@ def test_creation_error_names_the_output_not_a_temporary_file(ckpt, photos, tmp_
 def test_disk_full_mid_run_keeps_the_resume_hint(ckpt, photos, tmp_path, monkeypatch):
     import io
 
-    from bitcli.embedstore import EmbedWriter
+    from bitcli.store import EmbedWriter
 
     class FullDisk(io.BytesIO):
         def flush(self):

@@ -130,7 +130,8 @@ def test_resume_with_another_max_pixels_is_refused(ckpt, pics, tmp_path, monkeyp
 
 
 def test_default_limit_is_the_decoders():
-    from bitcli import cli, decode, pipeline
+    from bitcli import decode, pipeline
+    from bitcli.cli import common as cli
 
     assert cli.DEFAULT_MAX_PIXELS == pipeline.DEFAULT_MAX_PIXELS == decode.DEFAULT_MAX_PIXELS
 

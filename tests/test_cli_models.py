@@ -8,7 +8,8 @@ import json
 import pytest
 from rich.console import Console
 
-from bitcli import hub, output, zoo
+from bitcli import hub, output
+from bitcli.hub import zoo
 from clihelpers import run
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitcli.embedstore import EmbedPaths, EmbedWriter, escape_error_path, npy_header
+from bitcli.store import EmbedPaths, EmbedWriter, escape_error_path, npy_header
 from bitcli.errors import UsageError
 
 DIM = 6

@@ -9,7 +9,7 @@ import torch
 
 from bitcli.checkpoint import load_model
 from bitcli.engine import DEFAULT_CHUNK_BYTES, optimize_for_inference
-from bitcli.model import slice_size
+from bitcli.engine import slice_size
 from checkpoints import TINY, save_reference_checkpoint
 
 TOLERANCE = 1e-4  # logits and pooled features, as against transformers
@@ -58,7 +58,7 @@ def test_mixed_slice_sizes_really_happen_for_the_tiny_model(tiny):
 
 
 def test_bit50_at_448_runs_early_steps_per_image_and_late_steps_in_bigger_slices(tmp_path):
-    from bitcli.config import BitConfig
+    from bitcli.model.config import BitConfig
     from bitcli.model import BiT
 
     with torch.device("meta"):
@@ -83,7 +83,7 @@ def test_default_load_is_optimized_and_keeps_state_dict_names(tiny):
     fast = load_model(directory).model
     plain = load_model(directory, optimize=False).model
     assert fast.bit.chunk_bytes == DEFAULT_CHUNK_BYTES
-    assert plain.bit.chunk_bytes is None
+    assert getattr(plain.bit, "chunk_bytes", None) is None
     assert list(fast.state_dict()) == list(plain.state_dict())
     weight = fast.bit.encoder.stages[0].layers[0].conv2.weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
@@ -129,14 +129,14 @@ def test_direct_onednn_convolutions_on_one_thread_match_pytorch_dispatch(tiny):
     from bitcli.model import StdConv2d
 
     directory, _ = tiny
-    model = load_model(directory).model
-    model.bit.chunk_bytes = None
-    convs = [m for m in model.modules() if isinstance(m, StdConv2d)]
-    assert convs and all(m.onednn for m in convs)
-    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the only case where the direct call is taken
+    torch.set_num_threads(1)  # the only case where the engine takes the direct call
     try:
+        model = load_model(directory).model
+        model.bit.chunk_bytes = None
+        convs = [m for m in model.modules() if isinstance(m, StdConv2d)]
+        assert convs and all(m.onednn for m in convs)
+        pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
         direct = outputs(model, pixels)
         for m in convs:
             m.onednn = False
@@ -172,12 +172,12 @@ def test_missing_private_onednn_op_falls_back_to_pytorch_dispatch(tiny, monkeypa
 @pytest.mark.parametrize("threads", [1, None], ids=["direct oneDNN", "default threads"])
 def test_fast_paths_match_transformers_on_padded_and_dilated_models(tmp_path, config, size, threads):
     reference = save_reference_checkpoint(tmp_path, **config)
-    model = load_model(tmp_path).model
-    model.bit.chunk_bytes = 1  # one image per slice at every step
     pixels = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(1))
     default_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or default_threads)
+    torch.set_num_threads(threads or default_threads)  # before loading: the engine reads it once
     try:
+        model = load_model(tmp_path).model
+        model.bit.chunk_bytes = 1  # one image per slice at every step
         logits, pooled, _ = outputs(model, pixels)
     finally:
         torch.set_num_threads(default_threads)

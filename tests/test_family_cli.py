@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bitcli.config import BitConfig
+from bitcli.model.config import BitConfig
 from bitcli.labels import load_bundled
 from bitcli.model import BiT
-from bitcli.npz_format import to_npz_arrays
-from bitcli.timm_format import bit_config_from_timm, canonical_key_to_timm
+from bitcli.checkpoint.npz import to_npz_arrays
+from bitcli.checkpoint.timm import bit_config_from_timm, canonical_key_to_timm
 from clihelpers import jsonl, make_images, run
 
 TIMM_CONFIG = {

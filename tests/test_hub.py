@@ -21,8 +21,8 @@ import torch
 
 from bitcli import hub as hubmod
 from bitcli.errors import CheckpointError, ModelError, ModelNotFoundError, OfflineError
-from bitcli.hub import ResolvedModel, download_model, list_known_models, resolve_model
-from bitcli.zoo import find_alias
+from bitcli.hub import ResolvedModel, list_known_models, resolve_model
+from bitcli.hub.zoo import find_alias
 from checkpoints import TINY, save_reference_checkpoint, tiny_preprocessor, tiny_raw_weights, write_npz
 from hubserver import FakeHub
 
@@ -417,7 +417,7 @@ def test_list_known_models_reports_cache_state_and_size(fake_hub, ckpt):
     assert rows["bit-50"]["repo_id"] == "google/bit-50" and rows["bit-50"]["revision"] == BIT50_PIN
     assert rows["bit-50"]["cached"] is False and rows["bit-50"]["size_bytes"] == 0
     add_bit50_layout(fake_hub, ckpt)
-    resolved = download_model("bit-50")
+    resolved = resolve_model("bit-50")
     row = {row["alias"]: row for row in list_known_models()}["bit-50"]
     expected = sum((resolved.path / name).stat().st_size
                    for name in ("config.json", "preprocessor_config.json", "model.safetensors"))

@@ -12,7 +12,7 @@ import torch
 from bitcli.checkpoint import load_model
 from bitcli.errors import CheckpointError
 from bitcli.model import standardize_conv_weight
-from bitcli.npz_format import load_npz_checkpoint, npz_key_map, to_npz_arrays
+from bitcli.checkpoint.npz import load_npz_checkpoint, npz_key_map, to_npz_arrays
 from checkpoints import TINY_DEPTHS, tiny_raw_weights, write_npz
 
 def test_release_key_names():

@@ -15,7 +15,7 @@ from bitcli.checkpoint import build_model, load_model
 from bitcli.errors import CheckpointError, ConfigError
 from bitcli.labels import resolve_labels
 from bitcli.model import BiT
-from bitcli.timm_format import (
+from bitcli.checkpoint.timm import (
     bit_config_from_timm,
     canonical_key_to_timm,
     convert_timm_state_dict,

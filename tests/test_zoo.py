@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitcli import zoo
-from bitcli.config import BitConfig
+from bitcli.hub import zoo
+from bitcli.model.config import BitConfig
 from bitcli.model import BiT
-from bitcli.timm_format import bit_config_from_timm, parse_architecture
+from bitcli.checkpoint.timm import bit_config_from_timm, parse_architecture
 
 
 def parameter_count(config: BitConfig) -> int:

@@ -24,8 +24,8 @@ from timm.layers import StdConv2d  # noqa: E402
 from torchvision import transforms as tv  # noqa: E402
 
 from bitcli.checkpoint import load_model  # noqa: E402
-from bitcli.npz_format import npz_preprocess, to_npz_arrays  # noqa: E402
-from bitcli.timm_format import convert_timm_state_dict  # noqa: E402
+from bitcli.checkpoint.npz import npz_preprocess, to_npz_arrays  # noqa: E402
+from bitcli.checkpoint.timm import convert_timm_state_dict  # noqa: E402
 
 TOLERANCE = 1e-4
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_images"

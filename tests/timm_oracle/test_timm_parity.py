@@ -21,7 +21,7 @@ from timm.models.resnetv2 import _create_resnetv2_bit  # noqa: E402
 
 from bitcli.checkpoint import load_model  # noqa: E402
 from bitcli.labels import resolve_labels  # noqa: E402
-from bitcli.timm_format import preprocess_from_timm  # noqa: E402
+from bitcli.checkpoint.timm import preprocess_from_timm  # noqa: E402
 
 TOLERANCE = 1e-4
 PIXEL_TOLERANCE = 1e-6

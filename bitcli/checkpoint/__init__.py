@@ -1,0 +1,34 @@
+"""Checkpoints: files on disk -> a ready BiT model (`load_model` -> `LoadedModel`).
+
+    files.py         file names, format detection, `RawCheckpoint`, weight readers (torch-free leaf)
+    transformers.py  transformers layout (the canonical key names)      } each: directory or file
+    timm.py          timm layout and preprocessing (`pretrained_cfg`)   } -> RawCheckpoint
+    npz.py           the original big_transfer `.npz` release           }
+    loading.py       dispatch, strict build, engine preparation: `load_model`, `LoadedModel`
+    describe.py      a checkpoint described from config and safetensors header, no weights, no
+                     torch (`bit inspect`): `describe_checkpoint`, `CheckpointInfo`
+
+Imports run one way: the readers import `files`, `loading` imports the readers. A new format is
+one reader module plus one branch in `loading.read_checkpoint`.
+
+This package face imports nothing heavy: `bitcli.checkpoint.files` is read by `bit models`
+(through `bitcli.hub`) without torch; `load_model` and friends load `loading.py` on first use.
+"""
+
+from __future__ import annotations
+
+from bitcli.util import lazy_attributes
+
+_LAZY = {
+    "load_model": "bitcli.checkpoint.loading",
+    "LoadedModel": "bitcli.checkpoint.loading",
+    "build_model": "bitcli.checkpoint.loading",
+    "read_checkpoint": "bitcli.checkpoint.loading",
+    "RawCheckpoint": "bitcli.checkpoint.files",
+    "describe_checkpoint": "bitcli.checkpoint.describe",
+    "CheckpointInfo": "bitcli.checkpoint.describe",
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

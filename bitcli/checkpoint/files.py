@@ -1,0 +1,175 @@
+"""The files of a checkpoint: their names, which format a directory holds, and the weight readers.
+
+A leaf: the format readers (`transformers.py`, `timm.py`, `npz.py`) and `bitcli.hub` import it,
+it imports none of them. No torch at import time (`bit models` reads the names through `hub`):
+the readers import safetensors and torch when they are called.
+
+Weights are read from `model.safetensors` (preferred), sharded safetensors
+(`model.safetensors.index.json` + the shards it lists), or `pytorch_model.bin` through
+`torch.load(weights_only=True)` (never a full unpickle). `read_tensor_table` reads only a
+safetensors file's header (names, dtypes, shapes: one small read, whatever the file's size),
+for `bit inspect`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bitcli.errors import CheckpointError, ConfigError
+from bitcli.util import first_line, read_json_file
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from bitcli.model.config import BitConfig
+    from bitcli.preprocess import PreprocessConfig
+
+CONFIG = "config.json"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"  # sharded safetensors: index + shards
+PICKLE = "pytorch_model.bin"
+WEIGHTS_FILES = (SAFETENSORS, SAFETENSORS_INDEX, PICKLE)  # in order of preference
+LOCAL_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".npz")
+
+
+@dataclass
+class RawCheckpoint:
+    """What a checkpoint holds before the model is built: config, canonical state dict, preprocessing."""
+
+    config: BitConfig
+    state_dict: dict[str, Tensor]
+    preprocess: PreprocessConfig
+    source_format: str  # "transformers", "timm" or "original"
+    weights_format: str  # e.g. "safetensors", "safetensors (2 shards)", "pytorch pickle (weights_only)"
+    files: list[Path] = field(default_factory=list)
+
+
+def is_timm_config(data: Any) -> bool:
+    """A timm config.json names an `architecture` (transformers' names `architectures` and `model_type`)."""
+    return isinstance(data, dict) and isinstance(data.get("architecture"), str) and "model_type" not in data
+
+
+def read_config_json(directory: Path) -> dict[str, Any]:
+    config_path = directory / CONFIG
+    if not config_path.is_file():
+        raise ConfigError(f"{directory}: no {CONFIG}; a BiT checkpoint directory needs one")
+    return read_json_file(config_path)
+
+
+def shard_names(index_path: Path) -> list[str]:
+    """The shard file names a `model.safetensors.index.json` lists, sorted; CheckpointError if unreadable."""
+    data = read_json_file(index_path, error=CheckpointError)
+    try:
+        return sorted(set(data["weight_map"].values()))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index_path}: invalid safetensors index ({first_line(exc)})") from None
+
+
+def read_weights(directory: Path) -> tuple[dict[str, Tensor], str, list[Path]]:
+    """(state dict, format description, files read) from the best weights file in `directory`."""
+    if (directory / SAFETENSORS).is_file():
+        return read_safetensors(directory / SAFETENSORS), "safetensors", [directory / SAFETENSORS]
+    if (directory / SAFETENSORS_INDEX).is_file():
+        return read_sharded_safetensors(directory / SAFETENSORS_INDEX)
+    if (directory / PICKLE).is_file():
+        return read_pickle(directory / PICKLE), "pytorch pickle (weights_only)", [directory / PICKLE]
+    raise CheckpointError(f"{directory}: no weights found (expected {SAFETENSORS} or {PICKLE})")
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({first_line(exc)})") from None
+
+
+def read_sharded_safetensors(index_path: Path) -> tuple[dict[str, Tensor], str, list[Path]]:
+    shards = [index_path.parent / name for name in shard_names(index_path)]
+    state_dict: dict[str, Tensor] = {}
+    for shard in shards:
+        if not shard.is_file():
+            raise CheckpointError(f"{shard}: shard listed in {index_path.name} is missing")
+        state_dict.update(read_safetensors(shard))
+    return state_dict, f"safetensors ({len(shards)} shards)", [index_path, *shards]
+
+
+def read_pickle(path: Path) -> dict[str, Tensor]:
+    import torch
+
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot read as a weights-only PyTorch file ({first_line(exc)}); "
+            "bitcli never unpickles arbitrary objects"
+        ) from None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path}: expected a dictionary of tensors")
+    return state_dict
+
+
+# -- the header alone: what `bit inspect` reads --------------------------------------------------
+
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+
+
+@dataclass(frozen=True)
+class TensorTable:
+    """What a safetensors header says: each tensor's dtype and shape, and the data size it needs."""
+
+    dtypes: dict[str, str]
+    shapes: dict[str, tuple[int, ...]]
+    data_bytes: int  # the end of the last tensor's data, counted from the end of the header
+
+
+def read_tensor_table(path: Path) -> TensorTable:
+    """The header of `path`; CheckpointError for anything malformed, or a file cut short."""
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            prefix = file.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path}: truncated or corrupt safetensors file (no header)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise CheckpointError(f"{path}: truncated or corrupt safetensors file (header of {length:,} bytes)")
+            header = json.loads(file.read(length))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file (the header is not JSON)") from None
+    table = _parse(header, path)
+    if 8 + length + table.data_bytes > size:
+        raise CheckpointError(
+            f"{path}: truncated: its header describes {8 + length + table.data_bytes:,} bytes, "
+            f"the file holds {size:,} (it was cut short: fetch or copy it again)"
+        )
+    return table
+
+
+def _parse(header: object, path: Path) -> TensorTable:
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    dtypes, shapes, end = {}, {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            if not (isinstance(dtype, str) and all(isinstance(d, int) and d >= 0 for d in shape) and 0 <= begin <= stop):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt safetensors header (entry {name!r})") from None
+        dtypes[name], shapes[name] = dtype, tuple(shape)
+        end = max(end, stop)
+    return TensorTable(dtypes, shapes, end)

@@ -1,0 +1,179 @@
+"""Checkpoint -> a ready BiT model: dispatch to the format's reader, build, load, prepare.
+
+`read_checkpoint` picks the reader (`transformers.py`, `timm.py`, `npz.py`; they all return a
+`files.RawCheckpoint` with canonical key names), `build_model` builds the network and loads the
+weights strictly (a missing, unexpected or mis-shaped tensor stops with one message naming the
+first few offending keys), standardizing the convolution weights once, in float32, so the
+forward pass runs plain convolutions; `load_model` does both and hands the model to the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from bitcli.checkpoint.describe import shape_problems
+from bitcli.checkpoint.files import RawCheckpoint, is_timm_config, read_config_json
+from bitcli.checkpoint.timm import read_timm_checkpoint
+from bitcli.checkpoint.transformers import read_transformers_checkpoint
+from bitcli.engine import EngineRecord, check_precision, prepare
+from bitcli.errors import CheckpointError
+from bitcli.model.architecture import BiT, standardize_conv_weight
+from bitcli.model.config import BitConfig
+
+if TYPE_CHECKING:
+    from bitcli.hub import ResolvedModel
+    from bitcli.labels import Labels
+    from bitcli.preprocess import PreprocessConfig
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, where it came from, and what the engine chose for it.
+
+    `model` is the `BiT` nn.Module; `resolved` is how a model reference reached `path` (None when
+    `checkpoint.load_model` was given a path directly); `engine` records batch slicing, the
+    convolution path and the precision.
+    """
+
+    model: BiT
+    config: BitConfig
+    preprocess: PreprocessConfig
+    path: Path
+    source_format: str
+    weights_format: str
+    files: list[Path]
+    engine: EngineRecord
+    resolved: ResolvedModel | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.config.feature_dim)
+
+    @property
+    def name(self) -> str:
+        """The hub repository, or the local path."""
+        if self.resolved is not None and self.resolved.repo_id:
+            return self.resolved.repo_id
+        return str(self.path)
+
+    @property
+    def notice(self) -> str | None:
+        """A one-line warning from resolution (e.g. a pickle-only revision), for stderr."""
+        return self.resolved.notice if self.resolved is not None else None
+
+    def labels(self, labels_file: str | Path | None = None) -> Labels:
+        from bitcli.labels import resolve_labels
+
+        return resolve_labels(self.config.num_labels, self.config.id2label, labels_file)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies these weights, preprocessing and kernels (stored by `bit embed` for --resume)."""
+        hub_model = self.resolved is not None and bool(self.resolved.repo_id)
+        return {
+            "model": self.name if hub_model else str(Path(self.path).resolve()),
+            "commit": self.resolved.commit if self.resolved is not None else None,
+            "weights": [Path(f).name for f in self.files],
+            "preprocessing": self.preprocess.describe(),
+            "device": self.engine.device,
+            "precision": self.engine.precision,
+            # "onednn" and "torch" differ in the last bits (see bitcli.engine).
+            "convolution": self.engine.convolution,
+        }
+
+
+Model = LoadedModel  # the name `bitcli.load`'s result had before it carried its origin
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    compile: bool = False,
+    optimize: bool = True,
+    resolved: ResolvedModel | None = None,
+) -> LoadedModel:
+    """Load a checkpoint directory (transformers or timm layout) or an original-release `.npz` file.
+
+    The model comes ready for inference (`engine.prepare`): precision "fp32" keeps outputs
+    within 1e-4 of the reference; "bf16" and `compile` are opt-in speed-ups. `optimize=False`
+    gives the plain model (every step on the whole batch), for comparisons. `resolved` records
+    where a hub reference came from (`bitcli.load` passes it).
+    """
+    check_precision(precision)
+    raw = read_checkpoint(Path(path))
+    model = build_model(raw.config, raw.state_dict, origin=str(path))
+    device = torch.device(device)
+    model = model.to(device=device)
+    if optimize:
+        engine = prepare(model, precision=precision, compile=compile)
+    elif precision != "fp32" or compile:
+        raise ValueError("precision and compile need optimize=True")
+    else:
+        engine = EngineRecord(device=device.type)
+    return LoadedModel(
+        model=model,
+        config=raw.config,
+        preprocess=raw.preprocess,
+        path=Path(path),
+        source_format=raw.source_format,
+        weights_format=raw.weights_format,
+        files=raw.files,
+        engine=engine,
+        resolved=resolved,
+    )
+
+
+def read_checkpoint(path: Path) -> RawCheckpoint:
+    """Read config, weights and preprocessing from any supported layout, with canonical key names."""
+    if path.is_file() and path.suffix == ".npz":
+        from bitcli.checkpoint.npz import read_npz_checkpoint
+
+        return read_npz_checkpoint(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory or .npz file")
+    config_data = read_config_json(path)
+    if is_timm_config(config_data):
+        return read_timm_checkpoint(path, config_data)
+    return read_transformers_checkpoint(path, config_data)
+
+
+def build_model(config: BitConfig, state_dict: dict[str, Tensor], *, origin: str = "checkpoint") -> BiT:
+    """Build the model without random initialisation and load standardized weights into it."""
+    with torch.device("meta"):
+        model = BiT(config)
+    check_state_dict(model, state_dict, origin)
+    weights = {key: value.to(torch.float32) for key, value in state_dict.items()}
+    for key, eps in model.standardized_convs().items():
+        weights[key] = standardize_conv_weight(weights[key], eps)
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def check_state_dict(model: BiT, state_dict: dict[str, Tensor], origin: str) -> None:
+    """Raise CheckpointError naming missing, unexpected and mis-shaped tensors."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    problems = shape_problems(expected, {key: tuple(value.shape) for key, value in state_dict.items()})
+    if problems:
+        raise CheckpointError(
+            f"{origin}: weights do not fit {model.config.variant_name}: " + "; ".join(problems)
+        )

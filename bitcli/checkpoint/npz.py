@@ -1,0 +1,269 @@
+"""Original-release BiT weights: the `.npz` files of google-research/big_transfer.
+
+Files: `BiT-{S,M}-R{50x1,...,152x4}.npz` (upstream; S: ImageNet-1k head, M: 21,843-class
+ImageNet-21k head), `BiT-M-R*-ILSVRC2012.npz` (BiT-M fine-tuned on ImageNet-1k) and the
+distilled `R50x1_224.npz`. Keys look like `resnet/block1/unit01/a/standardized_conv2d/kernel`;
+kernels are TensorFlow HWIO and become PyTorch OIHW here. Depths, width and head size are read
+from the arrays, not from the file name.
+
+Numerics of that release: weight-standardization eps 1e-10 (timm and transformers use 1e-8).
+
+Preprocessing is the release's own evaluation transform (`bit_pytorch/train.py`): squash the
+image to crop x crop (no aspect-preserving resize; torchvision's default bilinear), pixels to
+[-1, 1] (mean = std = 0.5). The crop size follows the release:
+
+- `BiT-M-R*-ILSVRC2012.npz`: 480, the BiT-HyperRule resolution these were fine-tuned at
+  (timm's re-hosted copies of the same weights say 448 with an aspect-preserving resize instead);
+- upstream `BiT-{S,M}-R*.npz`: 224, the pre-training resolution;
+- distilled `R50x1_224.npz` (and any other name ending in `_<size>`): that size.
+
+To override it, put a `preprocessor_config.json` (transformers' format, as in a checkpoint
+directory) beside the .npz file; `load_npz_checkpoint(image_size=...)` changes only the crop size.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bitcli.checkpoint.files import PREPROCESSOR_CONFIG, RawCheckpoint
+from bitcli.errors import CheckpointError
+from bitcli.model.config import BitConfig, make_divisible
+from bitcli.util import name_some
+
+if TYPE_CHECKING:
+    from bitcli.preprocess import PreprocessConfig
+
+WS_EPS = 1e-10  # the original release's weight-standardization eps
+FINETUNED_SIZE = 480  # BiT-HyperRule crop for ImageNet-sized images
+UPSTREAM_SIZE = 224
+BASE_STEM = 64
+BASE_WIDTHS = (256, 512, 1024, 2048)  # stage widths of an x1 model
+_ROOT_KERNEL = "root_block/standardized_conv2d/kernel"
+_CONV = "standardized_conv2d/kernel"
+# Block part -> canonical conv and norm names (a: 1x1 reduce, b: 3x3, c: 1x1 expand).
+_PARTS = {"a": ("conv1", "norm1"), "b": ("conv2", "norm2"), "c": ("conv3", "norm3")}
+_UNIT = re.compile(r"block(\d+)/unit(\d+)/")
+
+
+def read_npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file; pickled object arrays are refused, never loaded."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):  # np.load would otherwise try it as a pickle or a bare .npy
+        raise CheckpointError(f"{path}: not a readable .npz file (not a zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except ValueError as exc:  # numpy's answer to an object array with allow_pickle=False
+        raise CheckpointError(f"{path}: holds pickled objects, which bitcli never loads ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable .npz file ({exc})") from None
+
+
+def find_prefix(arrays: dict[str, np.ndarray], path: Path) -> str:
+    """The key prefix before `root_block/...` (`resnet/` in every released file)."""
+    for key in arrays:
+        if key.endswith(_ROOT_KERNEL):
+            return key[: -len(_ROOT_KERNEL)]
+    raise CheckpointError(f"{path}: no {_ROOT_KERNEL} array; not a BiT .npz checkpoint")
+
+
+def infer_depths(arrays: dict[str, np.ndarray], prefix: str) -> list[int]:
+    """Units per block, from the `block{i}/unit{j:02d}` key names; blocks and units must be contiguous."""
+    units: dict[int, set[int]] = {}
+    for key in arrays:
+        match = _UNIT.match(key[len(prefix) :]) if key.startswith(prefix) else None
+        if match is not None:
+            units.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    blocks = sorted(units)
+    if not blocks or blocks != list(range(1, len(blocks) + 1)):
+        raise CheckpointError(f"BiT .npz blocks {blocks} are not numbered 1..n")
+    depths = []
+    for block in blocks:
+        if sorted(units[block]) != list(range(1, len(units[block]) + 1)):
+            raise CheckpointError(f"BiT .npz block{block} units {sorted(units[block])} are not numbered 1..n")
+        depths.append(len(units[block]))
+    return depths
+
+
+def conv_to_torch(kernel: np.ndarray, key: str) -> Tensor:
+    """HWIO -> OIHW, float32."""
+    if kernel.ndim != 4:
+        raise CheckpointError(f"{key}: expected a 4-D HWIO kernel, found shape {list(kernel.shape)}")
+    return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1), dtype=np.float32))
+
+
+def vector_to_torch(array: np.ndarray, key: str) -> Tensor:
+    """A per-channel parameter (GroupNorm gamma/beta, bias), flattened from any [1, 1, 1, C] layout."""
+    if array.ndim > 1 and sum(d != 1 for d in array.shape) > 1:
+        raise CheckpointError(f"{key}: expected a vector, found shape {list(array.shape)}")
+    return torch.from_numpy(np.ascontiguousarray(array.reshape(-1), dtype=np.float32))
+
+
+def npz_key_map(depths: list[int], prefix: str = "resnet/", head: bool = True) -> dict[str, str]:
+    """Every .npz key of a model with these depths -> its canonical (transformers) name."""
+    mapping = {
+        f"{prefix}{_ROOT_KERNEL}": "bit.embedder.convolution.weight",
+        f"{prefix}group_norm/gamma": "bit.norm.weight",
+        f"{prefix}group_norm/beta": "bit.norm.bias",
+    }
+    if head:
+        mapping[f"{prefix}head/conv2d/kernel"] = "classifier.1.weight"
+        mapping[f"{prefix}head/conv2d/bias"] = "classifier.1.bias"
+    for i, depth in enumerate(depths):
+        for j in range(depth):
+            unit = f"{prefix}block{i + 1}/unit{j + 1:02d}/"
+            layer = f"bit.encoder.stages.{i}.layers.{j}."
+            for part, (conv, norm) in _PARTS.items():
+                mapping[f"{unit}{part}/{_CONV}"] = f"{layer}{conv}.weight"
+                mapping[f"{unit}{part}/group_norm/gamma"] = f"{layer}{norm}.weight"
+                mapping[f"{unit}{part}/group_norm/beta"] = f"{layer}{norm}.bias"
+            if j == 0:
+                mapping[f"{unit}a/proj/{_CONV}"] = f"{layer}downsample.conv.weight"
+    return mapping
+
+
+def convert_npz_arrays(arrays: dict[str, np.ndarray], depths: list[int], prefix: str) -> dict[str, Tensor]:
+    """Rename and re-layout every array; a missing or left-over array is a CheckpointError."""
+    head = f"{prefix}head/conv2d/kernel" in arrays
+    mapping = npz_key_map(depths, prefix, head=head)
+    missing = [key for key in mapping if key not in arrays]
+    extra = [key for key in arrays if key not in mapping]
+    if missing or extra:
+        raise CheckpointError(
+            f"BiT .npz arrays do not match a depth {depths} model: "
+            f"missing {len(missing)} ({name_some(missing)}), unexpected {len(extra)} ({name_some(extra)})"
+        )
+    state_dict: dict[str, Tensor] = {}
+    for key, name in mapping.items():
+        array = arrays[key]
+        if name == "classifier.1.weight":  # [1, 1, C, K] (or [C, K]) -> [K, C]
+            matrix = array.reshape(array.shape[-2], array.shape[-1])
+            state_dict[name] = torch.from_numpy(np.ascontiguousarray(matrix.T, dtype=np.float32))
+        elif key.endswith("/kernel"):
+            state_dict[name] = conv_to_torch(array, key)
+        else:
+            state_dict[name] = vector_to_torch(array, key)
+    return state_dict
+
+
+def to_npz_arrays(state_dict: dict[str, Tensor], depths: list[int], prefix: str = "resnet/") -> dict[str, np.ndarray]:
+    """Inverse of convert_npz_arrays: canonical raw weights -> the release's names and layouts."""
+    arrays: dict[str, np.ndarray] = {}
+    for key, name in npz_key_map(depths, prefix, head="classifier.1.weight" in state_dict).items():
+        value = state_dict[name].detach().to(torch.float32).cpu().numpy()
+        if name == "classifier.1.weight":  # [K, C] -> [1, 1, C, K]
+            arrays[key] = np.ascontiguousarray(value.T[None, None])
+        elif value.ndim == 4:  # OIHW -> HWIO
+            arrays[key] = np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+        else:
+            arrays[key] = value
+    return arrays
+
+
+def bit_config_from_state_dict(state_dict: dict[str, Tensor], depths: list[int]) -> BitConfig:
+    """Widths from the stem and each stage's last conv; head size from the classifier, if any."""
+    stem = int(state_dict["bit.embedder.convolution.weight"].shape[0])
+    widths = [
+        int(state_dict[f"bit.encoder.stages.{i}.layers.{depths[i] - 1}.conv3.weight"].shape[0])
+        for i in range(len(depths))
+    ]
+    head = state_dict.get("classifier.1.weight")
+    width = release_width_factor(stem, widths)
+    return BitConfig(
+        num_channels=int(state_dict["bit.embedder.convolution.weight"].shape[1]),
+        embedding_size=stem,
+        hidden_sizes=widths,
+        depths=depths,
+        layer_type="preactivation",
+        global_padding=None,
+        width_factor=1,  # folded into hidden_sizes, as for timm checkpoints
+        folded_width_factor=width,
+        num_labels=0 if head is None else int(head.shape[0]),
+        id2label={},
+        ws_eps=WS_EPS,
+    )
+
+
+def release_width_factor(stem: int, widths: list[int]) -> int:
+    """The release's width factor (the x3 of R50x3) when stem and stage widths are 64 and
+    (256, 512, 1024, 2048) times it; 1 for any other (custom) widths."""
+    for factor in (1, 2, 3, 4):
+        if stem == BASE_STEM * factor and widths == [make_divisible(w * factor) for w in BASE_WIDTHS]:
+            return factor
+    return 1
+
+
+def default_image_size(path: Path) -> int:
+    """The release's evaluation crop for this file name (see the module docstring)."""
+    stem = path.stem
+    sized = re.search(r"_(\d{2,4})$", stem)
+    if sized is not None:
+        return int(sized.group(1))
+    if stem.upper().endswith("-ILSVRC2012"):
+        return FINETUNED_SIZE
+    return UPSTREAM_SIZE
+
+
+def npz_preprocess(image_size: int) -> PreprocessConfig:
+    """The release's eval transform: squash to image_size x image_size (bilinear), pixels to [-1, 1]."""
+    from bitcli.preprocess import PreprocessConfig
+
+    return PreprocessConfig(
+        do_resize=True,
+        resize_mode="exact",
+        shortest_edge=None,
+        size=(image_size, image_size),
+        resample=2,  # PIL bilinear, torchvision's default for Resize
+        do_center_crop=False,
+        crop_size=(image_size, image_size),
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=(0.5, 0.5, 0.5),
+        image_std=(0.5, 0.5, 0.5),
+        do_convert_rgb=True,
+    )
+
+
+def load_npz_checkpoint(
+    path: str | Path, *, image_size: int | None = None
+) -> tuple[BitConfig, dict[str, Tensor], PreprocessConfig]:
+    """(config, canonical state dict with raw conv weights, preprocessing) for an original .npz file."""
+    path = Path(path)
+    arrays = read_npz_arrays(path)
+    prefix = find_prefix(arrays, path)
+    depths = infer_depths(arrays, prefix)
+    state_dict = convert_npz_arrays(arrays, depths, prefix)
+    config = bit_config_from_state_dict(state_dict, depths)
+    return config, state_dict, npz_preprocess(image_size or default_image_size(path))
+
+
+def read_npz_checkpoint(path: Path) -> RawCheckpoint:
+    """An .npz file -> RawCheckpoint (called by `checkpoint.read_checkpoint`).
+
+    A sidecar preprocessor_config.json overrides the fields it sets; the others stay the release's.
+    """
+    from bitcli.preprocess import PreprocessConfig
+
+    config, state_dict, preprocess = load_npz_checkpoint(path)
+    files = [Path(path)]
+    sidecar = Path(path).parent / PREPROCESSOR_CONFIG
+    if sidecar.is_file():
+        preprocess = PreprocessConfig.from_json_file(sidecar, base=preprocess)
+        files.append(sidecar)
+    return RawCheckpoint(
+        config=config,
+        state_dict=state_dict,
+        preprocess=preprocess,
+        source_format="original",
+        weights_format="numpy .npz (BiT release)",
+        files=files,
+    )

@@ -1,0 +1,169 @@
+"""The `bit` command (Typer): the app, its commands, and the one mapping from errors to exit codes.
+
+Each command lives in its own file (`classify.py`, `embed.py`, `info.py` for inspect / download /
+models); a command function returns an exit code and raises `BitError`s. `guarded` below is the
+one place that turns an outcome into at most one line on stderr and an exit code (docs/usage.md
+lists the codes). A new command: a file with its function and `EPILOG`, one `register` line here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from typing import Annotated, Any, Callable
+
+import typer
+
+from bitcli.cli import classify, combine, embed, info, train
+from bitcli.cli import eval as eval_cmd
+from bitcli.cli.common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    Ui,
+)
+from bitcli.cli.helpscreen import BitCommand, BitGroup, epilog
+from bitcli.errors import BitError
+
+app = typer.Typer(
+    name="bit",
+    cls=BitGroup,
+    help="Classify and embed images with Big Transfer (BiT) models.\n\n"
+    + epilog(
+        "bit classify cat.jpg",
+        "bit classify photos/ --top-k 3 --format csv > labels.csv",
+        "bit embed 'photos/**/*.jpg' -o photos.npy --normalize",
+        "bit inspect google/bit-50 --format json",
+        "bit train photos/ -o my-model --val-split 0.2",
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"bit {_package_version()}")
+        raise typer.Exit(0)
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bitcli")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Classify and embed images with Big Transfer (BiT) models."""
+    _tolerant_streams()
+
+
+def _tolerant_streams() -> None:
+    """Non-UTF-8 file names (surrogates) must not crash output: stdout writes their original
+    bytes, stderr escapes them. Streams that cannot be reconfigured are left alone."""
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        try:
+            stream.reconfigure(errors=errors)
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def guarded(command: Callable[..., int]) -> Callable[..., None]:
+    """`command` with its outcome mapped to an exit code and at most one line on stderr.
+
+    The wrapper keeps the command's signature (Typer reads the options from it); the command's
+    `quiet` and `debug` options decide whether tracebacks are shown.
+    """
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        ui = Ui(quiet=kwargs.get("quiet", False), debug=kwargs.get("debug", False))
+        try:
+            code = command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except BitError as exc:
+            if ui.debug:
+                traceback.print_exc()
+            ui.error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            ui.error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        except Exception as exc:  # a bug, not a user error: say so, traceback behind --debug
+            if ui.debug:
+                traceback.print_exc()
+            ui.error(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+            raise typer.Exit(EXIT_SOME_FAILED) from None
+        raise typer.Exit(code)
+
+    return run
+
+
+def register(command: Callable[..., int], examples: str, name: str | None = None) -> None:
+    app.command(name=name, cls=BitCommand, epilog=examples)(guarded(command))
+
+
+register(classify.classify, classify.EPILOG)
+register(embed.embed, embed.EPILOG)
+register(combine.combine, combine.EPILOG)
+register(info.inspect, info.INSPECT_EPILOG)
+register(info.download, info.DOWNLOAD_EPILOG)
+register(info.models, info.MODELS_EPILOG)
+register(train.train, train.EPILOG)
+register(eval_cmd.eval_command, eval_cmd.EPILOG, name="eval")
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so Python's exit-time flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (`bit`)."""
+    try:
+        app(args=argv, prog_name="bit")
+        code = EXIT_OK
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_SOME_FAILED)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Flush and exit. Once torch is loaded, skip the interpreter's teardown: unloading torch
+    takes about a second, longer than classifying an image. Every file bitcli writes is closed
+    (or renamed into place) before this point, so nothing is lost by skipping it."""
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = code or EXIT_BROKEN_PIPE
+    except (OSError, ValueError, AttributeError):  # AttributeError: no stdout at all (`>&-`)
+        pass
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    os._exit(code)

@@ -1,0 +1,227 @@
+"""`bit combine`, and the two ways `bit embed` runs beyond this process: `--engine ray`, `--shard I/N`.
+
+The library (`bitcli.distributed`) does the work; this file checks which options go together,
+turns progress reports into a bar (shards and images done) and failures into `error:` lines,
+and says what to do next. docs/distributed.md describes all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, DebugOpt, QuietOpt, Ui, report_summary
+from bitcli.cli.helpscreen import epilog
+from bitcli.errors import UsageError
+
+PANEL = "More than one machine (docs/distributed.md)"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = Annotated[
+    Engine,
+    typer.Option("--engine", help="local: this process. ray: a Ray cluster (pip install 'bitcli\\[ray]').", rich_help_panel=PANEL),
+]
+RayAddressOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="The Ray cluster (default: $RAY_ADDRESS, else a new local one; auto: the one `ray start` began here).",
+        rich_help_panel=PANEL,
+    ),
+]
+WorkersOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--workers",
+        min=1,
+        metavar="N",
+        help="Ray workers, each loading the model once (default: what the cluster holds).",
+        rich_help_panel=PANEL,
+    ),
+]
+GpusOpt = Annotated[
+    float,
+    typer.Option(
+        "--num-gpus-per-worker", min=0, metavar="G", help="GPUs each Ray worker reserves (0: CPU workers).", rich_help_panel=PANEL
+    ),
+]
+ShardOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        help="Job I of N (a job array): embed shards I, I+N, ... here, into OUT.npy.shards/; then bit combine.",
+        rich_help_panel=PANEL,
+    ),
+]
+ShardSizeOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--shard-size", min=1, metavar="N", help="Inputs per shard, whole batches (default: about 1024).", rich_help_panel=PANEL
+    ),
+]
+ShardDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--shard-dir",
+        metavar="DIR",
+        help="Where shards go (default: OUT.npy.shards); on a cluster, shared storage.",
+        rich_help_panel=PANEL,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """How `bit embed` spreads the work: the engine, Ray's options, the shard job and the split."""
+
+    engine: Engine = Engine.local
+    ray_address: str | None = None
+    workers: int | None = None
+    gpus: float = 0.0
+    shard: str | None = None
+    shard_size: int | None = None
+    shard_dir: Path | None = None
+
+    def check(self, to_stdout: bool, manifest: Path | None) -> bool:
+        """Whether the run is distributed (ray or a shard job); UsageError for options that clash."""
+        named = (("--ray-address", self.ray_address), ("--workers", self.workers), ("--num-gpus-per-worker", self.gpus))
+        ray_only = [name for name, value in named if value]
+        if self.engine is Engine.local and ray_only:
+            raise UsageError(f"{ray_only[0]} applies to --engine ray")
+        if self.shard is not None and self.engine is Engine.ray:
+            raise UsageError("--shard runs one job's shards here, --engine ray runs all on the cluster: pass one of them")
+        distributed = self.engine is Engine.ray or self.shard is not None
+        if not distributed and (self.shard_size or self.shard_dir):
+            raise UsageError("--shard-size and --shard-dir apply to --engine ray and --shard")
+        if distributed and to_stdout:
+            raise UsageError("-o -: shards are kept beside the output; give -o OUT.npy")
+        if self.shard is not None and manifest is not None:
+            raise UsageError("--manifest names the combined output's manifest: give it to bit combine")
+        return distributed
+
+
+def embed_distributed(
+    ui: Ui, inputs: list[str], job: Any, paths: Any, dist: Distribution, *, resume: bool, overwrite: bool
+) -> int:
+    """`bit embed` with `--engine ray` or `--shard I/N`; `job` is a `bitcli.distributed.EmbedJob`."""
+    from bitcli.distributed import RayOptions, default_shard_dir, embed_on_ray, parse_selection, run_shards
+    from bitcli.inputs import expand_inputs
+
+    entries = expand_inputs(inputs, stdin=sys.stdin)  # streamed: listed once, never held in memory
+    shard_dir = dist.shard_dir or default_shard_dir(paths.out)
+    bar = ShardBar(ui)
+    common = {"resume": resume, "overwrite": overwrite, "progress": bar, "on_failure": bar.error}
+    try:
+        with bar:
+            if dist.shard is None:
+                options = RayOptions(dist.ray_address, dist.workers, dist.gpus, dist.shard_size, dist.shard_dir)
+                summary = embed_on_ray(entries, paths, job, options, **common)
+            else:
+                selection = parse_selection(dist.shard)
+                run = run_shards(entries, shard_dir, job, selection=selection, shard_size=dist.shard_size, **common)
+    except BaseException as exc:  # not after a usage error: that one says what to do itself
+        if not isinstance(exc, UsageError) and shard_dir.is_dir() and any(p.name.startswith("shard-") for p in shard_dir.iterdir()):
+            ui.info(f"finished shards kept in {shard_dir}; rerun with --resume to continue")
+        if isinstance(exc, KeyboardInterrupt):
+            bar.summary()
+        raise
+    if dist.shard is not None:
+        ui.info(
+            f"shard job {dist.shard}: {len(run.ran)} shards embedded, {len(run.skipped)} kept from an earlier run, "
+            f"in {shard_dir} ({run.split.shards} shards in all); when every job is done: bit combine -o {paths.out}"
+        )
+        bar.summary()
+        return EXIT_SOME_FAILED if run.failed else EXIT_OK
+    if summary is None:
+        ui.info(f"{paths.out} is already complete; nothing to resume (pass --overwrite to redo it)")
+        return EXIT_OK
+    report_summary(ui, summary, paths)
+    bar.summary()
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+class ShardBar:
+    """The progress callback: a `screen.Bar` over the inputs this run embeds, labelled with the
+    shards done; `error` prints a failed input's line with the bar out of the way."""
+
+    def __init__(self, ui: Ui) -> None:
+        self.ui, self.bar, self.start, self.failed = ui, None, 0, 0
+
+    def __enter__(self) -> "ShardBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, state: Any) -> None:
+        if self.bar is None:  # the first report comes once the inputs are listed: totals known
+            self.bar, self.start = self.ui.progress(state.images_total - state.images_done, ""), state.images_done
+            self.bar.__enter__()
+        label = f"shards {state.shards_done}/{state.shards_total}" + (f", {state.failed} failed" if state.failed else "")
+        self.bar.describe(label)
+        self.bar.advance(state.images_done - self.start - self.bar.done)
+
+    def error(self, path: str, reason: str) -> None:
+        self.failed += 1
+        with self.bar.paused() if self.bar is not None else contextlib.nullcontext():
+            self.ui.error(f"{path}: {reason}")
+
+    def summary(self) -> None:
+        """The closing line for a person watching (`6 images, 1 failed, 2.3 s, 2.6 img/s`)."""
+        if self.bar is not None:
+            self.ui.summary(self.bar, self.failed)
+
+
+EPILOG = epilog(
+    "bit embed photos/ -o out.npy --shard 0/4  # ... up to --shard 3/4, on four machines",
+    "bit combine -o out.npy  # reads out.npy.shards/",
+    "bit combine -o out.npy node1/out.npy.shards node2/out.npy.shards",
+    note=(
+        "Checks that every shard is there once, all cut from the same inputs with the same model and "
+        "options, then writes the files a local bit embed writes: OUT.npy, OUT.paths.txt, OUT.errors.txt. "
+        "The shards are kept."
+    ),
+)
+
+
+def combine(
+    output_path: Annotated[Path, typer.Option("--output", "-o", metavar="OUT.npy", help="The combined .npy file.")],
+    shard_dirs: Annotated[
+        Optional[list[Path]],
+        typer.Argument(metavar="SHARD_DIR", help="Shard directories or folders (default: OUT.npy.shards).", show_default=False),
+    ] = None,
+    manifest: Annotated[
+        Optional[Path], typer.Option("--manifest", metavar="FILE", help="Where to list the row paths (default: OUT.paths.txt).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """Assemble the shards of `bit embed --shard I/N` jobs into the files a local run writes."""
+    from bitcli.distributed import combine as combine_shards
+    from bitcli.distributed import default_shard_dir
+    from bitcli.store import EmbedPaths
+
+    ui = Ui(quiet=quiet, debug=debug)
+    if output_path.is_dir():
+        raise UsageError(f"-o {output_path}: is a directory; give a file name such as {output_path / 'embeddings.npy'}")
+    if not output_path.name.endswith(".npy"):  # as bit embed (and numpy.save): -o vecs writes vecs.npy
+        output_path = output_path.with_name(output_path.name + ".npy")
+    paths = EmbedPaths.for_output(output_path, manifest=manifest)
+    summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
+    report_summary(ui, summary, paths)
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK

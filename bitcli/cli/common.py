@@ -1,0 +1,292 @@
+"""What every command shares: option types, the stderr console (`Ui`), exit codes, model loading.
+
+A command file (`classify.py`, ...) is options + one library call + rendering. Its function
+returns an exit code and raises `BitError`s; `app.py` registers it and maps errors to codes.
+Startup cost matters (`bit --help` must stay fast): torch, numpy and huggingface_hub are
+imported inside the functions that need them, never at module level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+
+from bitcli.cli.screen import Bar, summary_text
+from bitcli.errors import BitError, UsageError
+from bitcli.output import is_terminal
+from bitcli.pipeline import DEFAULT_BATCH_SIZE, RunOptions  # light: no torch, no PIL
+from bitcli.util import DEFAULT_MAX_PIXELS
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_MODEL = 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a closed pipe
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 all inputs succeeded, 1 some inputs failed (the rest were processed), "
+    "2 usage error, 3 the model could not be resolved or loaded, 130 interrupted, 141 stdout closed early."
+)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class ClassifyFormat(str, Enum):
+    auto = "auto"
+    table = "table"
+    jsonl = "jsonl"
+    json = "json"
+    csv = "csv"
+
+
+class TableOrJson(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+# -- options shared by the commands ------------------------------------------------------------
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        envvar="BIT_MODEL",
+        metavar="MODEL",
+        help=(
+            "Hub id (google/bit-50), id@revision, alias from `bit models` (bit-50), a local checkpoint "
+            "directory, or an original .npz file."
+        ),
+        rich_help_panel="Model and runtime",
+    ),
+]
+DeviceOpt = Annotated[
+    Device,
+    typer.Option("--device", help="Where the model runs; auto: cuda when available, else cpu.", rich_help_panel="Model and runtime"),
+]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help=(
+            "fp32: within 1e-4 of the reference. bf16: about 2x faster on CPUs with AVX512-BF16 "
+            "(and on GPUs), but scores differ in the second or third decimal."
+        ),
+        rich_help_panel="Model and runtime",
+    ),
+]
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option("--batch-size", min=1, help="Images per forward pass.", rich_help_panel="Model and runtime"),
+]
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for the model (torch intra-op) and for image decoding; default: all cores.",
+        rich_help_panel="Model and runtime",
+    ),
+]
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=0,
+        metavar="N",
+        help=(
+            "Skip (as a failed input) any image of more than N pixels (width x height), read from its "
+            "header before decoding: a guard against decompression bombs. 0: no limit."
+        ),
+        rich_help_panel="Images",
+    ),
+]
+FastJpegOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fast-jpeg",
+        help=(
+            "Decode large JPEGs at a reduced scale (1/2, 1/4 or 1/8, never below the model's input size): "
+            "much faster for big photos, but not pixel-exact, so scores differ slightly."
+        ),
+        rich_help_panel="Images",
+    ),
+]
+
+
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar, warnings or summary; errors still print.", rich_help_panel="Messages")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", rich_help_panel="Messages")]
+
+
+@dataclass
+class Ui:
+    """Everything the commands print besides data: all of it goes to stderr."""
+
+    quiet: bool = False
+    debug: bool = False
+    _console: Any = field(default=None, repr=False)
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(file=sys.stderr, stderr=True, highlight=False, soft_wrap=True)
+        return self._console
+
+    def _line(self, prefix: str, style: str, message: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text.assemble((prefix, style), message))
+
+    def error(self, message: str) -> None:
+        """One line, even when a file name in `message` holds a line break (shown escaped)."""
+        self._line("error: ", "bold red", message.replace("\n", "\\n").replace("\r", "\\r"))
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self._line("warning: ", "yellow", message)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            from rich.text import Text
+
+            self.console.print(Text(message))
+
+    @property
+    def show_progress(self) -> bool:
+        """Whether a person is watching: stderr is a terminal that can redraw a line, and not --quiet.
+
+        Progress bars and the closing summary are for them; a log (`2> log`) gets neither."""
+        return not self.quiet and is_terminal(sys.stderr) and self.console.is_interactive
+
+    def progress(self, total: int, what: str) -> Bar:
+        """A bar over `total` images (count, img/s, ETA) while it runs; see `cli.screen`."""
+        return Bar(self.console, total, what, show=self.show_progress)
+
+    def summary(self, bar: Bar, failed: int) -> None:
+        """`6 images, 1 failed, 2.3 s, 2.6 img/s` (`8 of 50 images, ...` when cut short), for a person watching."""
+        if self.show_progress:
+            from rich.text import Text
+
+            self.console.print(Text(summary_text(bar.done, failed, bar.elapsed, bar.total)))
+
+
+def quiet_hub(ui: Ui) -> None:
+    """Under --quiet, silence huggingface_hub's own log lines (e.g. "Trying to resume download...").
+
+    Its errors still reach bitcli as exceptions and print as one `error:` line.
+    """
+    if ui.quiet:
+        from huggingface_hub.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+
+
+InputsArg = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="INPUTS",
+        help="Image files, directories, quoted globs ('photos/*.jpg'), or - to read paths from stdin.",
+        show_default=False,
+    ),
+]
+
+
+def run_options(
+    device: Device,
+    precision: Precision,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threads: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fast_jpeg: bool = False,
+) -> RunOptions:
+    """The library's options for a run, from the shared command-line options (--max-pixels 0: no limit)."""
+    return RunOptions(
+        device=device.value,
+        precision=precision.value,
+        batch_size=batch_size,
+        workers=threads,
+        fast_jpeg=fast_jpeg,
+        max_pixels=max_pixels or None,
+    )
+
+
+def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = None) -> Any:
+    """Set the thread count, then resolve and load the model; every failure is a ModelError (exit 3)."""
+    from bitcli import pipeline
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)  # before loading: the engine picks the convolution path from it
+    quiet_hub(ui)
+    loaded = pipeline.load(model, device=options.device, precision=options.precision, progress=ui.show_progress)
+    if loaded.notice:
+        ui.warn(loaded.notice)
+    if loaded.precision == "bf16" and loaded.device.type == "cpu":
+        from bitcli.engine import bf16_supported
+
+        if not bf16_supported():
+            ui.warn("this CPU has no native bfloat16 arithmetic: --precision bf16 will be slower than fp32")
+    return loaded
+
+
+def expand(inputs: list[str]) -> list[Any]:
+    from bitcli.inputs import expand_inputs
+
+    return list(expand_inputs(inputs, stdin=sys.stdin))
+
+
+def require_stdout(what: str) -> None:
+    """A usage error, before any work, when the command was started with stdout closed (`>&-`)."""
+    if sys.stdout is None:
+        raise UsageError(f"stdout is closed: there is nowhere to write {what}; redirect it to a file")
+
+
+@contextlib.contextmanager
+def stdout_errors() -> Iterator[None]:
+    """A failed write to stdout (disk full, /dev/full) is one line, exit 1; a closed pipe is 141."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise BitError(f"cannot write to stdout ({exc.strerror or exc})") from exc
+
+
+def report_summary(ui: Ui, summary: Any, paths: Any) -> None:
+    """The last lines of `bit embed` and `bit combine`: what was written, and how many inputs failed."""
+    where = "stdout" if paths.out is None else str(paths.out)
+    noun = "image" if summary.rows == 1 else "images"
+    text = f"embedded {summary.rows} {noun} as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
+    if summary.resumed_rows:
+        text += f" ({summary.resumed_rows} from the earlier run)"
+    ui.info(text)
+    if summary.failed:
+        listed = f"; listed in {summary.errors_file}" if summary.errors_file else ""
+        noun = "input" if summary.failed == 1 else "inputs"
+        ui.warn(f"{summary.failed} {noun} failed{listed}")

@@ -1,0 +1,194 @@
+"""`bit embed`: pooled feature vectors as one .npy array, written atomically and resumably.
+
+The store (`bitcli.store`) owns the files, the batch/commit loop and the error names; this file
+builds the iterator of result groups and the progress bar, and reports.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from bitcli.cli.combine import (
+    Distribution,
+    Engine,
+    EngineOpt,
+    GpusOpt,
+    RayAddressOpt,
+    ShardDirOpt,
+    ShardOpt,
+    ShardSizeOpt,
+    WorkersOpt,
+    embed_distributed,
+)
+from bitcli.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    BatchSizeOpt,
+    DebugOpt,
+    Device,
+    DeviceOpt,
+    Dtype,
+    FastJpegOpt,
+    InputsArg,
+    MaxPixelsOpt,
+    ModelOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    ThreadsOpt,
+    Ui,
+    expand,
+    load_model,
+    report_summary,
+    run_options,
+)
+from bitcli.cli.helpscreen import epilog
+from bitcli.errors import UsageError
+from bitcli.output import is_terminal
+from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
+from bitcli.util import DEFAULT_MAX_PIXELS
+
+EPILOG = epilog(
+    "bit embed photos/ -o photos.npy",
+    "bit embed 'photos/**/*.jpg' -o photos.npy --normalize --dtype float16",
+    "bit embed photos/ -o photos.npy --resume  # continue an interrupted run",
+    "bit embed a.jpg b.jpg -o - --manifest rows.txt > vectors.npy",
+    "bit embed photos/ -o photos.npy --engine ray  # on a Ray cluster: docs/distributed.md",
+    note=(
+        "Writes OUT.npy [N, D] (.npy is added to a name without it, as numpy.save does), OUT.paths.txt "
+        "(line i = path of row i) and, when some inputs fail, OUT.errors.txt (PATH<TAB>reason). Files "
+        "appear atomically; an interrupted run leaves OUT.npy.partial/ for --resume."
+    ),
+)
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Where and how `bit embed` writes: -o, --dtype, --manifest, --resume, --overwrite."""
+
+    output: str
+    dtype: str = "float32"
+    manifest: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+
+
+def embed(
+    inputs: InputsArg,
+    output_path: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", metavar="OUT.npy",
+            help="Output .npy file (.npy is added when missing); - writes the .npy bytes to stdout.",
+        ),
+    ],
+    dtype: Annotated[Dtype, typer.Option("--dtype", help="Element type of the saved array.")] = Dtype.float32,
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalize each row.")] = False,
+    manifest: Annotated[
+        Optional[Path],
+        typer.Option("--manifest", metavar="FILE", help="Where to list the row paths (default: OUT.paths.txt)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run, skipping the images already done.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (or discard a partial run).")] = False,
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
+    threads: ThreadsOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    fast_jpeg: FastJpegOpt = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    num_gpus_per_worker: GpusOpt = 0.0,
+    shard: ShardOpt = None,
+    shard_size: ShardSizeOpt = None,
+    shard_dir: ShardDirOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """Pooled feature vectors (the embedding before the classifier) as one .npy array."""
+    from bitcli import store
+    from bitcli.pipeline import Embedder
+
+    ui = Ui(quiet=quiet, debug=debug)
+    options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
+    where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite)
+    dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
+    if dist.check(output_path == "-", manifest):
+        from bitcli.distributed import EmbedJob
+
+        paths = store_paths(where, check=shard is None)  # a shard job writes shards, not OUT.npy
+        job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads)
+        return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite)
+    paths = store_paths(where)  # refuse a bad output before the model loads
+    items = expand(inputs)
+    embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
+    with store.write_errors(paths, UsageError):  # cannot even start: the -o path is unusable
+        writer = store.EmbedWriter(
+            paths,
+            dim=embedder.feature_dim,
+            dtype=where.dtype,
+            fingerprint={**embedder.fingerprint(), "dtype": where.dtype},
+            inputs=[item.path for item in items],
+            resume=where.resume,
+            overwrite=where.overwrite,
+        )
+    if writer.already_complete:
+        ui.info(f"{paths.out} is already complete; nothing to resume (pass --overwrite to redo it)")
+        return EXIT_OK
+    if writer.rows or writer.failed:
+        ui.info(f"resuming: {writer.rows} images and {writer.failed} failures already recorded")
+    todo = list(writer.skip_done(items))
+    bar, failed = ui.progress(len(todo), "embedding"), []
+    try:
+        with store.write_errors(paths):
+            with bar:
+                store.write_groups(writer, embedder.embed_groups(todo), lambda group: report(ui, group, bar, failed))
+            summary = writer.finish(sys.stdout.buffer if paths.out is None else None)
+    except BaseException as exc:
+        writer.close()
+        if paths.partial is not None and paths.partial.exists():
+            ui.info(f"partial results kept in {paths.partial}; rerun with --resume to continue")
+        if isinstance(exc, KeyboardInterrupt):
+            ui.summary(bar, len(failed))
+        raise
+    report_summary(ui, summary, paths)
+    ui.summary(bar, len(failed))
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def store_paths(where: StoreOptions, *, check: bool = True) -> Any:
+    """The files this run writes, checked before the model loads (UsageError, exit 2)."""
+    from bitcli.store import EmbedPaths, check_output
+
+    if where.output == "-":
+        if is_terminal(sys.stdout):
+            raise UsageError("-o - would write binary .npy data to the terminal; redirect stdout to a file or pipe")
+        paths = EmbedPaths.for_output(None, manifest=where.manifest)
+    else:
+        out = Path(where.output)
+        if out.is_dir():
+            raise UsageError(f"-o {out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
+        if not out.name.endswith(".npy"):  # as numpy.save does: `-o vecs` writes vecs.npy
+            out = out.with_name(out.name + ".npy")
+        paths = EmbedPaths.for_output(out, manifest=where.manifest)
+    if check:
+        check_output(paths, resume=where.resume, overwrite=where.overwrite)
+    return paths
+
+
+def report(ui: Ui, group: list[Any], bar: Any, failed: list[str]) -> None:
+    """After each committed batch: one error line per failed input (the bar out of the way)."""
+    errors = [f"{result.path}: {result.error}" for result in group if not result.ok]
+    failed += errors
+    with bar.paused(done=len(group), screen=bool(errors)):
+        for line in errors:
+            ui.error(line)

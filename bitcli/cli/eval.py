@@ -1,0 +1,73 @@
+"""`bit eval`: accuracy, top-5, per-class precision/recall and the confusion matrix of any classifier on labelled data."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from bitcli.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    BatchSizeOpt,
+    DebugOpt,
+    Device,
+    DeviceOpt,
+    ModelOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    TableOrJson,
+    ThreadsOpt,
+    Ui,
+    load_model,
+    require_stdout,
+    run_options,
+)
+from bitcli.cli.helpscreen import epilog
+from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
+
+EPILOG = epilog(
+    "bit eval photos-test/ -m my-model",
+    "bit eval labels.csv -m my-model --format json | jq .accuracy",
+    "bit eval imagenet-val/ -m google/bit-50  # folders named n01440764 ... or after the labels",
+    note=(
+        "DATA: a folder with one sub-folder per class, or a CSV/JSONL file of path,label. Class names are "
+        "matched to the model's labels (exactly, by WordNet id, or ignoring case, _ and -, or one synonym)."
+    ),
+)
+
+
+def eval_command(
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Class folders, or a .csv/.jsonl of path,label.", show_default=False)],
+    format: Annotated[TableOrJson, typer.Option("--format", "-f", help="Tables or one JSON object.")] = TableOrJson.table,
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """Accuracy, top-5, per-class precision/recall/support and the confusion matrix on labelled data."""
+    from bitcli.output.evaluation import render_evaluation
+    from bitcli.transfer.data import load_dataset
+    from bitcli.transfer.evaluate import evaluate
+
+    ui = Ui(quiet=quiet, debug=debug)
+    require_stdout("the evaluation")
+    dataset = load_dataset(data)  # data errors before the model loads
+    options = run_options(device, precision, batch_size, threads)
+    loaded = load_model(model, options, ui, threads)
+    with ui.progress(len(dataset), "evaluating") as bar:
+
+        def step(count: int, total: int) -> None:
+            bar.advance(count - bar.done)
+
+        result = evaluate(dataset, loaded, progress=step, batch_size=batch_size, workers=threads)
+    ui.summary(bar, len(result.failed))
+    for path, reason in result.failed:
+        ui.error(f"{path}: {reason}")
+    render_evaluation(result.as_dict(), format.value, sys.stdout)
+    return EXIT_SOME_FAILED if result.failed else EXIT_OK

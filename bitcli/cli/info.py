@@ -1,0 +1,125 @@
+"""`bit inspect`, `bit download` and `bit models`: what a model is, fetching it, and the zoo.
+
+None of them imports torch, except `bit inspect` on a pickle or `.npz` checkpoint: a safetensors
+checkpoint is described from its config and the safetensors header (`checkpoint.describe`), so a
+4 GB model inspects as fast as a tiny one; the other two have no header to read and are loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from bitcli.cli.common import (
+    EXIT_MODEL,
+    EXIT_OK,
+    DebugOpt,
+    Device,
+    DeviceOpt,
+    ModelOpt,
+    QuietOpt,
+    TableOrJson,
+    Ui,
+    quiet_hub,
+    require_stdout,
+)
+from bitcli.cli.helpscreen import epilog
+from bitcli.errors import ModelError
+from bitcli.pipeline import DEFAULT_MODEL
+
+INSPECT_EPILOG = epilog(
+    "bit inspect",
+    "bit inspect google/bit-50@9e9a281aa096247270860f9cda4f68daacca33d0",
+    "bit inspect ./my-checkpoint --format json | jq .gflops",
+)
+DOWNLOAD_EPILOG = epilog("bit download google/bit-50", "bit download bit-50 google/bit-50@main")
+MODELS_EPILOG = epilog("bit models", "bit models --format json")
+
+
+def inspect(
+    model_arg: Annotated[
+        Optional[str],
+        typer.Argument(metavar="MODEL", help="The model to describe (same forms as --model).", show_default=False),
+    ] = None,
+    format: Annotated[TableOrJson, typer.Option("--format", "-f", help="Rich tables or one JSON object.")] = TableOrJson.table,
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = Device.cpu,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """What a model is: files, architecture, size, FLOPs, preprocessing and labels."""
+    from bitcli import hub, output
+    from bitcli.inspection import build_report
+
+    ui = Ui(quiet=quiet, debug=debug)
+    require_stdout("the report")
+    quiet_hub(ui)
+    resolved = hub.resolve_model(model_arg or model, progress=ui.show_progress)
+    if resolved.notice:
+        ui.warn(resolved.notice)
+    described = describe(resolved, device)
+    output.render_inspect(build_report(described, described.labels()), format.value, sys.stdout)
+    return EXIT_OK
+
+
+def describe(resolved: Any, device: Device) -> Any:
+    """The checkpoint from its files (config, safetensors header), else loaded (pickle, .npz)."""
+    from bitcli.checkpoint.describe import describe_checkpoint
+
+    described = describe_checkpoint(Path(resolved.path), resolved)
+    if described is None:
+        from bitcli.pipeline import load
+
+        described = load(str(resolved.path), device=device.value)
+        described.resolved = resolved  # the report names the reference given, not the directory
+    return described
+
+
+def download(
+    models: Annotated[list[str], typer.Argument(metavar="MODEL", help="Models to fetch into the hub cache.")],
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """Fetch models into the Hugging Face cache ahead of time; prints each local path."""
+    from bitcli import hub
+
+    ui = Ui(quiet=quiet, debug=debug)
+    quiet_hub(ui)
+    worst = EXIT_OK
+    for ref in models:
+        try:  # a cached model is not fetched again
+            resolved = hub.resolve_model(ref, progress=ui.show_progress)
+        except ModelError as exc:
+            ui.error(str(exc))
+            worst = EXIT_MODEL
+            continue
+        if resolved.notice:
+            ui.warn(resolved.notice)
+        typer.echo(str(resolved.path))
+    return worst
+
+
+def models(
+    format: Annotated[TableOrJson, typer.Option("--format", "-f", help="Rich table or JSON.")] = TableOrJson.table,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """Known BiT checkpoints (aliases): input size, classes, top-1, size, and whether each is cached."""
+    from bitcli import hub, output
+
+    default = os.environ.get("BIT_MODEL") or DEFAULT_MODEL
+    rows = [{**row, "default": is_default(row, default)} for row in hub.list_known_models()]
+    output.render_models(rows, format.value, sys.stdout, default=default)
+    return EXIT_OK
+
+
+def is_default(row: dict[str, Any], default: str) -> bool:
+    """Whether the zoo row is the model commands use without --model (`$BIT_MODEL`, else google/bit-50)."""
+    if default.lower() == str(row["alias"]).lower():
+        return True
+    repo, _, revision = default.partition("@")
+    return repo.lower() == str(row["repo_id"]).lower() and revision in ("", row.get("revision") or "main")

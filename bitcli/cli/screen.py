@@ -1,0 +1,153 @@
+"""The terminal while a command runs: a progress bar that never shares a line, and the summary.
+
+One rule: while a bar is on the screen, nothing else is written to the terminal. Anything a
+command prints during a run (table rows on stdout, error lines on stderr) goes inside
+`bar.paused()`, which erases the bar, lets the caller write, flushes, and draws the bar again
+below what was written. A Ctrl-C that arrives meanwhile is held until the writing is done, so no
+row is cut in half. At the end the bar erases itself (rich's `transient`), and the closing
+summary (`6 images, 1 failed, 2.3 s, 2.6 img/s`) takes its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from typing import Any, Iterator
+
+
+class Bar:
+    """Progress over `total` images on the stderr `console`; `show=False`: counts and times only."""
+
+    def __init__(self, console: Any, total: int, what: str, *, show: bool):
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self._progress = _progress(console) if show else None
+        self._task = self._progress.add_task(what, total=total, rate="", eta="") if self._progress else None
+
+    def __enter__(self) -> Bar:
+        self.started = time.monotonic()
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()  # transient: the bar's line is erased, the cursor at its start
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def advance(self, count: int) -> None:
+        """`count` more images are done."""
+        self.done += count
+        if self._progress is None:
+            return
+        elapsed = self.elapsed
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = f"eta {clock(max(self.total - self.done, 0) / rate)}" if rate > 0 else ""
+        self._progress.update(self._task, advance=count, rate=f"{rate_text(rate)} img/s" if rate > 0 else "", eta=eta)
+
+    def describe(self, what: str) -> None:
+        """A new label before the bar (`bit embed --engine ray`: shards done)."""
+        if self._progress is not None:
+            self._progress.update(self._task, description=what)
+
+    @contextlib.contextmanager
+    def paused(self, done: int = 0, *, screen: bool = True) -> Iterator[None]:
+        """Erase the bar while the caller writes to the terminal; then count `done` more images
+        and draw the bar again below what was written. Ctrl-C waits for the end of the block.
+
+        `screen=False`: the block writes nothing to the terminal (jsonl into a pipe), so the bar
+        stays where it is instead of flickering."""
+        live = self._progress is not None and screen
+        with held_interrupt():
+            if live:
+                self._progress.stop()
+            yield
+            _flush()
+            self.advance(done)
+            if live:
+                self._progress.start()
+
+
+def _progress(console: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[eta]}"),
+        console=console,
+        transient=True,
+        # Data written to sys.stdout must stay on stdout; rich would send it to the stderr console.
+        redirect_stdout=False,
+        redirect_stderr=True,  # a stray warning on stderr goes above the bar, not through it
+        refresh_per_second=4,
+    )
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError):
+            pass
+
+
+@contextlib.contextmanager
+def held_interrupt() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block; raise it when the block is done.
+
+    Only in the main thread with Python's default handler in place; otherwise a plain block.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+# -- the closing line ------------------------------------------------------------------------------
+
+
+def summary_text(done: int, failed: int, seconds: float, total: int | None = None) -> str:
+    """'6 images, 1 failed, 2.3 s, 2.6 img/s'; interrupted runs: '8 of 50 images, ...'."""
+    noun = "image" if (total if total is not None else done) == 1 else "images"
+    count = f"{done} of {total} {noun}" if total is not None and total != done else f"{done} {noun}"
+    rate = done / seconds if seconds > 0 else 0.0
+    return f"{count}, {failed} failed, {duration(seconds)}, {rate_text(rate)} img/s"
+
+
+def duration(seconds: float) -> str:
+    """'2.3 s' below a minute, then '3 min 05 s', then '1 h 02 min'."""
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def clock(seconds: float) -> str:
+    """An ETA as 0:07 or 1:02:03."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def rate_text(rate: float) -> str:
+    return f"{rate:.0f}" if rate >= 99.95 else f"{rate:.1f}"

@@ -1,0 +1,213 @@
+"""`bit train`: a folder of labelled photos -> a BiT classifier folder (linear probe or BiT-HyperRule fine-tune).
+
+The library (`bitcli.transfer.train`) does the work and reports through callbacks; this file
+turns them into stderr lines (the plan, stages, a summary) and progress bars. Nothing goes to
+stdout: the result is OUTDIR (and its training_report.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+
+from bitcli.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    DebugOpt,
+    Device,
+    DeviceOpt,
+    ModelOpt,
+    QuietOpt,
+    ThreadsOpt,
+    Ui,
+    quiet_hub,
+)
+from bitcli.cli.helpscreen import epilog
+from bitcli.cli.screen import duration
+from bitcli.pipeline import DEFAULT_MODEL
+
+EPILOG = epilog(
+    "bit train photos/ -o my-model --val-split 0.2  # linear probe: seconds once embedded",
+    "bit train photos/ -o my-model --method finetune --batch-size 64",
+    "bit train photos/ -o my-model --method finetune --resume  # after an interruption",
+    "bit train labels.csv -o my-model --shots 5 --seed 1 --val val/",
+    "bit classify new.jpg -m my-model",
+    note=(
+        "DATA: a folder with one sub-folder per class (class = folder name), or a CSV/JSONL file of "
+        "path,label. OUTDIR: a transformers checkpoint folder (config.json with your classes, "
+        "preprocessor_config.json, model.safetensors) plus training_report.json. Images that cannot "
+        "be read are skipped and counted (exit code 1, OUTDIR still complete)."
+    ),
+)
+_SHOW_SKIPPED = 10
+
+
+class Method(str, Enum):
+    linear = "linear"
+    finetune = "finetune"
+
+
+def train(
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Class folders, or a .csv/.jsonl of path,label.", show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", metavar="OUTDIR", help="Folder to write the classifier to.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    method: Annotated[Method, typer.Option("--method", help="linear: frozen backbone + logistic regression; finetune: BiT-HyperRule.")] = Method.linear,
+    val: Annotated[Optional[str], typer.Option("--val", metavar="DATA2", help="Validation data (same forms as DATA).")] = None,
+    val_split: Annotated[Optional[float], typer.Option("--val-split", metavar="F", help="Hold out this fraction of DATA, stratified.")] = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", metavar="K", help="Keep K training images per class (few-shot).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split, --shots, the data order and augmentation.")] = 0,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="finetune: steps instead of the rule's 500/10k/20k.")] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", min=1, help="finetune: images per step (rule: 512, accumulated when it does not fit); linear: per forward pass (8)."),
+    ] = None,
+    device: DeviceOpt = Device.auto,
+    threads: ThreadsOpt = None,
+    checkpoint_minutes: Annotated[
+        float, typer.Option("--checkpoint-minutes", min=0, metavar="M", help="finetune: save a resumable checkpoint every M minutes (0: every step).")
+    ] = 5.0,
+    resume: Annotated[bool, typer.Option("--resume", help="finetune: continue an interrupted run into the same OUTDIR.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an OUTDIR bit train wrote (or discard an interrupted run).")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """Train a classifier for your own classes on a BiT model (linear probe or fine-tuning)."""
+    from bitcli.transfer import FinetuneOptions, TrainOptions
+    from bitcli.transfer import train as run_training
+
+    ui = Ui(quiet=quiet, debug=debug)
+    quiet_hub(ui)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    finetune = FinetuneOptions(workers=threads or FinetuneOptions.workers, checkpoint_seconds=60 * checkpoint_minutes)
+    options = TrainOptions(
+        method=method.value, val=val, val_split=val_split, shots=shots, seed=seed, steps=steps,
+        batch_size=batch_size, device=device.value, resume=resume, overwrite=overwrite, finetune=finetune,
+    )
+    with _progress(ui) as callbacks:
+        try:
+            result = run_training(data, output, base=model, options=options, callbacks=callbacks)
+        except KeyboardInterrupt:
+            if method is Method.finetune:
+                ui.info(f"the fine-tune can continue: rerun the same command with --resume (OUTDIR {output})")
+            raise
+    _summary(ui, result)
+    return EXIT_SOME_FAILED if result.skipped else EXIT_OK
+
+
+@contextlib.contextmanager
+def _progress(ui: Ui) -> Iterator[Any]:
+    """Callbacks that print stages and the plan, and drive one rich bar per phase (terminal only)."""
+    from bitcli.transfer import Callbacks
+
+    bar = _Bars(ui)
+    callbacks = Callbacks(
+        stage=bar.stage,
+        embed=bar.images,
+        plan=lambda plan: bar.say(plan_text(plan)),
+        step=bar.step,
+    )
+    try:
+        yield callbacks
+    finally:
+        bar.close()
+
+
+class _Bars:
+    """The progress display: a bar for images (embedding, evaluating) or steps (fine-tuning)."""
+
+    def __init__(self, ui: Ui):
+        self.ui = ui
+        self.progress: Any = None
+        self.task: Any = None
+        self.kind = ""
+
+    def say(self, text: str) -> None:
+        if self.ui.quiet:
+            return
+        (self.progress.console if self.progress is not None else self.ui.console).print(text, highlight=False)
+
+    def stage(self, text: str) -> None:
+        self.close()
+        self.say(f"[dim]{text}[/dim]")
+
+    def _open(self, kind: str, total: int) -> None:
+        if self.progress is not None and self.kind == kind:
+            return
+        self.close()
+        if not self.ui.show_progress:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn(kind), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(), console=self.ui.console, transient=True, redirect_stdout=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(kind, total=total, info="")
+        self.kind = kind
+
+    def images(self, done: int, total: int) -> None:
+        self._open("images", total)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done)
+
+    def step(self, progress: Any) -> None:
+        self._open("steps", progress.steps)
+        if self.progress is not None:
+            skipped = f"  {progress.skipped} unreadable" if progress.skipped else ""
+            info = f"loss {progress.loss:.4f}  lr {progress.lr:.2g}{skipped}"
+            self.progress.update(self.task, completed=progress.step, info=info)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.progress, self.task, self.kind = None, None, ""
+
+
+def plan_text(plan: Any) -> str:
+    """The fine-tuning plan as a few stderr lines."""
+    accumulation = (
+        f" = {plan.accumulation} x {plan.micro_batch} (gradient accumulation)" if plan.accumulation > 1 else ""
+    )
+    later = ", ".join(str(b) for b in plan.boundaries[1:-1])
+    schedule = f"warmup to step {plan.boundaries[0]}" + (f", lr / 10 after {later}" if later else "")
+    mixup = f"mixup alpha {plan.mixup_alpha:g}" if plan.mixup_alpha > 0 else "no mixup (under 20k images)"
+    estimate = ""
+    if plan.estimated_seconds is not None:
+        estimate = f"\n  time: about {duration(plan.estimated_seconds)} ({plan.step_seconds:.2f} s per step, measured)"
+    resumed = f" (resuming at step {plan.start_step})" if plan.start_step else ""
+    return (
+        f"[bold]plan[/bold]: {plan.steps} steps{resumed} on {plan.dataset_size:,} images, {plan.num_classes} classes, "
+        f"device {plan.device}\n"
+        f"  batch {plan.batch_size}{accumulation}; SGD momentum 0.9, lr {plan.base_lr:g}, {schedule}; {mixup}\n"
+        f"  images: {plan.resolution['augmentation']}" + estimate
+    )
+
+
+def _summary(ui: Ui, result: Any) -> None:
+    report = result.report
+    data, results, hyper = report["data"], report["results"], report["hyperparameters"]
+    for path, reason in result.skipped[:_SHOW_SKIPPED]:
+        ui.error(f"{path}: {reason}")
+    if len(result.skipped) > _SHOW_SKIPPED:
+        ui.error(f"... and {len(result.skipped) - _SHOW_SKIPPED} more unreadable images (skipped)")
+    if data.get("ignored_files"):
+        ui.warn(f"{data['ignored_files']} files directly in DATA are not in a class folder and were not used")
+    if report["method"] == "linear":
+        how = f"linear probe, L2 {hyper['l2']:g} chosen by {hyper['selection']}"
+    else:
+        how = f"fine-tuned {hyper['steps']} steps, final training loss {results['final_loss']:.4f}"
+    ui.info(
+        f"wrote {result.outdir}: {len(data['classes'])} classes, {data['train_used']:,} training images; {how}; "
+        f"{report['time']['total_s']:.1f} s"
+    )
+    if results.get("val_accuracy") is not None:
+        ui.info(f"validation accuracy {results['val_accuracy'] * 100:.2f}% on {results['val_n']:,} images")
+    ui.info(f"use it: bit classify IMAGES -m {Path(result.outdir)}")

@@ -1,0 +1,225 @@
+"""A worker loads the model once and embeds whole shards with the local pipeline.
+
+Ray actors wrap one (`ray_engine.py`); `run_shards` runs `--shard I/N` in this process. A shard's
+rows come from `Embedder.embed_groups` over its entries: batches start at the shard's first
+entry, a batch boundary of the whole list, so each batch is the one a local run forms and the
+rows are the local run's bytes (on the same machine, with the same thread count).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from bitcli.distributed.seams import InputError, InputItem, RunOptions, UsageError
+from bitcli.distributed.shardfiles import (
+    Commit,
+    ShardInfo,
+    describe_difference,
+    finished_shards,
+    read_shard,
+    remove_shards,
+    remove_temporary,
+    shard_failures,
+    shard_folders,
+    write_shard,
+)
+from bitcli.distributed.shards import (
+    ShardInputs,
+    ShardMismatchError,
+    Split,
+    default_shard_size,
+    selected,
+    shard_name,
+    spool_inputs,
+)
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """What a run computes: the model, the run's options and `bit embed`'s own (JSON round trip)."""
+
+    model: str
+    options: RunOptions = field(default_factory=RunOptions)
+    normalize: bool = False
+    dtype: str = "float32"
+    threads: int | None = None  # torch and decoding threads per worker; None: torch's default
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EmbedJob":
+        return cls(**{**data, "options": RunOptions(**data["options"])})
+
+    def settings(self) -> dict[str, Any]:
+        """What a resumed run must repeat. Not the thread counts or offline mode: they do not name
+        the rows (the convolution path one thread picks is in each shard's fingerprint)."""
+        options = {k: v for k, v in asdict(self.options).items() if k not in ("workers", "offline")}
+        return {"model": self.model, "options": options, "normalize": self.normalize, "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands: shards and inputs done (finished before or now) of the total."""
+
+    shards_done: int
+    shards_total: int
+    images_done: int
+    images_total: int
+    failed: int = 0
+
+
+OnProgress = Callable[[Progress], None]
+
+
+def report_progress(
+    progress: OnProgress | None, split: Split, done: Iterable[Any], indices: Sequence[int] | None = None
+) -> Progress:
+    """Call `progress` (if any) with the state after the shards `done` (anything with .index and
+    .failed) of the shards `indices` (None: all of the split); return that state."""
+    infos = list(done)
+    state = Progress(
+        shards_done=len(infos),
+        shards_total=split.shards if indices is None else len(indices),
+        images_done=sum(split.count(i.index) for i in infos),
+        images_total=split.entries if indices is None else sum(split.count(i) for i in indices),
+        failed=sum(i.failed for i in infos),
+    )
+    if progress is not None:
+        progress(state)
+    return state
+
+
+class ShardWorker:
+    """The model, loaded once (`bitcli.load`), and the embedder that runs shards through it."""
+
+    def __init__(self, job: EmbedJob, *, model: Any = None) -> None:
+        import torch
+
+        from bitcli.pipeline import Embedder, load
+
+        options = job.options
+        if job.threads:
+            torch.set_num_threads(job.threads)  # before loading: the engine picks the convolution path from it
+            options = replace(options, workers=job.threads)
+        if model is None:
+            model = load(job.model, device=options.device, precision=options.precision, offline=options.offline)
+        self.job = job
+        self.embedder = Embedder(model, normalize=job.normalize, options=options)
+        self.fingerprint = {**self.embedder.fingerprint(), "dtype": job.dtype}
+        self.dim = self.embedder.feature_dim
+
+    def run(self, shard_dir: Path, split: Split, inputs: ShardInputs) -> ShardInfo:
+        """Embed one shard and publish it; a shard already finished (a retried task) is kept."""
+        final = shard_dir / shard_name(inputs.index)
+        if final.exists():
+            existing = read_shard(final)
+            self._check_same(existing, split)
+            return existing
+        entries = inputs.read()
+        commits = (_commit(group) for group in self.embedder.embed_groups(entries))
+        info = write_shard(
+            shard_dir, inputs.index, split, fingerprint=self.fingerprint, dim=self.dim, dtype=self.job.dtype, commits=commits
+        )
+        self._check_same(info, split)  # the first writer may have been another run
+        return info
+
+    def _check_same(self, info: ShardInfo, split: Split) -> None:
+        mine = ShardInfo(info.index, split, self.fingerprint, self.dim, self.job.dtype, 0, 0, info.folder)
+        if info.split != split:
+            difference = info.split.unlike(split)
+        elif info.settings() != mine.settings():
+            difference = describe_difference(info.settings(), mine.settings(), ("in it", "in this run"))
+        else:
+            return
+        raise ShardMismatchError(f"{info.folder} belongs to another run ({difference}); pass --overwrite to redo it")
+
+    def check_shards(self, done: Iterable[ShardInfo]) -> None:
+        """Refuse to add to shards made with another model, preprocessing or options."""
+        for info in done:
+            self._check_same(info, info.split)
+
+
+def _commit(group: list[Any]) -> Commit:
+    """One batch's results -> (row paths, rows, failures), the embed store's commit."""
+    import numpy as np
+
+    ok = [r for r in group if r.ok]
+    rows = np.stack([r.vector for r in ok]) if ok else None
+    return [r.path for r in ok], rows, [(r.path, str(r.error)) for r in group if not r.ok]
+
+
+@dataclass(frozen=True)
+class ShardRunSummary:
+    """What `run_shards` did: the shards it ran and skipped, and their rows and failures."""
+
+    shard_dir: Path
+    split: Split
+    ran: list[int]
+    skipped: list[int]
+    rows: int
+    failed: int
+
+
+def run_shards(
+    entries: Iterable[InputItem | InputError],
+    shard_dir: Path,
+    job: EmbedJob,
+    *,
+    selection: tuple[int, int] = (0, 1),
+    shard_size: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: OnProgress | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+    model: Any = None,
+) -> ShardRunSummary:
+    """`--shard I/N`: embed shards I, I + N, ... of the inputs into `shard_dir`, in this process.
+
+    Other jobs may write their shards into the same directory at the same time; this one only
+    touches its own. Shards it finished before need `--resume` (skipped) or `--overwrite`
+    (redone). The input list is listed in full (every job needs the same split) into a
+    temporary file, not memory. `on_failure(path, reason)`: each failed input of each shard this
+    job embeds, in input order, as the shard is published.
+    """
+    if resume and overwrite:
+        raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
+    index, count = selection
+    size = shard_size or default_shard_size(job.options.batch_size)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bitcli-inputs-") as tmp:
+        spool = spool_inputs(entries, Path(tmp) / "inputs.jsonl", batch_size=job.options.batch_size, shard_size=size)
+        split = spool.split
+        mine = list(selected(split, index, count))
+        done = _previous_shards(shard_dir, split, mine, resume=resume, overwrite=overwrite)
+        todo = [i for i in mine if i not in done]
+        infos = list(done.values())
+        report_progress(progress, split, infos, mine)
+        if todo:
+            worker = ShardWorker(job, model=model)
+            worker.check_shards(infos)  # refuse to add to shards of another model or options
+            for i in todo:
+                infos.append(worker.run(shard_dir, split, spool.shard(i)))
+                for path, reason in shard_failures(infos[-1]) if on_failure else ():
+                    on_failure(path, reason)
+                report_progress(progress, split, infos, mine)
+    return ShardRunSummary(shard_dir, split, todo, sorted(done), sum(s.rows for s in infos), sum(s.failed for s in infos))
+
+
+def _previous_shards(shard_dir: Path, split: Split, mine: list[int], *, resume: bool, overwrite: bool) -> dict[int, ShardInfo]:
+    """This job's shards already in `shard_dir`: kept (--resume), removed (--overwrite) or refused."""
+    remove_temporary(shard_dir, mine)  # left by a killed run of this job
+    present = sorted(set(shard_folders(shard_dir)) & set(mine))
+    if overwrite:
+        remove_shards(shard_dir, present)
+        return {}
+    if present and not resume:
+        raise UsageError(
+            f"{shard_dir / shard_name(present[0])} already exists; pass --resume to keep this job's finished shards "
+            "or --overwrite to redo them"
+        )
+    return finished_shards(shard_dir, split, present)
+

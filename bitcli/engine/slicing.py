@@ -1,0 +1,66 @@
+"""Batch slicing: run a batch through the backbone in slices whose activations stay in the CPU cache.
+
+A 448 px image's stem and first stages write 6-13 MB per activation, so a batch of 8 streams
+every GroupNorm, ReLU and add through DRAM (and every >32 MB tensor is a fresh mmap). Run one
+image at a time there, and larger slices in the late stages, whose cost is reading their large
+weights. Each image's numbers do not depend on the slicing beyond the summation order oneDNN
+picks for a batch size (tests/test_engine.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bitcli.model.architecture import BitBackbone
+
+
+class SlicedBackbone(BitBackbone):
+    """A `BitBackbone` (the same submodules, so the same state-dict keys) whose forward slices the batch.
+
+    Each step of `steps()` runs on slices sized so that its largest activation stays near
+    `chunk_bytes`; consecutive steps with one slice size run together. None: the whole batch.
+    """
+
+    def __init__(self, backbone: BitBackbone, chunk_bytes: int | None):
+        nn.Module.__init__(self)  # adopt the built submodules; BitBackbone.__init__ would build new ones
+        self.config = backbone.config
+        self.embedder = backbone.embedder
+        self.encoder = backbone.encoder
+        self.norm = backbone.norm
+        self.chunk_bytes = chunk_bytes
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[0]
+        if batch <= 1 or self.chunk_bytes is None:
+            return super().forward(x)
+        steps = self.steps()
+        sizes = [
+            slice_size(batch, per_image, self.chunk_bytes)
+            for per_image in self.step_activation_bytes(x.shape[-2], x.shape[-1], x.element_size())
+        ]
+        start = 0
+        while start < len(steps):
+            end = start + 1
+            while end < len(steps) and sizes[end] == sizes[start]:
+                end += 1
+            group = steps[start:end]
+            if sizes[start] >= batch:
+                x = run_steps(group, x)
+            else:
+                x = torch.cat([run_steps(group, part) for part in x.split(sizes[start])])
+            start = end
+        return x
+
+
+def slice_size(batch: int, per_image_bytes: int, chunk_bytes: int) -> int:
+    """Images per slice: as many as fit in `chunk_bytes` (at least one), spread evenly over the batch."""
+    fit = max(1, chunk_bytes // max(per_image_bytes, 1))
+    slices = -(-batch // fit)
+    return -(-batch // slices)
+
+
+def run_steps(steps: list[nn.Module], x: Tensor) -> Tensor:
+    for step in steps:
+        x = step(x)
+    return x

@@ -1,0 +1,248 @@
+"""The hub cache (huggingface_hub's standard layout): what is cached, read without a request.
+
+`HubSettings` reads the environment at call time (huggingface_hub reads it once, at import), so a
+changed environment (tests, long-lived processes) is honoured. `list_known_models` is `bit models`:
+the zoo and what of it is cached. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import try_to_load_from_cache
+
+from bitcli.checkpoint.files import (
+    CONFIG,
+    PICKLE,
+    PREPROCESSOR_CONFIG,
+    SAFETENSORS,
+    SAFETENSORS_INDEX,
+    WEIGHTS_FILES,
+    is_timm_config,
+    shard_names,
+)
+from bitcli.errors import CheckpointError, OfflineError
+from bitcli.hub import zoo
+from bitcli.util import human_bytes
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_REVISION = "main"
+_TRUE = {"1", "on", "yes", "true"}
+
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model reference ended up on disk, and how it got there."""
+
+    path: Path  # checkpoint directory (or the file itself for a local checkpoint file)
+    ref: str  # the reference as the user typed it
+    repo_id: str | None  # None for local paths
+    revision: str | None  # the revision asked for (alias pin, "main" by default); None for local
+    commit: str | None  # the commit the files come from; None for local
+    weights_file: str  # file name inside `path` ("" when a local directory has no known weights)
+    source: str  # "local", "cache" or "download"
+    notice: str | None = None  # one line for stderr (e.g. the pickle fallback), never printed here
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A parsed hub reference."""
+
+    repo_id: str
+    revision: str  # what is asked for: explicit, else the zoo pin, else "main"
+    display: str  # how messages name the model
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """The hub environment, read at call time."""
+
+    endpoint: str
+    cache_dir: Path
+    offline: bool
+
+    @classmethod
+    def from_env(cls) -> HubSettings:
+        """Read HF_ENDPOINT, HF_HUB_CACHE / HF_HOME and HF_HUB_OFFLINE as they are now."""
+        endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        offline_value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+        return cls(endpoint=endpoint, cache_dir=hub_cache_dir(), offline=offline_value.strip().lower() in _TRUE)
+
+
+def hub_cache_dir() -> Path:
+    """The standard hub cache folder, as huggingface_hub computes it, from the current environment."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    default_home = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
+    return Path(os.environ.get("HF_HOME") or default_home).expanduser() / "hub"
+
+
+
+def list_known_models() -> list[dict]:
+    """Every zoo alias with its repository, revision, size, whether it is cached and its size on disk.
+
+    Keys: alias, repo_id, revision, architecture, description, input_size, num_classes, top1,
+    num_parameters, download_bytes (about 4 bytes per parameter: the float32 safetensors file),
+    cached (bool), size_bytes (on disk; 0 when not cached) and size (human-readable, "-" when
+    not cached).
+    """
+    settings = HubSettings.from_env()
+    rows = []
+    for entry in zoo.KNOWN_MODELS:
+        hub_ref = HubRef(entry.repo_id, entry.revision or DEFAULT_REVISION, entry.alias)
+        cached = from_cache(entry.alias, hub_ref, settings)
+        size = snapshot_size(cached) if cached is not None else 0
+        rows.append(
+            {
+                "alias": entry.alias,
+                "repo_id": entry.repo_id,
+                "revision": entry.revision,
+                "architecture": entry.architecture,
+                "description": entry.description,
+                "input_size": entry.input_size,
+                "num_classes": entry.num_classes,
+                "top1": entry.top1,
+                "num_parameters": entry.num_parameters,
+                "download_bytes": entry.download_bytes,
+                "cached": cached is not None,
+                "size_bytes": size,
+                "size": human_bytes(size) if cached is not None else "-",
+            }
+        )
+    return rows
+
+
+def cached_file(hub_ref: HubRef, filename: str, settings: HubSettings) -> Path | None:
+    """The cached file at the reference's revision (a commit, or a branch/tag via `refs/`), or None."""
+    found = try_to_load_from_cache(
+        hub_ref.repo_id, filename, cache_dir=str(settings.cache_dir), revision=hub_ref.revision
+    )
+    return Path(found) if isinstance(found, str) else None
+
+
+def preprocessor_state_known(hub_ref: HubRef, config: Path, settings: HubSettings) -> bool:
+    """Whether the cache holds the preprocessor config, or knows the repository has none.
+
+    Another tool (transformers' `from_pretrained`) may leave a snapshot with only config and
+    weights; using it would silently fall back to default preprocessing and give wrong scores.
+    timm checkpoints keep their preprocessing inside config.json.
+    """
+    try:
+        if is_timm_config(json.loads(config.read_text(encoding="utf-8"))):
+            return True
+    except (OSError, ValueError):
+        return False
+    found = try_to_load_from_cache(
+        hub_ref.repo_id, PREPROCESSOR_CONFIG, cache_dir=str(settings.cache_dir), revision=hub_ref.revision
+    )
+    return found is not None  # a path, or huggingface_hub's "known not to exist" marker
+
+
+def from_cache(ref: str, hub_ref: HubRef, settings: HubSettings) -> ResolvedModel | None:
+    """The cached snapshot if it holds config, preprocessing and weights, else None. No request."""
+    config = cached_file(hub_ref, CONFIG, settings)
+    if config is None or not preprocessor_state_known(hub_ref, config, settings):
+        return None
+    for weights_name in WEIGHTS_FILES:
+        weights = cached_file(hub_ref, weights_name, settings)
+        if weights is None or weights.parent != config.parent:
+            continue
+        if weights_name == SAFETENSORS_INDEX and not all(
+            (config.parent / shard).is_file() for shard in cache_shard_names(weights)
+        ):
+            continue
+        return ResolvedModel(
+            path=config.parent,
+            ref=ref,
+            repo_id=hub_ref.repo_id,
+            revision=hub_ref.revision,
+            commit=config.parent.name,
+            weights_file=weights_name,
+            source="cache",
+            notice=pickle_notice(hub_ref) if weights_name == PICKLE else None,
+        )
+    return None
+
+
+def from_cache_or_raise(
+    ref: str, hub_ref: HubRef, settings: HubSettings, *, unreachable: str | None
+) -> ResolvedModel:
+    """The cached model, or an OfflineError saying why the hub was not asked and how to fix it.
+
+    `unreachable` is why the hub could not be reached; None means offline mode.
+    """
+    cached = from_cache(ref, hub_ref, settings)
+    if cached is not None:
+        return cached
+    why = "offline mode is on (HF_HUB_OFFLINE)" if unreachable is None else f"the hub is unreachable ({unreachable})"
+    raise OfflineError(
+        f"model '{hub_ref.display}' is not in the cache ({settings.cache_dir}) and {why}; "
+        f"run `bit download {hub_ref.display}` where there is a network, or pass --model PATH"
+    )
+
+
+def snapshot_size(resolved: ResolvedModel) -> int:
+    """Bytes on disk of the files bitcli uses from a cached snapshot (symlinks followed)."""
+    names = [CONFIG, PREPROCESSOR_CONFIG, resolved.weights_file]
+    if resolved.weights_file == SAFETENSORS_INDEX:
+        names += cache_shard_names(resolved.path / SAFETENSORS_INDEX)
+    return sum((resolved.path / name).stat().st_size for name in names if (resolved.path / name).is_file())
+
+
+def cache_shard_names(index_path: Path | None) -> list[str]:
+    """The shard file names a cached `model.safetensors.index.json` lists (empty if unreadable:
+    loading then names the problem)."""
+    if index_path is None:
+        return []
+    try:
+        return shard_names(index_path)
+    except CheckpointError:
+        return []
+
+
+def storage_dir(settings: HubSettings, repo_id: str) -> Path:
+    return settings.cache_dir / ("models--" + repo_id.replace("/", "--"))
+
+
+def write_ref(settings: HubSettings, repo_id: str, revision: str, commit: str) -> None:
+    """Record `revision -> commit` in the cache's refs/ folder (the documented cache layout), atomically.
+
+    A read-only shared cache that already holds every file is fine: the ref is then left as it is.
+    """
+    if revision == commit:
+        return
+    ref_path = storage_dir(settings, repo_id) / "refs" / revision
+    try:
+        if ref_path.is_file() and ref_path.read_text().strip() == commit:
+            return
+        ref_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref_path.with_name(f"{ref_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(commit)
+        os.replace(tmp, ref_path)
+    except OSError:
+        pass
+
+
+def mark_absent(settings: HubSettings, repo_id: str, commit: str, filename: str) -> None:
+    """Record in the cache (huggingface_hub's `.no_exist/` layout) that `filename` is not in the repo."""
+    marker = storage_dir(settings, repo_id) / ".no_exist" / commit / filename
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass
+
+
+def pickle_notice(hub_ref: HubRef) -> str:
+    """The one-line notice for a revision that only has the pickle."""
+    return (
+        f"note: '{hub_ref.display}' has no {SAFETENSORS}; "
+        f"loading {PICKLE} with torch.load(weights_only=True)"
+    )
+
+

@@ -1,0 +1,297 @@
+"""Model references -> a local checkpoint directory, through huggingface_hub and its standard cache.
+
+A reference is a local path (used as is), a known alias (`bit-50`, see `zoo.py`), a hub id
+`org/name`, or `org/name@revision` (branch, tag, commit or `refs/pr/N`). Hub files land in the
+standard cache (`HF_HUB_CACHE`, else `HF_HOME/hub`), shared with every other Hugging Face tool.
+
+huggingface_hub reads its environment variables once, at import. bitcli reads them at every call
+and passes the endpoint, cache folder and offline decision explicitly, so a changed environment
+(tests, long-lived processes) is honoured.
+
+Resolution of a hub reference:
+1. A commit-pinned reference whose files are all cached is served from the cache: no request.
+2. Offline (`HF_HUB_OFFLINE=1` or `offline=True`): the cache only, no request at all.
+3. Otherwise one `model_info` request gives the commit and the file list; the needed files are
+   downloaded at that commit. If the hub cannot be reached (connection error, timeout, 5xx), the
+   cache is used as if offline.
+Library code never prints: the pickle notice travels in `ResolvedModel.notice`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+try:  # huggingface_hub 2.x speaks httpx2; 1.x spoke httpx
+    import httpx2
+except ImportError:  # pragma: no cover
+    import httpx as httpx2  # type: ignore[no-redef]
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import tqdm as hf_tqdm
+
+from bitcli.checkpoint.files import (
+    CONFIG,
+    LOCAL_WEIGHT_SUFFIXES,
+    PICKLE,
+    PREPROCESSOR_CONFIG,
+    SAFETENSORS,
+    SAFETENSORS_INDEX,
+    WEIGHTS_FILES,
+)
+from bitcli.errors import CheckpointError, ModelError, ModelNotFoundError
+from bitcli.hub import zoo
+from bitcli.hub.cache import (
+    DEFAULT_REVISION,
+    HubRef,
+    HubSettings,
+    ResolvedModel,
+    cache_shard_names,
+    cached_file,
+    from_cache,
+    from_cache_or_raise,
+    mark_absent,
+    pickle_notice,
+    write_ref,
+)
+from bitcli.util import first_line, name_some
+
+REQUEST_TIMEOUT_S = 10.0
+
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def resolve_model(ref: str, *, offline: bool | None = None, progress: bool = False) -> ResolvedModel:
+    """Turn a model reference into a local checkpoint directory, downloading it at most once.
+
+    `offline=None` follows `HF_HUB_OFFLINE`; `progress=True` shows huggingface_hub's download bars
+    on stderr when stderr is a terminal. Raises ModelNotFoundError, OfflineError, CheckpointError or
+    ModelError (all exit code 3) with a one-line message.
+    """
+    local = _local_model(ref)
+    if local is not None:
+        return local
+    hub_ref = parse_hub_ref(ref)
+    settings = HubSettings.from_env()
+    if offline is None:
+        offline = settings.offline
+    if offline:
+        return from_cache_or_raise(ref, hub_ref, settings, unreachable=None)
+    if _COMMIT_RE.fullmatch(hub_ref.revision):
+        cached = from_cache(ref, hub_ref, settings)
+        if cached is not None:
+            return cached  # an immutable commit already on disk: no request needed
+    return _resolve_online(ref, hub_ref, settings, progress=progress)
+
+
+def parse_hub_ref(ref: str) -> HubRef:
+    """Parse `alias[@rev]` or `org/name[@rev]`; the zoo pin applies only when no revision is given."""
+    name, sep, revision = ref.strip().partition("@")
+    if sep and not revision:
+        raise ModelNotFoundError(f"model reference '{ref}' has an empty revision after '@'; write org/name@REVISION")
+    entry = zoo.find_alias(name)
+    if entry is not None:
+        repo_id = entry.repo_id
+    elif _REPO_ID_RE.fullmatch(name):
+        repo_id = name
+        entry = zoo.find_repo(name)
+    else:
+        raise ModelNotFoundError(
+            f"unknown model '{ref}': not a local path, a known alias (see `bit models`) or a hub id org/name[@revision]"
+        )
+    if not revision:
+        revision = (entry.revision if entry is not None else None) or DEFAULT_REVISION
+    display = f"{name}@{revision}" if sep else name
+    return HubRef(repo_id=repo_id, revision=revision, display=display)
+
+
+# --------------------------------------------------------------------------- local paths
+
+
+def _looks_like_path(ref: str) -> bool:
+    """True when `ref` can only mean a filesystem path (never a hub id or alias)."""
+    name, sep, _ = ref.partition("@")
+    if sep and (_REPO_ID_RE.fullmatch(name) or zoo.find_alias(name)):
+        return False  # org/name@refs/pr/1 holds slashes but is a hub reference
+    return (
+        ref.startswith(("/", ".", "~"))
+        or "\\" in ref
+        or ref.count("/") > 1
+        or ref.endswith("/")
+        or ref.lower().endswith(LOCAL_WEIGHT_SUFFIXES)
+    )
+
+
+def _local_model(ref: str) -> ResolvedModel | None:
+    """A ResolvedModel for an existing local path, None for a hub reference; a missing path is an error.
+
+    A directory without `config.json` that holds exactly one `.npz` (an original-release
+    download) resolves to that file; with several, which one is meant is the user's call.
+    """
+    path = Path(ref).expanduser()
+    if not path.exists():
+        if _looks_like_path(ref):
+            raise ModelNotFoundError(f"model path '{ref}' does not exist; pass an existing checkpoint directory or file")
+        return None
+    if path.is_dir() and not (path / CONFIG).is_file():
+        npz = _only_npz(path, ref)
+        if npz is not None:
+            return ResolvedModel(npz, ref, None, None, None, npz.name, "local")
+    weights = path.name if path.is_file() else _local_weights_name(path)
+    return ResolvedModel(path, ref, None, None, None, weights, "local")
+
+
+def _only_npz(directory: Path, ref: str) -> Path | None:
+    """The one `.npz` file in a directory, None if there is none; CheckpointError if there are several."""
+    found = sorted(p for p in directory.glob("*.npz") if p.is_file())
+    if len(found) > 1:
+        names = name_some(p.name for p in found)
+        raise CheckpointError(
+            f"model directory '{ref}' has no {CONFIG} and {len(found)} .npz checkpoints ({names}); "
+            f"pass one of them, e.g. --model {directory / found[0].name}"
+        )
+    return found[0] if found else None
+
+
+def _local_weights_name(directory: Path) -> str:
+    """The weights file bitcli would pick in a local checkpoint directory ("" if none is recognised)."""
+    for name in WEIGHTS_FILES:
+        if (directory / name).is_file():
+            return name
+    return ""
+
+
+# --------------------------------------------------------------------------- cache
+# --------------------------------------------------------------------------- network
+
+
+def _resolve_online(ref: str, hub_ref: HubRef, settings: HubSettings, *, progress: bool) -> ResolvedModel:
+    """Ask the hub for the revision's commit and files, then download what is missing."""
+    try:
+        info = HfApi(endpoint=settings.endpoint).model_info(
+            hub_ref.repo_id, revision=hub_ref.revision, timeout=REQUEST_TIMEOUT_S
+        )
+    except (httpx2.TransportError, OfflineModeIsEnabled) as error:
+        return from_cache_or_raise(ref, hub_ref, settings, unreachable=_short(error))
+    except HfHubHTTPError as error:
+        if _status(error) >= 500:
+            return from_cache_or_raise(ref, hub_ref, settings, unreachable=f"HTTP {_status(error)}")
+        raise _hub_error(hub_ref, error) from None
+    files = {sibling.rfilename for sibling in info.siblings or []}
+    weights_name = next((name for name in WEIGHTS_FILES if name in files), None)
+    if CONFIG not in files or weights_name is None:
+        raise CheckpointError(
+            f"'{hub_ref.display}' (commit {info.sha}) has no BiT weights: it needs {CONFIG} and "
+            f"{SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE}; pick another model or revision"
+        )
+    wanted = [CONFIG] + ([PREPROCESSOR_CONFIG] if PREPROCESSOR_CONFIG in files else []) + [weights_name]
+    commit_ref = HubRef(hub_ref.repo_id, info.sha, hub_ref.display)
+    missing = [name for name in wanted if cached_file(commit_ref, name, settings) is None]
+    for name in missing:
+        _download_file(hub_ref, info.sha, name, settings, progress=progress)
+    if weights_name == SAFETENSORS_INDEX:
+        index = cached_file(commit_ref, SAFETENSORS_INDEX, settings)
+        shards = [name for name in cache_shard_names(index) if cached_file(commit_ref, name, settings) is None]
+        for name in shards:
+            _download_file(hub_ref, info.sha, name, settings, progress=progress)
+        missing += shards
+    if PREPROCESSOR_CONFIG not in files:
+        mark_absent(settings, hub_ref.repo_id, info.sha, PREPROCESSOR_CONFIG)
+    write_ref(settings, hub_ref.repo_id, hub_ref.revision, info.sha)
+    return ResolvedModel(
+        path=cached_file(commit_ref, CONFIG, settings).parent,  # type: ignore[union-attr]
+        ref=ref,
+        repo_id=hub_ref.repo_id,
+        revision=hub_ref.revision,
+        commit=info.sha,
+        weights_file=weights_name,
+        source="download" if missing else "cache",
+        notice=pickle_notice(hub_ref) if weights_name == PICKLE else None,
+    )
+
+
+def _download_file(hub_ref: HubRef, commit: str, filename: str, settings: HubSettings, *, progress: bool) -> Path:
+    """Download one file at `commit` into the cache (atomic: a partial file never takes the final name)."""
+    try:
+        return Path(
+            hf_hub_download(
+                hub_ref.repo_id,
+                filename,
+                revision=commit,
+                cache_dir=str(settings.cache_dir),
+                endpoint=settings.endpoint,
+                etag_timeout=REQUEST_TIMEOUT_S,
+                tqdm_class=_progress_class(progress),
+            )
+        )
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise _hub_error(hub_ref, error) from None
+    except (httpx2.HTTPError, HfHubHTTPError, OSError) as error:
+        raise ModelError(
+            f"downloading {filename} of '{hub_ref.display}' failed ({_short(error)}); "
+            "run the command again to restart the download"
+        ) from None
+
+
+class _SilentBar(hf_tqdm):
+    """huggingface_hub's progress bar, always disabled."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
+def _progress_class(progress: bool) -> type[hf_tqdm]:
+    """huggingface_hub's own bar (stderr, TTY only) when asked for, else a disabled one."""
+    return hf_tqdm if progress and sys.stderr.isatty() else _SilentBar
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _hub_error(hub_ref: HubRef, error: HfHubHTTPError) -> ModelError:
+    """One-line bitcli error for an error answer from the hub."""
+    name = hub_ref.display
+    if isinstance(error, GatedRepoError):
+        return ModelError(
+            f"model '{name}' is gated: accept its terms on the hub, then set HF_TOKEN to a token with access"
+        )
+    if isinstance(error, RepositoryNotFoundError):
+        repo = "" if name.partition("@")[0] == hub_ref.repo_id else f" (repository {hub_ref.repo_id})"
+        return ModelNotFoundError(
+            f"model '{name}' not found on the hub{repo}; check the name, "
+            "or set HF_TOKEN if the repository is private"
+        )
+    if isinstance(error, RevisionNotFoundError):
+        return ModelNotFoundError(
+            f"revision '{hub_ref.revision}' not found in '{hub_ref.repo_id}'; use a branch, tag or commit that exists"
+        )
+    if _status(error) in (401, 403):
+        return ModelError(
+            f"the hub refused access to '{name}' (HTTP {_status(error)}); set HF_TOKEN to a token with access"
+        )
+    return ModelError(f"the hub answered HTTP {_status(error)} for '{name}'; try again later")
+
+
+def _status(error: HfHubHTTPError) -> int:
+    """The HTTP status of a hub error (0 if there was no response)."""
+    response = getattr(error, "response", None)
+    return int(getattr(response, "status_code", 0) or 0)
+
+
+def _short(error: BaseException) -> str:
+    """An exception as a short single line: its class and first message line."""
+    if not str(error).strip():
+        return type(error).__name__
+    return f"{type(error).__name__}: {first_line(error)}"[:200]

@@ -1,0 +1,90 @@
+"""`bit inspect`: everything worth knowing about a model, as one plain dict.
+
+(Named `inspection`, not `inspect`, so that it never shadows the standard library's `inspect`.)
+
+The report's keys are part of the command-line interface (documented in docs/usage.md):
+`model`, `revision`, `commit`, `path`, `source`, `checkpoint_format`, `weights_format`, `files`,
+`architecture`, `num_parameters`, `feature_dim`, `num_labels`, `input_size`, `gflops`, `gmacs`,
+`preprocessing`, `labels`.
+
+Nothing here needs the weights: `bit inspect` passes a `checkpoint.CheckpointInfo` (the config
+and the safetensors header, no torch) or, for a pickle or `.npz` file, a loaded model; both carry
+the same fields. GFLOPs are worked out from the config, layer by layer (`model.shapes.count_macs`):
+one multiply-accumulate counts as two FLOPs; norms, activations and pooling are left out (they are
+about 1% of a ResNet's work). `gmacs` (multiply-accumulates) is what timm's tables call FLOPs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+FIRST_LABELS = 5
+
+
+def architecture(config: Any) -> dict[str, Any]:
+    return {
+        "name": config.variant_name,
+        "layer_type": config.layer_type,
+        "depths": list(config.depths),
+        "stem_width": config.embedding_size,
+        "widths": list(config.stage_widths),
+        "width_factor": config.width_multiplier,
+        "num_groups": config.num_groups,
+        "padding": config.global_padding or "symmetric",
+        "stem_dynamic_padding": config.embedding_dynamic_padding,
+        "output_stride": config.output_stride,
+        "activation": config.hidden_act,
+        "ws_eps": config.ws_eps,
+    }
+
+
+def file_entries(files: list[Path]) -> list[dict[str, Any]]:
+    entries = []
+    for f in files:
+        try:
+            size = Path(f).stat().st_size  # follows the hub cache's symlinks to the blobs
+        except OSError:
+            size = None
+        entries.append({"name": Path(f).name, "size": size})
+    return entries
+
+
+def build_report(loaded: Any, labels: Any = None) -> dict[str, Any]:
+    """The inspect report for a `CheckpointInfo` or `LoadedModel` (with its `resolved` origin) and `Labels`."""
+    from bitcli.model.shapes import count_macs
+
+    resolved = loaded.resolved
+    config = loaded.config
+    pre = loaded.preprocess
+    input_size = tuple(pre.input_size)
+    macs = count_macs(config, input_size)
+    pre_desc = dict(pre.describe())
+    pre_desc.pop("input_size", None)
+    return {
+        "model": (resolved.ref if resolved is not None else None) or str(loaded.path),
+        "repo_id": resolved.repo_id if resolved is not None else None,
+        "revision": resolved.revision if resolved is not None else None,
+        "commit": resolved.commit if resolved is not None else None,
+        "path": str(Path(loaded.path).resolve()),
+        "source": resolved.source if resolved is not None else "local",
+        "checkpoint_format": loaded.source_format,
+        "weights_format": loaded.weights_format,
+        "files": file_entries(loaded.files),
+        "architecture": architecture(config),
+        "num_parameters": int(loaded.num_parameters),
+        "feature_dim": int(config.feature_dim),
+        "num_labels": int(config.num_labels),
+        "input_size": list(input_size),
+        "gmacs": _significant(macs / 1e9),
+        "gflops": _significant(2 * macs / 1e9),
+        "preprocessing": pre_desc,
+        "labels": {
+            "source": labels.source if labels is not None else None,
+            "first": list(labels.names[:FIRST_LABELS]) if labels is not None else [],
+        },
+    }
+
+
+def _significant(value: float, digits: int = 6) -> float:
+    return float(f"{value:.{digits}g}")

@@ -1,0 +1,330 @@
+"""The BiT network (ResNet-v2 with GroupNorm and weight-standardized convolutions), for inference.
+
+Submodule names reproduce transformers' `BitForImageClassification` state-dict keys exactly
+(`bit.embedder.convolution`, `bit.encoder.stages.0.layers.0.conv1`, `bit.norm`, `classifier.1`),
+so a transformers checkpoint loads without renaming. Convolutions are plain convolutions here:
+`checkpoint.build_model` standardizes their weights once at load time (`standardize_conv_weight`)
+instead of on every forward pass.
+
+The forward pass splits into `forward_features` (feature map and pooled vector: the embedding)
+and `forward_head` (logits), so classifying and embedding share one computation. How the model
+runs fastest on a machine (batch slicing, the convolution kernel, bf16) is `bitcli.engine`'s
+business; this file is only the architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bitcli.model.config import BitConfig, make_divisible
+from bitcli.model.shapes import conv_padding, same_padding, stage_strides_and_dilations
+
+
+def make_activation(name: str) -> nn.Module:
+    """The activation transformers' ACT2FN gives for `name` (in place where that is exact)."""
+    if name == "gelu":
+        return nn.GELU()
+    return {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU}[name](inplace=True)
+
+
+@dataclass
+class BitOutput:
+    logits: Tensor | None  # [N, num_labels]; None for a model without a classifier head
+    pooled: Tensor  # [N, C]: global average of the final (normalized) feature map
+    last_hidden_state: Tensor  # [N, C, H, W]
+
+
+class DynamicPad2d(nn.Module):
+    """TF-style 'SAME' padding, computed from each input's size (extra pixel on the bottom/right)."""
+
+    def __init__(self, kernel: int, stride: int, dilation: int = 1):
+        super().__init__()
+        self.kernel, self.stride, self.dilation = kernel, stride, dilation
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad_h = same_padding(x.shape[-2], self.kernel, self.stride, self.dilation)
+        pad_w = same_padding(x.shape[-1], self.kernel, self.stride, self.dilation)
+        if pad_h == 0 and pad_w == 0:
+            return x
+        return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+
+
+class StdConv2d(nn.Conv2d):
+    """A weight-standardized convolution whose weight is standardized once, at load time.
+
+    `checkpoint.build_model` turns raw checkpoint weights into standardized ones with
+    `standardize_conv_weight`, so forward is an ordinary convolution. `eps` is kept for that step.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        padding_mode: str | None = None,
+        eps: float = 1e-8,
+    ):
+        padding, dynamic = conv_padding(padding_mode, kernel, stride, dilation)
+        super().__init__(
+            in_channels, out_channels, kernel, stride=stride, padding=padding, dilation=dilation, bias=False
+        )
+        self.pad = DynamicPad2d(kernel, stride, dilation) if dynamic else None
+        self.eps = eps
+        # Which kernel runs the convolution: False, PyTorch's dispatch; True, oneDNN's called
+        # directly. The engine (`bitcli.engine.prepare`) decides, once, and records its choice.
+        self.onednn = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pad is not None:
+            x = self.pad(x)
+        if self.onednn:
+            return onednn_conv(x, self)
+        return super().forward(x)
+
+
+def onednn_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """`conv(x)` through oneDNN's convolution (a private PyTorch op; the engine checks it first)."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+        "none", [], "",
+    )
+
+
+class GroupNormAct(nn.GroupNorm):
+    """GroupNorm followed by the activation (or none, for the last norm of a v1.5 bottleneck)."""
+
+    def __init__(self, config: BitConfig, channels: int, *, activation: bool = True):
+        super().__init__(config.num_groups, channels, eps=1e-5, affine=True)
+        self.act = make_activation(config.hidden_act) if activation else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
+
+
+class BitEmbeddings(nn.Module):
+    """The stem: 7x7 stride-2 convolution, then a 3x3 stride-2 max-pool."""
+
+    def __init__(self, config: BitConfig):
+        super().__init__()
+        self.convolution = StdConv2d(
+            config.num_channels,
+            config.embedding_size,
+            7,
+            stride=2,
+            padding_mode=config.global_padding,
+            eps=config.ws_eps,
+        )
+        # Subtly not the same as max-pool padding=1: padding with zeros (after the conv, before
+        # any ReLU) lets a zero win the max where every real value in the window is negative.
+        self.pad = nn.Identity() if config.global_padding == "SAME" else nn.ConstantPad2d(1, 0.0)
+        self.norm = GroupNormAct(config, config.embedding_size) if config.layer_type == "bottleneck" else None
+        self.pool_pad = DynamicPad2d(3, 2) if config.embedding_dynamic_padding else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pad(self.convolution(x))
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.pool_pad is not None:
+            x = self.pool_pad(x)
+        return F.max_pool2d(x, kernel_size=3, stride=2)
+
+
+class BitDownsampleConv(nn.Module):
+    """Projection shortcut of the first block of a stage: 1x1 convolution (+ GroupNorm in v1.5)."""
+
+    def __init__(self, config: BitConfig, in_channels: int, out_channels: int, stride: int, *, preact: bool):
+        super().__init__()
+        self.conv = StdConv2d(
+            in_channels, out_channels, 1, stride=stride, padding_mode=config.global_padding, eps=config.ws_eps
+        )
+        self.norm = None if preact else GroupNormAct(config, out_channels, activation=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        return x if self.norm is None else self.norm(x)
+
+
+class PreActBottleneck(nn.Module):
+    """ResNet-v2 block: norm-act before each convolution; the stride sits on the 3x3 convolution."""
+
+    def __init__(self, config: BitConfig, in_channels: int, out_channels: int, stride: int, first: bool, **_):
+        super().__init__()
+        mid = make_divisible(out_channels * 0.25)
+        pad, eps = config.global_padding, config.ws_eps
+        self.downsample = BitDownsampleConv(config, in_channels, out_channels, stride, preact=True) if first else None
+        self.norm1 = GroupNormAct(config, in_channels)
+        self.conv1 = StdConv2d(in_channels, mid, 1, padding_mode=pad, eps=eps)
+        self.norm2 = GroupNormAct(config, mid)
+        # transformers builds this 3x3 convolution without dilation even when output_stride asks
+        # for it; we reproduce that so its checkpoints give its numbers.
+        self.conv2 = StdConv2d(mid, mid, 3, stride=stride, padding_mode=pad, eps=eps)
+        self.norm3 = GroupNormAct(config, mid)
+        self.conv3 = StdConv2d(mid, out_channels, 1, padding_mode=pad, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_preact = self.norm1(x)
+        shortcut = x if self.downsample is None else self.downsample(x_preact)
+        x = self.conv1(x_preact)
+        x = self.conv2(self.norm2(x))
+        x = self.conv3(self.norm3(x))
+        return x.add_(shortcut)  # x is a fresh tensor from conv3, safe to add into
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 block (used by ViT-hybrid backbones): convolution, then norm-act."""
+
+    def __init__(
+        self, config: BitConfig, in_channels: int, out_channels: int, stride: int, first: bool, dilation: int = 1
+    ):
+        super().__init__()
+        mid = make_divisible(out_channels * 0.25)
+        pad, eps = config.global_padding, config.ws_eps
+        self.downsample = BitDownsampleConv(config, in_channels, out_channels, stride, preact=False) if first else None
+        self.conv1 = StdConv2d(in_channels, mid, 1, padding_mode=pad, eps=eps)
+        self.norm1 = GroupNormAct(config, mid)
+        self.conv2 = StdConv2d(mid, mid, 3, stride=stride, dilation=dilation, padding_mode=pad, eps=eps)
+        self.norm2 = GroupNormAct(config, mid)
+        self.conv3 = StdConv2d(mid, out_channels, 1, padding_mode=pad, eps=eps)
+        self.norm3 = GroupNormAct(config, out_channels, activation=False)
+        self.act = make_activation(config.hidden_act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.norm1(self.conv1(x))
+        x = self.norm2(self.conv2(x))
+        x = self.norm3(self.conv3(x))
+        return self.act(x.add_(shortcut))
+
+
+class BitStage(nn.Module):
+    def __init__(
+        self, config: BitConfig, in_channels: int, out_channels: int, stride: int, dilation: int, depth: int
+    ):
+        super().__init__()
+        block = PreActBottleneck if config.layer_type == "preactivation" else Bottleneck
+        # As in transformers/timm: the first block of a dilated stage uses the previous dilation.
+        first_dilation = 1 if dilation in (1, 2) else 2
+        self.layers = nn.Sequential()
+        for index in range(depth):
+            self.layers.add_module(
+                str(index),
+                block(
+                    config,
+                    in_channels if index == 0 else out_channels,
+                    out_channels,
+                    stride=stride if index == 0 else 1,
+                    first=index == 0,
+                    dilation=first_dilation if index == 0 else dilation,
+                ),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class BitEncoder(nn.Module):
+    def __init__(self, config: BitConfig):
+        super().__init__()
+        self.stages = nn.ModuleList()
+        in_channels = config.embedding_size
+        plan = stage_strides_and_dilations(config)
+        for depth, out_channels, (stride, dilation) in zip(config.depths, config.stage_widths, plan):
+            self.stages.append(BitStage(config, in_channels, out_channels, stride, dilation, depth))
+            in_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+class BitBackbone(nn.Module):
+    """Stem, stages and (pre-activation only) the final norm-act: everything before pooling."""
+
+    def __init__(self, config: BitConfig):
+        super().__init__()
+        self.config = config
+        self.embedder = BitEmbeddings(config)
+        self.encoder = BitEncoder(config)
+        self.norm = GroupNormAct(config, config.feature_dim) if config.layer_type == "preactivation" else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.encoder(self.embedder(x))
+        return x if self.norm is None else self.norm(x)
+
+    def steps(self) -> list[nn.Module]:
+        """The modules `forward` runs, in order: stem, each stage, the final norm."""
+        return [self.embedder, *self.encoder.stages] + ([self.norm] if self.norm is not None else [])
+
+    def step_activation_bytes(self, height: int, width: int, element_size: int) -> list[int]:
+        """Per image, the largest activation each of `steps()` writes (an estimate from the shapes)."""
+        # The stem's largest tensor is its convolution's output (stride 2), before the max-pool.
+        h, w = -(-height // 2), -(-width // 2)
+        sizes = [self.config.embedding_size * h * w * element_size]
+        h, w = -(-h // 2), -(-w // 2)
+        for (stride, _), channels in zip(stage_strides_and_dilations(self.config), self.config.stage_widths):
+            h, w = -(-h // stride), -(-w // stride)
+            sizes.append(channels * h * w * element_size)
+        if self.norm is not None:
+            sizes.append(sizes[-1])
+        return sizes
+
+
+class BiT(nn.Module):
+    """A BiT image classifier / feature extractor."""
+
+    def __init__(self, config: BitConfig):
+        super().__init__()
+        self.config = config
+        self.bit = BitBackbone(config)
+        head = nn.Linear(config.feature_dim, config.num_labels) if config.num_labels > 0 else None
+        # Sequential(Flatten, Linear) only to keep transformers' key name `classifier.1`.
+        self.classifier = nn.Sequential(nn.Flatten(), head) if head is not None else None
+
+    @property
+    def has_head(self) -> bool:
+        return self.classifier is not None
+
+    def forward_features(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        """(final feature map [N, C, H, W], pooled features [N, C]) for images [N, 3, H, W].
+
+        The pooled features are float32 whatever the backbone's precision; the feature map has
+        the backbone's dtype (bfloat16 after `engine.optimize_for_inference(precision="bf16")`).
+        """
+        dtype = self.bit.embedder.convolution.weight.dtype
+        feature_map = self.bit(pixel_values.to(dtype))
+        pooled = feature_map.mean(dim=(2, 3), dtype=torch.float32)
+        return feature_map, pooled
+
+    def forward_head(self, pooled: Tensor) -> Tensor:
+        """Logits [N, num_labels] from pooled features [N, C]."""
+        if self.classifier is None:
+            raise RuntimeError("this model has no classifier head (num_labels is 0); use its features")
+        return self.classifier(pooled.to(self.classifier[1].weight.dtype))
+
+    def forward(self, pixel_values: Tensor) -> BitOutput:
+        feature_map, pooled = self.forward_features(pixel_values)
+        logits = self.forward_head(pooled) if self.has_head else None
+        return BitOutput(logits=logits, pooled=pooled, last_hidden_state=feature_map)
+
+    def standardized_convs(self) -> dict[str, float]:
+        """State-dict key -> eps of every weight that checkpoint loading must standardize."""
+        return {f"{name}.weight": module.eps for name, module in self.named_modules() if isinstance(module, StdConv2d)}
+
+
+@torch.no_grad()
+def standardize_conv_weight(weight: Tensor, eps: float) -> Tensor:
+    """(w - mean) / sqrt(biased var + eps) per output channel, computed in float32."""
+    dtype = weight.dtype
+    w = weight.to(torch.float32)
+    flat = w.reshape(w.shape[0], -1)
+    mean = flat.mean(dim=1, keepdim=True)
+    var = flat.var(dim=1, unbiased=False, keepdim=True)
+    return ((flat - mean) / torch.sqrt(var + eps)).reshape_as(w).to(dtype)

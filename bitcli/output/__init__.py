@@ -1,0 +1,86 @@
+"""Renderers: results -> tables (people) or jsonl / json / csv (machines), data to stdout only.
+
+Commands build plain records (`bitcli.results`, dicts); this package alone decides how they look:
+`records.py` the machine formats, `tables.py` classification as tables (printed while the run
+goes on), `info.py` the tables of `bit inspect` and `bit models`. Messages, warnings and progress
+go to stderr, written by the command layer (`bitcli.cli.common.Ui`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import IO, Any, Iterable, Sequence
+
+from bitcli.output.records import (
+    ClassifyRenderer,
+    CsvRenderer,
+    JsonArrayRenderer,
+    JsonlRenderer,
+    is_terminal,
+    resolve_format,
+    same_terminal,
+    to_json,
+    write_json,
+)
+from bitcli.output.info import inspect_tables, models_table, short_size
+from bitcli.output.tables import COMPACT_AFTER, TableRenderer, compact_table, runners_up_text, stdout_console
+from bitcli.results import ClassifyResult
+
+__all__ = [
+    "COMPACT_AFTER", "classify_renderer", "compact_table", "is_terminal", "models_table", "render_classify",
+    "render_inspect", "render_models", "resolve_format", "same_terminal", "runners_up_text", "short_size", "stdout_console",
+    "to_json",
+]
+
+
+def classify_renderer(
+    fmt: str,
+    stream: IO[str],
+    *,
+    count: int,
+    top_k: int,
+    paths: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+) -> ClassifyRenderer:
+    """The renderer for a resolved format (`auto` must be resolved first).
+
+    `paths` (every input) and `labels` (the model's class names) let a table fix its column
+    widths before the first row; the machine formats ignore them.
+    """
+    if fmt == "jsonl":
+        return JsonlRenderer(stream)
+    if fmt == "json":
+        return JsonArrayRenderer(stream)
+    if fmt == "csv":
+        return CsvRenderer(stream)
+    if fmt == "table":
+        return TableRenderer(stream, count=count, top_k=top_k, paths=paths, labels=labels)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def render_classify(results: Iterable[ClassifyResult], fmt: str, *, count: int, top_k: int) -> str:
+    """Render everything to a string (tests, library users); the CLI streams instead."""
+    buf = io.StringIO()
+    renderer = classify_renderer(fmt, buf, count=count, top_k=top_k)
+    for r in results:
+        renderer.write(r)
+    renderer.close()
+    return buf.getvalue()
+
+
+def render_inspect(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
+    """`bit inspect`: the report as one pretty JSON object, or as a few rich tables."""
+    if fmt == "json":
+        write_json(report, stream)
+        return
+    console = stdout_console(stream)
+    for table in inspect_tables(report):
+        console.print(table)
+
+
+def render_models(rows: list[dict[str, Any]], fmt: str, stream: IO[str], default: str | None = None) -> None:
+    """`bit models`: the rows of `hub.list_known_models()` as JSON, or a table that fits 80 columns."""
+    if fmt == "json":
+        write_json(rows, stream)
+        return
+    stdout_console(stream).print(models_table(rows, default))

@@ -1,0 +1,64 @@
+"""`bit eval`'s figures on stdout: one JSON object, or tables (summary, per class, confusion matrix)."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from bitcli.output.records import write_json
+from bitcli.output.tables import format_percent, stdout_console
+
+# Classes beyond this many: the confusion matrix is left out of the table view (it is in the JSON).
+MAX_MATRIX_CLASSES = 20
+
+
+def render_evaluation(record: dict[str, Any], fmt: str, stream: IO[str]) -> None:
+    """`record` is `Evaluation.as_dict()`; fmt "json" or "table"."""
+    if fmt == "json":
+        write_json(record, stream)
+        return
+    console = stdout_console(stream)
+    for table in evaluation_tables(record):
+        console.print(table)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else format_percent(value)
+
+
+def evaluation_tables(record: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+    from rich.text import Text
+
+    summary = Table(title=Text("Evaluation", style="bold"), title_justify="left", show_header=False, show_edge=False)
+    summary.add_column("field", style="dim")
+    summary.add_column("value")
+    summary.add_row("model", str(record.get("model", "")))
+    summary.add_row("images", f"{record['n']:,}" + (f" ({record['failed']} unreadable, left out)" if record.get("failed") else ""))
+    summary.add_row("accuracy", _percent(record["accuracy"]))
+    summary.add_row("top-5 accuracy", _percent(record["top5"]) if record["top5"] is not None else "- (5 classes or fewer)")
+    tables = [summary]
+
+    per_class = Table(title=Text("Per class", style="bold"), title_justify="left", show_edge=False)
+    for name, justify in (("class", "left"), ("precision", "right"), ("recall", "right"), ("support", "right")):
+        per_class.add_column(name, justify=justify)
+    matched = record.get("matched", {})
+    for name, row in record["per_class"].items():
+        shown = f"{name} ({matched[name]})" if name in matched else name
+        per_class.add_row(Text(shown), _percent(row["precision"]), _percent(row["recall"]), f"{row['support']:,}")
+    tables.append(per_class)
+
+    classes = record["classes"]
+    if len(classes) <= MAX_MATRIX_CLASSES:
+        other = record.get("predicted_other")
+        matrix = Table(title=Text("Confusion (rows: true class, columns: predicted)", style="bold"),
+                       title_justify="left", show_edge=False)
+        matrix.add_column("")
+        for name in classes:
+            matrix.add_column(Text(name), justify="right")
+        if other is not None:
+            matrix.add_column("other", justify="right", style="dim")
+        for i, name in enumerate(classes):
+            cells = [str(v) for v in record["confusion"][i]] + ([str(other[i])] if other is not None else [])
+            matrix.add_row(Text(name), *cells)
+        tables.append(matrix)
+    return tables

@@ -1,0 +1,174 @@
+"""Tables for people (rich) about models: `bit inspect`'s report and `bit models`' zoo, on stdout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bitcli.util import human_bytes
+
+
+def _key_value_table(title: str, rows: list[tuple[str, Any]]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title, style="bold"), title_justify="left", show_header=False, show_edge=False)
+    table.add_column("field", style="dim")
+    table.add_column("value", overflow="fold")
+    for key, value in rows:
+        table.add_row(key, Text(_show(value)))
+    return table
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_show(v) for v in value) if value else "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_show(v)}" for k, v in value.items())
+    return str(value)
+
+
+def numbered(names: list[str]) -> str:
+    """One name per line with its class index: label names contain commas ('tench, Tinca tinca')."""
+    return "\n".join(f"{index}  {name}" for index, name in enumerate(names)) or "-"
+
+
+def format_size(num_bytes: int | None) -> str:
+    return "-" if num_bytes is None else human_bytes(num_bytes)
+
+
+def format_count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} M ({n:,})"
+    return f"{n:,}"
+
+
+def inspect_tables(report: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+    from rich.text import Text
+
+    arch = report.get("architecture", {})
+    pre = report.get("preprocessing", {})
+    labels = report.get("labels", {})
+    tables = [
+        _key_value_table(
+            "Model",
+            [
+                ("model", report.get("model")),
+                ("revision", report.get("revision")),
+                ("commit", report.get("commit")),
+                ("path", report.get("path")),
+                ("source", report.get("source")),
+                ("checkpoint format", report.get("checkpoint_format")),
+                ("weights format", report.get("weights_format")),
+            ],
+        )
+    ]
+    files = Table(title=Text("Files", style="bold"), title_justify="left", show_edge=False)
+    files.add_column("file")
+    files.add_column("size", justify="right")
+    for f in report.get("files", []):
+        files.add_row(Text(f.get("name", "")), format_size(f.get("size")))
+    tables.append(files)
+    tables.append(
+        _key_value_table(
+            "Architecture",
+            [
+                ("variant", arch.get("name")),
+                ("layer type", arch.get("layer_type")),
+                ("depths", arch.get("depths")),
+                ("stem width", arch.get("stem_width")),
+                ("stage widths", arch.get("widths")),
+                ("width factor", arch.get("width_factor")),
+                ("groupnorm groups", arch.get("num_groups")),
+                ("padding", arch.get("padding")),
+                ("output stride", arch.get("output_stride")),
+                ("activation", arch.get("activation")),
+                ("ws eps", arch.get("ws_eps")),
+                ("parameters", format_count(report.get("num_parameters", 0))),
+                ("feature dim", report.get("feature_dim")),
+                ("input size", report.get("input_size")),
+                ("GFLOPs / image", report.get("gflops")),
+            ],
+        )
+    )
+    tables.append(
+        _key_value_table(
+            "Preprocessing",
+            [
+                ("resize", pre.get("resize")),
+                ("crop", pre.get("crop")),
+                ("interpolation", pre.get("interpolation")),
+                ("mean", pre.get("mean")),
+                ("std", pre.get("std")),
+            ],
+        )
+    )
+    tables.append(
+        _key_value_table(
+            "Labels",
+            [
+                ("count", report.get("num_labels")),
+                ("source", labels.get("source")),
+                ("first", numbered(labels.get("first") or [])),
+            ],
+        )
+    )
+    return tables
+
+
+MODELS_CAPTION = (
+    "download: the float32 weights, about 4 bytes per parameter. cached: size on disk in the "
+    "Hugging Face cache, or no. --format json adds each repository, revision and description.\n"
+    "bit-50 and bit-m-r50x1 are the same network and training (BiT-M R50x1, ImageNet-21k pre-trained, "
+    "fine-tuned on ImageNet-1k at 448 px) packaged twice: bit-50 is the transformers port "
+    "(google/bit-50, pinned commit), bit-m-r50x1 is timm's copy."
+)
+
+
+def models_table(rows: list[dict[str, Any]], default: str | None = None) -> Any:
+    """alias, input size, classes, top-1, parameters, download size, cached (size on disk, or no).
+
+    About 75 columns wide; the repository and description are left to --format json. The row
+    whose `default` is true gets a `*`; `default` (the reference commands use without --model)
+    is named under the table.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    caption = MODELS_CAPTION
+    if default is not None:
+        marked = any(row.get("default") for row in rows)
+        caption = f"* default: {default}" + ("" if marked else " (not in this list)") + (
+            " (--model or $BIT_MODEL to change)\n" + caption
+        )
+    table = Table(show_edge=False, pad_edge=False, caption=caption, caption_justify="left")
+    table.add_column("alias", no_wrap=True)
+    for name in ("input", "classes", "top-1", "params", "download"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("cached", no_wrap=True)
+    for row in rows:
+        top1 = row.get("top1")
+        table.add_row(
+            Text(str(row["alias"]) + (" *" if row.get("default") else "")),
+            str(row["input_size"]),
+            f"{row['num_classes']:,}",
+            "-" if top1 is None else f"{top1:.2f}",
+            format_millions(row["num_parameters"]),
+            short_size(row["download_bytes"]),
+            short_size(row["size_bytes"]) if row.get("cached") else "no",
+        )
+    return table
+
+
+def short_size(num_bytes: int) -> str:
+    """Bytes to three significant digits with decimal units: '102 MB', '1.55 GB', '68.3 kB'."""
+    return human_bytes(num_bytes, three_digits=True)
+
+
+def format_millions(n: int) -> str:
+    """A parameter count in six characters or fewer: 25549352 -> '25.5M', 1107299923 -> '1.11B'."""
+    return f"{n / 1e6:.1f}M" if n < 999_950_000 else f"{n / 1e9:.2f}B"

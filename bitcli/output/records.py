@@ -1,0 +1,131 @@
+"""Machine formats: jsonl, one JSON array, csv, and pretty JSON objects (data to stdout only).
+
+Classification is rendered as a stream (one `write` per result, in input order) so that jsonl,
+csv and the json array reach stdout while a long run is still going.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import IO, Any, Protocol
+
+from bitcli.results import ClassifyResult
+
+CSV_HEADER = ("path", "rank", "index", "label", "score")
+
+
+def resolve_format(fmt: str, stream: IO[str]) -> str:
+    """`auto` -> `table` when `stream` is a terminal, else `jsonl`; other formats pass through."""
+    if fmt != "auto":
+        return fmt
+    return "table" if is_terminal(stream) else "jsonl"
+
+
+def is_terminal(stream: IO[Any] | None) -> bool:
+    """Whether `stream` is a terminal (False for None, closed or fake streams)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def same_terminal(first: IO[Any] | None, second: IO[Any] | None) -> bool:
+    """Whether two streams are the same terminal (a table on stdout and messages on stderr)."""
+    if not (is_terminal(first) and is_terminal(second)):
+        return False
+    try:
+        return os.path.samestat(os.fstat(first.fileno()), os.fstat(second.fileno()))
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def to_json(obj: Any) -> str:
+    """Compact one-line JSON; non-UTF-8 path bytes (surrogates) fall back to \\u escapes."""
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True)
+    return text
+
+
+def write_json(obj: Any, stream: IO[str]) -> None:
+    """One pretty-printed JSON document (`bit inspect`, `bit models`)."""
+    stream.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    stream.flush()
+
+
+class ClassifyRenderer(Protocol):
+    """`write` each result in input order, `flush` after each batch (tables print there), `close` once."""
+
+    def write(self, result: ClassifyResult) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlRenderer:
+    """One JSON object per line, flushed per result."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def write(self, result: ClassifyResult) -> None:
+        self.stream.write(to_json(result.to_dict()) + "\n")
+        self.stream.flush()
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class JsonArrayRenderer:
+    """One JSON array of the jsonl objects, streamed element by element (`[]` when empty)."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.count = 0
+
+    def write(self, result: ClassifyResult) -> None:
+        self.stream.write(("[\n" if self.count == 0 else ",\n") + to_json(result.to_dict()))
+        self.stream.flush()
+        self.count += 1
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("[]\n" if self.count == 0 else "\n]\n")
+        self.stream.flush()
+
+
+class CsvRenderer:
+    """`path,rank,index,label,score`, one row per prediction; failed inputs have no rows.
+
+    Rows end in "\\n", so the csv module would leave a lone "\\r" unquoted (it quotes only the
+    line terminator's characters): rows with a "\\r" in a field are written fully quoted.
+    """
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.writer = csv.writer(stream, lineterminator="\n")
+        self.quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        self.writer.writerow(CSV_HEADER)
+
+    def write(self, result: ClassifyResult) -> None:
+        for p in result.predictions:
+            row = (result.path, p.rank, p.index, p.label, repr(p.score))
+            writer = self.quoted if "\r" in result.path or "\r" in p.label else self.writer
+            writer.writerow(row)
+        self.stream.flush()
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()

@@ -1,0 +1,239 @@
+"""Classification as tables for people (rich), printed while the run goes on.
+
+Up to COMPACT_AFTER images: one table per image, printed as each result arrives. More: one
+compact table, a row per image, whose column widths are fixed before the first row (from the
+terminal width, the input paths and the model's label names, all known before the run), so each
+batch's rows print at once under the header and line up with the rows before them; Ctrl-C keeps
+every finished row. A failed input is one line: its path, then one red cell spanning the other
+columns, cut with an ellipsis. Header words never wrap.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import IO, Any, Iterable, Sequence
+
+from bitcli.results import ClassifyResult, Prediction
+
+# More images than this are shown as one compact table (a row per image) instead of one table each.
+COMPACT_AFTER = 4
+# The compact table: paths stay on one line when a label still gets LABEL_MIN_WIDTH columns beside
+# them; top-1 labels get up to LABEL_WIDE; runners-up appear only with RUNNERS_UP_MIN_WIDTH left.
+LABEL_MIN_WIDTH = 14
+LABEL_WIDE = 30
+RUNNERS_UP_MIN_WIDTH = 24
+PROBABILITY_WIDTH = len("probability")
+CLASS_WIDTH = len("class")
+SEPARATOR = 3  # " │ " between two columns (no padding at the table's edges)
+
+
+def stdout_console(stream: IO[str] | None = None) -> Any:
+    """A rich console on stdout for tables (colour off when NO_COLOR is set or not a terminal).
+
+    A closed pipe raises BrokenPipeError, as for the other formats (rich itself would exit 1)."""
+    from rich.console import Console
+
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError("stdout was closed")
+
+    return StdoutConsole(file=stream or sys.stdout, highlight=False, soft_wrap=False)
+
+
+def format_percent(score: float) -> str:
+    return f"{score * 100:.2f}%"
+
+
+class TableRenderer:
+    """Per-image tables, or one compact table for more than COMPACT_AFTER images.
+
+    `paths` (every input path) and `labels` (the model's class names) fix the compact table's
+    column widths before the first row; without them the rows given so far decide. Per-image
+    tables print in `write`; compact rows wait for `flush` (the command calls it once per batch)
+    or `close`.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        count: int,
+        top_k: int,
+        paths: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+    ):
+        self.console = stdout_console(stream)
+        self.compact = count > COMPACT_AFTER
+        self.top_k = top_k
+        self.paths, self.labels = paths, labels
+        self.layout: CompactLayout | None = None
+        self.pending: list[ClassifyResult] = []
+        self.written = 0
+
+    def write(self, result: ClassifyResult) -> None:
+        if self.compact:
+            self.pending.append(result)
+            return
+        from rich.text import Text
+
+        if self.written:
+            self.console.print()
+        self.written += 1
+        # The path on its own line: a table title would wrap long paths.
+        self.console.print(Text(result.path, style="bold"), soft_wrap=True)
+        if result.error is not None:
+            self.console.print(failure_text(result.error), no_wrap=True, overflow="ellipsis")
+        else:
+            self.console.print(image_table(result))
+
+    def flush(self) -> None:
+        """Print the compact rows written since the last flush (the header with the first)."""
+        if not self.pending:
+            return
+        if self.layout is None:
+            self.layout = CompactLayout.plan(
+                self.paths if self.paths is not None else [r.path for r in self.pending],
+                self.labels if self.labels is not None else [p.label for r in self.pending for p in r.predictions],
+                self.top_k,
+                self.console.width,
+            )
+            self.console.print(self.layout.table(header=True))
+        for renderable in self.layout.rows(self.pending):
+            self.console.print(renderable)
+        self.written += len(self.pending)
+        self.pending = []
+
+    def close(self) -> None:
+        self.flush()
+
+
+def failure_text(error: str) -> Any:
+    from rich.text import Text
+
+    return Text(f"failed: {error}", style="red", no_wrap=True, overflow="ellipsis")
+
+
+def image_table(result: ClassifyResult) -> Any:
+    """rank, label, probability, class; the number columns never wrap, nor do headers."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_edge=False)
+    table.add_column("rank", justify="right", no_wrap=True, min_width=len("rank"))
+    table.add_column("label", min_width=len("label"))
+    table.add_column("probability", justify="right", no_wrap=True, min_width=PROBABILITY_WIDTH)
+    table.add_column("class", justify="right", style="dim", no_wrap=True, min_width=CLASS_WIDTH)
+    for p in result.predictions:
+        table.add_row(str(p.rank), Text(p.label), format_percent(p.score), str(p.index))
+    return table
+
+
+@dataclass(frozen=True)
+class CompactLayout:
+    """The compact table's column widths, fixed before its first row."""
+
+    path: int
+    path_folds: bool  # the last resort: a path too long for the terminal folds over lines
+    label: int
+    runners: int | None  # None: no runners-up column
+    top_k: int
+
+    @classmethod
+    def plan(cls, paths: Iterable[str], labels: Iterable[str], top_k: int, width: int) -> CompactLayout:
+        """Widths for a terminal of `width` columns, given every path and every label name."""
+        from rich.cells import cell_len
+
+        path_need = max([len("image"), *(cell_len(p) for p in paths)])
+        longest_label = max([len("top-1"), *(cell_len(name) for name in labels)])
+        label_need = min(longest_label, LABEL_WIDE)
+        fixed = PROBABILITY_WIDTH + CLASS_WIDTH + 3 * SEPARATOR
+        path_room = width - fixed - min(label_need, LABEL_MIN_WIDTH)
+        path, folds = (path_need, False) if path_need <= path_room else (max(path_room, 10), True)
+        rest = width - fixed - path
+        if top_k > 1 and rest - label_need - SEPARATOR >= RUNNERS_UP_MIN_WIDTH:
+            return cls(path, folds, label_need, rest - label_need - SEPARATOR, top_k)
+        return cls(path, folds, max(min(rest, longest_label), len("top-1")), None, top_k)
+
+    @property
+    def span(self) -> int:
+        """Width of everything right of the path column (a failure's one cell)."""
+        columns = [self.label, PROBABILITY_WIDTH, CLASS_WIDTH] + ([self.runners] if self.runners else [])
+        return sum(columns) + SEPARATOR * (len(columns) - 1)
+
+    def table(self, *, header: bool = False) -> Any:
+        from rich.table import Table
+
+        table = Table(show_edge=False, pad_edge=False, show_header=header)
+        if self.path_folds:
+            table.add_column("image", width=self.path, overflow="fold")
+        else:
+            table.add_column("image", width=self.path, no_wrap=True)
+        table.add_column("top-1", width=self.label, overflow="fold")
+        table.add_column("probability", width=PROBABILITY_WIDTH, justify="right", no_wrap=True)
+        table.add_column("class", width=CLASS_WIDTH, justify="right", style="dim", no_wrap=True)
+        if self.runners:
+            table.add_column("runners-up", width=self.runners, style="dim", no_wrap=True)
+        return table
+
+    def failure_table(self, result: ClassifyResult) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(show_edge=False, pad_edge=False, show_header=False)
+        table.add_column("image", width=self.path, overflow="fold", no_wrap=not self.path_folds)
+        table.add_column("failure", width=self.span, no_wrap=True, overflow="ellipsis")
+        table.add_row(Text(result.path), failure_text(str(result.error)))
+        return table
+
+    def rows(self, results: Iterable[ClassifyResult]) -> list[Any]:
+        """Renderables for `results` in order: runs of good rows as one table, each failure alone."""
+        from rich.text import Text
+
+        out: list[Any] = []
+        table = None
+        for r in results:
+            if r.error is not None:
+                out.append(self.failure_table(r))
+                table = None
+                continue
+            if table is None:
+                table = self.table()
+                out.append(table)
+            best = r.predictions[0]
+            row = [Text(r.path), Text(best.label), format_percent(best.score), str(best.index)]
+            if self.runners:
+                row.append(Text(runners_up_text(r.predictions[1:], self.runners)))
+            table.add_row(*row)
+        return out
+
+
+def compact_table(results: Iterable[ClassifyResult], top_k: int, width: int) -> Any:
+    """The whole compact table at once (header and rows) for `results`, as one renderable."""
+    from rich.console import Group
+
+    results = list(results)
+    layout = CompactLayout.plan(
+        [r.path for r in results], [p.label for r in results for p in r.predictions], top_k, width
+    )
+    return Group(layout.table(header=True), *layout.rows(results))
+
+
+def runners_up_text(predictions: list[Prediction], room: int | None) -> str:
+    """'tiger cat 10.00%; Egyptian cat 5.00%', as many as fit in `room` characters, then '…'."""
+    parts = [f"{first_name(p.label)} {format_percent(p.score)}" for p in predictions]
+    if room is None:
+        return "; ".join(parts)
+    text = ""
+    for n, part in enumerate(parts):
+        candidate = f"{text}; {part}" if text else part
+        more = n + 1 < len(parts)
+        if len(candidate) + (3 if more else 0) > room:
+            return f"{text}; …" if text else "…"
+        text = candidate
+    return text
+
+
+def first_name(label: str) -> str:
+    """The first of an ImageNet label's comma-separated synonyms ('tabby, tabby cat' -> 'tabby')."""
+    return label.split(", ", 1)[0]

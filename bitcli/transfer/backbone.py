@@ -1,0 +1,195 @@
+"""The base model for transfer: raw weights, a trainable network, and weights for export.
+
+This is the one module of `bitcli.transfer` that reaches into bitcli's model and checkpoint
+internals (the imports at the top); everything else uses the public API.
+
+Why raw weights: `bitcli.checkpoint.load_model` standardizes every convolution's weight once at
+load time, which is exact for inference but loses each filter's mean and scale. Fine-tuning
+needs both: weight standardization divides the gradient by the filter's standard deviation, so
+the effective step size of the release's learning rate depends on the raw scale. The trainable
+model therefore holds the checkpoint's raw weights and standardizes them in every forward pass
+(a `torch.nn.utils.parametrize` parametrization, differentiable), as timm, transformers and
+the original code do in training.
+
+Export: transformers standardizes with eps 1e-8 whatever the source. A raw weight w trained with
+another eps (the original release's 1e-10) is exported as w * sqrt(1e-8 / eps): standardizing
+that with 1e-8 gives exactly what standardizing w with eps gave, because
+(k w - k m) / sqrt(k^2 v + 1e-8) = (w - m) / sqrt(v + 1e-8 / k^2).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from bitcli.checkpoint import read_checkpoint  # raw (unstandardized) weights, canonical names
+from bitcli.errors import CheckpointError
+from bitcli.model import BiT, BitConfig, StdConv2d
+from bitcli.preprocess import PreprocessConfig
+from bitcli.util import first_line
+
+TRANSFORMERS_WS_EPS = 1e-8  # what transformers' BiT standardizes with (fixed in its code)
+HEAD_KEYS = ("classifier.1.weight", "classifier.1.bias")
+
+__all__ = ["Base", "BitConfig", "PreprocessConfig", "load_base", "trainable_model", "export_state_dict"]
+
+
+@dataclass
+class Base:
+    """A base checkpoint as transfer needs it: raw float32 backbone weights and metadata."""
+
+    ref: str
+    path: Path
+    config: BitConfig
+    backbone: dict[str, Tensor]  # raw weights without the head, canonical (transformers) names
+    preprocess: PreprocessConfig
+    source_format: str
+    repo_id: str | None
+    commit: str | None
+    files: list[Path]
+
+    @property
+    def input_size(self) -> int:
+        """The base's evaluation input size (its crop), e.g. 448 for google/bit-50."""
+        return int(max(self.preprocess.input_size))
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies these weights: the reference and each file's name, size and mtime."""
+        files = []
+        for f in self.files:
+            try:
+                info = os.stat(f)
+                files.append([Path(f).name, info.st_size, info.st_mtime_ns])
+            except OSError:
+                files.append([Path(f).name, None, None])
+        return {
+            "model": self.repo_id or str(Path(self.path).resolve()),
+            "commit": self.commit,
+            "format": self.source_format,
+            "files": files,
+        }
+
+
+def load_base(ref: str | Path, *, offline: bool | None = None) -> Base:
+    """Resolve `ref` like every bitcli command (hub id, alias, folder, .npz) and read raw weights."""
+    from bitcli.hub import resolve_model
+
+    resolved = resolve_model(str(ref), offline=offline)
+    try:
+        raw = read_checkpoint(Path(resolved.path))
+    except CheckpointError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ref}: cannot read the checkpoint ({first_line(exc)})") from exc
+    backbone = {k: v.to(torch.float32) for k, v in raw.state_dict.items() if k not in HEAD_KEYS}
+    return Base(
+        ref=str(ref),
+        path=Path(resolved.path),
+        config=raw.config,
+        backbone=backbone,
+        preprocess=raw.preprocess,
+        source_format=raw.source_format,
+        repo_id=resolved.repo_id,
+        commit=resolved.commit,
+        files=list(raw.files),
+    )
+
+
+def with_classes(config: BitConfig, classes: list[str]) -> BitConfig:
+    """The base's architecture with a head for `classes`."""
+    return replace(config, num_labels=len(classes), id2label=dict(enumerate(classes)))
+
+
+class Standardize(nn.Module):
+    """Weight standardization as a differentiable parametrization: (w - mean) / sqrt(var + eps)."""
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, weight: Tensor) -> Tensor:
+        flat = weight.reshape(weight.shape[0], -1)
+        mean = flat.mean(dim=1, keepdim=True)
+        var = flat.var(dim=1, unbiased=False, keepdim=True)
+        return ((flat - mean) / torch.sqrt(var + self.eps)).reshape_as(weight)
+
+
+def trainable_model(base: Base, classes: list[str], head: dict[str, Tensor] | None = None) -> BiT:
+    """The base network with raw weights, standardization in forward, and a new head.
+
+    `head`: {"weight": [K, C], "bias": [K]}; None gives the HyperRule's zero-initialized head.
+    """
+    config = with_classes(base.config, classes)
+    with torch.device("meta"):
+        model = BiT(config)
+    weights = {k: v.clone() for k, v in base.backbone.items()}
+    if head is None:
+        weights[HEAD_KEYS[0]] = torch.zeros(len(classes), config.feature_dim)
+        weights[HEAD_KEYS[1]] = torch.zeros(len(classes))
+    else:
+        weights[HEAD_KEYS[0]], weights[HEAD_KEYS[1]] = head["weight"].clone(), head["bias"].clone()
+    try:
+        model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{base.ref}: weights do not fit {config.variant_name} ({first_line(exc)})") from None
+    for module in model.modules():
+        if isinstance(module, StdConv2d):
+            parametrize.register_parametrization(module, "weight", Standardize(module.eps))
+    return model.train().requires_grad_(True)
+
+
+def raw_weights(model: BiT) -> dict[str, Tensor]:
+    """The trainable model's raw weights under canonical names (parametrizations unwrapped)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        out[key.replace("parametrizations.weight.original", "weight")] = value.detach().clone()
+    return out
+
+
+def export_state_dict(raw: dict[str, Tensor], ws_eps: float) -> dict[str, Tensor]:
+    """Raw weights trained with standardization eps `ws_eps` -> weights transformers reads exactly.
+
+    Rescales every standardized convolution's weight by sqrt(1e-8 / ws_eps) (see the module
+    docstring); a no-op for timm and transformers bases (eps 1e-8).
+    """
+    out = {k: v.detach().to(torch.float32).contiguous() for k, v in raw.items()}
+    if ws_eps == TRANSFORMERS_WS_EPS:
+        return out
+    scale = math.sqrt(TRANSFORMERS_WS_EPS / ws_eps)
+    for key in standardized_keys(out):
+        out[key] = out[key] * scale
+    return out
+
+
+def standardized_keys(state_dict: dict[str, Tensor]) -> list[str]:
+    """Keys of weight-standardized convolutions: every 4-D weight of a BiT."""
+    return [k for k, v in state_dict.items() if v.ndim == 4 and k.endswith(".weight")]
+
+
+def transformers_config(config: BitConfig, classes: list[str]) -> dict[str, Any]:
+    """A transformers `config.json` for this architecture and the user's classes."""
+    return {
+        "architectures": ["BitForImageClassification"],
+        "model_type": "bit",
+        "num_channels": config.num_channels,
+        "embedding_size": config.embedding_size,
+        "hidden_sizes": list(config.hidden_sizes),
+        "depths": list(config.depths),
+        "layer_type": config.layer_type,
+        "hidden_act": config.hidden_act,
+        "global_padding": config.global_padding,
+        "num_groups": config.num_groups,
+        "embedding_dynamic_padding": config.embedding_dynamic_padding,
+        "output_stride": config.output_stride,
+        "width_factor": config.width_factor,
+        "id2label": {str(i): name for i, name in enumerate(classes)},
+        "label2id": {name: i for i, name in enumerate(classes)},
+        "dtype": "float32",
+    }

@@ -1,0 +1,262 @@
+"""Labelled image sets for training and evaluation: folders or lists, splits and few-shot subsets.
+
+DATA is either
+- a folder with one sub-folder per class (the ImageFolder layout): class names are the
+  sub-folder names, sorted by code point; images are found inside each class folder the way
+  `bit embed FOLDER` finds them (recursively, by signature or extension, hidden files skipped);
+  files directly in DATA are not examples (they are listed in `Dataset.ignored`); or
+- a `.csv` file of `path,label` rows (an optional `path,label` header) or a `.jsonl` file of
+  `{"path": ..., "label": ...}` objects; relative paths are relative to the list file's folder.
+
+Splits and subsets are seeded and stratified, and each class draws from its own random stream
+(seed, purpose, class name), so a class's selection does not change when other classes are added
+or removed. Every problem with the data is a `DataError` (exit code 2) naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from bitcli.errors import UsageError
+
+LIST_SUFFIXES = (".csv", ".jsonl")
+_SPLIT_STREAM, _SHOTS_STREAM = 1, 2
+_MAX_LABEL_LENGTH = 200
+
+
+class DataError(UsageError):
+    """The training or evaluation data cannot be used as given (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    path: str
+    label: int  # index into Dataset.classes
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Examples with class indices; `classes[i]` is the name of class i."""
+
+    source: str
+    classes: list[str]
+    examples: list[Example]
+    ignored: list[str] = field(default_factory=list)  # files in DATA outside any class folder
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) found while listing
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([e.label for e in self.examples], dtype=np.int64)
+
+    @property
+    def paths(self) -> list[str]:
+        return [e.path for e in self.examples]
+
+    def counts(self) -> dict[str, int]:
+        """Examples per class name, in class order (0 for classes without examples)."""
+        counter = Counter(e.label for e in self.examples)
+        return {name: counter.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def subset(self, indices: Sequence[int]) -> Dataset:
+        return replace(self, examples=[self.examples[i] for i in indices])
+
+
+def load_dataset(data: str | os.PathLike[str], *, classes: Sequence[str] | None = None) -> Dataset:
+    """Read DATA (folder or list file). With `classes`, labels are indexed in that list.
+
+    Raises DataError when DATA is missing, has no classes, a class with no images, or a label
+    that cannot be a class name.
+    """
+    path = Path(data)
+    if path.is_dir():
+        dataset = _image_folder(path)
+    elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+        dataset = _list_file(path)
+    elif path.exists():
+        raise DataError(f"{path}: not a folder of class folders, a .csv or a .jsonl file")
+    else:
+        raise DataError(f"{path}: no such folder or file")
+    for name in dataset.classes:
+        check_class_name(name, path)
+    if classes is not None:
+        dataset = reindex(dataset, classes)
+    return dataset
+
+
+def check_trainable(dataset: Dataset) -> None:
+    """At least two classes, each with at least one example."""
+    if len(dataset.classes) < 2:
+        raise DataError(
+            f"{dataset.source}: only one class ({dataset.classes[0]!r}); a classifier needs at least 2 classes"
+            if dataset.classes
+            else f"{dataset.source}: no classes"
+        )
+    empty = [name for name, count in dataset.counts().items() if count == 0]
+    if empty:
+        raise DataError(f"{dataset.source}: class {empty[0]!r} has no training images left")
+
+
+def check_class_name(name: str, source: Path) -> None:
+    """A class name must print on one line and survive `config.json` (id2label)."""
+    if not name.strip():
+        raise DataError(f"{source}: an empty class name; every example needs a label")
+    if any(ch in name for ch in "\r\n\t") or any(ord(ch) < 32 for ch in name):
+        raise DataError(f"{source}: class name {name!r} contains a control character; rename it")
+    if len(name) > _MAX_LABEL_LENGTH:
+        raise DataError(f"{source}: class name {name[:40]!r}... is longer than {_MAX_LABEL_LENGTH} characters")
+
+
+def reindex(dataset: Dataset, classes: Sequence[str]) -> Dataset:
+    """The same examples with labels indexed in `classes` (every class of `dataset` must be there)."""
+    position = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in dataset.classes if name not in position]
+    if unknown:
+        raise DataError(
+            f"{dataset.source}: class {unknown[0]!r} is not among the training classes "
+            f"({_some(list(classes))})"
+        )
+    examples = [Example(e.path, position[dataset.classes[e.label]]) for e in dataset.examples]
+    return replace(dataset, classes=list(classes), examples=examples)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _image_folder(root: Path) -> Dataset:
+    from bitcli.inputs import InputItem, expand_inputs
+
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    class_dirs = [e for e in entries if not e.name.startswith(".") and e.is_dir()]
+    ignored = [e.path for e in entries if not e.name.startswith(".") and e.is_file()]
+    if not class_dirs:
+        raise DataError(f"{root}: no class folders; expected {root}/<class name>/<images>")
+    classes = [e.name for e in class_dirs]
+    examples, unreadable = [], []
+    for label, entry in enumerate(class_dirs):
+        found = []
+        for item in expand_inputs([entry.path]):
+            if isinstance(item, InputItem):
+                found.append(item.path)
+            else:  # an unreadable sub-folder, a symlink loop: reported, not fatal
+                unreadable.append((item.path, item.reason))
+        if not found:
+            raise DataError(f"{entry.path}: class folder with no images; add images or remove the folder")
+        examples.extend(Example(p, label) for p in found)
+    return Dataset(str(root), classes, examples, ignored, unreadable)
+
+
+def _list_file(path: Path) -> Dataset:
+    rows = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_csv(path)
+    if not rows:
+        raise DataError(f"{path}: no examples (expected path,label rows)")
+    base = path.parent
+    classes = sorted({label for _, label, _ in rows})
+    position = {name: i for i, name in enumerate(classes)}
+    examples = []
+    for file_path, label, line in rows:
+        if not file_path:
+            raise DataError(f"{path}:{line}: empty path")
+        full = file_path if os.path.isabs(file_path) else os.path.join(base, file_path)
+        examples.append(Example(full, position[label]))
+    return Dataset(str(path), classes, examples)
+
+
+def _read_csv(path: Path) -> list[tuple[str, str, int]]:
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            for line, row in enumerate(csv.reader(file), start=1):
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if line == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                    continue
+                if len(row) != 2:
+                    raise DataError(f"{path}:{line}: expected 2 columns (path,label), found {len(row)}")
+                rows.append((row[0].strip(), row[1].strip(), line))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, str, int]]:
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    for line, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict) or "path" not in obj or "label" not in obj:
+            raise DataError(f'{path}:{line}: expected an object with "path" and "label"')
+        if not isinstance(obj["path"], str) or isinstance(obj["label"], (dict, list, bool)) or obj["label"] is None:
+            raise DataError(f"{path}:{line}: path must be a string and label a string or a number")
+        rows.append((obj["path"], str(obj["label"]), line))
+    return rows
+
+
+# -- splits and subsets -----------------------------------------------------------------------
+
+
+def class_rng(seed: int, stream: int, name: str) -> np.random.Generator:
+    """A random stream for one class and one purpose, independent of the other classes."""
+    return np.random.default_rng([seed, stream, zlib.crc32(name.encode("utf-8"))])
+
+
+def by_class(dataset: Dataset) -> list[list[int]]:
+    """Example indices of each class, in example order."""
+    groups: list[list[int]] = [[] for _ in dataset.classes]
+    for index, example in enumerate(dataset.examples):
+        groups[example.label].append(index)
+    return groups
+
+
+def stratified_split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(train, validation): about `fraction` of every class to validation, at least one left to train."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"--val-split {fraction}: use a fraction between 0 and 1 (e.g. 0.2)")
+    train, val = [], []
+    for name, indices in zip(dataset.classes, by_class(dataset)):
+        order = class_rng(seed, _SPLIT_STREAM, name).permutation(len(indices))
+        count = min(int(round(fraction * len(indices))), max(len(indices) - 1, 0))
+        val.extend(indices[i] for i in order[:count])
+        train.extend(indices[i] for i in order[count:])
+    if not val:
+        raise DataError(f"{dataset.source}: too few images for --val-split {fraction} (no class gives one)")
+    return dataset.subset(sorted(train)), dataset.subset(sorted(val))
+
+
+def few_shot(dataset: Dataset, shots: int, seed: int = 0) -> Dataset:
+    """`shots` examples of every class, chosen by the seed (the same seed gives the same examples)."""
+    if shots < 1:
+        raise DataError(f"--shots {shots}: use at least 1 example per class")
+    chosen = []
+    for name, indices in zip(dataset.classes, by_class(dataset)):
+        if len(indices) < shots:
+            raise DataError(
+                f"{dataset.source}: class {name!r} has {len(indices)} training images, fewer than --shots {shots}"
+            )
+        order = class_rng(seed, _SHOTS_STREAM, name).permutation(len(indices))
+        chosen.extend(indices[i] for i in order[:shots])
+    return dataset.subset(sorted(chosen))
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

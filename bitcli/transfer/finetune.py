@@ -1,0 +1,334 @@
+"""Fine-tuning the whole network with the BiT-HyperRule (see `hyperrule.py` for the rule itself).
+
+SGD with momentum 0.9 and no weight decay, the learning rate of `hyperrule.lr_at` set before
+every step, a zero-initialized head (so the first steps train the head alone: the backbone's
+gradient passes through the head's weights), cross-entropy, MixUp with one lambda per step when
+the rule turns it on, random crops and flips at the rule's resolution (`sampler.py`).
+
+Batches larger than what fits run as several micro-batches whose gradients add up (weighted by
+their size, so the sum is the full batch's mean-loss gradient). The micro-batch is estimated
+from the network's activation sizes and the memory available, and halved after an
+out-of-memory error on a GPU.
+
+Checkpoints: every `checkpoint_seconds` (and every `checkpoint_every` steps when set) the raw
+weights, the momentum buffers, the step, the losses and the unreadable images go to `state_dir`
+(safetensors + JSON, written atomically), and once more when the run is interrupted with Ctrl-C
+(held back during the optimizer's update, so weights, momentum and step always agree). `run(resume=True)` continues from there; because every random
+choice is a function of (seed, step), the resumed run computes the same steps an uninterrupted
+one would. Library code never prints: the plan (with the time estimate measured on the first
+steps) and per-step progress go to callbacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bitcli.errors import UsageError
+
+from .backbone import Base, raw_weights, trainable_model
+from .data import DataError, Dataset
+from .hyperrule import BASE_BATCH, MOMENTUM, Resolution, make_rule, resolution
+from .sampler import Sampler
+from .state import STATE_INFO, Session, deferred_interrupt, restore, save
+
+_AREA_SAMPLE = 200
+_TRAINING_MEMORY_FACTOR = 10  # stored activations per block, relative to its output (an estimate)
+
+
+@dataclass
+class FinetuneOptions:
+    steps: int | None = None  # None: the rule's schedule
+    batch_size: int = BASE_BATCH
+    micro_batch: int | None = None  # None: as large as memory allows
+    base_lr: float | None = None  # None: the rule's 0.003
+    mixup: float | None = None  # None: the rule's alpha
+    resolution: Resolution | None = None  # None: by image size
+    seed: int = 0
+    workers: int = 4
+    checkpoint_seconds: float = 300.0
+    checkpoint_every: int | None = None
+    measure_steps: int = 3
+
+
+@dataclass
+class Plan:
+    steps: int
+    boundaries: list[int]
+    batch_size: int
+    micro_batch: int
+    accumulation: int  # micro-batches per step
+    base_lr: float
+    mixup_alpha: float
+    resolution: dict[str, Any]
+    device: str
+    dataset_size: int
+    num_classes: int
+    start_step: int = 0  # > 0 when resumed
+    step_seconds: float | None = None  # measured on the first steps of this session
+    estimated_seconds: float | None = None  # for the steps still to run
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Progress:
+    step: int  # steps done
+    steps: int
+    loss: float
+    lr: float
+    elapsed: float  # seconds in this session
+    eta: float | None
+    skipped: int  # unreadable training images so far
+
+
+@dataclass
+class FinetuneResult:
+    weights: dict[str, torch.Tensor]  # raw weights (canonical names), on the CPU
+    losses: list[float]  # mean training loss of every step
+    skipped: list[tuple[str, str]]  # (path, reason) of unreadable training images
+    plan: Plan
+    seconds: float  # training time, all sessions together
+
+
+def typical_image_area(dataset: Dataset, seed: int = 0) -> float:
+    """The median pixel area of up to 200 training images, read from their headers."""
+    rng = np.random.default_rng([seed, 500])
+    picks = rng.permutation(len(dataset))[:_AREA_SAMPLE]
+    areas = []
+    for index in picks:
+        try:
+            with Image.open(dataset.examples[int(index)].path) as image:
+                areas.append(image.width * image.height)
+        except (OSError, ValueError, SyntaxError):
+            continue
+    if not areas:
+        raise DataError(f"{dataset.source}: none of the training images could be read")
+    return float(statistics.median(areas))
+
+
+def auto_micro_batch(model: torch.nn.Module, crop: int, batch: int, device: torch.device) -> int:
+    """The largest micro-batch whose estimated training activations fit in the memory at hand."""
+    per_step = model.bit.step_activation_bytes(crop, crop, 4)
+    depths = [1] + list(model.config.depths) + [1] * (len(per_step) - len(model.config.depths) - 1)
+    per_image = sum(size * depth for size, depth in zip(per_step, depths)) * _TRAINING_MEMORY_FACTOR
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = 0.6 * free
+    else:
+        budget = 0.4 * _available_memory()
+    return int(max(1, min(batch, budget // max(per_image, 1))))
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 << 30  # unknown: assume 4 GiB
+
+
+class Finetuner:
+    """One fine-tuning run: build with the data, read `plan()`, then `run()`."""
+
+    def __init__(
+        self,
+        base: Base,
+        train: Dataset,
+        *,
+        device: str | torch.device = "cpu",
+        options: FinetuneOptions | None = None,
+        state_dir: Path | None = None,
+    ):
+        self.options = options = options or FinetuneOptions()
+        if options.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        self.base, self.train = base, train
+        self.rule = make_rule(
+            len(train), steps=options.steps, batch_size=options.batch_size, lr=options.base_lr, mixup=options.mixup
+        )
+        self.resolution = options.resolution or resolution(typical_image_area(train, options.seed), base.input_size)
+        self.device = torch.device(device)
+        self.model = trainable_model(base, train.classes).to(self.device)
+        self.micro = options.micro_batch or auto_micro_batch(
+            self.model, self.resolution.crop, options.batch_size, self.device
+        )
+        self.micro = min(self.micro, options.batch_size)
+        self.state_dir = state_dir
+
+    def plan(self, start_step: int = 0) -> Plan:
+        return Plan(
+            steps=self.rule.steps,
+            boundaries=list(self.rule.boundaries),
+            batch_size=self.rule.batch_size,
+            micro_batch=self.micro,
+            accumulation=-(-self.rule.batch_size // self.micro),
+            base_lr=self.rule.base_lr,
+            mixup_alpha=self.rule.mixup_alpha,
+            resolution={"resize": self.resolution.resize, "crop": self.resolution.crop,
+                        "small_images": self.resolution.small_images, "augmentation": self.resolution.describe()},
+            device=str(self.device),
+            dataset_size=len(self.train),
+            num_classes=len(self.train.classes),
+            start_step=start_step,
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: base, data, classes and the rule."""
+        listing = "\n".join(f"{e.path}\t{e.label}" for e in self.train.examples)
+        return {
+            "base": self.base.identity(),
+            "classes": list(self.train.classes),
+            "data": hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest(),
+            "boundaries": list(self.rule.boundaries),
+            "batch_size": self.rule.batch_size,
+            "base_lr": self.rule.base_lr,
+            "mixup": self.rule.mixup_alpha,
+            "resolution": [self.resolution.resize, self.resolution.crop],
+            "seed": self.options.seed,
+        }
+
+    def has_state(self) -> bool:
+        return self.state_dir is not None and (self.state_dir / STATE_INFO).is_file()
+
+    def run(
+        self,
+        *,
+        resume: bool = False,
+        on_plan: Callable[[Plan], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> FinetuneResult:
+        """Train to the end of the schedule; `resume` continues from `state_dir`'s checkpoint."""
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=MOMENTUM, weight_decay=0.0)
+        session = Session()
+        if resume:
+            if not self.has_state():
+                raise UsageError(f"{self.state_dir}: no interrupted run to resume; run without --resume")
+            session = restore(self.state_dir, self.model, optimizer, self.fingerprint(), self.device)
+        plan = self.plan(start_step=session.step)
+        sampler = Sampler(
+            self.train, self.resolution, self.base.preprocess,
+            batch_size=self.rule.batch_size, seed=self.options.seed, workers=self.options.workers, bad=session.bad,
+        )
+        try:
+            while True:
+                try:
+                    self._loop(optimizer, sampler, session, plan, on_plan, on_progress)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    if self.micro == 1:
+                        raise UsageError(f"out of memory on {self.device} even one image at a time; use a smaller model") from None
+                    # Redo the current step in smaller micro-batches (its partial gradients are dropped).
+                    self.micro = plan.micro_batch = self.micro // 2
+                    plan.accumulation = -(-self.rule.batch_size // self.micro)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+        finally:
+            sampler.close()
+        self.model.eval()
+        weights = {k: v.cpu() for k, v in raw_weights(self.model).items()}
+        skipped = [(self.train.examples[i].path, why) for i, why in sorted(sampler.bad.items())]
+        return FinetuneResult(weights, session.losses, skipped, plan, session.seconds)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loop(self, optimizer, sampler, session, plan, on_plan, on_progress) -> None:
+        start, started = session.step, time.monotonic()
+        base_seconds, last_save = session.seconds, started
+        durations: list[float] = []
+        try:
+            step_started, loss_sum = time.monotonic(), 0.0
+            for step, micro, offsets, (x, y) in self._units(sampler, session.step):
+                if micro == 0:
+                    step_started, loss_sum = time.monotonic(), 0.0
+                    optimizer.zero_grad(set_to_none=True)
+                    for group in optimizer.param_groups:
+                        group["lr"] = self.rule.lr(step)
+                loss_sum += self._micro_step(x, y, step, micro, len(offsets), sampler)
+                if offsets.stop < self.rule.batch_size:
+                    continue
+                with deferred_interrupt():  # weights, momentum and step change together or not at all
+                    optimizer.step()
+                    session.step = step + 1
+                    session.losses.append(loss_sum / self.rule.batch_size)
+                durations.append(time.monotonic() - step_started)
+                now = time.monotonic()
+                session.seconds = base_seconds + (now - started)
+                if plan.step_seconds is None and (len(durations) >= self.options.measure_steps or session.step == self.rule.steps):
+                    measured = durations[1:] or durations  # the first step pays for start-up
+                    plan.step_seconds = sum(measured) / len(measured)
+                    plan.estimated_seconds = plan.step_seconds * (self.rule.steps - start)
+                    if on_plan is not None:
+                        on_plan(plan)
+                if self._checkpoint_due(session.step, now - last_save):
+                    self._save(optimizer, session, sampler)
+                    last_save = now
+                if on_progress is not None:
+                    done = session.step - start
+                    eta = (now - started) / done * (self.rule.steps - session.step)
+                    on_progress(Progress(session.step, self.rule.steps, session.losses[-1],
+                                         float(optimizer.param_groups[0]["lr"]), now - started, eta, len(sampler.bad)))
+        except KeyboardInterrupt:
+            # Consistent: an interrupt during the update is delivered after it (state.deferred_interrupt).
+            if self.state_dir is not None and session.step > start:
+                self._save(optimizer, session, sampler)
+            raise
+
+    def _save(self, optimizer, session: Session, sampler: Sampler) -> None:
+        assert self.state_dir is not None
+        session.bad = sampler.bad  # the live table (state.save copies it)
+        save(self.state_dir, self.model, optimizer, session, self.fingerprint())
+
+    def _checkpoint_due(self, step: int, since_save: float) -> bool:
+        if self.state_dir is None or step >= self.rule.steps:
+            return False
+        every = self.options.checkpoint_every
+        return since_save >= self.options.checkpoint_seconds or (every is not None and step % every == 0)
+
+    def _micro_step(self, x, y, step: int, micro: int, size: int, sampler: Sampler) -> float:
+        """Forward and backward of one micro-batch; returns its summed loss."""
+        x, y = x.to(self.device), y.to(self.device)
+        lam, perm = sampler.mixup(step, self.rule.mixup_alpha, micro, size)
+        logits = None
+        if perm is None:
+            logits = self.model(x).logits
+            loss = F.cross_entropy(logits, y)
+        else:
+            p = torch.from_numpy(perm).to(self.device)
+            logits = self.model(lam * x + (1.0 - lam) * x[p]).logits
+            loss = lam * F.cross_entropy(logits, y) + (1.0 - lam) * F.cross_entropy(logits, y[p])
+        (loss * (size / self.rule.batch_size)).backward()
+        return float(loss.detach()) * size
+
+    def _units(self, sampler: Sampler, start: int) -> Iterator[tuple[int, int, range, tuple]]:
+        """(step, micro index, offsets, loaded batch) from `start` on, loading one unit ahead."""
+        batch, micro = self.rule.batch_size, self.micro
+        units = (
+            (step, m, range(a, min(batch, a + micro)))
+            for step in range(start, self.rule.steps)
+            for m, a in enumerate(range(0, batch, micro))
+        )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bit-ahead") as ahead:
+            pending = None
+            for unit in units:
+                future = ahead.submit(sampler.load, unit[0], unit[2])
+                if pending is not None:
+                    yield (*pending[0], pending[1].result())
+                pending = (unit, future)
+            if pending is not None:
+                yield (*pending[0], pending[1].result())

@@ -1,0 +1,159 @@
+"""The BiT-HyperRule as pure functions: schedule, learning rate, mixup and resolution.
+
+These follow the released code (`bit_hyperrule.py` and `bit_pytorch/train.py` of
+google-research/big_transfer), not the paper where the two differ:
+
+- Schedule by training-set size (after `--shots` and the validation split): < 20k images
+  [100, 200, 300, 400, 500] steps, < 500k [500, 3000, 6000, 9000, 10000], otherwise
+  [500, 6000, 12000, 18000, 20000].
+- Learning rate at step s: a linear warmup from 0 to the base rate over the first boundary,
+  then the base rate divided by 10 once for every later boundary strictly below s (the release's
+  `if s < step`), and no rate (training stops) from the last boundary on.
+- MixUp alpha 0 under 20k images, else 0.1.
+- Base learning rate 0.003 at every batch size. The release defines it at batch 512 and never
+  rescales it (`--batch` only changes the batch; the authors report batch 128 with lr 0.001 as
+  nearly identical on CIFAR-10, so the rule is insensitive to the batch within that range).
+  bitcli keeps 0.003 as the release does; `base_lr` overrides it.
+- Resolution: images under 96x96 px of area are resized to 160 and randomly cropped to 128.
+  Larger images train at the base model's own evaluation input size (448 for google/bit-50, 224
+  for the timm ImageNet-21k copies), resized first by the release's 512/480 margin (448 -> 478),
+  then randomly cropped. The release uses 512 -> 480 for every model and the paper 448 -> 384;
+  bitcli trains at the base's input size because the exported model keeps the base's evaluation
+  preprocessing (so `bit classify` and transformers see the images at the size the network was
+  fine-tuned at) and a timm or transformers base was itself fine-tuned at that size.
+
+`--steps N` replaces the schedule by the rule's boundaries scaled to end at N (the warmup and
+decay keep their share of the run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BASE_LR = 0.003
+BASE_BATCH = 512
+MOMENTUM = 0.9
+SMALL_DATASET = 20_000
+MEDIUM_DATASET = 500_000
+SMALL_IMAGE_AREA = 96 * 96
+SMALL_IMAGE_RESIZE, SMALL_IMAGE_CROP = 160, 128
+# The release's margin between the resize and the random crop for large images (512 -> 480).
+LARGE_IMAGE_MARGIN = 512 / 480
+
+
+def schedule(dataset_size: int) -> list[int]:
+    """Step boundaries for a training set of `dataset_size` images (the last one is the run's length)."""
+    if dataset_size < 1:
+        raise ValueError("the training set is empty")
+    if dataset_size < SMALL_DATASET:
+        return [100, 200, 300, 400, 500]
+    if dataset_size < MEDIUM_DATASET:
+        return [500, 3000, 6000, 9000, 10000]
+    return [500, 6000, 12000, 18000, 20000]
+
+
+def scaled_schedule(boundaries: list[int], steps: int) -> list[int]:
+    """`boundaries` stretched or shrunk to end at `steps`, each at least one step after the last."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    last = boundaries[-1]
+    scaled: list[int] = []
+    for boundary in boundaries:
+        value = max(1, round(boundary * steps / last))
+        if scaled and value <= scaled[-1]:
+            value = scaled[-1] + 1
+        scaled.append(value)
+    # Very short runs cannot keep every boundary distinct; keep the end at `steps`.
+    return [b for b in scaled if b < steps] + [steps]
+
+
+def lr_at(step: int, boundaries: list[int], base_lr: float = BASE_LR) -> float | None:
+    """Learning rate for `step` (0-based); None once `step` reaches the last boundary (stop).
+
+    Exactly the release's `get_lr`: warmup `base_lr * step / boundaries[0]` (so step 0 trains
+    with rate 0, as there), then `base_lr / 10**k` with k the number of later boundaries < step.
+    """
+    if step < boundaries[0]:
+        return base_lr * step / boundaries[0]
+    if step >= boundaries[-1]:
+        return None
+    lr = base_lr
+    for boundary in boundaries[1:]:
+        if boundary < step:
+            lr /= 10
+    return lr
+
+
+def mixup_alpha(dataset_size: int) -> float:
+    """MixUp's Beta(alpha, alpha) parameter: 0 (off) under 20k images, else 0.1."""
+    return 0.0 if dataset_size < SMALL_DATASET else 0.1
+
+
+def base_lr(batch_size: int) -> float:
+    """The base rate for `batch_size`: 0.003 at any batch, as the released code (see the docstring)."""
+    if batch_size < 1:
+        raise ValueError("batch size must be at least 1")
+    return BASE_LR
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Training augmentation sizes: resize the shortest edge to `resize`, random crop `crop` x `crop`."""
+
+    resize: int
+    crop: int
+    small_images: bool
+
+    def describe(self) -> str:
+        return f"resize {self.resize}, random crop {self.crop}x{self.crop}, random horizontal flip"
+
+
+def is_small(image_area: float) -> bool:
+    """Whether images of this (typical) pixel area count as small (< 96 x 96)."""
+    return image_area < SMALL_IMAGE_AREA
+
+
+def resolution(image_area: float, base_input_size: int) -> Resolution:
+    """Training resolution for images of (typical) area `image_area` on a base with that input size."""
+    if is_small(image_area):
+        return Resolution(SMALL_IMAGE_RESIZE, SMALL_IMAGE_CROP, True)
+    return Resolution(round(base_input_size * LARGE_IMAGE_MARGIN), base_input_size, False)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Everything the HyperRule decides for one training run."""
+
+    dataset_size: int
+    boundaries: list[int]
+    base_lr: float
+    batch_size: int
+    mixup_alpha: float
+
+    @property
+    def steps(self) -> int:
+        return self.boundaries[-1]
+
+    def lr(self, step: int) -> float | None:
+        return lr_at(step, self.boundaries, self.base_lr)
+
+
+def make_rule(
+    dataset_size: int,
+    *,
+    steps: int | None = None,
+    batch_size: int = BASE_BATCH,
+    lr: float | None = None,
+    mixup: float | None = None,
+) -> Rule:
+    """The rule for a training set, with the user's overrides (None: the rule's own value)."""
+    boundaries = schedule(dataset_size)
+    if steps is not None:
+        boundaries = scaled_schedule(boundaries, steps)
+    return Rule(
+        dataset_size=dataset_size,
+        boundaries=boundaries,
+        base_lr=base_lr(batch_size) if lr is None else float(lr),
+        batch_size=batch_size,
+        mixup_alpha=mixup_alpha(dataset_size) if mixup is None else float(mixup),
+    )

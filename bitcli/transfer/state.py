@@ -1,0 +1,111 @@
+"""A fine-tune's resumable state: raw weights and momentum (safetensors) plus step, losses and unreadable images (JSON).
+
+Both files are written atomically (temporary file, rename), the JSON last, so a state folder
+always holds a consistent pair or the previous one. The fingerprint of the run (base model,
+data listing, classes and the rule's settings) is stored with it and must match on resume.
+Tensors are read back with safetensors: no pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bitcli.errors import UsageError
+
+STATE_WEIGHTS = "state.safetensors"
+STATE_INFO = "state.json"
+
+
+@dataclass
+class Session:
+    """Where a run stands: steps done, their losses, unreadable images, seconds spent."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    bad: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         session: Session, fingerprint: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for name, param in model.named_parameters():
+        buf = optimizer.state.get(param, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"momentum/{name}"] = buf.detach().cpu().contiguous()
+    info = {
+        "fingerprint": fingerprint,
+        "step": session.step,
+        "losses": session.losses,
+        "seconds": session.seconds,
+        "bad": {str(k): v for k, v in dict(session.bad).items()},  # a copy: loader threads add to it
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic(directory / STATE_WEIGHTS, lambda path: save_file(tensors, path))
+    _atomic(directory / STATE_INFO, lambda path: Path(path).write_text(json.dumps(info), encoding="utf-8"))
+
+
+def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            fingerprint: dict[str, Any], device: torch.device) -> Session:
+    """Load the state into `model` and `optimizer`; UsageError when it is unreadable or another run's."""
+    from safetensors.torch import load_file
+
+    try:
+        info = json.loads((directory / STATE_INFO).read_text(encoding="utf-8"))
+        tensors = load_file(directory / STATE_WEIGHTS)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{directory}: the checkpoint cannot be read ({exc}); start again with --overwrite") from None
+    if info.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+        raise UsageError(
+            f"{directory}: the interrupted run used other data, base model or settings; "
+            "repeat its options or start again with --overwrite"
+        )
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
+    for name, param in model.named_parameters():
+        buf = tensors.get(f"momentum/{name}")
+        if buf is not None:
+            optimizer.state[param]["momentum_buffer"] = buf.to(device)
+    return Session(
+        step=int(info["step"]), losses=list(info["losses"]),
+        bad={int(k): str(v) for k, v in info.get("bad", {}).items()}, seconds=float(info["seconds"]),
+    )
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,113 @@
+"""Small helpers every stage uses, each written once. No torch, numpy or PIL import.
+
+- `first_line(exc)`: the first line of an exception's message (its class name when empty);
+- `os_error_reason(error)`: a file-system error as a short lower-case reason ("permission denied");
+- `human_bytes(n)`: a byte count with decimal units ("97.8 MB"; "102 MB" with three digits);
+- `name_some(items)`: "a, b, c, d, e and 3 more";
+- `read_json_file(path)`: a JSON object from a file, every failure one typed error line;
+- `RESAMPLE_FILTERS`: PIL's resampling filters by name (the numbers of `PIL.Image.Resampling`);
+- `DEFAULT_MAX_PIXELS`: the decompression-bomb guard's default (`--max-pixels`);
+- `lazy_attributes(package, table)`: a module `__getattr__` that imports names on first use.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from bitcli.errors import BitError, ConfigError
+
+# Images over this many pixels (width x height) fail before decoding unless --max-pixels says otherwise.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# PIL resampling filters: name -> `PIL.Image.Resampling` value (the numbers config files store).
+RESAMPLE_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+SHOW_AT_MOST = 5  # items `name_some` lists before "and N more"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, or its class name when the message is empty."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def os_error_reason(error: OSError, fallback: str | None = None) -> str:
+    """A short reason for an OSError from stat/open/read: "no such file or directory", "permission
+    denied", "symlink loop", else its strerror in lower case; `fallback` (else the message) when
+    it carries no errno, as a decoder's errors do."""
+    if isinstance(error, FileNotFoundError):
+        return "no such file or directory"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if error.errno == errno.ELOOP:
+        return "symlink loop"
+    if error.errno is not None and error.strerror:
+        return error.strerror.lower()
+    return fallback if fallback is not None else str(error).lower()
+
+
+def human_bytes(num_bytes: int, *, three_digits: bool = False) -> str:
+    """Bytes with decimal units: "999 B", "68.3 kB", "97.8 MB", "4.4 GB" (one decimal).
+
+    `three_digits=True` rounds to three significant digits instead ("102 MB", "1.55 GB").
+    """
+    if num_bytes < 1000:
+        return f"{num_bytes} B"
+    size = float(num_bytes)
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        if not three_digits:
+            if size < 1000 or unit == "GB":
+                return f"{size:.1f} {unit}"
+            continue
+        digits = 2 if size < 9.995 else 1 if size < 99.95 else 0
+        text = f"{size:.{digits}f}"
+        if float(text) < 1000 or unit == "GB":
+            return f"{text} {unit}"
+    raise AssertionError("unreachable")
+
+
+def name_some(items: Iterable[Any], most: int = SHOW_AT_MOST) -> str:
+    """The first `most` items joined by commas, then " and N more" for the rest."""
+    items = [str(item) for item in items]
+    shown = ", ".join(items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def read_json_file(
+    path: str | Path, *, error: type[BitError] = ConfigError, max_bytes: int | None = None
+) -> dict[str, Any]:
+    """A JSON object from `path`; a missing, unreadable, oversized or malformed file raises `error`
+    with one line naming the file. `max_bytes` caps what is read (None: no cap)."""
+    path = Path(path)
+    try:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise error(f"{path}: over {human_bytes(max_bytes)}, too large for a JSON config")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data
+
+
+def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]:
+    """A module-level `__getattr__` for `package`: `table[name]` is the module that defines `name`,
+    imported on first use, so that importing the package stays cheap (no torch for `bit --help`)."""
+    import importlib
+    import sys
+
+    def __getattr__(name: str) -> Any:
+        module_name = table.get(name)
+        if module_name is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module_name), name)
+        setattr(sys.modules[package], name, value)  # cache: later lookups skip __getattr__
+        return value
+
+    return __getattr__

@@ -1,0 +1,72 @@
+"""Shared by the distributed tests: a folder with failures among good images, and the local run.
+
+The batch size is 2 and the thread count 2: on this kind of CPU a row computed alone (a batch of
+one) differs in its last bits from the same row computed beside another image at two threads,
+while a batch of two gives the same bytes whichever image is the other (tests/test_engine.py,
+and measured for the tiny model). So a shard boundary or a failure that changed which images
+share a batch changes the bytes, and byte equality with the local run shows the batches agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clihelpers import make_images, run
+
+BATCH = 2
+THREADS = 2
+SHARD = 4  # inputs per shard: two batches
+COUNT = 13  # good images; with the 3 broken files and "missing.png": 17 inputs, 5 shards
+BAD = ("bad1.png", "img03b.jpg", "img10x.png")  # "not an image": they fail while decoding
+SUFFIXES = (".npy", ".paths.txt", ".errors.txt")
+
+
+def make_photos(directory: Path) -> Path:
+    make_images(directory, COUNT, bad=BAD)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """The folder (import this fixture into a test module to use it there)."""
+    return make_photos(tmp_path_factory.mktemp("photos") / "photos")
+
+
+@pytest.fixture(scope="module")
+def local(ckpt, photos, tmp_path_factory):
+    """The local run's OUT.npy (its manifest and error list beside it)."""
+    return local_run(ckpt, photos, tmp_path_factory.mktemp("local") / "local.npy")
+
+
+def job(ckpt: Path, **changes):
+    """The distributed engine's description of the local run (`bitcli.distributed.EmbedJob`)."""
+    from bitcli.distributed import EmbedJob
+    from bitcli.pipeline import RunOptions
+
+    return EmbedJob(str(ckpt), RunOptions(device="cpu", batch_size=BATCH), threads=THREADS, **changes)
+
+
+def inputs(photos: Path) -> list[str]:
+    """A folder, then a path that fails at expansion (not found)."""
+    return [str(photos), str(photos.parent / "missing.png")]
+
+
+def local_run(ckpt: Path, photos: Path, out: Path) -> Path:
+    """The reference: `bit embed` with the local engine, the same batch size and threads."""
+    result = run(["embed", *inputs(photos), "-o", out, "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS])
+    assert result.exit_code == 1, result.stderr  # the broken files and missing.png
+    return out
+
+
+def output_files(out: Path) -> dict[str, Path]:
+    """OUT.npy, OUT.paths.txt, OUT.errors.txt."""
+    stem = out.with_suffix("")
+    return {suffix: out if suffix == ".npy" else stem.with_name(stem.name + suffix) for suffix in SUFFIXES}
+
+
+def assert_same_files(got: Path, want: Path) -> None:
+    """The three files of two runs are byte-identical."""
+    for suffix, path in output_files(got).items():
+        assert path.read_bytes() == output_files(want)[suffix].read_bytes(), suffix

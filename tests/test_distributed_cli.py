@@ -1,0 +1,103 @@
+"""`bit embed --shard I/N` and `bit combine` through the real command; option clashes; no Ray."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from clihelpers import assert_clean_failure, run
+from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, local, photos  # noqa: F401 (fixtures)
+
+
+def embed(ckpt, photos, *args):
+    return run(["embed", *inputs(photos), "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS, "--shard-size", SHARD, *args])
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+@pytest.fixture(scope="module")
+def two_jobs(ckpt, photos, tmp_path_factory):
+    """The stderr of jobs 0/2 and 1/2 of an array, and the output path they share."""
+    out = tmp_path_factory.mktemp("array") / "out.npy"
+    results = [embed(ckpt, photos, "-o", out, "--shard", f"{i}/2") for i in range(2)]
+    for result in results:
+        assert_clean_failure(result, 1)  # each job has failed inputs among its shards
+    return out, results
+
+
+def test_two_jobs_then_combine_equal_the_local_run(two_jobs, local):
+    out, results = two_jobs
+    assert "bit combine -o" in results[0].stderr and not out.exists()
+    combined = run(["combine", "-o", out])
+    assert combined.exit_code == 1, combined.stderr  # as the local run: some inputs failed
+    assert "4 inputs failed" in combined.stderr
+    assert_same_files(out, local)
+    assert (out.parent / "out.npy.shards").is_dir()  # the shards stay until the user removes them
+
+
+def test_the_jobs_report_each_failure_once(two_jobs, local):
+    _, results = two_jobs
+    reported = sorted(line for result in results for line in error_lines(result.stderr))
+    listed = (local.parent / "local.errors.txt").read_text().splitlines()
+    assert reported == sorted(f"error: {line.replace(chr(9), ': ')}" for line in listed)
+
+
+def test_combine_refuses_a_missing_shard(two_jobs, tmp_path):
+    out, _ = two_jobs
+    shards = tmp_path / "shards"
+    shutil.copytree(out.parent / "out.npy.shards", shards)
+    shutil.rmtree(shards / "shard-000002")
+    result = run(["combine", "-o", tmp_path / "x.npy", shards])
+    assert_clean_failure(result, 2)
+    assert "1 of 5 shards have no output yet (shard 2)" in result.stderr
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_a_rerun_job_needs_resume(ckpt, photos, two_jobs):
+    out, _ = two_jobs
+    result = embed(ckpt, photos, "-o", out, "--shard", "1/2")
+    assert_clean_failure(result, 2)
+    assert "--resume" in result.stderr
+    again = embed(ckpt, photos, "-o", out, "--shard", "1/2", "--resume")
+    assert again.exit_code == 1, again.stderr  # as a resumed local run: its inputs include failures
+    assert "0 shards embedded, 2 kept" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "2"], "--workers applies to --engine ray"),
+        (["--ray-address", "auto"], "--ray-address applies to --engine ray"),
+        (["--shard", "0/2", "--engine", "ray"], "pass one of them"),
+        (["--shard", "2/2"], "--shard 2/2"),
+        (["--shard", "half"], "expected I/N"),
+        (["--shard-dir", "somewhere"], "apply to --engine ray and --shard"),
+        (["--shard", "0/2", "--manifest", "rows.txt"], "give it to bit combine"),
+        (["--shard", "0/2", "--shard-size", "3"], "multiple of --batch-size"),
+    ],
+)
+def test_options_that_do_not_go_together_are_usage_errors(photos, tmp_path, args, message):
+    result = run(["embed", photos, "-o", tmp_path / "o.npy", "--batch-size", "2", *args])
+    assert_clean_failure(result, 2)
+    assert message in result.stderr
+
+
+def test_shards_never_go_to_stdout(photos, tmp_path):
+    result = run(["embed", photos, "-o", "-", "--manifest", tmp_path / "m.txt", "--shard", "0/2"])
+    assert_clean_failure(result, 2)
+    assert "give -o OUT.npy" in result.stderr
+
+
+def test_engine_ray_without_ray_says_how_to_install_it(ckpt, photos, tmp_path):
+    """Ray is hidden from the process (`sys.modules['ray'] = None` makes `import ray` fail)."""
+    code = "import sys; sys.modules['ray'] = None; from bitcli.cli.app import main; main(sys.argv[1:])"
+    args = ["embed", str(photos), "-o", str(tmp_path / "o.npy"), "-m", str(ckpt), "--engine", "ray"]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == ["error: --engine ray needs Ray, which is not installed: pip install 'bitcli[ray]'"]
+    assert not (tmp_path / "o.npy.shards").exists()

@@ -1,0 +1,134 @@
+"""`--engine ray` on a local Ray cluster: the same bytes as a local run, resume after a killed driver.
+
+One 4-CPU local cluster (`ray.init(address="local")`, never a cluster someone else started on
+this machine) serves the module and is shut down after it: two workers of two threads each, the
+thread count of the local reference run (see distributedhelpers). Skipped when Ray is not
+installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, from its context
+
+from clihelpers import run  # noqa: E402
+from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, job, local, output_files, photos  # noqa: E402, F401 (fixtures)
+
+from bitcli.distributed import EmbedJob, Progress, RayOptions, embed_on_ray  # noqa: E402
+from bitcli.store import EmbedPaths  # noqa: E402
+from bitcli.errors import ModelError, UsageError  # noqa: E402
+from bitcli.inputs import expand_inputs  # noqa: E402
+from bitcli.pipeline import RunOptions  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A private local cluster; its workers inherit an empty Hugging Face cache and no network."""
+    env = {"HF_HOME": str(tmp_path_factory.mktemp("ray_hf_home")), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        ray.init(address="local", num_cpus=2 * THREADS, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def test_bit_embed_on_ray_equals_the_local_run(cluster, ckpt, photos, local, tmp_path):
+    """The real command, `--engine ray` on the module's cluster: files and error lines as locally."""
+    args = ["embed", *inputs(photos), "-o", tmp_path / "ray.npy", "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS]
+    result = run([*args, "--engine", "ray", "--ray-address", cluster, "--workers", 2, "--shard-size", SHARD])
+    assert result.exit_code == 1, result.stderr  # some inputs failed, as locally
+    assert_same_files(tmp_path / "ray.npy", local)
+    local_errors = output_files(local)[".errors.txt"].read_text().splitlines()
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {line.replace(chr(9), ': ')}" for line in local_errors
+    ]  # the local run's stderr lines, in input order
+    assert "embedded 13 images" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in output_files(tmp_path / "ray.npy").values())
+
+
+DRIVER = """
+import json, os, signal, sys
+from pathlib import Path
+from bitcli.distributed import EmbedJob, RayOptions, embed_on_ray
+from bitcli.store import EmbedPaths
+from bitcli.inputs import expand_inputs
+
+def die_after_one_shard(state):
+    if state.shards_done >= 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # the driver dies mid-run, without any cleanup
+
+args, out, job, address, size = sys.argv[1:]
+embed_on_ray(expand_inputs(json.loads(args)), EmbedPaths.for_output(Path(out)), EmbedJob.from_json(json.loads(job)),
+             RayOptions(address=address, workers=1, shard_size=int(size)), progress=die_after_one_shard)
+"""
+
+
+def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, ckpt, photos, local, tmp_path):
+    out, size = tmp_path / "out.npy", BATCH  # shards of one batch: nine of them
+    argv = [json.dumps(inputs(photos)), str(out), json.dumps(job(ckpt).to_json()), cluster, str(size)]
+    driver = subprocess.run([sys.executable, "-c", DRIVER, *argv], capture_output=True, text=True, timeout=300)
+    assert driver.returncode == -signal.SIGKILL, driver.stderr
+    shard_dir = tmp_path / "out.npy.shards"
+    finished = sorted(p for p in shard_dir.iterdir() if p.name.startswith("shard-"))
+    assert finished and not out.exists()
+    stamps = {p.name: (p / "rows.npy").stat().st_mtime_ns for p in finished}
+    metas = [json.loads((p / "shard.json").read_text()) for p in finished]
+    rows, failed = sum(m["rows"] for m in metas), sum(m["failed"] for m in metas)
+
+    paths = EmbedPaths.for_output(out)
+    with pytest.raises(UsageError, match="--resume"):
+        embed_on_ray(expand_inputs(inputs(photos)), paths, job(ckpt), RayOptions(shard_size=size))
+
+    seen: list[Progress] = []
+
+    def check_untouched(state):
+        seen.append(state)
+        if state.shards_done == state.shards_total:  # before the shards are combined and removed
+            assert {name: (shard_dir / name / "rows.npy").stat().st_mtime_ns for name in stamps} == stamps
+
+    summary = embed_on_ray(
+        expand_inputs(inputs(photos)), paths, job(ckpt), RayOptions(workers=2, shard_size=size), resume=True, progress=check_untouched
+    )
+    # The killed driver's actor may publish the shard it was on before Ray stops it: at least
+    # the shards seen above are done, and none of them was computed again (the stamps above).
+    assert seen[0].shards_done >= len(finished) and seen[0].failed >= failed
+    assert [s.shards_done for s in seen] == list(range(seen[0].shards_done, 10)) and seen[-1] == Progress(9, 9, 17, 17, 4)
+    assert summary.resumed_rows >= rows
+    assert_same_files(out, local)
+    assert not shard_dir.exists()
+
+
+def test_resume_with_other_inputs_is_refused(cluster, ckpt, photos, tmp_path):
+    shard_dir = tmp_path / "out.npy.shards"
+    shard_dir.mkdir()
+    spool_record = {"format": "bitcli-embed-run", "split": {"inputs": "0" * 64}, "job": {}}
+    (shard_dir / "run.json").write_text(json.dumps(spool_record))
+    with pytest.raises(UsageError, match="inputs changed"):
+        embed_on_ray(expand_inputs(inputs(photos)), EmbedPaths.for_output(tmp_path / "out.npy"), job(ckpt), resume=True)
+
+
+def test_a_model_that_cannot_load_is_a_model_error(cluster, photos, tmp_path):
+    with pytest.raises(ModelError, match="does not exist") as info:
+        embed_on_ray(
+            expand_inputs(inputs(photos)),
+            EmbedPaths.for_output(tmp_path / "out.npy"),
+            EmbedJob(str(tmp_path / "no-such-model"), RunOptions(device="cpu", batch_size=BATCH), threads=1),
+            RayOptions(workers=1, shard_size=SHARD),
+        )
+    assert info.value.exit_code == 3
+    assert not (tmp_path / "out.npy").exists()

@@ -1,0 +1,183 @@
+"""Shards without Ray: the split, batch alignment, `--shard I/N` runs, and combining them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distributedhelpers import BATCH, SHARD, assert_same_files, inputs, job, local, output_files, photos  # noqa: F401 (fixtures)
+
+from bitcli.distributed import (
+    DuplicateShardError,
+    MissingShardError,
+    ShardError,
+    ShardMismatchError,
+    Split,
+    combine,
+    parse_selection,
+    run_shards,
+)
+from bitcli.distributed.shards import selected, spool_inputs
+from bitcli.store import EmbedPaths
+from bitcli.store.journal import inputs_digest
+from bitcli.errors import InputError, UsageError
+from bitcli.inputs import InputItem, expand_inputs
+
+
+def run_job(ckpt, photos, shard_dir, selection, **kw):
+    return run_shards(expand_inputs(inputs(photos)), shard_dir, kw.pop("job", None) or job(ckpt), selection=selection, shard_size=SHARD, **kw)
+
+
+@pytest.fixture(scope="module")
+def three_jobs(ckpt, photos, tmp_path_factory):
+    """Shards of a 3-job array (`--shard 0/3`, `1/3`, `2/3`) in one directory."""
+    shard_dir = tmp_path_factory.mktemp("array") / "out.npy.shards"
+    for i in range(3):
+        run_job(ckpt, photos, shard_dir, (i, 3))
+    return shard_dir
+
+
+def copy_of(shard_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(shard_dir, target)
+    return target
+
+
+# -- the split ---------------------------------------------------------------------------------
+
+
+def test_split_cuts_whole_batches_and_selection_interleaves():
+    split = Split(batch_size=4, shard_size=8, entries=21)
+    assert split.shards == 3
+    assert [split.bounds(i) for i in range(3)] == [(0, 8), (8, 16), (16, 21)]
+    assert list(selected(split, 1, 2)) == [1] and list(selected(split, 0, 2)) == [0, 2]
+    assert Split(batch_size=4, shard_size=8).shards == 1  # no inputs: one empty shard
+    with pytest.raises(UsageError, match="multiple of --batch-size"):
+        Split(batch_size=4, shard_size=6)
+
+
+@pytest.mark.parametrize("text", ["3/3", "1", "-1/2", "a/b", "0/0"])
+def test_bad_selection_is_a_usage_error(text):
+    with pytest.raises(UsageError, match="--shard"):
+        parse_selection(text)
+
+
+def test_input_list_round_trips_and_hashes_like_the_embed_store(tmp_path):
+    odd = os.fsdecode(b"caf\xe9.jpg")  # not UTF-8: a surrogate in Python
+    entries = [InputItem(0, "a.jpg"), InputError("gone.png", "no such file or directory"), InputItem(1, odd)]
+    spool = spool_inputs(entries, tmp_path / "inputs.jsonl", batch_size=1, shard_size=2)
+    assert spool.split.inputs == inputs_digest([e.path for e in entries])  # what --resume compares
+    assert spool.split.shards == 2
+    back = spool.shard(0).read() + spool.shard(1).read()
+    assert [(type(e), e.path) for e in back] == [(type(e), e.path) for e in entries]
+    assert back[1].reason == "no such file or directory"
+
+
+def test_each_shard_forms_the_batches_of_the_whole_list(ckpt, photos, tmp_path):
+    """The pipeline's batches, computed over each shard alone, are the whole list's batches."""
+    from bitcli.pipeline import Embedder
+
+    embedder = Embedder(str(ckpt), device="cpu", batch_size=BATCH)
+    entries = list(expand_inputs([str(photos / "img00.png"), "missing.png", str(photos)]))
+    whole = [[r.path for r in group] for group in embedder.embed_groups(entries)]
+    spool = spool_inputs(entries, tmp_path / "inputs.jsonl", batch_size=BATCH, shard_size=SHARD)
+    per_shard = [
+        [r.path for r in group] for i in range(spool.split.shards) for group in embedder.embed_groups(spool.shard(i).read())
+    ]
+    assert per_shard == whole
+    assert all(len(group) == BATCH for group in whole[:-1])  # failures keep their place in a batch
+
+
+# -- shard runs and combine --------------------------------------------------------------------
+
+
+def test_shards_of_three_jobs_combine_to_the_local_run(three_jobs, local, tmp_path):
+    failures = []
+    summary = combine([three_jobs], EmbedPaths.for_output(tmp_path / "out.npy"), on_failure=lambda p, r: failures.append(p))
+    assert_same_files(tmp_path / "out.npy", local)
+    assert summary.rows == np.load(local).shape[0] and summary.failed == 4
+    errors = output_files(local)[".errors.txt"].read_text().splitlines()
+    assert failures == [line.split("\t")[0] for line in errors]  # in input order, as stderr lists them
+    assert sorted(os.listdir(three_jobs)) == [f"shard-{i:06d}" for i in range(5)]  # combine keeps them
+
+
+def test_a_missing_shard_is_refused(three_jobs, tmp_path):
+    shards = copy_of(three_jobs, tmp_path)
+    shutil.rmtree(shards / "shard-000003")
+    with pytest.raises(MissingShardError, match=r"1 of 5 shards .*shard 3") as info:
+        combine([shards], EmbedPaths.for_output(tmp_path / "out.npy"))
+    assert info.value.exit_code == 2
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_a_duplicated_shard_is_refused(three_jobs, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(three_jobs / "shard-000002", other / "shard-000002")
+    with pytest.raises(DuplicateShardError, match="shard 2 is both"):
+        combine([three_jobs, other], EmbedPaths.for_output(tmp_path / "out.npy"))
+    combine([three_jobs, three_jobs], EmbedPaths.for_output(tmp_path / "out.npy"))  # one folder named twice is fine
+
+
+def test_shards_of_another_model_option_are_refused(ckpt, photos, three_jobs, tmp_path):
+    other = tmp_path / "normalized"
+    run_job(ckpt, photos, other, (1, 3), job=job(ckpt, normalize=True))
+    mixed = copy_of(three_jobs, tmp_path)
+    shutil.rmtree(mixed / "shard-000001")
+    shutil.copytree(other / "shard-000001", mixed / "shard-000001")
+    with pytest.raises(ShardMismatchError, match="normalize"):
+        combine([mixed], EmbedPaths.for_output(tmp_path / "out.npy"))
+
+
+def test_shards_of_another_split_are_refused(ckpt, photos, three_jobs, tmp_path):
+    other = tmp_path / "wider"
+    run_shards(expand_inputs(inputs(photos)), other, job(ckpt), selection=(1, 3), shard_size=2 * SHARD)
+    with pytest.raises(ShardMismatchError, match="different runs .batch size 2 and shard size 8, not 2 and 4"):
+        combine([three_jobs, other], EmbedPaths.for_output(tmp_path / "out.npy"))
+
+
+def test_a_damaged_shard_is_refused(three_jobs, tmp_path):
+    shards = copy_of(three_jobs, tmp_path)
+    rows = shards / "shard-000000" / "rows.npy"
+    rows.write_bytes(rows.read_bytes()[:-4])
+    with pytest.raises(ShardError, match="rows.npy"):
+        combine([shards], EmbedPaths.for_output(tmp_path / "out.npy"))
+
+
+def test_combine_never_replaces_an_output_without_overwrite(three_jobs, tmp_path):
+    (tmp_path / "out.npy").write_bytes(b"mine")
+    with pytest.raises(UsageError, match="--overwrite"):
+        combine([three_jobs], EmbedPaths.for_output(tmp_path / "out.npy"))
+    assert (tmp_path / "out.npy").read_bytes() == b"mine"
+
+
+def test_a_job_rerun_needs_resume_and_then_skips_its_finished_shards(ckpt, photos, tmp_path):
+    shard_dir = tmp_path / "out.npy.shards"
+    first = run_job(ckpt, photos, shard_dir, (0, 2))
+    assert first.ran == [0, 2, 4]
+    stamp = (shard_dir / "shard-000002" / "rows.npy").stat().st_mtime_ns
+    with pytest.raises(UsageError, match="--resume"):
+        run_job(ckpt, photos, shard_dir, (0, 2))
+    shutil.rmtree(shard_dir / "shard-000004")
+    again = run_job(ckpt, photos, shard_dir, (0, 2), resume=True)
+    assert again.ran == [4] and again.skipped == [0, 2]
+    assert (shard_dir / "shard-000002" / "rows.npy").stat().st_mtime_ns == stamp
+    shutil.rmtree(shard_dir / "shard-000004")  # something to do, with other options than shards 0 and 2
+    with pytest.raises(ShardMismatchError, match="normalize: False in it, True in this run"):
+        run_job(ckpt, photos, shard_dir, (0, 2), resume=True, job=job(ckpt, normalize=True))
+    with pytest.raises(ShardMismatchError, match="inputs changed"):  # these shards are of another list
+        run_shards(expand_inputs([str(photos)]), shard_dir, job(ckpt), selection=(0, 2), shard_size=SHARD, resume=True)
+
+
+def test_shard_folder_documents_what_made_it(three_jobs):
+    meta = json.loads((three_jobs / "shard-000001" / "shard.json").read_text())
+    assert meta["format"] == "bitcli-embed-shard" and meta["shard"] == 1
+    assert meta["split"]["batch_size"] == BATCH and meta["split"]["shard_size"] == SHARD and meta["split"]["entries"] == 17
+    assert meta["fingerprint"]["dtype"] == "float32" and "preprocessing" in meta["fingerprint"]
+    rows = np.load(three_jobs / "shard-000001" / "rows.npy")  # a plain .npy
+    assert rows.shape == (meta["rows"], 32)
