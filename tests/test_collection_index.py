@@ -127,3 +127,14 @@ def test_the_manifest_named_in_the_metadata_is_used(tmp_path):
     header["manifest"] = "rows.txt"
     meta_path.write_text(json.dumps(header))
     assert open_index(out).paths == ["a", "b"]
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", ">f4", "<f8"])
+def test_take_reads_any_rows_in_the_order_given(tmp_path, dtype):
+    vectors = np.random.default_rng(3).standard_normal((11, 6)).astype(dtype)
+    index = open_index(write_embedding(tmp_path, vectors, meta=False))
+    rows = [10, 0, 3, 3, 7]
+    np.testing.assert_array_equal(index.take(rows), vectors[rows].astype(np.float32))
+    assert index.take([]).shape == (0, 6)
+    with pytest.raises(IndexError):
+        index.take([11])

@@ -83,22 +83,25 @@ class EmbeddingIndex:
     def take(self, rows: Iterable[int]) -> np.ndarray:
         """float32 copies of the given rows, in the order given.
 
-        Read with `pread`, not through the memory map: touching scattered rows of a map makes the
-        kernel map their neighbours too (fault-around), and the process's resident set would grow
-        towards the file's size although it holds only these rows."""
+        Read with `preadv`, not through the memory map: touching scattered rows of a map makes
+        the kernel map their neighbours too (fault-around), and the process's resident set would
+        grow towards the file's size although it holds only these rows."""
         rows = np.asarray(list(rows), dtype=np.int64)
-        out = np.empty((rows.size, self.dim), dtype=np.float32)
-        if rows.size == 0:
-            return out
-        if rows.min() < 0 or rows.max() >= self.rows:
+        if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
             raise IndexError(f"row out of range for {self.rows} rows")
-        reader = _BlockReader(self, 1, torch_cast=False)
+        offset = getattr(self.vectors, "offset", None)
+        if rows.size == 0 or offset is None or not self.vectors.flags.c_contiguous or not hasattr(os, "preadv"):
+            return np.asarray(self.vectors[rows], dtype=np.float32).reshape(rows.size, self.dim)
+        row_bytes = self.dim * self.vectors.dtype.itemsize
+        raw = np.empty((rows.size, row_bytes), dtype=np.uint8)
+        fd = os.open(self.array_path, os.O_RDONLY)
         try:
-            for i, row in enumerate(rows):
-                out[i] = reader.read(int(row), int(row) + 1)[0]
+            for i, row in enumerate(rows.tolist()):
+                if os.preadv(fd, [raw[i]], offset + row * row_bytes) != row_bytes:
+                    raise UsageError(f"{self.array_path}: ended early (truncated while reading?); embed again with --overwrite")
         finally:
-            reader.close()
-        return out
+            os.close(fd)
+        return raw.view(self.vectors.dtype).reshape(rows.size, self.dim).astype(np.float32)
 
     def find_rows(self, queries: Iterable[str]) -> dict[str, int]:
         """For each query path that names a row, the first such row (one pass over the paths).
