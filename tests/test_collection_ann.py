@@ -49,7 +49,7 @@ def test_search_uses_it_with_exact_scores_and_high_recall(built):
     assert ann.recall_at_k(exact, approx.matches) >= 0.9
     sims = cosine_matrix(queries, vectors)
     for j, matches in enumerate(approx.matches):
-        assert [m.score for m in matches] == pytest.approx([sims[j, m.row] for m in matches], abs=2e-6)
+        assert [m.score for m in matches] == pytest.approx([sims[j, m.row] for m in matches], abs=1e-7)
         assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
     assert search(index, queries[:3], 10, exact=True).matches == exact[:3]
 

@@ -50,10 +50,10 @@ def test_group_scores_are_the_extremes_over_all_member_pairs(tmp_path):
     assert groups, "the planted duplicates form groups"
     for g in groups:
         pairs = [sims[a, b] for a, b in combinations(g.rows, 2)]
-        assert g.min_score == pytest.approx(min(pairs), abs=2e-6)
-        assert g.max_score == pytest.approx(max(pairs), abs=2e-6)
+        assert g.min_score == pytest.approx(min(pairs), abs=1e-7)
+        assert g.max_score == pytest.approx(max(pairs), abs=1e-7)
         assert g.scores_to_first[0] == 1.0
-        assert g.scores_to_first[1:] == pytest.approx([sims[g.rows[0], r] for r in g.rows[1:]], abs=2e-6)
+        assert g.scores_to_first[1:] == pytest.approx([sims[g.rows[0], r] for r in g.rows[1:]], abs=1e-7)
 
 
 def test_largest_group_first_then_by_first_row(tmp_path):

@@ -15,11 +15,11 @@ from bitcli.store.metadata import (
     SidecarPaths,
     check_compatible,
     identify,
-    plan_update,
     read_file_rows,
     read_metadata,
     write_metadata,
 )
+from bitcli.store.update import plan_update
 
 FINGERPRINT = {
     "model": "google/bit-50",
@@ -189,6 +189,16 @@ def test_plan_pairs_a_path_given_twice_with_its_rows_in_order():
     plan = plan_update(stored, ["x", "y", "x", "x"], identify_fn=fake_files({"x": (1, 1, None), "y": (2, 2, None)}))
     assert [(s.status, s.source_row) for s in plan.steps] == [("kept", 0), ("kept", 2), ("kept", 1), ("new", None)]
     assert plan.removed == []
+
+
+def test_a_row_without_an_identity_is_embedded_again(tmp_path):
+    paths = SidecarPaths.for_output(tmp_path / "x.npy")
+    write_metadata(paths, header(2), [("a", None), ("b", FileIdentity(2, 20))])
+    stored = read_file_rows(paths.meta, read_metadata(paths.meta))
+    assert stored == [("a", None), ("b", FileIdentity(2, 20))]
+    assert json.loads(paths.files.read_text().splitlines()[0]) == {"path": "a", "size": None, "mtime_ns": None}
+    plan = plan_update(stored, ["a", "b"], identify_fn=fake_files({"a": (1, 10, None), "b": (2, 20, None)}))
+    assert [s.status for s in plan.steps] == ["changed", "kept"]
 
 
 def test_an_unreadable_input_is_embedded_so_that_the_failure_is_reported():

@@ -36,7 +36,7 @@ def test_scores_equal_numpy_cosine_on_the_stored_rows(tmp_path, tied_vectors):
     expected = cosine_matrix(queries, tied_vectors)
     for j, matches in enumerate(exact_search(index, queries, 20, block_rows=50)):
         for m in matches:
-            assert m.score == pytest.approx(expected[j, m.row], abs=2e-6)
+            assert m.score == pytest.approx(expected[j, m.row], abs=1e-7)
             assert m.path == index.paths[m.row]
             assert m.score == float(str(np.float32(m.score)))  # shortest float32 form
 

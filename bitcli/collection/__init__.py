@@ -14,21 +14,27 @@ writes lives in `bitcli.store.metadata`. Library code never prints.
 
 from __future__ import annotations
 
-from bitcli.collection.dedup import DEFAULT_THRESHOLD, KEEP_POLICIES, DuplicateGroup, check_threshold, find_groups, paths_to_delete
-from bitcli.collection.index import EmbeddingIndex, open_index
-from bitcli.collection.search import Match, SearchOutcome, exact_search, search
+from bitcli.util import lazy_attributes
 
-__all__ = [
-    "DEFAULT_THRESHOLD",
-    "KEEP_POLICIES",
-    "DuplicateGroup",
-    "EmbeddingIndex",
-    "Match",
-    "SearchOutcome",
-    "check_threshold",
-    "exact_search",
-    "find_groups",
-    "open_index",
-    "paths_to_delete",
-    "search",
-]
+# Chosen as imagededup does for the same kind of feature (the global-average-pooled output of an
+# ImageNet CNN after its last ReLU, compared by cosine): its CNN method's default
+# min_similarity_threshold is 0.9. docs/collection.md has the reasoning and how to tune it.
+# Defined here, not in dedup.py, so that `bit --help` shows it without importing numpy.
+DEFAULT_THRESHOLD = 0.9
+
+_LAZY = {
+    "KEEP_POLICIES": "bitcli.collection.dedup",
+    "DuplicateGroup": "bitcli.collection.dedup",
+    "check_threshold": "bitcli.collection.dedup",
+    "find_groups": "bitcli.collection.dedup",
+    "paths_to_delete": "bitcli.collection.dedup",
+    "EmbeddingIndex": "bitcli.collection.index",
+    "open_index": "bitcli.collection.index",
+    "Match": "bitcli.collection.scoring",
+    "SearchOutcome": "bitcli.collection.search",
+    "exact_search": "bitcli.collection.search",
+    "search": "bitcli.collection.search",
+}
+
+__all__ = sorted(_LAZY) + ["DEFAULT_THRESHOLD"]
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.search import Match, to_matches, block_scores, check_k, normalize_rows, top_k
+from bitcli.collection.scoring import Match, check_k, normalize_rows, to_matches
 from bitcli.errors import UsageError
 from bitcli.store.metadata import write_atomic
 
@@ -103,10 +103,7 @@ class AnnIndex:
         _, candidates = self.faiss_index.search(unit, wanted)
         results = []
         for j, found in enumerate(candidates):
-            rows = np.unique(found[found >= 0])
-            scores = block_scores(index.take(rows), unit[j : j + 1])[0]
-            best_scores, best_rows = top_k(scores, rows, k + 1)
-            results.append(to_matches(index, best_scores, best_rows, k, exclude[j]))
+            results.append(to_matches(index, queries[j], np.unique(found[found >= 0]), k, exclude[j]))
         return results
 
 

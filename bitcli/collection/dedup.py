@@ -25,17 +25,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
+from bitcli.collection import DEFAULT_THRESHOLD  # 0.9: why, in the package's __init__
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.errors import UsageError
 
-# Chosen as imagededup does for the same kind of feature (the global-average-pooled output of an
-# ImageNet CNN after its last ReLU, compared by cosine): its CNN method's default
-# min_similarity_threshold is 0.9. See docs/collection.md for the reasoning and how to tune it.
-DEFAULT_THRESHOLD = 0.9
 KEEP_POLICIES = ("first", "largest", "newest")
 _BLOCK_BYTES = 32 << 20  # float32 bytes per block of rows
 _SLICE_ROWS = 512  # rows per similarity slice: at most 512 x block pairs materialize at once
@@ -66,40 +63,67 @@ def check_threshold(threshold: float) -> None:
         raise UsageError(f"--threshold {threshold}: must be between -1 and 1 (a cosine similarity); the default is {DEFAULT_THRESHOLD}")
 
 
+Progress = Callable[[int], None]  # called with a number of rows' worth of work done (sums to N)
+
+
 def find_groups(
-    index: EmbeddingIndex, threshold: float = DEFAULT_THRESHOLD, *, block_rows: int | None = None, method: str = "auto"
+    index: EmbeddingIndex,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    block_rows: int | None = None,
+    method: str = "auto",
+    progress: Progress | None = None,
 ) -> list[DuplicateGroup]:
     """Every group of two or more rows, largest first (`method`: see `threshold_pairs`)."""
     check_threshold(threshold)
-    labels = component_labels(index, threshold, block_rows=block_rows, method=method)
+    labels = component_labels(index, threshold, block_rows=block_rows, method=method, progress=progress)
     members = _members(labels)
     members.sort(key=lambda rows: (-len(rows), rows[0]))
     return [_describe(index, number, rows) for number, rows in enumerate(members, start=1)]
 
 
-def component_labels(index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None, method: str = "auto") -> np.ndarray:
+def component_labels(
+    index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None, method: str = "auto", progress: Progress | None = None
+) -> np.ndarray:
     """label[i] = the smallest row of row i's component."""
     components = _UnionFind(index.rows)
-    for a, b in threshold_pairs(index, threshold, block_rows=block_rows, method=method):
+    for a, b in threshold_pairs(index, threshold, block_rows=block_rows, method=method, progress=progress):
         components.union(a, b)
     return components.labels()
 
 
 def threshold_pairs(
-    index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None, method: str = "auto"
+    index: EmbeddingIndex,
+    threshold: float,
+    *,
+    block_rows: int | None = None,
+    method: str = "auto",
+    progress: Progress | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches of row pairs (a < b) whose cosine similarity is >= threshold, each batch bounded.
 
     method: "float32" (numpy), "bf16" (a bfloat16 pre-filter, re-checked in float32: the same
     pairs, about 4x faster on CPUs with bf16 units), or "auto" (bf16 when the CPU has native
-    bf16 and the index is big enough for torch's import to pay)."""
+    bf16 and the index is big enough for torch's import to pay). `progress` hears of the work
+    done in rows' worth (row r is compared with rows r..N-1: later rows cost less)."""
     scorer = _scorer(method, index)
     block_rows = block_rows or index.block_rows(_BLOCK_BYTES)
+    reported = 0
     for first, block in index.iter_blocks(block_rows):
         left = scorer.prepare(_unit(block.copy()))  # the reader reuses its buffer for the inner loop
         yield from _block_pairs(scorer, left, first, left, first, threshold)  # the block with itself
         for other_first, other in index.iter_blocks(block_rows, start=first + len(block)):
             yield from _block_pairs(scorer, left, first, scorer.prepare(_unit(other)), other_first, threshold)
+        if progress is not None:
+            done = _work_done(first + len(block), index.rows)
+            progress(done - reported)
+            reported = done
+
+
+def _work_done(rows_done: int, rows: int) -> int:
+    """Rows' worth of the triangle covered once rows [0, rows_done) are compared with all later."""
+    pairs = rows_done * rows - rows_done * (rows_done - 1) // 2
+    return round(rows * pairs / (rows * (rows + 1) // 2)) if rows else 0
 
 
 def _block_pairs(scorer: "_Float32", left: tuple, first: int, right: tuple, other_first: int, threshold: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -245,16 +269,15 @@ def _describe(index: EmbeddingIndex, number: int, rows: list[int]) -> DuplicateG
 
 
 def _group_scores(index: EmbeddingIndex, rows: list[int]) -> tuple[float, float, np.ndarray]:
-    """(lowest, highest) similarity over all pairs of members, and each member's to the first.
-
-    The similarities to the first are row 0 of the first chunk's products, the very numbers
-    the lowest and highest are taken from."""
+    """(lowest, highest) similarity over all pairs of members, and each member's to the first, in
+    float64 from the stored rows (so they do not depend on how the pairs were found). The
+    similarities to the first are row 0 of the first chunk's products."""
     low, high = np.inf, -np.inf
     to_first = []
     for start in range(0, len(rows), _STATS_ROWS):
-        left = _unit(index.take(rows[start : start + _STATS_ROWS]))
+        left = _unit64(index.take(rows[start : start + _STATS_ROWS]))
         for other in range(start, len(rows), _STATS_ROWS):
-            right = left if other == start else _unit(index.take(rows[other : other + _STATS_ROWS]))
+            right = left if other == start else _unit64(index.take(rows[other : other + _STATS_ROWS]))
             sims = np.clip(left @ right.T, -1.0, 1.0)
             if start == 0:
                 to_first.append(sims[0])
@@ -262,6 +285,13 @@ def _group_scores(index: EmbeddingIndex, rows: list[int]) -> tuple[float, float,
             if values.size:
                 low, high = min(low, float(values.min())), max(high, float(values.max()))
     return low, high, np.concatenate(to_first)
+
+
+def _unit64(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float64)
+    norms = np.linalg.norm(rows, axis=1)
+    norms[(norms == 0) | ~np.isfinite(norms)] = np.inf  # zero or NaN rows: similarity 0
+    return np.nan_to_num(rows / norms[:, None])
 
 
 # -- --keep ------------------------------------------------------------------------------------

@@ -92,6 +92,12 @@ def dedup_page(groups: Sequence[DuplicateGroup], locate: Callable[[str], str | N
 
 def write_page(path: str | os.PathLike[str], page: str) -> None:
     """Write atomically; refuse (UsageError) to replace anything but a page bitcli wrote."""
+    path = check_target(path)
+    write_atomic(path, [page.encode("utf-8")])
+
+
+def check_target(path: str | os.PathLike[str]) -> Path:
+    """`path` if a page may be written there (UsageError otherwise): new, or a page bitcli wrote."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         if not path.is_file():
@@ -105,7 +111,7 @@ def write_page(path: str | os.PathLike[str], page: str) -> None:
             raise UsageError(f"--html {path}: exists and was not written by bitcli; choose another name or remove it")
     if not path.parent.is_dir():
         raise UsageError(f"--html {path}: the folder {path.parent} does not exist")
-    write_atomic(path, [page.encode("utf-8")])
+    return path
 
 
 # -- pieces ------------------------------------------------------------------------------------

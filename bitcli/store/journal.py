@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bitcli.store.files import read_lines
+from bitcli.store.metadata import FileIdentity
 from bitcli.store.paths import EmbedPaths, unescape_error_path
 
 
@@ -19,6 +20,7 @@ class Journal:
 
     paths: list[str] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    identities: list[FileIdentity | None] = field(default_factory=list)  # of each row's file, before it was read
     valid_bytes: int = 0  # length of the journal's well-formed prefix
 
 
@@ -56,10 +58,26 @@ def read_journal(path: Path) -> Journal:
             entry = json.loads(raw)
             paths = [str(p) for p in entry["rows"]]
             errors = [(str(p), str(r)) for p, r in entry["errors"]]
+            identities = [decode_identity(i) for i in entry.get("ids") or [None] * len(paths)]
         except (ValueError, KeyError, TypeError):
             break
+        if len(identities) != len(paths):  # written by a bitcli that recorded none: unknown
+            identities = [None] * len(paths)
         journal.paths.extend(paths)
         journal.errors.extend(errors)
+        journal.identities.extend(identities)
         offset += len(raw)
     journal.valid_bytes = offset
     return journal
+
+
+def encode_identity(identity: FileIdentity | None) -> list | None:
+    """A row's identity in a journal line: [size, mtime_ns, sha256 or null], or null."""
+    return None if identity is None else [identity.size, identity.mtime_ns, identity.sha256]
+
+
+def decode_identity(value: list | None) -> FileIdentity | None:
+    if value is None:
+        return None
+    size, mtime_ns, sha256 = value
+    return FileIdentity(int(size), int(mtime_ns), None if sha256 is None else str(sha256))

@@ -15,9 +15,9 @@ object, and the header stays small enough to read on every search. Both are writ
 temporary file and a rename (the row file first, then the header that names its digest), so a
 reader never sees a torn file, and a header always describes a complete row file.
 
-`plan_update` compares the current inputs with the stored identities: which rows are kept,
-which files are new or changed (and must be embedded), which are gone, and (with content
-hashes) which were moved, so their rows can be reused under the new name.
+A row whose file could not be identified when it was embedded (it vanished, or a journal of
+an older bitcli recorded no identity) has `"size": null, "mtime_ns": null`; `--update` embeds
+it again. `bitcli.store.update` compares stored identities with the current inputs.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ import hashlib
 import json
 import os
 import tempfile
-from collections import defaultdict, deque
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 from bitcli.errors import UsageError
 
@@ -87,6 +86,18 @@ def identify(path: str, *, content_hash: bool = False) -> FileIdentity:
     return FileIdentity(size=info.st_size, mtime_ns=info.st_mtime_ns, sha256=digest)
 
 
+def identify_all(paths: Iterable[str], *, content_hash: bool = False) -> dict[str, FileIdentity | None]:
+    """Each distinct path's identity now (None when it cannot be read: embedding will say why)."""
+    found: dict[str, FileIdentity | None] = {}
+    for path in paths:
+        if path not in found:
+            try:
+                found[path] = identify(path, content_hash=content_hash)
+            except OSError:
+                found[path] = None
+    return found
+
+
 @dataclass
 class EmbeddingMetadata:
     """The header (`OUT.meta.json`). `extra` keeps keys a newer bitcli may add (round-tripped)."""
@@ -125,7 +136,9 @@ class EmbeddingMetadata:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        known = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        names = [f.name for f in fields(self) if f.name != "extra"]
+        order = ["bitcli_version", "array", "manifest", "files", "files_sha256"]  # where it came from, first
+        known = {name: getattr(self, name) for name in order + [n for n in names if n not in order]}
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **known, **self.extra}
 
     @classmethod
@@ -191,7 +204,7 @@ def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out:
 # -- writing and reading ---------------------------------------------------------------------
 
 
-def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity]]) -> EmbeddingMetadata:
+def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]) -> EmbeddingMetadata:
     """Write the row file, then the header naming its digest; both atomically. The header as written.
 
     `rows` must yield exactly `meta.rows` (path, identity) pairs, in row order."""
@@ -201,8 +214,9 @@ def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[
     def lines() -> Iterator[bytes]:
         nonlocal count
         for path, identity in rows:
+            record = identity.to_dict(path) if identity is not None else {"path": path, "size": None, "mtime_ns": None}
             # ASCII with \\u escapes: non-UTF-8 file names (lone surrogates) round-trip through json.
-            line = (json.dumps(identity.to_dict(path), ensure_ascii=True) + "\n").encode("ascii")
+            line = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
             sha.update(line)
             count += 1
             yield line
@@ -238,7 +252,7 @@ def sidecar_file(meta_path: Path, name: str | None) -> Path | None:
     return Path(meta_path).parent / name
 
 
-def read_file_rows(meta_path: Path, meta: EmbeddingMetadata) -> list[tuple[str, FileIdentity]]:
+def read_file_rows(meta_path: Path, meta: EmbeddingMetadata) -> list[tuple[str, FileIdentity | None]]:
     """Every row's (path, identity), checked against the header's row count and digest."""
     files = sidecar_file(meta_path, meta.files)
     if files is None:
@@ -253,7 +267,9 @@ def read_file_rows(meta_path: Path, meta: EmbeddingMetadata) -> list[tuple[str, 
     for number, raw in enumerate(data.splitlines(), start=1):
         try:
             record = json.loads(raw)
-            identity = FileIdentity(size=_int(record["size"], "size"), mtime_ns=int(record["mtime_ns"]), sha256=record.get("sha256"))
+            identity = None
+            if record["size"] is not None:
+                identity = FileIdentity(size=_int(record["size"], "size"), mtime_ns=int(record["mtime_ns"]), sha256=record.get("sha256"))
             rows.append((str(record["path"]), identity))
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{files}, line {number}: malformed ({exc}); embed anew with --overwrite") from exc
@@ -286,106 +302,3 @@ def _relative_name(target: Path, meta_path: Path) -> str:
     """`target` relative to the header's directory when it lies there, else absolute."""
     target, base = Path(os.path.abspath(target)), Path(os.path.abspath(meta_path)).parent
     return target.name if target.parent == base else str(target)
-
-
-# -- --update --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UpdateStep:
-    """One current input: reuse row `source_row` of the old array, or embed it (None)."""
-
-    path: str
-    status: str  # "kept", "moved", "changed" or "new"
-    identity: FileIdentity | None  # its identity now (None when it cannot be read: embedding reports why)
-    source_row: int | None = None
-
-
-@dataclass
-class UpdatePlan:
-    """What `--update` does, one step per current input in input order, and the rows dropped."""
-
-    steps: list[UpdateStep]
-    removed: list[str]  # stored paths that no current input names (and no move claimed)
-
-    def count(self, status: str) -> int:
-        return sum(1 for s in self.steps if s.status == status)
-
-    def summary(self) -> str:
-        """`+12 new, 3 changed, 2 removed, 1043 kept` (and `, 4 moved` when any)."""
-        text = f"+{self.count('new')} new, {self.count('changed')} changed, {len(self.removed)} removed, {self.count('kept')} kept"
-        moved = self.count("moved")
-        return text + (f", {moved} moved" if moved else "")
-
-    @property
-    def to_embed(self) -> list[UpdateStep]:
-        return [s for s in self.steps if s.source_row is None]
-
-
-def plan_update(
-    stored: Sequence[tuple[str, FileIdentity]],
-    current: Sequence[str],
-    *,
-    content_hash: bool = False,
-    identify_fn: Callable[..., FileIdentity] = identify,
-) -> UpdatePlan:
-    """Diff the current input paths (in order) against the stored rows.
-
-    Same path: kept when size and mtime are unchanged (with `content_hash`: when the sha256 is
-    unchanged, if the stored row has one), else changed. A path given twice pairs with the
-    path's stored rows in order. With `content_hash`, a new or changed file whose content
-    equals a row no kept file claims reuses that row ("moved" for a new path).
-    """
-    by_path: dict[str, deque[int]] = defaultdict(deque)
-    for row, (path, _) in enumerate(stored):
-        by_path[path].append(row)
-    claimed: set[int] = set()  # rows reused as they are
-    superseded: set[int] = set()  # rows of changed files (reusable by content, never "removed")
-    drafts: list[UpdateStep] = []
-    for path in current:
-        identity = _try_identify(identify_fn, path, content_hash)
-        rows = by_path.get(path)
-        if not rows:
-            drafts.append(UpdateStep(path, "new", identity))
-            continue
-        row = rows.popleft()
-        if identity is not None and _unchanged(stored[row][1], identity, content_hash):
-            claimed.add(row)
-            kept = identity if identity.sha256 else FileIdentity(identity.size, identity.mtime_ns, stored[row][1].sha256)
-            drafts.append(UpdateStep(path, "kept", kept, row))
-        else:
-            superseded.add(row)
-            drafts.append(UpdateStep(path, "changed", identity))
-    steps = _reuse_by_hash(drafts, stored, claimed) if content_hash else drafts
-    removed = [path for row, (path, _) in enumerate(stored) if row not in claimed and row not in superseded]
-    return UpdatePlan(steps=steps, removed=removed)
-
-
-def _try_identify(identify_fn: Callable[..., FileIdentity], path: str, content_hash: bool) -> FileIdentity | None:
-    try:
-        return identify_fn(path, content_hash=content_hash)
-    except OSError:
-        return None
-
-
-def _unchanged(old: FileIdentity, new: FileIdentity, content_hash: bool) -> bool:
-    if content_hash and old.sha256 and new.sha256:
-        return old.sha256 == new.sha256
-    return old.same_stat(new)
-
-
-def _reuse_by_hash(drafts: list[UpdateStep], stored: Sequence[tuple[str, FileIdentity]], claimed: set[int]) -> list[UpdateStep]:
-    """New or changed files whose content an unclaimed stored row has: reuse that row."""
-    pool: dict[str, deque[int]] = defaultdict(deque)
-    for row, (_, identity) in enumerate(stored):
-        if row not in claimed and identity.sha256:
-            pool[identity.sha256].append(row)
-    steps = []
-    for step in drafts:
-        digest = step.identity.sha256 if step.identity is not None else None
-        if step.source_row is None and digest and pool.get(digest):
-            row = pool[digest].popleft()
-            claimed.add(row)
-            step = UpdateStep(step.path, "moved" if step.status == "new" else "changed", step.identity, row)
-        steps.append(step)
-    return steps

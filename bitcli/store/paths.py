@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from bitcli.errors import BitError, UsageError
 from bitcli.inputs import path_problem
+from bitcli.store.metadata import SidecarPaths
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,15 @@ class EmbedPaths:
         return None if self.out is None else self.out.with_name(self.out.name + ".partial")
 
     @property
+    def sidecars(self) -> SidecarPaths:
+        """The metadata sidecar: `OUT.meta.json`, `OUT.files.jsonl` (with -o -, beside the manifest)."""
+        return SidecarPaths.for_output(self.out if self.out is not None else self.manifest)
+
+    @property
     def outputs(self) -> list[Path]:
         """The files a finished run publishes (the array only when it is not streamed)."""
-        return [p for p in (self.out, self.manifest, self.errors) if p is not None]
+        sidecars = self.sidecars
+        return [p for p in (self.out, self.manifest, self.errors, sidecars.meta, sidecars.files) if p is not None]
 
     def output_for(self, filename: Any) -> Any:
         """The output a file name stands for: temporary files (`.NAME.xxxx`, see
@@ -70,10 +77,14 @@ class EmbedPaths:
         )
 
 
-def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
-    """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2."""
+def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bool = False) -> None:
+    """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2.
+
+    `update`: the existing output is the one being brought up to date (`--update`), not in the way."""
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
+    if update and (overwrite or paths.out is None):
+        raise UsageError("--update keeps the output's rows: it cannot be combined with --overwrite or -o -")
     _check_distinct(paths)
     if paths.manifest.is_dir():
         raise UsageError(f"--manifest {paths.manifest}: is a directory; give a file name")
@@ -81,20 +92,28 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
         raise UsageError("--resume needs an output file, not -o -")
     partial = paths.partial
     if partial is not None and partial.exists() and not (resume or overwrite):
+        again = "--update --resume" if update else "--resume"
         raise UsageError(
             f"{paths.out}: an interrupted run left {partial}; "
-            "pass --resume to continue it or --overwrite to start over"
+            f"pass {again} to continue it or --overwrite to start over"
         )
+    if update:
+        return
     if paths.out is not None and paths.out.exists() and not partial.exists() and not (resume or overwrite):
-        raise UsageError(f"{paths.out} already exists; pass --overwrite to replace it (or --resume)")
-    if paths.manifest.exists() and not (resume or overwrite):
-        raise UsageError(f"{paths.manifest} already exists; pass --overwrite to replace it")
+        raise UsageError(f"{paths.out} already exists; pass --overwrite to replace it, --update to bring it up to date (or --resume)")
+    for existing in (paths.manifest, paths.sidecars.meta):
+        if existing.exists() and not (resume or overwrite):
+            raise UsageError(f"{existing} already exists; pass --overwrite to replace it")
 
 
 def _check_distinct(paths: EmbedPaths) -> None:
-    """The array, manifest, error list and partial run must be four different files."""
+    """The array, manifest, error list, partial run and metadata sidecar must be different files."""
     seen: dict[str, str] = {}
-    named = (("-o", paths.out), ("--manifest", paths.manifest), ("the error list", paths.errors), ("the partial run", paths.partial))
+    sidecars = paths.sidecars
+    named = (
+        ("-o", paths.out), ("--manifest", paths.manifest), ("the error list", paths.errors),
+        ("the partial run", paths.partial), ("the metadata", sidecars.meta), ("the row identities", sidecars.files),
+    )
     for what, path in named:
         if path is None:
             continue

@@ -17,7 +17,8 @@ import numpy as np
 
 from bitcli.errors import UsageError
 from bitcli.store.files import fsync_dir, npy_header, write_atomic, write_synced
-from bitcli.store.journal import Journal, finished_inputs, inputs_digest, read_journal
+from bitcli.store.journal import Journal, encode_identity, finished_inputs, inputs_digest, read_journal
+from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, write_metadata
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem
 
 if TYPE_CHECKING:
@@ -43,11 +44,14 @@ class EmbedSummary:
 
 
 class EmbedWriter:
-    """Append batches of rows; `finish()` publishes the `.npy`, manifest and error list atomically.
+    """Append batches of rows; `finish()` publishes the `.npy`, manifest, error list and metadata
+    sidecar (`metadata.py`: what made the rows, and each row's file identity) atomically.
 
     `fingerprint` describes everything that determines the rows (model, revision, dtype,
     normalization, batch size, ...); `--resume` refuses a partial run made with another one.
     `done` is the set of input paths already handled (embedded or failed) by an earlier run.
+    `update`: the existing output is being brought up to date (`--update`); it stays in place
+    until `finish()` replaces it.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class EmbedWriter:
         inputs: Sequence[str] | None = None,
         resume: bool = False,
         overwrite: bool = False,
+        update: bool = False,
     ) -> None:
         if dtype not in ("float32", "float16"):
             raise UsageError(f"--dtype {dtype}: choose float32 or float16")
@@ -77,7 +82,7 @@ class EmbedWriter:
         self.resumed_rows = 0
         self.already_complete = False
         self._closed = False
-        check_output(paths, resume=resume, overwrite=overwrite)
+        check_output(paths, resume=resume, overwrite=overwrite, update=update)
         if paths.out is None:
             self._data = tempfile.TemporaryFile()  # anonymous: nothing to resume, nothing left behind
             self._data.write(npy_header(self.dtype, 0, self.dim))
@@ -87,7 +92,7 @@ class EmbedWriter:
             shutil.rmtree(partial)
         if partial.exists():
             self._reopen(partial)
-        elif paths.out.exists() and resume and not overwrite:
+        elif paths.out.exists() and resume and not (overwrite or update):
             self._mark_complete()
         else:
             self._create(partial)
@@ -187,8 +192,15 @@ class EmbedWriter:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def commit(self, paths: Sequence[str], rows: np.ndarray | None, errors: Sequence[tuple[str, str]] = ()) -> None:
-        """Append one batch: `rows[i]` is the embedding of `paths[i]`; `errors` are (path, reason)."""
+    def commit(
+        self,
+        paths: Sequence[str],
+        rows: np.ndarray | None,
+        errors: Sequence[tuple[str, str]] = (),
+        identities: Sequence[FileIdentity | None] | None = None,
+    ) -> None:
+        """Append one batch: `rows[i]` is the embedding of `paths[i]`; `errors` are (path, reason);
+        `identities[i]`: what `paths[i]` was before it was read (None: unknown)."""
         if self._closed or self.already_complete:
             raise RuntimeError("this EmbedWriter is closed")
         paths = [str(p) for p in paths]
@@ -208,14 +220,19 @@ class EmbedWriter:
             if self._dir is not None:
                 os.fsync(self._data.fileno())
         errors = [(str(p), str(r)) for p, r in errors]
+        identities = list(identities) if identities is not None else [None] * len(paths)
+        if len(identities) != len(paths):
+            raise ValueError(f"{len(identities)} identities for {len(paths)} rows")
         if self._journal_fh is not None and (paths or errors):
             # ASCII with \\u escapes: non-UTF-8 file names (surrogates) round-trip through json.
-            line = json.dumps({"rows": paths, "errors": errors}, ensure_ascii=True) + "\n"
+            entry = {"rows": paths, "errors": errors, "ids": [encode_identity(i) for i in identities]}
+            line = json.dumps(entry, ensure_ascii=True) + "\n"
             self._journal_fh.write(line.encode("ascii"))
             self._journal_fh.flush()
             os.fsync(self._journal_fh.fileno())
         self._journal.paths.extend(paths)
         self._journal.errors.extend(errors)
+        self._journal.identities.extend(identities)
 
     @property
     def manifest_paths(self) -> list[str]:
@@ -250,12 +267,31 @@ class EmbedWriter:
             summary.errors_file = paths.errors
         else:
             paths.errors.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        self._write_sidecar()
         if paths.out is not None:
             os.replace(self._dir / "data.npy", paths.out)
             fsync_dir(paths.out.parent)
             shutil.rmtree(self._dir, ignore_errors=True)
             summary.out = paths.out
         return summary
+
+    def _write_sidecar(self) -> None:
+        """`OUT.meta.json` and `OUT.files.jsonl`: what made the rows, each row's file identity."""
+        from bitcli import __version__
+
+        paths = self.paths
+        base = paths.sidecars.meta.parent
+        meta = EmbeddingMetadata.from_fingerprint(
+            {**self.fingerprint, "dtype": self.dtype.name},
+            rows=self.rows,
+            feature_dim=self.dim,
+            bitcli_version=__version__,
+            content_hash="sha256" if self.fingerprint.get("content_hash") else None,
+            cwd=os.getcwd(),
+            array=None if paths.out is None else _name_from(paths.out, base),
+            manifest=_name_from(paths.manifest, base),
+        )
+        write_metadata(paths.sidecars, meta, zip(self._journal.paths, self._journal.identities))
 
     def _stream_to(self, stream: IO[bytes] | None) -> None:
         if stream is None:
@@ -303,19 +339,28 @@ def _describe_difference(theirs: dict[str, Any], mine: dict[str, Any]) -> str:
     return "; ".join(diffs[:3]) or "unknown"
 
 
+def _name_from(path: Path, base: Path) -> str:
+    """`path` relative to `base` when it lies there, else absolute."""
+    absolute = Path(os.path.abspath(path))
+    return absolute.name if absolute.parent == Path(os.path.abspath(base)) else str(absolute)
+
+
 def write_groups(
     writer: EmbedWriter,
     groups: Iterable[list[EmbedResult]],
     on_group: Callable[[list[EmbedResult]], None] | None = None,
+    identity: Callable[[str], FileIdentity | None] | None = None,
 ) -> None:
     """Commit each group of results (one batch: its rows and failures, in input order) to `writer`.
 
     A group is committed whole or not at all, which is what makes `--resume` byte-identical.
     `on_group` sees each group after its commit (the command reports failures and progress there).
+    `identity(path)`: the file's identity taken before it was read, for the metadata sidecar.
     """
     for group in groups:
         ok = [r for r in group if r.ok]
         errors = [(r.path, str(r.error)) for r in group if not r.ok]
-        writer.commit([r.path for r in ok], np.stack([r.vector for r in ok]) if ok else None, errors)
+        identities = [identity(r.path) for r in ok] if identity is not None else None
+        writer.commit([r.path for r in ok], np.stack([r.vector for r in ok]) if ok else None, errors, identities)
         if on_group is not None:
             on_group(group)
