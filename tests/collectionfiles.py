@@ -84,3 +84,44 @@ def all_pairs_groups(vectors: np.ndarray, threshold: float) -> list[list[int]]:
         if len(members) > 1:
             groups.append(sorted(members))
     return sorted(groups, key=lambda g: (-len(g), g[0]))
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
+
+
+def make_duplicates(directory: Path) -> dict[str, str]:
+    """The six sample photos plus real near-duplicates of them: a byte-identical copy, JPEG
+    re-encodes at quality 10 and 30, a copy resized to half, and two 1% crops. The copy -> original
+    names (with the tests' tiny random model each copy's nearest row is its original)."""
+    import shutil
+
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in sorted(SAMPLES.iterdir()):
+        if source.suffix in (".jpg", ".png"):
+            shutil.copyfile(source, directory / source.name)
+
+    def rgb(name: str) -> Image.Image:
+        return Image.open(directory / name).convert("RGB")
+
+    def crop(name: str, share: float = 0.01) -> Image.Image:
+        image = rgb(name)
+        dx, dy = int(image.width * share), int(image.height * share)
+        return image.crop((dx, dy, image.width - dx, image.height - dy))
+
+    shutil.copyfile(directory / "astronaut.jpg", directory / "astronaut_copy.jpg")
+    rgb("chelsea.png").save(directory / "chelsea_q10.jpg", quality=10)
+    rgb("camera.png").save(directory / "camera_q30.jpg", quality=30)
+    half = rgb("coffee.png")
+    half.resize((half.width // 2, half.height // 2)).save(directory / "coffee_half.png")
+    crop("retina.jpg").save(directory / "retina_crop.png")
+    crop("rocket.jpg").save(directory / "rocket_crop.png")
+    return {
+        "astronaut_copy.jpg": "astronaut.jpg",
+        "chelsea_q10.jpg": "chelsea.png",
+        "camera_q30.jpg": "camera.png",
+        "coffee_half.png": "coffee.png",
+        "retina_crop.png": "retina.jpg",
+        "rocket_crop.png": "rocket.jpg",
+    }
