@@ -169,3 +169,21 @@ def test_resumed_embed_keeps_the_identities_recorded_before_the_interruption(tmp
     again.finish()
     meta_path = SidecarPaths.for_output(paths.out).meta
     assert read_file_rows(meta_path, read_metadata(meta_path)) == [("a", FileIdentity(1, 10)), ("b", None), ("c", FileIdentity(3, 30, "ab"))]
+
+
+def test_combined_shards_carry_the_sidecar_so_search_needs_no_model(ckpt):
+    from pathlib import Path
+
+    make_duplicates(Path("photos"))
+    for i in range(2):
+        job = run(["embed", "photos", "-o", "out.npy", "-m", ckpt, "--batch-size", "2", "--shard-size", "6", "--shard", f"{i}/2"])
+        assert job.exit_code == 0, job.stderr
+    assert run(["combine", "-o", "out.npy"]).exit_code == 0
+    header = json.load(open("out.meta.json"))
+    assert header["rows"] == 12 and header["model"]["reference"] == str(ckpt.resolve())
+    assert all(json.loads(line)["size"] is None for line in open("out.files.jsonl"))  # shards record no identities
+    shutil.copy("photos/coffee_half.png", "query.png")
+    found = run(["search", "out.npy", "query.png", "-k", "1", "-f", "jsonl"])  # embedded with the stored model
+    assert found.exit_code == 0, found.stderr
+    best = json.loads(found.stdout)["matches"][:2]
+    assert [m["path"] for m in best] == ["photos/coffee_half.png"] and best[0]["score"] == 1.0  # a byte copy of it

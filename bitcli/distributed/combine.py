@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from bitcli.distributed.seams import (
+    EmbeddingMetadata,
     EmbedPaths,
     EmbedSummary,
     UsageError,
@@ -31,6 +32,7 @@ from bitcli.distributed.seams import (
     fsync_dir,
     name_some,
     npy_header,
+    write_metadata,
 )
 from bitcli.distributed.shardfiles import ShardInfo, describe_difference, read_shard, shard_failures, shard_folders
 from bitcli.distributed.shards import DuplicateShardError, MissingShardError, ShardMismatchError, Split
@@ -134,6 +136,7 @@ def _publish(shards: list[ShardInfo], paths: EmbedPaths, on_failure: OnFailure |
             _write_concatenation(paths.errors, [s.folder / "errors.txt" for s in shards])
         else:
             paths.errors.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        _write_sidecar(first, paths, rows, dtype)
         array.publish()
     except BaseException:
         array.discard()
@@ -146,6 +149,26 @@ def _publish(shards: list[ShardInfo], paths: EmbedPaths, on_failure: OnFailure |
         rows=rows, dim=first.dim, dtype=dtype.name, failed=failed, out=out, manifest=paths.manifest,
         errors_file=paths.errors if failed else None,
     )
+
+
+def _write_sidecar(first: ShardInfo, paths: EmbedPaths, rows: int, dtype: np.dtype) -> None:
+    """The metadata sidecar a local run writes (docs/collection.md), so that `bit search` finds
+    the model; shards record no file identities, so `--update` would embed every row again."""
+    from bitcli import __version__
+
+    meta = EmbeddingMetadata.from_fingerprint(
+        {**first.fingerprint, "dtype": dtype.name}, rows=rows, feature_dim=first.dim, bitcli_version=__version__,
+        cwd=os.getcwd(), array=paths.out.name, manifest=_beside(paths.manifest, paths.sidecars.meta),
+    )
+    manifest = paths.manifest.read_text(encoding="utf-8", errors="surrogateescape")
+    lines = manifest.removesuffix("\n").split("\n") if manifest else []
+    write_metadata(paths.sidecars, meta, ((line, None) for line in lines))
+
+
+def _beside(path: Path, meta: Path) -> str:
+    """`path`'s name when it lies beside the header, else its absolute path."""
+    absolute = Path(os.path.abspath(path))
+    return absolute.name if absolute.parent == Path(os.path.abspath(meta)).parent else str(absolute)
 
 
 class _TempFile:

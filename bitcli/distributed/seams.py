@@ -13,6 +13,7 @@ from bitcli.inputs import InputItem, expand_inputs
 from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.files import fsync_dir, npy_header, write_atomic
 from bitcli.store.journal import finished_inputs, inputs_digest
+from bitcli.store.metadata import EmbeddingMetadata, write_metadata
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path
 from bitcli.store.writer import EmbedSummary
 from bitcli.util import first_line, name_some
@@ -21,6 +22,7 @@ __all__ = [
     "BitError",
     "EmbedPaths",
     "EmbedSummary",
+    "EmbeddingMetadata",
     "InputError",
     "InputItem",
     "RunOptions",
@@ -37,4 +39,5 @@ __all__ = [
     "npy_header",
     "unescape_error_path",
     "write_atomic",
+    "write_metadata",
 ]
