@@ -12,8 +12,15 @@ Parts (`--parts`, comma-separated):
           (cosine 0.92-0.99) among rows whose pairwise cosine is about 0.5: wall time, peak RSS,
           the share of planted pairs found in one group at the default threshold, extra groups;
           once per --dedup-methods (auto: the bf16 pre-filter where the CPU has bf16; float32)
-  ann     faiss IVF-PQ over the search array: build time and peak RSS, query latency (one query
-          at a time, exact re-scoring included), recall@10 against exact search on 100 queries
+  ann     the approximate index over the search array (faiss IVF + 4-bit PQ): build time and peak
+          RSS, query latency (one query at a time, exact re-scoring included), recall@10 against
+          exact search on 100 queries
+  update  `bit embed --update` of a 10,000-image embedding after adding 100 photos, against
+          `bit embed` of the 100 photos alone (a random google/bit-50 checkpoint, as bench/run.py
+          makes it; 448 px photos). The 10,000 old images are small files that are only stat'ed;
+          their embedding is written by the store itself with random rows (what --update reads is
+          the files, the manifest and the sidecar, not the values). Whole-process wall times,
+          alternating, medians of --rounds.
 
 Rows are drawn around 1,000 random centres (unit-variance noise around unit-variance centres),
 so that neighbours are meaningful; queries are new draws from the same distribution. Each
@@ -193,7 +200,87 @@ def child_ann_query(array: str, nqueries: str) -> dict:
     }
 
 
-CHILDREN = {"search": child_search, "dedup": child_dedup, "ann_build": child_ann_build, "ann_query": child_ann_query}
+def child_update_seed(folder: str, checkpoint: str) -> dict:
+    """photos.npy & co. for photos/old, as `bit embed` writes them, with random rows (cwd: the folder's parent)."""
+    from bitcli.inputs import expand_inputs
+    from bitcli.pipeline import Embedder
+    from bitcli.store import EmbedPaths, EmbedWriter
+    from bitcli.store.metadata import identify_all
+
+    embedder = Embedder(checkpoint, device="cpu")
+    items = [item.path for item in expand_inputs([folder])]
+    identities = identify_all(items)
+    writer = EmbedWriter(
+        EmbedPaths.for_output(Path("photos.npy")), dim=embedder.feature_dim,
+        fingerprint={**embedder.fingerprint(), "dtype": "float32"}, inputs=items, overwrite=True,
+    )
+    rng = np.random.default_rng(0)
+    for first in range(0, len(items), 1000):
+        batch = items[first : first + 1000]
+        writer.commit(batch, rng.random((len(batch), embedder.feature_dim), dtype=np.float32), identities=[identities[p] for p in batch])
+    writer.finish()
+    return {"rows": len(items)}
+
+
+CHILDREN = {
+    "search": child_search, "dedup": child_dedup, "ann_build": child_ann_build, "ann_query": child_ann_query,
+    "update_seed": child_update_seed,
+}
+
+
+def bench_update(args: argparse.Namespace) -> dict:
+    """Wall time of `bit embed --update` (old + new) against `bit embed` of the new images alone."""
+    import statistics
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import run as benchrun  # bench/run.py: the random google/bit-50 checkpoint and the photos
+
+    checkpoint = benchrun.make_checkpoint()
+    photos = benchrun.make_photos(args.new)
+    base = WORK / "update"
+    old, new = base / "photos" / "old", base / "photos" / "new"
+    old.mkdir(parents=True, exist_ok=True)
+    new.mkdir(parents=True, exist_ok=True)
+    tiny = _tiny_jpeg()
+    for i in range(args.old):
+        (old / f"{i:05d}.jpg").write_bytes(tiny)
+    for photo in sorted(photos.glob("*.jpg")):
+        if not (new / photo.name).exists():
+            os.link(photo, new / photo.name)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    seed = [sys.executable, __file__, "_child", "update_seed", "photos/old", str(checkpoint)]
+    subprocess.run(["nice", "-n", "5", *seed], check=True, cwd=base, env=env, capture_output=True)
+    pristine = base / "pristine"
+    pristine.mkdir(exist_ok=True)
+    for name in ("photos.npy", "photos.paths.txt", "photos.meta.json", "photos.files.jsonl"):
+        shutil.copy2(base / name, pristine / name)
+    bit = ["nice", "-n", "5", sys.executable, "-m", "bitcli", "embed", "-m", str(checkpoint), "-q"]
+    times: dict[str, list[float]] = {"fresh": [], "update": []}
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        subprocess.run([*bit, "photos/new", "-o", "fresh.npy", "--overwrite"], check=True, cwd=base, env=env)
+        times["fresh"].append(time.perf_counter() - started)
+        for name in os.listdir(pristine):
+            shutil.copy2(pristine / name, base / name)
+        started = time.perf_counter()
+        subprocess.run([*bit, "photos", "-o", "photos.npy", "--update"], check=True, cwd=base, env=env)
+        times["update"].append(time.perf_counter() - started)
+    rows = len((base / "photos.paths.txt").read_text().splitlines())
+    fresh, update = statistics.median(times["fresh"]), statistics.median(times["update"])
+    return {
+        "old": args.old, "new": args.new, "rows_after": rows, "fresh_s": round(fresh, 1), "update_s": round(update, 1),
+        "ratio": round(update / fresh, 3), "rounds": {k: [round(t, 1) for t in v] for k, v in times.items()},
+    }
+
+
+def _tiny_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 80, 40)).save(buf, format="JPEG")
+    return buf.getvalue()
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -204,13 +291,16 @@ def main() -> None:
         print(json.dumps(CHILDREN[sys.argv[2]](*sys.argv[3:])))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="search,dedup,ann")
+    parser.add_argument("--parts", default="search,dedup,ann,update")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dedup-rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--planted", type=int, default=1000, help="near-duplicate pairs planted in the dedup array")
     parser.add_argument("--dedup-methods", default="auto,float32", help="auto (bf16 pre-filter where native), float32")
     parser.add_argument("--keep", action="store_true", help="keep the arrays under .bench/collection/")
+    parser.add_argument("--old", type=int, default=10_000, help="update: images already embedded")
+    parser.add_argument("--new", type=int, default=100, help="update: images added")
+    parser.add_argument("--rounds", type=int, default=2, help="update: rounds of the two runs")
     args = parser.parse_args()
     parts = args.parts.split(",")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -239,6 +329,10 @@ def main() -> None:
             query = child("ann_query", [str(search_array), "100"])
             results["ann"] = {"build": build, "query": query, "load_after": load()}
             log(json.dumps(results["ann"]))
+        if "update" in parts:
+            log(f"update (load {load()}) ...")
+            results["update"] = {**bench_update(args), "load_after": load()}
+            log(json.dumps(results["update"]))
     finally:
         results["machine"]["load_end"] = load()
         print(json.dumps(results, indent=1))
