@@ -266,10 +266,22 @@ def bench_update(args: argparse.Namespace) -> dict:
         subprocess.run([*bit, "photos", "-o", "photos.npy", "--update"], check=True, cwd=base, env=env)
         times["update"].append(time.perf_counter() - started)
     rows = len((base / "photos.paths.txt").read_text().splitlines())
+    # What the rest costs: one old file gone, nothing to embed (the model still loads), and
+    # nothing changed at all (`is up to date`: the plan only).
+    for name in os.listdir(pristine):
+        shutil.copy2(pristine / name, base / name)
+    (old / "00000.jpg").rename(base / "aside.jpg")
+    started = time.perf_counter()
+    subprocess.run([*bit, "photos/old", "-o", "photos.npy", "--update"], check=True, cwd=base, env=env)
+    removed_only = time.perf_counter() - started
+    started = time.perf_counter()
+    subprocess.run([*bit, "photos/old", "-o", "photos.npy", "--update"], check=True, cwd=base, env=env)
+    up_to_date = time.perf_counter() - started
     fresh, update = statistics.median(times["fresh"]), statistics.median(times["update"])
     return {
         "old": args.old, "new": args.new, "rows_after": rows, "fresh_s": round(fresh, 1), "update_s": round(update, 1),
         "ratio": round(update / fresh, 3), "rounds": {k: [round(t, 1) for t in v] for k, v in times.items()},
+        "one_removed_nothing_embedded_s": round(removed_only, 1), "up_to_date_s": round(up_to_date, 1),
     }
 
 

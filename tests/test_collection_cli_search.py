@@ -66,6 +66,11 @@ def test_scores_equal_numpy_cosine_on_the_stored_rows(base):
         assert [m["rank"] for m in record["matches"]] == [1, 2, 3, 4]
 
 
+def test_index_named_without_its_npy_suffix(base):
+    result = search("photos", "photos/coffee.png", "-k", "1", "-f", "jsonl")  # as `bit embed -o photos` names it
+    assert jsonl(result.stdout)[0]["matches"][0]["path"] == "photos/coffee_half.png"
+
+
 def test_formats(base):
     as_json = json.loads(search("photos.npy", "photos/coffee.png", "-k", "2", "-f", "json").stdout)
     as_jsonl = jsonl(search("photos.npy", "photos/coffee.png", "-k", "2", "-f", "jsonl").stdout)
@@ -151,6 +156,7 @@ def test_html_page_parses_and_references_every_match(base, tmp_path):
 
 
 def test_approximate_index_is_built_and_used(tmp_path):
+    pytest.importorskip("faiss")
     out = write_embedding(tmp_path, clustered(12_000, 32, seed=5))
     built = search(out, "--build-index")
     assert built.exit_code == 0, built.stderr

@@ -17,7 +17,7 @@ import typer
 
 from bitcli.cli.common import EXIT_OK, ClassifyFormat, DebugOpt, QuietOpt, Ui, require_stdout, stdout_errors
 from bitcli.cli.helpscreen import epilog
-from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt
+from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name
 from bitcli.collection import DEFAULT_THRESHOLD
 from bitcli.errors import UsageError
 
@@ -78,7 +78,7 @@ def dedup(
         from bitcli.collection.html import check_target
 
         check_target(html)
-    collection = open_index(index, manifest=manifest)
+    collection = open_index(npy_name(index), manifest=manifest)
     with ui.progress(collection.rows, "comparing") as bar:
         groups = find_groups(collection, threshold, progress=bar.advance)
     members = sum(len(g.paths) for g in groups)

@@ -102,7 +102,7 @@ def search(
         from bitcli.collection.html import check_target
 
         check_target(html)  # before any work: never after minutes of it
-    collection = open_index(index, manifest=manifest)
+    collection = open_index(npy_name(index), manifest=manifest)
     if build_index:
         build_ann(ui, collection)
     if not queries:
@@ -119,6 +119,13 @@ def search(
     return EXIT_SOME_FAILED if any(not r.ok for r in found) else EXIT_OK
 
 
+def npy_name(index: Path) -> Path:
+    """INDEX as given, or with `.npy` added when that is the file (`bit embed -o photos` wrote
+    photos.npy; `photos` may well be the folder of images)."""
+    with_npy = index.with_name(index.name + ".npy")
+    return with_npy if not index.is_file() and index.suffix != ".npy" and with_npy.is_file() else index
+
+
 def answer(ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: tuple) -> list[Any]:
     """Plan the queries, embed those not in the index, search; one result per query, in order."""
     import numpy as np
@@ -131,9 +138,9 @@ def answer(ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact
     embedded = embed_queries(ui, index, pending, model, runtime) if pending else []
     q.fill_vectors(index, planned, embedded)
     ready = [query for query in planned if query.vector is not None]
-    vectors = np.stack([query.vector for query in ready]) if ready else np.zeros((0, index.dim), np.float32)
     if not ready:
         return q.results(planned, [])
+    vectors = np.stack([query.vector for query in ready])
     outcome = search(index, vectors, k, exclude=[query.row for query in ready], exact=exact)
     if outcome.notice:
         ui.warn(outcome.notice)

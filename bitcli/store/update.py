@@ -23,7 +23,6 @@ import hashlib
 import os
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from bitcli.errors import UsageError
