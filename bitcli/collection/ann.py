@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match, check_k, normalize_rows, to_matches
+from bitcli.collection.scoring import Match, block_scores, check_k, normalize_rows, to_matches, top_k
 from bitcli.errors import UsageError
 from bitcli.store.metadata import write_atomic
 
@@ -103,7 +103,10 @@ class AnnIndex:
         _, candidates = self.faiss_index.search(unit, wanted)
         results = []
         for j, found in enumerate(candidates):
-            results.append(to_matches(index, queries[j], np.unique(found[found >= 0]), k, exclude[j]))
+            rows = np.unique(found[found >= 0])
+            scores = block_scores(index.take(rows), unit[j : j + 1])[0]  # float32: the best k + 1 ...
+            _, best = top_k(scores, rows, k + 1)
+            results.append(to_matches(index, queries[j], best, k, exclude[j]))  # ... then float64
         return results
 
 
