@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def rows_by_path(name: str) -> dict[str, bytes]:
 
 
 def test_embed_writes_the_sidecar_readable_with_json(ckpt):
-    make_duplicates(__import__("pathlib").Path("photos"))
+    make_duplicates(Path("photos"))
     result = embed(ckpt, "--hash")
     assert result.exit_code == 0, result.stderr
     header = json.load(open("photos.meta.json"))
@@ -51,7 +52,7 @@ def test_embed_writes_the_sidecar_readable_with_json(ckpt):
 def change_the_folder() -> None:
     """Add two files, change one (same name, new content), delete one, move one."""
     shutil.copy("photos/rocket.jpg", "photos/zz_new.jpg")
-    make_images(__import__("pathlib").Path("photos/sub"), 1)
+    make_images(Path("photos/sub"), 1)
     shutil.copy("photos/camera.png", "photos/chelsea_q10.jpg")  # same name, other content
     os.utime("photos/chelsea_q10.jpg", ns=(10**18, 10**18))
     os.remove("photos/rocket_crop.png")
@@ -60,8 +61,6 @@ def change_the_folder() -> None:
 
 @pytest.mark.parametrize("hashed", [False, True], ids=["size+mtime", "--hash"])
 def test_update_equals_a_fresh_embed_and_keeps_unchanged_rows(ckpt, hashed):
-    from pathlib import Path
-
     make_duplicates(Path("photos"))
     flags = ["--hash"] if hashed else []
     assert embed(ckpt, *flags).exit_code == 0
@@ -89,7 +88,7 @@ def test_update_equals_a_fresh_embed_and_keeps_unchanged_rows(ckpt, hashed):
 
 
 def test_update_with_nothing_to_do_leaves_the_files_alone(ckpt):
-    make_images(__import__("pathlib").Path("photos"), 3)
+    make_images(Path("photos"), 3)
     assert embed(ckpt).exit_code == 0
     stamp = os.stat("photos.npy").st_mtime_ns
     result = embed(ckpt, "--update")
@@ -98,7 +97,7 @@ def test_update_with_nothing_to_do_leaves_the_files_alone(ckpt):
 
 
 def test_update_creates_a_missing_output(ckpt):
-    make_images(__import__("pathlib").Path("photos"), 3)
+    make_images(Path("photos"), 3)
     result = embed(ckpt, "--update")
     assert result.exit_code == 0 and "+3 new, 0 changed, 0 removed, 0 kept" in result.stderr
     assert len(open("photos.paths.txt").read().splitlines()) == 3
@@ -130,8 +129,6 @@ def test_update_refuses_overwrite_and_stdout(ckpt, tmp_path):
 
 
 def test_an_interrupted_update_resumes_to_the_uninterrupted_bytes(ckpt, tmp_path):
-    from pathlib import Path
-
     make_images(Path("photos"), 24)
     later = Path("later")
     later.mkdir()
@@ -174,8 +171,6 @@ def test_resumed_embed_keeps_the_identities_recorded_before_the_interruption(tmp
 
 
 def test_combined_shards_carry_the_sidecar_so_search_needs_no_model(ckpt):
-    from pathlib import Path
-
     make_duplicates(Path("photos"))
     for i in range(2):
         job = run(["embed", "photos", "-o", "out.npy", "-m", ckpt, "--batch-size", "2", "--shard-size", "6", "--shard", f"{i}/2"])
