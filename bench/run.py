@@ -18,6 +18,11 @@ Parts (`--parts`, comma-separated):
   startup  `bit --help`; `bit classify one.jpg --format jsonl` with the model cached vs a script
            doing the same with transformers.pipeline("image-classification")
   memory   peak RSS of `bit embed` over N and 10 N images
+  accuracy hard images (flat, tiny, faint, dark, text on white) against transformers in float64
+           for transformers fp32, bitcli fp32 and bf16; bf16 against fp32 on photos (bench/accuracy.py)
+
+Before timing, the engine's per-machine settings are made (measured once and remembered in the
+user's cache directory, bitcli/engine/calibration.py) and printed: the timings never include measuring.
 
 Timings are wall-clock medians over rounds that alternate the two sides, so a change in the
 machine's load hits both alike; the table prints the load average too.
@@ -211,6 +216,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def bench_accuracy(args) -> None:
+    from accuracy import bench_bf16_agreement, bench_hard_images
+
+    bench_hard_images(CHECKPOINT, row)
+    samples = [p for p in sorted((ROOT / "sample_images").iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    photos = sorted(make_photos(args.images).glob("*.jpg"))[: 24 if args.quick else 48]
+    bench_bf16_agreement(CHECKPOINT, samples + photos, row)
+
+
 def bench_forward(args) -> None:
     import torch
     from transformers import BitForImageClassification
@@ -370,7 +384,7 @@ def bench_memory(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and images (50 / 500)")
-    parser.add_argument("--parts", default="forward,e2e,startup,memory")
+    parser.add_argument("--parts", default="forward,e2e,startup,memory,accuracy")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (about a minute to compile)")
     args = parser.parse_args()
     args.rounds = 3 if args.quick else 5
@@ -383,9 +397,20 @@ def main() -> None:
     make_checkpoint()
     load_before = os.getloadavg()
     started = time.time()
+    if {"forward", "e2e", "memory"} & set(parts):
+        from accuracy import bench_engine_settings
+
+        log("== engine settings")
+        bench_engine_settings(CHECKPOINT, row)
     for part in parts:
         log(f"== {part}")
-        {"forward": bench_forward, "e2e": bench_e2e, "startup": bench_startup, "memory": bench_memory}[part](args)
+        {
+            "forward": bench_forward,
+            "e2e": bench_e2e,
+            "startup": bench_startup,
+            "memory": bench_memory,
+            "accuracy": bench_accuracy,
+        }[part](args)
     print_table(args, load_before, time.time() - started)
 
 

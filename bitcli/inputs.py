@@ -18,7 +18,10 @@ Rules:
 - No deduplication: an image given twice is processed twice, so outputs map one-to-one to
   inputs.
 - `-` reads newline-separated paths from stdin lazily (blank lines skipped, a trailing `\\r`
-  removed); each line is a literal path (a file or a directory), never a glob.
+  removed), or NUL-separated ones with `null=True` (`-0`, as `find -print0` writes); each is a
+  literal path (a file or a directory), never a glob, and its bytes are the file name's (a
+  non-UTF-8 name works). A NUL byte in a newline-separated list, a line longer than a path can
+  be (4096 bytes) or more than 10 million paths is a UsageError: stdin is not a path list.
 - A path containing a line break (`\\n` or `\\r`) is an error (outputs are line-based):
   `path_problem` is the one check, shared with the embedding manifest.
 - Streaming: each directory's listing is read and sorted before its first entry is yielded,
@@ -32,9 +35,9 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
-from bitcli.errors import InputError
+from bitcli.errors import InputError, UsageError
 from bitcli.util import os_error_reason
 
 IMAGE_EXTENSIONS = frozenset(
@@ -46,6 +49,8 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 SNIFF_BYTES = 32
+STDIN_PATH_MAX = 4096  # bytes in one path (Linux PATH_MAX): a longer stdin line is not a path
+STDIN_PATHS_MAX = 10_000_000  # paths read from stdin: the list is held in memory
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,13 @@ class InputItem:
 
 
 def expand_inputs(
-    args: Iterable[str], *, stdin: TextIO | None = None
+    args: Iterable[str], *, stdin: TextIO | BinaryIO | None = None, null: bool = False
 ) -> Iterator[InputItem | InputError]:
-    """Expand command-line inputs to files in order; unusable inputs come out as `InputError`."""
+    """Expand command-line inputs to files in order; unusable inputs come out as `InputError`.
+
+    `-` reads paths from `stdin`, one per line, or NUL-separated when `null` is true."""
     index = 0
-    for result in _expand_all(args, stdin):
+    for result in _expand_all(args, stdin, null):
         if isinstance(result, InputError):
             yield result
         else:
@@ -85,25 +92,77 @@ def looks_like_image(header: bytes) -> bool:
     )
 
 
-def _expand_all(args: Iterable[str], stdin: TextIO | None) -> Iterator[str | InputError]:
+def _expand_all(args: Iterable[str], stdin: TextIO | BinaryIO | None, null: bool) -> Iterator[str | InputError]:
     for arg in args:
         if arg == "-":
-            yield from _expand_stdin(stdin)
+            yield from _expand_stdin(stdin, null)
         else:
             yield from _expand_argument(arg)
 
 
-def _expand_stdin(stdin: TextIO | None) -> Iterator[str | InputError]:
+def _expand_stdin(stdin: TextIO | BinaryIO | None, null: bool) -> Iterator[str | InputError]:
     if stdin is None:
         yield InputError("-", "no standard input to read paths from")
         return
-    for line in stdin:
-        path = line.rstrip("\n").removesuffix("\r")
+    for path in stdin_paths(stdin, null=null):
         problem = path_problem(path)
         if problem:
             yield InputError(path, problem)
         elif path:
             yield from _expand_path(path)
+
+
+def stdin_paths(stdin: TextIO | BinaryIO, *, null: bool = False) -> Iterator[str]:
+    """The paths listed on `stdin`, read as bytes a line (or a bounded chunk) at a time, in order."""
+    source = getattr(stdin, "buffer", stdin)
+    entries = _nul_separated(source) if null else _lines(source)
+    for number, raw in enumerate(entries, start=1):
+        yield _stdin_path(raw, number, null)
+
+
+def _lines(source: TextIO | BinaryIO) -> Iterator[bytes]:
+    """Newline-separated entries; a NUL byte means the list is not one (find -print0 needs -0)."""
+    number = 0
+    while line := source.readline(STDIN_PATH_MAX + 2):
+        number += 1
+        if isinstance(line, str):
+            line = line.encode("utf-8", "surrogateescape")
+        if b"\0" in line:
+            raise UsageError(f"stdin: line {number} holds a NUL byte; for NUL-separated paths (find -print0) pass -0")
+        if not line.endswith(b"\n") and len(line) > STDIN_PATH_MAX:
+            _too_long(number)
+        yield line.removesuffix(b"\n")
+
+
+def _nul_separated(source: TextIO | BinaryIO) -> Iterator[bytes]:
+    read = getattr(source, "read1", None) or source.read
+    pending = b""
+    while chunk := read(1 << 16):
+        if isinstance(chunk, str):
+            chunk = chunk.encode("utf-8", "surrogateescape")
+        *entries, pending = (pending + chunk).split(b"\0")
+        yield from entries
+        if len(pending) > STDIN_PATH_MAX:
+            _too_long(0)
+    if pending:
+        yield pending
+
+
+def _stdin_path(raw: bytes, number: int, null: bool) -> str:
+    if len(raw) > STDIN_PATH_MAX:
+        _too_long(number)
+    if number > STDIN_PATHS_MAX:
+        raise UsageError(f"stdin: more than {STDIN_PATHS_MAX:,} paths; split the list into several runs")
+    path = os.fsdecode(raw)  # the file name's bytes, whatever the encoding (surrogateescape)
+    return path if null else path.removesuffix("\r")
+
+
+def _too_long(number: int) -> None:
+    where = f"line {number}" if number else "an entry"
+    raise UsageError(
+        f"stdin: {where} is longer than {STDIN_PATH_MAX} bytes, too long for a path "
+        "(is stdin a list of paths, one per line, or NUL-separated with -0?)"
+    )
 
 
 def _expand_argument(arg: str) -> Iterator[str | InputError]:

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from bitcli.errors import ConfigError, UsageError
+from bitcli.util import FileTooLarge, first_line, human_bytes, read_capped
 
 IMAGENET_1K_CLASSES = 1000
 IMAGENET_21K_CLASSES = 21843
@@ -32,6 +33,8 @@ _BUNDLED = {
     IMAGENET_1K_CLASSES: ("imagenet1k.tsv", "ImageNet-1k (bundled)"),
     IMAGENET_21K_CLASSES: ("imagenet21k.tsv.gz", "ImageNet-21k (bundled)"),
 }
+
+LABELS_MAX_BYTES = 16 << 20
 
 _PLACEHOLDER = re.compile(r"LABEL_(\d+)")
 
@@ -102,13 +105,20 @@ def names_from_id2label(id2label: dict[int, str] | dict[str, str], num_classes: 
 
 
 def read_labels_file(path: Path) -> list[str]:
-    """One label per line (UTF-8); trailing blank lines are ignored, blank lines inside are an error."""
+    """One label per line (UTF-8); trailing blank lines are ignored, blank lines inside are an error.
+
+    At most LABELS_MAX_BYTES are read (a device or a pipe that never ends is refused, not read
+    until memory runs out); ImageNet-21k's names take about 1 MB."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_capped(path, LABELS_MAX_BYTES).decode("utf-8-sig")
     except FileNotFoundError:
         raise UsageError(f"--labels {path}: file not found") from None
+    except FileTooLarge:
+        raise UsageError(
+            f"--labels {path}: larger than {human_bytes(LABELS_MAX_BYTES)}; give a text file with one label per line"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--labels {path}: cannot read ({exc})") from None
+        raise UsageError(f"--labels {path}: cannot read ({first_line(exc)})") from None
     lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()

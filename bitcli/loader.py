@@ -20,7 +20,7 @@ import torch
 from bitcli.decode import open_image
 from bitcli.errors import InputError
 from bitcli.inputs import InputItem
-from bitcli.preprocess import PreprocessConfig, preprocess
+from bitcli.preprocess import ImageTooLarge, PreprocessConfig, preprocess
 from bitcli.util import DEFAULT_MAX_PIXELS
 
 # How often the consumer wakes while waiting on a worker, so Ctrl-C is handled promptly
@@ -43,11 +43,19 @@ def image_loader(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     fast_jpeg: bool = False,
 ) -> Callable[[str], torch.Tensor]:
-    """path -> tensor: `open_image` then `preprocess`; `fast_jpeg` decodes JPEGs in draft mode."""
+    """path -> tensor: `open_image` then `preprocess`; `fast_jpeg` decodes JPEGs in draft mode.
+
+    `max_pixels` bounds the decoded image and the resize preprocessing holds; an image over it,
+    or one that runs out of memory, is that input's InputError."""
     draft_size = cfg.draft_size() if fast_jpeg else None
 
     def load(path: str) -> torch.Tensor:
-        return preprocess(open_image(path, max_pixels=max_pixels, draft_size=draft_size), cfg)
+        try:
+            return preprocess(open_image(path, max_pixels=max_pixels, draft_size=draft_size), cfg, max_pixels=max_pixels)
+        except ImageTooLarge as error:
+            raise InputError(path, str(error)) from None
+        except MemoryError:  # one image's size must never sink the batch
+            raise InputError(path, "not enough memory to preprocess this image") from None
 
     return load
 

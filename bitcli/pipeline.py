@@ -36,6 +36,8 @@ DEFAULT_MODEL = "google/bit-50"
 DEFAULT_BATCH_SIZE = 8
 
 InputLike = Union[str, Path, "InputItem", InputError]
+# NaN or infinite scores or embeddings (weights overflowing float32 on an image) fail that input.
+NON_FINITE = "non-finite model output (NaN or infinity) for this image"
 ModelLike = Union[str, Path, "LoadedModel"]
 
 
@@ -47,13 +49,14 @@ class RunOptions:
     and "fp32" there. Given a model that is already loaded, None accepts it as it is, and a value
     that disagrees with it is a UsageError (moving a loaded model is `bitcli.load`'s job, not a
     side effect of building a Classifier). `max_pixels`: an image whose width x height exceeds it
-    fails (`error` set) before it is decoded, a guard against decompression bombs; None: no limit.
+    fails (`error` set) before it is decoded, a guard against decompression bombs, and so does one
+    whose resize would exceed it where only the crop cannot be resized instead; None: no limit.
     `fast_jpeg`: decode JPEGs at a reduced scale (libjpeg draft mode) when that still covers the
     model's input: faster for large photos, close to but not pixel-identical with the exact path.
     """
 
-    device: str | None = None  # auto, cpu, cuda, mps
-    precision: str | None = None  # fp32, bf16
+    device: str | None = None  # auto, cpu, cuda, cuda:N, mps
+    precision: str | None = None  # fp32, bf16, fp16 (GPUs)
     offline: bool | None = None  # None: follow HF_HUB_OFFLINE
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None  # decoding threads; None: one per core
@@ -78,18 +81,10 @@ class RunOptions:
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
-    """auto (or None): cuda when available, else cpu; an explicit device that is not available is a UsageError."""
-    import torch
+    """auto (or None), cpu, cuda, cuda:N or mps -> torch.device; a malformed or unavailable one is a UsageError."""
+    from bitcli.devices import resolve_device as resolve
 
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine (or in this torch build); use --device cpu")
-    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UsageError("--device mps: Apple MPS is not available on this machine; use --device cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {name}: choose auto, cpu, cuda or mps")
-    return torch.device(name)
+    return resolve("auto" if name is None else name)
 
 
 def load(
@@ -102,10 +97,10 @@ def load(
 ) -> LoadedModel:
     """Resolve a model reference (downloading it at most once) and load it on `device`.
 
-    device: auto (None), cpu, cuda or mps. precision: "fp32" (None; within 1e-4 of the
-    reference) or "bf16" (about 2x faster on CPUs with AVX512-BF16, scores differ in the second
-    or third decimal). A `LoadedModel` comes back as it is, provided `device` and `precision`
-    (when given) agree with it; otherwise UsageError.
+    device: auto (None), cpu, cuda, cuda:N or mps. precision: "fp32" (None; within 1e-4 of the
+    reference), "bf16" (about 2x faster on CPUs with AVX512-BF16 and on GPUs, scores differ in
+    the second decimal) or "fp16" (GPUs only). A `LoadedModel` comes back as it is, provided
+    `device` and `precision` (when given) agree with it; otherwise UsageError.
     Raises ModelError subclasses (exit code 3) for anything that stops the model from loading,
     and UsageError for an unavailable device or precision.
     """
@@ -118,12 +113,13 @@ def load(
     from bitcli import hub
 
     torch_device = resolve_device(device)
+    check_precision(precision or "fp32", torch_device.type)
     resolved = hub.resolve_model(str(model), offline=offline, progress=progress)
     try:
         return load_model(resolved.path, device=torch_device, precision=precision or "fp32", resolved=resolved)
     except BitError:
         raise
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{model}: cannot load the checkpoint ({first_line(exc)})") from exc
 
 
@@ -142,11 +138,14 @@ def check_loaded(model: LoadedModel, device: str | None, precision: str | None) 
     return model
 
 
-def check_precision(precision: str) -> None:
-    from bitcli.engine import PRECISIONS
+def check_precision(precision: str, device_type: str | None = None) -> None:
+    """UsageError for an unknown precision, or (given the device type) one the device cannot run."""
+    from bitcli.engine.plan import check_precision as check
 
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    try:
+        check(precision, device_type)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def as_items(inputs: Iterable[InputLike]) -> Iterator["InputItem | InputError"]:
@@ -169,10 +168,11 @@ def as_items(inputs: Iterable[InputLike]) -> Iterator["InputItem | InputError"]:
 
 @dataclass
 class _Batch:
-    """One batch: its images' outputs and every input of the group, in input order."""
+    """One batch: every input of the group, in input order (loader.Loaded | InputError), and what
+    `_forward` returned for its Loaded entries (None when there are none)."""
 
-    group: list[Any]  # loader.Loaded | InputError
-    outputs: Any  # what `_forward` returned for the Loaded entries of `group`, or None
+    group: list[Any]
+    outputs: Any
 
 
 class _Runner:
@@ -227,9 +227,10 @@ class _Runner:
             for entry in batch.group:
                 if isinstance(entry, InputError):
                     results.append(failure(path=entry.path, error=entry.reason))
-                else:
-                    results.append(self._result(entry.path, batch.outputs, row))
-                    row += 1
+                    continue
+                ok = batch.outputs[-1][row]  # every _forward ends its outputs with a finiteness mask
+                results.append(self._result(entry.path, batch.outputs, row) if ok else failure(path=entry.path, error=NON_FINITE))
+                row += 1
             yield results
 
     def _forward(self, tensors: list[Any]) -> Any:
@@ -285,13 +286,13 @@ class Classifier(_Runner):
         import torch
 
         with torch.inference_mode():
-            logits = self.model.model.forward_head(self._features(tensors))
-            probs = torch.softmax(logits.float(), dim=-1)
-            scores, indices = probs.topk(self.top_k, dim=-1)
-        return scores.cpu().numpy(), indices.cpu().numpy()
+            logits = self.model.model.forward_head(self._features(tensors)).float()
+            scores, indices = torch.softmax(logits, dim=-1).topk(self.top_k, dim=-1)
+            finite = torch.isfinite(logits).all(dim=-1) & torch.isfinite(scores).all(dim=-1)
+        return scores.cpu().numpy(), indices.cpu().numpy(), finite.cpu().numpy()
 
     def _result(self, path: str, outputs: Any, row: int) -> ClassifyResult:
-        scores, indices = outputs
+        scores, indices, _ = outputs
         preds = [
             Prediction(rank=r + 1, index=int(i), label=self.labels.names[int(i)], score=short_float(s))
             for r, (s, i) in enumerate(zip(scores[row], indices[row]))
@@ -341,10 +342,11 @@ class Embedder(_Runner):
             pooled = self._features(tensors)
             if self.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-        return pooled.cpu().numpy()
+            finite = torch.isfinite(pooled).all(dim=1)
+        return pooled.cpu().numpy(), finite.cpu().numpy()
 
     def _result(self, path: str, outputs: Any, row: int) -> EmbedResult:
-        return EmbedResult(path=path, vector=outputs[row])
+        return EmbedResult(path=path, vector=outputs[0][row])
 
     def embed_groups(self, inputs: Iterable[InputLike]) -> Iterator[list[EmbedResult]]:
         """One list of results per batch, in input order (failures in their place)."""
@@ -365,24 +367,12 @@ class Embeddings:
     errors: list[tuple[str, str]]  # (path, reason) of inputs that failed
 
 
-def classify(
-    inputs: Iterable[InputLike],
-    model: ModelLike = DEFAULT_MODEL,
-    *,
-    top_k: int = 5,
-    **options: Any,
-) -> list[ClassifyResult]:
+def classify(inputs: Iterable[InputLike], model: ModelLike = DEFAULT_MODEL, *, top_k: int = 5, **options: Any) -> list[ClassifyResult]:
     """Classify images; one result per input, in order. Options as for `Classifier`."""
     return list(Classifier(model, top_k=top_k, **options).classify(inputs))
 
 
-def embed(
-    inputs: Iterable[InputLike],
-    model: ModelLike = DEFAULT_MODEL,
-    *,
-    normalize: bool = False,
-    **options: Any,
-) -> Embeddings:
+def embed(inputs: Iterable[InputLike], model: ModelLike = DEFAULT_MODEL, *, normalize: bool = False, **options: Any) -> Embeddings:
     """Embed images into one in-memory matrix. Options as for `Embedder`."""
     import numpy as np
 

@@ -14,10 +14,17 @@ What the reference (transformers 5, PIL backend) does, step by step, and how bit
 Steps 4-5 depend only on the 8-bit value and the channel, so bitcli computes them once per
 config into a [3, 256] lookup table (in the reference's own dtypes and order, so bit-identical)
 and maps the uint8 crop through it: one gather, no float64 pass over the image.
+
+Memory: the resize of step 2 can be far larger than the image (a 1x20000 strip resized to a
+448-pixel short side is 4 gigapixels). When it would exceed `CROP_REGION_PIXELS` (or the
+caller's `max_pixels`), only the region the center crop keeps is resized, with the reference's
+exact pixels (`bitcli.resample`); where that is not possible (no crop, a downscale, nearest
+neighbour) a resize over `max_pixels` raises `ImageTooLarge`, a per-image error.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -29,6 +36,7 @@ from PIL import Image
 
 from bitcli.checkpoint.files import PREPROCESSOR_CONFIG
 from bitcli.decode import DRAFT_BOX_KEY, FULL_SIZE_KEY, to_rgb
+from bitcli import resample
 from bitcli.errors import ConfigError
 from bitcli.util import RESAMPLE_FILTERS, read_json_file
 
@@ -39,6 +47,14 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 RESAMPLE_NAMES = {number: name for name, number in RESAMPLE_FILTERS.items()}  # PIL number -> name
+
+# A resize to more pixels than this is done for the crop's region only (same pixels, see
+# bitcli.resample): each decoding thread then holds at most the crop, not a 4-gigapixel strip.
+CROP_REGION_PIXELS = 16_000_000
+
+
+class ImageTooLarge(ValueError):
+    """Preprocessing this image would allocate more pixels than allowed (a per-image failure)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,13 @@ class PreprocessConfig:
             raise ConfigError(f"unknown crop rounding {self.crop_rounding!r}: use floor or half_even")
         if self.resample not in RESAMPLE_NAMES:
             raise ConfigError(f"unknown resample filter {self.resample!r}: use a PIL number 0-5")
+        _check_sizes(self)
+        # Non-finite or zero values would turn every pixel into NaN or infinity.
+        for name, values in (("rescale_factor", (self.rescale_factor,)), ("image_mean", self.image_mean)):
+            if not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"{name} must be finite, got {_listed(values)}")
+        if not all(math.isfinite(v) and v != 0 for v in self.image_std):
+            raise ConfigError(f"image_std must be finite and non-zero, got {_listed(self.image_std)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, base: PreprocessConfig | None = None) -> PreprocessConfig:
@@ -102,7 +125,14 @@ class PreprocessConfig:
     def from_json_file(
         cls, path: str | os.PathLike[str], *, base: PreprocessConfig | None = None
     ) -> PreprocessConfig:
-        return cls.from_dict(read_json_file(path), base=base)
+        try:
+            return cls.from_dict(read_json_file(path), base=base)
+        except ConfigError as exc:
+            if str(path) in str(exc):
+                raise
+            raise ConfigError(f"{path}: {exc}") from None
+        except (TypeError, ValueError) as exc:  # a field of the wrong type (float("x"), int([]))
+            raise ConfigError(f"{path}: a field has the wrong type ({exc})") from None
 
     @classmethod
     def load(cls, checkpoint_dir: str | os.PathLike[str]) -> PreprocessConfig:
@@ -172,8 +202,14 @@ class PreprocessConfig:
         return preprocess(image, self)
 
 
-def preprocess(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
-    """PIL image -> float32 tensor [3, H, W], equal to `BitImageProcessorPil` (max diff 0)."""
+def preprocess(image: Image.Image, cfg: PreprocessConfig, *, max_pixels: int | None = None) -> torch.Tensor:
+    """PIL image -> float32 tensor [3, H, W], equal to `BitImageProcessorPil` (max diff 0).
+
+    `max_pixels` (None: no limit) caps the pixels of the resized image preprocessing holds: a
+    larger resize is computed for the crop's region alone, or, where it cannot be, raises
+    ImageTooLarge."""
+    import torch  # here, not at module level: `bit inspect` reads a config without torch
+
     if image.mode != "RGB":
         # The model needs 3 channels, so convert even when do_convert_rgb is off.
         image = to_rgb(image)
@@ -182,12 +218,36 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
         # where the exact path puts it (a one-pixel shift would dominate the deviation).
         full_width, full_height = image.info.get(FULL_SIZE_KEY, image.size)
         height, width = resize_output_size(full_height, full_width, cfg)
+        limit = CROP_REGION_PIXELS if max_pixels is None else min(max_pixels, CROP_REGION_PIXELS)
+        if width * height > limit:
+            region = _crop_region(image, cfg, (width, height))
+            if region is not None:
+                return torch.from_numpy(_apply_value_table(region, cfg._lut))
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLarge(
+                    f"resizing it for the model gives {width}x{height} = {width * height:,} pixels, "
+                    f"over the limit of {max_pixels:,} (use --max-pixels)"
+                )
         image = image.resize((width, height), resample=cfg.resample, box=image.info.get(DRAFT_BOX_KEY))
     if cfg.do_center_crop:
         image = image.crop(center_crop_box(image.height, image.width, cfg.crop_size, cfg.crop_rounding))
-    import torch
-
     return torch.from_numpy(_apply_value_table(np.asarray(image), cfg._lut))
+
+
+def _crop_region(image: Image.Image, cfg: PreprocessConfig, new_size: tuple[int, int]) -> np.ndarray | None:
+    """The center crop of the resize to `new_size`, computed for the crop alone (uint8 [h, w, 3]),
+    or None when `bitcli.resample` cannot reproduce this resize exactly."""
+    if not cfg.do_center_crop or DRAFT_BOX_KEY in image.info or not resample.supported(image.size, new_size, cfg.resample):
+        return None
+    width, height = new_size
+    left, top, right, bottom = center_crop_box(height, width, cfg.crop_size, cfg.crop_rounding)
+    inside = (max(left, 0), max(top, 0), min(right, width), min(bottom, height))
+    pixels = resample.resize_region(np.asarray(image), new_size, inside, cfg.resample)
+    if inside == (left, top, right, bottom):
+        return pixels
+    canvas = np.zeros((bottom - top, right - left, 3), dtype=np.uint8)  # black where the crop pads
+    canvas[inside[1] - top:inside[3] - top, inside[0] - left:inside[2] - left] = pixels
+    return canvas
 
 
 def _apply_value_table(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -242,6 +302,19 @@ def _value_table(cfg: PreprocessConfig) -> np.ndarray:
         std = np.array(cfg.image_std, dtype=np.float32).reshape(3, 1)
         values = (values - mean) / std
     return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _check_sizes(cfg: PreprocessConfig) -> None:
+    sizes = [("crop_size", cfg.crop_size)] if cfg.do_center_crop else []
+    if cfg.do_resize:
+        sizes.append(("size", cfg.size if cfg.resize_mode == "exact" else (cfg.shortest_edge,)))
+    for name, values in sizes:
+        if not all(isinstance(v, int) and v > 0 for v in values or ()):
+            raise ConfigError(f"{name} must be positive integers, got {_listed(values)}")
+
+
+def _listed(values: Any) -> str:
+    return ", ".join(map(str, values)) if isinstance(values, (list, tuple)) else str(values)
 
 
 def _parse_resize_size(size: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 - `os_error_reason(error)`: a file-system error as a short lower-case reason ("permission denied");
 - `human_bytes(n)`: a byte count with decimal units ("97.8 MB"; "102 MB" with three digits);
 - `name_some(items)`: "a, b, c, d, e and 3 more";
-- `read_json_file(path)`: a JSON object from a file, every failure one typed error line;
+- `read_capped(path, max_bytes)`: a file's bytes, never more than a cap (devices and pipes too);
+- `read_json_file(path)`: a JSON object from a file (at most 16 MiB), every failure one typed error line;
 - `RESAMPLE_FILTERS`: PIL's resampling filters by name (the numbers of `PIL.Image.Resampling`);
 - `DEFAULT_MAX_PIXELS`: the decompression-bomb guard's default (`--max-pixels`);
 - `lazy_attributes(package, table)`: a module `__getattr__` that imports names on first use.
@@ -26,6 +27,19 @@ DEFAULT_MAX_PIXELS = 100_000_000
 RESAMPLE_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
 SHOW_AT_MOST = 5  # items `name_some` lists before "and N more"
+
+# The most bitcli reads of a config file (config.json, preprocessor_config.json, an index). The
+# largest real ones (a 21,843-class id2label) are about 1.5 MB.
+CONFIG_MAX_BYTES = 16 << 20
+
+
+class FileTooLarge(ValueError):
+    """A file (or device, or pipe) holds more than bitcli reads of it."""
+
+    def __init__(self, path: str | Path, max_bytes: int):
+        super().__init__(f"{path}: larger than {human_bytes(max_bytes)}")
+        self.path = path
+        self.max_bytes = max_bytes
 
 
 def first_line(exc: BaseException) -> str:
@@ -77,20 +91,32 @@ def name_some(items: Iterable[Any], most: int = SHOW_AT_MOST) -> str:
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
+def read_capped(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of `path`, reading at most `max_bytes` + 1 of them: FileTooLarge past the cap.
+
+    The size a file claims is not trusted (a device or a pipe claims 0, a sparse file claims
+    terabytes it does not hold): reading stops at the cap whatever the file is."""
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLarge(path, max_bytes)
+    return data
+
+
 def read_json_file(
-    path: str | Path, *, error: type[BitError] = ConfigError, max_bytes: int | None = None
+    path: str | Path, *, error: type[BitError] = ConfigError, max_bytes: int = CONFIG_MAX_BYTES
 ) -> dict[str, Any]:
     """A JSON object from `path`; a missing, unreadable, oversized or malformed file raises `error`
-    with one line naming the file. `max_bytes` caps what is read (None: no cap)."""
+    with one line naming the file. At most `max_bytes` are read."""
     path = Path(path)
     try:
-        if max_bytes is not None and path.stat().st_size > max_bytes:
-            raise error(f"{path}: over {human_bytes(max_bytes)}, too large for a JSON config")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_capped(path, max_bytes).decode("utf-8"))
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
+    except FileTooLarge:
+        raise error(f"{path}: larger than {human_bytes(max_bytes)}, too large for a JSON config") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{path}: not valid JSON ({exc})") from None
+        raise error(f"{path}: not valid JSON ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object")
     return data

@@ -242,12 +242,16 @@ def test_unwritable_output_is_one_line(ckpt, photos, tmp_path):
 
 
 def test_creation_error_names_the_output_not_a_temporary_file(ckpt, photos, tmp_path, monkeypatch):
-    import tempfile
+    import os
 
-    def denied(prefix="", dir=None, **kw):
-        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}gta3ighp")
+    mkdir = os.mkdir
 
-    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    def denied(path, *args, **kw):
+        if "partial" in os.fspath(path):  # the partial folder is assembled under a temporary name
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return mkdir(path, *args, **kw)
+
+    monkeypatch.setattr(os, "mkdir", denied)
     result = embed(ckpt, photos / "img00.png", "-o", tmp_path / "y.npy")
     assert_clean_failure(result, 2)
     assert result.stderr.strip() == f"error: {tmp_path / 'y.npy'}: cannot write (Permission denied)"

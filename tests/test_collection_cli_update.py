@@ -122,10 +122,14 @@ def test_update_of_an_output_without_metadata_is_refused(ckpt, tmp_path):
     assert "no metadata" in result.stderr
 
 
-def test_update_refuses_overwrite_and_stdout(ckpt, tmp_path):
+def test_update_refuses_stdout_and_resume_with_overwrite(ckpt, tmp_path):
     make_images(tmp_path / "photos", 2)
-    assert_clean_failure(embed(ckpt, "--update", "--overwrite"), 2)
     assert_clean_failure(run(["embed", "photos", "-o", "-", "--manifest", "m.txt", "--update", "-m", ckpt]), 2)
+    assert_clean_failure(embed(ckpt, "--update", "--resume", "--overwrite"), 2)
+    assert embed(ckpt).exit_code == 0
+    stamp = os.stat("photos.npy").st_mtime_ns
+    again = embed(ckpt, "--update", "--overwrite")  # no interrupted update to discard: a plain update
+    assert again.exit_code == 0 and "is up to date" in again.stderr and os.stat("photos.npy").st_mtime_ns == stamp
 
 
 def test_an_interrupted_update_resumes_to_the_uninterrupted_bytes(ckpt, tmp_path):
@@ -184,3 +188,36 @@ def test_combined_shards_carry_the_sidecar_so_search_needs_no_model(ckpt):
     assert found.exit_code == 0, found.stderr
     best = json.loads(found.stdout)["matches"][:2]
     assert [m["path"] for m in best] == ["photos/coffee_half.png"] and best[0]["score"] == 1.0  # a byte copy of it
+
+
+def test_stdout_output_publishes_the_sidecar_beside_the_manifest(ckpt):
+    make_images(Path("photos"), 3)
+    result = run(["embed", "photos", "-o", "-", "--manifest", "rows.txt", "-m", ckpt])
+    assert result.exit_code == 0, result.stderr
+    header = json.load(open("rows.meta.json"))
+    assert (header["array"], header["manifest"], header["rows"]) == (None, "rows.txt", 3)
+    assert [json.loads(line)["path"] for line in open("rows.files.jsonl")] == open("rows.txt").read().splitlines()
+    assert not [name for name in os.listdir(".") if name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("name", ["photos.meta.json", "photos.files.jsonl"])
+def test_resume_of_a_finished_output_whose_sidecar_changed_is_refused(ckpt, name):
+    make_images(Path("photos"), 3)
+    assert embed(ckpt).exit_code == 0
+    assert embed(ckpt, "--resume").exit_code == 0  # unchanged: nothing to do
+    with open(name, "a") as fh:
+        fh.write("\n")
+    result = embed(ckpt, "--resume")
+    assert_clean_failure(result, 2)
+    assert "changed since it was made" in result.stderr and "--overwrite" in result.stderr
+
+
+def test_a_finished_update_resumes_as_a_finished_run(ckpt):
+    make_images(Path("photos"), 3)
+    assert embed(ckpt).exit_code == 0
+    make_images(Path("photos/more"), 1)
+    assert embed(ckpt, "--update").exit_code == 0
+    again = embed(ckpt, "--resume")
+    assert again.exit_code == 0 and "already complete" in again.stderr, again.stderr
+    assert "is up to date" in embed(ckpt, "--update", "--resume").stderr
+

@@ -254,13 +254,13 @@ def test_finished_run_with_odd_names_is_complete_for_the_same_inputs(tmp_path):
 
 
 def test_kill_after_publishing_before_cleanup_resumes_as_complete(tmp_path, monkeypatch):
-    import shutil
+    from bitcli.store import publish
 
     inputs = ["img0_0.jpg", "img0_1.jpg", "bad0.jpg"]
     paths = EmbedPaths.for_output(tmp_path / "o.npy")
     writer = EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=inputs)
     writer.commit(*batches(1)[0])
-    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # killed before the cleanup
+    monkeypatch.setattr(publish, "remove_partial", lambda *a, **k: None)  # killed before the cleanup
     writer.finish()
     monkeypatch.undo()
     before = paths.out.read_bytes()

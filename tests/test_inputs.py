@@ -147,9 +147,9 @@ def test_stdin_is_read_lazily(album):
     class CountingStdin(io.StringIO):
         lines_read = 0
 
-        def __next__(self):
+        def readline(self, *args):
             CountingStdin.lines_read += 1
-            return super().__next__()
+            return super().readline(*args)
 
     stdin = CountingStdin("\n".join([str(album / "b.jpg")] * 1000))
     first = next(expand_inputs(["-"], stdin=stdin))

@@ -138,3 +138,13 @@ def test_matches_transformers_on_faint_input(tmp_path):
     loaded = load_model(tmp_path)
     pixels = 1e-3 * torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert_matches_reference(loaded, reference, pixels)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 7), (7, 10), (224, 224)])
+def test_stem_pool_without_the_padded_copy_is_exact(size):
+    from bitcli.model.architecture import zero_padded_max_pool
+
+    x = torch.randn(2, 4, *size, generator=torch.Generator().manual_seed(0)) - 1  # mostly negative
+    x = x.contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.max_pool2d(torch.nn.functional.pad(x, [1, 1, 1, 1]), kernel_size=3, stride=2)
+    assert torch.equal(zero_padded_max_pool(x), expected)

@@ -5,6 +5,11 @@
 weights strictly (a missing, unexpected or mis-shaped tensor stops with one message naming the
 first few offending keys), standardizing the convolution weights once, in float32, so the
 forward pass runs plain convolutions; `load_model` does both and hands the model to the engine.
+
+Weights must be floating point (float16, bfloat16, float32 or float64: converting int8, bool or
+complex tensors to float32 would silently change them) and finite, also after the float32
+conversion and the standardization: a NaN or infinite weight would reach every score, so such a
+checkpoint is refused at load (a ModelError, exit 3), naming the file and the tensor.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import torch
 from torch import Tensor
 
 from bitcli.checkpoint.describe import shape_problems
-from bitcli.checkpoint.files import RawCheckpoint, is_timm_config, read_config_json
+from bitcli.checkpoint.files import CONFIG, PREPROCESSOR_CONFIG, RawCheckpoint, is_timm_config, read_config_json
 from bitcli.checkpoint.timm import read_timm_checkpoint
 from bitcli.checkpoint.transformers import read_transformers_checkpoint
 from bitcli.engine import EngineRecord, check_precision, prepare
 from bitcli.errors import CheckpointError
 from bitcli.model.architecture import BiT, standardize_conv_weight
 from bitcli.model.config import BitConfig
+from bitcli.util import name_some
 
 if TYPE_CHECKING:
     from bitcli.hub import ResolvedModel
@@ -119,7 +125,8 @@ def load_model(
     """
     check_precision(precision)
     raw = read_checkpoint(Path(path))
-    model = build_model(raw.config, raw.state_dict, origin=str(path))
+    weights_file = next((f for f in raw.files if f.name not in (CONFIG, PREPROCESSOR_CONFIG)), path)
+    model = build_model(raw.config, raw.state_dict, origin=str(weights_file))
     device = torch.device(device)
     model = model.to(device=device)
     if optimize:
@@ -162,11 +169,28 @@ def build_model(config: BitConfig, state_dict: dict[str, Tensor], *, origin: str
     with torch.device("meta"):
         model = BiT(config)
     check_state_dict(model, state_dict, origin)
+    for key, value in state_dict.items():
+        if value.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{origin}: {key} is {str(value.dtype).removeprefix('torch.')}; bitcli loads floating-point weights "
+                "only (float16, bfloat16, float32, float64), as converting it would change its values"
+            )
     weights = {key: value.to(torch.float32) for key, value in state_dict.items()}
-    for key, eps in model.standardized_convs().items():
-        weights[key] = standardize_conv_weight(weights[key], eps)
+    _check_finite(weights, origin, "holds NaN or infinite values (as float32)")
+    standardized = {key: standardize_conv_weight(weights[key], eps) for key, eps in model.standardized_convs().items()}
+    _check_finite(standardized, origin, "gives NaN or infinite values once standardized")
+    weights.update(standardized)
     model.load_state_dict(weights, strict=True, assign=True)
     return model.eval().requires_grad_(False)
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_finite(weights: dict[str, Tensor], origin: str, what: str) -> None:
+    bad = [key for key, value in weights.items() if not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"{origin}: {name_some(bad)} {what}; the checkpoint is damaged, get it again")
 
 
 def check_state_dict(model: BiT, state_dict: dict[str, Tensor], origin: str) -> None:

@@ -23,6 +23,7 @@ directory) beside the .npz file; `load_npz_checkpoint(image_size=...)` changes o
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
 from pathlib import Path
@@ -35,7 +36,7 @@ from torch import Tensor
 from bitcli.checkpoint.files import PREPROCESSOR_CONFIG, RawCheckpoint
 from bitcli.errors import CheckpointError
 from bitcli.model.config import BitConfig, make_divisible
-from bitcli.util import name_some
+from bitcli.util import human_bytes, name_some
 
 if TYPE_CHECKING:
     from bitcli.preprocess import PreprocessConfig
@@ -52,6 +53,30 @@ _PARTS = {"a": ("conv1", "norm1"), "b": ("conv2", "norm2"), "c": ("conv3", "norm
 _UNIT = re.compile(r"block(\d+)/unit(\d+)/")
 
 
+def _check_sizes(path: Path) -> None:
+    """Refuse an archive whose arrays would take far more memory than the file holds (a zip bomb,
+    or a `.npy` header claiming a shape its data does not fill: numpy allocates the shape first)."""
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        declared = sum(info.file_size for info in infos)
+        if declared > max(8 * size, size + (64 << 20)):  # real releases are stored or barely compressed
+            raise CheckpointError(
+                f"{path}: its arrays would take {human_bytes(declared)} from a {human_bytes(size)} file; "
+                "a damaged or malicious archive"
+            )
+        for info in infos:
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(member)
+                except ValueError:
+                    raise CheckpointError(f"{path}: {info.filename} is not a .npy array") from None
+                if math.prod(shape) * dtype.itemsize > info.file_size:
+                    raise CheckpointError(f"{path}: {info.filename} claims a {list(shape)} array it does not hold")
+
+
 def read_npz_arrays(path: Path) -> dict[str, np.ndarray]:
     """All arrays of an .npz file; pickled object arrays are refused, never loaded."""
     if not path.is_file():
@@ -59,6 +84,7 @@ def read_npz_arrays(path: Path) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):  # np.load would otherwise try it as a pickle or a bare .npy
         raise CheckpointError(f"{path}: not a readable .npz file (not a zip archive)")
     try:
+        _check_sizes(path)
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except ValueError as exc:  # numpy's answer to an object array with allow_pickle=False

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from bitcli.checkpoint.files import CONFIG, RawCheckpoint, is_timm_config, read_weights
 from bitcli.errors import CheckpointError, ConfigError
 from bitcli.model.config import BitConfig, make_divisible
-from bitcli.util import RESAMPLE_FILTERS
+from bitcli.util import RESAMPLE_FILTERS, first_line
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -206,7 +206,12 @@ def convert_timm_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def read_timm_checkpoint(directory: Path, config_data: dict[str, Any]) -> RawCheckpoint:
     """A timm checkpoint directory -> RawCheckpoint with canonical names (called by `checkpoint.read_checkpoint`)."""
-    config = bit_config_from_timm(config_data)
+    try:
+        config = bit_config_from_timm(config_data)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a field of the wrong type
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{directory / CONFIG}: a field has the wrong type ({first_line(exc)})") from None
     state_dict, weights_format, weight_files = read_weights(directory)
     if config.num_labels == 0:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}

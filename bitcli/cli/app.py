@@ -12,6 +12,7 @@ import functools
 import os
 import sys
 import traceback
+import warnings
 from typing import Annotated, Any, Callable
 
 import typer
@@ -26,6 +27,7 @@ from bitcli.cli.common import (
     Ui,
 )
 from bitcli.cli.helpscreen import BitCommand, BitGroup, epilog
+from bitcli.cli.streams import checked_stdout
 from bitcli.errors import BitError
 
 app = typer.Typer(
@@ -72,6 +74,10 @@ def root(
 ) -> None:
     """Classify and embed images with Big Transfer (BiT) models."""
     _tolerant_streams()
+    checked_stdout()
+    # Downloads over plain HTTP, where BIT_HUB_TIMEOUT bounds every request (hf_xet's transfers
+    # run outside it); HF_HUB_DISABLE_XET=0 opts back in. huggingface_hub reads it at import.
+    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
 
 def _tolerant_streams() -> None:
@@ -95,7 +101,10 @@ def guarded(command: Callable[..., int]) -> Callable[..., None]:
     def run(*args: Any, **kwargs: Any) -> None:
         ui = Ui(quiet=kwargs.get("quiet", False), debug=kwargs.get("debug", False))
         try:
-            code = command(*args, **kwargs)
+            with warnings.catch_warnings():
+                if not ui.debug:  # a library's warning is not a bitcli message: --debug shows them
+                    warnings.simplefilter("ignore")
+                code = command(*args, **kwargs)
         except typer.Exit:
             raise
         except BitError as exc:

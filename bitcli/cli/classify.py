@@ -26,6 +26,7 @@ from bitcli.cli.common import (
     InputsArg,
     MaxPixelsOpt,
     ModelOpt,
+    NullOpt,
     Precision,
     PrecisionOpt,
     QuietOpt,
@@ -35,7 +36,6 @@ from bitcli.cli.common import (
     load_model,
     require_stdout,
     run_options,
-    stdout_errors,
 )
 from bitcli.cli.helpscreen import epilog
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
@@ -67,6 +67,7 @@ def classify(
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     fast_jpeg: FastJpegOpt = False,
+    null: NullOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> int:
@@ -78,7 +79,7 @@ def classify(
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     require_stdout("the predictions")
     fmt = output.resolve_format(format.value, sys.stdout)
-    items = expand(inputs)
+    items = expand(inputs, null, ui)
     classifier = Classifier(load_model(model, options, ui, threads), top_k=top_k, labels=labels, options=options)
     renderer = output.classify_renderer(
         fmt, sys.stdout, count=len(items), top_k=classifier.top_k,
@@ -89,7 +90,7 @@ def classify(
     errors: list[str] = []
     bar = ui.progress(len(items), "classifying")
     try:
-        with bar, stdout_errors():
+        with bar:
             for group in classifier.classify_groups(items):
                 failures = [f"{r.path}: {r.error}" for r in group if r.error is not None]
                 errors += failures

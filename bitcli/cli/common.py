@@ -17,7 +17,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from bitcli.cli.screen import Bar, summary_text
-from bitcli.errors import BitError, UsageError
+from bitcli.errors import UsageError
 from bitcli.output import is_terminal
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, RunOptions  # light: no torch, no PIL
 from bitcli.util import DEFAULT_MAX_PIXELS
@@ -35,11 +35,12 @@ EXIT_CODES_HELP = (
 )
 
 
-class Device(str, Enum):
+class Device:
+    """--device defaults. The option is a plain string (auto, cpu, cuda, cuda:N, mps), checked when the
+    model loads (bitcli.devices): a bad value is one usage-error line, not a choice list."""
+
     auto = "auto"
     cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
 
 
 class ClassifyFormat(str, Enum):
@@ -58,6 +59,7 @@ class TableOrJson(str, Enum):
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
+    fp16 = "fp16"
 
 
 class Dtype(str, Enum):
@@ -82,8 +84,13 @@ ModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[
-    Device,
-    typer.Option("--device", help="Where the model runs; auto: cuda when available, else cpu.", rich_help_panel="Model and runtime"),
+    str,
+    typer.Option(
+        "--device",
+        metavar="DEVICE",
+        help="Where the model runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N (the N-th GPU), mps.",
+        rich_help_panel="Model and runtime",
+    ),
 ]
 PrecisionOpt = Annotated[
     Precision,
@@ -91,7 +98,7 @@ PrecisionOpt = Annotated[
         "--precision",
         help=(
             "fp32: within 1e-4 of the reference. bf16: about 2x faster on CPUs with AVX512-BF16 "
-            "(and on GPUs), but scores differ in the second or third decimal."
+            "(and on GPUs), but scores differ in the second decimal. fp16: GPUs only, like bf16."
         ),
         rich_help_panel="Model and runtime",
     ),
@@ -117,7 +124,8 @@ MaxPixelsOpt = Annotated[
         metavar="N",
         help=(
             "Skip (as a failed input) any image of more than N pixels (width x height), read from its "
-            "header before decoding: a guard against decompression bombs. 0: no limit."
+            "header before decoding, or whose resize for the model would hold more: a guard against "
+            "decompression bombs and extreme aspect ratios. 0: no limit."
         ),
         rich_help_panel="Images",
     ),
@@ -217,7 +225,7 @@ InputsArg = Annotated[
 
 
 def run_options(
-    device: Device,
+    device: str,
     precision: Precision,
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int | None = None,
@@ -226,7 +234,7 @@ def run_options(
 ) -> RunOptions:
     """The library's options for a run, from the shared command-line options (--max-pixels 0: no limit)."""
     return RunOptions(
-        device=device.value,
+        device=device,
         precision=precision.value,
         batch_size=batch_size,
         workers=threads,
@@ -255,10 +263,25 @@ def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = No
     return loaded
 
 
-def expand(inputs: list[str]) -> list[Any]:
+NullOpt = Annotated[
+    bool,
+    typer.Option(
+        "--null",
+        "-0",
+        help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
+        rich_help_panel="Images",
+    ),
+]
+
+
+def expand(inputs: list[str], null: bool = False, ui: Ui | None = None) -> list[Any]:
+    """The inputs, expanded (directories, globs, `-`); an empty list is allowed, with a warning."""
     from bitcli.inputs import expand_inputs
 
-    return list(expand_inputs(inputs, stdin=sys.stdin))
+    items = list(expand_inputs(inputs, stdin=sys.stdin, null=null))
+    if not items and ui is not None:
+        ui.warn("no inputs (stdin held no paths): nothing to do")
+    return items
 
 
 def require_stdout(what: str) -> None:
@@ -267,25 +290,17 @@ def require_stdout(what: str) -> None:
         raise UsageError(f"stdout is closed: there is nowhere to write {what}; redirect it to a file")
 
 
-@contextlib.contextmanager
-def stdout_errors() -> Iterator[None]:
-    """A failed write to stdout (disk full, /dev/full) is one line, exit 1; a closed pipe is 141."""
-    try:
-        yield
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise BitError(f"cannot write to stdout ({exc.strerror or exc})") from exc
 
-
-def report_summary(ui: Ui, summary: Any, paths: Any) -> None:
-    """The last lines of `bit embed` and `bit combine`: what was written, and how many inputs failed."""
+def report_summary(ui: Ui, summary: Any, paths: Any, done: bool = False) -> None:
+    """The last lines of `bit embed` and `bit combine`: what was written (unless the closing
+    summary line already said it: `done`), and how many inputs failed."""
     where = "stdout" if paths.out is None else str(paths.out)
     noun = "image" if summary.rows == 1 else "images"
     text = f"embedded {summary.rows} {noun} as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"
     if summary.resumed_rows:
         text += f" ({summary.resumed_rows} from the earlier run)"
-    ui.info(text)
+    if not done:
+        ui.info(text)
     if summary.failed:
         listed = f"; listed in {summary.errors_file}" if summary.errors_file else ""
         noun = "input" if summary.failed == 1 else "inputs"

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.common import EXIT_OK, ClassifyFormat, DebugOpt, QuietOpt, Ui, require_stdout, stdout_errors
+from bitcli.cli.common import EXIT_OK, ClassifyFormat, DebugOpt, QuietOpt, Ui, require_stdout
 from bitcli.cli.helpscreen import epilog
 from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name
 from bitcli.collection import DEFAULT_THRESHOLD
@@ -84,11 +84,10 @@ def dedup(
     members = sum(len(g.paths) for g in groups)
     noun = "group" if len(groups) == 1 else "groups"
     ui.info(f"{len(groups)} {noun} of near-duplicates ({members} of {collection.rows} images) at threshold {threshold}")
-    with stdout_errors():
-        if keep is not None:
-            write_paths(paths_to_delete(collection, groups, keep.value), null)
-        else:
-            render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout)
+    if keep is not None:
+        write_paths(paths_to_delete(collection, groups, keep.value), null)
+    else:
+        render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout)
     if html is not None:
         write_html(collection, groups, html, threshold)
     return EXIT_OK

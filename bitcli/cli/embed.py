@@ -37,6 +37,7 @@ from bitcli.cli.common import (
     InputsArg,
     MaxPixelsOpt,
     ModelOpt,
+    NullOpt,
     Precision,
     PrecisionOpt,
     QuietOpt,
@@ -116,6 +117,7 @@ def embed(
             "time, which also recognises moved files.",
         ),
     ] = False,
+    null: NullOpt = False,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.fp32,
@@ -147,16 +149,15 @@ def embed(
             raise UsageError("--update and --hash run locally; leave out --engine ray and --shard")
         from bitcli.distributed import EmbedJob
 
-        paths = store_paths(where, check=shard is None)  # a shard job writes shards, not OUT.npy
+        paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
         job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads)
         return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite)
-    paths = store_paths(where)  # refuse a bad output before the model loads
-    items = expand(inputs)
+    paths = store_paths(where, ui)  # refuse a bad output before the model loads
+    items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
     fingerprint = {**embedder.fingerprint(), "dtype": where.dtype, **({"content_hash": "sha256"} if content_hash else {})}
-    work = plan_work(
-        paths, items, embedder.embed_groups, embedder.feature_dim, fingerprint, update=update, content_hash=content_hash
-    )
+    work = plan_work(paths, items, embedder.embed_groups, embedder.feature_dim, fingerprint,
+                     update=update, content_hash=content_hash)
     if work.summary:
         ui.info(f"{paths.out}: {work.summary}")
     if work.up_to_date:
@@ -171,11 +172,12 @@ def embed(
             inputs=[item.path for item in work.items],
             resume=where.resume and (not update or paths.partial.exists()),
             overwrite=where.overwrite,
-            update=update,
+            update_plan=work.plan,
         )
-    if writer.already_complete:
+    if writer.already_complete:  # exits as the run that made it did
         ui.info(f"{paths.out} is already complete; nothing to resume (pass --overwrite to redo it)")
-        return EXIT_OK
+        report_summary(ui, writer.finish(), paths, done=True)
+        return EXIT_SOME_FAILED if writer.failed else EXIT_OK
     if writer.rows or writer.failed:
         ui.info(f"resuming: {writer.rows} images and {writer.failed} failures already recorded")
     todo = list(writer.skip_done(work.items))
@@ -184,7 +186,7 @@ def embed(
         with store.write_errors(paths):
             with bar:
                 on_group = lambda group: report(ui, group, bar, failed)  # noqa: E731
-                store.write_groups(writer, work.groups(todo), on_group, work.identity)
+                store.write_groups(writer, work.groups(todo), on_group, work.identities(todo))
             summary = writer.finish(sys.stdout.buffer if paths.out is None else None)
     except BaseException as exc:
         writer.close()
@@ -208,9 +210,10 @@ def stale_index_hint(ui: Ui, paths: Any) -> None:
         ui.warn(f"{paths.out}'s approximate index is now out of date (search ignores it); rebuild: bit search {paths.out} --build-index")
 
 
-def store_paths(where: StoreOptions, *, check: bool = True) -> Any:
-    """The files this run writes, checked before the model loads (UsageError, exit 2)."""
-    from bitcli.store import EmbedPaths, check_output
+def store_paths(where: StoreOptions, ui: Ui, *, check: bool = True) -> Any:
+    """The files this run writes, checked before the model loads (UsageError, exit 2). A
+    publication an interrupted run had committed to is completed first, whatever the options."""
+    from bitcli.store import EmbedPaths, check_output, recover
 
     if where.output == "-":
         if is_terminal(sys.stdout):
@@ -223,6 +226,8 @@ def store_paths(where: StoreOptions, *, check: bool = True) -> Any:
         if not out.name.endswith(".npy"):  # as numpy.save does: `-o vecs` writes vecs.npy
             out = out.with_name(out.name + ".npy")
         paths = EmbedPaths.for_output(out, manifest=where.manifest)
+        if recover(paths):
+            ui.info(f"completed publishing {out}, which an interrupted run had left half-renamed")
     if check:
         check_output(paths, resume=where.resume, overwrite=where.overwrite, update=where.update)
     return paths

@@ -66,7 +66,7 @@ def inspect(
     return EXIT_OK
 
 
-def describe(resolved: Any, device: Device) -> Any:
+def describe(resolved: Any, device: str) -> Any:
     """The checkpoint from its files (config, safetensors header), else loaded (pickle, .npz)."""
     from bitcli.checkpoint.describe import describe_checkpoint
 
@@ -74,7 +74,7 @@ def describe(resolved: Any, device: Device) -> Any:
     if described is None:
         from bitcli.pipeline import load
 
-        described = load(str(resolved.path), device=device.value)
+        described = load(str(resolved.path), device=device)
         described.resolved = resolved  # the report names the reference given, not the directory
     return described
 

@@ -28,7 +28,6 @@ from bitcli.cli.common import (
     load_model,
     require_stdout,
     run_options,
-    stdout_errors,
 )
 from bitcli.cli.helpscreen import epilog
 from bitcli.errors import UsageError
@@ -109,8 +108,7 @@ def search(
         return EXIT_OK
     fmt = output.resolve_format(format.value, sys.stdout)
     found = answer(ui, collection, queries, top_k, model, exact, (device, batch_size, threads))
-    with stdout_errors():
-        render_search(found, fmt, sys.stdout)
+    render_search(found, fmt, sys.stdout)
     if html is not None:
         write_html(collection, found, html, top_k)
     for result in found:

@@ -88,7 +88,7 @@ def train(
     finetune = FinetuneOptions(workers=threads or FinetuneOptions.workers, checkpoint_seconds=60 * checkpoint_minutes)
     options = TrainOptions(
         method=method.value, val=val, val_split=val_split, shots=shots, seed=seed, steps=steps,
-        batch_size=batch_size, device=device.value, resume=resume, overwrite=overwrite, finetune=finetune,
+        batch_size=batch_size, device=device, resume=resume, overwrite=overwrite, finetune=finetune,
     )
     with _progress(ui) as callbacks:
         try:

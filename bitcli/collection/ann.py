@@ -35,7 +35,7 @@ import numpy as np
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.collection.scoring import Match, block_scores, check_k, normalize_rows, to_matches, top_k
 from bitcli.errors import UsageError
-from bitcli.store.metadata import write_atomic
+from bitcli.store.files import write_bytes_atomic
 
 FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
@@ -147,7 +147,7 @@ def build(
     }
     paths = AnnPaths.for_array(index.array_path)
     _write_index(faiss, ann, paths.index)
-    write_atomic(paths.info, [(json.dumps(info, indent=1) + "\n").encode("ascii")])
+    write_bytes_atomic(paths.info, [(json.dumps(info, indent=1) + "\n").encode("ascii")])
     return AnnIndex(ann, info)
 
 

@@ -24,14 +24,15 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from bitcli.distributed.seams import (
-    EmbeddingMetadata,
     EmbedPaths,
     EmbedSummary,
     UsageError,
     check_output,
     fsync_dir,
+    metadata_for,
     name_some,
     npy_header,
+    read_lines,
     write_metadata,
 )
 from bitcli.distributed.shardfiles import ShardInfo, describe_difference, read_shard, shard_failures, shard_folders
@@ -154,21 +155,8 @@ def _publish(shards: list[ShardInfo], paths: EmbedPaths, on_failure: OnFailure |
 def _write_sidecar(first: ShardInfo, paths: EmbedPaths, rows: int, dtype: np.dtype) -> None:
     """The metadata sidecar a local run writes (docs/collection.md), so that `bit search` finds
     the model; shards record no file identities, so `--update` would embed every row again."""
-    from bitcli import __version__
-
-    meta = EmbeddingMetadata.from_fingerprint(
-        {**first.fingerprint, "dtype": dtype.name}, rows=rows, feature_dim=first.dim, bitcli_version=__version__,
-        cwd=os.getcwd(), array=paths.out.name, manifest=_beside(paths.manifest, paths.sidecars.meta),
-    )
-    manifest = paths.manifest.read_text(encoding="utf-8", errors="surrogateescape")
-    lines = manifest.removesuffix("\n").split("\n") if manifest else []
-    write_metadata(paths.sidecars, meta, ((line, None) for line in lines))
-
-
-def _beside(path: Path, meta: Path) -> str:
-    """`path`'s name when it lies beside the header, else its absolute path."""
-    absolute = Path(os.path.abspath(path))
-    return absolute.name if absolute.parent == Path(os.path.abspath(meta)).parent else str(absolute)
+    meta = metadata_for(paths, {**first.fingerprint, "dtype": dtype.name}, rows=rows, dim=first.dim)
+    write_metadata(paths.sidecars, meta, ((line, None) for line in read_lines(paths.manifest)))
 
 
 class _TempFile:

@@ -3,18 +3,22 @@
 `checkpoint.load_model` calls `prepare` once, after the weights are loaded (and weight
 standardization folded into them). `prepare` changes the model in place and returns an
 `EngineRecord` of what it chose; `LoadedModel.engine` keeps it, and `bit embed --resume`'s
-fingerprint reads it. What it does, measured on a 2-core AVX-512 CPU (`python bench/run.py`;
-numbers in docs/speed.md):
+fingerprint reads it. What is done on which device is decided by `plan.make_plan` (testable
+without the device); on a CPU (numbers in docs/speed.md and docs/engine.md):
 
 - channels-last weights: oneDNN's convolutions run on NHWC without reordering activations;
+  GroupNorm on NHWC takes `model.groupnorm` (PyTorch's own channels-last kernel loses
+  precision on flat images);
 - batch slicing (`slicing.SlicedBackbone`): a 448 px image's stem and first stages write 6-13
   MB per activation, so a batch of 8 streams every GroupNorm, ReLU and add through DRAM (and
   every >32 MB tensor is a fresh mmap: ~460k page faults per batch-8 forward); run one image at
   a time there, and larger slices in the late stages, whose cost is reading their (large)
-  weights. ~1.6x at batch 8 (budget 2/4/8/16/32 MB measured; 8 best), same numbers up to
-  summation order (<= 1e-4 on logits);
-- precision "bf16" (opt-in): bfloat16 weights and activations through oneDNN's AVX512-BF16
-  kernels, ~1.9x faster at batch 8 but logits move by ~2.5e-2, so never the default;
+  weights. The budget is per machine ("auto", `calibration.py`): estimated from the cache
+  sizes, measured once at the first batch of two or more images, remembered. Same numbers up
+  to summation order (<= 1e-4 on logits);
+- threads: capped at the CPUs this process may use (affinity, cgroup quota);
+- precision "bf16" (opt-in, `to_bfloat16`): the convolutions after the stem in bfloat16 on
+  the AVX512-BF16/AMX units; the stem, GroupNorm and the head in float32;
 - on one thread, oneDNN convolutions called directly (`StdConv2d.onednn`, a private op probed
   first): PyTorch would send the 1x1 convolutions of a small slice to a GEMM that is ~1.5x
   slower on this CPU (1.60 vs 2.45 CPU-seconds per batch of 8). With more threads PyTorch picks
@@ -24,9 +28,11 @@ numbers in docs/speed.md):
   slower than this eager engine on this CPU (7.2 vs 9.5 images/s at batch 8); kept for
   machines where it is not.
 
+On CUDA and MPS nothing CPU-specific runs (no slicing, no oneDNN calls); fp32 turns cuDNN's
+TF32 off, "bf16"/"fp16" are autocast (see plan.py). Untested on real GPUs.
+
 Tried and left out (measured, see docs/speed.md): TorchScript freeze / optimize_for_inference
-(<= 1.06x), oneDNN fused conv + residual add (no gain once activations stay in cache),
-GroupNorm + ReLU rewritten from torch ops (10x slower than the native kernel).
+(<= 1.06x), oneDNN fused conv + residual add (no gain once activations stay in cache).
 """
 
 from __future__ import annotations
@@ -36,19 +42,22 @@ from typing import Any
 
 import torch
 
+from bitcli.engine.calibration import chunk_bytes_for, usable_cpus
+from bitcli.engine.plan import PRECISIONS, make_plan
+from bitcli.engine.plan import check_precision as check_plan_precision
 from bitcli.engine.slicing import SlicedBackbone, slice_size
-from bitcli.model.architecture import BiT, StdConv2d, onednn_conv
+from bitcli.model.architecture import BiT, PreActBottleneck, StdConv2d, onednn_conv
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES", "PRECISIONS", "EngineRecord", "bf16_supported", "optimize_for_inference", "prepare",
-    "slice_size",
+    "slice_size", "to_bfloat16",
 ]
 
-PRECISIONS = ("fp32", "bf16")
 # Largest activation (bytes per slice) a step of the backbone should write before the batch is
-# sliced smaller. About a quarter of this machine's 32 MB L3: the block's input, its pre-activation
-# copy and its output must fit together.
-DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
+# sliced smaller: "auto" picks it once per machine (calibration.py). 8 MB was best on a 2-core
+# AMD EPYC with a 32 MB L3 (a quarter of it: a block's input, its normalized copy and its
+# output must fit together).
+DEFAULT_CHUNK_BYTES = "auto"
 
 
 @dataclass(frozen=True)
@@ -56,15 +65,15 @@ class EngineRecord:
     """What `prepare` chose for a model: kept on `LoadedModel.engine`, read by the resume fingerprint."""
 
     device: str  # "cpu", "cuda", "mps"
-    precision: str = "fp32"  # "fp32" or "bf16"
-    chunk_bytes: int | None = None  # the batch-slicing budget; None: every step on the whole batch
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16" (GPUs)
+    chunk_bytes: int | str | None = None  # the batch-slicing budget ("auto": per machine); None: no slicing
     convolution: str = "torch"  # "onednn": called directly; "torch": PyTorch's dispatch
     compiled: bool = False
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+def check_precision(precision: str, device_type: str | None = None) -> None:
+    """ValueError for an unknown precision (or, given the device type, one it cannot run)."""
+    check_plan_precision(precision, device_type)
 
 
 def prepare(
@@ -72,26 +81,32 @@ def prepare(
     *,
     precision: str = "fp32",
     compile: bool = False,
-    chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int | str | None = DEFAULT_CHUNK_BYTES,
 ) -> EngineRecord:
     """Prepare `model` in place for fast inference on its device; return what was chosen.
 
-    precision: "fp32" (exact: within 1e-4 of the reference) or "bf16" (approximate).
-    chunk_bytes: the batch-slicing budget; None runs each step on the whole batch.
-    State-dict key names and the model's public methods are unchanged.
+    precision: "fp32" (exact: within 1e-4 of the reference), "bf16" (approximate) or "fp16"
+    (approximate, GPUs only). chunk_bytes: the CPU batch-slicing budget in bytes, "auto" (per
+    machine) or None (each step on the whole batch). State-dict key names and the model's
+    public methods are unchanged.
     """
-    check_precision(precision)
     device = next(model.parameters()).device
-    model.to(memory_format=torch.channels_last)
-    on_cpu = device.type == "cpu"
-    if on_cpu and chunk_bytes is not None:
+    plan = make_plan(device.type, precision, compile=compile, chunk_bytes=chunk_bytes)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        fit_threads()
+    if plan.chunk_bytes is not None:
         # Slicing only pays where activations would otherwise leave the cache: a CPU.
-        model.bit = SlicedBackbone(model.bit, chunk_bytes)
-    if precision == "bf16":
-        # The backbone in bfloat16; the classifier stays float32 (it is tiny, and pooled
-        # features are averaged in float32 by forward_features).
-        model.bit.to(torch.bfloat16)
-    direct = on_cpu and not compile and torch.get_num_threads() == 1 and onednn_conv_works(model)
+        model.bit = SlicedBackbone(model.bit, plan.chunk_bytes, budget_for=chunk_bytes_for)
+    if plan.cpu_bfloat16:
+        to_bfloat16(model)
+    if plan.autocast is not None:
+        model.autocast_dtype = getattr(torch, plan.autocast)
+    if plan.allow_tf32 is not None:
+        # Process-wide (PyTorch has no per-module switch): fp32 promises the reference's numbers.
+        torch.backends.cudnn.allow_tf32 = plan.allow_tf32
+    direct = plan.direct_onednn and torch.get_num_threads() == 1 and onednn_conv_works(model)
     if direct:
         for module in model.modules():
             if isinstance(module, StdConv2d):
@@ -102,7 +117,7 @@ def prepare(
     return EngineRecord(
         device=device.type,
         precision=precision,
-        chunk_bytes=chunk_bytes if on_cpu else None,
+        chunk_bytes=plan.chunk_bytes,
         convolution="onednn" if direct else "torch",
         compiled=compile,
     )
@@ -112,6 +127,39 @@ def optimize_for_inference(model: BiT, **settings: Any) -> BiT:
     """`prepare(model, **settings)`, returning the model (for callers that do not need the record)."""
     prepare(model, **settings)
     return model
+
+
+def fit_threads() -> None:
+    """Cap torch's intra-op threads at the CPUs this process may use. torch counts the host's
+    cores; in a container limited by a CPU quota or an affinity mask, more threads than CPUs
+    only wait on each other. A smaller count set by the user (--threads) is kept."""
+    cpus = usable_cpus()
+    if torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
+
+
+def to_bfloat16(model: BiT) -> None:
+    """bf16 mode: the convolutions after the stem in bfloat16 (and so the activations between
+    them and the residual stream); the stem convolution, GroupNorm parameters and statistics,
+    the final norm's output, pooling and the head in float32.
+
+    Where an all-bfloat16 backbone's error comes from (issue 11 note: random R50x1 at 448, 30
+    photos, max |logit difference| against float32 when only that part is rounded): the stem
+    convolution's input and weights ~2e-2 (pixels in [-1, 1] lose a bit in 8 mantissa bits),
+    GroupNorm parameters 1.2e-2, the residual stream 0.9e-2, the other convolutions' weights
+    and activations ~2e-2 together (the speed-up itself). Keeping the stem and the norms in
+    float32 halves the error (3.8e-2 -> 2.3e-2) at ~15% of bf16's speed; a float32 residual
+    stream as well gave 2.0e-2 at ~40%, so the residual stays bfloat16.
+    """
+    stem = model.bit.embedder.convolution
+    if model.bit.norm is not None:
+        model.bit.norm.out_dtype = torch.float32  # the feature map and its pooling
+    for module in model.modules():
+        if isinstance(module, StdConv2d) and module is not stem:
+            module.to(torch.bfloat16)
+        elif isinstance(module, PreActBottleneck):
+            for norm in (module.norm1, module.norm2, module.norm3):  # each feeds convolutions
+                norm.out_dtype = torch.bfloat16
 
 
 def bf16_supported() -> bool:
@@ -124,7 +172,11 @@ def bf16_supported() -> bool:
 
 def onednn_conv_works(model: BiT) -> bool:
     """Whether oneDNN's convolution op exists here and gives F.conv2d's numbers (1x1 and 3x3)."""
-    dtype = model.bit.embedder.convolution.weight.dtype
+    dtypes = {m.weight.dtype for m in model.modules() if isinstance(m, StdConv2d)}
+    return all(_onednn_conv_works(dtype) for dtype in dtypes)
+
+
+def _onednn_conv_works(dtype: torch.dtype) -> bool:
     generator = torch.Generator().manual_seed(0)
     try:
         for kernel, stride in ((1, 1), (3, 2)):

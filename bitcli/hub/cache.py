@@ -26,7 +26,7 @@ from bitcli.checkpoint.files import (
 )
 from bitcli.errors import CheckpointError, OfflineError
 from bitcli.hub import zoo
-from bitcli.util import human_bytes
+from bitcli.util import CONFIG_MAX_BYTES, human_bytes, read_capped
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -64,13 +64,17 @@ class HubSettings:
     endpoint: str
     cache_dir: Path
     offline: bool
+    timeout: float = 60.0  # seconds each network operation may take (BIT_HUB_TIMEOUT)
 
     @classmethod
     def from_env(cls) -> HubSettings:
-        """Read HF_ENDPOINT, HF_HUB_CACHE / HF_HOME and HF_HUB_OFFLINE as they are now."""
+        """Read HF_ENDPOINT, HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE and BIT_HUB_TIMEOUT as they are now."""
+        from bitcli.hub.deadline import hub_timeout
+
         endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         offline_value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-        return cls(endpoint=endpoint, cache_dir=hub_cache_dir(), offline=offline_value.strip().lower() in _TRUE)
+        offline = offline_value.strip().lower() in _TRUE
+        return cls(endpoint=endpoint, cache_dir=hub_cache_dir(), offline=offline, timeout=hub_timeout())
 
 
 def hub_cache_dir() -> Path:
@@ -133,7 +137,7 @@ def preprocessor_state_known(hub_ref: HubRef, config: Path, settings: HubSetting
     timm checkpoints keep their preprocessing inside config.json.
     """
     try:
-        if is_timm_config(json.loads(config.read_text(encoding="utf-8"))):
+        if is_timm_config(json.loads(read_capped(config, CONFIG_MAX_BYTES))):
             return True
     except (OSError, ValueError):
         return False
@@ -170,16 +174,22 @@ def from_cache(ref: str, hub_ref: HubRef, settings: HubSettings) -> ResolvedMode
 
 
 def from_cache_or_raise(
-    ref: str, hub_ref: HubRef, settings: HubSettings, *, unreachable: str | None
+    ref: str, hub_ref: HubRef, settings: HubSettings, *, unreachable: str | None, misbehaved: str | None = None
 ) -> ResolvedModel:
     """The cached model, or an OfflineError saying why the hub was not asked and how to fix it.
 
-    `unreachable` is why the hub could not be reached; None means offline mode.
+    `unreachable` is why the hub could not be reached; `misbehaved` what was wrong with its
+    answer (not JSON, no commit, endless redirects, too slow); both None means offline mode.
     """
     cached = from_cache(ref, hub_ref, settings)
     if cached is not None:
         return cached
-    why = "offline mode is on (HF_HUB_OFFLINE)" if unreachable is None else f"the hub is unreachable ({unreachable})"
+    if misbehaved is not None:
+        why = f"the hub did not answer properly ({misbehaved})"
+    elif unreachable is not None:
+        why = f"the hub is unreachable ({unreachable})"
+    else:
+        why = "offline mode is on (HF_HUB_OFFLINE)"
     raise OfflineError(
         f"model '{hub_ref.display}' is not in the cache ({settings.cache_dir}) and {why}; "
         f"run `bit download {hub_ref.display}` where there is a network, or pass --model PATH"
@@ -218,13 +228,13 @@ def write_ref(settings: HubSettings, repo_id: str, revision: str, commit: str) -
         return
     ref_path = storage_dir(settings, repo_id) / "refs" / revision
     try:
-        if ref_path.is_file() and ref_path.read_text().strip() == commit:
+        if ref_path.is_file() and read_capped(ref_path, 256).strip() == commit.encode():
             return
         ref_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = ref_path.with_name(f"{ref_path.name}.{os.getpid()}.tmp")
         tmp.write_text(commit)
         os.replace(tmp, ref_path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a ref file far too large to be ours
         pass
 
 

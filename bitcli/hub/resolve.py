@@ -12,8 +12,11 @@ Resolution of a hub reference:
 1. A commit-pinned reference whose files are all cached is served from the cache: no request.
 2. Offline (`HF_HUB_OFFLINE=1` or `offline=True`): the cache only, no request at all.
 3. Otherwise one `model_info` request gives the commit and the file list; the needed files are
-   downloaded at that commit. If the hub cannot be reached (connection error, timeout, 5xx), the
-   cache is used as if offline.
+   downloaded at that commit. If the hub cannot be reached (connection error, timeout, 5xx) or
+   misbehaves (an answer that is not JSON or has no commit, endless redirects, no answer within
+   `BIT_HUB_TIMEOUT`), the cache is used as if offline; the same when a download fails that way
+   and the cache holds the revision. Every network operation ends within the deadline
+   (`deadline.py`).
 Library code never prints: the pickle notice travels in `ResolvedModel.notice`.
 """
 
@@ -48,6 +51,7 @@ from bitcli.checkpoint.files import (
 )
 from bitcli.errors import CheckpointError, ModelError, ModelNotFoundError
 from bitcli.hub import zoo
+from bitcli.hub.deadline import HubTimeout, deadline
 from bitcli.hub.cache import (
     DEFAULT_REVISION,
     HubRef,
@@ -179,42 +183,83 @@ def _local_weights_name(directory: Path) -> str:
 def _resolve_online(ref: str, hub_ref: HubRef, settings: HubSettings, *, progress: bool) -> ResolvedModel:
     """Ask the hub for the revision's commit and files, then download what is missing."""
     try:
-        info = HfApi(endpoint=settings.endpoint).model_info(
-            hub_ref.repo_id, revision=hub_ref.revision, timeout=REQUEST_TIMEOUT_S
-        )
-    except (httpx2.TransportError, OfflineModeIsEnabled) as error:
-        return from_cache_or_raise(ref, hub_ref, settings, unreachable=_short(error))
+        with deadline(settings.timeout):
+            info = HfApi(endpoint=settings.endpoint).model_info(
+                hub_ref.repo_id, revision=hub_ref.revision, timeout=REQUEST_TIMEOUT_S
+            )
+        commit, files = _commit_and_files(info)
     except HfHubHTTPError as error:
         if _status(error) >= 500:
             return from_cache_or_raise(ref, hub_ref, settings, unreachable=f"HTTP {_status(error)}")
         raise _hub_error(hub_ref, error) from None
-    files = {sibling.rfilename for sibling in info.siblings or []}
+    except (httpx2.TransportError, OfflineModeIsEnabled) as error:
+        return from_cache_or_raise(ref, hub_ref, settings, unreachable=_short(error))
+    except (HubTimeout, httpx2.HTTPError, ValueError) as error:  # ValueError: an answer that is not JSON
+        return from_cache_or_raise(ref, hub_ref, settings, unreachable=None, misbehaved=_misbehaviour(error))
+    try:
+        return _fetch(ref, hub_ref, settings, commit, files, progress=progress)
+    except ModelError as error:
+        cached = from_cache(ref, hub_ref, settings)  # an older commit of the revision, if any
+        if cached is None or isinstance(error, (ModelNotFoundError, CheckpointError)):
+            raise
+        return _with_notice(cached, f"using the cached copy of '{hub_ref.display}': {error}")
+
+
+def _commit_and_files(info: object) -> tuple[str, set[str]]:
+    """The commit and file names of a `model_info` answer; ValueError when they are not there."""
+    commit = getattr(info, "sha", None)
+    siblings = getattr(info, "siblings", None)
+    if not isinstance(commit, str) or not _COMMIT_RE.fullmatch(commit) or not isinstance(siblings, list):
+        raise ValueError("its answer has no commit and file list")
+    return commit, {sibling.rfilename for sibling in siblings}
+
+
+def _misbehaviour(error: BaseException) -> str:
+    if isinstance(error, HubTimeout):
+        return str(error)
+    if isinstance(error, httpx2.TooManyRedirects):
+        return "it redirects endlessly"
+    if isinstance(error, ValueError) and "commit" in str(error):
+        return str(error)
+    if isinstance(error, ValueError):
+        return "its answer is not JSON"
+    return _short(error)
+
+
+def _with_notice(cached: ResolvedModel, notice: str) -> ResolvedModel:
+    import dataclasses
+
+    return dataclasses.replace(cached, notice=notice.removesuffix("; run the command again to restart the download"))
+
+
+def _fetch(ref: str, hub_ref: HubRef, settings: HubSettings, commit: str, files: set[str], *, progress: bool) -> ResolvedModel:
+    """Download the files of `commit` the cache lacks; the resolved snapshot."""
     weights_name = next((name for name in WEIGHTS_FILES if name in files), None)
     if CONFIG not in files or weights_name is None:
         raise CheckpointError(
-            f"'{hub_ref.display}' (commit {info.sha}) has no BiT weights: it needs {CONFIG} and "
+            f"'{hub_ref.display}' (commit {commit}) has no BiT weights: it needs {CONFIG} and "
             f"{SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE}; pick another model or revision"
         )
     wanted = [CONFIG] + ([PREPROCESSOR_CONFIG] if PREPROCESSOR_CONFIG in files else []) + [weights_name]
-    commit_ref = HubRef(hub_ref.repo_id, info.sha, hub_ref.display)
+    commit_ref = HubRef(hub_ref.repo_id, commit, hub_ref.display)
     missing = [name for name in wanted if cached_file(commit_ref, name, settings) is None]
     for name in missing:
-        _download_file(hub_ref, info.sha, name, settings, progress=progress)
+        _download_file(hub_ref, commit, name, settings, progress=progress)
     if weights_name == SAFETENSORS_INDEX:
         index = cached_file(commit_ref, SAFETENSORS_INDEX, settings)
         shards = [name for name in cache_shard_names(index) if cached_file(commit_ref, name, settings) is None]
         for name in shards:
-            _download_file(hub_ref, info.sha, name, settings, progress=progress)
+            _download_file(hub_ref, commit, name, settings, progress=progress)
         missing += shards
     if PREPROCESSOR_CONFIG not in files:
-        mark_absent(settings, hub_ref.repo_id, info.sha, PREPROCESSOR_CONFIG)
-    write_ref(settings, hub_ref.repo_id, hub_ref.revision, info.sha)
+        mark_absent(settings, hub_ref.repo_id, commit, PREPROCESSOR_CONFIG)
+    write_ref(settings, hub_ref.repo_id, hub_ref.revision, commit)
     return ResolvedModel(
         path=cached_file(commit_ref, CONFIG, settings).parent,  # type: ignore[union-attr]
         ref=ref,
         repo_id=hub_ref.repo_id,
         revision=hub_ref.revision,
-        commit=info.sha,
+        commit=commit,
         weights_file=weights_name,
         source="download" if missing else "cache",
         notice=pickle_notice(hub_ref) if weights_name == PICKLE else None,
@@ -224,22 +269,28 @@ def _resolve_online(ref: str, hub_ref: HubRef, settings: HubSettings, *, progres
 def _download_file(hub_ref: HubRef, commit: str, filename: str, settings: HubSettings, *, progress: bool) -> Path:
     """Download one file at `commit` into the cache (atomic: a partial file never takes the final name)."""
     try:
-        return Path(
-            hf_hub_download(
-                hub_ref.repo_id,
-                filename,
-                revision=commit,
-                cache_dir=str(settings.cache_dir),
-                endpoint=settings.endpoint,
-                etag_timeout=REQUEST_TIMEOUT_S,
-                tqdm_class=_progress_class(progress),
+        with deadline(settings.timeout):
+            return Path(
+                hf_hub_download(
+                    hub_ref.repo_id,
+                    filename,
+                    revision=commit,
+                    cache_dir=str(settings.cache_dir),
+                    endpoint=settings.endpoint,
+                    etag_timeout=REQUEST_TIMEOUT_S,
+                    tqdm_class=_progress_class(progress),
+                )
             )
-        )
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise _hub_error(hub_ref, error) from None
-    except (httpx2.HTTPError, HfHubHTTPError, OSError) as error:
+    except HubTimeout as error:
         raise ModelError(
-            f"downloading {filename} of '{hub_ref.display}' failed ({_short(error)}); "
+            f"downloading {filename} of '{hub_ref.display}' stalled: {error}; "
+            "run the command again to resume the download"
+        ) from None
+    except (httpx2.HTTPError, HfHubHTTPError, OSError, ValueError) as error:
+        raise ModelError(
+            f"downloading {filename} of '{hub_ref.display}' failed ({_short(error) if isinstance(error, OSError) else _misbehaviour(error)}); "
             "run the command again to restart the download"
         ) from None
 

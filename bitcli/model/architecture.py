@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitcli.model.config import BitConfig, make_divisible
+from bitcli.model.groupnorm import group_norm_act
 from bitcli.model.shapes import conv_padding, same_padding, stage_strides_and_dilations
 
 
@@ -84,6 +85,8 @@ class StdConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if self.pad is not None:
             x = self.pad(x)
+        if x.dtype != self.weight.dtype:  # bf16 mode: the float32 stem's output entering a bfloat16 block
+            x = x.to(self.weight.dtype)
         if self.onednn:
             return onednn_conv(x, self)
         return super().forward(x)
@@ -98,14 +101,22 @@ def onednn_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
 
 
 class GroupNormAct(nn.GroupNorm):
-    """GroupNorm followed by the activation (or none, for the last norm of a v1.5 bottleneck)."""
+    """GroupNorm followed by the activation (or none, for the last norm of a v1.5 bottleneck).
 
-    def __init__(self, config: BitConfig, channels: int, *, activation: bool = True):
+    Channels-last CPU input takes `groupnorm.group_norm_act` (PyTorch's own channels-last
+    kernel loses precision on flat images). `fresh_input`: the input is a tensor made inside
+    the same block (a convolution's output) that nothing reads again, so it may be overwritten.
+    `out_dtype` (set by the engine in bf16 mode): the output's dtype; None keeps the input's.
+    """
+
+    def __init__(self, config: BitConfig, channels: int, *, activation: bool = True, fresh_input: bool = False):
         super().__init__(config.num_groups, channels, eps=1e-5, affine=True)
         self.act = make_activation(config.hidden_act) if activation else nn.Identity()
+        self.fresh_input = fresh_input
+        self.out_dtype: torch.dtype | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
+        return group_norm_act(x, self, self.act, inplace=self.fresh_input, out_dtype=self.out_dtype)
 
 
 class BitEmbeddings(nn.Module):
@@ -124,16 +135,36 @@ class BitEmbeddings(nn.Module):
         # Subtly not the same as max-pool padding=1: padding with zeros (after the conv, before
         # any ReLU) lets a zero win the max where every real value in the window is negative.
         self.pad = nn.Identity() if config.global_padding == "SAME" else nn.ConstantPad2d(1, 0.0)
-        self.norm = GroupNormAct(config, config.embedding_size) if config.layer_type == "bottleneck" else None
+        bottleneck = config.layer_type == "bottleneck"
+        self.norm = GroupNormAct(config, config.embedding_size, fresh_input=True) if bottleneck else None
         self.pool_pad = DynamicPad2d(3, 2) if config.embedding_dynamic_padding else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.pad(self.convolution(x))
+        x = self.convolution(x)
+        if isinstance(self.pad, nn.ConstantPad2d) and self.norm is None and self.pool_pad is None:
+            return zero_padded_max_pool(x)  # the same numbers without the padded copy
+        x = self.pad(x)
         if self.norm is not None:
             x = self.norm(x)
         if self.pool_pad is not None:
             x = self.pool_pad(x)
         return F.max_pool2d(x, kernel_size=3, stride=2)
+
+
+def zero_padded_max_pool(x: Tensor) -> Tensor:
+    """`F.max_pool2d(F.pad(x, [1, 1, 1, 1]), 3, 2)` without writing the padded copy (12.8 MB at 448 px).
+
+    max_pool2d's own padding is -inf, so the windows that cover the zero border (the first row
+    and column; the last too where the size is odd) take max(., 0) afterwards. Exact.
+    """
+    y = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    y[:, :, 0, :].clamp_(min=0)
+    y[:, :, :, 0].clamp_(min=0)
+    if x.shape[-2] % 2:
+        y[:, :, -1, :].clamp_(min=0)
+    if x.shape[-1] % 2:
+        y[:, :, :, -1].clamp_(min=0)
+    return y
 
 
 class BitDownsampleConv(nn.Module):
@@ -144,7 +175,7 @@ class BitDownsampleConv(nn.Module):
         self.conv = StdConv2d(
             in_channels, out_channels, 1, stride=stride, padding_mode=config.global_padding, eps=config.ws_eps
         )
-        self.norm = None if preact else GroupNormAct(config, out_channels, activation=False)
+        self.norm = None if preact else GroupNormAct(config, out_channels, activation=False, fresh_input=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
@@ -161,11 +192,11 @@ class PreActBottleneck(nn.Module):
         self.downsample = BitDownsampleConv(config, in_channels, out_channels, stride, preact=True) if first else None
         self.norm1 = GroupNormAct(config, in_channels)
         self.conv1 = StdConv2d(in_channels, mid, 1, padding_mode=pad, eps=eps)
-        self.norm2 = GroupNormAct(config, mid)
+        self.norm2 = GroupNormAct(config, mid, fresh_input=True)
         # transformers builds this 3x3 convolution without dilation even when output_stride asks
         # for it; we reproduce that so its checkpoints give its numbers.
         self.conv2 = StdConv2d(mid, mid, 3, stride=stride, padding_mode=pad, eps=eps)
-        self.norm3 = GroupNormAct(config, mid)
+        self.norm3 = GroupNormAct(config, mid, fresh_input=True)
         self.conv3 = StdConv2d(mid, out_channels, 1, padding_mode=pad, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -188,11 +219,11 @@ class Bottleneck(nn.Module):
         pad, eps = config.global_padding, config.ws_eps
         self.downsample = BitDownsampleConv(config, in_channels, out_channels, stride, preact=False) if first else None
         self.conv1 = StdConv2d(in_channels, mid, 1, padding_mode=pad, eps=eps)
-        self.norm1 = GroupNormAct(config, mid)
+        self.norm1 = GroupNormAct(config, mid, fresh_input=True)
         self.conv2 = StdConv2d(mid, mid, 3, stride=stride, dilation=dilation, padding_mode=pad, eps=eps)
-        self.norm2 = GroupNormAct(config, mid)
+        self.norm2 = GroupNormAct(config, mid, fresh_input=True)
         self.conv3 = StdConv2d(mid, out_channels, 1, padding_mode=pad, eps=eps)
-        self.norm3 = GroupNormAct(config, out_channels, activation=False)
+        self.norm3 = GroupNormAct(config, out_channels, activation=False, fresh_input=True)
         self.act = make_activation(config.hidden_act)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -287,6 +318,8 @@ class BiT(nn.Module):
         head = nn.Linear(config.feature_dim, config.num_labels) if config.num_labels > 0 else None
         # Sequential(Flatten, Linear) only to keep transformers' key name `classifier.1`.
         self.classifier = nn.Sequential(nn.Flatten(), head) if head is not None else None
+        # Set by the engine on GPUs for precision fp16/bf16: autocast around the backbone.
+        self.autocast_dtype: torch.dtype | None = None
 
     @property
     def has_head(self) -> bool:
@@ -295,11 +328,16 @@ class BiT(nn.Module):
     def forward_features(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
         """(final feature map [N, C, H, W], pooled features [N, C]) for images [N, 3, H, W].
 
-        The pooled features are float32 whatever the backbone's precision; the feature map has
-        the backbone's dtype (bfloat16 after `engine.optimize_for_inference(precision="bf16")`).
+        Both are float32 whatever the backbone's precision (in bf16 mode the convolutions after
+        the stem run in bfloat16, the final norm and pooling in float32).
         """
         dtype = self.bit.embedder.convolution.weight.dtype
-        feature_map = self.bit(pixel_values.to(dtype))
+        if self.autocast_dtype is None:
+            feature_map = self.bit(pixel_values.to(dtype))
+        else:
+            with torch.autocast(pixel_values.device.type, dtype=self.autocast_dtype):
+                feature_map = self.bit(pixel_values.to(dtype))
+            feature_map = feature_map.float()
         pooled = feature_map.mean(dim=(2, 3), dtype=torch.float32)
         return feature_map, pooled
 

@@ -1,11 +1,15 @@
 """The BiT architecture as a dataclass, read from a transformers `config.json` (`model_type: "bit"`).
 
 Field names and defaults follow transformers' `BitConfig`, so the default instance is the
-`google/bit-50` architecture (BiT-M R50x1). Unknown keys in a config file are ignored.
+`google/bit-50` architecture (BiT-M R50x1). Unknown keys in a config file are ignored; a known
+key of the wrong type (`depths: "three"`, `id2label: "cat"`) is a ConfigError naming it, and so is
+a weight-standardization eps that is not a positive finite number (NaN would reach every score).
+`id2label` may also be a plain list of names, in class order.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +73,8 @@ class BitConfig:
             )
         if self.num_groups < 1 or self.embedding_size < 1 or min(self.depths) < 1:
             raise ConfigError("num_groups, embedding_size and every depth must be positive")
+        if not (_is_number(self.ws_eps) and math.isfinite(self.ws_eps) and self.ws_eps > 0):
+            raise ConfigError(f"invalid BiT config: ws_eps must be a positive finite number, got {self.ws_eps!r}")
 
     @property
     def stage_widths(self) -> list[int]:
@@ -99,10 +105,10 @@ class BitConfig:
         if model_type != "bit":
             raise ConfigError(f"config.json describes a {model_type!r} model, not BiT (model_type 'bit')")
         known = {f for f in cls.__dataclass_fields__ if f not in ("id2label", "num_labels")}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        id2label = {int(k): str(v) for k, v in (data.get("id2label") or {}).items()}
+        kwargs = {k: _checked(k, v) for k, v in data.items() if k in known}
+        id2label = _id2label(data.get("id2label"))
         # As transformers: id2label decides (an empty one means no head); without it, 2 labels.
-        num_labels = len(id2label) if "id2label" in data else int(data.get("num_labels", 2))
+        num_labels = len(id2label) if "id2label" in data else _checked("num_labels", data.get("num_labels", 2))
         try:
             return cls(**kwargs, num_labels=num_labels, id2label=id2label)
         except (TypeError, ValueError) as exc:
@@ -111,6 +117,62 @@ class BitConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> BitConfig:
         return cls.from_dict(read_json_file(path))
+
+
+_INTEGERS = {"num_channels", "embedding_size", "num_groups", "output_stride", "width_factor", "folded_width_factor", "num_labels"}
+_INTEGER_LISTS = {"hidden_sizes", "depths"}
+_STRINGS = {"layer_type", "hidden_act"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return _is_number(value) and float(value).is_integer()
+
+
+def _checked(key: str, value: Any) -> Any:
+    """A config.json value of the type its field needs, else a ConfigError naming the field."""
+    if key in _INTEGERS:
+        ok, need = _is_integer(value), "an integer"
+    elif key in _INTEGER_LISTS:
+        ok, need = isinstance(value, list) and all(_is_integer(v) for v in value), "a list of integers"
+    elif key in _STRINGS:
+        ok, need = isinstance(value, str), "a string"
+    elif key == "global_padding":
+        ok, need = value is None or isinstance(value, str), "null or a string"
+    elif key == "embedding_dynamic_padding":
+        ok, need = isinstance(value, bool), "true or false"
+    elif key == "ws_eps":
+        ok, need = _is_number(value), "a number"
+    else:
+        return value
+    if not ok:
+        raise ConfigError(f"invalid BiT config: {key} must be {need}, got {_show(value)}")
+    if key in _INTEGERS:
+        return int(value)
+    return [int(v) for v in value] if key in _INTEGER_LISTS else value
+
+
+def _id2label(value: Any) -> dict[int, str]:
+    """Class names: {index: name} (keys as JSON strings or ints), or a list of names in class order."""
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        return {i: str(name) for i, name in enumerate(value)}
+    if not isinstance(value, dict):
+        raise ConfigError(f"invalid BiT config: id2label must be an object {{index: name}} or a list of names, got {_show(value)}")
+    try:
+        return {int(k): str(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        bad = next(k for k in value if not str(k).lstrip("-").isdigit())
+        raise ConfigError(f"invalid BiT config: id2label keys must be class indices (0, 1, ...), got {_show(bad)}") from None
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

@@ -1,21 +1,37 @@
-"""Low-level file writing for the store: `.npy` headers, fsync, atomic text files."""
+"""Low-level file work for the store: `.npy` headers, fsync, staged files, capped reads, the lock.
+
+The partial directory holds only the files named in `OWN_PARTIAL_FILES`; that is how bitcli
+recognises a folder it may discard or complete. `LOCK` is held (`fcntl.flock`, exclusive) by the
+one run writing the output: a second run is told another run holds it, instead of being sent to
+--resume. flock locks belong to the open file, so a killed run's lock disappears with it.
+"""
 
 from __future__ import annotations
 
+import errno
 import io
+import json
 import os
-import tempfile
+import stat
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Any, Iterable
 
 import numpy as np
 from numpy.lib import format as npy_format
 
+from bitcli.util import read_capped
 
-def read_lines(path: Path) -> list[str]:
-    """The lines `write_atomic` wrote (split on "\\n" only: a path may hold other separators)."""
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    return text.removesuffix("\n").split("\n") if text else []
+STATE = "state.json"
+DATA = "data.npy"
+JOURNAL = "journal.jsonl"
+LOCK = "lock"
+PUBLISH = "publish.json"  # the commit point of `finish()`: which staged file becomes which output
+PUBLISH_TMP = "publish.json.tmp"
+OWN_PARTIAL_FILES = frozenset({STATE, DATA, JOURNAL, LOCK, PUBLISH, PUBLISH_TMP})
+REQUIRED_PARTIAL_FILES = (STATE, DATA, JOURNAL)
+RECORD_MAX_BYTES = 1 << 20  # state.json, publish.json and the run record are a few hundred bytes
+COPY_CHUNK = 1 << 22  # bytes per read when streaming a finished array
+STAGED_SUFFIX = ".bitcli.tmp"  # `.NAME.bitcli.tmp`: where a file is written before it is renamed
 
 
 def npy_header(dtype: np.dtype, rows: int, dim: int) -> bytes:
@@ -24,6 +40,33 @@ def npy_header(dtype: np.dtype, rows: int, dim: int) -> bytes:
     header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, dim)}
     npy_format.write_array_header_1_0(buf, header)
     return buf.getvalue()
+
+
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """(shape, dtype) from a `.npy` file's header; None when it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            version = npy_format.read_magic(fh)
+            read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return tuple(shape), dtype
+
+
+def copy_to_stream(source: IO[bytes], stream: IO[bytes]) -> None:
+    """Copy `source` from its start to `stream`, every byte: a raw stream's short writes are retried."""
+    source.seek(0)
+    while chunk := source.read(COPY_CHUNK):
+        view = memoryview(chunk)
+        while view:
+            written = stream.write(view)
+            if written is None:  # a non-blocking stream that is full
+                raise BlockingIOError(errno.EAGAIN, "stdout is non-blocking and full")
+            if written <= 0:
+                raise OSError(errno.EIO, "the stream accepted nothing")
+            view = view[written:]
+    stream.flush()
 
 
 def fsync_dir(path: Path) -> None:
@@ -52,21 +95,138 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, lines: Iterable[str]) -> None:
-    """Write text lines to `path` through a temporary file in the same directory and rename.
+def write_lines(path: Path, lines: Iterable[str]) -> int:
+    """Write text lines to `path` (a staged name: replaced if there), fsync; the bytes written.
 
     Non-UTF-8 file names (surrogates, as `os` decodes them) are written as their original bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~_umask())
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
+        for line in lines:
+            fh.write(line)
+            fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+        return fh.buffer.tell()
+
+
+def staged_name(path: Path) -> Path:
+    """Where `path` is written before the rename that publishes it (`.NAME.bitcli.tmp`)."""
+    return path.with_name(f".{path.name}{STAGED_SUFFIX}")
+
+
+def write_chunks(path: Path, chunks: Iterable[bytes]) -> int:
+    """Write `chunks` to `path` (a staged or temporary name: replaced if there, never followed
+    if a link), fsync; the bytes written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~_umask())
+    with os.fdopen(fd, "wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return fh.tell()
+
+
+def write_bytes_atomic(path: Path, chunks: Iterable[bytes]) -> None:
+    """`chunks` at `path` through a temporary name in the same folder and a rename (whole or absent)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
-            for line in lines:
-                fh.write(line)
-                fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_chunks(tmp, chunks)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, lines: Iterable[str]) -> None:
+    """Text lines at `path` through a temporary name in the same folder and a rename (whole or absent)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_lines(tmp, lines)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any, tmp: Path) -> None:
+    """`data` as JSON at `path`, through `tmp` and a rename (so `path` is whole or absent)."""
+    write_synced(tmp, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_json_record(path: Path) -> dict[str, Any] | None:
+    """A small JSON object written by the store (None when missing, unreadable or malformed)."""
+    try:
+        data = json.loads(read_capped(path, RECORD_MAX_BYTES))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines `write_lines` wrote (split on "\\n" only: a path may hold other separators)."""
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    return text.removesuffix("\n").split("\n") if text else []
+
+
+def is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def partial_problem(partial: Path) -> str | None:
+    """What makes a partial directory unusable for --resume (a missing file...), or None."""
+    for name in REQUIRED_PARTIAL_FILES:
+        path = partial / name
+        if not os.path.lexists(path):
+            return f"{name} is missing"
+        if not is_regular(path):
+            return f"{name} is not a regular file"
+    if read_json_record(partial / STATE) is None:
+        return f"{STATE} is unreadable"
+    return None
+
+
+def take_lock(partial: Path) -> IO[bytes] | None:
+    """Hold the partial directory's lock (the open file), or None when another process holds it."""
+    import fcntl
+
+    fh = open(partial / LOCK, "a+b")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    except OSError:
+        return fh  # no locking on this file system: go on without it
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n".encode())
+    fh.flush()
+    return fh
+
+
+def lock_holder(partial: Path) -> str | None:
+    """"pid N" of the process holding the partial directory's lock, or None when it is free."""
+    import fcntl
+
+    if not is_regular(partial / LOCK):
+        return None
+    try:
+        with open(partial / LOCK, "rb") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = fh.read(32).decode("ascii", "replace").strip()
+                return f"pid {pid}" if pid.isdigit() else "another process"
+            except OSError:
+                return None
+    except OSError:
+        return None
+    return None

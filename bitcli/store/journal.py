@@ -1,17 +1,34 @@
-"""The journal of a partial run: what each committed batch added, read back for `--resume`."""
+"""The journal of a partial run (what each committed batch added), and the record of a finished one.
+
+The journal is read line by line, each line capped, and never beyond the number of inputs the
+run has: a damaged or oversized journal ends at its last good line (the rows after it are
+re-embedded), and memory stays proportional to the input list.
+
+The run record (`.OUT.npy.run.json`, published with the output) keeps what the partial
+directory's `state.json` said (model, dtype, options, input digest) plus the row and failure
+counts and the size of each file, so `--resume` of a finished output checks it as strictly as an
+unfinished one.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Sequence
 
-from bitcli.store.files import read_lines
+from bitcli.errors import UsageError
+from bitcli.store.files import read_json_record, read_lines, read_npy_header
 from bitcli.store.metadata import FileIdentity
-from bitcli.store.paths import EmbedPaths, unescape_error_path
+
+if TYPE_CHECKING:
+    from bitcli.store.paths import EmbedPaths
+
+JOURNAL_LINE_MAX = 64 << 20  # one batch's paths and errors; a longer line is damage
+RECORD_VERSION = 1
 
 
 @dataclass
@@ -34,40 +51,32 @@ def inputs_digest(inputs: Sequence[str] | None) -> str | None:
     return digest.hexdigest()
 
 
-def finished_inputs(paths: EmbedPaths) -> Counter[str] | None:
-    """The inputs a finished run accounted for: its manifest and error list (None: unreadable)."""
-    try:
-        done = Counter(read_lines(paths.manifest))
-        if paths.errors.exists():
-            done += Counter(unescape_error_path(line.split("\t", 1)[0]) for line in read_lines(paths.errors))
-    except OSError:
-        return None
-    return done
-
-
-def read_journal(path: Path) -> Journal:
+def read_journal(path: Path, max_entries: int | None = None) -> Journal:
+    """The well-formed prefix of a journal: complete lines, each a batch, at most `max_entries`
+    inputs in all (None: no limit). A torn, malformed or oversized line ends it."""
     journal = Journal()
     if not path.exists():
         return journal
-    data = path.read_bytes()
-    offset = 0
-    for raw in data.splitlines(keepends=True):
-        if not raw.endswith(b"\n"):
-            break  # torn last line: the batch was never committed
-        try:
-            entry = json.loads(raw)
-            paths = [str(p) for p in entry["rows"]]
-            errors = [(str(p), str(r)) for p, r in entry["errors"]]
-            identities = [decode_identity(i) for i in entry.get("ids") or [None] * len(paths)]
-        except (ValueError, KeyError, TypeError):
-            break
-        if len(identities) != len(paths):  # written by a bitcli that recorded none: unknown
-            identities = [None] * len(paths)
-        journal.paths.extend(paths)
-        journal.errors.extend(errors)
-        journal.identities.extend(identities)
-        offset += len(raw)
-    journal.valid_bytes = offset
+    with open(path, "rb") as fh:
+        while raw := fh.readline(JOURNAL_LINE_MAX + 1):
+            if not raw.endswith(b"\n"):
+                break  # torn last line (the batch was never committed), or far too long
+            try:
+                entry = json.loads(raw)
+                paths = [str(p) for p in entry["rows"]]
+                errors = [(str(p), str(r)) for p, r in entry["errors"]]
+                identities = [decode_identity(i) for i in entry.get("ids") or []]
+            except (ValueError, KeyError, TypeError):
+                break
+            if len(identities) != len(paths):  # written by a bitcli that recorded none: unknown
+                identities = [None] * len(paths)
+            count = len(journal.paths) + len(journal.errors) + len(paths) + len(errors)
+            if max_entries is not None and count > max_entries:
+                break  # more than the run has inputs: not this run's journal
+            journal.paths.extend(paths)
+            journal.errors.extend(errors)
+            journal.identities.extend(identities)
+            journal.valid_bytes += len(raw)
     return journal
 
 
@@ -81,3 +90,86 @@ def decode_identity(value: list | None) -> FileIdentity | None:
         return None
     size, mtime_ns, sha256 = value
     return FileIdentity(int(size), int(mtime_ns), None if sha256 is None else str(sha256))
+
+
+def run_state(dim: int, dtype: str, fingerprint: dict[str, Any], inputs: Sequence[str] | None) -> dict[str, Any]:
+    """What produced the rows: compared on --resume (JSON round trip: tuples equal lists)."""
+    state = {"version": RECORD_VERSION, "dim": dim, "dtype": dtype, "fingerprint": fingerprint,
+             "inputs": inputs_digest(inputs)}
+    return json.loads(json.dumps(state))
+
+
+def describe_difference(theirs: dict[str, Any], mine: dict[str, Any]) -> str | None:
+    """The first few settings that differ ("normalize: False then, True now"), or None."""
+    flat_theirs = {**(theirs.get("fingerprint") or {}), **{k: v for k, v in theirs.items() if k != "fingerprint"}}
+    flat_mine = {**(mine.get("fingerprint") or {}), **{k: v for k, v in mine.items() if k != "fingerprint"}}
+    diffs = [
+        f"{key}: {flat_theirs.get(key)!r} then, {flat_mine.get(key)!r} now"
+        for key in sorted(set(flat_theirs) | set(flat_mine))
+        if key != "inputs" and flat_theirs.get(key) != flat_mine.get(key)
+    ]
+    return "; ".join(diffs[:3]) or None
+
+
+def check_same_update(partial: Path, theirs: str | None, mine: str | None) -> None:
+    """An interrupted --update (its plan's digest in `state.json`) resumes only with --update and
+    the same plan, and an interrupted plain run only without --update."""
+    if theirs == mine:
+        return
+    if mine is None:
+        raise UsageError(f"{partial} is an interrupted --update; pass --update --resume to continue it")
+    if theirs is None:
+        raise UsageError(
+            f"{partial} is an interrupted run, not an --update; pass --resume without --update to finish it, "
+            "or --update --overwrite to discard it"
+        )
+    raise UsageError(
+        f"{partial}: the inputs or the output changed since the interrupted --update; "
+        "pass --update --overwrite to start it over"
+    )
+
+
+def file_size(path: Path | None) -> int | None:
+    try:
+        return None if path is None else os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def finished_problem(record_path: Path, state: dict[str, Any], files: dict[str, Path], rows_dtype) -> str | None:
+    """Why a finished output does not match the run about to resume it (None: it does).
+
+    `files` maps "array", "manifest", "errors" to paths; the record lists their sizes.
+    """
+    record = read_json_record(record_path)
+    if record is None:
+        return f"it has no readable record of how it was made ({record_path.name} is missing or damaged)"
+    theirs = {k: record.get(k) for k in state}
+    if theirs.get("inputs") != state["inputs"] and describe_difference(theirs, state) is None:
+        return "the inputs changed since it was made"
+    difference = describe_difference(theirs, state)
+    if difference:
+        return f"it was made with different settings ({difference})"
+    for role, path in files.items():
+        want = (record.get("files") or {}).get(role)
+        if role != "array" and want is not None and os.path.abspath(path) != want.get("path"):
+            return f"it was made with its {role} at {want.get('path')}"
+        if file_size(path) != (None if want is None else want.get("size")):
+            return f"its {role} changed since it was made"
+    header = read_npy_header(files["array"])
+    if header is None or header[0] != (record.get("rows"), state["dim"]) or header[1] != rows_dtype:
+        return "its array changed since it was made"
+    return None
+
+
+def finished_inputs(paths: "EmbedPaths") -> Counter[str] | None:
+    """The inputs a finished run accounted for: its manifest and error list (None: unreadable)."""
+    from bitcli.store.paths import unescape_error_path
+
+    try:
+        done = Counter(read_lines(paths.manifest))
+        if paths.errors.exists():
+            done += Counter(unescape_error_path(line.split("\t", 1)[0]) for line in read_lines(paths.errors))
+    except OSError:
+        return None
+    return done

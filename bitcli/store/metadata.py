@@ -11,9 +11,10 @@ nothing but `json` (the format is specified in docs/collection.md):
                       "sha256" when the run hashed contents (`--hash`); read only by `--update`
 
 The per-row part is JSON Lines so that a million rows stream instead of becoming one huge
-object, and the header stays small enough to read on every search. Both are written through a
-temporary file and a rename (the row file first, then the header that names its digest), so a
-reader never sees a torn file, and a header always describes a complete row file.
+object, and the header stays small enough to read on every search. `bit embed` stages both
+and publishes them in the same set as the array, manifest and run record (`publish.py`): after
+any kill the sidecar on disk is the old run's or the new run's, as the array is; the header
+names the row file's digest, so a row file that does not belong to it is detected.
 
 A row whose file could not be identified when it was embedded (it vanished, or a journal of
 an older bitcli recorded no identity) has `"size": null, "mtime_ns": null`; `--update` embeds
@@ -25,12 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from bitcli.errors import UsageError
+from bitcli.store.files import fsync_dir, staged_name, write_chunks
+from bitcli.util import read_capped
 
 FORMAT = "bitcli.embedding"
 FORMAT_VERSION = 1
@@ -38,6 +40,8 @@ _HASH_CHUNK = 1 << 20
 # What must be equal for rows of two runs to be comparable (`--update` refuses otherwise).
 _COMPATIBLE = ("model", "preprocessing", "dtype", "normalize", "feature_dim", "decode")
 _MODEL_KEYS = ("reference", "commit", "weights", "precision")  # "model" compares only these
+HEADER_MAX_BYTES = 1 << 20  # the header is a few kB
+ROW_LINE_MAX = 64 << 10  # one row file line: a path (at most PATH_MAX, escaped) and its identity
 
 
 @dataclass(frozen=True)
@@ -204,8 +208,12 @@ def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out:
 # -- writing and reading ---------------------------------------------------------------------
 
 
-def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]) -> EmbeddingMetadata:
-    """Write the row file, then the header naming its digest; both atomically. The header as written.
+def stage_metadata(
+    paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]
+) -> dict[str, Path]:
+    """Write the row file and the header under their staged names (`files.staged_name`); the
+    header names the final row file and its digest. {"files": staged, "meta": staged}: the
+    caller publishes them (the embed store: in its one set through `publish.py`).
 
     `rows` must yield exactly `meta.rows` (path, identity) pairs, in row order."""
     sha = hashlib.sha256()
@@ -221,23 +229,40 @@ def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[
             count += 1
             yield line
 
-    write_atomic(paths.files, lines())
-    if count != meta.rows:
-        paths.files.unlink(missing_ok=True)
-        raise ValueError(f"{count} file identities given for {meta.rows} rows")
-    meta.files = _relative_name(paths.files, paths.meta)
-    meta.files_sha256 = sha.hexdigest()
-    header = json.dumps(meta.to_dict(), indent=1, ensure_ascii=True) + "\n"
-    write_atomic(paths.meta, [header.encode("ascii")])
+    staged = {"files": staged_name(paths.files), "meta": staged_name(paths.meta)}
+    try:
+        write_chunks(staged["files"], lines())
+        if count != meta.rows:
+            raise ValueError(f"{count} file identities given for {meta.rows} rows")
+        meta.files = _relative_name(paths.files, paths.meta)
+        meta.files_sha256 = sha.hexdigest()
+        header = json.dumps(meta.to_dict(), indent=1, ensure_ascii=True) + "\n"
+        write_chunks(staged["meta"], [header.encode("ascii")])
+    except BaseException:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+        raise
+    return staged
+
+
+def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]) -> EmbeddingMetadata:
+    """The sidecar on its own (`stage_metadata`, then the row file and the header renamed into
+    place, the header last): for sidecars that are not part of an embed run's set."""
+    staged = stage_metadata(paths, meta, rows)
+    os.replace(staged["files"], paths.files)
+    os.replace(staged["meta"], paths.meta)
+    fsync_dir(paths.meta.parent)
     return meta
 
 
 def read_metadata(path: Path) -> EmbeddingMetadata:
     """Read and validate `OUT.meta.json` (UsageError naming the file when it is unusable)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_capped(path, HEADER_MAX_BYTES).decode("utf-8")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # too large, or not UTF-8
+        raise UsageError(f"{path}: not a bitcli embedding header ({exc}); embed anew with --overwrite") from exc
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -253,49 +278,39 @@ def sidecar_file(meta_path: Path, name: str | None) -> Path | None:
 
 
 def read_file_rows(meta_path: Path, meta: EmbeddingMetadata) -> list[tuple[str, FileIdentity | None]]:
-    """Every row's (path, identity), checked against the header's row count and digest."""
+    """Every row's (path, identity), checked against the header's row count and digest. Read line
+    by line, each line capped, never beyond the header's row count."""
     files = sidecar_file(meta_path, meta.files)
     if files is None:
         raise UsageError(f"{meta_path}: names no row file; embed anew with --overwrite")
-    try:
-        data = files.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{files}: cannot read ({exc.strerror or exc}); embed anew with --overwrite") from exc
-    if meta.files_sha256 is not None and hashlib.sha256(data).hexdigest() != meta.files_sha256:
-        raise UsageError(f"{files} does not match {meta_path} (changed since it was written); embed anew with --overwrite")
+    again = "; embed anew with --overwrite"
+    sha = hashlib.sha256()
     rows = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        try:
-            record = json.loads(raw)
-            identity = None
-            if record["size"] is not None:
-                identity = FileIdentity(size=_int(record["size"], "size"), mtime_ns=int(record["mtime_ns"]), sha256=record.get("sha256"))
-            rows.append((str(record["path"]), identity))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{files}, line {number}: malformed ({exc}); embed anew with --overwrite") from exc
+    try:
+        with open(files, "rb") as fh:
+            while raw := fh.readline(ROW_LINE_MAX + 1):
+                if len(rows) == meta.rows or not raw.endswith(b"\n"):
+                    raise UsageError(f"{files} holds more than {meta_path}'s {meta.rows} rows, or a torn line{again}")
+                sha.update(raw)
+                rows.append(_row(raw, files, len(rows) + 1))
+    except OSError as exc:
+        raise UsageError(f"{files}: cannot read ({exc.strerror or exc}){again}") from exc
+    if meta.files_sha256 is not None and sha.hexdigest() != meta.files_sha256:
+        raise UsageError(f"{files} does not match {meta_path} (changed since it was written){again}")
     if len(rows) != meta.rows:
-        raise UsageError(f"{files} lists {len(rows)} files but {meta_path} says {meta.rows} rows; embed anew with --overwrite")
+        raise UsageError(f"{files} lists {len(rows)} files but {meta_path} says {meta.rows} rows{again}")
     return rows
 
 
-def write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write `chunks` to a temporary file beside `path`, fsync, rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _row(raw: bytes, files: Path, number: int) -> tuple[str, FileIdentity | None]:
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        record = json.loads(raw)
+        identity = None
+        if record["size"] is not None:
+            identity = FileIdentity(size=_int(record["size"], "size"), mtime_ns=int(record["mtime_ns"]), sha256=record.get("sha256"))
+        return str(record["path"]), identity
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{files}, line {number}: malformed ({exc}); embed anew with --overwrite") from exc
 
 
 def _relative_name(target: Path, meta_path: Path) -> str:

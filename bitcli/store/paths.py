@@ -1,9 +1,20 @@
 """The files an embed run writes, and the checks made before any of them is touched.
 
-`EmbedPaths` names them all (the array, the manifest, the error list, the partial directory and
-the temporary names they are written under); `check_output` refuses, before the model loads,
-what the writer would refuse; `write_errors` turns a failed write into one line naming the
-output it stands for.
+`EmbedPaths` names them all: the array, the manifest, the error list and the metadata sidecar
+(`OUT.meta.json`, `OUT.files.jsonl`: the published set), the run record beside the array, the
+partial directory, and the temporary names things are staged under. `check_output` refuses, before the model loads, what the writer would refuse (exit 2):
+
+- bitcli only ever replaces regular files (or creates missing ones). A FIFO, a device, a
+  directory or a symbolic link where an output goes is refused, with or without --overwrite.
+  Symbolic links are refused rather than written through: the atomic rename that publishes a
+  file replaces the name it is given, so writing through would need the target's directory
+  (another file system, perhaps, where no rename from the partial folder is possible), and a
+  planted link would let --overwrite reach any file its owner can write.
+- `OUT.npy.partial` is discarded (--overwrite) only when it is a directory holding nothing but
+  the files bitcli writes there.
+- No output may be another output, or lie inside the partial directory (which is deleted when
+  the run ends), also through `..` or a symbolic link on the way.
+- Every name, the temporary ones included, must fit the file system's limit on a name.
 """
 
 from __future__ import annotations
@@ -11,12 +22,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from bitcli.errors import BitError, UsageError
 from bitcli.inputs import path_problem
+from bitcli.store.files import OWN_PARTIAL_FILES, lock_holder, partial_problem, staged_name
 from bitcli.store.metadata import SidecarPaths
 
 
@@ -33,6 +46,16 @@ class EmbedPaths:
         return None if self.out is None else self.out.with_name(self.out.name + ".partial")
 
     @property
+    def partial_tmp(self) -> Path | None:
+        """Where the partial directory is assembled before it appears under its name."""
+        return None if self.out is None else self.out.with_name(f".{self.out.name}.partial.tmp")
+
+    @property
+    def record(self) -> Path | None:
+        """The finished run's record (settings, input digest, file sizes) beside the array."""
+        return None if self.out is None else self.out.with_name(f".{self.out.name}.run.json")
+
+    @property
     def sidecars(self) -> SidecarPaths:
         """The metadata sidecar: `OUT.meta.json`, `OUT.files.jsonl` (with -o -, beside the manifest)."""
         return SidecarPaths.for_output(self.out if self.out is not None else self.manifest)
@@ -40,22 +63,28 @@ class EmbedPaths:
     @property
     def outputs(self) -> list[Path]:
         """The files a finished run publishes (the array only when it is not streamed)."""
-        sidecars = self.sidecars
-        return [p for p in (self.out, self.manifest, self.errors, sidecars.meta, sidecars.files) if p is not None]
+        return [p for p in (self.out, self.manifest, self.errors) if p is not None]
 
-    def output_for(self, filename: Any) -> Any:
-        """The output a file name stands for: temporary files (`.NAME.xxxx`, see
-        `files.write_atomic`) and the partial directory's contents are named after the file they
-        become; None stands for the array (or the manifest, with `-o -`)."""
-        if filename is None:
-            return self.outputs[0]
-        base = os.path.basename(os.fsdecode(filename))
-        for path in self.outputs:
-            if str(filename) == str(path) or base.startswith(f".{path.name}."):
-                return path
-        if self.partial is not None and Path(filename).parent == self.partial:
-            return self.out
-        return filename
+    @staticmethod
+    def staged(path: Path) -> Path:
+        return staged_name(path)
+
+    @property
+    def published(self) -> list[Path]:
+        """Every file `finish()` stages and renames into place (the array is renamed from the
+        partial directory, not staged)."""
+        sidecars = self.sidecars
+        return [p for p in (self.manifest, self.errors, sidecars.files, sidecars.meta, self.record) if p is not None]
+
+    def every_name(self) -> list[tuple[str, Path]]:
+        """(role, path) of everything this run may create, for the name and kind checks."""
+        sidecars = self.sidecars
+        named = [("-o", self.out), ("--manifest", self.manifest), ("the error list", self.errors)]
+        named += [("the metadata", sidecars.meta), ("the row identities", sidecars.files)]
+        named += [("the run record", self.record), ("the partial run", self.partial)]
+        named += [("a temporary file", self.partial_tmp)]
+        named += [("a temporary file", self.staged(p)) for p in self.published]
+        return [(what, path) for what, path in named if path is not None]
 
     @classmethod
     def for_output(cls, out: Path | None, manifest: Path | None = None, errors: Path | None = None) -> "EmbedPaths":
@@ -80,47 +109,152 @@ class EmbedPaths:
 def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bool = False) -> None:
     """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2.
 
-    `update`: the existing output is the one being brought up to date (`--update`), not in the way."""
+    `update` (`--update`): an existing output is the one being brought up to date, not in the way;
+    --overwrite then discards only an interrupted run, --resume continues an interrupted update."""
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
-    if update and (overwrite or paths.out is None):
-        raise UsageError("--update keeps the output's rows: it cannot be combined with --overwrite or -o -")
-    _check_distinct(paths)
-    if paths.manifest.is_dir():
-        raise UsageError(f"--manifest {paths.manifest}: is a directory; give a file name")
-    if paths.out is None and resume:
-        raise UsageError("--resume needs an output file, not -o -")
+    if paths.out is None and (resume or update):
+        raise UsageError(f"{'--update' if update else '--resume'} needs an output file, not -o -")
+    check_names(paths)
+    check_distinct(paths)
+    for what, path in paths.every_name():
+        if path != paths.partial:
+            check_replaceable(path, what)
     partial = paths.partial
-    if partial is not None and partial.exists() and not (resume or overwrite):
-        again = "--update --resume" if update else "--resume"
-        raise UsageError(
-            f"{paths.out}: an interrupted run left {partial}; "
-            f"pass {again} to continue it or --overwrite to start over"
-        )
-    if update:
+    if partial is not None:
+        check_own_partial(paths)
+        holder = lock_holder(partial) if partial.is_dir() else None
+        if holder is not None:
+            raise UsageError(
+                f"{paths.out}: another bit embed run ({holder}) is writing it; wait for it to finish or stop it"
+            )
+        if resume and partial.is_dir():
+            problem = partial_problem(partial)
+            if problem:
+                raise UsageError(f"{partial} is damaged ({problem}), so it cannot be resumed; pass --overwrite to start again")
+    if resume or overwrite:
         return
-    if paths.out is not None and paths.out.exists() and not partial.exists() and not (resume or overwrite):
-        raise UsageError(f"{paths.out} already exists; pass --overwrite to replace it, --update to bring it up to date (or --resume)")
-    for existing in (paths.manifest, paths.sidecars.meta):
-        if existing.exists() and not (resume or overwrite):
-            raise UsageError(f"{existing} already exists; pass --overwrite to replace it")
+    if partial is not None and partial.exists():
+        again = "--update --resume" if update else "--resume"
+        over = "--update --overwrite to start the update over" if update else "--overwrite to start over"
+        raise UsageError(f"{paths.out}: an interrupted run left {partial}; pass {again} to continue it or {over}")
+    if update and paths.out.exists():
+        return  # the output, its manifest and sidecar are what --update brings up to date
+    if paths.out is not None and paths.out.exists():
+        raise UsageError(
+            f"{paths.out} already exists; pass --overwrite to replace it, --update to bring it up to date (or --resume)"
+        )
+    for path in (paths.manifest, paths.errors, paths.sidecars.meta, paths.sidecars.files):
+        if os.path.lexists(path):
+            raise UsageError(f"{path} already exists; pass --overwrite to replace it")
 
 
-def _check_distinct(paths: EmbedPaths) -> None:
-    """The array, manifest, error list, partial run and metadata sidecar must be different files."""
-    seen: dict[str, str] = {}
-    sidecars = paths.sidecars
-    named = (
-        ("-o", paths.out), ("--manifest", paths.manifest), ("the error list", paths.errors),
-        ("the partial run", paths.partial), ("the metadata", sidecars.meta), ("the row identities", sidecars.files),
+def kind_of(mode: int) -> str:
+    for kind, test in (("directory", stat.S_ISDIR), ("symbolic link", stat.S_ISLNK), ("FIFO", stat.S_ISFIFO),
+                       ("character device", stat.S_ISCHR), ("block device", stat.S_ISBLK), ("socket", stat.S_ISSOCK)):
+        if test(mode):
+            return kind
+    return "regular file" if stat.S_ISREG(mode) else "special file"
+
+
+def check_replaceable(path: Path, what: str = "output") -> None:
+    """A UsageError unless `path` is missing or a regular file (the only things bitcli replaces)."""
+    info = _lstat(path)
+    if info is None or stat.S_ISREG(info.st_mode):
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(
+            f"{path}: is a symbolic link (to {os.readlink(path)}); bitcli does not write through links: "
+            "give the file it points to, or another name"
+        )
+    if what == "--manifest" and stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"--manifest {path}: is a directory; give a file name")
+    raise UsageError(
+        f"{path}: is a {kind_of(info.st_mode)}, not a regular file; bitcli only replaces regular files "
+        "it could have written: choose another name"
     )
-    for what, path in named:
-        if path is None:
+
+
+def check_own_partial(paths: EmbedPaths) -> None:
+    """The partial directory (and its temporary twin), when they exist, must be bitcli's own."""
+    for path in (paths.partial, paths.partial_tmp):
+        info = _lstat(path)
+        if info is None:
             continue
-        key = os.path.abspath(path)
+        if not stat.S_ISDIR(info.st_mode):
+            raise UsageError(
+                f"{path}: is a {kind_of(info.st_mode)}, not a partial run bitcli made; "
+                "move it away or choose another -o"
+            )
+        try:
+            entries = list(os.scandir(path))
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read it ({exc.strerror or exc}); fix its permissions or move it away") from None
+        foreign = [e.name for e in entries if e.name not in OWN_PARTIAL_FILES or not e.is_file(follow_symlinks=False)]
+        if foreign:
+            shown = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
+            raise UsageError(
+                f"{path}: holds files bitcli did not write there ({shown}); move it away or choose another -o"
+            )
+
+
+def check_names(paths: EmbedPaths) -> None:
+    """Every name must fit the file system: `OUT.npy.partial` and the temporary names too."""
+    sidecars = paths.sidecars
+    derived = {path: [paths.staged(path)] for path in (paths.manifest, paths.errors, sidecars.meta, sidecars.files)}
+    if paths.out is not None:
+        derived[paths.out] = [paths.partial, paths.partial_tmp, paths.record, paths.staged(paths.record)]
+    for output, siblings in derived.items():
+        limit = _name_max(output.parent)
+        for path in (output, *siblings):
+            size = len(os.fsencode(path.name))
+            if size <= limit:
+                continue
+            beside = "" if path == output else f": bitcli also writes {path.name} beside it ({size} bytes)"
+            raise UsageError(
+                f"{output}: the name is too long for this file system, at most {limit} bytes per name{beside}; "
+                "choose a shorter name"
+            )
+
+
+def _name_max(directory: Path) -> int:
+    for candidate in (directory, *directory.parents):
+        try:
+            return os.pathconf(candidate if str(candidate) else ".", "PC_NAME_MAX")
+        except (OSError, ValueError):
+            continue
+    return 255
+
+
+def check_distinct(paths: EmbedPaths) -> None:
+    """The outputs must be different files, and none may lie inside the partial directory."""
+    seen: dict[str, str] = {}
+    for what, path in paths.every_name():
+        key = os.path.realpath(path)
         if key in seen:
             raise UsageError(f"{path}: {seen[key]} and {what} would be the same file; choose another --manifest or -o")
         seen[key] = what
+    if paths.partial is None:
+        return
+    inside = os.path.realpath(paths.partial) + os.sep
+    for what, path in (("--manifest", paths.manifest), ("the error list", paths.errors)):
+        if os.path.realpath(path).startswith(inside):
+            raise UsageError(
+                f"{path}: {what} would be inside {paths.partial}, which is deleted when the run ends; choose another place"
+            )
+
+
+def _lstat(path: Path | None) -> os.stat_result | None:
+    if path is None:
+        return None
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot use this name ({exc.strerror or exc})") from None
 
 
 def manifest_problem(path: str) -> str | None:
@@ -143,6 +277,21 @@ def unescape_error_path(text: str) -> str:
 _UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
 
 
+class OutputWriteError(OSError):
+    """A failed write, named after the output it was for (not a temporary or partial file)."""
+
+
+@contextlib.contextmanager
+def writing(output: Path | None) -> Iterator[None]:
+    """Inside, an OSError becomes an OutputWriteError naming `output` (a closed pipe stays itself)."""
+    try:
+        yield
+    except (BrokenPipeError, OutputWriteError):
+        raise
+    except OSError as exc:
+        raise OutputWriteError(exc.errno, exc.strerror or str(exc), str(output)) from exc
+
+
 @contextlib.contextmanager
 def write_errors(paths: EmbedPaths, error: type[BitError] = BitError) -> Iterator[None]:
     """A failed write (disk full, permission denied) becomes `error`: one line naming the output.
@@ -153,6 +302,7 @@ def write_errors(paths: EmbedPaths, error: type[BitError] = BitError) -> Iterato
     except BrokenPipeError:
         raise
     except OSError as exc:
-        resumable = paths.partial is not None and paths.partial.exists()
+        name = exc.filename if isinstance(exc, OutputWriteError) else paths.outputs[0]
+        resumable = paths.partial is not None and paths.partial.is_dir()
         hint = "; fix that and rerun with --resume" if resumable else ""
-        raise error(f"{paths.output_for(exc.filename)}: cannot write ({exc.strerror or exc}){hint}") from exc
+        raise error(f"{name}: cannot write ({exc.strerror or exc}){hint}") from exc

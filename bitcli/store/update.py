@@ -14,7 +14,8 @@ A path given twice pairs with that path's stored rows in order; a file that cann
 is embedded, so that the failure is reported like any other. `update_groups` yields the result
 groups for the store's usual commit loop: every group ends where a batch of embedded images
 ends (or after a run of copied rows), so an interrupted update resumes with the same batches and
-the same bytes, like a normal run; `plan_digest` goes into the resume fingerprint.
+the same bytes, like a normal run; `plan_digest` goes into the partial run's state, so that only
+the same update resumes.
 """
 
 from __future__ import annotations
@@ -240,13 +241,24 @@ def _read_copies(group: list[Any], old: "EmbeddingIndex | None", result: Any) ->
 @dataclass
 class Work:
     """What the writer is fed: the items (inputs, or --update's steps, both with `.path`), how
-    to make their result groups, and each path's identity taken before its file is read."""
+    to make their result groups, and (`identities`) each path's identity taken before its file
+    is read."""
 
     items: list[Any]
     groups: Callable[[list[Any]], Iterable[list["EmbedResult"]]]
-    identity: Callable[[str], FileIdentity | None]
+    known: Callable[[str], FileIdentity | None] | None  # --update: the plan's; else taken for `todo`
+    content_hash: bool = False
     summary: str | None = None  # --update: `+12 new, 3 changed, 2 removed, 1043 kept`
     up_to_date: bool = False  # --update with nothing to change
+    plan: str | None = None  # --update: `plan_digest`, the writer's `update_plan`
+
+    def identities(self, todo: list[Any]) -> Callable[[str], FileIdentity | None]:
+        """Each path's identity for the items still to do (the done ones are in the journal)."""
+        from bitcli.store.metadata import identify_all
+
+        if self.known is not None:
+            return self.known
+        return identify_all([item.path for item in todo], content_hash=self.content_hash).get
 
 
 def plan_work(
@@ -259,21 +271,19 @@ def plan_work(
     update: bool,
     content_hash: bool,
 ) -> Work:
-    """A normal run embeds every input; --update plans first (and adds the plan to `fingerprint`,
-    so that only the same update resumes)."""
-    from bitcli.store.metadata import identify_all
-
+    """A normal run embeds every input; --update plans first (`plan`: its digest, so that only the
+    same update resumes)."""
     if not update:
-        identities = identify_all([item.path for item in items], content_hash=content_hash)
-        return Work(items, embed_groups, identities.get)
+        return Work(items, embed_groups, None, content_hash)
     current = EmbeddingMetadata.from_fingerprint(fingerprint, rows=0, feature_dim=feature_dim)
     job = prepare_update(paths, current, [item.path for item in items], content_hash=content_hash)
     resuming = paths.partial is not None and paths.partial.exists()
-    fingerprint["update"] = plan_digest(job)
     return Work(
         job.plan.steps,
         lambda todo: update_groups(todo, job.old, embed_groups),
         job.identity_of(),
+        content_hash,
         summary=job.plan.summary(),
         up_to_date=job.plan.up_to_date(job.old) and not resuming,
+        plan=plan_digest(job),
     )

@@ -1,12 +1,13 @@
-"""`EmbedWriter`: append committed batches of rows; publish the `.npy`, manifest and error list
-atomically. `write_groups`: the embed loop, one commit per batch of results.
+"""`EmbedWriter`: append committed batches of rows; publish the `.npy`, manifest, error list,
+metadata sidecar (`metadata.py`) and run record as one set (see `publish.py`). `write_groups`:
+the embed loop, one commit per batch.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -16,17 +17,25 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequenc
 import numpy as np
 
 from bitcli.errors import UsageError
-from bitcli.store.files import fsync_dir, npy_header, write_atomic, write_synced
-from bitcli.store.journal import Journal, encode_identity, finished_inputs, inputs_digest, read_journal
-from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, write_metadata
-from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem
+from bitcli.store.files import (
+    DATA, JOURNAL, STATE, copy_to_stream, fsync_dir, is_regular, npy_header, partial_problem, read_json_record,
+    take_lock, write_synced,
+)
+from bitcli.store.journal import (
+    Journal, check_same_update, describe_difference, encode_identity, finished_problem, read_journal, run_state,
+)
+from bitcli.store.metadata import FileIdentity
+from bitcli.store.paths import EmbedPaths, check_output, manifest_problem, writing
+from bitcli.store.staging import metadata_for, record_files, stage_files, stage_record
+from bitcli.store.publish import (
+    clear_staged, commit_publication, publication, publish_now, recover, remove_partial, roll_forward,
+)
 
 if TYPE_CHECKING:
     from bitcli.results import EmbedResult
 
-STATE_VERSION = 1
 INPUTS_CHANGED = "inputs changed since the interrupted run; pass --overwrite to start again"
-_COPY_CHUNK = 1 << 22  # bytes per read when streaming a finished array
+ANOTHER_RUN = "another bit embed run is writing it; wait for it to finish or stop it"
 
 
 @dataclass
@@ -44,14 +53,15 @@ class EmbedSummary:
 
 
 class EmbedWriter:
-    """Append batches of rows; `finish()` publishes the `.npy`, manifest, error list and metadata
-    sidecar (`metadata.py`: what made the rows, and each row's file identity) atomically.
+    """Append batches of rows; `finish()` publishes the `.npy`, manifest, error list, metadata
+    sidecar and run record as one set.
 
     `fingerprint` describes everything that determines the rows (model, revision, dtype,
-    normalization, batch size, ...); `--resume` refuses a partial run made with another one.
-    `done` is the set of input paths already handled (embedded or failed) by an earlier run.
-    `update`: the existing output is being brought up to date (`--update`); it stays in place
-    until `finish()` replaces it.
+    normalization, batch size, ...); `--resume` refuses a partial run, or a finished output, made
+    with another one. Opening first completes a publication a kill interrupted (`recover`), then
+    takes the partial directory's lock: a second writer on the same output is refused.
+    `update_plan` (`--update`, `store.update.plan_digest`): the existing output stays in place until
+    `finish()` replaces it, and only an interrupted update with the same plan resumes.
     """
 
     def __init__(
@@ -64,7 +74,7 @@ class EmbedWriter:
         inputs: Sequence[str] | None = None,
         resume: bool = False,
         overwrite: bool = False,
-        update: bool = False,
+        update_plan: str | None = None,
     ) -> None:
         if dtype not in ("float32", "float16"):
             raise UsageError(f"--dtype {dtype}: choose float32 or float16")
@@ -73,92 +83,119 @@ class EmbedWriter:
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.fingerprint = dict(fingerprint or {})
         self._inputs = None if inputs is None else list(inputs)
+        self._state = run_state(self.dim, self.dtype.name, self.fingerprint, self._inputs)
+        if update_plan is not None:
+            self._state["update"] = update_plan  # in state.json only: the finished record omits it
+        update = update_plan is not None
         self._header_len = len(npy_header(self.dtype, 0, self.dim))
         self._row_bytes = self.dim * self.dtype.itemsize
         self._journal = Journal()
         self._dir: Path | None = None
         self._data: IO[bytes] | None = None
         self._journal_fh: IO[bytes] | None = None
+        self._lock: IO[bytes] | None = None
         self.resumed_rows = 0
         self.already_complete = False
+        self._complete_failed = 0
         self._closed = False
-        check_output(paths, resume=resume, overwrite=overwrite, update=update)
+        # What a failed write of the rows names: the array, or (-o -) the temporary folder they wait in.
+        self._data_name = paths.out or Path(tempfile.gettempdir())
         if paths.out is None:
+            check_output(paths, resume=resume, overwrite=overwrite, update=update)
             self._data = tempfile.TemporaryFile()  # anonymous: nothing to resume, nothing left behind
             self._data.write(npy_header(self.dtype, 0, self.dim))
             return
+        self.recovered = recover(paths)
+        check_output(paths, resume=resume, overwrite=overwrite, update=update)
         partial = paths.partial
-        if overwrite and partial.exists():
-            shutil.rmtree(partial)
-        if partial.exists():
-            self._reopen(partial)
-        elif paths.out.exists() and resume and not (overwrite or update):
+        if partial.is_dir():
+            self._lock = take_lock(partial)
+            if self._lock is None:
+                raise UsageError(f"{paths.out}: {ANOTHER_RUN}")
+            if overwrite:
+                remove_partial(partial)
+                self._release()
+                clear_staged(paths)
+                self._create(partial)
+            else:
+                self._reopen(partial)
+        elif paths.out.exists() and resume and not update:
             self._mark_complete()
         else:
+            clear_staged(paths)
             self._create(partial)
 
     # -- opening -------------------------------------------------------------------------------
 
     def _mark_complete(self) -> None:
-        """`--resume` of a finished run: nothing to do, if it was made from the same inputs."""
-        if self._inputs is not None and Counter(self._inputs) != finished_inputs(self.paths):
-            raise UsageError(f"{self.paths.out}: {INPUTS_CHANGED}")
+        """`--resume` of a finished run: nothing to do, if its record matches this run exactly."""
+        problem = finished_problem(self.paths.record, self._state, record_files(self.paths), self.dtype)
+        if problem:
+            raise UsageError(f"{self.paths.out}: {problem}; pass --overwrite to redo it")
+        self._complete_failed = int(read_json_record(self.paths.record).get("failed") or 0)
         self.already_complete = True
         self._closed = True
 
     def _create(self, partial: Path) -> None:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{partial.name}.", dir=partial.parent))
-        state = {"version": STATE_VERSION, "dim": self.dim, "dtype": self.dtype.name, "fingerprint": self.fingerprint}
-        state["inputs"] = inputs_digest(self._inputs)
-        write_synced(tmp / "state.json", (json.dumps(state, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-        write_synced(tmp / "data.npy", npy_header(self.dtype, 0, self.dim))
-        (tmp / "journal.jsonl").touch()
-        fsync_dir(tmp)
-        os.replace(tmp, partial)  # the partial directory appears complete or not at all
-        fsync_dir(partial.parent)
-        self._dir = partial
-        self._data = open(partial / "data.npy", "r+b")
-        self._data.seek(0, os.SEEK_END)
-        self._journal_fh = open(partial / "journal.jsonl", "ab")
+        """Assemble the partial directory under a temporary name, holding its lock, then rename it:
+        it appears complete or not at all, and a second run racing for it is refused."""
+        tmp = self.paths.partial_tmp
+        with writing(self.paths.out):
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(tmp)
+            except FileExistsError:
+                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}") from None
+            self._lock = take_lock(tmp)
+            if self._lock is None:
+                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}")
+            write_synced(tmp / STATE, (json.dumps(self._state, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+            write_synced(tmp / DATA, npy_header(self.dtype, 0, self.dim))
+            write_synced(tmp / JOURNAL, b"")
+            fsync_dir(tmp)
+            try:
+                os.rename(tmp, partial)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                remove_partial(tmp)
+                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}") from None
+            fsync_dir(partial.parent)
+            self._dir = partial
+            self._data = open(partial / DATA, "r+b")
+            self._data.seek(0, os.SEEK_END)
+            self._journal_fh = open(partial / JOURNAL, "ab")
 
     def _reopen(self, partial: Path) -> None:
-        if not (partial / "data.npy").exists() and self.paths.out.exists():
-            # Killed after `finish()` renamed the array into place: only the cleanup was left.
-            shutil.rmtree(partial, ignore_errors=True)
-            self._mark_complete()
-            return
-        try:
-            state = json.loads((partial / "state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{partial} is not a resumable run ({exc}); pass --overwrite to start over") from exc
-        mine = {"version": STATE_VERSION, "dim": self.dim, "dtype": self.dtype.name, "fingerprint": self.fingerprint}
-        theirs = {k: state.get(k) for k in mine}
-        # Round-trip through JSON so tuples and lists compare equal.
-        mine = json.loads(json.dumps(mine))
-        if theirs != mine:
+        problem = partial_problem(partial)
+        if problem:
+            raise UsageError(f"{partial} is damaged ({problem}), so it cannot be resumed; pass --overwrite to start again")
+        state = read_json_record(partial / STATE)
+        check_same_update(partial, state.get("update"), self._state.get("update"))
+        theirs = {k: state.get(k) for k in self._state}
+        if theirs != self._state:
+            difference = describe_difference(theirs, self._state)
+            if difference is None:
+                raise UsageError(f"{partial}: {INPUTS_CHANGED}")
             raise UsageError(
-                f"{partial} was made with different settings ({_describe_difference(theirs, mine)}); "
+                f"{partial} was made with different settings ({difference}); "
                 "resume with the same model and options (--threads 1 or not, too: it picks the convolution path), "
                 "or pass --overwrite to start over"
             )
-        if state.get("inputs") != inputs_digest(self._inputs):
-            raise UsageError(f"{partial}: {INPUTS_CHANGED}")
-        journal = read_journal(partial / "journal.jsonl")
-        data_path = partial / "data.npy"
-        size = data_path.stat().st_size
+        inputs = None if self._inputs is None else len(self._inputs)
+        journal = read_journal(partial / JOURNAL, max_entries=inputs)
+        data_path = partial / DATA
         committed = self._header_len + len(journal.paths) * self._row_bytes
-        if size < committed:
-            raise UsageError(
-                f"{data_path} holds fewer rows than its journal records; pass --overwrite to start over"
-            )
-        with open(partial / "journal.jsonl", "r+b") as fh:
-            fh.truncate(journal.valid_bytes)
-        self._data = open(data_path, "r+b")
-        self._data.truncate(committed)  # drop rows of a batch that was never committed
-        self._data.seek(committed)
+        if data_path.stat().st_size < committed:
+            raise UsageError(f"{data_path} holds fewer rows than its journal records; pass --overwrite to start over")
+        with writing(self.paths.out):
+            with open(partial / JOURNAL, "r+b") as fh:
+                fh.truncate(journal.valid_bytes)
+            self._data = open(data_path, "r+b")
+            self._data.truncate(committed)  # drop rows of a batch that was never committed
+            self._data.seek(committed)
+            self._journal_fh = open(partial / JOURNAL, "ab")
         self._journal = journal
-        self._journal_fh = open(partial / "journal.jsonl", "ab")
         self._dir = partial
         self.resumed_rows = len(journal.paths)
 
@@ -188,7 +225,8 @@ class EmbedWriter:
 
     @property
     def failed(self) -> int:
-        return len(self._journal.errors)
+        """Inputs recorded as failed (for a finished output being resumed: its failures)."""
+        return self._complete_failed if self.already_complete else len(self._journal.errors)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -200,7 +238,8 @@ class EmbedWriter:
         identities: Sequence[FileIdentity | None] | None = None,
     ) -> None:
         """Append one batch: `rows[i]` is the embedding of `paths[i]`; `errors` are (path, reason);
-        `identities[i]`: what `paths[i]` was before it was read (None: unknown)."""
+        `identities[i]`: what `paths[i]`'s file was before it was read (None: unknown), journaled
+        with the batch so that a resumed run's sidecar keeps it."""
         if self._closed or self.already_complete:
             raise RuntimeError("this EmbedWriter is closed")
         paths = [str(p) for p in paths]
@@ -215,21 +254,23 @@ class EmbedWriter:
             if arr.ndim != 2 or arr.shape != (len(paths), self.dim):
                 raise ValueError(f"expected rows of shape ({len(paths)}, {self.dim}), got {arr.shape}")
             data = np.ascontiguousarray(arr.astype(self.dtype, copy=False)).tobytes()
-            self._data.write(data)
-            self._data.flush()
-            if self._dir is not None:
-                os.fsync(self._data.fileno())
+            with writing(self._data_name):
+                self._data.write(data)
+                self._data.flush()
+                if self._dir is not None:
+                    os.fsync(self._data.fileno())
         errors = [(str(p), str(r)) for p, r in errors]
-        identities = list(identities) if identities is not None else [None] * len(paths)
+        identities = [None] * len(paths) if identities is None else list(identities)
         if len(identities) != len(paths):
             raise ValueError(f"{len(identities)} identities for {len(paths)} rows")
         if self._journal_fh is not None and (paths or errors):
             # ASCII with \\u escapes: non-UTF-8 file names (surrogates) round-trip through json.
             entry = {"rows": paths, "errors": errors, "ids": [encode_identity(i) for i in identities]}
             line = json.dumps(entry, ensure_ascii=True) + "\n"
-            self._journal_fh.write(line.encode("ascii"))
-            self._journal_fh.flush()
-            os.fsync(self._journal_fh.fileno())
+            with writing(self.paths.out):
+                self._journal_fh.write(line.encode("ascii"))
+                self._journal_fh.flush()
+                os.fsync(self._journal_fh.fileno())
         self._journal.paths.extend(paths)
         self._journal.errors.extend(errors)
         self._journal.identities.extend(identities)
@@ -240,66 +281,52 @@ class EmbedWriter:
         return list(self._journal.paths)
 
     def finish(self, stream: IO[bytes] | None = None) -> EmbedSummary:
-        """Publish the result: rename into place, or stream the array to `stream` (`-o -`)."""
+        """Publish the result as one set (see `publish.py`), or stream the array to `stream` (`-o -`)."""
+        paths = self.paths
         if self.already_complete:
-            return EmbedSummary(rows=0, dim=self.dim, dtype=self.dtype.name, failed=0, out=self.paths.out)
+            errors_file = paths.errors if self._complete_failed else None
+            return EmbedSummary(rows=0, dim=self.dim, dtype=self.dtype.name, failed=self._complete_failed,
+                                out=paths.out, manifest=paths.manifest, errors_file=errors_file)
         if self._closed:
             raise RuntimeError("this EmbedWriter is closed")
+        summary = EmbedSummary(rows=self.rows, dim=self.dim, dtype=self.dtype.name, failed=self.failed,
+                               resumed_rows=self.resumed_rows, out=paths.out, manifest=paths.manifest,
+                               errors_file=paths.errors if self._journal.errors else None)
         header = npy_header(self.dtype, self.rows, self.dim)
         if len(header) != self._header_len:  # numpy pads for 21 digits of rows; never expected
             raise RuntimeError("the .npy header length changed with the row count")
-        self._data.seek(0)
-        self._data.write(header)
-        self._data.flush()
-        summary = EmbedSummary(
-            rows=self.rows, dim=self.dim, dtype=self.dtype.name, failed=self.failed, resumed_rows=self.resumed_rows
-        )
-        paths = self.paths
-        if paths.out is None:
-            self._stream_to(stream)
-        else:
-            os.fsync(self._data.fileno())
-        self._close_handles()
-        write_atomic(paths.manifest, self._journal.paths)
-        summary.manifest = paths.manifest
-        if self._journal.errors:
-            write_atomic(paths.errors, (f"{escape_error_path(p)}\t{r}" for p, r in self._journal.errors))
-            summary.errors_file = paths.errors
-        else:
-            paths.errors.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
-        self._write_sidecar()
-        if paths.out is not None:
-            os.replace(self._dir / "data.npy", paths.out)
-            fsync_dir(paths.out.parent)
-            shutil.rmtree(self._dir, ignore_errors=True)
-            summary.out = paths.out
+        staged: dict[str, Path] = {}
+        committed = False
+        try:
+            with writing(self._data_name):
+                self._data.seek(0)
+                self._data.write(header)
+                self._data.flush()
+            meta = metadata_for(paths, {**self.fingerprint, "dtype": self.dtype.name}, rows=self.rows, dim=self.dim)
+            sizes = stage_files(paths, self._journal, meta, staged)
+            if paths.out is None:
+                if stream is None:
+                    raise ValueError("a stream is required for output to stdout")
+                copy_to_stream(self._data, stream)
+                self._close_handles()
+                publish_now(paths, staged)
+                return summary
+            with writing(paths.out):
+                os.fsync(self._data.fileno())
+            sizes["array"] = self._header_len + self.rows * self._row_bytes
+            state = {k: v for k, v in self._state.items() if k != "update"}  # a finished update is a finished run
+            stage_record(paths, {**state, "rows": self.rows, "failed": self.failed}, sizes, staged)
+            self._close_handles()
+            commit_publication(self._dir, *publication(paths, self._dir, staged))
+            committed = True
+        finally:
+            if not committed:
+                for path in staged.values():
+                    if is_regular(path):
+                        path.unlink()
+        roll_forward(self._dir)  # a failure here leaves the commit record: the next run completes it
+        self._release()
         return summary
-
-    def _write_sidecar(self) -> None:
-        """`OUT.meta.json` and `OUT.files.jsonl`: what made the rows, each row's file identity."""
-        from bitcli import __version__
-
-        paths = self.paths
-        base = paths.sidecars.meta.parent
-        meta = EmbeddingMetadata.from_fingerprint(
-            {**self.fingerprint, "dtype": self.dtype.name},
-            rows=self.rows,
-            feature_dim=self.dim,
-            bitcli_version=__version__,
-            content_hash="sha256" if self.fingerprint.get("content_hash") else None,
-            cwd=os.getcwd(),
-            array=None if paths.out is None else _name_from(paths.out, base),
-            manifest=_name_from(paths.manifest, base),
-        )
-        write_metadata(paths.sidecars, meta, zip(self._journal.paths, self._journal.identities))
-
-    def _stream_to(self, stream: IO[bytes] | None) -> None:
-        if stream is None:
-            raise ValueError("a stream is required for output to stdout")
-        self._data.seek(0)
-        while chunk := self._data.read(_COPY_CHUNK):
-            stream.write(chunk)
-        stream.flush()
 
     def _close_handles(self) -> None:
         self._closed = True
@@ -307,42 +334,31 @@ class EmbedWriter:
             if fh is not None:
                 fh.close()
 
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def close(self) -> None:
-        """Stop without publishing; the partial directory stays for `--resume`.
+        """Stop without publishing; the partial directory stays for `--resume`, and its lock goes.
 
         Never raises OSError: after a failed write (disk full) closing flushes the same buffered
         bytes again, and that second failure would hide the first; the journal is the truth."""
-        if self._closed:
-            return
-        self._closed = True
-        for fh in (self._data, self._journal_fh):
-            if fh is not None:
-                try:
-                    fh.close()
-                except OSError:
-                    pass
+        if not self._closed:
+            self._closed = True
+            for fh in (self._data, self._journal_fh):
+                if fh is not None:
+                    try:
+                        fh.close()
+                    except OSError:
+                        pass
+        self._release()
 
     def __enter__(self) -> "EmbedWriter":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _describe_difference(theirs: dict[str, Any], mine: dict[str, Any]) -> str:
-    diffs = []
-    flat_theirs = {**(theirs.get("fingerprint") or {}), **{k: v for k, v in theirs.items() if k != "fingerprint"}}
-    flat_mine = {**(mine.get("fingerprint") or {}), **{k: v for k, v in mine.items() if k != "fingerprint"}}
-    for key in sorted(set(flat_theirs) | set(flat_mine)):
-        if flat_theirs.get(key) != flat_mine.get(key):
-            diffs.append(f"{key}: {flat_theirs.get(key)!r} then, {flat_mine.get(key)!r} now")
-    return "; ".join(diffs[:3]) or "unknown"
-
-
-def _name_from(path: Path, base: Path) -> str:
-    """`path` relative to `base` when it lies there, else absolute."""
-    absolute = Path(os.path.abspath(path))
-    return absolute.name if absolute.parent == Path(os.path.abspath(base)) else str(absolute)
 
 
 def write_groups(

@@ -1,0 +1,61 @@
+"""`--device` values: parsed without importing torch, then resolved to an available torch.device.
+
+Accepted: `auto` (the first CUDA GPU when there is one, else the CPU), `cpu`, `cuda` (the current
+CUDA device, normally GPU 0), `cuda:N` (the N-th GPU), `mps` (Apple GPUs). Case and surrounding
+spaces are ignored. A bad or unavailable value is a `UsageError` whose one line names the value
+and what to use instead (exit code 2 on the command line).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bitcli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+_PATTERN = re.compile(r"(auto|cpu|mps|cuda)(?::(\d{1,4}))?")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    kind: str  # "auto", "cpu", "cuda" or "mps"
+    index: int | None = None  # cuda:N only
+
+    def __str__(self) -> str:
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+
+def parse_device(text: str) -> DeviceSpec:
+    """'cuda:1' -> DeviceSpec('cuda', 1). Only cuda takes an index."""
+    match = _PATTERN.fullmatch(str(text).strip().lower())
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise UsageError(f"--device {text!r}: use {DEVICE_CHOICES}")
+    index = match.group(2)
+    return DeviceSpec(match.group(1), None if index is None else int(index))
+
+
+def resolve_device(text: str = "auto") -> "torch.device":
+    """The torch.device for a `--device` value; UsageError when it is malformed or not available here."""
+    import torch
+
+    spec = parse_device(text)
+    if spec.kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"--device {spec}: CUDA is not available on this machine (or in this torch build); use --device cpu"
+            )
+        if spec.index is not None and spec.index >= count:
+            gpus = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise UsageError(f"--device {spec}: this machine has {count} CUDA device(s) ({gpus})")
+        return torch.device(str(spec))
+    if spec.kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: Apple MPS is not available on this machine; use --device cpu")
+    return torch.device(spec.kind)

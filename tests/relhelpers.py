@@ -1,0 +1,169 @@
+"""Helpers for the reliability tests: the real `bit` in a subprocess, special files, a small tmpfs.
+
+Everything here works through the command line or the public library API, so the tests survive a
+reorganisation of the package. Special files are made inside the test's own temporary folder
+(never /dev): a FIFO with `os.mkfifo`, character devices with `os.mknod` (we run as root in CI;
+a test skips when it cannot make one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Linux character devices (major 1): what /dev/null, /dev/zero and /dev/full are.
+NULL_DEVICE = (1, 3)
+ZERO_DEVICE = (1, 5)
+FULL_DEVICE = (1, 7)
+
+# An address-space cap for a child that must not be able to take the machine's memory: a bitcli
+# run with torch loaded peaks near 1 GiB of virtual memory; a runaway allocation stops at the cap
+# (MemoryError) instead of meeting the system's out-of-memory killer.
+MEMORY_CAP = 4 << 30
+
+
+def bit_env(**extra: str) -> dict[str, str]:
+    """The environment for a child `bit`: this process's (HF_HOME etc. from conftest) plus the repo."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("MALLOC_ARENA_MAX", "2")  # keep the child's virtual size small and predictable
+    env.update(extra)
+    return env
+
+
+def _limits(memory: int | None, file_size: int | None):
+    def apply() -> None:
+        if memory is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        if file_size is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails (EFBIG)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+
+    return apply
+
+
+def bit(
+    *args: object,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    stdin=None,
+    stdout=None,
+    timeout: float = 180,
+    memory: int | None = MEMORY_CAP,
+    file_size: int | None = None,
+) -> subprocess.CompletedProcess:
+    """Run `python -m bitcli ARGS`; stdout/stderr captured (bytes) unless `stdout` is given.
+
+    `timeout` bounds every test: a hang fails the test (TimeoutExpired) instead of the suite.
+    """
+    command = [sys.executable, "-m", "bitcli", *map(str, args)]
+    try:
+        return subprocess.run(
+            command,
+            cwd=cwd,
+            env=env or bit_env(),
+            input=input,
+            stdin=stdin,
+            stdout=subprocess.PIPE if stdout is None else stdout,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            preexec_fn=_limits(memory, file_size),
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"`bit {' '.join(map(str, args))}` did not finish within {timeout} s: {exc.stderr!r}")
+
+
+def text(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", "replace")
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The non-empty lines on stderr."""
+    return [line for line in text(result.stderr).splitlines() if line.strip()]
+
+
+def short(lines: list[str]) -> list[str]:
+    """Lines cut to 300 characters, for assertion messages."""
+    return [line if len(line) <= 300 else line[:300] + "..." for line in lines]
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
+    """Exit `code`, exactly one line on stderr, starting `error:`, no traceback, naming `fragments`."""
+    lines = error_lines(result)
+    assert result.returncode == code, (result.returncode, short(lines))
+    assert len(lines) == 1, short(lines)
+    line = lines[0]
+    assert line.startswith("error: "), short(lines)
+    assert "Traceback" not in line and "unexpected" not in line, short(lines)
+    for fragment in fragments:
+        assert fragment in line, (fragment, short(lines))
+    return line
+
+
+def make_device(path: Path, device: tuple[int, int] = NULL_DEVICE) -> Path:
+    """A character device node at `path` (inside the test's temp dir), or skip when not allowed."""
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(*device))
+        os.close(os.open(path, os.O_RDWR))
+    except (PermissionError, OSError) as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        pytest.skip(f"cannot make or open a device node here ({exc}); needs root and CAP_MKNOD")
+    return path
+
+
+def kind_of(path: Path) -> str:
+    """What is at `path` (not following a final symlink)."""
+    mode = os.lstat(path).st_mode
+    for kind, test in (("symlink", stat.S_ISLNK), ("fifo", stat.S_ISFIFO), ("chardev", stat.S_ISCHR),
+                       ("dir", stat.S_ISDIR), ("file", stat.S_ISREG)):
+        if test(mode):
+            return kind
+    return "other"
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str = "64k"):
+    """Mount a tmpfs of `size` at `where` for the block; skip (with the reason) when mounting fails."""
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs at {where}: {done.stderr.strip() or done.returncode} (needs root)")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill_leaving(directory: Path, free_bytes: int) -> None:
+    """Fill the file system of `directory` until about `free_bytes` are left."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - free_bytes))
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    """A file that claims `size` bytes without using the disk (reading it whole would need them)."""
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    return path
