@@ -221,3 +221,19 @@ def test_a_finished_update_resumes_as_a_finished_run(ckpt):
     assert again.exit_code == 0 and "already complete" in again.stderr, again.stderr
     assert "is up to date" in embed(ckpt, "--update", "--resume").stderr
 
+
+def test_a_plain_resume_of_an_interrupted_update_names_the_flags(ckpt, tmp_path):
+    make_images(Path("photos"), 4)
+    assert embed(ckpt).exit_code == 0
+    make_images(Path("photos/more"), 4)
+    proc = bit("embed", "photos", "-o", "photos.npy", "-m", ckpt, "--batch-size", "1", "--update")
+    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    plain = embed(ckpt, "--resume")
+    assert_clean_failure(plain, 2)
+    assert "--update --resume" in plain.stderr
+    fresh = embed(ckpt, "--update")
+    assert_clean_failure(fresh, 2)
+    assert "--update --resume" in fresh.stderr and "--update --overwrite" in fresh.stderr
+

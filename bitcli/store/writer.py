@@ -107,25 +107,31 @@ class EmbedWriter:
             return
         self.recovered = recover(paths)
         check_output(paths, resume=resume, overwrite=overwrite, update=update)
-        partial = paths.partial
+        try:
+            self._open(paths.partial, resume=resume, overwrite=overwrite, update=update)
+        except BaseException:
+            self.close()  # a refused or failed start holds no lock (a library caller goes on living)
+            raise
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _open(self, partial: Path, *, resume: bool, overwrite: bool, update: bool) -> None:
         if partial.is_dir():
             self._lock = take_lock(partial)
             if self._lock is None:
-                raise UsageError(f"{paths.out}: {ANOTHER_RUN}")
+                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}")
             if overwrite:
                 remove_partial(partial)
                 self._release()
-                clear_staged(paths)
+                clear_staged(self.paths)
                 self._create(partial)
             else:
                 self._reopen(partial)
-        elif paths.out.exists() and resume and not update:
+        elif self.paths.out.exists() and resume and not update:
             self._mark_complete()
         else:
-            clear_staged(paths)
+            clear_staged(self.paths)
             self._create(partial)
-
-    # -- opening -------------------------------------------------------------------------------
 
     def _mark_complete(self) -> None:
         """`--resume` of a finished run: nothing to do, if its record matches this run exactly."""
