@@ -237,3 +237,10 @@ def test_a_plain_resume_of_an_interrupted_update_names_the_flags(ckpt, tmp_path)
     assert_clean_failure(fresh, 2)
     assert "--update --resume" in fresh.stderr and "--update --overwrite" in fresh.stderr
 
+
+def test_inputs_that_failed_before_are_retried_not_counted_as_new(ckpt):
+    make_images(Path("photos"), 2, bad=("broken.png",))
+    assert embed(ckpt).exit_code == 1
+    result = embed(ckpt, "--update")
+    assert result.exit_code == 1 and "photos.npy: +0 new, 0 changed, 0 removed, 2 kept, 1 retried" in result.stderr
+    assert open("photos.errors.txt").read().startswith("photos/broken.png\t")

@@ -9,6 +9,7 @@ refuses other settings (`check_compatible`), and plans, input by input in the cu
 - a path not stored: **new**, embedded; with content hashes, a new (or changed) file whose
   content equals a stored row that no kept file claims reuses that row: **moved**;
 - stored rows no input names (and no move claimed): **removed**.
+- a new path the output's error list names (it failed last time): **retried**, embedded again.
 
 A path given twice pairs with that path's stored rows in order; a file that cannot be read now
 is embedded, so that the failure is reported like any other. `update_groups` yields the result
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from bitcli.errors import UsageError
@@ -49,7 +50,7 @@ class UpdateStep:
     """One current input: reuse row `source_row` of the old array, or embed it (None)."""
 
     path: str
-    status: str  # "kept", "moved", "changed" or "new"
+    status: str  # "kept", "moved", "changed", "new" or "retried" (failed before)
     identity: FileIdentity | None  # its identity now (None when it cannot be read: embedding reports why)
     source_row: int | None = None
     refreshed: bool = False  # kept, but its recorded identity changes (a new mtime or a first hash)
@@ -66,10 +67,15 @@ class UpdatePlan:
         return sum(1 for s in self.steps if s.status == status)
 
     def summary(self) -> str:
-        """`+12 new, 3 changed, 2 removed, 1043 kept` (and `, 4 moved` when any)."""
+        """`+12 new, 3 changed, 2 removed, 1043 kept` (and `, 4 moved`, `, 1 retried` when any)."""
         text = f"+{self.count('new')} new, {self.count('changed')} changed, {len(self.removed)} removed, {self.count('kept')} kept"
-        moved = self.count("moved")
-        return text + (f", {moved} moved" if moved else "")
+        extra = [f"{self.count(status)} {status}" for status in ("moved", "retried") if self.count(status)]
+        return ", ".join([text, *extra])
+
+    def retry(self, failed_before: set[str]) -> None:
+        """Label "retried" the new inputs that the output lists as failed: embedded again (a
+        failed input has no identity, so whether it changed is unknown), but not new."""
+        self.steps = [replace(s, status="retried") if s.status == "new" and s.path in failed_before else s for s in self.steps]
 
     def up_to_date(self, old: "EmbeddingIndex | None") -> bool:
         """Nothing to do: every row kept, in place, with the identity it had."""
@@ -189,7 +195,22 @@ def prepare_update(paths: "EmbedPaths", current: EmbeddingMetadata, inputs: Sequ
     stored = read_file_rows(sidecars.meta, stored_meta)
     if [path for path, _ in stored] != old.paths:
         raise UsageError(f"{sidecars.files} and {paths.manifest} list different files; embed anew with --overwrite")
-    return Update(plan_update(stored, inputs, content_hash=content_hash), old)
+    plan = plan_update(stored, inputs, content_hash=content_hash)
+    plan.retry(_failed_before(paths))
+    return Update(plan, old)
+
+
+def _failed_before(paths: "EmbedPaths") -> set[str]:
+    """The inputs the output's error list names (none when it has no error list)."""
+    from bitcli.store.files import read_lines
+    from bitcli.store.paths import unescape_error_path
+
+    try:
+        return {unescape_error_path(line.split("\t", 1)[0]) for line in read_lines(paths.errors)}
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        raise UsageError(f"{paths.errors}: cannot read ({exc.strerror or exc})") from exc
 
 
 def plan_digest(update: Update) -> str:
