@@ -99,6 +99,16 @@ def test_queries_from_stdin_and_folders(base):
     assert len(jsonl(search("originals.npy", "photos", "-k", "1", "-f", "jsonl").stdout)) == 12
 
 
+def test_nul_separated_queries_on_stdin_with_null(base):
+    listed = "photos/camera_q30.jpg\0photos/retina.jpg\0"
+    result = run(["search", "photos.npy", "-", "-0", "-k", "1", "-f", "jsonl"], input=listed)
+    assert result.exit_code == 0, result.stderr
+    assert [r["matches"][0]["path"] for r in jsonl(result.stdout)] == ["photos/camera.png", "photos/retina_crop.png"]
+    refused = run(["search", "photos.npy", "-", "-k", "1"], input=listed)  # NUL bytes without -0
+    assert_clean_failure(refused, 2)
+    assert "-0" in refused.stderr
+
+
 def test_stored_rows_need_no_model(base, ckpt, tmp_path):
     gone = tmp_path / "gone-model"
     shutil.copytree(ckpt, gone)

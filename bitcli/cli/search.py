@@ -21,6 +21,7 @@ from bitcli.cli.common import (
     DebugOpt,
     Device,
     DeviceOpt,
+    NullOpt,
     QuietOpt,
     ThreadsOpt,
     Ui,
@@ -81,6 +82,7 @@ def search(
     build_index: Annotated[
         bool, typer.Option("--build-index", help="Build the approximate index (faiss) beside INDEX, then answer any queries.")
     ] = False,
+    null: NullOpt = False,
     device: DeviceOpt = Device.auto,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threads: ThreadsOpt = None,
@@ -107,7 +109,7 @@ def search(
     if not queries:
         return EXIT_OK
     fmt = output.resolve_format(format.value, sys.stdout)
-    found = answer(ui, collection, queries, top_k, model, exact, (device, batch_size, threads))
+    found = answer(ui, collection, queries, top_k, model, exact, (device, batch_size, threads), null=null)
     render_search(found, fmt, sys.stdout)
     if html is not None:
         write_html(collection, found, html, top_k)
@@ -124,14 +126,17 @@ def npy_name(index: Path) -> Path:
     return with_npy if not index.is_file() and index.suffix != ".npy" and with_npy.is_file() else index
 
 
-def answer(ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: tuple) -> list[Any]:
-    """Plan the queries, embed those not in the index, search; one result per query, in order."""
+def answer(
+    ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: tuple, *, null: bool = False
+) -> list[Any]:
+    """Plan the queries (`null`: -0 for stdin), embed those not in the index, search; one result
+    per query, in order."""
     import numpy as np
 
     from bitcli.collection import queries as q
     from bitcli.collection.search import search
 
-    planned = q.plan_queries(index, args, stdin=sys.stdin)
+    planned = q.plan_queries(index, args, stdin=sys.stdin, null=null)
     pending = [query for query in planned if query.item is not None]
     embedded = embed_queries(ui, index, pending, model, runtime) if pending else []
     q.fill_vectors(index, planned, embedded)

@@ -51,8 +51,9 @@ class QueryResult:
         return {"query": self.query, "matches": [m.to_dict() for m in self.matches]}
 
 
-def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] | None = None) -> list[Query]:
-    """Every query, in order, as a stored row, an input to embed, or an input that failed."""
+def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] | None = None, null: bool = False) -> list[Query]:
+    """Every query, in order, as a stored row, an input to embed, or an input that failed
+    (`null`: paths on stdin are NUL-separated, `-0`)."""
     from bitcli.inputs import expand_inputs
 
     args = list(args)
@@ -62,7 +63,7 @@ def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] |
         if arg != "-" and arg in direct:
             queries.append(Query(arg, row=direct[arg]))
             continue
-        for found in expand_inputs([arg], stdin=stdin if arg == "-" else None):
+        for found in expand_inputs([arg], stdin=stdin if arg == "-" else None, null=null):
             if isinstance(found, InputError):
                 queries.append(Query(found.path, error=found.reason))
             else:
