@@ -76,6 +76,16 @@ def test_too_small_an_index_is_refused(tmp_path):
         ann.build(index)
 
 
+@pytest.mark.parametrize("name", ["e.ann.faiss", "e.ann.json"])
+def test_a_link_or_special_file_where_the_index_goes_is_refused_before_any_work(tmp_path, name):
+    index = open_index(write_embedding(tmp_path, clustered(10_000, 8)))
+    (tmp_path / "target").write_text("precious")
+    (tmp_path / name).symlink_to(tmp_path / "target")
+    with pytest.raises(UsageError, match="symbolic link"):
+        ann.build(index)
+    assert (tmp_path / name).is_symlink() and (tmp_path / "target").read_text() == "precious"
+
+
 def test_without_faiss_build_explains_how_to_install_and_search_falls_back(built, monkeypatch):
     index, vectors = built
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError

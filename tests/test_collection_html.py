@@ -143,3 +143,13 @@ def test_write_page_replaces_only_its_own_pages(tmp_path):
         write_page(tmp_path, "<html></html>")
     with pytest.raises(UsageError, match="does not exist"):
         write_page(tmp_path / "no" / "where.html", "<html></html>")
+
+
+def test_a_symbolic_link_is_never_replaced_even_to_a_page_bitcli_wrote(tmp_path):
+    page = tmp_path / "page.html"
+    write_page(page, dedup_page([], lambda p: None, title="mine"))
+    link = tmp_path / "link.html"
+    link.symlink_to(page)
+    with pytest.raises(UsageError, match="symbolic link"):
+        write_page(link, dedup_page([], lambda p: None, title="other"))
+    assert link.is_symlink() and "mine" in page.read_text()

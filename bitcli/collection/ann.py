@@ -36,6 +36,8 @@ from bitcli.collection.index import EmbeddingIndex
 from bitcli.collection.scoring import Match, block_scores, check_k, normalize_rows, to_matches, top_k
 from bitcli.errors import UsageError
 from bitcli.store.files import write_bytes_atomic
+from bitcli.store.paths import check_replaceable
+from bitcli.util import read_capped
 
 FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
@@ -51,6 +53,7 @@ DEFAULT_RERANK = 10
 MAX_NLIST = 1024
 _KMEANS_ITERATIONS = 10  # of the coarse quantizer: enough to route queries; re-scoring does the rest
 _ADD_ROWS = 1 << 13  # rows normalized and added at a time (64 MB of float32 at D = 2048)
+INFO_MAX_BYTES = 1 << 20  # OUT.ann.json is a few hundred bytes
 INSTALL_HINT = "approximate search needs faiss: pip install 'bitcli[search]' (or pip install faiss-cpu)"
 
 
@@ -122,6 +125,9 @@ def build(
     faiss = require_faiss()
     if index.rows < MIN_ROWS:
         raise UsageError(f"{index.array_path} has {index.rows} rows; an approximate index needs at least {MIN_ROWS} (exact search is fast enough)")
+    paths = AnnPaths.for_array(index.array_path)
+    for path in (paths.index, paths.info):
+        check_replaceable(path, "the approximate index")  # before the work: only regular files are replaced
     started = time.perf_counter()
     nlist = nlist or _default_nlist(index.rows)
     if not 1 <= nlist <= index.rows // 39:
@@ -145,7 +151,6 @@ def build(
         **_array_identity(index.array_path),
         "build_seconds": round(time.perf_counter() - started, 3),
     }
-    paths = AnnPaths.for_array(index.array_path)
     _write_index(faiss, ann, paths.index)
     write_bytes_atomic(paths.info, [(json.dumps(info, indent=1) + "\n").encode("ascii")])
     return AnnIndex(ann, info)
@@ -157,7 +162,7 @@ def load_fresh(index: EmbeddingIndex) -> tuple[AnnIndex | None, str | None]:
     if not paths.info.exists():
         return None, None
     try:
-        info = json.loads(paths.info.read_text(encoding="utf-8"))
+        info = json.loads(read_capped(paths.info, INFO_MAX_BYTES))
     except (OSError, ValueError):
         return None, f"{paths.info} is unreadable; exact search used (rebuild the approximate index)"
     expected = {"rows": index.rows, "dim": index.dim, **_array_identity(index.array_path)}

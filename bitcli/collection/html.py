@@ -99,7 +99,9 @@ def write_page(path: str | os.PathLike[str], page: str) -> None:
 def check_target(path: str | os.PathLike[str]) -> Path:
     """`path` if a page may be written there (UsageError otherwise): new, or a page bitcli wrote."""
     path = Path(path)
-    if path.exists() or path.is_symlink():
+    if path.is_symlink():  # replacing it would turn the link into a file: see docs/usage.md
+        raise UsageError(f"--html {path}: is a symbolic link; bitcli does not write through links: give another name")
+    if path.exists():
         if not path.is_file():
             raise UsageError(f"--html {path}: exists and is not a regular file; choose another name")
         try:
