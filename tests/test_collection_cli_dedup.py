@@ -109,6 +109,19 @@ def test_bad_options_are_usage_errors(base, args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("damage, message", [("manifest", "lists 2 paths but"), ("empty", "has no rows"), ("plain", None)])
+def test_bad_indexes(base, tmp_path, damage, message):
+    rows = {"manifest": 3, "empty": 0, "plain": 2}[damage]
+    np.save(tmp_path / "x.npy", np.eye(rows, 8, dtype=np.float32))
+    (tmp_path / "x.paths.txt").write_text("" if damage == "empty" else "a\nb\n")
+    result = run(["dedup", tmp_path / "x.npy", "-f", "jsonl"])
+    if message is None:  # a plain .npy from elsewhere, no metadata: dedup needs none
+        assert result.exit_code == 0 and result.stdout == "", result.stderr
+        return
+    assert_clean_failure(result, 2)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_html_page_shows_every_group(base, tmp_path):
     page = tmp_path / "groups.html"
     groups = jsonl(dedup("-t", "0.98", "-f", "jsonl", "--html", page).stdout)

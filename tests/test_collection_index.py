@@ -138,3 +138,10 @@ def test_take_reads_any_rows_in_the_order_given(tmp_path, dtype):
     assert index.take([]).shape == (0, 6)
     with pytest.raises(IndexError):
         index.take([11])
+
+
+def test_a_manifest_far_longer_than_the_rows_need_is_not_read_whole(tmp_path):
+    out = write_embedding(tmp_path, np.ones((2, 4), np.float32), meta=False)
+    (tmp_path / "e.paths.txt").write_bytes(b"x" * 100_000)  # no path is that long: not this array's manifest
+    with pytest.raises(UsageError, match="far longer"):
+        open_index(out)

@@ -24,7 +24,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from bitcli.errors import UsageError
+from bitcli.inputs import STDIN_PATH_MAX as PATH_MAX
 from bitcli.store.metadata import EmbeddingMetadata, SidecarPaths, read_metadata, sidecar_file
+from bitcli.util import FileTooLarge, read_capped
 
 # A block of float32 rows is at most this big (the raw rows read from disk add at most as much).
 DEFAULT_BLOCK_BYTES = 64 << 20
@@ -152,7 +154,7 @@ def open_index(array_path: str | os.PathLike[str], *, manifest: str | os.PathLik
     sidecars = SidecarPaths.for_output(array_path)
     meta = read_metadata(sidecars.meta) if sidecars.meta.is_file() else None
     manifest_path = _manifest_path(array_path, manifest, meta, sidecars.meta)
-    paths = _read_manifest(manifest_path, array_path)
+    paths = _read_manifest(manifest_path, array_path, int(vectors.shape[0]))
     index = EmbeddingIndex(array_path, vectors, paths, manifest_path, meta, sidecars.meta if meta else None)
     _check_consistent(index)
     if index.rows == 0 and not allow_empty:
@@ -190,10 +192,13 @@ def _manifest_path(array_path: Path, manifest: str | os.PathLike[str] | None, me
     return stem.with_name(stem.name + ".paths.txt")
 
 
-def _read_manifest(path: Path, array_path: Path) -> list[str]:
-    """Line i = row i's path; split on "\\n" only (bit embed writes non-UTF-8 names as bytes)."""
+def _read_manifest(path: Path, array_path: Path, rows: int) -> list[str]:
+    """Line i = row i's path; split on "\\n" only (bit embed writes non-UTF-8 names as bytes).
+    Read up to what `rows` paths can take (a path is at most PATH_MAX bytes)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        text = read_capped(path, (rows + 1) * (PATH_MAX + 1)).decode("utf-8", errors="surrogateescape")
+    except FileTooLarge:
+        raise UsageError(f"{path} is far longer than {array_path}'s {rows} rows can need; pass the right --manifest FILE") from None
     except FileNotFoundError:
         raise UsageError(f"{array_path}: its manifest {path} (the path of each row) is missing; pass --manifest FILE") from None
     except OSError as exc:
