@@ -58,7 +58,8 @@ def test_bit_embed_on_ray_equals_the_local_run(cluster, ckpt, photos, local, tmp
         f"error: {line.replace(chr(9), ': ')}" for line in local_errors
     ]  # the local run's stderr lines, in input order
     assert "embedded 13 images" in result.stderr and "Traceback" not in result.stderr
-    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in output_files(tmp_path / "ray.npy").values())
+    sidecar = ["ray.meta.json", "ray.files.jsonl"]  # the metadata sidecar (docs/collection.md)
+    assert sorted(os.listdir(tmp_path)) == sorted([p.name for p in output_files(tmp_path / "ray.npy").values()] + sidecar)
 
 
 DRIVER = """

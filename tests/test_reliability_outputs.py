@@ -76,7 +76,7 @@ def _assert_untouched(tmp_path: Path, path: Path, before: dict) -> None:
             assert stat.S_ISCHR(os.lstat(target).st_mode)
 
 
-ROLES = {"out": "o.npy", "manifest": "rows.txt", "errors": "o.errors.txt"}
+ROLES = {"out": "o.npy", "manifest": "rows.txt", "errors": "o.errors.txt", "meta": "o.meta.json", "files": "o.files.jsonl"}
 
 
 @pytest.mark.parametrize("kind", ["fifo", "chardev", "link-to-file", "link-to-device"])
@@ -361,7 +361,7 @@ def _write(out: Path, inputs: list[str], *, overwrite=False, resume=False) -> No
         writer.close()
 
 
-OUT_FILES = ("out.npy", "out.paths.txt", "out.errors.txt")
+OUT_FILES = ("out.npy", "out.paths.txt", "out.errors.txt", "out.meta.json", "out.files.jsonl")
 
 
 def _state(directory: Path) -> tuple:

@@ -29,8 +29,11 @@ from bitcli.distributed.seams import (
     UsageError,
     check_output,
     fsync_dir,
+    metadata_for,
     name_some,
     npy_header,
+    read_lines,
+    write_metadata,
 )
 from bitcli.distributed.shardfiles import ShardInfo, describe_difference, read_shard, shard_failures, shard_folders
 from bitcli.distributed.shards import DuplicateShardError, MissingShardError, ShardMismatchError, Split
@@ -134,6 +137,7 @@ def _publish(shards: list[ShardInfo], paths: EmbedPaths, on_failure: OnFailure |
             _write_concatenation(paths.errors, [s.folder / "errors.txt" for s in shards])
         else:
             paths.errors.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        _write_sidecar(first, paths, rows, dtype)
         array.publish()
     except BaseException:
         array.discard()
@@ -146,6 +150,13 @@ def _publish(shards: list[ShardInfo], paths: EmbedPaths, on_failure: OnFailure |
         rows=rows, dim=first.dim, dtype=dtype.name, failed=failed, out=out, manifest=paths.manifest,
         errors_file=paths.errors if failed else None,
     )
+
+
+def _write_sidecar(first: ShardInfo, paths: EmbedPaths, rows: int, dtype: np.dtype) -> None:
+    """The metadata sidecar a local run writes (docs/collection.md), so that `bit search` finds
+    the model; shards record no file identities, so `--update` would embed every row again."""
+    meta = metadata_for(paths, {**first.fingerprint, "dtype": dtype.name}, rows=rows, dim=first.dim)
+    write_metadata(paths.sidecars, meta, ((line, None) for line in read_lines(paths.manifest)))
 
 
 class _TempFile:

@@ -11,9 +11,11 @@ from __future__ import annotations
 from bitcli.errors import BitError, InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
 from bitcli.pipeline import RunOptions  # light: no torch
-from bitcli.store.files import fsync_dir, npy_header, write_atomic
+from bitcli.store.files import fsync_dir, npy_header, read_lines, write_atomic
 from bitcli.store.journal import finished_inputs, inputs_digest
+from bitcli.store.metadata import write_metadata
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path
+from bitcli.store.staging import metadata_for
 from bitcli.store.writer import EmbedSummary
 from bitcli.util import first_line, name_some
 
@@ -33,8 +35,11 @@ __all__ = [
     "fsync_dir",
     "inputs_digest",
     "manifest_problem",
+    "metadata_for",
     "name_some",
     "npy_header",
+    "read_lines",
     "unescape_error_path",
     "write_atomic",
+    "write_metadata",
 ]

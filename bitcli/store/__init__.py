@@ -4,7 +4,11 @@
                 work), write_errors (a failed write as one line naming the output)
     files.py    .npy headers, fsync, staged files, the partial directory's names and its lock
     journal.py  the journal of committed batches; the record of a finished run
+    metadata.py the metadata sidecar (OUT.meta.json, OUT.files.jsonl): what made the rows, each
+                row's file identity; read by `bit search`, `bit dedup` and `--update`
+    staging.py  what finish() writes under staged names: manifest, error list, sidecar, record
     publish.py  publishing the set (commit record, renames) and completing an interrupted one
+    update.py   `--update`: the plan (kept, changed, new, moved, removed) and its result groups
     writer.py   EmbedWriter (commit, finish) and write_groups (the batch/commit loop)
 
 Layout while a run is in progress, next to the output `OUT.npy`:
@@ -14,7 +18,7 @@ Layout while a run is in progress, next to the output `OUT.npy`:
                         input paths); checked by --resume
         data.npy        a `.npy` header sized for any row count, then the rows appended so far
         journal.jsonl   one line per committed batch: the paths whose rows were appended
-                        (in row order) and the inputs that failed
+                        (in row order), their files' identities, and the inputs that failed
         lock            held (flock) by the run writing the output
         publish.json    only while publishing: which staged file becomes which output
 
@@ -25,7 +29,8 @@ journal line is ignored. Memory never holds more than one batch of rows.
 
 `finish()` rewrites the header with the final row count (numpy pads the header so its length
 does not depend on the count: it is byte-identical to `numpy.save`) and publishes the array, the
-manifest, the error list and the run record `.OUT.npy.run.json` as one set (`publish.py`): after
+manifest, the error list, the metadata sidecar and the run record `.OUT.npy.run.json` as one
+set (`publish.py`): after
 any kill the files on disk are the old set, the new set, or a committed publication that the
 next `bit embed` on that output completes. Because commits happen at batch boundaries and the
 caller batches the remaining inputs the same way, a resumed run produces the same bytes as an

@@ -1,8 +1,8 @@
 """The files an embed run writes, and the checks made before any of them is touched.
 
-`EmbedPaths` names them all: the array, the manifest and the error list (the published set), the
-run record beside the array, the partial directory, and the temporary names things are staged
-under. `check_output` refuses, before the model loads, what the writer would refuse (exit 2):
+`EmbedPaths` names them all: the array, the manifest, the error list and the metadata sidecar
+(`OUT.meta.json`, `OUT.files.jsonl`: the published set), the run record beside the array, the
+partial directory, and the temporary names things are staged under. `check_output` refuses, before the model loads, what the writer would refuse (exit 2):
 
 - bitcli only ever replaces regular files (or creates missing ones). A FIFO, a device, a
   directory or a symbolic link where an output goes is refused, with or without --overwrite.
@@ -29,9 +29,8 @@ from typing import Iterator
 
 from bitcli.errors import BitError, UsageError
 from bitcli.inputs import path_problem
-from bitcli.store.files import OWN_PARTIAL_FILES, lock_holder, partial_problem
-
-STAGED_SUFFIX = ".bitcli.tmp"  # `.NAME.bitcli.tmp`: where a file is written before it is renamed
+from bitcli.store.files import OWN_PARTIAL_FILES, lock_holder, partial_problem, staged_name
+from bitcli.store.metadata import SidecarPaths
 
 
 @dataclass(frozen=True)
@@ -57,20 +56,34 @@ class EmbedPaths:
         return None if self.out is None else self.out.with_name(f".{self.out.name}.run.json")
 
     @property
+    def sidecars(self) -> SidecarPaths:
+        """The metadata sidecar: `OUT.meta.json`, `OUT.files.jsonl` (with -o -, beside the manifest)."""
+        return SidecarPaths.for_output(self.out if self.out is not None else self.manifest)
+
+    @property
     def outputs(self) -> list[Path]:
         """The files a finished run publishes (the array only when it is not streamed)."""
         return [p for p in (self.out, self.manifest, self.errors) if p is not None]
 
     @staticmethod
     def staged(path: Path) -> Path:
-        return path.with_name(f".{path.name}{STAGED_SUFFIX}")
+        return staged_name(path)
+
+    @property
+    def published(self) -> list[Path]:
+        """Every file `finish()` stages and renames into place (the array is renamed from the
+        partial directory, not staged)."""
+        sidecars = self.sidecars
+        return [p for p in (self.manifest, self.errors, sidecars.files, sidecars.meta, self.record) if p is not None]
 
     def every_name(self) -> list[tuple[str, Path]]:
         """(role, path) of everything this run may create, for the name and kind checks."""
+        sidecars = self.sidecars
         named = [("-o", self.out), ("--manifest", self.manifest), ("the error list", self.errors)]
+        named += [("the metadata", sidecars.meta), ("the row identities", sidecars.files)]
         named += [("the run record", self.record), ("the partial run", self.partial)]
         named += [("a temporary file", self.partial_tmp)]
-        named += [("a temporary file", self.staged(p)) for p in (self.manifest, self.errors, self.record) if p]
+        named += [("a temporary file", self.staged(p)) for p in self.published]
         return [(what, path) for what, path in named if path is not None]
 
     @classmethod
@@ -93,12 +106,15 @@ class EmbedPaths:
         )
 
 
-def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
-    """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2."""
+def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bool = False) -> None:
+    """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2.
+
+    `update` (`--update`): an existing output is the one being brought up to date, not in the way;
+    --overwrite then discards only an interrupted run, --resume continues an interrupted update."""
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
-    if paths.out is None and resume:
-        raise UsageError("--resume needs an output file, not -o -")
+    if paths.out is None and (resume or update):
+        raise UsageError(f"{'--update' if update else '--resume'} needs an output file, not -o -")
     check_names(paths)
     check_distinct(paths)
     for what, path in paths.every_name():
@@ -119,12 +135,16 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
     if partial is not None and partial.exists():
-        raise UsageError(
-            f"{paths.out}: an interrupted run left {partial}; pass --resume to continue it or --overwrite to start over"
-        )
+        again = "--update --resume" if update else "--resume"
+        over = "--update --overwrite to start the update over" if update else "--overwrite to start over"
+        raise UsageError(f"{paths.out}: an interrupted run left {partial}; pass {again} to continue it or {over}")
+    if update and paths.out.exists():
+        return  # the output, its manifest and sidecar are what --update brings up to date
     if paths.out is not None and paths.out.exists():
-        raise UsageError(f"{paths.out} already exists; pass --overwrite to replace it (or --resume)")
-    for path in (paths.manifest, paths.errors):
+        raise UsageError(
+            f"{paths.out} already exists; pass --overwrite to replace it, --update to bring it up to date (or --resume)"
+        )
+    for path in (paths.manifest, paths.errors, paths.sidecars.meta, paths.sidecars.files):
         if os.path.lexists(path):
             raise UsageError(f"{path} already exists; pass --overwrite to replace it")
 
@@ -180,7 +200,8 @@ def check_own_partial(paths: EmbedPaths) -> None:
 
 def check_names(paths: EmbedPaths) -> None:
     """Every name must fit the file system: `OUT.npy.partial` and the temporary names too."""
-    derived = {paths.manifest: [paths.staged(paths.manifest)], paths.errors: [paths.staged(paths.errors)]}
+    sidecars = paths.sidecars
+    derived = {path: [paths.staged(path)] for path in (paths.manifest, paths.errors, sidecars.meta, sidecars.files)}
     if paths.out is not None:
         derived[paths.out] = [paths.partial, paths.partial_tmp, paths.record, paths.staged(paths.record)]
     for output, siblings in derived.items():

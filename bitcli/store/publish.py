@@ -1,7 +1,8 @@
 """Publishing a finished run as one set of files, and completing a publication a kill interrupted.
 
-`finish()` stages every new file first (the array in the partial directory, the manifest, the
-error list and the run record under `.NAME.bitcli.tmp` beside their final names), then writes
+`finish()` stages every new file first (the array in the partial directory; the manifest, the
+error list, the metadata sidecar `OUT.meta.json` + `OUT.files.jsonl` and the run record under
+`.NAME.bitcli.tmp` beside their final names), then writes
 `publish.json` into the partial directory: the commit point. It lists each rename (staged ->
 final) and each stale file to remove (an old error list when the new run has no failures). Only
 then are the renames made, and the partial directory removed, `publish.json` last.
@@ -125,8 +126,8 @@ def _empty(partial: Path) -> bool:
 
 def clear_staged(paths: EmbedPaths) -> None:
     """Remove staged files a killed run left (only while no partial run needs them)."""
-    for path in (paths.manifest, paths.errors, paths.record):
-        if path is not None and is_regular(paths.staged(path)):
+    for path in paths.published:
+        if is_regular(paths.staged(path)):
             paths.staged(path).unlink()
 
 
@@ -161,10 +162,12 @@ def publish_now(paths: EmbedPaths, staged: dict[str, Path]) -> None:
 
 
 def publication(paths: EmbedPaths, partial: Path | None, staged: dict[str, Any]) -> tuple[list, list]:
-    """(moves, removals) for `finish()`: each staged file onto its output; an old error list
-    removed when this run has none."""
-    moves = [(staged[role], target) for role, target in (("manifest", paths.manifest), ("errors", paths.errors),
-                                                         ("record", paths.record)) if role in staged]
+    """(moves, removals) for `finish()`: each staged file onto its output (the sidecar's header
+    after its row file), the array last; an old error list removed when this run has none."""
+    sidecars = paths.sidecars
+    roles = (("manifest", paths.manifest), ("errors", paths.errors), ("files", sidecars.files),
+             ("meta", sidecars.meta), ("record", paths.record))
+    moves = [(staged[role], target) for role, target in roles if role in staged]
     if partial is not None:
         moves.append((partial / "data.npy", paths.out))
     removals = [paths.errors] if "errors" not in staged else []

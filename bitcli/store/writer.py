@@ -1,5 +1,6 @@
-"""`EmbedWriter`: append committed batches of rows; publish the `.npy`, manifest, error list and
-run record as one set (see `publish.py`). `write_groups`: the embed loop, one commit per batch.
+"""`EmbedWriter`: append committed batches of rows; publish the `.npy`, manifest, error list,
+metadata sidecar (`metadata.py`) and run record as one set (see `publish.py`). `write_groups`:
+the embed loop, one commit per batch.
 """
 
 from __future__ import annotations
@@ -17,21 +18,15 @@ import numpy as np
 
 from bitcli.errors import UsageError
 from bitcli.store.files import (
-    DATA,
-    JOURNAL,
-    copy_to_stream,
-    STATE,
-    fsync_dir,
-    is_regular,
-    npy_header,
-    partial_problem,
-    read_json_record,
-    take_lock,
-    write_lines,
-    write_synced,
+    DATA, JOURNAL, STATE, copy_to_stream, fsync_dir, is_regular, npy_header, partial_problem, read_json_record,
+    take_lock, write_synced,
 )
-from bitcli.store.journal import Journal, describe_difference, finished_problem, read_journal, run_state
-from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, writing
+from bitcli.store.journal import (
+    Journal, check_same_update, describe_difference, encode_identity, finished_problem, read_journal, run_state,
+)
+from bitcli.store.metadata import FileIdentity
+from bitcli.store.paths import EmbedPaths, check_output, manifest_problem, writing
+from bitcli.store.staging import metadata_for, record_files, stage_files, stage_record
 from bitcli.store.publish import (
     clear_staged, commit_publication, publication, publish_now, recover, remove_partial, roll_forward,
 )
@@ -58,12 +53,15 @@ class EmbedSummary:
 
 
 class EmbedWriter:
-    """Append batches of rows; `finish()` publishes the `.npy`, manifest and error list as one set.
+    """Append batches of rows; `finish()` publishes the `.npy`, manifest, error list, metadata
+    sidecar and run record as one set.
 
     `fingerprint` describes everything that determines the rows (model, revision, dtype,
     normalization, batch size, ...); `--resume` refuses a partial run, or a finished output, made
     with another one. Opening first completes a publication a kill interrupted (`recover`), then
     takes the partial directory's lock: a second writer on the same output is refused.
+    `update_plan` (`--update`, `store.update.plan_digest`): the existing output stays in place until
+    `finish()` replaces it, and only an interrupted update with the same plan resumes.
     """
 
     def __init__(
@@ -76,6 +74,7 @@ class EmbedWriter:
         inputs: Sequence[str] | None = None,
         resume: bool = False,
         overwrite: bool = False,
+        update_plan: str | None = None,
     ) -> None:
         if dtype not in ("float32", "float16"):
             raise UsageError(f"--dtype {dtype}: choose float32 or float16")
@@ -85,6 +84,9 @@ class EmbedWriter:
         self.fingerprint = dict(fingerprint or {})
         self._inputs = None if inputs is None else list(inputs)
         self._state = run_state(self.dim, self.dtype.name, self.fingerprint, self._inputs)
+        if update_plan is not None:
+            self._state["update"] = update_plan  # in state.json only: the finished record omits it
+        update = update_plan is not None
         self._header_len = len(npy_header(self.dtype, 0, self.dim))
         self._row_bytes = self.dim * self.dtype.itemsize
         self._journal = Journal()
@@ -99,36 +101,41 @@ class EmbedWriter:
         # What a failed write of the rows names: the array, or (-o -) the temporary folder they wait in.
         self._data_name = paths.out or Path(tempfile.gettempdir())
         if paths.out is None:
-            check_output(paths, resume=resume, overwrite=overwrite)
+            check_output(paths, resume=resume, overwrite=overwrite, update=update)
             self._data = tempfile.TemporaryFile()  # anonymous: nothing to resume, nothing left behind
             self._data.write(npy_header(self.dtype, 0, self.dim))
             return
         self.recovered = recover(paths)
-        check_output(paths, resume=resume, overwrite=overwrite)
-        partial = paths.partial
-        if partial.is_dir():
-            self._lock = take_lock(partial)
-            if self._lock is None:
-                raise UsageError(f"{paths.out}: {ANOTHER_RUN}")
-            if overwrite:
-                remove_partial(partial)
-                self._release()
-                clear_staged(paths)
-                self._create(partial)
-            else:
-                self._reopen(partial)
-        elif paths.out.exists() and resume:
-            self._mark_complete()
-        else:
-            clear_staged(paths)
-            self._create(partial)
+        check_output(paths, resume=resume, overwrite=overwrite, update=update)
+        try:
+            self._open(paths.partial, resume=resume, overwrite=overwrite, update=update)
+        except BaseException:
+            self.close()  # a refused or failed start holds no lock (a library caller goes on living)
+            raise
 
     # -- opening -------------------------------------------------------------------------------
 
+    def _open(self, partial: Path, *, resume: bool, overwrite: bool, update: bool) -> None:
+        if partial.is_dir():
+            self._lock = take_lock(partial)
+            if self._lock is None:
+                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}")
+            if overwrite:
+                remove_partial(partial)
+                self._release()
+                clear_staged(self.paths)
+                self._create(partial)
+            else:
+                self._reopen(partial)
+        elif self.paths.out.exists() and resume and not update:
+            self._mark_complete()
+        else:
+            clear_staged(self.paths)
+            self._create(partial)
+
     def _mark_complete(self) -> None:
         """`--resume` of a finished run: nothing to do, if its record matches this run exactly."""
-        files = {"array": self.paths.out, "manifest": self.paths.manifest, "errors": self.paths.errors}
-        problem = finished_problem(self.paths.record, self._state, files, self.dtype)
+        problem = finished_problem(self.paths.record, self._state, record_files(self.paths), self.dtype)
         if problem:
             raise UsageError(f"{self.paths.out}: {problem}; pass --overwrite to redo it")
         self._complete_failed = int(read_json_record(self.paths.record).get("failed") or 0)
@@ -170,6 +177,7 @@ class EmbedWriter:
         if problem:
             raise UsageError(f"{partial} is damaged ({problem}), so it cannot be resumed; pass --overwrite to start again")
         state = read_json_record(partial / STATE)
+        check_same_update(partial, state.get("update"), self._state.get("update"))
         theirs = {k: state.get(k) for k in self._state}
         if theirs != self._state:
             difference = describe_difference(theirs, self._state)
@@ -228,8 +236,16 @@ class EmbedWriter:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def commit(self, paths: Sequence[str], rows: np.ndarray | None, errors: Sequence[tuple[str, str]] = ()) -> None:
-        """Append one batch: `rows[i]` is the embedding of `paths[i]`; `errors` are (path, reason)."""
+    def commit(
+        self,
+        paths: Sequence[str],
+        rows: np.ndarray | None,
+        errors: Sequence[tuple[str, str]] = (),
+        identities: Sequence[FileIdentity | None] | None = None,
+    ) -> None:
+        """Append one batch: `rows[i]` is the embedding of `paths[i]`; `errors` are (path, reason);
+        `identities[i]`: what `paths[i]`'s file was before it was read (None: unknown), journaled
+        with the batch so that a resumed run's sidecar keeps it."""
         if self._closed or self.already_complete:
             raise RuntimeError("this EmbedWriter is closed")
         paths = [str(p) for p in paths]
@@ -250,15 +266,20 @@ class EmbedWriter:
                 if self._dir is not None:
                     os.fsync(self._data.fileno())
         errors = [(str(p), str(r)) for p, r in errors]
+        identities = [None] * len(paths) if identities is None else list(identities)
+        if len(identities) != len(paths):
+            raise ValueError(f"{len(identities)} identities for {len(paths)} rows")
         if self._journal_fh is not None and (paths or errors):
             # ASCII with \\u escapes: non-UTF-8 file names (surrogates) round-trip through json.
-            line = json.dumps({"rows": paths, "errors": errors}, ensure_ascii=True) + "\n"
+            entry = {"rows": paths, "errors": errors, "ids": [encode_identity(i) for i in identities]}
+            line = json.dumps(entry, ensure_ascii=True) + "\n"
             with writing(self.paths.out):
                 self._journal_fh.write(line.encode("ascii"))
                 self._journal_fh.flush()
                 os.fsync(self._journal_fh.fileno())
         self._journal.paths.extend(paths)
         self._journal.errors.extend(errors)
+        self._journal.identities.extend(identities)
 
     @property
     def manifest_paths(self) -> list[str]:
@@ -287,7 +308,8 @@ class EmbedWriter:
                 self._data.seek(0)
                 self._data.write(header)
                 self._data.flush()
-            sizes = self._stage(staged)
+            meta = metadata_for(paths, {**self.fingerprint, "dtype": self.dtype.name}, rows=self.rows, dim=self.dim)
+            sizes = stage_files(paths, self._journal, meta, staged)
             if paths.out is None:
                 if stream is None:
                     raise ValueError("a stream is required for output to stdout")
@@ -298,7 +320,8 @@ class EmbedWriter:
             with writing(paths.out):
                 os.fsync(self._data.fileno())
             sizes["array"] = self._header_len + self.rows * self._row_bytes
-            self._stage_record(staged, sizes)
+            state = {k: v for k, v in self._state.items() if k != "update"}  # a finished update is a finished run
+            stage_record(paths, {**state, "rows": self.rows, "failed": self.failed}, sizes, staged)
             self._close_handles()
             commit_publication(self._dir, *publication(paths, self._dir, staged))
             committed = True
@@ -310,34 +333,6 @@ class EmbedWriter:
         roll_forward(self._dir)  # a failure here leaves the commit record: the next run completes it
         self._release()
         return summary
-
-    def _stage(self, staged: dict[str, Path]) -> dict[str, Any]:
-        """Write the manifest and (when inputs failed) the error list under their staged names."""
-        paths = self.paths
-        sizes: dict[str, Any] = {}
-        with writing(paths.manifest):
-            staged["manifest"] = paths.staged(paths.manifest)
-            sizes["manifest"] = write_lines(staged["manifest"], self._journal.paths)
-        if self._journal.errors:
-            with writing(paths.errors):
-                staged["errors"] = paths.staged(paths.errors)
-                lines = (f"{escape_error_path(p)}\t{r}" for p, r in self._journal.errors)
-                sizes["errors"] = write_lines(staged["errors"], lines)
-        return sizes
-
-    def _stage_record(self, staged: dict[str, Path], sizes: dict[str, Any]) -> None:
-        """The run record: this run's settings, counts and file sizes (checked by --resume)."""
-        paths = self.paths
-
-        def entry(role: str, path: Path) -> dict[str, Any] | None:
-            return None if role not in sizes else {"path": os.path.abspath(path), "size": sizes[role]}
-
-        record = {**self._state, "rows": self.rows, "failed": self.failed, "files": {
-            "array": entry("array", paths.out), "manifest": entry("manifest", paths.manifest),
-            "errors": entry("errors", paths.errors)}}
-        with writing(paths.out):
-            staged["record"] = paths.staged(paths.record)
-            write_synced(staged["record"], (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
     def _close_handles(self) -> None:
         self._closed = True
@@ -376,15 +371,18 @@ def write_groups(
     writer: EmbedWriter,
     groups: Iterable[list[EmbedResult]],
     on_group: Callable[[list[EmbedResult]], None] | None = None,
+    identity: Callable[[str], FileIdentity | None] | None = None,
 ) -> None:
     """Commit each group of results (one batch: its rows and failures, in input order) to `writer`.
 
     A group is committed whole or not at all, which is what makes `--resume` byte-identical.
     `on_group` sees each group after its commit (the command reports failures and progress there).
+    `identity(path)`: the file's identity taken before it was read, for the metadata sidecar.
     """
     for group in groups:
         ok = [r for r in group if r.ok]
         errors = [(r.path, str(r.error)) for r in group if not r.ok]
-        writer.commit([r.path for r in ok], np.stack([r.vector for r in ok]) if ok else None, errors)
+        identities = [identity(r.path) for r in ok] if identity is not None else None
+        writer.commit([r.path for r in ok], np.stack([r.vector for r in ok]) if ok else None, errors, identities)
         if on_group is not None:
             on_group(group)
