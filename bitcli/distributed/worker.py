@@ -105,7 +105,10 @@ class ShardWorker:
         if job.threads:
             torch.set_num_threads(job.threads)  # before loading: the engine picks the convolution path from it
             options = replace(options, workers=job.threads)
-        if model is None:
+        if model is None:  # a Ray actor: its process is ours, as the `bit` process is (engine/allocator.py)
+            from bitcli.engine.allocator import keep_freed_memory
+
+            keep_freed_memory()
             model = load(job.model, device=options.device, precision=options.precision, offline=options.offline)
         self.job = job
         self.embedder = Embedder(model, normalize=job.normalize, options=options)
