@@ -240,7 +240,7 @@ def plan_digest(update: Update) -> str:
     for step in update.plan.steps:
         sha.update(f"{step.status}\0{step.source_row}\0".encode())
     if update.old is not None:
-        info = os.stat(update.old.array_path)
+        info = update.old.stat()  # the array the plan's rows come from, even if renamed over since
         sha.update(f"{info.st_size}\0{info.st_mtime_ns}".encode())
     return sha.hexdigest()
 
