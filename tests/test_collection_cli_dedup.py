@@ -138,3 +138,15 @@ def test_html_page_shows_every_group(base, tmp_path):
     refused = dedup("--html", tmp_path / "mine.html")
     assert_clean_failure(refused, 2)
     assert (tmp_path / "mine.html").read_text() == "<p>my notes</p>"
+
+
+def test_threshold_one_finds_byte_identical_copies(tmp_path):
+    """`bit dedup --threshold 1`: exact copies only (their rows are byte-identical)."""
+    from collectionfiles import clustered, write_embedding
+
+    x = clustered(30, 2048, seed=4)
+    x[[10, 20, 29]] = x[3]
+    out = write_embedding(tmp_path, x)
+    result = run(["dedup", out, "--threshold", "1", "-f", "jsonl"])
+    assert result.exit_code == 0, result.stderr
+    assert [g["paths"] for g in jsonl(result.stdout)] == [[f"img{i:05d}.jpg" for i in (3, 10, 20, 29)]]

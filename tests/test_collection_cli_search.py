@@ -183,3 +183,9 @@ def test_help_shows_examples():
     for command in ("search", "dedup"):
         result = run([command, "--help"])
         assert result.exit_code == 0 and "Examples:" in result.stdout and f"bit {command} photos.npy" in result.stdout
+
+
+def test_help_example_keeps_its_brackets():
+    """Rich markup must not eat `[search]` from the extra's name in an example."""
+    result = run(["search", "--help"], env={"COLUMNS": "200"})
+    assert "pip install 'bitcli[search]'" in result.stdout

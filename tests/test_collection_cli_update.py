@@ -122,6 +122,21 @@ def test_update_of_an_output_without_metadata_is_refused(ckpt, tmp_path):
     assert "no metadata" in result.stderr
 
 
+def test_a_refused_update_advises_overwrite_without_update(ckpt, tmp_path):
+    """`--update --overwrite` is refused the same way, so the advice must say to drop --update."""
+    make_images(tmp_path / "photos", 2)
+    assert embed(ckpt).exit_code == 0
+    other = make_checkpoint(tmp_path / "other")
+    refused = run(["embed", "photos", "-o", "photos.npy", "--update", "--overwrite", "-m", other])
+    assert_clean_failure(refused, 2)
+    assert "without --update" in refused.stderr
+    os.remove("photos.meta.json")
+    refused = embed(ckpt, "--update", "--overwrite")
+    assert_clean_failure(refused, 2)
+    assert "without --update" in refused.stderr
+    assert embed(ckpt, "--overwrite").exit_code == 0  # the advice works
+
+
 def test_update_refuses_stdout_and_resume_with_overwrite(ckpt, tmp_path):
     make_images(tmp_path / "photos", 2)
     assert_clean_failure(run(["embed", "photos", "-o", "-", "--manifest", "m.txt", "--update", "-m", ckpt]), 2)

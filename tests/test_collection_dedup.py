@@ -81,6 +81,21 @@ def test_threshold_outside_minus_one_to_one_is_a_usage_error(tmp_path, threshold
         find_groups(open_index(write_embedding(tmp_path, clustered(40, 8))), threshold)
 
 
+@pytest.mark.parametrize("method", ["float32", pytest.param("bf16", marks=NEEDS_BF16)])
+def test_threshold_one_groups_byte_identical_rows(tmp_path, method):
+    """Identical float32 unit rows often score 0.99999994 in float32; their cosine (what dedup
+    reports) is 1, so --threshold 1 must still group them, and nothing else."""
+    x = clustered(40, 2048, seed=3)
+    copies = {0: [20, 39], 5: [6], 11: [30], 17: [18], 25: [26], 33: [34]}
+    for source, targets in copies.items():
+        x[targets] = x[source]
+    x[1] = x[2] * np.float32(1.0001)  # parallel, not identical: cosine 1 too
+    groups = find_groups(open_index(write_embedding(tmp_path, x)), 1.0, method=method)
+    expected = sorted(([s, *t] for s, t in copies.items()), key=lambda g: (-len(g), g[0]))
+    assert [g.rows for g in groups if g.rows != [1, 2]] == expected
+    assert all(g.min_score == 1.0 for g in groups)
+
+
 def test_threshold_minus_one_puts_every_row_in_one_group(tmp_path):
     groups = find_groups(open_index(write_embedding(tmp_path, clustered(60, 8))), -1.0, block_rows=16)
     assert [g.rows for g in groups] == [list(range(60))]

@@ -145,3 +145,25 @@ def test_a_manifest_far_longer_than_the_rows_need_is_not_read_whole(tmp_path):
     (tmp_path / "e.paths.txt").write_bytes(b"x" * 100_000)  # no path is that long: not this array's manifest
     with pytest.raises(UsageError, match="far longer"):
         open_index(out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_reads_come_from_the_array_as_opened_even_after_a_rename_over_it(tmp_path, dtype):
+    """`bit embed --update`/`--overwrite` publish by renaming a new .npy over the name: an index
+    opened before (another update's plan, a long dedup) must keep reading the rows its manifest
+    describes, not the new file's rows under the old paths."""
+    old = np.arange(40, dtype=dtype).reshape(10, 4)
+    out = write_embedding(tmp_path, old)
+    index = open_index(out)
+    replacement = tmp_path / "new.npy"
+    np.save(replacement, (np.arange(40, dtype=dtype).reshape(10, 4) + 1000)[::-1].copy())
+    os.replace(replacement, out)
+    np.testing.assert_array_equal(index.take([0, 7]), old[[0, 7]].astype(np.float32))
+    np.testing.assert_array_equal(np.concatenate([b.copy() for _, b in index.iter_blocks(3)]), old.astype(np.float32))
+    assert index.stat().st_ino != os.stat(out).st_ino
+
+
+def test_an_empty_array_opens_as_zero_rows(tmp_path):
+    out = write_embedding(tmp_path, np.zeros((0, 4), np.float32), [])
+    index = open_index(out, allow_empty=True)
+    assert (index.rows, index.dim, list(index.iter_blocks())) == (0, 4, [])

@@ -23,9 +23,11 @@ def epilog(*examples: str, note: str = "") -> str:
     The exit codes close every epilog: besides being useful, an unindented last line keeps Typer
     from dedenting the examples (it removes the indentation common to all lines).
     """
+    from rich.markup import escape  # an example's brackets are text (pip install 'bitcli[search]')
+
     lines = []
     for example in examples:
-        command, _, comment = example.partition("  # ")
+        command, _, comment = (escape(part) for part in example.partition("  # "))
         lines.append(f"  {command}" + (f"    [dim]({comment})[/dim]" if comment else ""))
     parts = ["[dim]Examples:[/dim]", *lines]
     if note:

@@ -147,8 +147,35 @@ class _Float32:
         return (rows,)
 
     def pairs(self, left: tuple, start: int, right: tuple, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        sims = left[0][start : start + _SLICE_ROWS] @ right[0].T
-        return np.nonzero(sims >= threshold)
+        rows = left[0][start : start + _SLICE_ROWS]
+        return _settle(rows @ right[0].T, rows, right[0], threshold)
+
+
+def _margin(dim: int) -> float:
+    """A bound on how far a float32 dot product of two float32 unit rows can be from its float64
+    value: D products and sums, each rounded by at most 2^-24 relative, on terms summing to <= 1."""
+    return (dim + 4) * 2.0**-24
+
+
+def _settle(sims: np.ndarray, rows: np.ndarray, others: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) where rows[i] and others[j] are near-duplicates, from their float32 similarities.
+
+    A pair whose float32 similarity lies within rounding distance of the threshold is decided by
+    its float64 cosine rounded to float32, the score dedup reports: byte-identical rows score
+    0.99999994 in float32 as often as not, and at --threshold 1 they must still be a group."""
+    margin = _margin(rows.shape[1])
+    a, b = np.nonzero(sims >= threshold - margin)
+    if a.size == 0:
+        return a, b
+    near = sims[a, b] < threshold + margin
+    if near.any():
+        left, i = np.unique(a[near], return_inverse=True)
+        right, j = np.unique(b[near], return_inverse=True)
+        exact = (_unit64(rows[left]) @ _unit64(others[right]).T)[i, j]  # at most a slice x a block
+        keep = np.ones(a.size, dtype=bool)
+        keep[near] = exact.astype(np.float32) >= np.float32(threshold)
+        a, b = a[keep], b[keep]
+    return a, b
 
 
 class _Bf16PreFilter(_Float32):
@@ -179,6 +206,10 @@ class _Bf16PreFilter(_Float32):
             return a, b
         exact = np.einsum("ij,ij->i", left[0][start + a], right[0][b])
         keep = exact >= threshold
+        near = np.flatnonzero(np.abs(exact - threshold) < _margin(left[0].shape[1]))
+        if near.size:  # as `_settle` decides them: the float64 cosine, rounded to float32
+            exact64 = np.einsum("ij,ij->i", _unit64(left[0][start + a[near]]), _unit64(right[0][b[near]]))
+            keep[near] = exact64.astype(np.float32) >= np.float32(threshold)
         return a[keep], b[keep]
 
 

@@ -1,6 +1,9 @@
 """Open an embedding written by `bit embed` (the `.npy`, its manifest, its metadata) for reading.
 
-The array is opened with `numpy.load(mmap_mode="r")`: nothing is read until asked for. Exact
+The array is opened once and memory-mapped read-only: nothing is read until asked for, and every
+later read (blocks, single rows) goes through that open file, so an index whose `.npy` is
+replaced meanwhile (a `bit embed --update` or `--overwrite` publishing by rename) keeps reading
+the very rows its manifest describes, never the new file's under the old paths. Exact
 search and dedup stream it in blocks through `iter_blocks`, which reads each block with a plain
 `readinto` into one reused buffer: the process's memory then stays at the size of a block,
 whatever the size of the index (pages of a memory map would count towards the resident set
@@ -17,9 +20,10 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
@@ -46,6 +50,11 @@ class EmbeddingIndex:
     manifest_path: Path
     meta: EmbeddingMetadata | None = None
     meta_path: Path | None = None
+    file: BinaryIO | None = None  # the array file as opened: every read goes through it
+
+    def stat(self) -> os.stat_result:
+        """The opened array file's status (not whatever the name points at now)."""
+        return os.fstat(self.file.fileno()) if self.file is not None else os.stat(self.array_path)
 
     @property
     def rows(self) -> int:
@@ -96,14 +105,23 @@ class EmbeddingIndex:
             return np.asarray(self.vectors[rows], dtype=np.float32).reshape(rows.size, self.dim)
         row_bytes = self.dim * self.vectors.dtype.itemsize
         raw = np.empty((rows.size, row_bytes), dtype=np.uint8)
-        fd = os.open(self.array_path, os.O_RDONLY)
-        try:
+        with self._reader() as fd:
             for i, row in enumerate(rows.tolist()):
                 if os.preadv(fd, [raw[i]], offset + row * row_bytes) != row_bytes:
                     raise UsageError(f"{self.array_path}: ended early (truncated while reading?); embed again with --overwrite")
+        return raw.view(self.vectors.dtype).reshape(rows.size, self.dim).astype(np.float32)
+
+    @contextmanager
+    def _reader(self) -> Iterator[int]:
+        """A descriptor of the opened array file (a caller-built index without one opens the name)."""
+        if self.file is not None:
+            yield self.file.fileno()
+            return
+        fd = os.open(self.array_path, os.O_RDONLY)
+        try:
+            yield fd
         finally:
             os.close(fd)
-        return raw.view(self.vectors.dtype).reshape(rows.size, self.dim).astype(np.float32)
 
     def find_rows(self, queries: Iterable[str]) -> dict[str, int]:
         """For each query path that names a row, the first such row (one pass over the paths).
@@ -150,29 +168,60 @@ def _absolute(path: str, base: str | None) -> str:
 def open_index(array_path: str | os.PathLike[str], *, manifest: str | os.PathLike[str] | None = None, allow_empty: bool = False) -> EmbeddingIndex:
     """Open and validate an embedding. `manifest` overrides where the row paths are read from."""
     array_path = Path(array_path)
-    vectors = _load_array(array_path)
+    vectors, file = _load_array(array_path)
     sidecars = SidecarPaths.for_output(array_path)
     meta = read_metadata(sidecars.meta) if sidecars.meta.is_file() else None
     manifest_path = _manifest_path(array_path, manifest, meta, sidecars.meta)
     paths = _read_manifest(manifest_path, array_path, int(vectors.shape[0]))
-    index = EmbeddingIndex(array_path, vectors, paths, manifest_path, meta, sidecars.meta if meta else None)
+    index = EmbeddingIndex(array_path, vectors, paths, manifest_path, meta, sidecars.meta if meta else None, file)
     _check_consistent(index)
     if index.rows == 0 and not allow_empty:
         raise UsageError(f"{array_path} has no rows (every input failed or none was given); nothing to search")
     return index
 
 
-def _load_array(path: Path) -> np.ndarray:
+def _load_array(path: Path) -> tuple[np.ndarray, BinaryIO]:
+    """The array memory-mapped from one open file, and that file (kept open for reads)."""
     if path.is_dir():
         raise UsageError(f"{path}: is a directory; give the .npy file that bit embed wrote")
     if not path.exists():
         raise UsageError(f"{path}: no such file; give the .npy file that bit embed wrote")
     try:
-        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+        file = open(path, "rb", buffering=0)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        vectors = _map_npy(file)
+    except OSError as exc:
+        file.close()
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except ValueError as exc:  # not a .npy, or an object array (which would need pickle)
+        file.close()
         raise UsageError(f"{path}: not a .npy array of embeddings ({exc})") from exc
+    _check_array(path, vectors)
+    return vectors, file
+
+
+def _map_npy(file: BinaryIO) -> np.ndarray:
+    """`numpy.load(mmap_mode="r")` of an open file (numpy maps only a name, which a rename can
+    point elsewhere between mapping and reading)."""
+    fmt = np.lib.format
+    version = fmt.read_magic(file)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(file)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(file)
+    else:
+        raise ValueError(f".npy format version {version} (bitcli reads 1.0 and 2.0)")
+    if dtype.hasobject:
+        raise ValueError("an object array (it would need pickle)")
+    order = "F" if fortran else "C"
+    if int(np.prod(shape)) == 0:  # nothing to map
+        return np.empty(shape, dtype=dtype, order=order)
+    return np.memmap(file, dtype=dtype, mode="r", offset=file.tell(), shape=shape, order=order)
+
+
+def _check_array(path: Path, vectors: np.ndarray) -> None:
     if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
         shape = getattr(vectors, "shape", "?")
         raise UsageError(f"{path}: holds an array of shape {shape}, not [rows, dim] embeddings")
@@ -180,7 +229,6 @@ def _load_array(path: Path) -> np.ndarray:
         raise UsageError(f"{path}: holds {vectors.dtype} values; embeddings are float16, float32 or float64")
     if vectors.shape[1] == 0:
         raise UsageError(f"{path}: rows of dimension 0 cannot be compared")
-    return vectors
 
 
 def _manifest_path(array_path: Path, manifest: str | os.PathLike[str] | None, meta: EmbeddingMetadata | None, meta_path: Path) -> Path:
@@ -233,7 +281,7 @@ class _BlockReader:
         self.row_bytes = self.dim * self.dtype.itemsize
         offset = getattr(vectors, "offset", None)
         self.direct = isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and offset is not None
-        self.file = open(index.array_path, "rb", buffering=0) if self.direct else None
+        self.index = index
         self.offset = offset or 0
         self.raw = np.empty(max_rows * self.row_bytes, dtype=np.uint8)
         native32 = self.dtype == np.dtype("<f4") and sys.byteorder == "little"
@@ -245,13 +293,13 @@ class _BlockReader:
         if not self.direct:  # e.g. a Fortran-ordered array from elsewhere: let the memory map copy
             return np.asarray(self.vectors[start:stop], dtype=np.float32)
         view = memoryview(self.raw)[: n * self.row_bytes]
-        self.file.seek(self.offset + start * self.row_bytes)
-        filled = 0
-        while filled < len(view):
-            got = self.file.readinto(view[filled:])
-            if not got:
-                raise UsageError(f"{self.file.name}: ended early (truncated while reading?); embed again with --overwrite")
-            filled += got
+        position, filled = self.offset + start * self.row_bytes, 0
+        with self.index._reader() as fd:
+            while filled < len(view):
+                got = os.preadv(fd, [view[filled:]], position + filled)
+                if not got:
+                    raise UsageError(f"{self.index.array_path}: ended early (truncated while reading?); embed again with --overwrite")
+                filled += got
         rows = self.raw[: n * self.row_bytes].view(self.dtype).reshape(n, self.dim)
         if self.out is None:
             return rows
@@ -260,8 +308,7 @@ class _BlockReader:
         return out
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        pass  # the index owns its file
 
 
 def _caster(dtype: np.dtype, elements: int):

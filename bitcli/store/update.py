@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -176,14 +177,23 @@ class Update:
 
 def prepare_update(paths: "EmbedPaths", current: EmbeddingMetadata, inputs: Sequence[str], *, content_hash: bool) -> Update:
     """Plan `--update` of `paths.out` for `inputs`; UsageError (exit 2) when it cannot be done."""
-    from bitcli.collection.index import open_index
-
     out = paths.out
     if out is None:
         raise UsageError("--update needs an output file, not -o -")
     if not out.exists():  # the first run of a command line that always says --update
         return Update(plan_update([], inputs, content_hash=content_hash), None)
-    sidecars = paths.sidecars
+    with _advice_without_update():
+        old, stored = _read_old(paths, current)
+    plan = plan_update(stored, inputs, content_hash=content_hash)
+    plan.retry(_failed_before(paths))
+    return Update(plan, old)
+
+
+def _read_old(paths: "EmbedPaths", current: EmbeddingMetadata) -> tuple["EmbeddingIndex", list[tuple[str, FileIdentity | None]]]:
+    """The output as it is (refused when incompatible or inconsistent) and its stored identities."""
+    from bitcli.collection.index import open_index
+
+    out, sidecars = paths.out, paths.sidecars
     if not sidecars.meta.exists():
         raise UsageError(
             f"{out} has no metadata ({sidecars.meta.name}): it was made by an older bitcli or elsewhere; "
@@ -195,9 +205,20 @@ def prepare_update(paths: "EmbedPaths", current: EmbeddingMetadata, inputs: Sequ
     stored = read_file_rows(sidecars.meta, stored_meta)
     if [path for path, _ in stored] != old.paths:
         raise UsageError(f"{sidecars.files} and {paths.manifest} list different files; embed anew with --overwrite")
-    plan = plan_update(stored, inputs, content_hash=content_hash)
-    plan.retry(_failed_before(paths))
-    return Update(plan, old)
+    return old, stored
+
+
+@contextmanager
+def _advice_without_update() -> Iterator[None]:
+    """The readers' advice, "embed anew with --overwrite", is refused the same way when --update
+    stays on the command line (`--update --overwrite` only restarts an interrupted update): say so."""
+    try:
+        yield
+    except UsageError as exc:
+        text = str(exc)
+        if text.endswith(("anew with --overwrite", "again with --overwrite")):
+            raise UsageError(f"{text} (without --update)") from exc
+        raise
 
 
 def _failed_before(paths: "EmbedPaths") -> set[str]:
@@ -219,7 +240,7 @@ def plan_digest(update: Update) -> str:
     for step in update.plan.steps:
         sha.update(f"{step.status}\0{step.source_row}\0".encode())
     if update.old is not None:
-        info = os.stat(update.old.array_path)
+        info = update.old.stat()  # the array the plan's rows come from, even if renamed over since
         sha.update(f"{info.st_size}\0{info.st_mtime_ns}".encode())
     return sha.hexdigest()
 
