@@ -113,6 +113,21 @@ def test_update_is_refused_with_another_model_or_dtype(ckpt, tmp_path):
         assert "was made with other settings" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_update_without_model_uses_the_one_that_made_the_output(ckpt, tmp_path, monkeypatch):
+    """No --model: the header's model, not the default google/bit-50 (absent here: exit 3)."""
+    monkeypatch.delenv("BIT_MODEL", raising=False)
+    make_images(tmp_path / "photos", 2)
+    assert embed(ckpt).exit_code == 0
+    make_images(tmp_path / "photos" / "more", 1)
+    result = run(["embed", "photos", "-o", "photos.npy", "--update", "--batch-size", "2"])
+    assert result.exit_code == 0, result.stderr
+    assert "+1 new" in result.stderr
+    assert len(np.load("photos.npy")) == 3
+    plain = run(["embed", "photos", "-o", "other.npy"])  # without --update the default stays
+    assert_clean_failure(plain, 3)
+    assert "google/bit-50" in plain.stderr
+
+
 def test_update_of_an_output_without_metadata_is_refused(ckpt, tmp_path):
     make_images(tmp_path / "photos", 2)
     assert embed(ckpt).exit_code == 0

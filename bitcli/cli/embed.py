@@ -106,7 +106,7 @@ def embed(
         typer.Option(
             "--update",
             help="Bring an existing OUT.npy up to date with INPUTS: embed new and changed files, drop rows of "
-            "removed ones, keep every other row byte for byte (same model and options required).",
+            "removed ones, keep every other row byte for byte (same options required; without --model, OUT's own).",
         ),
     ] = False,
     content_hash: Annotated[
@@ -118,7 +118,7 @@ def embed(
         ),
     ] = False,
     null: NullOpt = False,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = None,  # type: ignore[assignment]  # None: --update takes OUT's own model
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.fp32,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
@@ -138,9 +138,10 @@ def embed(
     """Pooled feature vectors (the embedding before the classifier) as one .npy array."""
     from bitcli import store
     from bitcli.pipeline import Embedder
-    from bitcli.store.update import plan_work
+    from bitcli.store.update import plan_work, recorded_model
 
     ui = Ui(quiet=quiet, debug=debug)
+    model = model or (update and recorded_model(output_path)) or DEFAULT_MODEL
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)

@@ -32,6 +32,7 @@ from bitcli.errors import UsageError
 from bitcli.store.metadata import (
     EmbeddingMetadata,
     FileIdentity,
+    SidecarPaths,
     check_compatible,
     identify,
     read_file_rows,
@@ -90,6 +91,16 @@ class UpdatePlan:
     @property
     def to_embed(self) -> list[UpdateStep]:
         return [s for s in self.steps if s.source_row is None]
+
+
+def recorded_model(out: str) -> str | None:
+    """The model `OUT.meta.json` says made `out` (`repo@commit`, or a local path), or None where
+    there is no readable header (then the update itself reports what is wrong)."""
+    meta = SidecarPaths.for_output(out).meta
+    try:
+        return read_metadata(meta).model_reference() if meta.is_file() else None
+    except UsageError:
+        return None
 
 
 def plan_update(
