@@ -144,6 +144,21 @@ register(train.train, train.EPILOG)
 register(eval_cmd.eval_command, eval_cmd.EPILOG, name="eval")
 
 
+def settle_openmp() -> None:
+    """Let idle OpenMP threads sleep instead of spinning (before torch loads its OpenMP runtime).
+
+    torch runs each operation's threads under GNU OpenMP, whose idle threads spin at every
+    barrier by default. With one more busy process than CPUs (another job, a second `bit`) the
+    spinning thread holds a CPU its partner needs and every one of a forward pass's ~500
+    parallel regions waits out a scheduler time slice: a 448 px image took 3.8 s instead of
+    0.36 s on the 2-core development machine under one other busy process. Sleeping costs 0-6%
+    on an idle machine (docs/engine.md). A value the user set wins; Ray workers of a local
+    cluster inherit it.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _silence_stdout() -> None:
     """After EPIPE, point stdout at /dev/null so Python's exit-time flush does not fail again."""
     try:
@@ -155,6 +170,7 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`bit`)."""
+    settle_openmp()
     try:
         app(args=argv, prog_name="bit")
         code = EXIT_OK
