@@ -4,8 +4,11 @@
                 work), write_errors (a failed write as one line naming the output)
     files.py    .npy headers, fsync, staged files, the partial directory's names and its lock
     journal.py  the journal of committed batches; the record of a finished run
-    publish.py  publishing the set (commit record, renames) and completing an interrupted one
+    publish.py  publishing the set (StagedSet: staged files, commit record, renames) and
+                completing an interrupted one; the one way any finished output appears
     writer.py   EmbedWriter (commit, finish) and write_groups (the batch/commit loop)
+    assembly.py Assembly: the partial directory held while `bit combine` or `--engine ray`
+                assembles an output from shards, published through StagedSet
 
 Layout while a run is in progress, next to the output `OUT.npy`:
 
@@ -31,6 +34,10 @@ next `bit embed` on that output completes. Because commits happen at batch bound
 caller batches the remaining inputs the same way, a resumed run produces the same bytes as an
 uninterrupted one.
 
+An output assembled from shards (`bit combine`, `--engine ray`) goes through the same partial
+directory, lock, staged files, run record and commit record (`assembly.py`); its `state.json`
+says `"assembly"` and its journal stays empty, since the shards hold the work.
+
 `-o -` (stdout) keeps the rows in an anonymous temporary file and streams the finished array to
 the given binary stream, every byte checked; the manifest appears only once the array was
 written in full. It cannot be resumed.
@@ -38,12 +45,13 @@ written in full. It cannot be resumed.
 
 from __future__ import annotations
 
+from bitcli.store.assembly import Assembly
 from bitcli.store.files import npy_header
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, unescape_error_path, write_errors
 from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary, EmbedWriter, write_groups
 
 __all__ = [
-    "EmbedPaths", "EmbedSummary", "EmbedWriter", "check_output", "escape_error_path", "npy_header",
+    "Assembly", "EmbedPaths", "EmbedSummary", "EmbedWriter", "check_output", "escape_error_path", "npy_header",
     "recover", "unescape_error_path", "write_errors", "write_groups",
 ]

@@ -32,6 +32,7 @@ from bitcli.inputs import path_problem
 from bitcli.store.files import OWN_PARTIAL_FILES, lock_holder, partial_problem
 
 STAGED_SUFFIX = ".bitcli.tmp"  # `.NAME.bitcli.tmp`: where a file is written before it is renamed
+ROLE_NAMES = {"record": "the run record"}  # how messages name a file of the set beyond the three outputs
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,17 @@ class EmbedPaths:
         """The files a finished run publishes (the array only when it is not streamed)."""
         return [p for p in (self.out, self.manifest, self.errors) if p is not None]
 
+    def set_files(self) -> dict[str, Path]:
+        """The published set by role, the run record included: what a finished run stages and
+        renames as one (`publish.StagedSet`). A new file of the set is one more entry here; a
+        file of the set a run does not stage (the error list, without failures) is removed."""
+        roles = (("array", self.out), ("manifest", self.manifest), ("errors", self.errors), ("record", self.record))
+        return {role: path for role, path in roles if path is not None}
+
+    def staged_files(self) -> dict[str, Path]:
+        """The files of the set written beside their final names first (all but the array)."""
+        return {role: path for role, path in self.set_files().items() if role != "array"}
+
     @staticmethod
     def staged(path: Path) -> Path:
         return path.with_name(f".{path.name}{STAGED_SUFFIX}")
@@ -68,9 +80,10 @@ class EmbedPaths:
     def every_name(self) -> list[tuple[str, Path]]:
         """(role, path) of everything this run may create, for the name and kind checks."""
         named = [("-o", self.out), ("--manifest", self.manifest), ("the error list", self.errors)]
-        named += [("the run record", self.record), ("the partial run", self.partial)]
-        named += [("a temporary file", self.partial_tmp)]
-        named += [("a temporary file", self.staged(p)) for p in (self.manifest, self.errors, self.record) if p]
+        named += [(ROLE_NAMES.get(role, f"the {role} file"), path) for role, path in self.set_files().items()
+                  if path not in (self.out, self.manifest, self.errors)]
+        named += [("the partial run", self.partial), ("a temporary file", self.partial_tmp)]
+        named += [("a temporary file", self.staged(p)) for p in self.staged_files().values()]
         return [(what, path) for what, path in named if path is not None]
 
     @classmethod
@@ -180,9 +193,14 @@ def check_own_partial(paths: EmbedPaths) -> None:
 
 def check_names(paths: EmbedPaths) -> None:
     """Every name must fit the file system: `OUT.npy.partial` and the temporary names too."""
-    derived = {paths.manifest: [paths.staged(paths.manifest)], paths.errors: [paths.staged(paths.errors)]}
+    derived = {path: [paths.staged(path)] for path in (paths.manifest, paths.errors)}
+    base = paths.out if paths.out is not None else paths.manifest  # what the other names derive from
+    derived.setdefault(base, [])
     if paths.out is not None:
-        derived[paths.out] = [paths.partial, paths.partial_tmp, paths.record, paths.staged(paths.record)]
+        derived[base] += [paths.partial, paths.partial_tmp]
+    for path in paths.staged_files().values():
+        if path not in (paths.manifest, paths.errors):
+            derived[base] += [path, paths.staged(path)]
     for output, siblings in derived.items():
         limit = _name_max(output.parent)
         for path in (output, *siblings):
