@@ -19,10 +19,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
-from bitcli.store.files import read_json_record, read_lines, read_npy_header
+from bitcli.store.files import read_json_record, read_npy_header
 
 if TYPE_CHECKING:
     from bitcli.store.paths import EmbedPaths
@@ -149,16 +148,3 @@ def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dt
     if header is None or header[0] != (record.get("rows"), dim) or header[1] != rows_dtype:
         return "its array changed since it was made"
     return None
-
-
-def finished_inputs(paths: "EmbedPaths") -> Counter[str] | None:
-    """The inputs a finished run accounted for: its manifest and error list (None: unreadable)."""
-    from bitcli.store.paths import unescape_error_path
-
-    try:
-        done = Counter(read_lines(paths.manifest))
-        if paths.errors.exists():
-            done += Counter(unescape_error_path(line.split("\t", 1)[0]) for line in read_lines(paths.errors))
-    except OSError:
-        return None
-    return done
