@@ -114,14 +114,15 @@ class Distribution:
 
 
 def embed_distributed(
-    ui: Ui, inputs: list[str], job: Any, paths: Any, dist: Distribution, *, resume: bool, overwrite: bool
+    ui: Ui, inputs: list[str], job: Any, paths: Any, dist: Distribution, *, resume: bool, overwrite: bool, null: bool = False
 ) -> int:
-    """`bit embed` with `--engine ray` or `--shard I/N`; `job` is a `bitcli.distributed.EmbedJob`."""
+    """`bit embed` with `--engine ray` or `--shard I/N`; `job` is a `bitcli.distributed.EmbedJob`;
+    `null`: paths on stdin are NUL-separated (`-0`), as for a local run."""
     from bitcli.distributed import RayOptions, default_shard_dir, embed_on_ray, parse_selection, run_shards
     from bitcli.inputs import expand_inputs
     from bitcli.store import write_errors
 
-    entries = expand_inputs(inputs, stdin=sys.stdin)  # streamed: listed once, never held in memory
+    entries = expand_inputs(inputs, stdin=sys.stdin, null=null)  # streamed: listed once, never held in memory
     shard_dir = dist.shard_dir or default_shard_dir(paths.out)
     bar = ShardBar(ui)
     common = {"resume": resume, "overwrite": overwrite, "progress": bar, "on_failure": bar.error}
