@@ -10,6 +10,7 @@ the run record always describes the files beside it. The command tests drive the
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -197,6 +198,32 @@ def test_combine_never_replaces_a_link_or_fifo(shard_sets, tmp_path, role, kind)
     if kind == "symlink":
         assert (tmp_path / "precious.bin").read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({role, "precious.bin"} if kind == "symlink" else {role})
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_link_or_fifo_that_appears_while_combining_is_not_replaced(shard_sets, tmp_path, monkeypatch, kind):
+    """Checked again at the rename, as a local run's publication does: planted after the first
+    check (here while the shards are planned), it is refused and left alone; once it is gone,
+    the next run on the output completes the publication."""
+    combining = importlib.import_module("bitcli.distributed.combine")  # the module (the package exports the function)
+    old_shards, _ = shard_sets
+    manifest, target = tmp_path / "out.paths.txt", tmp_path / "precious.bin"
+    target.write_bytes(b"precious")
+    original = combining.plan
+
+    def plan_and_plant(*args, **kwargs):
+        manifest.symlink_to(target) if kind == "symlink" else os.mkfifo(manifest)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(combining, "plan", plan_and_plant)
+    with pytest.raises(UsageError, match="out.paths.txt"):
+        combine([old_shards], EmbedPaths.for_output(tmp_path / "out.npy"))
+    assert kind_of(manifest) == kind and target.read_bytes() == b"precious"
+    assert not (tmp_path / "out.npy").exists()
+    manifest.unlink()
+    _touch(tmp_path / "out.npy")
+    _assert_record_describes_the_files(tmp_path / "out.npy")
+    assert_no_litter(tmp_path)
 
 
 def test_combine_refuses_a_symlinked_partial_folder(shard_sets, tmp_path):
