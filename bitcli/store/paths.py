@@ -137,8 +137,8 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
         )
     if paths.out is not None and paths.out.exists():
         raise UsageError(f"{paths.out} already exists; pass --overwrite to replace it (or --resume)")
-    for path in (paths.manifest, paths.errors):
-        if os.path.lexists(path):
+    for role, path in paths.staged_files().items():  # the run record is bitcli's own: not asked about
+        if role != "record" and os.path.lexists(path):
             raise UsageError(f"{path} already exists; pass --overwrite to replace it")
 
 
