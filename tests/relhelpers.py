@@ -221,7 +221,7 @@ def killed(action) -> bool:
     return False
 
 
-OUT_FILES = ("out.npy", "out.paths.txt", "out.errors.txt")
+OUT_FILES = ("out.npy", "out.paths.txt", "out.errors.txt", "out.meta.json", "out.files.jsonl")
 
 
 def files_state(directory: Path, names=OUT_FILES) -> tuple:

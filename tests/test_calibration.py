@@ -189,3 +189,32 @@ def test_threads_are_capped_at_usable_cpus(monkeypatch):
 def test_usable_cpus_respects_affinity():
     if hasattr(os, "sched_getaffinity"):
         assert 1 <= calibration.usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_new_labels_reuse_the_backbone_settings(tiny_backbone, monkeypatch, tmp_path):
+    """A model fine-tuned to other classes runs the same backbone: not measured again."""
+    import dataclasses
+
+    monkeypatch.setenv("BITCLI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("BITCLI_CALIBRATE", "1")
+    x = torch.randn(3, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    chosen = calibration.chunk_bytes_for(tiny_backbone, x)[0]
+    monkeypatch.setattr(calibration, "measure_steps", lambda *a, **k: pytest.fail("measured again"))
+    tiny_backbone.config = dataclasses.replace(tiny_backbone.config, num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+    assert calibration.chunk_bytes_for(tiny_backbone, x)[0] == chosen
+    tiny_backbone.config = dataclasses.replace(tiny_backbone.config, depths=[2, 1, 2, 1])  # another backbone
+    with pytest.raises(pytest.fail.Exception, match="measured again"):
+        calibration.chunk_bytes_for(tiny_backbone, x)
+
+
+def test_settings_file_stays_small(tmp_path, monkeypatch):
+    """At most MAX_ENTRIES entries, newest kept; an oversized file is not read (only rewritten)."""
+    path = tmp_path / "engine-settings.json"
+    for index in range(calibration.MAX_ENTRIES + 5):
+        assert calibration.remember(f"key{index}", {"chunk_bytes": index}, path)
+    saved = json.loads(path.read_text())
+    assert len(saved) == calibration.MAX_ENTRIES and "key4" not in saved and f"key{calibration.MAX_ENTRIES + 4}" in saved
+    path.write_text('{"k": {"chunk_bytes": 1}, "pad": "' + "x" * calibration.SETTINGS_MAX_BYTES + '"}')
+    assert calibration.read_settings(path) == {}
+    assert calibration.remember("new", {"chunk_bytes": 2}, path)
+    assert json.loads(path.read_text()) == {"new": {"chunk_bytes": 2}}

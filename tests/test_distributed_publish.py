@@ -103,7 +103,15 @@ def test_combine_publishes_the_run_record_a_local_run_would(shard_sets, tmp_path
     assert record["inputs"] == inputs_digest(OLD_INPUTS) and (record["rows"], record["failed"]) == (3, 2)
     assert record["dtype"] == "float32" and record["version"] == 1
     _assert_record_describes_the_files(out)
-    assert sorted(os.listdir(tmp_path)) == [".out.npy.run.json", "out.errors.txt", "out.npy", "out.paths.txt"]
+    assert sorted(os.listdir(tmp_path)) == [
+        ".out.npy.run.json", "out.errors.txt", "out.files.jsonl", "out.meta.json", "out.npy", "out.paths.txt"]
+    # The metadata sidecar is in the set (the record lists it), without per-file identities.
+    assert set(record["files"]) == {"array", "manifest", "errors", "identities", "metadata"}
+    header = json.loads((tmp_path / "out.meta.json").read_text())
+    assert (header["rows"], header["feature_dim"], header["model"]["reference"]) == (3, DIM, "test")
+    rows = [json.loads(line) for line in (tmp_path / "out.files.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == (tmp_path / "out.paths.txt").read_text().splitlines()
+    assert all(r["size"] is None and r["mtime_ns"] is None for r in rows)
 
 
 def test_a_kill_at_any_step_of_a_combine_leaves_one_set(shard_sets, tmp_path):

@@ -84,7 +84,8 @@ def test_bit_embed_on_ray_equals_the_local_run(ray_run, local):
     ]  # the local run's stderr lines, in input order
     assert "embedded 13 images" in result.stderr and "Traceback" not in result.stderr
     record = ".ray.npy.run.json"  # the run record a local run publishes too
-    assert sorted(os.listdir(out.parent)) == sorted([record, *(p.name for p in output_files(out).values())])
+    sidecar = ["ray.meta.json", "ray.files.jsonl"]  # the metadata sidecar (docs/collection.md)
+    assert sorted(os.listdir(out.parent)) == sorted([record, *sidecar, *(p.name for p in output_files(out).values())])
 
 
 def test_resume_of_a_finished_ray_output_is_checked_like_a_local_one(cluster, ckpt, photos, ray_run):

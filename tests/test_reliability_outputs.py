@@ -80,7 +80,7 @@ def _assert_untouched(tmp_path: Path, path: Path, before: dict) -> None:
             assert stat.S_ISCHR(os.lstat(target).st_mode)
 
 
-ROLES = {"out": "o.npy", "manifest": "rows.txt", "errors": "o.errors.txt"}
+ROLES = {"out": "o.npy", "manifest": "rows.txt", "errors": "o.errors.txt", "meta": "o.meta.json", "files": "o.files.jsonl"}
 
 
 @pytest.mark.parametrize("kind", ["fifo", "chardev", "link-to-file", "link-to-device"])

@@ -188,9 +188,16 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_finite(weights: dict[str, Tensor], origin: str, what: str) -> None:
-    bad = [key for key, value in weights.items() if not bool(torch.isfinite(value).all())]
+    bad = [key for key, value in weights.items() if not _all_finite(value)]
     if bad:
         raise CheckpointError(f"{origin}: {name_some(bad)} {what}; the checkpoint is damaged, get it again")
+
+
+def _all_finite(value: Tensor) -> bool:
+    """Whether every value is finite. A NaN or an infinity anywhere makes the sum NaN or
+    infinite, so a finite sum (one fast reduction, no [N] bool tensor) settles it; only a sum
+    that overflows from finite values needs the element-wise check."""
+    return bool(torch.isfinite(value.sum())) or bool(torch.isfinite(value).all())
 
 
 def check_state_dict(model: BiT, state_dict: dict[str, Tensor], origin: str) -> None:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from bitcli.cli import classify, combine, embed, info, train
+from bitcli.cli import classify, combine, dedup, embed, info, search, train
 from bitcli.cli import eval as eval_cmd
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
@@ -38,6 +38,8 @@ app = typer.Typer(
         "bit classify cat.jpg",
         "bit classify photos/ --top-k 3 --format csv > labels.csv",
         "bit embed 'photos/**/*.jpg' -o photos.npy --normalize",
+        "bit search photos.npy new.jpg --top-k 5",
+        "bit dedup photos.npy --html duplicates.html",
         "bit inspect google/bit-50 --format json",
         "bit train photos/ -o my-model --val-split 0.2",
     ),
@@ -133,6 +135,8 @@ def register(command: Callable[..., int], examples: str, name: str | None = None
 register(classify.classify, classify.EPILOG)
 register(embed.embed, embed.EPILOG)
 register(combine.combine, combine.EPILOG)
+register(search.search, search.EPILOG)
+register(dedup.dedup, dedup.EPILOG)
 register(info.inspect, info.INSPECT_EPILOG)
 register(info.download, info.DOWNLOAD_EPILOG)
 register(info.models, info.MODELS_EPILOG)

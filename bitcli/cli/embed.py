@@ -58,11 +58,13 @@ EPILOG = epilog(
     "bit embed photos/ -o photos.npy",
     "bit embed 'photos/**/*.jpg' -o photos.npy --normalize --dtype float16",
     "bit embed photos/ -o photos.npy --resume  # continue an interrupted run",
+    "bit embed photos/ -o photos.npy --update  # embed new and changed files, drop removed ones",
     "bit embed a.jpg b.jpg -o - --manifest rows.txt > vectors.npy",
     "bit embed photos/ -o photos.npy --engine ray  # on a Ray cluster: docs/distributed.md",
     note=(
         "Writes OUT.npy [N, D] (.npy is added to a name without it, as numpy.save does), OUT.paths.txt "
-        "(line i = path of row i) and, when some inputs fail, OUT.errors.txt (PATH<TAB>reason). Files "
+        "(line i = path of row i), OUT.meta.json and OUT.files.jsonl (what made the rows, each row's "
+        "file: docs/collection.md) and, when some inputs fail, OUT.errors.txt (PATH<TAB>reason). Files "
         "appear atomically; an interrupted run leaves OUT.npy.partial/ for --resume."
     ),
 )
@@ -77,6 +79,7 @@ class StoreOptions:
     manifest: Path | None = None
     resume: bool = False
     overwrite: bool = False
+    update: bool = False
 
 
 def embed(
@@ -98,6 +101,22 @@ def embed(
         bool, typer.Option("--resume", help="Continue an interrupted run, skipping the images already done.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (or discard a partial run).")] = False,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Bring an existing OUT.npy up to date with INPUTS: embed new and changed files, drop rows of "
+            "removed ones, keep every other row byte for byte (same model and options required).",
+        ),
+    ] = False,
+    content_hash: Annotated[
+        bool,
+        typer.Option(
+            "--hash",
+            help="Record each file's sha256; with --update, compare contents instead of size and modification "
+            "time, which also recognises moved files.",
+        ),
+    ] = False,
     null: NullOpt = False,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
@@ -119,12 +138,15 @@ def embed(
     """Pooled feature vectors (the embedding before the classifier) as one .npy array."""
     from bitcli import store
     from bitcli.pipeline import Embedder
+    from bitcli.store.update import plan_work
 
     ui = Ui(quiet=quiet, debug=debug)
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
-    where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite)
+    where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
     if dist.check(output_path == "-", manifest):
+        if update or content_hash:
+            raise UsageError("--update and --hash run locally; leave out --engine ray and --shard")
         from bitcli.distributed import EmbedJob
 
         paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
@@ -133,15 +155,24 @@ def embed(
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
     items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
+    fingerprint = {**embedder.fingerprint(), "dtype": where.dtype, **({"content_hash": "sha256"} if content_hash else {})}
+    work = plan_work(paths, items, embedder.embed_groups, embedder.feature_dim, fingerprint,
+                     update=update, content_hash=content_hash)
+    if work.summary:
+        ui.info(f"{paths.out}: {work.summary}")
+    if work.up_to_date:
+        ui.info(f"{paths.out} is up to date")
+        return EXIT_OK
     with store.write_errors(paths, UsageError):  # cannot even start: the -o path is unusable
         writer = store.EmbedWriter(
             paths,
             dim=embedder.feature_dim,
             dtype=where.dtype,
-            fingerprint={**embedder.fingerprint(), "dtype": where.dtype},
-            inputs=[item.path for item in items],
-            resume=where.resume,
+            fingerprint=fingerprint,
+            inputs=[item.path for item in work.items],
+            resume=where.resume and (not update or paths.partial.exists()),
             overwrite=where.overwrite,
+            update_plan=work.plan,
         )
     if writer.already_complete:  # exits as the run that made it did
         ui.info(f"{paths.out} is already complete; nothing to resume (pass --overwrite to redo it)")
@@ -149,23 +180,34 @@ def embed(
         return EXIT_SOME_FAILED if writer.failed else EXIT_OK
     if writer.rows or writer.failed:
         ui.info(f"resuming: {writer.rows} images and {writer.failed} failures already recorded")
-    todo = list(writer.skip_done(items))
+    todo = list(writer.skip_done(work.items))
     bar, failed = ui.progress(len(todo), "embedding"), []
     try:
         with store.write_errors(paths):
             with bar:
-                store.write_groups(writer, embedder.embed_groups(todo), lambda group: report(ui, group, bar, failed))
+                on_group = lambda group: report(ui, group, bar, failed)  # noqa: E731
+                store.write_groups(writer, work.groups(todo), on_group, work.identities(todo))
             summary = writer.finish(sys.stdout.buffer if paths.out is None else None)
     except BaseException as exc:
         writer.close()
         if paths.partial is not None and paths.partial.exists():
-            ui.info(f"partial results kept in {paths.partial}; rerun with --resume to continue")
+            again = "--update --resume" if update else "--resume"
+            ui.info(f"partial results kept in {paths.partial}; rerun with {again} to continue")
         if isinstance(exc, KeyboardInterrupt):
             ui.summary(bar, len(failed))
         raise
     report_summary(ui, summary, paths)
     ui.summary(bar, len(failed))
+    stale_index_hint(ui, paths)
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def stale_index_hint(ui: Ui, paths: Any) -> None:
+    """After rewriting OUT.npy, an approximate index beside it no longer describes it."""
+    from bitcli.collection.ann import AnnPaths
+
+    if paths.out is not None and AnnPaths.for_array(paths.out).info.exists():
+        ui.warn(f"{paths.out}'s approximate index is now out of date (search ignores it); rebuild: bit search {paths.out} --build-index")
 
 
 def store_paths(where: StoreOptions, ui: Ui, *, check: bool = True) -> Any:
@@ -187,7 +229,7 @@ def store_paths(where: StoreOptions, ui: Ui, *, check: bool = True) -> Any:
         if recover(paths):
             ui.info(f"completed publishing {out}, which an interrupted run had left half-renamed")
     if check:
-        check_output(paths, resume=where.resume, overwrite=where.overwrite)
+        check_output(paths, resume=where.resume, overwrite=where.overwrite, update=where.update)
     return paths
 
 

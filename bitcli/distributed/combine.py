@@ -7,8 +7,9 @@ concatenated byte for byte. Before writing anything, the shards are checked: eve
 split present exactly once, all cut from the same input list with the same batch and shard
 size, and all made with the same model, weights, preprocessing and options. Publication is the
 embed store's own (`store.assembly`): the array is assembled in `OUT.npy.partial/data.npy` under
-the folder's lock, the manifest, the error list and the run record `.OUT.npy.run.json` are
-staged beside their final names, and all are published as one set through the commit record,
+the folder's lock, the manifest, the error list, the metadata sidecar (`OUT.meta.json`,
+`OUT.files.jsonl`: the shards record no file identities) and the run record `.OUT.npy.run.json`
+are staged beside their final names, and all are published as one set through the commit record,
 so a kill leaves the old set or the new one and `bit embed --resume` checks the result as it
 checks a local run's. The shard folders are left as they are.
 
@@ -30,8 +31,10 @@ from bitcli.distributed.seams import (
     EmbedPaths,
     EmbedSummary,
     UsageError,
+    metadata_for,
     name_some,
     npy_header,
+    read_lines,
     run_state,
     writing,
 )
@@ -108,7 +111,8 @@ def combine(
     split: Split | None = None,
     on_failure: OnFailure | None = None,
 ) -> EmbedSummary:
-    """Check the shards in `sources` and publish `paths` (OUT.npy, manifest, error list, run record).
+    """Check the shards in `sources` and publish `paths` (OUT.npy, manifest, error list, sidecar,
+    run record).
 
     `split`: the split the shards must have; None takes the first shard's. `on_failure` is
     called for every failed input, in input order, once the files are published.
@@ -123,7 +127,7 @@ def combine(
 def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | None = None, **record: Any) -> EmbedSummary:
     """Write `shards` (planned: in order, of one run) into the held `assembly` and publish it:
     the array into its partial folder, the manifest and error list (the shards' files, byte for
-    byte) and the run record staged, then all renamed as one set. `record`: extra entries for
+    byte), the metadata sidecar and the run record staged, then all renamed as one set. `record`: extra entries for
     the run record (the Ray engine's job)."""
     first, paths, staged = shards[0], assembly.paths, assembly.staged
     dtype = np.dtype(first.dtype).newbyteorder("<")
@@ -138,6 +142,10 @@ def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | Non
     staged.file("manifest", _concatenation([s.folder / "paths.txt" for s in shards]))
     if failed:
         staged.file("errors", _concatenation([s.folder / "errors.txt" for s in shards]))
+    # The sidecar a local run writes (docs/collection.md), so that `bit search` finds the model;
+    # shards record no file identities, so `--update` embeds every row again.
+    meta = metadata_for(paths, {**first.fingerprint, "dtype": dtype.name}, rows=rows, dim=first.dim)
+    staged.sidecar(meta, ((line, None) for line in read_lines(staged.staged["manifest"])))
     # What a local run with these settings records (the same fingerprint, dim, dtype and input
     # digest), so that `bit embed --resume` checks an assembled output exactly as a local one.
     state = {**run_state(first.dim, dtype.name, first.fingerprint, None), "inputs": first.split.inputs}

@@ -7,8 +7,9 @@ a fixed pool of actors (`ActorPoolStrategy`): each actor loads the model once th
 `bitcli.load` (on a GPU with `num_gpus_per_worker`), reads its shard's entries from the list,
 embeds them with the local pipeline and publishes the shard folder atomically. The driver only
 sees one small row per finished shard (its counts), reports progress, and at the end assembles
-the shards into `OUT.npy`, the manifest, the error list and the run record (`combine.py`),
-published as one set the local run's way, then removes the shard directory. From start to end
+the shards into `OUT.npy`, the manifest, the error list, the metadata sidecar and the run
+record (`combine.py`), published as one set the local run's way, then removes the shard
+directory. From start to end
 the driver holds the output's partial folder (`store.Assembly`): a second run on the output,
 local or Ray, is refused while it runs.
 

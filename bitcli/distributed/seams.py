@@ -13,8 +13,9 @@ from bitcli.errors import BitError, InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
 from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.assembly import Assembly
-from bitcli.store.files import fsync_dir, npy_header, write_atomic
+from bitcli.store.files import fsync_dir, npy_header, read_lines, write_atomic
 from bitcli.store.journal import files_problem, inputs_digest, read_run_record, run_state
+from bitcli.store.metadata import metadata_for
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path, writing
 from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary
@@ -37,8 +38,10 @@ __all__ = [
     "fsync_dir",
     "inputs_digest",
     "manifest_problem",
+    "metadata_for",
     "name_some",
     "npy_header",
+    "read_lines",
     "read_run_record",
     "recover",
     "run_state",

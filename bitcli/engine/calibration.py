@@ -29,12 +29,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bitcli.util import read_capped
+
 MB = 1024 * 1024
 CANDIDATE_BUDGETS = (1 * MB, 2 * MB, 4 * MB, 8 * MB, 16 * MB, 32 * MB)
 DEFAULT_BUDGET = 8 * MB  # measured best on a 2-core AMD EPYC with a 32 MB L3 (README)
 SLICES = (1, 2, 4)  # images per slice that are timed
 MAX_MEASURING_SECONDS = 20.0  # about 3 s for R50x1 at 448 px on an idle 2-core machine
 SETTINGS_FILE = "engine-settings.json"
+SETTINGS_MAX_BYTES = 4 << 20  # a few hundred entries; a larger file is not ours to trust
+MAX_ENTRIES = 64  # machines x architectures x input sizes x thread counts kept (oldest dropped)
 CACHE_ROOT = Path("/sys/devices/system/cpu/cpu0/cache")
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
 
@@ -201,6 +205,13 @@ def settings_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "bitcli"
 
 
+def backbone_fields(config: Any) -> str:
+    """The configuration that shapes the backbone's work: every field but the head's labels
+    (a model fine-tuned to new classes runs the same backbone as its base)."""
+    fields = {name: getattr(config, name) for name in config.__dataclass_fields__ if name not in ("num_labels", "id2label")}
+    return repr(sorted(fields.items()))
+
+
 def settings_key(info: dict[str, Any], architecture: dict[str, Any]) -> str:
     blob = json.dumps({"machine": info, "architecture": architecture}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -209,9 +220,9 @@ def settings_key(info: dict[str, Any], architecture: dict[str, Any]) -> str:
 def read_settings(path: Path | None = None) -> dict[str, Any]:
     path = path or settings_dir() / SETTINGS_FILE
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_capped(path, SETTINGS_MAX_BYTES))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # FileTooLarge is an OSError: measure again, rewrite it small
         return {}
 
 
@@ -221,10 +232,12 @@ def remember(key: str, record: dict[str, Any], path: Path | None = None) -> bool
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = read_settings(path)
-        data[key] = record
+        data.pop(key, None)
+        data[key] = record  # newest last: the oldest entries go first when there are too many
+        data = dict(list(data.items())[-MAX_ENTRIES:])
         handle, temporary = tempfile.mkstemp(prefix=".engine-settings.", dir=path.parent)
         with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=1, sort_keys=True)
+            json.dump(data, stream, indent=1)
         os.replace(temporary, path)
         return True
     except OSError:
@@ -243,7 +256,7 @@ def chunk_bytes_for(backbone: Any, x: Any) -> tuple[int, dict[str, Any]]:
     info = machine_info()
     estimate = estimate_chunk_bytes(info)
     architecture = {
-        "config": repr(backbone.config),
+        "config": backbone_fields(backbone.config),
         "input": list(x.shape[1:]),
         "dtype": str(x.dtype),
         "threads": torch.get_num_threads(),

@@ -363,6 +363,5 @@ def standardize_conv_weight(weight: Tensor, eps: float) -> Tensor:
     dtype = weight.dtype
     w = weight.to(torch.float32)
     flat = w.reshape(w.shape[0], -1)
-    mean = flat.mean(dim=1, keepdim=True)
-    var = flat.var(dim=1, unbiased=False, keepdim=True)
+    var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
     return ((flat - mean) / torch.sqrt(var + eps)).reshape_as(w).to(dtype)

@@ -32,6 +32,7 @@ OWN_PARTIAL_FILES = frozenset({STATE, DATA, JOURNAL, LOCK, PUBLISH, PUBLISH_TMP}
 REQUIRED_PARTIAL_FILES = (STATE, DATA, JOURNAL)
 RECORD_MAX_BYTES = 1 << 20  # state.json, publish.json and the run record are a few hundred bytes
 COPY_CHUNK = 1 << 22  # bytes per read when streaming a finished array
+STAGED_SUFFIX = ".bitcli.tmp"  # `.NAME.bitcli.tmp`: where a file is written before it is renamed
 
 
 def npy_header(dtype: np.dtype, rows: int, dim: int) -> bytes:
@@ -118,6 +119,36 @@ def write_binary(path: Path, write: Callable[[IO[bytes]], None]) -> int:
         write(fh)
         os.fsync(fh.fileno())
         return os.fstat(fh.fileno()).st_size
+
+
+def staged_name(path: Path) -> Path:
+    """Where `path` is written before the rename that publishes it (`.NAME.bitcli.tmp`)."""
+    return path.with_name(f".{path.name}{STAGED_SUFFIX}")
+
+
+def write_chunks(path: Path, chunks: Iterable[bytes]) -> int:
+    """Write `chunks` to `path` (a staged or temporary name: replaced if there, never followed
+    if a link), fsync; the bytes written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~_umask())
+    with os.fdopen(fd, "wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return fh.tell()
+
+
+def write_bytes_atomic(path: Path, chunks: Iterable[bytes]) -> None:
+    """`chunks` at `path` through a temporary name in the same folder and a rename (whole or absent)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_chunks(tmp, chunks)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_atomic(path: Path, lines: Iterable[str]) -> None:

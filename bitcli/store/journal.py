@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from bitcli.errors import UsageError
 from bitcli.store.files import read_json_record, read_npy_header
+from bitcli.store.metadata import FileIdentity
 
 if TYPE_CHECKING:
     from bitcli.store.paths import EmbedPaths
@@ -37,6 +39,7 @@ class Journal:
 
     paths: list[str] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    identities: list[FileIdentity | None] = field(default_factory=list)  # of each row's file, before it was read
     valid_bytes: int = 0  # length of the journal's well-formed prefix
 
 
@@ -64,15 +67,31 @@ def read_journal(path: Path, max_entries: int | None = None) -> Journal:
                 entry = json.loads(raw)
                 paths = [str(p) for p in entry["rows"]]
                 errors = [(str(p), str(r)) for p, r in entry["errors"]]
+                identities = [decode_identity(i) for i in entry.get("ids") or []]
             except (ValueError, KeyError, TypeError):
                 break
+            if len(identities) != len(paths):  # written by a bitcli that recorded none: unknown
+                identities = [None] * len(paths)
             count = len(journal.paths) + len(journal.errors) + len(paths) + len(errors)
             if max_entries is not None and count > max_entries:
                 break  # more than the run has inputs: not this run's journal
             journal.paths.extend(paths)
             journal.errors.extend(errors)
+            journal.identities.extend(identities)
             journal.valid_bytes += len(raw)
     return journal
+
+
+def encode_identity(identity: FileIdentity | None) -> list | None:
+    """A row's identity in a journal line: [size, mtime_ns, sha256 or null], or null."""
+    return None if identity is None else [identity.size, identity.mtime_ns, identity.sha256]
+
+
+def decode_identity(value: list | None) -> FileIdentity | None:
+    if value is None:
+        return None
+    size, mtime_ns, sha256 = value
+    return FileIdentity(int(size), int(mtime_ns), None if sha256 is None else str(sha256))
 
 
 def run_state(dim: int, dtype: str, fingerprint: dict[str, Any], inputs: Sequence[str] | None) -> dict[str, Any]:
@@ -92,6 +111,24 @@ def describe_difference(theirs: dict[str, Any], mine: dict[str, Any]) -> str | N
         if key != "inputs" and flat_theirs.get(key) != flat_mine.get(key)
     ]
     return "; ".join(diffs[:3]) or None
+
+
+def check_same_update(partial: Path, theirs: str | None, mine: str | None) -> None:
+    """An interrupted --update (its plan's digest in `state.json`) resumes only with --update and
+    the same plan, and an interrupted plain run only without --update."""
+    if theirs == mine:
+        return
+    if mine is None:
+        raise UsageError(f"{partial} is an interrupted --update; pass --update --resume to continue it")
+    if theirs is None:
+        raise UsageError(
+            f"{partial} is an interrupted run, not an --update; pass --resume without --update to finish it, "
+            "or --update --overwrite to discard it"
+        )
+    raise UsageError(
+        f"{partial}: the inputs or the output changed since the interrupted --update; "
+        "pass --update --overwrite to start it over"
+    )
 
 
 def file_size(path: Path | None) -> int | None:

@@ -1,8 +1,8 @@
 """The files an embed run writes, and the checks made before any of them is touched.
 
-`EmbedPaths` names them all: the array, the manifest and the error list (the published set), the
-run record beside the array, the partial directory, and the temporary names things are staged
-under. `check_output` refuses, before the model loads, what the writer would refuse (exit 2):
+`EmbedPaths` names them all: the array, the manifest, the error list and the metadata sidecar
+(`OUT.meta.json`, `OUT.files.jsonl`: the published set), the run record beside the array, the
+partial directory, and the temporary names things are staged under. `check_output` refuses, before the model loads, what the writer would refuse (exit 2):
 
 - bitcli only ever replaces regular files (or creates missing ones). A FIFO, a device, a
   directory or a symbolic link where an output goes is refused, with or without --overwrite.
@@ -29,10 +29,11 @@ from typing import Iterator
 
 from bitcli.errors import BitError, UsageError
 from bitcli.inputs import path_problem
-from bitcli.store.files import OWN_PARTIAL_FILES, lock_holder, partial_problem
+from bitcli.store.files import OWN_PARTIAL_FILES, lock_holder, partial_problem, staged_name
+from bitcli.store.metadata import SidecarPaths
 
-STAGED_SUFFIX = ".bitcli.tmp"  # `.NAME.bitcli.tmp`: where a file is written before it is renamed
-ROLE_NAMES = {"record": "the run record"}  # how messages name a file of the set beyond the three outputs
+# How messages name a file of the set beyond the three outputs.
+ROLE_NAMES = {"metadata": "the metadata", "identities": "the row identities", "record": "the run record"}
 
 
 @dataclass(frozen=True)
@@ -58,15 +59,24 @@ class EmbedPaths:
         return None if self.out is None else self.out.with_name(f".{self.out.name}.run.json")
 
     @property
+    def sidecars(self) -> SidecarPaths:
+        """The metadata sidecar: `OUT.meta.json`, `OUT.files.jsonl` (with -o -, beside the manifest)."""
+        return SidecarPaths.for_output(self.out if self.out is not None else self.manifest)
+
+    @property
     def outputs(self) -> list[Path]:
         """The files a finished run publishes (the array only when it is not streamed)."""
         return [p for p in (self.out, self.manifest, self.errors) if p is not None]
 
     def set_files(self) -> dict[str, Path]:
         """The published set by role, the run record included: what a finished run stages and
-        renames as one (`publish.StagedSet`). A new file of the set is one more entry here; a
-        file of the set a run does not stage (the error list, without failures) is removed."""
-        roles = (("array", self.out), ("manifest", self.manifest), ("errors", self.errors), ("record", self.record))
+        renames as one (`publish.StagedSet`), and what the run record lists. A new file of the set
+        is one more entry here; a file of the set a run does not stage (the error list, without
+        failures) is removed. Renamed in this order, the array last: the sidecar's row file
+        before the header that names its digest."""
+        sidecars = self.sidecars
+        roles = (("array", self.out), ("manifest", self.manifest), ("errors", self.errors),
+                 ("identities", sidecars.files), ("metadata", sidecars.meta), ("record", self.record))
         return {role: path for role, path in roles if path is not None}
 
     def staged_files(self) -> dict[str, Path]:
@@ -75,7 +85,7 @@ class EmbedPaths:
 
     @staticmethod
     def staged(path: Path) -> Path:
-        return path.with_name(f".{path.name}{STAGED_SUFFIX}")
+        return staged_name(path)
 
     def every_name(self) -> list[tuple[str, Path]]:
         """(role, path) of everything this run may create, for the name and kind checks."""
@@ -106,12 +116,15 @@ class EmbedPaths:
         )
 
 
-def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
-    """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2."""
+def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bool = False) -> None:
+    """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2.
+
+    `update` (`--update`): an existing output is the one being brought up to date, not in the way;
+    --overwrite then discards only an interrupted run, --resume continues an interrupted update."""
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
-    if paths.out is None and resume:
-        raise UsageError("--resume needs an output file, not -o -")
+    if paths.out is None and (resume or update):
+        raise UsageError(f"{'--update' if update else '--resume'} needs an output file, not -o -")
     check_names(paths)
     check_distinct(paths)
     for what, path in paths.every_name():
@@ -132,11 +145,15 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
     if partial is not None and partial.exists():
-        raise UsageError(
-            f"{paths.out}: an interrupted run left {partial}; pass --resume to continue it or --overwrite to start over"
-        )
+        again = "--update --resume" if update else "--resume"
+        over = "--update --overwrite to start the update over" if update else "--overwrite to start over"
+        raise UsageError(f"{paths.out}: an interrupted run left {partial}; pass {again} to continue it or {over}")
+    if update and paths.out.exists():
+        return  # the output, its manifest and sidecar are what --update brings up to date
     if paths.out is not None and paths.out.exists():
-        raise UsageError(f"{paths.out} already exists; pass --overwrite to replace it (or --resume)")
+        raise UsageError(
+            f"{paths.out} already exists; pass --overwrite to replace it, --update to bring it up to date (or --resume)"
+        )
     for role, path in paths.staged_files().items():  # the run record is bitcli's own: not asked about
         if role != "record" and os.path.lexists(path):
             raise UsageError(f"{path} already exists; pass --overwrite to replace it")

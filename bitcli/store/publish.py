@@ -1,13 +1,14 @@
 """Publishing a finished run as one set of files, and completing a publication a kill interrupted.
 
-Every writer of a finished output goes through `StagedSet`: a local run's `finish()`, `bit
-combine` and `--engine ray` (`assembly.py`). It stages every new file first (the array is the
-partial directory's `data.npy`; the manifest, the error list, the run record and any other file
-of the set, `EmbedPaths.set_files`, are written under `.NAME.bitcli.tmp` beside their final
-names), then writes `publish.json` into the partial directory: the commit point. It lists each
-rename (staged -> final) and each stale file to remove (a file of the set this run did not stage:
-an old error list when the new run has no failures). Only then are the renames made, and the
-partial directory removed, `publish.json` last.
+Every writer of a finished output goes through `StagedSet`: a local run's `finish()` (and
+`--update`'s), `bit combine` and `--engine ray` (`assembly.py`). It stages every new file first
+(the array is the partial directory's `data.npy`; the manifest, the error list, the metadata
+sidecar `OUT.files.jsonl` + `OUT.meta.json`, the run record and any other file of the set,
+`EmbedPaths.set_files`, are written under `.NAME.bitcli.tmp` beside their final names), then
+writes `publish.json` into the partial directory: the commit point. It lists each rename (staged
+-> final) and each stale file to remove (a file of the set this run did not stage: an old error
+list when the new run has no failures). Only then are the renames made, and the partial
+directory removed, `publish.json` last.
 
 A kill before the commit point leaves the old files untouched (and a local run resumable: the
 journal is complete); a kill after it leaves a record of what remains to be done, and `recover`
@@ -39,6 +40,7 @@ from bitcli.store.files import (
     write_lines,
     write_synced,
 )
+from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, stage_metadata
 from bitcli.store.paths import EmbedPaths, check_replaceable, writing
 
 PUBLISH_VERSION = 1
@@ -172,7 +174,8 @@ class StagedSet:
     """The files of one finished run, staged beside their final names, then published as one set.
 
     `partial` holds the array (`data.npy`, written by the caller; None when it was streamed).
-    `lines` and `file` stage a file of the set by role (`EmbedPaths.set_files`); `record` stages
+    `lines` and `file` stage a file of the set by role (`EmbedPaths.set_files`), `sidecar` the
+    metadata sidecar's two files (row file and header, in that order); `record` stages
     the run record, which lists every staged file's size for a strict `--resume` (`journal.py`);
     `publish` commits and renames. A new file of the set is one more `lines` / `file` call.
     """
@@ -196,6 +199,15 @@ class StagedSet:
         with writing(target):
             self.staged[role] = self.paths.staged(target)
             self.sizes[role] = write_binary(self.staged[role], write)
+
+    def sidecar(self, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]) -> None:
+        """Stage the metadata sidecar (`metadata.py`): the row file (`rows`: each row's path and
+        file identity, None when unknown), then the header, which names the row file's digest."""
+        with writing(self.paths.sidecars.meta):
+            staged = stage_metadata(self.paths.sidecars, meta, rows)
+        for role, key in (("identities", "files"), ("metadata", "meta")):
+            self.staged[role] = staged[key]
+            self.sizes[role] = os.stat(staged[key]).st_size
 
     def array(self, size: int) -> None:
         """The array is complete and synced in `partial/data.npy`, `size` bytes."""

@@ -1,5 +1,6 @@
-"""`EmbedWriter`: append committed batches of rows; publish the `.npy`, manifest, error list and
-run record as one set (see `publish.py`). `write_groups`: the embed loop, one commit per batch.
+"""`EmbedWriter`: append committed batches of rows; publish the `.npy`, manifest, error list,
+metadata sidecar (`metadata.py`) and run record as one set (see `publish.py`). `write_groups`:
+the embed loop, one commit per batch.
 """
 
 from __future__ import annotations
@@ -16,20 +17,14 @@ import numpy as np
 
 from bitcli.errors import UsageError
 from bitcli.store.files import (
-    DATA,
-    JOURNAL,
-    STATE,
-    copy_to_stream,
-    make_partial,
-    npy_header,
-    partial_problem,
-    read_json_record,
-    remove_partial,
-    take_lock,
+    DATA, JOURNAL, STATE, copy_to_stream, make_partial, npy_header, partial_problem, read_json_record,
+    remove_partial, take_lock,
 )
 from bitcli.store.journal import (
-    Journal, assembled_by, describe_difference, finished_problem, read_journal, run_state,
+    Journal, assembled_by, check_same_update, describe_difference, encode_identity, finished_problem, read_journal,
+    run_state,
 )
+from bitcli.store.metadata import FileIdentity, metadata_for
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, writing
 from bitcli.store.publish import StagedSet, clear_staged, recover
 
@@ -56,12 +51,15 @@ class EmbedSummary:
 
 
 class EmbedWriter:
-    """Append batches of rows; `finish()` publishes the `.npy`, manifest and error list as one set.
+    """Append batches of rows; `finish()` publishes the `.npy`, manifest, error list, metadata
+    sidecar and run record as one set.
 
     `fingerprint` describes everything that determines the rows (model, revision, dtype,
     normalization, batch size, ...); `--resume` refuses a partial run, or a finished output, made
     with another one. Opening first completes a publication a kill interrupted (`recover`), then
     takes the partial directory's lock: a second writer on the same output is refused.
+    `update_plan` (`--update`, `store.update.plan_digest`): the existing output stays in place until
+    `finish()` replaces it, and only an interrupted update with the same plan resumes.
     """
 
     def __init__(
@@ -74,6 +72,7 @@ class EmbedWriter:
         inputs: Sequence[str] | None = None,
         resume: bool = False,
         overwrite: bool = False,
+        update_plan: str | None = None,
     ) -> None:
         if dtype not in ("float32", "float16"):
             raise UsageError(f"--dtype {dtype}: choose float32 or float16")
@@ -83,6 +82,9 @@ class EmbedWriter:
         self.fingerprint = dict(fingerprint or {})
         self._inputs = None if inputs is None else list(inputs)
         self._state = run_state(self.dim, self.dtype.name, self.fingerprint, self._inputs)
+        if update_plan is not None:
+            self._state["update"] = update_plan  # in state.json only: the finished record omits it
+        update = update_plan is not None
         self._header_len = len(npy_header(self.dtype, 0, self.dim))
         self._row_bytes = self.dim * self.dtype.itemsize
         self._journal = Journal()
@@ -97,31 +99,37 @@ class EmbedWriter:
         # What a failed write of the rows names: the array, or (-o -) the temporary folder they wait in.
         self._data_name = paths.out or Path(tempfile.gettempdir())
         if paths.out is None:
-            check_output(paths, resume=resume, overwrite=overwrite)
+            check_output(paths, resume=resume, overwrite=overwrite, update=update)
             self._data = tempfile.TemporaryFile()  # anonymous: nothing to resume, nothing left behind
             self._data.write(npy_header(self.dtype, 0, self.dim))
             return
         self.recovered = recover(paths)
-        check_output(paths, resume=resume, overwrite=overwrite)
-        partial = paths.partial
+        check_output(paths, resume=resume, overwrite=overwrite, update=update)
+        try:
+            self._open(paths.partial, resume=resume, overwrite=overwrite, update=update)
+        except BaseException:
+            self.close()  # a refused or failed start holds no lock (a library caller goes on living)
+            raise
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _open(self, partial: Path, *, resume: bool, overwrite: bool, update: bool) -> None:
         if partial.is_dir():
             self._lock = take_lock(partial)
             if self._lock is None:
-                raise UsageError(f"{paths.out}: {ANOTHER_RUN}")
+                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}")
             if overwrite:
                 remove_partial(partial)
                 self._release()
-                clear_staged(paths)
+                clear_staged(self.paths)
                 self._create(partial)
             else:
                 self._reopen(partial)
-        elif paths.out.exists() and resume:
+        elif self.paths.out.exists() and resume and not update:
             self._mark_complete()
         else:
-            clear_staged(paths)
+            clear_staged(self.paths)
             self._create(partial)
-
-    # -- opening -------------------------------------------------------------------------------
 
     def _mark_complete(self) -> None:
         """`--resume` of a finished run: nothing to do, if its record matches this run exactly."""
@@ -154,6 +162,7 @@ class EmbedWriter:
                 f"{partial} was left by {assembled_by(state)}, which assembles the output from shards: "
                 "run that again to finish it, or pass --overwrite to start over here"
             )
+        check_same_update(partial, state.get("update"), self._state.get("update"))
         theirs = {k: state.get(k) for k in self._state}
         if theirs != self._state:
             difference = describe_difference(theirs, self._state)
@@ -212,8 +221,16 @@ class EmbedWriter:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def commit(self, paths: Sequence[str], rows: np.ndarray | None, errors: Sequence[tuple[str, str]] = ()) -> None:
-        """Append one batch: `rows[i]` is the embedding of `paths[i]`; `errors` are (path, reason)."""
+    def commit(
+        self,
+        paths: Sequence[str],
+        rows: np.ndarray | None,
+        errors: Sequence[tuple[str, str]] = (),
+        identities: Sequence[FileIdentity | None] | None = None,
+    ) -> None:
+        """Append one batch: `rows[i]` is the embedding of `paths[i]`; `errors` are (path, reason);
+        `identities[i]`: what `paths[i]`'s file was before it was read (None: unknown), journaled
+        with the batch so that a resumed run's sidecar keeps it."""
         if self._closed or self.already_complete:
             raise RuntimeError("this EmbedWriter is closed")
         paths = [str(p) for p in paths]
@@ -234,15 +251,20 @@ class EmbedWriter:
                 if self._dir is not None:
                     os.fsync(self._data.fileno())
         errors = [(str(p), str(r)) for p, r in errors]
+        identities = [None] * len(paths) if identities is None else list(identities)
+        if len(identities) != len(paths):
+            raise ValueError(f"{len(identities)} identities for {len(paths)} rows")
         if self._journal_fh is not None and (paths or errors):
             # ASCII with \\u escapes: non-UTF-8 file names (surrogates) round-trip through json.
-            line = json.dumps({"rows": paths, "errors": errors}, ensure_ascii=True) + "\n"
+            entry = {"rows": paths, "errors": errors, "ids": [encode_identity(i) for i in identities]}
+            line = json.dumps(entry, ensure_ascii=True) + "\n"
             with writing(self.paths.out):
                 self._journal_fh.write(line.encode("ascii"))
                 self._journal_fh.flush()
                 os.fsync(self._journal_fh.fileno())
         self._journal.paths.extend(paths)
         self._journal.errors.extend(errors)
+        self._journal.identities.extend(identities)
 
     @property
     def manifest_paths(self) -> list[str]:
@@ -273,6 +295,8 @@ class EmbedWriter:
             staged.lines("manifest", self._journal.paths)
             if self._journal.errors:
                 staged.lines("errors", (f"{escape_error_path(p)}\t{r}" for p, r in self._journal.errors))
+            meta = metadata_for(paths, {**self.fingerprint, "dtype": self.dtype.name}, rows=self.rows, dim=self.dim)
+            staged.sidecar(meta, zip(self._journal.paths, self._journal.identities))
             if paths.out is None:
                 if stream is None:
                     raise ValueError("a stream is required for output to stdout")
@@ -283,7 +307,8 @@ class EmbedWriter:
             with writing(paths.out):
                 os.fsync(self._data.fileno())
             staged.array(self._header_len + self.rows * self._row_bytes)
-            staged.record(self._state, rows=self.rows, failed=self.failed)
+            state = {k: v for k, v in self._state.items() if k != "update"}  # a finished update is a finished run
+            staged.record(state, rows=self.rows, failed=self.failed)
             self._close_handles()
         except BaseException:
             staged.discard()
@@ -329,15 +354,18 @@ def write_groups(
     writer: EmbedWriter,
     groups: Iterable[list[EmbedResult]],
     on_group: Callable[[list[EmbedResult]], None] | None = None,
+    identity: Callable[[str], FileIdentity | None] | None = None,
 ) -> None:
     """Commit each group of results (one batch: its rows and failures, in input order) to `writer`.
 
     A group is committed whole or not at all, which is what makes `--resume` byte-identical.
     `on_group` sees each group after its commit (the command reports failures and progress there).
+    `identity(path)`: the file's identity taken before it was read, for the metadata sidecar.
     """
     for group in groups:
         ok = [r for r in group if r.ok]
         errors = [(r.path, str(r.error)) for r in group if not r.ok]
-        writer.commit([r.path for r in ok], np.stack([r.vector for r in ok]) if ok else None, errors)
+        identities = [identity(r.path) for r in ok] if identity is not None else None
+        writer.commit([r.path for r in ok], np.stack([r.vector for r in ok]) if ok else None, errors, identities)
         if on_group is not None:
             on_group(group)

@@ -1,0 +1,112 @@
+"""`bit dedup`: groups of near-duplicate images in an embedding, or the files one would delete.
+
+Groups are the connected components of the pairs whose cosine similarity is >= --threshold
+(`collection.dedup`: exact, blocked, never an N x N matrix). `--keep` prints paths to delete
+instead of the groups, one per line (NUL-terminated with -0, for `xargs -0 rm`); nothing is
+ever deleted here.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from bitcli.cli.common import EXIT_OK, ClassifyFormat, DebugOpt, QuietOpt, Ui, require_stdout
+from bitcli.cli.helpscreen import epilog
+from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name
+from bitcli.collection import DEFAULT_THRESHOLD
+from bitcli.errors import UsageError
+
+EPILOG = epilog(
+    "bit dedup photos.npy  # groups at the default threshold",
+    "bit dedup photos.npy --threshold 0.95 --format csv > groups.csv",
+    "bit dedup photos.npy --html groups.html  # look before deleting anything",
+    "bit dedup photos.npy --keep largest -0 | xargs -0 rm --  # keep the largest of each group",
+    note=(
+        f"Default threshold {DEFAULT_THRESHOLD} (docs/collection.md says why and how to tune it). --keep "
+        "prints the files one would delete; bit never deletes anything itself."
+    ),
+)
+
+
+class Keep(str, Enum):
+    first = "first"
+    largest = "largest"
+    newest = "newest"
+
+
+def dedup(
+    index: IndexArg,
+    threshold: Annotated[
+        float,
+        typer.Option("--threshold", "-t", metavar="T", help="Cosine similarity (-1 to 1) at or above which two images are near-duplicates."),
+    ] = DEFAULT_THRESHOLD,
+    format: Annotated[
+        Optional[ClassifyFormat], typer.Option("--format", "-f", help="auto: table on a terminal, jsonl otherwise.", show_default="auto")
+    ] = None,
+    keep: Annotated[
+        Optional[Keep],
+        typer.Option(
+            "--keep",
+            help="Print the files to delete so that one per group is left: the first in the index, the largest "
+            "(most pixels, then bytes) or the newest (modification time).",
+        ),
+    ] = None,
+    null: Annotated[bool, typer.Option("--null", "-0", help="With --keep: end each path with NUL instead of a newline.")] = False,
+    html: HtmlOpt = None,
+    manifest: ManifestOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """Groups of near-duplicate images in INDEX, or with --keep the files one would delete."""
+    from bitcli import output
+    from bitcli.collection import check_threshold, find_groups, open_index, paths_to_delete
+    from bitcli.output.collection import render_groups
+
+    ui = Ui(quiet=quiet, debug=debug)
+    check_threshold(threshold)
+    if null and keep is None:
+        raise UsageError("-0 ends the paths --keep prints; add --keep first|largest|newest")
+    if keep is not None and format is not None:
+        raise UsageError("--keep prints paths, one per line; --format applies to the groups (leave out --keep)")
+    require_stdout("the groups" if keep is None else "the paths")
+    if html is not None:
+        from bitcli.collection.html import check_target
+
+        check_target(html)
+    collection = open_index(npy_name(index), manifest=manifest)
+    with ui.progress(collection.rows, "comparing") as bar:
+        groups = find_groups(collection, threshold, progress=bar.advance)
+    members = sum(len(g.paths) for g in groups)
+    noun = "group" if len(groups) == 1 else "groups"
+    ui.info(f"{len(groups)} {noun} of near-duplicates ({members} of {collection.rows} images) at threshold {threshold}")
+    if keep is not None:
+        write_paths(paths_to_delete(collection, groups, keep.value), null)
+    else:
+        render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout)
+    if html is not None:
+        write_html(collection, groups, html, threshold)
+    return EXIT_OK
+
+
+def write_paths(paths: list[str], null: bool) -> None:
+    """One path per line, or NUL-terminated; non-UTF-8 names as their original bytes."""
+    import os
+
+    end = b"\0" if null else b"\n"
+    out = sys.stdout.buffer
+    for path in paths:
+        out.write(os.fsencode(path) + end)
+    out.flush()
+
+
+def write_html(index: Any, groups: list[Any], path: Path, threshold: float) -> None:
+    from bitcli import __version__
+    from bitcli.collection.html import dedup_page, write_page
+
+    about = f"{len(groups)} groups among {index.rows} images, cosine similarity >= {threshold}"
+    write_page(path, dedup_page(groups, index.locate, title=f"bit dedup {index.array_path.name}", about=about, version=__version__))

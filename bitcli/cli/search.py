@@ -1,0 +1,193 @@
+"""`bit search`: the rows of an embedding most similar to each query (cosine similarity).
+
+Queries that are rows of the index use their stored rows (no model loads); other images are
+embedded with the index's own model and settings (`collection.queries`). Exact search streams
+the index from disk; an approximate index beside it (`--build-index`) is used when fresh.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from bitcli.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    BatchSizeOpt,
+    ClassifyFormat,
+    DebugOpt,
+    Device,
+    DeviceOpt,
+    NullOpt,
+    QuietOpt,
+    ThreadsOpt,
+    Ui,
+    Precision,
+    load_model,
+    require_stdout,
+    run_options,
+)
+from bitcli.cli.helpscreen import epilog
+from bitcli.errors import UsageError
+from bitcli.pipeline import DEFAULT_BATCH_SIZE
+
+EPILOG = epilog(
+    "bit search photos.npy photos/cat.jpg  # a photo already embedded: its stored row, no model",
+    "bit search photos.npy new.jpg 'inbox/*.jpg' --top-k 5",
+    "bit search photos.npy query.jpg --format csv > matches.csv",
+    "bit search photos.npy query.jpg --html matches.html  # thumbnails embedded: open anywhere",
+    "bit search photos.npy --build-index  # approximate index beside it (pip install 'bitcli[search]')",
+    note=(
+        "Scores are cosine similarities. QUERY images are embedded with the model and settings INDEX "
+        "was made with (from INDEX's .meta.json); a plain .npy without them needs --model."
+    ),
+)
+
+IndexArg = Annotated[Path, typer.Argument(metavar="INDEX", help="An output of bit embed (the .npy file).", show_default=False)]
+ManifestOpt = Annotated[
+    Optional[Path], typer.Option("--manifest", metavar="FILE", help="The row paths, when not beside INDEX as INDEX.paths.txt.")
+]
+HtmlOpt = Annotated[
+    Optional[Path], typer.Option("--html", metavar="FILE", help="Also write a self-contained HTML page with thumbnails.")
+]
+
+
+def search(
+    index: IndexArg,
+    queries: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="QUERY",
+            help="Images (files, folders, quoted globs, - for paths on stdin) or paths of rows in INDEX.",
+            show_default=False,
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Matches per query.")] = 10,
+    format: Annotated[
+        ClassifyFormat, typer.Option("--format", "-f", help="auto: table on a terminal, jsonl otherwise.")
+    ] = ClassifyFormat.auto,
+    html: HtmlOpt = None,
+    manifest: ManifestOpt = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", "-m", metavar="MODEL", rich_help_panel="Model and runtime",
+            help="Embed queries with this model (default: the one INDEX was made with, from its metadata).",
+        ),
+    ] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Exact search even when an approximate index is present.")] = False,
+    build_index: Annotated[
+        bool, typer.Option("--build-index", help="Build the approximate index (faiss) beside INDEX, then answer any queries.")
+    ] = False,
+    null: NullOpt = False,
+    device: DeviceOpt = Device.auto,
+    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """Rows of INDEX most similar to each query (cosine similarity)."""
+    from bitcli import output
+    from bitcli.collection import open_index
+    from bitcli.output.collection import render_search
+
+    ui = Ui(quiet=quiet, debug=debug)
+    if not queries and not build_index:
+        raise UsageError("give at least one QUERY (an image, or a path in INDEX), or --build-index")
+    if queries:
+        require_stdout("the matches")
+    if html is not None:
+        from bitcli.collection.html import check_target
+
+        check_target(html)  # before any work: never after minutes of it
+    collection = open_index(npy_name(index), manifest=manifest)
+    if build_index:
+        build_ann(ui, collection)
+    if not queries:
+        return EXIT_OK
+    fmt = output.resolve_format(format.value, sys.stdout)
+    found = answer(ui, collection, queries, top_k, model, exact, (device, batch_size, threads), null=null)
+    render_search(found, fmt, sys.stdout)
+    if html is not None:
+        write_html(collection, found, html, top_k)
+    for result in found:
+        if not result.ok:
+            ui.error(f"{result.query}: {result.error}")
+    return EXIT_SOME_FAILED if any(not r.ok for r in found) else EXIT_OK
+
+
+def npy_name(index: Path) -> Path:
+    """INDEX as given, or with `.npy` added when that is the file (`bit embed -o photos` wrote
+    photos.npy; `photos` may well be the folder of images)."""
+    with_npy = index.with_name(index.name + ".npy")
+    return with_npy if not index.is_file() and index.suffix != ".npy" and with_npy.is_file() else index
+
+
+def answer(
+    ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: tuple, *, null: bool = False
+) -> list[Any]:
+    """Plan the queries (`null`: -0 for stdin), embed those not in the index, search; one result
+    per query, in order."""
+    import numpy as np
+
+    from bitcli.collection import queries as q
+    from bitcli.collection.search import search
+
+    planned = q.plan_queries(index, args, stdin=sys.stdin, null=null)
+    pending = [query for query in planned if query.item is not None]
+    embedded = embed_queries(ui, index, pending, model, runtime) if pending else []
+    q.fill_vectors(index, planned, embedded)
+    ready = [query for query in planned if query.vector is not None]
+    if not ready:
+        return q.results(planned, [])
+    vectors = np.stack([query.vector for query in ready])
+    outcome = search(index, vectors, k, exclude=[query.row for query in ready], exact=exact)
+    if outcome.notice:
+        ui.warn(outcome.notice)
+    if outcome.method != "exact":
+        ui.info(f"answered with the approximate index ({outcome.method}); --exact for exact search")
+    return q.results(planned, outcome.matches)
+
+
+def embed_queries(ui: Ui, index: Any, pending: list[Any], model: str | None, runtime: tuple) -> list[Any]:
+    """EmbedResults for the queries that are not rows of INDEX, with INDEX's model and settings."""
+    from bitcli.collection.queries import query_settings, settings_differ
+    from bitcli.pipeline import Embedder
+
+    device, batch_size, threads = runtime
+    reference, settings = query_settings(index, model, pending[0].path)
+    precision = Precision(settings.pop("precision", "fp32"))
+    options = run_options(device, precision, batch_size, threads)
+    options = type(options).merge(options, settings)
+    embedder = Embedder(load_model(reference, options, ui, threads), options=options)
+    differs = settings_differ(index, embedder.fingerprint())
+    if differs:
+        ui.warn(f"queries are embedded with other settings than the index: {differs}; scores may mislead")
+    results: list[Any] = []
+    with ui.progress(len(pending), "embedding queries") as bar:
+        for group in embedder.embed_groups([query.item for query in pending]):
+            results += group
+            bar.advance(len(group))
+    return results
+
+
+def build_ann(ui: Ui, index: Any) -> None:
+    from bitcli.collection import ann
+
+    with ui.progress(index.rows, "indexing") as bar:
+        built = ann.build(index, progress=bar.advance)
+    paths = ann.AnnPaths.for_array(index.array_path)
+    ui.info(f"built {paths.index} ({built.info['factory']}, {index.rows} rows) in {built.info['build_seconds']:.1f} s")
+
+
+def write_html(index: Any, found: list[Any], path: Path, k: int) -> None:
+    from bitcli import __version__
+    from bitcli.collection.html import SearchEntry, search_page, write_page
+
+    entries = [SearchEntry(r.query, r.matches, r.error) for r in found]
+    locate = lambda p: index.locate(p) or (p if Path(p).exists() else None)  # noqa: E731  queries: as given
+    page = search_page(entries, locate, title=f"bit search {index.array_path.name}", about=f"{index.rows} rows, top {k}, cosine similarity", version=__version__)
+    write_page(path, page)

@@ -1,0 +1,40 @@
+"""An embedding as a collection: open it, search it, find near-duplicates in it.
+
+    from bitcli.collection import open_index, exact_search, find_groups
+
+    index = open_index("photos.npy")                 # memory-mapped; validated against its manifest
+    hits = exact_search(index, index.take([0]), k=5, exclude=[0])[0]   # like row 0, but not itself
+    groups = find_groups(index, threshold=0.9)       # near-duplicate groups, largest first
+
+Modules: `index` (open and validate, stream blocks), `search` (exact cosine top-k, streamed),
+`dedup` (threshold pairs per block + union-find, `--keep` choices), `html` (self-contained
+pages), `ann` (optional faiss index beside the array). The metadata sidecar that `bit embed`
+writes lives in `bitcli.store.metadata`. Library code never prints.
+"""
+
+from __future__ import annotations
+
+from bitcli.util import lazy_attributes
+
+# Chosen as imagededup does for the same kind of feature (the global-average-pooled output of an
+# ImageNet CNN after its last ReLU, compared by cosine): its CNN method's default
+# min_similarity_threshold is 0.9. docs/collection.md has the reasoning and how to tune it.
+# Defined here, not in dedup.py, so that `bit --help` shows it without importing numpy.
+DEFAULT_THRESHOLD = 0.9
+
+_LAZY = {
+    "KEEP_POLICIES": "bitcli.collection.dedup",
+    "DuplicateGroup": "bitcli.collection.dedup",
+    "check_threshold": "bitcli.collection.dedup",
+    "find_groups": "bitcli.collection.dedup",
+    "paths_to_delete": "bitcli.collection.dedup",
+    "EmbeddingIndex": "bitcli.collection.index",
+    "open_index": "bitcli.collection.index",
+    "Match": "bitcli.collection.scoring",
+    "SearchOutcome": "bitcli.collection.search",
+    "exact_search": "bitcli.collection.search",
+    "search": "bitcli.collection.search",
+}
+
+__all__ = sorted(_LAZY) + ["DEFAULT_THRESHOLD"]
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -1,0 +1,224 @@
+"""Optional approximate index (faiss, `pip install 'bitcli[search]'`) beside the `.npy`.
+
+    OUT.ann.faiss    a faiss IVF index of 4-bit product-quantized unit-length rows
+                     (IVF{nlist},PQ128x4fs: "fast scan"), inner product (= cosine)
+    OUT.ann.json     what it was built from: rows, dim, the array's size and mtime, parameters
+
+Why this index: it is small and cheap to build. A 2048-d row becomes 64 bytes (a million rows:
+64 MB, which is simply read into memory; the float16 array is 4 GB), the 4-bit codebooks train
+in seconds, and fast-scan search takes a few milliseconds per query. Its distances are rough,
+so its best `max(1000, rerank x (k + 1))` candidates are re-scored exactly from the array: every
+reported score is the exact cosine, and only which rows make the top k can differ from exact
+search (recall@10 is measured by bench/collection.py, see the README). Alternatives measured on
+100,000 x 2048 (docs/collection.md): IVF-SQ8 (1 byte per dimension: 2 GB of codes in memory for
+a million 2048-d rows) and 8-bit IVF-PQ (twice the build time, three times the memory) gave
+the same recall after re-scoring. A dimension without an even divisor
+(no fast-scan layout) falls back to IVF-SQ8.
+
+`search.search` uses the index automatically when it is present and fresh (same row count,
+dimension, and the array's size and modification time as when it was built); a stale one is
+ignored with a notice, as is one that faiss, not being installed, cannot read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from bitcli.collection.index import EmbeddingIndex
+from bitcli.collection.scoring import Match, block_scores, check_k, normalize_rows, to_matches, top_k
+from bitcli.errors import UsageError
+from bitcli.store.files import write_bytes_atomic
+from bitcli.store.paths import check_replaceable
+from bitcli.util import read_capped
+
+FORMAT = "bitcli.ann"
+FORMAT_VERSION = 1
+MIN_ROWS = 10_000  # below this exact search takes milliseconds, and the quantizers lack training rows
+DEFAULT_NPROBE = 32
+# Candidates re-scored exactly per query: max(MIN_CANDIDATES, RERANK x (k + 1)). Where hundreds of
+# rows are almost equally similar to a query, 4-bit codes cannot order them: re-scoring them all
+# costs a few milliseconds (1,000 rows of 2048 float16 values: 4 MB).
+MIN_CANDIDATES = 1000
+DEFAULT_RERANK = 10
+# Lists by default: about sqrt(rows) / 4 (fast scan makes long lists cheap, and assigning every row
+# to its list is the build's main cost), at most MAX_NLIST, so training reads at most 40 x 1024 rows.
+MAX_NLIST = 1024
+_KMEANS_ITERATIONS = 10  # of the coarse quantizer: enough to route queries; re-scoring does the rest
+_ADD_ROWS = 1 << 13  # rows normalized and added at a time (64 MB of float32 at D = 2048)
+INFO_MAX_BYTES = 1 << 20  # OUT.ann.json is a few hundred bytes
+INSTALL_HINT = "approximate search needs faiss: pip install 'bitcli[search]' (or pip install faiss-cpu)"
+
+
+@dataclass(frozen=True)
+class AnnPaths:
+    index: Path
+    info: Path
+
+    @classmethod
+    def for_array(cls, array_path: Path) -> "AnnPaths":
+        array_path = Path(array_path)
+        stem = array_path.with_suffix("") if array_path.suffix == ".npy" else array_path
+        return cls(index=stem.with_name(stem.name + ".ann.faiss"), info=stem.with_name(stem.name + ".ann.json"))
+
+
+def require_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:
+        raise UsageError(INSTALL_HINT) from exc
+    return faiss
+
+
+@dataclass
+class AnnIndex:
+    """A loaded approximate index; `search` re-scores its candidates exactly."""
+
+    faiss_index: Any
+    info: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"faiss {self.info['factory']}, nprobe {self.info['nprobe']}"
+
+    def search(
+        self,
+        index: EmbeddingIndex,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude: Sequence[int | None] | None = None,
+        nprobe: int | None = None,
+        rerank: int = DEFAULT_RERANK,
+    ) -> list[list[Match]]:
+        check_k(k)
+        unit = normalize_rows(queries)
+        exclude = list(exclude) if exclude is not None else [None] * len(unit)
+        self.faiss_index.nprobe = nprobe or self.info["nprobe"]
+        wanted = min(index.rows, max(MIN_CANDIDATES, rerank * (k + 1)))
+        _, candidates = self.faiss_index.search(unit, wanted)
+        results = []
+        for j, found in enumerate(candidates):
+            rows = np.unique(found[found >= 0])
+            scores = block_scores(index.take(rows), unit[j : j + 1])[0]  # float32: the best k + 1 ...
+            _, best = top_k(scores, rows, k + 1)
+            results.append(to_matches(index, queries[j], best, k, exclude[j]))  # ... then float64
+        return results
+
+
+def build(
+    index: EmbeddingIndex,
+    *,
+    nlist: int | None = None,
+    nprobe: int = DEFAULT_NPROBE,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> AnnIndex:
+    """Train and fill the index over every row, save it beside the array atomically."""
+    faiss = require_faiss()
+    if index.rows < MIN_ROWS:
+        raise UsageError(f"{index.array_path} has {index.rows} rows; an approximate index needs at least {MIN_ROWS} (exact search is fast enough)")
+    paths = AnnPaths.for_array(index.array_path)
+    for path in (paths.index, paths.info):
+        check_replaceable(path, "the approximate index")  # before the work: only regular files are replaced
+    started = time.perf_counter()
+    nlist = nlist or _default_nlist(index.rows)
+    if not 1 <= nlist <= index.rows // 39:
+        raise UsageError(f"nlist {nlist}: k-means needs 39 training rows per list; use at most {index.rows // 39}")
+    factory = f"IVF{nlist},{_codes(index.dim)}"
+    ann = faiss.index_factory(index.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    faiss.extract_index_ivf(ann).cp.niter = _KMEANS_ITERATIONS
+    ann.train(_training_sample(index, nlist, seed))
+    for first, block in index.iter_blocks(_ADD_ROWS, torch_cast=False):  # faiss has its own threads
+        ann.add(normalize_rows(block))
+        if progress is not None:
+            progress(len(block))
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "factory": factory,
+        "metric": "inner_product of unit-length rows (cosine)",
+        "nprobe": nprobe,
+        "rows": index.rows,
+        "dim": index.dim,
+        **_array_identity(index.array_path),
+        "build_seconds": round(time.perf_counter() - started, 3),
+    }
+    _write_index(faiss, ann, paths.index)
+    write_bytes_atomic(paths.info, [(json.dumps(info, indent=1) + "\n").encode("ascii")])
+    return AnnIndex(ann, info)
+
+
+def load_fresh(index: EmbeddingIndex) -> tuple[AnnIndex | None, str | None]:
+    """(the approximate index, None) when one is present and fresh; else (None, why not or None)."""
+    paths = AnnPaths.for_array(index.array_path)
+    if not paths.info.exists():
+        return None, None
+    try:
+        info = json.loads(read_capped(paths.info, INFO_MAX_BYTES))
+    except (OSError, ValueError):
+        return None, f"{paths.info} is unreadable; exact search used (rebuild the approximate index)"
+    expected = {"rows": index.rows, "dim": index.dim, **_array_identity(index.array_path)}
+    if not isinstance(info, dict) or info.get("format") != FORMAT or not {"factory", "nprobe"} <= set(info):
+        return None, f"{paths.info} is not an approximate index description; exact search used (rebuild it)"
+    if any(info.get(k) != v for k, v in expected.items()):
+        return None, f"{paths.index} was built for an earlier {index.array_path.name}; exact search used (rebuild it)"
+    try:
+        import faiss
+    except ImportError:
+        return None, f"{paths.index} is present but faiss is not installed; exact search used ({INSTALL_HINT})"
+    try:
+        return AnnIndex(faiss.read_index(str(paths.index)), info), None
+    except RuntimeError as exc:
+        return None, f"{paths.index} cannot be read ({str(exc).strip().splitlines()[-1]}); exact search used"
+
+
+def recall_at_k(exact: list[list[Match]], approximate: list[list[Match]]) -> float:
+    """Mean over queries of |approximate top-k rows ∩ exact top-k rows| / |exact top-k|."""
+    shares = [len({m.row for m in a} & {m.row for m in e}) / len(e) for e, a in zip(exact, approximate) if e]
+    return float(np.mean(shares)) if shares else 1.0
+
+
+def _default_nlist(rows: int) -> int:
+    """About sqrt(rows) / 4 lists, a power of two, at most MAX_NLIST, at least 39 rows per list."""
+    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows) / 4)))
+    return int(max(1, min(nlist, rows // 39, MAX_NLIST)))
+
+
+def _codes(dim: int) -> str:
+    """128 4-bit sub-quantizers (64 bytes a row; at D = 2048, 16 dimensions each), or D/2 for
+    smaller D; an even count (fast scan packs two codes per byte) that divides D, else SQ8."""
+    for m in range(min(128, dim // 2), dim + 1):
+        if m >= 2 and m % 2 == 0 and dim % m == 0:
+            return f"PQ{m}x4fs"
+    return "SQ8"
+
+
+def _training_sample(index: EmbeddingIndex, nlist: int, seed: int) -> np.ndarray:
+    """40 rows per list (faiss asks for at least 39), drawn at random."""
+    want = min(index.rows, 40 * nlist)
+    rows = np.sort(np.random.default_rng(seed).choice(index.rows, size=want, replace=False))
+    return normalize_rows(index.take(rows))
+
+
+def _array_identity(path: Path) -> dict[str, int]:
+    info = os.stat(path)
+    return {"array_size": info.st_size, "array_mtime_ns": info.st_mtime_ns}
+
+
+def _write_index(faiss: Any, ann: Any, path: Path) -> None:
+    """faiss writes to a path: write a temporary name in the same directory, then rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        faiss.write_index(ann, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,181 @@
+"""A self-contained HTML page of search results or duplicate groups (`--html FILE`).
+
+Thumbnails are embedded as base64 JPEGs (at most 160 px on the long side), so the page shows the
+same wherever it is copied: by e-mail, to another machine, into a report. Each distinct image is
+embedded once, as a CSS class, however often it appears. Each picture also links to its file
+(`file://` URI of the absolute path), which works on the machine that has the files.
+
+Everything taken from outside (paths, error messages) is HTML-escaped; file names that are not
+valid UTF-8 are shown with U+FFFD in place of the undecodable bytes (their links keep the
+bytes). No script, no external resource. A page is written atomically, and only over a regular
+file that bitcli wrote (recognised by its `generator` meta tag): `--html` never destroys
+anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from bitcli.collection.dedup import DuplicateGroup
+from bitcli.collection.search import Match
+from bitcli.errors import UsageError
+from bitcli.store.files import write_bytes_atomic
+
+THUMB_PX = 160
+MAX_ENTRIES = 1000  # queries or groups shown; the page says how many more there were
+GENERATOR_TAG = '<meta name="generator" content="bitcli'
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.3em}h2{font-size:1.05em;margin:1.4em 0 .4em}
+.about{color:#666}.row{display:flex;flex-wrap:wrap;gap:10px}
+figure{margin:0;width:170px;background:#fff;border:1px solid #ddd;border-radius:4px;padding:5px}
+figure.lead{border-color:#4a7fd4;box-shadow:0 0 0 1px #4a7fd4}
+.thumb{display:block;width:160px;height:160px;background:#eee center/contain no-repeat}
+.none{display:flex;align-items:center;justify-content:center;color:#999;font-size:.9em}
+figcaption{font-size:.85em;word-break:break-all;margin-top:4px}
+.score{font-weight:600;font-variant-numeric:tabular-nums}.error{color:#b00}
+"""
+
+
+@dataclass
+class SearchEntry:
+    """One query for the page: its matches, or why it failed."""
+
+    query: str
+    matches: list[Match] = field(default_factory=list)
+    error: str | None = None
+
+
+def search_page(entries: Sequence[SearchEntry], locate: Callable[[str], str | None], *, title: str, about: str = "", version: str = "") -> str:
+    """Each query beside its matches, scores under the pictures."""
+    shown = list(entries[:MAX_ENTRIES])
+    files = [locate(e.query) for e in shown] + [locate(m.path) for e in shown for m in e.matches]
+    thumbs = _Thumbnails(f for f in files if f)
+    sections = []
+    for entry in shown:
+        head = f"<h2>Query: {_text(entry.query)}</h2>"
+        if entry.error is not None:
+            sections.append(f'<section>{head}<p class="error">{_text(entry.error)}</p></section>')
+            continue
+        cards = [_card(entry.query, locate(entry.query), thumbs, "query", lead=True)]
+        cards += [_card(m.path, locate(m.path), thumbs, f"#{m.rank} <span class=\"score\">{m.score}</span>") for m in entry.matches]
+        if not entry.matches:
+            cards.append("<p>no match</p>")
+        sections.append(f'<section>{head}<div class="row">{"".join(cards)}</div></section>')
+    return _page(title, about, sections, len(entries) - len(shown), "queries", thumbs, version)
+
+
+def dedup_page(groups: Sequence[DuplicateGroup], locate: Callable[[str], str | None], *, title: str, about: str = "", version: str = "") -> str:
+    """Each group side by side, the first member marked, each with its similarity to the first."""
+    shown = list(groups[:MAX_ENTRIES])
+    thumbs = _Thumbnails(f for g in shown for f in map(locate, g.paths) if f)
+    sections = []
+    for group in shown:
+        head = (
+            f"<h2>Group {group.group}: {len(group.paths)} images, similarity "
+            f'<span class="score">{group.min_score}</span> to <span class="score">{group.max_score}</span></h2>'
+        )
+        cards = [
+            _card(path, locate(path), thumbs, "first" if i == 0 else f'<span class="score">{score}</span> to first', lead=i == 0)
+            for i, (path, score) in enumerate(zip(group.paths, group.scores_to_first))
+        ]
+        sections.append(f'<section>{head}<div class="row">{"".join(cards)}</div></section>')
+    return _page(title, about, sections, len(groups) - len(shown), "groups", thumbs, version)
+
+
+def write_page(path: str | os.PathLike[str], page: str) -> None:
+    """Write atomically; refuse (UsageError) to replace anything but a page bitcli wrote."""
+    path = check_target(path)
+    write_bytes_atomic(path, [page.encode("utf-8")])
+
+
+def check_target(path: str | os.PathLike[str]) -> Path:
+    """`path` if a page may be written there (UsageError otherwise): new, or a page bitcli wrote."""
+    path = Path(path)
+    if path.is_symlink():  # replacing it would turn the link into a file: see docs/usage.md
+        raise UsageError(f"--html {path}: is a symbolic link; bitcli does not write through links: give another name")
+    if path.exists():
+        if not path.is_file():
+            raise UsageError(f"--html {path}: exists and is not a regular file; choose another name")
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4096)
+        except OSError as exc:
+            raise UsageError(f"--html {path}: cannot read the existing file ({exc.strerror or exc})") from exc
+        if GENERATOR_TAG.encode() not in head:
+            raise UsageError(f"--html {path}: exists and was not written by bitcli; choose another name or remove it")
+    if not path.parent.is_dir():
+        raise UsageError(f"--html {path}: the folder {path.parent} does not exist")
+    return path
+
+
+# -- pieces ------------------------------------------------------------------------------------
+
+
+class _Thumbnails:
+    """Distinct files -> CSS class names holding their embedded JPEG (made in a thread pool)."""
+
+    def __init__(self, files: Iterable[str]):
+        unique = list(dict.fromkeys(files))
+        workers = min(8, os.cpu_count() or 1, max(1, len(unique)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            made = list(pool.map(thumbnail_jpeg, unique))
+        self.classes = {f: f"i{n}" for n, (f, data) in enumerate(zip(unique, made)) if data}
+        self.data = {self.classes[f]: data for f, data in zip(unique, made) if data}
+
+    def css(self) -> str:
+        return "".join(
+            f".{name}{{background-image:url(data:image/jpeg;base64,{base64.b64encode(data).decode('ascii')})}}\n"
+            for name, data in self.data.items()
+        )
+
+
+def thumbnail_jpeg(path: str) -> bytes | None:
+    """A JPEG at most THUMB_PX on its long side, or None when the image cannot be read."""
+    from bitcli.decode import open_image
+    from bitcli.errors import InputError
+
+    try:
+        image = open_image(path, draft_size=(THUMB_PX * 2, THUMB_PX * 2))
+        image.thumbnail((THUMB_PX, THUMB_PX))
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=80)
+        return buf.getvalue()
+    except (InputError, OSError, ValueError):
+        return None
+
+
+def _card(path: str, found: str | None, thumbs: _Thumbnails, caption: str, lead: bool = False) -> str:
+    name = _text(path)
+    css = thumbs.classes.get(found) if found else None
+    picture = f'<span class="thumb {css}" role="img" aria-label="{name}"></span>' if css else '<span class="thumb none">no preview</span>'
+    if found:
+        picture = f'<a href="{escape(Path(os.path.abspath(found)).as_uri())}">{picture}</a>'
+    cls = ' class="lead"' if lead else ""
+    return f'<figure{cls}>{picture}<figcaption>{caption}<br><span class="path">{name}</span></figcaption></figure>'
+
+
+def _text(value: str) -> str:
+    """HTML-escaped, with undecodable file-name bytes (surrogates) shown as U+FFFD."""
+    clean = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return escape(clean, quote=True)
+
+
+def _page(title: str, about: str, sections: list[str], omitted: int, noun: str, thumbs: _Thumbnails, version: str) -> str:
+    more = f'<p class="about">{omitted} more {noun} not shown (the page shows the first {MAX_ENTRIES}).</p>' if omitted else ""
+    empty = "" if sections else f"<p>No {noun}.</p>"
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8">{GENERATOR_TAG} {escape(version)}">\n'
+        f"<title>{_text(title)}</title>\n<style>{_STYLE}{thumbs.css()}</style></head>\n"
+        f'<body><h1>{_text(title)}</h1><p class="about">{_text(about)}</p>\n'
+        + "\n".join(sections)
+        + f"\n{empty}{more}</body></html>\n"
+    )

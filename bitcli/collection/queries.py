@@ -1,0 +1,134 @@
+"""`bit search`'s queries: which are rows of the index already, which need the model.
+
+A QUERY argument that names a row of the index (the same string, or the same file: see
+`EmbeddingIndex.find_rows`) uses that stored row: no model is loaded, and the row is not
+returned as its own match (its byte-identical copies are). Anything else is expanded like
+`bit classify`'s inputs (files, folders, quoted globs, `-`); each file found that way is looked
+up again, and the rest are embedded with the index's own model and settings, read from its
+metadata (`query_settings`), so no `--model` is needed. A plain `.npy` without metadata needs
+`--model` for that (cosine similarity ignores `--normalize`, so only the model and the image
+options matter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import IO, Any, Iterable
+
+import numpy as np
+
+from bitcli.collection.index import EmbeddingIndex
+from bitcli.collection.scoring import Match
+from bitcli.errors import InputError, UsageError
+
+
+@dataclass
+class Query:
+    """One query, in input order: a stored `row`, an `item` to embed, or an `error`."""
+
+    path: str
+    row: int | None = None
+    item: Any = None  # bitcli.inputs.InputItem
+    vector: Any = None  # float32 [D] once known
+    error: str | None = None
+
+
+@dataclass
+class QueryResult:
+    """What `bit search` prints for one query (jsonl: one object per query, in input order)."""
+
+    query: str
+    matches: list[Match] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"query": self.query, "error": self.error}
+        return {"query": self.query, "matches": [m.to_dict() for m in self.matches]}
+
+
+def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] | None = None, null: bool = False) -> list[Query]:
+    """Every query, in order, as a stored row, an input to embed, or an input that failed
+    (`null`: paths on stdin are NUL-separated, `-0`)."""
+    from bitcli.inputs import expand_inputs
+
+    args = list(args)
+    direct = index.find_rows([a for a in args if a != "-"])
+    queries: list[Query] = []
+    for arg in args:
+        if arg != "-" and arg in direct:
+            queries.append(Query(arg, row=direct[arg]))
+            continue
+        for found in expand_inputs([arg], stdin=stdin if arg == "-" else None, null=null):
+            if isinstance(found, InputError):
+                queries.append(Query(found.path, error=found.reason))
+            else:
+                queries.append(Query(found.path, item=found))
+    rows = index.find_rows([q.path for q in queries if q.item is not None])
+    for query in queries:
+        if query.item is not None and query.path in rows:
+            query.row, query.item = rows[query.path], None
+    return queries
+
+
+def query_settings(index: EmbeddingIndex, model: str | None, first_query: str) -> tuple[str, dict[str, Any]]:
+    """(model reference, RunOptions fields) to embed queries as the index's rows were embedded."""
+    meta = index.meta
+    if model is None and meta is None:
+        raise UsageError(
+            f"{index.array_path} has no metadata ({index.array_path.stem}.meta.json) saying which model made it; "
+            f"pass --model to embed {first_query}, or query with paths that are in the index"
+        )
+    if meta is None:
+        return model, {}
+    settings = {
+        "precision": meta.model.get("precision") or "fp32",
+        "fast_jpeg": bool(meta.decode.get("fast_jpeg", False)),
+        "max_pixels": meta.decode.get("max_pixels"),
+    }
+    return model or meta.model_reference(), settings
+
+
+def settings_differ(index: EmbeddingIndex, fingerprint: dict[str, Any]) -> str | None:
+    """Why queries embedded with `fingerprint` would not be comparable with the rows (or None)."""
+    from bitcli.store.metadata import EmbeddingMetadata, check_compatible
+
+    if index.meta is None:
+        return None
+    current = EmbeddingMetadata.from_fingerprint(
+        {**fingerprint, "dtype": index.meta.dtype, "normalize": index.meta.normalize}, rows=0, feature_dim=index.dim
+    )
+    try:
+        check_compatible(index.meta, current, str(index.array_path))
+    except UsageError as exc:
+        return str(exc).split("; update with", 1)[0]
+    return None
+
+
+def fill_vectors(index: EmbeddingIndex, queries: list[Query], embedded: Iterable[Any]) -> None:
+    """Stored rows for row queries; `embedded` (EmbedResults of the item queries, in order) for the rest."""
+    rows = [q for q in queries if q.row is not None]
+    for query, vector in zip(rows, index.take([q.row for q in rows])):
+        query.vector = vector
+    pending = iter(q for q in queries if q.item is not None)
+    for result, query in zip(embedded, pending):
+        if result.ok:
+            query.vector = np.asarray(result.vector, dtype=np.float32)
+        else:
+            query.error = str(result.error)
+
+
+def results(queries: list[Query], matches: list[list[Match]]) -> list[QueryResult]:
+    """One result per query, in order; `matches` holds one list per query that has a vector."""
+    answered = iter(matches)
+    out = []
+    for query in queries:
+        if query.vector is None:
+            out.append(QueryResult(query.path, error=query.error or "no vector"))
+        else:
+            out.append(QueryResult(query.path, next(answered)))
+    return out

@@ -1,0 +1,97 @@
+"""`bit search` and `bit dedup` results: table (people), jsonl / json / csv (machines).
+
+jsonl and json reuse the classification renderers (one object per record, `to_dict()`):
+
+    search  {"query": "q.jpg", "matches": [{"rank": 1, "path": "a.jpg", "score": 0.9731}, ...]}
+            or {"query": "q.jpg", "error": "..."} for a query that failed
+    dedup   {"group": 1, "paths": [...], "min_score": ..., "max_score": ...}
+
+csv: `query,rank,path,score` (a failed query has no rows) and `group,path,score_to_first`.
+Scores are float32 values written as their shortest decimal, as everywhere in bitcli. Tables:
+one row per match (the query shown on its first row) and one row per group member.
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import IO, Any, Iterable
+
+from bitcli.output.records import JsonArrayRenderer, JsonlRenderer
+from bitcli.output.tables import stdout_console
+
+SEARCH_CSV_HEADER = ("query", "rank", "path", "score")
+DEDUP_CSV_HEADER = ("group", "path", "score_to_first")
+
+
+def render_search(results: Iterable[Any], fmt: str, stream: IO[str]) -> None:
+    """`QueryResult`s in query order, in a resolved format (`auto` resolved first)."""
+    if fmt == "table":
+        stdout_console(stream).print(search_table(list(results)))
+        return
+    if fmt == "csv":
+        _csv(stream, SEARCH_CSV_HEADER, ((r.query, m.rank, m.path, repr(m.score)) for r in results for m in r.matches))
+        return
+    _records(results, fmt, stream)
+
+
+def render_groups(groups: Iterable[Any], fmt: str, stream: IO[str]) -> None:
+    """`DuplicateGroup`s, largest first, in a resolved format."""
+    if fmt == "table":
+        stdout_console(stream).print(groups_table(list(groups)))
+        return
+    if fmt == "csv":
+        rows = ((g.group, path, repr(score)) for g in groups for path, score in zip(g.paths, g.scores_to_first))
+        _csv(stream, DEDUP_CSV_HEADER, rows)
+        return
+    _records(groups, fmt, stream)
+
+
+def _records(records: Iterable[Any], fmt: str, stream: IO[str]) -> None:
+    if fmt not in ("jsonl", "json"):
+        raise ValueError(f"unknown format {fmt!r}")
+    renderer = JsonlRenderer(stream) if fmt == "jsonl" else JsonArrayRenderer(stream)
+    for record in records:
+        renderer.write(record)
+    renderer.close()
+
+
+def _csv(stream: IO[str], header: tuple[str, ...], rows: Iterable[tuple]) -> None:
+    """Rows end in "\\n"; a row with a "\\r" in a field is fully quoted (see records.CsvRenderer)."""
+    plain = csv.writer(stream, lineterminator="\n")
+    quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    plain.writerow(header)
+    for row in rows:
+        (quoted if any("\r" in str(v) for v in row) else plain).writerow(row)
+    stream.flush()
+
+
+def search_table(results: list[Any]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name, justify in (("query", "left"), ("rank", "right"), ("score", "right"), ("match", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for result in results:
+        if not result.ok:
+            table.add_row(Text(result.query), "", "", Text(f"error: {result.error}", style="red"))
+            continue
+        if not result.matches:
+            table.add_row(Text(result.query), "", "", Text("no match", style="dim"))
+        for i, match in enumerate(result.matches):
+            table.add_row(Text(result.query if i == 0 else ""), str(match.rank), f"{match.score:.4f}", Text(match.path))
+    return table
+
+
+def groups_table(groups: list[Any]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name, justify in (("group", "right"), ("images", "right"), ("path", "left"), ("to first", "right")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for group in groups:
+        for i, (path, score) in enumerate(zip(group.paths, group.scores_to_first)):
+            first = i == 0
+            table.add_row(str(group.group) if first else "", str(len(group.paths)) if first else "", Text(path), "" if first else f"{score:.4f}")
+    return table

@@ -1,0 +1,341 @@
+"""The metadata sidecar of an embedding: what made `OUT.npy`, and which file each row came from.
+
+Two plain-text files beside the array (`OUT` is the output without `.npy`), readable with
+nothing but `json` (the format is specified in docs/collection.md):
+
+    OUT.meta.json     one JSON object, small (read by `bit search` / `bit dedup`): format version,
+                      bitcli version, model reference and resolved commit, preprocessing, dtype,
+                      normalize, feature dim, row count, the file names of the array, manifest and
+                      row file, and the sha256 of the row file (which ties the two together)
+    OUT.files.jsonl   line i describes row i: {"path": ..., "size": ..., "mtime_ns": ...} plus
+                      "sha256" when the run hashed contents (`--hash`); read only by `--update`
+
+The per-row part is JSON Lines so that a million rows stream instead of becoming one huge
+object, and the header stays small enough to read on every search. `bit embed` stages both
+and publishes them in the same set as the array, manifest and run record (`publish.py`): after
+any kill the sidecar on disk is the old run's or the new run's, as the array is; the header
+names the row file's digest, so a row file that does not belong to it is detected.
+
+A row whose file could not be identified when it was embedded (it vanished, or a journal of
+an older bitcli recorded no identity) has `"size": null, "mtime_ns": null`; `--update` embeds
+it again. `bitcli.store.update` compares stored identities with the current inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from bitcli.errors import UsageError
+from bitcli.store.files import fsync_dir, staged_name, write_chunks
+from bitcli.util import read_capped
+
+if TYPE_CHECKING:
+    from bitcli.store.paths import EmbedPaths
+
+FORMAT = "bitcli.embedding"
+FORMAT_VERSION = 1
+_HASH_CHUNK = 1 << 20
+# What must be equal for rows of two runs to be comparable (`--update` refuses otherwise).
+_COMPATIBLE = ("model", "preprocessing", "dtype", "normalize", "feature_dim", "decode")
+_MODEL_KEYS = ("reference", "commit", "weights", "precision")  # "model" compares only these
+HEADER_MAX_BYTES = 1 << 20  # the header is a few kB
+ROW_LINE_MAX = 64 << 10  # one row file line: a path (at most PATH_MAX, escaped) and its identity
+
+
+@dataclass(frozen=True)
+class SidecarPaths:
+    """Where the header and the row file of an embedding live."""
+
+    meta: Path
+    files: Path
+
+    @classmethod
+    def for_output(cls, out: Path) -> "SidecarPaths":
+        """`photos.npy` -> `photos.meta.json`, `photos.files.jsonl` (the manifest's stem rule)."""
+        out = Path(out)
+        stem = out.with_suffix("") if out.suffix in (".npy", ".txt") else out
+        return cls(meta=stem.with_name(stem.name + ".meta.json"), files=stem.with_name(stem.name + ".files.jsonl"))
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a row's file was when it was embedded: size, modification time, optional sha256."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+
+    def to_dict(self, path: str) -> dict[str, Any]:
+        record: dict[str, Any] = {"path": path, "size": self.size, "mtime_ns": self.mtime_ns}
+        if self.sha256 is not None:
+            record["sha256"] = self.sha256
+        return record
+
+    def same_stat(self, other: "FileIdentity") -> bool:
+        return self.size == other.size and self.mtime_ns == other.mtime_ns
+
+
+def identify(path: str, *, content_hash: bool = False) -> FileIdentity:
+    """Stat `path` (following links) and, with `content_hash`, hash its bytes. Raises OSError."""
+    info = os.stat(path)
+    digest = None
+    if content_hash:
+        sha = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                sha.update(chunk)
+        digest = sha.hexdigest()
+    return FileIdentity(size=info.st_size, mtime_ns=info.st_mtime_ns, sha256=digest)
+
+
+def identify_all(paths: Iterable[str], *, content_hash: bool = False) -> dict[str, FileIdentity | None]:
+    """Each distinct path's identity now (None when it cannot be read: embedding will say why)."""
+    found: dict[str, FileIdentity | None] = {}
+    for path in paths:
+        if path not in found:
+            try:
+                found[path] = identify(path, content_hash=content_hash)
+            except OSError:
+                found[path] = None
+    return found
+
+
+@dataclass
+class EmbeddingMetadata:
+    """The header (`OUT.meta.json`). `extra` keeps keys a newer bitcli may add (round-tripped)."""
+
+    rows: int
+    feature_dim: int
+    dtype: str
+    normalize: bool
+    model: dict[str, Any]  # reference, commit, weights, precision
+    preprocessing: dict[str, Any]
+    decode: dict[str, Any] = field(default_factory=dict)  # fast_jpeg, max_pixels
+    runtime: dict[str, Any] = field(default_factory=dict)  # device, batch_size, convolution
+    content_hash: str | None = None  # "sha256" when every row's file was hashed
+    cwd: str | None = None  # relative row paths are relative to this directory
+    bitcli_version: str = ""
+    array: str | None = None  # file names, relative to the header's directory
+    manifest: str | None = None
+    files: str | None = None
+    files_sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_fingerprint(cls, fingerprint: dict[str, Any], *, rows: int, feature_dim: int, **fields: Any) -> "EmbeddingMetadata":
+        """From the dict `bit embed` stores for `--resume` (`Embedder.fingerprint()` plus "dtype")."""
+        fp = dict(fingerprint)
+        return cls(
+            rows=rows,
+            feature_dim=feature_dim,
+            dtype=str(fp.get("dtype", "float32")),
+            normalize=bool(fp.get("normalize", False)),
+            model={"reference": fp.get("model"), "commit": fp.get("commit"), "weights": fp.get("weights"), "precision": fp.get("precision", "fp32")},
+            preprocessing=fp.get("preprocessing") or {},
+            decode={"fast_jpeg": bool(fp.get("fast_jpeg", False)), "max_pixels": fp.get("max_pixels")},
+            runtime={k: fp[k] for k in ("device", "batch_size", "convolution") if k in fp},
+            **fields,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        names = [f.name for f in fields(self) if f.name != "extra"]
+        order = ["bitcli_version", "array", "manifest", "files", "files_sha256"]  # where it came from, first
+        known = {name: getattr(self, name) for name in order + [n for n in names if n not in order]}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **known, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "EmbeddingMetadata":
+        """Validate a parsed header; every problem is one UsageError line naming `source`."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise UsageError(f"{source}: not a bitcli embedding header (no \"format\": \"{FORMAT}\")")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise UsageError(f"{source}: format version {version!r} is newer than this bitcli reads ({FORMAT_VERSION}); upgrade bitcli")
+        names = {f.name for f in fields(cls)} - {"extra"}
+        try:
+            missing = [key for key in ("rows", "feature_dim", "dtype", "normalize", "model") if key not in data]
+            if missing:
+                raise KeyError(", ".join(missing))
+            for key in ("rows", "feature_dim"):
+                _int(data[key], key)
+            for key in ("model", "preprocessing", "decode", "runtime"):
+                if not isinstance(data.get(key, {}), dict):
+                    raise TypeError(f"{key} must be an object")
+            known = {k: v for k, v in data.items() if k in names}
+            return cls(**known, extra={k: v for k, v in data.items() if k not in names and k not in ("format", "format_version")})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"{source}: malformed header ({type(exc).__name__}: {exc}); embed anew with --overwrite") from exc
+
+    def model_reference(self) -> str:
+        """What `bitcli.load` takes to get the same weights: `repo@commit`, or the local path."""
+        reference = str(self.model.get("reference"))
+        commit = self.model.get("commit")
+        return f"{reference.split('@', 1)[0]}@{commit}" if commit else reference
+
+    def compatibility(self) -> dict[str, Any]:
+        """The settings rows depend on; `--update` refuses when they differ."""
+        values = {key: getattr(self, key) for key in _COMPATIBLE}
+        values["model"] = {k: self.model.get(k) for k in _MODEL_KEYS}
+        return json.loads(json.dumps(values))  # tuples == lists
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out: str) -> None:
+    """UsageError (exit 2, one line) when `current` settings would make rows unlike `stored` ones."""
+    theirs, mine = stored.compatibility(), current.compatibility()
+    if theirs == mine:
+        return
+    diffs = []
+    for key in _COMPATIBLE:
+        a, b = theirs[key], mine[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{k} {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{key} {a!r} then, {b!r} now")
+    raise UsageError(
+        f"{out} was made with other settings ({'; '.join(diffs[:3])}); update with the same "
+        "--model, --dtype, --normalize and image options, or embed anew with --overwrite"
+    )
+
+
+# -- writing and reading ---------------------------------------------------------------------
+
+
+def metadata_for(paths: "EmbedPaths", fingerprint: dict[str, Any], *, rows: int, dim: int) -> EmbeddingMetadata:
+    """`OUT.meta.json`'s content for the output `paths`: what made the rows (docs/collection.md).
+    `fingerprint` is the run's, with "dtype"; "content_hash" in it says every row's file was
+    hashed (`--hash`)."""
+    from bitcli import __version__
+
+    header = paths.sidecars.meta
+    return EmbeddingMetadata.from_fingerprint(
+        fingerprint,
+        rows=rows,
+        feature_dim=dim,
+        bitcli_version=__version__,
+        content_hash="sha256" if fingerprint.get("content_hash") else None,
+        cwd=os.getcwd(),
+        array=None if paths.out is None else _relative_name(paths.out, header),
+        manifest=_relative_name(paths.manifest, header),
+    )
+
+
+def stage_metadata(
+    paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]
+) -> dict[str, Path]:
+    """Write the row file and the header under their staged names (`files.staged_name`); the
+    header names the final row file and its digest. {"files": staged, "meta": staged}: the
+    caller publishes them (the embed store: `publish.StagedSet.sidecar`, in its one set).
+
+    `rows` must yield exactly `meta.rows` (path, identity) pairs, in row order."""
+    sha = hashlib.sha256()
+    count = 0
+
+    def lines() -> Iterator[bytes]:
+        nonlocal count
+        for path, identity in rows:
+            record = identity.to_dict(path) if identity is not None else {"path": path, "size": None, "mtime_ns": None}
+            # ASCII with \\u escapes: non-UTF-8 file names (lone surrogates) round-trip through json.
+            line = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
+            sha.update(line)
+            count += 1
+            yield line
+
+    staged = {"files": staged_name(paths.files), "meta": staged_name(paths.meta)}
+    try:
+        write_chunks(staged["files"], lines())
+        if count != meta.rows:
+            raise ValueError(f"{count} file identities given for {meta.rows} rows")
+        meta.files = _relative_name(paths.files, paths.meta)
+        meta.files_sha256 = sha.hexdigest()
+        header = json.dumps(meta.to_dict(), indent=1, ensure_ascii=True) + "\n"
+        write_chunks(staged["meta"], [header.encode("ascii")])
+    except BaseException:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+        raise
+    return staged
+
+
+def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]) -> EmbeddingMetadata:
+    """The sidecar on its own (`stage_metadata`, then the row file and the header renamed into
+    place, the header last): for sidecars that are not part of an embed run's set."""
+    staged = stage_metadata(paths, meta, rows)
+    os.replace(staged["files"], paths.files)
+    os.replace(staged["meta"], paths.meta)
+    fsync_dir(paths.meta.parent)
+    return meta
+
+
+def read_metadata(path: Path) -> EmbeddingMetadata:
+    """Read and validate `OUT.meta.json` (UsageError naming the file when it is unusable)."""
+    try:
+        text = read_capped(path, HEADER_MAX_BYTES).decode("utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # too large, or not UTF-8
+        raise UsageError(f"{path}: not a bitcli embedding header ({exc}); embed anew with --overwrite") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc}); embed anew with --overwrite") from exc
+    return EmbeddingMetadata.from_dict(data, str(path))
+
+
+def sidecar_file(meta_path: Path, name: str | None) -> Path | None:
+    """A file the header names (relative to the header's directory), or None."""
+    if not name:
+        return None
+    return Path(meta_path).parent / name
+
+
+def read_file_rows(meta_path: Path, meta: EmbeddingMetadata) -> list[tuple[str, FileIdentity | None]]:
+    """Every row's (path, identity), checked against the header's row count and digest. Read line
+    by line, each line capped, never beyond the header's row count."""
+    files = sidecar_file(meta_path, meta.files)
+    if files is None:
+        raise UsageError(f"{meta_path}: names no row file; embed anew with --overwrite")
+    again = "; embed anew with --overwrite"
+    sha = hashlib.sha256()
+    rows = []
+    try:
+        with open(files, "rb") as fh:
+            while raw := fh.readline(ROW_LINE_MAX + 1):
+                if len(rows) == meta.rows or not raw.endswith(b"\n"):
+                    raise UsageError(f"{files} holds more than {meta_path}'s {meta.rows} rows, or a torn line{again}")
+                sha.update(raw)
+                rows.append(_row(raw, files, len(rows) + 1))
+    except OSError as exc:
+        raise UsageError(f"{files}: cannot read ({exc.strerror or exc}){again}") from exc
+    if meta.files_sha256 is not None and sha.hexdigest() != meta.files_sha256:
+        raise UsageError(f"{files} does not match {meta_path} (changed since it was written){again}")
+    if len(rows) != meta.rows:
+        raise UsageError(f"{files} lists {len(rows)} files but {meta_path} says {meta.rows} rows{again}")
+    return rows
+
+
+def _row(raw: bytes, files: Path, number: int) -> tuple[str, FileIdentity | None]:
+    try:
+        record = json.loads(raw)
+        identity = None
+        if record["size"] is not None:
+            identity = FileIdentity(size=_int(record["size"], "size"), mtime_ns=int(record["mtime_ns"]), sha256=record.get("sha256"))
+        return str(record["path"]), identity
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{files}, line {number}: malformed ({exc}); embed anew with --overwrite") from exc
+
+
+def _relative_name(target: Path, meta_path: Path) -> str:
+    """`target` relative to the header's directory when it lies there, else absolute."""
+    target, base = Path(os.path.abspath(target)), Path(os.path.abspath(meta_path)).parent
+    return target.name if target.parent == base else str(target)

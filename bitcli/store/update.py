@@ -1,0 +1,310 @@
+"""`bit embed --update`: bring an existing output up to date with its inputs.
+
+`prepare_update` reads what the output was made from (its metadata sidecar, `metadata.py`),
+refuses other settings (`check_compatible`), and plans, input by input in the current order:
+
+- same path, same size and mtime (with content hashes: same sha256, when the row has one):
+  **kept**, the row is copied byte for byte from the old array;
+- same path, another identity: **changed**, embedded again;
+- a path not stored: **new**, embedded; with content hashes, a new (or changed) file whose
+  content equals a stored row that no kept file claims reuses that row: **moved**;
+- stored rows no input names (and no move claimed): **removed**.
+- a new path the output's error list names (it failed last time): **retried**, embedded again.
+
+A path given twice pairs with that path's stored rows in order; a file that cannot be read now
+is embedded, so that the failure is reported like any other. `update_groups` yields the result
+groups for the store's usual commit loop: every group ends where a batch of embedded images
+ends (or after a run of copied rows), so an interrupted update resumes with the same batches and
+the same bytes, like a normal run; `plan_digest` goes into the partial run's state, so that only
+the same update resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict, deque
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+from bitcli.errors import UsageError
+from bitcli.store.metadata import (
+    EmbeddingMetadata,
+    FileIdentity,
+    check_compatible,
+    identify,
+    read_file_rows,
+    read_metadata,
+)
+
+if TYPE_CHECKING:
+    from bitcli.collection.index import EmbeddingIndex
+    from bitcli.results import EmbedResult
+    from bitcli.store.paths import EmbedPaths
+
+COPY_ROWS = 1024  # copied rows committed at a time (between embedded batches)
+
+
+@dataclass(frozen=True)
+class UpdateStep:
+    """One current input: reuse row `source_row` of the old array, or embed it (None)."""
+
+    path: str
+    status: str  # "kept", "moved", "changed", "new" or "retried" (failed before)
+    identity: FileIdentity | None  # its identity now (None when it cannot be read: embedding reports why)
+    source_row: int | None = None
+    refreshed: bool = False  # kept, but its recorded identity changes (a new mtime or a first hash)
+
+
+@dataclass
+class UpdatePlan:
+    """What `--update` does, one step per current input in input order, and the rows dropped."""
+
+    steps: list[UpdateStep]
+    removed: list[str]  # stored paths that no current input names (and no move claimed)
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.steps if s.status == status)
+
+    def summary(self) -> str:
+        """`+12 new, 3 changed, 2 removed, 1043 kept` (and `, 4 moved`, `, 1 retried` when any)."""
+        text = f"+{self.count('new')} new, {self.count('changed')} changed, {len(self.removed)} removed, {self.count('kept')} kept"
+        extra = [f"{self.count(status)} {status}" for status in ("moved", "retried") if self.count(status)]
+        return ", ".join([text, *extra])
+
+    def retry(self, failed_before: set[str]) -> None:
+        """Label "retried" the new inputs that the output lists as failed: embedded again (a
+        failed input has no identity, so whether it changed is unknown), but not new."""
+        self.steps = [replace(s, status="retried") if s.status == "new" and s.path in failed_before else s for s in self.steps]
+
+    def up_to_date(self, old: "EmbeddingIndex | None") -> bool:
+        """Nothing to do: every row kept, in place, with the identity it had."""
+        return (
+            old is not None
+            and not self.removed
+            and len(self.steps) == old.rows
+            and all(s.status == "kept" and s.source_row == i and not s.refreshed for i, s in enumerate(self.steps))
+        )
+
+    @property
+    def to_embed(self) -> list[UpdateStep]:
+        return [s for s in self.steps if s.source_row is None]
+
+
+def plan_update(
+    stored: Sequence[tuple[str, FileIdentity | None]],
+    current: Sequence[str],
+    *,
+    content_hash: bool = False,
+    identify_fn: Callable[..., FileIdentity] = identify,
+) -> UpdatePlan:
+    """Diff the current input paths (in order) against the stored rows.
+
+    Same path: kept when size and mtime are unchanged (with `content_hash`: when the sha256 is
+    unchanged, if the stored row has one), else changed. A path given twice pairs with the
+    path's stored rows in order. With `content_hash`, a new or changed file whose content
+    equals a row no kept file claims reuses that row ("moved" for a new path).
+    """
+    by_path: dict[str, deque[int]] = defaultdict(deque)
+    for row, (path, _) in enumerate(stored):
+        by_path[path].append(row)
+    claimed: set[int] = set()  # rows reused as they are
+    superseded: set[int] = set()  # rows of changed files (reusable by content, never "removed")
+    drafts: list[UpdateStep] = []
+    for path in current:
+        identity = _try_identify(identify_fn, path, content_hash)
+        rows = by_path.get(path)
+        if not rows:
+            drafts.append(UpdateStep(path, "new", identity))
+            continue
+        row = rows.popleft()
+        old = stored[row][1]
+        if identity is not None and old is not None and _unchanged(old, identity, content_hash):
+            claimed.add(row)
+            kept = identity if identity.sha256 else FileIdentity(identity.size, identity.mtime_ns, old.sha256)
+            drafts.append(UpdateStep(path, "kept", kept, row, refreshed=kept != old))
+        else:
+            superseded.add(row)
+            drafts.append(UpdateStep(path, "changed", identity))
+    steps = _reuse_by_hash(drafts, stored, claimed) if content_hash else drafts
+    removed = [path for row, (path, _) in enumerate(stored) if row not in claimed and row not in superseded]
+    return UpdatePlan(steps=steps, removed=removed)
+
+
+def _try_identify(identify_fn: Callable[..., FileIdentity], path: str, content_hash: bool) -> FileIdentity | None:
+    try:
+        return identify_fn(path, content_hash=content_hash)
+    except OSError:
+        return None
+
+
+def _unchanged(old: FileIdentity, new: FileIdentity, content_hash: bool) -> bool:
+    if content_hash and old.sha256 and new.sha256:
+        return old.sha256 == new.sha256
+    return old.same_stat(new)
+
+
+def _reuse_by_hash(drafts: list[UpdateStep], stored: Sequence[tuple[str, FileIdentity | None]], claimed: set[int]) -> list[UpdateStep]:
+    """New or changed files whose content an unclaimed stored row has: reuse that row."""
+    pool: dict[str, deque[int]] = defaultdict(deque)
+    for row, (_, identity) in enumerate(stored):
+        if row not in claimed and identity is not None and identity.sha256:
+            pool[identity.sha256].append(row)
+    steps = []
+    for step in drafts:
+        digest = step.identity.sha256 if step.identity is not None else None
+        if step.source_row is None and digest and pool.get(digest):
+            row = pool[digest].popleft()
+            claimed.add(row)
+            step = UpdateStep(step.path, "moved" if step.status == "new" else "changed", step.identity, row)
+        steps.append(step)
+    return steps
+
+
+@dataclass
+class Update:
+    """A planned update: the plan, and the old output it copies rows from (None: no output yet)."""
+
+    plan: UpdatePlan
+    old: "EmbeddingIndex | None"
+
+    def identity_of(self) -> Callable[[str], FileIdentity | None]:
+        """Each input's identity as the plan saw it (recorded in the new sidecar)."""
+        known = {step.path: step.identity for step in self.plan.steps}
+        return known.get
+
+
+def prepare_update(paths: "EmbedPaths", current: EmbeddingMetadata, inputs: Sequence[str], *, content_hash: bool) -> Update:
+    """Plan `--update` of `paths.out` for `inputs`; UsageError (exit 2) when it cannot be done."""
+    from bitcli.collection.index import open_index
+
+    out = paths.out
+    if out is None:
+        raise UsageError("--update needs an output file, not -o -")
+    if not out.exists():  # the first run of a command line that always says --update
+        return Update(plan_update([], inputs, content_hash=content_hash), None)
+    sidecars = paths.sidecars
+    if not sidecars.meta.exists():
+        raise UsageError(
+            f"{out} has no metadata ({sidecars.meta.name}): it was made by an older bitcli or elsewhere; "
+            "embed anew with --overwrite"
+        )
+    stored_meta = read_metadata(sidecars.meta)
+    check_compatible(stored_meta, current, str(out))
+    old = open_index(out, manifest=paths.manifest, allow_empty=True)
+    stored = read_file_rows(sidecars.meta, stored_meta)
+    if [path for path, _ in stored] != old.paths:
+        raise UsageError(f"{sidecars.files} and {paths.manifest} list different files; embed anew with --overwrite")
+    plan = plan_update(stored, inputs, content_hash=content_hash)
+    plan.retry(_failed_before(paths))
+    return Update(plan, old)
+
+
+def _failed_before(paths: "EmbedPaths") -> set[str]:
+    """The inputs the output's error list names (none when it has no error list)."""
+    from bitcli.store.files import read_lines
+    from bitcli.store.paths import unescape_error_path
+
+    try:
+        return {unescape_error_path(line.split("\t", 1)[0]) for line in read_lines(paths.errors)}
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        raise UsageError(f"{paths.errors}: cannot read ({exc.strerror or exc})") from exc
+
+
+def plan_digest(update: Update) -> str:
+    """What a resumed update must agree on: the plan, and the old array it copies from."""
+    sha = hashlib.sha256()
+    for step in update.plan.steps:
+        sha.update(f"{step.status}\0{step.source_row}\0".encode())
+    if update.old is not None:
+        info = os.stat(update.old.array_path)
+        sha.update(f"{info.st_size}\0{info.st_mtime_ns}".encode())
+    return sha.hexdigest()
+
+
+def update_groups(
+    steps: Sequence[UpdateStep], old: "EmbeddingIndex | None", embed_groups: Callable[[list[str]], Iterable[list["EmbedResult"]]]
+) -> Iterator[list["EmbedResult"]]:
+    """Result groups in step order: copied rows from `old`, embedded rows from `embed_groups`
+    (called once, lazily, with the paths to embed). A group closes when an embedded batch is
+    complete, or after COPY_ROWS copied rows while no batch is open."""
+    from bitcli.results import EmbedResult
+
+    batches = iter(embed_groups([s.path for s in steps if s.source_row is None]))
+    group: list[Any] = []  # EmbedResult, or (path, source row) until the copies are read
+    batch: list[Any] = []  # what is left of the embedded batch being placed
+    for step in steps:
+        if step.source_row is not None:
+            group.append((step.path, step.source_row))
+        else:
+            if not batch:
+                batch = list(next(batches))
+            group.append(batch.pop(0))
+        if not batch and (step.source_row is None or len(group) >= COPY_ROWS):
+            yield _read_copies(group, old, EmbedResult)
+            group = []
+    if group:
+        yield _read_copies(group, old, EmbedResult)
+
+
+def _read_copies(group: list[Any], old: "EmbeddingIndex | None", result: Any) -> list[Any]:
+    """Replace (path, row) entries by results holding the old rows (float32: exact for float16)."""
+    copies = [i for i, entry in enumerate(group) if isinstance(entry, tuple)]
+    if copies:
+        rows = old.take([group[i][1] for i in copies])
+        for n, i in enumerate(copies):
+            group[i] = result(path=group[i][0], vector=rows[n])
+    return group
+
+
+@dataclass
+class Work:
+    """What the writer is fed: the items (inputs, or --update's steps, both with `.path`), how
+    to make their result groups, and (`identities`) each path's identity taken before its file
+    is read."""
+
+    items: list[Any]
+    groups: Callable[[list[Any]], Iterable[list["EmbedResult"]]]
+    known: Callable[[str], FileIdentity | None] | None  # --update: the plan's; else taken for `todo`
+    content_hash: bool = False
+    summary: str | None = None  # --update: `+12 new, 3 changed, 2 removed, 1043 kept`
+    up_to_date: bool = False  # --update with nothing to change
+    plan: str | None = None  # --update: `plan_digest`, the writer's `update_plan`
+
+    def identities(self, todo: list[Any]) -> Callable[[str], FileIdentity | None]:
+        """Each path's identity for the items still to do (the done ones are in the journal)."""
+        from bitcli.store.metadata import identify_all
+
+        if self.known is not None:
+            return self.known
+        return identify_all([item.path for item in todo], content_hash=self.content_hash).get
+
+
+def plan_work(
+    paths: "EmbedPaths",
+    items: list[Any],
+    embed_groups: Callable[[list[Any]], Iterable[list["EmbedResult"]]],
+    feature_dim: int,
+    fingerprint: dict[str, Any],
+    *,
+    update: bool,
+    content_hash: bool,
+) -> Work:
+    """A normal run embeds every input; --update plans first (`plan`: its digest, so that only the
+    same update resumes)."""
+    if not update:
+        return Work(items, embed_groups, None, content_hash)
+    current = EmbeddingMetadata.from_fingerprint(fingerprint, rows=0, feature_dim=feature_dim)
+    job = prepare_update(paths, current, [item.path for item in items], content_hash=content_hash)
+    resuming = paths.partial is not None and paths.partial.exists()
+    return Work(
+        job.plan.steps,
+        lambda todo: update_groups(todo, job.old, embed_groups),
+        job.identity_of(),
+        content_hash,
+        summary=job.plan.summary(),
+        up_to_date=job.plan.up_to_date(job.old) and not resuming,
+        plan=plan_digest(job),
+    )

@@ -1,0 +1,140 @@
+"""`bit dedup` through the real command, on real near-duplicates of the sample photos."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from clihelpers import assert_clean_failure, jsonl, run
+from collectionfiles import all_pairs_groups, make_duplicates
+
+
+@pytest.fixture(scope="module")
+def base(ckpt, tmp_path_factory):
+    base = tmp_path_factory.mktemp("dedup")
+    copies = make_duplicates(base / "photos")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        assert run(["embed", "photos", "-o", "photos.npy", "-m", ckpt, "-q"]).exit_code == 0
+    return base, copies
+
+
+@pytest.fixture(autouse=True)
+def in_base(base, monkeypatch):
+    monkeypatch.chdir(base[0])
+
+
+def dedup(*args):
+    return run(["dedup", "photos.npy", *map(str, args)])
+
+
+def bit(*args):
+    """The real `bit` process (stdout as bytes: -0 output)."""
+    return subprocess.run([sys.executable, "-m", "bitcli", *map(str, args)], capture_output=True, env={**os.environ})
+
+
+def test_copies_group_with_their_originals(base):
+    _, copies = base
+    result = dedup("--threshold", "0.98", "-f", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    groups = jsonl(result.stdout)
+    expected = sorted(sorted([f"photos/{c}", f"photos/{o}"]) for c, o in copies.items())
+    assert sorted(g["paths"] for g in groups) == expected
+    assert [g["group"] for g in groups] == list(range(1, 7))
+    assert "6 groups of near-duplicates (12 of 12 images) at threshold 0.98" in result.stderr
+
+
+@pytest.mark.parametrize("threshold", ["0.98", "0.9", "0.7", "-1"])
+def test_groups_equal_connected_components_over_all_pairs(base, threshold):
+    rows = np.load("photos.npy")
+    paths = open("photos.paths.txt").read().splitlines()
+    groups = jsonl(dedup("--threshold", threshold, "-f", "jsonl").stdout)
+    expected = all_pairs_groups(rows, float(threshold))
+    assert [g["paths"] for g in groups] == [[paths[r] for r in members] for members in expected]
+    sims = rows.astype(np.float64) / np.linalg.norm(rows, axis=1, keepdims=True)
+    sims = sims @ sims.T
+    for group, members in zip(groups, expected):
+        pairs = [sims[a, b] for i, a in enumerate(members) for b in members[i + 1 :]]
+        assert group["min_score"] == pytest.approx(min(pairs), abs=1e-7)
+        assert group["max_score"] == pytest.approx(max(pairs), abs=1e-7)
+
+
+def test_formats(base):
+    as_json = json.loads(dedup("-t", "0.98", "-f", "json").stdout)
+    assert as_json == jsonl(dedup("-t", "0.98", "-f", "jsonl").stdout)
+    rows = list(csv.reader(io.StringIO(dedup("-t", "0.98", "-f", "csv").stdout)))
+    assert rows[0] == ["group", "path", "score_to_first"]
+    assert [(int(g), p) for g, p, _ in rows[1:]] == [(g["group"], p) for g in as_json for p in g["paths"]]
+    assert all(float(s) == 1.0 for g, p, s in rows[1:] if p == as_json[int(g) - 1]["paths"][0])
+    table = dedup("-t", "0.98", "-f", "table").stdout
+    assert all(f"photos/{name}" in table for name in ("coffee.png", "coffee_half.png"))
+
+
+def test_keep_prints_nul_terminated_paths_to_delete(base):
+    first = bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "-0")
+    assert first.returncode == 0, first.stderr
+    assert sorted(first.stdout.split(b"\0")[:-1]) == sorted(
+        b"photos/" + n for n in (b"astronaut_copy.jpg", b"camera_q30.jpg", b"chelsea_q10.jpg", b"coffee_half.png", b"retina_crop.png", b"rocket_crop.png")
+    )
+    largest = bit("dedup", "photos.npy", "-t", "0.98", "--keep", "largest")
+    deleted = largest.stdout.decode().splitlines()
+    assert "photos/coffee_half.png" in deleted and "photos/coffee.png" not in deleted  # more pixels kept
+    assert "photos/rocket_crop.png" in deleted  # the crop has fewer pixels
+    os.utime("photos/coffee_half.png", ns=(4 * 10**18, 4 * 10**18))
+    newest = bit("dedup", "photos.npy", "-t", "0.98", "--keep", "newest").stdout.decode().splitlines()
+    assert "photos/coffee.png" in newest and "photos/coffee_half.png" not in newest
+    assert all(os.path.exists(p) for p in deleted + newest)  # listed, never deleted
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--threshold", "1.5"], "between -1 and 1"),
+        (["--threshold", "-2"], "between -1 and 1"),
+        (["-0"], "add --keep"),
+        (["--keep", "first", "--format", "json"], "--keep prints paths"),
+    ],
+)
+def test_bad_options_are_usage_errors(base, args, message):
+    result = dedup(*args)
+    assert_clean_failure(result, 2)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage, message", [("manifest", "lists 2 paths but"), ("empty", "has no rows"), ("plain", None)])
+def test_bad_indexes(base, tmp_path, damage, message):
+    rows = {"manifest": 3, "empty": 0, "plain": 2}[damage]
+    np.save(tmp_path / "x.npy", np.eye(rows, 8, dtype=np.float32))
+    (tmp_path / "x.paths.txt").write_text("" if damage == "empty" else "a\nb\n")
+    result = run(["dedup", tmp_path / "x.npy", "-f", "jsonl"])
+    if message is None:  # a plain .npy from elsewhere, no metadata: dedup needs none
+        assert result.exit_code == 0 and result.stdout == "", result.stderr
+        return
+    assert_clean_failure(result, 2)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_html_page_shows_every_group(base, tmp_path):
+    page = tmp_path / "groups.html"
+    groups = jsonl(dedup("-t", "0.98", "-f", "jsonl", "--html", page).stdout)
+    texts: list[str] = []
+
+    class Reader(HTMLParser):
+        def handle_data(self, data):
+            texts.append(data)
+
+    Reader().feed(page.read_text())
+    assert sum(t.startswith("Group ") for t in texts) == len(groups)
+    assert all(p in texts for g in groups for p in g["paths"])
+    (tmp_path / "mine.html").write_text("<p>my notes</p>")
+    refused = dedup("--html", tmp_path / "mine.html")
+    assert_clean_failure(refused, 2)
+    assert (tmp_path / "mine.html").read_text() == "<p>my notes</p>"

@@ -1,0 +1,84 @@
+"""Exact search: scores equal numpy's cosine on the stored rows; blocks never change the answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitcli.collection.index import open_index
+from bitcli.collection.search import exact_search, search, top_k
+from bitcli.errors import UsageError
+from collectionfiles import brute_force_top_k, clustered, cosine_matrix, write_embedding
+
+
+@pytest.fixture
+def tied_vectors():
+    """Clustered rows plus byte-identical copies (equal scores: order must be by row)."""
+    vectors = clustered(300, 24, seed=3, dtype=np.float16)
+    vectors[[40, 41, 250, 299]] = vectors[7]
+    vectors[120] = 0  # a zero row scores 0 with everything
+    return vectors
+
+
+@pytest.mark.parametrize("block_rows", [1, 2, 7, 64, 299, 300, 1000, None])
+def test_blocked_search_equals_brute_force(tmp_path, tied_vectors, block_rows):
+    index = open_index(write_embedding(tmp_path, tied_vectors))
+    queries = np.concatenate([tied_vectors[[7, 0, 120]].astype(np.float32), clustered(5, 24, seed=9)])
+    results = exact_search(index, queries, 8, block_rows=block_rows)
+    for query, matches in zip(queries, results):
+        assert [m.row for m in matches] == brute_force_top_k(tied_vectors, query, 8)
+        assert [m.rank for m in matches] == list(range(1, 9))
+
+
+def test_scores_equal_numpy_cosine_on_the_stored_rows(tmp_path, tied_vectors):
+    index = open_index(write_embedding(tmp_path, tied_vectors))
+    queries = clustered(6, 24, seed=11)
+    expected = cosine_matrix(queries, tied_vectors)
+    for j, matches in enumerate(exact_search(index, queries, 20, block_rows=50)):
+        for m in matches:
+            assert m.score == pytest.approx(expected[j, m.row], abs=1e-7)
+            assert m.path == index.paths[m.row]
+            assert m.score == float(str(np.float32(m.score)))  # shortest float32 form
+
+
+def test_a_query_from_the_index_can_exclude_its_own_row(tmp_path, tied_vectors):
+    index = open_index(write_embedding(tmp_path, tied_vectors))
+    (matches,) = exact_search(index, index.take([7]), 5, exclude=[7], block_rows=33)
+    assert [m.row for m in matches] == [40, 41, 250, 299, brute_force_top_k(tied_vectors, tied_vectors[7], 6, exclude=7)[4]]
+    assert matches[0].score == pytest.approx(1.0, abs=1e-6)
+
+
+def test_top_k_larger_than_the_index_returns_every_row(tmp_path):
+    vectors = clustered(5, 8)
+    index = open_index(write_embedding(tmp_path, vectors))
+    (matches,) = exact_search(index, vectors[:1], 50, exclude=[0])
+    assert sorted(m.row for m in matches) == [1, 2, 3, 4]
+
+
+def test_the_zero_row_scores_zero(tmp_path, tied_vectors):
+    index = open_index(write_embedding(tmp_path, tied_vectors))
+    (matches,) = exact_search(index, clustered(1, 24, seed=5), 300)
+    assert [m.score for m in matches if m.row == 120] == [0.0]
+
+
+def test_bad_queries_are_usage_errors(tmp_path):
+    index = open_index(write_embedding(tmp_path, clustered(5, 8)))
+    with pytest.raises(UsageError, match="--top-k"):
+        exact_search(index, clustered(1, 8), 0)
+    with pytest.raises(UsageError, match="cannot be compared with 8-dimensional"):
+        exact_search(index, np.ones((1, 9), np.float32), 3)
+
+
+def test_search_without_an_approximate_index_is_exact(tmp_path):
+    vectors = clustered(50, 8)
+    index = open_index(write_embedding(tmp_path, vectors))
+    outcome = search(index, vectors[:2], 3)
+    assert outcome.method == "exact" and outcome.notice is None
+    assert outcome.matches == exact_search(index, vectors[:2], 3)
+
+
+def test_top_k_breaks_ties_by_row_whatever_the_candidate_order():
+    scores = np.array([0.5, 0.9, 0.5, 0.5, 0.1, 0.5], dtype=np.float32)
+    rows = np.array([9, 3, 4, 1, 0, 7])
+    s, r = top_k(scores, rows, 3)
+    assert r.tolist() == [3, 1, 4] and s.tolist() == pytest.approx([0.9, 0.5, 0.5])
