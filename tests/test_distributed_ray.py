@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,23 @@ def test_bit_embed_on_ray_equals_the_local_run(ray_run, local):
     record = ".ray.npy.run.json"  # the run record a local run publishes too
     sidecar = ["ray.meta.json", "ray.files.jsonl"]  # the metadata sidecar (docs/collection.md)
     assert sorted(os.listdir(out.parent)) == sorted([record, *sidecar, *(p.name for p in output_files(out).values())])
+
+
+def test_bit_search_reads_a_ray_output_through_its_sidecar(ray_run, tmp_path):
+    """The sidecar is published in the set (the run record lists it) with no file identities, and
+    `bit search` finds the model in it: a query that is no row is embedded without --model."""
+    _, out = ray_run
+    record = json.loads((out.parent / ".ray.npy.run.json").read_text())
+    assert record["files"]["metadata"]["size"] == (out.parent / "ray.meta.json").stat().st_size
+    rows = [json.loads(line) for line in (out.parent / "ray.files.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == (out.parent / "ray.paths.txt").read_text().splitlines()
+    assert all(r["size"] is None for r in rows)  # shards record no identities: --update embeds them again
+    query = tmp_path / "query.png"
+    shutil.copy(rows[0]["path"], query)  # a byte copy, not a row of the index
+    found = run(["search", out, query, "-k", 1, "-f", "jsonl"])
+    assert found.exit_code == 0, found.stderr
+    best = json.loads(found.stdout)["matches"][0]
+    assert (best["path"], best["score"]) == (rows[0]["path"], 1.0)  # ties go to index order
 
 
 def test_resume_of_a_finished_ray_output_is_checked_like_a_local_one(cluster, ckpt, photos, ray_run):
