@@ -9,6 +9,8 @@ share a batch changes the bytes, and byte equality with the local run shows the 
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,22 @@ def assert_same_files(got: Path, want: Path) -> None:
     """The three files of two runs are byte-identical."""
     for suffix, path in output_files(got).items():
         assert path.read_bytes() == output_files(want)[suffix].read_bytes(), suffix
+
+
+def nul_listing(photos: Path, directory: Path) -> bytes:
+    """NUL-separated paths for stdin (`find -print0`): the folder, a name with a space and a tab,
+    one with a line break (a failed input, as always), and a missing path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    odd = [directory / "a b\tc.png", directory / "line\nbreak.png"]
+    for source, target in zip(("img00.png", "img01.png"), odd):
+        shutil.copy(photos / source, target)
+    entries = [str(photos), *map(str, odd), str(photos.parent / "missing.png")]
+    return b"".join(os.fsencode(entry) + b"\0" for entry in entries)
+
+
+def local_nul_run(ckpt: Path, listing: bytes, out: Path) -> Path:
+    """The reference for `-0`: a local `bit embed -0 -` of `listing`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = run(["embed", "-0", "-", "-o", out, "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS], input=listing)
+    assert result.exit_code == 1, result.stderr  # the broken files, the line break and missing.png
+    return out

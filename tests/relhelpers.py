@@ -1,4 +1,5 @@
-"""Helpers for the reliability tests: the real `bit` in a subprocess, special files, a small tmpfs.
+"""Helpers for the reliability tests: the real `bit` in a subprocess, special files, a small tmpfs,
+and the kill switch of the property tests (a kill at any file-system step leaves one set).
 
 Everything here works through the command line or the public library API, so the tests survive a
 reorganisation of the package. Special files are made inside the test's own temporary folder
@@ -9,6 +10,7 @@ a test skips when it cannot make one).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import resource
 import signal
@@ -167,3 +169,78 @@ def sparse_file(path: Path, size: int) -> Path:
     with open(path, "wb") as fh:
         fh.truncate(size)
     return path
+
+
+# -- kills at every file-system step (the property tests of issue 12) -------------------------
+
+
+class Killed(BaseException):
+    """What a SIGKILL at this point would have left: nothing after it runs."""
+
+
+MUTATIONS = ("replace", "rename", "unlink", "remove", "rmdir", "mkdir")
+
+
+class KillSwitch:
+    """Counts file-system mutations (os.replace/rename/unlink/remove/rmdir/mkdir, shutil.rmtree's
+    steps included) while active, and raises Killed before the `at`-th one (None: never)."""
+
+    def __init__(self, at: int | None = None):
+        self.at = at
+        self.count = 0
+
+    def __enter__(self) -> "KillSwitch":
+        self._patch = pytest.MonkeyPatch()
+        for name in MUTATIONS:
+            self._patch.setattr(os, name, self._wrap(getattr(os, name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._patch.undo()
+
+    def _wrap(self, real):
+        def step(*args, **kwargs):
+            if self.at is not None and self.count == self.at:
+                raise Killed(f"killed before {real.__name__}{args}")
+            self.count += 1
+            return real(*args, **kwargs)
+
+        step.__name__ = real.__name__
+        return step
+
+
+def killed(action) -> bool:
+    """Run `action`; True when the kill switch stopped it. Either way its files are closed and
+    its locks released afterwards, as a killed process's are."""
+    try:
+        action()
+    except Killed:
+        gc.collect()
+        return True
+    gc.collect()
+    return False
+
+
+OUT_FILES = ("out.npy", "out.paths.txt", "out.errors.txt", "out.meta.json", "out.files.jsonl")
+
+
+def files_state(directory: Path, names=OUT_FILES) -> tuple:
+    """The bytes of each of `names` in `directory` (None: absent)."""
+    return tuple((directory / name).read_bytes() if (directory / name).exists() else None for name in names)
+
+
+def assert_one_set(directory: Path, old: tuple, new: tuple, where: str, touch, names=OUT_FILES) -> None:
+    """The files are the old set or the new one, at once or after `touch()` (what the next run on
+    the output does first: complete a publication that was committed)."""
+    state = files_state(directory, names)
+    if state not in (old, new):
+        touch()
+        state = files_state(directory, names)
+    assert state in (old, new), f"{where}: the files on disk mix two runs: " + ", ".join(
+        f"{name}={'old' if s == o else 'new' if s == n else 'other'}" for name, s, o, n in zip(names, state, old, new))
+
+
+def assert_no_litter(directory: Path) -> None:
+    """No partial folder, staged or temporary file left beside the outputs."""
+    litter = [p.name for p in directory.iterdir() if "partial" in p.name or p.name.endswith(".tmp")]
+    assert litter == [], litter

@@ -16,7 +16,8 @@ import pytest
 from bitcli.results import EmbedResult
 from bitcli.store import EmbedPaths, EmbedWriter, recover, write_groups
 from bitcli.store.update import plan_work
-from test_reliability_outputs import KillSwitch, _killed, _row
+from relhelpers import KillSwitch, killed
+from test_reliability_outputs import _row
 
 DIM = 4
 FINGERPRINT = {"model": "stand-in", "commit": None, "weights": [], "preprocessing": {}, "dtype": "float32"}
@@ -114,7 +115,7 @@ def test_a_kill_at_any_step_of_an_update_leaves_one_set_sidecar_included(tmp_pat
     for at in range(steps + 1):
         _copy(base, f"kill-{at}")
         with KillSwitch(at):
-            _killed(lambda: _update(NEW))
+            killed(lambda: _update(NEW))
         state = _state()
         if state not in (old, new):
             recover(EmbedPaths.for_output(Path("out.npy")))  # what any later run does first

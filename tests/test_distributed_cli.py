@@ -9,7 +9,17 @@ import sys
 import pytest
 
 from clihelpers import assert_clean_failure, run
-from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, local, photos  # noqa: F401 (fixtures)
+from distributedhelpers import (  # noqa: F401 (fixtures)
+    BATCH,
+    SHARD,
+    THREADS,
+    assert_same_files,
+    inputs,
+    local,
+    local_nul_run,
+    nul_listing,
+    photos,
+)
 
 
 def embed(ckpt, photos, *args):
@@ -66,6 +76,20 @@ def test_a_rerun_job_needs_resume(ckpt, photos, two_jobs):
     again = embed(ckpt, photos, "-o", out, "--shard", "1/2", "--resume")
     assert again.exit_code == 1, again.stderr  # as a resumed local run: its inputs include failures
     assert "0 shards embedded, 2 kept" in again.stderr
+
+
+def test_dash_zero_reaches_the_shard_jobs(ckpt, photos, tmp_path):
+    """`-0`: the jobs read NUL-separated paths on stdin as a local run does; combined, the same files."""
+    listing = nul_listing(photos, tmp_path / "odd")
+    want = local_nul_run(ckpt, listing, tmp_path / "local" / "out.npy")
+    out = tmp_path / "jobs" / "out.npy"
+    for i in range(2):
+        args = ["embed", "-0", "-", "-o", out, "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS, "--shard-size", SHARD]
+        result = run([*args, "--shard", f"{i}/2"], input=listing)
+        assert_clean_failure(result, 1)  # each job has failed inputs among its shards
+    combined = run(["combine", "-o", out])
+    assert combined.exit_code == 1, combined.stderr
+    assert_same_files(out, want)
 
 
 @pytest.mark.parametrize(

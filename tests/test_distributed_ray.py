@@ -1,4 +1,5 @@
-"""`--engine ray` on a local Ray cluster: the same bytes as a local run, resume after a killed driver.
+"""`--engine ray` on a local Ray cluster: the same bytes as a local run, resume after a killed driver,
+`--resume` of a finished output as strict as a local one, `-0`.
 
 One 4-CPU local cluster (`ray.init(address="local")`, never a cluster someone else started on
 this machine) serves the module and is shut down after it: two workers of two threads each, the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +23,19 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitc
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, from its context
 
 from clihelpers import run  # noqa: E402
-from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, job, local, output_files, photos  # noqa: E402, F401 (fixtures)
+from distributedhelpers import (  # noqa: E402, F401 (fixtures)
+    BATCH,
+    SHARD,
+    THREADS,
+    assert_same_files,
+    inputs,
+    job,
+    local,
+    local_nul_run,
+    nul_listing,
+    output_files,
+    photos,
+)
 
 from bitcli.distributed import EmbedJob, Progress, RayOptions, embed_on_ray  # noqa: E402
 from bitcli.store import EmbedPaths  # noqa: E402
@@ -47,19 +61,94 @@ def cluster(tmp_path_factory):
         ray.shutdown()
 
 
-def test_bit_embed_on_ray_equals_the_local_run(cluster, ckpt, photos, local, tmp_path):
+def ray_args(cluster, ckpt, out, *args):
+    """`bit embed ... --engine ray` on the module's cluster, with the local reference's settings."""
+    common = ["-o", out, "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS]
+    return ["embed", *args, *common, "--engine", "ray", "--ray-address", cluster, "--workers", 2, "--shard-size", SHARD]
+
+
+@pytest.fixture(scope="module")
+def ray_run(cluster, ckpt, photos, tmp_path_factory):
+    """The real command's result and output (`ray.npy`), in a folder of its own."""
+    out = tmp_path_factory.mktemp("ray") / "ray.npy"
+    return run(ray_args(cluster, ckpt, out, *inputs(photos))), out
+
+
+def test_bit_embed_on_ray_equals_the_local_run(ray_run, local):
     """The real command, `--engine ray` on the module's cluster: files and error lines as locally."""
-    args = ["embed", *inputs(photos), "-o", tmp_path / "ray.npy", "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS]
-    result = run([*args, "--engine", "ray", "--ray-address", cluster, "--workers", 2, "--shard-size", SHARD])
+    result, out = ray_run
     assert result.exit_code == 1, result.stderr  # some inputs failed, as locally
-    assert_same_files(tmp_path / "ray.npy", local)
+    assert_same_files(out, local)
     local_errors = output_files(local)[".errors.txt"].read_text().splitlines()
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         f"error: {line.replace(chr(9), ': ')}" for line in local_errors
     ]  # the local run's stderr lines, in input order
     assert "embedded 13 images" in result.stderr and "Traceback" not in result.stderr
+    record = ".ray.npy.run.json"  # the run record a local run publishes too
     sidecar = ["ray.meta.json", "ray.files.jsonl"]  # the metadata sidecar (docs/collection.md)
-    assert sorted(os.listdir(tmp_path)) == sorted([p.name for p in output_files(tmp_path / "ray.npy").values()] + sidecar)
+    assert sorted(os.listdir(out.parent)) == sorted([record, *sidecar, *(p.name for p in output_files(out).values())])
+
+
+def test_bit_search_reads_a_ray_output_through_its_sidecar(ray_run, tmp_path):
+    """The sidecar is published in the set (the run record lists it) with no file identities, and
+    `bit search` finds the model in it: a query that is no row is embedded without --model."""
+    _, out = ray_run
+    record = json.loads((out.parent / ".ray.npy.run.json").read_text())
+    assert record["files"]["metadata"]["size"] == (out.parent / "ray.meta.json").stat().st_size
+    rows = [json.loads(line) for line in (out.parent / "ray.files.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == (out.parent / "ray.paths.txt").read_text().splitlines()
+    assert all(r["size"] is None for r in rows)  # shards record no identities: --update embeds them again
+    query = tmp_path / "query.png"
+    shutil.copy(rows[0]["path"], query)  # a byte copy, not a row of the index
+    found = run(["search", out, query, "-k", 1, "-f", "jsonl"])
+    assert found.exit_code == 0, found.stderr
+    best = json.loads(found.stdout)["matches"][0]
+    assert (best["path"], best["score"]) == (rows[0]["path"], 1.0)  # ties go to index order
+
+
+def test_resume_of_a_finished_ray_output_is_checked_like_a_local_one(cluster, ckpt, photos, ray_run):
+    _, out = ray_run
+    before = {suffix: path.read_bytes() for suffix, path in output_files(out).items()}
+    again = run(ray_args(cluster, ckpt, out, *inputs(photos), "--resume"))
+    assert again.exit_code == 1, again.stderr  # exits as the finished run did: some inputs failed
+    assert "already complete" in again.stderr and "4 inputs failed" in again.stderr
+    for args, fragment in (
+        (["--normalize"], "normalize"),
+        (["--dtype", "float16"], "dtype"),
+        (["--batch-size", 4 * BATCH], "batch_size"),
+    ):
+        refused = run([*ray_args(cluster, ckpt, out, *inputs(photos), "--resume"), *args])
+        assert refused.exit_code == 2, refused.stderr
+        lines = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and fragment in lines[0] and "--overwrite" in lines[0], lines
+    other_inputs = run(ray_args(cluster, ckpt, out, str(photos), "--resume"))
+    assert other_inputs.exit_code == 2 and "inputs changed" in other_inputs.stderr, other_inputs.stderr
+    assert {suffix: path.read_bytes() for suffix, path in output_files(out).items()} == before
+
+
+def test_a_finished_ray_output_resumes_locally_as_a_local_run_would(ckpt, photos, ray_run):
+    """Its run record is a local run's (same fingerprint, input digest, sizes): the local engine's
+    strict check finds it complete."""
+    _, out = ray_run
+    again = run(["embed", *inputs(photos), "-o", out, "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS, "--resume"])
+    assert again.exit_code == 1, again.stderr
+    assert "already complete" in again.stderr
+
+
+def test_resume_of_an_output_without_a_run_record_is_refused(cluster, ckpt, photos, ray_run, tmp_path):
+    _, out = ray_run
+    for suffix, path in output_files(out).items():  # the three files, as an older bitcli left them
+        (tmp_path / f"old{suffix}").write_bytes(path.read_bytes())
+    refused = run(ray_args(cluster, ckpt, tmp_path / "old.npy", *inputs(photos), "--resume"))
+    assert refused.exit_code == 2 and "record" in refused.stderr and "--overwrite" in refused.stderr, refused.stderr
+
+
+def test_dash_zero_on_ray_equals_the_local_run(cluster, ckpt, photos, tmp_path):
+    listing = nul_listing(photos, tmp_path / "odd")
+    want = local_nul_run(ckpt, listing, tmp_path / "local" / "out.npy")
+    result = run(ray_args(cluster, ckpt, tmp_path / "ray.npy", "-0", "-"), input=listing)
+    assert result.exit_code == 1, result.stderr
+    assert_same_files(tmp_path / "ray.npy", want)
 
 
 DRIVER = """

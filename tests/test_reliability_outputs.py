@@ -8,7 +8,6 @@ embed store's own API and checks that the files on disk always form one set.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 import random
@@ -22,10 +21,15 @@ import pytest
 from clihelpers import make_images
 from relhelpers import (
     NULL_DEVICE,
+    KillSwitch,
+    assert_no_litter,
     assert_one_error_line,
+    assert_one_set,
     bit,
     error_lines,
+    files_state,
     kind_of,
+    killed,
     make_device,
     text,
 )
@@ -291,41 +295,6 @@ def test_a_second_run_on_the_same_output_is_told_another_run_holds_it(ckpt, phot
 # -- 3. property: a kill at any file-system step leaves one set of files ----------------------
 
 
-class Killed(BaseException):
-    """What a SIGKILL at this point would have left: nothing after it runs."""
-
-
-MUTATIONS = ("replace", "rename", "unlink", "remove", "rmdir", "mkdir")
-
-
-class KillSwitch:
-    """Counts file-system mutations (os.replace/rename/unlink/remove/rmdir/mkdir, shutil.rmtree's
-    steps included) while active, and raises Killed before the `at`-th one (None: never)."""
-
-    def __init__(self, at: int | None = None):
-        self.at = at
-        self.count = 0
-
-    def __enter__(self) -> "KillSwitch":
-        self._patch = pytest.MonkeyPatch()
-        for name in MUTATIONS:
-            self._patch.setattr(os, name, self._wrap(getattr(os, name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._patch.undo()
-
-    def _wrap(self, real):
-        def step(*args, **kwargs):
-            if self.at is not None and self.count == self.at:
-                raise Killed(f"killed before {real.__name__}{args}")
-            self.count += 1
-            return real(*args, **kwargs)
-
-        step.__name__ = real.__name__
-        return step
-
-
 DIM = 4
 OLD_INPUTS = [f"old/{i}.png" for i in range(5)]
 NEW_INPUTS = [f"new/{i}.png" for i in range(7)]
@@ -361,18 +330,11 @@ def _write(out: Path, inputs: list[str], *, overwrite=False, resume=False) -> No
         writer.close()
 
 
-OUT_FILES = ("out.npy", "out.paths.txt", "out.errors.txt", "out.meta.json", "out.files.jsonl")
-
-
-def _state(directory: Path) -> tuple:
-    return tuple((directory / name).read_bytes() if (directory / name).exists() else None for name in OUT_FILES)
-
-
 def _reference(tmp: Path, name: str, inputs: list[str]) -> tuple:
     directory = tmp / name
     directory.mkdir()
     _write(directory / "out.npy", inputs)
-    return _state(directory)
+    return files_state(directory)
 
 
 def _touch(out: Path) -> None:
@@ -387,33 +349,13 @@ def _touch(out: Path) -> None:
         pass
 
 
-def _killed(action) -> bool:
-    try:
-        action()
-    except Killed:
-        gc.collect()  # a killed process's files are closed and its locks released
-        return True
-    gc.collect()
-    return False
-
-
 def _recover(out: Path) -> None:
     partial = Path(f"{out}.partial")
     _write(out, NEW_INPUTS, resume=partial.exists(), overwrite=not partial.exists())
 
 
 def _check_one_set(directory: Path, old: tuple, new: tuple, where: str) -> None:
-    state = _state(directory)
-    if state not in (old, new):
-        _touch(directory / "out.npy")  # any later run completes a published set first
-        state = _state(directory)
-    assert state in (old, new), f"{where}: the files on disk mix two runs: " + ", ".join(
-        f"{name}={'old' if s == o else 'new' if s == n else 'other'}" for name, s, o, n in zip(OUT_FILES, state, old, new))
-
-
-def _no_litter(directory: Path) -> None:
-    litter = [p.name for p in directory.iterdir() if "partial" in p.name or p.name.endswith(".tmp")]
-    assert litter == [], litter
+    assert_one_set(directory, old, new, where, lambda: _touch(directory / "out.npy"))
 
 
 def test_a_kill_at_any_step_of_an_overwrite_leaves_one_set(tmp_path):
@@ -431,11 +373,11 @@ def test_a_kill_at_any_step_of_an_overwrite_leaves_one_set(tmp_path):
         directory.mkdir()
         _write(directory / "out.npy", OLD_INPUTS)
         with KillSwitch(at):
-            _killed(lambda: _write(directory / "out.npy", NEW_INPUTS, overwrite=True))
+            killed(lambda: _write(directory / "out.npy", NEW_INPUTS, overwrite=True))
         _check_one_set(directory, old, new, f"killed at step {at} of {steps}")
         _recover(directory / "out.npy")
-        assert _state(directory) == new, f"killed at step {at}: recovery did not give the new set"
-        _no_litter(directory)
+        assert files_state(directory) == new, f"killed at step {at}: recovery did not give the new set"
+        assert_no_litter(directory)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -449,10 +391,10 @@ def test_kills_during_recovery_still_leave_one_set(tmp_path, seed):
     for attempt in range(4):
         with KillSwitch(rng.randrange(0, 25)):
             if attempt == 0:
-                _killed(lambda: _write(out, NEW_INPUTS, overwrite=True))
+                killed(lambda: _write(out, NEW_INPUTS, overwrite=True))
             else:
-                _killed(lambda: _recover(out))
+                killed(lambda: _recover(out))
         _check_one_set(directory, old, new, f"seed {seed}, attempt {attempt}")
     _recover(out)
-    assert _state(directory) == new
-    _no_litter(directory)
+    assert files_state(directory) == new
+    assert_no_litter(directory)

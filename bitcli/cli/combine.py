@@ -114,18 +114,20 @@ class Distribution:
 
 
 def embed_distributed(
-    ui: Ui, inputs: list[str], job: Any, paths: Any, dist: Distribution, *, resume: bool, overwrite: bool
+    ui: Ui, inputs: list[str], job: Any, paths: Any, dist: Distribution, *, resume: bool, overwrite: bool, null: bool = False
 ) -> int:
-    """`bit embed` with `--engine ray` or `--shard I/N`; `job` is a `bitcli.distributed.EmbedJob`."""
+    """`bit embed` with `--engine ray` or `--shard I/N`; `job` is a `bitcli.distributed.EmbedJob`;
+    `null`: paths on stdin are NUL-separated (`-0`), as for a local run."""
     from bitcli.distributed import RayOptions, default_shard_dir, embed_on_ray, parse_selection, run_shards
     from bitcli.inputs import expand_inputs
+    from bitcli.store import write_errors
 
-    entries = expand_inputs(inputs, stdin=sys.stdin)  # streamed: listed once, never held in memory
+    entries = expand_inputs(inputs, stdin=sys.stdin, null=null)  # streamed: listed once, never held in memory
     shard_dir = dist.shard_dir or default_shard_dir(paths.out)
     bar = ShardBar(ui)
     common = {"resume": resume, "overwrite": overwrite, "progress": bar, "on_failure": bar.error}
     try:
-        with bar:
+        with bar, write_errors(paths) if dist.shard is None else contextlib.nullcontext():
             if dist.shard is None:
                 options = RayOptions(dist.ray_address, dist.workers, dist.gpus, dist.shard_size, dist.shard_dir)
                 summary = embed_on_ray(entries, paths, job, options, **common)
@@ -145,9 +147,10 @@ def embed_distributed(
         )
         bar.summary()
         return EXIT_SOME_FAILED if run.failed else EXIT_OK
-    if summary is None:
+    if summary.already_complete:  # exits as the run that made it did, like a local --resume
         ui.info(f"{paths.out} is already complete; nothing to resume (pass --overwrite to redo it)")
-        return EXIT_OK
+        report_summary(ui, summary, paths, done=True)
+        return EXIT_SOME_FAILED if summary.failed else EXIT_OK
     report_summary(ui, summary, paths)
     bar.summary()
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
@@ -192,8 +195,8 @@ EPILOG = epilog(
     "bit combine -o out.npy node1/out.npy.shards node2/out.npy.shards",
     note=(
         "Checks that every shard is there once, all cut from the same inputs with the same model and "
-        "options, then writes the files a local bit embed writes: OUT.npy, OUT.paths.txt, OUT.errors.txt. "
-        "The shards are kept."
+        "options, then publishes the files a local bit embed writes as one set: OUT.npy, OUT.paths.txt, "
+        "OUT.errors.txt and the run record that bit embed --resume checks. The shards are kept."
     ),
 )
 
@@ -214,7 +217,7 @@ def combine(
     """Assemble the shards of `bit embed --shard I/N` jobs into the files a local run writes."""
     from bitcli.distributed import combine as combine_shards
     from bitcli.distributed import default_shard_dir
-    from bitcli.store import EmbedPaths
+    from bitcli.store import EmbedPaths, write_errors
 
     ui = Ui(quiet=quiet, debug=debug)
     if output_path.is_dir():
@@ -222,6 +225,7 @@ def combine(
     if not output_path.name.endswith(".npy"):  # as bit embed (and numpy.save): -o vecs writes vecs.npy
         output_path = output_path.with_name(output_path.name + ".npy")
     paths = EmbedPaths.for_output(output_path, manifest=manifest)
-    summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
+    with write_errors(paths):  # a failed write (disk full): one line naming the output
+        summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
     report_summary(ui, summary, paths)
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK

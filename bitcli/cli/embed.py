@@ -152,7 +152,7 @@ def embed(
 
         paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
         job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads)
-        return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite)
+        return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null)
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
     items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)

@@ -5,9 +5,13 @@ order (byte-identical to `numpy.save` of the whole matrix, and to a local run: t
 the same); the manifest and the error list are the shards' `paths.txt` and `errors.txt`,
 concatenated byte for byte. Before writing anything, the shards are checked: every shard of the
 split present exactly once, all cut from the same input list with the same batch and shard
-size, and all made with the same model, weights, preprocessing and options. Publication follows
-the embed store: the array is written under a temporary name next to `OUT.npy`, the manifest and
-the error list are renamed into place, the array last; the shard folders are left as they are.
+size, and all made with the same model, weights, preprocessing and options. Publication is the
+embed store's own (`store.assembly`): the array is assembled in `OUT.npy.partial/data.npy` under
+the folder's lock, the manifest, the error list, the metadata sidecar (`OUT.meta.json`,
+`OUT.files.jsonl`: the shards record no file identities) and the run record `.OUT.npy.run.json`
+are staged beside their final names, and all are published as one set through the commit record,
+so a kill leaves the old set or the new one and `bit embed --resume` checks the result as it
+checks a local run's. The shard folders are left as they are.
 
 The row bytes are copied with `os.copy_file_range` where the filesystem offers it (a reflink or
 server-side copy on XFS, btrfs, NFS 4.2), else read and written in 4 MiB chunks: the assembly of
@@ -17,26 +21,25 @@ server-side copy on XFS, btrfs, NFS 4.2), else read and written in 4 MiB chunks:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from bitcli.distributed.seams import (
+    Assembly,
     EmbedPaths,
     EmbedSummary,
     UsageError,
-    check_output,
-    fsync_dir,
     metadata_for,
     name_some,
     npy_header,
     read_lines,
-    write_metadata,
+    run_state,
+    writing,
 )
 from bitcli.distributed.shardfiles import ShardInfo, describe_difference, read_shard, shard_failures, shard_folders
-from bitcli.distributed.shards import DuplicateShardError, MissingShardError, ShardMismatchError, Split
+from bitcli.distributed.shards import DuplicateShardError, MissingShardError, ShardError, ShardMismatchError, Split
 
 _CHUNK = 1 << 22
 
@@ -108,93 +111,74 @@ def combine(
     split: Split | None = None,
     on_failure: OnFailure | None = None,
 ) -> EmbedSummary:
-    """Check the shards in `sources` and publish `paths` (OUT.npy, manifest, error list).
+    """Check the shards in `sources` and publish `paths` (OUT.npy, manifest, error list, sidecar,
+    run record).
 
-    `split`: the split the shards must have (the Ray engine passes its own); None takes the
-    first shard's. `on_failure` is called for every failed input, in input order.
+    `split`: the split the shards must have; None takes the first shard's. `on_failure` is
+    called for every failed input, in input order, once the files are published.
     """
     if paths.out is None:
         raise UsageError("combining shards writes a file: give -o OUT.npy, not -o -")
-    check_output(paths, resume=False, overwrite=overwrite)
-    shards = plan(find_shards(sources), list(sources), split=split)
-    return _publish(shards, paths, on_failure)
+    with Assembly(paths, by="bit combine", overwrite=overwrite) as assembly:  # the output checked first
+        shards = plan(find_shards(sources), list(sources), split=split)
+        return assemble(shards, assembly, on_failure)
 
 
-def _publish(shards: list[ShardInfo], paths: EmbedPaths, on_failure: OnFailure | None) -> EmbedSummary:
-    first = shards[0]
+def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | None = None, **record: Any) -> EmbedSummary:
+    """Write `shards` (planned: in order, of one run) into the held `assembly` and publish it:
+    the array into its partial folder, the manifest and error list (the shards' files, byte for
+    byte), the metadata sidecar and the run record staged, then all renamed as one set. `record`: extra entries for
+    the run record (the Ray engine's job)."""
+    first, paths, staged = shards[0], assembly.paths, assembly.staged
     dtype = np.dtype(first.dtype).newbyteorder("<")
     rows, failed = sum(s.rows for s in shards), sum(s.failed for s in shards)
-    out = paths.out
-    assert out is not None
-    array = _TempFile(out)
-    try:
-        array.fh.write(npy_header(dtype, rows, first.dim))
+    with writing(paths.out), open(assembly.data, "r+b", buffering=0) as array:
+        array.truncate(0)
+        array.write(npy_header(dtype, rows, first.dim))
         for shard in shards:
-            _copy_rows(shard, array.fh, first.dim * dtype.itemsize)
-        array.sync()
-        _write_concatenation(paths.manifest, [s.folder / "paths.txt" for s in shards])
-        if failed:
-            _write_concatenation(paths.errors, [s.folder / "errors.txt" for s in shards])
-        else:
-            paths.errors.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
-        _write_sidecar(first, paths, rows, dtype)
-        array.publish()
-    except BaseException:
-        array.discard()
-        raise
+            _copy_rows(shard, array, first.dim * dtype.itemsize)
+        os.fsync(array.fileno())
+        staged.array(array.tell())
+    staged.file("manifest", _concatenation([s.folder / "paths.txt" for s in shards]))
+    if failed:
+        staged.file("errors", _concatenation([s.folder / "errors.txt" for s in shards]))
+    # The sidecar a local run writes (docs/collection.md), so that `bit search` finds the model;
+    # shards record no file identities, so `--update` embeds every row again.
+    meta = metadata_for(paths, {**first.fingerprint, "dtype": dtype.name}, rows=rows, dim=first.dim)
+    staged.sidecar(meta, ((line, None) for line in read_lines(staged.staged["manifest"])))
+    # What a local run with these settings records (the same fingerprint, dim, dtype and input
+    # digest), so that `bit embed --resume` checks an assembled output exactly as a local one.
+    state = {**run_state(first.dim, dtype.name, first.fingerprint, None), "inputs": first.split.inputs}
+    staged.record(state, rows=rows, failed=failed, **record)
+    staged.publish()
     if on_failure is not None:
         for shard in shards:
             for path, reason in shard_failures(shard):
                 on_failure(path, reason)
     return EmbedSummary(
-        rows=rows, dim=first.dim, dtype=dtype.name, failed=failed, out=out, manifest=paths.manifest,
+        rows=rows, dim=first.dim, dtype=dtype.name, failed=failed, out=paths.out, manifest=paths.manifest,
         errors_file=paths.errors if failed else None,
     )
 
 
-def _write_sidecar(first: ShardInfo, paths: EmbedPaths, rows: int, dtype: np.dtype) -> None:
-    """The metadata sidecar a local run writes (docs/collection.md), so that `bit search` finds
-    the model; shards record no file identities, so `--update` would embed every row again."""
-    meta = metadata_for(paths, {**first.fingerprint, "dtype": dtype.name}, rows=rows, dim=first.dim)
-    write_metadata(paths.sidecars, meta, ((line, None) for line in read_lines(paths.manifest)))
-
-
-class _TempFile:
-    """A file written under a temporary name beside `path`, renamed onto it by `publish`."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.path, self.tmp = path, Path(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
-        self.fh = os.fdopen(fd, "wb", buffering=0)  # unbuffered: copy_file_range writes at the fd's position
-
-    def sync(self) -> None:
-        os.fsync(self.fh.fileno())
-
-    def publish(self) -> None:
-        self.sync()
-        self.fh.close()
-        os.replace(self.tmp, self.path)
-        fsync_dir(self.path.parent)
-
-    def discard(self) -> None:
-        self.fh.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def _copy_rows(shard: ShardInfo, dst, nbytes_per_row: int) -> None:
+def _copy_rows(shard: ShardInfo, dst: IO[bytes], nbytes_per_row: int) -> None:
     """Append shard's row bytes (rows.npy after its header) to the unbuffered file `dst`."""
     source = shard.folder / "rows.npy"
     length = shard.rows * nbytes_per_row
-    with open(source, "rb", buffering=0) as src:
-        src.seek(os.path.getsize(source) - length)  # the header is whatever precedes the rows
+    with _open_part(source) as src:
+        src.seek(os.fstat(src.fileno()).st_size - length)  # the header is whatever precedes the rows
         _copy_range(src, dst, length)
 
 
-def _copy_range(src, dst, length: int) -> None:
+def _open_part(path: Path) -> IO[bytes]:
+    """A shard's file, unbuffered; one that cannot be opened is a damaged shard (exit 2)."""
+    try:
+        return open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise ShardError(f"{path}: cannot read it ({exc.strerror or exc}); run that shard again") from None
+
+
+def _copy_range(src: IO[bytes], dst: IO[bytes], length: int) -> None:
     copy = getattr(os, "copy_file_range", None)
     while length > 0 and copy is not None:
         try:
@@ -207,18 +191,19 @@ def _copy_range(src, dst, length: int) -> None:
     while length > 0:
         chunk = src.read(min(_CHUNK, length))
         if not chunk:
-            raise UsageError(f"{src.name}: shorter than its header says; run that shard again")
-        dst.write(chunk)
+            raise ShardError(f"{src.name}: shorter than its header says; run that shard again")
+        view = memoryview(chunk)
+        while view:  # an unbuffered file may take part of a write
+            view = view[dst.write(view):]
         length -= len(chunk)
 
 
-def _write_concatenation(path: Path, parts: list[Path]) -> None:
-    target = _TempFile(path)
-    try:
+def _concatenation(parts: list[Path]) -> Callable[[IO[bytes]], None]:
+    """A writer of `parts`, byte for byte, one after the other (`StagedSet.file`)."""
+
+    def write(target: IO[bytes]) -> None:
         for part in parts:
-            with open(part, "rb", buffering=0) as src:
-                _copy_range(src, target.fh, os.path.getsize(part))
-        target.publish()
-    except BaseException:
-        target.discard()
-        raise
+            with _open_part(part) as src:
+                _copy_range(src, target, os.fstat(src.fileno()).st_size)
+
+    return write

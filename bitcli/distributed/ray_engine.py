@@ -7,8 +7,11 @@ a fixed pool of actors (`ActorPoolStrategy`): each actor loads the model once th
 `bitcli.load` (on a GPU with `num_gpus_per_worker`), reads its shard's entries from the list,
 embeds them with the local pipeline and publishes the shard folder atomically. The driver only
 sees one small row per finished shard (its counts), reports progress, and at the end assembles
-the shards into `OUT.npy`, the manifest and the error list (`combine.py`), then removes the
-shard directory.
+the shards into `OUT.npy`, the manifest, the error list, the metadata sidecar and the run
+record (`combine.py`), published as one set the local run's way, then removes the shard
+directory. From start to end
+the driver holds the output's partial folder (`store.Assembly`): a second run on the output,
+local or Ray, is refused while it runs.
 
 Where the files live. Workers read `inputs.jsonl` and write the shard folders themselves, so
 the shard directory must be the same path on every node: any directory on a single machine (a
@@ -16,10 +19,12 @@ local cluster), or a shared POSIX filesystem (NFS, Lustre, CephFS, ...) mounted 
 on every node of a cluster, and so must the images. Object stores (s3://) are not supported.
 Relative input paths are resolved from the driver's working directory, which workers enter.
 
-Crashes. A worker that dies mid-shard leaves at most a temporary `.shard-*` folder; Ray restarts
-the actor and retries the shard. When the driver dies, its actors go with it; `--resume`
-re-lists the inputs, checks them and the options against `run.json`, and runs only the shards
-without a folder.
+Crashes. A worker that dies mid-shard leaves at most a temporary `.shard-*` folder; a new pool
+runs the shards still missing. When the driver dies, its actors go with it; `--resume` re-lists
+the inputs, checks them and the options against `run.json`, and runs only the shards without a
+folder. `--resume` of a finished output (no shard directory left) checks its run record as a
+local run does: the same inputs, the same job (model, options, `--normalize`, `--dtype`), the
+files as they were published; it exits as the finished run did.
 
 The cluster: `address` (`--ray-address`), else Ray's own `RAY_ADDRESS`, else a new local
 cluster on this machine (never silently the last cluster some other program started here: pass
@@ -30,14 +35,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
-from bitcli.distributed.combine import OnFailure, combine
+import numpy as np
+
+from bitcli.distributed.combine import OnFailure, assemble, find_shards, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
-from bitcli.distributed.seams import EmbedPaths, EmbedSummary, InputError, InputItem, UsageError, check_output, finished_inputs
+from bitcli.distributed.seams import (
+    Assembly,
+    EmbedPaths,
+    EmbedSummary,
+    InputError,
+    InputItem,
+    UsageError,
+    check_output,
+    files_problem,
+    inputs_digest,
+    read_run_record,
+    recover,
+)
 from bitcli.distributed.shardfiles import describe_difference, finished_shards, remove_directory, remove_temporary, shard_folders
 from bitcli.distributed.shards import Split, default_shard_size, spool_inputs
 from bitcli.distributed.worker import EmbedJob, OnProgress, report_progress
@@ -46,6 +63,7 @@ INPUTS_FILE = "inputs.jsonl"
 RUN_FILE = "run.json"
 RUN_FORMAT = "bitcli-embed-run"
 INPUTS_CHANGED = "inputs changed since the interrupted run; pass --overwrite to start again"
+ENGINE = "bit embed --engine ray"
 
 
 def default_shard_dir(out: Path) -> Path:
@@ -62,39 +80,43 @@ def embed_on_ray(
     overwrite: bool = False,
     progress: OnProgress | None = None,
     on_failure: OnFailure | None = None,
-) -> EmbedSummary | None:
+) -> EmbedSummary:
     """Embed `entries` (expanded inputs, streamed) on a Ray cluster into `paths`, as locally.
 
-    Returns what was written, or None for `--resume` of an output that is already complete.
+    Returns what was written; for `--resume` of an output that is already complete, a summary
+    with `already_complete` set and the finished run's failure count (nothing is written).
     `progress` is called at the start and after each shard; `on_failure` for each failed
-    input, in input order, once the output is assembled. Library code: nothing is printed.
+    input, in input order, once the output is published. Library code: nothing is printed.
     """
     ray = import_ray()
     if paths.out is None:
         raise UsageError("--engine ray keeps shards beside the output: give -o OUT.npy, not -o -")
-    check_output(paths, resume=resume, overwrite=overwrite)
     shard_dir = options.shard_dir or default_shard_dir(paths.out)
-    if paths.out.exists() and resume and not shard_dir.exists():
-        return _already_complete(entries, paths)
-    _prepare(shard_dir, paths, resume=resume, overwrite=overwrite)
-    try:
-        size = options.shard_size or default_shard_size(job.options.batch_size)
-        spool = spool_inputs(entries, shard_dir / INPUTS_FILE, batch_size=job.options.batch_size, shard_size=size)
-        split = spool.split
-        _write_run_record(shard_dir, split, job, resume=resume)
-        done = finished_shards(shard_dir, split)
-        remove_temporary(shard_dir)
-        todo = [i for i in range(split.shards) if i not in done]
-        if todo:
-            with connect(ray, options) as ray:
-                ShardPool(ray, spool, with_threads(ray, job, options), options, shard_dir, progress).run(todo, done)
-        else:
-            report_progress(progress, split, done.values())
-    except BaseException:
-        if not shard_folders(shard_dir):  # nothing finished worth a --resume: leave no directory
-            _remove(shard_dir)
-        raise
-    summary = combine([shard_dir], paths, overwrite=True, split=split, on_failure=on_failure)
+    recover(paths)  # a publication a kill interrupted, completed first
+    if resume and paths.out.exists() and not shard_dir.exists() and not os.path.lexists(paths.partial):
+        check_output(paths, resume=resume, overwrite=overwrite)
+        return _already_complete(entries, paths, job)
+    with Assembly(paths, by=ENGINE, resume=resume, overwrite=overwrite) as assembly:  # held to the end
+        _prepare(shard_dir, paths, resume=resume, overwrite=overwrite)
+        try:
+            size = options.shard_size or default_shard_size(job.options.batch_size)
+            spool = spool_inputs(entries, shard_dir / INPUTS_FILE, batch_size=job.options.batch_size, shard_size=size)
+            split = spool.split
+            _write_run_record(shard_dir, split, job, resume=resume)
+            done = finished_shards(shard_dir, split)
+            remove_temporary(shard_dir)
+            todo = [i for i in range(split.shards) if i not in done]
+            if todo:
+                with connect(ray, options) as ray:
+                    ShardPool(ray, spool, with_threads(ray, job, options), options, shard_dir, progress).run(todo, done)
+            else:
+                report_progress(progress, split, done.values())
+        except BaseException:
+            if not shard_folders(shard_dir):  # nothing finished worth a --resume: leave no directory
+                _remove(shard_dir)
+            raise
+        shards = plan(find_shards([shard_dir]), [shard_dir], split=split)
+        summary = assemble(shards, assembly, on_failure, job=_settings(job))
     summary.resumed_rows = sum(info.rows for info in done.values())
     _remove(shard_dir)
     return summary
@@ -111,11 +133,6 @@ def _remove(shard_dir: Path) -> None:
 
 def _prepare(shard_dir: Path, paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
     """Refuse or discard an earlier run's shard directory, as the local engine does its partial run."""
-    partial = paths.partial
-    if partial is not None and partial.exists():
-        if not overwrite:
-            raise UsageError(f"{partial} is a local run's; resume it with --engine local, or pass --overwrite")
-        shutil.rmtree(partial)
     if shard_dir.exists() and not (resume or overwrite):
         raise UsageError(
             f"{paths.out}: an interrupted run left {shard_dir}; pass --resume to continue it or --overwrite to start over"
@@ -123,6 +140,11 @@ def _prepare(shard_dir: Path, paths: EmbedPaths, *, resume: bool, overwrite: boo
     if overwrite and shard_dir.exists():
         _remove(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _settings(job: EmbedJob) -> dict[str, Any]:
+    """What a resumed run must repeat (`EmbedJob.settings`), as JSON reads it back."""
+    return json.loads(json.dumps(job.settings()))
 
 
 def _write_run_record(shard_dir: Path, split: Split, job: EmbedJob, *, resume: bool) -> None:
@@ -146,10 +168,30 @@ def _write_run_record(shard_dir: Path, split: Split, job: EmbedJob, *, resume: b
     os.replace(tmp, path)
 
 
-def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPaths) -> None:
-    """`--resume` of a finished output: nothing to do, if it was made from the same inputs."""
-    if Counter(entry.path for entry in entries) != finished_inputs(paths):
-        raise UsageError(f"{paths.out}: {INPUTS_CHANGED}")
-    return None
+def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPaths, job: EmbedJob) -> EmbedSummary:
+    """`--resume` of a finished output: nothing to do if its run record says this job made it
+    from these inputs and its files are as published (a local run's checks); else UsageError."""
+    record, problem = read_run_record(paths)
+    if record is not None:
+        problem = _finished_problem(record, entries, paths, job)
+    if problem:
+        raise UsageError(f"{paths.out}: {problem}; pass --overwrite to redo it")
+    failed = int(record.get("failed") or 0)
+    return EmbedSummary(
+        rows=0, dim=int(record.get("dim") or 0), dtype=str(record.get("dtype")), failed=failed, out=paths.out,
+        manifest=paths.manifest, errors_file=paths.errors if failed else None, already_complete=True,
+    )
 
 
+def _finished_problem(record: dict[str, Any], entries: Iterable[Any], paths: EmbedPaths, job: EmbedJob) -> str | None:
+    """Why the finished output in `paths` (run record `record`) is not what `job` would make."""
+    theirs, mine = record.get("job"), _settings(job)
+    if not isinstance(theirs, dict):
+        # A local run's or bit combine's record names the model as loaded (a resolved path or
+        # commit, the device, the kernels), which this driver cannot know without loading it.
+        return "it was not made by --engine ray, whose record names the model as given; resume it with --engine local"
+    if theirs != mine:
+        return f"it was made with different settings ({describe_difference(theirs, mine)})"
+    if record.get("inputs") != inputs_digest(entry.path for entry in entries):
+        return "the inputs changed since it was made"
+    return files_problem(paths, record, record.get("dim"), np.dtype(job.dtype).newbyteorder("<"))

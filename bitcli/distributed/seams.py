@@ -1,9 +1,10 @@
 """The seam between the distributed engine and the rest of bitcli: every name it borrows, here.
 
-The embed store (`bitcli.store`) owns the output paths, the manifest and error-list formats and
-the `.npy` header; the shards reuse all of them, so that combining shards gives a local run's
-files. Nothing here imports torch: the model side (`bitcli.load`, `Embedder`) is imported where
-a worker starts.
+The embed store (`bitcli.store`) owns the output paths, the manifest and error-list formats, the
+`.npy` header and the publication of a finished output (`Assembly`: the partial folder, its lock,
+the run record, one set published through the commit record); the shards reuse all of them, so
+that combining shards gives a local run's files, published the local run's way. Nothing here
+imports torch: the model side (`bitcli.load`, `Embedder`) is imported where a worker starts.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 from bitcli.errors import BitError, InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
 from bitcli.pipeline import RunOptions  # light: no torch
+from bitcli.store.assembly import Assembly
 from bitcli.store.files import fsync_dir, npy_header, read_lines, write_atomic
-from bitcli.store.journal import finished_inputs, inputs_digest
-from bitcli.store.metadata import write_metadata
-from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path
-from bitcli.store.staging import metadata_for
+from bitcli.store.journal import files_problem, inputs_digest, read_run_record, run_state
+from bitcli.store.metadata import metadata_for
+from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path, writing
+from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary
 from bitcli.util import first_line, name_some
 
 __all__ = [
+    "Assembly",
     "BitError",
     "EmbedPaths",
     "EmbedSummary",
@@ -30,7 +33,7 @@ __all__ = [
     "check_output",
     "escape_error_path",
     "expand_inputs",
-    "finished_inputs",
+    "files_problem",
     "first_line",
     "fsync_dir",
     "inputs_digest",
@@ -39,7 +42,10 @@ __all__ = [
     "name_some",
     "npy_header",
     "read_lines",
+    "read_run_record",
+    "recover",
+    "run_state",
     "unescape_error_path",
     "write_atomic",
-    "write_metadata",
+    "writing",
 ]

@@ -8,13 +8,14 @@ one run writing the output: a second run is told another run holds it, instead o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import os
 import stat
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -108,6 +109,16 @@ def write_lines(path: Path, lines: Iterable[str]) -> int:
         fh.flush()
         os.fsync(fh.fileno())
         return fh.buffer.tell()
+
+
+def write_binary(path: Path, write: Callable[[IO[bytes]], None]) -> int:
+    """Write `path` (a staged name: replaced if there, never through a link) with `write(fh)`, an
+    unbuffered binary file (so `os.copy_file_range` may write at its position), fsync; its size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~_umask())
+    with os.fdopen(fd, "wb", buffering=0) as fh:
+        write(fh)
+        os.fsync(fh.fileno())
+        return os.fstat(fh.fileno()).st_size
 
 
 def staged_name(path: Path) -> Path:
@@ -230,3 +241,47 @@ def lock_holder(partial: Path) -> str | None:
     except OSError:
         return None
     return None
+
+
+def make_partial(partial: Path, tmp: Path, state: dict[str, Any], header: bytes) -> IO[bytes] | None:
+    """Assemble a partial directory under `tmp` (state.json, data.npy holding `header`, an empty
+    journal), holding its lock, then rename it to `partial`: it appears complete or not at all.
+
+    Returns the lock (the open file), or None when another run got there first."""
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(tmp)
+    except FileExistsError:
+        return None
+    lock = take_lock(tmp)
+    if lock is None:
+        return None
+    try:
+        write_synced(tmp / STATE, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+        write_synced(tmp / DATA, header)
+        write_synced(tmp / JOURNAL, b"")
+        fsync_dir(tmp)
+        try:
+            os.rename(tmp, partial)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            remove_partial(tmp)
+            lock.close()
+            return None
+    except BaseException:
+        lock.close()  # what is left in `tmp` is cleared by the next run (`publish.discard_tmp`)
+        raise
+    fsync_dir(partial.parent)
+    return lock
+
+
+def remove_partial(partial: Path) -> None:
+    """Remove bitcli's own partial directory: its files, the commit record last, then the folder."""
+    names = sorted(OWN_PARTIAL_FILES - {PUBLISH}, key=lambda n: n == LOCK) + [PUBLISH]
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            (partial / name).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        partial.rmdir()
+    fsync_dir(partial.parent)

@@ -6,8 +6,10 @@ re-embedded), and memory stays proportional to the input list.
 
 The run record (`.OUT.npy.run.json`, published with the output) keeps what the partial
 directory's `state.json` said (model, dtype, options, input digest) plus the row and failure
-counts and the size of each file, so `--resume` of a finished output checks it as strictly as an
-unfinished one.
+counts and the size of each file of the set, so `--resume` of a finished output checks it as
+strictly as an unfinished one. An output assembled from shards (`assembly.py`) gets the same
+record, from the shards' fingerprint and input digest; `--engine ray` adds its job (the model as
+given and the options), which is what its driver can compare without loading the model.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
 from bitcli.errors import UsageError
-from bitcli.store.files import read_json_record, read_lines, read_npy_header
+from bitcli.store.files import read_json_record, read_npy_header
 from bitcli.store.metadata import FileIdentity
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 JOURNAL_LINE_MAX = 64 << 20  # one batch's paths and errors; a longer line is damage
 RECORD_VERSION = 1
+ASSEMBLY = "assembly"  # in state.json: the partial directory is assembled from shards (assembly.py)
 
 
 @dataclass
@@ -136,40 +138,50 @@ def file_size(path: Path | None) -> int | None:
         return None
 
 
-def finished_problem(record_path: Path, state: dict[str, Any], files: dict[str, Path], rows_dtype) -> str | None:
-    """Why a finished output does not match the run about to resume it (None: it does).
+def assembled_by(state: dict[str, Any] | None) -> str | None:
+    """The command assembling the output in a partial directory whose `state.json` is `state`
+    (`assembly.py`), or None for a local run's."""
+    who = (state or {}).get(ASSEMBLY)
+    return str(who) if who else None
 
-    `files` maps "array", "manifest", "errors" to paths; the record lists their sizes.
-    """
-    record = read_json_record(record_path)
+
+def read_run_record(paths: "EmbedPaths") -> tuple[dict[str, Any] | None, str | None]:
+    """(the finished output's run record, None) or (None, why there is none to check)."""
+    record = read_json_record(paths.record)
     if record is None:
-        return f"it has no readable record of how it was made ({record_path.name} is missing or damaged)"
+        return None, f"it has no readable record of how it was made ({paths.record.name} is missing or damaged)"
+    return record, None
+
+
+def finished_problem(paths: "EmbedPaths", state: dict[str, Any], rows_dtype) -> str | None:
+    """Why a finished output does not match the run about to resume it (None: it does)."""
+    record, problem = read_run_record(paths)
+    if record is None:
+        return problem
     theirs = {k: record.get(k) for k in state}
     if theirs.get("inputs") != state["inputs"] and describe_difference(theirs, state) is None:
         return "the inputs changed since it was made"
     difference = describe_difference(theirs, state)
     if difference:
         return f"it was made with different settings ({difference})"
-    for role, path in files.items():
+    return files_problem(paths, record, state["dim"], rows_dtype)
+
+
+def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dtype) -> str | None:
+    """Why the files of a finished output are not the ones its run record lists (None: they are).
+
+    Every file of the set (`EmbedPaths.set_files`) has the size the record gives, or is absent
+    when the record lists none; the array's header holds the recorded rows of `dim` `rows_dtype`.
+    """
+    for role, path in paths.set_files().items():
+        if role == "record":
+            continue
         want = (record.get("files") or {}).get(role)
         if role != "array" and want is not None and os.path.abspath(path) != want.get("path"):
             return f"it was made with its {role} at {want.get('path')}"
         if file_size(path) != (None if want is None else want.get("size")):
             return f"its {role} changed since it was made"
-    header = read_npy_header(files["array"])
-    if header is None or header[0] != (record.get("rows"), state["dim"]) or header[1] != rows_dtype:
+    header = read_npy_header(paths.out)
+    if header is None or header[0] != (record.get("rows"), dim) or header[1] != rows_dtype:
         return "its array changed since it was made"
     return None
-
-
-def finished_inputs(paths: "EmbedPaths") -> Counter[str] | None:
-    """The inputs a finished run accounted for: its manifest and error list (None: unreadable)."""
-    from bitcli.store.paths import unescape_error_path
-
-    try:
-        done = Counter(read_lines(paths.manifest))
-        if paths.errors.exists():
-            done += Counter(unescape_error_path(line.split("\t", 1)[0]) for line in read_lines(paths.errors))
-    except OSError:
-        return None
-    return done

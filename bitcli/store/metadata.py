@@ -28,11 +28,14 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from bitcli.errors import UsageError
 from bitcli.store.files import fsync_dir, staged_name, write_chunks
 from bitcli.util import read_capped
+
+if TYPE_CHECKING:
+    from bitcli.store.paths import EmbedPaths
 
 FORMAT = "bitcli.embedding"
 FORMAT_VERSION = 1
@@ -208,12 +211,31 @@ def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out:
 # -- writing and reading ---------------------------------------------------------------------
 
 
+def metadata_for(paths: "EmbedPaths", fingerprint: dict[str, Any], *, rows: int, dim: int) -> EmbeddingMetadata:
+    """`OUT.meta.json`'s content for the output `paths`: what made the rows (docs/collection.md).
+    `fingerprint` is the run's, with "dtype"; "content_hash" in it says every row's file was
+    hashed (`--hash`)."""
+    from bitcli import __version__
+
+    header = paths.sidecars.meta
+    return EmbeddingMetadata.from_fingerprint(
+        fingerprint,
+        rows=rows,
+        feature_dim=dim,
+        bitcli_version=__version__,
+        content_hash="sha256" if fingerprint.get("content_hash") else None,
+        cwd=os.getcwd(),
+        array=None if paths.out is None else _relative_name(paths.out, header),
+        manifest=_relative_name(paths.manifest, header),
+    )
+
+
 def stage_metadata(
     paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]
 ) -> dict[str, Path]:
     """Write the row file and the header under their staged names (`files.staged_name`); the
     header names the final row file and its digest. {"files": staged, "meta": staged}: the
-    caller publishes them (the embed store: in its one set through `publish.py`).
+    caller publishes them (the embed store: `publish.StagedSet.sidecar`, in its one set).
 
     `rows` must yield exactly `meta.rows` (path, identity) pairs, in row order."""
     sha = hashlib.sha256()

@@ -32,6 +32,9 @@ from bitcli.inputs import path_problem
 from bitcli.store.files import OWN_PARTIAL_FILES, lock_holder, partial_problem, staged_name
 from bitcli.store.metadata import SidecarPaths
 
+# How messages name a file of the set beyond the three outputs.
+ROLE_NAMES = {"metadata": "the metadata", "identities": "the row identities", "record": "the run record"}
+
 
 @dataclass(frozen=True)
 class EmbedPaths:
@@ -65,25 +68,32 @@ class EmbedPaths:
         """The files a finished run publishes (the array only when it is not streamed)."""
         return [p for p in (self.out, self.manifest, self.errors) if p is not None]
 
+    def set_files(self) -> dict[str, Path]:
+        """The published set by role, the run record included: what a finished run stages and
+        renames as one (`publish.StagedSet`), and what the run record lists. A new file of the set
+        is one more entry here; a file of the set a run does not stage (the error list, without
+        failures) is removed. Renamed in this order, the array last: the sidecar's row file
+        before the header that names its digest."""
+        sidecars = self.sidecars
+        roles = (("array", self.out), ("manifest", self.manifest), ("errors", self.errors),
+                 ("identities", sidecars.files), ("metadata", sidecars.meta), ("record", self.record))
+        return {role: path for role, path in roles if path is not None}
+
+    def staged_files(self) -> dict[str, Path]:
+        """The files of the set written beside their final names first (all but the array)."""
+        return {role: path for role, path in self.set_files().items() if role != "array"}
+
     @staticmethod
     def staged(path: Path) -> Path:
         return staged_name(path)
 
-    @property
-    def published(self) -> list[Path]:
-        """Every file `finish()` stages and renames into place (the array is renamed from the
-        partial directory, not staged)."""
-        sidecars = self.sidecars
-        return [p for p in (self.manifest, self.errors, sidecars.files, sidecars.meta, self.record) if p is not None]
-
     def every_name(self) -> list[tuple[str, Path]]:
         """(role, path) of everything this run may create, for the name and kind checks."""
-        sidecars = self.sidecars
         named = [("-o", self.out), ("--manifest", self.manifest), ("the error list", self.errors)]
-        named += [("the metadata", sidecars.meta), ("the row identities", sidecars.files)]
-        named += [("the run record", self.record), ("the partial run", self.partial)]
-        named += [("a temporary file", self.partial_tmp)]
-        named += [("a temporary file", self.staged(p)) for p in self.published]
+        named += [(ROLE_NAMES.get(role, f"the {role} file"), path) for role, path in self.set_files().items()
+                  if path not in (self.out, self.manifest, self.errors)]
+        named += [("the partial run", self.partial), ("a temporary file", self.partial_tmp)]
+        named += [("a temporary file", self.staged(p)) for p in self.staged_files().values()]
         return [(what, path) for what, path in named if path is not None]
 
     @classmethod
@@ -144,8 +154,8 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
         raise UsageError(
             f"{paths.out} already exists; pass --overwrite to replace it, --update to bring it up to date (or --resume)"
         )
-    for path in (paths.manifest, paths.errors, paths.sidecars.meta, paths.sidecars.files):
-        if os.path.lexists(path):
+    for role, path in paths.staged_files().items():  # the run record is bitcli's own: not asked about
+        if role != "record" and os.path.lexists(path):
             raise UsageError(f"{path} already exists; pass --overwrite to replace it")
 
 
@@ -200,10 +210,14 @@ def check_own_partial(paths: EmbedPaths) -> None:
 
 def check_names(paths: EmbedPaths) -> None:
     """Every name must fit the file system: `OUT.npy.partial` and the temporary names too."""
-    sidecars = paths.sidecars
-    derived = {path: [paths.staged(path)] for path in (paths.manifest, paths.errors, sidecars.meta, sidecars.files)}
+    derived = {path: [paths.staged(path)] for path in (paths.manifest, paths.errors)}
+    base = paths.out if paths.out is not None else paths.manifest  # what the other names derive from
+    derived.setdefault(base, [])
     if paths.out is not None:
-        derived[paths.out] = [paths.partial, paths.partial_tmp, paths.record, paths.staged(paths.record)]
+        derived[base] += [paths.partial, paths.partial_tmp]
+    for path in paths.staged_files().values():
+        if path not in (paths.manifest, paths.errors):
+            derived[base] += [path, paths.staged(path)]
     for output, siblings in derived.items():
         limit = _name_max(output.parent)
         for path in (output, *siblings):

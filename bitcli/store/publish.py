@@ -1,37 +1,46 @@
 """Publishing a finished run as one set of files, and completing a publication a kill interrupted.
 
-`finish()` stages every new file first (the array in the partial directory; the manifest, the
-error list, the metadata sidecar `OUT.meta.json` + `OUT.files.jsonl` and the run record under
-`.NAME.bitcli.tmp` beside their final names), then writes
-`publish.json` into the partial directory: the commit point. It lists each rename (staged ->
-final) and each stale file to remove (an old error list when the new run has no failures). Only
-then are the renames made, and the partial directory removed, `publish.json` last.
+Every writer of a finished output goes through `StagedSet`: a local run's `finish()` (and
+`--update`'s), `bit combine` and `--engine ray` (`assembly.py`). It stages every new file first
+(the array is the partial directory's `data.npy`; the manifest, the error list, the metadata
+sidecar `OUT.files.jsonl` + `OUT.meta.json`, the run record and any other file of the set,
+`EmbedPaths.set_files`, are written under `.NAME.bitcli.tmp` beside their final names), then
+writes `publish.json` into the partial directory: the commit point. It lists each rename (staged
+-> final) and each stale file to remove (a file of the set this run did not stage: an old error
+list when the new run has no failures). Only then are the renames made, and the partial
+directory removed, `publish.json` last.
 
-A kill before the commit point leaves the old files untouched (and the run resumable: the
+A kill before the commit point leaves the old files untouched (and a local run resumable: the
 journal is complete); a kill after it leaves a record of what remains to be done, and `recover`
-(run by every later `bit embed` on the same output, whatever its options, before anything else)
-finishes it. So the files on disk are always one run's set, or become it at the next touch.
+(run by every later `bit embed` or `bit combine` on the same output, whatever its options, before
+anything else) finishes it. So the files on disk are always one run's set, or become it at the
+next touch.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable, Iterable
 
 from bitcli.errors import UsageError
 from bitcli.store.files import (
+    DATA,
     LOCK,
-    OWN_PARTIAL_FILES,
     PUBLISH,
     PUBLISH_TMP,
     fsync_dir,
     is_regular,
     read_json_record,
+    remove_partial,
     take_lock,
+    write_binary,
     write_json_atomic,
+    write_lines,
+    write_synced,
 )
+from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, stage_metadata
 from bitcli.store.paths import EmbedPaths, check_replaceable, writing
 
 PUBLISH_VERSION = 1
@@ -72,17 +81,6 @@ def roll_forward(partial: Path) -> bool:
         fsync_dir(directory)
     remove_partial(partial)
     return True
-
-
-def remove_partial(partial: Path) -> None:
-    """Remove bitcli's own partial directory: its files, the commit record last, then the folder."""
-    names = sorted(OWN_PARTIAL_FILES - {PUBLISH}, key=lambda n: n == LOCK) + [PUBLISH]
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            (partial / name).unlink()
-    with contextlib.suppress(FileNotFoundError):
-        partial.rmdir()
-    fsync_dir(partial.parent)
 
 
 def recover(paths: EmbedPaths) -> bool:
@@ -126,7 +124,7 @@ def _empty(partial: Path) -> bool:
 
 def clear_staged(paths: EmbedPaths) -> None:
     """Remove staged files a killed run left (only while no partial run needs them)."""
-    for path in paths.published:
+    for path in paths.staged_files().values():
         if is_regular(paths.staged(path)):
             paths.staged(path).unlink()
 
@@ -162,13 +160,96 @@ def publish_now(paths: EmbedPaths, staged: dict[str, Path]) -> None:
 
 
 def publication(paths: EmbedPaths, partial: Path | None, staged: dict[str, Any]) -> tuple[list, list]:
-    """(moves, removals) for `finish()`: each staged file onto its output (the sidecar's header
-    after its row file), the array last; an old error list removed when this run has none."""
-    sidecars = paths.sidecars
-    roles = (("manifest", paths.manifest), ("errors", paths.errors), ("files", sidecars.files),
-             ("meta", sidecars.meta), ("record", paths.record))
-    moves = [(staged[role], target) for role, target in roles if role in staged]
+    """(moves, removals): each staged file onto its output, the array (`partial`'s data.npy, unless
+    it was streamed) last; every other file of the set removed (a stale one would mislead)."""
+    targets = paths.set_files()
+    moves = [(staged[role], target) for role, target in targets.items() if role in staged and role != "array"]
     if partial is not None:
-        moves.append((partial / "data.npy", paths.out))
-    removals = [paths.errors] if "errors" not in staged else []
+        moves.append((partial / DATA, paths.out))
+    removals = [target for role, target in targets.items() if role not in staged and role != "array"]
     return moves, removals
+
+
+class StagedSet:
+    """The files of one finished run, staged beside their final names, then published as one set.
+
+    `partial` holds the array (`data.npy`, written by the caller; None when it was streamed).
+    `lines` and `file` stage a file of the set by role (`EmbedPaths.set_files`), `sidecar` the
+    metadata sidecar's two files (row file and header, in that order); `record` stages
+    the run record, which lists every staged file's size for a strict `--resume` (`journal.py`);
+    `publish` commits and renames. A new file of the set is one more `lines` / `file` call.
+    """
+
+    def __init__(self, paths: EmbedPaths, partial: Path | None) -> None:
+        self.paths, self.partial = paths, partial
+        self.staged: dict[str, Path] = {}
+        self.sizes: dict[str, int] = {}
+        self._committed = False
+
+    def lines(self, role: str, lines: Iterable[str]) -> None:
+        """Stage text lines as `role` (`files.write_lines`: non-UTF-8 names survive)."""
+        target = self.paths.set_files()[role]
+        with writing(target):
+            self.staged[role] = self.paths.staged(target)
+            self.sizes[role] = write_lines(self.staged[role], lines)
+
+    def file(self, role: str, write: Callable[[IO[bytes]], None]) -> None:
+        """Stage `role` through `write(fh)` (an unbuffered binary file, synced after it)."""
+        target = self.paths.set_files()[role]
+        with writing(target):
+            self.staged[role] = self.paths.staged(target)
+            self.sizes[role] = write_binary(self.staged[role], write)
+
+    def sidecar(self, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]) -> None:
+        """Stage the metadata sidecar (`metadata.py`): the row file (`rows`: each row's path and
+        file identity, None when unknown), then the header, which names the row file's digest."""
+        with writing(self.paths.sidecars.meta):
+            staged = stage_metadata(self.paths.sidecars, meta, rows)
+        for role, key in (("identities", "files"), ("metadata", "meta")):
+            self.staged[role] = staged[key]
+            self.sizes[role] = os.stat(staged[key]).st_size
+
+    def array(self, size: int) -> None:
+        """The array is complete and synced in `partial/data.npy`, `size` bytes."""
+        self.sizes["array"] = size
+
+    def record(self, state: dict[str, Any], *, rows: int, failed: int, **extra: Any) -> None:
+        """The run record: what made the rows (`state`, compared by --resume), counts, file sizes."""
+        targets = self.paths.set_files()
+
+        def entry(role: str) -> dict[str, Any] | None:
+            return None if role not in self.sizes else {"path": os.path.abspath(targets[role]), "size": self.sizes[role]}
+
+        record = {**state, **extra, "rows": rows, "failed": failed,
+                  "files": {role: entry(role) for role in targets if role != "record"}}
+        with writing(self.paths.out):
+            self.staged["record"] = self.paths.staged(targets["record"])
+            write_synced(self.staged["record"], (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+    def publish(self) -> None:
+        """Commit (after this the set is published even if the process dies), then rename."""
+        try:
+            commit_publication(self.partial, *publication(self.paths, self.partial, self.staged))
+        except BaseException:
+            self.discard()
+            raise
+        self._committed = True
+        roll_forward(self.partial)  # a failure here leaves the commit record: the next run completes it
+
+    def publish_now(self) -> None:
+        """`-o -`: the array reached the stream; rename the staged files into place."""
+        publish_now(self.paths, self.staged)
+
+    @property
+    def committed(self) -> bool:
+        """Whether the commit record was written: the set is published, or will be by `recover`."""
+        return self._committed or (self.partial is not None and os.path.lexists(self.partial / PUBLISH))
+
+    def discard(self) -> None:
+        """Remove the staged files (not the array: the partial directory is the caller's), unless
+        the commit record names them (interrupted just after writing it)."""
+        if self.committed:
+            return
+        for role, path in self.staged.items():
+            if role != "array" and is_regular(path):
+                path.unlink()

@@ -5,7 +5,6 @@ the embed loop, one commit per batch.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import tempfile
@@ -18,18 +17,16 @@ import numpy as np
 
 from bitcli.errors import UsageError
 from bitcli.store.files import (
-    DATA, JOURNAL, STATE, copy_to_stream, fsync_dir, is_regular, npy_header, partial_problem, read_json_record,
-    take_lock, write_synced,
+    DATA, JOURNAL, STATE, copy_to_stream, make_partial, npy_header, partial_problem, read_json_record,
+    remove_partial, take_lock,
 )
 from bitcli.store.journal import (
-    Journal, check_same_update, describe_difference, encode_identity, finished_problem, read_journal, run_state,
+    Journal, assembled_by, check_same_update, describe_difference, encode_identity, finished_problem, read_journal,
+    run_state,
 )
-from bitcli.store.metadata import FileIdentity
-from bitcli.store.paths import EmbedPaths, check_output, manifest_problem, writing
-from bitcli.store.staging import metadata_for, record_files, stage_files, stage_record
-from bitcli.store.publish import (
-    clear_staged, commit_publication, publication, publish_now, recover, remove_partial, roll_forward,
-)
+from bitcli.store.metadata import FileIdentity, metadata_for
+from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, writing
+from bitcli.store.publish import StagedSet, clear_staged, recover
 
 if TYPE_CHECKING:
     from bitcli.results import EmbedResult
@@ -50,6 +47,7 @@ class EmbedSummary:
     out: Path | None = None
     manifest: Path | None = None
     errors_file: Path | None = None
+    already_complete: bool = False  # `--resume` of a finished output: nothing was written
 
 
 class EmbedWriter:
@@ -135,7 +133,7 @@ class EmbedWriter:
 
     def _mark_complete(self) -> None:
         """`--resume` of a finished run: nothing to do, if its record matches this run exactly."""
-        problem = finished_problem(self.paths.record, self._state, record_files(self.paths), self.dtype)
+        problem = finished_problem(self.paths, self._state, self.dtype)
         if problem:
             raise UsageError(f"{self.paths.out}: {problem}; pass --overwrite to redo it")
         self._complete_failed = int(read_json_record(self.paths.record).get("failed") or 0)
@@ -143,30 +141,12 @@ class EmbedWriter:
         self._closed = True
 
     def _create(self, partial: Path) -> None:
-        """Assemble the partial directory under a temporary name, holding its lock, then rename it:
-        it appears complete or not at all, and a second run racing for it is refused."""
-        tmp = self.paths.partial_tmp
+        """A new partial directory (`files.make_partial`: complete or absent), its lock held; a
+        second run racing for it is refused."""
         with writing(self.paths.out):
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.mkdir(tmp)
-            except FileExistsError:
-                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}") from None
-            self._lock = take_lock(tmp)
+            self._lock = make_partial(partial, self.paths.partial_tmp, self._state, npy_header(self.dtype, 0, self.dim))
             if self._lock is None:
                 raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}")
-            write_synced(tmp / STATE, (json.dumps(self._state, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-            write_synced(tmp / DATA, npy_header(self.dtype, 0, self.dim))
-            write_synced(tmp / JOURNAL, b"")
-            fsync_dir(tmp)
-            try:
-                os.rename(tmp, partial)
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                remove_partial(tmp)
-                raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}") from None
-            fsync_dir(partial.parent)
             self._dir = partial
             self._data = open(partial / DATA, "r+b")
             self._data.seek(0, os.SEEK_END)
@@ -177,6 +157,11 @@ class EmbedWriter:
         if problem:
             raise UsageError(f"{partial} is damaged ({problem}), so it cannot be resumed; pass --overwrite to start again")
         state = read_json_record(partial / STATE)
+        if assembled_by(state):
+            raise UsageError(
+                f"{partial} was left by {assembled_by(state)}, which assembles the output from shards: "
+                "run that again to finish it, or pass --overwrite to start over here"
+            )
         check_same_update(partial, state.get("update"), self._state.get("update"))
         theirs = {k: state.get(k) for k in self._state}
         if theirs != self._state:
@@ -292,7 +277,7 @@ class EmbedWriter:
         if self.already_complete:
             errors_file = paths.errors if self._complete_failed else None
             return EmbedSummary(rows=0, dim=self.dim, dtype=self.dtype.name, failed=self._complete_failed,
-                                out=paths.out, manifest=paths.manifest, errors_file=errors_file)
+                                out=paths.out, manifest=paths.manifest, errors_file=errors_file, already_complete=True)
         if self._closed:
             raise RuntimeError("this EmbedWriter is closed")
         summary = EmbedSummary(rows=self.rows, dim=self.dim, dtype=self.dtype.name, failed=self.failed,
@@ -301,36 +286,34 @@ class EmbedWriter:
         header = npy_header(self.dtype, self.rows, self.dim)
         if len(header) != self._header_len:  # numpy pads for 21 digits of rows; never expected
             raise RuntimeError("the .npy header length changed with the row count")
-        staged: dict[str, Path] = {}
-        committed = False
+        staged = StagedSet(paths, self._dir)
         try:
             with writing(self._data_name):
                 self._data.seek(0)
                 self._data.write(header)
                 self._data.flush()
+            staged.lines("manifest", self._journal.paths)
+            if self._journal.errors:
+                staged.lines("errors", (f"{escape_error_path(p)}\t{r}" for p, r in self._journal.errors))
             meta = metadata_for(paths, {**self.fingerprint, "dtype": self.dtype.name}, rows=self.rows, dim=self.dim)
-            sizes = stage_files(paths, self._journal, meta, staged)
+            staged.sidecar(meta, zip(self._journal.paths, self._journal.identities))
             if paths.out is None:
                 if stream is None:
                     raise ValueError("a stream is required for output to stdout")
                 copy_to_stream(self._data, stream)
                 self._close_handles()
-                publish_now(paths, staged)
+                staged.publish_now()
                 return summary
             with writing(paths.out):
                 os.fsync(self._data.fileno())
-            sizes["array"] = self._header_len + self.rows * self._row_bytes
+            staged.array(self._header_len + self.rows * self._row_bytes)
             state = {k: v for k, v in self._state.items() if k != "update"}  # a finished update is a finished run
-            stage_record(paths, {**state, "rows": self.rows, "failed": self.failed}, sizes, staged)
+            staged.record(state, rows=self.rows, failed=self.failed)
             self._close_handles()
-            commit_publication(self._dir, *publication(paths, self._dir, staged))
-            committed = True
-        finally:
-            if not committed:
-                for path in staged.values():
-                    if is_regular(path):
-                        path.unlink()
-        roll_forward(self._dir)  # a failure here leaves the commit record: the next run completes it
+        except BaseException:
+            staged.discard()
+            raise
+        staged.publish()
         self._release()
         return summary
 
