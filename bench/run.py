@@ -391,10 +391,6 @@ def main() -> None:
     parser.add_argument("--parts", default="forward,e2e,startup,memory,accuracy")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (about a minute to compile)")
     args = parser.parse_args()
-    # Everything runs under the OpenMP setting the `bit` process makes for itself (cli/app.py
-    # settle_openmp), both sides alike: the in-process forward timings and, through the
-    # environment, the transformers scripts.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args.rounds = 3 if args.quick else 5
     args.e2e_rounds = 1 if args.quick else 2
     args.startup_rounds = 3 if args.quick else 5

@@ -145,18 +145,48 @@ register(eval_cmd.eval_command, eval_cmd.EPILOG, name="eval")
 
 
 def settle_openmp() -> None:
-    """Let idle OpenMP threads sleep instead of spinning (before torch loads its OpenMP runtime).
+    """Before torch loads its OpenMP runtime: where other work is running right now, let idle
+    OpenMP threads sleep instead of spinning.
 
     torch runs each operation's threads under GNU OpenMP, whose idle threads spin at every
-    barrier by default. With one more busy process than CPUs (another job, a second `bit`) the
-    spinning thread holds a CPU its partner needs and every one of a forward pass's ~500
-    parallel regions waits out a scheduler time slice: a 448 px image took 3.8 s instead of
-    0.36 s on the 2-core development machine under one other busy process. Sleeping costs 0-6%
-    on an idle machine (docs/engine.md). A value the user set wins; Ray workers of a local
-    cluster inherit it.
+    barrier. Alone on the machine that is the fastest (sleeping measured 10-20% slower on the
+    2-core development machine). But with one more busy process than CPUs, the spinning thread
+    holds a CPU its partner needs and every one of a forward pass's ~500 parallel regions waits
+    out a scheduler time slice: a 448 px image took 3.8 s instead of 0.36 s there beside one
+    busy process. So: sleep (OMP_WAIT_POLICY=PASSIVE) when other processes are running now
+    (/proc/stat's procs_running, sampled three times over 10 ms: the load average would count
+    a `bit` that just finished). A value the user set wins; Ray workers of a local cluster
+    inherit what the driver chose.
     """
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return
+    if others_running([running_now() for _ in range(3) if _pause()]):
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def others_running(samples: list[int | None]) -> bool:
+    """Whether the median sample of runnable tasks (this process among them) shows another one."""
+    known = sorted(s for s in samples if s is not None)
+    return bool(known) and known[len(known) // 2] > 1
+
+
+def running_now(path: str = "/proc/stat") -> int | None:
+    """Tasks running or runnable on the whole machine now (Linux), or None where unknown."""
+    try:
+        with open(path, "rb") as stat:
+            for line in stat.read(1 << 16).splitlines():
+                if line.startswith(b"procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _pause() -> bool:
+    import time
+
+    time.sleep(0.004)
+    return True
 
 
 def _silence_stdout() -> None:
