@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+# A suite started as a background job of a non-interactive shell (`./dev test &`, nohup, some CI
+# runners) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler, in
+# this process or in the `bit` processes the tests start: every Ctrl-C test would see nothing.
+# A Python-level handler here is reset to the default at exec, so the children get theirs too.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
