@@ -137,6 +137,13 @@ def _prepare(shard_dir: Path, paths: EmbedPaths, *, resume: bool, overwrite: boo
         raise UsageError(
             f"{paths.out}: an interrupted run left {shard_dir}; pass --resume to continue it or --overwrite to start over"
         )
+    if resume and not overwrite and shard_folders(shard_dir) and not (shard_dir / RUN_FILE).exists():
+        # Shards of `--shard I/N` jobs: the driver, which never loads the model, cannot check
+        # which model made them, so it neither keeps them nor publishes them as this job's.
+        raise UsageError(
+            f"{shard_dir} holds shards of bit embed --shard jobs, not of an interrupted Ray run; "
+            "assemble them with bit combine, or pass --overwrite to start over"
+        )
     if overwrite and shard_dir.exists():
         _remove(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)

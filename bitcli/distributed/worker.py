@@ -201,9 +201,11 @@ def run_shards(
         todo = [i for i in mine if i not in done]
         infos = list(done.values())
         report_progress(progress, split, infos, mine)
-        if todo:
+        if todo or infos:
+            # Kept shards are checked even when none is left to run: a --resume with another
+            # model or options is refused, as a local --resume of a finished output is.
             worker = ShardWorker(job, model=model)
-            worker.check_shards(infos)  # refuse to add to shards of another model or options
+            worker.check_shards(infos)  # refuse to keep or add to shards of another model or options
             for i in todo:
                 infos.append(worker.run(shard_dir, split, spool.shard(i)))
                 for path, reason in shard_failures(infos[-1]) if on_failure else ():

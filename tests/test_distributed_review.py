@@ -1,0 +1,58 @@
+"""A review of `--shard I/N`, `bit combine` and `--engine ray --resume`, driving the real `bit`:
+kept shards are never published or reported as another model's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distributedhelpers import BATCH, SHARD, make_photos
+
+
+
+def bit(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bitcli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def shard_args(model: Path, *extra) -> list:
+    return ["photos", "-o", "out.npy", "-m", model, "--batch-size", BATCH, "--shard-size", SHARD, "--threads", 1, *extra]
+
+
+@pytest.fixture(scope="module")
+def other_ckpt(tmp_path_factory):
+    """A second tiny model (another seed): same shapes, other rows."""
+    from checkpoints import TINY, save_reference_checkpoint, tiny_preprocessor
+
+    directory = tmp_path_factory.mktemp("other") / "other"
+    save_reference_checkpoint(directory, seed=1, preprocessor=tiny_preprocessor(32), **TINY)
+    return directory
+
+
+@pytest.fixture
+def jobs_of_other_model(other_ckpt, tmp_path):
+    """A folder whose out.npy.shards/ holds every shard of a one-job array made with `other_ckpt`."""
+    make_photos(tmp_path / "photos")
+    done = bit("embed", *shard_args(other_ckpt, "--shard", "0/1"), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # the broken files
+    return tmp_path
+
+
+def test_a_shard_job_resumed_with_another_model_is_refused_when_all_its_shards_are_done(ckpt, jobs_of_other_model):
+    result = bit("embed", *shard_args(ckpt, "--shard", "0/1", "--resume"), cwd=jobs_of_other_model)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "model" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_ray_resume_of_shard_jobs_output_never_publishes_them_as_its_own(ckpt, jobs_of_other_model):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
+    here = jobs_of_other_model
+    before = {p.name: p.read_bytes() for p in (here / "out.npy.shards").rglob("*") if p.is_file()}
+    result = bit("embed", *shard_args(ckpt, "--engine", "ray", "--resume"), cwd=here)  # no cluster is started: refused first
+    assert result.returncode == 2, result.stderr
+    assert "bit combine" in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (here / "out.npy").exists()  # before: the other model's rows, recorded as this model's
+    assert {p.name: p.read_bytes() for p in (here / "out.npy.shards").rglob("*") if p.is_file()} == before  # jobs' work kept
