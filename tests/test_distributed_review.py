@@ -56,3 +56,10 @@ def test_ray_resume_of_shard_jobs_output_never_publishes_them_as_its_own(ckpt, j
     assert "bit combine" in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (here / "out.npy").exists()  # before: the other model's rows, recorded as this model's
     assert {p.name: p.read_bytes() for p in (here / "out.npy.shards").rglob("*") if p.is_file()} == before  # jobs' work kept
+
+
+def test_combine_to_stdout_is_refused_by_name(tmp_path):
+    result = bit("combine", "-o", "-", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "error: -o -: bit combine writes files (the array, manifest, error list, run record); give -o OUT.npy\n"
+    assert list(tmp_path.iterdir()) == []  # before: "-.npy.shards: not a shard directory"
