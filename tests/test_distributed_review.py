@@ -63,3 +63,16 @@ def test_combine_to_stdout_is_refused_by_name(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == "error: -o -: bit combine writes files (the array, manifest, error list, run record); give -o OUT.npy\n"
     assert list(tmp_path.iterdir()) == []  # before: "-.npy.shards: not a shard directory"
+
+
+def test_combine_over_an_existing_output_advises_only_its_own_flags(ckpt, tmp_path):
+    make_photos(tmp_path / "photos")
+    assert bit("embed", *shard_args(ckpt, "--shard", "0/1"), cwd=tmp_path).returncode == 1
+    assert bit("combine", "-o", "out.npy", cwd=tmp_path).returncode == 1
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    again = bit("combine", "-o", "out.npy", cwd=tmp_path)
+    assert again.returncode == 2  # before: "... --update to bring it up to date (or --resume)", flags combine lacks
+    assert again.stderr == "error: out.npy already exists; pass --overwrite to replace it\n"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert bit("combine", "-o", "out.npy", "--overwrite", cwd=tmp_path).returncode == 1
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # the same set again

@@ -116,11 +116,12 @@ class EmbedPaths:
         )
 
 
-def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bool = False) -> None:
+def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bool = False, exists: str | None = None) -> None:
     """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2.
 
     `update` (`--update`): an existing output is the one being brought up to date, not in the way;
-    --overwrite then discards only an interrupted run, --resume continues an interrupted update."""
+    --overwrite then discards only an interrupted run, --resume continues an interrupted update.
+    `exists`: what to advise when the output exists (default: `bit embed`'s flags)."""
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
     if paths.out is None and (resume or update):
@@ -151,9 +152,8 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
     if update and paths.out.exists():
         return  # the output, its manifest and sidecar are what --update brings up to date
     if paths.out is not None and paths.out.exists():
-        raise UsageError(
-            f"{paths.out} already exists; pass --overwrite to replace it, --update to bring it up to date (or --resume)"
-        )
+        advice = exists or "pass --overwrite to replace it, --update to bring it up to date (or --resume)"
+        raise UsageError(f"{paths.out} already exists; {advice}")
     for role, path in paths.staged_files().items():  # the run record is bitcli's own: not asked about
         if role != "record" and os.path.lexists(path):
             raise UsageError(f"{path} already exists; pass --overwrite to replace it")
