@@ -92,3 +92,19 @@ def test_combine_never_writes_into_a_shard_folder_it_reads(ckpt, tmp_path, optio
     # before: the shard's paths.txt became the whole manifest, so every later combine refused it
     assert {p.relative_to(shards): p.read_bytes() for p in shards.rglob("*") if p.is_file()} == before
     assert not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.parametrize("engine", ["shard", "ray"])
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_a_shard_dir_that_cannot_be_a_directory_is_a_usage_error(ckpt, tmp_path, engine, kind):
+    if engine == "ray":
+        pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
+    make_photos(tmp_path / "photos")
+    there = tmp_path / "there"
+    there.write_text("mine\n") if kind == "file" else there.symlink_to(tmp_path / "nowhere")
+    how = ["--shard", "0/1"] if engine == "shard" else ["--engine", "ray"]
+    result = bit("embed", *shard_args(ckpt, *how, "--shard-dir", "there"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr  # before: "unexpected FileExistsError", exit 1
+    assert result.stderr == "error: there: not a directory, so shards cannot go there; give --shard-dir DIR\n"
+    assert (there.read_text() == "mine\n") if kind == "file" else (there.is_symlink() and not there.exists())
+    assert not (tmp_path / "out.npy").exists() and not (tmp_path / "out.npy.partial").exists()

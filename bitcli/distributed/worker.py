@@ -19,6 +19,7 @@ from bitcli.distributed.shardfiles import (
     ShardInfo,
     describe_difference,
     finished_shards,
+    make_shard_dir,
     read_shard,
     remove_shards,
     remove_temporary,
@@ -192,7 +193,7 @@ def run_shards(
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
     index, count = selection
     size = shard_size or default_shard_size(job.options.batch_size)
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    make_shard_dir(shard_dir)
     with tempfile.TemporaryDirectory(prefix="bitcli-inputs-") as tmp:
         spool = spool_inputs(entries, Path(tmp) / "inputs.jsonl", batch_size=job.options.batch_size, shard_size=size)
         split = spool.split
