@@ -108,3 +108,22 @@ def test_a_shard_dir_that_cannot_be_a_directory_is_a_usage_error(ckpt, tmp_path,
     assert result.stderr == "error: there: not a directory, so shards cannot go there; give --shard-dir DIR\n"
     assert (there.read_text() == "mine\n") if kind == "file" else (there.is_symlink() and not there.exists())
     assert not (tmp_path / "out.npy").exists() and not (tmp_path / "out.npy.partial").exists()
+
+
+def test_a_killed_combine_is_named_to_a_plain_bit_embed_not_sent_to_resume(ckpt, tmp_path):
+    make_photos(tmp_path / "photos")
+    killed = "\n".join([  # a combine killed after opening the output: its partial folder, lock released
+        "import os, sys; from pathlib import Path",
+        "from bitcli.store import EmbedPaths; from bitcli.store.assembly import Assembly",
+        "Assembly(EmbedPaths.for_output(Path('out.npy')), by='bit combine'); os._exit(0)",
+    ])
+    assert subprocess.run([sys.executable, "-c", killed], cwd=tmp_path).returncode == 0
+    embed = ["embed", "photos", "-o", "out.npy", "-m", ckpt, "--threads", 1]
+    plain = bit(*embed, cwd=tmp_path)
+    assert plain.returncode == 2  # before: "pass --resume to continue it", which --resume then refuses
+    assert plain.stderr == (
+        "error: out.npy: an interrupted bit combine left out.npy.partial; run that again to finish it, "
+        "or pass --overwrite to start over here\n"
+    )
+    assert bit(*embed, "--resume", cwd=tmp_path).returncode == 2
+    assert bit(*embed, "--overwrite", cwd=tmp_path).returncode == 1  # the broken files

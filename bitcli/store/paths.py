@@ -29,7 +29,8 @@ from typing import Iterator
 
 from bitcli.errors import BitError, UsageError
 from bitcli.inputs import path_problem
-from bitcli.store.files import OWN_PARTIAL_FILES, lock_holder, partial_problem, staged_name
+from bitcli.store.files import OWN_PARTIAL_FILES, STATE, lock_holder, partial_problem, read_json_record, staged_name
+from bitcli.store.journal import assembled_by
 from bitcli.store.metadata import SidecarPaths
 
 # How messages name a file of the set beyond the three outputs.
@@ -146,6 +147,12 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
     if resume or overwrite:
         return
     if partial is not None and partial.exists():
+        who = assembled_by(read_json_record(partial / STATE)) if partial.is_dir() else None
+        if who:  # a killed bit combine's or Ray run's: --resume here would be refused
+            raise UsageError(
+                f"{paths.out}: an interrupted {who} left {partial}; run that again to finish it, "
+                "or pass --overwrite to start over here"
+            )
         again = "--update --resume" if update else "--resume"
         over = "--update --overwrite to start the update over" if update else "--overwrite to start over"
         raise UsageError(f"{paths.out}: an interrupted run left {partial}; pass {again} to continue it or {over}")
