@@ -220,6 +220,8 @@ def combine(
     from bitcli.store import EmbedPaths, write_errors
 
     ui = Ui(quiet=quiet, debug=debug)
+    if str(output_path) == "-":  # not "-.npy": the shards are combined into files, never a stream
+        raise UsageError("-o -: bit combine writes files (the array, manifest, error list, run record); give -o OUT.npy")
     if output_path.is_dir():
         raise UsageError(f"-o {output_path}: is a directory; give a file name such as {output_path / 'embeddings.npy'}")
     if not output_path.name.endswith(".npy"):  # as bit embed (and numpy.save): -o vecs writes vecs.npy

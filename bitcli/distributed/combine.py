@@ -121,7 +121,22 @@ def combine(
         raise UsageError("combining shards writes a file: give -o OUT.npy, not -o -")
     with Assembly(paths, by="bit combine", overwrite=overwrite) as assembly:  # the output checked first
         shards = plan(find_shards(sources), list(sources), split=split)
+        check_outside(paths, shards)
         return assemble(shards, assembly, on_failure)
+
+
+def check_outside(paths: EmbedPaths, shards: Sequence[ShardInfo]) -> None:
+    """Refuse (exit 2) an output file inside a shard folder being combined: publishing it would
+    replace that shard's own `paths.txt`, `rows.npy`, ... (a job's work) with the whole set's."""
+    folders = {os.path.realpath(s.folder): s.folder for s in shards}
+    for role, target in paths.set_files().items():
+        where = os.path.realpath(target.parent)
+        for real, folder in folders.items():
+            if where == real or where.startswith(real + os.sep):
+                raise UsageError(
+                    f"{target}: inside the shard folder {folder}, which this combine reads; "
+                    "write the combined files outside the shard folders"
+                )
 
 
 def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | None = None, **record: Any) -> EmbedSummary:

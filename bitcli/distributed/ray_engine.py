@@ -55,7 +55,9 @@ from bitcli.distributed.seams import (
     read_run_record,
     recover,
 )
-from bitcli.distributed.shardfiles import describe_difference, finished_shards, remove_directory, remove_temporary, shard_folders
+from bitcli.distributed.shardfiles import (
+    describe_difference, finished_shards, make_shard_dir, remove_directory, remove_temporary, shard_folders,
+)
 from bitcli.distributed.shards import Split, default_shard_size, spool_inputs
 from bitcli.distributed.worker import EmbedJob, OnProgress, report_progress
 
@@ -133,13 +135,22 @@ def _remove(shard_dir: Path) -> None:
 
 def _prepare(shard_dir: Path, paths: EmbedPaths, *, resume: bool, overwrite: bool) -> None:
     """Refuse or discard an earlier run's shard directory, as the local engine does its partial run."""
+    if os.path.lexists(shard_dir) and not shard_dir.is_dir():
+        make_shard_dir(shard_dir)  # refuses a file or a dangling link, naming it; never removes it
     if shard_dir.exists() and not (resume or overwrite):
         raise UsageError(
             f"{paths.out}: an interrupted run left {shard_dir}; pass --resume to continue it or --overwrite to start over"
         )
+    if resume and not overwrite and shard_folders(shard_dir) and not (shard_dir / RUN_FILE).exists():
+        # Shards of `--shard I/N` jobs: the driver, which never loads the model, cannot check
+        # which model made them, so it neither keeps them nor publishes them as this job's.
+        raise UsageError(
+            f"{shard_dir} holds shards of bit embed --shard jobs, not of an interrupted Ray run; "
+            "assemble them with bit combine, or pass --overwrite to start over"
+        )
     if overwrite and shard_dir.exists():
         _remove(shard_dir)
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    make_shard_dir(shard_dir)
 
 
 def _settings(job: EmbedJob) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from bitcli.distributed.seams import (
     manifest_problem,
     npy_header,
     unescape_error_path,
+    UsageError,
 )
 from bitcli.distributed.shards import ShardError, ShardMismatchError, Split, shard_name
 
@@ -231,6 +232,17 @@ def shard_failures(shard: ShardInfo) -> Iterator[tuple[str, str]]:
 
 
 # -- shard directories -----------------------------------------------------------------------
+
+
+def make_shard_dir(directory: Path) -> None:
+    """Create the shard directory (and its parents) if missing; one that cannot be a directory
+    (a file, a dangling link, an unwritable parent) is a usage error naming it (exit 2)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{directory}: not a directory, so shards cannot go there; give --shard-dir DIR") from None
+    except OSError as exc:
+        raise UsageError(f"{directory}: cannot create the shard directory ({exc.strerror or exc}); give --shard-dir DIR") from None
 
 
 def shard_folders(directory: Path) -> dict[int, Path]:

@@ -19,6 +19,7 @@ from bitcli.distributed.shardfiles import (
     ShardInfo,
     describe_difference,
     finished_shards,
+    make_shard_dir,
     read_shard,
     remove_shards,
     remove_temporary,
@@ -192,7 +193,7 @@ def run_shards(
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
     index, count = selection
     size = shard_size or default_shard_size(job.options.batch_size)
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    make_shard_dir(shard_dir)
     with tempfile.TemporaryDirectory(prefix="bitcli-inputs-") as tmp:
         spool = spool_inputs(entries, Path(tmp) / "inputs.jsonl", batch_size=job.options.batch_size, shard_size=size)
         split = spool.split
@@ -201,9 +202,11 @@ def run_shards(
         todo = [i for i in mine if i not in done]
         infos = list(done.values())
         report_progress(progress, split, infos, mine)
-        if todo:
+        if todo or infos:
+            # Kept shards are checked even when none is left to run: a --resume with another
+            # model or options is refused, as a local --resume of a finished output is.
             worker = ShardWorker(job, model=model)
-            worker.check_shards(infos)  # refuse to add to shards of another model or options
+            worker.check_shards(infos)  # refuse to keep or add to shards of another model or options
             for i in todo:
                 infos.append(worker.run(shard_dir, split, spool.shard(i)))
                 for path, reason in shard_failures(infos[-1]) if on_failure else ():

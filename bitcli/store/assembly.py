@@ -52,7 +52,9 @@ class Assembly:
                 f"{paths.out}: an interrupted local run left {partial}; continue it with bit embed --resume "
                 "(--engine local), or pass --overwrite to discard it"
             )
-        check_output(paths, resume=resume, overwrite=overwrite)
+        # Only the flags the assembling command has: bit combine has no --resume or --update.
+        advice = "pass --overwrite to replace it" + ("" if by == "bit combine" else " (or --resume)")
+        check_output(paths, resume=resume, overwrite=overwrite, exists=advice)
         if partial.is_dir():  # a local run's, with --overwrite
             self._remove_local(partial)
         clear_staged(paths)

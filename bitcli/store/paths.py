@@ -29,7 +29,8 @@ from typing import Iterator
 
 from bitcli.errors import BitError, UsageError
 from bitcli.inputs import path_problem
-from bitcli.store.files import OWN_PARTIAL_FILES, lock_holder, partial_problem, staged_name
+from bitcli.store.files import OWN_PARTIAL_FILES, STATE, lock_holder, partial_problem, read_json_record, staged_name
+from bitcli.store.journal import assembled_by
 from bitcli.store.metadata import SidecarPaths
 
 # How messages name a file of the set beyond the three outputs.
@@ -116,11 +117,12 @@ class EmbedPaths:
         )
 
 
-def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bool = False) -> None:
+def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bool = False, exists: str | None = None) -> None:
     """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2.
 
     `update` (`--update`): an existing output is the one being brought up to date, not in the way;
-    --overwrite then discards only an interrupted run, --resume continues an interrupted update."""
+    --overwrite then discards only an interrupted run, --resume continues an interrupted update.
+    `exists`: what to advise when the output exists (default: `bit embed`'s flags)."""
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
     if paths.out is None and (resume or update):
@@ -145,15 +147,20 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
     if resume or overwrite:
         return
     if partial is not None and partial.exists():
+        who = assembled_by(read_json_record(partial / STATE)) if partial.is_dir() else None
+        if who:  # a killed bit combine's or Ray run's: --resume here would be refused
+            raise UsageError(
+                f"{paths.out}: an interrupted {who} left {partial}; run that again to finish it, "
+                "or pass --overwrite to start over here"
+            )
         again = "--update --resume" if update else "--resume"
         over = "--update --overwrite to start the update over" if update else "--overwrite to start over"
         raise UsageError(f"{paths.out}: an interrupted run left {partial}; pass {again} to continue it or {over}")
     if update and paths.out.exists():
         return  # the output, its manifest and sidecar are what --update brings up to date
     if paths.out is not None and paths.out.exists():
-        raise UsageError(
-            f"{paths.out} already exists; pass --overwrite to replace it, --update to bring it up to date (or --resume)"
-        )
+        advice = exists or "pass --overwrite to replace it, --update to bring it up to date (or --resume)"
+        raise UsageError(f"{paths.out} already exists; {advice}")
     for role, path in paths.staged_files().items():  # the run record is bitcli's own: not asked about
         if role != "record" and os.path.lexists(path):
             raise UsageError(f"{path} already exists; pass --overwrite to replace it")
