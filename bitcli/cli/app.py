@@ -160,7 +160,13 @@ def settle_openmp() -> None:
     """
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
         return
-    if others_running([running_now() for _ in range(3) if _pause()]):
+    import time
+
+    samples = []
+    for _ in range(3):
+        samples.append(running_now())
+        time.sleep(0.004)
+    if others_running(samples):
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
@@ -180,13 +186,6 @@ def running_now(path: str = "/proc/stat") -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def _pause() -> bool:
-    import time
-
-    time.sleep(0.004)
-    return True
 
 
 def _silence_stdout() -> None:

@@ -141,21 +141,20 @@ def write_chunks(path: Path, chunks: Iterable[bytes]) -> int:
 
 def write_bytes_atomic(path: Path, chunks: Iterable[bytes]) -> None:
     """`chunks` at `path` through a temporary name in the same folder and a rename (whole or absent)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write_chunks(tmp, chunks)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _write_through_temporary(path, lambda tmp: write_chunks(tmp, chunks))
     fsync_dir(path.parent)
 
 
 def write_atomic(path: Path, lines: Iterable[str]) -> None:
     """Text lines at `path` through a temporary name in the same folder and a rename (whole or absent)."""
+    _write_through_temporary(path, lambda tmp: write_lines(tmp, lines))
+
+
+def _write_through_temporary(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a temporary name beside `path`, then rename it over `path`; removed on failure."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write_lines(tmp, lines)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
