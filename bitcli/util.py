@@ -4,7 +4,9 @@
 - `os_error_reason(error)`: a file-system error as a short lower-case reason ("permission denied");
 - `human_bytes(n)`: a byte count with decimal units ("97.8 MB"; "102 MB" with three digits);
 - `name_some(items)`: "a, b, c, d, e and 3 more";
-- `read_capped(path, max_bytes)`: a file's bytes, never more than a cap (devices and pipes too);
+- `open_regular(path)`: a binary file object for a regular file; a FIFO, device, socket or
+  directory is refused (NotRegularFile) before anything can block on it;
+- `read_capped(path, max_bytes)`: a regular file's bytes, never more than a cap;
 - `read_json_file(path)`: a JSON object from a file (at most 16 MiB), every failure one typed error line;
 - `RESAMPLE_FILTERS`: PIL's resampling filters by name (the numbers of `PIL.Image.Resampling`);
 - `DEFAULT_MAX_PIXELS`: the decompression-bomb guard's default (`--max-pixels`);
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -91,12 +95,50 @@ def name_some(items: Iterable[Any], most: int = SHOW_AT_MOST) -> str:
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
-def read_capped(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of `path`, reading at most `max_bytes` + 1 of them: FileTooLarge past the cap.
+class NotRegularFile(OSError):
+    """A path that names a FIFO, a device, a socket or a directory where bitcli reads a file."""
 
-    The size a file claims is not trusted (a device or a pipe claims 0, a sparse file claims
-    terabytes it does not hold): reading stops at the cap whatever the file is."""
-    with open(path, "rb") as fh:
+    def __init__(self, path: str | Path, kind: str):
+        super().__init__(errno.EINVAL, f"not a regular file (a {kind})", str(path))
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular `st_mode` names, in words ("FIFO", "character device", ...)."""
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def open_regular(path: str | Path):
+    """`open(path, "rb")` for a regular file only (links followed): a FIFO, device, socket or
+    directory raises NotRegularFile without blocking (the open is non-blocking, the check is on the
+    opened descriptor, so a file swapped in between cannot slip through). OSError as `open`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, file_kind(mode))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_capped(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of regular file `path`, reading at most `max_bytes` + 1 of them: FileTooLarge past
+    the cap, NotRegularFile for a FIFO or device (which could block or never end).
+
+    The size a file claims is not trusted (a sparse file claims terabytes it does not hold):
+    reading stops at the cap whatever the file is."""
+    with open_regular(path) as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise FileTooLarge(path, max_bytes)
