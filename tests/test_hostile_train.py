@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from bitcli.decode import open_image
-from bitcli.errors import InputError
 from bitcli.transfer import data as data_mod
 from bitcli.transfer.run import prepare_data
 from relhelpers import ZERO_DEVICE, assert_one_error_line, bit, bit_env, error_lines, make_device, small_tmpfs, text
@@ -49,15 +47,6 @@ def folder_rows(photos: Path) -> list[tuple[Path, str]]:
 # -- FIFOs and devices never block ---------------------------------------------------------------
 
 
-def test_a_fifo_or_device_image_fails_alone_without_blocking(tmp_path):
-    fifo = tmp_path / "fifo.png"
-    os.mkfifo(fifo)
-    zero = make_device(tmp_path / "zero.png", ZERO_DEVICE)
-    for path in (fifo, zero):
-        with pytest.raises(InputError, match="not a regular file"):
-            open_image(path)
-
-
 def test_a_fifo_as_the_training_list_is_refused(ckpt, tmp_path):
     fifo = tmp_path / "list.csv"
     os.mkfifo(fifo)
@@ -78,16 +67,6 @@ def test_finetune_with_fifo_and_device_rows_skips_them(photos, tmp_path, tmp_pat
     assert result.returncode == 1, lines
     assert any(str(fifo) in line and "not a regular file" in line for line in lines), lines
     assert (tmp_path / "m" / "model.safetensors").is_file()
-
-
-def test_classify_labels_from_a_fifo_is_one_line(ckpt, tmp_path):
-    fifo = tmp_path / "labels.txt"
-    os.mkfifo(fifo)
-    image = tmp_path / "x.png"
-    write_folder(tmp_path / "one", {"a": 1})
-    os.link(next((tmp_path / "one").glob("*/*.png")), image)
-    result = bit("classify", image, "-m", ckpt, "--labels", fifo, timeout=60)
-    assert_one_error_line(result, 2, "--labels", str(fifo), "FIFO")
 
 
 # -- duplicated rows -----------------------------------------------------------------------------
