@@ -197,3 +197,21 @@ def test_disk_full_finetune_never_sends_resume_and_no_resume_in_circles(photos, 
         assert "--resume" not in " ".join(error_lines(again))
         resumed = bit("train", photos, "-o", out, *common, "--resume", timeout=120)
         assert_one_error_line(resumed, 2, "no interrupted run to resume", "without --resume")
+
+
+def test_a_killed_saves_temporaries_are_removed_and_an_empty_state_folder_too(tmp_path):
+    from bitcli.transfer.state import STATE_INFO, STATE_WEIGHTS, discard_empty
+
+    state = tmp_path / ".m.bit-train"
+    state.mkdir()
+    (state / ".tmp-abc.safetensors").write_bytes(b"half")
+    (state / STATE_WEIGHTS).write_bytes(b"weights without their step")
+    discard_empty(state)
+    assert not state.exists()  # no state.json: nothing to resume
+
+    state.mkdir()
+    (state / ".tmp-def.json").write_text("{")
+    (state / STATE_WEIGHTS).write_bytes(b"w")
+    (state / STATE_INFO).write_text("{}")
+    discard_empty(state)
+    assert sorted(os.listdir(state)) == [STATE_INFO, STATE_WEIGHTS]

@@ -62,15 +62,18 @@ def has_checkpoint(directory: Path) -> bool:
 
 
 def discard_empty(directory: Path) -> None:
-    """Remove a state folder that holds no checkpoint (only temporaries of a failed save, or nothing)."""
-    if has_checkpoint(directory) or not directory.is_dir() or directory.is_symlink():
+    """Before a run: remove the temporaries a killed save left in a state folder, and the folder
+    itself when it holds no checkpoint (a first save that failed, or nothing)."""
+    if not directory.is_dir() or directory.is_symlink():
         return
+    empty = not has_checkpoint(directory)
     for entry in os.scandir(directory):
-        if entry.name.startswith(_TEMP_PREFIX) or entry.name == STATE_WEIGHTS:
+        if entry.name.startswith(_TEMP_PREFIX) or (empty and entry.name == STATE_WEIGHTS):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
-    with contextlib.suppress(OSError):
-        os.rmdir(directory)
+    if empty:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
 
 
 @dataclass
