@@ -16,11 +16,18 @@ def _key_value_table(title: str, rows: list[tuple[str, Any]]) -> Any:
     table.add_column("field", style="dim")
     table.add_column("value", overflow="fold")
     for key, value in rows:
-        table.add_row(key, Text(shown(_show(value))))
+        table.add_row(key, Text(_show(value)))
     return table
 
 
+class Lines(str):
+    """Several lines whose items are already escaped (`numbered`): shown as they are."""
+
+
 def _show(value: Any) -> str:
+    """A value for a table cell, names with control characters escaped (`escapes.shown`)."""
+    if isinstance(value, Lines):
+        return value
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -28,13 +35,13 @@ def _show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_show(v) for v in value) if value else "-"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_show(v)}" for k, v in value.items())
-    return str(value)
+        return ", ".join(f"{shown(k)}={_show(v)}" for k, v in value.items())
+    return shown(value)
 
 
 def numbered(names: list[str]) -> str:
     """One name per line with its class index: label names contain commas ('tench, Tinca tinca')."""
-    return "\n".join(f"{index}  {shown(name)}" for index, name in enumerate(names)) or "-"
+    return Lines("\n".join(f"{index}  {shown(name)}" for index, name in enumerate(names)) or "-")
 
 
 def format_size(num_bytes: int | None) -> str:

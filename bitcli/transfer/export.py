@@ -222,7 +222,10 @@ class Staging:
         self.overwrite = overwrite
         check_outdir(self.outdir, overwrite=overwrite)
         clean_leftovers(self.outdir)
-        self.path = Path(tempfile.mkdtemp(dir=self.outdir.parent, prefix=f".{self.outdir.name}.tmp-"))
+        try:
+            self.path = Path(tempfile.mkdtemp(dir=self.outdir.parent, prefix=f".{self.outdir.name}.tmp-"))
+        except OSError as exc:  # a full disk can refuse a new folder too
+            raise WriteFailed(exc.errno, exc.strerror or str(exc), str(self.outdir.parent)) from exc
         self._fd = _lock(self.path)  # held while this run lives: clean_leftovers leaves it alone
         self.committed = False
 
