@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bitcli.errors import InputError
-from bitcli.util import DEFAULT_MAX_PIXELS, first_line, os_error_reason
+from bitcli.util import DEFAULT_MAX_PIXELS, NotRegularFile, first_line, open_regular, os_error_reason
 
 
 # `image.info` keys set by draft-mode decoding, so preprocessing can resize exactly the region
@@ -93,8 +93,9 @@ def open_image(
     _check_file(name)
     try:
         # Our own file object, not Image.open(name): the returned image must outlive the file,
-        # and a closed PIL image (as `with Image.open(...)` leaves it) cannot be used.
-        with open(name, "rb") as file:
+        # and a closed PIL image (as `with Image.open(...)` leaves it) cannot be used. Opened
+        # with `open_regular`: a FIFO or device swapped in after `_check_file` is refused, not read.
+        with open_regular(name) as file:
             image = Image.open(file, formats=DECODABLE_FORMATS)
             _check_pixel_count(name, image.size, max_pixels)
             full_size = image.size
@@ -124,6 +125,8 @@ def open_image(
         raise InputError(name, "not an image") from None
     except Image.DecompressionBombError as error:  # only if someone re-enabled PIL's global check
         raise InputError(name, _bomb_reason(str(error), max_pixels)) from None
+    except NotRegularFile:
+        raise InputError(name, "not a regular file") from None
     except OSError as error:
         raise InputError(name, _os_error_reason(error)) from None
     except (SyntaxError, ValueError, TypeError, IndexError, struct.error) as error:

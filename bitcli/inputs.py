@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from bitcli.errors import InputError, UsageError
-from bitcli.util import os_error_reason
+from bitcli.util import open_regular, os_error_reason
 
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -260,7 +260,7 @@ def _walk(directory: str, ancestors: frozenset[tuple[int, int]]) -> Iterator[str
 def _is_image_file(path: str) -> bool:
     """An image by its first bytes; by its extension when those are unreadable or unknown."""
     try:
-        with open(path, "rb") as file:
+        with open_regular(path) as file:  # checked regular, but a FIFO swapped in must not block
             if looks_like_image(file.read(SNIFF_BYTES)):
                 return True
     except OSError:

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from bitcli.errors import ConfigError, UsageError
-from bitcli.util import FileTooLarge, first_line, human_bytes, read_capped
+from bitcli.util import FileTooLarge, NotRegularFile, first_line, human_bytes, read_capped
 
 IMAGENET_1K_CLASSES = 1000
 IMAGENET_21K_CLASSES = 21843
@@ -117,6 +117,8 @@ def read_labels_file(path: Path) -> list[str]:
         raise UsageError(
             f"--labels {path}: larger than {human_bytes(LABELS_MAX_BYTES)}; give a text file with one label per line"
         ) from None
+    except NotRegularFile as exc:  # never opened for reading: a FIFO would block
+        raise UsageError(f"--labels {path}: {exc.strerror}; give a text file with one label per line") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--labels {path}: cannot read ({first_line(exc)})") from None
     lines = [line.strip() for line in text.splitlines()]

@@ -179,7 +179,7 @@ def test_permission_denied_reason(tmp_path, monkeypatch, zoo):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(decode, "open", denied, raising=False)
+    monkeypatch.setattr(decode, "open_regular", denied)
     assert reason_for(zoo["baseline.jpg"]) == "permission denied"
 
 

@@ -60,6 +60,14 @@ def classify(
     labels: Annotated[
         Optional[Path], typer.Option("--labels", metavar="FILE", help="Class names, one per line, in class order.")
     ] = None,
+    csv_raw: Annotated[
+        bool,
+        typer.Option(
+            "--csv-raw",
+            help="csv: write names exactly, even those that start like a spreadsheet formula "
+            "(= + - @); by default such a cell gets a leading '.",
+        ),
+    ] = False,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.fp32,
@@ -83,7 +91,7 @@ def classify(
     classifier = Classifier(load_model(model, options, ui, threads), top_k=top_k, labels=labels, options=options)
     renderer = output.classify_renderer(
         fmt, sys.stdout, count=len(items), top_k=classifier.top_k,
-        paths=[item.path for item in items], labels=classifier.labels.names,
+        paths=[item.path for item in items], labels=classifier.labels.names, csv_raw=csv_raw,
     )
     on_screen = output.is_terminal(sys.stdout)  # rows go to a terminal: the bar must step aside
     held = fmt == "table" and output.same_terminal(sys.stdout, sys.stderr)

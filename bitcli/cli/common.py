@@ -19,6 +19,7 @@ import typer
 from bitcli.cli.screen import Bar, summary_text
 from bitcli.errors import UsageError
 from bitcli.output import is_terminal
+from bitcli.output.escapes import shown
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, RunOptions  # light: no torch, no PIL
 from bitcli.util import DEFAULT_MAX_PIXELS
 
@@ -168,11 +169,12 @@ class Ui:
     def _line(self, prefix: str, style: str, message: str) -> None:
         from rich.text import Text
 
-        self.console.print(Text.assemble((prefix, style), message))
+        self.console.print(Text.assemble((prefix, style), shown(message)))
 
     def error(self, message: str) -> None:
-        """One line, even when a file name in `message` holds a line break (shown escaped)."""
-        self._line("error: ", "bold red", message.replace("\n", "\\n").replace("\r", "\\r"))
+        """One line, even when a file name in `message` holds a line break or a terminal escape
+        (control characters are shown escaped: `output.escapes.shown`)."""
+        self._line("error: ", "bold red", message)
 
     def warn(self, message: str) -> None:
         if not self.quiet:
@@ -182,7 +184,7 @@ class Ui:
         if not self.quiet:
             from rich.text import Text
 
-            self.console.print(Text(message))
+            self.console.print(Text(shown(message)))
 
     @property
     def show_progress(self) -> bool:

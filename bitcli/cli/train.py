@@ -28,6 +28,7 @@ from bitcli.cli.common import (
 )
 from bitcli.cli.helpscreen import epilog
 from bitcli.cli.screen import duration
+from bitcli.output.escapes import shown
 from bitcli.pipeline import DEFAULT_MODEL
 
 EPILOG = epilog(
@@ -135,7 +136,9 @@ class _Bars:
 
     def stage(self, text: str) -> None:
         self.close()
-        self.say(f"[dim]{text}[/dim]")
+        from rich.text import Text
+
+        self.say(Text(shown(text), style="dim"))
 
     def _open(self, kind: str, total: int) -> None:
         if self.progress is not None and self.kind == kind:

@@ -18,10 +18,17 @@ the same recall after re-scoring. A dimension without an even divisor
 `search.search` uses the index automatically when it is present and fresh (same row count,
 dimension, and the array's size and modification time as when it was built); a stale one is
 ignored with a notice, as is one that faiss, not being installed, cannot read.
+
+A damaged index must never crash a search or answer with rows that do not exist: `OUT.ann.json`
+records the `.faiss` file's size and SHA-256, checked before faiss reads a byte of it (faiss
+itself trusts its input), and the loaded index must hold the array's row count and dimension;
+any mismatch is the same notice and exact search. Answers are checked too: a row id outside the
+array is dropped, never looked up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -37,7 +44,7 @@ from bitcli.collection.scoring import Match, block_scores, check_k, normalize_ro
 from bitcli.errors import UsageError
 from bitcli.store.files import write_bytes_atomic
 from bitcli.store.paths import check_replaceable
-from bitcli.util import read_capped
+from bitcli.util import open_regular, read_capped
 
 FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
@@ -106,7 +113,7 @@ class AnnIndex:
         _, candidates = self.faiss_index.search(unit, wanted)
         results = []
         for j, found in enumerate(candidates):
-            rows = np.unique(found[found >= 0])
+            rows = np.unique(found[(found >= 0) & (found < index.rows)])  # a damaged index: ids out of range
             scores = block_scores(index.take(rows), unit[j : j + 1])[0]  # float32: the best k + 1 ...
             _, best = top_k(scores, rows, k + 1)
             results.append(to_matches(index, queries[j], best, k, exclude[j]))  # ... then float64
@@ -152,6 +159,7 @@ def build(
         "build_seconds": round(time.perf_counter() - started, 3),
     }
     _write_index(faiss, ann, paths.index)
+    info.update(_file_identity(paths.index))
     write_bytes_atomic(paths.info, [(json.dumps(info, indent=1) + "\n").encode("ascii")])
     return AnnIndex(ann, info)
 
@@ -174,10 +182,20 @@ def load_fresh(index: EmbeddingIndex) -> tuple[AnnIndex | None, str | None]:
         import faiss
     except ImportError:
         return None, f"{paths.index} is present but faiss is not installed; exact search used ({INSTALL_HINT})"
+    damaged = f"{paths.index} is damaged (it does not match {paths.info.name}); exact search used (rebuild it)"
+    if "index_sha256" in info:  # indexes built before the digest was recorded skip this check
+        try:
+            if _file_identity(paths.index) != {k: info.get(k) for k in ("index_size", "index_sha256")}:
+                return None, damaged
+        except OSError as exc:
+            return None, f"{paths.index} cannot be read ({exc.strerror or exc}); exact search used"
     try:
-        return AnnIndex(faiss.read_index(str(paths.index)), info), None
+        loaded = faiss.read_index(str(paths.index))
     except RuntimeError as exc:
         return None, f"{paths.index} cannot be read ({str(exc).strip().splitlines()[-1]}); exact search used"
+    if getattr(loaded, "ntotal", None) != index.rows or getattr(loaded, "d", None) != index.dim:
+        return None, damaged
+    return AnnIndex(loaded, info), None
 
 
 def recall_at_k(exact: list[list[Match]], approximate: list[list[Match]]) -> float:
@@ -206,6 +224,17 @@ def _training_sample(index: EmbeddingIndex, nlist: int, seed: int) -> np.ndarray
     want = min(index.rows, 40 * nlist)
     rows = np.sort(np.random.default_rng(seed).choice(index.rows, size=want, replace=False))
     return normalize_rows(index.take(rows))
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    """The index file's size and SHA-256 (read in 1 MiB pieces; a regular file only)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open_regular(path) as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"index_size": size, "index_sha256": digest.hexdigest()}
 
 
 def _array_identity(path: Path) -> dict[str, int]:

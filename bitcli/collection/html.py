@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Sequence
 from bitcli.collection.dedup import DuplicateGroup
 from bitcli.collection.search import Match
 from bitcli.errors import UsageError
+from bitcli.output import escapes
 from bitcli.store.files import write_bytes_atomic
 
 THUMB_PX = 160
@@ -174,8 +175,8 @@ def _page(title: str, about: str, sections: list[str], omitted: int, noun: str, 
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8">{GENERATOR_TAG} {escape(version)}">\n'
-        f"<title>{_text(title)}</title>\n<style>{_STYLE}{thumbs.css()}</style></head>\n"
-        f'<body><h1>{_text(title)}</h1><p class="about">{_text(about)}</p>\n'
+        f"<title>{_text(escapes.shown(title))}</title>\n<style>{_STYLE}{thumbs.css()}</style></head>\n"
+        f'<body><h1>{_text(escapes.shown(title))}</h1><p class="about">{_text(about)}</p>\n'
         + "\n".join(sections)
         + f"\n{empty}{more}</body></html>\n"
     )

@@ -4,7 +4,14 @@ ties, and the `Match` records they produce.
 Scores are float32 cosine similarities from the stored rows (so `--normalize` does not matter),
 clipped to [-1, 1]; a row whose norm is 0 (or that holds NaN) scores 0. Ranking: score, highest
 first, then row, lowest first: byte-identical rows give equal scores, and the order must not
-depend on how the rows were split into blocks.
+depend on how the rows were split into blocks, nor on --top-k.
+
+That needs every score to depend on the row's bytes and the query alone, never on where the row
+sits in the matrix: BLAS's matrix-vector kernels accumulate rows in groups and the rows of a
+remainder group in another order, so byte-identical rows can score a last bit apart (12 copies:
+`-k 1` returned copy 1, `-k 11` copies 9 and 10 first). So dot products are numpy's `einsum`
+(one loop per output element, the same summation order for every row; as fast as BLAS for a few
+queries, slower for hundreds), float32 for choosing candidates and float64 for the final scores.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ def block_scores(block: np.ndarray, unit_queries: np.ndarray) -> np.ndarray:
     """Cosine similarity [q, n] of unit-length queries with raw rows (a NaN row scores 0)."""
     norms = np.sqrt(np.einsum("ij,ij->i", block, block))
     norms[norms == 0] = 1.0
-    scores = unit_queries @ block.T
+    scores = np.einsum("qd,nd->qn", unit_queries, block)  # not `@`: see the module docstring
     scores /= norms[None, :]
     np.clip(scores, -1.0, 1.0, out=scores)  # rounding can step just past +-1
     scores[np.isnan(scores)] = 0.0
@@ -95,8 +102,8 @@ def cosine64(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
     """float64 cosine of each row with `query` (0 for a zero or NaN row or query), in [-1, 1]."""
     rows = np.asarray(rows, dtype=np.float64)
     query = np.asarray(query, dtype=np.float64).ravel()
-    norms = np.linalg.norm(rows, axis=1) * np.linalg.norm(query)
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * np.sqrt(np.einsum("j,j->", query, query))
     with np.errstate(invalid="ignore", divide="ignore"):
-        scores = (rows @ query) / norms
+        scores = np.einsum("ij,j->i", rows, query) / norms  # not `@`: see the module docstring
     scores[~np.isfinite(scores)] = 0.0
     return np.clip(scores, -1.0, 1.0)

@@ -41,18 +41,20 @@ def classify_renderer(
     top_k: int,
     paths: Sequence[str] | None = None,
     labels: Sequence[str] | None = None,
+    csv_raw: bool = False,
 ) -> ClassifyRenderer:
     """The renderer for a resolved format (`auto` must be resolved first).
 
     `paths` (every input) and `labels` (the model's class names) let a table fix its column
-    widths before the first row; the machine formats ignore them.
+    widths before the first row; the machine formats ignore them. `csv_raw`: csv cells keep
+    names exactly, even those a spreadsheet would run as formulas (`escapes.csv_cell`).
     """
     if fmt == "jsonl":
         return JsonlRenderer(stream)
     if fmt == "json":
         return JsonArrayRenderer(stream)
     if fmt == "csv":
-        return CsvRenderer(stream)
+        return CsvRenderer(stream, raw=csv_raw)
     if fmt == "table":
         return TableRenderer(stream, count=count, top_k=top_k, paths=paths, labels=labels)
     raise ValueError(f"unknown format {fmt!r}")

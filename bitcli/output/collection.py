@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 from typing import IO, Any, Iterable
 
+from bitcli.output.escapes import csv_cell, shown
 from bitcli.output.records import JsonArrayRenderer, JsonlRenderer
 from bitcli.output.tables import stdout_console
 
@@ -23,24 +24,29 @@ SEARCH_CSV_HEADER = ("query", "rank", "path", "score")
 DEDUP_CSV_HEADER = ("group", "path", "score_to_first")
 
 
-def render_search(results: Iterable[Any], fmt: str, stream: IO[str]) -> None:
-    """`QueryResult`s in query order, in a resolved format (`auto` resolved first)."""
+def render_search(results: Iterable[Any], fmt: str, stream: IO[str], *, csv_raw: bool = False) -> None:
+    """`QueryResult`s in query order, in a resolved format (`auto` resolved first); `csv_raw`
+    writes names in csv cells as they are (see `escapes.csv_cell`)."""
     if fmt == "table":
         stdout_console(stream).print(search_table(list(results)))
         return
     if fmt == "csv":
-        _csv(stream, SEARCH_CSV_HEADER, ((r.query, m.rank, m.path, repr(m.score)) for r in results for m in r.matches))
+        rows = (
+            (csv_cell(r.query, csv_raw), m.rank, csv_cell(m.path, csv_raw), repr(m.score))
+            for r in results for m in r.matches
+        )
+        _csv(stream, SEARCH_CSV_HEADER, rows)
         return
     _records(results, fmt, stream)
 
 
-def render_groups(groups: Iterable[Any], fmt: str, stream: IO[str]) -> None:
-    """`DuplicateGroup`s, largest first, in a resolved format."""
+def render_groups(groups: Iterable[Any], fmt: str, stream: IO[str], *, csv_raw: bool = False) -> None:
+    """`DuplicateGroup`s, largest first, in a resolved format (`csv_raw` as for `render_search`)."""
     if fmt == "table":
         stdout_console(stream).print(groups_table(list(groups)))
         return
     if fmt == "csv":
-        rows = ((g.group, path, repr(score)) for g in groups for path, score in zip(g.paths, g.scores_to_first))
+        rows = ((g.group, csv_cell(path, csv_raw), repr(score)) for g in groups for path, score in zip(g.paths, g.scores_to_first))
         _csv(stream, DEDUP_CSV_HEADER, rows)
         return
     _records(groups, fmt, stream)
@@ -74,12 +80,12 @@ def search_table(results: list[Any]) -> Any:
         table.add_column(name, justify=justify, overflow="fold")
     for result in results:
         if not result.ok:
-            table.add_row(Text(result.query), "", "", Text(f"error: {result.error}", style="red"))
+            table.add_row(Text(shown(result.query)), "", "", Text(f"error: {shown(result.error)}", style="red"))
             continue
         if not result.matches:
-            table.add_row(Text(result.query), "", "", Text("no match", style="dim"))
+            table.add_row(Text(shown(result.query)), "", "", Text("no match", style="dim"))
         for i, match in enumerate(result.matches):
-            table.add_row(Text(result.query if i == 0 else ""), str(match.rank), f"{match.score:.4f}", Text(match.path))
+            table.add_row(Text(shown(result.query) if i == 0 else ""), str(match.rank), f"{match.score:.4f}", Text(shown(match.path)))
     return table
 
 
@@ -93,5 +99,5 @@ def groups_table(groups: list[Any]) -> Any:
     for group in groups:
         for i, (path, score) in enumerate(zip(group.paths, group.scores_to_first)):
             first = i == 0
-            table.add_row(str(group.group) if first else "", str(len(group.paths)) if first else "", Text(path), "" if first else f"{score:.4f}")
+            table.add_row(str(group.group) if first else "", str(len(group.paths)) if first else "", Text(shown(path)), "" if first else f"{score:.4f}")
     return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
+from bitcli.output.escapes import shown
 from bitcli.output.records import write_json
 from bitcli.output.tables import format_percent, stdout_console
 
@@ -32,7 +33,7 @@ def evaluation_tables(record: dict[str, Any]) -> list[Any]:
     summary = Table(title=Text("Evaluation", style="bold"), title_justify="left", show_header=False, show_edge=False)
     summary.add_column("field", style="dim")
     summary.add_column("value")
-    summary.add_row("model", str(record.get("model", "")))
+    summary.add_row("model", Text(shown(record.get("model", ""))))
     summary.add_row("images", f"{record['n']:,}" + (f" ({record['failed']} unreadable, left out)" if record.get("failed") else ""))
     summary.add_row("accuracy", _percent(record["accuracy"]))
     summary.add_row("top-5 accuracy", _percent(record["top5"]) if record["top5"] is not None else "- (5 classes or fewer)")
@@ -43,8 +44,8 @@ def evaluation_tables(record: dict[str, Any]) -> list[Any]:
         per_class.add_column(name, justify=justify)
     matched = record.get("matched", {})
     for name, row in record["per_class"].items():
-        shown = f"{name} ({matched[name]})" if name in matched else name
-        per_class.add_row(Text(shown), _percent(row["precision"]), _percent(row["recall"]), f"{row['support']:,}")
+        text = f"{name} ({matched[name]})" if name in matched else name
+        per_class.add_row(Text(shown(text)), _percent(row["precision"]), _percent(row["recall"]), f"{row['support']:,}")
     tables.append(per_class)
 
     classes = record["classes"]
@@ -54,11 +55,11 @@ def evaluation_tables(record: dict[str, Any]) -> list[Any]:
                        title_justify="left", show_edge=False)
         matrix.add_column("")
         for name in classes:
-            matrix.add_column(Text(name), justify="right")
+            matrix.add_column(Text(shown(name)), justify="right")
         if other is not None:
             matrix.add_column("other", justify="right", style="dim")
         for i, name in enumerate(classes):
             cells = [str(v) for v in record["confusion"][i]] + ([str(other[i])] if other is not None else [])
-            matrix.add_row(Text(name), *cells)
+            matrix.add_row(Text(shown(name)), *cells)
         tables.append(matrix)
     return tables

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bitcli.output.escapes import shown
 from bitcli.util import human_bytes
 
 
@@ -19,7 +20,14 @@ def _key_value_table(title: str, rows: list[tuple[str, Any]]) -> Any:
     return table
 
 
+class Lines(str):
+    """Several lines whose items are already escaped (`numbered`): shown as they are."""
+
+
 def _show(value: Any) -> str:
+    """A value for a table cell, names with control characters escaped (`escapes.shown`)."""
+    if isinstance(value, Lines):
+        return value
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -27,13 +35,13 @@ def _show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_show(v) for v in value) if value else "-"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_show(v)}" for k, v in value.items())
-    return str(value)
+        return ", ".join(f"{shown(k)}={_show(v)}" for k, v in value.items())
+    return shown(value)
 
 
 def numbered(names: list[str]) -> str:
     """One name per line with its class index: label names contain commas ('tench, Tinca tinca')."""
-    return "\n".join(f"{index}  {name}" for index, name in enumerate(names)) or "-"
+    return Lines("\n".join(f"{index}  {shown(name)}" for index, name in enumerate(names)) or "-")
 
 
 def format_size(num_bytes: int | None) -> str:
@@ -71,7 +79,7 @@ def inspect_tables(report: dict[str, Any]) -> list[Any]:
     files.add_column("file")
     files.add_column("size", justify="right")
     for f in report.get("files", []):
-        files.add_row(Text(f.get("name", "")), format_size(f.get("size")))
+        files.add_row(Text(shown(f.get("name", ""))), format_size(f.get("size")))
     tables.append(files)
     tables.append(
         _key_value_table(
@@ -142,7 +150,7 @@ def models_table(rows: list[dict[str, Any]], default: str | None = None) -> Any:
     caption = MODELS_CAPTION
     if default is not None:
         marked = any(row.get("default") for row in rows)
-        caption = f"* default: {default}" + ("" if marked else " (not in this list)") + (
+        caption = f"* default: {shown(default)}" + ("" if marked else " (not in this list)") + (
             " (--model or $BIT_MODEL to change)\n" + caption
         )
     table = Table(show_edge=False, pad_edge=False, caption=caption, caption_justify="left")
@@ -153,7 +161,7 @@ def models_table(rows: list[dict[str, Any]], default: str | None = None) -> Any:
     for row in rows:
         top1 = row.get("top1")
         table.add_row(
-            Text(str(row["alias"]) + (" *" if row.get("default") else "")),
+            Text(shown(row["alias"]) + (" *" if row.get("default") else "")),
             str(row["input_size"]),
             f"{row['num_classes']:,}",
             "-" if top1 is None else f"{top1:.2f}",

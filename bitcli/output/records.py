@@ -11,6 +11,7 @@ import json
 import os
 from typing import IO, Any, Protocol
 
+from bitcli.output.escapes import csv_cell
 from bitcli.results import ClassifyResult
 
 CSV_HEADER = ("path", "rank", "index", "label", "score")
@@ -108,18 +109,21 @@ class CsvRenderer:
     """`path,rank,index,label,score`, one row per prediction; failed inputs have no rows.
 
     Rows end in "\\n", so the csv module would leave a lone "\\r" unquoted (it quotes only the
-    line terminator's characters): rows with a "\\r" in a field are written fully quoted.
+    line terminator's characters): rows with a "\\r" in a field are written fully quoted. A path
+    or label that starts like a spreadsheet formula gets a leading `'` unless `raw`
+    (`escapes.csv_cell`).
     """
 
-    def __init__(self, stream: IO[str]):
+    def __init__(self, stream: IO[str], *, raw: bool = False):
         self.stream = stream
+        self.raw = raw
         self.writer = csv.writer(stream, lineterminator="\n")
         self.quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
         self.writer.writerow(CSV_HEADER)
 
     def write(self, result: ClassifyResult) -> None:
         for p in result.predictions:
-            row = (result.path, p.rank, p.index, p.label, repr(p.score))
+            row = (csv_cell(result.path, self.raw), p.rank, p.index, csv_cell(p.label, self.raw), repr(p.score))
             writer = self.quoted if "\r" in result.path or "\r" in p.label else self.writer
             writer.writerow(row)
         self.stream.flush()

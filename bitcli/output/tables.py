@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import IO, Any, Iterable, Sequence
 
+from bitcli.output.escapes import shown
 from bitcli.results import ClassifyResult, Prediction
 
 # More images than this are shown as one compact table (a row per image) instead of one table each.
@@ -81,7 +82,7 @@ class TableRenderer:
             self.console.print()
         self.written += 1
         # The path on its own line: a table title would wrap long paths.
-        self.console.print(Text(result.path, style="bold"), soft_wrap=True)
+        self.console.print(Text(shown(result.path), style="bold"), soft_wrap=True)
         if result.error is not None:
             self.console.print(failure_text(result.error), no_wrap=True, overflow="ellipsis")
         else:
@@ -111,7 +112,7 @@ class TableRenderer:
 def failure_text(error: str) -> Any:
     from rich.text import Text
 
-    return Text(f"failed: {error}", style="red", no_wrap=True, overflow="ellipsis")
+    return Text(f"failed: {shown(error)}", style="red", no_wrap=True, overflow="ellipsis")
 
 
 def image_table(result: ClassifyResult) -> Any:
@@ -125,7 +126,7 @@ def image_table(result: ClassifyResult) -> Any:
     table.add_column("probability", justify="right", no_wrap=True, min_width=PROBABILITY_WIDTH)
     table.add_column("class", justify="right", style="dim", no_wrap=True, min_width=CLASS_WIDTH)
     for p in result.predictions:
-        table.add_row(str(p.rank), Text(p.label), format_percent(p.score), str(p.index))
+        table.add_row(str(p.rank), Text(shown(p.label)), format_percent(p.score), str(p.index))
     return table
 
 
@@ -144,8 +145,8 @@ class CompactLayout:
         """Widths for a terminal of `width` columns, given every path and every label name."""
         from rich.cells import cell_len
 
-        path_need = max([len("image"), *(cell_len(p) for p in paths)])
-        longest_label = max([len("top-1"), *(cell_len(name) for name in labels)])
+        path_need = max([len("image"), *(cell_len(shown(p)) for p in paths)])
+        longest_label = max([len("top-1"), *(cell_len(shown(name)) for name in labels)])
         label_need = min(longest_label, LABEL_WIDE)
         fixed = PROBABILITY_WIDTH + CLASS_WIDTH + 3 * SEPARATOR
         path_room = width - fixed - min(label_need, LABEL_MIN_WIDTH)
@@ -183,7 +184,7 @@ class CompactLayout:
         table = Table(show_edge=False, pad_edge=False, show_header=False)
         table.add_column("image", width=self.path, overflow="fold", no_wrap=not self.path_folds)
         table.add_column("failure", width=self.span, no_wrap=True, overflow="ellipsis")
-        table.add_row(Text(result.path), failure_text(str(result.error)))
+        table.add_row(Text(shown(result.path)), failure_text(str(result.error)))
         return table
 
     def rows(self, results: Iterable[ClassifyResult]) -> list[Any]:
@@ -201,7 +202,7 @@ class CompactLayout:
                 table = self.table()
                 out.append(table)
             best = r.predictions[0]
-            row = [Text(r.path), Text(best.label), format_percent(best.score), str(best.index)]
+            row = [Text(shown(r.path)), Text(shown(best.label)), format_percent(best.score), str(best.index)]
             if self.runners:
                 row.append(Text(runners_up_text(r.predictions[1:], self.runners)))
             table.add_row(*row)
@@ -221,7 +222,7 @@ def compact_table(results: Iterable[ClassifyResult], top_k: int, width: int) -> 
 
 def runners_up_text(predictions: list[Prediction], room: int | None) -> str:
     """'tiger cat 10.00%; Egyptian cat 5.00%', as many as fit in `room` characters, then '…'."""
-    parts = [f"{first_name(p.label)} {format_percent(p.score)}" for p in predictions]
+    parts = [f"{shown(first_name(p.label))} {format_percent(p.score)}" for p in predictions]
     if room is None:
         return "; ".join(parts)
     text = ""

@@ -7,6 +7,9 @@ DATA is either
   files directly in DATA are not examples (they are listed in `Dataset.ignored`); or
 - a `.csv` file of `path,label` rows (an optional `path,label` header) or a `.jsonl` file of
   `{"path": ..., "label": ...}` objects; relative paths are relative to the list file's folder.
+  A file listed again (the same path, or another name of the same file: a link) is kept once,
+  before any split, so no copy can land in both training and validation; the same file with two
+  labels is an error (`Dataset.duplicates` counts the rows dropped).
 
 Splits and subsets are seeded and stratified, and each class draws from its own random stream
 (seed, purpose, class name), so a class's selection does not change when other classes are added
@@ -16,6 +19,7 @@ or removed. Every problem with the data is a `DataError` (exit code 2) naming wh
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import zlib
@@ -27,8 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from bitcli.errors import UsageError
+from bitcli.util import FileTooLarge, file_kind, first_line, human_bytes, read_capped
 
 LIST_SUFFIXES = (".csv", ".jsonl")
+LIST_MAX_BYTES = 1 << 30  # a list of ten million rows of 100-byte paths
 _SPLIT_STREAM, _SHOTS_STREAM = 1, 2
 _MAX_LABEL_LENGTH = 200
 
@@ -52,6 +58,7 @@ class Dataset:
     examples: list[Example]
     ignored: list[str] = field(default_factory=list)  # files in DATA outside any class folder
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) found while listing
+    duplicates: int = 0  # rows of a list file dropped because they name a file listed before
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -84,6 +91,8 @@ def load_dataset(data: str | os.PathLike[str], *, classes: Sequence[str] | None 
         dataset = _image_folder(path)
     elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         dataset = _list_file(path)
+    elif path.exists() and not path.is_file():  # never opened: a FIFO would block
+        raise DataError(f"{path}: a {file_kind(os.stat(path).st_mode)}, not a folder of class folders or a list file")
     elif path.exists():
         raise DataError(f"{path}: not a folder of class folders, a .csv or a .jsonl file")
     else:
@@ -158,44 +167,81 @@ def _image_folder(root: Path) -> Dataset:
 
 
 def _list_file(path: Path) -> Dataset:
-    rows = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_csv(path)
+    text = _read_list(path)
+    rows = _read_jsonl(path, text) if path.suffix.lower() == ".jsonl" else _read_csv(path, text)
     if not rows:
         raise DataError(f"{path}: no examples (expected path,label rows)")
     base = path.parent
-    classes = sorted({label for _, label, _ in rows})
-    position = {name: i for i, name in enumerate(classes)}
-    examples = []
+    listed: list[tuple[str, str, int]] = []
     for file_path, label, line in rows:
         if not file_path:
             raise DataError(f"{path}:{line}: empty path")
         full = file_path if os.path.isabs(file_path) else os.path.join(base, file_path)
-        examples.append(Example(full, position[label]))
-    return Dataset(str(path), classes, examples)
+        listed.append((full, label, line))
+    kept = _without_duplicates(path, listed)
+    classes = sorted({label for _, label, _ in kept})
+    position = {name: i for i, name in enumerate(classes)}
+    examples = [Example(full, position[label]) for full, label, _ in kept]
+    return Dataset(str(path), classes, examples, duplicates=len(listed) - len(kept))
 
 
-def _read_csv(path: Path) -> list[tuple[str, str, int]]:
+def file_identity(path: str) -> tuple:
+    """What names one file: (device, inode) when it can be stat'ed (links and other spellings of
+    the same path agree; a FIFO is stat'ed, never opened), else its resolved path."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return ("path", os.path.realpath(path))
+    return ("inode", info.st_dev, info.st_ino)
+
+
+def _without_duplicates(source: Path, rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The first row of every file; DataError naming a file listed with two labels."""
+    first: dict[tuple, tuple[str, str, int]] = {}
+    kept = []
+    for row in rows:
+        identity = file_identity(row[0])
+        seen = first.get(identity)
+        if seen is None:
+            first[identity] = row
+            kept.append(row)
+        elif seen[1] != row[1]:
+            raise DataError(
+                f"{source}:{row[2]}: {row[0]} is labelled {row[1]!r}, but line {seen[2]} labels the same "
+                f"file {seen[1]!r}; give each file one label"
+            )
+    return kept
+
+
+def _read_list(path: Path) -> str:
+    """The list file's text (UTF-8, at most LIST_MAX_BYTES; never blocks on a FIFO or device)."""
+    try:
+        return read_capped(path, LIST_MAX_BYTES).decode("utf-8-sig")
+    except FileTooLarge:
+        raise DataError(f"{path}: larger than {human_bytes(LIST_MAX_BYTES)}; split the list") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({first_line(exc)})") from None
+
+
+def _read_csv(path: Path, text: str) -> list[tuple[str, str, int]]:
     rows = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            for line, row in enumerate(csv.reader(file), start=1):
-                if not row or all(not cell.strip() for cell in row):
-                    continue
-                if line == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
-                    continue
-                if len(row) != 2:
-                    raise DataError(f"{path}:{line}: expected 2 columns (path,label), found {len(row)}")
-                rows.append((row[0].strip(), row[1].strip(), line))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        for line, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if line == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                continue
+            if len(row) != 2:
+                raise DataError(f"{path}:{line}: expected 2 columns (path,label), found {len(row)}")
+            rows.append((row[0].strip(), row[1].strip(), line))
+    except csv.Error as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     return rows
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, str, int]]:
+def _read_jsonl(path: Path, text: str) -> list[tuple[str, str, int]]:
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+    lines = text.splitlines()
     for line, text in enumerate(lines, start=1):
         if not text.strip():
             continue

@@ -13,17 +13,24 @@ evaluates at the training crop and the network has never seen these images at th
 A timm base's torchvision-style crop rounding (which transformers cannot express) becomes
 transformers' own (a one-pixel offset at most, for some image sizes).
 
-Atomic: everything is written into a hidden temporary folder next to OUTDIR and renamed into
-place at the end, so OUTDIR is either absent or complete. An existing OUTDIR is replaced only
-with `overwrite`, and only when it is empty or a folder `bit train` wrote (it has a training
-report); the old folder is renamed aside first and removed only after the new one is in place.
+Atomic: everything is written into a hidden temporary folder next to OUTDIR (`.OUTDIR.tmp-XXXX`)
+and renamed into place at the end, so OUTDIR is either absent or complete. An existing OUTDIR is
+replaced only with `overwrite`, and only when it is empty or holds nothing but the files `bit
+train` writes (with its training report): anything else in it (a user's notes, an evaluation's
+results) is named and the run refused, never deleted. The old folder is renamed aside first and
+its files removed only after the new one is in place.
+
+The staging folder is locked (flock) while its run lives; a run killed with SIGKILL leaves it
+behind, and the next run on the same OUTDIR removes such unlocked leftovers (and a replaced
+OUTDIR left aside) when they hold only `bit train`'s own files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-import shutil
 import tempfile
 import uuid
 from dataclasses import replace
@@ -33,12 +40,15 @@ from typing import Any
 import torch
 
 from bitcli.errors import UsageError
+from bitcli.util import CONFIG_MAX_BYTES, read_capped
 
 from .backbone import HEAD_KEYS, BitConfig, PreprocessConfig, export_state_dict, transformers_config
 from .hyperrule import Resolution
+from .state import WriteFailed, save_tensors
 
 REPORT = "training_report.json"
 REPORT_MARKER = "bitcli_training_report"
+OWN_FILES = frozenset({"config.json", "preprocessor_config.json", "model.safetensors", REPORT})
 
 
 def eval_preprocess(base: PreprocessConfig, resolution: Resolution | None) -> PreprocessConfig:
@@ -81,14 +91,14 @@ def write_checkpoint(
     weights: dict[str, torch.Tensor],
     preprocess: PreprocessConfig,
 ) -> None:
-    """Write config, preprocessing and weights (raw, with the head) into an existing `directory`."""
-    from safetensors.torch import save_file
+    """Write config, preprocessing and weights (raw, with the head) into an existing `directory`.
 
+    A failed write (disk full) raises `state.WriteFailed` naming `directory`."""
     missing = [k for k in HEAD_KEYS if k not in weights]
     if missing:
         raise ValueError(f"weights lack the classifier head ({', '.join(missing)})")
     tensors = export_state_dict(weights, config.ws_eps)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_tensors(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     _write_json(directory / "config.json", transformers_config(config, classes))
     _write_json(directory / "preprocessor_config.json", preprocessor_dict(preprocess))
 
@@ -101,7 +111,13 @@ def write_report(directory: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            file.flush()
+            os.fsync(file.fileno())  # a full disk fails here, not at some later close
+    except OSError as exc:
+        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(path.parent)) from exc
 
 
 def check_outdir(outdir: Path, *, overwrite: bool) -> None:
@@ -114,19 +130,85 @@ def check_outdir(outdir: Path, *, overwrite: bool) -> None:
         raise UsageError(f"{outdir}: exists and is not a folder; choose another -o")
     if not overwrite:
         raise UsageError(f"{outdir}: already exists; pass --overwrite to replace it, or choose another -o")
-    if any(outdir.iterdir()) and not is_training_output(outdir):
+    names = sorted(os.listdir(outdir))
+    if names and not is_training_output(outdir):
         raise UsageError(
             f"{outdir}: exists and was not written by bit train (no {REPORT}); "
             "bitcli will not replace it: remove it yourself or choose another -o"
+        )
+    foreign = [name for name in names if name not in OWN_FILES or not (outdir / name).is_file()]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise UsageError(
+            f"{outdir}: holds {foreign[0]}{more}, which bit train did not write; --overwrite replaces only "
+            "bit train's own files: move it out or choose another -o"
         )
 
 
 def is_training_output(directory: Path) -> bool:
     try:
-        data = json.loads((directory / REPORT).read_text(encoding="utf-8"))
+        data = json.loads(read_capped(directory / REPORT, CONFIG_MAX_BYTES).decode("utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and data.get(REPORT_MARKER) == 1
+
+
+def _holds_only_own_files(directory: Path) -> bool:
+    try:
+        return all(name in OWN_FILES and (directory / name).is_file() for name in os.listdir(directory))
+    except OSError:
+        return False
+
+
+def _remove_own(directory: Path) -> None:
+    """Remove `bit train`'s files from `directory`, then the folder if that left it empty."""
+    for name in OWN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / name)
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)
+
+
+def _lock(directory: Path) -> int | None:
+    """An exclusive, non-blocking flock on `directory` (its descriptor), or None while another holds it."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def clean_leftovers(outdir: Path) -> list[Path]:
+    """Remove what killed runs on `outdir` left beside it: staging folders no live run holds, and an
+    old OUTDIR left aside while the new one is in place, each only when it holds nothing but
+    `bit train`'s own files. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(outdir.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        staging = entry.name.startswith(f".{outdir.name}.tmp-")
+        aside = entry.name.startswith(f".{outdir.name}.old-") and os.path.isdir(outdir)
+        if not (staging or aside) or not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        try:
+            fd = _lock(path)
+        except OSError:
+            continue
+        if fd is None:  # a live run's staging folder
+            continue
+        try:
+            if _holds_only_own_files(path):
+                _remove_own(path)
+                if not os.path.lexists(path):
+                    removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 class Staging:
@@ -139,7 +221,12 @@ class Staging:
         self.outdir = Path(outdir)
         self.overwrite = overwrite
         check_outdir(self.outdir, overwrite=overwrite)
-        self.path = Path(tempfile.mkdtemp(dir=self.outdir.parent, prefix=f".{self.outdir.name}.tmp-"))
+        clean_leftovers(self.outdir)
+        try:
+            self.path = Path(tempfile.mkdtemp(dir=self.outdir.parent, prefix=f".{self.outdir.name}.tmp-"))
+        except OSError as exc:  # a full disk can refuse a new folder too
+            raise WriteFailed(exc.errno, exc.strerror or str(exc), str(self.outdir.parent)) from exc
+        self._fd = _lock(self.path)  # held while this run lives: clean_leftovers leaves it alone
         self.committed = False
 
     def __enter__(self) -> Staging:
@@ -147,7 +234,13 @@ class Staging:
 
     def __exit__(self, *exc: object) -> None:
         if not self.committed:
-            shutil.rmtree(self.path, ignore_errors=True)
+            _remove_own(self.path)
+        self._release()
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def commit(self) -> Path:
         check_outdir(self.outdir, overwrite=self.overwrite)  # again: it may have appeared meanwhile
@@ -163,8 +256,9 @@ class Staging:
                 os.rename(aside, self.outdir)
             raise
         self.committed = True
+        self._release()
         if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+            _remove_own(aside)  # it held only bit train's files (check_outdir)
         return self.outdir
 
 

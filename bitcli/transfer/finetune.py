@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bitcli.errors import UsageError
+from bitcli.util import open_regular
 
 from .backbone import Base, raw_weights, trainable_model
 from .data import DataError, Dataset
@@ -110,7 +111,8 @@ def typical_image_area(dataset: Dataset, seed: int = 0) -> float:
     areas = []
     for index in picks:
         try:
-            with Image.open(dataset.examples[int(index)].path) as image:
+            # open_regular: a FIFO or device named in a list is skipped, never waited on
+            with open_regular(dataset.examples[int(index)].path) as file, Image.open(file) as image:
                 areas.append(image.width * image.height)
         except (OSError, ValueError, SyntaxError):
             continue

@@ -14,9 +14,10 @@ Resumable state of an interrupted fine-tune lives in `.OUTDIR.bit-train/` next t
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,13 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from bitcli.errors import UsageError
+from bitcli.errors import BitError, UsageError
 
 from . import data as data_mod
+from . import state as state_mod
 from .backbone import load_base
 from .data import Dataset
 from .export import Staging, check_outdir, eval_preprocess, write_checkpoint, write_report
 from .finetune import FinetuneOptions, Finetuner, Plan, Progress
+from .state import WriteFailed
 
 METHODS = ("linear", "finetune")
 DEFAULT_EMBED_BATCH = 8
@@ -116,9 +119,13 @@ def train(
     train_set, val_set = prepare_data(
         data, val=options.val, val_split=options.val_split, shots=options.shots, seed=options.seed
     )
+    for dataset in (train_set, val_set if options.val is not None else None):  # a split shares the count
+        if dataset is not None and dataset.duplicates:
+            rows = "row" if dataset.duplicates == 1 else "rows"
+            callbacks.say(f"{dataset.source}: dropped {dataset.duplicates} duplicate {rows} (a file listed again with its label)")
     callbacks.say(f"loading {base}")
     base_model = load_base(base, offline=options.offline)
-    with Staging(outdir, overwrite=options.overwrite) as staging:
+    with _write_failures(outdir, options), Staging(outdir, overwrite=options.overwrite) as staging:
         if options.method == "linear":
             details = _linear(base, base_model, train_set, val_set, staging.path, options, callbacks)
         else:
@@ -131,6 +138,22 @@ def train(
     return TrainResult(outdir, report, list(train_set.unreadable) + details["skipped"])
 
 
+@contextlib.contextmanager
+def _write_failures(outdir: Path, options: TrainOptions) -> Iterator[None]:
+    """A failed write (disk full) of the model or of the fine-tune's checkpoint: one line naming
+    OUTDIR, the reason, and the rerun that works (`--resume` only where a checkpoint exists)."""
+    try:
+        yield
+    except WriteFailed as exc:
+        state = state_dir_for(outdir)
+        state_mod.discard_empty(state)
+        again = "rerun with --resume" if options.method == "finetune" and state_mod.has_checkpoint(state) else "rerun"
+        reason = (exc.strerror or "write failed").lower()
+        if exc.filename == str(state):
+            raise BitError(f"{outdir}: cannot save the fine-tune's checkpoint in {state} ({reason}); make room, then {again}") from exc
+        raise BitError(f"{outdir}: cannot write the trained model ({reason}); nothing was written: make room, then {again}") from exc
+
+
 def _check_options(options: TrainOptions, outdir: Path) -> None:
     if options.method not in METHODS:
         raise UsageError(f"--method {options.method}: choose linear or finetune")
@@ -140,6 +163,7 @@ def _check_options(options: TrainOptions, outdir: Path) -> None:
         raise UsageError("--steps applies to --method finetune")
     check_outdir(outdir, overwrite=options.overwrite)
     state = state_dir_for(outdir)
+    state_mod.discard_empty(state)  # a first checkpoint that failed (disk full) left nothing to resume
     if options.method == "finetune" and state.exists() and not options.resume:
         if not options.overwrite:
             raise UsageError(
@@ -262,6 +286,7 @@ def _report(base_model, train_set, val_set, options, details, seconds, data) -> 
             "train_counts": train_set.counts(), "val_counts": val_set.counts() if val_set is not None else None,
             "train_images": len(train_set), "train_used": details["train_used"],
             "skipped": len(skipped),
+            "duplicates_dropped": {"train": train_set.duplicates, "val": val_set.duplicates if options.val is not None and val_set is not None else 0},
             "ignored_files": len(train_set.ignored),  # files in DATA outside the class folders
             "skipped_examples": [{"path": p, "reason": r} for p, r in skipped[:_SHOW_SKIPPED]],
         },

@@ -3,14 +3,19 @@
 Both files are written atomically (temporary file, rename), the JSON last, so a state folder
 always holds a consistent pair or the previous one. The fingerprint of the run (base model,
 data listing, classes and the rule's settings) is stored with it and must match on resume.
-Tensors are read back with safetensors: no pickle is ever loaded.
+Tensors are read back with safetensors: no pickle is ever loaded. A failed write (disk full) is a
+`WriteFailed` naming the file's folder; `save_tensors` turns safetensors' own error for it into one.
+A state folder without `state.json` holds no checkpoint (`has_checkpoint`): a first save that
+failed leaves one, and `discard_empty` removes it so that no run mistakes it for a resumable one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -22,9 +27,53 @@ from typing import Any
 import torch
 
 from bitcli.errors import UsageError
+from bitcli.util import read_capped
+
+STATE_INFO_MAX_BYTES = 256 << 20  # the step's losses: 8 bytes or so per step
 
 STATE_WEIGHTS = "state.safetensors"
 STATE_INFO = "state.json"
+_TEMP_PREFIX = ".tmp-"
+
+
+class WriteFailed(OSError):
+    """Writing a file of a training run failed (disk full, permission denied); `filename` is the
+    folder it was for, `strerror` the reason in a few words."""
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, whose I/O failures (a Rust error, not an OSError) become
+    WriteFailed with the system's reason ("No space left on device")."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"(?:os error |code: )(\d+)", str(exc))  # "... (os error 28)"
+        number = int(code.group(1)) if code else errno.EIO
+        raise WriteFailed(number, os.strerror(number), str(Path(path).parent)) from exc
+    except OSError as exc:
+        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(Path(path).parent)) from exc
+
+
+def has_checkpoint(directory: Path) -> bool:
+    return (directory / STATE_INFO).is_file()
+
+
+def discard_empty(directory: Path) -> None:
+    """Before a run: remove the temporaries a killed save left in a state folder, and the folder
+    itself when it holds no checkpoint (a first save that failed, or nothing)."""
+    if not directory.is_dir() or directory.is_symlink():
+        return
+    empty = not has_checkpoint(directory)
+    for entry in os.scandir(directory):
+        if entry.name.startswith(_TEMP_PREFIX) or (empty and entry.name == STATE_WEIGHTS):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    if empty:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
 
 
 @dataclass
@@ -39,8 +88,6 @@ class Session:
 
 def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          session: Session, fingerprint: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for name, param in model.named_parameters():
         buf = optimizer.state.get(param, {}).get("momentum_buffer")
@@ -53,9 +100,21 @@ def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         "seconds": session.seconds,
         "bad": {str(k): v for k, v in dict(session.bad).items()},  # a copy: loader threads add to it
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    _atomic(directory / STATE_WEIGHTS, lambda path: save_file(tensors, path))
-    _atomic(directory / STATE_INFO, lambda path: Path(path).write_text(json.dumps(info), encoding="utf-8"))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic(directory / STATE_WEIGHTS, lambda path: save_tensors(tensors, path))
+        _atomic(directory / STATE_INFO, lambda path: _write_text(path, json.dumps(info)))
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(directory)) from exc
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -64,7 +123,7 @@ def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     from safetensors.torch import load_file
 
     try:
-        info = json.loads((directory / STATE_INFO).read_text(encoding="utf-8"))
+        info = json.loads(read_capped(directory / STATE_INFO, STATE_INFO_MAX_BYTES).decode("utf-8"))
         tensors = load_file(directory / STATE_WEIGHTS)
     except (OSError, ValueError) as exc:
         raise UsageError(f"{directory}: the checkpoint cannot be read ({exc}); start again with --overwrite") from None
@@ -101,7 +160,7 @@ def deferred_interrupt() -> Iterator[None]:
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=path.suffix)
     os.close(fd)
     try:
         write(temp)
