@@ -80,7 +80,6 @@ def classify(
     from bitcli import output
 
     ui = Ui(quiet=quiet, debug=debug)
-    options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     require_stdout("the predictions")
     fmt = output.resolve_format(format.value, sys.stdout)
     items = expand(inputs, null, ui)
@@ -96,6 +95,7 @@ def classify(
     else:
         from bitcli.pipeline import Classifier
 
+        options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
         classifier = Classifier(load_model(model, options, ui, threads), top_k=top_k, labels=labels, options=options)
         top_k, names = classifier.top_k, classifier.labels.names
         groups = classifier.classify_groups(items)
