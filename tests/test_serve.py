@@ -247,3 +247,31 @@ def test_client_imports_no_torch(server):
     heavy = {name for name in imported if name.split(".")[0] in ("torch", "PIL", "safetensors")
              or name.startswith(("bitcli.model", "bitcli.checkpoint", "bitcli.pipeline."))}
     assert not heavy, f"the client imported model code: {sorted(heavy)[:5]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_serve_two_replicas_answer_as_the_command(files):
+    pytest.importorskip("ray.serve")
+    port = _free_port()
+    srv = Server("-m", "bit-digits", "--engine", "ray", "--replicas", "2", "--port", str(port), timeout=300)
+    try:
+        assert srv.url == f"http://127.0.0.1:{port}"
+        _, expected = _local_jsonl(files, "-k", "3")
+        expected = [{**r, "path": files[i].name} for i, r in enumerate(expected)]
+        body, headers = upload([(p.name, read(p)) for p in files])
+        status, _, answer = srv.json("/v1/classify?top_k=3", body=body, headers=headers)
+        assert status == 200
+        _same_records(answer["results"], expected)
+        pids = {srv.json("/healthz")[2]["pid"] for _ in range(30)}
+        assert len(pids) == 2, pids  # Ray Serve's router spread the requests over both replicas
+        done = bit("classify", *files, "--server", srv.url, "-f", "jsonl", "-k", "3")
+        _same_records([json.loads(x) for x in text(done.stdout).splitlines()],
+                      [{**r, "path": str(files[i])} for i, r in enumerate(expected)])
+    finally:
+        assert srv.stop() == 0

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import signal
 import socket
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -44,6 +45,13 @@ EPILOG = epilog(
 )
 
 INSTALL_HINT = "bit serve needs its extra: pip install 'bitcli[serve]'"
+RAY_HINT = "bit serve --engine ray needs Ray Serve: pip install 'bitcli[serve,ray]'"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -101,6 +109,11 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images per forward pass, gathered across requests.")] = 16,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a batch waits for more images.")] = 10.0,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Most images waiting at once (503 past it).")] = 256,
+    engine: Annotated[Engine, typer.Option("--engine", help="local: this process; ray: replicas on Ray Serve.")] = Engine.local,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="ray: how many copies of the model serve.")] = 1,
+    ray_address: Annotated[
+        Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", metavar="ADDR", help="ray: the cluster (default: a private local one).")
+    ] = None,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.fp32,
     threads: ThreadsOpt = None,
@@ -120,6 +133,16 @@ def serve(
     if not is_loopback(host) and token is None:
         raise UsageError(f"--host {host} would let anyone on the network use this server: add --token TOKEN (or BIT_TOKEN)")
     body_limit = parse_size(max_body)
+    if engine is Engine.ray:
+        try:
+            from ray import serve as _  # noqa: F401
+        except ImportError:
+            raise UsageError(RAY_HINT) from None
+        if port == 0:
+            raise UsageError("--engine ray needs a fixed --port (Ray Serve's proxy binds it)")
+        bind(host, port).close()  # free now: say so before the cluster starts
+        return _serve_on_ray(model, host, port, replicas, ray_address, body_limit, max_batch, max_wait_ms, max_queue,
+                             token, device, precision, max_pixels, ui)
     listener = bind(host, port)
 
     from bitcli import inspection
@@ -156,3 +179,24 @@ def serve(
     if app.state.bit["error"]:
         raise UsageError(f"the model could not be prepared: {app.state.bit['error']}")
     return EXIT_OK
+
+
+def _serve_on_ray(model, host, port, replicas, address, body_limit, max_batch, max_wait_ms, max_queue, token,
+                  device, precision, max_pixels, ui) -> int:
+    from bitcli.hub import resolve_model
+    from bitcli.serve.app import ServeSettings
+    from bitcli.serve.ray_serve import serve_on_ray
+
+    import logging
+
+    if not ui.debug:  # Ray Serve's INFO lines are not bitcli's messages (--debug shows them)
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        logging.getLogger("ray.serve").setLevel(logging.ERROR)
+    options = run_options(device, precision, max_batch, None, max_pixels)
+    resolve_model(model, offline=options.offline)  # a wrong reference fails here (exit 3), not in a replica
+    settings = ServeSettings(max_body=body_limit, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
+                             max_queue=max_queue, token=token)
+    return serve_on_ray(
+        model, options, settings, max_pixels=options.max_pixels, host=host, port=port, replicas=replicas,
+        address=address, on_ready=lambda url: ui.info(f"serving {model} on {url} (web page: /, API docs: /docs)"),
+    )

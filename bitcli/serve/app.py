@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import io
+import os
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable
@@ -164,7 +165,7 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         if state["service"] is None:
             return error_response(503, "the model is still loading" if not state["error"] else f"model failed to load: {state['error']}", {"Retry-After": "5"})
         return JSONResponse({"status": "ok", "model": model_name, "batches": state["batcher"].stats.as_dict(),
-                             "waiting": state["batcher"].waiting})
+                             "waiting": state["batcher"].waiting, "pid": os.getpid()})
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -206,8 +207,6 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         except QueueFull as exc:
             for upload in saved:
                 with contextlib.suppress(OSError):
-                    import os
-
                     os.unlink(upload.path)
             raise ApiError(503, f"the server is busy: {exc}", {"Retry-After": "1"})
 
