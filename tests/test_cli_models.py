@@ -23,7 +23,8 @@ def test_json_has_parameters_download_size_and_cache_state():
     result = run(["models", "--format", "json"])
     assert result.exit_code == 0, result.stderr
     rows = {row["alias"]: row for row in json.loads(result.stdout)}
-    assert set(rows) == {entry.alias for entry in zoo.KNOWN_MODELS}
+    assert set(rows) == {entry.alias for entry in zoo.KNOWN_MODELS} | set(zoo.BUNDLED)
+    assert rows["bit-digits"]["bundled"] and rows["bit-digits"]["cached"] and rows["bit-digits"]["num_parameters"] == 134_538
     bit50 = rows["bit-50"]
     assert bit50["num_parameters"] == 25_549_352 and bit50["download_bytes"] == 4 * 25_549_352
     assert bit50["architecture"] == "resnetv2_50x1_bit"
@@ -34,7 +35,8 @@ def test_json_has_parameters_download_size_and_cache_state():
 @pytest.mark.parametrize("width", [80, 100])
 def test_table_fits_the_terminal_without_cutting_anything(width):
     rows = hub.list_known_models()
-    rows[0] = {**rows[0], "cached": True, "size_bytes": 102_300_000}
+    at = next(i for i, row in enumerate(rows) if row["alias"] == "bit-50")
+    rows[at] = {**rows[at], "cached": True, "size_bytes": 102_300_000}
     lines = rendered(rows, width)
     assert max(len(line) for line in lines) <= width
     table = "\n".join(lines)
@@ -49,6 +51,8 @@ def test_table_fits_the_terminal_without_cutting_anything(width):
     in21k = next(line for line in lines if line.startswith("bit-m-r152x4-in21k "))
     assert [cell.strip() for cell in in21k.split("│")][3:5] == ["-", "1.11B"] and in21k.rstrip().endswith("no")
     assert "4 bytes per parameter" in table
+    digits = [cell.strip() for cell in next(line for line in lines if line.startswith("bit-digits ")).split("│")]
+    assert digits == ["bit-digits", "32", "10", "-", "0.1M", "-", "bundled"]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from bitcli.cli import classify, combine, dedup, embed, info, search, train
+from bitcli.cli import classify, combine, dedup, embed, info, search, serve, train
 from bitcli.cli import eval as eval_cmd
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
@@ -142,6 +142,7 @@ register(info.download, info.DOWNLOAD_EPILOG)
 register(info.models, info.MODELS_EPILOG)
 register(train.train, train.EPILOG)
 register(eval_cmd.eval_command, eval_cmd.EPILOG, name="eval")
+register(serve.serve, serve.EPILOG)
 
 
 def settle_openmp() -> None:

@@ -38,6 +38,7 @@ from bitcli.cli.common import (
     run_options,
 )
 from bitcli.cli.helpscreen import epilog
+from bitcli.errors import UsageError
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from bitcli.util import DEFAULT_MAX_PIXELS
 
@@ -76,22 +77,39 @@ def classify(
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     fast_jpeg: FastJpegOpt = False,
     null: NullOpt = False,
+    server: Annotated[
+        Optional[str],
+        typer.Option("--server", envvar="BIT_SERVER", metavar="URL", help="Send the images to a running `bit serve` (its model; BIT_TOKEN for its token)."),
+    ] = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> int:
     """Top-k classes and softmax probabilities for each image."""
     from bitcli import output
-    from bitcli.pipeline import Classifier
 
     ui = Ui(quiet=quiet, debug=debug)
-    options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     require_stdout("the predictions")
     fmt = output.resolve_format(format.value, sys.stdout)
     items = expand(inputs, null, ui)
-    classifier = Classifier(load_model(model, options, ui, threads), top_k=top_k, labels=labels, options=options)
+    if server is not None:  # the warm model of a `bit serve`: no torch, no model code here
+        from bitcli.serve.client import Client, token_from_env
+
+        if labels is not None:
+            raise UsageError("--labels applies to a local model; the server names the classes (drop --labels or --server)")
+        client = Client(server, token=token_from_env())
+        top_k = min(top_k, max(1, int(client.model()["num_labels"])))
+        names = client.labels() if fmt == "table" else None
+        groups: Any = client.classify_groups(items, top_k=top_k, batch_size=batch_size)
+    else:
+        from bitcli.pipeline import Classifier
+
+        options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
+        classifier = Classifier(load_model(model, options, ui, threads), top_k=top_k, labels=labels, options=options)
+        top_k, names = classifier.top_k, classifier.labels.names
+        groups = classifier.classify_groups(items)
     renderer = output.classify_renderer(
-        fmt, sys.stdout, count=len(items), top_k=classifier.top_k,
-        paths=[item.path for item in items], labels=classifier.labels.names, csv_raw=csv_raw,
+        fmt, sys.stdout, count=len(items), top_k=top_k, paths=[item.path for item in items], labels=names,
+        csv_raw=csv_raw,
     )
     on_screen = output.is_terminal(sys.stdout)  # rows go to a terminal: the bar must step aside
     held = fmt == "table" and output.same_terminal(sys.stdout, sys.stderr)
@@ -99,7 +117,7 @@ def classify(
     bar = ui.progress(len(items), "classifying")
     try:
         with bar:
-            for group in classifier.classify_groups(items):
+            for group in groups:
                 failures = [f"{r.path}: {r.error}" for r in group if r.error is not None]
                 errors += failures
                 with bar.paused(done=len(group), screen=on_screen or bool(failures)):

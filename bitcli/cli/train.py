@@ -66,6 +66,10 @@ def train(
         Optional[int],
         typer.Option("--batch-size", min=1, help="finetune: images per step (rule: 512, accumulated when it does not fit); linear: per forward pass (8)."),
     ] = None,
+    resolution: Annotated[
+        Optional[int],
+        typer.Option("--resolution", min=8, metavar="PX", help="finetune: train and evaluate at PX x PX (rule: 128 for images under 96x96, else the base's input size)."),
+    ] = None,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
     checkpoint_minutes: Annotated[
@@ -86,7 +90,12 @@ def train(
         import torch
 
         torch.set_num_threads(threads)
-    finetune = FinetuneOptions(workers=threads or FinetuneOptions.workers, checkpoint_seconds=60 * checkpoint_minutes)
+    from bitcli.transfer.hyperrule import fixed_resolution
+
+    finetune = FinetuneOptions(
+        workers=threads or FinetuneOptions.workers, checkpoint_seconds=60 * checkpoint_minutes,
+        resolution=None if resolution is None else fixed_resolution(resolution),
+    )
     options = TrainOptions(
         method=method.value, val=val, val_split=val_split, shots=shots, seed=seed, steps=steps,
         batch_size=batch_size, device=device, resume=resume, overwrite=overwrite, finetune=finetune,

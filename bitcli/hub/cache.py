@@ -8,6 +8,7 @@ the zoo and what of it is cached. No torch here.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from bitcli.checkpoint.files import (
 )
 from bitcli.errors import CheckpointError, OfflineError
 from bitcli.hub import zoo
-from bitcli.util import CONFIG_MAX_BYTES, human_bytes, read_capped
+from bitcli.util import CONFIG_MAX_BYTES, human_bytes, open_regular, read_capped
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -96,7 +97,7 @@ def list_known_models() -> list[dict]:
     not cached).
     """
     settings = HubSettings.from_env()
-    rows = []
+    rows = [bundled_row(alias) for alias in zoo.BUNDLED]
     for entry in zoo.KNOWN_MODELS:
         hub_ref = HubRef(entry.repo_id, entry.revision or DEFAULT_REVISION, entry.alias)
         cached = from_cache(entry.alias, hub_ref, settings)
@@ -119,6 +120,25 @@ def list_known_models() -> list[dict]:
             }
         )
     return rows
+
+
+def bundled_row(alias: str) -> dict:
+    """`bit models`' row for a checkpoint that ships inside the package (always there, nothing to download)."""
+    folder = zoo.bundled_path(alias)
+    config = json.loads(read_capped(folder / CONFIG, CONFIG_MAX_BYTES))
+    preprocess = json.loads(read_capped(folder / PREPROCESSOR_CONFIG, CONFIG_MAX_BYTES))
+    weights = folder / SAFETENSORS
+    with open_regular(weights) as fh:  # the safetensors header: 8-byte length, then JSON
+        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+    parameters = sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    return {
+        "alias": alias, "repo_id": None, "revision": None, "architecture": "bit (compact: widths 32-256)",
+        "description": zoo.BUNDLED[alias][1], "input_size": int(preprocess["crop_size"]["height"]),
+        "num_classes": len(config["id2label"]), "top1": None, "num_parameters": parameters,
+        "download_bytes": 0, "cached": True, "bundled": True, "path": str(folder),
+        "size_bytes": size, "size": human_bytes(size),
+    }
 
 
 def cached_file(hub_ref: HubRef, filename: str, settings: HubSettings) -> Path | None:

@@ -83,6 +83,9 @@ def resolve_model(ref: str, *, offline: bool | None = None, progress: bool = Fal
     on stderr when stderr is a terminal. Raises ModelNotFoundError, OfflineError, CheckpointError or
     ModelError (all exit code 3) with a one-line message.
     """
+    bundled = zoo.bundled_path(ref)
+    if bundled is not None:
+        return ResolvedModel(bundled, ref, None, None, None, SAFETENSORS, "bundled")
     local = _local_model(ref)
     if local is not None:
         return local

@@ -7,6 +7,7 @@ Adding a checkpoint is adding one `ZooEntry` row to `KNOWN_MODELS`. Aliases are 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,21 @@ KNOWN_MODELS += tuple(
     )
     for alias, name, input_size, num_classes, top1, num_parameters, description in _TIMM_FAMILY
 )
+
+
+# Checkpoints that ship inside the package (`bitcli/data/<folder>`): usable with no network and no
+# cache. `bit-digits` is made by tools/make_digits_model.py (docs/models.md tells its figures).
+BUNDLED: dict[str, tuple[str, str]] = {
+    "bit-digits": ("bit-digits", "compact BiT trained by bitcli on scikit-learn's 8x8 handwritten digits (ships with bitcli)"),
+}
+
+
+def bundled_path(ref: str) -> Path | None:
+    """The folder of the bundled checkpoint named `ref` (case-insensitive), or None."""
+    found = BUNDLED.get(ref.strip().lower())
+    if found is None:
+        return None
+    return Path(__file__).resolve().parent.parent / "data" / found[0]
 
 
 def find_alias(alias: str) -> ZooEntry | None:

@@ -166,8 +166,8 @@ def models_table(rows: list[dict[str, Any]], default: str | None = None) -> Any:
             f"{row['num_classes']:,}",
             "-" if top1 is None else f"{top1:.2f}",
             format_millions(row["num_parameters"]),
-            short_size(row["download_bytes"]),
-            short_size(row["size_bytes"]) if row.get("cached") else "no",
+            "-" if row.get("bundled") else short_size(row["download_bytes"]),
+            "bundled" if row.get("bundled") else short_size(row["size_bytes"]) if row.get("cached") else "no",
         )
     return table
 

@@ -120,6 +120,12 @@ def resolution(image_area: float, base_input_size: int) -> Resolution:
     return Resolution(round(base_input_size * LARGE_IMAGE_MARGIN), base_input_size, False)
 
 
+def fixed_resolution(crop: int) -> Resolution:
+    """The user's `--resolution`: crop `crop` x `crop` from a shortest edge resized in the rule's
+    160:128 proportion; the model is then evaluated at `crop` (as for small images)."""
+    return Resolution(round(crop * SMALL_IMAGE_RESIZE / SMALL_IMAGE_CROP), crop, True)
+
+
 @dataclass(frozen=True)
 class Rule:
     """Everything the HyperRule decides for one training run."""

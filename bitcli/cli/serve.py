@@ -1,0 +1,202 @@
+"""`bit serve`: a warm model behind an HTTP API and a web page (docs/serve.md).
+
+Checks come first (the extra is installed, the host needs a token off loopback, the port can be
+bound), then the model loads (exit 3 on failure), then uvicorn serves the app on the socket bound
+here until SIGTERM (exit 0) or Ctrl-C (exit 130); both let the requests in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import socket
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from bitcli.cli.common import (
+    EXIT_OK,
+    DebugOpt,
+    Device,
+    DeviceOpt,
+    MaxPixelsOpt,
+    ModelOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    ThreadsOpt,
+    Ui,
+    load_model,
+    run_options,
+)
+from bitcli.cli.helpscreen import epilog
+from bitcli.errors import UsageError
+from bitcli.pipeline import DEFAULT_MODEL
+from bitcli.util import DEFAULT_MAX_PIXELS
+
+EPILOG = epilog(
+    "bit serve -m bit-digits",
+    "bit serve --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"",
+    "curl -F file=@cat.jpg 'http://127.0.0.1:8765/v1/classify?top_k=3'",
+    "bit classify cat.jpg --server http://127.0.0.1:8765",
+)
+
+INSTALL_HINT = "bit serve needs its extra: pip install 'bitcli[serve]'"
+RAY_HINT = "bit serve --engine ray needs Ray Serve: pip install 'bitcli[serve,ray]'"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'100MB' -> 100000000; '512KiB', '2GB', '1000' (bytes)."""
+    value = text.strip().upper().replace(" ", "")
+    number = value.rstrip("KMGIB")
+    unit = value[len(number):]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _SIZE_UNITS or amount <= 0:
+        raise UsageError(f"--max-body {text!r}: give a size such as 100MB, 512KiB or 1000000")
+    return int(amount * _SIZE_UNITS[unit])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: any free port), or a one-line usage error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = "in use" if exc.errno == 98 else (exc.strerror or str(exc)).lower()
+        raise UsageError(f"cannot listen on {host}:{port} ({reason}); pass another --port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    model: ModelOpt = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free port).")] = 8765,
+    token: Annotated[
+        Optional[str], typer.Option("--token", envvar="BIT_TOKEN", show_envvar=True, help="Require Authorization: Bearer TOKEN on every request.")
+    ] = None,
+    max_body: Annotated[str, typer.Option("--max-body", metavar="SIZE", help="Largest request body (413 past it).")] = "100MB",
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images per forward pass, gathered across requests.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a batch waits for more images.")] = 10.0,
+    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Most images waiting at once (503 past it).")] = 256,
+    engine: Annotated[Engine, typer.Option("--engine", help="local: this process; ray: replicas on Ray Serve.")] = Engine.local,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="ray: how many copies of the model serve.")] = 1,
+    ray_address: Annotated[
+        Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", metavar="ADDR", help="ray: the cluster (default: a private local one).")
+    ] = None,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    threads: ThreadsOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> int:
+    """Serve a warm model over HTTP: a JSON API, a web page, batching across requests."""
+    ui = Ui(quiet=quiet, debug=debug)
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    if token is not None and not token.strip():
+        raise UsageError("--token is empty: give a secret, e.g. --token \"$(openssl rand -hex 16)\"")
+    if not is_loopback(host) and token is None:
+        raise UsageError(f"--host {host} would let anyone on the network use this server: add --token TOKEN (or BIT_TOKEN)")
+    body_limit = parse_size(max_body)
+    if engine is Engine.ray:
+        try:
+            from ray import serve as _  # noqa: F401
+        except ImportError:
+            raise UsageError(RAY_HINT) from None
+        if port == 0:
+            raise UsageError("--engine ray needs a fixed --port (Ray Serve's proxy binds it)")
+        bind(host, port).close()  # free now: say so before the cluster starts
+        return _serve_on_ray(model, host, port, replicas, ray_address, body_limit, max_batch, max_wait_ms, max_queue,
+                             token, device, precision, max_pixels, ui)
+    listener = bind(host, port)
+
+    from bitcli import inspection
+    from bitcli.serve.app import ServeSettings, create_app
+    from bitcli.serve.service import Service
+
+    options = run_options(device, precision, max_batch, threads, max_pixels)
+    loaded = load_model(model, options, ui, threads)
+    service = Service(loaded, max_batch=max_batch, max_pixels=options.max_pixels)
+    settings = ServeSettings(max_body=body_limit, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
+                             max_queue=max_queue, token=token)
+    report = inspection.build_report(loaded, service.labels)
+    app = create_app(lambda: service, settings, model_name=report["model"], report=lambda: report)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical" if not debug else "info", access_log=debug,
+                                           lifespan="on", timeout_graceful_shutdown=30))
+    bound_host, bound_port = listener.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    terminated: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: terminated.append(sig))
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        while not (server.started and app.state.bit["service"] is not None) and not task.done():
+            await asyncio.sleep(0.02)
+        if not task.done():
+            ui.info(f"serving {report['model']} on http://{shown}:{bound_port} (web page: /, API docs: /docs)")
+        await task
+
+    try:
+        asyncio.run(run())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        listener.close()
+    if app.state.bit["error"]:
+        raise UsageError(f"the model could not be prepared: {app.state.bit['error']}")
+    return EXIT_OK
+
+
+def _serve_on_ray(model, host, port, replicas, address, body_limit, max_batch, max_wait_ms, max_queue, token,
+                  device, precision, max_pixels, ui) -> int:
+    from bitcli.hub import resolve_model
+    from bitcli.serve.app import ServeSettings
+    from bitcli.serve.ray_serve import serve_on_ray
+
+    import logging
+
+    if not ui.debug:  # Ray Serve's INFO lines are not bitcli's messages (--debug shows them)
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        logging.getLogger("ray.serve").setLevel(logging.ERROR)
+    options = run_options(device, precision, max_batch, None, max_pixels)
+    resolve_model(model, offline=options.offline)  # a wrong reference fails here (exit 3), not in a replica
+    settings = ServeSettings(max_body=body_limit, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
+                             max_queue=max_queue, token=token)
+    return serve_on_ray(
+        model, options, settings, max_pixels=options.max_pixels, host=host, port=port, replicas=replicas,
+        address=address, on_ready=lambda url: ui.info(f"serving {model} on {url} (web page: /, API docs: /docs)"),
+    )

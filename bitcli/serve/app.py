@@ -1,0 +1,252 @@
+"""The HTTP API and web page of `bit serve` (FastAPI; docs/serve.md).
+
+- `GET /` the web page (static, in the package); `GET /healthz`; `GET /v1/models`; `GET /v1/labels`;
+- `POST /v1/classify?top_k=K`, `POST /v1/embed?normalize=B`: multipart, parts named `file`;
+- every error is `{"error": "one line"}` with its status: 400 (no file part), 401 (token), 413
+  (body over the limit, answered before the rest is read), 415 (not multipart), 422 (a bad
+  parameter), 503 (queue full, with Retry-After; or the model still loading).
+
+Security: the request never names a server-side path; a token, when set, is required on every
+request but the static page (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import io
+import os
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bitcli.pipeline import short_float
+from bitcli.serve.batcher import Batcher, QueueFull
+
+MAX_FILES = 1000  # parts per request
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_body: int = 100_000_000
+    max_batch: int = 16
+    max_wait_s: float = 0.01
+    max_queue: int = 256
+    token: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """ASGI middleware: the token and the body limit, before any route reads anything.
+
+    A declared Content-Length over the limit is refused at once (413, nothing read); a body that
+    grows past it while streaming ends the request with 413 as soon as it does."""
+
+    def __init__(self, app: Any, settings: ServeSettings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        token = self.settings.token
+        if token is not None and not (scope["method"] == "GET" and scope["path"] == "/"):
+            given = headers.get("authorization", "")
+            expected = f"Bearer {token}"
+            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
+                return await error_response(401, "missing or wrong token: send Authorization: Bearer TOKEN", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        limit = self.settings.max_body
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await error_response(413, f"request body over the server's limit of {limit} bytes")(scope, receive, send)
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await error_response(413, f"request body over the server's limit of {limit} bytes")(scope, receive, send)
+
+
+def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, model_name: str, report: Callable[[], dict]) -> FastAPI:
+    """The app; `service_factory()` loads the model (in a thread, at startup) and returns a Service."""
+    state: dict[str, Any] = {"service": None, "batcher": None, "error": None}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+
+        async def load() -> None:
+            try:
+                service = await loop.run_in_executor(None, service_factory)
+            except Exception as exc:  # reported by /healthz; the CLI loads before it serves
+                state["error"] = str(exc)
+                return
+            batcher = Batcher(service.run, max_batch=settings.max_batch, max_wait_s=settings.max_wait_s, max_queue=settings.max_queue)
+            batcher.start()
+            state["service"], state["batcher"] = service, batcher
+
+        loading = loop.create_task(load())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            if state["batcher"] is not None:
+                await state["batcher"].stop()
+            if state["service"] is not None:
+                state["service"].close()
+
+    app = FastAPI(title="bit serve", summary="BiT image classification and embeddings", lifespan=lifespan)
+    app.add_middleware(Guard, settings=settings)
+    app.state.bit = state
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return error_response(422, f"{where}: {first.get('msg', 'invalid value')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    def ready() -> tuple[Any, Batcher]:
+        if state["service"] is None:
+            message = f"model failed to load: {state['error']}" if state["error"] else "the model is still loading"
+            raise ApiError(503, message, {"Retry-After": "5"})
+        return state["service"], state["batcher"]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("bitcli.serve").joinpath("page.html").read_text("utf-8"))
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        if state["service"] is None:
+            return error_response(503, "the model is still loading" if not state["error"] else f"model failed to load: {state['error']}", {"Retry-After": "5"})
+        return JSONResponse({"status": "ok", "model": model_name, "batches": state["batcher"].stats.as_dict(),
+                             "waiting": state["batcher"].waiting, "pid": os.getpid()})
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        ready()
+        return {"models": [report()]}
+
+    @app.get("/v1/labels")
+    async def labels() -> dict:
+        service, _ = ready()
+        return {"labels": list(service.labels.names) if service.labels is not None else []}
+
+    async def uploads(request: Request, service: Any) -> list[Any]:
+        kind = request.headers.get("content-type", "")
+        if not kind.lower().startswith("multipart/form-data"):
+            raise ApiError(415, "send the images as multipart/form-data, one part named 'file' per image")
+        try:
+            form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
+        except _BodyTooLarge:
+            raise
+        except Exception as exc:  # a malformed multipart body
+            raise ApiError(400, f"malformed multipart body ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+        try:
+            files = [part for part in form.getlist("file") if isinstance(part, UploadFile)]
+            if not files:
+                raise ApiError(400, "no image: send one or more parts named 'file' (with a filename)")
+            loop = asyncio.get_running_loop()
+            saved = []
+            for index, part in enumerate(files):
+                data = await part.read()
+                name = part.filename or f"file{index}"
+                saved.append(await loop.run_in_executor(None, service.save, name, data))
+            return saved
+        finally:
+            await form.close()
+
+    async def submit(batcher: Batcher, key: tuple, saved: list[Any]) -> list[Any]:
+        try:
+            return await batcher.submit(key, saved)
+        except QueueFull as exc:
+            for upload in saved:
+                with contextlib.suppress(OSError):
+                    os.unlink(upload.path)
+            raise ApiError(503, f"the server is busy: {exc}", {"Retry-After": "1"})
+
+    @app.post("/v1/classify")
+    async def classify(request: Request, top_k: int = Query(5, ge=1, le=100_000)) -> dict:
+        service, batcher = ready()
+        if service.labels is None:
+            raise ApiError(422, "the model has no classifier head (features only): use /v1/embed")
+        results = await submit(batcher, ("classify", top_k), await uploads(request, service))
+        return {"results": [r.to_dict() for r in results]}
+
+    @app.post("/v1/embed")
+    async def embed(request: Request, normalize: bool = Query(False)) -> Response:
+        service, batcher = ready()
+        results = await submit(batcher, ("embed", normalize), await uploads(request, service))
+        if "application/x-npy" in request.headers.get("accept", ""):
+            return _npy(results, service.model.feature_dim)
+        records = []
+        for r in results:
+            if r.error is not None:
+                records.append({"path": r.path, "error": r.error})
+            else:
+                records.append({"path": r.path, "embedding": [short_float(v) for v in r.vector]})
+        return JSONResponse({"results": records})
+
+    return app
+
+
+def _npy(results: list[Any], dim: int) -> Response:
+    """One float32 [N, D] .npy, a row per file in order; a file that failed is a row of NaN and its
+    index is listed in the `X-Bit-Failed` header (comma-separated)."""
+    import numpy as np
+
+    rows = np.full((len(results), dim), np.nan, dtype=np.float32)
+    failed = []
+    for i, r in enumerate(results):
+        if r.error is None:
+            rows[i] = r.vector
+        else:
+            failed.append(str(i))
+    buf = io.BytesIO()
+    np.save(buf, rows, allow_pickle=False)
+    return Response(buf.getvalue(), media_type="application/x-npy", headers={"X-Bit-Failed": ",".join(failed)})

@@ -1,0 +1,305 @@
+"""`bit serve`: the API answers as the commands do, its limits, its client, its shutdown.
+
+A real `bit serve` subprocess (tests/servehelpers.py) with the bundled bit-digits model, driven over
+HTTP on 127.0.0.1; the command's own answers are the reference.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from relhelpers import ROOT, bit, bit_env, text
+from servehelpers import Server, read, upload
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+DIGITS = sorted((ROOT / "sample_digits").glob("*/*.png"))[:6]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = Server("-m", "bit-digits", "--max-body", "2MB")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Six digits and one file that is not an image, under short names."""
+    root = tmp_path_factory.mktemp("upload")
+    paths = []
+    for p in DIGITS:
+        target = root / f"{p.parent.name}-{p.name}"
+        target.write_bytes(p.read_bytes())
+        paths.append(target)
+    broken = root / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return paths + [broken]
+
+
+def _local_jsonl(paths, *args):
+    done = bit("classify", *paths, "-m", "bit-digits", "--format", "jsonl", *args, cwd=paths[0].parent)
+    return done.returncode, [json.loads(line) for line in text(done.stdout).splitlines()]
+
+
+def _same_records(ours, theirs):
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert a["path"] == b["path"]
+        assert ("error" in a) == ("error" in b)
+        if "error" in a:
+            assert a["error"] == b["error"]
+            continue
+        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+        assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
+        assert np.allclose([p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]], atol=1e-6, rtol=0)
+
+
+def test_health_and_model(server):
+    status, _, body = server.json("/healthz")
+    assert status == 200 and body["status"] == "ok" and body["model"] == "bit-digits"
+    status, _, body = server.json("/v1/models")
+    assert status == 200 and body["models"][0]["num_labels"] == 10 and body["models"][0]["input_size"] == [32, 32]
+
+
+def test_classify_equals_the_command_broken_files_included(server, files):
+    code, expected = _local_jsonl(files, "-k", "3")
+    expected = [{**r, "path": files[i].name} for i, r in enumerate(expected)]
+    body, headers = upload([(p.name, read(p)) for p in files])
+    status, _, answer = server.json("/v1/classify?top_k=3", body=body, headers=headers)
+    assert status == 200
+    _same_records(answer["results"], expected)
+    assert answer["results"][-1] == {"path": "broken.png", "error": expected[-1]["error"]}
+
+
+def test_embed_equals_the_command(server, files, tmp_path):
+    out = tmp_path / "e.npy"
+    done = bit("embed", *files[:-1], "-m", "bit-digits", "-o", out, "--normalize")
+    assert done.returncode == 0, text(done.stderr)
+    rows = np.load(out)
+    body, headers = upload([(p.name, read(p)) for p in files])
+    status, _, answer = server.json("/v1/embed?normalize=true", body=body, headers=headers)
+    assert status == 200
+    got = np.array([r["embedding"] for r in answer["results"][:-1]], dtype=np.float32)
+    assert np.allclose(got, rows, atol=1e-6, rtol=0)
+    assert "error" in answer["results"][-1]
+    status, head, raw = server.request("/v1/embed?normalize=true", body=body, headers={**headers, "Accept": "application/x-npy"})
+    assert status == 200 and head["Content-Type"] == "application/x-npy"
+    array = np.load(io.BytesIO(raw), allow_pickle=False)
+    assert array.shape == (len(files), rows.shape[1]) and np.allclose(array[:-1], rows, atol=1e-6, rtol=0)
+    assert np.isnan(array[-1]).all() and head["X-Bit-Failed"] == str(len(files) - 1)
+
+
+def test_a_filename_never_names_a_server_file(server):
+    """The part's filename is only a label: the bytes classified are the uploaded ones."""
+    digit = DIGITS[0]
+    body, headers = upload([("/etc/passwd", read(digit))])
+    _, _, answer = server.json("/v1/classify?top_k=1", body=body, headers=headers)
+    record = answer["results"][0]
+    assert record["path"] == "/etc/passwd" and record["predictions"][0]["label"] == digit.parent.name
+
+
+@pytest.mark.parametrize(
+    "path, body, headers, status",
+    [
+        ("/v1/classify", b'{"file": "x"}', {"Content-Type": "application/json"}, 415),
+        ("/v1/classify", None, {}, 415),
+        ("/v1/classify?top_k=0", "DIGIT", None, 422),
+        ("/v1/classify?top_k=abc", "DIGIT", None, 422),
+        ("/v1/embed?normalize=perhaps", "DIGIT", None, 422),
+        ("/v1/classify", b"--x\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\n1\r\n--x--\r\n",
+         {"Content-Type": "multipart/form-data; boundary=x"}, 400),
+        ("/v1/classify", b"--x\r\ngarbage", {"Content-Type": "multipart/form-data; boundary=x"}, 400),
+        ("/nowhere", None, {}, 404),
+    ],
+)
+def test_bad_requests_get_a_status_and_one_line(server, path, body, headers, status):
+    if body == "DIGIT":
+        body, headers = upload([("d.png", read(DIGITS[0]))])
+    got, _, answer = server.json(path, body=body, headers=headers, method="POST" if path != "/nowhere" else "GET")
+    assert got == status, answer
+    assert set(answer) == {"error"} and answer["error"] and "\n" not in answer["error"]
+    assert server.json("/healthz")[0] == 200
+
+
+def test_body_over_the_limit_is_refused_before_it_is_read(server):
+    """413 on the declared length, while the client still holds most of the body."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                     b"Content-Length: 50000000\r\n\r\n" + b"x" * 1000)
+        answer = b""
+        while not answer.endswith(b"}"):
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413") and b"over the server's limit" in answer
+    assert server.json("/healthz")[0] == 200
+
+
+def test_a_streamed_body_is_cut_off_once_it_passes_the_limit(server):
+    """No Content-Length (chunked): the server answers 413 as soon as 2 MB have arrived."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+        sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+        chunk = b"%x\r\n%s\r\n" % (65536, b"z" * 65536)
+        answer = b""
+        try:
+            for _ in range(100):  # 6.5 MB offered; the limit is 2 MB
+                sock.sendall(chunk)
+        except OSError:  # the server stopped reading and closed: fine, its answer is waiting
+            pass
+        while not answer.endswith(b"}"):
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413") and b"over the server's limit" in answer
+    assert server.json("/healthz")[0] == 200
+
+
+def test_a_client_that_leaves_mid_upload_costs_nothing(server):
+    host, port = server.url.removeprefix("http://").split(":")
+    for _ in range(5):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                         b"Content-Length: 1000000\r\n\r\n--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
+                         + b"y" * 5000)
+    status, _, health = server.json("/healthz")
+    assert status == 200 and health["waiting"] == 0
+    body, headers = upload([("d.png", read(DIGITS[0]))])
+    assert server.json("/v1/classify", body=body, headers=headers)[0] == 200
+
+
+def test_concurrent_requests_run_as_batches(tmp_path):
+    srv = Server("-m", "bit-digits", "--max-batch", "16", "--max-wait-ms", "200")
+    try:
+        body, headers = upload([("d.png", read(DIGITS[0]))])
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda _: srv.json("/v1/classify?top_k=1", body=body, headers=headers), range(16)))
+        assert all(status == 200 for status, _, _ in answers)
+        labels = {a["results"][0]["predictions"][0]["label"] for _, _, a in answers}
+        assert labels == {DIGITS[0].parent.name}
+        stats = srv.json("/healthz")[2]["batches"]
+        assert stats["images"] == 16 and stats["batches"] < 16 and stats["largest_batch"] > 1, stats
+    finally:
+        assert srv.stop() == 0
+
+
+def test_full_queue_answers_503_with_retry_after():
+    srv = Server("-m", "bit-digits", "--max-queue", "1", "--max-wait-ms", "3000", "--max-batch", "4")
+    try:
+        body, headers = upload([("d.png", read(DIGITS[0]))])
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(srv.json, "/v1/classify", body=body, headers=headers)
+            import time
+
+            time.sleep(1.0)  # the first image now waits in the queue for its batch
+            second = srv.json("/v1/classify", body=body, headers=headers)
+            assert second[0] == 503 and second[1]["Retry-After"] == "1" and "busy" in second[2]["error"]
+            assert first.result()[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_token_is_required_when_set():
+    env = bit_env(BIT_TOKEN="s3cret")
+    srv = Server("-m", "bit-digits", env=env)
+    try:
+        assert srv.json("/healthz")[0] == 401
+        assert srv.json("/healthz", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert srv.json("/healthz", headers={"Authorization": "Bearer s3cret"})[0] == 200
+        assert srv.request("/")[0] == 200  # the static page asks for the token itself
+        done = bit("classify", DIGITS[0], "--server", srv.url, "--format", "jsonl")
+        assert done.returncode == 2 and "needs a token" in text(done.stderr)
+        done = bit("classify", DIGITS[0], "--server", srv.url, "--format", "jsonl", env=env)
+        assert done.returncode == 0, text(done.stderr)
+    finally:
+        srv.stop()
+
+
+def test_other_hosts_need_a_token():
+    done = bit("serve", "-m", "bit-digits", "--host", "0.0.0.0", "--port", "0")
+    assert done.returncode == 2
+    lines = text(done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "--token" in lines[0]
+
+
+def test_without_the_extra_it_says_how_to_install():
+    code = ("import sys; sys.modules['fastapi'] = None; sys.argv = ['bit', 'serve', '-m', 'bit-digits'];"
+            "from bitcli.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], env=bit_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "pip install 'bitcli[serve]'" in done.stderr
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_end_the_server(sig, code):
+    srv = Server("-m", "bit-digits")
+    assert srv.stop(sig) == code
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "table", "json"])
+def test_client_prints_what_the_command_prints(server, files, fmt):
+    names = [p.name for p in files] + ["missing.png"]
+    env = bit_env(COLUMNS="120")
+    local = bit("classify", *names, "-m", "bit-digits", "-f", fmt, "-k", "2", cwd=files[0].parent, env=env)
+    remote = bit("classify", *names, "--server", server.url, "-f", fmt, "-k", "2", cwd=files[0].parent, env=env)
+    assert remote.returncode == local.returncode == 1
+    if fmt in ("jsonl", "json"):
+        load = (lambda s: [json.loads(x) for x in s.splitlines()]) if fmt == "jsonl" else json.loads
+        _same_records(load(text(remote.stdout)), load(text(local.stdout)))
+    else:
+        assert text(remote.stdout) == text(local.stdout)
+    assert text(remote.stderr) == text(local.stderr)
+
+
+def test_client_imports_no_torch(server):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bitcli", "classify", str(DIGITS[0]), "--server", server.url,
+                           "-f", "jsonl"], env=bit_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    heavy = {name for name in imported if name.split(".")[0] in ("torch", "PIL", "safetensors")
+             or name.startswith(("bitcli.model", "bitcli.checkpoint", "bitcli.pipeline."))}
+    assert not heavy, f"the client imported model code: {sorted(heavy)[:5]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_serve_two_replicas_answer_as_the_command(files):
+    pytest.importorskip("ray.serve")
+    port = _free_port()
+    srv = Server("-m", "bit-digits", "--engine", "ray", "--replicas", "2", "--port", str(port), timeout=300)
+    try:
+        assert srv.url == f"http://127.0.0.1:{port}"
+        _, expected = _local_jsonl(files, "-k", "3")
+        expected = [{**r, "path": files[i].name} for i, r in enumerate(expected)]
+        body, headers = upload([(p.name, read(p)) for p in files])
+        status, _, answer = srv.json("/v1/classify?top_k=3", body=body, headers=headers)
+        assert status == 200
+        _same_records(answer["results"], expected)
+        pids = {srv.json("/healthz")[2]["pid"] for _ in range(30)}
+        assert len(pids) == 2, pids  # Ray Serve's router spread the requests over both replicas
+        done = bit("classify", *files, "--server", srv.url, "-f", "jsonl", "-k", "3")
+        _same_records([json.loads(x) for x in text(done.stdout).splitlines()],
+                      [{**r, "path": str(files[i])} for i, r in enumerate(expected)])
+    finally:
+        assert srv.stop() == 0
