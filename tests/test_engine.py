@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bitcli.checkpoint import load_model
-from bitcli.engine.calibration import DEFAULT_BUDGET
-from bitcli.engine import DEFAULT_CHUNK_BYTES, optimize_for_inference
+from bitcli.engine.machine import DEFAULT_BUDGET, slicing_budget
+from bitcli.engine import optimize_for_inference
 from bitcli.engine import slice_size
 from checkpoints import TINY, save_reference_checkpoint
 
@@ -83,7 +83,7 @@ def test_default_load_is_optimized_and_keeps_state_dict_names(tiny):
     directory, _ = tiny
     fast = load_model(directory).model
     plain = load_model(directory, optimize=False).model
-    assert fast.bit.chunk_bytes == DEFAULT_CHUNK_BYTES
+    assert fast.bit.chunk_bytes == slicing_budget() == load_model(directory).engine.chunk_bytes
     assert getattr(plain.bit, "chunk_bytes", None) is None
     assert list(fast.state_dict()) == list(plain.state_dict())
     weight = fast.bit.encoder.stages[0].layers[0].conv2.weight
@@ -162,7 +162,7 @@ def test_missing_private_onednn_op_falls_back_to_pytorch_dispatch(tiny, monkeypa
     directory, _ = tiny
     model = load_model(directory).model
     assert not any(m.onednn for m in model.modules() if isinstance(m, StdConv2d))
-    assert model.bit.chunk_bytes == DEFAULT_CHUNK_BYTES
+    assert model.bit.chunk_bytes == slicing_budget()
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,8 @@ without the device); on a CPU (numbers in docs/speed.md and docs/engine.md):
   MB per activation, so a batch of 8 streams every GroupNorm, ReLU and add through DRAM (and
   every >32 MB tensor is a fresh mmap: ~460k page faults per batch-8 forward); run one image at
   a time there, and larger slices in the late stages, whose cost is reading their (large)
-  weights. The budget is per machine ("auto", `calibration.py`): estimated from the cache
-  sizes, measured once at the first batch of two or more images, remembered. Same numbers up
-  to summation order (<= 1e-4 on logits);
+  weights. The budget is fixed per machine ("auto", `machine.py`): four times one core's L2
+  cache. Same numbers up to summation order (<= 1e-4 on logits);
 - threads: capped at the CPUs this process may use (affinity, cgroup quota);
 - precision "bf16" (opt-in, `to_bfloat16`): the convolutions after the stem in bfloat16 on
   the AVX512-BF16/AMX units; the stem, GroupNorm and the head in float32;
@@ -42,7 +41,7 @@ from typing import Any
 
 import torch
 
-from bitcli.engine.calibration import chunk_bytes_for, usable_cpus
+from bitcli.engine.machine import slicing_budget, usable_cpus
 from bitcli.engine.plan import PRECISIONS, make_plan
 from bitcli.engine.plan import check_precision as check_plan_precision
 from bitcli.engine.slicing import SlicedBackbone, slice_size
@@ -54,9 +53,7 @@ __all__ = [
 ]
 
 # Largest activation (bytes per slice) a step of the backbone should write before the batch is
-# sliced smaller: "auto" picks it once per machine (calibration.py). 8 MB was best on a 2-core
-# AMD EPYC with a 32 MB L3 (a quarter of it: a block's input, its normalized copy and its
-# output must fit together).
+# sliced smaller: "auto" derives it from this machine's L2 cache (machine.slicing_budget).
 DEFAULT_CHUNK_BYTES = "auto"
 
 
@@ -66,7 +63,7 @@ class EngineRecord:
 
     device: str  # "cpu", "cuda", "mps"
     precision: str = "fp32"  # "fp32", "bf16" or "fp16" (GPUs)
-    chunk_bytes: int | str | None = None  # the batch-slicing budget ("auto": per machine); None: no slicing
+    chunk_bytes: int | None = None  # the batch-slicing budget in bytes; None: no slicing
     convolution: str = "torch"  # "onednn": called directly; "torch": PyTorch's dispatch
     compiled: bool = False
 
@@ -86,8 +83,8 @@ def prepare(
     """Prepare `model` in place for fast inference on its device; return what was chosen.
 
     precision: "fp32" (exact: within 1e-4 of the reference), "bf16" (approximate) or "fp16"
-    (approximate, GPUs only). chunk_bytes: the CPU batch-slicing budget in bytes, "auto" (per
-    machine) or None (each step on the whole batch). State-dict key names and the model's
+    (approximate, GPUs only). chunk_bytes: the CPU batch-slicing budget in bytes, "auto" (from
+    this machine's L2 cache) or None (each step on the whole batch). State-dict key names and the model's
     public methods are unchanged.
     """
     device = next(model.parameters()).device
@@ -96,9 +93,10 @@ def prepare(
         model.to(memory_format=torch.channels_last)
     if device.type == "cpu":
         fit_threads()
-    if plan.chunk_bytes is not None:
+    budget = slicing_budget() if plan.chunk_bytes == "auto" else plan.chunk_bytes
+    if budget is not None:
         # Slicing only pays where activations would otherwise leave the cache: a CPU.
-        model.bit = SlicedBackbone(model.bit, plan.chunk_bytes, budget_for=chunk_bytes_for)
+        model.bit = SlicedBackbone(model.bit, budget)
     if plan.cpu_bfloat16:
         to_bfloat16(model)
     if plan.autocast is not None:
@@ -117,7 +115,7 @@ def prepare(
     return EngineRecord(
         device=device.type,
         precision=precision,
-        chunk_bytes=plan.chunk_bytes,
+        chunk_bytes=budget,
         convolution="onednn" if direct else "torch",
         compiled=compile,
     )
