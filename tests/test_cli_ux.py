@@ -206,3 +206,37 @@ def test_inspect_of_a_hub_repository_names_it_whether_read_or_loaded(tmp_path, m
             assert result.stderr.count("weights_only=True") == (1 if weights == "pickle" else 0)
     finally:
         hub.stop()
+
+
+# -- Click's own errors: one line, exit 2 -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["classify", "--top-k", "0", "x.jpg"], "--top-k"),
+        (["classify", "-t", "abc", "x.jpg"], "-t"),
+        (["embed", "--batch-size", "abc", "x.jpg"], "--batch-size"),
+        (["classify"], "INPUTS"),
+        (["nosuch"], "nosuch"),
+    ],
+    ids=["out of range", "unknown option", "not a number", "missing argument", "unknown command"],
+)
+def test_option_errors_are_one_line_and_exit_2(args, names):
+    from relhelpers import bit
+
+    result = bit(*args)
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert result.stdout == b""
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert names in stderr and "--help" in stderr, stderr
+    assert "Traceback" not in stderr and "╭" not in stderr, stderr
+
+
+def test_bit_alone_shows_the_help_and_exits_2():
+    from relhelpers import bit
+
+    result = bit()
+    assert result.returncode == 2
+    assert b"Usage: bit" in result.stdout and result.stderr == b""

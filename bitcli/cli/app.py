@@ -200,12 +200,32 @@ def _silence_stdout() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`bit`)."""
     settle_openmp()
+    _exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run `bit` with `argv` and return its exit code. Click's own errors (an unknown option, a
+    value out of range, a missing argument) are one `error:` line and exit 2, like bitcli's."""
     try:
-        app(args=argv, prog_name="bit")
-        code = EXIT_OK
+        code = app(args=argv, prog_name="bit", standalone_mode=False)
+    except typer.TyperException as exc:  # Click's errors, as Typer exports them
+        if type(exc).__name__ != "NoArgsIsHelpError":  # `bit` alone: the help screen said it all
+            Ui().error(click_message(exc))
+        return exc.exit_code
+    except typer.Abort:  # end of input at a prompt
+        return EXIT_SOME_FAILED
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_SOME_FAILED)
-    _exit(code)
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_SOME_FAILED)
+    return code if isinstance(code, int) else EXIT_OK
+
+
+def click_message(exc: typer.TyperException) -> str:
+    """Click's message about a command line, as one line that says where the help is."""
+    message = " ".join(exc.format_message().split())
+    context = getattr(exc, "ctx", None)
+    if context is None:
+        return message
+    return f"{message.rstrip('.')} (see '{context.command_path} --help')"
 
 
 def _exit(code: int) -> None:
