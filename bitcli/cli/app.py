@@ -26,13 +26,12 @@ from bitcli.cli.common import (
     EXIT_SOME_FAILED,
     Ui,
 )
-from bitcli.cli.helpscreen import BitCommand, BitGroup, epilog
+from bitcli.cli.helpscreen import epilog
 from bitcli.cli.streams import checked_stdout
 from bitcli.errors import BitError
 
 app = typer.Typer(
     name="bit",
-    cls=BitGroup,
     help="Classify and embed images with Big Transfer (BiT) models.\n\n"
     + epilog(
         "bit classify cat.jpg",
@@ -69,7 +68,7 @@ def _package_version() -> str:
 @app.callback()
 def root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, metavar="", help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Classify and embed images with Big Transfer (BiT) models."""
@@ -129,7 +128,7 @@ def guarded(command: Callable[..., int]) -> Callable[..., None]:
 
 
 def register(command: Callable[..., int], examples: str, name: str | None = None) -> None:
-    app.command(name=name, cls=BitCommand, epilog=examples)(guarded(command))
+    app.command(name=name, epilog=examples)(guarded(command))
 
 
 register(classify.classify, classify.EPILOG)

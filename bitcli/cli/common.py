@@ -105,14 +105,14 @@ PrecisionOpt = Annotated[
 ]
 BatchSizeOpt = Annotated[
     int,
-    typer.Option("--batch-size", min=1, help="Images per forward pass.", rich_help_panel="Model and runtime"),
+    typer.Option("--batch-size", min=1, metavar="N", help="Images per forward pass.", rich_help_panel="Model and runtime"),
 ]
 ThreadsOpt = Annotated[
     Optional[int],
     typer.Option(
         "--threads",
         min=1,
-        help="CPU threads for the model (torch intra-op) and for image decoding; default: all cores.",
+        metavar="N", help="CPU threads for the model (torch intra-op) and for image decoding; default: all cores.",
         rich_help_panel="Model and runtime",
     ),
 ]
@@ -134,7 +134,7 @@ FastJpegOpt = Annotated[
     bool,
     typer.Option(
         "--fast-jpeg",
-        help=(
+        metavar="", help=(
             "Decode large JPEGs at a reduced scale (1/2, 1/4 or 1/8, never below the model's input size): "
             "much faster for big photos, but not pixel-exact, so scores differ slightly."
         ),
@@ -144,9 +144,9 @@ FastJpegOpt = Annotated[
 
 
 QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress bar, warnings or summary; errors still print.", rich_help_panel="Messages")
+    bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar, warnings or summary; errors still print.", rich_help_panel="Messages")
 ]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", rich_help_panel="Messages")]
+DebugOpt = Annotated[bool, typer.Option("--debug", metavar="", help="Show full tracebacks.", rich_help_panel="Messages")]
 
 
 @dataclass
@@ -271,7 +271,7 @@ NullOpt = Annotated[
     typer.Option(
         "--null",
         "-0",
-        help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
+        metavar="", help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
         rich_help_panel="Images",
     ),
 ]
