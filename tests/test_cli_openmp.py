@@ -1,5 +1,5 @@
 """The `bit` process lets idle OpenMP threads sleep when other work is running now
-(cli/app.py settle_openmp): decided before torch loads, a user's own OMP_WAIT_POLICY kept. (The
+(cli/process.py settle_openmp): decided before torch loads, a user's own OMP_WAIT_POLICY kept. (The
 effect is a timing, measured in docs/engine.md, not asserted here.)"""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-app_module = importlib.import_module("bitcli.cli.app")
+app_module = importlib.import_module("bitcli.cli.process")
 
 CHILD = """
 import importlib, os, sys
-app = importlib.import_module("bitcli.cli.app")
+app = importlib.import_module("bitcli.cli.process")
 app.running_now = lambda: int(sys.argv[1])  # tasks runnable on the machine, this one included
 from bitcli.cli import main
 try:

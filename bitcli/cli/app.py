@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from bitcli.cli import classify, combine, dedup, embed, info, search, train
+from bitcli.cli import classify, combine, dedup, embed, info, process, search, train
 from bitcli.cli import eval as eval_cmd
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
@@ -74,9 +74,7 @@ def root(
     """Classify and embed images with Big Transfer (BiT) models."""
     _tolerant_streams()
     checked_stdout()
-    # Downloads over plain HTTP, where BIT_HUB_TIMEOUT bounds every request (hf_xet's transfers
-    # run outside it); HF_HUB_DISABLE_XET=0 opts back in. huggingface_hub reads it at import.
-    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+    process.before_the_hub()
 
 
 def _tolerant_streams() -> None:
@@ -143,50 +141,6 @@ register(train.train, train.EPILOG)
 register(eval_cmd.eval_command, eval_cmd.EPILOG, name="eval")
 
 
-def settle_openmp() -> None:
-    """Before torch loads its OpenMP runtime: where other work is running right now, let idle
-    OpenMP threads sleep instead of spinning.
-
-    torch runs each operation's threads under GNU OpenMP, whose idle threads spin at every
-    barrier. Alone on the machine that is the fastest (sleeping measured 10-20% slower on the
-    2-core development machine). But with one more busy process than CPUs, the spinning thread
-    holds a CPU its partner needs and every one of a forward pass's ~500 parallel regions waits
-    out a scheduler time slice: a 448 px image took 3.8 s instead of 0.36 s there beside one
-    busy process. So: sleep (OMP_WAIT_POLICY=PASSIVE) when other processes are running now
-    (/proc/stat's procs_running, sampled three times over 10 ms: the load average would count
-    a `bit` that just finished). A value the user set wins; Ray workers of a local cluster
-    inherit what the driver chose.
-    """
-    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
-        return
-    import time
-
-    samples = []
-    for _ in range(3):
-        samples.append(running_now())
-        time.sleep(0.004)
-    if others_running(samples):
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-
-def others_running(samples: list[int | None]) -> bool:
-    """Whether the median sample of runnable tasks (this process among them) shows another one."""
-    known = sorted(s for s in samples if s is not None)
-    return bool(known) and known[len(known) // 2] > 1
-
-
-def running_now(path: str = "/proc/stat") -> int | None:
-    """Tasks running or runnable on the whole machine now (Linux), or None where unknown."""
-    try:
-        with open(path, "rb") as stat:
-            for line in stat.read(1 << 16).splitlines():
-                if line.startswith(b"procs_running "):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _silence_stdout() -> None:
     """After EPIPE, point stdout at /dev/null so Python's exit-time flush does not fail again."""
     try:
@@ -198,7 +152,7 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`bit`)."""
-    settle_openmp()
+    process.before_torch()
     _exit(run(argv))
 
 

@@ -252,9 +252,9 @@ def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = No
 
         torch.set_num_threads(threads)  # before loading: the engine picks the convolution path from it
     quiet_hub(ui)
-    from bitcli.engine.allocator import keep_freed_memory
+    from bitcli.cli.process import before_the_model
 
-    keep_freed_memory()  # this process is ours: freed activations stay mapped (engine/allocator.py)
+    before_the_model()
     loaded = pipeline.load(model, device=options.device, precision=options.precision, progress=ui.show_progress)
     if loaded.notice:
         ui.warn(loaded.notice)
