@@ -88,3 +88,39 @@ def test_the_deadline_is_named_in_the_message(ckpt, photo, tmp_path):
 def test_a_bad_deadline_is_a_usage_error(photo, tmp_path, value):
     result = bit("classify", photo, "-m", REPO, cwd=tmp_path, env=bit_env(BIT_HUB_TIMEOUT=value))
     assert_one_error_line(result, 2, "BIT_HUB_TIMEOUT")
+
+
+# -- the deadline itself (bitcli/hub/deadline.py) -------------------------------------------------------
+
+
+def test_an_operation_that_keeps_moving_outlives_the_deadline():
+    import time
+
+    from bitcli.hub.deadline import Deadline, bounded
+
+    deadline = Deadline(2.0)
+
+    def download() -> str:
+        for _ in range(6):  # 3 s in all, more than one period, moving every 0.5 s
+            time.sleep(0.5)
+            deadline.moved()
+        return "done"
+
+    assert bounded(download, deadline) == "done"
+
+
+def test_an_operation_that_stalls_ends_in_hub_timeout_and_errors_reach_the_caller():
+    import threading
+
+    from bitcli.hub.deadline import Deadline, HubTimeout, bounded
+
+    never = threading.Event()
+    with pytest.raises(HubTimeout, match="BIT_HUB_TIMEOUT"):
+        bounded(lambda: never.wait(60), Deadline(0.2))
+    never.set()
+
+    def broken() -> None:
+        raise ValueError("not JSON")
+
+    with pytest.raises(ValueError, match="not JSON"):
+        bounded(broken, Deadline(30))
