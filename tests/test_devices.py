@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitcli import engine
+from bitcli.engine import runtime as engine
 from bitcli.devices import DeviceSpec, parse_device, resolve_device
 from bitcli.engine.plan import make_plan
 from bitcli.errors import UsageError

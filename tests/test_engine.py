@@ -152,17 +152,44 @@ def test_direct_onednn_convolutions_on_one_thread_match_pytorch_dispatch(tiny):
 
 
 def test_missing_private_onednn_op_falls_back_to_pytorch_dispatch(tiny, monkeypatch):
-    import bitcli.engine
+    import bitcli.engine.native
     from bitcli.model import StdConv2d
 
     def broken(x, conv):
         raise RuntimeError("no such op")
 
-    monkeypatch.setattr(bitcli.engine, "onednn_conv", broken)
+    monkeypatch.setattr(bitcli.engine.native, "onednn_conv", broken)
     directory, _ = tiny
-    model = load_model(directory).model
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # where the engine would take the direct call
+    try:
+        model = load_model(directory).model
+    finally:
+        torch.set_num_threads(threads)
     assert not any(m.onednn for m in model.modules() if isinstance(m, StdConv2d))
     assert model.bit.chunk_bytes == slicing_budget()
+
+
+def test_the_off_switch_keeps_every_private_op_unused(tiny, monkeypatch):
+    import bitcli.engine.native
+    from bitcli.engine import bf16_supported
+    from bitcli.model import StdConv2d
+
+    def private(*args, **kwargs):
+        raise AssertionError("a private torch op was called")
+
+    monkeypatch.setenv("BIT_TORCH_PRIVATE_OPS", "0")
+    monkeypatch.setattr(bitcli.engine.native, "onednn_conv", private)
+    directory, reference = tiny
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = load_model(directory).model
+        assert not any(m.onednn for m in model.modules() if isinstance(m, StdConv2d))
+        outputs(model, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
+    finally:
+        torch.set_num_threads(threads)
+    assert bf16_supported() is False
 
 
 @pytest.mark.parametrize(

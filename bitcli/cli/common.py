@@ -232,7 +232,11 @@ def run_options(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fast_jpeg: bool = False,
 ) -> RunOptions:
-    """The library's options for a run, from the shared command-line options (--max-pixels 0: no limit)."""
+    """The library's options for a run, from the shared command-line options (--max-pixels 0: no limit).
+
+    The values torch is not needed for are checked here, before it is imported: a bad --device
+    or BIT_HUB_TIMEOUT is a usage error at once."""
+    check_settings(device)
     return RunOptions(
         device=device,
         precision=precision.value,
@@ -243,10 +247,29 @@ def run_options(
     )
 
 
+def check_settings(device: str, model: str | None = None) -> None:
+    """What can be checked before torch is imported, checked: --device's form, BIT_HUB_TIMEOUT,
+    and the model reference's form (a missing path, a malformed hub id). A bad value then reports
+    as fast as `bit --help` runs."""
+    from bitcli.devices import parse_device
+    from bitcli.hub.deadline import hub_timeout
+
+    parse_device(device)
+    hub_timeout()
+    if model is not None:
+        from bitcli.hub import check_reference
+
+        check_reference(model)
+
+
 def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = None) -> Any:
-    """Set the thread count, then resolve and load the model; every failure is a ModelError (exit 3)."""
+    """Set the thread count, then resolve and load the model; every failure is a ModelError (exit 3).
+
+    A reference that cannot name a model (a missing path, a malformed hub id) fails before torch
+    is imported."""
     from bitcli import pipeline
 
+    check_settings(options.device, model)
     if threads is not None:
         import torch
 

@@ -24,6 +24,7 @@ from bitcli.cli.common import (
     QuietOpt,
     ThreadsOpt,
     Ui,
+    check_settings,
     quiet_hub,
 )
 from bitcli.cli.helpscreen import epilog
@@ -76,6 +77,7 @@ def train(
     debug: DebugOpt = False,
 ) -> int:
     """Train a classifier for your own classes on a BiT model (linear probe or fine-tuning)."""
+    check_settings(device, model)  # before the transfer package imports torch
     from bitcli.transfer import FinetuneOptions, TrainOptions
     from bitcli.transfer import train as run_training
 

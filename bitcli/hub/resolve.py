@@ -99,6 +99,13 @@ def resolve_model(ref: str, *, offline: bool | None = None, progress: bool = Fal
     return _resolve_online(ref, hub_ref, settings, progress=progress)
 
 
+def check_reference(ref: str) -> None:
+    """The errors `resolve_model` would raise for the form of `ref` alone (a missing local path,
+    an unknown alias, a malformed hub id), without any request or loading."""
+    if _local_model(ref) is None:
+        parse_hub_ref(ref)
+
+
 def parse_hub_ref(ref: str) -> HubRef:
     """Parse `alias[@rev]` or `org/name[@rev]`; the zoo pin applies only when no revision is given."""
     name, sep, revision = ref.strip().partition("@")
