@@ -34,14 +34,17 @@ def policy(running: int, env_policy: str | None = None) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_busy_machine_gets_a_passive_policy_before_torch_loads():
     assert policy(running=3) == "POLICY PASSIVE False"
 
 
+@pytest.mark.slow
 def test_alone_on_the_machine_openmp_keeps_its_default():
     assert policy(running=1) == "POLICY None False"
 
 
+@pytest.mark.slow
 def test_a_users_policy_wins():
     assert policy(running=3, env_policy="active") == "POLICY active False"
 

@@ -132,6 +132,7 @@ def imported_modules(stderr: str) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
 
+@pytest.mark.slow
 def test_inspect_reads_no_weights(imagenet_model):
     """Metadata comes from config.json and the safetensors header: torch is never even imported."""
     proc = bit_process("-X", "importtime", "-m", "bitcli", "inspect", imagenet_model, "--format", "json")

@@ -33,6 +33,7 @@ def max_diff(a, b) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_bytes", [1, 40_000, 10**12])
 def test_sliced_batches_match_the_plain_model_and_transformers(tiny, chunk_bytes):
     directory, reference = tiny
@@ -90,6 +91,7 @@ def test_default_load_is_optimized_and_keeps_state_dict_names(tiny):
     assert weight.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 def test_bf16_is_close_but_opt_in(tiny):
     directory, reference = tiny
     model = load_model(directory, precision="bf16").model
@@ -116,6 +118,7 @@ def test_unknown_precision_is_refused(tiny):
         load_model(directory, precision="bf16", optimize=False)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile needs a C++ compiler")
 def test_compiled_model_matches_the_plain_model(tiny):
     directory, _ = tiny

@@ -94,6 +94,7 @@ print(torch.get_num_threads())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
 def test_loading_caps_threads_at_the_cpus_this_process_may_use(ckpt):
     """A process pinned to one CPU (as a container with one CPU would be) runs torch on one

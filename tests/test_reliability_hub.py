@@ -52,6 +52,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api, download", CASES)
 def test_a_misbehaving_hub_is_a_model_error_when_nothing_is_cached(ckpt, photo, tmp_path, api, download):
     hub = BadHub(REPO, ckpt, api=api, download=download).start()
@@ -63,6 +64,7 @@ def test_a_misbehaving_hub_is_a_model_error_when_nothing_is_cached(ckpt, photo, 
     assert result.stdout == b""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api", ["trickle", "garbage", "no-sha", "redirect"])
 def test_a_misbehaving_hub_falls_back_to_the_cached_model(ckpt, photo, tmp_path, api):
     cache_the_model(ckpt, tmp_path)
@@ -75,6 +77,7 @@ def test_a_misbehaving_hub_falls_back_to_the_cached_model(ckpt, photo, tmp_path,
     assert b'"predictions"' in result.stdout
 
 
+@pytest.mark.slow
 def test_the_deadline_is_named_in_the_message(ckpt, photo, tmp_path):
     hub = BadHub(REPO, ckpt, api="trickle").start()
     try:
@@ -84,6 +87,7 @@ def test_the_deadline_is_named_in_the_message(ckpt, photo, tmp_path):
     assert_one_error_line(result, 3, "BIT_HUB_TIMEOUT")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "-1", "soon"])
 def test_a_bad_deadline_is_a_usage_error(photo, tmp_path, value):
     result = bit("classify", photo, "-m", REPO, cwd=tmp_path, env=bit_env(BIT_HUB_TIMEOUT=value))
