@@ -9,7 +9,8 @@ budget   The batch-slicing budget: the fixed one bitcli uses (4x one core's L2,
          step of the backbone timed on slices of 1, 2 and 4 images, the budget whose slices add up
          fastest; the rule bitcli used before the fixed budget). R50x1 at 448 px, batch 8,
          forward images/s, rounds alternating the two.
-openmp   OMP_WAIT_POLICY: OpenMP's default (idle threads spin) against PASSIVE (they sleep), for
+openmp   OMP_WAIT_POLICY: OpenMP's default (idle threads spin) against PASSIVE (they sleep) and a
+         short spin before sleeping (GOMP_SPINCOUNT=10000), for
          the library (`bitcli.load` + `classify`, batch 1, one process) and the command (`bit
          classify` over a folder, batch 1), each alone, beside one busy process running from the
          start, and beside one that starts after the model has loaded. "command: bit's choice"
@@ -171,9 +172,13 @@ def run_command(env: dict, folder: Path, count: int, neighbour: str) -> float:
 def bench_openmp(args) -> None:
     folder = make_photos(args.images)
     photos = sorted(str(p) for p in folder.glob("*.jpg"))
-    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "BIT_MODEL")}
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "BIT_MODEL")}
     base["PYTHONPATH"] = str(ROOT)
-    policies = {"OpenMP default": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    policies = {
+        "OpenMP default": {},
+        "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+        "short spin (GOMP_SPINCOUNT=10000)": {"GOMP_SPINCOUNT": "10000"},
+    }
     neighbours = ("alone", "from the start", "after loading")
     print(f"| OMP_WAIT_POLICY, {args.images} photos, batch 1 | " + " | ".join(neighbours) + " |")
     print("|---|" + "---|" * len(neighbours))
@@ -181,7 +186,11 @@ def bench_openmp(args) -> None:
         rates = {n: [run_library({**base, **extra}, photos, n) for _ in range(args.repeats)] for n in neighbours}
         print(f"| library, {policy} | " + " | ".join(f"{statistics.median(rates[n]):.2f}" for n in neighbours) + " |")
     # The command: what bit picks itself (alone: OpenMP's default), and PASSIVE always.
-    commands = {"command: bit's choice": {}, "command: PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    commands = {
+        "command: bit's choice": {},
+        "command: PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+        "command: short spin": {"GOMP_SPINCOUNT": "10000"},
+    }
     for label, extra in commands.items():
         rates = {n: [run_command({**base, **extra}, folder, len(photos), n) for _ in range(args.repeats)] for n in neighbours}
         print(f"| {label} | " + " | ".join(f"{statistics.median(rates[n]):.2f}" for n in neighbours) + " |")
