@@ -9,8 +9,8 @@ import torch
 
 from bitcli.checkpoint import load_model
 from bitcli.engine.machine import DEFAULT_BUDGET, slicing_budget
-from bitcli.engine import optimize_for_inference
-from bitcli.engine import slice_size
+from bitcli.engine.runtime import optimize_for_inference
+from bitcli.engine.slicing import slice_size
 from checkpoints import TINY, save_reference_checkpoint
 
 TOLERANCE = 1e-4  # logits and pooled features, as against transformers
@@ -175,7 +175,7 @@ def test_missing_private_onednn_op_falls_back_to_pytorch_dispatch(tiny, monkeypa
 
 def test_the_off_switch_keeps_every_private_op_unused(tiny, monkeypatch):
     import bitcli.engine.native
-    from bitcli.engine import bf16_supported
+    from bitcli.engine.native import bf16_supported
     from bitcli.model import StdConv2d
 
     def private(*args, **kwargs):

@@ -282,7 +282,7 @@ def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = No
     if loaded.notice:
         ui.warn(loaded.notice)
     if loaded.precision == "bf16" and loaded.device.type == "cpu":
-        from bitcli.engine import bf16_supported
+        from bitcli.engine.native import bf16_supported
 
         if not bf16_supported():
             ui.warn("this CPU has no native bfloat16 arithmetic: --precision bf16 will be slower than fp32")

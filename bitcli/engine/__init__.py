@@ -1,6 +1,7 @@
 """Inference engine settings: how a loaded BiT runs fastest on this machine with the same numbers.
 
-`checkpoint.load_model` calls `prepare` once, after the weights are loaded (and weight
+The package imports nothing (no torch): `plan.py` and `machine.py` are read before torch is
+imported. `checkpoint.load_model` calls `runtime.prepare` once, after the weights are loaded (and weight
 standardization folded into them). `prepare` changes the model in place and returns an
 `EngineRecord` of what it chose; `LoadedModel.engine` keeps it, and `bit embed --resume`'s
 fingerprint reads it. What is done on which device is decided by `plan.make_plan` (testable
@@ -33,25 +34,3 @@ TF32 off, "bf16"/"fp16" are autocast (see plan.py). Untested on real GPUs.
 Tried and left out (measured, see docs/speed.md): TorchScript freeze / optimize_for_inference
 (<= 1.06x), oneDNN fused conv + residual add (no gain once activations stay in cache).
 """
-
-from __future__ import annotations
-
-from bitcli.util import lazy_attributes
-
-# Importing the package costs nothing (no torch): `bitcli.engine.plan` is read by the command
-# line's checks before torch is imported.
-_LAZY = {
-    "DEFAULT_CHUNK_BYTES": "bitcli.engine.runtime",
-    "EngineRecord": "bitcli.engine.runtime",
-    "check_precision": "bitcli.engine.runtime",
-    "optimize_for_inference": "bitcli.engine.runtime",
-    "prepare": "bitcli.engine.runtime",
-    "to_bfloat16": "bitcli.engine.runtime",
-    "slice_size": "bitcli.engine.slicing",
-    "PRECISIONS": "bitcli.engine.plan",
-    "bf16_supported": "bitcli.engine.native",
-}
-
-__all__ = sorted(_LAZY)
-
-__getattr__ = lazy_attributes(__name__, _LAZY)

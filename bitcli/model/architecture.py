@@ -79,7 +79,7 @@ class StdConv2d(nn.Conv2d):
         self.pad = DynamicPad2d(kernel, stride, dilation) if dynamic else None
         self.eps = eps
         # Which kernel runs the convolution: False, PyTorch's dispatch; True, oneDNN's called
-        # directly. The engine (`bitcli.engine.prepare`) decides, once, and records its choice.
+        # directly. The engine (`bitcli.engine.runtime.prepare`) decides, once, and records its choice.
         self.onednn = False
 
     def forward(self, x: Tensor) -> Tensor:
