@@ -4,7 +4,7 @@
     python bench/tuning.py --parts budget
     python bench/tuning.py --parts openmp --images 16
 
-budget   The batch-slicing budget: the fixed one bitcli uses (4x one core's L2,
+budget   The batch-slicing budget: the fixed one bitcli uses (8x one core's L2,
          bitcli/engine/machine.py) against the one a per-machine calibration would choose (every
          step of the backbone timed on slices of 1, 2 and 4 images, the budget whose slices add up
          fastest; the rule bitcli used before the fixed budget). R50x1 at 448 px, batch 8,
@@ -106,7 +106,7 @@ def bench_budget(args) -> None:
     rate = {budget: args.batch / statistics.median(values) for budget, values in times.items()}
     print(f"| slicing budget, batch {args.batch}, {args.side} px | images/s |")
     print("|---|---|")
-    print(f"| fixed (4x L2): {fixed // MB} MB | {rate[fixed]:.2f} |")
+    print(f"| fixed (8x L2): {fixed // MB} MB | {rate[fixed]:.2f} |")
     print(f"| calibrated: {chosen // MB} MB | {rate[chosen]:.2f} |")
     print(f"calibrated / fixed: {rate[chosen] / rate[fixed]:.3f} (same budget: 1.000)\n")
 

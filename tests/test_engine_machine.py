@@ -62,16 +62,16 @@ def test_cgroup_quota(tmp_path):
 @pytest.mark.parametrize(
     "caches, expected",
     [
-        ({"L2": {"bytes": 2 * MB, "shared_by": 1}, "L3": {"bytes": 300 * MB, "shared_by": 2}}, 8 * MB),
-        ({"L2": {"bytes": 512 * 1024, "shared_by": 1}, "L3": {"bytes": 32 * MB, "shared_by": 8}}, 2 * MB),
-        ({"L2": {"bytes": 128 * 1024, "shared_by": 1}}, 1 * MB),
+        ({"L2": {"bytes": 2 * MB, "shared_by": 1}, "L3": {"bytes": 300 * MB, "shared_by": 2}}, 16 * MB),
+        ({"L2": {"bytes": 1 * MB, "shared_by": 1}, "L3": {"bytes": 32 * MB, "shared_by": 2}}, 8 * MB),
+        ({"L2": {"bytes": 64 * 1024, "shared_by": 1}}, 1 * MB),
         ({"L2": {"bytes": 16 * MB, "shared_by": 4}}, 32 * MB),
         ({"L1d": {"bytes": 48 * 1024, "shared_by": 1}}, DEFAULT_BUDGET),
         ({}, DEFAULT_BUDGET),
     ],
-    ids=["Xeon VM, 2 MiB L2", "EPYC, 512 KiB L2", "small L2: at least 1 MB", "large L2: at most 32 MB", "no L2", "unknown"],
+    ids=["Xeon VM, 2 MiB L2", "EPYC, 1 MiB L2", "small L2: at least 1 MB", "large L2: at most 32 MB", "no L2", "unknown"],
 )
-def test_budget_is_four_times_one_cores_l2(caches, expected):
+def test_budget_is_eight_times_one_cores_l2(caches, expected):
     assert slicing_budget(caches) == expected
 
 

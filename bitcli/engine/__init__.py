@@ -14,7 +14,7 @@ without the device); on a CPU (numbers in docs/speed.md and docs/engine.md):
   MB per activation, so a batch of 8 streams every GroupNorm, ReLU and add through DRAM (and
   every >32 MB tensor is a fresh mmap: ~460k page faults per batch-8 forward); run one image at
   a time there, and larger slices in the late stages, whose cost is reading their (large)
-  weights. The budget is fixed per machine ("auto", `machine.py`): four times one core's L2
+  weights. The budget is fixed per machine ("auto", `machine.py`): eight times one core's L2
   cache. Same numbers up to summation order (<= 1e-4 on logits);
 - threads: capped at the CPUs this process may use (affinity, cgroup quota);
 - precision "bf16" (opt-in, `to_bfloat16`): the convolutions after the stem in bfloat16 on
