@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from bitcli.engine.machine import slicing_budget, usable_cpus
-from bitcli.engine.plan import PRECISIONS, make_plan
+from bitcli.engine.plan import make_plan
 from bitcli.engine.plan import check_precision as check_plan_precision
 from bitcli.engine.native import onednn_conv_works
 from bitcli.engine.slicing import SlicedBackbone
