@@ -3,7 +3,7 @@
 Each command lives in its own file (`classify.py`, `embed.py`, `info.py` for inspect / download /
 models); a command function returns an exit code and raises `BitError`s. `guarded` below is the
 one place that turns an outcome into at most one line on stderr and an exit code (docs/usage.md
-lists the codes). A new command: a file with its function and `EPILOG`, one `register` line here.
+lists the codes); `run` does the same for Click's own errors about the command line. A new command: a file with its function and `EPILOG`, one `register` line here.
 """
 
 from __future__ import annotations
