@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import platform
 import sys
 from pathlib import Path
 
@@ -101,21 +102,14 @@ def bench_bf16_agreement(checkpoint: Path, photos: list[Path], row) -> None:
 
 
 def bench_engine_settings(checkpoint: Path, row) -> None:
-    """What the engine picks on this machine (measuring it now if it was never measured)."""
+    """What the engine picks on this machine (bitcli/engine/machine.py)."""
     import torch
 
-    from bitcli.engine.calibration import machine_info
     from bitcli.checkpoint import load_model
+    from bitcli.engine.machine import read_caches, usable_cpus
 
-    model = load_model(checkpoint).model
-    with torch.inference_mode():
-        model(torch.zeros(8, 3, 448, 448))
-    record = model.bit.calibration or {}
-    info = machine_info()
-    caches = ", ".join(f"{name} {c['bytes'] // 1024} KiB x{c['shared_by']}" for name, c in info["caches"].items())
-    row("machine (as the engine reads it)", f"{info['cpu']}, {info['cpus']} CPUs, {caches}; {' '.join(info['flags'])}")
-    budget = model.bit.chunk_bytes
-    row(
-        "engine: slicing budget, threads",
-        f"{budget / 2**20:.0f} MB ({record.get('source', '?')}), {torch.get_num_threads()} threads",
-    )
+    record = load_model(checkpoint).engine
+    caches = ", ".join(f"{name} {c['bytes'] // 1024} KiB x{c['shared_by']}" for name, c in read_caches().items())
+    row("machine (as the engine reads it)", f"{platform.processor() or platform.machine()}, {usable_cpus()} CPUs, {caches}")
+    budget = record.chunk_bytes or 0
+    row("engine: slicing budget, threads", f"{budget / 2**20:.0f} MB, {torch.get_num_threads()} threads")

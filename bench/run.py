@@ -21,8 +21,8 @@ Parts (`--parts`, comma-separated):
   accuracy hard images (flat, tiny, faint, dark, text on white) against transformers in float64
            for transformers fp32, bitcli fp32 and bf16; bf16 against fp32 on photos (bench/accuracy.py)
 
-Before timing, the engine's per-machine settings are made (measured once and remembered in the
-user's cache directory, bitcli/engine/calibration.py) and printed: the timings never include measuring.
+Before timing, what the engine picks on this machine (threads, the slicing budget from the L2
+cache, bitcli/engine/machine.py) is printed.
 
 Timings are wall-clock medians over rounds that alternate the two sides, so a change in the
 machine's load hits both alike; the table prints the load average too.

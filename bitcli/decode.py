@@ -9,15 +9,12 @@ every 16-bit image into a white square).
 
 Every failure is an `InputError(path, reason)` with a short human reason; nothing is printed.
 
-PIL's own decompression-bomb check is process-wide (`Image.MAX_IMAGE_PIXELS`), warns through
-`warnings` (which prints) for images between its limit and twice its limit, and cannot be set per
-call from worker threads without racing. bitcli therefore checks every image's pixel count
-against its own per-call `max_pixels` from the header, before any pixel is decoded, and turns
-PIL's global check off, once, the first time `open_image` runs (see `_take_over_pixel_limit`);
-the same call adds a `warnings` filter that ignores warnings raised inside PIL (corrupt EXIF
-and the like), which would otherwise print to stderr. Both are process-wide and the same for
-every later call, so nothing leaks from one call to the next; a program that embeds bitcli and
-wants PIL's own bomb check back can set `Image.MAX_IMAGE_PIXELS` after its first decode.
+bitcli checks every image's pixel count against the caller's `max_pixels` from the header,
+before any pixel is decoded, and changes no process-wide setting. PIL's own decompression-bomb
+check (`PIL.Image.MAX_IMAGE_PIXELS`, about 89 megapixels) stays as the program set it: PIL warns
+(through `warnings`, which the program's filters govern) between that limit and twice it, and
+refuses images above twice it, which then fail with a reason that names PIL's limit. The `bit`
+command turns PIL's limit off, since it checks `--max-pixels` itself (`cli/process.py`).
 """
 
 from __future__ import annotations
@@ -26,8 +23,6 @@ import os
 import re
 import stat
 import struct
-import threading
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -54,27 +49,6 @@ TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # those that swap width and 
 # Modes PIL opens 16-bit grayscale files in (PNG, TIFF, PGM).
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
-_pixel_limit_lock = threading.Lock()
-_pixel_limit_taken_over = False
-
-
-def _take_over_pixel_limit() -> None:
-    """Disable PIL's global bomb check and silence PIL's warnings, once per process.
-
-    `open_image` enforces its own per-call pixel limit instead. PIL warns (through `warnings`,
-    which prints to stderr) about things like corrupt EXIF data while still decoding the
-    image; library code must not print, and `warnings.catch_warnings` is not thread-safe, so
-    a filter for warnings raised inside PIL's modules is installed instead.
-    """
-    global _pixel_limit_taken_over
-    if _pixel_limit_taken_over:
-        return
-    with _pixel_limit_lock:
-        Image.MAX_IMAGE_PIXELS = None
-        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
-        _pixel_limit_taken_over = True
-
-
 def open_image(
     path: str | os.PathLike[str],
     *,
@@ -89,7 +63,6 @@ def open_image(
     orientation: much faster for big photos, but not pixel-identical to the reference.
     """
     name = os.fspath(path)
-    _take_over_pixel_limit()
     _check_file(name)
     try:
         # Our own file object, not Image.open(name): the returned image must outlive the file,
@@ -123,7 +96,7 @@ def open_image(
         raise
     except UnidentifiedImageError:
         raise InputError(name, "not an image") from None
-    except Image.DecompressionBombError as error:  # only if someone re-enabled PIL's global check
+    except Image.DecompressionBombError as error:  # over twice PIL's own limit, where the program keeps it
         raise InputError(name, _bomb_reason(str(error), max_pixels)) from None
     except NotRegularFile:
         raise InputError(name, "not a regular file") from None
@@ -222,9 +195,11 @@ def over_limit_reason(pixels: int, max_pixels: int) -> str:
 
 def _bomb_reason(message: str, max_pixels: int | None) -> str:
     match = re.search(r"\((\d+) pixels\)", message)
-    if match and max_pixels is not None:
-        return over_limit_reason(int(match.group(1)), max_pixels)
-    return "image is over PIL's pixel limit (possible decompression bomb)"
+    pixels = int(match.group(1)) if match else None
+    if pixels is not None and max_pixels is not None and pixels > max_pixels:
+        return over_limit_reason(pixels, max_pixels)
+    size = f"{pixels / 1e6:.1f} megapixels" if pixels is not None else "too large"
+    return f"image is {size}, over PIL's own limit (raise PIL.Image.MAX_IMAGE_PIXELS to decode it)"
 
 
 def _os_error_reason(error: OSError) -> str:

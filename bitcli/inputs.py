@@ -177,10 +177,9 @@ def _expand_argument(arg: str) -> Iterator[str | InputError]:
 
 def _expand_path(path: str) -> Iterator[str | InputError]:
     """A literal path: a file is passed on as is, a directory is walked."""
-    try:
-        info = os.stat(path)
-    except OSError as error:
-        yield InputError(path, os_error_reason(error))
+    info = _stat(path)
+    if isinstance(info, InputError):
+        yield info
         return
     if stat.S_ISDIR(info.st_mode):
         yield from _expand_directory(path, info)
@@ -189,26 +188,31 @@ def _expand_path(path: str) -> Iterator[str | InputError]:
 
 
 def _expand_directory(path: str, info: os.stat_result) -> Iterator[str | InputError]:
-    found_any = False
-    for result in _walk(path, ancestors=frozenset({_identity(info)})):
-        if isinstance(result, str):
-            found_any = True
-        yield result
-    if not found_any:
-        yield InputError(path, "no images found")
+    yield from _or_error(_walk(path, ancestors=frozenset({_identity(info)})), InputError(path, "no images found"))
 
 
 def _expand_glob(pattern: str) -> Iterator[str | InputError]:
     recursive = "**" in pattern
     matches = sorted(glob.glob(pattern, recursive=recursive))
+    found = (result for match in matches for result in _expand_match(match, recursive))
+    yield from _or_error(found, InputError(pattern, "no images match this pattern"))
+
+
+def _stat(path: str) -> os.stat_result | InputError:
+    try:
+        return os.stat(path)
+    except OSError as error:
+        return InputError(path, os_error_reason(error))
+
+
+def _or_error(results: Iterable[str | InputError], empty: InputError) -> Iterator[str | InputError]:
+    """`results`, then `empty` when they held no path at all (only errors, or nothing)."""
     found_any = False
-    for match in matches:
-        for result in _expand_match(match, recursive):
-            if isinstance(result, str):
-                found_any = True
-            yield result
+    for result in results:
+        found_any = found_any or isinstance(result, str)
+        yield result
     if not found_any:
-        yield InputError(pattern, "no images match this pattern")
+        yield empty
 
 
 def _expand_match(match: str, recursive: bool) -> Iterator[str | InputError]:
@@ -216,10 +220,9 @@ def _expand_match(match: str, recursive: bool) -> Iterator[str | InputError]:
     if problem:
         yield InputError(match, problem)
         return
-    try:
-        info = os.stat(match)
-    except OSError as error:
-        yield InputError(match, os_error_reason(error))
+    info = _stat(match)
+    if isinstance(info, InputError):
+        yield info
         return
     if stat.S_ISDIR(info.st_mode):
         if not recursive:

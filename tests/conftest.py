@@ -22,10 +22,6 @@ def isolated_hf_home(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.delenv("BIT_MODEL", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    # The engine's per-machine settings: a private file, and the estimate from cache sizes
-    # instead of a timing (deterministic); tests/test_calibration.py measures with a fake clock.
-    monkeypatch.setenv("BITCLI_CACHE_DIR", str(home / "bitcli"))
-    monkeypatch.setenv("BITCLI_CALIBRATE", "0")
     # Any hub call that a test did not set up for must fail fast instead of reaching the internet.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     return home

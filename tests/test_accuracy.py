@@ -126,12 +126,14 @@ def tiny_cases(tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 8])
 @pytest.mark.parametrize("config", list(TINY_CONFIGS))
 def test_tiny_models_on_hard_images_match_float64(tiny_cases, config, batch_size):
     assert_close_to_float64(tiny_cases(config), batch_size)
 
 
+@pytest.mark.slow
 def test_classifier_scores_on_hard_image_files_match_float64(tiny_cases, tmp_path):
     """Through the library as users call it: PNG files, decoding, batching, float32 softmax, top-k."""
     import bitcli
@@ -164,10 +166,12 @@ def bit50_case(tmp_path_factory):
     return make_case(tmp_path_factory.mktemp("bit50"), dict(num_labels=1000), 448, images)
 
 
+@pytest.mark.slow
 def test_bit50_at_448_on_hard_images_matches_float64_one_image_at_a_time(bit50_case):
     assert_close_to_float64(bit50_case, 1)
 
 
+@pytest.mark.slow
 def test_bit50_at_448_on_hard_images_matches_float64_in_a_sliced_batch_of_8(bit50_case):
     doubled = Case(
         bit50_case.model,

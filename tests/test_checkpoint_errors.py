@@ -19,6 +19,7 @@ def tiny_checkpoint(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_directory_without_weights(tiny_checkpoint):
     (tiny_checkpoint / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no weights found"):

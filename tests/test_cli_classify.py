@@ -39,6 +39,7 @@ def good_paths(photos):
     return [str(photos / f"img{i:02d}.png") for i in range(5)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["args", "directory", "glob", "stdin"])
 def test_input_styles_give_the_library_results(ckpt, photos, expected, style):
     paths = good_paths(photos)

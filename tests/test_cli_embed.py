@@ -35,6 +35,7 @@ def embed(ckpt, *args, **kw):
     return run(["embed", *args, "-m", ckpt, "--batch-size", "2"], **kw)
 
 
+@pytest.mark.slow
 def test_rows_align_with_manifest_when_inputs_fail(ckpt, photos, library, tmp_path):
     vectors, failed = library
     result = embed(ckpt, photos, "missing.png", "-o", tmp_path / "out.npy")

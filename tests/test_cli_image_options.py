@@ -43,6 +43,7 @@ def classify(ckpt, *args):
     return run(["classify", *args, "-m", ckpt, "--format", "jsonl", "-k", "3"])
 
 
+@pytest.mark.slow
 def test_classify_skips_an_image_over_max_pixels_and_keeps_the_rest(ckpt, pics):
     small, big = str(pics / "small.png"), str(pics / "big.png")
     result = classify(ckpt, small, big, "--max-pixels", "10000")

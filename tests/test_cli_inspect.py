@@ -44,6 +44,7 @@ def reference_macs(model: torch.nn.Module, size: int) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_json_report_matches_the_reference_model(ckpt, report):
     from transformers import BitForImageClassification
 

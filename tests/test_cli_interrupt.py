@@ -56,6 +56,7 @@ def wait_for_commits(journal, proc: subprocess.Popen, count: int, timeout: float
     pytest.fail("no progress")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_process_resumes_to_identical_bytes(ckpt, photos, full, tmp_path, sig):
     common = ["-m", ckpt, *COMMON]
@@ -81,6 +82,7 @@ def test_interrupted_process_resumes_to_identical_bytes(ckpt, photos, full, tmp_
         assert (tmp_path / f"out{suffix}").read_bytes() == (full / f"full{suffix}").read_bytes(), suffix
 
 
+@pytest.mark.slow
 def test_stdout_of_the_real_process_is_complete(ckpt, photos, tmp_path):
     """The console script skips interpreter teardown; every byte must still reach the pipe."""
     proc = bit("embed", photos, "-o", "-", "--manifest", tmp_path / "rows.txt", "-m", ckpt, "-q")

@@ -1,5 +1,5 @@
 """The `bit` process lets idle OpenMP threads sleep when other work is running now
-(cli/app.py settle_openmp): decided before torch loads, a user's own OMP_WAIT_POLICY kept. (The
+(cli/process.py settle_openmp): decided before torch loads, a user's own OMP_WAIT_POLICY kept. (The
 effect is a timing, measured in docs/engine.md, not asserted here.)"""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-app_module = importlib.import_module("bitcli.cli.app")
+app_module = importlib.import_module("bitcli.cli.process")
 
 CHILD = """
 import importlib, os, sys
-app = importlib.import_module("bitcli.cli.app")
+app = importlib.import_module("bitcli.cli.process")
 app.running_now = lambda: int(sys.argv[1])  # tasks runnable on the machine, this one included
 from bitcli.cli import main
 try:
@@ -34,14 +34,17 @@ def policy(running: int, env_policy: str | None = None) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_busy_machine_gets_a_passive_policy_before_torch_loads():
     assert policy(running=3) == "POLICY PASSIVE False"
 
 
+@pytest.mark.slow
 def test_alone_on_the_machine_openmp_keeps_its_default():
     assert policy(running=1) == "POLICY None False"
 
 
+@pytest.mark.slow
 def test_a_users_policy_wins():
     assert policy(running=3, env_policy="active") == "POLICY active False"
 

@@ -24,6 +24,7 @@ def bit(args: list[object], stdout: int, cwd: object = None, **kw) -> subprocess
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["models"], ["classify", "-f", "table"]])
 def test_table_into_a_closed_pipe_exits_141(ckpt, photo, args):
     if args[0] == "classify":
@@ -38,6 +39,7 @@ def test_table_into_a_closed_pipe_exits_141(ckpt, photo, args):
     assert proc.stderr == ""
 
 
+@pytest.mark.slow
 def test_no_stdout_at_all_is_not_a_traceback(ckpt, photo, tmp_path):
     proc = bit(["embed", photo, "-o", "o.npy", "-m", ckpt], stdout=subprocess.DEVNULL, cwd=tmp_path,
                preexec_fn=lambda: os.close(1))
@@ -46,6 +48,7 @@ def test_no_stdout_at_all_is_not_a_traceback(ckpt, photo, tmp_path):
     assert (tmp_path / "o.npy").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_full_disk_on_stdout_is_one_line(ckpt, photo):
     with open("/dev/full", "w") as full:
@@ -54,6 +57,7 @@ def test_full_disk_on_stdout_is_one_line(ckpt, photo):
     assert proc.stderr.strip().splitlines() == ["error: cannot write to stdout (No space left on device)"]
 
 
+@pytest.mark.slow
 def test_classify_with_no_stdout_is_a_usage_error(ckpt, photo, tmp_path):
     proc = bit(["classify", photo, "-m", ckpt], stdout=subprocess.DEVNULL, cwd=tmp_path,
                preexec_fn=lambda: os.close(1))

@@ -49,6 +49,7 @@ def run_with_terminal_stderr(args: list[str], env_extra: dict[str, str] | None =
     return stdout.decode(), terminal.decode(errors="replace"), code
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal_and_data_alone_on_stdout(ckpt, photos):
     stdout, terminal, code = run_with_terminal_stderr(["classify", photos, "-m", ckpt])
     assert code == 0
@@ -56,6 +57,7 @@ def test_progress_bar_on_a_terminal_and_data_alone_on_stdout(ckpt, photos):
     assert stdout.count("\n") == 3 and "\x1b" not in stdout  # jsonl (stdout is no terminal), no escapes
 
 
+@pytest.mark.slow
 def test_quiet_hides_the_progress_bar(ckpt, photos):
     stdout, terminal, code = run_with_terminal_stderr(["classify", photos, "-m", ckpt, "--quiet"])
     assert code == 0
@@ -63,6 +65,7 @@ def test_quiet_hides_the_progress_bar(ckpt, photos):
     assert stdout.count("\n") == 3
 
 
+@pytest.mark.slow
 def test_error_lines_are_coloured_unless_no_color(ckpt, photos):
     args = ["classify", photos / "missing.jpg", "-m", ckpt, "--quiet"]
     _, coloured, code = run_with_terminal_stderr(args)

@@ -38,6 +38,7 @@ def one_error_line(result, code: int, *fragments: str) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_linear_train_then_classify_and_eval(ckpt, photos, tmp_path):
     out = tmp_path / "model"
     result = run(["train", photos, "-o", out, "-m", ckpt, "--val", photos, "--threads", "1"])
@@ -113,6 +114,7 @@ def bit(*args: object) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_finetune_killed_then_resumed_equals_an_uninterrupted_run(photos, tmp_path, tmp_path_factory):
     base = shared(tmp_path_factory, "trainable-tiny", make_trainable_checkpoint)
     common = ["-m", base, "--method", "finetune", "--steps", "30", "--batch-size", "4", "--threads", "1",
@@ -143,6 +145,7 @@ def test_finetune_killed_then_resumed_equals_an_uninterrupted_run(photos, tmp_pa
     assert not state.parent.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume(photos, tmp_path, tmp_path_factory):
     base = shared(tmp_path_factory, "trainable-tiny", make_trainable_checkpoint)
     proc = bit("train", photos, "-o", tmp_path / "m", "-m", base, "--method", "finetune", "--steps", "5000",

@@ -25,12 +25,25 @@ def help_text(command: list[str]) -> str:
 # -- help screens -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "bit")
-def test_help_has_no_type_clutter(command):
+# The commands whose options bitcli names itself (Typer's public `metavar`); the rest of the layout
+# is Typer's own (`<list[str]>` beside arguments, `<bool>` beside --help, `[x>=1]` after a range).
+OWN_LAYOUT = [[], ["classify"], ["inspect"], ["download"], ["models"], ["train"], ["eval"]]
+
+
+@pytest.mark.parametrize("command", OWN_LAYOUT, ids=lambda c: " ".join(c) or "bit")
+def test_options_name_their_values_plainly(command):
     text = help_text(command)
-    assert not re.search(r"<[a-z\[\]| ]+>", text), text  # <bool>, <list[str]>, <int range>, <auto|cpu|...>
-    assert "{" not in text and "x>=" not in text, text  # {INPUTS}..., [x>=1]
+    options = [line for line in text.splitlines() if "--" in line and "--help" not in line]
+    assert options, text
+    assert not any("<bool>" in line or "<int" in line for line in options), text
     assert not re.search(r"\w \.(\s|$)", text), text  # a word cut off before its full stop ("paths .")
+
+
+def test_shared_options_show_n_for_numbers_and_nothing_for_flags():
+    flat = " ".join(help_text(["classify"]).replace("│", " ").split())
+    for shown in ("--top-k -k N", "--batch-size N", "--threads N", "--max-pixels N", "--device DEVICE", "--model -m MODEL"):
+        assert shown in flat, (shown, flat)
+    assert re.search(r"--quiet -q No progress bar", flat), flat
 
 
 def example_lines(text: str) -> list[str]:
@@ -60,10 +73,11 @@ def test_manifest_help_names_the_default_file():
     assert re.search(r"--manifest FILE .{0,120}OUT\.paths\.txt", flat), flat
 
 
-def test_usage_lines_read_like_a_manual():
-    assert "Usage: bit classify [OPTIONS] INPUTS..." in help_text(["classify"])
-    assert "Usage: bit inspect [OPTIONS] [MODEL]" in help_text(["inspect"])
-    assert "Usage: bit download [OPTIONS] MODEL..." in help_text(["download"])
+def test_usage_lines_name_the_arguments():
+    usage = {name: help_text([name]).splitlines() for name in ("classify", "inspect", "download")}
+    for name, argument in (("classify", "INPUTS"), ("inspect", "MODEL"), ("download", "MODEL")):
+        line = next(line for line in usage[name] if "Usage:" in line)
+        assert f"bit {name} [OPTIONS]" in line and argument in line, line
 
 
 # -- bit models ---------------------------------------------------------------------------------------
@@ -118,6 +132,7 @@ def imported_modules(stderr: str) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
 
+@pytest.mark.slow
 def test_inspect_reads_no_weights(imagenet_model):
     """Metadata comes from config.json and the safetensors header: torch is never even imported."""
     proc = bit_process("-X", "importtime", "-m", "bitcli", "inspect", imagenet_model, "--format", "json")
@@ -206,3 +221,37 @@ def test_inspect_of_a_hub_repository_names_it_whether_read_or_loaded(tmp_path, m
             assert result.stderr.count("weights_only=True") == (1 if weights == "pickle" else 0)
     finally:
         hub.stop()
+
+
+# -- Click's own errors: one line, exit 2 -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["classify", "--top-k", "0", "x.jpg"], "--top-k"),
+        (["classify", "-t", "abc", "x.jpg"], "-t"),
+        (["embed", "--batch-size", "abc", "x.jpg"], "--batch-size"),
+        (["classify"], "INPUTS"),
+        (["nosuch"], "nosuch"),
+    ],
+    ids=["out of range", "unknown option", "not a number", "missing argument", "unknown command"],
+)
+def test_option_errors_are_one_line_and_exit_2(args, names):
+    from relhelpers import bit
+
+    result = bit(*args)
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert result.stdout == b""
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert names in stderr and "--help" in stderr, stderr
+    assert "Traceback" not in stderr and "╭" not in stderr, stderr
+
+
+def test_bit_alone_shows_the_help_and_exits_2():
+    from relhelpers import bit
+
+    result = bit()
+    assert result.returncode == 2
+    assert b"Usage: bit" in result.stdout and result.stderr == b""

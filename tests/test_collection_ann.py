@@ -30,6 +30,7 @@ def built(tmp_path_factory):
     return index, vectors
 
 
+@pytest.mark.slow
 def test_build_writes_the_index_and_its_description_beside_the_array(built):
     index, _ = built
     paths = ann.AnnPaths.for_array(index.array_path)

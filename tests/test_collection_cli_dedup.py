@@ -41,6 +41,7 @@ def bit(*args):
     return subprocess.run([sys.executable, "-m", "bitcli", *map(str, args)], capture_output=True, env={**os.environ})
 
 
+@pytest.mark.slow
 def test_copies_group_with_their_originals(base):
     _, copies = base
     result = dedup("--threshold", "0.98", "-f", "jsonl")
@@ -77,6 +78,7 @@ def test_formats(base):
     assert all(f"photos/{name}" in table for name in ("coffee.png", "coffee_half.png"))
 
 
+@pytest.mark.slow
 def test_keep_prints_nul_terminated_paths_to_delete(base):
     first = bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "-0")
     assert first.returncode == 0, first.stderr

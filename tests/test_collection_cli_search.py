@@ -37,6 +37,7 @@ def search(*args):
     return run(["search", *map(str, args)])
 
 
+@pytest.mark.slow
 def test_each_copy_finds_its_original_by_its_stored_row(base):
     _, copies = base
     result = search("photos.npy", *(f"photos/{c}" for c in copies), "-k", "1", "-f", "jsonl")

@@ -31,6 +31,7 @@ def rows_by_path(name: str) -> dict[str, bytes]:
     return {p: row.tobytes() for p, row in zip(open(f"{name}.paths.txt").read().splitlines(), arr)}
 
 
+@pytest.mark.slow
 def test_embed_writes_the_sidecar_readable_with_json(ckpt):
     make_duplicates(Path("photos"))
     result = embed(ckpt, "--hash")
@@ -59,6 +60,7 @@ def change_the_folder() -> None:
     os.rename("photos/coffee_half.png", "photos/moved_coffee.png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hashed", [False, True], ids=["size+mtime", "--hash"])
 def test_update_equals_a_fresh_embed_and_keeps_unchanged_rows(ckpt, hashed):
     make_duplicates(Path("photos"))
@@ -87,6 +89,7 @@ def test_update_equals_a_fresh_embed_and_keeps_unchanged_rows(ckpt, hashed):
     assert json.load(open("photos.meta.json"))["rows"] == len(sidecar)
 
 
+@pytest.mark.slow
 def test_update_with_nothing_to_do_leaves_the_files_alone(ckpt):
     make_images(Path("photos"), 3)
     assert embed(ckpt).exit_code == 0
@@ -103,6 +106,7 @@ def test_update_creates_a_missing_output(ckpt):
     assert len(open("photos.paths.txt").read().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_update_is_refused_with_another_model_or_dtype(ckpt, tmp_path):
     make_images(tmp_path / "photos", 3)
     assert embed(ckpt).exit_code == 0
@@ -113,6 +117,7 @@ def test_update_is_refused_with_another_model_or_dtype(ckpt, tmp_path):
         assert "was made with other settings" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_update_without_model_uses_the_one_that_made_the_output(ckpt, tmp_path, monkeypatch):
     """No --model: the header's model, not the default google/bit-50 (absent here: exit 3)."""
     monkeypatch.delenv("BIT_MODEL", raising=False)
@@ -128,6 +133,7 @@ def test_update_without_model_uses_the_one_that_made_the_output(ckpt, tmp_path, 
     assert "google/bit-50" in plain.stderr
 
 
+@pytest.mark.slow
 def test_update_of_an_output_without_metadata_is_refused(ckpt, tmp_path):
     make_images(tmp_path / "photos", 2)
     assert embed(ckpt).exit_code == 0
@@ -137,6 +143,7 @@ def test_update_of_an_output_without_metadata_is_refused(ckpt, tmp_path):
     assert "no metadata" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_refused_update_advises_overwrite_without_update(ckpt, tmp_path):
     """`--update --overwrite` is refused the same way, so the advice must say to drop --update."""
     make_images(tmp_path / "photos", 2)
@@ -162,6 +169,7 @@ def test_update_refuses_stdout_and_resume_with_overwrite(ckpt, tmp_path):
     assert again.exit_code == 0 and "is up to date" in again.stderr and os.stat("photos.npy").st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_an_interrupted_update_resumes_to_the_uninterrupted_bytes(ckpt, tmp_path):
     make_images(Path("photos"), 24)
     later = Path("later")
@@ -204,6 +212,7 @@ def test_resumed_embed_keeps_the_identities_recorded_before_the_interruption(tmp
     assert read_file_rows(meta_path, read_metadata(meta_path)) == [("a", FileIdentity(1, 10)), ("b", None), ("c", FileIdentity(3, 30, "ab"))]
 
 
+@pytest.mark.slow
 def test_combined_shards_carry_the_sidecar_so_search_needs_no_model(ckpt):
     make_duplicates(Path("photos"))
     for i in range(2):
@@ -230,6 +239,7 @@ def test_stdout_output_publishes_the_sidecar_beside_the_manifest(ckpt):
     assert not [name for name in os.listdir(".") if name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["photos.meta.json", "photos.files.jsonl"])
 def test_resume_of_a_finished_output_whose_sidecar_changed_is_refused(ckpt, name):
     make_images(Path("photos"), 3)
@@ -252,6 +262,7 @@ def test_a_finished_update_resumes_as_a_finished_run(ckpt):
     assert "is up to date" in embed(ckpt, "--update", "--resume").stderr
 
 
+@pytest.mark.slow
 def test_a_plain_resume_of_an_interrupted_update_names_the_flags(ckpt, tmp_path):
     make_images(Path("photos"), 4)
     assert embed(ckpt).exit_code == 0

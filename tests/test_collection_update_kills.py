@@ -94,6 +94,7 @@ def _copy(base: Path, name: str) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_step_of_an_update_leaves_one_set_sidecar_included(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = tmp_path / "base"

@@ -198,19 +198,25 @@ def test_pixel_limit_is_checked_from_the_header(tmp_path):
     assert reason_for(bomb, max_pixels=50_000_000).endswith("over the limit of 50 (use --max-pixels)")
 
 
-def test_raising_the_limit_lets_pil_go_past_its_own_limits_silently(tmp_path):
-    # 200 megapixels is over twice PIL's default limit (~89.5 MP), where PIL itself would raise.
+def test_past_pils_own_limit_the_reason_names_it_and_the_program_decides(tmp_path, monkeypatch):
+    # 200 megapixels is over twice PIL's default limit (~89.5 MP), where PIL itself refuses.
     bomb = png_header_only(tmp_path / "big.png", 20_000, 10_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # PIL's default (a `bit` run in this process turns it off)
+    reason = reason_for(bomb, max_pixels=300_000_000)
+    assert reason == "image is 200.0 megapixels, over PIL's own limit (raise PIL.Image.MAX_IMAGE_PIXELS to decode it)"
+    # A program (as `bit` does) that turns PIL's limit off gets past it, silently.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         reason = reason_for(bomb, max_pixels=300_000_000)
     assert reason.startswith("truncated or corrupt image")  # past the limit; no pixel data
 
 
-def test_limit_does_not_leak_between_calls(tmp_path, zoo):
+def test_decoding_changes_no_process_wide_setting(tmp_path, zoo):
+    limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
     reason_for(zoo["baseline.jpg"], max_pixels=10)
     assert open_image(zoo["baseline.jpg"]).size == (200, 150)
-    assert Image.MAX_IMAGE_PIXELS is None  # documented: bitcli owns the check
+    assert Image.MAX_IMAGE_PIXELS == limit and warnings.filters == filters
 
 
 def test_no_limit(tmp_path, zoo):
@@ -222,22 +228,32 @@ def test_returned_image_is_usable_after_the_file_is_closed(zoo):
     assert image.resize((10, 10)).size == (10, 10)  # a closed PIL image would raise here
 
 
-def test_pil_warnings_do_not_print(tmp_path):
-    # EXIF whose description tag points past the end of the data: PIL warns, then decodes.
+def bad_exif_jpeg(path: Path) -> Path:
+    """EXIF whose description tag points past the end of the data: PIL warns, then decodes."""
     tiff = b"II*\x00" + struct.pack("<IH", 8, 2)
     tiff += struct.pack("<HHII", 0x0112, 3, 1, 6) + struct.pack("<HHII", 0x010E, 2, 100, 1000)
     tiff += struct.pack("<I", 0)
-    path = tmp_path / "bad_exif.jpg"
     Image.new("RGB", (8, 6), "red").save(path, exif=b"Exif\x00\x00" + tiff)
-    script = f"from bitcli.decode import open_image; print(open_image({str(path)!r}).size)"
+    return path
+
+
+def test_pil_warnings_reach_the_program_as_warnings(tmp_path):
+    path = bad_exif_jpeg(tmp_path / "bad_exif.jpg")
+    with pytest.warns(UserWarning, match="Skipping tag"):
+        assert open_image(path).size == (6, 8)  # orientation 6 still applied
+
+
+@pytest.mark.slow
+def test_pil_warnings_do_not_print_in_the_command(tmp_path, ckpt):
+    path = bad_exif_jpeg(tmp_path / "bad_exif.jpg")
     done = subprocess.run(
-        [sys.executable, "-W", "default", "-c", script],
+        [sys.executable, "-W", "default", "-m", "bitcli", "classify", str(path), "-m", str(ckpt), "-f", "jsonl", "-q"],
         capture_output=True,
         text=True,
         cwd=Path(__file__).parent.parent,
-        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
     )
-    assert done.stdout.strip() == "(6, 8)"  # orientation 6 still applied
+    assert done.returncode == 0, done.stderr
     assert done.stderr == ""
 
 

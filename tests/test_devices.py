@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitcli import engine
+from bitcli.engine import runtime as engine
 from bitcli.devices import DeviceSpec, parse_device, resolve_device
 from bitcli.engine.plan import make_plan
 from bitcli.errors import UsageError
@@ -57,6 +57,7 @@ def test_no_cuda_is_a_usage_error_naming_the_way_out(monkeypatch):
         resolve_device("cuda:0")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["cuda:x", "tpu"])
 def test_bad_device_on_the_command_line_is_one_line_and_exit_2(ckpt, tmp_path, value):
     result = run(["classify", tmp_path / "none.png", "-m", ckpt, "--device", value])

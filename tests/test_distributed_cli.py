@@ -40,6 +40,7 @@ def two_jobs(ckpt, photos, tmp_path_factory):
     return out, results
 
 
+@pytest.mark.slow
 def test_two_jobs_then_combine_equal_the_local_run(two_jobs, local):
     out, results = two_jobs
     assert "bit combine -o" in results[0].stderr and not out.exists()
@@ -78,6 +79,7 @@ def test_a_rerun_job_needs_resume(ckpt, photos, two_jobs):
     assert "0 shards embedded, 2 kept" in again.stderr
 
 
+@pytest.mark.slow
 def test_dash_zero_reaches_the_shard_jobs(ckpt, photos, tmp_path):
     """`-0`: the jobs read NUL-separated paths on stdin as a local run does; combined, the same files."""
     listing = nul_listing(photos, tmp_path / "odd")
@@ -117,6 +119,7 @@ def test_shards_never_go_to_stdout(photos, tmp_path):
     assert "give -o OUT.npy" in result.stderr
 
 
+@pytest.mark.slow
 def test_engine_ray_without_ray_says_how_to_install_it(ckpt, photos, tmp_path):
     """Ray is hidden from the process (`sys.modules['ray'] = None` makes `import ray` fail)."""
     code = "import sys; sys.modules['ray'] = None; from bitcli.cli.app import main; main(sys.argv[1:])"

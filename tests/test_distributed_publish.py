@@ -114,6 +114,7 @@ def test_combine_publishes_the_run_record_a_local_run_would(shard_sets, tmp_path
     assert all(r["size"] is None and r["mtime_ns"] is None for r in rows)
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_step_of_a_combine_leaves_one_set(shard_sets, tmp_path):
     old_shards, new_shards = shard_sets
     old, new = _reference(tmp_path, "ref-old", old_shards), _reference(tmp_path, "ref-new", new_shards)
@@ -142,6 +143,7 @@ def test_a_kill_at_any_step_of_a_combine_leaves_one_set(shard_sets, tmp_path):
         assert_no_litter(directory)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(4))
 def test_kills_while_combining_again_still_leave_one_set(shard_sets, tmp_path, seed):
     rng = random.Random(seed)
@@ -265,6 +267,7 @@ def _local(ckpt, photos, out: Path, *args: object):
                cwd=out.parent)
 
 
+@pytest.mark.slow
 def test_bit_embed_resume_of_a_combined_output_is_a_finished_local_run(ckpt, photos, combined, local):
     assert_same_files(combined, local)
     before = combined.read_bytes()

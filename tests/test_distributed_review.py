@@ -40,6 +40,7 @@ def jobs_of_other_model(other_ckpt, tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_a_shard_job_resumed_with_another_model_is_refused_when_all_its_shards_are_done(ckpt, jobs_of_other_model):
     result = bit("embed", *shard_args(ckpt, "--shard", "0/1", "--resume"), cwd=jobs_of_other_model)
     assert result.returncode == 2, result.stderr
@@ -47,6 +48,7 @@ def test_a_shard_job_resumed_with_another_model_is_refused_when_all_its_shards_a
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+@pytest.mark.slow
 def test_ray_resume_of_shard_jobs_output_never_publishes_them_as_its_own(ckpt, jobs_of_other_model):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
     here = jobs_of_other_model
@@ -65,6 +67,7 @@ def test_combine_to_stdout_is_refused_by_name(tmp_path):
     assert list(tmp_path.iterdir()) == []  # before: "-.npy.shards: not a shard directory"
 
 
+@pytest.mark.slow
 def test_combine_over_an_existing_output_advises_only_its_own_flags(ckpt, tmp_path):
     make_photos(tmp_path / "photos")
     assert bit("embed", *shard_args(ckpt, "--shard", "0/1"), cwd=tmp_path).returncode == 1
@@ -78,6 +81,7 @@ def test_combine_over_an_existing_output_advises_only_its_own_flags(ckpt, tmp_pa
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # the same set again
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["--manifest", "-o"])
 def test_combine_never_writes_into_a_shard_folder_it_reads(ckpt, tmp_path, option):
     make_photos(tmp_path / "photos")
@@ -94,6 +98,7 @@ def test_combine_never_writes_into_a_shard_folder_it_reads(ckpt, tmp_path, optio
     assert not (tmp_path / "out.npy").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["shard", "ray"])
 @pytest.mark.parametrize("kind", ["file", "dangling link"])
 def test_a_shard_dir_that_cannot_be_a_directory_is_a_usage_error(ckpt, tmp_path, engine, kind):
@@ -110,6 +115,7 @@ def test_a_shard_dir_that_cannot_be_a_directory_is_a_usage_error(ckpt, tmp_path,
     assert not (tmp_path / "out.npy").exists() and not (tmp_path / "out.npy.partial").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_combine_is_named_to_a_plain_bit_embed_not_sent_to_resume(ckpt, tmp_path):
     make_photos(tmp_path / "photos")
     killed = "\n".join([  # a combine killed after opening the output: its partial folder, lock released

@@ -78,6 +78,7 @@ def test_input_list_round_trips_and_hashes_like_the_embed_store(tmp_path):
     assert back[1].reason == "no such file or directory"
 
 
+@pytest.mark.slow
 def test_each_shard_forms_the_batches_of_the_whole_list(ckpt, photos, tmp_path):
     """The pipeline's batches, computed over each shard alone, are the whole list's batches."""
     from bitcli.pipeline import Embedder
@@ -96,6 +97,7 @@ def test_each_shard_forms_the_batches_of_the_whole_list(ckpt, photos, tmp_path):
 # -- shard runs and combine --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shards_of_three_jobs_combine_to_the_local_run(three_jobs, local, tmp_path):
     failures = []
     summary = combine([three_jobs], EmbedPaths.for_output(tmp_path / "out.npy"), on_failure=lambda p, r: failures.append(p))
@@ -124,6 +126,7 @@ def test_a_duplicated_shard_is_refused(three_jobs, tmp_path):
     combine([three_jobs, three_jobs], EmbedPaths.for_output(tmp_path / "out.npy"))  # one folder named twice is fine
 
 
+@pytest.mark.slow
 def test_shards_of_another_model_option_are_refused(ckpt, photos, three_jobs, tmp_path):
     other = tmp_path / "normalized"
     run_job(ckpt, photos, other, (1, 3), job=job(ckpt, normalize=True))

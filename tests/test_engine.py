@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bitcli.checkpoint import load_model
-from bitcli.engine.calibration import DEFAULT_BUDGET
-from bitcli.engine import DEFAULT_CHUNK_BYTES, optimize_for_inference
-from bitcli.engine import slice_size
+from bitcli.engine.machine import DEFAULT_BUDGET, slicing_budget
+from bitcli.engine.runtime import optimize_for_inference
+from bitcli.engine.slicing import slice_size
 from checkpoints import TINY, save_reference_checkpoint
 
 TOLERANCE = 1e-4  # logits and pooled features, as against transformers
@@ -33,6 +33,7 @@ def max_diff(a, b) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_bytes", [1, 40_000, 10**12])
 def test_sliced_batches_match_the_plain_model_and_transformers(tiny, chunk_bytes):
     directory, reference = tiny
@@ -83,13 +84,14 @@ def test_default_load_is_optimized_and_keeps_state_dict_names(tiny):
     directory, _ = tiny
     fast = load_model(directory).model
     plain = load_model(directory, optimize=False).model
-    assert fast.bit.chunk_bytes == DEFAULT_CHUNK_BYTES
+    assert fast.bit.chunk_bytes == slicing_budget() == load_model(directory).engine.chunk_bytes
     assert getattr(plain.bit, "chunk_bytes", None) is None
     assert list(fast.state_dict()) == list(plain.state_dict())
     weight = fast.bit.encoder.stages[0].layers[0].conv2.weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 def test_bf16_is_close_but_opt_in(tiny):
     directory, reference = tiny
     model = load_model(directory, precision="bf16").model
@@ -116,6 +118,7 @@ def test_unknown_precision_is_refused(tiny):
         load_model(directory, precision="bf16", optimize=False)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile needs a C++ compiler")
 def test_compiled_model_matches_the_plain_model(tiny):
     directory, _ = tiny
@@ -152,17 +155,44 @@ def test_direct_onednn_convolutions_on_one_thread_match_pytorch_dispatch(tiny):
 
 
 def test_missing_private_onednn_op_falls_back_to_pytorch_dispatch(tiny, monkeypatch):
-    import bitcli.engine
+    import bitcli.engine.native
     from bitcli.model import StdConv2d
 
     def broken(x, conv):
         raise RuntimeError("no such op")
 
-    monkeypatch.setattr(bitcli.engine, "onednn_conv", broken)
+    monkeypatch.setattr(bitcli.engine.native, "onednn_conv", broken)
     directory, _ = tiny
-    model = load_model(directory).model
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # where the engine would take the direct call
+    try:
+        model = load_model(directory).model
+    finally:
+        torch.set_num_threads(threads)
     assert not any(m.onednn for m in model.modules() if isinstance(m, StdConv2d))
-    assert model.bit.chunk_bytes == DEFAULT_CHUNK_BYTES
+    assert model.bit.chunk_bytes == slicing_budget()
+
+
+def test_the_off_switch_keeps_every_private_op_unused(tiny, monkeypatch):
+    import bitcli.engine.native
+    from bitcli.engine.native import bf16_supported
+    from bitcli.model import StdConv2d
+
+    def private(*args, **kwargs):
+        raise AssertionError("a private torch op was called")
+
+    monkeypatch.setenv("BIT_TORCH_PRIVATE_OPS", "0")
+    monkeypatch.setattr(bitcli.engine.native, "onednn_conv", private)
+    directory, reference = tiny
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = load_model(directory).model
+        assert not any(m.onednn for m in model.modules() if isinstance(m, StdConv2d))
+        outputs(model, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
+    finally:
+        torch.set_num_threads(threads)
+    assert bf16_supported() is False
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ def faults(mode: str, env: dict | None = None) -> int:
     return int(result.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
 def test_freed_activations_stay_mapped():
     plain, kept = faults("plain"), faults("keep")
@@ -38,6 +39,7 @@ def test_freed_activations_stay_mapped():
     assert kept < 100  # the same pages reused (0 here)
 
 
+@pytest.mark.slow
 def test_user_settings_win(monkeypatch):
     from bitcli.engine.allocator import keep_freed_memory
 

@@ -80,6 +80,7 @@ def photos(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_classify_21k_npz_prints_imagenet_21k_words(npz_21k, photos):
     result = run(["classify", photos, "-m", npz_21k, "--format", "jsonl", "--top-k", "3"])
     assert result.exit_code == 0, result.stderr
@@ -146,6 +147,7 @@ def test_models_lists_the_timm_family():
     assert len(family) == 15
 
 
+@pytest.mark.slow
 def test_alias_downloads_a_timm_repo_and_classifies(timm_ckpt, photos, monkeypatch):
     from hubserver import FakeHub
 

@@ -97,6 +97,7 @@ def assert_one_line(error: Exception, *fragments: str) -> None:
 # --------------------------------------------------------------------------- download, cache, offline
 
 
+@pytest.mark.slow
 def test_first_run_downloads_into_standard_cache_then_classifies(fake_hub, ckpt):
     sha = fake_hub.add_commit(REPO, ckpt["safetensors"])
     resolved = resolve_model(REPO)
@@ -282,6 +283,7 @@ def test_private_repository_looks_missing_and_mentions_hf_token(fake_hub, ckpt):
     assert_one_line(caught.value, REPO, "HF_TOKEN")
 
 
+@pytest.mark.slow
 def test_dropped_connection_is_retried_within_the_run(fake_hub, ckpt):
     fake_hub.add_commit(REPO, ckpt["safetensors"])
     fake_hub.scripts["model.safetensors"] = ["drop"]
@@ -290,6 +292,7 @@ def test_dropped_connection_is_retried_within_the_run(fake_hub, ckpt):
     torch.testing.assert_close(logits_of(resolved, ckpt["pixels"]), ckpt["logits"])
 
 
+@pytest.mark.slow
 def test_large_download_cut_half_way_resumes_from_a_range(fake_hub, ckpt):
     # huggingface_hub writes 10 MiB chunks: past the first chunk, a cut resumes with `Range`.
     weights = torch.randint(0, 256, (24 * 2**20,), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
@@ -303,6 +306,7 @@ def test_large_download_cut_half_way_resumes_from_a_range(fake_hub, ckpt):
     assert (resolved.path / "model.safetensors").read_bytes() == files["model.safetensors"]
 
 
+@pytest.mark.slow
 def test_failed_download_leaves_nothing_loadable_and_next_run_restarts(fake_hub, ckpt):
     fake_hub.add_commit(REPO, ckpt["safetensors"])
     fake_hub.scripts["model.safetensors"] = ["drop", 503]  # cut half-way, then the hub is down

@@ -55,6 +55,7 @@ def checkpoint_pair(request, tmp_path_factory):
     return directory, reference, size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_matches_transformers(checkpoint_pair, batch_size):
     directory, reference, (height, width) = checkpoint_pair
@@ -124,6 +125,7 @@ def test_standardization_runs_in_float32_for_half_checkpoints(tmp_path):
     assert torch.isfinite(standardized).all()
 
 
+@pytest.mark.slow
 def test_parameter_count_matches_transformers(tmp_path):
     reference = save_reference_checkpoint(tmp_path, num_labels=1000)
     loaded = load_model(tmp_path)

@@ -42,6 +42,7 @@ def reference_outputs(ckpt, paths):
     return out.logits.softmax(-1).numpy(), pooled.numpy()
 
 
+@pytest.mark.slow
 def test_classify_matches_transformers(ckpt, photos, model):
     paths = [str(p) for p in sorted(photos.glob("img*.png"))]
     probs, _ = reference_outputs(ckpt, paths)

@@ -55,6 +55,7 @@ def assert_matches_reference(ours: torch.Tensor, reference: torch.Tensor) -> Non
     assert (ours - reference).abs().max().item() <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))
 def test_zoo_matches_reference(zoo, references, config_name):
     cfg = PreprocessConfig.from_dict(CONFIGS[config_name])
@@ -75,6 +76,7 @@ def test_sample_photos_match_reference(references, config_name):
         )
 
 
+@pytest.mark.slow
 def test_large_rotated_photo_matches_reference(tmp_path, references):
     path = write_large_photo(tmp_path / "large.jpg")
     image = open_image(path)

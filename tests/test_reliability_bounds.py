@@ -57,6 +57,7 @@ def thin(path, width, height, seed=0):
 # -- 5. extreme aspect ratios ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(1, 20000), (20000, 1)], ids=["tall", "wide"])
 def test_an_extreme_aspect_ratio_neither_blows_memory_nor_stops_the_batch(ckpt448, photos, tmp_path, size):
     odd = thin(tmp_path / "thin.png", *size)
@@ -67,6 +68,7 @@ def test_an_extreme_aspect_ratio_neither_blows_memory_nor_stops_the_batch(ckpt44
     assert all(r.get("predictions") for r in records), records
 
 
+@pytest.mark.slow
 def test_a_resize_over_the_pixel_limit_without_a_crop_is_one_failed_input(ckpt, photos, tmp_path):
     model = tmp_path / "nocrop"
     shutil.copytree(ckpt, model)
@@ -103,18 +105,21 @@ def test_resizing_only_the_crop_gives_the_reference_pixels(size, resample):
 # -- 6. every file read whole has a cap ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_labels_file_that_never_ends_is_a_usage_error(ckpt, photos, tmp_path):
     zero = make_device(tmp_path / "zero", ZERO_DEVICE)
     result = bit("classify", photos / "img00.png", "-m", ckpt, "--labels", zero, cwd=tmp_path)
     assert_one_error_line(result, 2, "--labels", str(zero))
 
 
+@pytest.mark.slow
 def test_a_labels_file_too_large_is_a_usage_error(ckpt, photos, tmp_path):
     huge = sparse_file(tmp_path / "labels.txt", HUGE)
     result = bit("classify", photos / "img00.png", "-m", ckpt, "--labels", huge, cwd=tmp_path)
     assert_one_error_line(result, 2, "--labels", "labels.txt")
 
 
+@pytest.mark.slow
 def test_stdin_that_never_ends_is_a_usage_error(ckpt, tmp_path):
     zero = make_device(tmp_path / "zero", ZERO_DEVICE)
     with open(zero, "rb") as stdin:
@@ -122,12 +127,14 @@ def test_stdin_that_never_ends_is_a_usage_error(ckpt, tmp_path):
     assert_one_error_line(result, 2, "stdin")
 
 
+@pytest.mark.slow
 def test_a_stdin_line_too_long_for_a_path_is_a_usage_error(ckpt, photos, tmp_path):
     lines = b"a" * (16 << 20) + b"\n" + str(photos / "img00.png").encode() + b"\n"
     result = bit("classify", "-", "-m", ckpt, cwd=tmp_path, input=lines)
     assert_one_error_line(result, 2, "stdin")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["config.json", "preprocessor_config.json"])
 def test_a_config_too_large_is_a_model_error(ckpt, photos, tmp_path, name):
     model = tmp_path / "model"
@@ -138,6 +145,7 @@ def test_a_config_too_large_is_a_model_error(ckpt, photos, tmp_path, name):
     assert_one_error_line(result, 3, name)
 
 
+@pytest.mark.slow
 def test_a_journal_too_large_is_refused_or_repaired_never_read_whole(ckpt, photos, tmp_path, monkeypatch):
     from test_reliability_outputs import _interrupted_run
 
@@ -153,6 +161,7 @@ def test_a_journal_too_large_is_refused_or_repaired_never_read_whole(ckpt, photo
         assert np.load(tmp_path / "o.npy").shape == (2, 32)
 
 
+@pytest.mark.slow
 def test_an_npz_that_claims_more_than_it_holds_is_a_model_error(photos, tmp_path):
     """numpy allocates a `.npy` member's declared shape before reading it: 40 GB for 100 bytes."""
     import io

@@ -52,6 +52,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api, download", CASES)
 def test_a_misbehaving_hub_is_a_model_error_when_nothing_is_cached(ckpt, photo, tmp_path, api, download):
     hub = BadHub(REPO, ckpt, api=api, download=download).start()
@@ -63,6 +64,7 @@ def test_a_misbehaving_hub_is_a_model_error_when_nothing_is_cached(ckpt, photo, 
     assert result.stdout == b""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api", ["trickle", "garbage", "no-sha", "redirect"])
 def test_a_misbehaving_hub_falls_back_to_the_cached_model(ckpt, photo, tmp_path, api):
     cache_the_model(ckpt, tmp_path)
@@ -75,6 +77,7 @@ def test_a_misbehaving_hub_falls_back_to_the_cached_model(ckpt, photo, tmp_path,
     assert b'"predictions"' in result.stdout
 
 
+@pytest.mark.slow
 def test_the_deadline_is_named_in_the_message(ckpt, photo, tmp_path):
     hub = BadHub(REPO, ckpt, api="trickle").start()
     try:
@@ -84,7 +87,44 @@ def test_the_deadline_is_named_in_the_message(ckpt, photo, tmp_path):
     assert_one_error_line(result, 3, "BIT_HUB_TIMEOUT")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "-1", "soon"])
 def test_a_bad_deadline_is_a_usage_error(photo, tmp_path, value):
     result = bit("classify", photo, "-m", REPO, cwd=tmp_path, env=bit_env(BIT_HUB_TIMEOUT=value))
     assert_one_error_line(result, 2, "BIT_HUB_TIMEOUT")
+
+
+# -- the deadline itself (bitcli/hub/deadline.py) -------------------------------------------------------
+
+
+def test_an_operation_that_keeps_moving_outlives_the_deadline():
+    import time
+
+    from bitcli.hub.deadline import Deadline, bounded
+
+    deadline = Deadline(2.0)
+
+    def download() -> str:
+        for _ in range(6):  # 3 s in all, more than one period, moving every 0.5 s
+            time.sleep(0.5)
+            deadline.moved()
+        return "done"
+
+    assert bounded(download, deadline) == "done"
+
+
+def test_an_operation_that_stalls_ends_in_hub_timeout_and_errors_reach_the_caller():
+    import threading
+
+    from bitcli.hub.deadline import Deadline, HubTimeout, bounded
+
+    never = threading.Event()
+    with pytest.raises(HubTimeout, match="BIT_HUB_TIMEOUT"):
+        bounded(lambda: never.wait(60), Deadline(0.2))
+    never.set()
+
+    def broken() -> None:
+        raise ValueError("not JSON")
+
+    with pytest.raises(ValueError, match="not JSON"):
+        bounded(broken, Deadline(30))

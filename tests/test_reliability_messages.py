@@ -54,6 +54,7 @@ def strict_json(line: str):
 # -- 9. NUL-separated paths on stdin -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_nul_separated_stdin_with_dash_zero(ckpt, photos, tmp_path):
     odd = tmp_path / "a b\tc.png"
     shutil.copy(photos / "img00.png", odd)
@@ -70,6 +71,7 @@ def test_nul_separated_stdin_with_dash_zero(ckpt, photos, tmp_path):
     assert long.returncode == 0, error_lines(long)
 
 
+@pytest.mark.slow
 def test_a_nul_on_stdin_without_dash_zero_is_a_usage_error(ckpt, photos, tmp_path):
     listing = f"{photos / 'img00.png'}\0{photos / 'img01.png'}\0".encode()
     result = bit("classify", "-", "-m", ckpt, cwd=tmp_path, input=listing)
@@ -77,6 +79,7 @@ def test_a_nul_on_stdin_without_dash_zero_is_a_usage_error(ckpt, photos, tmp_pat
     assert result.stdout == b""
 
 
+@pytest.mark.slow
 def test_non_utf8_names_on_stdin_are_paths_like_any_other(ckpt, photos, tmp_path):
     name = tmp_path.as_posix().encode() + b"/caf\xe9.png"
     with open(name, "wb") as fh:
@@ -89,6 +92,7 @@ def test_non_utf8_names_on_stdin_are_paths_like_any_other(ckpt, photos, tmp_path
 # -- 10. malformed config fields are model errors ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_id2label_as_a_list_names_the_classes(ckpt, photos, tmp_path):
     names = [f"kind {i}" for i in range(len(LABELS))]
     model = edited(ckpt, tmp_path, config={"id2label": names})
@@ -97,6 +101,7 @@ def test_id2label_as_a_list_names_the_classes(ckpt, photos, tmp_path):
     assert {p["label"] for p in jsonl(text(result.stdout))[0]["predictions"]} == set(names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fields, name",
     [
@@ -127,6 +132,7 @@ def _poison(key_part: str, value: float):
     return change
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_non_finite_weights_are_refused_at_load(ckpt, photos, tmp_path, value):
     model = edited(ckpt, tmp_path, weights=_poison("conv", value))
@@ -136,6 +142,7 @@ def test_non_finite_weights_are_refused_at_load(ckpt, photos, tmp_path, value):
     assert not (tmp_path / "o.npy").exists() and not (tmp_path / "o.npy.partial").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field, value", [("ws_eps", math.nan), ("ws_eps", 0.0), ("ws_eps", -1e-8), ("ws_eps", math.inf)])
 def test_a_non_finite_or_non_positive_eps_is_refused_at_load(ckpt, photos, tmp_path, field, value):
     model = edited(ckpt, tmp_path, config={field: value})
@@ -150,6 +157,7 @@ def _overflowing_head(tensors):
     return tensors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "csv"])
 def test_non_finite_scores_are_a_failed_input_and_the_output_stays_valid(ckpt, photos, tmp_path, fmt):
     model = edited(ckpt, tmp_path, weights=_overflowing_head)
@@ -166,6 +174,7 @@ def test_non_finite_scores_are_a_failed_input_and_the_output_stays_valid(ckpt, p
     assert [line for line in error_lines(result) if "non-finite" in line or "NaN" in line]
 
 
+@pytest.mark.slow
 def test_non_finite_embeddings_are_failed_inputs(ckpt, photos, tmp_path):
     def overflow(tensors):
         key = next(k for k in sorted(tensors) if k.startswith("bit.norm") and k.endswith("weight"))
@@ -183,6 +192,7 @@ def test_non_finite_embeddings_are_failed_inputs(ckpt, photos, tmp_path):
 # -- 13. weights of a type that cannot be converted without loss ------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["int8", "bool", "complex64"])
 def test_weights_of_a_non_float_type_are_refused_in_one_line(ckpt, photos, tmp_path, dtype):
     import torch
@@ -197,6 +207,7 @@ def test_weights_of_a_non_float_type_are_refused_in_one_line(ckpt, photos, tmp_p
     assert_one_error_line(result, 3, dtype)  # one line: no library warning before it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
 def test_weights_of_other_float_types_still_load(ckpt, photos, tmp_path, dtype):
     import torch
@@ -207,6 +218,7 @@ def test_weights_of_other_float_types_still_load(ckpt, photos, tmp_path, dtype):
     assert error_lines(result) == []
 
 
+@pytest.mark.slow
 def test_an_empty_input_list_succeeds_with_a_warning(ckpt, tmp_path):
     result = bit("classify", "-", "-m", ckpt, "-f", "jsonl", cwd=tmp_path, input=b"")
     assert result.returncode == 0
@@ -217,6 +229,7 @@ def test_an_empty_input_list_succeeds_with_a_warning(ckpt, tmp_path):
     assert np.load(tmp_path / "o.npy").shape == (0, 32)
 
 
+@pytest.mark.slow
 def test_python_warnings_never_add_lines_to_the_output(ckpt, photos, tmp_path):
     """A library warning (here numpy's, from a preprocessing config that divides by zero) is not a
     bitcli message: the run prints its one error line, nothing else."""

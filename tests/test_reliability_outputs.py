@@ -83,6 +83,7 @@ def _assert_untouched(tmp_path: Path, path: Path, before: dict) -> None:
 ROLES = {"out": "o.npy", "manifest": "rows.txt", "errors": "o.errors.txt", "meta": "o.meta.json", "files": "o.files.jsonl"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "chardev", "link-to-file", "link-to-device"])
 @pytest.mark.parametrize("role", sorted(ROLES))
 def test_overwrite_never_replaces_what_is_not_a_regular_file(ckpt, photos, tmp_path, role, kind):
@@ -96,6 +97,7 @@ def test_overwrite_never_replaces_what_is_not_a_regular_file(ckpt, photos, tmp_p
     assert not (tmp_path / "o.npy.partial").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failures", [True, False])
 def test_a_special_file_where_the_error_list_goes_is_refused_without_overwrite_too(ckpt, photos, tmp_path, failures):
     os.mkfifo(tmp_path / "o.errors.txt")
@@ -106,6 +108,7 @@ def test_a_special_file_where_the_error_list_goes_is_refused_without_overwrite_t
     assert not (tmp_path / "o.npy").exists()
 
 
+@pytest.mark.slow
 def test_an_existing_error_list_needs_overwrite_like_the_other_outputs(ckpt, photos, tmp_path):
     (tmp_path / "o.errors.txt").write_bytes(b"precious")
     result = embed(ckpt, photos, "-o", "o.npy", cwd=tmp_path)
@@ -113,6 +116,7 @@ def test_an_existing_error_list_needs_overwrite_like_the_other_outputs(ckpt, pho
     assert (tmp_path / "o.errors.txt").read_bytes() == b"precious"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["foreign-folder", "link-to-folder", "regular-file"])
 def test_overwrite_discards_only_a_partial_folder_bitcli_made(ckpt, photos, tmp_path, shape):
     partial = tmp_path / "o.npy.partial"
@@ -140,6 +144,7 @@ def test_overwrite_discards_only_a_partial_folder_bitcli_made(ckpt, photos, tmp_
 # -- 4. no output inside the partial folder (it is deleted when the run ends) -----------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("manifest", ["o.npy.partial/rows.txt", "sub/../o.npy.partial/rows.txt", "linked/rows.txt"])
 def test_a_manifest_inside_the_partial_folder_is_refused(ckpt, photos, tmp_path, manifest):
     (tmp_path / "sub").mkdir()
@@ -160,6 +165,7 @@ def _name_max(directory: Path) -> int:
         return 255
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["output", "manifest"])
 def test_a_name_too_long_for_its_siblings_is_a_usage_error(ckpt, photos, tmp_path, which):
     limit = _name_max(tmp_path)
@@ -196,6 +202,7 @@ def _interrupted_run(ckpt, photos, out: Path, monkeypatch) -> None:
     assert Path(f"{out}.partial").is_dir()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lost", ["data.npy", "journal.jsonl", "state.json"])
 def test_a_damaged_partial_run_says_what_is_wrong_and_how_to_start_again(ckpt, photos, tmp_path, monkeypatch, lost):
     _interrupted_run(ckpt, photos, tmp_path / "o.npy", monkeypatch)
@@ -211,6 +218,7 @@ def test_a_damaged_partial_run_says_what_is_wrong_and_how_to_start_again(ckpt, p
 # -- 12. a failed write names the file that could not be written ------------------------------
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_the_error_list_names_the_error_list(ckpt, photos, tmp_path):
     from relhelpers import fill_leaving, small_tmpfs
 
@@ -235,6 +243,7 @@ def test_a_full_disk_while_writing_the_error_list_names_the_error_list(ckpt, pho
 # -- 13. --resume of a finished output checks it like an unfinished one ----------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["--normalize", "float16", "other-model"])
 def test_resume_of_a_finished_output_refuses_other_settings(ckpt, photos, tmp_path, change):
     assert embed(ckpt, photos, "-o", "o.npy", cwd=tmp_path).returncode == 1
@@ -254,6 +263,7 @@ def test_resume_of_a_finished_output_refuses_other_settings(ckpt, photos, tmp_pa
     assert (tmp_path / "o.npy").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_output_exits_as_the_run_did(ckpt, photos, tmp_path):
     first = embed(ckpt, photos, "-o", "o.npy", cwd=tmp_path)
     assert first.returncode == 1  # bad.png failed
@@ -262,6 +272,7 @@ def test_resume_of_a_finished_output_exits_as_the_run_did(ckpt, photos, tmp_path
     assert "already complete" in text(again.stderr)
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_output_whose_files_changed_is_refused(ckpt, photos, tmp_path):
     assert embed(ckpt, photos, "-o", "o.npy", cwd=tmp_path).returncode == 1
     np.save(tmp_path / "o.npy", np.zeros((5, 32), np.float32))  # someone replaced the array
@@ -275,6 +286,7 @@ def _store():
     return store
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_is_told_another_run_holds_it(ckpt, photos, tmp_path):
     store = _store()
     paths = store.EmbedPaths.for_output(tmp_path / "o.npy")
@@ -358,6 +370,7 @@ def _check_one_set(directory: Path, old: tuple, new: tuple, where: str) -> None:
     assert_one_set(directory, old, new, where, lambda: _touch(directory / "out.npy"))
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_step_of_an_overwrite_leaves_one_set(tmp_path):
     old, new = _reference(tmp_path, "ref-old", OLD_INPUTS), _reference(tmp_path, "ref-new", NEW_INPUTS)
     assert old[2] is not None and new[2] is None  # the old set has an error list, the new one none
@@ -380,6 +393,7 @@ def test_a_kill_at_any_step_of_an_overwrite_leaves_one_set(tmp_path):
         assert_no_litter(directory)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(6))
 def test_kills_during_recovery_still_leave_one_set(tmp_path, seed):
     rng = random.Random(seed)

@@ -32,6 +32,7 @@ def many(photos):
     return [photos / "img00.png", photos / "img01.png"] * (ROWS // 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unbuffered", ["1", ""])
 def test_embed_to_a_stdout_that_fills_up_fails_and_writes_no_manifest(ckpt, photos, tmp_path, unbuffered):
     with small_tmpfs(tmp_path / "full") as full:
@@ -43,6 +44,7 @@ def test_embed_to_a_stdout_that_fills_up_fails_and_writes_no_manifest(ckpt, phot
         assert not (tmp_path / "m.txt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
 def test_classify_to_a_stdout_that_fills_up_fails(ckpt, photos, tmp_path, fmt):
     with small_tmpfs(tmp_path / "full") as full:
@@ -80,6 +82,7 @@ def _closed_early(command: list, tmp_path, *, read: int = 10):
     return result, bytes(got)
 
 
+@pytest.mark.slow
 def test_embed_to_a_pipe_closed_early_exits_141(ckpt, photos, tmp_path):
     result, got = _closed_early(["embed", *many(photos), "-o", "-", "--manifest", tmp_path / "m.txt", "-m", ckpt], tmp_path)
     assert got.startswith(b"\x93NUMPY")
@@ -88,12 +91,14 @@ def test_embed_to_a_pipe_closed_early_exits_141(ckpt, photos, tmp_path):
     assert not (tmp_path / "m.txt").exists()
 
 
+@pytest.mark.slow
 def test_classify_to_a_pipe_closed_early_exits_141(ckpt, photos, tmp_path):
     result, got = _closed_early(["classify", *many(photos), "-f", "json", "-m", ckpt], tmp_path)
     assert got.startswith(b"[")
     assert result.returncode == 141, error_lines(result)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [

@@ -75,6 +75,7 @@ def test_shapes_are_the_state_dict(name):
     assert count_parameters(shapes) == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_macs_are_the_hooked_forward_pass(name):
     kwargs, size = CONFIGS[name]

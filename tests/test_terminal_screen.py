@@ -81,6 +81,7 @@ def assert_summary(run, done: int, failed: int) -> None:
 # -- classify, one table per image --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_one_image_a_table_and_a_summary(model, place, columns):
     run = classify_on_screen(model, place, "six/img00.png", columns=columns)
@@ -95,6 +96,7 @@ def test_one_image_a_table_and_a_summary(model, place, columns):
     assert run.lines[-1].startswith("1 image, 0 failed, ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_two_images_two_tables(model, place, columns):
     run = classify_on_screen(model, place, "six/img00.png", "six/img01.png", columns=columns)
@@ -105,6 +107,7 @@ def test_two_images_two_tables(model, place, columns):
     assert_summary(run, 2, 0)
 
 
+@pytest.mark.slow
 def test_a_failed_image_in_a_per_image_table_is_one_line(model, place):
     run = classify_on_screen(model, place, "six/broken.jpg", "six/img00.png", columns=80)
     assert run.exit_code == 1, run.text
@@ -118,6 +121,7 @@ def test_a_failed_image_in_a_per_image_table_is_one_line(model, place):
 # -- classify, the compact table ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_folder_of_six_with_a_broken_file(model, place, columns):
     run = classify_on_screen(model, place, "six/", columns=columns)
@@ -141,6 +145,7 @@ def test_folder_of_six_with_a_broken_file(model, place, columns):
     assert_summary(run, 6, 1)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_rows(model, place):
     def some_rows(lines: list[str]) -> bool:
         return sum(bool(re.match(r"fifty/img0\d\.png .*%", line)) for line in lines) >= 4
@@ -158,6 +163,7 @@ def test_ctrl_c_keeps_the_finished_rows(model, place):
     assert any("interrupted" in line for line in run.lines)
 
 
+@pytest.mark.slow
 def test_quiet_shows_the_table_and_errors_only(model, place):
     run = classify_on_screen(model, place, "six/", "--quiet", columns=80)
     assert run.exit_code == 1, run.text
@@ -167,6 +173,7 @@ def test_quiet_shows_the_table_and_errors_only(model, place):
     assert any(line.startswith("error: six/broken.jpg") for line in run.lines)
 
 
+@pytest.mark.slow
 def test_no_color_means_no_colour(model, place):
     coloured = classify_on_screen(model, place, "six/", columns=80)
     plain = classify_on_screen(model, place, "six/", columns=80, env={"NO_COLOR": "1"})
@@ -176,6 +183,7 @@ def test_no_color_means_no_colour(model, place):
     assert_summary(plain, 6, 1)
 
 
+@pytest.mark.slow
 def test_data_to_a_file_messages_to_the_terminal(model, place, tmp_path):
     """stdout redirected, stderr on the terminal: the data is byte-for-byte a pipe's."""
     run = classify_on_screen(model, place, "six/", columns=80, stdout_path=tmp_path / "out.jsonl")
@@ -194,6 +202,7 @@ def test_data_to_a_file_messages_to_the_terminal(model, place, tmp_path):
 # -- embed --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_embed_progress_errors_and_summary(model, place, columns, tmp_path):
     out = tmp_path / "vectors.npy"
@@ -206,6 +215,7 @@ def test_embed_progress_errors_and_summary(model, place, columns, tmp_path):
     assert_summary(run, 6, 1)
 
 
+@pytest.mark.slow
 def test_embed_quiet_prints_only_the_error(model, place, tmp_path):
     run = run_on_screen(["embed", "six/", "-o", tmp_path / "v.npy", "-m", model, "-q"], columns=80, cwd=place)
     assert run.exit_code == 1

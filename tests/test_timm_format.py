@@ -123,6 +123,7 @@ def test_timm_label_names_become_id2label():
         bit_config_from_timm(data)
 
 
+@pytest.mark.slow
 def test_config_folds_width_into_hidden_sizes_so_transformers_builds_it():
     """transformers sizes its final norm from hidden_sizes[-1] alone; width_factor > 1 breaks it."""
     import transformers
@@ -219,6 +220,7 @@ def write_timm_checkpoint(directory, config_data: dict, canonical: dict[str, tor
     (directory / "config.json").write_text(json.dumps(config_data), encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_timm_directory_loads_with_its_preprocessing(tmp_path):
     data = timm_config("resnetv2_50x1_bit", num_classes=21843, input_size=[3, 448, 448], crop_pct=1.0)
     data["model_args"] = {"layers": [1, 1, 1, 1]}

@@ -46,6 +46,7 @@ def test_figures_from_predictions():
     assert score(["a", "b"], [0, 1], np.array([0, 1]), np.array([[0, 1], [0, 1]]), num_labels=2).top5 is None
 
 
+@pytest.mark.slow
 def test_evaluation_of_a_trained_folder_agrees_with_its_report(tmp_path, tmp_path_factory):
     photos = write_folder(tmp_path / "photos", {"cat": 6, "dog": 6, "owl": 6}, size=36)
     base = str(shared(tmp_path_factory, "tiny-ckpt", make_checkpoint))

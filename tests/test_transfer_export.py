@@ -46,6 +46,7 @@ def _logits_agree(outdir, x):
     return got
 
 
+@pytest.mark.slow
 def test_linear_outdir_is_a_classifier_of_the_users_classes(photos, tmp_path, tmp_path_factory):
     base = shared(tmp_path_factory, "tiny-ckpt", make_checkpoint)
     result = train(photos, tmp_path / "out", base=str(base), options=TrainOptions(device="cpu", val=photos))
@@ -65,6 +66,7 @@ def test_linear_outdir_is_a_classifier_of_the_users_classes(photos, tmp_path, tm
     assert bitcli.load(str(out), device="cpu").preprocess == PreprocessConfig.load(base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["timm", "npz", "transformers"])
 def test_finetuned_weights_export_exactly(kind, photos, tmp_path):
     if kind == "timm":

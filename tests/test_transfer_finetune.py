@@ -37,6 +37,7 @@ def _run(base, data, state_dir=None, **options):
     return tuner, tuner.run
 
 
+@pytest.mark.slow
 def test_finetuning_lowers_the_loss_and_beats_chance_on_digits(tmp_path_factory):
     root = shared(tmp_path_factory, "digits60", lambda p: write_digits(p, per_class=60))
     base = load_base(str(shared(tmp_path_factory, "trainable-wide", lambda p: make_trainable_checkpoint(p, hidden_sizes=WIDE))))

@@ -44,6 +44,7 @@ def _sklearn(x, y, c):
     return lambda rows: model.predict(scaler(rows))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", [1.0, 0.05])
 def test_probe_equals_sklearn_logistic_regression(digit_features, c):
     x, y, xt, yt = digit_features
@@ -56,6 +57,7 @@ def test_probe_equals_sklearn_logistic_regression(digit_features, c):
     assert (ours_pred == yt).mean() > 0.3  # random-weight features, but far above chance (0.1)
 
 
+@pytest.mark.slow
 def test_chosen_regularization_is_as_good_as_sklearn_at_that_strength(digit_features):
     x, y, xt, yt = digit_features
     x, y = x[::3], y[::3]  # 140 rows: 5 folds x 7 strengths stay quick

@@ -25,6 +25,7 @@ def setup(tmp_path, tmp_path_factory):
     return base, write_folder(tmp_path / "photos", {"a": 5, "b": 5}, size=30), tmp_path / "out"
 
 
+@pytest.mark.slow
 def test_finetune_writes_report_and_cleans_its_state(setup):
     base, photos, out = setup
     stages = []

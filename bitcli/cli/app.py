@@ -3,7 +3,7 @@
 Each command lives in its own file (`classify.py`, `embed.py`, `info.py` for inspect / download /
 models); a command function returns an exit code and raises `BitError`s. `guarded` below is the
 one place that turns an outcome into at most one line on stderr and an exit code (docs/usage.md
-lists the codes). A new command: a file with its function and `EPILOG`, one `register` line here.
+lists the codes); `run` does the same for Click's own errors about the command line. A new command: a file with its function and `EPILOG`, one `register` line here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from bitcli.cli import classify, combine, dedup, embed, info, search, serve, train
+from bitcli.cli import classify, combine, dedup, embed, info, process, search, serve, train
 from bitcli.cli import eval as eval_cmd
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
@@ -26,13 +26,12 @@ from bitcli.cli.common import (
     EXIT_SOME_FAILED,
     Ui,
 )
-from bitcli.cli.helpscreen import BitCommand, BitGroup, epilog
+from bitcli.cli.helpscreen import epilog
 from bitcli.cli.streams import checked_stdout
 from bitcli.errors import BitError
 
 app = typer.Typer(
     name="bit",
-    cls=BitGroup,
     help="Classify and embed images with Big Transfer (BiT) models.\n\n"
     + epilog(
         "bit classify cat.jpg",
@@ -69,15 +68,13 @@ def _package_version() -> str:
 @app.callback()
 def root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, metavar="", help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Classify and embed images with Big Transfer (BiT) models."""
     _tolerant_streams()
     checked_stdout()
-    # Downloads over plain HTTP, where BIT_HUB_TIMEOUT bounds every request (hf_xet's transfers
-    # run outside it); HF_HUB_DISABLE_XET=0 opts back in. huggingface_hub reads it at import.
-    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+    process.before_the_hub()
 
 
 def _tolerant_streams() -> None:
@@ -129,7 +126,7 @@ def guarded(command: Callable[..., int]) -> Callable[..., None]:
 
 
 def register(command: Callable[..., int], examples: str, name: str | None = None) -> None:
-    app.command(name=name, cls=BitCommand, epilog=examples)(guarded(command))
+    app.command(name=name, epilog=examples)(guarded(command))
 
 
 register(classify.classify, classify.EPILOG)
@@ -145,50 +142,6 @@ register(eval_cmd.eval_command, eval_cmd.EPILOG, name="eval")
 register(serve.serve, serve.EPILOG)
 
 
-def settle_openmp() -> None:
-    """Before torch loads its OpenMP runtime: where other work is running right now, let idle
-    OpenMP threads sleep instead of spinning.
-
-    torch runs each operation's threads under GNU OpenMP, whose idle threads spin at every
-    barrier. Alone on the machine that is the fastest (sleeping measured 10-20% slower on the
-    2-core development machine). But with one more busy process than CPUs, the spinning thread
-    holds a CPU its partner needs and every one of a forward pass's ~500 parallel regions waits
-    out a scheduler time slice: a 448 px image took 3.8 s instead of 0.36 s there beside one
-    busy process. So: sleep (OMP_WAIT_POLICY=PASSIVE) when other processes are running now
-    (/proc/stat's procs_running, sampled three times over 10 ms: the load average would count
-    a `bit` that just finished). A value the user set wins; Ray workers of a local cluster
-    inherit what the driver chose.
-    """
-    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
-        return
-    import time
-
-    samples = []
-    for _ in range(3):
-        samples.append(running_now())
-        time.sleep(0.004)
-    if others_running(samples):
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-
-def others_running(samples: list[int | None]) -> bool:
-    """Whether the median sample of runnable tasks (this process among them) shows another one."""
-    known = sorted(s for s in samples if s is not None)
-    return bool(known) and known[len(known) // 2] > 1
-
-
-def running_now(path: str = "/proc/stat") -> int | None:
-    """Tasks running or runnable on the whole machine now (Linux), or None where unknown."""
-    try:
-        with open(path, "rb") as stat:
-            for line in stat.read(1 << 16).splitlines():
-                if line.startswith(b"procs_running "):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _silence_stdout() -> None:
     """After EPIPE, point stdout at /dev/null so Python's exit-time flush does not fail again."""
     try:
@@ -200,13 +153,33 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`bit`)."""
-    settle_openmp()
+    process.before_torch()
+    _exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run `bit` with `argv` and return its exit code. Click's own errors (an unknown option, a
+    value out of range, a missing argument) are one `error:` line and exit 2, like bitcli's."""
     try:
-        app(args=argv, prog_name="bit")
-        code = EXIT_OK
+        code = app(args=argv, prog_name="bit", standalone_mode=False)
+    except typer.TyperException as exc:  # Click's errors, as Typer exports them
+        if type(exc).__name__ != "NoArgsIsHelpError":  # `bit` alone: the help screen said it all
+            Ui().error(click_message(exc))
+        return exc.exit_code
+    except typer.Abort:  # end of input at a prompt
+        return EXIT_SOME_FAILED
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_SOME_FAILED)
-    _exit(code)
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_SOME_FAILED)
+    return code if isinstance(code, int) else EXIT_OK
+
+
+def click_message(exc: typer.TyperException) -> str:
+    """Click's message about a command line, as one line that says where the help is."""
+    message = " ".join(exc.format_message().split())
+    context = getattr(exc, "ctx", None)
+    if context is None:
+        return message
+    return f"{message.rstrip('.')} (see '{context.command_path} --help')"
 
 
 def _exit(code: int) -> None:

@@ -53,7 +53,7 @@ EPILOG = epilog(
 
 def classify(
     inputs: InputsArg,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, metavar="N", help="How many classes to show per image.")] = 5,
     format: Annotated[
         ClassifyFormat,
         typer.Option("--format", "-f", help="auto: table on a terminal, jsonl otherwise."),

@@ -8,11 +8,10 @@ imported inside the functions that need them, never at module level.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -106,14 +105,14 @@ PrecisionOpt = Annotated[
 ]
 BatchSizeOpt = Annotated[
     int,
-    typer.Option("--batch-size", min=1, help="Images per forward pass.", rich_help_panel="Model and runtime"),
+    typer.Option("--batch-size", min=1, metavar="N", help="Images per forward pass.", rich_help_panel="Model and runtime"),
 ]
 ThreadsOpt = Annotated[
     Optional[int],
     typer.Option(
         "--threads",
         min=1,
-        help="CPU threads for the model (torch intra-op) and for image decoding; default: all cores.",
+        metavar="N", help="CPU threads for the model (torch intra-op) and for image decoding; default: all cores.",
         rich_help_panel="Model and runtime",
     ),
 ]
@@ -135,7 +134,7 @@ FastJpegOpt = Annotated[
     bool,
     typer.Option(
         "--fast-jpeg",
-        help=(
+        metavar="", help=(
             "Decode large JPEGs at a reduced scale (1/2, 1/4 or 1/8, never below the model's input size): "
             "much faster for big photos, but not pixel-exact, so scores differ slightly."
         ),
@@ -145,9 +144,9 @@ FastJpegOpt = Annotated[
 
 
 QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress bar, warnings or summary; errors still print.", rich_help_panel="Messages")
+    bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar, warnings or summary; errors still print.", rich_help_panel="Messages")
 ]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", rich_help_panel="Messages")]
+DebugOpt = Annotated[bool, typer.Option("--debug", metavar="", help="Show full tracebacks.", rich_help_panel="Messages")]
 
 
 @dataclass
@@ -234,7 +233,11 @@ def run_options(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fast_jpeg: bool = False,
 ) -> RunOptions:
-    """The library's options for a run, from the shared command-line options (--max-pixels 0: no limit)."""
+    """The library's options for a run, from the shared command-line options (--max-pixels 0: no limit).
+
+    The values torch is not needed for are checked here, before it is imported: a bad --device
+    or BIT_HUB_TIMEOUT is a usage error at once."""
+    check_settings(device)
     return RunOptions(
         device=device,
         precision=precision.value,
@@ -245,23 +248,42 @@ def run_options(
     )
 
 
+def check_settings(device: str, model: str | None = None) -> None:
+    """What can be checked before torch is imported, checked: --device's form, BIT_HUB_TIMEOUT,
+    and the model reference's form (a missing path, a malformed hub id). A bad value then reports
+    as fast as `bit --help` runs."""
+    from bitcli.devices import parse_device
+    from bitcli.hub.deadline import hub_timeout
+
+    parse_device(device)
+    hub_timeout()
+    if model is not None:
+        from bitcli.hub import check_reference
+
+        check_reference(model)
+
+
 def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = None) -> Any:
-    """Set the thread count, then resolve and load the model; every failure is a ModelError (exit 3)."""
+    """Set the thread count, then resolve and load the model; every failure is a ModelError (exit 3).
+
+    A reference that cannot name a model (a missing path, a malformed hub id) fails before torch
+    is imported."""
     from bitcli import pipeline
 
+    check_settings(options.device, model)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)  # before loading: the engine picks the convolution path from it
     quiet_hub(ui)
-    from bitcli.engine.allocator import keep_freed_memory
+    from bitcli.cli.process import before_the_model
 
-    keep_freed_memory()  # this process is ours: freed activations stay mapped (engine/allocator.py)
+    before_the_model()
     loaded = pipeline.load(model, device=options.device, precision=options.precision, progress=ui.show_progress)
     if loaded.notice:
         ui.warn(loaded.notice)
     if loaded.precision == "bf16" and loaded.device.type == "cpu":
-        from bitcli.engine import bf16_supported
+        from bitcli.engine.native import bf16_supported
 
         if not bf16_supported():
             ui.warn("this CPU has no native bfloat16 arithmetic: --precision bf16 will be slower than fp32")
@@ -273,7 +295,7 @@ NullOpt = Annotated[
     typer.Option(
         "--null",
         "-0",
-        help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
+        metavar="", help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
         rich_help_panel="Images",
     ),
 ]

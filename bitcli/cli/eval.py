@@ -21,6 +21,7 @@ from bitcli.cli.common import (
     TableOrJson,
     ThreadsOpt,
     Ui,
+    check_settings,
     load_model,
     require_stdout,
     run_options,
@@ -57,6 +58,7 @@ def eval_command(
 
     ui = Ui(quiet=quiet, debug=debug)
     require_stdout("the evaluation")
+    check_settings(device, model)
     dataset = load_dataset(data)  # data errors before the model loads
     options = run_options(device, precision, batch_size, threads)
     loaded = load_model(model, options, ui, threads)

@@ -24,6 +24,7 @@ from bitcli.cli.common import (
     QuietOpt,
     ThreadsOpt,
     Ui,
+    check_settings,
     quiet_hub,
 )
 from bitcli.cli.helpscreen import epilog
@@ -60,11 +61,11 @@ def train(
     val: Annotated[Optional[str], typer.Option("--val", metavar="DATA2", help="Validation data (same forms as DATA).")] = None,
     val_split: Annotated[Optional[float], typer.Option("--val-split", metavar="F", help="Hold out this fraction of DATA, stratified.")] = None,
     shots: Annotated[Optional[int], typer.Option("--shots", metavar="K", help="Keep K training images per class (few-shot).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the split, --shots, the data order and augmentation.")] = 0,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="finetune: steps instead of the rule's 500/10k/20k.")] = None,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the split, --shots, the data order and augmentation.")] = 0,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, metavar="N", help="finetune: steps instead of the rule's 500/10k/20k.")] = None,
     batch_size: Annotated[
         Optional[int],
-        typer.Option("--batch-size", min=1, help="finetune: images per step (rule: 512, accumulated when it does not fit); linear: per forward pass (8)."),
+        typer.Option("--batch-size", min=1, metavar="N", help="finetune: images per step (rule: 512, accumulated when it does not fit); linear: per forward pass (8)."),
     ] = None,
     resolution: Annotated[
         Optional[int],
@@ -75,12 +76,13 @@ def train(
     checkpoint_minutes: Annotated[
         float, typer.Option("--checkpoint-minutes", min=0, metavar="M", help="finetune: save a resumable checkpoint every M minutes (0: every step).")
     ] = 5.0,
-    resume: Annotated[bool, typer.Option("--resume", help="finetune: continue an interrupted run into the same OUTDIR.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an OUTDIR bit train wrote (or discard an interrupted run).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar="", help="finetune: continue an interrupted run into the same OUTDIR.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an OUTDIR bit train wrote (or discard an interrupted run).")] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> int:
     """Train a classifier for your own classes on a BiT model (linear probe or fine-tuning)."""
+    check_settings(device, model)  # before the transfer package imports torch
     from bitcli.transfer import FinetuneOptions, TrainOptions
     from bitcli.transfer import train as run_training
 

@@ -9,8 +9,6 @@ picks for a batch size (tests/test_engine.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
@@ -24,32 +22,18 @@ class SlicedBackbone(BitBackbone):
     `chunk_bytes`; consecutive steps with one slice size run together. None: the whole batch.
     """
 
-    def __init__(
-        self,
-        backbone: BitBackbone,
-        chunk_bytes: int | str | None,
-        budget_for: Callable[[BitBackbone, Tensor], tuple[int, dict]] | None = None,
-    ):
+    def __init__(self, backbone: BitBackbone, chunk_bytes: int | None):
         nn.Module.__init__(self)  # adopt the built submodules; BitBackbone.__init__ would build new ones
         self.config = backbone.config
         self.embedder = backbone.embedder
         self.encoder = backbone.encoder
         self.norm = backbone.norm
-        # "auto": decided by `budget_for(self, batch)` at the first batch of two or more images
-        # (the engine passes calibration.chunk_bytes_for: remembered per machine, else
-        # measured, else estimated from the cache sizes).
         self.chunk_bytes = chunk_bytes
-        self.budget_for = budget_for
-        self.calibration: dict | None = None  # the record behind an "auto" budget
 
     def forward(self, x: Tensor) -> Tensor:
         batch = x.shape[0]
         if batch <= 1 or self.chunk_bytes is None:
             return super().forward(x)
-        if self.chunk_bytes == "auto":
-            if self.budget_for is None:
-                raise ValueError('chunk_bytes "auto" needs budget_for')
-            self.chunk_bytes, self.calibration = self.budget_for(self, x)
         steps = self.steps()
         sizes = [
             slice_size(batch, per_image, self.chunk_bytes)

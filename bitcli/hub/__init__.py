@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from bitcli.hub import zoo
 from bitcli.hub.cache import HubRef, HubSettings, ResolvedModel, hub_cache_dir, list_known_models
-from bitcli.hub.resolve import parse_hub_ref, resolve_model
+from bitcli.hub.resolve import check_reference, parse_hub_ref, resolve_model
 
 __all__ = [
-    "HubRef", "HubSettings", "ResolvedModel", "hub_cache_dir", "list_known_models", "parse_hub_ref",
+    "HubRef", "HubSettings", "ResolvedModel", "check_reference", "hub_cache_dir", "list_known_models", "parse_hub_ref",
     "resolve_model", "zoo",
 ]

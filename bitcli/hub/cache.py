@@ -161,10 +161,15 @@ def preprocessor_state_known(hub_ref: HubRef, config: Path, settings: HubSetting
             return True
     except (OSError, ValueError):
         return False
+    return cached_file(hub_ref, PREPROCESSOR_CONFIG, settings) is not None or known_absent(hub_ref, settings)
+
+
+def known_absent(hub_ref: HubRef, settings: HubSettings) -> bool:
+    """Whether huggingface_hub's cache records that the revision has no preprocessor config."""
     found = try_to_load_from_cache(
         hub_ref.repo_id, PREPROCESSOR_CONFIG, cache_dir=str(settings.cache_dir), revision=hub_ref.revision
     )
-    return found is not None  # a path, or huggingface_hub's "known not to exist" marker
+    return found is not None and not isinstance(found, str)  # its "known not to exist" marker
 
 
 def from_cache(ref: str, hub_ref: HubRef, settings: HubSettings) -> ResolvedModel | None:
@@ -233,39 +238,6 @@ def cache_shard_names(index_path: Path | None) -> list[str]:
         return shard_names(index_path)
     except CheckpointError:
         return []
-
-
-def storage_dir(settings: HubSettings, repo_id: str) -> Path:
-    return settings.cache_dir / ("models--" + repo_id.replace("/", "--"))
-
-
-def write_ref(settings: HubSettings, repo_id: str, revision: str, commit: str) -> None:
-    """Record `revision -> commit` in the cache's refs/ folder (the documented cache layout), atomically.
-
-    A read-only shared cache that already holds every file is fine: the ref is then left as it is.
-    """
-    if revision == commit:
-        return
-    ref_path = storage_dir(settings, repo_id) / "refs" / revision
-    try:
-        if ref_path.is_file() and read_capped(ref_path, 256).strip() == commit.encode():
-            return
-        ref_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref_path.with_name(f"{ref_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(commit)
-        os.replace(tmp, ref_path)
-    except (OSError, ValueError):  # ValueError: a ref file far too large to be ours
-        pass
-
-
-def mark_absent(settings: HubSettings, repo_id: str, commit: str, filename: str) -> None:
-    """Record in the cache (huggingface_hub's `.no_exist/` layout) that `filename` is not in the repo."""
-    marker = storage_dir(settings, repo_id) / ".no_exist" / commit / filename
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    except OSError:
-        pass
 
 
 def pickle_notice(hub_ref: HubRef) -> str:

@@ -1,49 +1,40 @@
-"""Every network operation ends in bounded time: `BIT_HUB_TIMEOUT` seconds (default 60).
+"""Every hub operation ends in bounded time: `BIT_HUB_TIMEOUT` seconds (default 60).
 
-huggingface_hub (2.x) makes its requests through one shared httpx2 client whose timeouts are
-per socket read: a hub that sends a byte every few seconds keeps a request alive forever, and
-its retries (with their sleeps) only add to that. bitcli therefore wraps the network backend of
-that client (through `huggingface_hub.set_client_factory`, chaining any factory already set):
-while a `deadline` is active in the calling thread, each connect, read and write waits at most
-until the deadline, and one after it raises `HubTimeout`, which is not among the errors
-huggingface_hub retries, so the whole operation ends at once. Outside a deadline the wrapper
-passes everything through unchanged, so other users of huggingface_hub in the same process see
-no difference.
+huggingface_hub bounds each socket operation (`timeout=` of its API calls, `etag_timeout=` of a
+download's metadata request, `HF_HUB_DOWNLOAD_TIMEOUT` for each read of a download), but a hub
+that sends a byte every few seconds keeps a request alive forever, and its retries only add to
+that. So `bounded` runs one operation (a metadata request, or one file download) in a worker
+thread and waits for it at most `BIT_HUB_TIMEOUT` seconds; when it is not done by then,
+`HubTimeout` is raised in the caller and the worker is left to end on its own (a daemon thread:
+the `bit` command exits without waiting for it; in a long-lived program it ends when
+huggingface_hub's own socket timeouts or the server end its request).
 
-An operation is one metadata request (`model_info`) or one file download (its HEAD and GET,
-redirects included). A download may run longer than the deadline as long as it keeps moving:
-every `PROGRESS_BYTES` received start a new period, so a slow but steady link finishes a
+A download may take longer than the deadline while it keeps moving: each chunk huggingface_hub
+reports to its progress bar (10 MB) starts a new period, so a steady link finishes a
 multi-gigabyte model, while a hub that trickles is cut off after one period.
 
-The CLI routes downloads through plain HTTP (it sets `HF_HUB_DISABLE_XET=1` unless the
-environment says otherwise): transfers through hf_xet run outside httpx, where this deadline
-cannot reach.
+Only public means: huggingface_hub's API and its `tqdm_class` hook. Downloads through hf_xet run
+outside huggingface_hub's HTTP client; the `bit` command turns them off (`cli/process.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
 import time
-from contextvars import ContextVar
-from typing import Any, Iterator
-
-try:  # huggingface_hub 2.x speaks httpx2 (over httpcore2); 1.x spoke httpx
-    import httpcore2
-except ImportError:  # pragma: no cover
-    import httpcore as httpcore2  # type: ignore[no-redef]
+from typing import Callable, TypeVar
 
 from bitcli.errors import UsageError
 
 DEFAULT_TIMEOUT_S = 60.0
 TIMEOUT_ENV = "BIT_HUB_TIMEOUT"
-PROGRESS_BYTES = 1 << 20  # a download that brings this much in a period gets another period
+
+T = TypeVar("T")
 
 
 class HubTimeout(Exception):
-    """The hub did not finish an operation within the deadline (not an error hf_hub retries)."""
+    """The hub did not finish an operation within the deadline."""
 
     def __init__(self, seconds: float):
         super().__init__(f"no answer within {seconds:g} s ({TIMEOUT_ENV})")
@@ -65,137 +56,39 @@ def hub_timeout() -> float:
 
 
 class Deadline:
-    """When the current operation must end; moved on by a download that keeps receiving."""
+    """When the current operation must end; `moved` (a download that received more) starts a new period."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
-        self.expires = time.monotonic() + seconds
-        self._received = 0
+        self._last = time.monotonic()
+
+    def moved(self) -> None:
+        self._last = time.monotonic()
 
     def remaining(self) -> float:
-        return self.expires - time.monotonic()
-
-    def check(self) -> None:
-        if self.remaining() <= 0:
-            raise HubTimeout(self.seconds)
-
-    def clamp(self, timeout: float | None) -> float:
-        """A socket timeout that ends no later than the deadline."""
-        self.check()
-        remaining = self.remaining()
-        return remaining if timeout is None else min(timeout, remaining)
-
-    def received(self, count: int) -> None:
-        self._received += count
-        if self._received >= PROGRESS_BYTES:
-            self._received = 0
-            self.expires = time.monotonic() + self.seconds
+        return self._last + self.seconds - time.monotonic()
 
 
-_current: ContextVar[Deadline | None] = ContextVar("bitcli_hub_deadline", default=None)
-_installed = False
-_install_lock = threading.Lock()
+def bounded(operation: Callable[[], T], deadline: Deadline) -> T:
+    """`operation()`, run in a worker thread; HubTimeout once `deadline` passes without it ending.
 
+    Its exception, if any, is raised here. Ctrl-C in the caller interrupts the wait.
+    """
+    outcome: dict[str, object] = {}
+    done = threading.Event()
 
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[Deadline]:
-    """Bound every network operation made in this thread inside the block by `seconds`."""
-    _install()
-    token = _current.set(Deadline(seconds))
-    try:
-        yield _current.get()
-    finally:
-        _current.reset(token)
-
-
-def _install() -> None:
-    """Wrap huggingface_hub's client factory (once per process)."""
-    global _installed
-    if _installed:
-        return
-    with _install_lock:
-        if _installed:
-            return
-        from huggingface_hub import set_client_factory
-        from huggingface_hub.utils import _http
-
-        previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
-
-        def factory() -> Any:
-            return _with_deadlines(previous())
-
-        set_client_factory(factory)
-        _installed = True
-
-
-def _with_deadlines(client: Any) -> Any:
-    """`client` with the network backend of each of its connection pools wrapped."""
-    transports = [getattr(client, "_transport", None), *(getattr(client, "_mounts", None) or {}).values()]
-    for transport in transports:
-        pool = getattr(transport, "_pool", None)
-        backend = getattr(pool, "_network_backend", None)
-        if backend is not None and not isinstance(backend, _DeadlineBackend):
-            pool._network_backend = _DeadlineBackend(backend)
-    return client
-
-
-class _DeadlineBackend(httpcore2.NetworkBackend):
-    def __init__(self, inner: httpcore2.NetworkBackend):
-        self._inner = inner
-
-    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        limit = _current.get()
-        if limit is not None:
-            timeout = limit.clamp(timeout)
-        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _DeadlineStream(stream)
-
-    def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        limit = _current.get()
-        if limit is not None:
-            timeout = limit.clamp(timeout)
-        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-class _DeadlineStream(httpcore2.NetworkStream):
-    """A connection whose every read and write ends by the deadline of the operation using it."""
-
-    def __init__(self, inner: httpcore2.NetworkStream):
-        self._inner = inner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        limit = _current.get()
-        if limit is None:
-            return self._inner.read(max_bytes, timeout)
+    def work() -> None:
         try:
-            data = self._inner.read(max_bytes, limit.clamp(timeout))
-        except httpcore2.ReadTimeout:
-            limit.check()  # the deadline, not the per-read timeout, ended the wait: HubTimeout
-            raise
-        limit.received(len(data))
-        return data
+            outcome["value"] = operation()
+        except BaseException as error:  # handed to the caller, whatever it is
+            outcome["error"] = error
+        finally:
+            done.set()
 
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        limit = _current.get()
-        if limit is None:
-            return self._inner.write(buffer, timeout)
-        try:
-            return self._inner.write(buffer, limit.clamp(timeout))
-        except httpcore2.WriteTimeout:
-            limit.check()
-            raise
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
-        limit = _current.get()
-        if limit is not None:
-            timeout = limit.clamp(timeout)
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
+    threading.Thread(target=work, name="bitcli-hub", daemon=True).start()
+    while not done.wait(max(deadline.remaining(), 0.0)):
+        if deadline.remaining() <= 0:
+            raise HubTimeout(deadline.seconds)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]

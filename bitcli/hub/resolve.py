@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover
     import httpx as httpx2  # type: ignore[no-redef]
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import (
+    EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
     OfflineModeIsEnabled,
@@ -51,7 +52,7 @@ from bitcli.checkpoint.files import (
 )
 from bitcli.errors import CheckpointError, ModelError, ModelNotFoundError
 from bitcli.hub import zoo
-from bitcli.hub.deadline import HubTimeout, deadline
+from bitcli.hub.deadline import Deadline, HubTimeout, bounded
 from bitcli.hub.cache import (
     DEFAULT_REVISION,
     HubRef,
@@ -61,9 +62,8 @@ from bitcli.hub.cache import (
     cached_file,
     from_cache,
     from_cache_or_raise,
-    mark_absent,
+    known_absent,
     pickle_notice,
-    write_ref,
 )
 from bitcli.util import first_line, name_some
 
@@ -83,9 +83,6 @@ def resolve_model(ref: str, *, offline: bool | None = None, progress: bool = Fal
     on stderr when stderr is a terminal. Raises ModelNotFoundError, OfflineError, CheckpointError or
     ModelError (all exit code 3) with a one-line message.
     """
-    bundled = zoo.bundled_path(ref)
-    if bundled is not None:
-        return ResolvedModel(bundled, ref, None, None, None, SAFETENSORS, "bundled")
     local = _local_model(ref)
     if local is not None:
         return local
@@ -100,6 +97,13 @@ def resolve_model(ref: str, *, offline: bool | None = None, progress: bool = Fal
         if cached is not None:
             return cached  # an immutable commit already on disk: no request needed
     return _resolve_online(ref, hub_ref, settings, progress=progress)
+
+
+def check_reference(ref: str) -> None:
+    """The errors `resolve_model` would raise for the form of `ref` alone (a missing local path,
+    an unknown alias, a malformed hub id), without any request or loading."""
+    if _local_model(ref) is None:
+        parse_hub_ref(ref)
 
 
 def parse_hub_ref(ref: str) -> HubRef:
@@ -146,6 +150,8 @@ def _local_model(ref: str) -> ResolvedModel | None:
     A directory without `config.json` that holds exactly one `.npz` (an original-release
     download) resolves to that file; with several, which one is meant is the user's call.
     """
+    if zoo.bundled_path(ref) is not None:  # a checkpoint that ships inside bitcli
+        return ResolvedModel(zoo.bundled_path(ref), ref, None, None, None, SAFETENSORS, "bundled")
     path = Path(ref).expanduser()
     if not path.exists():
         if _looks_like_path(ref):
@@ -186,10 +192,11 @@ def _local_weights_name(directory: Path) -> str:
 def _resolve_online(ref: str, hub_ref: HubRef, settings: HubSettings, *, progress: bool) -> ResolvedModel:
     """Ask the hub for the revision's commit and files, then download what is missing."""
     try:
-        with deadline(settings.timeout):
-            info = HfApi(endpoint=settings.endpoint).model_info(
-                hub_ref.repo_id, revision=hub_ref.revision, timeout=REQUEST_TIMEOUT_S
-            )
+        api = HfApi(endpoint=settings.endpoint)
+        info = bounded(
+            lambda: api.model_info(hub_ref.repo_id, revision=hub_ref.revision, timeout=REQUEST_TIMEOUT_S),
+            Deadline(settings.timeout),
+        )
         commit, files = _commit_and_files(info)
     except HfHubHTTPError as error:
         if _status(error) >= 500:
@@ -254,9 +261,7 @@ def _fetch(ref: str, hub_ref: HubRef, settings: HubSettings, commit: str, files:
         for name in shards:
             _download_file(hub_ref, commit, name, settings, progress=progress)
         missing += shards
-    if PREPROCESSOR_CONFIG not in files:
-        mark_absent(settings, hub_ref.repo_id, commit, PREPROCESSOR_CONFIG)
-    write_ref(settings, hub_ref.repo_id, hub_ref.revision, commit)
+    _record_revision(hub_ref, commit, settings, has_preprocessor=PREPROCESSOR_CONFIG in files)
     return ResolvedModel(
         path=cached_file(commit_ref, CONFIG, settings).parent,  # type: ignore[union-attr]
         ref=ref,
@@ -271,19 +276,22 @@ def _fetch(ref: str, hub_ref: HubRef, settings: HubSettings, commit: str, files:
 
 def _download_file(hub_ref: HubRef, commit: str, filename: str, settings: HubSettings, *, progress: bool) -> Path:
     """Download one file at `commit` into the cache (atomic: a partial file never takes the final name)."""
+    deadline = Deadline(settings.timeout)
     try:
-        with deadline(settings.timeout):
-            return Path(
-                hf_hub_download(
+        return Path(
+            bounded(
+                lambda: hf_hub_download(
                     hub_ref.repo_id,
                     filename,
                     revision=commit,
                     cache_dir=str(settings.cache_dir),
                     endpoint=settings.endpoint,
                     etag_timeout=REQUEST_TIMEOUT_S,
-                    tqdm_class=_progress_class(progress),
-                )
+                    tqdm_class=_progress_class(progress, deadline),
+                ),
+                deadline,
             )
+        )
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise _hub_error(hub_ref, error) from None
     except HubTimeout as error:
@@ -298,6 +306,34 @@ def _download_file(hub_ref: HubRef, commit: str, filename: str, settings: HubSet
         ) from None
 
 
+def _record_revision(hub_ref: HubRef, commit: str, settings: HubSettings, *, has_preprocessor: bool) -> None:
+    """Have huggingface_hub record in its cache what an offline run needs: which commit the
+    revision (a branch or tag) points at, and that the repository has no preprocessor config.
+
+    One metadata request (HEAD) of a file at the revision does both, when the cache does not
+    know them yet; a failure only means the next run asks the hub again.
+    """
+    config = cached_file(hub_ref, CONFIG, settings)  # through the revision, as an offline run looks
+    if config is not None and config.parent.name == commit and (has_preprocessor or known_absent(hub_ref, settings)):
+        return
+    name = CONFIG if has_preprocessor else PREPROCESSOR_CONFIG
+    try:
+        bounded(
+            lambda: hf_hub_download(
+                hub_ref.repo_id,
+                name,
+                revision=hub_ref.revision,
+                cache_dir=str(settings.cache_dir),
+                endpoint=settings.endpoint,
+                etag_timeout=REQUEST_TIMEOUT_S,
+                tqdm_class=_SilentBar,
+            ),
+            Deadline(settings.timeout),
+        )
+    except (EntryNotFoundError, HubTimeout, HfHubHTTPError, httpx2.HTTPError, OSError, ValueError):
+        pass  # EntryNotFoundError: the expected answer for the missing preprocessor config
+
+
 class _SilentBar(hf_tqdm):
     """huggingface_hub's progress bar, always disabled."""
 
@@ -306,9 +342,22 @@ class _SilentBar(hf_tqdm):
         super().__init__(*args, **kwargs)
 
 
-def _progress_class(progress: bool) -> type[hf_tqdm]:
-    """huggingface_hub's own bar (stderr, TTY only) when asked for, else a disabled one."""
-    return hf_tqdm if progress and sys.stderr.isatty() else _SilentBar
+def _progress_class(progress: bool, deadline: Deadline) -> type[hf_tqdm]:
+    """huggingface_hub's own bar (stderr, TTY only) when asked for, else a disabled one; either
+    moves the download's deadline on with every chunk received."""
+    show = progress and sys.stderr.isatty()
+
+    class Bar(hf_tqdm):
+        def __init__(self, *args, **kwargs):
+            if not show:
+                kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            deadline.moved()
+            return super().update(n)
+
+    return Bar
 
 
 # --------------------------------------------------------------------------- messages

@@ -79,7 +79,7 @@ class StdConv2d(nn.Conv2d):
         self.pad = DynamicPad2d(kernel, stride, dilation) if dynamic else None
         self.eps = eps
         # Which kernel runs the convolution: False, PyTorch's dispatch; True, oneDNN's called
-        # directly. The engine (`bitcli.engine.prepare`) decides, once, and records its choice.
+        # directly. The engine (`bitcli.engine.runtime.prepare`) decides, once, and records its choice.
         self.onednn = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -88,16 +88,10 @@ class StdConv2d(nn.Conv2d):
         if x.dtype != self.weight.dtype:  # bf16 mode: the float32 stem's output entering a bfloat16 block
             x = x.to(self.weight.dtype)
         if self.onednn:
+            from bitcli.engine.native import onednn_conv  # a private op: only where the engine probed it
+
             return onednn_conv(x, self)
         return super().forward(x)
-
-
-def onednn_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
-    """`conv(x)` through oneDNN's convolution (a private PyTorch op; the engine checks it first)."""
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-        "none", [], "",
-    )
 
 
 class GroupNormAct(nn.GroupNorm):

@@ -1,0 +1,89 @@
+"""The process settings of the `bit` command, all of them, in one place.
+
+A setting that belongs to the whole process (an environment variable OpenMP reads when torch
+loads, glibc's malloc, PIL's global pixel limit) is the program's to make, never the library's:
+`bitcli.load` and the rest change none of them. The `bit` process is bitcli's own, so it makes
+these (docs/engine.md has the measurements):
+
+- `before_torch` (first thing in `main`): idle OpenMP threads sleep when other work is running
+  (`settle_openmp`);
+- `before_the_hub` (every command, before huggingface_hub is imported): downloads over plain
+  HTTP, where BIT_HUB_TIMEOUT bounds every request (hf_xet's transfers run outside it;
+  HF_HUB_DISABLE_XET=0 opts back in);
+- `before_the_model` (before a model loads, `common.load_model`): freed activations stay mapped
+  (`engine/allocator.py`), and PIL's own decompression-bomb limit is off, because every image's
+  pixel count is checked against `--max-pixels` from its header before decoding
+  (`bitcli.decode.open_image`).
+
+Library warnings (PIL's, torch's) are not bitcli messages: `app.guarded` ignores them unless
+--debug. A program that embeds bitcli makes its own choices (docs/engine.md says which pay).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def before_torch() -> None:
+    """The settings that must be made before torch is imported."""
+    settle_openmp()
+
+
+def before_the_hub() -> None:
+    """The settings huggingface_hub reads when it is imported."""
+    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+
+
+def before_the_model() -> None:
+    """The settings made before a model loads and images are decoded."""
+    from PIL import Image
+
+    from bitcli.engine.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    Image.MAX_IMAGE_PIXELS = None  # bit checks --max-pixels itself, from each image's header
+
+
+def settle_openmp() -> None:
+    """Before torch loads its OpenMP runtime: where other work is running right now, let idle
+    OpenMP threads sleep instead of spinning.
+
+    torch runs each operation's threads under GNU OpenMP, whose idle threads spin at every
+    barrier. Alone on the machine that is the fastest (sleeping measured 10-20% slower on the
+    2-core development machine). But with one more busy process than CPUs, the spinning thread
+    holds a CPU its partner needs and every one of a forward pass's ~500 parallel regions waits
+    out a scheduler time slice: a 448 px image took 3.8 s instead of 0.36 s there beside one
+    busy process. So: sleep (OMP_WAIT_POLICY=PASSIVE) when other processes are running now
+    (/proc/stat's procs_running, sampled three times over 10 ms: the load average would count
+    a `bit` that just finished). A value the user set wins; Ray workers of a local cluster
+    inherit what the driver chose.
+    """
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return
+    import time
+
+    samples = []
+    for _ in range(3):
+        samples.append(running_now())
+        time.sleep(0.004)
+    if others_running(samples):
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def others_running(samples: list[int | None]) -> bool:
+    """Whether the median sample of runnable tasks (this process among them) shows another one."""
+    known = sorted(s for s in samples if s is not None)
+    return bool(known) and known[len(known) // 2] > 1
+
+
+def running_now(path: str = "/proc/stat") -> int | None:
+    """Tasks running or runnable on the whole machine now (Linux), or None where unknown."""
+    try:
+        with open(path, "rb") as stat:
+            for line in stat.read(1 << 16).splitlines():
+                if line.startswith(b"procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

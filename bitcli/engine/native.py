@@ -1,0 +1,68 @@
+"""The private PyTorch operations bitcli calls, all of them, here; each is probed before it is used.
+
+- oneDNN's convolution called directly (`torch.ops.mkldnn._convolution_pointwise`): on one
+  thread PyTorch sends the 1x1 convolutions of a small slice to a GEMM that is ~1.5x slower
+  (docs/engine.md). The engine turns it on for a model only when `onednn_conv_works` finds the op
+  present and giving `F.conv2d`'s numbers, 1x1 and 3x3, in the model's dtypes.
+- whether the CPU has native bfloat16 arithmetic (`torch.ops.mkldnn._is_mkldnn_bf16_supported`):
+  only for the warning that `--precision bf16` will be slow on this CPU.
+
+Off switch: `BIT_TORCH_PRIVATE_OPS=0` (read when a model is prepared): none of them is called;
+convolutions go through PyTorch's dispatch (the same numbers up to summation order) and no CPU
+counts as having native bfloat16.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+
+SWITCH = "BIT_TORCH_PRIVATE_OPS"
+
+
+def allowed() -> bool:
+    """False when the user turned the private operations off (BIT_TORCH_PRIVATE_OPS=0)."""
+    return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def onednn_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """`conv(x)` through oneDNN's convolution (only where `onednn_conv_works` said so)."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+        "none", [], "",
+    )
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 / AMX), where bf16 pays."""
+    if not allowed():
+        return False
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def onednn_conv_works(dtypes: set[torch.dtype]) -> bool:
+    """Whether oneDNN's convolution op is allowed, exists here and gives F.conv2d's numbers
+    (1x1 and 3x3) in each of `dtypes`."""
+    return allowed() and all(_onednn_conv_works(dtype) for dtype in dtypes)
+
+
+def _onednn_conv_works(dtype: torch.dtype) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for kernel, stride in ((1, 1), (3, 2)):
+            conv = torch.nn.Conv2d(16, 32, kernel, stride=stride, padding=kernel // 2, bias=False)
+            conv = conv.to(dtype=dtype, memory_format=torch.channels_last).requires_grad_(False)
+            x = torch.randn(2, 16, 9, 9, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                expected, got = conv(x), onednn_conv(x, conv)
+            tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+            if got.shape != expected.shape or (got.float() - expected.float()).abs().max().item() > tolerance:
+                return False
+        return True
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False

@@ -1,0 +1,127 @@
+"""`prepare`: a loaded BiT made ready for fast inference on its device (see the package docstring)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bitcli.engine.machine import slicing_budget, usable_cpus
+from bitcli.engine.plan import make_plan
+from bitcli.engine.plan import check_precision as check_plan_precision
+from bitcli.engine.native import onednn_conv_works
+from bitcli.engine.slicing import SlicedBackbone
+from bitcli.model.architecture import BiT, PreActBottleneck, StdConv2d
+
+
+# Largest activation (bytes per slice) a step of the backbone should write before the batch is
+# sliced smaller: "auto" derives it from this machine's L2 cache (machine.slicing_budget).
+DEFAULT_CHUNK_BYTES = "auto"
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """What `prepare` chose for a model: kept on `LoadedModel.engine`, read by the resume fingerprint."""
+
+    device: str  # "cpu", "cuda", "mps"
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16" (GPUs)
+    chunk_bytes: int | None = None  # the batch-slicing budget in bytes; None: no slicing
+    convolution: str = "torch"  # "onednn": called directly; "torch": PyTorch's dispatch
+    compiled: bool = False
+
+
+def check_precision(precision: str, device_type: str | None = None) -> None:
+    """ValueError for an unknown precision (or, given the device type, one it cannot run)."""
+    check_plan_precision(precision, device_type)
+
+
+def prepare(
+    model: BiT,
+    *,
+    precision: str = "fp32",
+    compile: bool = False,
+    chunk_bytes: int | str | None = DEFAULT_CHUNK_BYTES,
+) -> EngineRecord:
+    """Prepare `model` in place for fast inference on its device; return what was chosen.
+
+    precision: "fp32" (exact: within 1e-4 of the reference), "bf16" (approximate) or "fp16"
+    (approximate, GPUs only). chunk_bytes: the CPU batch-slicing budget in bytes, "auto" (from
+    this machine's L2 cache) or None (each step on the whole batch). State-dict key names and the model's
+    public methods are unchanged.
+    """
+    device = next(model.parameters()).device
+    plan = make_plan(device.type, precision, compile=compile, chunk_bytes=chunk_bytes)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        fit_threads()
+    budget = slicing_budget() if plan.chunk_bytes == "auto" else plan.chunk_bytes
+    if budget is not None:
+        # Slicing only pays where activations would otherwise leave the cache: a CPU.
+        model.bit = SlicedBackbone(model.bit, budget)
+    if plan.cpu_bfloat16:
+        to_bfloat16(model)
+    if plan.autocast is not None:
+        model.autocast_dtype = getattr(torch, plan.autocast)
+    if plan.allow_tf32 is not None:
+        # Process-wide (PyTorch has no per-module switch): fp32 promises the reference's numbers.
+        torch.backends.cudnn.allow_tf32 = plan.allow_tf32
+    direct = plan.direct_onednn and torch.get_num_threads() == 1 and onednn_conv_works(conv_dtypes(model))
+    if direct:
+        for module in model.modules():
+            if isinstance(module, StdConv2d):
+                module.onednn = True
+    if compile:
+        # nn.Module.compile compiles in place: the state-dict keys keep their names.
+        model.bit.compile(dynamic=False)
+    return EngineRecord(
+        device=device.type,
+        precision=precision,
+        chunk_bytes=budget,
+        convolution="onednn" if direct else "torch",
+        compiled=compile,
+    )
+
+
+def optimize_for_inference(model: BiT, **settings: Any) -> BiT:
+    """`prepare(model, **settings)`, returning the model (for callers that do not need the record)."""
+    prepare(model, **settings)
+    return model
+
+
+def fit_threads() -> None:
+    """Cap torch's intra-op threads at the CPUs this process may use. torch counts the host's
+    cores; in a container limited by a CPU quota or an affinity mask, more threads than CPUs
+    only wait on each other. A smaller count set by the user (--threads) is kept."""
+    cpus = usable_cpus()
+    if torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
+
+
+def to_bfloat16(model: BiT) -> None:
+    """bf16 mode: the convolutions after the stem in bfloat16 (and so the activations between
+    them and the residual stream); the stem convolution, GroupNorm parameters and statistics,
+    the final norm's output, pooling and the head in float32.
+
+    Where an all-bfloat16 backbone's error comes from (issue 11 note: random R50x1 at 448, 30
+    photos, max |logit difference| against float32 when only that part is rounded): the stem
+    convolution's input and weights ~2e-2 (pixels in [-1, 1] lose a bit in 8 mantissa bits),
+    GroupNorm parameters 1.2e-2, the residual stream 0.9e-2, the other convolutions' weights
+    and activations ~2e-2 together (the speed-up itself). Keeping the stem and the norms in
+    float32 halves the error (3.8e-2 -> 2.3e-2) at ~15% of bf16's speed; a float32 residual
+    stream as well gave 2.0e-2 at ~40%, so the residual stays bfloat16.
+    """
+    stem = model.bit.embedder.convolution
+    if model.bit.norm is not None:
+        model.bit.norm.out_dtype = torch.float32  # the feature map and its pooling
+    for module in model.modules():
+        if isinstance(module, StdConv2d) and module is not stem:
+            module.to(torch.bfloat16)
+        elif isinstance(module, PreActBottleneck):
+            for norm in (module.norm1, module.norm2, module.norm3):  # each feeds convolutions
+                norm.out_dtype = torch.bfloat16
+
+
+def conv_dtypes(model: BiT) -> set[torch.dtype]:
+    return {m.weight.dtype for m in model.modules() if isinstance(m, StdConv2d)}
