@@ -613,3 +613,42 @@ def test_snapshot_missing_its_preprocessor_config_is_not_used_with_default_prepr
     resolved = resolve_model(f"{REPO}@{sha}")
     assert (resolved.path / "preprocessor_config.json").is_file()
     assert fake_hub.count("GET", "preprocessor_config.json") == 1
+
+
+def test_download_local_dir_is_a_folder_to_carry_offline(fake_hub, ckpt, tmp_path):
+    """`bit download MODEL --local-dir DIR` writes the checkpoint's files into DIR; `-m DIR` then
+    works with no network and an empty cache; a file DIR holds with other bytes is refused."""
+    from relhelpers import bit, bit_env, text
+
+    fake_hub.add_commit(REPO, ckpt["safetensors"])
+    target = tmp_path / "carried"
+    done = bit("download", REPO, "--local-dir", target)
+    assert done.returncode == 0, text(done.stderr)
+    assert text(done.stdout).strip() == str(target)
+    names = sorted(p.name for p in target.iterdir())
+    assert names == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    for name in names:
+        assert (target / name).read_bytes() == (ckpt["safetensors"] / name).read_bytes()
+    again = bit("download", REPO, "--local-dir", target)  # the same files: nothing to do, exit 0
+    assert again.returncode == 0, text(again.stderr)
+    offline = bit_env(HF_HOME=str(tmp_path / "empty-home"), HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+    image = tmp_path / "x.png"
+    from images import rgb
+
+    rgb(width=40, height=40, seed=1).save(image)
+    done = bit("classify", image, "-m", target, "--format", "jsonl", env=offline)
+    assert done.returncode == 0, text(done.stderr)
+    (target / "config.json").write_text("{}")
+    clash = bit("download", REPO, "--local-dir", target)
+    assert clash.returncode == 2 and "config.json: exists with other content" in text(clash.stderr)
+    assert (target / "config.json").read_text() == "{}"  # never replaced
+    two = bit("download", REPO, "bit-digits", "--local-dir", tmp_path / "two")
+    assert two.returncode == 2 and "one MODEL" in text(two.stderr)
+
+
+def test_download_local_dir_of_the_bundled_model(tmp_path):
+    from relhelpers import bit, text
+
+    done = bit("download", "bit-digits", "--local-dir", tmp_path / "digits")
+    assert done.returncode == 0, text(done.stderr)
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]

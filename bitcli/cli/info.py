@@ -28,7 +28,7 @@ from bitcli.cli.common import (
     require_stdout,
 )
 from bitcli.cli.helpscreen import epilog
-from bitcli.errors import ModelError
+from bitcli.errors import ModelError, UsageError
 from bitcli.pipeline import DEFAULT_MODEL
 
 INSPECT_EPILOG = epilog(
@@ -36,7 +36,7 @@ INSPECT_EPILOG = epilog(
     "bit inspect google/bit-50@9e9a281aa096247270860f9cda4f68daacca33d0",
     "bit inspect ./my-checkpoint --format json | jq .gflops",
 )
-DOWNLOAD_EPILOG = epilog("bit download google/bit-50", "bit download bit-50 google/bit-50@main")
+DOWNLOAD_EPILOG = epilog("bit download google/bit-50", "bit download bit-50 google/bit-50@main", "bit download bit-50 --local-dir bit-50/  # then -m bit-50/ on a machine without a network")
 MODELS_EPILOG = epilog("bit models", "bit models --format json")
 
 
@@ -81,6 +81,9 @@ def describe(resolved: Any, device: str) -> Any:
 
 def download(
     models: Annotated[list[str], typer.Argument(metavar="MODEL", help="Models to fetch into the hub cache.")],
+    local_dir: Annotated[
+        Optional[Path], typer.Option("--local-dir", metavar="DIR", help="Also copy the model's files into DIR (one MODEL), for -m DIR elsewhere.")
+    ] = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> int:
@@ -88,6 +91,8 @@ def download(
     from bitcli import hub
 
     ui = Ui(quiet=quiet, debug=debug)
+    if local_dir is not None and len(models) != 1:
+        raise UsageError(f"--local-dir takes one MODEL ({len(models)} given): run bit download once per model")
     quiet_hub(ui)
     worst = EXIT_OK
     for ref in models:
@@ -99,7 +104,12 @@ def download(
             continue
         if resolved.notice:
             ui.warn(resolved.notice)
-        typer.echo(str(resolved.path))
+        if local_dir is not None:
+            from bitcli.hub.localdir import copy_to_local_dir
+
+            typer.echo(str(copy_to_local_dir(resolved, local_dir)))
+        else:
+            typer.echo(str(resolved.path))
     return worst
 
 

@@ -1,0 +1,59 @@
+"""`bit download MODEL --local-dir DIR`: a model's files as a plain folder, to carry elsewhere.
+
+The model is resolved as every command resolves it (the hub cache, a download, a bundled model);
+then its checkpoint files (config, preprocessing, weights) are copied into DIR, each written to a
+temporary name and renamed into place, so DIR never holds half a file. A file DIR already holds
+with the same name is kept when its bytes are the same, and refused when they differ (bitcli
+does not replace what it cannot tell it wrote); other files in DIR are left alone. `-m DIR` then
+loads it with no network and no cache.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from bitcli.errors import UsageError
+from bitcli.hub.cache import ResolvedModel
+from bitcli.util import os_error_reason
+
+
+def checkpoint_files(resolved: ResolvedModel) -> list[Path]:
+    """The files of a resolved checkpoint: the file itself, or every regular file of its folder."""
+    source = Path(resolved.path)
+    if source.is_file():
+        return [source]
+    return sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def copy_to_local_dir(resolved: ResolvedModel, directory: str | Path) -> Path:
+    """Copy the checkpoint's files into `directory` (created if missing); returns the folder."""
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--local-dir {target}: exists and is not a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for source in checkpoint_files(resolved):
+            destination = target / source.name
+            if destination.is_symlink() or (destination.exists() and not destination.is_file()):
+                raise UsageError(f"{destination}: exists and is not a regular file; choose another --local-dir")
+            if destination.exists():
+                if filecmp.cmp(source, destination, shallow=False):
+                    continue
+                raise UsageError(f"{destination}: exists with other content; choose an empty --local-dir or remove it")
+            fd, temporary = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".part", dir=target)
+            try:
+                with os.fdopen(fd, "wb") as out, open(source, "rb") as inp:
+                    shutil.copyfileobj(inp, out, 1 << 20)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, destination)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+    except OSError as exc:
+        raise UsageError(f"--local-dir {target}: cannot write there ({os_error_reason(exc)})") from None
+    return target
