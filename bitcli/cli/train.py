@@ -87,6 +87,9 @@ def train(
         import torch
 
         torch.set_num_threads(threads)
+    from bitcli.cli.process import before_the_model
+
+    before_the_model()
     finetune = FinetuneOptions(workers=threads or FinetuneOptions.workers, checkpoint_seconds=60 * checkpoint_minutes)
     options = TrainOptions(
         method=method.value, val=val, val_split=val_split, shots=shots, seed=seed, steps=steps,
