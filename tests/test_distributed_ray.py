@@ -20,7 +20,7 @@ import sys
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, from its context
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray Data's own, from its context
 
 from clihelpers import run  # noqa: E402
 from distributedhelpers import (  # noqa: E402, F401 (fixtures)
@@ -74,7 +74,6 @@ def ray_run(cluster, ckpt, photos, tmp_path_factory):
     return run(ray_args(cluster, ckpt, out, *inputs(photos))), out
 
 
-@pytest.mark.slow
 def test_bit_embed_on_ray_equals_the_local_run(ray_run, local):
     """The real command, `--engine ray` on the module's cluster: files and error lines as locally."""
     result, out = ray_run
@@ -144,7 +143,6 @@ def test_resume_of_an_output_without_a_run_record_is_refused(cluster, ckpt, phot
     assert refused.exit_code == 2 and "record" in refused.stderr and "--overwrite" in refused.stderr, refused.stderr
 
 
-@pytest.mark.slow
 def test_dash_zero_on_ray_equals_the_local_run(cluster, ckpt, photos, tmp_path):
     listing = nul_listing(photos, tmp_path / "odd")
     want = local_nul_run(ckpt, listing, tmp_path / "local" / "out.npy")
@@ -170,7 +168,6 @@ embed_on_ray(expand_inputs(json.loads(args)), EmbedPaths.for_output(Path(out)), 
 """
 
 
-@pytest.mark.slow
 def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, ckpt, photos, local, tmp_path):
     out, size = tmp_path / "out.npy", BATCH  # shards of one batch: nine of them
     argv = [json.dumps(inputs(photos)), str(out), json.dumps(job(ckpt).to_json()), cluster, str(size)]
@@ -215,7 +212,6 @@ def test_resume_with_other_inputs_is_refused(cluster, ckpt, photos, tmp_path):
         embed_on_ray(expand_inputs(inputs(photos)), EmbedPaths.for_output(tmp_path / "out.npy"), job(ckpt), resume=True)
 
 
-@pytest.mark.slow
 def test_a_model_that_cannot_load_is_a_model_error(cluster, photos, tmp_path):
     with pytest.raises(ModelError, match="does not exist") as info:
         embed_on_ray(

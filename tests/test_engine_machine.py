@@ -85,33 +85,35 @@ def test_usable_cpus_respects_affinity():
 
 
 SHOW_THREADS = """
-import os, sys, torch
+import sys, torch
 from bitcli.checkpoint import load_model
-if len(sys.argv) > 2:
-    torch.set_num_threads(int(sys.argv[2]))
+if sys.argv[2] != "-":
+    torch.set_num_threads(int(sys.argv[2]))  # as --threads does, before the settings
+before = torch.get_num_threads()
 load_model(sys.argv[1])
-print(torch.get_num_threads())
+library = torch.get_num_threads()
+from bitcli.cli.process import before_the_model
+before_the_model()
+print(before, library, torch.get_num_threads())
 """
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
-def test_loading_caps_threads_at_the_cpus_this_process_may_use(ckpt):
-    """A process pinned to one CPU (as a container with one CPU would be) runs torch on one
-    thread, whatever torch counted; a smaller thread count set before loading is kept."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+def test_the_bit_process_caps_threads_at_the_cpus_it_may_use_and_the_library_does_not(ckpt):
+    """A process pinned to one CPU (as a container with one CPU would be): the `bit` command's
+    settings run torch on one thread, whatever torch counted; loading a model through the
+    library leaves torch's thread count alone; a smaller count set before is kept."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "2"}
     first_cpu = min(os.sched_getaffinity(0))
 
-    def threads(*args: str) -> int:
+    def threads(count: str) -> list[int]:
         pinned = lambda: os.sched_setaffinity(0, {first_cpu})  # noqa: E731
         out = subprocess.run(
-            [sys.executable, "-c", SHOW_THREADS, str(ckpt), *args],
-            env={**env, "OMP_NUM_THREADS": "4"}, preexec_fn=pinned, capture_output=True, text=True, check=True,
+            [sys.executable, "-c", SHOW_THREADS, str(ckpt), count],
+            env=env, preexec_fn=pinned, capture_output=True, text=True, check=True,
         )
-        return int(out.stdout.split()[-1])
+        return [int(n) for n in out.stdout.split()[-3:]]
 
-    assert threads() == 1
-    unpinned = subprocess.run(
-        [sys.executable, "-c", SHOW_THREADS, str(ckpt), "1"], env=env, capture_output=True, text=True, check=True
-    )
-    assert int(unpinned.stdout.split()[-1]) == 1
+    assert threads("-") == [2, 2, 1]  # torch's count, untouched by the library, capped by `bit`
+    assert threads("1") == [1, 1, 1]

@@ -102,11 +102,11 @@ def test_an_operation_that_keeps_moving_outlives_the_deadline():
 
     from bitcli.hub.deadline import Deadline, bounded
 
-    deadline = Deadline(2.0)
+    deadline = Deadline(1.0)
 
     def download() -> str:
-        for _ in range(6):  # 3 s in all, more than one period, moving every 0.5 s
-            time.sleep(0.5)
+        for _ in range(8):  # 2 s in all, two periods, moving every 0.25 s
+            time.sleep(0.25)
             deadline.moved()
         return "done"
 

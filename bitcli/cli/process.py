@@ -10,7 +10,8 @@ these (docs/engine.md has the measurements):
 - `before_the_hub` (every command, before huggingface_hub is imported): downloads over plain
   HTTP, where BIT_HUB_TIMEOUT bounds every request (hf_xet's transfers run outside it;
   HF_HUB_DISABLE_XET=0 opts back in);
-- `before_the_model` (before a model loads, `common.load_model`): freed activations stay mapped
+- `before_the_model` (before a model loads: `common.load_model`, `bit train`): torch's threads
+  capped at the CPUs this process may use (`cap_threads`), freed activations stay mapped
   (`engine/allocator.py`), and PIL's own decompression-bomb limit is off, because every image's
   pixel count is checked against `--max-pixels` from its header before decoding
   (`bitcli.decode.open_image`).
@@ -36,13 +37,27 @@ def before_the_hub() -> None:
 
 
 def before_the_model() -> None:
-    """The settings made before a model loads and images are decoded."""
+    """The settings made before a model loads and images are decoded (after --threads is applied)."""
     from PIL import Image
 
     from bitcli.engine.allocator import keep_freed_memory
 
+    cap_threads()
     keep_freed_memory()
     Image.MAX_IMAGE_PIXELS = None  # bit checks --max-pixels itself, from each image's header
+
+
+def cap_threads() -> None:
+    """Cap torch's intra-op threads at the CPUs this process may use. torch counts the host's
+    cores; in a container limited by a CPU quota or an affinity mask, more threads than CPUs
+    only wait on each other. A smaller count (--threads) is kept."""
+    import torch
+
+    from bitcli.engine.machine import usable_cpus
+
+    cpus = usable_cpus()
+    if torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
 
 
 def settle_openmp() -> None:

@@ -92,8 +92,10 @@ def train(
         import torch
 
         torch.set_num_threads(threads)
+    from bitcli.cli.process import before_the_model
     from bitcli.transfer.hyperrule import fixed_resolution
 
+    before_the_model()
     finetune = FinetuneOptions(
         workers=threads or FinetuneOptions.workers, checkpoint_seconds=60 * checkpoint_minutes,
         resolution=None if resolution is None else fixed_resolution(resolution),

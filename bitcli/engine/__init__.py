@@ -16,7 +16,6 @@ without the device); on a CPU (numbers in docs/speed.md and docs/engine.md):
   a time there, and larger slices in the late stages, whose cost is reading their (large)
   weights. The budget is fixed per machine ("auto", `machine.py`): eight times one core's L2
   cache. Same numbers up to summation order (<= 1e-4 on logits);
-- threads: capped at the CPUs this process may use (affinity, cgroup quota);
 - precision "bf16" (opt-in, `to_bfloat16`): the convolutions after the stem in bfloat16 on
   the AVX512-BF16/AMX units; the stem, GroupNorm and the head in float32;
 - on one thread, oneDNN convolutions called directly (`StdConv2d.onednn`, a private op probed

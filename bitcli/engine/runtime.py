@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from bitcli.engine.machine import slicing_budget, usable_cpus
+from bitcli.engine.machine import slicing_budget
 from bitcli.engine.plan import make_plan
 from bitcli.engine.plan import check_precision as check_plan_precision
 from bitcli.engine.native import onednn_conv_works
@@ -54,8 +54,6 @@ def prepare(
     plan = make_plan(device.type, precision, compile=compile, chunk_bytes=chunk_bytes)
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
-    if device.type == "cpu":
-        fit_threads()
     budget = slicing_budget() if plan.chunk_bytes == "auto" else plan.chunk_bytes
     if budget is not None:
         # Slicing only pays where activations would otherwise leave the cache: a CPU.
@@ -88,15 +86,6 @@ def optimize_for_inference(model: BiT, **settings: Any) -> BiT:
     """`prepare(model, **settings)`, returning the model (for callers that do not need the record)."""
     prepare(model, **settings)
     return model
-
-
-def fit_threads() -> None:
-    """Cap torch's intra-op threads at the CPUs this process may use. torch counts the host's
-    cores; in a container limited by a CPU quota or an affinity mask, more threads than CPUs
-    only wait on each other. A smaller count set by the user (--threads) is kept."""
-    cpus = usable_cpus()
-    if torch.get_num_threads() > cpus:
-        torch.set_num_threads(cpus)
 
 
 def to_bfloat16(model: BiT) -> None:

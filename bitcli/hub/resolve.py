@@ -16,7 +16,8 @@ Resolution of a hub reference:
    misbehaves (an answer that is not JSON or has no commit, endless redirects, no answer within
    `BIT_HUB_TIMEOUT`), the cache is used as if offline; the same when a download fails that way
    and the cache holds the revision. Every network operation ends within the deadline
-   (`deadline.py`).
+   (`deadline.py`). huggingface_hub itself writes everything into its cache, the revision's
+   commit and a missing preprocessor config included (`_record_revision`): bitcli only reads it.
 Library code never prints: the pickle notice travels in `ResolvedModel.notice`.
 """
 
@@ -185,7 +186,6 @@ def _local_weights_name(directory: Path) -> str:
     return ""
 
 
-# --------------------------------------------------------------------------- cache
 # --------------------------------------------------------------------------- network
 
 
