@@ -27,7 +27,7 @@ def help_text(command: list[str]) -> str:
 
 # The commands whose options bitcli names itself (Typer's public `metavar`); the rest of the layout
 # is Typer's own (`<list[str]>` beside arguments, `<bool>` beside --help, `[x>=1]` after a range).
-OWN_LAYOUT = [[], ["classify"], ["inspect"], ["download"], ["models"], ["train"], ["eval"]]
+OWN_LAYOUT = [[], ["classify"], ["inspect"], ["download"], ["models"], ["train"], ["eval"], ["serve"]]
 
 
 @pytest.mark.parametrize("command", OWN_LAYOUT, ids=lambda c: " ".join(c) or "bit")

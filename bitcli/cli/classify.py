@@ -64,7 +64,7 @@ def classify(
     csv_raw: Annotated[
         bool,
         typer.Option(
-            "--csv-raw",
+            "--csv-raw", metavar="",
             help="csv: write names exactly, even those that start like a spreadsheet formula "
             "(= + - @); by default such a cell gets a leading '.",
         ),

@@ -100,17 +100,17 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free port).")] = 8765,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="N", min=0, max=65535, help="Port (0: any free port).")] = 8765,
     token: Annotated[
-        Optional[str], typer.Option("--token", envvar="BIT_TOKEN", show_envvar=True, help="Require Authorization: Bearer TOKEN on every request.")
+        Optional[str], typer.Option("--token", metavar="TOKEN", envvar="BIT_TOKEN", show_envvar=True, help="Require Authorization: Bearer TOKEN on every request.")
     ] = None,
     max_body: Annotated[str, typer.Option("--max-body", metavar="SIZE", help="Largest request body (413 past it).")] = "100MB",
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images per forward pass, gathered across requests.")] = 16,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a batch waits for more images.")] = 10.0,
-    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Most images waiting at once (503 past it).")] = 256,
-    engine: Annotated[Engine, typer.Option("--engine", help="local: this process; ray: replicas on Ray Serve.")] = Engine.local,
-    replicas: Annotated[int, typer.Option("--replicas", min=1, help="ray: how many copies of the model serve.")] = 1,
+    max_batch: Annotated[int, typer.Option("--max-batch", metavar="N", min=1, help="Most images per forward pass, gathered across requests.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", metavar="MS", min=0, help="How long a batch waits for more images.")] = 10.0,
+    max_queue: Annotated[int, typer.Option("--max-queue", metavar="N", min=1, help="Most images waiting at once (503 past it).")] = 256,
+    engine: Annotated[Engine, typer.Option("--engine", metavar="ENGINE", help="local: this process; ray: replicas on Ray Serve.")] = Engine.local,
+    replicas: Annotated[int, typer.Option("--replicas", metavar="N", min=1, help="ray: how many copies of the model serve.")] = 1,
     ray_address: Annotated[
         Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", metavar="ADDR", help="ray: the cluster (default: a private local one).")
     ] = None,
