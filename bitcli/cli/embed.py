@@ -83,6 +83,7 @@ class StoreOptions:
 
 
 def embed(
+    ctx: typer.Context,
     inputs: InputsArg,
     output_path: Annotated[
         str,
@@ -138,12 +139,24 @@ def embed(
     """Pooled feature vectors (the embedding before the classifier) as one .npy array."""
     from bitcli import store
     from bitcli.pipeline import Embedder
-    from bitcli.store.update import plan_work, recorded_model
+    from bitcli.store.update import plan_work
 
     ui = Ui(quiet=quiet, debug=debug)
-    model = model or (update and recorded_model(output_path)) or DEFAULT_MODEL
-    options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
+    recorded = recorded_settings(where, ui) if update else None
+    if recorded is not None:  # a setting not given is the output's own; one given must agree
+        given = given_options(ctx)
+        stored = recorded.settings
+        model = model or recorded.model_reference()
+        normalize = normalize if "normalize" in given else stored.normalize
+        dtype = dtype if "dtype" in given else Dtype(stored.dtype)
+        content_hash = content_hash if "content_hash" in given else stored.content_hash is not None
+        precision = precision if "precision" in given else Precision(stored.model.get("precision") or "fp32")
+        fast_jpeg = fast_jpeg if "fast_jpeg" in given else bool(stored.decode.get("fast_jpeg"))
+        max_pixels = max_pixels if "max_pixels" in given else (stored.decode.get("max_pixels") or 0)
+        where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
+    model = model or DEFAULT_MODEL
+    options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
     if dist.check(output_path == "-", manifest):
         if update or content_hash:
@@ -201,6 +214,22 @@ def embed(
     ui.summary(bar, len(failed))
     stale_index_hint(ui, paths)
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """The options this command line set (on the command line or through the environment),
+    as opposed to left at their defaults: `--update` takes the others from the output."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return {name for name, source in sources.items() if source is not None and source.name != "DEFAULT"}
+
+
+def recorded_settings(where: StoreOptions, ui: Ui) -> Any:
+    """The header of the output `--update` continues (None when there is none yet), read before
+    the model loads: a damaged header is refused as such, not as a missing default model."""
+    from bitcli.store import update
+
+    paths = store_paths(where, ui, check=False)
+    return update.recorded_settings(paths)
 
 
 def stale_index_hint(ui: Ui, paths: Any) -> None:

@@ -94,7 +94,8 @@ def query_settings(index: EmbeddingIndex, model: str | None, first_query: str) -
 
 
 def settings_differ(index: EmbeddingIndex, fingerprint: dict[str, Any]) -> str | None:
-    """Why queries embedded with `fingerprint` would not be comparable with the rows (or None)."""
+    """Why queries embedded with `fingerprint` would not be comparable with the rows (or None).
+    UsageError when the index's model was changed in place (same reference, other content)."""
     from bitcli.store.metadata import EmbeddingMetadata, check_compatible
 
     if index.meta is None:
@@ -105,6 +106,8 @@ def settings_differ(index: EmbeddingIndex, fingerprint: dict[str, Any]) -> str |
     try:
         check_compatible(index.meta, current, str(index.array_path))
     except UsageError as exc:
+        if index.meta.settings.model_changed(current.settings):
+            raise  # the same model's name, other weights: every score would mislead
         return str(exc).split("; update with", 1)[0]
     return None
 

@@ -40,9 +40,6 @@ if TYPE_CHECKING:
 FORMAT = "bitcli.embedding"
 FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 20
-# What must be equal for rows of two runs to be comparable (`--update` refuses otherwise).
-_COMPATIBLE = ("model", "preprocessing", "dtype", "normalize", "feature_dim", "decode")
-_MODEL_KEYS = ("reference", "commit", "weights", "precision")  # "model" compares only these
 HEADER_MAX_BYTES = 1 << 20  # the header is a few kB
 ROW_LINE_MAX = 64 << 10  # one row file line: a path (at most PATH_MAX, escaped) and its identity
 
@@ -105,6 +102,82 @@ def identify_all(paths: Iterable[str], *, content_hash: bool = False) -> dict[st
     return found
 
 
+_MODEL_KEYS = ("reference", "commit", "weights", "weights_sha256", "precision")
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Everything that made a collection's rows what they are, and how its files are identified:
+    the one record that `--update`, `--resume`, `combine`, Ray, `bit search`'s queries and the
+    fine-tune feature cache compare (`diff`). Written once, as keys of `OUT.meta.json`.
+
+    `model` holds what `--model` named (`reference`), the hub commit, the checkpoint's file names,
+    `weights_sha256` (a local checkpoint's content; None for a hub commit, which is its content)
+    and the precision. `content_hash` ("sha256" with `--hash`) is the identity policy: it does not
+    change a row's bytes, so `diff` leaves it out (`--update` handles a change of policy)."""
+
+    model: dict[str, Any]
+    preprocessing: dict[str, Any]
+    decode: dict[str, Any]  # fast_jpeg, max_pixels
+    dtype: str = "float32"
+    normalize: bool = False
+    content_hash: str | None = None
+
+    ROW_KEYS = ("model", "preprocessing", "decode", "dtype", "normalize")  # what the rows depend on
+
+    @classmethod
+    def from_fingerprint(cls, fp: dict[str, Any]) -> "EmbedSettings":
+        """From a run's fingerprint (`Embedder.fingerprint()` plus "dtype", "content_hash")."""
+        return cls(
+            model={"reference": fp.get("model"), "commit": fp.get("commit"), "weights": fp.get("weights"),
+                   "weights_sha256": fp.get("weights_sha256"), "precision": fp.get("precision", "fp32")},
+            preprocessing=fp.get("preprocessing") or {},
+            decode={"fast_jpeg": bool(fp.get("fast_jpeg", False)), "max_pixels": fp.get("max_pixels")},
+            dtype=str(fp.get("dtype", "float32")),
+            normalize=bool(fp.get("normalize", False)),
+            content_hash="sha256" if fp.get("content_hash") else None,
+        )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EmbedSettings":
+        """From a header (or any dict with the same keys)."""
+        model = data.get("model") or {}
+        return cls(
+            model={k: model.get(k) for k in _MODEL_KEYS},
+            preprocessing=dict(data.get("preprocessing") or {}),
+            decode={"fast_jpeg": bool((data.get("decode") or {}).get("fast_jpeg", False)),
+                    "max_pixels": (data.get("decode") or {}).get("max_pixels")},
+            dtype=str(data.get("dtype", "float32")),
+            normalize=bool(data.get("normalize", False)),
+            content_hash=data.get("content_hash"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready (tuples become lists, so two records compare as their JSON does)."""
+        record = {"model": {k: self.model.get(k) for k in _MODEL_KEYS}, "preprocessing": self.preprocessing,
+                  "decode": self.decode, "dtype": self.dtype, "normalize": self.normalize,
+                  "content_hash": self.content_hash}
+        return json.loads(json.dumps(record))
+
+    def diff(self, now: "EmbedSettings") -> list[str]:
+        """The row settings that differ, `self` then and `now`: ["normalize True then, False now", ...]."""
+        theirs, mine = self.to_json(), now.to_json()
+        diffs = []
+        for key in self.ROW_KEYS:
+            a, b = theirs[key], mine[key]
+            if isinstance(a, dict) and isinstance(b, dict):
+                diffs += [f"{key}.{k} {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            elif a != b:
+                diffs.append(f"{key} {a!r} then, {b!r} now")
+        return diffs
+
+    def model_changed(self, now: "EmbedSettings") -> bool:
+        """The same model reference, other weights: a local checkpoint retrained in place (or a
+        header from before bitcli recorded the content: unknown, so not the same)."""
+        a, b = self.model, now.model
+        return (a.get("reference"), a.get("commit")) == (b.get("reference"), b.get("commit")) and a.get("weights_sha256") != b.get("weights_sha256")
+
+
 @dataclass
 class EmbeddingMetadata:
     """The header (`OUT.meta.json`). `extra` keeps keys a newer bitcli may add (round-tripped)."""
@@ -127,20 +200,19 @@ class EmbeddingMetadata:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
+    def from_settings(cls, settings: EmbedSettings, *, rows: int, feature_dim: int, runtime: dict[str, Any] | None = None, **fields: Any) -> "EmbeddingMetadata":
+        record = settings.to_json()
+        return cls(rows=rows, feature_dim=feature_dim, runtime=dict(runtime or {}), **record, **fields)
+
+    @classmethod
     def from_fingerprint(cls, fingerprint: dict[str, Any], *, rows: int, feature_dim: int, **fields: Any) -> "EmbeddingMetadata":
         """From the dict `bit embed` stores for `--resume` (`Embedder.fingerprint()` plus "dtype")."""
-        fp = dict(fingerprint)
-        return cls(
-            rows=rows,
-            feature_dim=feature_dim,
-            dtype=str(fp.get("dtype", "float32")),
-            normalize=bool(fp.get("normalize", False)),
-            model={"reference": fp.get("model"), "commit": fp.get("commit"), "weights": fp.get("weights"), "precision": fp.get("precision", "fp32")},
-            preprocessing=fp.get("preprocessing") or {},
-            decode={"fast_jpeg": bool(fp.get("fast_jpeg", False)), "max_pixels": fp.get("max_pixels")},
-            runtime={k: fp[k] for k in ("device", "batch_size", "convolution") if k in fp},
-            **fields,
-        )
+        runtime = {k: fingerprint[k] for k in ("device", "batch_size", "convolution") if k in fingerprint}
+        return cls.from_settings(EmbedSettings.from_fingerprint(fingerprint), rows=rows, feature_dim=feature_dim, runtime=runtime, **fields)
+
+    @property
+    def settings(self) -> EmbedSettings:
+        return EmbedSettings.from_json(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         names = [f.name for f in fields(self) if f.name != "extra"]
@@ -177,12 +249,6 @@ class EmbeddingMetadata:
         commit = self.model.get("commit")
         return f"{reference.split('@', 1)[0]}@{commit}" if commit else reference
 
-    def compatibility(self) -> dict[str, Any]:
-        """The settings rows depend on; `--update` refuses when they differ."""
-        values = {key: getattr(self, key) for key in _COMPATIBLE}
-        values["model"] = {k: self.model.get(k) for k in _MODEL_KEYS}
-        return json.loads(json.dumps(values))  # tuples == lists
-
 
 def _int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -192,16 +258,17 @@ def _int(value: Any, name: str) -> int:
 
 def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out: str) -> None:
     """UsageError (exit 2, one line) when `current` settings would make rows unlike `stored` ones."""
-    theirs, mine = stored.compatibility(), current.compatibility()
-    if theirs == mine:
+    then, now = stored.settings, current.settings
+    diffs = then.diff(now)
+    if stored.feature_dim != current.feature_dim and current.feature_dim:
+        diffs.append(f"feature_dim {stored.feature_dim} then, {current.feature_dim} now")
+    if not diffs:
         return
-    diffs = []
-    for key in _COMPATIBLE:
-        a, b = theirs[key], mine[key]
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{key}.{k} {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        elif a != b:
-            diffs.append(f"{key} {a!r} then, {b!r} now")
+    if then.model_changed(now):
+        raise UsageError(
+            f"{out} was made with other weights: the model {now.model.get('reference')} changed since "
+            "(its files' content differs); embed anew with --overwrite, or use the weights it was made with"
+        )
     raise UsageError(
         f"{out} was made with other settings ({'; '.join(diffs[:3])}); update with the same "
         "--model, --dtype, --normalize and image options, or embed anew with --overwrite"
@@ -223,7 +290,6 @@ def metadata_for(paths: "EmbedPaths", fingerprint: dict[str, Any], *, rows: int,
         rows=rows,
         feature_dim=dim,
         bitcli_version=__version__,
-        content_hash="sha256" if fingerprint.get("content_hash") else None,
         cwd=os.getcwd(),
         array=None if paths.out is None else _relative_name(paths.out, header),
         manifest=_relative_name(paths.manifest, header),

@@ -93,14 +93,20 @@ class UpdatePlan:
         return [s for s in self.steps if s.source_row is None]
 
 
-def recorded_model(out: str) -> str | None:
-    """The model `OUT.meta.json` says made `out` (`repo@commit`, or a local path), or None where
-    there is no readable header (then the update itself reports what is wrong)."""
-    meta = SidecarPaths.for_output(out).meta
-    try:
-        return read_metadata(meta).model_reference() if meta.is_file() else None
-    except UsageError:
+def recorded_settings(paths: "EmbedPaths") -> EmbeddingMetadata | None:
+    """What `--update` continues from: the output's header (None when there is no output yet,
+    the first run of a command line that always says --update). An output without a readable
+    header is refused here, before any model is loaded (UsageError, exit 2)."""
+    out, meta = paths.out, paths.sidecars.meta
+    if out is None or not os.path.lexists(out):
         return None
+    if not os.path.lexists(meta):
+        raise UsageError(
+            f"{out} has no metadata ({meta.name}): it was made by an older bitcli or elsewhere; "
+            "embed anew with --overwrite (without --update)"
+        )
+    with _advice_without_update():
+        return read_metadata(meta)
 
 
 def plan_update(
@@ -112,8 +118,8 @@ def plan_update(
 ) -> UpdatePlan:
     """Diff the current input paths (in order) against the stored rows.
 
-    Same path: kept when size and mtime are unchanged (with `content_hash`: when the sha256 is
-    unchanged, if the stored row has one), else changed. A path given twice pairs with the
+    Same path: kept when size and mtime are unchanged (with `content_hash`: when the stored
+    sha256 equals the file's; a row stored without one is embedded again), else changed. A path given twice pairs with the
     path's stored rows in order. With `content_hash`, a new or changed file whose content
     equals a row no kept file claims reuses that row ("moved" for a new path).
     """
@@ -151,8 +157,11 @@ def _try_identify(identify_fn: Callable[..., FileIdentity], path: str, content_h
 
 
 def _unchanged(old: FileIdentity, new: FileIdentity, content_hash: bool) -> bool:
-    if content_hash and old.sha256 and new.sha256:
-        return old.sha256 == new.sha256
+    """With content hashes, only an equal stored sha256 proves a row current: a row stored
+    without one (`--hash` added later) is embedded again, so that no row ever carries a hash
+    computed from content other than its own."""
+    if content_hash:
+        return old.sha256 is not None and old.sha256 == new.sha256
     return old.same_stat(new)
 
 
@@ -205,12 +214,9 @@ def _read_old(paths: "EmbedPaths", current: EmbeddingMetadata) -> tuple["Embeddi
     from bitcli.collection.index import open_index
 
     out, sidecars = paths.out, paths.sidecars
-    if not sidecars.meta.exists():
-        raise UsageError(
-            f"{out} has no metadata ({sidecars.meta.name}): it was made by an older bitcli or elsewhere; "
-            "embed anew with --overwrite"
-        )
-    stored_meta = read_metadata(sidecars.meta)
+    stored_meta = recorded_settings(paths)
+    if stored_meta is None:
+        raise UsageError(f"{out}: vanished while --update planned; run it again")
     check_compatible(stored_meta, current, str(out))
     old = open_index(out, manifest=paths.manifest, allow_empty=True)
     stored = read_file_rows(sidecars.meta, stored_meta)
