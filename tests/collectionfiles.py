@@ -32,9 +32,20 @@ def write_embedding(
             array=out.name,
             manifest=manifest.name,
         )
-        rows = [(p, FileIdentity(size=100 + i, mtime_ns=10**18 + i)) for i, p in enumerate(paths)]
+        rows = [(p, _identity(p, cwd, i)) for i, p in enumerate(paths)]
         write_metadata(SidecarPaths.for_output(out), header, rows)
     return out
+
+
+def _identity(path: str, cwd: str | None, i: int) -> FileIdentity:
+    """A file's real identity when it exists (as `bit embed` records it), else a made-up one."""
+    import os
+
+    full = os.path.join(cwd or "", path)
+    if os.path.isfile(full):
+        info = os.stat(full)
+        return FileIdentity(size=info.st_size, mtime_ns=info.st_mtime_ns)
+    return FileIdentity(size=100 + i, mtime_ns=10**18 + i)
 
 
 def clustered(rows: int, dim: int, *, seed: int = 0, clusters: int = 50, dtype=np.float32) -> np.ndarray:

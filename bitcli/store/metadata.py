@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from bitcli.errors import UsageError
 from bitcli.store.files import fsync_dir, staged_name, write_chunks
-from bitcli.util import read_capped
+from bitcli.util import open_regular, read_capped
 
 if TYPE_CHECKING:
     from bitcli.store.paths import EmbedPaths
@@ -78,15 +78,19 @@ class FileIdentity:
 
 
 def identify(path: str, *, content_hash: bool = False) -> FileIdentity:
-    """Stat `path` (following links) and, with `content_hash`, hash its bytes. Raises OSError."""
-    info = os.stat(path)
-    digest = None
-    if content_hash:
-        sha = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_HASH_CHUNK):
+    """Stat `path` (following links) and, with `content_hash`, hash its bytes. Raises OSError;
+    a FIFO, device or directory raises `NotRegularFile` without blocking (it is never an
+    embeddable file: its row would fail anyway), and the hash reads no more than the size the
+    file had when it was opened (a file growing meanwhile is not read forever)."""
+    with open_regular(path) as fh:
+        info = os.fstat(fh.fileno())
+        digest = None
+        if content_hash:
+            sha, left = hashlib.sha256(), info.st_size
+            while left > 0 and (chunk := fh.read(min(_HASH_CHUNK, left))):
                 sha.update(chunk)
-        digest = sha.hexdigest()
+                left -= len(chunk)
+            digest = sha.hexdigest()
     return FileIdentity(size=info.st_size, mtime_ns=info.st_mtime_ns, sha256=digest)
 
 
@@ -192,6 +196,7 @@ class EmbeddingMetadata:
     runtime: dict[str, Any] = field(default_factory=dict)  # device, batch_size, convolution
     content_hash: str | None = None  # "sha256" when every row's file was hashed
     cwd: str | None = None  # relative row paths are relative to this directory
+    cwd_from_header: str | None = None  # the same directory, relative to the header's
     bitcli_version: str = ""
     array: str | None = None  # file names, relative to the header's directory
     manifest: str | None = None
@@ -209,6 +214,16 @@ class EmbeddingMetadata:
         """From the dict `bit embed` stores for `--resume` (`Embedder.fingerprint()` plus "dtype")."""
         runtime = {k: fingerprint[k] for k in ("device", "batch_size", "convolution") if k in fingerprint}
         return cls.from_settings(EmbedSettings.from_fingerprint(fingerprint), rows=rows, feature_dim=feature_dim, runtime=runtime, **fields)
+
+    def base_dir(self, meta_path: Path | None) -> str | None:
+        """The directory relative row paths are relative to: the one `bit embed` ran in, found
+        from the header's own place (so a collection moved or copied with its files keeps
+        naming them), else as recorded."""
+        if meta_path is not None and self.cwd_from_header is not None:
+            found = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(meta_path)), self.cwd_from_header))
+            if os.path.isdir(found):
+                return found
+        return self.cwd
 
     @property
     def settings(self) -> EmbedSettings:
@@ -291,6 +306,7 @@ def metadata_for(paths: "EmbedPaths", fingerprint: dict[str, Any], *, rows: int,
         feature_dim=dim,
         bitcli_version=__version__,
         cwd=os.getcwd(),
+        cwd_from_header=os.path.relpath(os.getcwd(), os.path.dirname(os.path.abspath(header))),
         array=None if paths.out is None else _relative_name(paths.out, header),
         manifest=_relative_name(paths.manifest, header),
     )

@@ -115,23 +115,26 @@ def plan_update(
     *,
     content_hash: bool = False,
     identify_fn: Callable[..., FileIdentity] = identify,
+    base: str | None = None,
 ) -> UpdatePlan:
     """Diff the current input paths (in order) against the stored rows.
 
-    Same path: kept when size and mtime are unchanged (with `content_hash`: when the stored
-    sha256 equals the file's; a row stored without one is embedded again), else changed. A path given twice pairs with the
-    path's stored rows in order. With `content_hash`, a new or changed file whose content
+    Rows and inputs are matched by the file they name (`real_file`: stored paths from `base`,
+    the directory the output was made in; inputs from the current one). Same file: kept when
+    size and mtime are unchanged (with `content_hash`: when the stored sha256 equals the
+    file's; a row stored without one is embedded again), else changed. A file given twice pairs
+    with its stored rows in order. With `content_hash`, a new or changed file whose content
     equals a row no kept file claims reuses that row ("moved" for a new path).
     """
     by_path: dict[str, deque[int]] = defaultdict(deque)
     for row, (path, _) in enumerate(stored):
-        by_path[path].append(row)
+        by_path[real_file(path, base)].append(row)
     claimed: set[int] = set()  # rows reused as they are
     superseded: set[int] = set()  # rows of changed files (reusable by content, never "removed")
     drafts: list[UpdateStep] = []
     for path in current:
         identity = _try_identify(identify_fn, path, content_hash)
-        rows = by_path.get(path)
+        rows = by_path.get(real_file(path, None))
         if not rows:
             drafts.append(UpdateStep(path, "new", identity))
             continue
@@ -147,6 +150,15 @@ def plan_update(
     steps = _reuse_by_hash(drafts, stored, claimed) if content_hash else drafts
     removed = [path for row, (path, _) in enumerate(stored) if row not in claimed and row not in superseded]
     return UpdatePlan(steps=steps, removed=removed)
+
+
+def real_file(path: str, base: str | None) -> str:
+    """What identifies a row's file: its resolved real path, a relative path taken from `base`
+    (the directory the output was made in; None: the current one). The spelling (relative,
+    absolute, `./`, through a link) and the working directory do not matter."""
+    if base and not os.path.isabs(path):
+        path = os.path.join(base, path)
+    return os.path.realpath(path)
 
 
 def _try_identify(identify_fn: Callable[..., FileIdentity], path: str, content_hash: bool) -> FileIdentity | None:
@@ -204,7 +216,8 @@ def prepare_update(paths: "EmbedPaths", current: EmbeddingMetadata, inputs: Sequ
         return Update(plan_update([], inputs, content_hash=content_hash), None)
     with _advice_without_update():
         old, stored = _read_old(paths, current)
-    plan = plan_update(stored, inputs, content_hash=content_hash)
+    base = old.base_dir
+    plan = plan_update(stored, inputs, content_hash=content_hash, base=base)
     plan.retry(_failed_before(paths))
     return Update(plan, old)
 
@@ -220,7 +233,7 @@ def _read_old(paths: "EmbedPaths", current: EmbeddingMetadata) -> tuple["Embeddi
     check_compatible(stored_meta, current, str(out))
     old = open_index(out, manifest=paths.manifest, allow_empty=True)
     stored = read_file_rows(sidecars.meta, stored_meta)
-    if [path for path, _ in stored] != old.paths:
+    if [path for path, _ in stored] != old.recorded:
         raise UsageError(f"{sidecars.files} and {paths.manifest} list different files; embed anew with --overwrite")
     return old, stored
 
