@@ -143,3 +143,18 @@ def test_resume_after_the_weights_changed_is_refused(tmp_path):
     result = embed("-m", model, "--resume")
     assert_clean_failure(result, 2)
     assert "weights_sha256" in result.stderr and not Path("photos.npy").exists()
+
+
+def test_a_failed_write_during_update_advises_update_resume(tmp_path):
+    """Disk full during --update: the advice must be the command that continues it."""
+    import errno
+
+    from bitcli.errors import BitError
+    from bitcli.store import EmbedPaths
+    from bitcli.store.paths import write_errors
+
+    paths = EmbedPaths.for_output(tmp_path / "photos.npy")
+    paths.partial.mkdir()
+    with pytest.raises(BitError, match=r"No space left on device\); fix that and rerun with --update --resume$"):
+        with write_errors(paths, again="--update --resume"):
+            raise OSError(errno.ENOSPC, "No space left on device")

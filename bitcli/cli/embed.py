@@ -49,6 +49,7 @@ from bitcli.cli.common import (
     run_options,
 )
 from bitcli.cli.helpscreen import epilog
+from bitcli.cli.screen import duration
 from bitcli.errors import UsageError
 from bitcli.output import is_terminal
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
@@ -172,10 +173,8 @@ def embed(
     fingerprint = {**embedder.fingerprint(), "dtype": where.dtype, **({"content_hash": "sha256"} if content_hash else {})}
     work = plan_work(paths, items, embedder.embed_groups, embedder.feature_dim, fingerprint,
                      update=update, content_hash=content_hash)
-    if work.summary:
-        ui.info(f"{paths.out}: {work.summary}")
     if work.up_to_date:
-        ui.info(f"{paths.out} is up to date")
+        ui.info(f"{paths.out}: up to date")
         return EXIT_OK
     with store.write_errors(paths, UsageError):  # cannot even start: the -o path is unusable
         writer = store.EmbedWriter(
@@ -195,22 +194,28 @@ def embed(
     if writer.rows or writer.failed:
         ui.info(f"resuming: {writer.rows} images and {writer.failed} failures already recorded")
     todo = list(writer.skip_done(work.items))
-    bar, failed = ui.progress(len(todo), "embedding"), []
+    # The bar counts images embedded; an update's copied rows are not work done (nor img/s).
+    embeds = [getattr(item, "source_row", None) is None for item in todo]
+    bar, failed = ui.progress(sum(embeds), "embedding"), []
+    again = "--update --resume" if update else "--resume"
     try:
-        with store.write_errors(paths):
+        with store.write_errors(paths, again=again):
             with bar:
-                on_group = lambda group: report(ui, group, bar, failed)  # noqa: E731
+                on_group = lambda group: report(ui, group, bar, failed, embeds)  # noqa: E731
                 store.write_groups(writer, work.groups(todo), on_group, work.identities(todo))
             summary = writer.finish(sys.stdout.buffer if paths.out is None else None)
     except BaseException as exc:
         writer.close()
         if paths.partial is not None and paths.partial.exists():
-            again = "--update --resume" if update else "--resume"
             ui.info(f"partial results kept in {paths.partial}; rerun with {again} to continue")
         if isinstance(exc, KeyboardInterrupt):
             ui.summary(bar, len(failed))
         raise
-    report_summary(ui, summary, paths)
+    if work.summary:  # `photos.npy: +3 new, 1 changed, 2 removed, 23 kept; embedded 4 in 1.2 s`
+        ui.info(f"{paths.out}: {work.summary}; embedded {bar.done} in {duration(bar.elapsed)}")
+        report_summary(ui, summary, paths, done=True)
+    else:
+        report_summary(ui, summary, paths)
     ui.summary(bar, len(failed))
     stale_index_hint(ui, paths)
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
@@ -263,10 +268,13 @@ def store_paths(where: StoreOptions, ui: Ui, *, check: bool = True) -> Any:
     return paths
 
 
-def report(ui: Ui, group: list[Any], bar: Any, failed: list[str]) -> None:
-    """After each committed batch: one error line per failed input (the bar out of the way)."""
+def report(ui: Ui, group: list[Any], bar: Any, failed: list[str], embeds: list[bool]) -> None:
+    """After each committed batch: one error line per failed input (the bar out of the way).
+    `embeds` says, item by item in order, which ones are embedded (not copied): consumed here."""
     errors = [f"{result.path}: {result.error}" for result in group if not result.ok]
     failed += errors
-    with bar.paused(done=len(group), screen=bool(errors)):
+    embedded = sum(embeds[: len(group)])
+    del embeds[: len(group)]
+    with bar.paused(done=embedded, screen=bool(errors)):
         for line in errors:
             ui.error(line)

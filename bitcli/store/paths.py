@@ -314,8 +314,9 @@ def writing(output: Path | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def write_errors(paths: EmbedPaths, error: type[BitError] = BitError) -> Iterator[None]:
-    """A failed write (disk full, permission denied) becomes `error`: one line naming the output.
+def write_errors(paths: EmbedPaths, error: type[BitError] = BitError, again: str = "--resume") -> Iterator[None]:
+    """A failed write (disk full, permission denied) becomes `error`: one line naming the output
+    and, when a partial run is kept, how to continue it (`again`: `--update --resume` for an update).
 
     Pass UsageError (exit 2) while the output cannot even be created, BitError (exit 1) after."""
     try:
@@ -325,5 +326,5 @@ def write_errors(paths: EmbedPaths, error: type[BitError] = BitError) -> Iterato
     except OSError as exc:
         name = exc.filename if isinstance(exc, OutputWriteError) else paths.outputs[0]
         resumable = paths.partial is not None and paths.partial.is_dir()
-        hint = "; fix that and rerun with --resume" if resumable else ""
+        hint = f"; fix that and rerun with {again}" if resumable else ""
         raise error(f"{name}: cannot write ({exc.strerror or exc}){hint}") from exc
