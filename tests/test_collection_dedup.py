@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bitcli.collection.dedup import _UnionFind, bf16_native, check_threshold, component_labels, find_groups, paths_to_delete
+from bitcli.collection.dedup import _UnionFind, bf16_native, check_threshold, component_labels, find_groups
+from bitcli.collection.keep import paths_to_delete
 from bitcli.collection.index import open_index
 from bitcli.errors import UsageError
 from collectionfiles import all_pairs_groups, clustered, cosine_matrix, write_embedding

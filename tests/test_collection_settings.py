@@ -158,3 +158,18 @@ def test_a_failed_write_during_update_advises_update_resume(tmp_path):
     with pytest.raises(BitError, match=r"No space left on device\); fix that and rerun with --update --resume$"):
         with write_errors(paths, again="--update --resume"):
             raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_bit_info_describes_a_collection(ckpt):
+    make_images(Path("photos"), 3)
+    assert embed("-m", ckpt, "--normalize", "--hash").exit_code == 0
+    result = run(["info", "photos.npy", "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["rows"], report["feature_dim"], report["dtype"], report["normalize"]) == (3, 32, "float32", True)
+    assert report["model"]["reference"] == str(ckpt.resolve()) and len(report["model"]["weights_sha256"]) == 64
+    assert report["identity"] == "size, mtime and sha256" and report["made_by"]["bitcli_version"]
+    table = run(["info", "photos"])  # .npy added, as for search
+    assert table.exit_code == 0 and "3 x 32 float32, L2-normalized" in table.stdout and str(ckpt.resolve()) in table.stdout
+    missing = run(["info", "nothing.npy"])
+    assert_clean_failure(missing, 2)

@@ -90,20 +90,31 @@ def test_bit_embed_on_ray_equals_the_local_run(ray_run, local):
 
 
 def test_bit_search_reads_a_ray_output_through_its_sidecar(ray_run, tmp_path):
-    """The sidecar is published in the set (the run record lists it) with no file identities, and
+    """The sidecar is published in the set (the run record lists it) with the files' identities, and
     `bit search` finds the model in it: a query that is no row is embedded without --model."""
     _, out = ray_run
     record = json.loads((out.parent / ".ray.npy.run.json").read_text())
     assert record["files"]["metadata"]["size"] == (out.parent / "ray.meta.json").stat().st_size
     rows = [json.loads(line) for line in (out.parent / "ray.files.jsonl").read_text().splitlines()]
     assert [r["path"] for r in rows] == (out.parent / "ray.paths.txt").read_text().splitlines()
-    assert all(r["size"] is None for r in rows)  # shards record no identities: --update embeds them again
+    for r in rows:  # the identities a local run records, so --update keeps these rows
+        info = os.stat(r["path"])
+        assert (r["size"], r["mtime_ns"]) == (info.st_size, info.st_mtime_ns)
     query = tmp_path / "query.png"
     shutil.copy(rows[0]["path"], query)  # a byte copy, not a row of the index
     found = run(["search", out, query, "-k", 1, "-f", "jsonl"])
     assert found.exit_code == 0, found.stderr
     best = json.loads(found.stdout)["matches"][0]
     assert (best["path"], best["score"]) == (rows[0]["path"], 1.0)  # ties go to index order
+
+
+def test_a_local_update_after_ray_embeds_only_the_inputs_that_failed(ckpt, photos, ray_run, tmp_path):
+    _, out = ray_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out.parent, copy)
+    result = run(["embed", *inputs(photos), "-o", copy / "ray.npy", "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS, "--update"])
+    rows = len((copy / "ray.paths.txt").read_text().splitlines())
+    assert f"0 changed, 0 removed, {rows} kept" in result.stderr, result.stderr  # only the failures retried
 
 
 def test_resume_of_a_finished_ray_output_is_checked_like_a_local_one(cluster, ckpt, photos, ray_run):

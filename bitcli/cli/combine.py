@@ -8,6 +8,7 @@ and says what to do next. docs/distributed.md describes all of it.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -127,7 +128,7 @@ def embed_distributed(
     bar = ShardBar(ui)
     common = {"resume": resume, "overwrite": overwrite, "progress": bar, "on_failure": bar.error}
     try:
-        with bar, write_errors(paths) if dist.shard is None else contextlib.nullcontext():
+        with bar, terminated_as_interrupt(), write_errors(paths) if dist.shard is None else contextlib.nullcontext():
             if dist.shard is None:
                 options = RayOptions(dist.ray_address, dist.workers, dist.gpus, dist.shard_size, dist.shard_dir)
                 summary = embed_on_ray(entries, paths, job, options, **common)
@@ -154,6 +155,19 @@ def embed_distributed(
     report_summary(ui, summary, paths)
     bar.summary()
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+@contextlib.contextmanager
+def terminated_as_interrupt() -> Any:
+    """SIGTERM ends the run as Ctrl-C does: the cluster shut down, finished shards kept (exit 130)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ShardBar:

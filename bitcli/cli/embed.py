@@ -13,41 +13,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.combine import (
-    Distribution,
-    Engine,
-    EngineOpt,
-    GpusOpt,
-    RayAddressOpt,
-    ShardDirOpt,
-    ShardOpt,
-    ShardSizeOpt,
-    WorkersOpt,
-    embed_distributed,
-)
-from bitcli.cli.common import (
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    BatchSizeOpt,
-    DebugOpt,
-    Device,
-    DeviceOpt,
-    Dtype,
-    FastJpegOpt,
-    InputsArg,
-    MaxPixelsOpt,
-    ModelOpt,
-    NullOpt,
-    Precision,
-    PrecisionOpt,
-    QuietOpt,
-    ThreadsOpt,
-    Ui,
-    expand,
-    load_model,
-    report_summary,
-    run_options,
-)
+from bitcli.cli.combine import (Distribution, Engine, EngineOpt, GpusOpt, RayAddressOpt, ShardDirOpt, ShardOpt,
+                                ShardSizeOpt, WorkersOpt, embed_distributed)
+from bitcli.cli.common import (EXIT_OK, EXIT_SOME_FAILED, BatchSizeOpt, DebugOpt, Device, DeviceOpt, Dtype, FastJpegOpt,
+                               InputsArg, MaxPixelsOpt, ModelOpt, NullOpt, Precision, PrecisionOpt, QuietOpt, ThreadsOpt,
+                               Ui, expand, load_model, report_summary, run_options)
 from bitcli.cli.helpscreen import epilog
 from bitcli.cli.screen import duration
 from bitcli.errors import UsageError
@@ -140,32 +110,28 @@ def embed(
     """Pooled feature vectors (the embedding before the classifier) as one .npy array."""
     from bitcli import store
     from bitcli.pipeline import Embedder
-    from bitcli.store.update import plan_work
+    from bitcli.store.update import continued_options, plan_work
 
     ui = Ui(quiet=quiet, debug=debug)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
-    recorded = recorded_settings(where, ui) if update else None
+    recorded = update_source(where, ui) if update else None
     if recorded is not None:  # a setting not given is the output's own; one given must agree
-        given = given_options(ctx)
-        stored = recorded.settings
-        model = model or recorded.model_reference()
-        normalize = normalize if "normalize" in given else stored.normalize
-        dtype = dtype if "dtype" in given else Dtype(stored.dtype)
-        content_hash = content_hash if "content_hash" in given else stored.content_hash is not None
-        precision = precision if "precision" in given else Precision(stored.model.get("precision") or "fp32")
-        fast_jpeg = fast_jpeg if "fast_jpeg" in given else bool(stored.decode.get("fast_jpeg"))
-        max_pixels = max_pixels if "max_pixels" in given else (stored.decode.get("max_pixels") or 0)
+        mine = dict(model=model, normalize=normalize, dtype=dtype.value, content_hash=content_hash,
+                    precision=precision.value, fast_jpeg=fast_jpeg, max_pixels=max_pixels)
+        values = continued_options(recorded, {k: v for k, v in mine.items() if k in given_options(ctx)})
+        model, normalize, content_hash, fast_jpeg, max_pixels = (values[k] for k in ("model", "normalize", "content_hash", "fast_jpeg", "max_pixels"))
+        dtype, precision = Dtype(values["dtype"]), Precision(values["precision"])
         where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
     model = model or DEFAULT_MODEL
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
     if dist.check(output_path == "-", manifest):
-        if update or content_hash:
-            raise UsageError("--update and --hash run locally; leave out --engine ray and --shard")
+        if update:
+            raise UsageError("--update runs locally; leave out --engine ray and --shard (bit embed --update keeps what they embedded)")
         from bitcli.distributed import EmbedJob
 
         paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
-        job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads)
+        job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads, content_hash=content_hash)
         return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null)
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
     items = expand(inputs, null, ui)
@@ -222,19 +188,16 @@ def embed(
 
 
 def given_options(ctx: typer.Context) -> set[str]:
-    """The options this command line set (on the command line or through the environment),
-    as opposed to left at their defaults: `--update` takes the others from the output."""
+    """The options set on the command line (or through the environment), not left at defaults."""
     sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
     return {name for name, source in sources.items() if source is not None and source.name != "DEFAULT"}
 
 
-def recorded_settings(where: StoreOptions, ui: Ui) -> Any:
-    """The header of the output `--update` continues (None when there is none yet), read before
-    the model loads: a damaged header is refused as such, not as a missing default model."""
-    from bitcli.store import update
+def update_source(where: StoreOptions, ui: Ui) -> Any:
+    """The header `--update` continues (None: no output yet), read before the model loads."""
+    from bitcli.store.update import recorded_settings
 
-    paths = store_paths(where, ui, check=False)
-    return update.recorded_settings(paths)
+    return recorded_settings(store_paths(where, ui, check=False))
 
 
 def stale_index_hint(ui: Ui, paths: Any) -> None:
@@ -248,21 +211,14 @@ def stale_index_hint(ui: Ui, paths: Any) -> None:
 def store_paths(where: StoreOptions, ui: Ui, *, check: bool = True) -> Any:
     """The files this run writes, checked before the model loads (UsageError, exit 2). A
     publication an interrupted run had committed to is completed first, whatever the options."""
-    from bitcli.store import EmbedPaths, check_output, recover
+    from bitcli.store import check_output, recover
+    from bitcli.store.paths import output_paths
 
-    if where.output == "-":
-        if is_terminal(sys.stdout):
-            raise UsageError("-o - would write binary .npy data to the terminal; redirect stdout to a file or pipe")
-        paths = EmbedPaths.for_output(None, manifest=where.manifest)
-    else:
-        out = Path(where.output)
-        if out.is_dir():
-            raise UsageError(f"-o {out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
-        if not out.name.endswith(".npy"):  # as numpy.save does: `-o vecs` writes vecs.npy
-            out = out.with_name(out.name + ".npy")
-        paths = EmbedPaths.for_output(out, manifest=where.manifest)
-        if recover(paths):
-            ui.info(f"completed publishing {out}, which an interrupted run had left half-renamed")
+    if where.output == "-" and is_terminal(sys.stdout):
+        raise UsageError("-o - would write binary .npy data to the terminal; redirect stdout to a file or pipe")
+    paths = output_paths(where.output, where.manifest)
+    if paths.out is not None and recover(paths):
+        ui.info(f"completed publishing {paths.out}, which an interrupted run had left half-renamed")
     if check:
         check_output(paths, resume=where.resume, overwrite=where.overwrite, update=where.update)
     return paths

@@ -19,7 +19,6 @@ image can only be embedded with an explicitly chosen model.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
+from bitcli.collection.blocks import BlockReader, read_exactly
 from bitcli.errors import UsageError
 from bitcli.inputs import STDIN_PATH_MAX as PATH_MAX
 from bitcli.store.metadata import EmbeddingMetadata, SidecarPaths, read_metadata, sidecar_file
@@ -37,9 +37,6 @@ from bitcli.util import FileTooLarge, open_regular, read_capped
 # A block of float32 rows is at most this big (the raw rows read from disk add at most as much).
 DEFAULT_BLOCK_BYTES = 64 << 20
 _FLOAT_DTYPES = ("float16", "float32", "float64")
-# A float16 index with more elements than this converts blocks with torch (about 6x faster than
-# numpy's float16 cast), which pays for torch's import (about 2 s); smaller ones stay numpy-only.
-_TORCH_CAST_ELEMENTS = 1 << 28
 
 
 @dataclass
@@ -104,7 +101,7 @@ class EmbeddingIndex:
         block_rows = block_rows or self.block_rows()
         if stop <= start:
             return
-        reader = _BlockReader(self, min(block_rows, stop - start), torch_cast=torch_cast)
+        reader = BlockReader(self, min(block_rows, stop - start), torch_cast=torch_cast)
         try:
             for first in range(start, stop, block_rows):
                 yield first, reader.read(first, min(first + block_rows, stop))
@@ -141,6 +138,33 @@ class EmbeddingIndex:
             yield fd
         finally:
             os.close(fd)
+
+    def describe(self) -> dict[str, Any]:
+        """What the collection holds (`bit info`): JSON-ready, without reading any row."""
+        info = self.stat()
+        meta = self.meta
+        report: dict[str, Any] = {
+            "path": str(self.array_path),
+            "rows": self.rows,
+            "feature_dim": self.dim,
+            "dtype": self.vectors.dtype.name,
+            "bytes": info.st_size,
+            "manifest": str(self.manifest_path),
+            "metadata": str(self.meta_path) if self.meta_path is not None else None,
+            "modified": _iso_time(info.st_mtime_ns),
+        }
+        if meta is None:
+            return {**report, "made_by": None}
+        settings = meta.settings.to_json()
+        return {
+            **report,
+            "made_by": {"bitcli_version": meta.bitcli_version or None, "cwd": meta.cwd, "runtime": meta.runtime},
+            "model": settings["model"],
+            "normalize": settings["normalize"],
+            "identity": "size, mtime and sha256" if settings["content_hash"] else "size and mtime",
+            "preprocessing": settings["preprocessing"],
+            "decode": settings["decode"],
+        }
 
     def find_rows(self, queries: Iterable[str]) -> dict[str, int]:
         """For each query path that names a row, the first such row (one pass over the paths).
@@ -204,6 +228,12 @@ def open_index(array_path: str | os.PathLike[str], *, manifest: str | os.PathLik
 
 
 _CONSISTENT_TRIES = 1000
+
+
+def _iso_time(ns: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def _open_once(array_path: Path, manifest: str | os.PathLike[str] | None) -> EmbeddingIndex:
@@ -329,68 +359,3 @@ def _check_consistent(index: EmbeddingIndex) -> None:
         raise UsageError(f"{index.meta_path} describes {meta.feature_dim}-dimensional rows but {index.array_path} holds {index.dim}{again}")
     if meta.dtype != index.vectors.dtype.name:
         raise UsageError(f"{index.meta_path} describes {meta.dtype} rows but {index.array_path} holds {index.vectors.dtype.name}{again}")
-
-
-class _BlockReader:
-    """Reads row ranges of a C-ordered `.npy` into one reused buffer, as float32."""
-
-    def __init__(self, index: EmbeddingIndex, max_rows: int, *, torch_cast: bool = True):
-        vectors = index.vectors
-        self.vectors = vectors
-        self.dim = index.dim
-        self.dtype = vectors.dtype
-        self.row_bytes = self.dim * self.dtype.itemsize
-        offset = getattr(vectors, "offset", None)
-        self.direct = isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and offset is not None
-        self.index = index
-        self.offset = offset or 0
-        self.raw = np.empty(max_rows * self.row_bytes, dtype=np.uint8)
-        native32 = self.dtype == np.dtype("<f4") and sys.byteorder == "little"
-        self.out = None if native32 else np.empty((max_rows, self.dim), dtype=np.float32)
-        self.cast = _caster(self.dtype, vectors.size if torch_cast else 0)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        n = stop - start
-        if not self.direct:  # e.g. a Fortran-ordered array from elsewhere: let the memory map copy
-            return np.asarray(self.vectors[start:stop], dtype=np.float32)
-        view = memoryview(self.raw)[: n * self.row_bytes]
-        with self.index._reader() as fd:
-            read_exactly(fd, view, self.offset + start * self.row_bytes, self.index.array_path)
-        rows = self.raw[: n * self.row_bytes].view(self.dtype).reshape(n, self.dim)
-        if self.out is None:
-            return rows
-        out = self.out[:n]
-        self.cast(rows, out)
-        return out
-
-    def close(self) -> None:
-        pass  # the index owns its file
-
-
-_READ_CHUNK = 1 << 30  # one preadv reads at most about 2 GiB: rows wider than that take several
-
-
-def read_exactly(fd: int, view: memoryview, position: int, path: Path) -> None:
-    """Fill `view` from `fd` at `position`, in reads of at most _READ_CHUNK bytes."""
-    filled = 0
-    while filled < len(view):
-        got = os.preadv(fd, [view[filled : filled + _READ_CHUNK]], position + filled)
-        if not got:
-            raise UsageError(f"{path}: ended early (truncated while reading?); embed again with --overwrite")
-        filled += got
-
-
-def _caster(dtype: np.dtype, elements: int):
-    """A function copying rows of `dtype` into a float32 array of the same shape."""
-    if dtype.name == "float16" and elements and (elements > _TORCH_CAST_ELEMENTS or "torch" in sys.modules):
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        if torch is not None and dtype.isnative:
-
-            def torch_cast(src: np.ndarray, dst: np.ndarray) -> None:
-                torch.from_numpy(dst).copy_(torch.from_numpy(src))
-
-            return torch_cast
-    return lambda src, dst: np.copyto(dst, src, casting="unsafe")

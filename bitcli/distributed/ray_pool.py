@@ -17,7 +17,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,6 +65,9 @@ def connect(ray: Any, options: RayOptions) -> Iterator[Any]:
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address == "local":
         kwargs.update(include_dashboard=False, num_cpus=options.num_cpus)
+    else:
+        probe(address)  # Ray itself retries an address where nothing listens for minutes
+    handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -70,10 +75,33 @@ def connect(ray: Any, options: RayOptions) -> Iterator[Any]:
             f"--ray-address {address}: cannot connect ({first_line(exc)}); start the cluster "
             "(ray start --head) or check the address"
         ) from exc
+    finally:
+        if handler is not None:  # ray.init replaces the driver's SIGTERM handler: put the caller's back
+            signal.signal(signal.SIGTERM, handler)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+PROBE_SECONDS = 5.0
+
+
+def probe(address: str) -> None:
+    """UsageError (exit 2) unless something accepts a TCP connection at `address` within
+    PROBE_SECONDS (`host:port`, or `ray://host:port`; `auto` and other forms are left to Ray)."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise UsageError(
+            f"--ray-address {address}: nothing answers there ({reason}); start the cluster (ray start --head) "
+            "or check the address"
+        ) from None
 
 
 def with_threads(ray: Any, job: EmbedJob, options: RayOptions) -> EmbedJob:

@@ -5,6 +5,9 @@ A finished shard is a folder `shard-000007/` in the shard directory:
     rows.npy     the shard's rows, exactly as numpy.save writes them
     paths.txt    row i's input path, one a line (the manifest's format)
     errors.txt   PATH<TAB>reason for each input of the shard that failed (the error list's)
+    files.jsonl  row i's file identity, as the collection's row file has it (size, mtime, and
+                 sha256 with --hash), taken before the file was read; a shard of an older
+                 bitcli has none (its rows get null identities: `--update` embeds them again)
     shard.json   what made it: format, shard index, split (batch and shard size, the number
                  of entries and the sha256 of the whole input list), the fingerprint (model,
                  commit, weights, preprocessing, device, precision, options, dtype), feature
@@ -25,12 +28,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from numpy.lib import format as npy_format
 
 from bitcli.distributed.seams import (
+    FileIdentity,
     escape_error_path,
     first_line,
     fsync_dir,
@@ -43,7 +47,7 @@ from bitcli.distributed.shards import ShardError, ShardMismatchError, Split, sha
 
 SHARD_FORMAT = "bitcli-embed-shard"
 SHARD_VERSION = 1
-SHARD_FILES = ("rows.npy", "paths.txt", "errors.txt", "shard.json")
+SHARD_FILES = ("rows.npy", "paths.txt", "errors.txt", "files.jsonl", "shard.json")
 _SHARD_NAME = re.compile(r"shard-(\d{6,})")
 
 # One commit: the paths of a batch's rows, the rows [n, dim] (None when n == 0), (path, reason) failures.
@@ -90,12 +94,14 @@ def write_shard(
     dim: int,
     dtype: str,
     commits: Iterable[Commit],
+    identities: Callable[[str], FileIdentity | None] | None = None,
 ) -> ShardInfo:
-    """Write shard `index` from its batches' commits and publish it; the first writer wins."""
+    """Write shard `index` from its batches' commits and publish it; the first writer wins.
+    `identities(path)`: each row's file identity, taken before the file was read."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{shard_name(index)}.", dir=shard_dir))
     try:
-        rows, failed = _write_files(tmp, dim, np.dtype(dtype).newbyteorder("<"), commits)
+        rows, failed = _write_files(tmp, dim, np.dtype(dtype).newbyteorder("<"), commits, identities or (lambda path: None))
         if rows + failed != split.count(index):
             raise RuntimeError(f"shard {index}: {rows} rows and {failed} failures for {split.count(index)} inputs")
         info = ShardInfo(index, split, dict(fingerprint), int(dim), np.dtype(dtype).name, rows, failed, tmp)
@@ -107,13 +113,16 @@ def write_shard(
         raise
 
 
-def _write_files(folder: Path, dim: int, dtype: np.dtype, commits: Iterable[Commit]) -> tuple[int, int]:
-    """rows.npy (header rewritten with the final count, as the embed store does), paths, errors."""
+def _write_files(
+    folder: Path, dim: int, dtype: np.dtype, commits: Iterable[Commit], identities: Callable[[str], FileIdentity | None]
+) -> tuple[int, int]:
+    """rows.npy (header rewritten with the final count, as the embed store does), paths, errors,
+    the rows' file identities."""
     rows = failed = 0
     text = {"encoding": "utf-8", "errors": "surrogateescape", "newline": "\n"}
     with open(folder / "rows.npy", "wb") as data, open(folder / "paths.txt", "w", **text) as manifest, open(
         folder / "errors.txt", "w", **text
-    ) as errors:
+    ) as errors, open(folder / "files.jsonl", "wb") as files:
         header_len = len(npy_header(dtype, 0, dim))
         data.write(npy_header(dtype, 0, dim))
         for paths, vectors, failures in commits:
@@ -127,6 +136,7 @@ def _write_files(folder: Path, dim: int, dtype: np.dtype, commits: Iterable[Comm
                     raise ValueError(f"expected rows of shape ({len(paths)}, {dim}), got {array.shape}")
                 data.write(np.ascontiguousarray(array.astype(dtype, copy=False)).tobytes())
                 manifest.writelines(f"{path}\n" for path in paths)
+                files.writelines(identity_line(path, identities(path)) for path in paths)
                 rows += len(paths)
             for path, reason in failures:
                 errors.write(f"{escape_error_path(str(path))}\t{reason}\n")
@@ -136,10 +146,38 @@ def _write_files(folder: Path, dim: int, dtype: np.dtype, commits: Iterable[Comm
             raise RuntimeError("the .npy header length changed with the row count")
         data.seek(0)
         data.write(header)
-        for fh in (data, manifest, errors):
+        for fh in (data, manifest, errors, files):
             fh.flush()
             os.fsync(fh.fileno())
     return rows, failed
+
+
+def identity_line(path: str, identity: FileIdentity | None) -> bytes:
+    """One line of a row file (the collection's `OUT.files.jsonl` format)."""
+    record = identity.to_dict(path) if identity is not None else {"path": path, "size": None, "mtime_ns": None}
+    return (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def shard_identities(shard: ShardInfo) -> Iterator[FileIdentity | None]:
+    """Each row's recorded file identity, in row order (None throughout for a shard without them)."""
+    try:
+        fh = open(shard.folder / "files.jsonl", "rb")
+    except FileNotFoundError:
+        yield from (None for _ in range(shard.rows))
+        return
+    with fh:
+        count = 0
+        for raw in fh:
+            if count == shard.rows:
+                break
+            try:
+                record = json.loads(raw)
+                size = record.get("size")
+                yield None if size is None else FileIdentity(int(size), int(record["mtime_ns"]), record.get("sha256"))
+            except (ValueError, KeyError, TypeError):
+                yield None  # a damaged line only costs that row's re-embedding on --update
+            count += 1
+        yield from (None for _ in range(shard.rows - count))
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -109,6 +109,12 @@ def recorded_settings(paths: "EmbedPaths") -> EmbeddingMetadata | None:
         return read_metadata(meta)
 
 
+def continued_options(recorded: EmbeddingMetadata, given: dict[str, Any]) -> dict[str, Any]:
+    """`bit embed --update`'s options: those given on the command line, the output's own for the
+    rest (`EmbedSettings.options`); a given one that differs is refused later, by `check_compatible`."""
+    return {**recorded.settings.options(), **given, "model": given.get("model") or recorded.model_reference()}
+
+
 def plan_update(
     stored: Sequence[tuple[str, FileIdentity | None]],
     current: Sequence[str],
