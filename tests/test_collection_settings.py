@@ -173,3 +173,21 @@ def test_bit_info_describes_a_collection(ckpt):
     assert table.exit_code == 0 and "3 x 32 float32, L2-normalized" in table.stdout and str(ckpt.resolve()) in table.stdout
     missing = run(["info", "nothing.npy"])
     assert_clean_failure(missing, 2)
+
+
+def test_resume_takes_the_interrupted_runs_settings(ckpt):
+    """`--resume` without repeating -m, --normalize, --dtype, --hash continues the same run."""
+    from test_cli_interrupt import bit, wait_for_commits
+
+    make_images(Path("photos"), 10)
+    proc = bit("embed", "photos", "-o", "photos.npy", "-m", ckpt, "--batch-size", "1", "--normalize", "--dtype", "float16", "--hash")
+    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    result = embed("--resume", "--batch-size", "1")
+    assert result.exit_code == 0, result.stderr
+    header = json.load(open("photos.meta.json"))
+    assert (header["normalize"], header["dtype"], header["content_hash"], len(np.load("photos.npy"))) == (True, "float16", "sha256", 10)
+    again = embed("--resume", "--batch-size", "1")  # a finished output: its header's settings
+    assert again.exit_code == 0 and "already complete" in again.stderr, again.stderr

@@ -190,7 +190,7 @@ class ShardBar:
             self.bar.__enter__()
         label = f"shards {state.shards_done}/{state.shards_total}" + (f", {state.failed} failed" if state.failed else "")
         self.bar.describe(label)
-        self.bar.advance(state.images_done - self.start - self.bar.done)
+        self.bar.advance(max(0, state.images_done - self.start - self.bar.done))  # never backwards
 
     def error(self, path: str, reason: str) -> None:
         self.failed += 1

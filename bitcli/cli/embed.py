@@ -114,8 +114,8 @@ def embed(
 
     ui = Ui(quiet=quiet, debug=debug)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
-    recorded = update_source(where, ui) if update else None
-    if recorded is not None:  # a setting not given is the output's own; one given must agree
+    recorded = continued(where, ui) if update or resume else None
+    if recorded is not None:  # a setting not given is the recorded one; one given must agree
         mine = dict(model=model, normalize=normalize, dtype=dtype.value, content_hash=content_hash,
                     precision=precision.value, fast_jpeg=fast_jpeg, max_pixels=max_pixels)
         values = continued_options(recorded, {k: v for k, v in mine.items() if k in given_options(ctx)})
@@ -193,11 +193,11 @@ def given_options(ctx: typer.Context) -> set[str]:
     return {name for name, source in sources.items() if source is not None and source.name != "DEFAULT"}
 
 
-def update_source(where: StoreOptions, ui: Ui) -> Any:
-    """The header `--update` continues (None: no output yet), read before the model loads."""
-    from bitcli.store.update import recorded_settings
+def continued(where: StoreOptions, ui: Ui) -> Any:
+    """The settings `--update` / `--resume` continue (None: nothing yet), read before the model loads."""
+    from bitcli.store.update import continued_settings
 
-    return recorded_settings(store_paths(where, ui, check=False))
+    return continued_settings(store_paths(where, ui, check=False), update=where.update, resume=where.resume)
 
 
 def stale_index_hint(ui: Ui, paths: Any) -> None:

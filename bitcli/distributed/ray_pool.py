@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bitcli.distributed.seams import BitError, InputError, UsageError, first_line
-from bitcli.distributed.shardfiles import describe_difference
+from bitcli.distributed.shardfiles import describe_difference, inputs_in_flight
 from bitcli.distributed.shards import InputSpool, ShardInputs, ShardMismatchError, Split
 from bitcli.distributed.worker import EmbedJob, OnProgress, ShardWorker, report_progress
 
@@ -163,6 +163,7 @@ class ShardPool:
         self.ray, self.spool, self.job, self.options, self.shard_dir, self.progress = ray, spool, job, options, shard_dir, progress
         self.finished: list[Any] = []  # ShardInfo of earlier runs, _Done of this one: .index, .failed
         self.reference: dict[str, Any] | None = None  # the settings every shard must share
+        self.lock = threading.Lock()  # progress comes from the driver and from `_BatchWatch`
 
     def run(self, todo: list[int], done: dict[int, Any]) -> None:
         self.finished = list(done.values())
@@ -208,6 +209,15 @@ class ShardPool:
                 "cwd": os.getcwd(),
             },
         )
+        with _BatchWatch(self):
+            self._collect(dataset)
+
+    def report(self, running: int = 0) -> None:
+        with self.lock:
+            report_progress(self.progress, self.spool.split, self.finished, running=running)
+
+    def _collect(self, dataset: Any) -> None:
+        spool = self.spool
         for row in dataset.iter_rows():
             if row["error"]:
                 raise rebuild_error(row["error"])
@@ -219,7 +229,32 @@ class ShardPool:
                     f"({describe_difference(settings, self.reference, ('in it', 'in the others'))}); pass --overwrite to start over"
                 )
             self.finished.append(_Done(int(row["shard"]), int(row["failed"])))
-            report_progress(self.progress, spool.split, self.finished)
+            self.report()
+
+
+class _BatchWatch:
+    """While a pass runs, every POLL_SECONDS: report the inputs done in the shards being written
+    (`inputs_in_flight`), so the bar moves per batch, with its rate and ETA, not per shard."""
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, pool: ShardPool) -> None:
+        self.pool, self.stop = pool, threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bitcli-progress", daemon=True)
+
+    def __enter__(self) -> "_BatchWatch":
+        if self.pool.progress is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.POLL_SECONDS):
+            self.pool.report(inputs_in_flight(self.pool.shard_dir))
 
 
 def _map_shards(dataset: Any, fn: Any, **kwargs: Any) -> Any:

@@ -18,6 +18,7 @@ from bitcli.store.journal import files_problem, inputs_digest, read_run_record, 
 from bitcli.store.metadata import FileIdentity, identify_all, metadata_for
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path, writing
 from bitcli.store.publish import recover
+from bitcli.store.settings import describe_difference as settings_difference
 from bitcli.store.writer import EmbedSummary
 from bitcli.util import first_line, name_some
 
@@ -47,6 +48,7 @@ __all__ = [
     "read_run_record",
     "recover",
     "run_state",
+    "settings_difference",
     "unescape_error_path",
     "write_atomic",
     "writing",

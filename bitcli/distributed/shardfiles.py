@@ -35,6 +35,7 @@ from numpy.lib import format as npy_format
 
 from bitcli.distributed.seams import (
     FileIdentity,
+    settings_difference,
     escape_error_path,
     first_line,
     fsync_dir,
@@ -141,6 +142,8 @@ def _write_files(
             for path, reason in failures:
                 errors.write(f"{escape_error_path(str(path))}\t{reason}\n")
                 failed += 1
+            manifest.flush()  # after each batch: `inputs_in_flight` counts these lines
+            errors.flush()
         header = npy_header(dtype, rows, dim)
         if len(header) != header_len:  # numpy pads the header for any row count; never expected
             raise RuntimeError("the .npy header length changed with the row count")
@@ -315,6 +318,24 @@ def finished_shards(directory: Path, split: Split, indices: Iterable[int] | None
     return done
 
 
+def inputs_in_flight(directory: Path) -> int:
+    """Inputs already done in the shards being written into `directory` (the lines of their
+    temporary folders' paths.txt and errors.txt, flushed after each batch): progress between
+    whole shards. A folder renamed or removed meanwhile counts 0."""
+    done = 0
+    try:
+        names = [name for name in os.listdir(directory) if name.startswith(".shard-")]
+    except OSError:
+        return 0
+    for name in names:
+        for part in ("paths.txt", "errors.txt"):
+            try:
+                done += _count_lines(directory / name / part)
+            except OSError:
+                pass
+    return done
+
+
 def remove_temporary(directory: Path, indices: Iterable[int] | None = None) -> None:
     """Remove the temporary folders killed workers left (all, or those of `indices`)."""
     wanted = None if indices is None else {shard_name(i) for i in indices}
@@ -349,21 +370,5 @@ def _remove_files(folder: Path, names: Iterable[str]) -> None:
 
 
 def describe_difference(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now")) -> str:
-    """'normalize: True then, False now' for the first two keys that differ (nested dicts flattened)."""
-    flat_first, flat_second = _flatten(first), _flatten(second)
-    diffs = [
-        f"{key}: {flat_first.get(key)!r} {names[0]}, {flat_second.get(key)!r} {names[1]}"
-        for key in sorted(set(flat_first) | set(flat_second))
-        if flat_first.get(key) != flat_second.get(key)
-    ]
-    return "; ".join(diffs[:2]) or "unknown"
-
-
-def _flatten(data: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value))
-        else:
-            flat[key] = value
-    return flat
+    """The settings' one wording of a difference (`store.settings.describe_difference`), for shards."""
+    return settings_difference(first, second, names, most=2, skip=()) or "unknown"

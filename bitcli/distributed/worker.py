@@ -79,15 +79,16 @@ OnProgress = Callable[[Progress], None]
 
 
 def report_progress(
-    progress: OnProgress | None, split: Split, done: Iterable[Any], indices: Sequence[int] | None = None
+    progress: OnProgress | None, split: Split, done: Iterable[Any], indices: Sequence[int] | None = None, running: int = 0
 ) -> Progress:
     """Call `progress` (if any) with the state after the shards `done` (anything with .index and
-    .failed) of the shards `indices` (None: all of the split); return that state."""
+    .failed) of the shards `indices` (None: all of the split), plus `running` inputs done in
+    shards still being written; return that state."""
     infos = list(done)
     state = Progress(
         shards_done=len(infos),
         shards_total=split.shards if indices is None else len(indices),
-        images_done=sum(split.count(i.index) for i in infos),
+        images_done=sum(split.count(i.index) for i in infos) + running,
         images_total=split.entries if indices is None else sum(split.count(i) for i in indices),
         failed=sum(i.failed for i in infos),
     )

@@ -185,9 +185,7 @@ class EmbeddingMetadata:
 
     def model_reference(self) -> str:
         """What `bitcli.load` takes to get the same weights: `repo@commit`, or the local path."""
-        reference = str(self.model.get("reference"))
-        commit = self.model.get("commit")
-        return f"{reference.split('@', 1)[0]}@{commit}" if commit else reference
+        return self.settings.model_reference()
 
 
 def _int(value: Any, name: str) -> int:

@@ -76,6 +76,12 @@ class EmbedSettings:
                 diffs.append(f"{key} {a!r} then, {b!r} now")
         return diffs
 
+    def model_reference(self) -> str:
+        """What `bitcli.load` takes to get the same weights: `repo@commit`, or the local path."""
+        reference = str(self.model.get("reference"))
+        commit = self.model.get("commit")
+        return f"{reference.split('@', 1)[0]}@{commit}" if commit else reference
+
     def options(self) -> dict[str, Any]:
         """As `bit embed`'s options (`--update` takes those not given from here)."""
         return {"normalize": self.normalize, "dtype": self.dtype, "content_hash": self.content_hash is not None,
@@ -87,3 +93,29 @@ class EmbedSettings:
         header from before bitcli recorded the content: unknown, so not the same)."""
         a, b = self.model, now.model
         return (a.get("reference"), a.get("commit")) == (b.get("reference"), b.get("commit")) and a.get("weights_sha256") != b.get("weights_sha256")
+
+
+def describe_difference(
+    first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now"), *,
+    most: int = 3, skip: tuple[str, ...] = ("inputs",),
+) -> str | None:
+    """'normalize: True then, False now' for the first `most` keys that differ (nested objects
+    flattened to their keys; `skip` left out), or None when nothing does: the one wording of a
+    difference in settings, for a resumed run, a shard and a run record alike."""
+    flat_first, flat_second = _flatten(first), _flatten(second)
+    diffs = [
+        f"{key}: {flat_first.get(key)!r} {names[0]}, {flat_second.get(key)!r} {names[1]}"
+        for key in sorted(set(flat_first) | set(flat_second))
+        if key not in skip and flat_first.get(key) != flat_second.get(key)
+    ]
+    return "; ".join(diffs[:most]) or None
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("preprocessing", "decode"):
+            flat.update(_flatten(value))
+        else:
+            flat[key] = value
+    return flat

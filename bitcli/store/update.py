@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from bitcli.errors import UsageError
+from bitcli.store.settings import EmbedSettings
 from bitcli.store.metadata import (
     EmbeddingMetadata,
     FileIdentity,
@@ -109,10 +110,31 @@ def recorded_settings(paths: "EmbedPaths") -> EmbeddingMetadata | None:
         return read_metadata(meta)
 
 
-def continued_options(recorded: EmbeddingMetadata, given: dict[str, Any]) -> dict[str, Any]:
-    """`bit embed --update`'s options: those given on the command line, the output's own for the
-    rest (`EmbedSettings.options`); a given one that differs is refused later, by `check_compatible`."""
-    return {**recorded.settings.options(), **given, "model": given.get("model") or recorded.model_reference()}
+def continued_settings(paths: "EmbedPaths", *, update: bool, resume: bool) -> EmbedSettings | None:
+    """The settings a run continues: an interrupted run's (`--resume`, `--update --resume`: its
+    `state.json`), else the output's header (`--update`, `--resume` of a finished output); None
+    when there is nothing to continue."""
+    from bitcli.store.files import STATE, read_json_record
+
+    if resume and paths.partial is not None:
+        state = read_json_record(paths.partial / STATE)
+        if state is not None and isinstance(state.get("fingerprint"), dict):
+            return EmbedSettings.from_fingerprint({**state["fingerprint"], "dtype": state.get("dtype", "float32")})
+    if update:
+        recorded = recorded_settings(paths)
+        return None if recorded is None else recorded.settings
+    if resume and paths.out is not None and paths.sidecars.meta.is_file():
+        try:
+            return read_metadata(paths.sidecars.meta).settings
+        except UsageError:
+            return None  # the resume itself says what is wrong
+    return None
+
+
+def continued_options(recorded: EmbedSettings, given: dict[str, Any]) -> dict[str, Any]:
+    """`bit embed`'s options when it continues (`continued_settings`): those given on the command
+    line, the recorded ones for the rest; a given one that differs is refused by the check."""
+    return {**recorded.options(), **given, "model": given.get("model") or recorded.model_reference()}
 
 
 def plan_update(
