@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -237,3 +238,26 @@ def test_a_model_that_cannot_load_is_a_model_error(cluster, photos, tmp_path):
         )
     assert info.value.exit_code == 3
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_sigterm_ends_a_ray_run_and_leaves_it_resumable(cluster, ckpt, photos, tmp_path):
+    """`ray.init` replaces the driver's SIGTERM handler (a piped run once ignored SIGTERM for 12
+    minutes): bitcli's own ends the run as Ctrl-C does, finished shards kept for --resume. The
+    communicate timeout bounds the wait: a driver that ignores SIGTERM fails the test."""
+    out = tmp_path / "out.npy"
+    many = inputs(photos)[:1] * 5  # 5 x the folder: enough shards that the run is still going
+    args = [*ray_args(cluster, ckpt, out, *many)[:-4], "--workers", 1, "--shard-size", BATCH]
+    proc = subprocess.Popen([sys.executable, "-m", "bitcli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    shard_dir = tmp_path / "out.npy.shards"
+    deadline = time.monotonic() + 120
+    while not (shard_dir.is_dir() and any(p.name.startswith("shard-") for p in shard_dir.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 130, stderr
+    assert b"rerun with --resume" in stderr and b"Traceback" not in stderr
+    assert not out.exists()
+    resumed = run([*ray_args(cluster, ckpt, out, *many)[:-4], "--workers", 1, "--shard-size", BATCH, "--resume"])
+    assert resumed.exit_code == 1, resumed.stderr  # the broken files fail, as locally
+    assert len((tmp_path / "out.paths.txt").read_text().splitlines()) == 5 * 13
