@@ -191,3 +191,15 @@ def test_resume_takes_the_interrupted_runs_settings(ckpt):
     assert (header["normalize"], header["dtype"], header["content_hash"], len(np.load("photos.npy"))) == (True, "float16", "sha256", 10)
     again = embed("--resume", "--batch-size", "1")  # a finished output: its header's settings
     assert again.exit_code == 0 and "already complete" in again.stderr, again.stderr
+
+
+def test_combine_refuses_shards_of_a_checkpoint_retrained_between_jobs(tmp_path):
+    model = make_checkpoint(tmp_path / "ftm")
+    make_images(Path("photos"), 4)
+    shard = ["embed", "photos", "-o", "out.npy", "-m", model, "--batch-size", "2", "--shard-size", "2"]
+    assert run([*shard, "--shard", "0/2"]).exit_code == 0
+    retrain_in_place(model)
+    assert run([*shard, "--shard", "1/2"]).exit_code == 0
+    result = run(["combine", "-o", "out.npy"])
+    assert_clean_failure(result, 2)
+    assert "weights_sha256" in result.stderr and not Path("out.npy").exists()

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
@@ -33,6 +34,7 @@ from distributedhelpers import (  # noqa: E402, F401 (fixtures)
     job,
     local,
     local_nul_run,
+    make_photos,
     nul_listing,
     output_files,
     photos,
@@ -261,3 +263,25 @@ def test_sigterm_ends_a_ray_run_and_leaves_it_resumable(cluster, ckpt, photos, t
     resumed = run([*ray_args(cluster, ckpt, out, *many)[:-4], "--workers", 1, "--shard-size", BATCH, "--resume"])
     assert resumed.exit_code == 1, resumed.stderr  # the broken files fail, as locally
     assert len((tmp_path / "out.paths.txt").read_text().splitlines()) == 5 * 13
+
+
+def test_update_on_ray_embeds_only_what_changed_and_keeps_the_rest(cluster, ckpt, tmp_path):
+    """`--update --engine ray`: the plan is local, what it must embed runs on the cluster, the
+    kept rows are copied byte for byte, and the result equals a fresh local embed."""
+    from clihelpers import make_images
+
+    photos = make_photos(tmp_path / "photos")
+    common = ["-m", ckpt, "--batch-size", BATCH, "--threads", THREADS]
+    assert run(["embed", photos, "-o", tmp_path / "out.npy", *common]).exit_code == 1  # the broken files
+    before = dict(zip((tmp_path / "out.paths.txt").read_text().splitlines(), np.load(tmp_path / "out.npy")))
+    make_images(photos / "more", 3)
+    result = run(["embed", photos, "-o", tmp_path / "out.npy", *common, "--update", "--engine", "ray", "--ray-address", cluster,
+                  "--workers", 1, "--shard-size", SHARD])
+    assert result.exit_code == 1, result.stderr  # the broken files, retried, fail again
+    assert "+3 new, 0 changed, 0 removed, 13 kept, 3 retried; embedded 6 in" in result.stderr
+    after = dict(zip((tmp_path / "out.paths.txt").read_text().splitlines(), np.load(tmp_path / "out.npy")))
+    assert all(after[p].tobytes() == row.tobytes() for p, row in before.items())
+    assert run(["embed", photos, "-o", tmp_path / "fresh.npy", *common]).exit_code == 1
+    assert (tmp_path / "out.paths.txt").read_text() == (tmp_path / "fresh.paths.txt").read_text()
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.load(tmp_path / "fresh.npy"), rtol=1e-5, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.npy.update")) == []  # scratch removed

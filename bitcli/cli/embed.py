@@ -125,20 +125,20 @@ def embed(
     model = model or DEFAULT_MODEL
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
-    if dist.check(output_path == "-", manifest):
-        if update:
-            raise UsageError("--update runs locally; leave out --engine ray and --shard (bit embed --update keeps what they embedded)")
-        from bitcli.distributed import EmbedJob
+    from bitcli.distributed import EmbedJob
 
+    job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads, content_hash=content_hash)
+    if dist.check(output_path == "-", manifest) and not (update and engine is Engine.ray):
+        if update:
+            raise UsageError("--update runs here or with --engine ray, not as --shard jobs; leave out --shard")
         paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
-        job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads, content_hash=content_hash)
         return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null)
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
     items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
     fingerprint = {**embedder.fingerprint(), "dtype": where.dtype, **({"content_hash": "sha256"} if content_hash else {})}
-    work = plan_work(paths, items, embedder.embed_groups, embedder.feature_dim, fingerprint,
-                     update=update, content_hash=content_hash)
+    embed_groups = ray_groups(job, dist, paths.out) if engine is Engine.ray else embedder.embed_groups  # --update on Ray
+    work = plan_work(paths, items, embed_groups, embedder.feature_dim, fingerprint, update=update, content_hash=content_hash)
     if work.up_to_date:
         ui.info(f"{paths.out}: up to date")
         return EXIT_OK
@@ -185,6 +185,14 @@ def embed(
     ui.summary(bar, len(failed))
     stale_index_hint(ui, paths)
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def ray_groups(job: Any, dist: Distribution, out: Path) -> Any:
+    """`--update --engine ray`: what the update embeds, embedded on the cluster (a scratch set beside OUT)."""
+    from bitcli.distributed import RayOptions, groups_on_ray
+
+    options = RayOptions(dist.ray_address, dist.workers, dist.gpus, dist.shard_size, dist.shard_dir)
+    return groups_on_ray(job, options, out.with_name(f".{out.name}.update.npy"))
 
 
 def given_options(ctx: typer.Context) -> set[str]:
