@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, SidecarPaths, write_metadata
+from bitcli.store.settings import EmbedSettings
 
 
 def write_embedding(
@@ -24,10 +25,10 @@ def write_embedding(
         header = EmbeddingMetadata(
             rows=len(vectors),
             feature_dim=vectors.shape[1],
-            dtype=vectors.dtype.name,
-            normalize=False,
-            model={"reference": "tiny", "commit": None, "weights": ["model.safetensors"], "precision": "fp32"},
-            preprocessing={"resize": 32},
+            settings=EmbedSettings(
+                model={"reference": "tiny", "commit": None, "weights": ["model.safetensors"], "precision": "fp32"},
+                preprocessing={"resize": 32}, decode={}, dtype=vectors.dtype.name, normalize=False,
+            ),
             cwd=cwd,
             array=out.name,
             manifest=manifest.name,

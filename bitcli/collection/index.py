@@ -357,5 +357,5 @@ def _check_consistent(index: EmbeddingIndex) -> None:
         raise UsageError(f"{index.meta_path} describes {meta.rows} rows but {index.array_path} has {index.rows}{again}")
     if meta.feature_dim != index.dim:
         raise UsageError(f"{index.meta_path} describes {meta.feature_dim}-dimensional rows but {index.array_path} holds {index.dim}{again}")
-    if meta.dtype != index.vectors.dtype.name:
-        raise UsageError(f"{index.meta_path} describes {meta.dtype} rows but {index.array_path} holds {index.vectors.dtype.name}{again}")
+    if meta.settings.dtype != index.vectors.dtype.name:
+        raise UsageError(f"{index.meta_path} describes {meta.settings.dtype} rows but {index.array_path} holds {index.vectors.dtype.name}{again}")

@@ -71,7 +71,7 @@ def _present(
     """(row, path as printed, stat) for the members whose file still exists and is still
     the embedded one (`changed` collects the others that exist)."""
     present = []
-    content_hash = index.meta is not None and index.meta.content_hash == "sha256"
+    content_hash = index.meta is not None and index.meta.settings.content_hash == "sha256"
     for row, path in zip(group.rows, group.paths):
         found = index.locate(path)
         if found is None:

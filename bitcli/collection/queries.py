@@ -86,9 +86,9 @@ def query_settings(index: EmbeddingIndex, model: str | None, first_query: str) -
     if meta is None:
         return model, {}
     settings = {
-        "precision": meta.model.get("precision") or "fp32",
-        "fast_jpeg": bool(meta.decode.get("fast_jpeg", False)),
-        "max_pixels": meta.decode.get("max_pixels"),
+        "precision": meta.settings.model.get("precision") or "fp32",
+        "fast_jpeg": bool(meta.settings.decode.get("fast_jpeg", False)),
+        "max_pixels": meta.settings.decode.get("max_pixels"),
     }
     return model or meta.model_reference(), settings
 
@@ -101,7 +101,7 @@ def settings_differ(index: EmbeddingIndex, fingerprint: dict[str, Any]) -> str |
     if index.meta is None:
         return None
     current = EmbeddingMetadata.from_fingerprint(
-        {**fingerprint, "dtype": index.meta.dtype, "normalize": index.meta.normalize}, rows=0, feature_dim=index.dim
+        {**fingerprint, "dtype": index.meta.settings.dtype, "normalize": index.meta.settings.normalize}, rows=0, feature_dim=index.dim
     )
     try:
         check_compatible(index.meta, current, str(index.array_path))

@@ -109,17 +109,15 @@ def identify_all(paths: Iterable[str], *, content_hash: bool = False) -> dict[st
 
 @dataclass
 class EmbeddingMetadata:
-    """The header (`OUT.meta.json`). `extra` keeps keys a newer bitcli may add (round-tripped)."""
+    """The header (`OUT.meta.json`): the settings record (`EmbedSettings`, whose keys are the
+    header's `model`, `preprocessing`, `decode`, `dtype`, `normalize`, `content_hash`), the
+    array's shape, where the run happened and which files form the set. `extra` keeps keys a
+    newer bitcli may add (round-tripped)."""
 
     rows: int
     feature_dim: int
-    dtype: str
-    normalize: bool
-    model: dict[str, Any]  # reference, commit, weights, precision
-    preprocessing: dict[str, Any]
-    decode: dict[str, Any] = field(default_factory=dict)  # fast_jpeg, max_pixels
-    runtime: dict[str, Any] = field(default_factory=dict)  # device, batch_size, convolution
-    content_hash: str | None = None  # "sha256" when every row's file was hashed
+    settings: EmbedSettings
+    runtime: dict[str, Any] = field(default_factory=dict)  # device, batch_size, convolution: informative
     cwd: str | None = None  # relative row paths are relative to this directory
     cwd_from_header: str | None = None  # the same directory, relative to the header's
     bitcli_version: str = ""
@@ -130,15 +128,10 @@ class EmbeddingMetadata:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: EmbedSettings, *, rows: int, feature_dim: int, runtime: dict[str, Any] | None = None, **fields: Any) -> "EmbeddingMetadata":
-        record = settings.to_json()
-        return cls(rows=rows, feature_dim=feature_dim, runtime=dict(runtime or {}), **record, **fields)
-
-    @classmethod
     def from_fingerprint(cls, fingerprint: dict[str, Any], *, rows: int, feature_dim: int, **fields: Any) -> "EmbeddingMetadata":
-        """From the dict `bit embed` stores for `--resume` (`Embedder.fingerprint()` plus "dtype")."""
+        """From a run's fingerprint (`Embedder.fingerprint()` plus "dtype", "content_hash")."""
         runtime = {k: fingerprint[k] for k in ("device", "batch_size", "convolution") if k in fingerprint}
-        return cls.from_settings(EmbedSettings.from_fingerprint(fingerprint), rows=rows, feature_dim=feature_dim, runtime=runtime, **fields)
+        return cls(rows=rows, feature_dim=feature_dim, settings=EmbedSettings.from_fingerprint(fingerprint), runtime=runtime, **fields)
 
     def base_dir(self, meta_path: Path | None) -> str | None:
         """The directory relative row paths are relative to: the one `bit embed` ran in, found
@@ -150,15 +143,11 @@ class EmbeddingMetadata:
                 return found
         return self.cwd
 
-    @property
-    def settings(self) -> EmbedSettings:
-        return EmbedSettings.from_json(self.to_dict())
-
     def to_dict(self) -> dict[str, Any]:
-        names = [f.name for f in fields(self) if f.name != "extra"]
-        order = ["bitcli_version", "array", "manifest", "files", "files_sha256"]  # where it came from, first
+        names = [f.name for f in fields(self) if f.name not in ("extra", "settings")]
+        order = ["bitcli_version", "array", "manifest", "files", "files_sha256", "rows", "feature_dim"]  # where it came from, first
         known = {name: getattr(self, name) for name in order + [n for n in names if n not in order]}
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **known, **self.extra}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **known, **self.settings.to_json(), **self.extra}
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "EmbeddingMetadata":
@@ -168,7 +157,7 @@ class EmbeddingMetadata:
         version = data.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise UsageError(f"{source}: format version {version!r} is newer than this bitcli reads ({FORMAT_VERSION}); upgrade bitcli")
-        names = {f.name for f in fields(cls)} - {"extra"}
+        names = {f.name for f in fields(cls)} - {"extra", "settings"}
         try:
             missing = [key for key in ("rows", "feature_dim", "dtype", "normalize", "model") if key not in data]
             if missing:
@@ -179,7 +168,8 @@ class EmbeddingMetadata:
                 if not isinstance(data.get(key, {}), dict):
                     raise TypeError(f"{key} must be an object")
             known = {k: v for k, v in data.items() if k in names}
-            return cls(**known, extra={k: v for k, v in data.items() if k not in names and k not in ("format", "format_version")})
+            taken = names | set(EmbedSettings.KEYS) | {"format", "format_version"}
+            return cls(**known, settings=EmbedSettings.from_json(data), extra={k: v for k, v in data.items() if k not in taken})
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"{source}: malformed header ({type(exc).__name__}: {exc}); embed anew with --overwrite") from exc
 

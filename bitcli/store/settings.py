@@ -29,6 +29,7 @@ class EmbedSettings:
     content_hash: str | None = None
 
     ROW_KEYS = ("model", "preprocessing", "decode", "dtype", "normalize")  # what the rows depend on
+    KEYS = (*ROW_KEYS, "content_hash")  # the record's keys in a header
 
     @classmethod
     def from_fingerprint(cls, fp: dict[str, Any]) -> "EmbedSettings":
