@@ -39,9 +39,9 @@ _MERGE_ABOVE = 16  # chunks: merged into one when a folder holds more
 
 
 def default_cache_dir() -> Path:
-    from bitcli.engine.calibration import settings_dir
+    from bitcli.util import cache_dir
 
-    return settings_dir().expanduser() / "features"
+    return cache_dir() / "features"
 
 
 @dataclass
