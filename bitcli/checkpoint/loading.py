@@ -151,9 +151,9 @@ def _key_text(key: tuple[Any, ...]) -> str:
 
 
 def _digest_file() -> Path:
-    from bitcli.engine.calibration import settings_dir
+    from bitcli.util import cache_dir
 
-    return settings_dir() / "weights-sha256.json"
+    return cache_dir() / "weights-sha256.json"
 
 
 def _disk_digests() -> dict[str, str]:
