@@ -109,6 +109,7 @@ def embed(
 ) -> int:
     """Pooled feature vectors (the embedding before the classifier) as one .npy array."""
     from bitcli import store
+    from bitcli.distributed import EmbedJob
     from bitcli.pipeline import Embedder
     from bitcli.store.update import continued_options, plan_work
 
@@ -125,8 +126,6 @@ def embed(
     model = model or DEFAULT_MODEL
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
-    from bitcli.distributed import EmbedJob
-
     job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads, content_hash=content_hash)
     if dist.check(output_path == "-", manifest) and not (update and engine is Engine.ray):
         if update:

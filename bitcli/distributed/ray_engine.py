@@ -51,6 +51,7 @@ from bitcli.distributed.seams import (
     UsageError,
     check_output,
     read_lines,
+    write_bytes_atomic,
     files_problem,
     inputs_digest,
     read_run_record,
@@ -163,7 +164,7 @@ def groups_on_ray(
 
 def _remove(shard_dir: Path) -> None:
     """The run's shard directory: shards, input list (and a half-written one), run record."""
-    leftovers = tuple(p.name for p in shard_dir.glob(f".{INPUTS_FILE}.*.tmp"))
+    leftovers = tuple(p.name for name in (INPUTS_FILE, RUN_FILE) for p in shard_dir.glob(f".{name}.*.tmp"))
     remove_directory(shard_dir, (INPUTS_FILE, RUN_FILE, *leftovers))
 
 
@@ -211,9 +212,7 @@ def _write_run_record(shard_dir: Path, split: Split, job: EmbedJob, *, resume: b
                 f"{shard_dir} was made with different settings ({describe_difference(earlier, record)}); "
                 "resume with the same model and options, or pass --overwrite to start over"
             )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, [(json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8")])
 
 
 def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPaths, job: EmbedJob) -> EmbedSummary:

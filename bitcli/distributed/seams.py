@@ -13,7 +13,7 @@ from bitcli.errors import BitError, InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
 from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.assembly import Assembly
-from bitcli.store.files import fsync_dir, npy_header, read_lines, write_atomic
+from bitcli.store.files import fsync_dir, npy_header, read_lines, write_atomic, write_bytes_atomic
 from bitcli.store.journal import files_problem, inputs_digest, read_run_record, run_state
 from bitcli.store.metadata import FileIdentity, identify_all, metadata_for
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path, writing
@@ -51,5 +51,6 @@ __all__ = [
     "settings_difference",
     "unescape_error_path",
     "write_atomic",
+    "write_bytes_atomic",
     "writing",
 ]
