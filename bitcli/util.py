@@ -46,6 +46,16 @@ class FileTooLarge(ValueError):
         self.max_bytes = max_bytes
 
 
+def cache_dir() -> Path:
+    """bitcli's one cache folder: `$BITCLI_CACHE_DIR`, else `$XDG_CACHE_HOME/bitcli`, else
+    `~/.cache/bitcli` (the fine-tune feature cache lives in it)."""
+    explicit = os.environ.get("BITCLI_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "bitcli"
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of `exc`'s message, or its class name when the message is empty."""
     text = str(exc).strip().splitlines()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, SidecarPaths, write_metadata
+from bitcli.store.settings import EmbedSettings
 
 
 def write_embedding(
@@ -24,17 +25,28 @@ def write_embedding(
         header = EmbeddingMetadata(
             rows=len(vectors),
             feature_dim=vectors.shape[1],
-            dtype=vectors.dtype.name,
-            normalize=False,
-            model={"reference": "tiny", "commit": None, "weights": ["model.safetensors"], "precision": "fp32"},
-            preprocessing={"resize": 32},
+            settings=EmbedSettings(
+                model={"reference": "tiny", "commit": None, "weights": ["model.safetensors"], "precision": "fp32"},
+                preprocessing={"resize": 32}, decode={}, dtype=vectors.dtype.name, normalize=False,
+            ),
             cwd=cwd,
             array=out.name,
             manifest=manifest.name,
         )
-        rows = [(p, FileIdentity(size=100 + i, mtime_ns=10**18 + i)) for i, p in enumerate(paths)]
+        rows = [(p, _identity(p, cwd, i)) for i, p in enumerate(paths)]
         write_metadata(SidecarPaths.for_output(out), header, rows)
     return out
+
+
+def _identity(path: str, cwd: str | None, i: int) -> FileIdentity:
+    """A file's real identity when it exists (as `bit embed` records it), else a made-up one."""
+    import os
+
+    full = os.path.join(cwd or "", path)
+    if os.path.isfile(full):
+        info = os.stat(full)
+        return FileIdentity(size=info.st_size, mtime_ns=info.st_mtime_ns)
+    return FileIdentity(size=100 + i, mtime_ns=10**18 + i)
 
 
 def clustered(rows: int, dim: int, *, seed: int = 0, clusters: int = 50, dtype=np.float32) -> np.ndarray:

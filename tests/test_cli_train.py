@@ -20,7 +20,7 @@ CLASSES = {"cat": 4, "dog": 4}
 
 @pytest.fixture(autouse=True)
 def feature_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("BIT_CACHE", str(tmp_path / "bit-cache"))
+    monkeypatch.setenv("BITCLI_CACHE_DIR", str(tmp_path / "bit-cache"))  # the one cache folder: features too
 
 
 @pytest.fixture

@@ -90,6 +90,10 @@ def test_keep_prints_nul_terminated_paths_to_delete(base):
     assert "photos/coffee_half.png" in deleted and "photos/coffee.png" not in deleted  # more pixels kept
     assert "photos/rocket_crop.png" in deleted  # the crop has fewer pixels
     os.utime("photos/coffee_half.png", ns=(4 * 10**18, 4 * 10**18))
+    touched = bit("dedup", "photos.npy", "-t", "0.98", "--keep", "newest")
+    assert b"photos/coffee_half.png: changed since it was embedded" in touched.stderr  # never listed, never kept
+    assert not {"photos/coffee_half.png", "photos/coffee.png"} & set(touched.stdout.decode().splitlines())
+    assert run(["embed", "photos", "-o", "photos.npy", "--update", "-q"]).exit_code == 0  # its identity recorded again
     newest = bit("dedup", "photos.npy", "-t", "0.98", "--keep", "newest").stdout.decode().splitlines()
     assert "photos/coffee.png" in newest and "photos/coffee_half.png" not in newest
     assert all(os.path.exists(p) for p in deleted + newest)  # listed, never deleted

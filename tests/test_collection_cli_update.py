@@ -73,7 +73,8 @@ def test_update_equals_a_fresh_embed_and_keeps_unchanged_rows(ckpt, hashed):
     moved = ", 1 moved" if hashed else ""
     new = 2 if hashed else 3
     removed = 1 if hashed else 2
-    assert f"photos.npy: +{new} new, 1 changed, {removed} removed, 9 kept{moved}" in result.stderr
+    assert f"photos.npy: +{new} new, 1 changed, {removed} removed, 9 kept{moved}; embedded {new + 1} in " in result.stderr
+    assert "embedded 12 images" not in result.stderr  # 9 rows were copied, not embedded
     fresh = run(["embed", "photos", "-o", "fresh.npy", "-m", ckpt, "--batch-size", "2", *flags])
     assert fresh.exit_code == 0
     assert open("photos.paths.txt").read() == open("fresh.paths.txt").read()  # row for row
@@ -95,7 +96,7 @@ def test_update_with_nothing_to_do_leaves_the_files_alone(ckpt):
     assert embed(ckpt).exit_code == 0
     stamp = os.stat("photos.npy").st_mtime_ns
     result = embed(ckpt, "--update")
-    assert result.exit_code == 0 and "photos.npy is up to date" in result.stderr
+    assert result.exit_code == 0 and result.stderr.strip() == "photos.npy: up to date"  # no counts, no "embedded 3"
     assert os.stat("photos.npy").st_mtime_ns == stamp
 
 
@@ -166,7 +167,7 @@ def test_update_refuses_stdout_and_resume_with_overwrite(ckpt, tmp_path):
     assert embed(ckpt).exit_code == 0
     stamp = os.stat("photos.npy").st_mtime_ns
     again = embed(ckpt, "--update", "--overwrite")  # no interrupted update to discard: a plain update
-    assert again.exit_code == 0 and "is up to date" in again.stderr and os.stat("photos.npy").st_mtime_ns == stamp
+    assert again.exit_code == 0 and "up to date" in again.stderr and os.stat("photos.npy").st_mtime_ns == stamp
 
 
 @pytest.mark.slow
@@ -221,12 +222,30 @@ def test_combined_shards_carry_the_sidecar_so_search_needs_no_model(ckpt):
     assert run(["combine", "-o", "out.npy"]).exit_code == 0
     header = json.load(open("out.meta.json"))
     assert header["rows"] == 12 and header["model"]["reference"] == str(ckpt.resolve())
-    assert all(json.loads(line)["size"] is None for line in open("out.files.jsonl"))  # shards record no identities
+    rows = [json.loads(line) for line in open("out.files.jsonl")]
+    assert all((r["size"], r["mtime_ns"]) == (os.stat(r["path"]).st_size, os.stat(r["path"]).st_mtime_ns) for r in rows)
+    again = run(["embed", "photos", "-o", "out.npy", "-m", ckpt, "--update"])
+    assert again.exit_code == 0 and again.stderr.strip() == "out.npy: up to date"  # nothing embedded again
     shutil.copy("photos/coffee_half.png", "query.png")
     found = run(["search", "out.npy", "query.png", "-k", "1", "-f", "jsonl"])  # embedded with the stored model
     assert found.exit_code == 0, found.stderr
     best = json.loads(found.stdout)["matches"][:2]
     assert [m["path"] for m in best] == ["photos/coffee_half.png"] and best[0]["score"] == 1.0  # a byte copy of it
+
+
+def test_hashed_shards_combine_into_a_hashed_collection(ckpt):
+    """--hash on --shard jobs: the combined collection records sha256 and a plain --update keeps it."""
+    make_images(Path("photos"), 4)
+    for i in range(2):
+        job = run(["embed", "photos", "-o", "out.npy", "-m", ckpt, "--batch-size", "2", "--shard-size", "2", "--shard", f"{i}/2", "--hash"])
+        assert job.exit_code == 0, job.stderr
+    assert run(["combine", "-o", "out.npy"]).exit_code == 0
+    assert json.load(open("out.meta.json"))["content_hash"] == "sha256"
+    assert all(len(json.loads(line)["sha256"]) == 64 for line in open("out.files.jsonl"))
+    os.rename("photos/img01.png", "photos/moved.png")
+    again = run(["embed", "photos", "-o", "out.npy", "--update"])
+    assert again.exit_code == 0, again.stderr
+    assert "+0 new, 0 changed, 0 removed, 3 kept, 1 moved; embedded 0 in" in again.stderr
 
 
 def test_stdout_output_publishes_the_sidecar_beside_the_manifest(ckpt):
@@ -259,7 +278,7 @@ def test_a_finished_update_resumes_as_a_finished_run(ckpt):
     assert embed(ckpt, "--update").exit_code == 0
     again = embed(ckpt, "--resume")
     assert again.exit_code == 0 and "already complete" in again.stderr, again.stderr
-    assert "is up to date" in embed(ckpt, "--update", "--resume").stderr
+    assert "up to date" in embed(ckpt, "--update", "--resume").stderr
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bitcli.collection.dedup import _UnionFind, bf16_native, check_threshold, component_labels, find_groups, paths_to_delete
+from bitcli.collection.dedup import _UnionFind, bf16_native, check_threshold, component_labels, find_groups
+from bitcli.collection.keep import paths_to_delete
 from bitcli.collection.index import open_index
 from bitcli.errors import UsageError
 from collectionfiles import all_pairs_groups, clustered, cosine_matrix, write_embedding
@@ -184,13 +185,23 @@ def photo_index(tmp_path, monkeypatch):
 def test_keep_lists_every_member_but_the_kept_one(photo_index, keep, deleted):
     index, groups = photo_index
     assert [g.paths for g in groups] == [["a.png", "b.png", "c.png"], ["d.png", "d.png"]]
-    assert paths_to_delete(index, groups, keep) == deleted  # d.png twice is one file: kept
+    assert paths_to_delete(index, groups, keep).delete == deleted  # d.png twice is one file: kept
 
 
-def test_keep_newest_prefers_the_latest_mtime(photo_index):
-    index, groups = photo_index
+def test_keep_newest_prefers_the_latest_mtime(photo_index, tmp_path):
+    index, _ = photo_index
     os.utime("c.png", ns=(4_000_000_000, 4_000_000_000))
-    assert paths_to_delete(index, groups, "newest") == ["a.png", "b.png"]
+    vectors = index.take(range(index.rows))
+    index = open_index(write_embedding(tmp_path / "again", vectors, index.paths, cwd=str(tmp_path)))
+    assert paths_to_delete(index, find_groups(index, 0.99), "newest").delete == ["a.png", "b.png"]
+
+
+def test_keep_never_lists_a_file_changed_since_it_was_embedded(photo_index):
+    """Overwritten after embedding (another mtime): reported, neither deleted nor kept."""
+    index, groups = photo_index
+    os.utime("a.png", ns=(5_000_000_000, 5_000_000_000))
+    deletions = paths_to_delete(index, groups, "first")
+    assert (deletions.delete, deletions.changed) == (["c.png"], ["a.png"])
 
 
 def test_keep_never_lists_a_hard_link_to_the_kept_file(tmp_path, monkeypatch):
@@ -199,13 +210,13 @@ def test_keep_never_lists_a_hard_link_to_the_kept_file(tmp_path, monkeypatch):
     os.link("x.png", "y.png")
     v = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)
     index = open_index(write_embedding(tmp_path / "o", np.concatenate([v, v]), ["x.png", "y.png"], cwd=str(tmp_path)))
-    assert paths_to_delete(index, find_groups(index, 0.99), "first") == []
+    assert paths_to_delete(index, find_groups(index, 0.99), "first").delete == []
 
 
 def test_keep_skips_files_that_are_gone(photo_index):
     index, groups = photo_index
     os.remove("a.png")
-    assert paths_to_delete(index, groups, "first") == ["c.png"]
+    assert paths_to_delete(index, groups, "first").delete == ["c.png"]
 
 
 def test_unknown_keep_policy_is_a_usage_error(photo_index):

@@ -167,3 +167,15 @@ def test_an_empty_array_opens_as_zero_rows(tmp_path):
     out = write_embedding(tmp_path, np.zeros((0, 4), np.float32), [])
     index = open_index(out, allow_empty=True)
     assert (index.rows, index.dim, list(index.iter_blocks())) == (0, 4, [])
+
+
+def test_rows_wider_than_one_read_are_read_in_chunks(tmp_path, monkeypatch):
+    """One preadv reads at most about 2 GiB, so rows of 2^29 float32 take several reads: with the
+    chunk made tiny, every row (and every block) still comes back whole."""
+    from bitcli.collection import blocks
+
+    monkeypatch.setattr(blocks, "_READ_CHUNK", 7)
+    vectors = np.random.default_rng(5).standard_normal((4, 33)).astype(np.float32)
+    index = open_index(write_embedding(tmp_path, vectors, meta=False))
+    assert np.array_equal(index.take([3, 0]), vectors[[3, 0]])
+    assert np.array_equal(np.concatenate([b.copy() for _, b in index.iter_blocks(block_rows=3)]), vectors)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -128,3 +129,18 @@ def test_engine_ray_without_ray_says_how_to_install_it(ckpt, photos, tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == ["error: --engine ray needs Ray, which is not installed: pip install 'bitcli[ray]'"]
     assert not (tmp_path / "o.npy.shards").exists()
+
+
+def test_a_ray_address_where_nothing_listens_fails_fast_with_one_line(ckpt, photos, tmp_path):
+    """Ray would retry such an address for minutes, printing its own lines; bitcli probes it first.
+    The subprocess timeout (30 s) is the bound: a hang fails the test."""
+    pytest.importorskip("ray")
+    with socket.socket() as unused:  # a port nobody listens on: bound, never listening
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        args = ["embed", str(photos), "-o", str(tmp_path / "o.npy"), "-m", str(ckpt), "--engine", "ray",
+                "--ray-address", f"127.0.0.1:{port}"]
+        done = subprocess.run([sys.executable, "-m", "bitcli", *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --ray-address 127.0.0.1:{port}: nothing answers there"), lines

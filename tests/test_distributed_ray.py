@@ -16,7 +16,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
@@ -32,6 +34,7 @@ from distributedhelpers import (  # noqa: E402, F401 (fixtures)
     job,
     local,
     local_nul_run,
+    make_photos,
     nul_listing,
     output_files,
     photos,
@@ -90,20 +93,31 @@ def test_bit_embed_on_ray_equals_the_local_run(ray_run, local):
 
 
 def test_bit_search_reads_a_ray_output_through_its_sidecar(ray_run, tmp_path):
-    """The sidecar is published in the set (the run record lists it) with no file identities, and
+    """The sidecar is published in the set (the run record lists it) with the files' identities, and
     `bit search` finds the model in it: a query that is no row is embedded without --model."""
     _, out = ray_run
     record = json.loads((out.parent / ".ray.npy.run.json").read_text())
     assert record["files"]["metadata"]["size"] == (out.parent / "ray.meta.json").stat().st_size
     rows = [json.loads(line) for line in (out.parent / "ray.files.jsonl").read_text().splitlines()]
     assert [r["path"] for r in rows] == (out.parent / "ray.paths.txt").read_text().splitlines()
-    assert all(r["size"] is None for r in rows)  # shards record no identities: --update embeds them again
+    for r in rows:  # the identities a local run records, so --update keeps these rows
+        info = os.stat(r["path"])
+        assert (r["size"], r["mtime_ns"]) == (info.st_size, info.st_mtime_ns)
     query = tmp_path / "query.png"
     shutil.copy(rows[0]["path"], query)  # a byte copy, not a row of the index
     found = run(["search", out, query, "-k", 1, "-f", "jsonl"])
     assert found.exit_code == 0, found.stderr
     best = json.loads(found.stdout)["matches"][0]
     assert (best["path"], best["score"]) == (rows[0]["path"], 1.0)  # ties go to index order
+
+
+def test_a_local_update_after_ray_embeds_only_the_inputs_that_failed(ckpt, photos, ray_run, tmp_path):
+    _, out = ray_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out.parent, copy)
+    result = run(["embed", *inputs(photos), "-o", copy / "ray.npy", "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS, "--update"])
+    rows = len((copy / "ray.paths.txt").read_text().splitlines())
+    assert f"0 changed, 0 removed, {rows} kept" in result.stderr, result.stderr  # only the failures retried
 
 
 def test_resume_of_a_finished_ray_output_is_checked_like_a_local_one(cluster, ckpt, photos, ray_run):
@@ -197,7 +211,11 @@ def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, c
     # The killed driver's actor may publish the shard it was on before Ray stops it: at least
     # the shards seen above are done, and none of them was computed again (the stamps above).
     assert seen[0].shards_done >= len(finished) and seen[0].failed >= failed
-    assert [s.shards_done for s in seen] == list(range(seen[0].shards_done, 10)) and seen[-1] == Progress(9, 9, 17, 17, 4)
+    # One report per finished shard, and between them the inputs done in shards being written
+    # (the bar moves per batch): shards and inputs never go backwards between shard reports.
+    counts = [s.shards_done for s in seen]
+    assert sorted(set(counts)) == list(range(seen[0].shards_done, 10)) and counts == sorted(counts)
+    assert seen[-1] == Progress(9, 9, 17, 17, 4)
     assert summary.resumed_rows >= rows
     assert_same_files(out, local)
     assert not shard_dir.exists()
@@ -222,3 +240,48 @@ def test_a_model_that_cannot_load_is_a_model_error(cluster, photos, tmp_path):
         )
     assert info.value.exit_code == 3
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_sigterm_ends_a_ray_run_and_leaves_it_resumable(cluster, ckpt, photos, tmp_path):
+    """`ray.init` replaces the driver's SIGTERM handler (a piped run once ignored SIGTERM for 12
+    minutes): bitcli's own ends the run as Ctrl-C does, finished shards kept for --resume. The
+    communicate timeout bounds the wait: a driver that ignores SIGTERM fails the test."""
+    out = tmp_path / "out.npy"
+    many = inputs(photos)[:1] * 5  # 5 x the folder: enough shards that the run is still going
+    args = [*ray_args(cluster, ckpt, out, *many)[:-4], "--workers", 1, "--shard-size", BATCH]
+    proc = subprocess.Popen([sys.executable, "-m", "bitcli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    shard_dir = tmp_path / "out.npy.shards"
+    deadline = time.monotonic() + 120
+    while not (shard_dir.is_dir() and any(p.name.startswith("shard-") for p in shard_dir.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 130, stderr
+    assert b"rerun with --resume" in stderr and b"Traceback" not in stderr
+    assert not out.exists()
+    resumed = run([*ray_args(cluster, ckpt, out, *many)[:-4], "--workers", 1, "--shard-size", BATCH, "--resume"])
+    assert resumed.exit_code == 1, resumed.stderr  # the broken files fail, as locally
+    assert len((tmp_path / "out.paths.txt").read_text().splitlines()) == 5 * 13
+
+
+def test_update_on_ray_embeds_only_what_changed_and_keeps_the_rest(cluster, ckpt, tmp_path):
+    """`--update --engine ray`: the plan is local, what it must embed runs on the cluster, the
+    kept rows are copied byte for byte, and the result equals a fresh local embed."""
+    from clihelpers import make_images
+
+    photos = make_photos(tmp_path / "photos")
+    common = ["-m", ckpt, "--batch-size", BATCH, "--threads", THREADS]
+    assert run(["embed", photos, "-o", tmp_path / "out.npy", *common]).exit_code == 1  # the broken files
+    before = dict(zip((tmp_path / "out.paths.txt").read_text().splitlines(), np.load(tmp_path / "out.npy")))
+    make_images(photos / "more", 3)
+    result = run(["embed", photos, "-o", tmp_path / "out.npy", *common, "--update", "--engine", "ray", "--ray-address", cluster,
+                  "--workers", 1, "--shard-size", SHARD])
+    assert result.exit_code == 1, result.stderr  # the broken files, retried, fail again
+    assert "+3 new, 0 changed, 0 removed, 13 kept, 3 retried; embedded 6 in" in result.stderr
+    after = dict(zip((tmp_path / "out.paths.txt").read_text().splitlines(), np.load(tmp_path / "out.npy")))
+    assert all(after[p].tobytes() == row.tobytes() for p, row in before.items())
+    assert run(["embed", photos, "-o", tmp_path / "fresh.npy", *common]).exit_code == 1
+    assert (tmp_path / "out.paths.txt").read_text() == (tmp_path / "fresh.paths.txt").read_text()
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.load(tmp_path / "fresh.npy"), rtol=1e-5, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.npy.update")) == []  # scratch removed

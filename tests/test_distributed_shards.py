@@ -184,3 +184,25 @@ def test_shard_folder_documents_what_made_it(three_jobs):
     assert meta["fingerprint"]["dtype"] == "float32" and "preprocessing" in meta["fingerprint"]
     rows = np.load(three_jobs / "shard-000001" / "rows.npy")  # a plain .npy
     assert rows.shape == (meta["rows"], 32)
+
+
+def test_a_shard_being_written_counts_its_inputs_batch_by_batch(tmp_path):
+    """`--engine ray`'s bar moves per batch: the driver counts the lines a shard being written has
+    flushed (paths and failures), and the shard records each row's file identity."""
+    from bitcli.distributed.shardfiles import inputs_in_flight, shard_identities, write_shard
+    from bitcli.distributed.shards import Split
+    from bitcli.store.metadata import FileIdentity
+
+    split = Split(2, 4, 4, "x")
+    seen = []
+
+    def commits():
+        yield ["a", "b"], np.ones((2, 3), dtype=np.float32), []
+        seen.append(inputs_in_flight(tmp_path))
+        yield ["c"], np.ones((1, 3), dtype=np.float32), [("d", "not an image")]
+        seen.append(inputs_in_flight(tmp_path))
+
+    known = {"a": FileIdentity(1, 10), "b": FileIdentity(2, 20, "ab"), "c": None}
+    info = write_shard(tmp_path, 0, split, fingerprint={}, dim=3, dtype="float32", commits=commits(), identities=known.get)
+    assert seen == [2, 4] and inputs_in_flight(tmp_path) == 0  # published: no longer in flight
+    assert list(shard_identities(info)) == [FileIdentity(1, 10), FileIdentity(2, 20, "ab"), None]

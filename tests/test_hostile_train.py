@@ -27,7 +27,7 @@ FAST = ("--threads", "1", "--device", "cpu")
 
 @pytest.fixture(autouse=True)
 def feature_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("BIT_CACHE", str(tmp_path / "bit-cache"))
+    monkeypatch.setenv("BITCLI_CACHE_DIR", str(tmp_path / "bit-cache"))
 
 
 @pytest.fixture

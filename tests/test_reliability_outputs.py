@@ -412,3 +412,46 @@ def test_kills_during_recovery_still_leave_one_set(tmp_path, seed):
     _recover(out)
     assert files_state(directory) == new
     assert_no_litter(directory)
+
+
+# -- outputs named after special files, or in /dev; indexes and identities that are FIFOs -----
+
+
+@pytest.mark.parametrize("command", ["embed", "combine"])
+def test_an_output_in_dev_is_refused_before_any_work(ckpt, photos, tmp_path, command):
+    """`-o /dev/null` would create /dev/null.npy, /dev/null.paths.txt, ... (as root)."""
+    before = set(os.listdir("/dev"))
+    if command == "embed":
+        result = bit("embed", photos / "img00.png", "-o", "/dev/null", "-m", ckpt, cwd=tmp_path)
+    else:
+        result = bit("combine", "-o", "/dev/null", tmp_path, cwd=tmp_path)
+    assert_one_error_line(result, 2)
+    assert b"/dev" in result.stderr
+    assert set(os.listdir("/dev")) - before == set()
+
+
+def test_an_output_named_after_a_fifo_is_refused(ckpt, photos, tmp_path):
+    os.mkfifo(tmp_path / "out")
+    result = bit("embed", photos / "img00.png", "-o", "out", "-m", ckpt, cwd=tmp_path)
+    assert_one_error_line(result, 2)
+    assert b"out: is a FIFO" in result.stderr and not (tmp_path / "out.npy").exists()
+
+
+def test_a_fifo_index_or_manifest_is_refused_without_hanging(ckpt, photos, tmp_path):
+    assert bit("embed", photos / "img00.png", photos / "img01.png", "-o", "e.npy", "-m", ckpt, cwd=tmp_path).returncode == 0
+    os.mkfifo(tmp_path / "fifo.npy")
+    os.mkfifo(tmp_path / "rows.txt")
+    for args in (["search", "fifo.npy", photos / "img00.png"], ["dedup", "fifo.npy"],
+                 ["search", "e.npy", photos / "img00.png", "--manifest", "rows.txt"]):
+        result = bit(*args, cwd=tmp_path, timeout=60)
+        assert_one_error_line(result, 2)
+        assert b"FIFO" in result.stderr, args
+
+
+def test_hash_refuses_a_fifo_or_device_input_without_hanging(ckpt, photos, tmp_path):
+    """The identity step never opens a FIFO (it would block) nor hashes /dev/zero (forever)."""
+    os.mkfifo(tmp_path / "pipe.png")
+    result = bit("embed", tmp_path / "pipe.png", "/dev/zero", photos / "img00.png", "-o", "h.npy", "-m", ckpt, "--hash",
+                 cwd=tmp_path, timeout=60)
+    assert result.returncode == 1, result.stderr  # those two failed, the image is embedded
+    assert len(np.load(tmp_path / "h.npy")) == 1

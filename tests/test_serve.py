@@ -303,3 +303,74 @@ def test_ray_serve_two_replicas_answer_as_the_command(files):
                       [{**r, "path": str(files[i])} for i, r in enumerate(expected)])
     finally:
         assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """The sample digits embedded with bit-digits (a collection), and query images not in it."""
+    root = tmp_path_factory.mktemp("collection")
+    digits = root / "digits"
+    for p in sorted((ROOT / "sample_digits").glob("*/*.png")):
+        (digits / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (digits / p.parent.name / p.name).write_bytes(p.read_bytes())
+    done = bit("embed", "digits", "-m", "bit-digits", "-o", "digits.npy", cwd=root)
+    assert done.returncode == 0, text(done.stderr)
+    queries = root / "queries"
+    queries.mkdir()
+    for i, p in enumerate(DIGITS[:3]):
+        (queries / f"q{i}.png").write_bytes(p.read_bytes())
+    (queries / "z-broken.png").write_bytes(b"not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def search_server(collection):
+    srv = Server("-m", "bit-digits", "--index", str(collection / "digits.npy"))
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "table"])
+def test_search_through_the_server_prints_what_the_command_prints(search_server, collection, fmt):
+    env = bit_env(COLUMNS="120")
+    local = bit("search", "digits.npy", "queries", "-k", "4", "-f", fmt, cwd=collection, env=env)
+    remote = bit("search", "digits", "queries", "-k", "4", "-f", fmt, "--server", search_server.url, cwd=collection, env=env)
+    assert remote.returncode == local.returncode == 1  # the broken query
+    if fmt == "jsonl":
+        ours = [json.loads(x) for x in text(remote.stdout).splitlines()]
+        theirs = [json.loads(x) for x in text(local.stdout).splitlines()]
+        assert [r["query"] for r in ours] == [r["query"] for r in theirs]
+        for a, b in zip(ours, theirs):
+            assert ("error" in a) == ("error" in b)
+            if "matches" in a:
+                assert [m["path"] for m in a["matches"]] == [m["path"] for m in b["matches"]]
+                assert np.allclose([m["score"] for m in a["matches"]], [m["score"] for m in b["matches"]], atol=1e-6, rtol=0)
+    else:
+        assert text(remote.stdout) == text(local.stdout)
+    assert text(remote.stderr) == text(local.stderr)
+
+
+def test_search_api_and_thumbnails(search_server, collection):
+    status, _, models = search_server.json("/v1/models")
+    assert models["indexes"] == [{"name": "digits", "rows": 20, "dim": 256, "path": str(collection / "digits.npy")}]
+    body, headers = upload([("q.png", read(DIGITS[0]))])
+    status, _, answer = search_server.json("/v1/search?index=digits&top_k=2", body=body, headers=headers)
+    assert status == 200 and answer["results"][0]["query"] == "q.png"
+    best = answer["results"][0]["matches"][0]
+    assert best["score"] == pytest.approx(1.0, abs=1e-6) and best["path"].endswith(DIGITS[0].name)
+    row = answer["rows"][0][0]["row"]
+    status, head, jpeg = search_server.request(f"/v1/thumbnail?index=digits&row={row}")
+    assert status == 200 and head["Content-Type"] == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
+    assert search_server.json("/v1/search?index=nope", body=body, headers=headers)[0] == 404
+    assert search_server.json("/v1/thumbnail?index=digits&row=20")[0] == 404
+    assert search_server.json("/v1/thumbnail?index=digits&row=-1")[0] == 422
+
+
+def test_an_index_of_another_model_is_refused(collection, tmp_path):
+    from clihelpers import make_checkpoint
+
+    other = make_checkpoint(tmp_path / "other")
+    done = bit("serve", "-m", other, "--index", collection / "digits.npy", "--port", "0")
+    assert done.returncode == 2
+    lines = text(done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "--index" in lines[0] and "other settings" in lines[0]

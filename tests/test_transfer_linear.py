@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -122,4 +123,7 @@ def test_cache_key_changes_with_the_weights_file(tmp_path, tmp_path_factory):
     weights = ckpt / "model.safetensors"
     info = os.stat(weights)
     os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    assert features.model_key(embedder) == key  # touched, same content: the same features
+    other = make_checkpoint(tmp_path / "other", num_labels=3)  # other weights under the same name
+    shutil.copyfile(other / "model.safetensors", weights)
     assert features.model_key(embedder) != key  # retrained into the same folder: new features

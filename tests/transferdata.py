@@ -22,7 +22,7 @@ WIDE = (16, 16, 32, 1024)  # a wide last stage: features large enough for the ru
 @pytest.fixture(autouse=True)
 def transfer_env(tmp_path, monkeypatch):
     """One torch thread (small ops on a shared 2-core machine) and a private feature cache."""
-    monkeypatch.setenv("BIT_CACHE", str(tmp_path / "bit-cache"))
+    monkeypatch.setenv("BITCLI_CACHE_DIR", str(tmp_path / "bit-cache"))  # the one cache folder: features too
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

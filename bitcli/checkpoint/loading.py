@@ -14,6 +14,7 @@ checkpoint is refused at load (a ModelError, exit 3), naming the file and the te
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,18 +91,95 @@ class LoadedModel:
         return resolve_labels(self.config.num_labels, self.config.id2label, labels_file)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies these weights, preprocessing and kernels (stored by `bit embed` for --resume)."""
-        hub_model = self.resolved is not None and bool(self.resolved.repo_id)
+        """What identifies these weights, preprocessing and kernels (stored by `bit embed`).
+
+        A hub model is identified by its commit (its files are immutable blobs); a local one by
+        its files' content (`content_digest`), so a checkpoint retrained in place is another model."""
+        hub_model = self.resolved is not None and bool(self.resolved.repo_id) and bool(self.resolved.commit)
         return {
             "model": self.name if hub_model else str(Path(self.path).resolve()),
             "commit": self.resolved.commit if self.resolved is not None else None,
             "weights": [Path(f).name for f in self.files],
+            "weights_sha256": None if hub_model else content_digest(self.files),
             "preprocessing": self.preprocess.describe(),
             "device": self.engine.device,
             "precision": self.engine.precision,
             # "onednn" and "torch" differ in the last bits (see bitcli.engine).
             "convolution": self.engine.convolution,
         }
+
+
+_DIGESTS: dict[tuple[Any, ...], str] = {}  # (real path, device, inode, size, mtime_ns) -> sha256
+_DIGEST_CHUNK = 1 << 20
+
+
+def content_digest(files: list[Path]) -> str:
+    """sha256 over the checkpoint files' names and contents: what a local model *is*, whatever
+    its folder is called. Each file's digest is kept, for this process and in the cache folder
+    (`weights-sha256.json`), under its real path, device, inode, size and mtime, so a checkpoint
+    is hashed once; a file rewritten in place gets a new mtime (or size, or inode) and is hashed
+    again. Only regular files are read (`open_regular`)."""
+    import hashlib
+
+    total = hashlib.sha256()
+    for name in files:
+        total.update(f"{Path(name).name}\0{_file_digest(Path(name))}\n".encode())
+    return total.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    from bitcli.util import open_regular
+
+    with open_regular(path) as fh:
+        info = os.fstat(fh.fileno())
+        key = (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = _DIGESTS.get(key) or _disk_digests().get(_key_text(key))
+        if cached is None:
+            sha = hashlib.sha256()
+            while chunk := fh.read(_DIGEST_CHUNK):
+                sha.update(chunk)
+            cached = sha.hexdigest()
+            _remember_digest(key, cached)
+        _DIGESTS[key] = cached
+    return cached
+
+
+def _key_text(key: tuple[Any, ...]) -> str:
+    return "\0".join(map(str, key))
+
+
+def _digest_file() -> Path:
+    from bitcli.util import cache_dir
+
+    return cache_dir() / "weights-sha256.json"
+
+
+def _disk_digests() -> dict[str, str]:
+    from bitcli.util import read_json_file
+
+    try:
+        data = read_json_file(_digest_file(), max_bytes=8 << 20)
+    except Exception:  # a missing or damaged cache is only slower
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remember_digest(key: tuple[Any, ...], digest: str) -> None:
+    """Best effort: an unwritable cache folder only means hashing again next time."""
+    import json
+
+    from bitcli.store.files import write_bytes_atomic
+
+    path = _digest_file()
+    try:
+        known = {k: v for k, v in _disk_digests().items() if os.path.exists(k.split("\0", 1)[0])}
+        known[_key_text(key)] = digest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, [json.dumps(known, indent=0, sort_keys=True).encode()])
+    except OSError:
+        pass
 
 
 Model = LoadedModel  # the name `bitcli.load`'s result had before it carried its origin

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from bitcli.cli import classify, combine, dedup, embed, info, process, search, serve, train
+from bitcli.cli import classify, collection_info, combine, dedup, embed, info, process, search, serve, train
 from bitcli.cli import eval as eval_cmd
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
@@ -134,6 +134,7 @@ register(embed.embed, embed.EPILOG)
 register(combine.combine, combine.EPILOG)
 register(search.search, search.EPILOG)
 register(dedup.dedup, dedup.EPILOG)
+register(collection_info.info, collection_info.EPILOG)
 register(info.inspect, info.INSPECT_EPILOG)
 register(info.download, info.DOWNLOAD_EPILOG)
 register(info.models, info.MODELS_EPILOG)

@@ -8,6 +8,7 @@ and says what to do next. docs/distributed.md describes all of it.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -127,7 +128,7 @@ def embed_distributed(
     bar = ShardBar(ui)
     common = {"resume": resume, "overwrite": overwrite, "progress": bar, "on_failure": bar.error}
     try:
-        with bar, write_errors(paths) if dist.shard is None else contextlib.nullcontext():
+        with bar, terminated_as_interrupt(), write_errors(paths) if dist.shard is None else contextlib.nullcontext():
             if dist.shard is None:
                 options = RayOptions(dist.ray_address, dist.workers, dist.gpus, dist.shard_size, dist.shard_dir)
                 summary = embed_on_ray(entries, paths, job, options, **common)
@@ -156,6 +157,19 @@ def embed_distributed(
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
+@contextlib.contextmanager
+def terminated_as_interrupt() -> Any:
+    """SIGTERM ends the run as Ctrl-C does: the cluster shut down, finished shards kept (exit 130)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class ShardBar:
     """The progress callback: a `screen.Bar` over the inputs this run embeds, labelled with the
     shards done; `error` prints a failed input's line with the bar out of the way."""
@@ -176,7 +190,7 @@ class ShardBar:
             self.bar.__enter__()
         label = f"shards {state.shards_done}/{state.shards_total}" + (f", {state.failed} failed" if state.failed else "")
         self.bar.describe(label)
-        self.bar.advance(state.images_done - self.start - self.bar.done)
+        self.bar.advance(max(0, state.images_done - self.start - self.bar.done))  # never backwards
 
     def error(self, path: str, reason: str) -> None:
         self.failed += 1

@@ -85,7 +85,10 @@ def dedup(
     noun = "group" if len(groups) == 1 else "groups"
     ui.info(f"{len(groups)} {noun} of near-duplicates ({members} of {collection.rows} images) at threshold {threshold}")
     if keep is not None:
-        write_paths(paths_to_delete(collection, groups, keep.value), null)
+        deletions = paths_to_delete(collection, groups, keep.value)
+        for path in deletions.changed:
+            ui.warn(f"{path}: changed since it was embedded, not listed; bring the index up to date (bit embed INPUTS -o {npy_name(index)} --update) and run dedup again")
+        write_paths(deletions.delete, null)
     else:
         render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout)
     if html is not None:

@@ -13,42 +13,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.combine import (
-    Distribution,
-    Engine,
-    EngineOpt,
-    GpusOpt,
-    RayAddressOpt,
-    ShardDirOpt,
-    ShardOpt,
-    ShardSizeOpt,
-    WorkersOpt,
-    embed_distributed,
-)
-from bitcli.cli.common import (
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    BatchSizeOpt,
-    DebugOpt,
-    Device,
-    DeviceOpt,
-    Dtype,
-    FastJpegOpt,
-    InputsArg,
-    MaxPixelsOpt,
-    ModelOpt,
-    NullOpt,
-    Precision,
-    PrecisionOpt,
-    QuietOpt,
-    ThreadsOpt,
-    Ui,
-    expand,
-    load_model,
-    report_summary,
-    run_options,
-)
+from bitcli.cli.combine import (Distribution, Engine, EngineOpt, GpusOpt, RayAddressOpt, ShardDirOpt, ShardOpt,
+                                ShardSizeOpt, WorkersOpt, embed_distributed)
+from bitcli.cli.common import (EXIT_OK, EXIT_SOME_FAILED, BatchSizeOpt, DebugOpt, Device, DeviceOpt, Dtype, FastJpegOpt,
+                               InputsArg, MaxPixelsOpt, ModelOpt, NullOpt, Precision, PrecisionOpt, QuietOpt, ThreadsOpt,
+                               Ui, expand, load_model, report_summary, run_options)
 from bitcli.cli.helpscreen import epilog
+from bitcli.cli.screen import duration
 from bitcli.errors import UsageError
 from bitcli.output import is_terminal
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
@@ -83,6 +54,7 @@ class StoreOptions:
 
 
 def embed(
+    ctx: typer.Context,
     inputs: InputsArg,
     output_path: Annotated[
         str,
@@ -137,32 +109,37 @@ def embed(
 ) -> int:
     """Pooled feature vectors (the embedding before the classifier) as one .npy array."""
     from bitcli import store
+    from bitcli.distributed import EmbedJob
     from bitcli.pipeline import Embedder
-    from bitcli.store.update import plan_work, recorded_model
+    from bitcli.store.update import continued_options, plan_work
 
     ui = Ui(quiet=quiet, debug=debug)
-    model = model or (update and recorded_model(output_path)) or DEFAULT_MODEL
-    options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
+    recorded = continued(where, ui) if update or resume else None
+    if recorded is not None:  # a setting not given is the recorded one; one given must agree
+        mine = dict(model=model, normalize=normalize, dtype=dtype.value, content_hash=content_hash,
+                    precision=precision.value, fast_jpeg=fast_jpeg, max_pixels=max_pixels)
+        values = continued_options(recorded, {k: v for k, v in mine.items() if k in given_options(ctx)})
+        model, normalize, content_hash, fast_jpeg, max_pixels = (values[k] for k in ("model", "normalize", "content_hash", "fast_jpeg", "max_pixels"))
+        dtype, precision = Dtype(values["dtype"]), Precision(values["precision"])
+        where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
+    model = model or DEFAULT_MODEL
+    options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
-    if dist.check(output_path == "-", manifest):
-        if update or content_hash:
-            raise UsageError("--update and --hash run locally; leave out --engine ray and --shard")
-        from bitcli.distributed import EmbedJob
-
+    job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads, content_hash=content_hash)
+    if dist.check(output_path == "-", manifest) and not (update and engine is Engine.ray):
+        if update:
+            raise UsageError("--update runs here or with --engine ray, not as --shard jobs; leave out --shard")
         paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
-        job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads)
         return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null)
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
     items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
     fingerprint = {**embedder.fingerprint(), "dtype": where.dtype, **({"content_hash": "sha256"} if content_hash else {})}
-    work = plan_work(paths, items, embedder.embed_groups, embedder.feature_dim, fingerprint,
-                     update=update, content_hash=content_hash)
-    if work.summary:
-        ui.info(f"{paths.out}: {work.summary}")
+    embed_groups = ray_groups(job, dist, paths.out) if engine is Engine.ray else embedder.embed_groups  # --update on Ray
+    work = plan_work(paths, items, embed_groups, embedder.feature_dim, fingerprint, update=update, content_hash=content_hash)
     if work.up_to_date:
-        ui.info(f"{paths.out} is up to date")
+        ui.info(f"{paths.out}: up to date")
         return EXIT_OK
     with store.write_errors(paths, UsageError):  # cannot even start: the -o path is unusable
         writer = store.EmbedWriter(
@@ -182,25 +159,52 @@ def embed(
     if writer.rows or writer.failed:
         ui.info(f"resuming: {writer.rows} images and {writer.failed} failures already recorded")
     todo = list(writer.skip_done(work.items))
-    bar, failed = ui.progress(len(todo), "embedding"), []
+    # The bar counts images embedded; an update's copied rows are not work done (nor img/s).
+    embeds = [getattr(item, "source_row", None) is None for item in todo]
+    bar, failed = ui.progress(sum(embeds), "embedding"), []
+    again = "--update --resume" if update else "--resume"
     try:
-        with store.write_errors(paths):
+        with store.write_errors(paths, again=again):
             with bar:
-                on_group = lambda group: report(ui, group, bar, failed)  # noqa: E731
+                on_group = lambda group: report(ui, group, bar, failed, embeds)  # noqa: E731
                 store.write_groups(writer, work.groups(todo), on_group, work.identities(todo))
             summary = writer.finish(sys.stdout.buffer if paths.out is None else None)
     except BaseException as exc:
         writer.close()
         if paths.partial is not None and paths.partial.exists():
-            again = "--update --resume" if update else "--resume"
             ui.info(f"partial results kept in {paths.partial}; rerun with {again} to continue")
         if isinstance(exc, KeyboardInterrupt):
             ui.summary(bar, len(failed))
         raise
-    report_summary(ui, summary, paths)
+    if work.summary:  # `photos.npy: +3 new, 1 changed, 2 removed, 23 kept; embedded 4 in 1.2 s`
+        ui.info(f"{paths.out}: {work.summary}; embedded {bar.done} in {duration(bar.elapsed)}")
+        report_summary(ui, summary, paths, done=True)
+    else:
+        report_summary(ui, summary, paths)
     ui.summary(bar, len(failed))
     stale_index_hint(ui, paths)
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def ray_groups(job: Any, dist: Distribution, out: Path) -> Any:
+    """`--update --engine ray`: what the update embeds, embedded on the cluster (a scratch set beside OUT)."""
+    from bitcli.distributed import RayOptions, groups_on_ray
+
+    options = RayOptions(dist.ray_address, dist.workers, dist.gpus, dist.shard_size, dist.shard_dir)
+    return groups_on_ray(job, options, out.with_name(f".{out.name}.update.npy"))
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """The options set on the command line (or through the environment), not left at defaults."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return {name for name, source in sources.items() if source is not None and source.name != "DEFAULT"}
+
+
+def continued(where: StoreOptions, ui: Ui) -> Any:
+    """The settings `--update` / `--resume` continue (None: nothing yet), read before the model loads."""
+    from bitcli.store.update import continued_settings
+
+    return continued_settings(store_paths(where, ui, check=False), update=where.update, resume=where.resume)
 
 
 def stale_index_hint(ui: Ui, paths: Any) -> None:
@@ -214,30 +218,26 @@ def stale_index_hint(ui: Ui, paths: Any) -> None:
 def store_paths(where: StoreOptions, ui: Ui, *, check: bool = True) -> Any:
     """The files this run writes, checked before the model loads (UsageError, exit 2). A
     publication an interrupted run had committed to is completed first, whatever the options."""
-    from bitcli.store import EmbedPaths, check_output, recover
+    from bitcli.store import check_output, recover
+    from bitcli.store.paths import output_paths
 
-    if where.output == "-":
-        if is_terminal(sys.stdout):
-            raise UsageError("-o - would write binary .npy data to the terminal; redirect stdout to a file or pipe")
-        paths = EmbedPaths.for_output(None, manifest=where.manifest)
-    else:
-        out = Path(where.output)
-        if out.is_dir():
-            raise UsageError(f"-o {out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
-        if not out.name.endswith(".npy"):  # as numpy.save does: `-o vecs` writes vecs.npy
-            out = out.with_name(out.name + ".npy")
-        paths = EmbedPaths.for_output(out, manifest=where.manifest)
-        if recover(paths):
-            ui.info(f"completed publishing {out}, which an interrupted run had left half-renamed")
+    if where.output == "-" and is_terminal(sys.stdout):
+        raise UsageError("-o - would write binary .npy data to the terminal; redirect stdout to a file or pipe")
+    paths = output_paths(where.output, where.manifest)
+    if paths.out is not None and recover(paths):
+        ui.info(f"completed publishing {paths.out}, which an interrupted run had left half-renamed")
     if check:
         check_output(paths, resume=where.resume, overwrite=where.overwrite, update=where.update)
     return paths
 
 
-def report(ui: Ui, group: list[Any], bar: Any, failed: list[str]) -> None:
-    """After each committed batch: one error line per failed input (the bar out of the way)."""
+def report(ui: Ui, group: list[Any], bar: Any, failed: list[str], embeds: list[bool]) -> None:
+    """After each committed batch: one error line per failed input (the bar out of the way).
+    `embeds` says, item by item in order, which ones are embedded (not copied): consumed here."""
     errors = [f"{result.path}: {result.error}" for result in group if not result.ok]
     failed += errors
-    with bar.paused(done=len(group), screen=bool(errors)):
+    embedded = sum(embeds[: len(group)])
+    del embeds[: len(group)]
+    with bar.paused(done=embedded, screen=bool(errors)):
         for line in errors:
             ui.error(line)

@@ -86,6 +86,10 @@ def search(
     device: DeviceOpt = Device.auto,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threads: ThreadsOpt = None,
+    server: Annotated[
+        Optional[str],
+        typer.Option("--server", envvar="BIT_SERVER", metavar="URL", help="Ask a running `bit serve --index INDEX` (INDEX: the collection's name there)."),
+    ] = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> int:
@@ -99,6 +103,10 @@ def search(
         raise UsageError("give at least one QUERY (an image, or a path in INDEX), or --build-index")
     if queries:
         require_stdout("the matches")
+    if server is not None:
+        if html is not None or build_index or manifest is not None or model is not None:
+            raise UsageError("--server answers from the server's collection: drop --html, --build-index, --manifest and --model")
+        return ask_server(ui, server, index, queries, top_k, format, batch_size, null)
     if html is not None:
         from bitcli.collection.html import check_target
 
@@ -113,6 +121,24 @@ def search(
     render_search(found, fmt, sys.stdout)
     if html is not None:
         write_html(collection, found, html, top_k)
+    for result in found:
+        if not result.ok:
+            ui.error(f"{result.query}: {result.error}")
+    return EXIT_SOME_FAILED if any(not r.ok for r in found) else EXIT_OK
+
+
+def ask_server(ui: Ui, server: str, index: Path, queries: list[str], top_k: int, format: Any, batch_size: int, null: bool) -> int:
+    """The query images sent to a `bit serve` that holds INDEX; printed as a local search prints."""
+    from bitcli import output
+    from bitcli.inputs import expand_inputs
+    from bitcli.output.collection import render_search
+    from bitcli.serve.client import Client, token_from_env
+
+    name = index.name[: -len(".npy")] if index.name.endswith(".npy") else index.name
+    items = list(expand_inputs(queries, stdin=sys.stdin, null=null))
+    fmt = output.resolve_format(format.value, sys.stdout)
+    found = [r for group in Client(server, token=token_from_env()).search_groups(name, items, top_k=top_k, batch_size=batch_size) for r in group]
+    render_search(found, fmt, sys.stdout)
     for result in found:
         if not result.ok:
             ui.error(f"{result.query}: {result.error}")

@@ -13,7 +13,8 @@ import os
 import signal
 import socket
 from enum import Enum
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -100,6 +101,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
+    index: Annotated[
+        Optional[list[Path]], typer.Option("--index", metavar="OUT.npy", help="A collection (bit embed's output) to search over /v1/search; repeat for more.")
+    ] = None,
     host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="N", min=0, max=65535, help="Port (0: any free port).")] = 8765,
     token: Annotated[
@@ -141,8 +145,14 @@ def serve(
         if port == 0:
             raise UsageError("--engine ray needs a fixed --port (Ray Serve's proxy binds it)")
         bind(host, port).close()  # free now: say so before the cluster starts
+        from bitcli.serve.service import open_collections
+
+        open_collections(index or [])  # a bad --index fails here, not in a replica
         return _serve_on_ray(model, host, port, replicas, ray_address, body_limit, max_batch, max_wait_ms, max_queue,
-                             token, device, precision, max_pixels, ui)
+                             token, device, precision, max_pixels, [str(p.resolve()) for p in index or []], ui)
+    from bitcli.serve.service import open_collections
+
+    collections = open_collections(index or [])
     listener = bind(host, port)
 
     from bitcli import inspection
@@ -152,6 +162,8 @@ def serve(
     options = run_options(device, precision, max_batch, threads, max_pixels)
     loaded = load_model(model, options, ui, threads)
     service = Service(loaded, max_batch=max_batch, max_pixels=options.max_pixels)
+    for name, collection in collections.items():
+        service.add_index(name, collection)
     settings = ServeSettings(max_body=body_limit, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                              max_queue=max_queue, token=token)
     report = inspection.build_report(loaded, service.labels)
@@ -182,7 +194,7 @@ def serve(
 
 
 def _serve_on_ray(model, host, port, replicas, address, body_limit, max_batch, max_wait_ms, max_queue, token,
-                  device, precision, max_pixels, ui) -> int:
+                  device, precision, max_pixels, indexes, ui) -> int:
     from bitcli.hub import resolve_model
     from bitcli.serve.app import ServeSettings
     from bitcli.serve.ray_serve import serve_on_ray
@@ -198,5 +210,5 @@ def _serve_on_ray(model, host, port, replicas, address, body_limit, max_batch, m
                              max_queue=max_queue, token=token)
     return serve_on_ray(
         model, options, settings, max_pixels=options.max_pixels, host=host, port=port, replicas=replicas,
-        address=address, on_ready=lambda url: ui.info(f"serving {model} on {url} (web page: /, API docs: /docs)"),
+        address=address, indexes=indexes, on_ready=lambda url: ui.info(f"serving {model} on {url} (web page: /, API docs: /docs)"),
     )

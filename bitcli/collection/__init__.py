@@ -7,7 +7,7 @@
     groups = find_groups(index, threshold=0.9)       # near-duplicate groups, largest first
 
 Modules: `index` (open and validate, stream blocks), `search` (exact cosine top-k, streamed),
-`dedup` (threshold pairs per block + union-find, `--keep` choices), `html` (self-contained
+`dedup` (threshold pairs per block + union-find), `keep` (`--keep` choices), `html` (self-contained
 pages), `ann` (optional faiss index beside the array). The metadata sidecar that `bit embed`
 writes lives in `bitcli.store.metadata`. Library code never prints.
 """
@@ -23,11 +23,11 @@ from bitcli.util import lazy_attributes
 DEFAULT_THRESHOLD = 0.9
 
 _LAZY = {
-    "KEEP_POLICIES": "bitcli.collection.dedup",
+    "KEEP_POLICIES": "bitcli.collection.keep",
     "DuplicateGroup": "bitcli.collection.dedup",
     "check_threshold": "bitcli.collection.dedup",
     "find_groups": "bitcli.collection.dedup",
-    "paths_to_delete": "bitcli.collection.dedup",
+    "paths_to_delete": "bitcli.collection.keep",
     "EmbeddingIndex": "bitcli.collection.index",
     "open_index": "bitcli.collection.index",
     "Match": "bitcli.collection.scoring",

@@ -33,7 +33,6 @@ from bitcli.collection import DEFAULT_THRESHOLD  # 0.9: why, in the package's __
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.errors import UsageError
 
-KEEP_POLICIES = ("first", "largest", "newest")
 _BLOCK_BYTES = 32 << 20  # float32 bytes per block of rows
 _SLICE_ROWS = 512  # rows per similarity slice: at most 512 x block pairs materialize at once
 _STATS_ROWS = 2048  # rows per chunk when measuring a (large) group
@@ -323,65 +322,3 @@ def _unit64(rows: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(rows, axis=1)
     norms[(norms == 0) | ~np.isfinite(norms)] = np.inf  # zero or NaN rows: similarity 0
     return np.nan_to_num(rows / norms[:, None])
-
-
-# -- --keep ------------------------------------------------------------------------------------
-
-
-def paths_to_delete(index: EmbeddingIndex, groups: list[DuplicateGroup], keep: str) -> list[str]:
-    """The files one would delete to keep one file per group; nothing is deleted here.
-
-    first: the member earliest in the index; largest: the most pixels (then the most bytes);
-    newest: the latest modification time; ties go to the earliest member. Members whose file is
-    gone are skipped, and a member that is the very file kept (the same path given twice, a
-    hard or symbolic link) is never listed."""
-    if keep not in KEEP_POLICIES:
-        raise UsageError(f"--keep {keep}: choose one of {', '.join(KEEP_POLICIES)}")
-    out: list[str] = []
-    seen: set[str] = set()
-    for group in groups:
-        present = _present(index, group)
-        if len(present) < 2:
-            continue
-        kept = max(present, key=lambda m: (_rank(m, keep), -m[0]))
-        for member in present:
-            if member is kept or os.path.samestat(member[2], kept[2]) or member[1] in seen:
-                continue
-            seen.add(member[1])
-            out.append(member[1])
-    return out
-
-
-def _present(index: EmbeddingIndex, group: DuplicateGroup) -> list[tuple[int, str, os.stat_result]]:
-    """(row, path as found from here, stat) for the members whose file still exists."""
-    present = []
-    for row, path in zip(group.rows, group.paths):
-        found = index.locate(path)
-        if found is None:
-            continue
-        try:
-            present.append((row, found, os.stat(found)))
-        except OSError:
-            continue
-    return present
-
-
-def _rank(member: tuple[int, str, os.stat_result], keep: str) -> tuple:
-    row, path, info = member
-    if keep == "newest":
-        return (info.st_mtime_ns,)
-    if keep == "largest":
-        return (_pixels(path), info.st_size)
-    return ()
-
-
-def _pixels(path: str) -> int:
-    """Width x height from the image header (0 when it cannot be read); no decoding."""
-    try:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            width, height = image.size
-        return width * height
-    except Exception:  # any unreadable header just ranks lowest
-        return 0

@@ -19,30 +19,35 @@ image can only be embedded with an explicitly chosen model.
 from __future__ import annotations
 
 import os
-import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
+from bitcli.collection.blocks import BlockReader, read_exactly
 from bitcli.errors import UsageError
 from bitcli.inputs import STDIN_PATH_MAX as PATH_MAX
 from bitcli.store.metadata import EmbeddingMetadata, SidecarPaths, read_metadata, sidecar_file
-from bitcli.util import FileTooLarge, read_capped
+from bitcli.util import FileTooLarge, open_regular, read_capped
 
 # A block of float32 rows is at most this big (the raw rows read from disk add at most as much).
 DEFAULT_BLOCK_BYTES = 64 << 20
 _FLOAT_DTYPES = ("float16", "float32", "float64")
-# A float16 index with more elements than this converts blocks with torch (about 6x faster than
-# numpy's float16 cast), which pays for torch's import (about 2 s); smaller ones stay numpy-only.
-_TORCH_CAST_ELEMENTS = 1 << 28
 
 
 @dataclass
 class EmbeddingIndex:
-    """An opened embedding: `vectors` [N, D] (read-only memory map), `paths[i]` = row i's file."""
+    """An opened embedding: `vectors` [N, D] (read-only memory map), `paths[i]` = row i's file.
+
+    `recorded` holds the paths as the manifest stores them (as the inputs were given, relative
+    to the directory `bit embed` ran in, the header's `cwd`); `paths` the same files as paths
+    that resolve from the current directory: as stored when they already do (absolute, or the
+    current directory is the one recorded), else joined to the recorded directory. Every path
+    search and dedup print comes from `paths`."""
 
     array_path: Path
     vectors: np.ndarray
@@ -51,6 +56,18 @@ class EmbeddingIndex:
     meta: EmbeddingMetadata | None = None
     meta_path: Path | None = None
     file: BinaryIO | None = None  # the array file as opened: every read goes through it
+    recorded: list[str] | None = None  # the manifest's lines (None: the same as `paths`)
+
+    def __post_init__(self) -> None:
+        if self.recorded is None:
+            self.recorded = self.paths
+            base = self.base_dir
+            if base and os.path.abspath(base) != os.path.abspath(os.getcwd()):
+                self.paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in self.recorded]
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
     def stat(self) -> os.stat_result:
         """The opened array file's status (not whatever the name points at now)."""
@@ -64,10 +81,10 @@ class EmbeddingIndex:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    @property
+    @cached_property
     def base_dir(self) -> str | None:
         """The directory `bit embed` ran in: relative row paths are relative to it."""
-        return self.meta.cwd if self.meta is not None else None
+        return self.meta.base_dir(self.meta_path) if self.meta is not None else None
 
     def block_rows(self, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
         """Rows per block so that one float32 block takes about `block_bytes`."""
@@ -84,7 +101,7 @@ class EmbeddingIndex:
         block_rows = block_rows or self.block_rows()
         if stop <= start:
             return
-        reader = _BlockReader(self, min(block_rows, stop - start), torch_cast=torch_cast)
+        reader = BlockReader(self, min(block_rows, stop - start), torch_cast=torch_cast)
         try:
             for first in range(start, stop, block_rows):
                 yield first, reader.read(first, min(first + block_rows, stop))
@@ -107,8 +124,7 @@ class EmbeddingIndex:
         raw = np.empty((rows.size, row_bytes), dtype=np.uint8)
         with self._reader() as fd:
             for i, row in enumerate(rows.tolist()):
-                if os.preadv(fd, [raw[i]], offset + row * row_bytes) != row_bytes:
-                    raise UsageError(f"{self.array_path}: ended early (truncated while reading?); embed again with --overwrite")
+                read_exactly(fd, memoryview(raw[i]), offset + row * row_bytes, self.array_path)
         return raw.view(self.vectors.dtype).reshape(rows.size, self.dim).astype(np.float32)
 
     @contextmanager
@@ -123,6 +139,33 @@ class EmbeddingIndex:
         finally:
             os.close(fd)
 
+    def describe(self) -> dict[str, Any]:
+        """What the collection holds (`bit info`): JSON-ready, without reading any row."""
+        info = self.stat()
+        meta = self.meta
+        report: dict[str, Any] = {
+            "path": str(self.array_path),
+            "rows": self.rows,
+            "feature_dim": self.dim,
+            "dtype": self.vectors.dtype.name,
+            "bytes": info.st_size,
+            "manifest": str(self.manifest_path),
+            "metadata": str(self.meta_path) if self.meta_path is not None else None,
+            "modified": _iso_time(info.st_mtime_ns),
+        }
+        if meta is None:
+            return {**report, "made_by": None}
+        settings = meta.settings.to_json()
+        return {
+            **report,
+            "made_by": {"bitcli_version": meta.bitcli_version or None, "cwd": meta.cwd, "runtime": meta.runtime},
+            "model": settings["model"],
+            "normalize": settings["normalize"],
+            "identity": "size, mtime and sha256" if settings["content_hash"] else "size and mtime",
+            "preprocessing": settings["preprocessing"],
+            "decode": settings["decode"],
+        }
+
     def find_rows(self, queries: Iterable[str]) -> dict[str, int]:
         """For each query path that names a row, the first such row (one pass over the paths).
 
@@ -136,9 +179,9 @@ class EmbeddingIndex:
         names = {os.path.basename(a) for a in by_abs}  # cheap filter before abspath
         found: dict[str, int] = {}
         base = self.base_dir
-        for row, path in enumerate(self.paths):
-            if path in wanted and path not in found:
-                found[path] = row
+        for row, (path, stored) in enumerate(zip(self.paths, self.recorded)):
+            if stored in wanted and stored not in found:
+                found[stored] = row
             if os.path.basename(path) in names:
                 for query in by_abs.get(_absolute(path, base), ()):
                     found.setdefault(query, row)
@@ -147,16 +190,11 @@ class EmbeddingIndex:
         return found
 
     def locate(self, path: str) -> str | None:
-        """An existing file for a row's path: as stored when it exists from here, else resolved
-        against the directory `bit embed` ran in; None when neither exists."""
-        if os.path.exists(path):
-            return path
+        """A row's file as recorded (a relative path from the directory `bit embed` ran in, never
+        from wherever the reader stands), when it exists; None when it does not."""
         base = self.base_dir
-        if base and not os.path.isabs(path):
-            candidate = os.path.join(base, path)
-            if os.path.exists(candidate):
-                return candidate
-        return None
+        full = path if os.path.isabs(path) or not base else os.path.join(base, path)
+        return full if os.path.exists(full) else None
 
 
 def _absolute(path: str, base: str | None) -> str:
@@ -166,18 +204,71 @@ def _absolute(path: str, base: str | None) -> str:
 
 
 def open_index(array_path: str | os.PathLike[str], *, manifest: str | os.PathLike[str] | None = None, allow_empty: bool = False) -> EmbeddingIndex:
-    """Open and validate an embedding. `manifest` overrides where the row paths are read from."""
+    """Open and validate an embedding. `manifest` overrides where the row paths are read from.
+
+    The array, header and manifest come from one publication: `bit embed` renames a new set
+    over the old one file by file (the array last), so a reader racing it could pair the old
+    array with the new manifest. The files' identities (inode, size, times) are taken before
+    and after reading, the opened array's among them, and the read is repeated until they agree
+    and no publication was in progress (its commit record, `OUT.npy.partial/publish.json`)."""
     array_path = Path(array_path)
-    vectors, file = _load_array(array_path)
-    sidecars = SidecarPaths.for_output(array_path)
-    meta = read_metadata(sidecars.meta) if sidecars.meta.is_file() else None
-    manifest_path = _manifest_path(array_path, manifest, meta, sidecars.meta)
-    paths = _read_manifest(manifest_path, array_path, int(vectors.shape[0]))
-    index = EmbeddingIndex(array_path, vectors, paths, manifest_path, meta, sidecars.meta if meta else None, file)
+    for _ in range(_CONSISTENT_TRIES):
+        before = _snapshot(array_path, manifest)
+        index = _open_once(array_path, manifest)
+        if before is not None and before == _snapshot(array_path, manifest, index):
+            break
+        index.close()
+        time.sleep(0.001)
+    else:
+        raise UsageError(f"{array_path} kept changing while it was read (a bit embed publishing it?); try again")
     _check_consistent(index)
     if index.rows == 0 and not allow_empty:
         raise UsageError(f"{array_path} has no rows (every input failed or none was given); nothing to search")
     return index
+
+
+_CONSISTENT_TRIES = 1000
+
+
+def _iso_time(ns: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def _open_once(array_path: Path, manifest: str | os.PathLike[str] | None) -> EmbeddingIndex:
+    vectors, file = _load_array(array_path)
+    try:
+        sidecars = SidecarPaths.for_output(array_path)
+        meta = read_metadata(sidecars.meta) if os.path.lexists(sidecars.meta) else None
+        manifest_path = _manifest_path(array_path, manifest, meta, sidecars.meta)
+        paths = _read_manifest(manifest_path, array_path, int(vectors.shape[0]))
+    except BaseException:
+        file.close()
+        raise
+    return EmbeddingIndex(array_path, vectors, paths, manifest_path, meta, sidecars.meta if meta else None, file)
+
+
+def _snapshot(array_path: Path, manifest: Any, index: EmbeddingIndex | None = None) -> tuple | None:
+    """What identifies the set on disk now (None while a publication is under way); with
+    `index`, also the array file it opened."""
+    sidecars = SidecarPaths.for_output(array_path)
+    stem = array_path.with_suffix("") if array_path.suffix == ".npy" else array_path
+    names = [array_path, sidecars.meta, Path(manifest) if manifest is not None else stem.with_name(stem.name + ".paths.txt")]
+    if os.path.lexists(array_path.with_name(array_path.name + ".partial") / "publish.json"):
+        return None
+    ids = []
+    for name in names:
+        try:
+            info = os.stat(name)
+            ids.append((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+        except OSError:
+            ids.append(None)
+    if index is not None and index.file is not None:
+        info = os.fstat(index.file.fileno())
+        if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns) != ids[0]:
+            return None
+    return tuple(ids)
 
 
 def _load_array(path: Path) -> tuple[np.ndarray, BinaryIO]:
@@ -187,9 +278,9 @@ def _load_array(path: Path) -> tuple[np.ndarray, BinaryIO]:
     if not path.exists():
         raise UsageError(f"{path}: no such file; give the .npy file that bit embed wrote")
     try:
-        file = open(path, "rb", buffering=0)
+        file = open_regular(path).detach()  # unbuffered; a FIFO or device is refused, never waited on
     except OSError as exc:
-        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc}); give the .npy file that bit embed wrote") from exc
     try:
         vectors = _map_npy(file)
     except OSError as exc:
@@ -266,62 +357,5 @@ def _check_consistent(index: EmbeddingIndex) -> None:
         raise UsageError(f"{index.meta_path} describes {meta.rows} rows but {index.array_path} has {index.rows}{again}")
     if meta.feature_dim != index.dim:
         raise UsageError(f"{index.meta_path} describes {meta.feature_dim}-dimensional rows but {index.array_path} holds {index.dim}{again}")
-    if meta.dtype != index.vectors.dtype.name:
-        raise UsageError(f"{index.meta_path} describes {meta.dtype} rows but {index.array_path} holds {index.vectors.dtype.name}{again}")
-
-
-class _BlockReader:
-    """Reads row ranges of a C-ordered `.npy` into one reused buffer, as float32."""
-
-    def __init__(self, index: EmbeddingIndex, max_rows: int, *, torch_cast: bool = True):
-        vectors = index.vectors
-        self.vectors = vectors
-        self.dim = index.dim
-        self.dtype = vectors.dtype
-        self.row_bytes = self.dim * self.dtype.itemsize
-        offset = getattr(vectors, "offset", None)
-        self.direct = isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and offset is not None
-        self.index = index
-        self.offset = offset or 0
-        self.raw = np.empty(max_rows * self.row_bytes, dtype=np.uint8)
-        native32 = self.dtype == np.dtype("<f4") and sys.byteorder == "little"
-        self.out = None if native32 else np.empty((max_rows, self.dim), dtype=np.float32)
-        self.cast = _caster(self.dtype, vectors.size if torch_cast else 0)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        n = stop - start
-        if not self.direct:  # e.g. a Fortran-ordered array from elsewhere: let the memory map copy
-            return np.asarray(self.vectors[start:stop], dtype=np.float32)
-        view = memoryview(self.raw)[: n * self.row_bytes]
-        position, filled = self.offset + start * self.row_bytes, 0
-        with self.index._reader() as fd:
-            while filled < len(view):
-                got = os.preadv(fd, [view[filled:]], position + filled)
-                if not got:
-                    raise UsageError(f"{self.index.array_path}: ended early (truncated while reading?); embed again with --overwrite")
-                filled += got
-        rows = self.raw[: n * self.row_bytes].view(self.dtype).reshape(n, self.dim)
-        if self.out is None:
-            return rows
-        out = self.out[:n]
-        self.cast(rows, out)
-        return out
-
-    def close(self) -> None:
-        pass  # the index owns its file
-
-
-def _caster(dtype: np.dtype, elements: int):
-    """A function copying rows of `dtype` into a float32 array of the same shape."""
-    if dtype.name == "float16" and elements and (elements > _TORCH_CAST_ELEMENTS or "torch" in sys.modules):
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        if torch is not None and dtype.isnative:
-
-            def torch_cast(src: np.ndarray, dst: np.ndarray) -> None:
-                torch.from_numpy(dst).copy_(torch.from_numpy(src))
-
-            return torch_cast
-    return lambda src, dst: np.copyto(dst, src, casting="unsafe")
+    if meta.settings.dtype != index.vectors.dtype.name:
+        raise UsageError(f"{index.meta_path} describes {meta.settings.dtype} rows but {index.array_path} holds {index.vectors.dtype.name}{again}")

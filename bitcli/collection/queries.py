@@ -86,25 +86,28 @@ def query_settings(index: EmbeddingIndex, model: str | None, first_query: str) -
     if meta is None:
         return model, {}
     settings = {
-        "precision": meta.model.get("precision") or "fp32",
-        "fast_jpeg": bool(meta.decode.get("fast_jpeg", False)),
-        "max_pixels": meta.decode.get("max_pixels"),
+        "precision": meta.settings.model.get("precision") or "fp32",
+        "fast_jpeg": bool(meta.settings.decode.get("fast_jpeg", False)),
+        "max_pixels": meta.settings.decode.get("max_pixels"),
     }
     return model or meta.model_reference(), settings
 
 
 def settings_differ(index: EmbeddingIndex, fingerprint: dict[str, Any]) -> str | None:
-    """Why queries embedded with `fingerprint` would not be comparable with the rows (or None)."""
+    """Why queries embedded with `fingerprint` would not be comparable with the rows (or None).
+    UsageError when the index's model was changed in place (same reference, other content)."""
     from bitcli.store.metadata import EmbeddingMetadata, check_compatible
 
     if index.meta is None:
         return None
     current = EmbeddingMetadata.from_fingerprint(
-        {**fingerprint, "dtype": index.meta.dtype, "normalize": index.meta.normalize}, rows=0, feature_dim=index.dim
+        {**fingerprint, "dtype": index.meta.settings.dtype, "normalize": index.meta.settings.normalize}, rows=0, feature_dim=index.dim
     )
     try:
         check_compatible(index.meta, current, str(index.array_path))
     except UsageError as exc:
+        if index.meta.settings.model_changed(current.settings):
+            raise  # the same model's name, other weights: every score would mislead
         return str(exc).split("; update with", 1)[0]
     return None
 

@@ -38,7 +38,7 @@ from bitcli.distributed.seams import (
     run_state,
     writing,
 )
-from bitcli.distributed.shardfiles import ShardInfo, describe_difference, read_shard, shard_failures, shard_folders
+from bitcli.distributed.shardfiles import ShardInfo, describe_difference, read_shard, shard_failures, shard_folders, shard_identities
 from bitcli.distributed.shards import DuplicateShardError, MissingShardError, ShardError, ShardMismatchError, Split
 
 _CHUNK = 1 << 22
@@ -157,10 +157,11 @@ def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | Non
     staged.file("manifest", _concatenation([s.folder / "paths.txt" for s in shards]))
     if failed:
         staged.file("errors", _concatenation([s.folder / "errors.txt" for s in shards]))
-    # The sidecar a local run writes (docs/collection.md), so that `bit search` finds the model;
-    # shards record no file identities, so `--update` embeds every row again.
+    # The sidecar a local run writes (docs/collection.md), with the identities each shard took
+    # before reading its files, so that `--update` keeps every unchanged row.
     meta = metadata_for(paths, {**first.fingerprint, "dtype": dtype.name}, rows=rows, dim=first.dim)
-    staged.sidecar(meta, ((line, None) for line in read_lines(staged.staged["manifest"])))
+    identities = (identity for shard in shards for identity in shard_identities(shard))
+    staged.sidecar(meta, zip(read_lines(staged.staged["manifest"]), identities))
     # What a local run with these settings records (the same fingerprint, dim, dtype and input
     # digest), so that `bit embed --resume` checks an assembled output exactly as a local one.
     state = {**run_state(first.dim, dtype.name, first.fingerprint, None), "inputs": first.split.inputs}

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -50,6 +50,8 @@ from bitcli.distributed.seams import (
     InputItem,
     UsageError,
     check_output,
+    read_lines,
+    write_bytes_atomic,
     files_problem,
     inputs_digest,
     read_run_record,
@@ -124,9 +126,45 @@ def embed_on_ray(
     return summary
 
 
+def groups_on_ray(
+    job: EmbedJob, options: RayOptions, scratch: Path, progress: OnProgress | None = None
+) -> Callable[[list[str]], Iterator[list[Any]]]:
+    """For `bit embed --update --engine ray`: a drop-in for `Embedder.embed_groups` that embeds
+    the paths an update must embed on the cluster, as a scratch collection (`scratch`, beside the
+    output: shared storage, like the shards), then yields them as results, one batch a group, in
+    input order with the failures in their places; the scratch files are removed after. The
+    update copies the kept rows and publishes as a local one does."""
+    from bitcli.results import EmbedResult
+
+    def groups(todo: list[str]) -> Iterator[list[Any]]:
+        paths = EmbedPaths.for_output(scratch)
+        try:
+            entries = [InputItem(i, str(getattr(p, "path", p))) for i, p in enumerate(todo)]
+            embed_on_ray(entries, paths, job, options, overwrite=True, progress=progress)
+            rows = np.load(scratch, mmap_mode="r")
+            manifest = read_lines(paths.manifest)
+            reasons = [line.split("\t", 1)[-1] for line in read_lines(paths.errors)] if paths.errors.exists() else []
+            results, row, failure = [], 0, 0
+            for entry in entries:  # rows and failures are both in input order
+                if row < len(manifest) and manifest[row] == entry.path:
+                    results.append(EmbedResult(path=entry.path, vector=np.asarray(rows[row], dtype=np.float32)))
+                    row += 1
+                else:
+                    results.append(EmbedResult(path=entry.path, error=reasons[failure] if failure < len(reasons) else "not embedded"))
+                    failure += 1
+            size = job.options.batch_size
+            for start in range(0, len(results), size):
+                yield results[start : start + size]
+        finally:
+            for path in paths.set_files().values():
+                path.unlink(missing_ok=True)
+
+    return groups
+
+
 def _remove(shard_dir: Path) -> None:
     """The run's shard directory: shards, input list (and a half-written one), run record."""
-    leftovers = tuple(p.name for p in shard_dir.glob(f".{INPUTS_FILE}.*.tmp"))
+    leftovers = tuple(p.name for name in (INPUTS_FILE, RUN_FILE) for p in shard_dir.glob(f".{name}.*.tmp"))
     remove_directory(shard_dir, (INPUTS_FILE, RUN_FILE, *leftovers))
 
 
@@ -174,9 +212,7 @@ def _write_run_record(shard_dir: Path, split: Split, job: EmbedJob, *, resume: b
                 f"{shard_dir} was made with different settings ({describe_difference(earlier, record)}); "
                 "resume with the same model and options, or pass --overwrite to start over"
             )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, [(json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8")])
 
 
 def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPaths, job: EmbedJob) -> EmbedSummary:

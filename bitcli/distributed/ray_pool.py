@@ -17,14 +17,16 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from bitcli.distributed.seams import BitError, InputError, UsageError, first_line
-from bitcli.distributed.shardfiles import describe_difference
+from bitcli.distributed.shardfiles import describe_difference, inputs_in_flight
 from bitcli.distributed.shards import InputSpool, ShardInputs, ShardMismatchError, Split
 from bitcli.distributed.worker import EmbedJob, OnProgress, ShardWorker, report_progress
 
@@ -63,6 +65,9 @@ def connect(ray: Any, options: RayOptions) -> Iterator[Any]:
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address == "local":
         kwargs.update(include_dashboard=False, num_cpus=options.num_cpus)
+    else:
+        probe(address)  # Ray itself retries an address where nothing listens for minutes
+    handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -70,10 +75,33 @@ def connect(ray: Any, options: RayOptions) -> Iterator[Any]:
             f"--ray-address {address}: cannot connect ({first_line(exc)}); start the cluster "
             "(ray start --head) or check the address"
         ) from exc
+    finally:
+        if handler is not None:  # ray.init replaces the driver's SIGTERM handler: put the caller's back
+            signal.signal(signal.SIGTERM, handler)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+PROBE_SECONDS = 5.0
+
+
+def probe(address: str) -> None:
+    """UsageError (exit 2) unless something accepts a TCP connection at `address` within
+    PROBE_SECONDS (`host:port`, or `ray://host:port`; `auto` and other forms are left to Ray)."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise UsageError(
+            f"--ray-address {address}: nothing answers there ({reason}); start the cluster (ray start --head) "
+            "or check the address"
+        ) from None
 
 
 def with_threads(ray: Any, job: EmbedJob, options: RayOptions) -> EmbedJob:
@@ -135,6 +163,7 @@ class ShardPool:
         self.ray, self.spool, self.job, self.options, self.shard_dir, self.progress = ray, spool, job, options, shard_dir, progress
         self.finished: list[Any] = []  # ShardInfo of earlier runs, _Done of this one: .index, .failed
         self.reference: dict[str, Any] | None = None  # the settings every shard must share
+        self.lock = threading.Lock()  # progress comes from the driver and from `_BatchWatch`
 
     def run(self, todo: list[int], done: dict[int, Any]) -> None:
         self.finished = list(done.values())
@@ -180,6 +209,15 @@ class ShardPool:
                 "cwd": os.getcwd(),
             },
         )
+        with _BatchWatch(self):
+            self._collect(dataset)
+
+    def report(self, running: int = 0) -> None:
+        with self.lock:
+            report_progress(self.progress, self.spool.split, self.finished, running=running)
+
+    def _collect(self, dataset: Any) -> None:
+        spool = self.spool
         for row in dataset.iter_rows():
             if row["error"]:
                 raise rebuild_error(row["error"])
@@ -191,7 +229,32 @@ class ShardPool:
                     f"({describe_difference(settings, self.reference, ('in it', 'in the others'))}); pass --overwrite to start over"
                 )
             self.finished.append(_Done(int(row["shard"]), int(row["failed"])))
-            report_progress(self.progress, spool.split, self.finished)
+            self.report()
+
+
+class _BatchWatch:
+    """While a pass runs, every POLL_SECONDS: report the inputs done in the shards being written
+    (`inputs_in_flight`), so the bar moves per batch, with its rate and ETA, not per shard."""
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, pool: ShardPool) -> None:
+        self.pool, self.stop = pool, threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bitcli-progress", daemon=True)
+
+    def __enter__(self) -> "_BatchWatch":
+        if self.pool.progress is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.POLL_SECONDS):
+            self.pool.report(inputs_in_flight(self.pool.shard_dir))
 
 
 def _map_shards(dataset: Any, fn: Any, **kwargs: Any) -> Any:

@@ -13,11 +13,12 @@ from bitcli.errors import BitError, InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
 from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.assembly import Assembly
-from bitcli.store.files import fsync_dir, npy_header, read_lines, write_atomic
+from bitcli.store.files import fsync_dir, npy_header, read_lines, write_atomic, write_bytes_atomic
 from bitcli.store.journal import files_problem, inputs_digest, read_run_record, run_state
-from bitcli.store.metadata import metadata_for
+from bitcli.store.metadata import FileIdentity, identify_all, metadata_for
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path, writing
 from bitcli.store.publish import recover
+from bitcli.store.settings import describe_difference as settings_difference
 from bitcli.store.writer import EmbedSummary
 from bitcli.util import first_line, name_some
 
@@ -32,7 +33,9 @@ __all__ = [
     "UsageError",
     "check_output",
     "escape_error_path",
+    "FileIdentity",
     "expand_inputs",
+    "identify_all",
     "files_problem",
     "first_line",
     "fsync_dir",
@@ -45,7 +48,9 @@ __all__ = [
     "read_run_record",
     "recover",
     "run_state",
+    "settings_difference",
     "unescape_error_path",
     "write_atomic",
+    "write_bytes_atomic",
     "writing",
 ]

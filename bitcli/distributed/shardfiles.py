@@ -5,6 +5,9 @@ A finished shard is a folder `shard-000007/` in the shard directory:
     rows.npy     the shard's rows, exactly as numpy.save writes them
     paths.txt    row i's input path, one a line (the manifest's format)
     errors.txt   PATH<TAB>reason for each input of the shard that failed (the error list's)
+    files.jsonl  row i's file identity, as the collection's row file has it (size, mtime, and
+                 sha256 with --hash), taken before the file was read; a shard of an older
+                 bitcli has none (its rows get null identities: `--update` embeds them again)
     shard.json   what made it: format, shard index, split (batch and shard size, the number
                  of entries and the sha256 of the whole input list), the fingerprint (model,
                  commit, weights, preprocessing, device, precision, options, dtype), feature
@@ -25,12 +28,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from numpy.lib import format as npy_format
 
 from bitcli.distributed.seams import (
+    FileIdentity,
+    settings_difference,
     escape_error_path,
     first_line,
     fsync_dir,
@@ -43,7 +48,7 @@ from bitcli.distributed.shards import ShardError, ShardMismatchError, Split, sha
 
 SHARD_FORMAT = "bitcli-embed-shard"
 SHARD_VERSION = 1
-SHARD_FILES = ("rows.npy", "paths.txt", "errors.txt", "shard.json")
+SHARD_FILES = ("rows.npy", "paths.txt", "errors.txt", "files.jsonl", "shard.json")
 _SHARD_NAME = re.compile(r"shard-(\d{6,})")
 
 # One commit: the paths of a batch's rows, the rows [n, dim] (None when n == 0), (path, reason) failures.
@@ -90,12 +95,14 @@ def write_shard(
     dim: int,
     dtype: str,
     commits: Iterable[Commit],
+    identities: Callable[[str], FileIdentity | None] | None = None,
 ) -> ShardInfo:
-    """Write shard `index` from its batches' commits and publish it; the first writer wins."""
+    """Write shard `index` from its batches' commits and publish it; the first writer wins.
+    `identities(path)`: each row's file identity, taken before the file was read."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{shard_name(index)}.", dir=shard_dir))
     try:
-        rows, failed = _write_files(tmp, dim, np.dtype(dtype).newbyteorder("<"), commits)
+        rows, failed = _write_files(tmp, dim, np.dtype(dtype).newbyteorder("<"), commits, identities or (lambda path: None))
         if rows + failed != split.count(index):
             raise RuntimeError(f"shard {index}: {rows} rows and {failed} failures for {split.count(index)} inputs")
         info = ShardInfo(index, split, dict(fingerprint), int(dim), np.dtype(dtype).name, rows, failed, tmp)
@@ -107,13 +114,16 @@ def write_shard(
         raise
 
 
-def _write_files(folder: Path, dim: int, dtype: np.dtype, commits: Iterable[Commit]) -> tuple[int, int]:
-    """rows.npy (header rewritten with the final count, as the embed store does), paths, errors."""
+def _write_files(
+    folder: Path, dim: int, dtype: np.dtype, commits: Iterable[Commit], identities: Callable[[str], FileIdentity | None]
+) -> tuple[int, int]:
+    """rows.npy (header rewritten with the final count, as the embed store does), paths, errors,
+    the rows' file identities."""
     rows = failed = 0
     text = {"encoding": "utf-8", "errors": "surrogateescape", "newline": "\n"}
     with open(folder / "rows.npy", "wb") as data, open(folder / "paths.txt", "w", **text) as manifest, open(
         folder / "errors.txt", "w", **text
-    ) as errors:
+    ) as errors, open(folder / "files.jsonl", "wb") as files:
         header_len = len(npy_header(dtype, 0, dim))
         data.write(npy_header(dtype, 0, dim))
         for paths, vectors, failures in commits:
@@ -127,19 +137,50 @@ def _write_files(folder: Path, dim: int, dtype: np.dtype, commits: Iterable[Comm
                     raise ValueError(f"expected rows of shape ({len(paths)}, {dim}), got {array.shape}")
                 data.write(np.ascontiguousarray(array.astype(dtype, copy=False)).tobytes())
                 manifest.writelines(f"{path}\n" for path in paths)
+                files.writelines(identity_line(path, identities(path)) for path in paths)
                 rows += len(paths)
             for path, reason in failures:
                 errors.write(f"{escape_error_path(str(path))}\t{reason}\n")
                 failed += 1
+            manifest.flush()  # after each batch: `inputs_in_flight` counts these lines
+            errors.flush()
         header = npy_header(dtype, rows, dim)
         if len(header) != header_len:  # numpy pads the header for any row count; never expected
             raise RuntimeError("the .npy header length changed with the row count")
         data.seek(0)
         data.write(header)
-        for fh in (data, manifest, errors):
+        for fh in (data, manifest, errors, files):
             fh.flush()
             os.fsync(fh.fileno())
     return rows, failed
+
+
+def identity_line(path: str, identity: FileIdentity | None) -> bytes:
+    """One line of a row file (the collection's `OUT.files.jsonl` format)."""
+    record = identity.to_dict(path) if identity is not None else {"path": path, "size": None, "mtime_ns": None}
+    return (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def shard_identities(shard: ShardInfo) -> Iterator[FileIdentity | None]:
+    """Each row's recorded file identity, in row order (None throughout for a shard without them)."""
+    try:
+        fh = open(shard.folder / "files.jsonl", "rb")
+    except FileNotFoundError:
+        yield from (None for _ in range(shard.rows))
+        return
+    with fh:
+        count = 0
+        for raw in fh:
+            if count == shard.rows:
+                break
+            try:
+                record = json.loads(raw)
+                size = record.get("size")
+                yield None if size is None else FileIdentity(int(size), int(record["mtime_ns"]), record.get("sha256"))
+            except (ValueError, KeyError, TypeError):
+                yield None  # a damaged line only costs that row's re-embedding on --update
+            count += 1
+        yield from (None for _ in range(shard.rows - count))
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -277,6 +318,24 @@ def finished_shards(directory: Path, split: Split, indices: Iterable[int] | None
     return done
 
 
+def inputs_in_flight(directory: Path) -> int:
+    """Inputs already done in the shards being written into `directory` (the lines of their
+    temporary folders' paths.txt and errors.txt, flushed after each batch): progress between
+    whole shards. A folder renamed or removed meanwhile counts 0."""
+    done = 0
+    try:
+        names = [name for name in os.listdir(directory) if name.startswith(".shard-")]
+    except OSError:
+        return 0
+    for name in names:
+        for part in ("paths.txt", "errors.txt"):
+            try:
+                done += _count_lines(directory / name / part)
+            except OSError:
+                pass
+    return done
+
+
 def remove_temporary(directory: Path, indices: Iterable[int] | None = None) -> None:
     """Remove the temporary folders killed workers left (all, or those of `indices`)."""
     wanted = None if indices is None else {shard_name(i) for i in indices}
@@ -311,21 +370,5 @@ def _remove_files(folder: Path, names: Iterable[str]) -> None:
 
 
 def describe_difference(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now")) -> str:
-    """'normalize: True then, False now' for the first two keys that differ (nested dicts flattened)."""
-    flat_first, flat_second = _flatten(first), _flatten(second)
-    diffs = [
-        f"{key}: {flat_first.get(key)!r} {names[0]}, {flat_second.get(key)!r} {names[1]}"
-        for key in sorted(set(flat_first) | set(flat_second))
-        if flat_first.get(key) != flat_second.get(key)
-    ]
-    return "; ".join(diffs[:2]) or "unknown"
-
-
-def _flatten(data: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value))
-        else:
-            flat[key] = value
-    return flat
+    """The settings' one wording of a difference (`store.settings.describe_difference`), for shards."""
+    return settings_difference(first, second, names, most=2, skip=()) or "unknown"

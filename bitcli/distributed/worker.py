@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from bitcli.distributed.seams import InputError, InputItem, RunOptions, UsageError
+from bitcli.distributed.seams import InputError, InputItem, RunOptions, UsageError, identify_all
 from bitcli.distributed.shardfiles import (
     Commit,
     ShardInfo,
@@ -47,6 +47,7 @@ class EmbedJob:
     normalize: bool = False
     dtype: str = "float32"
     threads: int | None = None  # torch and decoding threads per worker; None: torch's default
+    content_hash: bool = False  # --hash: each row's file sha256 recorded
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,7 +60,8 @@ class EmbedJob:
         """What a resumed run must repeat. Not the thread counts or offline mode: they do not name
         the rows (the convolution path one thread picks is in each shard's fingerprint)."""
         options = {k: v for k, v in asdict(self.options).items() if k not in ("workers", "offline")}
-        return {"model": self.model, "options": options, "normalize": self.normalize, "dtype": self.dtype}
+        return {"model": self.model, "options": options, "normalize": self.normalize, "dtype": self.dtype,
+                "content_hash": self.content_hash}
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,16 @@ OnProgress = Callable[[Progress], None]
 
 
 def report_progress(
-    progress: OnProgress | None, split: Split, done: Iterable[Any], indices: Sequence[int] | None = None
+    progress: OnProgress | None, split: Split, done: Iterable[Any], indices: Sequence[int] | None = None, running: int = 0
 ) -> Progress:
     """Call `progress` (if any) with the state after the shards `done` (anything with .index and
-    .failed) of the shards `indices` (None: all of the split); return that state."""
+    .failed) of the shards `indices` (None: all of the split), plus `running` inputs done in
+    shards still being written; return that state."""
     infos = list(done)
     state = Progress(
         shards_done=len(infos),
         shards_total=split.shards if indices is None else len(indices),
-        images_done=sum(split.count(i.index) for i in infos),
+        images_done=sum(split.count(i.index) for i in infos) + running,
         images_total=split.entries if indices is None else sum(split.count(i) for i in indices),
         failed=sum(i.failed for i in infos),
     )
@@ -113,7 +116,7 @@ class ShardWorker:
             model = load(job.model, device=options.device, precision=options.precision, offline=options.offline)
         self.job = job
         self.embedder = Embedder(model, normalize=job.normalize, options=options)
-        self.fingerprint = {**self.embedder.fingerprint(), "dtype": job.dtype}
+        self.fingerprint = {**self.embedder.fingerprint(), "dtype": job.dtype, **({"content_hash": "sha256"} if job.content_hash else {})}
         self.dim = self.embedder.feature_dim
 
     def run(self, shard_dir: Path, split: Split, inputs: ShardInputs) -> ShardInfo:
@@ -124,9 +127,13 @@ class ShardWorker:
             self._check_same(existing, split)
             return existing
         entries = inputs.read()
+        # Identities before any file is read (as a local run takes them): a file changed while
+        # it is embedded is seen as changed by the next --update.
+        known = identify_all([e.path for e in entries if isinstance(e, InputItem)], content_hash=self.job.content_hash)
         commits = (_commit(group) for group in self.embedder.embed_groups(entries))
         info = write_shard(
-            shard_dir, inputs.index, split, fingerprint=self.fingerprint, dim=self.dim, dtype=self.job.dtype, commits=commits
+            shard_dir, inputs.index, split, fingerprint=self.fingerprint, dim=self.dim, dtype=self.job.dtype,
+            commits=commits, identities=known.get,
         )
         self._check_same(info, split)  # the first writer may have been another run
         return info

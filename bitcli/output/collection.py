@@ -101,3 +101,47 @@ def groups_table(groups: list[Any]) -> Any:
             first = i == 0
             table.add_row(str(group.group) if first else "", str(len(group.paths)) if first else "", Text(shown(path)), "" if first else f"{score:.4f}")
     return table
+
+
+def render_info(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
+    """`bit info`: one JSON object, or a two-column table for people."""
+    if fmt == "json":
+        import json
+
+        stream.write(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(report["path"], style="bold"), title_justify="left", show_header=False, show_edge=False)
+    table.add_column("field", style="dim")
+    table.add_column("value", overflow="fold")
+    model = report.get("model") or {}
+    made = report.get("made_by") or {}
+    rows = [
+        ("rows", f"{report['rows']} x {report['feature_dim']} {report['dtype']}" + (", L2-normalized" if report.get("normalize") else "")),
+        ("model", model.get("reference")),
+        ("commit", model.get("commit")),
+        ("weights sha256", model.get("weights_sha256")),
+        ("precision", model.get("precision")),
+        ("identity", report.get("identity")),
+        ("preprocessing", report.get("preprocessing")),
+        ("decode", report.get("decode")),
+        ("made by", f"bitcli {made['bitcli_version']}" if made.get("bitcli_version") else None),
+        ("made in", made.get("cwd")),
+        ("modified", report.get("modified")),
+        ("manifest", report.get("manifest")),
+        ("metadata", report.get("metadata") or "none (a plain .npy: search needs --model for new images)"),
+    ]
+    for key, value in rows:
+        if value is not None:
+            table.add_row(key, Text(_plain(value)))
+    stdout_console(stream).print(table)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else ", ".join(map(_plain, value))
+    return str(value)

@@ -169,8 +169,43 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
 
     @app.get("/v1/models")
     async def models() -> dict:
-        ready()
-        return {"models": [report()]}
+        service, _ = ready()
+        indexes = [{"name": name, "rows": ix.rows, "dim": ix.dim, "path": str(ix.array_path)} for name, ix in sorted(service.indexes.items())]
+        return {"models": [report()], "indexes": indexes}
+
+    @app.post("/v1/search")
+    async def search(request: Request, index: str = Query(..., min_length=1), top_k: int = Query(10, ge=1, le=10_000)) -> dict:
+        service, batcher = ready()
+        if index not in service.indexes:
+            known = ", ".join(sorted(service.indexes)) or "none (start bit serve with --index OUT.npy)"
+            raise ApiError(404, f"no collection named {index!r}; loaded: {known}")
+        collection = service.indexes[index]
+        normalize = bool(collection.meta.settings.normalize) if collection.meta is not None else False
+        embedded = await submit(batcher, ("embed", normalize), await uploads(request, service))
+        vectors = [r.vector if r.error is None else None for r in embedded]
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, service.search, index, vectors, top_k)
+        results, recorded = [], []
+        for r, matches in zip(embedded, found):
+            if matches is None:
+                results.append({"query": r.path, "error": r.error})
+                recorded.append([])
+            else:
+                results.append({"query": r.path, "matches": [m.to_dict() for m in matches]})
+                recorded.append([{"row": m.row, "recorded": collection.recorded[m.row]} for m in matches])
+        base = collection.base_dir
+        return {"results": results, "index": index,
+                "rows": recorded, "base": os.path.abspath(base) if base else None}
+
+    @app.get("/v1/thumbnail")
+    async def thumbnail(index: str = Query(...), row: int = Query(..., ge=0)) -> Response:
+        service, _ = ready()
+        if index not in service.indexes or row >= service.indexes[index].rows:
+            raise ApiError(404, f"no row {row} in a collection named {index!r}")
+        data = await asyncio.get_running_loop().run_in_executor(None, service.thumbnail, index, row)
+        if data is None:
+            raise ApiError(404, f"row {row}'s file is gone or is not an image")
+        return Response(data, media_type="image/jpeg")
 
     @app.get("/v1/labels")
     async def labels() -> dict:

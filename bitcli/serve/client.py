@@ -74,17 +74,9 @@ class Client:
         results: list[ClassifyResult | None] = [None] * len(group)
         parts: list[tuple[int, str, bytes]] = []
         for i, item in enumerate(group):
-            if isinstance(item, InputError):
-                results[i] = ClassifyResult(path=item.path, error=item.reason)
-                continue
-            try:
-                with open_regular(item.path) as fh:
-                    data = fh.read(self.max_file_bytes + 1)
-            except OSError as exc:
-                results[i] = ClassifyResult(path=item.path, error=os_error_reason(exc))
-                continue
-            if len(data) > self.max_file_bytes:
-                results[i] = ClassifyResult(path=item.path, error="larger than the server takes")
+            data, error = self._read(item)
+            if error is not None:
+                results[i] = ClassifyResult(path=item.path, error=error)
                 continue
             parts.append((i, item.path, data))
         if parts:
@@ -93,6 +85,64 @@ class Client:
             for (i, path, _), record in zip(parts, answer["results"]):
                 results[i] = from_record(path, record)
         return [r for r in results if r is not None]
+
+
+    def search_groups(self, index: str, items: Iterable[Any], *, top_k: int, batch_size: int) -> Iterator[list[Any]]:
+        """`bit search` results (QueryResult) per request of up to `batch_size` query images."""
+        group: list[Any] = []
+        for item in items:
+            group.append(item)
+            if len(group) == batch_size:
+                yield self._search(index, group, top_k)
+                group = []
+        if group:
+            yield self._search(index, group, top_k)
+
+    def _search(self, index: str, group: list[Any], top_k: int) -> list[Any]:
+        from bitcli.collection.queries import QueryResult
+        from bitcli.collection.scoring import Match
+
+        results: list[Any] = [None] * len(group)
+        parts = []
+        for i, item in enumerate(group):
+            data, error = self._read(item)
+            if error is not None:
+                results[i] = QueryResult(getattr(item, "path", str(item)), error=error)
+            else:
+                parts.append((i, item.path, data))
+        if parts:
+            body, content_type = multipart([(path, data) for _, path, data in parts])
+            query = urllib.parse.urlencode({"index": index, "top_k": top_k})
+            answer = self._request(f"/v1/search?{query}", body=body, content_type=content_type)
+            base = answer.get("base")
+            for (i, path, _), record, rows in zip(parts, answer["results"], answer["rows"]):
+                if "error" in record:
+                    results[i] = QueryResult(path, error=str(record["error"]))
+                    continue
+                matches = [Match(rank=int(m["rank"]), row=int(r["row"]), path=shown_path(r["recorded"], base), score=float(m["score"]))
+                           for m, r in zip(record["matches"], rows)]
+                results[i] = QueryResult(path, matches)
+        return results
+
+    def _read(self, item: Any) -> tuple[bytes | None, str | None]:
+        if isinstance(item, InputError):
+            return None, item.reason
+        try:
+            with open_regular(item.path) as fh:
+                data = fh.read(self.max_file_bytes + 1)
+        except OSError as exc:
+            return None, os_error_reason(exc)
+        if len(data) > self.max_file_bytes:
+            return None, "larger than the server takes"
+        return data, None
+
+
+def shown_path(recorded: str, base: str | None) -> str:
+    """A row's path as `bit search` prints it here: as recorded when that resolves from this
+    directory (absolute, or this is the directory `bit embed` ran in), else from here to it."""
+    if os.path.isabs(recorded) or not base or os.path.abspath(base) == os.path.abspath(os.getcwd()):
+        return recorded
+    return os.path.join(os.path.relpath(base), recorded)
 
 
 def from_record(path: str, record: dict[str, Any]) -> ClassifyResult:

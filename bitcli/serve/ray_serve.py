@@ -17,15 +17,19 @@ APP_NAME = "bit"
 SHUTDOWN_S = 20.0
 
 
-def build_app(model_ref: str, run_options: Any, settings: Any, max_pixels: int | None) -> Any:
-    """On a replica: load the model and return the app (module-level, so Ray can pickle it)."""
+def build_app(model_ref: str, run_options: Any, settings: Any, max_pixels: int | None, indexes: list[str]) -> Any:
+    """On a replica: load the model (and open the collections) and return the app."""
+    from pathlib import Path
+
     from bitcli import inspection
     from bitcli.pipeline import load
     from bitcli.serve.app import create_app
-    from bitcli.serve.service import Service
+    from bitcli.serve.service import Service, open_collections
 
     loaded = load(model_ref, device=run_options.device, precision=run_options.precision, offline=run_options.offline)
     service = Service(loaded, max_batch=settings.max_batch, max_pixels=max_pixels)
+    for name, collection in open_collections([Path(p) for p in indexes]).items():
+        service.add_index(name, collection)
     report = inspection.build_report(loaded, service.labels)
     return create_app(lambda: service, settings, model_name=report["model"], report=lambda: report)
 
@@ -40,6 +44,7 @@ def serve_on_ray(
     port: int,
     replicas: int,
     address: str | None,
+    indexes: list[str],
     on_ready: Callable[[str], None],
 ) -> int:
     """Deploy, call `on_ready(url)`, serve until SIGTERM (returns 0) or Ctrl-C (KeyboardInterrupt)."""
@@ -55,7 +60,7 @@ def serve_on_ray(
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "ERROR"})
         def builder() -> Any:  # a plain function: Ray Serve calls it on each replica
-            return build_app(model_ref, run_options, settings, max_pixels)
+            return build_app(model_ref, run_options, settings, max_pixels, indexes)
 
         deployment = serve.deployment(serve.ingress(builder)(), name="bit", num_replicas=replicas,
                                       ray_actor_options={"num_cpus": 0})

@@ -39,9 +39,55 @@ class Service:
         self._counter = 0
         self._lock = threading.Lock()
         self.labels = self.classifier(1).labels if model.config.num_labels > 0 else None
+        self.indexes: dict[str, Any] = {}
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
+        for collection in self.indexes.values():
+            collection.close()
+
+    def add_index(self, name: str, index: Any) -> None:
+        """Serve searches of `index` (an opened EmbeddingIndex) as `name`; its rows must come
+        from this model and settings (UsageError with one line otherwise)."""
+        from bitcli.collection.queries import settings_differ
+        from bitcli.errors import UsageError
+
+        differs = settings_differ(index, self.embedder(False).fingerprint())
+        if differs:
+            raise UsageError(f"--index {index.array_path}: made with other settings than this server's model ({differs}); serve it with the model it was made with")
+        self.indexes[name] = index
+
+    def search(self, name: str, vectors: list[Any], k: int) -> list[Any]:
+        """Top-k matches of each vector (None: that query failed) in index `name`."""
+        import numpy as np
+
+        from bitcli.collection.search import search
+
+        ready = [v for v in vectors if v is not None]
+        found = search(self.indexes[name], np.stack(ready), k, exact=False).matches if ready else []
+        answers = iter(found)
+        return [next(answers) if v is not None else None for v in vectors]
+
+    def thumbnail(self, name: str, row: int, size: int = 256) -> bytes | None:
+        """A JPEG of row `row`'s file of index `name` (the path comes from the collection, never
+        from a request), or None when the file is gone or not an image."""
+        from io import BytesIO
+
+        from bitcli.decode import open_image
+        from bitcli.errors import InputError
+
+        index = self.indexes[name]
+        found = index.locate(index.recorded[row])
+        if found is None:
+            return None
+        try:
+            image = open_image(found, max_pixels=self.options.max_pixels)
+        except InputError:
+            return None
+        image.thumbnail((size, size))
+        out = BytesIO()
+        image.save(out, format="JPEG", quality=85)
+        return out.getvalue()
 
     def classifier(self, top_k: int) -> Classifier:
         top_k = min(top_k, max(1, int(self.model.config.num_labels)))
@@ -91,3 +137,20 @@ def _renamed(result: Any, upload: Upload) -> Any:
     if error is not None:
         error = error.replace(upload.path, upload.name)
     return replace(result, path=upload.name, error=error)
+
+
+def open_collections(paths: list[Path]) -> dict[str, Any]:
+    """Each collection (`bit embed`'s OUT.npy, or OUT) opened and checked, named by its file's
+    stem (photos.npy: photos); two of one name are a UsageError."""
+    from bitcli.collection import open_index
+    from bitcli.errors import UsageError
+
+    opened: dict[str, Any] = {}
+    for path in map(Path, paths):
+        with_npy = path.with_name(path.name + ".npy")
+        collection = open_index(with_npy if not path.is_file() and with_npy.is_file() else path)
+        name = collection.array_path.stem
+        if name in opened:
+            raise UsageError(f"--index {path}: another collection is already named {name!r}; rename one of the files")
+        opened[name] = collection
+    return opened

@@ -145,6 +145,13 @@ def write_bytes_atomic(path: Path, chunks: Iterable[bytes]) -> None:
     fsync_dir(path.parent)
 
 
+def write_file_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """`write(fh)` at `path` through a temporary name in the same folder, fsync and a rename
+    (whole or absent): for files written by a library (`np.savez`)."""
+    _write_through_temporary(path, lambda tmp: write_binary(tmp, write))
+    fsync_dir(path.parent)
+
+
 def write_atomic(path: Path, lines: Iterable[str]) -> None:
     """Text lines at `path` through a temporary name in the same folder and a rename (whole or absent)."""
     _write_through_temporary(path, lambda tmp: write_lines(tmp, lines))

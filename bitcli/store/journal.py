@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from bitcli.errors import UsageError
+from bitcli.store.settings import describe_difference
 from bitcli.store.files import read_json_record, read_npy_header
 from bitcli.store.metadata import FileIdentity
 
@@ -99,18 +100,6 @@ def run_state(dim: int, dtype: str, fingerprint: dict[str, Any], inputs: Sequenc
     state = {"version": RECORD_VERSION, "dim": dim, "dtype": dtype, "fingerprint": fingerprint,
              "inputs": inputs_digest(inputs)}
     return json.loads(json.dumps(state))
-
-
-def describe_difference(theirs: dict[str, Any], mine: dict[str, Any]) -> str | None:
-    """The first few settings that differ ("normalize: False then, True now"), or None."""
-    flat_theirs = {**(theirs.get("fingerprint") or {}), **{k: v for k, v in theirs.items() if k != "fingerprint"}}
-    flat_mine = {**(mine.get("fingerprint") or {}), **{k: v for k, v in mine.items() if k != "fingerprint"}}
-    diffs = [
-        f"{key}: {flat_theirs.get(key)!r} then, {flat_mine.get(key)!r} now"
-        for key in sorted(set(flat_theirs) | set(flat_mine))
-        if key != "inputs" and flat_theirs.get(key) != flat_mine.get(key)
-    ]
-    return "; ".join(diffs[:3]) or None
 
 
 def check_same_update(partial: Path, theirs: str | None, mine: str | None) -> None:

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from bitcli.errors import UsageError
+from bitcli.store.settings import EmbedSettings
 from bitcli.store.files import fsync_dir, staged_name, write_chunks
-from bitcli.util import read_capped
+from bitcli.util import open_regular, read_capped
 
 if TYPE_CHECKING:
     from bitcli.store.paths import EmbedPaths
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
 FORMAT = "bitcli.embedding"
 FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 20
-# What must be equal for rows of two runs to be comparable (`--update` refuses otherwise).
-_COMPATIBLE = ("model", "preprocessing", "dtype", "normalize", "feature_dim", "decode")
-_MODEL_KEYS = ("reference", "commit", "weights", "precision")  # "model" compares only these
 HEADER_MAX_BYTES = 1 << 20  # the header is a few kB
 ROW_LINE_MAX = 64 << 10  # one row file line: a path (at most PATH_MAX, escaped) and its identity
 
@@ -81,15 +79,19 @@ class FileIdentity:
 
 
 def identify(path: str, *, content_hash: bool = False) -> FileIdentity:
-    """Stat `path` (following links) and, with `content_hash`, hash its bytes. Raises OSError."""
-    info = os.stat(path)
-    digest = None
-    if content_hash:
-        sha = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_HASH_CHUNK):
+    """Stat `path` (following links) and, with `content_hash`, hash its bytes. Raises OSError;
+    a FIFO, device or directory raises `NotRegularFile` without blocking (it is never an
+    embeddable file: its row would fail anyway), and the hash reads no more than the size the
+    file had when it was opened (a file growing meanwhile is not read forever)."""
+    with open_regular(path) as fh:
+        info = os.fstat(fh.fileno())
+        digest = None
+        if content_hash:
+            sha, left = hashlib.sha256(), info.st_size
+            while left > 0 and (chunk := fh.read(min(_HASH_CHUNK, left))):
                 sha.update(chunk)
-        digest = sha.hexdigest()
+                left -= len(chunk)
+            digest = sha.hexdigest()
     return FileIdentity(size=info.st_size, mtime_ns=info.st_mtime_ns, sha256=digest)
 
 
@@ -107,18 +109,17 @@ def identify_all(paths: Iterable[str], *, content_hash: bool = False) -> dict[st
 
 @dataclass
 class EmbeddingMetadata:
-    """The header (`OUT.meta.json`). `extra` keeps keys a newer bitcli may add (round-tripped)."""
+    """The header (`OUT.meta.json`): the settings record (`EmbedSettings`, whose keys are the
+    header's `model`, `preprocessing`, `decode`, `dtype`, `normalize`, `content_hash`), the
+    array's shape, where the run happened and which files form the set. `extra` keeps keys a
+    newer bitcli may add (round-tripped)."""
 
     rows: int
     feature_dim: int
-    dtype: str
-    normalize: bool
-    model: dict[str, Any]  # reference, commit, weights, precision
-    preprocessing: dict[str, Any]
-    decode: dict[str, Any] = field(default_factory=dict)  # fast_jpeg, max_pixels
-    runtime: dict[str, Any] = field(default_factory=dict)  # device, batch_size, convolution
-    content_hash: str | None = None  # "sha256" when every row's file was hashed
+    settings: EmbedSettings
+    runtime: dict[str, Any] = field(default_factory=dict)  # device, batch_size, convolution: informative
     cwd: str | None = None  # relative row paths are relative to this directory
+    cwd_from_header: str | None = None  # the same directory, relative to the header's
     bitcli_version: str = ""
     array: str | None = None  # file names, relative to the header's directory
     manifest: str | None = None
@@ -128,25 +129,25 @@ class EmbeddingMetadata:
 
     @classmethod
     def from_fingerprint(cls, fingerprint: dict[str, Any], *, rows: int, feature_dim: int, **fields: Any) -> "EmbeddingMetadata":
-        """From the dict `bit embed` stores for `--resume` (`Embedder.fingerprint()` plus "dtype")."""
-        fp = dict(fingerprint)
-        return cls(
-            rows=rows,
-            feature_dim=feature_dim,
-            dtype=str(fp.get("dtype", "float32")),
-            normalize=bool(fp.get("normalize", False)),
-            model={"reference": fp.get("model"), "commit": fp.get("commit"), "weights": fp.get("weights"), "precision": fp.get("precision", "fp32")},
-            preprocessing=fp.get("preprocessing") or {},
-            decode={"fast_jpeg": bool(fp.get("fast_jpeg", False)), "max_pixels": fp.get("max_pixels")},
-            runtime={k: fp[k] for k in ("device", "batch_size", "convolution") if k in fp},
-            **fields,
-        )
+        """From a run's fingerprint (`Embedder.fingerprint()` plus "dtype", "content_hash")."""
+        runtime = {k: fingerprint[k] for k in ("device", "batch_size", "convolution") if k in fingerprint}
+        return cls(rows=rows, feature_dim=feature_dim, settings=EmbedSettings.from_fingerprint(fingerprint), runtime=runtime, **fields)
+
+    def base_dir(self, meta_path: Path | None) -> str | None:
+        """The directory relative row paths are relative to: the one `bit embed` ran in, found
+        from the header's own place (so a collection moved or copied with its files keeps
+        naming them), else as recorded."""
+        if meta_path is not None and self.cwd_from_header is not None:
+            found = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(meta_path)), self.cwd_from_header))
+            if os.path.isdir(found):
+                return found
+        return self.cwd
 
     def to_dict(self) -> dict[str, Any]:
-        names = [f.name for f in fields(self) if f.name != "extra"]
-        order = ["bitcli_version", "array", "manifest", "files", "files_sha256"]  # where it came from, first
+        names = [f.name for f in fields(self) if f.name not in ("extra", "settings")]
+        order = ["bitcli_version", "array", "manifest", "files", "files_sha256", "rows", "feature_dim"]  # where it came from, first
         known = {name: getattr(self, name) for name in order + [n for n in names if n not in order]}
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **known, **self.extra}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **known, **self.settings.to_json(), **self.extra}
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "EmbeddingMetadata":
@@ -156,7 +157,7 @@ class EmbeddingMetadata:
         version = data.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise UsageError(f"{source}: format version {version!r} is newer than this bitcli reads ({FORMAT_VERSION}); upgrade bitcli")
-        names = {f.name for f in fields(cls)} - {"extra"}
+        names = {f.name for f in fields(cls)} - {"extra", "settings"}
         try:
             missing = [key for key in ("rows", "feature_dim", "dtype", "normalize", "model") if key not in data]
             if missing:
@@ -167,21 +168,14 @@ class EmbeddingMetadata:
                 if not isinstance(data.get(key, {}), dict):
                     raise TypeError(f"{key} must be an object")
             known = {k: v for k, v in data.items() if k in names}
-            return cls(**known, extra={k: v for k, v in data.items() if k not in names and k not in ("format", "format_version")})
+            taken = names | set(EmbedSettings.KEYS) | {"format", "format_version"}
+            return cls(**known, settings=EmbedSettings.from_json(data), extra={k: v for k, v in data.items() if k not in taken})
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"{source}: malformed header ({type(exc).__name__}: {exc}); embed anew with --overwrite") from exc
 
     def model_reference(self) -> str:
         """What `bitcli.load` takes to get the same weights: `repo@commit`, or the local path."""
-        reference = str(self.model.get("reference"))
-        commit = self.model.get("commit")
-        return f"{reference.split('@', 1)[0]}@{commit}" if commit else reference
-
-    def compatibility(self) -> dict[str, Any]:
-        """The settings rows depend on; `--update` refuses when they differ."""
-        values = {key: getattr(self, key) for key in _COMPATIBLE}
-        values["model"] = {k: self.model.get(k) for k in _MODEL_KEYS}
-        return json.loads(json.dumps(values))  # tuples == lists
+        return self.settings.model_reference()
 
 
 def _int(value: Any, name: str) -> int:
@@ -192,16 +186,17 @@ def _int(value: Any, name: str) -> int:
 
 def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out: str) -> None:
     """UsageError (exit 2, one line) when `current` settings would make rows unlike `stored` ones."""
-    theirs, mine = stored.compatibility(), current.compatibility()
-    if theirs == mine:
+    then, now = stored.settings, current.settings
+    diffs = then.diff(now)
+    if stored.feature_dim != current.feature_dim and current.feature_dim:
+        diffs.append(f"feature_dim {stored.feature_dim} then, {current.feature_dim} now")
+    if not diffs:
         return
-    diffs = []
-    for key in _COMPATIBLE:
-        a, b = theirs[key], mine[key]
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{key}.{k} {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        elif a != b:
-            diffs.append(f"{key} {a!r} then, {b!r} now")
+    if then.model_changed(now):
+        raise UsageError(
+            f"{out} was made with other weights: the model {now.model.get('reference')} changed since "
+            "(its files' content differs); embed anew with --overwrite, or use the weights it was made with"
+        )
     raise UsageError(
         f"{out} was made with other settings ({'; '.join(diffs[:3])}); update with the same "
         "--model, --dtype, --normalize and image options, or embed anew with --overwrite"
@@ -223,8 +218,8 @@ def metadata_for(paths: "EmbedPaths", fingerprint: dict[str, Any], *, rows: int,
         rows=rows,
         feature_dim=dim,
         bitcli_version=__version__,
-        content_hash="sha256" if fingerprint.get("content_hash") else None,
         cwd=os.getcwd(),
+        cwd_from_header=os.path.relpath(os.getcwd(), os.path.dirname(os.path.abspath(header))),
         array=None if paths.out is None else _relative_name(paths.out, header),
         manifest=_relative_name(paths.manifest, header),
     )

@@ -117,6 +117,17 @@ class EmbedPaths:
         )
 
 
+def output_paths(output: str, manifest: Path | None) -> EmbedPaths:
+    """`-o` as given: `-` (stdout; the sidecar beside the manifest), else the `.npy` file (`.npy`
+    added to a name without it, as numpy.save does). A directory is a UsageError."""
+    if output == "-":
+        return EmbedPaths.for_output(None, manifest=manifest)
+    out = Path(output)
+    if out.is_dir():
+        raise UsageError(f"-o {out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
+    return EmbedPaths.for_output(out if out.name.endswith(".npy") else out.with_name(out.name + ".npy"), manifest=manifest)
+
+
 def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bool = False, exists: str | None = None) -> None:
     """Refuse early (before the model loads) what `EmbedWriter` would refuse: UsageError, exit 2.
 
@@ -127,6 +138,7 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
     if paths.out is None and (resume or update):
         raise UsageError(f"{'--update' if update else '--resume'} needs an output file, not -o -")
+    check_place(paths)
     check_names(paths)
     check_distinct(paths)
     for what, path in paths.every_name():
@@ -212,6 +224,25 @@ def check_own_partial(paths: EmbedPaths) -> None:
             shown = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
             raise UsageError(
                 f"{path}: holds files bitcli did not write there ({shown}); move it away or choose another -o"
+            )
+
+
+def check_place(paths: EmbedPaths) -> None:
+    """Refuse outputs in the system's device folder, and an output named after a special file:
+    `-o /dev/null` would create `/dev/null.npy`, `/dev/null.paths.txt`, ... there (as root)."""
+    for name in (paths.out, paths.manifest):
+        if name is None:
+            continue
+        folder = os.path.realpath(name.parent)
+        if folder == "/dev" or folder.startswith("/dev/"):
+            raise UsageError(f"{name}: in {folder}, the system's device folder; write the output to a folder of files")
+    if paths.out is not None:
+        stem = paths.out.with_suffix("") if paths.out.suffix == ".npy" else paths.out
+        info = _lstat(stem)
+        if info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+            raise UsageError(
+                f"{stem}: is a {kind_of(info.st_mode)}; the output's files ({paths.out.name}, ...) would be "
+                "written beside it: choose a file name"
             )
 
 
@@ -314,8 +345,9 @@ def writing(output: Path | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def write_errors(paths: EmbedPaths, error: type[BitError] = BitError) -> Iterator[None]:
-    """A failed write (disk full, permission denied) becomes `error`: one line naming the output.
+def write_errors(paths: EmbedPaths, error: type[BitError] = BitError, again: str = "--resume") -> Iterator[None]:
+    """A failed write (disk full, permission denied) becomes `error`: one line naming the output
+    and, when a partial run is kept, how to continue it (`again`: `--update --resume` for an update).
 
     Pass UsageError (exit 2) while the output cannot even be created, BitError (exit 1) after."""
     try:
@@ -325,5 +357,5 @@ def write_errors(paths: EmbedPaths, error: type[BitError] = BitError) -> Iterato
     except OSError as exc:
         name = exc.filename if isinstance(exc, OutputWriteError) else paths.outputs[0]
         resumable = paths.partial is not None and paths.partial.is_dir()
-        hint = "; fix that and rerun with --resume" if resumable else ""
+        hint = f"; fix that and rerun with {again}" if resumable else ""
         raise error(f"{name}: cannot write ({exc.strerror or exc}){hint}") from exc

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from bitcli.errors import UsageError
+from bitcli.store.settings import EmbedSettings
 from bitcli.store.metadata import (
     EmbeddingMetadata,
     FileIdentity,
@@ -93,14 +94,47 @@ class UpdatePlan:
         return [s for s in self.steps if s.source_row is None]
 
 
-def recorded_model(out: str) -> str | None:
-    """The model `OUT.meta.json` says made `out` (`repo@commit`, or a local path), or None where
-    there is no readable header (then the update itself reports what is wrong)."""
-    meta = SidecarPaths.for_output(out).meta
-    try:
-        return read_metadata(meta).model_reference() if meta.is_file() else None
-    except UsageError:
+def recorded_settings(paths: "EmbedPaths") -> EmbeddingMetadata | None:
+    """What `--update` continues from: the output's header (None when there is no output yet,
+    the first run of a command line that always says --update). An output without a readable
+    header is refused here, before any model is loaded (UsageError, exit 2)."""
+    out, meta = paths.out, paths.sidecars.meta
+    if out is None or not os.path.lexists(out):
         return None
+    if not os.path.lexists(meta):
+        raise UsageError(
+            f"{out} has no metadata ({meta.name}): it was made by an older bitcli or elsewhere; "
+            "embed anew with --overwrite (without --update)"
+        )
+    with _advice_without_update():
+        return read_metadata(meta)
+
+
+def continued_settings(paths: "EmbedPaths", *, update: bool, resume: bool) -> EmbedSettings | None:
+    """The settings a run continues: an interrupted run's (`--resume`, `--update --resume`: its
+    `state.json`), else the output's header (`--update`, `--resume` of a finished output); None
+    when there is nothing to continue."""
+    from bitcli.store.files import STATE, read_json_record
+
+    if resume and paths.partial is not None:
+        state = read_json_record(paths.partial / STATE)
+        if state is not None and isinstance(state.get("fingerprint"), dict):
+            return EmbedSettings.from_fingerprint({**state["fingerprint"], "dtype": state.get("dtype", "float32")})
+    if update:
+        recorded = recorded_settings(paths)
+        return None if recorded is None else recorded.settings
+    if resume and paths.out is not None and paths.sidecars.meta.is_file():
+        try:
+            return read_metadata(paths.sidecars.meta).settings
+        except UsageError:
+            return None  # the resume itself says what is wrong
+    return None
+
+
+def continued_options(recorded: EmbedSettings, given: dict[str, Any]) -> dict[str, Any]:
+    """`bit embed`'s options when it continues (`continued_settings`): those given on the command
+    line, the recorded ones for the rest; a given one that differs is refused by the check."""
+    return {**recorded.options(), **given, "model": given.get("model") or recorded.model_reference()}
 
 
 def plan_update(
@@ -109,23 +143,26 @@ def plan_update(
     *,
     content_hash: bool = False,
     identify_fn: Callable[..., FileIdentity] = identify,
+    base: str | None = None,
 ) -> UpdatePlan:
     """Diff the current input paths (in order) against the stored rows.
 
-    Same path: kept when size and mtime are unchanged (with `content_hash`: when the sha256 is
-    unchanged, if the stored row has one), else changed. A path given twice pairs with the
-    path's stored rows in order. With `content_hash`, a new or changed file whose content
+    Rows and inputs are matched by the file they name (`real_file`: stored paths from `base`,
+    the directory the output was made in; inputs from the current one). Same file: kept when
+    size and mtime are unchanged (with `content_hash`: when the stored sha256 equals the
+    file's; a row stored without one is embedded again), else changed. A file given twice pairs
+    with its stored rows in order. With `content_hash`, a new or changed file whose content
     equals a row no kept file claims reuses that row ("moved" for a new path).
     """
     by_path: dict[str, deque[int]] = defaultdict(deque)
     for row, (path, _) in enumerate(stored):
-        by_path[path].append(row)
+        by_path[real_file(path, base)].append(row)
     claimed: set[int] = set()  # rows reused as they are
     superseded: set[int] = set()  # rows of changed files (reusable by content, never "removed")
     drafts: list[UpdateStep] = []
     for path in current:
         identity = _try_identify(identify_fn, path, content_hash)
-        rows = by_path.get(path)
+        rows = by_path.get(real_file(path, None))
         if not rows:
             drafts.append(UpdateStep(path, "new", identity))
             continue
@@ -143,6 +180,15 @@ def plan_update(
     return UpdatePlan(steps=steps, removed=removed)
 
 
+def real_file(path: str, base: str | None) -> str:
+    """What identifies a row's file: its resolved real path, a relative path taken from `base`
+    (the directory the output was made in; None: the current one). The spelling (relative,
+    absolute, `./`, through a link) and the working directory do not matter."""
+    if base and not os.path.isabs(path):
+        path = os.path.join(base, path)
+    return os.path.realpath(path)
+
+
 def _try_identify(identify_fn: Callable[..., FileIdentity], path: str, content_hash: bool) -> FileIdentity | None:
     try:
         return identify_fn(path, content_hash=content_hash)
@@ -151,8 +197,11 @@ def _try_identify(identify_fn: Callable[..., FileIdentity], path: str, content_h
 
 
 def _unchanged(old: FileIdentity, new: FileIdentity, content_hash: bool) -> bool:
-    if content_hash and old.sha256 and new.sha256:
-        return old.sha256 == new.sha256
+    """With content hashes, only an equal stored sha256 proves a row current: a row stored
+    without one (`--hash` added later) is embedded again, so that no row ever carries a hash
+    computed from content other than its own."""
+    if content_hash:
+        return old.sha256 is not None and old.sha256 == new.sha256
     return old.same_stat(new)
 
 
@@ -195,7 +244,8 @@ def prepare_update(paths: "EmbedPaths", current: EmbeddingMetadata, inputs: Sequ
         return Update(plan_update([], inputs, content_hash=content_hash), None)
     with _advice_without_update():
         old, stored = _read_old(paths, current)
-    plan = plan_update(stored, inputs, content_hash=content_hash)
+    base = old.base_dir
+    plan = plan_update(stored, inputs, content_hash=content_hash, base=base)
     plan.retry(_failed_before(paths))
     return Update(plan, old)
 
@@ -205,16 +255,13 @@ def _read_old(paths: "EmbedPaths", current: EmbeddingMetadata) -> tuple["Embeddi
     from bitcli.collection.index import open_index
 
     out, sidecars = paths.out, paths.sidecars
-    if not sidecars.meta.exists():
-        raise UsageError(
-            f"{out} has no metadata ({sidecars.meta.name}): it was made by an older bitcli or elsewhere; "
-            "embed anew with --overwrite"
-        )
-    stored_meta = read_metadata(sidecars.meta)
+    stored_meta = recorded_settings(paths)
+    if stored_meta is None:
+        raise UsageError(f"{out}: vanished while --update planned; run it again")
     check_compatible(stored_meta, current, str(out))
     old = open_index(out, manifest=paths.manifest, allow_empty=True)
     stored = read_file_rows(sidecars.meta, stored_meta)
-    if [path for path, _ in stored] != old.paths:
+    if [path for path, _ in stored] != old.recorded:
         raise UsageError(f"{sidecars.files} and {paths.manifest} list different files; embed anew with --overwrite")
     return old, stored
 

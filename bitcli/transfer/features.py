@@ -1,19 +1,20 @@
 """Pooled features for the linear probe, from the `bit embed` engine, cached on disk.
 
-The cache lives in `$BIT_CACHE/features` (default `$XDG_CACHE_HOME/bitcli`, else
-`~/.cache/bitcli`), one folder per model key, holding chunk files of (file key, vector) rows.
+The cache lives in bitcli's one cache folder (`$BITCLI_CACHE_DIR`, else `$XDG_CACHE_HOME/bitcli`,
+else `~/.cache/bitcli`), under `features/`, one folder per model key, holding chunk files of
+(file key, vector) rows.
 A second run over the same images with other hyper-parameters (another `--shots`, `--seed`,
 `--val-split`) reads the vectors instead of running the network again.
 
-Model key: the `bit embed` fingerprint of the model (reference, commit, weight files,
-preprocessing, precision, pixel limit, JPEG draft decoding) plus each weight file's size and
-modification time (so retraining into the same folder invalidates it). Left out on purpose:
-the batch size, device and convolution path, which change features only in the last bits of
-float32 (well below anything a linear classifier resolves).
+Model key: the collection's settings record (`store.settings.EmbedSettings`: model reference,
+commit, the weights' content digest, so retraining into the same folder invalidates it,
+preprocessing, precision, pixel limit, JPEG draft decoding), as `bit embed` records it. Left out,
+as there: the batch size, device and convolution path, which change features only in the last
+bits of float32 (well below anything a linear classifier resolves).
 File key: the absolute path, size and modification time (nanoseconds) of each image; an edited
 image gets a new key. Failed images are not cached (they are decoded again, and fail fast).
-Chunks are written atomically (temporary file, rename), so an interrupted run leaves no half
-rows; concurrent runs at worst both compute the same rows.
+Chunks are written with the store's atomic writer (temporary file, fsync, rename), so an
+interrupted run leaves no half rows; concurrent runs at worst both compute the same rows.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,14 +31,17 @@ from typing import Any
 import numpy as np
 
 from bitcli.inputs import InputItem
+from bitcli.store.files import write_file_atomic
+from bitcli.store.settings import EmbedSettings
 
 CHUNK_PREFIX = "chunk-"
 _MERGE_ABOVE = 16  # chunks: merged into one when a folder holds more
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("BIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "bitcli")
-    return Path(root).expanduser() / "features"
+    from bitcli.util import cache_dir
+
+    return cache_dir() / "features"
 
 
 @dataclass
@@ -85,9 +88,9 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         info = self.dir / "model.json"
         if not info.exists():
-            _atomic_write(info, lambda f: f.write(json.dumps(self.model_key, indent=2, default=str).encode()))
+            write_file_atomic(info, lambda f: f.write(json.dumps(self.model_key, indent=2, default=str).encode()))
         arrays = {"keys": np.array(keys), "vectors": np.asarray(vectors, dtype=np.float32)}
-        _atomic_write(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npz", lambda f: np.savez(f, **arrays))
+        write_file_atomic(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npz", lambda f: np.savez(f, **arrays))
         if len(self._chunks()) > _MERGE_ABOVE:
             self._merge()
 
@@ -101,34 +104,14 @@ class FeatureCache:
         table = self.load()
         keys = list(table)
         arrays = {"keys": np.array(keys), "vectors": np.stack([table[k] for k in keys])}
-        _atomic_write(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npz", lambda f: np.savez(f, **arrays))
+        write_file_atomic(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npz", lambda f: np.savez(f, **arrays))
         for chunk in old:
             chunk.unlink(missing_ok=True)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def model_key(embedder: Any) -> dict[str, Any]:
-    """The cache key of an `bitcli.Embedder` (see the module docstring)."""
-    key = {k: v for k, v in embedder.fingerprint().items() if k not in ("batch_size", "convolution", "device")}
-    files = []
-    for f in embedder.model.files:
-        try:
-            info = os.stat(f)
-            files.append([Path(f).name, info.st_size, info.st_mtime_ns])
-        except OSError:
-            files.append([Path(f).name, None, None])
-    key["files"] = files
-    return key
+    """The cache key of an `bitcli.Embedder`: its settings record (see the module docstring)."""
+    return EmbedSettings.from_fingerprint(embedder.fingerprint()).to_json()
 
 
 def extract(

@@ -1,0 +1,86 @@
+"""Reading an opened embedding's rows: blocks into one reused float32 buffer, exact-length reads.
+
+Every read goes through the file the index holds open (`EmbeddingIndex._reader`), with `preadv`
+in chunks of at most 1 GiB (one call reads at most about 2 GiB: rows wider than that take
+several), so a row of any width is read whole or reported as a truncated file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitcli.errors import UsageError
+
+# A float16 index with more elements than this converts blocks with torch (about 6x faster than
+# numpy's float16 cast), which pays for torch's import (about 2 s); smaller ones stay numpy-only.
+_TORCH_CAST_ELEMENTS = 1 << 28
+
+
+class BlockReader:
+    """Reads row ranges of a C-ordered `.npy` into one reused buffer, as float32."""
+
+    def __init__(self, index: Any, max_rows: int, *, torch_cast: bool = True):
+        vectors = index.vectors
+        self.vectors = vectors
+        self.dim = index.dim
+        self.dtype = vectors.dtype
+        self.row_bytes = self.dim * self.dtype.itemsize
+        offset = getattr(vectors, "offset", None)
+        self.direct = isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and offset is not None
+        self.index = index
+        self.offset = offset or 0
+        self.raw = np.empty(max_rows * self.row_bytes, dtype=np.uint8)
+        native32 = self.dtype == np.dtype("<f4") and sys.byteorder == "little"
+        self.out = None if native32 else np.empty((max_rows, self.dim), dtype=np.float32)
+        self.cast = _caster(self.dtype, vectors.size if torch_cast else 0)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        n = stop - start
+        if not self.direct:  # e.g. a Fortran-ordered array from elsewhere: let the memory map copy
+            return np.asarray(self.vectors[start:stop], dtype=np.float32)
+        view = memoryview(self.raw)[: n * self.row_bytes]
+        with self.index._reader() as fd:
+            read_exactly(fd, view, self.offset + start * self.row_bytes, self.index.array_path)
+        rows = self.raw[: n * self.row_bytes].view(self.dtype).reshape(n, self.dim)
+        if self.out is None:
+            return rows
+        out = self.out[:n]
+        self.cast(rows, out)
+        return out
+
+    def close(self) -> None:
+        pass  # the index owns its file
+
+
+_READ_CHUNK = 1 << 30  # one preadv reads at most about 2 GiB: rows wider than that take several
+
+
+def read_exactly(fd: int, view: memoryview, position: int, path: Path) -> None:
+    """Fill `view` from `fd` at `position`, in reads of at most _READ_CHUNK bytes."""
+    filled = 0
+    while filled < len(view):
+        got = os.preadv(fd, [view[filled : filled + _READ_CHUNK]], position + filled)
+        if not got:
+            raise UsageError(f"{path}: ended early (truncated while reading?); embed again with --overwrite")
+        filled += got
+
+
+def _caster(dtype: np.dtype, elements: int):
+    """A function copying rows of `dtype` into a float32 array of the same shape."""
+    if dtype.name == "float16" and elements and (elements > _TORCH_CAST_ELEMENTS or "torch" in sys.modules):
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None and dtype.isnative:
+
+            def torch_cast(src: np.ndarray, dst: np.ndarray) -> None:
+                torch.from_numpy(dst).copy_(torch.from_numpy(src))
+
+            return torch_cast
+    return lambda src, dst: np.copyto(dst, src, casting="unsafe")

@@ -1,0 +1,122 @@
+"""The one settings record of a collection (`EmbedSettings`): what made its rows, how its files
+are identified. Written as keys of `OUT.meta.json` (`metadata.py`); compared by every check."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+_MODEL_KEYS = ("reference", "commit", "weights", "weights_sha256", "precision")
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Everything that made a collection's rows what they are, and how its files are identified:
+    the one record that `--update`, `--resume`, `combine`, Ray, `bit search`'s queries and the
+    fine-tune feature cache compare (`diff`). Written once, as keys of `OUT.meta.json`.
+
+    `model` holds what `--model` named (`reference`), the hub commit, the checkpoint's file names,
+    `weights_sha256` (a local checkpoint's content; None for a hub commit, which is its content)
+    and the precision. `content_hash` ("sha256" with `--hash`) is the identity policy: it does not
+    change a row's bytes, so `diff` leaves it out (`--update` handles a change of policy)."""
+
+    model: dict[str, Any]
+    preprocessing: dict[str, Any]
+    decode: dict[str, Any]  # fast_jpeg, max_pixels
+    dtype: str = "float32"
+    normalize: bool = False
+    content_hash: str | None = None
+
+    ROW_KEYS = ("model", "preprocessing", "decode", "dtype", "normalize")  # what the rows depend on
+    KEYS = (*ROW_KEYS, "content_hash")  # the record's keys in a header
+
+    @classmethod
+    def from_fingerprint(cls, fp: dict[str, Any]) -> "EmbedSettings":
+        """From a run's fingerprint (`Embedder.fingerprint()` plus "dtype", "content_hash")."""
+        return cls(
+            model={"reference": fp.get("model"), "commit": fp.get("commit"), "weights": fp.get("weights"),
+                   "weights_sha256": fp.get("weights_sha256"), "precision": fp.get("precision", "fp32")},
+            preprocessing=fp.get("preprocessing") or {},
+            decode={"fast_jpeg": bool(fp.get("fast_jpeg", False)), "max_pixels": fp.get("max_pixels")},
+            dtype=str(fp.get("dtype", "float32")),
+            normalize=bool(fp.get("normalize", False)),
+            content_hash="sha256" if fp.get("content_hash") else None,
+        )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EmbedSettings":
+        """From a header (or any dict with the same keys)."""
+        model = data.get("model") or {}
+        return cls(
+            model={k: model.get(k) for k in _MODEL_KEYS},
+            preprocessing=dict(data.get("preprocessing") or {}),
+            decode={"fast_jpeg": bool((data.get("decode") or {}).get("fast_jpeg", False)),
+                    "max_pixels": (data.get("decode") or {}).get("max_pixels")},
+            dtype=str(data.get("dtype", "float32")),
+            normalize=bool(data.get("normalize", False)),
+            content_hash=data.get("content_hash"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready (tuples become lists, so two records compare as their JSON does)."""
+        record = {"model": {k: self.model.get(k) for k in _MODEL_KEYS}, "preprocessing": self.preprocessing,
+                  "decode": self.decode, "dtype": self.dtype, "normalize": self.normalize,
+                  "content_hash": self.content_hash}
+        return json.loads(json.dumps(record))
+
+    def diff(self, now: "EmbedSettings") -> list[str]:
+        """The row settings that differ, `self` then and `now`: ["normalize True then, False now", ...]."""
+        theirs, mine = self.to_json(), now.to_json()
+        diffs = []
+        for key in self.ROW_KEYS:
+            a, b = theirs[key], mine[key]
+            if isinstance(a, dict) and isinstance(b, dict):
+                diffs += [f"{key}.{k} {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            elif a != b:
+                diffs.append(f"{key} {a!r} then, {b!r} now")
+        return diffs
+
+    def model_reference(self) -> str:
+        """What `bitcli.load` takes to get the same weights: `repo@commit`, or the local path."""
+        reference = str(self.model.get("reference"))
+        commit = self.model.get("commit")
+        return f"{reference.split('@', 1)[0]}@{commit}" if commit else reference
+
+    def options(self) -> dict[str, Any]:
+        """As `bit embed`'s options (`--update` takes those not given from here)."""
+        return {"normalize": self.normalize, "dtype": self.dtype, "content_hash": self.content_hash is not None,
+                "precision": self.model.get("precision") or "fp32", "fast_jpeg": bool(self.decode.get("fast_jpeg")),
+                "max_pixels": self.decode.get("max_pixels") or 0}
+
+    def model_changed(self, now: "EmbedSettings") -> bool:
+        """The same model reference, other weights: a local checkpoint retrained in place (or a
+        header from before bitcli recorded the content: unknown, so not the same)."""
+        a, b = self.model, now.model
+        return (a.get("reference"), a.get("commit")) == (b.get("reference"), b.get("commit")) and a.get("weights_sha256") != b.get("weights_sha256")
+
+
+def describe_difference(
+    first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now"), *,
+    most: int = 3, skip: tuple[str, ...] = ("inputs",),
+) -> str | None:
+    """'normalize: True then, False now' for the first `most` keys that differ (nested objects
+    flattened to their keys; `skip` left out), or None when nothing does: the one wording of a
+    difference in settings, for a resumed run, a shard and a run record alike."""
+    flat_first, flat_second = _flatten(first), _flatten(second)
+    diffs = [
+        f"{key}: {flat_first.get(key)!r} {names[0]}, {flat_second.get(key)!r} {names[1]}"
+        for key in sorted(set(flat_first) | set(flat_second))
+        if key not in skip and flat_first.get(key) != flat_second.get(key)
+    ]
+    return "; ".join(diffs[:most]) or None
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("preprocessing", "decode"):
+            flat.update(_flatten(value))
+        else:
+            flat[key] = value
+    return flat

@@ -1,0 +1,138 @@
+"""Rows are identified by the resolved file: `--update` from another directory or with absolute
+paths keeps every unchanged row without decoding it; printed paths resolve from the caller's
+directory; `dedup --keep` names only the files that are still the embedded ones; a reader racing
+publications sees one set."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clihelpers import make_images, run
+from bitcli.collection import open_index
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BIT_MODEL", raising=False)
+
+
+def swap_content_keeping_identity(path: Path, donor: Path) -> None:
+    """Another image's bytes under `path`, with its size and mtime unchanged: only a decode
+    would notice, so a row that stays the old one proves the file was not embedded again."""
+    info = path.stat()
+    data = (donor.read_bytes() + bytes(info.st_size))[: info.st_size]
+    path.write_bytes(data)
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+@pytest.mark.parametrize("how", ["another directory", "absolute paths", "dot slash"])
+def test_update_keeps_unchanged_rows_byte_for_byte_whatever_the_spelling(ckpt, tmp_path, how):
+    make_images(Path("work/photos"), 4)
+    os.chdir("work")
+    assert run(["embed", "photos", "-o", "photos.npy", "-m", ckpt, "--batch-size", "2"]).exit_code == 0
+    before = np.load("photos.npy")
+    swap_content_keeping_identity(Path("photos/img01.png"), Path("photos/img03.png"))
+    make_images(Path("photos/more"), 1)
+    if how == "another directory":
+        os.chdir(tmp_path)
+        args = ["work/photos", "-o", "work/photos.npy"]
+    elif how == "absolute paths":
+        args = [str(tmp_path / "work/photos"), "-o", "photos.npy"]
+    else:
+        args = ["./photos", "-o", "photos.npy"]
+    result = run(["embed", *args, "--update", "--batch-size", "2"])
+    assert result.exit_code == 0, result.stderr
+    assert "+1 new, 0 changed, 0 removed, 4 kept" in result.stderr
+    after = np.load(tmp_path / "work/photos.npy")
+    assert after[:4].tobytes() == before.tobytes()  # img01's old row: not decoded again
+    # and the rows still resolve: search by the new row finds it from here
+    again = run(["embed", *args, "--update"])
+    assert "up to date" in again.stderr
+
+
+def test_printed_paths_resolve_from_the_callers_directory(ckpt, tmp_path):
+    make_images(Path("work/photos"), 3)
+    os.chdir("work")
+    assert run(["embed", "photos", "-o", "photos.npy", "-m", ckpt]).exit_code == 0
+    os.chdir(tmp_path / "work/photos")  # the stored `photos/img00.png` does not resolve from here
+    result = run(["search", "../photos.npy", "img00.png", "-k", "2", "--format", "jsonl"])
+    assert result.exit_code == 0, result.stderr
+    matches = json.loads(result.stdout.splitlines()[0])["matches"]
+    assert matches and all(os.path.isfile(m["path"]) for m in matches)
+    groups = run(["dedup", "../photos.npy", "-t", "-1", "--format", "jsonl"])
+    assert groups.exit_code == 0, groups.stderr
+    assert all(os.path.isfile(p) for line in groups.stdout.splitlines() for p in json.loads(line)["paths"])
+
+
+def test_keep_names_only_the_embedded_files_from_another_directory(ckpt, tmp_path):
+    """From another directory where `photos/img01.png` is an unrelated file, and after one
+    of the embedded files was overwritten: neither is listed for deletion."""
+    make_images(Path("work/photos"), 1)
+    for name in ("img01.png", "img02.png", "img03.png"):
+        (Path("work/photos") / name).write_bytes(Path("work/photos/img00.png").read_bytes())
+    os.chdir("work")
+    assert run(["embed", "photos", "-o", "photos.npy", "-m", ckpt]).exit_code == 0
+    make_images(tmp_path / "elsewhere/photos", 2)  # an unrelated photos/img01.png there
+    os.chdir(tmp_path / "elsewhere")
+    stamp = Path(tmp_path / "work/photos/img03.png").stat().st_mtime_ns
+    os.utime(tmp_path / "work/photos/img03.png", ns=(stamp + 10**9, stamp + 10**9))  # overwritten since
+    result = run(["dedup", str(tmp_path / "work/photos.npy"), "-t", "0.99", "--keep", "first"])
+    assert result.exit_code == 0, result.stderr
+    listed = result.stdout.splitlines()
+    assert sorted(os.path.realpath(p) for p in listed) == sorted(
+        str((tmp_path / "work/photos" / n).resolve()) for n in ("img01.png", "img02.png")
+    )
+    assert "img03.png: changed since it was embedded" in result.stderr
+
+
+PUBLISHER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from pathlib import Path
+    from bitcli.store import EmbedPaths, EmbedWriter
+    out, rounds = sys.argv[1], int(sys.argv[2])
+    names = [f"f{i:03d}.jpg" for i in range(200)]
+    fp = {"model": "m", "commit": None, "weights": [], "preprocessing": {}, "dtype": "float32"}
+    for n in range(rounds):
+        rng = np.random.default_rng(n)
+        chosen = [names[i] for i in rng.permutation(len(names))[: 100 + n % 50]]
+        rows = np.array([[int(p[1:4]), n] for p in chosen], dtype=np.float32)
+        writer = EmbedWriter(EmbedPaths.for_output(Path(out)), dim=2, fingerprint=fp, inputs=chosen, overwrite=True)
+        writer.commit(chosen, rows)
+        writer.finish()
+        print(n, flush=True)
+    """
+)
+
+
+def test_a_reader_racing_publications_never_mislabels_a_row(tmp_path):
+    out = tmp_path / "race.npy"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.run([sys.executable, "-c", PUBLISHER, str(out), "1"], env=env, capture_output=True)
+    assert first.returncode == 0, first.stderr
+    publisher = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(out), "30"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    opens = 0
+    try:
+        while publisher.poll() is None or opens == 0:
+            index = open_index(out)
+            rows = index.take(range(index.rows))
+            labels = np.array([int(p[1:4]) for p in index.paths], dtype=np.float32)
+            assert np.array_equal(rows[:, 0], labels), "a row labelled with another file's path"
+            assert len(set(rows[:, 1].tolist())) == 1  # every row of one publication
+            index.close()
+            opens += 1
+    finally:
+        publisher.wait(timeout=120)
+    assert publisher.returncode == 0, publisher.stderr.read()
+    assert opens >= 20
