@@ -79,6 +79,15 @@ def test_table_report(ckpt):
         assert text in result.stdout
 
 
+def test_table_rounds_gflops_to_three_figures(ckpt, report):
+    result = run(["inspect", ckpt])
+    assert result.exit_code == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "GFLOPs / image" in line]
+    shown = line.split("│")[1].strip()
+    assert float(shown) == pytest.approx(report["gflops"], rel=5e-3)
+    assert len(shown.lstrip("0.")) <= 3, shown  # three significant digits, not six
+
+
 def test_inspect_unknown_model_exits_3():
     result = run(["inspect", "nobody/nothing-here", "--format", "json"])
     assert_clean_failure(result, 3)

@@ -96,6 +96,20 @@ def test_inspect_table_and_json():
     assert "BiT R50x1, pre-activation" in text and "1.2 MB" in text and "25.5 M" in text and "3, 4, 6, 3" in text
 
 
+@pytest.mark.parametrize(
+    "value, text",
+    [(8.17837, "8.18"), (32.6967, "32.7"), (9.996, "10.0"), (0.000123456, "0.000123"), (1234.5, "1,234"), (0.0, "0")],
+)
+def test_inspect_shows_gflops_as_a_person_reads_them(value, text):
+    buf = io.StringIO()
+    render_inspect({"model": "m", "gflops": value}, "table", buf)
+    (line,) = [line for line in buf.getvalue().splitlines() if "GFLOPs" in line]
+    assert line.split("│")[1].strip() == text
+    buf = io.StringIO()
+    render_inspect({"model": "m", "gflops": value}, "json", buf)
+    assert json.loads(buf.getvalue())["gflops"] == value  # the JSON keeps the precise figure
+
+
 # -- the compact table at real terminal widths ------------------------------------------------------
 
 LONG_LABELS = [
