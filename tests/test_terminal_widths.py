@@ -41,3 +41,49 @@ def test_eval_titles_stay_on_one_line(tiny, labelled, columns):
         assert title in run.lines, f"{title!r} is not one whole line:\n" + run.text
     matrix = run.lines.index(CONFUSION_TITLE)
     assert cells(run.lines[matrix + 1])[1:4] == ["class 0", "class 1", "class 2"], run.text
+
+
+# -- progress bars: the same columns in every bar ------------------------------------------------------
+
+# what, the bar, done/total, the rate, `eta` and the time left (then a command's own figures).
+BAR = re.compile(r"^(?P<what>[a-z]+) [━╸╺ ]+ \d+/\d+ \d+(\.\d)? (?P<unit>img/s|steps/s) eta \d+:\d\d(:\d\d)?\b")
+
+
+def bar_frames(run, what: str) -> list[str]:
+    return [line for frame in run.frames for line in frame if line.startswith(what + " ")]
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_the_finetune_bar_has_the_columns_of_every_bar(labelled, tmp_path, columns):
+    from transferdata import make_trainable_checkpoint
+
+    base = make_trainable_checkpoint(tmp_path / "base")
+    seen = lambda lines: any(BAR.match(line) and "steps/s" in line for line in lines)  # noqa: E731
+    run = run_on_screen(
+        ["train", labelled, "-o", tmp_path / "m", "-m", base, "--method", "finetune", "--steps", "5000",
+         "--batch-size", "2", "--threads", "1", "--device", "cpu"],
+        columns=columns, cwd=tmp_path, env={"BIT_CACHE": str(tmp_path / "cache")}, interrupt_when=seen,
+    )
+    assert run.interrupted, run.text
+    steps = [m for line in bar_frames(run, "steps") if (m := BAR.match(line))]
+    assert steps and all(m["unit"] == "steps/s" for m in steps), bar_frames(run, "steps")
+    assert all("loss " in line for line in bar_frames(run, "steps") if BAR.match(line))  # its own figures follow
+    assert not any(re.search(r" \d+:\d\d:\d\d", line) and " eta " not in line for line in bar_frames(run, "steps"))
+
+
+
+def test_the_image_bar_matches_the_same_pattern():
+    """classify's, embed's and eval's bar (`screen.Bar`) with a rate known: the columns above."""
+    import io
+
+    from rich.console import Console
+
+    from bitcli.cli.screen import Bar
+
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    bar = Bar(console, 10, "classifying", show=True)
+    bar.started -= 2.0  # two seconds in
+    bar.advance(4)
+    console.print(bar._progress.get_renderable())
+    line = console.file.getvalue().splitlines()[0]
+    assert (m := BAR.match(line)) and m["unit"] == "img/s" and "eta 0:03" in line, line
