@@ -30,6 +30,31 @@ def labelled(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("labelled") / "data", {"class 0": 3, "class 1": 3, "class 2": 3}, size=36)
 
 
+# -- classify -k ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+@pytest.mark.parametrize("k", [3, 10])
+def test_classify_shows_every_one_of_the_top_k(tiny, labelled, columns, k):
+    run = run_on_screen(["classify", "data/", "-k", k, "-m", tiny], columns=columns, cwd=labelled.parent)
+    assert run.exit_code == 0, run.text
+    (header,) = header_rows(run.lines, ["image", "top-1", "probability", "class"])
+    blocks: dict[str, list[str]] = {}
+    for line in run.lines[header + 2 :]:
+        if not line.strip() or "│" not in line:
+            break  # the summary
+        first = cells(line)[0]
+        if first:
+            path = first
+        blocks.setdefault(path, []).append(line)
+    assert len(blocks) == 9, run.text
+    for path, lines in blocks.items():
+        shown = "\n".join(lines)
+        assert len(re.findall(r"\d+\.\d\d%", shown)) == k, (path, k, run.text)  # all K, none dropped
+        assert "…" not in shown
+    assert max(len(line) for line in run.lines) <= columns
+
+
 # -- eval ---------------------------------------------------------------------------------------------
 
 
