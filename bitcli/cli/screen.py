@@ -26,7 +26,7 @@ class Bar:
         self.done = 0
         self.started = time.monotonic()
         self._progress = _progress(console) if show else None
-        self._task = self._progress.add_task(what, total=total, rate="", eta="", info="") if self._progress else None
+        self._task = self._progress.add_task(what, total=total, rate="", eta="") if self._progress else None
 
     def __enter__(self) -> Bar:
         self.started = time.monotonic()
@@ -77,11 +77,12 @@ def _progress(console: Any) -> Any:
     return progress_display(console)
 
 
-def progress_display(console: Any) -> Any:
+def progress_display(console: Any, *, info: bool = False) -> Any:
     """Every bar's columns, for every command: `what ━━━━╺━━━ 3/6 12.5 img/s eta 0:07 [info]`.
 
-    Tasks carry the fields `rate` and `eta` (`rate_and_eta`) and `info` (a command's own
-    figures, such as a fine-tune's loss; empty elsewhere)."""
+    Tasks carry the fields `rate` and `eta` (`rate_and_eta`) and, with `info`, `info`: a
+    command's own figures after the common columns, such as a fine-tune's loss. (No empty column
+    otherwise: its separator would bring an 80-column bar to the terminal's last cell.)"""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     return Progress(
@@ -90,7 +91,7 @@ def progress_display(console: Any) -> Any:
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TextColumn("{task.fields[eta]}"),
-        TextColumn("{task.fields[info]}"),
+        *([TextColumn("{task.fields[info]}")] if info else []),
         console=console,
         transient=True,
         # Data written to sys.stdout must stay on stdout; rich would send it to the stderr console.

@@ -149,7 +149,7 @@ class _Bars:
         self.close()
         if not self.ui.show_progress:
             return
-        self.progress = progress_display(self.ui.console)  # the same columns as every bar
+        self.progress = progress_display(self.ui.console, info=True)  # the same columns as every bar, then loss and lr
         self.progress.start()
         self.task = self.progress.add_task(kind, total=total, rate="", eta="", info="")
         self.kind, self.opened, self.first = kind, time.monotonic(), None
