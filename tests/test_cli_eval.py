@@ -65,6 +65,7 @@ def test_errors_file_by_suffix(ckpt, labelled, expected, tmp_path, suffix):
     assert result.exit_code == 0, result.stderr
     assert "Confusion" in result.stdout  # the tables still go to stdout
     assert f"wrote {len(expected)} misclassified images to {target}" in result.stderr
+    assert "--errors FILE" not in result.stderr
     text = target.read_text()
     if suffix == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
@@ -123,3 +124,10 @@ def test_csv_names_that_look_like_formulas_are_neutralised(ckpt, tmp_path):
     for row in csv.DictReader(target.read_text().splitlines()):
         assert not row["path"].startswith("=")
         assert row["path"].removeprefix("'") in listed
+
+
+def test_the_tables_say_where_the_mistakes_are(ckpt, labelled, expected):
+    result = run(["eval", labelled, "-m", ckpt])
+    assert result.exit_code == 0, result.stderr
+    assert f"{len(expected)} misclassified images: --errors FILE.csv (or .jsonl) lists them" in result.stderr
+    assert "misclassified" not in run(["eval", labelled, "-m", ckpt, "--format", "json"]).stderr

@@ -86,4 +86,6 @@ def eval_command(
     if errors is not None:
         write_mistakes(errors, result.mistakes)
         ui.info(f"wrote {len(result.mistakes):,} misclassified images to {errors}")
+    elif result.mistakes and format is TableOrJson.table:
+        ui.info(f"{len(result.mistakes):,} misclassified images: --errors FILE.csv (or .jsonl) lists them")
     return EXIT_SOME_FAILED if result.failed else EXIT_OK
