@@ -114,6 +114,7 @@ def _progress(ui: Ui) -> Iterator[Any]:
         embed=bar.images,
         plan=lambda plan: bar.say(plan_text(plan)),
         step=bar.step,
+        notice=ui.warn,
     )
     try:
         yield callbacks
