@@ -206,7 +206,8 @@ class CompactLayout:
         return table
 
     def rows(self, results: Iterable[ClassifyResult]) -> list[Any]:
-        """Renderables for `results` in order: runs of good rows as one table, each failure alone."""
+        """Renderables for `results` in order: runs of good rows as one table, each failure alone,
+        and, without a runners-up column, each row followed by its runners-up lines."""
         from rich.text import Text
 
         out: list[Any] = []
