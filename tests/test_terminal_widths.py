@@ -1,7 +1,8 @@
 """Nothing dropped, nothing broken, at 80 and 120 columns: what a newcomer's terminal shows.
 
 The real `bit` in a pseudo-terminal (tests/ptyscreen.py): `classify -k K` shows all K classes
-at any width, `eval`'s titles stay on one line, every progress bar has the same columns.
+at any width, `eval`'s titles stay on one line, every progress bar has the same columns,
+`inspect` rounds GFLOPs to what a person reads.
 """
 
 from __future__ import annotations
@@ -112,3 +113,16 @@ def test_the_image_bar_matches_the_same_pattern():
     console.print(bar._progress.get_renderable())
     line = console.file.getvalue().splitlines()[0]
     assert (m := BAR.match(line)) and m["unit"] == "img/s" and "eta 0:03" in line, line
+
+
+# -- inspect -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_inspect_shows_gflops_to_three_figures(tiny, columns):
+    run = run_on_screen(["inspect", tiny], columns=columns)
+    assert run.exit_code == 0, run.text
+    (line,) = [line for line in run.lines if line.strip().startswith("GFLOPs / image")]
+    value = cells(line)[1]
+    assert re.fullmatch(r"0\.0*[1-9]\d{0,2}|[1-9][\d.]*", value), value
+    assert len(value.replace(".", "").lstrip("0")) <= 3, value  # three significant digits, not six
