@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +77,9 @@ class PreprocessConfig:
     # Center-crop offset: "floor" ((H - h) // 2, transformers) or "half_even" (round((H - h) / 2),
     # torchvision, hence timm); they differ by one pixel when H - h is 3 mod 4.
     crop_rounding: str = "floor"
+    # True when the checkpoint had no preprocessor_config.json and these are the defaults (not a
+    # preprocessing field: equal configs stay equal): `missing_notice` says so.
+    defaulted: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.resize_mode not in ("shortest_edge", "exact"):
@@ -136,9 +139,19 @@ class PreprocessConfig:
 
     @classmethod
     def load(cls, checkpoint_dir: str | os.PathLike[str]) -> PreprocessConfig:
-        """`preprocessor_config.json` in `checkpoint_dir`, or the defaults if there is none."""
+        """`preprocessor_config.json` in `checkpoint_dir`, or the defaults (`defaulted`) if there is none."""
         path = Path(checkpoint_dir) / PREPROCESSOR_CONFIG
-        return cls.from_json_file(path) if path.is_file() else cls()
+        return cls.from_json_file(path) if path.is_file() else cls(defaulted=True)
+
+    def missing_notice(self, model: str) -> str | None:
+        """One line for stderr when `model` had no preprocessor_config.json (None when it had one)."""
+        if not self.defaulted:
+            return None
+        return (
+            f"{model} has no {PREPROCESSOR_CONFIG}: images get transformers' defaults (resize to {self.shortest_edge}, "
+            f"center crop {self.crop_size[0]}x{self.crop_size[1]}, {self.resample_name}, CLIP's mean and std); "
+            f"if the model was trained otherwise, put its {PREPROCESSOR_CONFIG} in the folder"
+        )
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -80,6 +80,15 @@ def test_table_report(ckpt):
         assert text in result.stdout
 
 
+def test_table_rounds_gflops_to_three_figures(ckpt, report):
+    result = run(["inspect", ckpt])
+    assert result.exit_code == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "GFLOPs / image" in line]
+    shown = line.split("│")[1].strip()
+    assert float(shown) == pytest.approx(report["gflops"], rel=5e-3)
+    assert len(shown.lstrip("0.")) <= 3, shown  # three significant digits, not six
+
+
 def test_inspect_unknown_model_exits_3():
     result = run(["inspect", "nobody/nothing-here", "--format", "json"])
     assert_clean_failure(result, 3)
@@ -97,3 +106,26 @@ def test_models_lists_known_aliases():
 def test_download_of_an_unreachable_model_exits_3():
     result = run(["download", "nobody/nothing-here"])
     assert_clean_failure(result, 3)
+
+
+def test_a_folder_without_preprocessor_config_says_so_once(ckpt, tmp_path):
+    """transformers' defaults (224 px, CLIP's mean and std) are not silently assumed."""
+    import shutil
+
+    from clihelpers import make_images
+    from relhelpers import bit, text
+
+    bare = tmp_path / "bare"
+    shutil.copytree(ckpt, bare)
+    (bare / "preprocessor_config.json").unlink()
+    make_images(tmp_path / "photos", 6)
+    for args in (["classify", tmp_path / "photos", "-m", bare], ["inspect", bare]):
+        result = bit(*args)
+        assert result.returncode == 0, text(result.stderr)
+        warnings = [line for line in text(result.stderr).splitlines() if "preprocessor_config.json" in line]
+        assert len(warnings) == 1, text(result.stderr)
+        assert warnings[0].startswith(f"warning: {bare} has no preprocessor_config.json")
+        assert "224" in warnings[0] and "CLIP" in warnings[0]
+    with_config = bit("classify", tmp_path / "photos", "-m", ckpt)
+    assert with_config.returncode == 0 and "preprocessor_config" not in text(with_config.stderr)
+    assert "warning" not in text(bit("inspect", ckpt).stderr)

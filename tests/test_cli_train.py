@@ -162,3 +162,16 @@ def test_ctrl_c_says_how_to_resume(photos, tmp_path, tmp_path_factory):
     assert proc.returncode == 130, stderr
     assert "plan: 5000 steps" in stderr and "--resume" in stderr
     assert json.loads((tmp_path / ".m.bit-train" / "state.json").read_text())["step"] >= 3
+
+
+def test_a_base_without_preprocessor_config_says_so_once(photos, tmp_path, tmp_path_factory):
+    import shutil
+
+    base = tmp_path / "bare"
+    shutil.copytree(shared(tmp_path_factory, "trainable-tiny", make_trainable_checkpoint), base)
+    (base / "preprocessor_config.json").unlink()
+    result = run(["train", photos, "-o", tmp_path / "m", "-m", base, "--threads", "1"])
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "preprocessor_config.json" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {base} has no preprocessor_config.json"), result.stderr
+    assert "preprocessor_config" not in run(["train", photos, "-o", tmp_path / "m2", "-m", tmp_path / "m"]).stderr

@@ -6,9 +6,12 @@ import csv
 import io
 import json
 
+import re
+
 import pytest
 
 from bitcli.output import COMPACT_AFTER, classify_renderer, render_classify, render_inspect, resolve_format
+from bitcli.output.tables import format_percent
 from bitcli.results import ClassifyResult, Prediction
 
 RESULTS = [
@@ -96,6 +99,20 @@ def test_inspect_table_and_json():
     assert "BiT R50x1, pre-activation" in text and "1.2 MB" in text and "25.5 M" in text and "3, 4, 6, 3" in text
 
 
+@pytest.mark.parametrize(
+    "value, text",
+    [(8.17837, "8.18"), (32.6967, "32.7"), (9.996, "10.0"), (0.000123456, "0.000123"), (1234.5, "1,234"), (0.0, "0")],
+)
+def test_inspect_shows_gflops_as_a_person_reads_them(value, text):
+    buf = io.StringIO()
+    render_inspect({"model": "m", "gflops": value}, "table", buf)
+    (line,) = [line for line in buf.getvalue().splitlines() if "GFLOPs" in line]
+    assert line.split("│")[1].strip() == text
+    buf = io.StringIO()
+    render_inspect({"model": "m", "gflops": value}, "json", buf)
+    assert json.loads(buf.getvalue())["gflops"] == value  # the JSON keeps the precise figure
+
+
 # -- the compact table at real terminal widths ------------------------------------------------------
 
 LONG_LABELS = [
@@ -154,12 +171,48 @@ def test_runners_up_need_room_and_show_first_synonyms():
     assert "runners-up" in lines[0]
     rows = [line for line in lines[2:] if "%" in line]
     assert "Staffordshire bullterrier 25.00%; tabby 16.67%" in rows[0]  # first synonyms only
-    assert "Staffordshire bull terrier" not in rows[0]
-    assert all(len(line) <= 120 for line in lines) and len(rows) == 5  # one line per image
-    assert "…" in "\n".join(rows) or all(row.count("%") == 5 for row in rows)  # whole entries, or an ellipsis
-    assert "runners-up" not in render_compact(short, 80)[0]  # no room beside long labels
-    assert "runners-up" not in render_compact(many_results(), 120)[0]  # no room beside long paths
-    assert "runners-up" not in render_compact(short, 120, top_k=1)[0]
+    assert "Staffordshire bull terrier" not in rows[0].split("│")[-1]
+    assert all(len(line) <= 120 for line in lines)
+    assert "runners-up" not in render_compact(short, 80)[0]  # no room beside long labels: a line below
+    assert "runners-up" not in render_compact(many_results(), 120)[0]  # nor beside long paths
+    assert "runners-up" not in "\n".join(render_compact(short, 120, top_k=1)[:1])
+
+
+def image_blocks(lines: list[str]) -> dict[str, list[list[str]]]:
+    """Each image's lines (its row and the continuation lines under it) as cells, by the path in its first cell."""
+    blocks: dict[str, list[list[str]]] = {}
+    current = None
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.split("│")]
+        if cells[0]:
+            current = cells[0]
+        blocks.setdefault(current, []).append(cells[1:])
+    return blocks
+
+
+SHORT_PATHS = ["a.jpg", "b.jpg", "c/d.png", "e.jpg", "f.jpg"]
+LONG_PATHS = [path[:36] + ".jpg" if len(path) > 40 else path for path in PATHS]  # long, and none folds at 80
+
+
+@pytest.mark.parametrize(
+    "width, paths",
+    [(w, SHORT_PATHS) for w in (50, 60, 80, 100, 120, 180)] + [(w, LONG_PATHS) for w in (80, 100, 120, 180)],
+)
+def test_every_one_of_the_top_k_is_shown_at_any_width(width, paths):
+    results = many_results(paths)
+    lines = render_compact(results, width)
+    assert max(len(line) for line in lines) <= width
+    blocks = image_blocks(lines)
+    for result in results[:-1]:
+        block = blocks[result.path]
+        top1 = " ".join(cells[0] for cells in block if len(cells) >= 3 and cells[0])  # the label column, folded
+        assert top1 == result.predictions[0].label, (top1, lines)
+        # the runners-up column read down, or the lines below the row (one cell across the columns)
+        rest = " ".join(cells[3] if len(cells) == 4 else cells[0] for cells in block if len(cells) in (1, 4))
+        rest = re.sub(r"\s+", " ", rest)
+        for p in result.predictions[1:]:
+            assert f"{p.label.split(', ')[0]} {format_percent(p.score)}" in rest, (result.path, p, lines)
+        assert "…" not in rest
 
 
 def test_runners_up_text_keeps_whole_entries():
@@ -168,8 +221,9 @@ def test_runners_up_text_keeps_whole_entries():
     preds = [Prediction(2, 1, "tiger cat", 0.1), Prediction(3, 2, "Egyptian cat, cat", 0.05)]
     assert runners_up_text(preds, None) == "tiger cat 10.00%; Egyptian cat 5.00%"
     assert runners_up_text(preds, 36) == "tiger cat 10.00%; Egyptian cat 5.00%"
-    assert runners_up_text(preds, 35) == "tiger cat 10.00%; …"
-    assert runners_up_text(preds, 10) == "…"
+    assert runners_up_text(preds, 35) == "tiger cat 10.00%;\nEgyptian cat 5.00%"  # broken between entries
+    assert runners_up_text(preds, 10) == "tiger cat 10.00%;\nEgyptian cat 5.00%"  # never cut: the table folds
+    assert runners_up_text(preds, 30, lead="runners-up: ") == "runners-up: tiger cat 10.00%;\nEgyptian cat 5.00%"
 
 
 def test_a_path_too_long_for_the_terminal_folds_and_the_others_stay_whole():

@@ -85,6 +85,11 @@ class LoadedModel:
         """A one-line warning from resolution (e.g. a pickle-only revision), for stderr."""
         return self.resolved.notice if self.resolved is not None else None
 
+    @property
+    def notices(self) -> list[str]:
+        """Every one-line warning for stderr: resolution's, then a missing preprocessor_config.json."""
+        return [n for n in (self.notice, self.preprocess.missing_notice(self.name)) if n]
+
     def labels(self, labels_file: str | Path | None = None) -> Labels:
         from bitcli.labels import resolve_labels
 

@@ -280,8 +280,8 @@ def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = No
 
     before_the_model()
     loaded = pipeline.load(model, device=options.device, precision=options.precision, progress=ui.show_progress)
-    if loaded.notice:
-        ui.warn(loaded.notice)
+    for notice in loaded.notices:
+        ui.warn(notice)
     if loaded.precision == "bf16" and loaded.device.type == "cpu":
         from bitcli.engine.native import bf16_supported
 

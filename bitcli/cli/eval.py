@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -32,6 +33,7 @@ from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 EPILOG = epilog(
     "bit eval photos-test/ -m my-model",
     "bit eval labels.csv -m my-model --format json | jq .accuracy",
+    "bit eval photos-test/ -m my-model --errors mistakes.csv  # every wrong answer, for review",
     "bit eval imagenet-val/ -m google/bit-50  # folders named n01440764 ... or after the labels",
     note=(
         "DATA: a folder with one sub-folder per class, or a CSV/JSONL file of path,label. Class names are "
@@ -43,6 +45,14 @@ EPILOG = epilog(
 def eval_command(
     data: Annotated[str, typer.Argument(metavar="DATA", help="Class folders, or a .csv/.jsonl of path,label.", show_default=False)],
     format: Annotated[TableOrJson, typer.Option("--format", "-f", help="Tables or one JSON object.")] = TableOrJson.table,
+    errors: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--errors", metavar="FILE",
+            help="Write every misclassified image (path, true, predicted, score; most confident first) to FILE: "
+            "CSV if it ends in .csv, JSON lines if .jsonl. Replaces only a file bit eval wrote.",
+        ),
+    ] = None,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.fp32,
@@ -53,12 +63,15 @@ def eval_command(
 ) -> int:
     """Accuracy, top-5, per-class precision/recall/support and the confusion matrix on labelled data."""
     from bitcli.output.evaluation import render_evaluation
+    from bitcli.output.mistakes import check_errors_target, write_mistakes
     from bitcli.transfer.data import load_dataset
     from bitcli.transfer.evaluate import evaluate
 
     ui = Ui(quiet=quiet, debug=debug)
     require_stdout("the evaluation")
     check_settings(device, model)
+    if errors is not None:
+        check_errors_target(errors)  # before the run, not after it
     dataset = load_dataset(data)  # data errors before the model loads
     options = run_options(device, precision, batch_size, threads)
     loaded = load_model(model, options, ui, threads)
@@ -72,4 +85,9 @@ def eval_command(
     for path, reason in result.failed:
         ui.error(f"{path}: {reason}")
     render_evaluation(result.as_dict(), format.value, sys.stdout)
+    if errors is not None:
+        write_mistakes(errors, result.mistakes)
+        ui.info(f"wrote {len(result.mistakes):,} misclassified images to {errors}")
+    elif result.mistakes and format is TableOrJson.table:
+        ui.info(f"{len(result.mistakes):,} misclassified images: --errors FILE.csv (or .jsonl) lists them")
     return EXIT_SOME_FAILED if result.failed else EXIT_OK

@@ -62,6 +62,9 @@ def inspect(
     if resolved.notice:
         ui.warn(resolved.notice)
     described = describe(resolved, device)
+    notice = described.preprocess.missing_notice(model_arg or model)
+    if notice:
+        ui.warn(notice)
     output.render_inspect(build_report(described, described.labels()), format.value, sys.stdout)
     return EXIT_OK
 

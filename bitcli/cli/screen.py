@@ -47,10 +47,8 @@ class Bar:
         self.done += count
         if self._progress is None:
             return
-        elapsed = self.elapsed
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = f"eta {clock(max(self.total - self.done, 0) / rate)}" if rate > 0 else ""
-        self._progress.update(self._task, advance=count, rate=f"{rate_text(rate)} img/s" if rate > 0 else "", eta=eta)
+        rate, eta = rate_and_eta(self.done, self.total, self.elapsed, "img/s")
+        self._progress.update(self._task, advance=count, rate=rate, eta=eta)
 
     def describe(self, what: str) -> None:
         """A new label before the bar (`bit embed --engine ray`: shards done)."""
@@ -76,6 +74,15 @@ class Bar:
 
 
 def _progress(console: Any) -> Any:
+    return progress_display(console)
+
+
+def progress_display(console: Any, *, info: bool = False) -> Any:
+    """Every bar's columns, for every command: `what ━━━━╺━━━ 3/6 12.5 img/s eta 0:07 [info]`.
+
+    Tasks carry the fields `rate` and `eta` (`rate_and_eta`) and, with `info`, `info`: a
+    command's own figures after the common columns, such as a fine-tune's loss. (No empty column
+    otherwise: its separator would bring an 80-column bar to the terminal's last cell.)"""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     return Progress(
@@ -84,6 +91,7 @@ def _progress(console: Any) -> Any:
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TextColumn("{task.fields[eta]}"),
+        *([TextColumn("{task.fields[info]}")] if info else []),
         console=console,
         transient=True,
         # Data written to sys.stdout must stay on stdout; rich would send it to the stderr console.
@@ -147,6 +155,14 @@ def clock(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def rate_and_eta(done: float, total: float, elapsed: float, unit: str) -> tuple[str, str]:
+    """('12.5 img/s', 'eta 0:07') for `done` of `total` in `elapsed` seconds; ('', '') before any rate."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if rate <= 0:
+        return "", ""
+    return f"{rate_text(rate)} {unit}", f"eta {clock(max(total - done, 0) / rate)}"
 
 
 def rate_text(rate: float) -> str:

@@ -8,6 +8,7 @@ stdout: the result is OUTDIR (and its training_report.json).
 from __future__ import annotations
 
 import contextlib
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
@@ -28,7 +29,7 @@ from bitcli.cli.common import (
     quiet_hub,
 )
 from bitcli.cli.helpscreen import epilog
-from bitcli.cli.screen import duration
+from bitcli.cli.screen import duration, progress_display, rate_and_eta
 from bitcli.output.escapes import shown
 from bitcli.pipeline import DEFAULT_MODEL
 
@@ -126,6 +127,7 @@ def _progress(ui: Ui) -> Iterator[Any]:
         embed=bar.images,
         plan=lambda plan: bar.say(plan_text(plan)),
         step=bar.step,
+        notice=ui.warn,
     )
     try:
         yield callbacks
@@ -141,6 +143,8 @@ class _Bars:
         self.progress: Any = None
         self.task: Any = None
         self.kind = ""
+        self.opened = 0.0  # when the bar opened (time.monotonic)
+        self.first: int | None = None  # the count at the bar's first update
 
     def say(self, text: str) -> None:
         if self.ui.quiet:
@@ -159,27 +163,29 @@ class _Bars:
         self.close()
         if not self.ui.show_progress:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn(kind), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(), console=self.ui.console, transient=True, redirect_stdout=False,
-        )
+        self.progress = progress_display(self.ui.console, info=True)  # the same columns as every bar, then loss and lr
         self.progress.start()
-        self.task = self.progress.add_task(kind, total=total, info="")
-        self.kind = kind
+        self.task = self.progress.add_task(kind, total=total, rate="", eta="", info="")
+        self.kind, self.opened, self.first = kind, time.monotonic(), None
+
+    def _update(self, done: int, total: int, unit: str, info: str = "") -> None:
+        """Move the bar to `done`; the rate counts what was done since the bar opened (a resumed
+        fine-tune starts part way)."""
+        if self.first is None:
+            self.first = done
+        rate, eta = rate_and_eta(done - self.first, total - self.first, time.monotonic() - self.opened, unit)
+        self.progress.update(self.task, completed=done, rate=rate, eta=eta, info=info)
 
     def images(self, done: int, total: int) -> None:
         self._open("images", total)
         if self.progress is not None:
-            self.progress.update(self.task, completed=done)
+            self._update(done, total, "img/s")
 
     def step(self, progress: Any) -> None:
         self._open("steps", progress.steps)
         if self.progress is not None:
             skipped = f"  {progress.skipped} unreadable" if progress.skipped else ""
-            info = f"loss {progress.loss:.4f}  lr {progress.lr:.2g}{skipped}"
-            self.progress.update(self.task, completed=progress.step, info=info)
+            self._update(progress.step, progress.steps, "steps/s", f"loss {progress.loss:.4f}  lr {progress.lr:.2g}{skipped}")
 
     def close(self) -> None:
         if self.progress is not None:

@@ -18,7 +18,9 @@ def render_evaluation(record: dict[str, Any], fmt: str, stream: IO[str]) -> None
         write_json(record, stream)
         return
     console = stdout_console(stream)
-    for table in evaluation_tables(record):
+    for n, table in enumerate(evaluation_tables(record)):
+        if n:
+            console.print()  # a blank line between sections
         console.print(table)
 
 
@@ -26,33 +28,41 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else format_percent(value)
 
 
+def titled(title: str, table: Any) -> Any:
+    """`table` under its title on a line of its own: a table's own title wraps to the table's
+    width (a narrow confusion matrix broke its title over two lines); this one has the terminal's."""
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(Text(title, style="bold"), table)
+
+
 def evaluation_tables(record: dict[str, Any]) -> list[Any]:
     from rich.table import Table
     from rich.text import Text
 
-    summary = Table(title=Text("Evaluation", style="bold"), title_justify="left", show_header=False, show_edge=False)
+    summary = Table(show_header=False, show_edge=False)
     summary.add_column("field", style="dim")
     summary.add_column("value")
     summary.add_row("model", Text(shown(record.get("model", ""))))
     summary.add_row("images", f"{record['n']:,}" + (f" ({record['failed']} unreadable, left out)" if record.get("failed") else ""))
     summary.add_row("accuracy", _percent(record["accuracy"]))
     summary.add_row("top-5 accuracy", _percent(record["top5"]) if record["top5"] is not None else "- (5 classes or fewer)")
-    tables = [summary]
+    tables = [titled("Evaluation", summary)]
 
-    per_class = Table(title=Text("Per class", style="bold"), title_justify="left", show_edge=False)
+    per_class = Table(show_edge=False)
     for name, justify in (("class", "left"), ("precision", "right"), ("recall", "right"), ("support", "right")):
         per_class.add_column(name, justify=justify)
     matched = record.get("matched", {})
     for name, row in record["per_class"].items():
         text = f"{name} ({matched[name]})" if name in matched else name
         per_class.add_row(Text(shown(text)), _percent(row["precision"]), _percent(row["recall"]), f"{row['support']:,}")
-    tables.append(per_class)
+    tables.append(titled("Per class", per_class))
 
     classes = record["classes"]
     if len(classes) <= MAX_MATRIX_CLASSES:
         other = record.get("predicted_other")
-        matrix = Table(title=Text("Confusion (rows: true class, columns: predicted)", style="bold"),
-                       title_justify="left", show_edge=False)
+        matrix = Table(show_edge=False)
         matrix.add_column("")
         for name in classes:
             matrix.add_column(Text(shown(name)), justify="right")
@@ -61,5 +71,5 @@ def evaluation_tables(record: dict[str, Any]) -> list[Any]:
         for i, name in enumerate(classes):
             cells = [str(v) for v in record["confusion"][i]] + ([str(other[i])] if other is not None else [])
             matrix.add_row(Text(shown(name)), *cells)
-        tables.append(matrix)
+        tables.append(titled("Confusion (rows: true class, columns: predicted)", matrix))
     return tables

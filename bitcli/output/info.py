@@ -48,6 +48,21 @@ def format_size(num_bytes: int | None) -> str:
     return "-" if num_bytes is None else human_bytes(num_bytes)
 
 
+def format_figure(value: float | None) -> str:
+    """A measured figure as a person reads it: three significant digits, never an exponent
+    (8.17837 -> '8.18', 32.6967 -> '32.7', 0.000123456 -> '0.000123', 1234.5 -> '1,234', whole numbers from 100 on)."""
+    if value is None:
+        return "-"
+    if abs(value) < 100:
+        value = float(f"{value:.3g}")
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    from decimal import Decimal
+
+    digits = max(0, 2 - Decimal(repr(abs(value))).adjusted())
+    return f"{value:.{digits}f}"
+
+
 def format_count(n: int) -> str:
     if n >= 1_000_000:
         return f"{n / 1e6:.1f} M ({n:,})"
@@ -99,7 +114,7 @@ def inspect_tables(report: dict[str, Any]) -> list[Any]:
                 ("parameters", format_count(report.get("num_parameters", 0))),
                 ("feature dim", report.get("feature_dim")),
                 ("input size", report.get("input_size")),
-                ("GFLOPs / image", report.get("gflops")),
+                ("GFLOPs / image", format_figure(report.get("gflops"))),
             ],
         )
     )

@@ -5,7 +5,10 @@ compact table, a row per image, whose column widths are fixed before the first r
 terminal width, the input paths and the model's label names, all known before the run), so each
 batch's rows print at once under the header and line up with the rows before them; Ctrl-C keeps
 every finished row. A failed input is one line: its path, then one red cell spanning the other
-columns, cut with an ellipsis. Header words never wrap.
+columns, cut with an ellipsis. Header words never wrap. With `-k K` every one of the K classes is
+shown at any width: the runners-up (first synonyms and probabilities) fill a column of their own
+when the terminal has room for one, wrapping between entries, else a line below each image's row
+that spans the columns right of the path.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from bitcli.results import ClassifyResult, Prediction
 # More images than this are shown as one compact table (a row per image) instead of one table each.
 COMPACT_AFTER = 4
 # The compact table: paths stay on one line when a label still gets LABEL_MIN_WIDTH columns beside
-# them; top-1 labels get up to LABEL_WIDE; runners-up appear only with RUNNERS_UP_MIN_WIDTH left.
+# them; top-1 labels get up to LABEL_WIDE; runners-up get a column of their own with
+# RUNNERS_UP_MIN_WIDTH left, else a line below the row.
 LABEL_MIN_WIDTH = 14
 LABEL_WIDE = 30
 RUNNERS_UP_MIN_WIDTH = 24
+RUNNERS_UP_BELOW = "runners-up: "
 PROBABILITY_WIDTH = len("probability")
 CLASS_WIDTH = len("class")
 SEPARATOR = 3  # " │ " between two columns (no padding at the table's edges)
@@ -137,8 +142,9 @@ class CompactLayout:
     path: int
     path_folds: bool  # the last resort: a path too long for the terminal folds over lines
     label: int
-    runners: int | None  # None: no runners-up column
+    runners: int | None  # None: no runners-up column (with top_k > 1, they go on a line below)
     top_k: int
+    below: int = 0  # the width of the runners-up lines below a row (every column right of the path)
 
     @classmethod
     def plan(cls, paths: Iterable[str], labels: Iterable[str], top_k: int, width: int) -> CompactLayout:
@@ -154,7 +160,8 @@ class CompactLayout:
         rest = width - fixed - path
         if top_k > 1 and rest - label_need - SEPARATOR >= RUNNERS_UP_MIN_WIDTH:
             return cls(path, folds, label_need, rest - label_need - SEPARATOR, top_k)
-        return cls(path, folds, max(min(rest, longest_label), len("top-1")), None, top_k)
+        label = max(min(rest, longest_label), len("top-1"))
+        return cls(path, folds, label, None, top_k, max(width - path - SEPARATOR, label + PROBABILITY_WIDTH + CLASS_WIDTH + 2 * SEPARATOR))
 
     @property
     def span(self) -> int:
@@ -174,7 +181,7 @@ class CompactLayout:
         table.add_column("probability", width=PROBABILITY_WIDTH, justify="right", no_wrap=True)
         table.add_column("class", width=CLASS_WIDTH, justify="right", style="dim", no_wrap=True)
         if self.runners:
-            table.add_column("runners-up", width=self.runners, style="dim", no_wrap=True)
+            table.add_column("runners-up", width=self.runners, style="dim", overflow="fold")
         return table
 
     def failure_table(self, result: ClassifyResult) -> Any:
@@ -187,8 +194,20 @@ class CompactLayout:
         table.add_row(Text(shown(result.path)), failure_text(str(result.error)))
         return table
 
+    def below_table(self, result: ClassifyResult) -> Any:
+        """The runners-up on lines of their own under the row, across the columns right of the path."""
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(show_edge=False, pad_edge=False, show_header=False)
+        table.add_column("image", width=self.path)
+        table.add_column("runners-up", width=self.below, overflow="fold", style="dim")
+        table.add_row("", Text(runners_up_text(result.predictions[1:], self.below, lead=RUNNERS_UP_BELOW)))
+        return table
+
     def rows(self, results: Iterable[ClassifyResult]) -> list[Any]:
-        """Renderables for `results` in order: runs of good rows as one table, each failure alone."""
+        """Renderables for `results` in order: runs of good rows as one table, each failure alone,
+        and, without a runners-up column, each row followed by its runners-up lines."""
         from rich.text import Text
 
         out: list[Any] = []
@@ -206,6 +225,9 @@ class CompactLayout:
             if self.runners:
                 row.append(Text(runners_up_text(r.predictions[1:], self.runners)))
             table.add_row(*row)
+            if self.runners is None and len(r.predictions) > 1:
+                out.append(self.below_table(r))
+                table = None
         return out
 
 
@@ -220,19 +242,22 @@ def compact_table(results: Iterable[ClassifyResult], top_k: int, width: int) -> 
     return Group(layout.table(header=True), *layout.rows(results))
 
 
-def runners_up_text(predictions: list[Prediction], room: int | None) -> str:
-    """'tiger cat 10.00%; Egyptian cat 5.00%', as many as fit in `room` characters, then '…'."""
+def runners_up_text(predictions: list[Prediction], room: int | None, *, lead: str = "") -> str:
+    """'tiger cat 10.00%; Egyptian cat 5.00%': every entry, after `lead`, on lines of at most `room`
+    cells, broken between entries (an entry longer than a whole line is left for the table to fold)."""
+    from rich.cells import cell_len
+
     parts = [f"{shown(first_name(p.label))} {format_percent(p.score)}" for p in predictions]
     if room is None:
-        return "; ".join(parts)
-    text = ""
+        return lead + "; ".join(parts)
+    lines: list[str] = [lead.rstrip()] if lead else []
     for n, part in enumerate(parts):
-        candidate = f"{text}; {part}" if text else part
-        more = n + 1 < len(parts)
-        if len(candidate) + (3 if more else 0) > room:
-            return f"{text}; …" if text else "…"
-        text = candidate
-    return text
+        part += ";" if n + 1 < len(parts) else ""
+        if lines and cell_len(lines[-1]) + 1 + cell_len(part) <= room:
+            lines[-1] += " " + part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
 
 
 def first_name(label: str) -> str:

@@ -11,7 +11,9 @@ classes, per data class precision (null when the model never predicted the class
 support, the confusion matrix [true class][predicted class] over the data's classes and, when
 the model has other labels too, `predicted_other`: per true class, how many images the model
 gave a label outside the data's classes. Images that cannot be decoded are left out and
-listed in `failed`.
+listed in `failed`. `mistakes`: every image whose top-1 is wrong, as {path, true, predicted,
+score} (the data's class names; a label outside them as the model names it; score = the top-1
+probability), most confident first, then in data order.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Evaluation:
     failed: list[tuple[str, str]] = field(default_factory=list)
     model: str = ""
     matched: dict[str, str] = field(default_factory=dict)  # data class -> model label, where they differ
+    mistakes: list[dict[str, Any]] = field(default_factory=list)  # see the module docstring
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -57,6 +60,7 @@ class Evaluation:
         out["model"] = self.model
         if self.matched:
             out["matched"] = self.matched
+        out["mistakes"] = self.mistakes
         return out
 
 
@@ -118,13 +122,15 @@ def evaluate(
     target_of = match_classes(dataset.classes, labels.names, labels.synsets)
     classifier = Classifier(loaded, top_k=min(TOP_K, num_labels), labels=labels, **classifier_options)
     items = [InputItem(index=i, path=p) for i, p in enumerate(dataset.paths)]
-    truth, tops, failed = [], [], []
+    truth, tops, scores, paths, failed = [], [], [], [], []
     for i, result in enumerate(classifier.classify(items)):
         if result.error is not None:
             failed.append((result.path, str(result.error)))
         else:
             truth.append(dataset.examples[i].label)
             tops.append([p.index for p in result.predictions])
+            scores.append(result.predictions[0].score)
+            paths.append(result.path)
         if progress is not None:
             progress(i + 1, len(items))
     if not truth:
@@ -133,7 +139,27 @@ def evaluate(
     evaluation.failed = failed
     evaluation.model = loaded.name
     evaluation.matched = {c: labels.names[t] for c, t in zip(dataset.classes, target_of) if labels.names[t] != c}
+    evaluation.mistakes = mistakes(dataset.classes, target_of, labels.names, paths, truth, [t[0] for t in tops], scores)
     return evaluation
+
+
+def mistakes(
+    classes: list[str], target_of: list[int], labels: list[str],
+    paths: list[str], truth: list[int], predicted: list[int], scores: list[float],
+) -> list[dict[str, Any]]:
+    """The wrong top-1s: {path, true, predicted, score}, highest score first, then in data order."""
+    class_of = {m: d for d, m in enumerate(target_of)}
+    wrong = [
+        {
+            "path": path,
+            "true": classes[t],
+            "predicted": classes[class_of[p]] if p in class_of else labels[p],
+            "score": float(score),
+        }
+        for path, t, p, score in zip(paths, truth, predicted, scores)
+        if p != target_of[t]
+    ]
+    return sorted(wrong, key=lambda m: -m["score"])  # stable: ties keep the data's order
 
 
 def score(classes: list[str], target_of: list[int], truth: np.ndarray, tops: np.ndarray, num_labels: int) -> Evaluation:

@@ -64,6 +64,7 @@ class Callbacks:
     embed: Callable[[int, int], None] | None = None  # (done, total) images embedded
     plan: Callable[[Plan], None] | None = None  # fine-tune plan, once the first steps are timed
     step: Callable[[Progress], None] | None = None  # after every fine-tuning step
+    notice: Callable[[str], None] | None = None  # a one-line warning (a base without preprocessor_config.json)
 
     def say(self, text: str) -> None:
         if self.stage is not None:
@@ -125,6 +126,9 @@ def train(
             callbacks.say(f"{dataset.source}: dropped {dataset.duplicates} duplicate {rows} (a file listed again with its label)")
     callbacks.say(f"loading {base}")
     base_model = load_base(base, offline=options.offline)
+    notice = base_model.preprocess.missing_notice(str(base))
+    if notice and callbacks.notice is not None:
+        callbacks.notice(notice)
     with _write_failures(outdir, options), Staging(outdir, overwrite=options.overwrite) as staging:
         if options.method == "linear":
             details = _linear(base, base_model, train_set, val_set, staging.path, options, callbacks)
