@@ -125,8 +125,14 @@ def test_resume_with_another_max_pixels_is_refused(ckpt, pics, tmp_path, monkeyp
     monkeypatch.setattr(Embedder, "embed_groups", interrupted)
     assert run(["embed", *inputs, "-m", ckpt, "-o", tmp_path / "o.npy", "--max-pixels", "10000"]).exit_code == 130
     monkeypatch.undo()
-    result = run(["embed", *inputs, "-m", ckpt, "-o", tmp_path / "o.npy", "--resume"])
-    assert_clean_failure(result, 2)
+    # Not given: the interrupted run's limit is taken (the big image fails again, as it did).
+    taken = run(["embed", *inputs, "-m", ckpt, "-o", tmp_path / "o.npy", "--resume"])
+    assert taken.exit_code == 1 and "over the limit of 10,000" in taken.stderr
+    monkeypatch.setattr(Embedder, "embed_groups", interrupted)
+    assert run(["embed", *inputs, "-m", ckpt, "-o", tmp_path / "p.npy", "--max-pixels", "10000"]).exit_code == 130
+    monkeypatch.undo()
+    result = run(["embed", *inputs, "-m", ckpt, "-o", tmp_path / "p.npy", "--resume", "--max-pixels", "20000"])
+    assert_clean_failure(result, 2)  # given and different: refused
     assert "max_pixels" in result.stderr
 
 

@@ -56,9 +56,11 @@ def test_resume_with_another_precision_is_refused(ckpt, photos, tmp_path, monkey
     out = tmp_path / "o.npy"
     assert run(["embed", photos, "-m", ckpt, "-o", out, "--precision", "bf16"]).exit_code == 130
     monkeypatch.undo()
-    result = run(["embed", photos, "-m", ckpt, "-o", out, "--resume"])
-    assert_clean_failure(result, 2)
+    result = run(["embed", photos, "-m", ckpt, "-o", out, "--resume", "--precision", "fp32"])
+    assert_clean_failure(result, 2)  # given and different: refused
     assert "precision" in result.stderr
+    taken = run(["embed", photos, "-m", ckpt, "-o", out, "--resume"])  # not given: the run's own bf16
+    assert taken.exit_code == 0, taken.stderr
 
 
 @pytest.mark.slow
