@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from clihelpers import assert_clean_failure, jsonl, run
-from collectionfiles import all_pairs_groups, cosine_matrix, make_duplicates
+from collectionfiles import Cards, all_pairs_groups, cosine_matrix, make_duplicates, read_cards
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,8 @@ def test_html_page_shows_every_group(base, tmp_path):
 
     Reader().feed(page.read_text())
     assert sum(t.startswith("Group ") for t in texts) == len(groups)
-    assert all(p in texts for g in groups for p in g["paths"])
+    cards = read_cards(page.read_text())
+    assert [c["path"] for c in cards] == [p for g in groups for p in g["paths"]]
     (tmp_path / "mine.html").write_text("<p>my notes</p>")
     refused = dedup("--html", tmp_path / "mine.html")
     assert_clean_failure(refused, 2)
@@ -155,3 +156,34 @@ def test_threshold_one_finds_byte_identical_copies(tmp_path):
     result = run(["dedup", out, "--threshold", "1", "-f", "jsonl"])
     assert result.exit_code == 0, result.stderr
     assert [g["paths"] for g in jsonl(result.stdout)] == [[f"img{i:05d}.jpg" for i in (3, 10, 20, 29)]]
+
+
+def test_html_names_break_only_between_parts_scores_have_4_decimals_and_the_kept_file_is_marked(base, tmp_path):
+    import re
+
+    from relhelpers import bit as real_bit
+
+    page = tmp_path / "groups.html"
+    groups = jsonl(real_bit("dedup", "photos.npy", "-t", "0.98", "-f", "jsonl", cwd=os.getcwd()).stdout.decode())
+    made = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "largest", "--html", page, cwd=os.getcwd())
+    assert made.returncode == 0, made.stderr
+    deleted = set(os.fsdecode(made.stdout).splitlines())
+    reader = Cards()
+    reader.feed(page.read_text())
+    cards = reader.cards
+    assert [c["path"] for c in cards] == [p for g in groups for p in g["paths"]]
+    for card in cards:
+        assert card["parts"] == card["path"].split("/") and card["title"] == card["path"]
+    assert "break-all" not in reader.css and "break-word" not in reader.css and "anywhere" not in reader.css
+    assert ".seg{white-space:nowrap}" in reader.css
+    assert reader.scores and all(re.fullmatch(r"-?\d\.\d{4}", text) for text, _ in reader.scores)
+    assert all(f"{float(title):.4f}" == text for text, title in reader.scores)
+    by_path = {c["path"]: c for c in cards}
+    for group in groups:
+        kept = [p for p in group["paths"] if p not in deleted]
+        assert len(kept) == 1
+        assert by_path[kept[0]]["badges"] == ["keep"] and "kept" in by_path[kept[0]]["classes"]
+        assert all(by_path[p]["badges"] == [] for p in group["paths"] if p != kept[0])
+    plain = tmp_path / "plain.html"
+    assert real_bit("dedup", "photos.npy", "-t", "0.98", "--html", plain, cwd=os.getcwd()).returncode == 0
+    assert all(c["badges"] == [] for c in read_cards(plain.read_text()))  # no --keep: nothing marked

@@ -160,10 +160,16 @@ def test_html_page_parses_and_references_every_match(base, tmp_path):
             texts.append(data)
 
     Reader().feed(page.read_text())
+    from collectionfiles import Cards
+
+    cards = Cards()
+    cards.feed(page.read_text())
+    shown = [c["path"] for c in cards.cards]
     for record in jsonl(result.stdout):
         assert f"Query: {record['query']}" in texts
         for match in record["matches"]:
-            assert match["path"] in texts and str(match["score"]) in texts
+            assert match["path"] in shown and f"{match['score']:.4f}" in texts
+            assert (f"{match['score']:.4f}", str(match["score"])) in cards.scores  # full value as the title
     assert page.read_text().count("data:image/jpeg;base64,") >= 5
 
 

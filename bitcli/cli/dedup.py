@@ -92,7 +92,7 @@ def dedup(
     else:
         render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout)
     if html is not None:
-        write_html(collection, groups, html, threshold)
+        write_html(collection, groups, html, threshold, kept=deletions.kept if keep is not None else ())
     return EXIT_OK
 
 
@@ -107,9 +107,9 @@ def write_paths(paths: list[str], null: bool) -> None:
     out.flush()
 
 
-def write_html(index: Any, groups: list[Any], path: Path, threshold: float) -> None:
+def write_html(index: Any, groups: list[Any], path: Path, threshold: float, kept: Any = ()) -> None:
     from bitcli import __version__
     from bitcli.collection.html import dedup_page, write_page
 
     about = f"{len(groups)} groups among {index.rows} images, cosine similarity >= {threshold}"
-    write_page(path, dedup_page(groups, index.locate, title=f"bit dedup {index.array_path.name}", about=about, version=__version__))
+    write_page(path, dedup_page(groups, index.locate, title=f"bit dedup {index.array_path.name}", about=about, version=__version__, kept=kept))
