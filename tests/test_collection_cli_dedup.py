@@ -187,3 +187,118 @@ def test_html_names_break_only_between_parts_scores_have_4_decimals_and_the_kept
     plain = tmp_path / "plain.html"
     assert real_bit("dedup", "photos.npy", "-t", "0.98", "--html", plain, cwd=os.getcwd()).returncode == 0
     assert all(c["badges"] == [] for c in read_cards(plain.read_text()))  # no --keep: nothing marked
+
+
+@pytest.fixture
+def fresh(ckpt, tmp_path):
+    """A collection of its own (these tests move its files): photos/ with copies, embedded."""
+    from relhelpers import bit as real_bit
+
+    make_duplicates(tmp_path / "photos")
+    made = real_bit("embed", "photos", "-o", "photos.npy", "-m", ckpt, "-q", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    return tmp_path
+
+
+def _contents(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _listed(base, *extra) -> list[str]:
+    from relhelpers import bit as real_bit
+
+    done = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", *extra, cwd=base)
+    assert done.returncode == 0, done.stderr
+    return os.fsdecode(done.stdout).splitlines()
+
+
+def test_move_sets_aside_what_keep_would_not_keep_and_never_overwrites(fresh):
+    from relhelpers import bit as real_bit
+
+    before = _contents(fresh / "photos")
+    listed = _listed(fresh)
+    assert len(listed) == 6
+    clash = os.path.basename(listed[0])
+    (fresh / "dups").mkdir()
+    (fresh / "dups" / clash).write_bytes(b"my own file")  # already in DIR: never replaced
+    moved = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups", cwd=fresh)
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout == b""
+    lines = moved.stderr.decode().strip().splitlines()
+    assert lines[-1] == "moved 6 duplicates into dups (6 kept, one per group)", lines
+    assert (fresh / "dups" / clash).read_bytes() == b"my own file"
+    stem, ext = os.path.splitext(clash)
+    assert (fresh / "dups" / f"{stem}-2{ext}").read_bytes() == before[clash]
+    for path in listed:
+        assert not os.path.lexists(fresh / path)
+    after = {**_contents(fresh / "photos"), **{k: v for k, v in _contents(fresh / "dups").items() if k != clash}}
+    assert sorted(after.values()) == sorted(before.values())  # nothing lost, nothing changed
+    assert set(_contents(fresh / "photos")) == set(before) - {os.path.basename(p) for p in listed}
+    again = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups", cwd=fresh)
+    assert again.returncode == 0 and "moved 0 duplicates" in again.stderr.decode()  # the moved ones are gone: skipped
+
+
+def test_link_puts_links_in_a_new_folder_and_a_second_run_adds_nothing(fresh):
+    from relhelpers import bit as real_bit
+
+    before = _contents(fresh / "photos")
+    listed = _listed(fresh)
+    for _ in range(2):
+        linked = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--link", "new/links", cwd=fresh)
+        assert linked.returncode == 0, linked.stderr
+        assert "linked 6 duplicates into new/links" in linked.stderr.decode()
+    entries = sorted((fresh / "new" / "links").iterdir())
+    assert [e.name for e in entries] == sorted(os.path.basename(p) for p in listed)
+    for entry in entries:
+        assert entry.is_symlink() and os.readlink(entry) == str(fresh / "photos" / entry.name)
+    assert _contents(fresh / "photos") == before
+
+
+def test_links_among_the_sources_are_refused_and_the_run_exits_1(fresh):
+    from relhelpers import bit as real_bit
+
+    listed = _listed(fresh)
+    victim = fresh / listed[0]
+    (fresh / "elsewhere").mkdir()
+    os.rename(victim, fresh / "elsewhere" / victim.name)  # same size and mtime: still the embedded file
+    victim.symlink_to(fresh / "elsewhere" / victim.name)
+    assert listed[0] in _listed(fresh)
+    moved = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups", cwd=fresh)
+    err = moved.stderr.decode()
+    assert moved.returncode == 1, err
+    assert f"{listed[0]}: not moved: is a symbolic link" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: moved 5 of 6 duplicates into dups")
+    assert victim.is_symlink() and (fresh / "elsewhere" / victim.name).is_file()
+    assert not (fresh / "dups" / victim.name).exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--move", "d"], "add --keep"),
+        (["--keep", "first", "--move", "d", "--link", "e"], "choose one"),
+        (["--keep", "first", "--move", "d", "-0"], "leave out -0"),
+        (["--keep", "first", "--move", "afile"], "not a folder"),
+    ],
+)
+def test_move_and_link_usage_errors(base, args, message):
+    from relhelpers import bit as real_bit
+
+    open("afile", "w").close()
+    result = real_bit("dedup", "photos.npy", *args, cwd=os.getcwd())
+    err = result.stderr.decode()
+    assert result.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not os.path.exists("d") and not os.path.exists("e")
+
+
+def test_a_file_changed_since_it_was_embedded_is_not_moved(fresh):
+    from relhelpers import bit as real_bit
+
+    listed = _listed(fresh)
+    changed = fresh / listed[1]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    moved = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups", cwd=fresh)
+    err = moved.stderr.decode()
+    assert moved.returncode == 0, err
+    assert f"{listed[1]}: changed since it was embedded, not listed" in err and "moved 5 duplicates" in err
+    assert changed.is_file() and not (fresh / "dups" / changed.name).exists()

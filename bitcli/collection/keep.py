@@ -26,6 +26,7 @@ class Deletions:
     delete: list[str]
     changed: list[str]
     kept: list[str] = field(default_factory=list)  # the member kept in each group that lists any
+    files: dict[str, str] = field(default_factory=dict)  # each listed path -> the file it names (resolved as recorded)
 
 
 def paths_to_delete(index: EmbeddingIndex, groups: list[DuplicateGroup], keep: str) -> Deletions:
@@ -56,7 +57,7 @@ def paths_to_delete(index: EmbeddingIndex, groups: list[DuplicateGroup], keep: s
                 continue
             seen.add(member[1])
             out.append(member[1])
-    return Deletions(out, list(dict.fromkeys(changed)), kept_paths)
+    return Deletions(out, list(dict.fromkeys(changed)), kept_paths, {p: index.locate(p) or p for p in out})
 
 
 def _recorded_identities(index: EmbeddingIndex, groups: list[DuplicateGroup]) -> dict[int, FileIdentity | None] | None:
