@@ -302,3 +302,15 @@ def test_a_file_changed_since_it_was_embedded_is_not_moved(fresh):
     assert moved.returncode == 0, err
     assert f"{listed[1]}: changed since it was embedded, not listed" in err and "moved 5 duplicates" in err
     assert changed.is_file() and not (fresh / "dups" / changed.name).exists()
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_move_on_a_terminal_ends_with_one_summary_line(fresh, columns):
+    from ptyscreen import bar_lines, collisions, run_on_screen
+
+    run = run_on_screen(["dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups"], columns=columns, cwd=fresh)
+    assert run.exit_code == 0, run.text
+    assert not collisions(run.frames) and not bar_lines(run.lines), run.text
+    assert run.lines[-1] == "moved 6 duplicates into dups (6 kept, one per group)", run.text
+    assert sum("moved" in line for line in run.lines) == 1
+    assert len(list((fresh / "dups").iterdir())) == 6

@@ -247,3 +247,17 @@ def test_a_missing_model_folder_says_it_came_from_the_metadata(base, ckpt, tmp_p
     assert "models/tiny" in lines[0] and "few.meta.json" in lines[0] and "--model" in lines[0], err
     again = _bit("search", "few.npy", "photos/chelsea.png", "-k", "1", "-m", str(ckpt), "-f", "jsonl", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_min_score_on_a_terminal_table(base, columns):
+    from ptyscreen import run_on_screen
+
+    every = jsonl(_bit("search", "photos.npy", "photos/coffee.png", "-k", "6", "-f", "jsonl").stdout.decode())[0]["matches"]
+    cut = every[2]["score"]
+    run = run_on_screen(["search", "photos.npy", "photos/coffee.png", "photos/chelsea.png", "-k", "6", "-s", cut], columns=columns, cwd=base[0])
+    assert run.exit_code == 0, run.text
+    shown = [line.split() for line in run.lines if line.split() and line.split()[-1].startswith("photos/") and len(line.split()) >= 3]
+    scores = [float(cols[-2]) for cols in shown]
+    assert scores and all(s >= round(cut, 4) for s in scores), run.text
+    assert [m["path"] for m in every[:3]] == [cols[-1] for cols in shown[:3]], run.text
