@@ -165,7 +165,7 @@ def test_html_names_break_only_between_parts_scores_have_4_decimals_and_the_kept
 
     page = tmp_path / "groups.html"
     groups = jsonl(real_bit("dedup", "photos.npy", "-t", "0.98", "-f", "jsonl", cwd=os.getcwd()).stdout.decode())
-    made = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "largest", "--html", page, cwd=os.getcwd())
+    made = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "newest", "--html", page, cwd=os.getcwd())
     assert made.returncode == 0, made.stderr
     deleted = set(os.fsdecode(made.stdout).splitlines())
     reader = Cards()
@@ -184,6 +184,7 @@ def test_html_names_break_only_between_parts_scores_have_4_decimals_and_the_kept
         assert len(kept) == 1
         assert by_path[kept[0]]["badges"] == ["keep"] and "kept" in by_path[kept[0]]["classes"]
         assert all(by_path[p]["badges"] == [] for p in group["paths"] if p != kept[0])
+    assert any(by_path[g["paths"][0]]["badges"] == [] for g in groups)  # the kept one, not the first one
     plain = tmp_path / "plain.html"
     assert real_bit("dedup", "photos.npy", "-t", "0.98", "--html", plain, cwd=os.getcwd()).returncode == 0
     assert all(c["badges"] == [] for c in read_cards(plain.read_text()))  # no --keep: nothing marked
@@ -221,9 +222,11 @@ def test_move_sets_aside_what_keep_would_not_keep_and_never_overwrites(fresh):
     clash = os.path.basename(listed[0])
     (fresh / "dups").mkdir()
     (fresh / "dups" / clash).write_bytes(b"my own file")  # already in DIR: never replaced
-    moved = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups", cwd=fresh)
+    moved = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups", "--html", "page.html", cwd=fresh)
     assert moved.returncode == 0, moved.stderr
     assert moved.stdout == b""
+    page = (fresh / "page.html").read_text()
+    assert page.count("no preview") == 0 and len(read_cards(page)) == 12  # drawn before the files moved
     lines = moved.stderr.decode().strip().splitlines()
     assert lines[-1] == "moved 6 duplicates into dups (6 kept, one per group)", lines
     assert (fresh / "dups" / clash).read_bytes() == b"my own file"

@@ -109,15 +109,17 @@ def dedup(
         deletions = paths_to_delete(collection, groups, keep.value)
         for path in deletions.changed:
             ui.warn(f"{path}: changed since it was embedded, not listed; bring the index up to date (bit embed INPUTS -o {npy_name(index)} --update) and run dedup again")
+        if html is not None:  # before --move takes the files away: the page shows them
+            write_html(collection, groups, html, threshold, kept=deletions.kept)
         if target is None:
             write_paths(deletions.delete, null)
         else:
             failed = set_aside(ui, deletions, *target)
-    else:
-        render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout)
+        return EXIT_SOME_FAILED if target is not None and failed else EXIT_OK
+    render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout)
     if html is not None:
-        write_html(collection, groups, html, threshold, kept=deletions.kept if keep is not None else ())
-    return EXIT_SOME_FAILED if target is not None and failed else EXIT_OK
+        write_html(collection, groups, html, threshold)
+    return EXIT_OK
 
 
 def check_set_aside(keep: Any, link: Path | None, move: Path | None, null: bool) -> tuple[Path, str] | None:
