@@ -317,3 +317,37 @@ def test_move_on_a_terminal_ends_with_one_summary_line(fresh, columns):
     assert run.lines[-1] == "moved 6 duplicates into dups (6 kept, one per group)", run.text
     assert sum("moved" in line for line in run.lines) == 1
     assert len(list((fresh / "dups").iterdir())) == 6
+
+
+def test_move_across_file_systems_copies_then_removes(tmp_path, monkeypatch):
+    import errno
+
+    from bitcli.collection import relocate as rel
+
+    source = tmp_path / "a" / "photo.jpg"
+    source.parent.mkdir()
+    source.write_bytes(b"jpeg bytes")
+    os.utime(source, ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "photo.jpg").write_bytes(b"mine")
+
+    def no_link(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(rel.os, "link", no_link)
+    done = rel.relocate([str(source)], {}, tmp_path / "d", "move")
+    assert done.failed == [] and done.done == [(str(source), str(tmp_path / "d" / "photo-2.jpg"))]
+    moved = tmp_path / "d" / "photo-2.jpg"
+    assert moved.read_bytes() == b"jpeg bytes" and moved.stat().st_mtime_ns == 1_600_000_000_123_456_789
+    assert not source.exists() and (tmp_path / "d" / "photo.jpg").read_bytes() == b"mine"
+
+
+def test_special_files_are_refused_as_sources(tmp_path):
+    from bitcli.collection.relocate import relocate
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    done = relocate([str(fifo), str(tmp_path / "gone.jpg")], {}, tmp_path / "d", "move")
+    assert done.done == []
+    assert done.failed == [(str(fifo), "is not a regular file (a FIFO)"), (str(tmp_path / "gone.jpg"), "no such file or directory")]
+    assert fifo.exists() and list((tmp_path / "d").iterdir()) == []
