@@ -39,6 +39,7 @@ EPILOG = epilog(
     "bit search photos.npy new.jpg 'inbox/*.jpg' --top-k 5",
     "bit search photos.npy query.jpg --format csv > matches.csv",
     "bit search photos.npy query.jpg --html matches.html  # thumbnails embedded: open anywhere",
+    "bit search photos.npy query.jpg --min-score 0.9  # only the matches scoring 0.9 or more",
     "bit search photos.npy --build-index  # approximate index beside it (pip install 'bitcli[search]')",
     note=(
         "Scores are cosine similarities. QUERY images are embedded with the model and settings INDEX "
