@@ -3,6 +3,8 @@ straightforward all-pairs computations the blocked code is checked against."""
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +139,54 @@ def make_duplicates(directory: Path) -> dict[str, str]:
         "retina_crop.png": "retina.jpg",
         "rocket_crop.png": "rocket.jpg",
     }
+
+
+class Cards(HTMLParser):
+    """Each figure of a page: its path (the joined parts), the parts, its scores, its badges."""
+
+    def __init__(self):
+        super().__init__()
+        self.cards: list[dict] = []
+        self.scores: list[tuple[str, str]] = []  # (text, title) of every score on the page
+        self.css = ""
+        self._stack: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        cls = attrs.get("class") or ""
+        if tag == "figure":
+            self.cards.append({"path": "", "parts": [], "badges": [], "classes": cls.split(), "title": None})
+        if tag == "span":
+            if cls == "path":
+                self.cards[-1]["title"] = attrs.get("title")
+            if cls == "seg":
+                self.cards[-1]["parts"].append("")
+            if cls == "score":
+                self.scores.append(("", attrs.get("title")))
+            if cls.startswith("badge"):
+                self.cards[-1]["badges"].append("")
+        self._stack.append(cls if tag == "span" else tag)
+
+    def handle_endtag(self, tag):
+        self._stack.pop()
+
+    def handle_data(self, data):
+        where = self._stack[-1] if self._stack else ""
+        if where == "style":
+            self.css += data
+        if "path" in self._stack:
+            self.cards[-1]["path"] += data
+            if where == "seg":
+                self.cards[-1]["parts"][-1] += data
+        if where == "score":
+            self.scores[-1] = (self.scores[-1][0] + data, self.scores[-1][1])
+        if where.startswith("badge"):
+            self.cards[-1]["badges"][-1] += data
+
+
+def read_cards(text: str) -> list[dict]:
+    reader = Cards()
+    reader.feed(text)
+    reader.close()
+    return reader.cards
+

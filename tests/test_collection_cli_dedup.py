@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from clihelpers import assert_clean_failure, jsonl, run
-from collectionfiles import all_pairs_groups, cosine_matrix, make_duplicates
+from collectionfiles import Cards, all_pairs_groups, cosine_matrix, make_duplicates, read_cards
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,8 @@ def test_html_page_shows_every_group(base, tmp_path):
 
     Reader().feed(page.read_text())
     assert sum(t.startswith("Group ") for t in texts) == len(groups)
-    assert all(p in texts for g in groups for p in g["paths"])
+    cards = read_cards(page.read_text())
+    assert [c["path"] for c in cards] == [p for g in groups for p in g["paths"]]
     (tmp_path / "mine.html").write_text("<p>my notes</p>")
     refused = dedup("--html", tmp_path / "mine.html")
     assert_clean_failure(refused, 2)
@@ -155,3 +156,198 @@ def test_threshold_one_finds_byte_identical_copies(tmp_path):
     result = run(["dedup", out, "--threshold", "1", "-f", "jsonl"])
     assert result.exit_code == 0, result.stderr
     assert [g["paths"] for g in jsonl(result.stdout)] == [[f"img{i:05d}.jpg" for i in (3, 10, 20, 29)]]
+
+
+def test_html_names_break_only_between_parts_scores_have_4_decimals_and_the_kept_file_is_marked(base, tmp_path):
+    import re
+
+    from relhelpers import bit as real_bit
+
+    page = tmp_path / "groups.html"
+    groups = jsonl(real_bit("dedup", "photos.npy", "-t", "0.98", "-f", "jsonl", cwd=os.getcwd()).stdout.decode())
+    made = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "newest", "--html", page, cwd=os.getcwd())
+    assert made.returncode == 0, made.stderr
+    deleted = set(os.fsdecode(made.stdout).splitlines())
+    reader = Cards()
+    reader.feed(page.read_text())
+    cards = reader.cards
+    assert [c["path"] for c in cards] == [p for g in groups for p in g["paths"]]
+    for card in cards:
+        assert card["parts"] == card["path"].split("/") and card["title"] == card["path"]
+    assert "break-all" not in reader.css and "break-word" not in reader.css and "anywhere" not in reader.css
+    assert ".seg{white-space:nowrap}" in reader.css
+    assert reader.scores and all(re.fullmatch(r"-?\d\.\d{4}", text) for text, _ in reader.scores)
+    assert all(f"{float(title):.4f}" == text for text, title in reader.scores)
+    by_path = {c["path"]: c for c in cards}
+    for group in groups:
+        kept = [p for p in group["paths"] if p not in deleted]
+        assert len(kept) == 1
+        assert by_path[kept[0]]["badges"] == ["keep"] and "kept" in by_path[kept[0]]["classes"]
+        assert all(by_path[p]["badges"] == [] for p in group["paths"] if p != kept[0])
+    assert any(by_path[g["paths"][0]]["badges"] == [] for g in groups)  # the kept one, not the first one
+    plain = tmp_path / "plain.html"
+    assert real_bit("dedup", "photos.npy", "-t", "0.98", "--html", plain, cwd=os.getcwd()).returncode == 0
+    assert all(c["badges"] == [] for c in read_cards(plain.read_text()))  # no --keep: nothing marked
+
+
+@pytest.fixture
+def fresh(ckpt, tmp_path):
+    """A collection of its own (these tests move its files): photos/ with copies, embedded."""
+    from relhelpers import bit as real_bit
+
+    make_duplicates(tmp_path / "photos")
+    made = real_bit("embed", "photos", "-o", "photos.npy", "-m", ckpt, "-q", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    return tmp_path
+
+
+def _contents(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _listed(base, *extra) -> list[str]:
+    from relhelpers import bit as real_bit
+
+    done = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", *extra, cwd=base)
+    assert done.returncode == 0, done.stderr
+    return os.fsdecode(done.stdout).splitlines()
+
+
+def test_move_sets_aside_what_keep_would_not_keep_and_never_overwrites(fresh):
+    from relhelpers import bit as real_bit
+
+    before = _contents(fresh / "photos")
+    listed = _listed(fresh)
+    assert len(listed) == 6
+    clash = os.path.basename(listed[0])
+    (fresh / "dups").mkdir()
+    (fresh / "dups" / clash).write_bytes(b"my own file")  # already in DIR: never replaced
+    moved = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups", "--html", "page.html", cwd=fresh)
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout == b""
+    page = (fresh / "page.html").read_text()
+    assert page.count("no preview") == 0 and len(read_cards(page)) == 12  # drawn before the files moved
+    lines = moved.stderr.decode().strip().splitlines()
+    assert lines[-1] == "moved 6 duplicates into dups (6 kept, one per group)", lines
+    assert (fresh / "dups" / clash).read_bytes() == b"my own file"
+    stem, ext = os.path.splitext(clash)
+    assert (fresh / "dups" / f"{stem}-2{ext}").read_bytes() == before[clash]
+    for path in listed:
+        assert not os.path.lexists(fresh / path)
+    after = {**_contents(fresh / "photos"), **{k: v for k, v in _contents(fresh / "dups").items() if k != clash}}
+    assert sorted(after.values()) == sorted(before.values())  # nothing lost, nothing changed
+    assert set(_contents(fresh / "photos")) == set(before) - {os.path.basename(p) for p in listed}
+    again = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups", cwd=fresh)
+    assert again.returncode == 0 and "moved 0 duplicates" in again.stderr.decode()  # the moved ones are gone: skipped
+
+
+def test_link_puts_links_in_a_new_folder_and_a_second_run_adds_nothing(fresh):
+    from relhelpers import bit as real_bit
+
+    before = _contents(fresh / "photos")
+    listed = _listed(fresh)
+    for _ in range(2):
+        linked = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--link", "new/links", cwd=fresh)
+        assert linked.returncode == 0, linked.stderr
+        assert "linked 6 duplicates into new/links" in linked.stderr.decode()
+    entries = sorted((fresh / "new" / "links").iterdir())
+    assert [e.name for e in entries] == sorted(os.path.basename(p) for p in listed)
+    for entry in entries:
+        assert entry.is_symlink() and os.readlink(entry) == str(fresh / "photos" / entry.name)
+    assert _contents(fresh / "photos") == before
+
+
+def test_links_among_the_sources_are_refused_and_the_run_exits_1(fresh):
+    from relhelpers import bit as real_bit
+
+    listed = _listed(fresh)
+    victim = fresh / listed[0]
+    (fresh / "elsewhere").mkdir()
+    os.rename(victim, fresh / "elsewhere" / victim.name)  # same size and mtime: still the embedded file
+    victim.symlink_to(fresh / "elsewhere" / victim.name)
+    assert listed[0] in _listed(fresh)
+    moved = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups", cwd=fresh)
+    err = moved.stderr.decode()
+    assert moved.returncode == 1, err
+    assert f"{listed[0]}: not moved: is a symbolic link" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: moved 5 of 6 duplicates into dups")
+    assert victim.is_symlink() and (fresh / "elsewhere" / victim.name).is_file()
+    assert not (fresh / "dups" / victim.name).exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--move", "d"], "add --keep"),
+        (["--keep", "first", "--move", "d", "--link", "e"], "choose one"),
+        (["--keep", "first", "--move", "d", "-0"], "leave out -0"),
+        (["--keep", "first", "--move", "afile"], "not a folder"),
+    ],
+)
+def test_move_and_link_usage_errors(base, args, message):
+    from relhelpers import bit as real_bit
+
+    open("afile", "w").close()
+    result = real_bit("dedup", "photos.npy", *args, cwd=os.getcwd())
+    err = result.stderr.decode()
+    assert result.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not os.path.exists("d") and not os.path.exists("e")
+
+
+def test_a_file_changed_since_it_was_embedded_is_not_moved(fresh):
+    from relhelpers import bit as real_bit
+
+    listed = _listed(fresh)
+    changed = fresh / listed[1]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    moved = real_bit("dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups", cwd=fresh)
+    err = moved.stderr.decode()
+    assert moved.returncode == 0, err
+    assert f"{listed[1]}: changed since it was embedded, not listed" in err and "moved 5 duplicates" in err
+    assert changed.is_file() and not (fresh / "dups" / changed.name).exists()
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_move_on_a_terminal_ends_with_one_summary_line(fresh, columns):
+    from ptyscreen import bar_lines, collisions, run_on_screen
+
+    run = run_on_screen(["dedup", "photos.npy", "-t", "0.98", "--keep", "first", "--move", "dups"], columns=columns, cwd=fresh)
+    assert run.exit_code == 0, run.text
+    assert not collisions(run.frames) and not bar_lines(run.lines), run.text
+    assert run.lines[-1] == "moved 6 duplicates into dups (6 kept, one per group)", run.text
+    assert sum("moved" in line for line in run.lines) == 1
+    assert len(list((fresh / "dups").iterdir())) == 6
+
+
+def test_move_across_file_systems_copies_then_removes(tmp_path, monkeypatch):
+    import errno
+
+    from bitcli.collection import relocate as rel
+
+    source = tmp_path / "a" / "photo.jpg"
+    source.parent.mkdir()
+    source.write_bytes(b"jpeg bytes")
+    os.utime(source, ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "photo.jpg").write_bytes(b"mine")
+
+    def no_link(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(rel.os, "link", no_link)
+    done = rel.relocate([str(source)], {}, tmp_path / "d", "move")
+    assert done.failed == [] and done.done == [(str(source), str(tmp_path / "d" / "photo-2.jpg"))]
+    moved = tmp_path / "d" / "photo-2.jpg"
+    assert moved.read_bytes() == b"jpeg bytes" and moved.stat().st_mtime_ns == 1_600_000_000_123_456_789
+    assert not source.exists() and (tmp_path / "d" / "photo.jpg").read_bytes() == b"mine"
+
+
+def test_special_files_are_refused_as_sources(tmp_path):
+    from bitcli.collection.relocate import relocate
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    done = relocate([str(fifo), str(tmp_path / "gone.jpg")], {}, tmp_path / "d", "move")
+    assert done.done == []
+    assert done.failed == [(str(fifo), "is not a regular file (a FIFO)"), (str(tmp_path / "gone.jpg"), "no such file or directory")]
+    assert fifo.exists() and list((tmp_path / "d").iterdir()) == []

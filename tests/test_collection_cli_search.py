@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import io
 import json
 import shutil
@@ -159,10 +160,16 @@ def test_html_page_parses_and_references_every_match(base, tmp_path):
             texts.append(data)
 
     Reader().feed(page.read_text())
+    from collectionfiles import Cards
+
+    cards = Cards()
+    cards.feed(page.read_text())
+    shown = [c["path"] for c in cards.cards]
     for record in jsonl(result.stdout):
         assert f"Query: {record['query']}" in texts
         for match in record["matches"]:
-            assert match["path"] in texts and str(match["score"]) in texts
+            assert match["path"] in shown and f"{match['score']:.4f}" in texts
+            assert (f"{match['score']:.4f}", str(match["score"])) in cards.scores  # full value as the title
     assert page.read_text().count("data:image/jpeg;base64,") >= 5
 
 
@@ -190,3 +197,67 @@ def test_help_example_keeps_its_brackets():
     """Rich markup must not eat `[search]` from the extra's name in an example."""
     result = run(["search", "--help"], env={"COLUMNS": "200"})
     assert "pip install 'bitcli[search]'" in result.stdout
+
+
+def _bit(*args, cwd=None):
+    from relhelpers import bit
+
+    return bit(*args, cwd=cwd or os.getcwd())
+
+
+def test_min_score_lists_only_matches_at_or_above_it_in_every_format(base):
+    every = jsonl(_bit("search", "photos.npy", "photos/coffee.png", "photos/chelsea.png", "-k", "6", "-f", "jsonl").stdout.decode())
+    scores = sorted({m["score"] for r in every for m in r["matches"]})
+    cut = scores[len(scores) // 2]  # a score as printed: that match stays
+    expected = [{"query": r["query"], "matches": [m for m in r["matches"] if m["score"] >= cut]} for r in every]
+    assert any(len(e["matches"]) < 6 for e in expected) and any(e["matches"] for e in expected)
+    args = ("search", "photos.npy", "photos/coffee.png", "photos/chelsea.png", "-k", "6", "--min-score", cut)
+    result = _bit(*args, "-f", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert jsonl(result.stdout.decode()) == expected
+    assert json.loads(_bit(*args, "-f", "json").stdout) == expected
+    rows = list(csv.reader(io.StringIO(_bit(*args, "-f", "csv").stdout.decode())))[1:]
+    assert [(q, p) for q, _, p, _ in rows] == [(e["query"], m["path"]) for e in expected for m in e["matches"]]
+    assert all(float(s) >= cut for *_, s in rows)
+    table = _bit(*args, "-f", "table").stdout.decode()
+    for e, r in zip(expected, every):
+        for m in r["matches"]:
+            if m not in e["matches"]:
+                assert f"{m['score']:.4f}" not in table
+    # with -k: of the k best only
+    top1 = jsonl(_bit("search", "photos.npy", "photos/coffee.png", "-k", "1", "-s", "-1", "-f", "jsonl").stdout.decode())
+    assert len(top1[0]["matches"]) == 1
+
+
+def test_min_score_out_of_range_is_a_usage_error(base):
+    result = _bit("search", "photos.npy", "photos/coffee.png", "--min-score", "1.5")
+    assert result.returncode == 2 and b"--min-score" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_a_missing_model_folder_says_it_came_from_the_metadata(base, ckpt, tmp_path):
+    shutil.copytree(ckpt, tmp_path / "models" / "tiny")
+    make_duplicates(tmp_path / "photos")
+    assert _bit("embed", "photos/coffee.png", "photos/camera.png", "-o", "few.npy", "-m", "models/tiny", "-q", cwd=tmp_path).returncode == 0
+    shutil.rmtree(tmp_path / "models")
+    result = _bit("search", "few.npy", "photos/chelsea.png", "-k", "1", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    err = result.stderr.decode()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "models/tiny" in lines[0] and "few.meta.json" in lines[0] and "--model" in lines[0], err
+    again = _bit("search", "few.npy", "photos/chelsea.png", "-k", "1", "-m", str(ckpt), "-f", "jsonl", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_min_score_on_a_terminal_table(base, columns):
+    from ptyscreen import run_on_screen
+
+    every = jsonl(_bit("search", "photos.npy", "photos/coffee.png", "-k", "6", "-f", "jsonl").stdout.decode())[0]["matches"]
+    cut = every[2]["score"]
+    run = run_on_screen(["search", "photos.npy", "photos/coffee.png", "photos/chelsea.png", "-k", "6", "-s", cut], columns=columns, cwd=base[0])
+    assert run.exit_code == 0, run.text
+    shown = [line.split() for line in run.lines if line.split() and line.split()[-1].startswith("photos/") and len(line.split()) >= 3]
+    scores = [float(cols[-2]) for cols in shown]
+    assert scores and all(s >= round(cut, 4) for s in scores), run.text
+    assert [m["path"] for m in every[:3]] == [cols[-1] for cols in shown[:3]], run.text

@@ -36,13 +36,20 @@ class PageReader(HTMLParser):
             self.hrefs.append(attrs["href"])
         if attrs.get("aria-label"):
             self.labels.append(attrs["aria-label"])
+        if self._in == "path" and tag == "span":
+            self._depth += 1  # a part of the path (the page breaks names only between parts)
+            return
         if tag in ("style", "h2") or attrs.get("class") == "path":
             self._in = tag if tag in ("style", "h2") else "path"
+            self._depth = 1
             {"style": self.styles, "h2": self.h2, "path": self.paths}[self._in].append("")
 
     def handle_endtag(self, tag):
-        if tag in ("style", "h2", "span"):
-            self._in = None if tag != "span" or self._in == "path" else self._in
+        if self._in == "path" and tag == "span":
+            self._depth -= 1
+            self._in = None if self._depth == 0 else "path"
+        elif tag in ("style", "h2"):
+            self._in = None
 
     def handle_data(self, data):
         if self._in:
@@ -116,7 +123,7 @@ def test_dedup_page_shows_every_group_member_with_its_score(photos):
     assert reader.paths == ["a.png", "b.png", EVIL]
     assert reader.h2[0].startswith("Group 1: 3 images")
     for score in groups[0].scores_to_first[1:]:
-        assert f"{score}</span> to first" in page
+        assert f'title="{score}">{score:.4f}</span> to first' in page
 
 
 def test_an_empty_result_still_makes_a_page():

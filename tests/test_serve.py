@@ -350,6 +350,17 @@ def test_search_through_the_server_prints_what_the_command_prints(search_server,
     assert text(remote.stderr) == text(local.stderr)
 
 
+def test_search_through_the_server_honours_min_score(search_server, collection):
+    ask = ("search", "digits", "queries/q0.png", "queries/q1.png", "-k", "5", "-f", "jsonl", "--server", search_server.url)
+    every = [json.loads(x) for x in text(bit(*ask, cwd=collection).stdout).splitlines()]
+    cut = sorted(m["score"] for r in every for m in r["matches"])[4]
+    done = bit(*ask, "--min-score", str(cut), cwd=collection)
+    assert done.returncode == 0, text(done.stderr)
+    kept = [json.loads(x) for x in text(done.stdout).splitlines()]
+    assert kept == [{"query": r["query"], "matches": [m for m in r["matches"] if m["score"] >= cut]} for r in every]
+    assert sum(len(r["matches"]) for r in kept) == sum(len(r["matches"]) for r in every) - 4
+
+
 def test_search_api_and_thumbnails(search_server, collection):
     status, _, models = search_server.json("/v1/models")
     assert models["indexes"] == [{"name": "digits", "rows": 20, "dim": 256, "path": str(collection / "digits.npy")}]

@@ -2,8 +2,9 @@
 
 Groups are the connected components of the pairs whose cosine similarity is >= --threshold
 (`collection.dedup`: exact, blocked, never an N x N matrix). `--keep` prints paths to delete
-instead of the groups, one per line (NUL-terminated with -0, for `xargs -0 rm`); nothing is
-ever deleted here.
+instead of the groups, one per line (NUL-terminated with -0, for `xargs -0 rm`); with `--link
+DIR` or `--move DIR` those files are linked or moved into DIR instead (`collection.relocate`).
+Nothing is ever deleted here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.common import EXIT_OK, ClassifyFormat, DebugOpt, QuietOpt, Ui, require_stdout
+from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, DebugOpt, QuietOpt, Ui, require_stdout
 from bitcli.cli.helpscreen import epilog
 from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name
 from bitcli.collection import DEFAULT_THRESHOLD
@@ -26,9 +27,11 @@ EPILOG = epilog(
     "bit dedup photos.npy --threshold 0.95 --format csv > groups.csv",
     "bit dedup photos.npy --html groups.html  # look before deleting anything",
     "bit dedup photos.npy --keep largest -0 | xargs -0 rm --  # keep the largest of each group",
+    "bit dedup photos.npy --keep largest --move dups/  # the others set aside in dups/",
     note=(
         f"Default threshold {DEFAULT_THRESHOLD} (docs/collection.md says why and how to tune it). --keep "
-        "prints the files one would delete; bit never deletes anything itself."
+        "prints the files one would delete; --link/--move DIR set them aside in DIR (a taken name gets "
+        "a -2, -3... suffix); bit never deletes or overwrites anything itself."
     ),
 )
 
@@ -57,6 +60,22 @@ def dedup(
         ),
     ] = None,
     null: Annotated[bool, typer.Option("--null", "-0", help="With --keep: end each path with NUL instead of a newline.")] = False,
+    link: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--link", metavar="DIR",
+            help="With --keep: instead of printing the files one would delete, put a symbolic link to each in DIR "
+            "(created if missing; a taken name gets a -2, -3... suffix).",
+        ),
+    ] = None,
+    move: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--move", metavar="DIR",
+            help="With --keep: instead of printing the files one would delete, move them into DIR "
+            "(created if missing; never overwriting: a taken name gets a -2, -3... suffix).",
+        ),
+    ] = None,
     html: HtmlOpt = None,
     manifest: ManifestOpt = None,
     quiet: QuietOpt = False,
@@ -73,7 +92,9 @@ def dedup(
         raise UsageError("-0 ends the paths --keep prints; add --keep first|largest|newest")
     if keep is not None and format is not None:
         raise UsageError("--keep prints paths, one per line; --format applies to the groups (leave out --keep)")
-    require_stdout("the groups" if keep is None else "the paths")
+    target = check_set_aside(keep, link, move, null)
+    if target is None:
+        require_stdout("the groups" if keep is None else "the paths")
     if html is not None:
         from bitcli.collection.html import check_target
 
@@ -88,12 +109,53 @@ def dedup(
         deletions = paths_to_delete(collection, groups, keep.value)
         for path in deletions.changed:
             ui.warn(f"{path}: changed since it was embedded, not listed; bring the index up to date (bit embed INPUTS -o {npy_name(index)} --update) and run dedup again")
-        write_paths(deletions.delete, null)
-    else:
-        render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout)
+        if html is not None:  # before --move takes the files away: the page shows them
+            write_html(collection, groups, html, threshold, kept=deletions.kept)
+        if target is None:
+            write_paths(deletions.delete, null)
+        else:
+            failed = set_aside(ui, deletions, *target)
+        return EXIT_SOME_FAILED if target is not None and failed else EXIT_OK
+    render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout)
     if html is not None:
         write_html(collection, groups, html, threshold)
     return EXIT_OK
+
+
+def check_set_aside(keep: Any, link: Path | None, move: Path | None, null: bool) -> tuple[Path, str] | None:
+    """(DIR, "link" | "move") for --link/--move, checked before any work; None without them."""
+    from bitcli.collection.relocate import check_directory
+
+    if link is None and move is None:
+        return None
+    if link is not None and move is not None:
+        raise UsageError("--link and --move: choose one")
+    option, directory = ("--link", link) if link is not None else ("--move", move)
+    if keep is None:
+        raise UsageError(f"{option} sets aside the files --keep would not keep; add --keep first|largest|newest")
+    if null:
+        raise UsageError(f"-0 ends the paths --keep prints; with {option} nothing is printed (leave out -0)")
+    return check_directory(directory, option), option[2:]
+
+
+def set_aside(ui: Ui, deletions: Any, directory: Path, mode: str) -> int:
+    """Link or move the files --keep would not keep into `directory`; one line each that failed,
+    one summary line. The number that failed."""
+    from bitcli.collection.relocate import relocate
+
+    done = relocate(deletions.delete, deletions.files, directory, mode)
+    verb = "linked" if mode == "link" else "moved"
+    for path, reason in done.failed:
+        ui.error(f"{path}: not {verb}: {reason}")
+    total = len(deletions.delete)
+    noun = "duplicate" if total == 1 else "duplicates"
+    summary = f"{verb} {len(done.done)} of {total} {noun} into {directory}" if done.failed else f"{verb} {total} {noun} into {directory}"
+    summary += f" ({len(deletions.kept)} kept, one per group)"
+    if done.failed:
+        ui.error(f"{summary}; {len(done.failed)} could not be {verb} (see above)")
+    else:
+        ui.info(summary)
+    return len(done.failed)
 
 
 def write_paths(paths: list[str], null: bool) -> None:
@@ -107,9 +169,9 @@ def write_paths(paths: list[str], null: bool) -> None:
     out.flush()
 
 
-def write_html(index: Any, groups: list[Any], path: Path, threshold: float) -> None:
+def write_html(index: Any, groups: list[Any], path: Path, threshold: float, kept: Any = ()) -> None:
     from bitcli import __version__
     from bitcli.collection.html import dedup_page, write_page
 
     about = f"{len(groups)} groups among {index.rows} images, cosine similarity >= {threshold}"
-    write_page(path, dedup_page(groups, index.locate, title=f"bit dedup {index.array_path.name}", about=about, version=__version__))
+    write_page(path, dedup_page(groups, index.locate, title=f"bit dedup {index.array_path.name}", about=about, version=__version__, kept=kept))

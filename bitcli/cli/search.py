@@ -31,7 +31,7 @@ from bitcli.cli.common import (
     run_options,
 )
 from bitcli.cli.helpscreen import epilog
-from bitcli.errors import UsageError
+from bitcli.errors import ModelNotFoundError, UsageError
 from bitcli.pipeline import DEFAULT_BATCH_SIZE
 
 EPILOG = epilog(
@@ -39,6 +39,7 @@ EPILOG = epilog(
     "bit search photos.npy new.jpg 'inbox/*.jpg' --top-k 5",
     "bit search photos.npy query.jpg --format csv > matches.csv",
     "bit search photos.npy query.jpg --html matches.html  # thumbnails embedded: open anywhere",
+    "bit search photos.npy query.jpg --min-score 0.9  # only the matches scoring 0.9 or more",
     "bit search photos.npy --build-index  # approximate index beside it (pip install 'bitcli[search]')",
     note=(
         "Scores are cosine similarities. QUERY images are embedded with the model and settings INDEX "
@@ -66,6 +67,10 @@ def search(
         ),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Matches per query.")] = 10,
+    min_score: Annotated[
+        Optional[float],
+        typer.Option("--min-score", "-s", metavar="S", help="List only matches whose cosine similarity is at least S (-1 to 1); with -k, of the k best.", show_default=False),
+    ] = None,
     format: Annotated[
         ClassifyFormat, typer.Option("--format", "-f", help="auto: table on a terminal, jsonl otherwise.")
     ] = ClassifyFormat.auto,
@@ -98,7 +103,10 @@ def search(
     from bitcli.collection import open_index
     from bitcli.output.collection import render_search
 
+    from bitcli.collection.queries import at_least, check_min_score
+
     ui = Ui(quiet=quiet, debug=debug)
+    check_min_score(min_score)
     if not queries and not build_index:
         raise UsageError("give at least one QUERY (an image, or a path in INDEX), or --build-index")
     if queries:
@@ -106,7 +114,7 @@ def search(
     if server is not None:
         if html is not None or build_index or manifest is not None or model is not None:
             raise UsageError("--server answers from the server's collection: drop --html, --build-index, --manifest and --model")
-        return ask_server(ui, server, index, queries, top_k, format, batch_size, null)
+        return ask_server(ui, server, index, queries, top_k, format, batch_size, null, min_score)
     if html is not None:
         from bitcli.collection.html import check_target
 
@@ -117,7 +125,7 @@ def search(
     if not queries:
         return EXIT_OK
     fmt = output.resolve_format(format.value, sys.stdout)
-    found = answer(ui, collection, queries, top_k, model, exact, (device, batch_size, threads), null=null)
+    found = at_least(answer(ui, collection, queries, top_k, model, exact, (device, batch_size, threads), null=null), min_score)
     render_search(found, fmt, sys.stdout)
     if html is not None:
         write_html(collection, found, html, top_k)
@@ -127,7 +135,9 @@ def search(
     return EXIT_SOME_FAILED if any(not r.ok for r in found) else EXIT_OK
 
 
-def ask_server(ui: Ui, server: str, index: Path, queries: list[str], top_k: int, format: Any, batch_size: int, null: bool) -> int:
+def ask_server(
+    ui: Ui, server: str, index: Path, queries: list[str], top_k: int, format: Any, batch_size: int, null: bool, min_score: float | None = None
+) -> int:
     """The query images sent to a `bit serve` that holds INDEX; printed as a local search prints."""
     from bitcli import output
     from bitcli.inputs import expand_inputs
@@ -137,7 +147,10 @@ def ask_server(ui: Ui, server: str, index: Path, queries: list[str], top_k: int,
     name = index.name[: -len(".npy")] if index.name.endswith(".npy") else index.name
     items = list(expand_inputs(queries, stdin=sys.stdin, null=null))
     fmt = output.resolve_format(format.value, sys.stdout)
-    found = [r for group in Client(server, token=token_from_env()).search_groups(name, items, top_k=top_k, batch_size=batch_size) for r in group]
+    from bitcli.collection.queries import at_least
+
+    client = Client(server, token=token_from_env())
+    found = at_least([r for group in client.search_groups(name, items, top_k=top_k, batch_size=batch_size) for r in group], min_score)
     render_search(found, fmt, sys.stdout)
     for result in found:
         if not result.ok:
@@ -188,7 +201,16 @@ def embed_queries(ui: Ui, index: Any, pending: list[Any], model: str | None, run
     precision = Precision(settings.pop("precision", "fp32"))
     options = run_options(device, precision, batch_size, threads)
     options = type(options).merge(options, settings)
-    embedder = Embedder(load_model(reference, options, ui, threads), options=options)
+    try:
+        loaded = load_model(reference, options, ui, threads)
+    except ModelNotFoundError as exc:
+        if model is not None or index.meta_path is None:
+            raise
+        raise ModelNotFoundError(
+            f"the model {reference}, recorded in {index.meta_path}, does not exist any more; "
+            f"pass --model to embed the queries with another copy of it"
+        ) from exc
+    embedder = Embedder(loaded, options=options)
     differs = settings_differ(index, embedder.fingerprint())
     if differs:
         ui.warn(f"queries are embedded with other settings than the index: {differs}; scores may mislead")

@@ -7,7 +7,8 @@
     groups = find_groups(index, threshold=0.9)       # near-duplicate groups, largest first
 
 Modules: `index` (open and validate, stream blocks), `search` (exact cosine top-k, streamed),
-`dedup` (threshold pairs per block + union-find), `keep` (`--keep` choices), `html` (self-contained
+`dedup` (threshold pairs per block + union-find), `keep` (`--keep` choices),
+`relocate` (`--link`/`--move`: those set aside), `html` (self-contained
 pages), `ann` (optional faiss index beside the array). The metadata sidecar that `bit embed`
 writes lives in `bitcli.store.metadata`. Library code never prints.
 """

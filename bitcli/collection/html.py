@@ -40,7 +40,11 @@ figure{margin:0;width:170px;background:#fff;border:1px solid #ddd;border-radius:
 figure.lead{border-color:#4a7fd4;box-shadow:0 0 0 1px #4a7fd4}
 .thumb{display:block;width:160px;height:160px;background:#eee center/contain no-repeat}
 .none{display:flex;align-items:center;justify-content:center;color:#999;font-size:.9em}
-figcaption{font-size:.85em;word-break:break-all;margin-top:4px}
+figcaption{font-size:.85em;margin-top:4px;word-break:normal;overflow-wrap:normal}
+.path{display:block;overflow:hidden;text-overflow:ellipsis}.seg{white-space:nowrap}
+figure.kept{border-color:#2a8a3e;box-shadow:0 0 0 2px #2a8a3e}
+.badge{display:inline-block;font-size:.8em;font-weight:600;padding:0 .4em;border-radius:3px;margin-right:.3em}
+.keep{background:#2a8a3e;color:#fff}
 .score{font-weight:600;font-variant-numeric:tabular-nums}.error{color:#b00}
 """
 
@@ -66,25 +70,39 @@ def search_page(entries: Sequence[SearchEntry], locate: Callable[[str], str | No
             sections.append(f'<section>{head}<p class="error">{_text(entry.error)}</p></section>')
             continue
         cards = [_card(entry.query, locate(entry.query), thumbs, "query", lead=True)]
-        cards += [_card(m.path, locate(m.path), thumbs, f"#{m.rank} <span class=\"score\">{m.score}</span>") for m in entry.matches]
+        cards += [_card(m.path, locate(m.path), thumbs, f"#{m.rank} {_score(m.score)}") for m in entry.matches]
         if not entry.matches:
             cards.append("<p>no match</p>")
         sections.append(f'<section>{head}<div class="row">{"".join(cards)}</div></section>')
     return _page(title, about, sections, len(entries) - len(shown), "queries", thumbs, version)
 
 
-def dedup_page(groups: Sequence[DuplicateGroup], locate: Callable[[str], str | None], *, title: str, about: str = "", version: str = "") -> str:
-    """Each group side by side, the first member marked, each with its similarity to the first."""
+def dedup_page(
+    groups: Sequence[DuplicateGroup],
+    locate: Callable[[str], str | None],
+    *,
+    title: str,
+    about: str = "",
+    version: str = "",
+    kept: Iterable[str] = (),
+) -> str:
+    """Each group side by side, the first member marked, each with its similarity to the first;
+    the members in `kept` (what `--keep` keeps) carry a "keep" badge."""
+    kept = set(kept)
     shown = list(groups[:MAX_ENTRIES])
     thumbs = _Thumbnails(f for g in shown for f in map(locate, g.paths) if f)
     sections = []
     for group in shown:
         head = (
             f"<h2>Group {group.group}: {len(group.paths)} images, similarity "
-            f'<span class="score">{group.min_score}</span> to <span class="score">{group.max_score}</span></h2>'
+            f"{_score(group.min_score)} to {_score(group.max_score)}</h2>"
         )
         cards = [
-            _card(path, locate(path), thumbs, "first" if i == 0 else f'<span class="score">{score}</span> to first', lead=i == 0)
+            _card(
+                path, locate(path), thumbs,
+                ('<span class="badge keep">keep</span>' if path in kept else "") + ("first" if i == 0 else f"{_score(score)} to first"),
+                lead=i == 0, kept=path in kept,
+            )
             for i, (path, score) in enumerate(zip(group.paths, group.scores_to_first))
         ]
         sections.append(f'<section>{head}<div class="row">{"".join(cards)}</div></section>')
@@ -153,14 +171,27 @@ def thumbnail_jpeg(path: str) -> bytes | None:
         return None
 
 
-def _card(path: str, found: str | None, thumbs: _Thumbnails, caption: str, lead: bool = False) -> str:
+def _card(path: str, found: str | None, thumbs: _Thumbnails, caption: str, lead: bool = False, kept: bool = False) -> str:
     name = _text(path)
     css = thumbs.classes.get(found) if found else None
     picture = f'<span class="thumb {css}" role="img" aria-label="{name}"></span>' if css else '<span class="thumb none">no preview</span>'
     if found:
         picture = f'<a href="{escape(Path(os.path.abspath(found)).as_uri())}">{picture}</a>'
-    cls = ' class="lead"' if lead else ""
-    return f'<figure{cls}>{picture}<figcaption>{caption}<br><span class="path">{name}</span></figcaption></figure>'
+    classes = " ".join(c for c, on in (("lead", lead), ("kept", kept)) if on)
+    cls = f' class="{classes}"' if classes else ""
+    return f'<figure{cls}>{picture}<figcaption>{caption}<span class="path" title="{name}">{_path_text(path)}</span></figcaption></figure>'
+
+
+def _path_text(path: str) -> str:
+    """The path, breakable only after a separator: each part a no-wrap span (a part longer than
+    the card ends in an ellipsis; the full path is the caption's title)."""
+    parts = path.replace(os.sep, "/").split("/") if os.sep != "/" else path.split("/")
+    return "/<wbr>".join(f'<span class="seg">{_text(part)}</span>' for part in parts)
+
+
+def _score(value: float) -> str:
+    """A score to 4 decimals, its full value (the shortest float32 decimal) as the title."""
+    return f'<span class="score" title="{escape(repr(float(value)))}">{float(value):.4f}</span>'
 
 
 def _text(value: str) -> str:

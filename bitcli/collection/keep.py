@@ -8,7 +8,7 @@ has them): a file changed since is reported, never listed and never kept in plac
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bitcli.collection.dedup import DuplicateGroup
 from bitcli.collection.index import EmbeddingIndex
@@ -25,6 +25,8 @@ class Deletions:
 
     delete: list[str]
     changed: list[str]
+    kept: list[str] = field(default_factory=list)  # the member kept in each group that lists any
+    files: dict[str, str] = field(default_factory=dict)  # each listed path -> the file it names (resolved as recorded)
 
 
 def paths_to_delete(index: EmbeddingIndex, groups: list[DuplicateGroup], keep: str) -> Deletions:
@@ -42,18 +44,20 @@ def paths_to_delete(index: EmbeddingIndex, groups: list[DuplicateGroup], keep: s
     identities = _recorded_identities(index, groups)
     out: list[str] = []
     changed: list[str] = []
+    kept_paths: list[str] = []
     seen: set[str] = set()
     for group in groups:
         present = _present(index, group, identities, changed)
         if len(present) < 2:
             continue
         kept = max(present, key=lambda m: (_rank(m, keep), -m[0]))
+        kept_paths.append(kept[1])
         for member in present:
             if member is kept or os.path.samestat(member[2], kept[2]) or member[1] in seen:
                 continue
             seen.add(member[1])
             out.append(member[1])
-    return Deletions(out, list(dict.fromkeys(changed)))
+    return Deletions(out, list(dict.fromkeys(changed)), kept_paths, {p: index.locate(p) or p for p in out})
 
 
 def _recorded_identities(index: EmbeddingIndex, groups: list[DuplicateGroup]) -> dict[int, FileIdentity | None] | None:

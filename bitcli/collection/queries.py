@@ -125,6 +125,23 @@ def fill_vectors(index: EmbeddingIndex, queries: list[Query], embedded: Iterable
             query.error = str(result.error)
 
 
+def check_min_score(min_score: float | None) -> None:
+    """A cosine similarity lies in [-1, 1]: anything else (NaN too) is a usage error."""
+    if min_score is not None and not (-1.0 <= min_score <= 1.0):
+        raise UsageError(f"--min-score {min_score}: must be between -1 and 1 (a cosine similarity)")
+
+
+def at_least(found: Iterable[QueryResult], min_score: float | None) -> list[QueryResult]:
+    """The results with only the matches scoring `min_score` or more (all of them for None);
+    the top k is taken first, so a query gets at most k matches, maybe none."""
+    found = list(found)
+    if min_score is None:
+        return found
+    for result in found:
+        result.matches = [m for m in result.matches if m.score >= min_score]
+    return found
+
+
 def results(queries: list[Query], matches: list[list[Match]]) -> list[QueryResult]:
     """One result per query, in order; `matches` holds one list per query that has a vector."""
     answered = iter(matches)
