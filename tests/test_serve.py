@@ -277,6 +277,67 @@ def test_client_imports_no_torch(server):
     assert not heavy, f"the client imported model code: {sorted(heavy)[:5]}"
 
 
+def _noise_png(path, side, seed):
+    from PIL import Image
+
+    Image.fromarray((np.random.RandomState(seed).rand(side, side, 3) * 255).astype("uint8")).save(path)
+    return path
+
+
+def test_client_fits_its_requests_to_the_servers_body_limit(server, tmp_path):
+    """Files that together pass --max-body (2 MB here) go in several requests, not one that the
+    server cuts off; one file over the limit alone fails alone, as a record, and the rest go on."""
+    small = [_noise_png(tmp_path / f"n{i}.png", 600, i) for i in range(3)]  # about 1.1 MB each
+    big = _noise_png(tmp_path / "big.png", 1000, 9)  # about 3 MB
+    names = [small[0].name, small[1].name, big.name, small[2].name]
+    local = bit("classify", *names, "-m", "bit-digits", "-f", "jsonl", "-k", "2", cwd=tmp_path)
+    remote = bit("classify", *names, "--server", server.url, "-f", "jsonl", "-k", "2", cwd=tmp_path)
+    assert local.returncode == 0, text(local.stderr)
+    assert remote.returncode == 1, text(remote.stderr)
+    expected = [json.loads(x) for x in text(local.stdout).splitlines()]
+    got = [json.loads(x) for x in text(remote.stdout).splitlines()]
+    assert [r["path"] for r in got] == names
+    assert "larger than the server takes" in got[2]["error"]
+    _same_records([got[i] for i in (0, 1, 3)], [expected[i] for i in (0, 1, 3)])
+    lines = text(remote.stderr).strip().splitlines()
+    assert any(line.startswith("error: big.png: larger than the server takes") for line in lines), lines
+    assert server.json("/healthz")[0] == 200
+
+
+def test_more_files_than_the_queue_holds_is_413_and_the_client_splits_and_waits(tmp_path):
+    """A request that could never fit the queue is refused for good (413, not 'busy, retry');
+    the client sends at most what the server takes per request and waits out a busy server."""
+    srv = Server("-m", "bit-digits", "--max-queue", "2", "--max-batch", "4", "--max-wait-ms", "2000")
+    try:
+        status, limits = srv.json("/v1/models")[0], srv.json("/v1/models")[2]["limits"]
+        assert status == 200 and limits["max_files"] == 2
+        body, headers = upload([(f"d{i}.png", read(DIGITS[i])) for i in range(3)])
+        got, _, answer = srv.json("/v1/classify", body=body, headers=headers)
+        assert got == 413 and "at most 2 per request" in answer["error"] and "\n" not in answer["error"]
+        two, headers2 = upload([(f"d{i}.png", read(DIGITS[i])) for i in range(2)])
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(srv.json, "/v1/classify", body=two, headers=headers2)
+            import time
+
+            time.sleep(0.7)  # the queue is full now, for about 2 s
+            done = bit("classify", *DIGITS[:5], "--server", srv.url, "-f", "jsonl", "-k", "1", "--batch-size", "5")
+            assert first.result()[0] == 200
+        assert done.returncode == 0, text(done.stderr)
+        records = [json.loads(x) for x in text(done.stdout).splitlines()]
+        assert [r["predictions"][0]["label"] for r in records] == [p.parent.name for p in DIGITS[:5]]
+    finally:
+        srv.stop()
+
+
+def test_a_token_a_header_cannot_carry_is_refused_up_front():
+    done = bit("serve", "-m", "bit-digits", "--port", "0", "--token", "pass word")
+    assert done.returncode == 2 and len(text(done.stderr).strip().splitlines()) == 1 and "--token" in text(done.stderr)
+    done = bit("serve", "-m", "bit-digits", "--port", "0", env=bit_env(BIT_TOKEN="pa\u20acss"))
+    assert done.returncode == 2 and "--token" in text(done.stderr)
+    done = bit("classify", DIGITS[0], "--server", "http://127.0.0.1:9", env=bit_env(BIT_TOKEN="pa\u20acss"))
+    assert done.returncode == 2 and "BIT_TOKEN" in text(done.stderr) and "JSON" not in text(done.stderr)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

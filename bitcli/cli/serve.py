@@ -130,6 +130,9 @@ def serve(
         raise UsageError(INSTALL_HINT) from None
     if token is not None and not token.strip():
         raise UsageError("--token is empty: give a secret, e.g. --token \"$(openssl rand -hex 16)\"")
+    if token is not None and not all(0x21 <= ord(c) <= 0x7E for c in token):
+        raise UsageError("--token: use letters, digits and punctuation only (an HTTP header cannot carry spaces or other "
+                         "characters unchanged), e.g. --token \"$(openssl rand -hex 16)\"")
     if not is_loopback(host) and token is None:
         raise UsageError(f"--host {host} would let anyone on the network use this server: add --token TOKEN (or BIT_TOKEN)")
     body_limit = parse_size(max_body)

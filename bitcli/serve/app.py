@@ -150,6 +150,8 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
 
+    files_per_request = min(MAX_FILES, settings.max_queue)  # more could never fit the queue at once
+
     def ready() -> tuple[Any, Batcher]:
         if state["service"] is None:
             message = f"model failed to load: {state['error']}" if state["error"] else "the model is still loading"
@@ -170,7 +172,7 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
     @app.get("/v1/models")
     async def models() -> dict:
         ready()
-        return {"models": [report()]}
+        return {"models": [report()], "limits": {"max_body": settings.max_body, "max_files": files_per_request}}
 
     @app.get("/v1/labels")
     async def labels() -> dict:
@@ -191,6 +193,8 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
             files = [part for part in form.getlist("file") if isinstance(part, UploadFile)]
             if not files:
                 raise ApiError(400, "no image: send one or more parts named 'file' (with a filename)")
+            if len(files) > files_per_request:
+                raise ApiError(413, f"{len(files)} files in one request: this server takes at most {files_per_request} per request")
             loop = asyncio.get_running_loop()
             saved = []
             for index, part in enumerate(files):
