@@ -364,3 +364,10 @@ def test_ray_serve_two_replicas_answer_as_the_command(files):
                       [{**r, "path": str(files[i])} for i, r in enumerate(expected)])
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("size", ["nan", "inf", "1e400", "9" * 400, "0.5", "-5"])
+def test_a_max_body_that_is_no_size_is_one_line_and_exit_2(size):
+    done = bit("serve", "-m", "bit-digits", "--port", "0", "--max-body", size, timeout=60)
+    lines = text(done.stderr).strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "--max-body" in lines[0] and "unexpected" not in lines[0], lines
