@@ -371,3 +371,44 @@ def test_a_max_body_that_is_no_size_is_one_line_and_exit_2(size):
     done = bit("serve", "-m", "bit-digits", "--port", "0", "--max-body", size, timeout=60)
     lines = text(done.stderr).strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "--max-body" in lines[0] and "unexpected" not in lines[0], lines
+
+
+@pytest.mark.parametrize("answers", [
+    {"/v1/models": {"hello": 1}},
+    {"/v1/models": {"models": [{"num_labels": 10}]}, "/v1/labels": {"labels": list("0123456789")},
+     "/v1/classify": {"results": [{"path": "x", "predictions": [{"rank": 1}]}]}},
+    {"/v1/models": {"models": [{"num_labels": 10}]}, "/v1/classify": {"results": []}},
+])
+def test_a_server_that_is_not_bit_serve_is_one_line_and_exit_3(answers):
+    """JSON of another shape (another service on that port, another version) is the server's fault:
+    one line naming it, exit 3; never a traceback or an 'unexpected' error."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            if "Content-Length" in self.headers:
+                self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps(answers.get(self.path.split("?")[0], {})).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        for fmt in ("jsonl", "table"):
+            done = bit("classify", DIGITS[0], "--server", f"http://127.0.0.1:{httpd.server_port}", "-f", fmt)
+            lines = text(done.stderr).strip().splitlines()
+            assert done.returncode == 3, lines
+            assert "is it `bit serve`?" in lines[-1] and not any("unexpected" in line for line in lines), lines
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -73,15 +73,27 @@ class Client:
 
     def model(self) -> dict[str, Any]:
         answer = self._request("/v1/models")
+        try:
+            model = dict(answer["models"][0])
+            int(model["num_labels"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise self._not_bit("/v1/models") from None
         limits = answer.get("limits") or {}
-        if isinstance(limits.get("max_body"), int) and limits["max_body"] > 0:
+        if isinstance(limits, dict) and isinstance(limits.get("max_body"), int) and limits["max_body"] > 0:
             self.max_file_bytes = min(self.max_file_bytes, limits["max_body"])
-        if isinstance(limits.get("max_files"), int) and limits["max_files"] > 0:
+        if isinstance(limits, dict) and isinstance(limits.get("max_files"), int) and limits["max_files"] > 0:
             self.max_files = limits["max_files"]
-        return answer["models"][0]
+        return model
 
     def labels(self) -> list[str]:
-        return list(self._request("/v1/labels")["labels"])
+        answer = self._request("/v1/labels")
+        try:
+            return [str(name) for name in answer["labels"]]
+        except (KeyError, TypeError):
+            raise self._not_bit("/v1/labels") from None
+
+    def _not_bit(self, path: str) -> ModelError:
+        return ModelError(f"the server at {self.url} answered {path} in a form bit does not know; is it `bit serve`?")
 
     def classify_groups(self, items: Iterable[Any], *, top_k: int, batch_size: int) -> Iterator[list[ClassifyResult]]:
         """One list of results per request of up to `batch_size` inputs, in input order."""
@@ -116,9 +128,12 @@ class Client:
             answer = self._request(f"/v1/classify?top_k={top_k}", body=body, content_type=content_type)
             records = answer.get("results") if isinstance(answer, dict) else None
             if not isinstance(records, list) or len(records) != len(request):
-                raise ModelError(f"the server at {self.url} answered {len(records or [])} results for {len(request)} files; is it `bit serve`?")
+                raise self._not_bit("/v1/classify")
             for (i, path, _), record in zip(request, records):
-                results[i] = from_record(path, record)
+                try:
+                    results[i] = from_record(path, record)
+                except (KeyError, TypeError, ValueError):
+                    raise self._not_bit("/v1/classify") from None
         return [r for r in results if r is not None]
 
     def _requests(self, parts: list[tuple[int, str, bytes]]) -> Iterator[list[tuple[int, str, bytes]]]:
