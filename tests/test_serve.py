@@ -412,3 +412,19 @@ def test_a_server_that_is_not_bit_serve_is_one_line_and_exit_3(answers):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_client_reports_special_and_odd_files_as_the_command_does(server, tmp_path):
+    import os
+
+    (tmp_path / "ok.png").write_bytes(read(DIGITS[0]))
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "short.gif").write_bytes(b"GIF89a")
+    names = ["ok.png", "fifo.png", "dangling.png", "empty.png", "short.gif"]
+    local = bit("classify", *names, "-m", "bit-digits", "-f", "jsonl", "-k", "1", cwd=tmp_path, timeout=60)
+    remote = bit("classify", *names, "--server", server.url, "-f", "jsonl", "-k", "1", cwd=tmp_path, timeout=60)
+    assert remote.returncode == local.returncode == 1
+    _same_records([json.loads(x) for x in text(remote.stdout).splitlines()], [json.loads(x) for x in text(local.stdout).splitlines()])
+    assert text(remote.stderr) == text(local.stderr)

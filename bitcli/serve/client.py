@@ -20,7 +20,7 @@ from typing import Any
 
 from bitcli.errors import BitError, InputError, ModelError, UsageError
 from bitcli.results import ClassifyResult, Prediction
-from bitcli.util import first_line, open_regular, os_error_reason
+from bitcli.util import NotRegularFile, first_line, open_regular, os_error_reason
 
 TIMEOUT_S = 300.0  # one request: upload, queue and model time for up to a batch of images
 BUSY_S = 120.0  # how long a busy server (503 with Retry-After) is waited for, in all, per request
@@ -116,6 +116,9 @@ class Client:
             try:
                 with open_regular(item.path) as fh:
                     data = fh.read(self.max_file_bytes + 1)
+            except NotRegularFile:  # a FIFO, a device: the reason the local command gives
+                results[i] = ClassifyResult(path=item.path, error="not a regular file")
+                continue
             except OSError as exc:
                 results[i] = ClassifyResult(path=item.path, error=os_error_reason(exc))
                 continue
