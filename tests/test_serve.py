@@ -223,6 +223,11 @@ def test_token_is_required_when_set():
         assert srv.json("/healthz")[0] == 401
         assert srv.json("/healthz", headers={"Authorization": "Bearer wrong"})[0] == 401
         assert srv.json("/healthz", headers={"Authorization": "Bearer s3cret"})[0] == 200
+        assert srv.json("/healthz", headers={"Authorization": "bearer s3cret"})[0] == 200  # the scheme is case-insensitive
+        assert srv.json("/healthz", headers={"Authorization": "Basic s3cret"})[0] == 401
+        assert srv.json("/healthz", headers={"Authorization": "Bearer s3cre"})[0] == 401
+        assert srv.json("/healthz", headers={"Authorization": "Bearer s3cret2"})[0] == 401
+        assert srv.json("/healthz", headers={"Authorization": "s3cret"})[0] == 401
         assert srv.request("/")[0] == 200  # the static page asks for the token itself
         done = bit("classify", DIGITS[0], "--server", srv.url, "--format", "jsonl")
         assert done.returncode == 2 and "needs a token" in text(done.stderr)

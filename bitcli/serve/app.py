@@ -71,9 +71,10 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         token = self.settings.token
         if token is not None and not (scope["method"] == "GET" and scope["path"] == "/"):
-            given = headers.get("authorization", "")
-            expected = f"Bearer {token}"
-            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
+            scheme, _, given = headers.get("authorization", "").strip().partition(" ")
+            # the scheme is case-insensitive (RFC 7235); the token is compared in constant time
+            right = hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8"))
+            if not (right and scheme.lower() == "bearer"):
                 return await error_response(401, "missing or wrong token: send Authorization: Bearer TOKEN", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
         limit = self.settings.max_body
         declared = headers.get("content-length")
