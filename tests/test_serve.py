@@ -433,3 +433,38 @@ def test_client_reports_special_and_odd_files_as_the_command_does(server, tmp_pa
     assert remote.returncode == local.returncode == 1
     _same_records([json.loads(x) for x in text(remote.stdout).splitlines()], [json.loads(x) for x in text(local.stdout).splitlines()])
     assert text(remote.stderr) == text(local.stderr)
+
+
+def test_a_model_failure_is_a_json_500_and_the_server_goes_on():
+    """A batch the model cannot run (out of memory, a device error) answers each of its requests
+    with 500 and one JSON line, not Starlette's plain-text page; the next request is served."""
+    from fastapi.testclient import TestClient
+
+    from bitcli.pipeline import load
+    from bitcli.serve.app import ServeSettings, create_app
+    from bitcli.serve.service import Service
+
+    service = Service(load("bit-digits", device="cpu", offline=True), max_batch=4, max_pixels=None)
+    real_run, calls = service.run, []
+
+    def run(key, uploads):
+        calls.append(len(uploads))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return real_run(key, uploads)
+
+    service.run = run
+    app = create_app(lambda: service, ServeSettings(max_batch=4), model_name="bit-digits", report=lambda: {})
+    body, headers = upload([("d.png", read(DIGITS[0]))])
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for _ in range(600):  # the model loads in a thread at startup
+            if client.get("/healthz").status_code == 200:
+                break
+            import time
+
+            time.sleep(0.05)
+        first = client.post("/v1/classify", content=body, headers=headers)
+        assert first.status_code == 500
+        assert first.json() == {"error": "the server failed on this request (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)"}
+        second = client.post("/v1/classify?top_k=1", content=body, headers=headers)
+        assert second.status_code == 200 and second.json()["results"][0]["predictions"][0]["label"] == DIGITS[0].parent.name

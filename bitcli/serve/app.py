@@ -147,6 +147,11 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
         return error_response(422, f"{where}: {first.get('msg', 'invalid value')}")
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:  # the model failed (memory, device)
+        detail = str(exc).strip().splitlines()
+        return error_response(500, f"the server failed on this request ({type(exc).__name__}: {detail[0] if detail else 'no detail'})")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
