@@ -468,3 +468,14 @@ def test_a_model_failure_is_a_json_500_and_the_server_goes_on():
         assert first.json() == {"error": "the server failed on this request (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)"}
         second = client.post("/v1/classify?top_k=1", content=body, headers=headers)
         assert second.status_code == 200 and second.json()["results"][0]["predictions"][0]["label"] == DIGITS[0].parent.name
+
+
+def test_client_refuses_a_model_other_than_the_servers(server, tmp_path):
+    """With BIT_SERVER in the environment, `-m OTHER` must not quietly print the server's model's
+    answers as if they were OTHER's: one line, exit 2. `-m` naming the served model is fine."""
+    env = bit_env(BIT_SERVER=server.url)
+    done = bit("classify", DIGITS[0], "-m", str(tmp_path / "my-model"), "-f", "jsonl", env=env)
+    lines = text(done.stderr).strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "runs bit-digits" in lines[0] and text(done.stdout) == "", lines
+    same = bit("classify", DIGITS[0], "-m", "bit-digits", "-f", "jsonl", env=env)
+    assert same.returncode == 0, text(same.stderr)
