@@ -162,3 +162,16 @@ def test_ctrl_c_says_how_to_resume(photos, tmp_path, tmp_path_factory):
     assert proc.returncode == 130, stderr
     assert "plan: 5000 steps" in stderr and "--resume" in stderr
     assert json.loads((tmp_path / ".m.bit-train" / "state.json").read_text())["step"] >= 3
+
+
+def test_resolution_is_bounded_and_only_for_finetune(tmp_path):
+    """`--resolution` with the linear probe would be ignored without a word, and a huge one would
+    take the machine's memory and hours: both are one line and exit 2 before anything loads."""
+    from relhelpers import ROOT, bit, text
+
+    data = ROOT / "sample_digits"
+    linear = bit("train", data, "-o", tmp_path / "a", "-m", "bit-digits", "--resolution", "64", timeout=120)
+    assert linear.returncode == 2 and "--resolution applies to --method finetune" in text(linear.stderr)
+    huge = bit("train", data, "-o", tmp_path / "b", "-m", "bit-digits", "--method", "finetune", "--resolution", "100000", timeout=120)
+    assert huge.returncode == 2 and "--resolution" in text(huge.stderr)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
