@@ -456,7 +456,7 @@ def test_a_model_failure_is_a_json_500_and_the_server_goes_on():
     service.run = run
     app = create_app(lambda: service, ServeSettings(max_batch=4), model_name="bit-digits", report=lambda: {})
     body, headers = upload([("d.png", read(DIGITS[0]))])
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as client:
         for _ in range(600):  # the model loads in a thread at startup
             if client.get("/healthz").status_code == 200:
                 break
@@ -479,3 +479,21 @@ def test_client_refuses_a_model_other_than_the_servers(server, tmp_path):
     assert done.returncode == 2 and len(lines) == 1 and "runs bit-digits" in lines[0] and text(done.stdout) == "", lines
     same = bit("classify", DIGITS[0], "-m", "bit-digits", "-f", "jsonl", env=env)
     assert same.returncode == 0, text(same.stderr)
+
+
+@pytest.mark.parametrize("host, status", [("evil.example:8765", 400), ("127.0.0.1.evil.example", 400), ("", 400),
+                                          ("localhost:1", 200), ("127.0.0.1", 200), ("[::1]:8765", 200)])
+def test_without_a_token_only_loopback_names_are_answered(server, host, status):
+    """DNS rebinding: a web page of evil.example whose name now resolves to 127.0.0.1 sends
+    `Host: evil.example`; a server without a token must not answer it (it could read the model's
+    answers, and the paths it reports). With a token any name is fine (the page lacks the token)."""
+    host_port = server.url.removeprefix("http://")
+    with socket.create_connection(tuple([host_port.split(":")[0], int(host_port.split(":")[1])]), timeout=30) as sock:
+        sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode()), head
+    if status == 400:
+        assert "--token" in json.loads(body)["error"]

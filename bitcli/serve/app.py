@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import io
+import ipaddress
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -70,6 +71,11 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         token = self.settings.token
+        if token is None and not _loopback_name(headers.get("host", "")):
+            # without a token the server listens on loopback only; a page of another site whose name
+            # was rebound to 127.0.0.1 (DNS rebinding) still sends its own name: refuse it
+            return await error_response(400, "this server answers only to 127.0.0.1 or localhost without a token: "
+                                             "start it with --token to reach it by another name")(scope, receive, send)
         if token is not None and not (scope["method"] == "GET" and scope["path"] == "/"):
             scheme, _, given = headers.get("authorization", "").strip().partition(" ")
             # the scheme is case-insensitive (RFC 7235); the token is compared in constant time
@@ -103,6 +109,18 @@ class Guard:
         except _BodyTooLarge:
             if not started:
                 await error_response(413, f"request body over the server's limit of {limit} bytes")(scope, receive, send)
+
+
+def _loopback_name(host: str) -> bool:
+    """Whether a Host header names this machine's loopback: localhost, 127.x.y.z or [::1], any port."""
+    host = host.strip().lower()
+    name = host[1:host.find("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, model_name: str, report: Callable[[], dict]) -> FastAPI:
