@@ -231,6 +231,8 @@ def test_token_is_required_when_set():
         assert srv.request("/")[0] == 200  # the static page asks for the token itself
         done = bit("classify", DIGITS[0], "--server", srv.url, "--format", "jsonl")
         assert done.returncode == 2 and "needs a token" in text(done.stderr)
+        done = bit("classify", DIGITS[0], "--server", srv.url, "--format", "jsonl", env=bit_env(BIT_TOKEN="wrong"))
+        assert done.returncode == 2 and "refused the token in BIT_TOKEN" in text(done.stderr)
         done = bit("classify", DIGITS[0], "--server", srv.url, "--format", "jsonl", env=env)
         assert done.returncode == 0, text(done.stderr)
     finally:

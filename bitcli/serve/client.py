@@ -54,7 +54,7 @@ class Client:
             except urllib.error.HTTPError as exc:
                 pause = _retry_after(exc)
                 if exc.code != 503 or pause is None or waited + pause > BUSY_S:
-                    raise _http_error(self.url, exc) from None
+                    raise _http_error(self.url, exc, sent_token=bool(self.token)) from None
                 exc.close()
             time.sleep(pause)  # a busy server: wait as it asks, then send again
             waited += pause
@@ -183,13 +183,15 @@ def multipart(files: list[tuple[str, bytes]], *, boundary: str | None = None) ->
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
-def _http_error(url: str, exc: urllib.error.HTTPError) -> BitError:
+def _http_error(url: str, exc: urllib.error.HTTPError, *, sent_token: bool = False) -> BitError:
     try:
         message = json.loads(exc.read()).get("error") or exc.reason
     except (ValueError, OSError, AttributeError):
         message = exc.reason
+    if exc.code == 401 and sent_token:
+        return UsageError(f"the server at {url} refused the token in BIT_TOKEN: set the one it was started with")
     if exc.code == 401:
-        return UsageError(f"the server at {url} needs a token: set BIT_TOKEN (or --token)")
+        return UsageError(f"the server at {url} needs a token: set BIT_TOKEN")
     if exc.code in (400, 413, 415, 422):
         return UsageError(f"the server refused the request ({exc.code}: {message})")
     return ModelError(f"the server at {url} failed ({exc.code}: {message})")
