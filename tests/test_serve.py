@@ -136,7 +136,7 @@ def test_body_over_the_limit_is_refused_before_it_is_read(server):
     """413 on the declared length, while the client still holds most of the body."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
                      b"Content-Length: 50000000\r\n\r\n" + b"x" * 1000)
         answer = b""
         while not answer.endswith(b"}"):
@@ -152,7 +152,7 @@ def test_a_streamed_body_is_cut_off_once_it_passes_the_limit(server):
     """No Content-Length (chunked): the server answers 413 as soon as 2 MB have arrived."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
         head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
         sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
@@ -176,7 +176,7 @@ def test_a_client_that_leaves_mid_upload_costs_nothing(server):
     host, port = server.url.removeprefix("http://").split(":")
     for _ in range(5):
         with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
                          b"Content-Length: 1000000\r\n\r\n--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
                          + b"y" * 5000)
     status, _, health = server.json("/healthz")
