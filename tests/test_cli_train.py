@@ -175,3 +175,16 @@ def test_a_base_without_preprocessor_config_says_so_once(photos, tmp_path, tmp_p
     warnings = [line for line in result.stderr.splitlines() if "preprocessor_config.json" in line]
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: {base} has no preprocessor_config.json"), result.stderr
     assert "preprocessor_config" not in run(["train", photos, "-o", tmp_path / "m2", "-m", tmp_path / "m"]).stderr
+
+
+def test_resolution_is_bounded_and_only_for_finetune(tmp_path):
+    """`--resolution` with the linear probe would be ignored without a word, and a huge one would
+    take the machine's memory and hours: both are one line and exit 2 before anything loads."""
+    from relhelpers import ROOT, bit, text
+
+    data = ROOT / "sample_digits"
+    linear = bit("train", data, "-o", tmp_path / "a", "-m", "bit-digits", "--resolution", "64", timeout=120)
+    assert linear.returncode == 2 and "--resolution applies to --method finetune" in text(linear.stderr)
+    huge = bit("train", data, "-o", tmp_path / "b", "-m", "bit-digits", "--method", "finetune", "--resolution", "100000", timeout=120)
+    assert huge.returncode == 2 and "--resolution" in text(huge.stderr)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -120,3 +120,60 @@ def test_make_script_is_byte_reproducible(tmp_path):
         assert done.returncode == 0, done.stderr
         digests.append([hashlib.sha256((out / n).read_bytes()).hexdigest() for n in sorted(p.name for p in out.iterdir())])
     assert digests[0] == digests[1]
+
+
+def _demo_checkout(tmp_path: Path) -> Path:
+    """A copy of `./dev` beside the repository's files, its .venv already "installed": the venv's
+    python is this one and its `bit` runs this checkout's bitcli (no pip, no network)."""
+    import os
+    import shutil
+
+    root = tmp_path / "checkout"
+    root.mkdir()
+    shutil.copy2(ROOT / "dev", root / "dev")
+    shutil.copy2(ROOT / "pyproject.toml", root / "pyproject.toml")
+    for name in ("bitcli", "sample_digits", "sample_images"):
+        (root / name).symlink_to(ROOT / name)
+    venv_bin = root / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    (venv_bin / "bit").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m bitcli "$@"\n')
+    (venv_bin / "bit").chmod(0o755)
+    (root / ".venv" / ".installed").touch()
+    later = (root / "pyproject.toml").stat().st_mtime + 10
+    os.utime(root / ".venv" / ".installed", (later, later))
+    return root
+
+
+def test_dev_demo_without_a_network_shows_the_bundled_model(tmp_path):
+    """`./dev demo` with google/bit-50 neither cached nor reachable: one line says so, then
+    bit-digits classifies the bundled digits, exit 0."""
+    import subprocess
+
+    from relhelpers import bit_env
+
+    root = _demo_checkout(tmp_path)
+    env = bit_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-cache"), COLUMNS="120")
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run([str(root / "dev"), "demo"], cwd=root, env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, text(done.stderr)
+    first = text(done.stderr).splitlines()[0]
+    assert first.startswith("google/bit-50 is not reachable here") and "bit-digits" in first
+    shown = text(done.stdout)
+    assert sum(1 for line in shown.splitlines() if ".png" in line) == len(list((ROOT / "sample_digits").glob("*/*.png")))
+
+
+def test_dev_demo_stops_on_what_is_not_a_model_problem(tmp_path):
+    """A failure that is not 'model unreachable' (here a bad BIT_HUB_TIMEOUT, exit 2; Ctrl-C, 130)
+    is shown and passed through: no claim that the hub is unreachable, no fallback run."""
+    import subprocess
+
+    from relhelpers import bit_env
+
+    root = _demo_checkout(tmp_path)
+    env = bit_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-cache"), BIT_HUB_TIMEOUT="-1")
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run([str(root / "dev"), "demo"], cwd=root, env=env, capture_output=True, timeout=300)
+    assert done.returncode == 2, text(done.stderr)
+    assert "BIT_HUB_TIMEOUT" in text(done.stderr) and "not reachable" not in text(done.stderr)
+    assert text(done.stdout) == ""

@@ -652,3 +652,20 @@ def test_download_local_dir_of_the_bundled_model(tmp_path):
     done = bit("download", "bit-digits", "--local-dir", tmp_path / "digits")
     assert done.returncode == 0, text(done.stderr)
     assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+
+
+def test_download_local_dir_files_are_readable_as_any_written_file(tmp_path):
+    """The copied files get the modes the user's umask gives new files (0644 under umask 022), as
+    `hf download --local-dir` and `cp` do: not a temporary file's private 0600, which another account
+    (or the offline machine's service user) could not read."""
+    import os
+    import stat
+
+    from relhelpers import bit, text
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    done = bit("download", "bit-digits", "--local-dir", tmp_path / "digits")
+    assert done.returncode == 0, text(done.stderr)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "digits").iterdir()}
+    assert set(modes.values()) == {0o666 & ~mask}, modes

@@ -136,7 +136,7 @@ def test_body_over_the_limit_is_refused_before_it_is_read(server):
     """413 on the declared length, while the client still holds most of the body."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
                      b"Content-Length: 50000000\r\n\r\n" + b"x" * 1000)
         answer = b""
         while not answer.endswith(b"}"):
@@ -152,7 +152,7 @@ def test_a_streamed_body_is_cut_off_once_it_passes_the_limit(server):
     """No Content-Length (chunked): the server answers 413 as soon as 2 MB have arrived."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
         head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
         sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
@@ -176,7 +176,7 @@ def test_a_client_that_leaves_mid_upload_costs_nothing(server):
     host, port = server.url.removeprefix("http://").split(":")
     for _ in range(5):
         with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
                          b"Content-Length: 1000000\r\n\r\n--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
                          + b"y" * 5000)
     status, _, health = server.json("/healthz")
@@ -223,9 +223,16 @@ def test_token_is_required_when_set():
         assert srv.json("/healthz")[0] == 401
         assert srv.json("/healthz", headers={"Authorization": "Bearer wrong"})[0] == 401
         assert srv.json("/healthz", headers={"Authorization": "Bearer s3cret"})[0] == 200
+        assert srv.json("/healthz", headers={"Authorization": "bearer s3cret"})[0] == 200  # the scheme is case-insensitive
+        assert srv.json("/healthz", headers={"Authorization": "Basic s3cret"})[0] == 401
+        assert srv.json("/healthz", headers={"Authorization": "Bearer s3cre"})[0] == 401
+        assert srv.json("/healthz", headers={"Authorization": "Bearer s3cret2"})[0] == 401
+        assert srv.json("/healthz", headers={"Authorization": "s3cret"})[0] == 401
         assert srv.request("/")[0] == 200  # the static page asks for the token itself
         done = bit("classify", DIGITS[0], "--server", srv.url, "--format", "jsonl")
         assert done.returncode == 2 and "needs a token" in text(done.stderr)
+        done = bit("classify", DIGITS[0], "--server", srv.url, "--format", "jsonl", env=bit_env(BIT_TOKEN="wrong"))
+        assert done.returncode == 2 and "refused the token in BIT_TOKEN" in text(done.stderr)
         done = bit("classify", DIGITS[0], "--server", srv.url, "--format", "jsonl", env=env)
         assert done.returncode == 0, text(done.stderr)
     finally:
@@ -275,6 +282,67 @@ def test_client_imports_no_torch(server):
     heavy = {name for name in imported if name.split(".")[0] in ("torch", "PIL", "safetensors")
              or name.startswith(("bitcli.model", "bitcli.checkpoint", "bitcli.pipeline."))}
     assert not heavy, f"the client imported model code: {sorted(heavy)[:5]}"
+
+
+def _noise_png(path, side, seed):
+    from PIL import Image
+
+    Image.fromarray((np.random.RandomState(seed).rand(side, side, 3) * 255).astype("uint8")).save(path)
+    return path
+
+
+def test_client_fits_its_requests_to_the_servers_body_limit(server, tmp_path):
+    """Files that together pass --max-body (2 MB here) go in several requests, not one that the
+    server cuts off; one file over the limit alone fails alone, as a record, and the rest go on."""
+    small = [_noise_png(tmp_path / f"n{i}.png", 600, i) for i in range(3)]  # about 1.1 MB each
+    big = _noise_png(tmp_path / "big.png", 1000, 9)  # about 3 MB
+    names = [small[0].name, small[1].name, big.name, small[2].name]
+    local = bit("classify", *names, "-m", "bit-digits", "-f", "jsonl", "-k", "2", cwd=tmp_path)
+    remote = bit("classify", *names, "--server", server.url, "-f", "jsonl", "-k", "2", cwd=tmp_path)
+    assert local.returncode == 0, text(local.stderr)
+    assert remote.returncode == 1, text(remote.stderr)
+    expected = [json.loads(x) for x in text(local.stdout).splitlines()]
+    got = [json.loads(x) for x in text(remote.stdout).splitlines()]
+    assert [r["path"] for r in got] == names
+    assert "larger than the server takes" in got[2]["error"]
+    _same_records([got[i] for i in (0, 1, 3)], [expected[i] for i in (0, 1, 3)])
+    lines = text(remote.stderr).strip().splitlines()
+    assert any(line.startswith("error: big.png: larger than the server takes") for line in lines), lines
+    assert server.json("/healthz")[0] == 200
+
+
+def test_more_files_than_the_queue_holds_is_413_and_the_client_splits_and_waits(tmp_path):
+    """A request that could never fit the queue is refused for good (413, not 'busy, retry');
+    the client sends at most what the server takes per request and waits out a busy server."""
+    srv = Server("-m", "bit-digits", "--max-queue", "2", "--max-batch", "4", "--max-wait-ms", "2000")
+    try:
+        status, limits = srv.json("/v1/models")[0], srv.json("/v1/models")[2]["limits"]
+        assert status == 200 and limits["max_files"] == 2
+        body, headers = upload([(f"d{i}.png", read(DIGITS[i])) for i in range(3)])
+        got, _, answer = srv.json("/v1/classify", body=body, headers=headers)
+        assert got == 413 and "at most 2 per request" in answer["error"] and "\n" not in answer["error"]
+        two, headers2 = upload([(f"d{i}.png", read(DIGITS[i])) for i in range(2)])
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(srv.json, "/v1/classify", body=two, headers=headers2)
+            import time
+
+            time.sleep(0.7)  # the queue is full now, for about 2 s
+            done = bit("classify", *DIGITS[:5], "--server", srv.url, "-f", "jsonl", "-k", "1", "--batch-size", "5")
+            assert first.result()[0] == 200
+        assert done.returncode == 0, text(done.stderr)
+        records = [json.loads(x) for x in text(done.stdout).splitlines()]
+        assert [r["predictions"][0]["label"] for r in records] == [p.parent.name for p in DIGITS[:5]]
+    finally:
+        srv.stop()
+
+
+def test_a_token_a_header_cannot_carry_is_refused_up_front():
+    done = bit("serve", "-m", "bit-digits", "--port", "0", "--token", "pass word")
+    assert done.returncode == 2 and len(text(done.stderr).strip().splitlines()) == 1 and "--token" in text(done.stderr)
+    done = bit("serve", "-m", "bit-digits", "--port", "0", env=bit_env(BIT_TOKEN="pa\u20acss"))
+    assert done.returncode == 2 and "--token" in text(done.stderr)
+    done = bit("classify", DIGITS[0], "--server", "http://127.0.0.1:9", env=bit_env(BIT_TOKEN="pa\u20acss"))
+    assert done.returncode == 2 and "BIT_TOKEN" in text(done.stderr) and "JSON" not in text(done.stderr)
 
 
 def _free_port() -> int:
@@ -385,3 +453,131 @@ def test_an_index_of_another_model_is_refused(collection, tmp_path):
     assert done.returncode == 2
     lines = text(done.stderr).strip().splitlines()
     assert len(lines) == 1 and "--index" in lines[0] and "other settings" in lines[0]
+
+
+@pytest.mark.parametrize("size", ["nan", "inf", "1e400", "9" * 400, "0.5", "-5"])
+def test_a_max_body_that_is_no_size_is_one_line_and_exit_2(size):
+    done = bit("serve", "-m", "bit-digits", "--port", "0", "--max-body", size, timeout=60)
+    lines = text(done.stderr).strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "--max-body" in lines[0] and "unexpected" not in lines[0], lines
+
+
+@pytest.mark.parametrize("answers", [
+    {"/v1/models": {"hello": 1}},
+    {"/v1/models": {"models": [{"num_labels": 10}]}, "/v1/labels": {"labels": list("0123456789")},
+     "/v1/classify": {"results": [{"path": "x", "predictions": [{"rank": 1}]}]}},
+    {"/v1/models": {"models": [{"num_labels": 10}]}, "/v1/classify": {"results": []}},
+])
+def test_a_server_that_is_not_bit_serve_is_one_line_and_exit_3(answers):
+    """JSON of another shape (another service on that port, another version) is the server's fault:
+    one line naming it, exit 3; never a traceback or an 'unexpected' error."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            if "Content-Length" in self.headers:
+                self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps(answers.get(self.path.split("?")[0], {})).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        for fmt in ("jsonl", "table"):
+            done = bit("classify", DIGITS[0], "--server", f"http://127.0.0.1:{httpd.server_port}", "-f", fmt)
+            lines = text(done.stderr).strip().splitlines()
+            assert done.returncode == 3, lines
+            assert "is it `bit serve`?" in lines[-1] and not any("unexpected" in line for line in lines), lines
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_client_reports_special_and_odd_files_as_the_command_does(server, tmp_path):
+    import os
+
+    (tmp_path / "ok.png").write_bytes(read(DIGITS[0]))
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "short.gif").write_bytes(b"GIF89a")
+    names = ["ok.png", "fifo.png", "dangling.png", "empty.png", "short.gif"]
+    local = bit("classify", *names, "-m", "bit-digits", "-f", "jsonl", "-k", "1", cwd=tmp_path, timeout=60)
+    remote = bit("classify", *names, "--server", server.url, "-f", "jsonl", "-k", "1", cwd=tmp_path, timeout=60)
+    assert remote.returncode == local.returncode == 1
+    _same_records([json.loads(x) for x in text(remote.stdout).splitlines()], [json.loads(x) for x in text(local.stdout).splitlines()])
+    assert text(remote.stderr) == text(local.stderr)
+
+
+def test_a_model_failure_is_a_json_500_and_the_server_goes_on():
+    """A batch the model cannot run (out of memory, a device error) answers each of its requests
+    with 500 and one JSON line, not Starlette's plain-text page; the next request is served."""
+    from fastapi.testclient import TestClient
+
+    from bitcli.pipeline import load
+    from bitcli.serve.app import ServeSettings, create_app
+    from bitcli.serve.service import Service
+
+    service = Service(load("bit-digits", device="cpu", offline=True), max_batch=4, max_pixels=None)
+    real_run, calls = service.run, []
+
+    def run(key, uploads):
+        calls.append(len(uploads))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return real_run(key, uploads)
+
+    service.run = run
+    app = create_app(lambda: service, ServeSettings(max_batch=4), model_name="bit-digits", report=lambda: {})
+    body, headers = upload([("d.png", read(DIGITS[0]))])
+    with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as client:
+        for _ in range(600):  # the model loads in a thread at startup
+            if client.get("/healthz").status_code == 200:
+                break
+            import time
+
+            time.sleep(0.05)
+        first = client.post("/v1/classify", content=body, headers=headers)
+        assert first.status_code == 500
+        assert first.json() == {"error": "the server failed on this request (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)"}
+        second = client.post("/v1/classify?top_k=1", content=body, headers=headers)
+        assert second.status_code == 200 and second.json()["results"][0]["predictions"][0]["label"] == DIGITS[0].parent.name
+
+
+def test_client_refuses_a_model_other_than_the_servers(server, tmp_path):
+    """With BIT_SERVER in the environment, `-m OTHER` must not quietly print the server's model's
+    answers as if they were OTHER's: one line, exit 2. `-m` naming the served model is fine."""
+    env = bit_env(BIT_SERVER=server.url)
+    done = bit("classify", DIGITS[0], "-m", str(tmp_path / "my-model"), "-f", "jsonl", env=env)
+    lines = text(done.stderr).strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "runs bit-digits" in lines[0] and text(done.stdout) == "", lines
+    same = bit("classify", DIGITS[0], "-m", "bit-digits", "-f", "jsonl", env=env)
+    assert same.returncode == 0, text(same.stderr)
+
+
+@pytest.mark.parametrize("host, status", [("evil.example:8765", 400), ("127.0.0.1.evil.example", 400), ("", 400),
+                                          ("localhost:1", 200), ("127.0.0.1", 200), ("[::1]:8765", 200)])
+def test_without_a_token_only_loopback_names_are_answered(server, host, status):
+    """DNS rebinding: a web page of evil.example whose name now resolves to 127.0.0.1 sends
+    `Host: evil.example`; a server without a token must not answer it (it could read the model's
+    answers, and the paths it reports). With a token any name is fine (the page lacks the token)."""
+    host_port = server.url.removeprefix("http://")
+    with socket.create_connection(tuple([host_port.split(":")[0], int(host_port.split(":")[1])]), timeout=30) as sock:
+        sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode()), head
+    if status == 400:
+        assert "--token" in json.loads(body)["error"]

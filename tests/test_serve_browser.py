@@ -79,3 +79,29 @@ def test_page_shows_a_broken_file_as_an_error(browser, tmp_path):
         page.close()
     finally:
         server.stop()
+
+
+def test_page_sends_many_and_large_files_in_requests_the_server_takes(browser, tmp_path):
+    """Dropping more files than one request may carry (here 2 files, 2 MB) still classifies them
+    all, request by request; a file over the body limit alone gets its own error card."""
+    import numpy as np
+    from PIL import Image
+
+    digits = sorted((ROOT / "sample_digits").glob("*/*.png"))[:5]
+    big = tmp_path / "big.png"
+    Image.fromarray((np.random.RandomState(0).rand(1000, 1000, 3) * 255).astype("uint8")).save(big)
+    server = Server("-m", "bit-digits", "--max-queue", "2", "--max-body", "2MB")
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.startsWith('model: bit-digits')")
+        page.set_input_files("#files", [str(p) for p in digits] + [str(big)])
+        page.wait_for_function("document.querySelectorAll('.result').length === 6 && !document.querySelector('.busy')")
+        assert page.query_selector("#results > p.error") is None
+        cards = {c.query_selector(".name").inner_text(): c for c in page.query_selector_all(".result")}
+        assert "larger than the server takes" in cards["big.png"].query_selector(".error").inner_text()
+        for p in digits:
+            assert cards[p.name].query_selector("tr.prediction .label").inner_text() == p.parent.name
+        page.close()
+    finally:
+        server.stop()

@@ -9,7 +9,7 @@ import pytest
 from bitcli.errors import UsageError
 from bitcli.transfer import Callbacks, FinetuneOptions, TrainOptions, train
 from bitcli.transfer.export import REPORT
-from bitcli.transfer.hyperrule import Resolution
+from bitcli.transfer.hyperrule import Resolution, fixed_resolution
 from bitcli.transfer.run import state_dir_for
 from transferdata import make_trainable_checkpoint, shared, transfer_env, write_folder  # noqa: F401
 
@@ -62,6 +62,7 @@ def test_interrupted_run_needs_resume_or_overwrite(setup):
         (TrainOptions(method="svm"), "choose linear or finetune"),
         (TrainOptions(resume=True), "--resume applies to --method finetune"),
         (TrainOptions(steps=5), "--steps applies to --method finetune"),
+        (TrainOptions(finetune=FinetuneOptions(resolution=fixed_resolution(64))), "--resolution applies to --method finetune"),
         (TrainOptions(val="x", val_split=0.2), "--val and --val-split exclude each other"),
     ],
 )

@@ -97,7 +97,10 @@ def classify(
         if labels is not None:
             raise UsageError("--labels applies to a local model; the server names the classes (drop --labels or --server)")
         client = Client(server, token=token_from_env())
-        top_k = min(top_k, max(1, int(client.model()["num_labels"])))
+        served = client.model()
+        if model != DEFAULT_MODEL and model != served.get("model"):  # BIT_SERVER set, -m given: not silently another model
+            raise UsageError(f"-m {model}: the server at {server} runs {served.get('model')}; drop -m (or --server / BIT_SERVER) to use it")
+        top_k = min(top_k, max(1, int(served["num_labels"])))
         names = client.labels() if fmt == "table" else None
         groups: Any = client.classify_groups(items, top_k=top_k, batch_size=batch_size)
     else:

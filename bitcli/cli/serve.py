@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import re
 import signal
 import socket
 from enum import Enum
@@ -57,17 +58,12 @@ _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**1
 
 
 def parse_size(text: str) -> int:
-    """'100MB' -> 100000000; '512KiB', '2GB', '1000' (bytes)."""
-    value = text.strip().upper().replace(" ", "")
-    number = value.rstrip("KMGIB")
-    unit = value[len(number):]
-    try:
-        amount = float(number)
-    except ValueError:
-        amount = -1.0
-    if unit not in _SIZE_UNITS or amount <= 0:
+    """'100MB' -> 100000000; '512KiB', '2GB', '1.5MB', '1000' (bytes); at least one byte."""
+    found = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)([A-Z]*)", text.strip().upper().replace(" ", ""))
+    value = float(found.group(1)) * _SIZE_UNITS[found.group(2)] if found and found.group(2) in _SIZE_UNITS else 0.0
+    if not 1 <= value < 2**63:
         raise UsageError(f"--max-body {text!r}: give a size such as 100MB, 512KiB or 1000000")
-    return int(amount * _SIZE_UNITS[unit])
+    return int(value)
 
 
 def is_loopback(host: str) -> bool:
@@ -134,6 +130,9 @@ def serve(
         raise UsageError(INSTALL_HINT) from None
     if token is not None and not token.strip():
         raise UsageError("--token is empty: give a secret, e.g. --token \"$(openssl rand -hex 16)\"")
+    if token is not None and not all(0x21 <= ord(c) <= 0x7E for c in token):
+        raise UsageError("--token: use letters, digits and punctuation only (an HTTP header cannot carry spaces or other "
+                         "characters unchanged), e.g. --token \"$(openssl rand -hex 16)\"")
     if not is_loopback(host) and token is None:
         raise UsageError(f"--host {host} would let anyone on the network use this server: add --token TOKEN (or BIT_TOKEN)")
     body_limit = parse_size(max_body)

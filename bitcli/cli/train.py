@@ -70,7 +70,7 @@ def train(
     ] = None,
     resolution: Annotated[
         Optional[int],
-        typer.Option("--resolution", min=8, metavar="PX", help="finetune: train and evaluate at PX x PX (rule: 128 for images under 96x96, else the base's input size)."),
+        typer.Option("--resolution", min=8, max=1024, metavar="PX", help="finetune: train and evaluate at PX x PX (rule: 128 for images under 96x96, else the base's input size)."),
     ] = None,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import filecmp
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from bitcli.errors import UsageError
@@ -44,7 +44,10 @@ def copy_to_local_dir(resolved: ResolvedModel, directory: str | Path) -> Path:
                 if filecmp.cmp(source, destination, shallow=False):
                     continue
                 raise UsageError(f"{destination}: exists with other content; choose an empty --local-dir or remove it")
-            fd, temporary = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".part", dir=target)
+            temporary = target / f".{source.name}.{secrets.token_hex(6)}.part"
+            # a fresh name, opened exclusively, with the modes the umask gives any new file (not
+            # mkstemp's private 0600: the folder is made to be carried and read elsewhere)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
             try:
                 with os.fdopen(fd, "wb") as out, open(source, "rb") as inp:
                     shutil.copyfileobj(inp, out, 1 << 20)

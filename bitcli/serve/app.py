@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import io
+import ipaddress
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -70,10 +71,16 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         token = self.settings.token
+        if token is None and not _loopback_name(headers.get("host", "")):
+            # without a token the server listens on loopback only; a page of another site whose name
+            # was rebound to 127.0.0.1 (DNS rebinding) still sends its own name: refuse it
+            return await error_response(400, "this server answers only to 127.0.0.1 or localhost without a token: "
+                                             "start it with --token to reach it by another name")(scope, receive, send)
         if token is not None and not (scope["method"] == "GET" and scope["path"] == "/"):
-            given = headers.get("authorization", "")
-            expected = f"Bearer {token}"
-            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
+            scheme, _, given = headers.get("authorization", "").strip().partition(" ")
+            # the scheme is case-insensitive (RFC 7235); the token is compared in constant time
+            right = hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8"))
+            if not (right and scheme.lower() == "bearer"):
                 return await error_response(401, "missing or wrong token: send Authorization: Bearer TOKEN", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
         limit = self.settings.max_body
         declared = headers.get("content-length")
@@ -102,6 +109,18 @@ class Guard:
         except _BodyTooLarge:
             if not started:
                 await error_response(413, f"request body over the server's limit of {limit} bytes")(scope, receive, send)
+
+
+def _loopback_name(host: str) -> bool:
+    """Whether a Host header names this machine's loopback: localhost, 127.x.y.z or [::1], any port."""
+    host = host.strip().lower()
+    name = host[1:host.find("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, model_name: str, report: Callable[[], dict]) -> FastAPI:
@@ -146,9 +165,16 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
         return error_response(422, f"{where}: {first.get('msg', 'invalid value')}")
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:  # the model failed (memory, device)
+        detail = str(exc).strip().splitlines()
+        return error_response(500, f"the server failed on this request ({type(exc).__name__}: {detail[0] if detail else 'no detail'})")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
+
+    files_per_request = min(MAX_FILES, settings.max_queue)  # more could never fit the queue at once
 
     def ready() -> tuple[Any, Batcher]:
         if state["service"] is None:
@@ -171,7 +197,8 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
     async def models() -> dict:
         service, _ = ready()
         indexes = [{"name": name, "rows": ix.rows, "dim": ix.dim, "path": str(ix.array_path)} for name, ix in sorted(service.indexes.items())]
-        return {"models": [report()], "indexes": indexes}
+        return {"models": [report()], "indexes": indexes,
+                "limits": {"max_body": settings.max_body, "max_files": files_per_request}}
 
     @app.post("/v1/search")
     async def search(request: Request, index: str = Query(..., min_length=1), top_k: int = Query(10, ge=1, le=10_000)) -> dict:
@@ -226,6 +253,8 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
             files = [part for part in form.getlist("file") if isinstance(part, UploadFile)]
             if not files:
                 raise ApiError(400, "no image: send one or more parts named 'file' (with a filename)")
+            if len(files) > files_per_request:
+                raise ApiError(413, f"{len(files)} files in one request: this server takes at most {files_per_request} per request")
             loop = asyncio.get_running_loop()
             saved = []
             for index, part in enumerate(files):

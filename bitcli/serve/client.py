@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,9 +20,10 @@ from typing import Any
 
 from bitcli.errors import BitError, InputError, ModelError, UsageError
 from bitcli.results import ClassifyResult, Prediction
-from bitcli.util import first_line, open_regular, os_error_reason
+from bitcli.util import NotRegularFile, first_line, open_regular, os_error_reason
 
 TIMEOUT_S = 300.0  # one request: upload, queue and model time for up to a batch of images
+BUSY_S = 120.0  # how long a busy server (503 with Retry-After) is waited for, in all, per request
 
 
 class Client:
@@ -31,9 +33,12 @@ class Client:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise UsageError(f"--server {url!r}: give the server's address, e.g. http://127.0.0.1:8765")
+        if token is not None and not _sendable(token):
+            raise UsageError("BIT_TOKEN: a token is letters, digits and punctuation only (no spaces, no other characters)")
         self.url = url.rstrip("/")
         self.token = token
         self.max_file_bytes = max_file_bytes
+        self.max_files: int | None = None  # the server's limits, once /v1/models said them
 
     def _request(self, path: str, *, body: bytes | None = None, content_type: str | None = None) -> Any:
         headers = {"Accept": "application/json"}
@@ -42,11 +47,24 @@ class Client:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method="POST" if body is not None else "GET")
+        waited = 0.0
+        while True:
+            try:
+                return self._send(request)
+            except urllib.error.HTTPError as exc:
+                pause = _retry_after(exc)
+                if exc.code != 503 or pause is None or waited + pause > BUSY_S:
+                    raise _http_error(self.url, exc, sent_token=bool(self.token)) from None
+                exc.close()
+            time.sleep(pause)  # a busy server: wait as it asks, then send again
+            waited += pause
+
+    def _send(self, request: urllib.request.Request) -> Any:
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
                 return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise _http_error(self.url, exc) from None
+        except urllib.error.HTTPError:
+            raise
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ModelError(f"cannot reach the server at {self.url} ({first_line(reason) if isinstance(reason, BaseException) else reason}); is `bit serve` running?") from None
@@ -54,10 +72,28 @@ class Client:
             raise ModelError(f"the server at {self.url} did not answer with JSON; is it `bit serve`?") from None
 
     def model(self) -> dict[str, Any]:
-        return self._request("/v1/models")["models"][0]
+        answer = self._request("/v1/models")
+        try:
+            model = dict(answer["models"][0])
+            int(model["num_labels"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise self._not_bit("/v1/models") from None
+        limits = answer.get("limits") or {}
+        if isinstance(limits, dict) and isinstance(limits.get("max_body"), int) and limits["max_body"] > 0:
+            self.max_file_bytes = min(self.max_file_bytes, limits["max_body"])
+        if isinstance(limits, dict) and isinstance(limits.get("max_files"), int) and limits["max_files"] > 0:
+            self.max_files = limits["max_files"]
+        return model
 
     def labels(self) -> list[str]:
-        return list(self._request("/v1/labels")["labels"])
+        answer = self._request("/v1/labels")
+        try:
+            return [str(name) for name in answer["labels"]]
+        except (KeyError, TypeError):
+            raise self._not_bit("/v1/labels") from None
+
+    def _not_bit(self, path: str) -> ModelError:
+        return ModelError(f"the server at {self.url} answered {path} in a form bit does not know; is it `bit serve`?")
 
     def classify_groups(self, items: Iterable[Any], *, top_k: int, batch_size: int) -> Iterator[list[ClassifyResult]]:
         """One list of results per request of up to `batch_size` inputs, in input order."""
@@ -79,12 +115,33 @@ class Client:
                 results[i] = ClassifyResult(path=item.path, error=error)
                 continue
             parts.append((i, item.path, data))
-        if parts:
-            body, content_type = multipart([(path, data) for _, path, data in parts])
+        for request in self._requests(parts):
+            body, content_type = multipart([(path, data) for _, path, data in request])
             answer = self._request(f"/v1/classify?top_k={top_k}", body=body, content_type=content_type)
-            for (i, path, _), record in zip(parts, answer["results"]):
-                results[i] = from_record(path, record)
+            records = answer.get("results") if isinstance(answer, dict) else None
+            if not isinstance(records, list) or len(records) != len(request):
+                raise self._not_bit("/v1/classify")
+            for (i, path, _), record in zip(request, records):
+                try:
+                    results[i] = from_record(path, record)
+                except (KeyError, TypeError, ValueError):
+                    raise self._not_bit("/v1/classify") from None
         return [r for r in results if r is not None]
+
+    def _requests(self, parts: list[tuple[int, str, bytes]]) -> Iterator[list[tuple[int, str, bytes]]]:
+        """`parts` in input order, cut into requests that fit the server's body and file limits."""
+        request: list[tuple[int, str, bytes]] = []
+        size = len(multipart([], boundary=BOUNDARY_SIZED)[0])
+        for part in parts:
+            grows = len(multipart([(part[1], part[2])], boundary=BOUNDARY_SIZED)[0]) - len(multipart([], boundary=BOUNDARY_SIZED)[0])
+            full = self.max_files is not None and len(request) >= self.max_files
+            if request and (full or size + grows > self.max_file_bytes):
+                yield request
+                request, size = [], len(multipart([], boundary=BOUNDARY_SIZED)[0])
+            request.append(part)
+            size += grows
+        if request:
+            yield request
 
 
     def search_groups(self, index: str, items: Iterable[Any], *, top_k: int, batch_size: int) -> Iterator[list[Any]]:
@@ -110,30 +167,40 @@ class Client:
                 results[i] = QueryResult(getattr(item, "path", str(item)), error=error)
             else:
                 parts.append((i, item.path, data))
-        if parts:
-            body, content_type = multipart([(path, data) for _, path, data in parts])
-            query = urllib.parse.urlencode({"index": index, "top_k": top_k})
+        query = urllib.parse.urlencode({"index": index, "top_k": top_k})
+        for request in self._requests(parts):
+            body, content_type = multipart([(path, data) for _, path, data in request])
             answer = self._request(f"/v1/search?{query}", body=body, content_type=content_type)
-            base = answer.get("base")
-            for (i, path, _), record, rows in zip(parts, answer["results"], answer["rows"]):
-                if "error" in record:
-                    results[i] = QueryResult(path, error=str(record["error"]))
-                    continue
-                matches = [Match(rank=int(m["rank"]), row=int(r["row"]), path=shown_path(r["recorded"], base), score=float(m["score"]))
-                           for m, r in zip(record["matches"], rows)]
-                results[i] = QueryResult(path, matches)
+            try:
+                base = answer.get("base")
+                records, rows = answer["results"], answer["rows"]
+                if len(records) != len(request) or len(rows) != len(request):
+                    raise ValueError("one record per query")
+                for (i, path, _), record, found in zip(request, records, rows):
+                    if "error" in record:
+                        results[i] = QueryResult(path, error=str(record["error"]))
+                        continue
+                    matches = [Match(rank=int(m["rank"]), row=int(r["row"]), path=shown_path(str(r["recorded"]), base), score=float(m["score"]))
+                               for m, r in zip(record["matches"], found)]
+                    results[i] = QueryResult(path, matches)
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raise self._not_bit("/v1/search") from None
         return results
 
     def _read(self, item: Any) -> tuple[bytes | None, str | None]:
+        """(bytes, None) for a file to send, (None, reason) for one that fails here, with the
+        reason the local command gives."""
         if isinstance(item, InputError):
             return None, item.reason
         try:
             with open_regular(item.path) as fh:
                 data = fh.read(self.max_file_bytes + 1)
+        except NotRegularFile:  # a FIFO, a device: the reason the local command gives
+            return None, "not a regular file"
         except OSError as exc:
             return None, os_error_reason(exc)
-        if len(data) > self.max_file_bytes:
-            return None, "larger than the server takes"
+        if len(multipart([(item.path, data)], boundary=BOUNDARY_SIZED)[0]) > self.max_file_bytes:
+            return None, f"larger than the server takes ({self.max_file_bytes} bytes a request)"
         return data, None
 
 
@@ -154,9 +221,12 @@ def from_record(path: str, record: dict[str, Any]) -> ClassifyResult:
     return ClassifyResult(path=path, predictions=predictions)
 
 
-def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+BOUNDARY_SIZED = "0" * 32  # a boundary as long as the real ones: to measure a body's size
+
+
+def multipart(files: list[tuple[str, bytes]], *, boundary: str | None = None) -> tuple[bytes, str]:
     """A multipart/form-data body with one part named `file` per (name, bytes)."""
-    boundary = uuid.uuid4().hex
+    boundary = boundary or uuid.uuid4().hex
     chunks = []
     for name, data in files:
         quoted = name.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "%0D").replace("\n", "%0A")
@@ -170,16 +240,33 @@ def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
-def _http_error(url: str, exc: urllib.error.HTTPError) -> BitError:
+def _http_error(url: str, exc: urllib.error.HTTPError, *, sent_token: bool = False) -> BitError:
     try:
         message = json.loads(exc.read()).get("error") or exc.reason
     except (ValueError, OSError, AttributeError):
         message = exc.reason
+    if exc.code == 401 and sent_token:
+        return UsageError(f"the server at {url} refused the token in BIT_TOKEN: set the one it was started with")
     if exc.code == 401:
-        return UsageError(f"the server at {url} needs a token: set BIT_TOKEN (or --token)")
+        return UsageError(f"the server at {url} needs a token: set BIT_TOKEN")
     if exc.code in (400, 413, 415, 422):
         return UsageError(f"the server refused the request ({exc.code}: {message})")
     return ModelError(f"the server at {url} failed ({exc.code}: {message})")
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float | None:
+    """The seconds a 503's Retry-After asks for (at most 30), or None."""
+    value = (exc.headers or {}).get("Retry-After", "") if exc.headers is not None else ""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(seconds, 0.1), 30.0)
+
+
+def _sendable(token: str) -> bool:
+    """A token an HTTP header carries unchanged: visible ASCII, no spaces."""
+    return bool(token) and all(0x21 <= ord(c) <= 0x7E for c in token)
 
 
 def token_from_env() -> str | None:

@@ -165,6 +165,8 @@ def _check_options(options: TrainOptions, outdir: Path) -> None:
         raise UsageError("--resume applies to --method finetune (the linear probe's features are cached: rerun it)")
     if options.steps is not None and options.method != "finetune":
         raise UsageError("--steps applies to --method finetune")
+    if options.finetune.resolution is not None and options.method != "finetune":
+        raise UsageError("--resolution applies to --method finetune (the linear probe uses the base's own input size)")
     check_outdir(outdir, overwrite=options.overwrite)
     state = state_dir_for(outdir)
     state_mod.discard_empty(state)  # a first checkpoint that failed (disk full) left nothing to resume
