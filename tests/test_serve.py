@@ -581,3 +581,53 @@ def test_without_a_token_only_loopback_names_are_answered(server, host, status):
     assert head.startswith(f"HTTP/1.1 {status}".encode()), head
     if status == 400:
         assert "--token" in json.loads(body)["error"]
+
+
+def test_healthz_is_503_until_the_model_is_loaded():
+    """The app answers while the model loads: /healthz 503 with Retry-After, then 200."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from bitcli.serve.app import ServeSettings, create_app
+
+    release = threading.Event()
+
+    class Loaded:
+        indexes: dict = {}
+        labels = None
+
+        def run(self, key, uploads):
+            return []
+
+        def close(self):
+            pass
+
+    def load():
+        release.wait(30)
+        return Loaded()
+
+    app = create_app(load, ServeSettings(), model_name="slow", report=lambda: {"model": "slow"})
+    with TestClient(app, headers={"Host": "127.0.0.1"}) as client:
+        early = client.get("/healthz")
+        assert early.status_code == 503 and early.headers["Retry-After"] == "5" and "loading" in early.json()["error"]
+        assert client.get("/v1/models").status_code == 503
+        release.set()
+        for _ in range(100):
+            if client.get("/healthz").status_code == 200:
+                break
+            import time
+
+            time.sleep(0.05)
+        assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_a_model_that_fails_to_load_ends_the_server_with_its_line(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bit", "depths": "three"}')
+    (broken / "model.safetensors").write_bytes(b"\0" * 16)
+    done = bit("serve", "-m", broken, "--port", "0", timeout=120)
+    assert done.returncode == 3
+    lines = text(done.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "depths" in lines[0]

@@ -31,6 +31,7 @@ from bitcli.cli.common import (
     QuietOpt,
     ThreadsOpt,
     Ui,
+    check_settings,
     load_model,
     run_options,
 )
@@ -41,11 +42,12 @@ from bitcli.util import DEFAULT_MAX_PIXELS
 
 EPILOG = epilog(
     "bit serve -m bit-digits",
-    "bit serve --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"",
+    "BIT_TOKEN=\"$(openssl rand -hex 16)\" bit serve --host 0.0.0.0  # the token in the environment, not in ps",
     "curl -F file=@cat.jpg 'http://127.0.0.1:8765/v1/classify?top_k=3'",
     "bit classify cat.jpg --server http://127.0.0.1:8765",
 )
 
+MAX_CONNECTIONS = 1024  # open connections at once; past it uvicorn answers 503 (slow clients cannot pile up)
 INSTALL_HINT = "bit serve needs its extra: pip install 'bitcli[serve]'"
 RAY_HINT = "bit serve --engine ray needs Ray Serve: pip install 'bitcli[serve,ray]'"
 
@@ -159,27 +161,36 @@ def serve(
     from bitcli.serve.service import Service
 
     options = run_options(device, precision, max_batch, threads, max_pixels)
-    loaded = load_model(model, options, ui, threads)
-    service = Service(loaded, max_batch=max_batch, max_pixels=options.max_pixels)
-    for name, collection in collections.items():
-        service.add_index(name, collection)
+    check_settings(options.device, model)  # a malformed reference fails now, before the port opens
     settings = ServeSettings(max_body=body_limit, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                              max_queue=max_queue, token=token)
-    report = inspection.build_report(loaded, service.labels)
-    app = create_app(lambda: service, settings, model_name=report["model"], report=lambda: report)
+    loaded_report: dict[str, Any] = {}
+
+    def load() -> Service:  # at startup, while /healthz answers 503
+        loaded = load_model(model, options, ui, threads)
+        service = Service(loaded, max_batch=max_batch, max_pixels=options.max_pixels)
+        for name, collection in collections.items():
+            service.add_index(name, collection)
+        loaded_report.update(inspection.build_report(loaded, service.labels))
+        return service
+
+    app = create_app(load, settings, model_name=model, report=lambda: loaded_report)
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical" if not debug else "info", access_log=debug,
-                                           lifespan="on", timeout_graceful_shutdown=30))
+                                           lifespan="on", timeout_graceful_shutdown=30, limit_concurrency=MAX_CONNECTIONS))
     bound_host, bound_port = listener.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     terminated: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda sig, frame: terminated.append(sig))
+    state = app.state.bit
 
     async def run() -> None:
         task = asyncio.create_task(server.serve(sockets=[listener]))
-        while not (server.started and app.state.bit["service"] is not None) and not task.done():
+        while not (server.started and state["service"] is not None) and not task.done() and not state["error"]:
             await asyncio.sleep(0.02)
-        if not task.done():
-            ui.info(f"serving {report['model']} on http://{shown}:{bound_port} (web page: /, API docs: /docs)")
+        if state["error"]:
+            server.should_exit = True
+        elif not task.done():
+            ui.info(f"serving {loaded_report['model']} on http://{shown}:{bound_port} (web page: /, API docs: /docs)")
         await task
 
     try:
@@ -187,8 +198,8 @@ def serve(
     finally:
         signal.signal(signal.SIGTERM, previous)
         listener.close()
-    if app.state.bit["error"]:
-        raise UsageError(f"the model could not be prepared: {app.state.bit['error']}")
+    if state.get("exception") is not None:
+        raise state["exception"]  # the load's own one-line error and exit code (3 for a model)
     return EXIT_OK
 
 

@@ -134,8 +134,8 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         async def load() -> None:
             try:
                 service = await loop.run_in_executor(None, service_factory)
-            except Exception as exc:  # reported by /healthz; the CLI loads before it serves
-                state["error"] = str(exc)
+            except Exception as exc:  # /healthz reports it; `bit serve` stops with its message
+                state["error"], state["exception"] = str(exc), exc
                 return
             batcher = Batcher(service.run, max_batch=settings.max_batch, max_wait_s=settings.max_wait_s, max_queue=settings.max_queue)
             batcher.start()
