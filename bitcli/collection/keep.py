@@ -8,12 +8,14 @@ has them): a file changed since is reported, never listed and never kept in plac
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from bitcli.collection.dedup import DuplicateGroup
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.errors import UsageError
 from bitcli.store.metadata import FileIdentity, identify, read_file_rows
+from bitcli.util import open_regular
 
 KEEP_POLICIES = ("first", "largest", "newest")
 
@@ -78,6 +80,9 @@ def _present(
             continue
         try:
             info = os.stat(found)
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or device now: never the embedded image
+                changed.append(path)
+                continue
             if identities is not None:
                 recorded = identities.get(row)
                 now = identify(found, content_hash=content_hash and recorded is not None and recorded.sha256 is not None)
@@ -104,7 +109,7 @@ def _pixels(path: str) -> int:
     try:
         from PIL import Image
 
-        with Image.open(path) as image:
+        with open_regular(path) as fh, Image.open(fh) as image:  # a FIFO swapped in never blocks
             width, height = image.size
         return width * height
     except Exception:  # any unreadable header just ranks lowest

@@ -304,7 +304,7 @@ def read_file_rows(meta_path: Path, meta: EmbeddingMetadata) -> list[tuple[str, 
     sha = hashlib.sha256()
     rows = []
     try:
-        with open(files, "rb") as fh:
+        with open_regular(files) as fh:  # a FIFO or device here must not block the reader
             while raw := fh.readline(ROW_LINE_MAX + 1):
                 if len(rows) == meta.rows or not raw.endswith(b"\n"):
                     raise UsageError(f"{files} holds more than {meta_path}'s {meta.rows} rows, or a torn line{again}")
