@@ -138,9 +138,16 @@ class EmbeddingMetadata:
         from the header's own place (so a collection moved or copied with its files keeps
         naming them), else as recorded."""
         if meta_path is not None and self.cwd_from_header is not None:
-            found = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(meta_path)), self.cwd_from_header))
-            if os.path.isdir(found):
-                return found
+            # Written from the header's real folder; older headers from the folder as spelled.
+            # The spelling that leads back to the recorded directory wins, then the real one.
+            folder = os.path.dirname(os.path.abspath(meta_path))
+            found = [os.path.normpath(os.path.join(base, self.cwd_from_header)) for base in (os.path.realpath(folder), folder)]
+            found = [f for f in found if os.path.isdir(f)]
+            for candidate in found:
+                if isinstance(self.cwd, str) and os.path.isdir(self.cwd) and os.path.samefile(candidate, self.cwd):
+                    return candidate
+            if found:
+                return found[0]
         return self.cwd
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,7 +226,7 @@ def metadata_for(paths: "EmbedPaths", fingerprint: dict[str, Any], *, rows: int,
         feature_dim=dim,
         bitcli_version=__version__,
         cwd=os.getcwd(),
-        cwd_from_header=os.path.relpath(os.getcwd(), os.path.dirname(os.path.abspath(header))),
+        cwd_from_header=os.path.relpath(os.getcwd(), os.path.realpath(os.path.dirname(os.path.abspath(header)))),
         array=None if paths.out is None else _relative_name(paths.out, header),
         manifest=_relative_name(paths.manifest, header),
     )
