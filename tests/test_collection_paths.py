@@ -156,3 +156,19 @@ def test_a_reader_racing_publications_never_mislabels_a_row(tmp_path):
         publisher.wait(timeout=120)
     assert publisher.returncode == 0, publisher.stderr.read()
     assert opens >= 20
+
+
+def test_keep_with_another_manifest_lists_no_file_the_rows_were_not_made_from(tmp_path):
+    """`--manifest` naming other files, each with the size and mtime of the file its row was made
+    from: the row file says which file each row is, so none of them is listed for deletion."""
+    from collectionfiles import write_embedding
+
+    for name in ("a", "b", "c", "d"):
+        Path(f"{name}.png").write_bytes(name.encode() * 100)
+        os.utime(f"{name}.png", ns=(10**18, 10**18))
+    out = write_embedding(tmp_path, np.ones((2, 4), np.float32), ["a.png", "b.png"], cwd=str(tmp_path))
+    Path("other.txt").write_text("c.png\nd.png\n")
+    assert run(["dedup", out, "--keep", "first"]).stdout == "b.png\n"
+    result = run(["dedup", out, "--manifest", "other.txt", "--keep", "first"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""

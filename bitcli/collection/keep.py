@@ -64,7 +64,15 @@ def _recorded_identities(index: EmbeddingIndex, groups: list[DuplicateGroup]) ->
         return None
     wanted = {row for group in groups for row in group.rows}
     rows = read_file_rows(index.meta_path, index.meta)
-    return {row: rows[row][1] for row in wanted}
+    # a row's identity is its file's only while the manifest read (`--manifest`) names that file
+    return {row: rows[row][1] if _same_name(index, rows[row][0], index.recorded[row]) else None for row in wanted}
+
+
+def _same_name(index: EmbeddingIndex, recorded: str, listed: str) -> bool:
+    if recorded == listed:
+        return True
+    base = index.base_dir or ""
+    return os.path.normpath(os.path.join(base, recorded)) == os.path.normpath(os.path.join(base, listed))
 
 
 def _present(
