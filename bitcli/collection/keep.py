@@ -63,7 +63,7 @@ def _recorded_identities(index: EmbeddingIndex, groups: list[DuplicateGroup]) ->
     if index.meta is None or index.meta_path is None:
         return None
     wanted = {row for group in groups for row in group.rows}
-    rows = read_file_rows(index.meta_path, index.meta)
+    rows = read_file_rows(index.meta_path, index.meta, only=wanted)
     # a row's identity is its file's only while the manifest read (`--manifest`) names that file
     return {row: rows[row][1] if _same_name(index, rows[row][0], index.recorded[row]) else None for row in wanted}
 

@@ -85,7 +85,7 @@ def _unchanged(index: EmbeddingIndex, found: dict[str, int]) -> dict[str, int]:
     from bitcli.store.metadata import identify, read_file_rows
 
     try:
-        recorded = read_file_rows(index.meta_path, index.meta)
+        recorded = read_file_rows(index.meta_path, index.meta, only=set(found.values()))
     except UsageError:
         return found  # no readable row file: nothing to check against
     kept = {}

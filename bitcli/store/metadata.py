@@ -301,22 +301,25 @@ def sidecar_file(meta_path: Path, name: str | None) -> Path | None:
     return Path(meta_path).parent / name
 
 
-def read_file_rows(meta_path: Path, meta: EmbeddingMetadata) -> list[tuple[str, FileIdentity | None]]:
+def read_file_rows(
+    meta_path: Path, meta: EmbeddingMetadata, only: set[int] | None = None
+) -> list[tuple[str, FileIdentity | None] | None]:
     """Every row's (path, identity), checked against the header's row count and digest. Read line
-    by line, each line capped, never beyond the header's row count."""
+    by line, each line capped, never beyond the header's row count. With `only`, just those rows
+    are parsed (the others are None; the whole file is still checked)."""
     files = sidecar_file(meta_path, meta.files)
     if files is None:
         raise UsageError(f"{meta_path}: names no row file; embed anew with --overwrite")
     again = "; embed anew with --overwrite"
     sha = hashlib.sha256()
-    rows = []
+    rows: list[tuple[str, FileIdentity | None] | None] = []
     try:
         with open_regular(files) as fh:  # a FIFO or device here must not block the reader
             while raw := fh.readline(ROW_LINE_MAX + 1):
                 if len(rows) == meta.rows or not raw.endswith(b"\n"):
                     raise UsageError(f"{files} holds more than {meta_path}'s {meta.rows} rows, or a torn line{again}")
                 sha.update(raw)
-                rows.append(_row(raw, files, len(rows) + 1))
+                rows.append(_row(raw, files, len(rows) + 1) if only is None or len(rows) in only else None)
     except OSError as exc:
         raise UsageError(f"{files}: cannot read ({exc.strerror or exc}){again}") from exc
     if meta.files_sha256 is not None and sha.hexdigest() != meta.files_sha256:
