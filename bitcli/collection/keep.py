@@ -63,9 +63,24 @@ def _recorded_identities(index: EmbeddingIndex, groups: list[DuplicateGroup]) ->
     if index.meta is None or index.meta_path is None:
         return None
     wanted = {row for group in groups for row in group.rows}
-    rows = read_file_rows(index.meta_path, index.meta, only=wanted)
+    try:
+        rows = read_file_rows(index.meta_path, index.meta, only=wanted)
+    except UsageError:
+        if _republished(index):  # an update published since the index was opened: not damage
+            raise UsageError(f"{index.array_path} was updated while dedup ran (a bit embed --update?); run it again") from None
+        raise
     # a row's identity is its file's only while the manifest read (`--manifest`) names that file
     return {row: rows[row][1] if _same_name(index, rows[row][0], index.recorded[row]) else None for row in wanted}
+
+
+def _republished(index: EmbeddingIndex) -> bool:
+    """Whether the header on disk is no longer the one `index` was opened with."""
+    from bitcli.store.metadata import read_metadata
+
+    try:
+        return read_metadata(index.meta_path).files_sha256 != index.meta.files_sha256
+    except UsageError:
+        return False
 
 
 def _same_name(index: EmbeddingIndex, recorded: str, listed: str) -> bool:
