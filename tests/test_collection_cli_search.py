@@ -261,3 +261,20 @@ def test_min_score_on_a_terminal_table(base, columns):
     scores = [float(cols[-2]) for cols in shown]
     assert scores and all(s >= round(cut, 4) for s in scores), run.text
     assert [m["path"] for m in every[:3]] == [cols[-1] for cols in shown[:3]], run.text
+
+
+def test_a_query_file_overwritten_since_it_was_embedded_is_embedded_again(ckpt, tmp_path, monkeypatch):
+    """`photos/img00.png` names a row, but the file now holds img03's image: the answer is for the
+    image the user points at, not the stale row (found from here or from another directory)."""
+    from clihelpers import make_images
+
+    monkeypatch.chdir(tmp_path)
+    make_images(tmp_path / "photos", 4)
+    assert run(["embed", "photos", "-o", "photos.npy", "-m", ckpt, "-q"]).exit_code == 0
+    shutil.copyfile("photos/img03.png", "photos/img00.png")
+    for where, query in [(tmp_path, "photos/img00.png"), (tmp_path / "photos", "img00.png")]:
+        monkeypatch.chdir(where)
+        result = run(["search", tmp_path / "photos.npy", query, "-k", "1", "--format", "jsonl"])
+        assert result.exit_code == 0, result.stderr
+        (match,) = json.loads(result.stdout)["matches"]
+        assert match["path"].endswith("img03.png") and match["score"] > 0.9999, match

@@ -223,3 +223,14 @@ def test_unknown_keep_policy_is_a_usage_error(photo_index):
     index, groups = photo_index
     with pytest.raises(UsageError, match="--keep"):
         paths_to_delete(index, groups, "oldest")
+
+
+def test_keep_says_run_again_when_the_collection_was_republished_meanwhile(photo_index, tmp_path):
+    """An `--update` published between finding the groups and checking the members: the row file
+    is the new set's, so nothing is listed and the advice is to run again, not to embed anew."""
+    index, groups = photo_index
+    os.utime("a.png", ns=(6_000_000_000, 6_000_000_000))
+    write_embedding(tmp_path / "out", index.take(range(index.rows)), index.recorded, cwd=str(tmp_path))
+    with pytest.raises(UsageError) as caught:
+        paths_to_delete(index, groups, "first")
+    assert "again" in str(caught.value) and "--overwrite" not in str(caught.value)

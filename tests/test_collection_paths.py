@@ -74,6 +74,26 @@ def test_printed_paths_resolve_from_the_callers_directory(ckpt, tmp_path):
     assert all(os.path.isfile(p) for line in groups.stdout.splitlines() for p in json.loads(line)["paths"])
 
 
+def test_an_output_written_through_a_linked_folder_reads_the_same_from_its_real_folder(ckpt, tmp_path):
+    """`-o link/photos.npy` where `link` is a symbolic link to a folder two levels down: read from
+    inside the link (the process's directory is then the real folder), the printed paths still
+    name the embedded files and `--update` keeps every row."""
+    make_images(Path("work/photos"), 3)
+    Path("store/deep/emb").mkdir(parents=True)
+    os.symlink(tmp_path / "store/deep/emb", "work/link")
+    os.chdir("work")
+    assert run(["embed", "photos", "-o", "link/photos.npy", "-m", ckpt]).exit_code == 0
+    before = np.load("link/photos.npy")
+    os.chdir("link")  # the process's directory is store/deep/emb
+    result = run(["search", "photos.npy", str(tmp_path / "work/photos/img00.png"), "-k", "2", "--format", "jsonl"])
+    assert result.exit_code == 0, result.stderr
+    matches = json.loads(result.stdout.splitlines()[0])["matches"]
+    assert [os.path.realpath(m["path"]) for m in matches] == [str(tmp_path / f"work/photos/img0{i}.png") for i in (1, 2)]
+    update = run(["embed", str(tmp_path / "work/photos"), "-o", "photos.npy", "--update"])
+    assert update.exit_code == 0 and "up to date" in update.stderr, update.stderr
+    assert np.load("photos.npy").tobytes() == before.tobytes()
+
+
 def test_keep_names_only_the_embedded_files_from_another_directory(ckpt, tmp_path):
     """From another directory where `photos/img01.png` is an unrelated file, and after one
     of the embedded files was overwritten: neither is listed for deletion."""
@@ -136,3 +156,19 @@ def test_a_reader_racing_publications_never_mislabels_a_row(tmp_path):
         publisher.wait(timeout=120)
     assert publisher.returncode == 0, publisher.stderr.read()
     assert opens >= 20
+
+
+def test_keep_with_another_manifest_lists_no_file_the_rows_were_not_made_from(tmp_path):
+    """`--manifest` naming other files, each with the size and mtime of the file its row was made
+    from: the row file says which file each row is, so none of them is listed for deletion."""
+    from collectionfiles import write_embedding
+
+    for name in ("a", "b", "c", "d"):
+        Path(f"{name}.png").write_bytes(name.encode() * 100)
+        os.utime(f"{name}.png", ns=(10**18, 10**18))
+    out = write_embedding(tmp_path, np.ones((2, 4), np.float32), ["a.png", "b.png"], cwd=str(tmp_path))
+    Path("other.txt").write_text("c.png\nd.png\n")
+    assert run(["dedup", out, "--keep", "first"]).stdout == "b.png\n"
+    result = run(["dedup", out, "--manifest", "other.txt", "--keep", "first"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""

@@ -128,6 +128,28 @@ def test_a_checkpoint_retrained_in_place_is_refused_not_mixed(tmp_path):
     assert "other weights" in search.stderr
 
 
+def test_weights_rewritten_in_place_with_their_mtime_restored_are_still_other_weights(tmp_path):
+    """Same file (inode), same size, mtime put back (`cp -p` over it, a restore): the cached digest
+    must not be taken for the new content."""
+    model = make_checkpoint(tmp_path / "ftm")
+    other = tmp_path / "other"
+    save_reference_checkpoint(other, seed=7, preprocessor=tiny_preprocessor(32), **TINY)
+    make_images(Path("photos"), 3)
+    assert embed("-m", model).exit_code == 0
+    weights = model / "model.safetensors"
+    info = weights.stat()
+    new = (other / "model.safetensors").read_bytes()
+    assert len(new) == info.st_size and new != weights.read_bytes()
+    with open(weights, "r+b") as fh:
+        fh.write(new)
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert weights.stat().st_ino == info.st_ino
+    make_images(Path("photos/more"), 1)
+    result = embed("--update")
+    assert_clean_failure(result, 2)
+    assert "other weights" in result.stderr
+
+
 def test_resume_after_the_weights_changed_is_refused(tmp_path):
     """An interrupted run continued with other weights under the same names would mix models."""
     from test_cli_interrupt import bit, wait_for_commits

@@ -69,3 +69,37 @@ def test_classify_labels_from_a_fifo_or_device_is_one_line(ckpt, tmp_path, kind)
     result = bit("classify", good[0], "-m", ckpt, "--labels", labels, timeout=60)
     line = assert_one_error_line(result, 2, "--labels", str(labels), "not a regular file", "one label per line")
     assert line.count(str(labels)) == 1
+
+
+def _duplicates_embedding(directory, paths, *, meta):
+    """An embedding whose rows are all one vector (one duplicate group), naming `paths`."""
+    import numpy as np
+
+    from collectionfiles import write_embedding
+
+    return write_embedding(directory, np.ones((len(paths), 4), np.float32), paths, meta=meta, cwd=str(directory))
+
+
+def test_dedup_keep_with_a_fifo_as_the_row_file_is_one_line(tmp_path):
+    make_images(tmp_path / "photos", 2)
+    out = _duplicates_embedding(tmp_path, ["photos/img00.png", "photos/img01.png"], meta=True)
+    row_file = tmp_path / "e.files.jsonl"
+    row_file.unlink()
+    os.mkfifo(row_file)
+    result = bit("dedup", out, "--keep", "first", cwd=tmp_path, timeout=30)
+    errors = [line for line in text(result.stderr).splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and result.stdout == b"" and "Traceback" not in text(result.stderr)
+    assert len(errors) == 1 and "e.files.jsonl" in errors[0] and "not a regular file" in errors[0]
+
+
+@pytest.mark.parametrize("keep", ["first", "largest"])
+def test_dedup_keep_never_waits_on_or_lists_a_fifo_member(tmp_path, keep):
+    """A collection without metadata (no identities to check) whose member is now a FIFO: the FIFO
+    is not an embedded image, so it is neither opened (for its pixels) nor listed for deletion."""
+    make_images(tmp_path / "photos", 2)
+    out = _duplicates_embedding(tmp_path, ["photos/img00.png", "photos/fifo.png", "photos/img01.png"], meta=False)
+    os.mkfifo(tmp_path / "photos" / "fifo.png")
+    result = bit("dedup", out, "--keep", keep, cwd=tmp_path, timeout=30)
+    assert result.returncode == 0, text(result.stderr)
+    listed = text(result.stdout).splitlines()
+    assert "photos/fifo.png" not in listed and len(listed) == 1

@@ -182,3 +182,27 @@ def test_html_titles_show_control_characters_escaped():
     page = dedup_page([], lambda path: None, title=f"bit dedup {EVIL}")
     assert "\x1b" not in page and "\x07" not in page
     assert "<title>bit dedup \\x1b[2J\\x1b]0;PWNED\\x07evil.png</title>" in page
+
+
+def test_bit_info_escapes_what_a_collection_header_says(tmp_path):
+    """A collection from elsewhere: its header's strings (model reference, directory, version,
+    settings) reach `bit info`'s table escaped; `--format json` keeps them exact."""
+    import numpy as np
+
+    from collectionfiles import write_embedding
+
+    out = write_embedding(tmp_path, np.ones((2, 4), np.float32))
+    meta = tmp_path / "e.meta.json"
+    header = json.loads(meta.read_text())
+    header["model"]["reference"] = "/models/" + CLEAR_AND_TITLE
+    header["cwd"] = "/home/\x1b[31mred"
+    header["bitcli_version"] = "0.1\x1b[5m"
+    header["preprocessing"]["resize"] = "32\x1b]0;PWNED\x07"
+    meta.write_text(json.dumps(header))
+    table = bit("info", out, cwd=tmp_path, timeout=60)
+    assert table.returncode == 0, text(table.stderr)
+    shown_text = text(table.stdout)
+    assert "\x1b" not in shown_text and "\x07" not in shown_text
+    assert "\\x1b]0;PWNED" in shown_text and "\\x1b[31mred" in shown_text
+    exact = json.loads(text(bit("info", out, "--format", "json", cwd=tmp_path, timeout=60).stdout))
+    assert exact["model"]["reference"] == "/models/" + CLEAR_AND_TITLE

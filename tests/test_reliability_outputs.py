@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -428,6 +429,21 @@ def test_an_output_in_dev_is_refused_before_any_work(ckpt, photos, tmp_path, com
     assert_one_error_line(result, 2)
     assert b"/dev" in result.stderr
     assert set(os.listdir("/dev")) - before == set()
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK) or os.stat("/dev/shm").st_dev == os.stat("/dev").st_dev,
+    reason="no writable /dev/shm file system of its own here",
+)
+def test_an_output_in_dev_shm_a_file_system_of_files_is_written(ckpt, photos, tmp_path):
+    """/dev/shm is a RAM file system mounted under /dev (fast scratch space), not a device folder."""
+    folder = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        result = bit("embed", photos / "img00.png", "-o", f"{folder}/e.npy", "-m", ckpt, "-q", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert np.load(f"{folder}/e.npy").shape[0] == 1
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_an_output_named_after_a_fifo_is_refused(ckpt, photos, tmp_path):

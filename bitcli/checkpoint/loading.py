@@ -121,9 +121,9 @@ _DIGEST_CHUNK = 1 << 20
 def content_digest(files: list[Path]) -> str:
     """sha256 over the checkpoint files' names and contents: what a local model *is*, whatever
     its folder is called. Each file's digest is kept, for this process and in the cache folder
-    (`weights-sha256.json`), under its real path, device, inode, size and mtime, so a checkpoint
-    is hashed once; a file rewritten in place gets a new mtime (or size, or inode) and is hashed
-    again. Only regular files are read (`open_regular`)."""
+    (`weights-sha256.json`), under its real path, device, inode, size, mtime and change time, so
+    a checkpoint is hashed once; a file rewritten in place gets a new change time (which, unlike
+    the mtime, no tool can set back) and is hashed again. Only regular files are read (`open_regular`)."""
     import hashlib
 
     total = hashlib.sha256()
@@ -139,7 +139,7 @@ def _file_digest(path: Path) -> str:
 
     with open_regular(path) as fh:
         info = os.fstat(fh.fileno())
-        key = (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        key = (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         cached = _DIGESTS.get(key) or _disk_digests().get(_key_text(key))
         if cached is None:
             sha = hashlib.sha256()

@@ -8,12 +8,14 @@ has them): a file changed since is reported, never listed and never kept in plac
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 
 from bitcli.collection.dedup import DuplicateGroup
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.errors import UsageError
 from bitcli.store.metadata import FileIdentity, identify, read_file_rows
+from bitcli.util import open_regular
 
 KEEP_POLICIES = ("first", "largest", "newest")
 
@@ -65,8 +67,31 @@ def _recorded_identities(index: EmbeddingIndex, groups: list[DuplicateGroup]) ->
     if index.meta is None or index.meta_path is None:
         return None
     wanted = {row for group in groups for row in group.rows}
-    rows = read_file_rows(index.meta_path, index.meta)
-    return {row: rows[row][1] for row in wanted}
+    try:
+        rows = read_file_rows(index.meta_path, index.meta, only=wanted)
+    except UsageError:
+        if _republished(index):  # an update published since the index was opened: not damage
+            raise UsageError(f"{index.array_path} was updated while dedup ran (a bit embed --update?); run it again") from None
+        raise
+    # a row's identity is its file's only while the manifest read (`--manifest`) names that file
+    return {row: rows[row][1] if _same_name(index, rows[row][0], index.recorded[row]) else None for row in wanted}
+
+
+def _republished(index: EmbeddingIndex) -> bool:
+    """Whether the header on disk is no longer the one `index` was opened with."""
+    from bitcli.store.metadata import read_metadata
+
+    try:
+        return read_metadata(index.meta_path).files_sha256 != index.meta.files_sha256
+    except UsageError:
+        return False
+
+
+def _same_name(index: EmbeddingIndex, recorded: str, listed: str) -> bool:
+    if recorded == listed:
+        return True
+    base = index.base_dir or ""
+    return os.path.normpath(os.path.join(base, recorded)) == os.path.normpath(os.path.join(base, listed))
 
 
 def _present(
@@ -82,6 +107,9 @@ def _present(
             continue
         try:
             info = os.stat(found)
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or device now: never the embedded image
+                changed.append(path)
+                continue
             if identities is not None:
                 recorded = identities.get(row)
                 now = identify(found, content_hash=content_hash and recorded is not None and recorded.sha256 is not None)
@@ -108,7 +136,7 @@ def _pixels(path: str) -> int:
     try:
         from PIL import Image
 
-        with Image.open(path) as image:
+        with open_regular(path) as fh, Image.open(fh) as image:  # a FIFO swapped in never blocks
             width, height = image.size
         return width * height
     except Exception:  # any unreadable header just ranks lowest

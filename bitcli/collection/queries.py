@@ -57,7 +57,7 @@ def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] |
     from bitcli.inputs import expand_inputs
 
     args = list(args)
-    direct = index.find_rows([a for a in args if a != "-"])
+    direct = _unchanged(index, index.find_rows([a for a in args if a != "-"]))
     queries: list[Query] = []
     for arg in args:
         if arg != "-" and arg in direct:
@@ -68,11 +68,39 @@ def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] |
                 queries.append(Query(found.path, error=found.reason))
             else:
                 queries.append(Query(found.path, item=found))
-    rows = index.find_rows([q.path for q in queries if q.item is not None])
+    rows = _unchanged(index, index.find_rows([q.path for q in queries if q.item is not None]))
     for query in queries:
         if query.item is not None and query.path in rows:
             query.row, query.item = rows[query.path], None
     return queries
+
+
+def _unchanged(index: EmbeddingIndex, found: dict[str, int]) -> dict[str, int]:
+    """The queries of `found` (query -> row) whose stored row still describes the file they name
+    from here: a file overwritten since it was embedded (its size or mtime, or sha256 where
+    recorded, differ) is embedded again, not answered with its stale row. A query naming no file
+    from here (a stored name) keeps its row; an index without identities is taken as it is."""
+    if not found or index.meta is None or index.meta_path is None:
+        return found
+    from bitcli.store.metadata import identify, read_file_rows
+
+    try:
+        recorded = read_file_rows(index.meta_path, index.meta, only=set(found.values()))
+    except UsageError:
+        return found  # no readable row file: nothing to check against
+    kept = {}
+    for query, row in found.items():
+        identity = recorded[row][1]
+        try:
+            now = identify(query, content_hash=identity is not None and identity.sha256 is not None)
+        except FileNotFoundError:
+            kept[query] = row
+            continue
+        except OSError:
+            continue  # not readable as a file: embedding reports why
+        if identity is not None and identity.same_stat(now) and (now.sha256 is None or now.sha256 == identity.sha256):
+            kept[query] = row
+    return kept
 
 
 def query_settings(index: EmbeddingIndex, model: str | None, first_query: str) -> tuple[str, dict[str, Any]]:

@@ -113,7 +113,7 @@ def render_info(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(report["path"], style="bold"), title_justify="left", show_header=False, show_edge=False)
+    table = Table(title=Text(shown(report["path"]), style="bold"), title_justify="left", show_header=False, show_edge=False)
     table.add_column("field", style="dim")
     table.add_column("value", overflow="fold")
     model = report.get("model") or {}
@@ -135,7 +135,7 @@ def render_info(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
     ]
     for key, value in rows:
         if value is not None:
-            table.add_row(key, Text(_plain(value)))
+            table.add_row(key, Text(shown(_plain(value))))  # a header from elsewhere may hold anything
     stdout_console(stream).print(table)
 
 

@@ -138,9 +138,16 @@ class EmbeddingMetadata:
         from the header's own place (so a collection moved or copied with its files keeps
         naming them), else as recorded."""
         if meta_path is not None and self.cwd_from_header is not None:
-            found = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(meta_path)), self.cwd_from_header))
-            if os.path.isdir(found):
-                return found
+            # Written from the header's real folder; older headers from the folder as spelled.
+            # The spelling that leads back to the recorded directory wins, then the real one.
+            folder = os.path.dirname(os.path.abspath(meta_path))
+            found = [os.path.normpath(os.path.join(base, self.cwd_from_header)) for base in (os.path.realpath(folder), folder)]
+            found = [f for f in found if os.path.isdir(f)]
+            for candidate in found:
+                if isinstance(self.cwd, str) and os.path.isdir(self.cwd) and os.path.samefile(candidate, self.cwd):
+                    return candidate
+            if found:
+                return found[0]
         return self.cwd
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,7 +226,7 @@ def metadata_for(paths: "EmbedPaths", fingerprint: dict[str, Any], *, rows: int,
         feature_dim=dim,
         bitcli_version=__version__,
         cwd=os.getcwd(),
-        cwd_from_header=os.path.relpath(os.getcwd(), os.path.dirname(os.path.abspath(header))),
+        cwd_from_header=os.path.relpath(os.getcwd(), os.path.realpath(os.path.dirname(os.path.abspath(header)))),
         array=None if paths.out is None else _relative_name(paths.out, header),
         manifest=_relative_name(paths.manifest, header),
     )
@@ -294,22 +301,25 @@ def sidecar_file(meta_path: Path, name: str | None) -> Path | None:
     return Path(meta_path).parent / name
 
 
-def read_file_rows(meta_path: Path, meta: EmbeddingMetadata) -> list[tuple[str, FileIdentity | None]]:
+def read_file_rows(
+    meta_path: Path, meta: EmbeddingMetadata, only: set[int] | None = None
+) -> list[tuple[str, FileIdentity | None] | None]:
     """Every row's (path, identity), checked against the header's row count and digest. Read line
-    by line, each line capped, never beyond the header's row count."""
+    by line, each line capped, never beyond the header's row count. With `only`, just those rows
+    are parsed (the others are None; the whole file is still checked)."""
     files = sidecar_file(meta_path, meta.files)
     if files is None:
         raise UsageError(f"{meta_path}: names no row file; embed anew with --overwrite")
     again = "; embed anew with --overwrite"
     sha = hashlib.sha256()
-    rows = []
+    rows: list[tuple[str, FileIdentity | None] | None] = []
     try:
-        with open(files, "rb") as fh:
+        with open_regular(files) as fh:  # a FIFO or device here must not block the reader
             while raw := fh.readline(ROW_LINE_MAX + 1):
                 if len(rows) == meta.rows or not raw.endswith(b"\n"):
                     raise UsageError(f"{files} holds more than {meta_path}'s {meta.rows} rows, or a torn line{again}")
                 sha.update(raw)
-                rows.append(_row(raw, files, len(rows) + 1))
+                rows.append(_row(raw, files, len(rows) + 1) if only is None or len(rows) in only else None)
     except OSError as exc:
         raise UsageError(f"{files}: cannot read ({exc.strerror or exc}){again}") from exc
     if meta.files_sha256 is not None and sha.hexdigest() != meta.files_sha256:

@@ -228,13 +228,14 @@ def check_own_partial(paths: EmbedPaths) -> None:
 
 
 def check_place(paths: EmbedPaths) -> None:
-    """Refuse outputs in the system's device folder, and an output named after a special file:
+    """Refuse outputs in the system's device folder (/dev's own file system; /dev/shm is one of
+    files), and an output named after a special file:
     `-o /dev/null` would create `/dev/null.npy`, `/dev/null.paths.txt`, ... there (as root)."""
     for name in (paths.out, paths.manifest):
         if name is None:
             continue
         folder = os.path.realpath(name.parent)
-        if folder == "/dev" or folder.startswith("/dev/"):
+        if (folder == "/dev" or folder.startswith("/dev/")) and _on_dev_file_system(folder):
             raise UsageError(f"{name}: in {folder}, the system's device folder; write the output to a folder of files")
     if paths.out is not None:
         stem = paths.out.with_suffix("") if paths.out.suffix == ".npy" else paths.out
@@ -244,6 +245,15 @@ def check_place(paths: EmbedPaths) -> None:
                 f"{stem}: is a {kind_of(info.st_mode)}; the output's files ({paths.out.name}, ...) would be "
                 "written beside it: choose a file name"
             )
+
+
+def _on_dev_file_system(folder: str) -> bool:
+    """Whether `folder` (under /dev) is the device folder's own file system: /dev/shm, a RAM file
+    system of files mounted there, is not (it is scratch space for outputs like any other)."""
+    try:
+        return os.stat(folder).st_dev == os.stat("/dev").st_dev
+    except OSError:
+        return True  # a folder that cannot be checked there is refused
 
 
 def check_names(paths: EmbedPaths) -> None:
