@@ -230,7 +230,11 @@ def bench_forward(args) -> None:
     from transformers import BitForImageClassification
 
     from bitcli.checkpoint import load_model
+    from bitcli.cli.process import before_the_model
 
+    # The process settings the `bit` command makes for itself (thread cap, the allocator keeping
+    # freed memory: cli/process.py); the library leaves them to its caller. Both sides get them.
+    before_the_model()
     log(f"forward: torch {torch.__version__}, {torch.get_num_threads()} threads")
     reference = BitForImageClassification.from_pretrained(CHECKPOINT).eval()
     variants = {
