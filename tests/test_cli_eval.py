@@ -88,6 +88,7 @@ def refused(ckpt, labelled, target, *fragments: str) -> None:
     assert result.stdout == b""  # refused before the evaluation ran
 
 
+@pytest.mark.slow
 def test_errors_file_refusals(ckpt, labelled, tmp_path):
     refused(ckpt, labelled, tmp_path / "m.txt", ".csv or .jsonl")
     mine = tmp_path / "notes.csv"
@@ -103,6 +104,7 @@ def test_errors_file_refusals(ckpt, labelled, tmp_path):
     refused(ckpt, labelled, tmp_path / "nowhere" / "m.csv", "does not exist")
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_old_file_and_the_figures(ckpt, labelled, tmp_path):
     target = tmp_path / "m.jsonl"
     assert bit("eval", labelled, "-m", ckpt, "--errors", target).returncode == 0

@@ -108,6 +108,7 @@ def test_download_of_an_unreachable_model_exits_3():
     assert_clean_failure(result, 3)
 
 
+@pytest.mark.slow
 def test_a_folder_without_preprocessor_config_says_so_once(ckpt, tmp_path):
     """transformers' defaults (224 px, CLIP's mean and std) are not silently assumed."""
     import shutil

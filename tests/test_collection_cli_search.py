@@ -234,6 +234,7 @@ def test_min_score_out_of_range_is_a_usage_error(base):
     assert result.returncode == 2 and b"--min-score" in result.stderr and b"Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_model_folder_says_it_came_from_the_metadata(base, ckpt, tmp_path):
     shutil.copytree(ckpt, tmp_path / "models" / "tiny")
     make_duplicates(tmp_path / "photos")

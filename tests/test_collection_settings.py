@@ -197,6 +197,7 @@ def test_bit_info_describes_a_collection(ckpt):
     assert_clean_failure(missing, 2)
 
 
+@pytest.mark.slow
 def test_resume_takes_the_interrupted_runs_settings(ckpt):
     """`--resume` without repeating -m, --normalize, --dtype, --hash continues the same run."""
     from test_cli_interrupt import bit, wait_for_commits

@@ -57,6 +57,7 @@ def test_eval_on_held_out_digits_is_at_least_95_percent(held_out):
     assert record["accuracy"] >= 0.95, record["accuracy"]
 
 
+@pytest.mark.slow
 def test_bf16_agrees_with_fp32_on_top1(held_out):
     def top1(precision: str) -> dict[str, str]:
         done = bit("classify", held_out, "-m", "bit-digits", "--precision", precision, "--format", "jsonl", "-k", "1", timeout=600)

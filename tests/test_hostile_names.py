@@ -116,6 +116,7 @@ def csv_rows(data: bytes) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text(data))))
 
 
+@pytest.mark.slow
 def test_classify_csv_neutralises_names_and_labels_that_start_like_formulas(ckpt, hostile, tmp_path):
     labels = tmp_path / "labels.txt"
     names = ['=HYPERLINK("http://x")'] + [f"class {i}" for i in range(1, 10)]

@@ -54,6 +54,7 @@ def test_a_fifo_as_the_training_list_is_refused(ckpt, tmp_path):
     assert_one_error_line(result, 2, str(fifo), "FIFO")
 
 
+@pytest.mark.slow
 def test_finetune_with_fifo_and_device_rows_skips_them(photos, tmp_path, tmp_path_factory):
     """typical_image_area and the sampler open every listed file: a FIFO row must not hang either."""
     base = shared(tmp_path_factory, "trainable-tiny", make_trainable_checkpoint)
@@ -106,6 +107,7 @@ def test_train_says_how_many_duplicates_it_dropped(ckpt, photos, tmp_path):
 # -- --overwrite replaces only bitcli's files ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_an_outdir_holding_the_users_files(ckpt, photos, tmp_path):
     out = tmp_path / "m"
     assert bit("train", photos, "-o", out, "-m", ckpt, *FAST, timeout=120).returncode == 0
@@ -127,6 +129,7 @@ def test_overwrite_refuses_an_outdir_holding_the_users_files(ckpt, photos, tmp_p
 # -- leftovers of kill -9 --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_killed_runs_staging_folder_is_cleaned_by_the_next_run(photos, tmp_path, tmp_path_factory):
     base = shared(tmp_path_factory, "trainable-tiny", make_trainable_checkpoint)
     out = tmp_path / "m"
@@ -184,6 +187,7 @@ def test_disk_full_names_outdir_in_one_line(ckpt, photos, tmp_path):
         assert not out.exists() and os.listdir(full) == []
 
 
+@pytest.mark.slow
 def test_disk_full_finetune_never_sends_resume_and_no_resume_in_circles(photos, tmp_path, tmp_path_factory):
     base = shared(tmp_path_factory, "trainable-tiny", make_trainable_checkpoint)
     common = ["-m", base, "--method", "finetune", "--steps", "3", "--batch-size", "2", "--checkpoint-minutes", "0", "-q", *FAST]

@@ -615,6 +615,7 @@ def test_snapshot_missing_its_preprocessor_config_is_not_used_with_default_prepr
     assert fake_hub.count("GET", "preprocessor_config.json") == 1
 
 
+@pytest.mark.slow
 def test_download_local_dir_is_a_folder_to_carry_offline(fake_hub, ckpt, tmp_path):
     """`bit download MODEL --local-dir DIR` writes the checkpoint's files into DIR; `-m DIR` then
     works with no network and an empty cache; a file DIR holds with other bytes is refused."""

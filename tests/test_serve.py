@@ -200,6 +200,7 @@ def test_concurrent_requests_run_as_batches(tmp_path):
         assert srv.stop() == 0
 
 
+@pytest.mark.slow
 def test_full_queue_answers_503_with_retry_after():
     srv = Server("-m", "bit-digits", "--max-queue", "1", "--max-wait-ms", "3000", "--max-batch", "4")
     try:
@@ -216,6 +217,7 @@ def test_full_queue_answers_503_with_retry_after():
         srv.stop()
 
 
+@pytest.mark.slow
 def test_token_is_required_when_set():
     env = bit_env(BIT_TOKEN="s3cret")
     srv = Server("-m", "bit-digits", env=env)
@@ -311,6 +313,7 @@ def test_client_fits_its_requests_to_the_servers_body_limit(server, tmp_path):
     assert server.json("/healthz")[0] == 200
 
 
+@pytest.mark.slow
 def test_more_files_than_the_queue_holds_is_413_and_the_client_splits_and_waits(tmp_path):
     """A request that could never fit the queue is refused for good (413, not 'busy, retry');
     the client sends at most what the server takes per request and waits out a busy server."""

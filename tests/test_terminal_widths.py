@@ -80,6 +80,7 @@ def bar_frames(run, what: str) -> list[str]:
 
 
 @pytest.mark.parametrize("columns", WIDTHS)
+@pytest.mark.slow
 def test_the_finetune_bar_has_the_columns_of_every_bar(labelled, tmp_path, columns):
     from transferdata import make_trainable_checkpoint
 
