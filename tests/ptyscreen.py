@@ -86,6 +86,9 @@ class _Terminal:
 
 def _environment(columns: int, rows: int, extra: dict[str, str] | None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in _TERMINAL_VARIABLES}
+    # This checkout's bitcli, whatever the environment's install points at (as relhelpers.bit_env).
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.update({"TERM": "xterm-256color", "COLUMNS": str(columns), "LINES": str(rows)})
     env.update(extra or {})
     return env
