@@ -177,6 +177,7 @@ def test_a_base_without_preprocessor_config_says_so_once(photos, tmp_path, tmp_p
     assert "preprocessor_config" not in run(["train", photos, "-o", tmp_path / "m2", "-m", tmp_path / "m"]).stderr
 
 
+@pytest.mark.slow
 def test_resolution_is_bounded_and_only_for_finetune(tmp_path):
     """`--resolution` with the linear probe would be ignored without a word, and a huge one would
     take the machine's memory and hours: both are one line and exit 2 before anything loads."""

@@ -241,6 +241,7 @@ def test_move_sets_aside_what_keep_would_not_keep_and_never_overwrites(fresh):
     assert again.returncode == 0 and "moved 0 duplicates" in again.stderr.decode()  # the moved ones are gone: skipped
 
 
+@pytest.mark.slow
 def test_link_puts_links_in_a_new_folder_and_a_second_run_adds_nothing(fresh):
     from relhelpers import bit as real_bit
 
@@ -257,6 +258,7 @@ def test_link_puts_links_in_a_new_folder_and_a_second_run_adds_nothing(fresh):
     assert _contents(fresh / "photos") == before
 
 
+@pytest.mark.slow
 def test_links_among_the_sources_are_refused_and_the_run_exits_1(fresh):
     from relhelpers import bit as real_bit
 
@@ -294,6 +296,7 @@ def test_move_and_link_usage_errors(base, args, message):
     assert not os.path.exists("d") and not os.path.exists("e")
 
 
+@pytest.mark.slow
 def test_a_file_changed_since_it_was_embedded_is_not_moved(fresh):
     from relhelpers import bit as real_bit
 
@@ -308,6 +311,7 @@ def test_a_file_changed_since_it_was_embedded_is_not_moved(fresh):
 
 
 @pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.slow
 def test_move_on_a_terminal_ends_with_one_summary_line(fresh, columns):
     from ptyscreen import bar_lines, collisions, run_on_screen
 

@@ -205,6 +205,7 @@ def _bit(*args, cwd=None):
     return bit(*args, cwd=cwd or os.getcwd())
 
 
+@pytest.mark.slow
 def test_min_score_lists_only_matches_at_or_above_it_in_every_format(base):
     every = jsonl(_bit("search", "photos.npy", "photos/coffee.png", "photos/chelsea.png", "-k", "6", "-f", "jsonl").stdout.decode())
     scores = sorted({m["score"] for r in every for m in r["matches"]})

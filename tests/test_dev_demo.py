@@ -13,9 +13,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from relhelpers import ROOT, bit_env
 
 
+@pytest.mark.slow
 def test_demo_falls_back_to_the_bundled_model_offline(tmp_path):
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)

@@ -146,6 +146,7 @@ def _demo_checkout(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_dev_demo_without_a_network_shows_the_bundled_model(tmp_path):
     """`./dev demo` with google/bit-50 neither cached nor reachable: one line says so, then
     bit-digits classifies the bundled digits, exit 0."""

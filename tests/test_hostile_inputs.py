@@ -59,6 +59,7 @@ def test_dev_zero_itself_is_refused(ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.slow
 def test_classify_labels_from_a_fifo_or_device_is_one_line(ckpt, tmp_path, kind):
     labels = tmp_path / "labels.txt"
     if kind == "fifo":

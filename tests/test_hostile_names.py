@@ -94,12 +94,14 @@ def test_names_in_a_pipe_are_escaped_on_stderr_and_in_tables(ckpt, hostile):
     assert "\\x1b[2J\\x1b]0;PWNED\\x07evil.png" in out
 
 
+@pytest.mark.slow
 def test_machine_formats_keep_exact_names(ckpt, hostile):
     result = bit("classify", "-m", ckpt, "-f", "jsonl", "-k", "1", "--", EVIL, RED, cwd=hostile)
     paths = [json.loads(line)["path"] for line in text(result.stdout).splitlines()]
     assert paths == [EVIL, RED]
 
 
+@pytest.mark.slow
 def test_names_on_a_terminal_cannot_clear_it_or_set_its_title(ckpt, hostile):
     screen = run_on_screen(["classify", "-m", ckpt, "-k", "2", "--", f"./{EVIL}", f"./{RED}"], cwd=hostile, columns=120)
     assert screen.exit_code == 1

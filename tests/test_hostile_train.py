@@ -47,6 +47,7 @@ def folder_rows(photos: Path) -> list[tuple[Path, str]]:
 # -- FIFOs and devices never block ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_fifo_as_the_training_list_is_refused(ckpt, tmp_path):
     fifo = tmp_path / "list.csv"
     os.mkfifo(fifo)
@@ -95,6 +96,7 @@ def test_a_file_with_two_labels_is_refused_naming_it(ckpt, tmp_path):
     assert_one_error_line(result, 2, str(clash), "'cat'", "'dog'", "line 1")
 
 
+@pytest.mark.slow
 def test_train_says_how_many_duplicates_it_dropped(ckpt, photos, tmp_path):
     path = listing(tmp_path / "list.csv", folder_rows(photos) * 3)
     result = bit("train", path, "-o", tmp_path / "m", "-m", ckpt, *FAST, timeout=120)
@@ -178,6 +180,7 @@ def test_a_live_runs_staging_folder_is_left_alone(tmp_path):
 # -- a full disk ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_disk_full_names_outdir_in_one_line(ckpt, photos, tmp_path):
     with small_tmpfs(tmp_path / "full", "16k") as full:
         out = full / "m"

@@ -453,6 +453,7 @@ def test_an_output_named_after_a_fifo_is_refused(ckpt, photos, tmp_path):
     assert b"out: is a FIFO" in result.stderr and not (tmp_path / "out.npy").exists()
 
 
+@pytest.mark.slow
 def test_a_fifo_index_or_manifest_is_refused_without_hanging(ckpt, photos, tmp_path):
     assert bit("embed", photos / "img00.png", photos / "img01.png", "-o", "e.npy", "-m", ckpt, cwd=tmp_path).returncode == 0
     os.mkfifo(tmp_path / "fifo.npy")

@@ -256,12 +256,14 @@ def test_without_the_extra_it_says_how_to_install():
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_sigterm_and_ctrl_c_end_the_server(sig, code):
     srv = Server("-m", "bit-digits")
     assert srv.stop(sig) == code
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "table", "json"])
+@pytest.mark.slow
 def test_client_prints_what_the_command_prints(server, files, fmt):
     names = [p.name for p in files] + ["missing.png"]
     env = bit_env(COLUMNS="120")
@@ -293,6 +295,7 @@ def _noise_png(path, side, seed):
     return path
 
 
+@pytest.mark.slow
 def test_client_fits_its_requests_to_the_servers_body_limit(server, tmp_path):
     """Files that together pass --max-body (2 MB here) go in several requests, not one that the
     server cuts off; one file over the limit alone fails alone, as a record, and the rest go on."""
@@ -402,6 +405,7 @@ def search_server(collection):
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "table"])
+@pytest.mark.slow
 def test_search_through_the_server_prints_what_the_command_prints(search_server, collection, fmt):
     env = bit_env(COLUMNS="120")
     local = bit("search", "digits.npy", "queries", "-k", "4", "-f", fmt, cwd=collection, env=env)
@@ -448,6 +452,7 @@ def test_search_api_and_thumbnails(search_server, collection):
     assert search_server.json("/v1/thumbnail?index=digits&row=-1")[0] == 422
 
 
+@pytest.mark.slow
 def test_an_index_of_another_model_is_refused(collection, tmp_path):
     from clihelpers import make_checkpoint
 
@@ -506,6 +511,7 @@ def test_a_server_that_is_not_bit_serve_is_one_line_and_exit_3(answers):
         httpd.server_close()
 
 
+@pytest.mark.slow
 def test_client_reports_special_and_odd_files_as_the_command_does(server, tmp_path):
     import os
 
@@ -625,6 +631,7 @@ def test_healthz_is_503_until_the_model_is_loaded():
         assert client.get("/healthz").json()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_to_load_ends_the_server_with_its_line(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
