@@ -209,3 +209,26 @@ def test_bit_info_escapes_what_a_collection_header_says(tmp_path):
     assert "\\x1b]0;PWNED" in shown_text and "\\x1b[31mred" in shown_text
     exact = json.loads(text(bit("info", out, "--format", "json", cwd=tmp_path, timeout=60).stdout))
     assert exact["model"]["reference"] == "/models/" + CLEAR_AND_TITLE
+
+
+def test_search_and_dedup_csv_raw_keep_formula_names_exact(tmp_path):
+    """--csv-raw turns the leading ' off in search and dedup CSV too (as in classify)."""
+    import csv as csvmod
+    import io
+
+    from relhelpers import ROOT, bit, text
+
+    digit = sorted((ROOT / "sample_digits" / "3").glob("*.png"))[0].read_bytes()
+    (tmp_path / "=a.png").write_bytes(digit)
+    (tmp_path / "=b.png").write_bytes(digit)  # an exact duplicate: one dedup group
+    assert bit("embed", "=a.png", "=b.png", "-m", "bit-digits", "-o", "c.npy", cwd=tmp_path).returncode == 0
+
+    def cells(*args):
+        done = bit(*args, "-f", "csv", cwd=tmp_path)
+        assert done.returncode == 0, text(done.stderr)
+        return [c for row in csvmod.reader(io.StringIO(text(done.stdout))) for c in row]
+
+    for command in (("search", "c.npy", "=a.png", "-k", "1"), ("dedup", "c.npy")):
+        neutral, raw = cells(*command), cells(*command, "--csv-raw")
+        assert any(c.startswith("'=") for c in neutral), neutral
+        assert not any(c.startswith("'") for c in raw) and any("=b.png" in c for c in raw), raw

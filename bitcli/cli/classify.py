@@ -18,6 +18,7 @@ from bitcli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     BatchSizeOpt,
+    CsvRawOpt,
     ClassifyFormat,
     DebugOpt,
     Device,
@@ -61,14 +62,7 @@ def classify(
     labels: Annotated[
         Optional[Path], typer.Option("--labels", metavar="FILE", help="Class names, one per line, in class order.")
     ] = None,
-    csv_raw: Annotated[
-        bool,
-        typer.Option(
-            "--csv-raw", metavar="",
-            help="csv: write names exactly, even those that start like a spreadsheet formula "
-            "(= + - @); by default such a cell gets a leading '.",
-        ),
-    ] = False,
+    csv_raw: CsvRawOpt = False,
     model: ModelOpt = DEFAULT_MODEL,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.fp32,

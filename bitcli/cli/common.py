@@ -290,6 +290,14 @@ def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = No
     return loaded
 
 
+CsvRawOpt = Annotated[
+    bool,
+    typer.Option(
+        "--csv-raw", metavar="",
+        help="csv: write names exactly, even those that start like a spreadsheet formula "
+        "(= + - @); by default such a cell gets a leading '.",
+    ),
+]
 NullOpt = Annotated[
     bool,
     typer.Option(

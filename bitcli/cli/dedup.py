@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, DebugOpt, QuietOpt, Ui, require_stdout
+from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, CsvRawOpt, DebugOpt, QuietOpt, Ui, require_stdout
 from bitcli.cli.helpscreen import epilog
 from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name
 from bitcli.collection import DEFAULT_THRESHOLD
@@ -78,6 +78,7 @@ def dedup(
     ] = None,
     html: HtmlOpt = None,
     manifest: ManifestOpt = None,
+    csv_raw: CsvRawOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> int:
@@ -116,7 +117,7 @@ def dedup(
         else:
             failed = set_aside(ui, deletions, *target)
         return EXIT_SOME_FAILED if target is not None and failed else EXIT_OK
-    render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout)
+    render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout, csv_raw=csv_raw)
     if html is not None:
         write_html(collection, groups, html, threshold)
     return EXIT_OK

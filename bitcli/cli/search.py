@@ -17,6 +17,7 @@ from bitcli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     BatchSizeOpt,
+    CsvRawOpt,
     ClassifyFormat,
     DebugOpt,
     Device,
@@ -88,6 +89,7 @@ def search(
         bool, typer.Option("--build-index", help="Build the approximate index (faiss) beside INDEX, then answer any queries.")
     ] = False,
     null: NullOpt = False,
+    csv_raw: CsvRawOpt = False,
     device: DeviceOpt = Device.auto,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
     threads: ThreadsOpt = None,
@@ -114,7 +116,7 @@ def search(
     if server is not None:
         if html is not None or build_index or manifest is not None or model is not None:
             raise UsageError("--server answers from the server's collection: drop --html, --build-index, --manifest and --model")
-        return ask_server(ui, server, index, queries, top_k, format, batch_size, null, min_score)
+        return ask_server(ui, server, index, queries, top_k, format, batch_size, null, min_score, csv_raw)
     if html is not None:
         from bitcli.collection.html import check_target
 
@@ -126,7 +128,7 @@ def search(
         return EXIT_OK
     fmt = output.resolve_format(format.value, sys.stdout)
     found = at_least(answer(ui, collection, queries, top_k, model, exact, (device, batch_size, threads), null=null), min_score)
-    render_search(found, fmt, sys.stdout)
+    render_search(found, fmt, sys.stdout, csv_raw=csv_raw)
     if html is not None:
         write_html(collection, found, html, top_k)
     for result in found:
@@ -136,7 +138,8 @@ def search(
 
 
 def ask_server(
-    ui: Ui, server: str, index: Path, queries: list[str], top_k: int, format: Any, batch_size: int, null: bool, min_score: float | None = None
+    ui: Ui, server: str, index: Path, queries: list[str], top_k: int, format: Any, batch_size: int, null: bool,
+    min_score: float | None = None, csv_raw: bool = False,
 ) -> int:
     """The query images sent to a `bit serve` that holds INDEX; printed as a local search prints."""
     from bitcli import output
@@ -151,7 +154,7 @@ def ask_server(
 
     client = Client(server, token=token_from_env())
     found = at_least([r for group in client.search_groups(name, items, top_k=top_k, batch_size=batch_size) for r in group], min_score)
-    render_search(found, fmt, sys.stdout)
+    render_search(found, fmt, sys.stdout, csv_raw=csv_raw)
     for result in found:
         if not result.ok:
             ui.error(f"{result.query}: {result.error}")
