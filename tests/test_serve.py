@@ -132,18 +132,24 @@ def test_bad_requests_get_a_status_and_one_line(server, path, body, headers, sta
     assert server.json("/healthz")[0] == 200
 
 
+def read_answer(sock: socket.socket) -> bytes:
+    """What the server sent back, up to the end of its one-line JSON body (or until it closed)."""
+    answer = b""
+    while not answer.endswith(b"}"):
+        data = sock.recv(4096)
+        if not data:
+            break
+        answer += data
+    return answer
+
+
 def test_body_over_the_limit_is_refused_before_it_is_read(server):
     """413 on the declared length, while the client still holds most of the body."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
                      b"Content-Length: 50000000\r\n\r\n" + b"x" * 1000)
-        answer = b""
-        while not answer.endswith(b"}"):
-            data = sock.recv(4096)
-            if not data:
-                break
-            answer += data
+        answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 413") and b"over the server's limit" in answer
     assert server.json("/healthz")[0] == 200
 
@@ -157,17 +163,12 @@ def test_a_streamed_body_is_cut_off_once_it_passes_the_limit(server):
         head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
         sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
         chunk = b"%x\r\n%s\r\n" % (65536, b"z" * 65536)
-        answer = b""
         try:
             for _ in range(100):  # 6.5 MB offered; the limit is 2 MB
                 sock.sendall(chunk)
         except OSError:  # the server stopped reading and closed: fine, its answer is waiting
             pass
-        while not answer.endswith(b"}"):
-            data = sock.recv(4096)
-            if not data:
-                break
-            answer += data
+        answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 413") and b"over the server's limit" in answer
     assert server.json("/healthz")[0] == 200
 
