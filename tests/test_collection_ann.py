@@ -65,10 +65,10 @@ def test_a_stale_index_is_ignored_with_a_notice(built, tmp_path):
     index, vectors = built
     for name in os.listdir(index.array_path.parent):
         shutil.copy2(index.array_path.parent / name, tmp_path / name)
-    assert search(open_index(tmp_path / "e.npy"), vectors[:1], 3).method != "exact"  # the copy is fresh
+    assert search(open_index(tmp_path / "e.npy"), vectors[:1], 3).exact is False  # the copy is fresh
     np.save(tmp_path / "e.npy", vectors[::-1].copy())  # the array changed after the build
     outcome = search(open_index(tmp_path / "e.npy"), vectors[:2], 3)
-    assert outcome.method == "exact" and "rebuild" in outcome.notice
+    assert outcome.exact and "rebuild" in outcome.notice
 
 
 def test_too_small_an_index_is_refused(tmp_path):
@@ -93,7 +93,7 @@ def test_without_faiss_build_explains_how_to_install_and_search_falls_back(built
     with pytest.raises(UsageError, match=r"pip install 'bitcli\[search\]'"):
         ann.build(index)
     outcome = search(index, vectors[:1].astype(np.float32), 3)
-    assert outcome.method == "exact" and "faiss is not installed" in outcome.notice
+    assert outcome.exact and "faiss is not installed" in outcome.notice
 
 
 def test_recall_at_k_counts_shared_rows():

@@ -73,7 +73,7 @@ def test_search_without_an_approximate_index_is_exact(tmp_path):
     vectors = clustered(50, 8)
     index = open_index(write_embedding(tmp_path, vectors))
     outcome = search(index, vectors[:2], 3)
-    assert outcome.method == "exact" and outcome.notice is None
+    assert outcome.exact and outcome.notice is None
     assert outcome.matches == exact_search(index, vectors[:2], 3)
 
 

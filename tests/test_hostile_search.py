@@ -97,10 +97,10 @@ def test_every_byte_corruption_falls_back_to_exact_with_one_notice(built, tmp_pa
         damaged[position] ^= 1 + int(rng.integers(255))
         faiss_file.write_bytes(bytes(damaged))
         outcome = search(open_index(array), queries, 5)
-        assert outcome.method == "exact" and "damaged" in outcome.notice, position
+        assert outcome.exact and "damaged" in outcome.notice, position
         assert outcome.matches == exact
     faiss_file.write_bytes(pristine)
-    assert search(open_index(array), queries, 5).method != "exact"
+    assert search(open_index(array), queries, 5).exact is False
 
 
 def test_an_index_without_a_digest_never_answers_rows_that_do_not_exist(built, tmp_path):

@@ -189,7 +189,7 @@ def answer(
     outcome = search(index, vectors, k, exclude=[query.row for query in ready], exact=exact)
     if outcome.notice:
         ui.warn(outcome.notice)
-    if outcome.method != "exact":
+    if not outcome.exact:
         ui.info(f"answered with the approximate index ({outcome.method}); --exact for exact search")
     return q.results(planned, outcome.matches)
 

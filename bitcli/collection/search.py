@@ -1,37 +1,61 @@
-"""Exact cosine top-k search over an embedding, streamed from disk in blocks.
+"""Exact cosine top-k search, at the speed of memory.
 
-For each block of index rows (float32, about 64 MB) the scores of every query are one matrix
-product, divided by the rows' norms; a running top-k per query is merged with the block's best.
-Memory is bounded by the block size and the number of queries, never by the index size.
+The array is memory-mapped, not copied. Each block of rows is pre-scored by one matrix product
+with all the queries (float32, or bfloat16 on CPUs with bfloat16 units, in cache-sized pieces) and
+divided by the rows' stored norms (`norms.py`). A pre-score is within a proven margin of the exact
+cosine (`margin`), so every row that could still make a query's top k is known from its pre-score
+alone; those few rows are re-scored in float64 from the stored values (`scoring.cosine64`), and the
+top k kept per query is ordered by that float64 score, then by row. The answer therefore does not
+depend on the block size, the pre-scoring dtype, the number of queries or --top-k.
 
-Scores and ranking: `scoring.py` (float32 cosine; by score, then by row, whatever the blocks).
+Memory: a block's pre-scores ([block, queries] float32) and k rows per query; mapped pages are
+released block by block, so the resident set does not grow with the collection.
 
-`search` picks the approximate index (`ann.py`) when one was built for this array and is
-fresh, unless `exact=True`; its candidates are re-scored exactly, so scores never differ.
+Which pre-scoring runs: float32 (always available), or bfloat16 where torch reports native
+bfloat16 matrix units (AVX512-BF16, AMX); when both are possible the first blocks are timed with
+each and the faster one scores the rest (`SearchOutcome.method` says which ran). Collections
+smaller than `_TORCH_FROM_ELEMENTS` are scored with numpy and never import torch.
+
+`search` picks the approximate index (`ann.py`) when one was built for this array and is fresh,
+unless `exact=True`; its candidates are re-scored exactly, so scores never differ.
 """
 
 from __future__ import annotations
 
+import mmap
+import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from bitcli.collection import norms as norms_mod
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match, block_scores, check_k, check_queries, normalize_rows, to_matches, top_k
+from bitcli.collection.scoring import Match, block_scores, check_k, check_queries, cosine64, normalize_rows, top_k
 
-__all__ = ["Match", "SearchOutcome", "block_scores", "exact_search", "normalize_rows", "search", "top_k"]
+__all__ = ["Match", "SearchOutcome", "block_scores", "exact_search", "margin", "normalize_rows", "search", "top_k"]
 
 QUERY_CHUNK = 1024  # queries scored per pass over the index (bounds the [block, queries] matrix)
+_BLOCK_ELEMENTS = 1 << 23  # pre-scores per block ([rows, queries] float32: 32 MB)
+_MAX_BLOCK_ROWS = 1 << 15  # so that the first blocks can time each way of pre-scoring
+_PIECE_BYTES = 1 << 20  # rows converted at a time for one matrix product (stays in the L2 cache)
+_TORCH_FROM_ELEMENTS = 1 << 26  # below this numpy scores the rows: importing torch would cost more
+_U32 = 2.0**-24  # unit roundoff of float32
+_UBF16 = 2.0**-8  # of bfloat16 (8 significant bits)
 
 
 @dataclass
 class SearchOutcome:
-    """Matches per query and how they were found ("exact" or the approximate index's name)."""
+    """Matches per query and how they were found: "exact, float32 pre-score" (or bfloat16), or
+    the approximate index's name."""
 
     matches: list[list[Match]]
     method: str = "exact"
     notice: str | None = None  # e.g. why an approximate index beside the array was not used
+
+    @property
+    def exact(self) -> bool:
+        return self.method.startswith("exact")
 
 
 def search(
@@ -53,7 +77,8 @@ def search(
         found, notice = ann.load_fresh(index)
         if found is not None:
             return SearchOutcome(found.search(index, queries, k, exclude=exclude), method=found.name)
-    return SearchOutcome(exact_search(index, queries, k, exclude=exclude, block_rows=block_rows), notice=notice)
+    matches, scoring = _exact(index, queries, k, exclude, block_rows, None)
+    return SearchOutcome(matches, method=f"exact, {scoring} pre-score", notice=notice)
 
 
 def exact_search(
@@ -63,34 +88,224 @@ def exact_search(
     *,
     exclude: Sequence[int | None] | None = None,
     block_rows: int | None = None,
+    scoring: str | None = None,
 ) -> list[list[Match]]:
-    """Brute-force cosine top-k, one streamed pass over the index per chunk of queries."""
+    """Brute-force cosine top-k, exact (float64 scores; ties by row). `scoring`: "float32",
+    "bfloat16" or None (chosen here); every choice gives the same answer."""
+    return _exact(index, queries, k, exclude, block_rows, scoring)[0]
+
+
+def margin(scoring: str, dim: int) -> float:
+    """A bound on |pre-score - cosine| for rows of dimension `dim`, doubled for safety.
+
+    float32: the unit query rounded to float32 (u each element), a row's float64 values rounded to
+    float32 (u), a dot product of `dim` terms accumulated in float32 (gamma_dim times the sum of
+    |terms|, at most |row| |query| by Cauchy-Schwarz), the quotient by the norm rounded (u).
+    bfloat16: both factors rounded to bfloat16 (2u + u^2 on each product), float32 accumulation,
+    and the product rounded to bfloat16 (u) before the division."""
+    gamma = dim * _U32 / (1 - dim * _U32)
+    if scoring == "float32":
+        bound = gamma * (1 + 2 * _U32) ** 2 + 4 * _U32
+    elif scoring == "bfloat16":
+        inputs = 2 * _UBF16 + _UBF16**2
+        accumulated = inputs + gamma * (1 + inputs)
+        bound = accumulated + _UBF16 * (1 + accumulated) + 2 * _U32
+    else:
+        raise ValueError(f"scoring {scoring!r}: use float32 or bfloat16")
+    return 2 * bound + 1e-12
+
+
+def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[Match]], str]:
+    from bitcli.pipeline import short_float
+
     check_k(k)
     queries = check_queries(index, queries)
     exclude = list(exclude) if exclude is not None else [None] * len(queries)
+    norms = norms_mod.ensure(index)
     results: list[list[Match]] = []
-    for first in range(0, len(queries), QUERY_CHUNK):
-        raw = queries[first : first + QUERY_CHUNK]
-        results += _search_chunk(index, raw, k, exclude[first : first + QUERY_CHUNK], block_rows)
-    return results
+    used = set()
+    with _Rows(index) as rows:
+        for first in range(0, len(queries), QUERY_CHUNK):
+            chunk = np.asarray(queries[first : first + QUERY_CHUNK], dtype=np.float64)
+            best, used_here = _search_chunk(rows, norms, chunk, k, exclude[first : first + QUERY_CHUNK], block_rows, scoring)
+            used |= used_here
+            for j, (scores, found) in enumerate(best):
+                results.append(
+                    [Match(rank=n + 1, row=int(r), path=index.paths[int(r)], score=short_float(s)) for n, (s, r) in enumerate(zip(scores, found))]
+                )
+    return results, "/".join(sorted(used)) or "float32"
 
 
-def _search_chunk(index: EmbeddingIndex, raw: np.ndarray, k: int, exclude: list[int | None], block_rows: int | None) -> list[list[Match]]:
-    queries = normalize_rows(raw)
+class _Best:
+    """The best `keep` rows of one query so far, by (float64 score desc, row asc)."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.scores = np.empty(0, np.float64)
+        self.rows = np.empty(0, np.int64)
+
+    @property
+    def full(self) -> bool:
+        return self.scores.size == self.keep
+
+    def bar(self, slack: float) -> float:
+        """Pre-scores below this cannot enter (the list is full and beats them by the margin)."""
+        return float(self.scores[-1]) - 2 * slack if self.full else -np.inf
+
+    def offer(self, pre: np.ndarray, rows: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], slack: float) -> None:
+        """Rows with pre-scores `pre`: keep those that can make the list, scored by `exact`."""
+        finite = np.isfinite(pre)
+        if self.scores.size + rows.size > self.keep:
+            # The keep-th best of what is known: the list's exact scores and the finite pre-scores.
+            known = np.concatenate([self.scores, pre[finite]])
+            if known.size >= self.keep:
+                cut = np.partition(known, known.size - self.keep)[known.size - self.keep]
+                chosen = ~finite | (pre >= cut - 2 * slack)
+                pre, rows = pre[chosen], rows[chosen]
+        if rows.size == 0:
+            return
+        scores = np.concatenate([self.scores, exact(rows)])
+        rows = np.concatenate([self.rows, rows])
+        order = np.lexsort((rows, -scores))[: self.keep]
+        self.scores, self.rows = scores[order], rows[order]
+
+
+def _search_chunk(rows: "_Rows", norms: np.ndarray, queries: np.ndarray, k: int, exclude: list, block_rows: int | None, scoring: str | None):
     q = len(queries)
-    best = [(np.empty(0, np.float32), np.empty(0, np.int64)) for _ in range(q)]
-    keep = k + 1  # one spare for a query's own row, dropped at the end
-    # The keep-th best score so far per query: a later row must beat it (an equal score loses
-    # to the earlier row), so most of a block is skipped once the lists are full.
-    bar = np.full(q, -np.inf, dtype=np.float32)
-    for first, block in index.iter_blocks(block_rows):
-        scores = block_scores(block, queries)  # [q, n]
-        for j in range(q):
-            hits = np.flatnonzero(scores[j] > bar[j]) if len(best[j][0]) == keep else np.arange(len(block))
-            if hits.size == 0:
+    unit = _unit_queries(queries)
+    best = [_Best(min(k, rows.count - (1 if exclude[j] is not None and 0 <= exclude[j] < rows.count else 0))) for j in range(q)]
+    block = block_rows or min(_MAX_BLOCK_ROWS, max(256, _BLOCK_ELEMENTS // max(q, 1)))
+    scorers = rows.scorers(unit, scoring)
+    timings: dict[str, float] = {}
+    used = set()
+    for n, first in enumerate(range(0, rows.count, block)):
+        stop = min(first + block, rows.count)
+        if len(scorers) > 1 and n < 2 * len(scorers):  # time each way on the first blocks
+            scorer = scorers[n % len(scorers)]
+        elif len(scorers) > 1:
+            scorer = min(scorers, key=lambda s: timings[s.name])
+        else:
+            scorer = scorers[0]
+        started = time.perf_counter()
+        with np.errstate(all="ignore"):  # an overflowing row pre-scores inf: it is re-scored exactly
+            pre = scorer.scores(first, stop)  # [n, q] float32, not yet divided by the norms
+        timings[scorer.name] = min(timings.get(scorer.name, np.inf), (time.perf_counter() - started) / (stop - first))
+        used.add(scorer.name)
+        block_norms = norms[first:stop]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            pre = pre / block_norms[:, None].astype(np.float32)
+        pre[(block_norms == 0) | ~np.isfinite(block_norms)] = 0.0  # exactly their cosine (0)
+        slack = margin(scorer.name, rows.dim)
+        bars = np.array([b.bar(slack) for b in best], dtype=np.float32)
+        hit = (pre >= bars[None, :]) | ~np.isfinite(pre)
+        for j in np.flatnonzero(hit.any(axis=0)):
+            found = np.flatnonzero(hit[:, j])
+            if exclude[j] is not None and first <= exclude[j] < stop:
+                found = found[found != exclude[j] - first]
+            values = rows.exact_scorer(first, queries[j])
+            best[j].offer(pre[found, j], found + first, values, slack)
+        rows.release(first, stop)
+    return [(b.scores, b.rows) for b in best], used
+
+
+def _unit_queries(queries: np.ndarray) -> np.ndarray:
+    """float32 unit-length queries (a zero or non-finite query: all zeros, scoring 0 everywhere)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", queries, queries))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = queries / norms[:, None]
+    unit[~np.isfinite(unit).all(axis=1)] = 0.0
+    return unit.astype(np.float32)
+
+
+class _Rows:
+    """The index's rows as a (copy-on-write, never written) memory map of the opened file."""
+
+    def __init__(self, index: EmbeddingIndex):
+        self.index = index
+        self.count, self.dim = index.rows, index.dim
+        self.map = None
+        vectors = index.vectors
+        offset = getattr(vectors, "offset", None)
+        if isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and offset is not None and index.file is not None and vectors.size:
+            self.map = mmap.mmap(index.file.fileno(), 0, access=mmap.ACCESS_COPY)
+            self.values = np.frombuffer(self.map, dtype=vectors.dtype, count=vectors.size, offset=offset).reshape(vectors.shape)
+            self.offset = offset
+        else:  # a caller-built index, or a Fortran-ordered array from elsewhere
+            self.values = np.asarray(vectors)
+        self.row_bytes = self.dim * self.values.dtype.itemsize
+
+    def __enter__(self) -> "_Rows":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.values = None
+        if self.map is not None:
+            try:
+                self.map.close()
+            except BufferError:  # a view is still alive somewhere: the map goes with it
+                pass
+
+    def release(self, start: int, stop: int) -> None:
+        """Drop the pages of rows [start, stop) from this process (they stay in the page cache)."""
+        if self.map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        begin = self.offset + start * self.row_bytes
+        end = self.offset + stop * self.row_bytes
+        begin -= begin % mmap.PAGESIZE
+        end -= end % mmap.PAGESIZE  # the page holding the next block's first row stays
+        if end > begin:
+            self.map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+    def exact_scorer(self, first: int, query: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda rows: cosine64(self.values[rows], query)
+
+    def scorers(self, unit: np.ndarray, scoring: str | None) -> list:
+        if scoring is None and self.values.size < _TORCH_FROM_ELEMENTS or not self.values.dtype.isnative:
+            return [_NumpyScorer(self.values, unit)]
+        from bitcli.collection.dedup import bf16_native
+
+        if scoring == "float32" or (scoring is None and not bf16_native()):
+            return [_TorchScorer(self.values, unit, "float32")]
+        if scoring == "bfloat16":
+            return [_TorchScorer(self.values, unit, "bfloat16")]
+        return [_TorchScorer(self.values, unit, "float32"), _TorchScorer(self.values, unit, "bfloat16")]
+
+
+class _NumpyScorer:
+    name = "float32"
+
+    def __init__(self, values: np.ndarray, unit: np.ndarray):
+        self.values, self.unit_t = values, np.ascontiguousarray(unit.T)
+
+    def scores(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.values[start:stop], dtype=np.float32) @ self.unit_t
+
+
+class _TorchScorer:
+    """Rows converted a cache-sized piece at a time into one reused buffer, then one product."""
+
+    def __init__(self, values: np.ndarray, unit: np.ndarray, name: str):
+        import torch
+
+        self.torch, self.name = torch, name
+        dtype = torch.float32 if name == "float32" else torch.bfloat16
+        self.rows = torch.from_numpy(values)  # the writable copy-on-write map: nothing is copied
+        self.unit_t = torch.from_numpy(unit).to(dtype).t()
+        self.direct = values.dtype == np.float32 and name == "float32"
+        piece = max(16, _PIECE_BYTES // max(1, values.shape[1] * 4))
+        self.buffer = torch.empty((piece, values.shape[1]), dtype=dtype)
+
+    def scores(self, start: int, stop: int) -> np.ndarray:
+        torch = self.torch
+        out = torch.empty((stop - start, self.unit_t.shape[1]), dtype=torch.float32)
+        piece = self.buffer.shape[0]
+        for first in range(start, stop, piece):
+            last = min(first + piece, stop)
+            if self.direct:
+                torch.mm(self.rows[first:last], self.unit_t, out=out[first - start : last - start])
                 continue
-            s, r = best[j]
-            best[j] = top_k(np.concatenate([s, scores[j, hits]]), np.concatenate([r, hits + first]), keep)
-            if len(best[j][0]) == keep:
-                bar[j] = best[j][0][-1]
-    return [to_matches(index, raw[j], r, k, exclude[j]) for j, (_, r) in enumerate(best)]
+            rows = self.buffer[: last - first]
+            rows.copy_(self.rows[first:last])
+            product = torch.mm(rows, self.unit_t)
+            out[first - start : last - start].copy_(product)
+        return out.numpy()

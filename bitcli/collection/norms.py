@@ -1,0 +1,103 @@
+"""Row norms of a collection, kept beside it: `OUT.norms.npz` (float64 norms + what they were
+computed from).
+
+Exact search scores a block of rows with one matrix product and divides by the rows' norms; with
+the norms at hand a search reads each row once. They are float64 Euclidean norms computed from the
+stored values as `cosine64` computes them (so a zero or overflowing row is recognised the same way
+by both), recorded with the array's size, modification time, rows and dimension: a file that does
+not match the array it sits beside is ignored and replaced.
+
+`bit embed` writes them when it publishes a collection; a collection from before (or from elsewhere)
+gets them on its first search, written back atomically when its folder is writable. A failure to
+write them is never an error: search computes them as it goes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bitcli.collection.index import EmbeddingIndex
+from bitcli.store.files import write_file_atomic
+from bitcli.store.paths import check_replaceable
+from bitcli.util import open_regular
+
+FORMAT_VERSION = 1
+_CHUNK_ROWS = 4096  # rows converted to float64 at a time while computing norms
+
+
+def norms_path(array_path: Path) -> Path:
+    array_path = Path(array_path)
+    stem = array_path.with_suffix("") if array_path.suffix == ".npy" else array_path
+    return stem.with_name(stem.name + ".norms.npz")
+
+
+def _source(index: EmbeddingIndex) -> np.ndarray:
+    info = index.stat()
+    return np.array([FORMAT_VERSION, index.rows, index.dim, info.st_size, info.st_mtime_ns], dtype=np.int64)
+
+
+def load(index: EmbeddingIndex) -> np.ndarray | None:
+    """The stored norms when they were computed from this very array; None otherwise."""
+    path = norms_path(index.array_path)
+    try:
+        with open_regular(path) as file:  # a FIFO or device is refused, never waited on
+            if os.fstat(file.fileno()).st_size > 8 * index.rows + (1 << 16):
+                return None
+            with np.load(file, allow_pickle=False) as stored:
+                if not np.array_equal(stored["source"], _source(index)):
+                    return None
+                norms = np.asarray(stored["norms"])
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if norms.dtype != np.float64 or norms.shape != (index.rows,):
+        return None
+    return norms
+
+
+def compute(index: EmbeddingIndex) -> np.ndarray:
+    """float64 norms of every row, from the stored values."""
+    norms = np.empty(index.rows, dtype=np.float64)
+    for first in range(0, index.rows, _CHUNK_ROWS):
+        norms[first : first + _CHUNK_ROWS] = row_norms64(index.vectors[first : first + _CHUNK_ROWS])
+    return norms
+
+
+def row_norms64(rows: np.ndarray) -> np.ndarray:
+    """float64 Euclidean norms, summed as `scoring.cosine64` sums them."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return np.sqrt(np.einsum("ij,ij->i", rows, rows))
+
+
+def save(index: EmbeddingIndex, norms: np.ndarray) -> bool:
+    """Write `norms` beside the array (atomically); False when that cannot be done (no error)."""
+    path = norms_path(index.array_path)
+    try:
+        check_replaceable(path, "row norms")  # only a regular file (ours) is ever replaced
+        if path.exists() and load_source(path) is None:
+            return False  # a file of that name that bitcli did not write
+        write_file_atomic(path, lambda fh: np.savez(fh, source=_source(index), norms=np.asarray(norms, np.float64)))
+    except Exception:  # a read-only folder, a full disk, a link: search goes on without
+        return False
+    return True
+
+
+def load_source(path: Path) -> np.ndarray | None:
+    """The `source` record of a norms file, None unless it is one bitcli wrote."""
+    try:
+        with open_regular(path) as file, np.load(file, allow_pickle=False) as stored:
+            source = np.asarray(stored["source"])
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    return source if source.dtype == np.int64 and source.shape == (5,) else None
+
+
+def ensure(index: EmbeddingIndex) -> np.ndarray:
+    """The array's norms: stored ones when fresh, else computed now and written back."""
+    norms = load(index)
+    if norms is None:
+        norms = compute(index)
+        save(index, norms)
+    return norms
