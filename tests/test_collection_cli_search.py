@@ -182,7 +182,10 @@ def test_approximate_index_is_built_and_used(tmp_path):
     approx = search(out, "img00007.jpg", "-k", "5", "-f", "jsonl")
     exact = search(out, "img00007.jpg", "-k", "5", "-f", "jsonl", "--exact")
     assert "approximate index" in approx.stderr and "approximate" not in exact.stderr
-    assert jsonl(approx.stdout) == jsonl(exact.stdout)  # this query's top 5 are well separated
+    approx_records, exact_records = jsonl(approx.stdout), jsonl(exact.stdout)
+    assert approx_records[0].pop("method").startswith("faiss IVF")  # the record says how it was found
+    assert exact_records[0].pop("method") == "exact, float32 pre-score"
+    assert approx_records == exact_records  # this query's top 5 are well separated
     small = search("photos.npy", "--build-index")
     assert_clean_failure(small, 2)
 
@@ -210,7 +213,7 @@ def test_min_score_lists_only_matches_at_or_above_it_in_every_format(base):
     every = jsonl(_bit("search", "photos.npy", "photos/coffee.png", "photos/chelsea.png", "-k", "6", "-f", "jsonl").stdout.decode())
     scores = sorted({m["score"] for r in every for m in r["matches"]})
     cut = scores[len(scores) // 2]  # a score as printed: that match stays
-    expected = [{"query": r["query"], "matches": [m for m in r["matches"] if m["score"] >= cut]} for r in every]
+    expected = [{**r, "matches": [m for m in r["matches"] if m["score"] >= cut]} for r in every]
     assert any(len(e["matches"]) < 6 for e in expected) and any(e["matches"] for e in expected)
     args = ("search", "photos.npy", "photos/coffee.png", "photos/chelsea.png", "-k", "6", "--min-score", cut)
     result = _bit(*args, "-f", "jsonl")

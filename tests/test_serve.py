@@ -433,7 +433,7 @@ def test_search_through_the_server_honours_min_score(search_server, collection):
     done = bit(*ask, "--min-score", str(cut), cwd=collection)
     assert done.returncode == 0, text(done.stderr)
     kept = [json.loads(x) for x in text(done.stdout).splitlines()]
-    assert kept == [{"query": r["query"], "matches": [m for m in r["matches"] if m["score"] >= cut]} for r in every]
+    assert kept == [{**r, "matches": [m for m in r["matches"] if m["score"] >= cut]} for r in every]
     assert sum(len(r["matches"]) for r in kept) == sum(len(r["matches"]) for r in every) - 4
 
 

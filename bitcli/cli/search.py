@@ -191,7 +191,7 @@ def answer(
         ui.warn(outcome.notice)
     if not outcome.exact:
         ui.info(f"answered with the approximate index ({outcome.method}); --exact for exact search")
-    return q.results(planned, outcome.matches)
+    return q.results(planned, outcome.matches, outcome.method)
 
 
 def embed_queries(ui: Ui, index: Any, pending: list[Any], model: str | None, runtime: tuple) -> list[Any]:

@@ -7,6 +7,7 @@ several), so a row of any width is read whole or reported as a truncated file.
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 from pathlib import Path
@@ -55,6 +56,48 @@ class BlockReader:
 
     def close(self) -> None:
         pass  # the index owns its file
+
+
+class MappedRows:
+    """An opened index's rows as a memory map of the file it holds open (copy-on-write, never
+    written: torch can then wrap them without a copy). `release` drops a range's pages from the
+    process once it is done with them, so the resident set stays at a block's size."""
+
+    def __init__(self, index: Any):
+        self.index = index
+        self.count, self.dim = index.rows, index.dim
+        self.map = None
+        vectors = index.vectors
+        offset = getattr(vectors, "offset", None)
+        if isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and offset is not None and index.file is not None and vectors.size:
+            self.map = mmap.mmap(index.file.fileno(), 0, access=mmap.ACCESS_COPY)
+            self.values = np.frombuffer(self.map, dtype=vectors.dtype, count=vectors.size, offset=offset).reshape(vectors.shape)
+            self.offset = offset
+        else:  # a caller-built index, or a Fortran-ordered array from elsewhere
+            self.values = np.asarray(vectors)
+        self.row_bytes = self.dim * self.values.dtype.itemsize
+
+    def __enter__(self) -> "MappedRows":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.values = None
+        if self.map is not None:
+            try:
+                self.map.close()
+            except BufferError:  # a view is still alive somewhere: the map goes with it
+                pass
+
+    def release(self, start: int, stop: int) -> None:
+        """Drop the pages of rows [start, stop) from this process (they stay in the page cache)."""
+        if self.map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        begin = self.offset + start * self.row_bytes
+        end = self.offset + stop * self.row_bytes
+        begin -= begin % mmap.PAGESIZE
+        end -= end % mmap.PAGESIZE  # the page holding the next block's first row stays
+        if end > begin:
+            self.map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
 
 _READ_CHUNK = 1 << 30  # one preadv reads at most about 2 GiB: rows wider than that take several

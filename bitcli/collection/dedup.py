@@ -30,7 +30,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from bitcli.collection import DEFAULT_THRESHOLD  # 0.9: why, in the package's __init__
+from bitcli.collection import norms as norms_mod
+from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
+from bitcli.collection.search import bf16_native, margin
 from bitcli.errors import UsageError
 
 _BLOCK_BYTES = 32 << 20  # float32 bytes per block of rows
@@ -51,9 +54,11 @@ class DuplicateGroup:
     min_score: float
     max_score: float
     scores_to_first: list[float]
+    method: str | None = None  # how the pairs were found: "exact, bfloat16 pre-filter" (or float32)
 
     def to_dict(self) -> dict:
-        return {"group": self.group, "paths": self.paths, "min_score": self.min_score, "max_score": self.max_score}
+        record = {"group": self.group, "paths": self.paths, "min_score": self.min_score, "max_score": self.max_score}
+        return {**record, "method": self.method} if self.method else record
 
 
 def check_threshold(threshold: float) -> None:
@@ -78,7 +83,8 @@ def find_groups(
     labels = component_labels(index, threshold, block_rows=block_rows, method=method, progress=progress)
     members = _members(labels)
     members.sort(key=lambda rows: (-len(rows), rows[0]))
-    return [_describe(index, number, rows) for number, rows in enumerate(members, start=1)]
+    found_by = f"exact, {chosen_method(index, method)} pre-filter"
+    return [_describe(index, number, rows, found_by) for number, rows in enumerate(members, start=1)]
 
 
 def component_labels(
@@ -99,24 +105,47 @@ def threshold_pairs(
     method: str = "auto",
     progress: Progress | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches of row pairs (a < b) whose cosine similarity is >= threshold, each batch bounded.
+    """Batches of row pairs (a < b) whose similarity, the float64 cosine of the stored rows rounded
+    to float32 (the score dedup reports), is >= threshold; each batch bounded.
 
-    method: "float32" (numpy), "bf16" (a bfloat16 pre-filter, re-checked in float32: the same
-    pairs, about 4x faster on CPUs with bf16 units), or "auto" (bf16 when the CPU has native
-    bf16 and the index is big enough for torch's import to pay). `progress` hears of the work
-    done in rows' worth (row r is compared with rows r..N-1: later rows cost less)."""
+    Every pair is pre-scored in bulk (`method`: "float32", "bf16", or "auto": bfloat16 where the
+    CPU has native bfloat16 units and the index is big enough for torch's import to pay). A pre-score
+    is within `search.margin` of the cosine, so a pair at least that far above the threshold is a
+    duplicate, one that far below is not, and the few in between are decided in float64: the pairs
+    are exactly the float64 ones, whatever the pre-scoring. `progress` hears of the work done in
+    rows' worth (row r is compared with rows r..N-1: later rows cost less)."""
     scorer = _scorer(method, index)
+    norms = norms_mod.ensure(index)
     block_rows = block_rows or index.block_rows(_BLOCK_BYTES)
+    slack = margin(scorer.name, index.dim)
     reported = 0
-    for first, block in index.iter_blocks(block_rows):
-        left = scorer.prepare(_unit(block.copy()))  # the reader reuses its buffer for the inner loop
-        yield from _block_pairs(scorer, left, first, left, first, threshold)  # the block with itself
-        for other_first, other in index.iter_blocks(block_rows, start=first + len(block)):
-            yield from _block_pairs(scorer, left, first, scorer.prepare(_unit(other)), other_first, threshold)
-        if progress is not None:
-            done = _work_done(first + len(block), index.rows)
-            progress(done - reported)
-            reported = done
+    with MappedRows(index) as mapped:
+        values = mapped.values
+        for first in range(0, index.rows, block_rows):
+            stop = min(first + block_rows, index.rows)
+            left = scorer.prepare(values[first:stop], norms[first:stop])
+            for other in range(first, index.rows, block_rows):
+                last = min(other + block_rows, index.rows)
+                right = left if other == first else scorer.prepare(values[other:last], norms[other:last])
+                for start in range(0, stop - first, _SLICE_ROWS):
+                    sure, a, b = scorer.pairs(left, start, right, threshold, slack)
+                    a += first + start
+                    b += other
+                    if a.size:
+                        keep = sure | _exact_at_least(values, norms, a, b, threshold, sure)
+                        a, b = a[keep], b[keep]
+                    if other == first:  # the diagonal block: each pair once, never a row with itself
+                        keep = b > a
+                        a, b = a[keep], b[keep]
+                    if a.size:
+                        yield a, b
+                if other != first:
+                    mapped.release(other, last)
+            mapped.release(first, stop)
+            if progress is not None:
+                done = _work_done(stop, index.rows)
+                progress(done - reported)
+                reported = done
 
 
 def _work_done(rows_done: int, rows: int) -> int:
@@ -125,125 +154,93 @@ def _work_done(rows_done: int, rows: int) -> int:
     return round(rows * pairs / (rows * (rows + 1) // 2)) if rows else 0
 
 
-def _block_pairs(scorer: "_Float32", left: tuple, first: int, right: tuple, other_first: int, threshold: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for start in range(0, len(left[0]), _SLICE_ROWS):
-        a, b = scorer.pairs(left, start, right, threshold)
-        a += first + start
-        b += other_first
-        if other_first == first:  # the diagonal block: each pair once, never a row with itself
-            keep = b > a
-            a, b = a[keep], b[keep]
-        if a.size:
-            yield a, b
+def _exact_at_least(values: np.ndarray, norms: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float, skip: np.ndarray) -> np.ndarray:
+    """For each pair (a[i], b[i]) not already decided (`skip`): whether its float64 cosine of the
+    stored rows, rounded to float32, is >= threshold (byte-identical rows score 0.99999999999999989
+    in float64 as often as not: at --threshold 1 they must still be a group)."""
+    out = np.zeros(a.size, dtype=bool)
+    todo = np.flatnonzero(~skip)
+    for start in range(0, todo.size, _STATS_ROWS):
+        pick = todo[start : start + _STATS_ROWS]
+        left, right = values[a[pick]].astype(np.float64), values[b[pick]].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            cosine = np.einsum("ij,ij->i", left, right) / (norms[a[pick]] * norms[b[pick]])
+        cosine[~np.isfinite(cosine)] = 0.0  # a zero or non-finite row: similarity 0
+        out[pick] = np.clip(cosine, -1.0, 1.0).astype(np.float32) >= np.float32(threshold)
+    return out
+
+
+def _unit32(rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """float32 rows divided by their (float64) norms; a zero or non-finite row becomes zeros."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        unit = (np.asarray(rows, dtype=np.float64) / norms[:, None]).astype(np.float32)
+    unit[(norms == 0) | ~np.isfinite(norms)] = 0.0
+    return unit
 
 
 class _Float32:
-    """Similarities of a slice of rows with a block, as one float32 matrix product (numpy)."""
+    """Pre-scores of a slice of unit rows with a block, as one float32 matrix product (numpy)."""
 
     name = "float32"
 
-    def prepare(self, rows: np.ndarray) -> tuple:
-        return (rows,)
+    def prepare(self, rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        return _unit32(rows, norms)
 
-    def pairs(self, left: tuple, start: int, right: tuple, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        rows = left[0][start : start + _SLICE_ROWS]
-        return _settle(rows @ right[0].T, rows, right[0], threshold)
-
-
-def _margin(dim: int) -> float:
-    """A bound on how far a float32 dot product of two float32 unit rows can be from its float64
-    value: D products and sums, each rounded by at most 2^-24 relative, on terms summing to <= 1."""
-    return (dim + 4) * 2.0**-24
+    def pairs(self, left: np.ndarray, start: int, right: np.ndarray, threshold: float, slack: float):
+        """(sure, a, b): the pairs that may reach the threshold, and which surely do."""
+        sims = left[start : start + _SLICE_ROWS] @ right.T
+        a, b = np.nonzero(sims >= threshold - slack)
+        return sims[a, b] >= threshold + slack, a, b
 
 
-def _settle(sims: np.ndarray, rows: np.ndarray, others: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) where rows[i] and others[j] are near-duplicates, from their float32 similarities.
+class _Bf16PreFilter:
+    """The same with bfloat16 products (torch, oneDNN): about 4x the float32 rate on CPUs with
+    bfloat16 units; the margin is bfloat16's (`search.margin`)."""
 
-    A pair whose float32 similarity lies within rounding distance of the threshold is decided by
-    its float64 cosine rounded to float32, the score dedup reports: byte-identical rows score
-    0.99999994 in float32 as often as not, and at --threshold 1 they must still be a group."""
-    margin = _margin(rows.shape[1])
-    a, b = np.nonzero(sims >= threshold - margin)
-    if a.size == 0:
-        return a, b
-    near = sims[a, b] < threshold + margin
-    if near.any():
-        left, i = np.unique(a[near], return_inverse=True)
-        right, j = np.unique(b[near], return_inverse=True)
-        exact = (_unit64(rows[left]) @ _unit64(others[right]).T)[i, j]  # at most a slice x a block
-        keep = np.ones(a.size, dtype=bool)
-        keep[near] = exact.astype(np.float32) >= np.float32(threshold)
-        a, b = a[keep], b[keep]
-    return a, b
-
-
-class _Bf16PreFilter(_Float32):
-    """bfloat16 products (torch, oneDNN) keep the pairs within BF16_MARGIN of the threshold; those
-    are re-scored in float32, so the result is the float32 one.
-
-    Why the margin is safe: for unit rows, rounding each element to bfloat16 (relative error
-    u = 2^-9) moves a dot product by at most (2u + u^2) * sum|a_i b_i| <= 0.0039; fp32
-    accumulation adds at most D * 2^-24 (1.2e-4 at D = 2048); rounding the result to bfloat16
-    at most 2^-9 <= 0.002. Total under 0.0061 < 0.01."""
-
-    name = "bf16"
-    margin = 0.01
+    name = "bfloat16"
 
     def __init__(self) -> None:
         import torch
 
         self.torch = torch
 
-    def prepare(self, rows: np.ndarray) -> tuple:
-        return (rows, self.torch.from_numpy(rows).to(self.torch.bfloat16))
+    def prepare(self, rows: np.ndarray, norms: np.ndarray):
+        return self.torch.from_numpy(_unit32(rows, norms)).to(self.torch.bfloat16)
 
-    def pairs(self, left: tuple, start: int, right: tuple, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        rough = left[1][start : start + _SLICE_ROWS] @ right[1].T
-        # Compared in float32: a bfloat16 cut would itself be rounded by up to 2^-9.
-        a, b = (t.numpy() for t in self.torch.nonzero(rough.float() >= threshold - self.margin, as_tuple=True))
-        if a.size == 0:
-            return a, b
-        exact = np.einsum("ij,ij->i", left[0][start + a], right[0][b])
-        keep = exact >= threshold
-        near = np.flatnonzero(np.abs(exact - threshold) < _margin(left[0].shape[1]))
-        if near.size:  # as `_settle` decides them: the float64 cosine, rounded to float32
-            exact64 = np.einsum("ij,ij->i", _unit64(left[0][start + a[near]]), _unit64(right[0][b[near]]))
-            keep[near] = exact64.astype(np.float32) >= np.float32(threshold)
-        return a[keep], b[keep]
+    def pairs(self, left, start: int, right, threshold: float, slack: float):
+        torch = self.torch
+        rough = left[start : start + _SLICE_ROWS] @ right.T  # bfloat16
+        low = _bf16_at_most(torch, threshold - slack)
+        if not bool((rough >= low).any()):
+            return np.empty(0, bool), np.empty(0, np.int64), np.empty(0, np.int64)
+        a, b = torch.nonzero(rough >= low, as_tuple=True)
+        sure = rough[a, b].float() >= threshold + slack
+        return sure.numpy(), a.numpy(), b.numpy()
+
+
+def _bf16_at_most(torch, value: float):
+    """The largest bfloat16 value <= `value` (comparing bfloat16 scores with it loses nothing)."""
+    rounded = torch.tensor(value, dtype=torch.float32).to(torch.bfloat16)
+    if float(rounded) > value:
+        rounded = torch.nextafter(rounded.float(), torch.tensor(-np.inf)).to(torch.bfloat16)
+        while float(rounded) > value:
+            rounded = (rounded.float() - abs(float(rounded)) * 2.0**-7).to(torch.bfloat16)
+    return rounded
 
 
 def chosen_method(index: EmbeddingIndex, method: str = "auto") -> str:
-    """Which way `threshold_pairs` computes similarities here: "float32" or "bf16"."""
+    """Which way `threshold_pairs` pre-scores pairs here: "float32" or "bfloat16"."""
     return _scorer(method, index).name
 
 
-def _scorer(method: str, index: EmbeddingIndex) -> _Float32:
-    if method not in ("auto", "float32", "bf16"):
+def _scorer(method: str, index: EmbeddingIndex):
+    if method not in ("auto", "float32", "bf16", "bfloat16"):
         raise ValueError(f"method {method!r}: use auto, float32 or bf16")
     if method == "float32" or (method == "auto" and float(index.rows) ** 2 * index.dim < _BF16_FROM_WORK):
         return _Float32()
     if method == "auto" and not bf16_native():
         return _Float32()
     return _Bf16PreFilter()
-
-
-def bf16_native() -> bool:
-    """Whether torch can run bfloat16 matrix products natively here (AVX512-BF16 or AMX)."""
-    try:
-        import torch
-
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (ImportError, AttributeError, RuntimeError):
-        return False
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    """Scale float32 rows to unit length in place (zero rows stay zero; NaN rows match nothing)."""
-    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
-    norms[norms == 0] = 1.0
-    rows /= norms[:, None]
-    rows[~np.isfinite(norms)] = 0.0
-    return rows
 
 
 class _UnionFind:
@@ -284,7 +281,7 @@ def _members(labels: np.ndarray) -> list[list[int]]:
     return [chunk.tolist() for chunk in np.split(order, cuts) if chunk.size > 1]
 
 
-def _describe(index: EmbeddingIndex, number: int, rows: list[int]) -> DuplicateGroup:
+def _describe(index: EmbeddingIndex, number: int, rows: list[int], method: str) -> DuplicateGroup:
     from bitcli.pipeline import short_float
 
     low, high, to_first = _group_scores(index, rows)
@@ -295,6 +292,7 @@ def _describe(index: EmbeddingIndex, number: int, rows: list[int]) -> DuplicateG
         min_score=short_float(low),
         max_score=short_float(high),
         scores_to_first=[1.0] + [short_float(s) for s in to_first[1:]],
+        method=method,
     )
 
 

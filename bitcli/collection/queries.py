@@ -40,6 +40,7 @@ class QueryResult:
     query: str
     matches: list[Match] = field(default_factory=list)
     error: str | None = None
+    method: str | None = None  # how the matches were found (`SearchOutcome.method`)
 
     @property
     def ok(self) -> bool:
@@ -48,7 +49,8 @@ class QueryResult:
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
             return {"query": self.query, "error": self.error}
-        return {"query": self.query, "matches": [m.to_dict() for m in self.matches]}
+        record = {"query": self.query, "matches": [m.to_dict() for m in self.matches]}
+        return {**record, "method": self.method} if self.method else record
 
 
 def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] | None = None, null: bool = False) -> list[Query]:
@@ -170,7 +172,7 @@ def at_least(found: Iterable[QueryResult], min_score: float | None) -> list[Quer
     return found
 
 
-def results(queries: list[Query], matches: list[list[Match]]) -> list[QueryResult]:
+def results(queries: list[Query], matches: list[list[Match]], method: str | None = None) -> list[QueryResult]:
     """One result per query, in order; `matches` holds one list per query that has a vector."""
     answered = iter(matches)
     out = []
@@ -178,5 +180,5 @@ def results(queries: list[Query], matches: list[list[Match]]) -> list[QueryResul
         if query.vector is None:
             out.append(QueryResult(query.path, error=query.error or "no vector"))
         else:
-            out.append(QueryResult(query.path, next(answered)))
+            out.append(QueryResult(query.path, next(answered), method=method))
     return out

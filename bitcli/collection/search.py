@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bitcli.collection import norms as norms_mod
+from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.collection.scoring import Match, block_scores, check_k, check_queries, cosine64, normalize_rows, top_k
 
@@ -124,7 +125,7 @@ def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[M
     norms = norms_mod.ensure(index)
     results: list[list[Match]] = []
     used = set()
-    with _Rows(index) as rows:
+    with MappedRows(index) as rows:
         for first in range(0, len(queries), QUERY_CHUNK):
             chunk = np.asarray(queries[first : first + QUERY_CHUNK], dtype=np.float64)
             best, used_here = _search_chunk(rows, norms, chunk, k, exclude[first : first + QUERY_CHUNK], block_rows, scoring)
@@ -170,12 +171,12 @@ class _Best:
         self.scores, self.rows = scores[order], rows[order]
 
 
-def _search_chunk(rows: "_Rows", norms: np.ndarray, queries: np.ndarray, k: int, exclude: list, block_rows: int | None, scoring: str | None):
+def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: int, exclude: list, block_rows: int | None, scoring: str | None):
     q = len(queries)
     unit = _unit_queries(queries)
     best = [_Best(min(k, rows.count - (1 if exclude[j] is not None and 0 <= exclude[j] < rows.count else 0))) for j in range(q)]
     block = block_rows or min(_MAX_BLOCK_ROWS, max(256, _BLOCK_ELEMENTS // max(q, 1)))
-    scorers = rows.scorers(unit, scoring)
+    scorers = _scorers(rows.values, unit, scoring)
     timings: dict[str, float] = {}
     used = set()
     for n, first in enumerate(range(0, rows.count, block)):
@@ -202,7 +203,7 @@ def _search_chunk(rows: "_Rows", norms: np.ndarray, queries: np.ndarray, k: int,
             found = np.flatnonzero(hit[:, j])
             if exclude[j] is not None and first <= exclude[j] < stop:
                 found = found[found != exclude[j] - first]
-            values = rows.exact_scorer(first, queries[j])
+            values = _exact_scorer(rows.values, queries[j])
             best[j].offer(pre[found, j], found + first, values, slack)
         rows.release(first, stop)
     return [(b.scores, b.rows) for b in best], used
@@ -217,58 +218,29 @@ def _unit_queries(queries: np.ndarray) -> np.ndarray:
     return unit.astype(np.float32)
 
 
-class _Rows:
-    """The index's rows as a (copy-on-write, never written) memory map of the opened file."""
+def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda rows: cosine64(values[rows], query)
 
-    def __init__(self, index: EmbeddingIndex):
-        self.index = index
-        self.count, self.dim = index.rows, index.dim
-        self.map = None
-        vectors = index.vectors
-        offset = getattr(vectors, "offset", None)
-        if isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and offset is not None and index.file is not None and vectors.size:
-            self.map = mmap.mmap(index.file.fileno(), 0, access=mmap.ACCESS_COPY)
-            self.values = np.frombuffer(self.map, dtype=vectors.dtype, count=vectors.size, offset=offset).reshape(vectors.shape)
-            self.offset = offset
-        else:  # a caller-built index, or a Fortran-ordered array from elsewhere
-            self.values = np.asarray(vectors)
-        self.row_bytes = self.dim * self.values.dtype.itemsize
 
-    def __enter__(self) -> "_Rows":
-        return self
+def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
+    """The ways to pre-score here (two: the search times both on its first blocks)."""
+    if scoring is None and values.size < _TORCH_FROM_ELEMENTS or not values.dtype.isnative:
+        return [_NumpyScorer(values, unit)]
+    if scoring == "float32" or (scoring is None and not bf16_native()):
+        return [_TorchScorer(values, unit, "float32")]
+    if scoring == "bfloat16":
+        return [_TorchScorer(values, unit, "bfloat16")]
+    return [_TorchScorer(values, unit, "float32"), _TorchScorer(values, unit, "bfloat16")]
 
-    def __exit__(self, *exc: object) -> None:
-        self.values = None
-        if self.map is not None:
-            try:
-                self.map.close()
-            except BufferError:  # a view is still alive somewhere: the map goes with it
-                pass
 
-    def release(self, start: int, stop: int) -> None:
-        """Drop the pages of rows [start, stop) from this process (they stay in the page cache)."""
-        if self.map is None or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        begin = self.offset + start * self.row_bytes
-        end = self.offset + stop * self.row_bytes
-        begin -= begin % mmap.PAGESIZE
-        end -= end % mmap.PAGESIZE  # the page holding the next block's first row stays
-        if end > begin:
-            self.map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
-
-    def exact_scorer(self, first: int, query: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda rows: cosine64(self.values[rows], query)
-
-    def scorers(self, unit: np.ndarray, scoring: str | None) -> list:
-        if scoring is None and self.values.size < _TORCH_FROM_ELEMENTS or not self.values.dtype.isnative:
-            return [_NumpyScorer(self.values, unit)]
-        from bitcli.collection.dedup import bf16_native
-
-        if scoring == "float32" or (scoring is None and not bf16_native()):
-            return [_TorchScorer(self.values, unit, "float32")]
-        if scoring == "bfloat16":
-            return [_TorchScorer(self.values, unit, "bfloat16")]
-        return [_TorchScorer(self.values, unit, "float32"), _TorchScorer(self.values, unit, "bfloat16")]
+def bf16_native() -> bool:
+    """Whether torch runs bfloat16 matrix products natively here (AVX512-BF16 or AMX): the CPU's
+    flags as oneDNN reads them, never the CPU's name (off with BIT_TORCH_PRIVATE_OPS=0)."""
+    try:
+        from bitcli.engine.native import bf16_supported
+    except ImportError:
+        return False
+    return bf16_supported()
 
 
 class _NumpyScorer:

@@ -211,14 +211,14 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         embedded = await submit(batcher, ("embed", normalize), await uploads(request, service))
         vectors = [r.vector if r.error is None else None for r in embedded]
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(None, service.search, index, vectors, top_k)
+        found, method = await loop.run_in_executor(None, service.search, index, vectors, top_k)
         results, recorded = [], []
         for r, matches in zip(embedded, found):
             if matches is None:
                 results.append({"query": r.path, "error": r.error})
                 recorded.append([])
             else:
-                results.append({"query": r.path, "matches": [m.to_dict() for m in matches]})
+                results.append({"query": r.path, "matches": [m.to_dict() for m in matches], "method": method})
                 recorded.append([{"row": m.row, "recorded": collection.recorded[m.row]} for m in matches])
         base = collection.base_dir
         return {"results": results, "index": index,

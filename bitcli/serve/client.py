@@ -182,7 +182,7 @@ class Client:
                         continue
                     matches = [Match(rank=int(m["rank"]), row=int(r["row"]), path=shown_path(str(r["recorded"]), base), score=float(m["score"]))
                                for m, r in zip(record["matches"], found)]
-                    results[i] = QueryResult(path, matches)
+                    results[i] = QueryResult(path, matches, method=record.get("method"))
             except (AttributeError, KeyError, TypeError, ValueError):
                 raise self._not_bit("/v1/search") from None
         return results

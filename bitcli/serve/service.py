@@ -57,16 +57,17 @@ class Service:
             raise UsageError(f"--index {index.array_path}: made with other settings than this server's model ({differs}); serve it with the model it was made with")
         self.indexes[name] = index
 
-    def search(self, name: str, vectors: list[Any], k: int) -> list[Any]:
-        """Top-k matches of each vector (None: that query failed) in index `name`."""
+    def search(self, name: str, vectors: list[Any], k: int) -> tuple[list[Any], str | None]:
+        """Top-k matches of each vector (None: that query failed) in index `name`, and how they
+        were found (`SearchOutcome.method`)."""
         import numpy as np
 
         from bitcli.collection.search import search
 
         ready = [v for v in vectors if v is not None]
-        found = search(self.indexes[name], np.stack(ready), k, exact=False).matches if ready else []
-        answers = iter(found)
-        return [next(answers) if v is not None else None for v in vectors]
+        outcome = search(self.indexes[name], np.stack(ready), k, exact=False) if ready else None
+        answers = iter(outcome.matches if outcome else [])
+        return [next(answers) if v is not None else None for v in vectors], outcome.method if outcome else None
 
     def thumbnail(self, name: str, row: int, size: int = 256) -> bytes | None:
         """A JPEG of row `row`'s file of index `name` (the path comes from the collection, never
