@@ -33,6 +33,7 @@ is printed before and after each part: the machine is shared, timings move with 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -111,10 +112,10 @@ def drop_from_page_cache(path: Path) -> None:
 # -- measurements (each in a fresh process: `bench/collection.py _child PART ARGS`) -----------
 
 
-def child(part: str, args: list[str]) -> dict:
-    """Run one measurement in a new process; its JSON result."""
+def child(part: str, args: list[str], code: Path = ROOT) -> dict:
+    """Run one measurement in a new process (with bitcli from `code`: a checkout); its JSON result."""
     cmd = ["nice", "-n", "5", sys.executable, __file__, "_child", part, *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(code)}
     started = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     result = json.loads(out.stdout)
@@ -130,13 +131,35 @@ def peak_rss_mib() -> float:
 
 
 def child_search(array: str, nqueries: str) -> dict:
-    from bitcli.collection import exact_search, open_index
+    from bitcli.collection import open_index, search
 
     index = open_index(array)
     q = queries(int(nqueries), index.dim, seed=7)
     started = time.perf_counter()
-    exact_search(index, q, 10)
-    return {"search_s": round(time.perf_counter() - started, 2), "peak_rss_mib": peak_rss_mib()}
+    outcome = search(index, q, 10, exact=True)
+    wall = time.perf_counter() - started
+    rows = [[m.row for m in found] for found in outcome.matches]
+    return {"search_s": round(wall, 3), "peak_rss_mib": peak_rss_mib(), "method": outcome.method, "rows": rows}
+
+
+def child_faiss_flat(array: str, nqueries: str) -> dict:
+    """faiss IndexFlatIP (exact inner product) on the same rows, normalised float32 in RAM."""
+    import faiss
+
+    started = time.perf_counter()
+    rows = np.load(array, mmap_mode="r")
+    flat = faiss.IndexFlatIP(rows.shape[1])
+    for first in range(0, len(rows), CHUNK):
+        block = np.asarray(rows[first : first + CHUNK], dtype=np.float32)
+        faiss.normalize_L2(block)
+        flat.add(block)
+    load_s = time.perf_counter() - started
+    q = queries(int(nqueries), rows.shape[1], seed=7).astype(np.float32)
+    faiss.normalize_L2(q)
+    started = time.perf_counter()
+    _, found = flat.search(q, 10)
+    return {"search_s": round(time.perf_counter() - started, 3), "load_and_normalise_s": round(load_s, 1),
+            "peak_rss_mib": peak_rss_mib(), "rows": found.tolist()}
 
 
 def child_dedup(array: str, planted: str, method: str) -> dict:
@@ -147,6 +170,7 @@ def child_dedup(array: str, planted: str, method: str) -> dict:
     started = time.perf_counter()
     groups = find_groups(index, DEFAULT_THRESHOLD, method=method)
     wall = time.perf_counter() - started
+    digest = hashlib.sha256(json.dumps([g.rows for g in groups]).encode()).hexdigest()[:16]
     group_of = {row: g.group for g in groups for row in g.rows}
     found = sum(1 for i in range(int(planted)) if group_of.get(2 * i) is not None and group_of.get(2 * i) == group_of.get(2 * i + 1))
     extra = sum(1 for g in groups if not any(r < 2 * int(planted) for r in g.rows))
@@ -160,6 +184,7 @@ def child_dedup(array: str, planted: str, method: str) -> dict:
         "largest_group": max((len(g.rows) for g in groups), default=0),
         "threshold": DEFAULT_THRESHOLD,
         "method": chosen_method(index, method),
+        "groups_sha256": digest,  # equal digests: the same groups
     }
 
 
@@ -223,6 +248,7 @@ def child_update_seed(folder: str, checkpoint: str) -> dict:
 
 
 CHILDREN = {
+    "faiss_flat": child_faiss_flat,
     "search": child_search, "dedup": child_dedup, "ann_build": child_ann_build, "ann_query": child_ann_query,
     "update_seed": child_update_seed,
 }
@@ -298,6 +324,41 @@ def _tiny_jpeg() -> bytes:
 # -- driver -----------------------------------------------------------------------------------
 
 
+def bench_search(args: argparse.Namespace, array: Path) -> dict:
+    """First use (computes and writes the row norms), then warm runs side by side: bitcli's exact
+    search in-process and as a whole `bit search` process, faiss IndexFlatIP, bitcli before."""
+    first = child("search", [str(array), "10"])
+    out: dict = {"first_use": {k: v for k, v in first.items() if k != "rows"}}
+    runs: dict[str, list[dict]] = {"bitcli": [], "bit_search_process": [], "faiss_flat": [], "before": []}
+    manifest = array.with_suffix(".paths.txt").read_text().splitlines()
+    by_path = [manifest[i] for i in range(0, len(manifest), len(manifest) // 10)][:10]
+    for _ in range(args.repeats):
+        runs["bitcli"].append(child("search", [str(array), "10"]))
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import sys; from bitcli.cli import main; sys.exit(main())", "search", str(array), *by_path, "-k", "10", "-f", "jsonl", "--exact"],
+                       check=True, capture_output=True, cwd=array.parent, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        runs["bit_search_process"].append({"process_wall_s": round(time.perf_counter() - started, 2)})
+        if args.before:
+            runs["before"].append(child("search", [str(array), "10"], code=args.before))
+    try:
+        import faiss  # noqa: F401
+
+        runs["faiss_flat"].append(child("faiss_flat", [str(array), "10"]))
+    except ImportError:
+        pass
+    reference = runs["bitcli"][0]["rows"]
+    for name, measured in runs.items():
+        if not measured:
+            continue
+        best = min(measured, key=lambda r: r.get("search_s", r["process_wall_s"]))
+        if "rows" in best:
+            best["same_top10_as_bitcli"] = sum(len(set(a) & set(b)) for a, b in zip(best.pop("rows"), reference)) / (10 * len(reference))
+        best["runs"] = [r.get("search_s", r["process_wall_s"]) for r in measured]
+        out[name] = best
+    out["load_after"] = load()
+    return out
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "_child":
         print(json.dumps(CHILDREN[sys.argv[2]](*sys.argv[3:])))
@@ -310,6 +371,8 @@ def main() -> None:
     parser.add_argument("--planted", type=int, default=1000, help="near-duplicate pairs planted in the dedup array")
     parser.add_argument("--dedup-methods", default="auto,float32", help="auto (bf16 pre-filter where native), float32")
     parser.add_argument("--keep", action="store_true", help="keep the arrays under .bench/collection/")
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier bitcli to measure side by side (search, dedup)")
+    parser.add_argument("--repeats", type=int, default=3, help="search: warm runs of each (the best is reported)")
     parser.add_argument("--old", type=int, default=10_000, help="update: images already embedded")
     parser.add_argument("--new", type=int, default=100, help="update: images added")
     parser.add_argument("--rounds", type=int, default=2, help="update: rounds of the two runs")
@@ -323,18 +386,20 @@ def main() -> None:
             write_array(search_array, args.rows, args.dim, "float16", seed=1)
         if "search" in parts:
             log(f"search (load {load()}) ...")
-            warm = child("search", [str(search_array), "10"])
-            drop_from_page_cache(search_array)
-            cold = child("search", [str(search_array), "10"])
-            results["search"] = {"warm": warm, "cold": cold, "load_after": load()}
+            results["search"] = bench_search(args, search_array)
             log(json.dumps(results["search"]))
         if "dedup" in parts:
             dedup_array = WORK / f"dedup-{args.dedup_rows}x{args.dim}.npy"
             write_array(dedup_array, args.dedup_rows, args.dim, "float32", seed=2, planted=args.planted)
             log(f"dedup (load {load()}) ...")
+            norms_first_use = child("dedup", [str(dedup_array), "0", "float32"])  # writes the row norms
+            results["dedup_first_use_s"] = norms_first_use["dedup_s"]
             for method in args.dedup_methods.split(","):
                 results[f"dedup_{method}"] = {**child("dedup", [str(dedup_array), str(args.planted), method]), "load_after": load()}
                 log(json.dumps(results[f"dedup_{method}"]))
+            if args.before:
+                results["dedup_before"] = {**child("dedup", [str(dedup_array), str(args.planted), "auto"], code=args.before), "load_after": load()}
+                log(json.dumps(results["dedup_before"]))
         if "ann" in parts:
             log(f"ann build (load {load()}) ...")
             build = child("ann_build", [str(search_array)])
@@ -347,7 +412,7 @@ def main() -> None:
             log(json.dumps(results["update"]))
     finally:
         results["machine"]["load_end"] = load()
-        print(json.dumps(results, indent=1))
+        print(json.dumps(results, indent=1, default=str))
         if not args.keep:
             shutil.rmtree(WORK, ignore_errors=True)
 

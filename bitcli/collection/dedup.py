@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from bitcli.collection.search import bf16_native, margin
 from bitcli.errors import UsageError
 
 _BLOCK_BYTES = 32 << 20  # float32 bytes per block of rows
+_PREPARED_BYTES = 1 << 30  # unit rows kept prepared between passes (100,000 x 2048 bfloat16: 400 MB)
 _SLICE_ROWS = 512  # rows per similarity slice: at most 512 x block pairs materialize at once
 _STATS_ROWS = 2048  # rows per chunk when measuring a (large) group
 # Below N^2 * D = 2^40 (about 12 s of float32 products on 2 cores) importing torch for the bf16
@@ -121,12 +122,13 @@ def threshold_pairs(
     reported = 0
     with MappedRows(index) as mapped:
         values = mapped.values
+        prepared = _Prepared(lambda first, stop: scorer.prepare(values[first:stop], norms[first:stop]))
         for first in range(0, index.rows, block_rows):
             stop = min(first + block_rows, index.rows)
-            left = scorer.prepare(values[first:stop], norms[first:stop])
+            left = prepared.get(first, stop)
             for other in range(first, index.rows, block_rows):
                 last = min(other + block_rows, index.rows)
-                right = left if other == first else scorer.prepare(values[other:last], norms[other:last])
+                right = prepared.get(other, last)
                 for start in range(0, stop - first, _SLICE_ROWS):
                     sure, a, b = scorer.pairs(left, start, right, threshold, slack)
                     a += first + start
@@ -139,13 +141,36 @@ def threshold_pairs(
                         a, b = a[keep], b[keep]
                     if a.size:
                         yield a, b
-                if other != first:
-                    mapped.release(other, last)
-            mapped.release(first, stop)
+                mapped.release(other, last)
+            prepared.forget(first)
             if progress is not None:
                 done = _work_done(stop, index.rows)
                 progress(done - reported)
                 reported = done
+
+
+class _Prepared:
+    """Blocks of unit rows as the scorer wants them, kept for the later passes while they fit in
+    `_PREPARED_BYTES` (the rest is prepared again when needed)."""
+
+    def __init__(self, prepare: Callable[[int, int], Any]):
+        self.prepare, self.kept, self.bytes = prepare, {}, 0
+
+    def get(self, first: int, stop: int) -> Any:
+        if first in self.kept:
+            return self.kept[first]
+        block = self.prepare(first, stop)
+        size = block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
+        if self.bytes + size <= _PREPARED_BYTES:
+            self.kept[first] = block
+            self.bytes += size
+        return block
+
+    def forget(self, first: int) -> None:
+        """A left block is done: no later pass needs it."""
+        block = self.kept.pop(first, None)
+        if block is not None:
+            self.bytes -= block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
 
 
 def _work_done(rows_done: int, rows: int) -> int:
@@ -171,9 +196,13 @@ def _exact_at_least(values: np.ndarray, norms: np.ndarray, a: np.ndarray, b: np.
 
 
 def _unit32(rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """float32 rows divided by their (float64) norms; a zero or non-finite row becomes zeros."""
+    """float32 rows times their inverse (float64) norms, in float32 (each element off by at most
+    2 units in the last place: inside the margins); a zero or non-finite row becomes zeros."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        unit = (np.asarray(rows, dtype=np.float64) / norms[:, None]).astype(np.float32)
+        if rows.dtype == np.float64:  # values beyond float32's range would overflow before the scaling
+            unit = (rows * (1.0 / norms)[:, None]).astype(np.float32)
+        else:
+            unit = np.asarray(rows, dtype=np.float32) * (1.0 / norms).astype(np.float32)[:, None]
     unit[(norms == 0) | ~np.isfinite(norms)] = 0.0
     return unit
 
@@ -303,9 +332,9 @@ def _group_scores(index: EmbeddingIndex, rows: list[int]) -> tuple[float, float,
     low, high = np.inf, -np.inf
     to_first = []
     for start in range(0, len(rows), _STATS_ROWS):
-        left = _unit64(index.take(rows[start : start + _STATS_ROWS]))
+        left = _unit64(_stored(index, rows[start : start + _STATS_ROWS]))
         for other in range(start, len(rows), _STATS_ROWS):
-            right = left if other == start else _unit64(index.take(rows[other : other + _STATS_ROWS]))
+            right = left if other == start else _unit64(_stored(index, rows[other : other + _STATS_ROWS]))
             sims = np.clip(left @ right.T, -1.0, 1.0)
             if start == 0:
                 to_first.append(sims[0])
@@ -315,8 +344,15 @@ def _group_scores(index: EmbeddingIndex, rows: list[int]) -> tuple[float, float,
     return low, high, np.concatenate(to_first)
 
 
+def _stored(index: EmbeddingIndex, rows: list[int]) -> np.ndarray:
+    """The stored values of `rows` as float64 (float64 rows beyond float32's range stay whole)."""
+    return np.asarray(index.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
+
+
 def _unit64(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; a zero, NaN or overflowing row (as `cosine64` sees it) becomes 0."""
     rows = np.asarray(rows, dtype=np.float64)
-    norms = np.linalg.norm(rows, axis=1)
-    norms[(norms == 0) | ~np.isfinite(norms)] = np.inf  # zero or NaN rows: similarity 0
-    return np.nan_to_num(rows / norms[:, None])
+    with np.errstate(all="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        norms[(norms == 0) | ~np.isfinite(norms)] = np.inf
+        return np.nan_to_num(rows / norms[:, None], nan=0.0, posinf=0.0, neginf=0.0)

@@ -39,7 +39,7 @@ __all__ = ["Match", "SearchOutcome", "block_scores", "exact_search", "margin", "
 QUERY_CHUNK = 1024  # queries scored per pass over the index (bounds the [block, queries] matrix)
 _BLOCK_ELEMENTS = 1 << 23  # pre-scores per block ([rows, queries] float32: 32 MB)
 _MAX_BLOCK_ROWS = 1 << 15  # so that the first blocks can time each way of pre-scoring
-_PIECE_BYTES = 1 << 20  # rows converted at a time for one matrix product (stays in the L2 cache)
+_PIECE_BYTES = 1 << 22  # float32 bytes of rows converted at a time for one matrix product
 _TORCH_FROM_ELEMENTS = 1 << 26  # below this numpy scores the rows: importing torch would cost more
 _U32 = 2.0**-24  # unit roundoff of float32
 _UBF16 = 2.0**-8  # of bfloat16 (8 significant bits)
@@ -124,17 +124,18 @@ def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[M
     exclude = list(exclude) if exclude is not None else [None] * len(queries)
     norms = norms_mod.ensure(index)
     results: list[list[Match]] = []
-    used = set()
+    used: dict[str, int] = {}
     with MappedRows(index) as rows:
         for first in range(0, len(queries), QUERY_CHUNK):
             chunk = np.asarray(queries[first : first + QUERY_CHUNK], dtype=np.float64)
             best, used_here = _search_chunk(rows, norms, chunk, k, exclude[first : first + QUERY_CHUNK], block_rows, scoring)
-            used |= used_here
+            for name, count in used_here.items():
+                used[name] = used.get(name, 0) + count
             for j, (scores, found) in enumerate(best):
                 results.append(
                     [Match(rank=n + 1, row=int(r), path=index.paths[int(r)], score=short_float(s)) for n, (s, r) in enumerate(zip(scores, found))]
                 )
-    return results, "/".join(sorted(used)) or "float32"
+    return results, max(used, key=used.get) if used else "float32"  # the way that scored most rows
 
 
 class _Best:
@@ -178,7 +179,7 @@ def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: i
     block = block_rows or min(_MAX_BLOCK_ROWS, max(256, _BLOCK_ELEMENTS // max(q, 1)))
     scorers = _scorers(rows.values, unit, scoring)
     timings: dict[str, float] = {}
-    used = set()
+    used: dict[str, int] = {}
     for n, first in enumerate(range(0, rows.count, block)):
         stop = min(first + block, rows.count)
         if len(scorers) > 1 and n < 2 * len(scorers):  # time each way on the first blocks
@@ -191,7 +192,7 @@ def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: i
         with np.errstate(all="ignore"):  # an overflowing row pre-scores inf: it is re-scored exactly
             pre = scorer.scores(first, stop)  # [n, q] float32, not yet divided by the norms
         timings[scorer.name] = min(timings.get(scorer.name, np.inf), (time.perf_counter() - started) / (stop - first))
-        used.add(scorer.name)
+        used[scorer.name] = used.get(scorer.name, 0) + stop - first
         block_norms = norms[first:stop]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             pre = pre / block_norms[:, None].astype(np.float32)

@@ -1,0 +1,228 @@
+"""Exact search and dedup at the speed of memory: whichever way rows are pre-scored (numpy,
+torch float32, torch bfloat16), the answers equal float64's on random, near-tie and adversarial
+rows; the margins hold the measured errors; the row norms kept beside a collection are used only
+when they describe it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bitcli.collection import norms
+from bitcli.collection.blocks import MappedRows
+from bitcli.collection.dedup import find_groups
+from bitcli.collection.index import open_index
+from bitcli.collection.search import _NumpyScorer, _TorchScorer, _unit_queries, exact_search, margin, search
+from collectionfiles import all_pairs_groups, brute_force_top_k, clustered, cosine_matrix, write_embedding
+
+PATHS = ["float32", "bfloat16"]
+
+
+def near_ties(rows: int, dim: int, seed: int, spread: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose cosines with the query all lie within about `spread` of each other near the top."""
+    rng = np.random.default_rng(seed)
+    query = rng.standard_normal(dim)
+    noise = rng.standard_normal((rows, dim))
+    noise -= np.outer(noise @ query / (query @ query), query)  # orthogonal to the query
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    angles = 0.3 + spread * rng.random(rows)
+    vectors = np.cos(angles)[:, None] * query / np.linalg.norm(query) + np.sin(angles)[:, None] * noise
+    vectors *= rng.uniform(0.5, 3.0, (rows, 1))  # norms differ: scores must divide by them
+    return vectors.astype(np.float32), query.astype(np.float32)
+
+
+@pytest.mark.parametrize("scoring", PATHS)
+@pytest.mark.parametrize("block_rows", [1, 5, 64, None])
+def test_near_ties_rank_as_float64_whatever_the_path_and_block(tmp_path, scoring, block_rows):
+    vectors, query = near_ties(300, 48, seed=1)
+    index = open_index(write_embedding(tmp_path, vectors))
+    for k in (1, 7, 40):
+        (matches,) = exact_search(index, query[None], k, block_rows=block_rows, scoring=scoring)
+        assert [m.row for m in matches] == brute_force_top_k(vectors, query, k), (scoring, block_rows, k)
+        expected = cosine_matrix(query[None], vectors)[0]
+        assert all(abs(m.score - expected[m.row]) <= 1e-7 for m in matches)
+
+
+@pytest.mark.parametrize("scoring", [None, *PATHS])
+def test_ties_and_top_k_do_not_change_the_order(tmp_path, scoring):
+    """The property: for every k and block size the top k is a prefix of the same ranking."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(40).astype(np.float16)
+    vectors = rng.standard_normal((120, 40)).astype(np.float16)
+    vectors[rng.choice(120, 30, replace=False)] = base  # 30 byte-identical rows scattered about
+    vectors[7] = 0
+    index = open_index(write_embedding(tmp_path, vectors))
+    queries = np.stack([base.astype(np.float32) + 0.1 * rng.standard_normal(40).astype(np.float32), rng.standard_normal(40)])
+    full = exact_search(index, queries, 120, scoring=scoring)
+    for j, query in enumerate(queries):
+        assert [m.row for m in full[j]] == brute_force_top_k(vectors, query, 120)
+    for block_rows in (1, 3, 16, 119):
+        for k in (1, 2, 29, 30, 31, 119):
+            for j, matches in enumerate(exact_search(index, queries, k, block_rows=block_rows, scoring=scoring)):
+                assert matches == full[j][:k], (block_rows, k)
+
+
+def measured_errors(values: np.ndarray, queries: np.ndarray, scoring: str) -> float:
+    unit = _unit_queries(queries.astype(np.float64))
+    scorer = _NumpyScorer(values, unit) if scoring == "numpy" else _TorchScorer(values, unit, scoring)
+    pre = scorer.scores(0, len(values)) / norms.row_norms64(values)[:, None].astype(np.float32)
+    exact = cosine_matrix(values, queries)
+    return float(np.max(np.abs(pre - exact)))
+
+
+@pytest.mark.parametrize("scoring", ["numpy", "float32", "bfloat16"])
+def test_the_margin_holds_the_worst_rounding(scoring):
+    """Adversarial rows: every element just below a bfloat16 rounding midpoint, all of one sign, so
+    every rounding error points the same way; plus float16 extremes and random rows."""
+    dim = 2048
+    ulp = 2.0**-7
+    coherent = np.full((4, dim), 1 + 0.499 * ulp)  # bfloat16 rounds each element down by ~u
+    coherent[1] = 1 + 1.499 * ulp
+    coherent[2, ::2] = 3 + 0.499 * 2 * ulp
+    extremes = np.full((2, dim), 65504.0)
+    extremes[1, ::3] = 6.1e-5
+    random = np.random.default_rng(0).standard_normal((64, dim))
+    values = np.concatenate([coherent, extremes, random]).astype(np.float16 if scoring != "numpy" else np.float32)
+    queries = np.concatenate([coherent[:2], np.abs(random[:2])]).astype(np.float32)
+    error = measured_errors(values, queries, scoring)
+    bound = margin("float32" if scoring == "numpy" else scoring, dim)
+    assert error < bound, (scoring, error, bound)
+    assert bound < (2e-3 if scoring != "bfloat16" else 0.05)  # and it is not vacuous
+
+
+@pytest.mark.parametrize("method", ["float32", "bf16"])
+def test_dedup_near_the_threshold_equals_float64(tmp_path, method):
+    """Pairs whose cosines lie within 1e-3 of the threshold, none within 1e-6 of it: the groups are
+    exactly float64's (connected components of the pairs >= threshold)."""
+    rng = np.random.default_rng(4)
+    dim, pairs = 64, 60
+    base = rng.standard_normal((pairs, dim))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    noise = rng.standard_normal((pairs, dim))
+    noise -= np.sum(noise * base, axis=1, keepdims=True) * base
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    threshold = 0.95
+    offsets = rng.uniform(-1e-3, 1e-3, pairs)
+    offsets[np.abs(offsets) < 1e-5] = 1e-5
+    angles = np.arccos(threshold + offsets)
+    twins = np.cos(angles)[:, None] * base + np.sin(angles)[:, None] * noise
+    vectors = np.empty((2 * pairs, dim))
+    vectors[0::2], vectors[1::2] = base * 2.0, twins * 0.7
+    vectors = vectors.astype(np.float32)
+    expected = all_pairs_groups(vectors, threshold)
+    assert 10 < len(expected) < pairs  # some pairs just above, some just below
+    index = open_index(write_embedding(tmp_path, vectors))
+    groups = find_groups(index, threshold, method=method, block_rows=17)
+    assert sorted(g.rows for g in groups) == sorted(expected)
+    assert all(g.method == f"exact, {'bfloat16' if method == 'bf16' else 'float32'} pre-filter" for g in groups)
+
+
+def test_identical_rows_at_threshold_one_on_both_paths(tmp_path):
+    rng = np.random.default_rng(8)
+    vectors = rng.standard_normal((50, 300)).astype(np.float16)
+    vectors[[3, 9, 40]] = vectors[20]
+    index = open_index(write_embedding(tmp_path, vectors))
+    for method in ("float32", "bf16"):
+        assert [g.rows for g in find_groups(index, 1.0, method=method)] == [[3, 9, 20, 40]]
+
+
+# -- row norms beside the collection -----------------------------------------------------------
+
+
+def test_norms_are_written_on_first_use_and_then_read(tmp_path):
+    vectors = clustered(200, 16, dtype=np.float16)
+    out = write_embedding(tmp_path, vectors)
+    stored = norms.norms_path(out)
+    assert not stored.exists()
+    index = open_index(out)
+    first = exact_search(index, vectors[:2].astype(np.float32), 5)
+    assert stored.exists()
+    np.testing.assert_array_equal(norms.load(open_index(out)), np.linalg.norm(vectors.astype(np.float64), axis=1))
+    assert exact_search(open_index(out), vectors[:2].astype(np.float32), 5) == first
+
+
+def test_stale_or_foreign_norms_are_never_used(tmp_path):
+    vectors = clustered(100, 8)
+    out = write_embedding(tmp_path, vectors)
+    norms.ensure(open_index(out))
+    stored = norms.norms_path(out)
+    # the same shape, other rows: the array's size is the same, its modification time is not
+    other = clustered(100, 8, seed=99)
+    np.save(out, other)
+    os.utime(out, ns=(os.stat(out).st_atime_ns, os.stat(stored).st_mtime_ns + 10**9))
+    index = open_index(out)
+    assert norms.load(index) is None
+    (matches,) = exact_search(index, other[:1], 3)
+    assert [m.row for m in matches] == brute_force_top_k(other, other[0], 3)
+    # a file of that name that bitcli did not write is left alone
+    stored.write_bytes(b"my notes")
+    np.save(out, vectors)
+    index = open_index(out)
+    assert not norms.save(index, norms.compute(index)) and stored.read_bytes() == b"my notes"
+    assert [m.row for m in exact_search(index, vectors[:1], 3)[0]] == brute_force_top_k(vectors, vectors[0], 3)
+
+
+def test_a_fifo_at_the_norms_name_is_never_opened_for_reading(tmp_path):
+    vectors = clustered(30, 8)
+    out = write_embedding(tmp_path, vectors)
+    os.mkfifo(norms.norms_path(out))
+    code = (
+        "import sys, numpy as np; from bitcli.collection.index import open_index; "
+        "from bitcli.collection.search import exact_search; "
+        f"i = open_index({str(out)!r}); print(len(exact_search(i, np.ones((1, 8), np.float32), 3)[0]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "3", done.stderr
+    assert norms.norms_path(out).is_fifo()  # and it is not replaced
+
+
+def test_a_read_only_folder_still_searches(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    vectors = clustered(30, 8)
+    out = write_embedding(tmp_path, vectors)
+    tmp_path.chmod(0o555)
+    try:
+        (matches,) = exact_search(open_index(out), vectors[:1], 3)
+    finally:
+        tmp_path.chmod(0o755)
+    assert [m.row for m in matches] == brute_force_top_k(vectors, vectors[0], 3)
+
+
+def test_mapped_rows_are_the_opened_file_not_the_name(tmp_path):
+    """A publication by rename after opening does not change what is read (the map is of the
+    opened file)."""
+    vectors = clustered(40, 8)
+    out = write_embedding(tmp_path, vectors)
+    index = open_index(out)
+    replacement = tmp_path / "new.npy"
+    np.save(replacement, clustered(40, 8, seed=7))
+    os.replace(replacement, out)
+    with MappedRows(index) as rows:
+        np.testing.assert_array_equal(rows.values, vectors)
+
+
+def test_search_records_say_which_path_ran(tmp_path):
+    vectors = clustered(50, 8)
+    index = open_index(write_embedding(tmp_path, vectors))
+    outcome = search(index, vectors[:1], 3)
+    assert outcome.exact and outcome.method == "exact, float32 pre-score"
+    assert json.dumps(outcome.method)
+
+
+def test_rows_beyond_float32_range_are_compared_exactly(tmp_path):
+    """float64 rows from elsewhere whose values overflow float32: pre-scoring must not lose them."""
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((20, 16))
+    vectors[[4, 11]] = 1e300 * np.abs(vectors[4])  # scale cancels in the cosine: an exact pair
+    vectors[6] = 1e100 * vectors[1]  # beyond float32, within float64 (its norm is finite)
+    index = open_index(write_embedding(tmp_path, vectors))
+    groups = {tuple(g.rows) for g in find_groups(index, 0.99, method="float32")}
+    assert (1, 6) in groups
+    (matches,) = exact_search(index, vectors[1:2], 2, scoring="float32")
+    assert [m.row for m in matches] == brute_force_top_k(vectors, vectors[1], 2)
