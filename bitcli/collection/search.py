@@ -189,6 +189,7 @@ def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: i
         else:
             scorer = scorers[0]
         started = time.perf_counter()
+        rows.populate(first, stop)
         with np.errstate(all="ignore"):  # an overflowing row pre-scores inf: it is re-scored exactly
             pre = scorer.scores(first, stop)  # [n, q] float32, not yet divided by the norms
         timings[scorer.name] = min(timings.get(scorer.name, np.inf), (time.perf_counter() - started) / (stop - first))
