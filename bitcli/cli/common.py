@@ -254,9 +254,10 @@ def check_settings(device: str, model: str | None = None) -> None:
     and the model reference's form (a missing path, a malformed hub id). A bad value then reports
     as fast as `bit --help` runs."""
     from bitcli.devices import parse_device
-    from bitcli.hub.deadline import hub_timeout
 
     parse_device(device)
+    from bitcli.hub.deadline import hub_timeout
+
     hub_timeout()
     if model is not None:
         from bitcli.hub import check_reference

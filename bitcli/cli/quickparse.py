@@ -44,7 +44,8 @@ def parsed(command: Any, args: list[str], parent: Any, function: Callable[..., A
         if rest:
             return None
         for param in command.get_params(ctx):
-            value, _ = param.consume_value(ctx, opts)
+            value, source = param.consume_value(ctx, opts)
+            ctx.set_parameter_source(param.name, source)  # `bit embed --update` asks what was given
             if not param.expose_value:  # --help: only when not asked for
                 if value:
                     return None
