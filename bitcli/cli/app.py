@@ -17,7 +17,7 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Callable
 
 import typer
@@ -62,7 +62,7 @@ def command_function(name: str) -> Callable[..., int]:
     return getattr(command_module(name), COMMANDS[name][1])
 
 
-class LazyCommands(MutableMapping):
+class LazyCommands(Mapping):
     """The app's commands by name, each built (its file imported) when first looked up: Click
     looks up the one a command line names, a help screen all of them."""
 
@@ -77,17 +77,11 @@ class LazyCommands(MutableMapping):
             self.built[name] = typer.main.get_command(one)
         return self.built[name]
 
-    def __setitem__(self, name: str, command: Any) -> None:
-        self.built[name] = command
-
-    def __delitem__(self, name: str) -> None:
-        del self.built[name]
-
     def __iter__(self) -> Iterator[str]:
-        return iter({**dict.fromkeys(COMMANDS), **self.built})
+        return iter(COMMANDS)
 
     def __len__(self) -> int:
-        return len({**dict.fromkeys(COMMANDS), **self.built})
+        return len(COMMANDS)
 
 
 class LazyGroup(typer.core.TyperGroup):
@@ -235,19 +229,19 @@ def run_parsed_here(args: list[str]) -> int | None:
 
     if not args or args[0] not in COMMANDS:
         return None
-    group = typer.main.get_command(app)
-    parent = typer.Context(group, info_name="bit", **group.context_settings)
-    command = group.get_command(parent, args[0])
-    ctx = quickparse.parsed(command, args[1:], parent, command_function(args[0]))
-    if ctx is None:
-        return None
     try:
+        group = typer.main.get_command(app)
+        parent = typer.Context(group, info_name="bit", **group.context_settings)
+        command = group.get_command(parent, args[0])
+        ctx = quickparse.parsed(command, args[1:], parent, command_function(args[0]))
+        if ctx is None:
+            return None
         root()  # the app's callback, which Typer runs before any command
         command.invoke(ctx)
     except typer.Exit as exc:
         return exc.exit_code
-    except (EOFError, KeyboardInterrupt):  # before `guarded` took over: as Click answers it
-        print(file=sys.stderr)
+    except (EOFError, KeyboardInterrupt):  # outside `guarded`: answered as Click answers it
+        typer.echo(err=True)
         return EXIT_SOME_FAILED
     return EXIT_OK
 
