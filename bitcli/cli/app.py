@@ -7,7 +7,7 @@ lists the codes); `run` does the same for Click's own errors about the command l
 
 A command's file is imported only when that command runs or a help screen lists it (`COMMANDS`,
 `LazyCommands`): `bit classify --server URL` pays for no other command's imports. A new command:
-a file with its function and `EPILOG`, one line in `COMMANDS`.
+a file with its function and `EPILOG`, its name in `COMMANDS`.
 """
 
 from __future__ import annotations
@@ -36,30 +36,25 @@ from bitcli.cli.helpscreen import epilog
 from bitcli.cli.streams import checked_stdout
 from bitcli.errors import BitError
 
-# name: (its file in bitcli/cli, the function, the examples), in the order `bit --help` lists them
-COMMANDS = {
-    "classify": ("classify", "classify", "EPILOG"),
-    "embed": ("embed", "embed", "EPILOG"),
-    "combine": ("combine", "combine", "EPILOG"),
-    "search": ("search", "search", "EPILOG"),
-    "dedup": ("dedup", "dedup", "EPILOG"),
-    "info": ("collection_info", "info", "EPILOG"),
-    "inspect": ("info", "inspect", "INSPECT_EPILOG"),
-    "download": ("info", "download", "DOWNLOAD_EPILOG"),
-    "models": ("info", "models", "MODELS_EPILOG"),
-    "train": ("train", "train", "EPILOG"),
-    "eval": ("eval", "eval_command", "EPILOG"),
-    "serve": ("serve", "serve", "EPILOG"),
-}
+# The commands, in the order `bit --help` lists them. Each is the function of its name in the
+# file of its name in bitcli/cli except where FILES and FUNCTIONS say otherwise; its examples are
+# the file's NAME_EPILOG (info.py holds three commands), else its EPILOG.
+COMMANDS = ("classify", "embed", "combine", "search", "dedup", "info", "inspect", "download", "models", "train", "eval", "serve")
+FILES = {"info": "collection_info", "inspect": "info", "download": "info", "models": "info"}
+FUNCTIONS = {"eval": "eval_command"}
 
 
 def command_module(name: str) -> Any:
-    file, function, _ = COMMANDS[name]
-    return __import__(f"bitcli.cli.{file}", fromlist=[function])  # (so that -X importtime lists it)
+    return __import__(f"bitcli.cli.{FILES.get(name, name)}", fromlist=["EPILOG"])  # (-X importtime lists it)
 
 
 def command_function(name: str) -> Callable[..., int]:
-    return getattr(command_module(name), COMMANDS[name][1])
+    return getattr(command_module(name), FUNCTIONS.get(name, name))
+
+
+def command_examples(name: str) -> str:
+    module = command_module(name)
+    return getattr(module, f"{name.upper()}_EPILOG", None) or module.EPILOG
 
 
 class LazyCommands(Mapping):
@@ -70,10 +65,11 @@ class LazyCommands(Mapping):
         self.built: dict[str, Any] = {}
 
     def __getitem__(self, name: str) -> Any:
+        if name not in COMMANDS:
+            raise KeyError(name)
         if name not in self.built:
-            module = command_module(name)
             one = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False, add_completion=False)
-            one.command(name=name, epilog=getattr(module, COMMANDS[name][2]))(guarded(command_function(name)))
+            one.command(name=name, epilog=command_examples(name))(guarded(command_function(name)))
             self.built[name] = typer.main.get_command(one)
         return self.built[name]
 
