@@ -38,8 +38,8 @@ def parsed(command: Any, args: list[str], parent: Any, function: Callable[..., A
     import typer
 
     ctx = typer.Context(command, info_name=command.name, parent=parent)
-    hints = typing.get_type_hints(function, include_extras=True)
     try:
+        hints = typing.get_type_hints(function, include_extras=True)
         opts, rest, _ = command.make_parser(ctx).parse_args(args=list(args))
         if rest:
             return None
@@ -55,7 +55,7 @@ def parsed(command: Any, args: list[str], parent: Any, function: Callable[..., A
             ctx.params[param.name] = convert(value, hints[param.name], multi=param.multiple or param.nargs == -1)
             if param.required and param.value_is_missing(ctx.params[param.name]):
                 return None
-    except (Unsure, typer.TyperException):  # typer.TyperException: Click's usage errors
+    except (Unsure, NameError, typer.TyperException):  # Click's usage errors are TyperExceptions
         return None
     return ctx
 
