@@ -39,6 +39,7 @@ SAME = [
     ["classify", "a.jpg"],
     ["classify", "a.jpg", "b c.jpg", "-k", "3", "--format", "csv", "--server", "http://127.0.0.1:1", "-q", "--debug"],
     ["classify", "--top-k=2", "-fjsonl", "a.jpg", "--", "-b.jpg"],
+    ["classify", "-", "-0", "-qk", "7", "caf\udce9.jpg"],  # stdin, short flags together, a name that is not UTF-8
     ["classify", "a.jpg", "--labels", "names.txt", "-m", "bit-50", "--device", "cuda:1", "--precision", "bf16",
      "--batch-size", "4", "--threads", "2", "--max-pixels", "0", "--fast-jpeg", "-0", "--csv-raw"],
     ["embed", "photos/", "-o", "out.npy", "--dtype", "float16", "--normalize", "--engine", "ray", "--workers", "2",
