@@ -47,6 +47,7 @@ CASES = [
     pytest.param(["classify", "{photo}"], {"BIT_HUB_TIMEOUT": "soon"}, 2, "BIT_HUB_TIMEOUT", id="classify BIT_HUB_TIMEOUT"),
     pytest.param(["classify", "{photo}"], {"BIT_MODEL": "./nowhere"}, 3, "./nowhere", id="classify BIT_MODEL"),
     pytest.param(["classify", "{photo}", "-m", "not a model"], {}, 3, "not a model", id="classify -m malformed"),
+    pytest.param(["classify", "{photo}", "-m", "bit-digits", "--labels", "nowhere.txt"], {}, 2, "--labels", id="classify --labels missing"),
     pytest.param(["embed", "{photo}", "-o", "out.npy", "--device", "tpu"], {}, 2, "--device", id="embed --device"),
     pytest.param(["eval", ".", "-m", "./nowhere"], {}, 3, "./nowhere", id="eval -m missing"),
     pytest.param(["train", ".", "-o", "model", "--device", "tpu"], {}, 2, "--device", id="train --device"),

@@ -280,13 +280,16 @@ def test_client_prints_what_the_command_prints(server, files, fmt):
 
 
 def test_client_imports_no_torch(server):
+    """Nor anything else a client start need not pay for: numpy, pydantic (Typer's conversion of
+    values), rich (nothing drawn into a pipe), another command's file."""
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bitcli", "classify", str(DIGITS[0]), "--server", server.url,
                            "-f", "jsonl"], env=bit_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    heavy = {name for name in imported if name.split(".")[0] in ("torch", "PIL", "safetensors")
-             or name.startswith(("bitcli.model", "bitcli.checkpoint", "bitcli.pipeline."))}
-    assert not heavy, f"the client imported model code: {sorted(heavy)[:5]}"
+    heavy = {name for name in imported if name.split(".")[0] in ("torch", "PIL", "safetensors", "numpy", "pydantic", "rich")
+             or name.startswith(("bitcli.model", "bitcli.checkpoint", "bitcli.pipeline.", "bitcli.cli.embed", "bitcli.cli.serve"))}
+    assert not heavy, f"the client imported what it does not use: {sorted(heavy)[:5]}"
+    assert "bitcli.cli.classify" in imported and "bitcli.serve.client" in imported
 
 
 def _noise_png(path, side, seed):

@@ -3,7 +3,11 @@
 Each command lives in its own file (`classify.py`, `embed.py`, `info.py` for inspect / download /
 models); a command function returns an exit code and raises `BitError`s. `guarded` below is the
 one place that turns an outcome into at most one line on stderr and an exit code (docs/usage.md
-lists the codes); `run` does the same for Click's own errors about the command line. A new command: a file with its function and `EPILOG`, one `register` line here.
+lists the codes); `run` does the same for Click's own errors about the command line.
+
+A command's file is imported only when that command runs or a help screen lists it (`COMMANDS`,
+`LazyCommands`): `bit classify --server URL` pays for no other command's imports. A new command:
+a file with its function and `EPILOG`, its name in `COMMANDS`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import os
 import sys
 import traceback
 import warnings
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Callable
 
 import typer
+import typer.core
+import typer.main
 
-from bitcli.cli import classify, collection_info, combine, dedup, embed, info, process, search, serve, train
-from bitcli.cli import eval as eval_cmd
+from bitcli.cli import process
 from bitcli.cli.common import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -30,8 +36,61 @@ from bitcli.cli.helpscreen import epilog
 from bitcli.cli.streams import checked_stdout
 from bitcli.errors import BitError
 
+# The commands, in the order `bit --help` lists them. Each is the function of its name in the
+# file of its name in bitcli/cli except where FILES and FUNCTIONS say otherwise; its examples are
+# the file's NAME_EPILOG (info.py holds three commands), else its EPILOG.
+COMMANDS = ("classify", "embed", "combine", "search", "dedup", "info", "inspect", "download", "models", "train", "eval", "serve")
+FILES = {"info": "collection_info", "inspect": "info", "download": "info", "models": "info"}
+FUNCTIONS = {"eval": "eval_command"}
+
+
+def command_module(name: str) -> Any:
+    return __import__(f"bitcli.cli.{FILES.get(name, name)}", fromlist=["EPILOG"])  # (-X importtime lists it)
+
+
+def command_function(name: str) -> Callable[..., int]:
+    return getattr(command_module(name), FUNCTIONS.get(name, name))
+
+
+def command_examples(name: str) -> str:
+    module = command_module(name)
+    return getattr(module, f"{name.upper()}_EPILOG", None) or module.EPILOG
+
+
+class LazyCommands(Mapping):
+    """The app's commands by name, each built (its file imported) when first looked up: Click
+    looks up the one a command line names, a help screen all of them."""
+
+    def __init__(self) -> None:
+        self.built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in COMMANDS:
+            raise KeyError(name)
+        if name not in self.built:
+            one = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False, add_completion=False)
+            one.command(name=name, epilog=command_examples(name))(guarded(command_function(name)))
+            self.built[name] = typer.main.get_command(one)
+        return self.built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """Typer's group, with `LazyCommands` for its commands."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = LazyCommands()
+
+
 app = typer.Typer(
     name="bit",
+    cls=LazyGroup,
     help="Classify and embed images with Big Transfer (BiT) models.\n\n"
     + epilog(
         "bit classify cat.jpg",
@@ -125,24 +184,6 @@ def guarded(command: Callable[..., int]) -> Callable[..., None]:
     return run
 
 
-def register(command: Callable[..., int], examples: str, name: str | None = None) -> None:
-    app.command(name=name, epilog=examples)(guarded(command))
-
-
-register(classify.classify, classify.EPILOG)
-register(embed.embed, embed.EPILOG)
-register(combine.combine, combine.EPILOG)
-register(search.search, search.EPILOG)
-register(dedup.dedup, dedup.EPILOG)
-register(collection_info.info, collection_info.EPILOG)
-register(info.inspect, info.INSPECT_EPILOG)
-register(info.download, info.DOWNLOAD_EPILOG)
-register(info.models, info.MODELS_EPILOG)
-register(train.train, train.EPILOG)
-register(eval_cmd.eval_command, eval_cmd.EPILOG, name="eval")
-register(serve.serve, serve.EPILOG)
-
-
 def _silence_stdout() -> None:
     """After EPIPE, point stdout at /dev/null so Python's exit-time flush does not fail again."""
     try:
@@ -161,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Run `bit` with `argv` and return its exit code. Click's own errors (an unknown option, a
     value out of range, a missing argument) are one `error:` line and exit 2, like bitcli's."""
+    code = run_parsed_here(sys.argv[1:] if argv is None else list(argv))
+    if code is not None:
+        return code
     try:
         code = app(args=argv, prog_name="bit", standalone_mode=False)
     except typer.TyperException as exc:  # Click's errors, as Typer exports them
@@ -172,6 +216,30 @@ def run(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_SOME_FAILED)
     return code if isinstance(code, int) else EXIT_OK
+
+
+def run_parsed_here(args: list[str]) -> int | None:
+    """Run a command line whose values `quickparse` converts as Typer would, without Typer's
+    conversion (pydantic: ~80 ms of each start); None for any other, which Typer then runs."""
+    from bitcli.cli import quickparse
+
+    if not args or args[0] not in COMMANDS:
+        return None
+    try:
+        group = typer.main.get_command(app)
+        parent = typer.Context(group, info_name="bit", **group.context_settings)
+        command = group.get_command(parent, args[0])
+        ctx = quickparse.parsed(command, args[1:], parent, command_function(args[0]))
+        if ctx is None:
+            return None
+        root()  # the app's callback, which Typer runs before any command
+        command.invoke(ctx)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (EOFError, KeyboardInterrupt):  # outside `guarded`: answered as Click answers it
+        typer.echo(err=True)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 def click_message(exc: typer.TyperException) -> str:

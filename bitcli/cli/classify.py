@@ -101,6 +101,10 @@ def classify(
         from bitcli.pipeline import Classifier
 
         options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
+        if labels is not None:  # a file that cannot be read reports before the model loads
+            from bitcli.labels import read_labels_file
+
+            read_labels_file(labels)
         classifier = Classifier(load_model(model, options, ui, threads), top_k=top_k, labels=labels, options=options)
         top_k, names = classifier.top_k, classifier.labels.names
         groups = classifier.classify_groups(items)

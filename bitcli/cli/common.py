@@ -194,7 +194,8 @@ class Ui:
 
     def progress(self, total: int, what: str) -> Bar:
         """A bar over `total` images (count, img/s, ETA) while it runs; see `cli.screen`."""
-        return Bar(self.console, total, what, show=self.show_progress)
+        show = self.show_progress
+        return Bar(self.console if show else None, total, what, show=show)  # no console (rich) unless shown
 
     def summary(self, bar: Bar, failed: int) -> None:
         """`6 images, 1 failed, 2.3 s, 2.6 img/s` (`8 of 50 images, ...` when cut short), for a person watching."""
@@ -253,9 +254,10 @@ def check_settings(device: str, model: str | None = None) -> None:
     and the model reference's form (a missing path, a malformed hub id). A bad value then reports
     as fast as `bit --help` runs."""
     from bitcli.devices import parse_device
-    from bitcli.hub.deadline import hub_timeout
 
     parse_device(device)
+    from bitcli.hub.deadline import hub_timeout
+
     hub_timeout()
     if model is not None:
         from bitcli.hub import check_reference

@@ -16,13 +16,21 @@ def epilog(*examples: str, note: str = "") -> str:
     The exit codes close every epilog: besides being useful, an unindented last line keeps Typer
     from dedenting the examples (it removes the indentation common to all lines).
     """
-    from rich.markup import escape  # an example's brackets are text (pip install 'bitcli[search]')
-
     lines = []
     for example in examples:
-        command, _, comment = (escape(part) for part in example.partition("  # "))
+        command, _, comment = (text(part) for part in example.partition("  # "))
         lines.append(f"  {command}" + (f"    [dim]({comment})[/dim]" if comment else ""))
     parts = ["[dim]Examples:[/dim]", *lines]
     if note:
         parts.append(note)
     return "\n\n".join([*parts, EXIT_CODES_HELP])
+
+
+def text(part: str) -> str:
+    """`part` as rich shows it literally: its brackets are text (pip install 'bitcli[search]').
+    rich is imported only for a part that needs escaping: a command's start need not load it."""
+    if "[" not in part and not part.endswith("\\"):
+        return part
+    from rich.markup import escape
+
+    return escape(part)

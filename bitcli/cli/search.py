@@ -101,11 +101,7 @@ def search(
     debug: DebugOpt = False,
 ) -> int:
     """Rows of INDEX most similar to each query (cosine similarity)."""
-    from bitcli import output
-    from bitcli.collection import open_index
-    from bitcli.output.collection import render_search
-
-    from bitcli.collection.queries import at_least, check_min_score
+    from bitcli.collection.queries import check_min_score
 
     ui = Ui(quiet=quiet, debug=debug)
     check_min_score(min_score)
@@ -117,6 +113,11 @@ def search(
         if html is not None or build_index or manifest is not None or model is not None:
             raise UsageError("--server answers from the server's collection: drop --html, --build-index, --manifest and --model")
         return ask_server(ui, server, index, queries, top_k, format, batch_size, null, min_score, csv_raw)
+    from bitcli import output
+    from bitcli.collection import open_index
+    from bitcli.collection.queries import at_least
+    from bitcli.output.collection import render_search
+
     if html is not None:
         from bitcli.collection.html import check_target
 
@@ -143,6 +144,7 @@ def ask_server(
 ) -> int:
     """The query images sent to a `bit serve` that holds INDEX; printed as a local search prints."""
     from bitcli import output
+    from bitcli.collection.queries import at_least
     from bitcli.inputs import expand_inputs
     from bitcli.output.collection import render_search
     from bitcli.serve.client import Client, token_from_env
@@ -150,8 +152,6 @@ def ask_server(
     name = index.name[: -len(".npy")] if index.name.endswith(".npy") else index.name
     items = list(expand_inputs(queries, stdin=sys.stdin, null=null))
     fmt = output.resolve_format(format.value, sys.stdout)
-    from bitcli.collection.queries import at_least
-
     client = Client(server, token=token_from_env())
     found = at_least([r for group in client.search_groups(name, items, top_k=top_k, batch_size=batch_size) for r in group], min_score)
     render_search(found, fmt, sys.stdout, csv_raw=csv_raw)
