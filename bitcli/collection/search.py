@@ -39,10 +39,14 @@ __all__ = ["Match", "SearchOutcome", "block_scores", "exact_search", "margin", "
 QUERY_CHUNK = 1024  # queries scored per pass over the index (bounds the [block, queries] matrix)
 _BLOCK_ELEMENTS = 1 << 23  # pre-scores per block ([rows, queries] float32: 32 MB)
 _MAX_BLOCK_ROWS = 1 << 15  # so that the first blocks can time each way of pre-scoring
-_PIECE_BYTES = 1 << 22  # float32 bytes of rows converted at a time for one matrix product
+_PIECE_BYTES = 1 << 26  # bytes of rows converted at a time for one matrix product
 _TORCH_FROM_ELEMENTS = 1 << 26  # below this numpy scores the rows: importing torch would cost more
 _U32 = 2.0**-24  # unit roundoff of float32
+_U16 = 2.0**-11  # of float16
 _UBF16 = 2.0**-8  # of bfloat16 (8 significant bits)
+# Rows with a smaller norm are always scored in float64: below it a float16 product's absolute
+# rounding (subnormals) would be a large part of their cosine.
+MIN_NORM = 2.0**-8
 
 
 @dataclass
@@ -97,23 +101,31 @@ def exact_search(
 
 
 def margin(scoring: str, dim: int) -> float:
-    """A bound on |pre-score - cosine| for rows of dimension `dim`, doubled for safety.
+    """A bound on |pre-score - cosine| for rows of dimension `dim` whose norm is at least
+    `MIN_NORM`, doubled for safety. u is the unit roundoff of the dtype named.
 
     float32: the unit query rounded to float32 (u each element), a row's float64 values rounded to
     float32 (u), a dot product of `dim` terms accumulated in float32 (gamma_dim times the sum of
     |terms|, at most |row| |query| by Cauchy-Schwarz), the quotient by the norm rounded (u).
+    float16 (rows stored as float16, used as they are): the query rounded to float16 (u, and
+    2^-25 absolute per element where it is subnormal), float32 accumulation, the product rounded
+    to float16 (u, and 2^-25 absolute: at most 2^-17 of a row's norm above MIN_NORM).
     bfloat16: both factors rounded to bfloat16 (2u + u^2 on each product), float32 accumulation,
     and the product rounded to bfloat16 (u) before the division."""
     gamma = dim * _U32 / (1 - dim * _U32)
     if scoring == "float32":
         bound = gamma * (1 + 2 * _U32) ** 2 + 4 * _U32
+    elif scoring == "float16":
+        query = _U16 + 2.0**-25 * np.sqrt(dim)
+        accumulated = query + gamma * (1 + query)
+        bound = accumulated + _U16 * (1 + accumulated) + 2.0**-25 / MIN_NORM + 2 * _U32
     elif scoring == "bfloat16":
         inputs = 2 * _UBF16 + _UBF16**2
         accumulated = inputs + gamma * (1 + inputs)
         bound = accumulated + _UBF16 * (1 + accumulated) + 2 * _U32
     else:
-        raise ValueError(f"scoring {scoring!r}: use float32 or bfloat16")
-    return 2 * bound + 1e-12
+        raise ValueError(f"scoring {scoring!r}: use float32, float16 or bfloat16")
+    return float(2 * bound + 1e-12)
 
 
 def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[Match]], str]:
@@ -197,6 +209,7 @@ def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: i
         block_norms = norms[first:stop]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             pre = pre / block_norms[:, None].astype(np.float32)
+        pre[block_norms < MIN_NORM] = np.inf  # always re-scored in float64 (see `margin`)
         pre[(block_norms == 0) | ~np.isfinite(block_norms)] = 0.0  # exactly their cosine (0)
         slack = margin(scorer.name, rows.dim)
         bars = np.array([b.bar(slack) for b in best], dtype=np.float32)
@@ -225,14 +238,18 @@ def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray
 
 
 def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
-    """The ways to pre-score here (two: the search times both on its first blocks)."""
+    """The ways to pre-score here: the stored dtype's (float16 or float32; float32 for float64),
+    and bfloat16 where the CPU has native units (the search times both on its first blocks)."""
     if scoring is None and values.size < _TORCH_FROM_ELEMENTS or not values.dtype.isnative:
         return [_NumpyScorer(values, unit)]
-    if scoring == "float32" or (scoring is None and not bf16_native()):
-        return [_TorchScorer(values, unit, "float32")]
-    if scoring == "bfloat16":
-        return [_TorchScorer(values, unit, "bfloat16")]
-    return [_TorchScorer(values, unit, "float32"), _TorchScorer(values, unit, "bfloat16")]
+    stored = "float16" if values.dtype == np.float16 else "float32"
+    if scoring == "float16" and stored != "float16":
+        raise ValueError("float16 pre-scoring is for rows stored as float16 (its margin counts no rounding of them)")
+    if scoring is not None:
+        return [_TorchScorer(values, unit, scoring)]
+    if not bf16_native():
+        return [_TorchScorer(values, unit, stored)]
+    return [_TorchScorer(values, unit, stored), _TorchScorer(values, unit, "bfloat16")]
 
 
 def bf16_native() -> bool:
@@ -256,30 +273,30 @@ class _NumpyScorer:
 
 
 class _TorchScorer:
-    """Rows converted a cache-sized piece at a time into one reused buffer, then one product."""
+    """One matrix product per block: float16 and float32 rows as they are stored (nothing is
+    copied), others converted into bfloat16 or float32 a piece at a time. Few large products:
+    beside a busy process, small ones spent most of their time waiting for a second thread."""
 
     def __init__(self, values: np.ndarray, unit: np.ndarray, name: str):
         import torch
 
         self.torch, self.name = torch, name
-        dtype = torch.float32 if name == "float32" else torch.bfloat16
+        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
         self.rows = torch.from_numpy(values)  # the writable copy-on-write map: nothing is copied
         self.unit_t = torch.from_numpy(unit).to(dtype).t()
-        self.direct = values.dtype == np.float32 and name == "float32"
+        self.direct = self.rows.dtype == dtype
         piece = max(16, _PIECE_BYTES // max(1, values.shape[1] * 4))
-        self.buffer = torch.empty((piece, values.shape[1]), dtype=dtype)
+        self.buffer = None if self.direct else torch.empty((piece, values.shape[1]), dtype=dtype)
 
     def scores(self, start: int, stop: int) -> np.ndarray:
         torch = self.torch
+        if self.direct:
+            return torch.mm(self.rows[start:stop], self.unit_t).float().numpy()
         out = torch.empty((stop - start, self.unit_t.shape[1]), dtype=torch.float32)
         piece = self.buffer.shape[0]
         for first in range(start, stop, piece):
             last = min(first + piece, stop)
-            if self.direct:
-                torch.mm(self.rows[first:last], self.unit_t, out=out[first - start : last - start])
-                continue
             rows = self.buffer[: last - first]
             rows.copy_(self.rows[first:last])
-            product = torch.mm(rows, self.unit_t)
-            out[first - start : last - start].copy_(product)
+            out[first - start : last - start].copy_(torch.mm(rows, self.unit_t))
         return out.numpy()
