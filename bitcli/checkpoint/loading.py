@@ -26,7 +26,8 @@ from bitcli.checkpoint.describe import shape_problems
 from bitcli.checkpoint.files import CONFIG, PREPROCESSOR_CONFIG, RawCheckpoint, is_timm_config, read_config_json
 from bitcli.checkpoint.timm import read_timm_checkpoint
 from bitcli.checkpoint.transformers import read_transformers_checkpoint
-from bitcli.engine.runtime import EngineRecord, check_precision, prepare
+from bitcli.engine.plan import check_precision
+from bitcli.engine.runtime import EngineRecord, prepare
 from bitcli.errors import CheckpointError
 from bitcli.model.architecture import BiT, standardize_conv_weight
 from bitcli.model.config import BitConfig

@@ -9,7 +9,6 @@ import torch
 
 from bitcli.engine.machine import slicing_budget
 from bitcli.engine.plan import make_plan
-from bitcli.engine.plan import check_precision as check_plan_precision
 from bitcli.engine.native import onednn_conv_works
 from bitcli.engine.slicing import SlicedBackbone
 from bitcli.model.architecture import BiT, PreActBottleneck, StdConv2d
@@ -29,11 +28,6 @@ class EngineRecord:
     chunk_bytes: int | None = None  # the batch-slicing budget in bytes; None: no slicing
     convolution: str = "torch"  # "onednn": called directly; "torch": PyTorch's dispatch
     compiled: bool = False
-
-
-def check_precision(precision: str, device_type: str | None = None) -> None:
-    """ValueError for an unknown precision (or, given the device type, one it cannot run)."""
-    check_plan_precision(precision, device_type)
 
 
 def prepare(

@@ -16,10 +16,8 @@ import errno
 import json
 import os
 import re
-import signal
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,22 +139,6 @@ def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
         step=int(info["step"]), losses=list(info["losses"]),
         bad={int(k): str(v) for k, v in info.get("bad", {}).items()}, seconds=float(info["seconds"]),
     )
-
-
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
