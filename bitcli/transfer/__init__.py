@@ -15,7 +15,7 @@ Exports are lazy so that importing the package does not import torch.
 
 from __future__ import annotations
 
-from typing import Any
+from bitcli.util import lazy_attributes
 
 _LAZY = {
     "train": "bitcli.transfer.run",
@@ -34,13 +34,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'bitcli.transfer' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
