@@ -9,8 +9,6 @@ GPU kernels use Welford sums). fp32 is exact there too: TF32 convolutions (on by
 PyTorch for cuDNN, ~1e-3 off) are turned off. "fp16" and "bf16" are opt-in autocast: the
 convolutions in half precision, GroupNorm, pooling and the head in float32. Channels-last only
 with autocast (tensor cores want NHWC; fp32 cuDNN convolutions are as fast or faster in NCHW).
-
-Untested on real GPUs: no GPU was available where this was written (issue 11 note).
 """
 
 from __future__ import annotations
