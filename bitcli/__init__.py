@@ -20,7 +20,7 @@ _LAZY = {
     "RunOptions": "bitcli.pipeline",
     "Model": "bitcli.checkpoint.loading",  # = LoadedModel, the name `load` returned before
     "LoadedModel": "bitcli.checkpoint.loading",
-    "resolve_device": "bitcli.pipeline",
+    "resolve_device": "bitcli.devices",
     "ClassifyResult": "bitcli.results",
     "EmbedResult": "bitcli.results",
     "Prediction": "bitcli.results",
