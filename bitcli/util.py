@@ -10,7 +10,8 @@
 - `read_json_file(path)`: a JSON object from a file (at most 16 MiB), every failure one typed error line;
 - `RESAMPLE_FILTERS`: PIL's resampling filters by name (the numbers of `PIL.Image.Resampling`);
 - `DEFAULT_MAX_PIXELS`: the decompression-bomb guard's default (`--max-pixels`);
-- `lazy_attributes(package, table)`: a module `__getattr__` that imports names on first use;
+- `lazy_table(modules)`, `lazy_attributes(package, table)`: a module `__getattr__` that imports
+  names on first use;
 - `held_interrupt()`: a block that a Ctrl-C does not cut in half.
 """
 
@@ -176,6 +177,11 @@ def read_json_file(
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object")
     return data
+
+
+def lazy_table(modules: dict[str, str]) -> dict[str, str]:
+    """{module: "name name ..."} -> {name: module}: a package's lazy exports, listed by module."""
+    return {name: module for module, names in modules.items() for name in names.split()}
 
 
 def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]:

@@ -15,22 +15,14 @@ Exports are lazy so that importing the package does not import torch.
 
 from __future__ import annotations
 
-from bitcli.util import lazy_attributes
+from bitcli.util import lazy_attributes, lazy_table
 
-_LAZY = {
-    "train": "bitcli.transfer.run",
-    "TrainOptions": "bitcli.transfer.run",
-    "TrainResult": "bitcli.transfer.run",
-    "Callbacks": "bitcli.transfer.run",
-    "prepare_data": "bitcli.transfer.run",
-    "FinetuneOptions": "bitcli.transfer.finetune",
-    "Plan": "bitcli.transfer.finetune",
-    "Progress": "bitcli.transfer.finetune",
-    "load_dataset": "bitcli.transfer.data",
-    "Dataset": "bitcli.transfer.data",
-    "DataError": "bitcli.transfer.data",
-    "Evaluation": "bitcli.transfer.evaluate",
-}
+_LAZY = lazy_table({
+    "bitcli.transfer.run": "train TrainOptions TrainResult Callbacks prepare_data",
+    "bitcli.transfer.finetune": "FinetuneOptions Plan Progress",
+    "bitcli.transfer.data": "load_dataset Dataset DataError",
+    "bitcli.transfer.evaluate": "Evaluation",
+})
 
 __all__ = sorted(_LAZY)
 
