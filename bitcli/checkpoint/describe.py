@@ -39,7 +39,9 @@ Shapes = dict[str, tuple[int, ...]]
 
 @dataclass
 class CheckpointInfo:
-    """What `bit inspect` reports, read from the files: the fields of a `LoadedModel` it uses."""
+    """A checkpoint as its files describe it (what `bit inspect` reports); a `LoadedModel` is one
+    with the module and the engine's record added. `resolved`: how a model reference reached
+    `path` (None for a path given directly)."""
 
     config: BitConfig
     preprocess: PreprocessConfig
@@ -50,10 +52,10 @@ class CheckpointInfo:
     num_parameters: int
     resolved: ResolvedModel | None = field(default=None, repr=False)
 
-    def labels(self) -> Labels:
+    def labels(self, labels_file: str | Path | None = None) -> Labels:
         from bitcli.labels import resolve_labels
 
-        return resolve_labels(self.config.num_labels, self.config.id2label)
+        return resolve_labels(self.config.num_labels, self.config.id2label, labels_file)
 
 
 def describe_checkpoint(path: Path, resolved: ResolvedModel | None = None) -> CheckpointInfo | None:
