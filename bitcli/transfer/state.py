@@ -101,18 +101,23 @@ def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     try:
         directory.mkdir(parents=True, exist_ok=True)
         _atomic(directory / STATE_WEIGHTS, lambda path: save_tensors(tensors, path))
-        _atomic(directory / STATE_INFO, lambda path: _write_text(path, json.dumps(info)))
+        _atomic(directory / STATE_INFO, lambda path: write_text(path, json.dumps(info)))
     except WriteFailed:
         raise
     except OSError as exc:
         raise WriteFailed(exc.errno, exc.strerror or str(exc), str(directory)) from exc
 
 
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
+def write_text(path: str | Path, text: str) -> None:
+    """`text` into `path`, synced (a full disk fails here, not at some later close); a failure is
+    WriteFailed naming the file's folder."""
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as exc:
+        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(Path(path).parent)) from exc
 
 
 def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
