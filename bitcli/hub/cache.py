@@ -7,6 +7,7 @@ the zoo and what of it is cached. No torch here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -105,15 +106,7 @@ def list_known_models() -> list[dict]:
         size = snapshot_size(cached) if cached is not None else 0
         rows.append(
             {
-                "alias": entry.alias,
-                "repo_id": entry.repo_id,
-                "revision": entry.revision,
-                "architecture": entry.architecture,
-                "description": entry.description,
-                "input_size": entry.input_size,
-                "num_classes": entry.num_classes,
-                "top1": entry.top1,
-                "num_parameters": entry.num_parameters,
+                **dataclasses.asdict(entry),
                 "download_bytes": entry.download_bytes,
                 "cached": cached is not None,
                 "size_bytes": size,
