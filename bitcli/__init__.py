@@ -6,30 +6,18 @@ The public API lives in `bitcli.pipeline` and is re-exported here lazily, so `im
 
 from __future__ import annotations
 
-from bitcli.util import lazy_attributes
+from bitcli.util import lazy_attributes, lazy_table
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "load": "bitcli.pipeline",
-    "classify": "bitcli.pipeline",
-    "embed": "bitcli.pipeline",
-    "Classifier": "bitcli.pipeline",
-    "Embedder": "bitcli.pipeline",
-    "Embeddings": "bitcli.pipeline",
-    "RunOptions": "bitcli.pipeline",
-    "Model": "bitcli.checkpoint.loading",  # = LoadedModel, the name `load` returned before
-    "LoadedModel": "bitcli.checkpoint.loading",
-    "resolve_device": "bitcli.pipeline",
-    "ClassifyResult": "bitcli.results",
-    "EmbedResult": "bitcli.results",
-    "Prediction": "bitcli.results",
-    "EmbedWriter": "bitcli.store",
-    "BitError": "bitcli.errors",
-    "InputError": "bitcli.errors",
-    "ModelError": "bitcli.errors",
-    "UsageError": "bitcli.errors",
-}
+_LAZY = lazy_table({
+    "bitcli.pipeline": "load classify embed Classifier Embedder Embeddings RunOptions",
+    "bitcli.checkpoint.loading": "LoadedModel Model",  # Model = LoadedModel, the name `load` returned before
+    "bitcli.devices": "resolve_device",
+    "bitcli.results": "ClassifyResult EmbedResult Prediction",
+    "bitcli.store": "EmbedWriter",
+    "bitcli.errors": "BitError InputError ModelError UsageError",
+})
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

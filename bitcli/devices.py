@@ -39,11 +39,12 @@ def parse_device(text: str) -> DeviceSpec:
     return DeviceSpec(match.group(1), None if index is None else int(index))
 
 
-def resolve_device(text: str = "auto") -> "torch.device":
-    """The torch.device for a `--device` value; UsageError when it is malformed or not available here."""
+def resolve_device(text: str | None = "auto") -> "torch.device":
+    """The torch.device for a `--device` value (None: auto); UsageError when it is malformed or
+    not available here."""
     import torch
 
-    spec = parse_device(text)
+    spec = parse_device("auto" if text is None else text)
     if spec.kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.kind == "cuda":

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from bitcli.devices import resolve_device
 from bitcli.errors import BitError, CheckpointError, InputError, UsageError
 from bitcli.results import ClassifyResult, EmbedResult, Prediction
 from bitcli.util import DEFAULT_MAX_PIXELS, first_line
@@ -78,13 +79,6 @@ class RunOptions:
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(unknown)}")
         return replace(options or cls(), **overrides)
-
-
-def resolve_device(name: str | None = "auto") -> torch.device:
-    """auto (or None), cpu, cuda, cuda:N or mps -> torch.device; a malformed or unavailable one is a UsageError."""
-    from bitcli.devices import resolve_device as resolve
-
-    return resolve("auto" if name is None else name)
 
 
 def load(

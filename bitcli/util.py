@@ -10,17 +10,22 @@
 - `read_json_file(path)`: a JSON object from a file (at most 16 MiB), every failure one typed error line;
 - `RESAMPLE_FILTERS`: PIL's resampling filters by name (the numbers of `PIL.Image.Resampling`);
 - `DEFAULT_MAX_PIXELS`: the decompression-bomb guard's default (`--max-pixels`);
-- `lazy_attributes(package, table)`: a module `__getattr__` that imports names on first use.
+- `lazy_table(modules)`, `lazy_attributes(package, table)`: a module `__getattr__` that imports
+  names on first use;
+- `held_interrupt()`: a block that a Ctrl-C does not cut in half.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import stat
+import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from bitcli.errors import BitError, ConfigError
 
@@ -174,6 +179,11 @@ def read_json_file(
     return data
 
 
+def lazy_table(modules: dict[str, str]) -> dict[str, str]:
+    """{module: "name name ..."} -> {name: module}: a package's lazy exports, listed by module."""
+    return {name: module for module, names in modules.items() for name in names.split()}
+
+
 def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]:
     """A module-level `__getattr__` for `package`: `table[name]` is the module that defines `name`,
     imported on first use, so that importing the package stays cheap (no torch for `bit --help`)."""
@@ -189,3 +199,22 @@ def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]
         return value
 
     return __getattr__
+
+
+@contextlib.contextmanager
+def held_interrupt() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block; raise it when the block is done.
+
+    Only in the main thread with Python's default handler in place; otherwise a plain block.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt

@@ -10,6 +10,7 @@ weight-standardization eps matters, and `save_pretrained()`s it. `tiny_raw_weigh
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import torch
 
 from bitcli.model.config import BitConfig
 from bitcli.model import BiT
-from bitcli.checkpoint.npz import to_npz_arrays
+from bitcli.checkpoint.npz import npz_key_map
+from torch import Tensor
 
 TINY = dict(
     embedding_size=8,
@@ -119,3 +121,31 @@ def tiny_raw_weights(num_labels: int = 7, seed: int = 0, conv_scale: float = 1e-
 
 def write_npz(path, raw: dict[str, torch.Tensor], depths=TINY_DEPTHS) -> None:
     np.savez(path, **to_npz_arrays(raw, depths))
+
+
+def to_npz_arrays(state_dict: dict[str, Tensor], depths: list[int], prefix: str = "resnet/") -> dict[str, np.ndarray]:
+    """Inverse of `checkpoint.npz.convert_npz_arrays`: canonical raw weights -> the release's names and layouts."""
+    arrays: dict[str, np.ndarray] = {}
+    for key, name in npz_key_map(depths, prefix, head="classifier.1.weight" in state_dict).items():
+        value = state_dict[name].detach().to(torch.float32).cpu().numpy()
+        if name == "classifier.1.weight":  # [K, C] -> [1, 1, C, K]
+            arrays[key] = np.ascontiguousarray(value.T[None, None])
+        elif value.ndim == 4:  # OIHW -> HWIO
+            arrays[key] = np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+        else:
+            arrays[key] = value
+    return arrays
+
+
+def canonical_key_to_timm(key: str) -> str:
+    """Inverse of `checkpoint.timm.timm_key_to_canonical`: writes timm-layout files."""
+    if key.startswith("bit.embedder.convolution."):
+        return "stem.conv." + key[len("bit.embedder.convolution.") :]
+    if key.startswith("bit.norm."):
+        return key[len("bit.") :]
+    if key.startswith("classifier.1."):
+        return "head.fc." + key[len("classifier.1.") :]
+    match = re.fullmatch(r"bit\.encoder\.stages\.(\d+)\.layers\.(\d+)\.(.+)", key)
+    if match is not None:
+        return f"stages.{match.group(1)}.blocks.{match.group(2)}.{match.group(3)}"
+    raise KeyError(key)

@@ -27,6 +27,20 @@ def isolated_hf_home(tmp_path_factory, monkeypatch):
     return home
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """`bit ... --threads N` run in this process sets torch's thread count for the whole process,
+    as the command may; the next test gets the count it had before (otherwise the engine picks
+    another convolution path, and a later `--resume` in this process refuses a run's partial
+    output made by a `bit` subprocess)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory):
     """A tiny random transformers BiT checkpoint shared by the CLI and pipeline tests.

@@ -8,7 +8,7 @@ import torch
 
 from bitcli.engine import runtime as engine
 from bitcli.devices import DeviceSpec, parse_device, resolve_device
-from bitcli.engine.plan import make_plan
+from bitcli.engine.plan import check_precision, make_plan
 from bitcli.errors import UsageError
 from clihelpers import run
 
@@ -94,6 +94,16 @@ def test_gpu_plans_use_nothing_cpu_specific(device, precision, autocast):
     assert plan.channels_last == (autocast is not None)
     # fp32 on CUDA must not use TF32 convolutions (~1e-3 off); the half precisions may.
     assert plan.allow_tf32 == ((precision != "fp32") if device == "cuda" else None)
+
+
+def test_fp16_is_checked_against_the_device_only_once_it_is_known():
+    from bitcli.pipeline import RunOptions
+
+    assert RunOptions(device="cuda", precision="fp16").precision == "fp16"  # a GPU run may ask for it
+    check_precision("fp16")
+    check_precision("fp16", "cuda")
+    with pytest.raises(ValueError, match="GPUs only"):
+        check_precision("fp16", "cpu")
 
 
 def test_fp16_on_cpu_and_unknown_precisions_are_refused():

@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 from bitcli.model.config import BitConfig
 from bitcli.labels import load_bundled
 from bitcli.model import BiT
-from bitcli.checkpoint.npz import to_npz_arrays
-from bitcli.checkpoint.timm import bit_config_from_timm, canonical_key_to_timm
+from bitcli.checkpoint.timm import bit_config_from_timm
+from checkpoints import canonical_key_to_timm, to_npz_arrays
 from clihelpers import jsonl, make_images, run
 
 TIMM_CONFIG = {

@@ -12,8 +12,8 @@ import torch
 from bitcli.checkpoint import load_model
 from bitcli.errors import CheckpointError
 from bitcli.model import standardize_conv_weight
-from bitcli.checkpoint.npz import load_npz_checkpoint, npz_key_map, to_npz_arrays
-from checkpoints import TINY_DEPTHS, tiny_raw_weights, write_npz
+from bitcli.checkpoint.npz import load_npz_checkpoint, npz_key_map
+from checkpoints import TINY_DEPTHS, tiny_raw_weights, to_npz_arrays, write_npz
 
 def test_release_key_names():
     mapping = npz_key_map([3, 4, 6, 3])

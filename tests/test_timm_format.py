@@ -15,9 +15,9 @@ from bitcli.checkpoint import build_model, load_model
 from bitcli.errors import CheckpointError, ConfigError
 from bitcli.labels import resolve_labels
 from bitcli.model import BiT
+from checkpoints import canonical_key_to_timm
 from bitcli.checkpoint.timm import (
     bit_config_from_timm,
-    canonical_key_to_timm,
     convert_timm_state_dict,
     is_timm_config,
     parse_architecture,

@@ -89,7 +89,8 @@ def make_timm_checkpoint(directory: Path, *, num_classes: int = 10, seed: int = 
     from safetensors.torch import save_file
 
     from bitcli.model import BiT
-    from bitcli.checkpoint.timm import bit_config_from_timm, canonical_key_to_timm
+    from bitcli.checkpoint.timm import bit_config_from_timm
+    from checkpoints import canonical_key_to_timm
 
     data = {
         "architecture": "resnetv2_50x1_bit",

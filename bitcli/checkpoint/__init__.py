@@ -17,17 +17,13 @@ This package face imports nothing heavy: `bitcli.checkpoint.files` is read by `b
 
 from __future__ import annotations
 
-from bitcli.util import lazy_attributes
+from bitcli.util import lazy_attributes, lazy_table
 
-_LAZY = {
-    "load_model": "bitcli.checkpoint.loading",
-    "LoadedModel": "bitcli.checkpoint.loading",
-    "build_model": "bitcli.checkpoint.loading",
-    "read_checkpoint": "bitcli.checkpoint.loading",
-    "RawCheckpoint": "bitcli.checkpoint.files",
-    "describe_checkpoint": "bitcli.checkpoint.describe",
-    "CheckpointInfo": "bitcli.checkpoint.describe",
-}
+_LAZY = lazy_table({
+    "bitcli.checkpoint.loading": "load_model LoadedModel build_model read_checkpoint",
+    "bitcli.checkpoint.files": "RawCheckpoint",
+    "bitcli.checkpoint.describe": "describe_checkpoint CheckpointInfo",
+})
 
 __all__ = sorted(_LAZY)
 

@@ -23,7 +23,7 @@ from bitcli.checkpoint.files import (
     is_timm_config,
     read_config_json,
     read_tensor_table,
-    shard_names,
+    safetensors_files,
 )
 from bitcli.errors import CheckpointError
 from bitcli.util import name_some
@@ -39,7 +39,9 @@ Shapes = dict[str, tuple[int, ...]]
 
 @dataclass
 class CheckpointInfo:
-    """What `bit inspect` reports, read from the files: the fields of a `LoadedModel` it uses."""
+    """A checkpoint as its files describe it (what `bit inspect` reports); a `LoadedModel` is one
+    with the module and the engine's record added. `resolved`: how a model reference reached
+    `path` (None for a path given directly)."""
 
     config: BitConfig
     preprocess: PreprocessConfig
@@ -50,10 +52,10 @@ class CheckpointInfo:
     num_parameters: int
     resolved: ResolvedModel | None = field(default=None, repr=False)
 
-    def labels(self) -> Labels:
+    def labels(self, labels_file: str | Path | None = None) -> Labels:
         from bitcli.labels import resolve_labels
 
-        return resolve_labels(self.config.num_labels, self.config.id2label)
+        return resolve_labels(self.config.num_labels, self.config.id2label, labels_file)
 
 
 def describe_checkpoint(path: Path, resolved: ResolvedModel | None = None) -> CheckpointInfo | None:
@@ -66,7 +68,10 @@ def describe_checkpoint(path: Path, resolved: ResolvedModel | None = None) -> Ch
     if not path.is_dir() or not ((path / SAFETENSORS).is_file() or (path / SAFETENSORS_INDEX).is_file()):
         return None
     data = read_config_json(path)
-    weights_format, weight_files, shapes = _tables(path)
+    weights_format, weight_files, shards = safetensors_files(path)
+    shapes: Shapes = {}
+    for shard in shards:
+        shapes.update(read_tensor_table(shard).shapes)
     if is_timm_config(data):
         config, preprocess, found, files = _timm(path, data, shapes)
         source = "timm"
@@ -89,20 +94,6 @@ def describe_checkpoint(path: Path, resolved: ResolvedModel | None = None) -> Ch
         num_parameters=count_parameters(expected),
         resolved=resolved,
     )
-
-
-def _tables(directory: Path) -> tuple[str, list[Path], Shapes]:
-    """(format description, files, name -> shape of every tensor) from the safetensors header(s)."""
-    if (directory / SAFETENSORS).is_file():
-        return "safetensors", [directory / SAFETENSORS], read_tensor_table(directory / SAFETENSORS).shapes
-    index = directory / SAFETENSORS_INDEX
-    shards = [directory / name for name in shard_names(index)]
-    shapes: Shapes = {}
-    for shard in shards:
-        if not shard.is_file():
-            raise CheckpointError(f"{shard}: shard listed in {index.name} is missing")
-        shapes.update(read_tensor_table(shard).shapes)
-    return f"safetensors ({len(shards)} shards)", [index, *shards], shapes
 
 
 def _transformers(directory: Path, data: dict[str, Any], shapes: Shapes) -> tuple[Any, Any, Shapes, list[Path]]:

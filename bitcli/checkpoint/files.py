@@ -74,13 +74,28 @@ def shard_names(index_path: Path) -> list[str]:
 
 def read_weights(directory: Path) -> tuple[dict[str, Tensor], str, list[Path]]:
     """(state dict, format description, files read) from the best weights file in `directory`."""
-    if (directory / SAFETENSORS).is_file():
-        return read_safetensors(directory / SAFETENSORS), "safetensors", [directory / SAFETENSORS]
-    if (directory / SAFETENSORS_INDEX).is_file():
-        return read_sharded_safetensors(directory / SAFETENSORS_INDEX)
+    if (directory / SAFETENSORS).is_file() or (directory / SAFETENSORS_INDEX).is_file():
+        weights_format, files, shards = safetensors_files(directory)
+        state_dict: dict[str, Tensor] = {}
+        for shard in shards:
+            state_dict.update(read_safetensors(shard))
+        return state_dict, weights_format, files
     if (directory / PICKLE).is_file():
         return read_pickle(directory / PICKLE), "pytorch pickle (weights_only)", [directory / PICKLE]
     raise CheckpointError(f"{directory}: no weights found (expected {SAFETENSORS} or {PICKLE})")
+
+
+def safetensors_files(directory: Path) -> tuple[str, list[Path], list[Path]]:
+    """(format description, every file, the files holding tensors) of a directory's safetensors
+    weights: `model.safetensors`, else the index and the shards it lists (all present)."""
+    if (directory / SAFETENSORS).is_file():
+        return "safetensors", [directory / SAFETENSORS], [directory / SAFETENSORS]
+    index = directory / SAFETENSORS_INDEX
+    shards = [directory / name for name in shard_names(index)]
+    for shard in shards:
+        if not shard.is_file():
+            raise CheckpointError(f"{shard}: shard listed in {index.name} is missing")
+    return f"safetensors ({len(shards)} shards)", [index, *shards], shards
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -91,16 +106,6 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         return load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({first_line(exc)})") from None
-
-
-def read_sharded_safetensors(index_path: Path) -> tuple[dict[str, Tensor], str, list[Path]]:
-    shards = [index_path.parent / name for name in shard_names(index_path)]
-    state_dict: dict[str, Tensor] = {}
-    for shard in shards:
-        if not shard.is_file():
-            raise CheckpointError(f"{shard}: shard listed in {index_path.name} is missing")
-        state_dict.update(read_safetensors(shard))
-    return state_dict, f"safetensors ({len(shards)} shards)", [index_path, *shards]
 
 
 def read_pickle(path: Path) -> dict[str, Tensor]:

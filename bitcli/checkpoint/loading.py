@@ -15,18 +15,19 @@ checkpoint is refused at load (a ModelError, exit 3), naming the file and the te
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from bitcli.checkpoint.describe import shape_problems
+from bitcli.checkpoint.describe import CheckpointInfo, shape_problems
 from bitcli.checkpoint.files import CONFIG, PREPROCESSOR_CONFIG, RawCheckpoint, is_timm_config, read_config_json
 from bitcli.checkpoint.timm import read_timm_checkpoint
 from bitcli.checkpoint.transformers import read_transformers_checkpoint
-from bitcli.engine.runtime import EngineRecord, check_precision, prepare
+from bitcli.engine.plan import check_precision
+from bitcli.engine.runtime import EngineRecord, prepare
 from bitcli.errors import CheckpointError
 from bitcli.model.architecture import BiT, standardize_conv_weight
 from bitcli.model.config import BitConfig
@@ -34,28 +35,15 @@ from bitcli.util import name_some
 
 if TYPE_CHECKING:
     from bitcli.hub import ResolvedModel
-    from bitcli.labels import Labels
-    from bitcli.preprocess import PreprocessConfig
 
 
-@dataclass
-class LoadedModel:
-    """A model ready for inference, where it came from, and what the engine chose for it.
-
-    `model` is the `BiT` nn.Module; `resolved` is how a model reference reached `path` (None when
-    `checkpoint.load_model` was given a path directly); `engine` records batch slicing, the
-    convolution path and the precision.
-    """
+@dataclass(kw_only=True)
+class LoadedModel(CheckpointInfo):
+    """A model ready for inference: the `BiT` nn.Module, and what the engine chose for it (batch
+    slicing, the convolution path, the precision)."""
 
     model: BiT
-    config: BitConfig
-    preprocess: PreprocessConfig
-    path: Path
-    source_format: str
-    weights_format: str
-    files: list[Path]
     engine: EngineRecord
-    resolved: ResolvedModel | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -64,10 +52,6 @@ class LoadedModel:
     @property
     def precision(self) -> str:
         return self.engine.precision
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
     @property
     def feature_dim(self) -> int:
@@ -89,11 +73,6 @@ class LoadedModel:
     def notices(self) -> list[str]:
         """Every one-line warning for stderr: resolution's, then a missing preprocessor_config.json."""
         return [n for n in (self.notice, self.preprocess.missing_notice(self.name)) if n]
-
-    def labels(self, labels_file: str | Path | None = None) -> Labels:
-        from bitcli.labels import resolve_labels
-
-        return resolve_labels(self.config.num_labels, self.config.id2label, labels_file)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies these weights, preprocessing and kernels (stored by `bit embed`).
@@ -226,6 +205,7 @@ def load_model(
         source_format=raw.source_format,
         weights_format=raw.weights_format,
         files=raw.files,
+        num_parameters=sum(p.numel() for p in model.parameters()),
         engine=engine,
         resolved=resolved,
     )

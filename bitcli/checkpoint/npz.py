@@ -35,7 +35,7 @@ from torch import Tensor
 
 from bitcli.checkpoint.files import PREPROCESSOR_CONFIG, RawCheckpoint
 from bitcli.errors import CheckpointError
-from bitcli.model.config import BitConfig, make_divisible
+from bitcli.model.config import BASE_STEM, BASE_WIDTHS, BitConfig, make_divisible
 from bitcli.util import human_bytes, name_some
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 WS_EPS = 1e-10  # the original release's weight-standardization eps
 FINETUNED_SIZE = 480  # BiT-HyperRule crop for ImageNet-sized images
 UPSTREAM_SIZE = 224
-BASE_STEM = 64
-BASE_WIDTHS = (256, 512, 1024, 2048)  # stage widths of an x1 model
 _ROOT_KERNEL = "root_block/standardized_conv2d/kernel"
 _CONV = "standardized_conv2d/kernel"
 # Block part -> canonical conv and norm names (a: 1x1 reduce, b: 3x3, c: 1x1 expand).
@@ -178,20 +176,6 @@ def convert_npz_arrays(arrays: dict[str, np.ndarray], depths: list[int], prefix:
         else:
             state_dict[name] = vector_to_torch(array, key)
     return state_dict
-
-
-def to_npz_arrays(state_dict: dict[str, Tensor], depths: list[int], prefix: str = "resnet/") -> dict[str, np.ndarray]:
-    """Inverse of convert_npz_arrays: canonical raw weights -> the release's names and layouts."""
-    arrays: dict[str, np.ndarray] = {}
-    for key, name in npz_key_map(depths, prefix, head="classifier.1.weight" in state_dict).items():
-        value = state_dict[name].detach().to(torch.float32).cpu().numpy()
-        if name == "classifier.1.weight":  # [K, C] -> [1, 1, C, K]
-            arrays[key] = np.ascontiguousarray(value.T[None, None])
-        elif value.ndim == 4:  # OIHW -> HWIO
-            arrays[key] = np.ascontiguousarray(value.transpose(2, 3, 1, 0))
-        else:
-            arrays[key] = value
-    return arrays
 
 
 def bit_config_from_state_dict(state_dict: dict[str, Tensor], depths: list[int]) -> BitConfig:

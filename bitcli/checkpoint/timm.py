@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from bitcli.checkpoint.files import CONFIG, RawCheckpoint, is_timm_config, read_weights
 from bitcli.errors import CheckpointError, ConfigError
-from bitcli.model.config import BitConfig, make_divisible
+from bitcli.model.config import BASE_STEM, BASE_WIDTHS, BitConfig, make_divisible
 from bitcli.util import RESAMPLE_FILTERS, first_line
 
 if TYPE_CHECKING:
@@ -39,14 +39,12 @@ if TYPE_CHECKING:
     from bitcli.preprocess import PreprocessConfig
 
 __all__ = [
-    "bit_config_from_timm", "canonical_key_to_timm", "convert_timm_state_dict", "is_timm_config",
+    "bit_config_from_timm", "convert_timm_state_dict", "is_timm_config",
     "parse_architecture", "preprocess_from_timm", "read_timm_checkpoint", "timm_key_to_canonical",
 ]
 
 DEPTHS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 WIDTH_FACTORS = (1, 2, 3, 4)
-BASE_STEM = 64
-BASE_WIDTHS = (256, 512, 1024, 2048)
 WS_EPS = 1e-8  # timm's StdConv2d eps for BiT models
 
 # Current names plus the pre-0.9 timm names (`resnetv2_50x1_bitm_in21k`, `..._bit_teacher_384`).
@@ -175,20 +173,6 @@ def timm_key_to_canonical(key: str) -> str:
     if match is not None:
         return f"bit.encoder.stages.{match.group(1)}.layers.{match.group(2)}.{match.group(3)}"
     raise CheckpointError(f"unexpected tensor {key!r} in a timm BiT checkpoint")
-
-
-def canonical_key_to_timm(key: str) -> str:
-    """Inverse of timm_key_to_canonical (used to write timm-layout files, e.g. in tests)."""
-    if key.startswith("bit.embedder.convolution."):
-        return "stem.conv." + key[len("bit.embedder.convolution.") :]
-    if key.startswith("bit.norm."):
-        return key[len("bit.") :]
-    if key.startswith("classifier.1."):
-        return "head.fc." + key[len("classifier.1.") :]
-    match = re.fullmatch(r"bit\.encoder\.stages\.(\d+)\.layers\.(\d+)\.(.+)", key)
-    if match is not None:
-        return f"stages.{match.group(1)}.blocks.{match.group(2)}.{match.group(3)}"
-    raise KeyError(key)
 
 
 def convert_timm_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

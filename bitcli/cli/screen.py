@@ -11,11 +11,11 @@ summary (`6 images, 1 failed, 2.3 s, 2.6 img/s`) takes its place.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
-import threading
 import time
 from typing import Any, Iterator
+
+from bitcli.util import held_interrupt
 
 
 class Bar:
@@ -107,25 +107,6 @@ def _flush() -> None:
             stream.flush()
         except (AttributeError, ValueError):
             pass
-
-
-@contextlib.contextmanager
-def held_interrupt() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block; raise it when the block is done.
-
-    Only in the main thread with Python's default handler in place; otherwise a plain block.
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    received: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if received:
-        raise KeyboardInterrupt
 
 
 # -- the closing line ------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ GPU kernels use Welford sums). fp32 is exact there too: TF32 convolutions (on by
 PyTorch for cuDNN, ~1e-3 off) are turned off. "fp16" and "bf16" are opt-in autocast: the
 convolutions in half precision, GroupNorm, pooling and the head in float32. Channels-last only
 with autocast (tensor cores want NHWC; fp32 cuDNN convolutions are as fast or faster in NCHW).
-
-Untested on real GPUs: no GPU was available where this was written (issue 11 note).
 """
 
 from __future__ import annotations
@@ -33,11 +31,11 @@ class Plan:
     allow_tf32: bool | None  # CUDA: whether cuDNN may use TF32 (never in fp32); None elsewhere
 
 
-def check_precision(precision: str, device_type: str) -> None:
-    """ValueError (one line) for an unknown precision or fp16 on a CPU."""
+def check_precision(precision: str, device_type: str | None = None) -> None:
+    """ValueError (one line) for an unknown precision, or (given the device type) fp16 off a GPU."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device_type not in GPU_TYPES:
+    if precision == "fp16" and device_type is not None and device_type not in GPU_TYPES:
         raise ValueError("precision fp16 runs on GPUs only (CPUs have no fast fp16 convolutions); use bf16 on a CPU")
 
 

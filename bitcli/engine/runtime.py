@@ -9,7 +9,6 @@ import torch
 
 from bitcli.engine.machine import slicing_budget
 from bitcli.engine.plan import make_plan
-from bitcli.engine.plan import check_precision as check_plan_precision
 from bitcli.engine.native import onednn_conv_works
 from bitcli.engine.slicing import SlicedBackbone
 from bitcli.model.architecture import BiT, PreActBottleneck, StdConv2d
@@ -29,11 +28,6 @@ class EngineRecord:
     chunk_bytes: int | None = None  # the batch-slicing budget in bytes; None: no slicing
     convolution: str = "torch"  # "onednn": called directly; "torch": PyTorch's dispatch
     compiled: bool = False
-
-
-def check_precision(precision: str, device_type: str | None = None) -> None:
-    """ValueError for an unknown precision (or, given the device type, one it cannot run)."""
-    check_plan_precision(precision, device_type)
 
 
 def prepare(
@@ -93,13 +87,8 @@ def to_bfloat16(model: BiT) -> None:
     them and the residual stream); the stem convolution, GroupNorm parameters and statistics,
     the final norm's output, pooling and the head in float32.
 
-    Where an all-bfloat16 backbone's error comes from (issue 11 note: random R50x1 at 448, 30
-    photos, max |logit difference| against float32 when only that part is rounded): the stem
-    convolution's input and weights ~2e-2 (pixels in [-1, 1] lose a bit in 8 mantissa bits),
-    GroupNorm parameters 1.2e-2, the residual stream 0.9e-2, the other convolutions' weights
-    and activations ~2e-2 together (the speed-up itself). Keeping the stem and the norms in
-    float32 halves the error (3.8e-2 -> 2.3e-2) at ~15% of bf16's speed; a float32 residual
-    stream as well gave 2.0e-2 at ~40%, so the residual stays bfloat16.
+    Keeping the stem and the norms in float32 halves an all-bfloat16 backbone's error for a small
+    share of the speed-up; the residual stream stays bfloat16 (docs/engine.md has the figures).
     """
     stem = model.bit.embedder.convolution
     if model.bit.norm is not None:

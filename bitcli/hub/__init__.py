@@ -10,15 +10,14 @@ No torch: `bit models` and `bit download` run without it.
 from __future__ import annotations
 
 from bitcli.hub import zoo
-from bitcli.util import lazy_attributes
+from bitcli.util import lazy_attributes, lazy_table
 
 # imported on first use: huggingface_hub loads only when a command reaches the hub, not for the
 # checks made before (BIT_HUB_TIMEOUT: hub/deadline.py)
-_LAZY = {
-    "HubRef": "bitcli.hub.cache", "HubSettings": "bitcli.hub.cache", "ResolvedModel": "bitcli.hub.cache",
-    "hub_cache_dir": "bitcli.hub.cache", "list_known_models": "bitcli.hub.cache",
-    "check_reference": "bitcli.hub.resolve", "parse_hub_ref": "bitcli.hub.resolve", "resolve_model": "bitcli.hub.resolve",
-}
+_LAZY = lazy_table({
+    "bitcli.hub.cache": "HubRef HubSettings ResolvedModel hub_cache_dir list_known_models",
+    "bitcli.hub.resolve": "check_reference parse_hub_ref resolve_model",
+})
 
 __all__ = sorted(_LAZY) + ["zoo"]
 __getattr__ = lazy_attributes(__name__, _LAZY)

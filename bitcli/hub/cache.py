@@ -7,6 +7,7 @@ the zoo and what of it is cached. No torch here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,11 +24,12 @@ from bitcli.checkpoint.files import (
     SAFETENSORS_INDEX,
     WEIGHTS_FILES,
     is_timm_config,
+    read_tensor_table,
     shard_names,
 )
 from bitcli.errors import CheckpointError, OfflineError
 from bitcli.hub import zoo
-from bitcli.util import CONFIG_MAX_BYTES, human_bytes, open_regular, read_capped
+from bitcli.util import CONFIG_MAX_BYTES, human_bytes, read_capped
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -104,15 +106,7 @@ def list_known_models() -> list[dict]:
         size = snapshot_size(cached) if cached is not None else 0
         rows.append(
             {
-                "alias": entry.alias,
-                "repo_id": entry.repo_id,
-                "revision": entry.revision,
-                "architecture": entry.architecture,
-                "description": entry.description,
-                "input_size": entry.input_size,
-                "num_classes": entry.num_classes,
-                "top1": entry.top1,
-                "num_parameters": entry.num_parameters,
+                **dataclasses.asdict(entry),
                 "download_bytes": entry.download_bytes,
                 "cached": cached is not None,
                 "size_bytes": size,
@@ -127,10 +121,7 @@ def bundled_row(alias: str) -> dict:
     folder = zoo.bundled_path(alias)
     config = json.loads(read_capped(folder / CONFIG, CONFIG_MAX_BYTES))
     preprocess = json.loads(read_capped(folder / PREPROCESSOR_CONFIG, CONFIG_MAX_BYTES))
-    weights = folder / SAFETENSORS
-    with open_regular(weights) as fh:  # the safetensors header: 8-byte length, then JSON
-        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-    parameters = sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    parameters = sum(math.prod(shape) for shape in read_tensor_table(folder / SAFETENSORS).shapes.values())
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     return {
         "alias": alias, "repo_id": None, "revision": None, "architecture": "bit (compact: widths 32-256)",

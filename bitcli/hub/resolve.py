@@ -276,22 +276,8 @@ def _fetch(ref: str, hub_ref: HubRef, settings: HubSettings, commit: str, files:
 
 def _download_file(hub_ref: HubRef, commit: str, filename: str, settings: HubSettings, *, progress: bool) -> Path:
     """Download one file at `commit` into the cache (atomic: a partial file never takes the final name)."""
-    deadline = Deadline(settings.timeout)
     try:
-        return Path(
-            bounded(
-                lambda: hf_hub_download(
-                    hub_ref.repo_id,
-                    filename,
-                    revision=commit,
-                    cache_dir=str(settings.cache_dir),
-                    endpoint=settings.endpoint,
-                    etag_timeout=REQUEST_TIMEOUT_S,
-                    tqdm_class=_progress_class(progress, deadline),
-                ),
-                deadline,
-            )
-        )
+        return _hub_download(hub_ref.repo_id, filename, commit, settings, progress=progress)
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise _hub_error(hub_ref, error) from None
     except HubTimeout as error:
@@ -318,28 +304,28 @@ def _record_revision(hub_ref: HubRef, commit: str, settings: HubSettings, *, has
         return
     name = CONFIG if has_preprocessor else PREPROCESSOR_CONFIG
     try:
-        bounded(
-            lambda: hf_hub_download(
-                hub_ref.repo_id,
-                name,
-                revision=hub_ref.revision,
-                cache_dir=str(settings.cache_dir),
-                endpoint=settings.endpoint,
-                etag_timeout=REQUEST_TIMEOUT_S,
-                tqdm_class=_SilentBar,
-            ),
-            Deadline(settings.timeout),
-        )
+        _hub_download(hub_ref.repo_id, name, hub_ref.revision, settings)
     except (EntryNotFoundError, HubTimeout, HfHubHTTPError, httpx2.HTTPError, OSError, ValueError):
         pass  # EntryNotFoundError: the expected answer for the missing preprocessor config
 
 
-class _SilentBar(hf_tqdm):
-    """huggingface_hub's progress bar, always disabled."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs["disable"] = True
-        super().__init__(*args, **kwargs)
+def _hub_download(repo_id: str, filename: str, revision: str, settings: HubSettings, *, progress: bool = False) -> Path:
+    """`hf_hub_download` into the cache, within the deadline (which each chunk received moves on)."""
+    deadline = Deadline(settings.timeout)
+    return Path(
+        bounded(
+            lambda: hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=str(settings.cache_dir),
+                endpoint=settings.endpoint,
+                etag_timeout=REQUEST_TIMEOUT_S,
+                tqdm_class=_progress_class(progress, deadline),
+            ),
+            deadline,
+        )
+    )
 
 
 def _progress_class(progress: bool, deadline: Deadline) -> type[hf_tqdm]:

@@ -8,15 +8,12 @@ describe a checkpoint from its config without importing torch.
 
 from __future__ import annotations
 
-from bitcli.util import lazy_attributes
+from bitcli.util import lazy_attributes, lazy_table
 
-_LAZY = {
-    "BiT": "bitcli.model.architecture",
-    "BitOutput": "bitcli.model.architecture",
-    "StdConv2d": "bitcli.model.architecture",
-    "standardize_conv_weight": "bitcli.model.architecture",
-    "BitConfig": "bitcli.model.config",
-}
+_LAZY = lazy_table({
+    "bitcli.model.architecture": "BiT BitOutput StdConv2d standardize_conv_weight",
+    "bitcli.model.config": "BitConfig",
+})
 
 __all__ = sorted(_LAZY)
 

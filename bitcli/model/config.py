@@ -175,6 +175,11 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# The released BiT family: stem and stage widths of an x1 model, times the width factor (R50x3: 3).
+BASE_STEM = 64
+BASE_WIDTHS = (256, 512, 1024, 2048)
+
+
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round channels to a multiple of `divisor` the way timm and transformers do (never below 90%)."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)

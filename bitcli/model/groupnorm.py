@@ -8,7 +8,7 @@ same way at every addition, the long sums alone drift by ~1e-4 relative. The con
 kernel (cascade Welford) has neither problem, but converting every activation to NCHW and
 back costs 4-7x the GroupNorm itself.
 
-How (measured against five alternatives in the issue 11 note):
+How (docs/engine.md compares it with the alternatives):
 
 1. Statistics: `torch.batch_norm_update_stats`, PyTorch's two-pass batch-norm statistics
    kernel (a mean pass, then a pass over (x - mean)^2: no cancellation), vectorized along the

@@ -13,11 +13,11 @@ one row per match (the query shown on its first row) and one row per group membe
 
 from __future__ import annotations
 
-import csv
 from typing import IO, Any, Iterable
 
 from bitcli.output.escapes import csv_cell, shown
-from bitcli.output.records import JsonArrayRenderer, JsonlRenderer
+from bitcli.output.records import JsonArrayRenderer, JsonlRenderer, csv_line
+from bitcli.output.info import key_value_table
 from bitcli.output.tables import stdout_console
 
 SEARCH_CSV_HEADER = ("query", "rank", "path", "score")
@@ -62,12 +62,8 @@ def _records(records: Iterable[Any], fmt: str, stream: IO[str]) -> None:
 
 
 def _csv(stream: IO[str], header: tuple[str, ...], rows: Iterable[tuple]) -> None:
-    """Rows end in "\\n"; a row with a "\\r" in a field is fully quoted (see records.CsvRenderer)."""
-    plain = csv.writer(stream, lineterminator="\n")
-    quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    plain.writerow(header)
-    for row in rows:
-        (quoted if any("\r" in str(v) for v in row) else plain).writerow(row)
+    for row in (header, *rows):
+        stream.write(csv_line(row) + "\n")
     stream.flush()
 
 
@@ -110,12 +106,6 @@ def render_info(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
 
         stream.write(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         return
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(shown(report["path"]), style="bold"), title_justify="left", show_header=False, show_edge=False)
-    table.add_column("field", style="dim")
-    table.add_column("value", overflow="fold")
     model = report.get("model") or {}
     made = report.get("made_by") or {}
     rows = [
@@ -133,10 +123,8 @@ def render_info(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
         ("manifest", report.get("manifest")),
         ("metadata", report.get("metadata") or "none (a plain .npy: search needs --model for new images)"),
     ]
-    for key, value in rows:
-        if value is not None:
-            table.add_row(key, Text(shown(_plain(value))))  # a header from elsewhere may hold anything
-    stdout_console(stream).print(table)
+    shown_rows = [(key, _plain(value)) for key, value in rows if value is not None]  # escaped by the table
+    stdout_console(stream).print(key_value_table(report["path"], shown_rows))
 
 
 def _plain(value: Any) -> str:

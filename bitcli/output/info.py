@@ -8,11 +8,12 @@ from bitcli.output.escapes import shown
 from bitcli.util import human_bytes
 
 
-def _key_value_table(title: str, rows: list[tuple[str, Any]]) -> Any:
+def key_value_table(title: str, rows: list[tuple[str, Any]]) -> Any:
+    """A titled two-column table (field, value) for people; values as `_show` writes them."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(title, style="bold"), title_justify="left", show_header=False, show_edge=False)
+    table = Table(title=Text(shown(title), style="bold"), title_justify="left", show_header=False, show_edge=False)
     table.add_column("field", style="dim")
     table.add_column("value", overflow="fold")
     for key, value in rows:
@@ -77,7 +78,7 @@ def inspect_tables(report: dict[str, Any]) -> list[Any]:
     pre = report.get("preprocessing", {})
     labels = report.get("labels", {})
     tables = [
-        _key_value_table(
+        key_value_table(
             "Model",
             [
                 ("model", report.get("model")),
@@ -97,7 +98,7 @@ def inspect_tables(report: dict[str, Any]) -> list[Any]:
         files.add_row(Text(shown(f.get("name", ""))), format_size(f.get("size")))
     tables.append(files)
     tables.append(
-        _key_value_table(
+        key_value_table(
             "Architecture",
             [
                 ("variant", arch.get("name")),
@@ -119,7 +120,7 @@ def inspect_tables(report: dict[str, Any]) -> list[Any]:
         )
     )
     tables.append(
-        _key_value_table(
+        key_value_table(
             "Preprocessing",
             [
                 ("resize", pre.get("resize")),
@@ -131,7 +132,7 @@ def inspect_tables(report: dict[str, Any]) -> list[Any]:
         )
     )
     tables.append(
-        _key_value_table(
+        key_value_table(
             "Labels",
             [
                 ("count", report.get("num_labels")),

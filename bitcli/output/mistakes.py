@@ -10,8 +10,6 @@ special file is refused before the evaluation starts.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any, Iterable
 
 from bitcli.errors import BitError, UsageError
 from bitcli.output.escapes import csv_cell
-from bitcli.output.records import to_json
+from bitcli.output.records import csv_line, to_json
 from bitcli.util import NotRegularFile, open_regular, os_error_reason
 
 FIELDS = ("path", "true", "predicted", "score")
@@ -75,11 +73,7 @@ def mistake_lines(mistakes: Iterable[dict[str, Any]], fmt: str) -> Iterable[str]
         return
     yield ",".join(FIELDS)
     for m in mistakes:
-        row = [csv_cell(m["path"]), csv_cell(m["true"]), csv_cell(m["predicted"]), repr(m["score"])]
-        buffer = io.StringIO()
-        quoting = csv.QUOTE_ALL if any("\r" in str(cell) for cell in row) else csv.QUOTE_MINIMAL
-        csv.writer(buffer, lineterminator="\n", quoting=quoting).writerow(row)
-        yield buffer.getvalue().removesuffix("\n")
+        yield csv_line([csv_cell(m["path"]), csv_cell(m["true"]), csv_cell(m["predicted"]), repr(m["score"])])
 
 
 def write_mistakes(path: str | os.PathLike[str], mistakes: list[dict[str, Any]]) -> None:

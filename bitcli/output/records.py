@@ -7,9 +7,10 @@ csv and the json array reach stdout while a long run is still going.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-from typing import IO, Any, Protocol
+from typing import IO, Any, Iterable, Protocol
 
 from bitcli.output.escapes import csv_cell
 from bitcli.results import ClassifyResult
@@ -105,27 +106,32 @@ class JsonArrayRenderer:
         self.stream.flush()
 
 
+def csv_line(row: Iterable[Any]) -> str:
+    """One CSV row without its line end. The csv module quotes only the line terminator's
+    characters, so it would leave a lone "\\r" unquoted: a row with a "\\r" in a field is fully quoted."""
+    row = list(row)
+    buffer = io.StringIO()
+    quoting = csv.QUOTE_ALL if any("\r" in str(cell) for cell in row) else csv.QUOTE_MINIMAL
+    csv.writer(buffer, lineterminator="\n", quoting=quoting).writerow(row)
+    return buffer.getvalue().removesuffix("\n")
+
+
 class CsvRenderer:
     """`path,rank,index,label,score`, one row per prediction; failed inputs have no rows.
 
-    Rows end in "\\n", so the csv module would leave a lone "\\r" unquoted (it quotes only the
-    line terminator's characters): rows with a "\\r" in a field are written fully quoted. A path
-    or label that starts like a spreadsheet formula gets a leading `'` unless `raw`
+    A path or label that starts like a spreadsheet formula gets a leading `'` unless `raw`
     (`escapes.csv_cell`).
     """
 
     def __init__(self, stream: IO[str], *, raw: bool = False):
         self.stream = stream
         self.raw = raw
-        self.writer = csv.writer(stream, lineterminator="\n")
-        self.quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
-        self.writer.writerow(CSV_HEADER)
+        stream.write(csv_line(CSV_HEADER) + "\n")
 
     def write(self, result: ClassifyResult) -> None:
         for p in result.predictions:
             row = (csv_cell(result.path, self.raw), p.rank, p.index, csv_cell(p.label, self.raw), repr(p.score))
-            writer = self.quoted if "\r" in result.path or "\r" in p.label else self.writer
-            writer.writerow(row)
+            self.stream.write(csv_line(row) + "\n")
         self.stream.flush()
 
     def flush(self) -> None:

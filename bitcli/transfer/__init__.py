@@ -15,32 +15,15 @@ Exports are lazy so that importing the package does not import torch.
 
 from __future__ import annotations
 
-from typing import Any
+from bitcli.util import lazy_attributes, lazy_table
 
-_LAZY = {
-    "train": "bitcli.transfer.run",
-    "TrainOptions": "bitcli.transfer.run",
-    "TrainResult": "bitcli.transfer.run",
-    "Callbacks": "bitcli.transfer.run",
-    "prepare_data": "bitcli.transfer.run",
-    "FinetuneOptions": "bitcli.transfer.finetune",
-    "Plan": "bitcli.transfer.finetune",
-    "Progress": "bitcli.transfer.finetune",
-    "load_dataset": "bitcli.transfer.data",
-    "Dataset": "bitcli.transfer.data",
-    "DataError": "bitcli.transfer.data",
-    "Evaluation": "bitcli.transfer.evaluate",
-}
+_LAZY = lazy_table({
+    "bitcli.transfer.run": "train TrainOptions TrainResult Callbacks prepare_data",
+    "bitcli.transfer.finetune": "FinetuneOptions Plan Progress",
+    "bitcli.transfer.data": "load_dataset Dataset DataError",
+    "bitcli.transfer.evaluate": "Evaluation",
+})
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'bitcli.transfer' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

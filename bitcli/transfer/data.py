@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bitcli.errors import UsageError
-from bitcli.util import FileTooLarge, file_kind, first_line, human_bytes, read_capped
+from bitcli.util import FileTooLarge, file_kind, first_line, human_bytes, name_some, read_capped
 
 LIST_SUFFIXES = (".csv", ".jsonl")
 LIST_MAX_BYTES = 1 << 30  # a list of ten million rows of 100-byte paths
@@ -134,7 +134,7 @@ def reindex(dataset: Dataset, classes: Sequence[str]) -> Dataset:
     if unknown:
         raise DataError(
             f"{dataset.source}: class {unknown[0]!r} is not among the training classes "
-            f"({_some(list(classes))})"
+            f"({name_some(repr(name) for name in classes)})"
         )
     examples = [Example(e.path, position[dataset.classes[e.label]]) for e in dataset.examples]
     return replace(dataset, classes=list(classes), examples=examples)
@@ -301,8 +301,3 @@ def few_shot(dataset: Dataset, shots: int, seed: int = 0) -> Dataset:
         order = class_rng(seed, _SHOTS_STREAM, name).permutation(len(indices))
         chosen.extend(indices[i] for i in order[:shots])
     return dataset.subset(sorted(chosen))
-
-
-def _some(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

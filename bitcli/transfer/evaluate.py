@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from bitcli.util import name_some
+
 from .data import DataError, Dataset, load_dataset
 
 TOP_K = 5
@@ -88,10 +90,10 @@ def match_classes(data_classes: list[str], labels: list[str], synsets: list[str]
         else:
             unmatched.append(name)
     if unmatched:
-        shown = ", ".join(repr(n) for n in unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
         examples = ", ".join(repr(l) for l in labels[:3])
         raise DataError(
-            f"{len(unmatched)} of {len(data_classes)} data classes match no label of the model ({shown}); "
+            f"{len(unmatched)} of {len(data_classes)} data classes match no label of the model "
+            f"({name_some(repr(name) for name in unmatched)}); "
             f"name class folders after the model's labels (e.g. {examples}; `bit inspect` lists them)"
         )
     seen: dict[int, str] = {}

@@ -44,7 +44,7 @@ from bitcli.util import CONFIG_MAX_BYTES, read_capped
 
 from .backbone import HEAD_KEYS, BitConfig, PreprocessConfig, export_state_dict, transformers_config
 from .hyperrule import Resolution
-from .state import WriteFailed, save_tensors
+from .state import WriteFailed, save_tensors, write_text
 
 REPORT = "training_report.json"
 REPORT_MARKER = "bitcli_training_report"
@@ -111,13 +111,7 @@ def write_report(directory: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    try:
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-            file.flush()
-            os.fsync(file.fileno())  # a full disk fails here, not at some later close
-    except OSError as exc:
-        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(path.parent)) from exc
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def check_outdir(outdir: Path, *, overwrite: bool) -> None:

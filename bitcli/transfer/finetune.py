@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bitcli.errors import UsageError
-from bitcli.util import open_regular
+from bitcli.util import held_interrupt, open_regular
 
 from .backbone import Base, raw_weights, trainable_model
 from .data import DataError, Dataset
 from .hyperrule import BASE_BATCH, MOMENTUM, Resolution, make_rule, resolution
 from .sampler import Sampler
-from .state import STATE_INFO, Session, deferred_interrupt, restore, save
+from .state import STATE_INFO, Session, restore, save
 
 _AREA_SAMPLE = 200
 _TRAINING_MEMORY_FACTOR = 10  # stored activations per block, relative to its output (an estimate)
@@ -264,7 +264,7 @@ class Finetuner:
                 loss_sum += self._micro_step(x, y, step, micro, len(offsets), sampler)
                 if offsets.stop < self.rule.batch_size:
                     continue
-                with deferred_interrupt():  # weights, momentum and step change together or not at all
+                with held_interrupt():  # weights, momentum and step change together or not at all
                     optimizer.step()
                     session.step = step + 1
                     session.losses.append(loss_sum / self.rule.batch_size)
@@ -286,7 +286,7 @@ class Finetuner:
                     on_progress(Progress(session.step, self.rule.steps, session.losses[-1],
                                          float(optimizer.param_groups[0]["lr"]), now - started, eta, len(sampler.bad)))
         except KeyboardInterrupt:
-            # Consistent: an interrupt during the update is delivered after it (state.deferred_interrupt).
+            # Consistent: an interrupt during the update is delivered after it (util.held_interrupt).
             if self.state_dir is not None and session.step > start:
                 self._save(optimizer, session, sampler)
             raise

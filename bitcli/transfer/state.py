@@ -16,10 +16,8 @@ import errno
 import json
 import os
 import re
-import signal
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,18 +101,23 @@ def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     try:
         directory.mkdir(parents=True, exist_ok=True)
         _atomic(directory / STATE_WEIGHTS, lambda path: save_tensors(tensors, path))
-        _atomic(directory / STATE_INFO, lambda path: _write_text(path, json.dumps(info)))
+        _atomic(directory / STATE_INFO, lambda path: write_text(path, json.dumps(info)))
     except WriteFailed:
         raise
     except OSError as exc:
         raise WriteFailed(exc.errno, exc.strerror or str(exc), str(directory)) from exc
 
 
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
+def write_text(path: str | Path, text: str) -> None:
+    """`text` into `path`, synced (a full disk fails here, not at some later close); a failure is
+    WriteFailed naming the file's folder."""
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as exc:
+        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(Path(path).parent)) from exc
 
 
 def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -141,22 +144,6 @@ def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
         step=int(info["step"]), losses=list(info["losses"]),
         bad={int(k): str(v) for k, v in info.get("bad", {}).items()}, seconds=float(info["seconds"]),
     )
-
-
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:

@@ -24,7 +24,8 @@ from timm.layers import StdConv2d  # noqa: E402
 from torchvision import transforms as tv  # noqa: E402
 
 from bitcli.checkpoint import load_model  # noqa: E402
-from bitcli.checkpoint.npz import npz_preprocess, to_npz_arrays  # noqa: E402
+from bitcli.checkpoint.npz import npz_preprocess  # noqa: E402
+from checkpoints import to_npz_arrays  # noqa: E402
 from bitcli.checkpoint.timm import convert_timm_state_dict  # noqa: E402
 
 TOLERANCE = 1e-4
