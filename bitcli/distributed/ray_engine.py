@@ -51,7 +51,7 @@ from bitcli.distributed.seams import (
     UsageError,
     check_output,
     read_lines,
-    write_bytes_atomic,
+    write_atomic,
     files_problem,
     inputs_digest,
     read_run_record,
@@ -212,7 +212,7 @@ def _write_run_record(shard_dir: Path, split: Split, job: EmbedJob, *, resume: b
                 f"{shard_dir} was made with different settings ({describe_difference(earlier, record)}); "
                 "resume with the same model and options, or pass --overwrite to start over"
             )
-    write_bytes_atomic(path, [(json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8")])
+    write_atomic(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPaths, job: EmbedJob) -> EmbedSummary:

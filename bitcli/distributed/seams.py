@@ -13,14 +13,14 @@ from bitcli.errors import BitError, InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
 from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.assembly import Assembly
-from bitcli.store.files import fsync_dir, npy_header, read_lines, write_atomic, write_bytes_atomic
+from bitcli.store.files import npy_header, read_lines
 from bitcli.store.journal import files_problem, inputs_digest, read_run_record, run_state
 from bitcli.store.metadata import FileIdentity, identify_all, metadata_for
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, unescape_error_path, writing
 from bitcli.store.publish import recover
 from bitcli.store.settings import describe_difference as settings_difference
 from bitcli.store.writer import EmbedSummary
-from bitcli.util import first_line, name_some
+from bitcli.util import encode_lines, first_line, fsync_dir, name_some, write_atomic
 
 __all__ = [
     "Assembly",
@@ -32,6 +32,7 @@ __all__ = [
     "RunOptions",
     "UsageError",
     "check_output",
+    "encode_lines",
     "escape_error_path",
     "FileIdentity",
     "expand_inputs",
@@ -51,6 +52,5 @@ __all__ = [
     "settings_difference",
     "unescape_error_path",
     "write_atomic",
-    "write_bytes_atomic",
     "writing",
 ]

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from bitcli.distributed.seams import InputError, InputItem, UsageError, write_atomic
+from bitcli.distributed.seams import InputError, InputItem, UsageError, encode_lines, write_atomic
 
 DEFAULT_SHARD_IMAGES = 1024  # inputs per shard, rounded up to whole batches
 
@@ -178,5 +178,5 @@ def spool_inputs(
             size, count = size + len(line) + 1, count + 1
             yield line
 
-    write_atomic(path, lines())
+    write_atomic(path, encode_lines(lines()))
     return InputSpool(path, Split(batch_size, shard_size, count, digest.hexdigest()), tuple(offsets))

@@ -15,12 +15,12 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-from bitcli.util import read_capped
+from bitcli.util import fsync_dir, read_capped, write_synced
 
 STATE = "state.json"
 DATA = "data.npy"
@@ -70,109 +70,9 @@ def copy_to_stream(source: IO[bytes], stream: IO[bytes]) -> None:
     stream.flush()
 
 
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_lines(path: Path, lines: Iterable[str]) -> int:
-    """Write text lines to `path` (a staged name: replaced if there), fsync; the bytes written.
-
-    Non-UTF-8 file names (surrogates, as `os` decodes them) are written as their original bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~_umask())
-    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
-        for line in lines:
-            fh.write(line)
-            fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-        return fh.buffer.tell()
-
-
-def write_binary(path: Path, write: Callable[[IO[bytes]], None]) -> int:
-    """Write `path` (a staged name: replaced if there, never through a link) with `write(fh)`, an
-    unbuffered binary file (so `os.copy_file_range` may write at its position), fsync; its size."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~_umask())
-    with os.fdopen(fd, "wb", buffering=0) as fh:
-        write(fh)
-        os.fsync(fh.fileno())
-        return os.fstat(fh.fileno()).st_size
-
-
 def staged_name(path: Path) -> Path:
     """Where `path` is written before the rename that publishes it (`.NAME.bitcli.tmp`)."""
     return path.with_name(f".{path.name}{STAGED_SUFFIX}")
-
-
-def write_chunks(path: Path, chunks: Iterable[bytes]) -> int:
-    """Write `chunks` to `path` (a staged or temporary name: replaced if there, never followed
-    if a link), fsync; the bytes written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~_umask())
-    with os.fdopen(fd, "wb") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
-        fh.flush()
-        os.fsync(fh.fileno())
-        return fh.tell()
-
-
-def write_bytes_atomic(path: Path, chunks: Iterable[bytes]) -> None:
-    """`chunks` at `path` through a temporary name in the same folder and a rename (whole or absent)."""
-    _write_through_temporary(path, lambda tmp: write_chunks(tmp, chunks))
-    fsync_dir(path.parent)
-
-
-def write_file_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """`write(fh)` at `path` through a temporary name in the same folder, fsync and a rename
-    (whole or absent): for files written by a library (`np.savez`)."""
-    _write_through_temporary(path, lambda tmp: write_binary(tmp, write))
-    fsync_dir(path.parent)
-
-
-def write_atomic(path: Path, lines: Iterable[str]) -> None:
-    """Text lines at `path` through a temporary name in the same folder and a rename (whole or absent)."""
-    _write_through_temporary(path, lambda tmp: write_lines(tmp, lines))
-
-
-def _write_through_temporary(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` to a temporary name beside `path`, then rename it over `path`; removed on failure."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any, tmp: Path) -> None:
-    """`data` as JSON at `path`, through `tmp` and a rename (so `path` is whole or absent)."""
-    write_synced(tmp, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def read_json_record(path: Path) -> dict[str, Any] | None:
@@ -185,7 +85,7 @@ def read_json_record(path: Path) -> dict[str, Any] | None:
 
 
 def read_lines(path: Path) -> list[str]:
-    """The lines `write_lines` wrote (split on "\\n" only: a path may hold other separators)."""
+    """The lines `encode_lines` wrote (split on "\\n" only: a path may hold other separators)."""
     text = path.read_text(encoding="utf-8", errors="surrogateescape")
     return text.removesuffix("\n").split("\n") if text else []
 

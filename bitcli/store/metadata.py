@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from bitcli.errors import UsageError
 from bitcli.store.settings import EmbedSettings
-from bitcli.store.files import fsync_dir, staged_name, write_chunks
-from bitcli.util import open_regular, read_capped
+from bitcli.store.files import staged_name
+from bitcli.util import fsync_dir, open_regular, read_capped, write_synced
 
 if TYPE_CHECKING:
     from bitcli.store.paths import EmbedPaths
@@ -255,13 +255,13 @@ def stage_metadata(
 
     staged = {"files": staged_name(paths.files), "meta": staged_name(paths.meta)}
     try:
-        write_chunks(staged["files"], lines())
+        write_synced(staged["files"], lines())
         if count != meta.rows:
             raise ValueError(f"{count} file identities given for {meta.rows} rows")
         meta.files = _relative_name(paths.files, paths.meta)
         meta.files_sha256 = sha.hexdigest()
         header = json.dumps(meta.to_dict(), indent=1, ensure_ascii=True) + "\n"
-        write_chunks(staged["meta"], [header.encode("ascii")])
+        write_synced(staged["meta"], header.encode("ascii"))
     except BaseException:
         for path in staged.values():
             path.unlink(missing_ok=True)

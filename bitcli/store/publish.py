@@ -25,21 +25,8 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
 from bitcli.errors import UsageError
-from bitcli.store.files import (
-    DATA,
-    LOCK,
-    PUBLISH,
-    PUBLISH_TMP,
-    fsync_dir,
-    is_regular,
-    read_json_record,
-    remove_partial,
-    take_lock,
-    write_binary,
-    write_json_atomic,
-    write_lines,
-    write_synced,
-)
+from bitcli.store.files import DATA, LOCK, PUBLISH, PUBLISH_TMP, is_regular, read_json_record, remove_partial, take_lock
+from bitcli.util import encode_lines, fsync_dir, write_atomic, write_synced
 from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, stage_metadata
 from bitcli.store.paths import EmbedPaths, check_replaceable, writing
 
@@ -54,7 +41,8 @@ def commit_publication(partial: Path, moves: list[tuple[Path, Path]], removals: 
         "remove": [os.path.abspath(path) for path in removals],
     }
     with writing(moves[0][1] if moves else partial):
-        write_json_atomic(partial / PUBLISH, record, partial / PUBLISH_TMP)
+        record_bytes = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8")
+        write_atomic(partial / PUBLISH, record_bytes, temporary=partial / PUBLISH_TMP)
 
 
 def roll_forward(partial: Path) -> bool:
@@ -187,18 +175,19 @@ class StagedSet:
         self._committed = False
 
     def lines(self, role: str, lines: Iterable[str]) -> None:
-        """Stage text lines as `role` (`files.write_lines`: non-UTF-8 names survive)."""
+        """Stage text lines as `role` (`util.encode_lines`: non-UTF-8 names survive)."""
         target = self.paths.set_files()[role]
         with writing(target):
             self.staged[role] = self.paths.staged(target)
-            self.sizes[role] = write_lines(self.staged[role], lines)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.sizes[role] = write_synced(self.staged[role], encode_lines(lines))
 
     def file(self, role: str, write: Callable[[IO[bytes]], None]) -> None:
         """Stage `role` through `write(fh)` (an unbuffered binary file, synced after it)."""
         target = self.paths.set_files()[role]
         with writing(target):
             self.staged[role] = self.paths.staged(target)
-            self.sizes[role] = write_binary(self.staged[role], write)
+            self.sizes[role] = write_synced(self.staged[role], write)
 
     def sidecar(self, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]) -> None:
         """Stage the metadata sidecar (`metadata.py`): the row file (`rows`: each row's path and

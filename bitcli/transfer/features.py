@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from bitcli.inputs import InputItem
-from bitcli.store.files import write_file_atomic
 from bitcli.store.settings import EmbedSettings
+from bitcli.util import write_atomic
 
 CHUNK_PREFIX = "chunk-"
 _MERGE_ABOVE = 16  # chunks: merged into one when a folder holds more
@@ -88,9 +88,9 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         info = self.dir / "model.json"
         if not info.exists():
-            write_file_atomic(info, lambda f: f.write(json.dumps(self.model_key, indent=2, default=str).encode()))
+            write_atomic(info, json.dumps(self.model_key, indent=2, default=str).encode())
         arrays = {"keys": np.array(keys), "vectors": np.asarray(vectors, dtype=np.float32)}
-        write_file_atomic(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npz", lambda f: np.savez(f, **arrays))
+        write_atomic(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npz", lambda f: np.savez(f, **arrays))
         if len(self._chunks()) > _MERGE_ABOVE:
             self._merge()
 
@@ -104,7 +104,7 @@ class FeatureCache:
         table = self.load()
         keys = list(table)
         arrays = {"keys": np.array(keys), "vectors": np.stack([table[k] for k in keys])}
-        write_file_atomic(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npz", lambda f: np.savez(f, **arrays))
+        write_atomic(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npz", lambda f: np.savez(f, **arrays))
         for chunk in old:
             chunk.unlink(missing_ok=True)
 
