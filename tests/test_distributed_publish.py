@@ -34,7 +34,7 @@ from relhelpers import (
 )
 
 from bitcli.distributed import Split, combine, run_shards
-from bitcli.distributed.shardfiles import write_shard
+from bitcli.distributed.shards import write_shard
 from bitcli.errors import UsageError
 from bitcli.inputs import expand_inputs
 from bitcli.store import Assembly, EmbedPaths, recover

@@ -42,25 +42,19 @@ import numpy as np
 
 from bitcli.distributed.combine import OnFailure, assemble, find_shards, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
-from bitcli.distributed.seams import (
-    Assembly,
-    EmbedPaths,
-    EmbedSummary,
-    InputError,
-    InputItem,
-    UsageError,
-    check_output,
-    read_lines,
-    write_atomic,
-    files_problem,
-    inputs_digest,
-    read_run_record,
-    recover,
+from bitcli.distributed.shards import (
+    Split, default_shard_size, describe_difference, finished_shards, make_shard_dir, remove_directory, shard_outputs,
+    spool_inputs,
 )
-from bitcli.distributed.shardfiles import (
-    describe_difference, finished_shards, make_shard_dir, remove_directory, remove_temporary, shard_folders,
-)
-from bitcli.distributed.shards import Split, default_shard_size, spool_inputs
+from bitcli.errors import InputError, UsageError
+from bitcli.inputs import InputItem
+from bitcli.store.assembly import Assembly
+from bitcli.store.files import read_lines
+from bitcli.store.journal import files_problem, inputs_digest, read_run_record
+from bitcli.store.paths import EmbedPaths, check_output
+from bitcli.store.publish import recover
+from bitcli.store.writer import EmbedSummary
+from bitcli.util import write_atomic
 from bitcli.distributed.worker import EmbedJob, OnProgress, report_progress
 
 INPUTS_FILE = "inputs.jsonl"
@@ -108,7 +102,6 @@ def embed_on_ray(
             split = spool.split
             _write_run_record(shard_dir, split, job, resume=resume)
             done = finished_shards(shard_dir, split)
-            remove_temporary(shard_dir)
             todo = [i for i in range(split.shards) if i not in done]
             if todo:
                 with connect(ray, options) as ray:
@@ -116,7 +109,7 @@ def embed_on_ray(
             else:
                 report_progress(progress, split, done.values())
         except BaseException:
-            if not shard_folders(shard_dir):  # nothing finished worth a --resume: leave no directory
+            if not shard_outputs(shard_dir, partial=True):  # nothing worth a --resume: leave no directory
                 _remove(shard_dir)
             raise
         shards = plan(find_shards([shard_dir]), [shard_dir], split=split)
@@ -179,7 +172,7 @@ def _prepare(shard_dir: Path, paths: EmbedPaths, *, resume: bool, overwrite: boo
         raise UsageError(
             f"{paths.out}: an interrupted run left {shard_dir}; pass --resume to continue it or --overwrite to start over"
         )
-    if resume and not overwrite and shard_folders(shard_dir) and not (shard_dir / RUN_FILE).exists():
+    if resume and not overwrite and shard_outputs(shard_dir) and not (shard_dir / RUN_FILE).exists():
         # Shards of `--shard I/N` jobs: the driver, which never loads the model, cannot check
         # which model made them, so it neither keeps them nor publishes them as this job's.
         raise UsageError(

@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from bitcli.distributed.seams import BitError, InputError, UsageError, first_line
-from bitcli.distributed.shardfiles import describe_difference, inputs_in_flight
-from bitcli.distributed.shards import InputSpool, ShardInputs, ShardMismatchError, Split
+from bitcli.distributed.shards import InputSpool, ShardInputs, ShardMismatchError, Split, describe_difference, inputs_in_flight
+from bitcli.errors import BitError, InputError, UsageError
+from bitcli.util import first_line
 from bitcli.distributed.worker import EmbedJob, OnProgress, ShardWorker, report_progress
 
 INSTALL_HINT = "pip install 'bitcli[ray]'"

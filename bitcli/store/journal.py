@@ -95,9 +95,11 @@ def decode_identity(value: list | None) -> FileIdentity | None:
     return FileIdentity(int(size), int(mtime_ns), None if sha256 is None else str(sha256))
 
 
-def run_state(dim: int, dtype: str, fingerprint: dict[str, Any], inputs: Sequence[str] | None) -> dict[str, Any]:
+def run_state(
+    dim: int, dtype: str, fingerprint: dict[str, Any], inputs: Sequence[str] | None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What produced the rows: compared on --resume (JSON round trip: tuples equal lists)."""
-    state = {"version": RECORD_VERSION, "dim": dim, "dtype": dtype, "fingerprint": fingerprint,
+    state = {**(extra or {}), "version": RECORD_VERSION, "dim": dim, "dtype": dtype, "fingerprint": fingerprint,
              "inputs": inputs_digest(inputs)}
     return json.loads(json.dumps(state))
 
@@ -156,17 +158,18 @@ def finished_problem(paths: "EmbedPaths", state: dict[str, Any], rows_dtype) -> 
     return files_problem(paths, record, state["dim"], rows_dtype)
 
 
-def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dtype) -> str | None:
+def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dtype, *, places: bool = True) -> str | None:
     """Why the files of a finished output are not the ones its run record lists (None: they are).
 
     Every file of the set (`EmbedPaths.set_files`) has the size the record gives, or is absent
-    when the record lists none; the array's header holds the recorded rows of `dim` `rows_dtype`.
+    when the record lists none (and, with `places`, the path it gives); the array's header holds
+    the recorded rows of `dim` `rows_dtype`.
     """
     for role, path in paths.set_files().items():
         if role == "record":
             continue
         want = (record.get("files") or {}).get(role)
-        if role != "array" and want is not None and os.path.abspath(path) != want.get("path"):
+        if places and role != "array" and want is not None and os.path.abspath(path) != want.get("path"):
             return f"it was made with its {role} at {want.get('path')}"
         if file_size(path) != (None if want is None else want.get("size")):
             return f"its {role} changed since it was made"
