@@ -174,7 +174,7 @@ def test_a_job_rerun_needs_resume_and_then_skips_its_finished_shards(ckpt, photo
     assert again.ran == [4] and again.skipped == [0, 2]
     assert (shard_dir / "shard-000002.npy").stat().st_mtime_ns == stamp
     remove_shard(shard_dir, 4)  # something to do, with other options than shards 0 and 2
-    with pytest.raises(ShardMismatchError, match="normalize: False in it, True in this run"):
+    with pytest.raises(ShardMismatchError, match="normalize False in it, True in this run"):
         run_job(ckpt, photos, shard_dir, (0, 2), resume=True, job=job(ckpt, normalize=True))
     with pytest.raises(ShardMismatchError, match="inputs changed"):  # these shards are of another list
         run_shards(expand_inputs([str(photos)]), shard_dir, job(ckpt), selection=(0, 2), shard_size=SHARD, resume=True)
