@@ -120,7 +120,7 @@ def test_a_killed_combine_is_named_to_a_plain_bit_embed_not_sent_to_resume(ckpt,
     make_photos(tmp_path / "photos")
     killed = "\n".join([  # a combine killed after opening the output: its partial folder, lock released
         "import os, sys; from pathlib import Path",
-        "from bitcli.store import EmbedPaths; from bitcli.store.assembly import Assembly",
+        "from bitcli.store import EmbedPaths; from bitcli.store.publish import Assembly",
         "Assembly(EmbedPaths.for_output(Path('out.npy')), by='bit combine'); os._exit(0)",
     ])
     assert subprocess.run([sys.executable, "-c", killed], cwd=tmp_path).returncode == 0

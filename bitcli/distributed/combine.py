@@ -25,7 +25,7 @@ from bitcli.distributed.shards import (
     read_shard, shard_outputs,
 )
 from bitcli.errors import UsageError
-from bitcli.store.assembly import Assembly
+from bitcli.store.publish import Assembly
 from bitcli.store.files import npy_header
 from bitcli.store.journal import run_state
 from bitcli.store.metadata import metadata_for

@@ -48,7 +48,7 @@ from bitcli.distributed.shards import (
 )
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
-from bitcli.store.assembly import Assembly
+from bitcli.store.publish import Assembly
 from bitcli.store.files import read_lines
 from bitcli.store.journal import files_problem, inputs_digest, read_run_record
 from bitcli.store.paths import EmbedPaths, check_output

@@ -7,7 +7,7 @@ re-embedded), and memory stays proportional to the input list.
 The run record (`.OUT.npy.run.json`, published with the output) keeps what the partial
 directory's `state.json` said (model, dtype, options, input digest) plus the row and failure
 counts and the size of each file of the set, so `--resume` of a finished output checks it as
-strictly as an unfinished one. An output assembled from shards (`assembly.py`) gets the same
+strictly as an unfinished one. An output assembled from shards (`publish.Assembly`) gets the same
 record, from the shards' fingerprint and input digest; `--engine ray` adds its job (the model as
 given and the options), which is what its driver can compare without loading the model.
 """
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 JOURNAL_LINE_MAX = 64 << 20  # one batch's paths and errors; a longer line is damage
 RECORD_VERSION = 1
-ASSEMBLY = "assembly"  # in state.json: the partial directory is assembled from shards (assembly.py)
+ASSEMBLY = "assembly"  # in state.json: the partial directory is assembled from shards (publish.Assembly)
 
 
 @dataclass
@@ -131,7 +131,7 @@ def file_size(path: Path | None) -> int | None:
 
 def assembled_by(state: dict[str, Any] | None) -> str | None:
     """The command assembling the output in a partial directory whose `state.json` is `state`
-    (`assembly.py`), or None for a local run's."""
+    (`publish.Assembly`), or None for a local run's."""
     who = (state or {}).get(ASSEMBLY)
     return str(who) if who else None
 
