@@ -95,6 +95,15 @@ def identify(path: str, *, content_hash: bool = False) -> FileIdentity:
     return FileIdentity(size=info.st_size, mtime_ns=info.st_mtime_ns, sha256=digest)
 
 
+def still_embedded(path: str, recorded: FileIdentity | None) -> bool:
+    """Whether the file at `path` is still the one `recorded` describes: its size and mtime, and
+    its content's sha256 where one was recorded (None: never identified, so not). Raises OSError."""
+    if recorded is None:
+        return False
+    now = identify(path, content_hash=recorded.sha256 is not None)
+    return recorded.same_stat(now) and now.sha256 == recorded.sha256
+
+
 def identify_all(paths: Iterable[str], *, content_hash: bool = False) -> dict[str, FileIdentity | None]:
     """Each distinct path's identity now (None when it cannot be read: embedding will say why)."""
     found: dict[str, FileIdentity | None] = {}
