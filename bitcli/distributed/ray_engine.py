@@ -1,34 +1,18 @@
 """`bit embed --engine ray`: the run a local `bit embed` makes, computed on a Ray cluster.
 
-The driver (this process) lists the inputs once, streaming them into `inputs.jsonl` in the shard
-directory (`OUT.npy.shards/` beside the output, or `shard_dir`), and cuts the list into shards
-of whole batches (`shards.py`). Ray Data runs the unfinished shards through `map_batches` with
-a fixed pool of actors (`ActorPoolStrategy`): each actor loads the model once through
-`bitcli.load` (on a GPU with `num_gpus_per_worker`), reads its shard's entries from the list,
-embeds them with the local pipeline and publishes the shard folder atomically. The driver only
-sees one small row per finished shard (its counts), reports progress, and at the end assembles
-the shards into `OUT.npy`, the manifest, the error list, the metadata sidecar and the run
-record (`combine.py`), published as one set the local run's way, then removes the shard
-directory. From start to end
-the driver holds the output's partial folder (`store.Assembly`): a second run on the output,
-local or Ray, is refused while it runs.
+The driver (this process) holds the output's partial folder (`store.Assembly`) from start to
+end, so a second run on the output is refused. It streams the inputs into `inputs.jsonl` in the
+shard directory (`OUT.npy.shards/`, or `shard_dir`), cuts the list into shards of whole batches
+(`shards.py`) and runs the unfinished ones on a Ray Data actor pool (`ray_pool.py`): each actor
+loads the model once and writes its shards as collections. The driver then concatenates the
+shards (`combine.py`) and removes the shard directory. Workers read and write the shard
+directory themselves, so it (and the images) must be the same path on every node: a single
+machine, or a shared POSIX filesystem. Relative input paths are the driver's.
 
-Where the files live. Workers read `inputs.jsonl` and write the shard folders themselves, so
-the shard directory must be the same path on every node: any directory on a single machine (a
-local cluster), or a shared POSIX filesystem (NFS, Lustre, CephFS, ...) mounted at the same path
-on every node of a cluster, and so must the images. Object stores (s3://) are not supported.
-Relative input paths are resolved from the driver's working directory, which workers enter.
-
-Crashes. A worker that dies mid-shard leaves at most a temporary `.shard-*` folder; a new pool
-runs the shards still missing. When the driver dies, its actors go with it; `--resume` re-lists
-the inputs, checks them and the options against `run.json`, and runs only the shards without a
-folder. `--resume` of a finished output (no shard directory left) checks its run record as a
-local run does: the same inputs, the same job (model, options, `--normalize`, `--dtype`), the
-files as they were published; it exits as the finished run did.
-
-The cluster: `address` (`--ray-address`), else Ray's own `RAY_ADDRESS`, else a new local
-cluster on this machine (never silently the last cluster some other program started here: pass
-`auto` for that). A program that already called `ray.init` keeps its connection.
+`--resume` re-lists the inputs, checks them and the job against `run.json`, and runs only the
+shards not finished (a partial one continues). `--resume` of a finished output checks its run
+record as a local run does. The cluster: `--ray-address`, else `RAY_ADDRESS`, else a new local
+one (`auto` for the last one started here); a program that called `ray.init` keeps its own.
 """
 
 from __future__ import annotations
