@@ -38,7 +38,7 @@ from bitcli.distributed.shards import write_shard
 from bitcli.errors import UsageError
 from bitcli.inputs import expand_inputs
 from bitcli.store import Assembly, EmbedPaths, recover
-from bitcli.store.journal import files_problem, inputs_digest
+from bitcli.store.files import files_problem, inputs_digest
 
 DIM = 4
 FINGERPRINT = {"model": "test", "dtype": "float32"}

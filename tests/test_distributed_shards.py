@@ -26,7 +26,7 @@ from bitcli.distributed import (
 )
 from bitcli.distributed.shards import selected, spool_inputs
 from bitcli.store import EmbedPaths
-from bitcli.store.journal import inputs_digest
+from bitcli.store.files import inputs_digest
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
 

@@ -27,7 +27,7 @@ from bitcli.distributed.shards import (
 from bitcli.errors import UsageError
 from bitcli.store.publish import Assembly
 from bitcli.store.files import npy_header
-from bitcli.store.journal import run_state
+from bitcli.store.files import run_state
 from bitcli.store.metadata import metadata_for
 from bitcli.store.paths import EmbedPaths, writing
 from bitcli.store.writer import EmbedSummary

@@ -34,7 +34,7 @@ from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
 from bitcli.store.publish import Assembly
 from bitcli.store.files import read_lines
-from bitcli.store.journal import files_problem, inputs_digest, read_run_record
+from bitcli.store.files import files_problem, inputs_digest, read_run_record
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary

@@ -37,7 +37,7 @@ import numpy as np
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
 from bitcli.store.files import JOURNAL, read_json_record, read_lines, remove_partial, take_lock
-from bitcli.store.journal import files_problem, read_journal
+from bitcli.store.files import files_problem, read_journal
 from bitcli.store.metadata import FileIdentity, read_file_rows, read_metadata
 from bitcli.store.paths import EmbedPaths, unescape_error_path
 from bitcli.store.settings import describe_difference as settings_difference
@@ -70,7 +70,7 @@ class Split:
     batch_size: int
     shard_size: int
     entries: int = 0
-    inputs: str = ""  # sha256 of the ordered input paths (`store.journal.inputs_digest`)
+    inputs: str = ""  # sha256 of the ordered input paths (`store.files.inputs_digest`)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -189,7 +189,7 @@ def spool_inputs(
                 offsets.append(size)
             record = [entry.path] if isinstance(entry, InputItem) else [entry.path, entry.reason]
             line = json.dumps(record, ensure_ascii=True)  # ASCII: its length is its size in bytes
-            # The same digest as `store.journal.inputs_digest` (pinned by a test), computed as we go.
+            # The same digest as `store.files.inputs_digest` (pinned by a test), computed as we go.
             digest.update(entry.path.encode("utf-8", "surrogateescape") + b"\0")
             size, count = size + len(line) + 1, count + 1
             yield line

@@ -3,8 +3,9 @@
     settings.py EmbedSettings: the one record of what made the rows, compared by every check
     paths.py    EmbedPaths (every file a run writes), check_output (what is refused, before any
                 work), write_errors (a failed write as one line naming the output)
-    files.py    .npy headers, staged names, the partial directory's files and its lock
-    journal.py  the journal of committed batches; the record of a finished run
+    files.py    the partial run on disk: .npy headers, staged names, the partial directory's
+                files and lock, the journal of committed batches, each row's FileIdentity, the
+                finished run's record
     metadata.py the sidecar (OUT.meta.json, OUT.files.jsonl): settings, each row's file identity
     publish.py  StagedSet: the set (array, manifest, error list, sidecar, run record) published
                 through one commit record, `recover` completing an interrupted one; Assembly:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from bitcli.errors import UsageError
 from bitcli.store.settings import EmbedSettings
-from bitcli.store.files import staged_name
+from bitcli.store.files import FileIdentity, staged_name
 from bitcli.util import fsync_dir, open_regular, read_capped, write_synced
 
 if TYPE_CHECKING:
@@ -58,24 +58,6 @@ class SidecarPaths:
         out = Path(out)
         stem = out.with_suffix("") if out.suffix in (".npy", ".txt") else out
         return cls(meta=stem.with_name(stem.name + ".meta.json"), files=stem.with_name(stem.name + ".files.jsonl"))
-
-
-@dataclass(frozen=True)
-class FileIdentity:
-    """What a row's file was when it was embedded: size, modification time, optional sha256."""
-
-    size: int
-    mtime_ns: int
-    sha256: str | None = None
-
-    def to_dict(self, path: str) -> dict[str, Any]:
-        record: dict[str, Any] = {"path": path, "size": self.size, "mtime_ns": self.mtime_ns}
-        if self.sha256 is not None:
-            record["sha256"] = self.sha256
-        return record
-
-    def same_stat(self, other: "FileIdentity") -> bool:
-        return self.size == other.size and self.mtime_ns == other.mtime_ns
 
 
 def identify(path: str, *, content_hash: bool = False) -> FileIdentity:

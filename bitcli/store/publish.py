@@ -33,10 +33,9 @@ from typing import IO, Any, Callable, Iterable
 
 from bitcli.errors import UsageError
 from bitcli.store.files import (
-    DATA, LOCK, PUBLISH, PUBLISH_TMP, STATE, is_regular, lock_holder, make_partial, read_json_record, remove_partial,
-    take_lock,
+    ASSEMBLY, DATA, LOCK, PUBLISH, PUBLISH_TMP, RECORD_VERSION, STATE, assembled_by, is_regular, lock_holder,
+    make_partial, read_json_record, remove_partial, take_lock,
 )
-from bitcli.store.journal import ASSEMBLY, RECORD_VERSION, assembled_by
 from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, stage_metadata
 from bitcli.store.paths import EmbedPaths, check_output, check_own_partial, check_replaceable, writing
 from bitcli.util import encode_lines, fsync_dir, write_atomic, write_synced
@@ -173,7 +172,7 @@ class StagedSet:
     `partial` holds the array (`data.npy`, written by the caller; None when it was streamed).
     `lines` and `file` stage a file of the set by role (`EmbedPaths.set_files`), `sidecar` the
     metadata sidecar's two files (row file and header, in that order); `record` stages
-    the run record, which lists every staged file's size for a strict `--resume` (`journal.py`);
+    the run record, which lists every staged file's size for a strict `--resume` (`files.py`);
     `publish` commits and renames. A new file of the set is one more `lines` / `file` call.
     """
 

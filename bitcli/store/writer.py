@@ -17,12 +17,9 @@ import numpy as np
 
 from bitcli.errors import UsageError
 from bitcli.store.files import (
-    DATA, JOURNAL, STATE, copy_to_stream, make_partial, npy_header, partial_problem, read_json_record,
-    remove_partial, take_lock,
-)
-from bitcli.store.journal import (
-    Journal, assembled_by, check_same_update, describe_difference, encode_identity, finished_problem, read_journal,
-    run_state,
+    DATA, JOURNAL, STATE, Journal, assembled_by, check_same_update, copy_to_stream, describe_difference,
+    encode_identity, finished_problem, make_partial, npy_header, partial_problem, read_journal, read_json_record,
+    remove_partial, run_state, take_lock,
 )
 from bitcli.store.metadata import FileIdentity, metadata_for
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, writing
