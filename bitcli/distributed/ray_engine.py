@@ -34,7 +34,7 @@ from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
 from bitcli.store.publish import Assembly
 from bitcli.store.files import read_lines
-from bitcli.store.files import files_problem, inputs_digest, read_run_record
+from bitcli.store.files import finished_problem, inputs_digest, read_run_record
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary
@@ -194,10 +194,15 @@ def _write_run_record(shard_dir: Path, split: Split, job: EmbedJob, *, resume: b
 
 def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPaths, job: EmbedJob) -> EmbedSummary:
     """`--resume` of a finished output: nothing to do if its run record says this job made it
-    from these inputs and its files are as published (a local run's checks); else UsageError."""
-    record, problem = read_run_record(paths)
-    if record is not None:
-        problem = _finished_problem(record, entries, paths, job)
+    from these inputs and its files are as published (a local run's checks); else UsageError.
+    A local run's or bit combine's record names the model as loaded (a resolved path or commit,
+    the device, the kernels), which this driver cannot know without loading it."""
+    record, _ = read_run_record(paths)
+    if record is not None and not isinstance(record.get("job"), dict):
+        problem = "it was not made by --engine ray, whose record names the model as given; resume it with --engine local"
+    else:
+        mine = {"job": _settings(job), "inputs": inputs_digest(entry.path for entry in entries)}
+        problem = finished_problem(paths, mine, np.dtype(job.dtype).newbyteorder("<"))
     if problem:
         raise UsageError(f"{paths.out}: {problem}; pass --overwrite to redo it")
     failed = int(record.get("failed") or 0)
@@ -205,17 +210,3 @@ def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPat
         rows=0, dim=int(record.get("dim") or 0), dtype=str(record.get("dtype")), failed=failed, out=paths.out,
         manifest=paths.manifest, errors_file=paths.errors if failed else None, already_complete=True,
     )
-
-
-def _finished_problem(record: dict[str, Any], entries: Iterable[Any], paths: EmbedPaths, job: EmbedJob) -> str | None:
-    """Why the finished output in `paths` (run record `record`) is not what `job` would make."""
-    theirs, mine = record.get("job"), _settings(job)
-    if not isinstance(theirs, dict):
-        # A local run's or bit combine's record names the model as loaded (a resolved path or
-        # commit, the device, the kernels), which this driver cannot know without loading it.
-        return "it was not made by --engine ray, whose record names the model as given; resume it with --engine local"
-    if theirs != mine:
-        return f"it was made with different settings ({describe_difference(theirs, mine)})"
-    if record.get("inputs") != inputs_digest(entry.path for entry in entries):
-        return "the inputs changed since it was made"
-    return files_problem(paths, record, record.get("dim"), np.dtype(job.dtype).newbyteorder("<"))

@@ -347,7 +347,8 @@ def read_run_record(paths: "EmbedPaths") -> tuple[dict[str, Any] | None, str | N
 
 
 def finished_problem(paths: "EmbedPaths", state: dict[str, Any], rows_dtype) -> str | None:
-    """Why a finished output does not match the run about to resume it (None: it does)."""
+    """Why a finished output does not match the run about to resume it (None: it does): `state`'s
+    keys compared with its run record's, then its files (`files_problem`)."""
     record, problem = read_run_record(paths)
     if record is None:
         return problem
@@ -357,7 +358,7 @@ def finished_problem(paths: "EmbedPaths", state: dict[str, Any], rows_dtype) -> 
     difference = describe_difference(theirs, state)
     if difference:
         return f"it was made with different settings ({difference})"
-    return files_problem(paths, record, state["dim"], rows_dtype)
+    return files_problem(paths, record, state.get("dim", record.get("dim")), rows_dtype)
 
 
 def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dtype, *, places: bool = True) -> str | None:
