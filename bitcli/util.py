@@ -8,6 +8,9 @@
   directory is refused (NotRegularFile) before anything can block on it;
 - `read_capped(path, max_bytes)`: a regular file's bytes, never more than a cap;
 - `read_json_file(path)`: a JSON object from a file (at most 16 MiB), every failure one typed error line;
+- `write_synced(path, content)` and `write_atomic(path, content)`: the one way bitcli writes a
+  file (never through a link, fsync'ed; `write_atomic` through a temporary name and a rename, so
+  the file is whole or absent); `encode_lines(lines)`: text lines as those bytes;
 - `RESAMPLE_FILTERS`: PIL's resampling filters by name (the numbers of `PIL.Image.Resampling`);
 - `DEFAULT_MAX_PIXELS`: the decompression-bomb guard's default (`--max-pixels`);
 - `lazy_table(modules)`, `lazy_attributes(package, table)`: a module `__getattr__` that imports
@@ -25,7 +28,7 @@ import signal
 import stat
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, Union
 
 from bitcli.errors import BitError, ConfigError
 
@@ -218,3 +221,63 @@ def held_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if received:
         raise KeyboardInterrupt
+
+
+# What `write_synced` writes: bytes, an iterable of bytes, or `write(fh)` given the open,
+# unbuffered file (whose `.name` is its path, for libraries that write to a path: faiss, safetensors).
+Content = Union[bytes, Iterable[bytes], Callable[[IO[bytes]], Any]]
+
+
+def write_synced(path: str | Path, content: Content) -> int:
+    """Write `content` to `path` (replaced if there, never followed if a link), fsync it; its
+    size in bytes. New files get the modes the umask leaves of 0o666."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+    with open(fd, "wb", buffering=0 if callable(content) else 1 << 20) as fh:
+        if callable(content):
+            fh.name = str(path)
+            content(fh)
+        else:
+            for chunk in [content] if isinstance(content, bytes) else content:
+                fh.write(chunk)
+            fh.flush()
+        os.fsync(fh.fileno())
+        return os.fstat(fh.fileno()).st_size
+
+
+def write_atomic(path: str | Path, content: Content, *, temporary: str | Path | None = None) -> int:
+    """`content` at `path` through a temporary name beside it (`.NAME.PID.tmp`, or `temporary`),
+    fsync and a rename, then the folder synced: the file is whole or absent (the folder is made
+    if missing). Its size."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(temporary) if temporary is not None else path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        size = write_synced(tmp, content)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+    return size
+
+
+def encode_lines(lines: Iterable[str]) -> Iterable[bytes]:
+    """Text lines as UTF-8, one "\\n" each; non-UTF-8 file names (surrogates, as `os` decodes
+    them) become their original bytes."""
+    for line in lines:
+        yield (line + "\n").encode("utf-8", "surrogateescape")
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename in `path` durable (best effort: some file systems refuse)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

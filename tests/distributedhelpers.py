@@ -91,3 +91,20 @@ def local_nul_run(ckpt: Path, listing: bytes, out: Path) -> Path:
     result = run(["embed", "-0", "-", "-o", out, "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS], input=listing)
     assert result.exit_code == 1, result.stderr  # the broken files, the line break and missing.png
     return out
+
+
+def shard_files(directory: Path, index: int) -> list[Path]:
+    """The files of shard `index`: a collection, `shard-00000i.npy` and the rest of its set."""
+    name = f"shard-{index:06d}"
+    return [p for p in Path(directory).iterdir() if p.is_file() and p.name.startswith((f"{name}.", f".{name}."))]
+
+
+def remove_shard(directory: Path, index: int) -> None:
+    for path in shard_files(directory, index):
+        path.unlink()
+
+
+def copy_shard(directory: Path, index: int, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for path in shard_files(directory, index):
+        shutil.copy2(path, target / path.name)

@@ -20,6 +20,7 @@ from distributedhelpers import (  # noqa: F401 (fixtures)
     local_nul_run,
     nul_listing,
     photos,
+    remove_shard,
 )
 
 
@@ -63,7 +64,7 @@ def test_combine_refuses_a_missing_shard(two_jobs, tmp_path):
     out, _ = two_jobs
     shards = tmp_path / "shards"
     shutil.copytree(out.parent / "out.npy.shards", shards)
-    shutil.rmtree(shards / "shard-000002")
+    remove_shard(shards, 2)
     result = run(["combine", "-o", tmp_path / "x.npy", shards])
     assert_clean_failure(result, 2)
     assert "1 of 5 shards have no output yet (shard 2)" in result.stderr

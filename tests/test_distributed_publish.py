@@ -34,11 +34,11 @@ from relhelpers import (
 )
 
 from bitcli.distributed import Split, combine, run_shards
-from bitcli.distributed.shardfiles import write_shard
+from bitcli.distributed.shards import write_shard
 from bitcli.errors import UsageError
 from bitcli.inputs import expand_inputs
 from bitcli.store import Assembly, EmbedPaths, recover
-from bitcli.store.journal import files_problem, inputs_digest
+from bitcli.store.files import files_problem, inputs_digest
 
 DIM = 4
 FINGERPRINT = {"model": "test", "dtype": "float32"}

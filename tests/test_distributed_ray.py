@@ -188,10 +188,10 @@ def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, c
     driver = subprocess.run([sys.executable, "-c", DRIVER, *argv], capture_output=True, text=True, timeout=300)
     assert driver.returncode == -signal.SIGKILL, driver.stderr
     shard_dir = tmp_path / "out.npy.shards"
-    finished = sorted(p for p in shard_dir.iterdir() if p.name.startswith("shard-"))
+    finished = sorted(p for p in shard_dir.iterdir() if p.name.startswith("shard-") and p.name.endswith(".npy"))
     assert finished and not out.exists()
-    stamps = {p.name: (p / "rows.npy").stat().st_mtime_ns for p in finished}
-    metas = [json.loads((p / "shard.json").read_text()) for p in finished]
+    stamps = {p.name: p.stat().st_mtime_ns for p in finished}
+    metas = [json.loads((shard_dir / f".{p.name}.run.json").read_text()) for p in finished]
     rows, failed = sum(m["rows"] for m in metas), sum(m["failed"] for m in metas)
 
     paths = EmbedPaths.for_output(out)
@@ -203,7 +203,7 @@ def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, c
     def check_untouched(state):
         seen.append(state)
         if state.shards_done == state.shards_total:  # before the shards are combined and removed
-            assert {name: (shard_dir / name / "rows.npy").stat().st_mtime_ns for name in stamps} == stamps
+            assert {name: (shard_dir / name).stat().st_mtime_ns for name in stamps} == stamps
 
     summary = embed_on_ray(
         expand_inputs(inputs(photos)), paths, job(ckpt), RayOptions(workers=2, shard_size=size), resume=True, progress=check_untouched

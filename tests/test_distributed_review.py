@@ -88,11 +88,11 @@ def test_combine_never_writes_into_a_shard_folder_it_reads(ckpt, tmp_path, optio
     assert bit("embed", *shard_args(ckpt, "--shard", "0/1"), cwd=tmp_path).returncode == 1
     shards = tmp_path / "out.npy.shards"
     before = {p.relative_to(shards): p.read_bytes() for p in shards.rglob("*") if p.is_file()}
-    target = {"--manifest": "out.npy.shards/shard-000001/paths.txt", "-o": "out.npy.shards/shard-000001/rows.npy"}[option]
+    target = {"--manifest": "out.npy.shards/shard-000001.paths.txt", "-o": "out.npy.shards/shard-000001.npy"}[option]
     args = ["-o", "out.npy", "--manifest", target] if option == "--manifest" else ["-o", target, "out.npy.shards"]
     result = bit("combine", *args, "--overwrite", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert "shard folder" in result.stderr and "Traceback" not in result.stderr
+    assert "a file of the shard" in result.stderr and "Traceback" not in result.stderr
     # before: the shard's paths.txt became the whole manifest, so every later combine refused it
     assert {p.relative_to(shards): p.read_bytes() for p in shards.rglob("*") if p.is_file()} == before
     assert not (tmp_path / "out.npy").exists()
@@ -120,7 +120,7 @@ def test_a_killed_combine_is_named_to_a_plain_bit_embed_not_sent_to_resume(ckpt,
     make_photos(tmp_path / "photos")
     killed = "\n".join([  # a combine killed after opening the output: its partial folder, lock released
         "import os, sys; from pathlib import Path",
-        "from bitcli.store import EmbedPaths; from bitcli.store.assembly import Assembly",
+        "from bitcli.store import EmbedPaths; from bitcli.store.publish import Assembly",
         "Assembly(EmbedPaths.for_output(Path('out.npy')), by='bit combine'); os._exit(0)",
     ])
     assert subprocess.run([sys.executable, "-c", killed], cwd=tmp_path).returncode == 0

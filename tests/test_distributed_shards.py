@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributedhelpers import BATCH, SHARD, assert_same_files, inputs, job, local, output_files, photos  # noqa: F401 (fixtures)
+from distributedhelpers import (  # noqa: F401 (fixtures)
+    BATCH, SHARD, assert_same_files, copy_shard, inputs, job, local, output_files, photos, remove_shard, shard_files,
+)
 
 from bitcli.distributed import (
     DuplicateShardError,
@@ -24,7 +26,7 @@ from bitcli.distributed import (
 )
 from bitcli.distributed.shards import selected, spool_inputs
 from bitcli.store import EmbedPaths
-from bitcli.store.journal import inputs_digest
+from bitcli.store.files import inputs_digest
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem, expand_inputs
 
@@ -105,12 +107,13 @@ def test_shards_of_three_jobs_combine_to_the_local_run(three_jobs, local, tmp_pa
     assert summary.rows == np.load(local).shape[0] and summary.failed == 4
     errors = output_files(local)[".errors.txt"].read_text().splitlines()
     assert failures == [line.split("\t")[0] for line in errors]  # in input order, as stderr lists them
-    assert sorted(os.listdir(three_jobs)) == [f"shard-{i:06d}" for i in range(5)]  # combine keeps them
+    assert sorted(os.listdir(three_jobs)) == sorted(p.name for i in range(5) for p in shard_files(three_jobs, i))  # combine keeps them
+    assert sorted(p for p in os.listdir(three_jobs) if p.endswith(".npy")) == [f"shard-{i:06d}.npy" for i in range(5)]
 
 
 def test_a_missing_shard_is_refused(three_jobs, tmp_path):
     shards = copy_of(three_jobs, tmp_path)
-    shutil.rmtree(shards / "shard-000003")
+    remove_shard(shards, 3)
     with pytest.raises(MissingShardError, match=r"1 of 5 shards .*shard 3") as info:
         combine([shards], EmbedPaths.for_output(tmp_path / "out.npy"))
     assert info.value.exit_code == 2
@@ -120,7 +123,7 @@ def test_a_missing_shard_is_refused(three_jobs, tmp_path):
 def test_a_duplicated_shard_is_refused(three_jobs, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
-    shutil.copytree(three_jobs / "shard-000002", other / "shard-000002")
+    copy_shard(three_jobs, 2, other)
     with pytest.raises(DuplicateShardError, match="shard 2 is both"):
         combine([three_jobs, other], EmbedPaths.for_output(tmp_path / "out.npy"))
     combine([three_jobs, three_jobs], EmbedPaths.for_output(tmp_path / "out.npy"))  # one folder named twice is fine
@@ -131,8 +134,8 @@ def test_shards_of_another_model_option_are_refused(ckpt, photos, three_jobs, tm
     other = tmp_path / "normalized"
     run_job(ckpt, photos, other, (1, 3), job=job(ckpt, normalize=True))
     mixed = copy_of(three_jobs, tmp_path)
-    shutil.rmtree(mixed / "shard-000001")
-    shutil.copytree(other / "shard-000001", mixed / "shard-000001")
+    remove_shard(mixed, 1)
+    copy_shard(other, 1, mixed)
     with pytest.raises(ShardMismatchError, match="normalize"):
         combine([mixed], EmbedPaths.for_output(tmp_path / "out.npy"))
 
@@ -146,9 +149,9 @@ def test_shards_of_another_split_are_refused(ckpt, photos, three_jobs, tmp_path)
 
 def test_a_damaged_shard_is_refused(three_jobs, tmp_path):
     shards = copy_of(three_jobs, tmp_path)
-    rows = shards / "shard-000000" / "rows.npy"
+    rows = shards / "shard-000000.npy"
     rows.write_bytes(rows.read_bytes()[:-4])
-    with pytest.raises(ShardError, match="rows.npy"):
+    with pytest.raises(ShardError, match="shard-000000.npy: damaged shard .its array changed"):
         combine([shards], EmbedPaths.for_output(tmp_path / "out.npy"))
 
 
@@ -163,34 +166,37 @@ def test_a_job_rerun_needs_resume_and_then_skips_its_finished_shards(ckpt, photo
     shard_dir = tmp_path / "out.npy.shards"
     first = run_job(ckpt, photos, shard_dir, (0, 2))
     assert first.ran == [0, 2, 4]
-    stamp = (shard_dir / "shard-000002" / "rows.npy").stat().st_mtime_ns
+    stamp = (shard_dir / "shard-000002.npy").stat().st_mtime_ns
     with pytest.raises(UsageError, match="--resume"):
         run_job(ckpt, photos, shard_dir, (0, 2))
-    shutil.rmtree(shard_dir / "shard-000004")
+    remove_shard(shard_dir, 4)
     again = run_job(ckpt, photos, shard_dir, (0, 2), resume=True)
     assert again.ran == [4] and again.skipped == [0, 2]
-    assert (shard_dir / "shard-000002" / "rows.npy").stat().st_mtime_ns == stamp
-    shutil.rmtree(shard_dir / "shard-000004")  # something to do, with other options than shards 0 and 2
-    with pytest.raises(ShardMismatchError, match="normalize: False in it, True in this run"):
+    assert (shard_dir / "shard-000002.npy").stat().st_mtime_ns == stamp
+    remove_shard(shard_dir, 4)  # something to do, with other options than shards 0 and 2
+    with pytest.raises(ShardMismatchError, match="normalize False in it, True in this run"):
         run_job(ckpt, photos, shard_dir, (0, 2), resume=True, job=job(ckpt, normalize=True))
     with pytest.raises(ShardMismatchError, match="inputs changed"):  # these shards are of another list
         run_shards(expand_inputs([str(photos)]), shard_dir, job(ckpt), selection=(0, 2), shard_size=SHARD, resume=True)
 
 
-def test_shard_folder_documents_what_made_it(three_jobs):
-    meta = json.loads((three_jobs / "shard-000001" / "shard.json").read_text())
-    assert meta["format"] == "bitcli-embed-shard" and meta["shard"] == 1
+def test_a_shard_is_a_collection_that_documents_what_made_it(three_jobs):
+    from bitcli.collection import open_index
+
+    meta = json.loads((three_jobs / ".shard-000001.npy.run.json").read_text())
+    assert meta["shard"] == 1
     assert meta["split"]["batch_size"] == BATCH and meta["split"]["shard_size"] == SHARD and meta["split"]["entries"] == 17
-    assert meta["fingerprint"]["dtype"] == "float32" and "preprocessing" in meta["fingerprint"]
-    rows = np.load(three_jobs / "shard-000001" / "rows.npy")  # a plain .npy
+    assert meta["dtype"] == "float32" and "preprocessing" in meta["fingerprint"]
+    rows = np.load(three_jobs / "shard-000001.npy")  # a plain .npy
     assert rows.shape == (meta["rows"], 32)
+    index = open_index(three_jobs / "shard-000001.npy")  # and a collection: search, dedup and info read it
+    assert index.rows == meta["rows"] and index.dim == 32
 
 
 def test_a_shard_being_written_counts_its_inputs_batch_by_batch(tmp_path):
-    """`--engine ray`'s bar moves per batch: the driver counts the lines a shard being written has
-    flushed (paths and failures), and the shard records each row's file identity."""
-    from bitcli.distributed.shardfiles import inputs_in_flight, shard_identities, write_shard
-    from bitcli.distributed.shards import Split
+    """`--engine ray`'s bar moves per batch: the driver counts the inputs a shard being written has
+    committed (rows and failures), and the shard records each row's file identity."""
+    from bitcli.distributed.shards import Split, inputs_in_flight, write_shard
     from bitcli.store.metadata import FileIdentity
 
     split = Split(2, 4, 4, "x")
@@ -205,4 +211,4 @@ def test_a_shard_being_written_counts_its_inputs_batch_by_batch(tmp_path):
     known = {"a": FileIdentity(1, 10), "b": FileIdentity(2, 20, "ab"), "c": None}
     info = write_shard(tmp_path, 0, split, fingerprint={}, dim=3, dtype="float32", commits=commits(), identities=known.get)
     assert seen == [2, 4] and inputs_in_flight(tmp_path) == 0  # published: no longer in flight
-    assert list(shard_identities(info)) == [FileIdentity(1, 10), FileIdentity(2, 20, "ab"), None]
+    assert [i for _, i in info.rows_and_identities()] == [FileIdentity(1, 10), FileIdentity(2, 20, "ab"), None]

@@ -127,3 +127,21 @@ def test_cache_key_changes_with_the_weights_file(tmp_path, tmp_path_factory):
     other = make_checkpoint(tmp_path / "other", num_labels=3)  # other weights under the same name
     shutil.copyfile(other / "model.safetensors", weights)
     assert features.model_key(embedder) != key  # retrained into the same folder: new features
+
+
+def test_the_feature_cache_is_a_folder_of_collections_merged_when_many(tmp_path):
+    from bitcli.collection import open_index
+
+    cache = features.FeatureCache(tmp_path, {"model": "m", "preprocessing": {"size": 8}}, dim=3)
+    for n in range(features._MERGE_ABOVE + 1):
+        cache.add([(f"/images/{n}.png", n, 10 * n)], np.full((1, 3), n, dtype=np.float32))
+    chunks = cache._chunks()
+    assert len(chunks) == 1  # merged
+    table = cache.load()
+    assert sorted(table) == sorted((f"/images/{n}.png", n, 10 * n) for n in range(features._MERGE_ABOVE + 1))
+    assert all((table[(f"/images/{n}.png", n, 10 * n)] == n).all() for n in range(features._MERGE_ABOVE + 1))
+    index = open_index(chunks[0])  # a collection like any other
+    assert index.rows == features._MERGE_ABOVE + 1 and index.meta.settings.model["reference"] == "m"
+    index.close()
+    other = features.FeatureCache(tmp_path, {"model": "m", "preprocessing": {"size": 9}}, dim=3)
+    assert other.dir != cache.dir and other.load() == {}

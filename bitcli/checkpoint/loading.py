@@ -154,14 +154,14 @@ def _remember_digest(key: tuple[Any, ...], digest: str) -> None:
     """Best effort: an unwritable cache folder only means hashing again next time."""
     import json
 
-    from bitcli.store.files import write_bytes_atomic
+    from bitcli.util import write_atomic
 
     path = _digest_file()
     try:
         known = {k: v for k, v in _disk_digests().items() if os.path.exists(k.split("\0", 1)[0])}
         known[_key_text(key)] = digest
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, [json.dumps(known, indent=0, sort_keys=True).encode()])
+        write_atomic(path, json.dumps(known, indent=0, sort_keys=True).encode())
     except OSError:
         pass
 

@@ -42,9 +42,8 @@ import numpy as np
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.collection.scoring import Match, block_scores, check_k, normalize_rows, to_matches, top_k
 from bitcli.errors import UsageError
-from bitcli.store.files import write_bytes_atomic
 from bitcli.store.paths import check_replaceable
-from bitcli.util import open_regular, read_capped
+from bitcli.util import open_regular, read_capped, write_atomic
 
 FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
@@ -158,9 +157,9 @@ def build(
         **_array_identity(index.array_path),
         "build_seconds": round(time.perf_counter() - started, 3),
     }
-    _write_index(faiss, ann, paths.index)
+    write_atomic(paths.index, lambda fh: faiss.write_index(ann, fh.name))  # faiss writes to a path
     info.update(_file_identity(paths.index))
-    write_bytes_atomic(paths.info, [(json.dumps(info, indent=1) + "\n").encode("ascii")])
+    write_atomic(paths.info, (json.dumps(info, indent=1) + "\n").encode("ascii"))
     return AnnIndex(ann, info)
 
 
@@ -241,13 +240,3 @@ def _array_identity(path: Path) -> dict[str, int]:
     info = os.stat(path)
     return {"array_size": info.st_size, "array_mtime_ns": info.st_mtime_ns}
 
-
-def _write_index(faiss: Any, ann: Any, path: Path) -> None:
-    """faiss writes to a path: write a temporary name in the same directory, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        faiss.write_index(ann, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -27,7 +27,7 @@ from bitcli.collection.dedup import DuplicateGroup
 from bitcli.collection.search import Match
 from bitcli.errors import UsageError
 from bitcli.output import escapes
-from bitcli.store.files import write_bytes_atomic
+from bitcli.util import write_atomic
 
 THUMB_PX = 160
 MAX_ENTRIES = 1000  # queries or groups shown; the page says how many more there were
@@ -112,7 +112,7 @@ def dedup_page(
 def write_page(path: str | os.PathLike[str], page: str) -> None:
     """Write atomically; refuse (UsageError) to replace anything but a page bitcli wrote."""
     path = check_target(path)
-    write_bytes_atomic(path, [page.encode("utf-8")])
+    write_atomic(path, page.encode("utf-8"))
 
 
 def check_target(path: str | os.PathLike[str]) -> Path:

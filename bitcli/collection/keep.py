@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from bitcli.collection.dedup import DuplicateGroup
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.errors import UsageError
-from bitcli.store.metadata import FileIdentity, identify, read_file_rows
+from bitcli.store.metadata import FileIdentity, read_file_rows, still_embedded
 from bitcli.util import open_regular
 
 KEEP_POLICIES = ("first", "largest", "newest")
@@ -100,7 +100,6 @@ def _present(
     """(row, path as printed, stat) for the members whose file still exists and is still
     the embedded one (`changed` collects the others that exist)."""
     present = []
-    content_hash = index.meta is not None and index.meta.settings.content_hash == "sha256"
     for row, path in zip(group.rows, group.paths):
         found = index.locate(path)
         if found is None:
@@ -110,12 +109,9 @@ def _present(
             if not stat.S_ISREG(info.st_mode):  # a FIFO or device now: never the embedded image
                 changed.append(path)
                 continue
-            if identities is not None:
-                recorded = identities.get(row)
-                now = identify(found, content_hash=content_hash and recorded is not None and recorded.sha256 is not None)
-                if recorded is None or not recorded.same_stat(now) or (now.sha256 is not None and now.sha256 != recorded.sha256):
-                    changed.append(path)
-                    continue
+            if identities is not None and not still_embedded(found, identities.get(row)):
+                changed.append(path)
+                continue
         except OSError:
             continue
         present.append((row, path, info))  # as every command prints it: it resolves from here

@@ -84,7 +84,7 @@ def _unchanged(index: EmbeddingIndex, found: dict[str, int]) -> dict[str, int]:
     from here (a stored name) keeps its row; an index without identities is taken as it is."""
     if not found or index.meta is None or index.meta_path is None:
         return found
-    from bitcli.store.metadata import identify, read_file_rows
+    from bitcli.store.metadata import read_file_rows, still_embedded
 
     try:
         recorded = read_file_rows(index.meta_path, index.meta, only=set(found.values()))
@@ -92,16 +92,13 @@ def _unchanged(index: EmbeddingIndex, found: dict[str, int]) -> dict[str, int]:
         return found  # no readable row file: nothing to check against
     kept = {}
     for query, row in found.items():
-        identity = recorded[row][1]
         try:
-            now = identify(query, content_hash=identity is not None and identity.sha256 is not None)
+            if still_embedded(query, recorded[row][1]):
+                kept[query] = row
         except FileNotFoundError:
             kept[query] = row
-            continue
         except OSError:
-            continue  # not readable as a file: embedding reports why
-        if identity is not None and identity.same_stat(now) and (now.sha256 is None or now.sha256 == identity.sha256):
-            kept[query] = row
+            pass  # not readable as a file: embedding reports why
     return kept
 
 

@@ -1,21 +1,15 @@
-"""Assemble shard outputs into exactly the files a local `bit embed` writes.
+"""Combining shards: concatenate collections into exactly the files a local `bit embed` writes.
 
-`OUT.npy` is one `.npy` header for the total row count followed by every shard's rows in shard
-order (byte-identical to `numpy.save` of the whole matrix, and to a local run: the batches were
-the same); the manifest and the error list are the shards' `paths.txt` and `errors.txt`,
-concatenated byte for byte. Before writing anything, the shards are checked: every shard of the
-split present exactly once, all cut from the same input list with the same batch and shard
-size, and all made with the same model, weights, preprocessing and options. Publication is the
-embed store's own (`store.assembly`): the array is assembled in `OUT.npy.partial/data.npy` under
-the folder's lock, the manifest, the error list, the metadata sidecar (`OUT.meta.json`,
-`OUT.files.jsonl`: the shards record no file identities) and the run record `.OUT.npy.run.json`
-are staged beside their final names, and all are published as one set through the commit record,
-so a kill leaves the old set or the new one and `bit embed --resume` checks the result as it
-checks a local run's. The shard folders are left as they are.
+Every shard is a collection (`shards.py`). `OUT.npy` is one `.npy` header for the total row count
+followed by every shard's rows in shard order (byte-identical to a local run: the batches were
+the same); the manifest, the error list and the row identities are the shards', concatenated.
+Before writing anything, the shards are checked: every shard of the split present exactly once,
+all cut from the same input list with the same batch and shard size, all made with the same
+settings. Publication is the store's own (`store.Assembly`: one set through the commit record),
+so a kill leaves the old set or the new one. The shards are left as they are.
 
 The row bytes are copied with `os.copy_file_range` where the filesystem offers it (a reflink or
-server-side copy on XFS, btrfs, NFS 4.2), else read and written in 4 MiB chunks: the assembly of
-10 million 2048-wide float32 rows moves 80 GB once.
+server-side copy), else in 4 MiB chunks.
 """
 
 from __future__ import annotations
@@ -26,20 +20,18 @@ from typing import IO, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from bitcli.distributed.seams import (
-    Assembly,
-    EmbedPaths,
-    EmbedSummary,
-    UsageError,
-    metadata_for,
-    name_some,
-    npy_header,
-    read_lines,
-    run_state,
-    writing,
+from bitcli.distributed.shards import (
+    DuplicateShardError, MissingShardError, ShardError, ShardInfo, ShardMismatchError, Split, describe_difference,
+    read_shard, shard_outputs,
 )
-from bitcli.distributed.shardfiles import ShardInfo, describe_difference, read_shard, shard_failures, shard_folders, shard_identities
-from bitcli.distributed.shards import DuplicateShardError, MissingShardError, ShardError, ShardMismatchError, Split
+from bitcli.errors import UsageError
+from bitcli.store.publish import Assembly
+from bitcli.store.files import npy_header
+from bitcli.store.files import run_state
+from bitcli.store.metadata import metadata_for
+from bitcli.store.paths import EmbedPaths, writing
+from bitcli.store.writer import EmbedSummary
+from bitcli.util import name_some
 
 _CHUNK = 1 << 22
 
@@ -47,22 +39,22 @@ OnFailure = Callable[[str, str], None]  # (path, reason) of a failed input, in i
 
 
 def find_shards(sources: Iterable[Path]) -> list[ShardInfo]:
-    """Every shard in `sources`: shard directories, or shard folders themselves."""
+    """Every shard in `sources`: shard directories, or shards' arrays themselves."""
     found: list[ShardInfo] = []
     seen: set[str] = set()
     for source in sources:
         source = Path(source)
-        if (source / "shard.json").exists():
-            folders = [source]
+        if source.is_file():
+            shards = [EmbedPaths.for_output(source)]
         elif source.is_dir():
-            folders = list(shard_folders(source).values())
+            shards = list(shard_outputs(source).values())
         else:
             raise UsageError(f"{source}: not a shard directory (no such directory)")
-        for folder in folders:
-            key = os.path.realpath(folder)
-            if key not in seen:  # the same folder named twice is one shard, not a duplicate
+        for paths in shards:
+            key = os.path.realpath(paths.out)
+            if key not in seen:  # the same shard named twice is one shard, not a duplicate
                 seen.add(key)
-                found.append(read_shard(folder))
+                found.append(read_shard(paths))
     return found
 
 
@@ -71,27 +63,25 @@ def plan(shards: Sequence[ShardInfo], sources: Sequence[Path], *, split: Split |
     if not shards:
         where = ", ".join(str(s) for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
         raise MissingShardError(f"no shard outputs in {where}; run the shards first (bit embed ... --shard I/N)")
-    ordered = sorted(shards, key=lambda s: (s.index, str(s.folder)))
+    ordered = sorted(shards, key=lambda s: (s.index, str(s.out)))
     first = ordered[0]
     reference_split = split or first.split
     for shard in ordered:
         if shard.split != reference_split:
             raise ShardMismatchError(
-                f"{shard.folder} and {first.folder} are of different runs ({shard.split.unlike(reference_split)}); "
+                f"{shard.out} and {first.out} are of different runs ({shard.split.unlike(reference_split)}); "
                 "combine the shards of one run"
             )
         if shard.settings() != first.settings():
-            names = (f"in {shard.folder.name}", f"in {first.folder.name}")
+            names = (f"in {shard.out.name}", f"in {first.out.name}")
             raise ShardMismatchError(
-                f"{shard.folder} was made with other settings than {first.folder} "
+                f"{shard.out} was made with other settings than {first.out} "
                 f"({describe_difference(shard.settings(), first.settings(), names)}); rerun it with the same model and options"
             )
     by_index: dict[int, ShardInfo] = {}
     for shard in ordered:
         if shard.index in by_index:
-            raise DuplicateShardError(
-                f"shard {shard.index} is both {by_index[shard.index].folder} and {shard.folder}; keep one of them"
-            )
+            raise DuplicateShardError(f"shard {shard.index} is both {by_index[shard.index].out} and {shard.out}; keep one of them")
         by_index[shard.index] = shard
     missing = [i for i in range(reference_split.shards) if i not in by_index]
     if missing:
@@ -111,8 +101,7 @@ def combine(
     split: Split | None = None,
     on_failure: OnFailure | None = None,
 ) -> EmbedSummary:
-    """Check the shards in `sources` and publish `paths` (OUT.npy, manifest, error list, sidecar,
-    run record).
+    """Check the shards in `sources` and publish their concatenation as `paths`.
 
     `split`: the split the shards must have; None takes the first shard's. `on_failure` is
     called for every failed input, in input order, once the files are published.
@@ -126,24 +115,18 @@ def combine(
 
 
 def check_outside(paths: EmbedPaths, shards: Sequence[ShardInfo]) -> None:
-    """Refuse (exit 2) an output file inside a shard folder being combined: publishing it would
-    replace that shard's own `paths.txt`, `rows.npy`, ... (a job's work) with the whole set's."""
-    folders = {os.path.realpath(s.folder): s.folder for s in shards}
-    for role, target in paths.set_files().items():
-        where = os.path.realpath(target.parent)
-        for real, folder in folders.items():
-            if where == real or where.startswith(real + os.sep):
-                raise UsageError(
-                    f"{target}: inside the shard folder {folder}, which this combine reads; "
-                    "write the combined files outside the shard folders"
-                )
+    """Refuse (exit 2) an output that is a file of a shard being combined: publishing it would
+    replace that shard (a job's work) with the whole set."""
+    taken = {os.path.realpath(p): s.out for s in shards for p in (*s.paths.set_files().values(), s.paths.partial)}
+    for target in paths.set_files().values():
+        shard = taken.get(os.path.realpath(target))
+        if shard is not None:
+            raise UsageError(f"{target}: a file of the shard {shard}, which this combine reads; write the combined files elsewhere")
 
 
 def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | None = None, **record: Any) -> EmbedSummary:
-    """Write `shards` (planned: in order, of one run) into the held `assembly` and publish it:
-    the array into its partial folder, the manifest and error list (the shards' files, byte for
-    byte), the metadata sidecar and the run record staged, then all renamed as one set. `record`: extra entries for
-    the run record (the Ray engine's job)."""
+    """Concatenate `shards` (planned: in order, of one run) into the held `assembly` and publish
+    it. `record`: extra entries for the run record (the Ray engine's job)."""
     first, paths, staged = shards[0], assembly.paths, assembly.staged
     dtype = np.dtype(first.dtype).newbyteorder("<")
     rows, failed = sum(s.rows for s in shards), sum(s.failed for s in shards)
@@ -151,39 +134,27 @@ def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | Non
         array.truncate(0)
         array.write(npy_header(dtype, rows, first.dim))
         for shard in shards:
-            _copy_rows(shard, array, first.dim * dtype.itemsize)
+            length = shard.rows * first.dim * dtype.itemsize
+            with _open_part(shard.out) as src:
+                src.seek(os.fstat(src.fileno()).st_size - length)  # the header is whatever precedes the rows
+                _copy_range(src, array, length)
         os.fsync(array.fileno())
         staged.array(array.tell())
-    staged.file("manifest", _concatenation([s.folder / "paths.txt" for s in shards]))
+    staged.file("manifest", _concatenation([s.paths.manifest for s in shards]))
     if failed:
-        staged.file("errors", _concatenation([s.folder / "errors.txt" for s in shards]))
-    # The sidecar a local run writes (docs/collection.md), with the identities each shard took
-    # before reading its files, so that `--update` keeps every unchanged row.
+        staged.file("errors", _concatenation([s.paths.errors for s in shards if s.failed]))
     meta = metadata_for(paths, {**first.fingerprint, "dtype": dtype.name}, rows=rows, dim=first.dim)
-    identities = (identity for shard in shards for identity in shard_identities(shard))
-    staged.sidecar(meta, zip(read_lines(staged.staged["manifest"]), identities))
-    # What a local run with these settings records (the same fingerprint, dim, dtype and input
-    # digest), so that `bit embed --resume` checks an assembled output exactly as a local one.
+    staged.sidecar(meta, (row for shard in shards for row in shard.rows_and_identities()))
+    # What a local run with these settings records, so that `--resume` checks it as a local one.
     state = {**run_state(first.dim, dtype.name, first.fingerprint, None), "inputs": first.split.inputs}
     staged.record(state, rows=rows, failed=failed, **record)
     staged.publish()
-    if on_failure is not None:
-        for shard in shards:
-            for path, reason in shard_failures(shard):
-                on_failure(path, reason)
+    for path, reason in (f for shard in shards for f in shard.failures()) if on_failure else ():
+        on_failure(path, reason)
     return EmbedSummary(
         rows=rows, dim=first.dim, dtype=dtype.name, failed=failed, out=paths.out, manifest=paths.manifest,
         errors_file=paths.errors if failed else None,
     )
-
-
-def _copy_rows(shard: ShardInfo, dst: IO[bytes], nbytes_per_row: int) -> None:
-    """Append shard's row bytes (rows.npy after its header) to the unbuffered file `dst`."""
-    source = shard.folder / "rows.npy"
-    length = shard.rows * nbytes_per_row
-    with _open_part(source) as src:
-        src.seek(os.fstat(src.fileno()).st_size - length)  # the header is whatever precedes the rows
-        _copy_range(src, dst, length)
 
 
 def _open_part(path: Path) -> IO[bytes]:

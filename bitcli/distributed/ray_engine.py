@@ -1,34 +1,18 @@
 """`bit embed --engine ray`: the run a local `bit embed` makes, computed on a Ray cluster.
 
-The driver (this process) lists the inputs once, streaming them into `inputs.jsonl` in the shard
-directory (`OUT.npy.shards/` beside the output, or `shard_dir`), and cuts the list into shards
-of whole batches (`shards.py`). Ray Data runs the unfinished shards through `map_batches` with
-a fixed pool of actors (`ActorPoolStrategy`): each actor loads the model once through
-`bitcli.load` (on a GPU with `num_gpus_per_worker`), reads its shard's entries from the list,
-embeds them with the local pipeline and publishes the shard folder atomically. The driver only
-sees one small row per finished shard (its counts), reports progress, and at the end assembles
-the shards into `OUT.npy`, the manifest, the error list, the metadata sidecar and the run
-record (`combine.py`), published as one set the local run's way, then removes the shard
-directory. From start to end
-the driver holds the output's partial folder (`store.Assembly`): a second run on the output,
-local or Ray, is refused while it runs.
+The driver (this process) holds the output's partial folder (`store.Assembly`) from start to
+end, so a second run on the output is refused. It streams the inputs into `inputs.jsonl` in the
+shard directory (`OUT.npy.shards/`, or `shard_dir`), cuts the list into shards of whole batches
+(`shards.py`) and runs the unfinished ones on a Ray Data actor pool (`ray_pool.py`): each actor
+loads the model once and writes its shards as collections. The driver then concatenates the
+shards (`combine.py`) and removes the shard directory. Workers read and write the shard
+directory themselves, so it (and the images) must be the same path on every node: a single
+machine, or a shared POSIX filesystem. Relative input paths are the driver's.
 
-Where the files live. Workers read `inputs.jsonl` and write the shard folders themselves, so
-the shard directory must be the same path on every node: any directory on a single machine (a
-local cluster), or a shared POSIX filesystem (NFS, Lustre, CephFS, ...) mounted at the same path
-on every node of a cluster, and so must the images. Object stores (s3://) are not supported.
-Relative input paths are resolved from the driver's working directory, which workers enter.
-
-Crashes. A worker that dies mid-shard leaves at most a temporary `.shard-*` folder; a new pool
-runs the shards still missing. When the driver dies, its actors go with it; `--resume` re-lists
-the inputs, checks them and the options against `run.json`, and runs only the shards without a
-folder. `--resume` of a finished output (no shard directory left) checks its run record as a
-local run does: the same inputs, the same job (model, options, `--normalize`, `--dtype`), the
-files as they were published; it exits as the finished run did.
-
-The cluster: `address` (`--ray-address`), else Ray's own `RAY_ADDRESS`, else a new local
-cluster on this machine (never silently the last cluster some other program started here: pass
-`auto` for that). A program that already called `ray.init` keeps its connection.
+`--resume` re-lists the inputs, checks them and the job against `run.json`, and runs only the
+shards not finished (a partial one continues). `--resume` of a finished output checks its run
+record as a local run does. The cluster: `--ray-address`, else `RAY_ADDRESS`, else a new local
+one (`auto` for the last one started here); a program that called `ray.init` keeps its own.
 """
 
 from __future__ import annotations
@@ -42,25 +26,19 @@ import numpy as np
 
 from bitcli.distributed.combine import OnFailure, assemble, find_shards, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
-from bitcli.distributed.seams import (
-    Assembly,
-    EmbedPaths,
-    EmbedSummary,
-    InputError,
-    InputItem,
-    UsageError,
-    check_output,
-    read_lines,
-    write_bytes_atomic,
-    files_problem,
-    inputs_digest,
-    read_run_record,
-    recover,
+from bitcli.distributed.shards import (
+    Split, default_shard_size, describe_difference, finished_shards, make_shard_dir, remove_directory, shard_outputs,
+    spool_inputs,
 )
-from bitcli.distributed.shardfiles import (
-    describe_difference, finished_shards, make_shard_dir, remove_directory, remove_temporary, shard_folders,
-)
-from bitcli.distributed.shards import Split, default_shard_size, spool_inputs
+from bitcli.errors import InputError, UsageError
+from bitcli.inputs import InputItem
+from bitcli.store.publish import Assembly
+from bitcli.store.files import read_lines
+from bitcli.store.files import finished_problem, inputs_digest, read_run_record
+from bitcli.store.paths import EmbedPaths, check_output
+from bitcli.store.publish import recover
+from bitcli.store.writer import EmbedSummary
+from bitcli.util import write_atomic
 from bitcli.distributed.worker import EmbedJob, OnProgress, report_progress
 
 INPUTS_FILE = "inputs.jsonl"
@@ -108,7 +86,6 @@ def embed_on_ray(
             split = spool.split
             _write_run_record(shard_dir, split, job, resume=resume)
             done = finished_shards(shard_dir, split)
-            remove_temporary(shard_dir)
             todo = [i for i in range(split.shards) if i not in done]
             if todo:
                 with connect(ray, options) as ray:
@@ -116,7 +93,7 @@ def embed_on_ray(
             else:
                 report_progress(progress, split, done.values())
         except BaseException:
-            if not shard_folders(shard_dir):  # nothing finished worth a --resume: leave no directory
+            if not shard_outputs(shard_dir, partial=True):  # nothing worth a --resume: leave no directory
                 _remove(shard_dir)
             raise
         shards = plan(find_shards([shard_dir]), [shard_dir], split=split)
@@ -179,7 +156,7 @@ def _prepare(shard_dir: Path, paths: EmbedPaths, *, resume: bool, overwrite: boo
         raise UsageError(
             f"{paths.out}: an interrupted run left {shard_dir}; pass --resume to continue it or --overwrite to start over"
         )
-    if resume and not overwrite and shard_folders(shard_dir) and not (shard_dir / RUN_FILE).exists():
+    if resume and not overwrite and shard_outputs(shard_dir) and not (shard_dir / RUN_FILE).exists():
         # Shards of `--shard I/N` jobs: the driver, which never loads the model, cannot check
         # which model made them, so it neither keeps them nor publishes them as this job's.
         raise UsageError(
@@ -212,15 +189,20 @@ def _write_run_record(shard_dir: Path, split: Split, job: EmbedJob, *, resume: b
                 f"{shard_dir} was made with different settings ({describe_difference(earlier, record)}); "
                 "resume with the same model and options, or pass --overwrite to start over"
             )
-    write_bytes_atomic(path, [(json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8")])
+    write_atomic(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPaths, job: EmbedJob) -> EmbedSummary:
     """`--resume` of a finished output: nothing to do if its run record says this job made it
-    from these inputs and its files are as published (a local run's checks); else UsageError."""
-    record, problem = read_run_record(paths)
-    if record is not None:
-        problem = _finished_problem(record, entries, paths, job)
+    from these inputs and its files are as published (a local run's checks); else UsageError.
+    A local run's or bit combine's record names the model as loaded (a resolved path or commit,
+    the device, the kernels), which this driver cannot know without loading it."""
+    record, _ = read_run_record(paths)
+    if record is not None and not isinstance(record.get("job"), dict):
+        problem = "it was not made by --engine ray, whose record names the model as given; resume it with --engine local"
+    else:
+        mine = {"job": _settings(job), "inputs": inputs_digest(entry.path for entry in entries)}
+        problem = finished_problem(paths, mine, np.dtype(job.dtype).newbyteorder("<"))
     if problem:
         raise UsageError(f"{paths.out}: {problem}; pass --overwrite to redo it")
     failed = int(record.get("failed") or 0)
@@ -228,17 +210,3 @@ def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPat
         rows=0, dim=int(record.get("dim") or 0), dtype=str(record.get("dtype")), failed=failed, out=paths.out,
         manifest=paths.manifest, errors_file=paths.errors if failed else None, already_complete=True,
     )
-
-
-def _finished_problem(record: dict[str, Any], entries: Iterable[Any], paths: EmbedPaths, job: EmbedJob) -> str | None:
-    """Why the finished output in `paths` (run record `record`) is not what `job` would make."""
-    theirs, mine = record.get("job"), _settings(job)
-    if not isinstance(theirs, dict):
-        # A local run's or bit combine's record names the model as loaded (a resolved path or
-        # commit, the device, the kernels), which this driver cannot know without loading it.
-        return "it was not made by --engine ray, whose record names the model as given; resume it with --engine local"
-    if theirs != mine:
-        return f"it was made with different settings ({describe_difference(theirs, mine)})"
-    if record.get("inputs") != inputs_digest(entry.path for entry in entries):
-        return "the inputs changed since it was made"
-    return files_problem(paths, record, record.get("dim"), np.dtype(job.dtype).newbyteorder("<"))

@@ -1,14 +1,10 @@
 """The Ray side of `--engine ray`: the connection, and shards through a Ray Data actor pool.
 
-`run_pool` turns the unfinished shards into a small dataset (one row per shard: its index and
-where its entries start in the input list) and runs it through `Dataset.map_batches` with a
-class UDF (`ShardActor`) on a fixed `ActorPoolStrategy(size=workers)`, `batch_size=1` (one shard
-a call), `num_cpus` = threads per worker and `num_gpus` = `--num-gpus-per-worker`. Each actor
-builds a `ShardWorker` once, which loads the model through `bitcli.load`. The rows that come
-back are a few numbers per shard; the embeddings stay in the shard folders the actors wrote.
-
-Ray itself is noisy on stderr; bitcli reports progress itself, so Ray Data's progress bars and
-execution logs are switched off and Ray's log level is ERROR for this driver.
+The unfinished shards become a small dataset (one row per shard) run through
+`Dataset.map_batches` with a class UDF (`ShardActor`) on a fixed `ActorPoolStrategy`, one shard a
+call; each actor builds a `ShardWorker` once. The rows that come back are a few numbers per shard:
+the embeddings stay in the shards the actors wrote. Ray's own progress bars and logs are off;
+bitcli reports progress itself.
 """
 
 from __future__ import annotations
@@ -25,9 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from bitcli.distributed.seams import BitError, InputError, UsageError, first_line
-from bitcli.distributed.shardfiles import describe_difference, inputs_in_flight
-from bitcli.distributed.shards import InputSpool, ShardInputs, ShardMismatchError, Split
+from bitcli.distributed.shards import InputSpool, ShardInputs, ShardMismatchError, Split, describe_difference, inputs_in_flight
+from bitcli.errors import BitError, InputError, UsageError
+from bitcli.util import first_line
 from bitcli.distributed.worker import EmbedJob, OnProgress, ShardWorker, report_progress
 
 INSTALL_HINT = "pip install 'bitcli[ray]'"

@@ -14,19 +14,35 @@ The input list. `spool_inputs` streams the expansion into a JSON-lines file (`[p
 counting and hashing it, and records where each shard starts: memory stays flat however long
 the list. A worker reads its shard's entries back by offset (`ShardInputs.read`).
 
-A finished shard's files: `shardfiles.py`; assembling them: `combine.py`.
+A shard is a collection. Shard j is written by the embed store (`EmbedWriter`) as
+`shard-00000j.npy` in the shard directory, with the manifest, error list, metadata sidecar and run
+record a local run writes; the run record adds the split and the shard's index, so `--resume`
+checks them like the rest, and a killed worker's partial shard resumes byte for byte. Combining
+concatenates the shards (`combine.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
-from bitcli.distributed.seams import InputError, InputItem, UsageError, write_atomic
+import numpy as np
+
+from bitcli.errors import InputError, UsageError
+from bitcli.inputs import InputItem
+from bitcli.store.files import JOURNAL, read_json_record, read_lines, remove_partial, take_lock
+from bitcli.store.files import files_problem, read_journal
+from bitcli.store.metadata import FileIdentity, read_file_rows, read_metadata
+from bitcli.store.paths import EmbedPaths, unescape_error_path
+from bitcli.store.settings import describe_difference as settings_difference
+from bitcli.store.writer import EmbedWriter
+from bitcli.util import encode_lines, write_atomic
 
 DEFAULT_SHARD_IMAGES = 1024  # inputs per shard, rounded up to whole batches
 
@@ -54,7 +70,7 @@ class Split:
     batch_size: int
     shard_size: int
     entries: int = 0
-    inputs: str = ""  # sha256 of the ordered input paths (`store.journal.inputs_digest`)
+    inputs: str = ""  # sha256 of the ordered input paths (`store.files.inputs_digest`)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -173,10 +189,172 @@ def spool_inputs(
                 offsets.append(size)
             record = [entry.path] if isinstance(entry, InputItem) else [entry.path, entry.reason]
             line = json.dumps(record, ensure_ascii=True)  # ASCII: its length is its size in bytes
-            # The same digest as `store.journal.inputs_digest` (pinned by a test), computed as we go.
+            # The same digest as `store.files.inputs_digest` (pinned by a test), computed as we go.
             digest.update(entry.path.encode("utf-8", "surrogateescape") + b"\0")
             size, count = size + len(line) + 1, count + 1
             yield line
 
-    write_atomic(path, lines())
+    write_atomic(path, encode_lines(lines()))
     return InputSpool(path, Split(batch_size, shard_size, count, digest.hexdigest()), tuple(offsets))
+
+
+# -- a shard: a collection of the split's entries [j * shard_size, (j + 1) * shard_size) ------------
+
+_SHARD_ARRAY = re.compile(r"shard-(\d{6,})\.npy")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A finished shard, as its run record describes it."""
+
+    index: int
+    split: Split
+    fingerprint: dict[str, Any]
+    dim: int
+    dtype: str
+    rows: int
+    failed: int
+    paths: EmbedPaths
+
+    @property
+    def out(self) -> Path:
+        return self.paths.out
+
+    def settings(self) -> dict[str, Any]:
+        """What must agree between shards of one output (JSON round trip: tuples equal lists)."""
+        return json.loads(json.dumps({"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}))
+
+    def rows_and_identities(self) -> list[tuple[str, FileIdentity | None]]:
+        """Each row's path and recorded file identity, in row order (the shard's sidecar)."""
+        meta = self.paths.sidecars.meta
+        return [row for row in read_file_rows(meta, read_metadata(meta))]
+
+    def failures(self) -> Iterator[tuple[str, str]]:
+        """(path, reason) of each input of the shard that failed, in input order."""
+        for line in read_lines(self.paths.errors) if self.failed else ():
+            path, _, reason = line.partition("\t")
+            yield unescape_error_path(path), reason
+
+
+def shard_paths(directory: Path, index: int) -> EmbedPaths:
+    return EmbedPaths.for_output(Path(directory) / f"{shard_name(index)}.npy")
+
+
+def open_shard(directory: Path, index: int, split: Split, *, fingerprint: dict[str, Any], dim: int, dtype: str,
+               inputs: Sequence[str] | None = None) -> EmbedWriter:
+    """The store's writer for shard `index`: a finished one is `already_complete` (if made with
+    these settings, else refused), a partial one is continued."""
+    extra = {"split": split.to_json(), "shard": index}
+    return EmbedWriter(shard_paths(directory, index), dim=dim, dtype=dtype, fingerprint=fingerprint, inputs=inputs,
+                       resume=True, extra=extra)
+
+
+def write_shard(directory: Path, index: int, split: Split, *, fingerprint: dict[str, Any], dim: int, dtype: str,
+                commits: Iterable[tuple[Sequence[str], Any, Sequence[tuple[str, str]]]], identities: Any = None) -> ShardInfo:
+    """Shard `index` from its batches' commits (row paths, rows, failures): rows computed
+    elsewhere. `identities(path)`: each row's file identity, taken before it was read."""
+    with open_shard(directory, index, split, fingerprint=fingerprint, dim=dim, dtype=dtype) as writer:
+        for paths, rows, failures in commits:
+            writer.commit(paths, rows, failures, [identities(p) for p in paths] if identities else None)
+        writer.finish()
+    return read_shard(shard_paths(directory, index))
+
+
+def read_shard(paths: EmbedPaths) -> ShardInfo:
+    """The finished shard at `paths`, its files checked against its run record (ShardError if damaged)."""
+    record = read_json_record(paths.record) if paths.record is not None else None
+    if record is None or "split" not in record:
+        raise ShardError(f"{paths.out}: not a finished shard (no readable {paths.record.name}); remove it or run that shard again")
+    try:
+        info = ShardInfo(int(record["shard"]), Split.from_json(record["split"]), dict(record["fingerprint"]),
+                         int(record["dim"]), str(record["dtype"]), int(record["rows"]), int(record["failed"]), paths)
+        in_range = 0 <= info.index < info.split.shards and info.rows + info.failed == info.split.count(info.index)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShardError(f"{paths.record}: malformed ({type(exc).__name__}: {exc}); run that shard again") from exc
+    if not in_range:
+        raise ShardError(f"{paths.record}: its counts do not fit its split; run that shard again")
+    problem = files_problem(paths, record, info.dim, np.dtype(info.dtype).newbyteorder("<"), places=False)
+    if problem:
+        raise ShardError(f"{paths.out}: damaged shard ({problem}); remove it and run that shard again")
+    return info
+
+
+def make_shard_dir(directory: Path) -> None:
+    """Create the shard directory (and its parents) if missing; one that cannot be a directory
+    (a file, a dangling link, an unwritable parent) is a usage error naming it (exit 2)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{directory}: not a directory, so shards cannot go there; give --shard-dir DIR") from None
+    except OSError as exc:
+        raise UsageError(f"{directory}: cannot create the shard directory ({exc.strerror or exc}); give --shard-dir DIR") from None
+
+
+def shard_outputs(directory: Path, *, partial: bool = False) -> dict[int, EmbedPaths]:
+    """The published shards in `directory` by index (with `partial`, those being written too)."""
+    found: dict[int, EmbedPaths] = {}
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for name in names:
+        match = _SHARD_ARRAY.fullmatch(name.removesuffix(".partial") if partial else name)
+        if match and (directory / name).exists():
+            found[int(match[1])] = shard_paths(directory, int(match[1]))
+    return found
+
+
+def finished_shards(directory: Path, split: Split, indices: Iterable[int] | None = None) -> dict[int, ShardInfo]:
+    """The finished shards of `split` in `directory` (all, or those in `indices`).
+
+    A shard of another split (other inputs, batch or shard size) is refused: the directory
+    belongs to another run."""
+    wanted = None if indices is None else set(indices)
+    done = {}
+    for index, paths in shard_outputs(directory).items():
+        if wanted is not None and index not in wanted:
+            continue
+        info = read_shard(paths)
+        if info.split != split:
+            raise ShardMismatchError(f"{paths.out} belongs to another run ({info.split.unlike(split)}); pass --overwrite to start over")
+        done[index] = info
+    return done
+
+
+def inputs_in_flight(directory: Path) -> int:
+    """Inputs already committed in the shards being written into `directory` (their journals):
+    progress between whole shards. A shard published meanwhile counts 0."""
+    done = 0
+    for paths in shard_outputs(directory, partial=True).values():
+        with contextlib.suppress(OSError):
+            journal = read_journal(paths.partial / JOURNAL)
+            done += len(journal.paths) + len(journal.errors)
+    return done
+
+
+def remove_shards(directory: Path, indices: Iterable[int] | None = None, *, finished: bool = True) -> None:
+    """Remove shards (all, or those of `indices`): their partial runs, and (`finished`) their
+    published files. Only files bitcli writes; a partial run another process holds stays."""
+    wanted = None if indices is None else set(indices)
+    for index, paths in shard_outputs(directory, partial=True).items():
+        if wanted is not None and index not in wanted:
+            continue
+        if paths.partial.is_dir() and (lock := take_lock(paths.partial)) is not None:
+            with lock:
+                remove_partial(paths.partial)
+        for path in paths.set_files().values() if finished else ():
+            path.unlink(missing_ok=True)
+
+
+def remove_directory(directory: Path, files: Sequence[str] = ()) -> None:
+    """Remove the shards, the named `files` and then `directory`, if nothing else lives there."""
+    remove_shards(directory)
+    for name in files:
+        (directory / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # something else lives there: leave it
+
+
+def describe_difference(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now")) -> str:
+    """The settings' one wording of a difference (`store.settings.describe_difference`), for shards."""
+    return settings_difference(first, second, names, most=2, skip=()) or "unknown"

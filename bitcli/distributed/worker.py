@@ -1,9 +1,9 @@
 """A worker loads the model once and embeds whole shards with the local pipeline.
 
-Ray actors wrap one (`ray_engine.py`); `run_shards` runs `--shard I/N` in this process. A shard's
-rows come from `Embedder.embed_groups` over its entries: batches start at the shard's first
-entry, a batch boundary of the whole list, so each batch is the one a local run forms and the
-rows are the local run's bytes (on the same machine, with the same thread count).
+Ray actors wrap one (`ray_engine.py`); `run_shards` runs `--shard I/N` in this process. A shard
+is written through the embed store's own loop (`EmbedWriter`, `write_groups`): batches start at
+the shard's first entry, a batch boundary of the whole list, so each batch is the one a local run
+forms and the rows are the local run's bytes (on the same machine, with the same thread count).
 """
 
 from __future__ import annotations
@@ -13,29 +13,28 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from bitcli.distributed.seams import InputError, InputItem, RunOptions, UsageError, identify_all
-from bitcli.distributed.shardfiles import (
-    Commit,
-    ShardInfo,
-    describe_difference,
-    finished_shards,
-    make_shard_dir,
-    read_shard,
-    remove_shards,
-    remove_temporary,
-    shard_failures,
-    shard_folders,
-    write_shard,
-)
 from bitcli.distributed.shards import (
+    ShardInfo,
     ShardInputs,
     ShardMismatchError,
     Split,
     default_shard_size,
+    describe_difference,
+    finished_shards,
+    make_shard_dir,
+    open_shard,
+    read_shard,
+    remove_shards,
     selected,
-    shard_name,
+    shard_outputs,
+    shard_paths,
     spool_inputs,
 )
+from bitcli.errors import InputError, UsageError
+from bitcli.inputs import InputItem
+from bitcli.pipeline import RunOptions  # light: no torch
+from bitcli.store.metadata import identify_all
+from bitcli.store.writer import write_groups
 
 
 @dataclass(frozen=True)
@@ -120,47 +119,38 @@ class ShardWorker:
         self.dim = self.embedder.feature_dim
 
     def run(self, shard_dir: Path, split: Split, inputs: ShardInputs) -> ShardInfo:
-        """Embed one shard and publish it; a shard already finished (a retried task) is kept."""
-        final = shard_dir / shard_name(inputs.index)
-        if final.exists():
-            existing = read_shard(final)
-            self._check_same(existing, split)
-            return existing
+        """Embed one shard into the store's writer and publish it; a shard already finished (a
+        retried task) is kept, a partial one (a worker killed) continued."""
         entries = inputs.read()
-        # Identities before any file is read (as a local run takes them): a file changed while
-        # it is embedded is seen as changed by the next --update.
-        known = identify_all([e.path for e in entries if isinstance(e, InputItem)], content_hash=self.job.content_hash)
-        commits = (_commit(group) for group in self.embedder.embed_groups(entries))
-        info = write_shard(
-            shard_dir, inputs.index, split, fingerprint=self.fingerprint, dim=self.dim, dtype=self.job.dtype,
-            commits=commits, identities=known.get,
-        )
-        self._check_same(info, split)  # the first writer may have been another run
+        paths = [e.path for e in entries]
+        writer = open_shard(shard_dir, inputs.index, split, fingerprint=self.fingerprint, dim=self.dim,
+                            dtype=self.job.dtype, inputs=paths)
+        with writer:
+            if not writer.already_complete:
+                todo = list(writer.skip_done(entries))
+                # Identities before any file is read (as a local run takes them): a file changed
+                # while it is embedded is seen as changed by the next --update.
+                known = identify_all([e.path for e in todo if isinstance(e, InputItem)], content_hash=self.job.content_hash)
+                write_groups(writer, self.embedder.embed_groups(todo), identity=known.get)
+                writer.finish()
+        info = read_shard(shard_paths(shard_dir, inputs.index))
+        self._check_same(info, split)
         return info
 
     def _check_same(self, info: ShardInfo, split: Split) -> None:
-        mine = ShardInfo(info.index, split, self.fingerprint, self.dim, self.job.dtype, 0, 0, info.folder)
+        mine = ShardInfo(info.index, split, self.fingerprint, self.dim, self.job.dtype, 0, 0, info.paths)
         if info.split != split:
             difference = info.split.unlike(split)
         elif info.settings() != mine.settings():
             difference = describe_difference(info.settings(), mine.settings(), ("in it", "in this run"))
         else:
             return
-        raise ShardMismatchError(f"{info.folder} belongs to another run ({difference}); pass --overwrite to redo it")
+        raise ShardMismatchError(f"{info.out} belongs to another run ({difference}); pass --overwrite to redo it")
 
     def check_shards(self, done: Iterable[ShardInfo]) -> None:
         """Refuse to add to shards made with another model, preprocessing or options."""
         for info in done:
             self._check_same(info, info.split)
-
-
-def _commit(group: list[Any]) -> Commit:
-    """One batch's results -> (row paths, rows, failures), the embed store's commit."""
-    import numpy as np
-
-    ok = [r for r in group if r.ok]
-    rows = np.stack([r.vector for r in ok]) if ok else None
-    return [r.path for r in ok], rows, [(r.path, str(r.error)) for r in group if not r.ok]
 
 
 @dataclass(frozen=True)
@@ -216,23 +206,21 @@ def run_shards(
             worker.check_shards(infos)  # refuse to keep or add to shards of another model or options
             for i in todo:
                 infos.append(worker.run(shard_dir, split, spool.shard(i)))
-                for path, reason in shard_failures(infos[-1]) if on_failure else ():
+                for path, reason in infos[-1].failures() if on_failure else ():
                     on_failure(path, reason)
                 report_progress(progress, split, infos, mine)
     return ShardRunSummary(shard_dir, split, todo, sorted(done), sum(s.rows for s in infos), sum(s.failed for s in infos))
 
 
 def _previous_shards(shard_dir: Path, split: Split, mine: list[int], *, resume: bool, overwrite: bool) -> dict[int, ShardInfo]:
-    """This job's shards already in `shard_dir`: kept (--resume), removed (--overwrite) or refused."""
-    remove_temporary(shard_dir, mine)  # left by a killed run of this job
-    present = sorted(set(shard_folders(shard_dir)) & set(mine))
-    if overwrite:
-        remove_shards(shard_dir, present)
-        return {}
+    """This job's shards already in `shard_dir`: kept (--resume), removed (--overwrite) or refused.
+    A killed job's partial shards are continued with --resume, else discarded."""
+    if overwrite or not resume:
+        remove_shards(shard_dir, mine, finished=overwrite)
+    present = sorted(set(shard_outputs(shard_dir)) & set(mine))
     if present and not resume:
         raise UsageError(
-            f"{shard_dir / shard_name(present[0])} already exists; pass --resume to keep this job's finished shards "
+            f"{shard_paths(shard_dir, present[0]).out} already exists; pass --resume to keep this job's finished shards "
             "or --overwrite to redo them"
         )
     return finished_shards(shard_dir, split, present)
-

@@ -11,14 +11,12 @@ loads it with no network and no cache.
 from __future__ import annotations
 
 import filecmp
-import os
-import secrets
 import shutil
 from pathlib import Path
 
 from bitcli.errors import UsageError
 from bitcli.hub.cache import ResolvedModel
-from bitcli.util import os_error_reason
+from bitcli.util import os_error_reason, write_atomic
 
 
 def checkpoint_files(resolved: ResolvedModel) -> list[Path]:
@@ -44,19 +42,8 @@ def copy_to_local_dir(resolved: ResolvedModel, directory: str | Path) -> Path:
                 if filecmp.cmp(source, destination, shallow=False):
                     continue
                 raise UsageError(f"{destination}: exists with other content; choose an empty --local-dir or remove it")
-            temporary = target / f".{source.name}.{secrets.token_hex(6)}.part"
-            # a fresh name, opened exclusively, with the modes the umask gives any new file (not
-            # mkstemp's private 0600: the folder is made to be carried and read elsewhere)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-            try:
-                with os.fdopen(fd, "wb") as out, open(source, "rb") as inp:
-                    shutil.copyfileobj(inp, out, 1 << 20)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(temporary, destination)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            with open(source, "rb") as inp:
+                write_atomic(destination, lambda out: shutil.copyfileobj(inp, out, 1 << 20))
     except OSError as exc:
         raise UsageError(f"--local-dir {target}: cannot write there ({os_error_reason(exc)})") from None
     return target

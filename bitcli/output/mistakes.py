@@ -78,11 +78,10 @@ def mistake_lines(mistakes: Iterable[dict[str, Any]], fmt: str) -> Iterable[str]
 
 def write_mistakes(path: str | os.PathLike[str], mistakes: list[dict[str, Any]]) -> None:
     """The mistakes at `path` (checked again), atomically, in the format its suffix names."""
-    from bitcli.store.files import fsync_dir, write_atomic
+    from bitcli.util import encode_lines, write_atomic
 
     target = check_errors_target(path)
     try:
-        write_atomic(target, mistake_lines(mistakes, errors_format(target)))
+        write_atomic(target, encode_lines(mistake_lines(mistakes, errors_format(target))))
     except OSError as exc:
         raise BitError(f"--errors {path}: could not be written ({os_error_reason(exc)}); the figures are on stdout") from exc
-    fsync_dir(target.parent)

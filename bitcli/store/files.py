@@ -1,26 +1,44 @@
-"""Low-level file work for the store: `.npy` headers, fsync, staged files, capped reads, the lock.
+"""The partial run on disk and the records a run leaves: `.npy` headers, staged names, the
+partial directory's files and its lock, the journal of committed batches, each row's file
+identity, and the finished run's record.
 
 The partial directory holds only the files named in `OWN_PARTIAL_FILES`; that is how bitcli
 recognises a folder it may discard or complete. `LOCK` is held (`fcntl.flock`, exclusive) by the
 one run writing the output: a second run is told another run holds it, instead of being sent to
 --resume. flock locks belong to the open file, so a killed run's lock disappears with it.
+
+The journal is read line by line, each line capped, and never beyond the number of inputs the
+run has: a damaged or oversized journal ends at its last good line (the rows after it are
+re-embedded), and memory stays proportional to the input list. The run record
+(`.OUT.npy.run.json`, published with the output) keeps what `state.json` said (model, dtype,
+options, input digest) plus the row and failure counts and each file's size, so `--resume` of a
+finished output checks it as strictly as an unfinished one. An output assembled from shards
+(`publish.Assembly`) gets the same record; `--engine ray` adds its job (the model as given and
+the options), which is what its driver can compare without loading the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-from bitcli.util import read_capped
+from bitcli.errors import UsageError
+from bitcli.store.settings import describe_difference
+from bitcli.util import fsync_dir, read_capped, write_synced
+
+if TYPE_CHECKING:
+    from bitcli.store.paths import EmbedPaths
 
 STATE = "state.json"
 DATA = "data.npy"
@@ -70,109 +88,9 @@ def copy_to_stream(source: IO[bytes], stream: IO[bytes]) -> None:
     stream.flush()
 
 
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_lines(path: Path, lines: Iterable[str]) -> int:
-    """Write text lines to `path` (a staged name: replaced if there), fsync; the bytes written.
-
-    Non-UTF-8 file names (surrogates, as `os` decodes them) are written as their original bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~_umask())
-    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
-        for line in lines:
-            fh.write(line)
-            fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-        return fh.buffer.tell()
-
-
-def write_binary(path: Path, write: Callable[[IO[bytes]], None]) -> int:
-    """Write `path` (a staged name: replaced if there, never through a link) with `write(fh)`, an
-    unbuffered binary file (so `os.copy_file_range` may write at its position), fsync; its size."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~_umask())
-    with os.fdopen(fd, "wb", buffering=0) as fh:
-        write(fh)
-        os.fsync(fh.fileno())
-        return os.fstat(fh.fileno()).st_size
-
-
 def staged_name(path: Path) -> Path:
     """Where `path` is written before the rename that publishes it (`.NAME.bitcli.tmp`)."""
     return path.with_name(f".{path.name}{STAGED_SUFFIX}")
-
-
-def write_chunks(path: Path, chunks: Iterable[bytes]) -> int:
-    """Write `chunks` to `path` (a staged or temporary name: replaced if there, never followed
-    if a link), fsync; the bytes written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~_umask())
-    with os.fdopen(fd, "wb") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
-        fh.flush()
-        os.fsync(fh.fileno())
-        return fh.tell()
-
-
-def write_bytes_atomic(path: Path, chunks: Iterable[bytes]) -> None:
-    """`chunks` at `path` through a temporary name in the same folder and a rename (whole or absent)."""
-    _write_through_temporary(path, lambda tmp: write_chunks(tmp, chunks))
-    fsync_dir(path.parent)
-
-
-def write_file_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """`write(fh)` at `path` through a temporary name in the same folder, fsync and a rename
-    (whole or absent): for files written by a library (`np.savez`)."""
-    _write_through_temporary(path, lambda tmp: write_binary(tmp, write))
-    fsync_dir(path.parent)
-
-
-def write_atomic(path: Path, lines: Iterable[str]) -> None:
-    """Text lines at `path` through a temporary name in the same folder and a rename (whole or absent)."""
-    _write_through_temporary(path, lambda tmp: write_lines(tmp, lines))
-
-
-def _write_through_temporary(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` to a temporary name beside `path`, then rename it over `path`; removed on failure."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any, tmp: Path) -> None:
-    """`data` as JSON at `path`, through `tmp` and a rename (so `path` is whole or absent)."""
-    write_synced(tmp, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def read_json_record(path: Path) -> dict[str, Any] | None:
@@ -185,7 +103,7 @@ def read_json_record(path: Path) -> dict[str, Any] | None:
 
 
 def read_lines(path: Path) -> list[str]:
-    """The lines `write_lines` wrote (split on "\\n" only: a path may hold other separators)."""
+    """The lines `encode_lines` wrote (split on "\\n" only: a path may hold other separators)."""
     text = path.read_text(encoding="utf-8", errors="surrogateescape")
     return text.removesuffix("\n").split("\n") if text else []
 
@@ -291,3 +209,174 @@ def remove_partial(partial: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         partial.rmdir()
     fsync_dir(partial.parent)
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a row's file was when it was embedded: size, modification time, optional sha256."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+
+    def to_dict(self, path: str) -> dict[str, Any]:
+        record: dict[str, Any] = {"path": path, "size": self.size, "mtime_ns": self.mtime_ns}
+        if self.sha256 is not None:
+            record["sha256"] = self.sha256
+        return record
+
+    def same_stat(self, other: "FileIdentity") -> bool:
+        return self.size == other.size and self.mtime_ns == other.mtime_ns
+
+
+# -- the journal and the run record ------------------------------------------------------------
+
+JOURNAL_LINE_MAX = 64 << 20  # one batch's paths and errors; a longer line is damage
+RECORD_VERSION = 1
+ASSEMBLY = "assembly"  # in state.json: the partial directory is assembled from shards (publish.Assembly)
+
+
+@dataclass
+class Journal:
+    """The committed state read back from `journal.jsonl`."""
+
+    paths: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    identities: list[FileIdentity | None] = field(default_factory=list)  # of each row's file, before it was read
+    valid_bytes: int = 0  # length of the journal's well-formed prefix
+
+
+def inputs_digest(inputs: Sequence[str] | None) -> str | None:
+    """sha256 of the expanded, ordered input paths: a resumed run must see the same list."""
+    if inputs is None:
+        return None
+    digest = hashlib.sha256()
+    for path in inputs:
+        digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
+    return digest.hexdigest()
+
+
+def read_journal(path: Path, max_entries: int | None = None) -> Journal:
+    """The well-formed prefix of a journal: complete lines, each a batch, at most `max_entries`
+    inputs in all (None: no limit). A torn, malformed or oversized line ends it."""
+    journal = Journal()
+    if not path.exists():
+        return journal
+    with open(path, "rb") as fh:
+        while raw := fh.readline(JOURNAL_LINE_MAX + 1):
+            if not raw.endswith(b"\n"):
+                break  # torn last line (the batch was never committed), or far too long
+            try:
+                entry = json.loads(raw)
+                paths = [str(p) for p in entry["rows"]]
+                errors = [(str(p), str(r)) for p, r in entry["errors"]]
+                identities = [decode_identity(i) for i in entry.get("ids") or []]
+            except (ValueError, KeyError, TypeError):
+                break
+            if len(identities) != len(paths):  # written by a bitcli that recorded none: unknown
+                identities = [None] * len(paths)
+            count = len(journal.paths) + len(journal.errors) + len(paths) + len(errors)
+            if max_entries is not None and count > max_entries:
+                break  # more than the run has inputs: not this run's journal
+            journal.paths.extend(paths)
+            journal.errors.extend(errors)
+            journal.identities.extend(identities)
+            journal.valid_bytes += len(raw)
+    return journal
+
+
+def encode_identity(identity: FileIdentity | None) -> list | None:
+    """A row's identity in a journal line: [size, mtime_ns, sha256 or null], or null."""
+    return None if identity is None else [identity.size, identity.mtime_ns, identity.sha256]
+
+
+def decode_identity(value: list | None) -> FileIdentity | None:
+    if value is None:
+        return None
+    size, mtime_ns, sha256 = value
+    return FileIdentity(int(size), int(mtime_ns), None if sha256 is None else str(sha256))
+
+
+def run_state(
+    dim: int, dtype: str, fingerprint: dict[str, Any], inputs: Sequence[str] | None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What produced the rows: compared on --resume (JSON round trip: tuples equal lists)."""
+    state = {**(extra or {}), "version": RECORD_VERSION, "dim": dim, "dtype": dtype, "fingerprint": fingerprint,
+             "inputs": inputs_digest(inputs)}
+    return json.loads(json.dumps(state))
+
+
+def check_same_update(partial: Path, theirs: str | None, mine: str | None) -> None:
+    """An interrupted --update (its plan's digest in `state.json`) resumes only with --update and
+    the same plan, and an interrupted plain run only without --update."""
+    if theirs == mine:
+        return
+    if mine is None:
+        raise UsageError(f"{partial} is an interrupted --update; pass --update --resume to continue it")
+    if theirs is None:
+        raise UsageError(
+            f"{partial} is an interrupted run, not an --update; pass --resume without --update to finish it, "
+            "or --update --overwrite to discard it"
+        )
+    raise UsageError(
+        f"{partial}: the inputs or the output changed since the interrupted --update; "
+        "pass --update --overwrite to start it over"
+    )
+
+
+def file_size(path: Path | None) -> int | None:
+    try:
+        return None if path is None else os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def assembled_by(state: dict[str, Any] | None) -> str | None:
+    """The command assembling the output in a partial directory whose `state.json` is `state`
+    (`publish.Assembly`), or None for a local run's."""
+    who = (state or {}).get(ASSEMBLY)
+    return str(who) if who else None
+
+
+def read_run_record(paths: "EmbedPaths") -> tuple[dict[str, Any] | None, str | None]:
+    """(the finished output's run record, None) or (None, why there is none to check)."""
+    record = read_json_record(paths.record)
+    if record is None:
+        return None, f"it has no readable record of how it was made ({paths.record.name} is missing or damaged)"
+    return record, None
+
+
+def finished_problem(paths: "EmbedPaths", state: dict[str, Any], rows_dtype) -> str | None:
+    """Why a finished output does not match the run about to resume it (None: it does): `state`'s
+    keys compared with its run record's, then its files (`files_problem`)."""
+    record, problem = read_run_record(paths)
+    if record is None:
+        return problem
+    theirs = {k: record.get(k) for k in state}
+    if theirs.get("inputs") != state["inputs"] and describe_difference(theirs, state) is None:
+        return "the inputs changed since it was made"
+    difference = describe_difference(theirs, state)
+    if difference:
+        return f"it was made with different settings ({difference})"
+    return files_problem(paths, record, state.get("dim", record.get("dim")), rows_dtype)
+
+
+def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dtype, *, places: bool = True) -> str | None:
+    """Why the files of a finished output are not the ones its run record lists (None: they are).
+
+    Every file of the set (`EmbedPaths.set_files`) has the size the record gives, or is absent
+    when the record lists none (and, with `places`, the path it gives); the array's header holds
+    the recorded rows of `dim` `rows_dtype`.
+    """
+    for role, path in paths.set_files().items():
+        if role == "record":
+            continue
+        want = (record.get("files") or {}).get(role)
+        if places and role != "array" and want is not None and os.path.abspath(path) != want.get("path"):
+            return f"it was made with its {role} at {want.get('path')}"
+        if file_size(path) != (None if want is None else want.get("size")):
+            return f"its {role} changed since it was made"
+    header = read_npy_header(paths.out)
+    if header is None or header[0] != (record.get("rows"), dim) or header[1] != rows_dtype:
+        return "its array changed since it was made"
+    return None

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from bitcli.errors import UsageError
 from bitcli.store.settings import EmbedSettings
-from bitcli.store.files import fsync_dir, staged_name, write_chunks
-from bitcli.util import open_regular, read_capped
+from bitcli.store.files import FileIdentity, staged_name
+from bitcli.util import fsync_dir, open_regular, read_capped, write_synced
 
 if TYPE_CHECKING:
     from bitcli.store.paths import EmbedPaths
@@ -60,24 +60,6 @@ class SidecarPaths:
         return cls(meta=stem.with_name(stem.name + ".meta.json"), files=stem.with_name(stem.name + ".files.jsonl"))
 
 
-@dataclass(frozen=True)
-class FileIdentity:
-    """What a row's file was when it was embedded: size, modification time, optional sha256."""
-
-    size: int
-    mtime_ns: int
-    sha256: str | None = None
-
-    def to_dict(self, path: str) -> dict[str, Any]:
-        record: dict[str, Any] = {"path": path, "size": self.size, "mtime_ns": self.mtime_ns}
-        if self.sha256 is not None:
-            record["sha256"] = self.sha256
-        return record
-
-    def same_stat(self, other: "FileIdentity") -> bool:
-        return self.size == other.size and self.mtime_ns == other.mtime_ns
-
-
 def identify(path: str, *, content_hash: bool = False) -> FileIdentity:
     """Stat `path` (following links) and, with `content_hash`, hash its bytes. Raises OSError;
     a FIFO, device or directory raises `NotRegularFile` without blocking (it is never an
@@ -93,6 +75,15 @@ def identify(path: str, *, content_hash: bool = False) -> FileIdentity:
                 left -= len(chunk)
             digest = sha.hexdigest()
     return FileIdentity(size=info.st_size, mtime_ns=info.st_mtime_ns, sha256=digest)
+
+
+def still_embedded(path: str, recorded: FileIdentity | None) -> bool:
+    """Whether the file at `path` is still the one `recorded` describes: its size and mtime, and
+    its content's sha256 where one was recorded (None: never identified, so not). Raises OSError."""
+    if recorded is None:
+        return False
+    now = identify(path, content_hash=recorded.sha256 is not None)
+    return recorded.same_stat(now) and now.sha256 == recorded.sha256
 
 
 def identify_all(paths: Iterable[str], *, content_hash: bool = False) -> dict[str, FileIdentity | None]:
@@ -255,13 +246,13 @@ def stage_metadata(
 
     staged = {"files": staged_name(paths.files), "meta": staged_name(paths.meta)}
     try:
-        write_chunks(staged["files"], lines())
+        write_synced(staged["files"], lines())
         if count != meta.rows:
             raise ValueError(f"{count} file identities given for {meta.rows} rows")
         meta.files = _relative_name(paths.files, paths.meta)
         meta.files_sha256 = sha.hexdigest()
         header = json.dumps(meta.to_dict(), indent=1, ensure_ascii=True) + "\n"
-        write_chunks(staged["meta"], [header.encode("ascii")])
+        write_synced(staged["meta"], header.encode("ascii"))
     except BaseException:
         for path in staged.values():
             path.unlink(missing_ok=True)

@@ -29,8 +29,9 @@ from typing import Iterator
 
 from bitcli.errors import BitError, UsageError
 from bitcli.inputs import path_problem
-from bitcli.store.files import OWN_PARTIAL_FILES, STATE, lock_holder, partial_problem, read_json_record, staged_name
-from bitcli.store.journal import assembled_by
+from bitcli.store.files import (
+    OWN_PARTIAL_FILES, STATE, assembled_by, lock_holder, partial_problem, read_json_record, staged_name,
+)
 from bitcli.store.metadata import SidecarPaths
 
 # How messages name a file of the set beyond the three outputs.

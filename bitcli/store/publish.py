@@ -1,7 +1,7 @@
 """Publishing a finished run as one set of files, and completing a publication a kill interrupted.
 
 Every writer of a finished output goes through `StagedSet`: a local run's `finish()` (and
-`--update`'s), `bit combine` and `--engine ray` (`assembly.py`). It stages every new file first
+`--update`'s), `bit combine` and `--engine ray` (`Assembly`, below). It stages every new file first
 (the array is the partial directory's `data.npy`; the manifest, the error list, the metadata
 sidecar `OUT.files.jsonl` + `OUT.meta.json`, the run record and any other file of the set,
 `EmbedPaths.set_files`, are written under `.NAME.bitcli.tmp` beside their final names), then
@@ -15,6 +15,13 @@ journal is complete); a kill after it leaves a record of what remains to be done
 (run by every later `bit embed` or `bit combine` on the same output, whatever its options, before
 anything else) finishes it. So the files on disk are always one run's set, or become it at the
 next touch.
+
+An output assembled from parts made elsewhere (`bit combine`, `bit embed --engine ray`) is held
+by an `Assembly`: the same partial directory and lock a local run takes (a Ray run holds it while
+its shards are computed, so a second run on the output is refused meanwhile), its `state.json`
+saying `"assembly": WHO` and its journal empty (the shards hold the work). The caller writes the
+array into `data.npy` and stages the rest on `staged`; the next `bit combine` or Ray run discards
+one that no process holds, `bit embed --resume` is told which command continues it.
 """
 
 from __future__ import annotations
@@ -26,22 +33,12 @@ from typing import IO, Any, Callable, Iterable
 
 from bitcli.errors import UsageError
 from bitcli.store.files import (
-    DATA,
-    LOCK,
-    PUBLISH,
-    PUBLISH_TMP,
-    fsync_dir,
-    is_regular,
-    read_json_record,
-    remove_partial,
-    take_lock,
-    write_binary,
-    write_json_atomic,
-    write_lines,
-    write_synced,
+    ASSEMBLY, DATA, LOCK, PUBLISH, PUBLISH_TMP, RECORD_VERSION, STATE, assembled_by, is_regular, lock_holder,
+    make_partial, read_json_record, remove_partial, take_lock,
 )
 from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, stage_metadata
-from bitcli.store.paths import EmbedPaths, check_replaceable, writing
+from bitcli.store.paths import EmbedPaths, check_output, check_own_partial, check_replaceable, writing
+from bitcli.util import encode_lines, fsync_dir, write_atomic, write_synced
 
 PUBLISH_VERSION = 1
 
@@ -54,7 +51,8 @@ def commit_publication(partial: Path, moves: list[tuple[Path, Path]], removals: 
         "remove": [os.path.abspath(path) for path in removals],
     }
     with writing(moves[0][1] if moves else partial):
-        write_json_atomic(partial / PUBLISH, record, partial / PUBLISH_TMP)
+        record_bytes = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8")
+        write_atomic(partial / PUBLISH, record_bytes, temporary=partial / PUBLISH_TMP)
 
 
 def roll_forward(partial: Path) -> bool:
@@ -89,8 +87,6 @@ def recover(paths: EmbedPaths) -> bool:
 
     Only bitcli's own, unlocked partial directories are touched; anything else is left for
     `check_output` to refuse."""
-    from bitcli.store.paths import check_own_partial
-
     partial = paths.partial
     if partial is None:
         return False
@@ -176,7 +172,7 @@ class StagedSet:
     `partial` holds the array (`data.npy`, written by the caller; None when it was streamed).
     `lines` and `file` stage a file of the set by role (`EmbedPaths.set_files`), `sidecar` the
     metadata sidecar's two files (row file and header, in that order); `record` stages
-    the run record, which lists every staged file's size for a strict `--resume` (`journal.py`);
+    the run record, which lists every staged file's size for a strict `--resume` (`files.py`);
     `publish` commits and renames. A new file of the set is one more `lines` / `file` call.
     """
 
@@ -187,18 +183,19 @@ class StagedSet:
         self._committed = False
 
     def lines(self, role: str, lines: Iterable[str]) -> None:
-        """Stage text lines as `role` (`files.write_lines`: non-UTF-8 names survive)."""
+        """Stage text lines as `role` (`util.encode_lines`: non-UTF-8 names survive)."""
         target = self.paths.set_files()[role]
         with writing(target):
             self.staged[role] = self.paths.staged(target)
-            self.sizes[role] = write_lines(self.staged[role], lines)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.sizes[role] = write_synced(self.staged[role], encode_lines(lines))
 
     def file(self, role: str, write: Callable[[IO[bytes]], None]) -> None:
         """Stage `role` through `write(fh)` (an unbuffered binary file, synced after it)."""
         target = self.paths.set_files()[role]
         with writing(target):
             self.staged[role] = self.paths.staged(target)
-            self.sizes[role] = write_binary(self.staged[role], write)
+            self.sizes[role] = write_synced(self.staged[role], write)
 
     def sidecar(self, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]) -> None:
         """Stage the metadata sidecar (`metadata.py`): the row file (`rows`: each row's path and
@@ -253,3 +250,101 @@ class StagedSet:
         for role, path in self.staged.items():
             if role != "array" and is_regular(path):
                 path.unlink()
+
+
+ANOTHER_RUN = "another bit embed run is writing it; wait for it to finish or stop it"
+
+
+class Assembly:
+    """The output's partial directory, held (locked) while an output is assembled from shards.
+
+    `by` names the command ("bit combine"), for the message a local `--resume` gives. With
+    `resume`, an unfinished local run in the way is refused as it is without it: only that
+    run's engine can continue it.
+    """
+
+    def __init__(self, paths: EmbedPaths, *, by: str, resume: bool = False, overwrite: bool = False) -> None:
+        if paths.out is None:
+            raise UsageError("an assembled output is a file: give -o OUT.npy, not -o -")
+        self.paths, self.by = paths, by
+        recover(paths)
+        discard_assembly(paths)  # a killed combine's or Ray run's: nothing in it is worth keeping
+        partial = paths.partial
+        if not overwrite and _local_run(partial):
+            raise UsageError(
+                f"{paths.out}: an interrupted local run left {partial}; continue it with bit embed --resume "
+                "(--engine local), or pass --overwrite to discard it"
+            )
+        # Only the flags the assembling command has: bit combine has no --resume or --update.
+        advice = "pass --overwrite to replace it" + ("" if by == "bit combine" else " (or --resume)")
+        check_output(paths, resume=resume, overwrite=overwrite, exists=advice)
+        if partial.is_dir():  # a local run's, with --overwrite
+            self._remove_local(partial)
+        clear_staged(paths)
+        state = {"version": RECORD_VERSION, ASSEMBLY: by}
+        with writing(paths.out):
+            self._lock: IO[bytes] | None = make_partial(partial, paths.partial_tmp, state, b"")
+        if self._lock is None:
+            raise UsageError(f"{paths.out}: {ANOTHER_RUN}")
+        self.staged = StagedSet(paths, partial)
+
+    def _remove_local(self, partial: Path) -> None:
+        lock = take_lock(partial)
+        if lock is None:
+            raise UsageError(f"{self.paths.out}: {ANOTHER_RUN}")
+        try:
+            remove_partial(partial)
+        finally:
+            lock.close()
+
+    @property
+    def data(self) -> Path:
+        """Where the array is written (`data.npy` in the partial directory)."""
+        return self.paths.partial / DATA
+
+    def close(self) -> None:
+        """Release the lock. Unless the set was published, remove the partial directory (it held
+        no work) and anything staged; a killed process leaves both to the next run."""
+        if self._lock is None:
+            return
+        try:
+            if not self.staged.committed:
+                self.staged.discard()
+                remove_partial(self.paths.partial)
+        finally:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "Assembly":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _local_run(partial: Path) -> bool:
+    """Whether `partial` is an interrupted local run's (resumable, not held by a running one)."""
+    if not partial.is_dir() or partial.is_symlink() or not is_regular(partial / STATE):
+        return False
+    return lock_holder(partial) is None and not assembled_by(read_json_record(partial / STATE))
+
+
+def discard_assembly(paths: EmbedPaths) -> bool:
+    """Remove an assembly's partial directory that no process holds (True when one was removed)."""
+    partial = paths.partial
+    if partial is None or not partial.is_dir() or partial.is_symlink():
+        return False
+    if not assembled_by(read_json_record(partial / STATE)):
+        return False
+    try:
+        check_own_partial(paths)
+        lock = take_lock(partial)
+    except (UsageError, OSError):
+        return False  # not bitcli's, or unwritable: check_output says so
+    if lock is None:
+        return False  # a run is assembling it now
+    try:
+        remove_partial(partial)
+    finally:
+        lock.close()
+    return True

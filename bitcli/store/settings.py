@@ -68,14 +68,7 @@ class EmbedSettings:
     def diff(self, now: "EmbedSettings") -> list[str]:
         """The row settings that differ, `self` then and `now`: ["normalize True then, False now", ...]."""
         theirs, mine = self.to_json(), now.to_json()
-        diffs = []
-        for key in self.ROW_KEYS:
-            a, b = theirs[key], mine[key]
-            if isinstance(a, dict) and isinstance(b, dict):
-                diffs += [f"{key}.{k} {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-            elif a != b:
-                diffs.append(f"{key} {a!r} then, {b!r} now")
-        return diffs
+        return differences({k: theirs[k] for k in self.ROW_KEYS}, {k: mine[k] for k in self.ROW_KEYS})
 
     def model_reference(self) -> str:
         """What `bitcli.load` takes to get the same weights: `repo@commit`, or the local path."""
@@ -96,27 +89,28 @@ class EmbedSettings:
         return (a.get("reference"), a.get("commit")) == (b.get("reference"), b.get("commit")) and a.get("weights_sha256") != b.get("weights_sha256")
 
 
-def describe_difference(
-    first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now"), *,
-    most: int = 3, skip: tuple[str, ...] = ("inputs",),
-) -> str | None:
-    """'normalize: True then, False now' for the first `most` keys that differ (nested objects
-    flattened to their keys; `skip` left out), or None when nothing does: the one wording of a
-    difference in settings, for a resumed run, a shard and a run record alike."""
-    flat_first, flat_second = _flatten(first), _flatten(second)
-    diffs = [
-        f"{key}: {flat_first.get(key)!r} {names[0]}, {flat_second.get(key)!r} {names[1]}"
-        for key in sorted(set(flat_first) | set(flat_second))
-        if key not in skip and flat_first.get(key) != flat_second.get(key)
-    ]
-    return "; ".join(diffs[:most]) or None
+def differences(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now"), *,
+                skip: tuple[str, ...] = ("inputs",)) -> list[str]:
+    """Every setting that differs, in `first`'s order: "normalize True then, False now" (nested
+    objects by dotted key, a run record's `fingerprint` by its own keys; `skip`: top-level keys
+    left out). The one wording of a difference: a collection, a resumed run, a shard alike."""
+    a, b = _flatten(first), _flatten(second)
+    keys = [*a, *(k for k in b if k not in a)]
+    return [f"{k} {a.get(k)!r} {names[0]}, {b.get(k)!r} {names[1]}" for k in keys
+            if k.split(".", 1)[0] not in skip and a.get(k) != b.get(k)]
 
 
-def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+def describe_difference(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now"), *,
+                        most: int = 3, skip: tuple[str, ...] = ("inputs",)) -> str | None:
+    """The first `most` of `differences`, joined; None when nothing differs."""
+    return "; ".join(differences(first, second, names, skip=skip)[:most]) or None
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and key not in ("preprocessing", "decode"):
-            flat.update(_flatten(value))
+        if isinstance(value, dict):
+            flat.update(_flatten(value, "" if key == "fingerprint" else f"{prefix}{key}."))
         else:
-            flat[key] = value
+            flat[f"{prefix}{key}"] = value
     return flat

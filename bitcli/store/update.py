@@ -33,7 +33,6 @@ from bitcli.store.settings import EmbedSettings
 from bitcli.store.metadata import (
     EmbeddingMetadata,
     FileIdentity,
-    SidecarPaths,
     check_compatible,
     identify,
     read_file_rows,

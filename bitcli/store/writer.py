@@ -17,12 +17,9 @@ import numpy as np
 
 from bitcli.errors import UsageError
 from bitcli.store.files import (
-    DATA, JOURNAL, STATE, copy_to_stream, make_partial, npy_header, partial_problem, read_json_record,
-    remove_partial, take_lock,
-)
-from bitcli.store.journal import (
-    Journal, assembled_by, check_same_update, describe_difference, encode_identity, finished_problem, read_journal,
-    run_state,
+    DATA, JOURNAL, STATE, Journal, assembled_by, check_same_update, copy_to_stream, describe_difference,
+    encode_identity, finished_problem, make_partial, npy_header, partial_problem, read_journal, read_json_record,
+    remove_partial, run_state, take_lock,
 )
 from bitcli.store.metadata import FileIdentity, metadata_for
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, writing
@@ -59,7 +56,8 @@ class EmbedWriter:
     with another one. Opening first completes a publication a kill interrupted (`recover`), then
     takes the partial directory's lock: a second writer on the same output is refused.
     `update_plan` (`--update`, `store.update.plan_digest`): the existing output stays in place until
-    `finish()` replaces it, and only an interrupted update with the same plan resumes.
+    `finish()` replaces it, and only an interrupted update with the same plan resumes. `extra`:
+    more of what made the rows, recorded and compared like the rest (a shard's split and index).
     """
 
     def __init__(
@@ -73,6 +71,7 @@ class EmbedWriter:
         resume: bool = False,
         overwrite: bool = False,
         update_plan: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         if dtype not in ("float32", "float16"):
             raise UsageError(f"--dtype {dtype}: choose float32 or float16")
@@ -81,7 +80,7 @@ class EmbedWriter:
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.fingerprint = dict(fingerprint or {})
         self._inputs = None if inputs is None else list(inputs)
-        self._state = run_state(self.dim, self.dtype.name, self.fingerprint, self._inputs)
+        self._state = run_state(self.dim, self.dtype.name, self.fingerprint, self._inputs, extra)
         if update_plan is not None:
             self._state["update"] = update_plan  # in state.json only: the finished record omits it
         update = update_plan is not None

@@ -1,20 +1,20 @@
 """Pooled features for the linear probe, from the `bit embed` engine, cached on disk.
 
-The cache lives in bitcli's one cache folder (`$BITCLI_CACHE_DIR`, else `$XDG_CACHE_HOME/bitcli`,
-else `~/.cache/bitcli`), under `features/`, one folder per model key, holding chunk files of
-(file key, vector) rows.
-A second run over the same images with other hyper-parameters (another `--shots`, `--seed`,
-`--val-split`) reads the vectors instead of running the network again.
+The cache is a folder of collections: in bitcli's one cache folder (`util.cache_dir()`), under
+`features/`, one folder per settings record, each chunk `chunk-*.npy` a collection the embed
+store wrote (array, manifest, sidecar with each row's file identity). A second run over the same
+images with other hyper-parameters (another `--shots`, `--seed`, `--val-split`) reads the
+vectors instead of running the network again.
 
 Model key: the collection's settings record (`store.settings.EmbedSettings`: model reference,
 commit, the weights' content digest, so retraining into the same folder invalidates it,
-preprocessing, precision, pixel limit, JPEG draft decoding), as `bit embed` records it. Left out,
-as there: the batch size, device and convolution path, which change features only in the last
-bits of float32 (well below anything a linear classifier resolves).
-File key: the absolute path, size and modification time (nanoseconds) of each image; an edited
-image gets a new key. Failed images are not cached (they are decoded again, and fail fast).
-Chunks are written with the store's atomic writer (temporary file, fsync, rename), so an
-interrupted run leaves no half rows; concurrent runs at worst both compute the same rows.
+preprocessing, precision, pixel limit, JPEG draft decoding); a chunk is used only when its
+header's settings show no difference (`EmbedSettings.diff`). Left out, as in `bit embed`: the
+batch size, device and convolution path, which change features only in the last bits of float32.
+A row is found by its file: the resolved path, size and modification time, as `--update` does;
+an edited image gets a new row. Failed images are not cached (they are decoded again, and fail
+fast). Chunks are published by the store, so an interrupted run leaves no half rows;
+concurrent runs at worst both compute the same rows.
 """
 
 from __future__ import annotations
@@ -30,12 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from bitcli.inputs import InputItem
-from bitcli.store.files import write_file_atomic
+from bitcli.errors import BitError
+from bitcli.inputs import InputItem, path_problem
+from bitcli.store.metadata import FileIdentity, identify, read_file_rows
+from bitcli.store.paths import EmbedPaths
 from bitcli.store.settings import EmbedSettings
+from bitcli.store.writer import EmbedWriter
 
 CHUNK_PREFIX = "chunk-"
 _MERGE_ABOVE = 16  # chunks: merged into one when a folder holds more
+Key = tuple[str, int, int]  # a file: resolved path, size, mtime_ns
 
 
 def default_cache_dir() -> Path:
@@ -54,59 +58,65 @@ class Features:
     cached: int  # how many rows came from the cache
 
 
-def file_key(path: str) -> str | None:
-    """sha256 of (absolute path, size, mtime_ns), or None when the file cannot be stat'ed."""
+def file_key(path: str) -> Key | None:
+    """The file's key, or None when it cannot be stat'ed (or cannot be a manifest line)."""
     try:
-        info = os.stat(path)
+        identity = identify(path)
     except OSError:
         return None
-    text = f"{os.path.abspath(path)}\0{info.st_size}\0{info.st_mtime_ns}"
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    real = os.path.realpath(path)
+    return None if path_problem(real) else (real, identity.size, identity.mtime_ns)
 
 
 class FeatureCache:
-    """One model's cached vectors: a folder of chunk files (keys [N] and vectors [N, D])."""
+    """One model's cached vectors: a folder of collections (`chunk-*.npy`)."""
 
-    def __init__(self, root: Path, model_key: dict[str, Any]):
-        digest = hashlib.sha256(json.dumps(model_key, sort_keys=True, default=str).encode()).hexdigest()
+    def __init__(self, root: Path, fingerprint: dict[str, Any], dim: int):
+        self.settings = EmbedSettings.from_fingerprint(fingerprint)
+        digest = hashlib.sha256(json.dumps(self.settings.to_json(), sort_keys=True).encode()).hexdigest()
         self.dir = Path(root) / digest[:24]
-        self.model_key = model_key
+        self.fingerprint, self.dim = fingerprint, dim
 
-    def load(self) -> dict[str, np.ndarray]:
-        table: dict[str, np.ndarray] = {}
+    def load(self) -> dict[Key, np.ndarray]:
+        from bitcli.collection.index import open_index
+
+        table: dict[Key, np.ndarray] = {}
         for chunk in self._chunks():
             try:
-                with np.load(chunk, allow_pickle=False) as data:
-                    table.update(zip(data["keys"].tolist(), data["vectors"]))
-            except (OSError, ValueError, KeyError):
+                index = open_index(chunk, allow_empty=True)
+                try:
+                    if index.meta is None or index.meta.settings.diff(self.settings):
+                        continue  # made with other settings: not these features
+                    rows = read_file_rows(index.meta_path, index.meta)
+                    vectors = np.array(index.vectors, dtype=np.float32)
+                finally:
+                    index.close()
+            except (BitError, OSError, ValueError):
                 continue  # a damaged chunk is only a cache miss
+            table.update(((p, i.size, i.mtime_ns), v) for (p, i), v in zip(rows, vectors) if i is not None)
         return table
 
-    def add(self, keys: list[str], vectors: np.ndarray) -> None:
-        if not keys:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        info = self.dir / "model.json"
-        if not info.exists():
-            write_file_atomic(info, lambda f: f.write(json.dumps(self.model_key, indent=2, default=str).encode()))
-        arrays = {"keys": np.array(keys), "vectors": np.asarray(vectors, dtype=np.float32)}
-        write_file_atomic(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npz", lambda f: np.savez(f, **arrays))
-        if len(self._chunks()) > _MERGE_ABOVE:
-            self._merge()
+    def add(self, keys: list[Key], vectors: np.ndarray) -> None:
+        """A new chunk; more than `_MERGE_ABOVE` of them are merged into one."""
+        self._write(keys, vectors)
+        old = self._chunks()
+        if len(old) > _MERGE_ABOVE:
+            table = self.load()
+            self._write(list(table), np.stack(list(table.values())))
+            for chunk in old:
+                for path in EmbedPaths.for_output(chunk).set_files().values():
+                    path.unlink(missing_ok=True)
+
+    def _write(self, keys: list[Key], vectors: np.ndarray) -> None:
+        paths = EmbedPaths.for_output(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npy")
+        with EmbedWriter(paths, dim=self.dim, fingerprint=self.fingerprint) as writer:
+            writer.commit([k[0] for k in keys], vectors, (), [FileIdentity(k[1], k[2]) for k in keys])
+            writer.finish()
 
     def _chunks(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
-        return sorted(p for p in self.dir.iterdir() if p.name.startswith(CHUNK_PREFIX) and p.suffix == ".npz")
-
-    def _merge(self) -> None:
-        old = self._chunks()
-        table = self.load()
-        keys = list(table)
-        arrays = {"keys": np.array(keys), "vectors": np.stack([table[k] for k in keys])}
-        write_file_atomic(self.dir / f"{CHUNK_PREFIX}{uuid.uuid4().hex}.npz", lambda f: np.savez(f, **arrays))
-        for chunk in old:
-            chunk.unlink(missing_ok=True)
+        return sorted(p for p in self.dir.iterdir() if p.name.startswith(CHUNK_PREFIX) and p.suffix == ".npy")
 
 
 def model_key(embedder: Any) -> dict[str, Any]:
@@ -126,7 +136,7 @@ def extract(
     `cache_dir=None`: the default cache; pass a folder to use another. `progress(done, total)`
     is called as images are embedded (cached rows count as done at once).
     """
-    cache = FeatureCache(cache_dir or default_cache_dir(), model_key(embedder))
+    cache = FeatureCache(cache_dir or default_cache_dir(), embedder.fingerprint(), embedder.feature_dim)
     table = cache.load()
     keys = [file_key(p) for p in paths]
     vectors: dict[int, np.ndarray] = {i: table[k] for i, k in enumerate(keys) if k is not None and k in table}

@@ -16,8 +16,6 @@ import errno
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import torch
 
 from bitcli.errors import UsageError
-from bitcli.util import read_capped
+from bitcli.util import read_capped, write_atomic, write_synced
 
 STATE_INFO_MAX_BYTES = 256 << 20  # the step's losses: 8 bytes or so per step
 
@@ -100,8 +98,8 @@ def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic(directory / STATE_WEIGHTS, lambda path: save_tensors(tensors, path))
-        _atomic(directory / STATE_INFO, lambda path: write_text(path, json.dumps(info)))
+        for name, content in ((STATE_WEIGHTS, lambda fh: save_tensors(tensors, fh.name)), (STATE_INFO, json.dumps(info).encode())):
+            write_atomic(directory / name, content, temporary=directory / f"{_TEMP_PREFIX}{os.getpid()}-{name}")
     except WriteFailed:
         raise
     except OSError as exc:
@@ -109,13 +107,10 @@ def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """`text` into `path`, synced (a full disk fails here, not at some later close); a failure is
-    WriteFailed naming the file's folder."""
+    """`text` into `path`, synced (`util.write_synced`: a full disk fails here, not at some later
+    close); a failure is WriteFailed naming the file's folder."""
     try:
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
+        write_synced(path, text.encode("utf-8"))
     except OSError as exc:
         raise WriteFailed(exc.errno, exc.strerror or str(exc), str(Path(path).parent)) from exc
 
@@ -146,12 +141,3 @@ def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     )
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
