@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.store.files import write_file_atomic
 from bitcli.store.paths import check_replaceable
-from bitcli.util import open_regular
+from bitcli.util import open_regular, write_atomic
 
 FORMAT_VERSION = 1
 _CHUNK_ROWS = 4096  # rows converted to float64 at a time while computing norms
@@ -78,7 +77,7 @@ def save(index: EmbeddingIndex, norms: np.ndarray) -> bool:
         check_replaceable(path, "row norms")  # only a regular file (ours) is ever replaced
         if path.exists() and load_source(path) is None:
             return False  # a file of that name that bitcli did not write
-        write_file_atomic(path, lambda fh: np.savez(fh, source=_source(index), norms=np.asarray(norms, np.float64)))
+        write_atomic(path, lambda fh: np.savez(fh, source=_source(index), norms=np.asarray(norms, np.float64)))
     except Exception:  # a read-only folder, a full disk, a link: search goes on without
         return False
     return True
