@@ -248,3 +248,16 @@ def test_float16_extremes_rank_as_float64(tmp_path, scoring):
     queries = vectors[[0, 25, 100]].astype(np.float32) + 0.01
     for j, matches in enumerate(exact_search(index, queries, 15, block_rows=33, scoring=scoring)):
         assert [m.row for m in matches] == brute_force_top_k(vectors, queries[j], 15), (scoring, j)
+
+
+def test_a_one_row_collection_searched_for_its_own_row_answers_no_match(tmp_path, monkeypatch):
+    """Its own row excluded, nothing is left to return: an empty list, not a crash."""
+    from clihelpers import jsonl, run
+
+    out = write_embedding(tmp_path, np.ones((1, 8), np.float32))
+    monkeypatch.chdir(tmp_path)
+    result = run(["search", out.name, "img00000.jpg", "-f", "jsonl"])
+    assert result.exit_code == 0, result.stderr
+    assert jsonl(result.stdout)[0]["matches"] == []
+    index = open_index(out)
+    assert exact_search(index, np.ones((2, 8), np.float32), 3, exclude=[0, None], scoring="float32") == [[], exact_search(index, np.ones((1, 8)), 1)[0]]

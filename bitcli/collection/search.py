@@ -164,10 +164,14 @@ class _Best:
 
     def bar(self, slack: float) -> float:
         """Pre-scores below this cannot enter (the list is full and beats them by the margin)."""
+        if self.keep == 0:  # a one-row collection searched for its own row: nothing can enter
+            return np.inf
         return float(self.scores[-1]) - 2 * slack if self.full else -np.inf
 
     def offer(self, pre: np.ndarray, rows: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], slack: float) -> None:
         """Rows with pre-scores `pre`: keep those that can make the list, scored by `exact`."""
+        if self.keep == 0:
+            return
         finite = np.isfinite(pre)
         if self.scores.size + rows.size > self.keep:
             # The keep-th best of what is known: the list's exact scores and the finite pre-scores.
