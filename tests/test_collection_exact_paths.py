@@ -261,3 +261,27 @@ def test_a_one_row_collection_searched_for_its_own_row_answers_no_match(tmp_path
     assert jsonl(result.stdout)[0]["matches"] == []
     index = open_index(out)
     assert exact_search(index, np.ones((2, 8), np.float32), 3, exclude=[0, None], scoring="float32") == [[], exact_search(index, np.ones((1, 8)), 1)[0]]
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e-42), (np.float32, 1e-44), (np.float32, 3.3e38), (np.float64, 2e38), (np.float64, 1e-41), (np.float64, 1e-44)])
+def test_rows_with_subnormal_or_huge_norms_are_compared_exactly(tmp_path, dtype, scale):
+    """Rows whose float32/bfloat16 products under- or overflow (subnormal elements; a norm beyond
+    float32's range with a finite product): bfloat16 flushed them to 0, float32 divided by an
+    infinite norm, dedup's float32 inverse norm overflowed. They must rank and pair as float64."""
+    rng = np.random.default_rng(1)
+    dim = 64
+    query = rng.standard_normal(dim)
+    unit = query / np.linalg.norm(query)
+    others = rng.standard_normal((40, dim))
+    others -= np.outer(others @ unit, unit)
+    others = 0.1 * unit + others / np.linalg.norm(others, axis=1, keepdims=True)  # cosines 0.1
+    target = 0.3 * unit + np.sqrt(0.91) * (others[0] - 0.1 * unit) / np.linalg.norm(others[0] - 0.1 * unit)
+    vectors = others.astype(dtype)
+    vectors[10] = (target * scale / np.abs(target).max()).astype(dtype)  # cosine 0.3: the best
+    vectors[11] = vectors[10] if scale > 1 else vectors[10] * 2  # its copy: a pair at any threshold
+    index = open_index(write_embedding(tmp_path, vectors))
+    for scoring in PATHS:
+        (matches,) = exact_search(index, query[None], 2, scoring=scoring)
+        assert [m.row for m in matches] == [10, 11], scoring
+    for method in ("float32", "bf16"):
+        assert [g.rows for g in find_groups(index, 0.99, method=method)] == [[10, 11]], method

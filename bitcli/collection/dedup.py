@@ -33,7 +33,7 @@ from bitcli.collection import DEFAULT_THRESHOLD  # 0.9: why, in the package's __
 from bitcli.collection import norms as norms_mod
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.search import bf16_native, margin
+from bitcli.collection.search import beyond_margin, bf16_native, margin
 from bitcli.errors import UsageError
 
 _BLOCK_BYTES = 32 << 20  # float32 bytes per block of rows
@@ -197,12 +197,17 @@ def _exact_at_least(values: np.ndarray, norms: np.ndarray, a: np.ndarray, b: np.
 
 def _unit32(rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
     """float32 rows times their inverse (float64) norms, in float32 (each element off by at most
-    2 units in the last place: inside the margins); a zero or non-finite row becomes zeros."""
+    2 units in the last place: inside the margins); a zero or non-finite row becomes zeros. Rows
+    with norms outside float32's comfortable range (`beyond_margin`: subnormal elements, whose
+    inverse norm overflows float32, or a norm beyond float32) are divided in float64."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if rows.dtype == np.float64:  # values beyond float32's range would overflow before the scaling
             unit = (rows * (1.0 / norms)[:, None]).astype(np.float32)
         else:
             unit = np.asarray(rows, dtype=np.float32) * (1.0 / norms).astype(np.float32)[:, None]
+        odd = np.flatnonzero(beyond_margin(norms))
+        if odd.size:
+            unit[odd] = (np.asarray(rows[odd], dtype=np.float64) / norms[odd, None]).astype(np.float32)
     unit[(norms == 0) | ~np.isfinite(norms)] = 0.0
     return unit
 

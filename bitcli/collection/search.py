@@ -47,6 +47,7 @@ _UBF16 = 2.0**-8  # of bfloat16 (8 significant bits)
 # Rows with a smaller norm are always scored in float64: below it a float16 product's absolute
 # rounding (subnormals) would be a large part of their cosine.
 MIN_NORM = 2.0**-8
+_MAX_NORM = 2.0**60  # and with a larger one: float32 products and norms overflow (`beyond_margin`)
 
 
 @dataclass
@@ -111,7 +112,8 @@ def margin(scoring: str, dim: int) -> float:
     2^-25 absolute per element where it is subnormal), float32 accumulation, the product rounded
     to float16 (u, and 2^-25 absolute: at most 2^-17 of a row's norm above MIN_NORM).
     bfloat16: both factors rounded to bfloat16 (2u + u^2 on each product), float32 accumulation,
-    and the product rounded to bfloat16 (u) before the division."""
+    and the product rounded to bfloat16 (u) before the division. Rows whose norms make the
+    products under- or overflow are not covered: `beyond_margin` picks them out."""
     gamma = dim * _U32 / (1 - dim * _U32)
     if scoring == "float32":
         bound = gamma * (1 + 2 * _U32) ** 2 + 4 * _U32
@@ -126,6 +128,17 @@ def margin(scoring: str, dim: int) -> float:
     else:
         raise ValueError(f"scoring {scoring!r}: use float32, float16 or bfloat16")
     return float(2 * bound + 1e-12)
+
+
+def beyond_margin(norms: np.ndarray) -> np.ndarray:
+    """Rows whose (nonzero, finite) norms lie outside [MIN_NORM, 2^60]: their products under- or
+    overflow (subnormal elements lose their relative precision: bfloat16 flushed them to 0; a
+    norm beyond float32's range turns the quotient into 0), which `margin` does not bound.
+    Callers decide them in float64. Within the range an element or product that underflows
+    (even flushed to 0) is off by at most D * 2^-126 / MIN_NORM of the cosine in float32 and
+    bfloat16 (float16: see `margin`)."""
+    with np.errstate(invalid="ignore"):
+        return (norms > 0) & np.isfinite(norms) & ((norms < MIN_NORM) | (norms > _MAX_NORM))
 
 
 def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[Match]], str]:
@@ -213,8 +226,8 @@ def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: i
         block_norms = norms[first:stop]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             pre = pre / block_norms[:, None].astype(np.float32)
-        pre[block_norms < MIN_NORM] = np.inf  # always re-scored in float64 (see `margin`)
         pre[(block_norms == 0) | ~np.isfinite(block_norms)] = 0.0  # exactly their cosine (0)
+        pre[beyond_margin(block_norms)] = np.inf  # always re-scored in float64 (see `margin`)
         slack = margin(scorer.name, rows.dim)
         bars = np.array([b.bar(slack) for b in best], dtype=np.float32)
         hit = (pre >= bars[None, :]) | ~np.isfinite(pre)
