@@ -285,3 +285,42 @@ def test_rows_with_subnormal_or_huge_norms_are_compared_exactly(tmp_path, dtype,
         assert [m.row for m in matches] == [10, 11], scoring
     for method in ("float32", "bf16"):
         assert [g.rows for g in find_groups(index, 0.99, method=method)] == [[10, 11]], method
+
+
+def _npy_header(shape: str) -> bytes:
+    text = "{'descr': '<f8', 'fortran_order': False, 'shape': %s, }" % shape
+    text += " " * (63 - len(text) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode()
+
+
+def test_norms_files_that_are_not_ours_are_left_alone_and_cost_nothing(tmp_path):
+    """A corrupt zip and a plain .npy at the norms name: search answers, the file stays. A norms
+    file of ours whose member claims 2^40 norms (numpy would allocate 8 TB before reading): it
+    is ignored, then replaced."""
+    import io
+    import zipfile
+
+    vectors = clustered(100, 8)
+    out = write_embedding(tmp_path, vectors)
+    stored = norms.norms_path(out)
+    expected = brute_force_top_k(vectors, vectors[0], 3)
+    source = io.BytesIO()
+    np.save(source, norms._source(open_index(out)))
+    for name in ("corrupt zip", "plain npy", "huge header"):
+        if name == "corrupt zip":
+            stored.write_bytes(b"PK\x03\x04" + b"not a zip" * 10)
+        elif name == "plain npy":
+            np.save(stored.with_suffix(".npy"), np.linalg.norm(vectors, axis=1).astype(np.float64))
+            os.replace(stored.with_suffix(".npy"), stored)
+        else:
+            with zipfile.ZipFile(stored, "w") as archive:
+                archive.writestr("source.npy", source.getvalue())
+                archive.writestr("norms.npy", _npy_header(f"({1 << 40},)"))
+        before = stored.read_bytes()
+        index = open_index(out)
+        assert norms.load(index) is None, name
+        assert [m.row for m in exact_search(index, vectors[:1], 3)[0]] == expected, name
+        if name == "huge header":
+            np.testing.assert_array_equal(norms.load(open_index(out)), norms.compute(open_index(out)))
+        else:
+            assert stored.read_bytes() == before, name

@@ -15,6 +15,7 @@ write them is never an error: search computes them as it goes.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,20 +41,48 @@ def _source(index: EmbeddingIndex) -> np.ndarray:
 
 def load(index: EmbeddingIndex) -> np.ndarray | None:
     """The stored norms when they were computed from this very array; None otherwise."""
-    path = norms_path(index.array_path)
+    found = _read(norms_path(index.array_path), _max_bytes(index), index.rows)
+    if found is None or not np.array_equal(found[0], _source(index)):
+        return None
+    return found[1]
+
+
+def _max_bytes(index: EmbeddingIndex) -> int:
+    return 8 * index.rows + (1 << 16)
+
+
+def _read(path: Path, max_bytes: int, rows: int | None) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(source, norms) of a norms file that bitcli wrote (norms only when `rows` is given and they
+    are that many); None for anything else: a FIFO or device (never opened for reading), a file
+    over `max_bytes`, not a zip, a member whose header claims another shape (never allocated:
+    a header claiming terabytes or a member that would inflate costs nothing), a plain .npy."""
     try:
-        with open_regular(path) as file:  # a FIFO or device is refused, never waited on
-            if os.fstat(file.fileno()).st_size > 8 * index.rows + (1 << 16):
+        with open_regular(path) as file:
+            if os.fstat(file.fileno()).st_size > max_bytes:
                 return None
-            with np.load(file, allow_pickle=False) as stored:
-                if not np.array_equal(stored["source"], _source(index)):
-                    return None
-                norms = np.asarray(stored["norms"])
-    except (OSError, ValueError, KeyError, EOFError):
+            with zipfile.ZipFile(file) as archive:
+                source = _member(archive, "source", np.int64, (5,))
+                norms = _member(archive, "norms", np.float64, (rows,)) if rows is not None and source is not None else None
+    except Exception:  # whatever is wrong with the file (not a zip, a bad header, corrupt data): not ours
         return None
-    if norms.dtype != np.float64 or norms.shape != (index.rows,):
-        return None
-    return norms
+    return None if source is None else (source, norms)
+
+
+def _member(archive: zipfile.ZipFile, name: str, dtype: type, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Array member `name` when its header says exactly `dtype` and `shape`; its data read whole."""
+    with archive.open(name + ".npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            found_shape, fortran, found_dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            found_shape, fortran, found_dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            return None
+        if found_shape != shape or found_dtype != np.dtype(dtype) or fortran:
+            return None
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        data = member.read(size + 1)
+    return np.frombuffer(data, dtype=dtype).reshape(shape) if len(data) == size else None
 
 
 def compute(index: EmbeddingIndex) -> np.ndarray:
@@ -75,22 +104,12 @@ def save(index: EmbeddingIndex, norms: np.ndarray) -> bool:
     path = norms_path(index.array_path)
     try:
         check_replaceable(path, "row norms")  # only a regular file (ours) is ever replaced
-        if path.exists() and load_source(path) is None:
+        if path.exists() and _read(path, _max_bytes(index), None) is None:
             return False  # a file of that name that bitcli did not write
         write_atomic(path, lambda fh: np.savez(fh, source=_source(index), norms=np.asarray(norms, np.float64)))
     except Exception:  # a read-only folder, a full disk, a link: search goes on without
         return False
     return True
-
-
-def load_source(path: Path) -> np.ndarray | None:
-    """The `source` record of a norms file, None unless it is one bitcli wrote."""
-    try:
-        with open_regular(path) as file, np.load(file, allow_pickle=False) as stored:
-            source = np.asarray(stored["source"])
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    return source if source.dtype == np.int64 and source.shape == (5,) else None
 
 
 def ensure(index: EmbeddingIndex) -> np.ndarray:
