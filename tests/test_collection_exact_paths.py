@@ -324,3 +324,38 @@ def test_norms_files_that_are_not_ours_are_left_alone_and_cost_nothing(tmp_path)
             np.testing.assert_array_equal(norms.load(open_index(out)), norms.compute(open_index(out)))
         else:
             assert stored.read_bytes() == before, name
+
+
+def test_an_array_truncated_in_place_is_a_usage_error_not_sigbus(tmp_path):
+    """A tool rewriting the array in place after the index was opened: touching a mapped page past
+    the new end would kill the process with SIGBUS; search, dedup and the norms say the file ended
+    early, as reading it did before it was mapped."""
+    from bitcli.errors import UsageError
+
+    vectors = clustered(5000, 64)
+    out = write_embedding(tmp_path, vectors)
+    code = (
+        "import os, sys, numpy as np\n"
+        "from bitcli.collection.index import open_index\n"
+        "from bitcli.collection.search import exact_search\n"
+        "from bitcli.collection.dedup import find_groups\n"
+        "from bitcli.errors import UsageError\n"
+        f"out = {str(out)!r}\n"
+        "for name, run in (('search', lambda i: exact_search(i, np.ones((1, 64), np.float32), 3)), ('dedup', find_groups)):\n"
+        "    index = open_index(out)\n"
+        "    os.truncate(out, 128 + 1000 * 64 * 4)\n"
+        "    try:\n"
+        "        run(index)\n"
+        "    except UsageError as e:\n"
+        "        print(name, 'ended early' in str(e))\n"
+        f"    np.save(out, np.load({str(tmp_path / 'copy.npy')!r}))\n"
+    )
+    np.save(tmp_path / "copy.npy", vectors)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["search", "True", "dedup", "True"], (done.returncode, done.stdout, done.stderr)
+    index = open_index(out)  # truncated after the rows were mapped: the next block says so
+    with MappedRows(index) as rows:
+        os.truncate(out, 128 + 1000 * 64 * 4)
+        rows.populate(0, 500)
+        with pytest.raises(UsageError, match="ended early"):
+            rows.populate(4000, 5000)

@@ -67,15 +67,17 @@ class MappedRows:
         self.index = index
         self.count, self.dim = index.rows, index.dim
         self.map = None
+        self.offset: int | None = None  # where the rows start in the mapped file (None: not mapped)
         vectors = index.vectors
         offset = getattr(vectors, "offset", None)
+        self.row_bytes = self.dim * vectors.dtype.itemsize
         if isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and offset is not None and index.file is not None and vectors.size:
+            self.offset = offset
+            self.check(self.count)
             self.map = mmap.mmap(index.file.fileno(), 0, access=mmap.ACCESS_COPY)
             self.values = np.frombuffer(self.map, dtype=vectors.dtype, count=vectors.size, offset=offset).reshape(vectors.shape)
-            self.offset = offset
         else:  # a caller-built index, or a Fortran-ordered array from elsewhere
             self.values = np.asarray(vectors)
-        self.row_bytes = self.dim * self.values.dtype.itemsize
         self.populating = sys.platform == "linux"
 
     def __enter__(self) -> "MappedRows":
@@ -89,10 +91,19 @@ class MappedRows:
             except BufferError:  # a view is still alive somewhere: the map goes with it
                 pass
 
+    def check(self, stop: int) -> None:
+        """UsageError unless the file still holds rows [0, stop): a page of a map beyond the end
+        of a file truncated meanwhile (a tool rewriting it in place) kills the process with
+        SIGBUS when touched. Called before each block is touched; a truncation during a block's
+        products still cannot be caught."""
+        if self.offset is not None and os.fstat(self.index.file.fileno()).st_size < self.offset + stop * self.row_bytes:
+            raise UsageError(f"{self.index.array_path}: ended early (truncated while reading?); embed again with --overwrite")
+
     def populate(self, start: int, stop: int) -> None:
-        """Map the pages of rows [start, stop) in one call (Linux 5.14's MADV_POPULATE_READ), which
-        halved the time a search of a collection in the page cache spent faulting them in one by
-        one; elsewhere a no-op."""
+        """Check that rows [start, stop) are still in the file, then map their pages in one call
+        (Linux 5.14's MADV_POPULATE_READ), which halved the time a search of a collection in the
+        page cache spent faulting them in one by one (elsewhere they fault in as read)."""
+        self.check(stop)
         if self.map is None or not self.populating:
             return
         begin, end = self._pages(start, stop)

@@ -128,6 +128,7 @@ def threshold_pairs(
             left = prepared.get(first, stop)
             for other in range(first, index.rows, block_rows):
                 last = min(other + block_rows, index.rows)
+                mapped.check(last)
                 right = prepared.get(other, last)
                 for start in range(0, stop - first, _SLICE_ROWS):
                     sure, a, b = scorer.pairs(left, start, right, threshold, slack)

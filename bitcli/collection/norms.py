@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.store.paths import check_replaceable
 from bitcli.util import open_regular, write_atomic
@@ -86,10 +87,15 @@ def _member(archive: zipfile.ZipFile, name: str, dtype: type, shape: tuple[int, 
 
 
 def compute(index: EmbeddingIndex) -> np.ndarray:
-    """float64 norms of every row, from the stored values."""
+    """float64 norms of every row, from the stored values (mapped a chunk at a time and released:
+    the resident set does not grow with the collection)."""
     norms = np.empty(index.rows, dtype=np.float64)
-    for first in range(0, index.rows, _CHUNK_ROWS):
-        norms[first : first + _CHUNK_ROWS] = row_norms64(index.vectors[first : first + _CHUNK_ROWS])
+    with MappedRows(index) as rows:
+        for first in range(0, index.rows, _CHUNK_ROWS):
+            stop = min(first + _CHUNK_ROWS, index.rows)
+            rows.check(stop)
+            norms[first:stop] = row_norms64(rows.values[first:stop])
+            rows.release(first, stop)
     return norms
 
 
