@@ -359,3 +359,26 @@ def test_an_array_truncated_in_place_is_a_usage_error_not_sigbus(tmp_path):
         rows.populate(0, 500)
         with pytest.raises(UsageError, match="ended early"):
             rows.populate(4000, 5000)
+
+
+@pytest.mark.parametrize("query", ["a copy", "zero"])
+def test_identical_rows_are_rescored_in_bounded_memory(tmp_path, query):
+    """20,000 copies of one row (or a zero query): every row of a block is within the margin of
+    the k-th best, so all are re-scored in float64; that must not copy a whole block as float64
+    (32,768 rows x 256 x 8 bytes: 64 MB; the rows are 20 MB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    vectors = np.repeat(rng.standard_normal((1, 256)).astype(np.float32), 20000, axis=0)
+    vectors[12345] *= 2  # the same cosine: ties are ordered by row
+    index = open_index(write_embedding(tmp_path, vectors))
+    norms.ensure(index)
+    queries = vectors[:1] if query == "a copy" else np.zeros((1, 256), np.float32)
+    tracemalloc.start()
+    try:
+        (matches,) = exact_search(index, queries, 3, exclude=[1])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [m.row for m in matches] == [0, 2, 3]
+    assert peak < 24 << 20, peak

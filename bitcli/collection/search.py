@@ -40,6 +40,7 @@ QUERY_CHUNK = 1024  # queries scored per pass over the index (bounds the [block,
 _BLOCK_ELEMENTS = 1 << 23  # pre-scores per block ([rows, queries] float32: 32 MB)
 _MAX_BLOCK_ROWS = 1 << 15  # so that the first blocks can time each way of pre-scoring
 _PIECE_BYTES = 1 << 26  # bytes of rows converted at a time for one matrix product
+_EXACT_BYTES = 1 << 23  # float64 rows re-scored at a time (a block's candidates can be all its rows)
 _TORCH_FROM_ELEMENTS = 1 << 26  # below this numpy scores the rows: importing torch would cost more
 _U32 = 2.0**-24  # unit roundoff of float32
 _U16 = 2.0**-11  # of float16
@@ -251,7 +252,14 @@ def _unit_queries(queries: np.ndarray) -> np.ndarray:
 
 
 def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda rows: cosine64(values[rows], query)
+    """float64 cosines of the given rows with `query`, `_EXACT_BYTES` of float64 rows at a time
+    (all of a block's rows can be candidates: 10,000 copies of one row, a zero query)."""
+    piece = max(1, _EXACT_BYTES // (8 * max(1, values.shape[1])))
+
+    def scores(rows: np.ndarray) -> np.ndarray:
+        return np.concatenate([cosine64(values[rows[i : i + piece]], query) for i in range(0, rows.size, piece)] or [np.empty(0)])
+
+    return scores
 
 
 def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
