@@ -382,3 +382,16 @@ def test_identical_rows_are_rescored_in_bounded_memory(tmp_path, query):
         tracemalloc.stop()
     assert [m.row for m in matches] == [0, 2, 3]
     assert peak < 24 << 20, peak
+
+
+def test_the_bfloat16_bound_is_at_most_the_value_and_ends():
+    """`_bf16_at_most` near 1, near -1, and just below 0 (it rounded to -0 and looped forever)."""
+    torch = pytest.importorskip("torch")
+    from bitcli.collection.dedup import _bf16_at_most
+
+    values = [1.0, 1 - 1e-9, 0.99999, 0.9, 0.0, -2e-41, -1e-45, -1e-30, -0.5, -1 + 1e-9, -1.0, -1.03]
+    values += list(np.random.default_rng(0).uniform(-1.1, 1.1, 300))
+    for value in values:
+        bound = _bf16_at_most(torch, value)
+        assert bound.dtype == torch.bfloat16 and float(bound) <= value, value
+        assert value - float(bound) <= max(abs(value) * 2.0**-6, 2.0**-132), value  # and close below it

@@ -259,7 +259,8 @@ def _bf16_at_most(torch, value: float):
     if float(rounded) > value:
         rounded = torch.nextafter(rounded.float(), torch.tensor(-np.inf)).to(torch.bfloat16)
         while float(rounded) > value:
-            rounded = (rounded.float() - abs(float(rounded)) * 2.0**-7).to(torch.bfloat16)
+            step = abs(float(rounded)) * 2.0**-7 or 2.0**-133  # from 0: the smallest subnormal
+            rounded = (rounded.float() - step).to(torch.bfloat16)
     return rounded
 
 
