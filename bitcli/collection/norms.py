@@ -101,7 +101,7 @@ def compute(index: EmbeddingIndex) -> np.ndarray:
 
 def row_norms64(rows: np.ndarray) -> np.ndarray:
     """float64 Euclidean norms, summed as `scoring.cosine64` sums them."""
-    rows = np.asarray(rows, dtype=np.float64)
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
     return np.sqrt(np.einsum("ij,ij->i", rows, rows))
 
 

@@ -100,7 +100,7 @@ def to_matches(index: EmbeddingIndex, query: np.ndarray, rows: np.ndarray, k: in
 
 def cosine64(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
     """float64 cosine of each row with `query` (0 for a zero or NaN row or query), in [-1, 1]."""
-    rows = np.asarray(rows, dtype=np.float64)
+    rows = np.ascontiguousarray(rows, dtype=np.float64)  # one summation order whatever the layout
     query = np.asarray(query, dtype=np.float64).ravel()
     norms = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * np.sqrt(np.einsum("j,j->", query, query))
     with np.errstate(invalid="ignore", divide="ignore"):
