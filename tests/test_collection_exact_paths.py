@@ -406,3 +406,29 @@ def test_a_float64_score_does_not_depend_on_the_layout_of_the_rows():
     rows, query = np.asfortranarray(rng.standard_normal((50, 33))), rng.standard_normal(33)
     np.testing.assert_array_equal(cosine64(rows, query), cosine64(np.ascontiguousarray(rows), query))
     np.testing.assert_array_equal(cosine64(rows, query), [cosine64(rows[[i]], query)[0] for i in range(50)])
+
+
+@pytest.mark.parametrize("how", ["renamed over", "rewritten in place"])
+def test_norms_of_another_array_with_the_same_size_and_mtime_are_not_used(tmp_path, how):
+    """Another array of the same shape published with the old one's modification time (a
+    filesystem with whole-second times, `cp -p`, `touch -r`): dedup decided pairs by the stale
+    norms and found no group; the file's identity (inode, change time) tells them apart."""
+    rng = np.random.default_rng(6)
+    old = rng.standard_normal((60, 16)).astype(np.float32)
+    out = write_embedding(tmp_path, old)
+    norms.ensure(open_index(out))
+    new = 0.3 * rng.standard_normal((60, 16)).astype(np.float32)
+    new[1] = new[0]
+    mtime = os.stat(out).st_mtime_ns
+    if how == "renamed over":
+        np.save(tmp_path / "new.npy", new)
+        os.utime(tmp_path / "new.npy", ns=(mtime, mtime))
+        os.replace(tmp_path / "new.npy", out)
+    else:
+        with open(out, "r+b") as fh:
+            np.lib.format.write_array(fh, new)
+        os.utime(out, ns=(mtime, mtime))
+    index = open_index(out)
+    assert os.stat(out).st_size == os.stat(tmp_path / "e.npy").st_size and os.stat(out).st_mtime_ns == mtime
+    assert [g.rows for g in find_groups(index, 0.99)] == all_pairs_groups(new, 0.99) == [[0, 1]]
+    np.testing.assert_array_equal(norms.load(index), norms.compute(index))  # and they were replaced

@@ -4,12 +4,12 @@ computed from).
 Exact search scores a block of rows with one matrix product and divides by the rows' norms; with
 the norms at hand a search reads each row once. They are float64 Euclidean norms computed from the
 stored values as `cosine64` computes them (so a zero or overflowing row is recognised the same way
-by both), recorded with the array's size, modification time, rows and dimension: a file that does
-not match the array it sits beside is ignored and replaced.
+by both), recorded with the array's size, modification time, inode, change time, rows and
+dimension: a file that does not match the array it sits beside is ignored and replaced.
 
-`bit embed` writes them when it publishes a collection; a collection from before (or from elsewhere)
-gets them on its first search, written back atomically when its folder is writable. A failure to
-write them is never an error: search computes them as it goes.
+A collection gets them on its first search or dedup (`bit embed` does not write them), written
+back atomically when its folder is writable. A failure to write them is never an error: search
+computes them as it goes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from bitcli.collection.index import EmbeddingIndex
 from bitcli.store.paths import check_replaceable
 from bitcli.util import open_regular, write_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 recorded no inode or change time: such files are replaced
 _CHUNK_ROWS = 4096  # rows converted to float64 at a time while computing norms
 
 
@@ -36,8 +36,12 @@ def norms_path(array_path: Path) -> Path:
 
 
 def _source(index: EmbeddingIndex) -> np.ndarray:
+    """What the norms were computed from: the array's shape, size, modification time and identity
+    (inode and change time: another array of the same size published with the same modification
+    time, by a filesystem with whole-second times or `cp -p`, is another file or was changed)."""
     info = index.stat()
-    return np.array([FORMAT_VERSION, index.rows, index.dim, info.st_size, info.st_mtime_ns], dtype=np.int64)
+    fields = [FORMAT_VERSION, index.rows, index.dim, info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
+    return np.array(fields, dtype=np.int64)
 
 
 def load(index: EmbeddingIndex) -> np.ndarray | None:
@@ -62,15 +66,16 @@ def _read(path: Path, max_bytes: int, rows: int | None) -> tuple[np.ndarray, np.
             if os.fstat(file.fileno()).st_size > max_bytes:
                 return None
             with zipfile.ZipFile(file) as archive:
-                source = _member(archive, "source", np.int64, (5,))
+                source = _member(archive, "source", np.int64, None)
                 norms = _member(archive, "norms", np.float64, (rows,)) if rows is not None and source is not None else None
     except Exception:  # whatever is wrong with the file (not a zip, a bad header, corrupt data): not ours
         return None
     return None if source is None else (source, norms)
 
 
-def _member(archive: zipfile.ZipFile, name: str, dtype: type, shape: tuple[int, ...]) -> np.ndarray | None:
-    """Array member `name` when its header says exactly `dtype` and `shape`; its data read whole."""
+def _member(archive: zipfile.ZipFile, name: str, dtype: type, shape: tuple[int, ...] | None) -> np.ndarray | None:
+    """Array member `name` when its header says exactly `dtype` and `shape` (None: a `source`
+    record, up to 16 numbers); its data read whole."""
     with archive.open(name + ".npy") as member:
         version = np.lib.format.read_magic(member)
         if version == (1, 0):
@@ -79,6 +84,8 @@ def _member(archive: zipfile.ZipFile, name: str, dtype: type, shape: tuple[int, 
             found_shape, fortran, found_dtype = np.lib.format.read_array_header_2_0(member)
         else:
             return None
+        if shape is None and len(found_shape) == 1 and found_shape[0] <= 16:
+            shape = found_shape
         if found_shape != shape or found_dtype != np.dtype(dtype) or fortran:
             return None
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize
