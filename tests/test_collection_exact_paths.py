@@ -432,3 +432,17 @@ def test_norms_of_another_array_with_the_same_size_and_mtime_are_not_used(tmp_pa
     assert os.stat(out).st_size == os.stat(tmp_path / "e.npy").st_size and os.stat(out).st_mtime_ns == mtime
     assert [g.rows for g in find_groups(index, 0.99)] == all_pairs_groups(new, 0.99) == [[0, 1]]
     np.testing.assert_array_equal(norms.load(index), norms.compute(index))  # and they were replaced
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("scoring", PATHS)
+def test_read_only_rows_are_scored_without_a_warning(tmp_path, scoring):
+    """A Fortran-ordered array is not mapped by us but read through numpy's read-only map: torch
+    warned on stderr that it cannot wrap non-writable arrays (library code never prints)."""
+    vectors = np.asfortranarray(clustered(100, 8))
+    index = open_index(write_embedding(tmp_path, vectors))
+    try:
+        (matches,) = exact_search(index, vectors[:1], 3, scoring=scoring)
+    finally:
+        index.close()
+    assert [m.row for m in matches] == brute_force_top_k(vectors, vectors[0], 3)

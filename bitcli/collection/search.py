@@ -264,8 +264,10 @@ def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray
 
 def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
     """The ways to pre-score here: the stored dtype's (float16 or float32; float32 for float64),
-    and bfloat16 where the CPU has native units (the search times both on its first blocks)."""
-    if scoring is None and values.size < _TORCH_FROM_ELEMENTS or not values.dtype.isnative:
+    and bfloat16 where the CPU has native units (the search times both on its first blocks).
+    Rows torch cannot wrap as they are (another byte order; read-only, such as a Fortran-ordered
+    array, which torch warns about) are scored with numpy."""
+    if scoring is None and values.size < _TORCH_FROM_ELEMENTS or not values.dtype.isnative or not values.flags.writeable:
         return [_NumpyScorer(values, unit)]
     stored = "float16" if values.dtype == np.float16 else "float32"
     if scoring == "float16" and stored != "float16":
