@@ -446,3 +446,12 @@ def test_read_only_rows_are_scored_without_a_warning(tmp_path, scoring):
     finally:
         index.close()
     assert [m.row for m in matches] == brute_force_top_k(vectors, vectors[0], 3)
+
+
+def test_the_margin_grows_with_the_dimension_and_never_turns_negative():
+    """gamma_D = D u / (1 - D u) divided by zero at D = 2^24 and was negative beyond (every row
+    would have been dropped): from 2^23 terms on there is no useful bound, every row is re-scored."""
+    for scoring in PATHS:
+        bounds = [margin(scoring, dim) for dim in (1, 64, 2048, 2**20, 2**23 - 1, 2**23, 2**24, 2**25)]
+        assert all(0 < b for b in bounds) and bounds == sorted(bounds), (scoring, bounds)
+        assert bounds[-1] == np.inf

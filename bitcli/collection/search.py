@@ -115,6 +115,8 @@ def margin(scoring: str, dim: int) -> float:
     bfloat16: both factors rounded to bfloat16 (2u + u^2 on each product), float32 accumulation,
     and the product rounded to bfloat16 (u) before the division. Rows whose norms make the
     products under- or overflow are not covered: `beyond_margin` picks them out."""
+    if dim * _U32 >= 0.5:  # 2^23 or more terms: no useful bound (and at 2^24 the formula breaks)
+        return np.inf  # every row is re-scored in float64
     gamma = dim * _U32 / (1 - dim * _U32)
     if scoring == "float32":
         bound = gamma * (1 + 2 * _U32) ** 2 + 4 * _U32
