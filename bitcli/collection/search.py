@@ -39,7 +39,7 @@ __all__ = ["Match", "SearchOutcome", "block_scores", "exact_search", "margin", "
 QUERY_CHUNK = 1024  # queries scored per pass over the index (bounds the [block, queries] matrix)
 _BLOCK_ELEMENTS = 1 << 23  # pre-scores per block ([rows, queries] float32: 32 MB)
 _MAX_BLOCK_ROWS = 1 << 15  # so that the first blocks can time each way of pre-scoring
-_PIECE_BYTES = 1 << 26  # bytes of rows converted at a time for one matrix product
+_PIECE_BYTES = 1 << 22  # float32 bytes of rows converted at a time for one matrix product (4 MB)
 _EXACT_BYTES = 1 << 23  # float64 rows re-scored at a time (a block's candidates can be all its rows)
 _TORCH_FROM_ELEMENTS = 1 << 26  # below this numpy scores the rows: importing torch would cost more
 _U32 = 2.0**-24  # unit roundoff of float32
@@ -265,8 +265,10 @@ def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray
 
 
 def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
-    """The ways to pre-score here: the stored dtype's (float16 or float32; float32 for float64),
-    and bfloat16 where the CPU has native units (the search times both on its first blocks).
+    """The ways to pre-score here (the search times each on its first blocks): float32 (rows
+    converted 4 MB at a time: the fastest on a quiet 2-core EPYC, about 1.1 s for a million float16
+    rows, but slow beside a busy process), float16 rows as they are (one product a block: 1.0 s
+    there, and steady under load), and bfloat16 where the CPU has native units.
     Rows torch cannot wrap as they are (another byte order; read-only, such as a Fortran-ordered
     array, which torch warns about) are scored with numpy."""
     if scoring is None and values.size < _TORCH_FROM_ELEMENTS or not values.dtype.isnative or not values.flags.writeable:
@@ -276,9 +278,10 @@ def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
         raise ValueError("float16 pre-scoring is for rows stored as float16 (its margin counts no rounding of them)")
     if scoring is not None:
         return [_TorchScorer(values, unit, scoring)]
-    if not bf16_native():
-        return [_TorchScorer(values, unit, stored)]
-    return [_TorchScorer(values, unit, stored), _TorchScorer(values, unit, "bfloat16")]
+    ways = ["float32", "float16"] if stored == "float16" else ["float32"]
+    if bf16_native():
+        ways.append("bfloat16")
+    return [_TorchScorer(values, unit, way) for way in ways]
 
 
 def bf16_native() -> bool:
@@ -302,9 +305,9 @@ class _NumpyScorer:
 
 
 class _TorchScorer:
-    """One matrix product per block: float16 and float32 rows as they are stored (nothing is
-    copied), others converted into bfloat16 or float32 a piece at a time. Few large products:
-    beside a busy process, small ones spent most of their time waiting for a second thread."""
+    """Rows in the scorer's dtype as they are stored: one matrix product per block (nothing is
+    copied); others converted a piece at a time into one reused buffer (4 MB of float32: the
+    cache-sized pieces are fastest alone, and `_scorers` lets a measurement choose)."""
 
     def __init__(self, values: np.ndarray, unit: np.ndarray, name: str):
         import torch
@@ -327,5 +330,8 @@ class _TorchScorer:
             last = min(first + piece, stop)
             rows = self.buffer[: last - first]
             rows.copy_(self.rows[first:last])
-            out[first - start : last - start].copy_(torch.mm(rows, self.unit_t))
+            if self.name == "float32":
+                torch.mm(rows, self.unit_t, out=out[first - start : last - start])
+            else:  # a bfloat16 product is bfloat16
+                out[first - start : last - start].copy_(torch.mm(rows, self.unit_t))
         return out.numpy()
