@@ -478,3 +478,20 @@ def test_copies_at_threshold_one_are_decided_once_per_row(tmp_path):
         labels = components.labels()
         assert (labels[np.arange(1500) != 700] == 0).all() and labels[700] == 700
         assert [g.rows for g in find_groups(index, 1.0, method=method)] == [[r for r in range(1500) if r != 700]]
+
+
+@pytest.mark.parametrize("block_rows", [None, 8, 64])
+def test_the_timed_choice_between_ways_gives_the_same_answer(tmp_path, monkeypatch, block_rows):
+    """A big collection times each way of pre-scoring on its first blocks and goes on with the
+    fastest: whichever wins, and across the switch, the answer is float64's."""
+    import bitcli.collection.search as search_module
+
+    monkeypatch.setattr(search_module, "_TORCH_FROM_ELEMENTS", 0)  # as if the collection were big
+    vectors, query = near_ties(400, 48, seed=5)
+    vectors = vectors.astype(np.float16)
+    index = open_index(write_embedding(tmp_path, vectors))
+    queries = np.stack([query, vectors[3].astype(np.float32)])
+    outcome = search(index, queries, 12, exact=True, block_rows=block_rows)
+    assert outcome.method in {"exact, float32 pre-score", "exact, float16 pre-score", "exact, bfloat16 pre-score"}
+    for j, matches in enumerate(outcome.matches):
+        assert [m.row for m in matches] == brute_force_top_k(vectors, queries[j], 12)

@@ -212,14 +212,15 @@ def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: i
     scorers = _scorers(rows.values, unit, scoring)
     timings: dict[str, float] = {}
     used: dict[str, int] = {}
-    for n, first in enumerate(range(0, rows.count, block)):
-        stop = min(first + block, rows.count)
-        if len(scorers) > 1 and n < 2 * len(scorers):  # time each way on the first blocks
-            scorer = scorers[n % len(scorers)]
-        elif len(scorers) > 1:
-            scorer = min(scorers, key=lambda s: timings[s.name])
+    trials = 2 * len(scorers) if len(scorers) > 1 else 0  # each way timed twice (the first call warms up)
+    n, first = 0, 0
+    while first < rows.count:
+        if n < trials:  # small blocks: a slower way costs little
+            scorer, stop = scorers[n % len(scorers)], min(first + max(256, block // 8), rows.count)
         else:
-            scorer = scorers[0]
+            scorer = min(scorers, key=lambda s: timings[s.name]) if trials else scorers[0]
+            stop = min(first + block, rows.count)
+        n += 1
         started = time.perf_counter()
         rows.populate(first, stop)
         with np.errstate(all="ignore"):  # an overflowing row pre-scores inf: it is re-scored exactly
@@ -241,6 +242,7 @@ def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: i
             values = _exact_scorer(rows.values, queries[j])
             best[j].offer(pre[found, j], found + first, values, slack)
         rows.release(first, stop)
+        first = stop
     return [(b.scores, b.rows) for b in best], used
 
 
