@@ -287,19 +287,3 @@ def test_resume_and_overwrite_together_is_a_usage_error(photos, tmp_path):
     result = run(["embed", photos / "img00.png", "-o", tmp_path / "o.npy", "--resume", "--overwrite", "-m", "no/such-model"])
     assert_clean_failure(result, 2)
     assert "--resume" in result.stderr and "--overwrite" in result.stderr
-
-
-def test_embed_writes_the_row_norms_search_uses(ckpt, photos, tmp_path):
-    """The norms are computed when the rows are written: a fresh `bit embed` and an `--update`
-    both leave OUT.norms.npz describing the array they published."""
-    from bitcli.collection import norms
-    from bitcli.collection.index import open_index
-
-    out = tmp_path / "o.npy"
-    assert embed(ckpt, photos / "img00.png", photos / "img01.png", "-o", out).exit_code == 0
-    index = open_index(out)
-    stored = norms.load(index)
-    assert stored is not None
-    np.testing.assert_allclose(stored, np.linalg.norm(np.load(out).astype(np.float64), axis=1), rtol=1e-12)
-    assert embed(ckpt, photos / "img00.png", photos / "img01.png", photos / "img02.png", "-o", out, "--update").exit_code == 0
-    assert norms.load(open_index(out)).shape == (3,)  # the new array's, not the old one's

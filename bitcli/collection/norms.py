@@ -7,10 +7,10 @@ stored values as `cosine64` computes them (so a zero or overflowing row is recog
 by both), recorded with the array's size, modification time, inode, change time, rows and
 dimension: a file that does not match the array it sits beside is ignored and replaced.
 
-The store writes them when it publishes a collection (`bit embed`, `--update`, `bit combine`,
-Ray: `store.publish.write_norms`), while the rows are in the page cache; a collection from
-elsewhere gets them on its first search or dedup, written back atomically when its folder is
-writable. A failure to write them is never an error: search computes them as it goes.
+A collection gets them on its first search or dedup, written back atomically when its folder is
+writable (`bit embed` does not write them: they are not part of the published set, whose files
+the store, the shards and `bit combine` check as one). A failure to write them is never an
+error: search computes them as it goes.
 """
 
 from __future__ import annotations
@@ -133,23 +133,3 @@ def ensure(index: EmbeddingIndex) -> np.ndarray:
         norms = compute(index)
         save(index, norms)
     return norms
-
-
-def write_for(array_path: Path) -> None:
-    """Compute and write the norms of the collection at `array_path` (just published by the
-    store); nothing when it cannot be opened or written."""
-    from bitcli.collection.index import open_index
-    from bitcli.errors import UsageError
-
-    try:
-        index = open_index(array_path, allow_empty=True)
-    except (UsageError, OSError, ValueError):
-        return
-    try:
-        if index.rows:
-            ensure(index)
-    except (OSError, ValueError):
-        pass
-    finally:
-        index.close()
-

@@ -232,8 +232,6 @@ class StagedSet:
             raise
         self._committed = True
         roll_forward(self.partial)  # a failure here leaves the commit record: the next run completes it
-        if self.partial is not None and "array" in self.sizes:
-            write_norms(self.paths.out)
 
     def publish_now(self) -> None:
         """`-o -`: the array reached the stream; rename the staged files into place."""
@@ -350,13 +348,3 @@ def discard_assembly(paths: EmbedPaths) -> bool:
     finally:
         lock.close()
     return True
-
-
-def write_norms(array: Path | None) -> None:
-    """The published collection's row norms beside it (`OUT.norms.npz`, docs/collection.md), while
-    its rows are still in the page cache; a failure is never an error (search computes them)."""
-    if array is None:
-        return
-    from bitcli.collection import norms  # the store's other crossing upward, like update.py's read
-
-    norms.write_for(array)
