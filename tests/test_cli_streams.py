@@ -39,9 +39,9 @@ def test_table_into_a_closed_pipe_exits_141(ckpt, photo, args):
     assert proc.stderr == ""
 
 
-@pytest.mark.parametrize("args", [["--version"]])
-def test_version_into_a_closed_pipe_exits_141(args):
-    """`bit --version | head -c1`: Click's own answer to EPIPE is exit 1, docs/usage.md says 141."""
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["classify", "--help"], ["search", "-h"]])
+def test_version_and_help_into_a_closed_pipe_exit_141(args):
+    """`bit --help | head -1`: Click's and rich's own answers to EPIPE are exit 1, docs/usage.md says 141."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:

@@ -222,6 +222,8 @@ def run_typer(argv: list[str] | None) -> int:
     except typer.Abort:  # end of input at a prompt
         return EXIT_SOME_FAILED
     except SystemExit as exc:
+        if isinstance(exc.__context__, BrokenPipeError):  # rich's answer to EPIPE (a help screen into `head`)
+            return EXIT_BROKEN_PIPE
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_SOME_FAILED)
     return code if isinstance(code, int) else EXIT_OK
 
