@@ -39,6 +39,19 @@ def test_table_into_a_closed_pipe_exits_141(ckpt, photo, args):
     assert proc.stderr == ""
 
 
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["classify", "--help"], ["search", "-h"]])
+def test_version_and_help_into_a_closed_pipe_exit_141(args):
+    """`bit --help | head -1`: Click's and rich's own answers to EPIPE are exit 1, docs/usage.md says 141."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = bit(args, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
+
+
 @pytest.mark.slow
 def test_no_stdout_at_all_is_not_a_traceback(ckpt, photo, tmp_path):
     proc = bit(["embed", photo, "-o", "o.npy", "-m", ckpt], stdout=subprocess.DEVNULL, cwd=tmp_path,

@@ -474,6 +474,14 @@ def test_a_max_body_that_is_no_size_is_one_line_and_exit_2(size):
     assert done.returncode == 2 and len(lines) == 1 and "--max-body" in lines[0] and "unexpected" not in lines[0], lines
 
 
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:1", "127.0.0.1:1", "http://[::1", "http://127.0.0.1:abc", "http://127.0.0.1:99999",
+                                 "http://a b:1", "http://127.0.0.1:1@", "http://:1"])
+@pytest.mark.parametrize("command", [["classify", "x.png"], ["search", "i.npy", "x.png"]])
+def test_a_server_address_that_is_no_address_is_one_line_and_exit_2(command, url):
+    done = bit(*command, "--server", url, timeout=60)
+    assert done.returncode == 2 and text(done.stderr) == f"error: --server {url!r}: give the server's address, e.g. http://127.0.0.1:8765\n"
+
+
 @pytest.mark.parametrize("answers", [
     {"/v1/models": {"hello": 1}},
     {"/v1/models": {"models": [{"num_labels": 10}]}, "/v1/labels": {"labels": list("0123456789")},

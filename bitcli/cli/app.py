@@ -205,6 +205,14 @@ def run(argv: list[str] | None = None) -> int:
     code = run_parsed_here(sys.argv[1:] if argv is None else list(argv))
     if code is not None:
         return code
+    code = run_typer(argv)
+    if "PacifyFlushWrapper" in type(sys.stdout).__name__:  # how Click answers EPIPE (a help screen or
+        return EXIT_BROKEN_PIPE  # --version into `head`): stdout wrapped to stay quiet, exit 1
+    return code
+
+
+def run_typer(argv: list[str] | None) -> int:
+    """`bit ARGV` parsed and run by Typer, Click's errors as one line."""
     try:
         code = app(args=argv, prog_name="bit", standalone_mode=False)
     except typer.TyperException as exc:  # Click's errors, as Typer exports them
@@ -214,6 +222,8 @@ def run(argv: list[str] | None = None) -> int:
     except typer.Abort:  # end of input at a prompt
         return EXIT_SOME_FAILED
     except SystemExit as exc:
+        if isinstance(exc.__context__, BrokenPipeError):  # rich's answer to EPIPE (a help screen into `head`)
+            return EXIT_BROKEN_PIPE
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_SOME_FAILED)
     return code if isinstance(code, int) else EXIT_OK
 

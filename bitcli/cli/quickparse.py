@@ -83,7 +83,10 @@ def convert(value: Any, hint: Any, *, multi: bool = False) -> Any:
     if kind is str:
         return value
     if kind is int and WHOLE.fullmatch(value):
-        return _within(int(value), info)
+        try:
+            return _within(int(value), info)
+        except ValueError:  # past Python's 4300 digits: Typer's message
+            raise Unsure from None
     if kind is float and DECIMAL.fullmatch(value):
         return _within(float(value), info)
     if isinstance(kind, type) and issubclass(kind, enum.Enum) and (info is None or info.case_sensitive):

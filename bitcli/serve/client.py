@@ -30,8 +30,7 @@ class Client:
     """A `bit serve` at `url` (http://host:port), with an optional bearer token."""
 
     def __init__(self, url: str, *, token: str | None = None, max_file_bytes: int = 100_000_000) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        if not _server_address(url):
             raise UsageError(f"--server {url!r}: give the server's address, e.g. http://127.0.0.1:8765")
         if token is not None and not _sendable(token):
             raise UsageError("BIT_TOKEN: a token is letters, digits and punctuation only (no spaces, no other characters)")
@@ -262,6 +261,17 @@ def _retry_after(exc: urllib.error.HTTPError) -> float | None:
     except (TypeError, ValueError):
         return None
     return min(max(seconds, 0.1), 30.0)
+
+
+def _server_address(url: str) -> bool:
+    """Whether `url` names a server: http or https, a host, a port that is a number in range and
+    no space or control character where http.client would refuse it (not a traceback, exit 1)."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # ValueError: "http://host:abc", "http://host:99999"
+    except ValueError:  # "http://[::1"
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname) and not any(c <= " " or c == "\x7f" for c in parsed.netloc)
 
 
 def _sendable(token: str) -> bool:
