@@ -171,11 +171,13 @@ def test_error_paths_are_escaped_to_one_line():
     assert escape_error_path("a\tb\nc\\d") == "a\\tb\\nc\\\\d"
 
 
-def test_state_records_fingerprint(tmp_path):
+def test_state_records_the_settings_record_and_runtime(tmp_path):
     paths = EmbedPaths.for_output(tmp_path / "o.npy")
     EmbedWriter(paths, dim=DIM, fingerprint=FP).close()
     state = json.loads((paths.partial / "state.json").read_text())
-    assert state["fingerprint"] == FP and state["dim"] == DIM and state["dtype"] == "float32"
+    assert state["settings"]["model"]["reference"] == "tiny" and state["settings"]["normalize"] is False
+    assert state["settings"]["dtype"] == "float32" and state["runtime"] == {"batch_size": 2}
+    assert state["dim"] == DIM and state["dtype"] == "float32" and "fingerprint" not in state
 
 
 def test_skip_done_counts_duplicates(tmp_path):

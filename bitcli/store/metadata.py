@@ -204,15 +204,15 @@ def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out:
 # -- writing and reading ---------------------------------------------------------------------
 
 
-def metadata_for(paths: "EmbedPaths", fingerprint: dict[str, Any], *, rows: int, dim: int) -> EmbeddingMetadata:
-    """`OUT.meta.json`'s content for the output `paths`: what made the rows (docs/collection.md).
-    `fingerprint` is the run's, with "dtype"; "content_hash" in it says every row's file was
-    hashed (`--hash`)."""
+def metadata_for(paths: "EmbedPaths", record: dict[str, Any], *, rows: int, dim: int) -> EmbeddingMetadata:
+    """`OUT.meta.json`'s content for the output `paths`: what made the rows (docs/collection.md),
+    from the run record's `settings` and `runtime` (`files.run_state`)."""
     from bitcli import __version__
 
     header = paths.sidecars.meta
-    return EmbeddingMetadata.from_fingerprint(
-        fingerprint,
+    return EmbeddingMetadata(
+        settings=EmbedSettings.from_json(record["settings"]),
+        runtime=dict(record["runtime"]),
         rows=rows,
         feature_dim=dim,
         bitcli_version=__version__,
