@@ -121,8 +121,8 @@ class EmbeddingMetadata:
     @classmethod
     def from_fingerprint(cls, fingerprint: dict[str, Any], *, rows: int, feature_dim: int, **fields: Any) -> "EmbeddingMetadata":
         """From a run's fingerprint (`Embedder.fingerprint()` plus "dtype", "content_hash")."""
-        runtime = {k: fingerprint[k] for k in ("device", "batch_size", "convolution") if k in fingerprint}
-        return cls(rows=rows, feature_dim=feature_dim, settings=EmbedSettings.from_fingerprint(fingerprint), runtime=runtime, **fields)
+        return cls(rows=rows, feature_dim=feature_dim, settings=EmbedSettings.from_fingerprint(fingerprint),
+                   runtime=EmbedSettings.runtime(fingerprint), **fields)
 
     def base_dir(self, meta_path: Path | None) -> str | None:
         """The directory relative row paths are relative to: the one `bit embed` ran in, found
