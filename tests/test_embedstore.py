@@ -115,6 +115,17 @@ def test_resume_refuses_different_settings(tmp_path):
     assert EmbedWriter(paths, dim=DIM, fingerprint=FP, resume=True).rows == 2
 
 
+def test_resume_refuses_another_convolution_path(tmp_path):
+    """The runtime is recorded beside the settings record: its last bits depend on the kernels."""
+    paths = EmbedPaths.for_output(tmp_path / "out.npy")
+    writer = EmbedWriter(paths, dim=DIM, fingerprint={**FP, "convolution": "onednn"})
+    writer.commit(*batches(1)[0])
+    writer.close()
+    with pytest.raises(UsageError, match="convolution 'onednn' then, 'torch' now"):
+        EmbedWriter(paths, dim=DIM, fingerprint={**FP, "convolution": "torch"}, resume=True)
+    assert EmbedWriter(paths, dim=DIM, fingerprint={**FP, "convolution": "onednn"}, resume=True).rows == 2
+
+
 def test_existing_output_and_partial_runs_need_a_decision(tmp_path):
     paths = EmbedPaths.for_output(tmp_path / "out.npy")
     write_all(paths, batches(1))
