@@ -186,7 +186,7 @@ def test_a_shard_is_a_collection_that_documents_what_made_it(three_jobs):
     meta = json.loads((three_jobs / ".shard-000001.npy.run.json").read_text())
     assert meta["shard"] == 1
     assert meta["split"]["batch_size"] == BATCH and meta["split"]["shard_size"] == SHARD and meta["split"]["entries"] == 17
-    assert meta["dtype"] == "float32" and "preprocessing" in meta["fingerprint"]
+    assert meta["dtype"] == "float32" and "preprocessing" in meta["settings"] and "device" in meta["runtime"]
     rows = np.load(three_jobs / "shard-000001.npy")  # a plain .npy
     assert rows.shape == (meta["rows"], 32)
     index = open_index(three_jobs / "shard-000001.npy")  # and a collection: search, dedup and info read it

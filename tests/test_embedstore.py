@@ -115,6 +115,17 @@ def test_resume_refuses_different_settings(tmp_path):
     assert EmbedWriter(paths, dim=DIM, fingerprint=FP, resume=True).rows == 2
 
 
+def test_resume_refuses_another_convolution_path(tmp_path):
+    """The runtime is recorded beside the settings record: its last bits depend on the kernels."""
+    paths = EmbedPaths.for_output(tmp_path / "out.npy")
+    writer = EmbedWriter(paths, dim=DIM, fingerprint={**FP, "convolution": "onednn"})
+    writer.commit(*batches(1)[0])
+    writer.close()
+    with pytest.raises(UsageError, match="convolution 'onednn' then, 'torch' now"):
+        EmbedWriter(paths, dim=DIM, fingerprint={**FP, "convolution": "torch"}, resume=True)
+    assert EmbedWriter(paths, dim=DIM, fingerprint={**FP, "convolution": "onednn"}, resume=True).rows == 2
+
+
 def test_existing_output_and_partial_runs_need_a_decision(tmp_path):
     paths = EmbedPaths.for_output(tmp_path / "out.npy")
     write_all(paths, batches(1))
@@ -171,11 +182,13 @@ def test_error_paths_are_escaped_to_one_line():
     assert escape_error_path("a\tb\nc\\d") == "a\\tb\\nc\\\\d"
 
 
-def test_state_records_fingerprint(tmp_path):
+def test_state_records_the_settings_record_and_runtime(tmp_path):
     paths = EmbedPaths.for_output(tmp_path / "o.npy")
     EmbedWriter(paths, dim=DIM, fingerprint=FP).close()
     state = json.loads((paths.partial / "state.json").read_text())
-    assert state["fingerprint"] == FP and state["dim"] == DIM and state["dtype"] == "float32"
+    assert state["settings"]["model"]["reference"] == "tiny" and state["settings"]["normalize"] is False
+    assert state["settings"]["dtype"] == "float32" and state["runtime"] == {"batch_size": 2}
+    assert state["dim"] == DIM and state["dtype"] == "float32" and "fingerprint" not in state
 
 
 def test_skip_done_counts_duplicates(tmp_path):

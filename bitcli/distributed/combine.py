@@ -26,8 +26,7 @@ from bitcli.distributed.shards import (
 )
 from bitcli.errors import UsageError
 from bitcli.store.publish import Assembly
-from bitcli.store.files import npy_header
-from bitcli.store.files import run_state
+from bitcli.store.files import npy_header, run_state
 from bitcli.store.metadata import metadata_for
 from bitcli.store.paths import EmbedPaths, writing
 from bitcli.store.writer import EmbedSummary
@@ -143,10 +142,10 @@ def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | Non
     staged.file("manifest", _concatenation([s.paths.manifest for s in shards]))
     if failed:
         staged.file("errors", _concatenation([s.paths.errors for s in shards if s.failed]))
-    meta = metadata_for(paths, {**first.fingerprint, "dtype": dtype.name}, rows=rows, dim=first.dim)
+    meta = metadata_for(paths, first.record, rows=rows, dim=first.dim)
     staged.sidecar(meta, (row for shard in shards for row in shard.rows_and_identities()))
     # What a local run with these settings records, so that `--resume` checks it as a local one.
-    state = {**run_state(first.dim, dtype.name, first.fingerprint, None), "inputs": first.split.inputs}
+    state = {**run_state(first.dim, dtype.name, {}, None), **first.record, "inputs": first.split.inputs}
     staged.record(state, rows=rows, failed=failed, **record)
     staged.publish()
     for path, reason in (f for shard in shards for f in shard.failures()) if on_failure else ():

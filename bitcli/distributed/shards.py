@@ -209,7 +209,7 @@ class ShardInfo:
 
     index: int
     split: Split
-    fingerprint: dict[str, Any]
+    record: dict[str, Any]  # its run record's `settings` and `runtime` (`files.run_state`)
     dim: int
     dtype: str
     rows: int
@@ -221,8 +221,9 @@ class ShardInfo:
         return self.paths.out
 
     def settings(self) -> dict[str, Any]:
-        """What must agree between shards of one output (JSON round trip: tuples equal lists)."""
-        return json.loads(json.dumps({"fingerprint": self.fingerprint, "dim": self.dim, "dtype": self.dtype}))
+        """What must agree between shards of one output: the settings record, the runtime that
+        picks the rows' last bits, the shape (JSON round trip: tuples equal lists)."""
+        return json.loads(json.dumps({**self.record, "dim": self.dim, "dtype": self.dtype}))
 
     def rows_and_identities(self) -> list[tuple[str, FileIdentity | None]]:
         """Each row's path and recorded file identity, in row order (the shard's sidecar)."""
@@ -266,7 +267,8 @@ def read_shard(paths: EmbedPaths) -> ShardInfo:
     if record is None or "split" not in record:
         raise ShardError(f"{paths.out}: not a finished shard (no readable {paths.record.name}); remove it or run that shard again")
     try:
-        info = ShardInfo(int(record["shard"]), Split.from_json(record["split"]), dict(record["fingerprint"]),
+        info = ShardInfo(int(record["shard"]), Split.from_json(record["split"]),
+                         {"settings": dict(record["settings"]), "runtime": dict(record["runtime"])},
                          int(record["dim"]), str(record["dtype"]), int(record["rows"]), int(record["failed"]), paths)
         in_range = 0 <= info.index < info.split.shards and info.rows + info.failed == info.split.count(info.index)
     except (KeyError, TypeError, ValueError) as exc:

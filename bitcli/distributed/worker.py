@@ -33,6 +33,7 @@ from bitcli.distributed.shards import (
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
 from bitcli.pipeline import RunOptions  # light: no torch
+from bitcli.store.files import run_state
 from bitcli.store.metadata import identify_all
 from bitcli.store.writer import write_groups
 
@@ -138,7 +139,9 @@ class ShardWorker:
         return info
 
     def _check_same(self, info: ShardInfo, split: Split) -> None:
-        mine = ShardInfo(info.index, split, self.fingerprint, self.dim, self.job.dtype, 0, 0, info.paths)
+        state = run_state(self.dim, self.job.dtype, self.fingerprint, None)
+        made = {"settings": state["settings"], "runtime": state["runtime"]}
+        mine = ShardInfo(info.index, split, made, self.dim, self.job.dtype, 0, 0, info.paths)
         if info.split != split:
             difference = info.split.unlike(split)
         elif info.settings() != mine.settings():

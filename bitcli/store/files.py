@@ -34,7 +34,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from bitcli.errors import UsageError
-from bitcli.store.settings import describe_difference
+from bitcli.store.settings import EmbedSettings, describe_difference
 from bitcli.util import fsync_dir, read_capped, write_synced
 
 if TYPE_CHECKING:
@@ -300,9 +300,11 @@ def decode_identity(value: list | None) -> FileIdentity | None:
 def run_state(
     dim: int, dtype: str, fingerprint: dict[str, Any], inputs: Sequence[str] | None, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """What produced the rows: compared on --resume (JSON round trip: tuples equal lists)."""
-    state = {**(extra or {}), "version": RECORD_VERSION, "dim": dim, "dtype": dtype, "fingerprint": fingerprint,
-             "inputs": inputs_digest(inputs)}
+    """What produced the rows: compared on --resume (JSON round trip: tuples equal lists). The
+    run's `fingerprint` is kept as the settings record (`EmbedSettings`) and its runtime keys."""
+    settings = EmbedSettings.from_fingerprint({**fingerprint, "dtype": dtype})
+    state = {**(extra or {}), "version": RECORD_VERSION, "dim": dim, "dtype": dtype, "settings": settings.to_json(),
+             "runtime": EmbedSettings.runtime(fingerprint), "inputs": inputs_digest(inputs)}
     return json.loads(json.dumps(state))
 
 

@@ -121,8 +121,8 @@ class EmbeddingMetadata:
     @classmethod
     def from_fingerprint(cls, fingerprint: dict[str, Any], *, rows: int, feature_dim: int, **fields: Any) -> "EmbeddingMetadata":
         """From a run's fingerprint (`Embedder.fingerprint()` plus "dtype", "content_hash")."""
-        runtime = {k: fingerprint[k] for k in ("device", "batch_size", "convolution") if k in fingerprint}
-        return cls(rows=rows, feature_dim=feature_dim, settings=EmbedSettings.from_fingerprint(fingerprint), runtime=runtime, **fields)
+        return cls(rows=rows, feature_dim=feature_dim, settings=EmbedSettings.from_fingerprint(fingerprint),
+                   runtime=EmbedSettings.runtime(fingerprint), **fields)
 
     def base_dir(self, meta_path: Path | None) -> str | None:
         """The directory relative row paths are relative to: the one `bit embed` ran in, found
@@ -204,15 +204,15 @@ def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out:
 # -- writing and reading ---------------------------------------------------------------------
 
 
-def metadata_for(paths: "EmbedPaths", fingerprint: dict[str, Any], *, rows: int, dim: int) -> EmbeddingMetadata:
-    """`OUT.meta.json`'s content for the output `paths`: what made the rows (docs/collection.md).
-    `fingerprint` is the run's, with "dtype"; "content_hash" in it says every row's file was
-    hashed (`--hash`)."""
+def metadata_for(paths: "EmbedPaths", record: dict[str, Any], *, rows: int, dim: int) -> EmbeddingMetadata:
+    """`OUT.meta.json`'s content for the output `paths`: what made the rows (docs/collection.md),
+    from the run record's `settings` and `runtime` (`files.run_state`)."""
     from bitcli import __version__
 
     header = paths.sidecars.meta
-    return EmbeddingMetadata.from_fingerprint(
-        fingerprint,
+    return EmbeddingMetadata(
+        settings=EmbedSettings.from_json(record["settings"]),
+        runtime=dict(record["runtime"]),
         rows=rows,
         feature_dim=dim,
         bitcli_version=__version__,

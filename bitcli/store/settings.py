@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _MODEL_KEYS = ("reference", "commit", "weights", "weights_sha256", "precision")
+RUNTIME_KEYS = ("device", "batch_size", "convolution")  # where the rows were made: recorded beside the settings
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,12 @@ class EmbedSettings:
             content_hash=data.get("content_hash"),
         )
 
+    @staticmethod
+    def runtime(fp: dict[str, Any]) -> dict[str, Any]:
+        """A run's fingerprint's keys that are not settings: the device, batch size and convolution
+        path (informative in a header; in a run record, a resume repeats them for byte-identical rows)."""
+        return {k: fp[k] for k in RUNTIME_KEYS if k in fp}
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready (tuples become lists, so two records compare as their JSON does)."""
         record = {"model": {k: self.model.get(k) for k in _MODEL_KEYS}, "preprocessing": self.preprocessing,
@@ -92,7 +99,7 @@ class EmbedSettings:
 def differences(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now"), *,
                 skip: tuple[str, ...] = ("inputs",)) -> list[str]:
     """Every setting that differs, in `first`'s order: "normalize True then, False now" (nested
-    objects by dotted key, a run record's `fingerprint` by its own keys; `skip`: top-level keys
+    objects by dotted key, a run record's `settings` and `runtime` by their own keys; `skip`: top-level keys
     left out). The one wording of a difference: a collection, a resumed run, a shard alike."""
     a, b = _flatten(first), _flatten(second)
     keys = [*a, *(k for k in b if k not in a)]
@@ -110,7 +117,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, "" if key == "fingerprint" else f"{prefix}{key}."))
+            flat.update(_flatten(value, prefix if key in ("settings", "runtime") else f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

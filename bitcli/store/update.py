@@ -117,8 +117,8 @@ def continued_settings(paths: "EmbedPaths", *, update: bool, resume: bool) -> Em
 
     if resume and paths.partial is not None:
         state = read_json_record(paths.partial / STATE)
-        if state is not None and isinstance(state.get("fingerprint"), dict):
-            return EmbedSettings.from_fingerprint({**state["fingerprint"], "dtype": state.get("dtype", "float32")})
+        if state is not None and isinstance(state.get("settings"), dict):
+            return EmbedSettings.from_json(state["settings"])
     if update:
         recorded = recorded_settings(paths)
         return None if recorded is None else recorded.settings

@@ -78,9 +78,8 @@ class EmbedWriter:
         self.paths = paths
         self.dim = int(dim)
         self.dtype = np.dtype(dtype).newbyteorder("<")
-        self.fingerprint = dict(fingerprint or {})
         self._inputs = None if inputs is None else list(inputs)
-        self._state = run_state(self.dim, self.dtype.name, self.fingerprint, self._inputs, extra)
+        self._state = run_state(self.dim, self.dtype.name, dict(fingerprint or {}), self._inputs, extra)
         if update_plan is not None:
             self._state["update"] = update_plan  # in state.json only: the finished record omits it
         update = update_plan is not None
@@ -294,7 +293,7 @@ class EmbedWriter:
             staged.lines("manifest", self._journal.paths)
             if self._journal.errors:
                 staged.lines("errors", (f"{escape_error_path(p)}\t{r}" for p, r in self._journal.errors))
-            meta = metadata_for(paths, {**self.fingerprint, "dtype": self.dtype.name}, rows=self.rows, dim=self.dim)
+            meta = metadata_for(paths, self._state, rows=self.rows, dim=self.dim)
             staged.sidecar(meta, zip(self._journal.paths, self._journal.identities))
             if paths.out is None:
                 if stream is None:
