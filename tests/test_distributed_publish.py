@@ -104,7 +104,7 @@ def test_combine_publishes_the_run_record_a_local_run_would(shard_sets, tmp_path
     assert record["dtype"] == "float32" and record["version"] == 1
     _assert_record_describes_the_files(out)
     assert sorted(os.listdir(tmp_path)) == [
-        ".out.npy.run.json", "out.errors.txt", "out.files.jsonl", "out.meta.json", "out.norms.npz", "out.npy", "out.paths.txt"]
+        ".out.npy.run.json", "out.errors.txt", "out.files.jsonl", "out.meta.json", "out.npy", "out.paths.txt"]
     # The metadata sidecar is in the set (the record lists it), without per-file identities.
     assert set(record["files"]) == {"array", "manifest", "errors", "identities", "metadata"}
     header = json.loads((tmp_path / "out.meta.json").read_text())
