@@ -33,12 +33,12 @@ from bitcli.cli.common import (
     QuietOpt,
     ThreadsOpt,
     Ui,
+    epilog,
     expand,
     load_model,
     require_stdout,
     run_options,
 )
-from bitcli.cli.helpscreen import epilog
 from bitcli.errors import UsageError
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from bitcli.util import DEFAULT_MAX_PIXELS

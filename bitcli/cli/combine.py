@@ -17,8 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, DebugOpt, QuietOpt, Ui, report_summary
-from bitcli.cli.helpscreen import epilog
+from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, DebugOpt, QuietOpt, Ui, epilog, report_summary
 from bitcli.errors import UsageError
 
 PANEL = "More than one machine (docs/distributed.md)"

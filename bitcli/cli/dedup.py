@@ -16,8 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, CsvRawOpt, DebugOpt, QuietOpt, Ui, require_stdout
-from bitcli.cli.helpscreen import epilog
+from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, CsvRawOpt, DebugOpt, QuietOpt, Ui, require_stdout, epilog
 from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name
 from bitcli.collection import DEFAULT_THRESHOLD
 from bitcli.errors import UsageError

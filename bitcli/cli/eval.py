@@ -23,11 +23,11 @@ from bitcli.cli.common import (
     ThreadsOpt,
     Ui,
     check_settings,
+    epilog,
     load_model,
     require_stdout,
     run_options,
 )
-from bitcli.cli.helpscreen import epilog
 from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 
 EPILOG = epilog(

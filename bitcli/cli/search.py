@@ -27,11 +27,11 @@ from bitcli.cli.common import (
     ThreadsOpt,
     Ui,
     Precision,
+    epilog,
     load_model,
     require_stdout,
     run_options,
 )
-from bitcli.cli.helpscreen import epilog
 from bitcli.errors import ModelNotFoundError, UsageError
 from bitcli.pipeline import DEFAULT_BATCH_SIZE
 

@@ -32,10 +32,10 @@ from bitcli.cli.common import (
     ThreadsOpt,
     Ui,
     check_settings,
+    epilog,
     load_model,
     run_options,
 )
-from bitcli.cli.helpscreen import epilog
 from bitcli.errors import UsageError
 from bitcli.pipeline import DEFAULT_MODEL
 from bitcli.util import DEFAULT_MAX_PIXELS
