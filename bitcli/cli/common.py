@@ -8,10 +8,12 @@ imported inside the functions that need them, never at module level.
 
 from __future__ import annotations
 
+import inspect
 import sys
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -19,7 +21,7 @@ from bitcli.cli.screen import Bar, summary_text
 from bitcli.errors import UsageError
 from bitcli.output import is_terminal
 from bitcli.output.escapes import shown
-from bitcli.pipeline import DEFAULT_BATCH_SIZE, RunOptions  # light: no torch, no PIL
+from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, RunOptions  # light: no torch, no PIL
 from bitcli.util import DEFAULT_MAX_PIXELS
 
 EXIT_OK = 0
@@ -179,6 +181,61 @@ QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar, warnings or summary; errors still print.", rich_help_panel="Messages")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", metavar="", help="Show full tracebacks.", rich_help_panel="Messages")]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The model-and-runtime options a command takes (`takes`), as one value; those it does not
+    take keep these defaults."""
+
+    model: str = DEFAULT_MODEL
+    device: str = Device.auto
+    precision: Precision = Precision.fp32
+    batch_size: int = DEFAULT_BATCH_SIZE
+    threads: Optional[int] = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    fast_jpeg: bool = False
+
+    def options(self) -> RunOptions:
+        return run_options(self.device, self.precision, self.batch_size, self.threads, self.max_pixels, self.fast_jpeg)
+
+
+SHARED_OPTIONS = {"model": ModelOpt, "device": DeviceOpt, "precision": PrecisionOpt, "batch_size": BatchSizeOpt,
+                  "threads": ThreadsOpt, "max_pixels": MaxPixelsOpt, "fast_jpeg": FastJpegOpt}
+
+
+def takes(*names: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """A command function's shared options, declared once: its `runtime: Runtime` parameter stands
+    for the options `names` (in SHARED_OPTIONS' order, there), its `ui: Ui` parameter for --quiet
+    and --debug. Typer (and `quickparse`) read the expanded signature; the function gets one
+    Runtime and one Ui."""
+
+    def decorate(function: Callable[..., int]) -> Callable[..., int]:
+        defaults, hints = Runtime(), typing.get_type_hints(function, include_extras=True)
+        named = inspect.Parameter.KEYWORD_ONLY  # Typer passes every value by name
+        params: list[inspect.Parameter] = []
+        for param in inspect.signature(function).parameters.values():
+            if param.name == "runtime":
+                params += [inspect.Parameter(name, named, annotation=kind, default=getattr(defaults, name))
+                           for name, kind in SHARED_OPTIONS.items() if name in names]
+            elif param.name == "ui":
+                params += [inspect.Parameter("quiet", named, annotation=QuietOpt, default=False),
+                           inspect.Parameter("debug", named, annotation=DebugOpt, default=False)]
+            else:
+                params.append(param.replace(kind=named, annotation=hints[param.name]))
+
+        def command(**values: Any) -> int:
+            runtime = Runtime(**{name: values.pop(name) for name in names})
+            ui = Ui(quiet=values.pop("quiet"), debug=values.pop("debug"))
+            return function(**values, runtime=runtime, ui=ui)
+
+        command.__name__, command.__qualname__, command.__doc__ = function.__name__, function.__qualname__, function.__doc__
+        command.__module__ = function.__module__
+        command.__signature__ = inspect.Signature(params, return_annotation=int)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params} | {"return": int}
+        return command
+
+    return decorate
 
 
 @dataclass
