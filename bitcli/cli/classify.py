@@ -27,6 +27,7 @@ from bitcli.cli.common import (
     expand,
     load_model,
     require_stdout,
+    server_option,
     takes,
 )
 from bitcli.errors import UsageError
@@ -39,6 +40,8 @@ EPILOG = epilog(
     "find photos -name '*.jpg' | bit classify - --format jsonl",
     "bit classify x.jpg -m ./my-checkpoint --labels labels.txt",
 )
+
+ServerOpt = server_option("Send the images to a running `bit serve` (its model; BIT_TOKEN for its token).")
 
 
 @takes("model", "device", "precision", "batch_size", "threads", "max_pixels", "fast_jpeg")
@@ -55,10 +58,7 @@ def classify(
     csv_raw: CsvRawOpt = False,
     runtime: Runtime = Runtime(),
     null: NullOpt = False,
-    server: Annotated[
-        Optional[str],
-        typer.Option("--server", envvar="BIT_SERVER", metavar="URL", help="Send the images to a running `bit serve` (its model; BIT_TOKEN for its token)."),
-    ] = None,
+    server: ServerOpt = None,
     ui: Ui = Ui(),
 ) -> int:
     """Top-k classes and softmax probabilities for each image."""

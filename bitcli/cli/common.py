@@ -400,6 +400,12 @@ NullOpt = Annotated[
 ]
 
 
+
+def server_option(help: str) -> Any:
+    """--server URL (or BIT_SERVER): a running `bit serve` answers instead of a local model."""
+    return Annotated[Optional[str], typer.Option("--server", envvar="BIT_SERVER", metavar="URL", help=help)]
+
+
 def expand(inputs: list[str], null: bool = False, ui: Ui | None = None) -> list[Any]:
     """The inputs, expanded (directories, globs, `-`); an empty list is allowed, with a warning."""
     from bitcli.inputs import expand_inputs

@@ -26,6 +26,7 @@ from bitcli.cli.common import (
     epilog,
     load_model,
     require_stdout,
+    server_option,
     takes,
 )
 from bitcli.errors import ModelNotFoundError, UsageError
@@ -50,6 +51,8 @@ ManifestOpt = Annotated[
 HtmlOpt = Annotated[
     Optional[Path], typer.Option("--html", metavar="FILE", help="Also write a self-contained HTML page with thumbnails.")
 ]
+
+ServerOpt = server_option("Ask a running `bit serve --index INDEX` (INDEX: the collection's name there).")
 
 
 @takes("device", "batch_size", "threads")
@@ -87,10 +90,7 @@ def search(
     null: NullOpt = False,
     csv_raw: CsvRawOpt = False,
     runtime: Runtime = Runtime(),
-    server: Annotated[
-        Optional[str],
-        typer.Option("--server", envvar="BIT_SERVER", metavar="URL", help="Ask a running `bit serve --index INDEX` (INDEX: the collection's name there)."),
-    ] = None,
+    server: ServerOpt = None,
     ui: Ui = Ui(),
 ) -> int:
     """Rows of INDEX most similar to each query (cosine similarity)."""
