@@ -103,84 +103,44 @@ class Dtype(str, Enum):
 
 # -- options shared by the commands ------------------------------------------------------------
 
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        envvar="BIT_MODEL",
-        metavar="MODEL",
-        help=(
-            "Hub id (google/bit-50), id@revision, alias from `bit models` (bit-50), a local checkpoint "
-            "directory, or an original .npz file."
-        ),
-        rich_help_panel="Model and runtime",
-    ),
-]
-DeviceOpt = Annotated[
-    str,
-    typer.Option(
-        "--device",
-        metavar="DEVICE",
-        help="Where the model runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N (the N-th GPU), mps.",
-        rich_help_panel="Model and runtime",
-    ),
-]
-PrecisionOpt = Annotated[
-    Precision,
-    typer.Option(
-        "--precision",
-        help=(
-            "fp32: within 1e-4 of the reference. bf16: about 2x faster on CPUs with AVX512-BF16 "
-            "(and on GPUs), but scores differ in the second decimal. fp16: GPUs only, like bf16."
-        ),
-        rich_help_panel="Model and runtime",
-    ),
-]
-BatchSizeOpt = Annotated[
-    int,
-    typer.Option("--batch-size", min=1, metavar="N", help="Images per forward pass.", rich_help_panel="Model and runtime"),
-]
-ThreadsOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--threads",
-        min=1,
-        metavar="N", help="CPU threads for the model (torch intra-op) and for image decoding; default: all cores.",
-        rich_help_panel="Model and runtime",
-    ),
-]
-MaxPixelsOpt = Annotated[
-    int,
-    typer.Option(
-        "--max-pixels",
-        min=0,
-        metavar="N",
-        help=(
-            "Skip (as a failed input) any image of more than N pixels (width x height), read from its "
-            "header before decoding, or whose resize for the model would hold more: a guard against "
-            "decompression bombs and extreme aspect ratios. 0: no limit."
-        ),
-        rich_help_panel="Images",
-    ),
-]
-FastJpegOpt = Annotated[
-    bool,
-    typer.Option(
-        "--fast-jpeg",
-        metavar="", help=(
-            "Decode large JPEGs at a reduced scale (1/2, 1/4 or 1/8, never below the model's input size): "
-            "much faster for big photos, but not pixel-exact, so scores differ slightly."
-        ),
-        rich_help_panel="Images",
-    ),
-]
+def option(kind: Any, *names: str, panel: str | None = None, **settings: Any) -> Any:
+    """An option type, `Annotated[kind, typer.Option(*names, ...)]`, listed in the help panel `panel`."""
+    return Annotated[kind, typer.Option(*names, rich_help_panel=panel, **settings)]
 
 
-QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar, warnings or summary; errors still print.", rich_help_panel="Messages")
-]
-DebugOpt = Annotated[bool, typer.Option("--debug", metavar="", help="Show full tracebacks.", rich_help_panel="Messages")]
+RUNTIME, IMAGES, MESSAGES = "Model and runtime", "Images", "Messages"  # help panels
+ModelOpt = option(
+    str, "--model", "-m", envvar="BIT_MODEL", metavar="MODEL", panel=RUNTIME,
+    help="Hub id (google/bit-50), id@revision, alias from `bit models` (bit-50), a local checkpoint "
+    "directory, or an original .npz file.",
+)
+DeviceOpt = option(
+    str, "--device", metavar="DEVICE", panel=RUNTIME,
+    help="Where the model runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N (the N-th GPU), mps.",
+)
+PrecisionOpt = option(
+    Precision, "--precision", panel=RUNTIME,
+    help="fp32: within 1e-4 of the reference. bf16: about 2x faster on CPUs with AVX512-BF16 "
+    "(and on GPUs), but scores differ in the second decimal. fp16: GPUs only, like bf16.",
+)
+BatchSizeOpt = option(int, "--batch-size", min=1, metavar="N", help="Images per forward pass.", panel=RUNTIME)
+ThreadsOpt = option(
+    Optional[int], "--threads", min=1, metavar="N", panel=RUNTIME,
+    help="CPU threads for the model (torch intra-op) and for image decoding; default: all cores.",
+)
+MaxPixelsOpt = option(
+    int, "--max-pixels", min=0, metavar="N", panel=IMAGES,
+    help="Skip (as a failed input) any image of more than N pixels (width x height), read from its "
+    "header before decoding, or whose resize for the model would hold more: a guard against "
+    "decompression bombs and extreme aspect ratios. 0: no limit.",
+)
+FastJpegOpt = option(
+    bool, "--fast-jpeg", metavar="", panel=IMAGES,
+    help="Decode large JPEGs at a reduced scale (1/2, 1/4 or 1/8, never below the model's input size): "
+    "much faster for big photos, but not pixel-exact, so scores differ slightly.",
+)
+QuietOpt = option(bool, "--quiet", "-q", metavar="", help="No progress bar, warnings or summary; errors still print.", panel=MESSAGES)
+DebugOpt = option(bool, "--debug", metavar="", help="Show full tracebacks.", panel=MESSAGES)
 
 
 @dataclass(frozen=True)
@@ -225,9 +185,10 @@ def takes(*names: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
                 params.append(param.replace(kind=named, annotation=hints[param.name]))
 
         def command(**values: Any) -> int:
-            runtime = Runtime(**{name: values.pop(name) for name in names})
-            ui = Ui(quiet=values.pop("quiet"), debug=values.pop("debug"))
-            return function(**values, runtime=runtime, ui=ui)
+            if names:
+                values["runtime"] = Runtime(**{name: values.pop(name) for name in names})
+            values["ui"] = Ui(quiet=values.pop("quiet"), debug=values.pop("debug"))
+            return function(**values)
 
         command.__name__, command.__qualname__, command.__doc__ = function.__name__, function.__qualname__, function.__doc__
         command.__module__ = function.__module__
@@ -381,29 +342,20 @@ def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = No
     return loaded
 
 
-CsvRawOpt = Annotated[
-    bool,
-    typer.Option(
-        "--csv-raw", metavar="",
-        help="csv: write names exactly, even those that start like a spreadsheet formula "
-        "(= + - @); by default such a cell gets a leading '.",
-    ),
-]
-NullOpt = Annotated[
-    bool,
-    typer.Option(
-        "--null",
-        "-0",
-        metavar="", help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
-        rich_help_panel="Images",
-    ),
-]
-
+CsvRawOpt = option(
+    bool, "--csv-raw", metavar="",
+    help="csv: write names exactly, even those that start like a spreadsheet formula "
+    "(= + - @); by default such a cell gets a leading '.",
+)
+NullOpt = option(
+    bool, "--null", "-0", metavar="", panel=IMAGES,
+    help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
+)
 
 
 def server_option(help: str) -> Any:
     """--server URL (or BIT_SERVER): a running `bit serve` answers instead of a local model."""
-    return Annotated[Optional[str], typer.Option("--server", envvar="BIT_SERVER", metavar="URL", help=help)]
+    return option(Optional[str], "--server", envvar="BIT_SERVER", metavar="URL", help=help)
 
 
 def expand(inputs: list[str], null: bool = False, ui: Ui | None = None) -> list[Any]:
