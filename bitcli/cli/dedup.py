@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, CsvRawOpt, Ui, epilog, require_stdout, takes
-from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name
+from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name, open_collection
 from bitcli.collection import DEFAULT_THRESHOLD
 from bitcli.errors import UsageError
 
@@ -85,7 +85,7 @@ def dedup(
 ) -> int:
     """Groups of near-duplicate images in INDEX, or with --keep the files one would delete."""
     from bitcli import output
-    from bitcli.collection import check_threshold, find_groups, open_index, paths_to_delete
+    from bitcli.collection import check_threshold, find_groups, paths_to_delete
     from bitcli.output.collection import render_groups
 
     check_threshold(threshold)
@@ -96,11 +96,7 @@ def dedup(
     target = check_set_aside(keep, link, move, null)
     if target is None:
         require_stdout("the groups" if keep is None else "the paths")
-    if html is not None:
-        from bitcli.collection.html import check_target
-
-        check_target(html)
-    collection = open_index(npy_name(index), manifest=manifest)
+    collection = open_collection(index, manifest, html)
     with ui.progress(collection.rows, "comparing") as bar:
         groups = find_groups(collection, threshold, progress=bar.advance)
     members = sum(len(g.paths) for g in groups)

@@ -106,15 +106,10 @@ def search(
             raise UsageError("--server answers from the server's collection: drop --html, --build-index, --manifest and --model")
         return ask_server(ui, server, index, queries, top_k, format, runtime.batch_size, null, min_score, csv_raw)
     from bitcli import output
-    from bitcli.collection import open_index
     from bitcli.collection.queries import at_least
     from bitcli.output.collection import render_search
 
-    if html is not None:
-        from bitcli.collection.html import check_target
-
-        check_target(html)  # before any work: never after minutes of it
-    collection = open_index(npy_name(index), manifest=manifest)
+    collection = open_collection(index, manifest, html)
     if build_index:
         build_ann(ui, collection)
     if not queries:
@@ -151,6 +146,18 @@ def ask_server(
         if not result.ok:
             ui.error(f"{result.query}: {result.error}")
     return EXIT_SOME_FAILED if any(not r.ok for r in found) else EXIT_OK
+
+
+def open_collection(index: Path, manifest: Path | None, html: Path | None) -> Any:
+    """INDEX (`npy_name`) opened with its manifest, once the --html target is checked: a page
+    that cannot be written fails before any work, never after minutes of it."""
+    from bitcli.collection import open_index
+
+    if html is not None:
+        from bitcli.collection.html import check_target
+
+        check_target(html)
+    return open_index(npy_name(index), manifest=manifest)
 
 
 def npy_name(index: Path) -> Path:
