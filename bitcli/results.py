@@ -22,32 +22,41 @@ class Prediction:
         return {"rank": self.rank, "index": self.index, "label": self.label, "score": self.score}
 
 
-@dataclass(frozen=True)
-class ClassifyResult:
-    """The top-k predictions for one input, or why it failed (`error` set, `predictions` empty)."""
+class Outcome:
+    """One input's record: its result, or why it failed (`error` set). `to_dict` is the record as
+    the renderers write it: the name field (`NAME`), then `error` alone or the result's `fields()`."""
 
-    path: str
-    predictions: list[Prediction] = field(default_factory=list)
-    error: str | None = None
+    NAME = "path"
+    error: str | None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"path": self.path, "error": self.error}
-        return {"path": self.path, "predictions": [p.to_dict() for p in self.predictions]}
+        name = {self.NAME: getattr(self, self.NAME)}
+        return {**name, "error": self.error} if self.error is not None else {**name, **self.fields()}
+
+    def fields(self) -> dict[str, Any]:
+        return {}
 
 
 @dataclass(frozen=True)
-class EmbedResult:
+class ClassifyResult(Outcome):
+    """The top-k predictions for one input, or why it failed (`error` set, `predictions` empty)."""
+
+    path: str
+    predictions: list[Prediction] = field(default_factory=list)
+    error: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"predictions": [p.to_dict() for p in self.predictions]}
+
+
+@dataclass(frozen=True)
+class EmbedResult(Outcome):
     """The pooled feature vector (numpy float32 [D]) of one input, or why it failed."""
 
     path: str
     vector: Any = None  # numpy.ndarray [D] float32; None when the input failed
     error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None

@@ -13,6 +13,7 @@
   the file is whole or absent); `encode_lines(lines)`: text lines as those bytes;
 - `RESAMPLE_FILTERS`: PIL's resampling filters by name (the numbers of `PIL.Image.Resampling`);
 - `DEFAULT_MAX_PIXELS`: the decompression-bomb guard's default (`--max-pixels`);
+- `beside(array_path, suffix)`: a file beside an embedding (`photos.npy` -> `photos<suffix>`);
 - `lazy_table(modules)`, `lazy_attributes(package, table)`: a module `__getattr__` that imports
   names on first use;
 - `held_interrupt()`: a block that a Ctrl-C does not cut in half.
@@ -180,6 +181,13 @@ def read_json_file(
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object")
     return data
+
+
+def beside(array_path: str | os.PathLike[str], suffix: str) -> Path:
+    """The file named `suffix` beside an embedding: `photos.npy` (or `photos`) -> `photos<suffix>`."""
+    array_path = Path(array_path)
+    stem = array_path.with_suffix("") if array_path.suffix == ".npy" else array_path
+    return stem.with_name(stem.name + suffix)
 
 
 def lazy_table(modules: dict[str, str]) -> dict[str, str]:

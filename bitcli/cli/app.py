@@ -31,8 +31,8 @@ from bitcli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     Ui,
+    epilog,
 )
-from bitcli.cli.helpscreen import epilog
 from bitcli.cli.streams import checked_stdout
 from bitcli.errors import BitError
 

@@ -17,31 +17,21 @@ import typer
 from bitcli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
-    BatchSizeOpt,
     CsvRawOpt,
     ClassifyFormat,
-    DebugOpt,
-    Device,
-    DeviceOpt,
-    FastJpegOpt,
     InputsArg,
-    MaxPixelsOpt,
-    ModelOpt,
     NullOpt,
-    Precision,
-    PrecisionOpt,
-    QuietOpt,
-    ThreadsOpt,
+    Runtime,
     Ui,
+    epilog,
     expand,
     load_model,
     require_stdout,
-    run_options,
+    server_option,
+    takes,
 )
-from bitcli.cli.helpscreen import epilog
 from bitcli.errors import UsageError
-from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
-from bitcli.util import DEFAULT_MAX_PIXELS
+from bitcli.pipeline import DEFAULT_MODEL
 
 EPILOG = epilog(
     "bit classify cat.jpg dog.png",
@@ -51,7 +41,10 @@ EPILOG = epilog(
     "bit classify x.jpg -m ./my-checkpoint --labels labels.txt",
 )
 
+ServerOpt = server_option("Send the images to a running `bit serve` (its model; BIT_TOKEN for its token).")
 
+
+@takes("model", "device", "precision", "batch_size", "threads", "max_pixels", "fast_jpeg")
 def classify(
     inputs: InputsArg,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, metavar="N", help="How many classes to show per image.")] = 5,
@@ -63,25 +56,14 @@ def classify(
         Optional[Path], typer.Option("--labels", metavar="FILE", help="Class names, one per line, in class order.")
     ] = None,
     csv_raw: CsvRawOpt = False,
-    model: ModelOpt = DEFAULT_MODEL,
-    device: DeviceOpt = Device.auto,
-    precision: PrecisionOpt = Precision.fp32,
-    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
-    threads: ThreadsOpt = None,
-    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
-    fast_jpeg: FastJpegOpt = False,
+    runtime: Runtime = Runtime(),
     null: NullOpt = False,
-    server: Annotated[
-        Optional[str],
-        typer.Option("--server", envvar="BIT_SERVER", metavar="URL", help="Send the images to a running `bit serve` (its model; BIT_TOKEN for its token)."),
-    ] = None,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    server: ServerOpt = None,
+    ui: Ui = Ui(),
 ) -> int:
     """Top-k classes and softmax probabilities for each image."""
     from bitcli import output
 
-    ui = Ui(quiet=quiet, debug=debug)
     require_stdout("the predictions")
     fmt = output.resolve_format(format.value, sys.stdout)
     items = expand(inputs, null, ui)
@@ -92,20 +74,20 @@ def classify(
             raise UsageError("--labels applies to a local model; the server names the classes (drop --labels or --server)")
         client = Client(server, token=token_from_env())
         served = client.model()
-        if model != DEFAULT_MODEL and model != served.get("model"):  # BIT_SERVER set, -m given: not silently another model
-            raise UsageError(f"-m {model}: the server at {server} runs {served.get('model')}; drop -m (or --server / BIT_SERVER) to use it")
+        if runtime.model not in (DEFAULT_MODEL, served.get("model")):  # BIT_SERVER set, -m given: not silently another model
+            raise UsageError(f"-m {runtime.model}: the server at {server} runs {served.get('model')}; drop -m (or --server / BIT_SERVER) to use it")
         top_k = min(top_k, max(1, int(served["num_labels"])))
         names = client.labels() if fmt == "table" else None
-        groups: Any = client.classify_groups(items, top_k=top_k, batch_size=batch_size)
+        groups: Any = client.classify_groups(items, top_k=top_k, batch_size=runtime.batch_size)
     else:
         from bitcli.pipeline import Classifier
 
-        options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
+        options = runtime.options()
         if labels is not None:  # a file that cannot be read reports before the model loads
             from bitcli.labels import read_labels_file
 
             read_labels_file(labels)
-        classifier = Classifier(load_model(model, options, ui, threads), top_k=top_k, labels=labels, options=options)
+        classifier = Classifier(load_model(runtime.model, options, ui, runtime.threads), top_k=top_k, labels=labels, options=options)
         top_k, names = classifier.top_k, classifier.labels.names
         groups = classifier.classify_groups(items)
     renderer = output.classify_renderer(

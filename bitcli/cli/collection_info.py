@@ -7,8 +7,7 @@ import sys
 import typer
 from typing import Annotated
 
-from bitcli.cli.common import EXIT_OK, DebugOpt, QuietOpt, TableOrJson, require_stdout
-from bitcli.cli.helpscreen import epilog
+from bitcli.cli.common import EXIT_OK, DebugOpt, QuietOpt, TableOrJson, epilog, require_stdout
 from bitcli.cli.search import IndexArg, ManifestOpt, npy_name
 
 EPILOG = epilog(

@@ -17,8 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, DebugOpt, QuietOpt, Ui, report_summary
-from bitcli.cli.helpscreen import epilog
+from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, DebugOpt, QuietOpt, Ui, epilog, option, report_summary
 from bitcli.errors import UsageError
 
 PANEL = "More than one machine (docs/distributed.md)"
@@ -29,59 +28,23 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-EngineOpt = Annotated[
-    Engine,
-    typer.Option("--engine", help="local: this process. ray: a Ray cluster (pip install 'bitcli\\[ray]').", rich_help_panel=PANEL),
-]
-RayAddressOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--ray-address",
-        metavar="HOST:PORT",
-        help="The Ray cluster (default: $RAY_ADDRESS, else a new local one; auto: the one `ray start` began here).",
-        rich_help_panel=PANEL,
-    ),
-]
-WorkersOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--workers",
-        min=1,
-        metavar="N",
-        help="Ray workers, each loading the model once (default: what the cluster holds).",
-        rich_help_panel=PANEL,
-    ),
-]
-GpusOpt = Annotated[
-    float,
-    typer.Option(
-        "--num-gpus-per-worker", min=0, metavar="G", help="GPUs each Ray worker reserves (0: CPU workers).", rich_help_panel=PANEL
-    ),
-]
-ShardOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--shard",
-        metavar="I/N",
-        help="Job I of N (a job array): embed shards I, I+N, ... here, into OUT.npy.shards/; then bit combine.",
-        rich_help_panel=PANEL,
-    ),
-]
-ShardSizeOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--shard-size", min=1, metavar="N", help="Inputs per shard, whole batches (default: about 1024).", rich_help_panel=PANEL
-    ),
-]
-ShardDirOpt = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--shard-dir",
-        metavar="DIR",
-        help="Where shards go (default: OUT.npy.shards); on a cluster, shared storage.",
-        rich_help_panel=PANEL,
-    ),
-]
+EngineOpt = option(Engine, "--engine", panel=PANEL, help="local: this process. ray: a Ray cluster (pip install 'bitcli\\[ray]').")
+RayAddressOpt = option(
+    Optional[str], "--ray-address", panel=PANEL, metavar="HOST:PORT",
+    help="The Ray cluster (default: $RAY_ADDRESS, else a new local one; auto: the one `ray start` began here).",
+)
+WorkersOpt = option(
+    Optional[int], "--workers", panel=PANEL, min=1, metavar="N", help="Ray workers, each loading the model once (default: what the cluster holds).",
+)
+GpusOpt = option(float, "--num-gpus-per-worker", panel=PANEL, min=0, metavar="G", help="GPUs each Ray worker reserves (0: CPU workers).")
+ShardOpt = option(
+    Optional[str], "--shard", panel=PANEL, metavar="I/N",
+    help="Job I of N (a job array): embed shards I, I+N, ... here, into OUT.npy.shards/; then bit combine.",
+)
+ShardSizeOpt = option(Optional[int], "--shard-size", panel=PANEL, min=1, metavar="N", help="Inputs per shard, whole batches (default: about 1024).")
+ShardDirOpt = option(
+    Optional[Path], "--shard-dir", panel=PANEL, metavar="DIR", help="Where shards go (default: OUT.npy.shards); on a cluster, shared storage.",
+)
 
 
 @dataclass(frozen=True)

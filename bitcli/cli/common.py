@@ -1,4 +1,4 @@
-"""What every command shares: option types, the stderr console (`Ui`), exit codes, model loading.
+"""What every command shares: option types, help-screen examples (`epilog`), the stderr console (`Ui`), exit codes, model loading.
 
 A command file (`classify.py`, ...) is options + one library call + rendering. Its function
 returns an exit code and raises `BitError`s; `app.py` registers it and maps errors to codes.
@@ -8,10 +8,12 @@ imported inside the functions that need them, never at module level.
 
 from __future__ import annotations
 
+import inspect
 import sys
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -19,7 +21,7 @@ from bitcli.cli.screen import Bar, summary_text
 from bitcli.errors import UsageError
 from bitcli.output import is_terminal
 from bitcli.output.escapes import shown
-from bitcli.pipeline import DEFAULT_BATCH_SIZE, RunOptions  # light: no torch, no PIL
+from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, RunOptions  # light: no torch, no PIL
 from bitcli.util import DEFAULT_MAX_PIXELS
 
 EXIT_OK = 0
@@ -33,6 +35,38 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 all inputs succeeded, 1 some inputs failed (the rest were processed), "
     "2 usage error, 3 the model could not be resolved or loaded, 130 interrupted, 141 stdout closed early."
 )
+
+
+# -- help screens: every command's "Examples:" block built alike -------------------------------
+# The layout is Typer's and rich's own. Options name their values through Typer's public `metavar`
+# (`N`, `FILE`, `MODEL`; an empty one for flags, so no `<bool>` is shown); what Typer prints beside
+# the rest (`<list[str]>` beside arguments, `[x>=1]` after a range) is left as Typer prints it.
+
+
+def epilog(*examples: str, note: str = "") -> str:
+    """'Examples:' and one indented line per example (a dim comment after '  # '), then the exit codes.
+
+    The exit codes close every epilog: besides being useful, an unindented last line keeps Typer
+    from dedenting the examples (it removes the indentation common to all lines).
+    """
+    lines = []
+    for example in examples:
+        command, _, comment = (text(part) for part in example.partition("  # "))
+        lines.append(f"  {command}" + (f"    [dim]({comment})[/dim]" if comment else ""))
+    parts = ["[dim]Examples:[/dim]", *lines]
+    if note:
+        parts.append(note)
+    return "\n\n".join([*parts, EXIT_CODES_HELP])
+
+
+def text(part: str) -> str:
+    """`part` as rich shows it literally: its brackets are text (pip install 'bitcli[search]').
+    rich is imported only for a part that needs escaping: a command's start need not load it."""
+    if "[" not in part and not part.endswith("\\"):
+        return part
+    from rich.markup import escape
+
+    return escape(part)
 
 
 class Device:
@@ -69,84 +103,100 @@ class Dtype(str, Enum):
 
 # -- options shared by the commands ------------------------------------------------------------
 
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        envvar="BIT_MODEL",
-        metavar="MODEL",
-        help=(
-            "Hub id (google/bit-50), id@revision, alias from `bit models` (bit-50), a local checkpoint "
-            "directory, or an original .npz file."
-        ),
-        rich_help_panel="Model and runtime",
-    ),
-]
-DeviceOpt = Annotated[
-    str,
-    typer.Option(
-        "--device",
-        metavar="DEVICE",
-        help="Where the model runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N (the N-th GPU), mps.",
-        rich_help_panel="Model and runtime",
-    ),
-]
-PrecisionOpt = Annotated[
-    Precision,
-    typer.Option(
-        "--precision",
-        help=(
-            "fp32: within 1e-4 of the reference. bf16: about 2x faster on CPUs with AVX512-BF16 "
-            "(and on GPUs), but scores differ in the second decimal. fp16: GPUs only, like bf16."
-        ),
-        rich_help_panel="Model and runtime",
-    ),
-]
-BatchSizeOpt = Annotated[
-    int,
-    typer.Option("--batch-size", min=1, metavar="N", help="Images per forward pass.", rich_help_panel="Model and runtime"),
-]
-ThreadsOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--threads",
-        min=1,
-        metavar="N", help="CPU threads for the model (torch intra-op) and for image decoding; default: all cores.",
-        rich_help_panel="Model and runtime",
-    ),
-]
-MaxPixelsOpt = Annotated[
-    int,
-    typer.Option(
-        "--max-pixels",
-        min=0,
-        metavar="N",
-        help=(
-            "Skip (as a failed input) any image of more than N pixels (width x height), read from its "
-            "header before decoding, or whose resize for the model would hold more: a guard against "
-            "decompression bombs and extreme aspect ratios. 0: no limit."
-        ),
-        rich_help_panel="Images",
-    ),
-]
-FastJpegOpt = Annotated[
-    bool,
-    typer.Option(
-        "--fast-jpeg",
-        metavar="", help=(
-            "Decode large JPEGs at a reduced scale (1/2, 1/4 or 1/8, never below the model's input size): "
-            "much faster for big photos, but not pixel-exact, so scores differ slightly."
-        ),
-        rich_help_panel="Images",
-    ),
-]
+def option(kind: Any, *names: str, panel: str | None = None, **settings: Any) -> Any:
+    """An option type, `Annotated[kind, typer.Option(*names, ...)]`, listed in the help panel `panel`."""
+    return Annotated[kind, typer.Option(*names, rich_help_panel=panel, **settings)]
 
 
-QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar, warnings or summary; errors still print.", rich_help_panel="Messages")
-]
-DebugOpt = Annotated[bool, typer.Option("--debug", metavar="", help="Show full tracebacks.", rich_help_panel="Messages")]
+RUNTIME, IMAGES, MESSAGES = "Model and runtime", "Images", "Messages"  # help panels
+ModelOpt = option(
+    str, "--model", "-m", envvar="BIT_MODEL", metavar="MODEL", panel=RUNTIME,
+    help="Hub id (google/bit-50), id@revision, alias from `bit models` (bit-50), a local checkpoint "
+    "directory, or an original .npz file.",
+)
+DeviceOpt = option(
+    str, "--device", metavar="DEVICE", panel=RUNTIME,
+    help="Where the model runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N (the N-th GPU), mps.",
+)
+PrecisionOpt = option(
+    Precision, "--precision", panel=RUNTIME,
+    help="fp32: within 1e-4 of the reference. bf16: about 2x faster on CPUs with AVX512-BF16 "
+    "(and on GPUs), but scores differ in the second decimal. fp16: GPUs only, like bf16.",
+)
+BatchSizeOpt = option(int, "--batch-size", min=1, metavar="N", help="Images per forward pass.", panel=RUNTIME)
+ThreadsOpt = option(
+    Optional[int], "--threads", min=1, metavar="N", panel=RUNTIME,
+    help="CPU threads for the model (torch intra-op) and for image decoding; default: all cores.",
+)
+MaxPixelsOpt = option(
+    int, "--max-pixels", min=0, metavar="N", panel=IMAGES,
+    help="Skip (as a failed input) any image of more than N pixels (width x height), read from its "
+    "header before decoding, or whose resize for the model would hold more: a guard against "
+    "decompression bombs and extreme aspect ratios. 0: no limit.",
+)
+FastJpegOpt = option(
+    bool, "--fast-jpeg", metavar="", panel=IMAGES,
+    help="Decode large JPEGs at a reduced scale (1/2, 1/4 or 1/8, never below the model's input size): "
+    "much faster for big photos, but not pixel-exact, so scores differ slightly.",
+)
+QuietOpt = option(bool, "--quiet", "-q", metavar="", help="No progress bar, warnings or summary; errors still print.", panel=MESSAGES)
+DebugOpt = option(bool, "--debug", metavar="", help="Show full tracebacks.", panel=MESSAGES)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The model-and-runtime options a command takes (`takes`), as one value; those it does not
+    take keep these defaults."""
+
+    model: str = DEFAULT_MODEL
+    device: str = Device.auto
+    precision: Precision = Precision.fp32
+    batch_size: int = DEFAULT_BATCH_SIZE
+    threads: Optional[int] = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    fast_jpeg: bool = False
+
+    def options(self) -> RunOptions:
+        return run_options(self.device, self.precision, self.batch_size, self.threads, self.max_pixels, self.fast_jpeg)
+
+
+SHARED_OPTIONS = {"model": ModelOpt, "device": DeviceOpt, "precision": PrecisionOpt, "batch_size": BatchSizeOpt,
+                  "threads": ThreadsOpt, "max_pixels": MaxPixelsOpt, "fast_jpeg": FastJpegOpt}
+
+
+def takes(*names: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """A command function's shared options, declared once: its `runtime: Runtime` parameter stands
+    for the options `names` (in SHARED_OPTIONS' order, there), its `ui: Ui` parameter for --quiet
+    and --debug. Typer (and `quickparse`) read the expanded signature; the function gets one
+    Runtime and one Ui."""
+
+    def decorate(function: Callable[..., int]) -> Callable[..., int]:
+        defaults, hints = Runtime(), typing.get_type_hints(function, include_extras=True)
+        named = inspect.Parameter.KEYWORD_ONLY  # Typer passes every value by name
+        params: list[inspect.Parameter] = []
+        for param in inspect.signature(function).parameters.values():
+            if param.name == "runtime":
+                params += [inspect.Parameter(name, named, annotation=kind, default=getattr(defaults, name))
+                           for name, kind in SHARED_OPTIONS.items() if name in names]
+            elif param.name == "ui":
+                params += [inspect.Parameter("quiet", named, annotation=QuietOpt, default=False),
+                           inspect.Parameter("debug", named, annotation=DebugOpt, default=False)]
+            else:
+                params.append(param.replace(kind=named, annotation=hints[param.name]))
+
+        def command(**values: Any) -> int:
+            if names:
+                values["runtime"] = Runtime(**{name: values.pop(name) for name in names})
+            values["ui"] = Ui(quiet=values.pop("quiet"), debug=values.pop("debug"))
+            return function(**values)
+
+        command.__name__, command.__qualname__, command.__doc__ = function.__name__, function.__qualname__, function.__doc__
+        command.__module__ = function.__module__
+        command.__signature__ = inspect.Signature(params, return_annotation=int)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params} | {"return": int}
+        return command
+
+    return decorate
 
 
 @dataclass
@@ -292,23 +342,20 @@ def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = No
     return loaded
 
 
-CsvRawOpt = Annotated[
-    bool,
-    typer.Option(
-        "--csv-raw", metavar="",
-        help="csv: write names exactly, even those that start like a spreadsheet formula "
-        "(= + - @); by default such a cell gets a leading '.",
-    ),
-]
-NullOpt = Annotated[
-    bool,
-    typer.Option(
-        "--null",
-        "-0",
-        metavar="", help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
-        rich_help_panel="Images",
-    ),
-]
+CsvRawOpt = option(
+    bool, "--csv-raw", metavar="",
+    help="csv: write names exactly, even those that start like a spreadsheet formula "
+    "(= + - @); by default such a cell gets a leading '.",
+)
+NullOpt = option(
+    bool, "--null", "-0", metavar="", panel=IMAGES,
+    help="Paths on stdin (-) are separated by NUL bytes, as `find -print0` and `xargs -0` use.",
+)
+
+
+def server_option(help: str) -> Any:
+    """--server URL (or BIT_SERVER): a running `bit serve` answers instead of a local model."""
+    return option(Optional[str], "--server", envvar="BIT_SERVER", metavar="URL", help=help)
 
 
 def expand(inputs: list[str], null: bool = False, ui: Ui | None = None) -> list[Any]:

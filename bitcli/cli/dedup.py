@@ -16,9 +16,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, CsvRawOpt, DebugOpt, QuietOpt, Ui, require_stdout
-from bitcli.cli.helpscreen import epilog
-from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name
+from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, CsvRawOpt, Ui, epilog, require_stdout, takes
+from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name, open_collection
 from bitcli.collection import DEFAULT_THRESHOLD
 from bitcli.errors import UsageError
 
@@ -42,6 +41,23 @@ class Keep(str, Enum):
     newest = "newest"
 
 
+def set_aside_option(option: str, what: str, never: str) -> Any:
+    """--link DIR or --move DIR: where the files --keep would not keep are set aside."""
+    return Annotated[
+        Optional[Path],
+        typer.Option(
+            option, metavar="DIR",
+            help=f"With --keep: instead of printing the files one would delete, {what} "
+            f"(created if missing; {never}a taken name gets a -2, -3... suffix).",
+        ),
+    ]
+
+
+LinkOpt = set_aside_option("--link", "put a symbolic link to each in DIR", "")
+MoveOpt = set_aside_option("--move", "move them into DIR", "never overwriting: ")
+
+
+@takes()
 def dedup(
     index: IndexArg,
     threshold: Annotated[
@@ -60,34 +76,18 @@ def dedup(
         ),
     ] = None,
     null: Annotated[bool, typer.Option("--null", "-0", help="With --keep: end each path with NUL instead of a newline.")] = False,
-    link: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--link", metavar="DIR",
-            help="With --keep: instead of printing the files one would delete, put a symbolic link to each in DIR "
-            "(created if missing; a taken name gets a -2, -3... suffix).",
-        ),
-    ] = None,
-    move: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--move", metavar="DIR",
-            help="With --keep: instead of printing the files one would delete, move them into DIR "
-            "(created if missing; never overwriting: a taken name gets a -2, -3... suffix).",
-        ),
-    ] = None,
+    link: LinkOpt = None,
+    move: MoveOpt = None,
     html: HtmlOpt = None,
     manifest: ManifestOpt = None,
     csv_raw: CsvRawOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    ui: Ui = Ui(),
 ) -> int:
     """Groups of near-duplicate images in INDEX, or with --keep the files one would delete."""
     from bitcli import output
-    from bitcli.collection import check_threshold, find_groups, open_index, paths_to_delete
+    from bitcli.collection import check_threshold, find_groups, paths_to_delete
     from bitcli.output.collection import render_groups
 
-    ui = Ui(quiet=quiet, debug=debug)
     check_threshold(threshold)
     if null and keep is None:
         raise UsageError("-0 ends the paths --keep prints; add --keep first|largest|newest")
@@ -96,11 +96,7 @@ def dedup(
     target = check_set_aside(keep, link, move, null)
     if target is None:
         require_stdout("the groups" if keep is None else "the paths")
-    if html is not None:
-        from bitcli.collection.html import check_target
-
-        check_target(html)
-    collection = open_index(npy_name(index), manifest=manifest)
+    collection = open_collection(index, manifest, html)
     with ui.progress(collection.rows, "comparing") as bar:
         groups = find_groups(collection, threshold, progress=bar.advance)
     members = sum(len(g.paths) for g in groups)

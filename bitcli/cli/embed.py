@@ -18,7 +18,7 @@ from bitcli.cli.combine import (Distribution, Engine, EngineOpt, GpusOpt, RayAdd
 from bitcli.cli.common import (EXIT_OK, EXIT_SOME_FAILED, BatchSizeOpt, DebugOpt, Device, DeviceOpt, Dtype, FastJpegOpt,
                                InputsArg, MaxPixelsOpt, ModelOpt, NullOpt, Precision, PrecisionOpt, QuietOpt, ThreadsOpt,
                                Ui, expand, load_model, report_summary, run_options)
-from bitcli.cli.helpscreen import epilog
+from bitcli.cli.common import epilog
 from bitcli.cli.screen import duration
 from bitcli.errors import UsageError
 from bitcli.output import is_terminal

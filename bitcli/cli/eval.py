@@ -11,24 +11,15 @@ import typer
 from bitcli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
-    BatchSizeOpt,
-    DebugOpt,
-    Device,
-    DeviceOpt,
-    ModelOpt,
-    Precision,
-    PrecisionOpt,
-    QuietOpt,
+    Runtime,
     TableOrJson,
-    ThreadsOpt,
     Ui,
     check_settings,
+    epilog,
     load_model,
     require_stdout,
-    run_options,
+    takes,
 )
-from bitcli.cli.helpscreen import epilog
-from bitcli.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 
 EPILOG = epilog(
     "bit eval photos-test/ -m my-model",
@@ -42,6 +33,7 @@ EPILOG = epilog(
 )
 
 
+@takes("model", "device", "precision", "batch_size", "threads")
 def eval_command(
     data: Annotated[str, typer.Argument(metavar="DATA", help="Class folders, or a .csv/.jsonl of path,label.", show_default=False)],
     format: Annotated[TableOrJson, typer.Option("--format", "-f", help="Tables or one JSON object.")] = TableOrJson.table,
@@ -53,13 +45,8 @@ def eval_command(
             "CSV if it ends in .csv, JSON lines if .jsonl. Replaces only a file bit eval wrote.",
         ),
     ] = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    device: DeviceOpt = Device.auto,
-    precision: PrecisionOpt = Precision.fp32,
-    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
-    threads: ThreadsOpt = None,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    runtime: Runtime = Runtime(),
+    ui: Ui = Ui(),
 ) -> int:
     """Accuracy, top-5, per-class precision/recall/support and the confusion matrix on labelled data."""
     from bitcli.output.evaluation import render_evaluation
@@ -67,20 +54,18 @@ def eval_command(
     from bitcli.transfer.data import load_dataset
     from bitcli.transfer.evaluate import evaluate
 
-    ui = Ui(quiet=quiet, debug=debug)
     require_stdout("the evaluation")
-    check_settings(device, model)
+    check_settings(runtime.device, runtime.model)
     if errors is not None:
         check_errors_target(errors)  # before the run, not after it
     dataset = load_dataset(data)  # data errors before the model loads
-    options = run_options(device, precision, batch_size, threads)
-    loaded = load_model(model, options, ui, threads)
+    loaded = load_model(runtime.model, runtime.options(), ui, runtime.threads)
     with ui.progress(len(dataset), "evaluating") as bar:
 
         def step(count: int, total: int) -> None:
             bar.advance(count - bar.done)
 
-        result = evaluate(dataset, loaded, progress=step, batch_size=batch_size, workers=threads)
+        result = evaluate(dataset, loaded, progress=step, batch_size=runtime.batch_size, workers=runtime.threads)
     ui.summary(bar, len(result.failed))
     for path, reason in result.failed:
         ui.error(f"{path}: {reason}")

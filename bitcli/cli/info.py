@@ -24,10 +24,10 @@ from bitcli.cli.common import (
     QuietOpt,
     TableOrJson,
     Ui,
+    epilog,
     quiet_hub,
     require_stdout,
 )
-from bitcli.cli.helpscreen import epilog
 from bitcli.errors import ModelError, UsageError
 from bitcli.pipeline import DEFAULT_MODEL
 

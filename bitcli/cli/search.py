@@ -8,6 +8,7 @@ the index from disk; an approximate index beside it (`--build-index`) is used wh
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,24 +17,19 @@ import typer
 from bitcli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
-    BatchSizeOpt,
-    CsvRawOpt,
     ClassifyFormat,
-    DebugOpt,
-    Device,
-    DeviceOpt,
+    CsvRawOpt,
     NullOpt,
-    QuietOpt,
-    ThreadsOpt,
-    Ui,
     Precision,
+    Runtime,
+    Ui,
+    epilog,
     load_model,
     require_stdout,
-    run_options,
+    server_option,
+    takes,
 )
-from bitcli.cli.helpscreen import epilog
 from bitcli.errors import ModelNotFoundError, UsageError
-from bitcli.pipeline import DEFAULT_BATCH_SIZE
 
 EPILOG = epilog(
     "bit search photos.npy photos/cat.jpg  # a photo already embedded: its stored row, no model",
@@ -56,7 +52,10 @@ HtmlOpt = Annotated[
     Optional[Path], typer.Option("--html", metavar="FILE", help="Also write a self-contained HTML page with thumbnails.")
 ]
 
+ServerOpt = server_option("Ask a running `bit serve --index INDEX` (INDEX: the collection's name there).")
 
+
+@takes("device", "batch_size", "threads")
 def search(
     index: IndexArg,
     queries: Annotated[
@@ -90,20 +89,13 @@ def search(
     ] = False,
     null: NullOpt = False,
     csv_raw: CsvRawOpt = False,
-    device: DeviceOpt = Device.auto,
-    batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
-    threads: ThreadsOpt = None,
-    server: Annotated[
-        Optional[str],
-        typer.Option("--server", envvar="BIT_SERVER", metavar="URL", help="Ask a running `bit serve --index INDEX` (INDEX: the collection's name there)."),
-    ] = None,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    runtime: Runtime = Runtime(),
+    server: ServerOpt = None,
+    ui: Ui = Ui(),
 ) -> int:
     """Rows of INDEX most similar to each query (cosine similarity)."""
     from bitcli.collection.queries import check_min_score
 
-    ui = Ui(quiet=quiet, debug=debug)
     check_min_score(min_score)
     if not queries and not build_index:
         raise UsageError("give at least one QUERY (an image, or a path in INDEX), or --build-index")
@@ -112,23 +104,18 @@ def search(
     if server is not None:
         if html is not None or build_index or manifest is not None or model is not None:
             raise UsageError("--server answers from the server's collection: drop --html, --build-index, --manifest and --model")
-        return ask_server(ui, server, index, queries, top_k, format, batch_size, null, min_score, csv_raw)
+        return ask_server(ui, server, index, queries, top_k, format, runtime.batch_size, null, min_score, csv_raw)
     from bitcli import output
-    from bitcli.collection import open_index
     from bitcli.collection.queries import at_least
     from bitcli.output.collection import render_search
 
-    if html is not None:
-        from bitcli.collection.html import check_target
-
-        check_target(html)  # before any work: never after minutes of it
-    collection = open_index(npy_name(index), manifest=manifest)
+    collection = open_collection(index, manifest, html)
     if build_index:
         build_ann(ui, collection)
     if not queries:
         return EXIT_OK
     fmt = output.resolve_format(format.value, sys.stdout)
-    found = at_least(answer(ui, collection, queries, top_k, model, exact, (device, batch_size, threads), null=null), min_score)
+    found = at_least(answer(ui, collection, queries, top_k, model, exact, runtime, null=null), min_score)
     render_search(found, fmt, sys.stdout, csv_raw=csv_raw)
     if html is not None:
         write_html(collection, found, html, top_k)
@@ -161,6 +148,18 @@ def ask_server(
     return EXIT_SOME_FAILED if any(not r.ok for r in found) else EXIT_OK
 
 
+def open_collection(index: Path, manifest: Path | None, html: Path | None) -> Any:
+    """INDEX (`npy_name`) opened with its manifest, once the --html target is checked: a page
+    that cannot be written fails before any work, never after minutes of it."""
+    from bitcli.collection import open_index
+
+    if html is not None:
+        from bitcli.collection.html import check_target
+
+        check_target(html)
+    return open_index(npy_name(index), manifest=manifest)
+
+
 def npy_name(index: Path) -> Path:
     """INDEX as given, or with `.npy` added when that is the file (`bit embed -o photos` wrote
     photos.npy; `photos` may well be the folder of images)."""
@@ -169,7 +168,7 @@ def npy_name(index: Path) -> Path:
 
 
 def answer(
-    ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: tuple, *, null: bool = False
+    ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: Runtime, *, null: bool = False
 ) -> list[Any]:
     """Plan the queries (`null`: -0 for stdin), embed those not in the index, search; one result
     per query, in order."""
@@ -194,18 +193,16 @@ def answer(
     return q.results(planned, outcome.matches, outcome.method)
 
 
-def embed_queries(ui: Ui, index: Any, pending: list[Any], model: str | None, runtime: tuple) -> list[Any]:
+def embed_queries(ui: Ui, index: Any, pending: list[Any], model: str | None, runtime: Runtime) -> list[Any]:
     """EmbedResults for the queries that are not rows of INDEX, with INDEX's model and settings."""
     from bitcli.collection.queries import query_settings, settings_differ
     from bitcli.pipeline import Embedder
 
-    device, batch_size, threads = runtime
     reference, settings = query_settings(index, model, pending[0].path)
-    precision = Precision(settings.pop("precision", "fp32"))
-    options = run_options(device, precision, batch_size, threads)
+    options = replace(runtime, precision=Precision(settings.pop("precision", "fp32"))).options()
     options = type(options).merge(options, settings)
     try:
-        loaded = load_model(reference, options, ui, threads)
+        loaded = load_model(reference, options, ui, runtime.threads)
     except ModelNotFoundError as exc:
         if model is not None or index.meta_path is None:
             raise

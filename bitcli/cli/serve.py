@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -21,24 +22,14 @@ import typer
 
 from bitcli.cli.common import (
     EXIT_OK,
-    DebugOpt,
-    Device,
-    DeviceOpt,
-    MaxPixelsOpt,
-    ModelOpt,
-    Precision,
-    PrecisionOpt,
-    QuietOpt,
-    ThreadsOpt,
+    Runtime,
     Ui,
     check_settings,
+    epilog,
     load_model,
-    run_options,
+    takes,
 )
-from bitcli.cli.helpscreen import epilog
 from bitcli.errors import UsageError
-from bitcli.pipeline import DEFAULT_MODEL
-from bitcli.util import DEFAULT_MAX_PIXELS
 
 EPILOG = epilog(
     "bit serve -m bit-digits",
@@ -97,8 +88,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+@takes("model", "device", "precision", "threads", "max_pixels")
 def serve(
-    model: ModelOpt = DEFAULT_MODEL,
+    runtime: Runtime = Runtime(),
     index: Annotated[
         Optional[list[Path]], typer.Option("--index", metavar="OUT.npy", help="A collection (bit embed's output) to search over /v1/search; repeat for more.")
     ] = None,
@@ -116,15 +108,9 @@ def serve(
     ray_address: Annotated[
         Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", metavar="ADDR", help="ray: the cluster (default: a private local one).")
     ] = None,
-    device: DeviceOpt = Device.auto,
-    precision: PrecisionOpt = Precision.fp32,
-    threads: ThreadsOpt = None,
-    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    ui: Ui = Ui(),
 ) -> int:
     """Serve a warm model over HTTP: a JSON API, a web page, batching across requests."""
-    ui = Ui(quiet=quiet, debug=debug)
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -149,8 +135,8 @@ def serve(
         from bitcli.serve.service import open_collections
 
         open_collections(index or [])  # a bad --index fails here, not in a replica
-        return _serve_on_ray(model, host, port, replicas, ray_address, body_limit, max_batch, max_wait_ms, max_queue,
-                             token, device, precision, max_pixels, [str(p.resolve()) for p in index or []], ui)
+        return _serve_on_ray(runtime, host, port, replicas, ray_address, body_limit, max_batch, max_wait_ms, max_queue,
+                             token, [str(p.resolve()) for p in index or []], ui)
     from bitcli.serve.service import open_collections
 
     collections = open_collections(index or [])
@@ -160,14 +146,15 @@ def serve(
     from bitcli.serve.app import ServeSettings, create_app
     from bitcli.serve.service import Service
 
-    options = run_options(device, precision, max_batch, threads, max_pixels)
+    model = runtime.model
+    options = replace(runtime, batch_size=max_batch).options()
     check_settings(options.device, model)  # a malformed reference fails now, before the port opens
     settings = ServeSettings(max_body=body_limit, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                              max_queue=max_queue, token=token)
     loaded_report: dict[str, Any] = {}
 
     def load() -> Service:  # at startup, while /healthz answers 503
-        loaded = load_model(model, options, ui, threads)
+        loaded = load_model(model, options, ui, runtime.threads)
         service = Service(loaded, max_batch=max_batch, max_pixels=options.max_pixels)
         for name, collection in collections.items():
             service.add_index(name, collection)
@@ -175,7 +162,7 @@ def serve(
         return service
 
     app = create_app(load, settings, model_name=model, report=lambda: loaded_report)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical" if not debug else "info", access_log=debug,
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical" if not ui.debug else "info", access_log=ui.debug,
                                            lifespan="on", timeout_graceful_shutdown=30, limit_concurrency=MAX_CONNECTIONS))
     bound_host, bound_port = listener.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -203,8 +190,8 @@ def serve(
     return EXIT_OK
 
 
-def _serve_on_ray(model, host, port, replicas, address, body_limit, max_batch, max_wait_ms, max_queue, token,
-                  device, precision, max_pixels, indexes, ui) -> int:
+def _serve_on_ray(runtime, host, port, replicas, address, body_limit, max_batch, max_wait_ms, max_queue, token,
+                  indexes, ui) -> int:
     from bitcli.hub import resolve_model
     from bitcli.serve.app import ServeSettings
     from bitcli.serve.ray_serve import serve_on_ray
@@ -214,7 +201,7 @@ def _serve_on_ray(model, host, port, replicas, address, body_limit, max_batch, m
     if not ui.debug:  # Ray Serve's INFO lines are not bitcli's messages (--debug shows them)
         logging.getLogger("ray").setLevel(logging.ERROR)
         logging.getLogger("ray.serve").setLevel(logging.ERROR)
-    options = run_options(device, precision, max_batch, None, max_pixels)
+    model, options = runtime.model, replace(runtime, batch_size=max_batch, threads=None).options()
     resolve_model(model, offline=options.offline)  # a wrong reference fails here (exit 3), not in a replica
     settings = ServeSettings(max_body=body_limit, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                              max_queue=max_queue, token=token)

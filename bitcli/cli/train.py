@@ -26,9 +26,9 @@ from bitcli.cli.common import (
     ThreadsOpt,
     Ui,
     check_settings,
+    epilog,
     quiet_hub,
 )
-from bitcli.cli.helpscreen import epilog
 from bitcli.cli.screen import duration, progress_display, rate_and_eta
 from bitcli.output.escapes import shown
 from bitcli.pipeline import DEFAULT_MODEL

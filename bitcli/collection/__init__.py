@@ -15,7 +15,7 @@ writes lives in `bitcli.store.metadata`. Library code never prints.
 
 from __future__ import annotations
 
-from bitcli.util import lazy_attributes
+from bitcli.util import lazy_attributes, lazy_table
 
 # Chosen as imagededup does for the same kind of feature (the global-average-pooled output of an
 # ImageNet CNN after its last ReLU, compared by cosine): its CNN method's default
@@ -23,19 +23,13 @@ from bitcli.util import lazy_attributes
 # Defined here, not in dedup.py, so that `bit --help` shows it without importing numpy.
 DEFAULT_THRESHOLD = 0.9
 
-_LAZY = {
-    "KEEP_POLICIES": "bitcli.collection.keep",
-    "DuplicateGroup": "bitcli.collection.dedup",
-    "check_threshold": "bitcli.collection.dedup",
-    "find_groups": "bitcli.collection.dedup",
-    "paths_to_delete": "bitcli.collection.keep",
-    "EmbeddingIndex": "bitcli.collection.index",
-    "open_index": "bitcli.collection.index",
-    "Match": "bitcli.collection.scoring",
-    "SearchOutcome": "bitcli.collection.search",
-    "exact_search": "bitcli.collection.search",
-    "search": "bitcli.collection.search",
-}
+_LAZY = lazy_table({
+    "bitcli.collection.dedup": "DuplicateGroup check_threshold find_groups",
+    "bitcli.collection.keep": "KEEP_POLICIES paths_to_delete",
+    "bitcli.collection.index": "EmbeddingIndex open_index",
+    "bitcli.collection.scoring": "Match",
+    "bitcli.collection.search": "SearchOutcome exact_search search",
+})
 
 __all__ = sorted(_LAZY) + ["DEFAULT_THRESHOLD"]
 __getattr__ = lazy_attributes(__name__, _LAZY)

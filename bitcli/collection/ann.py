@@ -43,7 +43,7 @@ from bitcli.collection.index import EmbeddingIndex
 from bitcli.collection.scoring import Match, block_scores, check_k, normalize_rows, to_matches, top_k
 from bitcli.errors import UsageError
 from bitcli.store.paths import check_replaceable
-from bitcli.util import open_regular, read_capped, write_atomic
+from bitcli.util import beside, open_regular, read_capped, write_atomic
 
 FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
@@ -70,9 +70,7 @@ class AnnPaths:
 
     @classmethod
     def for_array(cls, array_path: Path) -> "AnnPaths":
-        array_path = Path(array_path)
-        stem = array_path.with_suffix("") if array_path.suffix == ".npy" else array_path
-        return cls(index=stem.with_name(stem.name + ".ann.faiss"), info=stem.with_name(stem.name + ".ann.json"))
+        return cls(index=beside(array_path, ".ann.faiss"), info=beside(array_path, ".ann.json"))
 
 
 def require_faiss() -> Any:

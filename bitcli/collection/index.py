@@ -32,7 +32,7 @@ from bitcli.collection.blocks import BlockReader, read_exactly
 from bitcli.errors import UsageError
 from bitcli.inputs import STDIN_PATH_MAX as PATH_MAX
 from bitcli.store.metadata import EmbeddingMetadata, SidecarPaths, read_metadata, sidecar_file
-from bitcli.util import FileTooLarge, open_regular, read_capped
+from bitcli.util import FileTooLarge, beside, open_regular, read_capped
 
 # A block of float32 rows is at most this big (the raw rows read from disk add at most as much).
 DEFAULT_BLOCK_BYTES = 64 << 20
@@ -253,8 +253,7 @@ def _snapshot(array_path: Path, manifest: Any, index: EmbeddingIndex | None = No
     """What identifies the set on disk now (None while a publication is under way); with
     `index`, also the array file it opened."""
     sidecars = SidecarPaths.for_output(array_path)
-    stem = array_path.with_suffix("") if array_path.suffix == ".npy" else array_path
-    names = [array_path, sidecars.meta, Path(manifest) if manifest is not None else stem.with_name(stem.name + ".paths.txt")]
+    names = [array_path, sidecars.meta, Path(manifest) if manifest is not None else beside(array_path, ".paths.txt")]
     if os.path.lexists(array_path.with_name(array_path.name + ".partial") / "publish.json"):
         return None
     ids = []
@@ -327,8 +326,7 @@ def _manifest_path(array_path: Path, manifest: str | os.PathLike[str] | None, me
         return Path(manifest)
     if meta is not None and meta.manifest:
         return sidecar_file(meta_path, meta.manifest)
-    stem = array_path.with_suffix("") if array_path.suffix == ".npy" else array_path
-    return stem.with_name(stem.name + ".paths.txt")
+    return beside(array_path, ".paths.txt")
 
 
 def _read_manifest(path: Path, array_path: Path, rows: int) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.collection.scoring import Match
 from bitcli.errors import InputError, UsageError
+from bitcli.results import Outcome
 
 
 @dataclass
@@ -34,22 +35,17 @@ class Query:
 
 
 @dataclass
-class QueryResult:
+class QueryResult(Outcome):
     """What `bit search` prints for one query (jsonl: one object per query, in input order)."""
 
+    NAME = "query"
     query: str
     matches: list[Match] = field(default_factory=list)
     error: str | None = None
     method: str | None = None  # how the matches were found (`SearchOutcome.method`)
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"query": self.query, "error": self.error}
-        record = {"query": self.query, "matches": [m.to_dict() for m in self.matches]}
+    def fields(self) -> dict[str, Any]:
+        record = {"matches": [m.to_dict() for m in self.matches]}
         return {**record, "method": self.method} if self.method else record
 
 
