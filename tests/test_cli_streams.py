@@ -24,17 +24,22 @@ def bit(args: list[object], stdout: int, cwd: object = None, **kw) -> subprocess
     )
 
 
+def into_a_closed_pipe(args: list) -> subprocess.CompletedProcess:
+    """`bit ARGS` writing into a pipe whose reader is gone before the first write: EPIPE, deterministically."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return bit(args, stdout=write_end)
+    finally:
+        os.close(write_end)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("args", [["models"], ["classify", "-f", "table"]])
 def test_table_into_a_closed_pipe_exits_141(ckpt, photo, args):
     if args[0] == "classify":
         args = [*args, photo, "-m", ckpt]
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the first write: EPIPE, deterministically
-    try:
-        proc = bit(args, stdout=write_end)
-    finally:
-        os.close(write_end)
+    proc = into_a_closed_pipe(args)
     assert proc.returncode == 141, proc.stderr
     assert proc.stderr == ""
 
@@ -42,12 +47,7 @@ def test_table_into_a_closed_pipe_exits_141(ckpt, photo, args):
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["classify", "--help"], ["search", "-h"]])
 def test_version_and_help_into_a_closed_pipe_exit_141(args):
     """`bit --help | head -1`: Click's and rich's own answers to EPIPE are exit 1, docs/usage.md says 141."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        proc = bit(args, stdout=write_end)
-    finally:
-        os.close(write_end)
+    proc = into_a_closed_pipe(args)
     assert proc.returncode == 141, proc.stderr
     assert proc.stderr == ""
 

@@ -140,7 +140,7 @@ def build(
     ann = faiss.index_factory(index.dim, factory, faiss.METRIC_INNER_PRODUCT)
     faiss.extract_index_ivf(ann).cp.niter = _KMEANS_ITERATIONS
     ann.train(_training_sample(index, nlist, seed))
-    for first, block in index.iter_blocks(_ADD_ROWS, torch_cast=False):  # faiss has its own threads
+    for first, block in index.iter_blocks(_ADD_ROWS):
         ann.add(normalize_rows(block))
         if progress is not None:
             progress(len(block))

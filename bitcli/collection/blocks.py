@@ -17,15 +17,11 @@ import numpy as np
 
 from bitcli.errors import UsageError
 
-# A float16 index with more elements than this converts blocks with torch (about 6x faster than
-# numpy's float16 cast), which pays for torch's import (about 2 s); smaller ones stay numpy-only.
-_TORCH_CAST_ELEMENTS = 1 << 28
-
 
 class BlockReader:
     """Reads row ranges of a C-ordered `.npy` into one reused buffer, as float32."""
 
-    def __init__(self, index: Any, max_rows: int, *, torch_cast: bool = True):
+    def __init__(self, index: Any, max_rows: int):
         vectors = index.vectors
         self.vectors = vectors
         self.dim = index.dim
@@ -38,7 +34,6 @@ class BlockReader:
         self.raw = np.empty(max_rows * self.row_bytes, dtype=np.uint8)
         native32 = self.dtype == np.dtype("<f4") and sys.byteorder == "little"
         self.out = None if native32 else np.empty((max_rows, self.dim), dtype=np.float32)
-        self.cast = _caster(self.dtype, vectors.size if torch_cast else 0)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         n = stop - start
@@ -51,7 +46,7 @@ class BlockReader:
         if self.out is None:
             return rows
         out = self.out[:n]
-        self.cast(rows, out)
+        np.copyto(out, rows, casting="unsafe")
         return out
 
     def close(self) -> None:
@@ -141,19 +136,3 @@ def read_exactly(fd: int, view: memoryview, position: int, path: Path) -> None:
         if not got:
             raise UsageError(f"{path}: ended early (truncated while reading?); embed again with --overwrite")
         filled += got
-
-
-def _caster(dtype: np.dtype, elements: int):
-    """A function copying rows of `dtype` into a float32 array of the same shape."""
-    if dtype.name == "float16" and elements and (elements > _TORCH_CAST_ELEMENTS or "torch" in sys.modules):
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        if torch is not None and dtype.isnative:
-
-            def torch_cast(src: np.ndarray, dst: np.ndarray) -> None:
-                torch.from_numpy(dst).copy_(torch.from_numpy(src))
-
-            return torch_cast
-    return lambda src, dst: np.copyto(dst, src, casting="unsafe")

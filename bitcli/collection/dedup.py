@@ -159,6 +159,11 @@ def threshold_pairs(
                 reported = done
 
 
+def _nbytes(block: Any) -> int:
+    """Bytes of a numpy array or a torch tensor."""
+    return block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
+
+
 class _Prepared:
     """Blocks of unit rows as the scorer wants them, kept for the later passes while they fit in
     `_PREPARED_BYTES` (the rest is prepared again when needed)."""
@@ -170,7 +175,7 @@ class _Prepared:
         if first in self.kept:
             return self.kept[first]
         block = self.prepare(first, stop)
-        size = block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
+        size = _nbytes(block)
         if self.bytes + size <= _PREPARED_BYTES:
             self.kept[first] = block
             self.bytes += size
@@ -180,7 +185,7 @@ class _Prepared:
         """A left block is done: no later pass needs it."""
         block = self.kept.pop(first, None)
         if block is not None:
-            self.bytes -= block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
+            self.bytes -= _nbytes(block)
 
 
 def _work_done(rows_done: int, rows: int) -> int:

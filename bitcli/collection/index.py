@@ -3,11 +3,9 @@
 The array is opened once and memory-mapped read-only: nothing is read until asked for, and every
 later read (blocks, single rows) goes through that open file, so an index whose `.npy` is
 replaced meanwhile (a `bit embed --update` or `--overwrite` publishing by rename) keeps reading
-the very rows its manifest describes, never the new file's under the old paths. Exact
-search and dedup stream it in blocks through `iter_blocks`, which reads each block with a plain
-`readinto` into one reused buffer: the process's memory then stays at the size of a block,
-whatever the size of the index (pages of a memory map would count towards the resident set
-until the kernel reclaims them; the page cache still keeps the file for the next run).
+the very rows its manifest describes, never the new file's under the old paths. Exact search
+and dedup map it block by block (`blocks.MappedRows`); `iter_blocks` reads float32 copies of
+blocks into one reused buffer (the approximate index's build), `take` single rows.
 
 Everything that makes an index unusable is a `UsageError` naming the file and what to do: a
 missing or malformed `.npy`, a manifest whose line count differs from the row count, metadata
@@ -90,18 +88,15 @@ class EmbeddingIndex:
         """Rows per block so that one float32 block takes about `block_bytes`."""
         return max(1, block_bytes // max(1, self.dim * 4))
 
-    def iter_blocks(
-        self, block_rows: int | None = None, start: int = 0, stop: int | None = None, *, torch_cast: bool = True
-    ) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_blocks(self, block_rows: int | None = None, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 [n, D] block) over rows [start, stop), in order.
 
-        The yielded array is reused for the next block: copy it to keep it. `torch_cast=False`
-        keeps torch's thread pool out (for callers running their own, such as faiss)."""
+        The yielded array is reused for the next block: copy it to keep it."""
         stop = self.rows if stop is None else min(stop, self.rows)
         block_rows = block_rows or self.block_rows()
         if stop <= start:
             return
-        reader = BlockReader(self, min(block_rows, stop - start), torch_cast=torch_cast)
+        reader = BlockReader(self, min(block_rows, stop - start))
         try:
             for first in range(start, stop, block_rows):
                 yield first, reader.read(first, min(first + block_rows, stop))

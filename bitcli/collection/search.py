@@ -38,7 +38,7 @@ __all__ = ["Match", "SearchOutcome", "block_scores", "exact_search", "margin", "
 
 QUERY_CHUNK = 1024  # queries scored per pass over the index (bounds the [block, queries] matrix)
 _BLOCK_ELEMENTS = 1 << 23  # pre-scores per block ([rows, queries] float32: 32 MB)
-_MAX_BLOCK_ROWS = 1 << 15  # so that the first blocks can time each way of pre-scoring
+_MAX_BLOCK_ROWS = 1 << 15  # rows per block: few large products (small ones wait on a second thread when busy)
 _PIECE_BYTES = 1 << 22  # float32 bytes of rows converted at a time for one matrix product (4 MB)
 _EXACT_BYTES = 1 << 23  # float64 rows re-scored at a time (a block's candidates can be all its rows)
 _TORCH_FROM_ELEMENTS = 1 << 26  # below this numpy scores the rows: importing torch would cost more
