@@ -495,3 +495,39 @@ def test_the_timed_choice_between_ways_gives_the_same_answer(tmp_path, monkeypat
     assert outcome.method in {"exact, float32 pre-score", "exact, float16 pre-score", "exact, bfloat16 pre-score"}
     for j, matches in enumerate(outcome.matches):
         assert [m.row for m in matches] == brute_force_top_k(vectors, queries[j], 12)
+
+
+@pytest.mark.parametrize("scoring", PATHS)
+def test_pieces_split_between_worker_threads_score_every_row(tmp_path, monkeypatch, scoring):
+    """Pieces of 3 rows shared by two worker threads on one OpenMP thread each: every row's
+    pre-score is written once and within the margin of float64's (an unscored row would hold
+    whatever the output buffer held), and searches over uneven blocks equal brute force."""
+    import torch
+
+    from bitcli.collection import search as search_module
+    from bitcli.engine import native
+
+    monkeypatch.setattr(search_module, "_PIECE_BYTES", 3 * 40 * 4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(11)
+        values = rng.standard_normal((101, 40)).astype(np.float16)
+        queries = rng.standard_normal((3, 40)).astype(np.float32)
+        scorer = _TorchScorer(values, _unit_queries(queries.astype(np.float64)), scoring)
+        try:
+            assert (scorer.pool is not None) == native.openmp_per_thread()
+            exact = cosine_matrix(values, queries) * norms.row_norms64(values)[:, None]
+            for start, stop in ((0, 101), (5, 6), (7, 30), (1, 100)):
+                pre = scorer.scores(start, stop)
+                assert pre.shape == (stop - start, 3)
+                assert np.max(np.abs(pre - exact[start:stop])) < margin(scoring, 40) * 10
+        finally:
+            scorer.close()
+        index = open_index(write_embedding(tmp_path, values))
+        for block_rows in (7, 50, None):
+            found = exact_search(index, queries, 9, block_rows=block_rows, scoring=scoring)
+            for j, query in enumerate(queries):
+                assert [m.row for m in found[j]] == brute_force_top_k(values, query, 9), block_rows
+    finally:
+        torch.set_num_threads(previous)

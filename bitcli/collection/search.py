@@ -210,6 +210,14 @@ def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: i
     best = [_Best(min(k, rows.count - (1 if exclude[j] is not None and 0 <= exclude[j] < rows.count else 0))) for j in range(q)]
     block = block_rows or min(_MAX_BLOCK_ROWS, max(256, _BLOCK_ELEMENTS // max(q, 1)))
     scorers = _scorers(rows.values, unit, scoring)
+    try:
+        return _scan(rows, norms, queries, exclude, best, block, scorers)
+    finally:
+        for scorer in scorers:
+            getattr(scorer, "close", lambda: None)()
+
+
+def _scan(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, exclude: list, best: list, block: int, scorers: list):
     timings: dict[str, float] = {}
     used: dict[str, int] = {}
     trials = 2 * len(scorers) if len(scorers) > 1 else 0  # each way timed twice (the first call warms up)
@@ -268,9 +276,8 @@ def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray
 
 def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
     """The ways to pre-score here (the search times each on its first blocks): float32 (rows
-    converted 4 MB at a time: the fastest on a quiet 2-core EPYC, about 1.1 s for a million float16
-    rows, but slow beside a busy process), float16 rows as they are (one product a block: 1.0 s
-    there, and steady under load), and bfloat16 where the CPU has native units.
+    converted 4 MB at a time, split between worker threads), float16 rows as they are (one product
+    a block), and bfloat16 where the CPU has native units.
     Rows torch cannot wrap as they are (another byte order; read-only, such as a Fortran-ordered
     array, which torch warns about) are scored with numpy."""
     if scoring is None and values.size < _TORCH_FROM_ELEMENTS or not values.dtype.isnative or not values.flags.writeable:
@@ -308,8 +315,12 @@ class _NumpyScorer:
 
 class _TorchScorer:
     """Rows in the scorer's dtype as they are stored: one matrix product per block (nothing is
-    copied); others converted a piece at a time into one reused buffer (4 MB of float32: the
-    cache-sized pieces are fastest alone, and `_scorers` lets a measurement choose)."""
+    copied); others converted a piece at a time (4 MB of float32, cache-sized) and multiplied.
+    The pieces of a block are split between worker threads, one per torch thread, each running
+    its products on one OpenMP thread (`engine.native.one_openmp_thread`): thousands of small
+    two-thread products spend more time meeting than multiplying, and a busy machine makes each
+    meeting wait for a time slice (docs/collection.md). The product is queries x rows^T: with a
+    handful of queries it is ~3x faster than rows x queries on one thread."""
 
     def __init__(self, values: np.ndarray, unit: np.ndarray, name: str):
         import torch
@@ -317,23 +328,45 @@ class _TorchScorer:
         self.torch, self.name = torch, name
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
         self.rows = torch.from_numpy(values)  # the writable copy-on-write map: nothing is copied
-        self.unit_t = torch.from_numpy(unit).to(dtype).t()
+        self.unit = torch.from_numpy(unit).to(dtype)
         self.direct = self.rows.dtype == dtype
-        piece = max(16, _PIECE_BYTES // max(1, values.shape[1] * 4))
-        self.buffer = None if self.direct else torch.empty((piece, values.shape[1]), dtype=dtype)
+        self.piece = max(16, _PIECE_BYTES // max(1, values.shape[1] * 4))
+        self.pool = None
+        workers = 1
+        if not self.direct:
+            from bitcli.engine import native
+
+            if native.openmp_per_thread():
+                workers = torch.get_num_threads()
+            if workers > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self.pool = ThreadPoolExecutor(workers, thread_name_prefix="bit-search", initializer=native.one_openmp_thread)
+        self.buffers = [] if self.direct else [torch.empty((self.piece, values.shape[1]), dtype=dtype) for _ in range(workers)]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)  # no worker reads the map after this
 
     def scores(self, start: int, stop: int) -> np.ndarray:
+        """[stop - start, q] float32 (a transposed view of the [q, n] product)."""
         torch = self.torch
         if self.direct:
-            return torch.mm(self.rows[start:stop], self.unit_t).float().numpy()
-        out = torch.empty((stop - start, self.unit_t.shape[1]), dtype=torch.float32)
-        piece = self.buffer.shape[0]
-        for first in range(start, stop, piece):
-            last = min(first + piece, stop)
-            rows = self.buffer[: last - first]
+            return torch.mm(self.unit, self.rows[start:stop].t()).float().numpy().T
+        out = torch.empty((self.unit.shape[0], stop - start), dtype=torch.float32)
+        if self.pool is None:
+            self._pieces(self.buffers[0], out, start, start, stop)
+        else:
+            share = -(-(stop - start) // len(self.buffers))
+            share = -(-share // self.piece) * self.piece  # whole pieces to each worker
+            jobs = [(buffer, out, start, first, min(first + share, stop)) for buffer, first in zip(self.buffers, range(start, stop, share))]
+            for done in [self.pool.submit(self._pieces, *job) for job in jobs]:
+                done.result()
+        return out.numpy().T
+
+    def _pieces(self, buffer, out, origin: int, start: int, stop: int) -> None:
+        for first in range(start, stop, self.piece):
+            last = min(first + self.piece, stop)
+            rows = buffer[: last - first]
             rows.copy_(self.rows[first:last])
-            if self.name == "float32":
-                torch.mm(rows, self.unit_t, out=out[first - start : last - start])
-            else:  # a bfloat16 product is bfloat16
-                out[first - start : last - start].copy_(torch.mm(rows, self.unit_t))
-        return out.numpy()
+            out[:, first - origin : last - origin] = self.torch.mm(self.unit, rows.t())  # bfloat16's is bfloat16

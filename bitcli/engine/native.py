@@ -6,14 +6,19 @@
   present and giving `F.conv2d`'s numbers, 1x1 and 3x3, in the model's dtypes.
 - whether the CPU has native bfloat16 arithmetic (`torch.ops.mkldnn._is_mkldnn_bf16_supported`):
   only for the warning that `--precision bf16` will be slow on this CPU.
+- one OpenMP thread for a worker thread bitcli starts (`one_openmp_thread`: the OpenMP runtime's
+  `omp_set_num_threads`, which sets only the calling thread's team size): exact search splits
+  each block between such workers instead of running thousands of small two-thread products
+  (docs/collection.md).
 
 Off switch: `BIT_TORCH_PRIVATE_OPS=0` (read when a model is prepared): none of them is called;
-convolutions go through PyTorch's dispatch (the same numbers up to summation order) and no CPU
-counts as having native bfloat16.
+convolutions go through PyTorch's dispatch (the same numbers up to summation order), no CPU
+counts as having native bfloat16, and search scores each block on torch's own threads.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import torch
@@ -43,6 +48,28 @@ def bf16_supported() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def openmp_per_thread() -> bool:
+    """Whether `one_openmp_thread` can work here: allowed, and an OpenMP runtime (torch's) loaded."""
+    return allowed() and _omp_set_num_threads() is not None
+
+
+def one_openmp_thread() -> None:
+    """Let the calling thread's own torch operations run on one thread. OpenMP keeps the team size
+    per thread: other threads, and the process's setting, are untouched. Only for threads bitcli
+    starts and ends itself (a pool's initializer)."""
+    torch.get_num_threads()  # torch sets a new thread's team size on first use: after that, ours holds
+    setter = _omp_set_num_threads()
+    if setter is not None:
+        setter(1)
+
+
+def _omp_set_num_threads():
+    try:
+        return ctypes.CDLL(None).omp_set_num_threads  # torch loads its OpenMP runtime globally
+    except (AttributeError, OSError):
+        return None
 
 
 def onednn_conv_works(dtypes: set[torch.dtype]) -> bool:
