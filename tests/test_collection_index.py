@@ -179,3 +179,28 @@ def test_rows_wider_than_one_read_are_read_in_chunks(tmp_path, monkeypatch):
     index = open_index(write_embedding(tmp_path, vectors, meta=False))
     assert np.array_equal(index.take([3, 0]), vectors[[3, 0]])
     assert np.array_equal(np.concatenate([b.copy() for _, b in index.iter_blocks(block_rows=3)]), vectors)
+
+
+def test_find_rows_equals_a_row_by_row_scan_on_tricky_paths(tmp_path, monkeypatch):
+    """Suffix look-alikes (xa.jpg / a.jpg), one name in several folders, ./ and absolute
+    spellings, repeated rows: the first matching row, as a plain scan of every row finds it."""
+    rng = np.random.default_rng(5)
+    pool = ["a.jpg", "xa.jpg", "d/a.jpg", "./d/a.jpg", "e/d/a.jpg", "b c.jpg", "d/xa.jpg", str(tmp_path / "abs.jpg"), "abs.jpg"]
+    paths = [pool[i] for i in rng.integers(0, len(pool), 60)]
+    out = write_embedding(tmp_path / "out", np.zeros((60, 2), np.float32) + 1, paths, cwd=str(tmp_path))
+    index = open_index(out)
+    (tmp_path / "d").mkdir()
+    monkeypatch.chdir(tmp_path / "d")
+    queries = ["a.jpg", "xa.jpg", "../a.jpg", "./a.jpg", str(tmp_path / "d" / "a.jpg"), "d/a.jpg", "b c.jpg", "../abs.jpg", "abs.jpg", "nope.jpg", "e/d/a.jpg"]
+
+    def absolute(path, base):
+        return os.path.normpath(os.path.abspath(os.path.join(base, path) if base and not os.path.isabs(path) else path))
+
+    expected = {}
+    for query in queries:
+        for row, (shown, stored) in enumerate(zip(index.paths, index.recorded)):
+            if stored == query or absolute(shown, str(tmp_path)) == absolute(query, None):
+                expected[query] = row
+                break
+    assert index.find_rows(queries) == expected
+    assert len(expected) >= 6

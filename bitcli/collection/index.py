@@ -162,27 +162,51 @@ class EmbeddingIndex:
         }
 
     def find_rows(self, queries: Iterable[str]) -> dict[str, int]:
-        """For each query path that names a row, the first such row (one pass over the paths).
+        """For each query path that names a row, the first such row.
 
         A query matches a row when the strings are equal, or when both name the same file: the
         row's path taken relative to the directory `bit embed` ran in (`meta.cwd`), the query's
-        relative to the current directory."""
+        relative to the current directory. The paths are searched as one NUL-separated string
+        (paths cannot hold NUL): a million rows in milliseconds rather than a second of Python."""
         wanted = {q: _absolute(q, None) for q in queries}
-        by_abs: dict[str, list[str]] = {}
-        for query, absolute in wanted.items():
-            by_abs.setdefault(absolute, []).append(query)
-        names = {os.path.basename(a) for a in by_abs}  # cheap filter before abspath
+        if not wanted:
+            return {}
+        recorded, paths, base = self._joined("recorded"), self._joined("paths"), self.base_dir
         found: dict[str, int] = {}
-        base = self.base_dir
-        for row, (path, stored) in enumerate(zip(self.paths, self.recorded)):
-            if stored in wanted and stored not in found:
-                found[stored] = row
-            if os.path.basename(path) in names:
-                for query in by_abs.get(_absolute(path, base), ()):
-                    found.setdefault(query, row)
-            if len(found) == len(wanted):
-                break
+        for query, absolute in wanted.items():
+            rows = [row for row in (_first_line(recorded, query), self._same_file(paths, absolute, base)) if row is not None]
+            if rows:
+                found[query] = min(rows)
         return found
+
+    def _joined(self, name: str) -> tuple[str, list[str]]:
+        """The paths ("recorded" or "paths") as "\0a\0b\0...\0", and the list."""
+        cache = self.__dict__.setdefault("_joined_cache", {})
+        if name not in cache:
+            lines = getattr(self, name)
+            cache[name] = ("\0" + "\0".join(lines) + "\0", lines)
+        return cache[name]
+
+    @staticmethod
+    def _same_file(joined: tuple[str, list[str]], absolute: str, base: str | None) -> int | None:
+        """The first row whose path ends in `absolute`'s file name and names that file."""
+        text, lines = joined
+        name = os.path.basename(absolute)
+        if not name:
+            return None
+        counted, row, at = 0, 0, 0
+        while True:
+            at = text.find(name + "\0", at)
+            if at < 0:
+                return None
+            before = text[at - 1]
+            if before in ("\0", "/"):
+                row += text.count("\0", counted, at)
+                counted = at
+                start = text.rfind("\0", 0, at)
+                if _absolute(lines[row - 1], base) == absolute and text[start + 1 : at + len(name)] == lines[row - 1]:
+                    return row - 1
+            at += len(name)
 
     def locate(self, path: str) -> str | None:
         """A row's file as recorded (a relative path from the directory `bit embed` ran in, never
@@ -190,6 +214,17 @@ class EmbeddingIndex:
         base = self.base_dir
         full = path if os.path.isabs(path) or not base else os.path.join(base, path)
         return full if os.path.exists(full) else None
+
+
+def _first_line(joined: tuple[str, list[str]], line: str) -> int | None:
+    """The first row whose path is `line` exactly."""
+    text, lines = joined
+    if "\0" in line or text.find("\0" + line + "\0") < 0:
+        return None
+    row = text.count("\0", 0, text.find("\0" + line + "\0"))
+    if row < len(lines) and lines[row] == line:
+        return row
+    return lines.index(line) if line in lines else None  # a manifest line holding NUL shifted the count
 
 
 def _absolute(path: str, base: str | None) -> str:
