@@ -182,10 +182,10 @@ class EmbeddingIndex:
     def _joined(self, name: str) -> tuple[str, list[str]]:
         """The paths ("recorded" or "paths") as "\0a\0b\0...\0", and the list."""
         cache = self.__dict__.setdefault("_joined_cache", {})
-        if name not in cache:
-            lines = getattr(self, name)
-            cache[name] = ("\0" + "\0".join(lines) + "\0", lines)
-        return cache[name]
+        lines = getattr(self, name)
+        if id(lines) not in cache:  # `paths` is often `recorded`: joined once
+            cache[id(lines)] = ("\0" + "\0".join(lines) + "\0", lines)
+        return cache[id(lines)]
 
     @staticmethod
     def _same_file(joined: tuple[str, list[str]], absolute: str, base: str | None) -> int | None:
