@@ -531,3 +531,21 @@ def test_pieces_split_between_worker_threads_score_every_row(tmp_path, monkeypat
                 assert [m.row for m in found[j]] == brute_force_top_k(values, query, 9), block_rows
     finally:
         torch.set_num_threads(previous)
+
+
+def test_the_private_ops_switch_turns_the_one_thread_workers_off(monkeypatch):
+    """BIT_TORCH_PRIVATE_OPS=0: no worker pool, products on torch's own threads, same scores."""
+    import torch
+
+    values = np.random.default_rng(12).standard_normal((50, 16)).astype(np.float16)
+    unit = _unit_queries(np.random.default_rng(13).standard_normal((2, 16)))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setenv("BIT_TORCH_PRIVATE_OPS", "0")
+        plain = _TorchScorer(values, unit, "float32")
+        assert plain.pool is None
+        exact = cosine_matrix(values, unit) * norms.row_norms64(values)[:, None]
+        assert np.max(np.abs(plain.scores(0, 50) - exact)) < margin("float32", 16)
+    finally:
+        torch.set_num_threads(previous)

@@ -19,7 +19,9 @@ counts as having native bfloat16, and search scores each block on torch's own th
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import threading
 
 import torch
 from torch import Tensor, nn
@@ -51,8 +53,25 @@ def bf16_supported() -> bool:
 
 
 def openmp_per_thread() -> bool:
-    """Whether `one_openmp_thread` can work here: allowed, and an OpenMP runtime (torch's) loaded."""
-    return allowed() and _omp_set_num_threads() is not None
+    """Whether `one_openmp_thread` works here: allowed, and the OpenMP runtime it reaches is
+    torch's (a thread that called it sees one torch thread)."""
+    return allowed() and _one_thread_probe()
+
+
+@functools.cache
+def _one_thread_probe() -> bool:
+    if _omp_set_num_threads() is None:
+        return False
+    seen: list[int] = []
+
+    def probe() -> None:
+        one_openmp_thread()
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=probe, name="bit-openmp-probe")
+    thread.start()
+    thread.join()
+    return seen == [1]
 
 
 def one_openmp_thread() -> None:
