@@ -7,8 +7,9 @@ the readers import safetensors and torch when they are called.
 Weights are read from `model.safetensors` (preferred), sharded safetensors
 (`model.safetensors.index.json` + the shards it lists), or `pytorch_model.bin` through
 `torch.load(weights_only=True)` (never a full unpickle). `read_tensor_table` reads only a
-safetensors file's header (names, dtypes, shapes: one small read, whatever the file's size),
-for `bit inspect`.
+safetensors file's header (names, dtypes, shapes: one small read, whatever the file's size):
+`read_weights(header_only=True)` turns it into tensors on the meta device for `bit inspect`,
+and `bit models` counts a bundled model's parameters from it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from bitcli.util import first_line, read_json_file
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from bitcli.hub import ResolvedModel
+    from bitcli.labels import Labels
     from bitcli.model.config import BitConfig
     from bitcli.preprocess import PreprocessConfig
 
@@ -51,6 +54,27 @@ class RawCheckpoint:
     files: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class CheckpointInfo:
+    """A checkpoint as its files describe it (what `bit inspect` reports); a `LoadedModel` is one
+    with the module and the engine's record added. `resolved`: how a model reference reached
+    `path` (None for a path given directly)."""
+
+    config: BitConfig
+    preprocess: PreprocessConfig
+    path: Path
+    source_format: str
+    weights_format: str
+    files: list[Path]
+    num_parameters: int
+    resolved: ResolvedModel | None = field(default=None, repr=False)
+
+    def labels(self, labels_file: str | Path | None = None) -> Labels:
+        from bitcli.labels import resolve_labels
+
+        return resolve_labels(self.config.num_labels, self.config.id2label, labels_file)
+
+
 def is_timm_config(data: Any) -> bool:
     """A timm config.json names an `architecture` (transformers' names `architectures` and `model_type`)."""
     return isinstance(data, dict) and isinstance(data.get("architecture"), str) and "model_type" not in data
@@ -72,13 +96,15 @@ def shard_names(index_path: Path) -> list[str]:
         raise CheckpointError(f"{index_path}: invalid safetensors index ({first_line(exc)})") from None
 
 
-def read_weights(directory: Path) -> tuple[dict[str, Tensor], str, list[Path]]:
-    """(state dict, format description, files read) from the best weights file in `directory`."""
+def read_weights(directory: Path, *, header_only: bool = False) -> tuple[dict[str, Tensor], str, list[Path]]:
+    """(state dict, format description, files read) from the best weights file in `directory`.
+
+    `header_only`: safetensors weights as tensors on the meta device (names and shapes, no data)."""
     if (directory / SAFETENSORS).is_file() or (directory / SAFETENSORS_INDEX).is_file():
         weights_format, files, shards = safetensors_files(directory)
         state_dict: dict[str, Tensor] = {}
         for shard in shards:
-            state_dict.update(read_safetensors(shard))
+            state_dict.update(read_meta_tensors(shard) if header_only else read_safetensors(shard))
         return state_dict, weights_format, files
     if (directory / PICKLE).is_file():
         return read_pickle(directory / PICKLE), "pytorch pickle (weights_only)", [directory / PICKLE]
@@ -106,6 +132,13 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         return load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({first_line(exc)})") from None
+
+
+def read_meta_tensors(path: Path) -> dict[str, Tensor]:
+    """The tensors a safetensors header describes, on the meta device (shapes only)."""
+    import torch
+
+    return {name: torch.empty(shape, device="meta") for name, shape in read_tensor_table(path).shapes.items()}
 
 
 def read_pickle(path: Path) -> dict[str, Tensor]:

@@ -188,7 +188,7 @@ def convert_timm_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return converted
 
 
-def read_timm_checkpoint(directory: Path, config_data: dict[str, Any]) -> RawCheckpoint:
+def read_timm_checkpoint(directory: Path, config_data: dict[str, Any], *, header_only: bool = False) -> RawCheckpoint:
     """A timm checkpoint directory -> RawCheckpoint with canonical names (called by `checkpoint.read_checkpoint`)."""
     try:
         config = bit_config_from_timm(config_data)
@@ -196,7 +196,7 @@ def read_timm_checkpoint(directory: Path, config_data: dict[str, Any]) -> RawChe
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"{directory / CONFIG}: a field has the wrong type ({first_line(exc)})") from None
-    state_dict, weights_format, weight_files = read_weights(directory)
+    state_dict, weights_format, weight_files = read_weights(directory, header_only=header_only)
     if config.num_labels == 0:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
     return RawCheckpoint(

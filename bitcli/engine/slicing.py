@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bitcli.model.architecture import BitBackbone
+from bitcli.model.architecture import BitBackbone, stage_strides_and_dilations
+from bitcli.model.config import BitConfig
 
 
 class SlicedBackbone(BitBackbone):
@@ -37,7 +38,7 @@ class SlicedBackbone(BitBackbone):
         steps = self.steps()
         sizes = [
             slice_size(batch, per_image, self.chunk_bytes)
-            for per_image in self.step_activation_bytes(x.shape[-2], x.shape[-1], x.element_size())
+            for per_image in step_activation_bytes(self.config, x.shape[-2], x.shape[-1], x.element_size())
         ]
         start = 0
         while start < len(steps):
@@ -51,6 +52,20 @@ class SlicedBackbone(BitBackbone):
                 x = torch.cat([run_steps(group, part) for part in x.split(sizes[start])])
             start = end
         return x
+
+
+def step_activation_bytes(config: BitConfig, height: int, width: int, element_size: int) -> list[int]:
+    """Per image, the largest activation each of `BitBackbone.steps()` writes (an estimate from the shapes)."""
+    # The stem's largest tensor is its convolution's output (stride 2), before the max-pool.
+    h, w = -(-height // 2), -(-width // 2)
+    sizes = [config.embedding_size * h * w * element_size]
+    h, w = -(-h // 2), -(-w // 2)
+    for (stride, _), channels in zip(stage_strides_and_dilations(config), config.stage_widths):
+        h, w = -(-h // stride), -(-w // stride)
+        sizes.append(channels * h * w * element_size)
+    if config.layer_type == "preactivation":  # the final norm
+        sizes.append(sizes[-1])
+    return sizes
 
 
 def slice_size(batch: int, per_image_bytes: int, chunk_bytes: int) -> int:

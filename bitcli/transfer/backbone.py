@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from bitcli.checkpoint import read_checkpoint  # raw (unstandardized) weights, canonical names
 from bitcli.errors import CheckpointError
-from bitcli.model import BiT, BitConfig, StdConv2d
+from bitcli.model import BiT, BitConfig, StdConv2d, meta_model
 from bitcli.preprocess import PreprocessConfig
 from bitcli.util import first_line
 
@@ -127,8 +127,7 @@ def trainable_model(base: Base, classes: list[str], head: dict[str, Tensor] | No
     `head`: {"weight": [K, C], "bias": [K]}; None gives the HyperRule's zero-initialized head.
     """
     config = with_classes(base.config, classes)
-    with torch.device("meta"):
-        model = BiT(config)
+    model = meta_model(config)
     weights = {k: v.clone() for k, v in base.backbone.items()}
     if head is None:
         weights[HEAD_KEYS[0]] = torch.zeros(len(classes), config.feature_dim)

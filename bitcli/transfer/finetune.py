@@ -123,7 +123,9 @@ def typical_image_area(dataset: Dataset, seed: int = 0) -> float:
 
 def auto_micro_batch(model: torch.nn.Module, crop: int, batch: int, device: torch.device) -> int:
     """The largest micro-batch whose estimated training activations fit in the memory at hand."""
-    per_step = model.bit.step_activation_bytes(crop, crop, 4)
+    from bitcli.engine.slicing import step_activation_bytes
+
+    per_step = step_activation_bytes(model.config, crop, crop, 4)
     depths = [1] + list(model.config.depths) + [1] * (len(per_step) - len(model.config.depths) - 1)
     per_image = sum(size * depth for size, depth in zip(per_step, depths)) * _TRAINING_MEMORY_FACTOR
     if device.type == "cuda":
