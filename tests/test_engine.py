@@ -9,7 +9,7 @@ import torch
 
 from bitcli.checkpoint import load_model
 from bitcli.engine.machine import DEFAULT_BUDGET, slicing_budget
-from bitcli.engine.runtime import optimize_for_inference
+from bitcli.engine.runtime import prepare
 from bitcli.engine.slicing import slice_size, step_activation_bytes
 from checkpoints import TINY, save_reference_checkpoint
 
@@ -120,7 +120,8 @@ def test_unknown_precision_is_refused(tiny):
 def test_compiled_model_matches_the_plain_model(tiny):
     directory, _ = tiny
     plain = load_model(directory, optimize=False).model
-    compiled = optimize_for_inference(load_model(directory, optimize=False).model, compile=True)
+    compiled = load_model(directory, optimize=False).model
+    prepare(compiled, compile=True)
     assert list(compiled.state_dict()) == list(plain.state_dict())
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     logits, pooled, _ = outputs(plain, pixels)

@@ -1,10 +1,9 @@
 """Batch slicing: run a batch through the backbone in slices whose activations stay in the CPU cache.
 
-A 448 px image's stem and first stages write 6-13 MB per activation, so a batch of 8 streams
-every GroupNorm, ReLU and add through DRAM (and every >32 MB tensor is a fresh mmap). Run one
-image at a time there, and larger slices in the late stages, whose cost is reading their large
-weights. Each image's numbers do not depend on the slicing beyond the summation order oneDNN
-picks for a batch size (tests/test_engine.py).
+The early stages of a large image write activations of several MB each, so a whole batch would
+stream every GroupNorm, ReLU and add through DRAM: run one image at a time there, and larger
+slices in the late stages, whose cost is reading their large weights. Each image's numbers do
+not depend on the slicing beyond the summation order oneDNN picks for a batch size.
 """
 
 from __future__ import annotations
