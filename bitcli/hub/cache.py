@@ -36,7 +36,6 @@ DEFAULT_REVISION = "main"
 _TRUE = {"1", "on", "yes", "true"}
 
 
-
 @dataclass(frozen=True)
 class ResolvedModel:
     """Where a model reference ended up on disk, and how it got there."""
@@ -89,7 +88,6 @@ def hub_cache_dir() -> Path:
     return Path(os.environ.get("HF_HOME") or default_home).expanduser() / "hub"
 
 
-
 def list_known_models() -> list[dict]:
     """Every zoo alias with its repository, revision, size, whether it is cached and its size on disk.
 
@@ -132,11 +130,15 @@ def bundled_row(alias: str) -> dict:
     }
 
 
+def _lookup(hub_ref: HubRef, filename: str, settings: HubSettings) -> object:
+    """huggingface_hub's answer for a file at the reference's revision (a commit, or a branch/tag
+    via `refs/`): its path, a "known not to exist" marker, or None."""
+    return try_to_load_from_cache(hub_ref.repo_id, filename, cache_dir=str(settings.cache_dir), revision=hub_ref.revision)
+
+
 def cached_file(hub_ref: HubRef, filename: str, settings: HubSettings) -> Path | None:
-    """The cached file at the reference's revision (a commit, or a branch/tag via `refs/`), or None."""
-    found = try_to_load_from_cache(
-        hub_ref.repo_id, filename, cache_dir=str(settings.cache_dir), revision=hub_ref.revision
-    )
+    """The cached file at the reference's revision, or None."""
+    found = _lookup(hub_ref, filename, settings)
     return Path(found) if isinstance(found, str) else None
 
 
@@ -152,15 +154,12 @@ def preprocessor_state_known(hub_ref: HubRef, config: Path, settings: HubSetting
             return True
     except (OSError, ValueError):
         return False
-    return cached_file(hub_ref, PREPROCESSOR_CONFIG, settings) is not None or known_absent(hub_ref, settings)
+    return preprocessor_known(hub_ref, settings)
 
 
-def known_absent(hub_ref: HubRef, settings: HubSettings) -> bool:
-    """Whether huggingface_hub's cache records that the revision has no preprocessor config."""
-    found = try_to_load_from_cache(
-        hub_ref.repo_id, PREPROCESSOR_CONFIG, cache_dir=str(settings.cache_dir), revision=hub_ref.revision
-    )
-    return found is not None and not isinstance(found, str)  # its "known not to exist" marker
+def preprocessor_known(hub_ref: HubRef, settings: HubSettings) -> bool:
+    """Whether the cache holds the revision's preprocessor config or records that it has none."""
+    return _lookup(hub_ref, PREPROCESSOR_CONFIG, settings) is not None
 
 
 def from_cache(ref: str, hub_ref: HubRef, settings: HubSettings) -> ResolvedModel | None:
@@ -237,5 +236,3 @@ def pickle_notice(hub_ref: HubRef) -> str:
         f"note: '{hub_ref.display}' has no {SAFETENSORS}; "
         f"loading {PICKLE} with torch.load(weights_only=True)"
     )
-
-
