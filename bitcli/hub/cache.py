@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from bitcli.checkpoint.files import (
     SAFETENSORS_INDEX,
     WEIGHTS_FILES,
     is_timm_config,
-    read_tensor_table,
     shard_names,
 )
 from bitcli.errors import CheckpointError, OfflineError
@@ -119,12 +117,11 @@ def bundled_row(alias: str) -> dict:
     folder = zoo.bundled_path(alias)
     config = json.loads(read_capped(folder / CONFIG, CONFIG_MAX_BYTES))
     preprocess = json.loads(read_capped(folder / PREPROCESSOR_CONFIG, CONFIG_MAX_BYTES))
-    parameters = sum(math.prod(shape) for shape in read_tensor_table(folder / SAFETENSORS).shapes.values())
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     return {
         "alias": alias, "repo_id": None, "revision": None, "architecture": "bit (compact: widths 32-256)",
         "description": zoo.BUNDLED[alias][1], "input_size": int(preprocess["crop_size"]["height"]),
-        "num_classes": len(config["id2label"]), "top1": None, "num_parameters": parameters,
+        "num_classes": len(config["id2label"]), "top1": None, "num_parameters": zoo.BUNDLED[alias][2],
         "download_bytes": 0, "cached": True, "bundled": True, "path": str(folder),
         "size_bytes": size, "size": human_bytes(size),
     }
