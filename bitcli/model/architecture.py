@@ -359,9 +359,9 @@ class BiT(nn.Module):
         return {f"{name}.weight": module.eps for name, module in self.named_modules() if isinstance(module, StdConv2d)}
 
 
-@torch.no_grad()
 def standardize_conv_weight(weight: Tensor, eps: float) -> Tensor:
-    """(w - mean) / sqrt(biased var + eps) per output channel, computed in float32."""
+    """(w - mean) / sqrt(biased var + eps) per output channel, computed in float32 (differentiable:
+    fine-tuning's parametrization standardizes with it in every forward pass)."""
     dtype = weight.dtype
     w = weight.to(torch.float32)
     flat = w.reshape(w.shape[0], -1)
