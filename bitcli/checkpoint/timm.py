@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bitcli.checkpoint.files import CONFIG, RawCheckpoint, is_timm_config, read_weights
+from bitcli.checkpoint.files import CONFIG, RawCheckpoint, read_weights
 from bitcli.errors import CheckpointError, ConfigError
 from bitcli.model.config import BASE_STEM, BASE_WIDTHS, BitConfig, make_divisible
 from bitcli.util import RESAMPLE_FILTERS, first_line
@@ -38,13 +38,7 @@ if TYPE_CHECKING:
 
     from bitcli.preprocess import PreprocessConfig
 
-__all__ = [
-    "bit_config_from_timm", "convert_timm_state_dict", "is_timm_config",
-    "parse_architecture", "preprocess_from_timm", "read_timm_checkpoint", "timm_key_to_canonical",
-]
-
 DEPTHS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
-WIDTH_FACTORS = (1, 2, 3, 4)
 WS_EPS = 1e-8  # timm's StdConv2d eps for BiT models
 
 # Current names plus the pre-0.9 timm names (`resnetv2_50x1_bitm_in21k`, `..._bit_teacher_384`).
