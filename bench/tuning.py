@@ -65,11 +65,11 @@ def calibrated_budget(backbone, batch: int, side: int, fixed: int) -> int:
     (`fixed` when it is within 2% of that: the timings are noisy)."""
     import torch
 
-    from bitcli.engine.slicing import slice_size
+    from bitcli.engine.slicing import slice_size, step_activation_bytes
 
     sample = torch.randn(max(SLICES), 3, side, side, generator=torch.Generator().manual_seed(0))
     table = measure_steps(backbone.steps(), sample.contiguous(memory_format=torch.channels_last))
-    per_image = backbone.step_activation_bytes(side, side, 4)
+    per_image = step_activation_bytes(backbone.config, side, side, 4)
 
     def predicted(budget: int) -> float:
         total = 0.0

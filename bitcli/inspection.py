@@ -8,8 +8,8 @@ The report's keys are part of the command-line interface (documented in docs/usa
 `preprocessing`, `labels`.
 
 Nothing here needs the weights: `bit inspect` passes a `checkpoint.CheckpointInfo` (the config
-and the safetensors header, no torch) or, for a pickle or `.npz` file, a loaded model; both carry
-the same fields. GFLOPs are worked out from the config, layer by layer (`model.shapes.count_macs`):
+and the safetensors header) or, for a pickle or `.npz` file, a loaded model; both carry the same
+fields. GFLOPs are counted on the network built on the meta device (`model.architecture.count_macs`):
 one multiply-accumulate counts as two FLOPs; norms, activations and pooling are left out (they are
 about 1% of a ResNet's work). `gmacs` (multiply-accumulates) is what timm's tables call FLOPs.
 """
@@ -52,7 +52,7 @@ def file_entries(files: list[Path]) -> list[dict[str, Any]]:
 
 def build_report(loaded: Any, labels: Any = None) -> dict[str, Any]:
     """The inspect report for a `CheckpointInfo` or `LoadedModel` (with its `resolved` origin) and `Labels`."""
-    from bitcli.model.shapes import count_macs
+    from bitcli.model.architecture import count_macs
 
     resolved = loaded.resolved
     config = loaded.config

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from clihelpers import make_checkpoint, make_images, run
 
@@ -132,17 +133,28 @@ def imported_modules(stderr: str) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
 
-@pytest.mark.slow
-def test_inspect_reads_no_weights(imagenet_model):
-    """Metadata comes from config.json and the safetensors header: torch is never even imported."""
-    proc = bit_process("-X", "importtime", "-m", "bitcli", "inspect", imagenet_model, "--format", "json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    modules = imported_modules(proc.stderr)
-    assert "bitcli.cli" in modules or "bitcli.cli.app" in modules
-    assert not {m for m in modules if m == "torch" or m.startswith("torch.")}, "bit inspect imported torch"
-    report = json.loads(proc.stdout)
+def test_inspect_reads_no_weights(imagenet_model, tmp_path):
+    """Metadata comes from config.json and the safetensors header: weights whose values loading
+    refuses (every one NaN) are described all the same, with the same report."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    poisoned = tmp_path / "nan-weights"
+    shutil.copytree(imagenet_model, poisoned)
+    with safe_open(imagenet_model / "model.safetensors", "pt") as file:
+        tensors = {key: torch.full_like(file.get_tensor(key), float("nan")) for key in file.keys()}
+    save_file(tensors, str(poisoned / "model.safetensors"))
+    image = make_images(tmp_path / "images", 1)[0]
+    refused = run(["classify", "--model", poisoned, image])
+    assert refused.exit_code == 3 and "NaN" in refused.stderr  # loading refuses them
+    report = json.loads(run(["inspect", poisoned, "--format", "json"]).stdout)
     reference = json.loads(run(["inspect", imagenet_model, "--format", "json"]).stdout)
-    assert report == reference and report["num_parameters"] > 0
+    assert report["num_parameters"] == reference["num_parameters"] > 0
+    assert {k: v for k, v in report.items() if k not in ("model", "path", "files")} == {
+        k: v for k, v in reference.items() if k not in ("model", "path", "files")
+    }
 
 
 def test_inspect_of_sharded_and_pickled_weights_agrees(tmp_path):

@@ -131,7 +131,7 @@ def test_engine_applies_a_cuda_plan(ckpt, monkeypatch, keep_tf32, precision):
     plain = load_model(ckpt, optimize=False).model
     model = load_model(ckpt, optimize=False).model
     monkeypatch.setattr(engine, "make_plan", lambda device_type, *a, **k: make_plan("cuda", *a, **k))
-    engine.optimize_for_inference(model, precision=precision)
+    engine.prepare(model, precision=precision)
     assert not isinstance(model.bit, SlicedBackbone)
     assert not any(m.onednn for m in model.modules() if isinstance(m, StdConv2d))
     assert all(p.dtype == torch.float32 for p in model.parameters())

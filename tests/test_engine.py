@@ -9,8 +9,8 @@ import torch
 
 from bitcli.checkpoint import load_model
 from bitcli.engine.machine import DEFAULT_BUDGET, slicing_budget
-from bitcli.engine.runtime import optimize_for_inference
-from bitcli.engine.slicing import slice_size
+from bitcli.engine.runtime import prepare
+from bitcli.engine.slicing import slice_size, step_activation_bytes
 from checkpoints import TINY, save_reference_checkpoint
 
 TOLERANCE = 1e-4  # logits and pooled features, as against transformers
@@ -54,18 +54,15 @@ def test_sliced_batches_match_the_plain_model_and_transformers(tiny, chunk_bytes
 def test_mixed_slice_sizes_really_happen_for_the_tiny_model(tiny):
     directory, _ = tiny
     backbone = load_model(directory).model.bit
-    per_image = backbone.step_activation_bytes(64, 64, 4)
+    per_image = step_activation_bytes(backbone.config, 64, 64, 4)
     sizes = {slice_size(5, size, 40_000) for size in per_image}
     assert len(sizes) > 1  # the 40 kB case above slices early steps finer than late ones
 
 
 def test_bit50_at_448_runs_early_steps_per_image_and_late_steps_in_bigger_slices(tmp_path):
     from bitcli.model.config import BitConfig
-    from bitcli.model import BiT
-
-    with torch.device("meta"):
-        backbone = BiT(BitConfig.from_dict({"model_type": "bit", "num_labels": 1000})).bit
-    per_image = backbone.step_activation_bytes(448, 448, 4)  # stem, 4 stages, final norm
+    config = BitConfig.from_dict({"model_type": "bit", "num_labels": 1000})
+    per_image = step_activation_bytes(config, 448, 448, 4)  # stem, 4 stages, final norm
     assert per_image[0] == 64 * 224 * 224 * 4
     assert per_image[1:5] == [256 * 112 * 112 * 4, 512 * 56 * 56 * 4, 1024 * 28 * 28 * 4, 2048 * 14 * 14 * 4]
     sizes = [slice_size(8, size, DEFAULT_BUDGET) for size in per_image]
@@ -123,7 +120,8 @@ def test_unknown_precision_is_refused(tiny):
 def test_compiled_model_matches_the_plain_model(tiny):
     directory, _ = tiny
     plain = load_model(directory, optimize=False).model
-    compiled = optimize_for_inference(load_model(directory, optimize=False).model, compile=True)
+    compiled = load_model(directory, optimize=False).model
+    prepare(compiled, compile=True)
     assert list(compiled.state_dict()) == list(plain.state_dict())
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     logits, pooled, _ = outputs(plain, pixels)

@@ -12,7 +12,7 @@ import torch
 from bitcli.checkpoint import load_model
 from bitcli.errors import CheckpointError
 from bitcli.model import standardize_conv_weight
-from bitcli.checkpoint.npz import load_npz_checkpoint, npz_key_map
+from bitcli.checkpoint.npz import npz_key_map, read_npz_checkpoint
 from checkpoints import TINY_DEPTHS, tiny_raw_weights, to_npz_arrays, write_npz
 
 def test_release_key_names():
@@ -35,7 +35,7 @@ def test_hwio_kernels_become_oihw(tmp_path):
     kernel = arrays["resnet/block2/unit02/b/standardized_conv2d/kernel"]  # HWIO
     assert kernel.shape[:2] == (3, 3)
     np.savez(tmp_path / "m.npz", **arrays)
-    _, state_dict, _ = load_npz_checkpoint(tmp_path / "m.npz")
+    state_dict = read_npz_checkpoint(tmp_path / "m.npz").state_dict
     weight = state_dict["bit.encoder.stages.1.layers.1.conv2.weight"]  # OIHW
     o, i, h, w = 5, 3, 2, 0
     assert weight[o, i, h, w].item() == pytest.approx(float(kernel[h, w, i, o]), abs=0)
@@ -47,7 +47,8 @@ def test_hwio_kernels_become_oihw(tmp_path):
 def test_round_trip_infers_the_architecture(tmp_path):
     raw = tiny_raw_weights()
     write_npz(tmp_path / "BiT-M-R50x1.npz", raw)
-    config, state_dict, preprocess = load_npz_checkpoint(tmp_path / "BiT-M-R50x1.npz")
+    read = read_npz_checkpoint(tmp_path / "BiT-M-R50x1.npz")
+    config, state_dict = read.config, read.state_dict
     assert config.depths == TINY_DEPTHS
     assert config.embedding_size == 32 and config.stage_widths == [128, 128, 256, 256]
     assert config.num_labels == 7 and config.ws_eps == 1e-10
@@ -73,11 +74,11 @@ def test_release_eps_is_pinned_at_1e_10(tmp_path):
 )
 def test_release_preprocessing_squashes_to_the_crop(tmp_path, name, size):
     write_npz(tmp_path / name, tiny_raw_weights())
-    _, _, cfg = load_npz_checkpoint(tmp_path / name)
+    cfg = read_npz_checkpoint(tmp_path / name).preprocess
     assert (cfg.resize_mode, cfg.size, cfg.do_center_crop) == ("exact", (size, size), False)
     assert cfg.input_size == (size, size) and cfg.resample == 2
     assert cfg.image_mean == (0.5, 0.5, 0.5) and cfg.image_std == (0.5, 0.5, 0.5)
-    assert load_npz_checkpoint(tmp_path / name, image_size=128)[2].size == (128, 128)
+    assert read_npz_checkpoint(tmp_path / name, image_size=128).preprocess.size == (128, 128)
 
 
 def test_pickled_object_arrays_are_refused(tmp_path):
@@ -85,7 +86,7 @@ def test_pickled_object_arrays_are_refused(tmp_path):
     arrays["resnet/evil"] = np.array([{"a": 1}], dtype=object)
     np.savez(tmp_path / "evil.npz", **arrays)
     with pytest.raises(CheckpointError, match="pickled objects"):
-        load_npz_checkpoint(tmp_path / "evil.npz")
+        read_npz_checkpoint(tmp_path / "evil.npz")
 
 
 def test_missing_and_foreign_files_are_checkpoint_errors(tmp_path):
@@ -93,13 +94,13 @@ def test_missing_and_foreign_files_are_checkpoint_errors(tmp_path):
     del arrays["resnet/block2/unit02/b/group_norm/gamma"]
     np.savez(tmp_path / "broken.npz", **arrays)
     with pytest.raises(CheckpointError, match="block2/unit02/b/group_norm/gamma"):
-        load_npz_checkpoint(tmp_path / "broken.npz")
+        read_npz_checkpoint(tmp_path / "broken.npz")
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(CheckpointError, match="not a BiT .npz"):
-        load_npz_checkpoint(tmp_path / "other.npz")
+        read_npz_checkpoint(tmp_path / "other.npz")
     (tmp_path / "text.npz").write_text("hello")
     with pytest.raises(CheckpointError, match="not a readable .npz"):
-        load_npz_checkpoint(tmp_path / "text.npz")
+        read_npz_checkpoint(tmp_path / "text.npz")
 
 
 def test_preprocessor_config_beside_the_file_overrides_the_release_preprocessing(tmp_path):

@@ -16,10 +16,10 @@ from bitcli.errors import CheckpointError, ConfigError
 from bitcli.labels import resolve_labels
 from bitcli.model import BiT
 from checkpoints import canonical_key_to_timm
+from bitcli.checkpoint.files import is_timm_config
 from bitcli.checkpoint.timm import (
     bit_config_from_timm,
     convert_timm_state_dict,
-    is_timm_config,
     parse_architecture,
     preprocess_from_timm,
     timm_key_to_canonical,

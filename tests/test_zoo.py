@@ -41,3 +41,11 @@ def test_bit_50_count_from_its_transformers_config():
 def test_aliases_are_unique():
     aliases = [entry.alias.lower() for entry in zoo.KNOWN_MODELS]
     assert len(aliases) == len(set(aliases))
+
+
+@pytest.mark.parametrize("alias", zoo.BUNDLED)
+def test_bundled_parameter_count_is_the_loaded_models(alias):
+    from bitcli.checkpoint import load_model
+
+    loaded = load_model(zoo.bundled_path(alias), optimize=False)
+    assert sum(p.numel() for p in loaded.model.parameters()) == zoo.BUNDLED[alias][2]

@@ -6,17 +6,14 @@ the readers import safetensors and torch when they are called.
 
 Weights are read from `model.safetensors` (preferred), sharded safetensors
 (`model.safetensors.index.json` + the shards it lists), or `pytorch_model.bin` through
-`torch.load(weights_only=True)` (never a full unpickle). `read_tensor_table` reads only a
-safetensors file's header (names, dtypes, shapes: one small read, whatever the file's size),
-for `bit inspect`.
+`torch.load(weights_only=True)` (never a full unpickle). `read_weights(header_only=True)` reads
+only a safetensors file's header (names and shapes: one small read, whatever the file's size),
+as tensors on the meta device, for `bit inspect`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +24,8 @@ from bitcli.util import first_line, read_json_file
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from bitcli.hub import ResolvedModel
+    from bitcli.labels import Labels
     from bitcli.model.config import BitConfig
     from bitcli.preprocess import PreprocessConfig
 
@@ -51,6 +50,27 @@ class RawCheckpoint:
     files: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class CheckpointInfo:
+    """A checkpoint as its files describe it (what `bit inspect` reports); a `LoadedModel` is one
+    with the module and the engine's record added. `resolved`: how a model reference reached
+    `path` (None for a path given directly)."""
+
+    config: BitConfig
+    preprocess: PreprocessConfig
+    path: Path
+    source_format: str
+    weights_format: str
+    files: list[Path]
+    num_parameters: int
+    resolved: ResolvedModel | None = field(default=None, repr=False)
+
+    def labels(self, labels_file: str | Path | None = None) -> Labels:
+        from bitcli.labels import resolve_labels
+
+        return resolve_labels(self.config.num_labels, self.config.id2label, labels_file)
+
+
 def is_timm_config(data: Any) -> bool:
     """A timm config.json names an `architecture` (transformers' names `architectures` and `model_type`)."""
     return isinstance(data, dict) and isinstance(data.get("architecture"), str) and "model_type" not in data
@@ -72,13 +92,15 @@ def shard_names(index_path: Path) -> list[str]:
         raise CheckpointError(f"{index_path}: invalid safetensors index ({first_line(exc)})") from None
 
 
-def read_weights(directory: Path) -> tuple[dict[str, Tensor], str, list[Path]]:
-    """(state dict, format description, files read) from the best weights file in `directory`."""
+def read_weights(directory: Path, *, header_only: bool = False) -> tuple[dict[str, Tensor], str, list[Path]]:
+    """(state dict, format description, files read) from the best weights file in `directory`.
+
+    `header_only`: safetensors weights as tensors on the meta device (names and shapes, no data)."""
     if (directory / SAFETENSORS).is_file() or (directory / SAFETENSORS_INDEX).is_file():
         weights_format, files, shards = safetensors_files(directory)
         state_dict: dict[str, Tensor] = {}
         for shard in shards:
-            state_dict.update(read_safetensors(shard))
+            state_dict.update(read_meta_tensors(shard) if header_only else read_safetensors(shard))
         return state_dict, weights_format, files
     if (directory / PICKLE).is_file():
         return read_pickle(directory / PICKLE), "pytorch pickle (weights_only)", [directory / PICKLE]
@@ -108,6 +130,20 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({first_line(exc)})") from None
 
 
+def read_meta_tensors(path: Path) -> dict[str, Tensor]:
+    """The tensors a safetensors header describes, on the meta device (shapes only, no data read).
+
+    safetensors checks the header against the file's size: a file cut short is a CheckpointError."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "pt") as file:
+            return {name: torch.empty(file.get_slice(name).get_shape(), device="meta") for name in file.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({first_line(exc)})") from None
+
+
 def read_pickle(path: Path) -> dict[str, Tensor]:
     import torch
 
@@ -121,60 +157,3 @@ def read_pickle(path: Path) -> dict[str, Tensor]:
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path}: expected a dictionary of tensors")
     return state_dict
-
-
-# -- the header alone: what `bit inspect` reads --------------------------------------------------
-
-MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
-
-
-@dataclass(frozen=True)
-class TensorTable:
-    """What a safetensors header says: each tensor's dtype and shape, and the data size it needs."""
-
-    dtypes: dict[str, str]
-    shapes: dict[str, tuple[int, ...]]
-    data_bytes: int  # the end of the last tensor's data, counted from the end of the header
-
-
-def read_tensor_table(path: Path) -> TensorTable:
-    """The header of `path`; CheckpointError for anything malformed, or a file cut short."""
-    try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            prefix = file.read(8)
-            if len(prefix) < 8:
-                raise CheckpointError(f"{path}: truncated or corrupt safetensors file (no header)")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > min(MAX_HEADER_BYTES, size - 8):
-                raise CheckpointError(f"{path}: truncated or corrupt safetensors file (header of {length:,} bytes)")
-            header = json.loads(file.read(length))
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: truncated or corrupt safetensors file (the header is not JSON)") from None
-    table = _parse(header, path)
-    if 8 + length + table.data_bytes > size:
-        raise CheckpointError(
-            f"{path}: truncated: its header describes {8 + length + table.data_bytes:,} bytes, "
-            f"the file holds {size:,} (it was cut short: fetch or copy it again)"
-        )
-    return table
-
-
-def _parse(header: object, path: Path) -> TensorTable:
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
-    dtypes, shapes, end = {}, {}, 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            if not (isinstance(dtype, str) and all(isinstance(d, int) and d >= 0 for d in shape) and 0 <= begin <= stop):
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt safetensors header (entry {name!r})") from None
-        dtypes[name], shapes[name] = dtype, tuple(shape)
-        end = max(end, stop)
-    return TensorTable(dtypes, shapes, end)

@@ -22,14 +22,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from bitcli.checkpoint.describe import CheckpointInfo, shape_problems
-from bitcli.checkpoint.files import CONFIG, PREPROCESSOR_CONFIG, RawCheckpoint, is_timm_config, read_config_json
+from bitcli.checkpoint.files import (
+    CONFIG,
+    PREPROCESSOR_CONFIG,
+    CheckpointInfo,
+    RawCheckpoint,
+    is_timm_config,
+    read_config_json,
+)
 from bitcli.checkpoint.timm import read_timm_checkpoint
 from bitcli.checkpoint.transformers import read_transformers_checkpoint
 from bitcli.engine.plan import check_precision
 from bitcli.engine.runtime import EngineRecord, prepare
 from bitcli.errors import CheckpointError
-from bitcli.model.architecture import BiT, standardize_conv_weight
+from bitcli.model.architecture import BiT, meta_model, standardize_conv_weight
 from bitcli.model.config import BitConfig
 from bitcli.util import name_some
 
@@ -211,8 +217,10 @@ def load_model(
     )
 
 
-def read_checkpoint(path: Path) -> RawCheckpoint:
-    """Read config, weights and preprocessing from any supported layout, with canonical key names."""
+def read_checkpoint(path: Path, *, header_only: bool = False) -> RawCheckpoint:
+    """Read config, weights and preprocessing from any supported layout, with canonical key names.
+
+    `header_only`: safetensors weights as meta tensors (`files.read_weights`; directories only)."""
     if path.is_file() and path.suffix == ".npz":
         from bitcli.checkpoint.npz import read_npz_checkpoint
 
@@ -223,14 +231,13 @@ def read_checkpoint(path: Path) -> RawCheckpoint:
         raise CheckpointError(f"{path}: not a checkpoint directory or .npz file")
     config_data = read_config_json(path)
     if is_timm_config(config_data):
-        return read_timm_checkpoint(path, config_data)
-    return read_transformers_checkpoint(path, config_data)
+        return read_timm_checkpoint(path, config_data, header_only=header_only)
+    return read_transformers_checkpoint(path, config_data, header_only=header_only)
 
 
 def build_model(config: BitConfig, state_dict: dict[str, Tensor], *, origin: str = "checkpoint") -> BiT:
     """Build the model without random initialisation and load standardized weights into it."""
-    with torch.device("meta"):
-        model = BiT(config)
+    model = meta_model(config)
     check_state_dict(model, state_dict, origin)
     for key, value in state_dict.items():
         if value.dtype not in FLOAT_DTYPES:
@@ -264,9 +271,21 @@ def _all_finite(value: Tensor) -> bool:
 
 
 def check_state_dict(model: BiT, state_dict: dict[str, Tensor], origin: str) -> None:
-    """Raise CheckpointError naming missing, unexpected and mis-shaped tensors."""
+    """Raise CheckpointError naming missing, unexpected and mis-shaped tensors (each kind as one
+    phrase naming the first few)."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    problems = shape_problems(expected, {key: tuple(value.shape) for key, value in state_dict.items()})
+    found = {key: tuple(value.shape) for key, value in state_dict.items()}
+    problems = []
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    mismatched = [key for key in expected if key in found and expected[key] != found[key]]
+    if missing:
+        problems.append(f"{len(missing)} missing ({name_some(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({name_some(unexpected)})")
+    if mismatched:
+        shapes = name_some(f"{key}: expected {list(expected[key])}, found {list(found[key])}" for key in mismatched)
+        problems.append(f"{len(mismatched)} mis-shaped ({shapes})")
     if problems:
         raise CheckpointError(
             f"{origin}: weights do not fit {model.config.variant_name}: " + "; ".join(problems)

@@ -18,7 +18,7 @@ image to crop x crop (no aspect-preserving resize; torchvision's default bilinea
 - distilled `R50x1_224.npz` (and any other name ending in `_<size>`): that size.
 
 To override it, put a `preprocessor_config.json` (transformers' format, as in a checkpoint
-directory) beside the .npz file; `load_npz_checkpoint(image_size=...)` changes only the crop size.
+directory) beside the .npz file; `read_npz_checkpoint(image_size=...)` changes only the crop size.
 """
 
 from __future__ import annotations
@@ -243,29 +243,22 @@ def npz_preprocess(image_size: int) -> PreprocessConfig:
     )
 
 
-def load_npz_checkpoint(
-    path: str | Path, *, image_size: int | None = None
-) -> tuple[BitConfig, dict[str, Tensor], PreprocessConfig]:
-    """(config, canonical state dict with raw conv weights, preprocessing) for an original .npz file."""
+def read_npz_checkpoint(path: str | Path, *, image_size: int | None = None) -> RawCheckpoint:
+    """An .npz file -> RawCheckpoint with raw conv weights (called by `checkpoint.read_checkpoint`).
+
+    A sidecar preprocessor_config.json overrides the fields it sets; the others stay the release's.
+    """
+    from bitcli.preprocess import PreprocessConfig
+
     path = Path(path)
     arrays = read_npz_arrays(path)
     prefix = find_prefix(arrays, path)
     depths = infer_depths(arrays, prefix)
     state_dict = convert_npz_arrays(arrays, depths, prefix)
     config = bit_config_from_state_dict(state_dict, depths)
-    return config, state_dict, npz_preprocess(image_size or default_image_size(path))
-
-
-def read_npz_checkpoint(path: Path) -> RawCheckpoint:
-    """An .npz file -> RawCheckpoint (called by `checkpoint.read_checkpoint`).
-
-    A sidecar preprocessor_config.json overrides the fields it sets; the others stay the release's.
-    """
-    from bitcli.preprocess import PreprocessConfig
-
-    config, state_dict, preprocess = load_npz_checkpoint(path)
-    files = [Path(path)]
-    sidecar = Path(path).parent / PREPROCESSOR_CONFIG
+    preprocess = npz_preprocess(image_size or default_image_size(path))
+    files = [path]
+    sidecar = path.parent / PREPROCESSOR_CONFIG
     if sidecar.is_file():
         preprocess = PreprocessConfig.from_json_file(sidecar, base=preprocess)
         files.append(sidecar)

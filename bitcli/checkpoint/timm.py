@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bitcli.checkpoint.files import CONFIG, RawCheckpoint, is_timm_config, read_weights
+from bitcli.checkpoint.files import CONFIG, RawCheckpoint, read_weights
 from bitcli.errors import CheckpointError, ConfigError
 from bitcli.model.config import BASE_STEM, BASE_WIDTHS, BitConfig, make_divisible
 from bitcli.util import RESAMPLE_FILTERS, first_line
@@ -38,13 +38,7 @@ if TYPE_CHECKING:
 
     from bitcli.preprocess import PreprocessConfig
 
-__all__ = [
-    "bit_config_from_timm", "convert_timm_state_dict", "is_timm_config",
-    "parse_architecture", "preprocess_from_timm", "read_timm_checkpoint", "timm_key_to_canonical",
-]
-
 DEPTHS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
-WIDTH_FACTORS = (1, 2, 3, 4)
 WS_EPS = 1e-8  # timm's StdConv2d eps for BiT models
 
 # Current names plus the pre-0.9 timm names (`resnetv2_50x1_bitm_in21k`, `..._bit_teacher_384`).
@@ -188,7 +182,7 @@ def convert_timm_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return converted
 
 
-def read_timm_checkpoint(directory: Path, config_data: dict[str, Any]) -> RawCheckpoint:
+def read_timm_checkpoint(directory: Path, config_data: dict[str, Any], *, header_only: bool = False) -> RawCheckpoint:
     """A timm checkpoint directory -> RawCheckpoint with canonical names (called by `checkpoint.read_checkpoint`)."""
     try:
         config = bit_config_from_timm(config_data)
@@ -196,7 +190,7 @@ def read_timm_checkpoint(directory: Path, config_data: dict[str, Any]) -> RawChe
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"{directory / CONFIG}: a field has the wrong type ({first_line(exc)})") from None
-    state_dict, weights_format, weight_files = read_weights(directory)
+    state_dict, weights_format, weight_files = read_weights(directory, header_only=header_only)
     if config.num_labels == 0:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
     return RawCheckpoint(

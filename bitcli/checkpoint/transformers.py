@@ -14,11 +14,11 @@ from bitcli.checkpoint.files import CONFIG, PREPROCESSOR_CONFIG, RawCheckpoint, 
 from bitcli.model.config import BitConfig
 
 
-def read_transformers_checkpoint(directory: Path, config_data: dict[str, Any]) -> RawCheckpoint:
+def read_transformers_checkpoint(directory: Path, config_data: dict[str, Any], *, header_only: bool = False) -> RawCheckpoint:
     from bitcli.preprocess import PreprocessConfig
 
     config = BitConfig.from_dict(config_data)
-    state_dict, weights_format, weight_files = read_weights(directory)
+    state_dict, weights_format, weight_files = read_weights(directory, header_only=header_only)
     if not any(key.startswith("bit.") for key in state_dict):
         # A `BitModel` (no head) save: keys lack the `bit.` prefix of the classification model.
         state_dict = {f"bit.{key}": value for key, value in state_dict.items()}

@@ -10,18 +10,14 @@ device. On a CPU:
 - channels-last weights: oneDNN's convolutions run on NHWC without reordering activations;
   GroupNorm on NHWC takes `model.groupnorm` (PyTorch's channels-last kernel loses precision on
   flat images);
-- batch slicing (`slicing.SlicedBackbone`): the early stages of a 448 px image write 6-13 MB per
-  activation, so a batch streams every GroupNorm, ReLU and add through DRAM; run small slices
-  there and larger ones in the late stages. The budget is fixed per machine ("auto",
-  `machine.py`: eight times one core's L2 cache). Same numbers up to summation order (<= 1e-4);
+- batch slicing (`slicing.SlicedBackbone`): small slices in the early stages, whose activations
+  would otherwise leave the cache, larger ones later; the budget is fixed per machine
+  (`machine.py`). Same numbers up to summation order (<= 1e-4);
 - precision "bf16" (opt-in, `to_bfloat16`): the convolutions after the stem in bfloat16, the
   stem, GroupNorm and the head in float32;
-- on one thread, oneDNN convolutions called directly (`StdConv2d.onednn`, a private op probed
-  first in `native.py`; `BIT_TORCH_PRIVATE_OPS=0` turns it off): PyTorch would send a small
-  slice's 1x1 convolutions to a slower GEMM. The thread count is read once, when the model is
-  prepared, never in the forward pass;
-- compile (opt-in): `torch.compile` of the backbone; slow to start and, on the CPUs measured,
-  slower than this engine.
+- on one thread, oneDNN convolutions called directly (`native.py`: a private op, probed first;
+  `BIT_TORCH_PRIVATE_OPS=0` turns it off). The thread count is read once, when the model is prepared;
+- compile (opt-in): `torch.compile` of the backbone.
 
 On CUDA and MPS nothing CPU-specific runs; fp32 turns cuDNN's TF32 off, "bf16"/"fp16" are
 autocast (see plan.py). The figures behind each choice, and what was tried and left out, are in

@@ -1,15 +1,10 @@
 """glibc malloc settings for a process that runs the engine: freed activations stay mapped.
 
-A 448 px forward pass allocates and frees activations of 1-13 MB per image at every step.
-glibc serves blocks over its dynamic mmap threshold with a fresh mmap and gives them back with
-munmap when freed, and trims the heap's free top back to the OS; so every step of every batch
-faults its output's pages in again (4 KiB each, zeroed by the kernel: ~8,000 page faults per
-batch-1 forward and ~70,000 per batch of 8 on R50x1 at 448, measured with getrusage), which
-costs most inside virtual machines. With blocks up to 32 MB (glibc's ceiling for this setting)
-taken from the heap and the heap's free memory kept, a forward pass reuses the pages of the last
-one: 0 faults at batch 1, ~25,000 at batch 8 (its >32 MB batch-wide tensors still map afresh).
-Peak memory is unchanged (the same live tensors); what is freed is kept for the next batch
-instead of being returned at once, so the resident size stays at its peak.
+A forward pass allocates and frees activations of several MB at every step. glibc serves such
+blocks with a fresh mmap and trims the heap's free top back to the OS, so every step faults its
+output's pages in again. With blocks up to 32 MB taken from the heap and its free memory kept, a
+forward pass reuses the pages of the last one. Peak memory is unchanged; the resident size stays
+at its peak (the page-fault counts are in docs/engine.md).
 
 The process owns these settings, so only the `bit` command applies them (`cli/common.py`); a
 program that embeds bitcli as a library may call `keep_freed_memory()` itself. Environment

@@ -2,10 +2,8 @@
 cgroup CPU quota) and CPU 0's cache sizes (`/sys/devices/system/cpu/cpu0/cache`), and the batch
 slicing budget derived from them.
 
-Slicing runs each step of the backbone on a few images at a time so that its activations stay in
-the CPU cache (`slicing.py`). The budget is fixed per machine: eight times the L2 cache of one core,
-1-32 MB, 8 MB where the caches are unknown. Budgets from 2 to 32 MB measured within 7% of each
-other on the development machine, while slicing at all is the large win (docs/engine.md).
+The slicing budget (`slicing.py`) is fixed per machine: eight times the L2 cache of one core,
+1-32 MB, 8 MB where the caches are unknown (docs/engine.md has the measurements behind it).
 """
 
 from __future__ import annotations
@@ -76,9 +74,7 @@ def count_cpus(text: str) -> int:
 
 
 def slicing_budget(caches: dict[str, dict[str, int]] | None = None) -> int:
-    """The batch-slicing budget in bytes: 8x one core's L2, 1-32 MB; DEFAULT_BUDGET when no L2 is
-    known. (8 MB on a 2-core AMD EPYC with 1 MiB L2s, the best budget measured there; 16 MB on the
-    Xeon with 2 MiB L2s, within 1% of its best in the step timings of docs/engine.md.)"""
+    """The batch-slicing budget in bytes: 8x one core's L2, 1-32 MB; DEFAULT_BUDGET when no L2 is known."""
     caches = read_caches() if caches is None else caches
     l2 = caches.get("L2", {}).get("bytes", 0)
     if not l2:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 
 from bitcli.engine.machine import slicing_budget
@@ -74,12 +72,6 @@ def prepare(
         convolution="onednn" if direct else "torch",
         compiled=compile,
     )
-
-
-def optimize_for_inference(model: BiT, **settings: Any) -> BiT:
-    """`prepare(model, **settings)`, returning the model (for callers that do not need the record)."""
-    prepare(model, **settings)
-    return model
 
 
 def to_bfloat16(model: BiT) -> None:

@@ -1,10 +1,9 @@
 """Batch slicing: run a batch through the backbone in slices whose activations stay in the CPU cache.
 
-A 448 px image's stem and first stages write 6-13 MB per activation, so a batch of 8 streams
-every GroupNorm, ReLU and add through DRAM (and every >32 MB tensor is a fresh mmap). Run one
-image at a time there, and larger slices in the late stages, whose cost is reading their large
-weights. Each image's numbers do not depend on the slicing beyond the summation order oneDNN
-picks for a batch size (tests/test_engine.py).
+The early stages of a large image write activations of several MB each, so a whole batch would
+stream every GroupNorm, ReLU and add through DRAM: run one image at a time there, and larger
+slices in the late stages, whose cost is reading their large weights. Each image's numbers do
+not depend on the slicing beyond the summation order oneDNN picks for a batch size.
 """
 
 from __future__ import annotations
@@ -12,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bitcli.model.architecture import BitBackbone
+from bitcli.model.architecture import BitBackbone, stage_strides_and_dilations
+from bitcli.model.config import BitConfig
 
 
 class SlicedBackbone(BitBackbone):
@@ -37,7 +37,7 @@ class SlicedBackbone(BitBackbone):
         steps = self.steps()
         sizes = [
             slice_size(batch, per_image, self.chunk_bytes)
-            for per_image in self.step_activation_bytes(x.shape[-2], x.shape[-1], x.element_size())
+            for per_image in step_activation_bytes(self.config, x.shape[-2], x.shape[-1], x.element_size())
         ]
         start = 0
         while start < len(steps):
@@ -51,6 +51,20 @@ class SlicedBackbone(BitBackbone):
                 x = torch.cat([run_steps(group, part) for part in x.split(sizes[start])])
             start = end
         return x
+
+
+def step_activation_bytes(config: BitConfig, height: int, width: int, element_size: int) -> list[int]:
+    """Per image, the largest activation each of `BitBackbone.steps()` writes (an estimate from the shapes)."""
+    # The stem's largest tensor is its convolution's output (stride 2), before the max-pool.
+    h, w = -(-height // 2), -(-width // 2)
+    sizes = [config.embedding_size * h * w * element_size]
+    h, w = -(-h // 2), -(-w // 2)
+    for (stride, _), channels in zip(stage_strides_and_dilations(config), config.stage_widths):
+        h, w = -(-h // stride), -(-w // stride)
+        sizes.append(channels * h * w * element_size)
+    if config.layer_type == "preactivation":  # the final norm
+        sizes.append(sizes[-1])
+    return sizes
 
 
 def slice_size(batch: int, per_image_bytes: int, chunk_bytes: int) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from bitcli.checkpoint.files import (
     SAFETENSORS_INDEX,
     WEIGHTS_FILES,
     is_timm_config,
-    read_tensor_table,
     shard_names,
 )
 from bitcli.errors import CheckpointError, OfflineError
@@ -34,7 +32,6 @@ from bitcli.util import CONFIG_MAX_BYTES, human_bytes, read_capped
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
 _TRUE = {"1", "on", "yes", "true"}
-
 
 
 @dataclass(frozen=True)
@@ -89,7 +86,6 @@ def hub_cache_dir() -> Path:
     return Path(os.environ.get("HF_HOME") or default_home).expanduser() / "hub"
 
 
-
 def list_known_models() -> list[dict]:
     """Every zoo alias with its repository, revision, size, whether it is cached and its size on disk.
 
@@ -121,22 +117,25 @@ def bundled_row(alias: str) -> dict:
     folder = zoo.bundled_path(alias)
     config = json.loads(read_capped(folder / CONFIG, CONFIG_MAX_BYTES))
     preprocess = json.loads(read_capped(folder / PREPROCESSOR_CONFIG, CONFIG_MAX_BYTES))
-    parameters = sum(math.prod(shape) for shape in read_tensor_table(folder / SAFETENSORS).shapes.values())
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     return {
         "alias": alias, "repo_id": None, "revision": None, "architecture": "bit (compact: widths 32-256)",
         "description": zoo.BUNDLED[alias][1], "input_size": int(preprocess["crop_size"]["height"]),
-        "num_classes": len(config["id2label"]), "top1": None, "num_parameters": parameters,
+        "num_classes": len(config["id2label"]), "top1": None, "num_parameters": zoo.BUNDLED[alias][2],
         "download_bytes": 0, "cached": True, "bundled": True, "path": str(folder),
         "size_bytes": size, "size": human_bytes(size),
     }
 
 
+def _lookup(hub_ref: HubRef, filename: str, settings: HubSettings) -> object:
+    """huggingface_hub's answer for a file at the reference's revision (a commit, or a branch/tag
+    via `refs/`): its path, a "known not to exist" marker, or None."""
+    return try_to_load_from_cache(hub_ref.repo_id, filename, cache_dir=str(settings.cache_dir), revision=hub_ref.revision)
+
+
 def cached_file(hub_ref: HubRef, filename: str, settings: HubSettings) -> Path | None:
-    """The cached file at the reference's revision (a commit, or a branch/tag via `refs/`), or None."""
-    found = try_to_load_from_cache(
-        hub_ref.repo_id, filename, cache_dir=str(settings.cache_dir), revision=hub_ref.revision
-    )
+    """The cached file at the reference's revision, or None."""
+    found = _lookup(hub_ref, filename, settings)
     return Path(found) if isinstance(found, str) else None
 
 
@@ -152,15 +151,12 @@ def preprocessor_state_known(hub_ref: HubRef, config: Path, settings: HubSetting
             return True
     except (OSError, ValueError):
         return False
-    return cached_file(hub_ref, PREPROCESSOR_CONFIG, settings) is not None or known_absent(hub_ref, settings)
+    return preprocessor_known(hub_ref, settings)
 
 
-def known_absent(hub_ref: HubRef, settings: HubSettings) -> bool:
-    """Whether huggingface_hub's cache records that the revision has no preprocessor config."""
-    found = try_to_load_from_cache(
-        hub_ref.repo_id, PREPROCESSOR_CONFIG, cache_dir=str(settings.cache_dir), revision=hub_ref.revision
-    )
-    return found is not None and not isinstance(found, str)  # its "known not to exist" marker
+def preprocessor_known(hub_ref: HubRef, settings: HubSettings) -> bool:
+    """Whether the cache holds the revision's preprocessor config or records that it has none."""
+    return _lookup(hub_ref, PREPROCESSOR_CONFIG, settings) is not None
 
 
 def from_cache(ref: str, hub_ref: HubRef, settings: HubSettings) -> ResolvedModel | None:
@@ -237,5 +233,3 @@ def pickle_notice(hub_ref: HubRef) -> str:
         f"note: '{hub_ref.display}' has no {SAFETENSORS}; "
         f"loading {PICKLE} with torch.load(weights_only=True)"
     )
-
-

@@ -63,8 +63,8 @@ from bitcli.hub.cache import (
     cached_file,
     from_cache,
     from_cache_or_raise,
-    known_absent,
     pickle_notice,
+    preprocessor_known,
 )
 from bitcli.util import first_line, name_some
 
@@ -300,7 +300,7 @@ def _record_revision(hub_ref: HubRef, commit: str, settings: HubSettings, *, has
     know them yet; a failure only means the next run asks the hub again.
     """
     config = cached_file(hub_ref, CONFIG, settings)  # through the revision, as an offline run looks
-    if config is not None and config.parent.name == commit and (has_preprocessor or known_absent(hub_ref, settings)):
+    if config is not None and config.parent.name == commit and (has_preprocessor or preprocessor_known(hub_ref, settings)):
         return
     name = CONFIG if has_preprocessor else PREPROCESSOR_CONFIG
     try:

@@ -84,9 +84,12 @@ KNOWN_MODELS += tuple(
 
 
 # Checkpoints that ship inside the package (`bitcli/data/<folder>`): usable with no network and no
-# cache. `bit-digits` is made by tools/make_digits_model.py (docs/models.md tells its figures).
-BUNDLED: dict[str, tuple[str, str]] = {
-    "bit-digits": ("bit-digits", "compact BiT trained by bitcli on scikit-learn's 8x8 handwritten digits (ships with bitcli)"),
+# cache: alias -> (folder, description, parameters; tests/test_zoo.py checks the count).
+# `bit-digits` is made by tools/make_digits_model.py (docs/models.md tells its figures).
+BUNDLED: dict[str, tuple[str, str, int]] = {
+    "bit-digits": (
+        "bit-digits", "compact BiT trained by bitcli on scikit-learn's 8x8 handwritten digits (ships with bitcli)", 134_538,
+    ),
 }
 
 

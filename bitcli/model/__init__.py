@@ -1,9 +1,7 @@
-"""The BiT network: `BitConfig` (what to build, `config.py`), `BiT` (the nn.Module,
-`architecture.py`) and its tensors and arithmetic worked out without torch (`shapes.py`).
+"""The BiT network: `BitConfig` (what to build, `config.py`, no torch) and `BiT` (the nn.Module,
+`architecture.py`, which also counts its multiply-accumulates on the meta device).
 
-`bitcli.model.config` and `bitcli.model.shapes` import no torch, and neither does this package
-face: `BiT` and friends load `architecture.py` (and torch) on first use, so `bit inspect` can
-describe a checkpoint from its config without importing torch.
+This package face imports no torch: `BiT` and friends load `architecture.py` on first use.
 """
 
 from __future__ import annotations
@@ -11,7 +9,7 @@ from __future__ import annotations
 from bitcli.util import lazy_attributes, lazy_table
 
 _LAZY = lazy_table({
-    "bitcli.model.architecture": "BiT BitOutput StdConv2d standardize_conv_weight",
+    "bitcli.model.architecture": "BiT BitOutput StdConv2d standardize_conv_weight count_macs meta_model",
     "bitcli.model.config": "BitConfig",
 })
 

@@ -7,13 +7,13 @@ so a transformers checkpoint loads without renaming. Convolutions are plain conv
 instead of on every forward pass.
 
 The forward pass splits into `forward_features` (feature map and pooled vector: the embedding)
-and `forward_head` (logits), so classifying and embedding share one computation. How the model
-runs fastest on a machine (batch slicing, the convolution kernel, bf16) is `bitcli.engine`'s
-business; this file is only the architecture.
+and `forward_head` (logits). How the model runs fastest (batch slicing, the convolution kernel,
+bf16) is `bitcli.engine`'s business. `count_macs` counts a forward pass on the meta device.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +22,34 @@ from torch import Tensor, nn
 
 from bitcli.model.config import BitConfig, make_divisible
 from bitcli.model.groupnorm import group_norm_act
-from bitcli.model.shapes import conv_padding, same_padding, stage_strides_and_dilations
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """Total padding TensorFlow's 'SAME' adds along one axis of length `size`."""
+    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+def conv_padding(padding_mode: str | None, kernel: int, stride: int, dilation: int) -> tuple[int, bool]:
+    """(static padding, needs dynamic padding) for a convolution, as transformers' get_padding_value."""
+    symmetric = ((stride - 1) + dilation * (kernel - 1)) // 2
+    if padding_mode == "SAME":
+        if stride == 1 and (dilation * (kernel - 1)) % 2 == 0:
+            return symmetric, False
+        return 0, True
+    return symmetric, False
+
+
+def stage_strides_and_dilations(config: BitConfig) -> list[tuple[int, int]]:
+    """(stride, dilation) per stage: strides 1,2,2,2 until output_stride is reached, then dilation."""
+    plan, current_stride, dilation = [], 4, 1  # the stem divides resolution by 4
+    for index in range(len(config.depths)):
+        stride = 1 if index == 0 else 2
+        if current_stride >= config.output_stride:
+            dilation *= stride
+            stride = 1
+        current_stride *= stride
+        plan.append((stride, dilation))
+    return plan
 
 
 def make_activation(name: str) -> nn.Module:
@@ -55,11 +82,7 @@ class DynamicPad2d(nn.Module):
 
 
 class StdConv2d(nn.Conv2d):
-    """A weight-standardized convolution whose weight is standardized once, at load time.
-
-    `checkpoint.build_model` turns raw checkpoint weights into standardized ones with
-    `standardize_conv_weight`, so forward is an ordinary convolution. `eps` is kept for that step.
-    """
+    """A weight-standardized convolution whose weight was standardized at load time (`eps` is kept for that step)."""
 
     def __init__(
         self,
@@ -78,9 +101,7 @@ class StdConv2d(nn.Conv2d):
         )
         self.pad = DynamicPad2d(kernel, stride, dilation) if dynamic else None
         self.eps = eps
-        # Which kernel runs the convolution: False, PyTorch's dispatch; True, oneDNN's called
-        # directly. The engine (`bitcli.engine.runtime.prepare`) decides, once, and records its choice.
-        self.onednn = False
+        self.onednn = False  # True: oneDNN called directly (`engine.runtime.prepare` decides, once)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pad is not None:
@@ -285,21 +306,8 @@ class BitBackbone(nn.Module):
         return x if self.norm is None else self.norm(x)
 
     def steps(self) -> list[nn.Module]:
-        """The modules `forward` runs, in order: stem, each stage, the final norm."""
+        """The modules `forward` runs, in order: stem, each stage, the final norm (`engine.slicing` sizes each)."""
         return [self.embedder, *self.encoder.stages] + ([self.norm] if self.norm is not None else [])
-
-    def step_activation_bytes(self, height: int, width: int, element_size: int) -> list[int]:
-        """Per image, the largest activation each of `steps()` writes (an estimate from the shapes)."""
-        # The stem's largest tensor is its convolution's output (stride 2), before the max-pool.
-        h, w = -(-height // 2), -(-width // 2)
-        sizes = [self.config.embedding_size * h * w * element_size]
-        h, w = -(-h // 2), -(-w // 2)
-        for (stride, _), channels in zip(stage_strides_and_dilations(self.config), self.config.stage_widths):
-            h, w = -(-h // stride), -(-w // stride)
-            sizes.append(channels * h * w * element_size)
-        if self.norm is not None:
-            sizes.append(sizes[-1])
-        return sizes
 
 
 class BiT(nn.Module):
@@ -351,11 +359,42 @@ class BiT(nn.Module):
         return {f"{name}.weight": module.eps for name, module in self.named_modules() if isinstance(module, StdConv2d)}
 
 
-@torch.no_grad()
 def standardize_conv_weight(weight: Tensor, eps: float) -> Tensor:
-    """(w - mean) / sqrt(biased var + eps) per output channel, computed in float32."""
+    """(w - mean) / sqrt(biased var + eps) per output channel, computed in float32 (differentiable:
+    fine-tuning's parametrization standardizes with it in every forward pass)."""
     dtype = weight.dtype
     w = weight.to(torch.float32)
     flat = w.reshape(w.shape[0], -1)
     var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
     return ((flat - mean) / torch.sqrt(var + eps)).reshape_as(w).to(dtype)
+
+
+def meta_model(config: BitConfig) -> BiT:
+    """The network built on the meta device: its tensors' names and shapes, no memory, no values."""
+    with torch.device("meta"):
+        return BiT(config).eval()
+
+
+def count_macs(config: BitConfig, input_size: tuple[int, int]) -> int:
+    """Multiply-accumulates of the convolutions and the linear head for one image of (h, w).
+
+    Counted on a forward pass on the meta device (shapes only): each convolution costs output
+    pixels x output channels x input channels x kernel area, the head output x input features.
+    Norms, activations and pooling are left out (about 1% of a ResNet's work).
+    """
+    model = meta_model(config)
+    total = 0
+
+    def count(module: nn.Module, _inputs: object, output: Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        else:
+            total += output.numel() * module.in_features
+
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.register_forward_hook(count)
+    with torch.inference_mode():
+        model(torch.empty(1, config.num_channels, *input_size, device="meta"))
+    return total

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bitcli.errors import ConfigError
-from bitcli.util import read_json_file
 
 LAYER_TYPES = ("preactivation", "bottleneck")
 PADDINGS = (None, "SAME")
@@ -113,10 +111,6 @@ class BitConfig:
             return cls(**kwargs, num_labels=num_labels, id2label=id2label)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid BiT config: {exc}") from None
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> BitConfig:
-        return cls.from_dict(read_json_file(path))
 
 
 _INTEGERS = {"num_channels", "embedding_size", "num_groups", "output_stride", "width_factor", "folded_width_factor", "num_labels"}

@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from bitcli.checkpoint import read_checkpoint  # raw (unstandardized) weights, canonical names
 from bitcli.errors import CheckpointError
-from bitcli.model import BiT, BitConfig, StdConv2d
+from bitcli.model import BiT, BitConfig, StdConv2d, meta_model, standardize_conv_weight
 from bitcli.preprocess import PreprocessConfig
 from bitcli.util import first_line
 
@@ -115,10 +115,7 @@ class Standardize(nn.Module):
         self.eps = eps
 
     def forward(self, weight: Tensor) -> Tensor:
-        flat = weight.reshape(weight.shape[0], -1)
-        mean = flat.mean(dim=1, keepdim=True)
-        var = flat.var(dim=1, unbiased=False, keepdim=True)
-        return ((flat - mean) / torch.sqrt(var + self.eps)).reshape_as(weight)
+        return standardize_conv_weight(weight, self.eps)
 
 
 def trainable_model(base: Base, classes: list[str], head: dict[str, Tensor] | None = None) -> BiT:
@@ -127,8 +124,7 @@ def trainable_model(base: Base, classes: list[str], head: dict[str, Tensor] | No
     `head`: {"weight": [K, C], "bias": [K]}; None gives the HyperRule's zero-initialized head.
     """
     config = with_classes(base.config, classes)
-    with torch.device("meta"):
-        model = BiT(config)
+    model = meta_model(config)
     weights = {k: v.clone() for k, v in base.backbone.items()}
     if head is None:
         weights[HEAD_KEYS[0]] = torch.zeros(len(classes), config.feature_dim)

@@ -42,7 +42,7 @@ from .backbone import Base, raw_weights, trainable_model
 from .data import DataError, Dataset
 from .hyperrule import BASE_BATCH, MOMENTUM, Resolution, make_rule, resolution
 from .sampler import Sampler
-from .state import STATE_INFO, Session, restore, save
+from .state import Session, has_checkpoint, restore, save
 
 _AREA_SAMPLE = 200
 _TRAINING_MEMORY_FACTOR = 10  # stored activations per block, relative to its output (an estimate)
@@ -123,7 +123,9 @@ def typical_image_area(dataset: Dataset, seed: int = 0) -> float:
 
 def auto_micro_batch(model: torch.nn.Module, crop: int, batch: int, device: torch.device) -> int:
     """The largest micro-batch whose estimated training activations fit in the memory at hand."""
-    per_step = model.bit.step_activation_bytes(crop, crop, 4)
+    from bitcli.engine.slicing import step_activation_bytes
+
+    per_step = step_activation_bytes(model.config, crop, crop, 4)
     depths = [1] + list(model.config.depths) + [1] * (len(per_step) - len(model.config.depths) - 1)
     per_image = sum(size * depth for size, depth in zip(per_step, depths)) * _TRAINING_MEMORY_FACTOR
     if device.type == "cuda":
@@ -205,9 +207,6 @@ class Finetuner:
             "seed": self.options.seed,
         }
 
-    def has_state(self) -> bool:
-        return self.state_dir is not None and (self.state_dir / STATE_INFO).is_file()
-
     def run(
         self,
         *,
@@ -219,7 +218,7 @@ class Finetuner:
         optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=MOMENTUM, weight_decay=0.0)
         session = Session()
         if resume:
-            if not self.has_state():
+            if self.state_dir is None or not has_checkpoint(self.state_dir):
                 raise UsageError(f"{self.state_dir}: no interrupted run to resume; run without --resume")
             session = restore(self.state_dir, self.model, optimizer, self.fingerprint(), self.device)
         plan = self.plan(start_step=session.step)

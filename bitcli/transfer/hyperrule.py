@@ -89,13 +89,6 @@ def mixup_alpha(dataset_size: int) -> float:
     return 0.0 if dataset_size < SMALL_DATASET else 0.1
 
 
-def base_lr(batch_size: int) -> float:
-    """The base rate for `batch_size`: 0.003 at any batch, as the released code (see the docstring)."""
-    if batch_size < 1:
-        raise ValueError("batch size must be at least 1")
-    return BASE_LR
-
-
 @dataclass(frozen=True)
 class Resolution:
     """Training augmentation sizes: resize the shortest edge to `resize`, random crop `crop` x `crop`."""
@@ -108,14 +101,9 @@ class Resolution:
         return f"resize {self.resize}, random crop {self.crop}x{self.crop}, random horizontal flip"
 
 
-def is_small(image_area: float) -> bool:
-    """Whether images of this (typical) pixel area count as small (< 96 x 96)."""
-    return image_area < SMALL_IMAGE_AREA
-
-
 def resolution(image_area: float, base_input_size: int) -> Resolution:
     """Training resolution for images of (typical) area `image_area` on a base with that input size."""
-    if is_small(image_area):
+    if image_area < SMALL_IMAGE_AREA:
         return Resolution(SMALL_IMAGE_RESIZE, SMALL_IMAGE_CROP, True)
     return Resolution(round(base_input_size * LARGE_IMAGE_MARGIN), base_input_size, False)
 
@@ -159,7 +147,7 @@ def make_rule(
     return Rule(
         dataset_size=dataset_size,
         boundaries=boundaries,
-        base_lr=base_lr(batch_size) if lr is None else float(lr),
+        base_lr=BASE_LR if lr is None else float(lr),  # at any batch size: see the module docstring
         batch_size=batch_size,
         mixup_alpha=mixup_alpha(dataset_size) if mixup is None else float(mixup),
     )

@@ -18,7 +18,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -235,12 +235,8 @@ def _finetune(base_model, train_set, val_set, staging: Path, outdir: Path, optio
     from .backbone import with_classes
     from .evaluate import evaluate
 
-    ft = options.finetune
-    ft_options = FinetuneOptions(**{**ft.__dict__, "seed": options.seed})
-    if options.steps is not None:
-        ft_options.steps = options.steps
-    if options.batch_size is not None:
-        ft_options.batch_size = options.batch_size
+    given = {"steps": options.steps, "batch_size": options.batch_size}  # TrainOptions' own, when set
+    ft_options = replace(options.finetune, seed=options.seed, **{k: v for k, v in given.items() if v is not None})
     device = bitcli.resolve_device(options.device)
     tuner = Finetuner(base_model, train_set, device=device, options=ft_options, state_dir=state_dir_for(outdir))
     callbacks.say("fine-tuning" + (" (resuming)" if options.resume else ""))
