@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import hmac
 import io
-import ipaddress
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bitcli.pipeline import short_float
+from bitcli.serve import is_loopback
 from bitcli.serve.batcher import Batcher, QueueFull
 
 MAX_FILES = 1000  # parts per request
@@ -115,12 +115,7 @@ def _loopback_name(host: str) -> bool:
     """Whether a Host header names this machine's loopback: localhost, 127.x.y.z or [::1], any port."""
     host = host.strip().lower()
     name = host[1:host.find("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
-    if name in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return name == "localhost." or is_loopback(name)
 
 
 def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, model_name: str, report: Callable[[], dict]) -> FastAPI:

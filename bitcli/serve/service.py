@@ -145,11 +145,11 @@ def open_collections(paths: list[Path]) -> dict[str, Any]:
     stem (photos.npy: photos); two of one name are a UsageError."""
     from bitcli.collection import open_index
     from bitcli.errors import UsageError
+    from bitcli.util import npy_name
 
     opened: dict[str, Any] = {}
-    for path in map(Path, paths):
-        with_npy = path.with_name(path.name + ".npy")
-        collection = open_index(with_npy if not path.is_file() and with_npy.is_file() else path)
+    for path in paths:
+        collection = open_index(npy_name(path))
         name = collection.array_path.stem
         if name in opened:
             raise UsageError(f"--index {path}: another collection is already named {name!r}; rename one of the files")
