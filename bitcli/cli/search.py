@@ -24,7 +24,6 @@ from bitcli.cli.common import (
     Runtime,
     Ui,
     epilog,
-    expand,
     load_model,
     require_stdout,
     server_option,
@@ -130,6 +129,7 @@ def search(
 
 def ask_server(server: str, index: Path, queries: list[str], top_k: int, batch_size: int, null: bool) -> list[Any]:
     """The query images sent to a `bit serve` that holds INDEX: one result per query, in order."""
+    from bitcli.cli.common import expand
     from bitcli.serve.client import Client, token_from_env
 
     name = index.name[: -len(".npy")] if index.name.endswith(".npy") else index.name
