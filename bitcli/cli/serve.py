@@ -15,7 +15,7 @@ import socket
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -132,23 +132,16 @@ def serve(
     collections = open_collections(index or [])
     listener = bind(host, port)
 
-    from bitcli import inspection
     from bitcli.serve.service import Service
 
     model = runtime.model
     options = replace(runtime, batch_size=max_batch).options()
     check_settings(options.device, model)  # a malformed reference fails now, before the port opens
-    loaded_report: dict[str, Any] = {}
-
     def load() -> Service:  # at startup, while /healthz answers 503
         loaded = load_model(model, options, ui, runtime.threads)
-        service = Service(loaded, max_batch=max_batch, max_pixels=options.max_pixels)
-        for name, collection in collections.items():
-            service.add_index(name, collection)
-        loaded_report.update(inspection.build_report(loaded, service.labels))
-        return service
+        return Service(loaded, max_batch=max_batch, max_pixels=options.max_pixels, indexes=collections)
 
-    app = create_app(load, settings, model_name=model, report=lambda: loaded_report)
+    app = create_app(load, settings, model_name=model)
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical" if not ui.debug else "info", access_log=ui.debug,
                                            lifespan="on", timeout_graceful_shutdown=30, limit_concurrency=MAX_CONNECTIONS))
     bound_host, bound_port = listener.getsockname()[:2]
@@ -164,7 +157,7 @@ def serve(
         if state["error"]:
             server.should_exit = True
         elif not task.done():
-            ui.info(f"serving {loaded_report['model']} on http://{shown}:{bound_port} (web page: /, API docs: /docs)")
+            ui.info(f"serving {state['service'].report['model']} on http://{shown}:{bound_port} (web page: /, API docs: /docs)")
         await task
 
     try:

@@ -118,7 +118,7 @@ def _loopback_name(host: str) -> bool:
     return name == "localhost." or is_loopback(name)
 
 
-def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, model_name: str, report: Callable[[], dict]) -> FastAPI:
+def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, model_name: str) -> FastAPI:
     """The app; `service_factory()` loads the model (in a thread, at startup) and returns a Service."""
     state: dict[str, Any] = {"service": None, "batcher": None, "error": None}
 
@@ -183,16 +183,15 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        if state["service"] is None:
-            return error_response(503, "the model is still loading" if not state["error"] else f"model failed to load: {state['error']}", {"Retry-After": "5"})
-        return JSONResponse({"status": "ok", "model": model_name, "batches": state["batcher"].stats.as_dict(),
-                             "waiting": state["batcher"].waiting, "pid": os.getpid()})
+        _, batcher = ready()
+        return JSONResponse({"status": "ok", "model": model_name, "batches": batcher.stats.as_dict(),
+                             "waiting": batcher.waiting, "pid": os.getpid()})
 
     @app.get("/v1/models")
     async def models() -> dict:
         service, _ = ready()
         indexes = [{"name": name, "rows": ix.rows, "dim": ix.dim, "path": str(ix.array_path)} for name, ix in sorted(service.indexes.items())]
-        return {"models": [report()], "indexes": indexes,
+        return {"models": [service.report], "indexes": indexes,
                 "limits": {"max_body": settings.max_body, "max_files": files_per_request}}
 
     @app.post("/v1/search")
