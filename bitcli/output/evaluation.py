@@ -5,23 +5,17 @@ from __future__ import annotations
 from typing import IO, Any
 
 from bitcli.output.escapes import shown
-from bitcli.output.records import write_json
-from bitcli.output.tables import format_percent, stdout_console
+from bitcli.output.tables import format_percent
 
 # Classes beyond this many: the confusion matrix is left out of the table view (it is in the JSON).
 MAX_MATRIX_CLASSES = 20
 
 
 def render_evaluation(record: dict[str, Any], fmt: str, stream: IO[str]) -> None:
-    """`record` is `Evaluation.as_dict()`; fmt "json" or "table"."""
-    if fmt == "json":
-        write_json(record, stream)
-        return
-    console = stdout_console(stream)
-    for n, table in enumerate(evaluation_tables(record)):
-        if n:
-            console.print()  # a blank line between sections
-        console.print(table)
+    """`record` is `Evaluation.as_dict()`; fmt "json" or "table" (a blank line between sections)."""
+    from bitcli.output import render_document
+
+    render_document(record, fmt, stream, lambda: evaluation_tables(record), spaced=True)
 
 
 def _percent(value: float | None) -> str:
