@@ -10,7 +10,7 @@ these (docs/engine.md has the measurements):
 - `before_the_hub` (every command, before huggingface_hub is imported): downloads over plain
   HTTP, where BIT_HUB_TIMEOUT bounds every request (hf_xet's transfers run outside it;
   HF_HUB_DISABLE_XET=0 opts back in);
-- `before_the_model` (before a model loads: `common.load_model`, `bit train`): torch's threads
+- `before_the_model` (before a model loads: `common.before_loading`): torch's threads
   capped at the CPUs this process may use (`cap_threads`), freed activations stay mapped
   (`engine/allocator.py`), and PIL's own decompression-bomb limit is off, because every image's
   pixel count is checked against `--max-pixels` from its header before decoding

@@ -24,9 +24,9 @@ from bitcli.cli.common import (
     QuietOpt,
     ThreadsOpt,
     Ui,
+    before_loading,
     check_settings,
     epilog,
-    quiet_hub,
 )
 from bitcli.cli.screen import Bar, duration
 from bitcli.output.escapes import shown
@@ -86,16 +86,10 @@ def train(
     from bitcli.transfer import FinetuneOptions, TrainOptions
     from bitcli.transfer import train as run_training
 
-    ui = Ui(quiet=quiet, debug=debug)
-    quiet_hub(ui)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    from bitcli.cli.process import before_the_model
     from bitcli.transfer.hyperrule import fixed_resolution
 
-    before_the_model()
+    ui = Ui(quiet=quiet, debug=debug)
+    before_loading(ui, threads)
     finetune = FinetuneOptions(
         workers=threads or FinetuneOptions.workers, checkpoint_seconds=60 * checkpoint_minutes,
         resolution=None if resolution is None else fixed_resolution(resolution),
