@@ -23,11 +23,11 @@ from bitcli.output.records import (
     write_json,
 )
 from bitcli.output.info import inspect_tables, models_table, short_size
-from bitcli.output.tables import COMPACT_AFTER, TableRenderer, compact_table, runners_up_text, stdout_console
+from bitcli.output.tables import COMPACT_AFTER, TableRenderer, runners_up_text, stdout_console
 from bitcli.results import ClassifyResult
 
 __all__ = [
-    "COMPACT_AFTER", "classify_renderer", "compact_table", "is_terminal", "models_table", "render_classify",
+    "COMPACT_AFTER", "classify_renderer", "is_terminal", "models_table", "render_classify",
     "render_inspect", "render_models", "resolve_format", "same_terminal", "runners_up_text", "short_size", "stdout_console",
     "to_json",
 ]
