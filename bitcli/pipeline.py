@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from bitcli.devices import resolve_device
 from bitcli.errors import BitError, CheckpointError, InputError, UsageError
-from bitcli.results import ClassifyResult, EmbedResult, Prediction
+from bitcli.results import ClassifyResult, EmbedResult, Prediction, short_float
 from bitcli.util import DEFAULT_MAX_PIXELS, first_line
 
 if TYPE_CHECKING:
@@ -221,14 +221,6 @@ class _Runner:
 
     def _result(self, path: str, outputs: Any, row: int) -> Any:
         raise NotImplementedError
-
-
-def short_float(value: Any) -> float:
-    """A float32 as the Python float of its shortest decimal form (0.8312345, not 0.83123451471...):
-    it reads back as the same float32, and prints the same in JSON, CSV and the API."""
-    import numpy as np
-
-    return float(str(np.float32(value)))
 
 
 class Classifier(_Runner):

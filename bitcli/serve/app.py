@@ -27,7 +27,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bitcli.pipeline import short_float
 from bitcli.serve import is_loopback
 from bitcli.serve.batcher import Batcher, QueueFull
 
@@ -282,13 +281,7 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         results = await submit(batcher, ("embed", normalize), await uploads(request, service))
         if "application/x-npy" in request.headers.get("accept", ""):
             return _npy(results, service.model.feature_dim)
-        records = []
-        for r in results:
-            if r.error is not None:
-                records.append({"path": r.path, "error": r.error})
-            else:
-                records.append({"path": r.path, "embedding": [short_float(v) for v in r.vector]})
-        return JSONResponse({"results": records})
+        return JSONResponse({"results": [r.to_dict() for r in results]})
 
     return app
 
