@@ -9,12 +9,10 @@ every 16-bit image into a white square).
 
 Every failure is an `InputError(path, reason)` with a short human reason; nothing is printed.
 
-bitcli checks every image's pixel count against the caller's `max_pixels` from the header,
-before any pixel is decoded, and changes no process-wide setting. PIL's own decompression-bomb
-check (`PIL.Image.MAX_IMAGE_PIXELS`, about 89 megapixels) stays as the program set it: PIL warns
-(through `warnings`, which the program's filters govern) between that limit and twice it, and
-refuses images above twice it, which then fail with a reason that names PIL's limit. The `bit`
-command turns PIL's limit off, since it checks `--max-pixels` itself (`cli/process.py`).
+The pixel count is checked against the caller's `max_pixels` from the header, before decoding.
+No process-wide setting is changed: PIL's own limit (`Image.MAX_IMAGE_PIXELS`) stays as the
+program set it (the `bit` command turns it off: `cli/process.py`); an image over twice it fails
+with a reason that names it.
 """
 
 from __future__ import annotations

@@ -52,12 +52,6 @@ class Labels:
         return self.names[index]
 
 
-@dataclass(frozen=True)
-class BundledLabels:
-    synsets: list[str]
-    names: list[str]
-
-
 def resolve_labels(
     num_classes: int,
     id2label: dict[int, str] | dict[str, str] | None,
@@ -76,8 +70,8 @@ def resolve_labels(
     if id2label and not is_placeholder_id2label(id2label):
         return Labels(names_from_id2label(id2label, num_classes), "checkpoint config")
     if num_classes in _BUNDLED:
-        bundled = load_bundled(num_classes)
-        return Labels(list(bundled.names), _BUNDLED[num_classes][1], list(bundled.synsets))
+        bundled = load_bundled(num_classes)  # cached: the caller gets lists of its own
+        return Labels(list(bundled.names), bundled.source, list(bundled.synsets))
     return Labels([f"class_{i}" for i in range(num_classes)], "none (class indices)")
 
 
@@ -131,11 +125,11 @@ def read_labels_file(path: Path) -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def load_bundled(num_classes: int) -> BundledLabels:
+def load_bundled(num_classes: int) -> Labels:
     """The bundled list for a head size (1000 or 21843); read from package data on first call."""
     if num_classes not in _BUNDLED:
         raise KeyError(num_classes)
-    filename = _BUNDLED[num_classes][0]
+    filename, source = _BUNDLED[num_classes]
     raw = resources.files("bitcli").joinpath("data", filename).read_bytes()
     if filename.endswith(".gz"):
         raw = gzip.decompress(raw)
@@ -146,4 +140,4 @@ def load_bundled(num_classes: int) -> BundledLabels:
         names.append(name)
     if len(names) != num_classes:  # a damaged install, not a user error
         raise ConfigError(f"bundled label file {filename} has {len(names)} entries, expected {num_classes}")
-    return BundledLabels(synsets, names)
+    return Labels(names, source, synsets)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from bitcli.devices import resolve_device
 from bitcli.errors import BitError, CheckpointError, InputError, UsageError
-from bitcli.results import ClassifyResult, EmbedResult, Prediction
+from bitcli.results import ClassifyResult, EmbedResult, Prediction, short_float
 from bitcli.util import DEFAULT_MAX_PIXELS, first_line
 
 if TYPE_CHECKING:
@@ -160,15 +160,6 @@ def as_items(inputs: Iterable[InputLike]) -> Iterator["InputItem | InputError"]:
                 yield item
 
 
-@dataclass
-class _Batch:
-    """One batch: every input of the group, in input order (loader.Loaded | InputError), and what
-    `_forward` returned for its Loaded entries (None when there are none)."""
-
-    group: list[Any]
-    outputs: Any
-
-
 class _Runner:
     """Shared batching: loader output -> batches through the model under inference mode."""
 
@@ -184,26 +175,38 @@ class _Runner:
     def feature_dim(self) -> int:
         return self.model.feature_dim
 
-    def _batches(self, inputs: Iterable[InputLike]) -> Iterator[_Batch]:
+    def _groups(self, inputs: Iterable[InputLike], failure: Any) -> Iterator[list[Any]]:
+        """One list per batch: `_result` for each image, `failure(path=, error=)` for each failed input.
+
+        A failure counts: batch k is always inputs [k * B, (k + 1) * B) (the module docstring)."""
         from bitcli.loader import default_workers, image_loader, load_ordered
 
         opts = self.options
         load_fn = image_loader(self.model.preprocess, max_pixels=opts.max_pixels, fast_jpeg=opts.fast_jpeg)
         workers = opts.workers or default_workers()
         stream = load_ordered(as_items(inputs), load_fn, workers=workers, lookahead=max(2 * self.batch_size, 2 * workers))
-        # A failure counts: batch k is always inputs [k * B, (k + 1) * B) (the module docstring).
         for group in iter(lambda: list(itertools.islice(stream, self.batch_size)), []):
-            yield self._batch(group)
+            outputs = self._outputs([entry.tensor for entry in group if not isinstance(entry, InputError)])
+            results = []
+            row = 0
+            for entry in group:
+                if isinstance(entry, InputError):
+                    results.append(failure(path=entry.path, error=entry.reason))
+                    continue
+                ok = outputs[-1][row]  # every _forward ends its outputs with a finiteness mask
+                results.append(self._result(entry.path, outputs, row) if ok else failure(path=entry.path, error=NON_FINITE))
+                row += 1
+            yield results
 
-    def _batch(self, group: list[Any]) -> _Batch:
-        """Forward the group's images, each run of one tensor shape (only without a crop) in one pass."""
+    def _outputs(self, tensors: list[Any]) -> Any:
+        """`_forward` of the batch's images, each run of one tensor shape (only without a crop) in
+        one pass (None for no image)."""
         import numpy as np
 
-        tensors = [entry.tensor for entry in group if not isinstance(entry, InputError)]
         outs = [self._forward(list(run)) for _, run in itertools.groupby(tensors, key=lambda t: t.shape)]
         if len(outs) > 1:  # join the passes: arrays, or each of classify's (scores, indices)
             outs = [tuple(map(np.concatenate, zip(*outs))) if isinstance(outs[0], tuple) else np.concatenate(outs)]
-        return _Batch(group, outs[0] if outs else None)
+        return outs[0] if outs else None
 
     def _features(self, tensors: list[Any]) -> "torch.Tensor":
         """Pooled features [N, C] (float32, on the model's device) for a list of [3, H, W] tensors."""
@@ -213,33 +216,11 @@ class _Runner:
         _, pooled = self.model.model.forward_features(x)
         return pooled.float()
 
-    def _groups(self, inputs: Iterable[InputLike], failure: Any) -> Iterator[list[Any]]:
-        """One list per batch: `_result` for each image, `failure(path=, error=)` for each failed input."""
-        for batch in self._batches(inputs):
-            results = []
-            row = 0
-            for entry in batch.group:
-                if isinstance(entry, InputError):
-                    results.append(failure(path=entry.path, error=entry.reason))
-                    continue
-                ok = batch.outputs[-1][row]  # every _forward ends its outputs with a finiteness mask
-                results.append(self._result(entry.path, batch.outputs, row) if ok else failure(path=entry.path, error=NON_FINITE))
-                row += 1
-            yield results
-
     def _forward(self, tensors: list[Any]) -> Any:
         raise NotImplementedError
 
     def _result(self, path: str, outputs: Any, row: int) -> Any:
         raise NotImplementedError
-
-
-def short_float(value: Any) -> float:
-    """A float32 as the Python float of its shortest decimal form (0.8312345, not 0.83123451471...):
-    it reads back as the same float32, and prints the same in JSON, CSV and the API."""
-    import numpy as np
-
-    return float(str(np.float32(value)))
 
 
 class Classifier(_Runner):

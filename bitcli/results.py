@@ -1,12 +1,20 @@
 """Plain result records shared by the library API (`pipeline.py`) and the renderers (`output/`).
 
-Kept free of torch and numpy imports so that rendering and `bit --help` stay fast.
+No torch or numpy import at module level, so that rendering and `bit --help` stay fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def short_float(value: Any) -> float:
+    """A float32 as the Python float of its shortest decimal form (0.8312345, not 0.83123451471...):
+    it reads back as the same float32, and prints the same in JSON, CSV and the API."""
+    import numpy as np
+
+    return float(str(np.float32(value)))
 
 
 @dataclass(frozen=True)
@@ -60,3 +68,6 @@ class EmbedResult(Outcome):
     path: str
     vector: Any = None  # numpy.ndarray [D] float32; None when the input failed
     error: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"embedding": [short_float(v) for v in self.vector]}

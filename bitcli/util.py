@@ -14,6 +14,7 @@
 - `RESAMPLE_FILTERS`: PIL's resampling filters by name (the numbers of `PIL.Image.Resampling`);
 - `DEFAULT_MAX_PIXELS`: the decompression-bomb guard's default (`--max-pixels`);
 - `beside(array_path, suffix)`: a file beside an embedding (`photos.npy` -> `photos<suffix>`);
+  `npy_name(index)`: the array a command's INDEX names (`photos` -> `photos.npy`);
 - `lazy_table(modules)`, `lazy_attributes(package, table)`: a module `__getattr__` that imports
   names on first use;
 - `held_interrupt()`: a block that a Ctrl-C does not cut in half.
@@ -188,6 +189,14 @@ def beside(array_path: str | os.PathLike[str], suffix: str) -> Path:
     array_path = Path(array_path)
     stem = array_path.with_suffix("") if array_path.suffix == ".npy" else array_path
     return stem.with_name(stem.name + suffix)
+
+
+def npy_name(index: str | os.PathLike[str]) -> Path:
+    """An embedding's array as named, or with `.npy` added when that is the file (`bit embed -o
+    photos` wrote photos.npy; `photos` may well be the folder of images)."""
+    index = Path(index)
+    with_npy = index.with_name(index.name + ".npy")
+    return with_npy if not index.is_file() and index.suffix != ".npy" and with_npy.is_file() else index
 
 
 def lazy_table(modules: dict[str, str]) -> dict[str, str]:

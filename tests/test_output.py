@@ -141,13 +141,13 @@ def many_results(paths=PATHS) -> list[ClassifyResult]:
 
 
 def render_compact(results, width: int, top_k: int = 5) -> list[str]:
-    from rich.console import Console
+    """The compact table (more than COMPACT_AFTER results) as `bit classify` prints it on a
+    terminal `width` columns wide."""
+    from unittest import mock
 
-    from bitcli.output import compact_table
-
-    console = Console(file=io.StringIO(), width=width, color_system=None)
-    console.print(compact_table(results, top_k, width=width))
-    return console.file.getvalue().splitlines()
+    assert len(results) > COMPACT_AFTER
+    with mock.patch.dict("os.environ", {"COLUMNS": str(width)}):
+        return render_classify(results, "table", count=len(results), top_k=top_k).splitlines()
 
 
 @pytest.mark.parametrize("width, longest", [(80, 40), (100, 45), (120, 45)])
@@ -228,7 +228,7 @@ def test_runners_up_text_keeps_whole_entries():
 
 def test_a_path_too_long_for_the_terminal_folds_and_the_others_stay_whole():
     long_path = "photos/" + "very-long-folder-name/" * 4 + "IMG_0001.jpg"  # 107 characters
-    others = [PATHS[0], "a.jpg"]
+    others = [PATHS[0], "a.jpg", "b.jpg"]
     lines = render_compact(many_results([long_path, *others]), 80)
     assert max(len(line) for line in lines) <= 80
     column = [line.split("│")[0].strip() for line in lines[2:]]

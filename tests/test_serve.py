@@ -559,7 +559,7 @@ def test_a_model_failure_is_a_json_500_and_the_server_goes_on():
         return real_run(key, uploads)
 
     service.run = run
-    app = create_app(lambda: service, ServeSettings(max_batch=4), model_name="bit-digits", report=lambda: {})
+    app = create_app(lambda: service, ServeSettings(max_batch=4), model_name="bit-digits")
     body, headers = upload([("d.png", read(DIGITS[0]))])
     with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as client:
         for _ in range(600):  # the model loads in a thread at startup
@@ -617,6 +617,7 @@ def test_healthz_is_503_until_the_model_is_loaded():
     class Loaded:
         indexes: dict = {}
         labels = None
+        report = {"model": "slow"}
 
         def run(self, key, uploads):
             return []
@@ -628,7 +629,7 @@ def test_healthz_is_503_until_the_model_is_loaded():
         release.wait(30)
         return Loaded()
 
-    app = create_app(load, ServeSettings(), model_name="slow", report=lambda: {"model": "slow"})
+    app = create_app(load, ServeSettings(), model_name="slow")
     with TestClient(app, headers={"Host": "127.0.0.1"}) as client:
         early = client.get("/healthz")
         assert early.status_code == 503 and early.headers["Retry-After"] == "5" and "loading" in early.json()["error"]

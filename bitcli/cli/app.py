@@ -111,17 +111,10 @@ app = typer.Typer(
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"bit {_package_version()}")
+        from bitcli import __version__
+
+        typer.echo(f"bit {__version__}")
         raise typer.Exit(0)
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("bitcli")
-    except PackageNotFoundError:
-        return "0.1.0"
 
 
 @app.callback()

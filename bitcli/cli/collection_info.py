@@ -8,7 +8,8 @@ import typer
 from typing import Annotated
 
 from bitcli.cli.common import EXIT_OK, DebugOpt, QuietOpt, TableOrJson, epilog, require_stdout
-from bitcli.cli.search import IndexArg, ManifestOpt, npy_name
+from bitcli.cli.search import IndexArg, ManifestOpt
+from bitcli.util import npy_name
 
 EPILOG = epilog(
     "bit info photos.npy",

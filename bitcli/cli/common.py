@@ -315,6 +315,19 @@ def check_settings(device: str, model: str | None = None) -> None:
         check_reference(model)
 
 
+def before_loading(ui: Ui, threads: int | None) -> None:
+    """What a command does before a model loads: --threads set (the engine picks the convolution
+    path from it), the hub quiet under --quiet, the process settings (`process.before_the_model`)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    quiet_hub(ui)
+    from bitcli.cli.process import before_the_model
+
+    before_the_model()
+
+
 def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = None) -> Any:
     """Set the thread count, then resolve and load the model; every failure is a ModelError (exit 3).
 
@@ -323,14 +336,7 @@ def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = No
     from bitcli import pipeline
 
     check_settings(options.device, model)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)  # before loading: the engine picks the convolution path from it
-    quiet_hub(ui)
-    from bitcli.cli.process import before_the_model
-
-    before_the_model()
+    before_loading(ui, threads)
     loaded = pipeline.load(model, device=options.device, precision=options.precision, progress=ui.show_progress)
     for notice in loaded.notices:
         ui.warn(notice)

@@ -17,9 +17,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, CsvRawOpt, Ui, epilog, require_stdout, takes
-from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, npy_name, open_collection
+from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, open_collection
 from bitcli.collection import DEFAULT_THRESHOLD
 from bitcli.errors import UsageError
+from bitcli.util import npy_name
 
 EPILOG = epilog(
     "bit dedup photos.npy  # groups at the default threshold",

@@ -10,7 +10,7 @@ these (docs/engine.md has the measurements):
 - `before_the_hub` (every command, before huggingface_hub is imported): downloads over plain
   HTTP, where BIT_HUB_TIMEOUT bounds every request (hf_xet's transfers run outside it;
   HF_HUB_DISABLE_XET=0 opts back in);
-- `before_the_model` (before a model loads: `common.load_model`, `bit train`): torch's threads
+- `before_the_model` (before a model loads: `common.before_loading`): torch's threads
   capped at the CPUs this process may use (`cap_threads`), freed activations stay mapped
   (`engine/allocator.py`), and PIL's own decompression-bomb limit is off, because every image's
   pixel count is checked against `--max-pixels` from its header before decoding
@@ -62,17 +62,12 @@ def cap_threads() -> None:
 
 def settle_openmp() -> None:
     """Before torch loads its OpenMP runtime: where other work is running right now, let idle
-    OpenMP threads sleep instead of spinning.
+    OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) instead of spinning at every barrier.
 
-    torch runs each operation's threads under GNU OpenMP, whose idle threads spin at every
-    barrier. Alone on the machine that is the fastest (sleeping measured 10-20% slower on the
-    2-core development machine). But with one more busy process than CPUs, the spinning thread
-    holds a CPU its partner needs and every one of a forward pass's ~500 parallel regions waits
-    out a scheduler time slice: a 448 px image took 3.8 s instead of 0.36 s there beside one
-    busy process. So: sleep (OMP_WAIT_POLICY=PASSIVE) when other processes are running now
-    (/proc/stat's procs_running, sampled three times over 10 ms: the load average would count
-    a `bit` that just finished). A value the user set wins; Ray workers of a local cluster
-    inherit what the driver chose.
+    Spinning is the faster alone; beside a busy process it holds a CPU the other needs and each
+    parallel region waits out a time slice (docs/engine.md has the figures). "Running now" is
+    /proc/stat's procs_running, sampled three times (the load average would count a `bit` that
+    just finished). A value the user set wins; Ray workers of a local cluster inherit it.
     """
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
         return

@@ -1,8 +1,8 @@
 """A command line's values converted here, where that gives exactly what Typer gives.
 
-Typer converts every value through pydantic: importing it and building its validators costs
-about 80 ms of each `bit` start, more than the rest of the command line's handling together, and
-`bit classify --server URL photo.jpg` should take about what `bit --help` takes. So `parsed`
+Typer converts every value through pydantic, whose import costs more of each `bit` start than the
+rest of the command line's handling together (`bit classify --server URL photo.jpg` should take
+about what `bit --help` takes). So `parsed`
 lets Click's own parser (of the command Typer built) split the command line and take values from
 the environment and the defaults (`Parameter.consume_value`), then converts the values of the
 kinds every command uses: text, a whole number, a decimal, a flag, a path, a choice, a list of

@@ -19,14 +19,18 @@ from bitcli.util import held_interrupt
 
 
 class Bar:
-    """Progress over `total` images on the stderr `console`; `show=False`: counts and times only."""
+    """Progress over `total` items on the stderr `console`; `show=False`: counts and times only.
 
-    def __init__(self, console: Any, total: int, what: str, *, show: bool):
-        self.total = total
-        self.done = 0
+    `done`: where it starts (a resumed fine-tune starts part way; its rate counts from there);
+    `info`: a column after the common ones, for a command's own figures (`advance(n, info)`)."""
+
+    def __init__(self, console: Any, total: int, what: str, *, show: bool, unit: str = "img/s", info: bool = False, done: int = 0):
+        self.total, self.unit = total, unit
+        self.done = self.first = done
         self.started = time.monotonic()
-        self._progress = _progress(console) if show else None
-        self._task = self._progress.add_task(what, total=total, rate="", eta="") if self._progress else None
+        self._progress = progress_display(console, info=info) if show else None
+        fields = {"rate": "", "eta": "", **({"info": ""} if info else {})}
+        self._task = self._progress.add_task(what, total=total, completed=done, **fields) if self._progress else None
 
     def __enter__(self) -> Bar:
         self.started = time.monotonic()
@@ -42,13 +46,13 @@ class Bar:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def advance(self, count: int) -> None:
-        """`count` more images are done."""
+    def advance(self, count: int, info: str | None = None) -> None:
+        """`count` more items are done (`info`: the info column's new text)."""
         self.done += count
         if self._progress is None:
             return
-        rate, eta = rate_and_eta(self.done, self.total, self.elapsed, "img/s")
-        self._progress.update(self._task, advance=count, rate=rate, eta=eta)
+        rate, eta = rate_and_eta(self.done - self.first, self.total - self.first, self.elapsed, self.unit)
+        self._progress.update(self._task, advance=count, rate=rate, eta=eta, **({} if info is None else {"info": info}))
 
     def describe(self, what: str) -> None:
         """A new label before the bar (`bit embed --engine ray`: shards done)."""
@@ -71,10 +75,6 @@ class Bar:
             self.advance(done)
             if live:
                 self._progress.start()
-
-
-def _progress(console: Any) -> Any:
-    return progress_display(console)
 
 
 def progress_display(console: Any, *, info: bool = False) -> Any:

@@ -30,6 +30,7 @@ from bitcli.cli.common import (
     takes,
 )
 from bitcli.errors import ModelNotFoundError, UsageError
+from bitcli.util import npy_name
 
 EPILOG = epilog(
     "bit search photos.npy photos/cat.jpg  # a photo already embedded: its stored row, no model",
@@ -104,19 +105,20 @@ def search(
     if server is not None:
         if html is not None or build_index or manifest is not None or model is not None:
             raise UsageError("--server answers from the server's collection: drop --html, --build-index, --manifest and --model")
-        return ask_server(ui, server, index, queries, top_k, format, runtime.batch_size, null, min_score, csv_raw)
+        found = ask_server(server, index, queries, top_k, runtime.batch_size, null)
+    else:
+        collection = open_collection(index, manifest, html)
+        if build_index:
+            build_ann(ui, collection)
+        if not queries:
+            return EXIT_OK
+        found = answer(ui, collection, queries, top_k, model, exact, runtime, null=null)
     from bitcli import output
     from bitcli.collection.queries import at_least
     from bitcli.output.collection import render_search
 
-    collection = open_collection(index, manifest, html)
-    if build_index:
-        build_ann(ui, collection)
-    if not queries:
-        return EXIT_OK
-    fmt = output.resolve_format(format.value, sys.stdout)
-    found = at_least(answer(ui, collection, queries, top_k, model, exact, runtime, null=null), min_score)
-    render_search(found, fmt, sys.stdout, csv_raw=csv_raw)
+    found = at_least(found, min_score)
+    render_search(found, output.resolve_format(format.value, sys.stdout), sys.stdout, csv_raw=csv_raw)
     if html is not None:
         write_html(collection, found, html, top_k)
     for result in found:
@@ -125,27 +127,15 @@ def search(
     return EXIT_SOME_FAILED if any(not r.ok for r in found) else EXIT_OK
 
 
-def ask_server(
-    ui: Ui, server: str, index: Path, queries: list[str], top_k: int, format: Any, batch_size: int, null: bool,
-    min_score: float | None = None, csv_raw: bool = False,
-) -> int:
-    """The query images sent to a `bit serve` that holds INDEX; printed as a local search prints."""
-    from bitcli import output
-    from bitcli.collection.queries import at_least
-    from bitcli.inputs import expand_inputs
-    from bitcli.output.collection import render_search
+def ask_server(server: str, index: Path, queries: list[str], top_k: int, batch_size: int, null: bool) -> list[Any]:
+    """The query images sent to a `bit serve` that holds INDEX: one result per query, in order."""
+    from bitcli.cli.common import expand
     from bitcli.serve.client import Client, token_from_env
 
     name = index.name[: -len(".npy")] if index.name.endswith(".npy") else index.name
-    items = list(expand_inputs(queries, stdin=sys.stdin, null=null))
-    fmt = output.resolve_format(format.value, sys.stdout)
+    items = expand(queries, null)
     client = Client(server, token=token_from_env())
-    found = at_least([r for group in client.search_groups(name, items, top_k=top_k, batch_size=batch_size) for r in group], min_score)
-    render_search(found, fmt, sys.stdout, csv_raw=csv_raw)
-    for result in found:
-        if not result.ok:
-            ui.error(f"{result.query}: {result.error}")
-    return EXIT_SOME_FAILED if any(not r.ok for r in found) else EXIT_OK
+    return [r for group in client.search_groups(name, items, top_k=top_k, batch_size=batch_size) for r in group]
 
 
 def open_collection(index: Path, manifest: Path | None, html: Path | None) -> Any:
@@ -158,13 +148,6 @@ def open_collection(index: Path, manifest: Path | None, html: Path | None) -> An
 
         check_target(html)
     return open_index(npy_name(index), manifest=manifest)
-
-
-def npy_name(index: Path) -> Path:
-    """INDEX as given, or with `.npy` added when that is the file (`bit embed -o photos` wrote
-    photos.npy; `photos` may well be the folder of images)."""
-    with_npy = index.with_name(index.name + ".npy")
-    return with_npy if not index.is_file() and index.suffix != ".npy" and with_npy.is_file() else index
 
 
 def answer(

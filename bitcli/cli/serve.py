@@ -8,7 +8,6 @@ here until SIGTERM (exit 0) or Ctrl-C (exit 130); both let the requests in fligh
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import re
 import signal
@@ -16,7 +15,7 @@ import socket
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -30,6 +29,7 @@ from bitcli.cli.common import (
     takes,
 )
 from bitcli.errors import UsageError
+from bitcli.serve import is_loopback, sendable
 
 EPILOG = epilog(
     "bit serve -m bit-digits",
@@ -57,15 +57,6 @@ def parse_size(text: str) -> int:
     if not 1 <= value < 2**63:
         raise UsageError(f"--max-body {text!r}: give a size such as 100MB, 512KiB or 1000000")
     return int(value)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -118,12 +109,16 @@ def serve(
         raise UsageError(INSTALL_HINT) from None
     if token is not None and not token.strip():
         raise UsageError("--token is empty: give a secret, e.g. --token \"$(openssl rand -hex 16)\"")
-    if token is not None and not all(0x21 <= ord(c) <= 0x7E for c in token):
+    if token is not None and not sendable(token):
         raise UsageError("--token: use letters, digits and punctuation only (an HTTP header cannot carry spaces or other "
                          "characters unchanged), e.g. --token \"$(openssl rand -hex 16)\"")
     if not is_loopback(host) and token is None:
         raise UsageError(f"--host {host} would let anyone on the network use this server: add --token TOKEN (or BIT_TOKEN)")
-    body_limit = parse_size(max_body)
+    from bitcli.serve.app import ServeSettings, create_app
+    from bitcli.serve.service import open_collections
+
+    settings = ServeSettings(max_body=parse_size(max_body), max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
+                             max_queue=max_queue, token=token)
     if engine is Engine.ray:
         try:
             from ray import serve as _  # noqa: F401
@@ -132,36 +127,21 @@ def serve(
         if port == 0:
             raise UsageError("--engine ray needs a fixed --port (Ray Serve's proxy binds it)")
         bind(host, port).close()  # free now: say so before the cluster starts
-        from bitcli.serve.service import open_collections
-
         open_collections(index or [])  # a bad --index fails here, not in a replica
-        return _serve_on_ray(runtime, host, port, replicas, ray_address, body_limit, max_batch, max_wait_ms, max_queue,
-                             token, [str(p.resolve()) for p in index or []], ui)
-    from bitcli.serve.service import open_collections
-
+        return _serve_on_ray(runtime, host, port, replicas, ray_address, settings, [str(p.resolve()) for p in index or []], ui)
     collections = open_collections(index or [])
     listener = bind(host, port)
 
-    from bitcli import inspection
-    from bitcli.serve.app import ServeSettings, create_app
     from bitcli.serve.service import Service
 
     model = runtime.model
     options = replace(runtime, batch_size=max_batch).options()
     check_settings(options.device, model)  # a malformed reference fails now, before the port opens
-    settings = ServeSettings(max_body=body_limit, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
-                             max_queue=max_queue, token=token)
-    loaded_report: dict[str, Any] = {}
-
     def load() -> Service:  # at startup, while /healthz answers 503
         loaded = load_model(model, options, ui, runtime.threads)
-        service = Service(loaded, max_batch=max_batch, max_pixels=options.max_pixels)
-        for name, collection in collections.items():
-            service.add_index(name, collection)
-        loaded_report.update(inspection.build_report(loaded, service.labels))
-        return service
+        return Service(loaded, max_batch=max_batch, max_pixels=options.max_pixels, indexes=collections)
 
-    app = create_app(load, settings, model_name=model, report=lambda: loaded_report)
+    app = create_app(load, settings, model_name=model)
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical" if not ui.debug else "info", access_log=ui.debug,
                                            lifespan="on", timeout_graceful_shutdown=30, limit_concurrency=MAX_CONNECTIONS))
     bound_host, bound_port = listener.getsockname()[:2]
@@ -177,7 +157,7 @@ def serve(
         if state["error"]:
             server.should_exit = True
         elif not task.done():
-            ui.info(f"serving {loaded_report['model']} on http://{shown}:{bound_port} (web page: /, API docs: /docs)")
+            ui.info(f"serving {state['service'].report['model']} on http://{shown}:{bound_port} (web page: /, API docs: /docs)")
         await task
 
     try:
@@ -190,10 +170,8 @@ def serve(
     return EXIT_OK
 
 
-def _serve_on_ray(runtime, host, port, replicas, address, body_limit, max_batch, max_wait_ms, max_queue, token,
-                  indexes, ui) -> int:
+def _serve_on_ray(runtime, host, port, replicas, address, settings, indexes, ui) -> int:
     from bitcli.hub import resolve_model
-    from bitcli.serve.app import ServeSettings
     from bitcli.serve.ray_serve import serve_on_ray
 
     import logging
@@ -201,10 +179,8 @@ def _serve_on_ray(runtime, host, port, replicas, address, body_limit, max_batch,
     if not ui.debug:  # Ray Serve's INFO lines are not bitcli's messages (--debug shows them)
         logging.getLogger("ray").setLevel(logging.ERROR)
         logging.getLogger("ray.serve").setLevel(logging.ERROR)
-    model, options = runtime.model, replace(runtime, batch_size=max_batch, threads=None).options()
+    model, options = runtime.model, replace(runtime, batch_size=settings.max_batch, threads=None).options()
     resolve_model(model, offline=options.offline)  # a wrong reference fails here (exit 3), not in a replica
-    settings = ServeSettings(max_body=body_limit, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
-                             max_queue=max_queue, token=token)
     return serve_on_ray(
         model, options, settings, max_pixels=options.max_pixels, host=host, port=port, replicas=replicas,
         address=address, indexes=indexes, on_ready=lambda url: ui.info(f"serving {model} on {url} (web page: /, API docs: /docs)"),

@@ -8,7 +8,6 @@ stdout: the result is OUTDIR (and its training_report.json).
 from __future__ import annotations
 
 import contextlib
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
@@ -25,11 +24,11 @@ from bitcli.cli.common import (
     QuietOpt,
     ThreadsOpt,
     Ui,
+    before_loading,
     check_settings,
     epilog,
-    quiet_hub,
 )
-from bitcli.cli.screen import duration, progress_display, rate_and_eta
+from bitcli.cli.screen import Bar, duration
 from bitcli.output.escapes import shown
 from bitcli.pipeline import DEFAULT_MODEL
 
@@ -87,16 +86,10 @@ def train(
     from bitcli.transfer import FinetuneOptions, TrainOptions
     from bitcli.transfer import train as run_training
 
-    ui = Ui(quiet=quiet, debug=debug)
-    quiet_hub(ui)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    from bitcli.cli.process import before_the_model
     from bitcli.transfer.hyperrule import fixed_resolution
 
-    before_the_model()
+    ui = Ui(quiet=quiet, debug=debug)
+    before_loading(ui, threads)
     finetune = FinetuneOptions(
         workers=threads or FinetuneOptions.workers, checkpoint_seconds=60 * checkpoint_minutes,
         resolution=None if resolution is None else fixed_resolution(resolution),
@@ -136,20 +129,16 @@ def _progress(ui: Ui) -> Iterator[Any]:
 
 
 class _Bars:
-    """The progress display: a bar for images (embedding, evaluating) or steps (fine-tuning)."""
+    """The progress display: one bar at a time, for images (embedding, evaluating) or steps (fine-tuning)."""
 
     def __init__(self, ui: Ui):
         self.ui = ui
-        self.progress: Any = None
-        self.task: Any = None
+        self.bar: Bar | None = None
         self.kind = ""
-        self.opened = 0.0  # when the bar opened (time.monotonic)
-        self.first: int | None = None  # the count at the bar's first update
 
-    def say(self, text: str) -> None:
-        if self.ui.quiet:
-            return
-        (self.progress.console if self.progress is not None else self.ui.console).print(text, highlight=False)
+    def say(self, text: Any) -> None:
+        if not self.ui.quiet:
+            self.ui.console.print(text, highlight=False)  # above a bar that is showing
 
     def stage(self, text: str) -> None:
         self.close()
@@ -157,40 +146,31 @@ class _Bars:
 
         self.say(Text(shown(text), style="dim"))
 
-    def _open(self, kind: str, total: int) -> None:
-        if self.progress is not None and self.kind == kind:
-            return
-        self.close()
-        if not self.ui.show_progress:
-            return
-        self.progress = progress_display(self.ui.console, info=True)  # the same columns as every bar, then loss and lr
-        self.progress.start()
-        self.task = self.progress.add_task(kind, total=total, rate="", eta="", info="")
-        self.kind, self.opened, self.first = kind, time.monotonic(), None
-
-    def _update(self, done: int, total: int, unit: str, info: str = "") -> None:
-        """Move the bar to `done`; the rate counts what was done since the bar opened (a resumed
-        fine-tune starts part way)."""
-        if self.first is None:
-            self.first = done
-        rate, eta = rate_and_eta(done - self.first, total - self.first, time.monotonic() - self.opened, unit)
-        self.progress.update(self.task, completed=done, rate=rate, eta=eta, info=info)
+    def _bar(self, kind: str, done: int, total: int, unit: str) -> Bar | None:
+        """The bar of this phase, opened at its first call (its rate counts from there: a resumed
+        fine-tune starts part way); None when no one watches."""
+        if kind != self.kind:
+            self.close()
+            self.kind = kind
+            if self.ui.show_progress:  # the same columns as every bar, then loss and lr
+                self.bar = Bar(self.ui.console, total, kind, show=True, unit=unit, info=True, done=done).__enter__()
+        return self.bar
 
     def images(self, done: int, total: int) -> None:
-        self._open("images", total)
-        if self.progress is not None:
-            self._update(done, total, "img/s")
+        bar = self._bar("images", done, total, "img/s")
+        if bar is not None:
+            bar.advance(done - bar.done, "")
 
     def step(self, progress: Any) -> None:
-        self._open("steps", progress.steps)
-        if self.progress is not None:
+        bar = self._bar("steps", progress.step, progress.steps, "steps/s")
+        if bar is not None:
             skipped = f"  {progress.skipped} unreadable" if progress.skipped else ""
-            self._update(progress.step, progress.steps, "steps/s", f"loss {progress.loss:.4f}  lr {progress.lr:.2g}{skipped}")
+            bar.advance(progress.step - bar.done, f"loss {progress.loss:.4f}  lr {progress.lr:.2g}{skipped}")
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-        self.progress, self.task, self.kind = None, None, ""
+        if self.bar is not None:
+            self.bar.__exit__()
+        self.bar, self.kind = None, ""
 
 
 def plan_text(plan: Any) -> str:

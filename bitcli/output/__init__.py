@@ -9,7 +9,7 @@ go to stderr, written by the command layer (`bitcli.cli.common.Ui`).
 from __future__ import annotations
 
 import io
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Sequence
 
 from bitcli.output.records import (
     ClassifyRenderer,
@@ -23,11 +23,11 @@ from bitcli.output.records import (
     write_json,
 )
 from bitcli.output.info import inspect_tables, models_table, short_size
-from bitcli.output.tables import COMPACT_AFTER, TableRenderer, compact_table, runners_up_text, stdout_console
+from bitcli.output.tables import COMPACT_AFTER, TableRenderer, runners_up_text, stdout_console
 from bitcli.results import ClassifyResult
 
 __all__ = [
-    "COMPACT_AFTER", "classify_renderer", "compact_table", "is_terminal", "models_table", "render_classify",
+    "COMPACT_AFTER", "classify_renderer", "is_terminal", "models_table", "render_classify",
     "render_inspect", "render_models", "resolve_format", "same_terminal", "runners_up_text", "short_size", "stdout_console",
     "to_json",
 ]
@@ -70,19 +70,24 @@ def render_classify(results: Iterable[ClassifyResult], fmt: str, *, count: int, 
     return buf.getvalue()
 
 
-def render_inspect(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
-    """`bit inspect`: the report as one pretty JSON object, or as a few rich tables."""
+def render_document(record: Any, fmt: str, stream: IO[str], tables: Callable[[], list[Any]], *, spaced: bool = False) -> None:
+    """`record` as one pretty JSON document (fmt "json"), or the rich `tables()` for people, a
+    blank line between them when `spaced`."""
     if fmt == "json":
-        write_json(report, stream)
+        write_json(record, stream)
         return
     console = stdout_console(stream)
-    for table in inspect_tables(report):
+    for n, table in enumerate(tables()):
+        if n and spaced:
+            console.print()
         console.print(table)
+
+
+def render_inspect(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
+    """`bit inspect`: the report as one pretty JSON object, or as a few rich tables."""
+    render_document(report, fmt, stream, lambda: inspect_tables(report))
 
 
 def render_models(rows: list[dict[str, Any]], fmt: str, stream: IO[str], default: str | None = None) -> None:
     """`bit models`: the rows of `hub.list_known_models()` as JSON, or a table that fits 80 columns."""
-    if fmt == "json":
-        write_json(rows, stream)
-        return
-    stdout_console(stream).print(models_table(rows, default))
+    render_document(rows, fmt, stream, lambda: [models_table(rows, default)])

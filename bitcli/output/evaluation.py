@@ -5,27 +5,17 @@ from __future__ import annotations
 from typing import IO, Any
 
 from bitcli.output.escapes import shown
-from bitcli.output.records import write_json
-from bitcli.output.tables import format_percent, stdout_console
+from bitcli.output.tables import format_percent
 
 # Classes beyond this many: the confusion matrix is left out of the table view (it is in the JSON).
 MAX_MATRIX_CLASSES = 20
 
 
 def render_evaluation(record: dict[str, Any], fmt: str, stream: IO[str]) -> None:
-    """`record` is `Evaluation.as_dict()`; fmt "json" or "table"."""
-    if fmt == "json":
-        write_json(record, stream)
-        return
-    console = stdout_console(stream)
-    for n, table in enumerate(evaluation_tables(record)):
-        if n:
-            console.print()  # a blank line between sections
-        console.print(table)
+    """`record` is `Evaluation.as_dict()`; fmt "json" or "table" (a blank line between sections)."""
+    from bitcli.output import render_document
 
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else format_percent(value)
+    render_document(record, fmt, stream, lambda: evaluation_tables(record), spaced=True)
 
 
 def titled(title: str, table: Any) -> Any:
@@ -46,8 +36,8 @@ def evaluation_tables(record: dict[str, Any]) -> list[Any]:
     summary.add_column("value")
     summary.add_row("model", Text(shown(record.get("model", ""))))
     summary.add_row("images", f"{record['n']:,}" + (f" ({record['failed']} unreadable, left out)" if record.get("failed") else ""))
-    summary.add_row("accuracy", _percent(record["accuracy"]))
-    summary.add_row("top-5 accuracy", _percent(record["top5"]) if record["top5"] is not None else "- (5 classes or fewer)")
+    summary.add_row("accuracy", format_percent(record["accuracy"]))
+    summary.add_row("top-5 accuracy", format_percent(record["top5"]) if record["top5"] is not None else "- (5 classes or fewer)")
     tables = [titled("Evaluation", summary)]
 
     per_class = Table(show_edge=False)
@@ -56,7 +46,7 @@ def evaluation_tables(record: dict[str, Any]) -> list[Any]:
     matched = record.get("matched", {})
     for name, row in record["per_class"].items():
         text = f"{name} ({matched[name]})" if name in matched else name
-        per_class.add_row(Text(shown(text)), _percent(row["precision"]), _percent(row["recall"]), f"{row['support']:,}")
+        per_class.add_row(Text(shown(text)), format_percent(row["precision"]), format_percent(row["recall"]), f"{row['support']:,}")
     tables.append(titled("Per class", per_class))
 
     classes = record["classes"]

@@ -70,78 +70,40 @@ def format_count(n: int) -> str:
     return f"{n:,}"
 
 
+# The architecture table's rows: (label, key in the report's "architecture").
+ARCHITECTURE_ROWS = (
+    ("variant", "name"), ("layer type", "layer_type"), ("depths", "depths"), ("stem width", "stem_width"),
+    ("stage widths", "widths"), ("width factor", "width_factor"), ("groupnorm groups", "num_groups"),
+    ("padding", "padding"), ("output stride", "output_stride"), ("activation", "activation"), ("ws eps", "ws_eps"),
+)
+
+
 def inspect_tables(report: dict[str, Any]) -> list[Any]:
+    """`bit inspect`'s tables: Model, Files, Architecture, Preprocessing, Labels."""
     from rich.table import Table
     from rich.text import Text
 
-    arch = report.get("architecture", {})
-    pre = report.get("preprocessing", {})
-    labels = report.get("labels", {})
-    tables = [
-        key_value_table(
-            "Model",
-            [
-                ("model", report.get("model")),
-                ("revision", report.get("revision")),
-                ("commit", report.get("commit")),
-                ("path", report.get("path")),
-                ("source", report.get("source")),
-                ("checkpoint format", report.get("checkpoint_format")),
-                ("weights format", report.get("weights_format")),
-            ],
-        )
-    ]
+    model = ("model", "revision", "commit", "path", "source", "checkpoint_format", "weights_format")
     files = Table(title=Text("Files", style="bold"), title_justify="left", show_edge=False)
     files.add_column("file")
     files.add_column("size", justify="right")
     for f in report.get("files", []):
         files.add_row(Text(shown(f.get("name", ""))), format_size(f.get("size")))
-    tables.append(files)
-    tables.append(
-        key_value_table(
-            "Architecture",
-            [
-                ("variant", arch.get("name")),
-                ("layer type", arch.get("layer_type")),
-                ("depths", arch.get("depths")),
-                ("stem width", arch.get("stem_width")),
-                ("stage widths", arch.get("widths")),
-                ("width factor", arch.get("width_factor")),
-                ("groupnorm groups", arch.get("num_groups")),
-                ("padding", arch.get("padding")),
-                ("output stride", arch.get("output_stride")),
-                ("activation", arch.get("activation")),
-                ("ws eps", arch.get("ws_eps")),
-                ("parameters", format_count(report.get("num_parameters", 0))),
-                ("feature dim", report.get("feature_dim")),
-                ("input size", report.get("input_size")),
-                ("GFLOPs / image", format_figure(report.get("gflops"))),
-            ],
-        )
-    )
-    tables.append(
-        key_value_table(
-            "Preprocessing",
-            [
-                ("resize", pre.get("resize")),
-                ("crop", pre.get("crop")),
-                ("interpolation", pre.get("interpolation")),
-                ("mean", pre.get("mean")),
-                ("std", pre.get("std")),
-            ],
-        )
-    )
-    tables.append(
-        key_value_table(
-            "Labels",
-            [
-                ("count", report.get("num_labels")),
-                ("source", labels.get("source")),
-                ("first", numbered(labels.get("first") or [])),
-            ],
-        )
-    )
-    return tables
+    arch, pre, labels = report.get("architecture", {}), report.get("preprocessing", {}), report.get("labels", {})
+    return [
+        key_value_table("Model", [(key.replace("_", " "), report.get(key)) for key in model]),
+        files,
+        key_value_table("Architecture", [(label, arch.get(key)) for label, key in ARCHITECTURE_ROWS] + [
+            ("parameters", format_count(report.get("num_parameters", 0))),
+            ("feature dim", report.get("feature_dim")),
+            ("input size", report.get("input_size")),
+            ("GFLOPs / image", format_figure(report.get("gflops"))),
+        ]),
+        key_value_table("Preprocessing", [(key, pre.get(key)) for key in ("resize", "crop", "interpolation", "mean", "std")]),
+        key_value_table("Labels", [
+            ("count", report.get("num_labels")), ("source", labels.get("source")), ("first", numbered(labels.get("first") or [])),
+        ]),
+    ]
 
 
 MODELS_CAPTION = (

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import os
-from typing import IO, Any, Iterable, Protocol
+from typing import IO, Any, Iterable
 
 from bitcli.output.escapes import csv_cell
 from bitcli.results import ClassifyResult
@@ -59,25 +59,16 @@ def write_json(obj: Any, stream: IO[str]) -> None:
     stream.flush()
 
 
-class ClassifyRenderer(Protocol):
-    """`write` each result in input order, `flush` after each batch (tables print there), `close` once."""
+class ClassifyRenderer:
+    """`write` each result in input order, `flush` after each batch (tables print there), `close` once.
 
-    def write(self, result: ClassifyResult) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class JsonlRenderer:
-    """One JSON object per line, flushed per result."""
+    The machine formats write to `stream` as each result comes; `TableRenderer` is the other kind."""
 
     def __init__(self, stream: IO[str]):
         self.stream = stream
 
     def write(self, result: ClassifyResult) -> None:
-        self.stream.write(to_json(result.to_dict()) + "\n")
-        self.stream.flush()
+        raise NotImplementedError
 
     def flush(self) -> None:
         self.stream.flush()
@@ -86,20 +77,23 @@ class JsonlRenderer:
         self.stream.flush()
 
 
-class JsonArrayRenderer:
+class JsonlRenderer(ClassifyRenderer):
+    """One JSON object per line, flushed per result."""
+
+    def write(self, result: ClassifyResult) -> None:
+        self.stream.write(to_json(result.to_dict()) + "\n")
+        self.stream.flush()
+
+
+class JsonArrayRenderer(ClassifyRenderer):
     """One JSON array of the jsonl objects, streamed element by element (`[]` when empty)."""
 
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
-        self.count = 0
+    count = 0
 
     def write(self, result: ClassifyResult) -> None:
         self.stream.write(("[\n" if self.count == 0 else ",\n") + to_json(result.to_dict()))
         self.stream.flush()
         self.count += 1
-
-    def flush(self) -> None:
-        self.stream.flush()
 
     def close(self) -> None:
         self.stream.write("[]\n" if self.count == 0 else "\n]\n")
@@ -116,7 +110,7 @@ def csv_line(row: Iterable[Any]) -> str:
     return buffer.getvalue().removesuffix("\n")
 
 
-class CsvRenderer:
+class CsvRenderer(ClassifyRenderer):
     """`path,rank,index,label,score`, one row per prediction; failed inputs have no rows.
 
     A path or label that starts like a spreadsheet formula gets a leading `'` unless `raw`
@@ -124,7 +118,7 @@ class CsvRenderer:
     """
 
     def __init__(self, stream: IO[str], *, raw: bool = False):
-        self.stream = stream
+        super().__init__(stream)
         self.raw = raw
         stream.write(csv_line(CSV_HEADER) + "\n")
 
@@ -132,10 +126,4 @@ class CsvRenderer:
         for p in result.predictions:
             row = (csv_cell(result.path, self.raw), p.rank, p.index, csv_cell(p.label, self.raw), repr(p.score))
             self.stream.write(csv_line(row) + "\n")
-        self.stream.flush()
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def close(self) -> None:
         self.stream.flush()

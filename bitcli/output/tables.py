@@ -47,8 +47,8 @@ def stdout_console(stream: IO[str] | None = None) -> Any:
     return StdoutConsole(file=stream or sys.stdout, highlight=False, soft_wrap=False)
 
 
-def format_percent(score: float) -> str:
-    return f"{score * 100:.2f}%"
+def format_percent(score: float | None) -> str:
+    return "-" if score is None else f"{score * 100:.2f}%"
 
 
 class TableRenderer:
@@ -229,17 +229,6 @@ class CompactLayout:
                 out.append(self.below_table(r))
                 table = None
         return out
-
-
-def compact_table(results: Iterable[ClassifyResult], top_k: int, width: int) -> Any:
-    """The whole compact table at once (header and rows) for `results`, as one renderable."""
-    from rich.console import Group
-
-    results = list(results)
-    layout = CompactLayout.plan(
-        [r.path for r in results], [p.label for r in results for p in r.predictions], top_k, width
-    )
-    return Group(layout.table(header=True), *layout.rows(results))
 
 
 def runners_up_text(predictions: list[Prediction], room: int | None, *, lead: str = "") -> str:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import hmac
 import io
-import ipaddress
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -28,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bitcli.pipeline import short_float
+from bitcli.serve import is_loopback
 from bitcli.serve.batcher import Batcher, QueueFull
 
 MAX_FILES = 1000  # parts per request
@@ -115,15 +114,10 @@ def _loopback_name(host: str) -> bool:
     """Whether a Host header names this machine's loopback: localhost, 127.x.y.z or [::1], any port."""
     host = host.strip().lower()
     name = host[1:host.find("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
-    if name in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return name == "localhost." or is_loopback(name)
 
 
-def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, model_name: str, report: Callable[[], dict]) -> FastAPI:
+def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, model_name: str) -> FastAPI:
     """The app; `service_factory()` loads the model (in a thread, at startup) and returns a Service."""
     state: dict[str, Any] = {"service": None, "batcher": None, "error": None}
 
@@ -188,16 +182,15 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        if state["service"] is None:
-            return error_response(503, "the model is still loading" if not state["error"] else f"model failed to load: {state['error']}", {"Retry-After": "5"})
-        return JSONResponse({"status": "ok", "model": model_name, "batches": state["batcher"].stats.as_dict(),
-                             "waiting": state["batcher"].waiting, "pid": os.getpid()})
+        _, batcher = ready()
+        return JSONResponse({"status": "ok", "model": model_name, "batches": batcher.stats.as_dict(),
+                             "waiting": batcher.waiting, "pid": os.getpid()})
 
     @app.get("/v1/models")
     async def models() -> dict:
         service, _ = ready()
         indexes = [{"name": name, "rows": ix.rows, "dim": ix.dim, "path": str(ix.array_path)} for name, ix in sorted(service.indexes.items())]
-        return {"models": [report()], "indexes": indexes,
+        return {"models": [service.report], "indexes": indexes,
                 "limits": {"max_body": settings.max_body, "max_files": files_per_request}}
 
     @app.post("/v1/search")
@@ -288,13 +281,7 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         results = await submit(batcher, ("embed", normalize), await uploads(request, service))
         if "application/x-npy" in request.headers.get("accept", ""):
             return _npy(results, service.model.feature_dim)
-        records = []
-        for r in results:
-            if r.error is not None:
-                records.append({"path": r.path, "error": r.error})
-            else:
-                records.append({"path": r.path, "embedding": [short_float(v) for v in r.vector]})
-        return JSONResponse({"results": records})
+        return JSONResponse({"results": [r.to_dict() for r in results]})
 
     return app
 

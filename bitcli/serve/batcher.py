@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 
@@ -39,7 +39,6 @@ class Stats:
     batches: int = 0
     images: int = 0
     largest: int = 0
-    sizes: collections.Counter = field(default_factory=collections.Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "images": self.images, "largest_batch": self.largest}

@@ -20,6 +20,7 @@ from typing import Any
 
 from bitcli.errors import BitError, InputError, ModelError, UsageError
 from bitcli.results import ClassifyResult, Prediction
+from bitcli.serve import sendable
 from bitcli.util import NotRegularFile, first_line, open_regular, os_error_reason
 
 TIMEOUT_S = 300.0  # one request: upload, queue and model time for up to a batch of images
@@ -32,7 +33,7 @@ class Client:
     def __init__(self, url: str, *, token: str | None = None, max_file_bytes: int = 100_000_000) -> None:
         if not _server_address(url):
             raise UsageError(f"--server {url!r}: give the server's address, e.g. http://127.0.0.1:8765")
-        if token is not None and not _sendable(token):
+        if token is not None and not sendable(token):
             raise UsageError("BIT_TOKEN: a token is letters, digits and punctuation only (no spaces, no other characters)")
         self.url = url.rstrip("/")
         self.token = token
@@ -96,95 +97,54 @@ class Client:
 
     def classify_groups(self, items: Iterable[Any], *, top_k: int, batch_size: int) -> Iterator[list[ClassifyResult]]:
         """One list of results per request of up to `batch_size` inputs, in input order."""
-        group: list[Any] = []
-        for item in items:
-            group.append(item)
-            if len(group) == batch_size:
-                yield self._classify(group, top_k)
-                group = []
-        if group:
-            yield self._classify(group, top_k)
+        for group in _batches(items, batch_size):
+            yield self._ask(group, f"/v1/classify?top_k={top_k}", ClassifyResult, from_records)
 
-    def _classify(self, group: list[Any], top_k: int) -> list[ClassifyResult]:
-        results: list[ClassifyResult | None] = [None] * len(group)
+    def search_groups(self, index: str, items: Iterable[Any], *, top_k: int, batch_size: int) -> Iterator[list[Any]]:
+        """`bit search` results (QueryResult) per request of up to `batch_size` query images."""
+        from bitcli.collection.queries import QueryResult
+
+        query = urllib.parse.urlencode({"index": index, "top_k": top_k})
+        for group in _batches(items, batch_size):
+            yield self._ask(group, f"/v1/search?{query}", lambda path, error: QueryResult(path, error=error), search_records)
+
+    def _ask(self, group: list[Any], endpoint: str, failed: Any, parse: Any) -> list[Any]:
+        """One result per input of `group`, in order: `failed(path, reason)` for a file that cannot
+        be sent, else what `parse(answer, paths)` makes of the answers to the requests it takes."""
+        results: list[Any] = [None] * len(group)
         parts: list[tuple[int, str, bytes]] = []
         for i, item in enumerate(group):
             data, error = self._read(item)
             if error is not None:
-                results[i] = ClassifyResult(path=item.path, error=error)
-                continue
-            parts.append((i, item.path, data))
+                results[i] = failed(path=item.path, error=error)
+            else:
+                parts.append((i, item.path, data))
         for request in self._requests(parts):
             body, content_type = multipart([(path, data) for _, path, data in request])
-            answer = self._request(f"/v1/classify?top_k={top_k}", body=body, content_type=content_type)
-            records = answer.get("results") if isinstance(answer, dict) else None
-            if not isinstance(records, list) or len(records) != len(request):
-                raise self._not_bit("/v1/classify")
-            for (i, path, _), record in zip(request, records):
-                try:
-                    results[i] = from_record(path, record)
-                except (KeyError, TypeError, ValueError):
-                    raise self._not_bit("/v1/classify") from None
-        return [r for r in results if r is not None]
+            answer = self._request(endpoint, body=body, content_type=content_type)
+            try:
+                parsed = parse(answer, [path for _, path, _ in request])
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raise self._not_bit(endpoint.partition("?")[0]) from None
+            for (i, _, _), result in zip(request, parsed):
+                results[i] = result
+        return results
 
     def _requests(self, parts: list[tuple[int, str, bytes]]) -> Iterator[list[tuple[int, str, bytes]]]:
         """`parts` in input order, cut into requests that fit the server's body and file limits."""
         request: list[tuple[int, str, bytes]] = []
-        size = len(multipart([], boundary=BOUNDARY_SIZED)[0])
+        empty = len(multipart([], boundary=BOUNDARY_SIZED)[0])
+        size = empty
         for part in parts:
-            grows = len(multipart([(part[1], part[2])], boundary=BOUNDARY_SIZED)[0]) - len(multipart([], boundary=BOUNDARY_SIZED)[0])
+            grows = len(multipart([(part[1], part[2])], boundary=BOUNDARY_SIZED)[0]) - empty
             full = self.max_files is not None and len(request) >= self.max_files
             if request and (full or size + grows > self.max_file_bytes):
                 yield request
-                request, size = [], len(multipart([], boundary=BOUNDARY_SIZED)[0])
+                request, size = [], empty
             request.append(part)
             size += grows
         if request:
             yield request
-
-
-    def search_groups(self, index: str, items: Iterable[Any], *, top_k: int, batch_size: int) -> Iterator[list[Any]]:
-        """`bit search` results (QueryResult) per request of up to `batch_size` query images."""
-        group: list[Any] = []
-        for item in items:
-            group.append(item)
-            if len(group) == batch_size:
-                yield self._search(index, group, top_k)
-                group = []
-        if group:
-            yield self._search(index, group, top_k)
-
-    def _search(self, index: str, group: list[Any], top_k: int) -> list[Any]:
-        from bitcli.collection.queries import QueryResult
-        from bitcli.collection.scoring import Match
-
-        results: list[Any] = [None] * len(group)
-        parts = []
-        for i, item in enumerate(group):
-            data, error = self._read(item)
-            if error is not None:
-                results[i] = QueryResult(getattr(item, "path", str(item)), error=error)
-            else:
-                parts.append((i, item.path, data))
-        query = urllib.parse.urlencode({"index": index, "top_k": top_k})
-        for request in self._requests(parts):
-            body, content_type = multipart([(path, data) for _, path, data in request])
-            answer = self._request(f"/v1/search?{query}", body=body, content_type=content_type)
-            try:
-                base = answer.get("base")
-                records, rows = answer["results"], answer["rows"]
-                if len(records) != len(request) or len(rows) != len(request):
-                    raise ValueError("one record per query")
-                for (i, path, _), record, found in zip(request, records, rows):
-                    if "error" in record:
-                        results[i] = QueryResult(path, error=str(record["error"]))
-                        continue
-                    matches = [Match(rank=int(m["rank"]), row=int(r["row"]), path=shown_path(str(r["recorded"]), base), score=float(m["score"]))
-                               for m, r in zip(record["matches"], found)]
-                    results[i] = QueryResult(path, matches, method=record.get("method"))
-            except (AttributeError, KeyError, TypeError, ValueError):
-                raise self._not_bit("/v1/search") from None
-        return results
 
     def _read(self, item: Any) -> tuple[bytes | None, str | None]:
         """(bytes, None) for a file to send, (None, reason) for one that fails here, with the
@@ -203,6 +163,18 @@ class Client:
         return data, None
 
 
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """`items` in lists of `size` (the last one shorter), in order."""
+    group: list[Any] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def shown_path(recorded: str, base: str | None) -> str:
     """A row's path as `bit search` prints it here: as recorded when that resolves from this
     directory (absolute, or this is the directory `bit embed` ran in), else from here to it."""
@@ -211,13 +183,38 @@ def shown_path(recorded: str, base: str | None) -> str:
     return os.path.join(os.path.relpath(base), recorded)
 
 
-def from_record(path: str, record: dict[str, Any]) -> ClassifyResult:
-    """A `ClassifyResult` from the API's record (the path is the one given on this command line)."""
-    if "error" in record:
-        return ClassifyResult(path=path, error=str(record["error"]))
-    predictions = [Prediction(rank=int(p["rank"]), index=int(p["index"]), label=str(p["label"]), score=float(p["score"]))
-                   for p in record["predictions"]]
-    return ClassifyResult(path=path, predictions=predictions)
+def from_records(answer: Any, paths: list[str]) -> list[ClassifyResult]:
+    """`ClassifyResult`s from /v1/classify's answer, one per path given on this command line."""
+    records, results = answer["results"], []
+    if not isinstance(records, list) or len(records) != len(paths):
+        raise ValueError("one record per file")
+    for path, record in zip(paths, records):
+        if "error" in record:
+            results.append(ClassifyResult(path=path, error=str(record["error"])))
+            continue
+        predictions = [Prediction(rank=int(p["rank"]), index=int(p["index"]), label=str(p["label"]), score=float(p["score"]))
+                       for p in record["predictions"]]
+        results.append(ClassifyResult(path=path, predictions=predictions))
+    return results
+
+
+def search_records(answer: Any, paths: list[str]) -> list[Any]:
+    """`QueryResult`s from /v1/search's answer, one per query path given on this command line."""
+    from bitcli.collection.queries import QueryResult
+    from bitcli.collection.scoring import Match
+
+    base, records, rows = answer.get("base"), answer["results"], answer["rows"]
+    if len(records) != len(paths) or len(rows) != len(paths):
+        raise ValueError("one record per query")
+    results = []
+    for path, record, found in zip(paths, records, rows):
+        if "error" in record:
+            results.append(QueryResult(path, error=str(record["error"])))
+            continue
+        matches = [Match(rank=int(m["rank"]), row=int(r["row"]), path=shown_path(str(r["recorded"]), base), score=float(m["score"]))
+                   for m, r in zip(record["matches"], found)]
+        results.append(QueryResult(path, matches, method=record.get("method")))
+    return results
 
 
 BOUNDARY_SIZED = "0" * 32  # a boundary as long as the real ones: to measure a body's size
@@ -272,11 +269,6 @@ def _server_address(url: str) -> bool:
     except ValueError:  # "http://[::1"
         return False
     return parsed.scheme in ("http", "https") and bool(parsed.hostname) and not any(c <= " " or c == "\x7f" for c in parsed.netloc)
-
-
-def _sendable(token: str) -> bool:
-    """A token an HTTP header carries unchanged: visible ASCII, no spaces."""
-    return bool(token) and all(0x21 <= ord(c) <= 0x7E for c in token)
 
 
 def token_from_env() -> str | None:

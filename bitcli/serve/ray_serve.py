@@ -21,17 +21,14 @@ def build_app(model_ref: str, run_options: Any, settings: Any, max_pixels: int |
     """On a replica: load the model (and open the collections) and return the app."""
     from pathlib import Path
 
-    from bitcli import inspection
     from bitcli.pipeline import load
     from bitcli.serve.app import create_app
     from bitcli.serve.service import Service, open_collections
 
     loaded = load(model_ref, device=run_options.device, precision=run_options.precision, offline=run_options.offline)
-    service = Service(loaded, max_batch=settings.max_batch, max_pixels=max_pixels)
-    for name, collection in open_collections([Path(p) for p in indexes]).items():
-        service.add_index(name, collection)
-    report = inspection.build_report(loaded, service.labels)
-    return create_app(lambda: service, settings, model_name=report["model"], report=lambda: report)
+    collections = open_collections([Path(p) for p in indexes])
+    service = Service(loaded, max_batch=settings.max_batch, max_pixels=max_pixels, indexes=collections)
+    return create_app(lambda: service, settings, model_name=service.report["model"])
 
 
 def serve_on_ray(

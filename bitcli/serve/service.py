@@ -28,9 +28,14 @@ class Upload:
 
 
 class Service:
-    """`run(key, uploads)` for the batcher: ("classify", top_k) or ("embed", normalize)."""
+    """`run(key, uploads)` for the batcher: ("classify", top_k) or ("embed", normalize); searches
+    of `indexes` (name -> opened collection, see `add_index`); `report`: the model's `bit inspect`
+    report (/v1/models)."""
 
-    def __init__(self, model: Any, *, max_batch: int, max_pixels: int | None, workers: int | None = None) -> None:
+    def __init__(self, model: Any, *, max_batch: int, max_pixels: int | None, workers: int | None = None,
+                 indexes: dict[str, Any] | None = None) -> None:
+        from bitcli.inspection import build_report
+
         self.model = model
         self.options = RunOptions(batch_size=max_batch, max_pixels=max_pixels, workers=workers)
         self._classifiers: dict[int, Classifier] = {}
@@ -40,6 +45,9 @@ class Service:
         self._lock = threading.Lock()
         self.labels = self.classifier(1).labels if model.config.num_labels > 0 else None
         self.indexes: dict[str, Any] = {}
+        for name, index in (indexes or {}).items():
+            self.add_index(name, index)
+        self.report = build_report(model, self.labels)
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -145,11 +153,11 @@ def open_collections(paths: list[Path]) -> dict[str, Any]:
     stem (photos.npy: photos); two of one name are a UsageError."""
     from bitcli.collection import open_index
     from bitcli.errors import UsageError
+    from bitcli.util import npy_name
 
     opened: dict[str, Any] = {}
-    for path in map(Path, paths):
-        with_npy = path.with_name(path.name + ".npy")
-        collection = open_index(with_npy if not path.is_file() and with_npy.is_file() else path)
+    for path in paths:
+        collection = open_index(npy_name(path))
         name = collection.array_path.stem
         if name in opened:
             raise UsageError(f"--index {path}: another collection is already named {name!r}; rename one of the files")
