@@ -69,9 +69,13 @@ def output_files(out: Path) -> dict[str, Path]:
 
 
 def assert_same_files(got: Path, want: Path) -> None:
-    """The three files of two runs are byte-identical."""
+    """The three files of two runs are byte-identical, and both have the row norms of their array."""
+    from relhelpers import norms_state
+
     for suffix, path in output_files(got).items():
         assert path.read_bytes() == output_files(want)[suffix].read_bytes(), suffix
+    mine, theirs = (norms_state(out.with_suffix(".norms.npz")) for out in (got, want))
+    assert mine is not None and mine == theirs and mine[1], "row norms"
 
 
 def nul_listing(photos: Path, directory: Path) -> bytes:

@@ -88,7 +88,7 @@ def test_bit_embed_on_ray_equals_the_local_run(ray_run, local):
     ]  # the local run's stderr lines, in input order
     assert "embedded 13 images" in result.stderr and "Traceback" not in result.stderr
     record = ".ray.npy.run.json"  # the run record a local run publishes too
-    sidecar = ["ray.meta.json", "ray.files.jsonl"]  # the metadata sidecar (docs/collection.md)
+    sidecar = ["ray.meta.json", "ray.files.jsonl", "ray.norms.npz"]  # the metadata sidecar and the row norms (docs/collection.md)
     assert sorted(os.listdir(out.parent)) == sorted([record, *sidecar, *(p.name for p in output_files(out).values())])
 
 

@@ -241,20 +241,12 @@ def shard_paths(directory: Path, index: int) -> EmbedPaths:
     return EmbedPaths.for_output(Path(directory) / f"{shard_name(index)}.npy")
 
 
-def open_shard(directory: Path, index: int, split: Split, *, fingerprint: dict[str, Any], dim: int, dtype: str,
-               inputs: Sequence[str] | None = None) -> EmbedWriter:
-    """The store's writer for shard `index`: a finished one is `already_complete` (if made with
-    these settings, else refused), a partial one is continued."""
-    extra = {"split": split.to_json(), "shard": index}
-    return EmbedWriter(shard_paths(directory, index), dim=dim, dtype=dtype, fingerprint=fingerprint, inputs=inputs,
-                       resume=True, extra=extra)
-
-
 def write_shard(directory: Path, index: int, split: Split, *, fingerprint: dict[str, Any], dim: int, dtype: str,
                 commits: Iterable[tuple[Sequence[str], Any, Sequence[tuple[str, str]]]], identities: Any = None) -> ShardInfo:
     """Shard `index` from its batches' commits (row paths, rows, failures): rows computed
     elsewhere. `identities(path)`: each row's file identity, taken before it was read."""
-    with open_shard(directory, index, split, fingerprint=fingerprint, dim=dim, dtype=dtype) as writer:
+    extra = {"split": split.to_json(), "shard": index}
+    with EmbedWriter(shard_paths(directory, index), dim=dim, dtype=dtype, fingerprint=fingerprint, resume=True, extra=extra) as writer:
         for paths, rows, failures in commits:
             writer.commit(paths, rows, failures, [identities(p) for p in paths] if identities else None)
         writer.finish()

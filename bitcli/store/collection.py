@@ -1,0 +1,125 @@
+"""`Collection`: an embedding on disk (OUT.npy and the files published with it), the one object
+every producer embeds through.
+
+A local `bit embed` (new, `--resume`, `--update`), a `--shard` job and a Ray worker (a shard is a
+collection) all make the same two calls: `Collection.plan` (what is left to do, known before
+anything is embedded: a command sizes its progress bar from it) and `Run.write` (the batches
+embedded and committed one by one, then the set published). The collection owns what the
+callers used to drive themselves: the writer (`writer.py`), skipping what an interrupted run
+finished, `--update`'s plan (`update.py`: which rows are copied, which embedded), each row's
+file identity taken before its file is read, the commit loop and the publication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, IO, Any, Callable, Iterable
+
+from bitcli.errors import InputError, UsageError
+from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, identify_all
+from bitcli.store.paths import EmbedPaths, write_errors
+from bitcli.store.update import plan_digest, prepare_update, update_groups
+from bitcli.store.writer import EmbedSummary, EmbedWriter, write_groups
+
+if TYPE_CHECKING:
+    from bitcli.results import EmbedResult
+
+Groups = Callable[[list[Any]], Iterable[list["EmbedResult"]]]  # items -> result groups, one per batch
+
+
+class Collection:
+    """The embedding at `paths` (`EmbedPaths`: the array, or `-o -`'s stream, and its set)."""
+
+    def __init__(self, paths: EmbedPaths) -> None:
+        self.paths = paths
+
+    def plan(
+        self,
+        items: list[Any],
+        embed_groups: Groups,
+        *,
+        dim: int,
+        fingerprint: dict[str, Any],
+        dtype: str = "float32",
+        content_hash: bool = False,
+        update: bool = False,
+        resume: bool = False,
+        overwrite: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> "Run":
+        """Open a run that embeds `items` (anything with `.path`; an `InputError` is recorded as a
+        failure) with `embed_groups`, and say what is left: `Run.up_to_date` (an `--update` with
+        nothing to change: nothing was opened), `Run.already_complete` (`--resume` of a finished
+        output), `Run.todo` (the items still to do; `Run.to_embed` of them are embedded, not
+        copied). `extra`: more of what made the rows, recorded and compared like the rest (a
+        shard's split and index). A bad output is refused here (UsageError, exit 2)."""
+        steps, groups, known, summary, digest = items, embed_groups, None, None, None
+        if update:
+            current = EmbeddingMetadata.from_fingerprint(fingerprint, rows=0, feature_dim=dim)
+            job = prepare_update(self.paths, current, [item.path for item in items], content_hash=content_hash)
+            resuming = self.paths.partial is not None and self.paths.partial.exists()
+            if job.plan.up_to_date(job.old) and not resuming:
+                return Run(None, [], groups, None, job.plan.summary())
+            steps, known, summary, digest = job.plan.steps, job.identity_of(), job.plan.summary(), plan_digest(job)
+            groups = lambda todo: update_groups(todo, job.old, embed_groups)  # noqa: E731
+        with write_errors(self.paths, UsageError):  # cannot even start: the output is unusable
+            writer = EmbedWriter(
+                self.paths, dim=dim, dtype=dtype, fingerprint=fingerprint, inputs=[item.path for item in steps],
+                resume=resume and (not update or self.paths.partial.exists()), overwrite=overwrite,
+                update_plan=digest, extra=extra,
+            )
+        try:
+            todo = [] if writer.already_complete else list(writer.skip_done(steps))
+            if known is None:  # identities before any file is read: a file changed meanwhile is seen as changed
+                known = identify_all([item.path for item in todo if not _failed(item)], content_hash=content_hash).get
+        except BaseException:
+            writer.close()
+            raise
+        return Run(writer, todo, groups, known, summary)
+
+
+def _failed(item: Any) -> bool:
+    return isinstance(item, InputError)
+
+
+@dataclass
+class Run:
+    """A planned run on a collection (`Collection.plan`); `write` does it."""
+
+    writer: EmbedWriter | None  # None: up to date, nothing opened
+    todo: list[Any]
+    groups: Groups
+    identity: Callable[[str], FileIdentity | None] | None
+    summary: str | None = None  # --update: `+12 new, 3 changed, 2 removed, 1043 kept`
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.writer is None
+
+    @property
+    def already_complete(self) -> bool:
+        return self.writer is not None and self.writer.already_complete
+
+    @property
+    def embeds(self) -> list[bool]:
+        """For each item of `todo`, in order, whether it is embedded (not copied by `--update`)."""
+        return [getattr(item, "source_row", None) is None for item in self.todo]
+
+    @property
+    def to_embed(self) -> int:
+        return sum(self.embeds)
+
+    def write(self, on_group: Callable[[list["EmbedResult"]], None] | None = None, stream: IO[bytes] | None = None) -> EmbedSummary:
+        """Embed and commit `todo` batch by batch (`on_group` sees each group after its commit),
+        then publish the set (or, `-o -`, stream the array to `stream`). Interrupted, the partial
+        run stays for `--resume` and its lock goes."""
+        try:
+            if not self.already_complete:
+                write_groups(self.writer, self.groups(self.todo), on_group, self.identity)
+            return self.writer.finish(stream)
+        finally:
+            self.writer.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
