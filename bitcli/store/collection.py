@@ -15,11 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, IO, Any, Callable, Iterable
 
+import numpy as np
+
 from bitcli.errors import InputError, UsageError
 from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, identify_all
 from bitcli.store.paths import EmbedPaths, write_errors
 from bitcli.store.update import plan_digest, prepare_update, update_groups
-from bitcli.store.writer import EmbedSummary, EmbedWriter, write_groups
+from bitcli.store.writer import EmbedSummary, EmbedWriter
 
 if TYPE_CHECKING:
     from bitcli.results import EmbedResult
@@ -89,7 +91,7 @@ class Run:
     writer: EmbedWriter | None  # None: up to date, nothing opened
     todo: list[Any]
     groups: Groups
-    identity: Callable[[str], FileIdentity | None] | None
+    identity: Callable[[str], FileIdentity | None]  # each row's file, taken before it was read
     summary: str | None = None  # --update: `+12 new, 3 changed, 2 removed, 1043 kept`
 
     @property
@@ -114,8 +116,15 @@ class Run:
         then publish the set (or, `-o -`, stream the array to `stream`). Interrupted, the partial
         run stays for `--resume` and its lock goes."""
         try:
-            if not self.already_complete:
-                write_groups(self.writer, self.groups(self.todo), on_group, self.identity)
+            for group in [] if self.already_complete else self.groups(self.todo):
+                # One commit per group (a batch: its rows and failures, in input order), whole or
+                # not at all: what makes `--resume` byte-identical.
+                ok = [r for r in group if r.ok]
+                rows = np.stack([r.vector for r in ok]) if ok else None
+                errors = [(r.path, str(r.error)) for r in group if not r.ok]
+                self.writer.commit([r.path for r in ok], rows, errors, [self.identity(r.path) for r in ok])
+                if on_group is not None:
+                    on_group(group)
             return self.writer.finish(stream)
         finally:
             self.writer.close()

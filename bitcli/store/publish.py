@@ -149,19 +149,6 @@ def discard_tmp(paths: EmbedPaths) -> None:
         lock.close()
 
 
-def publish_now(paths: EmbedPaths, staged: dict[str, Path]) -> None:
-    """`-o -`: the array reached the stream; rename the staged manifest and error list into place."""
-    moves, removals = publication(paths, None, staged)
-    for src, dst in moves:
-        check_replaceable(dst)
-        with writing(dst):
-            os.replace(src, dst)
-    for stale in removals:
-        if is_regular(stale):
-            with writing(stale):
-                stale.unlink()
-
-
 def publication(paths: EmbedPaths, partial: Path | None, staged: dict[str, Any]) -> tuple[list, list]:
     """(moves, removals): each staged file onto its output, then the array (`partial`'s data.npy,
     unless it was streamed), then the row norms (sealed with the array's identity as published);
@@ -251,8 +238,16 @@ class StagedSet:
         roll_forward(self.partial)  # a failure here leaves the commit record: the next run completes it
 
     def publish_now(self) -> None:
-        """`-o -`: the array reached the stream; rename the staged files into place."""
-        publish_now(self.paths, self.staged)
+        """`-o -`: the array reached the stream; rename the staged manifest and error list into place."""
+        moves, removals = publication(self.paths, None, self.staged)
+        for src, dst in moves:
+            check_replaceable(dst)
+            with writing(dst):
+                os.replace(src, dst)
+        for stale in removals:
+            if is_regular(stale):
+                with writing(stale):
+                    stale.unlink()
 
     @property
     def committed(self) -> bool:
