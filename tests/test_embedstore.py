@@ -347,3 +347,17 @@ def test_staged_norms_are_sealed_only_with_the_array_they_were_computed_from(tmp
     np.testing.assert_array_equal(norms.load(index), norms.compute(index))
     assert not norms.seal(tmp_path / "b.staged", tmp_path / "a.npy", tmp_path / "seal.tmp")  # another array
     assert not (tmp_path / "b.staged").exists() and not (tmp_path / "seal.tmp").exists()
+
+
+def test_a_finished_output_whose_norms_are_gone_or_recomputed_is_still_complete(tmp_path):
+    """The norms are derived from the array: removed (or written by a first use beside an output
+    an earlier bitcli made) they do not make `--resume` or a shard check call the output changed."""
+    from bitcli.collection import norms
+    from bitcli.collection.index import open_index
+
+    paths = EmbedPaths.for_output(tmp_path / "o.npy")
+    write_all(paths, batches(), inputs=None)
+    norms.norms_path(paths.out).unlink()
+    assert EmbedWriter(paths, dim=DIM, fingerprint=FP, resume=True).already_complete
+    norms.ensure(open_index(paths.out))  # a search puts them back
+    assert EmbedWriter(paths, dim=DIM, fingerprint=FP, resume=True).already_complete

@@ -369,10 +369,11 @@ def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dt
 
     Every file of the set (`EmbedPaths.set_files`) has the size the record gives, or is absent
     when the record lists none (and, with `places`, the path it gives); the array's header holds
-    the recorded rows of `dim` `rows_dtype`.
+    the recorded rows of `dim` `rows_dtype`. Not the row norms: they say themselves which array
+    they describe, and a search (re)computes them when they are missing or stale.
     """
     for role, path in paths.set_files().items():
-        if role == "record":
+        if role in ("record", "norms"):
             continue
         want = (record.get("files") or {}).get(role)
         if places and role != "array" and want is not None and os.path.abspath(path) != want.get("path"):
