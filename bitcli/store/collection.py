@@ -20,7 +20,7 @@ import numpy as np
 from bitcli.errors import InputError, UsageError
 from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, identify_all
 from bitcli.store.paths import EmbedPaths, write_errors
-from bitcli.store.update import plan_digest, prepare_update, update_groups
+from bitcli.store.update import prepare_update, update_groups
 from bitcli.store.writer import EmbedSummary, EmbedWriter
 
 if TYPE_CHECKING:
@@ -58,12 +58,11 @@ class Collection:
         steps, groups, known, summary, digest = items, embed_groups, None, None, None
         if update:
             current = EmbeddingMetadata.from_fingerprint(fingerprint, rows=0, feature_dim=dim)
-            job = prepare_update(self.paths, current, [item.path for item in items], content_hash=content_hash)
-            resuming = self.paths.partial is not None and self.paths.partial.exists()
-            if job.plan.up_to_date(job.old) and not resuming:
-                return Run(None, [], groups, None, job.plan.summary())
-            steps, known, summary, digest = job.plan.steps, job.identity_of(), job.plan.summary(), plan_digest(job)
-            groups = lambda todo: update_groups(todo, job.old, embed_groups)  # noqa: E731
+            plan = prepare_update(self.paths, current, [item.path for item in items], content_hash=content_hash)
+            if plan.up_to_date() and not self.paths.partial.exists():
+                return Run(None, [], groups, None, plan.summary())
+            steps, known, summary, digest = plan.steps, plan.identity_of(), plan.summary(), plan.digest()
+            groups = lambda todo: update_groups(todo, plan.old, embed_groups)  # noqa: E731
         with write_errors(self.paths, UsageError):  # cannot even start: the output is unusable
             writer = EmbedWriter(
                 self.paths, dim=dim, dtype=dtype, fingerprint=fingerprint, inputs=[item.path for item in steps],

@@ -15,7 +15,7 @@ A path given twice pairs with that path's stored rows in order; a file that cann
 is embedded, so that the failure is reported like any other. `update_groups` yields the result
 groups for the store's usual commit loop: every group ends where a batch of embedded images
 ends (or after a run of copied rows), so an interrupted update resumes with the same batches and
-the same bytes, like a normal run; `plan_digest` goes into the partial run's state, so that only
+the same bytes, like a normal run; `UpdatePlan.digest` goes into the partial run's state, so that only
 the same update resumes.
 """
 
@@ -60,10 +60,12 @@ class UpdateStep:
 
 @dataclass
 class UpdatePlan:
-    """What `--update` does, one step per current input in input order, and the rows dropped."""
+    """What `--update` does, one step per current input in input order, the rows dropped, and
+    the old output the kept rows are copied from (None: no output yet)."""
 
     steps: list[UpdateStep]
     removed: list[str]  # stored paths that no current input names (and no move claimed)
+    old: "EmbeddingIndex | None" = None
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)
@@ -79,18 +81,32 @@ class UpdatePlan:
         failed input has no identity, so whether it changed is unknown), but not new."""
         self.steps = [replace(s, status="retried") if s.status == "new" and s.path in failed_before else s for s in self.steps]
 
-    def up_to_date(self, old: "EmbeddingIndex | None") -> bool:
+    def up_to_date(self) -> bool:
         """Nothing to do: every row kept, in place, with the identity it had."""
         return (
-            old is not None
+            self.old is not None
             and not self.removed
-            and len(self.steps) == old.rows
+            and len(self.steps) == self.old.rows
             and all(s.status == "kept" and s.source_row == i and not s.refreshed for i, s in enumerate(self.steps))
         )
 
     @property
     def to_embed(self) -> list[UpdateStep]:
         return [s for s in self.steps if s.source_row is None]
+
+    def identity_of(self) -> Callable[[str], FileIdentity | None]:
+        """Each input's identity as the plan saw it (recorded in the new sidecar)."""
+        return {step.path: step.identity for step in self.steps}.get
+
+    def digest(self) -> str:
+        """What a resumed update must agree on: the plan, and the old array it copies from."""
+        sha = hashlib.sha256()
+        for step in self.steps:
+            sha.update(f"{step.status}\0{step.source_row}\0".encode())
+        if self.old is not None:
+            info = self.old.stat()  # the array the plan's rows come from, even if renamed over since
+            sha.update(f"{info.st_size}\0{info.st_mtime_ns}".encode())
+        return sha.hexdigest()
 
 
 def recorded_settings(paths: "EmbedPaths") -> EmbeddingMetadata | None:
@@ -221,32 +237,19 @@ def _reuse_by_hash(drafts: list[UpdateStep], stored: Sequence[tuple[str, FileIde
     return steps
 
 
-@dataclass
-class Update:
-    """A planned update: the plan, and the old output it copies rows from (None: no output yet)."""
-
-    plan: UpdatePlan
-    old: "EmbeddingIndex | None"
-
-    def identity_of(self) -> Callable[[str], FileIdentity | None]:
-        """Each input's identity as the plan saw it (recorded in the new sidecar)."""
-        known = {step.path: step.identity for step in self.plan.steps}
-        return known.get
-
-
-def prepare_update(paths: "EmbedPaths", current: EmbeddingMetadata, inputs: Sequence[str], *, content_hash: bool) -> Update:
+def prepare_update(paths: "EmbedPaths", current: EmbeddingMetadata, inputs: Sequence[str], *, content_hash: bool) -> UpdatePlan:
     """Plan `--update` of `paths.out` for `inputs`; UsageError (exit 2) when it cannot be done."""
     out = paths.out
     if out is None:
         raise UsageError("--update needs an output file, not -o -")
     if not out.exists():  # the first run of a command line that always says --update
-        return Update(plan_update([], inputs, content_hash=content_hash), None)
+        return plan_update([], inputs, content_hash=content_hash)
     with _advice_without_update():
         old, stored = _read_old(paths, current)
-    base = old.base_dir
-    plan = plan_update(stored, inputs, content_hash=content_hash, base=base)
+    plan = plan_update(stored, inputs, content_hash=content_hash, base=old.base_dir)
     plan.retry(_failed_before(paths))
-    return Update(plan, old)
+    plan.old = old
+    return plan
 
 
 def _read_old(paths: "EmbedPaths", current: EmbeddingMetadata) -> tuple["EmbeddingIndex", list[tuple[str, FileIdentity | None]]]:
@@ -289,17 +292,6 @@ def _failed_before(paths: "EmbedPaths") -> set[str]:
         return set()
     except OSError as exc:
         raise UsageError(f"{paths.errors}: cannot read ({exc.strerror or exc})") from exc
-
-
-def plan_digest(update: Update) -> str:
-    """What a resumed update must agree on: the plan, and the old array it copies from."""
-    sha = hashlib.sha256()
-    for step in update.plan.steps:
-        sha.update(f"{step.status}\0{step.source_row}\0".encode())
-    if update.old is not None:
-        info = update.old.stat()  # the array the plan's rows come from, even if renamed over since
-        sha.update(f"{info.st_size}\0{info.st_mtime_ns}".encode())
-    return sha.hexdigest()
 
 
 def update_groups(

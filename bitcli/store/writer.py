@@ -50,7 +50,7 @@ class EmbedWriter:
     normalization, batch size, ...); `--resume` refuses a partial run, or a finished output, made
     with another one. Opening first completes a publication a kill interrupted (`recover`), then
     takes the partial directory's lock: a second writer on the same output is refused.
-    `update_plan` (`--update`, `store.update.plan_digest`): the existing output stays in place until
+    `update_plan` (`--update`, `store.update.UpdatePlan.digest`): the existing output stays in place until
     `finish()` replaces it, and only an interrupted update with the same plan resumes. `extra`:
     more of what made the rows, recorded and compared like the rest (a shard's split and index).
     """
