@@ -60,7 +60,7 @@ class Collection:
             current = EmbeddingMetadata.from_fingerprint(fingerprint, rows=0, feature_dim=dim)
             plan = prepare_update(self.paths, current, [item.path for item in items], content_hash=content_hash)
             if plan.up_to_date() and not self.paths.partial.exists():
-                return Run(None, [], groups, None, plan.summary())
+                return Run(None, [], groups, summary=plan.summary())
             steps, known, summary, digest = plan.steps, plan.identity_of(), plan.summary(), plan.digest()
             groups = lambda todo: update_groups(todo, plan.old, embed_groups)  # noqa: E731
         with write_errors(self.paths, UsageError):  # cannot even start: the output is unusable
@@ -71,16 +71,10 @@ class Collection:
             )
         try:
             todo = [] if writer.already_complete else list(writer.skip_done(steps))
-            if known is None:  # identities before any file is read: a file changed meanwhile is seen as changed
-                known = identify_all([item.path for item in todo if not _failed(item)], content_hash=content_hash).get
         except BaseException:
             writer.close()
             raise
-        return Run(writer, todo, groups, known, summary)
-
-
-def _failed(item: Any) -> bool:
-    return isinstance(item, InputError)
+        return Run(writer, todo, groups, known, summary, content_hash)
 
 
 @dataclass
@@ -90,8 +84,9 @@ class Run:
     writer: EmbedWriter | None  # None: up to date, nothing opened
     todo: list[Any]
     groups: Groups
-    identity: Callable[[str], FileIdentity | None]  # each row's file, taken before it was read
+    identity: Callable[[str], FileIdentity | None] | None = None  # --update: the plan's; else taken by `write`
     summary: str | None = None  # --update: `+12 new, 3 changed, 2 removed, 1043 kept`
+    content_hash: bool = False  # identities with each file's sha256
 
     @property
     def up_to_date(self) -> bool:
@@ -115,13 +110,17 @@ class Run:
         then publish the set (or, `-o -`, stream the array to `stream`). Interrupted, the partial
         run stays for `--resume` and its lock goes."""
         try:
+            identity = self.identity
+            if identity is None and not self.already_complete:  # before any file is read: one changed meanwhile is seen as changed
+                paths = [item.path for item in self.todo if not isinstance(item, InputError)]
+                identity = identify_all(paths, content_hash=self.content_hash).get
             for group in [] if self.already_complete else self.groups(self.todo):
                 # One commit per group (a batch: its rows and failures, in input order), whole or
                 # not at all: what makes `--resume` byte-identical.
                 ok = [r for r in group if r.ok]
                 rows = np.stack([r.vector for r in ok]) if ok else None
                 errors = [(r.path, str(r.error)) for r in group if not r.ok]
-                self.writer.commit([r.path for r in ok], rows, errors, [self.identity(r.path) for r in ok])
+                self.writer.commit([r.path for r in ok], rows, errors, [identity(r.path) for r in ok])
                 if on_group is not None:
                     on_group(group)
             return self.writer.finish(stream)
