@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, job, local, photos  # noqa: F401 (fixtures)
+from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, job, local, photos, write_shard  # noqa: F401 (fixtures)
 from relhelpers import (
     KillSwitch,
     assert_no_litter,
@@ -34,7 +34,6 @@ from relhelpers import (
 )
 
 from bitcli.distributed import Split, combine, run_shards
-from bitcli.distributed.shards import write_shard
 from bitcli.errors import UsageError
 from bitcli.inputs import expand_inputs
 from bitcli.store import Assembly, EmbedPaths, recover
