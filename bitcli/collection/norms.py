@@ -28,16 +28,14 @@ import numpy as np
 
 from bitcli.collection.blocks import MappedRows
 from bitcli.store.files import is_regular
+from bitcli.util import beside, open_regular, write_atomic, write_synced
 
 if TYPE_CHECKING:
     from bitcli.collection.index import EmbeddingIndex
-from bitcli.util import beside, open_regular, write_atomic, write_synced
 
 FORMAT_VERSION = 2  # 1 recorded no inode or change time: such files are replaced
+UNSEALED = -1  # the change time a staged norms file records: its array is not published yet
 _CHUNK_ROWS = 4096  # rows converted to float64 at a time while computing norms
-
-
-UNSEALED = -1  # the change time of a staged norms file: its array is not published yet
 
 
 def norms_path(array_path: Path) -> Path:
@@ -59,14 +57,15 @@ def source_of(info: os.stat_result, rows: int, dim: int, ctime_ns: int | None = 
 
 def load(index: EmbeddingIndex) -> np.ndarray | None:
     """The stored norms when they were computed from this very array; None otherwise."""
-    found = _read(norms_path(index.array_path), _max_bytes(index), index.rows)
+    found = _read(norms_path(index.array_path), _max_bytes(index.rows), index.rows)
     if found is None or not np.array_equal(found[0], _source(index)):
         return None
     return found[1]
 
 
-def _max_bytes(index: EmbeddingIndex) -> int:
-    return 8 * index.rows + (1 << 16)
+def _max_bytes(rows: int | None) -> int:
+    """The most a norms file of `rows` rows takes (None: any number)."""
+    return (1 << 62) if rows is None else 8 * rows + (1 << 16)
 
 
 def _read(path: Path, max_bytes: int, rows: int | None) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -160,7 +159,7 @@ def ensure(index: EmbeddingIndex) -> np.ndarray:
 def is_ours(path: Path, rows: int | None = None) -> bool:
     """Whether `path` is a norms file bitcli wrote (of at most `rows` rows, when given: the read
     is capped accordingly)."""
-    return _read(path, (1 << 62) if rows is None else 8 * rows + (1 << 16), None) is not None
+    return _read(path, _max_bytes(rows), None) is not None
 
 
 def stage(array: Path, staged: Path) -> int:
@@ -187,7 +186,7 @@ def seal(staged: Path, array: Path, temporary: Path) -> bool:
     """Record the published array's change time in the staged norms file (the same size: only a
     number changes; replaced through `temporary`), when it was computed from that very array; else
     remove it (False)."""
-    found = _read(staged, 1 << 62, None)
+    found = _read(staged, _max_bytes(None), None)
     try:
         info = os.stat(array)
     except OSError:
@@ -199,9 +198,10 @@ def seal(staged: Path, array: Path, temporary: Path) -> bool:
     rows, dim = int(source[1]), int(source[2])
     if np.array_equal(source, source_of(info, rows, dim)):
         return True  # sealed before a kill interrupted the publication
-    if not np.array_equal(source, source_of(info, rows, dim, UNSEALED)):
+    norms = _read(staged, _max_bytes(rows), rows)
+    if norms is None or norms[1] is None or not np.array_equal(source, source_of(info, rows, dim, UNSEALED)):
         staged.unlink(missing_ok=True)
         return False
-    norms = _read(staged, 8 * rows + (1 << 16), rows)[1]
+    norms = norms[1]
     write_atomic(staged, lambda fh: np.savez(fh, source=source_of(info, rows, dim), norms=norms), temporary=temporary)
     return True
