@@ -113,7 +113,6 @@ def embed(
     from bitcli.distributed import EmbedJob
     from bitcli.pipeline import Embedder
     from bitcli.store.collection import Collection
-    from bitcli.store.update import continued_options
 
     ui = Ui(quiet=quiet, debug=debug)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
@@ -121,7 +120,7 @@ def embed(
     if recorded is not None:  # a setting not given is the recorded one; one given must agree
         mine = dict(model=model, normalize=normalize, dtype=dtype.value, content_hash=content_hash,
                     precision=precision.value, fast_jpeg=fast_jpeg, max_pixels=max_pixels)
-        values = continued_options(recorded, {k: v for k, v in mine.items() if k in given_options(ctx)})
+        values = recorded.options({k: v for k, v in mine.items() if k in given_options(ctx)})
         model, normalize, content_hash, fast_jpeg, max_pixels = (values[k] for k in ("model", "normalize", "content_hash", "fast_jpeg", "max_pixels"))
         dtype, precision = Dtype(values["dtype"]), Precision(values["precision"])
         where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
@@ -191,9 +190,9 @@ def given_options(ctx: typer.Context) -> set[str]:
 
 def continued(where: StoreOptions, ui: Ui) -> Any:
     """The settings `--update` / `--resume` continue (None: nothing yet), read before the model loads."""
-    from bitcli.store.update import continued_settings
+    from bitcli.store.collection import Collection
 
-    return continued_settings(store_paths(where, ui, check=False), update=where.update, resume=where.resume)
+    return Collection(store_paths(where, ui, check=False)).settings(update=where.update, resume=where.resume)
 
 
 def stale_index_hint(ui: Ui, paths: Any) -> None:

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, IO, Any, Callable, Iterable
 import numpy as np
 
 from bitcli.errors import InputError, UsageError
-from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, identify_all
+from bitcli.store.files import STATE, read_json_record
+from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, identify_all, read_metadata
 from bitcli.store.paths import EmbedPaths, write_errors
-from bitcli.store.update import prepare_update, update_groups
+from bitcli.store.settings import EmbedSettings
+from bitcli.store.update import prepare_update, recorded_settings, update_groups
 from bitcli.store.writer import EmbedSummary, EmbedWriter
 
 if TYPE_CHECKING:
@@ -34,6 +36,25 @@ class Collection:
 
     def __init__(self, paths: EmbedPaths) -> None:
         self.paths = paths
+
+    def settings(self, *, update: bool, resume: bool) -> EmbedSettings | None:
+        """The settings a run continues: an interrupted run's (`--resume`, `--update --resume`: its
+        `state.json`), else the output's header (`--update`, `--resume` of a finished output); None
+        when there is nothing to continue. Read before any model loads."""
+        paths = self.paths
+        if resume and paths.partial is not None:
+            state = read_json_record(paths.partial / STATE)
+            if state is not None and isinstance(state.get("settings"), dict):
+                return EmbedSettings.from_json(state["settings"])
+        if update:
+            recorded = recorded_settings(paths)
+            return None if recorded is None else recorded.settings
+        if resume and paths.out is not None and paths.sidecars.meta.is_file():
+            try:
+                return read_metadata(paths.sidecars.meta).settings
+            except UsageError:
+                return None  # the resume itself says what is wrong
+        return None
 
     def plan(
         self,

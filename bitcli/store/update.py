@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from bitcli.errors import UsageError
-from bitcli.store.settings import EmbedSettings
 from bitcli.store.metadata import (
     EmbeddingMetadata,
     FileIdentity,
@@ -123,33 +122,6 @@ def recorded_settings(paths: "EmbedPaths") -> EmbeddingMetadata | None:
         )
     with _advice_without_update():
         return read_metadata(meta)
-
-
-def continued_settings(paths: "EmbedPaths", *, update: bool, resume: bool) -> EmbedSettings | None:
-    """The settings a run continues: an interrupted run's (`--resume`, `--update --resume`: its
-    `state.json`), else the output's header (`--update`, `--resume` of a finished output); None
-    when there is nothing to continue."""
-    from bitcli.store.files import STATE, read_json_record
-
-    if resume and paths.partial is not None:
-        state = read_json_record(paths.partial / STATE)
-        if state is not None and isinstance(state.get("settings"), dict):
-            return EmbedSettings.from_json(state["settings"])
-    if update:
-        recorded = recorded_settings(paths)
-        return None if recorded is None else recorded.settings
-    if resume and paths.out is not None and paths.sidecars.meta.is_file():
-        try:
-            return read_metadata(paths.sidecars.meta).settings
-        except UsageError:
-            return None  # the resume itself says what is wrong
-    return None
-
-
-def continued_options(recorded: EmbedSettings, given: dict[str, Any]) -> dict[str, Any]:
-    """`bit embed`'s options when it continues (`continued_settings`): those given on the command
-    line, the recorded ones for the rest; a given one that differs is refused by the check."""
-    return {**recorded.options(), **given, "model": given.get("model") or recorded.model_reference()}
 
 
 def plan_update(
