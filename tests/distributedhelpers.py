@@ -69,9 +69,13 @@ def output_files(out: Path) -> dict[str, Path]:
 
 
 def assert_same_files(got: Path, want: Path) -> None:
-    """The three files of two runs are byte-identical."""
+    """The three files of two runs are byte-identical, and both have the row norms of their array."""
+    from relhelpers import norms_state
+
     for suffix, path in output_files(got).items():
         assert path.read_bytes() == output_files(want)[suffix].read_bytes(), suffix
+    mine, theirs = (norms_state(out.with_suffix(".norms.npz")) for out in (got, want))
+    assert mine is not None and mine == theirs and mine[1], "row norms"
 
 
 def nul_listing(photos: Path, directory: Path) -> bytes:
@@ -108,3 +112,18 @@ def copy_shard(directory: Path, index: int, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for path in shard_files(directory, index):
         shutil.copy2(path, target / path.name)
+
+
+def write_shard(directory: Path, index: int, split, *, fingerprint: dict, dim: int, dtype: str, commits, identities=None):
+    """Shard `index` of `split` from its batches' commits (row paths, rows, failures): rows made
+    without a model, through the store's writer, with the split and index a shard job records.
+    `identities(path)`: each row's file identity."""
+    from bitcli.distributed.shards import read_shard, shard_paths
+    from bitcli.store import EmbedWriter
+
+    extra = {"split": split.to_json(), "shard": index}
+    with EmbedWriter(shard_paths(directory, index), dim=dim, dtype=dtype, fingerprint=fingerprint, resume=True, extra=extra) as writer:
+        for paths, rows, failures in commits:
+            writer.commit(paths, rows, failures, [identities(p) for p in paths] if identities else None)
+        writer.finish()
+    return read_shard(shard_paths(directory, index))

@@ -221,12 +221,35 @@ def killed(action) -> bool:
     return False
 
 
-OUT_FILES = ("out.npy", "out.paths.txt", "out.errors.txt", "out.meta.json", "out.files.jsonl")
+OUT_FILES = ("out.npy", "out.paths.txt", "out.errors.txt", "out.meta.json", "out.files.jsonl", "out.norms.npz")
 
 
 def files_state(directory: Path, names=OUT_FILES) -> tuple:
-    """The bytes of each of `names` in `directory` (None: absent)."""
-    return tuple((directory / name).read_bytes() if (directory / name).exists() else None for name in names)
+    """The bytes of each of `names` in `directory` (None: absent); the row norms as `norms_state`."""
+    return tuple(norms_state(directory / name) if name.endswith(".norms.npz") else
+                 (directory / name).read_bytes() if (directory / name).exists() else None for name in names)
+
+
+def norms_state(path: Path, *, valid: bool = True) -> tuple | None:
+    """A norms file (`OUT.norms.npz`) as a state to compare between runs (None: absent): its values
+    and whether it was computed from the array beside it now (`valid`; else: whether it is sealed;
+    the identity it records differs from run to run)."""
+    import numpy as np
+
+    from bitcli.collection import norms
+
+    if not path.exists():
+        return None
+    with np.load(path) as stored:
+        values, source = stored["norms"].tobytes(), stored["source"]
+    if not valid:
+        return values, bool(source[6] != norms.UNSEALED)
+    array = path.with_name(path.name.removesuffix(".norms.npz") + ".npy")
+    try:
+        info = os.stat(array)
+    except OSError:
+        return values, False
+    return values, bool(np.array_equal(source, norms.source_of(info, int(source[1]), int(source[2]))))
 
 
 def assert_one_set(directory: Path, old: tuple, new: tuple, where: str, touch, names=OUT_FILES) -> None:

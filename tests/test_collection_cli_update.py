@@ -304,3 +304,67 @@ def test_inputs_that_failed_before_are_retried_not_counted_as_new(ckpt):
     result = embed(ckpt, "--update")
     assert result.exit_code == 1 and "photos.npy: +0 new, 0 changed, 0 removed, 2 kept, 1 retried" in result.stderr
     assert open("photos.errors.txt").read().startswith("photos/broken.png\t")
+
+
+# -- the row norms, written with the rows (issue 25) ---------------------------------------------
+
+
+def _norms_are_the_arrays(name: str) -> np.ndarray:
+    """The published norms of `name`.npy: recorded in its run record, read back for this very
+    array (`norms.load`), float64 and equal to what a first use computes from the stored rows."""
+    from bitcli.collection import norms
+    from bitcli.collection.index import open_index
+
+    record = json.load(open(f".{name}.npy.run.json"))
+    assert record["files"]["norms"]["size"] == os.stat(f"{name}.norms.npz").st_size
+    index = open_index(f"{name}.npy", allow_empty=True)
+    stored = norms.load(index)
+    assert stored is not None and stored.dtype == np.float64 and len(stored) == index.rows
+    np.testing.assert_array_equal(stored, norms.compute(index))
+    return stored
+
+
+def test_embed_writes_the_row_norms_and_search_and_dedup_never_compute_them(ckpt, monkeypatch):
+    from bitcli.collection import norms
+
+    make_images(Path("photos"), 5)
+    assert embed(ckpt).exit_code == 0
+    _norms_are_the_arrays("photos")
+    before = os.stat("photos.norms.npz")
+    computed = []
+    real = norms.compute
+    monkeypatch.setattr(norms, "compute", lambda index: computed.append(index) or real(index))
+    result = run(["search", "photos.npy", "photos/img00.png", "-k", "2", "-f", "jsonl"])
+    assert result.exit_code == 0, result.stderr
+    assert run(["dedup", "photos.npy", "-t", "0.99"]).exit_code == 0
+    after = os.stat("photos.norms.npz")
+    assert computed == [] and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_update_and_overwrite_publish_the_norms_of_their_own_rows(ckpt):
+    images = make_images(Path("photos"), 5)
+    assert embed(ckpt).exit_code == 0
+    first = _norms_are_the_arrays("photos")
+    shutil.copy(images[0], images[1])  # changed
+    make_images(Path("photos/more"), 1)  # new
+    result = embed(ckpt, "--update")
+    assert result.exit_code == 0, result.stderr
+    assert len(_norms_are_the_arrays("photos")) == 6 and not np.array_equal(_norms_are_the_arrays("photos")[:5], first)
+    shutil.rmtree("photos/more")
+    assert run(["embed", "photos", "-o", "photos.npy", "-m", ckpt, "--overwrite"]).exit_code == 0
+    assert len(_norms_are_the_arrays("photos")) == 5
+
+
+def test_norms_left_beside_a_removed_output_are_replaced_and_a_foreign_file_is_not(ckpt):
+    make_images(Path("photos"), 3)
+    assert embed(ckpt).exit_code == 0
+    for name in ("photos.npy", "photos.paths.txt", "photos.meta.json", "photos.files.jsonl"):
+        os.unlink(name)  # the user removed the collection but not its norms: bitcli's own file
+    assert embed(ckpt).exit_code == 0
+    _norms_are_the_arrays("photos")
+    for name in ("photos.npy", "photos.paths.txt", "photos.meta.json", "photos.files.jsonl"):
+        os.unlink(name)
+    Path("photos.norms.npz").write_bytes(b"my notes")
+    result = embed(ckpt)
+    assert_clean_failure(result, 2)
+    assert "photos.norms.npz already exists" in result.stderr and Path("photos.norms.npz").read_bytes() == b"my notes"

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from bitcli.results import EmbedResult
-from bitcli.store import EmbedPaths, EmbedWriter, recover, write_groups
-from bitcli.store.update import plan_work
-from relhelpers import KillSwitch, killed
+from bitcli.store import EmbedPaths, recover
+from bitcli.store.collection import Collection
+from relhelpers import KillSwitch, killed, norms_state
 from test_reliability_outputs import _row
 
 DIM = 4
@@ -24,7 +24,7 @@ FINGERPRINT = {"model": "stand-in", "commit": None, "weights": [], "preprocessin
 OLD = ["a.png", "b.png", "c.png", "d.png", "e.png"]
 NEW = ["a.png", "b.png", "d.png", "e.png", "f.png", "g.png"]  # c removed, b changed, f and g new
 BROKEN = {"d.png"}  # fails while being embedded (so both sets have an error list)
-OUT_FILES = ("out.npy", "out.paths.txt", "out.errors.txt", "out.meta.json", "out.files.jsonl")
+OUT_FILES = ("out.npy", "out.paths.txt", "out.errors.txt", "out.meta.json", "out.files.jsonl", "out.norms.npz")
 
 
 INTERRUPT_AFTER: list[int] = []  # set: Ctrl-C after that many batches
@@ -49,24 +49,21 @@ def _update(inputs: list[str], *, resume: bool = False, overwrite: bool = False)
     """What `bit embed INPUTS -o out.npy --update` does, in the current directory."""
     paths = EmbedPaths.for_output(Path("out.npy"))
     recover(paths)
-    work = plan_work(paths, [_Item(p) for p in inputs], _groups, DIM, dict(FINGERPRINT), update=True, content_hash=False)
-    if work.up_to_date:
-        return
-    writer = EmbedWriter(paths, dim=DIM, fingerprint=dict(FINGERPRINT), inputs=[i.path for i in work.items],
-                         resume=resume and paths.partial.exists(), overwrite=overwrite, update_plan=work.plan)
-    try:
-        todo = list(writer.skip_done(work.items))
-        write_groups(writer, work.groups(todo), None, work.identities(todo))
-        writer.finish()
-    finally:
-        writer.close()
+    run = Collection(paths).plan([_Item(p) for p in inputs], _groups, dim=DIM, fingerprint=dict(FINGERPRINT),
+                                 update=True, resume=resume, overwrite=overwrite)
+    if not run.up_to_date:
+        run.write()
 
 
 def _state() -> tuple:
-    """The published files' bytes (the header without `cwd`: each copy runs in its own folder)."""
+    """The published files' bytes (the header without `cwd`: each copy runs in its own folder; the
+    row norms' values and whether they are sealed: a copy is another array, so the identity they
+    record differs)."""
     state = []
     for name in OUT_FILES:
         data = Path(name).read_bytes() if Path(name).exists() else None
+        if name.endswith(".norms.npz"):
+            data = norms_state(Path(name), valid=False)
         if name.endswith(".meta.json") and data is not None:
             header = json.loads(data)
             header.pop("cwd")
@@ -105,7 +102,8 @@ def test_a_kill_at_any_step_of_an_update_leaves_one_set_sidecar_included(tmp_pat
     _update(NEW)
     new = _state()
     assert all(s is not None for s in new)
-    assert [o != n for o, n in zip(old, new)] == [True, True, False, True, True]  # the same input fails in both
+    assert [o != n for o, n in zip(old, new)] == [True, True, False, True, True, True]  # the same input fails in both
+    assert norms_state(Path("out.norms.npz")) == (new[-1][0], True)  # computed from the array published
     kept = np.load("out.npy")[list(map(str.strip, open("out.paths.txt"))).index("a.png")]
     assert kept.tobytes() == np.load(base / "out.npy")[0].tobytes()  # a kept row: the old bytes
     _copy(base, "probe")
@@ -125,6 +123,7 @@ def test_a_kill_at_any_step_of_an_update_leaves_one_set_sidecar_included(tmp_pat
             f"{n}={'old' if s == o else 'new' if s == w else 'other'}" for n, s, o, w in zip(OUT_FILES, state, old, new))
         _update(NEW, resume=True)
         assert _state() == new, f"killed at step {at}: the next run did not give the new set"
+        assert norms_state(Path("out.norms.npz"))[1], f"killed at step {at}: the norms are not the array's"
         litter = [p for p in os.listdir(".") if "partial" in p or p.endswith(".tmp")]
         assert litter == []
 

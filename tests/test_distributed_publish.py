@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, job, local, photos  # noqa: F401 (fixtures)
+from distributedhelpers import BATCH, SHARD, THREADS, assert_same_files, inputs, job, local, photos, write_shard  # noqa: F401 (fixtures)
 from relhelpers import (
     KillSwitch,
     assert_no_litter,
@@ -34,7 +34,6 @@ from relhelpers import (
 )
 
 from bitcli.distributed import Split, combine, run_shards
-from bitcli.distributed.shards import write_shard
 from bitcli.errors import UsageError
 from bitcli.inputs import expand_inputs
 from bitcli.store import Assembly, EmbedPaths, recover
@@ -104,9 +103,9 @@ def test_combine_publishes_the_run_record_a_local_run_would(shard_sets, tmp_path
     assert record["dtype"] == "float32" and record["version"] == 1
     _assert_record_describes_the_files(out)
     assert sorted(os.listdir(tmp_path)) == [
-        ".out.npy.run.json", "out.errors.txt", "out.files.jsonl", "out.meta.json", "out.npy", "out.paths.txt"]
-    # The metadata sidecar is in the set (the record lists it), without per-file identities.
-    assert set(record["files"]) == {"array", "manifest", "errors", "identities", "metadata"}
+        ".out.npy.run.json", "out.errors.txt", "out.files.jsonl", "out.meta.json", "out.norms.npz", "out.npy", "out.paths.txt"]
+    # The metadata sidecar and the row norms are in the set (the record lists them), without per-file identities.
+    assert set(record["files"]) == {"array", "manifest", "errors", "identities", "metadata", "norms"}
     header = json.loads((tmp_path / "out.meta.json").read_text())
     assert (header["rows"], header["feature_dim"], header["model"]["reference"]) == (3, DIM, "test")
     rows = [json.loads(line) for line in (tmp_path / "out.files.jsonl").read_text().splitlines()]

@@ -196,7 +196,8 @@ def test_a_shard_is_a_collection_that_documents_what_made_it(three_jobs):
 def test_a_shard_being_written_counts_its_inputs_batch_by_batch(tmp_path):
     """`--engine ray`'s bar moves per batch: the driver counts the inputs a shard being written has
     committed (rows and failures), and the shard records each row's file identity."""
-    from bitcli.distributed.shards import Split, inputs_in_flight, write_shard
+    from bitcli.distributed.shards import Split, inputs_in_flight
+    from distributedhelpers import write_shard
     from bitcli.store.metadata import FileIdentity
 
     split = Split(2, 4, 4, "x")

@@ -298,3 +298,66 @@ def test_close_after_a_failed_write_does_not_raise_again(tmp_path):
         writer.commit(["a.jpg"], np.zeros((1, DIM), np.float32))
     writer.close()  # the commit's error is the one reported
     assert (tmp_path / "o.npy.partial").is_dir()
+
+
+# -- the row norms, published with the rows ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_row_norms_are_published_with_the_rows_resumed_ones_included(tmp_path, dtype):
+    """float64 norms of the stored values, as a first use computes them (zero, tiny and huge rows;
+    more rows than one chunk of the computation), for rows committed before an interruption too."""
+    from bitcli.collection import norms
+    from bitcli.collection.index import open_index
+
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((9000, DIM)) * rng.choice([1e-6, 1.0, 5e3], size=(9000, 1))
+    rows[[0, 4500]] = 0.0
+    paths = EmbedPaths.for_output(tmp_path / "o.npy")
+    first = EmbedWriter(paths, dim=DIM, dtype=dtype, fingerprint=FP)
+    first.commit([f"{i}.png" for i in range(5000)], rows[:5000])
+    first.close()  # interrupted
+    resumed = EmbedWriter(paths, dim=DIM, dtype=dtype, fingerprint=FP, resume=True)
+    resumed.commit([f"{i}.png" for i in range(5000, 9000)], rows[5000:])
+    resumed.finish()
+    index = open_index(paths.out)
+    stored = norms.load(index)
+    assert stored is not None and stored.dtype == np.float64
+    np.testing.assert_array_equal(stored, norms.compute(index))
+    np.testing.assert_array_equal(stored, norms.row_norms64(np.load(paths.out)))
+    assert json.loads(paths.record.read_text())["files"]["norms"]["size"] == norms.norms_path(paths.out).stat().st_size
+
+
+def test_staged_norms_are_sealed_only_with_the_array_they_were_computed_from(tmp_path):
+    """The rename that publishes an array changes its change time: the staged norms take the
+    published array's identity, and are dropped when the array in place is another one."""
+    from bitcli.collection import norms
+    from bitcli.collection.index import open_index
+
+    for name, rows in (("a", 5), ("b", 5)):
+        np.save(tmp_path / f"{name}.data.npy", np.arange(rows * DIM, dtype=np.float32).reshape(rows, DIM) * (name == "a" or 2))
+        norms.stage(tmp_path / f"{name}.data.npy", tmp_path / f"{name}.staged")
+    os.replace(tmp_path / "a.data.npy", tmp_path / "a.npy")
+    (tmp_path / "a.paths.txt").write_text("".join(f"{i}.png\n" for i in range(5)))
+    assert norms.load(open_index(tmp_path / "a.npy")) is None  # not sealed yet: never used
+    assert norms.seal(tmp_path / "a.staged", tmp_path / "a.npy", tmp_path / "seal.tmp")
+    assert norms.seal(tmp_path / "a.staged", tmp_path / "a.npy", tmp_path / "seal.tmp")  # again, after a kill: the same
+    os.replace(tmp_path / "a.staged", norms.norms_path(tmp_path / "a.npy"))
+    index = open_index(tmp_path / "a.npy")
+    np.testing.assert_array_equal(norms.load(index), norms.compute(index))
+    assert not norms.seal(tmp_path / "b.staged", tmp_path / "a.npy", tmp_path / "seal.tmp")  # another array
+    assert not (tmp_path / "b.staged").exists() and not (tmp_path / "seal.tmp").exists()
+
+
+def test_a_finished_output_whose_norms_are_gone_or_recomputed_is_still_complete(tmp_path):
+    """The norms are derived from the array: removed (or written by a first use beside an output
+    an earlier bitcli made) they do not make `--resume` or a shard check call the output changed."""
+    from bitcli.collection import norms
+    from bitcli.collection.index import open_index
+
+    paths = EmbedPaths.for_output(tmp_path / "o.npy")
+    write_all(paths, batches(), inputs=None)
+    norms.norms_path(paths.out).unlink()
+    assert EmbedWriter(paths, dim=DIM, fingerprint=FP, resume=True).already_complete
+    norms.ensure(open_index(paths.out))  # a search puts them back
+    assert EmbedWriter(paths, dim=DIM, fingerprint=FP, resume=True).already_complete

@@ -35,8 +35,9 @@ EPILOG = epilog(
     note=(
         "Writes OUT.npy [N, D] (.npy is added to a name without it, as numpy.save does), OUT.paths.txt "
         "(line i = path of row i), OUT.meta.json and OUT.files.jsonl (what made the rows, each row's "
-        "file: docs/collection.md) and, when some inputs fail, OUT.errors.txt (PATH<TAB>reason). Files "
-        "appear atomically; an interrupted run leaves OUT.npy.partial/ for --resume."
+        "file: docs/collection.md), OUT.norms.npz (the rows' norms, for search) and, when some inputs "
+        "fail, OUT.errors.txt (PATH<TAB>reason). Files appear atomically; an interrupted run leaves "
+        "OUT.npy.partial/ for --resume."
     ),
 )
 
@@ -111,7 +112,7 @@ def embed(
     from bitcli import store
     from bitcli.distributed import EmbedJob
     from bitcli.pipeline import Embedder
-    from bitcli.store.update import continued_options, plan_work
+    from bitcli.store.collection import Collection
 
     ui = Ui(quiet=quiet, debug=debug)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
@@ -119,7 +120,7 @@ def embed(
     if recorded is not None:  # a setting not given is the recorded one; one given must agree
         mine = dict(model=model, normalize=normalize, dtype=dtype.value, content_hash=content_hash,
                     precision=precision.value, fast_jpeg=fast_jpeg, max_pixels=max_pixels)
-        values = continued_options(recorded, {k: v for k, v in mine.items() if k in given_options(ctx)})
+        values = recorded.options({k: v for k, v in mine.items() if k in given_options(ctx)})
         model, normalize, content_hash, fast_jpeg, max_pixels = (values[k] for k in ("model", "normalize", "content_hash", "fast_jpeg", "max_pixels"))
         dtype, precision = Dtype(values["dtype"]), Precision(values["precision"])
         where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
@@ -137,47 +138,34 @@ def embed(
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
     fingerprint = {**embedder.fingerprint(), "dtype": where.dtype, **({"content_hash": "sha256"} if content_hash else {})}
     embed_groups = ray_groups(job, dist, paths.out) if engine is Engine.ray else embedder.embed_groups  # --update on Ray
-    work = plan_work(paths, items, embed_groups, embedder.feature_dim, fingerprint, update=update, content_hash=content_hash)
-    if work.up_to_date:
+    run = Collection(paths).plan(items, embed_groups, dim=embedder.feature_dim, fingerprint=fingerprint, dtype=where.dtype,
+                                 content_hash=content_hash, update=update, resume=where.resume, overwrite=where.overwrite)
+    if run.up_to_date:
         ui.info(f"{paths.out}: up to date")
         return EXIT_OK
-    with store.write_errors(paths, UsageError):  # cannot even start: the -o path is unusable
-        writer = store.EmbedWriter(
-            paths,
-            dim=embedder.feature_dim,
-            dtype=where.dtype,
-            fingerprint=fingerprint,
-            inputs=[item.path for item in work.items],
-            resume=where.resume and (not update or paths.partial.exists()),
-            overwrite=where.overwrite,
-            update_plan=work.plan,
-        )
-    if writer.already_complete:  # exits as the run that made it did
+    if run.already_complete:  # exits as the run that made it did
         ui.info(f"{paths.out} is already complete; nothing to resume (pass --overwrite to redo it)")
-        report_summary(ui, writer.finish(), paths, done=True)
-        return EXIT_SOME_FAILED if writer.failed else EXIT_OK
-    if writer.rows or writer.failed:
-        ui.info(f"resuming: {writer.rows} images and {writer.failed} failures already recorded")
-    todo = list(writer.skip_done(work.items))
+        report_summary(ui, run.write(), paths, done=True)
+        return EXIT_SOME_FAILED if run.writer.failed else EXIT_OK
+    if run.writer.rows or run.writer.failed:
+        ui.info(f"resuming: {run.writer.rows} images and {run.writer.failed} failures already recorded")
     # The bar counts images embedded; an update's copied rows are not work done (nor img/s).
-    embeds = [getattr(item, "source_row", None) is None for item in todo]
+    embeds = run.embeds
     bar, failed = ui.progress(sum(embeds), "embedding"), []
     again = "--update --resume" if update else "--resume"
     try:
         with store.write_errors(paths, again=again):
             with bar:
-                on_group = lambda group: report(ui, group, bar, failed, embeds)  # noqa: E731
-                store.write_groups(writer, work.groups(todo), on_group, work.identities(todo))
-            summary = writer.finish(sys.stdout.buffer if paths.out is None else None)
+                summary = run.write(lambda group: report(ui, group, bar, failed, embeds),
+                                    sys.stdout.buffer if paths.out is None else None)
     except BaseException as exc:
-        writer.close()
         if paths.partial is not None and paths.partial.exists():
             ui.info(f"partial results kept in {paths.partial}; rerun with {again} to continue")
         if isinstance(exc, KeyboardInterrupt):
             ui.summary(bar, len(failed))
         raise
-    if work.summary:  # `photos.npy: +3 new, 1 changed, 2 removed, 23 kept; embedded 4 in 1.2 s`
-        ui.info(f"{paths.out}: {work.summary}; embedded {bar.done} in {duration(bar.elapsed)}")
+    if run.summary:  # `photos.npy: +3 new, 1 changed, 2 removed, 23 kept; embedded 4 in 1.2 s`
+        ui.info(f"{paths.out}: {run.summary}; embedded {bar.done} in {duration(bar.elapsed)}")
         report_summary(ui, summary, paths, done=True)
     else:
         report_summary(ui, summary, paths)
@@ -202,9 +190,9 @@ def given_options(ctx: typer.Context) -> set[str]:
 
 def continued(where: StoreOptions, ui: Ui) -> Any:
     """The settings `--update` / `--resume` continue (None: nothing yet), read before the model loads."""
-    from bitcli.store.update import continued_settings
+    from bitcli.store.collection import Collection
 
-    return continued_settings(store_paths(where, ui, check=False), update=where.update, resume=where.resume)
+    return Collection(store_paths(where, ui, check=False)).settings(update=where.update, resume=where.resume)
 
 
 def stale_index_hint(ui: Ui, paths: Any) -> None:

@@ -7,10 +7,14 @@ stored values as `cosine64` computes them (so a zero or overflowing row is recog
 by both), recorded with the array's size, modification time, inode, change time, rows and
 dimension: a file that does not match the array it sits beside is ignored and replaced.
 
-A collection gets them on its first search or dedup, written back atomically when its folder is
-writable (`bit embed` does not write them: they are not part of the published set, whose files
-the store, the shards and `bit combine` check as one). A failure to write them is never an
-error: search computes them as it goes.
+Every producer writes them with the rows: the norms file is a member of the published set
+(`store.publish`), computed from the finished array (`stage`) and staged with it. The rename that
+publishes the array changes its change time, so the staged file records none (-1) and is sealed
+with the published array's identity just before its own rename (`seal`, in the commit record's
+roll-forward; a staged file that no longer matches the array is dropped). A collection without
+them (made by an earlier bitcli, or by hand) gets them on its first search or dedup, written
+back atomically when its folder is writable; a failure to write them is never an error: search
+computes them as it goes.
 """
 
 from __future__ import annotations
@@ -18,43 +22,50 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bitcli.collection.blocks import MappedRows
-from bitcli.collection.index import EmbeddingIndex
-from bitcli.store.paths import check_replaceable
-from bitcli.util import open_regular, write_atomic
+from bitcli.store.files import is_regular
+from bitcli.util import beside, open_regular, write_atomic, write_synced
+
+if TYPE_CHECKING:
+    from bitcli.collection.index import EmbeddingIndex
 
 FORMAT_VERSION = 2  # 1 recorded no inode or change time: such files are replaced
+UNSEALED = -1  # the change time a staged norms file records: its array is not published yet
 _CHUNK_ROWS = 4096  # rows converted to float64 at a time while computing norms
 
 
 def norms_path(array_path: Path) -> Path:
-    array_path = Path(array_path)
-    stem = array_path.with_suffix("") if array_path.suffix == ".npy" else array_path
-    return stem.with_name(stem.name + ".norms.npz")
+    return beside(array_path, ".norms.npz")
 
 
 def _source(index: EmbeddingIndex) -> np.ndarray:
+    return source_of(index.stat(), index.rows, index.dim)
+
+
+def source_of(info: os.stat_result, rows: int, dim: int, ctime_ns: int | None = None) -> np.ndarray:
     """What the norms were computed from: the array's shape, size, modification time and identity
     (inode and change time: another array of the same size published with the same modification
     time, by a filesystem with whole-second times or `cp -p`, is another file or was changed)."""
-    info = index.stat()
-    fields = [FORMAT_VERSION, index.rows, index.dim, info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
+    ctime_ns = info.st_ctime_ns if ctime_ns is None else ctime_ns
+    fields = [FORMAT_VERSION, rows, dim, info.st_size, info.st_mtime_ns, info.st_ino, ctime_ns]
     return np.array(fields, dtype=np.int64)
 
 
 def load(index: EmbeddingIndex) -> np.ndarray | None:
     """The stored norms when they were computed from this very array; None otherwise."""
-    found = _read(norms_path(index.array_path), _max_bytes(index), index.rows)
+    found = _read(norms_path(index.array_path), _max_bytes(index.rows), index.rows)
     if found is None or not np.array_equal(found[0], _source(index)):
         return None
     return found[1]
 
 
-def _max_bytes(index: EmbeddingIndex) -> int:
-    return 8 * index.rows + (1 << 16)
+def _max_bytes(rows: int | None) -> int:
+    """The most a norms file of `rows` rows takes (None: any number)."""
+    return (1 << 62) if rows is None else 8 * rows + (1 << 16)
 
 
 def _read(path: Path, max_bytes: int, rows: int | None) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -97,13 +108,24 @@ def _member(archive: zipfile.ZipFile, name: str, dtype: type, shape: tuple[int, 
 def compute(index: EmbeddingIndex) -> np.ndarray:
     """float64 norms of every row, from the stored values (mapped a chunk at a time and released:
     the resident set does not grow with the collection)."""
-    norms = np.empty(index.rows, dtype=np.float64)
     with MappedRows(index) as rows:
-        for first in range(0, index.rows, _CHUNK_ROWS):
-            stop = min(first + _CHUNK_ROWS, index.rows)
+
+        def chunk(first: int, stop: int) -> np.ndarray:
             rows.check(stop)
-            norms[first:stop] = row_norms64(rows.values[first:stop])
-            rows.release(first, stop)
+            return rows.values[first:stop]
+
+        return _chunked(index.rows, chunk, rows.release)
+
+
+def _chunked(count: int, chunk: Any, done: Any = None) -> np.ndarray:
+    """`row_norms64` of rows [0, count), `chunk(first, stop)` at a time (one loop for a collection
+    and a staged array: their norms are the same numbers)."""
+    norms = np.empty(count, dtype=np.float64)
+    for first in range(0, count, _CHUNK_ROWS):
+        stop = min(first + _CHUNK_ROWS, count)
+        norms[first:stop] = row_norms64(chunk(first, stop))
+        if done is not None:
+            done(first, stop)
     return norms
 
 
@@ -117,9 +139,8 @@ def save(index: EmbeddingIndex, norms: np.ndarray) -> bool:
     """Write `norms` beside the array (atomically); False when that cannot be done (no error)."""
     path = norms_path(index.array_path)
     try:
-        check_replaceable(path, "row norms")  # only a regular file (ours) is ever replaced
-        if path.exists() and _read(path, _max_bytes(index), None) is None:
-            return False  # a file of that name that bitcli did not write
+        if os.path.lexists(path) and (not is_regular(path) or not is_ours(path, index.rows)):
+            return False  # only a regular file that bitcli wrote is ever replaced
         write_atomic(path, lambda fh: np.savez(fh, source=_source(index), norms=np.asarray(norms, np.float64)))
     except Exception:  # a read-only folder, a full disk, a link: search goes on without
         return False
@@ -133,3 +154,54 @@ def ensure(index: EmbeddingIndex) -> np.ndarray:
         norms = compute(index)
         save(index, norms)
     return norms
+
+
+def is_ours(path: Path, rows: int | None = None) -> bool:
+    """Whether `path` is a norms file bitcli wrote (of at most `rows` rows, when given: the read
+    is capped accordingly)."""
+    return _read(path, _max_bytes(rows), None) is not None
+
+
+def stage(array: Path, staged: Path) -> int:
+    """Compute the norms of the finished `.npy` at `array` (the partial directory's `data.npy`,
+    complete and synced) into `staged`, unsealed; the staged file's size."""
+    with open(array, "rb", buffering=0) as file:
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        (rows, dim), _, dtype = read_header(file)
+        offset, row_bytes = file.tell(), dim * dtype.itemsize
+
+        def chunk(first: int, stop: int) -> np.ndarray:
+            data = os.pread(file.fileno(), (stop - first) * row_bytes, offset + first * row_bytes)
+            if len(data) != (stop - first) * row_bytes:
+                raise OSError(f"{array}: shorter than its header says")
+            return np.frombuffer(data, dtype=dtype).reshape(stop - first, dim)
+
+        norms = _chunked(rows, chunk)
+        source = source_of(os.fstat(file.fileno()), rows, dim, UNSEALED)
+    return write_synced(staged, lambda fh: np.savez(fh, source=source, norms=norms))
+
+
+def seal(staged: Path, array: Path, temporary: Path) -> bool:
+    """Record the published array's change time in the staged norms file (the same size: only a
+    number changes; replaced through `temporary`), when it was computed from that very array; else
+    remove it (False)."""
+    found = _read(staged, _max_bytes(None), None)
+    try:
+        info = os.stat(array)
+    except OSError:
+        info = None
+    if found is None or info is None or len(found[0]) != 7:
+        staged.unlink(missing_ok=True)
+        return False
+    source = found[0]
+    rows, dim = int(source[1]), int(source[2])
+    if np.array_equal(source, source_of(info, rows, dim)):
+        return True  # sealed before a kill interrupted the publication
+    norms = _read(staged, _max_bytes(rows), rows)
+    if norms is None or norms[1] is None or not np.array_equal(source, source_of(info, rows, dim, UNSEALED)):
+        staged.unlink(missing_ok=True)
+        return False
+    norms = norms[1]
+    write_atomic(staged, lambda fh: np.savez(fh, source=source_of(info, rows, dim), norms=norms), temporary=temporary)
+    return True

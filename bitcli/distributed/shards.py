@@ -14,7 +14,7 @@ The input list. `spool_inputs` streams the expansion into a JSON-lines file (`[p
 counting and hashing it, and records where each shard starts: memory stays flat however long
 the list. A worker reads its shard's entries back by offset (`ShardInputs.read`).
 
-A shard is a collection. Shard j is written by the embed store (`EmbedWriter`) as
+A shard is a collection. Shard j is written by the embed store (`store.Collection`) as
 `shard-00000j.npy` in the shard directory, with the manifest, error list, metadata sidecar and run
 record a local run writes; the run record adds the split and the shard's index, so `--resume`
 checks them like the rest, and a killed worker's partial shard resumes byte for byte. Combining
@@ -41,7 +41,6 @@ from bitcli.store.files import files_problem, read_journal
 from bitcli.store.metadata import FileIdentity, read_file_rows, read_metadata
 from bitcli.store.paths import EmbedPaths, unescape_error_path
 from bitcli.store.settings import describe_difference as settings_difference
-from bitcli.store.writer import EmbedWriter
 from bitcli.util import encode_lines, write_atomic
 
 DEFAULT_SHARD_IMAGES = 1024  # inputs per shard, rounded up to whole batches
@@ -239,26 +238,6 @@ class ShardInfo:
 
 def shard_paths(directory: Path, index: int) -> EmbedPaths:
     return EmbedPaths.for_output(Path(directory) / f"{shard_name(index)}.npy")
-
-
-def open_shard(directory: Path, index: int, split: Split, *, fingerprint: dict[str, Any], dim: int, dtype: str,
-               inputs: Sequence[str] | None = None) -> EmbedWriter:
-    """The store's writer for shard `index`: a finished one is `already_complete` (if made with
-    these settings, else refused), a partial one is continued."""
-    extra = {"split": split.to_json(), "shard": index}
-    return EmbedWriter(shard_paths(directory, index), dim=dim, dtype=dtype, fingerprint=fingerprint, inputs=inputs,
-                       resume=True, extra=extra)
-
-
-def write_shard(directory: Path, index: int, split: Split, *, fingerprint: dict[str, Any], dim: int, dtype: str,
-                commits: Iterable[tuple[Sequence[str], Any, Sequence[tuple[str, str]]]], identities: Any = None) -> ShardInfo:
-    """Shard `index` from its batches' commits (row paths, rows, failures): rows computed
-    elsewhere. `identities(path)`: each row's file identity, taken before it was read."""
-    with open_shard(directory, index, split, fingerprint=fingerprint, dim=dim, dtype=dtype) as writer:
-        for paths, rows, failures in commits:
-            writer.commit(paths, rows, failures, [identities(p) for p in paths] if identities else None)
-        writer.finish()
-    return read_shard(shard_paths(directory, index))
 
 
 def read_shard(paths: EmbedPaths) -> ShardInfo:

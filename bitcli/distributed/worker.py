@@ -1,7 +1,7 @@
 """A worker loads the model once and embeds whole shards with the local pipeline.
 
 Ray actors wrap one (`ray_engine.py`); `run_shards` runs `--shard I/N` in this process. A shard
-is written through the embed store's own loop (`EmbedWriter`, `write_groups`): batches start at
+is a collection, written as a local run writes one (`store.Collection`): batches start at
 the shard's first entry, a batch boundary of the whole list, so each batch is the one a local run
 forms and the rows are the local run's bytes (on the same machine, with the same thread count).
 """
@@ -22,7 +22,6 @@ from bitcli.distributed.shards import (
     describe_difference,
     finished_shards,
     make_shard_dir,
-    open_shard,
     read_shard,
     remove_shards,
     selected,
@@ -34,8 +33,7 @@ from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
 from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.files import run_state
-from bitcli.store.metadata import identify_all
-from bitcli.store.writer import write_groups
+from bitcli.store.collection import Collection
 
 
 @dataclass(frozen=True)
@@ -122,19 +120,12 @@ class ShardWorker:
     def run(self, shard_dir: Path, split: Split, inputs: ShardInputs) -> ShardInfo:
         """Embed one shard into the store's writer and publish it; a shard already finished (a
         retried task) is kept, a partial one (a worker killed) continued."""
-        entries = inputs.read()
-        paths = [e.path for e in entries]
-        writer = open_shard(shard_dir, inputs.index, split, fingerprint=self.fingerprint, dim=self.dim,
-                            dtype=self.job.dtype, inputs=paths)
-        with writer:
-            if not writer.already_complete:
-                todo = list(writer.skip_done(entries))
-                # Identities before any file is read (as a local run takes them): a file changed
-                # while it is embedded is seen as changed by the next --update.
-                known = identify_all([e.path for e in todo if isinstance(e, InputItem)], content_hash=self.job.content_hash)
-                write_groups(writer, self.embedder.embed_groups(todo), identity=known.get)
-                writer.finish()
-        info = read_shard(shard_paths(shard_dir, inputs.index))
+        shard = Collection(shard_paths(shard_dir, inputs.index))
+        run = shard.plan(inputs.read(), self.embedder.embed_groups, dim=self.dim, fingerprint=self.fingerprint,
+                         dtype=self.job.dtype, content_hash=self.job.content_hash, resume=True,
+                         extra={"split": split.to_json(), "shard": inputs.index})
+        run.write()
+        info = read_shard(shard.paths)
         self._check_same(info, split)
         return info
 

@@ -7,12 +7,13 @@
                 files and lock, the journal of committed batches, each row's FileIdentity, the
                 finished run's record
     metadata.py the sidecar (OUT.meta.json, OUT.files.jsonl): settings, each row's file identity
-    publish.py  StagedSet: the set (array, manifest, error list, sidecar, run record) published
+    publish.py  StagedSet: the set (array, manifest, error list, sidecar, row norms, run record) published
                 through one commit record, `recover` completing an interrupted one; Assembly:
                 the partial directory held while `bit combine` / `--engine ray` assemble
-    writer.py   EmbedWriter (commit, finish) and write_groups (the batch/commit loop); every
-                producer writes through it: a local run, `--update`, a shard job, a Ray worker
+    writer.py   EmbedWriter: batches committed (rows, then a journal line), then the set published
     update.py   `--update`: the plan (kept, changed, new, moved, removed) and its result groups
+    collection.py  Collection: the one object every producer embeds through (a local run, `--resume`,
+                `--update`, a shard job, a Ray worker): `plan` says what is left, `Run.write` does it
 
 While a run is in progress, `OUT.npy.partial/` holds `state.json` (what makes the rows, checked
 by --resume), `data.npy` (a header sized for any row count, then the rows so far),
@@ -28,13 +29,13 @@ anonymous temporary file and streams the array; it cannot be resumed.
 
 from __future__ import annotations
 
-from bitcli.store.publish import Assembly
+from bitcli.store.collection import Collection
 from bitcli.store.files import npy_header
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, unescape_error_path, write_errors
 from bitcli.store.publish import Assembly, recover
-from bitcli.store.writer import EmbedSummary, EmbedWriter, write_groups
+from bitcli.store.writer import EmbedSummary, EmbedWriter
 
 __all__ = [
-    "Assembly", "EmbedPaths", "EmbedSummary", "EmbedWriter", "check_output", "escape_error_path", "npy_header",
-    "recover", "unescape_error_path", "write_errors", "write_groups",
+    "Assembly", "Collection", "EmbedPaths", "EmbedSummary", "EmbedWriter", "check_output", "escape_error_path", "npy_header",
+    "recover", "unescape_error_path", "write_errors",
 ]

@@ -46,7 +46,8 @@ JOURNAL = "journal.jsonl"
 LOCK = "lock"
 PUBLISH = "publish.json"  # the commit point of `finish()`: which staged file becomes which output
 PUBLISH_TMP = "publish.json.tmp"
-OWN_PARTIAL_FILES = frozenset({STATE, DATA, JOURNAL, LOCK, PUBLISH, PUBLISH_TMP})
+SEAL_TMP = "norms.tmp"  # the staged row norms, sealed while the set is published (`publish.py`)
+OWN_PARTIAL_FILES = frozenset({STATE, DATA, JOURNAL, LOCK, PUBLISH, PUBLISH_TMP, SEAL_TMP})
 REQUIRED_PARTIAL_FILES = (STATE, DATA, JOURNAL)
 RECORD_MAX_BYTES = 1 << 20  # state.json, publish.json and the run record are a few hundred bytes
 COPY_CHUNK = 1 << 22  # bytes per read when streaming a finished array
@@ -368,10 +369,11 @@ def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dt
 
     Every file of the set (`EmbedPaths.set_files`) has the size the record gives, or is absent
     when the record lists none (and, with `places`, the path it gives); the array's header holds
-    the recorded rows of `dim` `rows_dtype`.
+    the recorded rows of `dim` `rows_dtype`. Not the row norms: they say themselves which array
+    they describe, and a search (re)computes them when they are missing or stale.
     """
     for role, path in paths.set_files().items():
-        if role == "record":
+        if role in ("record", "norms"):
             continue
         want = (record.get("files") or {}).get(role)
         if places and role != "array" and want is not None and os.path.abspath(path) != want.get("path"):

@@ -27,15 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from bitcli.collection import norms
 from bitcli.errors import BitError, UsageError
 from bitcli.inputs import path_problem
 from bitcli.store.files import (
     OWN_PARTIAL_FILES, STATE, assembled_by, lock_holder, partial_problem, read_json_record, staged_name,
 )
 from bitcli.store.metadata import SidecarPaths
+from bitcli.util import beside
 
 # How messages name a file of the set beyond the three outputs.
-ROLE_NAMES = {"metadata": "the metadata", "identities": "the row identities", "record": "the run record"}
+ROLE_NAMES = {"metadata": "the metadata", "identities": "the row identities", "record": "the run record",
+              "norms": "the row norms"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ class EmbedPaths:
         before the header that names its digest."""
         sidecars = self.sidecars
         roles = (("array", self.out), ("manifest", self.manifest), ("errors", self.errors),
-                 ("identities", sidecars.files), ("metadata", sidecars.meta), ("record", self.record))
+                 ("identities", sidecars.files), ("metadata", sidecars.meta), ("record", self.record),
+                 ("norms", None if self.out is None else beside(self.out, ".norms.npz")))
         return {role: path for role, path in roles if path is not None}
 
     def staged_files(self) -> dict[str, Path]:
@@ -174,8 +178,8 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
     if paths.out is not None and paths.out.exists():
         advice = exists or "pass --overwrite to replace it, --update to bring it up to date (or --resume)"
         raise UsageError(f"{paths.out} already exists; {advice}")
-    for role, path in paths.staged_files().items():  # the run record is bitcli's own: not asked about
-        if role != "record" and os.path.lexists(path):
+    for role, path in paths.staged_files().items():  # the run record and the norms are bitcli's own: not asked about
+        if role != "record" and os.path.lexists(path) and not (role == "norms" and norms.is_ours(path)):
             raise UsageError(f"{path} already exists; pass --overwrite to replace it")
 
 

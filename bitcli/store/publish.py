@@ -31,9 +31,10 @@ import os
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
+from bitcli.collection import norms
 from bitcli.errors import UsageError
 from bitcli.store.files import (
-    ASSEMBLY, DATA, LOCK, PUBLISH, PUBLISH_TMP, RECORD_VERSION, STATE, assembled_by, is_regular, lock_holder,
+    ASSEMBLY, DATA, LOCK, PUBLISH, PUBLISH_TMP, RECORD_VERSION, SEAL_TMP, STATE, assembled_by, is_regular, lock_holder,
     make_partial, read_json_record, remove_partial, take_lock,
 )
 from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, stage_metadata
@@ -43,12 +44,15 @@ from bitcli.util import encode_lines, fsync_dir, write_atomic, write_synced
 PUBLISH_VERSION = 1
 
 
-def commit_publication(partial: Path, moves: list[tuple[Path, Path]], removals: list[Path]) -> None:
-    """Write the commit record: after this, the publication happens even if the process dies."""
+def commit_publication(partial: Path, moves: list[tuple[Path, Path]], removals: list[Path], seal: list[Path] | None = None) -> None:
+    """Write the commit record: after this, the publication happens even if the process dies.
+    `seal`: (staged row norms, array): the norms are sealed with the published array's identity
+    just before they are renamed (`collection.norms.seal`)."""
     record = {
         "version": PUBLISH_VERSION,
         "moves": [[os.path.abspath(src), os.path.abspath(dst)] for src, dst in moves],
         "remove": [os.path.abspath(path) for path in removals],
+        "seal": [os.path.abspath(path) for path in seal] if seal else None,
     }
     with writing(moves[0][1] if moves else partial):
         record_bytes = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8")
@@ -61,10 +65,13 @@ def roll_forward(partial: Path) -> bool:
     if record is None or record.get("version") != PUBLISH_VERSION:
         return False
     touched = set()
+    seal = record.get("seal")
     for src, dst in record.get("moves") or []:
         src, dst = Path(src), Path(dst)
         if not is_regular(src):
             continue  # renamed before the kill
+        if seal and str(src) == seal[0] and not norms.seal(src, Path(seal[1]), partial / SEAL_TMP):
+            continue  # the array is not the one they were computed from: first use computes them
         check_replaceable(dst)  # never replace a FIFO, device or link that appeared meanwhile
         with writing(dst):
             os.replace(src, dst)
@@ -142,26 +149,17 @@ def discard_tmp(paths: EmbedPaths) -> None:
         lock.close()
 
 
-def publish_now(paths: EmbedPaths, staged: dict[str, Path]) -> None:
-    """`-o -`: the array reached the stream; rename the staged manifest and error list into place."""
-    moves, removals = publication(paths, None, staged)
-    for src, dst in moves:
-        check_replaceable(dst)
-        with writing(dst):
-            os.replace(src, dst)
-    for stale in removals:
-        if is_regular(stale):
-            with writing(stale):
-                stale.unlink()
-
-
 def publication(paths: EmbedPaths, partial: Path | None, staged: dict[str, Any]) -> tuple[list, list]:
-    """(moves, removals): each staged file onto its output, the array (`partial`'s data.npy, unless
-    it was streamed) last; every other file of the set removed (a stale one would mislead)."""
+    """(moves, removals): each staged file onto its output, then the array (`partial`'s data.npy,
+    unless it was streamed), then the row norms (sealed with the array's identity as published);
+    every other file of the set removed (a stale one would mislead)."""
     targets = paths.set_files()
-    moves = [(staged[role], target) for role, target in targets.items() if role in staged and role != "array"]
+    last = ("array", "norms")
+    moves = [(staged[role], target) for role, target in targets.items() if role in staged and role not in last]
     if partial is not None:
         moves.append((partial / DATA, paths.out))
+    if "norms" in staged:
+        moves.append((staged["norms"], targets["norms"]))
     removals = [target for role, target in targets.items() if role not in staged and role != "array"]
     return moves, removals
 
@@ -207,8 +205,13 @@ class StagedSet:
             self.sizes[role] = os.stat(staged[key]).st_size
 
     def array(self, size: int) -> None:
-        """The array is complete and synced in `partial/data.npy`, `size` bytes."""
+        """The array is complete and synced in `partial/data.npy`, `size` bytes: its row norms are
+        computed from it and staged (`collection.norms`), a member of the set like the rest."""
         self.sizes["array"] = size
+        target = self.paths.set_files()["norms"]
+        with writing(target):
+            self.staged["norms"] = self.paths.staged(target)
+            self.sizes["norms"] = norms.stage(self.partial / DATA, self.staged["norms"])
 
     def record(self, state: dict[str, Any], *, rows: int, failed: int, **extra: Any) -> None:
         """The run record: what made the rows (`state`, compared by --resume), counts, file sizes."""
@@ -225,8 +228,9 @@ class StagedSet:
 
     def publish(self) -> None:
         """Commit (after this the set is published even if the process dies), then rename."""
+        seal = [self.staged["norms"], self.paths.out] if "norms" in self.staged else None
         try:
-            commit_publication(self.partial, *publication(self.paths, self.partial, self.staged))
+            commit_publication(self.partial, *publication(self.paths, self.partial, self.staged), seal)
         except BaseException:
             self.discard()
             raise
@@ -234,8 +238,16 @@ class StagedSet:
         roll_forward(self.partial)  # a failure here leaves the commit record: the next run completes it
 
     def publish_now(self) -> None:
-        """`-o -`: the array reached the stream; rename the staged files into place."""
-        publish_now(self.paths, self.staged)
+        """`-o -`: the array reached the stream; rename the staged manifest and error list into place."""
+        moves, removals = publication(self.paths, None, self.staged)
+        for src, dst in moves:
+            check_replaceable(dst)
+            with writing(dst):
+                os.replace(src, dst)
+        for stale in removals:
+            if is_regular(stale):
+                with writing(stale):
+                    stale.unlink()
 
     @property
     def committed(self) -> bool:

@@ -83,11 +83,14 @@ class EmbedSettings:
         commit = self.model.get("commit")
         return f"{reference.split('@', 1)[0]}@{commit}" if commit else reference
 
-    def options(self) -> dict[str, Any]:
-        """As `bit embed`'s options (`--update` takes those not given from here)."""
-        return {"normalize": self.normalize, "dtype": self.dtype, "content_hash": self.content_hash is not None,
-                "precision": self.model.get("precision") or "fp32", "fast_jpeg": bool(self.decode.get("fast_jpeg")),
-                "max_pixels": self.decode.get("max_pixels") or 0}
+    def options(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """As `bit embed`'s options, with those `given` on the command line instead (`--update` and
+        `--resume` take the rest from here; a given one that differs is refused by the check)."""
+        given = given or {}
+        recorded = {"normalize": self.normalize, "dtype": self.dtype, "content_hash": self.content_hash is not None,
+                    "precision": self.model.get("precision") or "fp32", "fast_jpeg": bool(self.decode.get("fast_jpeg")),
+                    "max_pixels": self.decode.get("max_pixels") or 0}
+        return {**recorded, **given, "model": given.get("model") or self.model_reference()}
 
     def model_changed(self, now: "EmbedSettings") -> bool:
         """The same model reference, other weights: a local checkpoint retrained in place (or a

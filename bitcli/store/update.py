@@ -15,7 +15,7 @@ A path given twice pairs with that path's stored rows in order; a file that cann
 is embedded, so that the failure is reported like any other. `update_groups` yields the result
 groups for the store's usual commit loop: every group ends where a batch of embedded images
 ends (or after a run of copied rows), so an interrupted update resumes with the same batches and
-the same bytes, like a normal run; `plan_digest` goes into the partial run's state, so that only
+the same bytes, like a normal run; `UpdatePlan.digest` goes into the partial run's state, so that only
 the same update resumes.
 """
 
@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from bitcli.errors import UsageError
-from bitcli.store.settings import EmbedSettings
 from bitcli.store.metadata import (
     EmbeddingMetadata,
     FileIdentity,
@@ -60,10 +59,12 @@ class UpdateStep:
 
 @dataclass
 class UpdatePlan:
-    """What `--update` does, one step per current input in input order, and the rows dropped."""
+    """What `--update` does, one step per current input in input order, the rows dropped, and
+    the old output the kept rows are copied from (None: no output yet)."""
 
     steps: list[UpdateStep]
     removed: list[str]  # stored paths that no current input names (and no move claimed)
+    old: "EmbeddingIndex | None" = None
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)
@@ -79,18 +80,32 @@ class UpdatePlan:
         failed input has no identity, so whether it changed is unknown), but not new."""
         self.steps = [replace(s, status="retried") if s.status == "new" and s.path in failed_before else s for s in self.steps]
 
-    def up_to_date(self, old: "EmbeddingIndex | None") -> bool:
+    def up_to_date(self) -> bool:
         """Nothing to do: every row kept, in place, with the identity it had."""
         return (
-            old is not None
+            self.old is not None
             and not self.removed
-            and len(self.steps) == old.rows
+            and len(self.steps) == self.old.rows
             and all(s.status == "kept" and s.source_row == i and not s.refreshed for i, s in enumerate(self.steps))
         )
 
     @property
     def to_embed(self) -> list[UpdateStep]:
         return [s for s in self.steps if s.source_row is None]
+
+    def identity_of(self) -> Callable[[str], FileIdentity | None]:
+        """Each input's identity as the plan saw it (recorded in the new sidecar)."""
+        return {step.path: step.identity for step in self.steps}.get
+
+    def digest(self) -> str:
+        """What a resumed update must agree on: the plan, and the old array it copies from."""
+        sha = hashlib.sha256()
+        for step in self.steps:
+            sha.update(f"{step.status}\0{step.source_row}\0".encode())
+        if self.old is not None:
+            info = self.old.stat()  # the array the plan's rows come from, even if renamed over since
+            sha.update(f"{info.st_size}\0{info.st_mtime_ns}".encode())
+        return sha.hexdigest()
 
 
 def recorded_settings(paths: "EmbedPaths") -> EmbeddingMetadata | None:
@@ -107,33 +122,6 @@ def recorded_settings(paths: "EmbedPaths") -> EmbeddingMetadata | None:
         )
     with _advice_without_update():
         return read_metadata(meta)
-
-
-def continued_settings(paths: "EmbedPaths", *, update: bool, resume: bool) -> EmbedSettings | None:
-    """The settings a run continues: an interrupted run's (`--resume`, `--update --resume`: its
-    `state.json`), else the output's header (`--update`, `--resume` of a finished output); None
-    when there is nothing to continue."""
-    from bitcli.store.files import STATE, read_json_record
-
-    if resume and paths.partial is not None:
-        state = read_json_record(paths.partial / STATE)
-        if state is not None and isinstance(state.get("settings"), dict):
-            return EmbedSettings.from_json(state["settings"])
-    if update:
-        recorded = recorded_settings(paths)
-        return None if recorded is None else recorded.settings
-    if resume and paths.out is not None and paths.sidecars.meta.is_file():
-        try:
-            return read_metadata(paths.sidecars.meta).settings
-        except UsageError:
-            return None  # the resume itself says what is wrong
-    return None
-
-
-def continued_options(recorded: EmbedSettings, given: dict[str, Any]) -> dict[str, Any]:
-    """`bit embed`'s options when it continues (`continued_settings`): those given on the command
-    line, the recorded ones for the rest; a given one that differs is refused by the check."""
-    return {**recorded.options(), **given, "model": given.get("model") or recorded.model_reference()}
 
 
 def plan_update(
@@ -221,32 +209,19 @@ def _reuse_by_hash(drafts: list[UpdateStep], stored: Sequence[tuple[str, FileIde
     return steps
 
 
-@dataclass
-class Update:
-    """A planned update: the plan, and the old output it copies rows from (None: no output yet)."""
-
-    plan: UpdatePlan
-    old: "EmbeddingIndex | None"
-
-    def identity_of(self) -> Callable[[str], FileIdentity | None]:
-        """Each input's identity as the plan saw it (recorded in the new sidecar)."""
-        known = {step.path: step.identity for step in self.plan.steps}
-        return known.get
-
-
-def prepare_update(paths: "EmbedPaths", current: EmbeddingMetadata, inputs: Sequence[str], *, content_hash: bool) -> Update:
+def prepare_update(paths: "EmbedPaths", current: EmbeddingMetadata, inputs: Sequence[str], *, content_hash: bool) -> UpdatePlan:
     """Plan `--update` of `paths.out` for `inputs`; UsageError (exit 2) when it cannot be done."""
     out = paths.out
     if out is None:
         raise UsageError("--update needs an output file, not -o -")
     if not out.exists():  # the first run of a command line that always says --update
-        return Update(plan_update([], inputs, content_hash=content_hash), None)
+        return plan_update([], inputs, content_hash=content_hash)
     with _advice_without_update():
         old, stored = _read_old(paths, current)
-    base = old.base_dir
-    plan = plan_update(stored, inputs, content_hash=content_hash, base=base)
+    plan = plan_update(stored, inputs, content_hash=content_hash, base=old.base_dir)
     plan.retry(_failed_before(paths))
-    return Update(plan, old)
+    plan.old = old
+    return plan
 
 
 def _read_old(paths: "EmbedPaths", current: EmbeddingMetadata) -> tuple["EmbeddingIndex", list[tuple[str, FileIdentity | None]]]:
@@ -291,17 +266,6 @@ def _failed_before(paths: "EmbedPaths") -> set[str]:
         raise UsageError(f"{paths.errors}: cannot read ({exc.strerror or exc})") from exc
 
 
-def plan_digest(update: Update) -> str:
-    """What a resumed update must agree on: the plan, and the old array it copies from."""
-    sha = hashlib.sha256()
-    for step in update.plan.steps:
-        sha.update(f"{step.status}\0{step.source_row}\0".encode())
-    if update.old is not None:
-        info = update.old.stat()  # the array the plan's rows come from, even if renamed over since
-        sha.update(f"{info.st_size}\0{info.st_mtime_ns}".encode())
-    return sha.hexdigest()
-
-
 def update_groups(
     steps: Sequence[UpdateStep], old: "EmbeddingIndex | None", embed_groups: Callable[[list[str]], Iterable[list["EmbedResult"]]]
 ) -> Iterator[list["EmbedResult"]]:
@@ -335,54 +299,3 @@ def _read_copies(group: list[Any], old: "EmbeddingIndex | None", result: Any) ->
         for n, i in enumerate(copies):
             group[i] = result(path=group[i][0], vector=rows[n])
     return group
-
-
-@dataclass
-class Work:
-    """What the writer is fed: the items (inputs, or --update's steps, both with `.path`), how
-    to make their result groups, and (`identities`) each path's identity taken before its file
-    is read."""
-
-    items: list[Any]
-    groups: Callable[[list[Any]], Iterable[list["EmbedResult"]]]
-    known: Callable[[str], FileIdentity | None] | None  # --update: the plan's; else taken for `todo`
-    content_hash: bool = False
-    summary: str | None = None  # --update: `+12 new, 3 changed, 2 removed, 1043 kept`
-    up_to_date: bool = False  # --update with nothing to change
-    plan: str | None = None  # --update: `plan_digest`, the writer's `update_plan`
-
-    def identities(self, todo: list[Any]) -> Callable[[str], FileIdentity | None]:
-        """Each path's identity for the items still to do (the done ones are in the journal)."""
-        from bitcli.store.metadata import identify_all
-
-        if self.known is not None:
-            return self.known
-        return identify_all([item.path for item in todo], content_hash=self.content_hash).get
-
-
-def plan_work(
-    paths: "EmbedPaths",
-    items: list[Any],
-    embed_groups: Callable[[list[Any]], Iterable[list["EmbedResult"]]],
-    feature_dim: int,
-    fingerprint: dict[str, Any],
-    *,
-    update: bool,
-    content_hash: bool,
-) -> Work:
-    """A normal run embeds every input; --update plans first (`plan`: its digest, so that only the
-    same update resumes)."""
-    if not update:
-        return Work(items, embed_groups, None, content_hash)
-    current = EmbeddingMetadata.from_fingerprint(fingerprint, rows=0, feature_dim=feature_dim)
-    job = prepare_update(paths, current, [item.path for item in items], content_hash=content_hash)
-    resuming = paths.partial is not None and paths.partial.exists()
-    return Work(
-        job.plan.steps,
-        lambda todo: update_groups(todo, job.old, embed_groups),
-        job.identity_of(),
-        content_hash,
-        summary=job.plan.summary(),
-        up_to_date=job.plan.up_to_date(job.old) and not resuming,
-        plan=plan_digest(job),
-    )

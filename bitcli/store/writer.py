@@ -1,6 +1,5 @@
 """`EmbedWriter`: append committed batches of rows; publish the `.npy`, manifest, error list,
-metadata sidecar (`metadata.py`) and run record as one set (see `publish.py`). `write_groups`:
-the embed loop, one commit per batch.
+metadata sidecar (`metadata.py`), row norms and run record as one set (see `publish.py`).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,13 +22,9 @@ from bitcli.store.files import (
 )
 from bitcli.store.metadata import FileIdentity, metadata_for
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, writing
-from bitcli.store.publish import StagedSet, clear_staged, recover
-
-if TYPE_CHECKING:
-    from bitcli.results import EmbedResult
+from bitcli.store.publish import ANOTHER_RUN, StagedSet, clear_staged, recover
 
 INPUTS_CHANGED = "inputs changed since the interrupted run; pass --overwrite to start again"
-ANOTHER_RUN = "another bit embed run is writing it; wait for it to finish or stop it"
 
 
 @dataclass
@@ -55,7 +50,7 @@ class EmbedWriter:
     normalization, batch size, ...); `--resume` refuses a partial run, or a finished output, made
     with another one. Opening first completes a publication a kill interrupted (`recover`), then
     takes the partial directory's lock: a second writer on the same output is refused.
-    `update_plan` (`--update`, `store.update.plan_digest`): the existing output stays in place until
+    `update_plan` (`--update`, `store.update.UpdatePlan.digest`): the existing output stays in place until
     `finish()` replaces it, and only an interrupted update with the same plan resumes. `extra`:
     more of what made the rows, recorded and compared like the rest (a shard's split and index).
     """
@@ -346,24 +341,3 @@ class EmbedWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def write_groups(
-    writer: EmbedWriter,
-    groups: Iterable[list[EmbedResult]],
-    on_group: Callable[[list[EmbedResult]], None] | None = None,
-    identity: Callable[[str], FileIdentity | None] | None = None,
-) -> None:
-    """Commit each group of results (one batch: its rows and failures, in input order) to `writer`.
-
-    A group is committed whole or not at all, which is what makes `--resume` byte-identical.
-    `on_group` sees each group after its commit (the command reports failures and progress there).
-    `identity(path)`: the file's identity taken before it was read, for the metadata sidecar.
-    """
-    for group in groups:
-        ok = [r for r in group if r.ok]
-        errors = [(r.path, str(r.error)) for r in group if not r.ok]
-        identities = [identity(r.path) for r in ok] if identity is not None else None
-        writer.commit([r.path for r in ok], np.stack([r.vector for r in ok]) if ok else None, errors, identities)
-        if on_group is not None:
-            on_group(group)

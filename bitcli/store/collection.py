@@ -1,0 +1,153 @@
+"""`Collection`: an embedding on disk (OUT.npy and the files published with it), the one object
+every producer embeds through.
+
+A local `bit embed` (new, `--resume`, `--update`), a `--shard` job and a Ray worker (a shard is a
+collection) all make the same two calls: `Collection.plan` (what is left to do, known before
+anything is embedded: a command sizes its progress bar from it) and `Run.write` (the batches
+embedded and committed one by one, then the set published). The collection owns what the
+callers used to drive themselves: the writer (`writer.py`), skipping what an interrupted run
+finished, `--update`'s plan (`update.py`: which rows are copied, which embedded), each row's
+file identity taken before its file is read, the commit loop and the publication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, IO, Any, Callable, Iterable
+
+import numpy as np
+
+from bitcli.errors import InputError, UsageError
+from bitcli.store.files import STATE, read_json_record
+from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, identify_all, read_metadata
+from bitcli.store.paths import EmbedPaths, write_errors
+from bitcli.store.settings import EmbedSettings
+from bitcli.store.update import prepare_update, recorded_settings, update_groups
+from bitcli.store.writer import EmbedSummary, EmbedWriter
+
+if TYPE_CHECKING:
+    from bitcli.results import EmbedResult
+
+Groups = Callable[[list[Any]], Iterable[list["EmbedResult"]]]  # items -> result groups, one per batch
+
+
+class Collection:
+    """The embedding at `paths` (`EmbedPaths`: the array, or `-o -`'s stream, and its set)."""
+
+    def __init__(self, paths: EmbedPaths) -> None:
+        self.paths = paths
+
+    def settings(self, *, update: bool, resume: bool) -> EmbedSettings | None:
+        """The settings a run continues: an interrupted run's (`--resume`, `--update --resume`: its
+        `state.json`), else the output's header (`--update`, `--resume` of a finished output); None
+        when there is nothing to continue. Read before any model loads."""
+        paths = self.paths
+        if resume and paths.partial is not None:
+            state = read_json_record(paths.partial / STATE)
+            if state is not None and isinstance(state.get("settings"), dict):
+                return EmbedSettings.from_json(state["settings"])
+        if update:
+            recorded = recorded_settings(paths)
+            return None if recorded is None else recorded.settings
+        if resume and paths.out is not None and paths.sidecars.meta.is_file():
+            try:
+                return read_metadata(paths.sidecars.meta).settings
+            except UsageError:
+                return None  # the resume itself says what is wrong
+        return None
+
+    def plan(
+        self,
+        items: list[Any],
+        embed_groups: Groups,
+        *,
+        dim: int,
+        fingerprint: dict[str, Any],
+        dtype: str = "float32",
+        content_hash: bool = False,
+        update: bool = False,
+        resume: bool = False,
+        overwrite: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> "Run":
+        """Open a run that embeds `items` (anything with `.path`; an `InputError` is recorded as a
+        failure) with `embed_groups`, and say what is left: `Run.up_to_date` (an `--update` with
+        nothing to change: nothing was opened), `Run.already_complete` (`--resume` of a finished
+        output), `Run.todo` (the items still to do; `Run.to_embed` of them are embedded, not
+        copied). `extra`: more of what made the rows, recorded and compared like the rest (a
+        shard's split and index). A bad output is refused here (UsageError, exit 2)."""
+        steps, groups, known, summary, digest = items, embed_groups, None, None, None
+        if update:
+            current = EmbeddingMetadata.from_fingerprint(fingerprint, rows=0, feature_dim=dim)
+            plan = prepare_update(self.paths, current, [item.path for item in items], content_hash=content_hash)
+            if plan.up_to_date() and not self.paths.partial.exists():
+                return Run(None, [], groups, summary=plan.summary())
+            steps, known, summary, digest = plan.steps, plan.identity_of(), plan.summary(), plan.digest()
+            groups = lambda todo: update_groups(todo, plan.old, embed_groups)  # noqa: E731
+        with write_errors(self.paths, UsageError):  # cannot even start: the output is unusable
+            writer = EmbedWriter(
+                self.paths, dim=dim, dtype=dtype, fingerprint=fingerprint, inputs=[item.path for item in steps],
+                resume=resume and (not update or self.paths.partial.exists()), overwrite=overwrite,
+                update_plan=digest, extra=extra,
+            )
+        try:
+            todo = [] if writer.already_complete else list(writer.skip_done(steps))
+        except BaseException:
+            writer.close()
+            raise
+        return Run(writer, todo, groups, known, summary, content_hash)
+
+
+@dataclass
+class Run:
+    """A planned run on a collection (`Collection.plan`); `write` does it."""
+
+    writer: EmbedWriter | None  # None: up to date, nothing opened
+    todo: list[Any]
+    groups: Groups
+    identity: Callable[[str], FileIdentity | None] | None = None  # --update: the plan's; else taken by `write`
+    summary: str | None = None  # --update: `+12 new, 3 changed, 2 removed, 1043 kept`
+    content_hash: bool = False  # identities with each file's sha256
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.writer is None
+
+    @property
+    def already_complete(self) -> bool:
+        return self.writer is not None and self.writer.already_complete
+
+    @property
+    def embeds(self) -> list[bool]:
+        """For each item of `todo`, in order, whether it is embedded (not copied by `--update`)."""
+        return [getattr(item, "source_row", None) is None for item in self.todo]
+
+    @property
+    def to_embed(self) -> int:
+        return sum(self.embeds)
+
+    def write(self, on_group: Callable[[list["EmbedResult"]], None] | None = None, stream: IO[bytes] | None = None) -> EmbedSummary:
+        """Embed and commit `todo` batch by batch (`on_group` sees each group after its commit),
+        then publish the set (or, `-o -`, stream the array to `stream`). Interrupted, the partial
+        run stays for `--resume` and its lock goes."""
+        try:
+            identity = self.identity
+            if identity is None and not self.already_complete:  # before any file is read: one changed meanwhile is seen as changed
+                paths = [item.path for item in self.todo if not isinstance(item, InputError)]
+                identity = identify_all(paths, content_hash=self.content_hash).get
+            for group in [] if self.already_complete else self.groups(self.todo):
+                # One commit per group (a batch: its rows and failures, in input order), whole or
+                # not at all: what makes `--resume` byte-identical.
+                ok = [r for r in group if r.ok]
+                rows = np.stack([r.vector for r in ok]) if ok else None
+                errors = [(r.path, str(r.error)) for r in group if not r.ok]
+                self.writer.commit([r.path for r in ok], rows, errors, [identity(r.path) for r in ok])
+                if on_group is not None:
+                    on_group(group)
+            return self.writer.finish(stream)
+        finally:
+            self.writer.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
