@@ -87,7 +87,9 @@ def test_bit_embed_on_ray_equals_the_local_run(ray_run, local):
         f"error: {line.replace(chr(9), ': ')}" for line in local_errors
     ]  # the local run's stderr lines, in input order
     assert "embedded 13 images" in result.stderr and "Traceback" not in result.stderr
-    record = ".ray.npy.run.json"  # the run record a local run publishes too
+    record = ".ray.npy.run.json"  # the run record a local run publishes too, with the same settings
+    made, published = (json.loads(p.with_name(f".{p.name}.run.json").read_text()) for p in (out, local))
+    assert {k: v for k, v in made.items() if k not in ("files", "created")} == {k: v for k, v in published.items() if k not in ("files", "created")}
     sidecar = ["ray.meta.json", "ray.files.jsonl", "ray.norms.npz"]  # the metadata sidecar and the row norms (docs/collection.md)
     assert sorted(os.listdir(out.parent)) == sorted([record, *sidecar, *(p.name for p in output_files(out).values())])
 
@@ -193,6 +195,12 @@ def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, c
     stamps = {p.name: p.stat().st_mtime_ns for p in finished}
     metas = [json.loads((shard_dir / f".{p.name}.run.json").read_text()) for p in finished]
     rows, failed = sum(m["rows"] for m in metas), sum(m["failed"] for m in metas)
+    # The driver's run.json is the record the local run published (issue 20: one shape), though
+    # the driver never loaded the model; only the runtime (device, convolution path) is not known.
+    spooled = json.loads((shard_dir / "run.json").read_text())
+    published = json.loads(local.with_name(f".{local.name}.run.json").read_text())
+    assert {k: v for k, v in spooled.items() if k not in ("format", "split", "runtime")} == {
+        k: published[k] for k in ("version", "dim", "dtype", "settings", "inputs")}
 
     paths = EmbedPaths.for_output(out)
     with pytest.raises(UsageError, match="--resume"):

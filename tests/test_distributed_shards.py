@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,8 +27,10 @@ from bitcli.distributed import (
 )
 from bitcli.distributed.shards import selected, spool_inputs
 from bitcli.store import EmbedPaths
-from bitcli.store.files import inputs_digest
-from bitcli.errors import InputError, UsageError
+from bitcli.store.files import inputs_digest, run_state
+from bitcli.distributed.worker import ShardWorker
+from bitcli.errors import InputError, ModelError, UsageError
+from bitcli.pipeline import RunOptions
 from bitcli.inputs import InputItem, expand_inputs
 
 
@@ -94,6 +97,56 @@ def test_each_shard_forms_the_batches_of_the_whole_list(ckpt, photos, tmp_path):
     ]
     assert per_shard == whole
     assert all(len(group) == BATCH for group in whole[:-1])  # failures keep their place in a batch
+
+
+# -- the settings record a Ray driver writes, without loading the model -------------------------
+
+
+def driver_record(job_):
+    fingerprint, dim = job_.fingerprint()
+    return run_state(dim, job_.dtype, fingerprint, None)
+
+
+def test_the_drivers_settings_record_is_the_local_runs(ckpt, local):
+    """`EmbedJob.fingerprint` reads the checkpoint's files only; the record it makes is the one a
+    local `bit embed` of the same inputs published, apart from the runtime."""
+    published = json.loads(local.with_name(f".{local.name}.run.json").read_text())
+    made = driver_record(job(ckpt))
+    assert {k: made[k] for k in ("version", "dim", "dtype", "settings")} == {
+        k: published[k] for k in ("version", "dim", "dtype", "settings")}
+    assert made["runtime"]["batch_size"] == published["runtime"]["batch_size"] == BATCH
+
+
+@pytest.mark.parametrize("changes", [
+    {"normalize": True}, {"dtype": "float16"}, {"content_hash": True},
+    {"options": RunOptions(device="cpu", batch_size=BATCH, fast_jpeg=True, max_pixels=1 << 20)},
+], ids=["normalize", "float16", "hash", "decode"])
+def test_the_drivers_settings_record_is_the_workers_for_every_option(ckpt, changes):
+    this = dataclasses.replace(job(ckpt), **changes)
+    made = driver_record(this)
+    worker = ShardWorker(this)
+    assert made["settings"] == run_state(worker.dim, worker.job.dtype, worker.fingerprint, None)["settings"]
+    assert made["dim"] == worker.dim
+
+
+def test_the_driver_sees_a_checkpoint_retrained_in_place(ckpt, tmp_path):
+    """The weights' content names a local model: one byte changed is another model."""
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    before = driver_record(job(copy))["settings"]["model"]
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    after = driver_record(job(copy))["settings"]["model"]
+    assert before["weights_sha256"] != after["weights_sha256"]
+    assert {k: v for k, v in before.items() if k != "weights_sha256"} == {k: v for k, v in after.items() if k != "weights_sha256"}
+
+
+def test_the_driver_refuses_a_model_that_does_not_exist(tmp_path):
+    with pytest.raises(ModelError) as info:
+        job(tmp_path / "no-such-model").fingerprint()
+    assert info.value.exit_code == 3
 
 
 # -- shard runs and combine --------------------------------------------------------------------

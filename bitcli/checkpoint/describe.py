@@ -44,3 +44,22 @@ def describe_checkpoint(path: Path, resolved: ResolvedModel | None = None) -> Ch
         num_parameters=sum(p.numel() for p in model.parameters()),
         resolved=resolved,
     )
+
+
+def describe_any(path: Path, resolved: ResolvedModel | None = None) -> CheckpointInfo:
+    """`describe_checkpoint`, or for a pickle or an `.npz` file, its tensors read (still no network
+    built, nothing on a device): what a Ray driver records of a model it never loads."""
+    described = describe_checkpoint(path, resolved)
+    if described is not None:
+        return described
+    raw = read_checkpoint(path)
+    return CheckpointInfo(
+        config=raw.config,
+        preprocess=raw.preprocess,
+        path=path,
+        source_format=raw.source_format,
+        weights_format=raw.weights_format,
+        files=raw.files,
+        num_parameters=sum(p.numel() for p in meta_model(raw.config).parameters()),
+        resolved=resolved,
+    )

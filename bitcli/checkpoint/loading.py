@@ -81,22 +81,30 @@ class LoadedModel(CheckpointInfo):
         return [n for n in (self.notice, self.preprocess.missing_notice(self.name)) if n]
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies these weights, preprocessing and kernels (stored by `bit embed`).
-
-        A hub model is identified by its commit (its files are immutable blobs); a local one by
-        its files' content (`content_digest`), so a checkpoint retrained in place is another model."""
-        hub_model = self.resolved is not None and bool(self.resolved.repo_id) and bool(self.resolved.commit)
+        """What identifies these weights, preprocessing and kernels (stored by `bit embed`)."""
         return {
-            "model": self.name if hub_model else str(Path(self.path).resolve()),
-            "commit": self.resolved.commit if self.resolved is not None else None,
-            "weights": [Path(f).name for f in self.files],
-            "weights_sha256": None if hub_model else content_digest(self.files),
-            "preprocessing": self.preprocess.describe(),
+            **identity(self),
             "device": self.engine.device,
             "precision": self.engine.precision,
             # "onednn" and "torch" differ in the last bits (see bitcli.engine).
             "convolution": self.engine.convolution,
         }
+
+
+def identity(info: CheckpointInfo) -> dict[str, Any]:
+    """What identifies a checkpoint's weights and preprocessing, from its files alone (no network
+    built: a Ray driver records it without loading the model). A hub model is identified by its
+    commit (its files are immutable blobs); a local one by its files' content (`content_digest`),
+    so a checkpoint retrained in place is another model."""
+    resolved = info.resolved
+    hub_model = resolved is not None and bool(resolved.repo_id) and bool(resolved.commit)
+    return {
+        "model": resolved.repo_id if hub_model else str(Path(info.path).resolve()),
+        "commit": resolved.commit if resolved is not None else None,
+        "weights": [Path(f).name for f in info.files],
+        "weights_sha256": None if hub_model else content_digest(info.files),
+        "preprocessing": info.preprocess.describe(),
+    }
 
 
 _DIGESTS: dict[tuple[Any, ...], str] = {}  # (real path, device, inode, size, mtime_ns) -> sha256

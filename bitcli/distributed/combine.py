@@ -123,9 +123,8 @@ def check_outside(paths: EmbedPaths, shards: Sequence[ShardInfo]) -> None:
             raise UsageError(f"{target}: a file of the shard {shard}, which this combine reads; write the combined files elsewhere")
 
 
-def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | None = None, **record: Any) -> EmbedSummary:
-    """Concatenate `shards` (planned: in order, of one run) into the held `assembly` and publish
-    it. `record`: extra entries for the run record (the Ray engine's job)."""
+def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | None = None) -> EmbedSummary:
+    """Concatenate `shards` (planned: in order, of one run) into the held `assembly` and publish it."""
     first, paths, staged = shards[0], assembly.paths, assembly.staged
     dtype = np.dtype(first.dtype).newbyteorder("<")
     rows, failed = sum(s.rows for s in shards), sum(s.failed for s in shards)
@@ -146,7 +145,7 @@ def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | Non
     staged.sidecar(meta, (row for shard in shards for row in shard.rows_and_identities()))
     # What a local run with these settings records, so that `--resume` checks it as a local one.
     state = {**run_state(first.dim, dtype.name, {}, None), **first.record, "inputs": first.split.inputs}
-    staged.record(state, rows=rows, failed=failed, **record)
+    staged.record(state, rows=rows, failed=failed)
     staged.publish()
     for path, reason in (f for shard in shards for f in shard.failures()) if on_failure else ():
         on_failure(path, reason)

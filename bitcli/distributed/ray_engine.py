@@ -9,9 +9,11 @@ shards (`combine.py`) and removes the shard directory. Workers read and write th
 directory themselves, so it (and the images) must be the same path on every node: a single
 machine, or a shared POSIX filesystem. Relative input paths are the driver's.
 
-`--resume` re-lists the inputs, checks them and the job against `run.json`, and runs only the
-shards not finished (a partial one continues). `--resume` of a finished output checks its run
-record as a local run does. The cluster: `--ray-address`, else `RAY_ADDRESS`, else a new local
+The driver never loads the model: it makes the settings record a local run writes from the
+checkpoint's files (`EmbedJob.fingerprint`), writes it with the split as `run.json`, and refuses
+shards whose workers recorded other settings. `--resume` re-lists the inputs, checks them and
+the record against `run.json`, and runs only the shards not finished (a partial one continues);
+`--resume` of a finished output compares its run record, whoever made it. The cluster: `--ray-address`, else `RAY_ADDRESS`, else a new local
 one (`auto` for the last one started here); a program that called `ray.init` keeps its own.
 """
 
@@ -27,14 +29,14 @@ import numpy as np
 from bitcli.distributed.combine import OnFailure, assemble, find_shards, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
 from bitcli.distributed.shards import (
-    Split, default_shard_size, describe_difference, finished_shards, make_shard_dir, remove_directory, shard_outputs,
+    ShardInfo, ShardMismatchError, Split, default_shard_size, describe_difference, finished_shards, make_shard_dir, remove_directory, shard_outputs,
     spool_inputs,
 )
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
 from bitcli.store.publish import Assembly
 from bitcli.store.files import read_lines
-from bitcli.store.files import finished_problem, inputs_digest, read_run_record
+from bitcli.store.files import finished_problem, inputs_digest, read_run_record, run_state
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary
@@ -74,17 +76,19 @@ def embed_on_ray(
     if paths.out is None:
         raise UsageError("--engine ray keeps shards beside the output: give -o OUT.npy, not -o -")
     shard_dir = options.shard_dir or default_shard_dir(paths.out)
+    fingerprint, dim = job.fingerprint()  # what the workers will record: a model error stops the run here
     recover(paths)  # a publication a kill interrupted, completed first
     if resume and paths.out.exists() and not shard_dir.exists() and not os.path.lexists(paths.partial):
         check_output(paths, resume=resume, overwrite=overwrite)
-        return _already_complete(entries, paths, job)
+        return _already_complete(entries, paths, job, _record(job, fingerprint, dim, None))
     with Assembly(paths, by=ENGINE, resume=resume, overwrite=overwrite) as assembly:  # held to the end
         _prepare(shard_dir, paths, resume=resume, overwrite=overwrite)
         try:
             size = options.shard_size or default_shard_size(job.options.batch_size)
             spool = spool_inputs(entries, shard_dir / INPUTS_FILE, batch_size=job.options.batch_size, shard_size=size)
             split = spool.split
-            _write_run_record(shard_dir, split, job, resume=resume)
+            record = _record(job, fingerprint, dim, split.inputs)
+            _write_run_record(shard_dir, split, record, resume=resume)
             done = finished_shards(shard_dir, split)
             todo = [i for i in range(split.shards) if i not in done]
             if todo:
@@ -97,7 +101,8 @@ def embed_on_ray(
                 _remove(shard_dir)
             raise
         shards = plan(find_shards([shard_dir]), [shard_dir], split=split)
-        summary = assemble(shards, assembly, on_failure, job=_settings(job))
+        _check_made_as_recorded(shards[0], record)
+        summary = assemble(shards, assembly, on_failure)
     summary.resumed_rows = sum(info.rows for info in done.values())
     _remove(shard_dir)
     return summary
@@ -157,8 +162,8 @@ def _prepare(shard_dir: Path, paths: EmbedPaths, *, resume: bool, overwrite: boo
             f"{paths.out}: an interrupted run left {shard_dir}; pass --resume to continue it or --overwrite to start over"
         )
     if resume and not overwrite and shard_outputs(shard_dir) and not (shard_dir / RUN_FILE).exists():
-        # Shards of `--shard I/N` jobs: the driver, which never loads the model, cannot check
-        # which model made them, so it neither keeps them nor publishes them as this job's.
+        # Shards of `--shard I/N` jobs: not cut by this driver (no run.json), so it neither
+        # keeps them nor publishes them as this run's; bit combine is their command.
         raise UsageError(
             f"{shard_dir} holds shards of bit embed --shard jobs, not of an interrupted Ray run; "
             "assemble them with bit combine, or pass --overwrite to start over"
@@ -168,14 +173,27 @@ def _prepare(shard_dir: Path, paths: EmbedPaths, *, resume: bool, overwrite: boo
     make_shard_dir(shard_dir)
 
 
-def _settings(job: EmbedJob) -> dict[str, Any]:
-    """What a resumed run must repeat (`EmbedJob.settings`), as JSON reads it back."""
-    return json.loads(json.dumps(job.settings()))
+def _record(job: EmbedJob, fingerprint: dict[str, Any], dim: int, inputs: str | None) -> dict[str, Any]:
+    """What a local run of `job` records (`files.run_state`: the settings record, the rows' shape,
+    the input digest), with the runtime the driver knows: the device as given, the batch size."""
+    return {**run_state(dim, job.dtype, {**fingerprint, "device": job.options.device}, None), "inputs": inputs}
 
 
-def _write_run_record(shard_dir: Path, split: Split, job: EmbedJob, *, resume: bool) -> None:
-    """`run.json`: the split and options; a resumed run must repeat both."""
-    record = {"format": RUN_FORMAT, "split": split.to_json(), "job": job.settings()}
+def _check_made_as_recorded(shard: ShardInfo, record: dict[str, Any]) -> None:
+    """Refuse shards whose workers recorded other settings than the driver (a node whose cache
+    resolved the hub reference to another commit, another checkpoint at the same path)."""
+    theirs = {"settings": shard.record.get("settings"), "dim": shard.dim, "dtype": shard.dtype}
+    mine = {k: record[k] for k in theirs}
+    if json.loads(json.dumps(theirs)) != mine:
+        difference = describe_difference(theirs, mine, ("on the workers", "here"))
+        raise ShardMismatchError(f"{shard.out} was made with other settings than this run's ({difference}); "
+                                 "give every node the same model, or pass --overwrite to start over")
+
+
+def _write_run_record(shard_dir: Path, split: Split, made: dict[str, Any], *, resume: bool) -> None:
+    """`run.json`: the split and the run record a local run writes (`_record`); a resumed run must
+    repeat both."""
+    record = {"format": RUN_FORMAT, "split": split.to_json(), **made}
     path = shard_dir / RUN_FILE
     if resume and path.exists():
         try:
@@ -192,17 +210,16 @@ def _write_run_record(shard_dir: Path, split: Split, job: EmbedJob, *, resume: b
     write_atomic(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def _already_complete(entries: Iterable[InputItem | InputError], paths: EmbedPaths, job: EmbedJob) -> EmbedSummary:
-    """`--resume` of a finished output: nothing to do if its run record says this job made it
-    from these inputs and its files are as published (a local run's checks); else UsageError.
-    A local run's or bit combine's record names the model as loaded (a resolved path or commit,
-    the device, the kernels), which this driver cannot know without loading it."""
+def _already_complete(
+    entries: Iterable[InputItem | InputError], paths: EmbedPaths, job: EmbedJob, made: dict[str, Any]
+) -> EmbedSummary:
+    """`--resume` of a finished output: nothing to do if its run record holds the settings record
+    `made` (whoever made it: a local run, bit combine, Ray), these inputs and batch size, and its
+    files are as published (a local run's checks); else UsageError."""
     record, _ = read_run_record(paths)
-    if record is not None and not isinstance(record.get("job"), dict):
-        problem = "it was not made by --engine ray, whose record names the model as given; resume it with --engine local"
-    else:
-        mine = {"job": _settings(job), "inputs": inputs_digest(entry.path for entry in entries)}
-        problem = finished_problem(paths, mine, np.dtype(job.dtype).newbyteorder("<"))
+    mine = {**made, "inputs": inputs_digest(entry.path for entry in entries)}
+    mine["runtime"] = {**((record or {}).get("runtime") or {}), "batch_size": job.options.batch_size}  # not the device
+    problem = finished_problem(paths, mine, np.dtype(job.dtype).newbyteorder("<"))
     if problem:
         raise UsageError(f"{paths.out}: {problem}; pass --overwrite to redo it")
     failed = int(record.get("failed") or 0)

@@ -29,11 +29,12 @@ from bitcli.distributed.shards import (
     shard_paths,
     spool_inputs,
 )
-from bitcli.errors import InputError, UsageError
+from bitcli.errors import BitError, CheckpointError, InputError, UsageError
 from bitcli.inputs import InputItem
 from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.files import run_state
 from bitcli.store.collection import Collection
+from bitcli.util import first_line
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,29 @@ class EmbedJob:
     def from_json(cls, data: dict[str, Any]) -> "EmbedJob":
         return cls(**{**data, "options": RunOptions(**data["options"])})
 
-    def settings(self) -> dict[str, Any]:
-        """What a resumed run must repeat. Not the thread counts or offline mode: they do not name
-        the rows (the convolution path one thread picks is in each shard's fingerprint)."""
-        options = {k: v for k, v in asdict(self.options).items() if k not in ("workers", "offline")}
-        return {"model": self.model, "options": options, "normalize": self.normalize, "dtype": self.dtype,
-                "content_hash": self.content_hash}
+    def fingerprint(self) -> tuple[dict[str, Any], int]:
+        """What a worker records of its rows (`ShardWorker.fingerprint`) but the device and the
+        convolution path, and the rows' dimension, from the checkpoint's files without loading
+        the model (a Ray driver's view): the reference resolved as `bitcli.load` resolves it,
+        the weights' digest, the preprocessing and the options."""
+        from bitcli import hub
+        from bitcli.checkpoint.describe import describe_any
+        from bitcli.checkpoint.loading import identity
+
+        resolved = hub.resolve_model(self.model, offline=self.options.offline)
+        try:
+            info = describe_any(Path(resolved.path), resolved)
+        except BitError:
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{self.model}: cannot load the checkpoint ({first_line(exc)})") from exc
+        options = self.options
+        fingerprint = {
+            **identity(info), "precision": options.precision or "fp32", "normalize": self.normalize,
+            "batch_size": options.batch_size, "fast_jpeg": options.fast_jpeg, "max_pixels": options.max_pixels,
+            "dtype": self.dtype, **({"content_hash": "sha256"} if self.content_hash else {}),
+        }
+        return fingerprint, int(info.config.feature_dim)
 
 
 @dataclass(frozen=True)
