@@ -151,6 +151,17 @@ def test_a_finished_ray_output_resumes_locally_as_a_local_run_would(ckpt, photos
     assert "already complete" in again.stderr
 
 
+def test_a_finished_local_output_resumes_on_ray_as_complete(cluster, ckpt, photos, local):
+    """The driver makes the local run's settings record without loading the model, so it checks
+    a local run's output as strictly as a Ray one's (once refused: "resume it with --engine local")."""
+    before = {suffix: path.read_bytes() for suffix, path in output_files(local).items()}
+    again = run(ray_args(cluster, ckpt, local, *inputs(photos), "--resume"))
+    assert again.exit_code == 1 and "already complete" in again.stderr, again.stderr
+    refused = run([*ray_args(cluster, ckpt, local, *inputs(photos), "--resume"), "--normalize"])
+    assert refused.exit_code == 2 and "normalize" in refused.stderr, refused.stderr
+    assert {suffix: path.read_bytes() for suffix, path in output_files(local).items()} == before
+
+
 def test_resume_of_an_output_without_a_run_record_is_refused(cluster, ckpt, photos, ray_run, tmp_path):
     _, out = ray_run
     for suffix, path in output_files(out).items():  # the three files, as an older bitcli left them
