@@ -13,8 +13,9 @@ The driver never loads the model: it makes the settings record a local run write
 checkpoint's files (`EmbedJob.fingerprint`), writes it with the split as `run.json`, and refuses
 shards whose workers recorded other settings. `--resume` re-lists the inputs, checks them and
 the record against `run.json`, and runs only the shards not finished (a partial one continues);
-`--resume` of a finished output compares its run record, whoever made it. The cluster: `--ray-address`, else `RAY_ADDRESS`, else a new local
-one (`auto` for the last one started here); a program that called `ray.init` keeps its own.
+`--resume` of a finished output compares its run record, whoever made it. The cluster:
+`--ray-address`, else `RAY_ADDRESS`, else a new local one (`auto` for the last one started
+here); a program that called `ray.init` keeps its own.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import numpy as np
 from bitcli.distributed.combine import OnFailure, assemble, find_shards, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
 from bitcli.distributed.shards import (
-    ShardInfo, ShardMismatchError, Split, default_shard_size, describe_difference, finished_shards, make_shard_dir, remove_directory, shard_outputs,
-    spool_inputs,
+    ShardInfo, ShardMismatchError, Split, default_shard_size, describe_difference, finished_shards, make_shard_dir,
+    remove_directory, shard_outputs, spool_inputs,
 )
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
