@@ -129,6 +129,23 @@ def test_the_drivers_settings_record_is_the_workers_for_every_option(ckpt, chang
     assert made["dim"] == worker.dim
 
 
+@pytest.mark.parametrize("weights", ["npz", "pickle", "sharded"])
+def test_the_drivers_settings_record_is_the_workers_for_every_checkpoint_format(tmp_path, weights):
+    """An `.npz` file and a pickle have no header: the driver reads their tensors, still without
+    building the network."""
+    from checkpoints import save_reference_checkpoint
+    from transferdata import make_npz_checkpoint
+
+    if weights == "npz":
+        model = make_npz_checkpoint(tmp_path / "ckpt.npz")
+    else:
+        model = tmp_path / "ckpt"
+        save_reference_checkpoint(model, weights=weights)
+    this = job(model)
+    made, worker = driver_record(this), ShardWorker(this)
+    assert made["settings"] == run_state(worker.dim, this.dtype, worker.fingerprint, None)["settings"]
+
+
 def test_the_driver_sees_a_checkpoint_retrained_in_place(ckpt, tmp_path):
     """The weights' content names a local model: one byte changed is another model."""
     copy = tmp_path / "ckpt"

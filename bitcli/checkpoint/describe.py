@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bitcli.checkpoint.files import SAFETENSORS, SAFETENSORS_INDEX, CheckpointInfo
+from bitcli.checkpoint.files import SAFETENSORS, SAFETENSORS_INDEX, CheckpointInfo, RawCheckpoint
 from bitcli.checkpoint.loading import check_state_dict, read_checkpoint
 from bitcli.model.architecture import meta_model
 
@@ -32,18 +32,8 @@ def describe_checkpoint(path: Path, resolved: ResolvedModel | None = None) -> Ch
     if not path.is_dir() or not ((path / SAFETENSORS).is_file() or (path / SAFETENSORS_INDEX).is_file()):
         return None
     raw = read_checkpoint(path, header_only=True)
-    model = meta_model(raw.config)
-    check_state_dict(model, raw.state_dict, str(path))
-    return CheckpointInfo(
-        config=raw.config,
-        preprocess=raw.preprocess,
-        path=path,
-        source_format=raw.source_format,
-        weights_format=raw.weights_format,
-        files=raw.files,
-        num_parameters=sum(p.numel() for p in model.parameters()),
-        resolved=resolved,
-    )
+    check_state_dict(meta_model(raw.config), raw.state_dict, str(path))
+    return _described(raw, path, resolved)
 
 
 def describe_any(path: Path, resolved: ResolvedModel | None = None) -> CheckpointInfo:
@@ -52,7 +42,10 @@ def describe_any(path: Path, resolved: ResolvedModel | None = None) -> Checkpoin
     described = describe_checkpoint(path, resolved)
     if described is not None:
         return described
-    raw = read_checkpoint(path)
+    return _described(read_checkpoint(path), path, resolved)
+
+
+def _described(raw: RawCheckpoint, path: Path, resolved: ResolvedModel | None) -> CheckpointInfo:
     return CheckpointInfo(
         config=raw.config,
         preprocess=raw.preprocess,
