@@ -249,6 +249,30 @@ def test_resume_with_other_inputs_is_refused(cluster, ckpt, photos, tmp_path):
         embed_on_ray(expand_inputs(inputs(photos)), EmbedPaths.for_output(tmp_path / "out.npy"), job(ckpt), resume=True)
 
 
+def test_resume_after_the_checkpoint_was_retrained_in_place_is_refused(ckpt, photos, tmp_path):
+    """Issue 20: the interrupted run's `run.json` holds the weights' digest, which the driver
+    computes without loading the model; other weights at the same path are refused, not mixed."""
+    from bitcli.distributed.ray_engine import _record
+    from bitcli.distributed.shards import spool_inputs
+
+    model = tmp_path / "ckpt"
+    shutil.copytree(ckpt, model)
+    shard_dir = tmp_path / "out.npy.shards"
+    shard_dir.mkdir()
+    spool = spool_inputs(expand_inputs(inputs(photos)), tmp_path / "inputs.jsonl", batch_size=BATCH, shard_size=SHARD)
+    fingerprint, dim = job(model).fingerprint()
+    made = {"format": "bitcli-embed-run", "split": spool.split.to_json(), **_record(job(model), fingerprint, dim, spool.split.inputs)}
+    (shard_dir / "run.json").write_text(json.dumps(made))
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # retrained in place: the same names, other content
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="weights_sha256.*--overwrite"):
+        embed_on_ray(expand_inputs(inputs(photos)), EmbedPaths.for_output(tmp_path / "out.npy"), job(model),
+                     RayOptions(shard_size=SHARD), resume=True)
+    assert not (tmp_path / "out.npy").exists()
+
+
 def test_a_model_that_cannot_load_is_a_model_error(cluster, photos, tmp_path):
     with pytest.raises(ModelError, match="does not exist") as info:
         embed_on_ray(
