@@ -71,11 +71,10 @@ def plan(shards: Sequence[ShardInfo], sources: Sequence[Path], *, split: Split |
                 f"{shard.out} and {first.out} are of different runs ({shard.split.unlike(reference_split)}); "
                 "combine the shards of one run"
             )
-        if shard.settings() != first.settings():
-            names = (f"in {shard.out.name}", f"in {first.out.name}")
+        names = (f"in {shard.out.name}", f"in {first.out.name}")
+        if difference := describe_difference(shard.settings(), first.settings(), names):
             raise ShardMismatchError(
-                f"{shard.out} was made with other settings than {first.out} "
-                f"({describe_difference(shard.settings(), first.settings(), names)}); rerun it with the same model and options"
+                f"{shard.out} was made with other settings than {first.out} ({difference}); rerun it with the same model and options"
             )
     by_index: dict[int, ShardInfo] = {}
     for shard in ordered:
