@@ -288,3 +288,25 @@ def test_resume_with_the_checkpoint_moved_elsewhere_continues(tmp_path):
     assert result.returncode == 0, text(result.stderr)
     assert len(np.load("photos.npy")) == 12
     assert json.load(open("photos.meta.json"))["model"]["reference"] == str(moved.resolve())
+
+
+def test_resume_takes_the_batch_size_of_the_run_it_continues(ckpt):
+    """Batches are a run's unit of work: an interrupted `--update --batch-size 1` continues with
+    the advised `--update --resume` (no --batch-size), and `--resume` of a finished output made
+    with another batch size says it is complete instead of refusing."""
+    from test_cli_interrupt import bit, wait_for_commits
+    from relhelpers import bit as run_bit, text
+
+    make_images(Path("photos"), 3)
+    assert run(["embed", "photos", "-o", "photos.npy", "-m", ckpt, "--batch-size", "3"]).exit_code == 0
+    finished = run_bit("embed", "photos", "-o", "photos.npy", "--resume")
+    assert finished.returncode == 0 and "already complete" in text(finished.stderr), text(finished.stderr)
+    make_images(Path("photos/more"), 12)
+    proc = bit("embed", "photos", "-o", "photos.npy", "--update", "--batch-size", "1")
+    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    result = run_bit("embed", "photos", "-o", "photos.npy", "--update", "--resume")
+    assert result.returncode == 0, text(result.stderr)
+    assert len(np.load("photos.npy")) == 15 and not Path("photos.npy.partial").exists()
