@@ -248,6 +248,26 @@ def test_hashed_shards_combine_into_a_hashed_collection(ckpt):
     assert "+0 new, 0 changed, 0 removed, 3 kept, 1 moved; embedded 0 in" in again.stderr
 
 
+def test_combine_from_another_directory_keeps_the_directory_the_shards_ran_in(ckpt, monkeypatch, tmp_path):
+    """The shards' relative paths are relative to where the jobs ran, not to where `bit combine`
+    runs: combined from a subfolder, `--update` keeps every row and search prints real files."""
+    make_images(Path("photos"), 4)
+    for i in range(2):
+        job = run(["embed", "photos", "-o", "out.npy", "-m", ckpt, "--batch-size", "2", "--shard-size", "2", "--shard", f"{i}/2"])
+        assert job.exit_code == 0, job.stderr
+    Path("elsewhere").mkdir()
+    monkeypatch.chdir("elsewhere")
+    combined = run(["combine", "../out.npy.shards", "-o", "../out.npy"])
+    assert combined.exit_code == 0, combined.stderr
+    monkeypatch.chdir(tmp_path)
+    assert json.load(open("out.meta.json"))["cwd"] == str(tmp_path)
+    again = run(["embed", "photos", "-o", "out.npy", "--update"])
+    assert again.exit_code == 0 and again.stderr.strip() == "out.npy: up to date", again.stderr
+    found = run(["search", "out.npy", "photos/img00.png", "-k", "1", "-f", "jsonl"])
+    assert found.exit_code == 0, found.stderr
+    assert os.path.isfile(json.loads(found.stdout)["matches"][0]["path"])
+
+
 def test_stdout_output_publishes_the_sidecar_beside_the_manifest(ckpt):
     make_images(Path("photos"), 3)
     result = run(["embed", "photos", "-o", "-", "--manifest", "rows.txt", "-m", ckpt])

@@ -27,7 +27,7 @@ from bitcli.distributed.shards import (
 from bitcli.errors import UsageError
 from bitcli.store.publish import Assembly
 from bitcli.store.files import npy_header, run_state
-from bitcli.store.metadata import metadata_for
+from bitcli.store.metadata import metadata_for, read_metadata
 from bitcli.store.paths import EmbedPaths, writing
 from bitcli.store.writer import EmbedSummary
 from bitcli.util import name_some
@@ -141,7 +141,9 @@ def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | Non
     staged.file("manifest", _concatenation([s.paths.manifest for s in shards]))
     if failed:
         staged.file("errors", _concatenation([s.paths.errors for s in shards if s.failed]))
-    meta = metadata_for(paths, first.record, rows=rows, dim=first.dim)
+    # Relative row paths are relative to where the shard jobs ran, wherever combine runs.
+    shard_meta = first.paths.sidecars.meta
+    meta = metadata_for(paths, first.record, rows=rows, dim=first.dim, cwd=read_metadata(shard_meta).base_dir(shard_meta))
     staged.sidecar(meta, (row for shard in shards for row in shard.rows_and_identities()))
     # What a local run with these settings records, so that `--resume` checks it as a local one.
     state = {**run_state(first.dim, dtype.name, {}, None), **first.record, "inputs": first.split.inputs}

@@ -204,20 +204,23 @@ def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out:
 # -- writing and reading ---------------------------------------------------------------------
 
 
-def metadata_for(paths: "EmbedPaths", record: dict[str, Any], *, rows: int, dim: int) -> EmbeddingMetadata:
+def metadata_for(paths: "EmbedPaths", record: dict[str, Any], *, rows: int, dim: int,
+                 cwd: str | None = None) -> EmbeddingMetadata:
     """`OUT.meta.json`'s content for the output `paths`: what made the rows (docs/collection.md),
-    from the run record's `settings` and `runtime` (`files.run_state`)."""
+    from the run record's `settings` and `runtime` (`files.run_state`). `cwd`: the directory the
+    rows' relative paths are relative to (default: this process's; `combine`: the shards')."""
     from bitcli import __version__
 
     header = paths.sidecars.meta
+    cwd = cwd or os.getcwd()
     return EmbeddingMetadata(
         settings=EmbedSettings.from_json(record["settings"]),
         runtime=dict(record["runtime"]),
         rows=rows,
         feature_dim=dim,
         bitcli_version=__version__,
-        cwd=os.getcwd(),
-        cwd_from_header=os.path.relpath(os.getcwd(), os.path.realpath(os.path.dirname(os.path.abspath(header)))),
+        cwd=cwd,
+        cwd_from_header=os.path.relpath(cwd, os.path.realpath(os.path.dirname(os.path.abspath(header)))),
         array=None if paths.out is None else _relative_name(paths.out, header),
         manifest=_relative_name(paths.manifest, header),
     )
