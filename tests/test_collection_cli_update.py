@@ -318,6 +318,32 @@ def test_a_plain_resume_of_an_interrupted_update_names_the_flags(ckpt, tmp_path)
     assert "--update --resume" in fresh.stderr and "--update --overwrite" in fresh.stderr
 
 
+def test_the_advice_after_an_interruption_follows_the_kind_of_run_interrupted(ckpt):
+    """The advice names the flags that continue the interrupted run, whichever flags were given:
+    an interrupted first embed is continued by --resume (an --update --resume would be refused),
+    an interrupted update by --update --resume."""
+    from relhelpers import bit as run_bit, text
+
+    make_images(Path("photos"), 6)
+    proc = bit("embed", "photos", "-o", "photos.npy", "-m", ckpt, "--batch-size", "1")
+    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    update = embed(ckpt, "--update")
+    assert_clean_failure(update, 2)
+    assert "pass --resume" in update.stderr and "--update --resume" not in update.stderr, update.stderr
+    resumed = run_bit("embed", "photos", "-o", "photos.npy", "--resume")  # as advised
+    assert resumed.returncode == 0, text(resumed.stderr)
+    make_images(Path("photos/more"), 4)
+    proc = bit("embed", "photos", "-o", "photos.npy", "--batch-size", "1", "--update")
+    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    plain = embed(ckpt)
+    assert_clean_failure(plain, 2)
+    assert "pass --update --resume" in plain.stderr, plain.stderr
+
+
 def test_inputs_that_failed_before_are_retried_not_counted_as_new(ckpt):
     make_images(Path("photos"), 2, bad=("broken.png",))
     assert embed(ckpt).exit_code == 1
