@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from distributedhelpers import BATCH, SHARD, make_photos
+from relhelpers import norms_state
 
 
 
@@ -77,8 +78,14 @@ def test_combine_over_an_existing_output_advises_only_its_own_flags(ckpt, tmp_pa
     assert again.returncode == 2  # before: "... --update to bring it up to date (or --resume)", flags combine lacks
     assert again.stderr == "error: out.npy already exists; pass --overwrite to replace it\n"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+    def the_set() -> dict:  # the row norms name the array they describe (its inode): compared as `norms_state`
+        return {p.name: norms_state(p) if p.name.endswith(".norms.npz") else p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    published = the_set()
+    assert published["out.norms.npz"][1]  # the norms of the array beside them
     assert bit("combine", "-o", "out.npy", "--overwrite", cwd=tmp_path).returncode == 1
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # the same set again
+    assert the_set() == published  # the same set again
 
 
 @pytest.mark.slow

@@ -173,7 +173,8 @@ EPILOG = epilog(
     note=(
         "Checks that every shard is there once, all cut from the same inputs with the same model and "
         "options, then publishes the files a local bit embed writes as one set: OUT.npy, OUT.paths.txt, "
-        "OUT.errors.txt and the run record that bit embed --resume checks. The shards are kept."
+        "OUT.errors.txt, OUT.meta.json, OUT.files.jsonl, OUT.norms.npz and the run record that bit embed "
+        "--resume checks. The shards are kept."
     ),
 )
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 2  # 1 recorded no inode or change time: such files are replaced
 UNSEALED = -1  # the change time a staged norms file records: its array is not published yet
-_CHUNK_ROWS = 4096  # rows converted to float64 at a time while computing norms
+_CHUNK_ROWS = 512  # rows converted to float64 at a time while computing norms (cache-sized)
 
 
 def norms_path(array_path: Path) -> Path:
@@ -119,14 +119,33 @@ def compute(index: EmbeddingIndex) -> np.ndarray:
 
 def _chunked(count: int, chunk: Any, done: Any = None) -> np.ndarray:
     """`row_norms64` of rows [0, count), `chunk(first, stop)` at a time (one loop for a collection
-    and a staged array: their norms are the same numbers)."""
+    and a staged array: their norms are the same numbers). Chunks are cache-sized and shared by a
+    few threads (numpy lets go of the GIL while it converts and sums): each row's norm is the same
+    number whichever thread or chunk computes it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     norms = np.empty(count, dtype=np.float64)
-    for first in range(0, count, _CHUNK_ROWS):
+
+    def one(first: int) -> None:
         stop = min(first + _CHUNK_ROWS, count)
         norms[first:stop] = row_norms64(chunk(first, stop))
         if done is not None:
             done(first, stop)
+
+    pool = ThreadPoolExecutor(_workers(), thread_name_prefix="bit-norms")
+    try:
+        for finished in [pool.submit(one, first) for first in range(0, count, _CHUNK_ROWS)]:
+            finished.result()
+    finally:  # an error or Ctrl-C: the chunks not started are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
     return norms
+
+
+def _workers() -> int:
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not Linux
+        return max(1, min(8, os.cpu_count() or 1))
 
 
 def row_norms64(rows: np.ndarray) -> np.ndarray:

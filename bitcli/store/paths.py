@@ -77,8 +77,8 @@ class EmbedPaths:
         """The published set by role, the run record included: what a finished run stages and
         renames as one (`publish.StagedSet`), and what the run record lists. A new file of the set
         is one more entry here; a file of the set a run does not stage (the error list, without
-        failures) is removed. Renamed in this order, the array last: the sidecar's row file
-        before the header that names its digest."""
+        failures) is removed. Renamed in this order (the sidecar's row file before the header that
+        names its digest), then the array, then the row norms (`publish.publication`)."""
         sidecars = self.sidecars
         roles = (("array", self.out), ("manifest", self.manifest), ("errors", self.errors),
                  ("identities", sidecars.files), ("metadata", sidecars.meta), ("record", self.record),
