@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clihelpers import assert_clean_failure, make_checkpoint, make_images, run
+from clihelpers import assert_clean_failure, make_images, run
 from collectionfiles import make_duplicates
 from test_cli_interrupt import bit, wait_for_commits
 
@@ -23,6 +23,14 @@ def in_tmp(tmp_path, monkeypatch):
 
 def embed(ckpt, *args):
     return run(["embed", "photos", "-o", "photos.npy", "-m", ckpt, "--batch-size", "2", *map(str, args)])
+
+
+def other_weights(directory: Path) -> Path:
+    """A checkpoint of the same shape with other weights (a copy of `ckpt` is the same model)."""
+    from checkpoints import TINY, save_reference_checkpoint, tiny_preprocessor
+
+    save_reference_checkpoint(directory, seed=7, preprocessor=tiny_preprocessor(32), **TINY)
+    return directory
 
 
 def rows_by_path(name: str) -> dict[str, bytes]:
@@ -111,7 +119,7 @@ def test_update_creates_a_missing_output(ckpt):
 def test_update_is_refused_with_another_model_or_dtype(ckpt, tmp_path):
     make_images(tmp_path / "photos", 3)
     assert embed(ckpt).exit_code == 0
-    other = make_checkpoint(tmp_path / "other")
+    other = other_weights(tmp_path / "other")
     for args in (["-m", other], ["--dtype", "float16"], ["--normalize"]):
         result = run(["embed", "photos", "-o", "photos.npy", "--update", "-m", ckpt, *map(str, args)])
         assert_clean_failure(result, 2)
@@ -149,7 +157,7 @@ def test_a_refused_update_advises_overwrite_without_update(ckpt, tmp_path):
     """`--update --overwrite` is refused the same way, so the advice must say to drop --update."""
     make_images(tmp_path / "photos", 2)
     assert embed(ckpt).exit_code == 0
-    other = make_checkpoint(tmp_path / "other")
+    other = other_weights(tmp_path / "other")
     refused = run(["embed", "photos", "-o", "photos.npy", "--update", "--overwrite", "-m", other])
     assert_clean_failure(refused, 2)
     assert "without --update" in refused.stderr
