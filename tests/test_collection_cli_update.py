@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clihelpers import assert_clean_failure, make_checkpoint, make_images, run
+from clihelpers import assert_clean_failure, make_images, run
 from collectionfiles import make_duplicates
 from test_cli_interrupt import bit, wait_for_commits
 
@@ -23,6 +23,14 @@ def in_tmp(tmp_path, monkeypatch):
 
 def embed(ckpt, *args):
     return run(["embed", "photos", "-o", "photos.npy", "-m", ckpt, "--batch-size", "2", *map(str, args)])
+
+
+def other_weights(directory: Path) -> Path:
+    """A checkpoint of the same shape with other weights (a copy of `ckpt` is the same model)."""
+    from checkpoints import TINY, save_reference_checkpoint, tiny_preprocessor
+
+    save_reference_checkpoint(directory, seed=7, preprocessor=tiny_preprocessor(32), **TINY)
+    return directory
 
 
 def rows_by_path(name: str) -> dict[str, bytes]:
@@ -111,7 +119,7 @@ def test_update_creates_a_missing_output(ckpt):
 def test_update_is_refused_with_another_model_or_dtype(ckpt, tmp_path):
     make_images(tmp_path / "photos", 3)
     assert embed(ckpt).exit_code == 0
-    other = make_checkpoint(tmp_path / "other")
+    other = other_weights(tmp_path / "other")
     for args in (["-m", other], ["--dtype", "float16"], ["--normalize"]):
         result = run(["embed", "photos", "-o", "photos.npy", "--update", "-m", ckpt, *map(str, args)])
         assert_clean_failure(result, 2)
@@ -149,7 +157,7 @@ def test_a_refused_update_advises_overwrite_without_update(ckpt, tmp_path):
     """`--update --overwrite` is refused the same way, so the advice must say to drop --update."""
     make_images(tmp_path / "photos", 2)
     assert embed(ckpt).exit_code == 0
-    other = make_checkpoint(tmp_path / "other")
+    other = other_weights(tmp_path / "other")
     refused = run(["embed", "photos", "-o", "photos.npy", "--update", "--overwrite", "-m", other])
     assert_clean_failure(refused, 2)
     assert "without --update" in refused.stderr
@@ -248,6 +256,26 @@ def test_hashed_shards_combine_into_a_hashed_collection(ckpt):
     assert "+0 new, 0 changed, 0 removed, 3 kept, 1 moved; embedded 0 in" in again.stderr
 
 
+def test_combine_from_another_directory_keeps_the_directory_the_shards_ran_in(ckpt, monkeypatch, tmp_path):
+    """The shards' relative paths are relative to where the jobs ran, not to where `bit combine`
+    runs: combined from a subfolder, `--update` keeps every row and search prints real files."""
+    make_images(Path("photos"), 4)
+    for i in range(2):
+        job = run(["embed", "photos", "-o", "out.npy", "-m", ckpt, "--batch-size", "2", "--shard-size", "2", "--shard", f"{i}/2"])
+        assert job.exit_code == 0, job.stderr
+    Path("elsewhere").mkdir()
+    monkeypatch.chdir("elsewhere")
+    combined = run(["combine", "../out.npy.shards", "-o", "../out.npy"])
+    assert combined.exit_code == 0, combined.stderr
+    monkeypatch.chdir(tmp_path)
+    assert json.load(open("out.meta.json"))["cwd"] == str(tmp_path)
+    again = run(["embed", "photos", "-o", "out.npy", "--update"])
+    assert again.exit_code == 0 and again.stderr.strip() == "out.npy: up to date", again.stderr
+    found = run(["search", "out.npy", "photos/img00.png", "-k", "1", "-f", "jsonl"])
+    assert found.exit_code == 0, found.stderr
+    assert os.path.isfile(json.loads(found.stdout)["matches"][0]["path"])
+
+
 def test_stdout_output_publishes_the_sidecar_beside_the_manifest(ckpt):
     make_images(Path("photos"), 3)
     result = run(["embed", "photos", "-o", "-", "--manifest", "rows.txt", "-m", ckpt])
@@ -296,6 +324,32 @@ def test_a_plain_resume_of_an_interrupted_update_names_the_flags(ckpt, tmp_path)
     fresh = embed(ckpt, "--update")
     assert_clean_failure(fresh, 2)
     assert "--update --resume" in fresh.stderr and "--update --overwrite" in fresh.stderr
+
+
+def test_the_advice_after_an_interruption_follows_the_kind_of_run_interrupted(ckpt):
+    """The advice names the flags that continue the interrupted run, whichever flags were given:
+    an interrupted first embed is continued by --resume (an --update --resume would be refused),
+    an interrupted update by --update --resume."""
+    from relhelpers import bit as run_bit, text
+
+    make_images(Path("photos"), 6)
+    proc = bit("embed", "photos", "-o", "photos.npy", "-m", ckpt, "--batch-size", "1")
+    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    update = embed(ckpt, "--update")
+    assert_clean_failure(update, 2)
+    assert "pass --resume" in update.stderr and "--update --resume" not in update.stderr, update.stderr
+    resumed = run_bit("embed", "photos", "-o", "photos.npy", "--resume")  # as advised
+    assert resumed.returncode == 0, text(resumed.stderr)
+    make_images(Path("photos/more"), 4)
+    proc = bit("embed", "photos", "-o", "photos.npy", "--batch-size", "1", "--update")
+    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    plain = embed(ckpt)
+    assert_clean_failure(plain, 2)
+    assert "pass --update --resume" in plain.stderr, plain.stderr
 
 
 def test_inputs_that_failed_before_are_retried_not_counted_as_new(ckpt):

@@ -94,6 +94,26 @@ def test_an_output_written_through_a_linked_folder_reads_the_same_from_its_real_
     assert np.load("photos.npy").tobytes() == before.tobytes()
 
 
+def test_a_collection_moved_without_its_files_still_names_them(ckpt, tmp_path):
+    """`mv photos.* archive/` (the files stay where they were embedded): the recorded directory
+    still holds them, so search prints files that exist and `--update` keeps every row."""
+    import shutil
+
+    make_images(Path("photos"), 3)
+    assert run(["embed", "photos", "-o", "photos.npy", "-m", ckpt, "--batch-size", "2"]).exit_code == 0
+    before = np.load("photos.npy")
+    Path("archive").mkdir()
+    for name in Path(".").glob("photos.*"):
+        shutil.move(str(name), "archive")
+    result = run(["search", "archive/photos.npy", "photos/img00.png", "-k", "2", "--format", "jsonl"])
+    assert result.exit_code == 0, result.stderr
+    matches = json.loads(result.stdout.splitlines()[0])["matches"]
+    assert len(matches) == 2 and all(os.path.isfile(m["path"]) for m in matches), matches
+    update = run(["embed", "photos", "-o", "archive/photos.npy", "--update"])
+    assert update.exit_code == 0 and "up to date" in update.stderr, update.stderr
+    assert np.load("archive/photos.npy").tobytes() == before.tobytes()
+
+
 def test_keep_names_only_the_embedded_files_from_another_directory(ckpt, tmp_path):
     """From another directory where `photos/img01.png` is an unrelated file, and after one
     of the embedded files was overwritten: neither is listed for deletion."""

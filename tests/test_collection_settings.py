@@ -230,3 +230,83 @@ def test_combine_refuses_shards_of_a_checkpoint_retrained_between_jobs(tmp_path)
     result = run(["combine", "-o", "out.npy"])
     assert_clean_failure(result, 2)
     assert "weights_sha256" in result.stderr and not Path("out.npy").exists()
+
+
+def test_a_checkpoint_moved_elsewhere_is_the_same_model(tmp_path):
+    """A local model is its content, not its folder's name: after `mv ftm ftm-v1` the collection
+    is updated (and searched) with the moved copy, its unchanged rows kept byte for byte."""
+    model = make_checkpoint(tmp_path / "ftm")
+    make_images(Path("photos"), 3)
+    assert embed("-m", model).exit_code == 0
+    before = rows_by_path()
+    moved = tmp_path / "ftm-v1"
+    shutil.move(str(model), str(moved))
+    make_images(Path("photos/more"), 1)
+    result = embed("--update", "-m", moved)
+    assert result.exit_code == 0, result.stderr
+    assert "+1 new, 0 changed, 0 removed, 3 kept" in result.stderr
+    after = rows_by_path()
+    assert all(after[path] == row for path, row in before.items())
+    assert json.load(open("photos.meta.json"))["model"]["reference"] == str(moved.resolve())
+    assert "up to date" in embed("--update").stderr  # the header now names the folder that exists
+    shutil.move(str(moved), str(model))
+    search = run(["search", "photos.npy", "photos/more/img00.png", "-m", model])
+    assert search.exit_code == 0, search.stderr
+    assert "other settings" not in search.stderr
+
+
+def test_shards_embedded_with_copies_of_one_model_at_other_paths_combine(tmp_path):
+    """Job-array nodes often hold the model at node-local paths: the same content is one model."""
+    model = make_checkpoint(tmp_path / "ftm")
+    copy = tmp_path / "node2" / "ftm"
+    shutil.copytree(model, copy)
+    make_images(Path("photos"), 4)
+    shard = ["embed", "photos", "-o", "out.npy", "--batch-size", "2", "--shard-size", "2"]
+    assert run([*shard, "-m", model, "--shard", "0/2"]).exit_code == 0
+    assert run([*shard, "-m", copy, "--shard", "1/2"]).exit_code == 0
+    result = run(["combine", "-o", "out.npy"])
+    assert result.exit_code == 0, result.stderr
+    assert len(np.load("out.npy")) == 4
+
+
+def test_resume_with_the_checkpoint_moved_elsewhere_continues(tmp_path):
+    """The interrupted run's model, moved (same content): `--resume -m NEW` continues it."""
+    from test_cli_interrupt import bit, wait_for_commits
+
+    model = make_checkpoint(tmp_path / "ftm")
+    make_images(Path("photos"), 12)
+    proc = bit("embed", "photos", "-o", "photos.npy", "-m", model, "--batch-size", "1")
+    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    moved = tmp_path / "ftm-v1"
+    shutil.move(str(model), str(moved))
+    from relhelpers import bit as run_bit, text
+
+    result = run_bit("embed", "photos", "-o", "photos.npy", "-m", str(moved), "--resume", "--batch-size", "1")
+    assert result.returncode == 0, text(result.stderr)
+    assert len(np.load("photos.npy")) == 12
+    assert json.load(open("photos.meta.json"))["model"]["reference"] == str(moved.resolve())
+
+
+def test_resume_takes_the_batch_size_of_the_run_it_continues(ckpt):
+    """Batches are a run's unit of work: an interrupted `--update --batch-size 1` continues with
+    the advised `--update --resume` (no --batch-size), and `--resume` of a finished output made
+    with another batch size says it is complete instead of refusing."""
+    from test_cli_interrupt import bit, wait_for_commits
+    from relhelpers import bit as run_bit, text
+
+    make_images(Path("photos"), 3)
+    assert run(["embed", "photos", "-o", "photos.npy", "-m", ckpt, "--batch-size", "3"]).exit_code == 0
+    finished = run_bit("embed", "photos", "-o", "photos.npy", "--resume")
+    assert finished.returncode == 0 and "already complete" in text(finished.stderr), text(finished.stderr)
+    make_images(Path("photos/more"), 12)
+    proc = bit("embed", "photos", "-o", "photos.npy", "--update", "--batch-size", "1")
+    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    result = run_bit("embed", "photos", "-o", "photos.npy", "--update", "--resume")
+    assert result.returncode == 0, text(result.stderr)
+    assert len(np.load("photos.npy")) == 15 and not Path("photos.npy.partial").exists()

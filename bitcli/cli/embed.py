@@ -124,6 +124,8 @@ def embed(
         model, normalize, content_hash, fast_jpeg, max_pixels = (values[k] for k in ("model", "normalize", "content_hash", "fast_jpeg", "max_pixels"))
         dtype, precision = Dtype(values["dtype"]), Precision(values["precision"])
         where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
+    if resume and shard is None and engine is Engine.local and "batch_size" not in given_options(ctx):
+        batch_size = continued_batch_size(where, ui) or batch_size
     model = model or DEFAULT_MODEL
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
@@ -193,6 +195,19 @@ def continued(where: StoreOptions, ui: Ui) -> Any:
     from bitcli.store.collection import Collection
 
     return Collection(store_paths(where, ui, check=False)).settings(update=where.update, resume=where.resume)
+
+
+def continued_batch_size(where: StoreOptions, ui: Ui) -> int | None:
+    """The batch size of the run `--resume` continues (the interrupted run's state, else the finished
+    output's run record): batches are a run's unit of work, so it is taken like the settings."""
+    from bitcli.store.files import STATE, read_json_record
+
+    paths = store_paths(where, ui, check=False)
+    for record in (paths.partial and read_json_record(paths.partial / STATE), paths.record and read_json_record(paths.record)):
+        size = ((record or {}).get("runtime") or {}).get("batch_size")
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
+            return size
+    return None
 
 
 def stale_index_hint(ui: Ui, paths: Any) -> None:

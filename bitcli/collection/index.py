@@ -82,7 +82,8 @@ class EmbeddingIndex:
     @cached_property
     def base_dir(self) -> str | None:
         """The directory `bit embed` ran in: relative row paths are relative to it."""
-        return self.meta.base_dir(self.meta_path) if self.meta is not None else None
+        sample = next((p for p in self.recorded or () if not os.path.isabs(p)), None)
+        return self.meta.base_dir(self.meta_path, sample) if self.meta is not None else None
 
     def block_rows(self, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
         """Rows per block so that one float32 block takes about `block_bytes`."""

@@ -27,7 +27,7 @@ from bitcli.distributed.shards import (
 from bitcli.errors import UsageError
 from bitcli.store.publish import Assembly
 from bitcli.store.files import npy_header, run_state
-from bitcli.store.metadata import metadata_for
+from bitcli.store.metadata import metadata_for, read_metadata
 from bitcli.store.paths import EmbedPaths, writing
 from bitcli.store.writer import EmbedSummary
 from bitcli.util import name_some
@@ -71,11 +71,10 @@ def plan(shards: Sequence[ShardInfo], sources: Sequence[Path], *, split: Split |
                 f"{shard.out} and {first.out} are of different runs ({shard.split.unlike(reference_split)}); "
                 "combine the shards of one run"
             )
-        if shard.settings() != first.settings():
-            names = (f"in {shard.out.name}", f"in {first.out.name}")
+        names = (f"in {shard.out.name}", f"in {first.out.name}")
+        if difference := describe_difference(shard.settings(), first.settings(), names):
             raise ShardMismatchError(
-                f"{shard.out} was made with other settings than {first.out} "
-                f"({describe_difference(shard.settings(), first.settings(), names)}); rerun it with the same model and options"
+                f"{shard.out} was made with other settings than {first.out} ({difference}); rerun it with the same model and options"
             )
     by_index: dict[int, ShardInfo] = {}
     for shard in ordered:
@@ -141,7 +140,9 @@ def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | Non
     staged.file("manifest", _concatenation([s.paths.manifest for s in shards]))
     if failed:
         staged.file("errors", _concatenation([s.paths.errors for s in shards if s.failed]))
-    meta = metadata_for(paths, first.record, rows=rows, dim=first.dim)
+    # Relative row paths are relative to where the shard jobs ran, wherever combine runs.
+    shard_meta = first.paths.sidecars.meta
+    meta = metadata_for(paths, first.record, rows=rows, dim=first.dim, cwd=read_metadata(shard_meta).base_dir(shard_meta))
     staged.sidecar(meta, (row for shard in shards for row in shard.rows_and_identities()))
     # What a local run with these settings records, so that `--resume` checks it as a local one.
     state = {**run_state(first.dim, dtype.name, {}, None), **first.record, "inputs": first.split.inputs}

@@ -203,9 +203,9 @@ def _write_run_record(shard_dir: Path, split: Split, made: dict[str, Any], *, re
             raise UsageError(f"{path} is not readable ({exc}); pass --overwrite to start over") from exc
         if earlier.get("split", {}).get("inputs") != split.inputs:
             raise UsageError(f"{shard_dir}: {INPUTS_CHANGED}")
-        if earlier != record:
+        if difference := describe_difference(earlier, record):
             raise UsageError(
-                f"{shard_dir} was made with different settings ({describe_difference(earlier, record)}); "
+                f"{shard_dir} was made with different settings ({difference}); "
                 "resume with the same model and options, or pass --overwrite to start over"
             )
     write_atomic(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))

@@ -219,10 +219,10 @@ class ShardPool:
                 raise rebuild_error(row["error"])
             settings = json.loads(row["settings"])
             self.reference = self.reference or settings
-            if settings != self.reference:
+            if difference := describe_difference(settings, self.reference, ("in it", "in the others")):
                 raise ShardMismatchError(
                     f"shard {row['shard']} was made with other settings than the run's other shards "
-                    f"({describe_difference(settings, self.reference, ('in it', 'in the others'))}); pass --overwrite to start over"
+                    f"({difference}); pass --overwrite to start over"
                 )
             self.finished.append(_Done(int(row["shard"]), int(row["failed"])))
             self.report()

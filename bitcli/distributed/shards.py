@@ -336,6 +336,7 @@ def remove_directory(directory: Path, files: Sequence[str] = ()) -> None:
         directory.rmdir()  # something else lives there: leave it
 
 
-def describe_difference(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now")) -> str:
-    """The settings' one wording of a difference (`store.settings.describe_difference`), for shards."""
-    return settings_difference(first, second, names, most=2, skip=()) or "unknown"
+def describe_difference(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now")) -> str | None:
+    """The settings' one wording of a difference (`store.settings.describe_difference`), for shards;
+    None when they agree (a local model at another path with the same content is the same model)."""
+    return settings_difference(first, second, names, most=2, skip=())

@@ -153,9 +153,9 @@ class ShardWorker:
         mine = ShardInfo(info.index, split, made, self.dim, self.job.dtype, 0, 0, info.paths)
         if info.split != split:
             difference = info.split.unlike(split)
-        elif info.settings() != mine.settings():
-            difference = describe_difference(info.settings(), mine.settings(), ("in it", "in this run"))
         else:
+            difference = describe_difference(info.settings(), mine.settings(), ("in it", "in this run"))
+        if difference is None:
             return
         raise ShardMismatchError(f"{info.out} belongs to another run ({difference}); pass --overwrite to redo it")
 

@@ -124,10 +124,19 @@ class EmbeddingMetadata:
         return cls(rows=rows, feature_dim=feature_dim, settings=EmbedSettings.from_fingerprint(fingerprint),
                    runtime=EmbedSettings.runtime(fingerprint), **fields)
 
-    def base_dir(self, meta_path: Path | None) -> str | None:
+    def base_dir(self, meta_path: Path | None, sample: str | None = None) -> str | None:
         """The directory relative row paths are relative to: the one `bit embed` ran in, found
         from the header's own place (so a collection moved or copied with its files keeps
-        naming them), else as recorded."""
+        naming them), else as recorded. `sample`, one relative row path: where it names no file
+        but the recorded directory holds it, the collection was moved without its files, and
+        the recorded directory is the one."""
+        found = self._base_dir(meta_path)
+        if sample and not os.path.isabs(sample) and found and not os.path.lexists(os.path.join(found, sample)):
+            if isinstance(self.cwd, str) and os.path.lexists(os.path.join(self.cwd, sample)):
+                return self.cwd
+        return found
+
+    def _base_dir(self, meta_path: Path | None) -> str | None:
         if meta_path is not None and self.cwd_from_header is not None:
             # Written from the header's real folder; older headers from the folder as spelled.
             # The spelling that leads back to the recorded directory wins, then the real one.
@@ -204,20 +213,23 @@ def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out:
 # -- writing and reading ---------------------------------------------------------------------
 
 
-def metadata_for(paths: "EmbedPaths", record: dict[str, Any], *, rows: int, dim: int) -> EmbeddingMetadata:
+def metadata_for(paths: "EmbedPaths", record: dict[str, Any], *, rows: int, dim: int,
+                 cwd: str | None = None) -> EmbeddingMetadata:
     """`OUT.meta.json`'s content for the output `paths`: what made the rows (docs/collection.md),
-    from the run record's `settings` and `runtime` (`files.run_state`)."""
+    from the run record's `settings` and `runtime` (`files.run_state`). `cwd`: the directory the
+    rows' relative paths are relative to (default: this process's; `combine`: the shards')."""
     from bitcli import __version__
 
     header = paths.sidecars.meta
+    cwd = cwd or os.getcwd()
     return EmbeddingMetadata(
         settings=EmbedSettings.from_json(record["settings"]),
         runtime=dict(record["runtime"]),
         rows=rows,
         feature_dim=dim,
         bitcli_version=__version__,
-        cwd=os.getcwd(),
-        cwd_from_header=os.path.relpath(os.getcwd(), os.path.realpath(os.path.dirname(os.path.abspath(header)))),
+        cwd=cwd,
+        cwd_from_header=os.path.relpath(cwd, os.path.realpath(os.path.dirname(os.path.abspath(header)))),
         array=None if paths.out is None else _relative_name(paths.out, header),
         manifest=_relative_name(paths.manifest, header),
     )

@@ -164,12 +164,15 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
     if resume or overwrite:
         return
     if partial is not None and partial.exists():
-        who = assembled_by(read_json_record(partial / STATE)) if partial.is_dir() else None
+        state = read_json_record(partial / STATE) if partial.is_dir() else None
+        who = assembled_by(state)
         if who:  # a killed bit combine's or Ray run's: --resume here would be refused
             raise UsageError(
                 f"{paths.out}: an interrupted {who} left {partial}; run that again to finish it, "
                 "or pass --overwrite to start over here"
             )
+        if state is not None:  # the flags that continue the run interrupted, not the ones given now
+            update = state.get("update") is not None
         again = "--update --resume" if update else "--resume"
         over = "--update --overwrite to start the update over" if update else "--overwrite to start over"
         raise UsageError(f"{paths.out}: an interrupted run left {partial}; pass {again} to continue it or {over}")

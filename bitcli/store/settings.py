@@ -106,8 +106,10 @@ def differences(first: dict[str, Any], second: dict[str, Any], names: tuple[str,
     left out). The one wording of a difference: a collection, a resumed run, a shard alike."""
     a, b = _flatten(first), _flatten(second)
     keys = [*a, *(k for k in b if k not in a)]
+    if a.get("model.weights_sha256") and a.get("model.weights_sha256") == b.get("model.weights_sha256"):
+        skip = (*skip, "model.reference")  # a local model is its content: a moved or copied folder is the same model
     return [f"{k} {a.get(k)!r} {names[0]}, {b.get(k)!r} {names[1]}" for k in keys
-            if k.split(".", 1)[0] not in skip and a.get(k) != b.get(k)]
+            if k.split(".", 1)[0] not in skip and k not in skip and a.get(k) != b.get(k)]
 
 
 def describe_difference(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now"), *,

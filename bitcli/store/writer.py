@@ -157,10 +157,10 @@ class EmbedWriter:
             )
         check_same_update(partial, state.get("update"), self._state.get("update"))
         theirs = {k: state.get(k) for k in self._state}
-        if theirs != self._state:
-            difference = describe_difference(theirs, self._state)
-            if difference is None:
-                raise UsageError(f"{partial}: {INPUTS_CHANGED}")
+        difference = describe_difference(theirs, self._state)  # None: the same (a moved local model too)
+        if difference is None and theirs.get("inputs") != self._state.get("inputs"):
+            raise UsageError(f"{partial}: {INPUTS_CHANGED}")
+        if difference is not None:
             raise UsageError(
                 f"{partial} was made with different settings ({difference}); "
                 "resume with the same model and options (--threads 1 or not, too: it picks the convolution path), "
