@@ -92,3 +92,21 @@ def test_stdout_of_the_real_process_is_complete(ckpt, photos, tmp_path):
     assert arr.shape == (COUNT, 32)
     assert len((tmp_path / "rows.txt").read_text().splitlines()) == COUNT
     assert stderr.decode().splitlines() == [f"error: {photos / 'bad.png'}: not an image"]
+
+
+def test_ctrl_c_while_the_command_line_is_parsed_exits_130(monkeypatch, capsys):
+    """Ctrl-C that lands before the command runs (while the command line is parsed: the first
+    second of a `bit search` on a loaded machine) is exit 130 and `error: interrupted`, as
+    documented, not exit 1 and a blank line (what Click answers). Injected into Typer, a
+    third-party library, where bitcli hands it control."""
+    import typer.main
+
+    from bitcli.cli.app import run as run_bit
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.main, "get_command", interrupted)  # a command line bitcli converts itself
+    code = run_bit(["models"])
+    assert code == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"

@@ -174,6 +174,23 @@ def test_stale_or_foreign_norms_are_never_used(tmp_path):
     assert [m.row for m in exact_search(index, vectors[:1], 3)[0]] == brute_force_top_k(vectors, vectors[0], 3)
 
 
+def test_a_search_of_a_replaced_array_leaves_the_new_arrays_norms_alone(tmp_path):
+    """A search that opened the array before `bit embed --update` published a new one under its
+    name computes the old array's norms, but never writes them over the new array's."""
+    vectors = clustered(50, 8)
+    out = write_embedding(tmp_path, vectors)
+    held = open_index(out)  # a search has the old array open
+    replacement = clustered(50, 8, seed=7)
+    np.save(tmp_path / "new.npy", replacement)
+    os.replace(tmp_path / "new.npy", out)  # a new array published meanwhile, with its norms
+    norms.ensure(open_index(out))
+    (matches,) = exact_search(held, vectors[:1], 3)  # the old search goes on, on the old rows
+    assert [m.row for m in matches] == brute_force_top_k(vectors, vectors[0], 3)
+    fresh = norms.load(open_index(out))
+    assert fresh is not None
+    np.testing.assert_allclose(fresh, np.linalg.norm(replacement.astype(np.float64), axis=1), rtol=1e-14)
+
+
 def test_a_fifo_at_the_norms_name_is_never_opened_for_reading(tmp_path):
     vectors = clustered(30, 8)
     out = write_embedding(tmp_path, vectors)

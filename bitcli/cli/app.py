@@ -239,10 +239,17 @@ def run_parsed_here(args: list[str]) -> int | None:
         command.invoke(ctx)
     except typer.Exit as exc:
         return exc.exit_code
-    except (EOFError, KeyboardInterrupt):  # outside `guarded`: answered as Click answers it
+    except EOFError:  # end of input at a prompt, outside `guarded`: answered as Click answers it
         typer.echo(err=True)
         return EXIT_SOME_FAILED
+    except KeyboardInterrupt:  # Ctrl-C before the command's own guard: answered as inside it
+        return _interrupted()
     return EXIT_OK
+
+
+def _interrupted() -> int:
+    Ui().error("interrupted")
+    return EXIT_INTERRUPTED
 
 
 def click_message(exc: typer.TyperException) -> str:

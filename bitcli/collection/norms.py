@@ -158,6 +158,8 @@ def save(index: EmbeddingIndex, norms: np.ndarray) -> bool:
     """Write `norms` beside the array (atomically); False when that cannot be done (no error)."""
     path = norms_path(index.array_path)
     try:
+        if not np.array_equal(source_of(os.stat(index.array_path), index.rows, index.dim), _source(index)):
+            return False  # another array was published under the name since it was opened: its norms are its own
         if os.path.lexists(path) and (not is_regular(path) or not is_ours(path, index.rows)):
             return False  # only a regular file that bitcli wrote is ever replaced
         write_atomic(path, lambda fh: np.savez(fh, source=_source(index), norms=np.asarray(norms, np.float64)))
