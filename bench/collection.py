@@ -70,15 +70,16 @@ def write_array(path: Path, rows: int, dim: int, dtype: str, seed: int, planted:
     log(f"writing {path.name}: {rows:,} x {dim} {dtype} ...")
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(1234).standard_normal((CENTRES, dim), dtype=np.float32)
-    out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=dtype, shape=(rows, dim))
-    for first in range(0, rows, CHUNK):
-        n = min(CHUNK, rows - first)
-        block = centres[rng.integers(0, CENTRES, n)] + rng.standard_normal((n, dim), dtype=np.float32)
-        if planted:
-            block = _plant(block, first, planted, rng)
-        out[first : first + n] = block
-    out.flush()
-    del out
+    # Written by `write` calls, as bitcli writes its arrays: the kernel then caches the file in large
+    # folios. (A memory-mapped write leaves it in 4 KiB pages, which makes a pass over it ~3x slower.)
+    with open(path.with_suffix(".tmp.npy"), "wb") as out:
+        np.lib.format.write_array_header_2_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (rows, dim)})
+        for first in range(0, rows, CHUNK):
+            n = min(CHUNK, rows - first)
+            block = centres[rng.integers(0, CENTRES, n)] + rng.standard_normal((n, dim), dtype=np.float32)
+            if planted:
+                block = _plant(block, first, planted, rng)
+            out.write(block.astype(dtype).tobytes())
     os.replace(path.with_suffix(".tmp.npy"), path)
     path.with_suffix(".paths.txt").write_text("".join(f"photos/{i:07d}.jpg\n" for i in range(rows)))
 
