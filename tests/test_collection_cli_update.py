@@ -78,10 +78,10 @@ def test_update_equals_a_fresh_embed_and_keeps_unchanged_rows(ckpt, hashed):
     change_the_folder()
     result = embed(ckpt, "--update", *flags)
     assert result.exit_code == 0, result.stderr
-    moved = ", 1 moved" if hashed else ""
+    moved = " 1 moved," if hashed else ""
     new = 2 if hashed else 3
     removed = 1 if hashed else 2
-    assert f"photos.npy: +{new} new, 1 changed, {removed} removed, 9 kept{moved}; embedded {new + 1} in " in result.stderr
+    assert f"photos.npy: +{new} new, 1 changed,{moved} {removed} removed, 9 kept; embedded {new + 1} in " in result.stderr
     assert "embedded 12 images" not in result.stderr  # 9 rows were copied, not embedded
     fresh = run(["embed", "photos", "-o", "fresh.npy", "-m", ckpt, "--batch-size", "2", *flags])
     assert fresh.exit_code == 0
@@ -253,7 +253,7 @@ def test_hashed_shards_combine_into_a_hashed_collection(ckpt):
     os.rename("photos/img01.png", "photos/moved.png")
     again = run(["embed", "photos", "-o", "out.npy", "--update"])
     assert again.exit_code == 0, again.stderr
-    assert "+0 new, 0 changed, 0 removed, 3 kept, 1 moved; embedded 0 in" in again.stderr
+    assert "+0 new, 0 changed, 1 moved, 0 removed, 3 kept; embedded 0 in" in again.stderr
 
 
 def test_combine_from_another_directory_keeps_the_directory_the_shards_ran_in(ckpt, monkeypatch, tmp_path):

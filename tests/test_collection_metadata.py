@@ -179,7 +179,7 @@ def test_plan_with_hashes_recognises_moves_and_content_changes():
     plan = plan_update(STORED, ["a", "b", "d2", "e"], content_hash=True, identify_fn=fake_files(now))
     assert [(s.path, s.status, s.source_row) for s in plan.steps] == [("a", "kept", 0), ("b", "changed", None), ("d2", "moved", 3), ("e", "new", None)]
     assert plan.removed == ["c"]
-    assert plan.summary() == "+1 new, 1 changed, 1 removed, 1 kept, 1 moved"
+    assert plan.summary() == "+1 new, 1 changed, 1 moved, 1 removed, 1 kept"
     assert plan.steps[0].identity == FileIdentity(1, 99, "ha")  # the new mtime is recorded
     assert [s.path for s in plan.to_embed] == ["b", "e"]
 

@@ -72,7 +72,7 @@ def test_hash_is_remembered_by_a_plain_update(ckpt):
     os.rename("photos/img01.png", "photos/renamed.png")
     result = embed("--update")
     assert result.exit_code == 0, result.stderr
-    assert "+0 new, 0 changed, 0 removed, 3 kept, 1 moved" in result.stderr
+    assert "+0 new, 0 changed, 1 moved, 0 removed, 3 kept" in result.stderr
     after = rows_by_path()
     assert after["photos/renamed.png"] == before["photos/img01.png"]
     assert all(len(json.loads(line)["sha256"]) == 64 for line in open("photos.files.jsonl"))

@@ -70,10 +70,13 @@ class UpdatePlan:
         return sum(1 for s in self.steps if s.status == status)
 
     def summary(self) -> str:
-        """`+12 new, 3 changed, 2 removed, 1043 kept` (and `, 4 moved`, `, 1 retried` when any)."""
-        text = f"+{self.count('new')} new, {self.count('changed')} changed, {len(self.removed)} removed, {self.count('kept')} kept"
-        extra = [f"{self.count(status)} {status}" for status in ("moved", "retried") if self.count(status)]
-        return ", ".join([text, *extra])
+        """`+12 new, 3 changed, 4 moved, 2 removed, 1043 kept, 1 retried` (moved and retried only
+        when any)."""
+        parts = [f"+{self.count('new')} new", f"{self.count('changed')} changed"]
+        parts += [f"{self.count('moved')} moved"] * bool(self.count("moved"))
+        parts += [f"{len(self.removed)} removed", f"{self.count('kept')} kept"]
+        parts += [f"{self.count('retried')} retried"] * bool(self.count("retried"))
+        return ", ".join(parts)
 
     def retry(self, failed_before: set[str]) -> None:
         """Label "retried" the new inputs that the output lists as failed: embedded again (a
