@@ -251,9 +251,11 @@ def test_resume_of_a_finished_output_refuses_other_settings(ckpt, photos, tmp_pa
     before = (tmp_path / "o.npy").read_bytes()
     model = ckpt
     extra: list[str] = []
-    if change == "other-model":
-        model = tmp_path / "copy"
-        shutil.copytree(ckpt, model)
+    if change == "other-model":  # other weights (a copy of the same weights is the same model)
+        from checkpoints import TINY, save_reference_checkpoint, tiny_preprocessor
+
+        model = tmp_path / "other"
+        save_reference_checkpoint(model, seed=7, preprocessor=tiny_preprocessor(32), **TINY)
     elif change == "float16":
         extra = ["--dtype", "float16"]
     else:
