@@ -152,15 +152,7 @@ def test_weights_rewritten_in_place_with_their_mtime_restored_are_still_other_we
 
 def test_resume_after_the_weights_changed_is_refused(tmp_path):
     """An interrupted run continued with other weights under the same names would mix models."""
-    from test_cli_interrupt import bit, wait_for_commits
-
-    model = make_checkpoint(tmp_path / "ftm")
-    make_images(Path("photos"), 12)
-    proc = bit("embed", "photos", "-o", "photos.npy", "-m", model, "--batch-size", "1")
-    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    model = interrupted_embed(tmp_path / "ftm")
     retrain_in_place(model)
     result = embed("-m", model, "--resume")
     assert_clean_failure(result, 2)
@@ -271,15 +263,7 @@ def test_shards_embedded_with_copies_of_one_model_at_other_paths_combine(tmp_pat
 
 def test_resume_with_the_checkpoint_moved_elsewhere_continues(tmp_path):
     """The interrupted run's model, moved (same content): `--resume -m NEW` continues it."""
-    from test_cli_interrupt import bit, wait_for_commits
-
-    model = make_checkpoint(tmp_path / "ftm")
-    make_images(Path("photos"), 12)
-    proc = bit("embed", "photos", "-o", "photos.npy", "-m", model, "--batch-size", "1")
-    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    model = interrupted_embed(tmp_path / "ftm")
     moved = tmp_path / "ftm-v1"
     shutil.move(str(model), str(moved))
     from relhelpers import bit as run_bit, text
@@ -310,3 +294,17 @@ def test_resume_takes_the_batch_size_of_the_run_it_continues(ckpt):
     result = run_bit("embed", "photos", "-o", "photos.npy", "--update", "--resume")
     assert result.returncode == 0, text(result.stderr)
     assert len(np.load("photos.npy")) == 15 and not Path("photos.npy.partial").exists()
+
+
+def interrupted_embed(model: Path) -> Path:
+    """A checkpoint at `model` and `bit embed photos/` (12 images) with it, Ctrl-C after two commits."""
+    from test_cli_interrupt import bit, wait_for_commits
+
+    make_checkpoint(model)
+    make_images(Path("photos"), 12)
+    proc = bit("embed", "photos", "-o", "photos.npy", "-m", model, "--batch-size", "1")
+    wait_for_commits(Path("photos.npy.partial/journal.jsonl"), proc, 2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    return model

@@ -172,7 +172,7 @@ class EmbeddingIndex:
         wanted = {q: _absolute(q, None) for q in queries}
         if not wanted:
             return {}
-        recorded, paths, base = self._joined("recorded"), self._joined("paths"), self.base_dir
+        recorded, paths, base = self._joined_recorded, self._joined_paths, self.base_dir
         found: dict[str, int] = {}
         for query, absolute in wanted.items():
             rows = [row for row in (_first_line(recorded, query), self._same_file(paths, absolute, base)) if row is not None]
@@ -180,13 +180,14 @@ class EmbeddingIndex:
                 found[query] = min(rows)
         return found
 
-    def _joined(self, name: str) -> tuple[str, list[str]]:
-        """The paths ("recorded" or "paths") as "\0a\0b\0...\0", and the list."""
-        cache = self.__dict__.setdefault("_joined_cache", {})
-        lines = getattr(self, name)
-        if id(lines) not in cache:  # `paths` is often `recorded`: joined once
-            cache[id(lines)] = ("\0" + "\0".join(lines) + "\0", lines)
-        return cache[id(lines)]
+    @cached_property
+    def _joined_recorded(self) -> tuple[str, list[str]]:
+        """The recorded paths as "\0a\0b\0...\0", and the list."""
+        return _joined(self.recorded)
+
+    @cached_property
+    def _joined_paths(self) -> tuple[str, list[str]]:
+        return self._joined_recorded if self.paths is self.recorded else _joined(self.paths)
 
     @staticmethod
     def _same_file(joined: tuple[str, list[str]], absolute: str, base: str | None) -> int | None:
@@ -217,12 +218,17 @@ class EmbeddingIndex:
         return full if os.path.exists(full) else None
 
 
+def _joined(lines: list[str]) -> tuple[str, list[str]]:
+    return "\0" + "\0".join(lines) + "\0", lines
+
+
 def _first_line(joined: tuple[str, list[str]], line: str) -> int | None:
     """The first row whose path is `line` exactly."""
     text, lines = joined
-    if "\0" in line or text.find("\0" + line + "\0") < 0:
+    at = -1 if "\0" in line else text.find("\0" + line + "\0")
+    if at < 0:
         return None
-    row = text.count("\0", 0, text.find("\0" + line + "\0"))
+    row = text.count("\0", 0, at)
     if row < len(lines) and lines[row] == line:
         return row
     return lines.index(line) if line in lines else None  # a manifest line holding NUL shifted the count

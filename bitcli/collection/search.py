@@ -214,7 +214,7 @@ def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: i
         return _scan(rows, norms, queries, exclude, best, block, scorers)
     finally:
         for scorer in scorers:
-            getattr(scorer, "close", lambda: None)()
+            scorer.close()
 
 
 def _scan(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, exclude: list, best: list, block: int, scorers: list):
@@ -311,6 +311,9 @@ class _NumpyScorer:
 
     def scores(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.values[start:stop], dtype=np.float32) @ self.unit_t
+
+    def close(self) -> None:
+        pass
 
 
 class _TorchScorer:

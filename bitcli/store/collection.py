@@ -146,7 +146,7 @@ class Run:
                     on_group(group)
             return self.writer.finish(stream)
         finally:
-            self.writer.close()
+            self.close()
 
     def close(self) -> None:
         if self.writer is not None:
