@@ -43,7 +43,7 @@ def two_jobs(ckpt, photos, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_jobs_then_combine_equal_the_local_run(two_jobs, local):
+def test_two_jobs_then_combine_equal_the_local_run(two_jobs, local, photos):
     out, results = two_jobs
     assert "bit combine -o" in results[0].stderr and not out.exists()
     combined = run(["combine", "-o", out])
@@ -51,6 +51,10 @@ def test_two_jobs_then_combine_equal_the_local_run(two_jobs, local):
     assert "4 inputs failed" in combined.stderr
     assert_same_files(out, local)
     assert (out.parent / "out.npy.shards").is_dir()  # the shards stay until the user removes them
+    # Each row's file identity as the jobs recorded it (issue 20: once null), so --update keeps every row.
+    assert (out.parent / "out.files.jsonl").read_bytes() == (local.parent / "local.files.jsonl").read_bytes()
+    update = run(["embed", *inputs(photos), "-o", out, "--update", "--threads", THREADS, "--batch-size", BATCH])
+    assert "+0 new, 0 changed, 0 removed, 13 kept, 4 retried" in update.stderr, update.stderr
 
 
 def test_the_jobs_report_each_failure_once(two_jobs, local):

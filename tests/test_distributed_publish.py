@@ -36,7 +36,7 @@ from relhelpers import (
 from bitcli.distributed import Split, combine, run_shards
 from bitcli.errors import UsageError
 from bitcli.inputs import expand_inputs
-from bitcli.store import Assembly, EmbedPaths, recover
+from bitcli.store import EmbedPaths, EmbedWriter, recover
 from bitcli.store.files import files_problem, inputs_digest
 
 DIM = 4
@@ -175,15 +175,18 @@ def test_a_combine_killed_before_its_commit_is_started_over_by_the_next(shard_se
 
 
 def test_combine_is_refused_while_another_run_holds_the_output(shard_sets, tmp_path):
-    """A Ray driver holds the output for its whole run, as a local run does: a combine is refused."""
+    """A Ray driver holds the output's writer for its whole run, as a local run does: a combine is refused."""
     _, new_shards = shard_sets
     paths = EmbedPaths.for_output(tmp_path / "out.npy")
-    with Assembly(paths, by="a test"):
+    holder = EmbedWriter(paths, dim=DIM, fingerprint=FINGERPRINT)
+    try:
         with pytest.raises(UsageError, match="another bit embed run .pid"):
             combine([new_shards], paths)
         result = bit("combine", "-o", tmp_path / "out.npy", new_shards, cwd=tmp_path)
         line = assert_one_error_line(result, 2, "out.npy", "another")
         assert "pid" in line
+    finally:
+        holder.discard_if_empty()  # as the Ray driver's writer goes when it stops before its first commit
     assert not (tmp_path / "out.npy").exists() and not (tmp_path / "out.npy.partial").exists()
 
 

@@ -123,20 +123,28 @@ def test_a_shard_dir_that_cannot_be_a_directory_is_a_usage_error(ckpt, tmp_path,
 
 
 @pytest.mark.slow
-def test_a_killed_combine_is_named_to_a_plain_bit_embed_not_sent_to_resume(ckpt, tmp_path):
+def test_a_killed_combine_is_a_partial_run_that_bit_embed_resume_finishes(ckpt, tmp_path):
+    """`bit combine` commits the shards through the local run's writer: killed after its first
+    commit, it leaves the partial run a local `bit embed` of the same inputs leaves, which a plain
+    `bit embed` sends to --resume and `--resume` finishes, byte for byte the local run's files."""
     make_photos(tmp_path / "photos")
-    killed = "\n".join([  # a combine killed after opening the output: its partial folder, lock released
-        "import os, sys; from pathlib import Path",
-        "from bitcli.store import EmbedPaths; from bitcli.store.publish import Assembly",
-        "Assembly(EmbedPaths.for_output(Path('out.npy')), by='bit combine'); os._exit(0)",
+    assert bit("embed", *shard_args(ckpt, "--shard", "0/1"), cwd=tmp_path).returncode == 1  # the broken files
+    killed = "\n".join([  # a combine killed just after its first commit (its lock goes with the process)
+        "import os; from pathlib import Path",
+        "from bitcli.store import EmbedPaths, EmbedWriter; from bitcli.distributed import combine",
+        "commit = EmbedWriter.commit",
+        "EmbedWriter.commit = lambda self, *a, **k: (commit(self, *a, **k), os._exit(0))",
+        "combine([Path('out.npy.shards')], EmbedPaths.for_output(Path('out.npy')))",
     ])
     assert subprocess.run([sys.executable, "-c", killed], cwd=tmp_path).returncode == 0
-    embed = ["embed", "photos", "-o", "out.npy", "-m", ckpt, "--threads", 1]
+    assert (tmp_path / "out.npy.partial").is_dir() and not (tmp_path / "out.npy").exists()
+    embed = ["embed", "photos", "-o", "out.npy", "-m", ckpt, "--batch-size", BATCH, "--threads", 1]
     plain = bit(*embed, cwd=tmp_path)
-    assert plain.returncode == 2  # before: "pass --resume to continue it", which --resume then refuses
+    assert plain.returncode == 2
     assert plain.stderr == (
-        "error: out.npy: an interrupted bit combine left out.npy.partial; run that again to finish it, "
-        "or pass --overwrite to start over here\n"
+        "error: out.npy: an interrupted run left out.npy.partial; pass --resume to continue it or --overwrite to start over\n"
     )
-    assert bit(*embed, "--resume", cwd=tmp_path).returncode == 2
-    assert bit(*embed, "--overwrite", cwd=tmp_path).returncode == 1  # the broken files
+    assert bit(*embed, "--resume", cwd=tmp_path).returncode == 1  # the broken files, again
+    assert bit(*embed[:3], "local.npy", *embed[4:], cwd=tmp_path).returncode == 1
+    for suffix in (".npy", ".paths.txt", ".errors.txt"):
+        assert (tmp_path / f"out{suffix}").read_bytes() == (tmp_path / f"local{suffix}").read_bytes(), suffix

@@ -1,38 +1,33 @@
 """Combining shards: concatenate collections into exactly the files a local `bit embed` writes.
 
-Every shard is a collection (`shards.py`). `OUT.npy` is one `.npy` header for the total row count
-followed by every shard's rows in shard order (byte-identical to a local run: the batches were
-the same); the manifest, the error list and the row identities are the shards', concatenated.
-Before writing anything, the shards are checked: every shard of the split present exactly once,
-all cut from the same input list with the same batch and shard size, all made with the same
-settings. Publication is the store's own (`store.Assembly`: one set through the commit record),
-so a kill leaves the old set or the new one. The shards are left as they are.
-
-The row bytes are copied with `os.copy_file_range` where the filesystem offers it (a reflink or
-server-side copy), else in 4 MiB chunks.
+Every shard is a collection (`shards.py`). Before writing anything, the shards are checked: every
+shard of the split present exactly once, all cut from the same input list with the same batch and
+shard size, all made with the same settings. Their rows, recorded file identities and failures
+are then committed, shard by shard, through the store's writer (`store.EmbedWriter`, with what
+made the shards' rows as its record), exactly as a local run commits its batches, and published
+as one set: `OUT.npy` is byte-identical to a local run (the batches were the same), a kill leaves
+a partial run that the next combine (or `bit embed --resume`) continues, and the lock, the
+refusals and the commit record are the local run's. The shards are left as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Sequence
-
-import numpy as np
+from typing import Callable, Iterable, Iterator, Sequence
 
 from bitcli.distributed.shards import (
-    DuplicateShardError, MissingShardError, ShardError, ShardInfo, ShardMismatchError, Split, describe_difference,
+    DuplicateShardError, MissingShardError, ShardInfo, ShardMismatchError, Split, describe_difference,
     read_shard, shard_outputs,
 )
 from bitcli.errors import UsageError
-from bitcli.store.publish import Assembly
-from bitcli.store.files import npy_header, run_state
-from bitcli.store.metadata import metadata_for, read_metadata
-from bitcli.store.paths import EmbedPaths, writing
-from bitcli.store.writer import EmbedSummary
+from bitcli.store.collection import copy_parts
+from bitcli.store.metadata import read_metadata
+from bitcli.store.paths import EmbedPaths, check_output
+from bitcli.store.publish import recover
+from bitcli.store.writer import EmbedSummary, EmbedWriter
 from bitcli.util import name_some
-
-_CHUNK = 1 << 22
 
 OnFailure = Callable[[str, str], None]  # (path, reason) of a failed input, in input order
 
@@ -102,14 +97,26 @@ def combine(
     """Check the shards in `sources` and publish their concatenation as `paths`.
 
     `split`: the split the shards must have; None takes the first shard's. `on_failure` is
-    called for every failed input, in input order, once the files are published.
+    called for every failed input, in input order, once the files are published. An interrupted
+    combine (or local run) of the same inputs and settings is continued, unless `overwrite`.
     """
     if paths.out is None:
         raise UsageError("combining shards writes a file: give -o OUT.npy, not -o -")
-    with Assembly(paths, by="bit combine", overwrite=overwrite) as assembly:  # the output checked first
-        shards = plan(find_shards(sources), list(sources), split=split)
+    recover(paths)
+    resume = paths.partial.is_dir() and not overwrite
+    check_output(paths, resume=resume, overwrite=overwrite, exists="pass --overwrite to replace it")  # before the shards
+    found = find_shards(sources)
+    if not found:
+        plan(found, list(sources))  # says there is none
+    first = min(found, key=lambda s: s.index)  # checked against the others by `plan`, after the output is held
+    meta = first.paths.sidecars.meta
+    made = {**first.record, "inputs": first.split.inputs}
+    writer = EmbedWriter(paths, dim=first.dim, dtype=first.dtype, resume=resume, overwrite=overwrite, made=made,
+                         cwd=read_metadata(meta).base_dir(meta))  # relative paths: where the jobs ran
+    with held(writer):
+        shards = plan(found, list(sources), split=split)
         check_outside(paths, shards)
-        return assemble(shards, assembly, on_failure)
+        return concatenate(writer, shards, on_failure)
 
 
 def check_outside(paths: EmbedPaths, shards: Sequence[ShardInfo]) -> None:
@@ -122,74 +129,24 @@ def check_outside(paths: EmbedPaths, shards: Sequence[ShardInfo]) -> None:
             raise UsageError(f"{target}: a file of the shard {shard}, which this combine reads; write the combined files elsewhere")
 
 
-def assemble(shards: list[ShardInfo], assembly: Any, on_failure: OnFailure | None = None) -> EmbedSummary:
-    """Concatenate `shards` (planned: in order, of one run) into the held `assembly` and publish it."""
-    first, paths, staged = shards[0], assembly.paths, assembly.staged
-    dtype = np.dtype(first.dtype).newbyteorder("<")
-    rows, failed = sum(s.rows for s in shards), sum(s.failed for s in shards)
-    with writing(paths.out), open(assembly.data, "r+b", buffering=0) as array:
-        array.truncate(0)
-        array.write(npy_header(dtype, rows, first.dim))
-        for shard in shards:
-            length = shard.rows * first.dim * dtype.itemsize
-            with _open_part(shard.out) as src:
-                src.seek(os.fstat(src.fileno()).st_size - length)  # the header is whatever precedes the rows
-                _copy_range(src, array, length)
-        os.fsync(array.fileno())
-        staged.array(array.tell())
-    staged.file("manifest", _concatenation([s.paths.manifest for s in shards]))
-    if failed:
-        staged.file("errors", _concatenation([s.paths.errors for s in shards if s.failed]))
-    # Relative row paths are relative to where the shard jobs ran, wherever combine runs.
-    shard_meta = first.paths.sidecars.meta
-    meta = metadata_for(paths, first.record, rows=rows, dim=first.dim, cwd=read_metadata(shard_meta).base_dir(shard_meta))
-    staged.sidecar(meta, (row for shard in shards for row in shard.rows_and_identities()))
-    # What a local run with these settings records, so that `--resume` checks it as a local one.
-    state = {**run_state(first.dim, dtype.name, {}, None), **first.record, "inputs": first.split.inputs}
-    staged.record(state, rows=rows, failed=failed)
-    staged.publish()
+@contextlib.contextmanager
+def held(writer: EmbedWriter) -> Iterator[EmbedWriter]:
+    """`writer` for the block, closed after it; stopped before its first commit, its partial
+    directory goes too (it held no work: the shards do), so nothing is left to `--resume`."""
+    try:
+        yield writer
+    except BaseException:
+        writer.discard_if_empty()
+        raise
+    finally:
+        writer.close()
+
+
+def concatenate(writer: EmbedWriter, shards: list[ShardInfo], on_failure: OnFailure | None = None) -> EmbedSummary:
+    """Commit `shards` (planned: in order, of one run) through `writer` and publish them."""
+    writer.made_by({**shards[0].record, "inputs": shards[0].split.inputs})
+    copy_parts(writer, [shard.paths for shard in shards])
+    summary = writer.finish()
     for path, reason in (f for shard in shards for f in shard.failures()) if on_failure else ():
         on_failure(path, reason)
-    return EmbedSummary(
-        rows=rows, dim=first.dim, dtype=dtype.name, failed=failed, out=paths.out, manifest=paths.manifest,
-        errors_file=paths.errors if failed else None,
-    )
-
-
-def _open_part(path: Path) -> IO[bytes]:
-    """A shard's file, unbuffered; one that cannot be opened is a damaged shard (exit 2)."""
-    try:
-        return open(path, "rb", buffering=0)
-    except OSError as exc:
-        raise ShardError(f"{path}: cannot read it ({exc.strerror or exc}); run that shard again") from None
-
-
-def _copy_range(src: IO[bytes], dst: IO[bytes], length: int) -> None:
-    copy = getattr(os, "copy_file_range", None)
-    while length > 0 and copy is not None:
-        try:
-            done = copy(src.fileno(), dst.fileno(), length)
-        except OSError:
-            break  # not offered between these files: copy by hand from where it stopped
-        if done == 0:
-            break
-        length -= done
-    while length > 0:
-        chunk = src.read(min(_CHUNK, length))
-        if not chunk:
-            raise ShardError(f"{src.name}: shorter than its header says; run that shard again")
-        view = memoryview(chunk)
-        while view:  # an unbuffered file may take part of a write
-            view = view[dst.write(view):]
-        length -= len(chunk)
-
-
-def _concatenation(parts: list[Path]) -> Callable[[IO[bytes]], None]:
-    """A writer of `parts`, byte for byte, one after the other (`StagedSet.file`)."""
-
-    def write(target: IO[bytes]) -> None:
-        for part in parts:
-            with _open_part(part) as src:
-                _copy_range(src, target, os.fstat(src.fileno()).st_size)
-
-    return write
+    return summary

@@ -1,11 +1,11 @@
 """`bit embed --engine ray`: the run a local `bit embed` makes, computed on a Ray cluster.
 
-The driver (this process) holds the output's partial folder (`store.Assembly`) from start to
-end, so a second run on the output is refused. It streams the inputs into `inputs.jsonl` in the
+The driver (this process) holds the output's writer (`store.EmbedWriter`: its partial folder
+and lock) from start to end, so a second run on the output is refused. It streams the inputs into `inputs.jsonl` in the
 shard directory (`OUT.npy.shards/`, or `shard_dir`), cuts the list into shards of whole batches
 (`shards.py`) and runs the unfinished ones on a Ray Data actor pool (`ray_pool.py`): each actor
-loads the model once and writes its shards as collections. The driver then concatenates the
-shards (`combine.py`) and removes the shard directory. Workers read and write the shard
+loads the model once and writes its shards as collections. The driver then commits the shards
+through that writer (`combine.concatenate`), publishes, and removes the shard directory. Workers read and write the shard
 directory themselves, so it (and the images) must be the same path on every node: a single
 machine, or a shared POSIX filesystem. Relative input paths are the driver's.
 
@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from bitcli.distributed.combine import OnFailure, assemble, find_shards, plan
+from bitcli.distributed.combine import OnFailure, concatenate, find_shards, held, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
 from bitcli.distributed.shards import (
     ShardInfo, ShardMismatchError, Split, default_shard_size, describe_difference, finished_shards, make_shard_dir,
@@ -35,12 +35,11 @@ from bitcli.distributed.shards import (
 )
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
-from bitcli.store.publish import Assembly
 from bitcli.store.files import read_lines
 from bitcli.store.files import finished_problem, inputs_digest, read_run_record, run_state
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
-from bitcli.store.writer import EmbedSummary
+from bitcli.store.writer import EmbedSummary, EmbedWriter
 from bitcli.util import write_atomic
 from bitcli.distributed.worker import EmbedJob, OnProgress, report_progress
 
@@ -82,7 +81,13 @@ def embed_on_ray(
     if resume and paths.out.exists() and not shard_dir.exists() and not os.path.lexists(paths.partial):
         check_output(paths, resume=resume, overwrite=overwrite)
         return _already_complete(entries, paths, job, _record(job, fingerprint, dim, None))
-    with Assembly(paths, by=ENGINE, resume=resume, overwrite=overwrite) as assembly:  # held to the end
+    # Held to the end: a second run on the output is refused meanwhile. A --resume whose driver
+    # stopped before committing any row has no partial run left, only its shards: it replaces OUT.
+    again = resume and paths.partial.is_dir()
+    check_output(paths, resume=resume, overwrite=overwrite, exists="pass --overwrite to replace it (or --resume)")
+    writer = EmbedWriter(paths, dim=dim, dtype=job.dtype, resume=again, overwrite=overwrite or (resume and not again),
+                         made=_record(job, fingerprint, dim, None))
+    with held(writer):
         _prepare(shard_dir, paths, resume=resume, overwrite=overwrite)
         try:
             size = options.shard_size or default_shard_size(job.options.batch_size)
@@ -103,7 +108,7 @@ def embed_on_ray(
             raise
         shards = plan(find_shards([shard_dir]), [shard_dir], split=split)
         _check_made_as_recorded(shards[0], record)
-        summary = assemble(shards, assembly, on_failure)
+        summary = concatenate(writer, shards, on_failure)
     summary.resumed_rows = sum(info.rows for info in done.values())
     _remove(shard_dir)
     return summary

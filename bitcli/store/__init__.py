@@ -8,12 +8,12 @@
                 finished run's record
     metadata.py the sidecar (OUT.meta.json, OUT.files.jsonl): settings, each row's file identity
     publish.py  StagedSet: the set (array, manifest, error list, sidecar, row norms, run record) published
-                through one commit record, `recover` completing an interrupted one; Assembly:
-                the partial directory held while `bit combine` / `--engine ray` assemble
+                through one commit record, `recover` completing an interrupted one
     writer.py   EmbedWriter: batches committed (rows, then a journal line), then the set published
     update.py   `--update`: the plan (kept, changed, new, moved, removed) and its result groups
     collection.py  Collection: the one object every producer embeds through (a local run, `--resume`,
-                `--update`, a shard job, a Ray worker): `plan` says what is left, `Run.write` does it
+                `--update`, a shard job, a Ray worker): `plan` says what is left, `Run.write` does it;
+                `copy_parts`: finished collections (shards) committed as a run's own (`bit combine`, Ray)
 
 While a run is in progress, `OUT.npy.partial/` holds `state.json` (what makes the rows, checked
 by --resume), `data.npy` (a header sized for any row count, then the rows so far),
@@ -32,10 +32,10 @@ from __future__ import annotations
 from bitcli.store.collection import Collection
 from bitcli.store.files import npy_header
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, unescape_error_path, write_errors
-from bitcli.store.publish import Assembly, recover
+from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary, EmbedWriter
 
 __all__ = [
-    "Assembly", "Collection", "EmbedPaths", "EmbedSummary", "EmbedWriter", "check_output", "escape_error_path", "npy_header",
+    "Collection", "EmbedPaths", "EmbedSummary", "EmbedWriter", "check_output", "escape_error_path", "npy_header",
     "recover", "unescape_error_path", "write_errors",
 ]

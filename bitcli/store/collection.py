@@ -12,17 +12,18 @@ file identity taken before its file is read, the commit loop and the publication
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, IO, Any, Callable, Iterable
 
 import numpy as np
 
 from bitcli.errors import InputError, UsageError
-from bitcli.store.files import STATE, read_json_record
-from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, identify_all, read_metadata
-from bitcli.store.paths import EmbedPaths, write_errors
+from bitcli.store.files import STATE, read_json_record, read_lines
+from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, identify_all, read_file_rows, read_metadata
+from bitcli.store.paths import EmbedPaths, unescape_error_path, write_errors
 from bitcli.store.settings import EmbedSettings
-from bitcli.store.update import prepare_update, recorded_settings, update_groups
+from bitcli.store.update import COPY_ROWS, prepare_update, recorded_settings, update_groups
 from bitcli.store.writer import EmbedSummary, EmbedWriter
 
 if TYPE_CHECKING:
@@ -151,3 +152,33 @@ class Run:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def copy_parts(writer: EmbedWriter, parts: Iterable[EmbedPaths]) -> None:
+    """Commit the rows (with their recorded file identities) and then the failures of each finished
+    collection of `parts`, in order, as `writer`'s own: `bit combine` and `--engine ray` concatenating
+    shards. Rows are read and committed COPY_ROWS at a time; what `writer` already holds (a resumed
+    copy, or a local run of the same inputs and settings: the same rows) is skipped, as a local
+    `--resume` skips it. A part that cannot be read is a UsageError naming it (exit 2)."""
+    remaining = writer.done
+    for part in parts:
+        try:
+            rows = read_file_rows(part.sidecars.meta, read_metadata(part.sidecars.meta))
+            failures = [line.partition("\t")[::2] for line in read_lines(part.errors)] if part.errors.exists() else []
+            array = np.load(part.out, mmap_mode="r") if rows else None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{part.out}: cannot read it ({exc}); run it again") from None
+        for start in range(0, len(rows), COPY_ROWS):
+            todo = [i for i in range(start, min(start + COPY_ROWS, len(rows))) if not _done(remaining, rows[i][0])]
+            if todo:
+                writer.commit([rows[i][0] for i in todo], np.asarray(array[todo]), [], [rows[i][1] for i in todo])
+        failed = [(unescape_error_path(path), reason) for path, reason in failures]
+        writer.commit([], None, [(path, reason) for path, reason in failed if not _done(remaining, path)])
+
+
+def _done(remaining: "Counter[str]", path: str) -> bool:
+    """Whether `path` is one of the occurrences already committed (and count it off)."""
+    if remaining[path] > 0:
+        remaining[path] -= 1
+        return True
+    return False

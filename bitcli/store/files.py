@@ -12,9 +12,8 @@ run has: a damaged or oversized journal ends at its last good line (the rows aft
 re-embedded), and memory stays proportional to the input list. The run record
 (`.OUT.npy.run.json`, published with the output) keeps what `state.json` said (model, dtype,
 options, input digest) plus the row and failure counts and each file's size, so `--resume` of a
-finished output checks it as strictly as an unfinished one. An output assembled from shards
-(`publish.Assembly`) gets the same record; `--engine ray` adds its job (the model as given and
-the options), which is what its driver can compare without loading the model.
+finished output checks it as strictly as an unfinished one, whoever made it (a local run, `bit
+combine`, `--engine ray`: the shards' record).
 """
 
 from __future__ import annotations
@@ -234,7 +233,6 @@ class FileIdentity:
 
 JOURNAL_LINE_MAX = 64 << 20  # one batch's paths and errors; a longer line is damage
 RECORD_VERSION = 1
-ASSEMBLY = "assembly"  # in state.json: the partial directory is assembled from shards (publish.Assembly)
 
 
 @dataclass
@@ -332,13 +330,6 @@ def file_size(path: Path | None) -> int | None:
         return None if path is None else os.stat(path).st_size
     except OSError:
         return None
-
-
-def assembled_by(state: dict[str, Any] | None) -> str | None:
-    """The command assembling the output in a partial directory whose `state.json` is `state`
-    (`publish.Assembly`), or None for a local run's."""
-    who = (state or {}).get(ASSEMBLY)
-    return str(who) if who else None
 
 
 def read_run_record(paths: "EmbedPaths") -> tuple[dict[str, Any] | None, str | None]:

@@ -31,7 +31,7 @@ from bitcli.collection import norms
 from bitcli.errors import BitError, UsageError
 from bitcli.inputs import path_problem
 from bitcli.store.files import (
-    OWN_PARTIAL_FILES, STATE, assembled_by, lock_holder, partial_problem, read_json_record, staged_name,
+    OWN_PARTIAL_FILES, STATE, lock_holder, partial_problem, read_json_record, staged_name,
 )
 from bitcli.store.metadata import SidecarPaths
 from bitcli.util import beside
@@ -165,12 +165,6 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
         return
     if partial is not None and partial.exists():
         state = read_json_record(partial / STATE) if partial.is_dir() else None
-        who = assembled_by(state)
-        if who:  # a killed bit combine's or Ray run's: --resume here would be refused
-            raise UsageError(
-                f"{paths.out}: an interrupted {who} left {partial}; run that again to finish it, "
-                "or pass --overwrite to start over here"
-            )
         if state is not None:  # the flags that continue the run interrupted, not the ones given now
             update = state.get("update") is not None
         again = "--update --resume" if update else "--resume"

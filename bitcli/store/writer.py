@@ -16,7 +16,7 @@ import numpy as np
 
 from bitcli.errors import UsageError
 from bitcli.store.files import (
-    DATA, JOURNAL, STATE, Journal, assembled_by, check_same_update, copy_to_stream, describe_difference,
+    DATA, JOURNAL, STATE, Journal, check_same_update, copy_to_stream, describe_difference,
     encode_identity, finished_problem, make_partial, npy_header, partial_problem, read_journal, read_json_record,
     remove_partial, run_state, take_lock,
 )
@@ -53,6 +53,9 @@ class EmbedWriter:
     `update_plan` (`--update`, `store.update.UpdatePlan.digest`): the existing output stays in place until
     `finish()` replaces it, and only an interrupted update with the same plan resumes. `extra`:
     more of what made the rows, recorded and compared like the rest (a shard's split and index).
+    `made`: what made the rows as a run record holds it (`settings`, `runtime`, `inputs`), in place
+    of `fingerprint` and `inputs`, for rows copied from collections (`copy_parts`); `cwd`: the
+    directory their relative paths are relative to (default: this process's).
     """
 
     def __init__(
@@ -67,6 +70,8 @@ class EmbedWriter:
         overwrite: bool = False,
         update_plan: str | None = None,
         extra: dict[str, Any] | None = None,
+        made: dict[str, Any] | None = None,
+        cwd: str | None = None,
     ) -> None:
         if dtype not in ("float32", "float16"):
             raise UsageError(f"--dtype {dtype}: choose float32 or float16")
@@ -74,7 +79,8 @@ class EmbedWriter:
         self.dim = int(dim)
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self._inputs = None if inputs is None else list(inputs)
-        self._state = run_state(self.dim, self.dtype.name, dict(fingerprint or {}), self._inputs, extra)
+        self._state = {**run_state(self.dim, self.dtype.name, dict(fingerprint or {}), self._inputs, extra), **(made or {})}
+        self.cwd = cwd
         if update_plan is not None:
             self._state["update"] = update_plan  # in state.json only: the finished record omits it
         update = update_plan is not None
@@ -150,11 +156,6 @@ class EmbedWriter:
         if problem:
             raise UsageError(f"{partial} is damaged ({problem}), so it cannot be resumed; pass --overwrite to start again")
         state = read_json_record(partial / STATE)
-        if assembled_by(state):
-            raise UsageError(
-                f"{partial} was left by {assembled_by(state)}, which assembles the output from shards: "
-                "run that again to finish it, or pass --overwrite to start over here"
-            )
         check_same_update(partial, state.get("update"), self._state.get("update"))
         theirs = {k: state.get(k) for k in self._state}
         difference = describe_difference(theirs, self._state)  # None: the same (a moved local model too)
@@ -288,7 +289,7 @@ class EmbedWriter:
             staged.lines("manifest", self._journal.paths)
             if self._journal.errors:
                 staged.lines("errors", (f"{escape_error_path(p)}\t{r}" for p, r in self._journal.errors))
-            meta = metadata_for(paths, self._state, rows=self.rows, dim=self.dim)
+            meta = metadata_for(paths, self._state, rows=self.rows, dim=self.dim, cwd=self.cwd)
             staged.sidecar(meta, zip(self._journal.paths, self._journal.identities))
             if paths.out is None:
                 if stream is None:
@@ -309,6 +310,19 @@ class EmbedWriter:
         staged.publish()
         self._release()
         return summary
+
+    def made_by(self, made: dict[str, Any]) -> None:
+        """What made the rows, known once they are made (the Ray workers' `settings` and `runtime`,
+        the input digest): the finished record's, in place of what the run was opened with."""
+        self._state.update(made)
+
+    def discard_if_empty(self) -> None:
+        """Close; a partial directory this run made that holds no committed row or failure (the
+        work is elsewhere: a Ray run's shards) is removed, not left for `--resume`."""
+        if self._dir is not None and not self._closed and not self.resumed_rows and not self.rows and not self.failed:
+            self._close_handles()
+            remove_partial(self._dir)
+        self.close()
 
     def _close_handles(self) -> None:
         self._closed = True
