@@ -78,10 +78,12 @@ class Distribution:
 
 
 def embed_distributed(
-    ui: Ui, inputs: list[str], job: Any, paths: Any, dist: Distribution, *, resume: bool, overwrite: bool, null: bool = False
+    ui: Ui, inputs: list[str], job: Any, paths: Any, dist: Distribution, *, resume: bool, overwrite: bool, null: bool = False,
+    update: bool = False,
 ) -> int:
     """`bit embed` with `--engine ray` or `--shard I/N`; `job` is a `bitcli.distributed.EmbedJob`;
-    `null`: paths on stdin are NUL-separated (`-0`), as for a local run."""
+    `null`: paths on stdin are NUL-separated (`-0`), as for a local run; `update`: shard jobs of
+    an `--update` of OUT (each embeds its part of what changed; `bit combine` updates OUT)."""
     from bitcli.distributed import RayOptions, default_shard_dir, embed_on_ray, parse_selection, run_shards
     from bitcli.inputs import expand_inputs
     from bitcli.store import write_errors
@@ -97,7 +99,8 @@ def embed_distributed(
                 summary = embed_on_ray(entries, paths, job, options, **common)
             else:
                 selection = parse_selection(dist.shard)
-                run = run_shards(entries, shard_dir, job, selection=selection, shard_size=dist.shard_size, **common)
+                run = run_shards(entries, shard_dir, job, selection=selection, shard_size=dist.shard_size,
+                                 update=paths if update else None, **common)
     except BaseException as exc:  # not after a usage error: that one says what to do itself
         if not isinstance(exc, UsageError) and shard_dir.is_dir() and any(p.name.startswith("shard-") for p in shard_dir.iterdir()):
             ui.info(f"finished shards kept in {shard_dir}; rerun with --resume to continue")
@@ -207,5 +210,8 @@ def combine(
     paths = EmbedPaths.for_output(output_path, manifest=manifest)
     with write_errors(paths):  # a failed write (disk full): one line naming the output
         summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
-    report_summary(ui, summary, paths)
+    if summary.update:  # the shards of --update jobs: `out.npy: +3 new, 1 changed, 2 removed, 23 kept`
+        ui.info(f"{paths.out}: {summary.update}")
+    if not summary.already_complete:
+        report_summary(ui, summary, paths, done=summary.update is not None)
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK

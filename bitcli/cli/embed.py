@@ -131,10 +131,8 @@ def embed(
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
     job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads, content_hash=content_hash)
     if dist.check(output_path == "-", manifest) and not (update and engine is Engine.ray):
-        if update:
-            raise UsageError("--update runs here or with --engine ray, not as --shard jobs; leave out --shard")
         paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
-        return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null)
+        return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null, update=update)
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
     items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)

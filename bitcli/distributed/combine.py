@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from bitcli.distributed.shards import (
-    DuplicateShardError, MissingShardError, ShardInfo, ShardMismatchError, Split, describe_difference,
+    UPDATE_PLAN, DuplicateShardError, MissingShardError, ShardInfo, ShardMismatchError, Split, describe_difference,
     read_shard, shard_outputs,
 )
 from bitcli.errors import UsageError
-from bitcli.store.collection import copy_parts
+from bitcli.store.collection import Collection, copy_parts, counted_off, in_batches, stored_results
 from bitcli.store.metadata import read_metadata
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary, EmbedWriter
 from bitcli.util import name_some
+
+if TYPE_CHECKING:
+    from bitcli.results import EmbedResult
 
 OnFailure = Callable[[str, str], None]  # (path, reason) of a failed input, in input order
 
@@ -104,6 +108,9 @@ def combine(
         raise UsageError("combining shards writes a file: give -o OUT.npy, not -o -")
     recover(paths)
     resume = paths.partial.is_dir() and not overwrite
+    plans = [p for p in (Path(s) / UPDATE_PLAN if Path(s).is_dir() else Path(s).parent / UPDATE_PLAN for s in sources) if p.is_file()]
+    if plans:
+        return combine_update(plans[0], sources, paths, resume=resume, overwrite=overwrite, split=split, on_failure=on_failure)
     check_output(paths, resume=resume, overwrite=overwrite, exists="pass --overwrite to replace it")  # before the shards
     found = find_shards(sources)
     if not found:
@@ -127,6 +134,47 @@ def check_outside(paths: EmbedPaths, shards: Sequence[ShardInfo]) -> None:
         shard = taken.get(os.path.realpath(target))
         if shard is not None:
             raise UsageError(f"{target}: a file of the shard {shard}, which this combine reads; write the combined files elsewhere")
+
+
+def combine_update(
+    plan_file: Path, sources: Sequence[Path], paths: EmbedPaths, *, resume: bool, overwrite: bool, split: Split | None,
+    on_failure: OnFailure | None,
+) -> EmbedSummary:
+    """`--update --shard` jobs' shards: the update they planned (`plan_file`) carried out on the
+    output, as a local `--update` does (`store.Collection`): kept rows copied from the output, the
+    embedded ones taken from the shards, in the plan's order; `summary.update` says what changed.
+    Refused when the output changed since the jobs planned, or the shards were cut from another plan."""
+    from bitcli.collection.index import open_index
+    from bitcli.store.files import inputs_digest
+    from bitcli.store.update import read_plan
+
+    check_output(paths, resume=resume, overwrite=overwrite, update=True)
+    old = open_index(paths.out, manifest=paths.manifest, allow_empty=True) if paths.out.exists() else None
+    planned = read_plan(plan_file, old)
+    shards = plan(find_shards(sources), list(sources), split=split)
+    check_outside(paths, shards)
+    to_embed = [step.path for step in planned.to_embed]
+    if shards[0].split.inputs != inputs_digest(to_embed):
+        raise ShardMismatchError(f"{plan_file}: the shards were cut from another update's plan; run every job again with --overwrite")
+    first, failed = shards[0], []
+
+    def embedded(todo: list[str]) -> Iterator[list[EmbedResult]]:
+        results = (r for s in shards for r in stored_results(s.paths, to_embed[slice(*s.split.bounds(s.index))]))
+        done = Counter(to_embed) - Counter(todo)  # an interrupted combine's: committed already
+        return in_batches((r for r in results if not counted_off(done, r.path)), first.split.batch_size)
+
+    meta = first.paths.sidecars.meta
+    run = Collection(paths).plan(planned.steps, embedded, dim=first.dim, fingerprint={}, dtype=first.dtype, update=True,
+                                 resume=resume, overwrite=overwrite, planned=planned, made=dict(first.record),
+                                 cwd=read_metadata(meta).base_dir(meta))
+    if run.up_to_date:
+        return EmbedSummary(rows=0, dim=first.dim, dtype=first.dtype, failed=0, out=paths.out, already_complete=True,
+                            update="up to date")
+    summary = run.write(lambda group: failed.extend((r.path, str(r.error)) for r in group if not r.ok))
+    summary.update = run.summary
+    for path, reason in failed if on_failure else ():
+        on_failure(path, reason)
+    return summary
 
 
 @contextlib.contextmanager

@@ -35,10 +35,10 @@ from bitcli.distributed.shards import (
 )
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
-from bitcli.store.files import read_lines
 from bitcli.store.files import finished_problem, inputs_digest, read_run_record, run_state
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
+from bitcli.store.collection import in_batches, stored_results
 from bitcli.store.writer import EmbedSummary, EmbedWriter
 from bitcli.util import write_atomic
 from bitcli.distributed.worker import EmbedJob, OnProgress, report_progress
@@ -122,27 +122,12 @@ def groups_on_ray(
     output: shared storage, like the shards), then yields them as results, one batch a group, in
     input order with the failures in their places; the scratch files are removed after. The
     update copies the kept rows and publishes as a local one does."""
-    from bitcli.results import EmbedResult
-
     def groups(todo: list[str]) -> Iterator[list[Any]]:
         paths = EmbedPaths.for_output(scratch)
         try:
             entries = [InputItem(i, str(getattr(p, "path", p))) for i, p in enumerate(todo)]
             embed_on_ray(entries, paths, job, options, overwrite=True, progress=progress)
-            rows = np.load(scratch, mmap_mode="r")
-            manifest = read_lines(paths.manifest)
-            reasons = [line.split("\t", 1)[-1] for line in read_lines(paths.errors)] if paths.errors.exists() else []
-            results, row, failure = [], 0, 0
-            for entry in entries:  # rows and failures are both in input order
-                if row < len(manifest) and manifest[row] == entry.path:
-                    results.append(EmbedResult(path=entry.path, vector=np.asarray(rows[row], dtype=np.float32)))
-                    row += 1
-                else:
-                    results.append(EmbedResult(path=entry.path, error=reasons[failure] if failure < len(reasons) else "not embedded"))
-                    failure += 1
-            size = job.options.batch_size
-            for start in range(0, len(results), size):
-                yield results[start : start + size]
+            yield from in_batches(stored_results(paths, [entry.path for entry in entries]), job.options.batch_size)
         finally:
             for path in paths.set_files().values():
                 path.unlink(missing_ok=True)

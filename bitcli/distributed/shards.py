@@ -44,6 +44,7 @@ from bitcli.store.settings import describe_difference as settings_difference
 from bitcli.util import encode_lines, write_atomic
 
 DEFAULT_SHARD_IMAGES = 1024  # inputs per shard, rounded up to whole batches
+UPDATE_PLAN = "update.jsonl"  # `--update --shard` jobs' plan, in the shard directory (`store.update.write_plan`)
 
 
 class ShardError(UsageError):

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 from bitcli.distributed.shards import (
     ShardInfo,
     ShardInputs,
+    UPDATE_PLAN,
     ShardMismatchError,
     Split,
     default_shard_size,
@@ -34,6 +35,7 @@ from bitcli.inputs import InputItem
 from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.files import run_state
 from bitcli.store.collection import Collection
+from bitcli.store.paths import EmbedPaths
 from bitcli.util import first_line
 
 
@@ -189,6 +191,7 @@ def run_shards(
     progress: OnProgress | None = None,
     on_failure: Callable[[str, str], None] | None = None,
     model: Any = None,
+    update: EmbedPaths | None = None,
 ) -> ShardRunSummary:
     """`--shard I/N`: embed shards I, I + N, ... of the inputs into `shard_dir`, in this process.
 
@@ -197,12 +200,22 @@ def run_shards(
     (redone). The input list is listed in full (every job needs the same split) into a
     temporary file, not memory. `on_failure(path, reason)`: each failed input of each shard this
     job embeds, in input order, as the shard is published.
+
+    `update` (`--update --shard I/N`): the output the jobs bring up to date. Every job plans the
+    update of the whole list as a local `--update` does (the model loaded first: the plan refuses
+    other settings) and leaves the plan in `shard_dir` (`shards.UPDATE_PLAN`); the shards are cut from
+    the inputs it embeds (new, changed, retried), so each job embeds only its part of those, in
+    the batches a local `--update` forms. `bit combine` then copies the kept rows from the output.
     """
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
     index, count = selection
     size = shard_size or default_shard_size(job.options.batch_size)
     make_shard_dir(shard_dir)
+    worker = None
+    if update is not None:
+        worker = ShardWorker(job, model=model)
+        entries = _update_entries(worker, update, entries, shard_dir, overwrite=overwrite)
     with tempfile.TemporaryDirectory(prefix="bitcli-inputs-") as tmp:
         spool = spool_inputs(entries, Path(tmp) / "inputs.jsonl", batch_size=job.options.batch_size, shard_size=size)
         split = spool.split
@@ -214,7 +227,7 @@ def run_shards(
         if todo or infos:
             # Kept shards are checked even when none is left to run: a --resume with another
             # model or options is refused, as a local --resume of a finished output is.
-            worker = ShardWorker(job, model=model)
+            worker = worker or ShardWorker(job, model=model)
             worker.check_shards(infos)  # refuse to keep or add to shards of another model or options
             for i in todo:
                 infos.append(worker.run(shard_dir, split, spool.shard(i)))
@@ -222,6 +235,29 @@ def run_shards(
                     on_failure(path, reason)
                 report_progress(progress, split, infos, mine)
     return ShardRunSummary(shard_dir, split, todo, sorted(done), sum(s.rows for s in infos), sum(s.failed for s in infos))
+
+
+def _update_entries(worker: "ShardWorker", out: EmbedPaths, entries: Iterable[InputItem | InputError], shard_dir: Path,
+                    *, overwrite: bool) -> list[InputItem]:
+    """Plan the update of `out` for all `entries` (`store.update`), leave the plan for `bit combine`
+    and return the inputs it embeds, in order: the list the shards are cut from. A plan another
+    job left that differs (a file changed between the jobs) is refused unless `overwrite`."""
+    from bitcli.store.metadata import EmbeddingMetadata
+    from bitcli.store.update import prepare_update, read_plan, write_plan
+
+    current = EmbeddingMetadata.from_fingerprint(worker.fingerprint, rows=0, feature_dim=worker.dim)
+    plan = prepare_update(out, current, [entry.path for entry in entries], content_hash=worker.job.content_hash)
+    path = shard_dir / UPDATE_PLAN
+    if path.exists() and not overwrite:
+        try:
+            same = read_plan(path, plan.old).steps == plan.steps
+        except UsageError:
+            same = False
+        if not same:
+            raise UsageError(f"{path}: another job planned this update differently (a file changed since, or other inputs); "
+                             "run every job again with --overwrite")
+    write_plan(path, plan)
+    return [InputItem(index=i, path=step.path) for i, step in enumerate(plan.to_embed)]
 
 
 def _previous_shards(shard_dir: Path, split: Split, mine: list[int], *, resume: bool, overwrite: bool) -> dict[int, ShardInfo]:

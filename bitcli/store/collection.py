@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, IO, Any, Callable, Iterable
+from typing import TYPE_CHECKING, IO, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from bitcli.store.files import STATE, read_json_record, read_lines
 from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, identify_all, read_file_rows, read_metadata
 from bitcli.store.paths import EmbedPaths, unescape_error_path, write_errors
 from bitcli.store.settings import EmbedSettings
-from bitcli.store.update import COPY_ROWS, prepare_update, recorded_settings, update_groups
+from bitcli.store.update import COPY_ROWS, UpdatePlan, prepare_update, recorded_settings, update_groups
 from bitcli.store.writer import EmbedSummary, EmbedWriter
 
 if TYPE_CHECKING:
@@ -70,17 +70,22 @@ class Collection:
         resume: bool = False,
         overwrite: bool = False,
         extra: dict[str, Any] | None = None,
+        planned: UpdatePlan | None = None,
+        made: dict[str, Any] | None = None,
+        cwd: str | None = None,
     ) -> "Run":
         """Open a run that embeds `items` (anything with `.path`; an `InputError` is recorded as a
         failure) with `embed_groups`, and say what is left: `Run.up_to_date` (an `--update` with
         nothing to change: nothing was opened), `Run.already_complete` (`--resume` of a finished
         output), `Run.todo` (the items still to do; `Run.to_embed` of them are embedded, not
         copied). `extra`: more of what made the rows, recorded and compared like the rest (a
-        shard's split and index). A bad output is refused here (UsageError, exit 2)."""
+        shard's split and index). `planned`: the `--update` plan already made (by `--update
+        --shard` jobs, for `bit combine`); `made`, `cwd`: as `EmbedWriter` takes them. A bad
+        output is refused here (UsageError, exit 2)."""
         steps, groups, known, summary, digest = items, embed_groups, None, None, None
         if update:
-            current = EmbeddingMetadata.from_fingerprint(fingerprint, rows=0, feature_dim=dim)
-            plan = prepare_update(self.paths, current, [item.path for item in items], content_hash=content_hash)
+            plan = planned or prepare_update(self.paths, EmbeddingMetadata.from_fingerprint(fingerprint, rows=0, feature_dim=dim),
+                                             [item.path for item in items], content_hash=content_hash)
             if plan.up_to_date() and not self.paths.partial.exists():
                 return Run(None, [], groups, summary=plan.summary())
             steps, known, summary, digest = plan.steps, plan.identity_of(), plan.summary(), plan.digest()
@@ -89,7 +94,7 @@ class Collection:
             writer = EmbedWriter(
                 self.paths, dim=dim, dtype=dtype, fingerprint=fingerprint, inputs=[item.path for item in steps],
                 resume=resume and (not update or self.paths.partial.exists()), overwrite=overwrite,
-                update_plan=digest, extra=extra,
+                update_plan=digest, extra=extra, made=made, cwd=cwd,
             )
         try:
             todo = [] if writer.already_complete else list(writer.skip_done(steps))
@@ -169,16 +174,46 @@ def copy_parts(writer: EmbedWriter, parts: Iterable[EmbedPaths]) -> None:
         except (OSError, ValueError) as exc:
             raise UsageError(f"{part.out}: cannot read it ({exc}); run it again") from None
         for start in range(0, len(rows), COPY_ROWS):
-            todo = [i for i in range(start, min(start + COPY_ROWS, len(rows))) if not _done(remaining, rows[i][0])]
+            todo = [i for i in range(start, min(start + COPY_ROWS, len(rows))) if not counted_off(remaining, rows[i][0])]
             if todo:
                 writer.commit([rows[i][0] for i in todo], np.asarray(array[todo]), [], [rows[i][1] for i in todo])
         failed = [(unescape_error_path(path), reason) for path, reason in failures]
-        writer.commit([], None, [(path, reason) for path, reason in failed if not _done(remaining, path)])
+        writer.commit([], None, [(path, reason) for path, reason in failed if not counted_off(remaining, path)])
 
 
-def _done(remaining: "Counter[str]", path: str) -> bool:
-    """Whether `path` is one of the occurrences already committed (and count it off)."""
-    if remaining[path] > 0:
-        remaining[path] -= 1
+def counted_off(counts: "Counter[str]", key: str) -> bool:
+    """Whether `key` is still counted in `counts` (one of the occurrences already done), counting it off."""
+    if counts[key] > 0:
+        counts[key] -= 1
         return True
     return False
+
+
+def stored_results(part: EmbedPaths, entries: Iterable[str]) -> Iterator["EmbedResult"]:
+    """The finished collection `part`'s rows and failures as results, in the order of `entries`,
+    the inputs it was made from (a row where its manifest names the entry, else its next failure):
+    rows embedded elsewhere (a shard, a Ray run) handed to a run here. Rows are read one by one."""
+    from bitcli.results import EmbedResult
+
+    manifest = read_lines(part.manifest)
+    failures = iter([line.partition("\t")[2] for line in read_lines(part.errors)] if part.errors.exists() else [])
+    array = np.load(part.out, mmap_mode="r") if manifest else None
+    row = 0
+    for path in entries:
+        if row < len(manifest) and manifest[row] == path:
+            yield EmbedResult(path=path, vector=np.asarray(array[row], dtype=np.float32))
+            row += 1
+        else:
+            yield EmbedResult(path=path, error=next(failures, "not embedded"))
+
+
+def in_batches(results: Iterable["EmbedResult"], size: int) -> Iterator[list["EmbedResult"]]:
+    """`results` as groups of `size` (the last one shorter): a run's batches."""
+    group: list[EmbedResult] = []
+    for result in results:
+        group.append(result)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

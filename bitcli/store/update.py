@@ -22,6 +22,7 @@ the same update resumes.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import defaultdict, deque
 from contextlib import contextmanager
@@ -267,6 +268,37 @@ def _failed_before(paths: "EmbedPaths") -> set[str]:
         return set()
     except OSError as exc:
         raise UsageError(f"{paths.errors}: cannot read ({exc.strerror or exc})") from exc
+
+
+def write_plan(path: "os.PathLike[str]", plan: UpdatePlan) -> None:
+    """The plan as `--update --shard` jobs leave it for `bit combine` (`update.jsonl` in the shard
+    directory, atomically): a header (its digest, the removed paths), then one step per line."""
+    from bitcli.store.files import encode_identity
+    from bitcli.util import encode_lines, write_atomic
+
+    header = {"digest": plan.digest(), "removed": plan.removed}
+    steps = ([s.path, s.status, s.source_row, encode_identity(s.identity), s.refreshed] for s in plan.steps)
+    lines = (json.dumps(record, ensure_ascii=True) for record in (header, *steps))  # ASCII: any file name survives
+    write_atomic(path, encode_lines(lines))
+
+
+def read_plan(path: "os.PathLike[str]", old: "EmbeddingIndex | None") -> UpdatePlan:
+    """The plan `write_plan` left, for the output `old` as it is now; UsageError (exit 2) when the
+    file is unreadable or the output changed since the jobs planned (the digest differs)."""
+    from bitcli.store.files import decode_identity
+
+    again = "run the --update --shard jobs again with --overwrite"
+    try:
+        with open(path, "rb") as fh:
+            header = json.loads(fh.readline())  # then [path, status, source_row, identity, refreshed] per line
+            steps = [UpdateStep(path, status, decode_identity(identity), row, refreshed)
+                     for path, status, row, identity, refreshed in map(json.loads, fh)]
+        plan = UpdatePlan(steps=steps, removed=[str(p) for p in header["removed"]], old=old)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: cannot read the update's plan ({exc}); {again}") from None
+    if plan.digest() != header.get("digest"):
+        raise UsageError(f"{path}: the output changed since the jobs planned the update; {again}")
+    return plan
 
 
 def update_groups(

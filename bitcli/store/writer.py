@@ -40,6 +40,7 @@ class EmbedSummary:
     manifest: Path | None = None
     errors_file: Path | None = None
     already_complete: bool = False  # `--resume` of a finished output: nothing was written
+    update: str | None = None  # `--update`'s plan (`+3 new, 1 changed, 2 removed, 23 kept`), or "up to date"
 
 
 class EmbedWriter:

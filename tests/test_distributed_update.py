@@ -1,0 +1,78 @@
+"""`bit embed --update --shard I/N` jobs, then `bit combine` (issue 20: "`--update` works on any
+collection and with `--shard`"), through the real command: each job plans the whole update, as a
+local `--update` does, and embeds only its shards of what changed; combine copies every kept row
+from the output and publishes the local `--update`'s files, byte for byte, with its summary."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from clihelpers import make_images, run
+from distributedhelpers import BATCH, THREADS, make_photos
+
+pytestmark = pytest.mark.slow  # a model loaded by every job and run
+
+
+def _embed(ckpt, photos, out, *args):
+    return run(["embed", photos, "-o", out, "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS, *args])
+
+
+def _change(photos):
+    """One file's content changed, one removed, three new."""
+    shutil.copy(photos / "img05.png", photos / "img02.png")
+    (photos / "img07.png").unlink()
+    make_images(photos / "more", 3)
+
+
+def test_update_as_shard_jobs_then_combine_equals_a_local_update(ckpt, tmp_path):
+    photos = make_photos(tmp_path / "photos")
+    sharded, local = tmp_path / "sharded", tmp_path / "local"
+    sharded.mkdir()
+    assert _embed(ckpt, photos, sharded / "out.npy").exit_code == 1  # the broken files
+    shutil.copytree(sharded, local)
+    before = dict(zip((sharded / "out.paths.txt").read_text().splitlines(), np.load(sharded / "out.npy")))
+    _change(photos)
+
+    want = _embed(ckpt, photos, local / "out.npy", "--update")
+    assert want.exit_code == 1, want.stderr
+    summary = "+3 new, 1 changed, 1 removed, 11 kept, 3 retried"
+    assert f"{summary}; embedded 7 in" in want.stderr, want.stderr
+
+    # The 7 inputs to embed, in order: bad1, img02, img03b, img10x (shard 0: three fail again), more/0-2 (shard 1).
+    for job, code in (("0/2", 1), ("1/2", 0)):  # --update takes the model and options from OUT, as locally
+        result = run(["embed", photos, "-o", sharded / "out.npy", "--update", "--shard", job, "--shard-size", 2 * BATCH,
+                      "--batch-size", BATCH, "--threads", THREADS])
+        assert result.exit_code == code and "bit combine -o" in result.stderr, result.stderr
+    shard_dir = sharded / "out.npy.shards"
+    embedded = [line for path in sorted(shard_dir.glob("shard-*.paths.txt")) for line in path.read_text().splitlines()]
+    assert sorted(embedded) == sorted([str(photos / "img02.png"), *(str(photos / "more" / f"img0{i}.png") for i in range(3))])
+    assert np.load(sharded / "out.npy").shape[0] == len(before)  # the jobs never touch OUT
+
+    combined = run(["combine", "-o", sharded / "out.npy"])
+    assert combined.exit_code == 1, combined.stderr  # the retried broken files
+    assert f"out.npy: {summary}" in combined.stderr, combined.stderr
+    for suffix in (".npy", ".paths.txt", ".errors.txt", ".files.jsonl"):
+        assert (sharded / f"out{suffix}").read_bytes() == (local / f"out{suffix}").read_bytes(), suffix
+    after = dict(zip((sharded / "out.paths.txt").read_text().splitlines(), np.load(sharded / "out.npy")))
+    kept = [p for p in before if p in after and not p.endswith("img02.png")]
+    assert len(kept) == 11 and all(after[p].tobytes() == before[p].tobytes() for p in kept)
+
+    again = run(["combine", "-o", sharded / "out.npy"])  # the plan was made for the output before this update
+    assert again.exit_code == 2 and "the output changed since the jobs planned the update" in again.stderr, again.stderr
+
+
+def test_update_shard_jobs_with_nothing_changed_combine_to_up_to_date(ckpt, tmp_path):
+    photos = make_photos(tmp_path / "photos")
+    out = tmp_path / "out.npy"
+    assert _embed(ckpt, photos, out, "--shard", "0/1").exit_code == 1
+    assert run(["combine", "-o", out]).exit_code == 1
+    published = out.read_bytes()
+    shutil.rmtree(tmp_path / "out.npy.shards")
+    job = run(["embed", photos, "-o", out, "--update", "--shard", "0/1", "--threads", THREADS])
+    assert job.exit_code == 1, job.stderr  # the broken files are retried, and fail
+    combined = run(["combine", "-o", out])
+    assert combined.exit_code == 1 and "+0 new, 0 changed, 0 removed, 13 kept, 3 retried" in combined.stderr, combined.stderr
+    assert out.read_bytes() == published
