@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from bitcli.distributed.shards import InputSpool, ShardInputs, ShardMismatchError, Split, describe_difference, inputs_in_flight
+from bitcli.distributed.shards import InputSpool, ShardInputs, Split, inputs_in_flight
 from bitcli.errors import BitError, InputError, UsageError
 from bitcli.util import first_line
 from bitcli.distributed.worker import EmbedJob, OnProgress, ShardWorker, report_progress
@@ -158,12 +158,10 @@ class ShardPool:
     ) -> None:
         self.ray, self.spool, self.job, self.options, self.shard_dir, self.progress = ray, spool, job, options, shard_dir, progress
         self.finished: list[Any] = []  # ShardInfo of earlier runs, _Done of this one: .index, .failed
-        self.reference: dict[str, Any] | None = None  # the settings every shard must share
         self.lock = threading.Lock()  # progress comes from the driver and from `_BatchWatch`
 
     def run(self, todo: list[int], done: dict[int, Any]) -> None:
         self.finished = list(done.values())
-        self.reference = self.finished[0].settings() if self.finished else None
         report_progress(self.progress, self.spool.split, self.finished)
         fruitless = 0
         while True:
@@ -213,17 +211,11 @@ class ShardPool:
             report_progress(self.progress, self.spool.split, self.finished, running=running)
 
     def _collect(self, dataset: Any) -> None:
-        spool = self.spool
+        """Each finished shard as it comes (its settings are checked with the others' before
+        anything is published: `combine.plan`)."""
         for row in dataset.iter_rows():
             if row["error"]:
                 raise rebuild_error(row["error"])
-            settings = json.loads(row["settings"])
-            self.reference = self.reference or settings
-            if difference := describe_difference(settings, self.reference, ("in it", "in the others")):
-                raise ShardMismatchError(
-                    f"shard {row['shard']} was made with other settings than the run's other shards "
-                    f"({difference}); pass --overwrite to start over"
-                )
             self.finished.append(_Done(int(row["shard"]), int(row["failed"])))
             self.report()
 
@@ -328,19 +320,19 @@ class ShardActor:
         return ShardWorker(self.job)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"shard": [], "rows": [], "failed": [], "settings": [], "error": []}
+        out: dict[str, list[Any]] = {"shard": [], "rows": [], "failed": [], "error": []}
         try:
             if self.worker is None:
                 self.worker = self._start()
             for index, offset, count in zip(batch["shard"], batch["offset"], batch["count"]):
                 info = self.worker.run(self.shard_dir, self.split, ShardInputs(int(index), self.spool, int(offset), int(count)))
-                for key, value in zip(out, (info.index, info.rows, info.failed, json.dumps(info.settings(), sort_keys=True), "")):
+                for key, value in zip(out, (info.index, info.rows, info.failed, "")):
                     out[key].append(value)
         except BitError as exc:
             # Sent back as a row: an exception raised here reaches the driver only as text.
             kind = type(exc)
             error = {"module": kind.__module__, "name": kind.__qualname__, "message": str(exc), "exit_code": exc.exit_code}
-            out = {"shard": [-1], "rows": [0], "failed": [0], "settings": [""], "error": [json.dumps(error)]}
+            out = {"shard": [-1], "rows": [0], "failed": [0], "error": [json.dumps(error)]}
         return out
 
 

@@ -38,7 +38,6 @@ from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
 from bitcli.store.files import JOURNAL, read_json_record, read_lines, remove_partial, take_lock
 from bitcli.store.files import files_problem, read_journal
-from bitcli.store.metadata import FileIdentity, read_file_rows, read_metadata
 from bitcli.store.paths import EmbedPaths, unescape_error_path
 from bitcli.store.settings import describe_difference as settings_difference
 from bitcli.util import encode_lines, write_atomic
@@ -224,11 +223,6 @@ class ShardInfo:
         """What must agree between shards of one output: the settings record, the runtime that
         picks the rows' last bits, the shape (JSON round trip: tuples equal lists)."""
         return json.loads(json.dumps({**self.record, "dim": self.dim, "dtype": self.dtype}))
-
-    def rows_and_identities(self) -> list[tuple[str, FileIdentity | None]]:
-        """Each row's path and recorded file identity, in row order (the shard's sidecar)."""
-        meta = self.paths.sidecars.meta
-        return [row for row in read_file_rows(meta, read_metadata(meta))]
 
     def failures(self) -> Iterator[tuple[str, str]]:
         """(path, reason) of each input of the shard that failed, in input order."""

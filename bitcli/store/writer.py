@@ -261,11 +261,6 @@ class EmbedWriter:
         self._journal.errors.extend(errors)
         self._journal.identities.extend(identities)
 
-    @property
-    def manifest_paths(self) -> list[str]:
-        """Row i's input path, for every row written so far."""
-        return list(self._journal.paths)
-
     def finish(self, stream: IO[bytes] | None = None) -> EmbedSummary:
         """Publish the result as one set (see `publish.py`), or stream the array to `stream` (`-o -`)."""
         paths = self.paths
