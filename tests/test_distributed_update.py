@@ -6,6 +6,8 @@ from the output and publishes the local `--update`'s files, byte for byte, with 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -51,7 +53,16 @@ def test_update_as_shard_jobs_then_combine_equals_a_local_update(ckpt, tmp_path)
     assert sorted(embedded) == sorted([str(photos / "img02.png"), *(str(photos / "more" / f"img0{i}.png") for i in range(3))])
     assert np.load(sharded / "out.npy").shape[0] == len(before)  # the jobs never touch OUT
 
-    combined = run(["combine", "-o", sharded / "out.npy"])
+    killed = "\n".join([  # a combine killed just after its first commit: a partial --update of OUT
+        "import os, sys; from pathlib import Path",
+        "from bitcli.store import EmbedPaths, EmbedWriter; from bitcli.distributed import combine",
+        "commit = EmbedWriter.commit",
+        "EmbedWriter.commit = lambda self, *a, **k: (commit(self, *a, **k), os._exit(0))",
+        "combine([Path(sys.argv[1]).with_name('out.npy.shards')], EmbedPaths.for_output(Path(sys.argv[1])))",
+    ])
+    assert subprocess.run([sys.executable, "-c", killed, str(sharded / "out.npy")]).returncode == 0
+    assert (sharded / "out.npy.partial").is_dir()
+    combined = run(["combine", "-o", sharded / "out.npy"])  # continues it
     assert combined.exit_code == 1, combined.stderr  # the retried broken files
     assert f"out.npy: {summary}" in combined.stderr, combined.stderr
     for suffix in (".npy", ".paths.txt", ".errors.txt", ".files.jsonl"):
