@@ -268,7 +268,7 @@ def test_a_shard_being_written_counts_its_inputs_batch_by_batch(tmp_path):
     committed (rows and failures), and the shard records each row's file identity."""
     from bitcli.distributed.shards import Split, inputs_in_flight
     from distributedhelpers import write_shard
-    from bitcli.store.metadata import FileIdentity
+    from bitcli.store.metadata import FileIdentity, read_file_rows, read_metadata
 
     split = Split(2, 4, 4, "x")
     seen = []
@@ -282,4 +282,5 @@ def test_a_shard_being_written_counts_its_inputs_batch_by_batch(tmp_path):
     known = {"a": FileIdentity(1, 10), "b": FileIdentity(2, 20, "ab"), "c": None}
     info = write_shard(tmp_path, 0, split, fingerprint={}, dim=3, dtype="float32", commits=commits(), identities=known.get)
     assert seen == [2, 4] and inputs_in_flight(tmp_path) == 0  # published: no longer in flight
-    assert [i for _, i in info.rows_and_identities()] == [FileIdentity(1, 10), FileIdentity(2, 20, "ab"), None]
+    meta = info.paths.sidecars.meta
+    assert [i for _, i in read_file_rows(meta, read_metadata(meta))] == [FileIdentity(1, 10), FileIdentity(2, 20, "ab"), None]

@@ -30,7 +30,7 @@ import numpy as np
 from bitcli.distributed.combine import OnFailure, concatenate, find_shards, held, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
 from bitcli.distributed.shards import (
-    ShardInfo, ShardMismatchError, Split, default_shard_size, describe_difference, finished_shards, make_shard_dir,
+    UPDATE_PLAN, ShardInfo, ShardMismatchError, Split, default_shard_size, describe_difference, finished_shards, make_shard_dir,
     remove_directory, shard_outputs, spool_inputs,
 )
 from bitcli.errors import InputError, UsageError
@@ -138,7 +138,7 @@ def groups_on_ray(
 def _remove(shard_dir: Path) -> None:
     """The run's shard directory: shards, input list (and a half-written one), run record."""
     leftovers = tuple(p.name for name in (INPUTS_FILE, RUN_FILE) for p in shard_dir.glob(f".{name}.*.tmp"))
-    remove_directory(shard_dir, (INPUTS_FILE, RUN_FILE, *leftovers))
+    remove_directory(shard_dir, (INPUTS_FILE, RUN_FILE, UPDATE_PLAN, *leftovers))
 
 
 # -- the driver's bookkeeping ---------------------------------------------------------------

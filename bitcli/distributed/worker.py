@@ -216,6 +216,8 @@ def run_shards(
     if update is not None:
         worker = ShardWorker(job, model=model)
         entries = _update_entries(worker, update, entries, shard_dir, overwrite=overwrite)
+    else:  # an earlier update's plan would make `bit combine` take these shards for an update's
+        (shard_dir / UPDATE_PLAN).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="bitcli-inputs-") as tmp:
         spool = spool_inputs(entries, Path(tmp) / "inputs.jsonl", batch_size=job.options.batch_size, shard_size=size)
         split = spool.split
