@@ -15,16 +15,9 @@
                 `--update`, a shard job, a Ray worker): `plan` says what is left, `Run.write` does it;
                 `copy_parts`: finished collections (shards) committed as a run's own (`bit combine`, Ray)
 
-While a run is in progress, `OUT.npy.partial/` holds `state.json` (what makes the rows, checked
-by --resume), `data.npy` (a header sized for any row count, then the rows so far),
-`journal.jsonl` (one line per committed batch: its paths, their files' identities, its
-failures), `lock` (flock, held by the writing run) and, only while publishing, `publish.json`.
-A batch is committed by appending its rows (fsync), then its journal line (fsync): the journal
-is the truth, so rows past it are truncated on resume and a resumed run gives the same bytes as
-an uninterrupted one. `finish()` writes the final header (byte-identical to `numpy.save`) and
-publishes the set (`publish.py`): after any kill the files are the old set, the new one, or a
-committed publication that the next run on the output completes. `-o -` keeps the rows in an
-anonymous temporary file and streams the array; it cannot be resumed.
+A run in progress lives in `OUT.npy.partial/` (`files.py`: its state, rows, journal and lock);
+`finish()` publishes the set through one commit record (`publish.py`), so after any kill the
+files are the old set, the new one, or a publication the next run completes.
 """
 
 from __future__ import annotations
