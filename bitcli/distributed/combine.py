@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from bitcli.distributed.shards import (
-    UPDATE_PLAN, DuplicateShardError, MissingShardError, ShardInfo, ShardMismatchError, Split, describe_difference,
+    UPDATE_PLAN, DuplicateShardError, MissingShardError, ShardInfo, ShardMismatchError, Split,
     read_shard, shard_outputs,
 )
 from bitcli.errors import UsageError
 from bitcli.store.collection import Collection, copy_parts, counted_off, in_batches, stored_results
 from bitcli.store.metadata import read_metadata
+from bitcli.store.settings import describe_difference
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary, EmbedWriter

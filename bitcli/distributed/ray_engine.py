@@ -30,12 +30,13 @@ import numpy as np
 from bitcli.distributed.combine import OnFailure, concatenate, find_shards, held, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
 from bitcli.distributed.shards import (
-    UPDATE_PLAN, ShardInfo, ShardMismatchError, Split, default_shard_size, describe_difference, finished_shards, make_shard_dir,
+    UPDATE_PLAN, ShardInfo, ShardMismatchError, Split, default_shard_size, finished_shards, make_shard_dir,
     remove_directory, shard_outputs, spool_inputs,
 )
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
 from bitcli.store.files import finished_problem, inputs_digest, read_run_record, run_state
+from bitcli.store.settings import describe_difference
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.collection import in_batches, stored_results

@@ -39,7 +39,6 @@ from bitcli.inputs import InputItem
 from bitcli.store.files import JOURNAL, read_json_record, read_lines, remove_partial, take_lock
 from bitcli.store.files import files_problem, read_journal
 from bitcli.store.paths import EmbedPaths, unescape_error_path
-from bitcli.store.settings import describe_difference as settings_difference
 from bitcli.util import encode_lines, write_atomic
 
 DEFAULT_SHARD_IMAGES = 1024  # inputs per shard, rounded up to whole batches
@@ -329,9 +328,3 @@ def remove_directory(directory: Path, files: Sequence[str] = ()) -> None:
         (directory / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         directory.rmdir()  # something else lives there: leave it
-
-
-def describe_difference(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str] = ("then", "now")) -> str | None:
-    """The settings' one wording of a difference (`store.settings.describe_difference`), for shards;
-    None when they agree (a local model at another path with the same content is the same model)."""
-    return settings_difference(first, second, names, most=2, skip=())

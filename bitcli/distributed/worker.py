@@ -20,7 +20,6 @@ from bitcli.distributed.shards import (
     ShardMismatchError,
     Split,
     default_shard_size,
-    describe_difference,
     finished_shards,
     make_shard_dir,
     read_shard,
@@ -35,6 +34,7 @@ from bitcli.inputs import InputItem
 from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.files import run_state
 from bitcli.store.collection import Collection
+from bitcli.store.settings import describe_difference
 from bitcli.store.paths import EmbedPaths
 from bitcli.util import first_line
 
