@@ -1,8 +1,6 @@
 """bitcli: classify and embed images with Big Transfer (BiT) models.
 
-The public API lives in `bitcli.pipeline` and is re-exported here lazily, so `import bitcli`
-(and `bit --help`) does not import torch.
-"""
+The public API (`bitcli.pipeline`), re-exported lazily: `import bitcli` does not import torch."""
 
 from __future__ import annotations
 

@@ -1,19 +1,10 @@
 """One image path -> an 8-bit RGB PIL image, exactly as the reference preprocessing sees it.
 
-The reference is transformers' `BitImageProcessorPil` applied to
-`PIL.ImageOps.exif_transpose(Image.open(path))`: EXIF orientation applied, the first frame of
-animated or multi-page files, transparency composited onto white, everything else through
-`Image.convert("RGB")`. bitcli does the same, with one deliberate difference: 16-bit
-grayscale (`I;16*` modes) is scaled to 8 bits instead of clipped (PIL's conversion turns almost
-every 16-bit image into a white square).
-
-Every failure is an `InputError(path, reason)` with a short human reason; nothing is printed.
-
-The pixel count is checked against the caller's `max_pixels` from the header, before decoding.
-No process-wide setting is changed: PIL's own limit (`Image.MAX_IMAGE_PIXELS`) stays as the
-program set it (the `bit` command turns it off: `cli/process.py`); an image over twice it fails
-with a reason that names it.
-"""
+As transformers' `BitImageProcessorPil` on `ImageOps.exif_transpose(Image.open(path))`: EXIF
+orientation, the first frame, transparency onto white, the rest through `convert("RGB")`; but
+16-bit grayscale is scaled to 8 bits, not clipped. The pixel count is checked against
+`max_pixels` from the header, before decoding; PIL's own limit is left as the program set it.
+Every failure is an `InputError(path, reason)`."""
 
 from __future__ import annotations
 
@@ -55,11 +46,9 @@ def open_image(
 ) -> Image.Image:
     """Decode `path` to an RGB, 8-bit, EXIF-transposed image (first frame).
 
-    `max_pixels` (None: no limit) rejects images whose width x height exceeds it, read from the
-    header before decoding. `draft_size` (width, height), for JPEGs only, lets libjpeg decode at
-    the smallest 1/2, 1/4 or 1/8 scale that still covers that size in the file's stored
-    orientation: much faster for big photos, but not pixel-identical to the reference.
-    """
+    `max_pixels` (None: no limit) is checked from the header. `draft_size` (width, height), JPEGs
+    only: libjpeg decodes at the smallest 1/2, 1/4 or 1/8 scale that still covers it (faster, not
+    pixel-identical)."""
     name = os.fspath(path)
     _check_file(name)
     try:
@@ -128,10 +117,7 @@ def _orient_box(
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB the way the reference does (transparency onto white).
-
-    16-bit grayscale is first scaled to 8-bit grayscale (round(v / 257)), where PIL would clip.
-    """
+    """Any PIL image as 8-bit RGB, as the reference converts it (16-bit grayscale scaled, not clipped)."""
     if image.mode in SIXTEEN_BIT_MODES:
         image = _sixteen_bit_to_l(image)
     has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
@@ -145,10 +131,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
-    """Scale a 16-bit grayscale image to 8 bits: v8 = round(v16 / 257), so v8 * 257 maps back to v8.
-
-    A `transparency` value (PNG tRNS, a 16-bit gray level) becomes an alpha channel.
-    """
+    """16-bit grayscale -> 8 bits, round(v / 257); a `transparency` gray level becomes an alpha channel."""
     values = np.asarray(image).astype(np.uint32)
     scaled = ((values * 2 + 257) // 514).astype(np.uint8)  # round half up of v / 257
     gray = Image.fromarray(scaled)  # uint8 2-D -> mode L
@@ -178,11 +161,7 @@ def _check_pixel_count(name: str, size: tuple[int, int], max_pixels: int | None)
 
 
 def over_limit_reason(pixels: int, max_pixels: int) -> str:
-    """'image is 120.0 megapixels, over the limit of 100 (use --max-pixels)'.
-
-    A limit under one megapixel is stated in pixels ('image is 4,800 pixels, over the limit of
-    1,000'), where megapixels would read as 0.0 and 0.001.
-    """
+    """'image is 120.0 megapixels, over the limit of 100 (use --max-pixels)'; in pixels under one megapixel."""
     if max_pixels < 1_000_000:
         return f"image is {pixels:,} pixels, over the limit of {max_pixels:,} (use --max-pixels)"
     return (

@@ -1,10 +1,5 @@
-"""`--device` values: parsed without importing torch, then resolved to an available torch.device.
-
-Accepted: `auto` (the first CUDA GPU when there is one, else the CPU), `cpu`, `cuda` (the current
-CUDA device, normally GPU 0), `cuda:N` (the N-th GPU), `mps` (Apple GPUs). Case and surrounding
-spaces are ignored. A bad or unavailable value is a `UsageError` whose one line names the value
-and what to use instead (exit code 2 on the command line).
-"""
+"""`--device` values (auto, cpu, cuda, cuda:N, mps; case and spaces ignored): parsed without torch,
+then resolved to an available torch.device; a bad or unavailable one is a one-line `UsageError`."""
 
 from __future__ import annotations
 

@@ -1,32 +1,15 @@
 """User inputs (files, directories, quoted globs, `-` for stdin) -> an ordered stream of images.
 
-Rules:
-- Order: the order of the arguments; inside a directory, entries sorted by name (code point
-  order), depth-first, so a folder's files and subfolders interleave by name; glob matches
-  sorted. Paths keep the prefix the user typed (nothing is resolved or made absolute).
-- A path that exists is taken literally, even if it contains glob characters; otherwise an
-  argument with `*`, `?` or `[` is a glob (`**` crosses directories). A directory matched by a
-  glob is walked, unless the pattern has `**` (its files are matched already).
-- Files given explicitly (an argument or a stdin line) are always passed on: if they are not
-  images, decoding says so. Inside a directory or a glob, a file is taken if its first bytes
-  are an image signature or, when they are not (or cannot be read), if its extension is an
-  image extension (so an empty or unreadable `x.jpg` is reported, not silently dropped); other
-  files are skipped silently.
-- Hidden files and folders (name starting with ".") inside directories and globs are skipped.
-- Symlinks are followed; a symlink that points back to one of its ancestor directories is
-  reported as a symlink loop and not followed.
-- No deduplication: an image given twice is processed twice, so outputs map one-to-one to
-  inputs.
-- `-` reads newline-separated paths from stdin lazily (blank lines skipped, a trailing `\\r`
-  removed), or NUL-separated ones with `null=True` (`-0`, as `find -print0` writes); each is a
-  literal path (a file or a directory), never a glob, and its bytes are the file name's (a
-  non-UTF-8 name works). A NUL byte in a newline-separated list, a line longer than a path can
-  be (4096 bytes) or more than 10 million paths is a UsageError: stdin is not a path list.
-- A path containing a line break (`\\n` or `\\r`) is an error (outputs are line-based):
-  `path_problem` is the one check, shared with the embedding manifest.
-- Streaming: each directory's listing is read and sorted before its first entry is yielded,
-  but files are sniffed and subdirectories listed only as the consumer advances.
-"""
+- Order: the arguments'; directories walked depth-first by name (code point), glob matches
+  sorted; paths keep the prefix the user typed.
+- An existing path is literal; otherwise one with `*`, `?` or `[` is a glob (`**` recursive).
+- Files named explicitly are always passed on; in a directory or glob a file is taken when its
+  first bytes are an image signature, else by extension. Hidden names are skipped there.
+- Symlinks are followed; one back to an ancestor directory is an error. No deduplication.
+- `-` reads literal paths from stdin, a line each (or NUL-separated with `null`), as bytes; a
+  NUL in a line list, a line over 4096 bytes or over 10 million paths is a UsageError.
+- A path with a line break is an error (`path_problem`, shared with the manifest).
+- Lazy: a directory is listed and sorted as the consumer reaches it."""
 
 from __future__ import annotations
 

@@ -1,18 +1,8 @@
-"""`bit inspect`: everything worth knowing about a model, as one plain dict.
+"""`bit inspect`'s report, as one plain dict (its keys are documented in docs/usage.md).
 
-(Named `inspection`, not `inspect`, so that it never shadows the standard library's `inspect`.)
-
-The report's keys are part of the command-line interface (documented in docs/usage.md):
-`model`, `revision`, `commit`, `path`, `source`, `checkpoint_format`, `weights_format`, `files`,
-`architecture`, `num_parameters`, `feature_dim`, `num_labels`, `input_size`, `gflops`, `gmacs`,
-`preprocessing`, `labels`.
-
-Nothing here needs the weights: `bit inspect` passes a `checkpoint.CheckpointInfo` (the config
-and the safetensors header) or, for a pickle or `.npz` file, a loaded model; both carry the same
-fields. GFLOPs are counted on the network built on the meta device (`model.architecture.count_macs`):
-one multiply-accumulate counts as two FLOPs; norms, activations and pooling are left out (they are
-about 1% of a ResNet's work). `gmacs` (multiply-accumulates) is what timm's tables call FLOPs.
-"""
+From a `checkpoint.CheckpointInfo` (config and safetensors header) or a loaded model. GFLOPs are
+counted on the meta-device network: a multiply-accumulate is two FLOPs, norms and activations
+left out; `gmacs` is what timm's tables call FLOPs."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Decode and preprocess images in a small thread pool, ahead of the model, in input order.
-
-PIL releases the GIL while decoding and resizing, so a few threads overlap well with the model's
-forward pass. At most `lookahead` inputs are in flight (submitted but not yet handed to the
-consumer), so memory stays bounded however large the folder: inputs are pulled from the
-(lazy) input iterator only as results are consumed.
-"""
+"""Decode and preprocess images in a small thread pool, ahead of the model, in input order; at most
+`lookahead` inputs in flight, pulled from the lazy input iterator as results are consumed."""
 
 from __future__ import annotations
 
@@ -43,10 +38,7 @@ def image_loader(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     fast_jpeg: bool = False,
 ) -> Callable[[str], torch.Tensor]:
-    """path -> tensor: `open_image` then `preprocess`; `fast_jpeg` decodes JPEGs in draft mode.
-
-    `max_pixels` bounds the decoded image and the resize preprocessing holds; an image over it,
-    or one that runs out of memory, is that input's InputError."""
+    """path -> tensor: `open_image` then `preprocess`; over `max_pixels` or out of memory: an InputError."""
     draft_size = cfg.draft_size() if fast_jpeg else None
 
     def load(path: str) -> torch.Tensor:
@@ -73,13 +65,10 @@ def load_ordered(
     workers: int = 2,
     lookahead: int = 32,
 ) -> Iterator[Loaded | InputError]:
-    """Run `load_fn` on every item in a thread pool; yield results and errors in input order.
+    """`load_fn` on every item in a thread pool; results and InputErrors in input order.
 
-    `InputError`s in `items` (from input expansion) and those `load_fn` raises come out in
-    their place; any other exception from `load_fn` is a bug and propagates. At most
-    `lookahead` items are submitted and not yet yielded. Closing the iterator, or an exception
-    (KeyboardInterrupt included), cancels what has not started and shuts the pool down.
-    """
+    Any other exception propagates. Closing the iterator (or an exception) cancels what has not
+    started and shuts the pool down."""
     if workers < 1 or lookahead < 1:
         raise ValueError("workers and lookahead must be at least 1")
     source = iter(items)

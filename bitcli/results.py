@@ -1,7 +1,4 @@
-"""Plain result records shared by the library API (`pipeline.py`) and the renderers (`output/`).
-
-No torch or numpy import at module level, so that rendering and `bit --help` stay fast.
-"""
+"""Plain result records shared by the library API and the renderers (no torch or numpy import)."""
 
 from __future__ import annotations
 

@@ -1,24 +1,6 @@
-"""Small helpers every stage uses, each written once. No torch, numpy or PIL import.
-
-- `first_line(exc)`: the first line of an exception's message (its class name when empty);
-- `os_error_reason(error)`: a file-system error as a short lower-case reason ("permission denied");
-- `human_bytes(n)`: a byte count with decimal units ("97.8 MB"; "102 MB" with three digits);
-- `name_some(items)`: "a, b, c, d, e and 3 more";
-- `open_regular(path)`: a binary file object for a regular file; a FIFO, device, socket or
-  directory is refused (NotRegularFile) before anything can block on it;
-- `read_capped(path, max_bytes)`: a regular file's bytes, never more than a cap;
-- `read_json_file(path)`: a JSON object from a file (at most 16 MiB), every failure one typed error line;
-- `write_synced(path, content)` and `write_atomic(path, content)`: the one way bitcli writes a
-  file (never through a link, fsync'ed; `write_atomic` through a temporary name and a rename, so
-  the file is whole or absent); `encode_lines(lines)`: text lines as those bytes;
-- `RESAMPLE_FILTERS`: PIL's resampling filters by name (the numbers of `PIL.Image.Resampling`);
-- `DEFAULT_MAX_PIXELS`: the decompression-bomb guard's default (`--max-pixels`);
-- `beside(array_path, suffix)`: a file beside an embedding (`photos.npy` -> `photos<suffix>`);
-  `npy_name(index)`: the array a command's INDEX names (`photos` -> `photos.npy`);
-- `lazy_table(modules)`, `lazy_attributes(package, table)`: a module `__getattr__` that imports
-  names on first use;
-- `held_interrupt()`: a block that a Ctrl-C does not cut in half.
-"""
+"""Small helpers every stage uses, each written once (no torch, numpy or PIL): errors as short
+reasons, byte counts, reads with a cap, atomic writes (the one way bitcli writes a file), the
+files beside an embedding, lazy package exports, a block Ctrl-C does not cut."""
 
 from __future__ import annotations
 
@@ -88,10 +70,7 @@ def os_error_reason(error: OSError, fallback: str | None = None) -> str:
 
 
 def human_bytes(num_bytes: int, *, three_digits: bool = False) -> str:
-    """Bytes with decimal units: "999 B", "68.3 kB", "97.8 MB", "4.4 GB" (one decimal).
-
-    `three_digits=True` rounds to three significant digits instead ("102 MB", "1.55 GB").
-    """
+    """Bytes with decimal units, one decimal ("97.8 MB"), or three significant digits ("102 MB")."""
     if num_bytes < 1000:
         return f"{num_bytes} B"
     size = float(num_bytes)
@@ -137,9 +116,8 @@ def file_kind(mode: int) -> str:
 
 
 def open_regular(path: str | Path):
-    """`open(path, "rb")` for a regular file only (links followed): a FIFO, device, socket or
-    directory raises NotRegularFile without blocking (the open is non-blocking, the check is on the
-    opened descriptor, so a file swapped in between cannot slip through). OSError as `open`."""
+    """`open(path, "rb")` for a regular file only: a FIFO, device, socket or directory raises
+    NotRegularFile without blocking (checked on the opened descriptor)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
@@ -153,11 +131,7 @@ def open_regular(path: str | Path):
 
 
 def read_capped(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of regular file `path`, reading at most `max_bytes` + 1 of them: FileTooLarge past
-    the cap, NotRegularFile for a FIFO or device (which could block or never end).
-
-    The size a file claims is not trusted (a sparse file claims terabytes it does not hold):
-    reading stops at the cap whatever the file is."""
+    """The bytes of regular file `path`, at most `max_bytes` (FileTooLarge past it, whatever size it claims)."""
     with open_regular(path) as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
