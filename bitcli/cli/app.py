@@ -33,7 +33,6 @@ from bitcli.cli.common import (
     Ui,
     epilog,
 )
-from bitcli.cli.streams import checked_stdout
 from bitcli.errors import BitError
 
 # The commands, in the order `bit --help` lists them. Each is the function of its name in the
@@ -125,7 +124,7 @@ def root(
 ) -> None:
     """Classify and embed images with Big Transfer (BiT) models."""
     _tolerant_streams()
-    checked_stdout()
+    process.checked_stdout()
     process.before_the_hub()
 
 
@@ -140,11 +139,7 @@ def _tolerant_streams() -> None:
 
 
 def guarded(command: Callable[..., int]) -> Callable[..., None]:
-    """`command` with its outcome mapped to an exit code and at most one line on stderr.
-
-    The wrapper keeps the command's signature (Typer reads the options from it); the command's
-    `quiet` and `debug` options decide whether tracebacks are shown.
-    """
+    """`command` with its outcome mapped to an exit code and at most one line on stderr (tracebacks under --debug)."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> None:
@@ -262,9 +257,8 @@ def click_message(exc: typer.TyperException) -> str:
 
 
 def _exit(code: int) -> None:
-    """Flush and exit. Once torch is loaded, skip the interpreter's teardown: unloading torch
-    takes about a second, longer than classifying an image. Every file bitcli writes is closed
-    (or renamed into place) before this point, so nothing is lost by skipping it."""
+    """Flush and exit; once torch is loaded, skip the interpreter's teardown (about a second): every
+    file bitcli writes is closed or renamed into place before this point."""
     if "torch" not in sys.modules:
         sys.exit(code)
     try:

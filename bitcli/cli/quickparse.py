@@ -33,8 +33,7 @@ class Unsure(Exception):
 
 def parsed(command: Any, args: list[str], parent: Any, function: Callable[..., Any]) -> Any | None:
     """A context for `command` with its parameters converted, ready for `command.invoke`, or None
-    where Typer must parse `args` itself. `function` is the command's function (its annotations
-    name each value's kind)."""
+    where Typer must parse `args` itself; `function`'s annotations name each value's kind."""
     import typer
 
     ctx = typer.Context(command, info_name=command.name, parent=parent)

@@ -172,7 +172,7 @@ def serve(
 
 def _serve_on_ray(runtime, host, port, replicas, address, settings, indexes, ui) -> int:
     from bitcli.hub import resolve_model
-    from bitcli.serve.ray_serve import serve_on_ray
+    from bitcli.serve.app import serve_on_ray
 
     import logging
 

@@ -1,10 +1,6 @@
-"""The client side of `bit serve`: `bit classify --server URL` sends the files, prints the answers.
-
-Standard library only (no torch, no model code, no HTTP library to import): one image through a
-warm server costs about what `bit --help` costs. Requests carry `batch_size` files each, in input
-order; the answers become the same `ClassifyResult`s the local command renders. A file that
-cannot be read here fails here, with the reason the local command gives.
-"""
+"""The client side of `bit serve`: `--server URL` sends the files, the answers become the records
+the local command renders. Standard library only (no torch): as cheap to start as `bit --help`.
+A file that cannot be read here fails here, with the local command's reason."""
 
 from __future__ import annotations
 
