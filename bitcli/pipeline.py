@@ -159,9 +159,7 @@ class _Runner:
         return self.model.feature_dim
 
     def _groups(self, inputs: Iterable[InputLike], failure: Any) -> Iterator[list[Any]]:
-        """One list per batch: `_result` for each image, `failure(path=, error=)` for each failed input.
-
-        A failure counts: batch k is always inputs [k * B, (k + 1) * B) (the module docstring)."""
+        """One list per batch: `_result` per image, `failure(path=, error=)` per failed input, in its place."""
         from bitcli.loader import default_workers, image_loader, load_ordered
 
         opts = self.options

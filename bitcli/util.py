@@ -55,9 +55,8 @@ def first_line(exc: BaseException) -> str:
 
 
 def os_error_reason(error: OSError, fallback: str | None = None) -> str:
-    """A short reason for an OSError from stat/open/read: "no such file or directory", "permission
-    denied", "symlink loop", else its strerror in lower case; `fallback` (else the message) when
-    it carries no errno, as a decoder's errors do."""
+    """A short reason for an OSError ("no such file or directory", "permission denied", "symlink loop",
+    else its strerror in lower case); `fallback` (else the message) when it carries no errno."""
     if isinstance(error, FileNotFoundError):
         return "no such file or directory"
     if isinstance(error, PermissionError):
@@ -197,10 +196,7 @@ def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]
 
 @contextlib.contextmanager
 def held_interrupt() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block; raise it when the block is done.
-
-    Only in the main thread with Python's default handler in place; otherwise a plain block.
-    """
+    """Hold a Ctrl-C that arrives inside the block, raise it after (main thread, default handler only)."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
@@ -236,9 +232,8 @@ def write_synced(path: str | Path, content: Content) -> int:
 
 
 def write_atomic(path: str | Path, content: Content, *, temporary: str | Path | None = None) -> int:
-    """`content` at `path` through a temporary name beside it (`.NAME.PID.tmp`, or `temporary`),
-    fsync and a rename, then the folder synced: the file is whole or absent (the folder is made
-    if missing). Its size."""
+    """`content` at `path` through a temporary name beside it, fsync, rename, the folder synced: whole
+    or absent. Its size."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(temporary) if temporary is not None else path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,14 +1,8 @@
 """The `bit` command (Typer): the app, its commands, and the one mapping from errors to exit codes.
 
-Each command lives in its own file (`classify.py`, `embed.py`, `info.py` for inspect / download /
-models); a command function returns an exit code and raises `BitError`s. `guarded` below is the
-one place that turns an outcome into at most one line on stderr and an exit code (docs/usage.md
-lists the codes); `run` does the same for Click's own errors about the command line.
-
-A command's file is imported only when that command runs or a help screen lists it (`COMMANDS`,
-`LazyCommands`): `bit classify --server URL` pays for no other command's imports. A new command:
-a file with its function and `EPILOG`, its name in `COMMANDS`.
-"""
+A command function returns an exit code and raises `BitError`s; `guarded` turns its outcome into
+at most one stderr line and an exit code, `run` does the same for Click's errors. A command's
+file is imported only when it runs or a help screen lists it (`COMMANDS`, `LazyCommands`)."""
 
 from __future__ import annotations
 

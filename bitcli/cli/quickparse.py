@@ -1,16 +1,10 @@
 """A command line's values converted here, where that gives exactly what Typer gives.
 
-Typer converts every value through pydantic, whose import costs more of each `bit` start than the
-rest of the command line's handling together (`bit classify --server URL photo.jpg` should take
-about what `bit --help` takes). So `parsed`
-lets Click's own parser (of the command Typer built) split the command line and take values from
-the environment and the defaults (`Parameter.consume_value`), then converts the values of the
-kinds every command uses: text, a whole number, a decimal, a flag, a path, a choice, a list of
-text. Anything else (a help request, a value in another form, a missing argument, an unknown
-option, a kind not listed) makes it return None, and Typer handles the whole command line as
-before: every message and exit code stays Typer's. tests/test_cli_quickparse.py checks the values
-equal Typer's.
-"""
+Typer converts through pydantic, whose import costs more of each `bit` start than the rest. So
+`parsed` lets Click's own parser split the command line (values from the environment and the
+defaults too) and converts the kinds every command uses: text, whole numbers, decimals, flags,
+paths, choices, lists of text. Anything else returns None and Typer handles the whole command
+line: every message and exit code stays Typer's (tests/test_cli_quickparse.py compares them)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""`bit serve`: a warm model behind an HTTP API and a web page (docs/serve.md).
-
-Checks come first (the extra is installed, the host needs a token off loopback, the port can be
-bound), then the model loads (exit 3 on failure), then uvicorn serves the app on the socket bound
-here until SIGTERM (exit 0) or Ctrl-C (exit 130); both let the requests in flight finish.
-"""
+"""`bit serve`: checks first (the extra, a token off loopback, the port), then the model loads
+(exit 3), then uvicorn serves until SIGTERM (exit 0) or Ctrl-C (130), finishing requests in flight."""
 
 from __future__ import annotations
 

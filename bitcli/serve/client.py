@@ -4,6 +4,7 @@ A file that cannot be read here fails here, with the local command's reason."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -74,11 +75,10 @@ class Client:
             int(model["num_labels"])
         except (KeyError, IndexError, TypeError, ValueError):
             raise self._not_bit("/v1/models") from None
-        limits = answer.get("limits") or {}
-        if isinstance(limits, dict) and isinstance(limits.get("max_body"), int) and limits["max_body"] > 0:
-            self.max_file_bytes = min(self.max_file_bytes, limits["max_body"])
-        if isinstance(limits, dict) and isinstance(limits.get("max_files"), int) and limits["max_files"] > 0:
-            self.max_files = limits["max_files"]
+        limits = answer.get("limits") if isinstance(answer.get("limits"), dict) else {}
+        body, files = (limits.get(name) if isinstance(limits.get(name), int) and limits[name] > 0 else None
+                       for name in ("max_body", "max_files"))
+        self.max_file_bytes, self.max_files = min(self.max_file_bytes, body or self.max_file_bytes), files
         return model
 
     def labels(self) -> list[str]:
@@ -161,14 +161,8 @@ class Client:
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     """`items` in lists of `size` (the last one shorter), in order."""
-    group: list[Any] = []
-    for item in items:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
+    stream = iter(items)
+    return iter(lambda: list(itertools.islice(stream, size)), [])
 
 
 def shown_path(recorded: str, base: str | None) -> str:
@@ -248,7 +242,7 @@ def _http_error(url: str, exc: urllib.error.HTTPError, *, sent_token: bool = Fal
 
 def _retry_after(exc: urllib.error.HTTPError) -> float | None:
     """The seconds a 503's Retry-After asks for (at most 30), or None."""
-    value = (exc.headers or {}).get("Retry-After", "") if exc.headers is not None else ""
+    value = (exc.headers or {}).get("Retry-After", "")
     try:
         seconds = float(value)
     except (TypeError, ValueError):
