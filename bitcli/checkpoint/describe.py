@@ -1,13 +1,6 @@
-"""A checkpoint described from its config and safetensors header, without reading its weights.
-
-`bit inspect` needs the architecture, the parameter count, preprocessing and labels, none of
-which needs the tensors' values. The format's reader runs as for loading, with each tensor on the
-meta device (its name and shape from the safetensors header: one small read, whatever the file's
-size), and the network built on the meta device is checked against them by the same
-`check_state_dict` as loading, so inspect refuses what loading would. A pickle
-(`pytorch_model.bin`) has no header to read and an `.npz` file's architecture is read from its
-arrays: `describe_checkpoint` returns None for those, and the caller loads them.
-"""
+"""A checkpoint described from its config and safetensors header, without reading its weights
+(`bit inspect`): the reader runs with meta tensors and the meta network is checked by the same
+`check_state_dict` as loading. A pickle or an `.npz` file cannot be: the caller loads those."""
 
 from __future__ import annotations
 
@@ -23,12 +16,8 @@ if TYPE_CHECKING:
 
 
 def describe_checkpoint(path: Path, resolved: ResolvedModel | None = None) -> CheckpointInfo | None:
-    """The checkpoint at `path` described from its config and safetensors header.
-
-    None when that is not possible (a pickle or an `.npz` file, or a path that is not a checkpoint
-    directory: loading then gives its own, usual error). CheckpointError / ConfigError when the
-    files contradict each other (a header that does not fit the config, a truncated file).
-    """
+    """The checkpoint at `path` described from its config and safetensors header; None where that is
+    impossible (a pickle, an `.npz`, not a checkpoint folder). Checkpoint/ConfigError on contradictions."""
     if not path.is_dir() or not ((path / SAFETENSORS).is_file() or (path / SAFETENSORS_INDEX).is_file()):
         return None
     raw = read_checkpoint(path, header_only=True)

@@ -1,15 +1,8 @@
-"""What the inference engine does on a device, decided apart from doing it (testable without the device).
+"""What the inference engine does on a device, decided apart from doing it (testable without it).
 
-CPU: channels-last weights and activations, batch slicing for cache residency, oneDNN called
-directly on one thread, the accurate GroupNorm (bitcli/model/groupnorm.py); precision "bf16" runs
-the convolutions after the stem in bfloat16 (`engine.to_bfloat16`).
-
-CUDA and MPS: nothing CPU-specific (no slicing, no oneDNN calls; GroupNorm is PyTorch's, whose
-GPU kernels use Welford sums). fp32 is exact there too: TF32 convolutions (on by default in
-PyTorch for cuDNN, ~1e-3 off) are turned off. "fp16" and "bf16" are opt-in autocast: the
-convolutions in half precision, GroupNorm, pooling and the head in float32. Channels-last only
-with autocast (tensor cores want NHWC; fp32 cuDNN convolutions are as fast or faster in NCHW).
-"""
+CPU: channels-last, batch slicing, oneDNN on one thread, the accurate GroupNorm; "bf16" runs the
+convolutions after the stem in bfloat16. CUDA and MPS: nothing CPU-specific; fp32 turns TF32
+off; "fp16" / "bf16" are autocast (norms, pooling and head in float32), channels-last only then."""
 
 from __future__ import annotations
 

@@ -37,11 +37,8 @@ def prepare(
 ) -> EngineRecord:
     """Prepare `model` in place for fast inference on its device; return what was chosen.
 
-    precision: "fp32" (exact: within 1e-4 of the reference), "bf16" (approximate) or "fp16"
-    (approximate, GPUs only). chunk_bytes: the CPU batch-slicing budget in bytes, "auto" (from
-    this machine's L2 cache) or None (each step on the whole batch). State-dict key names and the model's
-    public methods are unchanged.
-    """
+    precision: "fp32" (within 1e-4 of the reference), "bf16" or "fp16" (GPUs). chunk_bytes: the
+    slicing budget, "auto" (this machine's) or None (no slicing). Keys and methods are unchanged."""
     device = next(model.parameters()).device
     plan = make_plan(device.type, precision, compile=compile, chunk_bytes=chunk_bytes)
     if plan.channels_last:
@@ -75,13 +72,8 @@ def prepare(
 
 
 def to_bfloat16(model: BiT) -> None:
-    """bf16 mode: the convolutions after the stem in bfloat16 (and so the activations between
-    them and the residual stream); the stem convolution, GroupNorm parameters and statistics,
-    the final norm's output, pooling and the head in float32.
-
-    Keeping the stem and the norms in float32 halves an all-bfloat16 backbone's error for a small
-    share of the speed-up; the residual stream stays bfloat16 (docs/engine.md has the figures).
-    """
+    """bf16 mode: the convolutions after the stem in bfloat16 (and the residual stream); the stem,
+    GroupNorm, the final norm, pooling and the head in float32 (half the error, docs/engine.md)."""
     stem = model.bit.embedder.convolution
     if model.bit.norm is not None:
         model.bit.norm.out_dtype = torch.float32  # the feature map and its pooling
