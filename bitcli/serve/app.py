@@ -20,7 +20,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import HTTPException as ApiError
 
 from bitcli.serve import is_loopback
 from bitcli.serve.service import Batcher, QueueFull
@@ -35,12 +35,6 @@ class ServeSettings:
     max_wait_s: float = 0.01
     max_queue: int = 256
     token: str | None = None
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -142,10 +136,6 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
     app.add_middleware(Guard, settings=settings)
     app.state.bit = state
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.headers)
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -157,9 +147,9 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         detail = str(exc).strip().splitlines()
         return error_response(500, f"the server failed on this request ({type(exc).__name__}: {detail[0] if detail else 'no detail'})")
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+    @app.exception_handler(ApiError)
+    async def http_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     files_per_request = min(MAX_FILES, settings.max_queue)  # more could never fit the queue at once
 
