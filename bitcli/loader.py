@@ -77,11 +77,11 @@ def load_ordered(
     finished = False
     try:
         while True:
-            _fill(pending, source, pool, load_fn, lookahead)
+            while len(pending) < lookahead and (item := next(source, None)) is not None:
+                pending.append((item, None if isinstance(item, InputError) else pool.submit(load_fn, item.path)))
             if not pending:
                 break
-            item, future = pending.popleft()
-            yield _result(item, future)
+            yield _result(*pending.popleft())
         finished = True
     finally:
         # On normal completion nothing is left to wait for; otherwise do not wait for
@@ -89,33 +89,13 @@ def load_ordered(
         pool.shutdown(wait=finished, cancel_futures=True)
 
 
-def _fill(
-    pending: deque[tuple[InputItem | InputError, Future[torch.Tensor] | None]],
-    source: Iterator[InputItem | InputError],
-    pool: ThreadPoolExecutor,
-    load_fn: Callable[[str], torch.Tensor],
-    lookahead: int,
-) -> None:
-    while len(pending) < lookahead:
-        item = next(source, None)
-        if item is None:
-            return
-        if isinstance(item, InputError):
-            pending.append((item, None))
-        else:
-            pending.append((item, pool.submit(load_fn, item.path)))
-
-
 def _result(item: InputItem | InputError, future: Future[torch.Tensor] | None) -> Loaded | InputError:
-    if isinstance(item, InputError):
-        return item
-    assert future is not None
+    if future is None:
+        return item  # an InputError of the input list
     while True:
         try:
-            tensor = future.result(timeout=_POLL_SECONDS)
-            break
+            return Loaded(index=item.index, path=item.path, tensor=future.result(timeout=_POLL_SECONDS))
         except FutureTimeoutError:
             continue
         except InputError as error:
             return error
-    return Loaded(index=item.index, path=item.path, tensor=tensor)

@@ -117,19 +117,8 @@ def root(
     ] = False,
 ) -> None:
     """Classify and embed images with Big Transfer (BiT) models."""
-    _tolerant_streams()
     process.checked_stdout()
     process.before_the_hub()
-
-
-def _tolerant_streams() -> None:
-    """Non-UTF-8 file names (surrogates) must not crash output: stdout writes their original
-    bytes, stderr escapes them. Streams that cannot be reconfigured are left alone."""
-    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
-        try:
-            stream.reconfigure(errors=errors)
-        except (AttributeError, ValueError, OSError):
-            pass
 
 
 def guarded(command: Callable[..., int]) -> Callable[..., None]:
@@ -232,13 +221,9 @@ def run_parsed_here(args: list[str]) -> int | None:
         typer.echo(err=True)
         return EXIT_SOME_FAILED
     except KeyboardInterrupt:  # Ctrl-C before the command's own guard: answered as inside it
-        return _interrupted()
+        Ui().error("interrupted")
+        return EXIT_INTERRUPTED
     return EXIT_OK
-
-
-def _interrupted() -> int:
-    Ui().error("interrupted")
-    return EXIT_INTERRUPTED
 
 
 def click_message(exc: typer.TyperException) -> str:

@@ -124,6 +124,11 @@ class _CheckedRaw(io.RawIOBase):
 def checked_stdout() -> None:
     """`sys.stdout` as a BufferedWriter (which retries short writes; Python's unbuffered `-u`
     stdout ignores them) over the checked descriptor; left alone when it has none."""
+    for text, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        try:  # non-UTF-8 file names: stdout writes their original bytes, stderr escapes them
+            text.reconfigure(errors=errors)
+        except (AttributeError, ValueError, OSError):
+            pass
     stream = sys.stdout
     try:
         fd = stream.fileno()
