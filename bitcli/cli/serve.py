@@ -178,6 +178,6 @@ def _serve_on_ray(runtime, host, port, replicas, address, settings, indexes, ui)
     model, options = runtime.model, replace(runtime, batch_size=settings.max_batch, threads=None).options()
     resolve_model(model, offline=options.offline)  # a wrong reference fails here (exit 3), not in a replica
     return serve_on_ray(
-        model, options, settings, max_pixels=options.max_pixels, host=host, port=port, replicas=replicas,
+        model, options, settings, host=host, port=port, replicas=replicas,
         address=address, indexes=indexes, on_ready=lambda url: ui.info(f"serving {model} on {url} (web page: /, API docs: /docs)"),
     )

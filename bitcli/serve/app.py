@@ -295,7 +295,7 @@ APP_NAME = "bit"
 SHUTDOWN_S = 20.0
 
 
-def build_app(model_ref: str, run_options: Any, settings: Any, max_pixels: int | None, indexes: list[str]) -> Any:
+def build_app(model_ref: str, run_options: Any, settings: Any, indexes: list[str]) -> Any:
     """On a replica: load the model (and open the collections) and return the app."""
     from pathlib import Path
 
@@ -304,7 +304,7 @@ def build_app(model_ref: str, run_options: Any, settings: Any, max_pixels: int |
 
     loaded = load(model_ref, device=run_options.device, precision=run_options.precision, offline=run_options.offline)
     collections = open_collections([Path(p) for p in indexes])
-    service = Service(loaded, max_batch=settings.max_batch, max_pixels=max_pixels, indexes=collections)
+    service = Service(loaded, max_batch=settings.max_batch, max_pixels=run_options.max_pixels, indexes=collections)
     return create_app(lambda: service, settings, model_name=service.report["model"])
 
 
@@ -313,7 +313,6 @@ def serve_on_ray(
     run_options: Any,
     settings: Any,
     *,
-    max_pixels: int | None,
     host: str,
     port: int,
     replicas: int,
@@ -334,13 +333,13 @@ def serve_on_ray(
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "ERROR"})
         def builder() -> Any:  # a plain function: Ray Serve calls it on each replica
-            return build_app(model_ref, run_options, settings, max_pixels, indexes)
+            return build_app(model_ref, run_options, settings, indexes)
 
         deployment = serve.deployment(serve.ingress(builder)(), name="bit", num_replicas=replicas,
                                       ray_actor_options={"num_cpus": 0})
         serve.run(deployment.bind(), name=APP_NAME, route_prefix="/")
         on_ready(f"http://{host}:{port}")
-        while not stop.wait(0.2):
+        while not stop.wait(0.2):  # a wait with a timeout: signals are handled
             pass
         return 0
     finally:
