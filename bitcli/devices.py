@@ -35,8 +35,7 @@ def parse_device(text: str) -> DeviceSpec:
 
 
 def resolve_device(text: str | None = "auto") -> "torch.device":
-    """The torch.device for a `--device` value (None: auto); UsageError when it is malformed or
-    not available here."""
+    """The torch.device for a `--device` value (None: auto); UsageError when malformed or unavailable."""
     import torch
 
     spec = parse_device("auto" if text is None else text)

@@ -47,9 +47,7 @@ class InputItem:
 def expand_inputs(
     args: Iterable[str], *, stdin: TextIO | BinaryIO | None = None, null: bool = False
 ) -> Iterator[InputItem | InputError]:
-    """Expand command-line inputs to files in order; unusable inputs come out as `InputError`.
-
-    `-` reads paths from `stdin`, one per line, or NUL-separated when `null` is true."""
+    """Command-line inputs expanded to files in order, unusable ones as `InputError`s (`-`: paths on `stdin`)."""
     index = 0
     for result in _expand_all(args, stdin, null):
         if isinstance(result, InputError):

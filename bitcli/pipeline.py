@@ -180,8 +180,7 @@ class _Runner:
             yield results
 
     def _outputs(self, tensors: list[Any]) -> Any:
-        """`_forward` of the batch's images, each run of one tensor shape (only without a crop) in
-        one pass (None for no image)."""
+        """`_forward` of the batch's images, a pass per run of one tensor shape (None for no image)."""
         import numpy as np
 
         outs = [self._forward(list(run)) for _, run in itertools.groupby(tensors, key=lambda t: t.shape)]

@@ -87,8 +87,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, base: PreprocessConfig | None = None) -> PreprocessConfig:
-        """From a `preprocessor_config.json` dict (the forms transformers writes); missing fields from
-        `base`, else the defaults; unknown keys ignored."""
+        """From a `preprocessor_config.json` dict; missing fields from `base`, else the defaults."""
         fields: dict[str, Any] = {}
         for key in ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"):
             if d.get(key) is not None:
@@ -221,8 +220,7 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig, *, max_pixels: int | N
 
 
 def _crop_region(image: Image.Image, cfg: PreprocessConfig, new_size: tuple[int, int]) -> np.ndarray | None:
-    """The center crop of the resize to `new_size`, computed for the crop alone (uint8 [h, w, 3]),
-    or None when `bitcli.resample` cannot reproduce this resize exactly."""
+    """The resize's center crop computed for the crop alone (uint8), or None where `resample` cannot."""
     if not cfg.do_center_crop or DRAFT_BOX_KEY in image.info or not resample.supported(image.size, new_size, cfg.resample):
         return None
     width, height = new_size

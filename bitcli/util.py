@@ -39,8 +39,7 @@ class FileTooLarge(ValueError):
 
 
 def cache_dir() -> Path:
-    """bitcli's one cache folder: `$BITCLI_CACHE_DIR`, else `$XDG_CACHE_HOME/bitcli`, else
-    `~/.cache/bitcli` (the fine-tune feature cache lives in it)."""
+    """bitcli's one cache folder: `$BITCLI_CACHE_DIR`, else `$XDG_CACHE_HOME/bitcli`, else `~/.cache/bitcli`."""
     explicit = os.environ.get("BITCLI_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser()
@@ -115,8 +114,7 @@ def file_kind(mode: int) -> str:
 
 
 def open_regular(path: str | Path):
-    """`open(path, "rb")` for a regular file only: a FIFO, device, socket or directory raises
-    NotRegularFile without blocking (checked on the opened descriptor)."""
+    """`open(path, "rb")` for a regular file only; anything else raises NotRegularFile, without blocking."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
@@ -141,8 +139,7 @@ def read_capped(path: str | Path, max_bytes: int) -> bytes:
 def read_json_file(
     path: str | Path, *, error: type[BitError] = ConfigError, max_bytes: int = CONFIG_MAX_BYTES
 ) -> dict[str, Any]:
-    """A JSON object from `path`; a missing, unreadable, oversized or malformed file raises `error`
-    with one line naming the file. At most `max_bytes` are read."""
+    """A JSON object from `path` (at most `max_bytes`); any failure raises `error`, one line naming the file."""
     path = Path(path)
     try:
         data = json.loads(read_capped(path, max_bytes).decode("utf-8"))
@@ -165,8 +162,7 @@ def beside(array_path: str | os.PathLike[str], suffix: str) -> Path:
 
 
 def npy_name(index: str | os.PathLike[str]) -> Path:
-    """An embedding's array as named, or with `.npy` added when that is the file (`bit embed -o
-    photos` wrote photos.npy; `photos` may well be the folder of images)."""
+    """An embedding's array as named, or with `.npy` added when that is the file (`photos` -> photos.npy)."""
     index = Path(index)
     with_npy = index.with_name(index.name + ".npy")
     return with_npy if not index.is_file() and index.suffix != ".npy" and with_npy.is_file() else index
@@ -178,8 +174,7 @@ def lazy_table(modules: dict[str, str]) -> dict[str, str]:
 
 
 def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]:
-    """A module-level `__getattr__` for `package`: `table[name]` is the module that defines `name`,
-    imported on first use, so that importing the package stays cheap (no torch for `bit --help`)."""
+    """A module `__getattr__` importing `table[name]`'s module on first use (no torch for `bit --help`)."""
     import importlib
     import sys
 
@@ -216,8 +211,7 @@ Content = Union[bytes, Iterable[bytes], Callable[[IO[bytes]], Any]]
 
 
 def write_synced(path: str | Path, content: Content) -> int:
-    """Write `content` to `path` (replaced if there, never followed if a link), fsync it; its
-    size in bytes. New files get the modes the umask leaves of 0o666."""
+    """`content` into `path` (replaced, never through a link), fsync'ed, mode 0o666 less the umask; its size."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
     with open(fd, "wb", buffering=0 if callable(content) else 1 << 20) as fh:
         if callable(content):
@@ -232,8 +226,7 @@ def write_synced(path: str | Path, content: Content) -> int:
 
 
 def write_atomic(path: str | Path, content: Content, *, temporary: str | Path | None = None) -> int:
-    """`content` at `path` through a temporary name beside it, fsync, rename, the folder synced: whole
-    or absent. Its size."""
+    """`content` at `path` through a temporary name, fsync, rename, the folder synced: whole or absent; its size."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(temporary) if temporary is not None else path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -249,8 +242,7 @@ def write_atomic(path: str | Path, content: Content, *, temporary: str | Path | 
 
 
 def encode_lines(lines: Iterable[str]) -> Iterable[bytes]:
-    """Text lines as UTF-8, one "\\n" each; non-UTF-8 file names (surrogates, as `os` decodes
-    them) become their original bytes."""
+    """Text lines as UTF-8, one "\\n" each; surrogates (non-UTF-8 file names) as their original bytes."""
     for line in lines:
         yield (line + "\n").encode("utf-8", "surrogateescape")
 

@@ -51,8 +51,7 @@ def command_examples(name: str) -> str:
 
 
 class LazyCommands(Mapping):
-    """The app's commands by name, each built (its file imported) when first looked up: Click
-    looks up the one a command line names, a help screen all of them."""
+    """The app's commands by name, each built (its file imported) when first looked up."""
 
     def __init__(self) -> None:
         self.built: dict[str, Any] = {}
@@ -171,8 +170,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run `bit` with `argv` and return its exit code. Click's own errors (an unknown option, a
-    value out of range, a missing argument) are one `error:` line and exit 2, like bitcli's."""
+    """Run `bit` with `argv` and return its exit code; Click's own errors are one `error:` line and exit 2."""
     code = run_parsed_here(sys.argv[1:] if argv is None else list(argv))
     if code is not None:
         return code
@@ -200,8 +198,7 @@ def run_typer(argv: list[str] | None) -> int:
 
 
 def run_parsed_here(args: list[str]) -> int | None:
-    """Run a command line whose values `quickparse` converts as Typer would, without Typer's
-    conversion (pydantic: ~80 ms of each start); None for any other, which Typer then runs."""
+    """Run a command line `quickparse` converts as Typer would (without pydantic); None for any other."""
     from bitcli.cli import quickparse
 
     if not args or args[0] not in COMMANDS:

@@ -259,8 +259,7 @@ def run_options(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fast_jpeg: bool = False,
 ) -> RunOptions:
-    """The library's options from the shared command-line options (--max-pixels 0: no limit),
-    checked before torch is imported."""
+    """The library's options from the shared options (--max-pixels 0: no limit), checked before torch."""
     check_settings(device)
     return RunOptions(
         device=device,

@@ -54,8 +54,7 @@ def parsed(command: Any, args: list[str], parent: Any, function: Callable[..., A
 
 
 def convert(value: Any, hint: Any, *, multi: bool = False) -> Any:
-    """`value` (a string from the command line or the environment, or the declared default) as
-    Typer's conversion for `hint` returns it; Unsure where that is not certain."""
+    """`value` (from the command line, the environment or the default) as Typer converts it for `hint`, else Unsure."""
     kind, info = _parts(hint)
     if value is None:
         return () if multi else None

@@ -125,8 +125,7 @@ class _Bars:
         self.say(Text(shown(text), style="dim"))
 
     def _bar(self, kind: str, done: int, total: int, unit: str) -> Bar | None:
-        """The bar of this phase, opened at its first call (its rate counts from there: a resumed
-        fine-tune starts part way); None when no one watches."""
+        """This phase's bar, opened at its first call (a resumed fine-tune starts part way); None unwatched."""
         if kind != self.kind:
             self.close()
             self.kind = kind

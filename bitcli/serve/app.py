@@ -270,8 +270,7 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
 
 
 def _npy(results: list[Any], dim: int) -> Response:
-    """One float32 [N, D] .npy, a row per file in order; a file that failed is a row of NaN and its
-    index is listed in the `X-Bit-Failed` header (comma-separated)."""
+    """One float32 [N, D] .npy; a failed file is a row of NaN, its index in the `X-Bit-Failed` header."""
     import numpy as np
 
     rows = np.full((len(results), dim), np.nan, dtype=np.float32)
@@ -348,8 +347,7 @@ def serve_on_ray(
 
 
 def _bounded(work: Callable[[], Any], seconds: float) -> None:
-    """Run `work` for at most `seconds` (a cluster whose processes a terminal's Ctrl-C also reached
-    can leave Ray's shutdown waiting forever); after that the process exits without it."""
+    """`work` for at most `seconds` (Ray's shutdown can wait forever); then the process exits without it."""
     done = threading.Thread(target=work, daemon=True, name="bit-ray-shutdown")
     done.start()
     done.join(seconds)

@@ -143,8 +143,7 @@ class Client:
             yield request
 
     def _read(self, item: Any) -> tuple[bytes | None, str | None]:
-        """(bytes, None) for a file to send, (None, reason) for one that fails here, with the
-        reason the local command gives."""
+        """(bytes, None) for a file to send, (None, reason) for one that fails here, as the local command says."""
         if isinstance(item, InputError):
             return None, item.reason
         try:
@@ -166,8 +165,7 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def shown_path(recorded: str, base: str | None) -> str:
-    """A row's path as `bit search` prints it here: as recorded when that resolves from this
-    directory (absolute, or this is the directory `bit embed` ran in), else from here to it."""
+    """A row's path as recorded when it resolves from here, else from here to it (as `bit search` prints it)."""
     if os.path.isabs(recorded) or not base or os.path.abspath(base) == os.path.abspath(os.getcwd()):
         return recorded
     return os.path.join(os.path.relpath(base), recorded)
@@ -251,8 +249,7 @@ def _retry_after(exc: urllib.error.HTTPError) -> float | None:
 
 
 def _server_address(url: str) -> bool:
-    """Whether `url` names a server: http or https, a host, a port that is a number in range and
-    no space or control character where http.client would refuse it (not a traceback, exit 1)."""
+    """Whether `url` names a server http.client takes: http(s), a host, a valid port, no space or control character."""
     try:
         parsed = urllib.parse.urlsplit(url)
         parsed.port  # ValueError: "http://host:abc", "http://host:99999"

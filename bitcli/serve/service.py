@@ -60,8 +60,7 @@ class Service:
             collection.close()
 
     def add_index(self, name: str, index: Any) -> None:
-        """Serve searches of `index` (an opened EmbeddingIndex) as `name`; its rows must come
-        from this model and settings (UsageError with one line otherwise)."""
+        """Serve searches of `index` as `name`; UsageError unless its rows come from this model and settings."""
         from bitcli.collection.queries import settings_differ
         from bitcli.errors import UsageError
 
@@ -71,8 +70,7 @@ class Service:
         self.indexes[name] = index
 
     def search(self, name: str, vectors: list[Any], k: int) -> tuple[list[Any], str | None]:
-        """Top-k matches of each vector (None: that query failed) in index `name`, and how they
-        were found (`SearchOutcome.method`)."""
+        """Top-k matches of each vector (None: a failed query) in index `name`, and how they were found."""
         import numpy as np
 
         from bitcli.collection.search import search
@@ -83,8 +81,7 @@ class Service:
         return [next(answers) if v is not None else None for v in vectors], outcome.method if outcome else None
 
     def thumbnail(self, name: str, row: int, size: int = 256) -> bytes | None:
-        """A JPEG of row `row`'s file of index `name` (the path comes from the collection, never
-        from a request), or None when the file is gone or not an image."""
+        """A JPEG of row `row`'s file (its path from the collection, never a request), None when unreadable."""
         from io import BytesIO
 
         from bitcli.decode import open_image
@@ -154,8 +151,7 @@ def _renamed(result: Any, upload: Upload) -> Any:
 
 
 def open_collections(paths: list[Path]) -> dict[str, Any]:
-    """Each collection (`bit embed`'s OUT.npy, or OUT) opened and checked, named by its file's
-    stem (photos.npy: photos); two of one name are a UsageError."""
+    """Each collection opened and checked, named by its file's stem; two of one name are a UsageError."""
     from bitcli.collection import open_index
     from bitcli.errors import UsageError
     from bitcli.util import npy_name

@@ -173,8 +173,7 @@ def _list_file(path: Path) -> Dataset:
 
 
 def file_identity(path: str) -> tuple:
-    """What names one file: (device, inode) when it can be stat'ed (links and other spellings of
-    the same path agree; a FIFO is stat'ed, never opened), else its resolved path."""
+    """What names one file: (device, inode) when it can be stat'ed (never opened), else its resolved path."""
     try:
         info = os.stat(path)
     except (OSError, ValueError):

@@ -43,13 +43,11 @@ _TEMP_PREFIX = ".tmp-"
 
 
 class WriteFailed(OSError):
-    """Writing a file of a training run failed (disk full, permission denied); `filename` is the
-    folder it was for, `strerror` the reason in a few words."""
+    """Writing a training run's file failed; `filename` is the folder it was for, `strerror` the reason."""
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """`safetensors.torch.save_file`, whose I/O failures (a Rust error, not an OSError) become
-    WriteFailed with the system's reason ("No space left on device")."""
+    """`safetensors.torch.save_file`, its I/O failures (a Rust error) as WriteFailed with the system's reason."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
@@ -68,8 +66,7 @@ def has_checkpoint(directory: Path) -> bool:
 
 
 def discard_empty(directory: Path) -> None:
-    """Before a run: remove the temporaries a killed save left in a state folder, and the folder
-    itself when it holds no checkpoint (a first save that failed, or nothing)."""
+    """Before a run: remove a killed save's temporaries, and the state folder itself when it holds no checkpoint."""
     if not directory.is_dir() or directory.is_symlink():
         return
     empty = not has_checkpoint(directory)
@@ -117,8 +114,7 @@ def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """`text` into `path`, synced (`util.write_synced`: a full disk fails here, not at some later
-    close); a failure is WriteFailed naming the file's folder."""
+    """`text` into `path`, synced (a full disk fails here); a failure is WriteFailed naming the file's folder."""
     try:
         write_synced(path, text.encode("utf-8"))
     except OSError as exc:

@@ -134,8 +134,7 @@ def train(
 
 @contextlib.contextmanager
 def _write_failures(outdir: Path, options: TrainOptions) -> Iterator[None]:
-    """A failed write (disk full) of the model or of the fine-tune's checkpoint: one line naming
-    OUTDIR, the reason, and the rerun that works (`--resume` only where a checkpoint exists)."""
+    """A failed write (disk full): one line naming OUTDIR, the reason, and the rerun that works."""
     try:
         yield
     except WriteFailed as exc:
