@@ -172,13 +172,8 @@ Model = LoadedModel  # the name `bitcli.load`'s result had before it carried its
 
 
 def load_model(
-    path: str | Path,
-    *,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    compile: bool = False,
-    optimize: bool = True,
-    resolved: ResolvedModel | None = None,
+    path: str | Path, *, device: str | torch.device = "cpu", precision: str = "fp32", compile: bool = False,
+    optimize: bool = True, resolved: ResolvedModel | None = None
 ) -> LoadedModel:
     """Load a checkpoint directory (transformers or timm layout) or an original-release `.npz` file,
     ready for inference (`engine.prepare`; `optimize=False`: the plain model). `resolved`: where a

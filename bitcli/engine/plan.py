@@ -33,11 +33,7 @@ def check_precision(precision: str, device_type: str | None = None) -> None:
 
 
 def make_plan(
-    device_type: str,
-    precision: str = "fp32",
-    *,
-    compile: bool = False,
-    chunk_bytes: int | str | None = None,
+    device_type: str, precision: str = "fp32", *, compile: bool = False, chunk_bytes: int | str | None = None
 ) -> Plan:
     """The engine's choices for a model on `device_type` ("cpu", "cuda", "mps"; others get neither
     CPU nor GPU specifics). chunk_bytes: the CPU slicing budget (None: no slicing)."""
