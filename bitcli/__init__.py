@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _LAZY = lazy_table({
     "bitcli.pipeline": "load classify embed Classifier Embedder Embeddings RunOptions",
     "bitcli.checkpoint.loading": "LoadedModel Model",  # Model = LoadedModel, the name `load` returned before
-    "bitcli.devices": "resolve_device",
+    "bitcli.engine.plan": "resolve_device",
     "bitcli.results": "ClassifyResult EmbedResult Prediction",
     "bitcli.store": "EmbedWriter",
     "bitcli.errors": "BitError InputError ModelError UsageError",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from bitcli.devices import resolve_device
+from bitcli.engine.plan import resolve_device
 from bitcli.errors import BitError, CheckpointError, InputError, UsageError
 from bitcli.results import ClassifyResult, EmbedResult, Prediction, short_float
 from bitcli.util import DEFAULT_MAX_PIXELS, first_line

@@ -56,7 +56,7 @@ def text(part: str) -> str:
 
 
 class Device:
-    """--device defaults: a plain string, checked by `bitcli.devices` (one usage-error line)."""
+    """--device defaults: a plain string, checked by `engine.plan.parse_device` (one usage-error line)."""
 
     auto, cpu = "auto", "cpu"
 
@@ -269,7 +269,7 @@ def run_options(
 
 def check_settings(device: str, model: str | None = None) -> None:
     """Before torch is imported: --device's form, BIT_HUB_TIMEOUT, the model reference's form."""
-    from bitcli.devices import parse_device
+    from bitcli.engine.plan import parse_device
 
     parse_device(device)
     from bitcli.hub.deadline import hub_timeout

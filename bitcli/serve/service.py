@@ -39,7 +39,7 @@ class Service:
 
     def __init__(self, model: Any, *, max_batch: int, max_pixels: int | None, workers: int | None = None,
                  indexes: dict[str, Any] | None = None) -> None:
-        from bitcli.inspection import build_report
+        from bitcli.checkpoint.describe import build_report
 
         self.model = model
         self.options = RunOptions(batch_size=max_batch, max_pixels=max_pixels, workers=workers)
