@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 
 
 def describe_checkpoint(path: Path, resolved: ResolvedModel | None = None) -> CheckpointInfo | None:
-    """The checkpoint at `path` described from its config and safetensors header; None where that is
-    impossible (a pickle, an `.npz`, not a checkpoint folder). Checkpoint/ConfigError on contradictions."""
+    """`path` described from config and safetensors header; None where impossible (a pickle, an `.npz`)."""
     if not path.is_dir() or not ((path / SAFETENSORS).is_file() or (path / SAFETENSORS_INDEX).is_file()):
         return None
     raw = read_checkpoint(path, header_only=True)
@@ -30,8 +29,7 @@ def describe_checkpoint(path: Path, resolved: ResolvedModel | None = None) -> Ch
 
 
 def describe_any(path: Path, resolved: ResolvedModel | None = None) -> CheckpointInfo:
-    """`describe_checkpoint`, or for a pickle or an `.npz` file, its tensors read (still no network
-    built, nothing on a device): what a Ray driver records of a model it never loads."""
+    """`describe_checkpoint`, or a pickle's or `.npz`'s tensors read (nothing on a device): for a Ray driver."""
     described = describe_checkpoint(path, resolved)
     if described is not None:
         return described

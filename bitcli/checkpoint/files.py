@@ -45,8 +45,7 @@ class RawCheckpoint:
 
 @dataclass
 class CheckpointInfo:
-    """A checkpoint as its files describe it (`bit inspect`); a `LoadedModel` adds the module and the
-    engine's record. `resolved`: how a reference reached `path` (None for a path)."""
+    """A checkpoint as its files describe it; `resolved`: how a reference reached `path` (None for a path)."""
 
     config: BitConfig
     preprocess: PreprocessConfig
@@ -85,8 +84,7 @@ def shard_names(index_path: Path) -> list[str]:
 
 
 def read_weights(directory: Path, *, header_only: bool = False) -> tuple[dict[str, Tensor], str, list[Path]]:
-    """(state dict, format description, files read) from the best weights file in `directory`
-    (`header_only`: meta tensors)."""
+    """(state dict, format description, files read) from the best weights file (`header_only`: meta tensors)."""
     if (directory / SAFETENSORS).is_file() or (directory / SAFETENSORS_INDEX).is_file():
         weights_format, files, shards = safetensors_files(directory)
         state_dict: dict[str, Tensor] = {}
@@ -99,8 +97,7 @@ def read_weights(directory: Path, *, header_only: bool = False) -> tuple[dict[st
 
 
 def safetensors_files(directory: Path) -> tuple[str, list[Path], list[Path]]:
-    """(format description, every file, the files holding tensors) of a directory's safetensors
-    weights: `model.safetensors`, else the index and the shards it lists (all present)."""
+    """(format, every file, the files holding tensors) of `model.safetensors`, else the index and its shards."""
     if (directory / SAFETENSORS).is_file():
         return "safetensors", [directory / SAFETENSORS], [directory / SAFETENSORS]
     index = directory / SAFETENSORS_INDEX

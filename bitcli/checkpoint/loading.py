@@ -37,8 +37,7 @@ if TYPE_CHECKING:
 
 @dataclass(kw_only=True)
 class LoadedModel(CheckpointInfo):
-    """A model ready for inference: the `BiT` nn.Module, and what the engine chose for it (batch
-    slicing, the convolution path, the precision)."""
+    """A model ready for inference: the `BiT` nn.Module and what the engine chose for it."""
 
     model: BiT
     engine: EngineRecord
@@ -84,8 +83,7 @@ class LoadedModel(CheckpointInfo):
 
 
 def identity(info: CheckpointInfo) -> dict[str, Any]:
-    """What identifies a checkpoint's weights and preprocessing, from its files alone: a hub model's
-    commit, or a local one's files' content (`content_digest`)."""
+    """What identifies a checkpoint: a hub model's commit, or a local one's files' content (`content_digest`)."""
     resolved = info.resolved
     hub_model = resolved is not None and bool(resolved.repo_id) and bool(resolved.commit)
     return {
@@ -175,9 +173,7 @@ def load_model(
     path: str | Path, *, device: str | torch.device = "cpu", precision: str = "fp32", compile: bool = False,
     optimize: bool = True, resolved: ResolvedModel | None = None
 ) -> LoadedModel:
-    """Load a checkpoint directory (transformers or timm layout) or an original-release `.npz` file,
-    ready for inference (`engine.prepare`; `optimize=False`: the plain model). `resolved`: where a
-    hub reference came from."""
+    """A checkpoint directory or `.npz` file, ready for inference (`optimize=False`: the plain model)."""
     check_precision(precision)
     raw = read_checkpoint(Path(path))
     weights_file = next((f for f in raw.files if f.name not in (CONFIG, PREPROCESSOR_CONFIG)), path)
@@ -205,8 +201,7 @@ def load_model(
 
 
 def read_checkpoint(path: Path, *, header_only: bool = False) -> RawCheckpoint:
-    """Config, weights and preprocessing from any supported layout, with canonical key names
-    (`header_only`: meta tensors)."""
+    """Config, weights and preprocessing from any layout, canonical key names (`header_only`: meta tensors)."""
     if path.is_file() and path.suffix == ".npz":
         from bitcli.checkpoint.npz import read_npz_checkpoint
 
@@ -250,14 +245,12 @@ def _check_finite(weights: dict[str, Tensor], origin: str, what: str) -> None:
 
 
 def _all_finite(value: Tensor) -> bool:
-    """Whether every value is finite: a finite sum settles it (one reduction); only an overflowing sum
-    needs the element-wise check."""
+    """Whether every value is finite: a finite sum settles it; only an overflowing sum needs the element-wise check."""
     return bool(torch.isfinite(value.sum())) or bool(torch.isfinite(value).all())
 
 
 def check_state_dict(model: BiT, state_dict: dict[str, Tensor], origin: str) -> None:
-    """Raise CheckpointError naming missing, unexpected and mis-shaped tensors (each kind as one
-    phrase naming the first few)."""
+    """CheckpointError naming the first few missing, unexpected and mis-shaped tensors."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in state_dict.items()}
     problems = []

@@ -188,8 +188,7 @@ def bit_config_from_state_dict(state_dict: dict[str, Tensor], depths: list[int])
 
 
 def release_width_factor(stem: int, widths: list[int]) -> int:
-    """The release's width factor (the x3 of R50x3) when stem and stage widths are 64 and
-    (256, 512, 1024, 2048) times it; 1 for any other (custom) widths."""
+    """The release's width factor (R50x3: 3) from stem and stage widths; 1 for custom widths."""
     for factor in (1, 2, 3, 4):
         if stem == BASE_STEM * factor and widths == [make_divisible(w * factor) for w in BASE_WIDTHS]:
             return factor

@@ -45,8 +45,7 @@ def bf16_supported() -> bool:
 
 
 def openmp_per_thread() -> bool:
-    """Whether `one_openmp_thread` works here: allowed, and the OpenMP runtime it reaches is
-    torch's (a thread that called it sees one torch thread)."""
+    """Whether `one_openmp_thread` is allowed and reaches torch's OpenMP runtime."""
     return allowed() and _one_thread_probe()
 
 
@@ -67,8 +66,7 @@ def _one_thread_probe() -> bool:
 
 
 def one_openmp_thread() -> None:
-    """The calling thread's torch operations on one thread (OpenMP's team size is per thread); only
-    for threads bitcli starts and ends itself."""
+    """The calling thread's torch operations on one thread (for threads bitcli starts and ends itself)."""
     torch.get_num_threads()  # torch sets a new thread's team size on first use: after that, ours holds
     setter = _omp_set_num_threads()
     if setter is not None:
@@ -83,8 +81,7 @@ def _omp_set_num_threads():
 
 
 def onednn_conv_works(dtypes: set[torch.dtype]) -> bool:
-    """Whether oneDNN's convolution op is allowed, exists here and gives F.conv2d's numbers
-    (1x1 and 3x3) in each of `dtypes`."""
+    """Whether oneDNN's convolution op is allowed, exists and gives F.conv2d's numbers in each of `dtypes`."""
     return allowed() and all(_onednn_conv_works(dtype) for dtype in dtypes)
 
 

@@ -44,8 +44,7 @@ def check_precision(precision: str, device_type: str | None = None) -> None:
 def make_plan(
     device_type: str, precision: str = "fp32", *, compile: bool = False, chunk_bytes: int | str | None = None
 ) -> Plan:
-    """The engine's choices for a model on `device_type` ("cpu", "cuda", "mps"; others get neither
-    CPU nor GPU specifics). chunk_bytes: the CPU slicing budget (None: no slicing)."""
+    """The engine's choices on `device_type`; chunk_bytes: the CPU slicing budget (None: no slicing)."""
     check_precision(precision, device_type)
     on_cpu = device_type == "cpu"
     on_gpu = device_type in GPU_TYPES

@@ -11,8 +11,7 @@ from bitcli.model.config import BitConfig
 
 
 class SlicedBackbone(BitBackbone):
-    """A `BitBackbone` (the same submodules and keys) whose forward runs each step in slices sized so
-    its largest activation stays near `chunk_bytes` (None: the whole batch)."""
+    """A `BitBackbone` (same submodules and keys) whose steps run in slices near `chunk_bytes` (None: whole batch)."""
 
     def __init__(self, backbone: BitBackbone, chunk_bytes: int | None):
         nn.Module.__init__(self)  # adopt the built submodules; BitBackbone.__init__ would build new ones

@@ -119,8 +119,7 @@ def bundled_row(alias: str) -> dict:
 
 
 def _lookup(hub_ref: HubRef, filename: str, settings: HubSettings) -> object:
-    """huggingface_hub's answer for a file at the reference's revision (a commit, or a branch/tag
-    via `refs/`): its path, a "known not to exist" marker, or None."""
+    """The cache's answer for a file at the reference's revision: its path, a "known not to exist" marker, or None."""
     return try_to_load_from_cache(hub_ref.repo_id, filename, cache_dir=str(settings.cache_dir), revision=hub_ref.revision)
 
 
@@ -201,8 +200,7 @@ def snapshot_size(resolved: ResolvedModel) -> int:
 
 
 def cache_shard_names(index_path: Path | None) -> list[str]:
-    """The shard file names a cached `model.safetensors.index.json` lists (empty if unreadable:
-    loading then names the problem)."""
+    """The shard names a cached `model.safetensors.index.json` lists (empty if unreadable)."""
     if index_path is None:
         return []
     try:

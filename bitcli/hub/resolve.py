@@ -83,8 +83,7 @@ def resolve_model(ref: str, *, offline: bool | None = None, progress: bool = Fal
 
 
 def check_reference(ref: str) -> None:
-    """The errors `resolve_model` would raise for the form of `ref` alone (a missing local path,
-    an unknown alias, a malformed hub id), without any request or loading."""
+    """The errors `resolve_model` would raise for the form of `ref` alone, without any request or loading."""
     if _local_model(ref) is None:
         parse_hub_ref(ref)
 
@@ -304,8 +303,7 @@ def _hub_download(repo_id: str, filename: str, revision: str, settings: HubSetti
 
 
 def _progress_class(progress: bool, deadline: Deadline) -> type[hf_tqdm]:
-    """huggingface_hub's own bar (stderr, TTY only) when asked for, else a disabled one; either
-    moves the download's deadline on with every chunk received."""
+    """huggingface_hub's bar (stderr, TTY only) or a disabled one; either moves the deadline on each chunk."""
     show = progress and sys.stderr.isatty()
 
     class Bar(hf_tqdm):

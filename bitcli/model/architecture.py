@@ -150,8 +150,7 @@ class BitEmbeddings(nn.Module):
 
 
 def zero_padded_max_pool(x: Tensor) -> Tensor:
-    """`F.max_pool2d(F.pad(x, [1, 1, 1, 1]), 3, 2)` without the padded copy: max_pool2d pads with -inf,
-    so the windows over the zero border take max(., 0) afterwards. Exact."""
+    """`F.max_pool2d(F.pad(x, [1, 1, 1, 1]), 3, 2)` without the padded copy (-inf padding, then max(., 0)): exact."""
     y = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
     y[:, :, 0, :].clamp_(min=0)
     y[:, :, :, 0].clamp_(min=0)
@@ -336,8 +335,7 @@ class BiT(nn.Module):
 
 
 def standardize_conv_weight(weight: Tensor, eps: float) -> Tensor:
-    """(w - mean) / sqrt(biased var + eps) per output channel, computed in float32 (differentiable:
-    fine-tuning's parametrization standardizes with it in every forward pass)."""
+    """(w - mean) / sqrt(biased var + eps) per output channel in float32 (differentiable, for fine-tuning)."""
     dtype = weight.dtype
     w = weight.to(torch.float32)
     flat = w.reshape(w.shape[0], -1)
@@ -352,8 +350,7 @@ def meta_model(config: BitConfig) -> BiT:
 
 
 def count_macs(config: BitConfig, input_size: tuple[int, int]) -> int:
-    """Multiply-accumulates of the convolutions and the head for one (h, w) image, counted on the meta
-    device (norms, activations and pooling, about 1%, left out)."""
+    """Multiply-accumulates of the convolutions and the head for one (h, w) image, on the meta device."""
     model = meta_model(config)
     total = 0
 

@@ -63,8 +63,7 @@ def _apply_bfloat16(x: Tensor, norm: nn.GroupNorm, mean: Tensor, var: Tensor, ou
 
 
 def takes_accurate_path(x: Tensor, norm: nn.GroupNorm | None = None) -> bool:
-    """Channels-last (and not also contiguous) 4-D float32/bfloat16 CPU tensor, no gradient
-    wanted, float32 affine parameters."""
+    """Channels-last (not contiguous) 4-D float32/bfloat16 CPU tensor, no gradient, float32 affine."""
     return (
         x.device.type == "cpu"
         and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and bfloat16_path_works()))
@@ -77,8 +76,7 @@ def takes_accurate_path(x: Tensor, norm: nn.GroupNorm | None = None) -> bool:
 
 
 def group_stats(x: Tensor, groups: int, method: str | None = None) -> tuple[Tensor, Tensor]:
-    """(mean, biased variance) per image and group, float64 [N, G], of a channels-last tensor;
-    method "rows" (batch-norm statistics over H rows) or "sums" (the fallback)."""
+    """(mean, biased variance) float64 [N, G] of a channels-last tensor; "rows" or the "sums" fallback."""
     method = method or ("rows" if row_stats_work(x.dtype) else "sums")
     return _row_stats(x, groups) if method == "rows" else _sum_stats(x, groups)
 

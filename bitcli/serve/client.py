@@ -129,14 +129,13 @@ class Client:
     def _requests(self, parts: list[tuple[int, str, bytes]]) -> Iterator[list[tuple[int, str, bytes]]]:
         """`parts` in input order, cut into requests that fit the server's body and file limits."""
         request: list[tuple[int, str, bytes]] = []
-        empty = len(multipart([], boundary=BOUNDARY_SIZED)[0])
-        size = empty
+        size = EMPTY_BODY
         for part in parts:
-            grows = len(multipart([(part[1], part[2])], boundary=BOUNDARY_SIZED)[0]) - empty
+            grows = part_size(part[1], part[2])
             full = self.max_files is not None and len(request) >= self.max_files
             if request and (full or size + grows > self.max_file_bytes):
                 yield request
-                request, size = [], empty
+                request, size = [], EMPTY_BODY
             request.append(part)
             size += grows
         if request:
@@ -153,7 +152,7 @@ class Client:
             return None, "not a regular file"
         except OSError as exc:
             return None, os_error_reason(exc)
-        if len(multipart([(item.path, data)], boundary=BOUNDARY_SIZED)[0]) > self.max_file_bytes:
+        if EMPTY_BODY + part_size(item.path, data) > self.max_file_bytes:
             return None, f"larger than the server takes ({self.max_file_bytes} bytes a request)"
         return data, None
 
@@ -205,23 +204,26 @@ def search_records(answer: Any, paths: list[str]) -> list[Any]:
     return results
 
 
-BOUNDARY_SIZED = "0" * 32  # a boundary as long as the real ones: to measure a body's size
+BOUNDARY_SIZED = "0" * 32  # as long as the real ones (uuid4 hex): to measure a body's size
+EMPTY_BODY = len(f"--{BOUNDARY_SIZED}--\r\n")
 
 
 def multipart(files: list[tuple[str, bytes]], *, boundary: str | None = None) -> tuple[bytes, str]:
     """A multipart/form-data body with one part named `file` per (name, bytes)."""
     boundary = boundary or uuid.uuid4().hex
-    chunks = []
-    for name, data in files:
-        quoted = name.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "%0D").replace("\n", "%0A")
-        chunks.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n".encode("utf-8", "surrogateescape")
-        )
-        chunks.append(data)
-        chunks.append(b"\r\n")
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+    chunks = [chunk for name, data in files for chunk in (part_head(name, boundary), data, b"\r\n")]
+    return b"".join([*chunks, f"--{boundary}--\r\n".encode()]), f"multipart/form-data; boundary={boundary}"
+
+
+def part_head(name: str, boundary: str) -> bytes:
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "%0D").replace("\n", "%0A")
+    return (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+def part_size(name: str, data: bytes) -> int:
+    """The bytes one file adds to a request's body."""
+    return len(part_head(name, BOUNDARY_SIZED)) + len(data) + 2
 
 
 def _http_error(url: str, exc: urllib.error.HTTPError, *, sent_token: bool = False) -> BitError:

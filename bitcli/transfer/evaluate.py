@@ -38,22 +38,13 @@ class Evaluation:
     mistakes: list[dict[str, Any]] = field(default_factory=list)  # see the module docstring
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "accuracy": self.accuracy,
-            "top5": self.top5,
-            "n": self.n,
-            "per_class": self.per_class,
-            "confusion": self.confusion,
-            "classes": self.classes,
-        }
+        out = {key: getattr(self, key) for key in ("accuracy", "top5", "n", "per_class", "confusion", "classes")}
         if self.predicted_other is not None:
             out["predicted_other"] = self.predicted_other
-        out["failed"] = len(self.failed)
-        out["model"] = self.model
+        out.update(failed=len(self.failed), model=self.model)
         if self.matched:
             out["matched"] = self.matched
-        out["mistakes"] = self.mistakes
-        return out
+        return {**out, "mistakes": self.mistakes}
 
 
 def _normal(name: str) -> str:
