@@ -108,16 +108,13 @@ class Standardize(nn.Module):
         return standardize_conv_weight(weight, self.eps)
 
 
-def trainable_model(base: Base, classes: list[str], head: dict[str, Tensor] | None = None) -> BiT:
-    """The base network with raw weights, standardization in forward, and a new head (None: zeros)."""
+def trainable_model(base: Base, classes: list[str]) -> BiT:
+    """The base network with raw weights, standardization in forward, and the rule's zero head."""
     config = with_classes(base.config, classes)
     model = meta_model(config)
     weights = {k: v.clone() for k, v in base.backbone.items()}
-    if head is None:
-        weights[HEAD_KEYS[0]] = torch.zeros(len(classes), config.feature_dim)
-        weights[HEAD_KEYS[1]] = torch.zeros(len(classes))
-    else:
-        weights[HEAD_KEYS[0]], weights[HEAD_KEYS[1]] = head["weight"].clone(), head["bias"].clone()
+    weights[HEAD_KEYS[0]] = torch.zeros(len(classes), config.feature_dim)
+    weights[HEAD_KEYS[1]] = torch.zeros(len(classes))
     try:
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as exc:
@@ -142,14 +139,10 @@ def export_state_dict(raw: dict[str, Tensor], ws_eps: float) -> dict[str, Tensor
     if ws_eps == TRANSFORMERS_WS_EPS:
         return out
     scale = math.sqrt(TRANSFORMERS_WS_EPS / ws_eps)
-    for key in standardized_keys(out):
-        out[key] = out[key] * scale
+    for key, value in out.items():
+        if value.ndim == 4 and key.endswith(".weight"):  # a weight-standardized convolution
+            out[key] = value * scale
     return out
-
-
-def standardized_keys(state_dict: dict[str, Tensor]) -> list[str]:
-    """Keys of weight-standardized convolutions: every 4-D weight of a BiT."""
-    return [k for k, v in state_dict.items() if v.ndim == 4 and k.endswith(".weight")]
 
 
 def transformers_config(config: BitConfig, classes: list[str]) -> dict[str, Any]:
