@@ -20,15 +20,12 @@ from bitcli.errors import InputError
 from bitcli.util import DEFAULT_MAX_PIXELS, NotRegularFile, first_line, open_regular, os_error_reason
 
 
-# `image.info` keys set by draft-mode decoding, so preprocessing can resize exactly the region
-# and to the size the full-scale image would give: the full-scale (width, height), and the box
-# (left, top, right, bottom, floats) in the reduced image that covers the whole picture (libjpeg
-# rounds the reduced size up, so the last row or column is partly outside the picture).
-# The formats docs/usage.md lists (what inputs.py recognises by signature). Others, such as EPS,
-# which PIL would hand to Ghostscript, are "not an image" here.
+# The formats docs/usage.md lists (inputs.py's signatures); others, such as EPS, are "not an image".
 DECODABLE_FORMATS = (
     "JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "JPEG2000", "AVIF", "QOI", "PSD", "ICO", "PPM",
 )
+# `image.info` keys of a draft-decoded JPEG, so preprocessing resizes as the full-scale image would:
+# its full-scale (width, height), and the box in the reduced image that covers the whole picture.
 FULL_SIZE_KEY = "bitcli_full_size"
 DRAFT_BOX_KEY = "bitcli_draft_box"
 
@@ -55,7 +52,8 @@ def open_image(
         # with `open_regular`: a FIFO or device swapped in after `_check_file` is refused, not read.
         with open_regular(name) as file:
             image = Image.open(file, formats=DECODABLE_FORMATS)
-            _check_pixel_count(name, image.size, max_pixels)
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise InputError(name, over_limit_reason(image.width * image.height, max_pixels))
             full_size = image.size
             draft_box = None
             if draft_size is not None and image.format in ("JPEG", "MPO"):
@@ -150,12 +148,6 @@ def _check_file(name: str) -> None:
         raise InputError(name, "is a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file")
     if info.st_size == 0:
         raise InputError(name, "empty file")
-
-
-def _check_pixel_count(name: str, size: tuple[int, int], max_pixels: int | None) -> None:
-    pixels = size[0] * size[1]
-    if max_pixels is not None and pixels > max_pixels:
-        raise InputError(name, over_limit_reason(pixels, max_pixels))
 
 
 def over_limit_reason(pixels: int, max_pixels: int) -> str:

@@ -67,7 +67,7 @@ def path_problem(path: str) -> str | None:
 def looks_like_image(header: bytes) -> bool:
     """Whether `header` (a file's first bytes) starts with a known image signature."""
     return (
-        any(_signature_matches(header, signature) for signature in _SIGNATURES)
+        any(all(header[at:at + len(magic)] == magic for at, magic in signature) for signature in _SIGNATURES)
         or _looks_like_bmp(header)
         or _looks_like_pnm(header)
     )
@@ -163,13 +163,10 @@ def _expand_path(path: str) -> Iterator[str | InputError]:
         yield info
         return
     if stat.S_ISDIR(info.st_mode):
-        yield from _expand_directory(path, info)
+        found = _walk(path, ancestors=frozenset({_identity(info)}))
+        yield from _or_error(found, InputError(path, "no images found"))
     else:
         yield path
-
-
-def _expand_directory(path: str, info: os.stat_result) -> Iterator[str | InputError]:
-    yield from _or_error(_walk(path, ancestors=frozenset({_identity(info)})), InputError(path, "no images found"))
 
 
 def _expand_glob(pattern: str) -> Iterator[str | InputError]:
@@ -216,7 +213,7 @@ def _walk(directory: str, ancestors: frozenset[tuple[int, int]]) -> Iterator[str
     """Depth-first, name-sorted walk yielding image files and errors for what cannot be read."""
     try:
         with os.scandir(directory) as scan:
-            entries = sorted((entry for entry in scan if not entry.name.startswith(".")), key=_name)
+            entries = sorted((entry for entry in scan if not entry.name.startswith(".")), key=lambda entry: entry.name)
     except OSError as error:
         yield InputError(directory, os_error_reason(error))
         return
@@ -250,10 +247,6 @@ def _is_image_file(path: str) -> bool:
     except OSError:
         pass
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _name(entry: os.DirEntry[str]) -> str:
-    return entry.name
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:
@@ -293,7 +286,3 @@ def _looks_like_pnm(header: bytes) -> bool:
     if len(header) < 3 or header[:1] != b"P":
         return False
     return header[1:2] in b"123456" and header[2:3] in b" \t\r\n"
-
-
-def _signature_matches(header: bytes, signature: tuple[tuple[int, bytes], ...]) -> bool:
-    return all(header[offset : offset + len(magic)] == magic for offset, magic in signature)

@@ -9,6 +9,7 @@ Nothing is printed: the pickle notice travels in `ResolvedModel.notice`."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -172,7 +173,8 @@ def _resolve_online(ref: str, hub_ref: HubRef, settings: HubSettings, *, progres
         cached = from_cache(ref, hub_ref, settings)  # an older commit of the revision, if any
         if cached is None or isinstance(error, (ModelNotFoundError, CheckpointError)):
             raise
-        return _with_notice(cached, f"using the cached copy of '{hub_ref.display}': {error}")
+        notice = f"using the cached copy of '{hub_ref.display}': {error}"
+        return dataclasses.replace(cached, notice=notice.removesuffix("; run the command again to restart the download"))
 
 
 def _commit_and_files(info: object) -> tuple[str, set[str]]:
@@ -194,12 +196,6 @@ def _misbehaviour(error: BaseException) -> str:
     if isinstance(error, ValueError):
         return "its answer is not JSON"
     return _short(error)
-
-
-def _with_notice(cached: ResolvedModel, notice: str) -> ResolvedModel:
-    import dataclasses
-
-    return dataclasses.replace(cached, notice=notice.removesuffix("; run the command again to restart the download"))
 
 
 def _fetch(ref: str, hub_ref: HubRef, settings: HubSettings, commit: str, files: set[str], *, progress: bool) -> ResolvedModel:
