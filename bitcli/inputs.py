@@ -49,12 +49,13 @@ def expand_inputs(
 ) -> Iterator[InputItem | InputError]:
     """Command-line inputs expanded to files in order, unusable ones as `InputError`s (`-`: paths on `stdin`)."""
     index = 0
-    for result in _expand_all(args, stdin, null):
-        if isinstance(result, InputError):
-            yield result
-        else:
-            yield InputItem(index=index, path=result)
-            index += 1
+    for arg in args:
+        for result in _expand_stdin(stdin, null) if arg == "-" else _expand_argument(arg):
+            if isinstance(result, InputError):
+                yield result
+            else:
+                yield InputItem(index=index, path=result)
+                index += 1
 
 
 def path_problem(path: str) -> str | None:
@@ -71,14 +72,6 @@ def looks_like_image(header: bytes) -> bool:
         or _looks_like_bmp(header)
         or _looks_like_pnm(header)
     )
-
-
-def _expand_all(args: Iterable[str], stdin: TextIO | BinaryIO | None, null: bool) -> Iterator[str | InputError]:
-    for arg in args:
-        if arg == "-":
-            yield from _expand_stdin(stdin, null)
-        else:
-            yield from _expand_argument(arg)
 
 
 def _expand_stdin(stdin: TextIO | BinaryIO | None, null: bool) -> Iterator[str | InputError]:

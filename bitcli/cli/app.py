@@ -38,11 +38,6 @@ def command_function(name: str) -> Callable[..., int]:
     return getattr(command_module(name), FUNCTIONS.get(name, name))
 
 
-def command_examples(name: str) -> str:
-    module = command_module(name)
-    return getattr(module, f"{name.upper()}_EPILOG", None) or module.EPILOG
-
-
 class LazyCommands(Mapping):
     """The app's commands by name, each built (its file imported) when first looked up."""
 
@@ -53,8 +48,10 @@ class LazyCommands(Mapping):
         if name not in COMMANDS:
             raise KeyError(name)
         if name not in self.built:
+            module = command_module(name)
+            examples = getattr(module, f"{name.upper()}_EPILOG", None) or module.EPILOG  # info.py holds three
             one = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False, add_completion=False)
-            one.command(name=name, epilog=command_examples(name))(guarded(command_function(name)))
+            one.command(name=name, epilog=examples)(guarded(command_function(name)))
             self.built[name] = typer.main.get_command(one)
         return self.built[name]
 

@@ -51,7 +51,7 @@ def prepare(
     if plan.allow_tf32 is not None:
         # Process-wide (PyTorch has no per-module switch): fp32 promises the reference's numbers.
         torch.backends.cudnn.allow_tf32 = plan.allow_tf32
-    direct = plan.direct_onednn and torch.get_num_threads() == 1 and onednn_conv_works(conv_dtypes(model))
+    direct = plan.direct_onednn and torch.get_num_threads() == 1 and onednn_conv_works({m.weight.dtype for m in model.modules() if isinstance(m, StdConv2d)})
     if direct:
         for module in model.modules():
             if isinstance(module, StdConv2d):
@@ -80,7 +80,3 @@ def to_bfloat16(model: BiT) -> None:
         elif isinstance(module, PreActBottleneck):
             for norm in (module.norm1, module.norm2, module.norm3):  # each feeds convolutions
                 norm.out_dtype = torch.bfloat16
-
-
-def conv_dtypes(model: BiT) -> set[torch.dtype]:
-    return {m.weight.dtype for m in model.modules() if isinstance(m, StdConv2d)}

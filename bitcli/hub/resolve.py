@@ -123,7 +123,7 @@ def _local_model(ref: str) -> ResolvedModel | None:
         npz = _only_npz(path, ref)
         if npz is not None:
             return ResolvedModel(npz, ref, None, None, None, npz.name, "local")
-    weights = path.name if path.is_file() else _local_weights_name(path)
+    weights = path.name if path.is_file() else next((n for n in WEIGHTS_FILES if (path / n).is_file()), "")
     return ResolvedModel(path, ref, None, None, None, weights, "local")
 
 
@@ -137,14 +137,6 @@ def _only_npz(directory: Path, ref: str) -> Path | None:
             f"pass one of them, e.g. --model {directory / found[0].name}"
         )
     return found[0] if found else None
-
-
-def _local_weights_name(directory: Path) -> str:
-    """The weights file bitcli would pick in a local checkpoint directory ("" if none is recognised)."""
-    for name in WEIGHTS_FILES:
-        if (directory / name).is_file():
-            return name
-    return ""
 
 
 # --------------------------------------------------------------------------- network
