@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import socket
@@ -34,6 +33,7 @@ RAY_HINT = "bit serve --engine ray needs Ray Serve: pip install 'bitcli[serve,ra
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
+
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
