@@ -165,12 +165,8 @@ class PreprocessConfig:
             "rescale": self.rescale_factor if self.do_rescale else None,
             "mean": list(self.image_mean) if self.do_normalize else None,
             "std": list(self.image_std) if self.do_normalize else None,
-            "input_size": list(self.input_size) if self.has_fixed_input_size else None,
+            "input_size": list(self.input_size) if self.do_center_crop or self.do_resize else None,
         }
-
-    @property
-    def has_fixed_input_size(self) -> bool:
-        return self.do_center_crop or self.do_resize
 
     def draft_size(self, oversample: int = 2) -> tuple[int, int] | None:
         """The `open_image(draft_size=...)` for fast JPEG decoding (None without a resize): square, at

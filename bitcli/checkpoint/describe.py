@@ -89,8 +89,7 @@ def build_report(loaded: Any, labels: Any = None) -> dict[str, Any]:
     pre = loaded.preprocess
     input_size = tuple(pre.input_size)
     macs = count_macs(config, input_size)
-    pre_desc = dict(pre.describe())
-    pre_desc.pop("input_size", None)
+    pre_desc = {key: value for key, value in pre.describe().items() if key != "input_size"}
     return {
         "model": (resolved.ref if resolved is not None else None) or str(loaded.path),
         "repo_id": resolved.repo_id if resolved is not None else None,
