@@ -1,8 +1,6 @@
 """bitcli: classify and embed images with Big Transfer (BiT) models.
 
-The public API lives in `bitcli.pipeline` and is re-exported here lazily, so `import bitcli`
-(and `bit --help`) does not import torch.
-"""
+The public API (`bitcli.pipeline`), re-exported lazily: `import bitcli` does not import torch."""
 
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ __version__ = "0.1.0"
 _LAZY = lazy_table({
     "bitcli.pipeline": "load classify embed Classifier Embedder Embeddings RunOptions",
     "bitcli.checkpoint.loading": "LoadedModel Model",  # Model = LoadedModel, the name `load` returned before
-    "bitcli.devices": "resolve_device",
+    "bitcli.engine.plan": "resolve_device",
     "bitcli.results": "ClassifyResult EmbedResult Prediction",
     "bitcli.store": "EmbedWriter",
     "bitcli.errors": "BitError InputError ModelError UsageError",

@@ -1,19 +1,10 @@
 """One image path -> an 8-bit RGB PIL image, exactly as the reference preprocessing sees it.
 
-The reference is transformers' `BitImageProcessorPil` applied to
-`PIL.ImageOps.exif_transpose(Image.open(path))`: EXIF orientation applied, the first frame of
-animated or multi-page files, transparency composited onto white, everything else through
-`Image.convert("RGB")`. bitcli does the same, with one deliberate difference: 16-bit
-grayscale (`I;16*` modes) is scaled to 8 bits instead of clipped (PIL's conversion turns almost
-every 16-bit image into a white square).
-
-Every failure is an `InputError(path, reason)` with a short human reason; nothing is printed.
-
-The pixel count is checked against the caller's `max_pixels` from the header, before decoding.
-No process-wide setting is changed: PIL's own limit (`Image.MAX_IMAGE_PIXELS`) stays as the
-program set it (the `bit` command turns it off: `cli/process.py`); an image over twice it fails
-with a reason that names it.
-"""
+As transformers' `BitImageProcessorPil` on `ImageOps.exif_transpose(Image.open(path))`: EXIF
+orientation, the first frame, transparency onto white, the rest through `convert("RGB")`; but
+16-bit grayscale is scaled to 8 bits, not clipped. The pixel count is checked against
+`max_pixels` from the header, before decoding; PIL's own limit is left as the program set it.
+Every failure is an `InputError(path, reason)`."""
 
 from __future__ import annotations
 
@@ -29,15 +20,12 @@ from bitcli.errors import InputError
 from bitcli.util import DEFAULT_MAX_PIXELS, NotRegularFile, first_line, open_regular, os_error_reason
 
 
-# `image.info` keys set by draft-mode decoding, so preprocessing can resize exactly the region
-# and to the size the full-scale image would give: the full-scale (width, height), and the box
-# (left, top, right, bottom, floats) in the reduced image that covers the whole picture (libjpeg
-# rounds the reduced size up, so the last row or column is partly outside the picture).
-# The formats docs/usage.md lists (what inputs.py recognises by signature). Others, such as EPS,
-# which PIL would hand to Ghostscript, are "not an image" here.
+# The formats docs/usage.md lists (inputs.py's signatures); others, such as EPS, are "not an image".
 DECODABLE_FORMATS = (
     "JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "JPEG2000", "AVIF", "QOI", "PSD", "ICO", "PPM",
 )
+# `image.info` keys of a draft-decoded JPEG, so preprocessing resizes as the full-scale image would:
+# its full-scale (width, height), and the box in the reduced image that covers the whole picture.
 FULL_SIZE_KEY = "bitcli_full_size"
 DRAFT_BOX_KEY = "bitcli_draft_box"
 
@@ -48,18 +36,14 @@ TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # those that swap width and 
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 def open_image(
-    path: str | os.PathLike[str],
-    *,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    draft_size: tuple[int, int] | None = None,
+    path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None
 ) -> Image.Image:
     """Decode `path` to an RGB, 8-bit, EXIF-transposed image (first frame).
 
-    `max_pixels` (None: no limit) rejects images whose width x height exceeds it, read from the
-    header before decoding. `draft_size` (width, height), for JPEGs only, lets libjpeg decode at
-    the smallest 1/2, 1/4 or 1/8 scale that still covers that size in the file's stored
-    orientation: much faster for big photos, but not pixel-identical to the reference.
-    """
+    `max_pixels` (None: no limit) is checked from the header. `draft_size` (width, height), JPEGs
+    only: libjpeg decodes at the smallest 1/2, 1/4 or 1/8 scale that still covers it (faster, not
+    pixel-identical)."""
     name = os.fspath(path)
     _check_file(name)
     try:
@@ -68,7 +52,8 @@ def open_image(
         # with `open_regular`: a FIFO or device swapped in after `_check_file` is refused, not read.
         with open_regular(name) as file:
             image = Image.open(file, formats=DECODABLE_FORMATS)
-            _check_pixel_count(name, image.size, max_pixels)
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise InputError(name, over_limit_reason(image.width * image.height, max_pixels))
             full_size = image.size
             draft_box = None
             if draft_size is not None and image.format in ("JPEG", "MPO"):
@@ -128,10 +113,7 @@ def _orient_box(
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB the way the reference does (transparency onto white).
-
-    16-bit grayscale is first scaled to 8-bit grayscale (round(v / 257)), where PIL would clip.
-    """
+    """Any PIL image as 8-bit RGB, as the reference converts it (16-bit grayscale scaled, not clipped)."""
     if image.mode in SIXTEEN_BIT_MODES:
         image = _sixteen_bit_to_l(image)
     has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
@@ -145,10 +127,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
-    """Scale a 16-bit grayscale image to 8 bits: v8 = round(v16 / 257), so v8 * 257 maps back to v8.
-
-    A `transparency` value (PNG tRNS, a 16-bit gray level) becomes an alpha channel.
-    """
+    """16-bit grayscale -> 8 bits, round(v / 257); a `transparency` gray level becomes an alpha channel."""
     values = np.asarray(image).astype(np.uint32)
     scaled = ((values * 2 + 257) // 514).astype(np.uint8)  # round half up of v / 257
     gray = Image.fromarray(scaled)  # uint8 2-D -> mode L
@@ -171,18 +150,8 @@ def _check_file(name: str) -> None:
         raise InputError(name, "empty file")
 
 
-def _check_pixel_count(name: str, size: tuple[int, int], max_pixels: int | None) -> None:
-    pixels = size[0] * size[1]
-    if max_pixels is not None and pixels > max_pixels:
-        raise InputError(name, over_limit_reason(pixels, max_pixels))
-
-
 def over_limit_reason(pixels: int, max_pixels: int) -> str:
-    """'image is 120.0 megapixels, over the limit of 100 (use --max-pixels)'.
-
-    A limit under one megapixel is stated in pixels ('image is 4,800 pixels, over the limit of
-    1,000'), where megapixels would read as 0.0 and 0.001.
-    """
+    """'image is 120.0 megapixels, over the limit of 100 (use --max-pixels)'; in pixels under one megapixel."""
     if max_pixels < 1_000_000:
         return f"image is {pixels:,} pixels, over the limit of {max_pixels:,} (use --max-pixels)"
     return (

@@ -1,7 +1,5 @@
-"""Typed errors raised by the library; the command layer maps each family to an exit code.
-
-Every message is one line that names the thing at fault and says what to do.
-"""
+"""Typed errors; each family carries its exit code. Every message is one line that names the thing
+at fault and says what to do."""
 
 from __future__ import annotations
 

@@ -1,32 +1,15 @@
 """User inputs (files, directories, quoted globs, `-` for stdin) -> an ordered stream of images.
 
-Rules:
-- Order: the order of the arguments; inside a directory, entries sorted by name (code point
-  order), depth-first, so a folder's files and subfolders interleave by name; glob matches
-  sorted. Paths keep the prefix the user typed (nothing is resolved or made absolute).
-- A path that exists is taken literally, even if it contains glob characters; otherwise an
-  argument with `*`, `?` or `[` is a glob (`**` crosses directories). A directory matched by a
-  glob is walked, unless the pattern has `**` (its files are matched already).
-- Files given explicitly (an argument or a stdin line) are always passed on: if they are not
-  images, decoding says so. Inside a directory or a glob, a file is taken if its first bytes
-  are an image signature or, when they are not (or cannot be read), if its extension is an
-  image extension (so an empty or unreadable `x.jpg` is reported, not silently dropped); other
-  files are skipped silently.
-- Hidden files and folders (name starting with ".") inside directories and globs are skipped.
-- Symlinks are followed; a symlink that points back to one of its ancestor directories is
-  reported as a symlink loop and not followed.
-- No deduplication: an image given twice is processed twice, so outputs map one-to-one to
-  inputs.
-- `-` reads newline-separated paths from stdin lazily (blank lines skipped, a trailing `\\r`
-  removed), or NUL-separated ones with `null=True` (`-0`, as `find -print0` writes); each is a
-  literal path (a file or a directory), never a glob, and its bytes are the file name's (a
-  non-UTF-8 name works). A NUL byte in a newline-separated list, a line longer than a path can
-  be (4096 bytes) or more than 10 million paths is a UsageError: stdin is not a path list.
-- A path containing a line break (`\\n` or `\\r`) is an error (outputs are line-based):
-  `path_problem` is the one check, shared with the embedding manifest.
-- Streaming: each directory's listing is read and sorted before its first entry is yielded,
-  but files are sniffed and subdirectories listed only as the consumer advances.
-"""
+- Order: the arguments'; directories walked depth-first by name (code point), glob matches
+  sorted; paths keep the prefix the user typed.
+- An existing path is literal; otherwise one with `*`, `?` or `[` is a glob (`**` recursive).
+- Files named explicitly are always passed on; in a directory or glob a file is taken when its
+  first bytes are an image signature, else by extension. Hidden names are skipped there.
+- Symlinks are followed; one back to an ancestor directory is an error. No deduplication.
+- `-` reads literal paths from stdin, a line each (or NUL-separated with `null`), as bytes; a
+  NUL in a line list, a line over 4096 bytes or over 10 million paths is a UsageError.
+- A path with a line break is an error (`path_problem`, shared with the manifest).
+- Lazy: a directory is listed and sorted as the consumer reaches it."""
 
 from __future__ import annotations
 
@@ -64,16 +47,15 @@ class InputItem:
 def expand_inputs(
     args: Iterable[str], *, stdin: TextIO | BinaryIO | None = None, null: bool = False
 ) -> Iterator[InputItem | InputError]:
-    """Expand command-line inputs to files in order; unusable inputs come out as `InputError`.
-
-    `-` reads paths from `stdin`, one per line, or NUL-separated when `null` is true."""
+    """Command-line inputs expanded to files in order, unusable ones as `InputError`s (`-`: paths on `stdin`)."""
     index = 0
-    for result in _expand_all(args, stdin, null):
-        if isinstance(result, InputError):
-            yield result
-        else:
-            yield InputItem(index=index, path=result)
-            index += 1
+    for arg in args:
+        for result in _expand_stdin(stdin, null) if arg == "-" else _expand_argument(arg):
+            if isinstance(result, InputError):
+                yield result
+            else:
+                yield InputItem(index=index, path=result)
+                index += 1
 
 
 def path_problem(path: str) -> str | None:
@@ -86,18 +68,10 @@ def path_problem(path: str) -> str | None:
 def looks_like_image(header: bytes) -> bool:
     """Whether `header` (a file's first bytes) starts with a known image signature."""
     return (
-        any(_signature_matches(header, signature) for signature in _SIGNATURES)
+        any(all(header[at:at + len(magic)] == magic for at, magic in signature) for signature in _SIGNATURES)
         or _looks_like_bmp(header)
         or _looks_like_pnm(header)
     )
-
-
-def _expand_all(args: Iterable[str], stdin: TextIO | BinaryIO | None, null: bool) -> Iterator[str | InputError]:
-    for arg in args:
-        if arg == "-":
-            yield from _expand_stdin(stdin, null)
-        else:
-            yield from _expand_argument(arg)
 
 
 def _expand_stdin(stdin: TextIO | BinaryIO | None, null: bool) -> Iterator[str | InputError]:
@@ -182,13 +156,10 @@ def _expand_path(path: str) -> Iterator[str | InputError]:
         yield info
         return
     if stat.S_ISDIR(info.st_mode):
-        yield from _expand_directory(path, info)
+        found = _walk(path, ancestors=frozenset({_identity(info)}))
+        yield from _or_error(found, InputError(path, "no images found"))
     else:
         yield path
-
-
-def _expand_directory(path: str, info: os.stat_result) -> Iterator[str | InputError]:
-    yield from _or_error(_walk(path, ancestors=frozenset({_identity(info)})), InputError(path, "no images found"))
 
 
 def _expand_glob(pattern: str) -> Iterator[str | InputError]:
@@ -235,7 +206,7 @@ def _walk(directory: str, ancestors: frozenset[tuple[int, int]]) -> Iterator[str
     """Depth-first, name-sorted walk yielding image files and errors for what cannot be read."""
     try:
         with os.scandir(directory) as scan:
-            entries = sorted((entry for entry in scan if not entry.name.startswith(".")), key=_name)
+            entries = sorted((entry for entry in scan if not entry.name.startswith(".")), key=lambda entry: entry.name)
     except OSError as error:
         yield InputError(directory, os_error_reason(error))
         return
@@ -269,10 +240,6 @@ def _is_image_file(path: str) -> bool:
     except OSError:
         pass
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _name(entry: os.DirEntry[str]) -> str:
-    return entry.name
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:
@@ -312,7 +279,3 @@ def _looks_like_pnm(header: bytes) -> bool:
     if len(header) < 3 or header[:1] != b"P":
         return False
     return header[1:2] in b"123456" and header[2:3] in b" \t\r\n"
-
-
-def _signature_matches(header: bytes, signature: tuple[tuple[int, bytes], ...]) -> bool:
-    return all(header[offset : offset + len(magic)] == magic for offset, magic in signature)

@@ -1,17 +1,6 @@
-"""Class names for a classifier head: from the checkpoint, a `--labels` file, or bundled ImageNet lists.
-
-Precedence, first match wins:
-
-1. `--labels FILE` (one name per line): the user's explicit choice; it must have exactly one
-   line per class of the head.
-2. The checkpoint's own names (transformers `id2label`, timm `label_names`), unless they are
-   transformers' `LABEL_{i}` placeholders, which count as no names.
-3. Names bundled with bitcli, picked by head size: 1,000 -> ImageNet-1k, 21,843 -> Google's
-   ImageNet-21k order (BiT-M upstream heads). Both are WordNet lemmas ("tabby, tabby cat").
-4. Otherwise `class_{i}`.
-
-The bundled lists are package data (`bitcli/data`) read lazily, once, on first use.
-"""
+"""Class names for a classifier head, first match wins: `--labels FILE` (one line per class); the
+checkpoint's `id2label` / `label_names` (not transformers' `LABEL_{i}` placeholders); the bundled
+ImageNet-1k or ImageNet-21k names by head size (1,000 or 21,843; read lazily, once); `class_{i}`."""
 
 from __future__ import annotations
 
@@ -53,9 +42,7 @@ class Labels:
 
 
 def resolve_labels(
-    num_classes: int,
-    id2label: dict[int, str] | dict[str, str] | None,
-    labels_file: Path | str | None = None,
+    num_classes: int, id2label: dict[int, str] | dict[str, str] | None, labels_file: Path | str | None = None
 ) -> Labels:
     """Names for each of `num_classes` outputs, by the precedence in the module docstring."""
     if labels_file is not None:
@@ -99,10 +86,7 @@ def names_from_id2label(id2label: dict[int, str] | dict[str, str], num_classes: 
 
 
 def read_labels_file(path: Path) -> list[str]:
-    """One label per line (UTF-8); trailing blank lines are ignored, blank lines inside are an error.
-
-    At most LABELS_MAX_BYTES are read (a device or a pipe that never ends is refused, not read
-    until memory runs out); ImageNet-21k's names take about 1 MB."""
+    """One label per line (UTF-8, at most LABELS_MAX_BYTES); trailing blank lines ignored, inner ones an error."""
     try:
         text = read_capped(path, LABELS_MAX_BYTES).decode("utf-8-sig")
     except FileNotFoundError:

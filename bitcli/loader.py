@@ -1,10 +1,5 @@
-"""Decode and preprocess images in a small thread pool, ahead of the model, in input order.
-
-PIL releases the GIL while decoding and resizing, so a few threads overlap well with the model's
-forward pass. At most `lookahead` inputs are in flight (submitted but not yet handed to the
-consumer), so memory stays bounded however large the folder: inputs are pulled from the
-(lazy) input iterator only as results are consumed.
-"""
+"""Decode and preprocess images in a small thread pool, ahead of the model, in input order; at most
+`lookahead` inputs in flight, pulled from the lazy input iterator as results are consumed."""
 
 from __future__ import annotations
 
@@ -38,15 +33,9 @@ class Loaded:
 
 
 def image_loader(
-    cfg: PreprocessConfig,
-    *,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    fast_jpeg: bool = False,
+    cfg: PreprocessConfig, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, fast_jpeg: bool = False
 ) -> Callable[[str], torch.Tensor]:
-    """path -> tensor: `open_image` then `preprocess`; `fast_jpeg` decodes JPEGs in draft mode.
-
-    `max_pixels` bounds the decoded image and the resize preprocessing holds; an image over it,
-    or one that runs out of memory, is that input's InputError."""
+    """path -> tensor: `open_image` then `preprocess`; over `max_pixels` or out of memory: an InputError."""
     draft_size = cfg.draft_size() if fast_jpeg else None
 
     def load(path: str) -> torch.Tensor:
@@ -67,19 +56,13 @@ def default_workers() -> int:
 
 
 def load_ordered(
-    items: Iterable[InputItem | InputError],
-    load_fn: Callable[[str], torch.Tensor],
-    *,
-    workers: int = 2,
-    lookahead: int = 32,
+    items: Iterable[InputItem | InputError], load_fn: Callable[[str], torch.Tensor], *, workers: int = 2,
+    lookahead: int = 32
 ) -> Iterator[Loaded | InputError]:
-    """Run `load_fn` on every item in a thread pool; yield results and errors in input order.
+    """`load_fn` on every item in a thread pool; results and InputErrors in input order.
 
-    `InputError`s in `items` (from input expansion) and those `load_fn` raises come out in
-    their place; any other exception from `load_fn` is a bug and propagates. At most
-    `lookahead` items are submitted and not yet yielded. Closing the iterator, or an exception
-    (KeyboardInterrupt included), cancels what has not started and shuts the pool down.
-    """
+    Any other exception propagates. Closing the iterator (or an exception) cancels what has not
+    started and shuts the pool down."""
     if workers < 1 or lookahead < 1:
         raise ValueError("workers and lookahead must be at least 1")
     source = iter(items)
@@ -88,11 +71,11 @@ def load_ordered(
     finished = False
     try:
         while True:
-            _fill(pending, source, pool, load_fn, lookahead)
+            while len(pending) < lookahead and (item := next(source, None)) is not None:
+                pending.append((item, None if isinstance(item, InputError) else pool.submit(load_fn, item.path)))
             if not pending:
                 break
-            item, future = pending.popleft()
-            yield _result(item, future)
+            yield _result(*pending.popleft())
         finished = True
     finally:
         # On normal completion nothing is left to wait for; otherwise do not wait for
@@ -100,33 +83,13 @@ def load_ordered(
         pool.shutdown(wait=finished, cancel_futures=True)
 
 
-def _fill(
-    pending: deque[tuple[InputItem | InputError, Future[torch.Tensor] | None]],
-    source: Iterator[InputItem | InputError],
-    pool: ThreadPoolExecutor,
-    load_fn: Callable[[str], torch.Tensor],
-    lookahead: int,
-) -> None:
-    while len(pending) < lookahead:
-        item = next(source, None)
-        if item is None:
-            return
-        if isinstance(item, InputError):
-            pending.append((item, None))
-        else:
-            pending.append((item, pool.submit(load_fn, item.path)))
-
-
 def _result(item: InputItem | InputError, future: Future[torch.Tensor] | None) -> Loaded | InputError:
-    if isinstance(item, InputError):
-        return item
-    assert future is not None
+    if future is None:
+        return item  # an InputError of the input list
     while True:
         try:
-            tensor = future.result(timeout=_POLL_SECONDS)
-            break
+            return Loaded(index=item.index, path=item.path, tensor=future.result(timeout=_POLL_SECONDS))
         except FutureTimeoutError:
             continue
         except InputError as error:
             return error
-    return Loaded(index=item.index, path=item.path, tensor=tensor)

@@ -1,16 +1,9 @@
 """The library API: load a BiT model, then classify or embed images in batches (docs/usage.md).
 
-`load` gives a `checkpoint.LoadedModel`; `Classifier` and `Embedder` take it (or a reference)
-and one `RunOptions` (or its fields as keywords). Inputs are paths, directories or globs (expanded like the command line), or `InputItem`s /
-`InputError`s from `bitcli.inputs`. Images are decoded and preprocessed ahead of the model in a
-thread pool (`loader.py`); results come back in input order, with failed inputs in their place
-(`error` set) rather than raised, so one bad file never sinks a batch.
-
-Batching depends on the input list alone: batch k is inputs [k * B, (k + 1) * B), B the batch
-size, and a failed input leaves its place empty. Which rows share a forward pass (so a row's last
-float bits) never depends on which files are broken: `--resume`, `--shard` and the Ray engine cut
-the list at multiples of B and get one uninterrupted run's bytes. `*_groups`: a list per batch.
-"""
+Inputs are paths, directories or globs, or `InputItem`s / `InputError`s; results come back in
+input order, failed inputs in their place (`error` set). Batch k is always inputs
+[k * B, (k + 1) * B): which rows share a forward pass never depends on which files are broken,
+so `--resume`, `--shard` and the Ray engine reproduce one run's bytes."""
 
 from __future__ import annotations
 
@@ -20,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from bitcli.devices import resolve_device
+from bitcli.engine.plan import resolve_device
 from bitcli.errors import BitError, CheckpointError, InputError, UsageError
 from bitcli.results import ClassifyResult, EmbedResult, Prediction, short_float
 from bitcli.util import DEFAULT_MAX_PIXELS, first_line
@@ -44,17 +37,11 @@ ModelLike = Union[str, Path, "LoadedModel"]
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Everything a run needs besides the model and its inputs, in one place.
+    """Everything a run needs besides the model and its inputs.
 
-    `device` and `precision` apply when a model is loaded from a reference; None means "auto"
-    and "fp32" there. Given a model that is already loaded, None accepts it as it is, and a value
-    that disagrees with it is a UsageError (moving a loaded model is `bitcli.load`'s job, not a
-    side effect of building a Classifier). `max_pixels`: an image whose width x height exceeds it
-    fails (`error` set) before it is decoded, a guard against decompression bombs, and so does one
-    whose resize would exceed it where only the crop cannot be resized instead; None: no limit.
-    `fast_jpeg`: decode JPEGs at a reduced scale (libjpeg draft mode) when that still covers the
-    model's input: faster for large photos, close to but not pixel-identical with the exact path.
-    """
+    `device` / `precision`: None is "auto" / "fp32" when loading, and accepts an already loaded
+    model as it is (another value for one is a UsageError). `max_pixels`: larger images fail before
+    decoding (None: no limit). `fast_jpeg`: JPEGs decode at a reduced scale (not pixel-identical)."""
 
     device: str | None = None  # auto, cpu, cuda, cuda:N, mps
     precision: str | None = None  # fp32, bf16, fp16 (GPUs)
@@ -82,22 +69,14 @@ class RunOptions:
 
 
 def load(
-    model: ModelLike = DEFAULT_MODEL,
-    *,
-    device: str | None = None,
-    offline: bool | None = None,
-    progress: bool = False,
-    precision: str | None = None,
+    model: ModelLike = DEFAULT_MODEL, *, device: str | None = None, offline: bool | None = None,
+    progress: bool = False, precision: str | None = None
 ) -> LoadedModel:
     """Resolve a model reference (downloading it at most once) and load it on `device`.
 
-    device: auto (None), cpu, cuda, cuda:N or mps. precision: "fp32" (None; within 1e-4 of the
-    reference), "bf16" (about 2x faster on CPUs with AVX512-BF16 and on GPUs, scores differ in
-    the second decimal) or "fp16" (GPUs only). A `LoadedModel` comes back as it is, provided
-    `device` and `precision` (when given) agree with it; otherwise UsageError.
-    Raises ModelError subclasses (exit code 3) for anything that stops the model from loading,
-    and UsageError for an unavailable device or precision.
-    """
+    precision: "fp32" (None), "bf16" or "fp16" (GPUs). A `LoadedModel` comes back as it is when
+    `device` and `precision` agree with it. ModelError (exit 3) when it cannot load; UsageError for
+    an unavailable device or precision."""
     from bitcli.checkpoint.loading import LoadedModel, load_model
 
     if precision is not None:
@@ -176,9 +155,7 @@ class _Runner:
         return self.model.feature_dim
 
     def _groups(self, inputs: Iterable[InputLike], failure: Any) -> Iterator[list[Any]]:
-        """One list per batch: `_result` for each image, `failure(path=, error=)` for each failed input.
-
-        A failure counts: batch k is always inputs [k * B, (k + 1) * B) (the module docstring)."""
+        """One list per batch: `_result` per image, `failure(path=, error=)` per failed input, in its place."""
         from bitcli.loader import default_workers, image_loader, load_ordered
 
         opts = self.options
@@ -199,8 +176,7 @@ class _Runner:
             yield results
 
     def _outputs(self, tensors: list[Any]) -> Any:
-        """`_forward` of the batch's images, each run of one tensor shape (only without a crop) in
-        one pass (None for no image)."""
+        """`_forward` of the batch's images, a pass per run of one tensor shape (None for no image)."""
         import numpy as np
 
         outs = [self._forward(list(run)) for _, run in itertools.groupby(tensors, key=lambda t: t.shape)]
@@ -227,13 +203,9 @@ class Classifier(_Runner):
     """Top-k softmax predictions per image. `labels`: a `--labels` file, a list of names or `Labels`."""
 
     def __init__(
-        self,
-        model: ModelLike = DEFAULT_MODEL,
-        *,
-        top_k: int = 5,
-        labels: str | Path | Sequence[str] | Labels | None = None,
-        options: RunOptions | None = None,
-        **overrides: Any,
+        self, model: ModelLike = DEFAULT_MODEL, *, top_k: int = 5,
+        labels: str | Path | Sequence[str] | Labels | None = None, options: RunOptions | None = None,
+        **overrides: Any
     ) -> None:
         """`options` and/or keyword overrides of its fields (device=, batch_size=, ...: see `RunOptions`)."""
         super().__init__(model, RunOptions.merge(options, overrides))
@@ -288,12 +260,8 @@ class Embedder(_Runner):
     """Pooled feature vectors (after the final norm, before the head), optionally L2-normalized."""
 
     def __init__(
-        self,
-        model: ModelLike = DEFAULT_MODEL,
-        *,
-        normalize: bool = False,
-        options: RunOptions | None = None,
-        **overrides: Any,
+        self, model: ModelLike = DEFAULT_MODEL, *, normalize: bool = False, options: RunOptions | None = None,
+        **overrides: Any
     ) -> None:
         """`options` and/or keyword overrides of its fields (device=, batch_size=, ...: see `RunOptions`)."""
         super().__init__(model, RunOptions.merge(options, overrides))

@@ -1,26 +1,11 @@
 """Preprocessing config and image -> tensor, equal to transformers' `BitImageProcessorPil`.
 
-What the reference (transformers 5, PIL backend) does, step by step, and how bitcli matches it:
-
-1. RGB conversion: see `bitcli.decode.to_rgb` (transparency composited onto white).
-2. Resize with PIL (`Image.resize`, no `reducing_gap`). "shortest_edge" S: the short side becomes
-   S and the long side `int(S * long / short)` (truncated, not rounded); "exact": (height, width).
-3. Center crop to (h, w) at offsets `((H - h) // 2, (W - w) // 2)`; where the image is smaller
-   than the crop it is padded with zeros (black before normalization), the image placed at
-   `ceil((h - H) / 2)`. `Image.crop` with the same (possibly negative) box gives exactly that.
-4. Rescale: `float32(float64(uint8) * rescale_factor)`.
-5. Normalize: `(x - float32(mean)) / float32(std)` in float32.
-
-Steps 4-5 depend only on the 8-bit value and the channel, so bitcli computes them once per
-config into a [3, 256] lookup table (in the reference's own dtypes and order, so bit-identical)
-and maps the uint8 crop through it: one gather, no float64 pass over the image.
-
-Memory: the resize of step 2 can be far larger than the image (a 1x20000 strip resized to a
-448-pixel short side is 4 gigapixels). When it would exceed `CROP_REGION_PIXELS` (or the
-caller's `max_pixels`), only the region the center crop keeps is resized, with the reference's
-exact pixels (`bitcli.resample`); where that is not possible (no crop, a downscale, nearest
-neighbour) a resize over `max_pixels` raises `ImageTooLarge`, a per-image error.
-"""
+RGB (`decode.to_rgb`); PIL resize (shortest edge: the long side `int(S * long / short)`, or
+exact); center crop at `((H - h) // 2, (W - w) // 2)`, zero-padded where the image is smaller;
+rescale `float32(float64(uint8) * factor)`; normalize in float32. Rescale and normalize depend
+only on the 8-bit value, so they are one [3, 256] lookup table in the reference's dtypes.
+A resize over `CROP_REGION_PIXELS` (or `max_pixels`) is computed for the crop's region only
+(`bitcli.resample`); where that is impossible, over `max_pixels` raises `ImageTooLarge`."""
 
 from __future__ import annotations
 
@@ -102,11 +87,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, base: PreprocessConfig | None = None) -> PreprocessConfig:
-        """Build from a `preprocessor_config.json` dict; missing fields come from `base`, else the defaults.
-
-        `size` may be an int (shortest edge), {"shortest_edge": n}, {"height": h, "width": w} or
-        [h, w]; `crop_size` an int, {"height", "width"} or [h, w]. Unknown keys are ignored.
-        """
+        """From a `preprocessor_config.json` dict; missing fields from `base`, else the defaults."""
         fields: dict[str, Any] = {}
         for key in ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"):
             if d.get(key) is not None:
@@ -184,21 +165,12 @@ class PreprocessConfig:
             "rescale": self.rescale_factor if self.do_rescale else None,
             "mean": list(self.image_mean) if self.do_normalize else None,
             "std": list(self.image_std) if self.do_normalize else None,
-            "input_size": list(self.input_size) if self.has_fixed_input_size else None,
+            "input_size": list(self.input_size) if self.do_center_crop or self.do_resize else None,
         }
 
-    @property
-    def has_fixed_input_size(self) -> bool:
-        return self.do_center_crop or self.do_resize
-
     def draft_size(self, oversample: int = 2) -> tuple[int, int] | None:
-        """The `open_image(draft_size=...)` for fast JPEG decoding; None when there is no resize.
-
-        JPEGs then decode at the smallest 1/2, 1/4 or 1/8 scale that keeps `oversample` times
-        the resolution the resize needs, so the final resize still smooths over a few source
-        pixels (with 1, the deviation from exact preprocessing roughly doubles). Square, so it
-        holds whatever the EXIF orientation.
-        """
+        """The `open_image(draft_size=...)` for fast JPEG decoding (None without a resize): square, at
+        `oversample` times what the resize needs, so the final resize still smooths."""
         if not self.do_resize:
             return None
         if self.resize_mode == "shortest_edge":
@@ -216,11 +188,7 @@ class PreprocessConfig:
 
 
 def preprocess(image: Image.Image, cfg: PreprocessConfig, *, max_pixels: int | None = None) -> torch.Tensor:
-    """PIL image -> float32 tensor [3, H, W], equal to `BitImageProcessorPil` (max diff 0).
-
-    `max_pixels` (None: no limit) caps the pixels of the resized image preprocessing holds: a
-    larger resize is computed for the crop's region alone, or, where it cannot be, raises
-    ImageTooLarge."""
+    """PIL image -> float32 tensor [3, H, W], equal to `BitImageProcessorPil`; `max_pixels` as in the module docstring."""
     import torch  # here, not at module level: `bit inspect` reads a config without torch
 
     if image.mode != "RGB":
@@ -248,8 +216,7 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig, *, max_pixels: int | N
 
 
 def _crop_region(image: Image.Image, cfg: PreprocessConfig, new_size: tuple[int, int]) -> np.ndarray | None:
-    """The center crop of the resize to `new_size`, computed for the crop alone (uint8 [h, w, 3]),
-    or None when `bitcli.resample` cannot reproduce this resize exactly."""
+    """The resize's center crop computed for the crop alone (uint8), or None where `resample` cannot."""
     if not cfg.do_center_crop or DRAFT_BOX_KEY in image.info or not resample.supported(image.size, new_size, cfg.resample):
         return None
     width, height = new_size
@@ -300,11 +267,7 @@ def _crop_offset(excess: int, rounding: str) -> int:
 
 
 def _value_table(cfg: PreprocessConfig) -> np.ndarray:
-    """[3, 256] float32: the rescaled and normalized value of each 8-bit level per channel.
-
-    Computed with the reference's own dtypes: rescale in float64 then cast to float32,
-    normalize in float32.
-    """
+    """[3, 256] float32 value of each 8-bit level per channel, in the reference's dtypes."""
     levels = np.broadcast_to(np.arange(256, dtype=np.uint8), (3, 256))
     values: np.ndarray = levels
     if cfg.do_rescale:

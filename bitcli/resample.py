@@ -1,24 +1,10 @@
-"""PIL's resize, computed for one region of the output only, with exactly PIL's pixels.
+"""PIL's resize computed for one region of the output only, with exactly PIL's pixels.
 
-Preprocessing resizes the short side to S and then keeps a center crop. For an extreme aspect
-ratio the full resize is enormous (a 1x20000 image resized to a short side of 448 is 448 x
-8,960,000 pixels, 12 GB), yet the crop keeps 448 x 448 of it. `resize_region` computes only the
-output pixels inside a box, so memory is the crop's size.
-
-Why not `Image.resize(size, box=...)`: PIL takes the box as single-precision floats and starts
-every output pixel's filter window from the box's corner, so the arithmetic differs from the
-full resize and about half of the pixels come out one level off. Here PIL's own arithmetic is
-reproduced (Pillow's `Resample.c`): the same coefficients in double precision for each output
-position of the full resize (`center = (x + 0.5) * in / out`, the window rounded the same way,
-the weights normalised and turned into 22-bit fixed point the same way), the same two passes
-(horizontal first, on the source rows the vertical pass needs), the same rounding and clipping
-to 8 bits between the passes. The tests check pixel equality with PIL and with transformers'
-BitImageProcessorPil for every filter but nearest.
-
-Only upscaling (both axes at least as large as the source) is supported, which is the only case
-where the resize is larger than the decoded image; the filters' scaled supports of a downscale
-are left to PIL itself. `supported()` says whether a resize qualifies.
-"""
+A center crop of an extreme aspect ratio's resize (1x20000 to a 448 short side: 12 GB) needs
+only the crop's pixels. `Image.resize(box=...)` is not exact (single-precision box, other
+windows), so Pillow's `Resample.c` arithmetic is reproduced: double-precision coefficients of
+the full resize, 22-bit fixed point, horizontal pass first, 8-bit rounding between passes.
+Upscaling only (`supported()`); a downscale is never larger than the decoded image."""
 
 from __future__ import annotations
 

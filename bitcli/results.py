@@ -1,7 +1,4 @@
-"""Plain result records shared by the library API (`pipeline.py`) and the renderers (`output/`).
-
-No torch or numpy import at module level, so that rendering and `bit --help` stay fast.
-"""
+"""Plain result records shared by the library API and the renderers (no torch or numpy import)."""
 
 from __future__ import annotations
 
@@ -10,8 +7,7 @@ from typing import Any
 
 
 def short_float(value: Any) -> float:
-    """A float32 as the Python float of its shortest decimal form (0.8312345, not 0.83123451471...):
-    it reads back as the same float32, and prints the same in JSON, CSV and the API."""
+    """A float32 as the Python float of its shortest decimal form (reads back as the same float32)."""
     import numpy as np
 
     return float(str(np.float32(value)))
@@ -31,8 +27,7 @@ class Prediction:
 
 
 class Outcome:
-    """One input's record: its result, or why it failed (`error` set). `to_dict` is the record as
-    the renderers write it: the name field (`NAME`), then `error` alone or the result's `fields()`."""
+    """One input's record: `to_dict` gives the name field (`NAME`), then `error` alone or `fields()`."""
 
     NAME = "path"
     error: str | None

@@ -1,24 +1,6 @@
-"""Small helpers every stage uses, each written once. No torch, numpy or PIL import.
-
-- `first_line(exc)`: the first line of an exception's message (its class name when empty);
-- `os_error_reason(error)`: a file-system error as a short lower-case reason ("permission denied");
-- `human_bytes(n)`: a byte count with decimal units ("97.8 MB"; "102 MB" with three digits);
-- `name_some(items)`: "a, b, c, d, e and 3 more";
-- `open_regular(path)`: a binary file object for a regular file; a FIFO, device, socket or
-  directory is refused (NotRegularFile) before anything can block on it;
-- `read_capped(path, max_bytes)`: a regular file's bytes, never more than a cap;
-- `read_json_file(path)`: a JSON object from a file (at most 16 MiB), every failure one typed error line;
-- `write_synced(path, content)` and `write_atomic(path, content)`: the one way bitcli writes a
-  file (never through a link, fsync'ed; `write_atomic` through a temporary name and a rename, so
-  the file is whole or absent); `encode_lines(lines)`: text lines as those bytes;
-- `RESAMPLE_FILTERS`: PIL's resampling filters by name (the numbers of `PIL.Image.Resampling`);
-- `DEFAULT_MAX_PIXELS`: the decompression-bomb guard's default (`--max-pixels`);
-- `beside(array_path, suffix)`: a file beside an embedding (`photos.npy` -> `photos<suffix>`);
-  `npy_name(index)`: the array a command's INDEX names (`photos` -> `photos.npy`);
-- `lazy_table(modules)`, `lazy_attributes(package, table)`: a module `__getattr__` that imports
-  names on first use;
-- `held_interrupt()`: a block that a Ctrl-C does not cut in half.
-"""
+"""Small helpers every stage uses, each written once (no torch, numpy or PIL): errors as short
+reasons, byte counts, reads with a cap, atomic writes (the one way bitcli writes a file), the
+files beside an embedding, lazy package exports, a block Ctrl-C does not cut."""
 
 from __future__ import annotations
 
@@ -57,8 +39,7 @@ class FileTooLarge(ValueError):
 
 
 def cache_dir() -> Path:
-    """bitcli's one cache folder: `$BITCLI_CACHE_DIR`, else `$XDG_CACHE_HOME/bitcli`, else
-    `~/.cache/bitcli` (the fine-tune feature cache lives in it)."""
+    """bitcli's one cache folder: `$BITCLI_CACHE_DIR`, else `$XDG_CACHE_HOME/bitcli`, else `~/.cache/bitcli`."""
     explicit = os.environ.get("BITCLI_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser()
@@ -73,9 +54,8 @@ def first_line(exc: BaseException) -> str:
 
 
 def os_error_reason(error: OSError, fallback: str | None = None) -> str:
-    """A short reason for an OSError from stat/open/read: "no such file or directory", "permission
-    denied", "symlink loop", else its strerror in lower case; `fallback` (else the message) when
-    it carries no errno, as a decoder's errors do."""
+    """A short reason for an OSError ("no such file or directory", "permission denied", "symlink loop",
+    else its strerror in lower case); `fallback` (else the message) when it carries no errno."""
     if isinstance(error, FileNotFoundError):
         return "no such file or directory"
     if isinstance(error, PermissionError):
@@ -88,10 +68,7 @@ def os_error_reason(error: OSError, fallback: str | None = None) -> str:
 
 
 def human_bytes(num_bytes: int, *, three_digits: bool = False) -> str:
-    """Bytes with decimal units: "999 B", "68.3 kB", "97.8 MB", "4.4 GB" (one decimal).
-
-    `three_digits=True` rounds to three significant digits instead ("102 MB", "1.55 GB").
-    """
+    """Bytes with decimal units, one decimal ("97.8 MB"), or three significant digits ("102 MB")."""
     if num_bytes < 1000:
         return f"{num_bytes} B"
     size = float(num_bytes)
@@ -137,9 +114,7 @@ def file_kind(mode: int) -> str:
 
 
 def open_regular(path: str | Path):
-    """`open(path, "rb")` for a regular file only (links followed): a FIFO, device, socket or
-    directory raises NotRegularFile without blocking (the open is non-blocking, the check is on the
-    opened descriptor, so a file swapped in between cannot slip through). OSError as `open`."""
+    """`open(path, "rb")` for a regular file only; anything else raises NotRegularFile, without blocking."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
@@ -153,11 +128,7 @@ def open_regular(path: str | Path):
 
 
 def read_capped(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of regular file `path`, reading at most `max_bytes` + 1 of them: FileTooLarge past
-    the cap, NotRegularFile for a FIFO or device (which could block or never end).
-
-    The size a file claims is not trusted (a sparse file claims terabytes it does not hold):
-    reading stops at the cap whatever the file is."""
+    """The bytes of regular file `path`, at most `max_bytes` (FileTooLarge past it, whatever size it claims)."""
     with open_regular(path) as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -168,8 +139,7 @@ def read_capped(path: str | Path, max_bytes: int) -> bytes:
 def read_json_file(
     path: str | Path, *, error: type[BitError] = ConfigError, max_bytes: int = CONFIG_MAX_BYTES
 ) -> dict[str, Any]:
-    """A JSON object from `path`; a missing, unreadable, oversized or malformed file raises `error`
-    with one line naming the file. At most `max_bytes` are read."""
+    """A JSON object from `path` (at most `max_bytes`); any failure raises `error`, one line naming the file."""
     path = Path(path)
     try:
         data = json.loads(read_capped(path, max_bytes).decode("utf-8"))
@@ -192,8 +162,7 @@ def beside(array_path: str | os.PathLike[str], suffix: str) -> Path:
 
 
 def npy_name(index: str | os.PathLike[str]) -> Path:
-    """An embedding's array as named, or with `.npy` added when that is the file (`bit embed -o
-    photos` wrote photos.npy; `photos` may well be the folder of images)."""
+    """An embedding's array as named, or with `.npy` added when that is the file (`photos` -> photos.npy)."""
     index = Path(index)
     with_npy = index.with_name(index.name + ".npy")
     return with_npy if not index.is_file() and index.suffix != ".npy" and with_npy.is_file() else index
@@ -205,8 +174,7 @@ def lazy_table(modules: dict[str, str]) -> dict[str, str]:
 
 
 def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]:
-    """A module-level `__getattr__` for `package`: `table[name]` is the module that defines `name`,
-    imported on first use, so that importing the package stays cheap (no torch for `bit --help`)."""
+    """A module `__getattr__` importing `table[name]`'s module on first use (no torch for `bit --help`)."""
     import importlib
     import sys
 
@@ -223,10 +191,7 @@ def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]
 
 @contextlib.contextmanager
 def held_interrupt() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block; raise it when the block is done.
-
-    Only in the main thread with Python's default handler in place; otherwise a plain block.
-    """
+    """Hold a Ctrl-C that arrives inside the block, raise it after (main thread, default handler only)."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
@@ -246,8 +211,7 @@ Content = Union[bytes, Iterable[bytes], Callable[[IO[bytes]], Any]]
 
 
 def write_synced(path: str | Path, content: Content) -> int:
-    """Write `content` to `path` (replaced if there, never followed if a link), fsync it; its
-    size in bytes. New files get the modes the umask leaves of 0o666."""
+    """`content` into `path` (replaced, never through a link), fsync'ed, mode 0o666 less the umask; its size."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
     with open(fd, "wb", buffering=0 if callable(content) else 1 << 20) as fh:
         if callable(content):
@@ -262,9 +226,7 @@ def write_synced(path: str | Path, content: Content) -> int:
 
 
 def write_atomic(path: str | Path, content: Content, *, temporary: str | Path | None = None) -> int:
-    """`content` at `path` through a temporary name beside it (`.NAME.PID.tmp`, or `temporary`),
-    fsync and a rename, then the folder synced: the file is whole or absent (the folder is made
-    if missing). Its size."""
+    """`content` at `path` through a temporary name, fsync, rename, the folder synced: whole or absent; its size."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(temporary) if temporary is not None else path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -280,8 +242,7 @@ def write_atomic(path: str | Path, content: Content, *, temporary: str | Path | 
 
 
 def encode_lines(lines: Iterable[str]) -> Iterable[bytes]:
-    """Text lines as UTF-8, one "\\n" each; non-UTF-8 file names (surrogates, as `os` decodes
-    them) become their original bytes."""
+    """Text lines as UTF-8, one "\\n" each; surrogates (non-UTF-8 file names) as their original bytes."""
     for line in lines:
         yield (line + "\n").encode("utf-8", "surrogateescape")
 

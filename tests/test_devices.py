@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bitcli.engine import runtime as engine
-from bitcli.devices import DeviceSpec, parse_device, resolve_device
+from bitcli.engine.plan import DeviceSpec, parse_device, resolve_device
 from bitcli.engine.plan import check_precision, make_plan
 from bitcli.errors import UsageError
 from clihelpers import run

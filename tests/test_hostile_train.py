@@ -207,7 +207,7 @@ def test_disk_full_finetune_never_sends_resume_and_no_resume_in_circles(photos, 
 
 
 def test_a_killed_saves_temporaries_are_removed_and_an_empty_state_folder_too(tmp_path):
-    from bitcli.transfer.state import STATE_INFO, STATE_WEIGHTS, discard_empty
+    from bitcli.transfer.export import STATE_INFO, STATE_WEIGHTS, discard_empty
 
     state = tmp_path / ".m.bit-train"
     state.mkdir()

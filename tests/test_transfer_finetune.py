@@ -15,7 +15,7 @@ from bitcli.transfer.backbone import load_base
 from bitcli.transfer.data import load_dataset, stratified_split
 from bitcli.transfer.export import eval_preprocess
 from bitcli.transfer.finetune import FinetuneOptions, Finetuner
-from bitcli.transfer.state import STATE_INFO
+from bitcli.transfer.export import STATE_INFO
 from bitcli.transfer.hyperrule import Resolution
 from transferdata import WIDE, make_trainable_checkpoint, shared, transfer_env, write_digits, write_folder  # noqa: F401
 

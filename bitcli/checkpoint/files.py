@@ -1,15 +1,8 @@
 """The files of a checkpoint: their names, which format a directory holds, and the weight readers.
 
-A leaf: the format readers (`transformers.py`, `timm.py`, `npz.py`) and `bitcli.hub` import it,
-it imports none of them. No torch at import time (`bit models` reads the names through `hub`):
-the readers import safetensors and torch when they are called.
-
-Weights are read from `model.safetensors` (preferred), sharded safetensors
-(`model.safetensors.index.json` + the shards it lists), or `pytorch_model.bin` through
-`torch.load(weights_only=True)` (never a full unpickle). `read_weights(header_only=True)` reads
-only a safetensors file's header (names and shapes: one small read, whatever the file's size),
-as tensors on the meta device, for `bit inspect`.
-"""
+A leaf with no torch at import time (the readers and `bitcli.hub` import it). Weights come from
+`model.safetensors` (preferred), sharded safetensors, or `pytorch_model.bin` through
+`torch.load(weights_only=True)`; `header_only` reads a safetensors header alone (meta tensors)."""
 
 from __future__ import annotations
 
@@ -52,9 +45,7 @@ class RawCheckpoint:
 
 @dataclass
 class CheckpointInfo:
-    """A checkpoint as its files describe it (what `bit inspect` reports); a `LoadedModel` is one
-    with the module and the engine's record added. `resolved`: how a model reference reached
-    `path` (None for a path given directly)."""
+    """A checkpoint as its files describe it; `resolved`: how a reference reached `path` (None for a path)."""
 
     config: BitConfig
     preprocess: PreprocessConfig
@@ -93,9 +84,7 @@ def shard_names(index_path: Path) -> list[str]:
 
 
 def read_weights(directory: Path, *, header_only: bool = False) -> tuple[dict[str, Tensor], str, list[Path]]:
-    """(state dict, format description, files read) from the best weights file in `directory`.
-
-    `header_only`: safetensors weights as tensors on the meta device (names and shapes, no data)."""
+    """(state dict, format description, files read) from the best weights file (`header_only`: meta tensors)."""
     if (directory / SAFETENSORS).is_file() or (directory / SAFETENSORS_INDEX).is_file():
         weights_format, files, shards = safetensors_files(directory)
         state_dict: dict[str, Tensor] = {}
@@ -108,8 +97,7 @@ def read_weights(directory: Path, *, header_only: bool = False) -> tuple[dict[st
 
 
 def safetensors_files(directory: Path) -> tuple[str, list[Path], list[Path]]:
-    """(format description, every file, the files holding tensors) of a directory's safetensors
-    weights: `model.safetensors`, else the index and the shards it lists (all present)."""
+    """(format, every file, the files holding tensors) of `model.safetensors`, else the index and its shards."""
     if (directory / SAFETENSORS).is_file():
         return "safetensors", [directory / SAFETENSORS], [directory / SAFETENSORS]
     index = directory / SAFETENSORS_INDEX
@@ -131,9 +119,7 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def read_meta_tensors(path: Path) -> dict[str, Tensor]:
-    """The tensors a safetensors header describes, on the meta device (shapes only, no data read).
-
-    safetensors checks the header against the file's size: a file cut short is a CheckpointError."""
+    """The tensors a safetensors header describes, on the meta device; a file cut short is a CheckpointError."""
     import torch
     from safetensors import SafetensorError, safe_open
 

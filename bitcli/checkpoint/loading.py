@@ -1,16 +1,8 @@
 """Checkpoint -> a ready BiT model: dispatch to the format's reader, build, load, prepare.
 
-`read_checkpoint` picks the reader (`transformers.py`, `timm.py`, `npz.py`; they all return a
-`files.RawCheckpoint` with canonical key names), `build_model` builds the network and loads the
-weights strictly (a missing, unexpected or mis-shaped tensor stops with one message naming the
-first few offending keys), standardizing the convolution weights once, in float32, so the
-forward pass runs plain convolutions; `load_model` does both and hands the model to the engine.
-
-Weights must be floating point (float16, bfloat16, float32 or float64: converting int8, bool or
-complex tensors to float32 would silently change them) and finite, also after the float32
-conversion and the standardization: a NaN or infinite weight would reach every score, so such a
-checkpoint is refused at load (a ModelError, exit 3), naming the file and the tensor.
-"""
+`build_model` loads the weights strictly (the first offending keys named) and standardizes the
+convolution weights once, in float32. Weights must be floating point and finite (also after
+conversion and standardization): anything else is refused at load (ModelError, exit 3)."""
 
 from __future__ import annotations
 
@@ -23,12 +15,7 @@ import torch
 from torch import Tensor
 
 from bitcli.checkpoint.files import (
-    CONFIG,
-    PREPROCESSOR_CONFIG,
-    CheckpointInfo,
-    RawCheckpoint,
-    is_timm_config,
-    read_config_json,
+    CONFIG, PREPROCESSOR_CONFIG, CheckpointInfo, RawCheckpoint, is_timm_config, read_config_json,
 )
 from bitcli.checkpoint.timm import read_timm_checkpoint
 from bitcli.checkpoint.transformers import read_transformers_checkpoint
@@ -45,8 +32,7 @@ if TYPE_CHECKING:
 
 @dataclass(kw_only=True)
 class LoadedModel(CheckpointInfo):
-    """A model ready for inference: the `BiT` nn.Module, and what the engine chose for it (batch
-    slicing, the convolution path, the precision)."""
+    """A model ready for inference: the `BiT` nn.Module and what the engine chose for it."""
 
     model: BiT
     engine: EngineRecord
@@ -92,10 +78,7 @@ class LoadedModel(CheckpointInfo):
 
 
 def identity(info: CheckpointInfo) -> dict[str, Any]:
-    """What identifies a checkpoint's weights and preprocessing, from its files alone (no network
-    built: a Ray driver records it without loading the model). A hub model is identified by its
-    commit (its files are immutable blobs); a local one by its files' content (`content_digest`),
-    so a checkpoint retrained in place is another model."""
+    """What identifies a checkpoint: a hub model's commit, or a local one's files' content (`content_digest`)."""
     resolved = info.resolved
     hub_model = resolved is not None and bool(resolved.repo_id) and bool(resolved.commit)
     return {
@@ -112,11 +95,9 @@ _DIGEST_CHUNK = 1 << 20
 
 
 def content_digest(files: list[Path]) -> str:
-    """sha256 over the checkpoint files' names and contents: what a local model *is*, whatever
-    its folder is called. Each file's digest is kept, for this process and in the cache folder
-    (`weights-sha256.json`), under its real path, device, inode, size, mtime and change time, so
-    a checkpoint is hashed once; a file rewritten in place gets a new change time (which, unlike
-    the mtime, no tool can set back) and is hashed again. Only regular files are read (`open_regular`)."""
+    """sha256 over the checkpoint files' names and contents. Each file's digest is cached (in this
+    process and `weights-sha256.json`) under its real path, device, inode, size, mtime and change
+    time, so a file is hashed once until it is rewritten. Only regular files are read."""
     import hashlib
 
     total = hashlib.sha256()
@@ -184,21 +165,10 @@ Model = LoadedModel  # the name `bitcli.load`'s result had before it carried its
 
 
 def load_model(
-    path: str | Path,
-    *,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    compile: bool = False,
-    optimize: bool = True,
-    resolved: ResolvedModel | None = None,
+    path: str | Path, *, device: str | torch.device = "cpu", precision: str = "fp32", compile: bool = False,
+    optimize: bool = True, resolved: ResolvedModel | None = None
 ) -> LoadedModel:
-    """Load a checkpoint directory (transformers or timm layout) or an original-release `.npz` file.
-
-    The model comes ready for inference (`engine.prepare`): precision "fp32" keeps outputs
-    within 1e-4 of the reference; "bf16" and `compile` are opt-in speed-ups. `optimize=False`
-    gives the plain model (every step on the whole batch), for comparisons. `resolved` records
-    where a hub reference came from (`bitcli.load` passes it).
-    """
+    """A checkpoint directory or `.npz` file, ready for inference (`optimize=False`: the plain model)."""
     check_precision(precision)
     raw = read_checkpoint(Path(path))
     weights_file = next((f for f in raw.files if f.name not in (CONFIG, PREPROCESSOR_CONFIG)), path)
@@ -226,9 +196,7 @@ def load_model(
 
 
 def read_checkpoint(path: Path, *, header_only: bool = False) -> RawCheckpoint:
-    """Read config, weights and preprocessing from any supported layout, with canonical key names.
-
-    `header_only`: safetensors weights as meta tensors (`files.read_weights`; directories only)."""
+    """Config, weights and preprocessing from any layout, canonical key names (`header_only`: meta tensors)."""
     if path.is_file() and path.suffix == ".npz":
         from bitcli.checkpoint.npz import read_npz_checkpoint
 
@@ -272,15 +240,12 @@ def _check_finite(weights: dict[str, Tensor], origin: str, what: str) -> None:
 
 
 def _all_finite(value: Tensor) -> bool:
-    """Whether every value is finite. A NaN or an infinity anywhere makes the sum NaN or
-    infinite, so a finite sum (one fast reduction, no [N] bool tensor) settles it; only a sum
-    that overflows from finite values needs the element-wise check."""
+    """Whether every value is finite: a finite sum settles it; only an overflowing sum needs the element-wise check."""
     return bool(torch.isfinite(value.sum())) or bool(torch.isfinite(value).all())
 
 
 def check_state_dict(model: BiT, state_dict: dict[str, Tensor], origin: str) -> None:
-    """Raise CheckpointError naming missing, unexpected and mis-shaped tensors (each kind as one
-    phrase naming the first few)."""
+    """CheckpointError naming the first few missing, unexpected and mis-shaped tensors."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in state_dict.items()}
     problems = []

@@ -1,25 +1,10 @@
 """Original-release BiT weights: the `.npz` files of google-research/big_transfer.
 
-Files: `BiT-{S,M}-R{50x1,...,152x4}.npz` (upstream; S: ImageNet-1k head, M: 21,843-class
-ImageNet-21k head), `BiT-M-R*-ILSVRC2012.npz` (BiT-M fine-tuned on ImageNet-1k) and the
-distilled `R50x1_224.npz`. Keys look like `resnet/block1/unit01/a/standardized_conv2d/kernel`;
-kernels are TensorFlow HWIO and become PyTorch OIHW here. Depths, width and head size are read
-from the arrays, not from the file name.
-
-Numerics of that release: weight-standardization eps 1e-10 (timm and transformers use 1e-8).
-
-Preprocessing is the release's own evaluation transform (`bit_pytorch/train.py`): squash the
-image to crop x crop (no aspect-preserving resize; torchvision's default bilinear), pixels to
-[-1, 1] (mean = std = 0.5). The crop size follows the release:
-
-- `BiT-M-R*-ILSVRC2012.npz`: 480, the BiT-HyperRule resolution these were fine-tuned at
-  (timm's re-hosted copies of the same weights say 448 with an aspect-preserving resize instead);
-- upstream `BiT-{S,M}-R*.npz`: 224, the pre-training resolution;
-- distilled `R50x1_224.npz` (and any other name ending in `_<size>`): that size.
-
-To override it, put a `preprocessor_config.json` (transformers' format, as in a checkpoint
-directory) beside the .npz file; `read_npz_checkpoint(image_size=...)` changes only the crop size.
-"""
+`BiT-{S,M}-R*.npz` (upstream), `BiT-M-R*-ILSVRC2012.npz` (fine-tuned on ImageNet-1k) and the
+distilled `R50x1_224.npz`; TensorFlow HWIO kernels become OIHW; depths, width and head size come
+from the arrays. Weight-standardization eps 1e-10. Preprocessing is the release's: squash to
+crop x crop (bilinear), pixels to [-1, 1]; the crop is 480 for ILSVRC2012 files, 224 upstream,
+or a name's `_<size>`. A `preprocessor_config.json` beside the file overrides it."""
 
 from __future__ import annotations
 
@@ -203,8 +188,7 @@ def bit_config_from_state_dict(state_dict: dict[str, Tensor], depths: list[int])
 
 
 def release_width_factor(stem: int, widths: list[int]) -> int:
-    """The release's width factor (the x3 of R50x3) when stem and stage widths are 64 and
-    (256, 512, 1024, 2048) times it; 1 for any other (custom) widths."""
+    """The release's width factor (R50x3: 3) from stem and stage widths; 1 for custom widths."""
     for factor in (1, 2, 3, 4):
         if stem == BASE_STEM * factor and widths == [make_divisible(w * factor) for w in BASE_WIDTHS]:
             return factor
@@ -244,10 +228,7 @@ def npz_preprocess(image_size: int) -> PreprocessConfig:
 
 
 def read_npz_checkpoint(path: str | Path, *, image_size: int | None = None) -> RawCheckpoint:
-    """An .npz file -> RawCheckpoint with raw conv weights (called by `checkpoint.read_checkpoint`).
-
-    A sidecar preprocessor_config.json overrides the fields it sets; the others stay the release's.
-    """
+    """An .npz file -> RawCheckpoint with raw conv weights; a sidecar preprocessor_config.json overrides what it sets."""
     from bitcli.preprocess import PreprocessConfig
 
     path = Path(path)

@@ -1,25 +1,10 @@
 """timm-format BiT checkpoints (`timm/resnetv2_50x1_bit.goog_in21k` and friends on the hub).
 
-Such a directory holds `model.safetensors` (or `pytorch_model.bin`) with timm's key names and a
-`config.json` like `{"architecture": "resnetv2_50x1_bit", "num_classes": 21843,
-"pretrained_cfg": {...}}`. Everything is derived from that file:
-
-- depths and width from the architecture name `resnetv2_{50,101,152}x{1,2,3,4}_bit`
-  (optionally overridden by `model_args.layers` / `model_args.width_factor`, which timm
-  records for custom models), the head size from `num_classes`;
-- preprocessing from `pretrained_cfg`, exactly as timm's eval transform: resize the shortest
-  edge to floor(input / crop_pct) with its interpolation, center crop to the input size,
-  scale to [0, 1], normalize with its mean/std;
-- weights renamed to the canonical (transformers) names; the 1x1-conv head `head.fc`
-  [K, C, 1, 1] becomes the linear `classifier.1` [K, C].
-
-The resulting BitConfig is one transformers itself builds correctly: transformers sizes the final
-norm and head from `hidden_sizes[-1]` alone, so the width factor is folded into `hidden_sizes`
-(`width_factor=1`, R50x3 -> hidden_sizes [768, 1536, 3072, 6144], stem 192) and recorded in
-`folded_width_factor` (3), which `bit inspect` reports.
-
-No torch import here: reading a timm config (and `bit models`, which asks `files.is_timm_config`) stays light.
-"""
+From timm's `config.json`: depths and width from the architecture name (or `model_args`), the
+head from `num_classes`, preprocessing from `pretrained_cfg` as timm's eval transform; weights
+renamed to the canonical names (`head.fc` [K, C, 1, 1] -> `classifier.1` [K, C]). The width
+factor is folded into `hidden_sizes`, as transformers builds it, and kept in
+`folded_width_factor` for `bit inspect`. No torch import here."""
 
 from __future__ import annotations
 

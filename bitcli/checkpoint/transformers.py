@@ -1,9 +1,5 @@
-"""transformers-format BiT checkpoints (`google/bit-50` on the hub): the canonical key names.
-
-A directory with `config.json` (`model_type: "bit"`), weights under transformers' own key names
-(loaded with no renaming) and, usually, `preprocessor_config.json` (`BitImageProcessor`'s fields).
-A `BitModel` save (no head) lacks the `bit.` prefix; it is added and the head dropped.
-"""
+"""transformers-format BiT checkpoints (`google/bit-50`): the canonical key names; a `BitModel`
+save (no head) gets the `bit.` prefix and no head."""
 
 from __future__ import annotations
 

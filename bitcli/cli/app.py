@@ -1,14 +1,8 @@
 """The `bit` command (Typer): the app, its commands, and the one mapping from errors to exit codes.
 
-Each command lives in its own file (`classify.py`, `embed.py`, `info.py` for inspect / download /
-models); a command function returns an exit code and raises `BitError`s. `guarded` below is the
-one place that turns an outcome into at most one line on stderr and an exit code (docs/usage.md
-lists the codes); `run` does the same for Click's own errors about the command line.
-
-A command's file is imported only when that command runs or a help screen lists it (`COMMANDS`,
-`LazyCommands`): `bit classify --server URL` pays for no other command's imports. A new command:
-a file with its function and `EPILOG`, its name in `COMMANDS`.
-"""
+A command function returns an exit code and raises `BitError`s; `guarded` turns its outcome into
+at most one stderr line and an exit code, `run` does the same for Click's errors. A command's
+file is imported only when it runs or a help screen lists it (`COMMANDS`, `LazyCommands`)."""
 
 from __future__ import annotations
 
@@ -25,15 +19,7 @@ import typer.core
 import typer.main
 
 from bitcli.cli import process
-from bitcli.cli.common import (
-    EXIT_BROKEN_PIPE,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    Ui,
-    epilog,
-)
-from bitcli.cli.streams import checked_stdout
+from bitcli.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, Ui, epilog
 from bitcli.errors import BitError
 
 # The commands, in the order `bit --help` lists them. Each is the function of its name in the
@@ -52,14 +38,8 @@ def command_function(name: str) -> Callable[..., int]:
     return getattr(command_module(name), FUNCTIONS.get(name, name))
 
 
-def command_examples(name: str) -> str:
-    module = command_module(name)
-    return getattr(module, f"{name.upper()}_EPILOG", None) or module.EPILOG
-
-
 class LazyCommands(Mapping):
-    """The app's commands by name, each built (its file imported) when first looked up: Click
-    looks up the one a command line names, a help screen all of them."""
+    """The app's commands by name, each built (its file imported) when first looked up."""
 
     def __init__(self) -> None:
         self.built: dict[str, Any] = {}
@@ -68,8 +48,10 @@ class LazyCommands(Mapping):
         if name not in COMMANDS:
             raise KeyError(name)
         if name not in self.built:
+            module = command_module(name)
+            examples = getattr(module, f"{name.upper()}_EPILOG", None) or module.EPILOG  # info.py holds three
             one = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False, add_completion=False)
-            one.command(name=name, epilog=command_examples(name))(guarded(command_function(name)))
+            one.command(name=name, epilog=examples)(guarded(command_function(name)))
             self.built[name] = typer.main.get_command(one)
         return self.built[name]
 
@@ -124,27 +106,12 @@ def root(
     ] = False,
 ) -> None:
     """Classify and embed images with Big Transfer (BiT) models."""
-    _tolerant_streams()
-    checked_stdout()
+    process.checked_stdout()
     process.before_the_hub()
 
 
-def _tolerant_streams() -> None:
-    """Non-UTF-8 file names (surrogates) must not crash output: stdout writes their original
-    bytes, stderr escapes them. Streams that cannot be reconfigured are left alone."""
-    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
-        try:
-            stream.reconfigure(errors=errors)
-        except (AttributeError, ValueError, OSError):
-            pass
-
-
 def guarded(command: Callable[..., int]) -> Callable[..., None]:
-    """`command` with its outcome mapped to an exit code and at most one line on stderr.
-
-    The wrapper keeps the command's signature (Typer reads the options from it); the command's
-    `quiet` and `debug` options decide whether tracebacks are shown.
-    """
+    """`command` with its outcome mapped to an exit code and at most one line on stderr (tracebacks under --debug)."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> None:
@@ -193,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run `bit` with `argv` and return its exit code. Click's own errors (an unknown option, a
-    value out of range, a missing argument) are one `error:` line and exit 2, like bitcli's."""
+    """Run `bit` with `argv` and return its exit code; Click's own errors are one `error:` line and exit 2."""
     code = run_parsed_here(sys.argv[1:] if argv is None else list(argv))
     if code is not None:
         return code
@@ -222,8 +188,7 @@ def run_typer(argv: list[str] | None) -> int:
 
 
 def run_parsed_here(args: list[str]) -> int | None:
-    """Run a command line whose values `quickparse` converts as Typer would, without Typer's
-    conversion (pydantic: ~80 ms of each start); None for any other, which Typer then runs."""
+    """Run a command line `quickparse` converts as Typer would (without pydantic); None for any other."""
     from bitcli.cli import quickparse
 
     if not args or args[0] not in COMMANDS:
@@ -243,13 +208,9 @@ def run_parsed_here(args: list[str]) -> int | None:
         typer.echo(err=True)
         return EXIT_SOME_FAILED
     except KeyboardInterrupt:  # Ctrl-C before the command's own guard: answered as inside it
-        return _interrupted()
+        Ui().error("interrupted")
+        return EXIT_INTERRUPTED
     return EXIT_OK
-
-
-def _interrupted() -> int:
-    Ui().error("interrupted")
-    return EXIT_INTERRUPTED
 
 
 def click_message(exc: typer.TyperException) -> str:
@@ -262,9 +223,8 @@ def click_message(exc: typer.TyperException) -> str:
 
 
 def _exit(code: int) -> None:
-    """Flush and exit. Once torch is loaded, skip the interpreter's teardown: unloading torch
-    takes about a second, longer than classifying an image. Every file bitcli writes is closed
-    (or renamed into place) before this point, so nothing is lost by skipping it."""
+    """Flush and exit; once torch is loaded, skip the interpreter's teardown (about a second): every
+    file bitcli writes is closed or renamed into place before this point."""
     if "torch" not in sys.modules:
         sys.exit(code)
     try:

@@ -1,10 +1,7 @@
 """`bit classify`: top-k classes and softmax probabilities for each image, streamed to stdout.
 
-Each batch's results are written as soon as the batch is done (tables too), with the progress
-bar out of the way (`Bar.paused`). When the table and the messages share a terminal, the table's
-rows already show each failure (cut to the width), so the full error lines follow the table
-instead of breaking it up; otherwise each is printed as it happens.
-"""
+Each batch is written when done, the bar out of the way (`Bar.paused`). When a table and the
+messages share a terminal, the error lines follow the table instead of breaking it up."""
 
 from __future__ import annotations
 
@@ -15,20 +12,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from bitcli.cli.common import (
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    CsvRawOpt,
-    ClassifyFormat,
-    InputsArg,
-    NullOpt,
-    Runtime,
-    Ui,
-    epilog,
-    expand,
-    load_model,
-    require_stdout,
-    server_option,
-    takes,
+    EXIT_OK, EXIT_SOME_FAILED, CsvRawOpt, ClassifyFormat, InputsArg, NullOpt, Runtime, Ui, epilog, expand,
+    load_model, require_stdout, server_option, takes,
 )
 from bitcli.errors import UsageError
 from bitcli.pipeline import DEFAULT_MODEL

@@ -1,9 +1,6 @@
-"""What every command shares: option types, help-screen examples (`epilog`), the stderr console (`Ui`), exit codes, model loading.
+"""What every command shares: option types, `epilog`, the stderr console (`Ui`), exit codes, model loading.
 
-A command file (`classify.py`, ...) is options + one library call + rendering. Its function
-returns an exit code and raises `BitError`s; `app.py` registers it and maps errors to codes.
-Startup cost matters (`bit --help` must stay fast): torch, numpy and huggingface_hub are
-imported inside the functions that need them, never at module level.
+torch, numpy and huggingface_hub are imported inside the functions that need them (`bit --help` stays fast).
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from bitcli.util import DEFAULT_MAX_PIXELS
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a closed pipe
 EXIT_INTERRUPTED = 130
@@ -37,18 +33,9 @@ EXIT_CODES_HELP = (
 )
 
 
-# -- help screens: every command's "Examples:" block built alike -------------------------------
-# The layout is Typer's and rich's own. Options name their values through Typer's public `metavar`
-# (`N`, `FILE`, `MODEL`; an empty one for flags, so no `<bool>` is shown); what Typer prints beside
-# the rest (`<list[str]>` beside arguments, `[x>=1]` after a range) is left as Typer prints it.
-
-
 def epilog(*examples: str, note: str = "") -> str:
-    """'Examples:' and one indented line per example (a dim comment after '  # '), then the exit codes.
-
-    The exit codes close every epilog: besides being useful, an unindented last line keeps Typer
-    from dedenting the examples (it removes the indentation common to all lines).
-    """
+    """'Examples:', one indented line per example (a dim comment after '  # '), then the exit codes
+    (an unindented last line keeps Typer from dedenting the examples)."""
     lines = []
     for example in examples:
         command, _, comment = (text(part) for part in example.partition("  # "))
@@ -60,8 +47,7 @@ def epilog(*examples: str, note: str = "") -> str:
 
 
 def text(part: str) -> str:
-    """`part` as rich shows it literally: its brackets are text (pip install 'bitcli[search]').
-    rich is imported only for a part that needs escaping: a command's start need not load it."""
+    """`part` as rich shows it literally (pip install 'bitcli[search]'); rich imported only when needed."""
     if "[" not in part and not part.endswith("\\"):
         return part
     from rich.markup import escape
@@ -70,11 +56,9 @@ def text(part: str) -> str:
 
 
 class Device:
-    """--device defaults. The option is a plain string (auto, cpu, cuda, cuda:N, mps), checked when the
-    model loads (bitcli.devices): a bad value is one usage-error line, not a choice list."""
+    """--device defaults: a plain string, checked by `engine.plan.parse_device` (one usage-error line)."""
 
-    auto = "auto"
-    cpu = "cpu"
+    auto, cpu = "auto", "cpu"
 
 
 class ClassifyFormat(str, Enum):
@@ -145,8 +129,7 @@ DebugOpt = option(bool, "--debug", metavar="", help="Show full tracebacks.", pan
 
 @dataclass(frozen=True)
 class Runtime:
-    """The model-and-runtime options a command takes (`takes`), as one value; those it does not
-    take keep these defaults."""
+    """The model-and-runtime options a command takes (`takes`), as one value."""
 
     model: str = DEFAULT_MODEL
     device: str = Device.auto
@@ -165,10 +148,9 @@ SHARED_OPTIONS = {"model": ModelOpt, "device": DeviceOpt, "precision": Precision
 
 
 def takes(*names: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    """A command function's shared options, declared once: its `runtime: Runtime` parameter stands
-    for the options `names` (in SHARED_OPTIONS' order, there), its `ui: Ui` parameter for --quiet
-    and --debug. Typer (and `quickparse`) read the expanded signature; the function gets one
-    Runtime and one Ui."""
+    """Shared options declared once: a command's `runtime: Runtime` parameter stands for the options
+    `names`, its `ui: Ui` for --quiet and --debug. Typer (and `quickparse`) read the expanded
+    signature; the function gets one Runtime and one Ui."""
 
     def decorate(function: Callable[..., int]) -> Callable[..., int]:
         defaults, hints = Runtime(), typing.get_type_hints(function, include_extras=True)
@@ -221,8 +203,7 @@ class Ui:
         self.console.print(Text.assemble((prefix, style), shown(message)))
 
     def error(self, message: str) -> None:
-        """One line, even when a file name in `message` holds a line break or a terminal escape
-        (control characters are shown escaped: `output.escapes.shown`)."""
+        """One line: control characters in `message` are shown escaped (`output.escapes.shown`)."""
         self._line("error: ", "bold red", message)
 
     def warn(self, message: str) -> None:
@@ -237,18 +218,15 @@ class Ui:
 
     @property
     def show_progress(self) -> bool:
-        """Whether a person is watching: stderr is a terminal that can redraw a line, and not --quiet.
-
-        Progress bars and the closing summary are for them; a log (`2> log`) gets neither."""
+        """Whether a person watches (bars, summary): stderr is an interactive terminal, not --quiet."""
         return not self.quiet and is_terminal(sys.stderr) and self.console.is_interactive
 
     def progress(self, total: int, what: str) -> Bar:
-        """A bar over `total` images (count, img/s, ETA) while it runs; see `cli.screen`."""
         show = self.show_progress
-        return Bar(self.console if show else None, total, what, show=show)  # no console (rich) unless shown
+        return Bar(self.console if show else None, total, what, show=show)
 
     def summary(self, bar: Bar, failed: int) -> None:
-        """`6 images, 1 failed, 2.3 s, 2.6 img/s` (`8 of 50 images, ...` when cut short), for a person watching."""
+        """`6 images, 1 failed, 2.3 s, 2.6 img/s`, for a person watching."""
         if self.show_progress:
             from rich.text import Text
 
@@ -256,10 +234,7 @@ class Ui:
 
 
 def quiet_hub(ui: Ui) -> None:
-    """Under --quiet, silence huggingface_hub's own log lines (e.g. "Trying to resume download...").
-
-    Its errors still reach bitcli as exceptions and print as one `error:` line.
-    """
+    """Under --quiet, silence huggingface_hub's own log lines (its errors still reach bitcli)."""
     if ui.quiet:
         from huggingface_hub.utils import logging as hf_logging
 
@@ -277,17 +252,10 @@ InputsArg = Annotated[
 
 
 def run_options(
-    device: str,
-    precision: Precision,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    threads: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    fast_jpeg: bool = False,
+    device: str, precision: Precision, batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS, fast_jpeg: bool = False
 ) -> RunOptions:
-    """The library's options for a run, from the shared command-line options (--max-pixels 0: no limit).
-
-    The values torch is not needed for are checked here, before it is imported: a bad --device
-    or BIT_HUB_TIMEOUT is a usage error at once."""
+    """The library's options from the shared options (--max-pixels 0: no limit), checked before torch."""
     check_settings(device)
     return RunOptions(
         device=device,
@@ -300,10 +268,8 @@ def run_options(
 
 
 def check_settings(device: str, model: str | None = None) -> None:
-    """What can be checked before torch is imported, checked: --device's form, BIT_HUB_TIMEOUT,
-    and the model reference's form (a missing path, a malformed hub id). A bad value then reports
-    as fast as `bit --help` runs."""
-    from bitcli.devices import parse_device
+    """Before torch is imported: --device's form, BIT_HUB_TIMEOUT, the model reference's form."""
+    from bitcli.engine.plan import parse_device
 
     parse_device(device)
     from bitcli.hub.deadline import hub_timeout
@@ -316,8 +282,7 @@ def check_settings(device: str, model: str | None = None) -> None:
 
 
 def before_loading(ui: Ui, threads: int | None) -> None:
-    """What a command does before a model loads: --threads set (the engine picks the convolution
-    path from it), the hub quiet under --quiet, the process settings (`process.before_the_model`)."""
+    """Before a model loads: --threads, the hub quiet under --quiet, `process.before_the_model`."""
     if threads is not None:
         import torch
 
@@ -329,10 +294,7 @@ def before_loading(ui: Ui, threads: int | None) -> None:
 
 
 def load_model(model: str, options: RunOptions, ui: Ui, threads: int | None = None) -> Any:
-    """Set the thread count, then resolve and load the model; every failure is a ModelError (exit 3).
-
-    A reference that cannot name a model (a missing path, a malformed hub id) fails before torch
-    is imported."""
+    """Resolve and load the model after `before_loading`; every failure is a ModelError (exit 3)."""
     from bitcli import pipeline
 
     check_settings(options.device, model)
@@ -380,10 +342,8 @@ def require_stdout(what: str) -> None:
         raise UsageError(f"stdout is closed: there is nowhere to write {what}; redirect it to a file")
 
 
-
 def report_summary(ui: Ui, summary: Any, paths: Any, done: bool = False) -> None:
-    """The last lines of `bit embed` and `bit combine`: what was written (unless the closing
-    summary line already said it: `done`), and how many inputs failed."""
+    """`bit embed`'s and `bit combine`'s last lines: what was written (unless `done`), what failed."""
     where = "stdout" if paths.out is None else str(paths.out)
     noun = "image" if summary.rows == 1 else "images"
     text = f"embedded {summary.rows} {noun} as [{summary.rows}, {summary.dim}] {summary.dtype} to {where}"

@@ -9,15 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from bitcli.cli.common import (
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    Runtime,
-    TableOrJson,
-    Ui,
-    check_settings,
-    epilog,
-    load_model,
-    require_stdout,
+    EXIT_OK, EXIT_SOME_FAILED, Runtime, TableOrJson, Ui, check_settings, epilog, load_model, require_stdout,
     takes,
 )
 
@@ -61,11 +53,8 @@ def eval_command(
     dataset = load_dataset(data)  # data errors before the model loads
     loaded = load_model(runtime.model, runtime.options(), ui, runtime.threads)
     with ui.progress(len(dataset), "evaluating") as bar:
-
-        def step(count: int, total: int) -> None:
-            bar.advance(count - bar.done)
-
-        result = evaluate(dataset, loaded, progress=step, batch_size=runtime.batch_size, workers=runtime.threads)
+        result = evaluate(dataset, loaded, progress=lambda done, total: bar.advance(done - bar.done),
+                          batch_size=runtime.batch_size, workers=runtime.threads)
     ui.summary(bar, len(result.failed))
     for path, reason in result.failed:
         ui.error(f"{path}: {reason}")

@@ -53,7 +53,6 @@ def inspect(
 ) -> int:
     """What a model is: files, architecture, size, FLOPs, preprocessing and labels."""
     from bitcli import hub, output
-    from bitcli.inspection import build_report
 
     ui = Ui(quiet=quiet, debug=debug)
     require_stdout("the report")
@@ -65,6 +64,8 @@ def inspect(
     notice = described.preprocess.missing_notice(model_arg or model)
     if notice:
         ui.warn(notice)
+    from bitcli.checkpoint.describe import build_report  # torch: after the model is found
+
     output.render_inspect(build_report(described, described.labels()), format.value, sys.stdout)
     return EXIT_OK
 

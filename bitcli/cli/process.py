@@ -1,29 +1,19 @@
-"""The process settings of the `bit` command, all of them, in one place.
+"""The process-wide settings of the `bit` command, all of them, here and never in the library
+(docs/engine.md has the measurements):
 
-A setting that belongs to the whole process (an environment variable OpenMP reads when torch
-loads, glibc's malloc, PIL's global pixel limit) is the program's to make, never the library's:
-`bitcli.load` and the rest change none of them. The `bit` process is bitcli's own, so it makes
-these (docs/engine.md has the measurements):
-
-- `before_torch` (first thing in `main`): idle OpenMP threads sleep when other work is running
-  (`settle_openmp`);
-- `before_the_hub` (every command, before huggingface_hub is imported): downloads over plain
-  HTTP, where BIT_HUB_TIMEOUT bounds every request (hf_xet's transfers run outside it;
-  HF_HUB_DISABLE_XET=0 opts back in);
-- `before_the_model` (before a model loads: `common.before_loading`): torch's threads
-  capped at the CPUs this process may use (`cap_threads`), freed activations stay mapped
-  (`engine/allocator.py`), and PIL's own decompression-bomb limit is off, because every image's
-  pixel count is checked against `--max-pixels` from its header before decoding
-  (`bitcli.decode.open_image`).
-
-Library warnings (PIL's, torch's) are not bitcli messages: `app.guarded` ignores them unless
---debug. A program that embeds bitcli makes its own choices (docs/engine.md says which pay).
-"""
+- `before_torch`: idle OpenMP threads sleep when other work is running (`settle_openmp`);
+- `before_the_hub`: downloads over plain HTTP, bounded by BIT_HUB_TIMEOUT (hf_xet off);
+- `checked_stdout`: stdout buffered, every write checked (`StdoutError`, exit 1; EPIPE, 141);
+- `before_the_model`: torch's threads capped at the usable CPUs, freed memory kept mapped
+  (`engine/allocator.py`), PIL's pixel limit off (`--max-pixels` is checked from each header)."""
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+
+from bitcli.errors import BitError
 
 
 def before_torch() -> None:
@@ -48,9 +38,7 @@ def before_the_model() -> None:
 
 
 def cap_threads() -> None:
-    """Cap torch's intra-op threads at the CPUs this process may use. torch counts the host's
-    cores; in a container limited by a CPU quota or an affinity mask, more threads than CPUs
-    only wait on each other. A smaller count (--threads) is kept."""
+    """Cap torch's threads at the CPUs this process may use (a CPU quota or affinity mask); fewer are kept."""
     import torch
 
     from bitcli.engine.machine import usable_cpus
@@ -61,14 +49,8 @@ def cap_threads() -> None:
 
 
 def settle_openmp() -> None:
-    """Before torch loads its OpenMP runtime: where other work is running right now, let idle
-    OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) instead of spinning at every barrier.
-
-    Spinning is the faster alone; beside a busy process it holds a CPU the other needs and each
-    parallel region waits out a time slice (docs/engine.md has the figures). "Running now" is
-    /proc/stat's procs_running, sampled three times (the load average would count a `bit` that
-    just finished). A value the user set wins; Ray workers of a local cluster inherit it.
-    """
+    """Before torch loads OpenMP: when other work runs now (/proc/stat's procs_running, sampled three
+    times), idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) rather than spin. A user's value wins."""
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
         return
     import time
@@ -97,3 +79,66 @@ def running_now(path: str = "/proc/stat") -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+# -- stdout for data, every write checked ----------------------------------------------------------
+
+
+class StdoutError(BitError):
+    """Writing the data to stdout failed (full disk, I/O error): exit 1, one line."""
+
+    def __init__(self, error: OSError):
+        super().__init__(f"cannot write to stdout ({error.strerror or error})")
+
+
+class _CheckedRaw(io.RawIOBase):
+    """File descriptor 1 as a raw stream whose failures are typed, and silent once reported."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self._fd = fd
+        self._failed = False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data) -> int:
+        if self._failed:
+            return len(data)
+        try:
+            return os.write(self._fd, data)
+        except BrokenPipeError:
+            self._failed = True
+            raise
+        except OSError as exc:
+            self._failed = True
+            raise StdoutError(exc) from exc
+
+
+def checked_stdout() -> None:
+    """`sys.stdout` as a BufferedWriter (which retries short writes; Python's unbuffered `-u`
+    stdout ignores them) over the checked descriptor; left alone when it has none."""
+    for text, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        try:  # non-UTF-8 file names: stdout writes their original bytes, stderr escapes them
+            text.reconfigure(errors=errors)
+        except (AttributeError, ValueError, OSError):
+            pass
+    stream = sys.stdout
+    try:
+        fd = stream.fileno()
+        stream.flush()
+    except (AttributeError, ValueError, OSError):
+        return
+    binary = io.BufferedWriter(_CheckedRaw(fd))
+    sys.stdout = io.TextIOWrapper(
+        binary,
+        encoding=getattr(stream, "encoding", None) or "utf-8",
+        errors="surrogateescape",  # non-UTF-8 file names come out as their original bytes
+        line_buffering=bool(getattr(stream, "line_buffering", False)),
+    )

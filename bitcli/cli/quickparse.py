@@ -1,16 +1,10 @@
 """A command line's values converted here, where that gives exactly what Typer gives.
 
-Typer converts every value through pydantic, whose import costs more of each `bit` start than the
-rest of the command line's handling together (`bit classify --server URL photo.jpg` should take
-about what `bit --help` takes). So `parsed`
-lets Click's own parser (of the command Typer built) split the command line and take values from
-the environment and the defaults (`Parameter.consume_value`), then converts the values of the
-kinds every command uses: text, a whole number, a decimal, a flag, a path, a choice, a list of
-text. Anything else (a help request, a value in another form, a missing argument, an unknown
-option, a kind not listed) makes it return None, and Typer handles the whole command line as
-before: every message and exit code stays Typer's. tests/test_cli_quickparse.py checks the values
-equal Typer's.
-"""
+Typer converts through pydantic, whose import costs more of each `bit` start than the rest. So
+`parsed` lets Click's own parser split the command line (values from the environment and the
+defaults too) and converts the kinds every command uses: text, whole numbers, decimals, flags,
+paths, choices, lists of text. Anything else returns None and Typer handles the whole command
+line: every message and exit code stays Typer's (tests/test_cli_quickparse.py compares them)."""
 
 from __future__ import annotations
 
@@ -33,8 +27,7 @@ class Unsure(Exception):
 
 def parsed(command: Any, args: list[str], parent: Any, function: Callable[..., Any]) -> Any | None:
     """A context for `command` with its parameters converted, ready for `command.invoke`, or None
-    where Typer must parse `args` itself. `function` is the command's function (its annotations
-    name each value's kind)."""
+    where Typer must parse `args` itself; `function`'s annotations name each value's kind."""
     import typer
 
     ctx = typer.Context(command, info_name=command.name, parent=parent)
@@ -61,8 +54,7 @@ def parsed(command: Any, args: list[str], parent: Any, function: Callable[..., A
 
 
 def convert(value: Any, hint: Any, *, multi: bool = False) -> Any:
-    """`value` (a string from the command line or the environment, or the declared default) as
-    Typer's conversion for `hint` returns it; Unsure where that is not certain."""
+    """`value` (from the command line, the environment or the default) as Typer converts it for `hint`, else Unsure."""
     kind, info = _parts(hint)
     if value is None:
         return () if multi else None

@@ -1,12 +1,8 @@
 """The terminal while a command runs: a progress bar that never shares a line, and the summary.
 
-One rule: while a bar is on the screen, nothing else is written to the terminal. Anything a
-command prints during a run (table rows on stdout, error lines on stderr) goes inside
-`bar.paused()`, which erases the bar, lets the caller write, flushes, and draws the bar again
-below what was written. A Ctrl-C that arrives meanwhile is held until the writing is done, so no
-row is cut in half. At the end the bar erases itself (rich's `transient`), and the closing
-summary (`6 images, 1 failed, 2.3 s, 2.6 img/s`) takes its place.
-"""
+While a bar shows, anything a command prints goes inside `bar.paused()`: the bar is erased, the
+caller writes, and the bar is drawn again below (Ctrl-C held until then). At the end the bar
+erases itself and the summary line (`6 images, 1 failed, 2.3 s, 2.6 img/s`) takes its place."""
 
 from __future__ import annotations
 
@@ -19,10 +15,8 @@ from bitcli.util import held_interrupt
 
 
 class Bar:
-    """Progress over `total` items on the stderr `console`; `show=False`: counts and times only.
-
-    `done`: where it starts (a resumed fine-tune starts part way; its rate counts from there);
-    `info`: a column after the common ones, for a command's own figures (`advance(n, info)`)."""
+    """Progress over `total` items on the stderr `console` (`show=False`: counts and times only);
+    `done`: where it starts; `info`: a column for a command's own figures (`advance(n, info)`)."""
 
     def __init__(self, console: Any, total: int, what: str, *, show: bool, unit: str = "img/s", info: bool = False, done: int = 0):
         self.total, self.unit = total, unit
@@ -61,11 +55,8 @@ class Bar:
 
     @contextlib.contextmanager
     def paused(self, done: int = 0, *, screen: bool = True) -> Iterator[None]:
-        """Erase the bar while the caller writes to the terminal; then count `done` more images
-        and draw the bar again below what was written. Ctrl-C waits for the end of the block.
-
-        `screen=False`: the block writes nothing to the terminal (jsonl into a pipe), so the bar
-        stays where it is instead of flickering."""
+        """Erase the bar while the caller writes, then count `done` more and redraw it below; Ctrl-C
+        waits for the block. `screen=False`: the block writes nothing to the terminal; the bar stays."""
         live = self._progress is not None and screen
         with held_interrupt():
             if live:
@@ -78,11 +69,7 @@ class Bar:
 
 
 def progress_display(console: Any, *, info: bool = False) -> Any:
-    """Every bar's columns, for every command: `what ━━━━╺━━━ 3/6 12.5 img/s eta 0:07 [info]`.
-
-    Tasks carry the fields `rate` and `eta` (`rate_and_eta`) and, with `info`, `info`: a
-    command's own figures after the common columns, such as a fine-tune's loss. (No empty column
-    otherwise: its separator would bring an 80-column bar to the terminal's last cell.)"""
+    """Every bar's columns: `what ━━━━╺━━━ 3/6 12.5 img/s eta 0:07 [info]` (no empty info column)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     return Progress(

@@ -1,14 +1,9 @@
-"""`bit serve`: a warm model behind an HTTP API and a web page (docs/serve.md).
-
-Checks come first (the extra is installed, the host needs a token off loopback, the port can be
-bound), then the model loads (exit 3 on failure), then uvicorn serves the app on the socket bound
-here until SIGTERM (exit 0) or Ctrl-C (exit 130); both let the requests in flight finish.
-"""
+"""`bit serve`: checks first (the extra, a token off loopback, the port), then the model loads
+(exit 3), then uvicorn serves until SIGTERM (exit 0) or Ctrl-C (130), finishing requests in flight."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import socket
@@ -19,15 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bitcli.cli.common import (
-    EXIT_OK,
-    Runtime,
-    Ui,
-    check_settings,
-    epilog,
-    load_model,
-    takes,
-)
+from bitcli.cli.common import EXIT_OK, Runtime, Ui, check_settings, epilog, load_model, takes
 from bitcli.errors import UsageError
 from bitcli.serve import is_loopback, sendable
 
@@ -46,6 +33,7 @@ RAY_HINT = "bit serve --engine ray needs Ray Serve: pip install 'bitcli[serve,ra
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
+
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -172,7 +160,7 @@ def serve(
 
 def _serve_on_ray(runtime, host, port, replicas, address, settings, indexes, ui) -> int:
     from bitcli.hub import resolve_model
-    from bitcli.serve.ray_serve import serve_on_ray
+    from bitcli.serve.app import serve_on_ray
 
     import logging
 
@@ -182,6 +170,6 @@ def _serve_on_ray(runtime, host, port, replicas, address, settings, indexes, ui)
     model, options = runtime.model, replace(runtime, batch_size=settings.max_batch, threads=None).options()
     resolve_model(model, offline=options.offline)  # a wrong reference fails here (exit 3), not in a replica
     return serve_on_ray(
-        model, options, settings, max_pixels=options.max_pixels, host=host, port=port, replicas=replicas,
+        model, options, settings, host=host, port=port, replicas=replicas,
         address=address, indexes=indexes, on_ready=lambda url: ui.info(f"serving {model} on {url} (web page: /, API docs: /docs)"),
     )

@@ -1,9 +1,5 @@
-"""`bit train`: a folder of labelled photos -> a BiT classifier folder (linear probe or BiT-HyperRule fine-tune).
-
-The library (`bitcli.transfer.train`) does the work and reports through callbacks; this file
-turns them into stderr lines (the plan, stages, a summary) and progress bars. Nothing goes to
-stdout: the result is OUTDIR (and its training_report.json).
-"""
+"""`bit train`: labelled photos -> a BiT classifier folder; the library's callbacks become stderr
+lines and progress bars. Nothing goes to stdout."""
 
 from __future__ import annotations
 
@@ -14,23 +10,9 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from bitcli.cli.common import (
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    DebugOpt,
-    Device,
-    DeviceOpt,
-    ModelOpt,
-    QuietOpt,
-    ThreadsOpt,
-    Ui,
-    before_loading,
-    check_settings,
-    epilog,
-)
+from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, Runtime, Ui, before_loading, check_settings, epilog, takes
 from bitcli.cli.screen import Bar, duration
 from bitcli.output.escapes import shown
-from bitcli.pipeline import DEFAULT_MODEL
 
 EPILOG = epilog(
     "bit train photos/ -o my-model --val-split 0.2  # linear probe: seconds once embedded",
@@ -53,10 +35,11 @@ class Method(str, Enum):
     finetune = "finetune"
 
 
+@takes("model", "device", "threads")
 def train(
     data: Annotated[str, typer.Argument(metavar="DATA", help="Class folders, or a .csv/.jsonl of path,label.", show_default=False)],
     output: Annotated[str, typer.Option("--output", "-o", metavar="OUTDIR", help="Folder to write the classifier to.")],
-    model: ModelOpt = DEFAULT_MODEL,
+    runtime: Runtime = Runtime(),
     method: Annotated[Method, typer.Option("--method", help="linear: frozen backbone + logistic regression; finetune: BiT-HyperRule.")] = Method.linear,
     val: Annotated[Optional[str], typer.Option("--val", metavar="DATA2", help="Validation data (same forms as DATA).")] = None,
     val_split: Annotated[Optional[float], typer.Option("--val-split", metavar="F", help="Hold out this fraction of DATA, stratified.")] = None,
@@ -71,36 +54,31 @@ def train(
         Optional[int],
         typer.Option("--resolution", min=8, max=1024, metavar="PX", help="finetune: train and evaluate at PX x PX (rule: 128 for images under 96x96, else the base's input size)."),
     ] = None,
-    device: DeviceOpt = Device.auto,
-    threads: ThreadsOpt = None,
     checkpoint_minutes: Annotated[
         float, typer.Option("--checkpoint-minutes", min=0, metavar="M", help="finetune: save a resumable checkpoint every M minutes (0: every step).")
     ] = 5.0,
     resume: Annotated[bool, typer.Option("--resume", metavar="", help="finetune: continue an interrupted run into the same OUTDIR.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an OUTDIR bit train wrote (or discard an interrupted run).")] = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    ui: Ui = Ui(),
 ) -> int:
     """Train a classifier for your own classes on a BiT model (linear probe or fine-tuning)."""
-    check_settings(device, model)  # before the transfer package imports torch
+    check_settings(runtime.device, runtime.model)  # before the transfer package imports torch
     from bitcli.transfer import FinetuneOptions, TrainOptions
     from bitcli.transfer import train as run_training
-
     from bitcli.transfer.hyperrule import fixed_resolution
 
-    ui = Ui(quiet=quiet, debug=debug)
-    before_loading(ui, threads)
+    before_loading(ui, runtime.threads)
     finetune = FinetuneOptions(
-        workers=threads or FinetuneOptions.workers, checkpoint_seconds=60 * checkpoint_minutes,
+        workers=runtime.threads or FinetuneOptions.workers, checkpoint_seconds=60 * checkpoint_minutes,
         resolution=None if resolution is None else fixed_resolution(resolution),
     )
     options = TrainOptions(
         method=method.value, val=val, val_split=val_split, shots=shots, seed=seed, steps=steps,
-        batch_size=batch_size, device=device, resume=resume, overwrite=overwrite, finetune=finetune,
+        batch_size=batch_size, device=runtime.device, resume=resume, overwrite=overwrite, finetune=finetune,
     )
     with _progress(ui) as callbacks:
         try:
-            result = run_training(data, output, base=model, options=options, callbacks=callbacks)
+            result = run_training(data, output, base=runtime.model, options=options, callbacks=callbacks)
         except KeyboardInterrupt:
             if method is Method.finetune:
                 ui.info(f"the fine-tune can continue: rerun the same command with --resume (OUTDIR {output})")
@@ -147,8 +125,7 @@ class _Bars:
         self.say(Text(shown(text), style="dim"))
 
     def _bar(self, kind: str, done: int, total: int, unit: str) -> Bar | None:
-        """The bar of this phase, opened at its first call (its rate counts from there: a resumed
-        fine-tune starts part way); None when no one watches."""
+        """This phase's bar, opened at its first call (a resumed fine-tune starts part way); None unwatched."""
         if kind != self.kind:
             self.close()
             self.kind = kind

@@ -1,15 +1,8 @@
 """glibc malloc settings for a process that runs the engine: freed activations stay mapped.
 
-A forward pass allocates and frees activations of several MB at every step. glibc serves such
-blocks with a fresh mmap and trims the heap's free top back to the OS, so every step faults its
-output's pages in again. With blocks up to 32 MB taken from the heap and its free memory kept, a
-forward pass reuses the pages of the last one. Peak memory is unchanged; the resident size stays
-at its peak (the page-fault counts are in docs/engine.md).
-
-The process owns these settings, so only the `bit` command applies them (`cli/common.py`); a
-program that embeds bitcli as a library may call `keep_freed_memory()` itself. Environment
-variables the user set (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_) win.
-"""
+Blocks up to 32 MB come from the heap and its free top is kept, so a forward pass reuses the
+last one's pages instead of faulting fresh mmaps in (docs/engine.md). Only the `bit` command
+applies them (a library user may call `keep_freed_memory()`); the user's MALLOC_* variables win."""
 
 from __future__ import annotations
 

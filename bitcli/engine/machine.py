@@ -1,10 +1,5 @@
-"""What the machine says, read once without torch: the CPUs this process may use (affinity and a
-cgroup CPU quota) and CPU 0's cache sizes (`/sys/devices/system/cpu/cpu0/cache`), and the batch
-slicing budget derived from them.
-
-The slicing budget (`slicing.py`) is fixed per machine: eight times the L2 cache of one core,
-1-32 MB, 8 MB where the caches are unknown (docs/engine.md has the measurements behind it).
-"""
+"""What the machine says, read once without torch: the CPUs this process may use (affinity, cgroup
+quota), CPU 0's cache sizes, and the slicing budget from them (eight L2s, 1-32 MB, else 8 MB)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,12 @@
-"""The private PyTorch operations bitcli calls, all of them, here; each is probed before it is used.
+"""The private PyTorch operations bitcli calls, all of them, here; each is probed before use.
 
-- oneDNN's convolution called directly (`torch.ops.mkldnn._convolution_pointwise`): on one
-  thread PyTorch sends the 1x1 convolutions of a small slice to a GEMM that is ~1.5x slower
-  (docs/engine.md). The engine turns it on for a model only when `onednn_conv_works` finds the op
-  present and giving `F.conv2d`'s numbers, 1x1 and 3x3, in the model's dtypes.
-- whether the CPU has native bfloat16 arithmetic (`torch.ops.mkldnn._is_mkldnn_bf16_supported`):
-  only for the warning that `--precision bf16` will be slow on this CPU.
-- one OpenMP thread for a worker thread bitcli starts (`one_openmp_thread`: the OpenMP runtime's
-  `omp_set_num_threads`, which sets only the calling thread's team size): exact search splits
-  each block between such workers instead of running thousands of small two-thread products
-  (docs/collection.md).
+- `torch.ops.mkldnn._convolution_pointwise`: oneDNN's convolution called directly on one thread
+  (PyTorch's GEMM path for small 1x1 convolutions is ~1.5x slower), where `onednn_conv_works`
+  finds it giving `F.conv2d`'s numbers;
+- `_is_mkldnn_bf16_supported`: only for the warning that bf16 will be slow on this CPU;
+- `one_openmp_thread`: one OpenMP thread for a worker thread bitcli starts (exact search).
 
-Off switch: `BIT_TORCH_PRIVATE_OPS=0` (read when a model is prepared): none of them is called;
-convolutions go through PyTorch's dispatch (the same numbers up to summation order), no CPU
-counts as having native bfloat16, and search scores each block on torch's own threads.
-"""
+`BIT_TORCH_PRIVATE_OPS=0` (read when a model is prepared): none of them is called."""
 
 from __future__ import annotations
 
@@ -53,8 +45,7 @@ def bf16_supported() -> bool:
 
 
 def openmp_per_thread() -> bool:
-    """Whether `one_openmp_thread` works here: allowed, and the OpenMP runtime it reaches is
-    torch's (a thread that called it sees one torch thread)."""
+    """Whether `one_openmp_thread` is allowed and reaches torch's OpenMP runtime."""
     return allowed() and _one_thread_probe()
 
 
@@ -75,9 +66,7 @@ def _one_thread_probe() -> bool:
 
 
 def one_openmp_thread() -> None:
-    """Let the calling thread's own torch operations run on one thread. OpenMP keeps the team size
-    per thread: other threads, and the process's setting, are untouched. Only for threads bitcli
-    starts and ends itself (a pool's initializer)."""
+    """The calling thread's torch operations on one thread (for threads bitcli starts and ends itself)."""
     torch.get_num_threads()  # torch sets a new thread's team size on first use: after that, ours holds
     setter = _omp_set_num_threads()
     if setter is not None:
@@ -92,8 +81,7 @@ def _omp_set_num_threads():
 
 
 def onednn_conv_works(dtypes: set[torch.dtype]) -> bool:
-    """Whether oneDNN's convolution op is allowed, exists here and gives F.conv2d's numbers
-    (1x1 and 3x3) in each of `dtypes`."""
+    """Whether oneDNN's convolution op is allowed, exists and gives F.conv2d's numbers in each of `dtypes`."""
     return allowed() and all(_onednn_conv_works(dtype) for dtype in dtypes)
 
 

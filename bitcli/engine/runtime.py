@@ -29,19 +29,13 @@ class EngineRecord:
 
 
 def prepare(
-    model: BiT,
-    *,
-    precision: str = "fp32",
-    compile: bool = False,
-    chunk_bytes: int | str | None = DEFAULT_CHUNK_BYTES,
+    model: BiT, *, precision: str = "fp32", compile: bool = False,
+    chunk_bytes: int | str | None = DEFAULT_CHUNK_BYTES
 ) -> EngineRecord:
     """Prepare `model` in place for fast inference on its device; return what was chosen.
 
-    precision: "fp32" (exact: within 1e-4 of the reference), "bf16" (approximate) or "fp16"
-    (approximate, GPUs only). chunk_bytes: the CPU batch-slicing budget in bytes, "auto" (from
-    this machine's L2 cache) or None (each step on the whole batch). State-dict key names and the model's
-    public methods are unchanged.
-    """
+    precision: "fp32" (within 1e-4 of the reference), "bf16" or "fp16" (GPUs). chunk_bytes: the
+    slicing budget, "auto" (this machine's) or None (no slicing). Keys and methods are unchanged."""
     device = next(model.parameters()).device
     plan = make_plan(device.type, precision, compile=compile, chunk_bytes=chunk_bytes)
     if plan.channels_last:
@@ -57,7 +51,7 @@ def prepare(
     if plan.allow_tf32 is not None:
         # Process-wide (PyTorch has no per-module switch): fp32 promises the reference's numbers.
         torch.backends.cudnn.allow_tf32 = plan.allow_tf32
-    direct = plan.direct_onednn and torch.get_num_threads() == 1 and onednn_conv_works(conv_dtypes(model))
+    direct = plan.direct_onednn and torch.get_num_threads() == 1 and onednn_conv_works({m.weight.dtype for m in model.modules() if isinstance(m, StdConv2d)})
     if direct:
         for module in model.modules():
             if isinstance(module, StdConv2d):
@@ -75,13 +69,8 @@ def prepare(
 
 
 def to_bfloat16(model: BiT) -> None:
-    """bf16 mode: the convolutions after the stem in bfloat16 (and so the activations between
-    them and the residual stream); the stem convolution, GroupNorm parameters and statistics,
-    the final norm's output, pooling and the head in float32.
-
-    Keeping the stem and the norms in float32 halves an all-bfloat16 backbone's error for a small
-    share of the speed-up; the residual stream stays bfloat16 (docs/engine.md has the figures).
-    """
+    """bf16 mode: the convolutions after the stem in bfloat16 (and the residual stream); the stem,
+    GroupNorm, the final norm, pooling and the head in float32 (half the error, docs/engine.md)."""
     stem = model.bit.embedder.convolution
     if model.bit.norm is not None:
         model.bit.norm.out_dtype = torch.float32  # the feature map and its pooling
@@ -91,7 +80,3 @@ def to_bfloat16(model: BiT) -> None:
         elif isinstance(module, PreActBottleneck):
             for norm in (module.norm1, module.norm2, module.norm3):  # each feeds convolutions
                 norm.out_dtype = torch.bfloat16
-
-
-def conv_dtypes(model: BiT) -> set[torch.dtype]:
-    return {m.weight.dtype for m in model.modules() if isinstance(m, StdConv2d)}

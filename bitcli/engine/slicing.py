@@ -1,10 +1,5 @@
-"""Batch slicing: run a batch through the backbone in slices whose activations stay in the CPU cache.
-
-The early stages of a large image write activations of several MB each, so a whole batch would
-stream every GroupNorm, ReLU and add through DRAM: run one image at a time there, and larger
-slices in the late stages, whose cost is reading their large weights. Each image's numbers do
-not depend on the slicing beyond the summation order oneDNN picks for a batch size.
-"""
+"""Batch slicing: a batch through the backbone in slices whose activations stay in the CPU cache
+(one image at a time in the early stages, larger slices later); the same numbers up to summation order."""
 
 from __future__ import annotations
 
@@ -16,11 +11,7 @@ from bitcli.model.config import BitConfig
 
 
 class SlicedBackbone(BitBackbone):
-    """A `BitBackbone` (the same submodules, so the same state-dict keys) whose forward slices the batch.
-
-    Each step of `steps()` runs on slices sized so that its largest activation stays near
-    `chunk_bytes`; consecutive steps with one slice size run together. None: the whole batch.
-    """
+    """A `BitBackbone` (same submodules and keys) whose steps run in slices near `chunk_bytes` (None: whole batch)."""
 
     def __init__(self, backbone: BitBackbone, chunk_bytes: int | None):
         nn.Module.__init__(self)  # adopt the built submodules; BitBackbone.__init__ would build new ones

@@ -1,11 +1,5 @@
-"""The Hugging Face Hub: model references -> local checkpoint directories, and the zoo of known BiT models.
-
-    zoo.py      known checkpoints and their aliases (data only)
-    cache.py    the standard hub cache: what is cached, `bit models` (`list_known_models`)
-    resolve.py  a reference (path, alias, org/name[@revision]) -> `ResolvedModel`, downloading at most once
-
-No torch: `bit models` and `bit download` run without it.
-"""
+"""The Hugging Face Hub: model references -> local checkpoint directories (`resolve.py`), the zoo
+of known BiT models (`zoo.py`) and the standard cache (`cache.py`). No torch."""
 
 from __future__ import annotations
 

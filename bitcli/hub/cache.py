@@ -1,9 +1,5 @@
-"""The hub cache (huggingface_hub's standard layout): what is cached, read without a request.
-
-`HubSettings` reads the environment at call time (huggingface_hub reads it once, at import), so a
-changed environment (tests, long-lived processes) is honoured. `list_known_models` is `bit models`:
-the zoo and what of it is cached. No torch here.
-"""
+"""The hub cache (huggingface_hub's standard layout), read without a request; `HubSettings` reads
+the environment at call time. `list_known_models` is `bit models`."""
 
 from __future__ import annotations
 
@@ -16,13 +12,7 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 
 from bitcli.checkpoint.files import (
-    CONFIG,
-    PICKLE,
-    PREPROCESSOR_CONFIG,
-    SAFETENSORS,
-    SAFETENSORS_INDEX,
-    WEIGHTS_FILES,
-    is_timm_config,
+    CONFIG, PICKLE, PREPROCESSOR_CONFIG, SAFETENSORS, SAFETENSORS_INDEX, WEIGHTS_FILES, is_timm_config,
     shard_names,
 )
 from bitcli.errors import CheckpointError, OfflineError
@@ -87,13 +77,8 @@ def hub_cache_dir() -> Path:
 
 
 def list_known_models() -> list[dict]:
-    """Every zoo alias with its repository, revision, size, whether it is cached and its size on disk.
-
-    Keys: alias, repo_id, revision, architecture, description, input_size, num_classes, top1,
-    num_parameters, download_bytes (about 4 bytes per parameter: the float32 safetensors file),
-    cached (bool), size_bytes (on disk; 0 when not cached) and size (human-readable, "-" when
-    not cached).
-    """
+    """Every zoo alias with its repository, revision, description, figures, download size, whether it
+    is cached and its size on disk (`size`: human-readable, "-" when not cached)."""
     settings = HubSettings.from_env()
     rows = [bundled_row(alias) for alias in zoo.BUNDLED]
     for entry in zoo.KNOWN_MODELS:
@@ -128,8 +113,7 @@ def bundled_row(alias: str) -> dict:
 
 
 def _lookup(hub_ref: HubRef, filename: str, settings: HubSettings) -> object:
-    """huggingface_hub's answer for a file at the reference's revision (a commit, or a branch/tag
-    via `refs/`): its path, a "known not to exist" marker, or None."""
+    """The cache's answer for a file at the reference's revision: its path, a "known not to exist" marker, or None."""
     return try_to_load_from_cache(hub_ref.repo_id, filename, cache_dir=str(settings.cache_dir), revision=hub_ref.revision)
 
 
@@ -140,12 +124,8 @@ def cached_file(hub_ref: HubRef, filename: str, settings: HubSettings) -> Path |
 
 
 def preprocessor_state_known(hub_ref: HubRef, config: Path, settings: HubSettings) -> bool:
-    """Whether the cache holds the preprocessor config, or knows the repository has none.
-
-    Another tool (transformers' `from_pretrained`) may leave a snapshot with only config and
-    weights; using it would silently fall back to default preprocessing and give wrong scores.
-    timm checkpoints keep their preprocessing inside config.json.
-    """
+    """Whether the cache holds the preprocessor config or knows the repository has none (a snapshot
+    another tool left without it would silently get default preprocessing)."""
     try:
         if is_timm_config(json.loads(read_capped(config, CONFIG_MAX_BYTES))):
             return True
@@ -188,11 +168,8 @@ def from_cache(ref: str, hub_ref: HubRef, settings: HubSettings) -> ResolvedMode
 def from_cache_or_raise(
     ref: str, hub_ref: HubRef, settings: HubSettings, *, unreachable: str | None, misbehaved: str | None = None
 ) -> ResolvedModel:
-    """The cached model, or an OfflineError saying why the hub was not asked and how to fix it.
-
-    `unreachable` is why the hub could not be reached; `misbehaved` what was wrong with its
-    answer (not JSON, no commit, endless redirects, too slow); both None means offline mode.
-    """
+    """The cached model, or an OfflineError saying why the hub was not asked (`unreachable`,
+    `misbehaved`; both None: offline mode) and how to fix it."""
     cached = from_cache(ref, hub_ref, settings)
     if cached is not None:
         return cached
@@ -217,8 +194,7 @@ def snapshot_size(resolved: ResolvedModel) -> int:
 
 
 def cache_shard_names(index_path: Path | None) -> list[str]:
-    """The shard file names a cached `model.safetensors.index.json` lists (empty if unreadable:
-    loading then names the problem)."""
+    """The shard names a cached `model.safetensors.index.json` lists (empty if unreadable)."""
     if index_path is None:
         return []
     try:

@@ -1,21 +1,10 @@
 """Every hub operation ends in bounded time: `BIT_HUB_TIMEOUT` seconds (default 60).
 
-huggingface_hub bounds each socket operation (`timeout=` of its API calls, `etag_timeout=` of a
-download's metadata request, `HF_HUB_DOWNLOAD_TIMEOUT` for each read of a download), but a hub
-that sends a byte every few seconds keeps a request alive forever, and its retries only add to
-that. So `bounded` runs one operation (a metadata request, or one file download) in a worker
-thread and waits for it at most `BIT_HUB_TIMEOUT` seconds; when it is not done by then,
-`HubTimeout` is raised in the caller and the worker is left to end on its own (a daemon thread:
-the `bit` command exits without waiting for it; in a long-lived program it ends when
-huggingface_hub's own socket timeouts or the server end its request).
-
-A download may take longer than the deadline while it keeps moving: each chunk huggingface_hub
-reports to its progress bar (10 MB) starts a new period, so a steady link finishes a
-multi-gigabyte model, while a hub that trickles is cut off after one period.
-
-Only public means: huggingface_hub's API and its `tqdm_class` hook. Downloads through hf_xet run
-outside huggingface_hub's HTTP client; the `bit` command turns them off (`cli/process.py`).
-"""
+huggingface_hub bounds each socket operation, but a hub that trickles keeps a request alive
+forever. `bounded` runs one operation in a daemon worker thread and raises `HubTimeout` when it
+is not done in time; each 10 MB chunk a download reports starts a new period, so a steady link
+finishes a large model. Public means only (the API and its `tqdm_class` hook); hf_xet runs
+outside them, so the `bit` command turns it off."""
 
 from __future__ import annotations
 
@@ -70,10 +59,7 @@ class Deadline:
 
 
 def bounded(operation: Callable[[], T], deadline: Deadline) -> T:
-    """`operation()`, run in a worker thread; HubTimeout once `deadline` passes without it ending.
-
-    Its exception, if any, is raised here. Ctrl-C in the caller interrupts the wait.
-    """
+    """`operation()` in a worker thread, its exception raised here; HubTimeout once `deadline` passes."""
     outcome: dict[str, object] = {}
     done = threading.Event()
 

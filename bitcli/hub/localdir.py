@@ -1,12 +1,5 @@
-"""`bit download MODEL --local-dir DIR`: a model's files as a plain folder, to carry elsewhere.
-
-The model is resolved as every command resolves it (the hub cache, a download, a bundled model);
-then its checkpoint files (config, preprocessing, weights) are copied into DIR, each written to a
-temporary name and renamed into place, so DIR never holds half a file. A file DIR already holds
-with the same name is kept when its bytes are the same, and refused when they differ (bitcli
-does not replace what it cannot tell it wrote); other files in DIR are left alone. `-m DIR` then
-loads it with no network and no cache.
-"""
+"""`bit download MODEL --local-dir DIR`: a model's checkpoint files copied into a plain folder,
+each atomically; a file DIR holds with the same name is kept when equal and refused when not."""
 
 from __future__ import annotations
 

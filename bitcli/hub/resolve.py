@@ -1,28 +1,15 @@
 """Model references -> a local checkpoint directory, through huggingface_hub and its standard cache.
 
-A reference is a local path (used as is), a known alias (`bit-50`, see `zoo.py`), a hub id
-`org/name`, or `org/name@revision` (branch, tag, commit or `refs/pr/N`). Hub files land in the
-standard cache (`HF_HUB_CACHE`, else `HF_HOME/hub`), shared with every other Hugging Face tool.
-
-huggingface_hub reads its environment variables once, at import. bitcli reads them at every call
-and passes the endpoint, cache folder and offline decision explicitly, so a changed environment
-(tests, long-lived processes) is honoured.
-
-Resolution of a hub reference:
-1. A commit-pinned reference whose files are all cached is served from the cache: no request.
-2. Offline (`HF_HUB_OFFLINE=1` or `offline=True`): the cache only, no request at all.
-3. Otherwise one `model_info` request gives the commit and the file list; the needed files are
-   downloaded at that commit. If the hub cannot be reached (connection error, timeout, 5xx) or
-   misbehaves (an answer that is not JSON or has no commit, endless redirects, no answer within
-   `BIT_HUB_TIMEOUT`), the cache is used as if offline; the same when a download fails that way
-   and the cache holds the revision. Every network operation ends within the deadline
-   (`deadline.py`). huggingface_hub itself writes everything into its cache, the revision's
-   commit and a missing preprocessor config included (`_record_revision`): bitcli only reads it.
-Library code never prints: the pickle notice travels in `ResolvedModel.notice`.
-"""
+A reference is a local path, an alias (`zoo.py`), `org/name` or `org/name@revision`. The
+environment is read at every call and passed explicitly. A hub reference: a commit-pinned one
+whose files are cached asks nothing; offline uses the cache only; otherwise one `model_info`
+gives the commit and files, downloaded at it. A hub that cannot be reached or misbehaves falls
+back to the cache as if offline. Every network operation ends within `deadline.py`'s bound.
+Nothing is printed: the pickle notice travels in `ResolvedModel.notice`."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -33,38 +20,20 @@ except ImportError:  # pragma: no cover
     import httpx as httpx2  # type: ignore[no-redef]
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
+    EntryNotFoundError, GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 from bitcli.checkpoint.files import (
-    CONFIG,
-    LOCAL_WEIGHT_SUFFIXES,
-    PICKLE,
-    PREPROCESSOR_CONFIG,
-    SAFETENSORS,
-    SAFETENSORS_INDEX,
-    WEIGHTS_FILES,
+    CONFIG, LOCAL_WEIGHT_SUFFIXES, PICKLE, PREPROCESSOR_CONFIG, SAFETENSORS, SAFETENSORS_INDEX, WEIGHTS_FILES,
 )
 from bitcli.errors import CheckpointError, ModelError, ModelNotFoundError
 from bitcli.hub import zoo
 from bitcli.hub.deadline import Deadline, HubTimeout, bounded
 from bitcli.hub.cache import (
-    DEFAULT_REVISION,
-    HubRef,
-    HubSettings,
-    ResolvedModel,
-    cache_shard_names,
-    cached_file,
-    from_cache,
-    from_cache_or_raise,
-    pickle_notice,
-    preprocessor_known,
+    DEFAULT_REVISION, HubRef, HubSettings, ResolvedModel, cache_shard_names, cached_file, from_cache,
+    from_cache_or_raise, pickle_notice, preprocessor_known,
 )
 from bitcli.util import first_line, name_some
 
@@ -78,12 +47,8 @@ _REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+")
 
 
 def resolve_model(ref: str, *, offline: bool | None = None, progress: bool = False) -> ResolvedModel:
-    """Turn a model reference into a local checkpoint directory, downloading it at most once.
-
-    `offline=None` follows `HF_HUB_OFFLINE`; `progress=True` shows huggingface_hub's download bars
-    on stderr when stderr is a terminal. Raises ModelNotFoundError, OfflineError, CheckpointError or
-    ModelError (all exit code 3) with a one-line message.
-    """
+    """A model reference as a local checkpoint directory, downloaded at most once (`offline=None`:
+    HF_HUB_OFFLINE). ModelError subclasses (exit 3) with a one-line message."""
     local = _local_model(ref)
     if local is not None:
         return local
@@ -101,8 +66,7 @@ def resolve_model(ref: str, *, offline: bool | None = None, progress: bool = Fal
 
 
 def check_reference(ref: str) -> None:
-    """The errors `resolve_model` would raise for the form of `ref` alone (a missing local path,
-    an unknown alias, a malformed hub id), without any request or loading."""
+    """The errors `resolve_model` would raise for the form of `ref` alone, without any request or loading."""
     if _local_model(ref) is None:
         parse_hub_ref(ref)
 
@@ -146,11 +110,8 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def _local_model(ref: str) -> ResolvedModel | None:
-    """A ResolvedModel for an existing local path, None for a hub reference; a missing path is an error.
-
-    A directory without `config.json` that holds exactly one `.npz` (an original-release
-    download) resolves to that file; with several, which one is meant is the user's call.
-    """
+    """A ResolvedModel for an existing local path (a folder with a single `.npz` and no config.json:
+    that file), None for a hub reference; a missing path is an error."""
     if zoo.bundled_path(ref) is not None:  # a checkpoint that ships inside bitcli
         return ResolvedModel(zoo.bundled_path(ref), ref, None, None, None, SAFETENSORS, "bundled")
     path = Path(ref).expanduser()
@@ -162,7 +123,7 @@ def _local_model(ref: str) -> ResolvedModel | None:
         npz = _only_npz(path, ref)
         if npz is not None:
             return ResolvedModel(npz, ref, None, None, None, npz.name, "local")
-    weights = path.name if path.is_file() else _local_weights_name(path)
+    weights = path.name if path.is_file() else next((n for n in WEIGHTS_FILES if (path / n).is_file()), "")
     return ResolvedModel(path, ref, None, None, None, weights, "local")
 
 
@@ -176,14 +137,6 @@ def _only_npz(directory: Path, ref: str) -> Path | None:
             f"pass one of them, e.g. --model {directory / found[0].name}"
         )
     return found[0] if found else None
-
-
-def _local_weights_name(directory: Path) -> str:
-    """The weights file bitcli would pick in a local checkpoint directory ("" if none is recognised)."""
-    for name in WEIGHTS_FILES:
-        if (directory / name).is_file():
-            return name
-    return ""
 
 
 # --------------------------------------------------------------------------- network
@@ -212,7 +165,8 @@ def _resolve_online(ref: str, hub_ref: HubRef, settings: HubSettings, *, progres
         cached = from_cache(ref, hub_ref, settings)  # an older commit of the revision, if any
         if cached is None or isinstance(error, (ModelNotFoundError, CheckpointError)):
             raise
-        return _with_notice(cached, f"using the cached copy of '{hub_ref.display}': {error}")
+        notice = f"using the cached copy of '{hub_ref.display}': {error}"
+        return dataclasses.replace(cached, notice=notice.removesuffix("; run the command again to restart the download"))
 
 
 def _commit_and_files(info: object) -> tuple[str, set[str]]:
@@ -234,12 +188,6 @@ def _misbehaviour(error: BaseException) -> str:
     if isinstance(error, ValueError):
         return "its answer is not JSON"
     return _short(error)
-
-
-def _with_notice(cached: ResolvedModel, notice: str) -> ResolvedModel:
-    import dataclasses
-
-    return dataclasses.replace(cached, notice=notice.removesuffix("; run the command again to restart the download"))
 
 
 def _fetch(ref: str, hub_ref: HubRef, settings: HubSettings, commit: str, files: set[str], *, progress: bool) -> ResolvedModel:
@@ -293,12 +241,8 @@ def _download_file(hub_ref: HubRef, commit: str, filename: str, settings: HubSet
 
 
 def _record_revision(hub_ref: HubRef, commit: str, settings: HubSettings, *, has_preprocessor: bool) -> None:
-    """Have huggingface_hub record in its cache what an offline run needs: which commit the
-    revision (a branch or tag) points at, and that the repository has no preprocessor config.
-
-    One metadata request (HEAD) of a file at the revision does both, when the cache does not
-    know them yet; a failure only means the next run asks the hub again.
-    """
+    """Have huggingface_hub record in its cache what an offline run needs (the revision's commit, a
+    missing preprocessor config) with one HEAD request; a failure only means asking again next time."""
     config = cached_file(hub_ref, CONFIG, settings)  # through the revision, as an offline run looks
     if config is not None and config.parent.name == commit and (has_preprocessor or preprocessor_known(hub_ref, settings)):
         return
@@ -329,8 +273,7 @@ def _hub_download(repo_id: str, filename: str, revision: str, settings: HubSetti
 
 
 def _progress_class(progress: bool, deadline: Deadline) -> type[hf_tqdm]:
-    """huggingface_hub's own bar (stderr, TTY only) when asked for, else a disabled one; either
-    moves the download's deadline on with every chunk received."""
+    """huggingface_hub's bar (stderr, TTY only) or a disabled one; either moves the deadline on each chunk."""
     show = progress and sys.stderr.isatty()
 
     class Bar(hf_tqdm):

@@ -1,8 +1,4 @@
-"""Known BiT checkpoints: short aliases, hub repositories, pinned revisions and what they are.
-
-Adding a checkpoint is adding one `ZooEntry` row to `KNOWN_MODELS`. Aliases are what users type
-(`bit classify --model bit-50`); `hub.resolve` turns an alias into its repository and revision.
-"""
+"""Known BiT checkpoints: aliases, hub repositories, pinned revisions; one `ZooEntry` row each."""
 
 from __future__ import annotations
 

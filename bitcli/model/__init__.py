@@ -1,8 +1,5 @@
-"""The BiT network: `BitConfig` (what to build, `config.py`, no torch) and `BiT` (the nn.Module,
-`architecture.py`, which also counts its multiply-accumulates on the meta device).
-
-This package face imports no torch: `BiT` and friends load `architecture.py` on first use.
-"""
+"""The BiT network: `BitConfig` (`config.py`, no torch) and `BiT` (`architecture.py`, loaded on
+first use: this package face imports no torch)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
 """The BiT network (ResNet-v2 with GroupNorm and weight-standardized convolutions), for inference.
 
-Submodule names reproduce transformers' `BitForImageClassification` state-dict keys exactly
-(`bit.embedder.convolution`, `bit.encoder.stages.0.layers.0.conv1`, `bit.norm`, `classifier.1`),
-so a transformers checkpoint loads without renaming. Convolutions are plain convolutions here:
-`checkpoint.build_model` standardizes their weights once at load time (`standardize_conv_weight`)
-instead of on every forward pass.
-
-The forward pass splits into `forward_features` (feature map and pooled vector: the embedding)
-and `forward_head` (logits). How the model runs fastest (batch slicing, the convolution kernel,
-bf16) is `bitcli.engine`'s business. `count_macs` counts a forward pass on the meta device.
-"""
+Submodule names are transformers' `BitForImageClassification` state-dict keys, so its checkpoints
+load without renaming. Convolutions are plain: `checkpoint.build_model` standardizes their
+weights once at load time. `forward_features` gives the embedding, `forward_head` the logits;
+how it runs fastest is `bitcli.engine`'s business. `count_macs` counts on the meta device."""
 
 from __future__ import annotations
 
@@ -85,15 +79,8 @@ class StdConv2d(nn.Conv2d):
     """A weight-standardized convolution whose weight was standardized at load time (`eps` is kept for that step)."""
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: int,
-        *,
-        stride: int = 1,
-        dilation: int = 1,
-        padding_mode: str | None = None,
-        eps: float = 1e-8,
+        self, in_channels: int, out_channels: int, kernel: int, *, stride: int = 1, dilation: int = 1,
+        padding_mode: str | None = None, eps: float = 1e-8
     ):
         padding, dynamic = conv_padding(padding_mode, kernel, stride, dilation)
         super().__init__(
@@ -116,13 +103,9 @@ class StdConv2d(nn.Conv2d):
 
 
 class GroupNormAct(nn.GroupNorm):
-    """GroupNorm followed by the activation (or none, for the last norm of a v1.5 bottleneck).
-
-    Channels-last CPU input takes `groupnorm.group_norm_act` (PyTorch's own channels-last
-    kernel loses precision on flat images). `fresh_input`: the input is a tensor made inside
-    the same block (a convolution's output) that nothing reads again, so it may be overwritten.
-    `out_dtype` (set by the engine in bf16 mode): the output's dtype; None keeps the input's.
-    """
+    """GroupNorm and its activation (None: the last norm of a v1.5 bottleneck); channels-last CPU
+    input takes `groupnorm.group_norm_act`. `fresh_input`: the input may be overwritten.
+    `out_dtype` (bf16 mode): the output's dtype; None keeps the input's."""
 
     def __init__(self, config: BitConfig, channels: int, *, activation: bool = True, fresh_input: bool = False):
         super().__init__(config.num_groups, channels, eps=1e-5, affine=True)
@@ -167,11 +150,7 @@ class BitEmbeddings(nn.Module):
 
 
 def zero_padded_max_pool(x: Tensor) -> Tensor:
-    """`F.max_pool2d(F.pad(x, [1, 1, 1, 1]), 3, 2)` without writing the padded copy (12.8 MB at 448 px).
-
-    max_pool2d's own padding is -inf, so the windows that cover the zero border (the first row
-    and column; the last too where the size is odd) take max(., 0) afterwards. Exact.
-    """
+    """`F.max_pool2d(F.pad(x, [1, 1, 1, 1]), 3, 2)` without the padded copy (-inf padding, then max(., 0)): exact."""
     y = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
     y[:, :, 0, :].clamp_(min=0)
     y[:, :, :, 0].clamp_(min=0)
@@ -328,11 +307,7 @@ class BiT(nn.Module):
         return self.classifier is not None
 
     def forward_features(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
-        """(final feature map [N, C, H, W], pooled features [N, C]) for images [N, 3, H, W].
-
-        Both are float32 whatever the backbone's precision (in bf16 mode the convolutions after
-        the stem run in bfloat16, the final norm and pooling in float32).
-        """
+        """(final feature map [N, C, H, W], pooled features [N, C]), both float32 whatever the precision."""
         dtype = self.bit.embedder.convolution.weight.dtype
         if self.autocast_dtype is None:
             feature_map = self.bit(pixel_values.to(dtype))
@@ -360,8 +335,7 @@ class BiT(nn.Module):
 
 
 def standardize_conv_weight(weight: Tensor, eps: float) -> Tensor:
-    """(w - mean) / sqrt(biased var + eps) per output channel, computed in float32 (differentiable:
-    fine-tuning's parametrization standardizes with it in every forward pass)."""
+    """(w - mean) / sqrt(biased var + eps) per output channel in float32 (differentiable, for fine-tuning)."""
     dtype = weight.dtype
     w = weight.to(torch.float32)
     flat = w.reshape(w.shape[0], -1)
@@ -376,12 +350,7 @@ def meta_model(config: BitConfig) -> BiT:
 
 
 def count_macs(config: BitConfig, input_size: tuple[int, int]) -> int:
-    """Multiply-accumulates of the convolutions and the linear head for one image of (h, w).
-
-    Counted on a forward pass on the meta device (shapes only): each convolution costs output
-    pixels x output channels x input channels x kernel area, the head output x input features.
-    Norms, activations and pooling are left out (about 1% of a ResNet's work).
-    """
+    """Multiply-accumulates of the convolutions and the head for one (h, w) image, on the meta device."""
     model = meta_model(config)
     total = 0
 

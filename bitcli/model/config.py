@@ -1,11 +1,8 @@
 """The BiT architecture as a dataclass, read from a transformers `config.json` (`model_type: "bit"`).
 
-Field names and defaults follow transformers' `BitConfig`, so the default instance is the
-`google/bit-50` architecture (BiT-M R50x1). Unknown keys in a config file are ignored; a known
-key of the wrong type (`depths: "three"`, `id2label: "cat"`) is a ConfigError naming it, and so is
-a weight-standardization eps that is not a positive finite number (NaN would reach every score).
-`id2label` may also be a plain list of names, in class order.
-"""
+Fields and defaults are transformers' `BitConfig` (the default is google/bit-50). Unknown keys
+are ignored; a known key of the wrong type, or a ws_eps that is not positive and finite, is a
+ConfigError naming it. `id2label` may be a plain list of names."""
 
 from __future__ import annotations
 

@@ -1,29 +1,17 @@
 """GroupNorm (+ its activation) that stays accurate on channels-last CPU tensors.
 
-Why: PyTorch's CPU GroupNorm kernel for channels-last (NHWC) input sums x and x^2 of a whole
-group in float32, one value after another, and takes E[x^2] - E[x]^2 (pytorch/pytorch#54293).
-Where a group's variance is small next to its mean the difference cancels (`GroupNorm(32, 64)`
-on `5 + 1e-3 * randn` is off by 0.5); and on flat images, whose many equal values round the
-same way at every addition, the long sums alone drift by ~1e-4 relative. The contiguous
-kernel (cascade Welford) has neither problem, but converting every activation to NCHW and
-back costs 4-7x the GroupNorm itself.
+PyTorch's channels-last CPU kernel sums a whole group in float32 and takes E[x^2] - E[x]^2
+(pytorch/pytorch#54293): it cancels where the variance is small next to the mean and drifts by
+~1e-4 on flat images; converting to NCHW costs 4-7x the norm. Here (docs/engine.md):
 
-How (docs/engine.md compares it with the alternatives):
+1. Statistics: `torch.batch_norm_update_stats` (two passes, no cancellation) over each image's
+   NHWC memory viewed as H rows of W * C columns, so each float32 sum covers only H values;
+   the column statistics are combined per group in float64, exactly.
+2. Apply: one fused `x * scale + shift` per element (scale and shift in float64, rounded once),
+   in place where the input is fresh, then the activation in place.
 
-1. Statistics: `torch.batch_norm_update_stats`, PyTorch's two-pass batch-norm statistics
-   kernel (a mean pass, then a pass over (x - mean)^2: no cancellation), vectorized along the
-   contiguous channel axis. It is given each image's NHWC memory viewed as H rows of W * C
-   columns, so each float32 running sum covers only H values (<= a few hundred, not H * W);
-   the W * C column means and variances are then combined per group in float64, exactly
-   (mean of the variances plus variance of the means).
-2. Apply: one fused multiply-add per element (`x * scale + shift`, scale and shift per image
-   and channel, computed in float64 and rounded once), in place where the caller says the
-   input is a fresh tensor nobody reads again, then the activation in place.
-
-Same speed as the native kernel in the engine's forward pass (its statistics pass is the slow
-part of the native kernel too), and as accurate as the contiguous kernel against float64.
-Tensors that need gradients, contiguous tensors and non-CPU devices take `F.group_norm`.
-"""
+As fast as the native kernel and as accurate as the contiguous one. Tensors that need
+gradients, contiguous tensors and other devices take `F.group_norm`."""
 
 from __future__ import annotations
 
@@ -37,10 +25,7 @@ from torch import Tensor, nn
 def group_norm_act(
     x: Tensor, norm: nn.GroupNorm, act: nn.Module, *, inplace: bool = False, out_dtype: torch.dtype | None = None
 ) -> Tensor:
-    """act(group_norm(x)) with `norm`'s groups, weight, bias and eps, as `out_dtype` (None: x's).
-
-    inplace: `x` may be overwritten (a fresh tensor nobody reads again).
-    """
+    """act(group_norm(x)) with `norm`'s parameters, as `out_dtype` (None: x's); `inplace`: x may be overwritten."""
     out_dtype = out_dtype or x.dtype
     if not takes_accurate_path(x, norm):
         y = act(F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps))
@@ -62,13 +47,8 @@ def group_norm_act(
 
 
 def _apply_bfloat16(x: Tensor, norm: nn.GroupNorm, mean: Tensor, var: Tensor, out: Tensor) -> Tensor:
-    """The normalization of a bfloat16 `x` into `out`, one image at a time.
-
-    Elementwise ops mixing bfloat16 tensors with float32 scales run 20-60x slower than either
-    alone; batch norm's inference kernel has a fast mixed path (bfloat16 data, float32
-    parameters, float32 arithmetic, one rounding on the store), and with the group statistics
-    as its running statistics it computes exactly GroupNorm's formula.
-    """
+    """The normalization of a bfloat16 `x` into `out`, an image at a time, through batch norm's fast
+    mixed-precision inference kernel with the group statistics as its running statistics (exact)."""
     channels = x.shape[1]
     mean = _per_channel(mean, channels).flatten(1).to(torch.float32)
     var = _per_channel(var, channels).flatten(1).to(torch.float32)
@@ -83,8 +63,7 @@ def _apply_bfloat16(x: Tensor, norm: nn.GroupNorm, mean: Tensor, var: Tensor, ou
 
 
 def takes_accurate_path(x: Tensor, norm: nn.GroupNorm | None = None) -> bool:
-    """Channels-last (and not also contiguous) 4-D float32/bfloat16 CPU tensor, no gradient
-    wanted, float32 affine parameters."""
+    """Channels-last (not contiguous) 4-D float32/bfloat16 CPU tensor, no gradient, float32 affine."""
     return (
         x.device.type == "cpu"
         and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and bfloat16_path_works()))
@@ -97,11 +76,7 @@ def takes_accurate_path(x: Tensor, norm: nn.GroupNorm | None = None) -> bool:
 
 
 def group_stats(x: Tensor, groups: int, method: str | None = None) -> tuple[Tensor, Tensor]:
-    """(mean, biased variance) per image and group, float64 [N, G], of a channels-last tensor.
-
-    method: "rows" (batch-norm statistics over H rows, the default where it works) or
-    "sums" (cascade-summed passes of torch.sum; slower, the fallback where the first is missing).
-    """
+    """(mean, biased variance) float64 [N, G] of a channels-last tensor; "rows" or the "sums" fallback."""
     method = method or ("rows" if row_stats_work(x.dtype) else "sums")
     return _row_stats(x, groups) if method == "rows" else _sum_stats(x, groups)
 
@@ -179,10 +154,7 @@ def scale_and_shift(mean: Tensor, var: Tensor, norm: nn.GroupNorm, dtype: torch.
 
 @lru_cache(maxsize=4)
 def row_stats_work(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether `torch.batch_norm_update_stats` exists here and gives float64's numbers for `dtype`.
-
-    Probed once per dtype on an input that the one-pass kernel gets badly wrong.
-    """
+    """Whether `torch.batch_norm_update_stats` exists and gives float64's numbers for `dtype` (probed once)."""
     generator = torch.Generator().manual_seed(0)
     x = (5 + 1e-2 * torch.randn(2, 8, 6, 5, generator=generator)).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last)

@@ -1,9 +1,7 @@
 """`bit serve`: a warm model behind an HTTP API and a web page (docs/serve.md).
 
-`app.py`: the FastAPI app (routes, limits, token); `batcher.py`: batching across requests;
-`service.py`: the model side (uploads through the commands' classifier and embedder);
-`client.py`: `--server` for `bit classify` (no torch); `page.html`: the web page.
-"""
+`app.py`: the FastAPI app (routes, limits, token; on Ray Serve too); `service.py`: the model
+side and batching across requests; `client.py`: `--server` (no torch); `page.html`: the page."""
 
 from __future__ import annotations
 

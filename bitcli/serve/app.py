@@ -1,14 +1,7 @@
-"""The HTTP API and web page of `bit serve` (FastAPI; docs/serve.md).
+"""The HTTP API and web page of `bit serve` (FastAPI; docs/serve.md lists routes and statuses).
 
-- `GET /` the web page (static, in the package); `GET /healthz`; `GET /v1/models`; `GET /v1/labels`;
-- `POST /v1/classify?top_k=K`, `POST /v1/embed?normalize=B`: multipart, parts named `file`;
-- every error is `{"error": "one line"}` with its status: 400 (no file part), 401 (token), 413
-  (body over the limit, answered before the rest is read), 415 (not multipart), 422 (a bad
-  parameter), 503 (queue full, with Retry-After; or the model still loading).
-
-Security: the request never names a server-side path; a token, when set, is required on every
-request but the static page (compared in constant time).
-"""
+Every error is `{"error": "one line"}` with its status. The request never names a server-side
+path; a token, when set, is required on every request but the page (constant-time compare)."""
 
 from __future__ import annotations
 
@@ -17,6 +10,8 @@ import contextlib
 import hmac
 import io
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable
@@ -25,10 +20,10 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import HTTPException as ApiError
 
 from bitcli.serve import is_loopback
-from bitcli.serve.batcher import Batcher, QueueFull
+from bitcli.serve.service import Batcher, QueueFull
 
 MAX_FILES = 1000  # parts per request
 
@@ -42,12 +37,6 @@ class ServeSettings:
     token: str | None = None
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -57,10 +46,8 @@ class _BodyTooLarge(Exception):
 
 
 class Guard:
-    """ASGI middleware: the token and the body limit, before any route reads anything.
-
-    A declared Content-Length over the limit is refused at once (413, nothing read); a body that
-    grows past it while streaming ends the request with 413 as soon as it does."""
+    """ASGI middleware: the token and the body limit (413: a declared length at once, a streamed body
+    as soon as it passes), before any route reads anything."""
 
     def __init__(self, app: Any, settings: ServeSettings) -> None:
         self.app, self.settings = app, settings
@@ -149,10 +136,6 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
     app.add_middleware(Guard, settings=settings)
     app.state.bit = state
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.headers)
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -164,9 +147,9 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         detail = str(exc).strip().splitlines()
         return error_response(500, f"the server failed on this request ({type(exc).__name__}: {detail[0] if detail else 'no detail'})")
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+    @app.exception_handler(ApiError)
+    async def http_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     files_per_request = min(MAX_FILES, settings.max_queue)  # more could never fit the queue at once
 
@@ -287,8 +270,7 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
 
 
 def _npy(results: list[Any], dim: int) -> Response:
-    """One float32 [N, D] .npy, a row per file in order; a file that failed is a row of NaN and its
-    index is listed in the `X-Bit-Failed` header (comma-separated)."""
+    """One float32 [N, D] .npy; a failed file is a row of NaN, its index in the `X-Bit-Failed` header."""
     import numpy as np
 
     rows = np.full((len(results), dim), np.nan, dtype=np.float32)
@@ -301,3 +283,63 @@ def _npy(results: list[Any], dim: int) -> Response:
     buf = io.BytesIO()
     np.save(buf, rows, allow_pickle=False)
     return Response(buf.getvalue(), media_type="application/x-npy", headers={"X-Bit-Failed": ",".join(failed)})
+
+
+# -- `bit serve --engine ray`: the same app on Ray Serve replicas -----------------------------------
+# Each replica builds the app itself (`serve.ingress` with a builder): it loads the model and serves
+# this very app; Ray Serve's proxy listens on --host/--port. With no address, a private local cluster
+# (127.0.0.1, no dashboard) lives as long as `bit serve`.
+
+APP_NAME = "bit"
+SHUTDOWN_S = 20.0
+
+
+def build_app(model_ref: str, run_options: Any, settings: Any, indexes: list[str]) -> Any:
+    """On a replica: load the model (and open the collections) and return the app."""
+    from pathlib import Path
+
+    from bitcli.pipeline import load
+    from bitcli.serve.service import Service, open_collections
+
+    loaded = load(model_ref, device=run_options.device, precision=run_options.precision, offline=run_options.offline)
+    collections = open_collections([Path(p) for p in indexes])
+    service = Service(loaded, max_batch=settings.max_batch, max_pixels=run_options.max_pixels, indexes=collections)
+    return create_app(lambda: service, settings, model_name=service.report["model"])
+
+
+def serve_on_ray(
+    model_ref: str, run_options: Any, settings: Any, *, host: str, port: int, replicas: int,
+    address: str | None, indexes: list[str], on_ready: Callable[[str], None]
+) -> int:
+    """Deploy, call `on_ready(url)`, serve until SIGTERM (returns 0) or Ctrl-C (KeyboardInterrupt)."""
+    import ray
+    from ray import serve
+
+    if address:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR", log_to_driver=False)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: stop.set())
+    try:
+        serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "ERROR"})
+        def builder() -> Any:  # a plain function: Ray Serve calls it on each replica
+            return build_app(model_ref, run_options, settings, indexes)
+
+        deployment = serve.deployment(serve.ingress(builder)(), name="bit", num_replicas=replicas,
+                                      ray_actor_options={"num_cpus": 0})
+        serve.run(deployment.bind(), name=APP_NAME, route_prefix="/")
+        on_ready(f"http://{host}:{port}")
+        while not stop.wait(0.2):  # a wait with a timeout: signals are handled
+            pass
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _bounded(lambda: (serve.shutdown(), ray.shutdown()), SHUTDOWN_S)
+
+
+def _bounded(work: Callable[[], Any], seconds: float) -> None:
+    """`work` for at most `seconds` (Ray's shutdown can wait forever); then the process exits without it."""
+    done = threading.Thread(target=work, daemon=True, name="bit-ray-shutdown")
+    done.start()
+    done.join(seconds)

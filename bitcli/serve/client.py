@@ -1,13 +1,10 @@
-"""The client side of `bit serve`: `bit classify --server URL` sends the files, prints the answers.
-
-Standard library only (no torch, no model code, no HTTP library to import): one image through a
-warm server costs about what `bit --help` costs. Requests carry `batch_size` files each, in input
-order; the answers become the same `ClassifyResult`s the local command renders. A file that
-cannot be read here fails here, with the reason the local command gives.
-"""
+"""The client side of `bit serve`: `--server URL` sends the files, the answers become the records
+the local command renders. Standard library only (no torch): as cheap to start as `bit --help`.
+A file that cannot be read here fails here, with the local command's reason."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -78,11 +75,10 @@ class Client:
             int(model["num_labels"])
         except (KeyError, IndexError, TypeError, ValueError):
             raise self._not_bit("/v1/models") from None
-        limits = answer.get("limits") or {}
-        if isinstance(limits, dict) and isinstance(limits.get("max_body"), int) and limits["max_body"] > 0:
-            self.max_file_bytes = min(self.max_file_bytes, limits["max_body"])
-        if isinstance(limits, dict) and isinstance(limits.get("max_files"), int) and limits["max_files"] > 0:
-            self.max_files = limits["max_files"]
+        limits = answer.get("limits") if isinstance(answer.get("limits"), dict) else {}
+        body, files = (limits.get(name) if isinstance(limits.get(name), int) and limits[name] > 0 else None
+                       for name in ("max_body", "max_files"))
+        self.max_file_bytes, self.max_files = min(self.max_file_bytes, body or self.max_file_bytes), files
         return model
 
     def labels(self) -> list[str]:
@@ -133,22 +129,20 @@ class Client:
     def _requests(self, parts: list[tuple[int, str, bytes]]) -> Iterator[list[tuple[int, str, bytes]]]:
         """`parts` in input order, cut into requests that fit the server's body and file limits."""
         request: list[tuple[int, str, bytes]] = []
-        empty = len(multipart([], boundary=BOUNDARY_SIZED)[0])
-        size = empty
+        size = EMPTY_BODY
         for part in parts:
-            grows = len(multipart([(part[1], part[2])], boundary=BOUNDARY_SIZED)[0]) - empty
+            grows = part_size(part[1], part[2])
             full = self.max_files is not None and len(request) >= self.max_files
             if request and (full or size + grows > self.max_file_bytes):
                 yield request
-                request, size = [], empty
+                request, size = [], EMPTY_BODY
             request.append(part)
             size += grows
         if request:
             yield request
 
     def _read(self, item: Any) -> tuple[bytes | None, str | None]:
-        """(bytes, None) for a file to send, (None, reason) for one that fails here, with the
-        reason the local command gives."""
+        """(bytes, None) for a file to send, (None, reason) for one that fails here, as the local command says."""
         if isinstance(item, InputError):
             return None, item.reason
         try:
@@ -158,26 +152,19 @@ class Client:
             return None, "not a regular file"
         except OSError as exc:
             return None, os_error_reason(exc)
-        if len(multipart([(item.path, data)], boundary=BOUNDARY_SIZED)[0]) > self.max_file_bytes:
+        if EMPTY_BODY + part_size(item.path, data) > self.max_file_bytes:
             return None, f"larger than the server takes ({self.max_file_bytes} bytes a request)"
         return data, None
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     """`items` in lists of `size` (the last one shorter), in order."""
-    group: list[Any] = []
-    for item in items:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
+    stream = iter(items)
+    return iter(lambda: list(itertools.islice(stream, size)), [])
 
 
 def shown_path(recorded: str, base: str | None) -> str:
-    """A row's path as `bit search` prints it here: as recorded when that resolves from this
-    directory (absolute, or this is the directory `bit embed` ran in), else from here to it."""
+    """A row's path as recorded when it resolves from here, else from here to it (as `bit search` prints it)."""
     if os.path.isabs(recorded) or not base or os.path.abspath(base) == os.path.abspath(os.getcwd()):
         return recorded
     return os.path.join(os.path.relpath(base), recorded)
@@ -217,23 +204,26 @@ def search_records(answer: Any, paths: list[str]) -> list[Any]:
     return results
 
 
-BOUNDARY_SIZED = "0" * 32  # a boundary as long as the real ones: to measure a body's size
+BOUNDARY_SIZED = "0" * 32  # as long as the real ones (uuid4 hex): to measure a body's size
+EMPTY_BODY = len(f"--{BOUNDARY_SIZED}--\r\n")
 
 
 def multipart(files: list[tuple[str, bytes]], *, boundary: str | None = None) -> tuple[bytes, str]:
     """A multipart/form-data body with one part named `file` per (name, bytes)."""
     boundary = boundary or uuid.uuid4().hex
-    chunks = []
-    for name, data in files:
-        quoted = name.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "%0D").replace("\n", "%0A")
-        chunks.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n".encode("utf-8", "surrogateescape")
-        )
-        chunks.append(data)
-        chunks.append(b"\r\n")
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+    chunks = [chunk for name, data in files for chunk in (part_head(name, boundary), data, b"\r\n")]
+    return b"".join([*chunks, f"--{boundary}--\r\n".encode()]), f"multipart/form-data; boundary={boundary}"
+
+
+def part_head(name: str, boundary: str) -> bytes:
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "%0D").replace("\n", "%0A")
+    return (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+def part_size(name: str, data: bytes) -> int:
+    """The bytes one file adds to a request's body."""
+    return len(part_head(name, BOUNDARY_SIZED)) + len(data) + 2
 
 
 def _http_error(url: str, exc: urllib.error.HTTPError, *, sent_token: bool = False) -> BitError:
@@ -252,7 +242,7 @@ def _http_error(url: str, exc: urllib.error.HTTPError, *, sent_token: bool = Fal
 
 def _retry_after(exc: urllib.error.HTTPError) -> float | None:
     """The seconds a 503's Retry-After asks for (at most 30), or None."""
-    value = (exc.headers or {}).get("Retry-After", "") if exc.headers is not None else ""
+    value = (exc.headers or {}).get("Retry-After", "")
     try:
         seconds = float(value)
     except (TypeError, ValueError):
@@ -261,8 +251,7 @@ def _retry_after(exc: urllib.error.HTTPError) -> float | None:
 
 
 def _server_address(url: str) -> bool:
-    """Whether `url` names a server: http or https, a host, a port that is a number in range and
-    no space or control character where http.client would refuse it (not a traceback, exit 1)."""
+    """Whether `url` names a server http.client takes: http(s), a host, a valid port, no space or control character."""
     try:
         parsed = urllib.parse.urlsplit(url)
         parsed.port  # ValueError: "http://host:abc", "http://host:99999"

@@ -1,20 +1,27 @@
 """The model side of `bit serve`: one loaded model, run on batches of uploaded files.
 
-Uploaded files are written to a private temporary folder and go through the very classifier and
-embedder the commands use (`bitcli.pipeline`), so a record is the line `bit classify --format
-jsonl` writes for the same file, up to the last float bits of a different batch composition.
-The record's `path` is the upload's filename; the temporary path never appears in an answer.
+Uploads are saved to a private temporary folder and go through the commands' own classifier and
+embedder (`bitcli.pipeline`); a record's `path` is the upload's filename, never the temporary one.
+
+Batching across requests (`Batcher`): each request submits its images under a key (classify with
+top-k K, embed normalized or not). One consumer takes the oldest image, gathers up to `max_batch`
+of its key arriving within `max_wait_s`, and runs them in one call on a single worker thread;
+other keys wait for the next round. Past `max_queue` waiting images `submit` raises QueueFull
+(503 with Retry-After). A request that went away leaves futures that are skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import os
 import shutil
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 from bitcli.pipeline import Classifier, Embedder, RunOptions
 
@@ -28,13 +35,11 @@ class Upload:
 
 
 class Service:
-    """`run(key, uploads)` for the batcher: ("classify", top_k) or ("embed", normalize); searches
-    of `indexes` (name -> opened collection, see `add_index`); `report`: the model's `bit inspect`
-    report (/v1/models)."""
+    """`run(key, uploads)` for the batcher; searches of `indexes` (`add_index`); `report` (/v1/models)."""
 
     def __init__(self, model: Any, *, max_batch: int, max_pixels: int | None, workers: int | None = None,
                  indexes: dict[str, Any] | None = None) -> None:
-        from bitcli.inspection import build_report
+        from bitcli.checkpoint.describe import build_report
 
         self.model = model
         self.options = RunOptions(batch_size=max_batch, max_pixels=max_pixels, workers=workers)
@@ -55,8 +60,7 @@ class Service:
             collection.close()
 
     def add_index(self, name: str, index: Any) -> None:
-        """Serve searches of `index` (an opened EmbeddingIndex) as `name`; its rows must come
-        from this model and settings (UsageError with one line otherwise)."""
+        """Serve searches of `index` as `name`; UsageError unless its rows come from this model and settings."""
         from bitcli.collection.queries import settings_differ
         from bitcli.errors import UsageError
 
@@ -66,8 +70,7 @@ class Service:
         self.indexes[name] = index
 
     def search(self, name: str, vectors: list[Any], k: int) -> tuple[list[Any], str | None]:
-        """Top-k matches of each vector (None: that query failed) in index `name`, and how they
-        were found (`SearchOutcome.method`)."""
+        """Top-k matches of each vector (None: a failed query) in index `name`, and how they were found."""
         import numpy as np
 
         from bitcli.collection.search import search
@@ -78,8 +81,7 @@ class Service:
         return [next(answers) if v is not None else None for v in vectors], outcome.method if outcome else None
 
     def thumbnail(self, name: str, row: int, size: int = 256) -> bytes | None:
-        """A JPEG of row `row`'s file of index `name` (the path comes from the collection, never
-        from a request), or None when the file is gone or not an image."""
+        """A JPEG of row `row`'s file (its path from the collection, never a request), None when unreadable."""
         from io import BytesIO
 
         from bitcli.decode import open_image
@@ -149,8 +151,7 @@ def _renamed(result: Any, upload: Upload) -> Any:
 
 
 def open_collections(paths: list[Path]) -> dict[str, Any]:
-    """Each collection (`bit embed`'s OUT.npy, or OUT) opened and checked, named by its file's
-    stem (photos.npy: photos); two of one name are a UsageError."""
+    """Each collection opened and checked, named by its file's stem; two of one name are a UsageError."""
     from bitcli.collection import open_index
     from bitcli.errors import UsageError
     from bitcli.util import npy_name
@@ -163,3 +164,130 @@ def open_collections(paths: list[Path]) -> dict[str, Any]:
             raise UsageError(f"--index {path}: another collection is already named {name!r}; rename one of the files")
         opened[name] = collection
     return opened
+
+
+# -- batching across requests --------------------------------------------------------------------
+
+
+class QueueFull(Exception):
+    """More images wait than the server takes at once."""
+
+
+@dataclass
+class _Item:
+    key: Hashable
+    payload: Any
+    future: asyncio.Future
+    queued: float  # loop time when submitted
+
+
+@dataclass
+class Stats:
+    """What the batcher has done: batches run, images in them, the largest batch."""
+
+    batches: int = 0
+    images: int = 0
+    largest: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "images": self.images, "largest_batch": self.largest}
+
+
+class Batcher:
+    """`await submit(key, payloads)` -> results, computed by `run(key, payloads)` in batches."""
+
+    def __init__(
+        self, run: Callable[[Hashable, list[Any]], list[Any]], *, max_batch: int, max_wait_s: float,
+        max_queue: int
+    ) -> None:
+        self._run = run
+        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self._items: collections.deque[_Item] = collections.deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bit-model")
+        self.stats = Stats()
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._consume())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._worker.shutdown(wait=True)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._items)
+
+    async def submit(self, key: Hashable, payloads: list[Any]) -> list[Any]:
+        """The results for `payloads`, in their order; QueueFull when the queue has no room."""
+        if not payloads:
+            return []
+        if len(self._items) + len(payloads) > self.max_queue:
+            raise QueueFull(f"{len(self._items)} images are waiting; try again shortly")
+        loop = asyncio.get_running_loop()
+        futures = []
+        now = loop.time()
+        for payload in payloads:
+            future = loop.create_future()
+            self._items.append(_Item(key, payload, future, now))
+            futures.append(future)
+        assert self._wake is not None, "Batcher.start() was not called"
+        self._wake.set()
+        return list(await asyncio.gather(*futures))
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        while True:
+            while not self._items:
+                self._wake.clear()
+                await self._wake.wait()
+            first = self._items[0]
+            deadline = first.queued + self.max_wait_s
+            while self._count(first.key) < self.max_batch and loop.time() < deadline:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    break
+            batch = self._take(first.key)
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._worker, self._run, first.key, [i.payload for i in batch])
+            except Exception as exc:  # the model failed: every request of the batch learns it
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            self.stats.batches += 1
+            self.stats.images += len(batch)
+            self.stats.largest = max(self.stats.largest, len(batch))
+            for item, result in zip(batch, results):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    def _count(self, key: Hashable) -> int:
+        return sum(1 for item in self._items if item.key == key and not item.future.done())
+
+    def _take(self, key: Hashable) -> list[_Item]:
+        """Remove and return up to max_batch live items of `key`, oldest first; drop dead ones."""
+        taken: list[_Item] = []
+        kept: collections.deque[_Item] = collections.deque()
+        while self._items:
+            item = self._items.popleft()
+            if item.future.done():  # its request went away
+                continue
+            if item.key == key and len(taken) < self.max_batch:
+                taken.append(item)
+            else:
+                kept.append(item)
+        self._items = kept
+        return taken

@@ -1,21 +1,11 @@
-"""The base model for transfer: raw weights, a trainable network, and weights for export.
+"""The base model for transfer: raw weights, a trainable network, weights for export; the one
+module of `bitcli.transfer` that reaches into the model and checkpoint internals.
 
-This is the one module of `bitcli.transfer` that reaches into bitcli's model and checkpoint
-internals (the imports at the top); everything else uses the public API.
-
-Why raw weights: `bitcli.checkpoint.load_model` standardizes every convolution's weight once at
-load time, which is exact for inference but loses each filter's mean and scale. Fine-tuning
-needs both: weight standardization divides the gradient by the filter's standard deviation, so
-the effective step size of the release's learning rate depends on the raw scale. The trainable
-model therefore holds the checkpoint's raw weights and standardizes them in every forward pass
-(a `torch.nn.utils.parametrize` parametrization, differentiable), as timm, transformers and
-the original code do in training.
-
-Export: transformers standardizes with eps 1e-8 whatever the source. A raw weight w trained with
-another eps (the original release's 1e-10) is exported as w * sqrt(1e-8 / eps): standardizing
-that with 1e-8 gives exactly what standardizing w with eps gave, because
-(k w - k m) / sqrt(k^2 v + 1e-8) = (w - m) / sqrt(v + 1e-8 / k^2).
-"""
+Raw weights: `checkpoint.load_model` standardizes each convolution's weight once, which loses the
+filter's scale that fine-tuning's step size depends on; the trainable model keeps the raw
+weights and standardizes them in every forward pass (a parametrization), as the release does.
+Export: transformers standardizes with eps 1e-8; a weight trained with eps e is exported as
+w * sqrt(1e-8 / e), which standardizes to the same values."""
 
 from __future__ import annotations
 
@@ -118,19 +108,13 @@ class Standardize(nn.Module):
         return standardize_conv_weight(weight, self.eps)
 
 
-def trainable_model(base: Base, classes: list[str], head: dict[str, Tensor] | None = None) -> BiT:
-    """The base network with raw weights, standardization in forward, and a new head.
-
-    `head`: {"weight": [K, C], "bias": [K]}; None gives the HyperRule's zero-initialized head.
-    """
+def trainable_model(base: Base, classes: list[str]) -> BiT:
+    """The base network with raw weights, standardization in forward, and the rule's zero head."""
     config = with_classes(base.config, classes)
     model = meta_model(config)
     weights = {k: v.clone() for k, v in base.backbone.items()}
-    if head is None:
-        weights[HEAD_KEYS[0]] = torch.zeros(len(classes), config.feature_dim)
-        weights[HEAD_KEYS[1]] = torch.zeros(len(classes))
-    else:
-        weights[HEAD_KEYS[0]], weights[HEAD_KEYS[1]] = head["weight"].clone(), head["bias"].clone()
+    weights[HEAD_KEYS[0]] = torch.zeros(len(classes), config.feature_dim)
+    weights[HEAD_KEYS[1]] = torch.zeros(len(classes))
     try:
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as exc:
@@ -150,23 +134,15 @@ def raw_weights(model: BiT) -> dict[str, Tensor]:
 
 
 def export_state_dict(raw: dict[str, Tensor], ws_eps: float) -> dict[str, Tensor]:
-    """Raw weights trained with standardization eps `ws_eps` -> weights transformers reads exactly.
-
-    Rescales every standardized convolution's weight by sqrt(1e-8 / ws_eps) (see the module
-    docstring); a no-op for timm and transformers bases (eps 1e-8).
-    """
+    """Raw weights trained with eps `ws_eps` -> weights transformers reads exactly (module docstring)."""
     out = {k: v.detach().to(torch.float32).contiguous() for k, v in raw.items()}
     if ws_eps == TRANSFORMERS_WS_EPS:
         return out
     scale = math.sqrt(TRANSFORMERS_WS_EPS / ws_eps)
-    for key in standardized_keys(out):
-        out[key] = out[key] * scale
+    for key, value in out.items():
+        if value.ndim == 4 and key.endswith(".weight"):  # a weight-standardized convolution
+            out[key] = value * scale
     return out
-
-
-def standardized_keys(state_dict: dict[str, Tensor]) -> list[str]:
-    """Keys of weight-standardized convolutions: every 4-D weight of a BiT."""
-    return [k for k, v in state_dict.items() if v.ndim == 4 and k.endswith(".weight")]
 
 
 def transformers_config(config: BitConfig, classes: list[str]) -> dict[str, Any]:

@@ -1,20 +1,11 @@
 """Labelled image sets for training and evaluation: folders or lists, splits and few-shot subsets.
 
-DATA is either
-- a folder with one sub-folder per class (the ImageFolder layout): class names are the
-  sub-folder names, sorted by code point; images are found inside each class folder the way
-  `bit embed FOLDER` finds them (recursively, by signature or extension, hidden files skipped);
-  files directly in DATA are not examples (they are listed in `Dataset.ignored`); or
-- a `.csv` file of `path,label` rows (an optional `path,label` header) or a `.jsonl` file of
-  `{"path": ..., "label": ...}` objects; relative paths are relative to the list file's folder.
-  A file listed again (the same path, or another name of the same file: a link) is kept once,
-  before any split, so no copy can land in both training and validation; the same file with two
-  labels is an error (`Dataset.duplicates` counts the rows dropped).
-
-Splits and subsets are seeded and stratified, and each class draws from its own random stream
-(seed, purpose, class name), so a class's selection does not change when other classes are added
-or removed. Every problem with the data is a `DataError` (exit code 2) naming what is wrong.
-"""
+DATA is a folder with one sub-folder per class (names sorted; images found as `bit embed FOLDER`
+finds them; files directly in DATA are `Dataset.ignored`), or a `.csv` of `path,label` rows
+(optional header) or a `.jsonl` of {"path", "label"} objects, paths relative to the list's
+folder. A file listed again is kept once (`Dataset.duplicates`); with two labels it is an error.
+Splits and subsets are seeded and stratified, each class from its own random stream. Every
+problem with the data is a `DataError` (exit code 2)."""
 
 from __future__ import annotations
 
@@ -81,11 +72,7 @@ class Dataset:
 
 
 def load_dataset(data: str | os.PathLike[str], *, classes: Sequence[str] | None = None) -> Dataset:
-    """Read DATA (folder or list file). With `classes`, labels are indexed in that list.
-
-    Raises DataError when DATA is missing, has no classes, a class with no images, or a label
-    that cannot be a class name.
-    """
+    """Read DATA (folder or list file); with `classes`, labels index that list. DataError when unusable."""
     path = Path(data)
     if path.is_dir():
         dataset = _image_folder(path)
@@ -186,8 +173,7 @@ def _list_file(path: Path) -> Dataset:
 
 
 def file_identity(path: str) -> tuple:
-    """What names one file: (device, inode) when it can be stat'ed (links and other spellings of
-    the same path agree; a FIFO is stat'ed, never opened), else its resolved path."""
+    """What names one file: (device, inode) when it can be stat'ed (never opened), else its resolved path."""
     try:
         info = os.stat(path)
     except (OSError, ValueError):

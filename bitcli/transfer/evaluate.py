@@ -1,20 +1,10 @@
 """Evaluate any classifier on labelled data: accuracy, top-5, per-class figures, confusion matrix.
 
-The data's class names (folder names, or list labels) are matched to the model's labels, first
-match wins: the exact name; the WordNet id of a bundled ImageNet label (folders named
-`n01440764`); then, ignoring case, `_`, `-` and repeated spaces, the whole label or one of its
-comma-separated synonyms ("tabby" for "tabby, tabby cat"), when exactly one label matches.
-A data class that matches no label, or two classes matching the same label, is a `DataError`.
-
-Figures: accuracy (top-1 over the model's own outputs), top-5 when the model has more than 5
-classes, per data class precision (null when the model never predicted the class), recall and
-support, the confusion matrix [true class][predicted class] over the data's classes and, when
-the model has other labels too, `predicted_other`: per true class, how many images the model
-gave a label outside the data's classes. Images that cannot be decoded are left out and
-listed in `failed`. `mistakes`: every image whose top-1 is wrong, as {path, true, predicted,
-score} (the data's class names; a label outside them as the model names it; score = the top-1
-probability), most confident first, then in data order.
-"""
+Data classes match the model's labels by exact name, then WordNet id (`n01440764`), then
+ignoring case, `_`, `-` and spaces, the label or one of its comma-separated synonyms, when
+exactly one label matches; otherwise a `DataError`. `predicted_other`: per true class, images
+given a label outside the data's classes. `mistakes`: every wrong top-1 as {path, true,
+predicted, score}, most confident first."""
 
 from __future__ import annotations
 
@@ -48,22 +38,13 @@ class Evaluation:
     mistakes: list[dict[str, Any]] = field(default_factory=list)  # see the module docstring
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "accuracy": self.accuracy,
-            "top5": self.top5,
-            "n": self.n,
-            "per_class": self.per_class,
-            "confusion": self.confusion,
-            "classes": self.classes,
-        }
+        out = {key: getattr(self, key) for key in ("accuracy", "top5", "n", "per_class", "confusion", "classes")}
         if self.predicted_other is not None:
             out["predicted_other"] = self.predicted_other
-        out["failed"] = len(self.failed)
-        out["model"] = self.model
+        out.update(failed=len(self.failed), model=self.model)
         if self.matched:
             out["matched"] = self.matched
-        out["mistakes"] = self.mistakes
-        return out
+        return {**out, "mistakes": self.mistakes}
 
 
 def _normal(name: str) -> str:
@@ -105,11 +86,8 @@ def match_classes(data_classes: list[str], labels: list[str], synsets: list[str]
 
 
 def evaluate(
-    data: str | os.PathLike[str] | Dataset,
-    model: Any = None,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-    **classifier_options: Any,
+    data: str | os.PathLike[str] | Dataset, model: Any = None, *,
+    progress: Callable[[int, int], None] | None = None, **classifier_options: Any
 ) -> Evaluation:
     """Classify every example of `data` with `model` (anything `bitcli.load` takes) and score it."""
     from bitcli.inputs import InputItem

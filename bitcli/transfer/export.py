@@ -1,50 +1,153 @@
-"""Write a trained classifier as a transformers checkpoint folder, atomically.
+"""The files a training run writes: the trained classifier as a transformers checkpoint folder,
+atomically, and a fine-tune's resumable state.
 
-OUTDIR holds `config.json` (the base's architecture, `id2label`/`label2id` of the user's
-classes), `preprocessor_config.json` (evaluation preprocessing), `model.safetensors` (raw
-weights that transformers and bitcli standardize themselves; see `backbone.export_state_dict`)
-and `training_report.json`. So `bit classify -m OUTDIR` prints the user's class names and
-`transformers.BitForImageClassification.from_pretrained(OUTDIR)` computes the same logits.
+OUTDIR holds config.json (the user's classes), preprocessor_config.json (the base's evaluation
+preprocessing; 128 px for a fine-tune on images under 96x96), model.safetensors (raw weights,
+`backbone.export_state_dict`) and training_report.json. Everything is written into a locked
+staging folder beside OUTDIR (`.OUTDIR.tmp-XXXX`) and renamed into place. An existing OUTDIR is
+replaced only with `overwrite` and only when it holds nothing but `bit train`'s files; the next
+run removes unlocked leftovers of killed runs.
 
-Evaluation preprocessing is the base model's. The exception is a fine-tune on small images
-(under 96x96 px), trained at 128 px: there the exported preprocessing resizes the shortest edge
-to 128 and center-crops 128 (the base's interpolation and normalization), since the release
-evaluates at the training crop and the network has never seen these images at the base's size.
-A timm base's torchvision-style crop rounding (which transformers cannot express) becomes
-transformers' own (a one-pixel offset at most, for some image sizes).
-
-Atomic: everything is written into a hidden temporary folder next to OUTDIR (`.OUTDIR.tmp-XXXX`)
-and renamed into place at the end, so OUTDIR is either absent or complete. An existing OUTDIR is
-replaced only with `overwrite`, and only when it is empty or holds nothing but the files `bit
-train` writes (with its training report): anything else in it (a user's notes, an evaluation's
-results) is named and the run refused, never deleted. The old folder is renamed aside first and
-its files removed only after the new one is in place.
-
-The staging folder is locked (flock) while its run lives; a run killed with SIGKILL leaves it
-behind, and the next run on the same OUTDIR removes such unlocked leftovers (and a replaced
-OUTDIR left aside) when they hold only `bit train`'s own files.
+The fine-tune's state: raw weights and momentum (safetensors) plus step, losses and unreadable
+images (JSON), written atomically, the JSON last, with the run's fingerprint, which must match
+on resume. A failed write is a `WriteFailed` naming the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
 import tempfile
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bitcli.errors import UsageError
-from bitcli.util import CONFIG_MAX_BYTES, read_capped
+from bitcli.util import CONFIG_MAX_BYTES, read_capped, write_atomic, write_synced
 
 from .backbone import HEAD_KEYS, BitConfig, PreprocessConfig, export_state_dict, transformers_config
 from .hyperrule import Resolution
-from .state import WriteFailed, save_tensors, write_text
+
+STATE_INFO_MAX_BYTES = 256 << 20  # the step's losses: 8 bytes or so per step
+
+STATE_WEIGHTS = "state.safetensors"
+STATE_INFO = "state.json"
+_TEMP_PREFIX = ".tmp-"
+
+
+class WriteFailed(OSError):
+    """Writing a training run's file failed; `filename` is the folder it was for, `strerror` the reason."""
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, its I/O failures (a Rust error) as WriteFailed with the system's reason."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"(?:os error |code: )(\d+)", str(exc))  # "... (os error 28)"
+        number = int(code.group(1)) if code else errno.EIO
+        raise WriteFailed(number, os.strerror(number), str(Path(path).parent)) from exc
+    except OSError as exc:
+        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(Path(path).parent)) from exc
+
+
+def has_checkpoint(directory: Path) -> bool:
+    return (directory / STATE_INFO).is_file()
+
+
+def discard_empty(directory: Path) -> None:
+    """Before a run: remove a killed save's temporaries, and the state folder itself when it holds no checkpoint."""
+    if not directory.is_dir() or directory.is_symlink():
+        return
+    empty = not has_checkpoint(directory)
+    for entry in os.scandir(directory):
+        if entry.name.startswith(_TEMP_PREFIX) or (empty and entry.name == STATE_WEIGHTS):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    if empty:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
+@dataclass
+class Session:
+    """Where a run stands: steps done, their losses, unreadable images, seconds spent."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    bad: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         session: Session, fingerprint: dict[str, Any]) -> None:
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for name, param in model.named_parameters():
+        buf = optimizer.state.get(param, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"momentum/{name}"] = buf.detach().cpu().contiguous()
+    info = {
+        "fingerprint": fingerprint,
+        "step": session.step,
+        "losses": session.losses,
+        "seconds": session.seconds,
+        "bad": {str(k): v for k, v in dict(session.bad).items()},  # a copy: loader threads add to it
+    }
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, content in ((STATE_WEIGHTS, lambda fh: save_tensors(tensors, fh.name)), (STATE_INFO, json.dumps(info).encode())):
+            write_atomic(directory / name, content, temporary=directory / f"{_TEMP_PREFIX}{os.getpid()}-{name}")
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(directory)) from exc
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """`text` into `path`, synced (a full disk fails here); a failure is WriteFailed naming the file's folder."""
+    try:
+        write_synced(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(Path(path).parent)) from exc
+
+
+def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            fingerprint: dict[str, Any], device: torch.device) -> Session:
+    """Load the state into `model` and `optimizer`; UsageError when it is unreadable or another run's."""
+    from safetensors.torch import load_file
+
+    try:
+        info = json.loads(read_capped(directory / STATE_INFO, STATE_INFO_MAX_BYTES).decode("utf-8"))
+        tensors = load_file(directory / STATE_WEIGHTS)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{directory}: the checkpoint cannot be read ({exc}); start again with --overwrite") from None
+    if info.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+        raise UsageError(
+            f"{directory}: the interrupted run used other data, base model or settings; "
+            "repeat its options or start again with --overwrite"
+        )
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
+    for name, param in model.named_parameters():
+        buf = tensors.get(f"momentum/{name}")
+        if buf is not None:
+            optimizer.state[param]["momentum_buffer"] = buf.to(device)
+    return Session(
+        step=int(info["step"]), losses=list(info["losses"]),
+        bad={int(k): str(v) for k, v in info.get("bad", {}).items()}, seconds=float(info["seconds"]),
+    )
+
+
+# -- the trained classifier's folder ------------------------------------------------------------
 
 REPORT = "training_report.json"
 REPORT_MARKER = "bitcli_training_report"
@@ -84,16 +187,10 @@ def preprocessor_dict(cfg: PreprocessConfig) -> dict[str, Any]:
 
 
 def write_checkpoint(
-    directory: Path,
-    *,
-    config: BitConfig,
-    classes: list[str],
-    weights: dict[str, torch.Tensor],
-    preprocess: PreprocessConfig,
+    directory: Path, *, config: BitConfig, classes: list[str], weights: dict[str, torch.Tensor],
+    preprocess: PreprocessConfig
 ) -> None:
-    """Write config, preprocessing and weights (raw, with the head) into an existing `directory`.
-
-    A failed write (disk full) raises `state.WriteFailed` naming `directory`."""
+    """Write config, preprocessing and weights (raw, with the head) into `directory`; WriteFailed on failure."""
     missing = [k for k in HEAD_KEYS if k not in weights]
     if missing:
         raise ValueError(f"weights lack the classifier head ({', '.join(missing)})")
@@ -175,9 +272,8 @@ def _lock(directory: Path) -> int | None:
 
 
 def clean_leftovers(outdir: Path) -> list[Path]:
-    """Remove what killed runs on `outdir` left beside it: staging folders no live run holds, and an
-    old OUTDIR left aside while the new one is in place, each only when it holds nothing but
-    `bit train`'s own files. Returns what was removed."""
+    """Remove unlocked staging folders and an old OUTDIR left aside by killed runs, when they hold only
+    `bit train`'s files. Returns what was removed."""
     removed = []
     try:
         entries = list(os.scandir(outdir.parent))
@@ -206,10 +302,7 @@ def clean_leftovers(outdir: Path) -> list[Path]:
 
 
 class Staging:
-    """A temporary folder next to OUTDIR; `commit()` puts it in OUTDIR's place.
-
-    Use as a context manager: leaving without `commit()` (an error, Ctrl-C) removes it.
-    """
+    """A temporary folder next to OUTDIR; `commit()` puts it in OUTDIR's place, leaving without it removes it."""
 
     def __init__(self, outdir: Path, *, overwrite: bool):
         self.outdir = Path(outdir)

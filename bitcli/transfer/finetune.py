@@ -1,23 +1,11 @@
-"""Fine-tuning the whole network with the BiT-HyperRule (see `hyperrule.py` for the rule itself).
+"""Fine-tuning the whole network with the BiT-HyperRule (`hyperrule.py`).
 
-SGD with momentum 0.9 and no weight decay, the learning rate of `hyperrule.lr_at` set before
-every step, a zero-initialized head (so the first steps train the head alone: the backbone's
-gradient passes through the head's weights), cross-entropy, MixUp with one lambda per step when
-the rule turns it on, random crops and flips at the rule's resolution (`sampler.py`).
-
-Batches larger than what fits run as several micro-batches whose gradients add up (weighted by
-their size, so the sum is the full batch's mean-loss gradient). The micro-batch is estimated
-from the network's activation sizes and the memory available, and halved after an
-out-of-memory error on a GPU.
-
-Checkpoints: every `checkpoint_seconds` (and every `checkpoint_every` steps when set) the raw
-weights, the momentum buffers, the step, the losses and the unreadable images go to `state_dir`
-(safetensors + JSON, written atomically), and once more when the run is interrupted with Ctrl-C
-(held back during the optimizer's update, so weights, momentum and step always agree). `run(resume=True)` continues from there; because every random
-choice is a function of (seed, step), the resumed run computes the same steps an uninterrupted
-one would. Library code never prints: the plan (with the time estimate measured on the first
-steps) and per-step progress go to callbacks.
-"""
+SGD with momentum 0.9, no weight decay, the rule's learning rate set before every step, a
+zero-initialized head, cross-entropy, MixUp when the rule turns it on, random crops and flips
+(`sampler.py`). A batch that does not fit runs as micro-batches whose gradients add up (sized
+from the activations and the memory at hand, halved after a GPU out-of-memory error).
+Checkpoints go to `state_dir` every `checkpoint_seconds` and on Ctrl-C; every random choice is a
+function of (seed, step), so a resumed run computes the steps an uninterrupted one would."""
 
 from __future__ import annotations
 
@@ -42,7 +30,7 @@ from .backbone import Base, raw_weights, trainable_model
 from .data import DataError, Dataset
 from .hyperrule import BASE_BATCH, MOMENTUM, Resolution, make_rule, resolution
 from .sampler import Sampler
-from .state import Session, has_checkpoint, restore, save
+from .export import Session, has_checkpoint, restore, save
 
 _AREA_SAMPLE = 200
 _TRAINING_MEMORY_FACTOR = 10  # stored activations per block, relative to its output (an estimate)
@@ -151,13 +139,8 @@ class Finetuner:
     """One fine-tuning run: build with the data, read `plan()`, then `run()`."""
 
     def __init__(
-        self,
-        base: Base,
-        train: Dataset,
-        *,
-        device: str | torch.device = "cpu",
-        options: FinetuneOptions | None = None,
-        state_dir: Path | None = None,
+        self, base: Base, train: Dataset, *, device: str | torch.device = "cpu",
+        options: FinetuneOptions | None = None, state_dir: Path | None = None
     ):
         self.options = options = options or FinetuneOptions()
         if options.batch_size < 1:
@@ -208,11 +191,8 @@ class Finetuner:
         }
 
     def run(
-        self,
-        *,
-        resume: bool = False,
-        on_plan: Callable[[Plan], None] | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
+        self, *, resume: bool = False, on_plan: Callable[[Plan], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None
     ) -> FinetuneResult:
         """Train to the end of the schedule; `resume` continues from `state_dir`'s checkpoint."""
         optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=MOMENTUM, weight_decay=0.0)
@@ -292,7 +272,7 @@ class Finetuner:
 
     def _save(self, optimizer, session: Session, sampler: Sampler) -> None:
         assert self.state_dir is not None
-        session.bad = sampler.bad  # the live table (state.save copies it)
+        session.bad = sampler.bad  # the live table (save copies it)
         save(self.state_dir, self.model, optimizer, session, self.fingerprint())
 
     def _checkpoint_due(self, step: int, since_save: float) -> bool:

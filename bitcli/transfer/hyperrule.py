@@ -1,30 +1,13 @@
-"""The BiT-HyperRule as pure functions: schedule, learning rate, mixup and resolution.
+"""The BiT-HyperRule as pure functions, following the released code (google-research/big_transfer):
 
-These follow the released code (`bit_hyperrule.py` and `bit_pytorch/train.py` of
-google-research/big_transfer), not the paper where the two differ:
-
-- Schedule by training-set size (after `--shots` and the validation split): < 20k images
-  [100, 200, 300, 400, 500] steps, < 500k [500, 3000, 6000, 9000, 10000], otherwise
-  [500, 6000, 12000, 18000, 20000].
-- Learning rate at step s: a linear warmup from 0 to the base rate over the first boundary,
-  then the base rate divided by 10 once for every later boundary strictly below s (the release's
-  `if s < step`), and no rate (training stops) from the last boundary on.
+- Schedule by training-set size: < 20k images [100, 200, 300, 400, 500] steps, < 500k
+  [500, 3000, 6000, 9000, 10000], else [500, 6000, 12000, 18000, 20000]; `--steps N` scales
+  the boundaries to end at N.
+- Learning rate: linear warmup to the base rate (0.003 at any batch size) over the first
+  boundary, then / 10 at every later boundary; training stops at the last.
 - MixUp alpha 0 under 20k images, else 0.1.
-- Base learning rate 0.003 at every batch size. The release defines it at batch 512 and never
-  rescales it (`--batch` only changes the batch; the authors report batch 128 with lr 0.001 as
-  nearly identical on CIFAR-10, so the rule is insensitive to the batch within that range).
-  bitcli keeps 0.003 as the release does; `base_lr` overrides it.
-- Resolution: images under 96x96 px of area are resized to 160 and randomly cropped to 128.
-  Larger images train at the base model's own evaluation input size (448 for google/bit-50, 224
-  for the timm ImageNet-21k copies), resized first by the release's 512/480 margin (448 -> 478),
-  then randomly cropped. The release uses 512 -> 480 for every model and the paper 448 -> 384;
-  bitcli trains at the base's input size because the exported model keeps the base's evaluation
-  preprocessing (so `bit classify` and transformers see the images at the size the network was
-  fine-tuned at) and a timm or transformers base was itself fine-tuned at that size.
-
-`--steps N` replaces the schedule by the rule's boundaries scaled to end at N (the warmup and
-decay keep their share of the run).
-"""
+- Resolution: images under 96x96 px resize to 160 and crop 128; larger ones train at the base's
+  own input size (resized by the 512/480 margin, then randomly cropped)."""
 
 from __future__ import annotations
 
@@ -68,11 +51,7 @@ def scaled_schedule(boundaries: list[int], steps: int) -> list[int]:
 
 
 def lr_at(step: int, boundaries: list[int], base_lr: float = BASE_LR) -> float | None:
-    """Learning rate for `step` (0-based); None once `step` reaches the last boundary (stop).
-
-    Exactly the release's `get_lr`: warmup `base_lr * step / boundaries[0]` (so step 0 trains
-    with rate 0, as there), then `base_lr / 10**k` with k the number of later boundaries < step.
-    """
+    """The release's `get_lr` for `step` (0-based); None once `step` reaches the last boundary."""
     if step < boundaries[0]:
         return base_lr * step / boundaries[0]
     if step >= boundaries[-1]:
@@ -133,12 +112,8 @@ class Rule:
 
 
 def make_rule(
-    dataset_size: int,
-    *,
-    steps: int | None = None,
-    batch_size: int = BASE_BATCH,
-    lr: float | None = None,
-    mixup: float | None = None,
+    dataset_size: int, *, steps: int | None = None, batch_size: int = BASE_BATCH, lr: float | None = None,
+    mixup: float | None = None
 ) -> Rule:
     """The rule for a training set, with the user's overrides (None: the rule's own value)."""
     boundaries = schedule(dataset_size)

@@ -1,21 +1,9 @@
 """The linear probe: multinomial logistic regression with L2 on frozen BiT features, in torch.
 
-Objective (the same as scikit-learn's `LogisticRegression(C=C)` divided by C n, so
-l2 = 1 / (C n)): mean cross-entropy over the n training rows + l2 / 2 * ||W||^2, the bias not
-penalized. Solved full-batch with L-BFGS (strong Wolfe line search) in float64, on features
-standardized with the training rows' mean and standard deviation; the standardization is folded
-into the returned head, which therefore applies to the raw pooled features (what the exported
-checkpoint's `classifier.1` sees).
-
-Choosing l2 on a grid (10^-6 ... 10^0, from strong to weak, each fit warm-started from the
-previous one): by a stratified hold-out of 20% of the training data when there are at least
-1,000 training images and 5 per class, else by stratified k-fold cross-validation with
-k = min(5, smallest class count); with a single example in some class (1-shot) no selection
-is possible and l2 = 1 / n (scikit-learn's default C = 1) is used. The score is accuracy, ties
-broken by the lower cross-entropy. The final head is then fitted on all training data. The
-user's validation data (`--val`, `--val-split`) is never used for the choice, so the
-validation accuracy reported is an honest estimate.
-"""
+Mean cross-entropy + l2 / 2 ||W||^2 (scikit-learn's C = 1 / (l2 n)), full-batch L-BFGS in
+float64 on standardized features; the standardization is folded into the returned head. l2 is
+chosen on a grid by a 20% hold-out (>= 1,000 images, 5 per class) or stratified k-fold
+cross-validation (1-shot: l2 = 1 / n), never on the user's validation data."""
 
 from __future__ import annotations
 
@@ -92,14 +80,8 @@ def threads_for(size: int) -> Iterator[None]:
 
 
 def fit(
-    x: np.ndarray,
-    y: np.ndarray,
-    num_classes: int,
-    l2: float,
-    *,
-    init: tuple[np.ndarray, np.ndarray] | None = None,
-    max_iter: int = 500,
-    tolerance: float = 1e-7,
+    x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, *,
+    init: tuple[np.ndarray, np.ndarray] | None = None, max_iter: int = 500, tolerance: float = 1e-7
 ) -> tuple[np.ndarray, np.ndarray]:
     """(weight [K, D], bias [K]) minimizing mean CE + l2/2 ||W||^2 on already standardized `x`."""
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))

@@ -1,16 +1,8 @@
 """`bit train` as a library call: data -> linear probe or fine-tune -> checkpoint folder + report.
 
-    from bitcli.transfer import train, TrainOptions
-    result = train("photos/", "my-model", base="google/bit-50", options=TrainOptions(val_split=0.2))
-    print(result.report["results"]["val_accuracy"])
-
-Order of work: check OUTDIR (before anything slow), read the data and make the splits, load the
-base, train, write everything into a staging folder, evaluate the validation data on it, then
-rename it into place. Nothing is printed; callbacks report stages and progress.
-
-Resumable state of an interrupted fine-tune lives in `.OUTDIR.bit-train/` next to OUTDIR
-(removed after success). Without `resume`, a leftover state is an error unless `overwrite`.
-"""
+OUTDIR is checked first, then the data read and split, the base loaded, the model trained and
+written into a staging folder, validated, and renamed into place. Nothing is printed; callbacks
+report. An interrupted fine-tune's state lives in `.OUTDIR.bit-train/` beside OUTDIR."""
 
 from __future__ import annotations
 
@@ -28,12 +20,10 @@ import numpy as np
 from bitcli.errors import BitError, UsageError
 
 from . import data as data_mod
-from . import state as state_mod
 from .backbone import load_base
 from .data import Dataset
-from .export import Staging, check_outdir, eval_preprocess, write_checkpoint, write_report
+from .export import Staging, WriteFailed, check_outdir, discard_empty, eval_preprocess, has_checkpoint, write_checkpoint, write_report
 from .finetune import FinetuneOptions, Finetuner, Plan, Progress
-from .state import WriteFailed
 
 METHODS = ("linear", "finetune")
 DEFAULT_EMBED_BATCH = 8
@@ -103,12 +93,8 @@ def prepare_data(
 
 
 def train(
-    data: str | Path,
-    outdir: str | Path,
-    *,
-    base: str | Path = "google/bit-50",
-    options: TrainOptions | None = None,
-    callbacks: Callbacks | None = None,
+    data: str | Path, outdir: str | Path, *, base: str | Path = "google/bit-50",
+    options: TrainOptions | None = None, callbacks: Callbacks | None = None
 ) -> TrainResult:
     """Train a classifier for DATA's classes on `base` and write it to `outdir` (see the module docstring)."""
     options = options or TrainOptions()
@@ -144,14 +130,13 @@ def train(
 
 @contextlib.contextmanager
 def _write_failures(outdir: Path, options: TrainOptions) -> Iterator[None]:
-    """A failed write (disk full) of the model or of the fine-tune's checkpoint: one line naming
-    OUTDIR, the reason, and the rerun that works (`--resume` only where a checkpoint exists)."""
+    """A failed write (disk full): one line naming OUTDIR, the reason, and the rerun that works."""
     try:
         yield
     except WriteFailed as exc:
         state = state_dir_for(outdir)
-        state_mod.discard_empty(state)
-        again = "rerun with --resume" if options.method == "finetune" and state_mod.has_checkpoint(state) else "rerun"
+        discard_empty(state)
+        again = "rerun with --resume" if options.method == "finetune" and has_checkpoint(state) else "rerun"
         reason = (exc.strerror or "write failed").lower()
         if exc.filename == str(state):
             raise BitError(f"{outdir}: cannot save the fine-tune's checkpoint in {state} ({reason}); make room, then {again}") from exc
@@ -169,7 +154,7 @@ def _check_options(options: TrainOptions, outdir: Path) -> None:
         raise UsageError("--resolution applies to --method finetune (the linear probe uses the base's own input size)")
     check_outdir(outdir, overwrite=options.overwrite)
     state = state_dir_for(outdir)
-    state_mod.discard_empty(state)  # a first checkpoint that failed (disk full) left nothing to resume
+    discard_empty(state)  # a first checkpoint that failed (disk full) left nothing to resume
     if options.method == "finetune" and state.exists() and not options.resume:
         if not options.overwrite:
             raise UsageError(

@@ -1,18 +1,9 @@
 """Training batches for fine-tuning: a seeded order, random crops and flips, unreadable images skipped.
 
-Everything random is a function of (seed, step, position), never of a running generator, so a
-run resumed at step s draws exactly the batches an uninterrupted run would have drawn:
-- order: epoch e is a permutation of the training set from (seed, e); the j-th example of step
-  s is at global position s * batch + j;
-- augmentation of that example: crop offset and flip from (seed, s, j);
-- an image that fails to decode is recorded (`bad`) and replaced by a random readable one
-  drawn from (seed, s, j, attempt), so training continues; failures are counted in the report.
-
-The transform (see `hyperrule.resolution`): resize the shortest edge to `resize` with the base
-model's interpolation (aspect kept, as the base's evaluation preprocessing keeps it; the release
-squashes, which is the same for square images), a random `crop` x `crop` window, a horizontal
-flip with probability 1/2, then the base's rescale and normalization (`bitcli.preprocess`).
-"""
+Everything random is a function of (seed, step, position), so a resumed run draws the batches an
+uninterrupted one would: epoch order from (seed, epoch), augmentation from (seed, step, j), and
+an unreadable image (`bad`) replaced by one drawn from (seed, step, j, attempt). The transform:
+shortest edge to `resize` (aspect kept), a random `crop` window, a flip, the base's normalization."""
 
 from __future__ import annotations
 
