@@ -15,7 +15,12 @@ import torch
 from torch import Tensor
 
 from bitcli.checkpoint.files import (
-    CONFIG, PREPROCESSOR_CONFIG, CheckpointInfo, RawCheckpoint, is_timm_config, read_config_json,
+    CONFIG,
+    PREPROCESSOR_CONFIG,
+    CheckpointInfo,
+    RawCheckpoint,
+    is_timm_config,
+    read_config_json,
 )
 from bitcli.checkpoint.timm import read_timm_checkpoint
 from bitcli.checkpoint.transformers import read_transformers_checkpoint

@@ -19,7 +19,14 @@ import typer.core
 import typer.main
 
 from bitcli.cli import process
-from bitcli.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, Ui, epilog
+from bitcli.cli.common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    Ui,
+    epilog,
+)
 from bitcli.errors import BitError
 
 # The commands, in the order `bit --help` lists them. Each is the function of its name in the

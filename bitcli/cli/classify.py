@@ -12,8 +12,20 @@ from typing import Annotated, Any, Optional
 import typer
 
 from bitcli.cli.common import (
-    EXIT_OK, EXIT_SOME_FAILED, CsvRawOpt, ClassifyFormat, InputsArg, NullOpt, Runtime, Ui, epilog, expand,
-    load_model, require_stdout, server_option, takes,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    CsvRawOpt,
+    ClassifyFormat,
+    InputsArg,
+    NullOpt,
+    Runtime,
+    Ui,
+    epilog,
+    expand,
+    load_model,
+    require_stdout,
+    server_option,
+    takes,
 )
 from bitcli.errors import UsageError
 from bitcli.pipeline import DEFAULT_MODEL

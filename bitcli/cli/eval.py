@@ -9,7 +9,15 @@ from typing import Annotated, Optional
 import typer
 
 from bitcli.cli.common import (
-    EXIT_OK, EXIT_SOME_FAILED, Runtime, TableOrJson, Ui, check_settings, epilog, load_model, require_stdout,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    Runtime,
+    TableOrJson,
+    Ui,
+    check_settings,
+    epilog,
+    load_model,
+    require_stdout,
     takes,
 )
 

@@ -14,7 +14,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from bitcli.cli.common import EXIT_OK, Runtime, Ui, check_settings, epilog, load_model, takes
+from bitcli.cli.common import (
+    EXIT_OK,
+    Runtime,
+    Ui,
+    check_settings,
+    epilog,
+    load_model,
+    takes,
+)
 from bitcli.errors import UsageError
 from bitcli.serve import is_loopback, sendable
 

@@ -12,7 +12,13 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 
 from bitcli.checkpoint.files import (
-    CONFIG, PICKLE, PREPROCESSOR_CONFIG, SAFETENSORS, SAFETENSORS_INDEX, WEIGHTS_FILES, is_timm_config,
+    CONFIG,
+    PICKLE,
+    PREPROCESSOR_CONFIG,
+    SAFETENSORS,
+    SAFETENSORS_INDEX,
+    WEIGHTS_FILES,
+    is_timm_config,
     shard_names,
 )
 from bitcli.errors import CheckpointError, OfflineError

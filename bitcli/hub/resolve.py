@@ -20,20 +20,38 @@ except ImportError:  # pragma: no cover
     import httpx as httpx2  # type: ignore[no-redef]
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import (
-    EntryNotFoundError, GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 from bitcli.checkpoint.files import (
-    CONFIG, LOCAL_WEIGHT_SUFFIXES, PICKLE, PREPROCESSOR_CONFIG, SAFETENSORS, SAFETENSORS_INDEX, WEIGHTS_FILES,
+    CONFIG,
+    LOCAL_WEIGHT_SUFFIXES,
+    PICKLE,
+    PREPROCESSOR_CONFIG,
+    SAFETENSORS,
+    SAFETENSORS_INDEX,
+    WEIGHTS_FILES,
 )
 from bitcli.errors import CheckpointError, ModelError, ModelNotFoundError
 from bitcli.hub import zoo
 from bitcli.hub.deadline import Deadline, HubTimeout, bounded
 from bitcli.hub.cache import (
-    DEFAULT_REVISION, HubRef, HubSettings, ResolvedModel, cache_shard_names, cached_file, from_cache,
-    from_cache_or_raise, pickle_notice, preprocessor_known,
+    DEFAULT_REVISION,
+    HubRef,
+    HubSettings,
+    ResolvedModel,
+    cache_shard_names,
+    cached_file,
+    from_cache,
+    from_cache_or_raise,
+    pickle_notice,
+    preprocessor_known,
 )
 from bitcli.util import first_line, name_some
 
