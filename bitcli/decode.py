@@ -36,8 +36,10 @@ TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # those that swap width and 
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 def open_image(
-    path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    draft_size: tuple[int, int] | None = None
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
 ) -> Image.Image:
     """Decode `path` to an RGB, 8-bit, EXIF-transposed image (first frame).
 

@@ -42,7 +42,9 @@ class Labels:
 
 
 def resolve_labels(
-    num_classes: int, id2label: dict[int, str] | dict[str, str] | None, labels_file: Path | str | None = None
+    num_classes: int,
+    id2label: dict[int, str] | dict[str, str] | None,
+    labels_file: Path | str | None = None,
 ) -> Labels:
     """Names for each of `num_classes` outputs, by the precedence in the module docstring."""
     if labels_file is not None:

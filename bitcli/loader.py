@@ -33,7 +33,10 @@ class Loaded:
 
 
 def image_loader(
-    cfg: PreprocessConfig, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, fast_jpeg: bool = False
+    cfg: PreprocessConfig,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    fast_jpeg: bool = False,
 ) -> Callable[[str], torch.Tensor]:
     """path -> tensor: `open_image` then `preprocess`; over `max_pixels` or out of memory: an InputError."""
     draft_size = cfg.draft_size() if fast_jpeg else None
@@ -56,8 +59,11 @@ def default_workers() -> int:
 
 
 def load_ordered(
-    items: Iterable[InputItem | InputError], load_fn: Callable[[str], torch.Tensor], *, workers: int = 2,
-    lookahead: int = 32
+    items: Iterable[InputItem | InputError],
+    load_fn: Callable[[str], torch.Tensor],
+    *,
+    workers: int = 2,
+    lookahead: int = 32,
 ) -> Iterator[Loaded | InputError]:
     """`load_fn` on every item in a thread pool; results and InputErrors in input order.
 

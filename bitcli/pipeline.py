@@ -69,8 +69,12 @@ class RunOptions:
 
 
 def load(
-    model: ModelLike = DEFAULT_MODEL, *, device: str | None = None, offline: bool | None = None,
-    progress: bool = False, precision: str | None = None
+    model: ModelLike = DEFAULT_MODEL,
+    *,
+    device: str | None = None,
+    offline: bool | None = None,
+    progress: bool = False,
+    precision: str | None = None,
 ) -> LoadedModel:
     """Resolve a model reference (downloading it at most once) and load it on `device`.
 
@@ -203,9 +207,13 @@ class Classifier(_Runner):
     """Top-k softmax predictions per image. `labels`: a `--labels` file, a list of names or `Labels`."""
 
     def __init__(
-        self, model: ModelLike = DEFAULT_MODEL, *, top_k: int = 5,
-        labels: str | Path | Sequence[str] | Labels | None = None, options: RunOptions | None = None,
-        **overrides: Any
+        self,
+        model: ModelLike = DEFAULT_MODEL,
+        *,
+        top_k: int = 5,
+        labels: str | Path | Sequence[str] | Labels | None = None,
+        options: RunOptions | None = None,
+        **overrides: Any,
     ) -> None:
         """`options` and/or keyword overrides of its fields (device=, batch_size=, ...: see `RunOptions`)."""
         super().__init__(model, RunOptions.merge(options, overrides))
@@ -260,8 +268,12 @@ class Embedder(_Runner):
     """Pooled feature vectors (after the final norm, before the head), optionally L2-normalized."""
 
     def __init__(
-        self, model: ModelLike = DEFAULT_MODEL, *, normalize: bool = False, options: RunOptions | None = None,
-        **overrides: Any
+        self,
+        model: ModelLike = DEFAULT_MODEL,
+        *,
+        normalize: bool = False,
+        options: RunOptions | None = None,
+        **overrides: Any,
     ) -> None:
         """`options` and/or keyword overrides of its fields (device=, batch_size=, ...: see `RunOptions`)."""
         super().__init__(model, RunOptions.merge(options, overrides))

@@ -170,8 +170,13 @@ Model = LoadedModel  # the name `bitcli.load`'s result had before it carried its
 
 
 def load_model(
-    path: str | Path, *, device: str | torch.device = "cpu", precision: str = "fp32", compile: bool = False,
-    optimize: bool = True, resolved: ResolvedModel | None = None
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    compile: bool = False,
+    optimize: bool = True,
+    resolved: ResolvedModel | None = None,
 ) -> LoadedModel:
     """A checkpoint directory or `.npz` file, ready for inference (`optimize=False`: the plain model)."""
     check_precision(precision)

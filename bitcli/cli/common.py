@@ -252,8 +252,12 @@ InputsArg = Annotated[
 
 
 def run_options(
-    device: str, precision: Precision, batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS, fast_jpeg: bool = False
+    device: str,
+    precision: Precision,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threads: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fast_jpeg: bool = False,
 ) -> RunOptions:
     """The library's options from the shared options (--max-pixels 0: no limit), checked before torch."""
     check_settings(device)

@@ -42,7 +42,11 @@ def check_precision(precision: str, device_type: str | None = None) -> None:
 
 
 def make_plan(
-    device_type: str, precision: str = "fp32", *, compile: bool = False, chunk_bytes: int | str | None = None
+    device_type: str,
+    precision: str = "fp32",
+    *,
+    compile: bool = False,
+    chunk_bytes: int | str | None = None,
 ) -> Plan:
     """The engine's choices on `device_type`; chunk_bytes: the CPU slicing budget (None: no slicing)."""
     check_precision(precision, device_type)

@@ -29,8 +29,11 @@ class EngineRecord:
 
 
 def prepare(
-    model: BiT, *, precision: str = "fp32", compile: bool = False,
-    chunk_bytes: int | str | None = DEFAULT_CHUNK_BYTES
+    model: BiT,
+    *,
+    precision: str = "fp32",
+    compile: bool = False,
+    chunk_bytes: int | str | None = DEFAULT_CHUNK_BYTES,
 ) -> EngineRecord:
     """Prepare `model` in place for fast inference on its device; return what was chosen.
 

@@ -79,8 +79,15 @@ class StdConv2d(nn.Conv2d):
     """A weight-standardized convolution whose weight was standardized at load time (`eps` is kept for that step)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel: int, *, stride: int = 1, dilation: int = 1,
-        padding_mode: str | None = None, eps: float = 1e-8
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        padding_mode: str | None = None,
+        eps: float = 1e-8,
     ):
         padding, dynamic = conv_padding(padding_mode, kernel, stride, dilation)
         super().__init__(

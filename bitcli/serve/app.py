@@ -308,8 +308,16 @@ def build_app(model_ref: str, run_options: Any, settings: Any, indexes: list[str
 
 
 def serve_on_ray(
-    model_ref: str, run_options: Any, settings: Any, *, host: str, port: int, replicas: int,
-    address: str | None, indexes: list[str], on_ready: Callable[[str], None]
+    model_ref: str,
+    run_options: Any,
+    settings: Any,
+    *,
+    host: str,
+    port: int,
+    replicas: int,
+    address: str | None,
+    indexes: list[str],
+    on_ready: Callable[[str], None],
 ) -> int:
     """Deploy, call `on_ready(url)`, serve until SIGTERM (returns 0) or Ctrl-C (KeyboardInterrupt)."""
     import ray

@@ -197,8 +197,12 @@ class Batcher:
     """`await submit(key, payloads)` -> results, computed by `run(key, payloads)` in batches."""
 
     def __init__(
-        self, run: Callable[[Hashable, list[Any]], list[Any]], *, max_batch: int, max_wait_s: float,
-        max_queue: int
+        self,
+        run: Callable[[Hashable, list[Any]], list[Any]],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
     ) -> None:
         self._run = run
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue

@@ -86,8 +86,11 @@ def match_classes(data_classes: list[str], labels: list[str], synsets: list[str]
 
 
 def evaluate(
-    data: str | os.PathLike[str] | Dataset, model: Any = None, *,
-    progress: Callable[[int, int], None] | None = None, **classifier_options: Any
+    data: str | os.PathLike[str] | Dataset,
+    model: Any = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    **classifier_options: Any,
 ) -> Evaluation:
     """Classify every example of `data` with `model` (anything `bitcli.load` takes) and score it."""
     from bitcli.inputs import InputItem

@@ -187,8 +187,12 @@ def preprocessor_dict(cfg: PreprocessConfig) -> dict[str, Any]:
 
 
 def write_checkpoint(
-    directory: Path, *, config: BitConfig, classes: list[str], weights: dict[str, torch.Tensor],
-    preprocess: PreprocessConfig
+    directory: Path,
+    *,
+    config: BitConfig,
+    classes: list[str],
+    weights: dict[str, torch.Tensor],
+    preprocess: PreprocessConfig,
 ) -> None:
     """Write config, preprocessing and weights (raw, with the head) into `directory`; WriteFailed on failure."""
     missing = [k for k in HEAD_KEYS if k not in weights]

@@ -139,8 +139,13 @@ class Finetuner:
     """One fine-tuning run: build with the data, read `plan()`, then `run()`."""
 
     def __init__(
-        self, base: Base, train: Dataset, *, device: str | torch.device = "cpu",
-        options: FinetuneOptions | None = None, state_dir: Path | None = None
+        self,
+        base: Base,
+        train: Dataset,
+        *,
+        device: str | torch.device = "cpu",
+        options: FinetuneOptions | None = None,
+        state_dir: Path | None = None,
     ):
         self.options = options = options or FinetuneOptions()
         if options.batch_size < 1:
@@ -191,8 +196,11 @@ class Finetuner:
         }
 
     def run(
-        self, *, resume: bool = False, on_plan: Callable[[Plan], None] | None = None,
-        on_progress: Callable[[Progress], None] | None = None
+        self,
+        *,
+        resume: bool = False,
+        on_plan: Callable[[Plan], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> FinetuneResult:
         """Train to the end of the schedule; `resume` continues from `state_dir`'s checkpoint."""
         optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=MOMENTUM, weight_decay=0.0)

@@ -112,8 +112,12 @@ class Rule:
 
 
 def make_rule(
-    dataset_size: int, *, steps: int | None = None, batch_size: int = BASE_BATCH, lr: float | None = None,
-    mixup: float | None = None
+    dataset_size: int,
+    *,
+    steps: int | None = None,
+    batch_size: int = BASE_BATCH,
+    lr: float | None = None,
+    mixup: float | None = None,
 ) -> Rule:
     """The rule for a training set, with the user's overrides (None: the rule's own value)."""
     boundaries = schedule(dataset_size)

@@ -80,8 +80,14 @@ def threads_for(size: int) -> Iterator[None]:
 
 
 def fit(
-    x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, *,
-    init: tuple[np.ndarray, np.ndarray] | None = None, max_iter: int = 500, tolerance: float = 1e-7
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    l2: float,
+    *,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
+    max_iter: int = 500,
+    tolerance: float = 1e-7,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(weight [K, D], bias [K]) minimizing mean CE + l2/2 ||W||^2 on already standardized `x`."""
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))

@@ -93,8 +93,12 @@ def prepare_data(
 
 
 def train(
-    data: str | Path, outdir: str | Path, *, base: str | Path = "google/bit-50",
-    options: TrainOptions | None = None, callbacks: Callbacks | None = None
+    data: str | Path,
+    outdir: str | Path,
+    *,
+    base: str | Path = "google/bit-50",
+    options: TrainOptions | None = None,
+    callbacks: Callbacks | None = None,
 ) -> TrainResult:
     """Train a classifier for DATA's classes on `base` and write it to `outdir` (see the module docstring)."""
     options = options or TrainOptions()
