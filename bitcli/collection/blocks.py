@@ -1,9 +1,4 @@
-"""Reading an opened embedding's rows: blocks into one reused float32 buffer, exact-length reads.
-
-Every read goes through the file the index holds open (`EmbeddingIndex._reader`), with `preadv`
-in chunks of at most 1 GiB (one call reads at most about 2 GiB: rows wider than that take
-several), so a row of any width is read whole or reported as a truncated file.
-"""
+"""An opened index's rows as a memory map of the file it holds open, and exact-length reads."""
 
 from __future__ import annotations
 
@@ -17,46 +12,14 @@ import numpy as np
 
 from bitcli.errors import UsageError
 
-
-class BlockReader:
-    """Reads row ranges of a C-ordered `.npy` into one reused buffer, as float32."""
-
-    def __init__(self, index: Any, max_rows: int):
-        vectors = index.vectors
-        self.vectors = vectors
-        self.dim = index.dim
-        self.dtype = vectors.dtype
-        self.row_bytes = self.dim * self.dtype.itemsize
-        offset = getattr(vectors, "offset", None)
-        self.direct = isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and offset is not None
-        self.index = index
-        self.offset = offset or 0
-        self.raw = np.empty(max_rows * self.row_bytes, dtype=np.uint8)
-        native32 = self.dtype == np.dtype("<f4") and sys.byteorder == "little"
-        self.out = None if native32 else np.empty((max_rows, self.dim), dtype=np.float32)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        n = stop - start
-        if not self.direct:  # e.g. a Fortran-ordered array from elsewhere: let the memory map copy
-            return np.asarray(self.vectors[start:stop], dtype=np.float32)
-        view = memoryview(self.raw)[: n * self.row_bytes]
-        with self.index._reader() as fd:
-            read_exactly(fd, view, self.offset + start * self.row_bytes, self.index.array_path)
-        rows = self.raw[: n * self.row_bytes].view(self.dtype).reshape(n, self.dim)
-        if self.out is None:
-            return rows
-        out = self.out[:n]
-        np.copyto(out, rows, casting="unsafe")
-        return out
-
-    def close(self) -> None:
-        pass  # the index owns its file
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux's value; Python 3.11 lacks the name
+_READ_CHUNK = 1 << 30  # one preadv reads at most about 2 GiB: rows wider than that take several
 
 
 class MappedRows:
-    """An opened index's rows as a memory map of the file it holds open (copy-on-write, never
-    written: torch can then wrap them without a copy). `release` drops a range's pages from the
-    process once it is done with them, so the resident set stays at a block's size."""
+    """The rows mapped copy-on-write, never written (torch can then wrap them without a copy).
+    `release` drops a range's pages from the process once done with them, so the resident set
+    stays at a block's size."""
 
     def __init__(self, index: Any):
         self.index = index
@@ -64,14 +27,13 @@ class MappedRows:
         self.map = None
         self.offset: int | None = None  # where the rows start in the mapped file (None: not mapped)
         vectors = index.vectors
-        offset = getattr(vectors, "offset", None)
         self.row_bytes = self.dim * vectors.dtype.itemsize
-        if isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and offset is not None and index.file is not None and vectors.size:
-            self.offset = offset
+        if isinstance(vectors, np.memmap) and vectors.flags.c_contiguous and vectors.size:
+            self.offset = vectors.offset
             self.check(self.count)
             self.map = mmap.mmap(index.file.fileno(), 0, access=mmap.ACCESS_COPY)
-            self.values = np.frombuffer(self.map, dtype=vectors.dtype, count=vectors.size, offset=offset).reshape(vectors.shape)
-        else:  # a caller-built index, or a Fortran-ordered array from elsewhere
+            self.values = np.frombuffer(self.map, dtype=vectors.dtype, count=vectors.size, offset=self.offset).reshape(vectors.shape)
+        else:  # a Fortran-ordered array from elsewhere, or no rows
             self.values = np.asarray(vectors)
         self.populating = sys.platform == "linux"
 
@@ -87,30 +49,23 @@ class MappedRows:
                 pass
 
     def check(self, stop: int) -> None:
-        """UsageError unless the file still holds rows [0, stop): a page of a map beyond the end
-        of a file truncated meanwhile (a tool rewriting it in place) kills the process with
-        SIGBUS when touched. Called before each block is touched; a truncation during a block's
-        products still cannot be caught."""
+        """UsageError unless the file still holds rows [0, stop): touching a page beyond the end
+        of a file truncated meanwhile kills the process with SIGBUS. Called before each block."""
         if self.offset is not None and os.fstat(self.index.file.fileno()).st_size < self.offset + stop * self.row_bytes:
             raise UsageError(f"{self.index.array_path}: ended early (truncated while reading?); embed again with --overwrite")
 
     def populate(self, start: int, stop: int) -> None:
-        """Check that rows [start, stop) are still in the file, then map their pages in one call
-        (Linux 5.14's MADV_POPULATE_READ), which halved the time a search of a collection in the
-        page cache spent faulting them in one by one (elsewhere they fault in as read)."""
+        """`check`, then map the pages of rows [start, stop) in one call (MADV_POPULATE_READ,
+        Linux 5.14) rather than faulting them in one by one."""
         self.check(stop)
         if self.map is None or not self.populating:
             return
-        begin, end = self._pages(start, stop)
-        try:
-            self.map.madvise(_MADV_POPULATE_READ, begin, end - begin)
-        except (OSError, ValueError):  # an older kernel: fault them in as they are read
-            self.populating = False
-
-    def _pages(self, start: int, stop: int) -> tuple[int, int]:
         begin = self.offset + start * self.row_bytes
         begin -= begin % mmap.PAGESIZE
-        return begin, self.offset + stop * self.row_bytes
+        try:
+            self.map.madvise(_MADV_POPULATE_READ, begin, self.offset + stop * self.row_bytes - begin)
+        except (OSError, ValueError):  # an older kernel: fault them in as they are read
+            self.populating = False
 
     def release(self, start: int, stop: int) -> None:
         """Drop the pages of rows [start, stop) from this process (they stay in the page cache)."""
@@ -122,10 +77,6 @@ class MappedRows:
         end -= end % mmap.PAGESIZE  # the page holding the next block's first row stays
         if end > begin:
             self.map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
-
-
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux's value; Python 3.11 lacks the name
-_READ_CHUNK = 1 << 30  # one preadv reads at most about 2 GiB: rows wider than that take several
 
 
 def read_exactly(fd: int, view: memoryview, position: int, path: Path) -> None:
