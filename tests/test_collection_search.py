@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bitcli.collection.index import open_index
-from bitcli.collection.search import exact_search, search, top_k
+from bitcli.collection.scoring import to_matches
+from bitcli.collection.search import exact_search, search
 from bitcli.errors import UsageError
 from collectionfiles import brute_force_top_k, clustered, cosine_matrix, write_embedding
 
@@ -77,8 +78,10 @@ def test_search_without_an_approximate_index_is_exact(tmp_path):
     assert outcome.matches == exact_search(index, vectors[:2], 3)
 
 
-def test_top_k_breaks_ties_by_row_whatever_the_candidate_order():
-    scores = np.array([0.5, 0.9, 0.5, 0.5, 0.1, 0.5], dtype=np.float32)
-    rows = np.array([9, 3, 4, 1, 0, 7])
-    s, r = top_k(scores, rows, 3)
-    assert r.tolist() == [3, 1, 4] and s.tolist() == pytest.approx([0.9, 0.5, 0.5])
+def test_candidates_are_ranked_by_score_then_row_whatever_their_order(tmp_path):
+    """The approximate index's candidates come in any order: ties still go to the lowest row."""
+    vectors = np.array([[0, 1], [1, 0], [1, 1], [1, 0], [3, 1], [1, 0]], dtype=np.float32)
+    index = open_index(write_embedding(tmp_path, vectors))
+    matches = to_matches(index, np.array([1.0, 0.0]), np.array([5, 4, 3, 0, 1, 2]), 4, None)
+    assert [m.row for m in matches] == [1, 3, 5, 4] and matches[0].score == matches[2].score == 1.0
+    assert [m.row for m in to_matches(index, np.array([1.0, 0.0]), np.array([5, 3, 1]), 2, own=1)] == [3, 5]

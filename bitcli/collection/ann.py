@@ -1,29 +1,15 @@
 """Optional approximate index (faiss, `pip install 'bitcli[search]'`) beside the `.npy`.
 
     OUT.ann.faiss    a faiss IVF index of 4-bit product-quantized unit-length rows
-                     (IVF{nlist},PQ128x4fs: "fast scan"), inner product (= cosine)
-    OUT.ann.json     what it was built from: rows, dim, the array's size and mtime, parameters
+                     (IVF{nlist},PQ{m}x4fs: "fast scan"), inner product (= cosine)
+    OUT.ann.json     what it was built from: rows, dim, the array's size and mtime, the
+                     .faiss file's size and SHA-256, parameters
 
-Why this index: it is small and cheap to build. A 2048-d row becomes 64 bytes (a million rows:
-64 MB, which is simply read into memory; the float16 array is 4 GB), the 4-bit codebooks train
-in seconds, and fast-scan search takes a few milliseconds per query. Its distances are rough,
-so its best `max(1000, rerank x (k + 1))` candidates are re-scored exactly from the array: every
-reported score is the exact cosine, and only which rows make the top k can differ from exact
-search (recall@10 is measured by bench/collection.py, see the README). Alternatives measured on
-100,000 x 2048 (docs/collection.md): IVF-SQ8 (1 byte per dimension: 2 GB of codes in memory for
-a million 2048-d rows) and 8-bit IVF-PQ (twice the build time, three times the memory) gave
-the same recall after re-scoring. A dimension without an even divisor
-(no fast-scan layout) falls back to IVF-SQ8.
-
-`search.search` uses the index automatically when it is present and fresh (same row count,
-dimension, and the array's size and modification time as when it was built); a stale one is
-ignored with a notice, as is one that faiss, not being installed, cannot read.
-
-A damaged index must never crash a search or answer with rows that do not exist: `OUT.ann.json`
-records the `.faiss` file's size and SHA-256, checked before faiss reads a byte of it (faiss
-itself trusts its input), and the loaded index must hold the array's row count and dimension;
-any mismatch is the same notice and exact search. Answers are checked too: a row id outside the
-array is dropped, never looked up.
+A 2048-d row becomes 64 bytes and searches take milliseconds; the distances are rough, so the
+best `max(1000, rerank x (k + 1))` candidates are re-scored exactly from the array: every
+reported score is the exact cosine, only which rows make the top k can differ (docs/collection.md
+has the measurements). `search.search` uses the index when it is fresh; a stale, damaged or
+unreadable one (faiss trusts its input: the digest is checked first) is ignored with a notice.
 """
 
 from __future__ import annotations
@@ -40,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match, block_scores, check_k, normalize_rows, to_matches, top_k
+from bitcli.collection.scoring import Match, check_k, normalize_rows, to_matches
 from bitcli.errors import UsageError
 from bitcli.store.paths import check_replaceable
 from bitcli.util import beside, open_regular, read_capped, write_atomic
@@ -49,16 +35,11 @@ FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
 MIN_ROWS = 10_000  # below this exact search takes milliseconds, and the quantizers lack training rows
 DEFAULT_NPROBE = 32
-# Candidates re-scored exactly per query: max(MIN_CANDIDATES, RERANK x (k + 1)). Where hundreds of
-# rows are almost equally similar to a query, 4-bit codes cannot order them: re-scoring them all
-# costs a few milliseconds (1,000 rows of 2048 float16 values: 4 MB).
-MIN_CANDIDATES = 1000
+MIN_CANDIDATES = 1000  # re-scored exactly per query, at least (4-bit codes cannot order near-ties)
 DEFAULT_RERANK = 10
-# Lists by default: about sqrt(rows) / 4 (fast scan makes long lists cheap, and assigning every row
-# to its list is the build's main cost), at most MAX_NLIST, so training reads at most 40 x 1024 rows.
 MAX_NLIST = 1024
 _KMEANS_ITERATIONS = 10  # of the coarse quantizer: enough to route queries; re-scoring does the rest
-_ADD_ROWS = 1 << 13  # rows normalized and added at a time (64 MB of float32 at D = 2048)
+_ADD_ROWS = 1 << 13  # rows normalized and added at a time
 INFO_MAX_BYTES = 1 << 20  # OUT.ann.json is a few hundred bytes
 INSTALL_HINT = "approximate search needs faiss: pip install 'bitcli[search]' (or pip install faiss-cpu)"
 
@@ -73,14 +54,6 @@ class AnnPaths:
         return cls(index=beside(array_path, ".ann.faiss"), info=beside(array_path, ".ann.json"))
 
 
-def require_faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:
-        raise UsageError(INSTALL_HINT) from exc
-    return faiss
-
-
 @dataclass
 class AnnIndex:
     """A loaded approximate index; `search` re-scores its candidates exactly."""
@@ -93,53 +66,38 @@ class AnnIndex:
         return f"faiss {self.info['factory']}, nprobe {self.info['nprobe']}"
 
     def search(
-        self,
-        index: EmbeddingIndex,
-        queries: np.ndarray,
-        k: int,
-        *,
-        exclude: Sequence[int | None] | None = None,
-        nprobe: int | None = None,
-        rerank: int = DEFAULT_RERANK,
+        self, index: EmbeddingIndex, queries: np.ndarray, k: int, *, exclude: Sequence[int | None] | None = None, rerank: int = DEFAULT_RERANK
     ) -> list[list[Match]]:
         check_k(k)
         unit = normalize_rows(queries)
         exclude = list(exclude) if exclude is not None else [None] * len(unit)
-        self.faiss_index.nprobe = nprobe or self.info["nprobe"]
-        wanted = min(index.rows, max(MIN_CANDIDATES, rerank * (k + 1)))
-        _, candidates = self.faiss_index.search(unit, wanted)
-        results = []
-        for j, found in enumerate(candidates):
-            rows = np.unique(found[(found >= 0) & (found < index.rows)])  # a damaged index: ids out of range
-            scores = block_scores(index.take(rows), unit[j : j + 1])[0]  # float32: the best k + 1 ...
-            _, best = top_k(scores, rows, k + 1)
-            results.append(to_matches(index, queries[j], best, k, exclude[j]))  # ... then float64
-        return results
+        self.faiss_index.nprobe = self.info["nprobe"]
+        _, candidates = self.faiss_index.search(unit, min(index.rows, max(MIN_CANDIDATES, rerank * (k + 1))))
+        # a damaged index may answer ids out of range: dropped, never looked up
+        return [to_matches(index, queries[j], np.unique(found[(found >= 0) & (found < index.rows)]), k, exclude[j]) for j, found in enumerate(candidates)]
 
 
-def build(
-    index: EmbeddingIndex,
-    *,
-    nlist: int | None = None,
-    nprobe: int = DEFAULT_NPROBE,
-    seed: int = 0,
-    progress: Callable[[int], None] | None = None,
-) -> AnnIndex:
+def build(index: EmbeddingIndex, *, nlist: int | None = None, nprobe: int = DEFAULT_NPROBE, seed: int = 0, progress: Callable[[int], None] | None = None) -> AnnIndex:
     """Train and fill the index over every row, save it beside the array atomically."""
-    faiss = require_faiss()
+    try:
+        import faiss
+    except ImportError as exc:
+        raise UsageError(INSTALL_HINT) from exc
     if index.rows < MIN_ROWS:
         raise UsageError(f"{index.array_path} has {index.rows} rows; an approximate index needs at least {MIN_ROWS} (exact search is fast enough)")
     paths = AnnPaths.for_array(index.array_path)
     for path in (paths.index, paths.info):
         check_replaceable(path, "the approximate index")  # before the work: only regular files are replaced
     started = time.perf_counter()
-    nlist = nlist or _default_nlist(index.rows)
+    # about sqrt(rows) / 4 lists, a power of two (fast scan makes long lists cheap; assigning rows is the cost)
+    nlist = nlist or int(max(1, min(2 ** round(math.log2(max(1.0, math.sqrt(index.rows) / 4))), index.rows // 39, MAX_NLIST)))
     if not 1 <= nlist <= index.rows // 39:
         raise UsageError(f"nlist {nlist}: k-means needs 39 training rows per list; use at most {index.rows // 39}")
     factory = f"IVF{nlist},{_codes(index.dim)}"
     ann = faiss.index_factory(index.dim, factory, faiss.METRIC_INNER_PRODUCT)
     faiss.extract_index_ivf(ann).cp.niter = _KMEANS_ITERATIONS
-    ann.train(_training_sample(index, nlist, seed))
+    sample = np.random.default_rng(seed).choice(index.rows, size=min(index.rows, 40 * nlist), replace=False)
+    ann.train(normalize_rows(index.take(np.sort(sample))))  # 40 rows per list (faiss asks for 39)
     for first, block in index.iter_blocks(_ADD_ROWS):
         ann.add(normalize_rows(block))
         if progress is not None:
@@ -201,32 +159,18 @@ def recall_at_k(exact: list[list[Match]], approximate: list[list[Match]]) -> flo
     return float(np.mean(shares)) if shares else 1.0
 
 
-def _default_nlist(rows: int) -> int:
-    """About sqrt(rows) / 4 lists, a power of two, at most MAX_NLIST, at least 39 rows per list."""
-    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(rows) / 4)))
-    return int(max(1, min(nlist, rows // 39, MAX_NLIST)))
-
-
 def _codes(dim: int) -> str:
-    """128 4-bit sub-quantizers (64 bytes a row; at D = 2048, 16 dimensions each), or D/2 for
-    smaller D; an even count (fast scan packs two codes per byte) that divides D, else SQ8."""
+    """128 4-bit sub-quantizers (64 bytes a row), or D/2 for smaller D; an even count (fast scan
+    packs two codes per byte) that divides D, else SQ8."""
     for m in range(min(128, dim // 2), dim + 1):
         if m >= 2 and m % 2 == 0 and dim % m == 0:
             return f"PQ{m}x4fs"
     return "SQ8"
 
 
-def _training_sample(index: EmbeddingIndex, nlist: int, seed: int) -> np.ndarray:
-    """40 rows per list (faiss asks for at least 39), drawn at random."""
-    want = min(index.rows, 40 * nlist)
-    rows = np.sort(np.random.default_rng(seed).choice(index.rows, size=want, replace=False))
-    return normalize_rows(index.take(rows))
-
-
 def _file_identity(path: Path) -> dict[str, Any]:
-    """The index file's size and SHA-256 (read in 1 MiB pieces; a regular file only)."""
-    digest = hashlib.sha256()
-    size = 0
+    """The index file's size and SHA-256 (a regular file only)."""
+    digest, size = hashlib.sha256(), 0
     with open_regular(path) as file:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
@@ -237,4 +181,3 @@ def _file_identity(path: Path) -> dict[str, Any]:
 def _array_identity(path: Path) -> dict[str, int]:
     info = os.stat(path)
     return {"array_size": info.st_size, "array_mtime_ns": info.st_mtime_ns}
-

@@ -1,17 +1,10 @@
-"""What exact search and the approximate index share: cosine scores of a block, exact top-k under
-ties, and the `Match` records they produce.
+"""What exact search and the approximate index share: the `Match` record and float64 cosines.
 
-Scores are float32 cosine similarities from the stored rows (so `--normalize` does not matter),
-clipped to [-1, 1]; a row whose norm is 0 (or that holds NaN) scores 0. Ranking: score, highest
-first, then row, lowest first: byte-identical rows give equal scores, and the order must not
-depend on how the rows were split into blocks, nor on --top-k.
-
-That needs every score to depend on the row's bytes and the query alone, never on where the row
-sits in the matrix: BLAS's matrix-vector kernels accumulate rows in groups and the rows of a
-remainder group in another order, so byte-identical rows can score a last bit apart (12 copies:
-`-k 1` returned copy 1, `-k 11` copies 9 and 10 first). So dot products are numpy's `einsum`
-(one loop per output element, the same summation order for every row; as fast as BLAS for a few
-queries, slower for hundreds), float32 for choosing candidates and float64 for the final scores.
+Ranking is by score, highest first, then row, lowest first; it must not depend on how the rows
+were split into blocks, nor on --top-k. So every score depends on the row's bytes and the query
+alone: BLAS's matrix-vector kernels sum a remainder group of rows in another order (12
+byte-identical rows scored a last bit apart), so dot products here are numpy's `einsum`, one
+summation order for every row.
 """
 
 from __future__ import annotations
@@ -20,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitcli.collection.index import EmbeddingIndex
 from bitcli.errors import UsageError
 
 
@@ -51,43 +43,8 @@ def check_k(k: int) -> None:
         raise UsageError("--top-k must be at least 1")
 
 
-def check_queries(index: EmbeddingIndex, queries: np.ndarray) -> np.ndarray:
-    """Query vectors must be [q, D] with the index's D (a model with another width: exit 2)."""
-    queries = np.asarray(queries)
-    if queries.ndim != 2 or queries.shape[1] != index.dim:
-        raise UsageError(f"query vectors of shape {queries.shape} cannot be compared with {index.dim}-dimensional rows; use the model the index was made with")
-    return queries
-
-
-def block_scores(block: np.ndarray, unit_queries: np.ndarray) -> np.ndarray:
-    """Cosine similarity [q, n] of unit-length queries with raw rows (a NaN row scores 0)."""
-    norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-    norms[norms == 0] = 1.0
-    scores = np.einsum("qd,nd->qn", unit_queries, block)  # not `@`: see the module docstring
-    scores /= norms[None, :]
-    np.clip(scores, -1.0, 1.0, out=scores)  # rounding can step just past +-1
-    scores[np.isnan(scores)] = 0.0
-    return scores
-
-
-def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (score desc, row asc) of the candidates, in that order; exact under ties."""
-    if scores.size > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        kth = scores[part].min()
-        above = np.flatnonzero(scores > kth)
-        ties = np.flatnonzero(scores == kth)
-        ties = ties[np.argsort(rows[ties], kind="stable")[: k - above.size]]
-        chosen = np.concatenate([above, ties])
-        scores, rows = scores[chosen], rows[chosen]
-    order = np.lexsort((rows, -scores))
-    return scores[order], rows[order]
-
-
-def to_matches(index: EmbeddingIndex, query: np.ndarray, rows: np.ndarray, k: int, own: int | None) -> list[Match]:
-    """The best k of the candidate `rows` (chosen in float32), scored again in float64 from the
-    stored rows: a match's score does not depend on which other queries or rows shared its
-    matrix product (float32 products of different shapes differ in the last bit)."""
+def to_matches(index, query: np.ndarray, rows: np.ndarray, k: int, own: int | None) -> list[Match]:
+    """The best k of the candidate `rows` but `own`, by their float64 cosine with `query`."""
     from bitcli.pipeline import short_float
 
     rows = np.asarray([r for r in np.asarray(rows).tolist() if r != own], dtype=np.int64)

@@ -1,28 +1,20 @@
 """Exact cosine top-k search, at the speed of memory.
 
-The array is memory-mapped, not copied. Each block of rows is pre-scored by one matrix product
-with all the queries (float32, or bfloat16 on CPUs with bfloat16 units, in cache-sized pieces) and
-divided by the rows' stored norms (`norms.py`). A pre-score is within a proven margin of the exact
-cosine (`margin`), so every row that could still make a query's top k is known from its pre-score
-alone; those few rows are re-scored in float64 from the stored values (`scoring.cosine64`), and the
-top k kept per query is ordered by that float64 score, then by row. The answer therefore does not
-depend on the block size, the pre-scoring dtype, the number of queries or --top-k.
+Each block of the memory-mapped rows is pre-scored by one matrix product with all the queries
+(float32, or bfloat16 on CPUs with native units, in cache-sized pieces) and divided by the rows'
+stored norms (`norms.py`). A pre-score is within a proven margin of the exact cosine (`margin`),
+so the few rows that could still make a query's top k are known from it; those are re-scored in
+float64 (`scoring.cosine64`). The answer does not depend on the block size, the pre-scoring
+dtype, the number of queries or --top-k. Mapped pages are released block by block.
 
-Memory: a block's pre-scores ([block, queries] float32) and k rows per query; mapped pages are
-released block by block, so the resident set does not grow with the collection.
-
-Which pre-scoring runs: float32 (always available), or bfloat16 where torch reports native
-bfloat16 matrix units (AVX512-BF16, AMX); when both are possible the first blocks are timed with
-each and the faster one scores the rest (`SearchOutcome.method` says which ran). Collections
-smaller than `_TORCH_FROM_ELEMENTS` are scored with numpy and never import torch.
-
-`search` picks the approximate index (`ann.py`) when one was built for this array and is fresh,
-unless `exact=True`; its candidates are re-scored exactly, so scores never differ.
+Where float32 and bfloat16 are both possible, the first blocks are timed with each and the faster
+one scores the rest (`SearchOutcome.method` says which ran); small collections are scored with
+numpy and never import torch. `search` uses the approximate index (`ann.py`) when fresh, unless
+`exact=True`.
 """
 
 from __future__ import annotations
 
-import mmap
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -32,9 +24,8 @@ import numpy as np
 from bitcli.collection import norms as norms_mod
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match, block_scores, check_k, check_queries, cosine64, normalize_rows, top_k
-
-__all__ = ["Match", "SearchOutcome", "block_scores", "exact_search", "margin", "normalize_rows", "search", "top_k"]
+from bitcli.collection.scoring import Match, check_k, cosine64
+from bitcli.errors import UsageError
 
 QUERY_CHUNK = 1024  # queries scored per pass over the index (bounds the [block, queries] matrix)
 _BLOCK_ELEMENTS = 1 << 23  # pre-scores per block ([rows, queries] float32: 32 MB)
@@ -53,8 +44,7 @@ _MAX_NORM = 2.0**60  # and with a larger one: float32 products and norms overflo
 
 @dataclass
 class SearchOutcome:
-    """Matches per query and how they were found: "exact, float32 pre-score" (or bfloat16), or
-    the approximate index's name."""
+    """Matches per query and how they were found ("exact, float32 pre-score", or the approximate index's name)."""
 
     matches: list[list[Match]]
     method: str = "exact"
@@ -76,7 +66,7 @@ def search(
 ) -> SearchOutcome:
     """Top-k rows for each query vector; `exclude[i]`: a row query i must not return (its own)."""
     check_k(k)
-    check_queries(index, queries)
+    _check_queries(index, queries)
     notice = None
     if not exact:
         from bitcli.collection import ann
@@ -97,24 +87,19 @@ def exact_search(
     block_rows: int | None = None,
     scoring: str | None = None,
 ) -> list[list[Match]]:
-    """Brute-force cosine top-k, exact (float64 scores; ties by row). `scoring`: "float32",
+    """Exact cosine top-k (float64 scores; ties by row). `scoring`: "float32", "float16",
     "bfloat16" or None (chosen here); every choice gives the same answer."""
     return _exact(index, queries, k, exclude, block_rows, scoring)[0]
 
 
 def margin(scoring: str, dim: int) -> float:
     """A bound on |pre-score - cosine| for rows of dimension `dim` whose norm is at least
-    `MIN_NORM`, doubled for safety. u is the unit roundoff of the dtype named.
-
-    float32: the unit query rounded to float32 (u each element), a row's float64 values rounded to
-    float32 (u), a dot product of `dim` terms accumulated in float32 (gamma_dim times the sum of
-    |terms|, at most |row| |query| by Cauchy-Schwarz), the quotient by the norm rounded (u).
-    float16 (rows stored as float16, used as they are): the query rounded to float16 (u, and
-    2^-25 absolute per element where it is subnormal), float32 accumulation, the product rounded
-    to float16 (u, and 2^-25 absolute: at most 2^-17 of a row's norm above MIN_NORM).
-    bfloat16: both factors rounded to bfloat16 (2u + u^2 on each product), float32 accumulation,
-    and the product rounded to bfloat16 (u) before the division. Rows whose norms make the
-    products under- or overflow are not covered: `beyond_margin` picks them out."""
+    `MIN_NORM`, doubled for safety (u: the unit roundoff of the dtype named). float32: the unit
+    query and the row rounded (u each), `dim` terms accumulated in float32 (gamma_dim |row||query|
+    by Cauchy-Schwarz), the quotient rounded (u). float16 rows as stored: the query rounded to
+    float16 (u, and 2^-25 absolute where subnormal), float32 accumulation, the product rounded
+    (u, 2^-25). bfloat16: both factors rounded (2u + u^2), float32 accumulation, the product
+    rounded (u). Rows whose norms under- or overflow are picked out by `beyond_margin`."""
     if dim * _U32 >= 0.5:  # 2^23 or more terms: no useful bound (and at 2^24 the formula breaks)
         return np.inf  # every row is re-scored in float64
     gamma = dim * _U32 / (1 - dim * _U32)
@@ -135,20 +120,24 @@ def margin(scoring: str, dim: int) -> float:
 
 def beyond_margin(norms: np.ndarray) -> np.ndarray:
     """Rows whose (nonzero, finite) norms lie outside [MIN_NORM, 2^60]: their products under- or
-    overflow (subnormal elements lose their relative precision: bfloat16 flushed them to 0; a
-    norm beyond float32's range turns the quotient into 0), which `margin` does not bound.
-    Callers decide them in float64. Within the range an element or product that underflows
-    (even flushed to 0) is off by at most D * 2^-126 / MIN_NORM of the cosine in float32 and
-    bfloat16 (float16: see `margin`)."""
+    overflow, which `margin` does not bound; callers decide them in float64."""
     with np.errstate(invalid="ignore"):
         return (norms > 0) & np.isfinite(norms) & ((norms < MIN_NORM) | (norms > _MAX_NORM))
+
+
+def _check_queries(index: EmbeddingIndex, queries: np.ndarray) -> np.ndarray:
+    """Query vectors must be [q, D] with the index's D (a model with another width: exit 2)."""
+    queries = np.asarray(queries)
+    if queries.ndim != 2 or queries.shape[1] != index.dim:
+        raise UsageError(f"query vectors of shape {queries.shape} cannot be compared with {index.dim}-dimensional rows; use the model the index was made with")
+    return queries
 
 
 def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[Match]], str]:
     from bitcli.pipeline import short_float
 
     check_k(k)
-    queries = check_queries(index, queries)
+    queries = _check_queries(index, queries)
     exclude = list(exclude) if exclude is not None else [None] * len(queries)
     norms = norms_mod.ensure(index)
     results: list[list[Match]] = []
@@ -275,11 +264,9 @@ def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray
 
 
 def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
-    """The ways to pre-score here (the search times each on its first blocks): float32 (rows
-    converted 4 MB at a time, split between worker threads), float16 rows as they are (one product
-    a block), and bfloat16 where the CPU has native units.
-    Rows torch cannot wrap as they are (another byte order; read-only, such as a Fortran-ordered
-    array, which torch warns about) are scored with numpy."""
+    """The ways to pre-score here: float32 (rows converted a piece at a time, split between
+    worker threads), float16 rows as they are, and bfloat16 where the CPU has native units. Rows
+    torch cannot wrap as they are (another byte order, read-only) are scored with numpy."""
     if scoring is None and values.size < _TORCH_FROM_ELEMENTS or not values.dtype.isnative or not values.flags.writeable:
         return [_NumpyScorer(values, unit)]
     stored = "float16" if values.dtype == np.float16 else "float32"
@@ -317,13 +304,11 @@ class _NumpyScorer:
 
 
 class _TorchScorer:
-    """Rows in the scorer's dtype as they are stored: one matrix product per block (nothing is
-    copied); others converted a piece at a time (4 MB of float32, cache-sized) and multiplied.
-    The pieces of a block are split between worker threads, one per torch thread, each running
-    its products on one OpenMP thread (`engine.native.one_openmp_thread`): thousands of small
-    two-thread products spend more time meeting than multiplying, and a busy machine makes each
-    meeting wait for a time slice (docs/collection.md). The product is queries x rows^T: with a
-    handful of queries it is ~3x faster than rows x queries on one thread."""
+    """Rows already in the scorer's dtype: one matrix product per block; others converted a piece
+    at a time (4 MB of float32) and multiplied, the pieces split between worker threads each on
+    one OpenMP thread (`engine.native.one_openmp_thread`): thousands of small two-thread products
+    spend more time meeting than multiplying (docs/collection.md). queries x rows^T: with a
+    handful of queries ~3x faster than rows x queries."""
 
     def __init__(self, values: np.ndarray, unit: np.ndarray, name: str):
         import torch
