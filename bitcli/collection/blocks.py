@@ -1,4 +1,4 @@
-"""An opened index's rows as a memory map of the file it holds open, and exact-length reads."""
+"""The raw `.npy` file: its header, its rows as a memory map of the open file, exact-length reads."""
 
 from __future__ import annotations
 
@@ -14,6 +14,18 @@ from bitcli.errors import UsageError
 
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux's value; Python 3.11 lacks the name
 _READ_CHUNK = 1 << 30  # one preadv reads at most about 2 GiB: rows wider than that take several
+
+
+def npy_header(file: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the `.npy` header at `file`'s position (ValueError if none)."""
+    fmt = np.lib.format
+    version = fmt.read_magic(file)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f".npy format version {version} (bitcli reads 1.0 and 2.0)")
+    shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(file)
+    if dtype.hasobject:
+        raise ValueError("an object array (it would need pickle)")
+    return shape, fortran, dtype
 
 
 class MappedRows:

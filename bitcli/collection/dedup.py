@@ -1,29 +1,20 @@
 """Near-duplicate groups: connected components of the pairs with cosine similarity >= threshold.
 
-Exact, in bounded memory. The index is streamed in blocks of rows (about 32 MB of float32
-each); for every pair of blocks (i, j >= i) the similarities are computed a slice of rows at a
-time, and the pairs at or above the threshold go straight into a union-find. No N x N matrix
-exists at any point, and no list of pairs either: memory is a few blocks plus the union-find's
-one integer per row, whatever the number of duplicates (a folder of 10,000 copies of one
-photo is as cheap as one with none). The cost is the all-pairs one, N^2/2 dot products; on CPUs
-with native bfloat16 (AVX512-BF16, AMX) big indexes take them in bfloat16 first, about 4x faster,
-and re-check every pair within a proven error margin of the threshold in float64, so the pairs
-found are the float64 ones (`threshold_pairs`).
+Exact, in bounded memory: the index is streamed in blocks (about 32 MB of float32 each); for every
+pair of blocks the similarities are computed a slice of rows at a time and the pairs at or above
+the threshold go straight into a union-find. No N x N matrix and no list of pairs exists (10,000
+copies of one photo cost no more than none). On CPUs with native bfloat16 big indexes are
+pre-scored in bfloat16 (about 4x faster) and every pair within a proven margin of the threshold
+re-checked in float64, so the pairs are the float64 ones (`threshold_pairs`).
 
-The union-find is vectorized: a batch of pairs hooks the larger of each pair's two roots onto
-the smaller, then compresses paths, until every pair shares a root; every root is the
-smallest row of its component, so the result does not depend on the order pairs arrive in.
-
-Groups are reported largest first (ties: the group whose first row comes first), each group's
-paths in index order, with the lowest and highest similarity between any two members (the
-lowest can be below the threshold: members may join through others) and each member's
-similarity to the group's first path. `paths_to_delete` turns groups into the files one would
-delete to keep one per group (`--keep first|largest|newest`); it never deletes anything.
+The union-find is vectorized and every root is the smallest row of its component, so the result
+does not depend on the order pairs arrive in. Groups come largest first (ties: the first row
+first), paths in index order, with the lowest and highest similarity between members (the lowest
+can be below the threshold: members may join through others).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -107,21 +98,15 @@ def threshold_pairs(
     progress: Progress | None = None,
     components: "_UnionFind | None" = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches of row pairs (a < b) whose similarity, the float64 cosine of the stored rows rounded
-    to float32 (the score dedup reports), is >= threshold; each batch bounded.
+    """Batches of row pairs (a < b) whose float64 cosine, rounded to float32 (the score dedup
+    reports), is >= threshold. Pairs are pre-scored in bulk (`method`: "float32", "bf16", or
+    "auto": bfloat16 where native and the index big enough for torch's import to pay); a pair
+    more than `search.margin` above the threshold is sure, the few within it are decided in float64.
 
-    With `components` (the union-find the caller joins the pairs in) the pairs it already
-    connects are not decided at all, and those decided are joined at once: 3,000 copies of one
-    row at --threshold 1 (every pair within the margin, none sure) took 4.5 million float64
-    checks, now at most a chunk of them per slice and block. The components are the same; the
-    pairs yielded are then only enough for them.
-
-    Every pair is pre-scored in bulk (`method`: "float32", "bf16", or "auto": bfloat16 where the
-    CPU has native bfloat16 units and the index is big enough for torch's import to pay). A pre-score
-    is within `search.margin` of the cosine, so a pair at least that far above the threshold is a
-    duplicate, one that far below is not, and the few in between are decided in float64: the pairs
-    are exactly the float64 ones, whatever the pre-scoring. `progress` hears of the work done in
-    rows' worth (row r is compared with rows r..N-1: later rows cost less)."""
+    With `components` (the union-find the caller joins the pairs in) pairs it already connects
+    are not decided at all (3,000 copies of one row at --threshold 1 took 4.5 million float64
+    checks), and the pairs yielded are only enough for the components. `progress` hears of the
+    work done in rows' worth."""
     scorer = _scorer(method, index)
     norms = norms_mod.ensure(index)
     block_rows = block_rows or index.block_rows(_BLOCK_BYTES)
@@ -159,11 +144,6 @@ def threshold_pairs(
                 reported = done
 
 
-def _nbytes(block: Any) -> int:
-    """Bytes of a numpy array or a torch tensor."""
-    return block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
-
-
 class _Prepared:
     """Blocks of unit rows as the scorer wants them, kept for the later passes while they fit in
     `_PREPARED_BYTES` (the rest is prepared again when needed)."""
@@ -175,7 +155,7 @@ class _Prepared:
         if first in self.kept:
             return self.kept[first]
         block = self.prepare(first, stop)
-        size = _nbytes(block)
+        size = block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
         if self.bytes + size <= _PREPARED_BYTES:
             self.kept[first] = block
             self.bytes += size
@@ -185,7 +165,7 @@ class _Prepared:
         """A left block is done: no later pass needs it."""
         block = self.kept.pop(first, None)
         if block is not None:
-            self.bytes -= _nbytes(block)
+            self.bytes -= block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
 
 
 def _work_done(rows_done: int, rows: int) -> int:
@@ -197,11 +177,10 @@ def _work_done(rows_done: int, rows: int) -> int:
 def _exact_at_least(
     values: np.ndarray, norms: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float, skip: np.ndarray, components: "_UnionFind | None" = None
 ) -> np.ndarray:
-    """For each pair (a[i], b[i]) not already decided (`skip`): whether its float64 cosine of the
-    stored rows, rounded to float32, is >= threshold (byte-identical rows score 0.99999999999999989
-    in float64 as often as not: at --threshold 1 they must still be a group). With `components`,
-    pairs it already connects are left out (False) and the duplicates found are joined in it as
-    each chunk is decided."""
+    """For each pair not already decided (`skip`): whether its float64 cosine, rounded to float32, is
+    >= threshold (byte-identical rows score 0.99999999999999989 as often as not: at --threshold 1
+    they must still be a group). With `components`, pairs it connects are left out (False) and
+    the duplicates found joined in it chunk by chunk."""
     out = np.zeros(a.size, dtype=bool)
     todo = np.flatnonzero(~skip)
     for start in range(0, todo.size, _STATS_ROWS):
@@ -221,10 +200,8 @@ def _exact_at_least(
 
 
 def _unit32(rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """float32 rows times their inverse (float64) norms, in float32 (each element off by at most
-    2 units in the last place: inside the margins); a zero or non-finite row becomes zeros. Rows
-    with norms outside float32's comfortable range (`beyond_margin`: subnormal elements, whose
-    inverse norm overflows float32, or a norm beyond float32) are divided in float64."""
+    """float32 rows times their inverse norms (off by at most 2 ulp: inside the margins); a zero or
+    non-finite row becomes zeros; rows `beyond_margin` are divided in float64."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if rows.dtype == np.float64:  # values beyond float32's range would overflow before the scaling
             unit = (rows * (1.0 / norms)[:, None]).astype(np.float32)
@@ -253,8 +230,7 @@ class _Float32:
 
 
 class _Bf16PreFilter:
-    """The same with bfloat16 products (torch, oneDNN): about 4x the float32 rate on CPUs with
-    bfloat16 units; the margin is bfloat16's (`search.margin`)."""
+    """The same with bfloat16 products (torch, oneDNN); the margin is bfloat16's."""
 
     name = "bfloat16"
 
@@ -358,14 +334,13 @@ def _describe(index: EmbeddingIndex, number: int, rows: list[int], method: str) 
 
 def _group_scores(index: EmbeddingIndex, rows: list[int]) -> tuple[float, float, np.ndarray]:
     """(lowest, highest) similarity over all pairs of members, and each member's to the first, in
-    float64 from the stored rows (so they do not depend on how the pairs were found). The
-    similarities to the first are row 0 of the first chunk's products."""
+    float64 from the stored rows (independent of how the pairs were found)."""
     low, high = np.inf, -np.inf
     to_first = []
     for start in range(0, len(rows), _STATS_ROWS):
-        left = _unit64(_stored(index, rows[start : start + _STATS_ROWS]))
+        left = _unit64(index.vectors[rows[start : start + _STATS_ROWS]])
         for other in range(start, len(rows), _STATS_ROWS):
-            right = left if other == start else _unit64(_stored(index, rows[other : other + _STATS_ROWS]))
+            right = left if other == start else _unit64(index.vectors[rows[other : other + _STATS_ROWS]])
             sims = np.clip(left @ right.T, -1.0, 1.0)
             if start == 0:
                 to_first.append(sims[0])
@@ -373,11 +348,6 @@ def _group_scores(index: EmbeddingIndex, rows: list[int]) -> tuple[float, float,
             if values.size:
                 low, high = min(low, float(values.min())), max(high, float(values.max()))
     return low, high, np.concatenate(to_first)
-
-
-def _stored(index: EmbeddingIndex, rows: list[int]) -> np.ndarray:
-    """The stored values of `rows` as float64 (float64 rows beyond float32's range stay whole)."""
-    return np.asarray(index.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
 
 
 def _unit64(rows: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from bitcli.collection.blocks import MappedRows, read_exactly
+from bitcli.collection.blocks import MappedRows, npy_header, read_exactly
 from bitcli.errors import UsageError
 from bitcli.inputs import STDIN_PATH_MAX as PATH_MAX
 from bitcli.store.metadata import EmbeddingMetadata, SidecarPaths, read_metadata, sidecar_file
@@ -288,18 +288,6 @@ def _load_array(path: Path) -> tuple[np.ndarray, BinaryIO]:
     if vectors.shape[1] == 0:
         raise UsageError(f"{path}: rows of dimension 0 cannot be compared")
     return vectors, file
-
-
-def npy_header(file: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran order, dtype) of the `.npy` header at `file`'s position (ValueError if none)."""
-    fmt = np.lib.format
-    version = fmt.read_magic(file)
-    if version not in ((1, 0), (2, 0)):
-        raise ValueError(f".npy format version {version} (bitcli reads 1.0 and 2.0)")
-    shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(file)
-    if dtype.hasobject:
-        raise ValueError("an object array (it would need pickle)")
-    return shape, fortran, dtype
 
 
 def _read_manifest(path: Path, array_path: Path, rows: int) -> list[str]:

@@ -1,20 +1,13 @@
 """Row norms of a collection, kept beside it: `OUT.norms.npz` (float64 norms + what they were
-computed from).
+computed from: the array's size, mtime, inode, change time, rows and dimension; a file that does
+not match the array beside it is ignored and replaced).
 
-Exact search scores a block of rows with one matrix product and divides by the rows' norms; with
-the norms at hand a search reads each row once. They are float64 Euclidean norms computed from the
-stored values as `cosine64` computes them (so a zero or overflowing row is recognised the same way
-by both), recorded with the array's size, modification time, inode, change time, rows and
-dimension: a file that does not match the array it sits beside is ignored and replaced.
-
-Every producer writes them with the rows: the norms file is a member of the published set
-(`store.publish`), computed from the finished array (`stage`) and staged with it. The rename that
-publishes the array changes its change time, so the staged file records none (-1) and is sealed
-with the published array's identity just before its own rename (`seal`, in the commit record's
-roll-forward; a staged file that no longer matches the array is dropped). A collection without
-them (made by an earlier bitcli, or by hand) gets them on its first search or dedup, written
-back atomically when its folder is writable; a failure to write them is never an error: search
-computes them as it goes.
+Exact search divides a block's products by the rows' norms: with them at hand it reads each row
+once. They are computed from the stored values as `cosine64` computes them. Every producer
+publishes them with the rows (`store.publish`): staged from the finished array (`stage`) with no
+change time (-1), then sealed with the published array's identity just before their own rename
+(`seal`). A collection without them gets them on its first search or dedup, written back
+atomically when its folder is writable (never an error when it is not).
 """
 
 from __future__ import annotations
@@ -26,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bitcli.collection.blocks import MappedRows
+from bitcli.collection.blocks import MappedRows, npy_header
 from bitcli.store.files import is_regular
 from bitcli.util import beside, open_regular, write_atomic, write_synced
 
@@ -48,8 +41,7 @@ def _source(index: EmbeddingIndex) -> np.ndarray:
 
 def source_of(info: os.stat_result, rows: int, dim: int, ctime_ns: int | None = None) -> np.ndarray:
     """What the norms were computed from: the array's shape, size, modification time and identity
-    (inode and change time: another array of the same size published with the same modification
-    time, by a filesystem with whole-second times or `cp -p`, is another file or was changed)."""
+    (inode and change time: `cp -p` or whole-second times can repeat the rest)."""
     ctime_ns = info.st_ctime_ns if ctime_ns is None else ctime_ns
     fields = [FORMAT_VERSION, rows, dim, info.st_size, info.st_mtime_ns, info.st_ino, ctime_ns]
     return np.array(fields, dtype=np.int64)
@@ -70,9 +62,8 @@ def _max_bytes(rows: int | None) -> int:
 
 def _read(path: Path, max_bytes: int, rows: int | None) -> tuple[np.ndarray, np.ndarray | None] | None:
     """(source, norms) of a norms file that bitcli wrote (norms only when `rows` is given and they
-    are that many); None for anything else: a FIFO or device (never opened for reading), a file
-    over `max_bytes`, not a zip, a member whose header claims another shape (never allocated:
-    a header claiming terabytes or a member that would inflate costs nothing), a plain .npy."""
+    are that many); None for anything else (a special file, over `max_bytes`, not a zip, a member
+    whose header claims another shape: never allocated)."""
     try:
         with open_regular(path) as file:
             if os.fstat(file.fileno()).st_size > max_bytes:
@@ -89,13 +80,7 @@ def _member(archive: zipfile.ZipFile, name: str, dtype: type, shape: tuple[int, 
     """Array member `name` when its header says exactly `dtype` and `shape` (None: a `source`
     record, up to 16 numbers); its data read whole."""
     with archive.open(name + ".npy") as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            found_shape, fortran, found_dtype = np.lib.format.read_array_header_1_0(member)
-        elif version == (2, 0):
-            found_shape, fortran, found_dtype = np.lib.format.read_array_header_2_0(member)
-        else:
-            return None
+        found_shape, fortran, found_dtype = npy_header(member)
         if shape is None and len(found_shape) == 1 and found_shape[0] <= 16:
             shape = found_shape
         if found_shape != shape or found_dtype != np.dtype(dtype) or fortran:
@@ -118,10 +103,8 @@ def compute(index: EmbeddingIndex) -> np.ndarray:
 
 
 def _chunked(count: int, chunk: Any, done: Any = None) -> np.ndarray:
-    """`row_norms64` of rows [0, count), `chunk(first, stop)` at a time (one loop for a collection
-    and a staged array: their norms are the same numbers). Chunks are cache-sized and shared by a
-    few threads (numpy lets go of the GIL while it converts and sums): each row's norm is the same
-    number whichever thread or chunk computes it."""
+    """`row_norms64` of rows [0, count), `chunk(first, stop)` at a time: cache-sized chunks shared
+    by a few threads (numpy lets go of the GIL); a row's norm is the same whichever computes it."""
     from concurrent.futures import ThreadPoolExecutor
 
     norms = np.empty(count, dtype=np.float64)
@@ -187,9 +170,7 @@ def stage(array: Path, staged: Path) -> int:
     """Compute the norms of the finished `.npy` at `array` (the partial directory's `data.npy`,
     complete and synced) into `staged`, unsealed; the staged file's size."""
     with open(array, "rb", buffering=0) as file:
-        version = np.lib.format.read_magic(file)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        (rows, dim), _, dtype = read_header(file)
+        (rows, dim), _, dtype = npy_header(file)
         offset, row_bytes = file.tell(), dim * dtype.itemsize
 
         def chunk(first: int, stop: int) -> np.ndarray:
