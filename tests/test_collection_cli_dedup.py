@@ -326,7 +326,7 @@ def test_move_on_a_terminal_ends_with_one_summary_line(fresh, columns):
 def test_move_across_file_systems_copies_then_removes(tmp_path, monkeypatch):
     import errno
 
-    from bitcli.collection import relocate as rel
+    from bitcli.collection import keep as rel
 
     source = tmp_path / "a" / "photo.jpg"
     source.parent.mkdir()
@@ -347,7 +347,7 @@ def test_move_across_file_systems_copies_then_removes(tmp_path, monkeypatch):
 
 
 def test_special_files_are_refused_as_sources(tmp_path):
-    from bitcli.collection.relocate import relocate
+    from bitcli.collection.keep import relocate
 
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)

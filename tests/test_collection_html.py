@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from bitcli.collection.dedup import find_groups
-from bitcli.collection.html import SearchEntry, dedup_page, search_page, write_page
+from bitcli.collection.html import dedup_page, search_page, write_page
+from bitcli.collection.queries import QueryResult
 from bitcli.collection.index import open_index
 from bitcli.collection.search import exact_search
 from bitcli.errors import UsageError
@@ -79,7 +80,7 @@ def photos(tmp_path, monkeypatch):
 
 def test_search_page_parses_and_references_every_match(photos):
     results = exact_search(photos, photos.take([0, 2]), 5, exclude=[0, 2])
-    entries = [SearchEntry("a.png", results[0]), SearchEntry("c.png", results[1]), SearchEntry("broken.jpg", error="not an image")]
+    entries = [QueryResult("a.png", results[0]), QueryResult("c.png", results[1]), QueryResult("broken.jpg", error="not an image")]
     page = search_page(entries, photos.locate, title="bit search out/e.npy", about="6 rows", version="0.1.0")
     reader = read_page(page)
     for entry in entries[:2]:
@@ -96,7 +97,7 @@ def test_search_page_parses_and_references_every_match(photos):
 
 def test_thumbnails_are_embedded_once_each_as_jpeg(photos):
     results = exact_search(photos, photos.take([0, 1]), 5)
-    page = search_page([SearchEntry("a.png", results[0]), SearchEntry("b.png", results[1])], photos.locate, title="t")
+    page = search_page([QueryResult("a.png", results[0]), QueryResult("b.png", results[1])], photos.locate, title="t")
     css = read_page(page).styles[0]
     blobs = re.findall(r"\.(i\d+)\{background-image:url\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)\}", css)
     shown = {"a.png", "b.png"} | {m.path for r in results for m in r}
@@ -131,7 +132,7 @@ def test_an_empty_result_still_makes_a_page():
 
 
 def test_undecodable_file_names_are_shown_with_a_replacement_character(tmp_path):
-    page = search_page([SearchEntry("caf\udce9.jpg", [])], lambda p: None, title="t")
+    page = search_page([QueryResult("caf\udce9.jpg", [])], lambda p: None, title="t")
     page.encode("utf-8")  # no lone surrogate left
     assert "caf\ufffd.jpg" in page
 

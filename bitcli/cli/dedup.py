@@ -3,7 +3,7 @@
 Groups are the connected components of the pairs whose cosine similarity is >= --threshold
 (`collection.dedup`: exact, blocked, never an N x N matrix). `--keep` prints paths to delete
 instead of the groups, one per line (NUL-terminated with -0, for `xargs -0 rm`); with `--link
-DIR` or `--move DIR` those files are linked or moved into DIR instead (`collection.relocate`).
+DIR` or `--move DIR` those files are linked or moved into DIR instead (`collection.keep`).
 Nothing is ever deleted here.
 """
 
@@ -122,7 +122,7 @@ def dedup(
 
 def check_set_aside(keep: Any, link: Path | None, move: Path | None, null: bool) -> tuple[Path, str] | None:
     """(DIR, "link" | "move") for --link/--move, checked before any work; None without them."""
-    from bitcli.collection.relocate import check_directory
+    from bitcli.collection.keep import check_directory
 
     if link is None and move is None:
         return None
@@ -139,7 +139,7 @@ def check_set_aside(keep: Any, link: Path | None, move: Path | None, null: bool)
 def set_aside(ui: Ui, deletions: Any, directory: Path, mode: str) -> int:
     """Link or move the files --keep would not keep into `directory`; one line each that failed,
     one summary line. The number that failed."""
-    from bitcli.collection.relocate import relocate
+    from bitcli.collection.keep import relocate
 
     done = relocate(deletions.delete, deletions.files, directory, mode)
     verb = "linked" if mode == "link" else "moved"

@@ -216,9 +216,8 @@ def build_ann(ui: Ui, index: Any) -> None:
 
 def write_html(index: Any, found: list[Any], path: Path, k: int) -> None:
     from bitcli import __version__
-    from bitcli.collection.html import SearchEntry, search_page, write_page
+    from bitcli.collection.html import search_page, write_page
 
-    entries = [SearchEntry(r.query, r.matches, r.error) for r in found]
     locate = lambda p: index.locate(p) or (p if Path(p).exists() else None)  # noqa: E731  queries: as given
-    page = search_page(entries, locate, title=f"bit search {index.array_path.name}", about=f"{index.rows} rows, top {k}, cosine similarity", version=__version__)
+    page = search_page(found, locate, title=f"bit search {index.array_path.name}", about=f"{index.rows} rows, top {k}, cosine similarity", version=__version__)
     write_page(path, page)

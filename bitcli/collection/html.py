@@ -1,15 +1,9 @@
 """A self-contained HTML page of search results or duplicate groups (`--html FILE`).
 
-Thumbnails are embedded as base64 JPEGs (at most 160 px on the long side), so the page shows the
-same wherever it is copied: by e-mail, to another machine, into a report. Each distinct image is
-embedded once, as a CSS class, however often it appears. Each picture also links to its file
-(`file://` URI of the absolute path), which works on the machine that has the files.
-
-Everything taken from outside (paths, error messages) is HTML-escaped; file names that are not
-valid UTF-8 are shown with U+FFFD in place of the undecodable bytes (their links keep the
-bytes). No script, no external resource. A page is written atomically, and only over a regular
-file that bitcli wrote (recognised by its `generator` meta tag): `--html` never destroys
-anything else.
+Thumbnails are embedded once each as base64 JPEGs (CSS classes), so the page shows the same
+wherever it is copied; each picture links to its file (`file://`). Everything from outside is
+HTML-escaped (undecodable name bytes shown as U+FFFD); no script, no external resource. A page is
+written atomically, and only over a file bitcli wrote (its `generator` meta tag).
 """
 
 from __future__ import annotations
@@ -18,13 +12,12 @@ import base64
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from bitcli.collection.dedup import DuplicateGroup
-from bitcli.collection.search import Match
+from bitcli.collection.queries import QueryResult
 from bitcli.errors import UsageError
 from bitcli.output import escapes
 from bitcli.util import write_atomic
@@ -49,16 +42,7 @@ figure.kept{border-color:#2a8a3e;box-shadow:0 0 0 2px #2a8a3e}
 """
 
 
-@dataclass
-class SearchEntry:
-    """One query for the page: its matches, or why it failed."""
-
-    query: str
-    matches: list[Match] = field(default_factory=list)
-    error: str | None = None
-
-
-def search_page(entries: Sequence[SearchEntry], locate: Callable[[str], str | None], *, title: str, about: str = "", version: str = "") -> str:
+def search_page(entries: Sequence[QueryResult], locate: Callable[[str], str | None], *, title: str, about: str = "", version: str = "") -> str:
     """Each query beside its matches, scores under the pictures."""
     shown = list(entries[:MAX_ENTRIES])
     files = [locate(e.query) for e in shown] + [locate(m.path) for e in shown for m in e.matches]

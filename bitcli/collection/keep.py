@@ -1,29 +1,35 @@
-"""`bit dedup --keep`: from duplicate groups, the files one would delete to keep one per group.
+"""`bit dedup --keep`: from duplicate groups, the files one would delete to keep one per group,
+and with `--link DIR | --move DIR` those files set aside.
 
-Nothing is deleted here. A member counts only while its file is still the one embedded (the
-row's path resolved as recorded, its recorded size and mtime, and sha256 where the collection
-has them): a file changed since is reported, never listed and never kept in place of another.
+Nothing is deleted or overwritten. link: a symbolic link (absolute target) to each file in DIR.
+move: within one file system hard-linked into DIR, then unlinked from its folder (an interruption
+leaves it in both places, never neither); across file systems copied into a new file (created
+exclusively), synced, then removed. A taken name gets a suffix (`photo-2.jpg`, ...); a link
+already pointing at the file counts as done. A source that is a link or not a regular file is
+refused; failures are collected in `Relocation.failed`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bitcli.collection.dedup import DuplicateGroup
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.errors import UsageError
 from bitcli.store.metadata import FileIdentity, read_file_rows, still_embedded
-from bitcli.util import open_regular
+from bitcli.util import file_kind, open_regular, os_error_reason
 
 KEEP_POLICIES = ("first", "largest", "newest")
 
 
 @dataclass
 class Deletions:
-    """What `--keep` would delete, and the members left out because their file is no longer
-    the one embedded (changed since, or not identified when it was embedded)."""
+    """What `--keep` would delete, and the members whose file is no longer the one embedded."""
 
     delete: list[str]
     changed: list[str]
@@ -34,13 +40,11 @@ class Deletions:
 def paths_to_delete(index: EmbeddingIndex, groups: list[DuplicateGroup], keep: str) -> Deletions:
     """The files one would delete to keep one file per group; nothing is deleted here.
 
-    first: the member earliest in the index; largest: the most pixels (then the most bytes);
-    newest: the latest modification time; ties go to the earliest member. Each member's file is
-    the row's path resolved as recorded, and it counts only while it is still the file that was
-    embedded: its size and mtime (and sha256, where the collection recorded them) as in the row
-    file. Members whose file is gone are skipped, members whose file changed are reported in
-    `changed` (never listed for deletion, never kept in place of another), and a member that is
-    the very file kept (the same path given twice, a hard or symbolic link) is never listed."""
+    first: the member earliest in the index; largest: the most pixels (then bytes); newest: the
+    latest mtime; ties go to the earliest member. A member counts only while its file (the row's
+    path resolved as recorded) is still the one embedded (size, mtime, and sha256 where recorded):
+    gone, it is skipped; changed, it is reported in `changed`, never listed nor kept. The very
+    file kept (the same path twice, a hard or symbolic link) is never listed."""
     if keep not in KEEP_POLICIES:
         raise UsageError(f"--keep {keep}: choose one of {', '.join(KEEP_POLICIES)}")
     identities = _recorded_identities(index, groups)
@@ -97,8 +101,7 @@ def _same_name(index: EmbeddingIndex, recorded: str, listed: str) -> bool:
 def _present(
     index: EmbeddingIndex, group: DuplicateGroup, identities: dict[int, FileIdentity | None] | None, changed: list[str]
 ) -> list[tuple[int, str, os.stat_result]]:
-    """(row, path as printed, stat) for the members whose file still exists and is still
-    the embedded one (`changed` collects the others that exist)."""
+    """(row, path, stat) of the members still the embedded file (`changed` collects the others that exist)."""
     present = []
     for row, path in zip(group.rows, group.paths):
         found = index.locate(path)
@@ -137,3 +140,126 @@ def _pixels(path: str) -> int:
         return width * height
     except Exception:  # any unreadable header just ranks lowest
         return 0
+
+
+MODES = ("link", "move")
+MAX_SUFFIX = 10_000  # names tried in DIR for one file before giving up on it
+
+
+@dataclass
+class Relocation:
+    """What was set aside: (source as listed, its name in DIR), and (source, why not)."""
+
+    mode: str
+    directory: Path
+    done: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_directory(directory: str | os.PathLike[str], option: str) -> Path:
+    """DIR as given, when it is a folder or can be made one (UsageError otherwise); nothing is created."""
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: exists and is not a folder; give a folder (it is created if missing)")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if not path.exists() and parent is not None and not parent.is_dir():
+        raise UsageError(f"{option} {path}: {parent} is not a folder")
+    return path
+
+
+def relocate(paths: list[str], files: dict[str, str], directory: str | os.PathLike[str], mode: str) -> Relocation:
+    """Link or move each of `paths` (as listed; `files` maps each to the file it names) into
+    `directory`, created if missing. Every file is tried; failures are collected, never raised."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    target = Path(directory)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--{mode} {target}: cannot create the folder ({os_error_reason(exc)})") from exc
+    out = Relocation(mode, target)
+    for path in paths:
+        source = files.get(path, path)
+        try:
+            info = os.lstat(source)
+            if stat.S_ISLNK(info.st_mode):
+                raise _Refused("is a symbolic link; only the files themselves are linked or moved")
+            if not stat.S_ISREG(info.st_mode):
+                raise _Refused(f"is not a regular file (a {file_kind(info.st_mode)})")
+            placed = _link(source, target) if mode == "link" else _move(source, target, info)
+            out.done.append((path, placed))
+        except _Refused as exc:
+            out.failed.append((path, str(exc)))
+        except OSError as exc:
+            out.failed.append((path, os_error_reason(exc)))
+    return out
+
+
+class _Refused(Exception):
+    pass
+
+
+def _names(source: str, directory: Path):
+    """DIR/name, then DIR/stem-2.ext, DIR/stem-3.ext, ..."""
+    name = os.path.basename(source)
+    stem, ext = os.path.splitext(name)
+    yield directory / name
+    for n in range(2, MAX_SUFFIX + 1):
+        yield directory / f"{stem}-{n}{ext}"
+
+
+def _link(source: str, directory: Path) -> str:
+    pointee = os.path.abspath(source)
+    for candidate in _names(source, directory):
+        try:
+            os.symlink(pointee, candidate)
+            return str(candidate)
+        except FileExistsError:
+            if candidate.is_symlink() and os.readlink(candidate) == pointee:
+                return str(candidate)  # linked by an earlier run
+    raise _Refused(f"{MAX_SUFFIX} names like it are taken in {directory}")
+
+
+def _move(source: str, directory: Path, info: os.stat_result) -> str:
+    for candidate in _names(source, directory):
+        try:
+            os.link(source, candidate, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            made = _copy(source, candidate, info)
+            if made is None:
+                continue
+        _unlink_source(source, candidate)
+        return str(candidate)
+    raise _Refused(f"{MAX_SUFFIX} names like it are taken in {directory}")
+
+
+def _copy(source: str, candidate: Path, info: os.stat_result) -> Path | None:
+    """A copy of `source` at `candidate`, created exclusively (None when the name is taken)."""
+    try:
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileExistsError:
+        return None
+    try:
+        with os.fdopen(fd, "wb") as dst, open_regular(source) as src:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.chmod(candidate, stat.S_IMODE(info.st_mode))
+        os.utime(candidate, ns=(info.st_atime_ns, info.st_mtime_ns))
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    return candidate
+
+
+def _unlink_source(source: str, placed: Path) -> None:
+    """Remove `source` now that `placed` holds it; when that fails, remove `placed` instead."""
+    try:
+        os.unlink(source)
+    except OSError:
+        placed.unlink(missing_ok=True)
+        raise

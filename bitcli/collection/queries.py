@@ -1,13 +1,9 @@
 """`bit search`'s queries: which are rows of the index already, which need the model.
 
-A QUERY argument that names a row of the index (the same string, or the same file: see
-`EmbeddingIndex.find_rows`) uses that stored row: no model is loaded, and the row is not
-returned as its own match (its byte-identical copies are). Anything else is expanded like
-`bit classify`'s inputs (files, folders, quoted globs, `-`); each file found that way is looked
-up again, and the rest are embedded with the index's own model and settings, read from its
-metadata (`query_settings`), so no `--model` is needed. A plain `.npy` without metadata needs
-`--model` for that (cosine similarity ignores `--normalize`, so only the model and the image
-options matter).
+A QUERY that names a row of the index (`EmbeddingIndex.find_rows`) and is still the file embedded
+uses that stored row: no model is loaded, and the row is not its own match. Anything else is
+expanded like `bit classify`'s inputs and embedded with the index's own model and settings from
+its metadata (`query_settings`); a plain `.npy` without metadata needs `--model`.
 """
 
 from __future__ import annotations
@@ -75,9 +71,7 @@ def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] |
 
 def _unchanged(index: EmbeddingIndex, found: dict[str, int]) -> dict[str, int]:
     """The queries of `found` (query -> row) whose stored row still describes the file they name
-    from here: a file overwritten since it was embedded (its size or mtime, or sha256 where
-    recorded, differ) is embedded again, not answered with its stale row. A query naming no file
-    from here (a stored name) keeps its row; an index without identities is taken as it is."""
+    (a file overwritten since is embedded again); a query naming no file from here keeps its row."""
     if not found or index.meta is None or index.meta_path is None:
         return found
     from bitcli.store.metadata import read_file_rows, still_embedded
@@ -155,8 +149,7 @@ def check_min_score(min_score: float | None) -> None:
 
 
 def at_least(found: Iterable[QueryResult], min_score: float | None) -> list[QueryResult]:
-    """The results with only the matches scoring `min_score` or more (all of them for None);
-    the top k is taken first, so a query gets at most k matches, maybe none."""
+    """The results with only the matches scoring `min_score` or more (of the top k)."""
     found = list(found)
     if min_score is None:
         return found
