@@ -2,8 +2,9 @@
 
 Commands build plain records (`bitcli.results`, dicts); this package alone decides how they look:
 `records.py` the machine formats, `tables.py` classification as tables (printed while the run
-goes on), `info.py` the tables of `bit inspect` and `bit models`. Messages, warnings and progress
-go to stderr, written by the command layer (`bitcli.cli.common.Ui`).
+goes on), `info.py` the tables of `bit inspect` and `bit models`, `collection.py` search, dedup
+and info, `evaluation.py` and `mistakes.py` `bit eval`'s. Messages go to stderr, written by the
+command layer (`bitcli.cli.common.Ui`).
 """
 
 from __future__ import annotations
@@ -11,53 +12,31 @@ from __future__ import annotations
 import io
 from typing import IO, Any, Callable, Iterable, Sequence
 
-from bitcli.output.records import (
-    ClassifyRenderer,
-    CsvRenderer,
-    JsonArrayRenderer,
-    JsonlRenderer,
-    is_terminal,
-    resolve_format,
-    same_terminal,
-    to_json,
-    write_json,
-)
+from bitcli.output.escapes import csv_cell
 from bitcli.output.info import inspect_tables, models_table, short_size
+from bitcli.output.records import Records, is_terminal, resolve_format, same_terminal, to_json, write_json
 from bitcli.output.tables import COMPACT_AFTER, TableRenderer, runners_up_text, stdout_console
 from bitcli.results import ClassifyResult
 
 __all__ = [
-    "COMPACT_AFTER", "classify_renderer", "is_terminal", "models_table", "render_classify",
-    "render_inspect", "render_models", "resolve_format", "same_terminal", "runners_up_text", "short_size", "stdout_console",
-    "to_json",
+    "COMPACT_AFTER", "classify_renderer", "is_terminal", "models_table", "render_classify", "render_document",
+    "render_records", "resolve_format", "same_terminal", "runners_up_text", "short_size", "stdout_console", "to_json",
 ]
 
 
 def classify_renderer(
-    fmt: str,
-    stream: IO[str],
-    *,
-    count: int,
-    top_k: int,
-    paths: Sequence[str] | None = None,
-    labels: Sequence[str] | None = None,
-    csv_raw: bool = False,
-) -> ClassifyRenderer:
-    """The renderer for a resolved format (`auto` must be resolved first).
-
-    `paths` (every input) and `labels` (the model's class names) let a table fix its column
-    widths before the first row; the machine formats ignore them. `csv_raw`: csv cells keep
-    names exactly, even those a spreadsheet would run as formulas (`escapes.csv_cell`).
-    """
-    if fmt == "jsonl":
-        return JsonlRenderer(stream)
-    if fmt == "json":
-        return JsonArrayRenderer(stream)
-    if fmt == "csv":
-        return CsvRenderer(stream, raw=csv_raw)
+    fmt: str, stream: IO[str], *, count: int, top_k: int, paths: Sequence[str] | None = None, labels: Sequence[str] | None = None, csv_raw: bool = False
+) -> Records | TableRenderer:
+    """The renderer for a resolved format: `write` each result in input order, `flush` after each
+    batch (tables print there), `close` once. `paths` and `labels` let a table fix its column
+    widths before the first row; `csv_raw`: csv cells keep names exactly (`escapes.csv_cell`)."""
     if fmt == "table":
         return TableRenderer(stream, count=count, top_k=top_k, paths=paths, labels=labels)
-    raise ValueError(f"unknown format {fmt!r}")
+
+    def rows(r: ClassifyResult) -> list[tuple]:
+        return [(csv_cell(r.path, csv_raw), p.rank, p.index, csv_cell(p.label, csv_raw), repr(p.score)) for p in r.predictions]
+
+    return Records(fmt, stream, ("path", "rank", "index", "label", "score"), rows)
 
 
 def render_classify(results: Iterable[ClassifyResult], fmt: str, *, count: int, top_k: int) -> str:
@@ -68,6 +47,15 @@ def render_classify(results: Iterable[ClassifyResult], fmt: str, *, count: int, 
         renderer.write(r)
     renderer.close()
     return buf.getvalue()
+
+
+def render_records(records: Iterable[Any], fmt: str, stream: IO[str], table: Callable[[list[Any]], Any], header: Iterable[str], csv_rows: Callable) -> None:
+    """Records in a resolved format: the rich `table(records)` for people, else a machine format."""
+    records = list(records)
+    if fmt == "table":
+        stdout_console(stream).print(table(records))
+    else:
+        Records(fmt, stream, header, csv_rows).write_all(records)
 
 
 def render_document(record: Any, fmt: str, stream: IO[str], tables: Callable[[], list[Any]], *, spaced: bool = False) -> None:

@@ -1,7 +1,8 @@
-"""Machine formats: jsonl, one JSON array, csv, and pretty JSON objects (data to stdout only).
+"""Machine formats: jsonl, one JSON array, csv, and pretty JSON documents (data to stdout only).
 
-Classification is rendered as a stream (one `write` per result, in input order) so that jsonl,
-csv and the json array reach stdout while a long run is still going.
+Records are written as a stream (one `write` each, in order), so a long run's jsonl, csv and
+json array reach stdout while it is still going. A record is anything with `to_dict()`; its csv
+rows come from the `csv_rows` function the caller gives.
 """
 
 from __future__ import annotations
@@ -10,12 +11,7 @@ import csv
 import io
 import json
 import os
-from typing import IO, Any, Iterable
-
-from bitcli.output.escapes import csv_cell
-from bitcli.results import ClassifyResult
-
-CSV_HEADER = ("path", "rank", "index", "label", "score")
+from typing import IO, Any, Callable, Iterable
 
 
 def resolve_format(fmt: str, stream: IO[str]) -> str:
@@ -54,50 +50,9 @@ def to_json(obj: Any) -> str:
 
 
 def write_json(obj: Any, stream: IO[str]) -> None:
-    """One pretty-printed JSON document (`bit inspect`, `bit models`)."""
+    """One pretty-printed JSON document (`bit inspect`, `bit models`, `bit info`, `bit eval`)."""
     stream.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     stream.flush()
-
-
-class ClassifyRenderer:
-    """`write` each result in input order, `flush` after each batch (tables print there), `close` once.
-
-    The machine formats write to `stream` as each result comes; `TableRenderer` is the other kind."""
-
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
-
-    def write(self, result: ClassifyResult) -> None:
-        raise NotImplementedError
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.flush()
-
-
-class JsonlRenderer(ClassifyRenderer):
-    """One JSON object per line, flushed per result."""
-
-    def write(self, result: ClassifyResult) -> None:
-        self.stream.write(to_json(result.to_dict()) + "\n")
-        self.stream.flush()
-
-
-class JsonArrayRenderer(ClassifyRenderer):
-    """One JSON array of the jsonl objects, streamed element by element (`[]` when empty)."""
-
-    count = 0
-
-    def write(self, result: ClassifyResult) -> None:
-        self.stream.write(("[\n" if self.count == 0 else ",\n") + to_json(result.to_dict()))
-        self.stream.flush()
-        self.count += 1
-
-    def close(self) -> None:
-        self.stream.write("[]\n" if self.count == 0 else "\n]\n")
-        self.stream.flush()
 
 
 def csv_line(row: Iterable[Any]) -> str:
@@ -110,20 +65,35 @@ def csv_line(row: Iterable[Any]) -> str:
     return buffer.getvalue().removesuffix("\n")
 
 
-class CsvRenderer(ClassifyRenderer):
-    """`path,rank,index,label,score`, one row per prediction; failed inputs have no rows.
+class Records:
+    """jsonl (one object per line), json (one array, `[]` when empty) or csv (`header`, then
+    `csv_rows(record)` per record), flushed per record; `close` once."""
 
-    A path or label that starts like a spreadsheet formula gets a leading `'` unless `raw`
-    (`escapes.csv_cell`).
-    """
+    def __init__(self, fmt: str, stream: IO[str], header: Iterable[str] = (), csv_rows: Callable[[Any], Iterable[Iterable[Any]]] | None = None):
+        if fmt not in ("jsonl", "json", "csv"):
+            raise ValueError(f"unknown format {fmt!r}")
+        self.fmt, self.stream, self.csv_rows, self.count = fmt, stream, csv_rows, 0
+        if fmt == "csv":
+            stream.write(csv_line(header) + "\n")
 
-    def __init__(self, stream: IO[str], *, raw: bool = False):
-        super().__init__(stream)
-        self.raw = raw
-        stream.write(csv_line(CSV_HEADER) + "\n")
-
-    def write(self, result: ClassifyResult) -> None:
-        for p in result.predictions:
-            row = (csv_cell(result.path, self.raw), p.rank, p.index, csv_cell(p.label, self.raw), repr(p.score))
-            self.stream.write(csv_line(row) + "\n")
+    def write(self, record: Any) -> None:
+        if self.fmt == "csv":
+            self.stream.write("".join(csv_line(row) + "\n" for row in self.csv_rows(record)))
+        else:
+            lead = "" if self.fmt == "jsonl" else "[\n" if self.count == 0 else ",\n"
+            self.stream.write(lead + to_json(record.to_dict()) + ("\n" if self.fmt == "jsonl" else ""))
         self.stream.flush()
+        self.count += 1
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.stream.write("[]\n" if self.count == 0 else "\n]\n")
+        self.stream.flush()
+
+    def write_all(self, records: Iterable[Any]) -> None:
+        for record in records:
+            self.write(record)
+        self.close()
