@@ -18,8 +18,8 @@ from typing import Callable, Iterable, Sequence
 
 from bitcli.collection.dedup import DuplicateGroup
 from bitcli.collection.queries import QueryResult
-from bitcli.errors import UsageError
 from bitcli.output import escapes
+from bitcli.output.records import check_own_file
 from bitcli.util import write_atomic
 
 THUMB_PX = 160
@@ -101,22 +101,7 @@ def write_page(path: str | os.PathLike[str], page: str) -> None:
 
 def check_target(path: str | os.PathLike[str]) -> Path:
     """`path` if a page may be written there (UsageError otherwise): new, or a page bitcli wrote."""
-    path = Path(path)
-    if path.is_symlink():  # replacing it would turn the link into a file: see docs/usage.md
-        raise UsageError(f"--html {path}: is a symbolic link; bitcli does not write through links: give another name")
-    if path.exists():
-        if not path.is_file():
-            raise UsageError(f"--html {path}: exists and is not a regular file; choose another name")
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(4096)
-        except OSError as exc:
-            raise UsageError(f"--html {path}: cannot read the existing file ({exc.strerror or exc})") from exc
-        if GENERATOR_TAG.encode() not in head:
-            raise UsageError(f"--html {path}: exists and was not written by bitcli; choose another name or remove it")
-    if not path.parent.is_dir():
-        raise UsageError(f"--html {path}: the folder {path.parent} does not exist")
-    return path
+    return check_own_file(path, "--html", "bitcli", lambda head: GENERATOR_TAG.encode() in head[:4096])
 
 
 # -- pieces ------------------------------------------------------------------------------------

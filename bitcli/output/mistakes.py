@@ -17,12 +17,11 @@ from typing import Any, Iterable
 
 from bitcli.errors import BitError, UsageError
 from bitcli.output.escapes import csv_cell
-from bitcli.output.records import csv_line, to_json
-from bitcli.util import NotRegularFile, open_regular, os_error_reason
+from bitcli.output.records import check_own_file, csv_line, to_json
+from bitcli.util import os_error_reason
 
 FIELDS = ("path", "true", "predicted", "score")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
-_HEAD_BYTES = 1 << 16  # enough for the first line of a file bit eval wrote
 
 
 def errors_format(path: str | os.PathLike[str]) -> str:
@@ -36,22 +35,7 @@ def errors_format(path: str | os.PathLike[str]) -> str:
 def check_errors_target(path: str | os.PathLike[str]) -> Path:
     """`path` if the mistakes may be written there (UsageError otherwise): new, empty, or written by bit eval."""
     errors_format(path)
-    path = Path(path)
-    if path.is_symlink():
-        raise UsageError(f"--errors {path}: is a symbolic link; bitcli does not write through links: give another name")
-    if os.path.lexists(path):
-        try:
-            with open_regular(path) as fh:
-                head = fh.read(_HEAD_BYTES)
-        except NotRegularFile as exc:
-            raise UsageError(f"--errors {path}: is a {exc.kind}, not a regular file; give a file name") from exc
-        except OSError as exc:
-            raise UsageError(f"--errors {path}: cannot read the existing file ({exc.strerror or exc})") from exc
-        if head and not _written_by_eval(head):
-            raise UsageError(f"--errors {path}: exists and was not written by bit eval; choose another name or remove it")
-    if not path.parent.is_dir():
-        raise UsageError(f"--errors {path}: the folder {path.parent} does not exist")
-    return path
+    return check_own_file(path, "--errors", "bit eval", lambda head: not head or _written_by_eval(head))
 
 
 def _written_by_eval(head: bytes) -> bool:

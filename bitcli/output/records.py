@@ -11,7 +11,11 @@ import csv
 import io
 import json
 import os
+from pathlib import Path
 from typing import IO, Any, Callable, Iterable
+
+from bitcli.errors import UsageError
+from bitcli.util import NotRegularFile, open_regular
 
 
 def resolve_format(fmt: str, stream: IO[str]) -> str:
@@ -53,6 +57,27 @@ def write_json(obj: Any, stream: IO[str]) -> None:
     """One pretty-printed JSON document (`bit inspect`, `bit models`, `bit info`, `bit eval`)."""
     stream.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     stream.flush()
+
+
+def check_own_file(path: str | os.PathLike[str], option: str, writer: str, ours: Callable[[bytes], bool]) -> Path:
+    """`path` if a file may be written there (UsageError otherwise): new, or one whose first 64 KiB
+    `ours` recognises as written by `writer`; never a link, a folder or a special file."""
+    path = Path(path)
+    if path.is_symlink():
+        raise UsageError(f"{option} {path}: is a symbolic link; bitcli does not write through links: give another name")
+    if os.path.lexists(path):
+        try:
+            with open_regular(path) as fh:
+                head = fh.read(1 << 16)
+        except NotRegularFile as exc:
+            raise UsageError(f"{option} {path}: is a {exc.kind}, not a regular file; give a file name") from exc
+        except OSError as exc:
+            raise UsageError(f"{option} {path}: cannot read the existing file ({exc.strerror or exc})") from exc
+        if not ours(head):
+            raise UsageError(f"{option} {path}: exists and was not written by {writer}; choose another name or remove it")
+    if not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: the folder {path.parent} does not exist")
+    return path
 
 
 def csv_line(row: Iterable[Any]) -> str:
