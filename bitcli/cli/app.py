@@ -33,7 +33,7 @@ from bitcli.errors import BitError
 # file of its name in bitcli/cli except where FILES and FUNCTIONS say otherwise; its examples are
 # the file's NAME_EPILOG (info.py holds three commands), else its EPILOG.
 COMMANDS = ("classify", "embed", "combine", "search", "dedup", "info", "inspect", "download", "models", "train", "eval", "serve")
-FILES = {"info": "collection_info", "inspect": "info", "download": "info", "models": "info"}
+FILES = {"info": "search", "inspect": "info", "download": "info", "models": "info"}
 FUNCTIONS = {"eval": "eval_command"}
 
 

@@ -1,4 +1,5 @@
-"""`bit search`: the rows of an embedding most similar to each query (cosine similarity).
+"""`bit search` (the rows of an embedding most similar to each query) and `bit info` (what an
+embedding holds).
 
 Queries that are rows of the index use their stored rows (no model loads); other images are
 embedded with the index's own model and settings (`collection.queries`). Exact search streams
@@ -22,9 +23,11 @@ from bitcli.cli.common import (
     NullOpt,
     Precision,
     Runtime,
+    TableOrJson,
     Ui,
     epilog,
     load_model,
+    option,
     require_stdout,
     server_option,
     takes,
@@ -44,58 +47,49 @@ EPILOG = epilog(
         "was made with (from INDEX's .meta.json); a plain .npy without them needs --model."
     ),
 )
+INFO_EPILOG = epilog(
+    "bit info photos.npy",
+    "bit info photos.npy --format json | jq .model.reference",
+    note="Reads the header, the manifest and the .npy header; no row, no model, no torch.",
+)
 
 IndexArg = Annotated[Path, typer.Argument(metavar="INDEX", help="An output of bit embed (the .npy file).", show_default=False)]
-ManifestOpt = Annotated[
-    Optional[Path], typer.Option("--manifest", metavar="FILE", help="The row paths, when not beside INDEX as INDEX.paths.txt.")
+ManifestOpt = option(Optional[Path], "--manifest", metavar="FILE", help="The row paths, when not beside INDEX as INDEX.paths.txt.")
+HtmlOpt = option(Optional[Path], "--html", metavar="FILE", help="Also write a self-contained HTML page with thumbnails.")
+QueriesArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(metavar="QUERY", help="Images (files, folders, quoted globs, - for paths on stdin) or paths of rows in INDEX.", show_default=False),
 ]
-HtmlOpt = Annotated[
-    Optional[Path], typer.Option("--html", metavar="FILE", help="Also write a self-contained HTML page with thumbnails.")
-]
-
-ServerOpt = server_option("Ask a running `bit serve --index INDEX` (INDEX: the collection's name there).")
+MinScoreOpt = option(
+    Optional[float], "--min-score", "-s", metavar="S", show_default=False,
+    help="List only matches whose cosine similarity is at least S (-1 to 1); with -k, of the k best.",
+)
+QueryModelOpt = option(
+    Optional[str], "--model", "-m", metavar="MODEL", panel="Model and runtime",
+    help="Embed queries with this model (default: the one INDEX was made with, from its metadata).",
+)
 
 
 @takes("device", "batch_size", "threads")
 def search(
     index: IndexArg,
-    queries: Annotated[
-        Optional[list[str]],
-        typer.Argument(
-            metavar="QUERY",
-            help="Images (files, folders, quoted globs, - for paths on stdin) or paths of rows in INDEX.",
-            show_default=False,
-        ),
-    ] = None,
+    queries: QueriesArg = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Matches per query.")] = 10,
-    min_score: Annotated[
-        Optional[float],
-        typer.Option("--min-score", "-s", metavar="S", help="List only matches whose cosine similarity is at least S (-1 to 1); with -k, of the k best.", show_default=False),
-    ] = None,
-    format: Annotated[
-        ClassifyFormat, typer.Option("--format", "-f", help="auto: table on a terminal, jsonl otherwise.")
-    ] = ClassifyFormat.auto,
+    min_score: MinScoreOpt = None,
+    format: option(ClassifyFormat, "--format", "-f", help="auto: table on a terminal, jsonl otherwise.") = ClassifyFormat.auto,
     html: HtmlOpt = None,
     manifest: ManifestOpt = None,
-    model: Annotated[
-        Optional[str],
-        typer.Option(
-            "--model", "-m", metavar="MODEL", rich_help_panel="Model and runtime",
-            help="Embed queries with this model (default: the one INDEX was made with, from its metadata).",
-        ),
-    ] = None,
-    exact: Annotated[bool, typer.Option("--exact", help="Exact search even when an approximate index is present.")] = False,
-    build_index: Annotated[
-        bool, typer.Option("--build-index", help="Build the approximate index (faiss) beside INDEX, then answer any queries.")
-    ] = False,
+    model: QueryModelOpt = None,
+    exact: option(bool, "--exact", help="Exact search even when an approximate index is present.") = False,
+    build_index: option(bool, "--build-index", help="Build the approximate index (faiss) beside INDEX, then answer any queries.") = False,
     null: NullOpt = False,
     csv_raw: CsvRawOpt = False,
     runtime: Runtime = Runtime(),
-    server: ServerOpt = None,
+    server: server_option("Ask a running `bit serve --index INDEX` (INDEX: the collection's name there).") = None,
     ui: Ui = Ui(),
 ) -> int:
     """Rows of INDEX most similar to each query (cosine similarity)."""
-    from bitcli.collection.queries import check_min_score
+    from bitcli.collection.queries import at_least, check_min_score
 
     check_min_score(min_score)
     if not queries and not build_index:
@@ -105,7 +99,12 @@ def search(
     if server is not None:
         if html is not None or build_index or manifest is not None or model is not None:
             raise UsageError("--server answers from the server's collection: drop --html, --build-index, --manifest and --model")
-        found = ask_server(server, index, queries, top_k, runtime.batch_size, null)
+        from bitcli.cli.common import expand
+        from bitcli.serve.client import Client, token_from_env
+
+        client = Client(server, token=token_from_env())
+        name = index.name.removesuffix(".npy")
+        found = [r for group in client.search_groups(name, expand(queries, null), top_k=top_k, batch_size=runtime.batch_size) for r in group]
     else:
         collection = open_collection(index, manifest, html)
         if build_index:
@@ -114,28 +113,21 @@ def search(
             return EXIT_OK
         found = answer(ui, collection, queries, top_k, model, exact, runtime, null=null)
     from bitcli import output
-    from bitcli.collection.queries import at_least
     from bitcli.output.collection import render_search
 
     found = at_least(found, min_score)
     render_search(found, output.resolve_format(format.value, sys.stdout), sys.stdout, csv_raw=csv_raw)
     if html is not None:
-        write_html(collection, found, html, top_k)
+        from bitcli import __version__
+        from bitcli.collection.html import search_page, write_page
+
+        locate = lambda p: collection.locate(p) or (p if Path(p).exists() else None)  # noqa: E731  queries: as given
+        about = f"{collection.rows} rows, top {top_k}, cosine similarity"
+        write_page(html, search_page(found, locate, title=f"bit search {collection.array_path.name}", about=about, version=__version__))
     for result in found:
         if not result.ok:
             ui.error(f"{result.query}: {result.error}")
     return EXIT_SOME_FAILED if any(not r.ok for r in found) else EXIT_OK
-
-
-def ask_server(server: str, index: Path, queries: list[str], top_k: int, batch_size: int, null: bool) -> list[Any]:
-    """The query images sent to a `bit serve` that holds INDEX: one result per query, in order."""
-    from bitcli.cli.common import expand
-    from bitcli.serve.client import Client, token_from_env
-
-    name = index.name[: -len(".npy")] if index.name.endswith(".npy") else index.name
-    items = expand(queries, null)
-    client = Client(server, token=token_from_env())
-    return [r for group in client.search_groups(name, items, top_k=top_k, batch_size=batch_size) for r in group]
 
 
 def open_collection(index: Path, manifest: Path | None, html: Path | None) -> Any:
@@ -150,9 +142,7 @@ def open_collection(index: Path, manifest: Path | None, html: Path | None) -> An
     return open_index(npy_name(index), manifest=manifest)
 
 
-def answer(
-    ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: Runtime, *, null: bool = False
-) -> list[Any]:
+def answer(ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: Runtime, *, null: bool = False) -> list[Any]:
     """Plan the queries (`null`: -0 for stdin), embed those not in the index, search; one result
     per query, in order."""
     import numpy as np
@@ -162,13 +152,11 @@ def answer(
 
     planned = q.plan_queries(index, args, stdin=sys.stdin, null=null)
     pending = [query for query in planned if query.item is not None]
-    embedded = embed_queries(ui, index, pending, model, runtime) if pending else []
-    q.fill_vectors(index, planned, embedded)
+    q.fill_vectors(index, planned, embed_queries(ui, index, pending, model, runtime) if pending else [])
     ready = [query for query in planned if query.vector is not None]
     if not ready:
         return q.results(planned, [])
-    vectors = np.stack([query.vector for query in ready])
-    outcome = search(index, vectors, k, exclude=[query.row for query in ready], exact=exact)
+    outcome = search(index, np.stack([query.vector for query in ready]), k, exclude=[query.row for query in ready], exact=exact)
     if outcome.notice:
         ui.warn(outcome.notice)
     if not outcome.exact:
@@ -190,8 +178,7 @@ def embed_queries(ui: Ui, index: Any, pending: list[Any], model: str | None, run
         if model is not None or index.meta_path is None:
             raise
         raise ModelNotFoundError(
-            f"the model {reference}, recorded in {index.meta_path}, does not exist any more; "
-            f"pass --model to embed the queries with another copy of it"
+            f"the model {reference}, recorded in {index.meta_path}, does not exist any more; pass --model to embed the queries with another copy of it"
         ) from exc
     embedder = Embedder(loaded, options=options)
     differs = settings_differ(index, embedder.fingerprint())
@@ -210,14 +197,26 @@ def build_ann(ui: Ui, index: Any) -> None:
 
     with ui.progress(index.rows, "indexing") as bar:
         built = ann.build(index, progress=bar.advance)
-    paths = ann.AnnPaths.for_array(index.array_path)
-    ui.info(f"built {paths.index} ({built.info['factory']}, {index.rows} rows) in {built.info['build_seconds']:.1f} s")
+    path = ann.AnnPaths.for_array(index.array_path).index
+    ui.info(f"built {path} ({built.info['factory']}, {index.rows} rows) in {built.info['build_seconds']:.1f} s")
 
 
-def write_html(index: Any, found: list[Any], path: Path, k: int) -> None:
-    from bitcli import __version__
-    from bitcli.collection.html import search_page, write_page
+@takes()
+def info(
+    index: IndexArg,
+    format: option(TableOrJson, "--format", "-f", help="A table for people, or one JSON object.") = TableOrJson.table,
+    manifest: ManifestOpt = None,
+    ui: Ui = Ui(),
+) -> int:
+    """What an embedding holds: model and commit, rows, dimension, dtype, settings, identity policy."""
+    from bitcli.collection import open_index
+    from bitcli.output.collection import render_info
 
-    locate = lambda p: index.locate(p) or (p if Path(p).exists() else None)  # noqa: E731  queries: as given
-    page = search_page(found, locate, title=f"bit search {index.array_path.name}", about=f"{index.rows} rows, top {k}, cosine similarity", version=__version__)
-    write_page(path, page)
+    require_stdout("the report")
+    collection = open_index(npy_name(index), manifest=manifest, allow_empty=True)
+    try:
+        report = collection.describe()
+    finally:
+        collection.close()
+    render_info(report, format.value, sys.stdout)
+    return EXIT_OK

@@ -50,8 +50,7 @@ def format_size(num_bytes: int | None) -> str:
 
 
 def format_figure(value: float | None) -> str:
-    """A measured figure as a person reads it: three significant digits, never an exponent
-    (8.17837 -> '8.18', 32.6967 -> '32.7', 0.000123456 -> '0.000123', 1234.5 -> '1,234', whole numbers from 100 on)."""
+    """Three significant digits, never an exponent (8.17837 -> '8.18', 0.000123456 -> '0.000123', 1234.5 -> '1,234')."""
     if value is None:
         return "-"
     if abs(value) < 100:
@@ -116,12 +115,8 @@ MODELS_CAPTION = (
 
 
 def models_table(rows: list[dict[str, Any]], default: str | None = None) -> Any:
-    """alias, input size, classes, top-1, parameters, download size, cached (size on disk, or no).
-
-    About 75 columns wide; the repository and description are left to --format json. The row
-    whose `default` is true gets a `*`; `default` (the reference commands use without --model)
-    is named under the table.
-    """
+    """alias, input size, classes, top-1, parameters, download size, cached: about 75 columns
+    (repository and description are left to --format json). The default row gets a `*`."""
     from rich.table import Table
     from rich.text import Text
 

@@ -1,14 +1,10 @@
 """Classification as tables for people (rich), printed while the run goes on.
 
-Up to COMPACT_AFTER images: one table per image, printed as each result arrives. More: one
-compact table, a row per image, whose column widths are fixed before the first row (from the
-terminal width, the input paths and the model's label names, all known before the run), so each
-batch's rows print at once under the header and line up with the rows before them; Ctrl-C keeps
-every finished row. A failed input is one line: its path, then one red cell spanning the other
-columns, cut with an ellipsis. Header words never wrap. With `-k K` every one of the K classes is
-shown at any width: the runners-up (first synonyms and probabilities) fill a column of their own
-when the terminal has room for one, wrapping between entries, else a line below each image's row
-that spans the columns right of the path.
+Up to COMPACT_AFTER images: one table per image. More: one compact table, a row per image, whose
+column widths are fixed before the first row (from the terminal width, the input paths and the
+label names), so each batch's rows print at once and line up. A failed input is one line (its
+path, then one red cell cut with an ellipsis). With `-k K` the runners-up fill a column of their
+own when there is room, else a line below each row.
 """
 
 from __future__ import annotations
@@ -20,11 +16,9 @@ from typing import IO, Any, Iterable, Sequence
 from bitcli.output.escapes import shown
 from bitcli.results import ClassifyResult, Prediction
 
-# More images than this are shown as one compact table (a row per image) instead of one table each.
-COMPACT_AFTER = 4
-# The compact table: paths stay on one line when a label still gets LABEL_MIN_WIDTH columns beside
-# them; top-1 labels get up to LABEL_WIDE; runners-up get a column of their own with
-# RUNNERS_UP_MIN_WIDTH left, else a line below the row.
+COMPACT_AFTER = 4  # more images than this: one compact table, a row per image
+# Paths stay on one line while a label still gets LABEL_MIN_WIDTH beside them; labels get up to
+# LABEL_WIDE; runners-up get a column of their own with RUNNERS_UP_MIN_WIDTH left.
 LABEL_MIN_WIDTH = 14
 LABEL_WIDE = 30
 RUNNERS_UP_MIN_WIDTH = 24
@@ -35,9 +29,7 @@ SEPARATOR = 3  # " │ " between two columns (no padding at the table's edges)
 
 
 def stdout_console(stream: IO[str] | None = None) -> Any:
-    """A rich console on stdout for tables (colour off when NO_COLOR is set or not a terminal).
-
-    A closed pipe raises BrokenPipeError, as for the other formats (rich itself would exit 1)."""
+    """A rich console on stdout for tables; a closed pipe raises BrokenPipeError (rich would exit 1)."""
     from rich.console import Console
 
     class StdoutConsole(Console):
@@ -52,13 +44,8 @@ def format_percent(score: float | None) -> str:
 
 
 class TableRenderer:
-    """Per-image tables, or one compact table for more than COMPACT_AFTER images.
-
-    `paths` (every input path) and `labels` (the model's class names) fix the compact table's
-    column widths before the first row; without them the rows given so far decide. Per-image
-    tables print in `write`; compact rows wait for `flush` (the command calls it once per batch)
-    or `close`.
-    """
+    """Per-image tables (printed in `write`), or one compact table for more than COMPACT_AFTER
+    images (rows printed by `flush`, once per batch); `paths` and `labels` fix its widths."""
 
     def __init__(
         self,
