@@ -1,10 +1,6 @@
-"""`bit dedup`: groups of near-duplicate images in an embedding, or the files one would delete.
-
-Groups are the connected components of the pairs whose cosine similarity is >= --threshold
-(`collection.dedup`: exact, blocked, never an N x N matrix). `--keep` prints paths to delete
-instead of the groups, one per line (NUL-terminated with -0, for `xargs -0 rm`); with `--link
-DIR` or `--move DIR` those files are linked or moved into DIR instead (`collection.keep`).
-Nothing is ever deleted here.
+"""`bit dedup`: groups of near-duplicate images in an embedding (`collection.dedup`), or with
+`--keep` the files one would delete, printed (-0: NUL-terminated) or with `--link DIR` /
+`--move DIR` set aside (`collection.keep`). Nothing is ever deleted here.
 """
 
 from __future__ import annotations
@@ -12,11 +8,9 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
-import typer
-
-from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, CsvRawOpt, Ui, epilog, require_stdout, takes
+from bitcli.cli.common import EXIT_OK, EXIT_SOME_FAILED, ClassifyFormat, CsvRawOpt, Ui, epilog, option, require_stdout, takes
 from bitcli.cli.search import HtmlOpt, IndexArg, ManifestOpt, open_collection
 from bitcli.collection import DEFAULT_THRESHOLD
 from bitcli.errors import UsageError
@@ -42,43 +36,24 @@ class Keep(str, Enum):
     newest = "newest"
 
 
-def set_aside_option(option: str, what: str, never: str) -> Any:
+def set_aside_option(name: str, what: str, never: str) -> Any:
     """--link DIR or --move DIR: where the files --keep would not keep are set aside."""
-    return Annotated[
-        Optional[Path],
-        typer.Option(
-            option, metavar="DIR",
-            help=f"With --keep: instead of printing the files one would delete, {what} "
-            f"(created if missing; {never}a taken name gets a -2, -3... suffix).",
-        ),
-    ]
-
-
-LinkOpt = set_aside_option("--link", "put a symbolic link to each in DIR", "")
-MoveOpt = set_aside_option("--move", "move them into DIR", "never overwriting: ")
+    help = f"With --keep: instead of printing the files one would delete, {what} (created if missing; {never}a taken name gets a -2, -3... suffix)."
+    return option(Optional[Path], name, metavar="DIR", help=help)
 
 
 @takes()
 def dedup(
     index: IndexArg,
-    threshold: Annotated[
-        float,
-        typer.Option("--threshold", "-t", metavar="T", help="Cosine similarity (-1 to 1) at or above which two images are near-duplicates."),
-    ] = DEFAULT_THRESHOLD,
-    format: Annotated[
-        Optional[ClassifyFormat], typer.Option("--format", "-f", help="auto: table on a terminal, jsonl otherwise.", show_default="auto")
-    ] = None,
-    keep: Annotated[
-        Optional[Keep],
-        typer.Option(
-            "--keep",
-            help="Print the files to delete so that one per group is left: the first in the index, the largest "
-            "(most pixels, then bytes) or the newest (modification time).",
-        ),
-    ] = None,
-    null: Annotated[bool, typer.Option("--null", "-0", help="With --keep: end each path with NUL instead of a newline.")] = False,
-    link: LinkOpt = None,
-    move: MoveOpt = None,
+    threshold: option(float, "--threshold", "-t", metavar="T", help="Cosine similarity (-1 to 1) at or above which two images are near-duplicates.") = DEFAULT_THRESHOLD,
+    format: option(Optional[ClassifyFormat], "--format", "-f", help="auto: table on a terminal, jsonl otherwise.", show_default="auto") = None,
+    keep: option(
+        Optional[Keep], "--keep", help="Print the files to delete so that one per group is left: the first in the index, the largest "
+        "(most pixels, then bytes) or the newest (modification time).",
+    ) = None,
+    null: option(bool, "--null", "-0", help="With --keep: end each path with NUL instead of a newline.") = False,
+    link: set_aside_option("--link", "put a symbolic link to each in DIR", "") = None,
+    move: set_aside_option("--move", "move them into DIR", "never overwriting: ") = None,
     html: HtmlOpt = None,
     manifest: ManifestOpt = None,
     csv_raw: CsvRawOpt = False,
