@@ -14,20 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bitcli.cli.common import (
-    EXIT_MODEL,
-    EXIT_OK,
-    DebugOpt,
-    Device,
-    DeviceOpt,
-    ModelOpt,
-    QuietOpt,
-    TableOrJson,
-    Ui,
-    epilog,
-    quiet_hub,
-    require_stdout,
-)
+from bitcli.cli.common import EXIT_MODEL, EXIT_OK, Device, DeviceOpt, Runtime, TableOrJson, Ui, epilog, option, quiet_hub, require_stdout, takes
 from bitcli.errors import ModelError, UsageError
 from bitcli.pipeline import DEFAULT_MODEL
 
@@ -40,21 +27,21 @@ DOWNLOAD_EPILOG = epilog("bit download google/bit-50", "bit download bit-50 goog
 MODELS_EPILOG = epilog("bit models", "bit models --format json")
 
 
+@takes("model")
 def inspect(
     model_arg: Annotated[
         Optional[str],
         typer.Argument(metavar="MODEL", help="The model to describe (same forms as --model).", show_default=False),
     ] = None,
-    format: Annotated[TableOrJson, typer.Option("--format", "-f", help="Rich tables or one JSON object.")] = TableOrJson.table,
-    model: ModelOpt = DEFAULT_MODEL,
+    format: option(TableOrJson, "--format", "-f", help="Rich tables or one JSON object.") = TableOrJson.table,
+    runtime: Runtime = Runtime(),
     device: DeviceOpt = Device.cpu,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    ui: Ui = Ui(),
 ) -> int:
     """What a model is: files, architecture, size, FLOPs, preprocessing and labels."""
     from bitcli import hub, output
 
-    ui = Ui(quiet=quiet, debug=debug)
+    model = runtime.model
     require_stdout("the report")
     quiet_hub(ui)
     resolved = hub.resolve_model(model_arg or model, progress=ui.show_progress)
@@ -83,18 +70,15 @@ def describe(resolved: Any, device: str) -> Any:
     return described
 
 
+@takes()
 def download(
     models: Annotated[list[str], typer.Argument(metavar="MODEL", help="Models to fetch into the hub cache.")],
-    local_dir: Annotated[
-        Optional[Path], typer.Option("--local-dir", metavar="DIR", help="Also copy the model's files into DIR (one MODEL), for -m DIR elsewhere.")
-    ] = None,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    local_dir: option(Optional[Path], "--local-dir", metavar="DIR", help="Also copy the model's files into DIR (one MODEL), for -m DIR elsewhere.") = None,
+    ui: Ui = Ui(),
 ) -> int:
     """Fetch models into the Hugging Face cache ahead of time; prints each local path."""
     from bitcli import hub
 
-    ui = Ui(quiet=quiet, debug=debug)
     if local_dir is not None and len(models) != 1:
         raise UsageError(f"--local-dir takes one MODEL ({len(models)} given): run bit download once per model")
     quiet_hub(ui)
@@ -117,10 +101,10 @@ def download(
     return worst
 
 
+@takes()
 def models(
-    format: Annotated[TableOrJson, typer.Option("--format", "-f", help="Rich table or JSON.")] = TableOrJson.table,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    format: option(TableOrJson, "--format", "-f", help="Rich table or JSON.") = TableOrJson.table,
+    ui: Ui = Ui(),
 ) -> int:
     """Known BiT checkpoints (aliases): input size, classes, top-1, size, and whether each is cached."""
     from bitcli import hub, output
