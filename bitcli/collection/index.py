@@ -22,7 +22,7 @@ import numpy as np
 from bitcli.collection.blocks import MappedRows, npy_header, read_exactly
 from bitcli.errors import UsageError
 from bitcli.inputs import STDIN_PATH_MAX as PATH_MAX
-from bitcli.store.metadata import EmbeddingMetadata, SidecarPaths, read_metadata, sidecar_file
+from bitcli.store.metadata import EmbeddingMetadata, SidecarPaths, read_file_rows, read_metadata, sidecar_file
 from bitcli.util import FileTooLarge, beside, open_regular, read_capped
 
 DEFAULT_BLOCK_BYTES = 64 << 20  # a block of float32 rows is at most this big
@@ -171,6 +171,26 @@ class EmbeddingIndex:
                     return row - 1
             at += len(name)
         return None
+
+    def identities(self, rows: set[int]) -> dict[int, Any] | None:
+        """The recorded `FileIdentity` of each of `rows` (None: not identified, or the manifest read
+        with `--manifest` names another file), from the row file; None without metadata. A
+        UsageError when the row file is unreadable, saying so when an update was published since."""
+        if self.meta is None or self.meta_path is None:
+            return None
+        try:
+            found = read_file_rows(self.meta_path, self.meta, only=rows)
+        except UsageError:
+            try:
+                republished = read_metadata(self.meta_path).files_sha256 != self.meta.files_sha256
+            except UsageError:
+                republished = False
+            if republished:
+                raise UsageError(f"{self.array_path} was updated while this ran (a bit embed --update?); run it again") from None
+            raise
+        base = self.base_dir or ""
+        same = lambda a, b: a == b or os.path.normpath(os.path.join(base, a)) == os.path.normpath(os.path.join(base, b))  # noqa: E731
+        return {row: found[row][1] if same(found[row][0], self.recorded[row]) else None for row in rows}
 
     def locate(self, path: str) -> str | None:
         """A row's file as recorded (relative to the directory `bit embed` ran in), when it exists."""

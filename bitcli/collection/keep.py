@@ -21,7 +21,7 @@ from pathlib import Path
 from bitcli.collection.dedup import DuplicateGroup
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.errors import UsageError
-from bitcli.store.metadata import FileIdentity, read_file_rows, still_embedded
+from bitcli.store.metadata import FileIdentity, still_embedded
 from bitcli.util import file_kind, open_regular, os_error_reason
 
 KEEP_POLICIES = ("first", "largest", "newest")
@@ -47,7 +47,7 @@ def paths_to_delete(index: EmbeddingIndex, groups: list[DuplicateGroup], keep: s
     file kept (the same path twice, a hard or symbolic link) is never listed."""
     if keep not in KEEP_POLICIES:
         raise UsageError(f"--keep {keep}: choose one of {', '.join(KEEP_POLICIES)}")
-    identities = _recorded_identities(index, groups)
+    identities = index.identities({row for group in groups for row in group.rows})
     out: list[str] = []
     changed: list[str] = []
     kept_paths: list[str] = []
@@ -64,38 +64,6 @@ def paths_to_delete(index: EmbeddingIndex, groups: list[DuplicateGroup], keep: s
             seen.add(member[1])
             out.append(member[1])
     return Deletions(out, list(dict.fromkeys(changed)), kept_paths, {p: index.locate(p) or p for p in out})
-
-
-def _recorded_identities(index: EmbeddingIndex, groups: list[DuplicateGroup]) -> dict[int, FileIdentity | None] | None:
-    """The recorded identity of each grouped row (None: an index without metadata, from elsewhere)."""
-    if index.meta is None or index.meta_path is None:
-        return None
-    wanted = {row for group in groups for row in group.rows}
-    try:
-        rows = read_file_rows(index.meta_path, index.meta, only=wanted)
-    except UsageError:
-        if _republished(index):  # an update published since the index was opened: not damage
-            raise UsageError(f"{index.array_path} was updated while dedup ran (a bit embed --update?); run it again") from None
-        raise
-    # a row's identity is its file's only while the manifest read (`--manifest`) names that file
-    return {row: rows[row][1] if _same_name(index, rows[row][0], index.recorded[row]) else None for row in wanted}
-
-
-def _republished(index: EmbeddingIndex) -> bool:
-    """Whether the header on disk is no longer the one `index` was opened with."""
-    from bitcli.store.metadata import read_metadata
-
-    try:
-        return read_metadata(index.meta_path).files_sha256 != index.meta.files_sha256
-    except UsageError:
-        return False
-
-
-def _same_name(index: EmbeddingIndex, recorded: str, listed: str) -> bool:
-    if recorded == listed:
-        return True
-    base = index.base_dir or ""
-    return os.path.normpath(os.path.join(base, recorded)) == os.path.normpath(os.path.join(base, listed))
 
 
 def _present(

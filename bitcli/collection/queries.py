@@ -17,6 +17,7 @@ from bitcli.collection.index import EmbeddingIndex
 from bitcli.collection.scoring import Match
 from bitcli.errors import InputError, UsageError
 from bitcli.results import Outcome
+from bitcli.store.metadata import still_embedded
 
 
 @dataclass
@@ -72,18 +73,16 @@ def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] |
 def _unchanged(index: EmbeddingIndex, found: dict[str, int]) -> dict[str, int]:
     """The queries of `found` (query -> row) whose stored row still describes the file they name
     (a file overwritten since is embedded again); a query naming no file from here keeps its row."""
-    if not found or index.meta is None or index.meta_path is None:
-        return found
-    from bitcli.store.metadata import read_file_rows, still_embedded
-
     try:
-        recorded = read_file_rows(index.meta_path, index.meta, only=set(found.values()))
+        recorded = index.identities(set(found.values())) if found else None
     except UsageError:
         return found  # no readable row file: nothing to check against
+    if recorded is None:
+        return found
     kept = {}
     for query, row in found.items():
         try:
-            if still_embedded(query, recorded[row][1]):
+            if still_embedded(query, recorded[row]):
                 kept[query] = row
         except FileNotFoundError:
             kept[query] = row
