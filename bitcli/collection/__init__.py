@@ -6,21 +6,17 @@
     hits = exact_search(index, index.take([0]), k=5, exclude=[0])[0]   # like row 0, but not itself
     groups = find_groups(index, threshold=0.9)       # near-duplicate groups, largest first
 
-Modules: `index` (open and validate, stream blocks), `search` (exact cosine top-k, streamed),
-`dedup` (threshold pairs per block + union-find), `keep` (`--keep` choices),
-`relocate` (`--link`/`--move`: those set aside), `html` (self-contained
-pages), `ann` (optional faiss index beside the array). The metadata sidecar that `bit embed`
-writes lives in `bitcli.store.metadata`. Library code never prints.
+Modules: `index` (open, validate, which file a row is), `search` (exact cosine top-k, streamed),
+`dedup` (threshold pairs per block + union-find), `keep` (`--keep` choices, `--link`/`--move`),
+`html` (self-contained pages), `ann` (optional faiss index beside the array).
 """
 
 from __future__ import annotations
 
 from bitcli.util import lazy_attributes, lazy_table
 
-# Chosen as imagededup does for the same kind of feature (the global-average-pooled output of an
-# ImageNet CNN after its last ReLU, compared by cosine): its CNN method's default
-# min_similarity_threshold is 0.9. docs/collection.md has the reasoning and how to tune it.
-# Defined here, not in dedup.py, so that `bit --help` shows it without importing numpy.
+# imagededup's CNN default for the same kind of feature (docs/collection.md: why, how to tune it);
+# here, not in dedup.py, so that `bit --help` shows it without importing numpy.
 DEFAULT_THRESHOLD = 0.9
 
 _LAZY = lazy_table({

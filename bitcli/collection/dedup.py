@@ -63,12 +63,7 @@ Progress = Callable[[int], None]  # called with a number of rows' worth of work 
 
 
 def find_groups(
-    index: EmbeddingIndex,
-    threshold: float = DEFAULT_THRESHOLD,
-    *,
-    block_rows: int | None = None,
-    method: str = "auto",
-    progress: Progress | None = None,
+    index: EmbeddingIndex, threshold: float = DEFAULT_THRESHOLD, *, block_rows: int | None = None, method: str = "auto", progress: Progress | None = None
 ) -> list[DuplicateGroup]:
     """Every group of two or more rows, largest first (`method`: see `threshold_pairs`)."""
     check_threshold(threshold)
@@ -90,12 +85,7 @@ def component_labels(
 
 
 def threshold_pairs(
-    index: EmbeddingIndex,
-    threshold: float,
-    *,
-    block_rows: int | None = None,
-    method: str = "auto",
-    progress: Progress | None = None,
+    index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None, method: str = "auto", progress: Progress | None = None,
     components: "_UnionFind | None" = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches of row pairs (a < b) whose float64 cosine, rounded to float32 (the score dedup

@@ -36,9 +36,7 @@ _TORCH_FROM_ELEMENTS = 1 << 26  # below this numpy scores the rows: importing to
 _U32 = 2.0**-24  # unit roundoff of float32
 _U16 = 2.0**-11  # of float16
 _UBF16 = 2.0**-8  # of bfloat16 (8 significant bits)
-# Rows with a smaller norm are always scored in float64: below it a float16 product's absolute
-# rounding (subnormals) would be a large part of their cosine.
-MIN_NORM = 2.0**-8
+MIN_NORM = 2.0**-8  # rows with a smaller norm are scored in float64 (subnormal products would dominate)
 _MAX_NORM = 2.0**60  # and with a larger one: float32 products and norms overflow (`beyond_margin`)
 
 
@@ -56,13 +54,7 @@ class SearchOutcome:
 
 
 def search(
-    index: EmbeddingIndex,
-    queries: np.ndarray,
-    k: int,
-    *,
-    exclude: Sequence[int | None] | None = None,
-    exact: bool = False,
-    block_rows: int | None = None,
+    index: EmbeddingIndex, queries: np.ndarray, k: int, *, exclude: Sequence[int | None] | None = None, exact: bool = False, block_rows: int | None = None
 ) -> SearchOutcome:
     """Top-k rows for each query vector; `exclude[i]`: a row query i must not return (its own)."""
     check_k(k)
@@ -79,13 +71,7 @@ def search(
 
 
 def exact_search(
-    index: EmbeddingIndex,
-    queries: np.ndarray,
-    k: int,
-    *,
-    exclude: Sequence[int | None] | None = None,
-    block_rows: int | None = None,
-    scoring: str | None = None,
+    index: EmbeddingIndex, queries: np.ndarray, k: int, *, exclude: Sequence[int | None] | None = None, block_rows: int | None = None, scoring: str | None = None
 ) -> list[list[Match]]:
     """Exact cosine top-k (float64 scores; ties by row). `scoring`: "float32", "float16",
     "bfloat16" or None (chosen here); every choice gives the same answer."""

@@ -3,7 +3,7 @@
 Commands build plain records (`bitcli.results`, dicts); this package alone decides how they look:
 `records.py` the machine formats, `tables.py` classification as tables (printed while the run
 goes on), `info.py` the tables of `bit inspect` and `bit models`, `collection.py` search, dedup
-and info, `evaluation.py` and `mistakes.py` `bit eval`'s. Messages go to stderr, written by the
+and info, `evaluation.py` `bit eval`'s (figures, --errors). Messages go to stderr, written by the
 command layer (`bitcli.cli.common.Ui`).
 """
 

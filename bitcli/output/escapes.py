@@ -1,15 +1,10 @@
 """What a hostile file name may not do to the reader: drive a terminal, or run in a spreadsheet.
 
-- `shown(text)`: text for people (stderr messages, tables, summaries, HTML titles) with every
-  control character escaped, as `ls -b` does: `\\x1b` for ESC, `\\n`, `\\r`, `\\t`, `\\x9b` for
-  the C1 controls and for a non-UTF-8 byte of a file name, `\\u202e` for the Unicode line and
-  bidirectional-override characters (which reorder what follows them on screen). Everything else,
-  backslashes included, is left as it is. Machine formats (jsonl, json) never use it: their own
-  escaping keeps names exact.
-- `csv_cell(value)`: a CSV cell a spreadsheet will not read as a formula (the OWASP rule: a
-  cell starting with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'`). Only
-  cells that hold names (paths, labels, queries) go through it, never numbers (a negative score
-  stays a number). `--csv-raw` turns it off for exact names.
+- `shown(text)`: text for people with every control character escaped, as `ls -b` does (`\\x1b`,
+  `\\n`, a non-UTF-8 byte as `\\x9b`, the bidirectional overrides as `\\u202e`). Machine formats
+  never use it: their own escaping keeps names exact.
+- `csv_cell(value)`: a cell holding a name that starts like a formula (`=`, `+`, `-`, `@`, tab,
+  carriage return: OWASP) gets a leading `'`; `--csv-raw` turns it off.
 """
 
 from __future__ import annotations

@@ -1,11 +1,23 @@
-"""`bit eval`'s figures on stdout: one JSON object, or tables (summary, per class, confusion matrix)."""
+"""`bit eval`'s outputs: its figures on stdout (one JSON object, or tables: summary, per class,
+confusion matrix) and `--errors FILE`, every misclassified image for a reviewer.
+
+The errors file's suffix picks its format: `.csv` (`path,true,predicted,score`; names that start
+like a formula get a leading `'`) or `.jsonl` (names exact), most confident first. It is written
+atomically, and only over a file bit eval wrote or an empty one (`records.check_own_file`).
+"""
 
 from __future__ import annotations
 
-from typing import IO, Any
+import json
+import os
+from pathlib import Path
+from typing import IO, Any, Iterable
 
-from bitcli.output.escapes import shown
+from bitcli.errors import BitError, UsageError
+from bitcli.output.escapes import csv_cell, shown
+from bitcli.output.records import check_own_file, csv_line, to_json
 from bitcli.output.tables import format_percent
+from bitcli.util import os_error_reason
 
 # Classes beyond this many: the confusion matrix is left out of the table view (it is in the JSON).
 MAX_MATRIX_CLASSES = 20
@@ -63,3 +75,54 @@ def evaluation_tables(record: dict[str, Any]) -> list[Any]:
             matrix.add_row(Text(shown(name)), *cells)
         tables.append(titled("Confusion (rows: true class, columns: predicted)", matrix))
     return tables
+
+
+FIELDS = ("path", "true", "predicted", "score")
+FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+
+
+def errors_format(path: str | os.PathLike[str]) -> str:
+    """`csv` or `jsonl` from the suffix of `path` (UsageError for any other)."""
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UsageError(f"--errors {path}: name the file .csv or .jsonl (the suffix picks the format)")
+    return fmt
+
+
+def check_errors_target(path: str | os.PathLike[str]) -> Path:
+    """`path` if the mistakes may be written there (UsageError otherwise): new, empty, or written by bit eval."""
+    errors_format(path)
+    return check_own_file(path, "--errors", "bit eval", lambda head: not head or _written_by_eval(head))
+
+
+def _written_by_eval(head: bytes) -> bool:
+    first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    if first == ",".join(FIELDS):
+        return True
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and tuple(record) == FIELDS
+
+
+def mistake_lines(mistakes: Iterable[dict[str, Any]], fmt: str) -> Iterable[str]:
+    """The file's lines (without newlines) for `fmt` (`csv` or `jsonl`)."""
+    if fmt == "jsonl":
+        for m in mistakes:
+            yield to_json({key: m[key] for key in FIELDS})
+        return
+    yield ",".join(FIELDS)
+    for m in mistakes:
+        yield csv_line([csv_cell(m["path"]), csv_cell(m["true"]), csv_cell(m["predicted"]), repr(m["score"])])
+
+
+def write_mistakes(path: str | os.PathLike[str], mistakes: list[dict[str, Any]]) -> None:
+    """The mistakes at `path` (checked again), atomically, in the format its suffix names."""
+    from bitcli.util import encode_lines, write_atomic
+
+    target = check_errors_target(path)
+    try:
+        write_atomic(target, encode_lines(mistake_lines(mistakes, errors_format(target))))
+    except OSError as exc:
+        raise BitError(f"--errors {path}: could not be written ({os_error_reason(exc)}); the figures are on stdout") from exc
