@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bitcli.collection.dedup import _UnionFind, bf16_native, check_threshold, component_labels, find_groups
+from bitcli.collection.dedup import _UnionFind, bf16_native, check_threshold, find_groups
 from bitcli.collection.keep import paths_to_delete
 from bitcli.collection.index import open_index
 from bitcli.errors import UsageError
@@ -148,10 +148,10 @@ def test_union_find_agrees_with_a_plain_one_on_random_pairs():
     assert all(labels[x] == min(r for r in range(n) if find(r) == find(x)) for x in range(0, n, 31))
 
 
-def test_component_labels_are_the_smallest_member(tmp_path):
+def test_groups_are_labelled_by_their_smallest_member(tmp_path):
     vectors = planted()
-    labels = component_labels(open_index(write_embedding(tmp_path, vectors)), 0.98)
-    assert labels[200] == 3 and labels[301] == 7 and labels[5] == 5
+    first = {row: g.rows[0] for g in find_groups(open_index(write_embedding(tmp_path, vectors)), 0.98) for row in g.rows}
+    assert first[200] == 3 and first[301] == 7 and first.get(5, 5) == 5
 
 
 # -- --keep ------------------------------------------------------------------------------------

@@ -67,21 +67,15 @@ def find_groups(
 ) -> list[DuplicateGroup]:
     """Every group of two or more rows, largest first (`method`: see `threshold_pairs`)."""
     check_threshold(threshold)
-    labels = component_labels(index, threshold, block_rows=block_rows, method=method, progress=progress)
-    members = _members(labels)
-    members.sort(key=lambda rows: (-len(rows), rows[0]))
-    found_by = f"exact, {chosen_method(index, method)} pre-filter"
-    return [_describe(index, number, rows, found_by) for number, rows in enumerate(members, start=1)]
-
-
-def component_labels(
-    index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None, method: str = "auto", progress: Progress | None = None
-) -> np.ndarray:
-    """label[i] = the smallest row of row i's component."""
     components = _UnionFind(index.rows)
     for a, b in threshold_pairs(index, threshold, block_rows=block_rows, method=method, progress=progress, components=components):
         components.union(a, b)
-    return components.labels()
+    labels = components.labels()  # label[i]: the smallest row of row i's component
+    order = np.argsort(labels, kind="stable")
+    members = [chunk.tolist() for chunk in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1) if chunk.size > 1]
+    members.sort(key=lambda rows: (-len(rows), rows[0]))
+    found_by = f"exact, {chosen_method(index, method)} pre-filter"
+    return [_describe(index, number, rows, found_by) for number, rows in enumerate(members, start=1)]
 
 
 def threshold_pairs(
@@ -297,14 +291,6 @@ class _UnionFind:
 
     def labels(self) -> np.ndarray:
         return self.parent.copy()
-
-
-def _members(labels: np.ndarray) -> list[list[int]]:
-    """Rows of every label shared by two or more rows, each list in index order."""
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    cuts = np.flatnonzero(np.diff(sorted_labels)) + 1
-    return [chunk.tolist() for chunk in np.split(order, cuts) if chunk.size > 1]
 
 
 def _describe(index: EmbeddingIndex, number: int, rows: list[int], method: str) -> DuplicateGroup:
