@@ -145,23 +145,16 @@ def open_collection(index: Path, manifest: Path | None, html: Path | None) -> An
 def answer(ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: Runtime, *, null: bool = False) -> list[Any]:
     """Plan the queries (`null`: -0 for stdin), embed those not in the index, search; one result
     per query, in order."""
-    import numpy as np
-
     from bitcli.collection import queries as q
-    from bitcli.collection.search import search
 
     planned = q.plan_queries(index, args, stdin=sys.stdin, null=null)
     pending = [query for query in planned if query.item is not None]
-    q.fill_vectors(index, planned, embed_queries(ui, index, pending, model, runtime) if pending else [])
-    ready = [query for query in planned if query.vector is not None]
-    if not ready:
-        return q.results(planned, [])
-    outcome = search(index, np.stack([query.vector for query in ready]), k, exclude=[query.row for query in ready], exact=exact)
-    if outcome.notice:
+    found, outcome = q.answer(index, planned, embed_queries(ui, index, pending, model, runtime) if pending else [], k, exact=exact)
+    if outcome is not None and outcome.notice:
         ui.warn(outcome.notice)
-    if not outcome.exact:
+    if outcome is not None and not outcome.exact:
         ui.info(f"answered with the approximate index ({outcome.method}); --exact for exact search")
-    return q.results(planned, outcome.matches, outcome.method)
+    return found
 
 
 def embed_queries(ui: Ui, index: Any, pending: list[Any], model: str | None, runtime: Runtime) -> list[Any]:

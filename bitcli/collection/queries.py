@@ -128,17 +128,24 @@ def settings_differ(index: EmbeddingIndex, fingerprint: dict[str, Any]) -> str |
     return None
 
 
-def fill_vectors(index: EmbeddingIndex, queries: list[Query], embedded: Iterable[Any]) -> None:
-    """Stored rows for row queries; `embedded` (EmbedResults of the item queries, in order) for the rest."""
+def answer(index: EmbeddingIndex, queries: list[Query], embedded: Iterable[Any], k: int, *, exact: bool = False) -> tuple[list[QueryResult], Any]:
+    """One result per query, in order, and the search's `SearchOutcome` (None when no query has a
+    vector): row queries use their stored rows, the others `embedded` (their EmbedResults, in order)."""
+    from bitcli.collection.search import search
+
     rows = [q for q in queries if q.row is not None]
     for query, vector in zip(rows, index.take([q.row for q in rows])):
         query.vector = vector
-    pending = iter(q for q in queries if q.item is not None)
-    for result, query in zip(embedded, pending):
+    for result, query in zip(embedded, (q for q in queries if q.item is not None)):
         if result.ok:
             query.vector = np.asarray(result.vector, dtype=np.float32)
         else:
             query.error = str(result.error)
+    ready = [q for q in queries if q.vector is not None]
+    outcome = search(index, np.stack([q.vector for q in ready]), k, exclude=[q.row for q in ready], exact=exact) if ready else None
+    answered = iter(outcome.matches if outcome else [])
+    method = outcome.method if outcome else None
+    return [QueryResult(q.path, error=q.error or "no vector") if q.vector is None else QueryResult(q.path, next(answered), method=method) for q in queries], outcome
 
 
 def check_min_score(min_score: float | None) -> None:
@@ -147,23 +154,8 @@ def check_min_score(min_score: float | None) -> None:
         raise UsageError(f"--min-score {min_score}: must be between -1 and 1 (a cosine similarity)")
 
 
-def at_least(found: Iterable[QueryResult], min_score: float | None) -> list[QueryResult]:
+def at_least(found: list[QueryResult], min_score: float | None) -> list[QueryResult]:
     """The results with only the matches scoring `min_score` or more (of the top k)."""
-    found = list(found)
-    if min_score is None:
-        return found
-    for result in found:
+    for result in found if min_score is not None else ():
         result.matches = [m for m in result.matches if m.score >= min_score]
     return found
-
-
-def results(queries: list[Query], matches: list[list[Match]], method: str | None = None) -> list[QueryResult]:
-    """One result per query, in order; `matches` holds one list per query that has a vector."""
-    answered = iter(matches)
-    out = []
-    for query in queries:
-        if query.vector is None:
-            out.append(QueryResult(query.path, error=query.error or "no vector"))
-        else:
-            out.append(QueryResult(query.path, next(answered), method=method))
-    return out
