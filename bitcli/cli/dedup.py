@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -78,20 +79,27 @@ def dedup(
     members = sum(len(g.paths) for g in groups)
     noun = "group" if len(groups) == 1 else "groups"
     ui.info(f"{len(groups)} {noun} of near-duplicates ({members} of {collection.rows} images) at threshold {threshold}")
+    kept: list[str] = []
     if keep is not None:
         deletions = paths_to_delete(collection, groups, keep.value)
+        kept = deletions.kept
         for path in deletions.changed:
             ui.warn(f"{path}: changed since it was embedded, not listed; bring the index up to date (bit embed INPUTS -o {npy_name(index)} --update) and run dedup again")
-        if html is not None:  # before --move takes the files away: the page shows them
-            write_html(collection, groups, html, threshold, kept=deletions.kept)
-        if target is None:
-            write_paths(deletions.delete, null)
-        else:
-            failed = set_aside(ui, deletions, *target)
-        return EXIT_SOME_FAILED if target is not None and failed else EXIT_OK
-    render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout, csv_raw=csv_raw)
-    if html is not None:
-        write_html(collection, groups, html, threshold)
+    else:
+        render_groups(groups, output.resolve_format((format or ClassifyFormat.auto).value, sys.stdout), sys.stdout, csv_raw=csv_raw)
+    if html is not None:  # before --move takes the files away: the page shows them
+        from bitcli import __version__
+        from bitcli.collection.html import dedup_page, write_page
+
+        about = f"{len(groups)} groups among {collection.rows} images, cosine similarity >= {threshold}"
+        write_page(html, dedup_page(groups, collection.locate, title=f"bit dedup {collection.array_path.name}", about=about, version=__version__, kept=kept))
+    if keep is None:
+        return EXIT_OK
+    if target is not None:
+        return EXIT_SOME_FAILED if set_aside(ui, deletions, *target) else EXIT_OK
+    end = b"\0" if null else b"\n"  # non-UTF-8 names as their original bytes
+    sys.stdout.buffer.write(b"".join(os.fsencode(path) + end for path in deletions.delete))
+    sys.stdout.buffer.flush()
     return EXIT_OK
 
 
@@ -129,22 +137,3 @@ def set_aside(ui: Ui, deletions: Any, directory: Path, mode: str) -> int:
     else:
         ui.info(summary)
     return len(done.failed)
-
-
-def write_paths(paths: list[str], null: bool) -> None:
-    """One path per line, or NUL-terminated; non-UTF-8 names as their original bytes."""
-    import os
-
-    end = b"\0" if null else b"\n"
-    out = sys.stdout.buffer
-    for path in paths:
-        out.write(os.fsencode(path) + end)
-    out.flush()
-
-
-def write_html(index: Any, groups: list[Any], path: Path, threshold: float, kept: Any = ()) -> None:
-    from bitcli import __version__
-    from bitcli.collection.html import dedup_page, write_page
-
-    about = f"{len(groups)} groups among {index.rows} images, cosine similarity >= {threshold}"
-    write_page(path, dedup_page(groups, index.locate, title=f"bit dedup {index.array_path.name}", about=about, version=__version__, kept=kept))
