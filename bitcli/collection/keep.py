@@ -200,7 +200,11 @@ def _move(source: str, directory: Path, info: os.stat_result) -> str:
             made = _copy(source, candidate, info)
             if made is None:
                 continue
-        _unlink_source(source, candidate)
+        try:  # remove the source now that the candidate holds it; when that fails, the candidate instead
+            os.unlink(source)
+        except OSError:
+            candidate.unlink(missing_ok=True)
+            raise
         return str(candidate)
     raise _Refused(f"{MAX_SUFFIX} names like it are taken in {directory}")
 
@@ -222,12 +226,3 @@ def _copy(source: str, candidate: Path, info: os.stat_result) -> Path | None:
         candidate.unlink(missing_ok=True)
         raise
     return candidate
-
-
-def _unlink_source(source: str, placed: Path) -> None:
-    """Remove `source` now that `placed` holds it; when that fails, remove `placed` instead."""
-    try:
-        os.unlink(source)
-    except OSError:
-        placed.unlink(missing_ok=True)
-        raise

@@ -130,14 +130,19 @@ def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[M
     used: dict[str, int] = {}
     with MappedRows(index) as rows:
         for first in range(0, len(queries), QUERY_CHUNK):
-            chunk = np.asarray(queries[first : first + QUERY_CHUNK], dtype=np.float64)
-            best, used_here = _search_chunk(rows, norms, chunk, k, exclude[first : first + QUERY_CHUNK], block_rows, scoring)
+            chunk, skip = np.asarray(queries[first : first + QUERY_CHUNK], dtype=np.float64), exclude[first : first + QUERY_CHUNK]
+            best = [_Best(min(k, rows.count - (1 if own is not None and 0 <= own < rows.count else 0))) for own in skip]
+            block = block_rows or min(_MAX_BLOCK_ROWS, max(256, _BLOCK_ELEMENTS // len(chunk)))
+            scorers = _scorers(rows.values, _unit_queries(chunk), scoring)
+            try:
+                used_here = _scan(rows, norms, chunk, skip, best, block, scorers)
+            finally:
+                for scorer in scorers:
+                    scorer.close()
             for name, count in used_here.items():
                 used[name] = used.get(name, 0) + count
-            for j, (scores, found) in enumerate(best):
-                results.append(
-                    [Match(rank=n + 1, row=int(r), path=index.paths[int(r)], score=short_float(s)) for n, (s, r) in enumerate(zip(scores, found))]
-                )
+            for b in best:
+                results.append([Match(rank=n + 1, row=int(r), path=index.paths[int(r)], score=short_float(s)) for n, (s, r) in enumerate(zip(b.scores, b.rows))])
     return results, max(used, key=used.get) if used else "float32"  # the way that scored most rows
 
 
@@ -149,15 +154,11 @@ class _Best:
         self.scores = np.empty(0, np.float64)
         self.rows = np.empty(0, np.int64)
 
-    @property
-    def full(self) -> bool:
-        return self.scores.size == self.keep
-
     def bar(self, slack: float) -> float:
         """Pre-scores below this cannot enter (the list is full and beats them by the margin)."""
         if self.keep == 0:  # a one-row collection searched for its own row: nothing can enter
             return np.inf
-        return float(self.scores[-1]) - 2 * slack if self.full else -np.inf
+        return float(self.scores[-1]) - 2 * slack if self.scores.size == self.keep else -np.inf
 
     def offer(self, pre: np.ndarray, rows: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], slack: float) -> None:
         """Rows with pre-scores `pre`: keep those that can make the list, scored by `exact`."""
@@ -177,19 +178,6 @@ class _Best:
         rows = np.concatenate([self.rows, rows])
         order = np.lexsort((rows, -scores))[: self.keep]
         self.scores, self.rows = scores[order], rows[order]
-
-
-def _search_chunk(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, k: int, exclude: list, block_rows: int | None, scoring: str | None):
-    q = len(queries)
-    unit = _unit_queries(queries)
-    best = [_Best(min(k, rows.count - (1 if exclude[j] is not None and 0 <= exclude[j] < rows.count else 0))) for j in range(q)]
-    block = block_rows or min(_MAX_BLOCK_ROWS, max(256, _BLOCK_ELEMENTS // max(q, 1)))
-    scorers = _scorers(rows.values, unit, scoring)
-    try:
-        return _scan(rows, norms, queries, exclude, best, block, scorers)
-    finally:
-        for scorer in scorers:
-            scorer.close()
 
 
 def _scan(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, exclude: list, best: list, block: int, scorers: list):
@@ -226,7 +214,7 @@ def _scan(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, exclude: lis
             best[j].offer(pre[found, j], found + first, values, slack)
         rows.release(first, stop)
         first = stop
-    return [(b.scores, b.rows) for b in best], used
+    return used
 
 
 def _unit_queries(queries: np.ndarray) -> np.ndarray:
