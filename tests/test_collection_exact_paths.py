@@ -17,7 +17,8 @@ from bitcli.collection import norms
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.dedup import find_groups
 from bitcli.collection.index import open_index
-from bitcli.collection.search import MIN_NORM, _NumpyScorer, _TorchScorer, _unit_queries, exact_search, margin, search
+from bitcli.collection.scoring import unit_rows
+from bitcli.collection.search import MIN_NORM, _NumpyScorer, _TorchScorer, exact_search, margin, search
 from collectionfiles import all_pairs_groups, brute_force_top_k, clustered, cosine_matrix, write_embedding
 
 PATHS = ["float32", "bfloat16"]
@@ -70,7 +71,7 @@ def test_ties_and_top_k_do_not_change_the_order(tmp_path, scoring):
 
 
 def measured_errors(values: np.ndarray, queries: np.ndarray, scoring: str) -> float:
-    unit = _unit_queries(queries.astype(np.float64))
+    unit = unit_rows(queries.astype(np.float64))
     scorer = _NumpyScorer(values, unit) if scoring == "numpy" else _TorchScorer(values, unit, scoring)
     row_norms = norms.row_norms64(values)
     pre = scorer.scores(0, len(values)) / row_norms[:, None].astype(np.float32)
@@ -531,7 +532,7 @@ def test_pieces_split_between_worker_threads_score_every_row(tmp_path, monkeypat
         rng = np.random.default_rng(11)
         values = rng.standard_normal((101, 40)).astype(np.float16)
         queries = rng.standard_normal((3, 40)).astype(np.float32)
-        scorer = _TorchScorer(values, _unit_queries(queries.astype(np.float64)), scoring)
+        scorer = _TorchScorer(values, unit_rows(queries.astype(np.float64)), scoring)
         try:
             assert (scorer.pool is not None) == native.openmp_per_thread()
             exact = cosine_matrix(values, queries) * norms.row_norms64(values)[:, None]
@@ -555,7 +556,7 @@ def test_the_private_ops_switch_turns_the_one_thread_workers_off(monkeypatch):
     import torch
 
     values = np.random.default_rng(12).standard_normal((50, 16)).astype(np.float16)
-    unit = _unit_queries(np.random.default_rng(13).standard_normal((2, 16)))
+    unit = unit_rows(np.random.default_rng(13).standard_normal((2, 16)))
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match, check_k, normalize_rows, to_matches
+from bitcli.collection.scoring import Match, check_k, unit_rows, to_matches
 from bitcli.errors import UsageError
 from bitcli.store.paths import check_replaceable
 from bitcli.util import beside, open_regular, read_capped, write_atomic
@@ -69,7 +69,7 @@ class AnnIndex:
         self, index: EmbeddingIndex, queries: np.ndarray, k: int, *, exclude: Sequence[int | None] | None = None, rerank: int = DEFAULT_RERANK
     ) -> list[list[Match]]:
         check_k(k)
-        unit = normalize_rows(queries)
+        unit = unit_rows(queries)
         exclude = list(exclude) if exclude is not None else [None] * len(unit)
         self.faiss_index.nprobe = self.info["nprobe"]
         _, candidates = self.faiss_index.search(unit, min(index.rows, max(MIN_CANDIDATES, rerank * (k + 1))))
@@ -97,9 +97,9 @@ def build(index: EmbeddingIndex, *, nlist: int | None = None, nprobe: int = DEFA
     ann = faiss.index_factory(index.dim, factory, faiss.METRIC_INNER_PRODUCT)
     faiss.extract_index_ivf(ann).cp.niter = _KMEANS_ITERATIONS
     sample = np.random.default_rng(seed).choice(index.rows, size=min(index.rows, 40 * nlist), replace=False)
-    ann.train(normalize_rows(index.take(np.sort(sample))))  # 40 rows per list (faiss asks for 39)
+    ann.train(unit_rows(index.take(np.sort(sample))))  # 40 rows per list (faiss asks for 39)
     for first, block in index.iter_blocks(_ADD_ROWS):
-        ann.add(normalize_rows(block))
+        ann.add(unit_rows(block))
         if progress is not None:
             progress(len(block))
     info = {

@@ -24,6 +24,7 @@ from bitcli.collection import DEFAULT_THRESHOLD  # 0.9: why, in the package's __
 from bitcli.collection import norms as norms_mod
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
+from bitcli.collection.scoring import unit_rows
 from bitcli.collection.search import beyond_margin, bf16_native, margin
 from bitcli.errors import UsageError
 
@@ -314,9 +315,9 @@ def _group_scores(index: EmbeddingIndex, rows: list[int]) -> tuple[float, float,
     low, high = np.inf, -np.inf
     to_first = []
     for start in range(0, len(rows), _STATS_ROWS):
-        left = _unit64(index.vectors[rows[start : start + _STATS_ROWS]])
+        left = unit_rows(index.vectors[rows[start : start + _STATS_ROWS]], np.float64)
         for other in range(start, len(rows), _STATS_ROWS):
-            right = left if other == start else _unit64(index.vectors[rows[other : other + _STATS_ROWS]])
+            right = left if other == start else unit_rows(index.vectors[rows[other : other + _STATS_ROWS]], np.float64)
             sims = np.clip(left @ right.T, -1.0, 1.0)
             if start == 0:
                 to_first.append(sims[0])
@@ -324,12 +325,3 @@ def _group_scores(index: EmbeddingIndex, rows: list[int]) -> tuple[float, float,
             if values.size:
                 low, high = min(low, float(values.min())), max(high, float(values.max()))
     return low, high, np.concatenate(to_first)
-
-
-def _unit64(rows: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; a zero, NaN or overflowing row (as `cosine64` sees it) becomes 0."""
-    rows = np.asarray(rows, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
-        norms[(norms == 0) | ~np.isfinite(norms)] = np.inf
-        return np.nan_to_num(rows / norms[:, None], nan=0.0, posinf=0.0, neginf=0.0)

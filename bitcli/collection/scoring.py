@@ -29,13 +29,13 @@ class Match:
         return {"rank": self.rank, "path": self.path, "score": self.score}
 
 
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    """float32 rows scaled to unit length (zero rows stay zero)."""
-    out = np.array(vectors, dtype=np.float32, copy=True, ndmin=2)
-    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
-    norms[norms == 0] = 1.0
-    out /= norms[:, None]
-    return out
+def unit_rows(vectors: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Rows scaled to unit length in float64, as `dtype`; a zero, NaN or overflowing row becomes zeros."""
+    rows = np.array(vectors, dtype=np.float64, ndmin=2)
+    with np.errstate(all="ignore"):
+        unit = rows / np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
+    unit[~np.isfinite(unit).all(axis=1)] = 0.0
+    return unit.astype(dtype, copy=False)
 
 
 def check_k(k: int) -> None:

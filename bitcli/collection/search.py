@@ -24,7 +24,7 @@ import numpy as np
 from bitcli.collection import norms as norms_mod
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match, check_k, cosine64
+from bitcli.collection.scoring import Match, check_k, cosine64, unit_rows
 from bitcli.errors import UsageError
 
 QUERY_CHUNK = 1024  # queries scored per pass over the index (bounds the [block, queries] matrix)
@@ -133,7 +133,7 @@ def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[M
             chunk, skip = np.asarray(queries[first : first + QUERY_CHUNK], dtype=np.float64), exclude[first : first + QUERY_CHUNK]
             best = [_Best(min(k, rows.count - (1 if own is not None and 0 <= own < rows.count else 0))) for own in skip]
             block = block_rows or min(_MAX_BLOCK_ROWS, max(256, _BLOCK_ELEMENTS // len(chunk)))
-            scorers = _scorers(rows.values, _unit_queries(chunk), scoring)
+            scorers = _scorers(rows.values, unit_rows(chunk), scoring)
             try:
                 used_here = _scan(rows, norms, chunk, skip, best, block, scorers)
             finally:
@@ -215,15 +215,6 @@ def _scan(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, exclude: lis
         rows.release(first, stop)
         first = stop
     return used
-
-
-def _unit_queries(queries: np.ndarray) -> np.ndarray:
-    """float32 unit-length queries (a zero or non-finite query: all zeros, scoring 0 everywhere)."""
-    norms = np.sqrt(np.einsum("ij,ij->i", queries, queries))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        unit = queries / norms[:, None]
-    unit[~np.isfinite(unit).all(axis=1)] = 0.0
-    return unit.astype(np.float32)
 
 
 def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
