@@ -17,7 +17,7 @@ import pytest
 
 from bitcli.collection.html import dedup_page
 from bitcli.collection.scoring import Match
-from bitcli.output.collection import render_groups, render_search, search_table
+from bitcli.output.info import render_groups, render_search, search_table
 from bitcli.output.escapes import csv_cell, shown
 from bitcli.output.evaluation import evaluation_tables
 from bitcli.output.info import inspect_tables

@@ -63,7 +63,7 @@ def dedup(
     """Groups of near-duplicate images in INDEX, or with --keep the files one would delete."""
     from bitcli import output
     from bitcli.collection import check_threshold, find_groups, paths_to_delete
-    from bitcli.output.collection import render_groups
+    from bitcli.output.info import render_groups
 
     check_threshold(threshold)
     if null and keep is None:

@@ -113,7 +113,7 @@ def search(
             return EXIT_OK
         found = answer(ui, collection, queries, top_k, model, exact, runtime, null=null)
     from bitcli import output
-    from bitcli.output.collection import render_search
+    from bitcli.output.info import render_search
 
     found = at_least(found, min_score)
     render_search(found, output.resolve_format(format.value, sys.stdout), sys.stdout, csv_raw=csv_raw)
@@ -203,7 +203,7 @@ def info(
 ) -> int:
     """What an embedding holds: model and commit, rows, dimension, dtype, settings, identity policy."""
     from bitcli.collection import open_index
-    from bitcli.output.collection import render_info
+    from bitcli.output.info import render_info
 
     require_stdout("the report")
     collection = open_index(npy_name(index), manifest=manifest, allow_empty=True)

@@ -1,20 +1,19 @@
 """Renderers: results -> tables (people) or jsonl / json / csv (machines), data to stdout only.
 
 Commands build plain records (`bitcli.results`, dicts); this package alone decides how they look:
-`records.py` the machine formats, `tables.py` classification as tables (printed while the run
-goes on), `info.py` the tables of `bit inspect` and `bit models`, `collection.py` search, dedup
-and info, `evaluation.py` `bit eval`'s (figures, --errors). Messages go to stderr, written by the
-command layer (`bitcli.cli.common.Ui`).
+`records.py` the machine formats and the choice of format, `tables.py` classification as tables
+(printed while the run goes on), `info.py` inspect, models, search, dedup and info, `evaluation.py`
+`bit eval`'s (figures, --errors). Messages go to stderr, written by the command layer.
 """
 
 from __future__ import annotations
 
 import io
-from typing import IO, Any, Callable, Iterable, Sequence
+from typing import IO, Any, Iterable, Sequence
 
 from bitcli.output.escapes import csv_cell
 from bitcli.output.info import inspect_tables, models_table, short_size
-from bitcli.output.records import Records, is_terminal, resolve_format, same_terminal, to_json, write_json
+from bitcli.output.records import Records, is_terminal, render_document, render_records, resolve_format, same_terminal, to_json
 from bitcli.output.tables import COMPACT_AFTER, TableRenderer, runners_up_text, stdout_console
 from bitcli.results import ClassifyResult
 
@@ -47,28 +46,6 @@ def render_classify(results: Iterable[ClassifyResult], fmt: str, *, count: int, 
         renderer.write(r)
     renderer.close()
     return buf.getvalue()
-
-
-def render_records(records: Iterable[Any], fmt: str, stream: IO[str], table: Callable[[list[Any]], Any], header: Iterable[str], csv_rows: Callable) -> None:
-    """Records in a resolved format: the rich `table(records)` for people, else a machine format."""
-    records = list(records)
-    if fmt == "table":
-        stdout_console(stream).print(table(records))
-    else:
-        Records(fmt, stream, header, csv_rows).write_all(records)
-
-
-def render_document(record: Any, fmt: str, stream: IO[str], tables: Callable[[], list[Any]], *, spaced: bool = False) -> None:
-    """`record` as one pretty JSON document (fmt "json"), or the rich `tables()` for people, a
-    blank line between them when `spaced`."""
-    if fmt == "json":
-        write_json(record, stream)
-        return
-    console = stdout_console(stream)
-    for n, table in enumerate(tables()):
-        if n and spaced:
-            console.print()
-        console.print(table)
 
 
 def render_inspect(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:

@@ -15,7 +15,7 @@ from typing import IO, Any, Iterable
 
 from bitcli.errors import BitError, UsageError
 from bitcli.output.escapes import csv_cell, shown
-from bitcli.output.records import check_own_file, csv_line, to_json
+from bitcli.output.records import check_own_file, csv_line, render_document, to_json
 from bitcli.output.tables import format_percent
 from bitcli.util import os_error_reason
 
@@ -25,8 +25,6 @@ MAX_MATRIX_CLASSES = 20
 
 def render_evaluation(record: dict[str, Any], fmt: str, stream: IO[str]) -> None:
     """`record` is `Evaluation.as_dict()`; fmt "json" or "table" (a blank line between sections)."""
-    from bitcli.output import render_document
-
     render_document(record, fmt, stream, lambda: evaluation_tables(record), spaced=True)
 
 

@@ -1,4 +1,5 @@
-"""Machine formats: jsonl, one JSON array, csv, and pretty JSON documents (data to stdout only).
+"""Machine formats: jsonl, one JSON array, csv, and pretty JSON documents (data to stdout only);
+`render_records` and `render_document` pick a table for people or one of them.
 
 Records are written as a stream (one `write` each, in order), so a long run's jsonl, csv and
 json array reach stdout while it is still going. A record is anything with `to_dict()`; its csv
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
 from bitcli.errors import UsageError
+from bitcli.output.tables import stdout_console
 from bitcli.util import NotRegularFile, open_regular
 
 
@@ -122,3 +124,25 @@ class Records:
         for record in records:
             self.write(record)
         self.close()
+
+
+def render_records(records: Iterable[Any], fmt: str, stream: IO[str], table: Callable[[list[Any]], Any], header: Iterable[str], csv_rows: Callable) -> None:
+    """Records in a resolved format: the rich `table(records)` for people, else a machine format."""
+    records = list(records)
+    if fmt == "table":
+        stdout_console(stream).print(table(records))
+    else:
+        Records(fmt, stream, header, csv_rows).write_all(records)
+
+
+def render_document(record: Any, fmt: str, stream: IO[str], tables: Callable[[], list[Any]], *, spaced: bool = False) -> None:
+    """`record` as one pretty JSON document (fmt "json"), or the rich `tables()` for people, a
+    blank line between them when `spaced`."""
+    if fmt == "json":
+        write_json(record, stream)
+        return
+    console = stdout_console(stream)
+    for n, table in enumerate(tables()):
+        if n and spaced:
+            console.print()
+        console.print(table)
