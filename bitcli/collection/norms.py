@@ -115,20 +115,15 @@ def _chunked(count: int, chunk: Any, done: Any = None) -> np.ndarray:
         if done is not None:
             done(first, stop)
 
-    pool = ThreadPoolExecutor(_workers(), thread_name_prefix="bit-norms")
+    from bitcli.engine.machine import usable_cpus
+
+    pool = ThreadPoolExecutor(min(8, usable_cpus()), thread_name_prefix="bit-norms")
     try:
         for finished in [pool.submit(one, first) for first in range(0, count, _CHUNK_ROWS)]:
             finished.result()
     finally:  # an error or Ctrl-C: the chunks not started are dropped
         pool.shutdown(wait=True, cancel_futures=True)
     return norms
-
-
-def _workers() -> int:
-    try:
-        return max(1, min(8, len(os.sched_getaffinity(0))))
-    except AttributeError:  # not Linux
-        return max(1, min(8, os.cpu_count() or 1))
 
 
 def row_norms64(rows: np.ndarray) -> np.ndarray:
