@@ -572,7 +572,9 @@ def test_the_private_ops_switch_turns_the_one_thread_workers_off(monkeypatch):
 def test_norms_computed_in_chunks_on_several_threads_equal_one_pass(tmp_path, monkeypatch):
     """Chunks of 7 rows shared by the threads: every row's norm is the one-pass number, bit for bit."""
     monkeypatch.setattr(norms, "_CHUNK_ROWS", 7)
-    monkeypatch.setattr(norms, "_workers", lambda: 3)
+    from bitcli.engine import machine
+
+    monkeypatch.setattr(machine, "usable_cpus", lambda: 3)
     values = np.random.default_rng(14).standard_normal((500, 33)).astype(np.float16)
     index = open_index(write_embedding(tmp_path, values))
     assert np.array_equal(norms.compute(index), norms.row_norms64(values))

@@ -94,7 +94,7 @@ def threshold_pairs(
     work done in rows' worth."""
     scorer = _scorer(method, index)
     norms = norms_mod.ensure(index)
-    block_rows = block_rows or index.block_rows(_BLOCK_BYTES)
+    block_rows = block_rows or max(1, _BLOCK_BYTES // (index.dim * 4))
     slack = margin(scorer.name, index.dim)
     reported = 0
     with MappedRows(index) as mapped:

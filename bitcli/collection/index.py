@@ -25,7 +25,6 @@ from bitcli.inputs import STDIN_PATH_MAX as PATH_MAX
 from bitcli.store.metadata import EmbeddingMetadata, SidecarPaths, read_file_rows, read_metadata, sidecar_file
 from bitcli.util import FileTooLarge, beside, open_regular, read_capped
 
-DEFAULT_BLOCK_BYTES = 64 << 20  # a block of float32 rows is at most this big
 _CONSISTENT_TRIES = 1000
 
 
@@ -74,14 +73,10 @@ class EmbeddingIndex:
             return self.recorded
         return [p if os.path.isabs(p) else os.path.join(base, p) for p in self.recorded]
 
-    def block_rows(self, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
-        """Rows per block so that one float32 block takes about `block_bytes`."""
-        return max(1, block_bytes // max(1, self.dim * 4))
-
     def iter_blocks(self, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, float32 [n, D] copy) over every row, in order; each block's pages are
-        released once read, so the resident set stays at a block's size."""
-        block_rows = block_rows or self.block_rows()
+        """(first row, float32 [n, D] copy) over every row, in order (blocks of 64 MB unless
+        `block_rows`); each block's pages are released once read."""
+        block_rows = block_rows or max(1, (64 << 20) // (self.dim * 4))
         with MappedRows(self) as rows:
             for first in range(0, self.rows, block_rows):
                 stop = min(first + block_rows, self.rows)
