@@ -9,7 +9,6 @@ the index from disk; an approximate index beside it (`--build-index`) is used wh
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -21,7 +20,6 @@ from bitcli.cli.common import (
     ClassifyFormat,
     CsvRawOpt,
     NullOpt,
-    Precision,
     Runtime,
     TableOrJson,
     Ui,
@@ -108,7 +106,12 @@ def search(
     else:
         collection = open_collection(index, manifest, html)
         if build_index:
-            build_ann(ui, collection)
+            from bitcli.collection import ann
+
+            with ui.progress(collection.rows, "indexing") as bar:
+                built = ann.build(collection, progress=bar.advance)
+            path = ann.AnnPaths.for_array(collection.array_path).index
+            ui.info(f"built {path} ({built.info['factory']}, {collection.rows} rows) in {built.info['build_seconds']:.1f} s")
         if not queries:
             return EXIT_OK
         found = answer(ui, collection, queries, top_k, model, exact, runtime, null=null)
@@ -160,11 +163,10 @@ def answer(ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact
 def embed_queries(ui: Ui, index: Any, pending: list[Any], model: str | None, runtime: Runtime) -> list[Any]:
     """EmbedResults for the queries that are not rows of INDEX, with INDEX's model and settings."""
     from bitcli.collection.queries import query_settings, settings_differ
-    from bitcli.pipeline import Embedder
+    from bitcli.pipeline import Embedder, RunOptions
 
     reference, settings = query_settings(index, model, pending[0].path)
-    options = replace(runtime, precision=Precision(settings.pop("precision", "fp32"))).options()
-    options = type(options).merge(options, settings)
+    options = RunOptions.merge(runtime.options(), settings)  # search takes no --precision: the index's, else fp32
     try:
         loaded = load_model(reference, options, ui, runtime.threads)
     except ModelNotFoundError as exc:
@@ -183,15 +185,6 @@ def embed_queries(ui: Ui, index: Any, pending: list[Any], model: str | None, run
             results += group
             bar.advance(len(group))
     return results
-
-
-def build_ann(ui: Ui, index: Any) -> None:
-    from bitcli.collection import ann
-
-    with ui.progress(index.rows, "indexing") as bar:
-        built = ann.build(index, progress=bar.advance)
-    path = ann.AnnPaths.for_array(index.array_path).index
-    ui.info(f"built {path} ({built.info['factory']}, {index.rows} rows) in {built.info['build_seconds']:.1f} s")
 
 
 @takes()
