@@ -106,7 +106,8 @@ def margin(scoring: str, dim: int) -> float:
 
 def beyond_margin(norms: np.ndarray) -> np.ndarray:
     """Rows whose (nonzero, finite) norms lie outside [MIN_NORM, 2^60]: their products under- or
-    overflow, which `margin` does not bound; callers decide them in float64."""
+    overflow, which `margin` does not bound; callers decide them in float64. Within the range an
+    underflowing element or product (even flushed to 0) is off by at most D * 2^-126 / MIN_NORM."""
     with np.errstate(invalid="ignore"):
         return (norms > 0) & np.isfinite(norms) & ((norms < MIN_NORM) | (norms > _MAX_NORM))
 
