@@ -118,8 +118,6 @@ MAX_SUFFIX = 10_000  # names tried in DIR for one file before giving up on it
 class Relocation:
     """What was set aside: (source as listed, its name in DIR), and (source, why not)."""
 
-    mode: str
-    directory: Path
     done: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
@@ -145,7 +143,7 @@ def relocate(paths: list[str], files: dict[str, str], directory: str | os.PathLi
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--{mode} {target}: cannot create the folder ({os_error_reason(exc)})") from exc
-    out = Relocation(mode, target)
+    out = Relocation()
     for path in paths:
         source = files.get(path, path)
         try:
