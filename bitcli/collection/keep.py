@@ -93,21 +93,15 @@ def _rank(member: tuple[int, str, os.stat_result], keep: str) -> tuple:
     row, path, info = member
     if keep == "newest":
         return (info.st_mtime_ns,)
-    if keep == "largest":
-        return (_pixels(path), info.st_size)
-    return ()
-
-
-def _pixels(path: str) -> int:
-    """Width x height from the image header (0 when it cannot be read); no decoding."""
-    try:
+    if keep != "largest":
+        return ()
+    try:  # the most pixels, from the image header (no decoding), then the most bytes
         from PIL import Image
 
         with open_regular(path) as fh, Image.open(fh) as image:  # a FIFO swapped in never blocks
-            width, height = image.size
-        return width * height
+            return (image.size[0] * image.size[1], info.st_size)
     except Exception:  # any unreadable header just ranks lowest
-        return 0
+        return (0, info.st_size)
 
 
 MODES = ("link", "move")
