@@ -46,7 +46,9 @@ def set_aside_option(name: str, what: str, never: str) -> Any:
 @takes()
 def dedup(
     index: IndexArg,
-    threshold: option(float, "--threshold", "-t", metavar="T", help="Cosine similarity (-1 to 1) at or above which two images are near-duplicates.") = DEFAULT_THRESHOLD,
+    threshold: option(
+        float, "--threshold", "-t", metavar="T", help="Cosine similarity (-1 to 1) at or above which two images are near-duplicates."
+    ) = DEFAULT_THRESHOLD,
     format: option(Optional[ClassifyFormat], "--format", "-f", help="auto: table on a terminal, jsonl otherwise.", show_default="auto") = None,
     keep: option(
         Optional[Keep], "--keep", help="Print the files to delete so that one per group is left: the first in the index, the largest "
@@ -92,7 +94,8 @@ def dedup(
         from bitcli.collection.html import dedup_page, write_page
 
         about = f"{len(groups)} groups among {collection.rows} images, cosine similarity >= {threshold}"
-        write_page(html, dedup_page(groups, collection.locate, title=f"bit dedup {collection.array_path.name}", about=about, version=__version__, kept=kept))
+        title = f"bit dedup {collection.array_path.name}"
+        write_page(html, dedup_page(groups, collection.locate, title=title, about=about, version=__version__, kept=kept))
     if keep is None:
         return EXIT_OK
     if target is not None:

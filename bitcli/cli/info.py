@@ -73,7 +73,9 @@ def describe(resolved: Any, device: str) -> Any:
 @takes()
 def download(
     models: Annotated[list[str], typer.Argument(metavar="MODEL", help="Models to fetch into the hub cache.")],
-    local_dir: option(Optional[Path], "--local-dir", metavar="DIR", help="Also copy the model's files into DIR (one MODEL), for -m DIR elsewhere.") = None,
+    local_dir: option(
+        Optional[Path], "--local-dir", metavar="DIR", help="Also copy the model's files into DIR (one MODEL), for -m DIR elsewhere."
+    ) = None,
     ui: Ui = Ui(),
 ) -> int:
     """Fetch models into the Hugging Face cache ahead of time; prints each local path."""

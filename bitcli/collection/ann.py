@@ -66,18 +66,34 @@ class AnnIndex:
         return f"faiss {self.info['factory']}, nprobe {self.info['nprobe']}"
 
     def search(
-        self, index: EmbeddingIndex, queries: np.ndarray, k: int, *, exclude: Sequence[int | None] | None = None, rerank: int = DEFAULT_RERANK
+        self,
+        index: EmbeddingIndex,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude: Sequence[int | None] | None = None,
+        rerank: int = DEFAULT_RERANK,
     ) -> list[list[Match]]:
         check_k(k)
         unit = unit_rows(queries)
         exclude = list(exclude) if exclude is not None else [None] * len(unit)
         self.faiss_index.nprobe = self.info["nprobe"]
         _, candidates = self.faiss_index.search(unit, min(index.rows, max(MIN_CANDIDATES, rerank * (k + 1))))
-        # a damaged index may answer ids out of range: dropped, never looked up
-        return [to_matches(index, queries[j], np.unique(found[(found >= 0) & (found < index.rows)]), k, exclude[j]) for j, found in enumerate(candidates)]
+        results = []
+        for j, found in enumerate(candidates):
+            rows = np.unique(found[(found >= 0) & (found < index.rows)])  # a damaged index: ids out of range
+            results.append(to_matches(index, queries[j], rows, k, exclude[j]))
+        return results
 
 
-def build(index: EmbeddingIndex, *, nlist: int | None = None, nprobe: int = DEFAULT_NPROBE, seed: int = 0, progress: Callable[[int], None] | None = None) -> AnnIndex:
+def build(
+    index: EmbeddingIndex,
+    *,
+    nlist: int | None = None,
+    nprobe: int = DEFAULT_NPROBE,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> AnnIndex:
     """Train and fill the index over every row, save it beside the array atomically."""
     try:
         import faiss
@@ -89,8 +105,9 @@ def build(index: EmbeddingIndex, *, nlist: int | None = None, nprobe: int = DEFA
     for path in (paths.index, paths.info):
         check_replaceable(path, "the approximate index")  # before the work: only regular files are replaced
     started = time.perf_counter()
-    # about sqrt(rows) / 4 lists, a power of two (fast scan makes long lists cheap; assigning rows is the cost)
-    nlist = nlist or int(max(1, min(2 ** round(math.log2(max(1.0, math.sqrt(index.rows) / 4))), index.rows // 39, MAX_NLIST)))
+    if nlist is None:  # about sqrt(rows) / 4 lists, a power of two (fast scan makes long lists cheap)
+        nlist = 2 ** round(math.log2(max(1.0, math.sqrt(index.rows) / 4)))
+        nlist = int(max(1, min(nlist, index.rows // 39, MAX_NLIST)))
     if not 1 <= nlist <= index.rows // 39:
         raise UsageError(f"nlist {nlist}: k-means needs 39 training rows per list; use at most {index.rows // 39}")
     factory = f"IVF{nlist},{_codes(index.dim)}"

@@ -64,7 +64,12 @@ Progress = Callable[[int], None]  # called with a number of rows' worth of work 
 
 
 def find_groups(
-    index: EmbeddingIndex, threshold: float = DEFAULT_THRESHOLD, *, block_rows: int | None = None, method: str = "auto", progress: Progress | None = None
+    index: EmbeddingIndex,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    block_rows: int | None = None,
+    method: str = "auto",
+    progress: Progress | None = None,
 ) -> list[DuplicateGroup]:
     """Every group of two or more rows, largest first (`method`: see `threshold_pairs`)."""
     check_threshold(threshold)
@@ -73,14 +78,20 @@ def find_groups(
         components.union(a, b)
     labels = components.labels()  # label[i]: the smallest row of row i's component
     order = np.argsort(labels, kind="stable")
-    members = [chunk.tolist() for chunk in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1) if chunk.size > 1]
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    members = [chunk.tolist() for chunk in np.split(order, cuts) if chunk.size > 1]
     members.sort(key=lambda rows: (-len(rows), rows[0]))
     found_by = f"exact, {chosen_method(index, method)} pre-filter"
     return [_describe(index, number, rows, found_by) for number, rows in enumerate(members, start=1)]
 
 
 def threshold_pairs(
-    index: EmbeddingIndex, threshold: float, *, block_rows: int | None = None, method: str = "auto", progress: Progress | None = None,
+    index: EmbeddingIndex,
+    threshold: float,
+    *,
+    block_rows: int | None = None,
+    method: str = "auto",
+    progress: Progress | None = None,
     components: "_UnionFind | None" = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches of row pairs (a < b) whose float64 cosine, rounded to float32 (the score dedup

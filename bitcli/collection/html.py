@@ -62,7 +62,13 @@ def search_page(entries: Sequence[QueryResult], locate: Callable[[str], str | No
 
 
 def dedup_page(
-    groups: Sequence[DuplicateGroup], locate: Callable[[str], str | None], *, title: str, about: str = "", version: str = "", kept: Iterable[str] = ()
+    groups: Sequence[DuplicateGroup],
+    locate: Callable[[str], str | None],
+    *,
+    title: str,
+    about: str = "",
+    version: str = "",
+    kept: Iterable[str] = (),
 ) -> str:
     """Each group side by side, the first member marked, each with its similarity to the first;
     the members in `kept` (what `--keep` keeps) carry a "keep" badge."""

@@ -144,8 +144,13 @@ def answer(index: EmbeddingIndex, queries: list[Query], embedded: Iterable[Any],
     ready = [q for q in queries if q.vector is not None]
     outcome = search(index, np.stack([q.vector for q in ready]), k, exclude=[q.row for q in ready], exact=exact) if ready else None
     answered = iter(outcome.matches if outcome else [])
-    method = outcome.method if outcome else None
-    return [QueryResult(q.path, error=q.error or "no vector") if q.vector is None else QueryResult(q.path, next(answered), method=method) for q in queries], outcome
+    results = []
+    for q in queries:
+        if q.vector is None:
+            results.append(QueryResult(q.path, error=q.error or "no vector"))
+        else:
+            results.append(QueryResult(q.path, next(answered), method=outcome.method))
+    return results, outcome
 
 
 def check_min_score(min_score: float | None) -> None:

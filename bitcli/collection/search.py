@@ -54,7 +54,13 @@ class SearchOutcome:
 
 
 def search(
-    index: EmbeddingIndex, queries: np.ndarray, k: int, *, exclude: Sequence[int | None] | None = None, exact: bool = False, block_rows: int | None = None
+    index: EmbeddingIndex,
+    queries: np.ndarray,
+    k: int,
+    *,
+    exclude: Sequence[int | None] | None = None,
+    exact: bool = False,
+    block_rows: int | None = None,
 ) -> SearchOutcome:
     """Top-k rows for each query vector; `exclude[i]`: a row query i must not return (its own)."""
     check_k(k)
@@ -71,7 +77,13 @@ def search(
 
 
 def exact_search(
-    index: EmbeddingIndex, queries: np.ndarray, k: int, *, exclude: Sequence[int | None] | None = None, block_rows: int | None = None, scoring: str | None = None
+    index: EmbeddingIndex,
+    queries: np.ndarray,
+    k: int,
+    *,
+    exclude: Sequence[int | None] | None = None,
+    block_rows: int | None = None,
+    scoring: str | None = None,
 ) -> list[list[Match]]:
     """Exact cosine top-k (float64 scores; ties by row). `scoring`: "float32", "float16",
     "bfloat16" or None (chosen here); every choice gives the same answer."""
@@ -131,7 +143,8 @@ def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[M
     used: dict[str, int] = {}
     with MappedRows(index) as rows:
         for first in range(0, len(queries), QUERY_CHUNK):
-            chunk, skip = np.asarray(queries[first : first + QUERY_CHUNK], dtype=np.float64), exclude[first : first + QUERY_CHUNK]
+            chunk = np.asarray(queries[first : first + QUERY_CHUNK], dtype=np.float64)
+            skip = exclude[first : first + QUERY_CHUNK]
             best = [_Best(min(k, rows.count - (1 if own is not None and 0 <= own < rows.count else 0))) for own in skip]
             block = block_rows or min(_MAX_BLOCK_ROWS, max(256, _BLOCK_ELEMENTS // len(chunk)))
             scorers = _scorers(rows.values, unit_rows(chunk), scoring)
@@ -143,7 +156,9 @@ def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[M
             for name, count in used_here.items():
                 used[name] = used.get(name, 0) + count
             for b in best:
-                results.append([Match(rank=n + 1, row=int(r), path=index.paths[int(r)], score=short_float(s)) for n, (s, r) in enumerate(zip(b.scores, b.rows))])
+                results.append(
+                    [Match(rank=n + 1, row=int(r), path=index.paths[int(r)], score=short_float(s)) for n, (s, r) in enumerate(zip(b.scores, b.rows))]
+                )
     return results, max(used, key=used.get) if used else "float32"  # the way that scored most rows
 
 

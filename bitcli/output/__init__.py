@@ -24,7 +24,14 @@ __all__ = [
 
 
 def classify_renderer(
-    fmt: str, stream: IO[str], *, count: int, top_k: int, paths: Sequence[str] | None = None, labels: Sequence[str] | None = None, csv_raw: bool = False
+    fmt: str,
+    stream: IO[str],
+    *,
+    count: int,
+    top_k: int,
+    paths: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    csv_raw: bool = False,
 ) -> Records | TableRenderer:
     """The renderer for a resolved format: `write` each result in input order, `flush` after each
     batch (tables print there), `close` once. `paths` and `labels` let a table fix its column

@@ -126,7 +126,9 @@ class Records:
         self.close()
 
 
-def render_records(records: Iterable[Any], fmt: str, stream: IO[str], table: Callable[[list[Any]], Any], header: Iterable[str], csv_rows: Callable) -> None:
+def render_records(
+    records: Iterable[Any], fmt: str, stream: IO[str], table: Callable[[list[Any]], Any], header: Iterable[str], csv_rows: Callable
+) -> None:
     """Records in a resolved format: the rich `table(records)` for people, else a machine format."""
     records = list(records)
     if fmt == "table":

@@ -47,7 +47,15 @@ class TableRenderer:
     """Per-image tables (printed in `write`), or one compact table for more than COMPACT_AFTER
     images (rows printed by `flush`, once per batch); `paths` and `labels` fix its widths."""
 
-    def __init__(self, stream: IO[str], *, count: int, top_k: int, paths: Sequence[str] | None = None, labels: Sequence[str] | None = None):
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        count: int,
+        top_k: int,
+        paths: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+    ):
         self.console = stdout_console(stream)
         self.compact = count > COMPACT_AFTER
         self.top_k = top_k
