@@ -49,8 +49,7 @@ def eval_command(
     ui: Ui = Ui(),
 ) -> int:
     """Accuracy, top-5, per-class precision/recall/support and the confusion matrix on labelled data."""
-    from bitcli.output.evaluation import render_evaluation
-    from bitcli.output.evaluation import check_errors_target, write_mistakes
+    from bitcli.output.evaluation import check_errors_target, render_evaluation, write_mistakes
     from bitcli.transfer.data import load_dataset
     from bitcli.transfer.evaluate import evaluate
 
