@@ -39,7 +39,7 @@ MIN_CANDIDATES = 1000  # re-scored exactly per query, at least (4-bit codes cann
 DEFAULT_RERANK = 10
 MAX_NLIST = 1024
 _KMEANS_ITERATIONS = 10  # of the coarse quantizer: enough to route queries; re-scoring does the rest
-_ADD_ROWS = 1 << 13  # rows normalized and added at a time
+_ADD_ROWS = 1 << 12  # rows normalized (in float64) and added at a time: 64 MB at D = 2048
 INFO_MAX_BYTES = 1 << 20  # OUT.ann.json is a few hundred bytes
 INSTALL_HINT = "approximate search needs faiss: pip install 'bitcli[search]' (or pip install faiss-cpu)"
 
