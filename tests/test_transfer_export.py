@@ -82,7 +82,10 @@ def test_finetuned_weights_export_exactly(kind, photos, tmp_path):
     result = tuner.run()
     out = tmp_path / "out"
     out.mkdir()
-    write_checkpoint(out, base, data.classes, result.weights, tuner.resolution)
+    from bitcli.transfer.backbone import with_classes
+
+    write_checkpoint(out, config=with_classes(base.config, data.classes), classes=data.classes,
+                     weights=result.weights, preprocess=eval_preprocess(base.preprocess, tuner.resolution))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         trained = tuner.model.eval()(x).logits  # standardizes raw weights with the base's own eps

@@ -32,7 +32,7 @@ import torch
 from bitcli.errors import UsageError
 from bitcli.util import CONFIG_MAX_BYTES, read_capped, write_atomic, write_synced
 
-from .backbone import HEAD_KEYS, Base, PreprocessConfig, export_state_dict, transformers_config, with_classes
+from .backbone import HEAD_KEYS, BitConfig, PreprocessConfig, export_state_dict, transformers_config
 from .hyperrule import Resolution
 
 STATE_INFO_MAX_BYTES = 256 << 20  # the step's losses: 8 bytes or so per step
@@ -181,16 +181,15 @@ def preprocessor_dict(cfg: PreprocessConfig) -> dict[str, Any]:
 
 def write_checkpoint(
     directory: Path,
-    base: Base,
+    *,
+    config: BitConfig,
     classes: list[str],
     weights: dict[str, torch.Tensor],
-    resolution: Resolution | None,
+    preprocess: PreprocessConfig,
 ) -> None:
-    """Write the classifier of `classes` on `base` into `directory`: config, evaluation preprocessing
-    (`eval_preprocess`) and weights (raw, with the head); WriteFailed on failure."""
+    """Write config, preprocessing and weights (raw, with the head) into `directory`; WriteFailed on failure."""
     from safetensors.torch import save_file
 
-    config = with_classes(base.config, classes)
     missing = [k for k in HEAD_KEYS if k not in weights]
     if missing:
         raise ValueError(f"weights lack the classifier head ({', '.join(missing)})")
@@ -198,7 +197,7 @@ def write_checkpoint(
     with writing(directory):
         save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     _write_json(directory / "config.json", transformers_config(config, classes))
-    _write_json(directory / "preprocessor_config.json", preprocessor_dict(eval_preprocess(base.preprocess, resolution)))
+    _write_json(directory / "preprocessor_config.json", preprocessor_dict(preprocess))
 
 
 def write_report(directory: Path, report: dict[str, Any]) -> dict[str, Any]:

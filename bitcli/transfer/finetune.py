@@ -1,10 +1,10 @@
 """Fine-tuning the whole network with the BiT-HyperRule (`hyperrule.py`).
 
 SGD with momentum 0.9, no weight decay, the rule's learning rate set before every step, a
-zero-initialized head, cross-entropy, MixUp when the rule turns it on, random crops and flips.
-A batch that does not fit runs as micro-batches whose gradients add up (sized
-from the activations and the memory at hand, halved after a GPU out-of-memory error).
-Checkpoints go to `state_dir` every `checkpoint_seconds` and on Ctrl-C.
+zero-initialized head, cross-entropy, MixUp when the rule turns it on, random crops and flips. A
+batch that does not fit runs as micro-batches whose gradients add up (sized from the activations
+and the memory at hand, halved after a GPU out-of-memory error). Checkpoints go to `state_dir`
+every `checkpoint_seconds` and on Ctrl-C.
 
 Every random choice is a function of (seed, step, position), so a resumed run draws the batches
 an uninterrupted one would: epoch order from (seed, epoch), augmentation from (seed, step, j),

@@ -20,9 +20,9 @@ import numpy as np
 from bitcli.errors import BitError, UsageError
 
 from . import data as data_mod
-from .backbone import load_base
+from .backbone import load_base, with_classes
 from .data import Dataset
-from .export import Staging, WriteFailed, check_outdir, discard_empty, has_checkpoint, write_checkpoint, write_report
+from .export import Staging, WriteFailed, check_outdir, discard_empty, eval_preprocess, has_checkpoint, write_checkpoint, write_report
 from .finetune import FinetuneOptions, Finetuner, Plan, Progress
 
 METHODS = ("linear", "finetune")
@@ -197,7 +197,10 @@ def _linear(base_ref, base_model, train_set, val_set, staging: Path, options, ca
     if va is not None and len(va.rows):
         val_accuracy = float((probe.head.predict(va.vectors) == val_set.labels[va.rows]).mean())
     head = {"classifier.1.weight": torch.from_numpy(probe.head.weight), "classifier.1.bias": torch.from_numpy(probe.head.bias)}
-    write_checkpoint(staging, base_model, train_set.classes, {**base_model.backbone, **head}, None)
+    write_checkpoint(
+        staging, config=with_classes(base_model.config, train_set.classes), classes=train_set.classes,
+        weights={**base_model.backbone, **head}, preprocess=eval_preprocess(base_model.preprocess, None),
+    )
     return {
         "hyperparameters": {
             "l2": probe.l2, "sklearn_C": probe.sklearn_c, "selection": probe.selection,
@@ -226,7 +229,10 @@ def _finetune(base_model, train_set, val_set, staging: Path, outdir: Path, optio
     tuner = Finetuner(base_model, train_set, device=device, options=ft_options, state_dir=state_dir_for(outdir))
     callbacks.say("fine-tuning" + (" (resuming)" if options.resume else ""))
     result = tuner.run(resume=options.resume, on_plan=callbacks.plan, on_progress=callbacks.step)
-    write_checkpoint(staging, base_model, train_set.classes, result.weights, tuner.resolution)
+    write_checkpoint(
+        staging, config=with_classes(base_model.config, train_set.classes), classes=train_set.classes,
+        weights=result.weights, preprocess=eval_preprocess(base_model.preprocess, tuner.resolution),
+    )
     val_accuracy, val_n, val_failed = None, 0, []
     if val_set is not None:
         callbacks.say(f"evaluating {len(val_set)} validation images")
