@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +74,6 @@ class Service:
         self._classifiers: dict[int, Classifier] = {}
         self._embedders: dict[bool, Embedder] = {}
         self.scratch = Path(tempfile.mkdtemp(prefix="bit-serve-"))
-        self._counter = 0
-        self._lock = threading.Lock()
         self.labels = self.classifier(1).labels if model.config.num_labels > 0 else None
         self.indexes: dict[str, Any] = {}
         for name, index in (indexes or {}).items():
@@ -137,14 +134,10 @@ class Service:
 
     def save(self, name: str, data: bytes) -> Upload:
         """Write one upload into the scratch folder (a fresh private name; `name` is only a label)."""
-        with self._lock:
-            self._counter += 1
-            number = self._counter
-        path = self.scratch / f"{number:012d}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, path = tempfile.mkstemp(dir=self.scratch)  # private (0600), never an existing file
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        return Upload(str(path), name)
+        return Upload(path, name)
 
     def run(self, key: Hashable, uploads: list[Upload]) -> list[Any]:
         """Results for one batch (on the batcher's worker thread); the uploads are deleted after."""
