@@ -57,7 +57,7 @@ def test_a_fifo_as_the_training_list_is_refused(ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_finetune_with_fifo_and_device_rows_skips_them(photos, tmp_path, tmp_path_factory):
-    """typical_image_area and the sampler open every listed file: a FIFO row must not hang either."""
+    """typical_image_area and the training batches open every listed file: a FIFO row must not hang either."""
     base = shared(tmp_path_factory, "trainable-tiny", make_trainable_checkpoint)
     fifo = tmp_path / "stuck.png"
     os.mkfifo(fifo)

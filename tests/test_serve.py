@@ -549,7 +549,7 @@ def test_a_model_failure_is_a_json_500_and_the_server_goes_on():
     from bitcli.serve.app import ServeSettings, create_app
     from bitcli.serve.service import Service
 
-    service = Service(load("bit-digits", device="cpu", offline=True), max_batch=4, max_pixels=None)
+    service = Service(load("bit-digits", device="cpu", offline=True), ServeSettings(max_batch=4), max_pixels=None)
     real_run, calls = service.run, []
 
     def run(key, uploads):
@@ -614,15 +614,17 @@ def test_healthz_is_503_until_the_model_is_loaded():
 
     release = threading.Event()
 
-    class Loaded:
+    class Loaded:  # what the app asks of a loaded Service before any request
         indexes: dict = {}
         labels = None
         report = {"model": "slow"}
+        stats: dict = {}
+        waiting = 0
 
-        def run(self, key, uploads):
-            return []
+        def start(self):
+            pass
 
-        def close(self):
+        async def stop(self):
             pass
 
     def load():

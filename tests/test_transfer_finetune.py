@@ -65,15 +65,13 @@ def test_gradient_accumulation_gives_the_full_batch_update(tiny_base, two_classe
 
 
 def test_mixup_draws_one_lambda_per_step(tiny_base, two_classes):
-    from bitcli.transfer.sampler import Sampler
+    from bitcli.transfer.finetune import mixup
 
-    sampler = Sampler(two_classes, SMALL, tiny_base.preprocess, batch_size=8, seed=0)
-    lam0, perm0 = sampler.mixup(step=3, alpha=0.1, micro=0, size=4)
-    lam1, perm1 = sampler.mixup(step=3, alpha=0.1, micro=1, size=4)
+    lam0, perm0 = mixup(seed=0, step=3, alpha=0.1, micro=0, size=4)
+    lam1, perm1 = mixup(seed=0, step=3, alpha=0.1, micro=1, size=4)
     assert lam0 == lam1 and 0.0 <= lam0 <= 1.0 and sorted(perm0) == [0, 1, 2, 3]
-    assert sampler.mixup(step=4, alpha=0.1, micro=0, size=4)[0] != lam0
-    assert sampler.mixup(step=3, alpha=0.0, micro=0, size=4) == (1.0, None)  # the rule under 20k images
-    sampler.close()
+    assert mixup(seed=0, step=4, alpha=0.1, micro=0, size=4)[0] != lam0
+    assert mixup(seed=0, step=3, alpha=0.0, micro=0, size=4) == (1.0, None)  # the rule under 20k images
     # With mixup on, a run trains and its loss is finite.
     _, run = _run(tiny_base, two_classes, steps=3, batch_size=4, mixup=0.1)
     assert np.isfinite(run().losses).all()

@@ -135,7 +135,7 @@ def serve(
     check_settings(options.device, model)  # a malformed reference fails now, before the port opens
     def load() -> Service:  # at startup, while /healthz answers 503
         loaded = load_model(model, options, ui, runtime.threads)
-        return Service(loaded, max_batch=max_batch, max_pixels=options.max_pixels, indexes=collections)
+        return Service(loaded, settings, max_pixels=options.max_pixels, indexes=collections)
 
     app = create_app(load, settings, model_name=model)
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical" if not ui.debug else "info", access_log=ui.debug,

@@ -3,10 +3,9 @@ lines and progress bars. Nothing goes to stdout."""
 
 from __future__ import annotations
 
-import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -63,7 +62,7 @@ def train(
 ) -> int:
     """Train a classifier for your own classes on a BiT model (linear probe or fine-tuning)."""
     check_settings(runtime.device, runtime.model)  # before the transfer package imports torch
-    from bitcli.transfer import FinetuneOptions, TrainOptions
+    from bitcli.transfer import Callbacks, FinetuneOptions, TrainOptions
     from bitcli.transfer import train as run_training
     from bitcli.transfer.hyperrule import fixed_resolution
 
@@ -76,34 +75,24 @@ def train(
         method=method.value, val=val, val_split=val_split, shots=shots, seed=seed, steps=steps,
         batch_size=batch_size, device=runtime.device, resume=resume, overwrite=overwrite, finetune=finetune,
     )
-    with _progress(ui) as callbacks:
-        try:
-            result = run_training(data, output, base=runtime.model, options=options, callbacks=callbacks)
-        except KeyboardInterrupt:
-            if method is Method.finetune:
-                ui.info(f"the fine-tune can continue: rerun the same command with --resume (OUTDIR {output})")
-            raise
-    _summary(ui, result)
-    return EXIT_SOME_FAILED if result.skipped else EXIT_OK
-
-
-@contextlib.contextmanager
-def _progress(ui: Ui) -> Iterator[Any]:
-    """Callbacks that print stages and the plan, and drive one rich bar per phase (terminal only)."""
-    from bitcli.transfer import Callbacks
-
-    bar = _Bars(ui)
+    bars = _Bars(ui)  # the library's callbacks: stderr lines and one bar per phase (terminal only)
     callbacks = Callbacks(
-        stage=bar.stage,
-        embed=bar.images,
-        plan=lambda plan: bar.say(plan_text(plan)),
-        step=bar.step,
+        stage=bars.stage,
+        embed=bars.images,
+        plan=lambda plan: bars.say(plan_text(plan)),
+        step=bars.step,
         notice=ui.warn,
     )
     try:
-        yield callbacks
+        result = run_training(data, output, base=runtime.model, options=options, callbacks=callbacks)
+    except KeyboardInterrupt:
+        if method is Method.finetune:
+            ui.info(f"the fine-tune can continue: rerun the same command with --resume (OUTDIR {output})")
+        raise
     finally:
-        bar.close()
+        bars.close()
+    _summary(ui, result)
+    return EXIT_SOME_FAILED if result.skipped else EXIT_OK
 
 
 class _Bars:

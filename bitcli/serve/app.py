@@ -12,7 +12,6 @@ import io
 import os
 import signal
 import threading
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable
 
@@ -23,18 +22,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as ApiError
 
 from bitcli.serve import is_loopback
-from bitcli.serve.service import Batcher, QueueFull
+from bitcli.serve.service import QueueFull, Service, ServeSettings
 
 MAX_FILES = 1000  # parts per request
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    max_body: int = 100_000_000
-    max_batch: int = 16
-    max_wait_s: float = 0.01
-    max_queue: int = 256
-    token: str | None = None
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -104,9 +94,9 @@ def _loopback_name(host: str) -> bool:
     return name == "localhost." or is_loopback(name)
 
 
-def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, model_name: str) -> FastAPI:
+def create_app(service_factory: Callable[[], Service], settings: ServeSettings, *, model_name: str) -> FastAPI:
     """The app; `service_factory()` loads the model (in a thread, at startup) and returns a Service."""
-    state: dict[str, Any] = {"service": None, "batcher": None, "error": None}
+    state: dict[str, Any] = {"service": None, "error": None}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -118,19 +108,16 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
             except Exception as exc:  # /healthz reports it; `bit serve` stops with its message
                 state["error"], state["exception"] = str(exc), exc
                 return
-            batcher = Batcher(service.run, max_batch=settings.max_batch, max_wait_s=settings.max_wait_s, max_queue=settings.max_queue)
-            batcher.start()
-            state["service"], state["batcher"] = service, batcher
+            service.start()
+            state["service"] = service
 
         loading = loop.create_task(load())
         try:
             yield
         finally:
             loading.cancel()
-            if state["batcher"] is not None:
-                await state["batcher"].stop()
             if state["service"] is not None:
-                state["service"].close()
+                await state["service"].stop()
 
     app = FastAPI(title="bit serve", summary="BiT image classification and embeddings", lifespan=lifespan)
     app.add_middleware(Guard, settings=settings)
@@ -153,11 +140,11 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
 
     files_per_request = min(MAX_FILES, settings.max_queue)  # more could never fit the queue at once
 
-    def ready() -> tuple[Any, Batcher]:
+    def ready() -> Service:
         if state["service"] is None:
             message = f"model failed to load: {state['error']}" if state["error"] else "the model is still loading"
             raise ApiError(503, message, {"Retry-After": "5"})
-        return state["service"], state["batcher"]
+        return state["service"]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -165,26 +152,26 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        _, batcher = ready()
-        return JSONResponse({"status": "ok", "model": model_name, "batches": batcher.stats.as_dict(),
-                             "waiting": batcher.waiting, "pid": os.getpid()})
+        service = ready()
+        return JSONResponse({"status": "ok", "model": model_name, "batches": service.stats,
+                             "waiting": service.waiting, "pid": os.getpid()})
 
     @app.get("/v1/models")
     async def models() -> dict:
-        service, _ = ready()
+        service = ready()
         indexes = [{"name": name, "rows": ix.rows, "dim": ix.dim, "path": str(ix.array_path)} for name, ix in sorted(service.indexes.items())]
         return {"models": [service.report], "indexes": indexes,
                 "limits": {"max_body": settings.max_body, "max_files": files_per_request}}
 
     @app.post("/v1/search")
     async def search(request: Request, index: str = Query(..., min_length=1), top_k: int = Query(10, ge=1, le=10_000)) -> dict:
-        service, batcher = ready()
+        service = ready()
         if index not in service.indexes:
             known = ", ".join(sorted(service.indexes)) or "none (start bit serve with --index OUT.npy)"
             raise ApiError(404, f"no collection named {index!r}; loaded: {known}")
         collection = service.indexes[index]
         normalize = bool(collection.meta.settings.normalize) if collection.meta is not None else False
-        embedded = await submit(batcher, ("embed", normalize), await uploads(request, service))
+        embedded = await submit(service, ("embed", normalize), await uploads(request, service))
         vectors = [r.vector if r.error is None else None for r in embedded]
         loop = asyncio.get_running_loop()
         found, method = await loop.run_in_executor(None, service.search, index, vectors, top_k)
@@ -202,7 +189,7 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
 
     @app.get("/v1/thumbnail")
     async def thumbnail(index: str = Query(...), row: int = Query(..., ge=0)) -> Response:
-        service, _ = ready()
+        service = ready()
         if index not in service.indexes or row >= service.indexes[index].rows:
             raise ApiError(404, f"no row {row} in a collection named {index!r}")
         data = await asyncio.get_running_loop().run_in_executor(None, service.thumbnail, index, row)
@@ -212,10 +199,10 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
 
     @app.get("/v1/labels")
     async def labels() -> dict:
-        service, _ = ready()
+        service = ready()
         return {"labels": list(service.labels.names) if service.labels is not None else []}
 
-    async def uploads(request: Request, service: Any) -> list[Any]:
+    async def uploads(request: Request, service: Service) -> list[Any]:
         kind = request.headers.get("content-type", "")
         if not kind.lower().startswith("multipart/form-data"):
             raise ApiError(415, "send the images as multipart/form-data, one part named 'file' per image")
@@ -241,27 +228,24 @@ def create_app(service_factory: Callable[[], Any], settings: ServeSettings, *, m
         finally:
             await form.close()
 
-    async def submit(batcher: Batcher, key: tuple, saved: list[Any]) -> list[Any]:
+    async def submit(service: Service, key: tuple, saved: list[Any]) -> list[Any]:
         try:
-            return await batcher.submit(key, saved)
+            return await service.submit(key, saved)
         except QueueFull as exc:
-            for upload in saved:
-                with contextlib.suppress(OSError):
-                    os.unlink(upload.path)
             raise ApiError(503, f"the server is busy: {exc}", {"Retry-After": "1"})
 
     @app.post("/v1/classify")
     async def classify(request: Request, top_k: int = Query(5, ge=1, le=100_000)) -> dict:
-        service, batcher = ready()
+        service = ready()
         if service.labels is None:
             raise ApiError(422, "the model has no classifier head (features only): use /v1/embed")
-        results = await submit(batcher, ("classify", top_k), await uploads(request, service))
+        results = await submit(service, ("classify", top_k), await uploads(request, service))
         return {"results": [r.to_dict() for r in results]}
 
     @app.post("/v1/embed")
     async def embed(request: Request, normalize: bool = Query(False)) -> Response:
-        service, batcher = ready()
-        results = await submit(batcher, ("embed", normalize), await uploads(request, service))
+        service = ready()
+        results = await submit(service, ("embed", normalize), await uploads(request, service))
         if "application/x-npy" in request.headers.get("accept", ""):
             return _npy(results, service.model.feature_dim)
         return JSONResponse({"results": [r.to_dict() for r in results]})
@@ -299,11 +283,11 @@ def build_app(model_ref: str, run_options: Any, settings: Any, indexes: list[str
     from pathlib import Path
 
     from bitcli.pipeline import load
-    from bitcli.serve.service import Service, open_collections
+    from bitcli.serve.service import open_collections
 
     loaded = load(model_ref, device=run_options.device, precision=run_options.precision, offline=run_options.offline)
     collections = open_collections([Path(p) for p in indexes])
-    service = Service(loaded, max_batch=settings.max_batch, max_pixels=run_options.max_pixels, indexes=collections)
+    service = Service(loaded, settings, max_pixels=run_options.max_pixels, indexes=collections)
     return create_app(lambda: service, settings, model_name=service.report["model"])
 
 

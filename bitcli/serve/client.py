@@ -47,26 +47,20 @@ class Client:
         waited = 0.0
         while True:
             try:
-                return self._send(request)
+                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                    return json.loads(response.read())
             except urllib.error.HTTPError as exc:
                 pause = _retry_after(exc)
                 if exc.code != 503 or pause is None or waited + pause > BUSY_S:
                     raise _http_error(self.url, exc, sent_token=bool(self.token)) from None
                 exc.close()
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise ModelError(f"cannot reach the server at {self.url} ({first_line(reason) if isinstance(reason, BaseException) else reason}); is `bit serve` running?") from None
+            except ValueError:
+                raise ModelError(f"the server at {self.url} did not answer with JSON; is it `bit serve`?") from None
             time.sleep(pause)  # a busy server: wait as it asks, then send again
             waited += pause
-
-    def _send(self, request: urllib.request.Request) -> Any:
-        try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError:
-            raise
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ModelError(f"cannot reach the server at {self.url} ({first_line(reason) if isinstance(reason, BaseException) else reason}); is `bit serve` running?") from None
-        except ValueError:
-            raise ModelError(f"the server at {self.url} did not answer with JSON; is it `bit serve`?") from None
 
     def model(self) -> dict[str, Any]:
         answer = self._request("/v1/models")

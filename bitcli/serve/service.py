@@ -3,9 +3,9 @@
 Uploads are saved to a private temporary folder and go through the commands' own classifier and
 embedder (`bitcli.pipeline`); a record's `path` is the upload's filename, never the temporary one.
 
-Batching across requests (`Batcher`): each request submits its images under a key (classify with
-top-k K, embed normalized or not). One consumer takes the oldest image, gathers up to `max_batch`
-of its key arriving within `max_wait_s`, and runs them in one call on a single worker thread;
+Batching across requests: each request submits its images under a key (classify with top-k K,
+embed normalized or not). One consumer takes the oldest image, gathers up to `max_batch` of its
+key arriving within `max_wait_s`, and runs them in one call (`run`) on a single model thread;
 other keys wait for the next round. Past `max_queue` waiting images `submit` raises QueueFull
 (503 with Retry-After). A request that went away leaves futures that are skipped.
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import shutil
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,30 +34,51 @@ class Upload:
     name: str
 
 
-class Service:
-    """`run(key, uploads)` for the batcher; searches of `indexes` (`add_index`); `report` (/v1/models)."""
+@dataclass(frozen=True)
+class ServeSettings:
+    max_body: int = 100_000_000
+    max_batch: int = 16
+    max_wait_s: float = 0.01
+    max_queue: int = 256
+    token: str | None = None
 
-    def __init__(self, model: Any, *, max_batch: int, max_pixels: int | None, workers: int | None = None,
+
+class QueueFull(Exception):
+    """More images wait than the server takes at once."""
+
+
+@dataclass
+class _Item:
+    key: Hashable
+    upload: Upload
+    future: asyncio.Future
+    queued: float  # loop time when submitted
+
+
+class Service:
+    """`await submit(key, uploads)` between `start()` and `stop()`, run in batches (`run`); searches
+    of `indexes` (`add_index`); `report` (/v1/models)."""
+
+    def __init__(self, model: Any, settings: ServeSettings, *, max_pixels: int | None, workers: int | None = None,
                  indexes: dict[str, Any] | None = None) -> None:
         from bitcli.checkpoint.describe import build_report
 
         self.model = model
-        self.options = RunOptions(batch_size=max_batch, max_pixels=max_pixels, workers=workers)
+        self.settings = settings
+        self._items: collections.deque[_Item] = collections.deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bit-model")
+        self.stats = {"batches": 0, "images": 0, "largest_batch": 0}
+        self.options = RunOptions(batch_size=self.settings.max_batch, max_pixels=max_pixels, workers=workers)
         self._classifiers: dict[int, Classifier] = {}
         self._embedders: dict[bool, Embedder] = {}
         self.scratch = Path(tempfile.mkdtemp(prefix="bit-serve-"))
-        self._counter = 0
-        self._lock = threading.Lock()
         self.labels = self.classifier(1).labels if model.config.num_labels > 0 else None
         self.indexes: dict[str, Any] = {}
         for name, index in (indexes or {}).items():
             self.add_index(name, index)
         self.report = build_report(model, self.labels)
-
-    def close(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
-        for collection in self.indexes.values():
-            collection.close()
 
     def add_index(self, name: str, index: Any) -> None:
         """Serve searches of `index` as `name`; UsageError unless its rows come from this model and settings."""
@@ -113,14 +134,10 @@ class Service:
 
     def save(self, name: str, data: bytes) -> Upload:
         """Write one upload into the scratch folder (a fresh private name; `name` is only a label)."""
-        with self._lock:
-            self._counter += 1
-            number = self._counter
-        path = self.scratch / f"{number:012d}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, path = tempfile.mkstemp(dir=self.scratch)  # private (0600), never an existing file
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        return Upload(str(path), name)
+        return Upload(path, name)
 
     def run(self, key: Hashable, uploads: list[Upload]) -> list[Any]:
         """Results for one batch (on the batcher's worker thread); the uploads are deleted after."""
@@ -133,11 +150,105 @@ class Service:
                 results = list(self.embedder(bool(value)).embed(paths))
             return [_renamed(r, u) for r, u in zip(results, uploads)]
         finally:
-            for u in uploads:
+            _delete(uploads)
+
+    # -- batching across requests -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start taking batches (in the running event loop)."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._consume())
+
+    async def stop(self) -> None:
+        """Stop the batches, then remove the uploads' folder and close the collections."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._worker.shutdown(wait=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        for collection in self.indexes.values():
+            collection.close()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._items)
+
+    async def submit(self, key: Hashable, uploads: list[Upload]) -> list[Any]:
+        """The results for `uploads`, in their order; QueueFull (the uploads deleted) when the queue has no room."""
+        if not uploads:
+            return []
+        if len(self._items) + len(uploads) > self.settings.max_queue:
+            _delete(uploads)
+            raise QueueFull(f"{len(self._items)} images are waiting; try again shortly")
+        loop = asyncio.get_running_loop()
+        futures = []
+        now = loop.time()
+        for upload in uploads:
+            future = loop.create_future()
+            self._items.append(_Item(key, upload, future, now))
+            futures.append(future)
+        assert self._wake is not None, "Service.start() was not called"
+        self._wake.set()
+        return list(await asyncio.gather(*futures))
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        while True:
+            while not self._items:
+                self._wake.clear()
+                await self._wake.wait()
+            first = self._items[0]
+            deadline = first.queued + self.settings.max_wait_s
+            while self._count(first.key) < self.settings.max_batch and loop.time() < deadline:
+                self._wake.clear()
                 try:
-                    os.unlink(u.path)
-                except OSError:
-                    pass
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    break
+            batch = self._take(first.key)
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._worker, self.run, first.key, [i.upload for i in batch])
+            except Exception as exc:  # the model failed: every request of the batch learns it
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            self.stats["batches"] += 1
+            self.stats["images"] += len(batch)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+            for item, result in zip(batch, results):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    def _count(self, key: Hashable) -> int:
+        return sum(1 for item in self._items if item.key == key and not item.future.done())
+
+    def _take(self, key: Hashable) -> list[_Item]:
+        """Remove and return up to max_batch live items of `key`, oldest first; drop dead ones."""
+        taken: list[_Item] = []
+        kept: collections.deque[_Item] = collections.deque()
+        while self._items:
+            item = self._items.popleft()
+            if item.future.done():  # its request went away
+                continue
+            if item.key == key and len(taken) < self.settings.max_batch:
+                taken.append(item)
+            else:
+                kept.append(item)
+        self._items = kept
+        return taken
+
+
+def _delete(uploads: list[Upload]) -> None:
+    for upload in uploads:
+        with contextlib.suppress(OSError):
+            os.unlink(upload.path)
 
 
 def _renamed(result: Any, upload: Upload) -> Any:
@@ -164,134 +275,3 @@ def open_collections(paths: list[Path]) -> dict[str, Any]:
             raise UsageError(f"--index {path}: another collection is already named {name!r}; rename one of the files")
         opened[name] = collection
     return opened
-
-
-# -- batching across requests --------------------------------------------------------------------
-
-
-class QueueFull(Exception):
-    """More images wait than the server takes at once."""
-
-
-@dataclass
-class _Item:
-    key: Hashable
-    payload: Any
-    future: asyncio.Future
-    queued: float  # loop time when submitted
-
-
-@dataclass
-class Stats:
-    """What the batcher has done: batches run, images in them, the largest batch."""
-
-    batches: int = 0
-    images: int = 0
-    largest: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "images": self.images, "largest_batch": self.largest}
-
-
-class Batcher:
-    """`await submit(key, payloads)` -> results, computed by `run(key, payloads)` in batches."""
-
-    def __init__(
-        self,
-        run: Callable[[Hashable, list[Any]], list[Any]],
-        *,
-        max_batch: int,
-        max_wait_s: float,
-        max_queue: int,
-    ) -> None:
-        self._run = run
-        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
-        self._items: collections.deque[_Item] = collections.deque()
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bit-model")
-        self.stats = Stats()
-
-    def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._consume())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        self._worker.shutdown(wait=True)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._items)
-
-    async def submit(self, key: Hashable, payloads: list[Any]) -> list[Any]:
-        """The results for `payloads`, in their order; QueueFull when the queue has no room."""
-        if not payloads:
-            return []
-        if len(self._items) + len(payloads) > self.max_queue:
-            raise QueueFull(f"{len(self._items)} images are waiting; try again shortly")
-        loop = asyncio.get_running_loop()
-        futures = []
-        now = loop.time()
-        for payload in payloads:
-            future = loop.create_future()
-            self._items.append(_Item(key, payload, future, now))
-            futures.append(future)
-        assert self._wake is not None, "Batcher.start() was not called"
-        self._wake.set()
-        return list(await asyncio.gather(*futures))
-
-    async def _consume(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._wake is not None
-        while True:
-            while not self._items:
-                self._wake.clear()
-                await self._wake.wait()
-            first = self._items[0]
-            deadline = first.queued + self.max_wait_s
-            while self._count(first.key) < self.max_batch and loop.time() < deadline:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    break
-            batch = self._take(first.key)
-            if not batch:
-                continue
-            try:
-                results = await loop.run_in_executor(self._worker, self._run, first.key, [i.payload for i in batch])
-            except Exception as exc:  # the model failed: every request of the batch learns it
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            self.stats.batches += 1
-            self.stats.images += len(batch)
-            self.stats.largest = max(self.stats.largest, len(batch))
-            for item, result in zip(batch, results):
-                if not item.future.done():
-                    item.future.set_result(result)
-
-    def _count(self, key: Hashable) -> int:
-        return sum(1 for item in self._items if item.key == key and not item.future.done())
-
-    def _take(self, key: Hashable) -> list[_Item]:
-        """Remove and return up to max_batch live items of `key`, oldest first; drop dead ones."""
-        taken: list[_Item] = []
-        kept: collections.deque[_Item] = collections.deque()
-        while self._items:
-            item = self._items.popleft()
-            if item.future.done():  # its request went away
-                continue
-            if item.key == key and len(taken) < self.max_batch:
-                taken.append(item)
-            else:
-                kept.append(item)
-        self._items = kept
-        return taken

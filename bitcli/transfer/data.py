@@ -246,44 +246,39 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[str, str, int]]:
 # -- splits and subsets -----------------------------------------------------------------------
 
 
-def class_rng(seed: int, stream: int, name: str) -> np.random.Generator:
-    """A random stream for one class and one purpose, independent of the other classes."""
-    return np.random.default_rng([seed, stream, zlib.crc32(name.encode("utf-8"))])
-
-
-def by_class(dataset: Dataset) -> list[list[int]]:
-    """Example indices of each class, in example order."""
+def _per_class(dataset: Dataset, seed: int, stream: int, count) -> tuple[list[int], list[int]]:
+    """(chosen, rest): the first `count(name, size)` examples of each class in its own seeded
+    order (independent of the other classes), and the others; both in example order."""
     groups: list[list[int]] = [[] for _ in dataset.classes]
     for index, example in enumerate(dataset.examples):
         groups[example.label].append(index)
-    return groups
+    chosen, rest = [], []
+    for name, indices in zip(dataset.classes, groups):
+        order = np.random.default_rng([seed, stream, zlib.crc32(name.encode("utf-8"))]).permutation(len(indices))
+        size = count(name, len(indices))
+        chosen.extend(indices[i] for i in order[:size])
+        rest.extend(indices[i] for i in order[size:])
+    return sorted(chosen), sorted(rest)
 
 
 def stratified_split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
     """(train, validation): about `fraction` of every class to validation, at least one left to train."""
     if not 0.0 < fraction < 1.0:
         raise DataError(f"--val-split {fraction}: use a fraction between 0 and 1 (e.g. 0.2)")
-    train, val = [], []
-    for name, indices in zip(dataset.classes, by_class(dataset)):
-        order = class_rng(seed, _SPLIT_STREAM, name).permutation(len(indices))
-        count = min(int(round(fraction * len(indices))), max(len(indices) - 1, 0))
-        val.extend(indices[i] for i in order[:count])
-        train.extend(indices[i] for i in order[count:])
+    val, train = _per_class(dataset, seed, _SPLIT_STREAM, lambda name, n: min(int(round(fraction * n)), max(n - 1, 0)))
     if not val:
         raise DataError(f"{dataset.source}: too few images for --val-split {fraction} (no class gives one)")
-    return dataset.subset(sorted(train)), dataset.subset(sorted(val))
+    return dataset.subset(train), dataset.subset(val)
 
 
 def few_shot(dataset: Dataset, shots: int, seed: int = 0) -> Dataset:
     """`shots` examples of every class, chosen by the seed (the same seed gives the same examples)."""
     if shots < 1:
         raise DataError(f"--shots {shots}: use at least 1 example per class")
-    chosen = []
-    for name, indices in zip(dataset.classes, by_class(dataset)):
-        if len(indices) < shots:
-            raise DataError(
-                f"{dataset.source}: class {name!r} has {len(indices)} training images, fewer than --shots {shots}"
-            )
-        order = class_rng(seed, _SHOTS_STREAM, name).permutation(len(indices))
-        chosen.extend(indices[i] for i in order[:shots])
-    return dataset.subset(sorted(chosen))
+
+    def count(name: str, size: int) -> int:
+        if size < shots:
+            raise DataError(f"{dataset.source}: class {name!r} has {size} training images, fewer than --shots {shots}")
+        return shots
+
+    return dataset.subset(_per_class(dataset, seed, _SHOTS_STREAM, count)[0])

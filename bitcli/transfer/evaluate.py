@@ -105,15 +105,18 @@ def evaluate(
     target_of = match_classes(dataset.classes, labels.names, labels.synsets)
     classifier = Classifier(loaded, top_k=min(TOP_K, num_labels), labels=labels, **classifier_options)
     items = [InputItem(index=i, path=p) for i, p in enumerate(dataset.paths)]
-    truth, tops, scores, paths, failed = [], [], [], [], []
+    class_of = {m: d for d, m in enumerate(target_of)}  # model label -> data class
+    truth, tops, wrong, failed = [], [], [], []
     for i, result in enumerate(classifier.classify(items)):
         if result.error is not None:
             failed.append((result.path, str(result.error)))
         else:
-            truth.append(dataset.examples[i].label)
+            label, top = dataset.examples[i].label, result.predictions[0]
+            truth.append(label)
             tops.append([p.index for p in result.predictions])
-            scores.append(result.predictions[0].score)
-            paths.append(result.path)
+        if result.error is None and top.index != target_of[label]:  # a mistake: see the module docstring
+            predicted = dataset.classes[class_of[top.index]] if top.index in class_of else labels.names[top.index]
+            wrong.append({"path": result.path, "true": dataset.classes[label], "predicted": predicted, "score": float(top.score)})
         if progress is not None:
             progress(i + 1, len(items))
     if not truth:
@@ -122,27 +125,8 @@ def evaluate(
     evaluation.failed = failed
     evaluation.model = loaded.name
     evaluation.matched = {c: labels.names[t] for c, t in zip(dataset.classes, target_of) if labels.names[t] != c}
-    evaluation.mistakes = mistakes(dataset.classes, target_of, labels.names, paths, truth, [t[0] for t in tops], scores)
+    evaluation.mistakes = sorted(wrong, key=lambda m: -m["score"])  # stable: ties keep the data's order
     return evaluation
-
-
-def mistakes(
-    classes: list[str], target_of: list[int], labels: list[str],
-    paths: list[str], truth: list[int], predicted: list[int], scores: list[float],
-) -> list[dict[str, Any]]:
-    """The wrong top-1s: {path, true, predicted, score}, highest score first, then in data order."""
-    class_of = {m: d for d, m in enumerate(target_of)}
-    wrong = [
-        {
-            "path": path,
-            "true": classes[t],
-            "predicted": classes[class_of[p]] if p in class_of else labels[p],
-            "score": float(score),
-        }
-        for path, t, p, score in zip(paths, truth, predicted, scores)
-        if p != target_of[t]
-    ]
-    return sorted(wrong, key=lambda m: -m["score"])  # stable: ties keep the data's order
 
 
 def score(classes: list[str], target_of: list[int], truth: np.ndarray, tops: np.ndarray, num_labels: int) -> Evaluation:

@@ -21,8 +21,8 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,19 +46,22 @@ class WriteFailed(OSError):
     """Writing a training run's file failed; `filename` is the folder it was for, `strerror` the reason."""
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """`safetensors.torch.save_file`, its I/O failures (a Rust error) as WriteFailed with the system's reason."""
+@contextlib.contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """A failed write inside is a WriteFailed naming `folder`, with the system's reason (also from
+    safetensors, whose I/O failures are Rust errors: "... (os error 28)")."""
     from safetensors import SafetensorError
-    from safetensors.torch import save_file
 
     try:
-        save_file(tensors, str(path), metadata=metadata)
+        yield
+    except WriteFailed:
+        raise
     except SafetensorError as exc:
-        code = re.search(r"(?:os error |code: )(\d+)", str(exc))  # "... (os error 28)"
+        code = re.search(r"(?:os error |code: )(\d+)", str(exc))
         number = int(code.group(1)) if code else errno.EIO
-        raise WriteFailed(number, os.strerror(number), str(Path(path).parent)) from exc
+        raise WriteFailed(number, os.strerror(number), str(folder)) from exc
     except OSError as exc:
-        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(Path(path).parent)) from exc
+        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(folder)) from exc
 
 
 def has_checkpoint(directory: Path) -> bool:
@@ -91,6 +94,8 @@ class Session:
 
 def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          session: Session, fingerprint: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for name, param in model.named_parameters():
         buf = optimizer.state.get(param, {}).get("momentum_buffer")
@@ -103,22 +108,10 @@ def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         "seconds": session.seconds,
         "bad": {str(k): v for k, v in dict(session.bad).items()},  # a copy: loader threads add to it
     }
-    try:
+    with writing(directory):
         directory.mkdir(parents=True, exist_ok=True)
-        for name, content in ((STATE_WEIGHTS, lambda fh: save_tensors(tensors, fh.name)), (STATE_INFO, json.dumps(info).encode())):
+        for name, content in ((STATE_WEIGHTS, lambda fh: save_file(tensors, fh.name)), (STATE_INFO, json.dumps(info).encode())):
             write_atomic(directory / name, content, temporary=directory / f"{_TEMP_PREFIX}{os.getpid()}-{name}")
-    except WriteFailed:
-        raise
-    except OSError as exc:
-        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(directory)) from exc
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """`text` into `path`, synced (a full disk fails here); a failure is WriteFailed naming the file's folder."""
-    try:
-        write_synced(path, text.encode("utf-8"))
-    except OSError as exc:
-        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(Path(path).parent)) from exc
 
 
 def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -195,11 +188,14 @@ def write_checkpoint(
     preprocess: PreprocessConfig,
 ) -> None:
     """Write config, preprocessing and weights (raw, with the head) into `directory`; WriteFailed on failure."""
+    from safetensors.torch import save_file
+
     missing = [k for k in HEAD_KEYS if k not in weights]
     if missing:
         raise ValueError(f"weights lack the classifier head ({', '.join(missing)})")
     tensors = export_state_dict(weights, config.ws_eps)
-    save_tensors(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    with writing(directory):
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     _write_json(directory / "config.json", transformers_config(config, classes))
     _write_json(directory / "preprocessor_config.json", preprocessor_dict(preprocess))
 
@@ -212,7 +208,9 @@ def write_report(directory: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """`data` into `path`, synced (a full disk fails here, as a WriteFailed)."""
+    with writing(path.parent):
+        write_synced(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def check_outdir(outdir: Path, *, overwrite: bool) -> None:
@@ -225,13 +223,12 @@ def check_outdir(outdir: Path, *, overwrite: bool) -> None:
         raise UsageError(f"{outdir}: exists and is not a folder; choose another -o")
     if not overwrite:
         raise UsageError(f"{outdir}: already exists; pass --overwrite to replace it, or choose another -o")
-    names = sorted(os.listdir(outdir))
-    if names and not is_training_output(outdir):
+    if os.listdir(outdir) and not is_training_output(outdir):
         raise UsageError(
             f"{outdir}: exists and was not written by bit train (no {REPORT}); "
             "bitcli will not replace it: remove it yourself or choose another -o"
         )
-    foreign = [name for name in names if name not in OWN_FILES or not (outdir / name).is_file()]
+    foreign = _foreign(outdir)
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise UsageError(
@@ -248,11 +245,9 @@ def is_training_output(directory: Path) -> bool:
     return isinstance(data, dict) and data.get(REPORT_MARKER) == 1
 
 
-def _holds_only_own_files(directory: Path) -> bool:
-    try:
-        return all(name in OWN_FILES and (directory / name).is_file() for name in os.listdir(directory))
-    except OSError:
-        return False
+def _foreign(directory: Path) -> list[str]:
+    """The names in `directory` that are not bit train's files, sorted."""
+    return [name for name in sorted(os.listdir(directory)) if name not in OWN_FILES or not (directory / name).is_file()]
 
 
 def _remove_own(directory: Path) -> None:
@@ -296,10 +291,12 @@ def clean_leftovers(outdir: Path) -> list[Path]:
         if fd is None:  # a live run's staging folder
             continue
         try:
-            if _holds_only_own_files(path):
+            if not _foreign(path):
                 _remove_own(path)
                 if not os.path.lexists(path):
                     removed.append(path)
+        except OSError:
+            pass
         finally:
             os.close(fd)
     return removed
@@ -313,10 +310,9 @@ class Staging:
         self.overwrite = overwrite
         check_outdir(self.outdir, overwrite=overwrite)
         clean_leftovers(self.outdir)
-        try:
-            self.path = Path(tempfile.mkdtemp(dir=self.outdir.parent, prefix=f".{self.outdir.name}.tmp-"))
-        except OSError as exc:  # a full disk can refuse a new folder too
-            raise WriteFailed(exc.errno, exc.strerror or str(exc), str(self.outdir.parent)) from exc
+        self.path = self.outdir.parent / f".{self.outdir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        with writing(self.outdir.parent):  # a full disk can refuse a new folder too
+            self.path.mkdir()  # with the umask's mode: a normal folder once renamed into place
         self._fd = _lock(self.path)  # held while this run lives: clean_leftovers leaves it alone
         self.committed = False
 
@@ -335,7 +331,6 @@ class Staging:
 
     def commit(self) -> Path:
         check_outdir(self.outdir, overwrite=self.overwrite)  # again: it may have appeared meanwhile
-        os.chmod(self.path, 0o777 & ~_umask())  # mkdtemp makes it 0700; a normal folder instead
         aside = None
         if os.path.lexists(self.outdir):
             aside = self.outdir.parent / f".{self.outdir.name}.old-{uuid.uuid4().hex[:8]}"
@@ -351,9 +346,3 @@ class Staging:
         if aside is not None:
             _remove_own(aside)  # it held only bit train's files (check_outdir)
         return self.outdir
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -1,11 +1,16 @@
 """Fine-tuning the whole network with the BiT-HyperRule (`hyperrule.py`).
 
 SGD with momentum 0.9, no weight decay, the rule's learning rate set before every step, a
-zero-initialized head, cross-entropy, MixUp when the rule turns it on, random crops and flips
-(`sampler.py`). A batch that does not fit runs as micro-batches whose gradients add up (sized
-from the activations and the memory at hand, halved after a GPU out-of-memory error).
-Checkpoints go to `state_dir` every `checkpoint_seconds` and on Ctrl-C; every random choice is a
-function of (seed, step), so a resumed run computes the steps an uninterrupted one would."""
+zero-initialized head, cross-entropy, MixUp when the rule turns it on, random crops and flips. A
+batch that does not fit runs as micro-batches whose gradients add up (sized from the activations
+and the memory at hand, halved after a GPU out-of-memory error). Checkpoints go to `state_dir`
+every `checkpoint_seconds` and on Ctrl-C.
+
+Every random choice is a function of (seed, step, position), so a resumed run draws the batches
+an uninterrupted one would: epoch order from (seed, epoch), augmentation from (seed, step, j),
+an unreadable image replaced by one drawn from (seed, step, j, attempt), MixUp from (seed, step).
+The augmentation: shortest edge to `resize` (aspect kept), a random `crop` window, a flip, the
+base's normalization. Images load on `workers` threads, one micro-batch ahead of the model."""
 
 from __future__ import annotations
 
@@ -13,8 +18,8 @@ import hashlib
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +28,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bitcli.errors import UsageError
+from bitcli.decode import open_image
+from bitcli.errors import InputError, UsageError
+from bitcli.preprocess import preprocess
 from bitcli.util import held_interrupt, open_regular
 
 from .backbone import Base, raw_weights, trainable_model
 from .data import DataError, Dataset
 from .hyperrule import BASE_BATCH, MOMENTUM, Resolution, make_rule, resolution
-from .sampler import Sampler
 from .export import Session, has_checkpoint, restore, save
 
 _AREA_SAMPLE = 200
+_ORDER, _AUGMENT, _REPLACE, _MIXUP = 100, 200, 400, 300  # the random streams
+_MAX_REPLACEMENTS = 50
 _TRAINING_MEMORY_FACTOR = 10  # stored activations per block, relative to its output (an estimate)
 
 
@@ -162,6 +170,9 @@ class Finetuner:
         )
         self.micro = min(self.micro, options.batch_size)
         self.state_dir = state_dir
+        self._order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled order)
+        # Only the base's value mapping (rescale, normalize): the sizes are the augmentation's.
+        self._values = replace(base.preprocess, do_resize=False, do_center_crop=False)
 
     def plan(self, start_step: int = 0) -> Plan:
         return Plan(
@@ -210,14 +221,11 @@ class Finetuner:
                 raise UsageError(f"{self.state_dir}: no interrupted run to resume; run without --resume")
             session = restore(self.state_dir, self.model, optimizer, self.fingerprint(), self.device)
         plan = self.plan(start_step=session.step)
-        sampler = Sampler(
-            self.train, self.resolution, self.base.preprocess,
-            batch_size=self.rule.batch_size, seed=self.options.seed, workers=self.options.workers, bad=session.bad,
-        )
+        pool = ThreadPoolExecutor(max_workers=max(1, self.options.workers), thread_name_prefix="bit-train")
         try:
             while True:
                 try:
-                    self._loop(optimizer, sampler, session, plan, on_plan, on_progress)
+                    self._loop(optimizer, pool, session, plan, on_plan, on_progress)
                     break
                 except torch.cuda.OutOfMemoryError:
                     if self.micro == 1:
@@ -228,27 +236,27 @@ class Finetuner:
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
         finally:
-            sampler.close()
+            pool.shutdown(wait=True, cancel_futures=True)
         self.model.eval()
         weights = {k: v.cpu() for k, v in raw_weights(self.model).items()}
-        skipped = [(self.train.examples[i].path, why) for i, why in sorted(sampler.bad.items())]
+        skipped = [(self.train.examples[i].path, why) for i, why in sorted(session.bad.items())]
         return FinetuneResult(weights, session.losses, skipped, plan, session.seconds)
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def _loop(self, optimizer, sampler, session, plan, on_plan, on_progress) -> None:
+    def _loop(self, optimizer, pool, session, plan, on_plan, on_progress) -> None:
         start, started = session.step, time.monotonic()
         base_seconds, last_save = session.seconds, started
         durations: list[float] = []
         try:
             step_started, loss_sum = time.monotonic(), 0.0
-            for step, micro, offsets, (x, y) in self._units(sampler, session.step):
+            for step, micro, offsets, (x, y) in self._units(pool, session):
                 if micro == 0:
                     step_started, loss_sum = time.monotonic(), 0.0
                     optimizer.zero_grad(set_to_none=True)
                     for group in optimizer.param_groups:
                         group["lr"] = self.rule.lr(step)
-                loss_sum += self._micro_step(x, y, step, micro, len(offsets), sampler)
+                loss_sum += self._micro_step(x, y, step, micro, len(offsets))
                 if offsets.stop < self.rule.batch_size:
                     continue
                 with held_interrupt():  # weights, momentum and step change together or not at all
@@ -265,22 +273,21 @@ class Finetuner:
                     if on_plan is not None:
                         on_plan(plan)
                 if self._checkpoint_due(session.step, now - last_save):
-                    self._save(optimizer, session, sampler)
+                    self._save(optimizer, session)
                     last_save = now
                 if on_progress is not None:
                     done = session.step - start
                     eta = (now - started) / done * (self.rule.steps - session.step)
                     on_progress(Progress(session.step, self.rule.steps, session.losses[-1],
-                                         float(optimizer.param_groups[0]["lr"]), now - started, eta, len(sampler.bad)))
+                                         float(optimizer.param_groups[0]["lr"]), now - started, eta, len(session.bad)))
         except KeyboardInterrupt:
             # Consistent: an interrupt during the update is delivered after it (util.held_interrupt).
             if self.state_dir is not None and session.step > start:
-                self._save(optimizer, session, sampler)
+                self._save(optimizer, session)
             raise
 
-    def _save(self, optimizer, session: Session, sampler: Sampler) -> None:
+    def _save(self, optimizer, session: Session) -> None:
         assert self.state_dir is not None
-        session.bad = sampler.bad  # the live table (save copies it)
         save(self.state_dir, self.model, optimizer, session, self.fingerprint())
 
     def _checkpoint_due(self, step: int, since_save: float) -> bool:
@@ -289,10 +296,10 @@ class Finetuner:
         every = self.options.checkpoint_every
         return since_save >= self.options.checkpoint_seconds or (every is not None and step % every == 0)
 
-    def _micro_step(self, x, y, step: int, micro: int, size: int, sampler: Sampler) -> float:
+    def _micro_step(self, x, y, step: int, micro: int, size: int) -> float:
         """Forward and backward of one micro-batch; returns its summed loss."""
         x, y = x.to(self.device), y.to(self.device)
-        lam, perm = sampler.mixup(step, self.rule.mixup_alpha, micro, size)
+        lam, perm = mixup(self.options.seed, step, self.rule.mixup_alpha, micro, size)
         logits = None
         if perm is None:
             logits = self.model(x).logits
@@ -304,20 +311,78 @@ class Finetuner:
         (loss * (size / self.rule.batch_size)).backward()
         return float(loss.detach()) * size
 
-    def _units(self, sampler: Sampler, start: int) -> Iterator[tuple[int, int, range, tuple]]:
-        """(step, micro index, offsets, loaded batch) from `start` on, loading one unit ahead."""
+    # -- the batches ---------------------------------------------------------------------------
+
+    def _units(self, pool: ThreadPoolExecutor, session: Session) -> Iterator[tuple[int, int, range, tuple]]:
+        """(step, micro index, offsets, (images, labels)) from the session's step on, one unit loading ahead."""
         batch, micro = self.rule.batch_size, self.micro
         units = (
             (step, m, range(a, min(batch, a + micro)))
-            for step in range(start, self.rule.steps)
+            for step in range(session.step, self.rule.steps)
             for m, a in enumerate(range(0, batch, micro))
         )
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bit-ahead") as ahead:
-            pending = None
-            for unit in units:
-                future = ahead.submit(sampler.load, unit[0], unit[2])
-                if pending is not None:
-                    yield (*pending[0], pending[1].result())
-                pending = (unit, future)
+        pending = None
+        for step, m, offsets in units:
+            # The examples are chosen here, in order; the images load on the pool's threads.
+            jobs = [
+                pool.submit(self._load_one, step, j, self._example_at(step * batch + j), session.bad)
+                for j in offsets
+            ]
             if pending is not None:
-                yield (*pending[0], pending[1].result())
+                yield (*pending[0], _stacked(pending[1]))
+            pending = ((step, m, offsets), jobs)
+        if pending is not None:
+            yield (*pending[0], _stacked(pending[1]))
+
+    def _example_at(self, position: int) -> int:
+        """The example index at a global position of the endless, epoch-wise shuffled stream."""
+        n = len(self.train)
+        epoch = position // n
+        if self._order[0] != epoch:  # the stream only moves forward
+            self._order = (epoch, np.random.default_rng([self.options.seed, _ORDER, epoch]).permutation(n))
+        return int(self._order[1][position % n])
+
+    def _load_one(self, step: int, offset: int, index: int, bad: dict[int, str]) -> tuple[torch.Tensor, int]:
+        """One augmented image and its label; an unreadable one is noted in `bad` and replaced."""
+        rng = np.random.default_rng([self.options.seed, _AUGMENT, step, offset])
+        for attempt in range(_MAX_REPLACEMENTS):
+            if index not in bad:
+                example = self.train.examples[index]
+                try:
+                    return self._augment(open_image(example.path), rng), example.label
+                except InputError as exc:
+                    bad[index] = exc.reason
+            if len(bad) >= len(self.train):
+                raise DataError(f"{self.train.source}: none of the training images could be read")
+            index = int(np.random.default_rng([self.options.seed, _REPLACE, step, offset, attempt]).integers(len(self.train)))
+        raise DataError(f"{self.train.source}: too many training images cannot be read ({len(bad)})")
+
+    def _augment(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        """Resize the shortest edge, random crop, random flip, normalize: float32 [3, crop, crop]."""
+        size, crop = self.resolution.resize, self.resolution.crop
+        width, height = image.size
+        if width <= height:
+            new = (size, max(size, int(size * height / width)))
+        else:
+            new = (max(size, int(size * width / height)), size)
+        image = image.resize(new, resample=self.base.preprocess.resample)
+        left = int(rng.integers(0, new[0] - crop + 1))
+        top = int(rng.integers(0, new[1] - crop + 1))
+        image = image.crop((left, top, left + crop, top + crop))
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return preprocess(image, self._values)
+
+
+def _stacked(jobs: list[Future]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [M, 3, crop, crop] and labels [M] of one micro-batch's loading jobs."""
+    pairs = [job.result() for job in jobs]
+    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+
+
+def mixup(seed: int, step: int, alpha: float, micro: int, size: int) -> tuple[float, np.ndarray | None]:
+    """(lambda, permutation) for one micro-batch: one lambda per step, as the release."""
+    if alpha <= 0:
+        return 1.0, None
+    lam = float(np.random.default_rng([seed, _MIXUP, step]).beta(alpha, alpha))
+    return lam, np.random.default_rng([seed, _MIXUP, step, micro]).permutation(size)

@@ -20,7 +20,7 @@ import numpy as np
 from bitcli.errors import BitError, UsageError
 
 from . import data as data_mod
-from .backbone import load_base
+from .backbone import load_base, with_classes
 from .data import Dataset
 from .export import Staging, WriteFailed, check_outdir, discard_empty, eval_preprocess, has_checkpoint, write_checkpoint, write_report
 from .finetune import FinetuneOptions, Finetuner, Plan, Progress
@@ -168,10 +168,11 @@ def _check_options(options: TrainOptions, outdir: Path) -> None:
 
 
 def _linear(base_ref, base_model, train_set, val_set, staging: Path, options, callbacks) -> dict[str, Any]:
+    import torch
+
     import bitcli
 
     from . import features, linear
-    from .backbone import with_classes
 
     embedder = bitcli.Embedder(
         bitcli.load(base_ref, device=options.device, offline=options.offline),
@@ -195,11 +196,10 @@ def _linear(base_ref, base_model, train_set, val_set, staging: Path, options, ca
     val_accuracy = None
     if va is not None and len(va.rows):
         val_accuracy = float((probe.head.predict(va.vectors) == val_set.labels[va.rows]).mean())
-    head = {"weight": _tensor(probe.head.weight), "bias": _tensor(probe.head.bias)}
-    weights = {**base_model.backbone, "classifier.1.weight": head["weight"], "classifier.1.bias": head["bias"]}
+    head = {"classifier.1.weight": torch.from_numpy(probe.head.weight), "classifier.1.bias": torch.from_numpy(probe.head.bias)}
     write_checkpoint(
         staging, config=with_classes(base_model.config, train_set.classes), classes=train_set.classes,
-        weights=weights, preprocess=eval_preprocess(base_model.preprocess, None),
+        weights={**base_model.backbone, **head}, preprocess=eval_preprocess(base_model.preprocess, None),
     )
     return {
         "hyperparameters": {
@@ -221,7 +221,6 @@ def _linear(base_ref, base_model, train_set, val_set, staging: Path, options, ca
 def _finetune(base_model, train_set, val_set, staging: Path, outdir: Path, options, callbacks) -> dict[str, Any]:
     import bitcli
 
-    from .backbone import with_classes
     from .evaluate import evaluate
 
     given = {"steps": options.steps, "batch_size": options.batch_size}  # TrainOptions' own, when set
@@ -230,10 +229,9 @@ def _finetune(base_model, train_set, val_set, staging: Path, outdir: Path, optio
     tuner = Finetuner(base_model, train_set, device=device, options=ft_options, state_dir=state_dir_for(outdir))
     callbacks.say("fine-tuning" + (" (resuming)" if options.resume else ""))
     result = tuner.run(resume=options.resume, on_plan=callbacks.plan, on_progress=callbacks.step)
-    preprocess = eval_preprocess(base_model.preprocess, tuner.resolution)
     write_checkpoint(
         staging, config=with_classes(base_model.config, train_set.classes), classes=train_set.classes,
-        weights=result.weights, preprocess=preprocess,
+        weights=result.weights, preprocess=eval_preprocess(base_model.preprocess, tuner.resolution),
     )
     val_accuracy, val_n, val_failed = None, 0, []
     if val_set is not None:
@@ -253,12 +251,6 @@ def _finetune(base_model, train_set, val_set, staging: Path, outdir: Path, optio
         "skipped": result.skipped + val_failed,
         "train_used": len(train_set) - len(result.skipped),
     }
-
-
-def _tensor(array: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def _report(base_model, train_set, val_set, options, details, seconds, data) -> dict[str, Any]:
