@@ -87,3 +87,35 @@ def test_update_shard_jobs_with_nothing_changed_combine_to_up_to_date(ckpt, tmp_
     combined = run(["combine", "-o", out])
     assert combined.exit_code == 1 and "+0 new, 0 changed, 0 removed, 13 kept, 3 retried" in combined.stderr, combined.stderr
     assert out.read_bytes() == published
+
+
+def test_a_second_round_of_update_jobs_with_overwrite_replaces_the_first_rounds_shards(ckpt, tmp_path):
+    """A job array run every night: round two's jobs are refused until `--overwrite` (round one's
+    shards and plan are still there), and with it the round goes through even when it embeds fewer
+    shards than round one did: round one's shards beyond the new split are not left to break `bit combine`."""
+    photos = make_photos(tmp_path / "photos")
+    sharded, local = tmp_path / "sharded", tmp_path / "local"
+    sharded.mkdir()
+    assert _embed(ckpt, photos, sharded / "out.npy").exit_code == 1  # the broken files
+    shutil.copytree(sharded, local)
+
+    def jobs(*args):
+        for job in ("0/2", "1/2"):
+            result = run(["embed", photos, "-o", sharded / "out.npy", "--update", "--shard", job, "--shard-size", 2 * BATCH,
+                          "--batch-size", BATCH, "--threads", THREADS, *args])
+            yield result
+
+    _change(photos)  # round one embeds 7 inputs: 2 shards
+    assert [r.exit_code for r in jobs()] == [1, 0]
+    assert run(["combine", "-o", sharded / "out.npy"]).exit_code == 1
+    assert _embed(ckpt, photos, local / "out.npy", "--update").exit_code == 1
+
+    shutil.copy(photos / "img04.png", photos / "img01.png")  # round two embeds 4 inputs (3 retried): 1 shard
+    again = list(jobs())
+    assert again[0].exit_code == 2 and "an earlier round's" in again[0].stderr and "--overwrite" in again[0].stderr, again[0].stderr
+    assert [r.exit_code for r in jobs("--overwrite")] == [1, 0]
+    combined = run(["combine", "-o", sharded / "out.npy"])
+    assert combined.exit_code == 1 and "+0 new, 1 changed, 0 removed, 14 kept, 3 retried" in combined.stderr, combined.stderr
+    assert _embed(ckpt, photos, local / "out.npy", "--update").exit_code == 1
+    for suffix in (".npy", ".paths.txt", ".errors.txt", ".files.jsonl"):
+        assert (sharded / f"out{suffix}").read_bytes() == (local / f"out{suffix}").read_bytes(), suffix

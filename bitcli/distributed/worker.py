@@ -253,18 +253,22 @@ def _update_entries(worker: "ShardWorker", out: EmbedPaths, entries: Iterable[In
     if path.exists() and not overwrite:
         try:
             same = read_plan(path, plan.old).steps == plan.steps
-        except UsageError:
-            same = False
+            why = "another job planned this update differently (a file changed since, or other inputs)"
+        except UsageError:  # made for the output as it was: an earlier round's plan (or OUT changed between the jobs)
+            same, why = False, "an update planned for the output as it was before (an earlier round's, or the output changed since)"
         if not same:
-            raise UsageError(f"{path}: another job planned this update differently (a file changed since, or other inputs); "
-                             "run every job again with --overwrite")
+            raise UsageError(f"{path}: {why}; run every job again with --overwrite")
     write_plan(path, plan)
     return [InputItem(index=i, path=step.path) for i, step in enumerate(plan.to_embed)]
 
 
 def _previous_shards(shard_dir: Path, split: Split, mine: list[int], *, resume: bool, overwrite: bool) -> dict[int, ShardInfo]:
     """This job's shards already in `shard_dir`: kept (--resume), removed (--overwrite) or refused.
-    A killed job's partial shards are continued with --resume, else discarded."""
+    A killed job's partial shards are continued with --resume, else discarded. `--overwrite` also
+    removes shards beyond the split (an earlier run's, cut from more inputs: a second round of
+    `--update` jobs often embeds fewer), which no job of this run would replace."""
+    if overwrite:
+        remove_shards(shard_dir, [i for i in shard_outputs(shard_dir, partial=True) if i >= split.shards])
     if overwrite or not resume:
         remove_shards(shard_dir, mine, finished=overwrite)
     present = sorted(set(shard_outputs(shard_dir)) & set(mine))
