@@ -9,11 +9,14 @@ the run record always describes the files beside it. The command tests drive the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from relhelpers import (
     assert_one_error_line,
     assert_one_set,
     bit,
+    bit_env,
     error_lines,
     files_state,
     kind_of,
@@ -279,3 +283,30 @@ def test_bit_embed_resume_of_a_combined_output_is_a_finished_local_run(ckpt, pho
     refused = _local(ckpt, photos, combined, "--resume", "--normalize")
     assert_one_error_line(refused, 2, "out.npy", "normalize", "--overwrite")
     assert combined.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_bit_embed_resume_of_a_combine_of_one_thread_jobs_continues_without_threads(ckpt, photos, tmp_path):
+    """Shard jobs (and Ray workers, by default) run one thread each, which picks oneDNN's own
+    convolution; a combine of theirs killed mid-copy is continued by `bit embed ... --resume`
+    (docs/distributed.md) like any partial run: the model, batch size and, from the recorded
+    convolution path, `--threads 1` are the run's own unless given, not a refusal that asks for them."""
+    env = bit_env(OMP_NUM_THREADS="2")  # this process's default: two threads, PyTorch's convolution
+    for i in range(2):
+        run_shards(expand_inputs(inputs(photos)), tmp_path / "out.npy.shards", dataclasses.replace(job(ckpt), threads=1), selection=(i, 2), shard_size=SHARD)
+    whole = bit("combine", "-o", tmp_path / "whole.npy", tmp_path / "out.npy.shards", env=env, cwd=tmp_path)
+    assert whole.returncode == 1, error_lines(whole)
+    kill = "\n".join([  # a combine killed just after its second commit: a partial run of OUT
+        "import os, sys; from pathlib import Path",
+        "from bitcli.store import EmbedPaths, EmbedWriter; from bitcli.distributed import combine",
+        "commit, n = EmbedWriter.commit, [0]",
+        "def killed(self, *a, **k): commit(self, *a, **k); n[0] += 1; n[0] == 2 and os._exit(9)",
+        "EmbedWriter.commit = killed",
+        "combine([Path('out.npy.shards')], EmbedPaths.for_output(Path('out.npy')))",
+    ])
+    assert subprocess.run([sys.executable, "-c", kill], cwd=tmp_path, env=env).returncode == 9
+    assert (tmp_path / "out.npy.partial").is_dir() and not (tmp_path / "out.npy").exists()
+    resumed = bit("embed", *inputs(photos), "-o", "out.npy", "--resume", env=env, cwd=tmp_path)
+    assert resumed.returncode == 1, error_lines(resumed)  # the broken files, as in the jobs
+    assert "resuming:" in text(resumed.stderr)
+    assert_same_files(tmp_path / "out.npy", tmp_path / "whole.npy")

@@ -124,8 +124,12 @@ def embed(
         model, normalize, content_hash, fast_jpeg, max_pixels = (values[k] for k in ("model", "normalize", "content_hash", "fast_jpeg", "max_pixels"))
         dtype, precision = Dtype(values["dtype"]), Precision(values["precision"])
         where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
-    if resume and shard is None and engine is Engine.local and "batch_size" not in given_options(ctx):
-        batch_size = continued_batch_size(where, ui) or batch_size
+    if resume and shard is None and engine is Engine.local:  # the rows' batches and kernels, as the run made them
+        runtime = continued_runtime(where, ui)
+        if "batch_size" not in given_options(ctx):
+            batch_size = runtime.get("batch_size") or batch_size
+        if "threads" not in given_options(ctx) and runtime.get("convolution") == "onednn":
+            threads = 1  # oneDNN's own convolution runs on one thread only (shard jobs', Ray workers' default)
     model = model or DEFAULT_MODEL
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
@@ -195,17 +199,20 @@ def continued(where: StoreOptions, ui: Ui) -> Any:
     return Collection(store_paths(where, ui, check=False)).settings(update=where.update, resume=where.resume)
 
 
-def continued_batch_size(where: StoreOptions, ui: Ui) -> int | None:
-    """The batch size of the run `--resume` continues (the interrupted run's state, else the finished
-    output's run record): batches are a run's unit of work, so it is taken like the settings."""
+def continued_runtime(where: StoreOptions, ui: Ui) -> dict[str, Any]:
+    """The runtime of the run `--resume` continues (the interrupted run's state, else the finished
+    output's run record): its batch size (batches are a run's unit of work) and convolution path
+    (one thread or several), taken like the settings; {} when none is recorded."""
     from bitcli.store.files import STATE, read_json_record
 
     paths = store_paths(where, ui, check=False)
     for record in (paths.partial and read_json_record(paths.partial / STATE), paths.record and read_json_record(paths.record)):
-        size = ((record or {}).get("runtime") or {}).get("batch_size")
-        if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
-            return size
-    return None
+        runtime = (record or {}).get("runtime")
+        if isinstance(runtime, dict) and runtime:
+            size = runtime.get("batch_size")
+            valid = isinstance(size, int) and not isinstance(size, bool) and size >= 1
+            return {**runtime, "batch_size": size if valid else None}
+    return {}
 
 
 def stale_index_hint(ui: Ui, paths: Any) -> None:
