@@ -310,3 +310,23 @@ def test_bit_embed_resume_of_a_combine_of_one_thread_jobs_continues_without_thre
     assert resumed.returncode == 1, error_lines(resumed)  # the broken files, as in the jobs
     assert "resuming:" in text(resumed.stderr)
     assert_same_files(tmp_path / "out.npy", tmp_path / "whole.npy")
+
+
+def test_combine_after_one_killed_while_renaming_says_it_completed_that_publication(shard_sets, tmp_path):
+    """As `bit embed` does: the next command on the output completes the committed publication
+    and says so, rather than only that the output exists (the user would combine it again)."""
+    _, new_shards = shard_sets
+    new = _reference(tmp_path, "ref-new", new_shards)
+    directory = tmp_path / "run"
+    directory.mkdir()
+    out = directory / "out.npy"
+    at = 0
+    while True:  # the first kill that leaves a committed publication (publish.json) half-renamed
+        with KillSwitch(at):
+            assert killed(lambda: _combine(new_shards, out, overwrite=True))
+        if (directory / "out.npy.partial" / "publish.json").exists():
+            break
+        at += 1
+    result = bit("combine", "-o", out, new_shards, cwd=tmp_path)
+    assert "completed publishing" in text(result.stderr) and "interrupted" in text(result.stderr), text(result.stderr)
+    assert files_state(directory) == new

@@ -198,7 +198,7 @@ def combine(
     """Assemble the shards of `bit embed --shard I/N` jobs into the files a local run writes."""
     from bitcli.distributed import combine as combine_shards
     from bitcli.distributed import default_shard_dir
-    from bitcli.store import EmbedPaths, write_errors
+    from bitcli.store import EmbedPaths, recover, write_errors
 
     ui = Ui(quiet=quiet, debug=debug)
     if str(output_path) == "-":  # not "-.npy": the shards are combined into files, never a stream
@@ -209,6 +209,8 @@ def combine(
         output_path = output_path.with_name(output_path.name + ".npy")
     paths = EmbedPaths.for_output(output_path, manifest=manifest)
     with write_errors(paths):  # a failed write (disk full): one line naming the output
+        if recover(paths):  # as bit embed says it: else only "already exists" would follow, and the user combine again
+            ui.info(f"completed publishing {paths.out}, which an interrupted run had left half-renamed")
         summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
     if summary.update:  # the shards of --update jobs: `out.npy: +3 new, 1 changed, 2 removed, 23 kept`
         ui.info(f"{paths.out}: {summary.update}")
