@@ -119,3 +119,28 @@ def test_a_second_round_of_update_jobs_with_overwrite_replaces_the_first_rounds_
     assert _embed(ckpt, photos, local / "out.npy", "--update").exit_code == 1
     for suffix in (".npy", ".paths.txt", ".errors.txt", ".files.jsonl"):
         assert (sharded / f"out{suffix}").read_bytes() == (local / f"out{suffix}").read_bytes(), suffix
+
+
+def test_update_jobs_of_an_output_with_its_own_manifest(ckpt, tmp_path):
+    """`--manifest` names where OUT's row paths are: a job planning the update must read it, so
+    `--update --shard` takes it (a plain job is refused it: it writes no manifest), and the
+    combine that publishes the update names it too; the result is the local `--update`'s."""
+    photos = make_photos(tmp_path / "photos")
+    sharded, local = tmp_path / "sharded", tmp_path / "local"
+    sharded.mkdir()
+    assert _embed(ckpt, photos, sharded / "out.npy", "--manifest", sharded / "rows.txt").exit_code == 1
+    shutil.copytree(sharded, local)
+    _change(photos)
+    want = _embed(ckpt, photos, local / "out.npy", "--manifest", local / "rows.txt", "--update")
+    assert want.exit_code == 1, want.stderr
+    for job in ("0/2", "1/2"):
+        result = run(["embed", photos, "-o", sharded / "out.npy", "--manifest", sharded / "rows.txt", "--update", "--shard", job,
+                      "--shard-size", 2 * BATCH, "--batch-size", BATCH, "--threads", THREADS])
+        assert result.exit_code in (0, 1) and "bit combine -o" in result.stderr, result.stderr
+    plain = run(["embed", photos, "-o", sharded / "out.npy", "--manifest", sharded / "rows.txt", "--shard", "0/2"])
+    assert plain.exit_code == 2 and "give it to bit combine" in plain.stderr, plain.stderr
+    combined = run(["combine", "-o", sharded / "out.npy", "--manifest", sharded / "rows.txt"])
+    assert combined.exit_code == 1 and "+3 new, 1 changed, 1 removed, 11 kept, 3 retried" in combined.stderr, combined.stderr
+    for name in ("out.npy", "rows.txt", "out.errors.txt", "out.files.jsonl"):
+        assert (sharded / name).read_bytes() == (local / name).read_bytes(), name
+    assert not (sharded / "out.paths.txt").exists()

@@ -59,8 +59,9 @@ class Distribution:
     shard_size: int | None = None
     shard_dir: Path | None = None
 
-    def check(self, to_stdout: bool, manifest: Path | None) -> bool:
-        """Whether the run is distributed (ray or a shard job); UsageError for options that clash."""
+    def check(self, to_stdout: bool, manifest: Path | None, update: bool = False) -> bool:
+        """Whether the run is distributed (ray or a shard job); UsageError for options that clash.
+        `update`: a shard job of `--update` reads OUT's manifest (`--manifest` names it) to plan."""
         named = (("--ray-address", self.ray_address), ("--workers", self.workers), ("--num-gpus-per-worker", self.gpus))
         ray_only = [name for name, value in named if value]
         if self.engine is Engine.local and ray_only:
@@ -72,7 +73,7 @@ class Distribution:
             raise UsageError("--shard-size and --shard-dir apply to --engine ray and --shard")
         if distributed and to_stdout:
             raise UsageError("-o -: shards are kept beside the output; give -o OUT.npy")
-        if self.shard is not None and manifest is not None:
+        if self.shard is not None and manifest is not None and not update:
             raise UsageError("--manifest names the combined output's manifest: give it to bit combine")
         return distributed
 

@@ -134,7 +134,7 @@ def embed(
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
     job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads, content_hash=content_hash)
-    if dist.check(output_path == "-", manifest) and not (update and engine is Engine.ray):
+    if dist.check(output_path == "-", manifest, update) and not (update and engine is Engine.ray):
         paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
         return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null, update=update)
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
