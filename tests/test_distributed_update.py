@@ -144,3 +144,23 @@ def test_update_jobs_of_an_output_with_its_own_manifest(ckpt, tmp_path):
     for name in ("out.npy", "rows.txt", "out.errors.txt", "out.files.jsonl"):
         assert (sharded / name).read_bytes() == (local / name).read_bytes(), name
     assert not (sharded / "out.paths.txt").exists()
+
+
+def test_update_shards_whose_plan_is_gone_are_never_combined_as_a_whole_output(ckpt, tmp_path):
+    """The shards of `--update` jobs hold only what changed: combined without their plan (a plain
+    job in the same directory removes it, even one that then fails), they would replace OUT's
+    twenty rows by the few changed ones, `--overwrite` being the advice of an existing output."""
+    photos = make_photos(tmp_path / "photos")
+    out = tmp_path / "out.npy"
+    assert _embed(ckpt, photos, out).exit_code == 1
+    published = out.read_bytes()
+    _change(photos)
+    job = run(["embed", photos, "-o", out, "--update", "--shard", "0/1", "--batch-size", BATCH, "--threads", THREADS])
+    assert job.exit_code == 1, job.stderr
+    plain = run(["embed", photos, "-o", out, "--shard", "0/1", "-m", tmp_path / "no-such-model"])  # --update forgotten
+    assert plain.exit_code != 0
+    for args in ([], ["--overwrite"]):
+        combined = run(["combine", "-o", out, *args])
+        assert combined.exit_code == 2, combined.stderr
+        assert out.read_bytes() == published
+    assert "--update" in combined.stderr and "update.jsonl" in combined.stderr, combined.stderr

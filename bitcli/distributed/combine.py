@@ -116,6 +116,10 @@ def combine(
     found = find_shards(sources)
     if not found:
         plan(found, list(sources))  # says there is none
+    if any(shard.update for shard in found):  # only what changed: published alone, they would replace OUT's other rows
+        shard = next(shard for shard in found if shard.update)
+        raise ShardMismatchError(f"{shard.out}: a shard of --update jobs, but their plan ({UPDATE_PLAN}) is not beside it; "
+                                 "run the --update --shard jobs again with --overwrite")
     first = min(found, key=lambda s: s.index)  # checked against the others by `plan`, after the output is held
     meta = first.paths.sidecars.meta
     made = {**first.record, "inputs": first.split.inputs}
@@ -155,7 +159,7 @@ def combine_update(
     shards = plan(find_shards(sources), list(sources), split=split)
     check_outside(paths, shards)
     to_embed = [step.path for step in planned.to_embed]
-    if shards[0].split.inputs != inputs_digest(to_embed):
+    if shards[0].split.inputs != inputs_digest(to_embed) or any(s.update != planned.digest() for s in shards):
         raise ShardMismatchError(f"{plan_file}: the shards were cut from another update's plan; run every job again with --overwrite")
     first, failed = shards[0], []
 
