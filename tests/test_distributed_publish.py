@@ -330,3 +330,42 @@ def test_combine_after_one_killed_while_renaming_says_it_completed_that_publicat
     result = bit("combine", "-o", out, new_shards, cwd=tmp_path)
     assert "completed publishing" in text(result.stderr) and "interrupted" in text(result.stderr), text(result.stderr)
     assert files_state(directory) == new
+
+
+def test_a_combine_stopped_by_a_full_disk_advises_combine_again_not_a_flag_it_lacks(shard_sets, tmp_path):
+    """`bit combine` has no --resume: a combine that kept a partial run is continued by combining again."""
+    _, new_shards = shard_sets
+    new = _reference(tmp_path, "ref-new", new_shards)
+    for size in range(200, 2000, 100):  # the first file-size limit that stops it after the partial run exists
+        directory = tmp_path / f"limit-{size}"
+        directory.mkdir()
+        result = bit("combine", "-o", directory / "out.npy", new_shards, cwd=directory, file_size=size)
+        if (directory / "out.npy.partial").is_dir():
+            break
+    line = assert_one_error_line(result, 1, "cannot write")
+    assert "--resume" not in line and "bit combine" in line, line
+    again = bit("combine", "-o", directory / "out.npy", new_shards, cwd=directory)
+    assert again.returncode == 0, error_lines(again)
+    assert files_state(directory) == new
+
+
+def test_a_combine_interrupted_mid_copy_says_combining_again_continues(shard_sets, tmp_path):
+    _, new_shards = shard_sets
+    new = _reference(tmp_path, "ref-new", new_shards)
+    directory = tmp_path / "run"
+    directory.mkdir()
+    ctrl_c = "\n".join([  # Ctrl-C arriving just after the second commit
+        "import sys; from bitcli.store import EmbedWriter; from bitcli.cli.app import run",
+        "commit, n = EmbedWriter.commit, [0]",
+        "def interrupted(self, *a, **k):",
+        "    commit(self, *a, **k); n[0] += 1",
+        "    if n[0] == 2: raise KeyboardInterrupt",
+        "EmbedWriter.commit = interrupted",
+        "sys.exit(run(sys.argv[1:]))",
+    ])
+    result = subprocess.run([sys.executable, "-c", ctrl_c, "combine", "-o", "out.npy", str(new_shards)],
+                            cwd=directory, env=bit_env(), capture_output=True, text=True)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+    assert "partial results kept in out.npy.partial; rerun the same bit combine to continue" in result.stderr, result.stderr
+    assert bit("combine", "-o", "out.npy", new_shards, cwd=directory).returncode == 0
+    assert files_state(directory) == new

@@ -209,10 +209,16 @@ def combine(
     if not output_path.name.endswith(".npy"):  # as bit embed (and numpy.save): -o vecs writes vecs.npy
         output_path = output_path.with_name(output_path.name + ".npy")
     paths = EmbedPaths.for_output(output_path, manifest=manifest)
-    with write_errors(paths):  # a failed write (disk full): one line naming the output
-        if recover(paths):  # as bit embed says it: else only "already exists" would follow, and the user combine again
-            ui.info(f"completed publishing {paths.out}, which an interrupted run had left half-renamed")
-        summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
+    again = "the same bit combine"  # it continues a partial run itself: there is no --resume to pass
+    try:
+        with write_errors(paths, again=again):  # a failed write (disk full): one line naming the output
+            if recover(paths):  # as bit embed says it: else only "already exists" would follow, and the user combine again
+                ui.info(f"completed publishing {paths.out}, which an interrupted run had left half-renamed")
+            summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
+    except KeyboardInterrupt:
+        if paths.partial.is_dir():
+            ui.info(f"partial results kept in {paths.partial}; rerun {again} to continue")
+        raise
     if summary.update:  # the shards of --update jobs: `out.npy: +3 new, 1 changed, 2 removed, 23 kept`
         ui.info(f"{paths.out}: {summary.update}")
     if not summary.already_complete:
