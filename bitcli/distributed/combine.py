@@ -118,8 +118,8 @@ def combine(
         plan(found, list(sources))  # says there is none
     if any(shard.update for shard in found):  # only what changed: published alone, they would replace OUT's other rows
         shard = next(shard for shard in found if shard.update)
-        raise ShardMismatchError(f"{shard.out}: a shard of --update jobs, but their plan ({UPDATE_PLAN}) is not beside it; "
-                                 "run the --update --shard jobs again with --overwrite")
+        raise ShardMismatchError(f"{shard.out}: a shard of --update jobs (only what changed), but their plan ({UPDATE_PLAN}) "
+                                 "is not beside it; run the jobs again with --overwrite")
     first = min(found, key=lambda s: s.index)  # checked against the others by `plan`, after the output is held
     meta = first.paths.sidecars.meta
     made = {**first.record, "inputs": first.split.inputs}
