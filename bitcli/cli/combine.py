@@ -87,7 +87,7 @@ def embed_distributed(
     an `--update` of OUT (each embeds its part of what changed; `bit combine` updates OUT)."""
     from bitcli.distributed import RayOptions, default_shard_dir, embed_on_ray, parse_selection, run_shards
     from bitcli.inputs import expand_inputs
-    from bitcli.store import write_errors
+    from bitcli.store import EmbedPaths, write_errors
 
     entries = expand_inputs(inputs, stdin=sys.stdin, null=null)  # streamed: listed once, never held in memory
     shard_dir = dist.shard_dir or default_shard_dir(paths.out)
@@ -109,9 +109,10 @@ def embed_distributed(
             bar.summary()
         raise
     if dist.shard is not None:
+        own = f" --manifest {paths.manifest}" if paths.manifest != EmbedPaths.for_output(paths.out).manifest else ""
         ui.info(
             f"shard job {dist.shard}: {len(run.ran)} shards embedded, {len(run.skipped)} kept from an earlier run, "
-            f"in {shard_dir} ({run.split.shards} shards in all); when every job is done: bit combine -o {paths.out}"
+            f"in {shard_dir} ({run.split.shards} shards in all); when every job is done: bit combine -o {paths.out}{own}"
         )
         bar.summary()
         return EXIT_SOME_FAILED if run.failed else EXIT_OK

@@ -125,11 +125,8 @@ def embed(
         dtype, precision = Dtype(values["dtype"]), Precision(values["precision"])
         where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
     if resume and shard is None and engine is Engine.local:  # the rows' batches and kernels, as the run made them
-        runtime = continued_runtime(where, ui)
-        if "batch_size" not in given_options(ctx):
-            batch_size = runtime.get("batch_size") or batch_size
-        if "threads" not in given_options(ctx) and runtime.get("convolution") == "onednn":
-            threads = 1  # oneDNN's own convolution runs on one thread only (shard jobs', Ray workers' default)
+        runtime = {k: v for k, v in continued_runtime(where, ui).items() if k not in given_options(ctx)}
+        batch_size, threads = runtime.get("batch_size", batch_size), runtime.get("threads", threads)
     model = model or DEFAULT_MODEL
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
@@ -200,9 +197,9 @@ def continued(where: StoreOptions, ui: Ui) -> Any:
 
 
 def continued_runtime(where: StoreOptions, ui: Ui) -> dict[str, Any]:
-    """The runtime of the run `--resume` continues (the interrupted run's state, else the finished
-    output's run record): its batch size (batches are a run's unit of work) and convolution path
-    (one thread or several), taken like the settings; {} when none is recorded."""
+    """`--batch-size` and `--threads` as the run `--resume` continues had them (the interrupted run's
+    state, else the finished output's run record), taken like the settings: batches are a run's
+    unit of work, and oneDNN's own convolution (shard jobs' and Ray workers' default) runs on one thread only."""
     from bitcli.store.files import STATE, read_json_record
 
     paths = store_paths(where, ui, check=False)
@@ -211,7 +208,7 @@ def continued_runtime(where: StoreOptions, ui: Ui) -> dict[str, Any]:
         if isinstance(runtime, dict) and runtime:
             size = runtime.get("batch_size")
             valid = isinstance(size, int) and not isinstance(size, bool) and size >= 1
-            return {**runtime, "batch_size": size if valid else None}
+            return {**({"batch_size": size} if valid else {}), **({"threads": 1} if runtime.get("convolution") == "onednn" else {})}
     return {}
 
 
