@@ -254,7 +254,7 @@ def _update_entries(worker: "ShardWorker", out: EmbedPaths, entries: Iterable[In
     if path.exists() and not overwrite:
         try:
             same = read_plan(path, plan.old).steps == plan.steps
-            why = "another job planned this update differently (a file changed since, or other inputs)"
+            why = "another job planned this update differently (a file changed since, other inputs or other options such as --hash)"
         except UsageError:  # made for the output as it was: an earlier round's plan (or OUT changed between the jobs)
             same, why = False, "an update planned for the output as it was before (an earlier round's, or the output changed since)"
         if not same:
