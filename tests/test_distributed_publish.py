@@ -369,3 +369,19 @@ def test_a_combine_interrupted_mid_copy_says_combining_again_continues(shard_set
     assert "partial results kept in out.npy.partial; rerun the same bit combine to continue" in result.stderr, result.stderr
     assert bit("combine", "-o", "out.npy", new_shards, cwd=directory).returncode == 0
     assert files_state(directory) == new
+
+
+def test_combine_over_an_interrupted_update_advises_combines_own_flag(shard_sets, tmp_path):
+    """A partial run of the output that this combine cannot continue (an interrupted `bit embed
+    --update`) is named with what `bit combine` takes (--overwrite), not `bit embed`'s
+    --update --resume."""
+    old_shards, new_shards = shard_sets
+    out = tmp_path / "out.npy"
+    _combine(old_shards, out)
+    writer = EmbedWriter(EmbedPaths.for_output(out), dim=DIM, fingerprint=FINGERPRINT, inputs=["a.png"], update_plan="a plan")
+    writer.commit(["a.png"], np.ones((1, DIM), np.float32))
+    writer.close()  # as a killed `bit embed --update` leaves it
+    result = bit("combine", "-o", out, new_shards, cwd=tmp_path)
+    line = assert_one_error_line(result, 2, "out.npy.partial", "--overwrite")
+    assert "--update" not in line and "--resume" not in line, line
+    assert bit("combine", "-o", out, new_shards, "--overwrite", cwd=tmp_path).returncode == 0
