@@ -147,9 +147,10 @@ def test_update_jobs_of_an_output_with_its_own_manifest(ckpt, tmp_path):
 
 
 def test_update_shards_whose_plan_is_gone_are_never_combined_as_a_whole_output(ckpt, tmp_path):
-    """The shards of `--update` jobs hold only what changed: combined without their plan (a plain
-    job in the same directory removes it, even one that then fails), they would replace OUT's
-    twenty rows by the few changed ones, `--overwrite` being the advice of an existing output."""
+    """The shards of `--update` jobs hold only what changed: combined without their plan (the
+    shards copied from another machine without it), they would replace OUT's rows by the few
+    changed ones, `--overwrite` being the advice of an existing output. A plain job refused in
+    the directory (--update forgotten) leaves the plan alone."""
     photos = make_photos(tmp_path / "photos")
     out = tmp_path / "out.npy"
     assert _embed(ckpt, photos, out).exit_code == 1
@@ -157,8 +158,11 @@ def test_update_shards_whose_plan_is_gone_are_never_combined_as_a_whole_output(c
     _change(photos)
     job = run(["embed", photos, "-o", out, "--update", "--shard", "0/1", "--batch-size", BATCH, "--threads", THREADS])
     assert job.exit_code == 1, job.stderr
-    plain = run(["embed", photos, "-o", out, "--shard", "0/1", "-m", tmp_path / "no-such-model"])  # --update forgotten
-    assert plain.exit_code != 0
+    refused = run(["embed", photos, "-o", out, "--shard", "0/1", "-m", ckpt, "--batch-size", BATCH])  # --update forgotten
+    assert refused.exit_code == 2 and "--overwrite" in refused.stderr, refused.stderr
+    plan = tmp_path / "out.npy.shards" / "update.jsonl"
+    assert plan.is_file()
+    plan.unlink()
     for args in ([], ["--overwrite"]):
         combined = run(["combine", "-o", out, *args])
         assert combined.exit_code == 2, combined.stderr

@@ -217,13 +217,13 @@ def run_shards(
     if update is not None:
         worker = ShardWorker(job, model=model)
         entries, digest = _update_entries(worker, update, entries, shard_dir, overwrite=overwrite)
-    else:  # an earlier update's plan would make `bit combine` take these shards for an update's
-        (shard_dir / UPDATE_PLAN).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="bitcli-inputs-") as tmp:
         spool = spool_inputs(entries, Path(tmp) / "inputs.jsonl", batch_size=job.options.batch_size, shard_size=size)
         split = spool.split
         mine = list(selected(split, index, count))
         done = _previous_shards(shard_dir, split, mine, resume=resume, overwrite=overwrite)
+        if update is None:  # once the job is not refused: an earlier update's plan would make `bit combine` take these shards for an update's
+            (shard_dir / UPDATE_PLAN).unlink(missing_ok=True)
         todo = [i for i in mine if i not in done]
         infos = list(done.values())
         report_progress(progress, split, infos, mine)
