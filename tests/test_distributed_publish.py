@@ -9,11 +9,14 @@ the run record always describes the files beside it. The command tests drive the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from relhelpers import (
     assert_one_error_line,
     assert_one_set,
     bit,
+    bit_env,
     error_lines,
     files_state,
     kind_of,
@@ -279,3 +283,105 @@ def test_bit_embed_resume_of_a_combined_output_is_a_finished_local_run(ckpt, pho
     refused = _local(ckpt, photos, combined, "--resume", "--normalize")
     assert_one_error_line(refused, 2, "out.npy", "normalize", "--overwrite")
     assert combined.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_bit_embed_resume_of_a_combine_of_one_thread_jobs_continues_without_threads(ckpt, photos, tmp_path):
+    """Shard jobs (and Ray workers, by default) run one thread each, which picks oneDNN's own
+    convolution; a combine of theirs killed mid-copy is continued by `bit embed ... --resume`
+    (docs/distributed.md) like any partial run: the model, batch size and, from the recorded
+    convolution path, `--threads 1` are the run's own unless given, not a refusal that asks for them."""
+    env = bit_env(OMP_NUM_THREADS="2")  # this process's default: two threads, PyTorch's convolution
+    for i in range(2):
+        run_shards(expand_inputs(inputs(photos)), tmp_path / "out.npy.shards", dataclasses.replace(job(ckpt), threads=1), selection=(i, 2), shard_size=SHARD)
+    whole = bit("combine", "-o", tmp_path / "whole.npy", tmp_path / "out.npy.shards", env=env, cwd=tmp_path)
+    assert whole.returncode == 1, error_lines(whole)
+    kill = "\n".join([  # a combine killed just after its second commit: a partial run of OUT
+        "import os, sys; from pathlib import Path",
+        "from bitcli.store import EmbedPaths, EmbedWriter; from bitcli.distributed import combine",
+        "commit, n = EmbedWriter.commit, [0]",
+        "def killed(self, *a, **k): commit(self, *a, **k); n[0] += 1; n[0] == 2 and os._exit(9)",
+        "EmbedWriter.commit = killed",
+        "combine([Path('out.npy.shards')], EmbedPaths.for_output(Path('out.npy')))",
+    ])
+    assert subprocess.run([sys.executable, "-c", kill], cwd=tmp_path, env=env).returncode == 9
+    assert (tmp_path / "out.npy.partial").is_dir() and not (tmp_path / "out.npy").exists()
+    resumed = bit("embed", *inputs(photos), "-o", "out.npy", "--resume", env=env, cwd=tmp_path)
+    assert resumed.returncode == 1, error_lines(resumed)  # the broken files, as in the jobs
+    assert "resuming:" in text(resumed.stderr)
+    assert_same_files(tmp_path / "out.npy", tmp_path / "whole.npy")
+
+
+def test_combine_after_one_killed_while_renaming_says_it_completed_that_publication(shard_sets, tmp_path):
+    """As `bit embed` does: the next command on the output completes the committed publication
+    and says so, rather than only that the output exists (the user would combine it again)."""
+    _, new_shards = shard_sets
+    new = _reference(tmp_path, "ref-new", new_shards)
+    directory = tmp_path / "run"
+    directory.mkdir()
+    out = directory / "out.npy"
+    at = 0
+    while True:  # the first kill that leaves a committed publication (publish.json) half-renamed
+        with KillSwitch(at):
+            assert killed(lambda: _combine(new_shards, out, overwrite=True))
+        if (directory / "out.npy.partial" / "publish.json").exists():
+            break
+        at += 1
+    result = bit("combine", "-o", out, new_shards, cwd=tmp_path)
+    assert "completed publishing" in text(result.stderr) and "interrupted" in text(result.stderr), text(result.stderr)
+    assert files_state(directory) == new
+
+
+def test_a_combine_stopped_by_a_full_disk_advises_combine_again_not_a_flag_it_lacks(shard_sets, tmp_path):
+    """`bit combine` has no --resume: a combine that kept a partial run is continued by combining again."""
+    _, new_shards = shard_sets
+    new = _reference(tmp_path, "ref-new", new_shards)
+    for size in range(200, 2000, 100):  # the first file-size limit that stops it after the partial run exists
+        directory = tmp_path / f"limit-{size}"
+        directory.mkdir()
+        result = bit("combine", "-o", directory / "out.npy", new_shards, cwd=directory, file_size=size)
+        if (directory / "out.npy.partial").is_dir():
+            break
+    line = assert_one_error_line(result, 1, "cannot write")
+    assert "--resume" not in line and "bit combine" in line, line
+    again = bit("combine", "-o", directory / "out.npy", new_shards, cwd=directory)
+    assert again.returncode == 0, error_lines(again)
+    assert files_state(directory) == new
+
+
+def test_a_combine_interrupted_mid_copy_says_combining_again_continues(shard_sets, tmp_path):
+    _, new_shards = shard_sets
+    new = _reference(tmp_path, "ref-new", new_shards)
+    directory = tmp_path / "run"
+    directory.mkdir()
+    ctrl_c = "\n".join([  # Ctrl-C arriving just after the second commit
+        "import sys; from bitcli.store import EmbedWriter; from bitcli.cli.app import run",
+        "commit, n = EmbedWriter.commit, [0]",
+        "def interrupted(self, *a, **k):",
+        "    commit(self, *a, **k); n[0] += 1",
+        "    if n[0] == 2: raise KeyboardInterrupt",
+        "EmbedWriter.commit = interrupted",
+        "sys.exit(run(sys.argv[1:]))",
+    ])
+    result = subprocess.run([sys.executable, "-c", ctrl_c, "combine", "-o", "out.npy", str(new_shards)],
+                            cwd=directory, env=bit_env(), capture_output=True, text=True)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+    assert "partial results kept in out.npy.partial; rerun the same bit combine to continue" in result.stderr, result.stderr
+    assert bit("combine", "-o", "out.npy", new_shards, cwd=directory).returncode == 0
+    assert files_state(directory) == new
+
+
+def test_combine_over_an_interrupted_update_advises_combines_own_flag(shard_sets, tmp_path):
+    """A partial run of the output that this combine cannot continue (an interrupted `bit embed
+    --update`) is named with what `bit combine` takes (--overwrite), not `bit embed`'s
+    --update --resume."""
+    old_shards, new_shards = shard_sets
+    out = tmp_path / "out.npy"
+    _combine(old_shards, out)
+    writer = EmbedWriter(EmbedPaths.for_output(out), dim=DIM, fingerprint=FINGERPRINT, inputs=["a.png"], update_plan="a plan")
+    writer.commit(["a.png"], np.ones((1, DIM), np.float32))
+    writer.close()  # as a killed `bit embed --update` leaves it
+    result = bit("combine", "-o", out, new_shards, cwd=tmp_path)
+    line = assert_one_error_line(result, 2, "out.npy.partial", "--overwrite")
+    assert "--update" not in line and "--resume" not in line, line
+    assert bit("combine", "-o", out, new_shards, "--overwrite", cwd=tmp_path).returncode == 0

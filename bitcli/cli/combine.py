@@ -59,8 +59,9 @@ class Distribution:
     shard_size: int | None = None
     shard_dir: Path | None = None
 
-    def check(self, to_stdout: bool, manifest: Path | None) -> bool:
-        """Whether the run is distributed (ray or a shard job); UsageError for options that clash."""
+    def check(self, to_stdout: bool, manifest: Path | None, update: bool = False) -> bool:
+        """Whether the run is distributed (ray or a shard job); UsageError for options that clash.
+        `update`: a shard job of `--update` reads OUT's manifest (`--manifest` names it) to plan."""
         named = (("--ray-address", self.ray_address), ("--workers", self.workers), ("--num-gpus-per-worker", self.gpus))
         ray_only = [name for name, value in named if value]
         if self.engine is Engine.local and ray_only:
@@ -72,7 +73,7 @@ class Distribution:
             raise UsageError("--shard-size and --shard-dir apply to --engine ray and --shard")
         if distributed and to_stdout:
             raise UsageError("-o -: shards are kept beside the output; give -o OUT.npy")
-        if self.shard is not None and manifest is not None:
+        if self.shard is not None and manifest is not None and not update:
             raise UsageError("--manifest names the combined output's manifest: give it to bit combine")
         return distributed
 
@@ -86,7 +87,7 @@ def embed_distributed(
     an `--update` of OUT (each embeds its part of what changed; `bit combine` updates OUT)."""
     from bitcli.distributed import RayOptions, default_shard_dir, embed_on_ray, parse_selection, run_shards
     from bitcli.inputs import expand_inputs
-    from bitcli.store import write_errors
+    from bitcli.store import EmbedPaths, write_errors
 
     entries = expand_inputs(inputs, stdin=sys.stdin, null=null)  # streamed: listed once, never held in memory
     shard_dir = dist.shard_dir or default_shard_dir(paths.out)
@@ -108,9 +109,10 @@ def embed_distributed(
             bar.summary()
         raise
     if dist.shard is not None:
+        own = f" --manifest {paths.manifest}" if paths.manifest != EmbedPaths.for_output(paths.out).manifest else ""
         ui.info(
             f"shard job {dist.shard}: {len(run.ran)} shards embedded, {len(run.skipped)} kept from an earlier run, "
-            f"in {shard_dir} ({run.split.shards} shards in all); when every job is done: bit combine -o {paths.out}"
+            f"in {shard_dir} ({run.split.shards} shards in all); when every job is done: bit combine -o {paths.out}{own}"
         )
         bar.summary()
         return EXIT_SOME_FAILED if run.failed else EXIT_OK
@@ -198,7 +200,7 @@ def combine(
     """Assemble the shards of `bit embed --shard I/N` jobs into the files a local run writes."""
     from bitcli.distributed import combine as combine_shards
     from bitcli.distributed import default_shard_dir
-    from bitcli.store import EmbedPaths, write_errors
+    from bitcli.store import EmbedPaths, recover, write_errors
 
     ui = Ui(quiet=quiet, debug=debug)
     if str(output_path) == "-":  # not "-.npy": the shards are combined into files, never a stream
@@ -208,8 +210,16 @@ def combine(
     if not output_path.name.endswith(".npy"):  # as bit embed (and numpy.save): -o vecs writes vecs.npy
         output_path = output_path.with_name(output_path.name + ".npy")
     paths = EmbedPaths.for_output(output_path, manifest=manifest)
-    with write_errors(paths):  # a failed write (disk full): one line naming the output
-        summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
+    again = "the same bit combine"  # it continues a partial run itself: there is no --resume to pass
+    try:
+        with write_errors(paths, again=again):  # a failed write (disk full): one line naming the output
+            if recover(paths):  # as bit embed says it: else only "already exists" would follow, and the user combine again
+                ui.info(f"completed publishing {paths.out}, which an interrupted run had left half-renamed")
+            summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
+    except KeyboardInterrupt:
+        if paths.partial.is_dir():
+            ui.info(f"partial results kept in {paths.partial}; rerun {again} to continue")
+        raise
     if summary.update:  # the shards of --update jobs: `out.npy: +3 new, 1 changed, 2 removed, 23 kept`
         ui.info(f"{paths.out}: {summary.update}")
     if not summary.already_complete:

@@ -124,13 +124,14 @@ def embed(
         model, normalize, content_hash, fast_jpeg, max_pixels = (values[k] for k in ("model", "normalize", "content_hash", "fast_jpeg", "max_pixels"))
         dtype, precision = Dtype(values["dtype"]), Precision(values["precision"])
         where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
-    if resume and shard is None and engine is Engine.local and "batch_size" not in given_options(ctx):
-        batch_size = continued_batch_size(where, ui) or batch_size
+    if resume and shard is None and engine is Engine.local:  # the rows' batches and kernels, as the run made them
+        runtime = {k: v for k, v in continued_runtime(where, ui).items() if k not in given_options(ctx)}
+        batch_size, threads = runtime.get("batch_size", batch_size), runtime.get("threads", threads)
     model = model or DEFAULT_MODEL
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
     job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads, content_hash=content_hash)
-    if dist.check(output_path == "-", manifest) and not (update and engine is Engine.ray):
+    if dist.check(output_path == "-", manifest, update) and not (update and engine is Engine.ray):
         paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
         return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null, update=update)
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
@@ -195,17 +196,20 @@ def continued(where: StoreOptions, ui: Ui) -> Any:
     return Collection(store_paths(where, ui, check=False)).settings(update=where.update, resume=where.resume)
 
 
-def continued_batch_size(where: StoreOptions, ui: Ui) -> int | None:
-    """The batch size of the run `--resume` continues (the interrupted run's state, else the finished
-    output's run record): batches are a run's unit of work, so it is taken like the settings."""
+def continued_runtime(where: StoreOptions, ui: Ui) -> dict[str, Any]:
+    """`--batch-size` and `--threads` as the run `--resume` continues had them (the interrupted run's
+    state, else the finished output's run record), taken like the settings: batches are a run's
+    unit of work, and oneDNN's own convolution (shard jobs' and Ray workers' default) runs on one thread only."""
     from bitcli.store.files import STATE, read_json_record
 
     paths = store_paths(where, ui, check=False)
     for record in (paths.partial and read_json_record(paths.partial / STATE), paths.record and read_json_record(paths.record)):
-        size = ((record or {}).get("runtime") or {}).get("batch_size")
-        if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
-            return size
-    return None
+        runtime = (record or {}).get("runtime")
+        if isinstance(runtime, dict) and runtime:
+            size = runtime.get("batch_size")
+            valid = isinstance(size, int) and not isinstance(size, bool) and size >= 1
+            return {**({"batch_size": size} if valid else {}), **({"threads": 1} if runtime.get("convolution") == "onednn" else {})}
+    return {}
 
 
 def stale_index_hint(ui: Ui, paths: Any) -> None:

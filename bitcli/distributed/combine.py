@@ -24,6 +24,7 @@ from bitcli.distributed.shards import (
 )
 from bitcli.errors import UsageError
 from bitcli.store.collection import Collection, copy_parts, counted_off, in_batches, stored_results
+from bitcli.store.files import STATE, read_json_record
 from bitcli.store.metadata import read_metadata
 from bitcli.store.settings import describe_difference
 from bitcli.store.paths import EmbedPaths, check_output
@@ -113,9 +114,14 @@ def combine(
     if plans:
         return combine_update(plans[0], sources, paths, resume=resume, overwrite=overwrite, split=split, on_failure=on_failure)
     check_output(paths, resume=resume, overwrite=overwrite, exists="pass --overwrite to replace it")  # before the shards
+    check_continuable(paths, resume, None)
     found = find_shards(sources)
     if not found:
         plan(found, list(sources))  # says there is none
+    if any(shard.update for shard in found):  # only what changed: published alone, they would replace OUT's other rows
+        shard = next(shard for shard in found if shard.update)
+        raise ShardMismatchError(f"{shard.out}: a shard of --update jobs (only what changed), but their plan ({UPDATE_PLAN}) "
+                                 "is not beside it; run the jobs again with --overwrite")
     first = min(found, key=lambda s: s.index)  # checked against the others by `plan`, after the output is held
     meta = first.paths.sidecars.meta
     made = {**first.record, "inputs": first.split.inputs}
@@ -125,6 +131,16 @@ def combine(
         shards = plan(found, list(sources), split=split)
         check_outside(paths, shards)
         return concatenate(writer, shards, on_failure)
+
+
+def check_continuable(paths: EmbedPaths, resume: bool, update: str | None) -> None:
+    """Refuse (exit 2) a partial run of the output that this combine cannot continue: another
+    update's (`update`: this combine's plan digest, None for plain shards), or a plain run's under
+    an update, in words of `bit combine`'s flags (the writer would advise `bit embed`'s)."""
+    state = read_json_record(paths.partial / STATE) if resume else None
+    if state is not None and state.get("update") != update:
+        raise UsageError(f"{paths.partial}: another run's interrupted work on the output, which this combine cannot continue; "
+                         "pass --overwrite to discard it (or finish it with the command that started it)")
 
 
 def check_outside(paths: EmbedPaths, shards: Sequence[ShardInfo]) -> None:
@@ -152,10 +168,11 @@ def combine_update(
     check_output(paths, resume=resume, overwrite=overwrite, update=True)
     old = open_index(paths.out, manifest=paths.manifest, allow_empty=True) if paths.out.exists() else None
     planned = read_plan(plan_file, old)
+    check_continuable(paths, resume, planned.digest())
     shards = plan(find_shards(sources), list(sources), split=split)
     check_outside(paths, shards)
     to_embed = [step.path for step in planned.to_embed]
-    if shards[0].split.inputs != inputs_digest(to_embed):
+    if shards[0].split.inputs != inputs_digest(to_embed) or any(s.update != planned.digest() for s in shards):
         raise ShardMismatchError(f"{plan_file}: the shards were cut from another update's plan; run every job again with --overwrite")
     first, failed = shards[0], []
 

@@ -213,6 +213,7 @@ class ShardInfo:
     rows: int
     failed: int
     paths: EmbedPaths
+    update: str | None = None  # an `--update` job's shard: the digest of the plan it was cut from
 
     @property
     def out(self) -> Path:
@@ -242,7 +243,8 @@ def read_shard(paths: EmbedPaths) -> ShardInfo:
     try:
         info = ShardInfo(int(record["shard"]), Split.from_json(record["split"]),
                          {"settings": dict(record["settings"]), "runtime": dict(record["runtime"])},
-                         int(record["dim"]), str(record["dtype"]), int(record["rows"]), int(record["failed"]), paths)
+                         int(record["dim"]), str(record["dtype"]), int(record["rows"]), int(record["failed"]), paths,
+                         record.get("update_plan"))
         in_range = 0 <= info.index < info.split.shards and info.rows + info.failed == info.split.count(info.index)
     except (KeyError, TypeError, ValueError) as exc:
         raise ShardError(f"{paths.record}: malformed ({type(exc).__name__}: {exc}); run that shard again") from exc

@@ -137,13 +137,14 @@ class ShardWorker:
         self.fingerprint = {**self.embedder.fingerprint(), "dtype": job.dtype, **({"content_hash": "sha256"} if job.content_hash else {})}
         self.dim = self.embedder.feature_dim
 
-    def run(self, shard_dir: Path, split: Split, inputs: ShardInputs) -> ShardInfo:
+    def run(self, shard_dir: Path, split: Split, inputs: ShardInputs, update: str | None = None) -> ShardInfo:
         """Embed one shard into the store's writer and publish it; a shard already finished (a
-        retried task) is kept, a partial one (a worker killed) continued."""
+        retried task) is kept, a partial one (a worker killed) continued. `update`: the digest of
+        the `--update` plan the shard was cut from, recorded (`ShardInfo.update`)."""
         shard = Collection(shard_paths(shard_dir, inputs.index))
+        extra = {"split": split.to_json(), "shard": inputs.index, **({"update_plan": update} if update else {})}
         run = shard.plan(inputs.read(), self.embedder.embed_groups, dim=self.dim, fingerprint=self.fingerprint,
-                         dtype=self.job.dtype, content_hash=self.job.content_hash, resume=True,
-                         extra={"split": split.to_json(), "shard": inputs.index})
+                         dtype=self.job.dtype, content_hash=self.job.content_hash, resume=True, extra=extra)
         run.write()
         info = read_shard(shard.paths)
         self._check_same(info, split)
@@ -212,17 +213,17 @@ def run_shards(
     index, count = selection
     size = shard_size or default_shard_size(job.options.batch_size)
     make_shard_dir(shard_dir)
-    worker = None
+    worker, digest = None, None
     if update is not None:
         worker = ShardWorker(job, model=model)
-        entries = _update_entries(worker, update, entries, shard_dir, overwrite=overwrite)
-    else:  # an earlier update's plan would make `bit combine` take these shards for an update's
-        (shard_dir / UPDATE_PLAN).unlink(missing_ok=True)
+        entries, digest = _update_entries(worker, update, entries, shard_dir, overwrite=overwrite)
     with tempfile.TemporaryDirectory(prefix="bitcli-inputs-") as tmp:
         spool = spool_inputs(entries, Path(tmp) / "inputs.jsonl", batch_size=job.options.batch_size, shard_size=size)
         split = spool.split
         mine = list(selected(split, index, count))
         done = _previous_shards(shard_dir, split, mine, resume=resume, overwrite=overwrite)
+        if update is None:  # once the job is not refused: an earlier update's plan would make `bit combine` take these shards for an update's
+            (shard_dir / UPDATE_PLAN).unlink(missing_ok=True)
         todo = [i for i in mine if i not in done]
         infos = list(done.values())
         report_progress(progress, split, infos, mine)
@@ -232,7 +233,7 @@ def run_shards(
             worker = worker or ShardWorker(job, model=model)
             worker.check_shards(infos)  # refuse to keep or add to shards of another model or options
             for i in todo:
-                infos.append(worker.run(shard_dir, split, spool.shard(i)))
+                infos.append(worker.run(shard_dir, split, spool.shard(i), digest))
                 for path, reason in infos[-1].failures() if on_failure else ():
                     on_failure(path, reason)
                 report_progress(progress, split, infos, mine)
@@ -240,9 +241,9 @@ def run_shards(
 
 
 def _update_entries(worker: "ShardWorker", out: EmbedPaths, entries: Iterable[InputItem | InputError], shard_dir: Path,
-                    *, overwrite: bool) -> list[InputItem]:
+                    *, overwrite: bool) -> tuple[list[InputItem], str]:
     """Plan the update of `out` for all `entries` (`store.update`), leave the plan for `bit combine`
-    and return the inputs it embeds, in order: the list the shards are cut from. A plan another
+    and return the inputs it embeds, in order (the list the shards are cut from), and its digest. A plan another
     job left that differs (a file changed between the jobs) is refused unless `overwrite`."""
     from bitcli.store.metadata import EmbeddingMetadata
     from bitcli.store.update import prepare_update, read_plan, write_plan
@@ -253,18 +254,22 @@ def _update_entries(worker: "ShardWorker", out: EmbedPaths, entries: Iterable[In
     if path.exists() and not overwrite:
         try:
             same = read_plan(path, plan.old).steps == plan.steps
-        except UsageError:
-            same = False
+            why = "another job planned this update differently (a file changed since, other inputs or other options such as --hash)"
+        except UsageError:  # made for the output as it was: an earlier round's plan (or OUT changed between the jobs)
+            same, why = False, "an update planned for the output as it was before (an earlier round's, or the output changed since)"
         if not same:
-            raise UsageError(f"{path}: another job planned this update differently (a file changed since, or other inputs); "
-                             "run every job again with --overwrite")
+            raise UsageError(f"{path}: {why}; run every job again with --overwrite")
     write_plan(path, plan)
-    return [InputItem(index=i, path=step.path) for i, step in enumerate(plan.to_embed)]
+    return [InputItem(index=i, path=step.path) for i, step in enumerate(plan.to_embed)], plan.digest()
 
 
 def _previous_shards(shard_dir: Path, split: Split, mine: list[int], *, resume: bool, overwrite: bool) -> dict[int, ShardInfo]:
     """This job's shards already in `shard_dir`: kept (--resume), removed (--overwrite) or refused.
-    A killed job's partial shards are continued with --resume, else discarded."""
+    A killed job's partial shards are continued with --resume, else discarded. `--overwrite` also
+    removes shards beyond the split (an earlier run's, cut from more inputs: a second round of
+    `--update` jobs often embeds fewer), which no job of this run would replace."""
+    if overwrite:
+        remove_shards(shard_dir, [i for i in shard_outputs(shard_dir, partial=True) if i >= split.shards])
     if overwrite or not resume:
         remove_shards(shard_dir, mine, finished=overwrite)
     present = sorted(set(shard_outputs(shard_dir)) & set(mine))
