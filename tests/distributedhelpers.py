@@ -9,6 +9,7 @@ share a batch changes the bytes, and byte equality with the local run shows the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -76,6 +77,18 @@ def assert_same_files(got: Path, want: Path) -> None:
         assert path.read_bytes() == output_files(want)[suffix].read_bytes(), suffix
     mine, theirs = (norms_state(out.with_suffix(".norms.npz")) for out in (got, want))
     assert mine is not None and mine == theirs and mine[1], "row norms"
+    assert_same_header(got, want)
+
+
+def assert_same_header(got: Path, want: Path) -> None:
+    """OUT.meta.json of two runs byte-identical (key order too), but for what names the output
+    itself and the directory each ran in."""
+    headers = [out.with_suffix(".meta.json") for out in (got, want)]
+    mine, theirs = (json.loads(header.read_bytes()) for header in headers)
+    data = headers[0].read_bytes().replace(f'"{got.stem}.'.encode(), f'"{want.stem}.'.encode())
+    for key in ("cwd", "cwd_from_header"):
+        data = data.replace(json.dumps(mine[key]).encode(), json.dumps(theirs[key]).encode())
+    assert data == headers[1].read_bytes(), ".meta.json"
 
 
 def nul_listing(photos: Path, directory: Path) -> bytes:

@@ -53,6 +53,8 @@ def test_two_jobs_then_combine_equal_the_local_run(two_jobs, local, photos):
     assert (out.parent / "out.npy.shards").is_dir()  # the shards stay until the user removes them
     # Each row's file identity as the jobs recorded it (issue 20: once null), so --update keeps every row.
     assert (out.parent / "out.files.jsonl").read_bytes() == (local.parent / "local.files.jsonl").read_bytes()
+    # The header too, byte for byte (once it differed in key order), but for the output's own name.
+    assert (out.parent / "out.meta.json").read_bytes() == (local.parent / "local.meta.json").read_bytes().replace(b'"local.', b'"out.')
     update = run(["embed", *inputs(photos), "-o", out, "--update", "--threads", THREADS, "--batch-size", BATCH])
     assert "+0 new, 0 changed, 0 removed, 13 kept, 4 retried" in update.stderr, update.stderr
 

@@ -330,6 +330,26 @@ def test_combine_after_one_killed_while_renaming_says_it_completed_that_publicat
     result = bit("combine", "-o", out, new_shards, cwd=tmp_path)
     assert "completed publishing" in text(result.stderr) and "interrupted" in text(result.stderr), text(result.stderr)
     assert files_state(directory) == new
+    # The publication completed is the combine asked for: its summary and exit 0, not "already exists".
+    assert result.returncode == 0 and "embedded 7 images as [7, 4] float32" in text(result.stderr), text(result.stderr)
+    assert not [line for line in error_lines(result) if line.startswith("error:")]
+
+
+def test_combine_after_a_killed_combine_of_other_shards_says_so(shard_sets, tmp_path):
+    """The completed publication combined other shards than the ones named now: one line saying so (exit 2)."""
+    old_shards, new_shards = shard_sets
+    out = tmp_path / "out.npy"
+    at = 0
+    while True:
+        with KillSwitch(at):
+            assert killed(lambda: _combine(new_shards, out, overwrite=True))
+        if (tmp_path / "out.npy.partial" / "publish.json").exists():
+            break
+        at += 1
+    result = bit("combine", "-o", out, old_shards, cwd=tmp_path)
+    errors = [line for line in error_lines(result) if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in text(result.stderr), error_lines(result)
+    assert "other shards than these" in errors[0] and "--overwrite" in errors[0], errors
 
 
 def test_a_combine_stopped_by_a_full_disk_advises_combine_again_not_a_flag_it_lacks(shard_sets, tmp_path):

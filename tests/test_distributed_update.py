@@ -62,10 +62,20 @@ def test_update_as_shard_jobs_then_combine_equals_a_local_update(ckpt, tmp_path)
     ])
     assert subprocess.run([sys.executable, "-c", killed, str(sharded / "out.npy")]).returncode == 0
     assert (sharded / "out.npy.partial").is_dir()
-    combined = run(["combine", "-o", sharded / "out.npy"])  # continues it
+    renaming = "\n".join([  # the combine that continues it, killed once its publication is committed
+        "import os, sys; from pathlib import Path",
+        "from bitcli.store import EmbedPaths, publish; from bitcli.distributed import combine",
+        "roll = publish.roll_forward",
+        "publish.roll_forward = lambda partial: os._exit(0) if (partial / 'publish.json').exists() else roll(partial)",
+        "combine([Path(sys.argv[1]).with_name('out.npy.shards')], EmbedPaths.for_output(Path(sys.argv[1])))",
+    ])
+    assert subprocess.run([sys.executable, "-c", renaming, str(sharded / "out.npy")]).returncode == 0
+    assert (sharded / "out.npy.partial" / "publish.json").is_file()
+    combined = run(["combine", "-o", sharded / "out.npy"])  # completes that publication: this very combine
     assert combined.exit_code == 1, combined.stderr  # the retried broken files
+    assert "completed publishing" in combined.stderr and "error:" not in combined.stderr, combined.stderr
     assert f"out.npy: {summary}" in combined.stderr, combined.stderr
-    for suffix in (".npy", ".paths.txt", ".errors.txt", ".files.jsonl"):
+    for suffix in (".npy", ".paths.txt", ".errors.txt", ".files.jsonl", ".meta.json"):
         assert (sharded / f"out{suffix}").read_bytes() == (local / f"out{suffix}").read_bytes(), suffix
     after = dict(zip((sharded / "out.paths.txt").read_text().splitlines(), np.load(sharded / "out.npy")))
     kept = [p for p in before if p in after and not p.endswith("img02.png")]
@@ -117,7 +127,7 @@ def test_a_second_round_of_update_jobs_with_overwrite_replaces_the_first_rounds_
     combined = run(["combine", "-o", sharded / "out.npy"])
     assert combined.exit_code == 1 and "+0 new, 1 changed, 0 removed, 14 kept, 3 retried" in combined.stderr, combined.stderr
     assert _embed(ckpt, photos, local / "out.npy", "--update").exit_code == 1
-    for suffix in (".npy", ".paths.txt", ".errors.txt", ".files.jsonl"):
+    for suffix in (".npy", ".paths.txt", ".errors.txt", ".files.jsonl", ".meta.json"):
         assert (sharded / f"out{suffix}").read_bytes() == (local / f"out{suffix}").read_bytes(), suffix
 
 

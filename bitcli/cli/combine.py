@@ -213,9 +213,10 @@ def combine(
     again = "the same bit combine"  # it continues a partial run itself: there is no --resume to pass
     try:
         with write_errors(paths, again=again):  # a failed write (disk full): one line naming the output
-            if recover(paths):  # as bit embed says it: else only "already exists" would follow, and the user combine again
+            recovered = recover(paths)  # as bit embed says it; a combine of these shards is then this one (exit 0)
+            if recovered:
                 ui.info(f"completed publishing {paths.out}, which an interrupted run had left half-renamed")
-            summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite)
+            summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite, recovered=recovered)
     except KeyboardInterrupt:
         if paths.partial.is_dir():
             ui.info(f"partial results kept in {paths.partial}; rerun {again} to continue")

@@ -13,6 +13,7 @@ refusals and the commit record are the local run's. The shards are left as they 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -24,13 +25,13 @@ from bitcli.distributed.shards import (
 )
 from bitcli.errors import UsageError
 from bitcli.store.collection import Collection, copy_parts, counted_off, in_batches, stored_results
-from bitcli.store.files import STATE, read_json_record
+from bitcli.store.files import RECORD_MAX_BYTES, STATE, read_json_record
 from bitcli.store.metadata import read_metadata
 from bitcli.store.settings import describe_difference
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary, EmbedWriter
-from bitcli.util import name_some
+from bitcli.util import name_some, read_capped
 
 if TYPE_CHECKING:
     from bitcli.results import EmbedResult
@@ -99,16 +100,20 @@ def combine(
     overwrite: bool = False,
     split: Split | None = None,
     on_failure: OnFailure | None = None,
+    recovered: bool = False,
 ) -> EmbedSummary:
     """Check the shards in `sources` and publish their concatenation as `paths`.
 
     `split`: the split the shards must have; None takes the first shard's. `on_failure` is
     called for every failed input, in input order, once the files are published. An interrupted
     combine (or local run) of the same inputs and settings is continued, unless `overwrite`.
+    A publication a kill left half-renamed is completed first (`recovered`: the caller did it);
+    when it was a combine of these very shards, that is this combine: its summary is returned.
     """
     if paths.out is None:
         raise UsageError("combining shards writes a file: give -o OUT.npy, not -o -")
-    recover(paths)
+    if (recover(paths) or recovered) and not overwrite and (done := completed(paths, sources, split)) is not None:
+        return done
     resume = paths.partial.is_dir() and not overwrite
     plans = [p for p in (Path(s) / UPDATE_PLAN if Path(s).is_dir() else Path(s).parent / UPDATE_PLAN for s in sources) if p.is_file()]
     if plans:
@@ -131,6 +136,31 @@ def combine(
         shards = plan(found, list(sources), split=split)
         check_outside(paths, shards)
         return concatenate(writer, shards, on_failure)
+
+
+def shards_digest(shards: Sequence[ShardInfo]) -> str:
+    """What the run record of a combine keeps of its shards (`combined`): their run records' digest."""
+    sha = hashlib.sha256()
+    for shard in shards:
+        sha.update(hashlib.sha256(read_capped(shard.paths.record, RECORD_MAX_BYTES)).digest())
+    return sha.hexdigest()
+
+
+def completed(paths: EmbedPaths, sources: Sequence[Path], split: Split | None) -> EmbedSummary | None:
+    """The summary of the combine of these shards that the output's run record says was published
+    (just completed by `recover`); None when the output was not made by a combine. One of other
+    shards is refused (exit 2): the user asked for these."""
+    record = read_json_record(paths.record) if paths.out.exists() else None
+    combined = record.get("combined") if record is not None else None
+    if not isinstance(combined, dict):
+        return None
+    if shards_digest(plan(find_shards(sources), list(sources), split=split)) != combined.get("shards"):
+        raise UsageError(f"{paths.out}: the publication just completed combined other shards than these; "
+                         "pass --overwrite to replace it with these")
+    errors = paths.errors if paths.errors is not None and paths.errors.is_file() else None
+    return EmbedSummary(rows=int(record["rows"]), dim=int(record["dim"]), dtype=str(record["dtype"]),
+                        failed=int(record["failed"]), out=paths.out, manifest=paths.manifest, errors_file=errors,
+                        update=combined.get("update"))
 
 
 def check_continuable(paths: EmbedPaths, resume: bool, update: str | None) -> None:
@@ -188,6 +218,7 @@ def combine_update(
     if run.up_to_date:
         return EmbedSummary(rows=0, dim=first.dim, dtype=first.dtype, failed=0, out=paths.out, already_complete=True,
                             update="up to date")
+    run.writer.made_by({"combined": {"shards": shards_digest(shards), "update": run.summary}})  # recognised by `completed`
     summary = run.write(lambda group: failed.extend((r.path, str(r.error)) for r in group if not r.ok))
     summary.update = run.summary
     for path, reason in failed if on_failure else ():
@@ -210,7 +241,7 @@ def held(writer: EmbedWriter) -> Iterator[EmbedWriter]:
 
 def concatenate(writer: EmbedWriter, shards: list[ShardInfo], on_failure: OnFailure | None = None) -> EmbedSummary:
     """Commit `shards` (planned: in order, of one run) through `writer` and publish them."""
-    writer.made_by({**shards[0].record, "inputs": shards[0].split.inputs})
+    writer.made_by({**shards[0].record, "inputs": shards[0].split.inputs, "combined": {"shards": shards_digest(shards)}})
     copy_parts(writer, [shard.paths for shard in shards])
     summary = writer.finish()
     for path, reason in (f for shard in shards for f in shard.failures()) if on_failure else ():

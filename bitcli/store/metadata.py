@@ -154,7 +154,8 @@ class EmbeddingMetadata:
         names = [f.name for f in fields(self) if f.name not in ("extra", "settings")]
         order = ["bitcli_version", "array", "manifest", "files", "files_sha256", "rows", "feature_dim"]  # where it came from, first
         known = {name: getattr(self, name) for name in order + [n for n in names if n not in order]}
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **known, **self.settings.to_json(), **self.extra}
+        record = {"format": FORMAT, "format_version": FORMAT_VERSION, **known, **self.settings.to_json(), **self.extra}
+        return {key: _sorted(value) for key, value in record.items()}  # one order, whichever producer read what from where
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "EmbeddingMetadata":
@@ -189,6 +190,11 @@ def _int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
     return value
+
+
+def _sorted(value: Any) -> Any:
+    """`value` with every object's keys in sorted order (a run's settings as made or as read back)."""
+    return {k: _sorted(value[k]) for k in sorted(value)} if isinstance(value, dict) else value
 
 
 def check_compatible(stored: EmbeddingMetadata, current: EmbeddingMetadata, out: str) -> None:
