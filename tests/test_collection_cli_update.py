@@ -422,3 +422,28 @@ def test_norms_left_beside_a_removed_output_are_replaced_and_a_foreign_file_is_n
     result = embed(ckpt)
     assert_clean_failure(result, 2)
     assert "photos.norms.npz already exists" in result.stderr and Path("photos.norms.npz").read_bytes() == b"my notes"
+
+
+KILLED_AFTER_ONE_COMMIT = "\n".join([  # `bit embed` killed just after its first committed batch: a partial run
+    "import os, runpy",
+    "from bitcli.store import EmbedWriter",
+    "commit = EmbedWriter.commit",
+    "EmbedWriter.commit = lambda self, *a, **k: (commit(self, *a, **k), os._exit(9))",
+    "runpy.run_module('bitcli', run_name='__main__')",
+])
+
+
+def test_update_overwrite_over_a_plain_partial_run_takes_its_model(ckpt, tmp_path):
+    """No finished output, a plain run's partial one: `--update --overwrite` (discarding it) takes
+    the settings not given from that run, as `--resume` would, not the default model."""
+    import subprocess
+    import sys
+
+    make_images(tmp_path / "photos", 4)
+    args = ["embed", "photos", "-o", "photos.npy", "-m", str(ckpt), "--batch-size", "2"]
+    assert subprocess.run([sys.executable, "-c", KILLED_AFTER_ONE_COMMIT, *args], cwd=tmp_path).returncode == 9
+    assert Path("photos.npy.partial").is_dir() and not Path("photos.npy").exists()
+    result = run(["embed", "photos", "-o", "photos.npy", "--update", "--overwrite", "--batch-size", "2"])
+    assert result.exit_code == 0, result.stderr
+    assert json.load(open("photos.meta.json"))["model"]["reference"] == str(ckpt.resolve())
+    assert np.load("photos.npy").shape == (4, 32) and not Path("photos.npy.partial").exists()

@@ -40,16 +40,18 @@ class Collection:
 
     def settings(self, *, update: bool, resume: bool) -> EmbedSettings | None:
         """The settings a run continues: an interrupted run's (`--resume`, `--update --resume`: its
-        `state.json`), else the output's header (`--update`, `--resume` of a finished output); None
-        when there is nothing to continue. Read before any model loads."""
+        `state.json`), else the output's header (`--update`, `--resume` of a finished output), else
+        for `--update` with no output yet an interrupted first run's (`--overwrite` discards its
+        rows, not the settings not given); None when there is nothing to continue. Read before any
+        model loads."""
         paths = self.paths
-        if resume and paths.partial is not None:
-            state = read_json_record(paths.partial / STATE)
-            if state is not None and isinstance(state.get("settings"), dict):
-                return EmbedSettings.from_json(state["settings"])
+        state = read_json_record(paths.partial / STATE) if (resume or update) and paths.partial is not None else None
+        interrupted = EmbedSettings.from_json(state["settings"]) if state and isinstance(state.get("settings"), dict) else None
+        if resume and interrupted is not None:
+            return interrupted
         if update:
             recorded = recorded_settings(paths)
-            return None if recorded is None else recorded.settings
+            return interrupted if recorded is None else recorded.settings
         if resume and paths.out is not None and paths.sidecars.meta.is_file():
             try:
                 return read_metadata(paths.sidecars.meta).settings
