@@ -216,6 +216,12 @@ def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, c
     paths = EmbedPaths.for_output(out)
     with pytest.raises(UsageError, match="--resume"):
         embed_on_ray(expand_inputs(inputs(photos)), paths, job(ckpt), RayOptions(shard_size=size))
+    # A local --resume neither embeds everything again beside the Ray run's shards nor leaves them:
+    # one line naming the way to continue them.
+    local_resume = run(["embed", *inputs(photos), "-o", out, "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS, "--resume"])
+    assert local_resume.exit_code == 2 and local_resume.stderr.count("error:") == 1, local_resume.stderr
+    assert "--engine ray --resume" in local_resume.stderr and not out.exists(), local_resume.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in finished} == stamps
 
     seen: list[Progress] = []
 
@@ -238,6 +244,27 @@ def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, c
     assert summary.resumed_rows >= rows
     assert_same_files(out, local)
     assert not shard_dir.exists()
+
+
+def test_a_local_run_over_an_interrupted_ray_runs_shards_refuses_or_with_overwrite_removes_them(ckpt, photos, tmp_path):
+    """The shard directory a killed Ray driver left (its shards and `run.json`): a local run, with
+    --resume or without, is refused with one line naming --engine ray --resume; --overwrite embeds
+    locally, removes the Ray run's shards and says so (no stale shard files left unmentioned)."""
+    from bitcli.distributed import run_shards
+    from bitcli.distributed.ray_engine import _record, _write_run_record
+
+    out, shard_dir = tmp_path / "out.npy", tmp_path / "out.npy.shards"
+    ran = run_shards(expand_inputs(inputs(photos)), shard_dir, job(ckpt), selection=(0, 2), shard_size=SHARD)
+    fingerprint, dim = job(ckpt).fingerprint()
+    _write_run_record(shard_dir, ran.split, _record(job(ckpt), fingerprint, dim, ran.split.inputs), resume=False)
+    local_args = ["embed", *inputs(photos), "-o", out, "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS]
+    for extra in ([], ["--resume"]):
+        refused = run([*local_args, *extra])
+        assert refused.exit_code == 2 and refused.stderr.count("error:") == 1, refused.stderr
+        assert "--engine ray --resume" in refused.stderr and str(shard_dir) in refused.stderr and not out.exists()
+    replaced = run([*local_args, "--overwrite"])
+    assert replaced.exit_code == 1, replaced.stderr  # the broken files, as in every run of these inputs
+    assert f"removed {shard_dir}" in replaced.stderr and not shard_dir.exists() and out.exists(), replaced.stderr
 
 
 def test_resume_with_other_inputs_is_refused(cluster, ckpt, photos, tmp_path):

@@ -135,6 +135,11 @@ def embed(
         paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
         return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null, update=update)
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
+    if paths.out is not None and engine is Engine.local:
+        from bitcli.distributed.ray_engine import leftover_ray_run
+
+        if discarded := leftover_ray_run(paths.out, overwrite=where.overwrite):
+            ui.info(f"removed {discarded}, the shards of an interrupted --engine ray run (--overwrite)")
     items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
     fingerprint = {**embedder.fingerprint(), "dtype": where.dtype, **({"content_hash": "sha256"} if content_hash else {})}

@@ -135,6 +135,7 @@ def combine(
     with held(writer):
         shards = plan(found, list(sources), split=split)
         check_outside(paths, shards)
+        writer.made_by({"combined": {"shards": shards_digest(shards)}})  # recognised by `completed`
         return concatenate(writer, shards, on_failure)
 
 
@@ -241,7 +242,7 @@ def held(writer: EmbedWriter) -> Iterator[EmbedWriter]:
 
 def concatenate(writer: EmbedWriter, shards: list[ShardInfo], on_failure: OnFailure | None = None) -> EmbedSummary:
     """Commit `shards` (planned: in order, of one run) through `writer` and publish them."""
-    writer.made_by({**shards[0].record, "inputs": shards[0].split.inputs, "combined": {"shards": shards_digest(shards)}})
+    writer.made_by({**shards[0].record, "inputs": shards[0].split.inputs})
     copy_parts(writer, [shard.paths for shard in shards])
     summary = writer.finish()
     for path, reason in (f for shard in shards for f in shard.failures()) if on_failure else ():

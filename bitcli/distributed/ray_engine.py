@@ -136,6 +136,20 @@ def groups_on_ray(
     return groups
 
 
+def leftover_ray_run(out: Path, *, overwrite: bool) -> Path | None:
+    """Before a local run of `out`: the shard directory an interrupted `--engine ray` run left
+    (its `run.json`), which a local run neither continues nor may leave behind. Refused (exit 2,
+    one line naming `--engine ray --resume`); with `overwrite`, removed and returned (None: none)."""
+    shard_dir = default_shard_dir(out)
+    if not (shard_dir / RUN_FILE).is_file():
+        return None
+    if not overwrite:
+        raise UsageError(f"{shard_dir} holds the shards of an interrupted {ENGINE} run, which a local run does not continue; "
+                         "continue it with --engine ray --resume, or pass --overwrite to start over")
+    _remove(shard_dir)
+    return shard_dir
+
+
 def _remove(shard_dir: Path) -> None:
     """The run's shard directory: shards, input list (and a half-written one), run record."""
     leftovers = tuple(p.name for name in (INPUTS_FILE, RUN_FILE) for p in shard_dir.glob(f".{name}.*.tmp"))
