@@ -110,7 +110,7 @@ def embed(
 ) -> int:
     """Pooled feature vectors (the embedding before the classifier) as one .npy array."""
     from bitcli import store
-    from bitcli.distributed import EmbedJob
+    from bitcli.distributed import EmbedJob, leftover_ray_run
     from bitcli.pipeline import Embedder
     from bitcli.store.collection import Collection
 
@@ -135,11 +135,8 @@ def embed(
         paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
         return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null, update=update)
     paths = store_paths(where, ui)  # refuse a bad output before the model loads
-    if paths.out is not None and engine is Engine.local:
-        from bitcli.distributed.ray_engine import leftover_ray_run
-
-        if discarded := leftover_ray_run(paths.out, overwrite=where.overwrite):
-            ui.info(f"removed {discarded}, the shards of an interrupted --engine ray run (--overwrite)")
+    if engine is Engine.local and (discarded := leftover_ray_run(paths.out, overwrite=where.overwrite)):
+        ui.info(f"removed {discarded}, the shards of an interrupted --engine ray run (--overwrite)")
     items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
     fingerprint = {**embedder.fingerprint(), "dtype": where.dtype, **({"content_hash": "sha256"} if content_hash else {})}

@@ -14,7 +14,7 @@ Nothing here imports torch or ray at import time.
 from __future__ import annotations
 
 from bitcli.distributed.combine import combine
-from bitcli.distributed.ray_engine import RayOptions, default_shard_dir, embed_on_ray, groups_on_ray
+from bitcli.distributed.ray_engine import RayOptions, default_shard_dir, embed_on_ray, groups_on_ray, leftover_ray_run
 from bitcli.distributed.shards import (
     DuplicateShardError,
     MissingShardError,
@@ -38,6 +38,7 @@ __all__ = [
     "default_shard_dir",
     "embed_on_ray",
     "groups_on_ray",
+    "leftover_ray_run",
     "parse_selection",
     "run_shards",
 ]

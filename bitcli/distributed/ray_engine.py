@@ -136,12 +136,12 @@ def groups_on_ray(
     return groups
 
 
-def leftover_ray_run(out: Path, *, overwrite: bool) -> Path | None:
+def leftover_ray_run(out: Path | None, *, overwrite: bool) -> Path | None:
     """Before a local run of `out`: the shard directory an interrupted `--engine ray` run left
     (its `run.json`), which a local run neither continues nor may leave behind. Refused (exit 2,
     one line naming `--engine ray --resume`); with `overwrite`, removed and returned (None: none)."""
-    shard_dir = default_shard_dir(out)
-    if not (shard_dir / RUN_FILE).is_file():
+    shard_dir = None if out is None else default_shard_dir(out)
+    if shard_dir is None or not (shard_dir / RUN_FILE).is_file():
         return None
     if not overwrite:
         raise UsageError(f"{shard_dir} holds the shards of an interrupted {ENGINE} run, which a local run does not continue; "
