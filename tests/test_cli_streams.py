@@ -78,3 +78,13 @@ def test_classify_with_no_stdout_is_a_usage_error(ckpt, photo, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: stdout is closed: there is nowhere to write the predictions; redirect it to a file"
     ]
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_models_with_no_stdout_is_a_usage_error(fmt, tmp_path):
+    """`bit models >&-`: one line and exit 2, as every other command that writes a report."""
+    proc = bit(["models", "-f", fmt], stdout=subprocess.DEVNULL, cwd=tmp_path, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: stdout is closed: there is nowhere to write the models; redirect it to a file"
+    ]

@@ -111,6 +111,7 @@ def models(
     """Known BiT checkpoints (aliases): input size, classes, top-1, size, and whether each is cached."""
     from bitcli import hub, output
 
+    require_stdout("the models")
     default = os.environ.get("BIT_MODEL") or DEFAULT_MODEL
     rows = [{**row, "default": is_default(row, default)} for row in hub.list_known_models()]
     output.render_models(rows, format.value, sys.stdout, default=default)
