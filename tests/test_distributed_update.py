@@ -178,3 +178,15 @@ def test_update_shards_whose_plan_is_gone_are_never_combined_as_a_whole_output(c
         assert combined.exit_code == 2, combined.stderr
         assert out.read_bytes() == published
     assert "--update" in combined.stderr and "update.jsonl" in combined.stderr, combined.stderr
+
+
+def test_an_update_job_refused_for_its_split_leaves_no_plan(ckpt, tmp_path):
+    """A bad --shard-size is refused before the job plans anything: no update.jsonl is left for
+    `bit combine` to find (a later correct round worked anyway, but the refused job said nothing of it)."""
+    photos = make_photos(tmp_path / "photos")
+    out = tmp_path / "out.npy"
+    assert _embed(ckpt, photos, out).exit_code == 1  # the broken files
+    result = run(["embed", photos, "-o", out, "--update", "--shard", "0/2", "--shard-size", BATCH + 1,
+                  "--batch-size", BATCH, "--threads", THREADS])
+    assert result.exit_code == 2 and "--shard-size" in result.stderr, result.stderr
+    assert not (tmp_path / "out.npy.shards" / "update.jsonl").exists()

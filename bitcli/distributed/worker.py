@@ -212,6 +212,7 @@ def run_shards(
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
     index, count = selection
     size = shard_size or default_shard_size(job.options.batch_size)
+    Split(job.options.batch_size, size)  # refuse a bad split before an update leaves its plan
     make_shard_dir(shard_dir)
     worker, digest = None, None
     if update is not None:
