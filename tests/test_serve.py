@@ -429,6 +429,21 @@ def test_search_through_the_server_prints_what_the_command_prints(search_server,
     assert text(remote.stderr) == text(local.stderr)
 
 
+@pytest.mark.slow
+def test_search_through_the_server_prints_the_paths_local_search_prints_from_another_directory(search_server, collection, tmp_path):
+    """Issue 20: every printed path resolves from the caller's directory, the same way in every
+    command: from elsewhere, `bit search --server` names the rows as local `bit search` does."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ask = ("-k", "3", "-f", "jsonl")
+    local = bit("search", collection / "digits.npy", collection / "queries" / "q0.png", *ask, cwd=elsewhere)
+    remote = bit("search", "digits", collection / "queries" / "q0.png", *ask, "--server", search_server.url, cwd=elsewhere)
+    assert local.returncode == remote.returncode == 0, text(remote.stderr)
+    mine = [m["path"] for m in json.loads(text(remote.stdout))["matches"]]
+    assert mine == [m["path"] for m in json.loads(text(local.stdout))["matches"]]
+    assert all((elsewhere / path).is_file() for path in mine)
+
+
 def test_search_through_the_server_honours_min_score(search_server, collection):
     ask = ("search", "digits", "queries/q0.png", "queries/q1.png", "-k", "5", "-f", "jsonl", "--server", search_server.url)
     every = [json.loads(x) for x in text(bit(*ask, cwd=collection).stdout).splitlines()]

@@ -158,10 +158,11 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def shown_path(recorded: str, base: str | None) -> str:
-    """A row's path as recorded when it resolves from here, else from here to it (as `bit search` prints it)."""
+    """A row's path as recorded when it resolves from here, else joined to the folder it was
+    recorded in (`base`, absolute), as local `bit search` prints it (`EmbeddingIndex.paths`)."""
     if os.path.isabs(recorded) or not base or os.path.abspath(base) == os.path.abspath(os.getcwd()):
         return recorded
-    return os.path.join(os.path.relpath(base), recorded)
+    return os.path.join(base, recorded)
 
 
 def from_records(answer: Any, paths: list[str]) -> list[ClassifyResult]:
