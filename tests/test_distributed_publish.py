@@ -312,6 +312,16 @@ def test_bit_embed_resume_of_a_combine_of_one_thread_jobs_continues_without_thre
     assert_same_files(tmp_path / "out.npy", tmp_path / "whole.npy")
 
 
+def _kill_while_renaming(shards, out):
+    """Kill a combine of `shards` into `out` at the first step that leaves a committed publication
+    (publish.json) half-renamed."""
+    at = 0
+    while not (out.parent / "out.npy.partial" / "publish.json").exists():
+        with KillSwitch(at):
+            assert killed(lambda: _combine(shards, out, overwrite=True))
+        at += 1
+
+
 def test_combine_after_one_killed_while_renaming_says_it_completed_that_publication(shard_sets, tmp_path):
     """As `bit embed` does: the next command on the output completes the committed publication
     and says so, rather than only that the output exists (the user would combine it again)."""
@@ -320,13 +330,7 @@ def test_combine_after_one_killed_while_renaming_says_it_completed_that_publicat
     directory = tmp_path / "run"
     directory.mkdir()
     out = directory / "out.npy"
-    at = 0
-    while True:  # the first kill that leaves a committed publication (publish.json) half-renamed
-        with KillSwitch(at):
-            assert killed(lambda: _combine(new_shards, out, overwrite=True))
-        if (directory / "out.npy.partial" / "publish.json").exists():
-            break
-        at += 1
+    _kill_while_renaming(new_shards, out)
     result = bit("combine", "-o", out, new_shards, cwd=tmp_path)
     assert "completed publishing" in text(result.stderr) and "interrupted" in text(result.stderr), text(result.stderr)
     assert files_state(directory) == new
@@ -339,13 +343,7 @@ def test_combine_after_a_killed_combine_of_other_shards_says_so(shard_sets, tmp_
     """The completed publication combined other shards than the ones named now: one line saying so (exit 2)."""
     old_shards, new_shards = shard_sets
     out = tmp_path / "out.npy"
-    at = 0
-    while True:
-        with KillSwitch(at):
-            assert killed(lambda: _combine(new_shards, out, overwrite=True))
-        if (tmp_path / "out.npy.partial" / "publish.json").exists():
-            break
-        at += 1
+    _kill_while_renaming(new_shards, out)
     result = bit("combine", "-o", out, old_shards, cwd=tmp_path)
     errors = [line for line in error_lines(result) if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in text(result.stderr), error_lines(result)
