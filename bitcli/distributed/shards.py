@@ -36,9 +36,9 @@ import numpy as np
 
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
-from bitcli.store.files import JOURNAL, read_json_record, read_lines, remove_partial, take_lock
+from bitcli.store.files import JOURNAL, read_json_record, remove_partial, take_lock
 from bitcli.store.files import files_problem, read_journal
-from bitcli.store.paths import EmbedPaths, unescape_error_path
+from bitcli.store.paths import EmbedPaths, read_errors
 from bitcli.util import encode_lines, write_atomic
 
 DEFAULT_SHARD_IMAGES = 1024  # inputs per shard, rounded up to whole batches
@@ -226,9 +226,7 @@ class ShardInfo:
 
     def failures(self) -> Iterator[tuple[str, str]]:
         """(path, reason) of each input of the shard that failed, in input order."""
-        for line in read_lines(self.paths.errors) if self.failed else ():
-            path, _, reason = line.partition("\t")
-            yield unescape_error_path(path), reason
+        yield from read_errors(self.paths.errors) if self.failed else ()
 
 
 def shard_paths(directory: Path, index: int) -> EmbedPaths:

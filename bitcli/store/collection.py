@@ -21,7 +21,7 @@ import numpy as np
 from bitcli.errors import InputError, UsageError
 from bitcli.store.files import STATE, read_json_record, read_lines
 from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, identify_all, read_file_rows, read_metadata
-from bitcli.store.paths import EmbedPaths, unescape_error_path, write_errors
+from bitcli.store.paths import EmbedPaths, read_errors, write_errors
 from bitcli.store.settings import EmbedSettings
 from bitcli.store.update import COPY_ROWS, UpdatePlan, prepare_update, recorded_settings, update_groups
 from bitcli.store.writer import EmbedSummary, EmbedWriter
@@ -171,7 +171,7 @@ def copy_parts(writer: EmbedWriter, parts: Iterable[EmbedPaths]) -> None:
     for part in parts:
         try:
             rows = read_file_rows(part.sidecars.meta, read_metadata(part.sidecars.meta))
-            failures = [line.partition("\t")[::2] for line in read_lines(part.errors)] if part.errors.exists() else []
+            failed = read_errors(part.errors)
             array = np.load(part.out, mmap_mode="r") if rows else None
         except (OSError, ValueError) as exc:
             raise UsageError(f"{part.out}: cannot read it ({exc}); run it again") from None
@@ -179,7 +179,6 @@ def copy_parts(writer: EmbedWriter, parts: Iterable[EmbedPaths]) -> None:
             todo = [i for i in range(start, min(start + COPY_ROWS, len(rows))) if not counted_off(remaining, rows[i][0])]
             if todo:
                 writer.commit([rows[i][0] for i in todo], np.asarray(array[todo]), [], [rows[i][1] for i in todo])
-        failed = [(unescape_error_path(path), reason) for path, reason in failures]
         writer.commit([], None, [(path, reason) for path, reason in failed if not counted_off(remaining, path)])
 
 
@@ -198,7 +197,7 @@ def stored_results(part: EmbedPaths, entries: Iterable[str]) -> Iterator["EmbedR
     from bitcli.results import EmbedResult
 
     manifest = read_lines(part.manifest)
-    failures = iter([line.partition("\t")[2] for line in read_lines(part.errors)] if part.errors.exists() else [])
+    failures = iter([reason for _, reason in read_errors(part.errors)])
     array = np.load(part.out, mmap_mode="r") if manifest else None
     row = 0
     for path in entries:

@@ -31,7 +31,7 @@ from bitcli.collection import norms
 from bitcli.errors import BitError, UsageError
 from bitcli.inputs import path_problem
 from bitcli.store.files import (
-    OWN_PARTIAL_FILES, STATE, lock_holder, partial_problem, read_json_record, staged_name,
+    OWN_PARTIAL_FILES, STATE, lock_holder, partial_problem, read_json_record, read_lines, staged_name,
 )
 from bitcli.store.metadata import SidecarPaths
 from bitcli.util import beside
@@ -339,6 +339,13 @@ def unescape_error_path(text: str) -> str:
 
 
 _UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
+
+
+def read_errors(path: Path) -> list[tuple[str, str]]:
+    """(path, reason) of each line of an error list (`OUT.errors.txt`), in order; none when absent."""
+    if not path.exists():
+        return []
+    return [(unescape_error_path(name), reason) for name, _, reason in (line.partition("\t") for line in read_lines(path))]
 
 
 class OutputWriteError(OSError):

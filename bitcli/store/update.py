@@ -259,13 +259,10 @@ def _advice_without_update() -> Iterator[None]:
 
 def _failed_before(paths: "EmbedPaths") -> set[str]:
     """The inputs the output's error list names (none when it has no error list)."""
-    from bitcli.store.files import read_lines
-    from bitcli.store.paths import unescape_error_path
+    from bitcli.store.paths import read_errors
 
     try:
-        return {unescape_error_path(line.split("\t", 1)[0]) for line in read_lines(paths.errors)}
-    except FileNotFoundError:
-        return set()
+        return {path for path, _ in read_errors(paths.errors)}
     except OSError as exc:
         raise UsageError(f"{paths.errors}: cannot read ({exc.strerror or exc})") from exc
 
