@@ -53,7 +53,8 @@ def inspect(
         ui.warn(notice)
     from bitcli.checkpoint.describe import build_report  # torch: after the model is found
 
-    output.render_inspect(build_report(described, described.labels()), format.value, sys.stdout)
+    report = build_report(described, described.labels())
+    output.render_document(report, format.value, sys.stdout, lambda: output.inspect_tables(report))
     return EXIT_OK
 
 
@@ -114,7 +115,7 @@ def models(
     require_stdout("the models")
     default = os.environ.get("BIT_MODEL") or DEFAULT_MODEL
     rows = [{**row, "default": is_default(row, default)} for row in hub.list_known_models()]
-    output.render_models(rows, format.value, sys.stdout, default=default)
+    output.render_document(rows, format.value, sys.stdout, lambda: [output.models_table(rows, default)])
     return EXIT_OK
 
 

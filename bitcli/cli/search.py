@@ -201,8 +201,7 @@ def info(
     require_stdout("the report")
     collection = open_index(npy_name(index), manifest=manifest, allow_empty=True)
     try:
-        report = collection.describe()
+        render_info(collection, format.value, sys.stdout)
     finally:
         collection.close()
-    render_info(report, format.value, sys.stdout)
     return EXIT_OK
