@@ -1,8 +1,5 @@
 """`bit inspect`, `bit download` and `bit models`: what a model is, fetching it, and the zoo.
-
-None of them imports torch, except `bit inspect` on a pickle or `.npz` checkpoint: a safetensors
-checkpoint is described from its config and the safetensors header (`checkpoint.describe`), so a
-4 GB model inspects as fast as a tiny one; the other two have no header to read and are loaded.
+No torch, except `bit inspect` of a pickle or `.npz` checkpoint (no header to describe it from).
 """
 
 from __future__ import annotations

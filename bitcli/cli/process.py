@@ -1,11 +1,6 @@
-"""The process-wide settings of the `bit` command, all of them, here and never in the library
-(docs/engine.md has the measurements):
-
-- `before_torch`: idle OpenMP threads sleep when other work is running (`settle_openmp`);
-- `before_the_hub`: downloads over plain HTTP, bounded by BIT_HUB_TIMEOUT (hf_xet off);
-- `checked_stdout`: stdout buffered, every write checked (`StdoutError`, exit 1; EPIPE, 141);
-- `before_the_model`: torch's threads capped at the usable CPUs, freed memory kept mapped
-  (`engine/allocator.py`), PIL's pixel limit off (`--max-pixels` is checked from each header)."""
+"""Every process-wide setting of the `bit` command, here and never in the library: OpenMP's wait
+policy (`before_torch`), hf_xet off (`before_the_hub`), stdout with every write checked
+(`checked_stdout`), torch's threads, malloc and PIL's pixel limit (`before_the_model`)."""
 
 from __future__ import annotations
 
@@ -49,8 +44,8 @@ def cap_threads() -> None:
 
 
 def settle_openmp() -> None:
-    """Before torch loads OpenMP: when other work runs now (/proc/stat's procs_running, sampled three
-    times), idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) rather than spin. A user's value wins."""
+    """Before torch loads OpenMP: when other work runs now (/proc/stat, sampled three times), idle
+    OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) rather than spin. A user's value wins."""
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
         return
     import time

@@ -1,10 +1,5 @@
-"""`bit search` (the rows of an embedding most similar to each query) and `bit info` (what an
-embedding holds).
-
-Queries that are rows of the index use their stored rows (no model loads); other images are
-embedded with the index's own model and settings (`collection.queries`). Exact search streams
-the index from disk; an approximate index beside it (`--build-index`) is used when fresh.
-"""
+"""`bit search` (the rows of an embedding most similar to each query, `collection.queries`) and
+`bit info` (what an embedding holds)."""
 
 from __future__ import annotations
 
@@ -134,8 +129,7 @@ def search(
 
 
 def open_collection(index: Path, manifest: Path | None, html: Path | None) -> Any:
-    """INDEX (`npy_name`) opened with its manifest, once the --html target is checked: a page
-    that cannot be written fails before any work, never after minutes of it."""
+    """INDEX (`npy_name`) opened with its manifest, once the --html target is checked (before any work)."""
     from bitcli.collection import open_index
 
     if html is not None:
@@ -146,8 +140,7 @@ def open_collection(index: Path, manifest: Path | None, html: Path | None) -> An
 
 
 def answer(ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: Runtime, *, null: bool = False) -> list[Any]:
-    """Plan the queries (`null`: -0 for stdin), embed those not in the index, search; one result
-    per query, in order."""
+    """Plan the queries, embed those not in the index, search: one result per query, in order."""
     from bitcli.collection import queries as q
 
     planned = q.plan_queries(index, args, stdin=sys.stdin, null=null)

@@ -5,11 +5,9 @@
     OUT.ann.json     what it was built from: rows, dim, the array's size and mtime, the
                      .faiss file's size and SHA-256, parameters
 
-A 2048-d row becomes 64 bytes and searches take milliseconds; the distances are rough, so the
-best `max(1000, rerank x (k + 1))` candidates are re-scored exactly from the array: every
-reported score is the exact cosine, only which rows make the top k can differ (docs/collection.md
-has the measurements). `search.search` uses the index when it is fresh; a stale, damaged or
-unreadable one (faiss trusts its input: the digest is checked first) is ignored with a notice.
+The distances are rough, so the best `max(1000, rerank x (k + 1))` candidates are re-scored
+exactly: every score is the exact cosine, only which rows make the top k can differ.
+`search.search` uses the index when fresh; a stale or damaged one is ignored with a notice.
 """
 
 from __future__ import annotations
@@ -177,8 +175,7 @@ def recall_at_k(exact: list[list[Match]], approximate: list[list[Match]]) -> flo
 
 
 def _codes(dim: int) -> str:
-    """128 4-bit sub-quantizers (64 bytes a row), or D/2 for smaller D; an even count (fast scan
-    packs two codes per byte) that divides D, else SQ8."""
+    """128 4-bit sub-quantizers, or D/2 for smaller D: an even count that divides D, else SQ8."""
     for m in range(min(128, dim // 2), dim + 1):
         if m >= 2 and m % 2 == 0 and dim % m == 0:
             return f"PQ{m}x4fs"

@@ -1,9 +1,6 @@
-"""`bit search`'s queries: which are rows of the index already, which need the model.
-
-A QUERY that names a row of the index (`EmbeddingIndex.find_rows`) and is still the file embedded
-uses that stored row: no model is loaded, and the row is not its own match. Anything else is
-expanded like `bit classify`'s inputs and embedded with the index's own model and settings from
-its metadata (`query_settings`); a plain `.npy` without metadata needs `--model`.
+"""`bit search`'s queries: a QUERY that names a row of the index and is still the file embedded
+uses that row (no model; the row is not its own match); anything else is embedded with the
+index's own model and settings (`query_settings`), or `--model` for a plain `.npy`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """What exact search and the approximate index share: the `Match` record and float64 cosines.
 
-Ranking is by score, highest first, then row, lowest first; it must not depend on how the rows
-were split into blocks, nor on --top-k. So every score depends on the row's bytes and the query
-alone: BLAS's matrix-vector kernels sum a remainder group of rows in another order (12
-byte-identical rows scored a last bit apart), so dot products here are numpy's `einsum`, one
-summation order for every row.
+Ranking is by score, then row; a score depends on the row's bytes and the query alone (never
+on blocks or --top-k), so dot products are numpy's `einsum`: one summation order for every row
+(BLAS sums a remainder group of rows in another order).
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """Exact cosine top-k search, at the speed of memory.
 
-Each block of the memory-mapped rows is pre-scored by one matrix product with all the queries
-(float32, or bfloat16 on CPUs with native units, in cache-sized pieces) and divided by the rows'
-stored norms (`norms.py`). A pre-score is within a proven margin of the exact cosine (`margin`),
-so the few rows that could still make a query's top k are known from it; those are re-scored in
-float64 (`scoring.cosine64`). The answer does not depend on the block size, the pre-scoring
-dtype, the number of queries or --top-k. Mapped pages are released block by block.
-
-Where float32 and bfloat16 are both possible, the first blocks are timed with each and the faster
-one scores the rest (`SearchOutcome.method` says which ran); small collections are scored with
-numpy and never import torch. `search` uses the approximate index (`ann.py`) when fresh, unless
-`exact=True`.
+Each block of the mapped rows is pre-scored by one matrix product with all the queries (float32,
+or bfloat16 where native) and divided by the stored norms (`norms.py`). A pre-score is within a
+proven `margin` of the exact cosine, so only the rows that could still make a query's top k are
+re-scored in float64: the answer does not depend on block size, dtype, query count or --top-k.
+Where several dtypes are possible the first blocks time each; small collections use numpy alone.
+`search` uses the approximate index (`ann.py`) when fresh, unless `exact=True`.
 """
 
 from __future__ import annotations
@@ -91,13 +86,10 @@ def exact_search(
 
 
 def margin(scoring: str, dim: int) -> float:
-    """A bound on |pre-score - cosine| for rows of dimension `dim` whose norm is at least
-    `MIN_NORM`, doubled for safety (u: the unit roundoff of the dtype named). float32: the unit
-    query and the row rounded (u each), `dim` terms accumulated in float32 (gamma_dim |row||query|
-    by Cauchy-Schwarz), the quotient rounded (u). float16 rows as stored: the query rounded to
-    float16 (u, and 2^-25 absolute where subnormal), float32 accumulation, the product rounded
-    (u, 2^-25). bfloat16: both factors rounded (2u + u^2), float32 accumulation, the product
-    rounded (u). Rows whose norms under- or overflow are picked out by `beyond_margin`."""
+    """A bound on |pre-score - cosine| for rows of dimension `dim` with norms in [MIN_NORM, 2^60],
+    doubled for safety: the factors' rounding in the named dtype (u each; float16 queries also
+    2^-25 absolute), `dim` terms accumulated in float32 (gamma_dim, by Cauchy-Schwarz), the result
+    rounded (u)."""
     if dim * _U32 >= 0.5:  # 2^23 or more terms: no useful bound (and at 2^24 the formula breaks)
         return np.inf  # every row is re-scored in float64
     gamma = dim * _U32 / (1 - dim * _U32)
@@ -117,9 +109,8 @@ def margin(scoring: str, dim: int) -> float:
 
 
 def beyond_margin(norms: np.ndarray) -> np.ndarray:
-    """Rows whose (nonzero, finite) norms lie outside [MIN_NORM, 2^60]: their products under- or
-    overflow, which `margin` does not bound; callers decide them in float64. Within the range an
-    underflowing element or product (even flushed to 0) is off by at most D * 2^-126 / MIN_NORM."""
+    """Rows whose (nonzero, finite) norms lie outside [MIN_NORM, 2^60]: their products may under-
+    or overflow, which `margin` does not bound; callers decide them in float64."""
     with np.errstate(invalid="ignore"):
         return (norms > 0) & np.isfinite(norms) & ((norms < MIN_NORM) | (norms > _MAX_NORM))
 
@@ -234,8 +225,7 @@ def _scan(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, exclude: lis
 
 
 def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """float64 cosines of the given rows with `query`, `_EXACT_BYTES` of float64 rows at a time
-    (all of a block's rows can be candidates: 10,000 copies of one row, a zero query)."""
+    """float64 cosines of the given rows with `query`, `_EXACT_BYTES` of rows at a time."""
     piece = max(1, _EXACT_BYTES // (8 * max(1, values.shape[1])))
 
     def scores(rows: np.ndarray) -> np.ndarray:
@@ -245,9 +235,8 @@ def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray
 
 
 def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
-    """The ways to pre-score here: float32 (rows converted a piece at a time, split between
-    worker threads), float16 rows as they are, and bfloat16 where the CPU has native units. Rows
-    torch cannot wrap as they are (another byte order, read-only) are scored with numpy."""
+    """The ways to pre-score here: float32, float16 rows as stored, bfloat16 where native; rows
+    torch cannot wrap (another byte order, read-only) with numpy."""
     if scoring is None and values.size < _TORCH_FROM_ELEMENTS or not values.dtype.isnative or not values.flags.writeable:
         return [_NumpyScorer(values, unit)]
     stored = "float16" if values.dtype == np.float16 else "float32"
@@ -262,8 +251,7 @@ def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
 
 
 def bf16_native() -> bool:
-    """Whether torch runs bfloat16 matrix products natively here (AVX512-BF16 or AMX): the CPU's
-    flags as oneDNN reads them, never the CPU's name (off with BIT_TORCH_PRIVATE_OPS=0)."""
+    """Whether torch runs bfloat16 matrix products natively here (AVX512-BF16 or AMX)."""
     try:
         from bitcli.engine.native import bf16_supported
     except ImportError:
@@ -285,11 +273,9 @@ class _NumpyScorer:
 
 
 class _TorchScorer:
-    """Rows already in the scorer's dtype: one matrix product per block; others converted a piece
-    at a time (4 MB of float32) and multiplied, the pieces split between worker threads each on
-    one OpenMP thread (`engine.native.one_openmp_thread`): thousands of small two-thread products
-    spend more time meeting than multiplying (docs/collection.md). queries x rows^T: with a
-    handful of queries ~3x faster than rows x queries."""
+    """Rows already in the scorer's dtype: one product (queries x rows^T) per block; others
+    converted 4 MB at a time, the pieces split between worker threads of one OpenMP thread each
+    (small two-thread products spend more time meeting than multiplying: docs/collection.md)."""
 
     def __init__(self, values: np.ndarray, unit: np.ndarray, name: str):
         import torch

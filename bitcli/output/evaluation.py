@@ -1,9 +1,5 @@
-"""`bit eval`'s outputs: its figures on stdout (one JSON object, or tables: summary, per class,
-confusion matrix) and `--errors FILE`, every misclassified image for a reviewer.
-
-The errors file's suffix picks its format: `.csv` (`path,true,predicted,score`; names that start
-like a formula get a leading `'`) or `.jsonl` (names exact), most confident first. It is written
-atomically, and only over a file bit eval wrote or an empty one (`records.check_own_file`).
+"""`bit eval`'s outputs: its figures (one JSON object, or tables) and `--errors FILE`, every
+misclassified image as `.csv` or `.jsonl` (by suffix), written only over a file bit eval wrote.
 """
 
 from __future__ import annotations
@@ -29,8 +25,7 @@ def render_evaluation(record: dict[str, Any], fmt: str, stream: IO[str]) -> None
 
 
 def titled(title: str, table: Any) -> Any:
-    """`table` under its title on a line of its own: a table's own title wraps to the table's
-    width (a narrow confusion matrix broke its title over two lines); this one has the terminal's."""
+    """`table` under its title on a line of its own (a table's own title wraps to the table's width)."""
     from rich.console import Group
     from rich.text import Text
 

@@ -1,10 +1,6 @@
-"""Classification as tables for people (rich), printed while the run goes on.
-
-Up to COMPACT_AFTER images: one table per image. More: one compact table, a row per image, whose
-column widths are fixed before the first row (from the terminal width, the input paths and the
-label names), so each batch's rows print at once and line up. A failed input is one line (its
-path, then one red cell cut with an ellipsis). With `-k K` the runners-up fill a column of their
-own when there is room, else a line below each row.
+"""Classification as tables for people (rich), printed while the run goes on: a table per image,
+or for more than COMPACT_AFTER one compact table whose widths are fixed before its first row, so
+each batch's rows print at once and line up; runners-up in a column when there is room, else below.
 """
 
 from __future__ import annotations
