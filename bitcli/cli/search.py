@@ -194,7 +194,8 @@ def info(
     require_stdout("the report")
     collection = open_index(npy_name(index), manifest=manifest, allow_empty=True)
     try:
-        render_info(collection, format.value, sys.stdout)
+        report = collection.describe()
     finally:
         collection.close()
+    render_info(report, format.value, sys.stdout)
     return EXIT_OK

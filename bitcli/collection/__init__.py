@@ -20,8 +20,8 @@ _LAZY = lazy_table({
     "bitcli.collection.dedup": "DuplicateGroup check_threshold find_groups",
     "bitcli.collection.keep": "KEEP_POLICIES paths_to_delete",
     "bitcli.collection.index": "EmbeddingIndex open_index",
-    "bitcli.collection.scoring": "Match",
-    "bitcli.collection.search": "SearchOutcome exact_search search",
+    "bitcli.collection.queries": "SearchOutcome search",
+    "bitcli.collection.search": "Match exact_search",
 })
 
 __all__ = sorted(_LAZY) + ["DEFAULT_THRESHOLD"]

@@ -7,7 +7,7 @@
 
 The distances are rough, so the best `max(1000, rerank x (k + 1))` candidates are re-scored
 exactly: every score is the exact cosine, only which rows make the top k can differ.
-`search.search` uses the index when fresh; a stale or damaged one is ignored with a notice.
+`queries.search` uses the index when fresh; a stale or damaged one is ignored with a notice.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match, check_k, unit_rows, to_matches
+from bitcli.collection.search import Match, check_k, to_matches, unit_rows
 from bitcli.errors import UsageError
 from bitcli.store.paths import check_replaceable
 from bitcli.util import beside, open_regular, read_capped, write_atomic

@@ -19,8 +19,7 @@ from bitcli.collection import DEFAULT_THRESHOLD  # 0.9: why, in the package's __
 from bitcli.collection import norms as norms_mod
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import unit_rows
-from bitcli.collection.search import beyond_margin, bf16_native, margin
+from bitcli.collection.search import beyond_margin, bf16_native, margin, unit_rows
 from bitcli.errors import UsageError
 
 _BLOCK_BYTES = 32 << 20  # float32 bytes per block of rows

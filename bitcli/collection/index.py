@@ -95,6 +95,34 @@ class EmbeddingIndex:
             read_exactly(self.file.fileno(), memoryview(raw[i]), offset + row * row_bytes, self.array_path)
         return raw.view(self.vectors.dtype).reshape(rows.size, self.dim).astype(np.float32)
 
+    def describe(self) -> dict[str, Any]:
+        """What the collection holds (`bit info`): JSON-ready, without reading any row."""
+        from datetime import datetime, timezone
+
+        info = self.stat()
+        report: dict[str, Any] = {
+            "path": str(self.array_path),
+            "rows": self.rows,
+            "feature_dim": self.dim,
+            "dtype": self.vectors.dtype.name,
+            "bytes": info.st_size,
+            "manifest": str(self.manifest_path),
+            "metadata": str(self.meta_path) if self.meta_path is not None else None,
+            "modified": datetime.fromtimestamp(info.st_mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds"),
+        }
+        if self.meta is None:
+            return {**report, "made_by": None}
+        meta, settings = self.meta, self.meta.settings.to_json()
+        return {
+            **report,
+            "made_by": {"bitcli_version": meta.bitcli_version or None, "cwd": meta.cwd, "runtime": meta.runtime},
+            "model": settings["model"],
+            "normalize": settings["normalize"],
+            "identity": "size, mtime and sha256" if settings["content_hash"] else "size and mtime",
+            "preprocessing": settings["preprocessing"],
+            "decode": settings["decode"],
+        }
+
     def find_rows(self, queries: Iterable[str]) -> dict[str, int]:
         """For each query path that names a row, the first such row: the strings are equal, or
         both name the same file. The paths are searched as one NUL-separated string: a million

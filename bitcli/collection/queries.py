@@ -1,20 +1,57 @@
 """`bit search`'s queries: a QUERY that names a row of the index and is still the file embedded
 uses that row (no model; the row is not its own match); anything else is embedded with the
-index's own model and settings (`query_settings`), or `--model` for a plain `.npy`.
+index's own model and settings (`query_settings`), or `--model` for a plain `.npy`. `search`
+answers query vectors from the approximate index (`ann.py`) when fresh, else exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Sequence
 
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match
+from bitcli.collection.search import Match, check_k, check_queries, exact_matches
 from bitcli.errors import InputError, UsageError
 from bitcli.results import Outcome
 from bitcli.store.metadata import still_embedded
+
+
+@dataclass
+class SearchOutcome:
+    """Matches per query and how they were found ("exact, float32 pre-score", or the approximate index's name)."""
+
+    matches: list[list[Match]]
+    method: str = "exact"
+    notice: str | None = None  # e.g. why an approximate index beside the array was not used
+
+    @property
+    def exact(self) -> bool:
+        return self.method.startswith("exact")
+
+
+def search(
+    index: EmbeddingIndex,
+    queries: np.ndarray,
+    k: int,
+    *,
+    exclude: Sequence[int | None] | None = None,
+    exact: bool = False,
+    block_rows: int | None = None,
+) -> SearchOutcome:
+    """Top-k rows for each query vector; `exclude[i]`: a row query i must not return (its own)."""
+    check_k(k)
+    check_queries(index, queries)
+    notice = None
+    if not exact:
+        from bitcli.collection import ann  # faiss only when an index is there
+
+        found, notice = ann.load_fresh(index)
+        if found is not None:
+            return SearchOutcome(found.search(index, queries, k, exclude=exclude), method=found.name)
+    matches, scoring = exact_matches(index, queries, k, exclude, block_rows, None)
+    return SearchOutcome(matches, method=f"exact, {scoring} pre-score", notice=notice)
 
 
 @dataclass
@@ -128,8 +165,6 @@ def settings_differ(index: EmbeddingIndex, fingerprint: dict[str, Any]) -> str |
 def answer(index: EmbeddingIndex, queries: list[Query], embedded: Iterable[Any], k: int, *, exact: bool = False) -> tuple[list[QueryResult], Any]:
     """One result per query, in order, and the search's `SearchOutcome` (None when no query has a
     vector): row queries use their stored rows, the others `embedded` (their EmbedResults, in order)."""
-    from bitcli.collection.search import search
-
     rows = [q for q in queries if q.row is not None]
     for query, vector in zip(rows, index.take([q.row for q in rows])):
         query.vector = vector

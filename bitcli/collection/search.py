@@ -5,7 +5,10 @@ or bfloat16 where native) and divided by the stored norms (`norms.py`). A pre-sc
 proven `margin` of the exact cosine, so only the rows that could still make a query's top k are
 re-scored in float64: the answer does not depend on block size, dtype, query count or --top-k.
 Where several dtypes are possible the first blocks time each; small collections use numpy alone.
-`search` uses the approximate index (`ann.py`) when fresh, unless `exact=True`.
+
+Ranking is by score, then row; a score depends on the row's bytes and the query alone, so dot
+products are numpy's `einsum`: one summation order for every row (BLAS sums a remainder group of
+rows in another order). `Match`, `cosine64` and `to_matches` serve the approximate index too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import numpy as np
 from bitcli.collection import norms as norms_mod
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match, check_k, cosine64, unit_rows
 from bitcli.errors import UsageError
 
 QUERY_CHUNK = 1024  # queries scored per pass over the index (bounds the [block, queries] matrix)
@@ -35,40 +37,54 @@ MIN_NORM = 2.0**-8  # rows with a smaller norm are scored in float64 (subnormal 
 _MAX_NORM = 2.0**60  # and with a larger one: float32 products and norms overflow (`beyond_margin`)
 
 
-@dataclass
-class SearchOutcome:
-    """Matches per query and how they were found ("exact, float32 pre-score", or the approximate index's name)."""
+@dataclass(frozen=True)
+class Match:
+    """One search result: the `rank`-th most similar row (1 = best)."""
 
-    matches: list[list[Match]]
-    method: str = "exact"
-    notice: str | None = None  # e.g. why an approximate index beside the array was not used
+    rank: int
+    row: int
+    path: str
+    score: float  # cosine similarity, a float32 value as its shortest decimal
 
-    @property
-    def exact(self) -> bool:
-        return self.method.startswith("exact")
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "path": self.path, "score": self.score}
 
 
-def search(
-    index: EmbeddingIndex,
-    queries: np.ndarray,
-    k: int,
-    *,
-    exclude: Sequence[int | None] | None = None,
-    exact: bool = False,
-    block_rows: int | None = None,
-) -> SearchOutcome:
-    """Top-k rows for each query vector; `exclude[i]`: a row query i must not return (its own)."""
-    check_k(k)
-    _check_queries(index, queries)
-    notice = None
-    if not exact:
-        from bitcli.collection import ann
+def unit_rows(vectors: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Rows scaled to unit length in float64, as `dtype`; a zero, NaN or overflowing row becomes zeros."""
+    rows = np.array(vectors, dtype=np.float64, ndmin=2)
+    with np.errstate(all="ignore"):
+        unit = rows / np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
+    unit[~np.isfinite(unit).all(axis=1)] = 0.0
+    return unit.astype(dtype, copy=False)
 
-        found, notice = ann.load_fresh(index)
-        if found is not None:
-            return SearchOutcome(found.search(index, queries, k, exclude=exclude), method=found.name)
-    matches, scoring = _exact(index, queries, k, exclude, block_rows, None)
-    return SearchOutcome(matches, method=f"exact, {scoring} pre-score", notice=notice)
+
+def check_k(k: int) -> None:
+    if k < 1:
+        raise UsageError("--top-k must be at least 1")
+
+
+def to_matches(index, query: np.ndarray, rows: np.ndarray, k: int, own: int | None) -> list[Match]:
+    """The best k of the candidate `rows` but `own`, by their float64 cosine with `query`."""
+    from bitcli.pipeline import short_float
+
+    rows = np.asarray([r for r in np.asarray(rows).tolist() if r != own], dtype=np.int64)
+    if rows.size == 0:
+        return []
+    scores = cosine64(index.take(rows), query)
+    order = np.lexsort((rows, -scores))[:k]
+    return [Match(rank=n + 1, row=int(rows[i]), path=index.paths[int(rows[i])], score=short_float(scores[i])) for n, i in enumerate(order)]
+
+
+def cosine64(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """float64 cosine of each row with `query` (0 for a zero or NaN row or query), in [-1, 1]."""
+    rows = np.ascontiguousarray(rows, dtype=np.float64)  # one summation order whatever the layout
+    query = np.asarray(query, dtype=np.float64).ravel()
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * np.sqrt(np.einsum("j,j->", query, query))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = np.einsum("ij,j->i", rows, query) / norms  # not `@`: see the module docstring
+    scores[~np.isfinite(scores)] = 0.0
+    return np.clip(scores, -1.0, 1.0)
 
 
 def exact_search(
@@ -82,7 +98,7 @@ def exact_search(
 ) -> list[list[Match]]:
     """Exact cosine top-k (float64 scores; ties by row). `scoring`: "float32", "float16",
     "bfloat16" or None (chosen here); every choice gives the same answer."""
-    return _exact(index, queries, k, exclude, block_rows, scoring)[0]
+    return exact_matches(index, queries, k, exclude, block_rows, scoring)[0]
 
 
 def margin(scoring: str, dim: int) -> float:
@@ -115,7 +131,7 @@ def beyond_margin(norms: np.ndarray) -> np.ndarray:
         return (norms > 0) & np.isfinite(norms) & ((norms < MIN_NORM) | (norms > _MAX_NORM))
 
 
-def _check_queries(index: EmbeddingIndex, queries: np.ndarray) -> np.ndarray:
+def check_queries(index: EmbeddingIndex, queries: np.ndarray) -> np.ndarray:
     """Query vectors must be [q, D] with the index's D (a model with another width: exit 2)."""
     queries = np.asarray(queries)
     if queries.ndim != 2 or queries.shape[1] != index.dim:
@@ -123,11 +139,12 @@ def _check_queries(index: EmbeddingIndex, queries: np.ndarray) -> np.ndarray:
     return queries
 
 
-def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[Match]], str]:
+def exact_matches(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[Match]], str]:
+    """`exact_search`'s matches, and the pre-scoring that scored most rows."""
     from bitcli.pipeline import short_float
 
     check_k(k)
-    queries = _check_queries(index, queries)
+    queries = check_queries(index, queries)
     exclude = list(exclude) if exclude is not None else [None] * len(queries)
     norms = norms_mod.ensure(index)
     results: list[list[Match]] = []

@@ -204,38 +204,8 @@ def groups_table(groups: list[Any]) -> Any:
     return table
 
 
-def info_report(index: Any) -> dict[str, Any]:
-    """What an opened collection holds (`bit info`): JSON-ready, without reading any row."""
-    from datetime import datetime, timezone
-
-    info = index.stat()
-    report: dict[str, Any] = {
-        "path": str(index.array_path),
-        "rows": index.rows,
-        "feature_dim": index.dim,
-        "dtype": index.vectors.dtype.name,
-        "bytes": info.st_size,
-        "manifest": str(index.manifest_path),
-        "metadata": str(index.meta_path) if index.meta_path is not None else None,
-        "modified": datetime.fromtimestamp(info.st_mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds"),
-    }
-    if index.meta is None:
-        return {**report, "made_by": None}
-    meta, settings = index.meta, index.meta.settings.to_json()
-    return {
-        **report,
-        "made_by": {"bitcli_version": meta.bitcli_version or None, "cwd": meta.cwd, "runtime": meta.runtime},
-        "model": settings["model"],
-        "normalize": settings["normalize"],
-        "identity": "size, mtime and sha256" if settings["content_hash"] else "size and mtime",
-        "preprocessing": settings["preprocessing"],
-        "decode": settings["decode"],
-    }
-
-
-def render_info(index: Any, fmt: str, stream: IO[str]) -> None:
+def render_info(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
     """`bit info`: one JSON object, or a two-column table for people."""
-    report = info_report(index)
     model = report.get("model") or {}
     made = report.get("made_by") or {}
     rows = [
