@@ -7,7 +7,7 @@ answers query vectors from the approximate index (`ann.py`) when fresh, else exa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -80,12 +80,46 @@ class QueryResult(Outcome):
         return {**record, "method": self.method} if self.method else record
 
 
-def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] | None = None, null: bool = False) -> list[Query]:
-    """Every query, in order, as a stored row, an input to embed, or an input that failed
-    (`null`: paths on stdin are NUL-separated, `-0`)."""
+def answer(
+    index: EmbeddingIndex,
+    args: Iterable[str],
+    k: int,
+    embed: Callable[[list[Query]], Iterable[Any]],
+    *,
+    exact: bool = False,
+    stdin: IO[str] | None = None,
+    null: bool = False,
+) -> tuple[list[QueryResult], SearchOutcome | None]:
+    """One result per QUERY, in order, and the search's outcome (None when no query has a vector).
+    Queries that are rows use their stored rows; `embed` gets the others (when there are any) and
+    returns their EmbedResults in order. `null`: paths on stdin (`-`) are NUL-separated."""
+    queries = _plan(index, list(args), stdin, null)
+    pending = [q for q in queries if q.item is not None]
+    embedded = embed(pending) if pending else []
+    rows = [q for q in queries if q.row is not None]
+    for query, vector in zip(rows, index.take([q.row for q in rows])):
+        query.vector = vector
+    for result, query in zip(embedded, pending):
+        if result.ok:
+            query.vector = np.asarray(result.vector, dtype=np.float32)
+        else:
+            query.error = str(result.error)
+    ready = [q for q in queries if q.vector is not None]
+    outcome = search(index, np.stack([q.vector for q in ready]), k, exclude=[q.row for q in ready], exact=exact) if ready else None
+    answered = iter(outcome.matches if outcome else [])
+    results = []
+    for q in queries:
+        if q.vector is None:
+            results.append(QueryResult(q.path, error=q.error or "no vector"))
+        else:
+            results.append(QueryResult(q.path, next(answered), method=outcome.method))
+    return results, outcome
+
+
+def _plan(index: EmbeddingIndex, args: list[str], stdin: IO[str] | None, null: bool) -> list[Query]:
+    """Every query, in order, as a stored row, an input to embed, or an input that failed."""
     from bitcli.inputs import expand_inputs
 
-    args = list(args)
     direct = _unchanged(index, index.find_rows([a for a in args if a != "-"]))
     queries: list[Query] = []
     for arg in args:
@@ -160,29 +194,6 @@ def settings_differ(index: EmbeddingIndex, fingerprint: dict[str, Any]) -> str |
             raise  # the same model's name, other weights: every score would mislead
         return str(exc).split("; update with", 1)[0]
     return None
-
-
-def answer(index: EmbeddingIndex, queries: list[Query], embedded: Iterable[Any], k: int, *, exact: bool = False) -> tuple[list[QueryResult], Any]:
-    """One result per query, in order, and the search's `SearchOutcome` (None when no query has a
-    vector): row queries use their stored rows, the others `embedded` (their EmbedResults, in order)."""
-    rows = [q for q in queries if q.row is not None]
-    for query, vector in zip(rows, index.take([q.row for q in rows])):
-        query.vector = vector
-    for result, query in zip(embedded, (q for q in queries if q.item is not None)):
-        if result.ok:
-            query.vector = np.asarray(result.vector, dtype=np.float32)
-        else:
-            query.error = str(result.error)
-    ready = [q for q in queries if q.vector is not None]
-    outcome = search(index, np.stack([q.vector for q in ready]), k, exclude=[q.row for q in ready], exact=exact) if ready else None
-    answered = iter(outcome.matches if outcome else [])
-    results = []
-    for q in queries:
-        if q.vector is None:
-            results.append(QueryResult(q.path, error=q.error or "no vector"))
-        else:
-            results.append(QueryResult(q.path, next(answered), method=outcome.method))
-    return results, outcome
 
 
 def check_min_score(min_score: float | None) -> None:
