@@ -140,17 +140,16 @@ class _Prepared:
         if first in self.kept:
             return self.kept[first]
         block = self.prepare(first, stop)
-        size = block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
-        if self.bytes + size <= _PREPARED_BYTES:
+        if self.bytes + block.nbytes <= _PREPARED_BYTES:  # numpy arrays and torch tensors alike
             self.kept[first] = block
-            self.bytes += size
+            self.bytes += block.nbytes
         return block
 
     def forget(self, first: int) -> None:
         """A left block is done: no later pass needs it."""
         block = self.kept.pop(first, None)
         if block is not None:
-            self.bytes -= block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
+            self.bytes -= block.nbytes
 
 
 def _work_done(rows_done: int, rows: int) -> int:
