@@ -7,21 +7,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import Any, Iterable
 
 from bitcli.errors import BitError, UsageError
 from bitcli.output.escapes import csv_cell, shown
-from bitcli.output.records import check_own_file, csv_line, render_document, to_json
+from bitcli.output.records import check_own_file, csv_line, to_json
 from bitcli.output.tables import format_percent
 from bitcli.util import os_error_reason
 
 # Classes beyond this many: the confusion matrix is left out of the table view (it is in the JSON).
 MAX_MATRIX_CLASSES = 20
-
-
-def render_evaluation(record: dict[str, Any], fmt: str, stream: IO[str]) -> None:
-    """`record` is `Evaluation.as_dict()`; fmt "json" or "table" (a blank line between sections)."""
-    render_document(record, fmt, stream, lambda: evaluation_tables(record), spaced=True)
 
 
 def titled(title: str, table: Any) -> Any:
@@ -33,6 +28,7 @@ def titled(title: str, table: Any) -> Any:
 
 
 def evaluation_tables(record: dict[str, Any]) -> list[Any]:
+    """The tables of `Evaluation.as_dict()`: summary, per class, and the confusion matrix."""
     from rich.table import Table
     from rich.text import Text
 
