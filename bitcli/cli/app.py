@@ -158,7 +158,7 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`bit`)."""
-    process.before_torch()
+    process.settle_openmp()
     _exit(run(argv))
 
 

@@ -1,6 +1,6 @@
 """Every process-wide setting of the `bit` command, here and never in the library: OpenMP's wait
-policy (`before_torch`), hf_xet off (`before_the_hub`), stdout with every write checked
-(`checked_stdout`), torch's threads, malloc and PIL's pixel limit (`before_the_model`)."""
+policy (`settle_openmp`, before torch loads), hf_xet off (`before_the_hub`), stdout with every
+write checked (`checked_stdout`), torch's threads, malloc and PIL's pixel limit (`before_the_model`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ import sys
 from bitcli.errors import BitError
 
 
-def before_torch() -> None:
-    """The settings that must be made before torch is imported."""
-    settle_openmp()
-
-
 def before_the_hub() -> None:
     """The settings huggingface_hub reads when it is imported."""
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
@@ -23,24 +18,17 @@ def before_the_hub() -> None:
 
 def before_the_model() -> None:
     """The settings made before a model loads and images are decoded (after --threads is applied)."""
+    import torch
     from PIL import Image
 
     from bitcli.engine.allocator import keep_freed_memory
-
-    cap_threads()
-    keep_freed_memory()
-    Image.MAX_IMAGE_PIXELS = None  # bit checks --max-pixels itself, from each image's header
-
-
-def cap_threads() -> None:
-    """Cap torch's threads at the CPUs this process may use (a CPU quota or affinity mask); fewer are kept."""
-    import torch
-
     from bitcli.engine.machine import usable_cpus
 
-    cpus = usable_cpus()
+    cpus = usable_cpus()  # a CPU quota or affinity mask: torch's threads capped at it, fewer kept
     if torch.get_num_threads() > cpus:
         torch.set_num_threads(cpus)
+    keep_freed_memory()
+    Image.MAX_IMAGE_PIXELS = None  # bit checks --max-pixels itself, from each image's header
 
 
 def settle_openmp() -> None:
