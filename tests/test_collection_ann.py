@@ -12,7 +12,8 @@ import pytest
 
 from bitcli.collection import ann
 from bitcli.collection.index import open_index
-from bitcli.collection.search import exact_search, search
+from bitcli.collection.queries import search
+from bitcli.collection.search import exact_search
 from bitcli.errors import UsageError
 from collectionfiles import clustered, cosine_matrix, write_embedding
 

@@ -17,8 +17,8 @@ from bitcli.collection import norms
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.dedup import find_groups
 from bitcli.collection.index import open_index
-from bitcli.collection.scoring import unit_rows
-from bitcli.collection.search import MIN_NORM, _NumpyScorer, _TorchScorer, exact_search, margin, search
+from bitcli.collection.queries import search
+from bitcli.collection.search import MIN_NORM, _NumpyScorer, _TorchScorer, exact_search, margin, unit_rows
 from collectionfiles import all_pairs_groups, brute_force_top_k, clustered, cosine_matrix, write_embedding
 
 PATHS = ["float32", "bfloat16"]
@@ -418,7 +418,7 @@ def test_the_bfloat16_bound_is_at_most_the_value_and_ends():
 def test_a_float64_score_does_not_depend_on_the_layout_of_the_rows():
     """einsum sums a Fortran-ordered matrix's rows in another order: 43 of 50 scores differed in
     the last bit from the same rows in C order, which reorders float64 near-ties."""
-    from bitcli.collection.scoring import cosine64
+    from bitcli.collection.search import cosine64
 
     rng = np.random.default_rng(0)
     rows, query = np.asfortranarray(rng.standard_normal((50, 33))), rng.standard_normal(33)

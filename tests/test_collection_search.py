@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bitcli.collection.index import open_index
-from bitcli.collection.scoring import to_matches
-from bitcli.collection.search import exact_search, search
+from bitcli.collection.queries import search
+from bitcli.collection.search import exact_search, to_matches
 from bitcli.errors import UsageError
 from collectionfiles import brute_force_top_k, clustered, cosine_matrix, write_embedding
 

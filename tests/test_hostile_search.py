@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from bitcli.collection.index import open_index
-from bitcli.collection.search import exact_search, search
+from bitcli.collection.queries import search
+from bitcli.collection.search import exact_search
 from collectionfiles import clustered, write_embedding
 
 COPIES = 12

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from bitcli.output import COMPACT_AFTER, classify_renderer, render_classify, render_inspect, resolve_format
+from bitcli.output import COMPACT_AFTER, classify_renderer, inspect_tables, render_classify, render_document, resolve_format
 from bitcli.output.tables import format_percent
 from bitcli.results import ClassifyResult, Prediction
 
@@ -19,6 +19,11 @@ RESULTS = [
     ClassifyResult("b,\"odd\".png", error="not an image"),
     ClassifyResult("c.jpg", [Prediction(1, 3, "[bold]markup[/bold]", 1e-07), Prediction(2, 0, "x", 0.5)]),
 ]
+
+
+def render_inspect(report, fmt, stream):
+    """As `bit inspect` renders its report: one JSON document, or its tables."""
+    render_document(report, fmt, stream, lambda: inspect_tables(report))
 
 
 def test_jsonl_one_object_per_input_in_order():

@@ -1,8 +1,5 @@
-"""The `bit` command (Typer): the app, its commands, and the one mapping from errors to exit codes.
-
-A command function returns an exit code and raises `BitError`s; `guarded` turns its outcome into
-at most one stderr line and an exit code, `run` does the same for Click's errors. A command's
-file is imported only when it runs or a help screen lists it (`COMMANDS`, `LazyCommands`)."""
+"""The `bit` command (Typer): the app, its commands (each file imported only when it runs or a
+help screen lists it) and the one mapping from errors to exit codes (`guarded`, `run`)."""
 
 from __future__ import annotations
 
@@ -29,9 +26,8 @@ from bitcli.cli.common import (
 )
 from bitcli.errors import BitError
 
-# The commands, in the order `bit --help` lists them. Each is the function of its name in the
-# file of its name in bitcli/cli except where FILES and FUNCTIONS say otherwise; its examples are
-# the file's NAME_EPILOG (info.py holds three commands), else its EPILOG.
+# The commands as `bit --help` lists them: function NAME of bitcli/cli/NAME.py unless FILES and
+# FUNCTIONS say otherwise; examples: the file's NAME_EPILOG, else its EPILOG.
 COMMANDS = ("classify", "embed", "combine", "search", "dedup", "info", "inspect", "download", "models", "train", "eval", "serve")
 FILES = {"info": "search", "inspect": "info", "download": "info", "models": "info"}
 FUNCTIONS = {"eval": "eval_command"}
@@ -162,7 +158,7 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`bit`)."""
-    process.before_torch()
+    process.settle_openmp()
     _exit(run(argv))
 
 
@@ -230,8 +226,8 @@ def click_message(exc: typer.TyperException) -> str:
 
 
 def _exit(code: int) -> None:
-    """Flush and exit; once torch is loaded, skip the interpreter's teardown (about a second): every
-    file bitcli writes is closed or renamed into place before this point."""
+    """Flush and exit; once torch is loaded, skip the interpreter's teardown (every file is closed
+    or renamed into place by now)."""
     if "torch" not in sys.modules:
         sys.exit(code)
     try:

@@ -1,7 +1,5 @@
-"""`bit dedup`: groups of near-duplicate images in an embedding (`collection.dedup`), or with
-`--keep` the files one would delete, printed (-0: NUL-terminated) or with `--link DIR` /
-`--move DIR` set aside (`collection.keep`). Nothing is ever deleted here.
-"""
+"""`bit dedup`: groups of near-duplicate images (`collection.dedup`), or with `--keep` the files one
+would delete, printed or set aside with `--link DIR` / `--move DIR` (`collection.keep`)."""
 
 from __future__ import annotations
 
@@ -123,8 +121,7 @@ def check_set_aside(keep: Any, link: Path | None, move: Path | None, null: bool)
 
 
 def set_aside(ui: Ui, deletions: Any, directory: Path, mode: str) -> int:
-    """Link or move the files --keep would not keep into `directory`; one line each that failed,
-    one summary line. The number that failed."""
+    """Link or move the files --keep would not keep into `directory`, and say so; the number that failed."""
     from bitcli.collection.keep import relocate
 
     done = relocate(deletions.delete, deletions.files, directory, mode)

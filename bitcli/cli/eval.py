@@ -49,7 +49,8 @@ def eval_command(
     ui: Ui = Ui(),
 ) -> int:
     """Accuracy, top-5, per-class precision/recall/support and the confusion matrix on labelled data."""
-    from bitcli.output.evaluation import check_errors_target, render_evaluation, write_mistakes
+    from bitcli.output import render_document
+    from bitcli.output.evaluation import check_errors_target, evaluation_tables, write_mistakes
     from bitcli.transfer.data import load_dataset
     from bitcli.transfer.evaluate import evaluate
 
@@ -65,7 +66,8 @@ def eval_command(
     ui.summary(bar, len(result.failed))
     for path, reason in result.failed:
         ui.error(f"{path}: {reason}")
-    render_evaluation(result.as_dict(), format.value, sys.stdout)
+    record = result.as_dict()
+    render_document(record, format.value, sys.stdout, lambda: evaluation_tables(record), spaced=True)
     if errors is not None:
         write_mistakes(errors, result.mistakes)
         ui.info(f"wrote {len(result.mistakes):,} misclassified images to {errors}")

@@ -1,8 +1,5 @@
 """`bit inspect`, `bit download` and `bit models`: what a model is, fetching it, and the zoo.
-
-None of them imports torch, except `bit inspect` on a pickle or `.npz` checkpoint: a safetensors
-checkpoint is described from its config and the safetensors header (`checkpoint.describe`), so a
-4 GB model inspects as fast as a tiny one; the other two have no header to read and are loaded.
+No torch, except `bit inspect` of a pickle or `.npz` checkpoint (no header to describe it from).
 """
 
 from __future__ import annotations
@@ -53,7 +50,8 @@ def inspect(
         ui.warn(notice)
     from bitcli.checkpoint.describe import build_report  # torch: after the model is found
 
-    output.render_inspect(build_report(described, described.labels()), format.value, sys.stdout)
+    report = build_report(described, described.labels())
+    output.render_document(report, format.value, sys.stdout, lambda: output.inspect_tables(report))
     return EXIT_OK
 
 
@@ -114,7 +112,7 @@ def models(
     require_stdout("the models")
     default = os.environ.get("BIT_MODEL") or DEFAULT_MODEL
     rows = [{**row, "default": is_default(row, default)} for row in hub.list_known_models()]
-    output.render_models(rows, format.value, sys.stdout, default=default)
+    output.render_document(rows, format.value, sys.stdout, lambda: [output.models_table(rows, default)])
     return EXIT_OK
 
 

@@ -1,11 +1,6 @@
-"""The process-wide settings of the `bit` command, all of them, here and never in the library
-(docs/engine.md has the measurements):
-
-- `before_torch`: idle OpenMP threads sleep when other work is running (`settle_openmp`);
-- `before_the_hub`: downloads over plain HTTP, bounded by BIT_HUB_TIMEOUT (hf_xet off);
-- `checked_stdout`: stdout buffered, every write checked (`StdoutError`, exit 1; EPIPE, 141);
-- `before_the_model`: torch's threads capped at the usable CPUs, freed memory kept mapped
-  (`engine/allocator.py`), PIL's pixel limit off (`--max-pixels` is checked from each header)."""
+"""Every process-wide setting of the `bit` command, here and never in the library: OpenMP's wait
+policy (`settle_openmp`, before torch loads), hf_xet off (`before_the_hub`), stdout with every
+write checked (`checked_stdout`), torch's threads, malloc and PIL's pixel limit (`before_the_model`)."""
 
 from __future__ import annotations
 
@@ -16,11 +11,6 @@ import sys
 from bitcli.errors import BitError
 
 
-def before_torch() -> None:
-    """The settings that must be made before torch is imported."""
-    settle_openmp()
-
-
 def before_the_hub() -> None:
     """The settings huggingface_hub reads when it is imported."""
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
@@ -28,29 +18,22 @@ def before_the_hub() -> None:
 
 def before_the_model() -> None:
     """The settings made before a model loads and images are decoded (after --threads is applied)."""
+    import torch
     from PIL import Image
 
     from bitcli.engine.allocator import keep_freed_memory
+    from bitcli.engine.machine import usable_cpus
 
-    cap_threads()
+    cpus = usable_cpus()  # a CPU quota or affinity mask: torch's threads capped at it, fewer kept
+    if torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
     keep_freed_memory()
     Image.MAX_IMAGE_PIXELS = None  # bit checks --max-pixels itself, from each image's header
 
 
-def cap_threads() -> None:
-    """Cap torch's threads at the CPUs this process may use (a CPU quota or affinity mask); fewer are kept."""
-    import torch
-
-    from bitcli.engine.machine import usable_cpus
-
-    cpus = usable_cpus()
-    if torch.get_num_threads() > cpus:
-        torch.set_num_threads(cpus)
-
-
 def settle_openmp() -> None:
-    """Before torch loads OpenMP: when other work runs now (/proc/stat's procs_running, sampled three
-    times), idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) rather than spin. A user's value wins."""
+    """Before torch loads OpenMP: when other work runs now (/proc/stat, sampled three times), idle
+    OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) rather than spin. A user's value wins."""
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
         return
     import time

@@ -1,10 +1,7 @@
-"""A command line's values converted here, where that gives exactly what Typer gives.
-
-Typer converts through pydantic, whose import costs more of each `bit` start than the rest. So
-`parsed` lets Click's own parser split the command line (values from the environment and the
-defaults too) and converts the kinds every command uses: text, whole numbers, decimals, flags,
-paths, choices, lists of text. Anything else returns None and Typer handles the whole command
-line: every message and exit code stays Typer's (tests/test_cli_quickparse.py compares them)."""
+"""A command line's values converted here, where that gives exactly what Typer gives: Typer
+converts through pydantic, whose import costs more of each `bit` start than the rest. Click's
+parser splits the line; text, numbers, flags, paths, choices and lists are converted here, and
+anything else (None) is left to Typer, messages and exit codes included."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The terminal while a command runs: a progress bar that never shares a line, and the summary.
-
-While a bar shows, anything a command prints goes inside `bar.paused()`: the bar is erased, the
-caller writes, and the bar is drawn again below (Ctrl-C held until then). At the end the bar
-erases itself and the summary line (`6 images, 1 failed, 2.3 s, 2.6 img/s`) takes its place."""
+"""The terminal while a command runs: a progress bar (anything printed meanwhile goes inside
+`bar.paused()`), erased at the end for the summary line (`6 images, 1 failed, 2.3 s, 2.6 img/s`)."""
 
 from __future__ import annotations
 

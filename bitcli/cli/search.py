@@ -1,10 +1,5 @@
-"""`bit search` (the rows of an embedding most similar to each query) and `bit info` (what an
-embedding holds).
-
-Queries that are rows of the index use their stored rows (no model loads); other images are
-embedded with the index's own model and settings (`collection.queries`). Exact search streams
-the index from disk; an approximate index beside it (`--build-index`) is used when fresh.
-"""
+"""`bit search` (the rows of an embedding most similar to each query, `collection.queries`) and
+`bit info` (what an embedding holds)."""
 
 from __future__ import annotations
 
@@ -134,8 +129,7 @@ def search(
 
 
 def open_collection(index: Path, manifest: Path | None, html: Path | None) -> Any:
-    """INDEX (`npy_name`) opened with its manifest, once the --html target is checked: a page
-    that cannot be written fails before any work, never after minutes of it."""
+    """INDEX (`npy_name`) opened with its manifest, once the --html target is checked (before any work)."""
     from bitcli.collection import open_index
 
     if html is not None:
@@ -146,13 +140,12 @@ def open_collection(index: Path, manifest: Path | None, html: Path | None) -> An
 
 
 def answer(ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact: bool, runtime: Runtime, *, null: bool = False) -> list[Any]:
-    """Plan the queries (`null`: -0 for stdin), embed those not in the index, search; one result
-    per query, in order."""
-    from bitcli.collection import queries as q
+    """One result per query, in order; the model loads only for queries that are not rows of INDEX."""
+    from functools import partial
 
-    planned = q.plan_queries(index, args, stdin=sys.stdin, null=null)
-    pending = [query for query in planned if query.item is not None]
-    found, outcome = q.answer(index, planned, embed_queries(ui, index, pending, model, runtime) if pending else [], k, exact=exact)
+    from bitcli.collection.queries import answer
+
+    found, outcome = answer(index, args, k, partial(embed_queries, ui, index, model, runtime), exact=exact, stdin=sys.stdin, null=null)
     if outcome is not None and outcome.notice:
         ui.warn(outcome.notice)
     if outcome is not None and not outcome.exact:
@@ -160,7 +153,7 @@ def answer(ui: Ui, index: Any, args: list[str], k: int, model: str | None, exact
     return found
 
 
-def embed_queries(ui: Ui, index: Any, pending: list[Any], model: str | None, runtime: Runtime) -> list[Any]:
+def embed_queries(ui: Ui, index: Any, model: str | None, runtime: Runtime, pending: list[Any]) -> list[Any]:
     """EmbedResults for the queries that are not rows of INDEX, with INDEX's model and settings."""
     from bitcli.collection.queries import query_settings, settings_differ
     from bitcli.pipeline import Embedder, RunOptions

@@ -6,9 +6,6 @@
     hits = exact_search(index, index.take([0]), k=5, exclude=[0])[0]   # like row 0, but not itself
     groups = find_groups(index, threshold=0.9)       # near-duplicate groups, largest first
 
-Modules: `index` (open, validate, which file a row is), `search` (exact cosine top-k, streamed),
-`dedup` (threshold pairs per block + union-find), `keep` (`--keep` choices, `--link`/`--move`),
-`html` (self-contained pages), `ann` (optional faiss index beside the array).
 """
 
 from __future__ import annotations
@@ -23,8 +20,8 @@ _LAZY = lazy_table({
     "bitcli.collection.dedup": "DuplicateGroup check_threshold find_groups",
     "bitcli.collection.keep": "KEEP_POLICIES paths_to_delete",
     "bitcli.collection.index": "EmbeddingIndex open_index",
-    "bitcli.collection.scoring": "Match",
-    "bitcli.collection.search": "SearchOutcome exact_search search",
+    "bitcli.collection.queries": "SearchOutcome search",
+    "bitcli.collection.search": "Match exact_search",
 })
 
 __all__ = sorted(_LAZY) + ["DEFAULT_THRESHOLD"]

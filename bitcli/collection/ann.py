@@ -5,11 +5,9 @@
     OUT.ann.json     what it was built from: rows, dim, the array's size and mtime, the
                      .faiss file's size and SHA-256, parameters
 
-A 2048-d row becomes 64 bytes and searches take milliseconds; the distances are rough, so the
-best `max(1000, rerank x (k + 1))` candidates are re-scored exactly from the array: every
-reported score is the exact cosine, only which rows make the top k can differ (docs/collection.md
-has the measurements). `search.search` uses the index when it is fresh; a stale, damaged or
-unreadable one (faiss trusts its input: the digest is checked first) is ignored with a notice.
+The distances are rough, so the best `max(1000, 10 x (k + 1))` candidates are re-scored
+exactly: every score is the exact cosine, only which rows make the top k can differ.
+`queries.search` uses the index when fresh; a stale or damaged one is ignored with a notice.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match, check_k, unit_rows, to_matches
+from bitcli.collection.search import Match, check_k, to_matches, unit_rows
 from bitcli.errors import UsageError
 from bitcli.store.paths import check_replaceable
 from bitcli.util import beside, open_regular, read_capped, write_atomic
@@ -34,9 +32,9 @@ from bitcli.util import beside, open_regular, read_capped, write_atomic
 FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
 MIN_ROWS = 10_000  # below this exact search takes milliseconds, and the quantizers lack training rows
-DEFAULT_NPROBE = 32
+NPROBE = 32
 MIN_CANDIDATES = 1000  # re-scored exactly per query, at least (4-bit codes cannot order near-ties)
-DEFAULT_RERANK = 10
+RERANK = 10
 MAX_NLIST = 1024
 _KMEANS_ITERATIONS = 10  # of the coarse quantizer: enough to route queries; re-scoring does the rest
 _ADD_ROWS = 1 << 12  # rows normalized (in float64) and added at a time: 64 MB at D = 2048
@@ -65,20 +63,12 @@ class AnnIndex:
     def name(self) -> str:
         return f"faiss {self.info['factory']}, nprobe {self.info['nprobe']}"
 
-    def search(
-        self,
-        index: EmbeddingIndex,
-        queries: np.ndarray,
-        k: int,
-        *,
-        exclude: Sequence[int | None] | None = None,
-        rerank: int = DEFAULT_RERANK,
-    ) -> list[list[Match]]:
+    def search(self, index: EmbeddingIndex, queries: np.ndarray, k: int, *, exclude: Sequence[int | None] | None = None) -> list[list[Match]]:
         check_k(k)
         unit = unit_rows(queries)
         exclude = list(exclude) if exclude is not None else [None] * len(unit)
         self.faiss_index.nprobe = self.info["nprobe"]
-        _, candidates = self.faiss_index.search(unit, min(index.rows, max(MIN_CANDIDATES, rerank * (k + 1))))
+        _, candidates = self.faiss_index.search(unit, min(index.rows, max(MIN_CANDIDATES, RERANK * (k + 1))))
         results = []
         for j, found in enumerate(candidates):
             rows = np.unique(found[(found >= 0) & (found < index.rows)])  # a damaged index: ids out of range
@@ -86,14 +76,7 @@ class AnnIndex:
         return results
 
 
-def build(
-    index: EmbeddingIndex,
-    *,
-    nlist: int | None = None,
-    nprobe: int = DEFAULT_NPROBE,
-    seed: int = 0,
-    progress: Callable[[int], None] | None = None,
-) -> AnnIndex:
+def build(index: EmbeddingIndex, *, progress: Callable[[int], None] | None = None) -> AnnIndex:
     """Train and fill the index over every row, save it beside the array atomically."""
     try:
         import faiss
@@ -105,15 +88,14 @@ def build(
     for path in (paths.index, paths.info):
         check_replaceable(path, "the approximate index")  # before the work: only regular files are replaced
     started = time.perf_counter()
-    if nlist is None:  # about sqrt(rows) / 4 lists, a power of two (fast scan makes long lists cheap)
-        nlist = 2 ** round(math.log2(max(1.0, math.sqrt(index.rows) / 4)))
-        nlist = int(max(1, min(nlist, index.rows // 39, MAX_NLIST)))
-    if not 1 <= nlist <= index.rows // 39:
-        raise UsageError(f"nlist {nlist}: k-means needs 39 training rows per list; use at most {index.rows // 39}")
+    # About sqrt(rows) / 4 lists, a power of two (fast scan makes long lists cheap), with the 39
+    # training rows per list that k-means needs.
+    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(index.rows) / 4)))
+    nlist = int(max(1, min(nlist, index.rows // 39, MAX_NLIST)))
     factory = f"IVF{nlist},{_codes(index.dim)}"
     ann = faiss.index_factory(index.dim, factory, faiss.METRIC_INNER_PRODUCT)
     faiss.extract_index_ivf(ann).cp.niter = _KMEANS_ITERATIONS
-    sample = np.random.default_rng(seed).choice(index.rows, size=min(index.rows, 40 * nlist), replace=False)
+    sample = np.random.default_rng(0).choice(index.rows, size=min(index.rows, 40 * nlist), replace=False)
     ann.train(unit_rows(index.take(np.sort(sample))))  # 40 rows per list (faiss asks for 39)
     for first, block in index.iter_blocks(_ADD_ROWS):
         ann.add(unit_rows(block))
@@ -124,7 +106,7 @@ def build(
         "format_version": FORMAT_VERSION,
         "factory": factory,
         "metric": "inner_product of unit-length rows (cosine)",
-        "nprobe": nprobe,
+        "nprobe": NPROBE,
         "rows": index.rows,
         "dim": index.dim,
         **_array_identity(index.array_path),
@@ -177,8 +159,7 @@ def recall_at_k(exact: list[list[Match]], approximate: list[list[Match]]) -> flo
 
 
 def _codes(dim: int) -> str:
-    """128 4-bit sub-quantizers (64 bytes a row), or D/2 for smaller D; an even count (fast scan
-    packs two codes per byte) that divides D, else SQ8."""
+    """128 4-bit sub-quantizers, or D/2 for smaller D: an even count that divides D, else SQ8."""
     for m in range(min(128, dim // 2), dim + 1):
         if m >= 2 and m % 2 == 0 and dim % m == 0:
             return f"PQ{m}x4fs"

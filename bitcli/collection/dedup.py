@@ -1,16 +1,11 @@
 """Near-duplicate groups: connected components of the pairs with cosine similarity >= threshold.
 
-Exact, in bounded memory: the index is streamed in blocks (about 32 MB of float32 each); for every
-pair of blocks the similarities are computed a slice of rows at a time and the pairs at or above
-the threshold go straight into a union-find. No N x N matrix and no list of pairs exists (10,000
-copies of one photo cost no more than none). On CPUs with native bfloat16 big indexes are
-pre-scored in bfloat16 (about 4x faster) and every pair within a proven margin of the threshold
-re-checked in float64, so the pairs are the float64 ones (`threshold_pairs`).
-
-The union-find is vectorized and every root is the smallest row of its component, so the result
-does not depend on the order pairs arrive in. Groups come largest first (ties: the first row
-first), paths in index order, with the lowest and highest similarity between members (the lowest
-can be below the threshold: members may join through others).
+Exact, in bounded memory: for every pair of 32 MB blocks the similarities are computed a slice
+at a time and the pairs at or above the threshold go straight into a vectorized union-find (no
+N x N matrix, no list of pairs). Big indexes are pre-scored in bfloat16 where native and the
+pairs within the margin re-checked in float64. Every root is its component's smallest row, so
+the result does not depend on the order pairs arrive in. Groups come largest first, paths in
+index order, with the lowest and highest similarity between members.
 """
 
 from __future__ import annotations
@@ -24,16 +19,14 @@ from bitcli.collection import DEFAULT_THRESHOLD  # 0.9: why, in the package's __
 from bitcli.collection import norms as norms_mod
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import unit_rows
-from bitcli.collection.search import beyond_margin, bf16_native, margin
+from bitcli.collection.search import beyond_margin, bf16_native, margin, unit_rows
 from bitcli.errors import UsageError
 
 _BLOCK_BYTES = 32 << 20  # float32 bytes per block of rows
 _PREPARED_BYTES = 1 << 30  # unit rows kept prepared between passes (100,000 x 2048 bfloat16: 400 MB)
 _SLICE_ROWS = 512  # rows per similarity slice: at most 512 x block pairs materialize at once
 _STATS_ROWS = 2048  # rows per chunk when measuring a (large) group
-# Below N^2 * D = 2^40 (about 12 s of float32 products on 2 cores) importing torch for the bf16
-# pre-filter (2-3 s) does not pay.
+# Below N^2 * D = 2^40 importing torch for the bf16 pre-filter does not pay.
 _BF16_FROM_WORK = float(1 << 40)
 
 
@@ -94,15 +87,11 @@ def threshold_pairs(
     progress: Progress | None = None,
     components: "_UnionFind | None" = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches of row pairs (a < b) whose float64 cosine, rounded to float32 (the score dedup
-    reports), is >= threshold. Pairs are pre-scored in bulk (`method`: "float32", "bf16", or
-    "auto": bfloat16 where native and the index big enough for torch's import to pay); a pair
-    more than `search.margin` above the threshold is sure, the few within it are decided in float64.
-
-    With `components` (the union-find the caller joins the pairs in) pairs it already connects
-    are not decided at all (3,000 copies of one row at --threshold 1 took 4.5 million float64
-    checks), and the pairs yielded are only enough for the components. `progress` hears of the
-    work done in rows' worth."""
+    """Batches of row pairs (a < b) whose float64 cosine, rounded to float32, is >= threshold.
+    Pairs are pre-scored in bulk (`method`: "float32", "bf16", or "auto"); those within
+    `search.margin` of the threshold are decided in float64. With `components` (the caller's
+    union-find) pairs it already connects are not decided, and only enough pairs for the
+    components are yielded. `progress` hears of the work done in rows' worth."""
     scorer = _scorer(method, index)
     norms = norms_mod.ensure(index)
     block_rows = block_rows or max(1, _BLOCK_BYTES // (index.dim * 4))
@@ -151,17 +140,16 @@ class _Prepared:
         if first in self.kept:
             return self.kept[first]
         block = self.prepare(first, stop)
-        size = block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
-        if self.bytes + size <= _PREPARED_BYTES:
+        if self.bytes + block.nbytes <= _PREPARED_BYTES:  # numpy arrays and torch tensors alike
             self.kept[first] = block
-            self.bytes += size
+            self.bytes += block.nbytes
         return block
 
     def forget(self, first: int) -> None:
         """A left block is done: no later pass needs it."""
         block = self.kept.pop(first, None)
         if block is not None:
-            self.bytes -= block.nbytes if hasattr(block, "nbytes") else block.numel() * block.element_size()
+            self.bytes -= block.nbytes
 
 
 def _work_done(rows_done: int, rows: int) -> int:
@@ -173,10 +161,9 @@ def _work_done(rows_done: int, rows: int) -> int:
 def _exact_at_least(
     values: np.ndarray, norms: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float, skip: np.ndarray, components: "_UnionFind | None" = None
 ) -> np.ndarray:
-    """For each pair not already decided (`skip`): whether its float64 cosine, rounded to float32, is
-    >= threshold (byte-identical rows score 0.99999999999999989 as often as not: at --threshold 1
-    they must still be a group). With `components`, pairs it connects are left out (False) and
-    the duplicates found joined in it chunk by chunk."""
+    """For each pair not already decided (`skip`): whether its float64 cosine, rounded to float32
+    (identical rows must reach --threshold 1), is >= threshold. With `components`, pairs it
+    connects are left out (False) and the duplicates found joined in it."""
     out = np.zeros(a.size, dtype=bool)
     todo = np.flatnonzero(~skip)
     for start in range(0, todo.size, _STATS_ROWS):
@@ -196,8 +183,7 @@ def _exact_at_least(
 
 
 def _unit32(rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """float32 rows times their inverse norms (off by at most 2 ulp: inside the margins); a zero or
-    non-finite row becomes zeros; rows `beyond_margin` are divided in float64."""
+    """float32 unit rows (within the margins); a zero or non-finite row becomes zeros."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if rows.dtype == np.float64:  # values beyond float32's range would overflow before the scaling
             unit = (rows * (1.0 / norms)[:, None]).astype(np.float32)
@@ -321,8 +307,7 @@ def _describe(index: EmbeddingIndex, number: int, rows: list[int], method: str) 
 
 
 def _group_scores(index: EmbeddingIndex, rows: list[int]) -> tuple[float, float, np.ndarray]:
-    """(lowest, highest) similarity over all pairs of members, and each member's to the first, in
-    float64 from the stored rows (independent of how the pairs were found)."""
+    """(lowest, highest) float64 similarity over all pairs of members, and each member's to the first."""
     low, high = np.inf, -np.inf
     to_first = []
     for start in range(0, len(rows), _STATS_ROWS):

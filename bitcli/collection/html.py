@@ -1,9 +1,6 @@
-"""A self-contained HTML page of search results or duplicate groups (`--html FILE`).
-
-Thumbnails are embedded once each as base64 JPEGs (CSS classes), so the page shows the same
-wherever it is copied; each picture links to its file (`file://`). Everything from outside is
-HTML-escaped (undecodable name bytes shown as U+FFFD); no script, no external resource. A page is
-written atomically, and only over a file bitcli wrote (its `generator` meta tag).
+"""A self-contained HTML page of search results or duplicate groups (`--html FILE`): thumbnails
+embedded once each as base64 JPEGs, each linking to its file; everything HTML-escaped, no script.
+Written atomically, and only over a page bitcli wrote (its `generator` meta tag).
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """Open an embedding written by `bit embed` (the `.npy`, its manifest, its metadata) for reading.
 
-The array is opened once and memory-mapped read-only; every later read goes through that open
-file, so an index whose `.npy` is replaced meanwhile (`--update` or `--overwrite` publishing by
-rename) keeps reading the very rows its manifest describes. Anything that makes an index unusable
-is a `UsageError` naming the file and what to do. A plain `.npy` from elsewhere (no
-`OUT.meta.json`) opens with `meta = None`: its rows can be searched, but a query image can only be
-embedded with an explicitly chosen model.
+The array is opened once and memory-mapped; every later read goes through that open file, so an
+index whose `.npy` is replaced meanwhile (`--update`, `--overwrite`) keeps reading the very rows
+its manifest describes. A plain `.npy` from elsewhere (no `OUT.meta.json`) opens with
+`meta = None`: its rows can be searched, but query images need an explicit `--model`.
 """
 
 from __future__ import annotations
@@ -30,11 +28,8 @@ _CONSISTENT_TRIES = 1000
 
 @dataclass
 class EmbeddingIndex:
-    """An opened embedding: `vectors` [N, D] (read-only memory map), `paths[i]` = row i's file.
-
-    `recorded` holds the paths as the manifest stores them (relative to the directory `bit embed`
-    ran in, the header's `cwd`); `paths` the same files as paths that resolve from the current
-    directory. Every path search and dedup print comes from `paths`."""
+    """An opened embedding: `vectors` [N, D] (read-only memory map), `paths[i]` = row i's file as
+    it resolves from here; `recorded[i]`: as the manifest stores it (relative to the header's `cwd`)."""
 
     array_path: Path
     vectors: np.ndarray
@@ -86,9 +81,8 @@ class EmbeddingIndex:
                 yield first, block
 
     def take(self, rows: Iterable[int]) -> np.ndarray:
-        """float32 copies of the given rows, in the order given. Read with `preadv`, not through
-        the memory map: touching scattered rows of a map maps their neighbours too (fault-around),
-        and the resident set would grow towards the file's size."""
+        """float32 copies of the given rows, in order, read with `preadv`: scattered rows touched
+        through the map would map their neighbours too (fault-around)."""
         rows = np.asarray(list(rows), dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
             raise IndexError(f"row out of range for {self.rows} rows")
@@ -131,9 +125,8 @@ class EmbeddingIndex:
 
     def find_rows(self, queries: Iterable[str]) -> dict[str, int]:
         """For each query path that names a row, the first such row: the strings are equal, or
-        both name the same file (the row's path relative to `meta.cwd`, the query's to the current
-        directory). The paths are searched as one NUL-separated string (paths hold no NUL): a
-        million rows in milliseconds rather than a second of Python."""
+        both name the same file. The paths are searched as one NUL-separated string: a million
+        rows in milliseconds."""
         found: dict[str, int] = {}
         for query in dict.fromkeys(queries):
             absolute = _absolute(query, None)
@@ -168,9 +161,8 @@ class EmbeddingIndex:
         return None
 
     def identities(self, rows: set[int]) -> dict[int, Any] | None:
-        """The recorded `FileIdentity` of each of `rows` (None: not identified, or the manifest read
-        with `--manifest` names another file), from the row file; None without metadata. A
-        UsageError when the row file is unreadable, saying so when an update was published since."""
+        """The recorded `FileIdentity` of each of `rows` (None: not identified, or `--manifest`
+        names another file); None without metadata. UsageError when the row file is unreadable."""
         if self.meta is None or self.meta_path is None:
             return None
         try:
@@ -213,11 +205,9 @@ def _absolute(path: str, base: str | None) -> str:
 
 
 def open_index(array_path: str | os.PathLike[str], *, manifest: str | os.PathLike[str] | None = None, allow_empty: bool = False) -> EmbeddingIndex:
-    """Open and validate an embedding. `manifest` overrides where the row paths are read from.
-
-    `bit embed` renames a new set over the old one file by file, so a reader racing it could pair
-    the old array with the new manifest: the files' identities are taken before and after reading
-    and the read repeated until they agree and no publication was in progress."""
+    """Open and validate an embedding (`manifest`: where the row paths are, when not beside it).
+    A publication renames file by file: the read is repeated until the files' identities before
+    and after it agree."""
     array_path = Path(array_path)
     for _ in range(_CONSISTENT_TRIES):
         before = _snapshot(array_path, manifest)

@@ -1,12 +1,9 @@
-"""`bit dedup --keep`: from duplicate groups, the files one would delete to keep one per group,
-and with `--link DIR | --move DIR` those files set aside.
+"""`bit dedup --keep`: the files one would delete to keep one per group, and with `--link DIR`
+or `--move DIR` those files set aside.
 
-Nothing is deleted or overwritten. link: a symbolic link (absolute target) to each file in DIR.
-move: within one file system hard-linked into DIR, then unlinked from its folder (an interruption
-leaves it in both places, never neither); across file systems copied into a new file (created
-exclusively), synced, then removed. A taken name gets a suffix (`photo-2.jpg`, ...); a link
-already pointing at the file counts as done. A source that is a link or not a regular file is
-refused; failures are collected in `Relocation.failed`.
+Nothing is deleted or overwritten: link puts a symbolic link in DIR; move hard-links into DIR then
+unlinks (across file systems: an exclusive copy, synced, then removed), so an interruption leaves
+a file in both places, never neither. A taken name gets a suffix (`photo-2.jpg`, ...).
 """
 
 from __future__ import annotations
@@ -38,13 +35,10 @@ class Deletions:
 
 
 def paths_to_delete(index: EmbeddingIndex, groups: list[DuplicateGroup], keep: str) -> Deletions:
-    """The files one would delete to keep one file per group; nothing is deleted here.
-
-    first: the member earliest in the index; largest: the most pixels (then bytes); newest: the
-    latest mtime; ties go to the earliest member. A member counts only while its file (the row's
-    path resolved as recorded) is still the one embedded (size, mtime, and sha256 where recorded):
-    gone, it is skipped; changed, it is reported in `changed`, never listed nor kept. The very
-    file kept (the same path twice, a hard or symbolic link) is never listed."""
+    """The files one would delete to keep one file per group (first in the index, largest in
+    pixels then bytes, newest; ties: the earliest). A member counts only while its file is still
+    the one embedded: gone, it is skipped; changed, it is in `changed`, never listed nor kept. The
+    very file kept (the same path twice, a link) is never listed."""
     if keep not in KEEP_POLICIES:
         raise UsageError(f"--keep {keep}: choose one of {', '.join(KEEP_POLICIES)}")
     identities = index.identities({row for group in groups for row in group.rows})

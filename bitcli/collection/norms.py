@@ -1,13 +1,9 @@
-"""Row norms of a collection, kept beside it: `OUT.norms.npz` (float64 norms + what they were
-computed from: the array's size, mtime, inode, change time, rows and dimension; a file that does
-not match the array beside it is ignored and replaced).
+"""Row norms of a collection, kept beside it: `OUT.norms.npz` (float64 norms, and the array's
+shape and identity they were computed from; one that does not match its array is replaced).
 
-Exact search divides a block's products by the rows' norms: with them at hand it reads each row
-once. They are computed from the stored values as `cosine64` computes them. Every producer
-publishes them with the rows (`store.publish`): staged from the finished array (`stage`) with no
-change time (-1), then sealed with the published array's identity just before their own rename
-(`seal`). A collection without them gets them on its first search or dedup, written back
-atomically when its folder is writable (never an error when it is not).
+Exact search divides a block's products by them, reading each row once. The store publishes them
+with the rows: `stage`d from the finished array, `seal`ed with the published array's identity.
+A collection without them gets them on its first search or dedup, written back when it can be.
 """
 
 from __future__ import annotations
@@ -62,8 +58,7 @@ def _max_bytes(rows: int | None) -> int:
 
 def _read(path: Path, max_bytes: int, rows: int | None) -> tuple[np.ndarray, np.ndarray | None] | None:
     """(source, norms) of a norms file that bitcli wrote (norms only when `rows` is given and they
-    are that many); None for anything else (a special file, over `max_bytes`, not a zip, a member
-    whose header claims another shape: never allocated)."""
+    are that many); None for anything else, never allocated from a hostile header."""
     try:
         with open_regular(path) as file:
             if os.fstat(file.fileno()).st_size > max_bytes:
@@ -91,8 +86,7 @@ def _member(archive: zipfile.ZipFile, name: str, dtype: type, shape: tuple[int, 
 
 
 def compute(index: EmbeddingIndex) -> np.ndarray:
-    """float64 norms of every row, from the stored values (mapped a chunk at a time and released:
-    the resident set does not grow with the collection)."""
+    """float64 norms of every row, mapped a chunk at a time and released."""
     with MappedRows(index) as rows:
 
         def chunk(first: int, stop: int) -> np.ndarray:
@@ -103,8 +97,7 @@ def compute(index: EmbeddingIndex) -> np.ndarray:
 
 
 def _chunked(count: int, chunk: Any, done: Any = None) -> np.ndarray:
-    """`row_norms64` of rows [0, count), `chunk(first, stop)` at a time: cache-sized chunks shared
-    by a few threads (numpy lets go of the GIL); a row's norm is the same whichever computes it."""
+    """`row_norms64` of rows [0, count), `chunk(first, stop)` at a time, on a few threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     norms = np.empty(count, dtype=np.float64)
@@ -162,8 +155,7 @@ def is_ours(path: Path, rows: int | None = None) -> bool:
 
 
 def stage(array: Path, staged: Path) -> int:
-    """Compute the norms of the finished `.npy` at `array` (the partial directory's `data.npy`,
-    complete and synced) into `staged`, unsealed; the staged file's size."""
+    """The norms of the finished `.npy` at `array` into `staged`, unsealed; the staged file's size."""
     with open(array, "rb", buffering=0) as file:
         (rows, dim), _, dtype = npy_header(file)
         offset, row_bytes = file.tell(), dim * dtype.itemsize
@@ -180,9 +172,8 @@ def stage(array: Path, staged: Path) -> int:
 
 
 def seal(staged: Path, array: Path, temporary: Path) -> bool:
-    """Record the published array's change time in the staged norms file (the same size: only a
-    number changes; replaced through `temporary`), when it was computed from that very array; else
-    remove it (False)."""
+    """Record the published array's change time in the staged norms file (through `temporary`)
+    when it was computed from that very array; else remove it (False)."""
     found = _read(staged, _max_bytes(None), None)
     try:
         info = os.stat(array)

@@ -1,23 +1,57 @@
-"""`bit search`'s queries: which are rows of the index already, which need the model.
-
-A QUERY that names a row of the index (`EmbeddingIndex.find_rows`) and is still the file embedded
-uses that stored row: no model is loaded, and the row is not its own match. Anything else is
-expanded like `bit classify`'s inputs and embedded with the index's own model and settings from
-its metadata (`query_settings`); a plain `.npy` without metadata needs `--model`.
+"""`bit search`'s queries: a QUERY that names a row of the index and is still the file embedded
+uses that row (no model; the row is not its own match); anything else is embedded with the
+index's own model and settings (`query_settings`), or `--model` for a plain `.npy`. `search`
+answers query vectors from the approximate index (`ann.py`) when fresh, else exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable
+from typing import IO, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match
+from bitcli.collection.search import Match, check_k, check_queries, exact_matches
 from bitcli.errors import InputError, UsageError
 from bitcli.results import Outcome
 from bitcli.store.metadata import still_embedded
+
+
+@dataclass
+class SearchOutcome:
+    """Matches per query and how they were found ("exact, float32 pre-score", or the approximate index's name)."""
+
+    matches: list[list[Match]]
+    method: str = "exact"
+    notice: str | None = None  # e.g. why an approximate index beside the array was not used
+
+    @property
+    def exact(self) -> bool:
+        return self.method.startswith("exact")
+
+
+def search(
+    index: EmbeddingIndex,
+    queries: np.ndarray,
+    k: int,
+    *,
+    exclude: Sequence[int | None] | None = None,
+    exact: bool = False,
+    block_rows: int | None = None,
+) -> SearchOutcome:
+    """Top-k rows for each query vector; `exclude[i]`: a row query i must not return (its own)."""
+    check_k(k)
+    check_queries(index, queries)
+    notice = None
+    if not exact:
+        from bitcli.collection import ann  # faiss only when an index is there
+
+        found, notice = ann.load_fresh(index)
+        if found is not None:
+            return SearchOutcome(found.search(index, queries, k, exclude=exclude), method=found.name)
+    matches, scoring = exact_matches(index, queries, k, exclude, block_rows, None)
+    return SearchOutcome(matches, method=f"exact, {scoring} pre-score", notice=notice)
 
 
 @dataclass
@@ -46,12 +80,46 @@ class QueryResult(Outcome):
         return {**record, "method": self.method} if self.method else record
 
 
-def plan_queries(index: EmbeddingIndex, args: Iterable[str], *, stdin: IO[str] | None = None, null: bool = False) -> list[Query]:
-    """Every query, in order, as a stored row, an input to embed, or an input that failed
-    (`null`: paths on stdin are NUL-separated, `-0`)."""
+def answer(
+    index: EmbeddingIndex,
+    args: Iterable[str],
+    k: int,
+    embed: Callable[[list[Query]], Iterable[Any]],
+    *,
+    exact: bool = False,
+    stdin: IO[str] | None = None,
+    null: bool = False,
+) -> tuple[list[QueryResult], SearchOutcome | None]:
+    """One result per QUERY, in order, and the search's outcome (None when no query has a vector).
+    Queries that are rows use their stored rows; `embed` gets the others (when there are any) and
+    returns their EmbedResults in order. `null`: paths on stdin (`-`) are NUL-separated."""
+    queries = _plan(index, list(args), stdin, null)
+    pending = [q for q in queries if q.item is not None]
+    embedded = embed(pending) if pending else []
+    rows = [q for q in queries if q.row is not None]
+    for query, vector in zip(rows, index.take([q.row for q in rows])):
+        query.vector = vector
+    for result, query in zip(embedded, pending):
+        if result.ok:
+            query.vector = np.asarray(result.vector, dtype=np.float32)
+        else:
+            query.error = str(result.error)
+    ready = [q for q in queries if q.vector is not None]
+    outcome = search(index, np.stack([q.vector for q in ready]), k, exclude=[q.row for q in ready], exact=exact) if ready else None
+    answered = iter(outcome.matches if outcome else [])
+    results = []
+    for q in queries:
+        if q.vector is None:
+            results.append(QueryResult(q.path, error=q.error or "no vector"))
+        else:
+            results.append(QueryResult(q.path, next(answered), method=outcome.method))
+    return results, outcome
+
+
+def _plan(index: EmbeddingIndex, args: list[str], stdin: IO[str] | None, null: bool) -> list[Query]:
+    """Every query, in order, as a stored row, an input to embed, or an input that failed."""
     from bitcli.inputs import expand_inputs
 
-    args = list(args)
     direct = _unchanged(index, index.find_rows([a for a in args if a != "-"]))
     queries: list[Query] = []
     for arg in args:
@@ -126,31 +194,6 @@ def settings_differ(index: EmbeddingIndex, fingerprint: dict[str, Any]) -> str |
             raise  # the same model's name, other weights: every score would mislead
         return str(exc).split("; update with", 1)[0]
     return None
-
-
-def answer(index: EmbeddingIndex, queries: list[Query], embedded: Iterable[Any], k: int, *, exact: bool = False) -> tuple[list[QueryResult], Any]:
-    """One result per query, in order, and the search's `SearchOutcome` (None when no query has a
-    vector): row queries use their stored rows, the others `embedded` (their EmbedResults, in order)."""
-    from bitcli.collection.search import search
-
-    rows = [q for q in queries if q.row is not None]
-    for query, vector in zip(rows, index.take([q.row for q in rows])):
-        query.vector = vector
-    for result, query in zip(embedded, (q for q in queries if q.item is not None)):
-        if result.ok:
-            query.vector = np.asarray(result.vector, dtype=np.float32)
-        else:
-            query.error = str(result.error)
-    ready = [q for q in queries if q.vector is not None]
-    outcome = search(index, np.stack([q.vector for q in ready]), k, exclude=[q.row for q in ready], exact=exact) if ready else None
-    answered = iter(outcome.matches if outcome else [])
-    results = []
-    for q in queries:
-        if q.vector is None:
-            results.append(QueryResult(q.path, error=q.error or "no vector"))
-        else:
-            results.append(QueryResult(q.path, next(answered), method=outcome.method))
-    return results, outcome
 
 
 def check_min_score(min_score: float | None) -> None:

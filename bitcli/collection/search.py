@@ -1,16 +1,14 @@
 """Exact cosine top-k search, at the speed of memory.
 
-Each block of the memory-mapped rows is pre-scored by one matrix product with all the queries
-(float32, or bfloat16 on CPUs with native units, in cache-sized pieces) and divided by the rows'
-stored norms (`norms.py`). A pre-score is within a proven margin of the exact cosine (`margin`),
-so the few rows that could still make a query's top k are known from it; those are re-scored in
-float64 (`scoring.cosine64`). The answer does not depend on the block size, the pre-scoring
-dtype, the number of queries or --top-k. Mapped pages are released block by block.
+Each block of the mapped rows is pre-scored by one matrix product with all the queries (float32,
+or bfloat16 where native) and divided by the stored norms (`norms.py`). A pre-score is within a
+proven `margin` of the exact cosine, so only the rows that could still make a query's top k are
+re-scored in float64: the answer does not depend on block size, dtype, query count or --top-k.
+Where several dtypes are possible the first blocks time each; small collections use numpy alone.
 
-Where float32 and bfloat16 are both possible, the first blocks are timed with each and the faster
-one scores the rest (`SearchOutcome.method` says which ran); small collections are scored with
-numpy and never import torch. `search` uses the approximate index (`ann.py`) when fresh, unless
-`exact=True`.
+Ranking is by score, then row; a score depends on the row's bytes and the query alone, so dot
+products are numpy's `einsum`: one summation order for every row (BLAS sums a remainder group of
+rows in another order). `Match`, `cosine64` and `to_matches` serve the approximate index too.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import numpy as np
 from bitcli.collection import norms as norms_mod
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.scoring import Match, check_k, cosine64, unit_rows
 from bitcli.errors import UsageError
 
 QUERY_CHUNK = 1024  # queries scored per pass over the index (bounds the [block, queries] matrix)
@@ -40,40 +37,54 @@ MIN_NORM = 2.0**-8  # rows with a smaller norm are scored in float64 (subnormal 
 _MAX_NORM = 2.0**60  # and with a larger one: float32 products and norms overflow (`beyond_margin`)
 
 
-@dataclass
-class SearchOutcome:
-    """Matches per query and how they were found ("exact, float32 pre-score", or the approximate index's name)."""
+@dataclass(frozen=True)
+class Match:
+    """One search result: the `rank`-th most similar row (1 = best)."""
 
-    matches: list[list[Match]]
-    method: str = "exact"
-    notice: str | None = None  # e.g. why an approximate index beside the array was not used
+    rank: int
+    row: int
+    path: str
+    score: float  # cosine similarity, a float32 value as its shortest decimal
 
-    @property
-    def exact(self) -> bool:
-        return self.method.startswith("exact")
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "path": self.path, "score": self.score}
 
 
-def search(
-    index: EmbeddingIndex,
-    queries: np.ndarray,
-    k: int,
-    *,
-    exclude: Sequence[int | None] | None = None,
-    exact: bool = False,
-    block_rows: int | None = None,
-) -> SearchOutcome:
-    """Top-k rows for each query vector; `exclude[i]`: a row query i must not return (its own)."""
-    check_k(k)
-    _check_queries(index, queries)
-    notice = None
-    if not exact:
-        from bitcli.collection import ann
+def unit_rows(vectors: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Rows scaled to unit length in float64, as `dtype`; a zero, NaN or overflowing row becomes zeros."""
+    rows = np.array(vectors, dtype=np.float64, ndmin=2)
+    with np.errstate(all="ignore"):
+        unit = rows / np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
+    unit[~np.isfinite(unit).all(axis=1)] = 0.0
+    return unit.astype(dtype, copy=False)
 
-        found, notice = ann.load_fresh(index)
-        if found is not None:
-            return SearchOutcome(found.search(index, queries, k, exclude=exclude), method=found.name)
-    matches, scoring = _exact(index, queries, k, exclude, block_rows, None)
-    return SearchOutcome(matches, method=f"exact, {scoring} pre-score", notice=notice)
+
+def check_k(k: int) -> None:
+    if k < 1:
+        raise UsageError("--top-k must be at least 1")
+
+
+def to_matches(index, query: np.ndarray, rows: np.ndarray, k: int, own: int | None) -> list[Match]:
+    """The best k of the candidate `rows` but `own`, by their float64 cosine with `query`."""
+    from bitcli.pipeline import short_float
+
+    rows = np.asarray([r for r in np.asarray(rows).tolist() if r != own], dtype=np.int64)
+    if rows.size == 0:
+        return []
+    scores = cosine64(index.take(rows), query)
+    order = np.lexsort((rows, -scores))[:k]
+    return [Match(rank=n + 1, row=int(rows[i]), path=index.paths[int(rows[i])], score=short_float(scores[i])) for n, i in enumerate(order)]
+
+
+def cosine64(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """float64 cosine of each row with `query` (0 for a zero or NaN row or query), in [-1, 1]."""
+    rows = np.ascontiguousarray(rows, dtype=np.float64)  # one summation order whatever the layout
+    query = np.asarray(query, dtype=np.float64).ravel()
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * np.sqrt(np.einsum("j,j->", query, query))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = np.einsum("ij,j->i", rows, query) / norms  # not `@`: see the module docstring
+    scores[~np.isfinite(scores)] = 0.0
+    return np.clip(scores, -1.0, 1.0)
 
 
 def exact_search(
@@ -87,17 +98,14 @@ def exact_search(
 ) -> list[list[Match]]:
     """Exact cosine top-k (float64 scores; ties by row). `scoring`: "float32", "float16",
     "bfloat16" or None (chosen here); every choice gives the same answer."""
-    return _exact(index, queries, k, exclude, block_rows, scoring)[0]
+    return exact_matches(index, queries, k, exclude, block_rows, scoring)[0]
 
 
 def margin(scoring: str, dim: int) -> float:
-    """A bound on |pre-score - cosine| for rows of dimension `dim` whose norm is at least
-    `MIN_NORM`, doubled for safety (u: the unit roundoff of the dtype named). float32: the unit
-    query and the row rounded (u each), `dim` terms accumulated in float32 (gamma_dim |row||query|
-    by Cauchy-Schwarz), the quotient rounded (u). float16 rows as stored: the query rounded to
-    float16 (u, and 2^-25 absolute where subnormal), float32 accumulation, the product rounded
-    (u, 2^-25). bfloat16: both factors rounded (2u + u^2), float32 accumulation, the product
-    rounded (u). Rows whose norms under- or overflow are picked out by `beyond_margin`."""
+    """A bound on |pre-score - cosine| for rows of dimension `dim` with norms in [MIN_NORM, 2^60],
+    doubled for safety: the factors' rounding in the named dtype (u each; float16 queries also
+    2^-25 absolute), `dim` terms accumulated in float32 (gamma_dim, by Cauchy-Schwarz), the result
+    rounded (u)."""
     if dim * _U32 >= 0.5:  # 2^23 or more terms: no useful bound (and at 2^24 the formula breaks)
         return np.inf  # every row is re-scored in float64
     gamma = dim * _U32 / (1 - dim * _U32)
@@ -117,14 +125,13 @@ def margin(scoring: str, dim: int) -> float:
 
 
 def beyond_margin(norms: np.ndarray) -> np.ndarray:
-    """Rows whose (nonzero, finite) norms lie outside [MIN_NORM, 2^60]: their products under- or
-    overflow, which `margin` does not bound; callers decide them in float64. Within the range an
-    underflowing element or product (even flushed to 0) is off by at most D * 2^-126 / MIN_NORM."""
+    """Rows whose (nonzero, finite) norms lie outside [MIN_NORM, 2^60]: their products may under-
+    or overflow, which `margin` does not bound; callers decide them in float64."""
     with np.errstate(invalid="ignore"):
         return (norms > 0) & np.isfinite(norms) & ((norms < MIN_NORM) | (norms > _MAX_NORM))
 
 
-def _check_queries(index: EmbeddingIndex, queries: np.ndarray) -> np.ndarray:
+def check_queries(index: EmbeddingIndex, queries: np.ndarray) -> np.ndarray:
     """Query vectors must be [q, D] with the index's D (a model with another width: exit 2)."""
     queries = np.asarray(queries)
     if queries.ndim != 2 or queries.shape[1] != index.dim:
@@ -132,11 +139,12 @@ def _check_queries(index: EmbeddingIndex, queries: np.ndarray) -> np.ndarray:
     return queries
 
 
-def _exact(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[Match]], str]:
+def exact_matches(index, queries, k, exclude, block_rows, scoring) -> tuple[list[list[Match]], str]:
+    """`exact_search`'s matches, and the pre-scoring that scored most rows."""
     from bitcli.pipeline import short_float
 
     check_k(k)
-    queries = _check_queries(index, queries)
+    queries = check_queries(index, queries)
     exclude = list(exclude) if exclude is not None else [None] * len(queries)
     norms = norms_mod.ensure(index)
     results: list[list[Match]] = []
@@ -234,8 +242,7 @@ def _scan(rows: MappedRows, norms: np.ndarray, queries: np.ndarray, exclude: lis
 
 
 def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """float64 cosines of the given rows with `query`, `_EXACT_BYTES` of float64 rows at a time
-    (all of a block's rows can be candidates: 10,000 copies of one row, a zero query)."""
+    """float64 cosines of the given rows with `query`, `_EXACT_BYTES` of rows at a time."""
     piece = max(1, _EXACT_BYTES // (8 * max(1, values.shape[1])))
 
     def scores(rows: np.ndarray) -> np.ndarray:
@@ -245,9 +252,8 @@ def _exact_scorer(values: np.ndarray, query: np.ndarray) -> Callable[[np.ndarray
 
 
 def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
-    """The ways to pre-score here: float32 (rows converted a piece at a time, split between
-    worker threads), float16 rows as they are, and bfloat16 where the CPU has native units. Rows
-    torch cannot wrap as they are (another byte order, read-only) are scored with numpy."""
+    """The ways to pre-score here: float32, float16 rows as stored, bfloat16 where native; rows
+    torch cannot wrap (another byte order, read-only) with numpy."""
     if scoring is None and values.size < _TORCH_FROM_ELEMENTS or not values.dtype.isnative or not values.flags.writeable:
         return [_NumpyScorer(values, unit)]
     stored = "float16" if values.dtype == np.float16 else "float32"
@@ -262,8 +268,7 @@ def _scorers(values: np.ndarray, unit: np.ndarray, scoring: str | None) -> list:
 
 
 def bf16_native() -> bool:
-    """Whether torch runs bfloat16 matrix products natively here (AVX512-BF16 or AMX): the CPU's
-    flags as oneDNN reads them, never the CPU's name (off with BIT_TORCH_PRIVATE_OPS=0)."""
+    """Whether torch runs bfloat16 matrix products natively here (AVX512-BF16 or AMX)."""
     try:
         from bitcli.engine.native import bf16_supported
     except ImportError:
@@ -285,11 +290,9 @@ class _NumpyScorer:
 
 
 class _TorchScorer:
-    """Rows already in the scorer's dtype: one matrix product per block; others converted a piece
-    at a time (4 MB of float32) and multiplied, the pieces split between worker threads each on
-    one OpenMP thread (`engine.native.one_openmp_thread`): thousands of small two-thread products
-    spend more time meeting than multiplying (docs/collection.md). queries x rows^T: with a
-    handful of queries ~3x faster than rows x queries."""
+    """Rows already in the scorer's dtype: one product (queries x rows^T) per block; others
+    converted 4 MB at a time, the pieces split between worker threads of one OpenMP thread each
+    (small two-thread products spend more time meeting than multiplying: docs/collection.md)."""
 
     def __init__(self, values: np.ndarray, unit: np.ndarray, name: str):
         import torch

@@ -1,15 +1,13 @@
 """Renderers: results -> tables (people) or jsonl / json / csv (machines), data to stdout only.
 
-Commands build plain records (`bitcli.results`, dicts); this package alone decides how they look:
-`records.py` the machine formats and the choice of format, `tables.py` classification as tables
-(printed while the run goes on), `info.py` inspect, models, search, dedup and info, `evaluation.py`
-`bit eval`'s (figures, --errors). Messages go to stderr, written by the command layer.
+`records.py` the machine formats and the choice of format, `tables.py` classification tables,
+`info.py` inspect, models, search, dedup and info, `evaluation.py` `bit eval`'s figures.
 """
 
 from __future__ import annotations
 
 import io
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Iterable, Sequence
 
 from bitcli.output.escapes import csv_cell
 from bitcli.output.info import inspect_tables, models_table, short_size
@@ -18,7 +16,7 @@ from bitcli.output.tables import COMPACT_AFTER, TableRenderer, runners_up_text, 
 from bitcli.results import ClassifyResult
 
 __all__ = [
-    "COMPACT_AFTER", "classify_renderer", "is_terminal", "models_table", "render_classify", "render_document",
+    "COMPACT_AFTER", "classify_renderer", "inspect_tables", "is_terminal", "models_table", "render_classify", "render_document",
     "render_records", "resolve_format", "same_terminal", "runners_up_text", "short_size", "stdout_console", "to_json",
 ]
 
@@ -53,13 +51,3 @@ def render_classify(results: Iterable[ClassifyResult], fmt: str, *, count: int, 
         renderer.write(r)
     renderer.close()
     return buf.getvalue()
-
-
-def render_inspect(report: dict[str, Any], fmt: str, stream: IO[str]) -> None:
-    """`bit inspect`: the report as one pretty JSON object, or as a few rich tables."""
-    render_document(report, fmt, stream, lambda: inspect_tables(report))
-
-
-def render_models(rows: list[dict[str, Any]], fmt: str, stream: IO[str], default: str | None = None) -> None:
-    """`bit models`: the rows of `hub.list_known_models()` as JSON, or a table that fits 80 columns."""
-    render_document(rows, fmt, stream, lambda: [models_table(rows, default)])

@@ -1,9 +1,5 @@
-"""`bit eval`'s outputs: its figures on stdout (one JSON object, or tables: summary, per class,
-confusion matrix) and `--errors FILE`, every misclassified image for a reviewer.
-
-The errors file's suffix picks its format: `.csv` (`path,true,predicted,score`; names that start
-like a formula get a leading `'`) or `.jsonl` (names exact), most confident first. It is written
-atomically, and only over a file bit eval wrote or an empty one (`records.check_own_file`).
+"""`bit eval`'s outputs: its figures (one JSON object, or tables) and `--errors FILE`, every
+misclassified image as `.csv` or `.jsonl` (by suffix), written only over a file bit eval wrote.
 """
 
 from __future__ import annotations
@@ -11,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import Any, Iterable
 
 from bitcli.errors import BitError, UsageError
 from bitcli.output.escapes import csv_cell, shown
-from bitcli.output.records import check_own_file, csv_line, render_document, to_json
+from bitcli.output.records import check_own_file, csv_line, to_json
 from bitcli.output.tables import format_percent
 from bitcli.util import os_error_reason
 
@@ -23,14 +19,8 @@ from bitcli.util import os_error_reason
 MAX_MATRIX_CLASSES = 20
 
 
-def render_evaluation(record: dict[str, Any], fmt: str, stream: IO[str]) -> None:
-    """`record` is `Evaluation.as_dict()`; fmt "json" or "table" (a blank line between sections)."""
-    render_document(record, fmt, stream, lambda: evaluation_tables(record), spaced=True)
-
-
 def titled(title: str, table: Any) -> Any:
-    """`table` under its title on a line of its own: a table's own title wraps to the table's
-    width (a narrow confusion matrix broke its title over two lines); this one has the terminal's."""
+    """`table` under its title on a line of its own (a table's own title wraps to the table's width)."""
     from rich.console import Group
     from rich.text import Text
 
@@ -38,6 +28,7 @@ def titled(title: str, table: Any) -> Any:
 
 
 def evaluation_tables(record: dict[str, Any]) -> list[Any]:
+    """The tables of `Evaluation.as_dict()`: summary, per class, and the confusion matrix."""
     from rich.table import Table
     from rich.text import Text
 

@@ -1,10 +1,6 @@
-"""Reports for people (rich tables) or machines: `bit inspect`'s report and `bit models`' zoo;
-`bit search`, `bit dedup` and `bit info` in every format:
-
-    search  {"query": "q.jpg", "matches": [{"rank": 1, "path": "a.jpg", "score": 0.9731}, ...]}
-            or {"query": "q.jpg", "error": "..."}; csv `query,rank,path,score`
-    dedup   {"group": 1, "paths": [...], "min_score": ..., "max_score": ...}; csv `group,path,score_to_first`
-"""
+"""Reports for people (rich tables) or machines: `bit inspect`, `bit models`, and `bit search`,
+`bit dedup` and `bit info` in every format (search csv: `query,rank,path,score`; dedup csv:
+`group,path,score_to_first`)."""
 
 from __future__ import annotations
 
@@ -52,10 +48,6 @@ def numbered(names: list[str]) -> str:
     return Lines("\n".join(f"{index}  {shown(name)}" for index, name in enumerate(names)) or "-")
 
 
-def format_size(num_bytes: int | None) -> str:
-    return "-" if num_bytes is None else human_bytes(num_bytes)
-
-
 def format_figure(value: float | None) -> str:
     """Three significant digits, never an exponent (8.17837 -> '8.18', 0.000123456 -> '0.000123', 1234.5 -> '1,234')."""
     if value is None:
@@ -71,9 +63,7 @@ def format_figure(value: float | None) -> str:
 
 
 def format_count(n: int) -> str:
-    if n >= 1_000_000:
-        return f"{n / 1e6:.1f} M ({n:,})"
-    return f"{n:,}"
+    return f"{n / 1e6:.1f} M ({n:,})" if n >= 1_000_000 else f"{n:,}"
 
 
 # The architecture table's rows: (label, key in the report's "architecture").
@@ -94,7 +84,7 @@ def inspect_tables(report: dict[str, Any]) -> list[Any]:
     files.add_column("file")
     files.add_column("size", justify="right")
     for f in report.get("files", []):
-        files.add_row(Text(shown(f.get("name", ""))), format_size(f.get("size")))
+        files.add_row(Text(shown(f.get("name", ""))), "-" if f.get("size") is None else human_bytes(f["size"]))
     arch, pre, labels = report.get("architecture", {}), report.get("preprocessing", {}), report.get("labels", {})
     return [
         key_value_table("Model", [(key.replace("_", " "), report.get(key)) for key in model]),

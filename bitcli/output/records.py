@@ -1,9 +1,5 @@
-"""Machine formats: jsonl, one JSON array, csv, and pretty JSON documents (data to stdout only);
-`render_records` and `render_document` pick a table for people or one of them.
-
-Records are written as a stream (one `write` each, in order), so a long run's jsonl, csv and
-json array reach stdout while it is still going. A record is anything with `to_dict()`; its csv
-rows come from the `csv_rows` function the caller gives.
+"""Machine formats: jsonl, one JSON array, csv, and pretty JSON documents, streamed (one `write`
+per record, flushed); `render_records` and `render_document` pick a table for people or one of them.
 """
 
 from __future__ import annotations
@@ -53,12 +49,6 @@ def to_json(obj: Any) -> str:
     except UnicodeEncodeError:
         text = json.dumps(obj, ensure_ascii=True)
     return text
-
-
-def write_json(obj: Any, stream: IO[str]) -> None:
-    """One pretty-printed JSON document (`bit inspect`, `bit models`, `bit info`, `bit eval`)."""
-    stream.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    stream.flush()
 
 
 def check_own_file(path: str | os.PathLike[str], option: str, writer: str, ours: Callable[[bytes], bool]) -> Path:
@@ -120,11 +110,6 @@ class Records:
             self.stream.write("[]\n" if self.count == 0 else "\n]\n")
         self.stream.flush()
 
-    def write_all(self, records: Iterable[Any]) -> None:
-        for record in records:
-            self.write(record)
-        self.close()
-
 
 def render_records(
     records: Iterable[Any], fmt: str, stream: IO[str], table: Callable[[list[Any]], Any], header: Iterable[str], csv_rows: Callable
@@ -134,14 +119,18 @@ def render_records(
     if fmt == "table":
         stdout_console(stream).print(table(records))
     else:
-        Records(fmt, stream, header, csv_rows).write_all(records)
+        writer = Records(fmt, stream, header, csv_rows)
+        for record in records:
+            writer.write(record)
+        writer.close()
 
 
 def render_document(record: Any, fmt: str, stream: IO[str], tables: Callable[[], list[Any]], *, spaced: bool = False) -> None:
     """`record` as one pretty JSON document (fmt "json"), or the rich `tables()` for people, a
     blank line between them when `spaced`."""
     if fmt == "json":
-        write_json(record, stream)
+        stream.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        stream.flush()
         return
     console = stdout_console(stream)
     for n, table in enumerate(tables()):

@@ -1,10 +1,6 @@
-"""Classification as tables for people (rich), printed while the run goes on.
-
-Up to COMPACT_AFTER images: one table per image. More: one compact table, a row per image, whose
-column widths are fixed before the first row (from the terminal width, the input paths and the
-label names), so each batch's rows print at once and line up. A failed input is one line (its
-path, then one red cell cut with an ellipsis). With `-k K` the runners-up fill a column of their
-own when there is room, else a line below each row.
+"""Classification as tables for people (rich), printed while the run goes on: a table per image,
+or for more than COMPACT_AFTER one compact table whose widths are fixed before its first row, so
+each batch's rows print at once and line up; runners-up in a column when there is room, else below.
 """
 
 from __future__ import annotations
@@ -171,25 +167,14 @@ class CompactLayout:
             table.add_column("runners-up", width=self.runners, style="dim", overflow="fold")
         return table
 
-    def failure_table(self, result: ClassifyResult) -> Any:
+    def beside_path(self, first: Any, cell: Any, **column: Any) -> Any:
+        """One row: `first` in the path column, `cell` across the columns right of it."""
         from rich.table import Table
-        from rich.text import Text
 
         table = Table(show_edge=False, pad_edge=False, show_header=False)
         table.add_column("image", width=self.path, overflow="fold", no_wrap=not self.path_folds)
-        table.add_column("failure", width=self.span, no_wrap=True, overflow="ellipsis")
-        table.add_row(Text(shown(result.path)), failure_text(str(result.error)))
-        return table
-
-    def below_table(self, result: ClassifyResult) -> Any:
-        """The runners-up on lines of their own under the row, across the columns right of the path."""
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table(show_edge=False, pad_edge=False, show_header=False)
-        table.add_column("image", width=self.path)
-        table.add_column("runners-up", width=self.below, overflow="fold", style="dim")
-        table.add_row("", Text(runners_up_text(result.predictions[1:], self.below, lead=RUNNERS_UP_BELOW)))
+        table.add_column("rest", **column)
+        table.add_row(first, cell)
         return table
 
     def rows(self, results: Iterable[ClassifyResult]) -> list[Any]:
@@ -201,7 +186,7 @@ class CompactLayout:
         table = None
         for r in results:
             if r.error is not None:
-                out.append(self.failure_table(r))
+                out.append(self.beside_path(Text(shown(r.path)), failure_text(str(r.error)), width=self.span, no_wrap=True, overflow="ellipsis"))
                 table = None
                 continue
             if table is None:
@@ -213,7 +198,8 @@ class CompactLayout:
                 row.append(Text(runners_up_text(r.predictions[1:], self.runners)))
             table.add_row(*row)
             if self.runners is None and len(r.predictions) > 1:
-                out.append(self.below_table(r))
+                runners = runners_up_text(r.predictions[1:], self.below, lead=RUNNERS_UP_BELOW)
+                out.append(self.beside_path("", Text(runners), width=self.below, overflow="fold", style="dim"))
                 table = None
         return out
 

@@ -94,7 +94,7 @@ class Service:
         """Top-k matches of each vector (None: a failed query) in index `name`, and how they were found."""
         import numpy as np
 
-        from bitcli.collection.search import search
+        from bitcli.collection.queries import search
 
         ready = [v for v in vectors if v is not None]
         outcome = search(self.indexes[name], np.stack(ready), k, exact=False) if ready else None
