@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bitcli.errors import CheckpointError, ConfigError
+from bitcli.errors import CheckpointError
 from bitcli.util import first_line, read_json_file
 
 if TYPE_CHECKING:
@@ -65,13 +65,6 @@ class CheckpointInfo:
 def is_timm_config(data: Any) -> bool:
     """A timm config.json names an `architecture` (transformers' names `architectures` and `model_type`)."""
     return isinstance(data, dict) and isinstance(data.get("architecture"), str) and "model_type" not in data
-
-
-def read_config_json(directory: Path) -> dict[str, Any]:
-    config_path = directory / CONFIG
-    if not config_path.is_file():
-        raise ConfigError(f"{directory}: no {CONFIG}; a BiT checkpoint directory needs one")
-    return read_json_file(config_path)
 
 
 def shard_names(index_path: Path) -> list[str]:
