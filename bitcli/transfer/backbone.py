@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,20 +147,12 @@ def export_state_dict(raw: dict[str, Tensor], ws_eps: float) -> dict[str, Tensor
 
 def transformers_config(config: BitConfig, classes: list[str]) -> dict[str, Any]:
     """A transformers `config.json` for this architecture and the user's classes."""
+    own = ("num_labels", "id2label", "ws_eps", "folded_width_factor")  # bitcli's, or set below
+    architecture = {key: value for key, value in asdict(config).items() if key not in own}
     return {
         "architectures": ["BitForImageClassification"],
         "model_type": "bit",
-        "num_channels": config.num_channels,
-        "embedding_size": config.embedding_size,
-        "hidden_sizes": list(config.hidden_sizes),
-        "depths": list(config.depths),
-        "layer_type": config.layer_type,
-        "hidden_act": config.hidden_act,
-        "global_padding": config.global_padding,
-        "num_groups": config.num_groups,
-        "embedding_dynamic_padding": config.embedding_dynamic_padding,
-        "output_stride": config.output_stride,
-        "width_factor": config.width_factor,
+        **architecture,
         "id2label": {str(i): name for i, name in enumerate(classes)},
         "label2id": {name: i for i, name in enumerate(classes)},
         "dtype": "float32",
