@@ -54,14 +54,11 @@ class LoadedModel(CheckpointInfo):
         return str(self.path)
 
     @property
-    def notice(self) -> str | None:
-        """A one-line warning from resolution (e.g. a pickle-only revision), for stderr."""
-        return self.resolved.notice if self.resolved is not None else None
-
-    @property
     def notices(self) -> list[str]:
-        """Every one-line warning for stderr: resolution's, then a missing preprocessor_config.json."""
-        return [n for n in (self.notice, self.preprocess.missing_notice(self.name)) if n]
+        """Every one-line warning for stderr: resolution's (a pickle-only revision), then a missing
+        preprocessor_config.json."""
+        resolved = self.resolved.notice if self.resolved is not None else None
+        return [n for n in (resolved, self.preprocess.missing_notice(self.name)) if n]
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies these weights, preprocessing and kernels (stored by `bit embed`)."""
