@@ -74,8 +74,6 @@ def load_base(ref: str | Path, *, offline: bool | None = None) -> Base:
     resolved = resolve_model(str(ref), offline=offline)
     try:
         raw = read_checkpoint(Path(resolved.path))
-    except CheckpointError:
-        raise
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{ref}: cannot read the checkpoint ({first_line(exc)})") from exc
     backbone = {k: v.to(torch.float32) for k, v in raw.state_dict.items() if k not in HEAD_KEYS}

@@ -19,7 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,6 @@ class Plan:
     start_step: int = 0  # > 0 when resumed
     step_seconds: float | None = None  # measured on the first steps of this session
     estimated_seconds: float | None = None  # for the steps still to run
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -241,7 +241,7 @@ def _finetune(base_model, train_set, val_set, staging: Path, outdir: Path, optio
     losses = result.losses
     tail = losses[-max(1, len(losses) // 10):]
     return {
-        "hyperparameters": {**result.plan.as_dict(), "optimizer": "SGD momentum 0.9, no weight decay",
+        "hyperparameters": {**asdict(result.plan), "optimizer": "SGD momentum 0.9, no weight decay",
                             "head_init": "zeros", "seed": options.seed},
         "results": {
             "first_loss": losses[0] if losses else None, "final_loss": float(np.mean(tail)) if tail else None,
