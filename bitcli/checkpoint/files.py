@@ -56,6 +56,14 @@ class CheckpointInfo:
     num_parameters: int
     resolved: ResolvedModel | None = field(default=None, repr=False)
 
+    @classmethod
+    def of(cls, raw: RawCheckpoint, path: Path, num_parameters: int, resolved: ResolvedModel | None, **more: Any) -> Any:
+        """`raw` described as this class (`more`: a subclass's own fields, e.g. LoadedModel's)."""
+        return cls(
+            config=raw.config, preprocess=raw.preprocess, path=path, source_format=raw.source_format,
+            weights_format=raw.weights_format, files=raw.files, num_parameters=num_parameters, resolved=resolved, **more,
+        )
+
     def labels(self, labels_file: str | Path | None = None) -> Labels:
         from bitcli.labels import resolve_labels
 

@@ -180,18 +180,8 @@ def load_model(
         raise ValueError("precision and compile need optimize=True")
     else:
         engine = EngineRecord(device=device.type)
-    return LoadedModel(
-        model=model,
-        config=raw.config,
-        preprocess=raw.preprocess,
-        path=Path(path),
-        source_format=raw.source_format,
-        weights_format=raw.weights_format,
-        files=raw.files,
-        num_parameters=sum(p.numel() for p in model.parameters()),
-        engine=engine,
-        resolved=resolved,
-    )
+    num_parameters = sum(p.numel() for p in model.parameters())
+    return LoadedModel.of(raw, Path(path), num_parameters, resolved, model=model, engine=engine)
 
 
 def read_checkpoint(path: Path, *, header_only: bool = False) -> RawCheckpoint:
