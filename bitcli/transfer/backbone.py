@@ -45,11 +45,6 @@ class Base:
     commit: str | None
     files: list[Path]
 
-    @property
-    def input_size(self) -> int:
-        """The base's evaluation input size (its crop), e.g. 448 for google/bit-50."""
-        return int(max(self.preprocess.input_size))
-
     def identity(self) -> dict[str, Any]:
         """What identifies these weights: the reference and each file's name, size and mtime."""
         files = []

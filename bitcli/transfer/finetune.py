@@ -159,7 +159,8 @@ class Finetuner:
         self.rule = make_rule(
             len(train), steps=options.steps, batch_size=options.batch_size, lr=options.base_lr, mixup=options.mixup
         )
-        self.resolution = options.resolution or resolution(typical_image_area(train, options.seed), base.input_size)
+        base_input = int(max(base.preprocess.input_size))  # its evaluation crop, e.g. 448 for google/bit-50
+        self.resolution = options.resolution or resolution(typical_image_area(train, options.seed), base_input)
         self.device = torch.device(device)
         self.model = trainable_model(base, train.classes).to(self.device)
         self.micro = options.micro_batch or auto_micro_batch(
