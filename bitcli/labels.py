@@ -113,9 +113,7 @@ def read_labels_file(path: Path) -> list[str]:
 @lru_cache(maxsize=None)
 def load_bundled(num_classes: int) -> Labels:
     """The bundled list for a head size (1000 or 21843); read from package data on first call."""
-    if num_classes not in _BUNDLED:
-        raise KeyError(num_classes)
-    filename, source = _BUNDLED[num_classes]
+    filename, source = _BUNDLED[num_classes]  # KeyError for another size
     raw = resources.files("bitcli").joinpath("data", filename).read_bytes()
     if filename.endswith(".gz"):
         raw = gzip.decompress(raw)

@@ -82,9 +82,7 @@ def test_finetuned_weights_export_exactly(kind, photos, tmp_path):
     result = tuner.run()
     out = tmp_path / "out"
     out.mkdir()
-    from bitcli.transfer.backbone import with_classes
-
-    write_checkpoint(out, config=with_classes(base.config, data.classes), classes=data.classes,
+    write_checkpoint(out, base=base.config, classes=data.classes,
                      weights=result.weights, preprocess=eval_preprocess(base.preprocess, tuner.resolution))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -1,9 +1,9 @@
 """Checkpoints: files on disk -> a ready BiT model (`load_model` -> `LoadedModel`).
 
 `files.py` (names, format detection, `RawCheckpoint`, weight readers; a torch-free leaf), one
-reader per format -> RawCheckpoint (`transformers.py`, `timm.py`, `npz.py`), `loading.py`
-(dispatch, strict build, engine), `describe.py` (config and safetensors header, no weights).
-A new format is one reader plus one branch in `loading.read_checkpoint`. This face imports
+reader per format -> RawCheckpoint (`timm.py`, `npz.py`; transformers' own layout in `loading.py`),
+`loading.py` (dispatch, strict build, engine), `describe.py` (config and safetensors header, no
+weights). A new format is one reader plus one branch in `loading.read_checkpoint`. This face imports
 nothing heavy: `loading.py` loads on first use."""
 
 from __future__ import annotations

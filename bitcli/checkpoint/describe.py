@@ -37,16 +37,7 @@ def describe_any(path: Path, resolved: ResolvedModel | None = None) -> Checkpoin
 
 
 def _described(raw: RawCheckpoint, path: Path, resolved: ResolvedModel | None) -> CheckpointInfo:
-    return CheckpointInfo(
-        config=raw.config,
-        preprocess=raw.preprocess,
-        path=path,
-        source_format=raw.source_format,
-        weights_format=raw.weights_format,
-        files=raw.files,
-        num_parameters=sum(p.numel() for p in meta_model(raw.config).parameters()),
-        resolved=resolved,
-    )
+    return CheckpointInfo.of(raw, path, sum(p.numel() for p in meta_model(raw.config).parameters()), resolved)
 
 
 # -- the report ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bitcli.errors import CheckpointError, ConfigError
+from bitcli.errors import CheckpointError
 from bitcli.util import first_line, read_json_file
 
 if TYPE_CHECKING:
@@ -56,6 +56,14 @@ class CheckpointInfo:
     num_parameters: int
     resolved: ResolvedModel | None = field(default=None, repr=False)
 
+    @classmethod
+    def of(cls, raw: RawCheckpoint, path: Path, num_parameters: int, resolved: ResolvedModel | None, **more: Any) -> Any:
+        """`raw` described as this class (`more`: a subclass's own fields, e.g. LoadedModel's)."""
+        return cls(
+            config=raw.config, preprocess=raw.preprocess, path=path, source_format=raw.source_format,
+            weights_format=raw.weights_format, files=raw.files, num_parameters=num_parameters, resolved=resolved, **more,
+        )
+
     def labels(self, labels_file: str | Path | None = None) -> Labels:
         from bitcli.labels import resolve_labels
 
@@ -65,13 +73,6 @@ class CheckpointInfo:
 def is_timm_config(data: Any) -> bool:
     """A timm config.json names an `architecture` (transformers' names `architectures` and `model_type`)."""
     return isinstance(data, dict) and isinstance(data.get("architecture"), str) and "model_type" not in data
-
-
-def read_config_json(directory: Path) -> dict[str, Any]:
-    config_path = directory / CONFIG
-    if not config_path.is_file():
-        raise ConfigError(f"{directory}: no {CONFIG}; a BiT checkpoint directory needs one")
-    return read_json_file(config_path)
 
 
 def shard_names(index_path: Path) -> list[str]:
@@ -84,49 +85,36 @@ def shard_names(index_path: Path) -> list[str]:
 
 
 def read_weights(directory: Path, *, header_only: bool = False) -> tuple[dict[str, Tensor], str, list[Path]]:
-    """(state dict, format description, files read) from the best weights file (`header_only`: meta tensors)."""
-    if (directory / SAFETENSORS).is_file() or (directory / SAFETENSORS_INDEX).is_file():
-        weights_format, files, shards = safetensors_files(directory)
+    """(state dict, format description, files read) from the best weights file: `model.safetensors`,
+    else the index and its shards, else the pickle (`header_only`: safetensors as meta tensors)."""
+    if (directory / SAFETENSORS).is_file():
+        return read_safetensors(directory / SAFETENSORS, header_only), "safetensors", [directory / SAFETENSORS]
+    index = directory / SAFETENSORS_INDEX
+    if index.is_file():
+        shards = [directory / name for name in shard_names(index)]
         state_dict: dict[str, Tensor] = {}
         for shard in shards:
-            state_dict.update(read_meta_tensors(shard) if header_only else read_safetensors(shard))
-        return state_dict, weights_format, files
+            if not shard.is_file():
+                raise CheckpointError(f"{shard}: shard listed in {index.name} is missing")
+            state_dict.update(read_safetensors(shard, header_only))
+        return state_dict, f"safetensors ({len(shards)} shards)", [index, *shards]
     if (directory / PICKLE).is_file():
         return read_pickle(directory / PICKLE), "pytorch pickle (weights_only)", [directory / PICKLE]
     raise CheckpointError(f"{directory}: no weights found (expected {SAFETENSORS} or {PICKLE})")
 
 
-def safetensors_files(directory: Path) -> tuple[str, list[Path], list[Path]]:
-    """(format, every file, the files holding tensors) of `model.safetensors`, else the index and its shards."""
-    if (directory / SAFETENSORS).is_file():
-        return "safetensors", [directory / SAFETENSORS], [directory / SAFETENSORS]
-    index = directory / SAFETENSORS_INDEX
-    shards = [directory / name for name in shard_names(index)]
-    for shard in shards:
-        if not shard.is_file():
-            raise CheckpointError(f"{shard}: shard listed in {index.name} is missing")
-    return f"safetensors ({len(shards)} shards)", [index, *shards], shards
-
-
-def read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
+def read_safetensors(path: Path, header_only: bool = False) -> dict[str, Tensor]:
+    """A safetensors file's tensors (`header_only`: as its header describes them, on the meta device)."""
+    import torch
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({first_line(exc)})") from None
-
-
-def read_meta_tensors(path: Path) -> dict[str, Tensor]:
-    """The tensors a safetensors header describes, on the meta device; a file cut short is a CheckpointError."""
-    import torch
-    from safetensors import SafetensorError, safe_open
-
-    try:
+        if not header_only:
+            return load_file(path)
         with safe_open(path, "pt") as file:
             return {name: torch.empty(file.get_slice(name).get_shape(), device="meta") for name in file.keys()}
-    except (SafetensorError, OSError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({first_line(exc)})") from None
 
 

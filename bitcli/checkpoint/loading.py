@@ -14,22 +14,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from bitcli.checkpoint.files import (
-    CONFIG,
-    PREPROCESSOR_CONFIG,
-    CheckpointInfo,
-    RawCheckpoint,
-    is_timm_config,
-    read_config_json,
-)
+from bitcli.checkpoint.files import CONFIG, PREPROCESSOR_CONFIG, CheckpointInfo, RawCheckpoint, is_timm_config, read_weights
 from bitcli.checkpoint.timm import read_timm_checkpoint
-from bitcli.checkpoint.transformers import read_transformers_checkpoint
 from bitcli.engine.plan import check_precision
 from bitcli.engine.runtime import EngineRecord, prepare
-from bitcli.errors import CheckpointError
+from bitcli.errors import CheckpointError, ConfigError
 from bitcli.model.architecture import BiT, meta_model, standardize_conv_weight
 from bitcli.model.config import BitConfig
-from bitcli.util import name_some
+from bitcli.util import name_some, read_json_file
 
 if TYPE_CHECKING:
     from bitcli.hub import ResolvedModel
@@ -62,14 +54,11 @@ class LoadedModel(CheckpointInfo):
         return str(self.path)
 
     @property
-    def notice(self) -> str | None:
-        """A one-line warning from resolution (e.g. a pickle-only revision), for stderr."""
-        return self.resolved.notice if self.resolved is not None else None
-
-    @property
     def notices(self) -> list[str]:
-        """Every one-line warning for stderr: resolution's, then a missing preprocessor_config.json."""
-        return [n for n in (self.notice, self.preprocess.missing_notice(self.name)) if n]
+        """Every one-line warning for stderr: resolution's (a pickle-only revision), then a missing
+        preprocessor_config.json."""
+        resolved = self.resolved.notice if self.resolved is not None else None
+        return [n for n in (resolved, self.preprocess.missing_notice(self.name)) if n]
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies these weights, preprocessing and kernels (stored by `bit embed`)."""
@@ -191,18 +180,8 @@ def load_model(
         raise ValueError("precision and compile need optimize=True")
     else:
         engine = EngineRecord(device=device.type)
-    return LoadedModel(
-        model=model,
-        config=raw.config,
-        preprocess=raw.preprocess,
-        path=Path(path),
-        source_format=raw.source_format,
-        weights_format=raw.weights_format,
-        files=raw.files,
-        num_parameters=sum(p.numel() for p in model.parameters()),
-        engine=engine,
-        resolved=resolved,
-    )
+    num_parameters = sum(p.numel() for p in model.parameters())
+    return LoadedModel.of(raw, Path(path), num_parameters, resolved, model=model, engine=engine)
 
 
 def read_checkpoint(path: Path, *, header_only: bool = False) -> RawCheckpoint:
@@ -215,10 +194,27 @@ def read_checkpoint(path: Path, *, header_only: bool = False) -> RawCheckpoint:
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory or .npz file")
-    config_data = read_config_json(path)
+    if not (path / CONFIG).is_file():
+        raise ConfigError(f"{path}: no {CONFIG}; a BiT checkpoint directory needs one")
+    config_data = read_json_file(path / CONFIG)
     if is_timm_config(config_data):
         return read_timm_checkpoint(path, config_data, header_only=header_only)
-    return read_transformers_checkpoint(path, config_data, header_only=header_only)
+    return _read_transformers(path, config_data, header_only=header_only)
+
+
+def _read_transformers(directory: Path, config_data: dict[str, Any], *, header_only: bool) -> RawCheckpoint:
+    """A transformers checkpoint (`google/bit-50`): canonical names already; a `BitModel` save (no
+    head) gets the `bit.` prefix and no head."""
+    from bitcli.preprocess import PreprocessConfig
+
+    config = BitConfig.from_dict(config_data)
+    state_dict, weights_format, weight_files = read_weights(directory, header_only=header_only)
+    if not any(key.startswith("bit.") for key in state_dict):
+        state_dict = {f"bit.{key}": value for key, value in state_dict.items()}
+        config.num_labels = 0
+    preprocess_path = directory / PREPROCESSOR_CONFIG
+    files = [directory / CONFIG] + ([preprocess_path] if preprocess_path.is_file() else []) + weight_files
+    return RawCheckpoint(config, state_dict, PreprocessConfig.load(directory), "transformers", weights_format, files)
 
 
 def build_model(config: BitConfig, state_dict: dict[str, Tensor], *, origin: str = "checkpoint") -> BiT:

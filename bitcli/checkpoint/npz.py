@@ -76,16 +76,12 @@ def read_npz_arrays(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: not a readable .npz file ({exc})") from None
 
 
-def find_prefix(arrays: dict[str, np.ndarray], path: Path) -> str:
-    """The key prefix before `root_block/...` (`resnet/` in every released file)."""
-    for key in arrays:
-        if key.endswith(_ROOT_KERNEL):
-            return key[: -len(_ROOT_KERNEL)]
-    raise CheckpointError(f"{path}: no {_ROOT_KERNEL} array; not a BiT .npz checkpoint")
-
-
-def infer_depths(arrays: dict[str, np.ndarray], prefix: str) -> list[int]:
-    """Units per block, from the `block{i}/unit{j:02d}` key names; blocks and units must be contiguous."""
+def _prefix_and_depths(arrays: dict[str, np.ndarray], path: Path) -> tuple[str, list[int]]:
+    """The key prefix before `root_block/...` (`resnet/` in every released file) and the units per
+    block, from the `block{i}/unit{j:02d}` key names; blocks and units must be numbered 1..n."""
+    prefix = next((key[: -len(_ROOT_KERNEL)] for key in arrays if key.endswith(_ROOT_KERNEL)), None)
+    if prefix is None:
+        raise CheckpointError(f"{path}: no {_ROOT_KERNEL} array; not a BiT .npz checkpoint")
     units: dict[int, set[int]] = {}
     for key in arrays:
         match = _UNIT.match(key[len(prefix) :]) if key.startswith(prefix) else None
@@ -94,26 +90,10 @@ def infer_depths(arrays: dict[str, np.ndarray], prefix: str) -> list[int]:
     blocks = sorted(units)
     if not blocks or blocks != list(range(1, len(blocks) + 1)):
         raise CheckpointError(f"BiT .npz blocks {blocks} are not numbered 1..n")
-    depths = []
     for block in blocks:
         if sorted(units[block]) != list(range(1, len(units[block]) + 1)):
             raise CheckpointError(f"BiT .npz block{block} units {sorted(units[block])} are not numbered 1..n")
-        depths.append(len(units[block]))
-    return depths
-
-
-def conv_to_torch(kernel: np.ndarray, key: str) -> Tensor:
-    """HWIO -> OIHW, float32."""
-    if kernel.ndim != 4:
-        raise CheckpointError(f"{key}: expected a 4-D HWIO kernel, found shape {list(kernel.shape)}")
-    return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1), dtype=np.float32))
-
-
-def vector_to_torch(array: np.ndarray, key: str) -> Tensor:
-    """A per-channel parameter (GroupNorm gamma/beta, bias), flattened from any [1, 1, 1, C] layout."""
-    if array.ndim > 1 and sum(d != 1 for d in array.shape) > 1:
-        raise CheckpointError(f"{key}: expected a vector, found shape {list(array.shape)}")
-    return torch.from_numpy(np.ascontiguousarray(array.reshape(-1), dtype=np.float32))
+    return prefix, [len(units[block]) for block in blocks]
 
 
 def npz_key_map(depths: list[int], prefix: str = "resnet/", head: bool = True) -> dict[str, str]:
@@ -154,12 +134,16 @@ def convert_npz_arrays(arrays: dict[str, np.ndarray], depths: list[int], prefix:
     for key, name in mapping.items():
         array = arrays[key]
         if name == "classifier.1.weight":  # [1, 1, C, K] (or [C, K]) -> [K, C]
-            matrix = array.reshape(array.shape[-2], array.shape[-1])
-            state_dict[name] = torch.from_numpy(np.ascontiguousarray(matrix.T, dtype=np.float32))
-        elif key.endswith("/kernel"):
-            state_dict[name] = conv_to_torch(array, key)
+            array = array.reshape(array.shape[-2], array.shape[-1]).T
+        elif key.endswith("/kernel"):  # HWIO -> OIHW
+            if array.ndim != 4:
+                raise CheckpointError(f"{key}: expected a 4-D HWIO kernel, found shape {list(array.shape)}")
+            array = array.transpose(3, 2, 0, 1)
+        elif array.ndim > 1 and sum(d != 1 for d in array.shape) > 1:  # a per-channel vector, any [1, 1, 1, C]
+            raise CheckpointError(f"{key}: expected a vector, found shape {list(array.shape)}")
         else:
-            state_dict[name] = vector_to_torch(array, key)
+            array = array.reshape(-1)
+        state_dict[name] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     return state_dict
 
 
@@ -177,12 +161,8 @@ def bit_config_from_state_dict(state_dict: dict[str, Tensor], depths: list[int])
         embedding_size=stem,
         hidden_sizes=widths,
         depths=depths,
-        layer_type="preactivation",
-        global_padding=None,
-        width_factor=1,  # folded into hidden_sizes, as for timm checkpoints
-        folded_width_factor=width,
+        folded_width_factor=width,  # width_factor stays 1: folded into hidden_sizes, as for timm
         num_labels=0 if head is None else int(head.shape[0]),
-        id2label={},
         ws_eps=WS_EPS,
     )
 
@@ -211,19 +191,14 @@ def npz_preprocess(image_size: int) -> PreprocessConfig:
     from bitcli.preprocess import PreprocessConfig
 
     return PreprocessConfig(
-        do_resize=True,
         resize_mode="exact",
         shortest_edge=None,
         size=(image_size, image_size),
         resample=2,  # PIL bilinear, torchvision's default for Resize
         do_center_crop=False,
         crop_size=(image_size, image_size),
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
         image_mean=(0.5, 0.5, 0.5),
         image_std=(0.5, 0.5, 0.5),
-        do_convert_rgb=True,
     )
 
 
@@ -233,8 +208,7 @@ def read_npz_checkpoint(path: str | Path, *, image_size: int | None = None) -> R
 
     path = Path(path)
     arrays = read_npz_arrays(path)
-    prefix = find_prefix(arrays, path)
-    depths = infer_depths(arrays, prefix)
+    prefix, depths = _prefix_and_depths(arrays, path)
     state_dict = convert_npz_arrays(arrays, depths, prefix)
     config = bit_config_from_state_dict(state_dict, depths)
     preprocess = npz_preprocess(image_size or default_image_size(path))

@@ -80,10 +80,7 @@ def bit_config_from_timm(data: dict[str, Any]) -> BitConfig:
         embedding_size=make_divisible(BASE_STEM * width),
         hidden_sizes=hidden_sizes,
         depths=depths,
-        layer_type="preactivation",
-        global_padding=None,
-        width_factor=1,  # folded into hidden_sizes: see the module docstring
-        folded_width_factor=width,
+        folded_width_factor=width,  # width_factor stays 1: see the module docstring
         num_labels=num_classes,
         id2label=timm_id2label(data, num_classes),
         ws_eps=WS_EPS,
@@ -125,17 +122,11 @@ def preprocess_from_timm(pretrained_cfg: dict[str, Any]) -> PreprocessConfig:
     else:
         raise ConfigError(f"timm crop_mode {crop_mode!r} is not supported (use center or squash)")
     return PreprocessConfig(
-        do_resize=True,
         **resize,
         resample=RESAMPLE_FILTERS[interpolation],
-        do_center_crop=True,
         crop_size=(height, width),
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
         image_mean=tuple(float(v) for v in pretrained_cfg.get("mean") or IMAGENET_DEFAULT_MEAN),
         image_std=tuple(float(v) for v in pretrained_cfg.get("std") or IMAGENET_DEFAULT_STD),
-        do_convert_rgb=True,
         crop_rounding="half_even",  # torchvision's CenterCrop
     )
 

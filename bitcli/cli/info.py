@@ -93,7 +93,7 @@ def download(
         if resolved.notice:
             ui.warn(resolved.notice)
         if local_dir is not None:
-            from bitcli.hub.localdir import copy_to_local_dir
+            from bitcli.hub.cache import copy_to_local_dir
 
             typer.echo(str(copy_to_local_dir(resolved, local_dir)))
         else:

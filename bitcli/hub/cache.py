@@ -1,11 +1,14 @@
 """The hub cache (huggingface_hub's standard layout), read without a request; `HubSettings` reads
-the environment at call time. `list_known_models` is `bit models`."""
+the environment at call time. `list_known_models` is `bit models`; `copy_to_local_dir` is
+`bit download --local-dir`."""
 
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +24,9 @@ from bitcli.checkpoint.files import (
     is_timm_config,
     shard_names,
 )
-from bitcli.errors import CheckpointError, OfflineError
+from bitcli.errors import CheckpointError, OfflineError, UsageError
 from bitcli.hub import zoo
-from bitcli.util import CONFIG_MAX_BYTES, human_bytes, read_capped
+from bitcli.util import CONFIG_MAX_BYTES, human_bytes, os_error_reason, read_capped, write_atomic
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -118,37 +121,29 @@ def bundled_row(alias: str) -> dict:
     }
 
 
-def _lookup(hub_ref: HubRef, filename: str, settings: HubSettings) -> object:
-    """The cache's answer for a file at the reference's revision: its path, a "known not to exist" marker, or None."""
-    return try_to_load_from_cache(hub_ref.repo_id, filename, cache_dir=str(settings.cache_dir), revision=hub_ref.revision)
-
-
 def cached_file(hub_ref: HubRef, filename: str, settings: HubSettings) -> Path | None:
     """The cached file at the reference's revision, or None."""
-    found = _lookup(hub_ref, filename, settings)
+    found = try_to_load_from_cache(hub_ref.repo_id, filename, cache_dir=str(settings.cache_dir), revision=hub_ref.revision)
     return Path(found) if isinstance(found, str) else None
 
 
-def preprocessor_state_known(hub_ref: HubRef, config: Path, settings: HubSettings) -> bool:
-    """Whether the cache holds the preprocessor config or knows the repository has none (a snapshot
-    another tool left without it would silently get default preprocessing)."""
-    try:
-        if is_timm_config(json.loads(read_capped(config, CONFIG_MAX_BYTES))):
-            return True
-    except (OSError, ValueError):
-        return False
-    return preprocessor_known(hub_ref, settings)
-
-
 def preprocessor_known(hub_ref: HubRef, settings: HubSettings) -> bool:
-    """Whether the cache holds the revision's preprocessor config or records that it has none."""
-    return _lookup(hub_ref, PREPROCESSOR_CONFIG, settings) is not None
+    """Whether the cache holds the revision's preprocessor config or records that it has none (a
+    snapshot another tool left without it would silently get default preprocessing)."""
+    found = try_to_load_from_cache(
+        hub_ref.repo_id, PREPROCESSOR_CONFIG, cache_dir=str(settings.cache_dir), revision=hub_ref.revision
+    )
+    return found is not None
 
 
 def from_cache(ref: str, hub_ref: HubRef, settings: HubSettings) -> ResolvedModel | None:
     """The cached snapshot if it holds config, preprocessing and weights, else None. No request."""
     config = cached_file(hub_ref, CONFIG, settings)
-    if config is None or not preprocessor_state_known(hub_ref, config, settings):
+    try:
+        timm = config is not None and is_timm_config(json.loads(read_capped(config, CONFIG_MAX_BYTES)))
+    except (OSError, ValueError):
+        return None
+    if config is None or not (timm or preprocessor_known(hub_ref, settings)):
         return None
     for weights_name in WEIGHTS_FILES:
         weights = cached_file(hub_ref, weights_name, settings)
@@ -158,16 +153,7 @@ def from_cache(ref: str, hub_ref: HubRef, settings: HubSettings) -> ResolvedMode
             (config.parent / shard).is_file() for shard in cache_shard_names(weights)
         ):
             continue
-        return ResolvedModel(
-            path=config.parent,
-            ref=ref,
-            repo_id=hub_ref.repo_id,
-            revision=hub_ref.revision,
-            commit=config.parent.name,
-            weights_file=weights_name,
-            source="cache",
-            notice=pickle_notice(hub_ref) if weights_name == PICKLE else None,
-        )
+        return hub_snapshot(ref, hub_ref, config.parent, weights_name, "cache")
     return None
 
 
@@ -209,9 +195,44 @@ def cache_shard_names(index_path: Path | None) -> list[str]:
         return []
 
 
-def pickle_notice(hub_ref: HubRef) -> str:
-    """The one-line notice for a revision that only has the pickle."""
-    return (
-        f"note: '{hub_ref.display}' has no {SAFETENSORS}; "
-        f"loading {PICKLE} with torch.load(weights_only=True)"
-    )
+def hub_snapshot(ref: str, hub_ref: HubRef, folder: Path, weights_file: str, source: str) -> ResolvedModel:
+    """A snapshot folder of the hub cache (named after its commit) as a ResolvedModel; a revision
+    that only has the pickle carries a one-line notice."""
+    notice = None
+    if weights_file == PICKLE:
+        notice = f"note: '{hub_ref.display}' has no {SAFETENSORS}; loading {PICKLE} with torch.load(weights_only=True)"
+    return ResolvedModel(folder, ref, hub_ref.repo_id, hub_ref.revision, folder.name, weights_file, source, notice)
+
+
+# -- `bit download MODEL --local-dir DIR`: the checkpoint's files copied into a plain folder, each
+# atomically; a file DIR holds with the same name is kept when equal and refused when not.
+
+
+def checkpoint_files(resolved: ResolvedModel) -> list[Path]:
+    """The files of a resolved checkpoint: the file itself, or every regular file of its folder."""
+    source = Path(resolved.path)
+    if source.is_file():
+        return [source]
+    return sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def copy_to_local_dir(resolved: ResolvedModel, directory: str | Path) -> Path:
+    """Copy the checkpoint's files into `directory` (created if missing); returns the folder."""
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--local-dir {target}: exists and is not a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for source in checkpoint_files(resolved):
+            destination = target / source.name
+            if destination.is_symlink() or (destination.exists() and not destination.is_file()):
+                raise UsageError(f"{destination}: exists and is not a regular file; choose another --local-dir")
+            if destination.exists():
+                if filecmp.cmp(source, destination, shallow=False):
+                    continue
+                raise UsageError(f"{destination}: exists with other content; choose an empty --local-dir or remove it")
+            with open(source, "rb") as inp:
+                write_atomic(destination, lambda out: shutil.copyfileobj(inp, out, 1 << 20))
+    except OSError as exc:
+        raise UsageError(f"--local-dir {target}: cannot write there ({os_error_reason(exc)})") from None
+    return target

@@ -50,7 +50,7 @@ from bitcli.hub.cache import (
     cached_file,
     from_cache,
     from_cache_or_raise,
-    pickle_notice,
+    hub_snapshot,
     preprocessor_known,
 )
 from bitcli.util import first_line, name_some
@@ -228,16 +228,8 @@ def _fetch(ref: str, hub_ref: HubRef, settings: HubSettings, commit: str, files:
             _download_file(hub_ref, commit, name, settings, progress=progress)
         missing += shards
     _record_revision(hub_ref, commit, settings, has_preprocessor=PREPROCESSOR_CONFIG in files)
-    return ResolvedModel(
-        path=cached_file(commit_ref, CONFIG, settings).parent,  # type: ignore[union-attr]
-        ref=ref,
-        repo_id=hub_ref.repo_id,
-        revision=hub_ref.revision,
-        commit=commit,
-        weights_file=weights_name,
-        source="download" if missing else "cache",
-        notice=pickle_notice(hub_ref) if weights_name == PICKLE else None,
-    )
+    folder = cached_file(commit_ref, CONFIG, settings).parent  # type: ignore[union-attr]
+    return hub_snapshot(ref, hub_ref, folder, weights_name, "download" if missing else "cache")
 
 
 def _download_file(hub_ref: HubRef, commit: str, filename: str, settings: HubSettings, *, progress: bool) -> Path:

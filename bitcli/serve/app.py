@@ -307,6 +307,8 @@ def serve_on_ray(
     import ray
     from ray import serve
 
+    from bitcli.hub.deadline import Deadline, bounded
+
     if address:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     else:
@@ -327,11 +329,5 @@ def serve_on_ray(
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _bounded(lambda: (serve.shutdown(), ray.shutdown()), SHUTDOWN_S)
-
-
-def _bounded(work: Callable[[], Any], seconds: float) -> None:
-    """`work` for at most `seconds` (Ray's shutdown can wait forever); then the process exits without it."""
-    done = threading.Thread(target=work, daemon=True, name="bit-ray-shutdown")
-    done.start()
-    done.join(seconds)
+        with contextlib.suppress(Exception):  # Ray's shutdown can wait forever: the process exits without it
+            bounded(lambda: (serve.shutdown(), ray.shutdown()), Deadline(SHUTDOWN_S))

@@ -59,8 +59,7 @@ class Service:
     """`await submit(key, uploads)` between `start()` and `stop()`, run in batches (`run`); searches
     of `indexes` (`add_index`); `report` (/v1/models)."""
 
-    def __init__(self, model: Any, settings: ServeSettings, *, max_pixels: int | None, workers: int | None = None,
-                 indexes: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: Any, settings: ServeSettings, *, max_pixels: int | None, indexes: dict[str, Any] | None = None) -> None:
         from bitcli.checkpoint.describe import build_report
 
         self.model = model
@@ -70,7 +69,7 @@ class Service:
         self._task: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bit-model")
         self.stats = {"batches": 0, "images": 0, "largest_batch": 0}
-        self.options = RunOptions(batch_size=self.settings.max_batch, max_pixels=max_pixels, workers=workers)
+        self.options = RunOptions(batch_size=self.settings.max_batch, max_pixels=max_pixels)
         self._classifiers: dict[int, Classifier] = {}
         self._embedders: dict[bool, Embedder] = {}
         self.scratch = Path(tempfile.mkdtemp(prefix="bit-serve-"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,6 @@ class Base:
     commit: str | None
     files: list[Path]
 
-    @property
-    def input_size(self) -> int:
-        """The base's evaluation input size (its crop), e.g. 448 for google/bit-50."""
-        return int(max(self.preprocess.input_size))
-
     def identity(self) -> dict[str, Any]:
         """What identifies these weights: the reference and each file's name, size and mtime."""
         files = []
@@ -74,8 +69,6 @@ def load_base(ref: str | Path, *, offline: bool | None = None) -> Base:
     resolved = resolve_model(str(ref), offline=offline)
     try:
         raw = read_checkpoint(Path(resolved.path))
-    except CheckpointError:
-        raise
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{ref}: cannot read the checkpoint ({first_line(exc)})") from exc
     backbone = {k: v.to(torch.float32) for k, v in raw.state_dict.items() if k not in HEAD_KEYS}
@@ -147,20 +140,12 @@ def export_state_dict(raw: dict[str, Tensor], ws_eps: float) -> dict[str, Tensor
 
 def transformers_config(config: BitConfig, classes: list[str]) -> dict[str, Any]:
     """A transformers `config.json` for this architecture and the user's classes."""
+    own = ("num_labels", "id2label", "ws_eps", "folded_width_factor")  # bitcli's, or set below
+    architecture = {key: value for key, value in asdict(config).items() if key not in own}
     return {
         "architectures": ["BitForImageClassification"],
         "model_type": "bit",
-        "num_channels": config.num_channels,
-        "embedding_size": config.embedding_size,
-        "hidden_sizes": list(config.hidden_sizes),
-        "depths": list(config.depths),
-        "layer_type": config.layer_type,
-        "hidden_act": config.hidden_act,
-        "global_padding": config.global_padding,
-        "num_groups": config.num_groups,
-        "embedding_dynamic_padding": config.embedding_dynamic_padding,
-        "output_stride": config.output_stride,
-        "width_factor": config.width_factor,
+        **architecture,
         "id2label": {str(i): name for i, name in enumerate(classes)},
         "label2id": {name: i for i, name in enumerate(classes)},
         "dtype": "float32",

@@ -32,7 +32,7 @@ import torch
 from bitcli.errors import UsageError
 from bitcli.util import CONFIG_MAX_BYTES, read_capped, write_atomic, write_synced
 
-from .backbone import HEAD_KEYS, BitConfig, PreprocessConfig, export_state_dict, transformers_config
+from .backbone import HEAD_KEYS, BitConfig, PreprocessConfig, export_state_dict, transformers_config, with_classes
 from .hyperrule import Resolution
 
 STATE_INFO_MAX_BYTES = 256 << 20  # the step's losses: 8 bytes or so per step
@@ -180,15 +180,13 @@ def preprocessor_dict(cfg: PreprocessConfig) -> dict[str, Any]:
 
 
 def write_checkpoint(
-    directory: Path,
-    *,
-    config: BitConfig,
-    classes: list[str],
-    weights: dict[str, torch.Tensor],
-    preprocess: PreprocessConfig,
+    directory: Path, *, base: BitConfig, classes: list[str], weights: dict[str, torch.Tensor], preprocess: PreprocessConfig
 ) -> None:
-    """Write config, preprocessing and weights (raw, with the head) into `directory`; WriteFailed on failure."""
+    """Write the base's architecture with a head for `classes`, preprocessing and weights (raw, with
+    the head) into `directory`; WriteFailed on failure."""
     from safetensors.torch import save_file
+
+    config = with_classes(base, classes)
 
     missing = [k for k in HEAD_KEYS if k not in weights]
     if missing:

@@ -19,7 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,6 @@ class Plan:
     start_step: int = 0  # > 0 when resumed
     step_seconds: float | None = None  # measured on the first steps of this session
     estimated_seconds: float | None = None  # for the steps still to run
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -162,7 +159,8 @@ class Finetuner:
         self.rule = make_rule(
             len(train), steps=options.steps, batch_size=options.batch_size, lr=options.base_lr, mixup=options.mixup
         )
-        self.resolution = options.resolution or resolution(typical_image_area(train, options.seed), base.input_size)
+        base_input = int(max(base.preprocess.input_size))  # its evaluation crop, e.g. 448 for google/bit-50
+        self.resolution = options.resolution or resolution(typical_image_area(train, options.seed), base_input)
         self.device = torch.device(device)
         self.model = trainable_model(base, train.classes).to(self.device)
         self.micro = options.micro_batch or auto_micro_batch(

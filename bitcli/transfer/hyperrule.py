@@ -97,7 +97,6 @@ def fixed_resolution(crop: int) -> Resolution:
 class Rule:
     """Everything the HyperRule decides for one training run."""
 
-    dataset_size: int
     boundaries: list[int]
     base_lr: float
     batch_size: int
@@ -124,7 +123,6 @@ def make_rule(
     if steps is not None:
         boundaries = scaled_schedule(boundaries, steps)
     return Rule(
-        dataset_size=dataset_size,
         boundaries=boundaries,
         base_lr=BASE_LR if lr is None else float(lr),  # at any batch size: see the module docstring
         batch_size=batch_size,

@@ -10,7 +10,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import numpy as np
 from bitcli.errors import BitError, UsageError
 
 from . import data as data_mod
-from .backbone import load_base, with_classes
+from .backbone import load_base
 from .data import Dataset
 from .export import Staging, WriteFailed, check_outdir, discard_empty, eval_preprocess, has_checkpoint, write_checkpoint, write_report
 from .finetune import FinetuneOptions, Finetuner, Plan, Progress
@@ -198,7 +198,7 @@ def _linear(base_ref, base_model, train_set, val_set, staging: Path, options, ca
         val_accuracy = float((probe.head.predict(va.vectors) == val_set.labels[va.rows]).mean())
     head = {"classifier.1.weight": torch.from_numpy(probe.head.weight), "classifier.1.bias": torch.from_numpy(probe.head.bias)}
     write_checkpoint(
-        staging, config=with_classes(base_model.config, train_set.classes), classes=train_set.classes,
+        staging, base=base_model.config, classes=train_set.classes,
         weights={**base_model.backbone, **head}, preprocess=eval_preprocess(base_model.preprocess, None),
     )
     return {
@@ -230,7 +230,7 @@ def _finetune(base_model, train_set, val_set, staging: Path, outdir: Path, optio
     callbacks.say("fine-tuning" + (" (resuming)" if options.resume else ""))
     result = tuner.run(resume=options.resume, on_plan=callbacks.plan, on_progress=callbacks.step)
     write_checkpoint(
-        staging, config=with_classes(base_model.config, train_set.classes), classes=train_set.classes,
+        staging, base=base_model.config, classes=train_set.classes,
         weights=result.weights, preprocess=eval_preprocess(base_model.preprocess, tuner.resolution),
     )
     val_accuracy, val_n, val_failed = None, 0, []
@@ -241,7 +241,7 @@ def _finetune(base_model, train_set, val_set, staging: Path, outdir: Path, optio
     losses = result.losses
     tail = losses[-max(1, len(losses) // 10):]
     return {
-        "hyperparameters": {**result.plan.as_dict(), "optimizer": "SGD momentum 0.9, no weight decay",
+        "hyperparameters": {**asdict(result.plan), "optimizer": "SGD momentum 0.9, no weight decay",
                             "head_init": "zeros", "seed": options.seed},
         "results": {
             "first_loss": losses[0] if losses else None, "final_loss": float(np.mean(tail)) if tail else None,
