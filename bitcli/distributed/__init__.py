@@ -6,7 +6,7 @@
     combine.py     shards concatenated -> exactly the files a local run writes
     worker.py      a worker: the model loaded once, shards embedded with the local pipeline;
                    `run_shards` runs `--shard I/N` in this process
-    ray_engine.py  `--engine ray`: the shards through a Ray Data actor pool, then combine
+    ray_engine.py  `--engine ray`: the shards through a pool of Ray actors, then combine
 
 Nothing here imports torch or ray at import time.
 """

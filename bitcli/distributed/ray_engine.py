@@ -3,7 +3,7 @@
 The driver (this process) holds the output's writer (`store.EmbedWriter`: its partial folder
 and lock) from start to end, so a second run on the output is refused. It streams the inputs into `inputs.jsonl` in the
 shard directory (`OUT.npy.shards/`, or `shard_dir`), cuts the list into shards of whole batches
-(`shards.py`) and runs the unfinished ones on a Ray Data actor pool (`ray_pool.py`): each actor
+(`shards.py`) and runs the unfinished ones on a pool of Ray actors (`ray_pool.py`): each actor
 loads the model once and writes its shards as collections. The driver then commits the shards
 through that writer (`combine.concatenate`), publishes, and removes the shard directory. Workers read and write the shard
 directory themselves, so it (and the images) must be the same path on every node: a single
