@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from bitcli.distributed.shards import (
     UPDATE_PLAN, DuplicateShardError, MissingShardError, ShardInfo, ShardMismatchError, Split,
-    read_shard, shard_outputs,
+    check_alike, read_shard, shard_outputs,
 )
 from bitcli.errors import UsageError
 from bitcli.store.collection import Collection, copy_parts, counted_off, in_batches, stored_results
 from bitcli.store.files import RECORD_MAX_BYTES, STATE, read_json_record
 from bitcli.store.metadata import read_metadata
-from bitcli.store.settings import describe_difference
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary, EmbedWriter
@@ -68,16 +67,8 @@ def plan(shards: Sequence[ShardInfo], sources: Sequence[Path], *, split: Split |
     first = ordered[0]
     reference_split = split or first.split
     for shard in ordered:
-        if shard.split != reference_split:
-            raise ShardMismatchError(
-                f"{shard.out} and {first.out} are of different runs ({shard.split.unlike(reference_split)}); "
-                "combine the shards of one run"
-            )
-        names = (f"in {shard.out.name}", f"in {first.out.name}")
-        if difference := describe_difference(shard.settings(), first.settings(), names):
-            raise ShardMismatchError(
-                f"{shard.out} was made with other settings than {first.out} ({difference}); rerun it with the same model and options"
-            )
+        check_alike(shard, reference_split, first.settings(), other=str(first.out), names=(f"in {shard.out.name}", f"in {first.out.name}"),
+                    advice="combine the shards of one run, made with the same model and options")
     by_index: dict[int, ShardInfo] = {}
     for shard in ordered:
         if shard.index in by_index:

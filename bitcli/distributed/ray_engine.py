@@ -30,7 +30,7 @@ import numpy as np
 from bitcli.distributed.combine import OnFailure, concatenate, find_shards, held, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
 from bitcli.distributed.shards import (
-    UPDATE_PLAN, ShardInfo, ShardMismatchError, Split, default_shard_size, finished_shards, make_shard_dir,
+    UPDATE_PLAN, Split, check_alike, default_shard_size, finished_shards, make_shard_dir,
     remove_directory, shard_outputs, spool_inputs,
 )
 from bitcli.errors import InputError, UsageError
@@ -108,7 +108,8 @@ def embed_on_ray(
                 _remove(shard_dir)
             raise
         shards = plan(find_shards([shard_dir]), [shard_dir], split=split)
-        _check_made_as_recorded(shards[0], record)
+        check_alike(shards[0], split, {k: record[k] for k in ("settings", "dim", "dtype")}, names=("on the workers", "here"),
+                    advice="give every node the same model, or pass --overwrite to start over")
         summary = concatenate(writer, shards, on_failure)
     summary.resumed_rows = sum(info.rows for info in done.values())
     _remove(shard_dir)
@@ -183,17 +184,6 @@ def _record(job: EmbedJob, fingerprint: dict[str, Any], dim: int, inputs: str | 
     """What a local run of `job` records (`files.run_state`: the settings record, the rows' shape,
     the input digest), with the runtime the driver knows: the device as given, the batch size."""
     return {**run_state(dim, job.dtype, {**fingerprint, "device": job.options.device}, None), "inputs": inputs}
-
-
-def _check_made_as_recorded(shard: ShardInfo, record: dict[str, Any]) -> None:
-    """Refuse shards whose workers recorded other settings than the driver (a node whose cache
-    resolved the hub reference to another commit, another checkpoint at the same path)."""
-    theirs = {"settings": shard.record.get("settings"), "dim": shard.dim, "dtype": shard.dtype}
-    mine = {k: record[k] for k in theirs}
-    if json.loads(json.dumps(theirs)) != mine:
-        difference = describe_difference(theirs, mine, ("on the workers", "here"))
-        raise ShardMismatchError(f"{shard.out} was made with other settings than this run's ({difference}); "
-                                 "give every node the same model, or pass --overwrite to start over")
 
 
 def _write_run_record(shard_dir: Path, split: Split, made: dict[str, Any], *, resume: bool) -> None:

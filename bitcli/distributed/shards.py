@@ -39,6 +39,7 @@ from bitcli.inputs import InputItem
 from bitcli.store.files import JOURNAL, read_json_record, remove_partial, take_lock
 from bitcli.store.files import files_problem, read_journal
 from bitcli.store.paths import EmbedPaths, read_errors
+from bitcli.store.settings import describe_difference
 from bitcli.util import encode_lines, write_atomic
 
 DEFAULT_SHARD_IMAGES = 1024  # inputs per shard, rounded up to whole batches
@@ -229,6 +230,18 @@ class ShardInfo:
         yield from read_errors(self.paths.errors) if self.failed else ()
 
 
+def check_alike(shard: ShardInfo, split: Split, made: dict[str, Any] | None = None, *, other: str = "this run",
+                names: tuple[str, str] = ("in it", "in this run"), advice: str = "pass --overwrite to start over") -> None:
+    """The one check that `shard` belongs with a run (or with the shard `other`): cut by `split`
+    and, given `made` (`ShardInfo.settings()`, or some of its keys), its rows made alike; else
+    ShardMismatchError (exit 2)."""
+    if shard.split != split:
+        raise ShardMismatchError(f"{shard.out} and {other} are of different runs ({shard.split.unlike(split)}); {advice}")
+    theirs = {k: v for k, v in shard.settings().items() if k in (made or {})}
+    if made is not None and (difference := describe_difference(theirs, json.loads(json.dumps(made)), names)):
+        raise ShardMismatchError(f"{shard.out} was made with other settings than {other} ({difference}); {advice}")
+
+
 def shard_paths(directory: Path, index: int) -> EmbedPaths:
     return EmbedPaths.for_output(Path(directory) / f"{shard_name(index)}.npy")
 
@@ -289,10 +302,8 @@ def finished_shards(directory: Path, split: Split, indices: Iterable[int] | None
     for index, paths in shard_outputs(directory).items():
         if wanted is not None and index not in wanted:
             continue
-        info = read_shard(paths)
-        if info.split != split:
-            raise ShardMismatchError(f"{paths.out} belongs to another run ({info.split.unlike(split)}); pass --overwrite to start over")
-        done[index] = info
+        done[index] = read_shard(paths)
+        check_alike(done[index], split)
     return done
 
 

@@ -54,28 +54,33 @@ def roll_forward(partial: Path) -> bool:
     record = read_json_record(partial / PUBLISH)
     if record is None or record.get("version") != PUBLISH_VERSION:
         return False
-    touched = set()
     seal = record.get("seal")
-    for src, dst in record.get("moves") or []:
-        src, dst = Path(src), Path(dst)
-        if not is_regular(src):
-            continue  # renamed before the kill
-        if seal and str(src) == seal[0] and not norms.seal(src, Path(seal[1]), partial / SEAL_TMP):
-            continue  # the array is not the one they were computed from: first use computes them
-        check_replaceable(dst)  # never replace a FIFO, device or link that appeared meanwhile
-        with writing(dst):
-            os.replace(src, dst)
-        touched.add(dst.parent)
-    for stale in record.get("remove") or []:
-        stale = Path(stale)
+
+    def sealed(src: Path) -> bool:  # False: the array is not the one they were computed from: first use computes them
+        return not seal or str(src) != seal[0] or norms.seal(src, Path(seal[1]), partial / SEAL_TMP)
+
+    for directory in apply([(Path(s), Path(d)) for s, d in record.get("moves") or []], map(Path, record.get("remove") or []), sealed):
+        fsync_dir(directory)
+    remove_partial(partial)
+    return True
+
+
+def apply(moves: list[tuple[Path, Path]], removals: Iterable[Path], sealed: Callable[[Path], bool] = lambda src: True) -> set[Path]:
+    """Each rename whose source is still there (not made before a kill) and `sealed`, then each
+    stale file removed; the folders touched. Never replaces a FIFO, device or link that appeared."""
+    touched = set()
+    for src, dst in moves:
+        if is_regular(src) and sealed(src):
+            check_replaceable(dst)
+            with writing(dst):
+                os.replace(src, dst)
+            touched.add(dst.parent)
+    for stale in removals:
         if is_regular(stale):
             with writing(stale):
                 stale.unlink()
             touched.add(stale.parent)
-    for directory in touched:
-        fsync_dir(directory)
-    remove_partial(partial)
-    return True
+    return touched
 
 
 def recover(paths: EmbedPaths) -> bool:
@@ -229,15 +234,7 @@ class StagedSet:
 
     def publish_now(self) -> None:
         """`-o -`: the array reached the stream; rename the staged manifest and error list into place."""
-        moves, removals = publication(self.paths, None, self.staged)
-        for src, dst in moves:
-            check_replaceable(dst)
-            with writing(dst):
-                os.replace(src, dst)
-        for stale in removals:
-            if is_regular(stale):
-                with writing(stale):
-                    stale.unlink()
+        apply(*publication(self.paths, None, self.staged))
 
     @property
     def committed(self) -> bool:
