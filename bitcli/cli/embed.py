@@ -116,7 +116,8 @@ def embed(
 
     ui = Ui(quiet=quiet, debug=debug)
     where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
-    recorded = continued(where, ui) if update or resume else None
+    before = store_paths(where, ui, check=False) if update or resume else None  # what they continue, read before the model loads
+    recorded = Collection(before).settings(update=update, resume=resume) if before is not None else None
     if recorded is not None:  # a setting not given is the recorded one; one given must agree
         mine = dict(model=model, normalize=normalize, dtype=dtype.value, content_hash=content_hash,
                     precision=precision.value, fast_jpeg=fast_jpeg, max_pixels=max_pixels)
@@ -125,7 +126,7 @@ def embed(
         dtype, precision = Dtype(values["dtype"]), Precision(values["precision"])
         where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
     if resume and shard is None and engine is Engine.local:  # the rows' batches and kernels, as the run made them
-        runtime = {k: v for k, v in continued_runtime(where, ui).items() if k not in given_options(ctx)}
+        runtime = {k: v for k, v in continued_runtime(before).items() if k not in given_options(ctx)}
         batch_size, threads = runtime.get("batch_size", batch_size), runtime.get("threads", threads)
     model = model or DEFAULT_MODEL
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
@@ -191,20 +192,12 @@ def given_options(ctx: typer.Context) -> set[str]:
     return {name for name, source in sources.items() if source is not None and source.name != "DEFAULT"}
 
 
-def continued(where: StoreOptions, ui: Ui) -> Any:
-    """The settings `--update` / `--resume` continue (None: nothing yet), read before the model loads."""
-    from bitcli.store.collection import Collection
-
-    return Collection(store_paths(where, ui, check=False)).settings(update=where.update, resume=where.resume)
-
-
-def continued_runtime(where: StoreOptions, ui: Ui) -> dict[str, Any]:
+def continued_runtime(paths: Any) -> dict[str, Any]:
     """`--batch-size` and `--threads` as the run `--resume` continues had them (the interrupted run's
     state, else the finished output's run record), taken like the settings: batches are a run's
     unit of work, and oneDNN's own convolution (shard jobs' and Ray workers' default) runs on one thread only."""
     from bitcli.store.files import STATE, read_json_record
 
-    paths = store_paths(where, ui, check=False)
     for record in (paths.partial and read_json_record(paths.partial / STATE), paths.record and read_json_record(paths.record)):
         runtime = (record or {}).get("runtime")
         if isinstance(runtime, dict) and runtime:

@@ -1,13 +1,9 @@
 """Combining shards: concatenate collections into exactly the files a local `bit embed` writes.
 
-Every shard is a collection (`shards.py`). Before writing anything, the shards are checked: every
-shard of the split present exactly once, all cut from the same input list with the same batch and
-shard size, all made with the same settings. Their rows, recorded file identities and failures
-are then committed, shard by shard, through the store's writer (`store.EmbedWriter`, with what
-made the shards' rows as its record), exactly as a local run commits its batches, and published
-as one set: `OUT.npy` is byte-identical to a local run (the batches were the same), a kill leaves
-a partial run that the next combine (or `bit embed --resume`) continues, and the lock, the
-refusals and the commit record are the local run's. The shards are left as they are.
+The shards are checked first (each of the split once, all of one input list, split and settings:
+`plan`), then committed shard by shard through the store's writer, as a local run commits its
+batches, and published as one set: byte-identical to a local run, resumable after a kill, with
+the local run's lock and refusals. The shards are left as they are.
 """
 
 from __future__ import annotations

@@ -1,21 +1,13 @@
-"""`bit embed --engine ray`: the run a local `bit embed` makes, computed on a Ray cluster.
+"""`bit embed --engine ray`: the run a local `bit embed` makes, computed on a Ray cluster
+(docs/distributed.md).
 
-The driver (this process) holds the output's writer (`store.EmbedWriter`: its partial folder
-and lock) from start to end, so a second run on the output is refused. It streams the inputs into `inputs.jsonl` in the
-shard directory (`OUT.npy.shards/`, or `shard_dir`), cuts the list into shards of whole batches
-(`shards.py`) and runs the unfinished ones on a pool of Ray actors (`ray_pool.py`): each actor
-loads the model once and writes its shards as collections. The driver then commits the shards
-through that writer (`combine.concatenate`), publishes, and removes the shard directory. Workers read and write the shard
-directory themselves, so it (and the images) must be the same path on every node: a single
-machine, or a shared POSIX filesystem. Relative input paths are the driver's.
-
-The driver never loads the model: it makes the settings record a local run writes from the
-checkpoint's files (`EmbedJob.fingerprint`), writes it with the split as `run.json`, and refuses
-shards whose workers recorded other settings. `--resume` re-lists the inputs, checks them and
-the record against `run.json`, and runs only the shards not finished (a partial one continues);
-`--resume` of a finished output compares its run record, whoever made it. The cluster:
-`--ray-address`, else `RAY_ADDRESS`, else a new local one (`auto` for the last one started
-here); a program that called `ray.init` keeps its own.
+The driver holds the output's writer (its partial folder and lock) from start to end, streams
+the inputs into `inputs.jsonl` in the shard directory, cuts them into shards of whole batches
+(`shards.py`), runs the unfinished ones on a pool of Ray actors (`ray_pool.py`), then commits the
+shards through its writer (`combine.concatenate`), publishes and removes the shard directory.
+It never loads the model: it makes the settings record from the checkpoint's files
+(`EmbedJob.fingerprint`) and writes it with the split as `run.json`, which `--resume` checks.
+The shard directory and the images must be the same path on every node.
 """
 
 from __future__ import annotations
@@ -25,8 +17,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
-
 from bitcli.distributed.combine import OnFailure, concatenate, find_shards, held, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
 from bitcli.distributed.shards import (
@@ -35,7 +25,7 @@ from bitcli.distributed.shards import (
 )
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
-from bitcli.store.files import finished_problem, inputs_digest, read_run_record, run_state
+from bitcli.store.files import inputs_digest, read_json_record, run_state
 from bitcli.store.settings import describe_difference
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
@@ -211,15 +201,8 @@ def _already_complete(
 ) -> EmbedSummary:
     """`--resume` of a finished output: nothing to do if its run record holds the settings record
     `made` (whoever made it: a local run, bit combine, Ray), these inputs and batch size, and its
-    files are as published (a local run's checks); else UsageError."""
-    record, _ = read_run_record(paths)
-    mine = {**made, "inputs": inputs_digest(entry.path for entry in entries)}
-    mine["runtime"] = {**((record or {}).get("runtime") or {}), "batch_size": job.options.batch_size}  # not the device
-    problem = finished_problem(paths, mine, np.dtype(job.dtype).newbyteorder("<"))
-    if problem:
-        raise UsageError(f"{paths.out}: {problem}; pass --overwrite to redo it")
-    failed = int(record.get("failed") or 0)
-    return EmbedSummary(
-        rows=0, dim=int(record.get("dim") or 0), dtype=str(record.get("dtype")), failed=failed, out=paths.out,
-        manifest=paths.manifest, errors_file=paths.errors if failed else None, already_complete=True,
-    )
+    files are as published (a local run's checks, by the writer); else UsageError."""
+    runtime = {**((read_json_record(paths.record) or {}).get("runtime") or {}), "batch_size": job.options.batch_size}
+    made = {**made, "runtime": runtime, "inputs": inputs_digest(entry.path for entry in entries)}  # not the device
+    with EmbedWriter(paths, dim=made["dim"], dtype=job.dtype, resume=True, made=made) as writer:
+        return writer.finish()

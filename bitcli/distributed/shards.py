@@ -1,24 +1,13 @@
-"""Deterministic shards of an embed run: the split, and the input list the shards are cut from.
+"""Deterministic shards of an embed run: the split, and the input list the shards are cut from
+(docs/distributed.md, "How the work is cut").
 
-The split. The expanded input list (every entry a local `bit embed` would process, including
-inputs that failed to expand, in the same order) is cut into shards of `shard_size` consecutive
-entries, a multiple of the batch size: shard j holds entries [j * shard_size, (j + 1) *
-shard_size). A local run's batch k is entries [k * B, (k + 1) * B) whatever fails inside it (see
-`bitcli.pipeline`), so every batch lies inside one shard and every row is computed in the same
-batch as locally: the bytes are the same. `--shard I/N` runs shards I, I + N, I + 2N, ... of
-the same split, so N jobs of an array and a Ray cluster produce interchangeable shards. A list
-with no entries still has one (empty) shard, so a worker records the feature dimension.
-
-The input list. `spool_inputs` streams the expansion into a JSON-lines file (`[path]`, or
-`[path, reason]` for an input that failed to expand; ASCII, so non-UTF-8 names survive) while
-counting and hashing it, and records where each shard starts: memory stays flat however long
-the list. A worker reads its shard's entries back by offset (`ShardInputs.read`).
-
-A shard is a collection. Shard j is written by the embed store (`store.Collection`) as
-`shard-00000j.npy` in the shard directory, with the manifest, error list, metadata sidecar and run
-record a local run writes; the run record adds the split and the shard's index, so `--resume`
-checks them like the rest, and a killed worker's partial shard resumes byte for byte. Combining
-concatenates the shards (`combine.py`).
+The expanded input list (failed expansions included, in order) is cut into shards of
+`shard_size` entries, a multiple of the batch size, so every batch of a local run lies inside
+one shard and every row is computed in the same batch: the bytes are the same. `--shard I/N`
+runs shards I, I + N, ... of the same split. `spool_inputs` streams the list into a JSON-lines
+file (memory stays flat), recording where each shard starts. A shard is a collection
+(`shard-00000j.npy` and its set, written by `store.Collection`), its run record adding the split
+and its index.
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
-"""The files an embed run writes, and the checks made before any of them is touched.
+"""The files an embed run writes (`EmbedPaths`), and what is refused before any of them is
+touched (`check_output`, exit 2; docs/collection.md, "Writing and reading one set"):
 
-`EmbedPaths` names them all: the array, the manifest, the error list and the metadata sidecar
-(`OUT.meta.json`, `OUT.files.jsonl`: the published set), the run record beside the array, the
-partial directory, and the temporary names things are staged under. `check_output` refuses, before the model loads, what the writer would refuse (exit 2):
-
-- bitcli only ever replaces regular files (or creates missing ones). A FIFO, a device, a
-  directory or a symbolic link where an output goes is refused, with or without --overwrite.
-  Symbolic links are refused rather than written through: the atomic rename that publishes a
-  file replaces the name it is given, so writing through would need the target's directory
-  (another file system, perhaps, where no rename from the partial folder is possible), and a
-  planted link would let --overwrite reach any file its owner can write.
-- `OUT.npy.partial` is discarded (--overwrite) only when it is a directory holding nothing but
-  the files bitcli writes there.
-- No output may be another output, or lie inside the partial directory (which is deleted when
-  the run ends), also through `..` or a symbolic link on the way.
-- Every name, the temporary ones included, must fit the file system's limit on a name.
+- only regular files are replaced (or missing ones created): never a FIFO, device, directory or
+  symbolic link (the publishing rename replaces the name it is given; a planted link would let
+  --overwrite reach any file its owner can write);
+- `OUT.npy.partial` is discarded only when it holds nothing but bitcli's own files;
+- no output may be another output, or lie inside the partial directory (through `..` or a link too);
+- every name, the temporary ones included, must fit the file system's limit on a name.
 """
 
 from __future__ import annotations
@@ -29,7 +21,6 @@ from typing import Iterator
 
 from bitcli.collection import norms
 from bitcli.errors import BitError, UsageError
-from bitcli.inputs import path_problem
 from bitcli.store.files import (
     OWN_PARTIAL_FILES, STATE, lock_holder, partial_problem, read_json_record, read_lines, staged_name,
 )
@@ -319,13 +310,6 @@ def _lstat(path: Path | None) -> os.stat_result | None:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot use this name ({exc.strerror or exc})") from None
-
-
-def manifest_problem(path: str) -> str | None:
-    """Why `path` cannot be a manifest line, or None when it can (`inputs.path_problem`'s rule)."""
-    if path_problem(path):
-        return "the path contains a line break, so it cannot be listed in the manifest; rename the file"
-    return None
 
 
 def escape_error_path(path: str) -> str:

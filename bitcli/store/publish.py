@@ -1,20 +1,11 @@
 """Publishing a finished run as one set of files, and completing a publication a kill interrupted.
 
-Every finished output is published through `StagedSet`, by the one writer (`writer.py`): a local
-run, `--update`, a shard, `bit combine` and `--engine ray` alike. It stages every new file first
-(the array is the partial directory's `data.npy`; the manifest, the error list, the metadata
-sidecar `OUT.files.jsonl` + `OUT.meta.json`, the run record and any other file of the set,
-`EmbedPaths.set_files`, are written under `.NAME.bitcli.tmp` beside their final names), then
-writes `publish.json` into the partial directory: the commit point. It lists each rename (staged
--> final) and each stale file to remove (a file of the set this run did not stage: an old error
-list when the new run has no failures). Only then are the renames made, and the partial
-directory removed, `publish.json` last.
-
-A kill before the commit point leaves the old files untouched (and a local run resumable: the
-journal is complete); a kill after it leaves a record of what remains to be done, and `recover`
-(run by every later `bit embed` or `bit combine` on the same output, whatever its options, before
-anything else) finishes it. So the files on disk are always one run's set, or become it at the
-next touch.
+Every output is published through `StagedSet` (a local run, `--update`, a shard, `bit combine`,
+Ray alike): every file is staged beside its final name (the array is the partial directory's
+`data.npy`), then `publish.json` is written into the partial directory (the commit point: each
+rename and each stale file to remove), then the renames are made and the partial directory
+removed, `publish.json` last. A kill before the commit point leaves the old set; after it,
+`recover` (run first by every later `bit embed` or `bit combine` on the output) finishes it.
 """
 
 from __future__ import annotations

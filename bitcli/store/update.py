@@ -1,22 +1,10 @@
-"""`bit embed --update`: bring an existing output up to date with its inputs.
-
-`prepare_update` reads what the output was made from (its metadata sidecar, `metadata.py`),
-refuses other settings (`check_compatible`), and plans, input by input in the current order:
-
-- same path, same size and mtime (with content hashes: same sha256, when the row has one):
-  **kept**, the row is copied byte for byte from the old array;
-- same path, another identity: **changed**, embedded again;
-- a path not stored: **new**, embedded; with content hashes, a new (or changed) file whose
-  content equals a stored row that no kept file claims reuses that row: **moved**;
-- stored rows no input names (and no move claimed): **removed**.
-- a new path the output's error list names (it failed last time): **retried**, embedded again.
-
-A path given twice pairs with that path's stored rows in order; a file that cannot be read now
-is embedded, so that the failure is reported like any other. `update_groups` yields the result
-groups for the store's usual commit loop: every group ends where a batch of embedded images
-ends (or after a run of copied rows), so an interrupted update resumes with the same batches and
-the same bytes, like a normal run; `UpdatePlan.digest` goes into the partial run's state, so that only
-the same update resumes.
+"""`bit embed --update`: bring an existing output up to date with its inputs (docs/collection.md,
+"Updating"). `prepare_update` refuses other settings (`check_compatible`) and plans, input by
+input in the current order: kept (same file, same size and mtime; with `--hash`, same sha256:
+the row copied byte for byte), changed, new, moved (with `--hash`: a stored row's content under
+a new path), retried (failed last time), and removed. `update_groups` yields result groups that
+end where a local run's batches end, so an interrupted update resumes to the same bytes;
+`UpdatePlan.digest` in the partial run's state lets only the same update resume.
 """
 
 from __future__ import annotations
@@ -34,7 +22,7 @@ from bitcli.store.metadata import (
     EmbeddingMetadata,
     FileIdentity,
     check_compatible,
-    identify,
+    identify_all,
     read_file_rows,
     read_metadata,
 )
@@ -133,7 +121,6 @@ def plan_update(
     current: Sequence[str],
     *,
     content_hash: bool = False,
-    identify_fn: Callable[..., FileIdentity] = identify,
     base: str | None = None,
 ) -> UpdatePlan:
     """Diff the current input paths (in order) against the stored rows.
@@ -151,8 +138,9 @@ def plan_update(
     claimed: set[int] = set()  # rows reused as they are
     superseded: set[int] = set()  # rows of changed files (reusable by content, never "removed")
     drafts: list[UpdateStep] = []
+    identities = identify_all(current, content_hash=content_hash)  # None: cannot be read (embedding says why)
     for path in current:
-        identity = _try_identify(identify_fn, path, content_hash)
+        identity = identities[path]
         rows = by_path.get(real_file(path, None))
         if not rows:
             drafts.append(UpdateStep(path, "new", identity))
@@ -178,13 +166,6 @@ def real_file(path: str, base: str | None) -> str:
     if base and not os.path.isabs(path):
         path = os.path.join(base, path)
     return os.path.realpath(path)
-
-
-def _try_identify(identify_fn: Callable[..., FileIdentity], path: str, content_hash: bool) -> FileIdentity | None:
-    try:
-        return identify_fn(path, content_hash=content_hash)
-    except OSError:
-        return None
 
 
 def _unchanged(old: FileIdentity, new: FileIdentity, content_hash: bool) -> bool:
