@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from bitcli.errors import UsageError
 from bitcli.store.settings import EmbedSettings
 from bitcli.store.files import FileIdentity, staged_name
-from bitcli.util import fsync_dir, open_regular, read_capped, write_synced
+from bitcli.util import open_regular, read_capped, write_synced
 
 if TYPE_CHECKING:
     from bitcli.store.paths import EmbedPaths
@@ -261,16 +261,6 @@ def stage_metadata(
             path.unlink(missing_ok=True)
         raise
     return staged
-
-
-def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]) -> EmbeddingMetadata:
-    """The sidecar on its own (`stage_metadata`, then the row file and the header renamed into
-    place, the header last): for sidecars that are not part of an embed run's set."""
-    staged = stage_metadata(paths, meta, rows)
-    os.replace(staged["files"], paths.files)
-    os.replace(staged["meta"], paths.meta)
-    fsync_dir(paths.meta.parent)
-    return meta
 
 
 def read_metadata(path: Path) -> EmbeddingMetadata:

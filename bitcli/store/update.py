@@ -22,7 +22,7 @@ from bitcli.store.metadata import (
     EmbeddingMetadata,
     FileIdentity,
     check_compatible,
-    identify_all,
+    identify,
     read_file_rows,
     read_metadata,
 )
@@ -121,6 +121,7 @@ def plan_update(
     current: Sequence[str],
     *,
     content_hash: bool = False,
+    identify_fn: Callable[..., FileIdentity] = identify,
     base: str | None = None,
 ) -> UpdatePlan:
     """Diff the current input paths (in order) against the stored rows.
@@ -138,9 +139,8 @@ def plan_update(
     claimed: set[int] = set()  # rows reused as they are
     superseded: set[int] = set()  # rows of changed files (reusable by content, never "removed")
     drafts: list[UpdateStep] = []
-    identities = identify_all(current, content_hash=content_hash)  # None: cannot be read (embedding says why)
     for path in current:
-        identity = identities[path]
+        identity = _try_identify(identify_fn, path, content_hash)
         rows = by_path.get(real_file(path, None))
         if not rows:
             drafts.append(UpdateStep(path, "new", identity))
@@ -166,6 +166,13 @@ def real_file(path: str, base: str | None) -> str:
     if base and not os.path.isabs(path):
         path = os.path.join(base, path)
     return os.path.realpath(path)
+
+
+def _try_identify(identify_fn: Callable[..., FileIdentity], path: str, content_hash: bool) -> FileIdentity | None:
+    try:
+        return identify_fn(path, content_hash=content_hash)
+    except OSError:
+        return None
 
 
 def _unchanged(old: FileIdentity, new: FileIdentity, content_hash: bool) -> bool:
