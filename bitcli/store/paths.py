@@ -136,7 +136,6 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
         raise UsageError(f"{'--update' if update else '--resume'} needs an output file, not -o -")
     check_place(paths)
     check_names(paths)
-    check_distinct(paths)
     for what, path in paths.every_name():
         if path != paths.partial:
             check_replaceable(path, what)
@@ -250,25 +249,27 @@ def _on_dev_file_system(folder: str) -> bool:
 
 
 def check_names(paths: EmbedPaths) -> None:
-    """Every name must fit the file system: `OUT.npy.partial` and the temporary names too."""
-    derived = {path: [paths.staged(path)] for path in (paths.manifest, paths.errors)}
+    """Every name this run may create (the temporary ones too) fits the file system's limit on a
+    name and is a file of its own: no two are the same file, and the manifest and the error list
+    are not inside the partial directory (deleted when the run ends)."""
     base = paths.out if paths.out is not None else paths.manifest  # what the other names derive from
-    derived.setdefault(base, [])
-    if paths.out is not None:
-        derived[base] += [paths.partial, paths.partial_tmp]
-    for path in paths.staged_files().values():
-        if path not in (paths.manifest, paths.errors):
-            derived[base] += [path, paths.staged(path)]
-    for output, siblings in derived.items():
-        limit = _name_max(output.parent)
-        for path in (output, *siblings):
-            size = len(os.fsencode(path.name))
-            if size <= limit:
-                continue
+    seen: dict[str, str] = {}
+    for what, path in paths.every_name():
+        size, limit = len(os.fsencode(path.name)), _name_max(path.parent)
+        if size > limit:
+            output = next((o for o in (paths.manifest, paths.errors) if path in (o, paths.staged(o))), base)
             beside = "" if path == output else f": bitcli also writes {path.name} beside it ({size} bytes)"
+            raise UsageError(f"{output}: the name is too long for this file system, at most {limit} bytes per name{beside}; "
+                             "choose a shorter name")
+        key = os.path.realpath(path)
+        if key in seen:
+            raise UsageError(f"{path}: {seen[key]} and {what} would be the same file; choose another --manifest or -o")
+        seen[key] = what
+    inside = None if paths.partial is None else os.path.realpath(paths.partial) + os.sep
+    for what, path in (("--manifest", paths.manifest), ("the error list", paths.errors)):
+        if inside is not None and os.path.realpath(path).startswith(inside):
             raise UsageError(
-                f"{output}: the name is too long for this file system, at most {limit} bytes per name{beside}; "
-                "choose a shorter name"
+                f"{path}: {what} would be inside {paths.partial}, which is deleted when the run ends; choose another place"
             )
 
 
@@ -279,24 +280,6 @@ def _name_max(directory: Path) -> int:
         except (OSError, ValueError):
             continue
     return 255
-
-
-def check_distinct(paths: EmbedPaths) -> None:
-    """The outputs must be different files, and none may lie inside the partial directory."""
-    seen: dict[str, str] = {}
-    for what, path in paths.every_name():
-        key = os.path.realpath(path)
-        if key in seen:
-            raise UsageError(f"{path}: {seen[key]} and {what} would be the same file; choose another --manifest or -o")
-        seen[key] = what
-    if paths.partial is None:
-        return
-    inside = os.path.realpath(paths.partial) + os.sep
-    for what, path in (("--manifest", paths.manifest), ("the error list", paths.errors)):
-        if os.path.realpath(path).startswith(inside):
-            raise UsageError(
-                f"{path}: {what} would be inside {paths.partial}, which is deleted when the run ends; choose another place"
-            )
 
 
 def _lstat(path: Path | None) -> os.stat_result | None:
