@@ -9,8 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, SidecarPaths, write_metadata
+from bitcli.store.metadata import EmbeddingMetadata, FileIdentity, SidecarPaths, stage_metadata
 from bitcli.store.settings import EmbedSettings
+
+
+def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows) -> EmbeddingMetadata:
+    """The sidecar on its own, as a run publishes it (`stage_metadata`, then the row file and the
+    header renamed into place, the header last)."""
+    import os
+
+    staged = stage_metadata(paths, meta, rows)
+    os.replace(staged["files"], paths.files)
+    os.replace(staged["meta"], paths.meta)
+    return meta
 
 
 def write_embedding(

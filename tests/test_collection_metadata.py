@@ -17,9 +17,9 @@ from bitcli.store.metadata import (
     identify,
     read_file_rows,
     read_metadata,
-    write_metadata,
 )
 from bitcli.store.update import plan_update
+from collectionfiles import write_metadata
 
 FINGERPRINT = {
     "model": "google/bit-50",

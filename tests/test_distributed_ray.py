@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bitcli[ray]')")
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray Data's own, from its context
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray's own
 
 from clihelpers import run  # noqa: E402
 from distributedhelpers import (  # noqa: E402, F401 (fixtures)
@@ -206,12 +206,7 @@ def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, c
     stamps = {p.name: p.stat().st_mtime_ns for p in finished}
     metas = [json.loads((shard_dir / f".{p.name}.run.json").read_text()) for p in finished]
     rows, failed = sum(m["rows"] for m in metas), sum(m["failed"] for m in metas)
-    # The driver's run.json is the record the local run published (issue 20: one shape), though
-    # the driver never loaded the model; only the runtime (device, convolution path) is not known.
-    spooled = json.loads((shard_dir / "run.json").read_text())
-    published = json.loads(local.with_name(f".{local.name}.run.json").read_text())
-    assert {k: v for k, v in spooled.items() if k not in ("format", "split", "runtime")} == {
-        k: published[k] for k in ("version", "dim", "dtype", "settings", "inputs")}
+    assert (shard_dir / "inputs.jsonl").is_file()  # the driver's input list: what marks a Ray run's shard directory
 
     paths = EmbedPaths.for_output(out)
     with pytest.raises(UsageError, match="--resume"):
@@ -247,16 +242,11 @@ def test_resume_after_the_driver_is_killed_finishes_to_the_same_bytes(cluster, c
 
 
 def test_a_local_run_over_an_interrupted_ray_runs_shards_refuses_or_with_overwrite_removes_them(ckpt, photos, tmp_path):
-    """The shard directory a killed Ray driver left (its shards and `run.json`): a local run, with
+    """The shard directory a killed Ray driver left (its shards and input list): a local run, with
     --resume or without, is refused with one line naming --engine ray --resume; --overwrite embeds
     locally, removes the Ray run's shards and says so (no stale shard files left unmentioned)."""
-    from bitcli.distributed import run_shards
-    from bitcli.distributed.ray_engine import _record, _write_run_record
-
     out, shard_dir = tmp_path / "out.npy", tmp_path / "out.npy.shards"
-    ran = run_shards(expand_inputs(inputs(photos)), shard_dir, job(ckpt), selection=(0, 2), shard_size=SHARD)
-    fingerprint, dim = job(ckpt).fingerprint()
-    _write_run_record(shard_dir, ran.split, _record(job(ckpt), fingerprint, dim, ran.split.inputs), resume=False)
+    ray_leftovers(ckpt, photos, shard_dir)
     local_args = ["embed", *inputs(photos), "-o", out, "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS]
     for extra in ([], ["--resume"]):
         refused = run([*local_args, *extra])
@@ -267,29 +257,32 @@ def test_a_local_run_over_an_interrupted_ray_runs_shards_refuses_or_with_overwri
     assert f"removed {shard_dir}" in replaced.stderr and not shard_dir.exists() and out.exists(), replaced.stderr
 
 
+def ray_leftovers(ckpt, photos, shard_dir, entries=None):
+    """What a Ray driver killed mid-run leaves: its input list and some finished shards (made here
+    as a worker makes them)."""
+    from bitcli.distributed import run_shards
+    from bitcli.distributed.shards import spool_inputs
+
+    entries = entries or inputs(photos)
+    run_shards(expand_inputs(entries), shard_dir, job(ckpt), selection=(0, 2), shard_size=SHARD)
+    spool_inputs(expand_inputs(entries), shard_dir / "inputs.jsonl", batch_size=BATCH, shard_size=SHARD)
+
+
 def test_resume_with_other_inputs_is_refused(cluster, ckpt, photos, tmp_path):
     shard_dir = tmp_path / "out.npy.shards"
-    shard_dir.mkdir()
-    spool_record = {"format": "bitcli-embed-run", "split": {"inputs": "0" * 64}, "job": {}}
-    (shard_dir / "run.json").write_text(json.dumps(spool_record))
+    ray_leftovers(ckpt, photos, shard_dir, inputs(photos)[:1] * 2)
     with pytest.raises(UsageError, match="inputs changed"):
-        embed_on_ray(expand_inputs(inputs(photos)), EmbedPaths.for_output(tmp_path / "out.npy"), job(ckpt), resume=True)
+        embed_on_ray(expand_inputs(inputs(photos)), EmbedPaths.for_output(tmp_path / "out.npy"), job(ckpt),
+                     RayOptions(shard_size=SHARD), resume=True)
 
 
 def test_resume_after_the_checkpoint_was_retrained_in_place_is_refused(ckpt, photos, tmp_path):
-    """Issue 20: the interrupted run's `run.json` holds the weights' digest, which the driver
+    """Issue 20: the interrupted run's finished shards record the weights' digest, which the driver
     computes without loading the model; other weights at the same path are refused, not mixed."""
-    from bitcli.distributed.ray_engine import _record
-    from bitcli.distributed.shards import spool_inputs
-
     model = tmp_path / "ckpt"
     shutil.copytree(ckpt, model)
     shard_dir = tmp_path / "out.npy.shards"
-    shard_dir.mkdir()
-    spool = spool_inputs(expand_inputs(inputs(photos)), tmp_path / "inputs.jsonl", batch_size=BATCH, shard_size=SHARD)
-    fingerprint, dim = job(model).fingerprint()
-    made = {"format": "bitcli-embed-run", "split": spool.split.to_json(), **_record(job(model), fingerprint, dim, spool.split.inputs)}
-    (shard_dir / "run.json").write_text(json.dumps(made))
+    ray_leftovers(model, photos, shard_dir)
     weights = model / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # retrained in place: the same names, other content

@@ -191,14 +191,21 @@ def test_state_records_the_settings_record_and_runtime(tmp_path):
     assert state["dim"] == DIM and state["dtype"] == "float32" and "fingerprint" not in state
 
 
-def test_skip_done_counts_duplicates(tmp_path):
+def test_resume_skips_each_done_occurrence_once(tmp_path):
+    """An input given twice is embedded twice; a resume skips only the occurrences done before."""
     from types import SimpleNamespace as Item
 
+    from bitcli.store import Collection
+
     paths = EmbedPaths.for_output(tmp_path / "o.npy")
-    writer = EmbedWriter(paths, dim=DIM, fingerprint=FP)
-    writer.commit(["a", "b"], np.zeros((2, DIM), np.float32), [("x", "bad")])
     items = [Item(path=p) for p in ["a", "b", "x", "c", "a", "x"]]
-    assert [i.path for i in writer.skip_done(items)] == ["c", "a", "x"]
+    with EmbedWriter(paths, dim=DIM, fingerprint=FP, inputs=[i.path for i in items]) as writer:  # interrupted after one batch
+        writer.commit(["a", "b"], np.zeros((2, DIM), np.float32), [("x", "bad")])
+    run = Collection(paths).plan(items, lambda todo: iter(()), dim=DIM, fingerprint=FP, resume=True)
+    try:
+        assert [i.path for i in run.todo] == ["c", "a", "x"]
+    finally:
+        run.close()
 
 
 def test_non_utf8_file_names_round_trip_as_their_bytes(tmp_path):

@@ -334,7 +334,10 @@ def _write(out: Path, inputs: list[str], *, overwrite=False, resume=False) -> No
     try:
         if writer.already_complete:
             return
-        todo = list(writer.skip_done(_Item(p) for p in inputs))
+        from bitcli.store.collection import counted_off
+
+        remaining = writer.done  # what an interrupted run committed: each occurrence skipped once
+        todo = [_Item(p) for p in inputs if not counted_off(remaining, p)]
         for start in range(0, len(todo), 2):
             batch = todo[start:start + 2]
             ok = [i.path for i in batch if i.path not in FAILING]

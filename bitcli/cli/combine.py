@@ -200,23 +200,20 @@ def combine(
     """Assemble the shards of `bit embed --shard I/N` jobs into the files a local run writes."""
     from bitcli.distributed import combine as combine_shards
     from bitcli.distributed import default_shard_dir
-    from bitcli.store import EmbedPaths, recover, write_errors
+    from bitcli.store import recover, write_errors
+    from bitcli.store.paths import output_paths
 
     ui = Ui(quiet=quiet, debug=debug)
     if str(output_path) == "-":  # not "-.npy": the shards are combined into files, never a stream
         raise UsageError("-o -: bit combine writes files (the array, manifest, error list, run record); give -o OUT.npy")
-    if output_path.is_dir():
-        raise UsageError(f"-o {output_path}: is a directory; give a file name such as {output_path / 'embeddings.npy'}")
-    if not output_path.name.endswith(".npy"):  # as bit embed (and numpy.save): -o vecs writes vecs.npy
-        output_path = output_path.with_name(output_path.name + ".npy")
-    paths = EmbedPaths.for_output(output_path, manifest=manifest)
+    paths = output_paths(str(output_path), manifest)  # as bit embed (and numpy.save): -o vecs writes vecs.npy
     again = "the same bit combine"  # it continues a partial run itself: there is no --resume to pass
     try:
         with write_errors(paths, again=again):  # a failed write (disk full): one line naming the output
             recovered = recover(paths)  # as bit embed says it; a combine of these shards is then this one (exit 0)
             if recovered:
                 ui.info(f"completed publishing {paths.out}, which an interrupted run had left half-renamed")
-            summary = combine_shards(shard_dirs or [default_shard_dir(output_path)], paths, overwrite=overwrite, recovered=recovered)
+            summary = combine_shards(shard_dirs or [default_shard_dir(paths.out)], paths, overwrite=overwrite, recovered=recovered)
     except KeyboardInterrupt:
         if paths.partial.is_dir():
             ui.info(f"partial results kept in {paths.partial}; rerun {again} to continue")

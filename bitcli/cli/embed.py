@@ -7,7 +7,6 @@ builds the iterator of result groups and the progress bar, and reports.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -40,18 +39,6 @@ EPILOG = epilog(
         "OUT.npy.partial/ for --resume."
     ),
 )
-
-
-@dataclass(frozen=True)
-class StoreOptions:
-    """Where and how `bit embed` writes: -o, --dtype, --manifest, --resume, --overwrite."""
-
-    output: str
-    dtype: str = "float32"
-    manifest: Path | None = None
-    resume: bool = False
-    overwrite: bool = False
-    update: bool = False
 
 
 def embed(
@@ -115,34 +102,35 @@ def embed(
     from bitcli.store.collection import Collection
 
     ui = Ui(quiet=quiet, debug=debug)
-    where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
-    recorded = continued(where, ui) if update or resume else None
+    where = {"resume": resume, "overwrite": overwrite, "update": update}  # how the output is written
+    # What --update / --resume continue, read before the model loads.
+    before = store_paths(output_path, manifest, ui, check=False) if update or resume else None
+    recorded = Collection(before).settings(update=update, resume=resume) if before is not None else None
     if recorded is not None:  # a setting not given is the recorded one; one given must agree
         mine = dict(model=model, normalize=normalize, dtype=dtype.value, content_hash=content_hash,
                     precision=precision.value, fast_jpeg=fast_jpeg, max_pixels=max_pixels)
         values = recorded.options({k: v for k, v in mine.items() if k in given_options(ctx)})
         model, normalize, content_hash, fast_jpeg, max_pixels = (values[k] for k in ("model", "normalize", "content_hash", "fast_jpeg", "max_pixels"))
         dtype, precision = Dtype(values["dtype"]), Precision(values["precision"])
-        where = StoreOptions(output_path, dtype.value, manifest, resume, overwrite, update)
     if resume and shard is None and engine is Engine.local:  # the rows' batches and kernels, as the run made them
-        runtime = {k: v for k, v in continued_runtime(where, ui).items() if k not in given_options(ctx)}
+        runtime = {k: v for k, v in continued_runtime(before).items() if k not in given_options(ctx)}
         batch_size, threads = runtime.get("batch_size", batch_size), runtime.get("threads", threads)
     model = model or DEFAULT_MODEL
     options = run_options(device, precision, batch_size, threads, max_pixels, fast_jpeg)
     dist = Distribution(engine, ray_address, workers, num_gpus_per_worker, shard, shard_size, shard_dir)
-    job = EmbedJob(model, options, normalize=normalize, dtype=where.dtype, threads=threads, content_hash=content_hash)
+    job = EmbedJob(model, options, normalize=normalize, dtype=dtype.value, threads=threads, content_hash=content_hash)
     if dist.check(output_path == "-", manifest, update) and not (update and engine is Engine.ray):
-        paths = store_paths(where, ui, check=shard is None)  # a shard job writes shards, not OUT.npy
+        paths = store_paths(output_path, manifest, ui, **where, check=shard is None)  # a shard job writes shards, not OUT.npy
         return embed_distributed(ui, inputs, job, paths, dist, resume=resume, overwrite=overwrite, null=null, update=update)
-    paths = store_paths(where, ui)  # refuse a bad output before the model loads
-    if engine is Engine.local and (discarded := leftover_ray_run(paths.out, overwrite=where.overwrite)):
+    paths = store_paths(output_path, manifest, ui, **where)  # refuse a bad output before the model loads
+    if engine is Engine.local and (discarded := leftover_ray_run(paths.out, overwrite=overwrite)):
         ui.info(f"removed {discarded}, the shards of an interrupted --engine ray run (--overwrite)")
     items = expand(inputs, null, ui)
     embedder = Embedder(load_model(model, options, ui, threads), normalize=normalize, options=options)
-    fingerprint = {**embedder.fingerprint(), "dtype": where.dtype, **({"content_hash": "sha256"} if content_hash else {})}
+    fingerprint = {**embedder.fingerprint(), "dtype": dtype.value, **({"content_hash": "sha256"} if content_hash else {})}
     embed_groups = ray_groups(job, dist, paths.out) if engine is Engine.ray else embedder.embed_groups  # --update on Ray
-    run = Collection(paths).plan(items, embed_groups, dim=embedder.feature_dim, fingerprint=fingerprint, dtype=where.dtype,
-                                 content_hash=content_hash, update=update, resume=where.resume, overwrite=where.overwrite)
+    run = Collection(paths).plan(items, embed_groups, dim=embedder.feature_dim, fingerprint=fingerprint, dtype=dtype.value,
+                                 content_hash=content_hash, **where)
     if run.up_to_date:
         ui.info(f"{paths.out}: up to date")
         return EXIT_OK
@@ -191,20 +179,12 @@ def given_options(ctx: typer.Context) -> set[str]:
     return {name for name, source in sources.items() if source is not None and source.name != "DEFAULT"}
 
 
-def continued(where: StoreOptions, ui: Ui) -> Any:
-    """The settings `--update` / `--resume` continue (None: nothing yet), read before the model loads."""
-    from bitcli.store.collection import Collection
-
-    return Collection(store_paths(where, ui, check=False)).settings(update=where.update, resume=where.resume)
-
-
-def continued_runtime(where: StoreOptions, ui: Ui) -> dict[str, Any]:
+def continued_runtime(paths: Any) -> dict[str, Any]:
     """`--batch-size` and `--threads` as the run `--resume` continues had them (the interrupted run's
     state, else the finished output's run record), taken like the settings: batches are a run's
     unit of work, and oneDNN's own convolution (shard jobs' and Ray workers' default) runs on one thread only."""
     from bitcli.store.files import STATE, read_json_record
 
-    paths = store_paths(where, ui, check=False)
     for record in (paths.partial and read_json_record(paths.partial / STATE), paths.record and read_json_record(paths.record)):
         runtime = (record or {}).get("runtime")
         if isinstance(runtime, dict) and runtime:
@@ -222,19 +202,20 @@ def stale_index_hint(ui: Ui, paths: Any) -> None:
         ui.warn(f"{paths.out}'s approximate index is now out of date (search ignores it); rebuild: bit search {paths.out} --build-index")
 
 
-def store_paths(where: StoreOptions, ui: Ui, *, check: bool = True) -> Any:
+def store_paths(output: str, manifest: Path | None, ui: Ui, *, resume: bool = False, overwrite: bool = False,
+                update: bool = False, check: bool = True) -> Any:
     """The files this run writes, checked before the model loads (UsageError, exit 2). A
     publication an interrupted run had committed to is completed first, whatever the options."""
     from bitcli.store import check_output, recover
     from bitcli.store.paths import output_paths
 
-    if where.output == "-" and is_terminal(sys.stdout):
+    if output == "-" and is_terminal(sys.stdout):
         raise UsageError("-o - would write binary .npy data to the terminal; redirect stdout to a file or pipe")
-    paths = output_paths(where.output, where.manifest)
+    paths = output_paths(output, manifest)
     if paths.out is not None and recover(paths):
         ui.info(f"completed publishing {paths.out}, which an interrupted run had left half-renamed")
     if check:
-        check_output(paths, resume=where.resume, overwrite=where.overwrite, update=where.update)
+        check_output(paths, resume=resume, overwrite=overwrite, update=update)
     return paths
 
 

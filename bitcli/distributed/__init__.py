@@ -1,14 +1,6 @@
-"""Beyond one machine: `bit embed` as numbered shards, on a Ray cluster or as a job array.
-
-    shards.py      the deterministic split of the input list into shards of whole batches,
-                   `--shard I/N`, the input list streamed to disk; a shard is a collection
-                   written by the embed store (`shard-00000j.npy` and its set)
-    combine.py     shards concatenated -> exactly the files a local run writes
-    worker.py      a worker: the model loaded once, shards embedded with the local pipeline;
-                   `run_shards` runs `--shard I/N` in this process
-    ray_engine.py  `--engine ray`: the shards through a Ray Data actor pool, then combine
-
-Nothing here imports torch or ray at import time.
+"""Beyond one machine: `bit embed` as numbered shards, on a Ray cluster or as a job array
+(docs/distributed.md; ARCHITECTURE.md says which module owns what). Nothing here imports torch
+or ray at import time.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """Combining shards: concatenate collections into exactly the files a local `bit embed` writes.
 
-Every shard is a collection (`shards.py`). Before writing anything, the shards are checked: every
-shard of the split present exactly once, all cut from the same input list with the same batch and
-shard size, all made with the same settings. Their rows, recorded file identities and failures
-are then committed, shard by shard, through the store's writer (`store.EmbedWriter`, with what
-made the shards' rows as its record), exactly as a local run commits its batches, and published
-as one set: `OUT.npy` is byte-identical to a local run (the batches were the same), a kill leaves
-a partial run that the next combine (or `bit embed --resume`) continues, and the lock, the
-refusals and the commit record are the local run's. The shards are left as they are.
+The shards are checked first (each of the split once, all of one input list, split and settings:
+`plan`), then committed shard by shard through the store's writer, as a local run commits its
+batches, and published as one set: byte-identical to a local run, resumable after a kill, with
+the local run's lock and refusals. The shards are left as they are.
 """
 
 from __future__ import annotations
@@ -21,13 +17,12 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from bitcli.distributed.shards import (
     UPDATE_PLAN, DuplicateShardError, MissingShardError, ShardInfo, ShardMismatchError, Split,
-    read_shard, shard_outputs,
+    check_alike, read_shard, shard_outputs,
 )
 from bitcli.errors import UsageError
 from bitcli.store.collection import Collection, copy_parts, counted_off, in_batches, stored_results
 from bitcli.store.files import RECORD_MAX_BYTES, STATE, read_json_record
 from bitcli.store.metadata import read_metadata
-from bitcli.store.settings import describe_difference
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.writer import EmbedSummary, EmbedWriter
@@ -68,16 +63,8 @@ def plan(shards: Sequence[ShardInfo], sources: Sequence[Path], *, split: Split |
     first = ordered[0]
     reference_split = split or first.split
     for shard in ordered:
-        if shard.split != reference_split:
-            raise ShardMismatchError(
-                f"{shard.out} and {first.out} are of different runs ({shard.split.unlike(reference_split)}); "
-                "combine the shards of one run"
-            )
-        names = (f"in {shard.out.name}", f"in {first.out.name}")
-        if difference := describe_difference(shard.settings(), first.settings(), names):
-            raise ShardMismatchError(
-                f"{shard.out} was made with other settings than {first.out} ({difference}); rerun it with the same model and options"
-            )
+        check_alike(shard, reference_split, first.settings(), other=str(first.out), names=(f"in {shard.out.name}", f"in {first.out.name}"),
+                    advice="combine the shards of one run, made with the same model and options")
     by_index: dict[int, ShardInfo] = {}
     for shard in ordered:
         if shard.index in by_index:

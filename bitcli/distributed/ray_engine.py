@@ -1,53 +1,39 @@
-"""`bit embed --engine ray`: the run a local `bit embed` makes, computed on a Ray cluster.
+"""`bit embed --engine ray`: the run a local `bit embed` makes, computed on a Ray cluster
+(docs/distributed.md).
 
-The driver (this process) holds the output's writer (`store.EmbedWriter`: its partial folder
-and lock) from start to end, so a second run on the output is refused. It streams the inputs into `inputs.jsonl` in the
-shard directory (`OUT.npy.shards/`, or `shard_dir`), cuts the list into shards of whole batches
-(`shards.py`) and runs the unfinished ones on a Ray Data actor pool (`ray_pool.py`): each actor
-loads the model once and writes its shards as collections. The driver then commits the shards
-through that writer (`combine.concatenate`), publishes, and removes the shard directory. Workers read and write the shard
-directory themselves, so it (and the images) must be the same path on every node: a single
-machine, or a shared POSIX filesystem. Relative input paths are the driver's.
-
-The driver never loads the model: it makes the settings record a local run writes from the
-checkpoint's files (`EmbedJob.fingerprint`), writes it with the split as `run.json`, and refuses
-shards whose workers recorded other settings. `--resume` re-lists the inputs, checks them and
-the record against `run.json`, and runs only the shards not finished (a partial one continues);
-`--resume` of a finished output compares its run record, whoever made it. The cluster:
-`--ray-address`, else `RAY_ADDRESS`, else a new local one (`auto` for the last one started
-here); a program that called `ray.init` keeps its own.
+The driver holds the output's writer (its partial folder and lock) from start to end, streams
+the inputs into `inputs.jsonl` in the shard directory, cuts them into shards of whole batches
+(`shards.py`), runs the unfinished ones on a pool of Ray actors (`ray_pool.py`), then commits the
+shards through its writer (`combine.concatenate`), publishes and removes the shard directory.
+It never loads the model: it makes the settings record from the checkpoint's files
+(`EmbedJob.fingerprint`); shards made otherwise (an interrupted run's with other weights or
+inputs, or a node's) are refused. `inputs.jsonl` marks the shard directory as a Ray run's.
+The shard directory and the images must be the same path on every node.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
-
 from bitcli.distributed.combine import OnFailure, concatenate, find_shards, held, plan
 from bitcli.distributed.ray_pool import RayOptions, ShardPool, connect, import_ray, with_threads
 from bitcli.distributed.shards import (
-    UPDATE_PLAN, ShardInfo, ShardMismatchError, Split, default_shard_size, finished_shards, make_shard_dir,
+    UPDATE_PLAN, check_alike, default_shard_size, finished_shards, make_shard_dir,
     remove_directory, shard_outputs, spool_inputs,
 )
 from bitcli.errors import InputError, UsageError
 from bitcli.inputs import InputItem
-from bitcli.store.files import finished_problem, inputs_digest, read_run_record, run_state
-from bitcli.store.settings import describe_difference
+from bitcli.store.files import inputs_digest, read_json_record, run_state
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.collection import in_batches, stored_results
 from bitcli.store.writer import EmbedSummary, EmbedWriter
-from bitcli.util import write_atomic
 from bitcli.distributed.worker import EmbedJob, OnProgress, report_progress
 
 INPUTS_FILE = "inputs.jsonl"
-RUN_FILE = "run.json"
-RUN_FORMAT = "bitcli-embed-run"
-INPUTS_CHANGED = "inputs changed since the interrupted run; pass --overwrite to start again"
 ENGINE = "bit embed --engine ray"
 
 
@@ -95,8 +81,12 @@ def embed_on_ray(
             spool = spool_inputs(entries, shard_dir / INPUTS_FILE, batch_size=job.options.batch_size, shard_size=size)
             split = spool.split
             record = _record(job, fingerprint, dim, split.inputs)
-            _write_run_record(shard_dir, split, record, resume=resume)
-            done = finished_shards(shard_dir, split)
+            alike = functools.partial(check_alike, split=split, made={k: record[k] for k in ("settings", "dim", "dtype")},
+                                      names=("on the workers", "here"),
+                                      advice="give every node the same model, or pass --overwrite to start over")
+            done = finished_shards(shard_dir, split)  # an interrupted run's: of these inputs (else refused) ...
+            for info in done.values():
+                alike(info)  # ... and made as this run makes its rows (other weights are refused, never mixed)
             todo = [i for i in range(split.shards) if i not in done]
             if todo:
                 with connect(ray, options) as ray:
@@ -108,7 +98,7 @@ def embed_on_ray(
                 _remove(shard_dir)
             raise
         shards = plan(find_shards([shard_dir]), [shard_dir], split=split)
-        _check_made_as_recorded(shards[0], record)
+        alike(shards[0])  # the workers made the rows as the driver recorded (a node's cache may hold another commit)
         summary = concatenate(writer, shards, on_failure)
     summary.resumed_rows = sum(info.rows for info in done.values())
     _remove(shard_dir)
@@ -138,10 +128,10 @@ def groups_on_ray(
 
 def leftover_ray_run(out: Path | None, *, overwrite: bool) -> Path | None:
     """Before a local run of `out`: the shard directory an interrupted `--engine ray` run left
-    (its `run.json`), which a local run neither continues nor may leave behind. Refused (exit 2,
+    (its input list), which a local run neither continues nor may leave behind. Refused (exit 2,
     one line naming `--engine ray --resume`); with `overwrite`, removed and returned (None: none)."""
     shard_dir = None if out is None else default_shard_dir(out)
-    if shard_dir is None or not (shard_dir / RUN_FILE).is_file():
+    if shard_dir is None or not (shard_dir / INPUTS_FILE).is_file():
         return None
     if not overwrite:
         raise UsageError(f"{shard_dir} holds the shards of an interrupted {ENGINE} run, which a local run does not continue; "
@@ -152,8 +142,8 @@ def leftover_ray_run(out: Path | None, *, overwrite: bool) -> Path | None:
 
 def _remove(shard_dir: Path) -> None:
     """The run's shard directory: shards, input list (and a half-written one), run record."""
-    leftovers = tuple(p.name for name in (INPUTS_FILE, RUN_FILE) for p in shard_dir.glob(f".{name}.*.tmp"))
-    remove_directory(shard_dir, (INPUTS_FILE, RUN_FILE, UPDATE_PLAN, *leftovers))
+    leftovers = tuple(p.name for p in shard_dir.glob(f".{INPUTS_FILE}.*.tmp"))
+    remove_directory(shard_dir, (INPUTS_FILE, UPDATE_PLAN, *leftovers))
 
 
 # -- the driver's bookkeeping ---------------------------------------------------------------
@@ -167,8 +157,8 @@ def _prepare(shard_dir: Path, paths: EmbedPaths, *, resume: bool, overwrite: boo
         raise UsageError(
             f"{paths.out}: an interrupted run left {shard_dir}; pass --resume to continue it or --overwrite to start over"
         )
-    if resume and not overwrite and shard_outputs(shard_dir) and not (shard_dir / RUN_FILE).exists():
-        # Shards of `--shard I/N` jobs: not cut by this driver (no run.json), so it neither
+    if resume and not overwrite and shard_outputs(shard_dir) and not (shard_dir / INPUTS_FILE).exists():
+        # Shards of `--shard I/N` jobs: not cut by a driver (no input list), so it neither
         # keeps them nor publishes them as this run's; bit combine is their command.
         raise UsageError(
             f"{shard_dir} holds shards of bit embed --shard jobs, not of an interrupted Ray run; "
@@ -185,51 +175,13 @@ def _record(job: EmbedJob, fingerprint: dict[str, Any], dim: int, inputs: str | 
     return {**run_state(dim, job.dtype, {**fingerprint, "device": job.options.device}, None), "inputs": inputs}
 
 
-def _check_made_as_recorded(shard: ShardInfo, record: dict[str, Any]) -> None:
-    """Refuse shards whose workers recorded other settings than the driver (a node whose cache
-    resolved the hub reference to another commit, another checkpoint at the same path)."""
-    theirs = {"settings": shard.record.get("settings"), "dim": shard.dim, "dtype": shard.dtype}
-    mine = {k: record[k] for k in theirs}
-    if json.loads(json.dumps(theirs)) != mine:
-        difference = describe_difference(theirs, mine, ("on the workers", "here"))
-        raise ShardMismatchError(f"{shard.out} was made with other settings than this run's ({difference}); "
-                                 "give every node the same model, or pass --overwrite to start over")
-
-
-def _write_run_record(shard_dir: Path, split: Split, made: dict[str, Any], *, resume: bool) -> None:
-    """`run.json`: the split and the run record a local run writes (`_record`); a resumed run must
-    repeat both."""
-    record = {"format": RUN_FORMAT, "split": split.to_json(), **made}
-    path = shard_dir / RUN_FILE
-    if resume and path.exists():
-        try:
-            earlier = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{path} is not readable ({exc}); pass --overwrite to start over") from exc
-        if earlier.get("split", {}).get("inputs") != split.inputs:
-            raise UsageError(f"{shard_dir}: {INPUTS_CHANGED}")
-        if difference := describe_difference(earlier, record):
-            raise UsageError(
-                f"{shard_dir} was made with different settings ({difference}); "
-                "resume with the same model and options, or pass --overwrite to start over"
-            )
-    write_atomic(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-
-
 def _already_complete(
     entries: Iterable[InputItem | InputError], paths: EmbedPaths, job: EmbedJob, made: dict[str, Any]
 ) -> EmbedSummary:
     """`--resume` of a finished output: nothing to do if its run record holds the settings record
     `made` (whoever made it: a local run, bit combine, Ray), these inputs and batch size, and its
-    files are as published (a local run's checks); else UsageError."""
-    record, _ = read_run_record(paths)
-    mine = {**made, "inputs": inputs_digest(entry.path for entry in entries)}
-    mine["runtime"] = {**((record or {}).get("runtime") or {}), "batch_size": job.options.batch_size}  # not the device
-    problem = finished_problem(paths, mine, np.dtype(job.dtype).newbyteorder("<"))
-    if problem:
-        raise UsageError(f"{paths.out}: {problem}; pass --overwrite to redo it")
-    failed = int(record.get("failed") or 0)
-    return EmbedSummary(
-        rows=0, dim=int(record.get("dim") or 0), dtype=str(record.get("dtype")), failed=failed, out=paths.out,
-        manifest=paths.manifest, errors_file=paths.errors if failed else None, already_complete=True,
-    )
+    files are as published (a local run's checks, by the writer); else UsageError."""
+    runtime = {**((read_json_record(paths.record) or {}).get("runtime") or {}), "batch_size": job.options.batch_size}
+    made = {**made, "runtime": runtime, "inputs": inputs_digest(entry.path for entry in entries)}  # not the device
+    with EmbedWriter(paths, dim=made["dim"], dtype=job.dtype, resume=True, made=made) as writer:
+        return writer.finish()

@@ -1,28 +1,24 @@
-"""The Ray side of `--engine ray`: the connection, and shards through a Ray Data actor pool.
+"""The Ray side of `--engine ray`: the connection, and shards through a pool of Ray actors.
 
-The unfinished shards become a small dataset (one row per shard) run through
-`Dataset.map_batches` with a class UDF (`ShardActor`) on a fixed `ActorPoolStrategy`, one shard a
-call; each actor builds a `ShardWorker` once. The rows that come back are a few numbers per shard:
-the embeddings stay in the shards the actors wrote. Ray's own progress bars and logs are off;
-bitcli reports progress itself.
+Each actor (`ShardActor`) builds a `ShardWorker` once and embeds one shard a call; what comes back
+is a few numbers per shard: the embeddings stay in the shards the actors wrote. Ray's own logs
+are off; bitcli reports progress itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import socket
 import threading
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from bitcli.distributed.shards import InputSpool, ShardInputs, Split, inputs_in_flight
-from bitcli.errors import BitError, InputError, UsageError
+from bitcli.errors import BitError, UsageError
 from bitcli.util import first_line
 from bitcli.distributed.worker import EmbedJob, OnProgress, ShardWorker, report_progress
 
@@ -30,10 +26,9 @@ INSTALL_HINT = "pip install 'bitcli[ray]'"
 
 
 def import_ray() -> Any:
-    """`ray` with Ray Data, or a UsageError (exit 2) that says how to install it."""
+    """`ray`, or a UsageError (exit 2) that says how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
     return ray
@@ -122,55 +117,33 @@ def _pool_size(ray: Any, job: EmbedJob, options: RayOptions, todo: int) -> int:
     return max(1, min(fit, todo))
 
 
-@contextlib.contextmanager
-def _quiet_ray_data(ray: Any) -> Iterator[None]:
-    """No progress bars, execution logs or failure tracebacks from Ray Data for the block: bitcli
-    reports progress itself, and a failure reaches the caller as an exception."""
-    context = ray.data.DataContext.get_current()
-    for name, value in (
-        ("enable_progress_bars", False),
-        ("print_on_execution_start", False),
-        ("enable_auto_log_stats", False),
-        ("max_consecutive_actor_init_deaths", 0),  # a model that cannot load fails the run at once
-    ):
-        if hasattr(context, name):
-            setattr(context, name, value)
-    logger = logging.getLogger("ray.data")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 class ShardPool:
-    """Shards through Ray Data actor pools until all are finished, each reported as it finishes.
+    """Shards through a pool of Ray actors until all are finished, each reported as it finishes.
 
-    Ray Data's own actor restarts are off (with them on, Ray's core worker prints a line per
-    actor to stderr); instead, when a worker dies, a new pool runs the shards still missing
-    (a shard finished just before is found on disk, not redone). Two pools in a row that die
-    without finishing a shard end the run; `--resume` continues it.
+    Each actor (`ShardActor`, no restarts) takes the next shard as it finishes one; between
+    finished shards, every POLL_SECONDS, the inputs committed in the shards being written
+    (`inputs_in_flight`) are reported too, so the bar moves per batch, with its rate and ETA.
+    When a worker dies, a new pool runs the shards still missing (a shard finished just before
+    is found on disk, not redone). Two pools in a row that die without finishing a shard end the
+    run; `--resume` continues it.
     """
+
+    POLL_SECONDS = 0.5
 
     def __init__(
         self, ray: Any, spool: InputSpool, job: EmbedJob, options: RayOptions, shard_dir: Path, progress: OnProgress | None
     ) -> None:
         self.ray, self.spool, self.job, self.options, self.shard_dir, self.progress = ray, spool, job, options, shard_dir, progress
         self.finished: list[Any] = []  # ShardInfo of earlier runs, _Done of this one: .index, .failed
-        self.lock = threading.Lock()  # progress comes from the driver and from `_BatchWatch`
 
     def run(self, todo: list[int], done: dict[int, Any]) -> None:
         self.finished = list(done.values())
-        report_progress(self.progress, self.spool.split, self.finished)
+        self.report()
         fruitless = 0
-        while True:
+        while remaining := sorted(set(todo) - {f.index for f in self.finished}):
             before = len(self.finished)
-            remaining = sorted(set(todo) - {f.index for f in self.finished})
             try:
-                with _quiet_ray_data(self.ray):
-                    self._once(remaining)
-                return
+                self._once(remaining)
             except Exception as exc:
                 error = _bit_error(exc)
                 if error is not None:
@@ -185,75 +158,34 @@ class ShardPool:
                     ) from exc
 
     def _once(self, todo: list[int]) -> None:
-        """One Ray Data pass over `todo`: `map_batches` with a fixed actor pool, one shard a call."""
+        """One pool of actors over `todo`, a shard a call; the actors are killed after it."""
         ray, spool, job = self.ray, self.spool, self.job
-        rows = [{"shard": i, "offset": spool.shard(i).offset, "count": spool.shard(i).count} for i in todo]
-        dataset = _map_shards(
-            ray.data.from_items(rows, override_num_blocks=len(rows)),
-            ShardActor,
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=_pool_size(ray, job, self.options, len(todo))),
-            num_cpus=job.threads,
-            num_gpus=self.options.num_gpus_per_worker or None,
-            fn_constructor_kwargs={
-                "job": job.to_json(),
-                "split": spool.split.to_json(),
-                "shard_dir": str(self.shard_dir.resolve()),
-                "spool": str(spool.path.resolve()),
-                "cwd": os.getcwd(),
-            },
-        )
-        with _BatchWatch(self):
-            self._collect(dataset)
+        actor = ray.remote(num_cpus=job.threads or 1, num_gpus=self.options.num_gpus_per_worker or 0, max_restarts=0)(ShardActor)
+        start = (job.to_json(), spool.split.to_json(), str(self.shard_dir.resolve()), str(spool.path.resolve()), os.getcwd())
+        actors = [actor.remote(*start) for _ in range(_pool_size(ray, job, self.options, len(todo)))]
+        queue, running = list(todo), {}  # running: the call in flight -> its actor
+
+        def next_shard(worker: Any) -> None:
+            if queue:
+                shard = spool.shard(queue.pop(0))
+                running[worker.run.remote(shard.index, shard.offset, shard.count)] = worker
+
+        try:
+            for worker in actors:
+                next_shard(worker)
+            while running:
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=self.POLL_SECONDS)
+                for ref in ready:
+                    worker = running.pop(ref)
+                    self.finished.append(_Done(*ray.get(ref)))
+                    next_shard(worker)
+                self.report(inputs_in_flight(self.shard_dir) if running and self.progress else 0)
+        finally:
+            for worker in actors:
+                ray.kill(worker)
 
     def report(self, running: int = 0) -> None:
-        with self.lock:
-            report_progress(self.progress, self.spool.split, self.finished, running=running)
-
-    def _collect(self, dataset: Any) -> None:
-        """Each finished shard as it comes (its settings are checked with the others' before
-        anything is published: `combine.plan`)."""
-        for row in dataset.iter_rows():
-            if row["error"]:
-                raise rebuild_error(row["error"])
-            self.finished.append(_Done(int(row["shard"]), int(row["failed"])))
-            self.report()
-
-
-class _BatchWatch:
-    """While a pass runs, every POLL_SECONDS: report the inputs done in the shards being written
-    (`inputs_in_flight`), so the bar moves per batch, with its rate and ETA, not per shard."""
-
-    POLL_SECONDS = 0.5
-
-    def __init__(self, pool: ShardPool) -> None:
-        self.pool, self.stop = pool, threading.Event()
-        self.thread = threading.Thread(target=self._run, name="bitcli-progress", daemon=True)
-
-    def __enter__(self) -> "_BatchWatch":
-        if self.pool.progress is not None:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.POLL_SECONDS):
-            self.pool.report(inputs_in_flight(self.pool.shard_dir))
-
-
-def _map_shards(dataset: Any, fn: Any, **kwargs: Any) -> Any:
-    """`map_batches` without Ray Data's actor restarts (`max_restarts=0`, see `run_pool`); Ray
-    2.60 warns that such remote arguments are deprecated, a later Ray may refuse them."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return dataset.map_batches(fn, max_restarts=0, **kwargs)
-    except TypeError:
-        return dataset.map_batches(fn, **kwargs)
+        report_progress(self.progress, self.spool.split, self.finished, running=running)
 
 
 _WORKER_LOST = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError")
@@ -294,8 +226,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 class ShardActor:
     """One actor of the pool: on its first shard it enters the driver's directory and loads the
-    model. Not in `__init__`: Ray would report an error raised there (a model that cannot load)
-    as an actor death; a bitcli error raised in a call comes back as a row (`rebuild_error`)."""
+    model. Not in `__init__`: Ray reports an error raised there (a model that cannot load) as an
+    actor death, not as the error itself."""
 
     def __init__(self, job: dict[str, Any], split: dict[str, Any], shard_dir: str, spool: str, cwd: str) -> None:
         self.job, self.cwd, self.spool = EmbedJob.from_json(job), cwd, spool
@@ -319,34 +251,9 @@ class ShardActor:
             )
         return ShardWorker(self.job)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"shard": [], "rows": [], "failed": [], "error": []}
-        try:
-            if self.worker is None:
-                self.worker = self._start()
-            for index, offset, count in zip(batch["shard"], batch["offset"], batch["count"]):
-                info = self.worker.run(self.shard_dir, self.split, ShardInputs(int(index), self.spool, int(offset), int(count)))
-                for key, value in zip(out, (info.index, info.rows, info.failed, "")):
-                    out[key].append(value)
-        except BitError as exc:
-            # Sent back as a row: an exception raised here reaches the driver only as text.
-            kind = type(exc)
-            error = {"module": kind.__module__, "name": kind.__qualname__, "message": str(exc), "exit_code": exc.exit_code}
-            out = {"shard": [-1], "rows": [0], "failed": [0], "error": [json.dumps(error)]}
-        return out
-
-
-def rebuild_error(text: str) -> BitError:
-    """The bitcli error a worker sent back (`ShardActor.__call__`), as the same class if possible."""
-    import importlib
-
-    data = json.loads(text)
-    try:
-        cls = getattr(importlib.import_module(data["module"]), data["name"])
-        if isinstance(cls, type) and issubclass(cls, BitError) and cls is not InputError:
-            return cls(data["message"])
-    except (ImportError, AttributeError, TypeError):
-        pass
-    error = BitError(data["message"])
-    error.exit_code = int(data.get("exit_code", 1))
-    return error
+    def run(self, index: int, offset: int, count: int) -> tuple[int, int]:
+        """Embed and publish one shard: (its index, its failures)."""
+        if self.worker is None:
+            self.worker = self._start()
+        info = self.worker.run(self.shard_dir, self.split, ShardInputs(index, self.spool, offset, count))
+        return info.index, info.failed

@@ -1,24 +1,13 @@
-"""Deterministic shards of an embed run: the split, and the input list the shards are cut from.
+"""Deterministic shards of an embed run: the split, and the input list the shards are cut from
+(docs/distributed.md, "How the work is cut").
 
-The split. The expanded input list (every entry a local `bit embed` would process, including
-inputs that failed to expand, in the same order) is cut into shards of `shard_size` consecutive
-entries, a multiple of the batch size: shard j holds entries [j * shard_size, (j + 1) *
-shard_size). A local run's batch k is entries [k * B, (k + 1) * B) whatever fails inside it (see
-`bitcli.pipeline`), so every batch lies inside one shard and every row is computed in the same
-batch as locally: the bytes are the same. `--shard I/N` runs shards I, I + N, I + 2N, ... of
-the same split, so N jobs of an array and a Ray cluster produce interchangeable shards. A list
-with no entries still has one (empty) shard, so a worker records the feature dimension.
-
-The input list. `spool_inputs` streams the expansion into a JSON-lines file (`[path]`, or
-`[path, reason]` for an input that failed to expand; ASCII, so non-UTF-8 names survive) while
-counting and hashing it, and records where each shard starts: memory stays flat however long
-the list. A worker reads its shard's entries back by offset (`ShardInputs.read`).
-
-A shard is a collection. Shard j is written by the embed store (`store.Collection`) as
-`shard-00000j.npy` in the shard directory, with the manifest, error list, metadata sidecar and run
-record a local run writes; the run record adds the split and the shard's index, so `--resume`
-checks them like the rest, and a killed worker's partial shard resumes byte for byte. Combining
-concatenates the shards (`combine.py`).
+The expanded input list (failed expansions included, in order) is cut into shards of
+`shard_size` entries, a multiple of the batch size, so every batch of a local run lies inside
+one shard and every row is computed in the same batch: the bytes are the same. `--shard I/N`
+runs shards I, I + N, ... of the same split. `spool_inputs` streams the list into a JSON-lines
+file (memory stays flat), recording where each shard starts. A shard is a collection
+(`shard-00000j.npy` and its set, written by `store.Collection`), its run record adding the split
+and its index.
 """
 
 from __future__ import annotations
@@ -39,6 +28,7 @@ from bitcli.inputs import InputItem
 from bitcli.store.files import JOURNAL, read_json_record, remove_partial, take_lock
 from bitcli.store.files import files_problem, read_journal
 from bitcli.store.paths import EmbedPaths, read_errors
+from bitcli.store.settings import describe_difference
 from bitcli.util import encode_lines, write_atomic
 
 DEFAULT_SHARD_IMAGES = 1024  # inputs per shard, rounded up to whole batches
@@ -229,6 +219,18 @@ class ShardInfo:
         yield from read_errors(self.paths.errors) if self.failed else ()
 
 
+def check_alike(shard: ShardInfo, split: Split, made: dict[str, Any] | None = None, *, other: str = "this run",
+                names: tuple[str, str] = ("in it", "in this run"), advice: str = "pass --overwrite to start over") -> None:
+    """The one check that `shard` belongs with a run (or with the shard `other`): cut by `split`
+    and, given `made` (`ShardInfo.settings()`, or some of its keys), its rows made alike; else
+    ShardMismatchError (exit 2)."""
+    if shard.split != split:
+        raise ShardMismatchError(f"{shard.out} and {other} are of different runs ({shard.split.unlike(split)}); {advice}")
+    theirs = {k: v for k, v in shard.settings().items() if k in (made or {})}
+    if made is not None and (difference := describe_difference(theirs, json.loads(json.dumps(made)), names)):
+        raise ShardMismatchError(f"{shard.out} was made with other settings than {other} ({difference}); {advice}")
+
+
 def shard_paths(directory: Path, index: int) -> EmbedPaths:
     return EmbedPaths.for_output(Path(directory) / f"{shard_name(index)}.npy")
 
@@ -289,10 +291,8 @@ def finished_shards(directory: Path, split: Split, indices: Iterable[int] | None
     for index, paths in shard_outputs(directory).items():
         if wanted is not None and index not in wanted:
             continue
-        info = read_shard(paths)
-        if info.split != split:
-            raise ShardMismatchError(f"{paths.out} belongs to another run ({info.split.unlike(split)}); pass --overwrite to start over")
-        done[index] = info
+        done[index] = read_shard(paths)
+        check_alike(done[index], split)
     return done
 
 

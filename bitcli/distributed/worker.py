@@ -17,8 +17,8 @@ from bitcli.distributed.shards import (
     ShardInfo,
     ShardInputs,
     UPDATE_PLAN,
-    ShardMismatchError,
     Split,
+    check_alike,
     default_shard_size,
     finished_shards,
     make_shard_dir,
@@ -34,7 +34,6 @@ from bitcli.inputs import InputItem
 from bitcli.pipeline import RunOptions  # light: no torch
 from bitcli.store.files import run_state
 from bitcli.store.collection import Collection
-from bitcli.store.settings import describe_difference
 from bitcli.store.paths import EmbedPaths
 from bitcli.util import first_line
 
@@ -147,25 +146,13 @@ class ShardWorker:
                          dtype=self.job.dtype, content_hash=self.job.content_hash, resume=True, extra=extra)
         run.write()
         info = read_shard(shard.paths)
-        self._check_same(info, split)
+        check_alike(info, split, self.made(), advice="pass --overwrite to redo it")
         return info
 
-    def _check_same(self, info: ShardInfo, split: Split) -> None:
+    def made(self) -> dict[str, Any]:
+        """What made this worker's rows, as `ShardInfo.settings()` holds it."""
         state = run_state(self.dim, self.job.dtype, self.fingerprint, None)
-        made = {"settings": state["settings"], "runtime": state["runtime"]}
-        mine = ShardInfo(info.index, split, made, self.dim, self.job.dtype, 0, 0, info.paths)
-        if info.split != split:
-            difference = info.split.unlike(split)
-        else:
-            difference = describe_difference(info.settings(), mine.settings(), ("in it", "in this run"))
-        if difference is None:
-            return
-        raise ShardMismatchError(f"{info.out} belongs to another run ({difference}); pass --overwrite to redo it")
-
-    def check_shards(self, done: Iterable[ShardInfo]) -> None:
-        """Refuse to add to shards made with another model, preprocessing or options."""
-        for info in done:
-            self._check_same(info, info.split)
+        return {k: state[k] for k in ("settings", "runtime", "dim", "dtype")}
 
 
 @dataclass(frozen=True)
@@ -232,7 +219,8 @@ def run_shards(
             # Kept shards are checked even when none is left to run: a --resume with another
             # model or options is refused, as a local --resume of a finished output is.
             worker = worker or ShardWorker(job, model=model)
-            worker.check_shards(infos)  # refuse to keep or add to shards of another model or options
+            for info in infos:  # refuse to keep or add to shards of another model or options
+                check_alike(info, info.split, worker.made(), advice="pass --overwrite to redo it")
             for i in todo:
                 infos.append(worker.run(shard_dir, split, spool.shard(i), digest))
                 for path, reason in infos[-1].failures() if on_failure else ():

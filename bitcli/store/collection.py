@@ -1,17 +1,14 @@
 """`Collection`: an embedding on disk (OUT.npy and the files published with it), the one object
 every producer embeds through.
 
-A local `bit embed` (new, `--resume`, `--update`), a `--shard` job and a Ray worker (a shard is a
-collection) all make the same two calls: `Collection.plan` (what is left to do, known before
-anything is embedded: a command sizes its progress bar from it) and `Run.write` (the batches
-embedded and committed one by one, then the set published). The collection owns what the
-callers used to drive themselves: the writer (`writer.py`), skipping what an interrupted run
-finished, `--update`'s plan (`update.py`: which rows are copied, which embedded), each row's
-file identity taken before its file is read, the commit loop and the publication.
+A local `bit embed` (new, `--resume`, `--update`), a `--shard` job and a Ray worker all make the
+same two calls: `Collection.plan` (what is left to do, known before anything is embedded) and
+`Run.write` (batches embedded and committed one by one, then the set published).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, IO, Any, Callable, Iterable, Iterator
@@ -99,7 +96,8 @@ class Collection:
                 update_plan=digest, extra=extra, made=made, cwd=cwd,
             )
         try:
-            todo = [] if writer.already_complete else list(writer.skip_done(steps))
+            remaining = writer.done  # what an interrupted run finished: each occurrence once
+            todo = [] if writer.already_complete else [item for item in steps if not counted_off(remaining, item.path)]
         except BaseException:
             writer.close()
             raise
@@ -210,11 +208,5 @@ def stored_results(part: EmbedPaths, entries: Iterable[str]) -> Iterator["EmbedR
 
 def in_batches(results: Iterable["EmbedResult"], size: int) -> Iterator[list["EmbedResult"]]:
     """`results` as groups of `size` (the last one shorter): a run's batches."""
-    group: list[EmbedResult] = []
-    for result in results:
-        group.append(result)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
+    results = iter(results)
+    return iter(lambda: list(itertools.islice(results, size)), [])

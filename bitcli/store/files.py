@@ -1,19 +1,12 @@
-"""The partial run on disk and the records a run leaves: `.npy` headers, staged names, the
-partial directory's files and its lock, the journal of committed batches, each row's file
-identity, and the finished run's record.
+"""The partial run on disk (`OUT.npy.partial/`) and the records a run leaves: `.npy` headers,
+staged names, the partial directory's files and lock, the journal of committed batches, each
+row's file identity, and the finished run's record (docs/collection.md, "Writing and reading one set").
 
-The partial directory holds only the files named in `OWN_PARTIAL_FILES`; that is how bitcli
-recognises a folder it may discard or complete. `LOCK` is held (`fcntl.flock`, exclusive) by the
-one run writing the output: a second run is told another run holds it, instead of being sent to
---resume. flock locks belong to the open file, so a killed run's lock disappears with it.
-
-The journal is read line by line, each line capped, and never beyond the number of inputs the
-run has: a damaged or oversized journal ends at its last good line (the rows after it are
-re-embedded), and memory stays proportional to the input list. The run record
-(`.OUT.npy.run.json`, published with the output) keeps what `state.json` said (model, dtype,
-options, input digest) plus the row and failure counts and each file's size, so `--resume` of a
-finished output checks it as strictly as an unfinished one, whoever made it (a local run, `bit
-combine`, `--engine ray`: the shards' record).
+The partial directory holds only `OWN_PARTIAL_FILES`: how bitcli recognises a folder it may
+discard or complete. `LOCK` is an exclusive `flock` held by the one run writing the output (it
+goes with a killed process). The journal is read line by line, each line capped, never beyond
+the run's input count: a damaged journal ends at its last good line. The run record
+(`.OUT.npy.run.json`) lets `--resume` of a finished output check it as strictly as an unfinished one.
 """
 
 from __future__ import annotations
@@ -332,20 +325,12 @@ def file_size(path: Path | None) -> int | None:
         return None
 
 
-def read_run_record(paths: "EmbedPaths") -> tuple[dict[str, Any] | None, str | None]:
-    """(the finished output's run record, None) or (None, why there is none to check)."""
-    record = read_json_record(paths.record)
-    if record is None:
-        return None, f"it has no readable record of how it was made ({paths.record.name} is missing or damaged)"
-    return record, None
-
-
 def finished_problem(paths: "EmbedPaths", state: dict[str, Any], rows_dtype) -> str | None:
     """Why a finished output does not match the run about to resume it (None: it does): `state`'s
     keys compared with its run record's, then its files (`files_problem`)."""
-    record, problem = read_run_record(paths)
+    record = read_json_record(paths.record)
     if record is None:
-        return problem
+        return f"it has no readable record of how it was made ({paths.record.name} is missing or damaged)"
     theirs = {k: record.get(k) for k in state}
     if theirs.get("inputs") != state["inputs"] and describe_difference(theirs, state) is None:
         return "the inputs changed since it was made"

@@ -1,24 +1,9 @@
-"""The metadata sidecar of an embedding: what made `OUT.npy`, and which file each row came from.
-
-Two plain-text files beside the array (`OUT` is the output without `.npy`), readable with
-nothing but `json` (the format is specified in docs/collection.md):
-
-    OUT.meta.json     one JSON object, small (read by `bit search` / `bit dedup`): format version,
-                      bitcli version, model reference and resolved commit, preprocessing, dtype,
-                      normalize, feature dim, row count, the file names of the array, manifest and
-                      row file, and the sha256 of the row file (which ties the two together)
-    OUT.files.jsonl   line i describes row i: {"path": ..., "size": ..., "mtime_ns": ...} plus
-                      "sha256" when the run hashed contents (`--hash`); read only by `--update`
-
-The per-row part is JSON Lines so that a million rows stream instead of becoming one huge
-object, and the header stays small enough to read on every search. `bit embed` stages both
-and publishes them in the same set as the array, manifest and run record (`publish.py`): after
-any kill the sidecar on disk is the old run's or the new run's, as the array is; the header
-names the row file's digest, so a row file that does not belong to it is detected.
-
-A row whose file could not be identified when it was embedded (it vanished, or a journal of
-an older bitcli recorded no identity) has `"size": null, "mtime_ns": null`; `--update` embeds
-it again. `bitcli.store.update` compares stored identities with the current inputs.
+"""The metadata sidecar of an embedding (format: docs/collection.md): `OUT.meta.json`, one small
+JSON object (what made the rows, their shape, the set's file names and the row file's sha256),
+and `OUT.files.jsonl`, line i the file row i came from (`{"path", "size", "mtime_ns"}`, plus
+`"sha256"` with `--hash`; JSON Lines, so a million rows stream). Both are staged and published
+in the same set as the array (`publish.py`). A row whose file could not be identified has
+`"size": null`: `--update` embeds it again.
 """
 
 from __future__ import annotations
@@ -33,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from bitcli.errors import UsageError
 from bitcli.store.settings import EmbedSettings
 from bitcli.store.files import FileIdentity, staged_name
-from bitcli.util import fsync_dir, open_regular, read_capped, write_synced
+from bitcli.util import open_regular, read_capped, write_synced
 
 if TYPE_CHECKING:
     from bitcli.store.paths import EmbedPaths
@@ -276,16 +261,6 @@ def stage_metadata(
             path.unlink(missing_ok=True)
         raise
     return staged
-
-
-def write_metadata(paths: SidecarPaths, meta: EmbeddingMetadata, rows: Iterable[tuple[str, FileIdentity | None]]) -> EmbeddingMetadata:
-    """The sidecar on its own (`stage_metadata`, then the row file and the header renamed into
-    place, the header last): for sidecars that are not part of an embed run's set."""
-    staged = stage_metadata(paths, meta, rows)
-    os.replace(staged["files"], paths.files)
-    os.replace(staged["meta"], paths.meta)
-    fsync_dir(paths.meta.parent)
-    return meta
 
 
 def read_metadata(path: Path) -> EmbeddingMetadata:

@@ -1,20 +1,12 @@
-"""The files an embed run writes, and the checks made before any of them is touched.
+"""The files an embed run writes (`EmbedPaths`), and what is refused before any of them is
+touched (`check_output`, exit 2; docs/collection.md, "Writing and reading one set"):
 
-`EmbedPaths` names them all: the array, the manifest, the error list and the metadata sidecar
-(`OUT.meta.json`, `OUT.files.jsonl`: the published set), the run record beside the array, the
-partial directory, and the temporary names things are staged under. `check_output` refuses, before the model loads, what the writer would refuse (exit 2):
-
-- bitcli only ever replaces regular files (or creates missing ones). A FIFO, a device, a
-  directory or a symbolic link where an output goes is refused, with or without --overwrite.
-  Symbolic links are refused rather than written through: the atomic rename that publishes a
-  file replaces the name it is given, so writing through would need the target's directory
-  (another file system, perhaps, where no rename from the partial folder is possible), and a
-  planted link would let --overwrite reach any file its owner can write.
-- `OUT.npy.partial` is discarded (--overwrite) only when it is a directory holding nothing but
-  the files bitcli writes there.
-- No output may be another output, or lie inside the partial directory (which is deleted when
-  the run ends), also through `..` or a symbolic link on the way.
-- Every name, the temporary ones included, must fit the file system's limit on a name.
+- only regular files are replaced (or missing ones created): never a FIFO, device, directory or
+  symbolic link (the publishing rename replaces the name it is given; a planted link would let
+  --overwrite reach any file its owner can write);
+- `OUT.npy.partial` is discarded only when it holds nothing but bitcli's own files;
+- no output may be another output, or lie inside the partial directory (through `..` or a link too);
+- every name, the temporary ones included, must fit the file system's limit on a name.
 """
 
 from __future__ import annotations
@@ -29,7 +21,6 @@ from typing import Iterator
 
 from bitcli.collection import norms
 from bitcli.errors import BitError, UsageError
-from bitcli.inputs import path_problem
 from bitcli.store.files import (
     OWN_PARTIAL_FILES, STATE, lock_holder, partial_problem, read_json_record, read_lines, staged_name,
 )
@@ -145,7 +136,6 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
         raise UsageError(f"{'--update' if update else '--resume'} needs an output file, not -o -")
     check_place(paths)
     check_names(paths)
-    check_distinct(paths)
     for what, path in paths.every_name():
         if path != paths.partial:
             check_replaceable(path, what)
@@ -259,25 +249,27 @@ def _on_dev_file_system(folder: str) -> bool:
 
 
 def check_names(paths: EmbedPaths) -> None:
-    """Every name must fit the file system: `OUT.npy.partial` and the temporary names too."""
-    derived = {path: [paths.staged(path)] for path in (paths.manifest, paths.errors)}
+    """Every name this run may create (the temporary ones too) fits the file system's limit on a
+    name and is a file of its own: no two are the same file, and the manifest and the error list
+    are not inside the partial directory (deleted when the run ends)."""
     base = paths.out if paths.out is not None else paths.manifest  # what the other names derive from
-    derived.setdefault(base, [])
-    if paths.out is not None:
-        derived[base] += [paths.partial, paths.partial_tmp]
-    for path in paths.staged_files().values():
-        if path not in (paths.manifest, paths.errors):
-            derived[base] += [path, paths.staged(path)]
-    for output, siblings in derived.items():
-        limit = _name_max(output.parent)
-        for path in (output, *siblings):
-            size = len(os.fsencode(path.name))
-            if size <= limit:
-                continue
+    seen: dict[str, str] = {}
+    for what, path in paths.every_name():
+        size, limit = len(os.fsencode(path.name)), _name_max(path.parent)
+        if size > limit:
+            output = next((o for o in (paths.manifest, paths.errors) if path in (o, paths.staged(o))), base)
             beside = "" if path == output else f": bitcli also writes {path.name} beside it ({size} bytes)"
+            raise UsageError(f"{output}: the name is too long for this file system, at most {limit} bytes per name{beside}; "
+                             "choose a shorter name")
+        key = os.path.realpath(path)
+        if key in seen:
+            raise UsageError(f"{path}: {seen[key]} and {what} would be the same file; choose another --manifest or -o")
+        seen[key] = what
+    inside = None if paths.partial is None else os.path.realpath(paths.partial) + os.sep
+    for what, path in (("--manifest", paths.manifest), ("the error list", paths.errors)):
+        if inside is not None and os.path.realpath(path).startswith(inside):
             raise UsageError(
-                f"{output}: the name is too long for this file system, at most {limit} bytes per name{beside}; "
-                "choose a shorter name"
+                f"{path}: {what} would be inside {paths.partial}, which is deleted when the run ends; choose another place"
             )
 
 
@@ -288,24 +280,6 @@ def _name_max(directory: Path) -> int:
         except (OSError, ValueError):
             continue
     return 255
-
-
-def check_distinct(paths: EmbedPaths) -> None:
-    """The outputs must be different files, and none may lie inside the partial directory."""
-    seen: dict[str, str] = {}
-    for what, path in paths.every_name():
-        key = os.path.realpath(path)
-        if key in seen:
-            raise UsageError(f"{path}: {seen[key]} and {what} would be the same file; choose another --manifest or -o")
-        seen[key] = what
-    if paths.partial is None:
-        return
-    inside = os.path.realpath(paths.partial) + os.sep
-    for what, path in (("--manifest", paths.manifest), ("the error list", paths.errors)):
-        if os.path.realpath(path).startswith(inside):
-            raise UsageError(
-                f"{path}: {what} would be inside {paths.partial}, which is deleted when the run ends; choose another place"
-            )
 
 
 def _lstat(path: Path | None) -> os.stat_result | None:
@@ -319,13 +293,6 @@ def _lstat(path: Path | None) -> os.stat_result | None:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot use this name ({exc.strerror or exc})") from None
-
-
-def manifest_problem(path: str) -> str | None:
-    """Why `path` cannot be a manifest line, or None when it can (`inputs.path_problem`'s rule)."""
-    if path_problem(path):
-        return "the path contains a line break, so it cannot be listed in the manifest; rename the file"
-    return None
 
 
 def escape_error_path(path: str) -> str:

@@ -1,20 +1,11 @@
 """Publishing a finished run as one set of files, and completing a publication a kill interrupted.
 
-Every finished output is published through `StagedSet`, by the one writer (`writer.py`): a local
-run, `--update`, a shard, `bit combine` and `--engine ray` alike. It stages every new file first
-(the array is the partial directory's `data.npy`; the manifest, the error list, the metadata
-sidecar `OUT.files.jsonl` + `OUT.meta.json`, the run record and any other file of the set,
-`EmbedPaths.set_files`, are written under `.NAME.bitcli.tmp` beside their final names), then
-writes `publish.json` into the partial directory: the commit point. It lists each rename (staged
--> final) and each stale file to remove (a file of the set this run did not stage: an old error
-list when the new run has no failures). Only then are the renames made, and the partial
-directory removed, `publish.json` last.
-
-A kill before the commit point leaves the old files untouched (and a local run resumable: the
-journal is complete); a kill after it leaves a record of what remains to be done, and `recover`
-(run by every later `bit embed` or `bit combine` on the same output, whatever its options, before
-anything else) finishes it. So the files on disk are always one run's set, or become it at the
-next touch.
+Every output is published through `StagedSet` (a local run, `--update`, a shard, `bit combine`,
+Ray alike): every file is staged beside its final name (the array is the partial directory's
+`data.npy`), then `publish.json` is written into the partial directory (the commit point: each
+rename and each stale file to remove), then the renames are made and the partial directory
+removed, `publish.json` last. A kill before the commit point leaves the old set; after it,
+`recover` (run first by every later `bit embed` or `bit combine` on the output) finishes it.
 """
 
 from __future__ import annotations
@@ -54,28 +45,33 @@ def roll_forward(partial: Path) -> bool:
     record = read_json_record(partial / PUBLISH)
     if record is None or record.get("version") != PUBLISH_VERSION:
         return False
-    touched = set()
     seal = record.get("seal")
-    for src, dst in record.get("moves") or []:
-        src, dst = Path(src), Path(dst)
-        if not is_regular(src):
-            continue  # renamed before the kill
-        if seal and str(src) == seal[0] and not norms.seal(src, Path(seal[1]), partial / SEAL_TMP):
-            continue  # the array is not the one they were computed from: first use computes them
-        check_replaceable(dst)  # never replace a FIFO, device or link that appeared meanwhile
-        with writing(dst):
-            os.replace(src, dst)
-        touched.add(dst.parent)
-    for stale in record.get("remove") or []:
-        stale = Path(stale)
+
+    def sealed(src: Path) -> bool:  # False: the array is not the one they were computed from: first use computes them
+        return not seal or str(src) != seal[0] or norms.seal(src, Path(seal[1]), partial / SEAL_TMP)
+
+    for directory in apply([(Path(s), Path(d)) for s, d in record.get("moves") or []], map(Path, record.get("remove") or []), sealed):
+        fsync_dir(directory)
+    remove_partial(partial)
+    return True
+
+
+def apply(moves: list[tuple[Path, Path]], removals: Iterable[Path], sealed: Callable[[Path], bool] = lambda src: True) -> set[Path]:
+    """Each rename whose source is still there (not made before a kill) and `sealed`, then each
+    stale file removed; the folders touched. Never replaces a FIFO, device or link that appeared."""
+    touched = set()
+    for src, dst in moves:
+        if is_regular(src) and sealed(src):
+            check_replaceable(dst)
+            with writing(dst):
+                os.replace(src, dst)
+            touched.add(dst.parent)
+    for stale in removals:
         if is_regular(stale):
             with writing(stale):
                 stale.unlink()
             touched.add(stale.parent)
-    for directory in touched:
-        fsync_dir(directory)
-    remove_partial(partial)
-    return True
+    return touched
 
 
 def recover(paths: EmbedPaths) -> bool:
@@ -229,15 +225,7 @@ class StagedSet:
 
     def publish_now(self) -> None:
         """`-o -`: the array reached the stream; rename the staged manifest and error list into place."""
-        moves, removals = publication(self.paths, None, self.staged)
-        for src, dst in moves:
-            check_replaceable(dst)
-            with writing(dst):
-                os.replace(src, dst)
-        for stale in removals:
-            if is_regular(stale):
-                with writing(stale):
-                    stale.unlink()
+        apply(*publication(self.paths, None, self.staged))
 
     @property
     def committed(self) -> bool:

@@ -1,22 +1,10 @@
-"""`bit embed --update`: bring an existing output up to date with its inputs.
-
-`prepare_update` reads what the output was made from (its metadata sidecar, `metadata.py`),
-refuses other settings (`check_compatible`), and plans, input by input in the current order:
-
-- same path, same size and mtime (with content hashes: same sha256, when the row has one):
-  **kept**, the row is copied byte for byte from the old array;
-- same path, another identity: **changed**, embedded again;
-- a path not stored: **new**, embedded; with content hashes, a new (or changed) file whose
-  content equals a stored row that no kept file claims reuses that row: **moved**;
-- stored rows no input names (and no move claimed): **removed**.
-- a new path the output's error list names (it failed last time): **retried**, embedded again.
-
-A path given twice pairs with that path's stored rows in order; a file that cannot be read now
-is embedded, so that the failure is reported like any other. `update_groups` yields the result
-groups for the store's usual commit loop: every group ends where a batch of embedded images
-ends (or after a run of copied rows), so an interrupted update resumes with the same batches and
-the same bytes, like a normal run; `UpdatePlan.digest` goes into the partial run's state, so that only
-the same update resumes.
+"""`bit embed --update`: bring an existing output up to date with its inputs (docs/collection.md,
+"Updating"). `prepare_update` refuses other settings (`check_compatible`) and plans, input by
+input in the current order: kept (same file, same size and mtime; with `--hash`, same sha256:
+the row copied byte for byte), changed, new, moved (with `--hash`: a stored row's content under
+a new path), retried (failed last time), and removed. `update_groups` yields result groups that
+end where a local run's batches end, so an interrupted update resumes to the same bytes;
+`UpdatePlan.digest` in the partial run's state lets only the same update resume.
 """
 
 from __future__ import annotations

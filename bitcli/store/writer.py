@@ -10,7 +10,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Sequence
 
 import numpy as np
 
@@ -21,7 +21,8 @@ from bitcli.store.files import (
     remove_partial, run_state, take_lock,
 )
 from bitcli.store.metadata import FileIdentity, metadata_for
-from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, manifest_problem, writing
+from bitcli.inputs import path_problem
+from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, writing
 from bitcli.store.publish import ANOTHER_RUN, StagedSet, clear_staged, recover
 
 INPUTS_CHANGED = "inputs changed since the interrupted run; pass --overwrite to start again"
@@ -45,18 +46,14 @@ class EmbedSummary:
 
 class EmbedWriter:
     """Append batches of rows; `finish()` publishes the `.npy`, manifest, error list, metadata
-    sidecar and run record as one set.
+    sidecar and run record as one set. Opening completes a publication a kill interrupted
+    (`recover`), then takes the partial directory's lock (a second writer is refused).
 
-    `fingerprint` describes everything that determines the rows (model, revision, dtype,
-    normalization, batch size, ...); `--resume` refuses a partial run, or a finished output, made
-    with another one. Opening first completes a publication a kill interrupted (`recover`), then
-    takes the partial directory's lock: a second writer on the same output is refused.
-    `update_plan` (`--update`, `store.update.UpdatePlan.digest`): the existing output stays in place until
-    `finish()` replaces it, and only an interrupted update with the same plan resumes. `extra`:
-    more of what made the rows, recorded and compared like the rest (a shard's split and index).
-    `made`: what made the rows as a run record holds it (`settings`, `runtime`, `inputs`), in place
-    of `fingerprint` and `inputs`, for rows copied from collections (`copy_parts`); `cwd`: the
-    directory their relative paths are relative to (default: this process's).
+    `fingerprint`: what determines the rows (`--resume` refuses a run made with another);
+    `update_plan`: `--update`'s plan digest (only the same update resumes); `extra`: more of what
+    made the rows, compared like the rest (a shard's split and index); `made`: a run record's
+    `settings`, `runtime` and `inputs` in place of `fingerprint` and `inputs` (rows copied from
+    collections); `cwd`: what relative row paths are relative to (default: this process's).
     """
 
     def __init__(
@@ -192,18 +189,9 @@ class EmbedWriter:
         """How many times each input path was already embedded or recorded as failed.
 
         A count, not a set: an input given twice is processed twice, and only the occurrences
-        an earlier run finished are skipped (see `skip_done`).
+        an earlier run finished are skipped.
         """
         return Counter(self._journal.paths) + Counter(p for p, _ in self._journal.errors)
-
-    def skip_done(self, items: Iterable[Any]) -> Iterator[Any]:
-        """Items (anything with `.path`) minus the first `done[path]` occurrences of each path."""
-        remaining = self.done
-        for item in items:
-            if remaining[item.path] > 0:
-                remaining[item.path] -= 1
-                continue
-            yield item
 
     @property
     def rows(self) -> int:
@@ -230,9 +218,8 @@ class EmbedWriter:
             raise RuntimeError("this EmbedWriter is closed")
         paths = [str(p) for p in paths]
         for p in paths:
-            problem = manifest_problem(p)
-            if problem:
-                raise ValueError(f"{p!r}: {problem}")
+            if path_problem(p):  # a manifest holds one path a line
+                raise ValueError(f"{p!r}: {path_problem(p)}; rename the file")
         if paths:
             if rows is None:
                 raise ValueError("rows are required when paths are given")
