@@ -136,6 +136,18 @@ def read_capped(path: str | Path, max_bytes: int) -> bytes:
     return data
 
 
+def sha256_file(fh: IO[bytes], size: int) -> str:
+    """The sha256 of an open file's first `size` bytes (its size when opened: a file growing
+    meanwhile is not read forever)."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    while size > 0 and (chunk := fh.read(min(1 << 20, size))):
+        sha.update(chunk)
+        size -= len(chunk)
+    return sha.hexdigest()
+
+
 def read_json_file(
     path: str | Path, *, error: type[BitError] = ConfigError, max_bytes: int = CONFIG_MAX_BYTES
 ) -> dict[str, Any]:

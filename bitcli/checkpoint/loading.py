@@ -85,7 +85,6 @@ def identity(info: CheckpointInfo) -> dict[str, Any]:
 
 
 _DIGESTS: dict[tuple[Any, ...], str] = {}  # (real path, device, inode, size, mtime_ns) -> sha256
-_DIGEST_CHUNK = 1 << 20
 
 
 def content_digest(files: list[Path]) -> str:
@@ -101,19 +100,14 @@ def content_digest(files: list[Path]) -> str:
 
 
 def _file_digest(path: Path) -> str:
-    import hashlib
-
-    from bitcli.util import open_regular
+    from bitcli.util import open_regular, sha256_file
 
     with open_regular(path) as fh:
         info = os.fstat(fh.fileno())
         key = (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         cached = _DIGESTS.get(key) or _disk_digests().get(_key_text(key))
         if cached is None:
-            sha = hashlib.sha256()
-            while chunk := fh.read(_DIGEST_CHUNK):
-                sha.update(chunk)
-            cached = sha.hexdigest()
+            cached = sha256_file(fh, info.st_size)
             _remember_digest(key, cached)
         _DIGESTS[key] = cached
     return cached

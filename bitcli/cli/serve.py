@@ -8,12 +8,12 @@ import re
 import signal
 import socket
 from dataclasses import replace
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from bitcli.cli.combine import Engine
 from bitcli.cli.common import (
     EXIT_OK,
     Runtime,
@@ -36,11 +36,6 @@ EPILOG = epilog(
 MAX_CONNECTIONS = 1024  # open connections at once; past it uvicorn answers 503 (slow clients cannot pile up)
 INSTALL_HINT = "bit serve needs its extra: pip install 'bitcli[serve]'"
 RAY_HINT = "bit serve --engine ray needs Ray Serve: pip install 'bitcli[serve,ray]'"
-
-
-class Engine(str, Enum):
-    local = "local"
-    ray = "ray"
 
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}

@@ -12,7 +12,6 @@ exactly: every score is the exact cosine, only which rows make the top k can dif
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from bitcli.collection.index import EmbeddingIndex
 from bitcli.collection.search import Match, check_k, to_matches, unit_rows
 from bitcli.errors import UsageError
 from bitcli.store.paths import check_replaceable
-from bitcli.util import beside, open_regular, read_capped, write_atomic
+from bitcli.util import beside, open_regular, read_capped, sha256_file, write_atomic
 
 FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
@@ -168,12 +167,9 @@ def _codes(dim: int) -> str:
 
 def _file_identity(path: Path) -> dict[str, Any]:
     """The index file's size and SHA-256 (a regular file only)."""
-    digest, size = hashlib.sha256(), 0
     with open_regular(path) as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"index_size": size, "index_sha256": digest.hexdigest()}
+        size = os.fstat(file.fileno()).st_size
+        return {"index_size": size, "index_sha256": sha256_file(file, size)}
 
 
 def _array_identity(path: Path) -> dict[str, int]:

@@ -17,7 +17,7 @@ from bitcli.collection.dedup import DuplicateGroup
 from bitcli.collection.queries import QueryResult
 from bitcli.output import escapes
 from bitcli.output.records import check_own_file
-from bitcli.util import write_atomic
+from bitcli.util import DEFAULT_MAX_PIXELS, write_atomic
 
 THUMB_PX = 160
 MAX_ENTRIES = 1000  # queries or groups shown; the page says how many more there were
@@ -122,14 +122,14 @@ class _Thumbnails:
         )
 
 
-def thumbnail_jpeg(path: str) -> bytes | None:
-    """A JPEG at most THUMB_PX on its long side, or None when the image cannot be read."""
+def thumbnail_jpeg(path: str, size: int = THUMB_PX, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes | None:
+    """A JPEG at most `size` on its long side (the pages' and `bit serve`'s), or None when the image cannot be read."""
     from bitcli.decode import open_image
     from bitcli.errors import InputError
 
     try:
-        image = open_image(path, draft_size=(THUMB_PX * 2, THUMB_PX * 2))
-        image.thumbnail((THUMB_PX, THUMB_PX))
+        image = open_image(path, max_pixels=max_pixels, draft_size=(size * 2, size * 2))
+        image.thumbnail((size, size))
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=80)
         return buf.getvalue()

@@ -102,23 +102,11 @@ class Service:
 
     def thumbnail(self, name: str, row: int, size: int = 256) -> bytes | None:
         """A JPEG of row `row`'s file (its path from the collection, never a request), None when unreadable."""
-        from io import BytesIO
-
-        from bitcli.decode import open_image
-        from bitcli.errors import InputError
+        from bitcli.collection.html import thumbnail_jpeg
 
         index = self.indexes[name]
         found = index.locate(index.recorded[row])
-        if found is None:
-            return None
-        try:
-            image = open_image(found, max_pixels=self.options.max_pixels)
-        except InputError:
-            return None
-        image.thumbnail((size, size))
-        out = BytesIO()
-        image.save(out, format="JPEG", quality=85)
-        return out.getvalue()
+        return None if found is None else thumbnail_jpeg(found, size, max_pixels=self.options.max_pixels)
 
     def classifier(self, top_k: int) -> Classifier:
         top_k = min(top_k, max(1, int(self.model.config.num_labels)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from bitcli.checkpoint import read_checkpoint  # raw (unstandardized) weights, canonical names
+from bitcli.checkpoint.files import CheckpointInfo
 from bitcli.errors import CheckpointError
 from bitcli.model import BiT, BitConfig, StdConv2d, meta_model, standardize_conv_weight
 from bitcli.preprocess import PreprocessConfig
@@ -32,18 +33,12 @@ __all__ = ["Base", "BitConfig", "PreprocessConfig", "load_base", "trainable_mode
 
 
 @dataclass
-class Base:
-    """A base checkpoint as transfer needs it: raw float32 backbone weights and metadata."""
+class Base(CheckpointInfo):
+    """A base checkpoint as transfer needs it: what `CheckpointInfo` says of it (`resolved`: from
+    the hub or a path), the reference as given and raw float32 backbone weights (no head)."""
 
-    ref: str
-    path: Path
-    config: BitConfig
-    backbone: dict[str, Tensor]  # raw weights without the head, canonical (transformers) names
-    preprocess: PreprocessConfig
-    source_format: str
-    repo_id: str | None
-    commit: str | None
-    files: list[Path]
+    ref: str = ""
+    backbone: dict[str, Tensor] = field(default_factory=dict, repr=False)  # canonical (transformers) names
 
     def identity(self) -> dict[str, Any]:
         """What identifies these weights: the reference and each file's name, size and mtime."""
@@ -54,9 +49,10 @@ class Base:
                 files.append([Path(f).name, info.st_size, info.st_mtime_ns])
             except OSError:
                 files.append([Path(f).name, None, None])
+        resolved = self.resolved
         return {
-            "model": self.repo_id or str(Path(self.path).resolve()),
-            "commit": self.commit,
+            "model": (resolved and resolved.repo_id) or str(Path(self.path).resolve()),
+            "commit": resolved and resolved.commit,
             "format": self.source_format,
             "files": files,
         }
@@ -72,17 +68,8 @@ def load_base(ref: str | Path, *, offline: bool | None = None) -> Base:
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{ref}: cannot read the checkpoint ({first_line(exc)})") from exc
     backbone = {k: v.to(torch.float32) for k, v in raw.state_dict.items() if k not in HEAD_KEYS}
-    return Base(
-        ref=str(ref),
-        path=Path(resolved.path),
-        config=raw.config,
-        backbone=backbone,
-        preprocess=raw.preprocess,
-        source_format=raw.source_format,
-        repo_id=resolved.repo_id,
-        commit=resolved.commit,
-        files=list(raw.files),
-    )
+    size = sum(v.numel() for v in raw.state_dict.values())
+    return Base.of(raw, Path(resolved.path), size, resolved, ref=str(ref), backbone=backbone)
 
 
 def with_classes(config: BitConfig, classes: list[str]) -> BitConfig:
