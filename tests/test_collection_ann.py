@@ -13,7 +13,7 @@ import pytest
 from bitcli.collection import ann
 from bitcli.collection.index import open_index
 from bitcli.collection.queries import search
-from bitcli.collection.search import exact_search
+from bitcli.collection.exact import exact_search
 from bitcli.errors import UsageError
 from collectionfiles import clustered, cosine_matrix, write_embedding
 
@@ -98,7 +98,7 @@ def test_without_faiss_build_explains_how_to_install_and_search_falls_back(built
 
 
 def test_recall_at_k_counts_shared_rows():
-    from bitcli.collection.search import Match
+    from bitcli.collection.exact import Match
 
     def matches(rows):
         return [Match(rank=i + 1, row=r, path=str(r), score=0.0) for i, r in enumerate(rows)]

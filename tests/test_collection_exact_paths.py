@@ -18,7 +18,7 @@ from bitcli.collection.blocks import MappedRows
 from bitcli.collection.dedup import find_groups
 from bitcli.collection.index import open_index
 from bitcli.collection.queries import search
-from bitcli.collection.search import MIN_NORM, _NumpyScorer, _TorchScorer, exact_search, margin, unit_rows
+from bitcli.collection.exact import MIN_NORM, _NumpyScorer, _TorchScorer, exact_search, margin, unit_rows
 from collectionfiles import all_pairs_groups, brute_force_top_k, clustered, cosine_matrix, write_embedding
 
 PATHS = ["float32", "bfloat16"]
@@ -198,7 +198,7 @@ def test_a_fifo_at_the_norms_name_is_never_opened_for_reading(tmp_path):
     os.mkfifo(norms.norms_path(out))
     code = (
         "import sys, numpy as np; from bitcli.collection.index import open_index; "
-        "from bitcli.collection.search import exact_search; "
+        "from bitcli.collection.exact import exact_search; "
         f"i = open_index({str(out)!r}); print(len(exact_search(i, np.ones((1, 8), np.float32), 3)[0]))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -355,7 +355,7 @@ def test_an_array_truncated_in_place_is_a_usage_error_not_sigbus(tmp_path):
     code = (
         "import os, sys, numpy as np\n"
         "from bitcli.collection.index import open_index\n"
-        "from bitcli.collection.search import exact_search\n"
+        "from bitcli.collection.exact import exact_search\n"
         "from bitcli.collection.dedup import find_groups\n"
         "from bitcli.errors import UsageError\n"
         f"out = {str(out)!r}\n"
@@ -418,7 +418,7 @@ def test_the_bfloat16_bound_is_at_most_the_value_and_ends():
 def test_a_float64_score_does_not_depend_on_the_layout_of_the_rows():
     """einsum sums a Fortran-ordered matrix's rows in another order: 43 of 50 scores differed in
     the last bit from the same rows in C order, which reorders float64 near-ties."""
-    from bitcli.collection.search import cosine64
+    from bitcli.collection.exact import cosine64
 
     rng = np.random.default_rng(0)
     rows, query = np.asfortranarray(rng.standard_normal((50, 33))), rng.standard_normal(33)
@@ -502,9 +502,9 @@ def test_copies_at_threshold_one_are_decided_once_per_row(tmp_path):
 def test_the_timed_choice_between_ways_gives_the_same_answer(tmp_path, monkeypatch, block_rows):
     """A big collection times each way of pre-scoring on its first blocks and goes on with the
     fastest: whichever wins, and across the switch, the answer is float64's."""
-    import bitcli.collection.search as search_module
+    import bitcli.collection.exact as exact_module
 
-    monkeypatch.setattr(search_module, "_TORCH_FROM_ELEMENTS", 0)  # as if the collection were big
+    monkeypatch.setattr(exact_module, "_TORCH_FROM_ELEMENTS", 0)  # as if the collection were big
     vectors, query = near_ties(400, 48, seed=5)
     vectors = vectors.astype(np.float16)
     index = open_index(write_embedding(tmp_path, vectors))
@@ -522,10 +522,10 @@ def test_pieces_split_between_worker_threads_score_every_row(tmp_path, monkeypat
     whatever the output buffer held), and searches over uneven blocks equal brute force."""
     import torch
 
-    from bitcli.collection import search as search_module
+    from bitcli.collection import exact as exact_module
     from bitcli.engine import native
 
-    monkeypatch.setattr(search_module, "_PIECE_BYTES", 3 * 40 * 4)
+    monkeypatch.setattr(exact_module, "_PIECE_BYTES", 3 * 40 * 4)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -16,7 +16,7 @@ from bitcli.collection.dedup import find_groups
 from bitcli.collection.html import dedup_page, search_page, write_page
 from bitcli.collection.queries import QueryResult
 from bitcli.collection.index import open_index
-from bitcli.collection.search import exact_search
+from bitcli.collection.exact import exact_search
 from bitcli.errors import UsageError
 from collectionfiles import write_embedding
 

@@ -7,7 +7,7 @@ import pytest
 
 from bitcli.collection.index import open_index
 from bitcli.collection.queries import search
-from bitcli.collection.search import exact_search, to_matches
+from bitcli.collection.exact import exact_search, to_matches
 from bitcli.errors import UsageError
 from collectionfiles import brute_force_top_k, clustered, cosine_matrix, write_embedding
 
@@ -85,3 +85,31 @@ def test_candidates_are_ranked_by_score_then_row_whatever_their_order(tmp_path):
     matches = to_matches(index, np.array([1.0, 0.0]), np.array([5, 4, 3, 0, 1, 2]), 4, None)
     assert [m.row for m in matches] == [1, 3, 5, 4] and matches[0].score == matches[2].score == 1.0
     assert [m.row for m in to_matches(index, np.array([1.0, 0.0]), np.array([5, 3, 1]), 2, own=1)] == [3, 5]
+
+
+COLLECTION_EXPORTS = (
+    "DEFAULT_THRESHOLD", "DuplicateGroup", "EmbeddingIndex", "KEEP_POLICIES", "Match", "SearchOutcome",
+    "check_threshold", "exact_search", "find_groups", "open_index", "paths_to_delete", "search",
+)
+
+
+@pytest.mark.parametrize("first", COLLECTION_EXPORTS)
+def test_every_export_of_the_package_is_itself_whatever_was_imported_first(first):
+    """`from bitcli.collection import search` is the search function, never a module of that name
+    that an earlier import (`Match`, `exact_search`, ...) loaded (a fresh interpreter each)."""
+    import subprocess
+    import sys
+
+    code = (
+        f"from bitcli.collection import {first}\n"
+        "import types, bitcli.collection as c\n"
+        "from bitcli.collection import search\n"
+        "assert callable(search) and not isinstance(search, types.ModuleType), search\n"
+        "modules = [n for n in c.__all__ if isinstance(getattr(c, n), types.ModuleType)]\n"
+        "assert not modules, modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    import bitcli.collection
+
+    assert sorted(bitcli.collection.__all__) == sorted(COLLECTION_EXPORTS)

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from bitcli.collection.html import dedup_page
-from bitcli.collection.search import Match
+from bitcli.collection.exact import Match
 from bitcli.output.info import render_groups, render_search, search_table
 from bitcli.output.escapes import csv_cell, shown
 from bitcli.output.evaluation import evaluation_tables

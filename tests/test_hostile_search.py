@@ -16,7 +16,7 @@ import pytest
 
 from bitcli.collection.index import open_index
 from bitcli.collection.queries import search
-from bitcli.collection.search import exact_search
+from bitcli.collection.exact import exact_search
 from collectionfiles import clustered, write_embedding
 
 COPIES = 12

@@ -21,7 +21,7 @@ _LAZY = lazy_table({
     "bitcli.collection.keep": "KEEP_POLICIES paths_to_delete",
     "bitcli.collection.index": "EmbeddingIndex open_index",
     "bitcli.collection.queries": "SearchOutcome search",
-    "bitcli.collection.search": "Match exact_search",
+    "bitcli.collection.exact": "Match exact_search",
 })
 
 __all__ = sorted(_LAZY) + ["DEFAULT_THRESHOLD"]

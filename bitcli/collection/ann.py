@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.search import Match, check_k, to_matches, unit_rows
+from bitcli.collection.exact import Match, check_k, to_matches, unit_rows
 from bitcli.errors import UsageError
 from bitcli.store.paths import check_replaceable
 from bitcli.util import beside, open_regular, read_capped, sha256_file, write_atomic

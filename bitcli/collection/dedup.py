@@ -19,7 +19,7 @@ from bitcli.collection import DEFAULT_THRESHOLD  # 0.9: why, in the package's __
 from bitcli.collection import norms as norms_mod
 from bitcli.collection.blocks import MappedRows
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.search import beyond_margin, bf16_native, margin, unit_rows
+from bitcli.collection.exact import beyond_margin, bf16_native, margin, unit_rows
 from bitcli.errors import UsageError
 
 _BLOCK_BYTES = 32 << 20  # float32 bytes per block of rows
@@ -89,7 +89,7 @@ def threshold_pairs(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches of row pairs (a < b) whose float64 cosine, rounded to float32, is >= threshold.
     Pairs are pre-scored in bulk (`method`: "float32", "bf16", or "auto"); those within
-    `search.margin` of the threshold are decided in float64. With `components` (the caller's
+    `exact.margin` of the threshold are decided in float64. With `components` (the caller's
     union-find) pairs it already connects are not decided, and only enough pairs for the
     components are yielded. `progress` hears of the work done in rows' worth."""
     scorer = _scorer(method, index)

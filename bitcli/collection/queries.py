@@ -12,7 +12,7 @@ from typing import IO, Any, Callable, Iterable, Sequence
 import numpy as np
 
 from bitcli.collection.index import EmbeddingIndex
-from bitcli.collection.search import Match, check_k, check_queries, exact_matches
+from bitcli.collection.exact import Match, check_k, check_queries, exact_matches
 from bitcli.errors import InputError, UsageError
 from bitcli.results import Outcome
 from bitcli.store.metadata import still_embedded

@@ -183,7 +183,7 @@ def from_records(answer: Any, paths: list[str]) -> list[ClassifyResult]:
 def search_records(answer: Any, paths: list[str]) -> list[Any]:
     """`QueryResult`s from /v1/search's answer, one per query path given on this command line."""
     from bitcli.collection.queries import QueryResult
-    from bitcli.collection.search import Match
+    from bitcli.collection.exact import Match
 
     base, records, rows = answer.get("base"), answer["results"], answer["rows"]
     if len(records) != len(paths) or len(rows) != len(paths):
