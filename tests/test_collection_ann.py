@@ -104,3 +104,22 @@ def test_recall_at_k_counts_shared_rows():
         return [Match(rank=i + 1, row=r, path=str(r), score=0.0) for i, r in enumerate(rows)]
 
     assert ann.recall_at_k([matches([1, 2, 3, 4])], [matches([4, 3, 9, 8])]) == 0.5
+
+
+@pytest.mark.parametrize("name", ["e.ann.faiss", "e.ann.json"])
+def test_a_file_bitcli_did_not_write_where_the_index_goes_is_kept(tmp_path, name):
+    index = open_index(write_embedding(tmp_path, clustered(10_000, 8)))
+    (tmp_path / name).write_text("precious notes\n")
+    with pytest.raises(UsageError, match="was not written by bit search --build-index"):
+        ann.build(index)
+    assert (tmp_path / name).read_text() == "precious notes\n"
+
+
+@pytest.mark.slow
+def test_a_rebuild_replaces_the_index_bitcli_wrote(built, tmp_path):
+    index, vectors = built
+    for name in os.listdir(index.array_path.parent):
+        shutil.copy2(index.array_path.parent / name, tmp_path / name)
+    copy = open_index(tmp_path / "e.npy")
+    ann.build(copy)  # over the index and description it wrote before
+    assert search(copy, vectors[:1].astype(np.float32), 3).exact is False

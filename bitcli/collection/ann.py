@@ -84,8 +84,10 @@ def build(index: EmbeddingIndex, *, progress: Callable[[int], None] | None = Non
     if index.rows < MIN_ROWS:
         raise UsageError(f"{index.array_path} has {index.rows} rows; an approximate index needs at least {MIN_ROWS} (exact search is fast enough)")
     paths = AnnPaths.for_array(index.array_path)
-    for path in (paths.index, paths.info):
+    for path, ours in ((paths.index, _is_our_faiss), (paths.info, _is_our_info)):
         check_replaceable(path, "the approximate index")  # before the work: only regular files are replaced
+        if os.path.lexists(path) and not ours(path):
+            raise UsageError(f"{path} exists and was not written by bit search --build-index; move or remove it, then build again")
     started = time.perf_counter()
     # About sqrt(rows) / 4 lists, a power of two (fast scan makes long lists cheap), with the 39
     # training rows per list that k-means needs.
@@ -163,6 +165,22 @@ def _codes(dim: int) -> str:
         if m >= 2 and m % 2 == 0 and dim % m == 0:
             return f"PQ{m}x4fs"
     return "SQ8"
+
+
+def _is_our_faiss(path: Path) -> bool:
+    """What `build` writes: faiss's IVF fast-scan product quantizer, whose file starts with its fourcc."""
+    try:
+        with open_regular(path) as fh:
+            return fh.read(4) == b"IwPf"
+    except OSError:
+        return False
+
+
+def _is_our_info(path: Path) -> bool:
+    try:
+        return json.loads(read_capped(path, 1 << 16)).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):  # unreadable, too large, not JSON, not an object
+        return False
 
 
 def _file_identity(path: Path) -> dict[str, Any]:
