@@ -78,7 +78,7 @@ def random_base(directory: Path) -> Path:
     preprocess = PreprocessConfig(shortest_edge=INPUT, crop_size=(INPUT, INPUT),
                                   image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
     directory.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(directory, config=config, classes=CLASSES, weights=weights, preprocess=preprocess)
+    write_checkpoint(directory, base=config, classes=CLASSES, weights=weights, preprocess=preprocess)
     return directory
 
 
