@@ -68,10 +68,21 @@ def listing_costs(folder: Path) -> dict[str, float]:
     return {"list a folder, CPU us": 1e6 * walk, "list a path list, CPU us": 1e6 * listed, "spool, CPU us": 1e6 * spool}
 
 
+def write_shard(directory: Path, index: int, split, *, dim: int, paths: list[str], block) -> None:
+    """One finished shard, as a `--shard` job's worker writes it (the store's writer, one commit)."""
+    from bitcli.distributed.shards import shard_paths
+    from bitcli.store import EmbedWriter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    extra = {"split": split.to_json(), "shard": index}
+    with EmbedWriter(shard_paths(directory, index), dim=dim, fingerprint={}, extra=extra, resume=True) as writer:
+        writer.commit(paths, block)
+        writer.finish()
+
+
 def shard_write_seconds(count: int = 20) -> float:
     import numpy as np
 
-    from bitcli.distributed.shardfiles import write_shard
     from bitcli.distributed.shards import Split
 
     rows = 1024
@@ -80,14 +91,13 @@ def shard_write_seconds(count: int = 20) -> float:
     with tempfile.TemporaryDirectory(dir=ROOT / ".bench") as tmp:
         start = time.perf_counter()
         for i in range(count):
-            write_shard(Path(tmp), i, split, fingerprint={}, dim=2048, dtype="float32", commits=[(paths, block, [])])
+            write_shard(Path(tmp), i, split, dim=2048, paths=paths, block=block)
         return (time.perf_counter() - start) / count
 
 
 def combine_rate() -> float:
     import numpy as np
 
-    from bitcli.distributed.shardfiles import write_shard
     from bitcli.distributed.combine import combine
     from bitcli.distributed.shards import Split
     from bitcli.store import EmbedPaths
@@ -98,7 +108,7 @@ def combine_rate() -> float:
         block = np.ones((rows, dim), np.float32)
         for i in range(shards):
             paths = [f"img{i}_{j}.jpg" for j in range(rows)]
-            write_shard(Path(tmp) / "s", i, split, fingerprint={}, dim=dim, dtype="float32", commits=[(paths, block, [])])
+            write_shard(Path(tmp) / "s", i, split, dim=dim, paths=paths, block=block)
         start = time.perf_counter()
         combine([Path(tmp) / "s"], EmbedPaths.for_output(Path(tmp) / "out.npy"))
         seconds = time.perf_counter() - start

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "bitcli"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "bitcli"
 MAX_MODULE_LINES = 400
 MAX_COMMAND_LINES = 250
 COMMAND_SUPPORT = {"app.py", "common.py", "process.py", "screen.py", "__init__.py"}  # cli/ files that are not one command
@@ -165,3 +166,25 @@ def test_help_and_models_never_import_torch(command, isolated_hf_home):
     if command[-1] == "json":
         rows = {row["alias"]: row for row in json.loads(proc.stdout)}
         assert rows["bit-m-r50x1"]["cached"] is True  # the cached timm model was looked at
+
+
+def _bitcli_imports(path: Path) -> list[tuple[str, str | None]]:
+    """Every `from bitcli... import name` and `import bitcli...` in `path`, functions included."""
+    found: list[tuple[str, str | None]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "bitcli" and node.level == 0:
+            found += [(node.module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, None) for alias in node.names if alias.name.split(".")[0] == "bitcli"]
+    return found
+
+
+@pytest.mark.parametrize("script", sorted(p.relative_to(ROOT).as_posix() for d in ("bench", "tools") for p in (ROOT / d).glob("*.py")))
+def test_bench_and_tools_scripts_import_only_what_bitcli_has(script):
+    """The scripts are not run by the suite; what they import from bitcli must still exist."""
+    import importlib
+
+    for module, name in _bitcli_imports(ROOT / script):
+        imported = importlib.import_module(module)
+        if name is not None and not hasattr(imported, name):
+            importlib.import_module(f"{module}.{name}")  # a submodule: ModuleNotFoundError names it
