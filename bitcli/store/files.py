@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING, Any, Sequence
 import numpy as np
 from numpy.lib import format as npy_format
 
+from bitcli.collection import blocks
 from bitcli.errors import UsageError
 from bitcli.store.settings import EmbedSettings, describe_difference
 from bitcli.util import fsync_dir, read_capped, write_synced
@@ -52,18 +53,6 @@ def npy_header(dtype: np.dtype, rows: int, dim: int) -> bytes:
     header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, dim)}
     npy_format.write_array_header_1_0(buf, header)
     return buf.getvalue()
-
-
-def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
-    """(shape, dtype) from a `.npy` file's header; None when it is not one."""
-    try:
-        with open(path, "rb") as fh:
-            version = npy_format.read_magic(fh)
-            read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-            shape, _, dtype = read(fh)
-    except (OSError, ValueError, SyntaxError):
-        return None
-    return tuple(shape), dtype
 
 
 def copy_to_stream(source: IO[bytes], stream: IO[bytes]) -> None:
@@ -356,7 +345,11 @@ def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dt
             return f"it was made with its {role} at {want.get('path')}"
         if file_size(path) != (None if want is None else want.get("size")):
             return f"its {role} changed since it was made"
-    header = read_npy_header(paths.out)
-    if header is None or header[0] != (record.get("rows"), dim) or header[1] != rows_dtype:
+    try:
+        with open(paths.out, "rb") as fh:
+            shape, _, dtype = blocks.npy_header(fh)
+    except (OSError, ValueError, SyntaxError):
+        shape = dtype = None
+    if shape != (record.get("rows"), dim) or dtype != rows_dtype:
         return "its array changed since it was made"
     return None
