@@ -25,8 +25,7 @@ import numpy as np
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.collection.exact import Match, check_k, to_matches, unit_rows
 from bitcli.errors import UsageError
-from bitcli.store.paths import check_replaceable
-from bitcli.util import beside, open_regular, read_capped, sha256_file, write_atomic
+from bitcli.util import beside, check_replaceable, open_regular, read_capped, sha256_file, write_atomic
 
 FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
@@ -85,7 +84,7 @@ def build(index: EmbeddingIndex, *, progress: Callable[[int], None] | None = Non
         raise UsageError(f"{index.array_path} has {index.rows} rows; an approximate index needs at least {MIN_ROWS} (exact search is fast enough)")
     paths = AnnPaths.for_array(index.array_path)
     for path in (paths.index, paths.info):
-        check_replaceable(path, "the approximate index")  # before the work: only regular files are replaced
+        check_replaceable(path)  # before the work: only regular files are replaced
     started = time.perf_counter()
     # About sqrt(rows) / 4 lists, a power of two (fast scan makes long lists cheap), with the 39
     # training rows per list that k-means needs.
