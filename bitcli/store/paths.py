@@ -303,14 +303,14 @@ class OutputWriteError(OSError):
 
 
 @contextlib.contextmanager
-def writing(output: Path | None) -> Iterator[None]:
-    """Inside, an OSError becomes an OutputWriteError naming `output` (a closed pipe stays itself)."""
+def writing(output: Path | None, error: type[OutputWriteError] = OutputWriteError) -> Iterator[None]:
+    """Inside, an OSError becomes an `error` naming `output` (a closed pipe stays itself)."""
     try:
         yield
     except (BrokenPipeError, OutputWriteError):
         raise
     except OSError as exc:
-        raise OutputWriteError(exc.errno, exc.strerror or str(exc), str(output)) from exc
+        raise error(exc.errno, exc.strerror or str(exc), str(output)) from exc
 
 
 @contextlib.contextmanager
