@@ -27,7 +27,7 @@ from numpy.lib import format as npy_format
 
 from bitcli.collection import blocks
 from bitcli.errors import UsageError
-from bitcli.store.settings import EmbedSettings, describe_difference
+from bitcli.store.settings import EmbedSettings
 from bitcli.util import fsync_dir, read_capped, write_synced
 
 if TYPE_CHECKING:
@@ -312,21 +312,6 @@ def file_size(path: Path | None) -> int | None:
         return None if path is None else os.stat(path).st_size
     except OSError:
         return None
-
-
-def finished_problem(paths: "EmbedPaths", state: dict[str, Any], rows_dtype) -> str | None:
-    """Why a finished output does not match the run about to resume it (None: it does): `state`'s
-    keys compared with its run record's, then its files (`files_problem`)."""
-    record = read_json_record(paths.record)
-    if record is None:
-        return f"it has no readable record of how it was made ({paths.record.name} is missing or damaged)"
-    theirs = {k: record.get(k) for k in state}
-    if theirs.get("inputs") != state["inputs"] and describe_difference(theirs, state) is None:
-        return "the inputs changed since it was made"
-    difference = describe_difference(theirs, state)
-    if difference:
-        return f"it was made with different settings ({difference})"
-    return files_problem(paths, record, state.get("dim", record.get("dim")), rows_dtype)
 
 
 def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dtype, *, places: bool = True) -> str | None:
