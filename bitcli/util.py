@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Union
 
-from bitcli.errors import BitError, ConfigError
+from bitcli.errors import BitError, ConfigError, UsageError
 
 # Images over this many pixels (width x height) fail before decoding unless --max-pixels says otherwise.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -104,13 +104,36 @@ class NotRegularFile(OSError):
 
 
 def file_kind(mode: int) -> str:
-    """What a non-regular `st_mode` names, in words ("FIFO", "character device", ...)."""
-    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISDIR, "directory")):
+    """What `st_mode` names, in words ("regular file", "symbolic link", "FIFO", "directory", ...)."""
+    for test, name in ((stat.S_ISREG, "regular file"), (stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")):
         if test(mode):
             return name
     return "special file"
+
+
+def check_replaceable(path: str | Path, label: str | None = None) -> bool:
+    """Whether `path` exists; a UsageError (named `label`, default the path) when it is a link or
+    not a regular file: bitcli replaces only regular files, each writer then asks whether it wrote it."""
+    label = label or str(path)
+    try:
+        info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot use this name ({exc.strerror or exc})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(
+            f"{label}: is a symbolic link (to {os.readlink(path)}); bitcli does not write through links: "
+            "give the file it points to, or another name"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(
+            f"{label}: is a {file_kind(info.st_mode)}, not a regular file; bitcli only replaces regular files "
+            "it could have written: choose another name"
+        )
+    return True
 
 
 def open_regular(path: str | Path):

@@ -25,8 +25,7 @@ import numpy as np
 from bitcli.collection.index import EmbeddingIndex
 from bitcli.collection.exact import Match, check_k, to_matches, unit_rows
 from bitcli.errors import UsageError
-from bitcli.store.paths import check_replaceable
-from bitcli.util import beside, open_regular, read_capped, sha256_file, write_atomic
+from bitcli.util import beside, check_replaceable, open_regular, read_capped, sha256_file, write_atomic
 
 FORMAT = "bitcli.ann"
 FORMAT_VERSION = 1
@@ -85,8 +84,7 @@ def build(index: EmbeddingIndex, *, progress: Callable[[int], None] | None = Non
         raise UsageError(f"{index.array_path} has {index.rows} rows; an approximate index needs at least {MIN_ROWS} (exact search is fast enough)")
     paths = AnnPaths.for_array(index.array_path)
     for path, ours in ((paths.index, _is_our_faiss), (paths.info, _is_our_info)):
-        check_replaceable(path, "the approximate index")  # before the work: only regular files are replaced
-        if os.path.lexists(path) and not ours(path):
+        if check_replaceable(path) and not ours(path):  # before the work: only files bitcli wrote are replaced
             raise UsageError(f"{path} exists and was not written by bit search --build-index; move or remove it, then build again")
     started = time.perf_counter()
     # About sqrt(rows) / 4 lists, a power of two (fast scan makes long lists cheap), with the 39

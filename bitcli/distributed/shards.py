@@ -28,7 +28,7 @@ from bitcli.inputs import InputItem
 from bitcli.store.files import JOURNAL, read_json_record, remove_partial, take_lock
 from bitcli.store.files import files_problem, read_journal
 from bitcli.store.paths import EmbedPaths, read_errors
-from bitcli.store.settings import describe_difference
+from bitcli.store.settings import check_made_alike
 from bitcli.util import encode_lines, write_atomic
 
 DEFAULT_SHARD_IMAGES = 1024  # inputs per shard, rounded up to whole batches
@@ -226,9 +226,9 @@ def check_alike(shard: ShardInfo, split: Split, made: dict[str, Any] | None = No
     ShardMismatchError (exit 2)."""
     if shard.split != split:
         raise ShardMismatchError(f"{shard.out} and {other} are of different runs ({shard.split.unlike(split)}); {advice}")
-    theirs = {k: v for k, v in shard.settings().items() if k in (made or {})}
-    if made is not None and (difference := describe_difference(theirs, json.loads(json.dumps(made)), names)):
-        raise ShardMismatchError(f"{shard.out} was made with other settings than {other} ({difference}); {advice}")
+    if made is not None:
+        check_made_alike(shard.settings(), json.loads(json.dumps(made)), lambda difference: ShardMismatchError(
+            f"{shard.out} was made with other settings than {other} ({difference}); {advice}"), names)
 
 
 def shard_paths(directory: Path, index: int) -> EmbedPaths:

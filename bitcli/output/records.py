@@ -13,7 +13,7 @@ from typing import IO, Any, Callable, Iterable
 
 from bitcli.errors import UsageError
 from bitcli.output.tables import stdout_console
-from bitcli.util import NotRegularFile, open_regular
+from bitcli.util import check_replaceable, open_regular
 
 
 def resolve_format(fmt: str, stream: IO[str]) -> str:
@@ -55,14 +55,10 @@ def check_own_file(path: str | os.PathLike[str], option: str, writer: str, ours:
     """`path` if a file may be written there (UsageError otherwise): new, or one whose first 64 KiB
     `ours` recognises as written by `writer`; never a link, a folder or a special file."""
     path = Path(path)
-    if path.is_symlink():
-        raise UsageError(f"{option} {path}: is a symbolic link; bitcli does not write through links: give another name")
-    if os.path.lexists(path):
+    if check_replaceable(path, f"{option} {path}"):
         try:
             with open_regular(path) as fh:
                 head = fh.read(1 << 16)
-        except NotRegularFile as exc:
-            raise UsageError(f"{option} {path}: is a {exc.kind}, not a regular file; give a file name") from exc
         except OSError as exc:
             raise UsageError(f"{option} {path}: cannot read the existing file ({exc.strerror or exc})") from exc
         if not ours(head):

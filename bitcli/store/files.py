@@ -25,8 +25,9 @@ from typing import IO, TYPE_CHECKING, Any, Sequence
 import numpy as np
 from numpy.lib import format as npy_format
 
+from bitcli.collection import blocks
 from bitcli.errors import UsageError
-from bitcli.store.settings import EmbedSettings, describe_difference
+from bitcli.store.settings import EmbedSettings
 from bitcli.util import fsync_dir, read_capped, write_synced
 
 if TYPE_CHECKING:
@@ -52,18 +53,6 @@ def npy_header(dtype: np.dtype, rows: int, dim: int) -> bytes:
     header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, dim)}
     npy_format.write_array_header_1_0(buf, header)
     return buf.getvalue()
-
-
-def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
-    """(shape, dtype) from a `.npy` file's header; None when it is not one."""
-    try:
-        with open(path, "rb") as fh:
-            version = npy_format.read_magic(fh)
-            read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-            shape, _, dtype = read(fh)
-    except (OSError, ValueError, SyntaxError):
-        return None
-    return tuple(shape), dtype
 
 
 def copy_to_stream(source: IO[bytes], stream: IO[bytes]) -> None:
@@ -325,21 +314,6 @@ def file_size(path: Path | None) -> int | None:
         return None
 
 
-def finished_problem(paths: "EmbedPaths", state: dict[str, Any], rows_dtype) -> str | None:
-    """Why a finished output does not match the run about to resume it (None: it does): `state`'s
-    keys compared with its run record's, then its files (`files_problem`)."""
-    record = read_json_record(paths.record)
-    if record is None:
-        return f"it has no readable record of how it was made ({paths.record.name} is missing or damaged)"
-    theirs = {k: record.get(k) for k in state}
-    if theirs.get("inputs") != state["inputs"] and describe_difference(theirs, state) is None:
-        return "the inputs changed since it was made"
-    difference = describe_difference(theirs, state)
-    if difference:
-        return f"it was made with different settings ({difference})"
-    return files_problem(paths, record, state.get("dim", record.get("dim")), rows_dtype)
-
-
 def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dtype, *, places: bool = True) -> str | None:
     """Why the files of a finished output are not the ones its run record lists (None: they are).
 
@@ -356,7 +330,11 @@ def files_problem(paths: "EmbedPaths", record: dict[str, Any], dim: Any, rows_dt
             return f"it was made with its {role} at {want.get('path')}"
         if file_size(path) != (None if want is None else want.get("size")):
             return f"its {role} changed since it was made"
-    header = read_npy_header(paths.out)
-    if header is None or header[0] != (record.get("rows"), dim) or header[1] != rows_dtype:
+    try:
+        with open(paths.out, "rb") as fh:
+            shape, _, dtype = blocks.npy_header(fh)
+    except (OSError, ValueError, SyntaxError):
+        shape = dtype = None
+    if shape != (record.get("rows"), dim) or dtype != rows_dtype:
         return "its array changed since it was made"
     return None

@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from bitcli.errors import UsageError
 from bitcli.store.settings import EmbedSettings
 from bitcli.store.files import FileIdentity, staged_name
-from bitcli.util import open_regular, read_capped, write_synced
+from bitcli.util import open_regular, read_capped, sha256_file, write_synced
 
 if TYPE_CHECKING:
     from bitcli.store.paths import EmbedPaths
 
 FORMAT = "bitcli.embedding"
 FORMAT_VERSION = 1
-_HASH_CHUNK = 1 << 20
 HEADER_MAX_BYTES = 1 << 20  # the header is a few kB
 ROW_LINE_MAX = 64 << 10  # one row file line: a path (at most PATH_MAX, escaped) and its identity
 
@@ -52,13 +51,7 @@ def identify(path: str, *, content_hash: bool = False) -> FileIdentity:
     file had when it was opened (a file growing meanwhile is not read forever)."""
     with open_regular(path) as fh:
         info = os.fstat(fh.fileno())
-        digest = None
-        if content_hash:
-            sha, left = hashlib.sha256(), info.st_size
-            while left > 0 and (chunk := fh.read(min(_HASH_CHUNK, left))):
-                sha.update(chunk)
-                left -= len(chunk)
-            digest = sha.hexdigest()
+        digest = sha256_file(fh, info.st_size) if content_hash else None
     return FileIdentity(size=info.st_size, mtime_ns=info.st_mtime_ns, sha256=digest)
 
 

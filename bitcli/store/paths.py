@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from bitcli import util
 from bitcli.collection import norms
 from bitcli.errors import BitError, UsageError
 from bitcli.store.files import (
     OWN_PARTIAL_FILES, STATE, lock_holder, partial_problem, read_json_record, read_lines, staged_name,
 )
 from bitcli.store.metadata import SidecarPaths
-from bitcli.util import beside
+from bitcli.util import beside, file_kind
 
 # How messages name a file of the set beyond the three outputs.
 ROLE_NAMES = {"metadata": "the metadata", "identities": "the row identities", "record": "the run record",
@@ -170,30 +171,12 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
             raise UsageError(f"{path} already exists; pass --overwrite to replace it")
 
 
-def kind_of(mode: int) -> str:
-    for kind, test in (("directory", stat.S_ISDIR), ("symbolic link", stat.S_ISLNK), ("FIFO", stat.S_ISFIFO),
-                       ("character device", stat.S_ISCHR), ("block device", stat.S_ISBLK), ("socket", stat.S_ISSOCK)):
-        if test(mode):
-            return kind
-    return "regular file" if stat.S_ISREG(mode) else "special file"
-
-
 def check_replaceable(path: Path, what: str = "output") -> None:
     """A UsageError unless `path` is missing or a regular file (the only things bitcli replaces)."""
     info = _lstat(path)
-    if info is None or stat.S_ISREG(info.st_mode):
-        return
-    if stat.S_ISLNK(info.st_mode):
-        raise UsageError(
-            f"{path}: is a symbolic link (to {os.readlink(path)}); bitcli does not write through links: "
-            "give the file it points to, or another name"
-        )
-    if what == "--manifest" and stat.S_ISDIR(info.st_mode):
+    if what == "--manifest" and info is not None and stat.S_ISDIR(info.st_mode):
         raise UsageError(f"--manifest {path}: is a directory; give a file name")
-    raise UsageError(
-        f"{path}: is a {kind_of(info.st_mode)}, not a regular file; bitcli only replaces regular files "
-        "it could have written: choose another name"
-    )
+    util.check_replaceable(path)
 
 
 def check_own_partial(paths: EmbedPaths) -> None:
@@ -204,7 +187,7 @@ def check_own_partial(paths: EmbedPaths) -> None:
             continue
         if not stat.S_ISDIR(info.st_mode):
             raise UsageError(
-                f"{path}: is a {kind_of(info.st_mode)}, not a partial run bitcli made; "
+                f"{path}: is a {file_kind(info.st_mode)}, not a partial run bitcli made; "
                 "move it away or choose another -o"
             )
         try:
@@ -234,7 +217,7 @@ def check_place(paths: EmbedPaths) -> None:
         info = _lstat(stem)
         if info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode) or stat.S_ISLNK(info.st_mode)):
             raise UsageError(
-                f"{stem}: is a {kind_of(info.st_mode)}; the output's files ({paths.out.name}, ...) would be "
+                f"{stem}: is a {file_kind(info.st_mode)}; the output's files ({paths.out.name}, ...) would be "
                 "written beside it: choose a file name"
             )
 
@@ -320,14 +303,14 @@ class OutputWriteError(OSError):
 
 
 @contextlib.contextmanager
-def writing(output: Path | None) -> Iterator[None]:
-    """Inside, an OSError becomes an OutputWriteError naming `output` (a closed pipe stays itself)."""
+def writing(output: Path | None, error: type[OutputWriteError] = OutputWriteError) -> Iterator[None]:
+    """Inside, an OSError becomes an `error` naming `output` (a closed pipe stays itself)."""
     try:
         yield
     except (BrokenPipeError, OutputWriteError):
         raise
     except OSError as exc:
-        raise OutputWriteError(exc.errno, exc.strerror or str(exc), str(output)) from exc
+        raise error(exc.errno, exc.strerror or str(exc), str(output)) from exc
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 _MODEL_KEYS = ("reference", "commit", "weights", "weights_sha256", "precision")
 RUNTIME_KEYS = ("device", "batch_size", "convolution")  # where the rows were made: recorded beside the settings
@@ -126,3 +126,13 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def check_made_alike(theirs: dict[str, Any], mine: dict[str, Any], fix: Callable[[str | None], Exception],
+                     names: tuple[str, str] = ("then", "now")) -> None:
+    """Raise `fix(difference)` unless the rows recorded as `theirs` were made as `mine` would make
+    them, compared on `mine`'s keys: the settings' difference in words, None when only the inputs differ."""
+    theirs = {k: theirs.get(k) for k in mine}
+    difference = describe_difference(theirs, mine, names)  # None: the same (a moved local model too)
+    if difference is not None or theirs.get("inputs") != mine.get("inputs"):
+        raise fix(difference)

@@ -16,13 +16,14 @@ import numpy as np
 
 from bitcli.errors import UsageError
 from bitcli.store.files import (
-    DATA, JOURNAL, STATE, Journal, check_same_update, copy_to_stream, describe_difference,
-    encode_identity, finished_problem, make_partial, npy_header, partial_problem, read_journal, read_json_record,
+    DATA, JOURNAL, STATE, Journal, check_same_update, copy_to_stream,
+    encode_identity, files_problem, make_partial, npy_header, partial_problem, read_journal, read_json_record,
     remove_partial, run_state, take_lock,
 )
 from bitcli.store.metadata import FileIdentity, metadata_for
 from bitcli.inputs import path_problem
 from bitcli.store.paths import EmbedPaths, check_output, escape_error_path, writing
+from bitcli.store.settings import check_made_alike
 from bitcli.store.publish import ANOTHER_RUN, StagedSet, clear_staged, recover
 
 INPUTS_CHANGED = "inputs changed since the interrupted run; pass --overwrite to start again"
@@ -130,10 +131,17 @@ class EmbedWriter:
 
     def _mark_complete(self) -> None:
         """`--resume` of a finished run: nothing to do, if its record matches this run exactly."""
-        problem = finished_problem(self.paths, self._state, self.dtype)
+        record, redo = read_json_record(self.paths.record), "pass --overwrite to redo it"
+        if record is None:
+            raise UsageError(f"{self.paths.out}: it has no readable record of how it was made "
+                             f"({self.paths.record.name} is missing or damaged); {redo}")
+        check_made_alike(record, self._state, lambda difference: UsageError(f"{self.paths.out}: " + (
+            "the inputs changed since it was made" if difference is None else
+            f"it was made with different settings ({difference})") + f"; {redo}"))
+        problem = files_problem(self.paths, record, self._state.get("dim", record.get("dim")), self.dtype)
         if problem:
-            raise UsageError(f"{self.paths.out}: {problem}; pass --overwrite to redo it")
-        self._complete_failed = int(read_json_record(self.paths.record).get("failed") or 0)
+            raise UsageError(f"{self.paths.out}: {problem}; {redo}")
+        self._complete_failed = int(record.get("failed") or 0)
         self.already_complete = True
         self._closed = True
 
@@ -155,16 +163,11 @@ class EmbedWriter:
             raise UsageError(f"{partial} is damaged ({problem}), so it cannot be resumed; pass --overwrite to start again")
         state = read_json_record(partial / STATE)
         check_same_update(partial, state.get("update"), self._state.get("update"))
-        theirs = {k: state.get(k) for k in self._state}
-        difference = describe_difference(theirs, self._state)  # None: the same (a moved local model too)
-        if difference is None and theirs.get("inputs") != self._state.get("inputs"):
-            raise UsageError(f"{partial}: {INPUTS_CHANGED}")
-        if difference is not None:
-            raise UsageError(
-                f"{partial} was made with different settings ({difference}); "
-                "resume with the same model and options (--threads 1 or not, too: it picks the convolution path), "
-                "or pass --overwrite to start over"
-            )
+        check_made_alike(state, self._state, lambda difference: UsageError(
+            f"{partial}: {INPUTS_CHANGED}" if difference is None else
+            f"{partial} was made with different settings ({difference}); resume with the same model and "
+            "options (--threads 1 or not, too: it picks the convolution path), or pass --overwrite to start over"
+        ))
         inputs = None if self._inputs is None else len(self._inputs)
         journal = read_journal(partial / JOURNAL, max_entries=inputs)
         data_path = partial / DATA

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from bitcli.errors import UsageError
+from bitcli.store.paths import OutputWriteError, writing as store_writing
 from bitcli.util import CONFIG_MAX_BYTES, read_capped, write_atomic, write_synced
 
 from .backbone import HEAD_KEYS, BitConfig, PreprocessConfig, export_state_dict, transformers_config, with_classes
@@ -42,26 +43,24 @@ STATE_INFO = "state.json"
 _TEMP_PREFIX = ".tmp-"
 
 
-class WriteFailed(OSError):
-    """Writing a training run's file failed; `filename` is the folder it was for, `strerror` the reason."""
+class WriteFailed(OutputWriteError):
+    """Writing a training run's file failed; `filename` is the folder it was for, `strerror` the
+    reason. Its own class: the feature cache's failed writes are the store's, handled there."""
 
 
 @contextlib.contextmanager
 def writing(folder: Path) -> Iterator[None]:
-    """A failed write inside is a WriteFailed naming `folder`, with the system's reason (also from
-    safetensors, whose I/O failures are Rust errors: "... (os error 28)")."""
+    """`store.paths.writing` naming `folder` as a WriteFailed, also for safetensors, whose I/O
+    failures are Rust errors: "... (os error 28)"."""
     from safetensors import SafetensorError
 
     try:
-        yield
-    except WriteFailed:
-        raise
+        with store_writing(folder, WriteFailed):
+            yield
     except SafetensorError as exc:
         code = re.search(r"(?:os error |code: )(\d+)", str(exc))
         number = int(code.group(1)) if code else errno.EIO
         raise WriteFailed(number, os.strerror(number), str(folder)) from exc
-    except OSError as exc:
-        raise WriteFailed(exc.errno, exc.strerror or str(exc), str(folder)) from exc
 
 
 def has_checkpoint(directory: Path) -> bool:
