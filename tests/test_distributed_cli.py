@@ -87,6 +87,50 @@ def test_a_rerun_job_needs_resume(ckpt, photos, two_jobs):
     assert "0 shards embedded, 2 kept" in again.stderr
 
 
+def test_shards_of_another_run_are_refused_in_the_words_of_each_command(ckpt, photos, two_jobs, tmp_path):
+    """A job's --resume over shards of other options or another split says the shard belongs to
+    another run; combine names the two shards and says to combine one run's shards, or to rerun
+    the one made with other settings (the wording bitcli has always used: issue 21 keeps it)."""
+    out, _ = two_jobs
+    shards = out.parent / "out.npy.shards"
+    other = embed(ckpt, photos, "-o", out, "--shard", "1/2", "--resume", "--normalize")
+    assert_clean_failure(other, 2)
+    assert error_lines(other.stderr) == [
+        f"error: {shards}/shard-000001.npy belongs to another run (normalize False in it, True in this run); pass --overwrite to redo it"
+    ]
+    cut = run(["embed", *inputs(photos), "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS, "--shard-size", 2 * SHARD,
+               "-o", out, "--shard", "1/2", "--resume"])
+    assert_clean_failure(cut, 2)
+    assert error_lines(cut.stderr) == [
+        f"error: {shards}/shard-000001.npy belongs to another run (batch size 2 and shard size 4, not 2 and 8); pass --overwrite to start over"
+    ]
+    mixed = tmp_path / "mixed"
+    shutil.copytree(shards, mixed)
+    normalized = embed(ckpt, photos, "-o", tmp_path / "n.npy", "--shard", "1/2", "--normalize")
+    assert normalized.exit_code == 1, normalized.stderr
+    remove_shard(mixed, 1)
+    for name in [p.name for p in (tmp_path / "n.npy.shards").iterdir() if "shard-000001" in p.name]:
+        shutil.copy2(tmp_path / "n.npy.shards" / name, mixed / name)
+    combined = run(["combine", "-o", tmp_path / "c.npy", mixed])
+    assert_clean_failure(combined, 2)
+    assert error_lines(combined.stderr) == [
+        f"error: {mixed}/shard-000001.npy was made with other settings than {mixed}/shard-000000.npy "
+        "(normalize True in shard-000001.npy, False in shard-000000.npy); rerun it with the same model and options"
+    ]
+    recut = run(["embed", *inputs(photos), "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS, "--shard-size", 2 * SHARD,
+                 "-o", tmp_path / "r.npy", "--shard", "1/2"])
+    assert recut.exit_code == 1, recut.stderr
+    remove_shard(mixed, 1)
+    for name in [p.name for p in (tmp_path / "r.npy.shards").iterdir() if "shard-000001" in p.name]:
+        shutil.copy2(tmp_path / "r.npy.shards" / name, mixed / name)
+    combined = run(["combine", "-o", tmp_path / "c.npy", mixed])
+    assert_clean_failure(combined, 2)
+    assert error_lines(combined.stderr) == [
+        f"error: {mixed}/shard-000001.npy and {mixed}/shard-000000.npy are of different runs "
+        "(batch size 2 and shard size 8, not 2 and 4); combine the shards of one run"
+    ]
+
+
 @pytest.mark.slow
 def test_dash_zero_reaches_the_shard_jobs(ckpt, photos, tmp_path):
     """`-0`: the jobs read NUL-separated paths on stdin as a local run does; combined, the same files."""

@@ -64,7 +64,8 @@ def plan(shards: Sequence[ShardInfo], sources: Sequence[Path], *, split: Split |
     reference_split = split or first.split
     for shard in ordered:
         check_alike(shard, reference_split, first.settings(), other=str(first.out), names=(f"in {shard.out.name}", f"in {first.out.name}"),
-                    advice="combine the shards of one run, made with the same model and options")
+                    other_run="{shard} and {other} are of different runs ({difference}); combine the shards of one run",
+                    other_settings="{shard} was made with other settings than {other} ({difference}); rerun it with the same model and options")
     by_index: dict[int, ShardInfo] = {}
     for shard in ordered:
         if shard.index in by_index:

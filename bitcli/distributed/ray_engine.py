@@ -13,7 +13,6 @@ The shard directory and the images must be the same path on every node.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -30,7 +29,7 @@ from bitcli.store.files import inputs_digest, read_json_record, run_state
 from bitcli.store.paths import EmbedPaths, check_output
 from bitcli.store.publish import recover
 from bitcli.store.collection import in_batches, stored_results
-from bitcli.store.writer import EmbedSummary, EmbedWriter
+from bitcli.store.writer import INPUTS_CHANGED, EmbedSummary, EmbedWriter
 from bitcli.distributed.worker import EmbedJob, OnProgress, report_progress
 
 INPUTS_FILE = "inputs.jsonl"
@@ -81,12 +80,12 @@ def embed_on_ray(
             spool = spool_inputs(entries, shard_dir / INPUTS_FILE, batch_size=job.options.batch_size, shard_size=size)
             split = spool.split
             record = _record(job, fingerprint, dim, split.inputs)
-            alike = functools.partial(check_alike, split=split, made={k: record[k] for k in ("settings", "dim", "dtype")},
-                                      names=("on the workers", "here"),
-                                      advice="give every node the same model, or pass --overwrite to start over")
-            done = finished_shards(shard_dir, split)  # an interrupted run's: of these inputs (else refused) ...
-            for info in done.values():
-                alike(info)  # ... and made as this run makes its rows (other weights are refused, never mixed)
+            made = {k: record[k] for k in ("settings", "dim", "dtype")}
+            done = finished_shards(shard_dir, split, changed=f"{shard_dir}: {INPUTS_CHANGED}")  # of these inputs (else refused) ...
+            for info in done.values():  # ... and made as this run makes its rows (other weights are refused, never mixed)
+                check_alike(info, split, made, other=str(shard_dir), names=("then", "now"),
+                            other_run="{other} was made with different settings ({difference}); "
+                            "resume with the same model and options, or pass --overwrite to start over")
             todo = [i for i in range(split.shards) if i not in done]
             if todo:
                 with connect(ray, options) as ray:
@@ -98,7 +97,10 @@ def embed_on_ray(
                 _remove(shard_dir)
             raise
         shards = plan(find_shards([shard_dir]), [shard_dir], split=split)
-        alike(shards[0])  # the workers made the rows as the driver recorded (a node's cache may hold another commit)
+        # The workers made the rows as the driver recorded (a node's cache may hold another commit).
+        check_alike(shards[0], split, made, names=("on the workers", "here"),
+                    other_run="{shard} was made with other settings than this run's ({difference}); "
+                    "give every node the same model, or pass --overwrite to start over")
         summary = concatenate(writer, shards, on_failure)
     summary.resumed_rows = sum(info.rows for info in done.values())
     _remove(shard_dir)

@@ -220,15 +220,18 @@ class ShardInfo:
 
 
 def check_alike(shard: ShardInfo, split: Split, made: dict[str, Any] | None = None, *, other: str = "this run",
-                names: tuple[str, str] = ("in it", "in this run"), advice: str = "pass --overwrite to start over") -> None:
-    """The one check that `shard` belongs with a run (or with the shard `other`): cut by `split`
-    and, given `made` (`ShardInfo.settings()`, or some of its keys), its rows made alike; else
-    ShardMismatchError (exit 2)."""
+                names: tuple[str, str] = ("in it", "in this run"),
+                other_run: str = "{shard} belongs to another run ({difference}); pass --overwrite to start over",
+                other_settings: str | None = None) -> None:
+    """The one check that `shard` belongs with a run: cut by `split` and, given `made`
+    (`ShardInfo.settings()`, or some of its keys), its rows made alike; else ShardMismatchError
+    (exit 2), worded by `other_run` (another split) or `other_settings` (default: `other_run`),
+    each formatted with the shard's path, `other` (what it is held against) and the difference."""
     if shard.split != split:
-        raise ShardMismatchError(f"{shard.out} and {other} are of different runs ({shard.split.unlike(split)}); {advice}")
+        raise ShardMismatchError(other_run.format(shard=shard.out, other=other, difference=shard.split.unlike(split)))
     if made is not None:
         check_made_alike(shard.settings(), json.loads(json.dumps(made)), lambda difference: ShardMismatchError(
-            f"{shard.out} was made with other settings than {other} ({difference}); {advice}"), names)
+            (other_settings or other_run).format(shard=shard.out, other=other, difference=difference)), names)
 
 
 def shard_paths(directory: Path, index: int) -> EmbedPaths:
@@ -281,17 +284,20 @@ def shard_outputs(directory: Path, *, partial: bool = False) -> dict[int, EmbedP
     return found
 
 
-def finished_shards(directory: Path, split: Split, indices: Iterable[int] | None = None) -> dict[int, ShardInfo]:
+def finished_shards(directory: Path, split: Split, indices: Iterable[int] | None = None, *,
+                    changed: str | None = None) -> dict[int, ShardInfo]:
     """The finished shards of `split` in `directory` (all, or those in `indices`).
 
     A shard of another split (other inputs, batch or shard size) is refused: the directory
-    belongs to another run."""
+    belongs to another run; `changed`, if given, is the refusal when its inputs differ."""
     wanted = None if indices is None else set(indices)
     done = {}
     for index, paths in shard_outputs(directory).items():
         if wanted is not None and index not in wanted:
             continue
         done[index] = read_shard(paths)
+        if changed and done[index].split.inputs != split.inputs:
+            raise ShardMismatchError(changed)
         check_alike(done[index], split)
     return done
 

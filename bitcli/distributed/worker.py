@@ -146,8 +146,12 @@ class ShardWorker:
                          dtype=self.job.dtype, content_hash=self.job.content_hash, resume=True, extra=extra)
         run.write()
         info = read_shard(shard.paths)
-        check_alike(info, split, self.made(), advice="pass --overwrite to redo it")
+        self.check(info, split)
         return info
+
+    def check(self, info: ShardInfo, split: Split) -> None:
+        """Refuse a shard of another split, or made with another model or options than this worker's."""
+        check_alike(info, split, self.made(), other_run="{shard} belongs to another run ({difference}); pass --overwrite to redo it")
 
     def made(self) -> dict[str, Any]:
         """What made this worker's rows, as `ShardInfo.settings()` holds it."""
@@ -220,7 +224,7 @@ def run_shards(
             # model or options is refused, as a local --resume of a finished output is.
             worker = worker or ShardWorker(job, model=model)
             for info in infos:  # refuse to keep or add to shards of another model or options
-                check_alike(info, info.split, worker.made(), advice="pass --overwrite to redo it")
+                worker.check(info, info.split)
             for i in todo:
                 infos.append(worker.run(shard_dir, split, spool.shard(i), digest))
                 for path, reason in infos[-1].failures() if on_failure else ():
