@@ -180,6 +180,21 @@ def test_a_name_too_long_for_its_siblings_is_a_usage_error(ckpt, photos, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["name", "folder", "combine"])
+def test_a_name_longer_than_the_file_system_holds_is_one_usage_error_line(ckpt, photos, tmp_path, where):
+    """A name (or a folder on the way to it) past NAME_MAX: exit 2 and one line, never "unexpected"."""
+    long = "o" * (_name_max(tmp_path) + 1)
+    if where == "name":
+        result = embed(ckpt, photos, "-o", long + ".npy", cwd=tmp_path)
+    elif where == "folder":
+        result = embed(ckpt, photos, "-o", f"sub/{long}/x.npy", cwd=tmp_path)
+    else:
+        result = bit("combine", tmp_path / "shards", "-o", long + ".npy", cwd=tmp_path)
+    line = assert_one_error_line(result, 2, "long")
+    assert "unexpected" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # -- 12. a damaged partial run says what is wrong and that --overwrite starts again -----------
 
 

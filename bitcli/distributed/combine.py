@@ -102,7 +102,7 @@ def combine(
         raise UsageError("combining shards writes a file: give -o OUT.npy, not -o -")
     if (recover(paths) or recovered) and not overwrite and (done := completed(paths, sources, split)) is not None:
         return done
-    resume = paths.partial.is_dir() and not overwrite
+    resume = os.path.isdir(paths.partial) and not overwrite  # False for a name too long: check_output says so
     plans = [p for p in (Path(s) / UPDATE_PLAN if Path(s).is_dir() else Path(s).parent / UPDATE_PLAN for s in sources) if p.is_file()]
     if plans:
         return combine_update(plans[0], sources, paths, resume=resume, overwrite=overwrite, split=split, on_failure=on_failure)

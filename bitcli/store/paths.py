@@ -120,7 +120,7 @@ def output_paths(output: str, manifest: Path | None) -> EmbedPaths:
     if output == "-":
         return EmbedPaths.for_output(None, manifest=manifest)
     out = Path(output)
-    if out.is_dir():
+    if os.path.isdir(out):  # False for a name too long to look up: check_names says so
         raise UsageError(f"-o {out}: is a directory; give a file name such as {out / 'embeddings.npy'}")
     return EmbedPaths.for_output(out if out.name.endswith(".npy") else out.with_name(out.name + ".npy"), manifest=manifest)
 
@@ -135,8 +135,8 @@ def check_output(paths: EmbedPaths, *, resume: bool, overwrite: bool, update: bo
         raise UsageError("--resume continues a run and --overwrite discards it: pass one of them")
     if paths.out is None and (resume or update):
         raise UsageError(f"{'--update' if update else '--resume'} needs an output file, not -o -")
+    check_names(paths)  # first: a name too long is said as such, not as a name that cannot be looked up
     check_place(paths)
-    check_names(paths)
     for what, path in paths.every_name():
         if path != paths.partial:
             check_replaceable(path, what)
@@ -237,6 +237,12 @@ def check_names(paths: EmbedPaths) -> None:
     are not inside the partial directory (deleted when the run ends)."""
     base = paths.out if paths.out is not None else paths.manifest  # what the other names derive from
     seen: dict[str, str] = {}
+    for folder in dict.fromkeys(p.parent for _, p in paths.every_name()):  # a folder on the way, which the run would create
+        limit = _name_max(folder)
+        for part in folder.parts:
+            if len(os.fsencode(part)) > limit:
+                raise UsageError(f"{folder}: a folder name in it is too long for this file system, at most {limit} bytes "
+                                 "per name; choose a shorter one")
     for what, path in paths.every_name():
         size, limit = len(os.fsencode(path.name)), _name_max(path.parent)
         if size > limit:
@@ -325,6 +331,6 @@ def write_errors(paths: EmbedPaths, error: type[BitError] = BitError, again: str
         raise
     except OSError as exc:
         name = exc.filename if isinstance(exc, OutputWriteError) else paths.outputs[0]
-        resumable = paths.partial is not None and paths.partial.is_dir()
+        resumable = paths.partial is not None and os.path.isdir(paths.partial)  # False for a name too long
         hint = f"; fix that and rerun with {again}" if resumable else ""
         raise error(f"{name}: cannot write ({exc.strerror or exc}){hint}") from exc
