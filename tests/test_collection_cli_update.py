@@ -326,6 +326,7 @@ def test_a_plain_resume_of_an_interrupted_update_names_the_flags(ckpt, tmp_path)
     assert "--update --resume" in fresh.stderr and "--update --overwrite" in fresh.stderr
 
 
+@pytest.mark.slow  # kills or resumes a run of the real command
 def test_the_advice_after_an_interruption_follows_the_kind_of_run_interrupted(ckpt):
     """The advice names the flags that continue the interrupted run, whichever flags were given:
     an interrupted first embed is continued by --resume (an --update --resume would be refused),

@@ -261,6 +261,7 @@ def test_shards_embedded_with_copies_of_one_model_at_other_paths_combine(tmp_pat
     assert len(np.load("out.npy")) == 4
 
 
+@pytest.mark.slow  # kills or resumes a run of the real command
 def test_resume_with_the_checkpoint_moved_elsewhere_continues(tmp_path):
     """The interrupted run's model, moved (same content): `--resume -m NEW` continues it."""
     model = interrupted_embed(tmp_path / "ftm")
@@ -274,6 +275,7 @@ def test_resume_with_the_checkpoint_moved_elsewhere_continues(tmp_path):
     assert json.load(open("photos.meta.json"))["model"]["reference"] == str(moved.resolve())
 
 
+@pytest.mark.slow  # kills or resumes a run of the real command
 def test_resume_takes_the_batch_size_of_the_run_it_continues(ckpt):
     """Batches are a run's unit of work: an interrupted `--update --batch-size 1` continues with
     the advised `--update --resume` (no --batch-size), and `--resume` of a finished output made

@@ -322,6 +322,7 @@ def _kill_while_renaming(shards, out):
         at += 1
 
 
+@pytest.mark.slow  # kills or resumes a run of the real command
 def test_combine_after_one_killed_while_renaming_says_it_completed_that_publication(shard_sets, tmp_path):
     """As `bit embed` does: the next command on the output completes the committed publication
     and says so, rather than only that the output exists (the user would combine it again)."""
@@ -339,6 +340,7 @@ def test_combine_after_one_killed_while_renaming_says_it_completed_that_publicat
     assert not [line for line in error_lines(result) if line.startswith("error:")]
 
 
+@pytest.mark.slow  # kills or resumes a run of the real command
 def test_combine_after_a_killed_combine_of_other_shards_says_so(shard_sets, tmp_path):
     """The completed publication combined other shards than the ones named now: one line saying so (exit 2)."""
     old_shards, new_shards = shard_sets
