@@ -123,3 +123,10 @@ def test_a_rebuild_replaces_the_index_bitcli_wrote(built, tmp_path):
     copy = open_index(tmp_path / "e.npy")
     ann.build(copy)  # over the index and description it wrote before
     assert search(copy, vectors[:1].astype(np.float32), 3).exact is False
+
+
+def test_a_rebuild_replaces_an_sq8_index_bitcli_wrote(tmp_path):
+    """An odd width has no even product-quantizer split: the index is SQ8, a faiss file of another kind."""
+    index = open_index(write_embedding(tmp_path, clustered(10_000, 9)))
+    assert ann.build(index).info["factory"].endswith("SQ8")
+    assert ann.build(index).info["factory"].endswith("SQ8")  # over its own files

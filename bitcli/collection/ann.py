@@ -166,17 +166,18 @@ def _codes(dim: int) -> str:
 
 
 def _is_our_faiss(path: Path) -> bool:
-    """What `build` writes: faiss's IVF fast-scan product quantizer, whose file starts with its fourcc."""
+    """What `build` writes: a faiss file that starts with the fourcc of one of `_codes`' kinds
+    (IVF with a fast-scan product quantizer, or with SQ8)."""
     try:
         with open_regular(path) as fh:
-            return fh.read(4) == b"IwPf"
+            return fh.read(4) in (b"IwPf", b"IwSq")
     except OSError:
         return False
 
 
 def _is_our_info(path: Path) -> bool:
     try:
-        return json.loads(read_capped(path, 1 << 16)).get("format") == FORMAT
+        return json.loads(read_capped(path, INFO_MAX_BYTES)).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):  # unreadable, too large, not JSON, not an object
         return False
 
