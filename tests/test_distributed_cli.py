@@ -106,26 +106,26 @@ def test_shards_of_another_run_are_refused_in_the_words_of_each_command(ckpt, ph
     ]
     mixed = tmp_path / "mixed"
     shutil.copytree(shards, mixed)
+
+    def combined_with_shard_1_of(other):
+        """`bit combine`'s error lines once `mixed`'s shard 1 is the one in `other`."""
+        remove_shard(mixed, 1)
+        for name in [p.name for p in other.iterdir() if "shard-000001" in p.name]:
+            shutil.copy2(other / name, mixed / name)
+        combined = run(["combine", "-o", tmp_path / "c.npy", mixed])
+        assert_clean_failure(combined, 2)
+        return error_lines(combined.stderr)
+
     normalized = embed(ckpt, photos, "-o", tmp_path / "n.npy", "--shard", "1/2", "--normalize")
     assert normalized.exit_code == 1, normalized.stderr
-    remove_shard(mixed, 1)
-    for name in [p.name for p in (tmp_path / "n.npy.shards").iterdir() if "shard-000001" in p.name]:
-        shutil.copy2(tmp_path / "n.npy.shards" / name, mixed / name)
-    combined = run(["combine", "-o", tmp_path / "c.npy", mixed])
-    assert_clean_failure(combined, 2)
-    assert error_lines(combined.stderr) == [
+    assert combined_with_shard_1_of(tmp_path / "n.npy.shards") == [
         f"error: {mixed}/shard-000001.npy was made with other settings than {mixed}/shard-000000.npy "
         "(normalize True in shard-000001.npy, False in shard-000000.npy); rerun it with the same model and options"
     ]
     recut = run(["embed", *inputs(photos), "-m", ckpt, "--batch-size", BATCH, "--threads", THREADS, "--shard-size", 2 * SHARD,
                  "-o", tmp_path / "r.npy", "--shard", "1/2"])
     assert recut.exit_code == 1, recut.stderr
-    remove_shard(mixed, 1)
-    for name in [p.name for p in (tmp_path / "r.npy.shards").iterdir() if "shard-000001" in p.name]:
-        shutil.copy2(tmp_path / "r.npy.shards" / name, mixed / name)
-    combined = run(["combine", "-o", tmp_path / "c.npy", mixed])
-    assert_clean_failure(combined, 2)
-    assert error_lines(combined.stderr) == [
+    assert combined_with_shard_1_of(tmp_path / "r.npy.shards") == [
         f"error: {mixed}/shard-000001.npy and {mixed}/shard-000000.npy are of different runs "
         "(batch size 2 and shard size 8, not 2 and 4); combine the shards of one run"
     ]

@@ -237,14 +237,13 @@ def check_names(paths: EmbedPaths) -> None:
     are not inside the partial directory (deleted when the run ends)."""
     base = paths.out if paths.out is not None else paths.manifest  # what the other names derive from
     seen: dict[str, str] = {}
-    for folder in dict.fromkeys(p.parent for _, p in paths.every_name()):  # a folder on the way, which the run would create
-        limit = _name_max(folder)
-        for part in folder.parts:
-            if len(os.fsencode(part)) > limit:
-                raise UsageError(f"{folder}: a folder name in it is too long for this file system, at most {limit} bytes "
-                                 "per name; choose a shorter one")
+    limits = {folder: _name_max(folder) for folder in dict.fromkeys(p.parent for _, p in paths.every_name())}
+    for folder, limit in limits.items():  # a folder on the way, which the run would create
+        if any(len(os.fsencode(part)) > limit for part in folder.parts):
+            raise UsageError(f"{folder}: a folder name in it is too long for this file system, at most {limit} bytes "
+                             "per name; choose a shorter one")
     for what, path in paths.every_name():
-        size, limit = len(os.fsencode(path.name)), _name_max(path.parent)
+        size, limit = len(os.fsencode(path.name)), limits[path.parent]
         if size > limit:
             output = next((o for o in (paths.manifest, paths.errors) if path in (o, paths.staged(o))), base)
             beside = "" if path == output else f": bitcli also writes {path.name} beside it ({size} bytes)"
